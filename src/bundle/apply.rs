@@ -1,0 +1,580 @@
+//! Applying a bundle to a root: verify, stage, publish.
+//!
+//! One code path for the network and for `shipper replay`. A bundle is
+//! checked as a whole before root is touched: the manifest parses and is
+//! consistent, the zip holds exactly the entries the manifest names, and
+//! every file's bytes are counted and hashed while they are unpacked into a
+//! staging directory on root's filesystem but outside root. Only then are
+//! deletions applied and staged files renamed into place, so a reader of
+//! root sees each file as its old or its new version, never a partial one
+//! and never a temporary name. Blocking: run it off the async runtime.
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use zip::ZipArchive;
+
+use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, ManifestError, PartEntry};
+use super::pack::Summary;
+use crate::durable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("not a readable zip: {0}")]
+    Zip(#[from] zip::result::ZipError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("entry {entry:?}: {reason}")]
+    Entry { entry: String, reason: String },
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
+    move |source| BundleError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn entry_err(entry: &str, reason: impl Into<String>) -> BundleError {
+    BundleError::Entry {
+        entry: entry.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+/// Where a bundle is applied.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub root: PathBuf,
+    /// On root's filesystem, outside root.
+    pub staging: PathBuf,
+    /// Parts of large files received so far.
+    pub parts: PathBuf,
+}
+
+impl Target {
+    /// Create the directories and check that staging shares root's filesystem.
+    pub fn prepare(&self) -> Result<(), BundleError> {
+        for d in [&self.root, &self.staging, &self.parts] {
+            fs::create_dir_all(d).map_err(io_at(d))?;
+        }
+        let root_dev = fs::metadata(&self.root).map_err(io_at(&self.root))?.dev();
+        let staging_dev = fs::metadata(&self.staging)
+            .map_err(io_at(&self.staging))?
+            .dev();
+        if root_dev != staging_dev {
+            return Err(BundleError::Io {
+                path: self.staging.clone(),
+                source: io::Error::other(format!(
+                    "staging directory is on another filesystem than root {}: files could not be renamed into place atomically (set receiver.staging_dir)",
+                    self.root.display()
+                )),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Staging for `root` when none is configured: `state_dir/staging` if that
+/// is on root's filesystem, else a hidden sibling of root.
+pub fn default_staging(root: &Path, state_dir: &Path) -> PathBuf {
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    if dev(root).is_some() && dev(root) == dev(state_dir) {
+        return state_dir.join("staging");
+    }
+    let name = root
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "root".into());
+    durable::parent_of(root).join(format!(".{name}.shipper-staging"))
+}
+
+/// A bundle whose zip structure and manifest have been checked.
+pub struct Opened {
+    zip: ZipArchive<File>,
+    pub manifest: Manifest,
+    pub path: PathBuf,
+}
+
+/// What applying a bundle did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub seq: u64,
+    pub summary: Summary,
+    /// Files that became visible in root (whole files and completed parts).
+    pub published: u64,
+}
+
+/// Open `path`, read its manifest and check that the zip holds exactly the
+/// entries the manifest names, each a regular file of the declared size.
+pub fn open(path: &Path) -> Result<Opened, BundleError> {
+    let file = File::open(path).map_err(io_at(path))?;
+    let mut zip = ZipArchive::new(file)?;
+    if zip.has_duplicate_names() {
+        return Err(entry_err("", "zip has duplicate entry names"));
+    }
+    let manifest = {
+        let entry = zip
+            .by_name(MANIFEST_ENTRY)
+            .map_err(|_| entry_err(MANIFEST_ENTRY, "missing: not a shipper bundle"))?;
+        if entry.size() > MAX_MANIFEST_BYTES {
+            return Err(entry_err(MANIFEST_ENTRY, "manifest too large"));
+        }
+        let mut bytes = Vec::new();
+        entry
+            .take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| entry_err(MANIFEST_ENTRY, e.to_string()))?;
+        Manifest::parse(&bytes)?
+    };
+    let mut expected: std::collections::HashMap<String, u64> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.size))
+        .chain(manifest.parts.iter().map(|p| (p.entry_name(), p.size)))
+        .collect();
+    if expected.len() != manifest.files.len() + manifest.parts.len() {
+        return Err(entry_err("", "manifest names an entry twice"));
+    }
+    for i in 0..zip.len() {
+        let entry = zip.by_index_raw(i)?;
+        let name = entry.name()?.into_owned();
+        if name == MANIFEST_ENTRY {
+            continue;
+        }
+        let Some(size) = expected.remove(&name) else {
+            return Err(entry_err(&name, "in the zip but not in the manifest"));
+        };
+        if !entry.is_file() || entry.is_symlink() {
+            return Err(entry_err(&name, "not a regular file entry"));
+        }
+        if entry.size() != size {
+            return Err(entry_err(
+                &name,
+                format!("zip says {} bytes, manifest says {size}", entry.size()),
+            ));
+        }
+    }
+    if let Some(name) = expected.keys().next() {
+        return Err(entry_err(name, "in the manifest but not in the zip"));
+    }
+    Ok(Opened {
+        zip,
+        manifest,
+        path: path.to_owned(),
+    })
+}
+
+/// Apply an opened bundle to `target`. Root is touched only after every
+/// file of the bundle is staged and verified.
+pub fn apply(target: &Target, mut b: Opened) -> Result<Applied, BundleError> {
+    let m = &b.manifest;
+    let stage = target.staging.join(format!("{}-{}", m.sender, m.seq));
+    remove_all(&stage)?;
+    fs::create_dir_all(&stage).map_err(io_at(&stage))?;
+    let result = stage_and_publish(target, &mut b, &stage);
+    // Whatever happened, leave no staged copies behind.
+    let _ = fs::remove_dir_all(&stage);
+    result
+}
+
+fn stage_and_publish(
+    target: &Target,
+    b: &mut Opened,
+    stage: &Path,
+) -> Result<Applied, BundleError> {
+    let m = b.manifest.clone();
+    let mut staged: Vec<(String, PathBuf)> = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, f) in m.files.iter().enumerate() {
+        let dest = stage.join(format!("f{i}"));
+        let mut out = create_private(&dest)?;
+        let entry = b.zip.by_name(&f.path)?;
+        let hash = copy_counted(entry, &mut out, f.size, &f.path, &dest, &mut buf)?;
+        if hash.to_hex().as_str() != f.hash {
+            return Err(entry_err(&f.path, "content does not match its hash"));
+        }
+        finish_file(&out, &dest, f.mode, f.mtime, f.mtime_nsec)?;
+        staged.push((f.path.clone(), dest));
+    }
+    let mut completed = 0u64;
+    for (j, p) in m.parts.iter().enumerate() {
+        let name = p.entry_name();
+        let entry = b.zip.by_name(&name)?;
+        if let Some(data) = store_part(&target.parts, p, entry, &mut buf)? {
+            let dest = stage.join(format!("p{j}"));
+            move_or_copy(&data, &dest)?;
+            staged.push((p.path.clone(), dest));
+            let _ = fs::remove_file(part_state_path(&target.parts, &p.set));
+            completed += 1;
+        }
+    }
+    for set in &m.abandoned {
+        drop_part_set(&target.parts, set);
+    }
+    // Staged data and metadata must be durable before it is renamed into
+    // root, or a crash could publish an empty file.
+    durable::sync_dir(stage).map_err(io_at(stage))?;
+
+    let mut dirty: BTreeSet<PathBuf> = BTreeSet::new();
+    for d in &m.deletions {
+        delete_path(&target.root, d, &mut dirty)?;
+    }
+    for (rel, src) in &staged {
+        publish_file(&target.root, rel, src, &mut dirty)?;
+    }
+    // Renames and unlinks live in the directories: make them durable
+    // before the bundle is acknowledged.
+    for d in &dirty {
+        if d.exists() {
+            durable::sync_dir(d).map_err(io_at(d))?;
+        }
+    }
+    let summary = Summary {
+        files: m.files.len() as u64 + completed,
+        parts: m.parts.len() as u64,
+        deletions: m.deletions.len() as u64,
+        bytes: m.content_bytes(),
+    };
+    Ok(Applied {
+        seq: m.seq,
+        summary,
+        published: staged.len() as u64,
+    })
+}
+
+fn create_private(path: &Path) -> Result<File, BundleError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))
+}
+
+/// Copy an entry, counting bytes: exactly `size` must come out, whatever the
+/// headers claimed. Returns the BLAKE3 of what was written.
+fn copy_counted(
+    mut entry: impl Read,
+    out: &mut File,
+    size: u64,
+    name: &str,
+    dest: &Path,
+    buf: &mut [u8],
+) -> Result<blake3::Hash, BundleError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let n = entry
+            .read(buf)
+            .map_err(|e| entry_err(name, format!("cannot unpack: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > size {
+            return Err(entry_err(
+                name,
+                format!("holds more than the {size} bytes declared"),
+            ));
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_at(dest))?;
+    }
+    if total != size {
+        return Err(entry_err(
+            name,
+            format!("holds {total} bytes, {size} declared"),
+        ));
+    }
+    Ok(hasher.finalize())
+}
+
+fn finish_file(f: &File, path: &Path, mode: u32, mtime: i64, nsec: u32) -> Result<(), BundleError> {
+    // Never setuid/setgid/sticky: a bundle must not mint privileged files.
+    f.set_permissions(Permissions::from_mode(mode & 0o777))
+        .map_err(io_at(path))?;
+    f.set_times(FileTimes::new().set_modified(system_time(mtime, nsec)))
+        .map_err(io_at(path))?;
+    f.sync_all().map_err(io_at(path))
+}
+
+fn system_time(secs: i64, nsec: u32) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
+    }
+}
+
+// ------------------------------------------------------------------ parts
+
+/// What the receiver holds of one part set, beside its data file.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartState {
+    path: String,
+    count: u32,
+    file_size: u64,
+    /// Hash of each part received so far, in order.
+    hashes: Vec<String>,
+}
+
+fn part_state_path(dir: &Path, set: &str) -> PathBuf {
+    dir.join(format!("{set}.json"))
+}
+
+fn part_data_path(dir: &Path, set: &str) -> PathBuf {
+    dir.join(format!("{set}.data"))
+}
+
+fn drop_part_set(dir: &Path, set: &str) {
+    let _ = fs::remove_file(part_state_path(dir, set));
+    let _ = fs::remove_file(part_data_path(dir, set));
+}
+
+fn load_part_state(dir: &Path, set: &str) -> Option<PartState> {
+    let bytes = fs::read(part_state_path(dir, set)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Append one part to its set. Returns the data file once the set is
+/// complete and its whole-file hash checks out.
+fn store_part(
+    dir: &Path,
+    p: &PartEntry,
+    entry: impl Read,
+    buf: &mut [u8],
+) -> Result<Option<PathBuf>, BundleError> {
+    let name = p.entry_name();
+    let data_path = part_data_path(dir, &p.set);
+    let mut state = match load_part_state(dir, &p.set) {
+        Some(s) => s,
+        None if p.index == 0 => {
+            supersede_sets_of(dir, &p.path);
+            PartState {
+                path: p.path.clone(),
+                count: p.count,
+                file_size: p.file_size,
+                hashes: Vec::new(),
+            }
+        }
+        None => {
+            // Earlier parts were lost with this receiver's state: the file
+            // cannot be completed from this set; the sender ships it again
+            // when it next changes.
+            tracing::warn!(path = %p.path, set = %p.set, part = p.index, "part of a set whose start this receiver does not hold; dropped");
+            return Ok(None);
+        }
+    };
+    if state.path != p.path || state.count != p.count || state.file_size != p.file_size {
+        return Err(entry_err(
+            &name,
+            "part disagrees with earlier parts of its set",
+        ));
+    }
+    let have = state.hashes.len() as u32;
+    if p.index < have {
+        // Re-sent bundle: this part is already stored.
+        if state.hashes[p.index as usize] != p.hash {
+            return Err(entry_err(
+                &name,
+                "differs from the stored copy of this part",
+            ));
+        }
+    } else if p.index > have {
+        tracing::warn!(path = %p.path, set = %p.set, expected = have, got = p.index, "parts missing from a set; dropped");
+        drop_part_set(dir, &p.set);
+        return Ok(None);
+    } else {
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&data_path)
+            .map_err(io_at(&data_path))?;
+        // Drop any tail a crash left after the last recorded part.
+        out.set_len(p.offset).map_err(io_at(&data_path))?;
+        use std::io::Seek;
+        out.seek(io::SeekFrom::Start(p.offset))
+            .map_err(io_at(&data_path))?;
+        let hash = copy_counted(entry, &mut out, p.size, &name, &data_path, buf)?;
+        if hash.to_hex().as_str() != p.hash {
+            let _ = out.set_len(p.offset);
+            return Err(entry_err(&name, "part does not match its hash"));
+        }
+        out.sync_all().map_err(io_at(&data_path))?;
+        state.hashes.push(p.hash.clone());
+        let json = serde_json::to_vec(&state).expect("part state serializes");
+        durable::write_atomic(&part_state_path(dir, &p.set), &json)
+            .map_err(io_at(&part_state_path(dir, &p.set)))?;
+    }
+    if p.index + 1 < p.count {
+        return Ok(None);
+    }
+    let len = fs::metadata(&data_path).map_err(io_at(&data_path))?.len();
+    if len != p.file_size {
+        return Err(entry_err(
+            &name,
+            format!("assembled {len} bytes, file has {}", p.file_size),
+        ));
+    }
+    let whole = super::hash_file(&data_path).map_err(io_at(&data_path))?;
+    if Some(whole.to_hex().as_str()) != p.file_hash.as_deref() {
+        drop_part_set(dir, &p.set);
+        return Err(entry_err(
+            &p.path,
+            "assembled file does not match its whole-file hash",
+        ));
+    }
+    let f = File::open(&data_path).map_err(io_at(&data_path))?;
+    finish_file(&f, &data_path, p.mode, p.mtime, p.mtime_nsec)?;
+    Ok(Some(data_path))
+}
+
+/// A new set for a path replaces any older, unfinished one.
+fn supersede_sets_of(dir: &Path, path: &str) {
+    let Ok(rd) = fs::read_dir(dir) else { return };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(set) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+            continue;
+        };
+        if load_part_state(dir, set).is_some_and(|s| s.path == path) {
+            drop_part_set(dir, set);
+        }
+    }
+}
+
+fn move_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
+    match fs::rename(from, to) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(18) => {
+            // EXDEV: state_dir is on another filesystem than root.
+            fs::copy(from, to).map_err(io_at(to))?;
+            File::open(to)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(to))?;
+            fs::remove_file(from).map_err(io_at(from))
+        }
+        Err(e) => Err(io_at(to)(e)),
+    }
+}
+
+// -------------------------------------------------------------- publishing
+
+/// Make every directory above `rel` exist below root as a real directory.
+/// A file in the way is replaced (the shipped tree has a directory there);
+/// a symlink in the way is refused, so nothing is written outside root.
+fn ensure_parents(
+    root: &Path,
+    rel: &str,
+    dirty: &mut BTreeSet<PathBuf>,
+) -> Result<PathBuf, BundleError> {
+    let mut dir = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        let next = dir.join(c);
+        match fs::symlink_metadata(&next) {
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(entry_err(
+                    rel,
+                    format!(
+                        "{} is a symlink; refusing to write through it",
+                        next.display()
+                    ),
+                ));
+            }
+            Ok(md) if md.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(&next).map_err(io_at(&next))?;
+                fs::create_dir(&next).map_err(io_at(&next))?;
+                dirty.insert(dir.clone());
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&next).map_err(io_at(&next))?;
+                dirty.insert(dir.clone());
+            }
+            Err(e) => return Err(io_at(&next)(e)),
+        }
+        dir = next;
+    }
+    Ok(dir)
+}
+
+fn publish_file(
+    root: &Path,
+    rel: &str,
+    src: &Path,
+    dirty: &mut BTreeSet<PathBuf>,
+) -> Result<(), BundleError> {
+    let parent = ensure_parents(root, rel, dirty)?;
+    let dest = root.join(rel);
+    if let Ok(md) = fs::symlink_metadata(&dest)
+        && md.is_dir()
+    {
+        // The shipped tree has a file where root has a directory.
+        remove_all(&dest)?;
+    }
+    // rename(2) replaces the old file in one step: readers see old or new.
+    fs::rename(src, &dest).map_err(io_at(&dest))?;
+    dirty.insert(parent);
+    Ok(())
+}
+
+fn delete_path(root: &Path, rel: &str, dirty: &mut BTreeSet<PathBuf>) -> Result<(), BundleError> {
+    // Walk the parents without following symlinks: a deletion never
+    // reaches outside root.
+    let mut dir = root.to_path_buf();
+    let comps: Vec<&str> = rel.split('/').collect();
+    for c in &comps[..comps.len() - 1] {
+        dir.push(c);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(md) if md.file_type().is_symlink() => {
+                return Err(entry_err(
+                    rel,
+                    format!(
+                        "{} is a symlink; refusing to delete through it",
+                        dir.display()
+                    ),
+                ));
+            }
+            // Parent missing or a file: the path is already gone.
+            _ => return Ok(()),
+        }
+    }
+    let target = root.join(rel);
+    match fs::symlink_metadata(&target) {
+        Ok(md) if md.is_dir() => remove_all(&target)?,
+        Ok(_) => fs::remove_file(&target).map_err(io_at(&target))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at(&target)(e)),
+    }
+    // Remove the directories this deletion emptied, up to root.
+    let mut parent = durable::parent_of(&target).to_path_buf();
+    while parent != root && parent.starts_with(root) {
+        if fs::remove_dir(&parent).is_err() {
+            break;
+        }
+        parent = durable::parent_of(&parent).to_path_buf();
+    }
+    dirty.insert(parent);
+    Ok(())
+}
+
+fn remove_all(path: &Path) -> Result<(), BundleError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(path)(e)),
+    }
+}

@@ -1,0 +1,367 @@
+//! The manifest inside every bundle (`.shipper/manifest.json`): who sent
+//! it, its sequence, each file with size, mtime, mode and BLAKE3 hash, the
+//! parts of large files, and the deleted paths.
+//!
+//! Pure: parsing and [`Manifest::check`] never touch the filesystem; the
+//! zip's entries are compared against [`Manifest::entry_names`] by the caller.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths::{self, is_within};
+
+pub const FORMAT: u32 = 1;
+pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
+/// Manifests larger than this are refused before parsing.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub sender: String,
+    pub seq: u64,
+    /// Unix seconds when the bundle was cut.
+    pub created: i64,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub parts: Vec<PartEntry>,
+    #[serde(default)]
+    pub deletions: Vec<String>,
+    /// Part sets the sender gave up (the file changed mid-way); the receiver
+    /// drops what it holds of them.
+    #[serde(default)]
+    pub abandoned: Vec<String>,
+}
+
+/// Metadata shipped for every file, and kept by the sender for what it shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+}
+
+/// A whole file stored as the zip entry named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub hash: String,
+}
+
+/// Part `index` (0-based) of `count` of a large file, stored as the zip
+/// entry [`PartEntry::entry_name`]. The last part carries the whole-file hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartEntry {
+    pub path: String,
+    /// Identifies one shipping of one version of the file.
+    pub set: String,
+    pub index: u32,
+    pub count: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub hash: String,
+    pub file_size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub file_hash: Option<String>,
+}
+
+impl FileEntry {
+    pub fn meta(&self) -> FileMeta {
+        FileMeta {
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+            hash: self.hash.clone(),
+        }
+    }
+}
+
+impl PartEntry {
+    pub fn entry_name(&self) -> String {
+        part_entry_name(&self.set, self.index)
+    }
+}
+
+pub fn part_entry_name(set: &str, index: u32) -> String {
+    format!(".shipper/parts/{set}/{index}")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest does not parse: {0}")]
+    Parse(String),
+    #[error("manifest format {0} is not supported (this shipper reads format {FORMAT})")]
+    Format(u32),
+    #[error("manifest sender id {0:?} is not valid")]
+    Sender(String),
+    #[error("manifest sequence 0 is not valid")]
+    Seq,
+    #[error("{path:?}: {reason}")]
+    Path { path: String, reason: String },
+    #[error("{path:?} appears more than once")]
+    Duplicate { path: String },
+    #[error("{path:?}: {reason}")]
+    Part { path: String, reason: String },
+}
+
+fn is_hex_hash(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+pub fn valid_sender_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serializes")
+    }
+
+    /// Everything that can be checked without the zip: paths, duplicates,
+    /// hashes, part arithmetic.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        if self.format != FORMAT {
+            return Err(ManifestError::Format(self.format));
+        }
+        if !valid_sender_id(&self.sender) {
+            return Err(ManifestError::Sender(self.sender.clone()));
+        }
+        if self.seq == 0 {
+            return Err(ManifestError::Seq);
+        }
+        let path_err = |path: &str, reason: String| ManifestError::Path {
+            path: path.to_owned(),
+            reason,
+        };
+        let mut seen: HashSet<&str> = HashSet::new();
+        for f in &self.files {
+            paths::validate(&f.path).map_err(|e| path_err(&f.path, e.to_string()))?;
+            if !is_hex_hash(&f.hash) {
+                return Err(path_err(&f.path, "hash is not 64 hex digits".into()));
+            }
+            if !seen.insert(&f.path) {
+                return Err(ManifestError::Duplicate {
+                    path: f.path.clone(),
+                });
+            }
+        }
+        let mut part_keys: HashSet<(&str, u32)> = HashSet::new();
+        let mut set_paths: std::collections::HashMap<&str, &str> = Default::default();
+        for p in &self.parts {
+            let perr = |reason: &str| ManifestError::Part {
+                path: p.path.clone(),
+                reason: reason.to_owned(),
+            };
+            paths::validate(&p.path).map_err(|e| path_err(&p.path, e.to_string()))?;
+            if seen.contains(p.path.as_str()) {
+                return Err(ManifestError::Duplicate {
+                    path: p.path.clone(),
+                });
+            }
+            if !valid_set_id(&p.set) {
+                return Err(perr("part set id is not valid"));
+            }
+            if *set_paths.entry(&p.set).or_insert(&p.path) != p.path {
+                return Err(perr("part set shared by two paths"));
+            }
+            if p.count < 2 || p.index >= p.count {
+                return Err(perr("part index or count out of range"));
+            }
+            if !part_keys.insert((&p.set, p.index)) {
+                return Err(perr("part appears twice"));
+            }
+            if p.size == 0
+                || p.offset
+                    .checked_add(p.size)
+                    .is_none_or(|end| end > p.file_size)
+            {
+                return Err(perr("part lies outside the file"));
+            }
+            if !is_hex_hash(&p.hash) {
+                return Err(perr("part hash is not 64 hex digits"));
+            }
+            let last = p.index + 1 == p.count;
+            match (&p.file_hash, last) {
+                (Some(h), true) if is_hex_hash(h) => {
+                    if p.offset + p.size != p.file_size {
+                        return Err(perr("last part does not end the file"));
+                    }
+                }
+                (None, false) => {}
+                _ => return Err(perr("whole-file hash must be on the last part only")),
+            }
+        }
+        for d in &self.deletions {
+            paths::validate(d).map_err(|e| path_err(d, e.to_string()))?;
+            if seen.contains(d.as_str()) || set_paths.values().any(|p| is_within(p, d)) {
+                return Err(ManifestError::Duplicate { path: d.clone() });
+            }
+            if self.files.iter().any(|f| is_within(&f.path, d)) {
+                return Err(path_err(
+                    d,
+                    "deleted while a file below it is shipped".into(),
+                ));
+            }
+        }
+        for a in &self.abandoned {
+            if !valid_set_id(a) {
+                return Err(ManifestError::Part {
+                    path: a.clone(),
+                    reason: "abandoned part set id is not valid".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Names of the zip entries this manifest expects, besides itself.
+    pub fn entry_names(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|f| f.path.clone())
+            .chain(self.parts.iter().map(PartEntry::entry_name))
+            .collect()
+    }
+
+    pub fn content_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum::<u64>()
+            + self.parts.iter().map(|p| p.size).sum::<u64>()
+    }
+}
+
+pub fn valid_set_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262";
+
+    fn file(path: &str) -> FileEntry {
+        FileEntry {
+            path: path.into(),
+            size: 1,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o644,
+            hash: H.into(),
+        }
+    }
+
+    fn part(index: u32, count: u32) -> PartEntry {
+        PartEntry {
+            path: "big".into(),
+            set: "s1".into(),
+            index,
+            count,
+            offset: u64::from(index) * 10,
+            size: 10,
+            hash: H.into(),
+            file_size: u64::from(count) * 10,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o644,
+            file_hash: (index + 1 == count).then(|| H.to_string()),
+        }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: FORMAT,
+            sender: "app1".into(),
+            seq: 1,
+            created: 0,
+            files: vec![file("a/b.html")],
+            parts: vec![part(0, 2), part(1, 2)],
+            deletions: vec!["old".into()],
+            abandoned: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = manifest();
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert_eq!(
+            m.entry_names(),
+            ["a/b.html", ".shipper/parts/s1/0", ".shipper/parts/s1/1"]
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_garbage_are_refused() {
+        assert!(matches!(
+            Manifest::parse(b"{]"),
+            Err(ManifestError::Parse(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
+        v["extra"] = 1.into();
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_inconsistent_manifests() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+            ("format", Box::new(|m| m.format = 9)),
+            ("seq", Box::new(|m| m.seq = 0)),
+            ("sender", Box::new(|m| m.sender = "a b".into())),
+            ("path", Box::new(|m| m.files[0].path = "../x".into())),
+            ("dup", Box::new(|m| m.files.push(file("a/b.html")))),
+            ("hash", Box::new(|m| m.files[0].hash = "zz".into())),
+            ("deletion", Box::new(|m| m.deletions.push("/etc".into()))),
+            (
+                "delete shipped",
+                Box::new(|m| m.deletions.push("a/b.html".into())),
+            ),
+            ("delete parent", Box::new(|m| m.deletions.push("a".into()))),
+            ("dup part", Box::new(|m| m.parts.push(part(1, 2)))),
+            ("count", Box::new(|m| m.parts[1].count = 1)),
+            ("outside", Box::new(|m| m.parts[0].offset = 15)),
+            (
+                "file hash early",
+                Box::new(|m| m.parts[0].file_hash = Some(H.into())),
+            ),
+            ("no file hash", Box::new(|m| m.parts[1].file_hash = None)),
+            ("set id", Box::new(|m| m.parts[0].set = "../x".into())),
+        ];
+        for (name, mutate) in cases {
+            let mut m = manifest();
+            mutate(&mut m);
+            assert!(m.check().is_err(), "{name} accepted");
+        }
+    }
+}

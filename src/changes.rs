@@ -1,0 +1,330 @@
+//! The change set: what is waiting to be shipped, one entry per path, and
+//! when each entry is due.
+//!
+//! Pure logic with time injected as `now: Instant`; the watcher feeds it,
+//! the sender asks it what to pack. It never touches the filesystem, so
+//! coalescing, settling and the max_delay bound are tested without sleeping.
+//!
+//! Rules:
+//! - Any number of events on a path coalesce into one entry whose operation
+//!   is the latest one (upsert or delete). Whether a delete of a path the
+//!   receiver never had is a no-op is decided by the sender, which knows
+//!   what was shipped.
+//! - An entry is *settled* once no event touched it for `settle` and its
+//!   writer closed it (where the OS reports closes). A writer that stays
+//!   quiet for `max_delay` counts as settled even without a close.
+//! - An entry that has waited so long that the next cut would be past its
+//!   `max_delay` is taken anyway ("overdue"), and re-armed so it ships again
+//!   once it settles.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::paths::is_within;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// The path exists (or may exist) with new content or metadata.
+    Upsert,
+    /// The path is gone.
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub path: String,
+    pub op: Op,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    op: Op,
+    /// When the oldest change not yet shipped happened.
+    first: Instant,
+    /// When the latest event on the path happened.
+    last: Instant,
+    /// A writer wrote and has not been seen closing the file.
+    writing: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct ChangeSet {
+    entries: BTreeMap<String, Entry>,
+    settle: Duration,
+    max_delay: Duration,
+}
+
+impl ChangeSet {
+    pub fn new(settle: Duration, max_delay: Duration) -> Self {
+        Self {
+            entries: BTreeMap::new(),
+            settle,
+            max_delay,
+        }
+    }
+
+    /// Content or metadata of `path` changed, or it appeared. `writing` says
+    /// the event was a write by a writer that may still hold it open.
+    pub fn changed(&mut self, path: &str, writing: bool, now: Instant) {
+        let e = self.entry(path, Op::Upsert, now);
+        e.op = Op::Upsert;
+        e.last = now;
+        e.writing |= writing;
+    }
+
+    /// A writer closed `path`.
+    pub fn closed(&mut self, path: &str, now: Instant) {
+        let e = self.entry(path, Op::Upsert, now);
+        e.last = now;
+        e.writing = false;
+    }
+
+    /// `path` was removed (or renamed away).
+    pub fn removed(&mut self, path: &str, now: Instant) {
+        let e = self.entry(path, Op::Delete, now);
+        e.op = Op::Delete;
+        e.last = now;
+        e.writing = false;
+    }
+
+    fn entry(&mut self, path: &str, op: Op, now: Instant) -> &mut Entry {
+        self.entries.entry(path.to_owned()).or_insert(Entry {
+            op,
+            first: now,
+            last: now,
+            writing: false,
+        })
+    }
+
+    /// Take every entry that must be packed in the cut happening at `now`,
+    /// given that the cut after it happens at `next_cut`. `force` (flush)
+    /// takes everything. Entries taken before they settled are re-armed.
+    pub fn take_due(&mut self, now: Instant, next_cut: Instant, force: bool) -> Vec<Change> {
+        let mut due = Vec::new();
+        let (settle, max_delay) = (self.settle, self.max_delay);
+        self.entries.retain(|path, e| {
+            let quiet = now.saturating_duration_since(e.last);
+            let settled = quiet >= settle && (!e.writing || quiet >= max_delay);
+            let overdue = next_cut.saturating_duration_since(e.first) >= max_delay;
+            if !(settled || overdue || force) {
+                return true;
+            }
+            due.push(Change {
+                path: path.clone(),
+                op: e.op,
+            });
+            if settled || e.op == Op::Delete {
+                return false;
+            }
+            // Shipped as it is now; ship again once it settles.
+            e.first = now;
+            true
+        });
+        due
+    }
+
+    /// Put back paths whose packing failed (they changed while being read).
+    pub fn requeue(&mut self, path: &str, now: Instant) {
+        self.changed(path, true, now);
+    }
+
+    /// Pending paths equal to or below `dir`.
+    pub fn pending_within(&self, dir: &str) -> Vec<String> {
+        self.entries
+            .range(dir.to_owned()..)
+            .take_while(|(p, _)| p.starts_with(dir))
+            .filter(|(p, _)| is_within(p, dir))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// When the oldest pending change happened.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.first).min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SETTLE: Duration = Duration::from_secs(2);
+    const MAX: Duration = Duration::from_secs(300);
+    const TICK: Duration = Duration::from_secs(10);
+
+    fn set() -> (ChangeSet, Instant) {
+        (ChangeSet::new(SETTLE, MAX), Instant::now())
+    }
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn paths(v: &[Change]) -> Vec<(&str, Op)> {
+        v.iter().map(|c| (c.path.as_str(), c.op)).collect()
+    }
+
+    #[test]
+    fn create_modify_modify_is_one_entry() {
+        let (mut cs, t0) = set();
+        cs.changed("a", true, t0);
+        cs.changed("a", true, t0 + s(1));
+        cs.closed("a", t0 + s(1));
+        assert_eq!(cs.len(), 1);
+        let due = cs.take_due(t0 + s(4), t0 + s(14), false);
+        assert_eq!(paths(&due), [("a", Op::Upsert)]);
+        assert!(cs.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_due_before_settle() {
+        let (mut cs, t0) = set();
+        cs.changed("a", false, t0);
+        assert!(cs.take_due(t0 + s(1), t0 + s(11), false).is_empty());
+        assert_eq!(
+            paths(&cs.take_due(t0 + s(2), t0 + s(12), false)),
+            [("a", Op::Upsert)]
+        );
+    }
+
+    #[test]
+    fn each_event_restarts_the_settle_clock() {
+        let (mut cs, t0) = set();
+        cs.changed("a", false, t0);
+        cs.changed("a", false, t0 + s(1));
+        assert!(cs.take_due(t0 + s(2), t0 + s(12), false).is_empty());
+        assert_eq!(cs.take_due(t0 + s(3), t0 + s(13), false).len(), 1);
+    }
+
+    #[test]
+    fn an_open_writer_holds_the_entry_until_close() {
+        let (mut cs, t0) = set();
+        cs.changed("a", true, t0);
+        assert!(cs.take_due(t0 + s(10), t0 + s(20), false).is_empty());
+        cs.closed("a", t0 + s(10));
+        assert!(cs.take_due(t0 + s(11), t0 + s(21), false).is_empty());
+        assert_eq!(cs.take_due(t0 + s(12), t0 + s(22), false).len(), 1);
+    }
+
+    #[test]
+    fn a_writer_quiet_for_max_delay_counts_as_settled() {
+        let (mut cs, t0) = set();
+        cs.changed("a", true, t0);
+        let due = cs.take_due(t0 + MAX, t0 + MAX + TICK, false);
+        assert_eq!(due.len(), 1);
+        assert!(cs.is_empty(), "settled entries are not re-armed");
+    }
+
+    #[test]
+    fn create_then_delete_leaves_a_delete_for_the_sender_to_judge() {
+        let (mut cs, t0) = set();
+        cs.changed("a", false, t0);
+        cs.removed("a", t0 + s(1));
+        assert_eq!(
+            paths(&cs.take_due(t0 + s(5), t0 + s(15), false)),
+            [("a", Op::Delete)]
+        );
+    }
+
+    #[test]
+    fn delete_then_recreate_is_an_upsert() {
+        let (mut cs, t0) = set();
+        cs.removed("a", t0);
+        cs.changed("a", false, t0 + s(1));
+        assert_eq!(
+            paths(&cs.take_due(t0 + s(5), t0 + s(15), false)),
+            [("a", Op::Upsert)]
+        );
+    }
+
+    #[test]
+    fn a_path_that_never_settles_is_taken_before_max_delay_and_rearmed() {
+        let (mut cs, t0) = set();
+        let mut now = t0;
+        let mut taken_at = None;
+        // A write every second, forever.
+        while now < t0 + s(600) {
+            cs.changed("log", true, now);
+            if !cs.take_due(now, now + TICK, false).is_empty() {
+                taken_at = Some(now);
+                break;
+            }
+            now += s(1);
+        }
+        let taken_at = taken_at.expect("never shipped");
+        assert!(
+            taken_at + TICK >= t0 + MAX,
+            "shipped too early: {:?}",
+            taken_at - t0
+        );
+        assert!(
+            taken_at <= t0 + MAX,
+            "shipped after max_delay: {:?}",
+            taken_at - t0
+        );
+        assert_eq!(cs.len(), 1, "still pending so it ships again when settled");
+        // Once the writer stops and closes, it ships again after settle.
+        cs.closed("log", taken_at + s(1));
+        assert_eq!(
+            cs.take_due(taken_at + s(3), taken_at + s(13), false).len(),
+            1
+        );
+        assert!(cs.is_empty());
+    }
+
+    #[test]
+    fn every_change_is_taken_within_max_delay_at_any_tick_phase() {
+        // Whatever the phase of the ticks, a single change is shipped by a
+        // cut no later than max_delay after it happened.
+        for phase in 0..10 {
+            let (mut cs, t0) = set();
+            cs.changed("a", true, t0); // never closed: only max_delay can ship it
+            let mut cut = t0 + s(phase);
+            loop {
+                if !cs.take_due(cut, cut + TICK, false).is_empty() {
+                    break;
+                }
+                cut += TICK;
+            }
+            assert!(cut <= t0 + MAX, "phase {phase}: taken at {:?}", cut - t0);
+        }
+    }
+
+    #[test]
+    fn force_takes_unsettled_entries_and_keeps_them_for_later() {
+        let (mut cs, t0) = set();
+        cs.changed("a", true, t0);
+        cs.changed("b", false, t0);
+        cs.closed("b", t0);
+        let due = cs.take_due(t0, t0 + TICK, true);
+        assert_eq!(due.len(), 2);
+        assert_eq!(cs.len(), 2, "both still unsettled, both re-armed");
+    }
+
+    #[test]
+    fn requeued_paths_wait_to_settle_again() {
+        let (mut cs, t0) = set();
+        cs.requeue("a", t0);
+        assert!(cs.take_due(t0 + s(3), t0 + s(13), false).is_empty());
+        cs.closed("a", t0 + s(3));
+        assert_eq!(cs.take_due(t0 + s(5), t0 + s(15), false).len(), 1);
+    }
+
+    #[test]
+    fn pending_within_finds_a_subtree_only() {
+        let (mut cs, t0) = set();
+        for p in ["a/x", "a/y/z", "ab", "b"] {
+            cs.changed(p, false, t0);
+        }
+        assert_eq!(cs.pending_within("a"), ["a/x", "a/y/z"]);
+        assert_eq!(cs.oldest(), Some(t0));
+    }
+}

@@ -1,0 +1,54 @@
+//! The command line: one binary, subcommands for each role and tool.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shipper",
+    version,
+    about = "Keep a directory in step with another host by shipping zip bundles over TCP"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every role in the config: [sender], [receiver], or both.
+    Run {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Make the running sender cut a bundle now and wait for its acknowledgement.
+    Flush {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// How long to wait for the receiver's acknowledgement.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Apply archived bundles to a root, in sequence order.
+    Replay {
+        #[command(flatten)]
+        target: ReplayTarget,
+        /// Bundle files, in any order.
+        #[arg(required = true)]
+        bundles: Vec<PathBuf>,
+    },
+    /// Print a bundle's manifest.
+    Inspect { bundle: PathBuf },
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReplayTarget {
+    /// Use the [receiver] table of this config (root, staging, state).
+    #[arg(short, long)]
+    pub config: Option<PathBuf>,
+    /// Apply into this directory instead.
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+}

@@ -1,0 +1,252 @@
+//! What each subcommand does, given parsed arguments. `main` only parses,
+//! calls [`dispatch`] and maps the error to an exit code.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bundle::Manifest;
+use crate::bundle::apply::{self, Applied, Target};
+use crate::cli::{Cli, Command, ReplayTarget};
+use crate::config::Config;
+use crate::control::{self, Request, Response};
+use crate::receiver::{self, ReceiverState};
+
+pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            runtime()?.block_on(run_until_signal(config))
+        }
+        Command::Flush { config, timeout } => {
+            let config = Config::load(&config)?;
+            let sender = config
+                .sender
+                .as_ref()
+                .with_context(|| format!("{}: no [sender] table", config.file.display()))?;
+            let sock = control::socket_path(&sender.state_dir);
+            let req = Request::Flush {
+                timeout_ms: timeout.as_millis() as u64,
+            };
+            let resp = runtime()?.block_on(control::call(
+                &sock,
+                &req,
+                timeout + std::time::Duration::from_secs(5),
+            ))?;
+            match resp {
+                Response::Flushed {
+                    first_seq,
+                    last_seq,
+                    bundles,
+                    summary,
+                } => {
+                    let seqs = if first_seq == last_seq {
+                        format!("{last_seq}")
+                    } else {
+                        format!("{first_seq}-{last_seq}")
+                    };
+                    println!(
+                        "shipped sequence {seqs} ({bundles} bundle{}): {} files, {} deletions, {} bytes; acknowledged",
+                        if bundles == 1 { "" } else { "s" },
+                        summary.files,
+                        summary.deletions,
+                        summary.bytes
+                    );
+                    Ok(())
+                }
+                Response::NothingToShip => {
+                    println!("nothing to ship: the receiver has everything");
+                    Ok(())
+                }
+                Response::Error { message } => bail!("{message}"),
+            }
+        }
+        Command::Replay { target, bundles } => replay_command(target, &bundles),
+        Command::Inspect { bundle } => {
+            let opened =
+                apply::open(&bundle).with_context(|| format!("bundle {}", bundle.display()))?;
+            print!("{}", describe(&opened.manifest));
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        info!("signal received; stopping");
+        stop.cancel();
+    });
+    run(config, shutdown).await
+}
+
+/// Run every role of `config` until `shutdown`; the first role to fail
+/// stops the others.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(r) = config.receiver.clone() {
+        // Bind before the sender starts, so a one-process setup connects at once.
+        let (recv, listener) = receiver::Receiver::bind(r).await?;
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
+            recv.serve(listener, stop).await;
+            Ok(())
+        });
+    }
+    if let Some(s) = config.sender.clone() {
+        tasks.spawn(crate::sender::run(s, shutdown.clone()));
+    }
+    let mut result = Ok(());
+    while let Some(done) = tasks.join_next().await {
+        let r = done.context("role task panicked").and_then(|r| r);
+        if r.is_err() && result.is_ok() {
+            result = r;
+        }
+        shutdown.cancel();
+    }
+    result
+}
+
+fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<()> {
+    let (target, state_dir) = match (target.config, target.root) {
+        (Some(file), _) => {
+            let config = Config::load(&file)?;
+            let r = config.receiver.with_context(|| {
+                format!("{}: no [receiver] table to replay into", file.display())
+            })?;
+            (receiver::target_for(&r)?, Some(r.state_dir))
+        }
+        (None, Some(root)) => {
+            std::fs::create_dir_all(&root)
+                .with_context(|| format!("creating {}", root.display()))?;
+            let staging = apply::default_staging(&root, &root);
+            let t = Target {
+                parts: staging.join("parts"),
+                root,
+                staging,
+            };
+            t.prepare()?;
+            (t, None)
+        }
+        (None, None) => bail!("replay needs --config or --root"),
+    };
+    let applied = replay(&target, bundles)?;
+    if let Some(dir) = state_dir {
+        let mut state = ReceiverState::load(&dir)?;
+        for (sender, a) in &applied {
+            let e = state.applied.entry(sender.clone()).or_default();
+            *e = (*e).max(a.seq);
+        }
+        state.save(&dir)?;
+    }
+    let files: u64 = applied.iter().map(|(_, a)| a.published).sum();
+    let deletions: u64 = applied.iter().map(|(_, a)| a.summary.deletions).sum();
+    println!(
+        "replayed {} bundle(s): {files} files published, {deletions} deletions",
+        applied.len()
+    );
+    Ok(())
+}
+
+/// Apply `bundles` to `target` in (sender, sequence) order. Every bundle is
+/// opened and checked before the first is applied; a bundle that does not
+/// check out stops the replay before anything of it is applied.
+pub fn replay(target: &Target, bundles: &[PathBuf]) -> anyhow::Result<Vec<(String, Applied)>> {
+    let mut opened = Vec::new();
+    for path in bundles {
+        let b = apply::open(path).with_context(|| format!("refusing bundle {}", path.display()))?;
+        opened.push(b);
+    }
+    opened.sort_by(|a, b| {
+        (&a.manifest.sender, a.manifest.seq).cmp(&(&b.manifest.sender, b.manifest.seq))
+    });
+    let mut prev: Option<(String, u64)> = None;
+    let mut done = Vec::new();
+    for b in opened {
+        let (sender, seq, path) = (b.manifest.sender.clone(), b.manifest.seq, b.path.clone());
+        if let Some((ps, pseq)) = &prev
+            && *ps == sender
+        {
+            if *pseq == seq {
+                bail!(
+                    "bundle {} repeats sequence {seq} of sender {sender}",
+                    path.display()
+                );
+            }
+            if seq != pseq + 1 {
+                warn!(
+                    sender,
+                    from = pseq,
+                    to = seq,
+                    "sequence gap: bundles in between are missing; later files may depend on them"
+                );
+            }
+        }
+        let a = apply::apply(target, b)
+            .with_context(|| format!("applying bundle {}", path.display()))?;
+        info!(
+            sender,
+            seq,
+            files = a.published,
+            deletions = a.summary.deletions,
+            "bundle replayed"
+        );
+        prev = Some((sender.clone(), seq));
+        done.push((sender, a));
+    }
+    Ok(done)
+}
+
+/// Human description of a manifest, for `shipper inspect`.
+pub fn describe(m: &Manifest) -> String {
+    let mut s = String::new();
+    let created = chrono::DateTime::from_timestamp(m.created, 0)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default();
+    let _ = writeln!(s, "sender:    {}", m.sender);
+    let _ = writeln!(s, "sequence:  {}", m.seq);
+    let _ = writeln!(s, "created:   {created}");
+    let _ = writeln!(s, "format:    {}", m.format);
+    let _ = writeln!(s, "files:     {}", m.files.len());
+    for f in &m.files {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}", f.size, f.mode, f.path);
+    }
+    let _ = writeln!(s, "parts:     {}", m.parts.len());
+    for p in &m.parts {
+        let _ = writeln!(
+            s,
+            "  {:>12}  part {}/{} of {} ({} bytes){}",
+            p.size,
+            p.index + 1,
+            p.count,
+            p.path,
+            p.file_size,
+            if p.file_hash.is_some() { ", last" } else { "" }
+        );
+    }
+    let _ = writeln!(s, "deletions: {}", m.deletions.len());
+    for d in &m.deletions {
+        let _ = writeln!(s, "  {d}");
+    }
+    if !m.abandoned.is_empty() {
+        let _ = writeln!(s, "abandoned part sets: {}", m.abandoned.join(", "));
+    }
+    s
+}

@@ -1,0 +1,469 @@
+//! Configuration: TOML file -> raw structs (serde, unknown keys refused) ->
+//! [`validate`] -> a [`Config`] the rest of shipper can trust.
+//!
+//! Reading the file is the only I/O here. Validation is pure and refuses any
+//! setting that could keep a change from reaching the receiver within five
+//! minutes; every error names the file and the key.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::paths::{DEFAULT_EXCLUDES, Excludes};
+use crate::schedule::Schedule;
+
+/// The promise shipper makes: every change is on the receiver within this.
+pub const WINDOW: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+// ---------------------------------------------------------------- raw form
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub sender: Option<RawSender>,
+    pub receiver: Option<RawReceiver>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSender {
+    pub source: PathBuf,
+    pub receiver: String,
+    pub state_dir: PathBuf,
+    pub id: Option<String>,
+    pub interval: Option<String>,
+    pub schedule: Option<String>,
+    pub settle: Option<String>,
+    pub max_delay: Option<String>,
+    pub exclude: Option<Vec<String>>,
+    pub exclude_defaults: Option<bool>,
+    pub chunk_size: Option<String>,
+    pub max_bundle_size: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    pub listen: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub staging_dir: Option<PathBuf>,
+    pub archive_dir: PathBuf,
+    pub archive_keep: Option<usize>,
+    pub max_bundle_size: Option<String>,
+}
+
+// ---------------------------------------------------------- validated form
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub sender: Option<SenderConfig>,
+    pub receiver: Option<ReceiverConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub source: PathBuf,
+    /// "host:port" as written; resolved at each connect so DNS changes apply.
+    pub receiver: String,
+    pub state_dir: PathBuf,
+    pub id: Option<String>,
+    pub schedule: Schedule,
+    pub settle: Duration,
+    pub max_delay: Duration,
+    pub exclude: Excludes,
+    pub chunk_size: u64,
+    pub max_bundle_size: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub staging_dir: Option<PathBuf>,
+    pub archive_dir: PathBuf,
+    pub archive_keep: usize,
+    pub max_bundle_size: u64,
+}
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
+pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 256 << 20;
+/// Smallest chunk accepted: below this the per-part overhead dominates.
+pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
+pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
+/// What a receiver accepts unless configured: well above the sender's default.
+pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
+
+impl Config {
+    /// Read and validate `file`. Relative paths in it are taken relative to
+    /// the directory holding the file.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_owned(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let raw = parse(&text).map_err(|message| ConfigError {
+            file: file.to_owned(),
+            message,
+        })?;
+        let base = crate::durable::parent_of(file);
+        validate(raw, base)
+            .map_err(|message| ConfigError {
+                file: file.to_owned(),
+                message,
+            })
+            .map(|mut c| {
+                c.file = file.to_owned();
+                c
+            })
+    }
+}
+
+/// Parse TOML text into the raw form. The message names the offending key.
+pub fn parse(text: &str) -> Result<RawConfig, String> {
+    toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+}
+
+/// Turn the raw form into a trusted [`Config`]. Pure: paths are joined to
+/// `base` but not touched.
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, String> {
+    if raw.sender.is_none() && raw.receiver.is_none() {
+        return Err("neither a [sender] nor a [receiver] table: nothing to run".into());
+    }
+    let sender = raw.sender.map(|s| validate_sender(s, base)).transpose()?;
+    let receiver = raw
+        .receiver
+        .map(|r| validate_receiver(r, base))
+        .transpose()?;
+    Ok(Config {
+        file: PathBuf::new(),
+        sender,
+        receiver,
+    })
+}
+
+fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
+    let settle = duration("sender.settle", s.settle.as_deref(), DEFAULT_SETTLE)?;
+    let max_delay = duration("sender.max_delay", s.max_delay.as_deref(), WINDOW)?;
+    if max_delay > WINDOW {
+        return Err(format!(
+            "sender.max_delay = {}: over the five-minute window ({})",
+            fmt_dur(max_delay),
+            fmt_dur(WINDOW)
+        ));
+    }
+    if settle >= max_delay {
+        return Err(format!(
+            "sender.settle = {} is not below sender.max_delay = {}: a busy file could wait past the window",
+            fmt_dur(settle),
+            fmt_dur(max_delay)
+        ));
+    }
+    let schedule = match (&s.interval, &s.schedule) {
+        (Some(_), Some(_)) => {
+            return Err("sender.interval and sender.schedule are both set: choose one".into());
+        }
+        (_, Some(expr)) => {
+            let sched = Schedule::cron(expr).map_err(|e| {
+                format!("sender.schedule = {expr:?}: not a cron expression with seconds: {e}")
+            })?;
+            let gap = sched
+                .longest_gap(chrono::Utc::now(), Duration::from_secs(8 * 86400), 200_000)
+                .ok_or_else(|| format!("sender.schedule = {expr:?}: never ticks"))?;
+            if gap > max_delay {
+                return Err(format!(
+                    "sender.schedule = {expr:?}: ticks up to {} apart, over sender.max_delay = {}",
+                    fmt_dur(gap),
+                    fmt_dur(max_delay)
+                ));
+            }
+            sched
+        }
+        (interval, None) => {
+            let d = duration("sender.interval", interval.as_deref(), DEFAULT_INTERVAL)?;
+            if d < MIN_INTERVAL || d > WINDOW {
+                return Err(format!(
+                    "sender.interval = {}: must be between 1s and 5m",
+                    fmt_dur(d)
+                ));
+            }
+            if d > max_delay {
+                return Err(format!(
+                    "sender.interval = {} is over sender.max_delay = {}",
+                    fmt_dur(d),
+                    fmt_dur(max_delay)
+                ));
+            }
+            Schedule::Every(d)
+        }
+    };
+    let chunk_size = size(
+        "sender.chunk_size",
+        s.chunk_size.as_deref(),
+        DEFAULT_CHUNK_SIZE,
+    )?;
+    let max_bundle_size = size(
+        "sender.max_bundle_size",
+        s.max_bundle_size.as_deref(),
+        DEFAULT_MAX_BUNDLE_SIZE,
+    )?;
+    if chunk_size < MIN_CHUNK_SIZE {
+        return Err(format!(
+            "sender.chunk_size: at least {MIN_CHUNK_SIZE} bytes"
+        ));
+    }
+    if max_bundle_size < 2 * chunk_size {
+        return Err(format!(
+            "sender.max_bundle_size ({max_bundle_size} bytes) must be at least twice sender.chunk_size ({chunk_size} bytes)"
+        ));
+    }
+    let mut patterns: Vec<String> = if s.exclude_defaults.unwrap_or(true) {
+        DEFAULT_EXCLUDES.iter().map(|p| p.to_string()).collect()
+    } else {
+        Vec::new()
+    };
+    patterns.extend(s.exclude.unwrap_or_default());
+    let exclude =
+        Excludes::new(&patterns).map_err(|e| format!("sender.exclude: bad pattern: {e}"))?;
+    let receiver = s.receiver.trim().to_owned();
+    check_host_port("sender.receiver", &receiver)?;
+    if let Some(id) = &s.id {
+        if id.is_empty()
+            || id.len() > 64
+            || !id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "sender.id = {id:?}: use 1-64 letters, digits, '-', '_' or '.'"
+            ));
+        }
+    }
+    Ok(SenderConfig {
+        source: base.join(&s.source),
+        receiver,
+        state_dir: base.join(&s.state_dir),
+        id: s.id,
+        schedule,
+        settle,
+        max_delay,
+        exclude,
+        chunk_size,
+        max_bundle_size,
+    })
+}
+
+fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, String> {
+    let listen = r.listen.trim().to_owned();
+    listen.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "receiver.listen = {listen:?}: expected an address and port such as \"0.0.0.0:7700\""
+        )
+    })?;
+    let archive_keep = r.archive_keep.unwrap_or(DEFAULT_ARCHIVE_KEEP);
+    let max_bundle_size = size(
+        "receiver.max_bundle_size",
+        r.max_bundle_size.as_deref(),
+        DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
+    )?;
+    let root = base.join(&r.root);
+    let state_dir = base.join(&r.state_dir);
+    if state_dir.starts_with(&root) {
+        return Err(
+            "receiver.state_dir must not be inside receiver.root: readers of root would see it"
+                .into(),
+        );
+    }
+    let archive_dir = base.join(&r.archive_dir);
+    if archive_dir.starts_with(&root) {
+        return Err("receiver.archive_dir must not be inside receiver.root".into());
+    }
+    let staging_dir = r.staging_dir.map(|p| base.join(p));
+    if let Some(s) = &staging_dir
+        && s.starts_with(&root)
+    {
+        return Err("receiver.staging_dir must not be inside receiver.root".into());
+    }
+    Ok(ReceiverConfig {
+        listen,
+        root,
+        state_dir,
+        staging_dir,
+        archive_dir,
+        archive_keep,
+        max_bundle_size,
+    })
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v.trim())
+            .map_err(|e| format!("{key} = {v:?}: not a duration such as \"10s\" or \"2m\": {e}")),
+    }
+}
+
+fn size(key: &str, value: Option<&str>, default: u64) -> Result<u64, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| b.as_u64())
+            .map_err(|e| format!("{key} = {v:?}: not a size such as \"64MiB\": {e}")),
+    }
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), String> {
+    let ok = match value.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{key} = {value:?}: expected \"host:port\""))
+    }
+}
+
+/// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
+pub fn resolve(value: &str) -> std::io::Result<Vec<SocketAddr>> {
+    Ok(value.to_socket_addrs()?.collect())
+}
+
+/// True when every address `value` names is a loopback address.
+pub fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        IpAddr::V4(a) => a.is_loopback(),
+        IpAddr::V6(a) => a.is_loopback(),
+    }
+}
+
+pub fn fmt_dur(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SENDER: &str = r#"
+[sender]
+source = "src"
+receiver = "127.0.0.1:7700"
+state_dir = "state"
+"#;
+
+    fn check(extra: &str) -> Result<Config, String> {
+        let text = format!("{SENDER}{extra}");
+        validate(parse(&text)?, Path::new("/base"))
+    }
+
+    fn err(extra: &str) -> String {
+        check(extra).expect_err("config accepted")
+    }
+
+    #[test]
+    fn defaults_fill_the_sender() {
+        let c = check("").unwrap();
+        let s = c.sender.unwrap();
+        assert_eq!(s.source, Path::new("/base/src"));
+        assert_eq!(s.settle, DEFAULT_SETTLE);
+        assert_eq!(s.max_delay, WINDOW);
+        assert!(matches!(s.schedule, Schedule::Every(d) if d == DEFAULT_INTERVAL));
+        assert_eq!(s.chunk_size, 64 << 20);
+        assert!(s.exclude.is_excluded("a/.b.swp"));
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let e = err("colour = \"blue\"\n");
+        assert!(e.contains("colour"), "{e}");
+        let e = parse("[sendr]\n").unwrap_err();
+        assert!(e.contains("sendr"), "{e}");
+    }
+
+    #[test]
+    fn each_window_breaking_setting_is_refused_by_key() {
+        for (extra, key) in [
+            ("interval = \"6m\"\n", "sender.interval"),
+            ("interval = \"500ms\"\n", "sender.interval"),
+            ("interval = \"ten\"\n", "sender.interval"),
+            ("settle = \"5m\"\n", "sender.settle"),
+            ("max_delay = \"10m\"\n", "sender.max_delay"),
+            (
+                "max_delay = \"30s\"\ninterval = \"1m\"\n",
+                "sender.interval",
+            ),
+            ("schedule = \"0 0-29 * * * *\"\n", "sender.schedule"),
+            ("schedule = \"not cron\"\n", "sender.schedule"),
+            (
+                "schedule = \"*/5 * * * * *\"\ninterval = \"5s\"\n",
+                "sender.interval",
+            ),
+            ("chunk_size = \"1KiB\"\n", "sender.chunk_size"),
+            ("chunk_size = \"big\"\n", "sender.chunk_size"),
+            (
+                "chunk_size = \"64MiB\"\nmax_bundle_size = \"100MiB\"\n",
+                "sender.max_bundle_size",
+            ),
+            ("exclude = [\"a[\"]\n", "sender.exclude"),
+            ("id = \"has space\"\n", "sender.id"),
+        ] {
+            let e = err(extra);
+            assert!(e.contains(key), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_dense_cron_schedule_is_accepted() {
+        let c = check("schedule = \"*/5 * * * * *\"\n").unwrap();
+        assert!(matches!(c.sender.unwrap().schedule, Schedule::Cron(_)));
+    }
+
+    #[test]
+    fn missing_required_key_is_named() {
+        let e = parse("[sender]\nsource = \"a\"\n").unwrap_err();
+        assert!(e.contains("receiver"), "{e}");
+    }
+
+    #[test]
+    fn receiver_checks_listen_and_nesting() {
+        let base = "[receiver]\nroot = \"www\"\nstate_dir = \"st\"\narchive_dir = \"ar\"\n";
+        let ok = validate(
+            parse(&format!("{base}listen = \"127.0.0.1:0\"\n")).unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap();
+        assert_eq!(ok.receiver.unwrap().archive_keep, DEFAULT_ARCHIVE_KEEP);
+        let e = validate(
+            parse(&format!("{base}listen = \"nowhere\"\n")).unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.contains("receiver.listen"), "{e}");
+        let nested = "[receiver]\nroot = \"www\"\nstate_dir = \"www/st\"\narchive_dir = \"ar\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = validate(parse(nested).unwrap(), Path::new("/b")).unwrap_err();
+        assert!(e.contains("receiver.state_dir"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_config_is_refused() {
+        let e = validate(parse("").unwrap(), Path::new("/")).unwrap_err();
+        assert!(e.contains("nothing to run"), "{e}");
+    }
+}

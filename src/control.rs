@@ -1,0 +1,127 @@
+//! The local control socket: typed requests from `shipper flush` (and later
+//! commands) to a running sender, one JSON line each way. The socket lives in
+//! the sender's state_dir with mode 0600.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle::pack::Summary;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// Cut a bundle with everything pending now and answer once the receiver
+    /// acknowledged it (or `timeout_ms` passed).
+    Flush { timeout_ms: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Flushed {
+        first_seq: u64,
+        last_seq: u64,
+        bundles: u64,
+        summary: Summary,
+    },
+    NothingToShip,
+    Error {
+        message: String,
+    },
+}
+
+pub type Call = (Request, oneshot::Sender<Response>);
+
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("control.sock")
+}
+
+/// Listen on the control socket until `shutdown`, handing each request to
+/// `tx` with a channel for its answer.
+pub async fn serve(
+    path: PathBuf,
+    tx: mpsc::Sender<Call>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    if UnixStream::connect(&path).await.is_ok() {
+        anyhow::bail!(
+            "{}: another sender is already running with this state_dir",
+            path.display()
+        );
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => { tracing::warn!(error = %e, "control socket accept failed"); continue }
+            },
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, tx).await {
+                tracing::debug!(error = %e, "control client");
+            }
+        });
+    }
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, tx: mpsc::Sender<Call>) -> anyhow::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    // A request is a short line; never buffer more from a local client.
+    BufReader::new(r.take(64 * 1024))
+        .read_line(&mut line)
+        .await?;
+    let response = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => {
+            let (otx, orx) = oneshot::channel();
+            tx.send((req, otx))
+                .await
+                .map_err(|_| anyhow::anyhow!("sender stopped"))?;
+            orx.await.unwrap_or(Response::Error {
+                message: "sender stopped before answering".into(),
+            })
+        }
+        Err(e) => Response::Error {
+            message: format!("bad request: {e}"),
+        },
+    };
+    let mut out = serde_json::to_vec(&response)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    Ok(())
+}
+
+/// Send one request to the sender whose state_dir holds `path`.
+pub async fn call(path: &Path, req: &Request, wait: Duration) -> anyhow::Result<Response> {
+    let stream = UnixStream::connect(path).await.with_context(|| {
+        format!(
+            "no sender is running (cannot connect to control socket {})",
+            path.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut out = serde_json::to_vec(req)?;
+    out.push(b'\n');
+    w.write_all(&out).await?;
+    let mut line = String::new();
+    tokio::time::timeout(wait, BufReader::new(r).read_line(&mut line))
+        .await
+        .context("the sender did not answer in time")??;
+    serde_json::from_str(&line)
+        .with_context(|| format!("unreadable answer from the sender: {line:?}"))
+}

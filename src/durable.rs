@@ -1,0 +1,53 @@
+//! Crash-safe writes of small state files and directory syncs.
+//!
+//! Owns the one recipe every durable write in shipper follows: write to a
+//! temporary name in the same directory, fsync the file, rename it over the
+//! final name, fsync the directory. A crash at any point leaves either the
+//! old or the new content, never a mix. Nothing else belongs here.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Replace `path` with `bytes` so that a crash leaves the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_of(path);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".shipper-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    // The data must be on disk before the rename makes it visible under the final name.
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    // The rename itself lives in the directory; without this it can be lost on power failure.
+    sync_dir(dir)
+}
+
+/// fsync a directory so that renames and unlinks in it survive a crash.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_replaces_content_and_leaves_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temporary files left behind");
+    }
+}

@@ -1,0 +1,31 @@
+//! shipper keeps a directory on one host in step with a directory on another
+//! by shipping its changes in periodic zip bundles over TCP.
+//!
+//! # Layout
+//! - [`cli`]: the command line (clap).
+//! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
+//! - [`paths`]: shipped path form, path validation, exclude rules.
+//! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks.
+//! - [`changes`]: the change set: coalescing, settle, max_delay. Pure.
+//! - [`schedule`]: interval or cron ticks. Pure.
+//! - [`bundle`]: manifest (pure), packing, verifying and applying zips.
+//! - [`proto`]: frames (pure) and the connection that carries them.
+//! - [`sender`]: the sender's loop and transport.
+//! - [`receiver`]: accept, verify, apply, archive, acknowledge.
+//! - [`control`]: the local control socket (`shipper flush`).
+//! - [`commands`]: what each subcommand does.
+//! - [`durable`]: crash-safe writes.
+
+pub mod bundle;
+pub mod changes;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod control;
+pub mod durable;
+pub mod paths;
+pub mod proto;
+pub mod receiver;
+pub mod schedule;
+pub mod sender;
+pub mod watch;

@@ -1,0 +1,119 @@
+//! A connection owns one stream and speaks frames over it; bundle bodies are
+//! streamed between files and the socket in fixed-size buffers, hashed on
+//! the way in, never held whole in memory.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+
+use super::frame::{self, Frame, FrameError, HEADER_LEN};
+
+const BODY_BUF: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("connection closed by peer")]
+    Closed,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Frame(#[from] FrameError),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unexpected {0}")]
+    Unexpected(String),
+}
+
+pub struct Connection<S> {
+    reader: BufReader<tokio::io::ReadHalf<S>>,
+    writer: BufWriter<tokio::io::WriteHalf<S>>,
+}
+
+impl<S: AsyncRead + AsyncWrite> Connection<S> {
+    pub fn new(stream: S) -> Self {
+        let (r, w) = tokio::io::split(stream);
+        Self {
+            reader: BufReader::with_capacity(BODY_BUF, r),
+            writer: BufWriter::with_capacity(BODY_BUF, w),
+        }
+    }
+
+    /// Read the next frame; `Ok(None)` on a clean end of stream between frames.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        let mut header = [0u8; HEADER_LEN];
+        match self.reader.read_exact(&mut header[..1]).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        self.read_exact(&mut header[1..]).await?;
+        let (kind, len) = frame::parse_header(&header)?;
+        // `len` is bounded by MAX_PAYLOAD: safe to allocate.
+        let mut payload = vec![0u8; len];
+        self.read_exact(&mut payload).await?;
+        Ok(Some(frame::parse_payload(kind, &payload)?))
+    }
+
+    /// Read a frame, treating end of stream as an error.
+    pub async fn expect_frame(&mut self) -> Result<Frame, ConnError> {
+        self.read_frame().await?.ok_or(ConnError::Closed)
+    }
+
+    pub async fn expect_frame_within(&mut self, limit: Duration) -> Result<Frame, ConnError> {
+        tokio::time::timeout(limit, self.expect_frame())
+            .await
+            .map_err(|_| ConnError::Timeout(limit))?
+    }
+
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnError> {
+        match self.reader.read_exact(buf).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
+        self.writer.write_all(&f.to_bytes()).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Send `size` bytes of the file at `path` as a bundle body (no flush).
+    pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<(), ConnError> {
+        let file = tokio::fs::File::open(path).await?;
+        let mut limited = file.take(size);
+        let copied = tokio::io::copy(&mut limited, &mut self.writer).await?;
+        if copied != size {
+            return Err(ConnError::Io(io::Error::other(format!(
+                "{}: {copied} bytes, expected {size}",
+                path.display()
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Receive exactly `size` body bytes into `out`, returning their BLAKE3.
+    pub async fn recv_body(
+        &mut self,
+        size: u64,
+        out: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<blake3::Hash, ConnError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; BODY_BUF];
+        let mut left = size;
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let n = self.reader.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            hasher.update(&buf[..n]);
+            out.write_all(&buf[..n]).await?;
+            left -= n as u64;
+        }
+        Ok(hasher.finalize())
+    }
+}

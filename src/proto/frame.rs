@@ -1,0 +1,276 @@
+//! Frames: `[kind: u8][len: u32 BE][payload: len bytes]`.
+//!
+//! Pure encode and decode of byte slices (like mini-redis's frame.rs): the
+//! decoder returns `Ok(None)` on incomplete input, and refuses a length over
+//! [`MAX_PAYLOAD`] before anything is allocated.
+
+pub const PROTOCOL_VERSION: u16 = 1;
+/// `Hello` starts with this so a stray client is recognised at once.
+pub const MAGIC: [u8; 4] = *b"SHPR";
+/// Largest payload of any frame; bundle bodies are not frames.
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+pub const HEADER_LEN: usize = 5;
+/// Longest refusal reason sent; longer ones are cut.
+const MAX_REASON: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Hello { version: u16, sender: String },
+    Welcome { last_applied: u64 },
+    Bundle { seq: u64, size: u64 },
+    Trailer { size: u64, hash: [u8; 32] },
+    Ack { seq: u64 },
+    Refuse { seq: u64, reason: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    #[error("frame payload of {0} bytes exceeds the limit of {MAX_PAYLOAD}")]
+    TooLong(usize),
+    #[error("malformed {kind} frame")]
+    Malformed { kind: &'static str },
+    #[error("not a shipper peer (bad magic)")]
+    BadMagic,
+}
+
+const HELLO: u8 = 1;
+const WELCOME: u8 = 2;
+const BUNDLE: u8 = 3;
+const TRAILER: u8 = 4;
+const ACK: u8 = 5;
+const REFUSE: u8 = 6;
+
+impl Frame {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        let kind = match self {
+            Frame::Hello { version, sender } => {
+                out.extend_from_slice(&MAGIC);
+                out.extend_from_slice(&version.to_be_bytes());
+                out.extend_from_slice(sender.as_bytes());
+                HELLO
+            }
+            Frame::Welcome { last_applied } => {
+                out.extend_from_slice(&last_applied.to_be_bytes());
+                WELCOME
+            }
+            Frame::Bundle { seq, size } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                out.extend_from_slice(&size.to_be_bytes());
+                BUNDLE
+            }
+            Frame::Trailer { size, hash } => {
+                out.extend_from_slice(&size.to_be_bytes());
+                out.extend_from_slice(hash);
+                TRAILER
+            }
+            Frame::Ack { seq } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                ACK
+            }
+            Frame::Refuse { seq, reason } => {
+                out.extend_from_slice(&seq.to_be_bytes());
+                let mut end = reason.len().min(MAX_REASON);
+                while !reason.is_char_boundary(end) {
+                    end -= 1;
+                }
+                out.extend_from_slice(&reason.as_bytes()[..end]);
+                REFUSE
+            }
+        };
+        let len = (out.len() - start - HEADER_LEN) as u32;
+        out[start] = kind;
+        out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decode one frame from the front of `buf`: `Ok(None)` when more bytes
+    /// are needed, else the frame and how many bytes it used.
+    pub fn parse(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+        let Some(header) = buf.get(..HEADER_LEN) else {
+            return Ok(None);
+        };
+        let (kind, len) = parse_header(header.try_into().expect("header length"))?;
+        let Some(payload) = buf.get(HEADER_LEN..HEADER_LEN + len) else {
+            return Ok(None);
+        };
+        Ok(Some((parse_payload(kind, payload)?, HEADER_LEN + len)))
+    }
+}
+
+/// Check a header and return the kind and payload length, refusing lengths
+/// over the limit before the caller allocates.
+pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
+    let kind = h[0];
+    if !(HELLO..=REFUSE).contains(&kind) {
+        return Err(FrameError::UnknownKind(kind));
+    }
+    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
+    if len > MAX_PAYLOAD {
+        return Err(FrameError::TooLong(len));
+    }
+    Ok((kind, len))
+}
+
+pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
+    let u64_at =
+        |i: usize| -> Option<u64> { Some(u64::from_be_bytes(p.get(i..i + 8)?.try_into().ok()?)) };
+    let frame = match kind {
+        HELLO => {
+            if p.get(..4) != Some(&MAGIC[..]) {
+                return Err(FrameError::BadMagic);
+            }
+            let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
+            let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
+            match (version, sender) {
+                (Some(version), Some(s)) => Some(Frame::Hello {
+                    version,
+                    sender: s.to_owned(),
+                }),
+                _ => None,
+            }
+        }
+        WELCOME if p.len() == 8 => u64_at(0).map(|last_applied| Frame::Welcome { last_applied }),
+        BUNDLE if p.len() == 16 => Some(Frame::Bundle {
+            seq: u64_at(0).unwrap_or_default(),
+            size: u64_at(8).unwrap_or_default(),
+        }),
+        TRAILER if p.len() == 40 => Some(Frame::Trailer {
+            size: u64_at(0).unwrap_or_default(),
+            hash: p[8..40].try_into().expect("32 bytes"),
+        }),
+        ACK if p.len() == 8 => u64_at(0).map(|seq| Frame::Ack { seq }),
+        REFUSE if p.len() >= 8 => std::str::from_utf8(&p[8..]).ok().map(|r| Frame::Refuse {
+            seq: u64_at(0).unwrap_or_default(),
+            reason: r.to_owned(),
+        }),
+        _ => None,
+    };
+    frame.ok_or(FrameError::Malformed {
+        kind: kind_name(kind),
+    })
+}
+
+fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        HELLO => "hello",
+        WELCOME => "welcome",
+        BUNDLE => "bundle",
+        TRAILER => "trailer",
+        ACK => "ack",
+        REFUSE => "refuse",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all() -> Vec<Frame> {
+        vec![
+            Frame::Hello {
+                version: 1,
+                sender: "app-1".into(),
+            },
+            Frame::Welcome { last_applied: 42 },
+            Frame::Bundle {
+                seq: 7,
+                size: 1 << 40,
+            },
+            Frame::Trailer {
+                size: 99,
+                hash: [7; 32],
+            },
+            Frame::Ack { seq: u64::MAX },
+            Frame::Refuse {
+                seq: 3,
+                reason: "disk full: é".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_frame_round_trips() {
+        for f in all() {
+            let bytes = f.to_bytes();
+            assert_eq!(Frame::parse(&bytes), Ok(Some((f.clone(), bytes.len()))));
+        }
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_not_an_error() {
+        for f in all() {
+            let bytes = f.to_bytes();
+            for cut in 0..bytes.len() {
+                assert_eq!(Frame::parse(&bytes[..cut]), Ok(None), "{f:?} cut at {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn frames_follow_each_other_in_a_buffer() {
+        let mut buf = Vec::new();
+        for f in all() {
+            f.encode(&mut buf);
+        }
+        let mut at = 0;
+        let mut got = Vec::new();
+        while let Some((f, n)) = Frame::parse(&buf[at..]).unwrap() {
+            got.push(f);
+            at += n;
+        }
+        assert_eq!(got, all());
+    }
+
+    #[test]
+    fn oversized_length_is_refused_from_the_header_alone() {
+        let h = [ACK, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(
+            Frame::parse(&h),
+            Err(FrameError::TooLong(u32::MAX as usize))
+        );
+    }
+
+    #[test]
+    fn garbage_is_refused() {
+        assert_eq!(
+            Frame::parse(&[0, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(0))
+        );
+        assert_eq!(
+            Frame::parse(&[ACK, 0, 0, 0, 3, 1, 2, 3]),
+            Err(FrameError::Malformed { kind: "ack" })
+        );
+        let mut hello = Frame::Hello {
+            version: 1,
+            sender: "x".into(),
+        }
+        .to_bytes();
+        hello[5] = b'X';
+        assert_eq!(Frame::parse(&hello), Err(FrameError::BadMagic));
+        // A HTTP client poking the port.
+        assert!(Frame::parse(b"GET / HTTP/1.1\r\n").is_err());
+    }
+
+    #[test]
+    fn long_reasons_are_cut_on_a_char_boundary() {
+        let f = Frame::Refuse {
+            seq: 1,
+            reason: "é".repeat(5000),
+        };
+        let (back, _) = Frame::parse(&f.to_bytes()).unwrap().unwrap();
+        let Frame::Refuse { reason, .. } = back else {
+            panic!()
+        };
+        assert!(reason.len() <= MAX_REASON);
+    }
+}

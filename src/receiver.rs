@@ -1,0 +1,327 @@
+//! The receiver: accept senders, take bundles, verify, apply, archive, ack.
+//!
+//! A bundle is streamed into `state_dir/incoming` while its BLAKE3 is
+//! computed; its size and hash must match the trailer before it is opened.
+//! Bundles are applied one at a time, in sequence order per sender; a
+//! sequence already applied is acknowledged again without being applied.
+//! The applied sequence is stored durably before the acknowledgement.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::bundle::apply::{self, Target};
+use crate::bundle::manifest::valid_sender_id;
+use crate::config::ReceiverConfig;
+use crate::durable;
+use crate::proto::frame::PROTOCOL_VERSION;
+use crate::proto::{Connection, Frame};
+
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the receiver keeps across restarts: the last sequence applied per sender.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReceiverState {
+    pub applied: BTreeMap<String, u64>,
+}
+
+impl ReceiverState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receiver.json")
+    }
+
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: corrupt receiver state", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+pub struct Receiver {
+    cfg: ReceiverConfig,
+    target: Target,
+    incoming: PathBuf,
+    /// Held while a bundle is applied: one at a time, state and root agree.
+    state: Mutex<ReceiverState>,
+}
+
+/// The target a receiver config describes, directories created.
+pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
+    for d in [&cfg.root, &cfg.state_dir, &cfg.archive_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let staging = cfg
+        .staging_dir
+        .clone()
+        .unwrap_or_else(|| apply::default_staging(&cfg.root, &cfg.state_dir));
+    let target = Target {
+        root: cfg.root.clone(),
+        staging,
+        parts: cfg.state_dir.join("parts"),
+    };
+    target.prepare().context("preparing receiver directories")?;
+    Ok(target)
+}
+
+impl Receiver {
+    /// Prepare directories and bind the listening socket. The bound address
+    /// is written to `state_dir/listen.addr` (useful with port 0).
+    pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
+        let target = target_for(&cfg)?;
+        let incoming = cfg.state_dir.join("incoming");
+        // Half-received bundles from an earlier run are useless: the sender re-sends.
+        let _ = std::fs::remove_dir_all(&incoming);
+        std::fs::create_dir_all(&incoming)
+            .with_context(|| format!("creating {}", incoming.display()))?;
+        let state = ReceiverState::load(&cfg.state_dir)?;
+        let listener = TcpListener::bind(&cfg.listen)
+            .await
+            .with_context(|| format!("receiver.listen: cannot listen on {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        durable::write_atomic(
+            &cfg.state_dir.join("listen.addr"),
+            addr.to_string().as_bytes(),
+        )
+        .context("writing listen.addr")?;
+        if !crate::config::is_loopback(&addr) {
+            warn!(%addr, "listening beyond loopback without authentication: anyone who can reach this port can write to root");
+        }
+        info!(%addr, root = %cfg.root.display(), "receiver listening");
+        Ok((
+            Arc::new(Self {
+                cfg,
+                target,
+                incoming,
+                state: Mutex::new(state),
+            }),
+            listener,
+        ))
+    }
+
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let me = self.clone();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    r = me.session(stream, peer) => if let Err(e) = r {
+                        warn!(%peer, error = format!("{e:#}"), "session ended");
+                    },
+                }
+            });
+        }
+    }
+
+    async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+        let _ = stream.set_nodelay(true);
+        let mut conn = Connection::new(stream);
+        let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
+            Frame::Hello { version, sender }
+                if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
+            {
+                sender
+            }
+            Frame::Hello { version, sender } => {
+                let reason = if version != PROTOCOL_VERSION {
+                    format!(
+                        "protocol version {version} not supported (this receiver speaks {PROTOCOL_VERSION})"
+                    )
+                } else {
+                    format!("sender id {sender:?} is not valid")
+                };
+                conn.write_frame(&Frame::Refuse {
+                    seq: 0,
+                    reason: reason.clone(),
+                })
+                .await?;
+                anyhow::bail!("refused {peer}: {reason}");
+            }
+            other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
+        };
+        let last = self
+            .state
+            .lock()
+            .await
+            .applied
+            .get(&sender)
+            .copied()
+            .unwrap_or(0);
+        conn.write_frame(&Frame::Welcome { last_applied: last })
+            .await?;
+        info!(%peer, %sender, last_applied = last, "sender connected");
+        while let Some(frame) = conn.read_frame().await? {
+            let Frame::Bundle { seq, size } = frame else {
+                anyhow::bail!("{peer}: expected a bundle, got {frame:?}");
+            };
+            if size > self.cfg.max_bundle_size {
+                let reason = format!(
+                    "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
+                    self.cfg.max_bundle_size
+                );
+                conn.write_frame(&Frame::Refuse {
+                    seq,
+                    reason: reason.clone(),
+                })
+                .await?;
+                anyhow::bail!("{peer}: {reason}");
+            }
+            let started = Instant::now();
+            let part = self.incoming.join(format!("{sender}-{seq}.zip.part"));
+            let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
+            let _ = tokio::fs::remove_file(&part).await;
+            match answer? {
+                Ok(applied) => {
+                    if let Some(a) = applied {
+                        info!(%sender, seq, files = a.summary.files, deletions = a.summary.deletions, bytes = a.summary.bytes, ms = started.elapsed().as_millis() as u64, "bundle applied");
+                    }
+                    conn.write_frame(&Frame::Ack { seq }).await?;
+                }
+                Err(reason) => {
+                    warn!(%peer, %sender, seq, %reason, "bundle refused");
+                    conn.write_frame(&Frame::Refuse { seq, reason }).await?;
+                }
+            }
+        }
+        info!(%peer, %sender, "sender disconnected");
+        Ok(())
+    }
+
+    /// Receive one bundle body and trailer, then apply it. The outer error
+    /// ends the session (stream out of step); the inner one is a refusal.
+    async fn receive(
+        &self,
+        conn: &mut Connection<TcpStream>,
+        sender: &str,
+        seq: u64,
+        size: u64,
+        part: &Path,
+    ) -> anyhow::Result<Result<Option<apply::Applied>, String>> {
+        let mut file = tokio::fs::File::create(part)
+            .await
+            .with_context(|| format!("creating {}", part.display()))?;
+        let hash = conn.recv_body(size, &mut file).await?;
+        file.flush().await?;
+        let Frame::Trailer {
+            size: t_size,
+            hash: t_hash,
+        } = conn.expect_frame().await?
+        else {
+            anyhow::bail!("expected a trailer after bundle {seq}");
+        };
+        if t_size != size || t_hash != *hash.as_bytes() {
+            return Ok(Err(format!(
+                "bundle {seq} failed its trailer check (size {size} vs {t_size}, hash {} vs {})",
+                hash.to_hex(),
+                blake3::Hash::from_bytes(t_hash).to_hex()
+            )));
+        }
+        drop(file);
+        let mut state = self.state.lock().await;
+        let last = state.applied.get(sender).copied().unwrap_or(0);
+        if seq <= last {
+            info!(sender, seq, "already applied; acknowledging again");
+            return Ok(Ok(None));
+        }
+        if seq > last + 1 && last > 0 {
+            warn!(
+                sender,
+                seq, last, "sequence gap: bundles in between were never received here"
+            );
+        }
+        let target = self.target.clone();
+        let part_path = part.to_path_buf();
+        let sender_owned = sender.to_owned();
+        let result = tokio::task::spawn_blocking(move || -> Result<apply::Applied, String> {
+            let opened = apply::open(&part_path).map_err(|e| e.to_string())?;
+            if opened.manifest.sender != sender_owned || opened.manifest.seq != seq {
+                return Err(format!(
+                    "manifest says sender {:?} sequence {}, the stream said {sender_owned:?} {seq}",
+                    opened.manifest.sender, opened.manifest.seq
+                ));
+            }
+            apply::apply(&target, opened).map_err(|e| e.to_string())
+        })
+        .await
+        .context("apply task")?;
+        let applied = match result {
+            Ok(a) => a,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        state.applied.insert(sender.to_owned(), seq);
+        if let Err(e) = state.save(&self.cfg.state_dir) {
+            return Ok(Err(format!("{e:#}")));
+        }
+        drop(state);
+        let archive_dir = self.cfg.archive_dir.clone();
+        let keep = self.cfg.archive_keep;
+        let name = format!("{sender}-{seq:020}.zip");
+        let src = part.to_path_buf();
+        tokio::task::spawn_blocking(move || archive(&src, &archive_dir, &name, keep))
+            .await
+            .context("archive task")?
+            .unwrap_or_else(|e| warn!(error = format!("{e:#}"), "archiving the bundle failed"));
+        Ok(Ok(Some(applied)))
+    }
+}
+
+/// Keep the applied bundle in `dir` and prune to the newest `keep`.
+fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()> {
+    let dest = dir.join(name);
+    if keep > 0 {
+        if std::fs::rename(src, &dest).is_err() {
+            std::fs::copy(src, &dest).with_context(|| format!("copying to {}", dest.display()))?;
+        }
+        std::fs::File::open(&dest)?.sync_all()?;
+        durable::sync_dir(dir)?;
+    }
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort();
+    let excess = entries.len().saturating_sub(keep);
+    for (_, p) in entries.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// Run the receiver until `shutdown`.
+pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (r, listener) = Receiver::bind(cfg).await?;
+    r.serve(listener, shutdown).await;
+    Ok(())
+}

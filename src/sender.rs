@@ -1,0 +1,761 @@
+//! The sender: watcher -> change set -> packer -> transport.
+//!
+//! [`run`] owns the change set and what was shipped, and decides when to cut.
+//! Packing runs on a blocking thread and hands finished bundles to the
+//! transport task through a channel of one slot, so the outbox never holds
+//! more than a couple of bundles however far the receiver lags. The
+//! transport keeps one connection, re-sends what was not acknowledged and
+//! reconnects forever with capped exponential backoff.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bundle::manifest::FileMeta;
+use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report, Summary};
+use crate::changes::{ChangeSet, Op};
+use crate::config::SenderConfig;
+use crate::control::{self, Call, Request, Response};
+use crate::durable;
+use crate::paths::is_within;
+use crate::proto::connection::ConnError;
+use crate::proto::frame::PROTOCOL_VERSION;
+use crate::proto::{Connection, Frame};
+use crate::watch::{self as watcher, WatchMsg};
+
+/// How long the receiver may take to verify and apply one bundle.
+const ACK_TIMEOUT: Duration = Duration::from_secs(600);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What the sender keeps across restarts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SenderState {
+    id: String,
+    next_seq: u64,
+}
+
+impl SenderState {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("sender.json")
+    }
+
+    /// Load, or create with a fresh id. Returns whether it was created.
+    fn load_or_create(state_dir: &Path, id: Option<&str>) -> anyhow::Result<(Self, bool)> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let mut s: SenderState = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{}: corrupt sender state", path.display()))?;
+                if let Some(id) = id {
+                    s.id = id.to_owned();
+                }
+                Ok((s, false))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let id = id.map(str::to_owned).unwrap_or_else(generated_id);
+                let s = SenderState { id, next_seq: 1 };
+                s.save(state_dir)?;
+                Ok((s, true))
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn generated_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(40)
+        .collect();
+    let mut h = blake3::Hasher::new();
+    h.update(format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes());
+    let tag = &h.finalize().to_hex()[..8];
+    if host.is_empty() {
+        format!("sender-{tag}")
+    } else {
+        format!("{host}-{tag}")
+    }
+}
+
+/// The link to the receiver as the transport last saw it.
+#[derive(Debug, Clone, Default)]
+pub struct LinkStatus {
+    pub connected: bool,
+    pub last_error: Option<String>,
+}
+
+enum TransportEvent {
+    Acked { seq: u64 },
+}
+
+struct FlushWait {
+    /// Answer once this sequence is acknowledged; `None` until its pack ran.
+    target: Option<u64>,
+    /// First sequence cut for this flush.
+    first: u64,
+    deadline: Instant,
+    reply: oneshot::Sender<Response>,
+}
+
+/// Run the sender until `shutdown`.
+pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    for d in [&cfg.source, &cfg.state_dir] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let source = std::fs::canonicalize(&cfg.source)
+        .with_context(|| format!("sender.source {}", cfg.source.display()))?;
+    let state_dir = std::fs::canonicalize(&cfg.state_dir)
+        .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
+    let outbox = state_dir.join("outbox");
+    // Bundles not acknowledged before a restart are dropped: the start-up
+    // scan below queues the whole tree again.
+    let _ = std::fs::remove_dir_all(&outbox);
+    std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
+    let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
+    info!(id = %state.id, source = %source.display(), receiver = %cfg.receiver, "sender starting");
+    // Never ship our own state if it lives inside the source tree.
+    let ignore = vec![state_dir.clone()];
+
+    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
+    let _guard = watcher::start(
+        &source,
+        cfg.exclude.clone(),
+        ignore.clone(),
+        watch_tx.clone(),
+    )
+    .with_context(|| format!("watching {}", source.display()))?;
+
+    let (control_tx, mut control_rx) = mpsc::channel::<Call>(16);
+    let control_task = tokio::spawn(control::serve(
+        control::socket_path(&state_dir),
+        control_tx,
+        shutdown.clone(),
+    ));
+
+    let (bundle_tx, bundle_rx) = mpsc::channel::<Packed>(1);
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus::default());
+    let seq_floor = Arc::new(AtomicU64::new(0));
+    let transport_task = tokio::spawn(transport(
+        cfg.receiver.clone(),
+        state.id.clone(),
+        bundle_rx,
+        event_tx,
+        status_tx,
+        seq_floor.clone(),
+        shutdown.clone(),
+    ));
+
+    let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
+    let mut s = Sender {
+        scan_tx,
+        changes: ChangeSet::new(cfg.settle, cfg.max_delay),
+        shipped: BTreeMap::new(),
+        source: source.clone(),
+        outbox,
+        state_dir: state_dir.clone(),
+        state: Arc::new(std::sync::Mutex::new(state)),
+        seq_floor,
+        cfg: cfg.clone(),
+        ignore,
+        bundle_tx,
+        packing: None,
+        packing_forced: false,
+        flush_queued: Vec::new(),
+        flush_packing: Vec::new(),
+        flush_waiting: Vec::new(),
+        acked: 0,
+        packed: 0,
+        summaries: BTreeMap::new(),
+        status: status_rx,
+        needs_welcome: fresh,
+    };
+    // The existing tree counts as new: the first bundles bring an empty
+    // receiver up to date. The watch is already running, so nothing written
+    // during the walk is missed.
+    s.scan(source.clone());
+
+    let mut next_tick = s.next_tick();
+    let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(msg) = watch_rx.recv() => s.on_watch(msg),
+            Some(paths) = scan_rx.recv() => {
+                let now = Instant::now();
+                for p in paths {
+                    s.changes.changed(&p, false, now);
+                }
+            }
+            _ = tokio::time::sleep_until(next_tick.into()) => {
+                next_tick = s.next_tick();
+                s.maybe_pack(false, next_tick);
+            }
+            done = wait_packing(&mut s.packing) => {
+                s.packing = None;
+                s.on_packed(done, next_tick);
+            }
+            Some((req, reply)) = control_rx.recv() => match req {
+                Request::Flush { timeout_ms } => {
+                    s.flush_queued.push(FlushWait {
+                        target: None,
+                        first: 0,
+                        deadline: Instant::now() + Duration::from_millis(timeout_ms),
+                        reply,
+                    });
+                    s.maybe_pack(true, next_tick);
+                }
+            },
+            Some(ev) = event_rx.recv() => match ev {
+                TransportEvent::Acked { seq } => s.on_acked(seq),
+            },
+            _ = housekeeping.tick() => {
+                s.expire_flushes();
+                if s.needs_welcome && s.seq_floor.load(Ordering::SeqCst) > 0 {
+                    s.needs_welcome = false;
+                    if !s.flush_queued.is_empty() {
+                        s.maybe_pack(true, next_tick);
+                    }
+                }
+            }
+        }
+    }
+    info!("sender stopping");
+    drop(s);
+    let _ = transport_task.await;
+    let _ = control_task.await;
+    Ok(())
+}
+
+async fn wait_packing(
+    p: &mut Option<JoinHandle<anyhow::Result<Report>>>,
+) -> anyhow::Result<Report> {
+    match p {
+        Some(h) => match h.await {
+            Ok(r) => r,
+            Err(e) => Err(anyhow::anyhow!("packing task failed: {e}")),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+struct Sender {
+    /// Finished directory walks: the files found.
+    scan_tx: mpsc::UnboundedSender<Vec<String>>,
+    changes: ChangeSet,
+    /// What the receiver has (or will have once the queue drains), per path.
+    shipped: BTreeMap<String, FileMeta>,
+    source: PathBuf,
+    outbox: PathBuf,
+    state_dir: PathBuf,
+    state: Arc<std::sync::Mutex<SenderState>>,
+    seq_floor: Arc<AtomicU64>,
+    cfg: SenderConfig,
+    ignore: Vec<PathBuf>,
+    bundle_tx: mpsc::Sender<Packed>,
+    packing: Option<JoinHandle<anyhow::Result<Report>>>,
+    packing_forced: bool,
+    flush_queued: Vec<FlushWait>,
+    flush_packing: Vec<FlushWait>,
+    flush_waiting: Vec<FlushWait>,
+    acked: u64,
+    packed: u64,
+    summaries: BTreeMap<u64, Summary>,
+    status: tokio::sync::watch::Receiver<LinkStatus>,
+    /// A sender with new state learns the receiver's last sequence before
+    /// numbering its first bundle.
+    needs_welcome: bool,
+}
+
+impl Sender {
+    fn next_tick(&self) -> Instant {
+        let now = chrono::Utc::now();
+        let wait = self
+            .cfg
+            .schedule
+            .next_after(now)
+            .and_then(|t| (t - now).to_std().ok())
+            .unwrap_or(crate::config::WINDOW);
+        Instant::now() + wait
+    }
+
+    /// Walk `dir` off the runtime; the files found arrive on `scan_tx`.
+    fn scan(&self, dir: PathBuf) {
+        let (base, ex, ignore) = (
+            self.source.clone(),
+            self.cfg.exclude.clone(),
+            self.ignore.clone(),
+        );
+        let tx = self.scan_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(watcher::walk_files(&base, &dir, &ex, &ignore));
+        });
+    }
+
+    fn on_watch(&mut self, msg: WatchMsg) {
+        let now = Instant::now();
+        match msg {
+            WatchMsg::Changed { path, writing } => self.changes.changed(&path, writing, now),
+            WatchMsg::Closed(path) => self.changes.closed(&path, now),
+            WatchMsg::Removed(path) => {
+                // A removed directory takes every shipped or pending path below it.
+                let mut affected: Vec<String> = self
+                    .shipped
+                    .range(path.clone()..)
+                    .take_while(|(p, _)| p.starts_with(&path))
+                    .filter(|(p, _)| is_within(p, &path))
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                affected.extend(self.changes.pending_within(&path));
+                affected.push(path);
+                for p in affected {
+                    self.changes.removed(&p, now);
+                }
+            }
+            WatchMsg::Scan(dir) => self.scan(dir),
+            WatchMsg::Rescan(why) => {
+                warn!(reason = %why, "events may have been lost; rescanning the source tree");
+                // Shipped paths no longer on disk are found missing at pack
+                // time only if queued: queue them all as candidates.
+                let gone: Vec<String> = self
+                    .shipped
+                    .keys()
+                    .filter(|p| std::fs::symlink_metadata(self.source.join(p)).is_err())
+                    .cloned()
+                    .collect();
+                for p in gone {
+                    self.changes.removed(&p, now);
+                }
+                self.scan(self.source.clone());
+            }
+        }
+    }
+
+    /// Start packing if anything is due and no pack is running.
+    fn maybe_pack(&mut self, force: bool, next_tick: Instant) {
+        if self.packing.is_some() || self.needs_welcome {
+            return;
+        }
+        let now = Instant::now();
+        let due = self.changes.take_due(now, next_tick, force);
+        let flushes = std::mem::take(&mut self.flush_queued);
+        let mut items = Vec::with_capacity(due.len());
+        for c in due {
+            match c.op {
+                Op::Upsert => items.push(PackItem {
+                    previous: self.shipped.get(&c.path).cloned(),
+                    path: c.path,
+                    op: Op::Upsert,
+                }),
+                // Deleting what the receiver never got is nothing to ship.
+                Op::Delete if self.shipped.contains_key(&c.path) => items.push(PackItem {
+                    path: c.path,
+                    op: Op::Delete,
+                    previous: None,
+                }),
+                Op::Delete => {}
+            }
+        }
+        if items.is_empty() {
+            for f in flushes {
+                self.flush_waiting.push(f);
+            }
+            // Nothing new: the flush waits for what is already in flight.
+            self.settle_flushes_after_pack(self.packed + 1);
+            return;
+        }
+        self.flush_packing = flushes;
+        self.packing_forced = force;
+        let packer_state = self.state.clone();
+        let (source, outbox, state_dir) = (
+            self.source.clone(),
+            self.outbox.clone(),
+            self.state_dir.clone(),
+        );
+        let limits = Limits {
+            chunk_size: self.cfg.chunk_size,
+            max_bundle_size: self.cfg.max_bundle_size,
+        };
+        let tx = self.bundle_tx.clone();
+        let floor = self.seq_floor.clone();
+        self.packing = Some(tokio::task::spawn_blocking(move || {
+            let sender_id = packer_state.lock().expect("state lock").id.clone();
+            let mut alloc = || -> std::io::Result<u64> {
+                let mut st = packer_state.lock().expect("state lock");
+                let seq = st.next_seq.max(floor.load(Ordering::SeqCst));
+                st.next_seq = seq + 1;
+                // Persist before the number is used, so a restart never reuses it.
+                st.save(&state_dir).map_err(std::io::Error::other)?;
+                Ok(seq)
+            };
+            let mut emit = |p: Packed| -> std::io::Result<()> {
+                info!(
+                    seq = p.seq,
+                    files = p.summary.files,
+                    parts = p.summary.parts,
+                    deletions = p.summary.deletions,
+                    bytes = p.summary.bytes,
+                    size = p.size,
+                    "bundle packed"
+                );
+                tx.blocking_send(p)
+                    .map_err(|_| std::io::Error::other("transport stopped"))
+            };
+            let mut packer = Packer {
+                source: &source,
+                outbox: &outbox,
+                sender: &sender_id,
+                limits,
+                alloc_seq: &mut alloc,
+                emit: &mut emit,
+            };
+            Ok(packer.pack(items)?)
+        }));
+    }
+
+    fn on_packed(&mut self, done: anyhow::Result<Report>, next_tick: Instant) {
+        let first = self.packed + 1;
+        match done {
+            Ok(report) => {
+                for (path, meta) in report.shipped {
+                    match meta {
+                        Some(m) => {
+                            self.shipped.insert(path, m);
+                        }
+                        None => {
+                            self.shipped.remove(&path);
+                        }
+                    }
+                }
+                let now = Instant::now();
+                for p in &report.requeue {
+                    debug!(path = %p, "changed while packing; stays pending");
+                    self.changes.requeue(p, now);
+                }
+                for (seq, summary) in report.bundles {
+                    self.packed = self.packed.max(seq);
+                    self.summaries.insert(seq, summary);
+                }
+            }
+            Err(e) => {
+                warn!(
+                    error = format!("{e:#}"),
+                    "packing failed; changes stay pending"
+                );
+                let msg = format!("packing failed: {e:#}");
+                for f in std::mem::take(&mut self.flush_packing) {
+                    let _ = f.reply.send(Response::Error {
+                        message: msg.clone(),
+                    });
+                }
+            }
+        }
+        let flushes = std::mem::take(&mut self.flush_packing);
+        self.flush_waiting.extend(flushes);
+        self.settle_flushes_after_pack(first);
+        if !self.flush_queued.is_empty() {
+            self.maybe_pack(true, next_tick);
+        }
+    }
+
+    /// Give flushes that just had their pack a target, and answer those
+    /// already satisfied.
+    fn settle_flushes_after_pack(&mut self, first: u64) {
+        for f in &mut self.flush_waiting {
+            if f.target.is_none() {
+                f.target = Some(self.packed);
+                // Nothing cut since `first`: report nothing shipped, but
+                // still wait for what is in flight.
+                f.first = first;
+            }
+        }
+        self.answer_flushes();
+    }
+
+    fn on_acked(&mut self, seq: u64) {
+        self.acked = self.acked.max(seq);
+        self.answer_flushes();
+        // Keep summaries only for what a waiting flush may still report.
+        let keep_from = self
+            .flush_waiting
+            .iter()
+            .map(|f| f.first)
+            .min()
+            .unwrap_or(self.acked + 1)
+            .min(self.acked + 1);
+        self.summaries = self.summaries.split_off(&keep_from);
+    }
+
+    fn answer_flushes(&mut self) {
+        let acked = self.acked;
+        for f in std::mem::take(&mut self.flush_waiting) {
+            match f.target {
+                Some(target) if acked >= target => {
+                    let response = if f.first > target {
+                        Response::NothingToShip
+                    } else {
+                        let mut summary = Summary::default();
+                        let mut bundles = 0;
+                        for (_, s) in self.summaries.range(f.first..=target) {
+                            summary.add(s);
+                            bundles += 1;
+                        }
+                        Response::Flushed {
+                            first_seq: f.first,
+                            last_seq: target,
+                            bundles,
+                            summary,
+                        }
+                    };
+                    let _ = f.reply.send(response);
+                }
+                _ => self.flush_waiting.push(f),
+            }
+        }
+    }
+
+    /// Answer flushes whose time ran out with what stands in the way.
+    fn expire_flushes(&mut self) {
+        let now = Instant::now();
+        let why = self
+            .status
+            .borrow()
+            .last_error
+            .clone()
+            .unwrap_or_else(|| "no acknowledgement yet".into());
+        let receiver = self.cfg.receiver.clone();
+        let expire = |list: Vec<FlushWait>| -> Vec<FlushWait> {
+            let mut keep = Vec::new();
+            for f in list {
+                if now < f.deadline {
+                    keep.push(f);
+                    continue;
+                }
+                let what = match f.target {
+                    Some(t) => format!("did not acknowledge sequence {t} in time"),
+                    None => "was not reached in time".to_owned(),
+                };
+                let _ = f.reply.send(Response::Error {
+                    message: format!("receiver {receiver} {what}: {why}"),
+                });
+            }
+            keep
+        };
+        self.flush_waiting = expire(std::mem::take(&mut self.flush_waiting));
+        self.flush_queued = expire(std::mem::take(&mut self.flush_queued));
+    }
+}
+
+/// Capped exponential backoff.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { next: BACKOFF_MIN }
+    }
+}
+
+impl Backoff {
+    pub fn next_delay(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = BACKOFF_MIN;
+    }
+}
+
+async fn connect(receiver: &str, id: &str) -> Result<(Connection<TcpStream>, u64), String> {
+    let target = receiver.to_owned();
+    let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot resolve: {e}"))?;
+    let mut last = String::from("no address");
+    for addr in addrs {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let mut conn = Connection::new(stream);
+                let hello = Frame::Hello {
+                    version: PROTOCOL_VERSION,
+                    sender: id.to_owned(),
+                };
+                conn.write_frame(&hello).await.map_err(|e| e.to_string())?;
+                return match conn.expect_frame_within(CONNECT_TIMEOUT).await {
+                    Ok(Frame::Welcome { last_applied }) => Ok((conn, last_applied)),
+                    Ok(Frame::Refuse { reason, .. }) => Err(format!("refused: {reason}")),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e.to_string()),
+                };
+            }
+            Ok(Err(e)) => last = e.to_string(),
+            Err(_) => last = format!("no connection within {CONNECT_TIMEOUT:?}"),
+        }
+    }
+    Err(last)
+}
+
+/// Send one bundle and wait for its answer.
+async fn send_bundle(conn: &mut Connection<TcpStream>, b: &Packed) -> Result<(), ConnError> {
+    conn.write_frame(&Frame::Bundle {
+        seq: b.seq,
+        size: b.size,
+    })
+    .await?;
+    conn.send_body(&b.path, b.size).await?;
+    conn.write_frame(&Frame::Trailer {
+        size: b.size,
+        hash: b.hash,
+    })
+    .await?;
+    match conn.expect_frame_within(ACK_TIMEOUT).await? {
+        Frame::Ack { seq } if seq == b.seq => Ok(()),
+        Frame::Refuse { reason, .. } => Err(ConnError::Unexpected(format!("refusal: {reason}"))),
+        other => Err(ConnError::Unexpected(format!("answer {other:?}"))),
+    }
+}
+
+async fn transport(
+    receiver: String,
+    id: String,
+    mut rx: mpsc::Receiver<Packed>,
+    events: mpsc::UnboundedSender<TransportEvent>,
+    status: tokio::sync::watch::Sender<LinkStatus>,
+    seq_floor: Arc<AtomicU64>,
+    shutdown: CancellationToken,
+) {
+    let mut queue: VecDeque<Packed> = VecDeque::new();
+    let mut backoff = Backoff::default();
+    let mut down_reported: Option<String> = None;
+    loop {
+        let (mut conn, last_applied) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = connect(&receiver, &id) => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    if down_reported.is_none() {
+                        warn!(peer = %receiver, error = %e, "receiver unreachable; retrying with backoff until it answers");
+                    }
+                    down_reported = Some(e.clone());
+                    status.send_replace(LinkStatus { connected: false, last_error: Some(e) });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                    }
+                }
+            },
+        };
+        if down_reported.take().is_some() {
+            info!(peer = %receiver, "receiver reachable again");
+        } else {
+            debug!(peer = %receiver, last_applied, "connected");
+        }
+        seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
+        status.send_replace(LinkStatus {
+            connected: true,
+            last_error: None,
+        });
+        backoff.reset();
+        loop {
+            if queue.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    b = rx.recv() => match b {
+                        Some(b) => queue.push_back(b),
+                        None => return,
+                    },
+                }
+            }
+            let b = queue.front().expect("queue not empty").clone();
+            if b.seq <= last_applied {
+                // Applied before a lost acknowledgement: done.
+                acked(&mut queue, &events);
+                continue;
+            }
+            let started = Instant::now();
+            let result = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = send_bundle(&mut conn, &b) => r,
+            };
+            match result {
+                Ok(()) => {
+                    info!(
+                        seq = b.seq,
+                        files = b.summary.files,
+                        deletions = b.summary.deletions,
+                        bytes = b.summary.bytes,
+                        ms = started.elapsed().as_millis() as u64,
+                        "bundle shipped"
+                    );
+                    acked(&mut queue, &events);
+                }
+                Err(e) => {
+                    let e = format!("sequence {}: {e}", b.seq);
+                    if down_reported.as_deref() != Some(&e) {
+                        warn!(peer = %receiver, error = %e, "bundle not acknowledged; will reconnect and re-send");
+                    }
+                    down_reported = Some(e.clone());
+                    status.send_replace(LinkStatus {
+                        connected: false,
+                        last_error: Some(e),
+                    });
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn acked(queue: &mut VecDeque<Packed>, events: &mpsc::UnboundedSender<TransportEvent>) {
+    if let Some(b) = queue.pop_front() {
+        let _ = std::fs::remove_file(&b.path);
+        let _ = events.send(TransportEvent::Acked { seq: b.seq });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let mut b = Backoff::default();
+        let ds: Vec<_> = (0..12).map(|_| b.next_delay()).collect();
+        assert_eq!(ds[0], BACKOFF_MIN);
+        assert_eq!(ds[1], BACKOFF_MIN * 2);
+        assert_eq!(*ds.last().unwrap(), BACKOFF_MAX);
+        b.reset();
+        assert_eq!(b.next_delay(), BACKOFF_MIN);
+    }
+}

@@ -1,0 +1,280 @@
+//! The watcher: notify events in, [`WatchMsg`]s out on a channel. No policy:
+//! it only translates OS events into what happened to which relative path.
+
+use std::path::{Path, PathBuf};
+
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
+use notify::{Event, EventKind, RecursiveMode, Watcher};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::paths::{Excludes, relative};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WatchMsg {
+    /// Content or metadata changed, or the file appeared. `writing`: a
+    /// writer may still hold it open.
+    Changed { path: String, writing: bool },
+    /// A writer closed the file.
+    Closed(String),
+    /// The path is gone (deleted or renamed away); may be a directory.
+    Removed(String),
+    /// A directory appeared (created or renamed in): walk it, since files
+    /// may have been written into it before its watch existed.
+    Scan(PathBuf),
+    /// Events were lost (queue overflow or watcher error): compare the tree.
+    Rescan(String),
+}
+
+/// Keeps the OS watch alive; dropping it stops watching.
+pub struct WatchGuard {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// Watch `source` recursively, sending translated events to `tx`.
+/// `ignore` holds directories below source never to report (state kept there).
+pub fn start(
+    source: &Path,
+    excludes: Excludes,
+    ignore: Vec<PathBuf>,
+    tx: UnboundedSender<WatchMsg>,
+) -> notify::Result<WatchGuard> {
+    let base = source.to_path_buf();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<Event>| match res {
+        Ok(ev) => {
+            for msg in translate(&base, &ev) {
+                if wanted(&msg, &base, &excludes, &ignore) {
+                    let _ = tx.send(msg);
+                }
+            }
+        }
+        Err(e) => {
+            let _ = tx.send(WatchMsg::Rescan(format!("watcher error: {e}")));
+        }
+    })?;
+    watcher.watch(source, RecursiveMode::Recursive)?;
+    Ok(WatchGuard { _watcher: watcher })
+}
+
+fn wanted(msg: &WatchMsg, base: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> bool {
+    let rel = match msg {
+        WatchMsg::Changed { path, .. } | WatchMsg::Closed(path) | WatchMsg::Removed(path) => {
+            path.clone()
+        }
+        WatchMsg::Scan(dir) => match relative(base, dir) {
+            Some(r) => r,
+            None => return true,
+        },
+        WatchMsg::Rescan(_) => return true,
+    };
+    !excludes.is_excluded(&rel) && !ignore.iter().any(|i| base.join(&rel).starts_with(i))
+}
+
+/// Translate one notify event. Stats the path only to tell a directory
+/// renamed in from a file.
+pub fn translate(base: &Path, ev: &Event) -> Vec<WatchMsg> {
+    if ev.need_rescan() {
+        return vec![WatchMsg::Rescan("event queue overflowed".into())];
+    }
+    let rel = |p: &PathBuf| relative(base, p);
+    let mut out = Vec::new();
+    let appeared = |p: &PathBuf, out: &mut Vec<WatchMsg>| {
+        if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+            out.push(WatchMsg::Scan(p.clone()));
+        } else if let Some(r) = rel(p) {
+            out.push(WatchMsg::Changed {
+                path: r,
+                writing: false,
+            });
+        }
+    };
+    match ev.kind {
+        EventKind::Create(CreateKind::Folder) => {
+            out.extend(ev.paths.iter().map(|p| WatchMsg::Scan(p.clone())));
+        }
+        EventKind::Create(_) => {
+            for p in &ev.paths {
+                if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+                    out.push(WatchMsg::Scan(p.clone()));
+                } else if let Some(r) = rel(p) {
+                    out.push(WatchMsg::Changed {
+                        path: r,
+                        writing: true,
+                    });
+                }
+            }
+        }
+        EventKind::Modify(ModifyKind::Data(_)) => {
+            out.extend(
+                ev.paths
+                    .iter()
+                    .filter_map(rel)
+                    .map(|path| WatchMsg::Changed {
+                        path,
+                        writing: true,
+                    }),
+            );
+        }
+        EventKind::Modify(ModifyKind::Name(mode)) => match mode {
+            RenameMode::From => out.extend(ev.paths.iter().filter_map(rel).map(WatchMsg::Removed)),
+            RenameMode::To => ev.paths.iter().for_each(|p| appeared(p, &mut out)),
+            // inotify reports From and To on their own as well; acting on
+            // Both too would walk a renamed directory twice.
+            RenameMode::Both if cfg!(target_os = "linux") => {}
+            RenameMode::Both => {
+                if let [from, to] = &ev.paths[..] {
+                    out.extend(rel(from).map(WatchMsg::Removed));
+                    appeared(to, &mut out);
+                }
+            }
+            _ => {
+                for p in &ev.paths {
+                    if std::fs::symlink_metadata(p).is_ok() {
+                        appeared(p, &mut out);
+                    } else {
+                        out.extend(rel(p).map(WatchMsg::Removed));
+                    }
+                }
+            }
+        },
+        EventKind::Modify(_) => {
+            out.extend(
+                ev.paths
+                    .iter()
+                    .filter_map(rel)
+                    .map(|path| WatchMsg::Changed {
+                        path,
+                        writing: false,
+                    }),
+            );
+        }
+        EventKind::Remove(_) => out.extend(ev.paths.iter().filter_map(rel).map(WatchMsg::Removed)),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+            out.extend(ev.paths.iter().filter_map(rel).map(WatchMsg::Closed));
+        }
+        EventKind::Access(_) => {}
+        EventKind::Any | EventKind::Other => {
+            if ev.paths.is_empty() {
+                out.push(WatchMsg::Rescan("event without a path".into()));
+            } else {
+                ev.paths.iter().for_each(|p| appeared(p, &mut out));
+            }
+        }
+    }
+    out
+}
+
+/// Walk `dir` (below `base`) and return every regular file not excluded, in
+/// shipped form. Blocking.
+pub fn walk_files(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = walkdir::WalkDir::new(dir).follow_links(false).into_iter();
+    while let Some(entry) = it.next() {
+        let Ok(entry) = entry else { continue };
+        let Some(rel) = relative(base, entry.path()) else {
+            continue;
+        };
+        if excludes.is_excluded(&rel) || ignore.iter().any(|i| entry.path().starts_with(i)) {
+            if entry.file_type().is_dir() {
+                it.skip_current_dir();
+            }
+            continue;
+        }
+        if entry.file_type().is_file() {
+            out.push(rel);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{DataChange, RemoveKind};
+
+    fn ev(kind: EventKind, paths: &[&str]) -> Event {
+        let mut e = Event::new(kind);
+        for p in paths {
+            e = e.add_path(PathBuf::from(p));
+        }
+        e
+    }
+
+    #[test]
+    fn writes_closes_and_removes_map_to_relative_paths() {
+        let base = Path::new("/nonexistent-src");
+        let t = |k, p: &[&str]| translate(base, &ev(k, p));
+        assert_eq!(
+            t(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/nonexistent-src/a/b"]
+            ),
+            [WatchMsg::Changed {
+                path: "a/b".into(),
+                writing: true
+            }]
+        );
+        assert_eq!(
+            t(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &["/nonexistent-src/a"]
+            ),
+            [WatchMsg::Closed("a".into())]
+        );
+        assert_eq!(
+            t(
+                EventKind::Remove(RemoveKind::Folder),
+                &["/nonexistent-src/d"]
+            ),
+            [WatchMsg::Removed("d".into())]
+        );
+        assert_eq!(
+            t(
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                &["/nonexistent-src/old"]
+            ),
+            [WatchMsg::Removed("old".into())]
+        );
+        assert!(
+            t(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                &["/nonexistent-src/a"]
+            )
+            .is_empty()
+        );
+        assert!(
+            t(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &["/elsewhere/a"]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn overflow_and_pathless_events_ask_for_a_rescan() {
+        let base = Path::new("/s");
+        let overflow = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        assert!(matches!(
+            translate(base, &overflow)[..],
+            [WatchMsg::Rescan(_)]
+        ));
+        assert!(matches!(
+            translate(base, &Event::new(EventKind::Any))[..],
+            [WatchMsg::Rescan(_)]
+        ));
+    }
+
+    #[test]
+    fn a_directory_renamed_in_is_scanned() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let got = translate(
+            dir.path(),
+            &ev(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                &[dir.path().join("d").to_str().unwrap()],
+            ),
+        );
+        assert_eq!(got, [WatchMsg::Scan(dir.path().join("d"))]);
+    }
+}
