@@ -138,7 +138,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let ignore = vec![state_dir.clone()];
 
     let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let _guard = watcher::start(
+    let guard = watcher::start(
         &source,
         cfg.exclude.clone(),
         ignore.clone(),
@@ -170,6 +170,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
     let mut s = Sender {
         scan_tx,
+        watch_guard: Arc::new(guard),
         changes: ChangeSet::new(cfg.settle, cfg.max_delay),
         shipped: BTreeMap::new(),
         source: source.clone(),
@@ -261,6 +262,7 @@ async fn wait_packing(
 }
 
 struct Sender {
+    watch_guard: Arc<watcher::WatchGuard>,
     /// Finished directory walks: the files found.
     scan_tx: mpsc::UnboundedSender<Vec<String>>,
     changes: ChangeSet,
@@ -308,7 +310,14 @@ impl Sender {
             self.ignore.clone(),
         );
         let tx = self.scan_tx.clone();
+        let guard = self.watch_guard.clone();
         tokio::task::spawn_blocking(move || {
+            if dir != base
+                && let Err(e) = guard.watch_dir(&dir)
+            {
+                // Gone again already, or out of watches: the walk still runs.
+                debug!(dir = %dir.display(), error = %e, "could not watch new directory");
+            }
             let _ = tx.send(watcher::walk_files(&base, &dir, &ex, &ignore));
         });
     }

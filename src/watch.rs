@@ -27,7 +27,19 @@ pub enum WatchMsg {
 
 /// Keeps the OS watch alive; dropping it stops watching.
 pub struct WatchGuard {
-    _watcher: notify::RecommendedWatcher,
+    watcher: std::sync::Mutex<notify::RecommendedWatcher>,
+}
+
+impl WatchGuard {
+    /// Make sure `dir` is watched before it is walked. notify adds watches
+    /// for new directories on its own thread, some time after reporting
+    /// them; a walk that ran before that could miss a file created in the
+    /// gap. `watch` returns once the watch exists, so a walk after it
+    /// misses nothing: what it does not see raises an event. Blocking.
+    pub fn watch_dir(&self, dir: &Path) -> notify::Result<()> {
+        let mut w = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        w.watch(dir, RecursiveMode::Recursive)
+    }
 }
 
 /// Watch `source` recursively, sending translated events to `tx`.
@@ -52,7 +64,9 @@ pub fn start(
         }
     })?;
     watcher.watch(source, RecursiveMode::Recursive)?;
-    Ok(WatchGuard { _watcher: watcher })
+    Ok(WatchGuard {
+        watcher: std::sync::Mutex::new(watcher),
+    })
 }
 
 fn wanted(msg: &WatchMsg, base: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> bool {

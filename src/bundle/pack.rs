@@ -26,6 +26,9 @@ const COPY_BUF: usize = 1 << 20;
 const STORE_BELOW: u64 = 64;
 /// Upper bound of zip headers, central directory record and manifest line per entry.
 const ENTRY_OVERHEAD: u64 = 512;
+/// Files at least this large are sampled before deflating.
+const SAMPLE_ABOVE: u64 = 256 << 10;
+const SAMPLE_LEN: usize = 64 << 10;
 
 /// One path to pack, with what the receiver last got of it (if known).
 #[derive(Debug, Clone)]
@@ -216,7 +219,10 @@ impl Packer<'_> {
         self.make_room(open, report, need(rel, stamp.size))?;
         let b = self.ensure_open(open)?;
         b.zip
-            .start_file(rel, entry_options(rel, stamp))
+            .start_file(
+                rel,
+                entry_options(worth_deflating(rel, file, stamp.size), stamp),
+            )
             .map_err(zip_err)?;
         let mut hasher = blake3::Hasher::new();
         match copy_checked(
@@ -273,6 +279,7 @@ impl Packer<'_> {
             )
         })?;
         let set = set_id(self.sender, rel, stamp);
+        let deflate = worth_deflating(rel, file, stamp.size);
         let mut whole = blake3::Hasher::new();
         for index in 0..count {
             let offset = u64::from(index) * chunk;
@@ -281,7 +288,7 @@ impl Packer<'_> {
             self.make_room(open, report, need(&name, size))?;
             let b = self.ensure_open(open)?;
             b.zip
-                .start_file(name.as_str(), entry_options(rel, stamp))
+                .start_file(name.as_str(), entry_options(deflate, stamp))
                 .map_err(zip_err)?;
             let mut part = blake3::Hasher::new();
             match copy_checked(
@@ -479,11 +486,11 @@ fn copy_checked(
     Ok(Outcome::Done)
 }
 
-fn entry_options(rel: &str, stamp: Stamp) -> SimpleFileOptions {
-    let method = if stamp.size < STORE_BELOW || is_precompressed(rel) {
-        CompressionMethod::Stored
-    } else {
+fn entry_options(deflate: bool, stamp: Stamp) -> SimpleFileOptions {
+    let method = if deflate {
         CompressionMethod::Deflated
+    } else {
+        CompressionMethod::Stored
     };
     SimpleFileOptions::default()
         .compression_method(method)
@@ -496,6 +503,30 @@ fn entry_options(rel: &str, stamp: Stamp) -> SimpleFileOptions {
         .last_modified_time(dos_time(stamp.mtime))
         // Zip64 records once an entry could pass 4 GiB.
         .large_file(stamp.size >= u64::from(u32::MAX) - (1 << 20))
+}
+
+/// Whether deflating `file` is worth the CPU: not for tiny files, not for
+/// formats known to be compressed, and not for larger files whose first
+/// 64 KiB do not shrink by a tenth (random data, unknown archives).
+fn worth_deflating(rel: &str, file: &File, size: u64) -> bool {
+    if size < STORE_BELOW || is_precompressed(rel) {
+        return false;
+    }
+    if size < SAMPLE_ABOVE {
+        return true;
+    }
+    use std::os::unix::fs::FileExt;
+    let mut sample = vec![0u8; SAMPLE_LEN];
+    let Ok(n) = file.read_at(&mut sample, 0) else {
+        return true;
+    };
+    let mut enc =
+        flate2::write::DeflateEncoder::new(Vec::with_capacity(n), flate2::Compression::fast());
+    if enc.write_all(&sample[..n]).is_err() {
+        return true;
+    }
+    enc.finish()
+        .is_ok_and(|out| (out.len() as f64) < 0.9 * n as f64)
 }
 
 /// Formats that are already compressed: deflate would spend CPU for nothing.
@@ -562,6 +593,41 @@ mod tests {
         assert!(!is_precompressed("index.html"));
         assert!(!is_precompressed("dir.png/file"));
         assert!(!is_precompressed("noext"));
+    }
+
+    #[test]
+    fn random_data_is_stored_and_text_deflated() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, data: &[u8]| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, data).unwrap();
+            File::open(p).unwrap()
+        };
+        let mut x: u64 = 1;
+        let random: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 56) as u8
+            })
+            .collect();
+        let text = "<p>hello</p>".repeat(30_000);
+        assert!(!worth_deflating(
+            "a.bin",
+            &write("a.bin", &random),
+            random.len() as u64
+        ));
+        assert!(worth_deflating(
+            "b.html",
+            &write("b.html", text.as_bytes()),
+            text.len() as u64
+        ));
+        assert!(!worth_deflating(
+            "c.png",
+            &write("c.png", text.as_bytes()),
+            text.len() as u64
+        ));
     }
 
     #[test]

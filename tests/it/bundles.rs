@@ -1,0 +1,289 @@
+//! Bundles on the wire and on disk: trailer checks, duplicates, standard
+//! zip tools, replay.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use shipper::bundle::pack::{Limits, PackItem, Packed, Packer};
+use shipper::changes::Op;
+use shipper::proto::{Connection, Frame};
+use tokio::net::TcpStream;
+
+use crate::util::*;
+
+/// Pack the files of `src` into one bundle numbered `seq` in `outbox`.
+fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
+    std::fs::create_dir_all(outbox).unwrap();
+    let mut items: Vec<PackItem> = tree(src)
+        .into_keys()
+        .map(|path| PackItem {
+            path,
+            op: Op::Upsert,
+            previous: None,
+        })
+        .collect();
+    items.extend(deletions.iter().map(|d| PackItem {
+        path: d.to_string(),
+        op: Op::Delete,
+        previous: None,
+    }));
+    let mut out = Vec::new();
+    let mut next = seq;
+    let mut alloc = || {
+        next += 1;
+        Ok(next - 1)
+    };
+    let mut emit = |p: Packed| {
+        out.push(p);
+        Ok(())
+    };
+    Packer {
+        source: src,
+        outbox,
+        sender: "test",
+        limits: Limits {
+            chunk_size: 1 << 20,
+            max_bundle_size: 8 << 20,
+        },
+        alloc_seq: &mut alloc,
+        emit: &mut emit,
+    }
+    .pack(items)
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    out.pop().unwrap()
+}
+
+async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
+    let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
+    c.write_frame(&Frame::Hello {
+        version: 1,
+        sender: "test".into(),
+    })
+    .await
+    .unwrap();
+    match c.expect_frame().await.unwrap() {
+        Frame::Welcome { last_applied } => (c, last_applied),
+        f => panic!("expected welcome, got {f:?}"),
+    }
+}
+
+async fn send(c: &mut Connection<TcpStream>, b: &Packed, hash: [u8; 32]) -> Frame {
+    c.write_frame(&Frame::Bundle {
+        seq: b.seq,
+        size: b.size,
+    })
+    .await
+    .unwrap();
+    c.send_body(&b.path, b.size).await.unwrap();
+    c.write_frame(&Frame::Trailer { size: b.size, hash })
+        .await
+        .unwrap();
+    c.expect_frame().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
+    let env = Env::new();
+    env.write("a.html", "A");
+    let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let r = env.start_receiver("").await;
+    let (mut c, _) = session(r.addr).await;
+    let mut wrong = b.hash;
+    wrong[0] ^= 1;
+    match send(&mut c, &b, wrong).await {
+        Frame::Refuse { seq: 1, reason } => assert!(reason.contains("trailer"), "{reason}"),
+        f => panic!("expected refusal, got {f:?}"),
+    }
+    assert!(
+        tree(&env.root()).is_empty(),
+        "root touched by a refused bundle"
+    );
+    // The same connection carries on: the right bundle is applied.
+    assert_eq!(send(&mut c, &b, b.hash).await, Frame::Ack { seq: 1 });
+    assert_eq!(std::fs::read(env.root().join("a.html")).unwrap(), b"A");
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_sequence_is_acknowledged_without_being_applied_twice() {
+    let env = Env::new();
+    env.write("a.html", "one");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    let r = env.start_receiver("").await;
+    let (mut c, last) = session(r.addr).await;
+    assert_eq!(last, 0);
+    assert_eq!(send(&mut c, &b1, b1.hash).await, Frame::Ack { seq: 1 });
+    // Root changes locally; a re-send of 1 must not overwrite it again.
+    std::fs::write(env.root().join("a.html"), "local").unwrap();
+    assert_eq!(send(&mut c, &b1, b1.hash).await, Frame::Ack { seq: 1 });
+    assert_eq!(std::fs::read(env.root().join("a.html")).unwrap(), b"local");
+    assert_eq!(env.archived().len(), 1);
+    // A new session learns where the receiver stands.
+    drop(c);
+    let (_, last) = session(r.addr).await;
+    assert_eq!(last, 1);
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_naming_the_wrong_sender_is_refused() {
+    let env = Env::new();
+    env.write("a.html", "A");
+    let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let r = env.start_receiver("").await;
+    let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
+    c.write_frame(&Frame::Hello {
+        version: 1,
+        sender: "other".into(),
+    })
+    .await
+    .unwrap();
+    c.expect_frame().await.unwrap();
+    match send(&mut c, &b, b.hash).await {
+        Frame::Refuse { reason, .. } => assert!(reason.contains("sender"), "{reason}"),
+        f => panic!("expected refusal, got {f:?}"),
+    }
+    assert!(tree(&env.root()).is_empty());
+    r.stop().await;
+}
+
+fn sample_bundles(env: &Env) -> Vec<PathBuf> {
+    env.write("index.html", "<p>".repeat(1000));
+    env.write("img/photo.jpg", noise(50_000, 3));
+    env.write("dir with space/ünï.txt", "x");
+    env.write("empty", "");
+    let first = pack(&env.src(), &env.path().join("out"), 1, &[]);
+    std::fs::remove_file(env.src().join("empty")).unwrap();
+    env.write("index.html", "v2");
+    let second = pack(&env.src(), &env.path().join("out"), 2, &["empty"]);
+    vec![first.path, second.path]
+}
+
+#[test]
+fn bundles_are_standard_zips_for_unzip_and_python() {
+    let env = Env::new();
+    for b in sample_bundles(&env) {
+        let out = Command::new("unzip")
+            .arg("-t")
+            .arg(&b)
+            .output()
+            .expect("unzip installed (see .ci/run)");
+        assert!(
+            out.status.success(),
+            "unzip -t {}: {}",
+            b.display(),
+            text_of(&out)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("No errors detected"));
+        let py = "import sys, zipfile, json\nz = zipfile.ZipFile(sys.argv[1])\nassert z.testzip() is None\nm = json.loads(z.read('.shipper/manifest.json'))\nprint(m['seq'], len(m['files']))";
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(py)
+            .arg(&b)
+            .output()
+            .expect("python3 installed");
+        assert!(
+            out.status.success(),
+            "python zipfile {}: {}",
+            b.display(),
+            text_of(&out)
+        );
+    }
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn replay_applies_in_sequence_order_whatever_the_order_given() {
+    let env = Env::new();
+    let mut bundles = sample_bundles(&env);
+    bundles.reverse();
+    let restored = env.path().join("restored");
+    let args: Vec<String> = ["replay", "--root", restored.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(bundles.iter().map(|b| b.to_string_lossy().into_owned()))
+        .collect();
+    let out = shipper(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&restored), tree(&env.src()));
+}
+
+#[test]
+fn replay_of_one_archived_bundle_onto_a_restored_root_works() {
+    let env = Env::new();
+    let bundles = sample_bundles(&env);
+    let restored = env.path().join("restored");
+    let out = shipper(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        bundles[0].to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(restored.join("img/photo.jpg")).unwrap(),
+        noise(50_000, 3)
+    );
+}
+
+#[test]
+fn replay_refuses_a_corrupt_bundle_and_applies_nothing() {
+    let env = Env::new();
+    let bundles = sample_bundles(&env);
+    // Flip a byte inside the stored (uncompressed) photo data.
+    let mut bytes = std::fs::read(&bundles[0]).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0xff;
+    let corrupt = env.path().join("corrupt.zip");
+    std::fs::write(&corrupt, bytes).unwrap();
+    let restored = env.path().join("restored");
+    let out = shipper(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        corrupt.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "corrupt bundle accepted");
+    assert!(text(&out).contains("corrupt.zip"), "{}", text(&out));
+    assert!(
+        tree(&restored).is_empty(),
+        "part of a corrupt bundle was applied"
+    );
+    // A file that is not a zip at all names itself too.
+    let junk = env.path().join("junk.zip");
+    std::fs::write(&junk, "not a zip").unwrap();
+    let out = shipper(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        junk.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("junk.zip"), "{}", text(&out));
+}
+
+#[test]
+fn inspect_prints_the_manifest() {
+    let env = Env::new();
+    let bundles = sample_bundles(&env);
+    let out = shipper(&["inspect", bundles[1].to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let t = text(&out);
+    for want in [
+        "sequence:  2",
+        "sender:    test",
+        "index.html",
+        "deletions: 1",
+        "  empty",
+    ] {
+        assert!(t.contains(want), "missing {want:?} in:\n{t}");
+    }
+}

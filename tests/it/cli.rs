@@ -1,0 +1,139 @@
+//! The binary: `run` with bad configs, `flush` against a running sender.
+
+use crate::util::*;
+
+#[test]
+fn each_config_error_is_refused_naming_file_and_key() {
+    let env = Env::new();
+    let cases = [
+        ("interval = \"10m\"\n", "sender.interval"),
+        ("settle = \"5m\"\n", "sender.settle"),
+        ("max_delay = \"6m\"\n", "sender.max_delay"),
+        ("schedule = \"0 0 * * * *\"\n", "sender.schedule"),
+        ("bogus = 1\n", "bogus"),
+        ("chunk_size = \"lots\"\n", "sender.chunk_size"),
+    ];
+    for (i, (extra, key)) in cases.iter().enumerate() {
+        let file = env.config_file(
+            &format!("bad{i}.toml"),
+            &env.sender_toml("127.0.0.1:9", extra),
+        );
+        let out = shipper(&["run", "--config", file.to_str().unwrap()]);
+        assert!(!out.status.success(), "{extra:?} accepted");
+        let t = text(&out);
+        assert!(
+            t.contains(key) && t.contains(&format!("bad{i}.toml")),
+            "{extra:?}: {t}"
+        );
+    }
+    let out = shipper(&[
+        "run",
+        "--config",
+        env.path().join("missing.toml").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("missing.toml"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_ships_pending_changes_now_and_reports_them() {
+    let env = Env::new();
+    let r = env.start_receiver("").await;
+    // Interval at its 5-minute maximum: only flush can ship within the test.
+    let extra = "interval = \"5m\"\nsettle = \"1m\"\n";
+    let s = env.start_sender(r.addr, extra);
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    env.write("now.html", "flushed");
+    env.write("also/now.txt", "too");
+    // The watcher delivers events asynchronously: flush until a flush has
+    // carried them. With a 5-minute interval nothing else could ship them.
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let f = file.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            shipper(&["flush", "--config", f.to_str().unwrap()])
+        })
+        .await
+        .unwrap();
+        assert!(out.status.success(), "{}", text(&out));
+        if env.root().join("now.html").exists() {
+            assert!(
+                text(&out).contains("shipped sequence 1 (1 bundle): 2 files"),
+                "{}",
+                text(&out)
+            );
+            break;
+        }
+        assert!(text(&out).contains("nothing to ship"), "{}", text(&out));
+        assert!(
+            std::time::Instant::now() < end,
+            "flush never shipped the files"
+        );
+    }
+    assert_eq!(
+        std::fs::read(env.root().join("now.html")).unwrap(),
+        b"flushed"
+    );
+    assert_eq!(
+        std::fs::read(env.root().join("also/now.txt")).unwrap(),
+        b"too"
+    );
+    s.stop().await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_fails_with_the_reason_when_the_receiver_is_unreachable() {
+    let env = Env::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let s = env.start_sender(addr, "interval = \"5m\"\n");
+    let file = env.config_file(
+        "sender.toml",
+        &env.sender_toml(&addr.to_string(), "interval = \"5m\"\n"),
+    );
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    env.write("x.html", "x");
+    let out = tokio::task::spawn_blocking(move || {
+        shipper(&[
+            "flush",
+            "--config",
+            file.to_str().unwrap(),
+            "--timeout",
+            "2s",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success(), "flush succeeded with no receiver");
+    let t = text(&out);
+    assert!(
+        t.contains(&addr.to_string()) && t.to_lowercase().contains("refused"),
+        "{t}"
+    );
+    s.stop().await;
+}
+
+#[test]
+fn flush_without_a_running_sender_says_so() {
+    let env = Env::new();
+    let file = env.config_file("sender.toml", &env.sender_toml("127.0.0.1:9", ""));
+    let out = shipper(&["flush", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("no sender is running"),
+        "{}",
+        text(&out)
+    );
+}

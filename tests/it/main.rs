@@ -1,0 +1,7 @@
+//! Integration tests: real sockets on 127.0.0.1, real temp trees, the real
+//! binary for the command line. Conditions are polled with deadlines.
+
+mod bundles;
+mod cli;
+mod sync;
+mod util;

@@ -1,0 +1,210 @@
+//! Test harness: temp trees, a receiver and a sender on 127.0.0.1 in this
+//! process, the shipper binary for CLI tests, and polling with deadlines.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use shipper::config::{self, Config};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["src", "www", "state-s", "state-r", "archive"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        Self { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+    pub fn src(&self) -> PathBuf {
+        self.path().join("src")
+    }
+    pub fn root(&self) -> PathBuf {
+        self.path().join("www")
+    }
+    pub fn archive(&self) -> PathBuf {
+        self.path().join("archive")
+    }
+
+    pub fn receiver_toml(&self, listen: &str, extra: &str) -> String {
+        format!(
+            "[receiver]\nlisten = \"{listen}\"\nroot = \"www\"\nstate_dir = \"state-r\"\narchive_dir = \"archive\"\n{extra}"
+        )
+    }
+
+    pub fn sender_toml(&self, addr: &str, extra: &str) -> String {
+        let extra = if extra.contains("interval") || extra.contains("schedule") {
+            extra.to_string()
+        } else {
+            format!("interval = \"1s\"\n{extra}")
+        };
+        let extra = if extra.contains("settle") {
+            extra
+        } else {
+            format!("settle = \"250ms\"\n{extra}")
+        };
+        format!(
+            "[sender]\nsource = \"src\"\nreceiver = \"{addr}\"\nstate_dir = \"state-s\"\nid = \"test\"\n{extra}"
+        )
+    }
+
+    /// Write `text` as a config file in the env and return its path.
+    pub fn config_file(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn config(&self, text: &str) -> Config {
+        let raw = config::parse(text).expect("test config parses");
+        config::validate(raw, self.path()).expect("test config valid")
+    }
+
+    pub async fn start_receiver(&self, extra: &str) -> Role {
+        let cfg = self
+            .config(&self.receiver_toml("127.0.0.1:0", extra))
+            .receiver
+            .unwrap();
+        let (r, listener) = shipper::receiver::Receiver::bind(cfg)
+            .await
+            .expect("receiver binds");
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let s = stop.clone();
+        let task = tokio::spawn(async move {
+            r.serve(listener, s).await;
+            Ok(())
+        });
+        Role { addr, stop, task }
+    }
+
+    pub fn start_sender(&self, addr: SocketAddr, extra: &str) -> Role {
+        let cfg = self
+            .config(&self.sender_toml(&addr.to_string(), extra))
+            .sender
+            .unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
+        Role { addr, stop, task }
+    }
+
+    pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {
+        let p = self.src().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+
+    pub fn archived(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = std::fs::read_dir(self.archive())
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+pub struct Role {
+    pub addr: SocketAddr,
+    pub stop: CancellationToken,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Role {
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}
+
+/// Every regular file below `dir` with its content.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let rel = e
+                .path()
+                .strip_prefix(dir)
+                .unwrap()
+                .to_string_lossy()
+                .replace('\\', "/");
+            (rel, std::fs::read(e.path()).unwrap_or_default())
+        })
+        .collect()
+}
+
+/// Poll `cond` every 20 ms until it holds or `DEADLINE` passes.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until root holds exactly what source holds.
+pub async fn wait_in_sync(env: &Env) {
+    let (src, root) = (env.src(), env.root());
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let (a, b) = (tree(&src), tree(&root));
+        if a == b {
+            return;
+        }
+        if Instant::now() > end {
+            let only_src: Vec<_> = a.keys().filter(|k| b.get(*k) != a.get(*k)).collect();
+            let only_root: Vec<_> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+            panic!(
+                "root not in sync with source: differing {only_src:?}, extra in root {only_root:?}"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn shipper(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_shipper"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run shipper binary")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Deterministic pseudo-random bytes (incompressible).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
