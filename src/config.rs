@@ -241,17 +241,12 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         Excludes::new(&patterns).map_err(|e| format!("sender.exclude: bad pattern: {e}"))?;
     let receiver = s.receiver.trim().to_owned();
     check_host_port("sender.receiver", &receiver)?;
-    if let Some(id) = &s.id {
-        if id.is_empty()
-            || id.len() > 64
-            || !id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            return Err(format!(
-                "sender.id = {id:?}: use 1-64 letters, digits, '-', '_' or '.'"
-            ));
-        }
+    if let Some(id) = &s.id
+        && !crate::bundle::manifest::valid_sender_id(id)
+    {
+        return Err(format!(
+            "sender.id = {id:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        ));
     }
     Ok(SenderConfig {
         source: base.join(&s.source),

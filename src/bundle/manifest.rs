@@ -335,7 +335,8 @@ mod tests {
 
     #[test]
     fn refuses_inconsistent_manifests() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Manifest)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|m| m.format = 9)),
             ("seq", Box::new(|m| m.seq = 0)),
             ("sender", Box::new(|m| m.sender = "a b".into())),
