@@ -55,11 +55,16 @@ pub async fn serve(
             path.display()
         );
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path)
-        .with_context(|| format!("binding control socket {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    // Bind under a temporary name and make it private before it appears
+    // under the name clients use: no moment where others could connect.
+    let tmp = path.with_extension("sock.new");
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)
+        .with_context(|| format!("binding control socket {}", tmp.display()))?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting mode 0600 on {}", tmp.display()))?;
+    std::fs::rename(&tmp, &path)
+        .with_context(|| format!("placing control socket at {}", path.display()))?;
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,

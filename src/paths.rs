@@ -247,3 +247,33 @@ mod tests {
         assert!(ex.is_excluded("a/b.log"));
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::{Component, Path};
+
+    proptest! {
+        /// Whatever the input, an accepted path joined to a root stays below it.
+        #[test]
+        fn accepted_paths_never_escape(s in "[a-zA-Z0-9./\\\\:\\x00-\\x1f é~-]{0,40}") {
+            if validate(&s).is_ok() {
+                let joined = Path::new("/root").join(&s);
+                prop_assert!(joined.starts_with("/root"));
+                for c in Path::new(&s).components() {
+                    prop_assert!(matches!(c, Component::Normal(_)), "{s:?} has {c:?}");
+                }
+            }
+        }
+
+        /// Relative paths built from normal names are accepted.
+        #[test]
+        fn plain_names_are_accepted(parts in proptest::collection::vec("[a-z0-9 é_-][a-z0-9 .é_-]{0,20}", 1..6)) {
+            let p = parts.join("/");
+            prop_assume!(!parts.iter().any(|c| c == "." || c == ".." ));
+            prop_assume!(parts[0] != RESERVED_DIR);
+            prop_assert_eq!(validate(&p), Ok(()));
+        }
+    }
+}

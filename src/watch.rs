@@ -107,13 +107,14 @@ pub fn translate(base: &Path, ev: &Event) -> Vec<WatchMsg> {
         }
         EventKind::Create(_) => {
             for p in &ev.paths {
-                if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
+                let md = std::fs::symlink_metadata(p);
+                if md.as_ref().is_ok_and(|m| m.is_dir()) {
                     out.push(WatchMsg::Scan(p.clone()));
                 } else if let Some(r) = rel(p) {
-                    out.push(WatchMsg::Changed {
-                        path: r,
-                        writing: true,
-                    });
+                    // A new regular file was opened for writing: hold it until
+                    // closed. Symlinks and the like have no writer to wait for.
+                    let writing = md.map(|m| m.is_file()).unwrap_or(true);
+                    out.push(WatchMsg::Changed { path: r, writing });
                 }
             }
         }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::paths::{self, is_within};
+use crate::paths;
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
@@ -220,16 +220,12 @@ impl Manifest {
                 _ => return Err(perr("whole-file hash must be on the last part only")),
             }
         }
+        // Deletions are applied before files are published, so deleting "d"
+        // and shipping "d/x" in one bundle is a file replaced by a directory.
         for d in &self.deletions {
             paths::validate(d).map_err(|e| path_err(d, e.to_string()))?;
-            if seen.contains(d.as_str()) || set_paths.values().any(|p| is_within(p, d)) {
+            if seen.contains(d.as_str()) || set_paths.values().any(|p| p == d) {
                 return Err(ManifestError::Duplicate { path: d.clone() });
-            }
-            if self.files.iter().any(|f| is_within(&f.path, d)) {
-                return Err(path_err(
-                    d,
-                    "deleted while a file below it is shipped".into(),
-                ));
             }
         }
         for a in &self.abandoned {
@@ -320,6 +316,13 @@ mod tests {
     }
 
     #[test]
+    fn deleting_a_file_that_becomes_a_directory_is_consistent() {
+        let mut m = manifest();
+        m.deletions.push("a".into());
+        assert_eq!(m.check(), Ok(()));
+    }
+
+    #[test]
     fn unknown_fields_and_garbage_are_refused() {
         assert!(matches!(
             Manifest::parse(b"{]"),
@@ -348,7 +351,10 @@ mod tests {
                 "delete shipped",
                 Box::new(|m| m.deletions.push("a/b.html".into())),
             ),
-            ("delete parent", Box::new(|m| m.deletions.push("a".into()))),
+            (
+                "delete part file",
+                Box::new(|m| m.deletions.push("big".into())),
+            ),
             ("dup part", Box::new(|m| m.parts.push(part(1, 2)))),
             ("count", Box::new(|m| m.parts[1].count = 1)),
             ("outside", Box::new(|m| m.parts[0].offset = 15)),

@@ -164,7 +164,16 @@ impl Packer<'_> {
                 Err(e) => return Err(with_path(e, &abs)),
             };
             if !md.file_type().is_file() {
-                tracing::debug!(path = %item.path, "not a regular file, skipped");
+                // A symlink, device or directory now stands where a shipped
+                // file was: the receiver must not keep the old file.
+                if item.previous.is_some() {
+                    let b = self.ensure_open(&mut open)?;
+                    b.manifest.deletions.push(item.path.clone());
+                    b.summary.deletions += 1;
+                    b.used += item.path.len() as u64 + 8;
+                    report.shipped.push((item.path.clone(), None));
+                }
+                tracing::debug!(path = %item.path, "not a regular file, not shipped");
                 continue;
             }
             let stamp = Stamp::of(&md);

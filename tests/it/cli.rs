@@ -47,6 +47,14 @@ async fn flush_ships_pending_changes_now_and_reports_them() {
         env.path().join("state-s/control.sock").exists()
     })
     .await;
+    use std::os::unix::fs::PermissionsExt;
+    let sock = env.path().join("state-s/control.sock");
+    let mode = std::fs::metadata(sock).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "control socket must be private to its user"
+    );
     env.write("now.html", "flushed");
     env.write("also/now.txt", "too");
     // The watcher delivers events asynchronously: flush until a flush has

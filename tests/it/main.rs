@@ -3,5 +3,6 @@
 
 mod bundles;
 mod cli;
+mod fixtures;
 mod sync;
 mod util;

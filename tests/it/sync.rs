@@ -268,3 +268,30 @@ async fn receiver_at(env: &Env, listen: &str) -> Role {
         task,
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_and_a_directory_may_swap_places() {
+    let env = Env::new();
+    env.write("thing", "a file first");
+    env.write("dir/inside.html", "a directory first");
+    env.write("link-me", "will become a symlink");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    // Regression: shipping deletion "thing" with file "thing/x" in one bundle
+    // used to be refused by the manifest check, wedging the sender.
+    std::fs::remove_file(env.src().join("thing")).unwrap();
+    env.write("thing/now-a-dir.html", "x");
+    std::fs::remove_dir_all(env.src().join("dir")).unwrap();
+    env.write("dir", "now a file");
+    wait_in_sync(&env).await;
+    // A symlink is not shipped; the file it replaced must not linger.
+    std::fs::remove_file(env.src().join("link-me")).unwrap();
+    std::os::unix::fs::symlink("thing", env.src().join("link-me")).unwrap();
+    wait_until("replaced file removed", || {
+        !env.root().join("link-me").exists()
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+}

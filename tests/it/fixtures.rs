@@ -1,0 +1,129 @@
+//! Bundles kept in fixtures/: format 1 written by an earlier build must stay
+//! readable. Regenerate (only when the format changes on purpose) with
+//! `cargo test --test it -- --ignored regenerate_format1_fixtures`.
+
+use std::path::{Path, PathBuf};
+
+use shipper::bundle::pack::{Limits, PackItem, Packed, Packer};
+use shipper::changes::Op;
+
+use crate::util::*;
+
+fn fixture_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format1")
+}
+
+/// The tree after both fixture bundles: what replay must produce.
+fn expected() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("index.html", b"<h1>v2</h1>".to_vec()),
+        (
+            "2026/11/page one.html",
+            "<p>été</p>".repeat(100).into_bytes(),
+        ),
+        ("img/pixel.png", noise(3000, 11)),
+        ("big.bin", noise(20_000, 5)),
+    ]
+}
+
+#[test]
+#[ignore = "writes fixtures/; run on purpose only"]
+fn regenerate_format1_fixtures() {
+    let env = Env::new();
+    let dir = fixture_dir();
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    env.write("index.html", "<h1>v1</h1>");
+    env.write("gone.txt", "deleted by bundle 2");
+    env.write("2026/11/page one.html", "<p>été</p>".repeat(100));
+    env.write("img/pixel.png", noise(3000, 11));
+    env.write("big.bin", noise(20_000, 5));
+    let all = |env: &Env| -> Vec<PackItem> {
+        tree(&env.src())
+            .into_keys()
+            .map(|path| PackItem {
+                path,
+                op: Op::Upsert,
+                previous: None,
+            })
+            .collect()
+    };
+    let mut bundles: Vec<Packed> = Vec::new();
+    let mut seq = 0;
+    let mut run = |items: Vec<PackItem>, bundles: &mut Vec<Packed>| {
+        let mut alloc = || {
+            seq += 1;
+            Ok(seq)
+        };
+        let mut emit = |p: Packed| {
+            bundles.push(p);
+            Ok(())
+        };
+        Packer {
+            source: &env.src(),
+            outbox: &dir,
+            sender: "fixture",
+            // Small parts so the fixture holds a multi-part file.
+            limits: Limits {
+                chunk_size: 8192,
+                max_bundle_size: 1 << 20,
+            },
+            alloc_seq: &mut alloc,
+            emit: &mut emit,
+        }
+        .pack(items)
+        .unwrap();
+    };
+    run(all(&env), &mut bundles);
+    std::fs::remove_file(env.src().join("gone.txt")).unwrap();
+    env.write("index.html", "<h1>v2</h1>");
+    run(
+        vec![
+            PackItem {
+                path: "index.html".into(),
+                op: Op::Upsert,
+                previous: None,
+            },
+            PackItem {
+                path: "gone.txt".into(),
+                op: Op::Delete,
+                previous: None,
+            },
+        ],
+        &mut bundles,
+    );
+    assert_eq!(bundles.len(), 2);
+}
+
+#[test]
+fn format1_fixtures_replay_to_the_expected_tree() {
+    let env = Env::new();
+    let mut bundles: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
+        .expect("fixtures/format1 exists")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+        .collect();
+    bundles.sort();
+    assert_eq!(bundles.len(), 2);
+    let restored = env.path().join("restored");
+    let mut args = vec![
+        "replay".to_string(),
+        "--root".into(),
+        restored.to_string_lossy().into_owned(),
+    ];
+    args.extend(
+        bundles
+            .iter()
+            .rev()
+            .map(|b| b.to_string_lossy().into_owned()),
+    );
+    let out = shipper(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", text(&out));
+    let got = tree(&restored);
+    let want: std::collections::BTreeMap<String, Vec<u8>> = expected()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+    assert_eq!(got, want);
+}
