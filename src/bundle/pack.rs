@@ -136,6 +136,15 @@ impl Stamp {
     }
 }
 
+/// One source file being packed, and the copy buffer to read it with.
+struct Source<'a> {
+    rel: &'a str,
+    abs: &'a Path,
+    file: &'a mut File,
+    stamp: Stamp,
+    buf: &'a mut [u8],
+}
+
 enum Outcome {
     Done,
     Torn,
@@ -186,26 +195,17 @@ impl Packer<'_> {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(with_path(e, &abs)),
             };
+            let src = Source {
+                rel: &item.path,
+                abs: &abs,
+                file: &mut file,
+                stamp,
+                buf: &mut buf,
+            };
             if stamp.size > self.limits.chunk_size {
-                self.pack_large(
-                    &mut open,
-                    &mut report,
-                    &item.path,
-                    &abs,
-                    &mut file,
-                    stamp,
-                    &mut buf,
-                )?;
+                self.pack_large(&mut open, &mut report, src)?;
             } else {
-                self.pack_small(
-                    &mut open,
-                    &mut report,
-                    &item.path,
-                    &abs,
-                    &mut file,
-                    stamp,
-                    &mut buf,
-                )?;
+                self.pack_small(&mut open, &mut report, src)?;
             }
         }
         if let Some(b) = open.take() {
@@ -214,17 +214,19 @@ impl Packer<'_> {
         Ok(report)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn pack_small(
         &mut self,
         open: &mut Option<Open>,
         report: &mut Report,
-        rel: &str,
-        abs: &Path,
-        file: &mut File,
-        stamp: Stamp,
-        buf: &mut [u8],
+        src: Source<'_>,
     ) -> io::Result<()> {
+        let Source {
+            rel,
+            abs,
+            file,
+            stamp,
+            buf,
+        } = src;
         self.make_room(open, report, need(rel, stamp.size))?;
         let b = self.ensure_open(open)?;
         b.zip
@@ -268,17 +270,19 @@ impl Packer<'_> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn pack_large(
         &mut self,
         open: &mut Option<Open>,
         report: &mut Report,
-        rel: &str,
-        abs: &Path,
-        file: &mut File,
-        stamp: Stamp,
-        buf: &mut [u8],
+        src: Source<'_>,
     ) -> io::Result<()> {
+        let Source {
+            rel,
+            abs,
+            file,
+            stamp,
+            buf,
+        } = src;
         let chunk = self.limits.chunk_size;
         let count = stamp.size.div_ceil(chunk);
         let count = u32::try_from(count).map_err(|_| {

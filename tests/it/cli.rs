@@ -97,12 +97,7 @@ async fn flush_ships_pending_changes_now_and_reports_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_fails_with_the_reason_when_the_receiver_is_unreachable() {
     let env = Env::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = free_addr();
     let s = env.start_sender(addr, "interval = \"5m\"\n");
     let file = env.config_file(
         "sender.toml",

@@ -224,12 +224,7 @@ async fn a_large_file_travels_as_parts_across_bundles() {
 async fn the_sender_reconnects_and_resends_after_the_receiver_returns() {
     let env = Env::new();
     // Find a free port, then start the sender against it before any receiver.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_addr().to_string();
     let s = env.start_sender(listen.parse().unwrap(), "");
     env.write("early.html", "written while the receiver was down");
     // Let a few connection attempts fail.

@@ -133,6 +133,14 @@ impl Role {
     }
 }
 
+/// An address on 127.0.0.1 where nothing listens (yet).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// Every regular file below `dir` with its content.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     walkdir::WalkDir::new(dir)
