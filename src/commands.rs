@@ -136,9 +136,9 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
         (None, Some(root)) => {
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
-            let staging = apply::default_staging(&root, &root);
+            let staging = apply::sibling_staging(&root);
             let t = Target {
-                parts: staging.join("parts"),
+                parts: staging.with_extension("parts"),
                 root,
                 staging,
             };

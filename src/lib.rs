@@ -14,6 +14,7 @@
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
 //! - [`control`]: the local control socket (`shipper flush`).
 //! - [`commands`]: what each subcommand does.
+//! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
 //! - [`durable`]: crash-safe writes.
 
 pub mod bundle;
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod durable;
+pub mod ledger;
 pub mod paths;
 pub mod proto;
 pub mod receiver;

@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -93,7 +92,18 @@ impl Receiver {
         let _ = std::fs::remove_dir_all(&incoming);
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
-        let state = ReceiverState::load(&cfg.state_dir)?;
+        let mut state = ReceiverState::load(&cfg.state_dir)?;
+        target.clean_staging().context("cleaning staging")?;
+        let publishing = cfg.state_dir.join("publishing");
+        std::fs::create_dir_all(&publishing)
+            .with_context(|| format!("creating {}", publishing.display()))?;
+        let committer = Committer {
+            target: target.clone(),
+            publishing,
+            archive_dir: cfg.archive_dir.clone(),
+            archive_keep: cfg.archive_keep,
+        };
+        committer.recover(&mut state, &cfg.state_dir)?;
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("receiver.listen: cannot listen on {}", cfg.listen))?;
@@ -231,8 +241,8 @@ impl Receiver {
         let mut file = tokio::fs::File::create(part)
             .await
             .with_context(|| format!("creating {}", part.display()))?;
-        let hash = conn.recv_body(size, &mut file).await?;
-        file.flush().await?;
+        let (hash, write_error) = conn.recv_body(size, &mut file).await?;
+        drop(file);
         let Frame::Trailer {
             size: t_size,
             hash: t_hash,
@@ -240,6 +250,9 @@ impl Receiver {
         else {
             anyhow::bail!("expected a trailer after bundle {seq}");
         };
+        if let Some(e) = write_error {
+            return Ok(Err(refusal_for_io(&e, part)));
+        }
         if t_size != size || t_hash != *hash.as_bytes() {
             return Ok(Err(format!(
                 "bundle {seq} failed its trailer check (size {size} vs {t_size}, hash {} vs {})",
@@ -247,7 +260,6 @@ impl Receiver {
                 blake3::Hash::from_bytes(t_hash).to_hex()
             )));
         }
-        drop(file);
         let mut state = self.state.lock().await;
         let last = state.applied.get(sender).copied().unwrap_or(0);
         if seq <= last {
@@ -260,39 +272,140 @@ impl Receiver {
                 seq, last, "sequence gap: bundles in between were never received here"
             );
         }
-        let target = self.target.clone();
-        let part_path = part.to_path_buf();
-        let sender_owned = sender.to_owned();
-        let result = tokio::task::spawn_blocking(move || -> Result<apply::Applied, String> {
-            let opened = apply::open(&part_path).map_err(|e| e.to_string())?;
-            if opened.manifest.sender != sender_owned || opened.manifest.seq != seq {
-                return Err(format!(
-                    "manifest says sender {:?} sequence {}, the stream said {sender_owned:?} {seq}",
-                    opened.manifest.sender, opened.manifest.seq
-                ));
-            }
-            apply::apply(&target, opened).map_err(|e| e.to_string())
-        })
-        .await
-        .context("apply task")?;
-        let applied = match result {
-            Ok(a) => a,
-            Err(reason) => return Ok(Err(reason)),
-        };
-        state.applied.insert(sender.to_owned(), seq);
-        if let Err(e) = state.save(&self.cfg.state_dir) {
-            return Ok(Err(format!("{e:#}")));
-        }
-        drop(state);
-        let archive_dir = self.cfg.archive_dir.clone();
-        let keep = self.cfg.archive_keep;
-        let name = format!("{sender}-{seq:020}.zip");
-        let src = part.to_path_buf();
-        tokio::task::spawn_blocking(move || archive(&src, &archive_dir, &name, keep))
+        let me = self.clone_parts();
+        let (sender_owned, part_path) = (sender.to_owned(), part.to_path_buf());
+        let result = tokio::task::spawn_blocking(move || me.commit(&part_path, &sender_owned, seq))
             .await
-            .context("archive task")?
-            .unwrap_or_else(|e| warn!(error = format!("{e:#}"), "archiving the bundle failed"));
-        Ok(Ok(Some(applied)))
+            .context("apply task")?;
+        match result {
+            Ok(applied) => {
+                state.applied.insert(sender.to_owned(), seq);
+                if let Err(e) = state.save(&self.cfg.state_dir) {
+                    return Ok(Err(format!("{e:#}")));
+                }
+                drop(state);
+                let me = self.clone_parts();
+                let name = archive_name(sender, seq);
+                tokio::task::spawn_blocking(move || me.archive_published(&name))
+                    .await
+                    .context("archive task")?;
+                Ok(Ok(Some(applied)))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
+    }
+
+    fn clone_parts(&self) -> Committer {
+        Committer {
+            target: self.target.clone(),
+            publishing: self.cfg.state_dir.join("publishing"),
+            archive_dir: self.cfg.archive_dir.clone(),
+            archive_keep: self.cfg.archive_keep,
+        }
+    }
+}
+
+fn archive_name(sender: &str, seq: u64) -> String {
+    format!("{sender}-{seq:020}.zip")
+}
+
+fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    if matches!(e.kind(), StorageFull | QuotaExceeded) {
+        format!("receiver disk full: {}: {e}", path.display())
+    } else {
+        format!("receiver cannot store the bundle: {}: {e}", path.display())
+    }
+}
+
+/// The blocking half of applying: the write-ahead record, the apply itself,
+/// and the archive.
+struct Committer {
+    target: Target,
+    /// Holds the bundle being published: found here at start, it is
+    /// applied again before anything newer is taken.
+    publishing: PathBuf,
+    archive_dir: PathBuf,
+    archive_keep: usize,
+}
+
+impl Committer {
+    /// Verify and apply the received bundle at `part`.
+    fn commit(&self, part: &Path, sender: &str, seq: u64) -> Result<apply::Applied, String> {
+        let opened = apply::open(part).map_err(|e| e.to_string())?;
+        if opened.manifest.sender != sender || opened.manifest.seq != seq {
+            return Err(format!(
+                "manifest says sender {:?} sequence {}, the stream said {sender:?} {seq}",
+                opened.manifest.sender, opened.manifest.seq
+            ));
+        }
+        drop(opened);
+        // Record what is about to be published before root changes, so a
+        // crash part-way is finished at the next start.
+        let wal = self.publishing.join(archive_name(sender, seq));
+        let io = |e: std::io::Error| refusal_for_io(&e, &wal);
+        std::fs::File::open(part)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(part, &wal).map_err(io)?;
+        durable::sync_dir(&self.publishing).map_err(io)?;
+        let result = apply::open(&wal).and_then(|b| apply::apply(&self.target, b));
+        result.map_err(|e| {
+            let _ = std::fs::remove_file(&wal);
+            if e.is_disk_full() {
+                format!("receiver disk full: {e}")
+            } else {
+                e.to_string()
+            }
+        })
+    }
+
+    /// Move the published bundle from the write-ahead slot to the archive.
+    fn archive_published(&self, name: &str) {
+        let src = self.publishing.join(name);
+        if let Err(e) = archive(&src, &self.archive_dir, name, self.archive_keep) {
+            warn!(error = format!("{e:#}"), "archiving the bundle failed");
+        }
+        let _ = std::fs::remove_file(&src);
+    }
+
+    /// Finish bundles whose publish a crash interrupted. Blocking; run at
+    /// start before any sender is accepted.
+    fn recover(&self, state: &mut ReceiverState, state_dir: &Path) -> anyhow::Result<()> {
+        let mut pending: Vec<PathBuf> = std::fs::read_dir(&self.publishing)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        pending.sort();
+        for wal in pending {
+            let name = wal
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            match apply::open(&wal).and_then(|b| {
+                let (sender, seq) = (b.manifest.sender.clone(), b.manifest.seq);
+                apply::apply(&self.target, b).map(|a| (sender, seq, a))
+            }) {
+                Ok((sender, seq, a)) => {
+                    info!(
+                        sender,
+                        seq,
+                        files = a.published,
+                        "finished a bundle whose publish was interrupted"
+                    );
+                    let e = state.applied.entry(sender).or_default();
+                    *e = (*e).max(seq);
+                    state.save(state_dir)?;
+                    self.archive_published(&name);
+                }
+                Err(e) => {
+                    warn!(bundle = %wal.display(), error = %e, "could not finish an interrupted bundle; the sender will re-send it");
+                    let _ = std::fs::remove_file(&wal);
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@ use crate::changes::{ChangeSet, Op};
 use crate::config::SenderConfig;
 use crate::control::{self, Call, Request, Response};
 use crate::durable;
+use crate::ledger::{AckRecord, Ledger};
 use crate::paths::is_within;
 use crate::proto::connection::ConnError;
 use crate::proto::frame::PROTOCOL_VERSION;
@@ -128,11 +129,15 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
     let outbox = state_dir.join("outbox");
-    // Bundles not acknowledged before a restart are dropped: the start-up
-    // scan below queues the whole tree again.
+    // Bundles not acknowledged before a restart are dropped: the catch-up
+    // below finds their changes again by comparing with the ledger.
     let _ = std::fs::remove_dir_all(&outbox);
     std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
     let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
+    let ledger = Ledger::open(&state_dir)
+        .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
+    let shipped = ledger.files().clone();
+    let ledger = Arc::new(std::sync::Mutex::new(ledger));
     info!(id = %state.id, source = %source.display(), receiver = %cfg.receiver, "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![state_dir.clone()];
@@ -157,22 +162,22 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus::default());
     let seq_floor = Arc::new(AtomicU64::new(0));
-    let transport_task = tokio::spawn(transport(
-        cfg.receiver.clone(),
-        state.id.clone(),
-        bundle_rx,
-        event_tx,
-        status_tx,
-        seq_floor.clone(),
-        shutdown.clone(),
-    ));
+    let link = Link {
+        receiver: cfg.receiver.clone(),
+        id: state.id.clone(),
+        ledger,
+        events: event_tx,
+        status: status_tx,
+        seq_floor: seq_floor.clone(),
+    };
+    let transport_task = tokio::spawn(transport(link, bundle_rx, shutdown.clone()));
 
     let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
     let mut s = Sender {
         scan_tx,
         watch_guard: Arc::new(guard),
         changes: ChangeSet::new(cfg.settle, cfg.max_delay),
-        shipped: BTreeMap::new(),
+        shipped,
         source: source.clone(),
         outbox,
         state_dir: state_dir.clone(),
@@ -192,7 +197,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         status: status_rx,
         needs_welcome: fresh,
     };
-    // The existing tree counts as new: the first bundles bring an empty
+    // Catch-up: compare the tree with what the receiver acknowledged; with
+    // empty state everything is new, so the first bundles bring an empty
     // receiver up to date. The watch is already running, so nothing written
     // during the walk is missed.
     s.scan(source.clone());
@@ -203,12 +209,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(msg) = watch_rx.recv() => s.on_watch(msg),
-            Some(paths) = scan_rx.recv() => {
-                let now = Instant::now();
-                for p in paths {
-                    s.changes.changed(&p, false, now);
-                }
-            }
+            Some(walk) = scan_rx.recv() => s.on_walk(walk),
             _ = tokio::time::sleep_until(next_tick.into()) => {
                 next_tick = s.next_tick();
                 s.maybe_pack(false, next_tick);
@@ -264,7 +265,7 @@ async fn wait_packing(
 struct Sender {
     watch_guard: Arc<watcher::WatchGuard>,
     /// Finished directory walks: the files found.
-    scan_tx: mpsc::UnboundedSender<Vec<String>>,
+    scan_tx: mpsc::UnboundedSender<watcher::Walk>,
     changes: ChangeSet,
     /// What the receiver has (or will have once the queue drains), per path.
     shipped: BTreeMap<String, FileMeta>,
@@ -318,7 +319,7 @@ impl Sender {
                 // Gone again already, or out of watches: the walk still runs.
                 debug!(dir = %dir.display(), error = %e, "could not watch new directory");
             }
-            let _ = tx.send(watcher::walk_files(&base, &dir, &ex, &ignore));
+            let _ = tx.send(watcher::walk(&base, &dir, &ex, &ignore));
         });
     }
 
@@ -345,18 +346,55 @@ impl Sender {
             WatchMsg::Scan(dir) => self.scan(dir),
             WatchMsg::Rescan(why) => {
                 warn!(reason = %why, "events may have been lost; rescanning the source tree");
-                // Shipped paths no longer on disk are found missing at pack
-                // time only if queued: queue them all as candidates.
-                let gone: Vec<String> = self
-                    .shipped
-                    .keys()
-                    .filter(|p| std::fs::symlink_metadata(self.source.join(p)).is_err())
-                    .cloned()
-                    .collect();
-                for p in gone {
-                    self.changes.removed(&p, now);
-                }
                 self.scan(self.source.clone());
+            }
+        }
+    }
+
+    /// Compare what a walk found with what the receiver has: queue what
+    /// differs, and the shipped paths below the walked directory that are
+    /// gone. This is the catch-up at start and the repair after lost events.
+    fn on_walk(&mut self, walk: watcher::Walk) {
+        let now = Instant::now();
+        let mut queued = 0u64;
+        let mut found = std::collections::HashSet::with_capacity(walk.files.len());
+        for (path, stat) in &walk.files {
+            if !self.shipped.get(path).is_some_and(|m| stat.matches(m)) {
+                self.changes.changed(path, false, now);
+                queued += 1;
+            }
+            found.insert(path.as_str());
+        }
+        let scope = walk.dir.clone().unwrap_or_default();
+        let gone: Vec<String> = self
+            .shipped
+            .keys()
+            .filter(|p| scope.is_empty() || is_within(p, &scope))
+            .filter(|p| !found.contains(p.as_str()))
+            // Re-created since the walk passed it: its event has it.
+            .filter(|p| std::fs::symlink_metadata(self.source.join(p)).is_err())
+            .cloned()
+            .collect();
+        for p in &gone {
+            self.changes.removed(p, now);
+        }
+        if walk.dir.is_none() {
+            info!(
+                files = walk.files.len(),
+                dirs = walk.dirs,
+                changed = queued,
+                deleted = gone.len(),
+                "source tree compared with what the receiver has"
+            );
+            if let Some(limit) = watcher::inotify_watch_limit()
+                && walk.dirs * 10 > limit * 9
+            {
+                warn!(
+                    dirs = walk.dirs,
+                    limit,
+                    "the source has nearly as many directories as fs.inotify.max_user_watches allows: raise it, e.g. sysctl fs.inotify.max_user_watches={}",
+                    (walk.dirs * 4).max(524_288)
+                );
             }
         }
     }
@@ -651,15 +689,27 @@ async fn send_bundle(conn: &mut Connection<TcpStream>, b: &Packed) -> Result<(),
     }
 }
 
-async fn transport(
+/// What the transport task talks to besides the socket.
+struct Link {
     receiver: String,
     id: String,
-    mut rx: mpsc::Receiver<Packed>,
+    /// Acknowledged bundles are recorded here before they are let go.
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     events: mpsc::UnboundedSender<TransportEvent>,
     status: tokio::sync::watch::Sender<LinkStatus>,
+    /// The receiver's last applied sequence + 1, learnt at each handshake.
     seq_floor: Arc<AtomicU64>,
-    shutdown: CancellationToken,
-) {
+}
+
+async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: CancellationToken) {
+    let Link {
+        receiver,
+        id,
+        ledger,
+        events,
+        status,
+        seq_floor,
+    } = link;
     let mut queue: VecDeque<Packed> = VecDeque::new();
     let mut backoff = Backoff::default();
     let mut down_reported: Option<String> = None;
@@ -705,7 +755,7 @@ async fn transport(
             let b = queue.front().expect("queue not empty").clone();
             if b.seq <= last_applied {
                 // Applied before a lost acknowledgement: done.
-                acked(&mut queue, &events);
+                acked(&mut queue, &events, &ledger).await;
                 continue;
             }
             let started = Instant::now();
@@ -723,7 +773,7 @@ async fn transport(
                         ms = started.elapsed().as_millis() as u64,
                         "bundle shipped"
                     );
-                    acked(&mut queue, &events);
+                    acked(&mut queue, &events, &ledger).await;
                 }
                 Err(e) => {
                     let e = format!("sequence {}: {e}", b.seq);
@@ -746,11 +796,31 @@ async fn transport(
     }
 }
 
-fn acked(queue: &mut VecDeque<Packed>, events: &mpsc::UnboundedSender<TransportEvent>) {
-    if let Some(b) = queue.pop_front() {
-        let _ = std::fs::remove_file(&b.path);
-        let _ = events.send(TransportEvent::Acked { seq: b.seq });
+/// The front bundle was acknowledged: record it durably, then let go of it.
+async fn acked(
+    queue: &mut VecDeque<Packed>,
+    events: &mpsc::UnboundedSender<TransportEvent>,
+    ledger: &Arc<std::sync::Mutex<Ledger>>,
+) {
+    let Some(b) = queue.pop_front() else { return };
+    let record = AckRecord {
+        seq: b.seq,
+        changes: b.changes,
+    };
+    let ledger = ledger.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(record)
+    })
+    .await;
+    if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+        // The receiver has it; only a restart would re-ship it needlessly.
+        warn!(seq = b.seq, error = %e, "could not record an acknowledged bundle in the ledger");
     }
+    let _ = std::fs::remove_file(&b.path);
+    let _ = events.send(TransportEvent::Acked { seq: b.seq });
 }
 
 #[cfg(test)]

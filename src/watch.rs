@@ -178,27 +178,82 @@ pub fn translate(base: &Path, ev: &Event) -> Vec<WatchMsg> {
     out
 }
 
-/// Walk `dir` (below `base`) and return every regular file not excluded, in
-/// shipped form. Blocking.
-pub fn walk_files(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Vec<String> {
-    let mut out = Vec::new();
+/// The stat fields that tell whether a file differs from what was shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+}
+
+impl FileStat {
+    pub fn of(md: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            size: md.len(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            mode: md.mode() & 0o7777,
+        }
+    }
+
+    pub fn matches(&self, m: &crate::bundle::manifest::FileMeta) -> bool {
+        self.size == m.size
+            && self.mtime == m.mtime
+            && self.mtime_nsec == m.mtime_nsec
+            && self.mode == m.mode
+    }
+}
+
+/// What a walk of a directory found.
+#[derive(Debug, Default)]
+pub struct Walk {
+    /// The walked directory in shipped form; `None` for the whole source.
+    pub dir: Option<String>,
+    pub files: Vec<(String, FileStat)>,
+    pub dirs: u64,
+}
+
+/// Walk `dir` (below `base`): every regular file not excluded, in shipped
+/// form, with its stat. Blocking.
+pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Walk {
+    let mut out = Walk {
+        dir: relative(base, dir),
+        ..Walk::default()
+    };
     let mut it = walkdir::WalkDir::new(dir).follow_links(false).into_iter();
     while let Some(entry) = it.next() {
         let Ok(entry) = entry else { continue };
+        if entry.file_type().is_dir() {
+            out.dirs += 1;
+        }
         let Some(rel) = relative(base, entry.path()) else {
             continue;
         };
         if excludes.is_excluded(&rel) || ignore.iter().any(|i| entry.path().starts_with(i)) {
             if entry.file_type().is_dir() {
+                out.dirs -= 1;
                 it.skip_current_dir();
             }
             continue;
         }
-        if entry.file_type().is_file() {
-            out.push(rel);
+        if entry.file_type().is_file()
+            && let Ok(md) = entry.metadata()
+        {
+            out.files.push((rel, FileStat::of(&md)));
         }
     }
     out
+}
+
+/// The kernel's per-user inotify watch limit, where there is one to read.
+pub fn inotify_watch_limit() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/fs/inotify/max_user_watches")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]

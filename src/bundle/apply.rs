@@ -59,6 +59,14 @@ pub struct Target {
     pub parts: PathBuf,
 }
 
+impl BundleError {
+    /// True when the filesystem ran out of space (or quota).
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, BundleError::Io { source, .. }
+            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+    }
+}
+
 impl Target {
     /// Create the directories and check that staging shares root's filesystem.
     pub fn prepare(&self) -> Result<(), BundleError> {
@@ -80,15 +88,37 @@ impl Target {
         }
         Ok(())
     }
+
+    /// Remove what an interrupted apply left in staging.
+    pub fn clean_staging(&self) -> Result<(), BundleError> {
+        for e in fs::read_dir(&self.staging)
+            .map_err(io_at(&self.staging))?
+            .flatten()
+        {
+            let p = e.path();
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            r.map_err(io_at(&p))?;
+        }
+        Ok(())
+    }
 }
 
 /// Staging for `root` when none is configured: `state_dir/staging` if that
-/// is on root's filesystem, else a hidden sibling of root.
+/// is on root's filesystem, else [`sibling_staging`].
 pub fn default_staging(root: &Path, state_dir: &Path) -> PathBuf {
     let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
     if dev(root).is_some() && dev(root) == dev(state_dir) {
         return state_dir.join("staging");
     }
+    sibling_staging(root)
+}
+
+/// A hidden directory beside root, so on its filesystem but outside it.
+pub fn sibling_staging(root: &Path) -> PathBuf {
     let name = root
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -204,16 +234,17 @@ fn stage_and_publish(
         finish_file(&out, &dest, f.mode, f.mtime, f.mtime_nsec)?;
         staged.push((f.path.clone(), dest));
     }
-    let mut completed = 0u64;
+    let mut completed = Vec::new();
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
         let entry = b.zip.by_name(&name)?;
         if let Some(data) = store_part(&target.parts, p, entry, &mut buf)? {
             let dest = stage.join(format!("p{j}"));
-            move_or_copy(&data, &dest)?;
+            // Linked, not moved: until the file is published, a crash and a
+            // re-send must still find the assembled data.
+            link_or_copy(&data, &dest)?;
             staged.push((p.path.clone(), dest));
-            let _ = fs::remove_file(part_state_path(&target.parts, &p.set));
-            completed += 1;
+            completed.push(p.set.clone());
         }
     }
     for set in &m.abandoned {
@@ -230,6 +261,9 @@ fn stage_and_publish(
     for (rel, src) in &staged {
         publish_file(&target.root, rel, src, &mut dirty)?;
     }
+    for set in &completed {
+        drop_part_set(&target.parts, set);
+    }
     // Renames and unlinks live in the directories: make them durable
     // before the bundle is acknowledged.
     for d in &dirty {
@@ -238,7 +272,7 @@ fn stage_and_publish(
         }
     }
     let summary = Summary {
-        files: m.files.len() as u64 + completed,
+        files: m.files.len() as u64 + completed.len() as u64,
         parts: m.parts.len() as u64,
         deletions: m.deletions.len() as u64,
         bytes: m.content_bytes(),
@@ -454,16 +488,13 @@ fn supersede_sets_of(dir: &Path, path: &str) {
     }
 }
 
-fn move_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
-    match fs::rename(from, to) {
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
+    match fs::hard_link(from, to) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(18) => {
             // EXDEV: state_dir is on another filesystem than root.
             fs::copy(from, to).map_err(io_at(to))?;
-            File::open(to)
-                .and_then(|f| f.sync_all())
-                .map_err(io_at(to))?;
-            fs::remove_file(from).map_err(io_at(from))
+            File::open(to).and_then(|f| f.sync_all()).map_err(io_at(to))
         }
         Err(e) => Err(io_at(to)(e)),
     }

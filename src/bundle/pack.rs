@@ -52,6 +52,9 @@ pub struct Packed {
     pub size: u64,
     pub hash: [u8; 32],
     pub summary: Summary,
+    /// What the receiver will have once it applies this bundle: `Some`
+    /// shipped with this metadata, `None` deleted.
+    pub changes: Vec<(String, Option<FileMeta>)>,
 }
 
 /// What a bundle carries, for logs and `shipper flush`.
@@ -76,8 +79,7 @@ impl Summary {
 /// What one packing run did.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Paths now on their way to the receiver: `Some` shipped with this
-    /// metadata, `None` deleted.
+    /// Paths now on their way to the receiver (every bundle's `changes`).
     pub shipped: Vec<(String, Option<FileMeta>)>,
     /// Paths that changed while being read: still pending.
     pub requeue: Vec<String>,
@@ -102,6 +104,7 @@ struct Open {
     tmp: tempfile::TempPath,
     manifest: Manifest,
     summary: Summary,
+    changes: Vec<(String, Option<FileMeta>)>,
     used: u64,
 }
 
@@ -162,7 +165,7 @@ impl Packer<'_> {
             b.manifest.deletions.push(item.path.clone());
             b.summary.deletions += 1;
             b.used += item.path.len() as u64 + 8;
-            report.shipped.push((item.path.clone(), None));
+            b.changes.push((item.path.clone(), None));
         }
         for item in items.into_iter().filter(|i| i.op == Op::Upsert) {
             let abs = self.source.join(&item.path);
@@ -180,7 +183,7 @@ impl Packer<'_> {
                     b.manifest.deletions.push(item.path.clone());
                     b.summary.deletions += 1;
                     b.used += item.path.len() as u64 + 8;
-                    report.shipped.push((item.path.clone(), None));
+                    b.changes.push((item.path.clone(), None));
                 }
                 tracing::debug!(path = %item.path, "not a regular file, not shipped");
                 continue;
@@ -260,7 +263,7 @@ impl Packer<'_> {
                     mode: stamp.mode,
                     hash,
                 };
-                report.shipped.push((rel.to_owned(), Some(entry.meta())));
+                b.changes.push((rel.to_owned(), Some(entry.meta())));
                 b.manifest.files.push(entry);
                 b.summary.files += 1;
                 b.summary.bytes += stamp.size;
@@ -345,7 +348,7 @@ impl Packer<'_> {
             b.used += need(&name, size);
             if let Some(hash) = file_hash {
                 b.summary.files += 1;
-                report.shipped.push((
+                b.changes.push((
                     rel.to_owned(),
                     Some(FileMeta {
                         size: stamp.size,
@@ -399,6 +402,7 @@ impl Packer<'_> {
                     abandoned: Vec::new(),
                 },
                 summary: Summary::default(),
+                changes: Vec::new(),
                 used: 1024,
             });
         }
@@ -438,12 +442,14 @@ impl Packer<'_> {
         let size = std::fs::metadata(&path)?.len();
         let hash = super::hash_file(&path).map_err(|e| with_path(e, &path))?;
         report.bundles.push((seq, b.summary));
+        report.shipped.extend(b.changes.iter().cloned());
         (self.emit)(Packed {
             seq,
             path,
             size,
             hash: *hash.as_bytes(),
             summary: b.summary,
+            changes: b.changes,
         })
     }
 }

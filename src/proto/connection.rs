@@ -95,15 +95,19 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         Ok(())
     }
 
-    /// Receive exactly `size` body bytes into `out`, returning their BLAKE3.
+    /// Receive exactly `size` body bytes into `out`, returning their BLAKE3
+    /// and the first write error, if any. After a write error (a full disk)
+    /// the rest of the body is still read, so the stream stays in step and
+    /// the bundle can be refused with the reason.
     pub async fn recv_body(
         &mut self,
         size: u64,
         out: &mut (impl AsyncWrite + Unpin),
-    ) -> Result<blake3::Hash, ConnError> {
+    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; BODY_BUF];
         let mut left = size;
+        let mut write_error = None;
         while left > 0 {
             let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
             let n = self.reader.read(&mut buf[..want]).await?;
@@ -111,9 +115,18 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 return Err(ConnError::Closed);
             }
             hasher.update(&buf[..n]);
-            out.write_all(&buf[..n]).await?;
+            if write_error.is_none()
+                && let Err(e) = out.write_all(&buf[..n]).await
+            {
+                write_error = Some(e);
+            }
             left -= n as u64;
         }
-        Ok(hasher.finalize())
+        if write_error.is_none()
+            && let Err(e) = out.flush().await
+        {
+            write_error = Some(e);
+        }
+        Ok((hasher.finalize(), write_error))
     }
 }

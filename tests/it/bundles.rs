@@ -214,6 +214,16 @@ fn replay_applies_in_sequence_order_whatever_the_order_given() {
     let out = shipper(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(tree(&restored), tree(&env.src()));
+    let names: Vec<_> = std::fs::read_dir(&restored)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        names.len(),
+        3,
+        "replay left something of its own in root: {names:?}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 
 mod bundles;
 mod cli;
+mod durability;
 mod fixtures;
 mod sync;
 mod util;
