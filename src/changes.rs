@@ -138,6 +138,14 @@ impl ChangeSet {
             .collect()
     }
 
+    /// Paths whose pending change is a deletion, settled or not.
+    pub fn pending_deletes(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.op == Op::Delete)
+            .map(|(p, _)| p.as_str())
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -29,6 +29,9 @@ pub enum Command {
         /// How long to wait for the receiver's acknowledgement.
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// Also ship deletions held back by the mass-deletion guard.
+        #[arg(long)]
+        allow_mass_delete: bool,
     },
     /// Apply archived bundles to a root, in sequence order.
     Replay {

@@ -21,7 +21,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(&config)?;
             runtime()?.block_on(run_until_signal(config))
         }
-        Command::Flush { config, timeout } => {
+        Command::Flush {
+            config,
+            timeout,
+            allow_mass_delete,
+        } => {
             let config = Config::load(&config)?;
             let sender = config
                 .sender
@@ -30,18 +34,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             let sock = control::socket_path(&sender.state_dir);
             let req = Request::Flush {
                 timeout_ms: timeout.as_millis() as u64,
+                allow_mass_delete,
             };
             let resp = runtime()?.block_on(control::call(
                 &sock,
                 &req,
                 timeout + std::time::Duration::from_secs(5),
             ))?;
-            match resp {
+            let held = match resp {
                 Response::Flushed {
                     first_seq,
                     last_seq,
                     bundles,
                     summary,
+                    held_deletions,
                 } => {
                     let seqs = if first_seq == last_seq {
                         format!("{last_seq}")
@@ -55,14 +61,20 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         summary.deletions,
                         summary.bytes
                     );
-                    Ok(())
+                    held_deletions
                 }
-                Response::NothingToShip => {
+                Response::NothingToShip { held_deletions } => {
                     println!("nothing to ship: the receiver has everything");
-                    Ok(())
+                    held_deletions
                 }
                 Response::Error { message } => bail!("{message}"),
+            };
+            if held > 0 {
+                println!(
+                    "{held} deletions held by the mass-deletion guard; ship them with `shipper flush --allow-mass-delete`"
+                );
             }
+            Ok(())
         }
         Command::Replay { target, bundles } => replay_command(target, &bundles),
         Command::Inspect { bundle } => {

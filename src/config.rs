@@ -48,6 +48,8 @@ pub struct RawSender {
     pub exclude_defaults: Option<bool>,
     pub chunk_size: Option<String>,
     pub max_bundle_size: Option<String>,
+    pub mass_delete_share: Option<f64>,
+    pub mass_delete_min: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,6 +86,15 @@ pub struct SenderConfig {
     pub exclude: Excludes,
     pub chunk_size: u64,
     pub max_bundle_size: u64,
+    pub mass_delete: MassDelete,
+}
+
+/// A bundle deleting at least `min` files and over `share` of what was
+/// shipped is held until `shipper flush --allow-mass-delete`.
+#[derive(Debug, Clone, Copy)]
+pub struct MassDelete {
+    pub share: f64,
+    pub min: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -248,7 +259,18 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
             "sender.id = {id:?}: use 1-64 letters, digits, '-', '_' or '.'"
         ));
     }
+    let share = s.mass_delete_share.unwrap_or(0.5);
+    if !(share > 0.0 && share <= 1.0) {
+        return Err(format!(
+            "sender.mass_delete_share = {share}: must be above 0 and at most 1"
+        ));
+    }
+    let mass_delete = MassDelete {
+        share,
+        min: s.mass_delete_min.unwrap_or(100),
+    };
     Ok(SenderConfig {
+        mass_delete,
         source: base.join(&s.source),
         receiver,
         state_dir: base.join(&s.state_dir),
@@ -418,6 +440,7 @@ state_dir = "state"
             ),
             ("exclude = [\"a[\"]\n", "sender.exclude"),
             ("id = \"has space\"\n", "sender.id"),
+            ("mass_delete_share = 1.5\n", "sender.mass_delete_share"),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?}: {e}");

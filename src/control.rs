@@ -19,7 +19,12 @@ use crate::bundle::pack::Summary;
 pub enum Request {
     /// Cut a bundle with everything pending now and answer once the receiver
     /// acknowledged it (or `timeout_ms` passed).
-    Flush { timeout_ms: u64 },
+    Flush {
+        timeout_ms: u64,
+        /// Ship deletions the mass-deletion guard holds back.
+        #[serde(default)]
+        allow_mass_delete: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,8 +34,12 @@ pub enum Response {
         last_seq: u64,
         bundles: u64,
         summary: Summary,
+        /// Deletions still held by the mass-deletion guard.
+        held_deletions: u64,
     },
-    NothingToShip,
+    NothingToShip {
+        held_deletions: u64,
+    },
     Error {
         message: String,
     },

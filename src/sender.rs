@@ -115,6 +115,7 @@ struct FlushWait {
     target: Option<u64>,
     /// First sequence cut for this flush.
     first: u64,
+    allow_mass_delete: bool,
     deadline: Instant,
     reply: oneshot::Sender<Response>,
 }
@@ -187,7 +188,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         ignore,
         bundle_tx,
         packing: None,
-        packing_forced: false,
+        held: Default::default(),
+        held_reported: 0,
         flush_queued: Vec::new(),
         flush_packing: Vec::new(),
         flush_waiting: Vec::new(),
@@ -219,10 +221,11 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                 s.on_packed(done, next_tick);
             }
             Some((req, reply)) = control_rx.recv() => match req {
-                Request::Flush { timeout_ms } => {
+                Request::Flush { timeout_ms, allow_mass_delete } => {
                     s.flush_queued.push(FlushWait {
                         target: None,
                         first: 0,
+                        allow_mass_delete,
                         deadline: Instant::now() + Duration::from_millis(timeout_ms),
                         reply,
                     });
@@ -278,7 +281,10 @@ struct Sender {
     ignore: Vec<PathBuf>,
     bundle_tx: mpsc::Sender<Packed>,
     packing: Option<JoinHandle<anyhow::Result<Report>>>,
-    packing_forced: bool,
+    /// Deletions held back by the mass-deletion guard.
+    held: std::collections::BTreeSet<String>,
+    /// How many held deletions were last reported, so the log says it once.
+    held_reported: usize,
     flush_queued: Vec<FlushWait>,
     flush_packing: Vec<FlushWait>,
     flush_waiting: Vec<FlushWait>,
@@ -399,6 +405,46 @@ impl Sender {
         }
     }
 
+    /// The mass-deletion guard: hold `deletions` (with those already held)
+    /// when, counting deletions still settling, they would remove too large
+    /// a share of what was shipped, unless a flush allowed it. Released
+    /// deletions are re-checked against the disk.
+    fn guard_deletions(&mut self, deletions: &mut Vec<String>, allow: bool) {
+        let settling = self
+            .changes
+            .pending_deletes()
+            .filter(|p| self.shipped.contains_key(*p))
+            .count();
+        let total = deletions.len() + self.held.len() + settling;
+        let g = &self.cfg.mass_delete;
+        if !allow && mass_deletion(total, self.shipped.len(), g.share, g.min) {
+            self.held.extend(deletions.drain(..));
+            if self.held.len() != self.held_reported {
+                self.held_reported = self.held.len();
+                warn!(
+                    held = self.held.len(),
+                    shipped = self.shipped.len(),
+                    "mass deletion held back: it would remove over {:.0}% of the shipped files; run `shipper flush --allow-mass-delete` if it is intended",
+                    g.share * 100.0
+                );
+            }
+            return;
+        }
+        if !self.held.is_empty() {
+            let source = self.source.clone();
+            let released = std::mem::take(&mut self.held)
+                .into_iter()
+                .filter(|p| std::fs::symlink_metadata(source.join(p)).is_err());
+            deletions.extend(released);
+            info!(
+                deletions = deletions.len(),
+                allowed = allow,
+                "held deletions released"
+            );
+            self.held_reported = 0;
+        }
+    }
+
     /// Start packing if anything is due and no pack is running.
     fn maybe_pack(&mut self, force: bool, next_tick: Instant) {
         if self.packing.is_some() || self.needs_welcome {
@@ -407,23 +453,30 @@ impl Sender {
         let now = Instant::now();
         let due = self.changes.take_due(now, next_tick, force);
         let flushes = std::mem::take(&mut self.flush_queued);
+        let allow_mass_delete = flushes.iter().any(|f| f.allow_mass_delete);
         let mut items = Vec::with_capacity(due.len());
+        let mut deletions = Vec::new();
         for c in due {
             match c.op {
-                Op::Upsert => items.push(PackItem {
-                    previous: self.shipped.get(&c.path).cloned(),
-                    path: c.path,
-                    op: Op::Upsert,
-                }),
+                Op::Upsert => {
+                    self.held.remove(&c.path);
+                    items.push(PackItem {
+                        previous: self.shipped.get(&c.path).cloned(),
+                        path: c.path,
+                        op: Op::Upsert,
+                    })
+                }
                 // Deleting what the receiver never got is nothing to ship.
-                Op::Delete if self.shipped.contains_key(&c.path) => items.push(PackItem {
-                    path: c.path,
-                    op: Op::Delete,
-                    previous: None,
-                }),
+                Op::Delete if self.shipped.contains_key(&c.path) => deletions.push(c.path),
                 Op::Delete => {}
             }
         }
+        self.guard_deletions(&mut deletions, allow_mass_delete);
+        items.extend(deletions.into_iter().map(|path| PackItem {
+            path,
+            op: Op::Delete,
+            previous: None,
+        }));
         if items.is_empty() {
             for f in flushes {
                 self.flush_waiting.push(f);
@@ -433,7 +486,6 @@ impl Sender {
             return;
         }
         self.flush_packing = flushes;
-        self.packing_forced = force;
         let packer_state = self.state.clone();
         let (source, outbox, state_dir) = (
             self.source.clone(),
@@ -559,8 +611,9 @@ impl Sender {
         for f in std::mem::take(&mut self.flush_waiting) {
             match f.target {
                 Some(target) if acked >= target => {
+                    let held_deletions = self.held.len() as u64;
                     let response = if f.first > target {
-                        Response::NothingToShip
+                        Response::NothingToShip { held_deletions }
                     } else {
                         let mut summary = Summary::default();
                         let mut bundles = 0;
@@ -573,6 +626,7 @@ impl Sender {
                             last_seq: target,
                             bundles,
                             summary,
+                            held_deletions,
                         }
                     };
                     let _ = f.reply.send(response);
@@ -823,9 +877,27 @@ async fn acked(
     let _ = events.send(TransportEvent::Acked { seq: b.seq });
 }
 
+/// True when deleting `deletions` of `shipped` files is a mass deletion:
+/// at least `min` files and over `share` of them.
+pub fn mass_deletion(deletions: usize, shipped: usize, share: f64, min: usize) -> bool {
+    deletions >= min && deletions as f64 > share * shipped as f64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mass_deletion_needs_both_the_count_and_the_share() {
+        assert!(mass_deletion(100, 150, 0.5, 100));
+        assert!(!mass_deletion(99, 100, 0.5, 100), "under the minimum count");
+        assert!(
+            !mass_deletion(500, 1000, 0.5, 100),
+            "exactly half is not over half"
+        );
+        assert!(mass_deletion(501, 1000, 0.5, 100));
+        assert!(!mass_deletion(0, 0, 0.5, 0));
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

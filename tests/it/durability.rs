@@ -52,3 +52,60 @@ async fn a_restarted_sender_ships_only_what_changed_while_it_was_down() {
     s.stop().await;
     r.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mass_deletion_is_held_until_flush_allows_it() {
+    let env = Env::new();
+    for i in 0..200 {
+        env.write(&format!("site/p{i}.html"), format!("page {i}"));
+    }
+    let r = env.start_receiver("").await;
+    let extra = "interval = \"1s\"\nsettle = \"100ms\"\n";
+    let s = env.start_sender(r.addr, extra);
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
+    wait_in_sync(&env).await;
+
+    // An accident: 150 of 200 pages vanish from the source.
+    for i in 0..150 {
+        std::fs::remove_file(env.src().join(format!("site/p{i}.html"))).unwrap();
+    }
+    let flush = |args: &'static [&'static str]| {
+        let f = file.clone();
+        async move {
+            let mut all = vec!["flush", "--config", f.to_str().unwrap()];
+            all.extend_from_slice(args);
+            let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+            tokio::task::spawn_blocking(move || {
+                shipper(&all.iter().map(String::as_str).collect::<Vec<_>>())
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let out = flush(&[]).await;
+        assert!(out.status.success(), "{}", text(&out));
+        if text(&out).contains("150 deletions held by the mass-deletion guard") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "guard never reported: {}",
+            text(&out)
+        );
+    }
+    assert_eq!(
+        tree(&env.root()).len(),
+        200,
+        "held deletions reached the receiver"
+    );
+
+    let out = flush(&["--allow-mass-delete"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("150 deletions"), "{}", text(&out));
+    assert_eq!(tree(&env.root()), tree(&env.src()));
+    assert_eq!(tree(&env.root()).len(), 50);
+    s.stop().await;
+    r.stop().await;
+}
