@@ -4,6 +4,7 @@
 mod bundles;
 mod cli;
 mod durability;
+mod faults;
 mod fixtures;
 mod sync;
 mod util;

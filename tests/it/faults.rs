@@ -1,0 +1,382 @@
+//! Fault injection: kill -9 of either side under a steady write load, a
+//! proxy that corrupts or cuts the stream, a full disk on the receiver.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+/// A small deterministic generator, so a failing run can be repeated.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// File content that proves itself whole: payload, then the payload's hash.
+fn sealed(payload: &[u8]) -> Vec<u8> {
+    let mut v = payload.to_vec();
+    v.extend_from_slice(b"\n#");
+    v.extend_from_slice(blake3::hash(payload).to_hex().as_bytes());
+    v
+}
+
+fn is_sealed(content: &[u8]) -> bool {
+    if content.len() < 66 {
+        return false;
+    }
+    let (payload, tail) = content.split_at(content.len() - 66);
+    tail.starts_with(b"\n#") && &tail[2..] == blake3::hash(payload).to_hex().as_bytes()
+}
+
+fn spawn(config: &Path, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new(env!("CARGO_BIN_EXE_shipper"))
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start shipper")
+}
+
+fn tail(log: &Path) -> String {
+    let t = std::fs::read_to_string(log).unwrap_or_default();
+    t.lines()
+        .rev()
+        .take(30)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_either_side_under_load_loses_nothing() {
+    let seed = std::env::var("SHIPPER_FAULT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_1234_u64);
+    let kills_wanted = 24;
+    let env = Env::new();
+    let addr = free_addr();
+    let recv_cfg = env.config_file("receiver.toml", &env.receiver_toml(&addr.to_string(), ""));
+    let send_cfg = env.config_file(
+        "sender.toml",
+        &env.sender_toml(&addr.to_string(), "settle = \"100ms\"\n"),
+    );
+    let (recv_log, send_log) = (
+        env.path().join("receiver.log"),
+        env.path().join("sender.log"),
+    );
+    let mut receiver = spawn(&recv_cfg, &recv_log);
+    let mut sender = spawn(&send_cfg, &send_log);
+
+    // Steady load: create, rewrite in place (torn reads possible), delete.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (src, stop, writes) = (env.src(), stop.clone(), writes.clone());
+        std::thread::spawn(move || {
+            let mut rng = Rng(seed ^ 0xabcdef);
+            while !stop.load(Ordering::SeqCst) {
+                let n = rng.below(120);
+                let path = src.join(format!("d{}/f{n}.html", n % 6));
+                if rng.below(10) == 0 {
+                    let _ = std::fs::remove_file(&path);
+                } else {
+                    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                    let len = 10 + rng.below(40_000) as usize;
+                    let payload = noise(len, rng.next());
+                    let data = sealed(&payload);
+                    // Written in two pieces so the sender can catch it half-done.
+                    let mut f = std::fs::File::create(&path).unwrap();
+                    f.write_all(&data[..data.len() / 2]).unwrap();
+                    f.write_all(&data[data.len() / 2..]).unwrap();
+                }
+                writes.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
+            }
+        })
+    };
+    // A reader of root that must never see a partial file.
+    let partial = Arc::new(std::sync::Mutex::new(Vec::<PathBuf>::new()));
+    let checked = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let (root, stop, partial, checked) =
+            (env.root(), stop.clone(), partial.clone(), checked.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for e in walkdir::WalkDir::new(&root).into_iter().flatten() {
+                    if !e.file_type().is_file() {
+                        continue;
+                    }
+                    if let Ok(content) = std::fs::read(e.path()) {
+                        checked.fetch_add(1, Ordering::SeqCst);
+                        if !is_sealed(&content) {
+                            partial.lock().unwrap().push(e.path().to_owned());
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let mut rng = Rng(seed);
+    let (mut sender_kills, mut receiver_kills) = (0, 0);
+    for _ in 0..kills_wanted {
+        tokio::time::sleep(Duration::from_millis(150 + rng.below(900))).await;
+        let kill_sender = rng.below(2) == 0;
+        let victim = if kill_sender {
+            &mut sender
+        } else {
+            &mut receiver
+        };
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        if kill_sender {
+            sender_kills += 1;
+            sender = spawn(&send_cfg, &send_log);
+        } else {
+            receiver_kills += 1;
+            receiver = spawn(&recv_cfg, &recv_log);
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+
+    // With the load stopped, the receiver must converge on the source.
+    let end = Instant::now() + Duration::from_secs(90);
+    loop {
+        if tree(&env.src()) == tree(&env.root()) {
+            break;
+        }
+        if Instant::now() > end {
+            let _ = sender.kill();
+            let _ = receiver.kill();
+            panic!(
+                "not in sync after {sender_kills} sender and {receiver_kills} receiver kills (seed {seed:#x})\nsender log:\n{}\nreceiver log:\n{}",
+                tail(&send_log),
+                tail(&recv_log)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reader.join().unwrap();
+    let _ = sender.kill();
+    let _ = receiver.kill();
+    let _ = sender.wait();
+    let _ = receiver.wait();
+    let partial = partial.lock().unwrap();
+    assert!(
+        partial.is_empty(),
+        "a reader of root saw partial files: {:?}",
+        &partial[..partial.len().min(5)]
+    );
+    let files = tree(&env.root());
+    assert!(
+        files.values().all(|c| is_sealed(c)),
+        "a file in root is not whole"
+    );
+    eprintln!(
+        "fault run (seed {seed:#x}): {} kills ({sender_kills} sender, {receiver_kills} receiver), {} writes, {} reads of root checked, {} files compared, 0 lost or corrupt",
+        sender_kills + receiver_kills,
+        writes.load(Ordering::SeqCst),
+        checked.load(Ordering::SeqCst),
+        files.len()
+    );
+    assert_eq!(sender_kills + receiver_kills, kills_wanted);
+}
+
+/// A TCP proxy that damages the first `faults` connections that carry a
+/// bundle body: alternately flips a byte in it or cuts the connection.
+async fn damaging_proxy(upstream: SocketAddr, faults: u64) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    let d = done.clone();
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            n += 1;
+            let damage = n <= faults;
+            let flip = n % 2 == 1;
+            let d = d.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut cr, mut cw) = client.split();
+                let (mut sr, mut sw) = server.split();
+                let upstream = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut total = 0usize;
+                    loop {
+                        let k = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(k) => k,
+                        };
+                        // Past the hello (a few dozen bytes): inside a bundle.
+                        if damage && total < 400 && total + k > 400 {
+                            if flip {
+                                buf[400 - total] ^= 0x55;
+                                d.fetch_add(1, Ordering::SeqCst);
+                            } else {
+                                let _ = sw.write_all(&buf[..400 - total]).await;
+                                d.fetch_add(1, Ordering::SeqCst);
+                                break;
+                            }
+                        }
+                        total += k;
+                        if sw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                    }
+                    let _ = sw.shutdown().await;
+                };
+                let downstream = tokio::io::copy(&mut sr, &mut cw);
+                tokio::select! { _ = upstream => {}, _ = downstream => {} }
+            });
+        }
+    });
+    (addr, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupted_and_truncated_streams_are_refused_and_retried() {
+    let env = Env::new();
+    for i in 0..20 {
+        env.write(&format!("p{i}.html"), sealed(&noise(5000, i)));
+    }
+    let r = env.start_receiver("").await;
+    let (proxy, damaged) = damaging_proxy(r.addr, 4).await;
+    let s = env.start_sender(proxy, "");
+    wait_in_sync(&env).await;
+    assert_eq!(
+        damaged.load(Ordering::SeqCst),
+        4,
+        "the proxy did not damage the first streams"
+    );
+    assert!(tree(&env.root()).values().all(|c| is_sealed(c)));
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Mount(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_the_bundle_then_succeeds_once_space_is_freed() {
+    let env = Env::new();
+    let disk = env.path().join("disk");
+    let _mount = match Mount::tmpfs(&disk, "8m") {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED a_full_disk_refuses_the_bundle: cannot mount a tmpfs here ({why}); needs root or CAP_SYS_ADMIN"
+            );
+            return;
+        }
+    };
+    // Root and receiver state on the small filesystem; a ballast fills it.
+    let ballast = disk.join("ballast");
+    std::fs::write(&ballast, vec![1u8; 7 << 20]).unwrap();
+    env.write("before.html", sealed(b"fits"));
+    let cfg = env
+        .config("[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"disk/www\"\nstate_dir = \"disk/state\"\narchive_dir = \"archive\"\n")
+        .receiver
+        .unwrap();
+    let (recv, listener) = shipper::receiver::Receiver::bind(cfg).await.unwrap();
+    let raddr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let rtask = tokio::spawn({
+        let stop = stop.clone();
+        async move { recv.serve(listener, stop).await }
+    });
+    let extra = "interval = \"1s\"\n";
+    let s = env.start_sender(raddr, extra);
+    let www = disk.join("www");
+    wait_until("small file shipped", || www.join("before.html").exists()).await;
+
+    // 2 MiB does not fit in what is left.
+    let big = sealed(&noise(2 << 20, 9));
+    env.write("big.bin", &big);
+    let file = env.config_file("sender.toml", &env.sender_toml(&raddr.to_string(), extra));
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let f = file.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            shipper(&["flush", "--config", f.to_str().unwrap(), "--timeout", "2s"])
+        })
+        .await
+        .unwrap();
+        assert!(
+            !www.join("big.bin").exists(),
+            "a bundle was applied on a full disk"
+        );
+        if !out.status.success() && text(&out).contains("disk full") {
+            break;
+        }
+        assert!(
+            Instant::now() < end,
+            "no disk-full refusal seen: {}",
+            text(&out)
+        );
+    }
+    // Nothing partial in root, and what was there is intact.
+    assert_eq!(tree(&www).len(), 1);
+    assert!(tree(&www).values().all(|c| is_sealed(c)));
+
+    std::fs::remove_file(&ballast).unwrap();
+    wait_until("big file shipped after space was freed", || {
+        std::fs::read(www.join("big.bin")).is_ok_and(|c| c == big)
+    })
+    .await;
+    s.stop().await;
+    stop.cancel();
+    let _ = rtask.await;
+}
