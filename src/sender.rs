@@ -138,6 +138,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let ledger = Ledger::open(&state_dir)
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let shipped = ledger.files().clone();
+    debug!(files = shipped.len(), "ledger loaded");
     let ledger = Arc::new(std::sync::Mutex::new(ledger));
     info!(id = %state.id, source = %source.display(), receiver = %cfg.receiver, "sender starting");
     // Never ship our own state if it lives inside the source tree.
@@ -211,7 +212,15 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(msg) = watch_rx.recv() => s.on_watch(msg),
-            Some(walk) = scan_rx.recv() => s.on_walk(walk),
+            Some(walk) = scan_rx.recv() => {
+                let whole_tree = walk.dir.is_none();
+                s.on_walk(walk);
+                // After a catch-up, ship what is already settled without
+                // waiting for the next tick.
+                if whole_tree {
+                    s.maybe_pack(false, next_tick);
+                }
+            }
             _ = tokio::time::sleep_until(next_tick.into()) => {
                 next_tick = s.next_tick();
                 s.maybe_pack(false, next_tick);
@@ -364,9 +373,20 @@ impl Sender {
         let now = Instant::now();
         let mut queued = 0u64;
         let mut found = std::collections::HashSet::with_capacity(walk.files.len());
+        let wall = std::time::SystemTime::now();
+        // A file last modified longer than `settle` ago has been quiet that
+        // long already: it counts as settled at once.
+        let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
             if !self.shipped.get(path).is_some_and(|m| stat.matches(m)) {
-                self.changes.changed(path, false, now);
+                let quiet = u64::try_from(stat.mtime).ok().is_some_and(|secs| {
+                    let modified = std::time::UNIX_EPOCH
+                        + Duration::new(secs, stat.mtime_nsec.min(999_999_999));
+                    wall.duration_since(modified)
+                        .is_ok_and(|age| age >= self.cfg.settle)
+                });
+                self.changes
+                    .changed(path, false, if quiet { quiet_since } else { now });
                 queued += 1;
             }
             found.insert(path.as_str());
@@ -382,7 +402,8 @@ impl Sender {
             .cloned()
             .collect();
         for p in &gone {
-            self.changes.removed(p, now);
+            // Gone before the walk reached it: nothing left to settle.
+            self.changes.removed(p, quiet_since);
         }
         if walk.dir.is_none() {
             info!(
@@ -390,6 +411,7 @@ impl Sender {
                 dirs = walk.dirs,
                 changed = queued,
                 deleted = gone.len(),
+                walk_ms = walk.took.as_millis() as u64,
                 "source tree compared with what the receiver has"
             );
             if let Some(limit) = watcher::inotify_watch_limit()

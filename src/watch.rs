@@ -213,11 +213,14 @@ pub struct Walk {
     pub dir: Option<String>,
     pub files: Vec<(String, FileStat)>,
     pub dirs: u64,
+    /// How long the walk took.
+    pub took: std::time::Duration,
 }
 
 /// Walk `dir` (below `base`): every regular file not excluded, in shipped
 /// form, with its stat. Blocking.
 pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Walk {
+    let started = std::time::Instant::now();
     let mut out = Walk {
         dir: relative(base, dir),
         ..Walk::default()
@@ -244,6 +247,7 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
             out.files.push((rel, FileStat::of(&md)));
         }
     }
+    out.took = started.elapsed();
     out
 }
 
