@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::util::*;
 
 /// Pack the files of `src` into one bundle numbered `seq` in `outbox`.
-fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
+pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
     std::fs::create_dir_all(outbox).unwrap();
     let mut items: Vec<PackItem> = tree(src)
         .into_keys()

@@ -380,3 +380,66 @@ async fn a_full_disk_refuses_the_bundle_then_succeeds_once_space_is_freed() {
     stop.cancel();
     let _ = rtask.await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inotify_queue_overflow_triggers_a_rescan_that_misses_nothing() {
+    let queue: u64 = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(16384);
+    if queue > 100_000 {
+        eprintln!(
+            "SKIPPED overflow test: max_queued_events is {queue}, too many files needed to overflow it"
+        );
+        return;
+    }
+    let env = Env::new();
+    let r = env.start_receiver("").await;
+    let cfg = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let log = env.path().join("sender.log");
+    let mut sender = spawn(&cfg, &log);
+    wait_until("sender watching", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    // Freeze the sender so nobody drains the kernel's event queue, then
+    // raise more events (create, modify, close per file) than it holds.
+    let pid = sender.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let files = queue / 3 + 1000;
+    for i in 0..files {
+        // Straight into the watched root: every file raises events.
+        env.write(&format!("f{i}.html"), "x");
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let end = Instant::now() + Duration::from_secs(60);
+    while tree(&env.src()) != tree(&env.root()) {
+        assert!(
+            Instant::now() < end,
+            "not in sync after an overflow:\n{}",
+            tail(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = sender.kill();
+    let _ = sender.wait();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("events may have been lost"),
+        "overflow not reported:\n{}",
+        tail(&log)
+    );
+    r.stop().await;
+}
