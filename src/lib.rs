@@ -8,6 +8,7 @@
 //! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks.
 //! - [`changes`]: the change set: coalescing, settle, max_delay. Pure.
 //! - [`schedule`]: interval or cron ticks. Pure.
+//! - [`beneath`]: writes and deletions below root that never follow symlinks.
 //! - [`bundle`]: manifest (pure), packing, verifying and applying zips.
 //! - [`proto`]: frames (pure) and the connection that carries them.
 //! - [`sender`]: the sender's loop and transport.
@@ -17,6 +18,7 @@
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
 //! - [`durable`]: crash-safe writes.
 
+pub mod beneath;
 pub mod bundle;
 pub mod changes;
 pub mod cli;

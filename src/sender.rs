@@ -190,6 +190,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         bundle_tx,
         packing: None,
         held: Default::default(),
+        touched: Default::default(),
+        touched_active: false,
         held_reported: 0,
         flush_queued: Vec::new(),
         flush_packing: Vec::new(),
@@ -290,6 +292,9 @@ struct Sender {
     ignore: Vec<PathBuf>,
     bundle_tx: mpsc::Sender<Packed>,
     packing: Option<JoinHandle<anyhow::Result<Report>>>,
+    /// Paths an event touched while a pack runs; the packer leaves them pending.
+    touched: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    touched_active: bool,
     /// Deletions held back by the mass-deletion guard.
     held: std::collections::BTreeSet<String>,
     /// How many held deletions were last reported, so the log says it once.
@@ -340,6 +345,15 @@ impl Sender {
 
     fn on_watch(&mut self, msg: WatchMsg) {
         let now = Instant::now();
+        if self.touched_active
+            && let WatchMsg::Changed { path, .. } | WatchMsg::Closed(path) | WatchMsg::Removed(path) =
+                &msg
+        {
+            self.touched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.clone());
+        }
         match msg {
             WatchMsg::Changed { path, writing } => self.changes.changed(&path, writing, now),
             WatchMsg::Closed(path) => self.changes.closed(&path, now),
@@ -361,6 +375,8 @@ impl Sender {
             WatchMsg::Scan(dir) => self.scan(dir),
             WatchMsg::Rescan(why) => {
                 warn!(reason = %why, "events may have been lost; rescanning the source tree");
+                // A lost close would otherwise hold its path until max_delay.
+                self.changes.writers_unknown();
                 self.scan(self.source.clone());
             }
         }
@@ -486,6 +502,7 @@ impl Sender {
                         previous: self.shipped.get(&c.path).cloned(),
                         path: c.path,
                         op: Op::Upsert,
+                        quiet_for: c.settled.then_some(self.cfg.settle),
                     })
                 }
                 // Deleting what the receiver never got is nothing to ship.
@@ -498,6 +515,7 @@ impl Sender {
             path,
             op: Op::Delete,
             previous: None,
+            quiet_for: None,
         }));
         if items.is_empty() {
             for f in flushes {
@@ -520,6 +538,9 @@ impl Sender {
         };
         let tx = self.bundle_tx.clone();
         let floor = self.seq_floor.clone();
+        let touched = self.touched.clone();
+        touched.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.touched_active = true;
         self.packing = Some(tokio::task::spawn_blocking(move || {
             let sender_id = packer_state.lock().expect("state lock").id.clone();
             let mut alloc = || -> std::io::Result<u64> {
@@ -550,12 +571,19 @@ impl Sender {
                 limits,
                 alloc_seq: &mut alloc,
                 emit: &mut emit,
+                touched: &|p: &str| {
+                    touched
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(p)
+                },
             };
             Ok(packer.pack(items)?)
         }));
     }
 
     fn on_packed(&mut self, done: anyhow::Result<Report>, next_tick: Instant) {
+        self.touched_active = false;
         let first = self.packed + 1;
         match done {
             Ok(report) => {

@@ -21,6 +21,7 @@ use zip::ZipArchive;
 
 use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, ManifestError, PartEntry};
 use super::pack::Summary;
+use crate::beneath::{self, BeneathError, Root};
 use crate::durable;
 
 #[derive(Debug, thiserror::Error)]
@@ -254,23 +255,24 @@ fn stage_and_publish(
     // root, or a crash could publish an empty file.
     durable::sync_dir(stage).map_err(io_at(stage))?;
 
-    let mut dirty: BTreeSet<PathBuf> = BTreeSet::new();
+    // Root is changed only through handles that never follow symlinks.
+    let root = Root::open(&target.root).map_err(io_at(&target.root))?;
+    let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
+    let mut dirty: BTreeSet<String> = BTreeSet::new();
     for d in &m.deletions {
-        delete_path(&target.root, d, &mut dirty)?;
+        root.delete(d, &mut dirty).map_err(beneath_err)?;
     }
     for (rel, src) in &staged {
-        publish_file(&target.root, rel, src, &mut dirty)?;
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        root.publish(rel, &stage_fd, name, &mut dirty)
+            .map_err(beneath_err)?;
     }
     for set in &completed {
         drop_part_set(&target.parts, set);
     }
     // Renames and unlinks live in the directories: make them durable
     // before the bundle is acknowledged.
-    for d in &dirty {
-        if d.exists() {
-            durable::sync_dir(d).map_err(io_at(d))?;
-        }
-    }
+    root.sync_dirs(&dirty).map_err(beneath_err)?;
     let summary = Summary {
         files: m.files.len() as u64 + completed.len() as u64,
         parts: m.parts.len() as u64,
@@ -502,104 +504,14 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
 
 // -------------------------------------------------------------- publishing
 
-/// Make every directory above `rel` exist below root as a real directory.
-/// A file in the way is replaced (the shipped tree has a directory there);
-/// a symlink in the way is refused, so nothing is written outside root.
-fn ensure_parents(
-    root: &Path,
-    rel: &str,
-    dirty: &mut BTreeSet<PathBuf>,
-) -> Result<PathBuf, BundleError> {
-    let mut dir = root.to_path_buf();
-    let comps: Vec<&str> = rel.split('/').collect();
-    for c in &comps[..comps.len() - 1] {
-        let next = dir.join(c);
-        match fs::symlink_metadata(&next) {
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(entry_err(
-                    rel,
-                    format!(
-                        "{} is a symlink; refusing to write through it",
-                        next.display()
-                    ),
-                ));
-            }
-            Ok(md) if md.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(&next).map_err(io_at(&next))?;
-                fs::create_dir(&next).map_err(io_at(&next))?;
-                dirty.insert(dir.clone());
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&next).map_err(io_at(&next))?;
-                dirty.insert(dir.clone());
-            }
-            Err(e) => return Err(io_at(&next)(e)),
-        }
-        dir = next;
+fn beneath_err(e: BeneathError) -> BundleError {
+    match e {
+        BeneathError::Symlink { path } => entry_err(
+            &path,
+            "is a symlink inside root; refusing to write or delete through it",
+        ),
+        BeneathError::Io { path, source } => BundleError::Io { path, source },
     }
-    Ok(dir)
-}
-
-fn publish_file(
-    root: &Path,
-    rel: &str,
-    src: &Path,
-    dirty: &mut BTreeSet<PathBuf>,
-) -> Result<(), BundleError> {
-    let parent = ensure_parents(root, rel, dirty)?;
-    let dest = root.join(rel);
-    if let Ok(md) = fs::symlink_metadata(&dest)
-        && md.is_dir()
-    {
-        // The shipped tree has a file where root has a directory.
-        remove_all(&dest)?;
-    }
-    // rename(2) replaces the old file in one step: readers see old or new.
-    fs::rename(src, &dest).map_err(io_at(&dest))?;
-    dirty.insert(parent);
-    Ok(())
-}
-
-fn delete_path(root: &Path, rel: &str, dirty: &mut BTreeSet<PathBuf>) -> Result<(), BundleError> {
-    // Walk the parents without following symlinks: a deletion never
-    // reaches outside root.
-    let mut dir = root.to_path_buf();
-    let comps: Vec<&str> = rel.split('/').collect();
-    for c in &comps[..comps.len() - 1] {
-        dir.push(c);
-        match fs::symlink_metadata(&dir) {
-            Ok(md) if md.is_dir() => {}
-            Ok(md) if md.file_type().is_symlink() => {
-                return Err(entry_err(
-                    rel,
-                    format!(
-                        "{} is a symlink; refusing to delete through it",
-                        dir.display()
-                    ),
-                ));
-            }
-            // Parent missing or a file: the path is already gone.
-            _ => return Ok(()),
-        }
-    }
-    let target = root.join(rel);
-    match fs::symlink_metadata(&target) {
-        Ok(md) if md.is_dir() => remove_all(&target)?,
-        Ok(_) => fs::remove_file(&target).map_err(io_at(&target))?,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_at(&target)(e)),
-    }
-    // Remove the directories this deletion emptied, up to root.
-    let mut parent = durable::parent_of(&target).to_path_buf();
-    while parent != root && parent.starts_with(root) {
-        if fs::remove_dir(&parent).is_err() {
-            break;
-        }
-        parent = durable::parent_of(&parent).to_path_buf();
-    }
-    dirty.insert(parent);
-    Ok(())
 }
 
 fn remove_all(path: &Path) -> Result<(), BundleError> {

@@ -36,6 +36,10 @@ pub struct PackItem {
     pub path: String,
     pub op: Op,
     pub previous: Option<FileMeta>,
+    /// When set, the file must not have been modified within this long
+    /// before it is read: it was judged settled from events, and a rewrite
+    /// may have begun since. Unset for forced (max_delay, flush) items.
+    pub quiet_for: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +101,9 @@ pub struct Packer<'a> {
     pub limits: Limits,
     pub alloc_seq: &'a mut dyn FnMut() -> io::Result<u64>,
     pub emit: &'a mut dyn FnMut(Packed) -> io::Result<()>,
+    /// Whether an event touched the path since this pack began: its content
+    /// is in flux, so it stays pending instead of shipping.
+    pub touched: &'a dyn Fn(&str) -> bool,
 }
 
 struct Open {
@@ -193,6 +200,12 @@ impl Packer<'_> {
                 report.unchanged += 1;
                 continue;
             }
+            if (self.touched)(&item.path)
+                || item.quiet_for.is_some_and(|q| modified_within(&stamp, q))
+            {
+                report.requeue.push(item.path.clone());
+                continue;
+            }
             let mut file = match File::open(&abs) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -239,7 +252,7 @@ impl Packer<'_> {
             )
             .map_err(zip_err)?;
         let mut hasher = blake3::Hasher::new();
-        match copy_checked(
+        let outcome = copy_checked(
             file,
             abs,
             stamp,
@@ -248,7 +261,14 @@ impl Packer<'_> {
             &mut b.zip,
             &mut [&mut hasher],
             buf,
-        )? {
+        )?;
+        // An event during the read: a writer is at it again.
+        let outcome = if (self.touched)(rel) {
+            Outcome::Torn
+        } else {
+            outcome
+        };
+        match outcome {
             Outcome::Torn => {
                 b.zip.abort_file().map_err(zip_err)?;
                 report.requeue.push(rel.to_owned());
@@ -307,7 +327,7 @@ impl Packer<'_> {
                 .start_file(name.as_str(), entry_options(deflate, stamp))
                 .map_err(zip_err)?;
             let mut part = blake3::Hasher::new();
-            match copy_checked(
+            let outcome = copy_checked(
                 file,
                 abs,
                 stamp,
@@ -316,7 +336,13 @@ impl Packer<'_> {
                 &mut b.zip,
                 &mut [&mut part, &mut whole],
                 buf,
-            )? {
+            )?;
+            let outcome = if (self.touched)(rel) {
+                Outcome::Torn
+            } else {
+                outcome
+            };
+            match outcome {
                 Outcome::Torn => {
                     b.zip.abort_file().map_err(zip_err)?;
                     if index > 0 {
@@ -456,6 +482,19 @@ impl Packer<'_> {
 
 pub fn bundle_file_name(seq: u64) -> String {
     format!("{seq:020}.zip")
+}
+
+/// True when the file's mtime lies within `window` before now. A future
+/// mtime (clock set back, or set by hand) says nothing: not recent.
+fn modified_within(stamp: &Stamp, window: std::time::Duration) -> bool {
+    let Ok(secs) = u64::try_from(stamp.mtime) else {
+        return false;
+    };
+    let modified =
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs, stamp.mtime_nsec.min(999_999_999));
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .is_ok_and(|age| age < window)
 }
 
 /// Bytes an entry may add to a bundle: content, a little deflate expansion

@@ -20,12 +20,14 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
             path,
             op: Op::Upsert,
             previous: None,
+            quiet_for: None,
         })
         .collect();
     items.extend(deletions.iter().map(|d| PackItem {
         path: d.to_string(),
         op: Op::Delete,
         previous: None,
+        quiet_for: None,
     }));
     let mut out = Vec::new();
     let mut next = seq;
@@ -47,6 +49,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
         },
         alloc_seq: &mut alloc,
         emit: &mut emit,
+        touched: &|_| false,
     }
     .pack(items)
     .unwrap();

@@ -45,6 +45,7 @@ fn regenerate_format1_fixtures() {
                 path,
                 op: Op::Upsert,
                 previous: None,
+                quiet_for: None,
             })
             .collect()
     };
@@ -70,6 +71,7 @@ fn regenerate_format1_fixtures() {
             },
             alloc_seq: &mut alloc,
             emit: &mut emit,
+            touched: &|_| false,
         }
         .pack(items)
         .unwrap();
@@ -83,11 +85,13 @@ fn regenerate_format1_fixtures() {
                 path: "index.html".into(),
                 op: Op::Upsert,
                 previous: None,
+                quiet_for: None,
             },
             PackItem {
                 path: "gone.txt".into(),
                 op: Op::Delete,
                 previous: None,
+                quiet_for: None,
             },
         ],
         &mut bundles,
