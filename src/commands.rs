@@ -78,8 +78,8 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { target, bundles } => replay_command(target, &bundles),
         Command::Inspect { bundle } => {
-            let opened =
-                apply::open(&bundle).with_context(|| format!("bundle {}", bundle.display()))?;
+            let opened = apply::open(&bundle, &apply::Limits::default())
+                .with_context(|| format!("bundle {}", bundle.display()))?;
             print!("{}", describe(&opened.manifest));
             Ok(())
         }
@@ -137,13 +137,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<()> {
-    let (target, state_dir) = match (target.config, target.root) {
+    let (target, state_dir, limits) = match (target.config, target.root) {
         (Some(file), _) => {
             let config = Config::load(&file)?;
             let r = config.receiver.with_context(|| {
                 format!("{}: no [receiver] table to replay into", file.display())
             })?;
-            (receiver::target_for(&r)?, Some(r.state_dir))
+            (receiver::target_for(&r)?, Some(r.state_dir), r.limits)
         }
         (None, Some(root)) => {
             std::fs::create_dir_all(&root)
@@ -155,11 +155,11 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
                 staging,
             };
             t.prepare()?;
-            (t, None)
+            (t, None, apply::Limits::default())
         }
         (None, None) => bail!("replay needs --config or --root"),
     };
-    let applied = replay(&target, bundles)?;
+    let applied = replay(&target, &limits, bundles)?;
     if let Some(dir) = state_dir {
         let mut state = ReceiverState::load(&dir)?;
         for (sender, a) in &applied {
@@ -180,10 +180,15 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
 /// Apply `bundles` to `target` in (sender, sequence) order. Every bundle is
 /// opened and checked before the first is applied; a bundle that does not
 /// check out stops the replay before anything of it is applied.
-pub fn replay(target: &Target, bundles: &[PathBuf]) -> anyhow::Result<Vec<(String, Applied)>> {
+pub fn replay(
+    target: &Target,
+    limits: &apply::Limits,
+    bundles: &[PathBuf],
+) -> anyhow::Result<Vec<(String, Applied)>> {
     let mut opened = Vec::new();
     for path in bundles {
-        let b = apply::open(path).with_context(|| format!("refusing bundle {}", path.display()))?;
+        let b = apply::open(path, limits)
+            .with_context(|| format!("refusing bundle {}", path.display()))?;
         opened.push(b);
     }
     opened.sort_by(|a, b| {

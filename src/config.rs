@@ -62,6 +62,9 @@ pub struct RawReceiver {
     pub archive_dir: PathBuf,
     pub archive_keep: Option<usize>,
     pub max_bundle_size: Option<String>,
+    pub max_files_per_bundle: Option<usize>,
+    pub max_file_size: Option<String>,
+    pub max_unpacked_size: Option<String>,
 }
 
 // ---------------------------------------------------------- validated form
@@ -106,6 +109,8 @@ pub struct ReceiverConfig {
     pub archive_dir: PathBuf,
     pub archive_keep: usize,
     pub max_bundle_size: u64,
+    /// Caps on what one bundle may ask of this receiver.
+    pub limits: crate::bundle::apply::Limits,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -315,7 +320,22 @@ fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, Stri
     {
         return Err("receiver.staging_dir must not be inside receiver.root".into());
     }
+    let defaults = crate::bundle::apply::Limits::default();
+    let limits = crate::bundle::apply::Limits {
+        max_entries: r.max_files_per_bundle.unwrap_or(defaults.max_entries),
+        max_file_size: size(
+            "receiver.max_file_size",
+            r.max_file_size.as_deref(),
+            defaults.max_file_size,
+        )?,
+        max_unpacked: size(
+            "receiver.max_unpacked_size",
+            r.max_unpacked_size.as_deref(),
+            defaults.max_unpacked,
+        )?,
+    };
     Ok(ReceiverConfig {
+        limits,
         listen,
         root,
         state_dir,

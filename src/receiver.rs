@@ -102,6 +102,7 @@ impl Receiver {
             publishing,
             archive_dir: cfg.archive_dir.clone(),
             archive_keep: cfg.archive_keep,
+            limits: cfg.limits,
         };
         committer.recover(&mut state, &cfg.state_dir)?;
         let listener = TcpListener::bind(&cfg.listen)
@@ -301,6 +302,7 @@ impl Receiver {
             publishing: self.cfg.state_dir.join("publishing"),
             archive_dir: self.cfg.archive_dir.clone(),
             archive_keep: self.cfg.archive_keep,
+            limits: self.cfg.limits,
         }
     }
 }
@@ -327,12 +329,13 @@ struct Committer {
     publishing: PathBuf,
     archive_dir: PathBuf,
     archive_keep: usize,
+    limits: apply::Limits,
 }
 
 impl Committer {
     /// Verify and apply the received bundle at `part`.
     fn commit(&self, part: &Path, sender: &str, seq: u64) -> Result<apply::Applied, String> {
-        let opened = apply::open(part).map_err(|e| e.to_string())?;
+        let opened = apply::open(part, &self.limits).map_err(|e| e.to_string())?;
         if opened.manifest.sender != sender || opened.manifest.seq != seq {
             return Err(format!(
                 "manifest says sender {:?} sequence {}, the stream said {sender:?} {seq}",
@@ -349,7 +352,7 @@ impl Committer {
             .map_err(io)?;
         std::fs::rename(part, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
-        let result = apply::open(&wal).and_then(|b| apply::apply(&self.target, b));
+        let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&self.target, b));
         result.map_err(|e| {
             let _ = std::fs::remove_file(&wal);
             if e.is_disk_full() {
@@ -383,7 +386,7 @@ impl Committer {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
-            match apply::open(&wal).and_then(|b| {
+            match apply::open(&wal, &self.limits).and_then(|b| {
                 let (sender, seq) = (b.manifest.sender.clone(), b.manifest.seq);
                 apply::apply(&self.target, b).map(|a| (sender, seq, a))
             }) {

@@ -143,13 +143,51 @@ pub struct Applied {
     pub published: u64,
 }
 
+/// Caps on what one bundle may ask of the receiver, whatever it claims.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Files, parts and deletions together.
+    pub max_entries: usize,
+    /// Largest single file (whole files and files assembled from parts).
+    pub max_file_size: u64,
+    /// Bytes all entries of one bundle may unpack to.
+    pub max_unpacked: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_entries: 100_000,
+            max_file_size: 64 << 30,
+            max_unpacked: 16 << 30,
+        }
+    }
+}
+
 /// Open `path`, read its manifest and check that the zip holds exactly the
-/// entries the manifest names, each a regular file of the declared size.
-pub fn open(path: &Path) -> Result<Opened, BundleError> {
+/// entries the manifest names, each a regular file of the declared size,
+/// within `limits`. Nothing is written.
+pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
     let file = File::open(path).map_err(io_at(path))?;
     let mut zip = ZipArchive::new(file)?;
+    if zip.len() > limits.max_entries.saturating_add(1) {
+        return Err(entry_err(
+            "",
+            format!(
+                "{} zip entries, over the limit of {}",
+                zip.len(),
+                limits.max_entries
+            ),
+        ));
+    }
     if zip.has_duplicate_names() {
         return Err(entry_err("", "zip has duplicate entry names"));
+    }
+    if zip.has_overlapping_entries()? {
+        return Err(entry_err(
+            "",
+            "zip entries overlap (the same bytes under two names)",
+        ));
     }
     let manifest = {
         let entry = zip
@@ -165,6 +203,7 @@ pub fn open(path: &Path) -> Result<Opened, BundleError> {
             .map_err(|e| entry_err(MANIFEST_ENTRY, e.to_string()))?;
         Manifest::parse(&bytes)?
     };
+    check_limits(&manifest, limits)?;
     let mut expected: std::collections::HashMap<String, u64> = manifest
         .files
         .iter()
@@ -183,7 +222,12 @@ pub fn open(path: &Path) -> Result<Opened, BundleError> {
         let Some(size) = expected.remove(&name) else {
             return Err(entry_err(&name, "in the zip but not in the manifest"));
         };
-        if !entry.is_file() || entry.is_symlink() {
+        // Only regular files: no directories, symlinks, devices, fifos or
+        // other special types, whatever the name says.
+        let special = entry
+            .unix_mode()
+            .is_some_and(|m| m & 0o170000 != 0 && m & 0o170000 != 0o100000);
+        if !entry.is_file() || entry.is_symlink() || special {
             return Err(entry_err(&name, "not a regular file entry"));
         }
         if entry.size() != size {
@@ -201,6 +245,51 @@ pub fn open(path: &Path) -> Result<Opened, BundleError> {
         manifest,
         path: path.to_owned(),
     })
+}
+
+fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
+    let entries = m.files.len() + m.parts.len() + m.deletions.len();
+    if entries > limits.max_entries {
+        return Err(entry_err(
+            MANIFEST_ENTRY,
+            format!(
+                "{entries} entries, over the limit of {}",
+                limits.max_entries
+            ),
+        ));
+    }
+    let mut total: u64 = 0;
+    for (path, size) in m
+        .files
+        .iter()
+        .map(|f| (&f.path, f.size))
+        .chain(m.parts.iter().map(|p| (&p.path, p.file_size)))
+    {
+        if size > limits.max_file_size {
+            return Err(entry_err(
+                path,
+                format!("{size} bytes, over the limit of {}", limits.max_file_size),
+            ));
+        }
+    }
+    for size in m
+        .files
+        .iter()
+        .map(|f| f.size)
+        .chain(m.parts.iter().map(|p| p.size))
+    {
+        total = total.saturating_add(size);
+    }
+    if total > limits.max_unpacked {
+        return Err(entry_err(
+            MANIFEST_ENTRY,
+            format!(
+                "unpacks to {total} bytes, over the limit of {}",
+                limits.max_unpacked
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Apply an opened bundle to `target`. Root is touched only after every
@@ -426,9 +515,13 @@ fn store_part(
             ));
         }
     } else if p.index > have {
-        tracing::warn!(path = %p.path, set = %p.set, expected = have, got = p.index, "parts missing from a set; dropped");
+        // Refused; the set is dropped too, so a re-send of this bundle is
+        // treated as a set whose start was lost instead of refused forever.
         drop_part_set(dir, &p.set);
-        return Ok(None);
+        return Err(entry_err(
+            &name,
+            format!("parts {have}..{} of this set never arrived", p.index),
+        ));
     } else {
         let mut out = OpenOptions::new()
             .write(true)

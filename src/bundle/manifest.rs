@@ -162,6 +162,17 @@ impl Manifest {
             path: path.to_owned(),
             reason,
         };
+        // Names equal after Unicode NFC normalisation are the same file on
+        // filesystems that normalise (and confusing everywhere else).
+        let mut normalised: HashSet<String> = HashSet::new();
+        let mut nfc_dup = |p: &str| -> Result<(), ManifestError> {
+            use unicode_normalization::UnicodeNormalization;
+            if normalised.insert(p.nfc().collect()) {
+                Ok(())
+            } else {
+                Err(ManifestError::Duplicate { path: p.to_owned() })
+            }
+        };
         let mut seen: HashSet<&str> = HashSet::new();
         for f in &self.files {
             paths::validate(&f.path).map_err(|e| path_err(&f.path, e.to_string()))?;
@@ -173,6 +184,7 @@ impl Manifest {
                     path: f.path.clone(),
                 });
             }
+            nfc_dup(&f.path)?;
         }
         let mut part_keys: HashSet<(&str, u32)> = HashSet::new();
         let mut set_paths: std::collections::HashMap<&str, &str> = Default::default();
@@ -190,8 +202,15 @@ impl Manifest {
             if !valid_set_id(&p.set) {
                 return Err(perr("part set id is not valid"));
             }
-            if *set_paths.entry(&p.set).or_insert(&p.path) != p.path {
-                return Err(perr("part set shared by two paths"));
+            match set_paths.entry(&p.set) {
+                std::collections::hash_map::Entry::Occupied(e) if *e.get() != p.path => {
+                    return Err(perr("part set shared by two paths"));
+                }
+                std::collections::hash_map::Entry::Occupied(_) => {}
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(&p.path);
+                    nfc_dup(&p.path)?;
+                }
             }
             if p.count < 2 || p.index >= p.count {
                 return Err(perr("part index or count out of range"));
@@ -227,6 +246,7 @@ impl Manifest {
             if seen.contains(d.as_str()) || set_paths.values().any(|p| p == d) {
                 return Err(ManifestError::Duplicate { path: d.clone() });
             }
+            nfc_dup(d)?;
         }
         for a in &self.abandoned {
             if !valid_set_id(a) {
@@ -364,6 +384,21 @@ mod tests {
             ),
             ("no file hash", Box::new(|m| m.parts[1].file_hash = None)),
             ("set id", Box::new(|m| m.parts[0].set = "../x".into())),
+            (
+                "nfc duplicate",
+                Box::new(|m| {
+                    m.files.push(file("caf\u{e9}"));
+                    m.files.push(file("cafe\u{301}"));
+                }),
+            ),
+            (
+                "two sets, one path",
+                Box::new(|m| {
+                    let mut p = part(0, 2);
+                    p.set = "s2".into();
+                    m.parts.push(p);
+                }),
+            ),
         ];
         for (name, mutate) in cases {
             let mut m = manifest();

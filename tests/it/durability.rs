@@ -35,7 +35,9 @@ async fn a_restarted_sender_ships_only_what_changed_while_it_was_down() {
     let catch_up = |env: &Env| {
         let (mut files, mut deletions) = (Vec::new(), Vec::new());
         for b in &env.archived()[acked..] {
-            let m = shipper::bundle::apply::open(b).unwrap().manifest;
+            let m = shipper::bundle::apply::open(b, &Default::default())
+                .unwrap()
+                .manifest;
             files.extend(m.files.into_iter().map(|f| f.path));
             deletions.extend(m.deletions);
         }
