@@ -107,6 +107,15 @@ impl Root {
         }))
     }
 
+    /// Refuse `rel` if any directory above it inside root is a symlink,
+    /// without changing anything: the check run on every path of a bundle
+    /// before its first change, so a refusal leaves root as it was.
+    pub fn check(&self, rel: &str) -> Result<(), BeneathError> {
+        let (dir_comps, _) = split(rel);
+        self.open_dir(&dir_comps, false, &mut BTreeSet::new())
+            .map(|_| ())
+    }
+
     /// Move `staged` (a file in `staged_dir`) to `rel` below root in one
     /// rename: readers see the old file or the new one.
     pub fn publish(

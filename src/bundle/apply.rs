@@ -32,6 +32,8 @@ pub enum BundleError {
     Manifest(#[from] ManifestError),
     #[error("entry {entry:?}: {reason}")]
     Entry { entry: String, reason: String },
+    #[error("{0}")]
+    Whole(String),
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -180,9 +182,6 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
             ),
         ));
     }
-    if zip.has_duplicate_names() {
-        return Err(entry_err("", "zip has duplicate entry names"));
-    }
     if zip.has_overlapping_entries()? {
         return Err(entry_err(
             "",
@@ -204,6 +203,12 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         Manifest::parse(&bytes)?
     };
     check_limits(&manifest, limits)?;
+    // After the manifest, whose own check names a duplicated path.
+    if zip.has_duplicate_names() {
+        return Err(BundleError::Whole(
+            "the zip holds two entries under one name".into(),
+        ));
+    }
     let mut expected: std::collections::HashMap<String, u64> = manifest
         .files
         .iter()
@@ -211,7 +216,7 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         .chain(manifest.parts.iter().map(|p| (p.entry_name(), p.size)))
         .collect();
     if expected.len() != manifest.files.len() + manifest.parts.len() {
-        return Err(entry_err("", "manifest names an entry twice"));
+        return Err(BundleError::Whole("manifest names an entry twice".into()));
     }
     for i in 0..zip.len() {
         let entry = zip.by_index_raw(i)?;
@@ -347,6 +352,9 @@ fn stage_and_publish(
     // Root is changed only through handles that never follow symlinks.
     let root = Root::open(&target.root).map_err(io_at(&target.root))?;
     let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
+    for rel in m.deletions.iter().chain(staged.iter().map(|(rel, _)| rel)) {
+        root.check(rel).map_err(beneath_err)?;
+    }
     let mut dirty: BTreeSet<String> = BTreeSet::new();
     for d in &m.deletions {
         root.delete(d, &mut dirty).map_err(beneath_err)?;

@@ -6,5 +6,6 @@ mod cli;
 mod durability;
 mod faults;
 mod fixtures;
+mod hostile;
 mod sync;
 mod util;
