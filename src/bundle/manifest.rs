@@ -407,3 +407,35 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: parse never panics, and whatever it accepts names only
+        /// valid paths.
+        #[test]
+        fn parse_never_accepts_an_invalid_path(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(m) = Manifest::parse(&bytes) {
+                for p in m.files.iter().map(|f| &f.path).chain(m.deletions.iter()) {
+                    prop_assert!(crate::paths::validate(p).is_ok());
+                }
+            }
+        }
+
+        /// JSON manifests with arbitrary paths: accepted only when every path is valid.
+        #[test]
+        fn arbitrary_paths_are_checked(paths in proptest::collection::vec("[a-z./\\\\\\x00-\\x1f é]{0,12}", 1..5)) {
+            let files: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({
+                "path": p, "size": 0, "mtime": 0, "mtime_nsec": 0, "mode": 420,
+                "hash": "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+            })).collect();
+            let m = serde_json::json!({"format": 1, "sender": "s", "seq": 1, "created": 0, "files": files});
+            let accepted = Manifest::parse(&serde_json::to_vec(&m).unwrap()).is_ok();
+            let all_valid = paths.iter().all(|p| crate::paths::validate(p).is_ok());
+            prop_assert!(!accepted || all_valid);
+        }
+    }
+}

@@ -274,3 +274,48 @@ mod tests {
         assert!(reason.len() <= MAX_REASON);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame() -> impl Strategy<Value = Frame> {
+        prop_oneof![
+            (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
+                .prop_map(|(version, sender)| Frame::Hello { version, sender }),
+            any::<u64>().prop_map(|last_applied| Frame::Welcome { last_applied }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, size)| Frame::Bundle { seq, size }),
+            (any::<u64>(), any::<[u8; 32]>())
+                .prop_map(|(size, hash)| Frame::Trailer { size, hash }),
+            any::<u64>().prop_map(|seq| Frame::Ack { seq }),
+            (any::<u64>(), ".{0,100}").prop_map(|(seq, reason)| Frame::Refuse { seq, reason }),
+        ]
+    }
+
+    proptest! {
+        /// The decoder never panics on arbitrary bytes and never claims
+        /// more bytes than it was given.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(Some((_, used))) = Frame::parse(&bytes) {
+                prop_assert!(used <= bytes.len());
+            }
+        }
+
+        /// Valid frames with bytes flipped decode to something or an error, never a panic.
+        #[test]
+        fn corrupted_frames_never_panic(f in frame(), at in any::<prop::sample::Index>(), x in 1u8..) {
+            let mut bytes = f.to_bytes();
+            let i = at.index(bytes.len());
+            bytes[i] ^= x;
+            let _ = Frame::parse(&bytes);
+        }
+
+        #[test]
+        fn every_frame_round_trips(f in frame()) {
+            let bytes = f.to_bytes();
+            prop_assert_eq!(Frame::parse(&bytes), Ok(Some((f, bytes.len()))));
+        }
+    }
+}

@@ -166,3 +166,65 @@ fn bundles_over_the_receivers_limits_are_refused() {
     assert!(text(&out).contains("over the limit of 2"), "{}", text(&out));
     assert_eq!(tree(&env.root()).len(), 1, "root changed");
 }
+
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use shipper::bundle::apply::{self, Target};
+
+    fn valid_bundle() -> Vec<u8> {
+        let env = Env::new();
+        env.write("index.html", "<h1>hello</h1>".repeat(50));
+        env.write("img/a.png", noise(3000, 1));
+        env.write("dir/sub/b.txt", "bee");
+        std::fs::read(
+            crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &["old.html"]).path,
+        )
+        .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Damaged bundles (bytes flipped, or cut short) never panic the
+        /// validator, and either apply exactly what their manifest lists
+        /// or leave root exactly as it was. Nothing appears outside root.
+        #[test]
+        fn damaged_bundles_apply_whole_or_not_at_all(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 1u8..), 0..4),
+            cut in proptest::option::of(any::<prop::sample::Index>()),
+        ) {
+            let mut bytes = valid_bundle();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            if let Some(c) = cut {
+                bytes.truncate(c.index(bytes.len()));
+            }
+            let env = hostile_env();
+            let b = env.path().join("damaged.zip");
+            std::fs::write(&b, &bytes).unwrap();
+            let before = everything(env.path());
+            let staging = apply::sibling_staging(&env.root());
+            let target = Target { parts: staging.with_extension("parts"), root: env.root(), staging };
+            target.prepare().unwrap();
+            match apply::open(&b, &Default::default()).and_then(|o| {
+                let m = o.manifest.clone();
+                apply::apply(&target, o).map(|_| m)
+            }) {
+                Err(_) => prop_assert_eq!(everything(env.path()), before),
+                Ok(m) => {
+                    let mut expected: BTreeMap<String, Vec<u8>> = before;
+                    let root_tree = tree(&env.root());
+                    for f in &m.files {
+                        prop_assert!(root_tree.contains_key(&f.path));
+                        expected.insert(format!("www/{}", f.path), root_tree[&f.path].clone());
+                    }
+                    expected.insert("damaged.zip".into(), bytes.clone());
+                    prop_assert_eq!(everything(env.path()), expected);
+                }
+            }
+        }
+    }
+}
