@@ -43,6 +43,11 @@ pub enum Command {
     },
     /// Print a bundle's manifest.
     Inspect { bundle: PathBuf },
+    /// Make a key pair for mutual TLS in DIR and print its fingerprint.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -77,6 +77,18 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { target, bundles } => replay_command(target, &bundles),
+        Command::Keygen { out } => {
+            let fp = crate::tls::keygen(&out)?;
+            println!("{fp}");
+            eprintln!(
+                "key pair written to {} ({}, {}); give this fingerprint to the peer: \
+                 as sender.receiver_fingerprint on senders, or in receiver.allowed_senders on the receiver",
+                out.display(),
+                crate::tls::CERT_FILE,
+                crate::tls::KEY_FILE
+            );
+            Ok(())
+        }
         Command::Inspect { bundle } => {
             let opened = apply::open(&bundle, &apply::Limits::default())
                 .with_context(|| format!("bundle {}", bundle.display()))?;

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::paths::{DEFAULT_EXCLUDES, Excludes};
 use crate::schedule::Schedule;
+use crate::tls::Fingerprint;
 
 /// The promise shipper makes: every change is on the receiver within this.
 pub const WINDOW: Duration = Duration::from_secs(300);
@@ -50,6 +51,8 @@ pub struct RawSender {
     pub max_bundle_size: Option<String>,
     pub mass_delete_share: Option<f64>,
     pub mass_delete_min: Option<usize>,
+    pub key_dir: Option<PathBuf>,
+    pub receiver_fingerprint: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -65,6 +68,8 @@ pub struct RawReceiver {
     pub max_files_per_bundle: Option<usize>,
     pub max_file_size: Option<String>,
     pub max_unpacked_size: Option<String>,
+    pub key_dir: Option<PathBuf>,
+    pub allowed_senders: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------- validated form
@@ -90,6 +95,20 @@ pub struct SenderConfig {
     pub chunk_size: u64,
     pub max_bundle_size: u64,
     pub mass_delete: MassDelete,
+    /// Keys and the pinned receiver; `None` only for plaintext on loopback.
+    pub tls: Option<SenderTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SenderTls {
+    pub key_dir: PathBuf,
+    pub receiver: Fingerprint,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverTls {
+    pub key_dir: PathBuf,
+    pub allowed: Vec<Fingerprint>,
 }
 
 /// A bundle deleting at least `min` files and over `share` of what was
@@ -111,6 +130,8 @@ pub struct ReceiverConfig {
     pub max_bundle_size: u64,
     /// Caps on what one bundle may ask of this receiver.
     pub limits: crate::bundle::apply::Limits,
+    /// Keys and the allowed senders; `None` only for plaintext on loopback.
+    pub tls: Option<ReceiverTls>,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
@@ -274,7 +295,28 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         share,
         min: s.mass_delete_min.unwrap_or(100),
     };
+    let tls = match (s.key_dir, s.receiver_fingerprint) {
+        (Some(dir), Some(fp)) => Some(SenderTls {
+            key_dir: base.join(dir),
+            receiver: fp
+                .parse()
+                .map_err(|e| format!("sender.receiver_fingerprint = {fp:?}: {e}"))?,
+        }),
+        (Some(_), None) => {
+            return Err("sender.key_dir is set but sender.receiver_fingerprint is not: pin the receiver's fingerprint (printed by `shipper keygen` on the receiver)".into());
+        }
+        (None, Some(_)) => {
+            return Err("sender.receiver_fingerprint is set but sender.key_dir is not: make keys with `shipper keygen --out DIR`".into());
+        }
+        (None, None) if !host_is_loopback(&receiver) => {
+            return Err(format!(
+                "sender.receiver = {receiver:?} is not a loopback address, so keys are required: set sender.key_dir (made by `shipper keygen`) and sender.receiver_fingerprint"
+            ));
+        }
+        (None, None) => None,
+    };
     Ok(SenderConfig {
+        tls,
         mass_delete,
         source: base.join(&s.source),
         receiver,
@@ -291,7 +333,7 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
 
 fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, String> {
     let listen = r.listen.trim().to_owned();
-    listen.parse::<SocketAddr>().map_err(|_| {
+    let listen_addr = listen.parse::<SocketAddr>().map_err(|_| {
         format!(
             "receiver.listen = {listen:?}: expected an address and port such as \"0.0.0.0:7700\""
         )
@@ -334,7 +376,38 @@ fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, Stri
             defaults.max_unpacked,
         )?,
     };
+    let tls = match (r.key_dir, r.allowed_senders) {
+        (Some(dir), Some(list)) => {
+            if list.is_empty() {
+                return Err("receiver.allowed_senders is empty: no sender could connect".into());
+            }
+            let allowed = list
+                .iter()
+                .map(|fp| {
+                    fp.parse::<Fingerprint>()
+                        .map_err(|e| format!("receiver.allowed_senders: {fp:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Some(ReceiverTls {
+                key_dir: base.join(dir),
+                allowed,
+            })
+        }
+        (Some(_), None) => {
+            return Err("receiver.key_dir is set but receiver.allowed_senders is not: list the senders' fingerprints".into());
+        }
+        (None, Some(_)) => {
+            return Err("receiver.allowed_senders is set but receiver.key_dir is not: make keys with `shipper keygen --out DIR`".into());
+        }
+        (None, None) if !is_loopback(&listen_addr) => {
+            return Err(format!(
+                "receiver.listen = {listen:?} is not a loopback address, so keys are required: set receiver.key_dir (made by `shipper keygen`) and receiver.allowed_senders"
+            ));
+        }
+        (None, None) => None,
+    };
     Ok(ReceiverConfig {
+        tls,
         limits,
         listen,
         root,
@@ -375,6 +448,17 @@ fn check_host_port(key: &str, value: &str) -> Result<(), String> {
     } else {
         Err(format!("{key} = {value:?}: expected \"host:port\""))
     }
+}
+
+/// True when the host of "host:port" is a loopback address or `localhost`.
+/// Any other name may resolve anywhere, so it counts as remote.
+pub fn host_is_loopback(host_port: &str) -> bool {
+    let Some((host, _)) = host_port.rsplit_once(':') else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
@@ -497,6 +581,43 @@ state_dir = "state"
         let nested = "[receiver]\nroot = \"www\"\nstate_dir = \"www/st\"\narchive_dir = \"ar\"\nlisten = \"127.0.0.1:1\"\n";
         let e = validate(parse(nested).unwrap(), Path::new("/b")).unwrap_err();
         assert!(e.contains("receiver.state_dir"), "{e}");
+    }
+
+    #[test]
+    fn remote_addresses_require_keys_and_keys_come_in_pairs() {
+        let remote = "[sender]\nsource = \"s\"\nreceiver = \"10.1.2.3:7700\"\nstate_dir = \"st\"\n";
+        let e = validate(parse(remote).unwrap(), Path::new("/")).unwrap_err();
+        assert!(
+            e.contains("sender.key_dir") && e.contains("not a loopback"),
+            "{e}"
+        );
+        let named = remote.replace("10.1.2.3", "web1.example");
+        assert!(validate(parse(&named).unwrap(), Path::new("/")).is_err());
+        let local = remote.replace("10.1.2.3", "localhost");
+        assert!(validate(parse(&local).unwrap(), Path::new("/")).is_ok());
+        let half = format!("{remote}key_dir = \"k\"\n");
+        let e = validate(parse(&half).unwrap(), Path::new("/")).unwrap_err();
+        assert!(e.contains("sender.receiver_fingerprint"), "{e}");
+        let fp = crate::tls::Fingerprint::of(b"x").to_string();
+        let full = format!("{half}receiver_fingerprint = \"{fp}\"\n");
+        let c = validate(parse(&full).unwrap(), Path::new("/")).unwrap();
+        assert_eq!(c.sender.unwrap().tls.unwrap().receiver.to_string(), fp);
+        let typo = full.replace(&fp[..3], "AAA");
+        let e = validate(parse(&typo).unwrap(), Path::new("/")).unwrap_err();
+        assert!(e.contains("sender.receiver_fingerprint"), "{e}");
+
+        let recv = "[receiver]\nlisten = \"0.0.0.0:7700\"\nroot = \"w\"\nstate_dir = \"st\"\narchive_dir = \"a\"\n";
+        let e = validate(parse(recv).unwrap(), Path::new("/")).unwrap_err();
+        assert!(
+            e.contains("receiver.key_dir") && e.contains("not a loopback"),
+            "{e}"
+        );
+        let e = validate(
+            parse(&format!("{recv}key_dir = \"k\"\nallowed_senders = []\n")).unwrap(),
+            Path::new("/"),
+        )
+        .unwrap_err();
+        assert!(e.contains("receiver.allowed_senders"), "{e}");
     }
 
     #[test]

@@ -23,6 +23,30 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
+/// Create `dir` private to this user (0700), or accept an existing one
+/// nobody else can write to: whoever can write a service's state can make
+/// it ship or apply anything.
+pub fn private_dir(dir: &Path, key: &str) -> Result<(), String> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    match std::fs::metadata(dir) {
+        Ok(md) => {
+            let mode = md.permissions().mode() & 0o777;
+            if mode & 0o022 != 0 {
+                return Err(format!(
+                    "{key} {} is writable by group or others (mode {mode:o}): chmod 700 it",
+                    dir.display()
+                ));
+            }
+            Ok(())
+        }
+        Err(_) => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("{key}: creating {}: {e}", dir.display())),
+    }
+}
+
 /// fsync a directory so that renames and unlinks in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -39,6 +63,24 @@ pub fn parent_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn private_dir_is_created_0700_and_a_shared_one_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state");
+        private_dir(&p, "sender.state_dir").unwrap();
+        assert_eq!(
+            std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let e = private_dir(&p, "sender.state_dir").unwrap_err();
+        assert!(
+            e.contains("sender.state_dir") && e.contains("writable"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn write_atomic_replaces_content_and_leaves_no_temp_file() {

@@ -16,6 +16,7 @@
 //! - [`control`]: the local control socket (`shipper flush`).
 //! - [`commands`]: what each subcommand does.
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
+//! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`durable`]: crash-safe writes.
 
 pub mod beneath;
@@ -32,4 +33,5 @@ pub mod proto;
 pub mod receiver;
 pub mod schedule;
 pub mod sender;
+pub mod tls;
 pub mod watch;

@@ -23,6 +23,7 @@ use crate::bundle::apply::{self, Target};
 use crate::bundle::manifest::valid_sender_id;
 use crate::config::ReceiverConfig;
 use crate::durable;
+use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::{Connection, Frame};
 
@@ -58,6 +59,8 @@ impl ReceiverState {
 
 pub struct Receiver {
     cfg: ReceiverConfig,
+    /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
+    tls: Option<tokio_rustls::TlsAcceptor>,
     target: Target,
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
@@ -66,7 +69,8 @@ pub struct Receiver {
 
 /// The target a receiver config describes, directories created.
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
-    for d in [&cfg.root, &cfg.state_dir, &cfg.archive_dir] {
+    durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
+    for d in [&cfg.root, &cfg.archive_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let staging = cfg
@@ -114,12 +118,24 @@ impl Receiver {
             addr.to_string().as_bytes(),
         )
         .context("writing listen.addr")?;
-        if !crate::config::is_loopback(&addr) {
-            warn!(%addr, "listening beyond loopback without authentication: anyone who can reach this port can write to root");
-        }
+        let tls = match &cfg.tls {
+            Some(t) => {
+                let me = crate::tls::load_identity(&t.key_dir).context("receiver.key_dir")?;
+                info!(me = %me.fingerprint, allowed = t.allowed.len(), "TLS: only the allowed senders may connect");
+                Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                    &me,
+                    t.allowed.clone(),
+                )?))
+            }
+            None => {
+                warn!(%addr, "no keys configured: plaintext, allowed on loopback only");
+                None
+            }
+        };
         info!(%addr, root = %cfg.root.display(), "receiver listening");
         Ok((
             Arc::new(Self {
+                tls,
                 cfg,
                 target,
                 incoming,
@@ -157,6 +173,17 @@ impl Receiver {
 
     async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
+        // An unknown or wrong peer is turned away here, before any frame.
+        let stream: Stream = match &self.tls {
+            Some(acceptor) => {
+                match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Err(e)) => anyhow::bail!("TLS handshake refused: {e}"),
+                    Err(_) => anyhow::bail!("TLS handshake timed out"),
+                }
+            }
+            None => Box::new(stream),
+        };
         let mut conn = Connection::new(stream);
         let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
             Frame::Hello { version, sender }
@@ -233,7 +260,7 @@ impl Receiver {
     /// ends the session (stream out of step); the inner one is a refusal.
     async fn receive(
         &self,
-        conn: &mut Connection<TcpStream>,
+        conn: &mut Connection<Stream>,
         sender: &str,
         seq: u64,
         size: u64,

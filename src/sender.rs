@@ -30,6 +30,7 @@ use crate::durable;
 use crate::ledger::{AckRecord, Ledger};
 use crate::paths::is_within;
 use crate::proto::connection::ConnError;
+use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::{Connection, Frame};
 use crate::watch::{self as watcher, WatchMsg};
@@ -122,9 +123,9 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    for d in [&cfg.source, &cfg.state_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    std::fs::create_dir_all(&cfg.source)
+        .with_context(|| format!("creating {}", cfg.source.display()))?;
+    durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
     let source = std::fs::canonicalize(&cfg.source)
         .with_context(|| format!("sender.source {}", cfg.source.display()))?;
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
@@ -164,7 +165,19 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus::default());
     let seq_floor = Arc::new(AtomicU64::new(0));
+    let tls = match &cfg.tls {
+        Some(t) => {
+            let me = crate::tls::load_identity(&t.key_dir).context("sender.key_dir")?;
+            info!(me = %me.fingerprint, receiver = %t.receiver, "TLS: receiver pinned by fingerprint");
+            Some(crate::tls::client_config(&me, t.receiver)?)
+        }
+        None => {
+            warn!("no keys configured: sending in plaintext, allowed on loopback only");
+            None
+        }
+    };
     let link = Link {
+        tls,
         receiver: cfg.receiver.clone(),
         id: state.id.clone(),
         ledger,
@@ -742,7 +755,11 @@ impl Backoff {
     }
 }
 
-async fn connect(receiver: &str, id: &str) -> Result<(Connection<TcpStream>, u64), String> {
+async fn connect(
+    receiver: &str,
+    id: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(Connection<Stream>, u64), String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
         .await
@@ -753,6 +770,26 @@ async fn connect(receiver: &str, id: &str) -> Result<(Connection<TcpStream>, u64
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                let stream: Stream = match tls {
+                    Some(cfg) => {
+                        let connector = tokio_rustls::TlsConnector::from(cfg.clone());
+                        let tls = tokio::time::timeout(
+                            CONNECT_TIMEOUT,
+                            connector.connect(crate::tls::server_name(), stream),
+                        )
+                        .await
+                        .map_err(|_| format!("TLS handshake with {addr} timed out"))?
+                        .map_err(|e| format!("TLS handshake with {addr} failed: {e}"))?;
+                        Box::new(tls)
+                    }
+                    // Plaintext only ever goes to loopback, whatever a name resolves to.
+                    None if !addr.ip().is_loopback() => {
+                        return Err(format!(
+                            "{addr} is not a loopback address: refusing to send without TLS keys"
+                        ));
+                    }
+                    None => Box::new(stream),
+                };
                 let mut conn = Connection::new(stream);
                 let hello = Frame::Hello {
                     version: PROTOCOL_VERSION,
@@ -763,6 +800,11 @@ async fn connect(receiver: &str, id: &str) -> Result<(Connection<TcpStream>, u64
                     Ok(Frame::Welcome { last_applied }) => Ok((conn, last_applied)),
                     Ok(Frame::Refuse { reason, .. }) => Err(format!("refused: {reason}")),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    // With TLS 1.3 a refused client certificate shows as an
+                    // alert on the first read: say what it most likely means.
+                    Err(e) if tls.is_some() && e.to_string().contains("alert") => Err(format!(
+                        "TLS handshake with {addr} refused by the receiver ({e}): is this sender's fingerprint in receiver.allowed_senders?"
+                    )),
                     Err(e) => Err(e.to_string()),
                 };
             }
@@ -774,7 +816,7 @@ async fn connect(receiver: &str, id: &str) -> Result<(Connection<TcpStream>, u64
 }
 
 /// Send one bundle and wait for its answer.
-async fn send_bundle(conn: &mut Connection<TcpStream>, b: &Packed) -> Result<(), ConnError> {
+async fn send_bundle(conn: &mut Connection<Stream>, b: &Packed) -> Result<(), ConnError> {
     conn.write_frame(&Frame::Bundle {
         seq: b.seq,
         size: b.size,
@@ -803,6 +845,8 @@ struct Link {
     status: tokio::sync::watch::Sender<LinkStatus>,
     /// The receiver's last applied sequence + 1, learnt at each handshake.
     seq_floor: Arc<AtomicU64>,
+    /// TLS with the pinned receiver; `None` for plaintext on loopback.
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: CancellationToken) {
@@ -813,6 +857,7 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
         events,
         status,
         seq_floor,
+        tls,
     } = link;
     let mut queue: VecDeque<Packed> = VecDeque::new();
     let mut backoff = Backoff::default();
@@ -820,7 +865,7 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
     loop {
         let (mut conn, last_applied) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect(&receiver, &id) => match r {
+            r = connect(&receiver, &id, tls.as_ref()) => match r {
                 Ok(c) => c,
                 Err(e) => {
                     if down_reported.is_none() {

@@ -12,6 +12,12 @@ use super::frame::{self, Frame, FrameError, HEADER_LEN};
 
 const BODY_BUF: usize = 256 * 1024;
 
+/// A byte stream a connection can run over: plain TCP on loopback, or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub type Stream = Box<dyn Io>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
     #[error("connection closed by peer")]

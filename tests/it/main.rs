@@ -8,4 +8,5 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod sync;
+mod tls;
 mod util;
