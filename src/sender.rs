@@ -408,6 +408,13 @@ impl Sender {
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
             if !self.shipped.get(path).is_some_and(|m| stat.matches(m)) {
+                // Still open for writing: hold it until its close event.
+                if walk.writers.contains(path) {
+                    self.changes.changed(path, true, now);
+                    queued += 1;
+                    found.insert(path.as_str());
+                    continue;
+                }
                 let quiet = u64::try_from(stat.mtime).ok().is_some_and(|secs| {
                     let modified = std::time::UNIX_EPOCH
                         + Duration::new(secs, stat.mtime_nsec.min(999_999_999));

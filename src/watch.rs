@@ -215,6 +215,8 @@ pub struct Walk {
     pub dirs: u64,
     /// How long the walk took.
     pub took: std::time::Duration,
+    /// Files some process holds open for writing, where the OS tells.
+    pub writers: std::collections::HashSet<String>,
 }
 
 /// Walk `dir` (below `base`): every regular file not excluded, in shipped
@@ -247,8 +249,51 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
             out.files.push((rel, FileStat::of(&md)));
         }
     }
+    out.writers = open_for_writing(base);
     out.took = started.elapsed();
     out
+}
+
+/// Files below `base` that some process has open for writing, read from
+/// /proc/PID/fd and fdinfo (the processes this user may inspect). A walk
+/// cannot see a write in progress any other way: a writer that stalled
+/// mid-file before the watch existed raises no event. Empty where /proc is
+/// not available. Blocking.
+pub fn open_for_writing(base: &Path) -> std::collections::HashSet<String> {
+    let mut found = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for p in procs.flatten() {
+        let is_pid = p
+            .file_name()
+            .to_str()
+            .is_some_and(|s| s.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(rel) = relative(base, &target) else {
+                continue;
+            };
+            let info = p.path().join("fdinfo").join(fd.file_name());
+            let writable = std::fs::read_to_string(info).ok().and_then(|t| {
+                let flags = t.lines().find_map(|l| l.strip_prefix("flags:"))?;
+                u32::from_str_radix(flags.trim(), 8).ok()
+            });
+            // O_ACCMODE: 1 = O_WRONLY, 2 = O_RDWR.
+            if writable.is_some_and(|f| f & 3 != 0) {
+                found.insert(rel);
+            }
+        }
+    }
+    found
 }
 
 /// The kernel's per-user inotify watch limit, where there is one to read.
@@ -336,6 +381,39 @@ mod tests {
             translate(base, &Event::new(EventKind::Any))[..],
             [WatchMsg::Rescan(_)]
         ));
+    }
+
+    #[test]
+    fn files_held_open_for_writing_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("done"), "x").unwrap();
+        let base = dir.path().to_path_buf();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        // Another process holds "busy" open for writing.
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("exec 3>busy; read x")
+            .current_dir(&base)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..200 {
+                let w = open_for_writing(&base);
+                if w.contains("busy") {
+                    tx.send(w).unwrap();
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv();
+        let w = rx.try_recv().expect("writer not found in /proc");
+        assert!(!w.contains("done"));
+        child.kill().unwrap();
+        let _ = child.wait();
     }
 
     #[test]

@@ -1,0 +1,577 @@
+#!/usr/bin/env python3
+"""shipper against rsync and lsyncd on this machine, one run, alternating.
+
+  python3 bench/bench.py [--runs 3] [--quick]
+
+Builds shipper (release) if needed, installs rsync and lsyncd with apt-get
+if missing, and writes BENCHMARKS.md. Measures (median of --runs runs, the
+tools alternating within each run; ratios are shipper/peer):
+  1. bulk: a seeded CMS-like corpus to an empty receiver over loopback,
+     shipper vs an rsync daemon on loopback; peak RSS of each side.
+  2. slow link: the same over a 100 Mbit/s link with 20 ms round trip,
+     shipper vs rsync -z (network namespaces + tc tbf for the rate; this
+     kernel has no netem, so a userspace proxy adds 10 ms each way).
+  3. latency: write-to-visible of single small files and of a burst
+     (200 files/s for 30 s), shipper at interval 1s / settle 250ms vs lsyncd
+     (delay=1) pushing through rsync to a daemon on loopback.
+  4. incremental: 100 changed files of 11,000, shipper flush to
+     acknowledgement vs one rsync run.
+  5. large file: 1 GiB of random data, throughput and peak RSS per side.
+Standard library only.
+"""
+import argparse, asyncio, hashlib, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "shipper")
+NS = "shpbench"
+HOST_IP, NS_IP = "10.231.7.1", "10.231.7.2"
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def ensure_tools():
+    if not os.path.exists(BIN):
+        sh("cargo", "build", "--release", cwd=ROOT)
+    missing = [p for p, b in [("rsync", "rsync"), ("lsyncd", "lsyncd"), ("iproute2", "ip")] if not shutil.which(b)]
+    if missing:
+        sh("apt-get", "update", "-qq")
+        sh("apt-get", "install", "-y", "-qq", *missing)
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def wait(cond, timeout, step=0.01):
+    end = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > end:
+            raise RuntimeError("timed out")
+        time.sleep(step)
+
+
+def vm_hwm_mib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def tree_sizes(d):
+    out = {}
+    for dp, _, fs in os.walk(d):
+        for f in fs:
+            p = os.path.join(dp, f)
+            try:
+                out[os.path.relpath(p, d)] = os.path.getsize(p)
+            except OSError:
+                pass
+    return out
+
+
+def same_content(a, b):
+    for rel in tree_sizes(a):
+        with open(os.path.join(a, rel), "rb") as x, open(os.path.join(b, rel), "rb") as y:
+            if hashlib.blake2b(x.read()).digest() != hashlib.blake2b(y.read()).digest():
+                return False
+    return True
+
+
+# ---------------------------------------------------------------- corpus
+
+WORDS = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore et "
+         "dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris nisi aliquip").split()
+
+
+def make_corpus(dest, seed, pages=3000, images=300, large_mib=128):
+    rng = random.Random(seed)
+    os.makedirs(dest, exist_ok=True)
+    for i in range(pages):
+        d = os.path.join(dest, str(2015 + i % 10), f"{i % 12 + 1:02d}")
+        os.makedirs(d, exist_ok=True)
+        size = rng.randint(2, 60) * 1024
+        words = []
+        n = 0
+        while n < size:
+            w = rng.choice(WORDS)
+            words.append(w)
+            n += len(w) + 1
+        body = "<html><head><title>page %d</title></head><body><p>%s</p></body></html>" % (i, " ".join(words))
+        with open(os.path.join(d, f"page-{i}.html"), "w") as f:
+            f.write(body[:size])
+    os.makedirs(os.path.join(dest, "img"), exist_ok=True)
+    for i in range(images):
+        with open(os.path.join(dest, "img", f"photo-{i}.jpg"), "wb") as f:
+            f.write(rng.randbytes(rng.randint(20, 400) * 1024))
+    if large_mib:
+        with open(os.path.join(dest, "media", "video.mp4") if os.makedirs(os.path.join(dest, "media"), exist_ok=True) is None else "", "wb") as f:
+            for _ in range(large_mib):
+                f.write(rng.randbytes(1 << 20))
+
+
+# ---------------------------------------------------------------- shipper
+
+class Shipper:
+    """A receiver and a sender process, with keys, as deployed."""
+
+    def __init__(self, work, src, keys, listen, connect, sender_extra="", receiver_prefix=()):
+        self.work, self.src = work, src
+        self.root = os.path.join(work, "www")
+        os.makedirs(self.root, exist_ok=True)
+        sk, rk, sfp, rfp = keys
+        self.rcfg = os.path.join(work, "receiver.toml")
+        with open(self.rcfg, "w") as f:
+            f.write(f'[receiver]\nlisten = "{listen}"\nroot = "{self.root}"\nstate_dir = "{work}/state-r"\n'
+                    f'archive_dir = "{work}/archive"\narchive_keep = 2\nkey_dir = "{rk}"\nallowed_senders = ["{sfp}"]\n')
+        self.scfg = os.path.join(work, "sender.toml")
+        with open(self.scfg, "w") as f:
+            f.write(f'[sender]\nsource = "{src}"\nreceiver = "{connect}"\nstate_dir = "{work}/state-s"\n'
+                    f'key_dir = "{sk}"\nreceiver_fingerprint = "{rfp}"\n{sender_extra}')
+        env = {**os.environ, "RUST_LOG": "warn"}
+        self.receiver = subprocess.Popen([*receiver_prefix, BIN, "run", "--config", self.rcfg], env=env, stderr=open(os.path.join(work, "receiver.log"), "w"))
+        wait(lambda: os.path.exists(os.path.join(work, "state-r", "listen.addr")), 20)
+        self.sender = None
+
+    def start_sender(self):
+        env = {**os.environ, "RUST_LOG": "warn"}
+        self.sender = subprocess.Popen([BIN, "run", "--config", self.scfg], env=env, stderr=open(os.path.join(self.work, "sender.log"), "w"))
+
+    def flush(self):
+        sh(BIN, "flush", "--config", self.scfg, "--timeout", "600s", stdout=subprocess.DEVNULL)
+
+    def rss(self):
+        def side(p):
+            if p is None:
+                return 0.0
+            try:
+                return vm_hwm_mib(p.pid)
+            except FileNotFoundError:
+                return 0.0
+        return side(self.sender), side(self.receiver)
+
+    def receiver_hwm_in_ns(self):
+        # The receiver runs under `ip netns exec`, which execs it: same pid.
+        return vm_hwm_mib(self.receiver.pid)
+
+    def stop(self):
+        for p in (self.sender, self.receiver):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+# ---------------------------------------------------------------- rsync
+
+class RsyncDaemon:
+    def __init__(self, work, dest, address, port, prefix=()):
+        os.makedirs(dest, exist_ok=True)
+        self.conf = os.path.join(work, "rsyncd.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"use chroot = no\nuid = root\ngid = root\n[dest]\npath = {dest}\nread only = no\n")
+        self.timefile = os.path.join(work, "rsyncd.time")
+        self.proc = subprocess.Popen([*prefix, "/usr/bin/time", "-f", "%M", "-o", self.timefile, "rsync", "--daemon", "--no-detach",
+                                      f"--address={address}", f"--port={port}", f"--config={self.conf}"])
+        self.url = f"rsync://{address}:{port}/dest/"
+        time.sleep(0.3)
+
+    def stop_rss_mib(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(20)
+        try:
+            return int(open(self.timefile).read().strip().splitlines()[-1]) / 1024
+        except (OSError, ValueError, IndexError):
+            return 0.0
+
+
+def rsync_client(src, url, extra=(), port=None):
+    tf = tempfile.mktemp()
+    t0 = time.monotonic()
+    cmd = ["/usr/bin/time", "-f", "%M", "-o", tf, "rsync", "-a", *extra, src.rstrip("/") + "/"]
+    if port:
+        cmd.append(f"--port={port}")
+    cmd.append(url)
+    sh(*cmd)
+    dt = time.monotonic() - t0
+    rss = int(open(tf).read().strip().splitlines()[-1]) / 1024
+    os.unlink(tf)
+    return dt, rss
+
+
+# ------------------------------------------------------------- slow link
+
+class DelayProxy:
+    """Forward 127.0.0.1:port -> target, holding every chunk `delay` s each way."""
+
+    def __init__(self, target, delay):
+        self.target, self.delay = target, delay
+        self.port = free_port()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        time.sleep(0.2)
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(asyncio.start_server(self._conn, "127.0.0.1", self.port))
+        self.loop.run_forever()
+
+    async def _pump(self, r, w):
+        q = asyncio.Queue()
+
+        async def writer():
+            while True:
+                due, data = await q.get()
+                if data is None:
+                    break
+                d = due - self.loop.time()
+                if d > 0:
+                    await asyncio.sleep(d)
+                w.write(data)
+                await w.drain()
+            w.close()
+        t = asyncio.ensure_future(writer())
+        try:
+            while True:
+                data = await r.read(65536)
+                if not data:
+                    break
+                await q.put((self.loop.time() + self.delay, data))
+        finally:
+            await q.put((0, None))
+            await t
+
+    async def _conn(self, cr, cw):
+        try:
+            sr, sw = await asyncio.open_connection(*self.target)
+        except OSError:
+            cw.close()
+            return
+        await asyncio.gather(self._pump(cr, sw), self._pump(sr, cw), return_exceptions=True)
+
+
+def make_link():
+    """A namespace reached over a veth pair limited to 100 Mbit/s each way."""
+    subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "link", "del", "shpb0"], stderr=subprocess.DEVNULL)
+    sh("ip", "netns", "add", NS)
+    sh("ip", "link", "add", "shpb0", "type", "veth", "peer", "name", "shpb1")
+    sh("ip", "link", "set", "shpb1", "netns", NS)
+    sh("ip", "addr", "add", f"{HOST_IP}/24", "dev", "shpb0")
+    sh("ip", "-n", NS, "addr", "add", f"{NS_IP}/24", "dev", "shpb1")
+    sh("ip", "link", "set", "shpb0", "up")
+    sh("ip", "-n", NS, "link", "set", "shpb1", "up")
+    sh("ip", "-n", NS, "link", "set", "lo", "up")
+    for prefix, dev in [((), "shpb0"), (("ip", "netns", "exec", NS), "shpb1")]:
+        sh(*prefix, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", "100mbit", "burst", "64kb", "latency", "50ms")
+
+
+def drop_link():
+    subprocess.run(["ip", "netns", "del", NS], stderr=subprocess.DEVNULL)
+    subprocess.run(["ip", "link", "del", "shpb0"], stderr=subprocess.DEVNULL)
+
+
+# ---------------------------------------------------------------- measures
+
+def bulk_shipper(work, corpus, keys, slow=False):
+    os.makedirs(work)
+    want = tree_sizes(corpus)
+    if slow:
+        port = free_port()
+        proxy = DelayProxy((NS_IP, port), 0.010)
+        s = Shipper(work, corpus, keys, f"{NS_IP}:{port}", f"127.0.0.1:{proxy.port}", 'interval = "1s"\nsettle = "250ms"\n',
+                    receiver_prefix=("ip", "netns", "exec", NS))
+    else:
+        port = free_port()
+        s = Shipper(work, corpus, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n')
+    t0 = time.monotonic()
+    s.start_sender()
+    wait(lambda: tree_sizes(s.root) == want, 1800, 0.05)
+    dt = time.monotonic() - t0
+    rss = s.rss()
+    s.stop()
+    assert same_content(corpus, s.root), "shipper: content differs"
+    shutil.rmtree(work)
+    return dt, rss
+
+
+def bulk_rsync(work, corpus, slow=False):
+    os.makedirs(work)
+    dest = os.path.join(work, "dest")
+    port = free_port()
+    if slow:
+        d = RsyncDaemon(work, dest, NS_IP, port, prefix=("ip", "netns", "exec", NS))
+        proxy = DelayProxy((NS_IP, port), 0.010)
+        dt, crss = rsync_client(corpus, f"rsync://127.0.0.1:{proxy.port}/dest/", extra=("-z",))
+    else:
+        d = RsyncDaemon(work, dest, "127.0.0.1", port)
+        dt, crss = rsync_client(corpus, d.url)
+    drss = d.stop_rss_mib()
+    assert tree_sizes(dest) == tree_sizes(corpus) and same_content(corpus, dest), "rsync: content differs"
+    shutil.rmtree(work)
+    return dt, (crss, drss)
+
+
+def watch_arrivals(d, names, stop, seen):
+    while not stop.is_set():
+        try:
+            for n in os.listdir(d):
+                if n in names and n not in seen:
+                    seen[n] = time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.005)
+
+
+def latency_run(kind, work, keys, singles, burst_rate, burst_secs):
+    """Returns (single latencies, burst latencies) in seconds."""
+    os.makedirs(work)
+    src = os.path.join(work, "src")
+    os.makedirs(src)
+    port = free_port()
+    if kind == "shipper":
+        s = Shipper(work, src, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n')
+        s.start_sender()
+        dest = s.root
+        time.sleep(1.5)
+        stop_all = s.stop
+    else:
+        dest = os.path.join(work, "dest")
+        d = RsyncDaemon(work, dest, "127.0.0.1", port)
+        conf = os.path.join(work, "lsyncd.conf")
+        with open(conf, "w") as f:
+            f.write('settings { nodaemon = true, insist = true, logfile = "%s/lsyncd.log" }\n'
+                    'sync { default.rsync, source = "%s", target = "rsync://127.0.0.1:%d/dest/", delay = 1 }\n' % (work, src, port))
+        ls = subprocess.Popen(["lsyncd", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(2.0)
+
+        def stop_all():
+            ls.send_signal(signal.SIGTERM)
+            ls.wait(20)
+            d.stop_rss_mib()
+    rng = random.Random(7)
+    results = []
+    for phase in ("single", "burst"):
+        sub = os.path.join(src, phase)
+        os.makedirs(sub)
+        names, written, seen = set(), {}, {}
+        stop = threading.Event()
+        count = singles if phase == "single" else burst_rate * burst_secs
+        names = {f"f{i}.html" for i in range(count)}
+        w = threading.Thread(target=watch_arrivals, args=(os.path.join(dest, phase), names, stop, seen))
+        w.start()
+        for i in range(count):
+            name = f"f{i}.html"
+            with open(os.path.join(sub, name), "w") as f:
+                f.write("<p>%d</p>" % i * 50)
+            written[name] = time.monotonic()
+            if phase == "single":
+                wait(lambda: name in seen, 60, 0.002)
+                time.sleep(rng.uniform(0.2, 1.2))  # a random phase against the tick
+            else:
+                time.sleep(max(0.0, written[f"f0.html"] + (i + 1) / burst_rate - time.monotonic()))
+        wait(lambda: len(seen) == count, 120, 0.05)
+        stop.set()
+        w.join()
+        results.append(sorted(seen[n] - written[n] for n in names))
+    stop_all()
+    shutil.rmtree(work)
+    return results
+
+
+def make_site(dest, n, seed=3):
+    rng = random.Random(seed)
+    for i in range(n):
+        d = os.path.join(dest, str(2000 + i % 25), f"{i % 12 + 1:02d}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"p{i}.html"), "w") as f:
+            f.write("<p>%s</p>" % " ".join(rng.choice(WORDS) for _ in range(rng.randint(100, 1500))))
+
+
+def incremental(work, keys, files, changed, runs):
+    os.makedirs(work)
+    src = os.path.join(work, "src")
+    make_site(src, files)
+    port, rport = free_port(), free_port()
+    s = Shipper(os.path.join(work, "sh"), src, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "5m"\nsettle = "100ms"\n') if os.makedirs(os.path.join(work, "sh")) is None else None
+    s.start_sender()
+    wait(lambda: tree_sizes(s.root) == tree_sizes(src), 600, 0.1)
+    d = RsyncDaemon(work, os.path.join(work, "rdest"), "127.0.0.1", rport)
+    rsync_client(src, d.url)
+    all_files = sorted(tree_sizes(src))
+    rng = random.Random(11)
+    ship, rs = [], []
+    for run in range(runs):
+        pick = rng.sample(all_files, changed)
+        for p in pick:
+            with open(os.path.join(src, p), "a") as f:
+                f.write(f"<!-- run {run} -->")
+        time.sleep(0.3)  # let the events reach the sender, as they would in practice
+        order = ["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]
+        for who in order:
+            if who == "shipper":
+                t0 = time.monotonic()
+                s.flush()
+                wait(lambda: all(open(os.path.join(s.root, p), "rb").read() == open(os.path.join(src, p), "rb").read() for p in pick), 60, 0.01)
+                ship.append(time.monotonic() - t0)
+            else:
+                rs.append(rsync_client(src, d.url)[0])
+    s.stop()
+    d.stop_rss_mib()
+    shutil.rmtree(work)
+    return ship, rs
+
+
+def large(work, keys, mib):
+    corpus = os.path.join(work, "corpus")
+    os.makedirs(os.path.join(corpus, "media"))
+    with open(os.path.join(corpus, "media", "big.bin"), "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(1 << 20))
+    t_ship, rss_ship = bulk_shipper(os.path.join(work, "s"), corpus, keys)
+    t_rs, rss_rs = bulk_rsync(os.path.join(work, "r"), corpus)
+    shutil.rmtree(corpus)
+    return t_ship, rss_ship, t_rs, rss_rs
+
+
+def pct(v, p):
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="smaller workloads, for trying the harness")
+    ap.add_argument("--only", default="1,2,3,4,5")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    ensure_tools()
+    base = tempfile.mkdtemp(prefix="shipper-bench-")
+    keys_dir = os.path.join(base, "keys")
+    fps = []
+    for k in ("s", "r"):
+        out = subprocess.run([BIN, "keygen", "--out", os.path.join(keys_dir, k)], check=True, capture_output=True, text=True)
+        fps.append(out.stdout.strip())
+    keys = (os.path.join(keys_dir, "s"), os.path.join(keys_dir, "r"), fps[0], fps[1])
+    q = args.quick
+    lines = []
+    rows = []
+    try:
+        corpus = os.path.join(base, "corpus")
+        make_corpus(corpus, 42, pages=300 if q else 3000, images=30 if q else 300, large_mib=16 if q else 128)
+        sizes = tree_sizes(corpus)
+        corpus_desc = f"{len(sizes)} files, {sum(sizes.values()) / 2**20:.0f} MiB (seed 42)"
+        if "1" in only:
+            sh_t, rs_t, sh_rss, rs_rss = [], [], [], []
+            for run in range(args.runs):
+                for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
+                    if who == "shipper":
+                        t, r = bulk_shipper(os.path.join(base, f"b1s{run}"), corpus, keys); sh_t.append(t); sh_rss.append(r)
+                    else:
+                        t, r = bulk_rsync(os.path.join(base, f"b1r{run}"), corpus); rs_t.append(t); rs_rss.append(r)
+                print(f"bulk run {run}: shipper {sh_t[-1]:.2f}s rsync {rs_t[-1]:.2f}s", flush=True)
+            m_s, m_r = statistics.median(sh_t), statistics.median(rs_t)
+            rows.append(("1. bulk, loopback", corpus_desc, f"{m_s:.2f} s", f"rsync daemon {m_r:.2f} s", m_s / m_r, "≤ 0.80",
+                         f"shipper sender {max(r[0] for r in sh_rss):.0f} MiB / receiver {max(r[1] for r in sh_rss):.0f} MiB; "
+                         f"rsync client {max(r[0] for r in rs_rss):.0f} MiB / daemon {max(r[1] for r in rs_rss):.0f} MiB"))
+        if "2" in only:
+            try:
+                make_link()
+                ok = True
+            except subprocess.CalledProcessError as e:
+                ok = False
+                rows.append(("2. slow link", "—", "not run", "—", None, "≤ 0.80", f"network namespaces could not be created here: {e}"))
+            if ok:
+                try:
+                    sh_t, rs_t = [], []
+                    for run in range(args.runs):
+                        for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
+                            if who == "shipper":
+                                sh_t.append(bulk_shipper(os.path.join(base, f"b2s{run}"), corpus, keys, slow=True)[0])
+                            else:
+                                rs_t.append(bulk_rsync(os.path.join(base, f"b2r{run}"), corpus, slow=True)[0])
+                        print(f"slow run {run}: shipper {sh_t[-1]:.2f}s rsync -z {rs_t[-1]:.2f}s", flush=True)
+                    m_s, m_r = statistics.median(sh_t), statistics.median(rs_t)
+                    rows.append(("2. slow link (100 Mbit/s, 20 ms RTT)", corpus_desc, f"{m_s:.2f} s", f"rsync -z {m_r:.2f} s", m_s / m_r, "≤ 0.80",
+                                 "rate: tc tbf 100mbit on both veth ends between namespaces; delay: userspace proxy, 10 ms each way (netem is not in this kernel)"))
+                finally:
+                    drop_link()
+        if "3" in only:
+            singles, rate, secs = (8, 50, 5) if q else (20, 200, 30)
+            acc = {"shipper": ([], []), "lsyncd": ([], [])}
+            for run in range(args.runs):
+                for who in (["shipper", "lsyncd"] if run % 2 == 0 else ["lsyncd", "shipper"]):
+                    s1, b1 = latency_run(who, os.path.join(base, f"l{who}{run}"), keys, singles, rate, secs)
+                    acc[who][0].extend(s1); acc[who][1].extend(b1)
+                print(f"latency run {run} done", flush=True)
+            for label, i in (("single files", 0), (f"burst {rate}/s for {secs} s", 1)):
+                a, b = sorted(acc["shipper"][i]), sorted(acc["lsyncd"][i])
+                rows.append((f"3. latency, {label}", f"{len(a)} files per tool",
+                             f"median {statistics.median(a)*1000:.0f} ms, p99 {pct(a, 99)*1000:.0f} ms",
+                             f"lsyncd median {statistics.median(b)*1000:.0f} ms, p99 {pct(b, 99)*1000:.0f} ms",
+                             statistics.median(a) / statistics.median(b), "median ≤ 1.0, p99 ≤ 2 s",
+                             f"shipper p99 {'≤' if pct(a, 99) <= 2 else '>'} 2 s"))
+        if "4" in only:
+            files = 1100 if q else 11000
+            ship, rs = incremental(os.path.join(base, "inc"), keys, files, 100, args.runs)
+            m_s, m_r = statistics.median(ship), statistics.median(rs)
+            rows.append(("4. incremental", f"100 of {files} files changed", f"flush to ack {m_s*1000:.0f} ms", f"one rsync run {m_r*1000:.0f} ms", m_s / m_r, "≤ 1.0", ""))
+        if "5" in only:
+            mib = 128 if q else 1024
+            ts, rss_s, tr, rss_r = [], [], [], []
+            for run in range(args.runs):
+                a, b, c, d = large(os.path.join(base, f"lg{run}"), keys, mib)
+                ts.append(a); rss_s.append(b); tr.append(c); rss_r.append(d)
+                print(f"large run {run}: shipper {a:.2f}s rsync {c:.2f}s", flush=True)
+            m_s, m_r = statistics.median(ts), statistics.median(tr)
+            rows.append((f"5. large file", f"{mib} MiB random", f"{mib / m_s:.0f} MiB/s ({m_s:.2f} s)", f"rsync {mib / m_r:.0f} MiB/s ({m_r:.2f} s)", m_s / m_r,
+                         "throughput ≥ rsync's (ratio ≤ 1.0); RSS ≤ 64 MiB per side",
+                         f"peak RSS shipper sender {max(r[0] for r in rss_s):.0f} MiB / receiver {max(r[1] for r in rss_s):.0f} MiB; "
+                         f"rsync client {max(r[0] for r in rss_r):.0f} MiB / daemon {max(r[1] for r in rss_r):.0f} MiB"))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
+    rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    lsyncd_v = subprocess.run(["lsyncd", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[0] if shutil.which("lsyncd") else "lsyncd not installed"
+    ship_v = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    out = [
+        "# Benchmarks", "",
+        "Written by `python3 bench/bench.py` (median of %d runs, tools alternating; ratio = shipper / peer; lower is better)." % args.runs, "",
+        f"- Machine: {os.cpu_count()} cores ({cpu}), {mem:.0f} GiB memory, Linux {os.uname().release}",
+        f"- Versions: {ship_v} (commit {commit}), {rsync_v}, {lsyncd_v}",
+        f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}" + ("  (quick mode: reduced workloads)" if q else ""),
+        "- shipper runs as two processes (sender, receiver) with mutual TLS, interval 1s, settle 250ms; rsync and lsyncd run without encryption.",
+        "",
+        "| measure | workload | shipper | peer | ratio | target | met | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, wl, s, p, ratio, target, notes in rows:
+        if ratio is None:
+            met = "n/a"
+            rtxt = "—"
+        else:
+            rtxt = f"{ratio:.2f}"
+            limit = 0.80 if "0.80" in target else 1.0
+            met = "yes" if ratio <= limit else "no"
+            if name.startswith("3.") and "p99 >" in notes:
+                met = "no"
+            if name.startswith("5.") and ("RSS" in notes):
+                import re
+                if any(float(x) > 64 for x in re.findall(r"shipper sender (\d+) MiB / receiver (\d+)", notes)[0]):
+                    met = "no"
+        out.append(f"| {name} | {wl} | {s} | {p} | {rtxt} | {target} | {met} | {notes} |")
+    text = "\n".join(out) + "\n"
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as f:
+        f.write(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
