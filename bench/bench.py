@@ -107,9 +107,13 @@ def make_corpus(dest, seed, pages=3000, images=300, large_mib=128):
         with open(os.path.join(dest, "img", f"photo-{i}.jpg"), "wb") as f:
             f.write(rng.randbytes(rng.randint(20, 400) * 1024))
     if large_mib:
-        with open(os.path.join(dest, "media", "video.mp4") if os.makedirs(os.path.join(dest, "media"), exist_ok=True) is None else "", "wb") as f:
+        os.makedirs(os.path.join(dest, "media"), exist_ok=True)
+        with open(os.path.join(dest, "media", "video.mp4"), "wb") as f:
             for _ in range(large_mib):
                 f.write(rng.randbytes(1 << 20))
+    # An existing tree is at rest: give it longer than shipper's settle, so
+    # neither tool is measured waiting for files still being written.
+    time.sleep(1.0)
 
 
 # ---------------------------------------------------------------- shipper
@@ -168,25 +172,65 @@ class Shipper:
 
 # ---------------------------------------------------------------- rsync
 
+def descendants(pid):
+    kids = {}
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                kids.setdefault(ppid, []).append(int(p))
+            except (OSError, ValueError, IndexError):
+                pass
+    out, todo = [], [pid]
+    while todo:
+        q = todo.pop()
+        out.append(q)
+        todo.extend(kids.get(q, []))
+    return out
+
+
 class RsyncDaemon:
+    """An rsync daemon; a thread samples the summed RSS of its process tree
+    (the daemon forks a receiver and a generator per connection)."""
+
     def __init__(self, work, dest, address, port, prefix=()):
         os.makedirs(dest, exist_ok=True)
         self.conf = os.path.join(work, "rsyncd.conf")
         with open(self.conf, "w") as f:
             f.write(f"use chroot = no\nuid = root\ngid = root\n[dest]\npath = {dest}\nread only = no\n")
-        self.timefile = os.path.join(work, "rsyncd.time")
-        self.proc = subprocess.Popen([*prefix, "/usr/bin/time", "-f", "%M", "-o", self.timefile, "rsync", "--daemon", "--no-detach",
-                                      f"--address={address}", f"--port={port}", f"--config={self.conf}"])
+        self.proc = subprocess.Popen([*prefix, "rsync", "--daemon", "--no-detach",
+                                      f"--address={address}", f"--port={port}", f"--config={self.conf}"], start_new_session=True)
         self.url = f"rsync://{address}:{port}/dest/"
+        self.peak = 0.0
+        self.stop = threading.Event()
+        self.sampler = threading.Thread(target=self._sample, daemon=True)
+        self.sampler.start()
         time.sleep(0.3)
 
+    def _sample(self):
+        while not self.stop.is_set():
+            total = 0.0
+            for p in descendants(self.proc.pid):
+                try:
+                    with open(f"/proc/{p}/status") as f:
+                        for line in f:
+                            if line.startswith("VmRSS:"):
+                                total += int(line.split()[1]) / 1024
+                except OSError:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.02)
+
     def stop_rss_mib(self):
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(20)
+        self.stop.set()
+        self.sampler.join()
         try:
-            return int(open(self.timefile).read().strip().splitlines()[-1]) / 1024
-        except (OSError, ValueError, IndexError):
-            return 0.0
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(20)
+        return self.peak
 
 
 def rsync_client(src, url, extra=(), port=None):
@@ -433,6 +477,7 @@ def large(work, keys, mib):
     with open(os.path.join(corpus, "media", "big.bin"), "wb") as f:
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
+    time.sleep(1.0)  # at rest, as an existing file would be
     t_ship, rss_ship = bulk_shipper(os.path.join(work, "s"), corpus, keys)
     t_rs, rss_rs = bulk_rsync(os.path.join(work, "r"), corpus)
     shutil.rmtree(corpus)

@@ -170,6 +170,12 @@ impl Root {
         Ok(())
     }
 
+    /// Flush everything written on root's filesystem (data, renames,
+    /// unlinks) in one call.
+    pub fn syncfs(&self) -> Result<(), BeneathError> {
+        rustix::fs::syncfs(&self.fd).map_err(|e| self.err("", e))
+    }
+
     /// fsync each directory in `dirty` that still exists (relative paths;
     /// "" is root), so renames and unlinks survive a crash.
     pub fn sync_dirs(&self, dirty: &BTreeSet<String>) -> Result<(), BeneathError> {

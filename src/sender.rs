@@ -108,7 +108,11 @@ pub struct LinkStatus {
 }
 
 enum TransportEvent {
-    Acked { seq: u64 },
+    /// A session with the receiver began; its last applied sequence is known.
+    Connected,
+    Acked {
+        seq: u64,
+    },
 }
 
 struct FlushWait {
@@ -258,6 +262,14 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             },
             Some(ev) = event_rx.recv() => match ev {
                 TransportEvent::Acked { seq } => s.on_acked(seq),
+                TransportEvent::Connected => {
+                    if s.needs_welcome {
+                        // Sequences can be numbered now: ship what waited.
+                        s.needs_welcome = false;
+                        let force = !s.flush_queued.is_empty();
+                        s.maybe_pack(force, next_tick);
+                    }
+                }
             },
             _ = housekeeping.tick() => {
                 s.expire_flushes();
@@ -893,6 +905,7 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
             debug!(peer = %receiver, last_applied, "connected");
         }
         seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
+        let _ = events.send(TransportEvent::Connected);
         status.send_replace(LinkStatus {
             connected: true,
             last_error: None,

@@ -103,7 +103,7 @@ pub struct Packer<'a> {
     pub emit: &'a mut dyn FnMut(Packed) -> io::Result<()>,
     /// Whether an event touched the path since this pack began: its content
     /// is in flux, so it stays pending instead of shipping.
-    pub touched: &'a dyn Fn(&str) -> bool,
+    pub touched: &'a (dyn Fn(&str) -> bool + Sync),
 }
 
 struct Open {
@@ -146,6 +146,64 @@ impl Stamp {
     }
 }
 
+/// Files up to this size are read whole and compressed in parallel.
+const PARALLEL_MAX: u64 = 1 << 20;
+/// A parallel batch holds at most this many bytes (bounds memory)…
+const BATCH_BYTES: u64 = 16 << 20;
+/// …and this many files.
+const BATCH_FILES: usize = 512;
+
+enum Prepared {
+    Ready(FileEntry, Box<zip::write::PreparedZipFile>),
+    /// Changed while being read, or an event touched it: stays pending.
+    Requeue,
+    /// Gone since it was listed.
+    Gone,
+}
+
+/// Read a small file whole, check it did not change meanwhile, hash it and
+/// compress it into a ready zip entry. Runs on a worker thread.
+fn prepare_small(
+    rel: &str,
+    abs: &Path,
+    stamp: Stamp,
+    touched: &(dyn Fn(&str) -> bool + Sync),
+) -> io::Result<Prepared> {
+    let mut file = match File::open(abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Prepared::Gone),
+        Err(e) => return Err(with_path(e, abs)),
+    };
+    if Stamp::of(&file.metadata()?) != stamp {
+        return Ok(Prepared::Requeue);
+    }
+    let mut content = Vec::with_capacity(stamp.size as usize);
+    (&mut file)
+        .take(stamp.size + 1)
+        .read_to_end(&mut content)
+        .map_err(|e| with_path(e, abs))?;
+    let after_fd = Stamp::of(&file.metadata()?);
+    let after_path = std::fs::symlink_metadata(abs).map(|m| Stamp::of(&m));
+    if content.len() as u64 != stamp.size
+        || after_fd != stamp
+        || after_path.ok() != Some(stamp)
+        || touched(rel)
+    {
+        return Ok(Prepared::Requeue);
+    }
+    let options = entry_options(worth_deflating(rel, &file, stamp.size), stamp);
+    let zipped = zip::write::PreparedZipFile::from_data(rel, options, &content).map_err(zip_err)?;
+    let entry = FileEntry {
+        path: rel.to_owned(),
+        size: stamp.size,
+        mtime: stamp.mtime,
+        mtime_nsec: stamp.mtime_nsec,
+        mode: stamp.mode,
+        hash: blake3::hash(&content).to_hex().to_string(),
+    };
+    Ok(Prepared::Ready(entry, Box::new(zipped)))
+}
+
 /// One source file being packed, and the copy buffer to read it with.
 struct Source<'a> {
     rel: &'a str,
@@ -165,6 +223,8 @@ impl Packer<'_> {
         let mut report = Report::default();
         let mut open: Option<Open> = None;
         let mut buf = vec![0u8; COPY_BUF];
+        let mut batch: Vec<(String, PathBuf, Stamp)> = Vec::new();
+        let mut batch_bytes = 0u64;
 
         // Deletions first, all in the first bundle.
         for item in items.iter().filter(|i| i.op == Op::Delete) {
@@ -206,6 +266,15 @@ impl Packer<'_> {
                 report.requeue.push(item.path.clone());
                 continue;
             }
+            if stamp.size <= PARALLEL_MAX && stamp.size <= self.limits.chunk_size {
+                batch_bytes += stamp.size;
+                batch.push((item.path.clone(), abs, stamp));
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
+                    self.pack_batch(&mut open, &mut report, std::mem::take(&mut batch))?;
+                    batch_bytes = 0;
+                }
+                continue;
+            }
             let mut file = match File::open(&abs) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -224,10 +293,49 @@ impl Packer<'_> {
                 self.pack_small(&mut open, &mut report, src)?;
             }
         }
+        if !batch.is_empty() {
+            self.pack_batch(&mut open, &mut report, batch)?;
+        }
         if let Some(b) = open.take() {
             self.finish(b, &mut report)?;
         }
         Ok(report)
+    }
+
+    /// Pack small files: read, check, hash and compress them on every core,
+    /// then append the compressed entries in order.
+    fn pack_batch(
+        &mut self,
+        open: &mut Option<Open>,
+        report: &mut Report,
+        batch: Vec<(String, PathBuf, Stamp)>,
+    ) -> io::Result<()> {
+        use rayon::prelude::*;
+        let touched = self.touched;
+        let prepared: Vec<(String, io::Result<Prepared>)> = batch
+            .into_par_iter()
+            .map(|(rel, abs, stamp)| {
+                let r = prepare_small(&rel, &abs, stamp, touched);
+                (rel, r)
+            })
+            .collect();
+        for (rel, r) in prepared {
+            match r? {
+                Prepared::Gone => {}
+                Prepared::Requeue => report.requeue.push(rel),
+                Prepared::Ready(entry, zipped) => {
+                    self.make_room(open, report, need(&rel, entry.size))?;
+                    let b = self.ensure_open(open)?;
+                    b.zip.add_prepared_file(*zipped).map_err(zip_err)?;
+                    b.summary.files += 1;
+                    b.summary.bytes += entry.size;
+                    b.used += need(&rel, entry.size);
+                    b.changes.push((rel, Some(entry.meta())));
+                    b.manifest.files.push(entry);
+                }
+            }
+        }
+        Ok(())
     }
 
     fn pack_small(
@@ -456,15 +564,13 @@ impl Packer<'_> {
         b.zip.write_all(&b.manifest.to_json())?;
         let mut out = b.zip.finish().map_err(zip_err)?;
         out.flush()?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        // The bundle must be whole on disk before it is named and sent.
-        file.sync_all()?;
-        drop(file);
+        // No fsync: an outbox bundle is dropped at restart and its changes
+        // found again by the catch-up, so it never needs to survive a crash.
+        drop(out.into_inner().map_err(|e| e.into_error())?);
         let path = self.outbox.join(bundle_file_name(seq));
         b.tmp
             .persist(&path)
             .map_err(|e| with_path(e.error, &path))?;
-        crate::durable::sync_dir(self.outbox)?;
         let size = std::fs::metadata(&path)?.len();
         let hash = super::hash_file(&path).map_err(|e| with_path(e, &path))?;
         report.bundles.push((seq, b.summary));

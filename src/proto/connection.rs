@@ -11,6 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use super::frame::{self, Frame, FrameError, HEADER_LEN};
 
 const BODY_BUF: usize = 256 * 1024;
+/// Bundle bodies move between disk and socket in chunks this large.
+const CHUNK: usize = 1 << 20;
 
 /// A byte stream a connection can run over: plain TCP on loopback, or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -88,51 +90,98 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     /// Send `size` bytes of the file at `path` as a bundle body (no flush).
+    /// A blocking thread reads the file in large chunks while this task
+    /// writes to the socket, so disk and network overlap.
     pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<(), ConnError> {
-        let file = tokio::fs::File::open(path).await?;
-        let mut limited = file.take(size);
-        let copied = tokio::io::copy(&mut limited, &mut self.writer).await?;
-        if copied != size {
-            return Err(ConnError::Io(io::Error::other(format!(
-                "{}: {copied} bytes, expected {size}",
-                path.display()
-            ))));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+        let path_owned = path.to_owned();
+        let reader = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut file = match std::fs::File::open(&path_owned) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            let mut left = size;
+            while left > 0 {
+                let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                match file.read_exact(&mut buf) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                }
+                left -= buf.len() as u64;
+                if tx.blocking_send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+        });
+        while let Some(chunk) = rx.recv().await {
+            let chunk =
+                chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            self.writer.write_all(&chunk).await?;
         }
+        let _ = reader.await;
         Ok(())
     }
 
-    /// Receive exactly `size` body bytes into `out`, returning their BLAKE3
-    /// and the first write error, if any. After a write error (a full disk)
-    /// the rest of the body is still read, so the stream stays in step and
-    /// the bundle can be refused with the reason.
+    /// Receive exactly `size` body bytes into the file at `path`, returning
+    /// their BLAKE3 and the first write error, if any. A blocking thread
+    /// writes and hashes while this task reads the socket. After a write
+    /// error (a full disk) the rest of the body is still read, so the
+    /// stream stays in step and the bundle can be refused with the reason.
     pub async fn recv_body(
         &mut self,
         size: u64,
-        out: &mut (impl AsyncWrite + Unpin),
+        path: &Path,
     ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; BODY_BUF];
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        let path_owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut hasher = blake3::Hasher::new();
+            let mut write_error = None;
+            let mut file = match std::fs::File::create(&path_owned) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    write_error = Some(e);
+                    None
+                }
+            };
+            for chunk in rx {
+                hasher.update(&chunk);
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&chunk)
+                {
+                    write_error = Some(e);
+                    file = None;
+                }
+            }
+            (hasher.finalize(), write_error)
+        });
         let mut left = size;
-        let mut write_error = None;
         while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = self.reader.read(&mut buf[..want]).await?;
-            if n == 0 {
-                return Err(ConnError::Closed);
+            let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                let n = self.reader.read(&mut buf[filled..]).await?;
+                if n == 0 {
+                    return Err(ConnError::Closed);
+                }
+                filled += n;
             }
-            hasher.update(&buf[..n]);
-            if write_error.is_none()
-                && let Err(e) = out.write_all(&buf[..n]).await
-            {
-                write_error = Some(e);
+            left -= want as u64;
+            // The writer thread only stops early if it panicked.
+            if tx.send(buf).is_err() {
+                break;
             }
-            left -= n as u64;
         }
-        if write_error.is_none()
-            && let Err(e) = out.flush().await
-        {
-            write_error = Some(e);
-        }
-        Ok((hasher.finalize(), write_error))
+        drop(tx);
+        writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
     }
 }
