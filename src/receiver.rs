@@ -450,12 +450,10 @@ impl Committer {
 /// Keep the applied bundle in `dir` and prune to the newest `keep`.
 fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()> {
     let dest = dir.join(name);
-    if keep > 0 {
-        if std::fs::rename(src, &dest).is_err() {
-            std::fs::copy(src, &dest).with_context(|| format!("copying to {}", dest.display()))?;
-        }
-        // The archive is a convenience for replay; a copy torn by a crash is
-        // refused by replay's checks, so it is not worth an fsync per bundle.
+    // The archive is a convenience for replay; a copy torn by a crash is
+    // refused by replay's checks, so it is not worth an fsync per bundle.
+    if keep > 0 && std::fs::rename(src, &dest).is_err() {
+        std::fs::copy(src, &dest).with_context(|| format!("copying to {}", dest.display()))?;
     }
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
         .flatten()
