@@ -42,7 +42,31 @@ fn is_sealed(content: &[u8]) -> bool {
     tail.starts_with(b"\n#") && &tail[2..] == blake3::hash(payload).to_hex().as_bytes()
 }
 
-fn spawn(config: &Path, log: &Path) -> Child {
+/// A shipper process that is killed when dropped, so a failing test never
+/// leaves one running.
+struct Proc(Child);
+
+impl std::ops::Deref for Proc {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(config: &Path, log: &Path) -> Proc {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -54,6 +78,7 @@ fn spawn(config: &Path, log: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
+        .map(Proc)
         .expect("start shipper")
 }
 
