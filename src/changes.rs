@@ -153,6 +153,14 @@ impl ChangeSet {
             .collect()
     }
 
+    /// Paths whose pending change is an upsert, settled or not.
+    pub fn pending_upserts(&self) -> impl Iterator<Item = &str> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.op == Op::Upsert)
+            .map(|(p, _)| p.as_str())
+    }
+
     /// Paths whose pending change is a deletion, settled or not.
     pub fn pending_deletes(&self) -> impl Iterator<Item = &str> {
         self.entries

@@ -11,8 +11,17 @@ use clap::{Args, Parser, Subcommand};
     about = "Keep a directory in step with another host by shipping zip bundles over TCP"
 )]
 pub struct Cli {
+    /// Log lines as human text (coloured on a terminal) or as JSON objects.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -40,6 +49,24 @@ pub enum Command {
         /// Bundle files, in any order.
         #[arg(required = true)]
         bundles: Vec<PathBuf>,
+    },
+    /// Show the running sender's state and each receiver's health.
+    Status {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop cutting bundles; changes keep accumulating (survives restarts).
+    Pause {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Cut bundles again after `shipper pause`.
+    Resume {
+        #[arg(short, long)]
+        config: PathBuf,
     },
     /// Print a bundle's manifest.
     Inspect { bundle: PathBuf },

@@ -68,6 +68,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     held_deletions
                 }
                 Response::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from the sender: {other:?}"),
             };
             if held > 0 {
                 println!(
@@ -77,6 +78,21 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay { target, bundles } => replay_command(target, &bundles),
+        Command::Status { config, json } => {
+            let report = match call_sender(&config, Request::Status)? {
+                Response::Status(r) => r,
+                Response::Error { message } => bail!("{message}"),
+                other => bail!("unexpected answer from the sender: {other:?}"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", describe_status(&report));
+            }
+            Ok(())
+        }
+        Command::Pause { config } => pause_or_resume(&config, Request::Pause),
+        Command::Resume { config } => pause_or_resume(&config, Request::Resume),
         Command::Keygen { out } => {
             let fp = crate::tls::keygen(&out)?;
             println!("{fp}");
@@ -96,6 +112,113 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Send one request to the sender configured in `config`.
+fn call_sender(config: &std::path::Path, req: Request) -> anyhow::Result<Response> {
+    let config = Config::load(config)?;
+    let sender = config
+        .sender
+        .as_ref()
+        .with_context(|| format!("{}: no [sender] table", config.file.display()))?;
+    let sock = control::socket_path(&sender.state_dir);
+    runtime()?.block_on(control::call(
+        &sock,
+        &req,
+        std::time::Duration::from_secs(30),
+    ))
+}
+
+fn pause_or_resume(config: &std::path::Path, req: Request) -> anyhow::Result<()> {
+    match call_sender(config, req)? {
+        Response::Paused { paused: true } => {
+            println!("paused: changes are kept and nothing is shipped until `shipper resume`");
+            Ok(())
+        }
+        Response::Paused { paused: false } => {
+            println!("resumed");
+            Ok(())
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the sender: {other:?}"),
+    }
+}
+
+/// Human text for `shipper status`.
+pub fn describe_status(r: &crate::sender::StatusReport) -> String {
+    let mut s = String::new();
+    let ago = |t: i64| {
+        let secs = (chrono::Utc::now().timestamp() - t).max(0) as u64;
+        let when = chrono::DateTime::from_timestamp(t, 0)
+            .map(|d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
+            .unwrap_or_default();
+        format!(
+            "{when} ({} ago)",
+            humantime::format_duration(std::time::Duration::from_secs(secs))
+        )
+    };
+    let _ = writeln!(
+        s,
+        "sender {}: {}",
+        r.sender_id,
+        if r.paused {
+            "PAUSED (shipper resume to continue)"
+        } else {
+            "running"
+        }
+    );
+    let oldest = match r.oldest_pending_secs {
+        Some(age) => format!(
+            "oldest {:.1} s old, {:.0}% of the {} s window",
+            age,
+            100.0 * age / r.window_secs.max(1) as f64,
+            r.window_secs
+        ),
+        None => "nothing pending".into(),
+    };
+    let _ = writeln!(
+        s,
+        "  pending: {} paths, {} bytes; {oldest}",
+        r.pending_paths, r.pending_bytes
+    );
+    if r.held_deletions > 0 {
+        let _ = writeln!(
+            s,
+            "  held by the mass-deletion guard: {} deletions (shipper flush --allow-mass-delete)",
+            r.held_deletions
+        );
+    }
+    for l in &r.receivers {
+        let state = match (l.connected, l.since) {
+            (true, Some(t)) => format!("connected since {}", ago(t)),
+            (false, Some(t)) => format!("NOT connected since {}", ago(t)),
+            (c, None) => {
+                if c {
+                    "connected".into()
+                } else {
+                    "not connected yet".into()
+                }
+            }
+        };
+        let _ = writeln!(s, "receiver {}: {state}", l.receiver);
+        match (l.last_ack_seq, l.last_ack_at) {
+            (Some(seq), Some(t)) => {
+                let _ = writeln!(s, "  last acknowledged: sequence {seq} at {}", ago(t));
+            }
+            _ => {
+                let _ = writeln!(s, "  last acknowledged: none since start");
+            }
+        }
+        let _ = writeln!(
+            s,
+            "  shipped since start: {} bundles, {} bytes",
+            l.bundles_shipped, l.bytes_shipped
+        );
+        if let (Some(e), Some(t)) = (&l.last_error, l.last_error_at) {
+            let _ = writeln!(s, "  last error: {e} at {}", ago(t));
+        }
+    }
+    s
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -17,6 +17,11 @@ use crate::bundle::pack::Summary;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
+    /// Report the sender's and each receiver's state.
+    Status,
+    /// Stop cutting bundles; changes keep accumulating.
+    Pause,
+    Resume,
     /// Cut a bundle with everything pending now and answer once the receiver
     /// acknowledged it (or `timeout_ms` passed).
     Flush {
@@ -27,8 +32,12 @@ pub enum Request {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
+    Status(crate::sender::StatusReport),
+    Paused {
+        paused: bool,
+    },
     Flushed {
         first_seq: u64,
         last_seq: u64,

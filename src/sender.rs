@@ -100,11 +100,41 @@ fn generated_id() -> String {
     }
 }
 
+/// Marks a paused sender, so a pause outlives a restart.
+const PAUSED_FILE: &str = "paused";
+
+/// What `shipper status` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub sender_id: String,
+    pub paused: bool,
+    pub pending_paths: u64,
+    pub pending_bytes: u64,
+    /// Age of the oldest pending change, against `window_secs`.
+    pub oldest_pending_secs: Option<f64>,
+    pub window_secs: u64,
+    pub held_deletions: u64,
+    pub receivers: Vec<LinkStatus>,
+}
+
 /// The link to the receiver as the transport last saw it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkStatus {
+    pub receiver: String,
     pub connected: bool,
+    /// Unix seconds since when it has been connected (or not).
+    pub since: Option<i64>,
+    pub last_ack_seq: Option<u64>,
+    pub last_ack_at: Option<i64>,
+    pub bundles_shipped: u64,
+    pub bytes_shipped: u64,
+    /// The latest failure, naming the peer or sequence it concerns.
     pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+}
+
+fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
 }
 
 enum TransportEvent {
@@ -167,7 +197,10 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
 
     let (bundle_tx, bundle_rx) = mpsc::channel::<Packed>(1);
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus::default());
+    let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus {
+        receiver: cfg.receiver.clone(),
+        ..LinkStatus::default()
+    });
     let seq_floor = Arc::new(AtomicU64::new(0));
     let tls = match &cfg.tls {
         Some(t) => {
@@ -207,6 +240,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         bundle_tx,
         packing: None,
         held: Default::default(),
+        paused: state_dir.join(PAUSED_FILE).exists(),
         touched: Default::default(),
         touched_active: false,
         held_reported: 0,
@@ -249,6 +283,24 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                 s.on_packed(done, next_tick);
             }
             Some((req, reply)) = control_rx.recv() => match req {
+                Request::Status => {
+                    let _ = reply.send(Response::Status(s.status_report()));
+                }
+                Request::Pause | Request::Resume => {
+                    let pause = matches!(req, Request::Pause);
+                    let _ = reply.send(match s.set_paused(pause) {
+                        Ok(()) => Response::Paused { paused: pause },
+                        Err(e) => Response::Error { message: format!("{e:#}") },
+                    });
+                    if !pause {
+                        s.maybe_pack(false, next_tick);
+                    }
+                }
+                Request::Flush { .. } if s.paused => {
+                    let _ = reply.send(Response::Error {
+                        message: "the sender is paused: nothing is cut until `shipper resume`".into(),
+                    });
+                }
                 Request::Flush { timeout_ms, allow_mass_delete } => {
                     s.flush_queued.push(FlushWait {
                         target: None,
@@ -317,6 +369,8 @@ struct Sender {
     ignore: Vec<PathBuf>,
     bundle_tx: mpsc::Sender<Packed>,
     packing: Option<JoinHandle<anyhow::Result<Report>>>,
+    /// No bundles are cut while paused (kept in `state_dir/paused`).
+    paused: bool,
     /// Paths an event touched while a pack runs; the packer leaves them pending.
     touched: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     touched_active: bool,
@@ -475,6 +529,53 @@ impl Sender {
         }
     }
 
+    fn set_paused(&mut self, pause: bool) -> anyhow::Result<()> {
+        let marker = self.state_dir.join(PAUSED_FILE);
+        if pause {
+            durable::write_atomic(&marker, b"paused by `shipper pause`\n")
+                .with_context(|| format!("writing {}", marker.display()))?;
+        } else {
+            match std::fs::remove_file(&marker) {
+                Ok(()) => durable::sync_dir(&self.state_dir)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {}", marker.display())),
+            }
+        }
+        if pause != self.paused {
+            info!(
+                paused = pause,
+                pending = self.changes.len(),
+                "{}",
+                if pause {
+                    "paused: changes are kept, no bundles are cut"
+                } else {
+                    "resumed"
+                }
+            );
+        }
+        self.paused = pause;
+        Ok(())
+    }
+
+    fn status_report(&self) -> StatusReport {
+        let mut pending_bytes = 0u64;
+        for p in self.changes.pending_upserts() {
+            if let Ok(md) = std::fs::symlink_metadata(self.source.join(p)) {
+                pending_bytes += md.len();
+            }
+        }
+        StatusReport {
+            sender_id: self.state.lock().map(|s| s.id.clone()).unwrap_or_default(),
+            paused: self.paused,
+            pending_paths: self.changes.len() as u64,
+            pending_bytes,
+            oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
+            window_secs: self.cfg.max_delay.as_secs(),
+            held_deletions: self.held.len() as u64,
+            receivers: vec![self.status.borrow().clone()],
+        }
+    }
+
     /// The mass-deletion guard: hold `deletions` (with those already held)
     /// when, counting deletions still settling, they would remove too large
     /// a share of what was shipped, unless a flush allowed it. Released
@@ -517,7 +618,7 @@ impl Sender {
 
     /// Start packing if anything is due and no pack is running.
     fn maybe_pack(&mut self, force: bool, next_tick: Instant) {
-        if self.packing.is_some() || self.needs_welcome {
+        if self.packing.is_some() || self.needs_welcome || self.paused {
             return;
         }
         let now = Instant::now();
@@ -891,7 +992,14 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
                         warn!(peer = %receiver, error = %e, "receiver unreachable; retrying with backoff until it answers");
                     }
                     down_reported = Some(e.clone());
-                    status.send_replace(LinkStatus { connected: false, last_error: Some(e) });
+                    status.send_modify(|s| {
+                        if s.connected || s.since.is_none() {
+                            s.since = Some(unix_now());
+                        }
+                        s.connected = false;
+                        s.last_error = Some(e);
+                        s.last_error_at = Some(unix_now());
+                    });
                     tokio::select! {
                         _ = shutdown.cancelled() => return,
                         _ = tokio::time::sleep(backoff.next_delay()) => continue,
@@ -906,9 +1014,9 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
         }
         seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
         let _ = events.send(TransportEvent::Connected);
-        status.send_replace(LinkStatus {
-            connected: true,
-            last_error: None,
+        status.send_modify(|s| {
+            s.connected = true;
+            s.since = Some(unix_now());
         });
         backoff.reset();
         loop {
@@ -942,6 +1050,12 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
                         ms = started.elapsed().as_millis() as u64,
                         "bundle shipped"
                     );
+                    status.send_modify(|s| {
+                        s.last_ack_seq = Some(b.seq);
+                        s.last_ack_at = Some(unix_now());
+                        s.bundles_shipped += 1;
+                        s.bytes_shipped += b.size;
+                    });
                     acked(&mut queue, &events, &ledger).await;
                 }
                 Err(e) => {
@@ -950,9 +1064,11 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
                         warn!(peer = %receiver, error = %e, "bundle not acknowledged; will reconnect and re-send");
                     }
                     down_reported = Some(e.clone());
-                    status.send_replace(LinkStatus {
-                        connected: false,
-                        last_error: Some(e),
+                    status.send_modify(|s| {
+                        s.connected = false;
+                        s.since = Some(unix_now());
+                        s.last_error = Some(e);
+                        s.last_error_at = Some(unix_now());
                     });
                     tokio::select! {
                         _ = shutdown.cancelled() => return,

@@ -1,0 +1,130 @@
+//! Operating a running sender: status, pause and resume, JSON logs.
+
+use crate::util::*;
+
+async fn run(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        shipper(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap()
+}
+
+fn args(cmd: &str, file: &std::path::Path, extra: &[&str]) -> Vec<String> {
+    let mut v = vec![
+        cmd.to_string(),
+        "--config".into(),
+        file.to_string_lossy().into_owned(),
+    ];
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() {
+    let env = Env::new();
+    env.write("first.html", "1");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    wait_in_sync(&env).await;
+
+    // JSON status names the receiver, its acknowledgements and what was shipped.
+    let end = std::time::Instant::now() + DEADLINE;
+    let report = loop {
+        let out = run(args("status", &file, &["--json"])).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["receivers"][0]["last_ack_seq"].as_u64().is_some() {
+            break v;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no acknowledgement in status: {v}"
+        );
+    };
+    assert_eq!(report["paused"], false);
+    assert_eq!(report["receivers"][0]["receiver"], r.addr.to_string());
+    assert_eq!(report["receivers"][0]["connected"], true);
+    assert!(report["receivers"][0]["bundles_shipped"].as_u64().unwrap() >= 1);
+    let human = run(args("status", &file, &[])).await;
+    assert!(text(&human).contains("connected since"), "{}", text(&human));
+
+    // Paused: changes accumulate, nothing ships, flush says why.
+    let out = run(args("pause", &file, &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    env.write("while-paused.html", "2");
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let out = run(args("status", &file, &["--json"])).await;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if v["pending_paths"].as_u64() == Some(1) {
+            assert_eq!(v["paused"], true);
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "change not pending: {v}");
+    }
+    let out = run(args("flush", &file, &[])).await;
+    assert!(
+        !out.status.success() && text(&out).contains("paused"),
+        "{}",
+        text(&out)
+    );
+    assert!(!env.root().join("while-paused.html").exists());
+
+    // The pause outlives a restart of the sender.
+    s.stop().await;
+    let s = env.start_sender(r.addr, "");
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let out = run(args("status", &file, &["--json"])).await;
+        if out.status.success() {
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            assert_eq!(v["paused"], true, "pause lost in a restart: {v}");
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "{}", text(&out));
+    }
+    assert!(!env.root().join("while-paused.html").exists());
+
+    let out = run(args("resume", &file, &[])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}
+
+#[test]
+fn log_lines_can_be_json() {
+    let env = Env::new();
+    let bundles = {
+        env.write("a.html", "x");
+        vec![crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]).path]
+    };
+    let restored = env.path().join("restored");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shipper"))
+        .args([
+            "--log-format",
+            "json",
+            "replay",
+            "--root",
+            restored.to_str().unwrap(),
+            bundles[0].to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let line = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .find(|l| l.contains("bundle replayed"))
+        .map(str::to_owned)
+        .expect("a log line for the replayed bundle");
+    let v: serde_json::Value = serde_json::from_str(&line).expect("log line is JSON");
+    assert_eq!(v["fields"]["seq"], 1);
+    assert_eq!(v["level"], "INFO");
+}
