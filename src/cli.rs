@@ -70,6 +70,13 @@ pub enum Command {
     },
     /// Print a bundle's manifest.
     Inspect { bundle: PathBuf },
+    /// Print the man page (roff) to standard output.
+    Man,
+    /// Print shell completions to standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Make a key pair for mutual TLS in DIR and print its fingerprint.
     Keygen {
         #[arg(long)]

@@ -93,6 +93,16 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pause { config } => pause_or_resume(&config, Request::Pause),
         Command::Resume { config } => pause_or_resume(&config, Request::Resume),
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "shipper", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Keygen { out } => {
             let fp = crate::tls::keygen(&out)?;
             println!("{fp}");

@@ -620,6 +620,50 @@ state_dir = "state"
         assert!(e.contains("receiver.allowed_senders"), "{e}");
     }
 
+    /// The keys a table accepts, as serde lists them for an unknown key.
+    fn accepted_keys(table: &str) -> std::collections::BTreeSet<String> {
+        let e = parse(&format!("[{table}]\nzz_not_a_key = 1\n")).unwrap_err();
+        let list = e
+            .split("expected one of")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{e}"));
+        list.split('`')
+            .skip(1)
+            .step_by(2)
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The keys the README's reference documents under `### \`[table]\``.
+    fn documented_keys(table: &str) -> std::collections::BTreeSet<String> {
+        let readme = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+        let heading = format!("### `[{table}]`");
+        let section = readme.split(&heading).nth(1).expect("section in README");
+        let section = section.split("\n#").next().unwrap_or_default();
+        section
+            .lines()
+            .filter_map(|l| l.strip_prefix("| `"))
+            .filter_map(|l| l.split('`').next())
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_config_reference_matches_the_config_types() {
+        for table in ["sender", "receiver"] {
+            assert!(
+                accepted_keys(table).len() >= 6,
+                "{:?}",
+                accepted_keys(table)
+            );
+            assert_eq!(
+                documented_keys(table),
+                accepted_keys(table),
+                "README's [{table}] reference and the config type disagree"
+            );
+        }
+    }
+
     #[test]
     fn an_empty_config_is_refused() {
         let e = validate(parse("").unwrap(), Path::new("/")).unwrap_err();

@@ -140,3 +140,20 @@ fn flush_without_a_running_sender_says_so() {
         text(&out)
     );
 }
+
+#[test]
+fn man_page_and_completions_cover_every_subcommand() {
+    let man = shipper(&["man"]);
+    assert!(man.status.success());
+    let roff = String::from_utf8(man.stdout).unwrap();
+    assert!(roff.contains(".TH shipper"), "not a man page");
+    let bash = shipper(&["completions", "bash"]);
+    assert!(bash.status.success());
+    let script = String::from_utf8(bash.stdout).unwrap();
+    for sub in [
+        "run", "flush", "replay", "inspect", "status", "pause", "resume", "keygen",
+    ] {
+        assert!(roff.contains(sub), "man page lacks {sub}");
+        assert!(script.contains(sub), "completions lack {sub}");
+    }
+}
