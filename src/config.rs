@@ -53,6 +53,7 @@ pub struct RawSender {
     pub mass_delete_min: Option<usize>,
     pub key_dir: Option<PathBuf>,
     pub receiver_fingerprint: Option<String>,
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +98,8 @@ pub struct SenderConfig {
     pub mass_delete: MassDelete,
     /// Keys and the pinned receiver; `None` only for plaintext on loopback.
     pub tls: Option<SenderTls>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -315,7 +318,17 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         }
         (None, None) => None,
     };
+    let metrics = s
+        .metrics
+        .as_deref()
+        .map(|m| {
+            m.trim().parse::<SocketAddr>().map_err(|_| {
+                format!("sender.metrics = {m:?}: expected an address and port such as \"127.0.0.1:9700\"")
+            })
+        })
+        .transpose()?;
     Ok(SenderConfig {
+        metrics,
         tls,
         mass_delete,
         source: base.join(&s.source),

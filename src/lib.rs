@@ -13,7 +13,8 @@
 //! - [`proto`]: frames (pure) and the connection that carries them.
 //! - [`sender`]: the sender's loop and transport.
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
-//! - [`control`]: the local control socket (`shipper flush`).
+//! - [`control`]: the local control socket (flush, status, pause, resume).
+//! - [`metrics`]: the optional Prometheus endpoint.
 //! - [`commands`]: what each subcommand does.
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
@@ -28,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod durable;
 pub mod ledger;
+pub mod metrics;
 pub mod paths;
 pub mod proto;
 pub mod receiver;

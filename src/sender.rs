@@ -259,6 +259,19 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     // during the walk is missed.
     s.scan(source.clone());
 
+    // The metrics endpoint reads the report the housekeeping tick refreshes.
+    let (report_tx, report_rx) = tokio::sync::watch::channel(None);
+    let metrics_task = match cfg.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                report_rx,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
     let mut next_tick = s.next_tick();
     let mut housekeeping = tokio::time::interval(Duration::from_millis(500));
     loop {
@@ -325,6 +338,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             },
             _ = housekeeping.tick() => {
                 s.expire_flushes();
+                if metrics_task.is_some() {
+                    report_tx.send_replace(Some(s.status_report()));
+                }
                 if s.needs_welcome && s.seq_floor.load(Ordering::SeqCst) > 0 {
                     s.needs_welcome = false;
                     if !s.flush_queued.is_empty() {
@@ -338,6 +354,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     drop(s);
     let _ = transport_task.await;
     let _ = control_task.await;
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
     Ok(())
 }
 

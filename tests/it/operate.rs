@@ -128,3 +128,50 @@ fn log_lines_can_be_json() {
     assert_eq!(v["fields"]["seq"], 1);
     assert_eq!(v["level"], "INFO");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_the_status_figures() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let env = Env::new();
+    env.write("a.html", "x");
+    let r = env.start_receiver("").await;
+    let metrics = free_addr();
+    let s = env.start_sender(r.addr, &format!("metrics = \"{metrics}\"\n"));
+    wait_in_sync(&env).await;
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let mut body = String::new();
+        if let Ok(mut c) = tokio::net::TcpStream::connect(metrics).await {
+            c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            c.read_to_string(&mut body).await.unwrap();
+        }
+        let line = format!(
+            "shipper_receiver_bundles_shipped_total{{receiver=\"{}\"}} 1",
+            r.addr
+        );
+        if body.lines().any(|l| l == line) {
+            assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+            assert!(
+                body.contains("shipper_pending_paths{sender=\"test\"} 0"),
+                "{body}"
+            );
+            assert!(
+                body.contains(&format!(
+                    "shipper_receiver_connected{{receiver=\"{}\"}} 1",
+                    r.addr
+                )),
+                "{body}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "metrics never showed the shipped bundle:\n{body}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+    r.stop().await;
+}
