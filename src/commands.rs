@@ -341,6 +341,7 @@ pub fn replay(
     });
     let mut prev: Option<(String, u64)> = None;
     let mut done = Vec::new();
+    let bar = progress(opened.len() as u64, "replaying");
     for b in opened {
         let (sender, seq, path) = (b.manifest.sender.clone(), b.manifest.seq, b.path.clone());
         if let Some((ps, pseq)) = &prev
@@ -372,8 +373,28 @@ pub fn replay(
         );
         prev = Some((sender.clone(), seq));
         done.push((sender, a));
+        bar.inc(1);
     }
+    bar.finish_and_clear();
     Ok(done)
+}
+
+/// A progress bar on a terminal; nothing at all when stderr is not one
+/// (logs, pipes, systemd).
+fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) || len < 2 {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} bundles, {elapsed}")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    // Draw at once: short work would otherwise finish before the first frame.
+    bar.tick();
+    bar
 }
 
 /// Human description of a manifest, for `shipper inspect`.

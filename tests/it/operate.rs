@@ -175,3 +175,50 @@ async fn the_metrics_endpoint_serves_the_status_figures() {
     s.stop().await;
     r.stop().await;
 }
+
+#[test]
+fn replay_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
+    let env = Env::new();
+    let mut bundles = Vec::new();
+    for i in 0..3 {
+        env.write(&format!("f{i}.html"), "x");
+        bundles.push(
+            crate::bundles::pack(&env.src(), &env.path().join(format!("out{i}")), i + 1, &[]).path,
+        );
+    }
+    let restored = env.path().join("restored");
+    let mut cmd = vec![
+        env!("CARGO_BIN_EXE_shipper").to_string(),
+        "replay".into(),
+        "--root".into(),
+        restored.to_string_lossy().into_owned(),
+    ];
+    cmd.extend(bundles.iter().map(|b| b.to_string_lossy().into_owned()));
+    // In a pipe: no bar.
+    let piped = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(piped.status.success(), "{}", text(&piped));
+    assert!(
+        !text(&piped).contains("bundles,"),
+        "progress drawn into a pipe: {}",
+        text(&piped)
+    );
+    // On a terminal (script(1) gives it a pty): a bar.
+    let Ok(tty) = std::process::Command::new("script")
+        .args(["-qec", &cmd.join(" "), "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .output()
+    else {
+        eprintln!("SKIPPED terminal half: script(1) is not installed");
+        return;
+    };
+    assert!(tty.status.success(), "{}", text(&tty));
+    assert!(
+        text(&tty).contains("replaying"),
+        "no progress on a terminal: {}",
+        text(&tty)
+    );
+}
