@@ -38,7 +38,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawSender {
     pub source: PathBuf,
-    pub receiver: String,
+    pub receiver: OneOrMany,
     pub state_dir: PathBuf,
     pub id: Option<String>,
     pub interval: Option<String>,
@@ -52,8 +52,25 @@ pub struct RawSender {
     pub mass_delete_share: Option<f64>,
     pub mass_delete_min: Option<usize>,
     pub key_dir: Option<PathBuf>,
-    pub receiver_fingerprint: Option<String>,
+    pub receiver_fingerprint: Option<OneOrMany>,
     pub metrics: Option<String>,
+}
+
+/// A key that takes one value or a list of them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,8 +102,9 @@ pub struct Config {
 #[derive(Debug, Clone)]
 pub struct SenderConfig {
     pub source: PathBuf,
-    /// "host:port" as written; resolved at each connect so DNS changes apply.
-    pub receiver: String,
+    /// Each receiver's "host:port" as written; resolved at each connect so
+    /// DNS changes apply. Every bundle goes to each of them.
+    pub receivers: Vec<String>,
     pub state_dir: PathBuf,
     pub id: Option<String>,
     pub schedule: Schedule,
@@ -105,7 +123,8 @@ pub struct SenderConfig {
 #[derive(Debug, Clone)]
 pub struct SenderTls {
     pub key_dir: PathBuf,
-    pub receiver: Fingerprint,
+    /// The pinned fingerprint of each receiver, in the order of `receivers`.
+    pub receivers: Vec<Fingerprint>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,8 +298,25 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
     patterns.extend(s.exclude.unwrap_or_default());
     let exclude =
         Excludes::new(&patterns).map_err(|e| format!("sender.exclude: bad pattern: {e}"))?;
-    let receiver = s.receiver.trim().to_owned();
-    check_host_port("sender.receiver", &receiver)?;
+    let receivers: Vec<String> = s
+        .receiver
+        .into_vec()
+        .iter()
+        .map(|r| r.trim().to_owned())
+        .collect();
+    if receivers.is_empty() {
+        return Err("sender.receiver is an empty list: name at least one receiver".into());
+    }
+    for r in &receivers {
+        check_host_port("sender.receiver", r)?;
+    }
+    if let Some(dup) = receivers
+        .iter()
+        .enumerate()
+        .find(|(i, r)| receivers[..*i].contains(r))
+    {
+        return Err(format!("sender.receiver lists {:?} twice", dup.1));
+    }
     if let Some(id) = &s.id
         && !crate::bundle::manifest::valid_sender_id(id)
     {
@@ -299,21 +335,40 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         min: s.mass_delete_min.unwrap_or(100),
     };
     let tls = match (s.key_dir, s.receiver_fingerprint) {
-        (Some(dir), Some(fp)) => Some(SenderTls {
-            key_dir: base.join(dir),
-            receiver: fp
-                .parse()
-                .map_err(|e| format!("sender.receiver_fingerprint = {fp:?}: {e}"))?,
-        }),
+        (Some(dir), Some(fps)) => {
+            let fps = fps.into_vec();
+            let fps: Vec<String> = match fps.len() {
+                // One fingerprint pins every receiver (they share a key pair).
+                1 => vec![fps[0].clone(); receivers.len()],
+                n if n == receivers.len() => fps,
+                n => {
+                    return Err(format!(
+                        "sender.receiver_fingerprint lists {n} fingerprints for {} receivers: give one, or one per receiver in the same order",
+                        receivers.len()
+                    ));
+                }
+            };
+            let pins = fps
+                .iter()
+                .map(|fp| {
+                    fp.parse()
+                        .map_err(|e| format!("sender.receiver_fingerprint = {fp:?}: {e}"))
+                })
+                .collect::<Result<Vec<Fingerprint>, String>>()?;
+            Some(SenderTls {
+                key_dir: base.join(dir),
+                receivers: pins,
+            })
+        }
         (Some(_), None) => {
             return Err("sender.key_dir is set but sender.receiver_fingerprint is not: pin the receiver's fingerprint (printed by `shipper keygen` on the receiver)".into());
         }
         (None, Some(_)) => {
             return Err("sender.receiver_fingerprint is set but sender.key_dir is not: make keys with `shipper keygen --out DIR`".into());
         }
-        (None, None) if !host_is_loopback(&receiver) => {
+        (None, None) if let Some(remote) = receivers.iter().find(|r| !host_is_loopback(r)) => {
             return Err(format!(
-                "sender.receiver = {receiver:?} is not a loopback address, so keys are required: set sender.key_dir (made by `shipper keygen`) and sender.receiver_fingerprint"
+                "sender.receiver = {remote:?} is not a loopback address, so keys are required: set sender.key_dir (made by `shipper keygen`) and sender.receiver_fingerprint"
             ));
         }
         (None, None) => None,
@@ -332,7 +387,7 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         tls,
         mass_delete,
         source: base.join(&s.source),
-        receiver,
+        receivers,
         state_dir: base.join(&s.state_dir),
         id: s.id,
         schedule,
@@ -614,7 +669,7 @@ state_dir = "state"
         let fp = crate::tls::Fingerprint::of(b"x").to_string();
         let full = format!("{half}receiver_fingerprint = \"{fp}\"\n");
         let c = validate(parse(&full).unwrap(), Path::new("/")).unwrap();
-        assert_eq!(c.sender.unwrap().tls.unwrap().receiver.to_string(), fp);
+        assert_eq!(c.sender.unwrap().tls.unwrap().receivers[0].to_string(), fp);
         let typo = full.replace(&fp[..3], "AAA");
         let e = validate(parse(&typo).unwrap(), Path::new("/")).unwrap_err();
         assert!(e.contains("sender.receiver_fingerprint"), "{e}");
@@ -675,6 +730,28 @@ state_dir = "state"
                 "README's [{table}] reference and the config type disagree"
             );
         }
+    }
+
+    #[test]
+    fn receiver_takes_a_list_with_one_or_matching_fingerprints() {
+        let fp = crate::tls::Fingerprint::of(b"x").to_string();
+        let two = "[sender]\nsource = \"s\"\nstate_dir = \"st\"\nreceiver = [\"10.0.0.2:7700\", \"10.0.0.3:7700\"]\nkey_dir = \"k\"\n";
+        let one_pin = format!("{two}receiver_fingerprint = \"{fp}\"\n");
+        let c = validate(parse(&one_pin).unwrap(), Path::new("/"))
+            .unwrap()
+            .sender
+            .unwrap();
+        assert_eq!(c.receivers.len(), 2);
+        assert_eq!(c.tls.unwrap().receivers.len(), 2);
+        let three = format!("{two}receiver_fingerprint = [\"{fp}\", \"{fp}\", \"{fp}\"]\n");
+        let e = validate(parse(&three).unwrap(), Path::new("/")).unwrap_err();
+        assert!(e.contains("3 fingerprints for 2 receivers"), "{e}");
+        let dup = "[sender]\nsource = \"s\"\nstate_dir = \"st\"\nreceiver = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n";
+        assert!(
+            validate(parse(dup).unwrap(), Path::new("/"))
+                .unwrap_err()
+                .contains("twice")
+        );
     }
 
     #[test]

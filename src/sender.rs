@@ -7,7 +7,7 @@
 //! transport keeps one connection, re-sends what was not acknowledged and
 //! reconnects forever with capped exponential backoff.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -175,7 +175,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let shipped = ledger.files().clone();
     debug!(files = shipped.len(), "ledger loaded");
     let ledger = Arc::new(std::sync::Mutex::new(ledger));
-    info!(id = %state.id, source = %source.display(), receiver = %cfg.receiver, "sender starting");
+    info!(id = %state.id, source = %source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![state_dir.clone()];
 
@@ -195,34 +195,47 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     ));
 
-    let (bundle_tx, bundle_rx) = mpsc::channel::<Packed>(1);
+    let outbox_queue = Arc::new(Outbox::new(cfg.receivers.len()));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus {
-        receiver: cfg.receiver.clone(),
-        ..LinkStatus::default()
-    });
     let seq_floor = Arc::new(AtomicU64::new(0));
-    let tls = match &cfg.tls {
-        Some(t) => {
-            let me = crate::tls::load_identity(&t.key_dir).context("sender.key_dir")?;
-            info!(me = %me.fingerprint, receiver = %t.receiver, "TLS: receiver pinned by fingerprint");
-            Some(crate::tls::client_config(&me, t.receiver)?)
-        }
+    let identity = match &cfg.tls {
+        Some(t) => Some(crate::tls::load_identity(&t.key_dir).context("sender.key_dir")?),
         None => {
             warn!("no keys configured: sending in plaintext, allowed on loopback only");
             None
         }
     };
-    let link = Link {
-        tls,
-        receiver: cfg.receiver.clone(),
-        id: state.id.clone(),
-        ledger,
-        events: event_tx,
-        status: status_tx,
-        seq_floor: seq_floor.clone(),
-    };
-    let transport_task = tokio::spawn(transport(link, bundle_rx, shutdown.clone()));
+    // One transport per receiver, each with its own position, backoff and
+    // status: a slow or dead receiver holds back no other.
+    let mut statuses = Vec::new();
+    let mut transport_tasks = Vec::new();
+    for (i, receiver) in cfg.receivers.iter().enumerate() {
+        let tls = match (&identity, &cfg.tls) {
+            (Some(me), Some(t)) => {
+                info!(me = %me.fingerprint, receiver = %receiver, pinned = %t.receivers[i], "TLS: receiver pinned by fingerprint");
+                Some(crate::tls::client_config(me, t.receivers[i])?)
+            }
+            _ => None,
+        };
+        let (status_tx, status_rx) = tokio::sync::watch::channel(LinkStatus {
+            receiver: receiver.clone(),
+            ..LinkStatus::default()
+        });
+        statuses.push(status_rx);
+        let link = Link {
+            index: i,
+            tls,
+            receiver: receiver.clone(),
+            id: state.id.clone(),
+            ledger: ledger.clone(),
+            outbox: outbox_queue.clone(),
+            events: event_tx.clone(),
+            status: status_tx,
+            seq_floor: seq_floor.clone(),
+        };
+        transport_tasks.push(tokio::spawn(transport(link, shutdown.clone())));
+    }
+    drop(event_tx);
 
     let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
     let mut s = Sender {
@@ -237,7 +250,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         seq_floor,
         cfg: cfg.clone(),
         ignore,
-        bundle_tx,
+        outbox_queue: outbox_queue.clone(),
         packing: None,
         held: Default::default(),
         paused: state_dir.join(PAUSED_FILE).exists(),
@@ -250,7 +263,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         acked: 0,
         packed: 0,
         summaries: BTreeMap::new(),
-        status: status_rx,
+        statuses,
         needs_welcome: fresh,
     };
     // Catch-up: compare the tree with what the receiver acknowledged; with
@@ -351,8 +364,11 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         }
     }
     info!("sender stopping");
+    outbox_queue.close();
     drop(s);
-    let _ = transport_task.await;
+    for t in transport_tasks {
+        let _ = t.await;
+    }
     let _ = control_task.await;
     if let Some(t) = metrics_task {
         let _ = t.await;
@@ -386,7 +402,8 @@ struct Sender {
     seq_floor: Arc<AtomicU64>,
     cfg: SenderConfig,
     ignore: Vec<PathBuf>,
-    bundle_tx: mpsc::Sender<Packed>,
+    /// Packed bundles on their way to the receivers.
+    outbox_queue: Arc<Outbox>,
     packing: Option<JoinHandle<anyhow::Result<Report>>>,
     /// No bundles are cut while paused (kept in `state_dir/paused`).
     paused: bool,
@@ -403,7 +420,8 @@ struct Sender {
     acked: u64,
     packed: u64,
     summaries: BTreeMap<u64, Summary>,
-    status: tokio::sync::watch::Receiver<LinkStatus>,
+    /// Each receiver's link, in the order of `cfg.receivers`.
+    statuses: Vec<tokio::sync::watch::Receiver<LinkStatus>>,
     /// A sender with new state learns the receiver's last sequence before
     /// numbering its first bundle.
     needs_welcome: bool,
@@ -591,7 +609,7 @@ impl Sender {
             oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
             window_secs: self.cfg.max_delay.as_secs(),
             held_deletions: self.held.len() as u64,
-            receivers: vec![self.status.borrow().clone()],
+            receivers: self.statuses.iter().map(|s| s.borrow().clone()).collect(),
         }
     }
 
@@ -688,7 +706,7 @@ impl Sender {
             chunk_size: self.cfg.chunk_size,
             max_bundle_size: self.cfg.max_bundle_size,
         };
-        let tx = self.bundle_tx.clone();
+        let queue = self.outbox_queue.clone();
         let floor = self.seq_floor.clone();
         let touched = self.touched.clone();
         touched.lock().unwrap_or_else(|e| e.into_inner()).clear();
@@ -713,8 +731,7 @@ impl Sender {
                     size = p.size,
                     "bundle packed"
                 );
-                tx.blocking_send(p)
-                    .map_err(|_| std::io::Error::other("transport stopped"))
+                queue.push(p)
             };
             let mut packer = Packer {
                 source: &source,
@@ -841,13 +858,20 @@ impl Sender {
     /// Answer flushes whose time ran out with what stands in the way.
     fn expire_flushes(&mut self) {
         let now = Instant::now();
-        let why = self
-            .status
-            .borrow()
-            .last_error
-            .clone()
-            .unwrap_or_else(|| "no acknowledgement yet".into());
-        let receiver = self.cfg.receiver.clone();
+        let behind = |target: Option<u64>| -> String {
+            self.statuses
+                .iter()
+                .map(|s| s.borrow().clone())
+                .filter(|l| target.is_none() || l.last_ack_seq.is_none_or(|a| Some(a) < target))
+                .map(|l| {
+                    let why = l
+                        .last_error
+                        .unwrap_or_else(|| "no acknowledgement yet".into());
+                    format!("receiver {}: {why}", l.receiver)
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         let expire = |list: Vec<FlushWait>| -> Vec<FlushWait> {
             let mut keep = Vec::new();
             for f in list {
@@ -856,11 +880,11 @@ impl Sender {
                     continue;
                 }
                 let what = match f.target {
-                    Some(t) => format!("did not acknowledge sequence {t} in time"),
-                    None => "was not reached in time".to_owned(),
+                    Some(t) => format!("sequence {t} was not acknowledged in time"),
+                    None => "the receivers were not reached in time".to_owned(),
                 };
                 let _ = f.reply.send(Response::Error {
-                    message: format!("receiver {receiver} {what}: {why}"),
+                    message: format!("{what}: {}", behind(f.target)),
                 });
             }
             keep
@@ -974,12 +998,123 @@ async fn send_bundle(conn: &mut Connection<Stream>, b: &Packed) -> Result<(), Co
     }
 }
 
-/// What the transport task talks to besides the socket.
+/// Bundles packed and not yet acknowledged by every receiver, shared by the
+/// packer (which adds) and the transports (which send from their own
+/// positions). A bundle leaves once all receivers acknowledged it.
+pub struct Outbox {
+    state: std::sync::Mutex<OutboxState>,
+    /// Wakes the packer waiting for room.
+    room: std::sync::Condvar,
+    /// Wakes transports waiting for a bundle.
+    arrived: tokio::sync::Notify,
+}
+
+struct OutboxState {
+    bundles: BTreeMap<u64, Packed>,
+    /// Per receiver: the highest sequence it acknowledged (or had applied).
+    acked: Vec<u64>,
+    connected: Vec<bool>,
+    closed: bool,
+}
+
+/// Bundles a connected receiver may have waiting before the packer pauses.
+const WINDOW: usize = 2;
+
+impl Outbox {
+    pub fn new(receivers: usize) -> Self {
+        Self {
+            state: std::sync::Mutex::new(OutboxState {
+                bundles: BTreeMap::new(),
+                acked: vec![0; receivers],
+                connected: vec![false; receivers],
+                closed: false,
+            }),
+            room: std::sync::Condvar::new(),
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a bundle; blocks while the most advanced connected receiver (or,
+    /// with none connected, the outbox itself) already has `WINDOW` waiting.
+    /// A receiver that is down holds back nobody; its bundles wait here.
+    pub fn push(&self, p: Packed) -> std::io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                return Err(std::io::Error::other("sender stopping"));
+            }
+            let front = st
+                .acked
+                .iter()
+                .zip(&st.connected)
+                .filter(|(_, c)| **c)
+                .map(|(a, _)| *a)
+                .max();
+            let waiting = match front {
+                Some(a) => st.bundles.range(a + 1..).count(),
+                None => st.bundles.len(),
+            };
+            if waiting < WINDOW {
+                break;
+            }
+            st = self
+                .room
+                .wait_timeout(st, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        st.bundles.insert(p.seq, p);
+        drop(st);
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    /// The first bundle receiver `i` has not acknowledged.
+    fn next_for(&self, i: usize) -> Option<Packed> {
+        let st = self.lock();
+        st.bundles
+            .range(st.acked[i] + 1..)
+            .next()
+            .map(|(_, p)| p.clone())
+    }
+
+    fn set_connected(&self, i: usize, up: bool) {
+        self.lock().connected[i] = up;
+        self.room.notify_all();
+    }
+
+    /// Receiver `i` has everything up to `seq`. Returns the bundles every
+    /// receiver now has, which leave the outbox.
+    fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
+        let mut st = self.lock();
+        st.acked[i] = st.acked[i].max(seq);
+        let all = st.acked.iter().copied().min().unwrap_or(0);
+        let rest = st.bundles.split_off(&(all + 1));
+        let done = std::mem::replace(&mut st.bundles, rest);
+        drop(st);
+        self.room.notify_all();
+        done.into_values().collect()
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_all();
+        self.arrived.notify_waiters();
+    }
+}
+
+/// What one receiver's transport task talks to besides the socket.
 struct Link {
+    index: usize,
     receiver: String,
     id: String,
-    /// Acknowledged bundles are recorded here before they are let go.
+    /// Bundles every receiver acknowledged are recorded here before they are let go.
     ledger: Arc<std::sync::Mutex<Ledger>>,
+    outbox: Arc<Outbox>,
     events: mpsc::UnboundedSender<TransportEvent>,
     status: tokio::sync::watch::Sender<LinkStatus>,
     /// The receiver's last applied sequence + 1, learnt at each handshake.
@@ -988,17 +1123,18 @@ struct Link {
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
-async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: CancellationToken) {
+async fn transport(link: Link, shutdown: CancellationToken) {
     let Link {
+        index,
         receiver,
         id,
         ledger,
+        outbox,
         events,
         status,
         seq_floor,
         tls,
     } = link;
-    let mut queue: VecDeque<Packed> = VecDeque::new();
     let mut backoff = Backoff::default();
     let mut down_reported: Option<String> = None;
     loop {
@@ -1032,6 +1168,9 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
             debug!(peer = %receiver, last_applied, "connected");
         }
         seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
+        // What it applied before a lost acknowledgement counts as acknowledged.
+        release(outbox.ack(index, last_applied), &events, &ledger).await;
+        outbox.set_connected(index, true);
         let _ = events.send(TransportEvent::Connected);
         status.send_modify(|s| {
             s.connected = true;
@@ -1039,21 +1178,18 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
         });
         backoff.reset();
         loop {
-            if queue.is_empty() {
+            let b = loop {
+                let arrived = outbox.arrived.notified();
+                if let Some(b) = outbox.next_for(index) {
+                    break b;
+                }
                 tokio::select! {
                     _ = shutdown.cancelled() => return,
-                    b = rx.recv() => match b {
-                        Some(b) => queue.push_back(b),
-                        None => return,
-                    },
+                    _ = arrived => {}
+                    // Belt and braces against a missed wake-up.
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
-            }
-            let b = queue.front().expect("queue not empty").clone();
-            if b.seq <= last_applied {
-                // Applied before a lost acknowledgement: done.
-                acked(&mut queue, &events, &ledger).await;
-                continue;
-            }
+            };
             let started = Instant::now();
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -1062,6 +1198,7 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
             match result {
                 Ok(()) => {
                     info!(
+                        peer = %receiver,
                         seq = b.seq,
                         files = b.summary.files,
                         deletions = b.summary.deletions,
@@ -1075,9 +1212,10 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
                         s.bundles_shipped += 1;
                         s.bytes_shipped += b.size;
                     });
-                    acked(&mut queue, &events, &ledger).await;
+                    release(outbox.ack(index, b.seq), &events, &ledger).await;
                 }
                 Err(e) => {
+                    outbox.set_connected(index, false);
                     let e = format!("sequence {}: {e}", b.seq);
                     if down_reported.as_deref() != Some(&e) {
                         warn!(peer = %receiver, error = %e, "bundle not acknowledged; will reconnect and re-send");
@@ -1100,31 +1238,33 @@ async fn transport(link: Link, mut rx: mpsc::Receiver<Packed>, shutdown: Cancell
     }
 }
 
-/// The front bundle was acknowledged: record it durably, then let go of it.
-async fn acked(
-    queue: &mut VecDeque<Packed>,
+/// Bundles every receiver acknowledged: record each durably in the ledger,
+/// then let it go.
+async fn release(
+    done: Vec<Packed>,
     events: &mpsc::UnboundedSender<TransportEvent>,
     ledger: &Arc<std::sync::Mutex<Ledger>>,
 ) {
-    let Some(b) = queue.pop_front() else { return };
-    let record = AckRecord {
-        seq: b.seq,
-        changes: b.changes,
-    };
-    let ledger = ledger.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        ledger
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(record)
-    })
-    .await;
-    if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
-        // The receiver has it; only a restart would re-ship it needlessly.
-        warn!(seq = b.seq, error = %e, "could not record an acknowledged bundle in the ledger");
+    for b in done {
+        let record = AckRecord {
+            seq: b.seq,
+            changes: b.changes,
+        };
+        let ledger = ledger.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(record)
+        })
+        .await;
+        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+            // The receivers have it; only a restart would re-ship it needlessly.
+            warn!(seq = b.seq, error = %e, "could not record an acknowledged bundle in the ledger");
+        }
+        let _ = std::fs::remove_file(&b.path);
+        let _ = events.send(TransportEvent::Acked { seq: b.seq });
     }
-    let _ = std::fs::remove_file(&b.path);
-    let _ = events.send(TransportEvent::Acked { seq: b.seq });
 }
 
 /// True when deleting `deletions` of `shipped` files is a mass deletion:

@@ -222,3 +222,90 @@ fn replay_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
         text(&tty)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
+    let env = Env::new();
+    let second = env.path().join("second");
+    std::fs::create_dir_all(&second).unwrap();
+    let first = env.start_receiver("").await;
+    // A second receiver with its own root and state, on a fixed port.
+    let addr2 = free_addr();
+    let start_second = |env: &Env| {
+        let text = format!(
+            "[receiver]\nlisten = \"{addr2}\"\nroot = \"second/www\"\nstate_dir = \"second/state\"\narchive_dir = \"second/archive\"\n"
+        );
+        let cfg = env.config(&text).receiver.unwrap();
+        async move {
+            let (r, l) = shipper::receiver::Receiver::bind(cfg).await.unwrap();
+            let stop = tokio_util::sync::CancellationToken::new();
+            let st = stop.clone();
+            let task = tokio::spawn(async move {
+                r.serve(l, st).await;
+                Ok(())
+            });
+            Role {
+                addr: addr2,
+                stop,
+                task,
+            }
+        }
+    };
+    let r2 = start_second(&env).await;
+    env.write("both.html", "to both");
+    let extra = format!("receiver = [\"{}\", \"{addr2}\"]\n", first.addr);
+    let toml = env
+        .sender_toml("unused:1", "")
+        .replace("receiver = \"unused:1\"\n", "")
+        .replace("[sender]\n", &format!("[sender]\n{extra}"));
+    let cfg = env.config(&toml).sender.unwrap();
+    assert_eq!(cfg.receivers.len(), 2);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
+    let s = Role {
+        addr: first.addr,
+        stop,
+        task,
+    };
+    let root2 = second.join("www");
+    wait_until("both receivers have the file", || {
+        env.root().join("both.html").exists() && root2.join("both.html").exists()
+    })
+    .await;
+
+    // The second receiver dies; the first keeps getting every change.
+    r2.stop().await;
+    for i in 0..5 {
+        env.write(&format!("while-down-{i}.html"), format!("{i}"));
+    }
+    wait_until("first receiver in sync while the second is down", || {
+        tree(&env.root()) == tree(&env.src())
+    })
+    .await;
+    assert!(!root2.join("while-down-0.html").exists());
+
+    // Status shows one receiver up and one down.
+    let file = env.config_file("sender.toml", &toml);
+    let out = tokio::task::spawn_blocking(move || {
+        shipper(&["status", "--config", file.to_str().unwrap(), "--json"])
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        v["receivers"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        text(&out)
+    );
+
+    // It returns and catches up.
+    let r2 = start_second(&env).await;
+    wait_until("second receiver caught up", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+    s.stop().await;
+    r2.stop().await;
+    first.stop().await;
+}
