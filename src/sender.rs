@@ -100,6 +100,9 @@ fn generated_id() -> String {
     }
 }
 
+/// A first ship at least this large gets a progress bar on a terminal.
+const FIRST_SHIP_BAR_BYTES: u64 = 64 << 20;
+
 /// Marks a paused sender, so a pause outlives a restart.
 const PAUSED_FILE: &str = "paused";
 
@@ -253,6 +256,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         outbox_queue: outbox_queue.clone(),
         packing: None,
         held: Default::default(),
+        first_ship: None,
+        caught_up_once: false,
         paused: state_dir.join(PAUSED_FILE).exists(),
         touched: Default::default(),
         touched_active: false,
@@ -405,6 +410,9 @@ struct Sender {
     /// Packed bundles on their way to the receivers.
     outbox_queue: Arc<Outbox>,
     packing: Option<JoinHandle<anyhow::Result<Report>>>,
+    /// Progress of the first ship after start, on a terminal.
+    first_ship: Option<indicatif::ProgressBar>,
+    caught_up_once: bool,
     /// No bundles are cut while paused (kept in `state_dir/paused`).
     paused: bool,
     /// Paths an event touched while a pack runs; the packer leaves them pending.
@@ -543,6 +551,27 @@ impl Sender {
         for p in &gone {
             // Gone before the walk reached it: nothing left to settle.
             self.changes.removed(p, quiet_since);
+        }
+        if walk.dir.is_none() && !self.caught_up_once {
+            self.caught_up_once = true;
+            let bytes: u64 = walk
+                .files
+                .iter()
+                .filter(|(p, stat)| !self.shipped.get(p).is_some_and(|m| stat.matches(m)))
+                .map(|(_, stat)| stat.size)
+                .sum();
+            // Long first ships show progress on a terminal; logs stay plain.
+            if bytes >= FIRST_SHIP_BAR_BYTES && std::io::IsTerminal::is_terminal(&std::io::stderr())
+            {
+                let bar = indicatif::ProgressBar::new(bytes);
+                if let Ok(style) = indicatif::ProgressStyle::with_template(
+                    "first ship {bar:40} {bytes}/{total_bytes} {bytes_per_sec}, {eta} left",
+                ) {
+                    bar.set_style(style);
+                }
+                bar.tick();
+                self.first_ship = Some(bar);
+            }
         }
         if walk.dir.is_none() {
             info!(
@@ -813,6 +842,15 @@ impl Sender {
 
     fn on_acked(&mut self, seq: u64) {
         self.acked = self.acked.max(seq);
+        if let Some(bar) = &self.first_ship {
+            if let Some(s) = self.summaries.get(&seq) {
+                bar.inc(s.bytes);
+            }
+            if bar.position() >= bar.length().unwrap_or(0) {
+                bar.finish_and_clear();
+                self.first_ship = None;
+            }
+        }
         self.answer_flushes();
         // Keep summaries only for what a waiting flush may still report.
         let keep_from = self

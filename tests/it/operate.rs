@@ -309,3 +309,43 @@ async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
     r2.stop().await;
     first.stop().await;
 }
+
+#[test]
+fn a_long_first_ship_shows_progress_on_a_terminal_only() {
+    let env = Env::new();
+    env.write("media/big.bin", noise(80 << 20, 5));
+    // Both roles in one process, on loopback, from a config file.
+    let addr = free_addr();
+    let both = format!(
+        "{}\n{}",
+        env.sender_toml(&addr.to_string(), ""),
+        env.receiver_toml(&addr.to_string(), "")
+    );
+    let file = env.config_file("both.toml", &both);
+    // Run until the file is in root (at most 60 s), then stop it.
+    let run = format!(
+        "{} run --config {} & pid=$!; for i in $(seq 600); do [ -f {} ] && break; sleep 0.1; done; kill $pid; wait $pid",
+        env!("CARGO_BIN_EXE_shipper"),
+        file.display(),
+        env.root().join("media/big.bin").display()
+    );
+    let Ok(tty) = std::process::Command::new("script")
+        .args(["-qec", &run, "/dev/null"])
+        .env("RUST_LOG", "warn")
+        .output()
+    else {
+        eprintln!("SKIPPED: script(1) is not installed");
+        return;
+    };
+    assert!(
+        text(&tty).contains("first ship"),
+        "no progress bar on a terminal: {}",
+        text(&tty)
+    );
+    assert_eq!(
+        std::fs::read(env.root().join("media/big.bin"))
+            .unwrap()
+            .len(),
+        80 << 20
+    );
+}
