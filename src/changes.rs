@@ -48,6 +48,8 @@ struct Entry {
     last: Instant,
     /// A writer wrote and has not been seen closing the file.
     writing: bool,
+    /// When a writer was last seen closing it.
+    closed_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +82,15 @@ impl ChangeSet {
         let e = self.entry(path, Op::Upsert, now);
         e.last = now;
         e.writing = false;
+        e.closed_at = Some(now);
+    }
+
+    /// Whether a writer closed `path` at or after `t`.
+    pub fn closed_since(&self, path: &str, t: Instant) -> bool {
+        self.entries
+            .get(path)
+            .and_then(|e| e.closed_at)
+            .is_some_and(|c| c >= t)
     }
 
     /// `path` was removed (or renamed away).
@@ -96,6 +107,7 @@ impl ChangeSet {
             first: now,
             last: now,
             writing: false,
+            closed_at: None,
         })
     }
 
@@ -356,6 +368,18 @@ mod tests {
         cs.changed("a", true, t0);
         cs.writers_unknown();
         assert_eq!(cs.take_due(t0 + SETTLE, t0 + SETTLE + TICK, false).len(), 1);
+    }
+
+    #[test]
+    fn a_close_is_remembered_for_later_writer_reports() {
+        // Regression: a walk reported a file open for writing, its close
+        // event was handled first, and the stale report then held the path
+        // as "being written" until max_delay.
+        let (mut cs, t0) = set();
+        cs.closed("a", t0 + s(1));
+        assert!(cs.closed_since("a", t0));
+        assert!(!cs.closed_since("a", t0 + s(2)));
+        assert!(!cs.closed_since("b", t0));
     }
 
     #[test]

@@ -519,8 +519,12 @@ impl Sender {
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
             if !self.shipped.get(path).is_some_and(|m| stat.matches(m)) {
-                // Still open for writing: hold it until its close event.
-                if walk.writers.contains(path) {
+                // Still open for writing: hold it until its close event,
+                // unless that close was already seen after the report.
+                let closed_since = walk
+                    .writers_at
+                    .is_some_and(|t| self.changes.closed_since(path, t));
+                if walk.writers.contains(path) && !closed_since {
                     self.changes.changed(path, true, now);
                     queued += 1;
                     found.insert(path.as_str());

@@ -215,8 +215,10 @@ pub struct Walk {
     pub dirs: u64,
     /// How long the walk took.
     pub took: std::time::Duration,
-    /// Files some process holds open for writing, where the OS tells.
+    /// Files some process holds open for writing, where the OS tells…
     pub writers: std::collections::HashSet<String>,
+    /// …as of this moment (a close seen after it supersedes the report).
+    pub writers_at: Option<std::time::Instant>,
 }
 
 /// Walk `dir` (below `base`): every regular file not excluded, in shipped
@@ -249,6 +251,7 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
             out.files.push((rel, FileStat::of(&md)));
         }
     }
+    out.writers_at = Some(std::time::Instant::now());
     out.writers = open_for_writing(base);
     out.took = started.elapsed();
     out
