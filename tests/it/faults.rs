@@ -195,10 +195,19 @@ async fn kill_9_of_either_side_under_load_loses_nothing() {
             break;
         }
         if Instant::now() > end {
+            let (a, b) = (tree(&env.src()), tree(&env.root()));
+            let differ: Vec<&String> = a
+                .keys()
+                .chain(b.keys())
+                .filter(|k| a.get(*k) != b.get(*k))
+                .take(10)
+                .collect();
+            let status = shipper(&["status", "--config", send_cfg.to_str().unwrap(), "--json"]);
             let _ = sender.kill();
             let _ = receiver.kill();
             panic!(
-                "not in sync after {sender_kills} sender and {receiver_kills} receiver kills (seed {seed:#x})\nsender log:\n{}\nreceiver log:\n{}",
+                "not in sync after {sender_kills} sender and {receiver_kills} receiver kills (seed {seed:#x})\ndiffering: {differ:?}\nstatus: {}\nsender log:\n{}\nreceiver log:\n{}",
+                text(&status),
                 tail(&send_log),
                 tail(&recv_log)
             );
