@@ -222,6 +222,7 @@ mod tests {
             mtime_nsec: 2,
             mode: 0o644,
             hash: "00".repeat(32),
+            racy: false,
         }
     }
 

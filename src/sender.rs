@@ -518,7 +518,12 @@ impl Sender {
         // long already: it counts as settled at once.
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
-            if !self.shipped.get(path).is_some_and(|m| stat.matches(m)) {
+            // A racy entry's stat proves nothing: let the packer compare content.
+            if !self
+                .shipped
+                .get(path)
+                .is_some_and(|m| stat.matches(m) && !m.racy)
+            {
                 // Still open for writing: hold it until its close event,
                 // unless that close was already seen after the report.
                 let closed_since = walk

@@ -46,6 +46,11 @@ pub struct FileMeta {
     pub mode: u32,
     /// BLAKE3 of the content, hex.
     pub hash: String,
+    /// Packed so soon after its last write that a rewrite within the same
+    /// tick of the filesystem clock would keep size and mtime: a later
+    /// comparison must look at the content, not just the stat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub racy: bool,
 }
 
 /// A whole file stored as the zip entry named by its path.
@@ -88,6 +93,7 @@ impl FileEntry {
             mtime_nsec: self.mtime_nsec,
             mode: self.mode,
             hash: self.hash.clone(),
+            racy: false,
         }
     }
 }

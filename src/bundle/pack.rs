@@ -336,7 +336,9 @@ impl Packer<'_> {
                     b.summary.files += 1;
                     b.summary.bytes += entry.size;
                     b.used += need(&rel, entry.size);
-                    b.changes.push((rel, Some(entry.meta())));
+                    let mut meta = entry.meta();
+                    meta.racy = modified_within(&stamp_of(&entry), RACY_WINDOW);
+                    b.changes.push((rel, Some(meta)));
                     b.manifest.files.push(entry);
                 }
             }
@@ -397,7 +399,9 @@ impl Packer<'_> {
                     mode: stamp.mode,
                     hash,
                 };
-                b.changes.push((rel.to_owned(), Some(entry.meta())));
+                let mut meta = entry.meta();
+                meta.racy = modified_within(&stamp, RACY_WINDOW);
+                b.changes.push((rel.to_owned(), Some(meta)));
                 b.manifest.files.push(entry);
                 b.summary.files += 1;
                 b.summary.bytes += stamp.size;
@@ -496,6 +500,7 @@ impl Packer<'_> {
                         mtime_nsec: stamp.mtime_nsec,
                         mode: stamp.mode,
                         hash,
+                        racy: modified_within(&stamp, RACY_WINDOW),
                     }),
                 ));
             }
@@ -594,6 +599,20 @@ impl Packer<'_> {
 
 pub fn bundle_file_name(seq: u64) -> String {
     format!("{seq:020}.zip")
+}
+
+/// A file packed within this long of its last write is recorded as racy.
+const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn stamp_of(e: &FileEntry) -> Stamp {
+    Stamp {
+        dev: 0,
+        ino: 0,
+        size: e.size,
+        mtime: e.mtime,
+        mtime_nsec: e.mtime_nsec,
+        mode: e.mode,
+    }
 }
 
 /// True when the file's mtime lies within `window` before now. A future
