@@ -8,7 +8,6 @@
 //! work) therefore cannot redirect a write or a deletion outside root: it
 //! is refused. Paths given here have already passed [`crate::paths::validate`].
 
-use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -59,23 +58,16 @@ impl Root {
     /// `create`, missing directories are made and a non-directory in the way
     /// is removed (the shipped tree has a directory there). Returns `None`
     /// when, without `create`, a component is missing or not a directory.
-    fn open_dir(
-        &self,
-        comps: &[&str],
-        create: bool,
-        dirty: &mut BTreeSet<String>,
-    ) -> Result<Option<OwnedFd>, BeneathError> {
+    fn open_dir(&self, comps: &[&str], create: bool) -> Result<Option<OwnedFd>, BeneathError> {
         let mut cur: Option<OwnedFd> = None;
         for (i, c) in comps.iter().enumerate() {
             let here = comps[..=i].join("/");
-            let parent_rel = comps[..i].join("/");
             let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
             let next = match rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) if create => {
                     rustix::fs::mkdirat(parent, *c, Mode::from_raw_mode(0o755))
                         .map_err(|e| self.err(&here, e))?;
-                    dirty.insert(parent_rel);
                     rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty())
                         .map_err(|e| self.err(&here, e))?
                 }
@@ -91,7 +83,6 @@ impl Root {
                                 .map_err(|e| self.err(&here, e))?;
                             rustix::fs::mkdirat(parent, *c, Mode::from_raw_mode(0o755))
                                 .map_err(|e| self.err(&here, e))?;
-                            dirty.insert(parent_rel);
                             rustix::fs::openat(parent, *c, DIR_FLAGS, Mode::empty())
                                 .map_err(|e| self.err(&here, e))?
                         }
@@ -112,8 +103,7 @@ impl Root {
     /// before its first change, so a refusal leaves root as it was.
     pub fn check(&self, rel: &str) -> Result<(), BeneathError> {
         let (dir_comps, _) = split(rel);
-        self.open_dir(&dir_comps, false, &mut BTreeSet::new())
-            .map(|_| ())
+        self.open_dir(&dir_comps, false).map(|_| ())
     }
 
     /// Move `staged` (a file in `staged_dir`) to `rel` below root in one
@@ -123,11 +113,10 @@ impl Root {
         rel: &str,
         staged_dir: &OwnedFd,
         staged: &str,
-        dirty: &mut BTreeSet<String>,
     ) -> Result<(), BeneathError> {
         let (dir_comps, name) = split(rel);
         let parent = self
-            .open_dir(&dir_comps, true, dirty)?
+            .open_dir(&dir_comps, true)?
             .expect("created when missing");
         if let Ok(st) = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW)
             && FileType::from_raw_mode(st.st_mode) == FileType::Directory
@@ -136,15 +125,14 @@ impl Root {
             remove_tree_at(&parent, name).map_err(|e| self.err(rel, e))?;
         }
         rustix::fs::renameat(staged_dir, staged, &parent, name).map_err(|e| self.err(rel, e))?;
-        dirty.insert(dir_comps.join("/"));
         Ok(())
     }
 
     /// Remove `rel` (a file, a symlink, or a whole directory) and then the
     /// directories this emptied. Missing is fine.
-    pub fn delete(&self, rel: &str, dirty: &mut BTreeSet<String>) -> Result<(), BeneathError> {
+    pub fn delete(&self, rel: &str) -> Result<(), BeneathError> {
         let (dir_comps, name) = split(rel);
-        let Some(parent) = self.open_dir(&dir_comps, false, dirty)? else {
+        let Some(parent) = self.open_dir(&dir_comps, false)? else {
             return Ok(()); // a parent is gone: so is the path
         };
         match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
@@ -156,16 +144,14 @@ impl Root {
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(self.err(rel, e)),
         }
-        dirty.insert(dir_comps.join("/"));
         // Prune directories the deletion emptied, deepest first, never root.
         for depth in (1..=dir_comps.len()).rev() {
-            let Some(up) = self.open_dir(&dir_comps[..depth - 1], false, dirty)? else {
+            let Some(up) = self.open_dir(&dir_comps[..depth - 1], false)? else {
                 break;
             };
             if rustix::fs::unlinkat(&up, dir_comps[depth - 1], AtFlags::REMOVEDIR).is_err() {
                 break;
             }
-            dirty.insert(dir_comps[..depth - 1].join("/"));
         }
         Ok(())
     }
@@ -174,23 +160,6 @@ impl Root {
     /// unlinks) in one call.
     pub fn syncfs(&self) -> Result<(), BeneathError> {
         rustix::fs::syncfs(&self.fd).map_err(|e| self.err("", e))
-    }
-
-    /// fsync each directory in `dirty` that still exists (relative paths;
-    /// "" is root), so renames and unlinks survive a crash.
-    pub fn sync_dirs(&self, dirty: &BTreeSet<String>) -> Result<(), BeneathError> {
-        let mut scratch = BTreeSet::new();
-        for d in dirty {
-            let comps: Vec<&str> = if d.is_empty() {
-                Vec::new()
-            } else {
-                d.split('/').collect()
-            };
-            if let Some(fd) = self.open_dir(&comps, false, &mut scratch)? {
-                rustix::fs::fsync(&fd).map_err(|e| self.err(d, e))?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -260,40 +229,36 @@ mod tests {
     #[test]
     fn publish_creates_parents_and_replaces_a_directory_in_the_way() {
         let (t, root, stage) = setup();
-        let mut dirty = BTreeSet::new();
         std::fs::create_dir_all(t.path().join("root/a/b/c")).unwrap();
         std::fs::write(t.path().join("root/a/b/c/x"), "old").unwrap();
         std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-        root.publish("a/b", &stage, "f0", &mut dirty).unwrap();
+        root.publish("a/b", &stage, "f0").unwrap();
         assert_eq!(std::fs::read(t.path().join("root/a/b")).unwrap(), b"new");
         std::fs::write(t.path().join("stage/f1"), "deep").unwrap();
-        root.publish("n/e/w.txt", &stage, "f1", &mut dirty).unwrap();
+        root.publish("n/e/w.txt", &stage, "f1").unwrap();
         assert_eq!(
             std::fs::read(t.path().join("root/n/e/w.txt")).unwrap(),
             b"deep"
         );
-        root.sync_dirs(&dirty).unwrap();
+        root.syncfs().unwrap();
     }
 
     #[test]
     fn a_symlink_inside_root_cannot_redirect_a_write_or_a_delete() {
         let (t, root, stage) = setup();
-        let mut dirty = BTreeSet::new();
         std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/link")).unwrap();
         std::fs::write(t.path().join("stage/f0"), "evil").unwrap();
-        let e = root
-            .publish("link/victim", &stage, "f0", &mut dirty)
-            .unwrap_err();
+        let e = root.publish("link/victim", &stage, "f0").unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
-        let e = root.delete("link/victim", &mut dirty).unwrap_err();
+        let e = root.delete("link/victim").unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
         assert_eq!(
             std::fs::read(t.path().join("outside/victim")).unwrap(),
             b"keep"
         );
         // Deleting the symlink itself removes the link, not its target.
-        root.delete("link", &mut dirty).unwrap();
+        root.delete("link").unwrap();
         assert!(t.path().join("outside/victim").exists());
         assert!(!t.path().join("root/link").exists());
     }
@@ -301,12 +266,11 @@ mod tests {
     #[test]
     fn deleting_a_tree_with_a_symlink_inside_leaves_the_target_alone() {
         let (t, root, _stage) = setup();
-        let mut dirty = BTreeSet::new();
         std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
         std::fs::create_dir_all(t.path().join("root/d/e")).unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/d/e/out"))
             .unwrap();
-        root.delete("d", &mut dirty).unwrap();
+        root.delete("d").unwrap();
         assert!(!t.path().join("root/d").exists());
         assert_eq!(
             std::fs::read(t.path().join("outside/victim")).unwrap(),
@@ -317,13 +281,12 @@ mod tests {
     #[test]
     fn delete_prunes_emptied_directories_but_never_root() {
         let (t, root, _stage) = setup();
-        let mut dirty = BTreeSet::new();
         std::fs::create_dir_all(t.path().join("root/a/b")).unwrap();
         std::fs::write(t.path().join("root/a/b/f"), "x").unwrap();
         std::fs::write(t.path().join("root/keep"), "x").unwrap();
-        root.delete("a/b/f", &mut dirty).unwrap();
+        root.delete("a/b/f").unwrap();
         assert!(!t.path().join("root/a").exists());
         assert!(t.path().join("root").exists());
-        root.delete("missing/x", &mut dirty).unwrap();
+        root.delete("missing/x").unwrap();
     }
 }

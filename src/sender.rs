@@ -513,7 +513,6 @@ impl Sender {
         let now = Instant::now();
         let mut queued = 0u64;
         let mut found = std::collections::HashSet::with_capacity(walk.files.len());
-        let wall = std::time::SystemTime::now();
         // A file last modified longer than `settle` ago has been quiet that
         // long already: it counts as settled at once.
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
@@ -535,12 +534,12 @@ impl Sender {
                     found.insert(path.as_str());
                     continue;
                 }
-                let quiet = u64::try_from(stat.mtime).ok().is_some_and(|secs| {
-                    let modified = std::time::UNIX_EPOCH
-                        + Duration::new(secs, stat.mtime_nsec.min(999_999_999));
-                    wall.duration_since(modified)
-                        .is_ok_and(|age| age >= self.cfg.settle)
-                });
+                // The same test the packer applies (a future mtime proves nothing).
+                let quiet = !crate::bundle::pack::modified_within(
+                    stat.mtime,
+                    stat.mtime_nsec,
+                    self.cfg.settle,
+                );
                 self.changes
                     .changed(path, false, if quiet { quiet_since } else { now });
                 queued += 1;

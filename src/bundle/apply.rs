@@ -9,7 +9,6 @@
 //! root sees each file as its old or its new version, never a partial one
 //! and never a temporary name. Blocking: run it off the async runtime.
 
-use std::collections::BTreeSet;
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -357,14 +356,12 @@ fn stage_and_publish(
     for rel in m.deletions.iter().chain(staged.iter().map(|(rel, _)| rel)) {
         root.check(rel).map_err(beneath_err)?;
     }
-    let mut dirty: BTreeSet<String> = BTreeSet::new();
     for d in &m.deletions {
-        root.delete(d, &mut dirty).map_err(beneath_err)?;
+        root.delete(d).map_err(beneath_err)?;
     }
     for (rel, src) in &staged {
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        root.publish(rel, &stage_fd, name, &mut dirty)
-            .map_err(beneath_err)?;
+        root.publish(rel, &stage_fd, name).map_err(beneath_err)?;
     }
     for set in &completed {
         drop_part_set(&target.parts, set);

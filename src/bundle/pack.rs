@@ -267,7 +267,9 @@ impl Packer<'_> {
                 continue;
             }
             if (self.touched)(&item.path)
-                || item.quiet_for.is_some_and(|q| modified_within(&stamp, q))
+                || item
+                    .quiet_for
+                    .is_some_and(|q| modified_within(stamp.mtime, stamp.mtime_nsec, q))
             {
                 report.requeue.push(item.path.clone());
                 continue;
@@ -337,7 +339,7 @@ impl Packer<'_> {
                     b.summary.bytes += entry.size;
                     b.used += need(&rel, entry.size);
                     let mut meta = entry.meta();
-                    meta.racy = modified_within(&stamp_of(&entry), RACY_WINDOW);
+                    meta.racy = modified_within(entry.mtime, entry.mtime_nsec, RACY_WINDOW);
                     b.changes.push((rel, Some(meta)));
                     b.manifest.files.push(entry);
                 }
@@ -377,13 +379,8 @@ impl Packer<'_> {
             &mut b.zip,
             &mut [&mut hasher],
             buf,
+            &|| (self.touched)(rel),
         )?;
-        // An event during the read: a writer is at it again.
-        let outcome = if (self.touched)(rel) {
-            Outcome::Torn
-        } else {
-            outcome
-        };
         match outcome {
             Outcome::Torn => {
                 b.zip.abort_file().map_err(zip_err)?;
@@ -400,7 +397,7 @@ impl Packer<'_> {
                     hash,
                 };
                 let mut meta = entry.meta();
-                meta.racy = modified_within(&stamp, RACY_WINDOW);
+                meta.racy = modified_within(stamp.mtime, stamp.mtime_nsec, RACY_WINDOW);
                 b.changes.push((rel.to_owned(), Some(meta)));
                 b.manifest.files.push(entry);
                 b.summary.files += 1;
@@ -454,12 +451,8 @@ impl Packer<'_> {
                 &mut b.zip,
                 &mut [&mut part, &mut whole],
                 buf,
+                &|| (self.touched)(rel),
             )?;
-            let outcome = if (self.touched)(rel) {
-                Outcome::Torn
-            } else {
-                outcome
-            };
             match outcome {
                 Outcome::Torn => {
                     b.zip.abort_file().map_err(zip_err)?;
@@ -500,7 +493,7 @@ impl Packer<'_> {
                         mtime_nsec: stamp.mtime_nsec,
                         mode: stamp.mode,
                         hash,
-                        racy: modified_within(&stamp, RACY_WINDOW),
+                        racy: modified_within(stamp.mtime, stamp.mtime_nsec, RACY_WINDOW),
                     }),
                 ));
             }
@@ -604,25 +597,14 @@ pub fn bundle_file_name(seq: u64) -> String {
 /// A file packed within this long of its last write is recorded as racy.
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
-fn stamp_of(e: &FileEntry) -> Stamp {
-    Stamp {
-        dev: 0,
-        ino: 0,
-        size: e.size,
-        mtime: e.mtime,
-        mtime_nsec: e.mtime_nsec,
-        mode: e.mode,
-    }
-}
-
 /// True when the file's mtime lies within `window` before now. A future
 /// mtime (clock set back, or set by hand) says nothing: not recent.
-fn modified_within(stamp: &Stamp, window: std::time::Duration) -> bool {
-    let Ok(secs) = u64::try_from(stamp.mtime) else {
+pub fn modified_within(mtime: i64, mtime_nsec: u32, window: std::time::Duration) -> bool {
+    let Ok(secs) = u64::try_from(mtime) else {
         return false;
     };
     let modified =
-        std::time::UNIX_EPOCH + std::time::Duration::new(secs, stamp.mtime_nsec.min(999_999_999));
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs, mtime_nsec.min(999_999_999));
     std::time::SystemTime::now()
         .duration_since(modified)
         .is_ok_and(|age| age < window)
@@ -646,6 +628,7 @@ fn copy_checked(
     out: &mut impl Write,
     hashers: &mut [&mut blake3::Hasher],
     buf: &mut [u8],
+    touched: &dyn Fn() -> bool,
 ) -> io::Result<Outcome> {
     if Stamp::of(&file.metadata()?) != stamp {
         return Ok(Outcome::Torn);
@@ -669,7 +652,9 @@ fn copy_checked(
     // name: nobody wrote to it or replaced it while we read.
     let after_fd = Stamp::of(&file.metadata()?);
     let after_path = std::fs::symlink_metadata(abs).map(|m| Stamp::of(&m));
-    if after_fd != stamp || after_path.ok() != Some(stamp) {
+    // An event during the read means a writer is at it again, even if the
+    // stat fields happen to match.
+    if after_fd != stamp || after_path.ok() != Some(stamp) || touched() {
         return Ok(Outcome::Torn);
     }
     Ok(Outcome::Done)
