@@ -62,11 +62,7 @@ async fn flush_ships_pending_changes_now_and_reports_them() {
     let end = std::time::Instant::now() + DEADLINE;
     loop {
         let f = file.clone();
-        let out = tokio::task::spawn_blocking(move || {
-            shipper(&["flush", "--config", f.to_str().unwrap()])
-        })
-        .await
-        .unwrap();
+        let out = shipper_async(owned(&["flush", "--config", f.to_str().unwrap()])).await;
         assert!(out.status.success(), "{}", text(&out));
         if env.root().join("now.html").exists() {
             assert!(
@@ -108,17 +104,14 @@ async fn flush_fails_with_the_reason_when_the_receiver_is_unreachable() {
     })
     .await;
     env.write("x.html", "x");
-    let out = tokio::task::spawn_blocking(move || {
-        shipper(&[
-            "flush",
-            "--config",
-            file.to_str().unwrap(),
-            "--timeout",
-            "2s",
-        ])
-    })
-    .await
-    .unwrap();
+    let out = shipper_async(owned(&[
+        "flush",
+        "--config",
+        file.to_str().unwrap(),
+        "--timeout",
+        "2s",
+    ]))
+    .await;
     assert!(!out.status.success(), "flush succeeded with no receiver");
     let t = text(&out);
     assert!(

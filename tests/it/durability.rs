@@ -82,11 +82,7 @@ async fn a_mass_deletion_is_held_until_flush_allows_it() {
             let mut all = vec!["flush", "--config", f.to_str().unwrap()];
             all.extend_from_slice(args);
             let all: Vec<String> = all.iter().map(|s| s.to_string()).collect();
-            tokio::task::spawn_blocking(move || {
-                shipper(&all.iter().map(String::as_str).collect::<Vec<_>>())
-            })
-            .await
-            .unwrap()
+            shipper_async(all).await
         }
     };
     let end = std::time::Instant::now() + DEADLINE;

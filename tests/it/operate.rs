@@ -2,14 +2,6 @@
 
 use crate::util::*;
 
-async fn run(args: Vec<String>) -> std::process::Output {
-    tokio::task::spawn_blocking(move || {
-        shipper(&args.iter().map(String::as_str).collect::<Vec<_>>())
-    })
-    .await
-    .unwrap()
-}
-
 fn args(cmd: &str, file: &std::path::Path, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
         cmd.to_string(),
@@ -32,7 +24,7 @@ async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() 
     // JSON status names the receiver, its acknowledgements and what was shipped.
     let end = std::time::Instant::now() + DEADLINE;
     let report = loop {
-        let out = run(args("status", &file, &["--json"])).await;
+        let out = shipper_async(args("status", &file, &["--json"])).await;
         assert!(out.status.success(), "{}", text(&out));
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if v["receivers"][0]["last_ack_seq"].as_u64().is_some() {
@@ -47,16 +39,16 @@ async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() 
     assert_eq!(report["receivers"][0]["receiver"], r.addr.to_string());
     assert_eq!(report["receivers"][0]["connected"], true);
     assert!(report["receivers"][0]["bundles_shipped"].as_u64().unwrap() >= 1);
-    let human = run(args("status", &file, &[])).await;
+    let human = shipper_async(args("status", &file, &[])).await;
     assert!(text(&human).contains("connected since"), "{}", text(&human));
 
     // Paused: changes accumulate, nothing ships, flush says why.
-    let out = run(args("pause", &file, &[])).await;
+    let out = shipper_async(args("pause", &file, &[])).await;
     assert!(out.status.success(), "{}", text(&out));
     env.write("while-paused.html", "2");
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        let out = run(args("status", &file, &["--json"])).await;
+        let out = shipper_async(args("status", &file, &["--json"])).await;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if v["pending_paths"].as_u64() == Some(1) {
             assert_eq!(v["paused"], true);
@@ -64,7 +56,7 @@ async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() 
         }
         assert!(std::time::Instant::now() < end, "change not pending: {v}");
     }
-    let out = run(args("flush", &file, &[])).await;
+    let out = shipper_async(args("flush", &file, &[])).await;
     assert!(
         !out.status.success() && text(&out).contains("paused"),
         "{}",
@@ -81,7 +73,7 @@ async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() 
     .await;
     let end = std::time::Instant::now() + DEADLINE;
     loop {
-        let out = run(args("status", &file, &["--json"])).await;
+        let out = shipper_async(args("status", &file, &["--json"])).await;
         if out.status.success() {
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             assert_eq!(v["paused"], true, "pause lost in a restart: {v}");
@@ -91,7 +83,7 @@ async fn status_reports_the_receiver_and_pause_holds_changes_across_a_restart() 
     }
     assert!(!env.root().join("while-paused.html").exists());
 
-    let out = run(args("resume", &file, &[])).await;
+    let out = shipper_async(args("resume", &file, &[])).await;
     assert!(out.status.success(), "{}", text(&out));
     wait_in_sync(&env).await;
     s.stop().await;
@@ -231,27 +223,10 @@ async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
     let first = env.start_receiver("").await;
     // A second receiver with its own root and state, on a fixed port.
     let addr2 = free_addr();
-    let start_second = |env: &Env| {
-        let text = format!(
-            "[receiver]\nlisten = \"{addr2}\"\nroot = \"second/www\"\nstate_dir = \"second/state\"\narchive_dir = \"second/archive\"\n"
-        );
-        let cfg = env.config(&text).receiver.unwrap();
-        async move {
-            let (r, l) = shipper::receiver::Receiver::bind(cfg).await.unwrap();
-            let stop = tokio_util::sync::CancellationToken::new();
-            let st = stop.clone();
-            let task = tokio::spawn(async move {
-                r.serve(l, st).await;
-                Ok(())
-            });
-            Role {
-                addr: addr2,
-                stop,
-                task,
-            }
-        }
-    };
-    let r2 = start_second(&env).await;
+    let second_toml = format!(
+        "[receiver]\nlisten = \"{addr2}\"\nroot = \"second/www\"\nstate_dir = \"second/state\"\narchive_dir = \"second/archive\"\n"
+    );
+    let r2 = env.start_receiver_from(&second_toml).await;
     env.write("both.html", "to both");
     let extra = format!("receiver = [\"{}\", \"{addr2}\"]\n", first.addr);
     let toml = env
@@ -286,11 +261,13 @@ async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
 
     // Status shows one receiver up and one down.
     let file = env.config_file("sender.toml", &toml);
-    let out = tokio::task::spawn_blocking(move || {
-        shipper(&["status", "--config", file.to_str().unwrap(), "--json"])
-    })
-    .await
-    .unwrap();
+    let out = shipper_async(owned(&[
+        "status",
+        "--config",
+        file.to_str().unwrap(),
+        "--json",
+    ]))
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(
         v["receivers"].as_array().map(Vec::len),
@@ -300,7 +277,7 @@ async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
     );
 
     // It returns and catches up.
-    let r2 = start_second(&env).await;
+    let r2 = env.start_receiver_from(&second_toml).await;
     wait_until("second receiver caught up", || {
         tree(&root2) == tree(&env.src())
     })

@@ -247,19 +247,8 @@ async fn the_sender_reconnects_and_resends_after_the_receiver_returns() {
 }
 
 async fn receiver_at(env: &Env, listen: &str) -> Role {
-    let cfg = env.config(&env.receiver_toml(listen, "")).receiver.unwrap();
-    let (r, l) = shipper::receiver::Receiver::bind(cfg).await.unwrap();
-    let stop = tokio_util::sync::CancellationToken::new();
-    let st = stop.clone();
-    let task = tokio::spawn(async move {
-        r.serve(l, st).await;
-        Ok(())
-    });
-    Role {
-        addr: listen.parse().unwrap(),
-        stop,
-        task,
-    }
+    env.start_receiver_from(&env.receiver_toml(listen, ""))
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

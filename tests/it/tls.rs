@@ -30,17 +30,14 @@ async fn flush_fails(env: &Env, addr: std::net::SocketAddr, extra: &str, why: &s
         env.path().join("state-s/control.sock").exists()
     })
     .await;
-    let out = tokio::task::spawn_blocking(move || {
-        shipper(&[
-            "flush",
-            "--config",
-            file.to_str().unwrap(),
-            "--timeout",
-            "3s",
-        ])
-    })
-    .await
-    .unwrap();
+    let out = shipper_async(owned(&[
+        "flush",
+        "--config",
+        file.to_str().unwrap(),
+        "--timeout",
+        "3s",
+    ]))
+    .await;
     assert!(!out.status.success(), "flush succeeded");
     assert!(
         text(&out).contains(why),

@@ -75,10 +75,13 @@ impl Env {
     }
 
     pub async fn start_receiver(&self, extra: &str) -> Role {
-        let cfg = self
-            .config(&self.receiver_toml("127.0.0.1:0", extra))
-            .receiver
-            .unwrap();
+        self.start_receiver_from(&self.receiver_toml("127.0.0.1:0", extra))
+            .await
+    }
+
+    /// Start a receiver in this process from a whole `[receiver]` table.
+    pub async fn start_receiver_from(&self, toml: &str) -> Role {
+        let cfg = self.config(toml).receiver.unwrap();
         let (r, listener) = shipper::receiver::Receiver::bind(cfg)
             .await
             .expect("receiver binds");
@@ -194,6 +197,20 @@ pub fn shipper(args: &[&str]) -> Output {
         .env("RUST_LOG", "warn")
         .output()
         .expect("run shipper binary")
+}
+
+/// Arguments as owned strings, for [`shipper_async`].
+pub fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// Run the shipper binary off the async runtime.
+pub async fn shipper_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        shipper(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .expect("shipper process task")
 }
 
 pub fn text(o: &Output) -> String {
