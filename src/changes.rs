@@ -16,6 +16,8 @@
 //! - An entry that has waited so long that the next cut would be past its
 //!   `max_delay` is taken anyway ("overdue"), and re-armed so it ships again
 //!   once it settles.
+//! - An entry whose packing failed (an unreadable file) waits until its
+//!   retry time; any new event on the path makes it due as usual again.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -37,6 +39,9 @@ pub struct Change {
     /// Taken because it settled (not forced by max_delay or a flush): the
     /// packer then also checks the file itself has been quiet for `settle`.
     pub settled: bool,
+    /// Taken because the next cut would be past its `max_delay`, not
+    /// settled: if it still will not hold still, a snapshot must ship.
+    pub overdue: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +55,8 @@ struct Entry {
     writing: bool,
     /// When a writer was last seen closing it.
     closed_at: Option<Instant>,
+    /// Its packing failed: not due before this, unless an event comes.
+    retry_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +82,7 @@ impl ChangeSet {
         e.op = Op::Upsert;
         e.last = now;
         e.writing |= writing;
+        e.retry_at = None;
     }
 
     /// A writer closed `path`.
@@ -83,6 +91,7 @@ impl ChangeSet {
         e.last = now;
         e.writing = false;
         e.closed_at = Some(now);
+        e.retry_at = None;
     }
 
     /// Whether a writer closed `path` at or after `t`.
@@ -99,6 +108,7 @@ impl ChangeSet {
         e.op = Op::Delete;
         e.last = now;
         e.writing = false;
+        e.retry_at = None;
     }
 
     fn entry(&mut self, path: &str, op: Op, now: Instant) -> &mut Entry {
@@ -108,6 +118,7 @@ impl ChangeSet {
             last: now,
             writing: false,
             closed_at: None,
+            retry_at: None,
         })
     }
 
@@ -118,6 +129,9 @@ impl ChangeSet {
         let mut due = Vec::new();
         let (settle, max_delay) = (self.settle, self.max_delay);
         self.entries.retain(|path, e| {
+            if e.retry_at.is_some_and(|t| now < t) && !force {
+                return true;
+            }
             let quiet = now.saturating_duration_since(e.last);
             let settled = quiet >= settle && (!e.writing || quiet >= max_delay);
             let overdue = next_cut.saturating_duration_since(e.first) >= max_delay;
@@ -128,6 +142,7 @@ impl ChangeSet {
                 path: path.clone(),
                 op: e.op,
                 settled,
+                overdue: overdue && !settled,
             });
             if settled || e.op == Op::Delete {
                 return false;
@@ -144,6 +159,21 @@ impl ChangeSet {
     /// only waits to settle again.
     pub fn requeue(&mut self, path: &str, now: Instant) {
         self.changed(path, false, now);
+    }
+
+    /// Packing `path` failed (it could not be read): it stays pending and
+    /// is due again at `retry_at`, or after settling once an event shows
+    /// it changed (a chmod that fixes it raises one).
+    pub fn failed(&mut self, path: &str, now: Instant, retry_at: Instant) {
+        let e = self.entry(path, Op::Upsert, now);
+        e.op = Op::Upsert;
+        e.writing = false;
+        e.retry_at = Some(retry_at);
+    }
+
+    /// Whether `path` has a pending change.
+    pub fn contains(&self, path: &str) -> bool {
+        self.entries.contains_key(path)
     }
 
     /// Events were lost: the close that would end a write may be among them.

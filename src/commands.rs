@@ -198,6 +198,36 @@ pub fn describe_status(r: &crate::sender::StatusReport) -> String {
             r.held_deletions
         );
     }
+    if let Some(e) = &r.pack_error {
+        let _ = writeln!(
+            s,
+            "  PACKING FAILS: {e} (changes stay pending; retried with backoff)"
+        );
+    }
+    if r.failing_paths > 0 {
+        let _ = writeln!(
+            s,
+            "  cannot ship {} path{} (retried with backoff):",
+            r.failing_paths,
+            if r.failing_paths == 1 { "" } else { "s" }
+        );
+        for f in &r.failing {
+            let _ = writeln!(s, "    {}: {} ({} attempts)", f.path, f.error, f.attempts);
+        }
+        if r.failing_paths as usize > r.failing.len() {
+            let _ = writeln!(
+                s,
+                "    … and {} more",
+                r.failing_paths as usize - r.failing.len()
+            );
+        }
+    }
+    for p in &r.unsettled {
+        let _ = writeln!(
+            s,
+            "  shipped unsettled (still being written at max_delay; ships again once settled): {p}"
+        );
+    }
     for l in &r.receivers {
         let state = match (l.connected, l.since) {
             (true, Some(t)) => format!("connected since {}", ago(t)),

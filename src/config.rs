@@ -49,6 +49,7 @@ pub struct RawSender {
     pub exclude_defaults: Option<bool>,
     pub chunk_size: Option<String>,
     pub max_bundle_size: Option<String>,
+    pub max_files_per_bundle: Option<usize>,
     pub mass_delete_share: Option<f64>,
     pub mass_delete_min: Option<usize>,
     pub key_dir: Option<PathBuf>,
@@ -113,6 +114,8 @@ pub struct SenderConfig {
     pub exclude: Excludes,
     pub chunk_size: u64,
     pub max_bundle_size: u64,
+    /// Files, parts and deletions in one bundle.
+    pub max_files_per_bundle: usize,
     pub mass_delete: MassDelete,
     /// Keys and the pinned receiver; `None` only for plaintext on loopback.
     pub tls: Option<SenderTls>,
@@ -164,6 +167,11 @@ pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 256 << 20;
 /// Smallest chunk accepted: below this the per-part overhead dominates.
 pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
 pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
+/// Entries a sender puts in one bundle unless configured: well below what a
+/// receiver accepts by default (`DEFAULT_RECEIVER_MAX_FILES`).
+pub const DEFAULT_SENDER_MAX_FILES: usize = 10_000;
+/// Entries a receiver accepts in one bundle unless configured.
+pub const DEFAULT_RECEIVER_MAX_FILES: usize = 100_000;
 /// What a receiver accepts unless configured: well above the sender's default.
 pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
 
@@ -290,6 +298,12 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
             "sender.max_bundle_size ({max_bundle_size} bytes) must be at least twice sender.chunk_size ({chunk_size} bytes)"
         ));
     }
+    let max_files_per_bundle = s.max_files_per_bundle.unwrap_or(DEFAULT_SENDER_MAX_FILES);
+    if max_files_per_bundle < 2 {
+        return Err(format!(
+            "sender.max_files_per_bundle = {max_files_per_bundle}: at least 2"
+        ));
+    }
     let mut patterns: Vec<String> = if s.exclude_defaults.unwrap_or(true) {
         DEFAULT_EXCLUDES.iter().map(|p| p.to_string()).collect()
     } else {
@@ -396,6 +410,7 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         exclude,
         chunk_size,
         max_bundle_size,
+        max_files_per_bundle,
     })
 }
 

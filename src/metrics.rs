@@ -64,7 +64,25 @@ pub fn render(r: &StatusReport) -> String {
         "shipper_held_deletions",
         "gauge",
         "Deletions held by the mass-deletion guard.",
-        vec![(sender, r.held_deletions as f64)],
+        vec![(sender.clone(), r.held_deletions as f64)],
+    );
+    metric(
+        "shipper_failing_paths",
+        "gauge",
+        "Paths that cannot be shipped now (unreadable, or a name that cannot travel).",
+        vec![(sender.clone(), r.failing_paths as f64)],
+    );
+    metric(
+        "shipper_unsettled_paths",
+        "gauge",
+        "Paths last shipped as a snapshot while still being written.",
+        vec![(sender.clone(), r.unsettled.len() as f64)],
+    );
+    metric(
+        "shipper_packing_failing",
+        "gauge",
+        "1 while packing fails as a whole (e.g. the sender's disk is full).",
+        vec![(sender, f64::from(u8::from(r.pack_error.is_some())))],
     );
     let per = |f: &dyn Fn(&crate::sender::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
         r.receivers
@@ -178,6 +196,8 @@ mod tests {
             oldest_pending_secs: Some(1.5),
             window_secs: 300,
             held_deletions: 0,
+            failing_paths: 2,
+            pack_error: Some("disk full".into()),
             receivers: vec![LinkStatus {
                 receiver: "web1:7700".into(),
                 connected: true,
@@ -185,11 +205,14 @@ mod tests {
                 bundles_shipped: 7,
                 ..LinkStatus::default()
             }],
+            ..StatusReport::default()
         };
         let text = render(&r);
         for line in [
             "shipper_paused{sender=\"app1\"} 1",
             "shipper_pending_paths{sender=\"app1\"} 3",
+            "shipper_failing_paths{sender=\"app1\"} 2",
+            "shipper_packing_failing{sender=\"app1\"} 1",
             "shipper_oldest_pending_seconds{sender=\"app1\"} 1.5",
             "shipper_receiver_connected{receiver=\"web1:7700\"} 1",
             "shipper_receiver_last_ack_sequence{receiver=\"web1:7700\"} 42",

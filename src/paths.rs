@@ -111,6 +111,17 @@ pub fn relative(base: &Path, abs: &Path) -> Option<String> {
     if out.is_empty() { None } else { Some(out) }
 }
 
+/// The path of `abs` below `base` with its non-UTF-8 bytes replaced, when
+/// that is why it has no shipped form (a name written by a Latin-1 tool,
+/// say): such a file cannot travel, and must be named, not skipped silently.
+pub fn unshippable_name(base: &Path, abs: &Path) -> Option<String> {
+    let rel = abs.strip_prefix(base).ok()?;
+    if rel.as_os_str().is_empty() || rel.to_str().is_some() {
+        return None;
+    }
+    Some(rel.to_string_lossy().into_owned())
+}
+
 /// True when `path` is `dir` or lies below it (both in shipped form).
 pub fn is_within(path: &str, dir: &str) -> bool {
     path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))

@@ -107,7 +107,7 @@ const FIRST_SHIP_BAR_BYTES: u64 = 64 << 20;
 const PAUSED_FILE: &str = "paused";
 
 /// What `shipper status` shows.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct StatusReport {
     pub sender_id: String,
     pub paused: bool,
@@ -117,8 +117,37 @@ pub struct StatusReport {
     pub oldest_pending_secs: Option<f64>,
     pub window_secs: u64,
     pub held_deletions: u64,
+    /// Paths that cannot be shipped now (unreadable, a name that cannot
+    /// travel), how many…
+    pub failing_paths: u64,
+    /// …and the first of them, with why.
+    pub failing: Vec<FailingPath>,
+    /// Paths last shipped as a snapshot while still being written (they
+    /// reached `max_delay`); each ships again once it settles.
+    pub unsettled: Vec<String>,
+    /// Why the last packing run failed as a whole (its changes stay pending).
+    pub pack_error: Option<String>,
     pub receivers: Vec<LinkStatus>,
 }
+
+/// A path the sender cannot ship now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailingPath {
+    pub path: String,
+    /// The error, naming the path.
+    pub error: String,
+    /// Unix seconds of the first failure.
+    pub since: i64,
+    pub attempts: u32,
+}
+
+/// Why a badly named file is not shipped.
+const BAD_NAME: &str = "name is not valid UTF-8, so it cannot travel in a bundle (zip names are UTF-8): rename it to ship it";
+
+/// How many failing paths `status` lists by name.
+const STATUS_FAILING_MAX: usize = 100;
+/// Retries of an unreadable file back off up to this.
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The link to the receiver as the transport last saw it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,6 +291,13 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         touched: Default::default(),
         touched_active: false,
         held_reported: 0,
+        taken: Vec::new(),
+        failing: BTreeMap::new(),
+        bad_names: Default::default(),
+        unsettled: Default::default(),
+        pack_error: None,
+        pack_retry_at: None,
+        pack_backoff: Backoff::default(),
         flush_queued: Vec::new(),
         flush_packing: Vec::new(),
         flush_waiting: Vec::new(),
@@ -309,9 +345,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                 next_tick = s.next_tick();
                 s.maybe_pack(false, next_tick);
             }
-            done = wait_packing(&mut s.packing) => {
+            (report, result) = wait_packing(&mut s.packing) => {
                 s.packing = None;
-                s.on_packed(done, next_tick);
+                s.on_packed(report, result, next_tick);
             }
             Some((req, reply)) = control_rx.recv() => match req {
                 Request::Status => {
@@ -381,13 +417,17 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
-async fn wait_packing(
-    p: &mut Option<JoinHandle<anyhow::Result<Report>>>,
-) -> anyhow::Result<Report> {
+/// A packing run's report, and how it ended.
+type PackDone = (Report, std::io::Result<()>);
+
+async fn wait_packing(p: &mut Option<JoinHandle<PackDone>>) -> PackDone {
     match p {
         Some(h) => match h.await {
-            Ok(r) => r,
-            Err(e) => Err(anyhow::anyhow!("packing task failed: {e}")),
+            Ok(done) => done,
+            Err(e) => (
+                Report::default(),
+                Err(std::io::Error::other(format!("packing task failed: {e}"))),
+            ),
         },
         None => std::future::pending().await,
     }
@@ -409,7 +449,19 @@ struct Sender {
     ignore: Vec<PathBuf>,
     /// Packed bundles on their way to the receivers.
     outbox_queue: Arc<Outbox>,
-    packing: Option<JoinHandle<anyhow::Result<Report>>>,
+    packing: Option<JoinHandle<PackDone>>,
+    /// What the running pack took from the change set.
+    taken: Vec<(String, Op)>,
+    /// Paths that could not be packed, retried with backoff.
+    failing: BTreeMap<String, FailingPath>,
+    /// Paths whose names are not UTF-8: they cannot travel.
+    bad_names: std::collections::BTreeSet<String>,
+    /// Paths shipped as a snapshot while still being written.
+    unsettled: std::collections::BTreeSet<String>,
+    /// The last packing run failed as a whole: why, and when to try again.
+    pack_error: Option<String>,
+    pack_retry_at: Option<Instant>,
+    pack_backoff: Backoff,
     /// Progress of the first ship after start, on a terminal.
     first_ship: Option<indicatif::ProgressBar>,
     caught_up_once: bool,
@@ -482,6 +534,7 @@ impl Sender {
             WatchMsg::Changed { path, writing } => self.changes.changed(&path, writing, now),
             WatchMsg::Closed(path) => self.changes.closed(&path, now),
             WatchMsg::Removed(path) => {
+                self.failing.retain(|p, _| !is_within(p, &path));
                 // A removed directory takes every shipped or pending path below it.
                 let mut affected: Vec<String> = self
                     .shipped
@@ -497,6 +550,13 @@ impl Sender {
                 }
             }
             WatchMsg::Scan(dir) => self.scan(dir),
+            WatchMsg::BadName { path, gone } => {
+                if gone {
+                    self.bad_names.remove(&path);
+                } else if self.bad_names.insert(path.clone()) {
+                    warn!(path = %path, "{BAD_NAME}");
+                }
+            }
             WatchMsg::Rescan(why) => {
                 warn!(reason = %why, "events may have been lost; rescanning the source tree");
                 // A lost close would otherwise hold its path until max_delay.
@@ -547,6 +607,14 @@ impl Sender {
             found.insert(path.as_str());
         }
         let scope = walk.dir.clone().unwrap_or_default();
+        // The walk knows every badly named path in its scope.
+        self.bad_names
+            .retain(|p| !(scope.is_empty() || is_within(p, &scope)));
+        for p in &walk.bad_names {
+            if self.bad_names.insert(p.clone()) {
+                warn!(path = %p, "{BAD_NAME}");
+            }
+        }
         let gone: Vec<String> = self
             .shipped
             .keys()
@@ -646,6 +714,21 @@ impl Sender {
             oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
             window_secs: self.cfg.max_delay.as_secs(),
             held_deletions: self.held.len() as u64,
+            failing_paths: (self.failing.len() + self.bad_names.len()) as u64,
+            failing: self
+                .bad_names
+                .iter()
+                .map(|p| FailingPath {
+                    path: p.clone(),
+                    error: BAD_NAME.into(),
+                    since: 0,
+                    attempts: 0,
+                })
+                .chain(self.failing.values().cloned())
+                .take(STATUS_FAILING_MAX)
+                .collect(),
+            unsettled: self.unsettled.iter().cloned().collect(),
+            pack_error: self.pack_error.clone(),
             receivers: self.statuses.iter().map(|s| s.borrow().clone()).collect(),
         }
     }
@@ -696,6 +779,10 @@ impl Sender {
             return;
         }
         let now = Instant::now();
+        // After a failed run (a full disk), wait out the backoff.
+        if !force && self.pack_retry_at.is_some_and(|t| now < t) {
+            return;
+        }
         let due = self.changes.take_due(now, next_tick, force);
         let flushes = std::mem::take(&mut self.flush_queued);
         let allow_mass_delete = flushes.iter().any(|f| f.allow_mass_delete);
@@ -710,6 +797,7 @@ impl Sender {
                         path: c.path,
                         op: Op::Upsert,
                         quiet_for: c.settled.then_some(self.cfg.settle),
+                        overdue: c.overdue,
                     })
                 }
                 // Deleting what the receiver never got is nothing to ship.
@@ -723,6 +811,7 @@ impl Sender {
             op: Op::Delete,
             previous: None,
             quiet_for: None,
+            overdue: false,
         }));
         if items.is_empty() {
             for f in flushes {
@@ -733,6 +822,7 @@ impl Sender {
             return;
         }
         self.flush_packing = flushes;
+        self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
         let packer_state = self.state.clone();
         let (source, outbox, state_dir) = (
             self.source.clone(),
@@ -742,6 +832,7 @@ impl Sender {
         let limits = Limits {
             chunk_size: self.cfg.chunk_size,
             max_bundle_size: self.cfg.max_bundle_size,
+            max_entries: self.cfg.max_files_per_bundle,
         };
         let queue = self.outbox_queue.clone();
         let floor = self.seq_floor.clone();
@@ -784,41 +875,93 @@ impl Sender {
                         .contains(p)
                 },
             };
-            Ok(packer.pack(items)?)
+            let mut report = Report::default();
+            let result = packer.pack_into(items, &mut report);
+            (report, result)
         }));
     }
 
-    fn on_packed(&mut self, done: anyhow::Result<Report>, next_tick: Instant) {
+    fn on_packed(&mut self, report: Report, result: std::io::Result<()>, next_tick: Instant) {
         self.touched_active = false;
         let first = self.packed + 1;
-        match done {
-            Ok(report) => {
-                for (path, meta) in report.shipped {
-                    match meta {
-                        Some(m) => {
-                            self.shipped.insert(path, m);
-                        }
-                        None => {
-                            self.shipped.remove(&path);
-                        }
-                    }
+        let now = Instant::now();
+        let taken = std::mem::take(&mut self.taken);
+        let mut accounted: std::collections::HashSet<String> = Default::default();
+        let snapshots: std::collections::HashSet<&str> =
+            report.unsettled.iter().map(String::as_str).collect();
+        for (path, meta) in &report.shipped {
+            accounted.insert(path.clone());
+            self.failing.remove(path);
+            match meta {
+                Some(m) => {
+                    self.shipped.insert(path.clone(), m.clone());
                 }
-                let now = Instant::now();
-                for p in &report.requeue {
-                    debug!(path = %p, "changed while packing; stays pending");
-                    self.changes.requeue(p, now);
+                None => {
+                    self.shipped.remove(path);
                 }
-                for (seq, summary) in report.bundles {
-                    self.packed = self.packed.max(seq);
-                    self.summaries.insert(seq, summary);
+            }
+            if snapshots.contains(path.as_str()) {
+                if self.unsettled.insert(path.clone()) {
+                    warn!(path = %path, max_delay = %crate::config::fmt_dur(self.cfg.max_delay), "shipped unsettled: still being written at max_delay, so a snapshot of it went; it ships again once it settles");
+                }
+            } else if self.unsettled.remove(path) {
+                info!(path = %path, "shipped settled after an unsettled snapshot");
+            }
+        }
+        for p in &report.requeue {
+            debug!(path = %p, "changed while packing; stays pending");
+            accounted.insert(p.clone());
+            self.changes.requeue(p, now);
+        }
+        for (p, error) in &report.failed {
+            accounted.insert(p.clone());
+            self.path_failed(p, error, now);
+        }
+        for (seq, summary) in &report.bundles {
+            self.packed = self.packed.max(*seq);
+            self.summaries.insert(*seq, *summary);
+        }
+        if result.is_ok() {
+            // Taken and not failing again: packed, unchanged or gone.
+            for (path, _) in &taken {
+                if !report.failed.iter().any(|(p, _)| p == path) {
+                    self.failing.remove(path);
+                }
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.pack_backoff.reset();
+                self.pack_retry_at = None;
+                if self.pack_error.take().is_some() {
+                    info!("packing works again");
                 }
             }
             Err(e) => {
-                warn!(
-                    error = format!("{e:#}"),
-                    "packing failed; changes stay pending"
-                );
-                let msg = format!("packing failed: {e:#}");
+                // What was taken and not shipped goes back: nothing is lost
+                // because a bundle could not be written.
+                for (path, op) in taken {
+                    if accounted.contains(&path) || self.changes.contains(&path) {
+                        continue; // shipped, handled, or superseded by a newer event
+                    }
+                    match op {
+                        Op::Upsert => self.changes.requeue(&path, now),
+                        Op::Delete => self.changes.removed(&path, now),
+                    }
+                }
+                let delay = self.pack_backoff.next_delay();
+                self.pack_retry_at = Some(now + delay);
+                let msg = e.to_string();
+                if self.pack_error.as_deref() != Some(msg.as_str()) {
+                    warn!(
+                        error = %msg,
+                        pending = self.changes.len(),
+                        retry_in = %crate::config::fmt_dur(delay),
+                        "packing failed; changes stay pending and packing is retried with backoff"
+                    );
+                }
+                self.pack_error = Some(msg.clone());
+                let msg = format!("packing failed: {msg}");
                 for f in std::mem::take(&mut self.flush_packing) {
                     let _ = f.reply.send(Response::Error {
                         message: msg.clone(),
@@ -832,6 +975,27 @@ impl Sender {
         if !self.flush_queued.is_empty() {
             self.maybe_pack(true, next_tick);
         }
+    }
+
+    /// `path` could not be packed: keep it pending, retry with backoff, and
+    /// say so once per distinct error.
+    fn path_failed(&mut self, path: &str, error: &str, now: Instant) {
+        let entry = self
+            .failing
+            .entry(path.to_owned())
+            .or_insert_with(|| FailingPath {
+                path: path.to_owned(),
+                error: String::new(),
+                since: unix_now(),
+                attempts: 0,
+            });
+        entry.attempts += 1;
+        let delay = retry_delay(entry.attempts);
+        if entry.error != error {
+            warn!(path = %path, error = %error, retry_in = %crate::config::fmt_dur(delay), "cannot ship this file; it stays pending and is retried, the rest ships");
+            entry.error = error.to_owned();
+        }
+        self.changes.failed(path, now, now + delay);
     }
 
     /// Give flushes that just had their pack a target, and answer those
@@ -1311,6 +1475,13 @@ async fn release(
         let _ = std::fs::remove_file(&b.path);
         let _ = events.send(TransportEvent::Acked { seq: b.seq });
     }
+}
+
+/// How long a path waits after its `attempts`-th failed packing: 1 s,
+/// doubling, at most [`RETRY_MAX`].
+pub fn retry_delay(attempts: u32) -> Duration {
+    let secs = 1u64 << attempts.saturating_sub(1).min(16);
+    Duration::from_secs(secs).min(RETRY_MAX)
 }
 
 /// True when deleting `deletions` of `shipped` files is a mass deletion:

@@ -7,7 +7,7 @@ use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::paths::{Excludes, relative};
+use crate::paths::{Excludes, relative, unshippable_name};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchMsg {
@@ -23,6 +23,9 @@ pub enum WatchMsg {
     Scan(PathBuf),
     /// Events were lost (queue overflow or watcher error): compare the tree.
     Rescan(String),
+    /// A path whose name is not UTF-8 appeared or changed (`gone`: went
+    /// away): it cannot travel. `path` has the bad bytes replaced.
+    BadName { path: String, gone: bool },
 }
 
 /// Keeps the OS watch alive; dropping it stops watching.
@@ -71,9 +74,10 @@ pub fn start(
 
 fn wanted(msg: &WatchMsg, base: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> bool {
     let rel = match msg {
-        WatchMsg::Changed { path, .. } | WatchMsg::Closed(path) | WatchMsg::Removed(path) => {
-            path.clone()
-        }
+        WatchMsg::Changed { path, .. }
+        | WatchMsg::Closed(path)
+        | WatchMsg::Removed(path)
+        | WatchMsg::BadName { path, .. } => path.clone(),
         WatchMsg::Scan(dir) => match relative(base, dir) {
             Some(r) => r,
             None => return true,
@@ -91,6 +95,13 @@ pub fn translate(base: &Path, ev: &Event) -> Vec<WatchMsg> {
     }
     let rel = |p: &PathBuf| relative(base, p);
     let mut out = Vec::new();
+    // Names that cannot travel are reported, never dropped without a word.
+    for p in &ev.paths {
+        if let Some(path) = unshippable_name(base, p) {
+            let gone = std::fs::symlink_metadata(p).is_err();
+            out.push(WatchMsg::BadName { path, gone });
+        }
+    }
     let appeared = |p: &PathBuf, out: &mut Vec<WatchMsg>| {
         if std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()) {
             out.push(WatchMsg::Scan(p.clone()));
@@ -219,6 +230,9 @@ pub struct Walk {
     pub writers: std::collections::HashSet<String>,
     /// …as of this moment (a close seen after it supersedes the report).
     pub writers_at: Option<std::time::Instant>,
+    /// Paths whose names are not UTF-8 (bad bytes replaced): they cannot
+    /// travel; a directory so named stands for everything below it.
+    pub bad_names: Vec<String>,
 }
 
 /// Walk `dir` (below `base`): every regular file not excluded, in shipped
@@ -236,6 +250,12 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
             out.dirs += 1;
         }
         let Some(rel) = relative(base, entry.path()) else {
+            if let Some(bad) = unshippable_name(base, entry.path()) {
+                out.bad_names.push(bad);
+                if entry.file_type().is_dir() {
+                    it.skip_current_dir();
+                }
+            }
             continue;
         };
         if excludes.is_excluded(&rel) || ignore.iter().any(|i| entry.path().starts_with(i)) {

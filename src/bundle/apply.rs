@@ -158,7 +158,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_entries: 100_000,
+            max_entries: crate::config::DEFAULT_RECEIVER_MAX_FILES,
             max_file_size: 64 << 30,
             max_unpacked: 16 << 30,
         }

@@ -4,9 +4,18 @@
 //! A file is read once: the bytes go to the zip entry and to BLAKE3 in the
 //! same pass. Its size, mtime and inode are checked before and after; a file
 //! that changed meanwhile is dropped from the bundle (`abort_file`) and handed
-//! back as pending instead of shipping torn. Files over `chunk_size` become
-//! parts that may span consecutive bundles; no bundle exceeds
-//! `max_bundle_size`. Blocking: run it off the async runtime.
+//! back as pending instead of shipping torn, unless it is overdue (it reached
+//! `max_delay` without settling): then a snapshot of it ships, a reflink
+//! clone where the filesystem can make one, else the bytes as they stood when
+//! the read began (for an append-only writer, a true prefix). Files over
+//! `chunk_size` become parts that may span consecutive bundles; no bundle
+//! exceeds `max_bundle_size` or `max_entries`.
+//!
+//! A file that cannot be read (permissions, I/O error) or whose name cannot
+//! travel costs only that file: it is reported in [`Report::failed`] and the
+//! rest ships. Only an error writing the bundle itself stops a run; the
+//! bundles finished before it are still in the report. Blocking: run it off
+//! the async runtime.
 
 use std::fs::{File, Metadata};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -40,12 +49,17 @@ pub struct PackItem {
     /// before it is read: it was judged settled from events, and a rewrite
     /// may have begun since. Unset for forced (max_delay, flush) items.
     pub quiet_for: Option<std::time::Duration>,
+    /// It reached `max_delay` without settling: if it will not hold still,
+    /// ship a snapshot rather than nothing.
+    pub overdue: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub chunk_size: u64,
     pub max_bundle_size: u64,
+    /// Files, parts and deletions in one bundle (the receiver refuses more).
+    pub max_entries: usize,
 }
 
 /// A finished bundle in the outbox, ready to send.
@@ -87,8 +101,13 @@ pub struct Report {
     pub shipped: Vec<(String, Option<FileMeta>)>,
     /// Paths that changed while being read: still pending.
     pub requeue: Vec<String>,
+    /// Paths that could not be packed, with why (the error names the path):
+    /// still pending, to be retried.
+    pub failed: Vec<(String, String)>,
+    /// Overdue paths shipped as a snapshot while still being written: they
+    /// ship again once they settle.
+    pub unsettled: Vec<String>,
     pub bundles: Vec<(u64, Summary)>,
-    pub unchanged: u64,
 }
 
 /// Packs items into bundles. `alloc_seq` hands out (and persists) sequence
@@ -107,12 +126,93 @@ pub struct Packer<'a> {
 }
 
 struct Open {
-    zip: ZipWriter<BufWriter<File>>,
+    zip: ZipWriter<BufWriter<BundleFile>>,
+    /// Set when the bundle is abandoned: the writer's last words go nowhere.
+    discard: std::sync::Arc<std::sync::atomic::AtomicBool>,
     tmp: tempfile::TempPath,
     manifest: Manifest,
     summary: Summary,
     changes: Vec<(String, Option<FileMeta>)>,
     used: u64,
+    /// Files, parts and deletions so far.
+    entries: usize,
+    /// Names after Unicode NFC normalisation: two equal ones in one bundle
+    /// are refused by the receiver, so the second waits for the next bundle.
+    normalised: std::collections::HashSet<String>,
+}
+
+impl Open {
+    fn clashes(&self, rel: &str) -> bool {
+        use unicode_normalization::UnicodeNormalization;
+        self.normalised.contains(&rel.nfc().collect::<String>())
+    }
+
+    fn note_name(&mut self, rel: &str) {
+        use unicode_normalization::UnicodeNormalization;
+        self.normalised.insert(rel.nfc().collect());
+        self.entries += 1;
+    }
+}
+
+/// The bundle file under construction. Once the bundle is abandoned after a
+/// write error (a full disk), everything written is discarded, so dropping
+/// the zip writer neither fails nor prints (zip's `Drop` reports a failed
+/// finish on stderr). The temporary file is removed with the bundle.
+struct BundleFile {
+    file: File,
+    discard: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Position and length as the zip writer sees them once discarding.
+    pos: u64,
+    len: u64,
+}
+
+impl BundleFile {
+    fn discarding(&self) -> bool {
+        self.discard.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn abandon(&self) {
+        self.discard
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Write for BundleFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = if self.discarding() {
+            buf.len()
+        } else {
+            // The first failed write abandons the bundle.
+            self.file.write(buf).inspect_err(|_| self.abandon())?
+        };
+        self.pos += n as u64;
+        self.len = self.len.max(self.pos);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.discarding() {
+            return Ok(());
+        }
+        self.file.flush().inspect_err(|_| self.abandon())
+    }
+}
+
+impl Seek for BundleFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if !self.discarding() {
+            self.pos = self.file.seek(to).inspect_err(|_| self.abandon())?;
+            self.len = self.len.max(self.pos);
+            return Ok(self.pos);
+        }
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| io::Error::other("seek before the start"))?;
+        Ok(self.pos)
+    }
 }
 
 /// The stat fields that say a file changed.
@@ -144,6 +244,28 @@ impl Stamp {
             && self.mtime_nsec == meta.mtime_nsec
             && self.mode == meta.mode
     }
+
+    /// What the receiver is told of a file with this stamp and content hash.
+    fn meta(&self, hash: String) -> FileMeta {
+        FileMeta {
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+            hash,
+            racy: modified_within(self.mtime, self.mtime_nsec, RACY_WINDOW),
+        }
+    }
+}
+
+/// How a read must treat a file that changes under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadMode {
+    /// Any change while reading: the file is torn, it stays pending.
+    Strict,
+    /// Overdue: take the first `stamp.size` bytes whatever happens after the
+    /// read began; only a file that got shorter is torn.
+    Snapshot,
 }
 
 /// Files up to this size are read whole and compressed in parallel.
@@ -154,11 +276,18 @@ const BATCH_BYTES: u64 = 16 << 20;
 const BATCH_FILES: usize = 512;
 
 enum Prepared {
-    Ready(FileEntry, Box<zip::write::PreparedZipFile>),
+    /// Ready to append; `overtaken`: a snapshot whose file moved on meanwhile.
+    Ready {
+        entry: FileEntry,
+        zipped: Box<zip::write::PreparedZipFile>,
+        overtaken: bool,
+    },
     /// Changed while being read, or an event touched it: stays pending.
     Requeue,
     /// Gone since it was listed.
     Gone,
+    /// Could not be read: the error names the path.
+    Failed(io::Error),
 }
 
 /// Read a small file whole, check it did not change meanwhile, hash it and
@@ -167,32 +296,44 @@ fn prepare_small(
     rel: &str,
     abs: &Path,
     stamp: Stamp,
+    how: ReadMode,
     touched: &(dyn Fn(&str) -> bool + Sync),
-) -> io::Result<Prepared> {
+) -> Prepared {
+    let at = |e: io::Error| Prepared::Failed(with_path(e, abs));
     let mut file = match File::open(abs) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Prepared::Gone),
-        Err(e) => return Err(with_path(e, abs)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Prepared::Gone,
+        Err(e) => return at(e),
     };
-    if Stamp::of(&file.metadata()?) != stamp {
-        return Ok(Prepared::Requeue);
+    let before = match file.metadata() {
+        Ok(md) => Stamp::of(&md),
+        Err(e) => return at(e),
+    };
+    if how == ReadMode::Strict && before != stamp {
+        return Prepared::Requeue;
     }
     let mut content = Vec::with_capacity(stamp.size as usize);
-    (&mut file)
-        .take(stamp.size + 1)
-        .read_to_end(&mut content)
-        .map_err(|e| with_path(e, abs))?;
-    let after_fd = Stamp::of(&file.metadata()?);
+    let limit = match how {
+        ReadMode::Strict => stamp.size + 1,
+        ReadMode::Snapshot => stamp.size,
+    };
+    if let Err(e) = (&mut file).take(limit).read_to_end(&mut content) {
+        return at(e);
+    }
+    if content.len() as u64 != stamp.size {
+        return Prepared::Requeue;
+    }
+    let after_fd = file.metadata().map(|m| Stamp::of(&m));
     let after_path = std::fs::symlink_metadata(abs).map(|m| Stamp::of(&m));
-    if content.len() as u64 != stamp.size
-        || after_fd != stamp
-        || after_path.ok() != Some(stamp)
-        || touched(rel)
-    {
-        return Ok(Prepared::Requeue);
+    let moved = after_fd.ok() != Some(stamp) || after_path.ok() != Some(stamp) || touched(rel);
+    if moved && how == ReadMode::Strict {
+        return Prepared::Requeue;
     }
     let options = entry_options(worth_deflating(rel, &file, stamp.size), stamp);
-    let zipped = zip::write::PreparedZipFile::from_data(rel, options, &content).map_err(zip_err)?;
+    let zipped = match zip::write::PreparedZipFile::from_data(rel, options, &content) {
+        Ok(z) => z,
+        Err(e) => return at(zip_err(e)),
+    };
     let entry = FileEntry {
         path: rel.to_owned(),
         size: stamp.size,
@@ -201,7 +342,11 @@ fn prepare_small(
         mode: stamp.mode,
         hash: blake3::hash(&content).to_hex().to_string(),
     };
-    Ok(Prepared::Ready(entry, Box::new(zipped)))
+    Prepared::Ready {
+        entry,
+        zipped: Box::new(zipped),
+        overtaken: moved,
+    }
 }
 
 /// One source file being packed, and the copy buffer to read it with.
@@ -210,47 +355,92 @@ struct Source<'a> {
     abs: &'a Path,
     file: &'a mut File,
     stamp: Stamp,
+    how: ReadMode,
     buf: &'a mut [u8],
 }
 
 enum Outcome {
     Done,
+    /// A snapshot read whose file moved on meanwhile: what shipped is the
+    /// file as it stood when the read began, not as it is now.
+    Overtaken,
     Torn,
+    /// The source could not be read: the error names the path.
+    Unreadable(io::Error),
+}
+
+/// A small file waiting for its parallel batch.
+struct Batched {
+    rel: String,
+    abs: PathBuf,
+    stamp: Stamp,
+    how: ReadMode,
 }
 
 impl Packer<'_> {
+    /// Pack `items`; see [`Packer::pack_into`].
     pub fn pack(&mut self, items: Vec<PackItem>) -> io::Result<Report> {
         let mut report = Report::default();
+        self.pack_into(items, &mut report)?;
+        Ok(report)
+    }
+
+    /// Pack `items` into bundles, recording what happened in `report`. On
+    /// an error writing a bundle, the bundles already finished (emitted) are
+    /// in `report` and the one being written is discarded; items not in the
+    /// report were not packed.
+    pub fn pack_into(&mut self, items: Vec<PackItem>, report: &mut Report) -> io::Result<()> {
         let mut open: Option<Open> = None;
+        let result = self.pack_items(items, report, &mut open);
+        if let Some(b) = open.take() {
+            match &result {
+                Ok(()) => return self.finish(b, report),
+                Err(_) => b.discard.store(true, std::sync::atomic::Ordering::Relaxed),
+            }
+        }
+        result
+    }
+
+    fn pack_items(
+        &mut self,
+        items: Vec<PackItem>,
+        report: &mut Report,
+        open: &mut Option<Open>,
+    ) -> io::Result<()> {
         let mut buf = vec![0u8; COPY_BUF];
-        let mut batch: Vec<(String, PathBuf, Stamp)> = Vec::new();
+        let mut batch: Vec<Batched> = Vec::new();
         let mut batch_bytes = 0u64;
 
-        // Deletions first, all in the first bundle.
+        // Deletions first, so a later bundle may reuse a deleted name.
         for item in items.iter().filter(|i| i.op == Op::Delete) {
-            let b = self.ensure_open(&mut open)?;
-            b.manifest.deletions.push(item.path.clone());
-            b.summary.deletions += 1;
-            b.used += item.path.len() as u64 + 8;
-            b.changes.push((item.path.clone(), None));
+            self.add_deletion(open, report, &item.path)?;
         }
         for item in items.into_iter().filter(|i| i.op == Op::Upsert) {
+            if let Err(e) = crate::paths::validate(&item.path) {
+                // The receiver would refuse the whole bundle for it.
+                report.failed.push((
+                    item.path.clone(),
+                    format!("{:?}: name cannot travel: {e}", item.path),
+                ));
+                continue;
+            }
             let abs = self.source.join(&item.path);
             let md = match std::fs::symlink_metadata(&abs) {
                 Ok(md) => md,
                 // Gone since the event: its removal is (or will be) an event of its own.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(with_path(e, &abs)),
+                Err(e) => {
+                    report
+                        .failed
+                        .push((item.path, with_path(e, &abs).to_string()));
+                    continue;
+                }
             };
             if !md.file_type().is_file() {
                 // A symlink, device or directory now stands where a shipped
                 // file was: the receiver must not keep the old file.
                 if item.previous.is_some() {
-                    let b = self.ensure_open(&mut open)?;
-                    b.manifest.deletions.push(item.path.clone());
-                    b.summary.deletions += 1;
-                    b.used += item.path.len() as u64 + 8;
-                    b.changes.push((item.path.clone(), None));
+                    self.add_deletion(open, report, &item.path)?;
                 }
                 tracing::debug!(path = %item.path, "not a regular file, not shipped");
                 continue;
@@ -263,51 +453,95 @@ impl Packer<'_> {
                 && stamp.same_as(p)
                 && super::hash_file(&abs).is_ok_and(|h| h.to_hex().as_str() == p.hash)
             {
-                report.unchanged += 1;
                 continue;
             }
-            if (self.touched)(&item.path)
+            let busy = (self.touched)(&item.path)
                 || item
                     .quiet_for
-                    .is_some_and(|q| modified_within(stamp.mtime, stamp.mtime_nsec, q))
-            {
+                    .is_some_and(|q| modified_within(stamp.mtime, stamp.mtime_nsec, q));
+            if busy && !item.overdue {
                 report.requeue.push(item.path.clone());
                 continue;
             }
+            // Overdue and still being written: a snapshot ships rather than nothing.
+            let how = if item.overdue {
+                ReadMode::Snapshot
+            } else {
+                ReadMode::Strict
+            };
             if stamp.size <= PARALLEL_MAX && stamp.size <= self.limits.chunk_size {
                 batch_bytes += stamp.size;
-                batch.push((item.path.clone(), abs, stamp));
+                batch.push(Batched {
+                    rel: item.path,
+                    abs,
+                    stamp,
+                    how,
+                });
                 if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
-                    self.pack_batch(&mut open, &mut report, std::mem::take(&mut batch))?;
+                    self.pack_batch(open, report, std::mem::take(&mut batch))?;
                     batch_bytes = 0;
                 }
                 continue;
             }
-            let mut file = match File::open(&abs) {
+            let opened = match how {
+                ReadMode::Snapshot => snapshot(&abs, self.outbox),
+                ReadMode::Strict => File::open(&abs).map(|f| (f, stamp)),
+            };
+            let (mut file, stamp) = match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(with_path(e, &abs)),
+                Err(e) => {
+                    report
+                        .failed
+                        .push((item.path, with_path(e, &abs).to_string()));
+                    continue;
+                }
             };
             let src = Source {
                 rel: &item.path,
                 abs: &abs,
                 file: &mut file,
                 stamp,
+                how,
                 buf: &mut buf,
             };
             if stamp.size > self.limits.chunk_size {
-                self.pack_large(&mut open, &mut report, src)?;
+                self.pack_large(open, report, src)?;
             } else {
-                self.pack_small(&mut open, &mut report, src)?;
+                self.pack_small(open, report, src)?;
             }
         }
         if !batch.is_empty() {
-            self.pack_batch(&mut open, &mut report, batch)?;
+            self.pack_batch(open, report, batch)?;
         }
-        if let Some(b) = open.take() {
-            self.finish(b, &mut report)?;
-        }
-        Ok(report)
+        Ok(())
+    }
+
+    fn add_deletion(
+        &mut self,
+        open: &mut Option<Open>,
+        report: &mut Report,
+        path: &str,
+    ) -> io::Result<()> {
+        self.make_room(open, report, path.len() as u64 + 8, path)?;
+        let b = self.ensure_open(open)?;
+        b.manifest.deletions.push(path.to_owned());
+        b.summary.deletions += 1;
+        b.used += path.len() as u64 + 8;
+        b.note_name(path);
+        b.changes.push((path.to_owned(), None));
+        Ok(())
+    }
+
+    /// Record a whole file added to the open bundle.
+    fn add_file(b: &mut Open, entry: FileEntry, stamp: Stamp) {
+        b.summary.files += 1;
+        b.summary.bytes += entry.size;
+        b.used += need(&entry.path, entry.size);
+        b.note_name(&entry.path);
+        b.changes
+            .push((entry.path.clone(), Some(stamp.meta(entry.hash.clone()))));
+        b.manifest.files.push(entry);
     }
 
     /// Pack small files: read, check, hash and compress them on every core,
@@ -316,32 +550,34 @@ impl Packer<'_> {
         &mut self,
         open: &mut Option<Open>,
         report: &mut Report,
-        batch: Vec<(String, PathBuf, Stamp)>,
+        batch: Vec<Batched>,
     ) -> io::Result<()> {
         use rayon::prelude::*;
         let touched = self.touched;
-        let prepared: Vec<(String, io::Result<Prepared>)> = batch
+        let prepared: Vec<(Batched, Prepared)> = batch
             .into_par_iter()
-            .map(|(rel, abs, stamp)| {
-                let r = prepare_small(&rel, &abs, stamp, touched);
-                (rel, r)
+            .map(|f| {
+                let r = prepare_small(&f.rel, &f.abs, f.stamp, f.how, touched);
+                (f, r)
             })
             .collect();
-        for (rel, r) in prepared {
-            match r? {
+        for (f, r) in prepared {
+            match r {
                 Prepared::Gone => {}
-                Prepared::Requeue => report.requeue.push(rel),
-                Prepared::Ready(entry, zipped) => {
-                    self.make_room(open, report, need(&rel, entry.size))?;
+                Prepared::Requeue => report.requeue.push(f.rel),
+                Prepared::Failed(e) => report.failed.push((f.rel, e.to_string())),
+                Prepared::Ready {
+                    entry,
+                    zipped,
+                    overtaken,
+                } => {
+                    self.make_room(open, report, need(&f.rel, entry.size), &f.rel)?;
                     let b = self.ensure_open(open)?;
                     b.zip.add_prepared_file(*zipped).map_err(zip_err)?;
-                    b.summary.files += 1;
-                    b.summary.bytes += entry.size;
-                    b.used += need(&rel, entry.size);
-                    let mut meta = entry.meta();
-                    meta.racy = modified_within(entry.mtime, entry.mtime_nsec, RACY_WINDOW);
-                    b.changes.push((rel, Some(meta)));
-                    b.manifest.files.push(entry);
+                    if overtaken {
+                        report.unsettled.push(f.rel.clone());
+                    }
+                    Self::add_file(b, entry, f.stamp);
                 }
             }
         }
@@ -354,55 +590,46 @@ impl Packer<'_> {
         report: &mut Report,
         src: Source<'_>,
     ) -> io::Result<()> {
-        let Source {
-            rel,
-            abs,
-            file,
-            stamp,
-            buf,
-        } = src;
-        self.make_room(open, report, need(rel, stamp.size))?;
+        let mut src = src;
+        let (rel, stamp) = (src.rel, src.stamp);
+        self.make_room(open, report, need(rel, stamp.size), rel)?;
+        let touched = self.touched;
         let b = self.ensure_open(open)?;
+        let deflate = worth_deflating(rel, src.file, stamp.size);
         b.zip
-            .start_file(
-                rel,
-                entry_options(worth_deflating(rel, file, stamp.size), stamp),
-            )
+            .start_file(rel, entry_options(deflate, stamp))
             .map_err(zip_err)?;
         let mut hasher = blake3::Hasher::new();
         let outcome = copy_checked(
-            file,
-            abs,
-            stamp,
+            &mut src,
             0,
             stamp.size,
             &mut b.zip,
             &mut [&mut hasher],
-            buf,
-            &|| (self.touched)(rel),
+            &|| touched(rel),
         )?;
         match outcome {
             Outcome::Torn => {
                 b.zip.abort_file().map_err(zip_err)?;
                 report.requeue.push(rel.to_owned());
             }
-            Outcome::Done => {
-                let hash = hasher.finalize().to_hex().to_string();
+            Outcome::Unreadable(e) => {
+                b.zip.abort_file().map_err(zip_err)?;
+                report.failed.push((rel.to_owned(), e.to_string()));
+            }
+            Outcome::Done | Outcome::Overtaken => {
                 let entry = FileEntry {
                     path: rel.to_owned(),
                     size: stamp.size,
                     mtime: stamp.mtime,
                     mtime_nsec: stamp.mtime_nsec,
                     mode: stamp.mode,
-                    hash,
+                    hash: hasher.finalize().to_hex().to_string(),
                 };
-                let mut meta = entry.meta();
-                meta.racy = modified_within(stamp.mtime, stamp.mtime_nsec, RACY_WINDOW);
-                b.changes.push((rel.to_owned(), Some(meta)));
-                b.manifest.files.push(entry);
-                b.summary.files += 1;
-                b.summary.bytes += stamp.size;
-                b.used += need(rel, stamp.size);
+                if matches!(outcome, Outcome::Overtaken) {
+                    report.unsettled.push(rel.to_owned());
+                }
+                Self::add_file(b, entry, stamp);
             }
         }
         Ok(())
@@ -414,55 +641,58 @@ impl Packer<'_> {
         report: &mut Report,
         src: Source<'_>,
     ) -> io::Result<()> {
-        let Source {
-            rel,
-            abs,
-            file,
-            stamp,
-            buf,
-        } = src;
+        let mut src = src;
+        let (rel, abs, stamp) = (src.rel, src.abs, src.stamp);
         let chunk = self.limits.chunk_size;
-        let count = stamp.size.div_ceil(chunk);
-        let count = u32::try_from(count).map_err(|_| {
-            with_path(
-                io::Error::other("file needs more than 2^32 parts: raise chunk_size"),
-                abs,
-            )
-        })?;
+        let Ok(count) = u32::try_from(stamp.size.div_ceil(chunk)) else {
+            let e = io::Error::other("file needs more than 2^32 parts: raise chunk_size");
+            report
+                .failed
+                .push((rel.to_owned(), with_path(e, abs).to_string()));
+            return Ok(());
+        };
         let set = set_id(self.sender, rel, stamp);
-        let deflate = worth_deflating(rel, file, stamp.size);
+        let deflate = worth_deflating(rel, src.file, stamp.size);
+        let touched = self.touched;
         let mut whole = blake3::Hasher::new();
+        let mut overtaken = false;
         for index in 0..count {
             let offset = u64::from(index) * chunk;
             let size = chunk.min(stamp.size - offset);
             let name = part_entry_name(&set, index);
-            self.make_room(open, report, need(&name, size))?;
+            self.make_room(open, report, need(&name, size), &name)?;
             let b = self.ensure_open(open)?;
             b.zip
                 .start_file(name.as_str(), entry_options(deflate, stamp))
                 .map_err(zip_err)?;
             let mut part = blake3::Hasher::new();
             let outcome = copy_checked(
-                file,
-                abs,
-                stamp,
+                &mut src,
                 offset,
                 size,
                 &mut b.zip,
                 &mut [&mut part, &mut whole],
-                buf,
-                &|| (self.touched)(rel),
+                &|| touched(rel),
             )?;
-            match outcome {
-                Outcome::Torn => {
-                    b.zip.abort_file().map_err(zip_err)?;
-                    if index > 0 {
-                        b.manifest.abandoned.push(set.clone());
-                    }
-                    report.requeue.push(rel.to_owned());
-                    return Ok(());
+            let failure = match outcome {
+                Outcome::Done => None,
+                Outcome::Overtaken => {
+                    overtaken = true;
+                    None
                 }
-                Outcome::Done => {}
+                Outcome::Torn => Some(None),
+                Outcome::Unreadable(e) => Some(Some(e)),
+            };
+            if let Some(error) = failure {
+                b.zip.abort_file().map_err(zip_err)?;
+                if index > 0 {
+                    b.manifest.abandoned.push(set.clone());
+                }
+                match error {
+                    None => report.requeue.push(rel.to_owned()),
+                    Some(e) => report.failed.push((rel.to_owned(), e.to_string())),
+                }
+                return Ok(());
             }
             let last = index + 1 == count;
             let file_hash = last.then(|| whole.finalize().to_hex().to_string());
@@ -483,34 +713,38 @@ impl Packer<'_> {
             b.summary.parts += 1;
             b.summary.bytes += size;
             b.used += need(&name, size);
+            b.entries += 1;
+            if index == 0 {
+                b.note_name(rel);
+                b.entries -= 1;
+            }
             if let Some(hash) = file_hash {
                 b.summary.files += 1;
-                b.changes.push((
-                    rel.to_owned(),
-                    Some(FileMeta {
-                        size: stamp.size,
-                        mtime: stamp.mtime,
-                        mtime_nsec: stamp.mtime_nsec,
-                        mode: stamp.mode,
-                        hash,
-                        racy: modified_within(stamp.mtime, stamp.mtime_nsec, RACY_WINDOW),
-                    }),
-                ));
+                if overtaken {
+                    report.unsettled.push(rel.to_owned());
+                }
+                b.changes.push((rel.to_owned(), Some(stamp.meta(hash))));
             }
         }
         Ok(())
     }
 
-    /// Finish the open bundle when `need` more bytes would push it past the limit.
+    /// Finish the open bundle when an entry of `need` more bytes named
+    /// `name` would push it past a limit, or clash with a name in it.
     fn make_room(
         &mut self,
         open: &mut Option<Open>,
         report: &mut Report,
         need: u64,
+        name: &str,
     ) -> io::Result<()> {
-        let full = open
-            .as_ref()
-            .is_some_and(|b| b.used > 0 && b.used + need > self.limits.max_bundle_size);
+        let limits = self.limits;
+        let full = open.as_ref().is_some_and(|b| {
+            b.entries > 0
+                && (b.used + need > limits.max_bundle_size
+                    || b.entries + 1 > limits.max_entries
+                    || b.clashes(name))
+        });
         if full && let Some(b) = open.take() {
             self.finish(b, report)?;
         }
@@ -525,9 +759,17 @@ impl Packer<'_> {
                 .tempfile_in(self.outbox)
                 .map_err(|e| with_path(e, self.outbox))?;
             let (file, tmp) = tmp.into_parts();
+            let discard = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let file = BundleFile {
+                file,
+                discard: discard.clone(),
+                pos: 0,
+                len: 0,
+            };
             let zip = ZipWriter::new(BufWriter::with_capacity(COPY_BUF, file));
             *open = Some(Open {
                 zip,
+                discard,
                 tmp,
                 manifest: Manifest {
                     format: FORMAT,
@@ -542,52 +784,68 @@ impl Packer<'_> {
                 summary: Summary::default(),
                 changes: Vec::new(),
                 used: 1024,
+                entries: 0,
+                normalised: Default::default(),
             });
         }
         Ok(open.as_mut().expect("just opened"))
     }
 
-    fn finish(&mut self, mut b: Open, report: &mut Report) -> io::Result<()> {
-        if b.manifest.files.is_empty()
-            && b.manifest.parts.is_empty()
-            && b.manifest.deletions.is_empty()
-            && b.manifest.abandoned.is_empty()
+    fn finish(&mut self, b: Open, report: &mut Report) -> io::Result<()> {
+        let Open {
+            zip,
+            discard,
+            tmp,
+            mut manifest,
+            summary,
+            changes,
+            ..
+        } = b;
+        let abandon = || discard.store(true, std::sync::atomic::Ordering::Relaxed);
+        if manifest.files.is_empty()
+            && manifest.parts.is_empty()
+            && manifest.deletions.is_empty()
+            && manifest.abandoned.is_empty()
         {
-            // Everything in it turned out torn or gone: no bundle.
+            // Everything in it turned out torn, gone or unreadable: no bundle.
+            abandon();
             return Ok(());
         }
-        let seq = (self.alloc_seq)()?;
-        b.manifest.seq = seq;
-        b.manifest.created = chrono::Utc::now().timestamp();
-        b.zip
-            .start_file(
-                MANIFEST_ENTRY,
-                SimpleFileOptions::default().compression_method(CompressionMethod::Deflated),
-            )
-            .map_err(zip_err)?;
-        b.zip.write_all(&b.manifest.to_json())?;
-        let mut out = b.zip.finish().map_err(zip_err)?;
-        out.flush()?;
-        // No fsync: an outbox bundle is dropped at restart and its changes
-        // found again by the catch-up, so it never needs to survive a crash.
-        drop(out.into_inner().map_err(|e| e.into_error())?);
+        let seq = (self.alloc_seq)().inspect_err(|_| abandon())?;
+        manifest.seq = seq;
+        manifest.created = chrono::Utc::now().timestamp();
+        seal(zip, &manifest).inspect_err(|_| abandon())?;
         let path = self.outbox.join(bundle_file_name(seq));
-        b.tmp
-            .persist(&path)
-            .map_err(|e| with_path(e.error, &path))?;
-        let size = std::fs::metadata(&path)?.len();
+        tmp.persist(&path).map_err(|e| with_path(e.error, &path))?;
+        let size = std::fs::metadata(&path)
+            .map_err(|e| with_path(e, &path))?
+            .len();
         let hash = super::hash_file(&path).map_err(|e| with_path(e, &path))?;
-        report.bundles.push((seq, b.summary));
-        report.shipped.extend(b.changes.iter().cloned());
+        report.bundles.push((seq, summary));
+        report.shipped.extend(changes.iter().cloned());
         (self.emit)(Packed {
             seq,
             path,
             size,
             hash: *hash.as_bytes(),
-            summary: b.summary,
-            changes: b.changes,
+            summary,
+            changes,
         })
     }
+}
+
+/// Write the manifest and the central directory, and flush the file.
+fn seal(mut zip: ZipWriter<BufWriter<BundleFile>>, manifest: &Manifest) -> io::Result<()> {
+    zip.start_file(
+        MANIFEST_ENTRY,
+        SimpleFileOptions::default().compression_method(CompressionMethod::Deflated),
+    )
+    .map_err(zip_err)?;
+    zip.write_all(&manifest.to_json())?;
+    let out = zip.finish().map_err(zip_err)?;
+    // No fsync: an outbox bundle is dropped at restart and its changes
+    // found again by the catch-up, so it never needs to survive a crash.
+    out.into_inner().map_err(|e| e.into_error())?.flush()
 }
 
 pub fn bundle_file_name(seq: u64) -> String {
@@ -617,47 +875,78 @@ fn need(name: &str, size: u64) -> u64 {
 }
 
 /// Copy `len` bytes from `offset` into the open zip entry, feeding every
-/// hasher, then confirm the file did not change while it was read.
-#[allow(clippy::too_many_arguments)]
+/// hasher. A strict read then confirms the file did not change meanwhile;
+/// a snapshot read only needs the bytes to be there. An error reading the
+/// source is an outcome; an error writing the bundle is the `Err`.
 fn copy_checked(
-    file: &mut File,
-    abs: &Path,
-    stamp: Stamp,
+    src: &mut Source<'_>,
     offset: u64,
     len: u64,
     out: &mut impl Write,
     hashers: &mut [&mut blake3::Hasher],
-    buf: &mut [u8],
     touched: &dyn Fn() -> bool,
 ) -> io::Result<Outcome> {
-    if Stamp::of(&file.metadata()?) != stamp {
-        return Ok(Outcome::Torn);
+    let strict = src.how == ReadMode::Strict;
+    let at = |e: io::Error| Outcome::Unreadable(with_path(e, src.abs));
+    match src.file.metadata() {
+        Ok(md) if strict && Stamp::of(&md) != src.stamp => return Ok(Outcome::Torn),
+        Ok(_) => {}
+        Err(e) => return Ok(at(e)),
     }
-    file.seek(SeekFrom::Start(offset))?;
+    if let Err(e) = src.file.seek(SeekFrom::Start(offset)) {
+        return Ok(at(e));
+    }
     let mut left = len;
     while left > 0 {
-        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-        let n = file.read(&mut buf[..want]).map_err(|e| with_path(e, abs))?;
+        let want = src
+            .buf
+            .len()
+            .min(usize::try_from(left).unwrap_or(usize::MAX));
+        let n = match src.file.read(&mut src.buf[..want]) {
+            Ok(n) => n,
+            Err(e) => return Ok(at(e)),
+        };
         if n == 0 {
             // Shorter than it was a moment ago: truncated under us.
             return Ok(Outcome::Torn);
         }
         for h in hashers.iter_mut() {
-            h.update(&buf[..n]);
+            h.update(&src.buf[..n]);
         }
-        out.write_all(&buf[..n])?;
+        out.write_all(&src.buf[..n])?;
         left -= n as u64;
     }
     // Same inode, same size and mtime, through the handle and through the
-    // name: nobody wrote to it or replaced it while we read.
-    let after_fd = Stamp::of(&file.metadata()?);
-    let after_path = std::fs::symlink_metadata(abs).map(|m| Stamp::of(&m));
+    // name: nobody wrote to it or replaced it while we read. (Through the
+    // name alone for a snapshot, whose handle may be a clone.)
+    let after_fd = src.file.metadata().map(|m| Stamp::of(&m));
+    let after_path = std::fs::symlink_metadata(src.abs).map(|m| Stamp::of(&m));
     // An event during the read means a writer is at it again, even if the
     // stat fields happen to match.
-    if after_fd != stamp || after_path.ok() != Some(stamp) || touched() {
-        return Ok(Outcome::Torn);
+    let moved = after_path.ok() != Some(src.stamp) || touched();
+    match (strict, moved || after_fd.ok() != Some(src.stamp)) {
+        (true, true) => Ok(Outcome::Torn),
+        (true, false) => Ok(Outcome::Done),
+        (false, _) if moved => Ok(Outcome::Overtaken),
+        (false, _) => Ok(Outcome::Done),
     }
-    Ok(Outcome::Done)
+}
+
+/// Open an overdue file that is still being written for a snapshot read:
+/// a reflink clone in `scratch` where the filesystem can make one (it holds
+/// still, whatever the writer does), else the file itself, of which the
+/// first `size` bytes as stated now will be read. Returns the file to read
+/// and the stamp to ship (the original's, with the clone's size).
+fn snapshot(abs: &Path, scratch: &Path) -> io::Result<(File, Stamp)> {
+    let original = File::open(abs)?;
+    let stamp = Stamp::of(&original.metadata()?);
+    if let Ok(clone) = tempfile::tempfile_in(scratch)
+        && rustix::fs::ioctl_ficlone(&clone, &original).is_ok()
+    {
+        let size = clone.metadata()?.len();
+        return Ok((clone, Stamp { size, ..stamp }));
+    }
+    Ok((original, stamp))
 }
 
 fn entry_options(deflate: bool, stamp: Stamp) -> SimpleFileOptions {

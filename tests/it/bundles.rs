@@ -21,6 +21,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
             op: Op::Upsert,
             previous: None,
             quiet_for: None,
+            overdue: false,
         })
         .collect();
     items.extend(deletions.iter().map(|d| PackItem {
@@ -28,6 +29,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
         op: Op::Delete,
         previous: None,
         quiet_for: None,
+        overdue: false,
     }));
     let mut out = Vec::new();
     let mut next = seq;
@@ -46,6 +48,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
         limits: Limits {
             chunk_size: 1 << 20,
             max_bundle_size: 8 << 20,
+            max_entries: 100_000,
         },
         alloc_seq: &mut alloc,
         emit: &mut emit,

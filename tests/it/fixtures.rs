@@ -46,6 +46,7 @@ fn regenerate_format1_fixtures() {
                 op: Op::Upsert,
                 previous: None,
                 quiet_for: None,
+                overdue: false,
             })
             .collect()
     };
@@ -68,6 +69,7 @@ fn regenerate_format1_fixtures() {
             limits: Limits {
                 chunk_size: 8192,
                 max_bundle_size: 1 << 20,
+                max_entries: 100_000,
             },
             alloc_seq: &mut alloc,
             emit: &mut emit,
@@ -86,12 +88,14 @@ fn regenerate_format1_fixtures() {
                 op: Op::Upsert,
                 previous: None,
                 quiet_for: None,
+                overdue: false,
             },
             PackItem {
                 path: "gone.txt".into(),
                 op: Op::Delete,
                 previous: None,
                 quiet_for: None,
+                overdue: false,
             },
         ],
         &mut bundles,

@@ -4,6 +4,7 @@
 mod bundles;
 mod cli;
 mod durability;
+mod edges;
 mod faults;
 mod fixtures;
 mod hostile;

@@ -233,3 +233,125 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+pub struct Mount(pub PathBuf);
+
+impl Mount {
+    pub fn tmpfs(dir: &Path, size: &str) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .map_err(|e| format!("cannot run mount: {e}"))?;
+        if out.status.success() {
+            Ok(Mount(dir.to_owned()))
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Give the mounted tmpfs a new size.
+    pub fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot resize the tmpfs at {}", self.0.display());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `shipper run --config CONFIG` as a child process (as `user` when given,
+/// through setpriv), its log going to `log`. Killed on drop.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(config: &Path, log: &Path, user: Option<u32>) -> Self {
+        let out = std::fs::File::create(log).unwrap();
+        let mut cmd = match user {
+            Some(uid) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={uid}"))
+                    .arg("--clear-groups")
+                    .arg(env!("CARGO_BIN_EXE_shipper"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_shipper")),
+        };
+        let child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start shipper run");
+        Daemon {
+            child,
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `shipper status --config CONFIG --json`, parsed; `None` while the
+/// sender does not answer yet.
+pub async fn status_json(config: &Path) -> Option<serde_json::Value> {
+    let out = shipper_async(vec![
+        "status".into(),
+        "--config".into(),
+        config.to_string_lossy().into_owned(),
+        "--json".into(),
+    ])
+    .await;
+    if !out.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+/// Poll the sender's status until `cond` holds for it; returns it.
+pub async fn wait_status(
+    config: &Path,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let end = Instant::now() + DEADLINE;
+    let mut last = None;
+    loop {
+        if let Some(v) = status_json(config).await {
+            if cond(&v) {
+                return v;
+            }
+            last = Some(v);
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting for status: {what}; last status: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
