@@ -297,6 +297,37 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_path_waits_for_its_retry_unless_an_event_comes() {
+        let (mut cs, t0) = set();
+        cs.failed("a", t0, t0 + s(8));
+        assert!(cs.take_due(t0 + s(5), t0 + s(15), false).is_empty());
+        assert!(
+            cs.take_due(t0 + s(7), t0 + MAX + s(7), false).is_empty(),
+            "not overdue either"
+        );
+        assert_eq!(cs.take_due(t0 + s(8), t0 + s(18), false).len(), 1);
+        // A chmod that fixes it raises an event: due after settle, not at retry.
+        cs.failed("b", t0, t0 + s(60));
+        cs.changed("b", false, t0 + s(1));
+        assert_eq!(cs.take_due(t0 + s(3), t0 + s(13), false).len(), 1);
+    }
+
+    #[test]
+    fn only_an_unsettled_entry_taken_for_max_delay_is_overdue() {
+        let (mut cs, t0) = set();
+        cs.changed("busy", true, t0);
+        cs.changed("calm", false, t0);
+        let due = cs.take_due(t0 + MAX, t0 + MAX + TICK, false);
+        let get = |p: &str| due.iter().find(|c| c.path == p).unwrap().clone();
+        // A writer quiet for max_delay counts as settled; write again to stay busy.
+        assert!(!get("calm").overdue && get("calm").settled);
+        cs.changed("log", true, t0 + MAX);
+        let due = cs.take_due(t0 + MAX + s(1), t0 + MAX * 2 + s(1), false);
+        let log = due.iter().find(|c| c.path == "log").unwrap();
+        assert!(log.overdue && !log.settled);
+    }
+
+    #[test]
     fn create_then_delete_leaves_a_delete_for_the_sender_to_judge() {
         let (mut cs, t0) = set();
         cs.changed("a", false, t0);
