@@ -241,6 +241,12 @@ pub fn describe_status(r: &crate::sender::StatusReport) -> String {
             }
         };
         let _ = writeln!(s, "receiver {}: {state}", l.receiver);
+        if l.whole_tree_pending {
+            let _ = writeln!(
+                s,
+                "  receiving the whole tree (new, rebuilt or restored receiver)"
+            );
+        }
         match (l.last_ack_seq, l.last_ack_at) {
             (Some(seq), Some(t)) => {
                 let _ = writeln!(s, "  last acknowledged: sequence {seq} at {}", ago(t));

@@ -17,6 +17,7 @@
 //! - [`metrics`]: the optional Prometheus endpoint.
 //! - [`commands`]: what each subcommand does.
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
+//! - [`peers`]: what the sender knows of each receiver; who needs the whole tree.
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`durable`]: crash-safe writes.
 
@@ -31,6 +32,7 @@ pub mod durable;
 pub mod ledger;
 pub mod metrics;
 pub mod paths;
+pub mod peers;
 pub mod proto;
 pub mod receiver;
 pub mod schedule;

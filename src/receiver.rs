@@ -29,15 +29,40 @@ use crate::proto::{Connection, Frame};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// What the receiver keeps across restarts: the last sequence applied per sender.
+/// What the receiver keeps across restarts: the last sequence applied per
+/// sender, and the instance this state belongs to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReceiverState {
     pub applied: BTreeMap<String, u64>,
+    /// Made when the state is first written; a wiped or rebuilt receiver
+    /// has a new one, which tells senders to bring it the whole tree.
+    #[serde(default)]
+    pub instance: String,
 }
 
 impl ReceiverState {
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join("receiver.json")
+    }
+
+    /// Load, giving the state an instance id (saved) if it has none yet.
+    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
+        let mut state = Self::load(state_dir)?;
+        if instance_bytes(&state.instance).is_none() {
+            let mut h = blake3::Hasher::new();
+            h.update(
+                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+            );
+            h.update(state_dir.as_os_str().as_encoded_bytes());
+            state.instance = h.finalize().to_hex()[..32].to_string();
+            state.save(state_dir)?;
+        }
+        Ok(state)
+    }
+
+    /// The instance id as sent in `Welcome`.
+    pub fn instance(&self) -> [u8; 16] {
+        instance_bytes(&self.instance).unwrap_or_default()
     }
 
     pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
@@ -96,7 +121,7 @@ impl Receiver {
         let _ = std::fs::remove_dir_all(&incoming);
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
-        let mut state = ReceiverState::load(&cfg.state_dir)?;
+        let mut state = ReceiverState::load_or_create(&cfg.state_dir)?;
         target.clean_staging().context("cleaning staging")?;
         let publishing = cfg.state_dir.join("publishing");
         std::fs::create_dir_all(&publishing)
@@ -208,16 +233,16 @@ impl Receiver {
             }
             other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
         };
-        let last = self
-            .state
-            .lock()
-            .await
-            .applied
-            .get(&sender)
-            .copied()
-            .unwrap_or(0);
-        conn.write_frame(&Frame::Welcome { last_applied: last })
-            .await?;
+        let (last, instance) = {
+            let state = self.state.lock().await;
+            let last = state.applied.get(&sender).copied().unwrap_or(0);
+            (last, state.instance())
+        };
+        conn.write_frame(&Frame::Welcome {
+            last_applied: last,
+            instance,
+        })
+        .await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
         while let Some(frame) = conn.read_frame().await? {
             let Frame::Bundle { seq, size } = frame else {
@@ -298,9 +323,12 @@ impl Receiver {
             return Ok(Ok(None));
         }
         if seq > last + 1 && last > 0 {
-            warn!(
+            // Normal when a sender ships a whole tree to another receiver.
+            tracing::debug!(
                 sender,
-                seq, last, "sequence gap: bundles in between were never received here"
+                seq,
+                last,
+                "sequence gap: bundles in between were not for this receiver or never arrived"
             );
         }
         let me = self.clone_parts();
@@ -341,6 +369,11 @@ impl Receiver {
             limits: self.cfg.limits,
         }
     }
+}
+
+fn instance_bytes(hex: &str) -> Option<[u8; 16]> {
+    let bytes = data_encoding::HEXLOWER.decode(hex.as_bytes()).ok()?;
+    bytes.try_into().ok()
 }
 
 fn archive_name(sender: &str, seq: u64) -> String {

@@ -29,6 +29,7 @@ use crate::control::{self, Call, Request, Response};
 use crate::durable;
 use crate::ledger::{AckRecord, Ledger};
 use crate::paths::is_within;
+use crate::peers::{Known, PeerRecord, Peers, must_skip, plan_welcome};
 use crate::proto::connection::ConnError;
 use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
@@ -163,6 +164,9 @@ pub struct LinkStatus {
     /// The latest failure, naming the peer or sequence it concerns.
     pub last_error: Option<String>,
     pub last_error_at: Option<i64>,
+    /// It is new, rebuilt or restored and is being sent the whole tree.
+    #[serde(default)]
+    pub whole_tree_pending: bool,
 }
 
 fn unix_now() -> i64 {
@@ -174,6 +178,12 @@ enum TransportEvent {
     Connected,
     Acked {
         seq: u64,
+    },
+    /// Receiver `index` needs the whole tree, for this reason (already
+    /// recorded in `receivers.json`).
+    WholeTree {
+        index: usize,
+        reason: String,
     },
 }
 
@@ -207,6 +217,20 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let shipped = ledger.files().clone();
     debug!(files = shipped.len(), "ledger loaded");
     let ledger = Arc::new(std::sync::Mutex::new(ledger));
+    let peers = Peers::load(&state_dir).with_context(|| {
+        format!(
+            "reading what is known of the receivers in {}",
+            state_dir.display()
+        )
+    })?;
+    let whole_tree_due: std::collections::BTreeSet<usize> = cfg
+        .receivers
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| peers.receivers.get(*r).is_some_and(|p| p.whole_tree))
+        .map(|(i, _)| i)
+        .collect();
+    let peers = Arc::new(std::sync::Mutex::new(peers));
     info!(id = %state.id, source = %source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![state_dir.clone()];
@@ -264,6 +288,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             events: event_tx.clone(),
             status: status_tx,
             seq_floor: seq_floor.clone(),
+            peers: peers.clone(),
+            state_dir: state_dir.clone(),
         };
         transport_tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
@@ -292,6 +318,11 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         touched_active: false,
         held_reported: 0,
         taken: Vec::new(),
+        private: None,
+        whole_tree_queue: Default::default(),
+        whole_tree_due,
+        whole_tree_last: BTreeMap::new(),
+        peers,
         failing: BTreeMap::new(),
         bad_names: Default::default(),
         unsettled: Default::default(),
@@ -381,6 +412,14 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             },
             Some(ev) = event_rx.recv() => match ev {
                 TransportEvent::Acked { seq } => s.on_acked(seq),
+                TransportEvent::WholeTree { index, reason } => {
+                    if s.whole_tree_queue.insert(index) {
+                        s.whole_tree_due.insert(index);
+                        s.whole_tree_last.remove(&index);
+                        warn!(peer = %cfg.receivers[index], %reason, "this receiver needs the whole tree: shipping it every file");
+                    }
+                    s.maybe_pack(false, next_tick);
+                }
                 TransportEvent::Connected => {
                     if s.needs_welcome {
                         // Sequences can be numbered now: ship what waited.
@@ -452,6 +491,15 @@ struct Sender {
     packing: Option<JoinHandle<PackDone>>,
     /// What the running pack took from the change set.
     taken: Vec<(String, Op)>,
+    /// The running pack is a whole tree for this receiver only.
+    private: Option<usize>,
+    /// Receivers whose whole tree waits to be packed…
+    whole_tree_queue: std::collections::BTreeSet<usize>,
+    /// …and every receiver whose whole tree is not yet acknowledged…
+    whole_tree_due: std::collections::BTreeSet<usize>,
+    /// …with the last sequence of it, once packed.
+    whole_tree_last: BTreeMap<usize, u64>,
+    peers: Arc<std::sync::Mutex<Peers>>,
     /// Paths that could not be packed, retried with backoff.
     failing: BTreeMap<String, FailingPath>,
     /// Paths whose names are not UTF-8: they cannot travel.
@@ -729,7 +777,15 @@ impl Sender {
                 .collect(),
             unsettled: self.unsettled.iter().cloned().collect(),
             pack_error: self.pack_error.clone(),
-            receivers: self.statuses.iter().map(|s| s.borrow().clone()).collect(),
+            receivers: self
+                .statuses
+                .iter()
+                .enumerate()
+                .map(|(i, s)| LinkStatus {
+                    whole_tree_pending: self.whole_tree_due.contains(&i),
+                    ..s.borrow().clone()
+                })
+                .collect(),
         }
     }
 
@@ -783,6 +839,24 @@ impl Sender {
         if !force && self.pack_retry_at.is_some_and(|t| now < t) {
             return;
         }
+        if let Some(index) = self.whole_tree_queue.pop_first() {
+            // Everything the receivers have (or will once the outbox
+            // drains), for this one only; changes still pending reach
+            // every receiver in the usual bundles.
+            let items = self
+                .shipped
+                .keys()
+                .map(|path| PackItem {
+                    path: path.clone(),
+                    op: Op::Upsert,
+                    previous: None,
+                    quiet_for: None,
+                    overdue: false,
+                })
+                .collect();
+            self.start_pack(items, Some(index));
+            return;
+        }
         let due = self.changes.take_due(now, next_tick, force);
         let flushes = std::mem::take(&mut self.flush_queued);
         let allow_mass_delete = flushes.iter().any(|f| f.allow_mass_delete);
@@ -823,6 +897,12 @@ impl Sender {
         }
         self.flush_packing = flushes;
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
+        self.start_pack(items, None);
+    }
+
+    /// Pack `items` on a blocking thread; `only`: for that receiver alone.
+    fn start_pack(&mut self, items: Vec<PackItem>, only: Option<usize>) {
+        self.private = only;
         let packer_state = self.state.clone();
         let (source, outbox, state_dir) = (
             self.source.clone(),
@@ -849,7 +929,8 @@ impl Sender {
                 st.save(&state_dir).map_err(std::io::Error::other)?;
                 Ok(seq)
             };
-            let mut emit = |p: Packed| -> std::io::Result<()> {
+            let mut emit = |mut p: Packed| -> std::io::Result<()> {
+                p.only = only;
                 info!(
                     seq = p.seq,
                     files = p.summary.files,
@@ -883,6 +964,11 @@ impl Sender {
 
     fn on_packed(&mut self, report: Report, result: std::io::Result<()>, next_tick: Instant) {
         self.touched_active = false;
+        if let Some(index) = self.private.take() {
+            self.on_whole_tree_packed(index, report, result);
+            self.maybe_pack(!self.flush_queued.is_empty(), next_tick);
+            return;
+        }
         let first = self.packed + 1;
         let now = Instant::now();
         let taken = std::mem::take(&mut self.taken);
@@ -977,6 +1063,54 @@ impl Sender {
         }
     }
 
+    /// A whole tree for receiver `index` was packed (or failed to be).
+    fn on_whole_tree_packed(&mut self, index: usize, report: Report, result: std::io::Result<()>) {
+        let now = Instant::now();
+        for (p, error) in &report.failed {
+            self.path_failed(p, error, now);
+        }
+        for (seq, summary) in &report.bundles {
+            self.packed = self.packed.max(*seq);
+            self.summaries.insert(*seq, *summary);
+        }
+        let name = &self.cfg.receivers[index];
+        match result {
+            Err(e) => {
+                warn!(peer = %name, error = %e, "packing the whole tree for this receiver failed; trying again");
+                self.whole_tree_queue.insert(index);
+                self.pack_retry_at = Some(now + self.pack_backoff.next_delay());
+            }
+            Ok(()) => match report.bundles.iter().map(|(s, _)| *s).max() {
+                Some(last) => {
+                    info!(peer = %name, bundles = report.bundles.len(), last_seq = last, "whole tree packed for this receiver");
+                    self.whole_tree_last.insert(index, last);
+                    if self.acked >= last {
+                        self.whole_tree_done(index);
+                    }
+                }
+                None => self.whole_tree_done(index),
+            },
+        }
+    }
+
+    /// Receiver `index` acknowledged its whole tree: forget that it needs one.
+    fn whole_tree_done(&mut self, index: usize) {
+        self.whole_tree_due.remove(&index);
+        self.whole_tree_last.remove(&index);
+        let name = self.cfg.receivers[index].clone();
+        info!(peer = %name, "this receiver has the whole tree");
+        let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(rec) = p.receivers.get_mut(&name) {
+                rec.whole_tree = false;
+                if let Err(e) = p.save(&dir) {
+                    warn!(error = %e, "could not record that a receiver has the whole tree");
+                }
+            }
+        });
+    }
+
     /// `path` could not be packed: keep it pending, retry with backoff, and
     /// say so once per distinct error.
     fn path_failed(&mut self, path: &str, error: &str, now: Instant) {
@@ -1014,6 +1148,15 @@ impl Sender {
 
     fn on_acked(&mut self, seq: u64) {
         self.acked = self.acked.max(seq);
+        let finished: Vec<usize> = self
+            .whole_tree_last
+            .iter()
+            .filter(|(_, last)| seq >= **last)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in finished {
+            self.whole_tree_done(index);
+        }
         if let Some(bar) = &self.first_ship {
             if let Some(s) = self.summaries.get(&seq) {
                 bar.inc(s.bytes);
@@ -1132,7 +1275,7 @@ async fn connect(
     receiver: &str,
     id: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<(Connection<Stream>, u64), String> {
+) -> Result<(Connection<Stream>, u64, [u8; 16]), String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
         .await
@@ -1170,7 +1313,10 @@ async fn connect(
                 };
                 conn.write_frame(&hello).await.map_err(|e| e.to_string())?;
                 return match conn.expect_frame_within(CONNECT_TIMEOUT).await {
-                    Ok(Frame::Welcome { last_applied }) => Ok((conn, last_applied)),
+                    Ok(Frame::Welcome {
+                        last_applied,
+                        instance,
+                    }) => Ok((conn, last_applied, instance)),
                     Ok(Frame::Refuse { reason, .. }) => Err(format!("refused: {reason}")),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     // With TLS 1.3 a refused client certificate shows as an
@@ -1223,8 +1369,20 @@ struct OutboxState {
     bundles: BTreeMap<u64, Packed>,
     /// Per receiver: the highest sequence it acknowledged (or had applied).
     acked: Vec<u64>,
+    /// Per receiver: the highest sequence written to it.
+    sent: Vec<u64>,
+    /// Per receiver: a bundle arrived numbered at or below what it already
+    /// applied (numbering went back), so it can never be sent there.
+    stale: Vec<bool>,
     connected: Vec<bool>,
     closed: bool,
+}
+
+impl OutboxState {
+    /// Whether receiver `r` is done with `b`: acknowledged, or not its bundle.
+    fn done(&self, r: usize, b: &Packed) -> bool {
+        self.acked[r] >= b.seq || b.only.is_some_and(|o| o != r)
+    }
 }
 
 /// Bundles a connected receiver may have waiting before the packer pauses.
@@ -1236,6 +1394,8 @@ impl Outbox {
             state: std::sync::Mutex::new(OutboxState {
                 bundles: BTreeMap::new(),
                 acked: vec![0; receivers],
+                sent: vec![0; receivers],
+                stale: vec![false; receivers],
                 connected: vec![false; receivers],
                 closed: false,
             }),
@@ -1277,19 +1437,42 @@ impl Outbox {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        for r in 0..st.acked.len() {
+            if p.seq <= st.acked[r] && p.only.is_none_or(|o| o == r) {
+                st.stale[r] = true;
+            }
+        }
         st.bundles.insert(p.seq, p);
         drop(st);
         self.arrived.notify_waiters();
         Ok(())
     }
 
-    /// The first bundle receiver `i` has not acknowledged.
+    /// The first bundle for receiver `i` it has not acknowledged.
     fn next_for(&self, i: usize) -> Option<Packed> {
         let st = self.lock();
         st.bundles
-            .range(st.acked[i] + 1..)
-            .next()
-            .map(|(_, p)| p.clone())
+            .range(st.acked[i].saturating_add(1)..)
+            .map(|(_, p)| p)
+            .find(|p| p.only.is_none_or(|o| o == i))
+            .cloned()
+    }
+
+    /// Highest sequence written to and acknowledged by receiver `i`.
+    fn position(&self, i: usize) -> (u64, u64) {
+        let st = self.lock();
+        (st.sent[i], st.acked[i])
+    }
+
+    fn mark_sent(&self, i: usize, seq: u64) {
+        let mut st = self.lock();
+        st.sent[i] = st.sent[i].max(seq);
+    }
+
+    /// Whether a bundle numbered below receiver `i`'s position arrived
+    /// since the last call (it can never go there).
+    fn take_stale(&self, i: usize) -> bool {
+        std::mem::take(&mut self.lock().stale[i])
     }
 
     fn set_connected(&self, i: usize, up: bool) {
@@ -1302,12 +1485,26 @@ impl Outbox {
     fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
         let mut st = self.lock();
         st.acked[i] = st.acked[i].max(seq);
-        let all = st.acked.iter().copied().min().unwrap_or(0);
-        let rest = st.bundles.split_off(&(all + 1));
-        let done = std::mem::replace(&mut st.bundles, rest);
+        // Bundles leave in order, once every receiver is done with them.
+        let mut done = Vec::new();
+        loop {
+            let ready = st
+                .bundles
+                .values()
+                .next()
+                .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
+            match st.bundles.pop_first() {
+                Some((_, b)) if ready => done.push(b),
+                Some((seq, b)) => {
+                    st.bundles.insert(seq, b);
+                    break;
+                }
+                None => break,
+            }
+        }
         drop(st);
         self.room.notify_all();
-        done.into_values().collect()
+        done
     }
 
     pub fn close(&self) {
@@ -1331,6 +1528,39 @@ struct Link {
     seq_floor: Arc<AtomicU64>,
     /// TLS with the pinned receiver; `None` for plaintext on loopback.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// What is known of every receiver across restarts.
+    peers: Arc<std::sync::Mutex<Peers>>,
+    state_dir: PathBuf,
+}
+
+/// Record receiver `name`'s instance and whether it needs the whole tree,
+/// durably, before anything relies on it. Blocking work off the runtime.
+async fn record_peer(
+    link_peers: &Arc<std::sync::Mutex<Peers>>,
+    state_dir: &Path,
+    name: &str,
+    instance: [u8; 16],
+    whole_tree: bool,
+) {
+    let (peers, dir, name) = (link_peers.clone(), state_dir.to_owned(), name.to_owned());
+    let saved = tokio::task::spawn_blocking(move || {
+        let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = p.receivers.entry(name).or_default();
+        let hex = data_encoding::HEXLOWER.encode(&instance);
+        let wanted = PeerRecord {
+            instance: hex,
+            whole_tree: rec.whole_tree || whole_tree,
+        };
+        if *rec == wanted {
+            return Ok(());
+        }
+        *rec = wanted;
+        p.save(&dir)
+    })
+    .await;
+    if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+        warn!(error = %e, "could not record what is known of the receivers");
+    }
 }
 
 async fn transport(link: Link, shutdown: CancellationToken) {
@@ -1344,11 +1574,13 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         status,
         seq_floor,
         tls,
+        peers,
+        state_dir,
     } = link;
     let mut backoff = Backoff::default();
     let mut down_reported: Option<String> = None;
     loop {
-        let (mut conn, last_applied) = tokio::select! {
+        let (mut conn, last_applied, instance) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = connect(&receiver, &id, tls.as_ref()) => match r {
                 Ok(c) => c,
@@ -1377,9 +1609,49 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         } else {
             debug!(peer = %receiver, last_applied, "connected");
         }
-        seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
-        // What it applied before a lost acknowledgement counts as acknowledged.
-        release(outbox.ack(index, last_applied), &events, &ledger).await;
+        seq_floor.fetch_max(last_applied.saturating_add(1), Ordering::SeqCst);
+        let (sent, acked) = outbox.position(index);
+        let known = {
+            let p = peers.lock().unwrap_or_else(|e| e.into_inner());
+            let rec = p.receivers.get(&receiver);
+            Known {
+                sent,
+                acked,
+                everyone: ledger.lock().unwrap_or_else(|e| e.into_inner()).acked_seq(),
+                instance: rec.and_then(|r| {
+                    data_encoding::HEXLOWER
+                        .decode(r.instance.as_bytes())
+                        .ok()
+                        .and_then(|b| b.try_into().ok())
+                }),
+                whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
+            }
+        };
+        let plan = plan_welcome(last_applied, instance, known);
+        // Any bundle it has numbers for but was never sent is covered by
+        // the whole tree, recorded before those bundles can be let go.
+        let reused = outbox.take_stale(index)
+            || outbox
+                .next_for(index)
+                .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
+        let whole_tree = plan.whole_tree.clone().or_else(|| {
+            reused.then(|| format!("it has applied up to sequence {last_applied}, numbers this sender used again (its state restored from an older copy?)"))
+        });
+        record_peer(
+            &peers,
+            &state_dir,
+            &receiver,
+            instance,
+            whole_tree.is_some(),
+        )
+        .await;
+        if let Some(reason) = whole_tree {
+            let _ = events.send(TransportEvent::WholeTree { index, reason });
+        }
+        // What it applied before a lost acknowledgement counts as
+        // acknowledged; what it has numbers for is never sent to it.
+        release(outbox.ack(index, plan.release_upto), &events, &ledger).await;
+        release(outbox.ack(index, plan.skip_upto), &events, &ledger).await;
         outbox.set_connected(index, true);
         let _ = events.send(TransportEvent::Connected);
         status.send_modify(|s| {
@@ -1400,7 +1672,18 @@ async fn transport(link: Link, shutdown: CancellationToken) {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             };
+            if outbox.take_stale(index) {
+                // Numbered at or below what it applied: it would be
+                // acknowledged unapplied. The whole tree covers it.
+                let reason = format!(
+                    "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
+                    b.seq
+                );
+                record_peer(&peers, &state_dir, &receiver, instance, true).await;
+                let _ = events.send(TransportEvent::WholeTree { index, reason });
+            }
             let started = Instant::now();
+            outbox.mark_sent(index, b.seq);
             let result = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = send_bundle(&mut conn, &b) => r,

@@ -73,6 +73,9 @@ pub struct Packed {
     /// What the receiver will have once it applies this bundle: `Some`
     /// shipped with this metadata, `None` deleted.
     pub changes: Vec<(String, Option<FileMeta>)>,
+    /// For this receiver only (by its place in `sender.receiver`): part of
+    /// a whole tree for a receiver that needs one. `None`: for every one.
+    pub only: Option<usize>,
 }
 
 /// What a bundle carries, for logs and `shipper flush`.
@@ -830,6 +833,7 @@ impl Packer<'_> {
             hash: *hash.as_bytes(),
             summary,
             changes,
+            only: None,
         })
     }
 }

@@ -4,7 +4,7 @@
 //! decoder returns `Ok(None)` on incomplete input, and refuses a length over
 //! [`MAX_PAYLOAD`] before anything is allocated.
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.
@@ -15,12 +15,31 @@ const MAX_REASON: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    Hello { version: u16, sender: String },
-    Welcome { last_applied: u64 },
-    Bundle { seq: u64, size: u64 },
-    Trailer { size: u64, hash: [u8; 32] },
-    Ack { seq: u64 },
-    Refuse { seq: u64, reason: String },
+    Hello {
+        version: u16,
+        sender: String,
+    },
+    /// `instance` names this receiver's state: a new one (a rebuilt or
+    /// wiped receiver) has a new instance.
+    Welcome {
+        last_applied: u64,
+        instance: [u8; 16],
+    },
+    Bundle {
+        seq: u64,
+        size: u64,
+    },
+    Trailer {
+        size: u64,
+        hash: [u8; 32],
+    },
+    Ack {
+        seq: u64,
+    },
+    Refuse {
+        seq: u64,
+        reason: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,8 +72,12 @@ impl Frame {
                 out.extend_from_slice(sender.as_bytes());
                 HELLO
             }
-            Frame::Welcome { last_applied } => {
+            Frame::Welcome {
+                last_applied,
+                instance,
+            } => {
                 out.extend_from_slice(&last_applied.to_be_bytes());
+                out.extend_from_slice(instance);
                 WELCOME
             }
             Frame::Bundle { seq, size } => {
@@ -138,7 +161,10 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
                 _ => None,
             }
         }
-        WELCOME if p.len() == 8 => u64_at(0).map(|last_applied| Frame::Welcome { last_applied }),
+        WELCOME if p.len() == 24 => u64_at(0).map(|last_applied| Frame::Welcome {
+            last_applied,
+            instance: p[8..24].try_into().expect("16 bytes"),
+        }),
         BUNDLE if p.len() == 16 => Some(Frame::Bundle {
             seq: u64_at(0).unwrap_or_default(),
             size: u64_at(8).unwrap_or_default(),
@@ -181,7 +207,10 @@ mod tests {
                 version: 1,
                 sender: "app-1".into(),
             },
-            Frame::Welcome { last_applied: 42 },
+            Frame::Welcome {
+                last_applied: 42,
+                instance: [9; 16],
+            },
             Frame::Bundle {
                 seq: 7,
                 size: 1 << 40,
@@ -284,7 +313,12 @@ mod props {
         prop_oneof![
             (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
                 .prop_map(|(version, sender)| Frame::Hello { version, sender }),
-            any::<u64>().prop_map(|last_applied| Frame::Welcome { last_applied }),
+            (any::<u64>(), any::<[u8; 16]>()).prop_map(|(last_applied, instance)| {
+                Frame::Welcome {
+                    last_applied,
+                    instance,
+                }
+            }),
             (any::<u64>(), any::<u64>()).prop_map(|(seq, size)| Frame::Bundle { seq, size }),
             (any::<u64>(), any::<[u8; 32]>())
                 .prop_map(|(size, hash)| Frame::Trailer { size, hash }),

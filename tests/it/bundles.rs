@@ -69,7 +69,7 @@ async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
     .await
     .unwrap();
     match c.expect_frame().await.unwrap() {
-        Frame::Welcome { last_applied } => (c, last_applied),
+        Frame::Welcome { last_applied, .. } => (c, last_applied),
         f => panic!("expected welcome, got {f:?}"),
     }
 }

@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod operate;
+mod peers;
 mod sync;
 mod tls;
 mod util;

@@ -96,13 +96,24 @@ impl Env {
     }
 
     pub fn start_sender(&self, addr: SocketAddr, extra: &str) -> Role {
-        let cfg = self
-            .config(&self.sender_toml(&addr.to_string(), extra))
-            .sender
-            .unwrap();
+        self.start_sender_from(addr, &self.sender_toml(&addr.to_string(), extra))
+    }
+
+    /// Start a sender in this process from a whole `[sender]` table.
+    pub fn start_sender_from(&self, addr: SocketAddr, toml: &str) -> Role {
+        let cfg = self.config(toml).sender.unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
         Role { addr, stop, task }
+    }
+
+    /// A sender table shipping to every address in `receivers`.
+    pub fn sender_toml_to(&self, receivers: &[SocketAddr], extra: &str) -> String {
+        let list: Vec<String> = receivers.iter().map(|a| format!("\"{a}\"")).collect();
+        self.sender_toml("unused:1", extra).replace(
+            "receiver = \"unused:1\"",
+            &format!("receiver = [{}]", list.join(", ")),
+        )
     }
 
     pub fn write(&self, rel: &str, data: impl AsRef<[u8]>) {

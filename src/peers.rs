@@ -1,0 +1,247 @@
+//! What the sender knows of each receiver across restarts, and the pure
+//! decision of what a receiver needs when it says `Welcome`.
+//!
+//! A receiver can only be brought up to date from the outbox while it lacks
+//! nothing older than what left it. A receiver that is new (added to
+//! `sender.receiver` later), rebuilt (its state wiped: a new instance), or
+//! behind what every receiver acknowledged (restored from a backup) needs the
+//! whole tree: [`plan_welcome`] says so, and `state_dir/receivers.json`
+//! remembers it until that whole tree is acknowledged, so a restart in the
+//! middle starts it again. [`plan_welcome`] is pure; [`Peers::load`] and
+//! [`Peers::save`] are the only I/O (blocking).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+/// One receiver as last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    /// Its state's instance id (hex), from its last `Welcome`.
+    pub instance: String,
+    /// It needs the whole tree and has not acknowledged all of it yet.
+    #[serde(default)]
+    pub whole_tree: bool,
+}
+
+/// Every receiver by its configured `host:port`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peers {
+    pub receivers: BTreeMap<String, PeerRecord>,
+}
+
+impl Peers {
+    fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receivers.json")
+    }
+
+    pub fn load(state_dir: &Path) -> std::io::Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: corrupt: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Write durably: a whole-tree flag lost in a crash would leave a
+    /// receiver without files forever.
+    pub fn save(&self, state_dir: &Path) -> std::io::Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        durable::write_atomic(&Self::path(state_dir), &json)
+    }
+}
+
+/// What the sender knows of one receiver when its `Welcome` arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known {
+    /// Highest sequence written to it by this process (0: none).
+    pub sent: u64,
+    /// Highest sequence it acknowledged to this process (0: none).
+    pub acked: u64,
+    /// Highest sequence every receiver acknowledged: bundles up to it have
+    /// left the outbox and cannot be sent again.
+    pub everyone: u64,
+    /// Its instance as last recorded, if it was ever seen.
+    pub instance: Option<[u8; 16]>,
+    /// A whole tree for it was begun and not finished.
+    pub whole_tree_pending: bool,
+}
+
+/// What to do with a receiver that just said `Welcome`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Bundles up to here it has applied (an acknowledgement was lost):
+    /// they count as acknowledged.
+    pub release_upto: u64,
+    /// Bundles up to here must not be sent to it: it has applied these
+    /// numbers. One that was never sent to it (the sender's numbering went
+    /// back, [`must_skip`]) would be acknowledged without being applied.
+    pub skip_upto: u64,
+    /// Why it needs the whole tree, if it does.
+    pub whole_tree: Option<String>,
+}
+
+/// Decide what a receiver that applied `last_applied` of this sender, with
+/// state instance `instance`, needs.
+pub fn plan_welcome(last_applied: u64, instance: [u8; 16], k: Known) -> Plan {
+    let release_upto = last_applied.min(k.sent.max(k.acked));
+    let mut whole_tree = None;
+    if k.whole_tree_pending {
+        whole_tree = Some("a whole tree begun for it earlier was not finished".to_owned());
+    }
+    if k.instance.is_some_and(|i| i != instance) {
+        whole_tree = Some("its state is new (a rebuilt or wiped receiver)".to_owned());
+    } else if last_applied < k.everyone {
+        whole_tree = Some(format!(
+            "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
+            k.everyone
+        ));
+    }
+    Plan {
+        release_upto,
+        skip_upto: last_applied,
+        whole_tree,
+    }
+}
+
+/// Whether bundle `seq` must not go to a receiver that said it applied up
+/// to `skip_upto`: its number was used before (a sender state restored
+/// from an older copy), so the receiver would acknowledge it unapplied and
+/// must get the whole tree instead.
+pub fn must_skip(seq: u64, skip_upto: u64) -> bool {
+    seq <= skip_upto
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 16] = [1; 16];
+    const B: [u8; 16] = [2; 16];
+
+    fn known() -> Known {
+        Known {
+            sent: 0,
+            acked: 0,
+            everyone: 0,
+            instance: Some(A),
+            whole_tree_pending: false,
+        }
+    }
+
+    #[test]
+    fn a_receiver_in_step_needs_nothing() {
+        let p = plan_welcome(
+            10,
+            A,
+            Known {
+                sent: 12,
+                acked: 10,
+                everyone: 10,
+                ..known()
+            },
+        );
+        assert_eq!(p.release_upto, 10);
+        assert_eq!(p.whole_tree, None);
+    }
+
+    #[test]
+    fn a_lost_acknowledgement_releases_only_what_was_sent() {
+        let p = plan_welcome(
+            12,
+            A,
+            Known {
+                sent: 12,
+                acked: 10,
+                everyone: 10,
+                ..known()
+            },
+        );
+        assert_eq!((p.release_upto, p.whole_tree), (12, None));
+    }
+
+    #[test]
+    fn a_new_receiver_behind_what_left_the_outbox_needs_the_whole_tree() {
+        let p = plan_welcome(
+            0,
+            A,
+            Known {
+                everyone: 50,
+                instance: None,
+                ..known()
+            },
+        );
+        assert!(p.whole_tree.unwrap().contains("left the outbox"));
+        assert_eq!(p.release_upto, 0);
+    }
+
+    #[test]
+    fn a_rebuilt_receiver_is_known_by_its_new_instance() {
+        let p = plan_welcome(
+            0,
+            B,
+            Known {
+                everyone: 0,
+                ..known()
+            },
+        );
+        assert!(p.whole_tree.unwrap().contains("state is new"));
+    }
+
+    #[test]
+    fn a_receiver_ahead_of_a_restored_sender_is_never_released_unsent() {
+        // The sender's numbering restarted at 50; the receiver applied 100.
+        let p = plan_welcome(
+            100,
+            A,
+            Known {
+                sent: 0,
+                acked: 0,
+                everyone: 49,
+                ..known()
+            },
+        );
+        assert_eq!(p.release_upto, 0, "nothing unsent counts as acknowledged");
+        assert_eq!(p.skip_upto, 100);
+        // Bundles numbered 50.. are never sent to it.
+        assert!(must_skip(50, p.skip_upto) && must_skip(100, p.skip_upto));
+        assert!(!must_skip(101, p.skip_upto));
+    }
+
+    #[test]
+    fn after_a_sender_restart_a_receiver_in_step_needs_nothing() {
+        let p = plan_welcome(
+            40,
+            A,
+            Known {
+                everyone: 40,
+                ..known()
+            },
+        );
+        assert_eq!(p.whole_tree, None);
+        assert_eq!(p.skip_upto, 40);
+    }
+
+    #[test]
+    fn an_unfinished_whole_tree_is_begun_again() {
+        let p = plan_welcome(
+            40,
+            A,
+            Known {
+                everyone: 40,
+                whole_tree_pending: true,
+                ..known()
+            },
+        );
+        assert!(p.whole_tree.is_some());
+    }
+}

@@ -1,0 +1,116 @@
+//! Receivers that join late, come back empty, or meet a sender whose state
+//! went back in time all end up with the whole tree.
+
+use std::net::SocketAddr;
+
+use crate::util::*;
+
+/// A second receiver table with its own root and state under `dir`.
+fn receiver_at(dir: &str, addr: SocketAddr) -> String {
+    format!(
+        "[receiver]\nlisten = \"{addr}\"\nroot = \"{dir}/www\"\nstate_dir = \"{dir}/state\"\narchive_dir = \"{dir}/archive\"\n"
+    )
+}
+
+fn files(n: usize) -> impl Iterator<Item = (String, String)> {
+    (0..n).map(|i| (format!("pages/p{i:03}.html"), format!("page {i}")))
+}
+
+/// Adding a second entry to `receiver = [...]` left it with only the files
+/// changed after it was added (1 of 51): nothing brought it the tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_added_later_gets_the_whole_tree() {
+    let env = Env::new();
+    for (p, c) in files(50) {
+        env.write(&p, c);
+    }
+    let r1 = env.start_receiver("").await;
+    let s = env.start_sender(r1.addr, "");
+    wait_in_sync(&env).await;
+    s.stop().await;
+
+    let r2 = env
+        .start_receiver_from(&receiver_at("second", free_addr()))
+        .await;
+    let s = env.start_sender_from(r1.addr, &env.sender_toml_to(&[r1.addr, r2.addr], ""));
+    env.write("later.html", "after the second receiver was added");
+    wait_in_sync(&env).await;
+    let second = env.path().join("second/www");
+    wait_until("the second receiver has the whole tree", || {
+        tree(&second) == tree(&env.src())
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// A web server rebuilt empty (root and state wiped) got only the changes
+/// made after it came back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_receiver_gets_the_whole_tree() {
+    let env = Env::new();
+    for (p, c) in files(50) {
+        env.write(&p, c);
+    }
+    let addr = free_addr();
+    let toml = env.receiver_toml(&addr.to_string(), "");
+    let r = env.start_receiver_from(&toml).await;
+    let s = env.start_sender(addr, "");
+    wait_in_sync(&env).await;
+
+    r.stop().await;
+    for d in ["www", "state-r", "archive"] {
+        std::fs::remove_dir_all(env.path().join(d)).unwrap();
+        std::fs::create_dir(env.path().join(d)).unwrap();
+    }
+    let r = env.start_receiver_from(&toml).await;
+    env.write("later.html", "after the rebuild");
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A sender restored from an older sender.json numbered its next bundles
+/// with sequences the receiver had applied: the receiver acknowledged them
+/// as "already applied" and their files never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_restored_from_older_state_never_counts_unsent_bundles_as_applied() {
+    let env = Env::new();
+    let state = env.path().join("state-s/sender.json");
+    let addr = free_addr();
+    let toml = env.receiver_toml(&addr.to_string(), "");
+    let r = env.start_receiver_from(&toml).await;
+    let s = env.start_sender(addr, "");
+    env.write("first.html", "1");
+    wait_in_sync(&env).await;
+    let old = std::fs::read(&state).unwrap();
+    for i in 0..5 {
+        env.write(&format!("more-{i}.html"), format!("{i}"));
+        wait_in_sync(&env).await;
+    }
+    s.stop().await;
+    r.stop().await;
+    // Restored from the backup taken after the first bundle, and started
+    // while the receiver is away, so it numbers bundles before it can learn
+    // where the receiver stands.
+    std::fs::write(&state, old).unwrap();
+    let s = env.start_sender(addr, "");
+    for i in 0..5 {
+        env.write(&format!("after-{i}.html"), format!("{i}"));
+    }
+    let outbox = env.path().join("state-s/outbox");
+    wait_until("bundles packed while the receiver is away", || {
+        std::fs::read_dir(&outbox)
+            .map(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    let r = env.start_receiver_from(&toml).await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}
