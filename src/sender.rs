@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::bundle::manifest::FileMeta;
+use crate::bundle::manifest::{FileMeta, next_seq};
 use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report, Summary};
 use crate::changes::{ChangeSet, Op};
 use crate::config::SenderConfig;
@@ -753,7 +753,7 @@ impl Sender {
             let mut alloc = || -> std::io::Result<u64> {
                 let mut st = packer_state.lock().expect("state lock");
                 let seq = st.next_seq.max(floor.load(Ordering::SeqCst));
-                st.next_seq = seq + 1;
+                st.next_seq = next_seq(seq).map_err(std::io::Error::other)?;
                 // Persist before the number is used, so a restart never reuses it.
                 st.save(&state_dir).map_err(std::io::Error::other)?;
                 Ok(seq)
@@ -1006,7 +1006,12 @@ async fn connect(
                 };
                 conn.write_frame(&hello).await.map_err(|e| e.to_string())?;
                 return match conn.expect_frame_within(CONNECT_TIMEOUT).await {
-                    Ok(Frame::Welcome { last_applied }) => Ok((conn, last_applied)),
+                    Ok(Frame::Welcome { last_applied }) => match next_seq(last_applied) {
+                        Ok(_) => Ok((conn, last_applied)),
+                        Err(e) => Err(format!(
+                            "receiver {addr} says it applied sequence {last_applied} from this sender: {e}"
+                        )),
+                    },
                     Ok(Frame::Refuse { reason, .. }) => Err(format!("refused: {reason}")),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     // With TLS 1.3 a refused client certificate shows as an
@@ -1213,7 +1218,8 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         } else {
             debug!(peer = %receiver, last_applied, "connected");
         }
-        seq_floor.fetch_max(last_applied + 1, Ordering::SeqCst);
+        // connect() turned away a last_applied with no successor.
+        seq_floor.fetch_max(last_applied.saturating_add(1), Ordering::SeqCst);
         // What it applied before a lost acknowledgement counts as acknowledged.
         release(outbox.ack(index, last_applied), &events, &ledger).await;
         outbox.set_connected(index, true);
