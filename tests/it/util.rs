@@ -96,10 +96,13 @@ impl Env {
     }
 
     pub fn start_sender(&self, addr: SocketAddr, extra: &str) -> Role {
-        let cfg = self
-            .config(&self.sender_toml(&addr.to_string(), extra))
-            .sender
-            .unwrap();
+        self.start_sender_from(addr, &self.sender_toml(&addr.to_string(), extra))
+    }
+
+    /// Start a sender in this process from a whole `[sender]` table that
+    /// ships to the receiver at `addr`.
+    pub fn start_sender_from(&self, addr: SocketAddr, toml: &str) -> Role {
+        let cfg = self.config(toml).sender.unwrap();
         let stop = CancellationToken::new();
         let task = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
         Role { addr, stop, task }
