@@ -10,10 +10,12 @@ use tracing::{info, warn};
 
 use crate::bundle::Manifest;
 use crate::bundle::apply::{self, Applied, Target};
+use crate::bundle::manifest::next_seq;
 use crate::cli::{Cli, Command, ReplayTarget};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::receiver::{self, ReceiverState};
+use crate::tls::Fingerprint;
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -358,9 +360,10 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     Ok(())
 }
 
-/// Apply `bundles` to `target` in (sender, sequence) order. Every bundle is
+/// Apply `bundles` to `target` in sequence order per sender. Every bundle is
 /// opened and checked before the first is applied; a bundle that does not
-/// check out stops the replay before anything of it is applied.
+/// check out stops the replay before anything of it is applied. Returns each
+/// applied bundle with its sender's key (see [`replay_key`]).
 pub fn replay(
     target: &Target,
     limits: &apply::Limits,
@@ -370,16 +373,14 @@ pub fn replay(
     for path in bundles {
         let b = apply::open(path, limits)
             .with_context(|| format!("refusing bundle {}", path.display()))?;
-        opened.push(b);
+        opened.push((replay_key(&b), b));
     }
-    opened.sort_by(|a, b| {
-        (&a.manifest.sender, a.manifest.seq).cmp(&(&b.manifest.sender, b.manifest.seq))
-    });
+    opened.sort_by(|(ka, a), (kb, b)| (ka, a.manifest.seq).cmp(&(kb, b.manifest.seq)));
     let mut prev: Option<(String, u64)> = None;
     let mut done = Vec::new();
     let bar = progress(opened.len() as u64, "replaying");
-    for b in opened {
-        let (sender, seq, path) = (b.manifest.sender.clone(), b.manifest.seq, b.path.clone());
+    for (sender, b) in opened {
+        let (seq, path) = (b.manifest.seq, b.path.clone());
         if let Some((ps, pseq)) = &prev
             && *ps == sender
         {
@@ -389,7 +390,7 @@ pub fn replay(
                     path.display()
                 );
             }
-            if seq != pseq + 1 {
+            if next_seq(*pseq) != Ok(seq) {
                 warn!(
                     sender,
                     from = pseq,
@@ -398,7 +399,7 @@ pub fn replay(
                 );
             }
         }
-        let a = apply::apply(target, b)
+        let a = apply::apply(&target.for_sender(&sender), b)
             .with_context(|| format!("applying bundle {}", path.display()))?;
         info!(
             sender,
@@ -413,6 +414,22 @@ pub fn replay(
     }
     bar.finish_and_clear();
     Ok(done)
+}
+
+/// Whose bundle this is, as the receiver keyed it: a receiver with keys
+/// archives a sender's bundles as `<fingerprint>-<seq>.zip`, and two senders
+/// may share one id. A name that does not say (renamed, or not from an
+/// archive) falls back to the manifest's sender id.
+fn replay_key(b: &apply::Opened) -> String {
+    b.path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(receiver::parse_archive_name)
+        .filter(|(key, seq)| {
+            *seq == b.manifest.seq
+                && (*key == b.manifest.sender || key.parse::<Fingerprint>().is_ok())
+        })
+        .map_or_else(|| b.manifest.sender.clone(), |(key, _)| key.to_owned())
 }
 
 /// A progress bar on a terminal; nothing at all when stderr is not one

@@ -5,6 +5,12 @@
 //! Bundles are applied one at a time, in sequence order per sender; a
 //! sequence already applied is acknowledged again without being applied.
 //! The applied sequence is stored durably before the acknowledgement.
+//!
+//! With keys a sender *is* its certificate fingerprint: its applied
+//! sequence, part sets and bundle file names are keyed by it, and the id it
+//! sends in Hello is a label (which its manifests must repeat). Two senders
+//! configured with one id are still two senders. Without keys (loopback
+//! only) the id is all there is and keys that state.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -20,17 +26,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bundle::apply::{self, Target};
-use crate::bundle::manifest::valid_sender_id;
+use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::durable;
 use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::{Connection, Frame};
+use crate::tls::Fingerprint;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the receiver keeps across restarts: the last sequence applied per
-/// sender, and the instance this state belongs to.
+/// sender by [`Sender::key`], and the instance this state belongs to.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ReceiverState {
     pub applied: BTreeMap<String, u64>,
@@ -38,6 +45,36 @@ pub struct ReceiverState {
     /// has a new one, which tells senders to bring it the whole tree.
     #[serde(default)]
     pub instance: String,
+}
+
+/// Who sent a session's bundles.
+#[derive(Debug, Clone)]
+struct Sender {
+    /// The id from Hello.
+    id: String,
+    fingerprint: Option<Fingerprint>,
+    /// Keys all per-sender state: the fingerprint with keys, the id without.
+    key: String,
+}
+
+impl Sender {
+    fn new(id: String, fingerprint: Option<Fingerprint>) -> Self {
+        let key = fingerprint.map_or_else(|| id.clone(), |f| f.to_string());
+        Self {
+            id,
+            fingerprint,
+            key,
+        }
+    }
+}
+
+impl std::fmt::Display for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.fingerprint {
+            Some(fp) => write!(f, "{} (fingerprint {fp})", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
 }
 
 impl ReceiverState {
@@ -199,22 +236,31 @@ impl Receiver {
     async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         // An unknown or wrong peer is turned away here, before any frame.
-        let stream: Stream = match &self.tls {
+        let (stream, fingerprint): (Stream, _) = match &self.tls {
             Some(acceptor) => {
                 match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => Box::new(tls),
+                    Ok(Ok(tls)) => {
+                        // The allowed certificate it presented is who it is.
+                        let Some(cert) =
+                            tls.get_ref().1.peer_certificates().and_then(|c| c.first())
+                        else {
+                            anyhow::bail!("{peer} presented no certificate");
+                        };
+                        let fp = Fingerprint::of(cert);
+                        (Box::new(tls), Some(fp))
+                    }
                     Ok(Err(e)) => anyhow::bail!("TLS handshake refused: {e}"),
                     Err(_) => anyhow::bail!("TLS handshake timed out"),
                 }
             }
-            None => Box::new(stream),
+            None => (Box::new(stream), None),
         };
         let mut conn = Connection::new(stream);
         let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
             Frame::Hello { version, sender }
                 if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
             {
-                sender
+                Sender::new(sender, fingerprint)
             }
             Frame::Hello { version, sender } => {
                 let reason = if version != PROTOCOL_VERSION {
@@ -235,7 +281,7 @@ impl Receiver {
         };
         let (last, instance) = {
             let state = self.state.lock().await;
-            let last = state.applied.get(&sender).copied().unwrap_or(0);
+            let last = state.applied.get(&sender.key).copied().unwrap_or(0);
             (last, state.instance())
         };
         conn.write_frame(&Frame::Welcome {
@@ -261,7 +307,7 @@ impl Receiver {
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
-            let part = self.incoming.join(format!("{sender}-{seq}.zip.part"));
+            let part = self.incoming.join(format!("{}-{seq}.zip.part", sender.key));
             let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
             let _ = tokio::fs::remove_file(&part).await;
             match answer? {
@@ -286,7 +332,7 @@ impl Receiver {
     async fn receive(
         &self,
         conn: &mut Connection<Stream>,
-        sender: &str,
+        sender: &Sender,
         seq: u64,
         size: u64,
         part: &Path,
@@ -317,22 +363,22 @@ impl Receiver {
             )));
         }
         let mut state = self.state.lock().await;
-        let last = state.applied.get(sender).copied().unwrap_or(0);
+        let last = state.applied.get(&sender.key).copied().unwrap_or(0);
         if seq <= last {
-            info!(sender, seq, "already applied; acknowledging again");
+            info!(%sender, seq, "already applied; acknowledging again");
             return Ok(Ok(None));
         }
-        if seq > last + 1 && last > 0 {
+        if next_seq(last) != Ok(seq) && last > 0 {
             // Normal when a sender ships a whole tree to another receiver.
             tracing::debug!(
-                sender,
+                %sender,
                 seq,
                 last,
                 "sequence gap: bundles in between were not for this receiver or never arrived"
             );
         }
         let me = self.clone_parts();
-        let (sender_owned, part_path) = (sender.to_owned(), part.to_path_buf());
+        let (sender_owned, part_path) = (sender.clone(), part.to_path_buf());
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || me.commit(&part_path, &sender_owned, seq))
             .await
@@ -344,13 +390,13 @@ impl Receiver {
         );
         match result {
             Ok(applied) => {
-                state.applied.insert(sender.to_owned(), seq);
+                state.applied.insert(sender.key.clone(), seq);
                 if let Err(e) = state.save(&self.cfg.state_dir) {
                     return Ok(Err(format!("{e:#}")));
                 }
                 drop(state);
                 let me = self.clone_parts();
-                let name = archive_name(sender, seq);
+                let name = archive_name(&sender.key, seq);
                 tokio::task::spawn_blocking(move || me.archive_published(&name))
                     .await
                     .context("archive task")?;
@@ -376,8 +422,20 @@ fn instance_bytes(hex: &str) -> Option<[u8; 16]> {
     bytes.try_into().ok()
 }
 
-fn archive_name(sender: &str, seq: u64) -> String {
-    format!("{sender}-{seq:020}.zip")
+/// How a bundle is named in `publishing/` and the archive: by the key of
+/// its sender ([`Sender::key`]) and its sequence.
+pub fn archive_name(key: &str, seq: u64) -> String {
+    format!("{key}-{seq:020}.zip")
+}
+
+/// The sender key and sequence in a name made by [`archive_name`]; `None`
+/// for any other name, or a key that is not safe in a file name.
+pub fn parse_archive_name(name: &str) -> Option<(&str, u64)> {
+    let (key, seq) = name.strip_suffix(".zip")?.rsplit_once('-')?;
+    if seq.len() != 20 || !seq.bytes().all(|b| b.is_ascii_digit()) || !valid_sender_id(key) {
+        return None;
+    }
+    Some((key, seq.parse().ok()?))
 }
 
 fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
@@ -403,24 +461,25 @@ struct Committer {
 
 impl Committer {
     /// Verify and apply the received bundle at `part`.
-    fn commit(&self, part: &Path, sender: &str, seq: u64) -> Result<apply::Applied, String> {
+    fn commit(&self, part: &Path, sender: &Sender, seq: u64) -> Result<apply::Applied, String> {
         let opened = apply::open(part, &self.limits).map_err(|e| e.to_string())?;
-        if opened.manifest.sender != sender || opened.manifest.seq != seq {
+        if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
             return Err(format!(
-                "manifest says sender {:?} sequence {}, the stream said {sender:?} {seq}",
-                opened.manifest.sender, opened.manifest.seq
+                "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
+                opened.manifest.sender, opened.manifest.seq, sender.id
             ));
         }
         drop(opened);
         // Record what is about to be published before root changes, so a
         // crash part-way is finished at the next start.
-        let wal = self.publishing.join(archive_name(sender, seq));
+        let wal = self.publishing.join(archive_name(&sender.key, seq));
         let io = |e: std::io::Error| refusal_for_io(&e, &wal);
         // Not fsynced: if a crash tears it, recovery refuses it and the
         // sender, never having had an acknowledgement, sends it again.
         std::fs::rename(part, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
-        let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&self.target, b));
+        let target = self.target.for_sender(&sender.key);
+        let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));
         result.map_err(|e| {
             let _ = std::fs::remove_file(&wal);
             if e.is_disk_full() {
@@ -454,18 +513,24 @@ impl Committer {
                 .unwrap_or_default()
                 .to_string_lossy()
                 .into_owned();
+            // Named by commit() after the sender it came from.
+            let Some((key, _)) = parse_archive_name(&name) else {
+                warn!(bundle = %wal.display(), "not a bundle name this receiver writes; removed");
+                let _ = std::fs::remove_file(&wal);
+                continue;
+            };
             match apply::open(&wal, &self.limits).and_then(|b| {
-                let (sender, seq) = (b.manifest.sender.clone(), b.manifest.seq);
-                apply::apply(&self.target, b).map(|a| (sender, seq, a))
+                let seq = b.manifest.seq;
+                apply::apply(&self.target.for_sender(key), b).map(|a| (seq, a))
             }) {
-                Ok((sender, seq, a)) => {
+                Ok((seq, a)) => {
                     info!(
-                        sender,
+                        sender = key,
                         seq,
                         files = a.published,
                         "finished a bundle whose publish was interrupted"
                     );
-                    let e = state.applied.entry(sender).or_default();
+                    let e = state.applied.entry(key.to_owned()).or_default();
                     *e = (*e).max(seq);
                     state.save(state_dir)?;
                     self.archive_published(&name);
@@ -506,4 +571,49 @@ pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Re
     let (r, listener) = Receiver::bind(cfg).await?;
     r.serve(listener, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_keys_a_sender_is_its_fingerprint_whatever_its_id() {
+        let (fa, fb) = (Fingerprint::of(b"cert a"), Fingerprint::of(b"cert b"));
+        let (a, b) = (
+            Sender::new("cms".into(), Some(fa)),
+            Sender::new("cms".into(), Some(fb)),
+        );
+        assert_ne!(a.key, b.key);
+        assert_eq!(a.key, fa.to_string());
+        assert_eq!(a.to_string(), format!("cms (fingerprint {fa})"));
+        // Without keys the id is all there is, as receiver.json always had it.
+        let plain = Sender::new("cms".into(), None);
+        assert_eq!(
+            (plain.key.as_str(), plain.to_string()),
+            ("cms", "cms".into())
+        );
+    }
+
+    #[test]
+    fn archive_names_give_back_their_sender_and_sequence() {
+        let fp = Fingerprint::of(b"cert").to_string();
+        for (key, seq) in [("cms", 1), ("a-b.c", 42), (fp.as_str(), u64::MAX)] {
+            assert_eq!(
+                parse_archive_name(&archive_name(key, seq)),
+                Some((key, seq))
+            );
+        }
+        for name in [
+            "cms-1.zip",
+            "cms-00000000000000000001.zip.part",
+            "00000000000000000001.zip",
+            "-00000000000000000001.zip",
+            "a/b-00000000000000000001.zip",
+            "cms-0000000000000000000x.zip",
+            "cms-99999999999999999999.zip",
+        ] {
+            assert_eq!(parse_archive_name(name), None, "{name}");
+        }
+    }
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::bundle::manifest::FileMeta;
+use crate::bundle::manifest::{FileMeta, next_seq};
 use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report, Summary};
 use crate::changes::{ChangeSet, Op};
 use crate::config::SenderConfig;
@@ -924,7 +924,7 @@ impl Sender {
             let mut alloc = || -> std::io::Result<u64> {
                 let mut st = packer_state.lock().expect("state lock");
                 let seq = st.next_seq.max(floor.load(Ordering::SeqCst));
-                st.next_seq = seq + 1;
+                st.next_seq = next_seq(seq).map_err(std::io::Error::other)?;
                 // Persist before the number is used, so a restart never reuses it.
                 st.save(&state_dir).map_err(std::io::Error::other)?;
                 Ok(seq)
@@ -1316,7 +1316,12 @@ async fn connect(
                     Ok(Frame::Welcome {
                         last_applied,
                         instance,
-                    }) => Ok((conn, last_applied, instance)),
+                    }) => match next_seq(last_applied) {
+                        Ok(_) => Ok((conn, last_applied, instance)),
+                        Err(e) => Err(format!(
+                            "receiver {addr} says it applied sequence {last_applied} from this sender: {e}"
+                        )),
+                    },
                     Ok(Frame::Refuse { reason, .. }) => Err(format!("refused: {reason}")),
                     Ok(other) => Err(format!("unexpected answer {other:?}")),
                     // With TLS 1.3 a refused client certificate shows as an
@@ -1609,6 +1614,7 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         } else {
             debug!(peer = %receiver, last_applied, "connected");
         }
+        // connect() turned away a last_applied with no successor.
         seq_floor.fetch_max(last_applied.saturating_add(1), Ordering::SeqCst);
         let (sent, acked) = outbox.position(index);
         let known = {

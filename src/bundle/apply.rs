@@ -91,6 +91,17 @@ impl Target {
         Ok(())
     }
 
+    /// The same target with a directory of part sets of its own for one
+    /// sender, so no sender completes, supersedes or drops another's sets.
+    /// `key` is a valid sender id or a fingerprint; the prefix keeps "." and
+    /// ".." from naming anything but a directory of their own.
+    pub fn for_sender(&self, key: &str) -> Target {
+        Target {
+            parts: self.parts.join(format!("from-{key}")),
+            ..self.clone()
+        }
+    }
+
     /// Remove what an interrupted apply left in staging.
     pub fn clean_staging(&self) -> Result<(), BundleError> {
         for e in fs::read_dir(&self.staging)
@@ -303,6 +314,9 @@ pub fn apply(target: &Target, mut b: Opened) -> Result<Applied, BundleError> {
     let stage = target.staging.join(format!("{}-{}", m.sender, m.seq));
     remove_all(&stage)?;
     fs::create_dir_all(&stage).map_err(io_at(&stage))?;
+    if !m.parts.is_empty() {
+        fs::create_dir_all(&target.parts).map_err(io_at(&target.parts))?;
+    }
     let result = stage_and_publish(target, &mut b, &stage);
     // Whatever happened, leave no staged copies behind.
     let _ = fs::remove_dir_all(&stage);

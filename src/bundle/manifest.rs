@@ -116,8 +116,8 @@ pub enum ManifestError {
     Format(u32),
     #[error("manifest sender id {0:?} is not valid")]
     Sender(String),
-    #[error("manifest sequence 0 is not valid")]
-    Seq,
+    #[error("manifest sequence {0} is not valid (sequences run from 1 to 2^64-2)")]
+    Seq(u64),
     #[error("{path:?}: {reason}")]
     Path { path: String, reason: String },
     #[error("{path:?} appears more than once")]
@@ -130,6 +130,18 @@ fn is_hex_hash(s: &str) -> bool {
     s.len() == 64
         && s.bytes()
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+/// A sequence with no successor: its sender could never ship again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("sequence {0} is the last a u64 holds: no sequence can follow it")]
+pub struct SeqExhausted(pub u64);
+
+/// The sequence after `seq`. A sender numbers its bundles 1, 2, …; u64::MAX
+/// is never used, so every sequence in use has a successor and nothing
+/// that counts on from one wraps or overflows.
+pub fn next_seq(seq: u64) -> Result<u64, SeqExhausted> {
+    seq.checked_add(1).ok_or(SeqExhausted(seq))
 }
 
 pub fn valid_sender_id(id: &str) -> bool {
@@ -161,8 +173,8 @@ impl Manifest {
         if !valid_sender_id(&self.sender) {
             return Err(ManifestError::Sender(self.sender.clone()));
         }
-        if self.seq == 0 {
-            return Err(ManifestError::Seq);
+        if self.seq == 0 || next_seq(self.seq).is_err() {
+            return Err(ManifestError::Seq(self.seq));
         }
         let path_err = |path: &str, reason: String| ManifestError::Path {
             path: path.to_owned(),
@@ -368,6 +380,7 @@ mod tests {
         let cases: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|m| m.format = 9)),
             ("seq", Box::new(|m| m.seq = 0)),
+            ("last seq", Box::new(|m| m.seq = u64::MAX)),
             ("sender", Box::new(|m| m.sender = "a b".into())),
             ("path", Box::new(|m| m.files[0].path = "../x".into())),
             ("dup", Box::new(|m| m.files.push(file("a/b.html")))),
@@ -411,6 +424,18 @@ mod tests {
             mutate(&mut m);
             assert!(m.check().is_err(), "{name} accepted");
         }
+    }
+
+    #[test]
+    fn the_last_u64_has_no_next_sequence() {
+        assert_eq!(next_seq(0), Ok(1));
+        assert_eq!(next_seq(u64::MAX - 1), Ok(u64::MAX));
+        assert_eq!(next_seq(u64::MAX), Err(SeqExhausted(u64::MAX)));
+        let e = SeqExhausted(u64::MAX).to_string();
+        assert!(e.contains("18446744073709551615"), "{e}");
+        let mut m = manifest();
+        m.seq = u64::MAX;
+        assert_eq!(m.check(), Err(ManifestError::Seq(u64::MAX)));
     }
 }
 

@@ -32,10 +32,10 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
         overdue: false,
     }));
     let mut out = Vec::new();
-    let mut next = seq;
+    let mut next = Some(seq);
     let mut alloc = || {
-        next += 1;
-        Ok(next - 1)
+        next.take()
+            .ok_or_else(|| std::io::Error::other("one bundle per pack"))
     };
     let mut emit = |p: Packed| {
         out.push(p);
@@ -129,6 +129,68 @@ async fn a_resent_sequence_is_acknowledged_without_being_applied_twice() {
     drop(c);
     let (_, last) = session(r.addr).await;
     assert_eq!(last, 1);
+    r.stop().await;
+}
+
+/// A bundle numbered u64::MAX was applied and recorded, leaving its
+/// sender no sequence to follow it. Now it is refused, root untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_numbered_u64_max_is_refused() {
+    let env = Env::new();
+    env.write("a.html", "A");
+    let b = pack(&env.src(), &env.path().join("out"), u64::MAX, &[]);
+    let r = env.start_receiver("").await;
+    let (mut c, _) = session(r.addr).await;
+    match send(&mut c, &b, b.hash).await {
+        Frame::Refuse { seq, reason } => {
+            assert_eq!(seq, u64::MAX);
+            assert!(reason.contains(&u64::MAX.to_string()), "{reason}");
+        }
+        f => panic!("expected refusal, got {f:?}"),
+    }
+    assert!(tree(&env.root()).is_empty(), "root touched");
+    drop(c);
+    let (_, last) = session(r.addr).await;
+    assert_eq!(last, 0);
+    r.stop().await;
+}
+
+/// A receiver whose state said it had applied sequence u64::MAX overflowed
+/// the sender's `last_applied + 1`, killing its transport without a word.
+/// Now the sender refuses that receiver and says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_claiming_sequence_u64_max_is_refused_by_the_sender() {
+    let env = Env::new();
+    std::fs::write(
+        env.path().join("state-r/receiver.json"),
+        format!("{{\"applied\": {{\"test\": {}}}}}", u64::MAX),
+    )
+    .unwrap();
+    env.write("a.html", "A");
+    let r = env.start_receiver("").await;
+    let extra = "interval = \"5m\"\n";
+    let s = env.start_sender(r.addr, extra);
+    let file = env.config_file("flush.toml", &env.sender_toml(&r.addr.to_string(), extra));
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    let out = shipper_async(owned(&[
+        "flush",
+        "--config",
+        file.to_str().unwrap(),
+        "--timeout",
+        "3s",
+    ]))
+    .await;
+    assert!(!out.status.success(), "flush succeeded");
+    assert!(
+        text(&out).contains(&u64::MAX.to_string()),
+        "flush error does not name the sequence: {}",
+        text(&out)
+    );
+    assert!(tree(&env.root()).is_empty(), "something reached root");
+    s.stop().await;
     r.stop().await;
 }
 

@@ -210,10 +210,12 @@ async fn a_large_file_travels_as_parts_across_bundles() {
         );
     }
     // Parts are gone from the receiver's state once the file is published.
-    let leftovers = std::fs::read_dir(env.path().join("state-r/parts"))
-        .unwrap()
-        .count();
-    assert_eq!(leftovers, 0, "part files left in state_dir");
+    let leftovers = tree(&env.path().join("state-r/parts"));
+    assert!(
+        leftovers.is_empty(),
+        "part files left in state_dir: {:?}",
+        leftovers.keys()
+    );
     s.stop().await;
     r.stop().await;
 }

@@ -161,3 +161,99 @@ fn start_refuses_remote_addresses_without_keys_and_shared_state_dirs() {
         text(&out)
     );
 }
+
+/// Two senders allowed by one receiver, both with `id = "cms"`: once B had
+/// shipped more bundles than A, the receiver took A's next sequences for
+/// ones it had already applied and acknowledged them unapplied, so A's
+/// later files never arrived (and A recorded them as acknowledged).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_with_one_id_do_not_swallow_each_others_bundles() {
+    let env = Env::new();
+    let (a_fp, b_fp, r_fp) = (
+        keygen(&env, "keys-a"),
+        keygen(&env, "keys-b"),
+        keygen(&env, "keys-r"),
+    );
+    let r = env
+        .start_receiver(&format!(
+            "key_dir = \"keys-r\"\nallowed_senders = [\"{a_fp}\", \"{b_fp}\"]\n"
+        ))
+        .await;
+    // Both publish into one root: A's files live under a/, B's under b/.
+    let sender = |name: &str, extra: &str| {
+        std::fs::create_dir_all(env.path().join(format!("src-{name}"))).unwrap();
+        format!(
+            "[sender]\nsource = \"src-{name}\"\nreceiver = \"{}\"\nstate_dir = \"state-{name}\"\nid = \"cms\"\ninterval = \"1s\"\nsettle = \"250ms\"\n{}{extra}",
+            r.addr,
+            sender_keys(&format!("keys-{name}"), &r_fp)
+        )
+    };
+    let arrived =
+        |rel: &str, data: &[u8]| std::fs::read(env.root().join(rel)).is_ok_and(|d| d == data);
+    let write = |rel: &str, data: &[u8]| {
+        let p = env.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    };
+
+    let a = env.start_sender_from(r.addr, &sender("a", ""));
+    for i in 1..=2 {
+        let data = format!("A's file {i}");
+        write(&format!("src-a/a/{i}.html"), data.as_bytes());
+        wait_until(&format!("A's file {i}"), || {
+            arrived(&format!("a/{i}.html"), data.as_bytes())
+        })
+        .await;
+    }
+
+    // B ships one 1 MiB file in 64 KiB parts, one part per bundle.
+    let b = env.start_sender_from(
+        r.addr,
+        &sender(
+            "b",
+            "chunk_size = \"64KiB\"\nmax_bundle_size = \"128KiB\"\n",
+        ),
+    );
+    let big = noise(1 << 20, 3);
+    write("src-b/b/big.bin", &big);
+    wait_until("B's file", || arrived("b/big.bin", &big)).await;
+    let b_state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.path().join("state-b/sender.json")).unwrap())
+            .unwrap();
+    assert!(
+        b_state["next_seq"].as_u64().unwrap() > 10,
+        "B shipped fewer than 10 bundles: {b_state}"
+    );
+
+    // A, connected all along, ships three more files.
+    for i in 3..=5 {
+        write(
+            &format!("src-a/a/{i}.html"),
+            format!("A's file {i}").as_bytes(),
+        );
+    }
+    wait_until("all of A's files", || {
+        (1..=5).all(|i| arrived(&format!("a/{i}.html"), format!("A's file {i}").as_bytes()))
+    })
+    .await;
+
+    // The archive tells the two apart too: replaying it rebuilds root.
+    wait_until("last bundle archived", || {
+        std::fs::read_dir(env.path().join("state-r/publishing"))
+            .is_ok_and(|mut d| d.next().is_none())
+    })
+    .await;
+    let restored = env.path().join("restored");
+    let mut args = owned(&["replay", "--root", restored.to_str().unwrap()]);
+    args.extend(
+        env.archived()
+            .iter()
+            .map(|b| b.to_string_lossy().into_owned()),
+    );
+    let out = shipper_async(args).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&restored), tree(&env.root()));
+    a.stop().await;
+    b.stop().await;
+    r.stop().await;
+}

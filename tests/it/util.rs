@@ -99,7 +99,8 @@ impl Env {
         self.start_sender_from(addr, &self.sender_toml(&addr.to_string(), extra))
     }
 
-    /// Start a sender in this process from a whole `[sender]` table.
+    /// Start a sender in this process from a whole `[sender]` table that
+    /// ships to the receiver at `addr`.
     pub fn start_sender_from(&self, addr: SocketAddr, toml: &str) -> Role {
         let cfg = self.config(toml).sender.unwrap();
         let stop = CancellationToken::new();
