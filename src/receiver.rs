@@ -31,6 +31,7 @@ use crate::config::ReceiverConfig;
 use crate::durable;
 use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
+use crate::proto::frame::{Accepts, Refusal, RefusalKind};
 use crate::proto::{Connection, Frame};
 use crate::tls::Fingerprint;
 
@@ -270,11 +271,8 @@ impl Receiver {
                 } else {
                     format!("sender id {sender:?} is not valid")
                 };
-                conn.write_frame(&Frame::Refuse {
-                    seq: 0,
-                    reason: reason.clone(),
-                })
-                .await?;
+                conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(0))
+                    .await?;
                 anyhow::bail!("refused {peer}: {reason}");
             }
             other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
@@ -287,6 +285,12 @@ impl Receiver {
         conn.write_frame(&Frame::Welcome {
             last_applied: last,
             instance,
+            accepts: Accepts {
+                max_entries: self.cfg.limits.max_entries as u64,
+                max_bundle_size: self.cfg.max_bundle_size,
+                max_file_size: self.cfg.limits.max_file_size,
+                max_unpacked: self.cfg.limits.max_unpacked,
+            },
         })
         .await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
@@ -299,11 +303,8 @@ impl Receiver {
                     "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
                     self.cfg.max_bundle_size
                 );
-                conn.write_frame(&Frame::Refuse {
-                    seq,
-                    reason: reason.clone(),
-                })
-                .await?;
+                conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(seq))
+                    .await?;
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
@@ -317,9 +318,10 @@ impl Receiver {
                     }
                     conn.write_frame(&Frame::Ack { seq }).await?;
                 }
-                Err(reason) => {
-                    warn!(%peer, %sender, seq, %reason, "bundle refused");
-                    conn.write_frame(&Frame::Refuse { seq, reason }).await?;
+                Err(refusal) => {
+                    let permanent = refusal.kind == RefusalKind::Permanent;
+                    warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
+                    conn.write_frame(&refusal.frame(seq)).await?;
                 }
             }
         }
@@ -336,7 +338,7 @@ impl Receiver {
         seq: u64,
         size: u64,
         part: &Path,
-    ) -> anyhow::Result<Result<Option<apply::Applied>, String>> {
+    ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
         let started = std::time::Instant::now();
         let (hash, write_error) = conn.recv_body(size, part).await?;
         tracing::debug!(
@@ -353,14 +355,15 @@ impl Receiver {
             anyhow::bail!("expected a trailer after bundle {seq}");
         };
         if let Some(e) = write_error {
-            return Ok(Err(refusal_for_io(&e, part)));
+            return Ok(Err(Refusal::retry(refusal_for_io(&e, part))));
         }
         if t_size != size || t_hash != *hash.as_bytes() {
-            return Ok(Err(format!(
+            // Damaged on the way: the next copy may arrive whole.
+            return Ok(Err(Refusal::retry(format!(
                 "bundle {seq} failed its trailer check (size {size} vs {t_size}, hash {} vs {})",
                 hash.to_hex(),
                 blake3::Hash::from_bytes(t_hash).to_hex()
-            )));
+            ))));
         }
         let mut state = self.state.lock().await;
         let last = state.applied.get(&sender.key).copied().unwrap_or(0);
@@ -392,7 +395,7 @@ impl Receiver {
             Ok(applied) => {
                 state.applied.insert(sender.key.clone(), seq);
                 if let Err(e) = state.save(&self.cfg.state_dir) {
-                    return Ok(Err(format!("{e:#}")));
+                    return Ok(Err(Refusal::retry(format!("{e:#}"))));
                 }
                 drop(state);
                 let me = self.clone_parts();
@@ -461,19 +464,22 @@ struct Committer {
 
 impl Committer {
     /// Verify and apply the received bundle at `part`.
-    fn commit(&self, part: &Path, sender: &Sender, seq: u64) -> Result<apply::Applied, String> {
-        let opened = apply::open(part, &self.limits).map_err(|e| e.to_string())?;
+    fn commit(&self, part: &Path, sender: &Sender, seq: u64) -> Result<apply::Applied, Refusal> {
+        let opened = apply::open(part, &self.limits).map_err(|e| e.refusal())?;
         if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
-            return Err(format!(
-                "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
-                opened.manifest.sender, opened.manifest.seq, sender.id
+            return Err(Refusal::permanent(
+                None,
+                format!(
+                    "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
+                    opened.manifest.sender, opened.manifest.seq, sender.id
+                ),
             ));
         }
         drop(opened);
         // Record what is about to be published before root changes, so a
         // crash part-way is finished at the next start.
         let wal = self.publishing.join(archive_name(&sender.key, seq));
-        let io = |e: std::io::Error| refusal_for_io(&e, &wal);
+        let io = |e: std::io::Error| Refusal::retry(refusal_for_io(&e, &wal));
         // Not fsynced: if a crash tears it, recovery refuses it and the
         // sender, never having had an acknowledgement, sends it again.
         std::fs::rename(part, &wal).map_err(io)?;
@@ -482,11 +488,7 @@ impl Committer {
         let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));
         result.map_err(|e| {
             let _ = std::fs::remove_file(&wal);
-            if e.is_disk_full() {
-                format!("receiver disk full: {e}")
-            } else {
-                e.to_string()
-            }
+            e.refusal()
         })
     }
 

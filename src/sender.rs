@@ -32,7 +32,7 @@ use crate::paths::is_within;
 use crate::peers::{Known, PeerRecord, Peers, must_skip, plan_welcome};
 use crate::proto::connection::ConnError;
 use crate::proto::connection::Stream;
-use crate::proto::frame::PROTOCOL_VERSION;
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Refusal, RefusalKind};
 use crate::proto::{Connection, Frame};
 use crate::watch::{self as watcher, WatchMsg};
 
@@ -185,6 +185,12 @@ enum TransportEvent {
         index: usize,
         reason: String,
     },
+    /// Receiver `index` refused a bundle for good; `changes` were in it.
+    Refused {
+        index: usize,
+        refusal: Refusal,
+        changes: Vec<(String, Option<FileMeta>)>,
+    },
 }
 
 struct FlushWait {
@@ -231,6 +237,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         .map(|(i, _)| i)
         .collect();
     let peers = Arc::new(std::sync::Mutex::new(peers));
+    let accepts = Arc::new(std::sync::Mutex::new(vec![None; cfg.receivers.len()]));
     info!(id = %state.id, source = %source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![state_dir.clone()];
@@ -290,6 +297,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             seq_floor: seq_floor.clone(),
             peers: peers.clone(),
             state_dir: state_dir.clone(),
+            accepts: accepts.clone(),
         };
         transport_tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
@@ -323,6 +331,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         whole_tree_due,
         whole_tree_last: BTreeMap::new(),
         peers,
+        accepts: accepts.clone(),
+        reship: Default::default(),
         failing: BTreeMap::new(),
         bad_names: Default::default(),
         unsettled: Default::default(),
@@ -412,6 +422,10 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             },
             Some(ev) = event_rx.recv() => match ev {
                 TransportEvent::Acked { seq } => s.on_acked(seq),
+                TransportEvent::Refused { index, refusal, changes } => {
+                    s.on_refused(index, refusal, changes);
+                    s.maybe_pack(false, next_tick);
+                }
                 TransportEvent::WholeTree { index, reason } => {
                     if s.whole_tree_queue.insert(index) {
                         s.whole_tree_due.insert(index);
@@ -500,6 +514,11 @@ struct Sender {
     /// …with the last sequence of it, once packed.
     whole_tree_last: BTreeMap<usize, u64>,
     peers: Arc<std::sync::Mutex<Peers>>,
+    /// What each receiver said it accepts, once it said so.
+    accepts: Arc<std::sync::Mutex<Vec<Option<Accepts>>>>,
+    /// Paths a receiver refused a bundle over, or that were in such a
+    /// bundle: packed again in full, deletions included.
+    reship: std::collections::HashSet<String>,
     /// Paths that could not be packed, retried with backoff.
     failing: BTreeMap<String, FailingPath>,
     /// Paths whose names are not UTF-8: they cannot travel.
@@ -866,8 +885,9 @@ impl Sender {
             match c.op {
                 Op::Upsert => {
                     self.held.remove(&c.path);
+                    let reship = self.reship.remove(&c.path);
                     items.push(PackItem {
-                        previous: self.shipped.get(&c.path).cloned(),
+                        previous: self.shipped.get(&c.path).filter(|_| !reship).cloned(),
                         path: c.path,
                         op: Op::Upsert,
                         quiet_for: c.settled.then_some(self.cfg.settle),
@@ -875,7 +895,9 @@ impl Sender {
                     })
                 }
                 // Deleting what the receiver never got is nothing to ship.
-                Op::Delete if self.shipped.contains_key(&c.path) => deletions.push(c.path),
+                Op::Delete if self.reship.remove(&c.path) || self.shipped.contains_key(&c.path) => {
+                    deletions.push(c.path)
+                }
                 Op::Delete => {}
             }
         }
@@ -909,11 +931,21 @@ impl Sender {
             self.outbox.clone(),
             self.state_dir.clone(),
         );
-        let limits = Limits {
-            chunk_size: self.cfg.chunk_size,
-            max_bundle_size: self.cfg.max_bundle_size,
-            max_entries: self.cfg.max_files_per_bundle,
-        };
+        // Within what every receiver said it accepts.
+        let limits = self
+            .accepts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .fold(
+                Limits::new(
+                    self.cfg.chunk_size,
+                    self.cfg.max_bundle_size,
+                    self.cfg.max_files_per_bundle,
+                ),
+                |l, a| l.within(a),
+            );
         let queue = self.outbox_queue.clone();
         let floor = self.seq_floor.clone();
         let touched = self.touched.clone();
@@ -1060,6 +1092,36 @@ impl Sender {
         self.settle_flushes_after_pack(first);
         if !self.flush_queued.is_empty() {
             self.maybe_pack(true, next_tick);
+        }
+    }
+
+    /// Receiver `index` refused, for good, a bundle carrying `changes`. The
+    /// path at fault waits as failing; the rest is packed again in full so
+    /// that receiver gets it too.
+    fn on_refused(
+        &mut self,
+        index: usize,
+        refusal: Refusal,
+        changes: Vec<(String, Option<FileMeta>)>,
+    ) {
+        let now = Instant::now();
+        let peer = self.cfg.receivers[index].clone();
+        for (path, meta) in changes {
+            if refusal.path.as_deref().is_some_and(|f| is_within(&path, f)) {
+                let error = format!("receiver {peer} refused it: {}", refusal.reason);
+                self.path_failed(&path, &error, now);
+                continue;
+            }
+            if self.changes.contains(&path) {
+                // A newer change is pending anyway; make sure it ships whole.
+                self.reship.insert(path);
+                continue;
+            }
+            self.reship.insert(path.clone());
+            match meta {
+                Some(_) => self.changes.requeue(&path, now),
+                None => self.changes.removed(&path, now),
+            }
         }
     }
 
@@ -1275,7 +1337,7 @@ async fn connect(
     receiver: &str,
     id: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
-) -> Result<(Connection<Stream>, u64, [u8; 16]), String> {
+) -> Result<(Connection<Stream>, u64, [u8; 16], Accepts), String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
         .await
@@ -1316,8 +1378,9 @@ async fn connect(
                     Ok(Frame::Welcome {
                         last_applied,
                         instance,
+                        accepts,
                     }) => match next_seq(last_applied) {
-                        Ok(_) => Ok((conn, last_applied, instance)),
+                        Ok(_) => Ok((conn, last_applied, instance, accepts)),
                         Err(e) => Err(format!(
                             "receiver {addr} says it applied sequence {last_applied} from this sender: {e}"
                         )),
@@ -1339,8 +1402,12 @@ async fn connect(
     Err(last)
 }
 
-/// Send one bundle and wait for its answer.
-async fn send_bundle(conn: &mut Connection<Stream>, b: &Packed) -> Result<(), ConnError> {
+/// Send one bundle and wait for its answer: `Ok(None)` acknowledged,
+/// `Ok(Some(refusal))` refused.
+async fn send_bundle(
+    conn: &mut Connection<Stream>,
+    b: &Packed,
+) -> Result<Option<Refusal>, ConnError> {
     conn.write_frame(&Frame::Bundle {
         seq: b.seq,
         size: b.size,
@@ -1353,8 +1420,10 @@ async fn send_bundle(conn: &mut Connection<Stream>, b: &Packed) -> Result<(), Co
     })
     .await?;
     match conn.expect_frame_within(ACK_TIMEOUT).await? {
-        Frame::Ack { seq } if seq == b.seq => Ok(()),
-        Frame::Refuse { reason, .. } => Err(ConnError::Unexpected(format!("refusal: {reason}"))),
+        Frame::Ack { seq } if seq == b.seq => Ok(None),
+        Frame::Refuse {
+            kind, path, reason, ..
+        } => Ok(Some(Refusal { kind, path, reason })),
         other => Err(ConnError::Unexpected(format!("answer {other:?}"))),
     }
 }
@@ -1379,6 +1448,8 @@ struct OutboxState {
     /// Per receiver: a bundle arrived numbered at or below what it already
     /// applied (numbering went back), so it can never be sent there.
     stale: Vec<bool>,
+    /// Bundles some receiver refused for good.
+    refused: std::collections::BTreeSet<u64>,
     connected: Vec<bool>,
     closed: bool,
 }
@@ -1401,6 +1472,7 @@ impl Outbox {
                 acked: vec![0; receivers],
                 sent: vec![0; receivers],
                 stale: vec![false; receivers],
+                refused: Default::default(),
                 connected: vec![false; receivers],
                 closed: false,
             }),
@@ -1474,6 +1546,14 @@ impl Outbox {
         st.sent[i] = st.sent[i].max(seq);
     }
 
+    /// Receiver `i` refused bundle `seq` for good: it is done there, and
+    /// when it leaves, it records nothing as acknowledged (its files are
+    /// packed again). Returns the bundles that leave, as [`Outbox::ack`].
+    fn refuse(&self, i: usize, seq: u64) -> Vec<Packed> {
+        self.lock().refused.insert(seq);
+        self.ack(i, seq)
+    }
+
     /// Whether a bundle numbered below receiver `i`'s position arrived
     /// since the last call (it can never go there).
     fn take_stale(&self, i: usize) -> bool {
@@ -1499,7 +1579,13 @@ impl Outbox {
                 .next()
                 .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
             match st.bundles.pop_first() {
-                Some((_, b)) if ready => done.push(b),
+                Some((seq, mut b)) if ready => {
+                    if st.refused.remove(&seq) {
+                        // Not every receiver has it: nothing to record.
+                        b.changes.clear();
+                    }
+                    done.push(b)
+                }
                 Some((seq, b)) => {
                     st.bundles.insert(seq, b);
                     break;
@@ -1536,6 +1622,8 @@ struct Link {
     /// What is known of every receiver across restarts.
     peers: Arc<std::sync::Mutex<Peers>>,
     state_dir: PathBuf,
+    /// Where this receiver's `Welcome` limits go, for the packer.
+    accepts: Arc<std::sync::Mutex<Vec<Option<Accepts>>>>,
 }
 
 /// Record receiver `name`'s instance and whether it needs the whole tree,
@@ -1581,11 +1669,12 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         tls,
         peers,
         state_dir,
+        accepts,
     } = link;
     let mut backoff = Backoff::default();
     let mut down_reported: Option<String> = None;
     loop {
-        let (mut conn, last_applied, instance) = tokio::select! {
+        let (mut conn, last_applied, instance, limits) = tokio::select! {
             _ = shutdown.cancelled() => return,
             r = connect(&receiver, &id, tls.as_ref()) => match r {
                 Ok(c) => c,
@@ -1614,6 +1703,7 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         } else {
             debug!(peer = %receiver, last_applied, "connected");
         }
+        accepts.lock().unwrap_or_else(|e| e.into_inner())[index] = Some(limits);
         // connect() turned away a last_applied with no successor.
         seq_floor.fetch_max(last_applied.saturating_add(1), Ordering::SeqCst);
         let (sent, acked) = outbox.position(index);
@@ -1694,8 +1784,8 @@ async fn transport(link: Link, shutdown: CancellationToken) {
                 _ = shutdown.cancelled() => return,
                 r = send_bundle(&mut conn, &b) => r,
             };
-            match result {
-                Ok(()) => {
+            let failure = match result {
+                Ok(None) => {
                     info!(
                         peer = %receiver,
                         seq = b.seq,
@@ -1712,8 +1802,37 @@ async fn transport(link: Link, shutdown: CancellationToken) {
                         s.bytes_shipped += b.size;
                     });
                     release(outbox.ack(index, b.seq), &events, &ledger).await;
+                    None
                 }
-                Err(e) => {
+                Ok(Some(refusal)) if refusal.kind == RefusalKind::Permanent => {
+                    // Sending it again cannot help: its files are packed
+                    // again, without the one at fault, instead.
+                    tracing::error!(
+                        peer = %receiver,
+                        seq = b.seq,
+                        path = refusal.path.as_deref().unwrap_or(""),
+                        reason = %refusal.reason,
+                        "the receiver refused this bundle for good; its files are packed again without the path at fault"
+                    );
+                    status.send_modify(|s| {
+                        s.last_error =
+                            Some(format!("sequence {} refused: {}", b.seq, refusal.reason));
+                        s.last_error_at = Some(unix_now());
+                    });
+                    let _ = events.send(TransportEvent::Refused {
+                        index,
+                        refusal,
+                        changes: b.changes.clone(),
+                    });
+                    release(outbox.refuse(index, b.seq), &events, &ledger).await;
+                    None
+                }
+                Ok(Some(refusal)) => Some(format!("refused for now: {}", refusal.reason)),
+                Err(e) => Some(e.to_string()),
+            };
+            match failure {
+                None => {}
+                Some(e) => {
                     outbox.set_connected(index, false);
                     let e = format!("sequence {}: {e}", b.seq);
                     if down_reported.as_deref() != Some(&e) {

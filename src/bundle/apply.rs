@@ -22,6 +22,7 @@ use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, ManifestErro
 use super::pack::Summary;
 use crate::beneath::{self, BeneathError, Root};
 use crate::durable;
+use crate::proto::frame::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -62,6 +63,33 @@ pub struct Target {
 }
 
 impl BundleError {
+    /// How to tell the sender: an I/O error (a full disk) may pass, a
+    /// bundle that breaks a rule will break it every time it is sent.
+    /// Parts are the exception: a set the receiver lost is dropped, so the
+    /// same bundle sent again is taken.
+    pub fn refusal(&self) -> Refusal {
+        use super::manifest::ManifestError as M;
+        match self {
+            BundleError::Io { .. } if self.is_disk_full() => {
+                Refusal::retry(format!("receiver disk full: {self}"))
+            }
+            BundleError::Io { .. } => Refusal::retry(self.to_string()),
+            BundleError::Entry { entry, .. } if entry.starts_with(".shipper/parts/") => {
+                Refusal::retry(self.to_string())
+            }
+            BundleError::Entry { entry, .. } => Refusal::permanent(
+                crate::paths::validate(entry).is_ok().then(|| entry.clone()),
+                self.to_string(),
+            ),
+            BundleError::Manifest(
+                M::Path { path, .. } | M::Duplicate { path } | M::Part { path, .. },
+            ) => Refusal::permanent(Some(path.clone()), self.to_string()),
+            BundleError::Manifest(_) | BundleError::Zip(_) | BundleError::Whole(_) => {
+                Refusal::permanent(None, self.to_string())
+            }
+        }
+    }
+
     /// True when the filesystem ran out of space (or quota).
     pub fn is_disk_full(&self) -> bool {
         matches!(self, BundleError::Io { source, .. }

@@ -60,6 +60,42 @@ pub struct Limits {
     pub max_bundle_size: u64,
     /// Files, parts and deletions in one bundle (the receiver refuses more).
     pub max_entries: usize,
+    /// Largest file a receiver accepts: a larger one cannot travel.
+    pub max_file_size: u64,
+    /// Content bytes one bundle may unpack to.
+    pub max_unpacked: u64,
+}
+
+impl Limits {
+    /// The sender's own limits with no receiver's narrower ones applied.
+    pub fn new(chunk_size: u64, max_bundle_size: u64, max_entries: usize) -> Self {
+        Self {
+            chunk_size,
+            max_bundle_size,
+            max_entries,
+            max_file_size: u64::MAX,
+            max_unpacked: u64::MAX,
+        }
+    }
+
+    /// Narrowed to what a receiver accepts; parts shrink so two fit in one
+    /// of its bundles.
+    pub fn within(self, a: &crate::proto::frame::Accepts) -> Self {
+        let max_bundle_size = self.max_bundle_size.min(a.max_bundle_size);
+        Self {
+            chunk_size: self
+                .chunk_size
+                .min(max_bundle_size / 2)
+                .max(crate::config::MIN_CHUNK_SIZE),
+            max_bundle_size,
+            max_entries: self
+                .max_entries
+                .min(usize::try_from(a.max_entries).unwrap_or(usize::MAX))
+                .max(2),
+            max_file_size: self.max_file_size.min(a.max_file_size),
+            max_unpacked: self.max_unpacked.min(a.max_unpacked),
+        }
+    }
 }
 
 /// A finished bundle in the outbox, ready to send.
@@ -449,6 +485,18 @@ impl Packer<'_> {
                 continue;
             }
             let stamp = Stamp::of(&md);
+            if stamp.size > self.limits.max_file_size {
+                report.failed.push((
+                    item.path.clone(),
+                    format!(
+                        "{}: {} bytes, over the largest file a receiver accepts ({} bytes, its max_file_size)",
+                        abs.display(),
+                        stamp.size,
+                        self.limits.max_file_size
+                    ),
+                ));
+                continue;
+            }
             // Same size, mtime and mode is not proof: a rewrite within one
             // tick of the filesystem's clock keeps them (found by the kill
             // suite). An event said it changed, so compare the content too.
@@ -746,6 +794,7 @@ impl Packer<'_> {
             b.entries > 0
                 && (b.used + need > limits.max_bundle_size
                     || b.entries + 1 > limits.max_entries
+                    || b.summary.bytes + need > limits.max_unpacked
                     || b.clashes(name))
         });
         if full && let Some(b) = open.take() {

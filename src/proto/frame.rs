@@ -20,10 +20,12 @@ pub enum Frame {
         sender: String,
     },
     /// `instance` names this receiver's state: a new one (a rebuilt or
-    /// wiped receiver) has a new instance.
+    /// wiped receiver) has a new instance. `accepts`: its limits, so the
+    /// sender packs within them.
     Welcome {
         last_applied: u64,
         instance: [u8; 16],
+        accepts: Accepts,
     },
     Bundle {
         seq: u64,
@@ -36,10 +38,79 @@ pub enum Frame {
     Ack {
         seq: u64,
     },
+    /// Bundle `seq` was not applied. `kind` says whether sending it again
+    /// can help; `path` names the entry at fault, when one is.
     Refuse {
         seq: u64,
+        kind: RefusalKind,
+        path: Option<String>,
         reason: String,
     },
+}
+
+/// Why a receiver did not apply a bundle: what the log, the `Refuse`
+/// frame and the sender's handling share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub kind: RefusalKind,
+    /// The entry at fault, when one is.
+    pub path: Option<String>,
+    pub reason: String,
+}
+
+impl Refusal {
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self {
+            kind: RefusalKind::Retry,
+            path: None,
+            reason: reason.into(),
+        }
+    }
+
+    pub fn permanent(path: Option<String>, reason: impl Into<String>) -> Self {
+        Self {
+            kind: RefusalKind::Permanent,
+            path,
+            reason: reason.into(),
+        }
+    }
+
+    /// The frame refusing bundle `seq` for this reason.
+    pub fn frame(self, seq: u64) -> Frame {
+        Frame::Refuse {
+            seq,
+            kind: self.kind,
+            path: self.path,
+            reason: self.reason,
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+/// What a receiver accepts in one bundle, announced in `Welcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepts {
+    /// Files, parts and deletions.
+    pub max_entries: u64,
+    pub max_bundle_size: u64,
+    pub max_file_size: u64,
+    /// Bytes all entries may unpack to.
+    pub max_unpacked: u64,
+}
+
+/// Whether a refused bundle can be applied if sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    /// Not now (disk full, damaged in transit, an I/O error): send it again.
+    Retry,
+    /// Never, as it is (over a limit, a path the receiver cannot write):
+    /// sending it again cannot help; the sender must pack it differently.
+    Permanent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,9 +146,18 @@ impl Frame {
             Frame::Welcome {
                 last_applied,
                 instance,
+                accepts,
             } => {
                 out.extend_from_slice(&last_applied.to_be_bytes());
                 out.extend_from_slice(instance);
+                for v in [
+                    accepts.max_entries,
+                    accepts.max_bundle_size,
+                    accepts.max_file_size,
+                    accepts.max_unpacked,
+                ] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
                 WELCOME
             }
             Frame::Bundle { seq, size } => {
@@ -94,8 +174,24 @@ impl Frame {
                 out.extend_from_slice(&seq.to_be_bytes());
                 ACK
             }
-            Frame::Refuse { seq, reason } => {
+            Frame::Refuse {
+                seq,
+                kind,
+                path,
+                reason,
+            } => {
                 out.extend_from_slice(&seq.to_be_bytes());
+                out.push(match kind {
+                    RefusalKind::Retry => 0,
+                    RefusalKind::Permanent => 1,
+                });
+                // A path longer than a valid one is dropped, not cut.
+                let path = path
+                    .as_deref()
+                    .filter(|p| p.len() <= crate::paths::MAX_PATH_BYTES)
+                    .unwrap_or("");
+                out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+                out.extend_from_slice(path.as_bytes());
                 let mut end = reason.len().min(MAX_REASON);
                 while !reason.is_char_boundary(end) {
                     end -= 1;
@@ -161,9 +257,15 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
                 _ => None,
             }
         }
-        WELCOME if p.len() == 24 => u64_at(0).map(|last_applied| Frame::Welcome {
-            last_applied,
+        WELCOME if p.len() == 56 => Some(Frame::Welcome {
+            last_applied: u64_at(0).unwrap_or_default(),
             instance: p[8..24].try_into().expect("16 bytes"),
+            accepts: Accepts {
+                max_entries: u64_at(24).unwrap_or_default(),
+                max_bundle_size: u64_at(32).unwrap_or_default(),
+                max_file_size: u64_at(40).unwrap_or_default(),
+                max_unpacked: u64_at(48).unwrap_or_default(),
+            },
         }),
         BUNDLE if p.len() == 16 => Some(Frame::Bundle {
             seq: u64_at(0).unwrap_or_default(),
@@ -174,10 +276,29 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
             hash: p[8..40].try_into().expect("32 bytes"),
         }),
         ACK if p.len() == 8 => u64_at(0).map(|seq| Frame::Ack { seq }),
-        REFUSE if p.len() >= 8 => std::str::from_utf8(&p[8..]).ok().map(|r| Frame::Refuse {
-            seq: u64_at(0).unwrap_or_default(),
-            reason: r.to_owned(),
-        }),
+        REFUSE if p.len() >= 11 => {
+            let kind = match p[8] {
+                0 => Some(RefusalKind::Retry),
+                1 => Some(RefusalKind::Permanent),
+                _ => None,
+            };
+            let path_len = usize::from(u16::from_be_bytes([p[9], p[10]]));
+            let path = p
+                .get(11..11 + path_len)
+                .and_then(|b| std::str::from_utf8(b).ok());
+            let reason = p
+                .get(11 + path_len..)
+                .and_then(|b| std::str::from_utf8(b).ok());
+            match (kind, path, reason) {
+                (Some(kind), Some(path), Some(reason)) => Some(Frame::Refuse {
+                    seq: u64_at(0).unwrap_or_default(),
+                    kind,
+                    path: (!path.is_empty()).then(|| path.to_owned()),
+                    reason: reason.to_owned(),
+                }),
+                _ => None,
+            }
+        }
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
@@ -210,6 +331,12 @@ mod tests {
             Frame::Welcome {
                 last_applied: 42,
                 instance: [9; 16],
+                accepts: Accepts {
+                    max_entries: 1,
+                    max_bundle_size: 2,
+                    max_file_size: 3,
+                    max_unpacked: u64::MAX,
+                },
             },
             Frame::Bundle {
                 seq: 7,
@@ -222,7 +349,15 @@ mod tests {
             Frame::Ack { seq: u64::MAX },
             Frame::Refuse {
                 seq: 3,
+                kind: RefusalKind::Retry,
+                path: None,
                 reason: "disk full: é".into(),
+            },
+            Frame::Refuse {
+                seq: 4,
+                kind: RefusalKind::Permanent,
+                path: Some("a/é.html".into()),
+                reason: "is a symlink inside root".into(),
             },
         ]
     }
@@ -294,6 +429,8 @@ mod tests {
     fn long_reasons_are_cut_on_a_char_boundary() {
         let f = Frame::Refuse {
             seq: 1,
+            kind: RefusalKind::Retry,
+            path: None,
             reason: "é".repeat(5000),
         };
         let (back, _) = Frame::parse(&f.to_bytes()).unwrap().unwrap();
@@ -313,17 +450,34 @@ mod props {
         prop_oneof![
             (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
                 .prop_map(|(version, sender)| Frame::Hello { version, sender }),
-            (any::<u64>(), any::<[u8; 16]>()).prop_map(|(last_applied, instance)| {
-                Frame::Welcome {
+            (any::<u64>(), any::<[u8; 16]>(), any::<[u64; 4]>()).prop_map(
+                |(last_applied, instance, [a, b, c, d])| Frame::Welcome {
                     last_applied,
                     instance,
+                    accepts: Accepts {
+                        max_entries: a,
+                        max_bundle_size: b,
+                        max_file_size: c,
+                        max_unpacked: d,
+                    },
                 }
-            }),
+            ),
             (any::<u64>(), any::<u64>()).prop_map(|(seq, size)| Frame::Bundle { seq, size }),
             (any::<u64>(), any::<[u8; 32]>())
                 .prop_map(|(size, hash)| Frame::Trailer { size, hash }),
             any::<u64>().prop_map(|seq| Frame::Ack { seq }),
-            (any::<u64>(), ".{0,100}").prop_map(|(seq, reason)| Frame::Refuse { seq, reason }),
+            (any::<u64>(), any::<bool>(), "[a-z/]{0,20}", ".{0,100}").prop_map(
+                |(seq, retry, path, reason)| Frame::Refuse {
+                    seq,
+                    kind: if retry {
+                        RefusalKind::Retry
+                    } else {
+                        RefusalKind::Permanent
+                    },
+                    path: (!path.is_empty()).then_some(path),
+                    reason,
+                }
+            ),
         ]
     }
 

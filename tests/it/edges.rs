@@ -259,3 +259,75 @@ async fn a_file_that_never_goes_quiet_ships_within_max_delay() {
     s.stop().await;
     r.stop().await;
 }
+
+/// A receiver configured with a lower entry limit than the sender's refused
+/// every bundle, and the sender re-sent the same bundle forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_with_a_lower_entry_limit_gets_bundles_it_accepts() {
+    let env = Env::new();
+    for i in 0..120 {
+        env.write(&format!("p/{i:03}.html"), format!("{i}"));
+    }
+    let r = env.start_receiver("max_files_per_bundle = 50\n").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    // 120 files at 50 a bundle.
+    wait_until("three bundles archived", || env.archived().len() >= 3).await;
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A file over the receiver's max_file_size got its whole bundle refused,
+/// again and again, and the pages packed with it never arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_over_the_receivers_size_limit_is_named_and_the_rest_ships() {
+    let env = Env::new();
+    env.write("big.bin", noise(2 << 20, 5));
+    env.write("page.html", "small");
+    let r = env.start_receiver("max_file_size = \"1MiB\"\n").await;
+    let s = env.start_sender(r.addr, "");
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    wait_until("the page", || env.root().join("page.html").exists()).await;
+    let v = wait_status(&file, "big.bin named", |v| v["failing_paths"] == 1).await;
+    assert_eq!(v["failing"][0]["path"], "big.bin", "{v}");
+    assert!(
+        v["failing"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_file_size"),
+        "{v}"
+    );
+    assert!(!env.root().join("big.bin").exists());
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A bundle refused for one path (here a symlink planted in the receiver's
+/// root) was refused every time it was sent, so nothing packed with that
+/// path ever arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_refused_over_one_path_ships_the_rest() {
+    let env = Env::new();
+    let outside = env.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::os::unix::fs::symlink(&outside, env.root().join("evil")).unwrap();
+    env.write("evil/a.html", "must not land outside root");
+    env.write("ok.html", "fine");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    wait_until("the page shipped with it", || {
+        env.root().join("ok.html").exists()
+    })
+    .await;
+    let v = wait_status(&file, "the refused path named", |v| {
+        v["failing"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|f| f["path"] == "evil/a.html"))
+    })
+    .await;
+    assert!(v.to_string().contains("refused"), "{v}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    s.stop().await;
+    r.stop().await;
+}

@@ -66,11 +66,7 @@ fn regenerate_format1_fixtures() {
             outbox: &dir,
             sender: "fixture",
             // Small parts so the fixture holds a multi-part file.
-            limits: Limits {
-                chunk_size: 8192,
-                max_bundle_size: 1 << 20,
-                max_entries: 100_000,
-            },
+            limits: Limits::new(8192, 1 << 20, 100_000),
             alloc_seq: &mut alloc,
             emit: &mut emit,
             touched: &|_| false,

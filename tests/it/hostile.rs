@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use shipper::proto::{Connection, Frame};
 use tokio::net::TcpStream;
 
+use shipper::proto::frame::RefusalKind;
+
 use crate::util::*;
 
 fn hostile_dir() -> PathBuf {
@@ -84,7 +86,7 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
         let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
         let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
         c.write_frame(&Frame::Hello {
-            version: 1,
+            version: shipper::proto::frame::PROTOCOL_VERSION,
             sender: "hostile".into(),
         })
         .await
@@ -99,11 +101,22 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
         c.send_body(&bundle, size).await.unwrap();
         c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
         match c.expect_frame().await.unwrap() {
-            Frame::Refuse { seq: 1, reason } => {
+            Frame::Refuse {
+                seq: 1,
+                kind,
+                reason,
+                ..
+            } => {
                 assert!(
                     reason.contains(&expect),
                     "{name}: refusal {reason:?} does not mention {expect:?}"
-                )
+                );
+                // Sending a hostile bundle again cannot make it acceptable;
+                // only a part set the receiver dropped may be taken again
+                // (without the dropped set).
+                if !reason.contains(".shipper/parts/") {
+                    assert_eq!(kind, RefusalKind::Permanent, "{name}: {reason}");
+                }
             }
             f => panic!("{name}: expected a refusal, got {f:?}"),
         }
