@@ -64,7 +64,13 @@ pub fn render(r: &StatusReport) -> String {
         "shipper_held_deletions",
         "gauge",
         "Deletions held by the mass-deletion guard.",
-        vec![(sender, r.held_deletions as f64)],
+        vec![(sender.clone(), r.held_deletions as f64)],
+    );
+    metric(
+        "shipper_source_missing",
+        "gauge",
+        "1 while no directory is at the source path (nothing ships).",
+        vec![(sender, f64::from(u8::from(r.source_missing.is_some())))],
     );
     let per = |f: &dyn Fn(&crate::sender::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
         r.receivers
@@ -178,6 +184,7 @@ mod tests {
             oldest_pending_secs: Some(1.5),
             window_secs: 300,
             held_deletions: 0,
+            source_missing: None,
             receivers: vec![LinkStatus {
                 receiver: "web1:7700".into(),
                 connected: true,
@@ -190,6 +197,7 @@ mod tests {
         for line in [
             "shipper_paused{sender=\"app1\"} 1",
             "shipper_pending_paths{sender=\"app1\"} 3",
+            "shipper_source_missing{sender=\"app1\"} 0",
             "shipper_oldest_pending_seconds{sender=\"app1\"} 1.5",
             "shipper_receiver_connected{receiver=\"web1:7700\"} 1",
             "shipper_receiver_last_ack_sequence{receiver=\"web1:7700\"} 42",
