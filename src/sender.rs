@@ -170,8 +170,6 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.source)
-        .with_context(|| format!("creating {}", cfg.source.display()))?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
@@ -185,6 +183,12 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let shipped = ledger.files().clone();
     debug!(files = shipped.len(), "ledger loaded");
+    // Created for a first start; once something was shipped, a missing
+    // source is held below, never replaced by an empty one.
+    if shipped.is_empty() {
+        std::fs::create_dir_all(&cfg.source)
+            .with_context(|| format!("creating {}", cfg.source.display()))?;
+    }
     let ledger = Arc::new(std::sync::Mutex::new(ledger));
     info!(id = %state.id, source = %cfg.source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.

@@ -1,5 +1,5 @@
 //! The source directory itself replaced, removed or re-pointed while the
-//! sender runs.
+//! sender runs (or while it is stopped).
 
 use std::path::Path;
 use std::time::Instant;
@@ -133,6 +133,39 @@ async fn a_missing_source_is_held_not_shipped_as_deletions() {
     env.write("a.html", "a v2");
     env.write("dir/c.html", "c");
     env.write("d.html", "new");
+    wait_source_missing(&file, false).await;
+    wait_in_sync(&env).await;
+
+    s.stop().await;
+    r.stop().await;
+}
+
+/// Broke: a sender restarted while its source was missing created an empty
+/// source and shipped the removal of everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_missing_at_restart_is_held_not_recreated_empty() {
+    let env = Env::new();
+    env.write("a.html", "a");
+    env.write("b.html", "b");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    wait_in_sync(&env).await;
+    // A flush answers once the acknowledgement is in the sender's ledger.
+    let out = shipper_async(owned(&["flush", "--config", file.to_str().unwrap()])).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let before = tree(&env.root());
+    s.stop().await;
+
+    std::fs::rename(env.src(), env.path().join("src.away")).unwrap();
+    let s = env.start_sender(r.addr, "");
+    wait_source_missing(&file, true).await;
+    assert!(!env.src().exists(), "the sender created an empty source");
+    assert_eq!(tree(&env.root()), before, "the receiver lost files");
+
+    // Back under its name, changed meanwhile: compared as at start.
+    std::fs::write(env.path().join("src.away/b.html"), "b v2").unwrap();
+    std::fs::rename(env.path().join("src.away"), env.src()).unwrap();
     wait_source_missing(&file, false).await;
     wait_in_sync(&env).await;
 
