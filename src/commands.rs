@@ -179,6 +179,14 @@ pub fn describe_status(r: &crate::sender::StatusReport) -> String {
             "running"
         }
     );
+    if let Some(m) = &r.source_missing {
+        let _ = writeln!(
+            s,
+            "  source missing since {}: {}; holding, nothing is shipped or deleted until it is back",
+            ago(m.since),
+            m.reason
+        );
+    }
     let oldest = match r.oldest_pending_secs {
         Some(age) => format!(
             "oldest {:.1} s old, {:.0}% of the {} s window",

@@ -5,7 +5,8 @@
 //! - [`cli`]: the command line (clap).
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
 //! - [`paths`]: shipped path form, path validation, exclude rules.
-//! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks.
+//! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks; the
+//!   [`watch::Sentinel`] that follows the source by its path.
 //! - [`changes`]: the change set: coalescing, settle, max_delay. Pure.
 //! - [`schedule`]: interval or cron ticks. Pure.
 //! - [`beneath`]: writes and deletions below root that never follow symlinks.

@@ -82,7 +82,13 @@ pub fn render(r: &StatusReport) -> String {
         "shipper_packing_failing",
         "gauge",
         "1 while packing fails as a whole (e.g. the sender's disk is full).",
-        vec![(sender, f64::from(u8::from(r.pack_error.is_some())))],
+        vec![(sender.clone(), f64::from(u8::from(r.pack_error.is_some())))],
+    );
+    metric(
+        "shipper_source_missing",
+        "gauge",
+        "1 while no directory is at the source path (nothing ships).",
+        vec![(sender, f64::from(u8::from(r.source_missing.is_some())))],
     );
     let per = |f: &dyn Fn(&crate::sender::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
         r.receivers
@@ -198,6 +204,7 @@ mod tests {
             held_deletions: 0,
             failing_paths: 2,
             pack_error: Some("disk full".into()),
+            source_missing: None,
             receivers: vec![LinkStatus {
                 receiver: "web1:7700".into(),
                 connected: true,
@@ -213,6 +220,7 @@ mod tests {
             "shipper_pending_paths{sender=\"app1\"} 3",
             "shipper_failing_paths{sender=\"app1\"} 2",
             "shipper_packing_failing{sender=\"app1\"} 1",
+            "shipper_source_missing{sender=\"app1\"} 0",
             "shipper_oldest_pending_seconds{sender=\"app1\"} 1.5",
             "shipper_receiver_connected{receiver=\"web1:7700\"} 1",
             "shipper_receiver_last_ack_sequence{receiver=\"web1:7700\"} 42",

@@ -128,7 +128,18 @@ pub struct StatusReport {
     pub unsettled: Vec<String>,
     /// Why the last packing run failed as a whole (its changes stay pending).
     pub pack_error: Option<String>,
+
+    /// Set while no directory is at the source path (nothing ships).
+    #[serde(default)]
+    pub source_missing: Option<SourceMissing>,
     pub receivers: Vec<LinkStatus>,
+}
+
+/// Why the source is held, and since when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMissing {
+    pub reason: String,
+    pub since: i64,
 }
 
 /// A path the sender cannot ship now, and why.
@@ -205,11 +216,7 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&cfg.source)
-        .with_context(|| format!("creating {}", cfg.source.display()))?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
-    let source = std::fs::canonicalize(&cfg.source)
-        .with_context(|| format!("sender.source {}", cfg.source.display()))?;
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
     let outbox = state_dir.join("outbox");
@@ -222,6 +229,12 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let shipped = ledger.files().clone();
     debug!(files = shipped.len(), "ledger loaded");
+    // Created for a first start; once something was shipped, a missing
+    // source is held below, never replaced by an empty one.
+    if shipped.is_empty() {
+        std::fs::create_dir_all(&cfg.source)
+            .with_context(|| format!("creating {}", cfg.source.display()))?;
+    }
     let ledger = Arc::new(std::sync::Mutex::new(ledger));
     let peers = Peers::load(&state_dir).with_context(|| {
         format!(
@@ -238,18 +251,20 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         .collect();
     let peers = Arc::new(std::sync::Mutex::new(peers));
     let accepts = Arc::new(std::sync::Mutex::new(vec![None; cfg.receivers.len()]));
-    info!(id = %state.id, source = %source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
+    info!(id = %state.id, source = %cfg.source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![state_dir.clone()];
 
-    let (watch_tx, mut watch_rx) = mpsc::unbounded_channel();
-    let guard = watcher::start(
-        &source,
+    // The source is followed by its path: the sentinel reports another
+    // directory there (already watched) or none.
+    let (source_tx, mut source_rx) = mpsc::unbounded_channel();
+    let (sentinel, first_look) = watcher::Sentinel::start(
+        cfg.source.clone(),
         cfg.exclude.clone(),
         ignore.clone(),
-        watch_tx.clone(),
+        source_tx,
     )
-    .with_context(|| format!("watching {}", source.display()))?;
+    .with_context(|| format!("watching {}", cfg.source.display()))?;
 
     let (control_tx, mut control_rx) = mpsc::channel::<Call>(16);
     let control_task = tokio::spawn(control::serve(
@@ -306,10 +321,12 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
     let mut s = Sender {
         scan_tx,
-        watch_guard: Arc::new(guard),
+        watch_guard: None,
+        sentinel,
+        source_missing: None,
         changes: ChangeSet::new(cfg.settle, cfg.max_delay),
         shipped,
-        source: source.clone(),
+        source: cfg.source.clone(),
         outbox,
         state_dir: state_dir.clone(),
         state: Arc::new(std::sync::Mutex::new(state)),
@@ -351,8 +368,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     // Catch-up: compare the tree with what the receiver acknowledged; with
     // empty state everything is new, so the first bundles bring an empty
     // receiver up to date. The watch is already running, so nothing written
-    // during the walk is missed.
-    s.scan(source.clone());
+    // during the walk is missed. A missing source is held instead.
+    let mut watch_rx = s.on_source(first_look);
 
     // The metrics endpoint reads the report the housekeeping tick refreshes.
     let (report_tx, report_rx) = tokio::sync::watch::channel(None);
@@ -372,7 +389,10 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            Some(msg) = watch_rx.recv() => s.on_watch(msg),
+            Some(msg) = next_watch_msg(&mut watch_rx) => s.on_watch(msg),
+            // Replacing the receiver drops what the old watch still held:
+            // it happened in a directory that is no longer the source.
+            Some(ev) = source_rx.recv() => watch_rx = s.on_source(ev),
             Some(walk) = scan_rx.recv() => {
                 let whole_tree = walk.dir.is_none();
                 s.on_walk(walk);
@@ -408,6 +428,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                     let _ = reply.send(Response::Error {
                         message: "the sender is paused: nothing is cut until `shipper resume`".into(),
                     });
+                }
+                Request::Flush { .. } if s.source_missing.is_some() => {
+                    let _ = reply.send(Response::Error { message: s.holding_message() });
                 }
                 Request::Flush { timeout_ms, allow_mass_delete } => {
                     s.flush_queued.push(FlushWait {
@@ -470,6 +493,14 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     Ok(())
 }
 
+/// The next event of the source's watch; none while the source is missing.
+async fn next_watch_msg(rx: &mut Option<mpsc::UnboundedReceiver<WatchMsg>>) -> Option<WatchMsg> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A packing run's report, and how it ended.
 type PackDone = (Report, std::io::Result<()>);
 
@@ -487,12 +518,19 @@ async fn wait_packing(p: &mut Option<JoinHandle<PackDone>>) -> PackDone {
 }
 
 struct Sender {
-    watch_guard: Arc<watcher::WatchGuard>,
+    /// The watch on the source directory; `None` while it is missing or
+    /// its replacement is not watched yet.
+    watch_guard: Option<Arc<watcher::WatchGuard>>,
+    /// Follows the configured source path.
+    sentinel: watcher::Sentinel,
+    /// Set while no directory is at the source path: nothing is cut.
+    source_missing: Option<SourceMissing>,
     /// Finished directory walks: the files found.
     scan_tx: mpsc::UnboundedSender<watcher::Walk>,
     changes: ChangeSet,
     /// What the receiver has (or will have once the queue drains), per path.
     shipped: BTreeMap<String, FileMeta>,
+    /// The source directory watched (the configured path resolved).
     source: PathBuf,
     outbox: PathBuf,
     state_dir: PathBuf,
@@ -577,6 +615,7 @@ impl Sender {
         let guard = self.watch_guard.clone();
         tokio::task::spawn_blocking(move || {
             if dir != base
+                && let Some(guard) = guard
                 && let Err(e) = guard.watch_dir(&dir)
             {
                 // Gone again already, or out of watches: the walk still runs.
@@ -633,10 +672,76 @@ impl Sender {
         }
     }
 
+    /// The sentinel found another directory at the source path, or none.
+    /// Returns the events of the new watch (`None` until there is one).
+    /// What is pending was seen in the directory that went, so it is
+    /// dropped: the comparison of the new tree with what the receivers have
+    /// finds again whatever differs, as at start.
+    fn on_source(&mut self, ev: watcher::SourceEvent) -> Option<mpsc::UnboundedReceiver<WatchMsg>> {
+        self.changes = ChangeSet::new(self.cfg.settle, self.cfg.max_delay);
+        self.watch_guard = None;
+        match ev {
+            // A look at what replaced it follows; until then nothing is
+            // pending and nothing is watched.
+            watcher::SourceEvent::Left => {
+                info!(source = %self.cfg.source.display(), old = %self.source.display(), "source replaced: watching the new directory, then comparing it with what the receivers have");
+                None
+            }
+            watcher::SourceEvent::Missing(reason) => {
+                warn!(
+                    source = %self.cfg.source.display(),
+                    reason = %reason,
+                    "source missing: holding; nothing is shipped or deleted until a directory is back at the source path"
+                );
+                let since = self
+                    .source_missing
+                    .as_ref()
+                    .map_or_else(unix_now, |m| m.since);
+                self.source_missing = Some(SourceMissing { reason, since });
+                let message = self.holding_message();
+                for f in std::mem::take(&mut self.flush_queued) {
+                    let _ = f.reply.send(Response::Error {
+                        message: message.clone(),
+                    });
+                }
+                None
+            }
+            watcher::SourceEvent::Watched(w) => {
+                if self.source_missing.take().is_some() {
+                    info!(source = %self.cfg.source.display(), dir = %w.dir.display(), "source back: comparing it with what the receivers have");
+                }
+                self.source = w.dir;
+                self.watch_guard = Some(Arc::new(w.guard));
+                self.scan(self.source.clone());
+                Some(w.events)
+            }
+        }
+    }
+
+    /// What a flush answers while the source is missing.
+    fn holding_message(&self) -> String {
+        let (reason, since) = self
+            .source_missing
+            .as_ref()
+            .map(|m| (m.reason.as_str(), m.since))
+            .unwrap_or_default();
+        format!(
+            "the source is missing ({reason}) for {}: holding, nothing is shipped or deleted until it is back",
+            humantime::format_duration(Duration::from_secs((unix_now() - since).max(0) as u64))
+        )
+    }
+
     /// Compare what a walk found with what the receiver has: queue what
     /// differs, and the shipped paths below the walked directory that are
     /// gone. This is the catch-up at start and the repair after lost events.
+    /// A walk that ends while no directory is watched at the source path
+    /// (missing, or its replacement not watched yet) queues nothing: the
+    /// source vanishing is not its files being deleted, and the comparison
+    /// once one is watched again covers the tree.
     fn on_walk(&mut self, walk: watcher::Walk) {
+        if self.watch_guard.is_none() {
+            return;
+        }
         let now = Instant::now();
         let mut queued = 0u64;
         let mut found = std::collections::HashSet::with_capacity(walk.files.len());
@@ -691,6 +796,13 @@ impl Sender {
             .filter(|p| std::fs::symlink_metadata(self.source.join(p)).is_err())
             .cloned()
             .collect();
+        // Checked after the paths: if the source was there then, they are
+        // really gone. If not, the sentinel is about to report it missing.
+        if !gone.is_empty() && !self.source.is_dir() {
+            warn!(source = %self.source.display(), "the source vanished during a comparison: its files are not taken as deleted");
+            self.sentinel.check_now();
+            return;
+        }
         for p in &gone {
             // Gone before the walk reached it: nothing left to settle.
             self.changes.removed(p, quiet_since);
@@ -781,6 +893,7 @@ impl Sender {
             oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
             window_secs: self.cfg.max_delay.as_secs(),
             held_deletions: self.held.len() as u64,
+            source_missing: self.source_missing.clone(),
             failing_paths: (self.failing.len() + self.bad_names.len()) as u64,
             failing: self
                 .bad_names
@@ -850,7 +963,11 @@ impl Sender {
 
     /// Start packing if anything is due and no pack is running.
     fn maybe_pack(&mut self, force: bool, next_tick: Instant) {
-        if self.packing.is_some() || self.needs_welcome || self.paused {
+        if self.packing.is_some()
+            || self.needs_welcome
+            || self.paused
+            || self.source_missing.is_some()
+        {
             return;
         }
         let now = Instant::now();
