@@ -19,6 +19,7 @@
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`durable`]: crash-safe writes.
+//! - [`places`]: configured directories, resolved and kept apart.
 
 pub mod beneath;
 pub mod bundle;
@@ -31,6 +32,7 @@ pub mod durable;
 pub mod ledger;
 pub mod metrics;
 pub mod paths;
+pub mod places;
 pub mod proto;
 pub mod receiver;
 pub mod schedule;

@@ -23,6 +23,7 @@ use crate::bundle::apply::{self, Target};
 use crate::bundle::manifest::valid_sender_id;
 use crate::config::ReceiverConfig;
 use crate::durable;
+use crate::places;
 use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::{Connection, Frame};
@@ -67,16 +68,23 @@ pub struct Receiver {
     state: Mutex<ReceiverState>,
 }
 
-/// The target a receiver config describes, directories created.
+/// The target a receiver config describes, directories created. Refused,
+/// before anything is created, when two of its directories overlap.
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
+    places::check(&places::receiver_dirs(cfg, cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
     for d in [&cfg.root, &cfg.archive_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let staging = cfg
-        .staging_dir
-        .clone()
-        .unwrap_or_else(|| apply::default_staging(&cfg.root, &cfg.state_dir));
+    let staging = match &cfg.staging_dir {
+        Some(s) => s.clone(),
+        None => {
+            // The default depends on where the created directories landed.
+            let s = apply::default_staging(&cfg.root, &cfg.state_dir);
+            places::check(&places::receiver_dirs(cfg, Some(&s)))?;
+            s
+        }
+    };
     let target = Target {
         root: cfg.root.clone(),
         staging,

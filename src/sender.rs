@@ -160,6 +160,7 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::places::check(&crate::places::sender_dirs(&cfg))?;
     std::fs::create_dir_all(&cfg.source)
         .with_context(|| format!("creating {}", cfg.source.display()))?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;

@@ -8,6 +8,7 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod operate;
+mod places;
 mod sync;
 mod tls;
 mod util;
