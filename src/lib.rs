@@ -19,7 +19,7 @@
 //! - [`ledger`]: what the receiver acknowledged, per path, durably (sender).
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`durable`]: crash-safe writes.
-//! - [`places`]: configured directories, resolved and kept apart.
+//! - [`places`]: configured directories kept apart; clean-up of shipper's own names.
 
 pub mod beneath;
 pub mod bundle;

@@ -1,4 +1,5 @@
-//! The directories a config names, compared where they really are.
+//! The directories a config names, compared where they really are, and the
+//! only way shipper empties one of its own.
 //!
 //! shipper cleans, prunes and writes the directories it is given, so two
 //! that overlap are dangerous: a `staging_dir` holding root lost the whole
@@ -13,8 +14,11 @@
 //! sender's `state_dir` inside its `source` (never shipped) and the
 //! receiver's `staging_dir` inside its `state_dir` (its default).
 //!
-//! Comparing is pure ([`Location::holds`]); resolving reads the filesystem
-//! and blocks.
+//! [`remove_own`] is the one clean-up: it removes only entries whose names
+//! shipper gives (each caller says which), and leaves anything else alone.
+//!
+//! Comparing is pure ([`Location::holds`]); resolving and removing read and
+//! change the filesystem and block.
 
 use std::ffi::OsString;
 use std::fs;
@@ -46,6 +50,8 @@ pub enum PlaceError {
         path: PathBuf,
         source: io::Error,
     },
+    #[error("removing {}: {source}", path.display())]
+    Remove { path: PathBuf, source: io::Error },
 }
 
 /// A directory as the kernel knows it: (device, inode).
@@ -225,6 +231,32 @@ pub fn check_config(config: &Config) -> Result<(), PlaceError> {
     check(&dirs)
 }
 
+/// Remove the entries of `dir` whose names shipper gave them (`ours` says
+/// which); anything else in `dir` is left alone. Blocking.
+pub fn remove_own(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<(), PlaceError> {
+    let gone = |path: &Path| {
+        let path = path.to_owned();
+        move |source| PlaceError::Remove { path, source }
+    };
+    for entry in fs::read_dir(dir).map_err(gone(dir))?.flatten() {
+        if !entry.file_name().to_str().is_some_and(&ours) {
+            continue;
+        }
+        let path = entry.path();
+        // A symlink is removed itself, never what it points to.
+        let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        match removed {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(gone(&path)(e)),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,5 +382,26 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn remove_own_leaves_what_shipper_did_not_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        fs::create_dir_all(d.join("ours-dir/sub")).unwrap();
+        fs::write(d.join("ours-file"), "x").unwrap();
+        fs::write(d.join("theirs"), "x").unwrap();
+        fs::create_dir_all(d.join("elsewhere")).unwrap();
+        fs::write(d.join("elsewhere/kept"), "x").unwrap();
+        std::os::unix::fs::symlink(d.join("elsewhere"), d.join("ours-link")).unwrap();
+        remove_own(d, |n| n.starts_with("ours-")).unwrap();
+        let mut left: Vec<_> = fs::read_dir(d)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["elsewhere", "theirs"]);
+        assert!(d.join("elsewhere/kept").exists(), "followed a symlink");
     }
 }

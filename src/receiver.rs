@@ -100,10 +100,10 @@ impl Receiver {
     pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
         let target = target_for(&cfg)?;
         let incoming = cfg.state_dir.join("incoming");
-        // Half-received bundles from an earlier run are useless: the sender re-sends.
-        let _ = std::fs::remove_dir_all(&incoming);
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
+        // Half-received bundles from an earlier run are useless: the sender re-sends.
+        places::remove_own(&incoming, is_incoming_name)?;
         let mut state = ReceiverState::load(&cfg.state_dir)?;
         target.clean_staging().context("cleaning staging")?;
         let publishing = cfg.state_dir.join("publishing");
@@ -244,7 +244,7 @@ impl Receiver {
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
-            let part = self.incoming.join(format!("{sender}-{seq}.zip.part"));
+            let part = self.incoming.join(incoming_name(&sender, seq));
             let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
             let _ = tokio::fs::remove_file(&part).await;
             match answer? {
@@ -355,6 +355,31 @@ fn archive_name(sender: &str, seq: u64) -> String {
     format!("{sender}-{seq:020}.zip")
 }
 
+/// True for names [`archive_name`] gives: only these are pruned from the
+/// archive or finished from `publishing`.
+fn is_archive_name(name: &str) -> bool {
+    name.strip_suffix(".zip")
+        .and_then(sender_and_seq)
+        .is_some_and(|(_, seq)| seq.len() == 20)
+}
+
+fn incoming_name(sender: &str, seq: u64) -> String {
+    format!("{sender}-{seq}.zip.part")
+}
+
+fn is_incoming_name(name: &str) -> bool {
+    name.strip_suffix(".zip.part")
+        .and_then(sender_and_seq)
+        .is_some()
+}
+
+/// Split `{sender}-{digits}` into a valid sender id and its digits.
+fn sender_and_seq(stem: &str) -> Option<(&str, &str)> {
+    let (sender, seq) = stem.rsplit_once('-')?;
+    let digits = !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit());
+    (digits && valid_sender_id(sender)).then_some((sender, seq))
+}
+
 fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
     use std::io::ErrorKind::{QuotaExceeded, StorageFull};
     if matches!(e.kind(), StorageFull | QuotaExceeded) {
@@ -420,6 +445,7 @@ impl Committer {
     fn recover(&self, state: &mut ReceiverState, state_dir: &Path) -> anyhow::Result<()> {
         let mut pending: Vec<PathBuf> = std::fs::read_dir(&self.publishing)?
             .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
             .map(|e| e.path())
             .collect();
         pending.sort();
@@ -455,7 +481,8 @@ impl Committer {
     }
 }
 
-/// Keep the applied bundle in `dir` and prune to the newest `keep`.
+/// Keep the applied bundle in `dir` and prune shipper's bundles there to
+/// the newest `keep`; other files in `dir` are not counted or touched.
 fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()> {
     let dest = dir.join(name);
     // The archive is a convenience for replay; a copy torn by a crash is
@@ -465,7 +492,7 @@ fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()
     }
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     entries.sort();
@@ -481,4 +508,27 @@ pub async fn run(cfg: ReceiverConfig, shutdown: CancellationToken) -> anyhow::Re
     let (r, listener) = Receiver::bind(cfg).await?;
     r.serve(listener, shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_names_shipper_gives_are_its_own() {
+        assert!(is_archive_name(&archive_name("web-1.example", 7)));
+        assert!(is_incoming_name(&incoming_name("web-1", 7)));
+        for other in [
+            "backup-2019.zip",
+            "web-00000000000000000007.zip.bak",
+            "has space-00000000000000000007.zip",
+            "-00000000000000000007.zip",
+            "web-0000000000000000000x.zip",
+        ] {
+            assert!(!is_archive_name(other), "{other}");
+        }
+        for other in ["notes.zip.part", "web-.zip.part", "web-7.zip"] {
+            assert!(!is_incoming_name(other), "{other}");
+        }
+    }
 }

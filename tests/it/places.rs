@@ -1,8 +1,9 @@
 //! The directories a config names: overlapping ones are refused at start,
-//! compared where they really are.
+//! compared where they really are; clean-up and pruning touch only what
+//! shipper itself named.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use shipper::config::Config;
 use tokio_util::sync::CancellationToken;
@@ -170,4 +171,58 @@ async fn a_sender_state_dir_holding_its_source_is_refused() {
     stop.cancel();
     let _ = sender.await;
     r.stop().await;
+}
+
+/// `archive_keep` pruned every `*.zip` in `archive_dir` by age, so an
+/// operator's `backup-2019.zip` kept there was deleted; start-up clean-up
+/// emptied staging, `incoming`, `publishing` and the outbox whatever they
+/// held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_up_and_pruning_remove_only_what_shipper_named() {
+    let env = Env::new();
+    let p = env.path();
+    let strays = [
+        "archive/backup-2019.zip",
+        "stage/notes.txt",
+        "stage/site-2/index.html",
+        "state-r/incoming/readme.txt",
+        "state-r/publishing/notes.zip",
+        "state-s/outbox/mine.txt",
+    ];
+    for s in strays {
+        std::fs::create_dir_all(p.join(s).parent().unwrap()).unwrap();
+        std::fs::write(p.join(s), "not shipper's").unwrap();
+    }
+    let old = SystemTime::UNIX_EPOCH + Duration::from_secs(1_546_300_800);
+    std::fs::File::options()
+        .write(true)
+        .open(p.join(strays[0]))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let r = env
+        .start_receiver("archive_keep = 1\nstaging_dir = \"stage\"\n")
+        .await;
+    let s = env.start_sender(r.addr, "");
+    for page in ["a.html", "b.html"] {
+        env.write(page, page);
+        wait_in_sync(&env).await;
+    }
+    let shipped = |env: &Env| -> Vec<String> {
+        env.archived()
+            .iter()
+            .filter_map(|a| a.file_name()?.to_str().map(str::to_owned))
+            .filter(|n| n.starts_with("test-"))
+            .collect()
+    };
+    wait_until("only the newest bundle archived", || {
+        shipped(&env) == ["test-00000000000000000002.zip"]
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+    for s in strays {
+        assert!(p.join(s).exists(), "{s} was removed");
+    }
 }
