@@ -27,13 +27,15 @@ fn web_with_two_sites(env: &Env) -> std::path::PathBuf {
     web
 }
 
+/// A receiver with root `web/site` and the given `staging_dir`.
+fn staged_receiver(staging_dir: &str) -> String {
+    format!(
+        "[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"web/site\"\nstate_dir = \"state-r\"\narchive_dir = \"archive\"\nstaging_dir = \"{staging_dir}\"\n"
+    )
+}
+
 async fn bind_refusal(env: &Env, staging_dir: &str) -> String {
-    let cfg = env
-        .config(&format!(
-            "[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"web/site\"\nstate_dir = \"state-r\"\narchive_dir = \"archive\"\nstaging_dir = \"{staging_dir}\"\n"
-        ))
-        .receiver
-        .unwrap();
+    let cfg = env.config(&staged_receiver(staging_dir)).receiver.unwrap();
     match shipper::receiver::Receiver::bind(cfg).await {
         Ok(_) => panic!("staging_dir = {staging_dir:?} holding root was accepted"),
         Err(e) => format!("{e:#}"),
@@ -73,6 +75,32 @@ async fn a_staging_dir_reaching_root_through_a_symlink_or_dotdot_is_refused() {
         assert!(e.contains(&real(&web)), "{spelling}: {e}");
         assert_eq!(tree(&web), before, "{spelling}: files deleted");
     }
+}
+
+/// `shipper replay --config` used the receiver's directories as given:
+/// with a `staging_dir` holding root it staged into the directory above
+/// the site.
+#[test]
+fn replay_into_a_config_whose_staging_dir_holds_root_is_refused() {
+    let env = Env::new();
+    let web = web_with_two_sites(&env);
+    env.write("new.html", "new");
+    let bundle = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let before = tree(&web);
+    let file = env.config_file("replay.toml", &staged_receiver("web"));
+    let out = shipper(&[
+        "replay",
+        "--config",
+        file.to_str().unwrap(),
+        bundle.path.to_str().unwrap(),
+    ]);
+    let said = text(&out);
+    assert!(!out.status.success(), "replayed: {said}");
+    assert!(
+        said.contains("replay.toml") && said.contains("receiver.staging_dir"),
+        "{said}"
+    );
+    assert_eq!(tree(&web), before, "replay changed the web directory");
 }
 
 fn both_roles(env: &Env, sender_dirs: &str, root: &str) -> Config {
