@@ -303,6 +303,13 @@ async fn run_until_signal(config: Config) -> anyhow::Result<()> {
 /// Run every role of `config` until `shutdown`; the first role to fail
 /// stops the others.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Before either role touches anything: with both roles here, a root
+    // inside the source would ship itself back forever.
+    let checked = config.clone();
+    tokio::task::spawn_blocking(move || crate::places::check_config(&checked))
+        .await
+        .context("directory check task")?
+        .with_context(|| config.file.display().to_string())?;
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(r) = config.receiver.clone() {
         // Bind before the sender starts, so a one-process setup connects at once.
@@ -331,6 +338,8 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     let (target, state_dir, limits) = match (target.config, target.root) {
         (Some(file), _) => {
             let config = Config::load(&file)?;
+            crate::places::check_config(&config)
+                .with_context(|| config.file.display().to_string())?;
             let r = config.receiver.with_context(|| {
                 format!("{}: no [receiver] table to replay into", file.display())
             })?;

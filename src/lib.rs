@@ -21,6 +21,7 @@
 //! - [`peers`]: what the sender knows of each receiver; who needs the whole tree.
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`durable`]: crash-safe writes.
+//! - [`places`]: configured directories kept apart; clean-up of shipper's own names.
 
 pub mod beneath;
 pub mod bundle;
@@ -34,6 +35,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod paths;
 pub mod peers;
+pub mod places;
 pub mod proto;
 pub mod receiver;
 pub mod schedule;

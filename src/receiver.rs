@@ -29,6 +29,7 @@ use crate::bundle::apply::{self, Target};
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::durable;
+use crate::places;
 use crate::proto::connection::Stream;
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::frame::{Accepts, Refusal, RefusalKind};
@@ -130,16 +131,23 @@ pub struct Receiver {
     state: Mutex<ReceiverState>,
 }
 
-/// The target a receiver config describes, directories created.
+/// The target a receiver config describes, directories created. Refused,
+/// before anything is created, when two of its directories overlap.
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
+    places::check(&places::receiver_dirs(cfg, cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
     for d in [&cfg.root, &cfg.archive_dir] {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
-    let staging = cfg
-        .staging_dir
-        .clone()
-        .unwrap_or_else(|| apply::default_staging(&cfg.root, &cfg.state_dir));
+    let staging = match &cfg.staging_dir {
+        Some(s) => s.clone(),
+        None => {
+            // The default depends on where the created directories landed.
+            let s = apply::default_staging(&cfg.root, &cfg.state_dir);
+            places::check(&places::receiver_dirs(cfg, Some(&s)))?;
+            s
+        }
+    };
     let target = Target {
         root: cfg.root.clone(),
         staging,
@@ -155,10 +163,10 @@ impl Receiver {
     pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
         let target = target_for(&cfg)?;
         let incoming = cfg.state_dir.join("incoming");
-        // Half-received bundles from an earlier run are useless: the sender re-sends.
-        let _ = std::fs::remove_dir_all(&incoming);
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
+        // Half-received bundles from an earlier run are useless: the sender re-sends.
+        places::remove_own(&incoming, is_incoming_name)?;
         let mut state = ReceiverState::load_or_create(&cfg.state_dir)?;
         target.clean_staging().context("cleaning staging")?;
         let publishing = cfg.state_dir.join("publishing");
@@ -308,7 +316,7 @@ impl Receiver {
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
-            let part = self.incoming.join(format!("{}-{seq}.zip.part", sender.key));
+            let part = self.incoming.join(incoming_name(&sender.key, seq));
             let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
             let _ = tokio::fs::remove_file(&part).await;
             match answer? {
@@ -441,6 +449,29 @@ pub fn parse_archive_name(name: &str) -> Option<(&str, u64)> {
     Some((key, seq.parse().ok()?))
 }
 
+/// True for names [`archive_name`] gives: only these are pruned from the
+/// archive or finished from `publishing`.
+fn is_archive_name(name: &str) -> bool {
+    parse_archive_name(name).is_some()
+}
+
+fn incoming_name(sender: &str, seq: u64) -> String {
+    format!("{sender}-{seq}.zip.part")
+}
+
+fn is_incoming_name(name: &str) -> bool {
+    name.strip_suffix(".zip.part")
+        .and_then(sender_and_seq)
+        .is_some()
+}
+
+/// Split `{sender}-{digits}` into a valid sender id and its digits.
+fn sender_and_seq(stem: &str) -> Option<(&str, &str)> {
+    let (sender, seq) = stem.rsplit_once('-')?;
+    let digits = !seq.is_empty() && seq.bytes().all(|b| b.is_ascii_digit());
+    (digits && valid_sender_id(sender)).then_some((sender, seq))
+}
+
 fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
     use std::io::ErrorKind::{QuotaExceeded, StorageFull};
     if matches!(e.kind(), StorageFull | QuotaExceeded) {
@@ -506,6 +537,7 @@ impl Committer {
     fn recover(&self, state: &mut ReceiverState, state_dir: &Path) -> anyhow::Result<()> {
         let mut pending: Vec<PathBuf> = std::fs::read_dir(&self.publishing)?
             .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
             .map(|e| e.path())
             .collect();
         pending.sort();
@@ -547,7 +579,8 @@ impl Committer {
     }
 }
 
-/// Keep the applied bundle in `dir` and prune to the newest `keep`.
+/// Keep the applied bundle in `dir` and prune shipper's bundles there to
+/// the newest `keep`; other files in `dir` are not counted or touched.
 fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()> {
     let dest = dir.join(name);
     // The archive is a convenience for replay; a copy torn by a crash is
@@ -557,7 +590,7 @@ fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()
     }
     let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
     entries.sort();
@@ -616,6 +649,24 @@ mod tests {
             "cms-99999999999999999999.zip",
         ] {
             assert_eq!(parse_archive_name(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn only_names_shipper_gives_are_its_own() {
+        assert!(is_archive_name(&archive_name("web-1.example", 7)));
+        assert!(is_incoming_name(&incoming_name("web-1", 7)));
+        for other in [
+            "backup-2019.zip",
+            "web-00000000000000000007.zip.bak",
+            "has space-00000000000000000007.zip",
+            "-00000000000000000007.zip",
+            "web-0000000000000000000x.zip",
+        ] {
+            assert!(!is_archive_name(other), "{other}");
+        }
+        for other in ["notes.zip.part", "web-.zip.part", "web-7.zip"] {
+            assert!(!is_incoming_name(other), "{other}");
         }
     }
 }

@@ -216,14 +216,15 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::places::check(&crate::places::sender_dirs(&cfg))?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
     let outbox = state_dir.join("outbox");
+    std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
     // Bundles not acknowledged before a restart are dropped: the catch-up
     // below finds their changes again by comparing with the ledger.
-    let _ = std::fs::remove_dir_all(&outbox);
-    std::fs::create_dir_all(&outbox).with_context(|| format!("creating {}", outbox.display()))?;
+    crate::places::remove_own(&outbox, crate::bundle::pack::is_outbox_name)?;
     let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
     let ledger = Ledger::open(&state_dir)
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;

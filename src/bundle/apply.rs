@@ -130,23 +130,16 @@ impl Target {
         }
     }
 
-    /// Remove what an interrupted apply left in staging.
-    pub fn clean_staging(&self) -> Result<(), BundleError> {
-        for e in fs::read_dir(&self.staging)
-            .map_err(io_at(&self.staging))?
-            .flatten()
-        {
-            let p = e.path();
-            let r = if e.file_type().is_ok_and(|t| t.is_dir()) {
-                fs::remove_dir_all(&p)
-            } else {
-                fs::remove_file(&p)
-            };
-            r.map_err(io_at(&p))?;
-        }
-        Ok(())
+    /// Remove what an interrupted apply left in staging: only shipper's
+    /// own stage directories, whatever else a configured staging holds.
+    pub fn clean_staging(&self) -> Result<(), crate::places::PlaceError> {
+        crate::places::remove_own(&self.staging, |name| name.starts_with(STAGE_PREFIX))
     }
 }
+
+/// Every directory a bundle is staged in is named with this, so that
+/// cleaning staging never removes anything shipper did not make.
+const STAGE_PREFIX: &str = ".shipper-stage-";
 
 /// Staging for `root` when none is configured: `state_dir/staging` if that
 /// is on root's filesystem, else [`sibling_staging`].
@@ -339,7 +332,9 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
 /// file of the bundle is staged and verified.
 pub fn apply(target: &Target, mut b: Opened) -> Result<Applied, BundleError> {
     let m = &b.manifest;
-    let stage = target.staging.join(format!("{}-{}", m.sender, m.seq));
+    let stage = target
+        .staging
+        .join(format!("{STAGE_PREFIX}{}-{}", m.sender, m.seq));
     remove_all(&stage)?;
     fs::create_dir_all(&stage).map_err(io_at(&stage))?;
     if !m.parts.is_empty() {

@@ -806,7 +806,7 @@ impl Packer<'_> {
     fn ensure_open<'o>(&mut self, open: &'o mut Option<Open>) -> io::Result<&'o mut Open> {
         if open.is_none() {
             let tmp = tempfile::Builder::new()
-                .prefix(".packing-")
+                .prefix(PACKING_PREFIX)
                 .suffix(".zip")
                 .tempfile_in(self.outbox)
                 .map_err(|e| with_path(e, self.outbox))?;
@@ -904,6 +904,18 @@ fn seal(mut zip: ZipWriter<BufWriter<BundleFile>>, manifest: &Manifest) -> io::R
 pub fn bundle_file_name(seq: u64) -> String {
     format!("{seq:020}.zip")
 }
+
+/// True for the names the outbox holds: [`bundle_file_name`] and the
+/// temporary files bundles are packed in. Only these are cleaned from it.
+pub fn is_outbox_name(name: &str) -> bool {
+    let finished = name
+        .strip_suffix(".zip")
+        .is_some_and(|seq| seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()));
+    finished || (name.starts_with(PACKING_PREFIX) && name.ends_with(".zip"))
+}
+
+/// Bundles are packed under a temporary name starting with this.
+const PACKING_PREFIX: &str = ".packing-";
 
 /// A file packed within this long of its last write is recorded as racy.
 const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
@@ -1151,5 +1163,14 @@ mod tests {
         assert_eq!(dos_time(0), zip::DateTime::default());
         let t = dos_time(1_764_000_000);
         assert_eq!(t.year(), 2025);
+    }
+
+    #[test]
+    fn the_outbox_is_cleaned_only_of_its_own_names() {
+        assert!(is_outbox_name(&bundle_file_name(7)));
+        assert!(is_outbox_name(".packing-a1B2c3.zip"));
+        for other in ["mine.txt", "7.zip", "backup-2019.zip", ".packing-x.part"] {
+            assert!(!is_outbox_name(other), "{other}");
+        }
     }
 }

@@ -141,7 +141,7 @@ async fn a_publish_interrupted_by_a_crash_is_finished_at_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_staging_and_half_received_bundles_are_cleaned_at_start() {
     let env = Env::new();
-    let staging = env.path().join("state-r/staging/test-7");
+    let staging = env.path().join("state-r/staging/.shipper-stage-test-7");
     std::fs::create_dir_all(&staging).unwrap();
     std::fs::write(staging.join("f0"), "half").unwrap();
     let incoming = env.path().join("state-r/incoming");

@@ -10,6 +10,7 @@ mod fixtures;
 mod hostile;
 mod operate;
 mod peers;
+mod places;
 mod source;
 mod sync;
 mod tls;
