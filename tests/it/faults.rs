@@ -322,15 +322,10 @@ async fn corrupted_and_truncated_streams_are_refused_and_retried() {
 async fn a_full_disk_refuses_the_bundle_then_succeeds_once_space_is_freed() {
     let env = Env::new();
     let disk = env.path().join("disk");
-    let _mount = match Mount::tmpfs(&disk, "8m") {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED a_full_disk_refuses_the_bundle: cannot mount a tmpfs here ({why}); needs root or CAP_SYS_ADMIN"
-            );
-            return;
-        }
-    };
+    // Fails (never skips) where a tmpfs cannot be mounted: run as root, as CI does.
+    let _mount = Mount::tmpfs(&disk, "8m").unwrap_or_else(|why| {
+        panic!("this test needs to mount a tmpfs (root or CAP_SYS_ADMIN): {why}")
+    });
     // Root and receiver state on the small filesystem; a ballast fills it.
     let ballast = disk.join("ballast");
     std::fs::write(&ballast, vec![1u8; 7 << 20]).unwrap();
@@ -396,12 +391,12 @@ async fn an_inotify_queue_overflow_triggers_a_rescan_that_misses_nothing() {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(16384);
-    if queue > 100_000 {
-        eprintln!(
-            "SKIPPED overflow test: max_queued_events is {queue}, too many files needed to overflow it"
-        );
-        return;
-    }
+    // .ci/run keeps the kernel's default (16384); a machine raised far
+    // above it would need too many files, so the test says so and fails.
+    assert!(
+        queue <= 100_000,
+        "fs.inotify.max_queued_events is {queue}: lower it to 16384 to run this test"
+    );
     let env = Env::new();
     let r = env.start_receiver("").await;
     let cfg = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));

@@ -199,14 +199,12 @@ fn replay_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
         text(&piped)
     );
     // On a terminal (script(1) gives it a pty): a bar.
-    let Ok(tty) = std::process::Command::new("script")
+    // script(1) is in bsdutils, which .ci/run installs when missing.
+    let tty = std::process::Command::new("script")
         .args(["-qec", &cmd.join(" "), "/dev/null"])
         .env("RUST_LOG", "warn")
         .output()
-    else {
-        eprintln!("SKIPPED terminal half: script(1) is not installed");
-        return;
-    };
+        .expect("script(1) runs the command on a pty (install bsdutils)");
     assert!(tty.status.success(), "{}", text(&tty));
     assert!(
         text(&tty).contains("replaying"),
@@ -306,14 +304,11 @@ fn a_long_first_ship_shows_progress_on_a_terminal_only() {
         file.display(),
         env.root().join("media/big.bin").display()
     );
-    let Ok(tty) = std::process::Command::new("script")
+    let tty = std::process::Command::new("script")
         .args(["-qec", &run, "/dev/null"])
         .env("RUST_LOG", "warn")
         .output()
-    else {
-        eprintln!("SKIPPED: script(1) is not installed");
-        return;
-    };
+        .expect("script(1) runs the command on a pty (install bsdutils)");
     assert!(
         text(&tty).contains("first ship"),
         "no progress bar on a terminal: {}",
