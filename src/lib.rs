@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line (clap).
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
 //! - [`paths`]: shipped path form, path validation, exclude rules.
+//! - [`source_dir`]: reading below the source, never through a symlink.
 //! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks; the
 //!   [`watch::Sentinel`] that follows the source by its path.
 //! - [`changes`]: the change set: coalescing, settle, max_delay. Pure.
@@ -40,5 +41,6 @@ pub mod proto;
 pub mod receiver;
 pub mod schedule;
 pub mod sender;
+pub mod source_dir;
 pub mod tls;
 pub mod watch;

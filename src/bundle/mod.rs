@@ -18,8 +18,12 @@ pub use manifest::Manifest;
 /// Hash a whole file with BLAKE3, in 8 MiB pieces hashed on every core.
 /// (Not mmap: mapped pages would count against the process's RSS.)
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<blake3::Hash> {
+    hash_reader(std::fs::File::open(path)?)
+}
+
+/// Hash everything `file` holds from where it stands, as [`hash_file`].
+pub fn hash_reader(mut file: std::fs::File) -> std::io::Result<blake3::Hash> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 8 << 20];
     loop {

@@ -29,6 +29,7 @@ use super::manifest::{
     FORMAT, FileEntry, FileMeta, MANIFEST_ENTRY, Manifest, PartEntry, part_entry_name,
 };
 use crate::changes::Op;
+use crate::source_dir::SourceDir;
 
 const COPY_BUF: usize = 1 << 20;
 /// Files this small gain nothing from deflate.
@@ -277,6 +278,18 @@ impl Stamp {
         }
     }
 
+    #[allow(clippy::unnecessary_cast)] // field types differ between targets
+    fn of_stat(st: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            mode: st.st_mode as u32 & 0o7777,
+        }
+    }
+
     fn same_as(&self, meta: &FileMeta) -> bool {
         self.size == meta.size
             && self.mtime == meta.mtime
@@ -332,6 +345,7 @@ enum Prepared {
 /// Read a small file whole, check it did not change meanwhile, hash it and
 /// compress it into a ready zip entry. Runs on a worker thread.
 fn prepare_small(
+    dir: &SourceDir,
     rel: &str,
     abs: &Path,
     stamp: Stamp,
@@ -339,10 +353,10 @@ fn prepare_small(
     touched: &(dyn Fn(&str) -> bool + Sync),
 ) -> Prepared {
     let at = |e: io::Error| Prepared::Failed(with_path(e, abs));
-    let mut file = match File::open(abs) {
+    let mut file = match dir.open_file(rel) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Prepared::Gone,
-        Err(e) => return at(e),
+        Err(e) => return Prepared::Failed(e),
     };
     let before = match file.metadata() {
         Ok(md) => Stamp::of(&md),
@@ -363,7 +377,7 @@ fn prepare_small(
         return Prepared::Requeue;
     }
     let after_fd = file.metadata().map(|m| Stamp::of(&m));
-    let after_path = std::fs::symlink_metadata(abs).map(|m| Stamp::of(&m));
+    let after_path = dir.stat(rel).map(|st| Stamp::of_stat(&st));
     let moved = after_fd.ok() != Some(stamp) || after_path.ok() != Some(stamp) || touched(rel);
     if moved && how == ReadMode::Strict {
         return Prepared::Requeue;
@@ -390,6 +404,7 @@ fn prepare_small(
 
 /// One source file being packed, and the copy buffer to read it with.
 struct Source<'a> {
+    dir: &'a SourceDir,
     rel: &'a str,
     abs: &'a Path,
     file: &'a mut File,
@@ -429,8 +444,9 @@ impl Packer<'_> {
     /// in `report` and the one being written is discarded; items not in the
     /// report were not packed.
     pub fn pack_into(&mut self, items: Vec<PackItem>, report: &mut Report) -> io::Result<()> {
+        let dir = SourceDir::open(self.source)?;
         let mut open: Option<Open> = None;
-        let result = self.pack_items(items, report, &mut open);
+        let result = self.pack_items(&dir, items, report, &mut open);
         if let Some(b) = open.take() {
             match &result {
                 Ok(()) => return self.finish(b, report),
@@ -442,6 +458,7 @@ impl Packer<'_> {
 
     fn pack_items(
         &mut self,
+        dir: &SourceDir,
         items: Vec<PackItem>,
         report: &mut Report,
         open: &mut Option<Open>,
@@ -464,18 +481,18 @@ impl Packer<'_> {
                 continue;
             }
             let abs = self.source.join(&item.path);
-            let md = match std::fs::symlink_metadata(&abs) {
-                Ok(md) => md,
+            let st = match dir.stat(&item.path) {
+                Ok(st) => st,
                 // Gone since the event: its removal is (or will be) an event of its own.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    report
-                        .failed
-                        .push((item.path, with_path(e, &abs).to_string()));
+                    report.failed.push((item.path, e.to_string()));
                     continue;
                 }
             };
-            if !md.file_type().is_file() {
+            let regular = rustix::fs::FileType::from_raw_mode(st.st_mode)
+                == rustix::fs::FileType::RegularFile;
+            if !regular {
                 // A symlink, device or directory now stands where a shipped
                 // file was: the receiver must not keep the old file.
                 if item.previous.is_some() {
@@ -484,7 +501,7 @@ impl Packer<'_> {
                 tracing::debug!(path = %item.path, "not a regular file, not shipped");
                 continue;
             }
-            let stamp = Stamp::of(&md);
+            let stamp = Stamp::of_stat(&st);
             if stamp.size > self.limits.max_file_size {
                 report.failed.push((
                     item.path.clone(),
@@ -502,7 +519,10 @@ impl Packer<'_> {
             // suite). An event said it changed, so compare the content too.
             if let Some(p) = &item.previous
                 && stamp.same_as(p)
-                && super::hash_file(&abs).is_ok_and(|h| h.to_hex().as_str() == p.hash)
+                && dir
+                    .open_file(&item.path)
+                    .and_then(super::hash_reader)
+                    .is_ok_and(|h| h.to_hex().as_str() == p.hash)
             {
                 continue;
             }
@@ -529,26 +549,25 @@ impl Packer<'_> {
                     how,
                 });
                 if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_FILES {
-                    self.pack_batch(open, report, std::mem::take(&mut batch))?;
+                    self.pack_batch(dir, open, report, std::mem::take(&mut batch))?;
                     batch_bytes = 0;
                 }
                 continue;
             }
             let opened = match how {
-                ReadMode::Snapshot => snapshot(&abs, self.outbox),
-                ReadMode::Strict => File::open(&abs).map(|f| (f, stamp)),
+                ReadMode::Snapshot => snapshot(dir, &item.path, self.outbox),
+                ReadMode::Strict => dir.open_file(&item.path).map(|f| (f, stamp)),
             };
             let (mut file, stamp) = match opened {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    report
-                        .failed
-                        .push((item.path, with_path(e, &abs).to_string()));
+                    report.failed.push((item.path, e.to_string()));
                     continue;
                 }
             };
             let src = Source {
+                dir,
                 rel: &item.path,
                 abs: &abs,
                 file: &mut file,
@@ -563,7 +582,7 @@ impl Packer<'_> {
             }
         }
         if !batch.is_empty() {
-            self.pack_batch(open, report, batch)?;
+            self.pack_batch(dir, open, report, batch)?;
         }
         Ok(())
     }
@@ -599,6 +618,7 @@ impl Packer<'_> {
     /// then append the compressed entries in order.
     fn pack_batch(
         &mut self,
+        dir: &SourceDir,
         open: &mut Option<Open>,
         report: &mut Report,
         batch: Vec<Batched>,
@@ -608,7 +628,7 @@ impl Packer<'_> {
         let prepared: Vec<(Batched, Prepared)> = batch
             .into_par_iter()
             .map(|f| {
-                let r = prepare_small(&f.rel, &f.abs, f.stamp, f.how, touched);
+                let r = prepare_small(dir, &f.rel, &f.abs, f.stamp, f.how, touched);
                 (f, r)
             })
             .collect();
@@ -985,7 +1005,7 @@ fn copy_checked(
     // name: nobody wrote to it or replaced it while we read. (Through the
     // name alone for a snapshot, whose handle may be a clone.)
     let after_fd = src.file.metadata().map(|m| Stamp::of(&m));
-    let after_path = std::fs::symlink_metadata(src.abs).map(|m| Stamp::of(&m));
+    let after_path = src.dir.stat(src.rel).map(|st| Stamp::of_stat(&st));
     // An event during the read means a writer is at it again, even if the
     // stat fields happen to match.
     let moved = after_path.ok() != Some(src.stamp) || touched();
@@ -1002,8 +1022,8 @@ fn copy_checked(
 /// still, whatever the writer does), else the file itself, of which the
 /// first `size` bytes as stated now will be read. Returns the file to read
 /// and the stamp to ship (the original's, with the clone's size).
-fn snapshot(abs: &Path, scratch: &Path) -> io::Result<(File, Stamp)> {
-    let original = File::open(abs)?;
+fn snapshot(dir: &SourceDir, rel: &str, scratch: &Path) -> io::Result<(File, Stamp)> {
+    let original = dir.open_file(rel)?;
     let stamp = Stamp::of(&original.metadata()?);
     if let Ok(clone) = tempfile::tempfile_in(scratch)
         && rustix::fs::ioctl_ficlone(&clone, &original).is_ok()

@@ -7,6 +7,7 @@ mod durability;
 mod edges;
 mod faults;
 mod fixtures;
+mod hardening;
 mod hostile;
 mod operate;
 mod peers;

@@ -1,0 +1,153 @@
+//! Reading below the source directory without ever following a symlink.
+//!
+//! The sender reads what lies below `source` and nothing else. A directory
+//! swapped for a symlink between a walk and a read (by mistake, or by
+//! someone hoping to publish `/etc/ssl/private` into a web root) must not
+//! redirect a read outside the tree. Every open here resolves the path
+//! relative to a handle on `source` with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, or, on kernels without `openat2`, one component at
+//! a time with `O_NOFOLLOW`; a symlink anywhere on the way is an error
+//! naming the path. Paths given here are shipped paths (validated, `/`
+//! separated). Blocking.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+
+/// The source directory, held open.
+pub struct SourceDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+const DIR: OFlags = OFlags::DIRECTORY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::RDONLY);
+const FILE: OFlags = OFlags::NOFOLLOW
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::RDONLY)
+    .union(OFlags::NOCTTY);
+
+impl SourceDir {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let fd = rustix::fs::open(path, DIR, Mode::empty()).map_err(|e| at(path, e.into()))?;
+        Ok(Self {
+            fd,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Open the file `rel` for reading. A symlink anywhere on the way, the
+    /// last component included, is refused.
+    pub fn open_file(&self, rel: &str) -> io::Result<File> {
+        self.open_beneath(rel, FILE)
+            .map(File::from)
+            .map_err(|e| self.error(rel, e))
+    }
+
+    /// The metadata of `rel` itself (not what a symlink there points to),
+    /// reached without following a symlink in its directories.
+    pub fn stat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
+        let (dir, name) = match rel.rsplit_once('/') {
+            Some((dir, name)) => (Some(dir), name),
+            None => (None, rel),
+        };
+        let parent = match dir {
+            Some(d) => Some(self.open_beneath(d, DIR).map_err(|e| self.error(rel, e))?),
+            None => None,
+        };
+        let parent = parent
+            .as_ref()
+            .map(|p| p.as_fd())
+            .unwrap_or(self.fd.as_fd());
+        rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.error(rel, e))
+    }
+
+    fn open_beneath(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), how) {
+            Err(Errno::NOSYS) => self.open_by_components(rel, flags),
+            r => r,
+        }
+    }
+
+    /// The same walk for kernels without `openat2` (before Linux 5.6).
+    fn open_by_components(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+        let mut comps: Vec<&str> = rel.split('/').collect();
+        let last = comps.pop().unwrap_or_default();
+        let mut cur: Option<OwnedFd> = None;
+        for c in comps {
+            if c == ".." || c == "." || c.is_empty() {
+                return Err(Errno::XDEV);
+            }
+            let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
+            cur = Some(rustix::fs::openat(parent, c, DIR, Mode::empty())?);
+        }
+        if last == ".." || last == "." || last.is_empty() {
+            return Err(Errno::XDEV);
+        }
+        let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
+        rustix::fs::openat(parent, last, flags, Mode::empty())
+    }
+
+    fn error(&self, rel: &str, e: Errno) -> io::Error {
+        let path = self.path.join(rel);
+        match e {
+            Errno::LOOP | Errno::XDEV => io::Error::other(format!(
+                "{}: reached through a symlink, so not read (only what lies below the source is shipped)",
+                path.display()
+            )),
+            e => at(&path, e.into()),
+        }
+    }
+}
+
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn reads_below_the_source_but_never_through_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("dir")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside")).unwrap();
+        std::fs::write(src.join("dir/page.html"), "page").unwrap();
+        std::fs::write(t.path().join("outside/secret"), "secret").unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), src.join("swapped")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside/secret"), src.join("link")).unwrap();
+        let s = SourceDir::open(&src).unwrap();
+        let mut text = String::new();
+        s.open_file("dir/page.html")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "page");
+        for rel in ["swapped/secret", "link"] {
+            let e = s.open_file(rel).unwrap_err();
+            assert!(e.to_string().contains("symlink"), "{rel}: {e}");
+        }
+        assert!(s.stat("swapped/secret").is_err());
+        // The link itself can be looked at, not followed.
+        let st = s.stat("link").unwrap();
+        assert_eq!(
+            rustix::fs::FileType::from_raw_mode(st.st_mode),
+            rustix::fs::FileType::Symlink
+        );
+        for rel in [&["dir", "page.html"][..], &["swapped", "secret"]] {
+            let flags = FILE;
+            let r = s.open_by_components(&rel.join("/"), flags);
+            assert_eq!(r.is_ok(), rel[0] == "dir", "{rel:?}");
+        }
+    }
+}
