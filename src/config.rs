@@ -50,6 +50,7 @@ pub struct RawSender {
     pub chunk_size: Option<String>,
     pub max_bundle_size: Option<String>,
     pub max_files_per_bundle: Option<usize>,
+    pub outbox_max: Option<String>,
     pub mass_delete_share: Option<f64>,
     pub mass_delete_min: Option<usize>,
     pub key_dir: Option<PathBuf>,
@@ -116,6 +117,9 @@ pub struct SenderConfig {
     pub max_bundle_size: u64,
     /// Files, parts and deletions in one bundle.
     pub max_files_per_bundle: usize,
+    /// Bytes the outbox may hold for a receiver that is away; `None`: the
+    /// default, fitted to the free space at start.
+    pub outbox_max: Option<u64>,
     pub mass_delete: MassDelete,
     /// Keys and the pinned receiver; `None` only for plaintext on loopback.
     pub tls: Option<SenderTls>,
@@ -170,6 +174,8 @@ pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
 /// Entries a sender puts in one bundle unless configured: well below what a
 /// receiver accepts by default (`DEFAULT_RECEIVER_MAX_FILES`).
 pub const DEFAULT_SENDER_MAX_FILES: usize = 10_000;
+/// The outbox's budget unless configured (at most half the free space).
+pub const DEFAULT_OUTBOX_MAX: u64 = 1 << 30;
 /// Entries a receiver accepts in one bundle unless configured.
 pub const DEFAULT_RECEIVER_MAX_FILES: usize = 100_000;
 /// What a receiver accepts unless configured: well above the sender's default.
@@ -298,6 +304,18 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
             "sender.max_bundle_size ({max_bundle_size} bytes) must be at least twice sender.chunk_size ({chunk_size} bytes)"
         ));
     }
+    let outbox_max = s
+        .outbox_max
+        .as_deref()
+        .map(|v| size("sender.outbox_max", Some(v), 0))
+        .transpose()?;
+    if let Some(m) = outbox_max
+        && m < max_bundle_size
+    {
+        return Err(format!(
+            "sender.outbox_max ({m} bytes) is below sender.max_bundle_size ({max_bundle_size} bytes): not even one bundle would fit"
+        ));
+    }
     let max_files_per_bundle = s.max_files_per_bundle.unwrap_or(DEFAULT_SENDER_MAX_FILES);
     if max_files_per_bundle < 2 {
         return Err(format!(
@@ -411,6 +429,7 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
         chunk_size,
         max_bundle_size,
         max_files_per_bundle,
+        outbox_max,
     })
 }
 

@@ -128,6 +128,11 @@ pub struct StatusReport {
     pub unsettled: Vec<String>,
     /// Why the last packing run failed as a whole (its changes stay pending).
     pub pack_error: Option<String>,
+    /// Bytes of bundles in the outbox, against `sender.outbox_max`.
+    #[serde(default)]
+    pub outbox_bytes: u64,
+    #[serde(default)]
+    pub outbox_max: u64,
 
     /// Set while no directory is at the source path (nothing ships).
     #[serde(default)]
@@ -274,7 +279,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         shutdown.clone(),
     ));
 
-    let outbox_queue = Arc::new(Outbox::new(cfg.receivers.len()));
+    let outbox_max = outbox_budget(&cfg, &state_dir)?;
+    let outbox_queue = Arc::new(Outbox::new(cfg.receivers.len(), outbox_max));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
     let seq_floor = Arc::new(AtomicU64::new(0));
     let identity = match &cfg.tls {
@@ -317,7 +323,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         };
         transport_tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
-    drop(event_tx);
+    let events = event_tx;
 
     let (scan_tx, mut scan_rx) = mpsc::unbounded_channel();
     let mut s = Sender {
@@ -351,6 +357,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         peers,
         accepts: accepts.clone(),
         reship: Default::default(),
+        events,
+        ledger: ledger.clone(),
         failing: BTreeMap::new(),
         bad_names: Default::default(),
         unsettled: Default::default(),
@@ -558,6 +566,10 @@ struct Sender {
     /// Paths a receiver refused a bundle over, or that were in such a
     /// bundle: packed again in full, deletions included.
     reship: std::collections::HashSet<String>,
+    /// The transports' channel, for the packer to release bundles whose
+    /// only holder's backlog it dropped.
+    events: mpsc::UnboundedSender<TransportEvent>,
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     /// Paths that could not be packed, retried with backoff.
     failing: BTreeMap<String, FailingPath>,
     /// Paths whose names are not UTF-8: they cannot travel.
@@ -880,6 +892,7 @@ impl Sender {
     }
 
     fn status_report(&self) -> StatusReport {
+        let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let mut pending_bytes = 0u64;
         for p in self.changes.pending_upserts() {
             if let Ok(md) = std::fs::symlink_metadata(self.source.join(p)) {
@@ -910,12 +923,18 @@ impl Sender {
                 .collect(),
             unsettled: self.unsettled.iter().cloned().collect(),
             pack_error: self.pack_error.clone(),
+            outbox_bytes: self.outbox_queue.bytes(),
+            outbox_max: self.outbox_queue.max_bytes,
             receivers: self
                 .statuses
                 .iter()
                 .enumerate()
                 .map(|(i, s)| LinkStatus {
-                    whole_tree_pending: self.whole_tree_due.contains(&i),
+                    whole_tree_pending: self.whole_tree_due.contains(&i)
+                        || peers
+                            .receivers
+                            .get(&self.cfg.receivers[i])
+                            .is_some_and(|p| p.whole_tree),
                     ..s.borrow().clone()
                 })
                 .collect(),
@@ -1066,6 +1085,13 @@ impl Sender {
             );
         let queue = self.outbox_queue.clone();
         let floor = self.seq_floor.clone();
+        let (names, peers, events, ledger) = (
+            self.cfg.receivers.clone(),
+            self.peers.clone(),
+            self.events.clone(),
+            self.ledger.clone(),
+        );
+        let outbox_max = self.outbox_queue.max_bytes;
         let touched = self.touched.clone();
         touched.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.touched_active = true;
@@ -1090,7 +1116,14 @@ impl Sender {
                     size = p.size,
                     "bundle packed"
                 );
-                queue.push(p)
+                queue.push(p)?;
+                // A receiver that is away must not fill the sender's disk.
+                while let Some(j) = queue.over_budget() {
+                    warn!(peer = %names[j], outbox_bytes = queue.bytes(), outbox_max, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
+                    mark_whole_tree(&peers, &state_dir, &names[j])?;
+                    release_now(queue.drop_backlog(j), &events, &ledger);
+                }
+                Ok(())
             };
             let mut packer = Packer {
                 source: &source,
@@ -1550,6 +1583,7 @@ async fn send_bundle(
 /// packer (which adds) and the transports (which send from their own
 /// positions). A bundle leaves once all receivers acknowledged it.
 pub struct Outbox {
+    max_bytes: u64,
     state: std::sync::Mutex<OutboxState>,
     /// Wakes the packer waiting for room.
     room: std::sync::Condvar,
@@ -1583,8 +1617,11 @@ impl OutboxState {
 const WINDOW: usize = 2;
 
 impl Outbox {
-    pub fn new(receivers: usize) -> Self {
+    /// An outbox for `receivers`, holding at most about `max_bytes` of
+    /// bundles for receivers that are away (see [`Outbox::over_budget`]).
+    pub fn new(receivers: usize, max_bytes: u64) -> Self {
         Self {
+            max_bytes,
             state: std::sync::Mutex::new(OutboxState {
                 bundles: BTreeMap::new(),
                 acked: vec![0; receivers],
@@ -1641,6 +1678,35 @@ impl Outbox {
         drop(st);
         self.arrived.notify_waiters();
         Ok(())
+    }
+
+    /// Bytes of the bundles held.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bundles.values().map(|b| b.size).sum()
+    }
+
+    /// Over its budget, the receiver that is away and furthest behind, of
+    /// those holding bundles back: its backlog is the one to drop.
+    pub fn over_budget(&self) -> Option<usize> {
+        let st = self.lock();
+        let bytes: u64 = st.bundles.values().map(|b| b.size).sum();
+        if bytes <= self.max_bytes {
+            return None;
+        }
+        (0..st.acked.len())
+            .filter(|&r| !st.connected[r])
+            .filter(|&r| st.bundles.values().any(|b| !st.done(r, b)))
+            .min_by_key(|&r| st.acked[r])
+    }
+
+    /// Give up what receiver `i` has waiting (it gets the whole tree when it
+    /// returns: record that first). Returns the bundles that leave.
+    pub fn drop_backlog(&self, i: usize) -> Vec<Packed> {
+        let last = self.lock().bundles.keys().next_back().copied();
+        match last {
+            Some(seq) => self.ack(i, seq),
+            None => Vec::new(),
+        }
     }
 
     /// The first bundle for receiver `i` it has not acknowledged.
@@ -1981,25 +2047,67 @@ async fn release(
     events: &mpsc::UnboundedSender<TransportEvent>,
     ledger: &Arc<std::sync::Mutex<Ledger>>,
 ) {
+    if done.is_empty() {
+        return;
+    }
+    let (events, ledger) = (events.clone(), ledger.clone());
+    let _ = tokio::task::spawn_blocking(move || release_now(done, &events, &ledger)).await;
+}
+
+/// [`release`], on the calling thread (blocking: fsync).
+fn release_now(
+    done: Vec<Packed>,
+    events: &mpsc::UnboundedSender<TransportEvent>,
+    ledger: &Arc<std::sync::Mutex<Ledger>>,
+) {
     for b in done {
         let record = AckRecord {
             seq: b.seq,
             changes: b.changes,
         };
-        let ledger = ledger.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .record(record)
-        })
-        .await;
-        if let Err(e) = written.map_err(std::io::Error::other).and_then(|r| r) {
+        let written = ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(record);
+        if let Err(e) = written {
             // The receivers have it; only a restart would re-ship it needlessly.
             warn!(seq = b.seq, error = %e, "could not record an acknowledged bundle in the ledger");
         }
         let _ = std::fs::remove_file(&b.path);
         let _ = events.send(TransportEvent::Acked { seq: b.seq });
+    }
+}
+
+/// Record durably that receiver `name` needs the whole tree. Blocking.
+fn mark_whole_tree(
+    peers: &Arc<std::sync::Mutex<Peers>>,
+    state_dir: &Path,
+    name: &str,
+) -> std::io::Result<()> {
+    let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+    let rec = p.receivers.entry(name.to_owned()).or_default();
+    if rec.whole_tree {
+        return Ok(());
+    }
+    rec.whole_tree = true;
+    p.save(state_dir)
+}
+
+/// The outbox's budget: as configured, which must fit in the free space of
+/// `state_dir`'s filesystem, or the default fitted to it.
+fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Result<u64> {
+    let st = rustix::fs::statvfs(state_dir)
+        .with_context(|| format!("sender.state_dir {}: free space", state_dir.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    match cfg.outbox_max {
+        Some(max) if max > free => anyhow::bail!(
+            "sender.outbox_max = {max} bytes is more than the {free} bytes free on the filesystem of sender.state_dir {}: the sender's disk could fill while a receiver is away",
+            state_dir.display()
+        ),
+        Some(max) => Ok(max),
+        None => Ok(crate::config::DEFAULT_OUTBOX_MAX
+            .min(free / 2)
+            .max(cfg.max_bundle_size)),
     }
 }
 

@@ -74,3 +74,91 @@ async fn a_directory_swapped_for_a_symlink_never_ships_what_lies_outside_source(
     s.stop().await;
     r.stop().await;
 }
+
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// With one of two receivers down, every bundle waited in the outbox for it:
+/// the sender's disk filled because a web server was off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
+    let env = Env::new();
+    let r1 = env.start_receiver("").await;
+    let addr2 = free_addr();
+    let second = format!(
+        "[receiver]\nlisten = \"{addr2}\"\nroot = \"second/www\"\nstate_dir = \"second/state\"\narchive_dir = \"second/archive\"\n"
+    );
+    let r2 = env.start_receiver_from(&second).await;
+    let extra = "outbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n";
+    let toml = env.sender_toml_to(&[r1.addr, addr2], extra);
+    let s = env.start_sender_from(r1.addr, &toml);
+    let file = env.config_file("sender.toml", &toml);
+    env.write("first.html", "to both");
+    let root2 = env.path().join("second/www");
+    wait_until("both have the first file", || {
+        root2.join("first.html").exists()
+    })
+    .await;
+
+    r2.stop().await;
+    let outbox = env.path().join("state-s/outbox");
+    let mut peak = 0;
+    for i in 0..8 {
+        let name = format!("media/{i}.bin");
+        env.write(&name, noise(700_000, i));
+        let root1 = env.root();
+        wait_until("the first receiver has it", || root1.join(&name).exists()).await;
+        peak = peak.max(dir_bytes(&outbox));
+    }
+    // The budget, plus the one bundle being added when it was exceeded.
+    assert!(peak <= 3 << 20, "outbox grew to {peak} bytes");
+    let v = wait_status(&file, "the away receiver marked for the whole tree", |v| {
+        v["receivers"][1]["whole_tree_pending"] == true
+    })
+    .await;
+    assert!(v["outbox_max"].as_u64() == Some(2 << 20), "{v}");
+
+    // It comes back and gets everything.
+    let r2 = env.start_receiver_from(&second).await;
+    wait_until("the second receiver has the whole tree", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+    wait_status(&file, "whole tree acknowledged", |v| {
+        v["receivers"][1]["whole_tree_pending"] == false
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// An outbox budget above the free space would let the disk fill anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_budget_above_the_free_space_is_refused_naming_the_key() {
+    let env = Env::new();
+    let _disk = Mount::tmpfs(&env.path().join("state-s"), "4m")
+        .unwrap_or_else(|why| panic!("this test needs to mount a tmpfs (run as root): {why}"));
+    std::fs::set_permissions(
+        env.path().join("state-s"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let addr = free_addr();
+    let cfg = env
+        .config(&env.sender_toml(&addr.to_string(), "outbox_max = \"1GiB\"\n"))
+        .sender
+        .unwrap();
+    let e = shipper::sender::run(cfg, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("sender.outbox_max"), "{e:#}");
+}
