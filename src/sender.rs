@@ -359,6 +359,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         reship: Default::default(),
         events,
         ledger: ledger.clone(),
+        pending_bytes: Default::default(),
+        pending_bytes_job: None,
         failing: BTreeMap::new(),
         bad_names: Default::default(),
         unsettled: Default::default(),
@@ -425,7 +427,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                 }
                 Request::Pause | Request::Resume => {
                     let pause = matches!(req, Request::Pause);
-                    let _ = reply.send(match s.set_paused(pause) {
+                    let _ = reply.send(match s.set_paused(pause).await {
                         Ok(()) => Response::Paused { paused: pause },
                         Err(e) => Response::Error { message: format!("{e:#}") },
                     });
@@ -477,6 +479,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             },
             _ = housekeeping.tick() => {
                 s.expire_flushes();
+                s.count_pending_bytes();
                 if metrics_task.is_some() {
                     report_tx.send_replace(Some(s.status_report()));
                 }
@@ -566,6 +569,9 @@ struct Sender {
     /// Paths a receiver refused a bundle over, or that were in such a
     /// bundle: packed again in full, deletions included.
     reship: std::collections::HashSet<String>,
+    /// Bytes of the pending files, as last counted off the runtime.
+    pending_bytes: Arc<AtomicU64>,
+    pending_bytes_job: Option<JoinHandle<()>>,
     /// The transports' channel, for the packer to release bundles whose
     /// only holder's backlog it dropped.
     events: mpsc::UnboundedSender<TransportEvent>,
@@ -863,18 +869,25 @@ impl Sender {
         }
     }
 
-    fn set_paused(&mut self, pause: bool) -> anyhow::Result<()> {
-        let marker = self.state_dir.join(PAUSED_FILE);
-        if pause {
-            durable::write_atomic(&marker, b"paused by `shipper pause`\n")
-                .with_context(|| format!("writing {}", marker.display()))?;
-        } else {
-            match std::fs::remove_file(&marker) {
-                Ok(()) => durable::sync_dir(&self.state_dir)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).with_context(|| format!("removing {}", marker.display())),
+    async fn set_paused(&mut self, pause: bool) -> anyhow::Result<()> {
+        let (marker, dir) = (self.state_dir.join(PAUSED_FILE), self.state_dir.clone());
+        // The marker is written durably, off the runtime (fsync).
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            if pause {
+                durable::write_atomic(&marker, b"paused by `shipper pause`\n")
+                    .with_context(|| format!("writing {}", marker.display()))?;
+            } else {
+                match std::fs::remove_file(&marker) {
+                    Ok(()) => durable::sync_dir(&dir)?,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("removing {}", marker.display()));
+                    }
+                }
             }
-        }
+            Ok(())
+        })
+        .await??;
         if pause != self.paused {
             info!(
                 paused = pause,
@@ -891,14 +904,39 @@ impl Sender {
         Ok(())
     }
 
+    /// Refresh the pending bytes off the runtime, at most one count at a
+    /// time: status reads the last count, so it never stats files itself.
+    fn count_pending_bytes(&mut self) {
+        if self
+            .pending_bytes_job
+            .as_ref()
+            .is_some_and(|j| !j.is_finished())
+        {
+            return;
+        }
+        let paths: Vec<PathBuf> = self
+            .changes
+            .pending_upserts()
+            .map(|p| self.source.join(p))
+            .collect();
+        let total = self.pending_bytes.clone();
+        self.pending_bytes_job = Some(tokio::task::spawn_blocking(move || {
+            let bytes = paths
+                .iter()
+                .filter_map(|p| std::fs::symlink_metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            total.store(bytes, Ordering::Relaxed);
+        }));
+    }
+
     fn status_report(&self) -> StatusReport {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let mut pending_bytes = 0u64;
-        for p in self.changes.pending_upserts() {
-            if let Ok(md) = std::fs::symlink_metadata(self.source.join(p)) {
-                pending_bytes += md.len();
-            }
-        }
+        let pending_bytes = if self.changes.is_empty() {
+            0
+        } else {
+            self.pending_bytes.load(Ordering::Relaxed)
+        };
         StatusReport {
             sender_id: self.state.lock().map(|s| s.id.clone()).unwrap_or_default(),
             paused: self.paused,
