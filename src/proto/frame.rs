@@ -4,7 +4,8 @@
 //! decoder returns `Ok(None)` on incomplete input, and refuses a length over
 //! [`MAX_PAYLOAD`] before anything is allocated.
 
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: `Ping` frames keep a quiet connection known to be alive.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.
@@ -21,6 +22,7 @@ pub enum Frame {
     Trailer { size: u64, hash: [u8; 32] },
     Ack { seq: u64 },
     Refuse { seq: u64, reason: String },
+    Ping,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +43,9 @@ const BUNDLE: u8 = 3;
 const TRAILER: u8 = 4;
 const ACK: u8 = 5;
 const REFUSE: u8 = 6;
+/// "Still here", no payload: either side sends it so the other can tell a
+/// quiet connection from a dead one.
+const PING: u8 = 7;
 
 impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -80,6 +85,7 @@ impl Frame {
                 out.extend_from_slice(&reason.as_bytes()[..end]);
                 REFUSE
             }
+            Frame::Ping => PING,
         };
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start] = kind;
@@ -110,7 +116,7 @@ impl Frame {
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=REFUSE).contains(&kind) {
+    if !(HELLO..=PING).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -152,6 +158,7 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
             seq: u64_at(0).unwrap_or_default(),
             reason: r.to_owned(),
         }),
+        PING if p.is_empty() => Some(Frame::Ping),
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
@@ -167,6 +174,7 @@ fn kind_name(kind: u8) -> &'static str {
         TRAILER => "trailer",
         ACK => "ack",
         REFUSE => "refuse",
+        PING => "ping",
         _ => "unknown",
     }
 }
@@ -195,6 +203,7 @@ mod tests {
                 seq: 3,
                 reason: "disk full: é".into(),
             },
+            Frame::Ping,
         ]
     }
 
@@ -250,6 +259,14 @@ mod tests {
             Frame::parse(&[ACK, 0, 0, 0, 3, 1, 2, 3]),
             Err(FrameError::Malformed { kind: "ack" })
         );
+        assert_eq!(
+            Frame::parse(&[PING, 0, 0, 0, 1, 0]),
+            Err(FrameError::Malformed { kind: "ping" })
+        );
+        assert_eq!(
+            Frame::parse(&[PING + 1, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(PING + 1))
+        );
         let mut hello = Frame::Hello {
             version: 1,
             sender: "x".into(),
@@ -290,6 +307,7 @@ mod props {
                 .prop_map(|(size, hash)| Frame::Trailer { size, hash }),
             any::<u64>().prop_map(|seq| Frame::Ack { seq }),
             (any::<u64>(), ".{0,100}").prop_map(|(seq, reason)| Frame::Refuse { seq, reason }),
+            Just(Frame::Ping),
         ]
     }
 

@@ -60,7 +60,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
 async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
     let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
     c.write_frame(&Frame::Hello {
-        version: 1,
+        version: shipper::proto::frame::PROTOCOL_VERSION,
         sender: "test".into(),
     })
     .await
@@ -137,7 +137,7 @@ async fn a_manifest_naming_the_wrong_sender_is_refused() {
     let r = env.start_receiver("").await;
     let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
     c.write_frame(&Frame::Hello {
-        version: 1,
+        version: shipper::proto::frame::PROTOCOL_VERSION,
         sender: "other".into(),
     })
     .await

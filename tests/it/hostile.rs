@@ -84,7 +84,7 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
         let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
         let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
         c.write_frame(&Frame::Hello {
-            version: 1,
+            version: shipper::proto::frame::PROTOCOL_VERSION,
             sender: "hostile".into(),
         })
         .await
