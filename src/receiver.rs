@@ -5,6 +5,9 @@
 //! Bundles are applied one at a time, in sequence order per sender; a
 //! sequence already applied is acknowledged again without being applied.
 //! The applied sequence is stored durably before the acknowledgement.
+//! A session pings its sender while a bundle is applied and answers the
+//! sender's pings between bundles; one the sender leaves silent for
+//! [`SESSION_IDLE`] is ended (see [`crate::proto`]'s liveness rules).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,11 +26,13 @@ use crate::bundle::apply::{self, Target};
 use crate::bundle::manifest::valid_sender_id;
 use crate::config::ReceiverConfig;
 use crate::durable;
-use crate::proto::connection::Stream;
+use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::PROTOCOL_VERSION;
-use crate::proto::{Connection, Frame};
+use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Numbers sessions, so two sessions never share a file name.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What the receiver keeps across restarts: the last sequence applied per sender.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -173,6 +178,9 @@ impl Receiver {
 
     async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
+        if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
+            warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
+        }
         // An unknown or wrong peer is turned away here, before any frame.
         let stream: Stream = match &self.tls {
             Some(acceptor) => {
@@ -184,7 +192,7 @@ impl Receiver {
             }
             None => Box::new(stream),
         };
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
         let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
             Frame::Hello { version, sender }
                 if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
@@ -219,7 +227,12 @@ impl Receiver {
         conn.write_frame(&Frame::Welcome { last_applied: last })
             .await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
+        let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         while let Some(frame) = conn.read_frame().await? {
+            if frame == Frame::Ping {
+                conn.write_frame(&Frame::Ping).await?;
+                continue;
+            }
             let Frame::Bundle { seq, size } = frame else {
                 anyhow::bail!("{peer}: expected a bundle, got {frame:?}");
             };
@@ -236,9 +249,23 @@ impl Receiver {
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
-            let part = self.incoming.join(format!("{sender}-{seq}.zip.part"));
-            let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
+            // Named for this session too: a session whose sender vanished
+            // mid-bundle may still hold its part when the re-send arrives.
+            let part = self
+                .incoming
+                .join(format!("{sender}-{seq}-{session}.zip.part"));
+            let (answer, alive) = match self.receive(&mut conn, seq, size, &part).await {
+                Ok(Ok(())) => {
+                    // Applying can take long: ping meanwhile, so the sender
+                    // can tell a busy receiver from a dead connection.
+                    let apply = self.apply_received(&sender, seq, &part);
+                    conn.ping_while(APPLY_PING, apply).await
+                }
+                Ok(Err(reason)) => (Ok(Err(reason)), Ok(())),
+                Err(e) => (Err(e), Ok(())),
+            };
             let _ = tokio::fs::remove_file(&part).await;
+            alive?;
             match answer? {
                 Ok(applied) => {
                     if let Some(a) = applied {
@@ -256,16 +283,16 @@ impl Receiver {
         Ok(())
     }
 
-    /// Receive one bundle body and trailer, then apply it. The outer error
-    /// ends the session (stream out of step); the inner one is a refusal.
+    /// Receive one bundle body and its trailer into `part` and check them.
+    /// The outer error ends the session (stream out of step); the inner one
+    /// is a refusal.
     async fn receive(
         &self,
         conn: &mut Connection<Stream>,
-        sender: &str,
         seq: u64,
         size: u64,
         part: &Path,
-    ) -> anyhow::Result<Result<Option<apply::Applied>, String>> {
+    ) -> anyhow::Result<Result<(), String>> {
         let started = std::time::Instant::now();
         let (hash, write_error) = conn.recv_body(size, part).await?;
         tracing::debug!(
@@ -291,6 +318,18 @@ impl Receiver {
                 blake3::Hash::from_bytes(t_hash).to_hex()
             )));
         }
+        Ok(Ok(()))
+    }
+
+    /// Apply the received bundle at `part`, in sequence order, unless it
+    /// already was. The outer error ends the session; the inner one is a
+    /// refusal.
+    async fn apply_received(
+        &self,
+        sender: &str,
+        seq: u64,
+        part: &Path,
+    ) -> anyhow::Result<Result<Option<apply::Applied>, String>> {
         let mut state = self.state.lock().await;
         let last = state.applied.get(sender).copied().unwrap_or(0);
         if seq <= last {
