@@ -54,6 +54,7 @@ pub struct RawSender {
     pub key_dir: Option<PathBuf>,
     pub receiver_fingerprint: Option<OneOrMany>,
     pub metrics: Option<String>,
+    pub peer_timeout: Option<String>,
 }
 
 /// A key that takes one value or a list of them.
@@ -118,6 +119,9 @@ pub struct SenderConfig {
     pub tls: Option<SenderTls>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// A connection on which the receiver says nothing for this long is
+    /// dropped and replaced; the idle connection is pinged every third of it.
+    pub peer_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -164,6 +168,10 @@ pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 256 << 20;
 /// Smallest chunk accepted: below this the per-part overhead dominates.
 pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
 pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
+/// Long enough for TCP to ride out a few lost packets (its retransmissions
+/// back off from 200 ms: five tries fit in 30 s), short enough that a dead
+/// connection costs half a minute of the five-minute window.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a receiver accepts unless configured: well above the sender's default.
 pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
 
@@ -382,7 +390,26 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
             })
         })
         .transpose()?;
+    let peer_timeout = duration(
+        "sender.peer_timeout",
+        s.peer_timeout.as_deref(),
+        DEFAULT_PEER_TIMEOUT,
+    )?;
+    let (min, max) = (
+        crate::proto::MIN_PEER_TIMEOUT,
+        crate::proto::MAX_PEER_TIMEOUT,
+    );
+    if peer_timeout < min || peer_timeout > max {
+        return Err(format!(
+            "sender.peer_timeout = {}: must be between {} (a receiver pings every {} while it applies) and {} (noticing a dead connection and re-sending must fit the five-minute window)",
+            fmt_dur(peer_timeout),
+            fmt_dur(min),
+            fmt_dur(crate::proto::APPLY_PING),
+            fmt_dur(max)
+        ));
+    }
     Ok(SenderConfig {
+        peer_timeout,
         metrics,
         tls,
         mass_delete,
@@ -575,6 +602,7 @@ state_dir = "state"
         assert_eq!(s.max_delay, WINDOW);
         assert!(matches!(s.schedule, Schedule::Every(d) if d == DEFAULT_INTERVAL));
         assert_eq!(s.chunk_size, 64 << 20);
+        assert_eq!(s.peer_timeout, DEFAULT_PEER_TIMEOUT);
         assert!(s.exclude.is_excluded("a/.b.swp"));
     }
 
@@ -613,6 +641,9 @@ state_dir = "state"
             ("exclude = [\"a[\"]\n", "sender.exclude"),
             ("id = \"has space\"\n", "sender.id"),
             ("mass_delete_share = 1.5\n", "sender.mass_delete_share"),
+            ("peer_timeout = \"5m\"\n", "sender.peer_timeout"),
+            ("peer_timeout = \"500ms\"\n", "sender.peer_timeout"),
+            ("peer_timeout = \"soon\"\n", "sender.peer_timeout"),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?}: {e}");

@@ -7,6 +7,7 @@ mod durability;
 mod faults;
 mod fixtures;
 mod hostile;
+mod liveness;
 mod operate;
 mod sync;
 mod tls;
