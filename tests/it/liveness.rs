@@ -77,7 +77,8 @@ impl BlackholeProxy {
     }
 }
 
-async fn status_json(config: &std::path::Path) -> serde_json::Value {
+/// The sender's status, or the error text while it does not answer yet.
+async fn status_json(config: &std::path::Path) -> Result<serde_json::Value, String> {
     let out = shipper_async(owned(&[
         "status",
         "--config",
@@ -85,8 +86,10 @@ async fn status_json(config: &std::path::Path) -> serde_json::Value {
         "--json",
     ]))
     .await;
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
+    if !out.status.success() {
+        return Err(text(&out));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
 }
 
 /// How it broke: after a middlebox silently dropped the live connection, the
@@ -112,7 +115,7 @@ async fn a_connection_blackholed_mid_session_is_dropped_and_the_page_still_arriv
     env.write("page.html", "written after the drop");
     wait_in_sync(&env).await;
     assert!(proxy.accepted() >= 2, "the sender never reconnected");
-    let v = status_json(&config).await;
+    let v = status_json(&config).await.unwrap();
     let error = v["receivers"][0]["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("silent"), "status does not say why: {v}");
 
@@ -162,11 +165,14 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
 
     let end = std::time::Instant::now() + DEADLINE;
     let v = loop {
+        // Until the sender's control socket is up, status says so.
         let v = status_json(&config).await;
-        if v["receivers"][0]["last_ack_seq"].as_u64().is_some() {
-            break v;
+        if let Ok(v) = &v
+            && v["receivers"][0]["last_ack_seq"].as_u64().is_some()
+        {
+            break v.clone();
         }
-        assert!(std::time::Instant::now() < end, "never acknowledged: {v}");
+        assert!(std::time::Instant::now() < end, "never acknowledged: {v:?}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     assert_eq!(
