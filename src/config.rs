@@ -56,6 +56,7 @@ pub struct RawSender {
     pub key_dir: Option<PathBuf>,
     pub receiver_fingerprint: Option<OneOrMany>,
     pub metrics: Option<String>,
+    pub peer_timeout: Option<String>,
 }
 
 /// A key that takes one value or a list of them.
@@ -125,6 +126,9 @@ pub struct SenderConfig {
     pub tls: Option<SenderTls>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// A connection on which the receiver says nothing for this long is
+    /// dropped and replaced; the idle connection is pinged every third of it.
+    pub peer_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +182,10 @@ pub const DEFAULT_SENDER_MAX_FILES: usize = 10_000;
 pub const DEFAULT_OUTBOX_MAX: u64 = 1 << 30;
 /// Entries a receiver accepts in one bundle unless configured.
 pub const DEFAULT_RECEIVER_MAX_FILES: usize = 100_000;
+/// Long enough for TCP to ride out a few lost packets (its retransmissions
+/// back off from 200 ms: five tries fit in 30 s), short enough that a dead
+/// connection costs half a minute of the five-minute window.
+pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a receiver accepts unless configured: well above the sender's default.
 pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
 
@@ -414,7 +422,26 @@ fn validate_sender(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
             })
         })
         .transpose()?;
+    let peer_timeout = duration(
+        "sender.peer_timeout",
+        s.peer_timeout.as_deref(),
+        DEFAULT_PEER_TIMEOUT,
+    )?;
+    let (min, max) = (
+        crate::proto::MIN_PEER_TIMEOUT,
+        crate::proto::MAX_PEER_TIMEOUT,
+    );
+    if peer_timeout < min || peer_timeout > max {
+        return Err(format!(
+            "sender.peer_timeout = {}: must be between {} (a receiver pings every {} while it applies) and {} (noticing a dead connection and re-sending must fit the five-minute window)",
+            fmt_dur(peer_timeout),
+            fmt_dur(min),
+            fmt_dur(crate::proto::APPLY_PING),
+            fmt_dur(max)
+        ));
+    }
     Ok(SenderConfig {
+        peer_timeout,
         metrics,
         tls,
         mass_delete,
@@ -609,6 +636,7 @@ state_dir = "state"
         assert_eq!(s.max_delay, WINDOW);
         assert!(matches!(s.schedule, Schedule::Every(d) if d == DEFAULT_INTERVAL));
         assert_eq!(s.chunk_size, 64 << 20);
+        assert_eq!(s.peer_timeout, DEFAULT_PEER_TIMEOUT);
         assert!(s.exclude.is_excluded("a/.b.swp"));
     }
 
@@ -647,6 +675,9 @@ state_dir = "state"
             ("exclude = [\"a[\"]\n", "sender.exclude"),
             ("id = \"has space\"\n", "sender.id"),
             ("mass_delete_share = 1.5\n", "sender.mass_delete_share"),
+            ("peer_timeout = \"5m\"\n", "sender.peer_timeout"),
+            ("peer_timeout = \"500ms\"\n", "sender.peer_timeout"),
+            ("peer_timeout = \"soon\"\n", "sender.peer_timeout"),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?}: {e}");

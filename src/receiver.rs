@@ -11,6 +11,10 @@
 //! sends in Hello is a label (which its manifests must repeat). Two senders
 //! configured with one id are still two senders. Without keys (loopback
 //! only) the id is all there is and keys that state.
+//!
+//! A session pings its sender while a bundle is applied and answers the
+//! sender's pings between bundles; one the sender leaves silent for
+//! [`SESSION_IDLE`] is ended (see [`crate::proto`]'s liveness rules).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,13 +34,15 @@ use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::durable;
 use crate::places;
-use crate::proto::connection::Stream;
+use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::PROTOCOL_VERSION;
 use crate::proto::frame::{Accepts, Refusal, RefusalKind};
-use crate::proto::{Connection, Frame};
+use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
 use crate::tls::Fingerprint;
 
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Numbers sessions, so two sessions never share a file name.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What the receiver keeps across restarts: the last sequence applied per
 /// sender by [`Sender::key`], and the instance this state belongs to.
@@ -244,6 +250,9 @@ impl Receiver {
 
     async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
+        if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
+            warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
+        }
         // An unknown or wrong peer is turned away here, before any frame.
         let (stream, fingerprint): (Stream, _) = match &self.tls {
             Some(acceptor) => {
@@ -264,7 +273,7 @@ impl Receiver {
             }
             None => (Box::new(stream), None),
         };
-        let mut conn = Connection::new(stream);
+        let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
         let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
             Frame::Hello { version, sender }
                 if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
@@ -302,7 +311,12 @@ impl Receiver {
         })
         .await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
+        let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         while let Some(frame) = conn.read_frame().await? {
+            if frame == Frame::Ping {
+                conn.write_frame(&Frame::Ping).await?;
+                continue;
+            }
             let Frame::Bundle { seq, size } = frame else {
                 anyhow::bail!("{peer}: expected a bundle, got {frame:?}");
             };
@@ -316,9 +330,21 @@ impl Receiver {
                 anyhow::bail!("{peer}: {reason}");
             }
             let started = Instant::now();
-            let part = self.incoming.join(incoming_name(&sender.key, seq));
-            let answer = self.receive(&mut conn, &sender, seq, size, &part).await;
+            // Named for this session too: a session whose sender vanished
+            // mid-bundle may still hold its part when the re-send arrives.
+            let part = self.incoming.join(incoming_name(&sender.key, seq, session));
+            let (answer, alive) = match self.receive(&mut conn, seq, size, &part).await {
+                Ok(Ok(())) => {
+                    // Applying can take long: ping meanwhile, so the sender
+                    // can tell a busy receiver from a dead connection.
+                    let apply = self.apply_received(&sender, seq, &part);
+                    conn.ping_while(APPLY_PING, apply).await
+                }
+                Ok(Err(reason)) => (Ok(Err(reason)), Ok(())),
+                Err(e) => (Err(e), Ok(())),
+            };
             let _ = tokio::fs::remove_file(&part).await;
+            alive?;
             match answer? {
                 Ok(applied) => {
                     if let Some(a) = applied {
@@ -337,16 +363,16 @@ impl Receiver {
         Ok(())
     }
 
-    /// Receive one bundle body and trailer, then apply it. The outer error
-    /// ends the session (stream out of step); the inner one is a refusal.
+    /// Receive one bundle body and its trailer into `part` and check them.
+    /// The outer error ends the session (stream out of step); the inner one
+    /// is a refusal.
     async fn receive(
         &self,
         conn: &mut Connection<Stream>,
-        sender: &Sender,
         seq: u64,
         size: u64,
         part: &Path,
-    ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
+    ) -> anyhow::Result<Result<(), Refusal>> {
         let started = std::time::Instant::now();
         let (hash, write_error) = conn.recv_body(size, part).await?;
         tracing::debug!(
@@ -373,6 +399,18 @@ impl Receiver {
                 blake3::Hash::from_bytes(t_hash).to_hex()
             ))));
         }
+        Ok(Ok(()))
+    }
+
+    /// Apply the received bundle at `part`, in sequence order, unless it
+    /// already was. The outer error ends the session; the inner one is a
+    /// refusal.
+    async fn apply_received(
+        &self,
+        sender: &Sender,
+        seq: u64,
+        part: &Path,
+    ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
         let mut state = self.state.lock().await;
         let last = state.applied.get(&sender.key).copied().unwrap_or(0);
         if seq <= last {
@@ -455,13 +493,15 @@ fn is_archive_name(name: &str) -> bool {
     parse_archive_name(name).is_some()
 }
 
-fn incoming_name(sender: &str, seq: u64) -> String {
-    format!("{sender}-{seq}.zip.part")
+fn incoming_name(sender: &str, seq: u64, session: u64) -> String {
+    format!("{sender}-{seq}-{session}.zip.part")
 }
 
 fn is_incoming_name(name: &str) -> bool {
     name.strip_suffix(".zip.part")
-        .and_then(sender_and_seq)
+        .and_then(|stem| stem.rsplit_once('-'))
+        .filter(|(_, session)| !session.is_empty() && session.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(stem, _)| sender_and_seq(stem))
         .is_some()
 }
 
@@ -655,7 +695,7 @@ mod tests {
     #[test]
     fn only_names_shipper_gives_are_its_own() {
         assert!(is_archive_name(&archive_name("web-1.example", 7)));
-        assert!(is_incoming_name(&incoming_name("web-1", 7)));
+        assert!(is_incoming_name(&incoming_name("web-1", 7, 3)));
         for other in [
             "backup-2019.zip",
             "web-00000000000000000007.zip.bak",
@@ -665,7 +705,12 @@ mod tests {
         ] {
             assert!(!is_archive_name(other), "{other}");
         }
-        for other in ["notes.zip.part", "web-.zip.part", "web-7.zip"] {
+        for other in [
+            "notes.zip.part",
+            "web-.zip.part",
+            "web-7.zip",
+            "web-7-.zip.part",
+        ] {
             assert!(!is_incoming_name(other), "{other}");
         }
     }

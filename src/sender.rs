@@ -5,7 +5,10 @@
 //! transport task through a channel of one slot, so the outbox never holds
 //! more than a couple of bundles however far the receiver lags. The
 //! transport keeps one connection, re-sends what was not acknowledged and
-//! reconnects forever with capped exponential backoff.
+//! reconnects forever with capped exponential backoff. It never waits on
+//! the receiver without a bound: a connection that goes silent for
+//! `peer_timeout` is dropped and replaced (see [`crate::proto`]'s liveness
+//! rules).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -31,13 +34,19 @@ use crate::ledger::{AckRecord, Ledger};
 use crate::paths::is_within;
 use crate::peers::{Known, PeerRecord, Peers, must_skip, plan_welcome};
 use crate::proto::connection::ConnError;
-use crate::proto::connection::Stream;
+use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Refusal, RefusalKind};
 use crate::proto::{Connection, Frame};
 use crate::watch::{self as watcher, WatchMsg};
 
-/// How long the receiver may take to verify and apply one bundle.
-const ACK_TIMEOUT: Duration = Duration::from_secs(600);
+/// The least time a receiver that keeps pinging gets to acknowledge any
+/// bundle once it is sent (waiting for another sender's bundle to apply,
+/// fsyncs on a busy disk).
+const ACK_BASE: Duration = Duration::from_secs(120);
+/// Bytes per second a receiver is assumed to verify and apply at least:
+/// far below any disk, so only a receiver that is stuck, not slow, hits
+/// the limit.
+const APPLY_FLOOR_RATE: u64 = 1 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -320,6 +329,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             peers: peers.clone(),
             state_dir: state_dir.clone(),
             accepts: accepts.clone(),
+            peer_timeout: cfg.peer_timeout,
         };
         transport_tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
@@ -1498,6 +1508,15 @@ impl Sender {
     }
 }
 
+/// How long a receiver that keeps pinging may take to acknowledge a bundle
+/// of `size` bytes once it is sent. A bound proportional to the size never
+/// cuts off a big bundle that is merely slow to apply (cutting it would
+/// re-send it forever), yet a receiver that pings and never answers is
+/// still dropped and shows in status.
+pub fn ack_limit(size: u64) -> Duration {
+    ACK_BASE.saturating_add(Duration::from_secs(size / APPLY_FLOOR_RATE))
+}
+
 /// Capped exponential backoff.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -1526,6 +1545,7 @@ async fn connect(
     receiver: &str,
     id: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
+    peer_timeout: Duration,
 ) -> Result<(Connection<Stream>, u64, [u8; 16], Accepts), String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
@@ -1537,6 +1557,9 @@ async fn connect(
         match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
+                if let Err(e) = set_liveness(&stream, peer_timeout) {
+                    warn!(%addr, error = %e, "cannot set TCP keepalive; relying on pings alone");
+                }
                 let stream: Stream = match tls {
                     Some(cfg) => {
                         let connector = tokio_rustls::TlsConnector::from(cfg.clone());
@@ -1557,7 +1580,7 @@ async fn connect(
                     }
                     None => Box::new(stream),
                 };
-                let mut conn = Connection::new(stream);
+                let mut conn = Connection::new(stream).with_peer_timeout(peer_timeout);
                 let hello = Frame::Hello {
                     version: PROTOCOL_VERSION,
                     sender: id.to_owned(),
@@ -1608,7 +1631,7 @@ async fn send_bundle(
         hash: b.hash,
     })
     .await?;
-    match conn.expect_frame_within(ACK_TIMEOUT).await? {
+    match conn.expect_reply_within(ack_limit(b.size)).await? {
         Frame::Ack { seq } if seq == b.seq => Ok(None),
         Frame::Refuse {
             kind, path, reason, ..
@@ -1841,6 +1864,8 @@ struct Link {
     seq_floor: Arc<AtomicU64>,
     /// TLS with the pinned receiver; `None` for plaintext on loopback.
     tls: Option<Arc<rustls::ClientConfig>>,
+    /// A connection silent this long is dropped.
+    peer_timeout: Duration,
     /// What is known of every receiver across restarts.
     peers: Arc<std::sync::Mutex<Peers>>,
     state_dir: PathBuf,
@@ -1892,13 +1917,14 @@ async fn transport(link: Link, shutdown: CancellationToken) {
         peers,
         state_dir,
         accepts,
+        peer_timeout,
     } = link;
     let mut backoff = Backoff::default();
     let mut down_reported: Option<String> = None;
     loop {
         let (mut conn, last_applied, instance, limits) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect(&receiver, &id, tls.as_ref()) => match r {
+            r = connect(&receiver, &id, tls.as_ref(), peer_timeout) => match r {
                 Ok(c) => c,
                 Err(e) => {
                     if down_reported.is_none() {
@@ -1977,18 +2003,14 @@ async fn transport(link: Link, shutdown: CancellationToken) {
             s.since = Some(unix_now());
         });
         backoff.reset();
-        loop {
-            let b = loop {
-                let arrived = outbox.arrived.notified();
-                if let Some(b) = outbox.next_for(index) {
-                    break b;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = arrived => {}
-                    // Belt and braces against a missed wake-up.
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
+        // Serve bundles until the connection fails; then say why once,
+        // wait out the backoff and reconnect (the outbox still holds what
+        // was not acknowledged, so it is re-sent).
+        let (error, in_flight) = loop {
+            let b = match next_bundle(&outbox, index, &mut conn, peer_timeout, &shutdown).await {
+                Ok(Some(b)) => b,
+                Ok(None) => return,
+                Err(e) => break (format!("idle connection: {}", describe(e)), false),
             };
             if outbox.take_stale(index) {
                 // Numbered at or below what it applied: it would be
@@ -2050,29 +2072,83 @@ async fn transport(link: Link, shutdown: CancellationToken) {
                     None
                 }
                 Ok(Some(refusal)) => Some(format!("refused for now: {}", refusal.reason)),
-                Err(e) => Some(e.to_string()),
+                Err(e) => Some(describe(e)),
             };
-            match failure {
-                None => {}
-                Some(e) => {
-                    outbox.set_connected(index, false);
-                    let e = format!("sequence {}: {e}", b.seq);
-                    if down_reported.as_deref() != Some(&e) {
-                        warn!(peer = %receiver, error = %e, "bundle not acknowledged; will reconnect and re-send");
+            if let Some(e) = failure {
+                break (format!("sequence {}: {e}", b.seq), true);
+            }
+        };
+        drop(conn);
+        outbox.set_connected(index, false);
+        if down_reported.as_deref() != Some(&error) {
+            if in_flight {
+                warn!(peer = %receiver, %error, "bundle not acknowledged; will reconnect and re-send");
+            } else {
+                warn!(peer = %receiver, %error, "connection lost; reconnecting");
+            }
+        }
+        down_reported = Some(error.clone());
+        status.send_modify(|s| {
+            s.connected = false;
+            s.since = Some(unix_now());
+            s.last_error = Some(error);
+            s.last_error_at = Some(unix_now());
+        });
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// A transport failure as status and logs show it.
+fn describe(e: ConnError) -> String {
+    match e {
+        ConnError::Silent(_) => format!("receiver {e}; connection dropped"),
+        e => e.to_string(),
+    }
+}
+
+/// Wait for the next bundle receiver `index` has not acknowledged, keeping
+/// the idle connection checked: a `Ping` every third of `peer_timeout`,
+/// which the receiver answers, and [`ConnError::Silent`] once nothing came
+/// for `peer_timeout`. `Ok(None)` on shutdown.
+async fn next_bundle(
+    outbox: &Outbox,
+    index: usize,
+    conn: &mut Connection<Stream>,
+    peer_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<Packed>, ConnError> {
+    let every = peer_timeout / 3;
+    let mut heard = Instant::now();
+    let mut next_ping = heard + every;
+    loop {
+        let arrived = outbox.arrived.notified();
+        if let Some(b) = outbox.next_for(index) {
+            return Ok(Some(b));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = arrived => {}
+            // Belt and braces against a missed wake-up.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(next_ping.into()) => {
+                conn.write_frame(&Frame::Ping).await?;
+                next_ping = Instant::now() + every;
+            }
+            // `readable` consumes nothing, so losing this race loses no byte.
+            r = conn.readable() => {
+                r?;
+                match conn.expect_frame().await? {
+                    Frame::Ping => heard = Instant::now(),
+                    other => {
+                        return Err(ConnError::Unexpected(format!("{other:?} between bundles")));
                     }
-                    down_reported = Some(e.clone());
-                    status.send_modify(|s| {
-                        s.connected = false;
-                        s.since = Some(unix_now());
-                        s.last_error = Some(e);
-                        s.last_error_at = Some(unix_now());
-                    });
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff.next_delay()) => {}
-                    }
-                    break;
                 }
+            }
+            _ = tokio::time::sleep_until((heard + peer_timeout).into()) => {
+                return Err(ConnError::Silent(peer_timeout));
             }
         }
     }
@@ -2176,6 +2252,16 @@ mod tests {
         );
         assert!(mass_deletion(501, 1000, 0.5, 100));
         assert!(!mass_deletion(0, 0, 0.5, 0));
+    }
+
+    #[test]
+    fn the_ack_limit_grows_with_the_bundle_and_never_falls_below_the_base() {
+        assert_eq!(ack_limit(0), ACK_BASE);
+        assert_eq!(ack_limit(1000), ACK_BASE);
+        // A default-sized bundle gets its base plus 256 s.
+        assert_eq!(ack_limit(256 << 20), ACK_BASE + Duration::from_secs(256));
+        assert!(ack_limit(4 << 30) > Duration::from_secs(3600));
+        assert!(ack_limit(u64::MAX) > ack_limit(4 << 30));
     }
 
     #[test]

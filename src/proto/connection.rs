@@ -1,18 +1,29 @@
 //! A connection owns one stream and speaks frames over it; bundle bodies are
 //! streamed between files and the socket in fixed-size buffers, hashed on
 //! the way in, never held whole in memory.
+//!
+//! With a peer timeout set, no read or write waits on the peer longer than
+//! that: a peer gone silent fails the call with [`ConnError::Silent`] instead
+//! of hanging it (see the liveness rules in [`crate::proto`]).
 
+use std::future::Future;
 use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 
 use super::frame::{self, Frame, FrameError, HEADER_LEN};
 
 const BODY_BUF: usize = 256 * 1024;
 /// Bundle bodies move between disk and socket in chunks this large.
 const CHUNK: usize = 1 << 20;
+/// Body bytes are written in slices this large, each within the peer
+/// timeout: the slowest link taken for alive moves about the write buffer
+/// plus one slice (320 KiB) per peer timeout.
+const WRITE_SLICE: usize = 64 * 1024;
 
 /// A byte stream a connection can run over: plain TCP on loopback, or TLS.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -30,6 +41,8 @@ pub enum ConnError {
     Frame(#[from] FrameError),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("silent for {}", humantime::format_duration(*.0))]
+    Silent(Duration),
     #[error("unexpected {0}")]
     Unexpected(String),
 }
@@ -37,6 +50,18 @@ pub enum ConnError {
 pub struct Connection<S> {
     reader: BufReader<tokio::io::ReadHalf<S>>,
     writer: BufWriter<tokio::io::WriteHalf<S>>,
+    /// How long one read or write may wait on the peer; `None`: forever.
+    peer_timeout: Option<Duration>,
+}
+
+/// Run `io`, failing with [`ConnError::Silent`] if it takes over `limit`.
+async fn within<T>(limit: Option<Duration>, io: impl Future<Output = T>) -> Result<T, ConnError> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, io)
+            .await
+            .map_err(|_| ConnError::Silent(limit)),
+        None => Ok(io.await),
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite> Connection<S> {
@@ -45,13 +70,30 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         Self {
             reader: BufReader::with_capacity(BODY_BUF, r),
             writer: BufWriter::with_capacity(BODY_BUF, w),
+            peer_timeout: None,
         }
+    }
+
+    /// Bound every read and write on the peer by `limit`.
+    pub fn with_peer_timeout(mut self, limit: Duration) -> Self {
+        self.peer_timeout = Some(limit);
+        self
+    }
+
+    /// Wait until the peer sent something or closed, consuming nothing, and
+    /// without a time limit: safe to cancel, for `select!`. End of stream is
+    /// [`ConnError::Closed`].
+    pub async fn readable(&mut self) -> Result<(), ConnError> {
+        if self.reader.fill_buf().await?.is_empty() {
+            return Err(ConnError::Closed);
+        }
+        Ok(())
     }
 
     /// Read the next frame; `Ok(None)` on a clean end of stream between frames.
     pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
         let mut header = [0u8; HEADER_LEN];
-        match self.reader.read_exact(&mut header[..1]).await {
+        match within(self.peer_timeout, self.reader.read_exact(&mut header[..1])).await? {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
             Err(e) => return Err(e.into()),
@@ -75,8 +117,52 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             .map_err(|_| ConnError::Timeout(limit))?
     }
 
+    /// The peer's next frame other than `Ping`, within `limit` in all. Each
+    /// ping shows the peer alive, so a slow answer is waited for as long as
+    /// pings come (each read still within the peer timeout), but no longer
+    /// than `limit`, which catches a peer that pings and never answers.
+    pub async fn expect_reply_within(&mut self, limit: Duration) -> Result<Frame, ConnError> {
+        let reply = async {
+            loop {
+                match self.expect_frame().await? {
+                    Frame::Ping => {}
+                    other => return Ok(other),
+                }
+            }
+        };
+        tokio::time::timeout(limit, reply)
+            .await
+            .map_err(|_| ConnError::Timeout(limit))?
+    }
+
+    /// Run `work` to completion, sending a `Ping` every `every` meanwhile so
+    /// the peer knows this end is alive while it has nothing else to say.
+    /// `work` is never cut short, even when a ping fails (its result may be
+    /// durable state that must be kept); the ping failure, if any, comes
+    /// back beside its output, and no further ping is tried after one.
+    pub async fn ping_while<F: Future>(
+        &mut self,
+        every: Duration,
+        work: F,
+    ) -> (F::Output, Result<(), ConnError>) {
+        let mut work = std::pin::pin!(work);
+        let mut next = tokio::time::Instant::now() + every;
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut work => return (out, Ok(())),
+                _ = tokio::time::sleep_until(next) => {
+                    next = tokio::time::Instant::now() + every;
+                    if let Err(e) = self.write_frame(&Frame::Ping).await {
+                        return (work.await, Err(e));
+                    }
+                }
+            }
+        }
+    }
+
     async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnError> {
-        match self.reader.read_exact(buf).await {
+        match within(self.peer_timeout, self.reader.read_exact(buf)).await? {
             Ok(_) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
             Err(e) => Err(e.into()),
@@ -84,8 +170,13 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
-        self.writer.write_all(&f.to_bytes()).await?;
-        self.writer.flush().await?;
+        let bytes = f.to_bytes();
+        let writer = &mut self.writer;
+        within(self.peer_timeout, async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        })
+        .await??;
         Ok(())
     }
 
@@ -123,7 +214,9 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         while let Some(chunk) = rx.recv().await {
             let chunk =
                 chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            self.writer.write_all(&chunk).await?;
+            for slice in chunk.chunks(WRITE_SLICE) {
+                within(self.peer_timeout, self.writer.write_all(slice)).await??;
+            }
         }
         let _ = reader.await;
         Ok(())
@@ -169,7 +262,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             let mut buf = vec![0u8; want];
             let mut filled = 0;
             while filled < want {
-                let n = self.reader.read(&mut buf[filled..]).await?;
+                let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
                 if n == 0 {
                     return Err(ConnError::Closed);
                 }
@@ -183,5 +276,111 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         }
         drop(tx);
         writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
+    }
+}
+
+/// Let the kernel notice a dead peer too: TCP keepalive probes a connection
+/// idle for a third of `limit` (which also keeps NAT and firewall state
+/// fresh), and `TCP_USER_TIMEOUT` fails the socket once sent data stays
+/// unacknowledged for `limit`. Both fire only when packets go unanswered; a
+/// peer whose TCP answers but that no longer speaks (a stuck process, a
+/// proxy that stopped forwarding) is caught by the connection's own timeout.
+pub fn set_liveness(stream: &tokio::net::TcpStream, limit: Duration) -> io::Result<()> {
+    let sock = socket2::SockRef::from(stream);
+    let idle = (limit / 3).max(Duration::from_secs(1));
+    let keepalive = socket2::TcpKeepalive::new().with_time(idle);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let keepalive = keepalive.with_interval(idle).with_retries(3);
+    sock.set_tcp_keepalive(&keepalive)?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    sock.set_tcp_user_timeout(Some(limit))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! Liveness timing on an in-memory stream with tokio's paused clock:
+    //! time advances only when every task waits, so these are exact.
+    use super::*;
+    use tokio::io::DuplexStream;
+    use tokio::time::Instant;
+
+    const PEER_TIMEOUT: Duration = Duration::from_secs(2);
+
+    fn pair() -> (Connection<DuplexStream>, Connection<DuplexStream>) {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        (
+            Connection::new(a).with_peer_timeout(PEER_TIMEOUT),
+            Connection::new(b),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_fails_a_read_after_the_peer_timeout() {
+        let (mut me, _silent) = pair();
+        let start = Instant::now();
+        assert!(matches!(
+            me.expect_frame().await,
+            Err(ConnError::Silent(PEER_TIMEOUT))
+        ));
+        assert_eq!(start.elapsed(), PEER_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_keep_a_reply_slower_than_the_peer_timeout_waited_for() {
+        let (mut me, mut peer) = pair();
+        let slow = async move {
+            let (_, alive) = peer
+                .ping_while(
+                    Duration::from_millis(500),
+                    tokio::time::sleep(PEER_TIMEOUT * 10),
+                )
+                .await;
+            alive.unwrap();
+            peer.write_frame(&Frame::Ack { seq: 9 }).await.unwrap();
+            peer
+        };
+        let (reply, _peer) = tokio::join!(me.expect_reply_within(Duration::from_secs(60)), slow);
+        assert_eq!(reply.unwrap(), Frame::Ack { seq: 9 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_only_pings_is_cut_at_the_overall_limit() {
+        let (mut me, mut peer) = pair();
+        let limit = Duration::from_secs(30);
+        let start = Instant::now();
+        let forever = peer.ping_while(Duration::from_millis(500), std::future::pending::<()>());
+        tokio::select! {
+            reply = me.expect_reply_within(limit) => {
+                assert!(matches!(reply, Err(ConnError::Timeout(l)) if l == limit), "{reply:?}");
+            }
+            _ = forever => unreachable!("pending work never ends"),
+        }
+        assert_eq!(start.elapsed(), limit);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn work_under_pings_finishes_even_when_the_peer_is_gone() {
+        let (mut me, peer) = pair();
+        drop(peer);
+        let (out, alive) = me
+            .ping_while(Duration::from_millis(500), async {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                42
+            })
+            .await;
+        assert_eq!(out, 42);
+        assert!(alive.is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn readable_consumes_nothing() {
+        let (mut me, mut peer) = pair();
+        peer.write_frame(&Frame::Ping).await.unwrap();
+        me.readable().await.unwrap();
+        me.readable().await.unwrap();
+        assert_eq!(me.expect_frame().await.unwrap(), Frame::Ping);
+        drop(peer);
+        assert!(matches!(me.readable().await, Err(ConnError::Closed)));
     }
 }

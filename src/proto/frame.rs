@@ -4,6 +4,8 @@
 //! decoder returns `Ok(None)` on incomplete input, and refuses a length over
 //! [`MAX_PAYLOAD`] before anything is allocated.
 
+/// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
+/// names the receiver's instance and limits; `Refuse` says whether to retry.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
@@ -46,6 +48,8 @@ pub enum Frame {
         path: Option<String>,
         reason: String,
     },
+    /// Keeps a quiet connection known to be alive.
+    Ping,
 }
 
 /// Why a receiver did not apply a bundle: what the log, the `Refuse`
@@ -131,6 +135,9 @@ const BUNDLE: u8 = 3;
 const TRAILER: u8 = 4;
 const ACK: u8 = 5;
 const REFUSE: u8 = 6;
+/// "Still here", no payload: either side sends it so the other can tell a
+/// quiet connection from a dead one.
+const PING: u8 = 7;
 
 impl Frame {
     pub fn encode(&self, out: &mut Vec<u8>) {
@@ -199,6 +206,7 @@ impl Frame {
                 out.extend_from_slice(&reason.as_bytes()[..end]);
                 REFUSE
             }
+            Frame::Ping => PING,
         };
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start] = kind;
@@ -229,7 +237,7 @@ impl Frame {
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=REFUSE).contains(&kind) {
+    if !(HELLO..=PING).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -299,6 +307,7 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
                 _ => None,
             }
         }
+        PING if p.is_empty() => Some(Frame::Ping),
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
@@ -314,6 +323,7 @@ fn kind_name(kind: u8) -> &'static str {
         TRAILER => "trailer",
         ACK => "ack",
         REFUSE => "refuse",
+        PING => "ping",
         _ => "unknown",
     }
 }
@@ -359,6 +369,7 @@ mod tests {
                 path: Some("a/é.html".into()),
                 reason: "is a symlink inside root".into(),
             },
+            Frame::Ping,
         ]
     }
 
@@ -413,6 +424,14 @@ mod tests {
         assert_eq!(
             Frame::parse(&[ACK, 0, 0, 0, 3, 1, 2, 3]),
             Err(FrameError::Malformed { kind: "ack" })
+        );
+        assert_eq!(
+            Frame::parse(&[PING, 0, 0, 0, 1, 0]),
+            Err(FrameError::Malformed { kind: "ping" })
+        );
+        assert_eq!(
+            Frame::parse(&[PING + 1, 0, 0, 0, 0]),
+            Err(FrameError::UnknownKind(PING + 1))
         );
         let mut hello = Frame::Hello {
             version: 1,
@@ -478,6 +497,7 @@ mod props {
                     reason,
                 }
             ),
+            Just(Frame::Ping),
         ]
     }
 

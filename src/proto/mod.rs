@@ -11,9 +11,37 @@
 //! applied (or was already), or `Refuse{seq,kind,path,reason}`, where
 //! `kind` says whether sending it again can help and `path` names the entry
 //! at fault.
+//!
+//! # Liveness
+//! A network can drop a connection without a FIN or RST (a host that lost
+//! power, a NAT that forgot the flow), and TCP then reports nothing for
+//! many minutes. So neither side waits on the other without a bound, and
+//! both keep a quiet connection audible with `Ping`:
+//! - between bundles the sender pings every third of its `peer_timeout` and
+//!   the receiver answers each ping with one;
+//! - while it verifies and applies a bundle the receiver pings every
+//!   [`APPLY_PING`], so a long apply never looks like a dead peer;
+//! - the sender drops a connection it hears nothing on for `peer_timeout`
+//!   (between [`MIN_PEER_TIMEOUT`] and [`MAX_PEER_TIMEOUT`]); the receiver
+//!   drops a session it hears nothing on for [`SESSION_IDLE`].
+
+use std::time::Duration;
 
 pub mod connection;
 pub mod frame;
 
 pub use connection::Connection;
 pub use frame::{Frame, FrameError};
+
+/// How often a receiver pings while it applies a bundle.
+pub const APPLY_PING: Duration = Duration::from_millis(500);
+/// The shortest `peer_timeout` a sender may use: four apply pings, so one
+/// late ping on a busy host is not taken for a dead receiver.
+pub const MIN_PEER_TIMEOUT: Duration = Duration::from_secs(2);
+/// The longest `peer_timeout` a sender may use: noticing a dead connection
+/// and re-sending must leave most of the five-minute window.
+pub const MAX_PEER_TIMEOUT: Duration = Duration::from_secs(60);
+/// A receiver ends a session it hears nothing from for this long. A live
+/// sender pings at least every third of [`MAX_PEER_TIMEOUT`], so this only
+/// ends sessions whose sender or network is gone.
+pub const SESSION_IDLE: Duration = Duration::from_secs(120);

@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod hardening;
 mod hostile;
+mod liveness;
 mod operate;
 mod peers;
 mod places;
