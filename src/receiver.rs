@@ -497,12 +497,17 @@ fn incoming_name(sender: &str, seq: u64, session: u64) -> String {
     format!("{sender}-{seq}-{session}.zip.part")
 }
 
+/// True for names [`incoming_name`] gives, and for the session-less
+/// `{sender}-{seq}.zip.part` of earlier versions.
 fn is_incoming_name(name: &str) -> bool {
-    name.strip_suffix(".zip.part")
-        .and_then(|stem| stem.rsplit_once('-'))
-        .filter(|(_, session)| !session.is_empty() && session.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|(stem, _)| sender_and_seq(stem))
-        .is_some()
+    let Some(stem) = name.strip_suffix(".zip.part") else {
+        return false;
+    };
+    let with_session = stem
+        .rsplit_once('-')
+        .filter(|(_, s)| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|(stem, _)| sender_and_seq(stem));
+    with_session.is_some() || sender_and_seq(stem).is_some()
 }
 
 /// Split `{sender}-{digits}` into a valid sender id and its digits.

@@ -146,7 +146,12 @@ async fn stale_staging_and_half_received_bundles_are_cleaned_at_start() {
     std::fs::write(staging.join("f0"), "half").unwrap();
     let incoming = env.path().join("state-r/incoming");
     std::fs::create_dir_all(&incoming).unwrap();
-    std::fs::write(incoming.join("test-8.zip.part"), "half").unwrap();
+    std::fs::write(incoming.join("test-8-0.zip.part"), "half").unwrap();
+    std::fs::write(
+        incoming.join("test-9.zip.part"),
+        "half, as earlier versions named it",
+    )
+    .unwrap();
     let r = env.start_receiver("").await;
     assert!(!staging.exists());
     assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
