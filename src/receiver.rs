@@ -440,7 +440,13 @@ impl Receiver {
         match result {
             Ok(applied) => {
                 state.applied.insert(sender.key.clone(), seq);
-                if let Err(e) = state.save(&self.cfg.state_dir) {
+                // Durable before the acknowledgement; the fsync runs off the
+                // runtime, the lock held so states are saved in order.
+                let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
+                let saved = tokio::task::spawn_blocking(move || snapshot.save(&dir))
+                    .await
+                    .context("state task")?;
+                if let Err(e) = saved {
                     return Ok(Err(Refusal::retry(format!("{e:#}"))));
                 }
                 drop(state);

@@ -232,7 +232,9 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         size: u64,
         path: &Path,
     ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(4);
+        // A tokio channel: a full one makes this task wait, never blocks
+        // the runtime thread it runs on.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let path_owned = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -245,7 +247,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                     None
                 }
             };
-            for chunk in rx {
+            while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
                 if let Some(f) = file.as_mut()
                     && let Err(e) = f.write_all(&chunk)
@@ -270,7 +272,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             }
             left -= want as u64;
             // The writer thread only stops early if it panicked.
-            if tx.send(buf).is_err() {
+            if tx.send(buf).await.is_err() {
                 break;
             }
         }
