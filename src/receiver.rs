@@ -40,7 +40,15 @@ use crate::proto::frame::{Accepts, Refusal, RefusalKind};
 use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
 use crate::tls::Fingerprint;
 
-const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new connection has this long for its TLS handshake and `Hello`
+/// together; a silent one does not hold a slot longer.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections not yet identified (in their handshake or before `Hello`)
+/// at once; past this, new connections are closed as soon as accepted, so
+/// idle or slow clients cannot run the receiver out of file descriptors.
+const MAX_UNIDENTIFIED: usize = 64;
+/// Identified sessions at once (there is one per sender identity).
+const MAX_SESSIONS: usize = 256;
 /// Numbers sessions, so two sessions never share a file name.
 static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -127,6 +135,27 @@ impl ReceiverState {
     }
 }
 
+/// Removes its session from the table when the session ends (unless a
+/// newer one took the place already).
+struct SessionGuard {
+    receiver: Arc<Receiver>,
+    key: String,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut table = self
+            .receiver
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if table.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            table.remove(&self.key);
+        }
+    }
+}
+
 pub struct Receiver {
     cfg: ReceiverConfig,
     /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
@@ -135,6 +164,8 @@ pub struct Receiver {
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
     state: Mutex<ReceiverState>,
+    /// The live session of each sender (by key): its id and stop token.
+    sessions: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
 }
 
 /// The target a receiver config describes, directories created. Refused,
@@ -217,12 +248,16 @@ impl Receiver {
                 target,
                 incoming,
                 state: Mutex::new(state),
+                sessions: Default::default(),
             }),
             listener,
         ))
     }
 
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let unidentified = Arc::new(tokio::sync::Semaphore::new(MAX_UNIDENTIFIED));
+        let mut turned_away: u64 = 0;
+        let mut reported = Instant::now() - Duration::from_secs(3600);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -235,12 +270,22 @@ impl Receiver {
                     }
                 },
             };
+            let Ok(slot) = unidentified.clone().try_acquire_owned() else {
+                // Closed at once: its descriptor is freed now, not after a timeout.
+                drop(stream);
+                turned_away += 1;
+                if reported.elapsed() > Duration::from_secs(60) {
+                    warn!(%peer, turned_away, limit = MAX_UNIDENTIFIED, "too many connections still in their handshake: closing new ones until some finish or time out");
+                    reported = Instant::now();
+                }
+                continue;
+            };
             let me = self.clone();
-            let stop = shutdown.clone();
+            let stop = shutdown.child_token();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    r = me.session(stream, peer) => if let Err(e) = r {
+                    r = me.clone().session(stream, peer, slot, stop.clone()) => if let Err(e) = r {
                         warn!(%peer, error = format!("{e:#}"), "session ended");
                     },
                 }
@@ -248,7 +293,17 @@ impl Receiver {
         }
     }
 
-    async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {
+    /// Serve one connection. `slot` is held until the peer has said who it
+    /// is; `stop` ends this session (a newer one from the same sender
+    /// replaces it).
+    async fn session(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: tokio::sync::OwnedSemaphorePermit,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let identify = tokio::time::Instant::now() + HELLO_TIMEOUT;
         let _ = stream.set_nodelay(true);
         if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
             warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
@@ -256,7 +311,7 @@ impl Receiver {
         // An unknown or wrong peer is turned away here, before any frame.
         let (stream, fingerprint): (Stream, _) = match &self.tls {
             Some(acceptor) => {
-                match tokio::time::timeout(HELLO_TIMEOUT, acceptor.accept(stream)).await {
+                match tokio::time::timeout_at(identify, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         // The allowed certificate it presented is who it is.
                         let Some(cert) =
@@ -274,7 +329,8 @@ impl Receiver {
             None => (Box::new(stream), None),
         };
         let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
-        let sender = match conn.expect_frame_within(HELLO_TIMEOUT).await? {
+        let left = identify.saturating_duration_since(tokio::time::Instant::now());
+        let sender = match conn.expect_frame_within(left).await? {
             Frame::Hello { version, sender }
                 if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
             {
@@ -294,6 +350,8 @@ impl Receiver {
             }
             other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
         };
+        drop(slot);
+        let registered = self.register(&sender, peer, stop)?;
         let (last, instance) = {
             let state = self.state.lock().await;
             let last = state.applied.get(&sender.key).copied().unwrap_or(0);
@@ -311,7 +369,7 @@ impl Receiver {
         })
         .await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
-        let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let session = registered.id;
         while let Some(frame) = conn.read_frame().await? {
             if frame == Frame::Ping {
                 conn.write_frame(&Frame::Ping).await?;
@@ -459,6 +517,32 @@ impl Receiver {
             }
             Err(reason) => Ok(Err(reason)),
         }
+    }
+
+    /// Make this the one session of `sender`, ending an older one (a
+    /// sender that reconnected after a connection went silent). Refused
+    /// past [`MAX_SESSIONS`]. The session leaves the table when the returned
+    /// guard drops.
+    fn register(
+        self: &Arc<Self>,
+        sender: &Sender,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> anyhow::Result<SessionGuard> {
+        let mut table = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.contains_key(&sender.key) && table.len() >= MAX_SESSIONS {
+            anyhow::bail!("{peer}: {MAX_SESSIONS} sessions already open; refusing {sender}");
+        }
+        let id = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some((_, old)) = table.insert(sender.key.clone(), (id, stop)) {
+            info!(%peer, %sender, "a newer session from this sender replaces the older one");
+            old.cancel();
+        }
+        Ok(SessionGuard {
+            receiver: self.clone(),
+            key: sender.key.clone(),
+            id,
+        })
     }
 
     fn clone_parts(&self) -> Committer {

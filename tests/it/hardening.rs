@@ -162,3 +162,47 @@ async fn an_outbox_budget_above_the_free_space_is_refused_naming_the_key() {
         .unwrap_err();
     assert!(format!("{e:#}").contains("sender.outbox_max"), "{e:#}");
 }
+
+/// Open descriptors of process `pid`.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Connections were unbounded and never timed out: a thousand idle clients
+/// held a thousand descriptors in the receiver, and more would exhaust it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_neither_exhaust_the_receiver_nor_stop_the_sender() {
+    let env = Env::new();
+    let addr = free_addr();
+    let cfg = env.config_file("receiver.toml", &env.receiver_toml(&addr.to_string(), ""));
+    let receiver = Daemon::start(&cfg, &env.path().join("receiver.log"), None);
+    let pid = receiver.child.id();
+    let listening = env.path().join("state-r/listen.addr");
+    wait_until("the receiver listening", || listening.exists()).await;
+    let baseline = fds(pid);
+
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(c) = tokio::net::TcpStream::connect(addr).await {
+            idle.push(c);
+        }
+    }
+    assert!(idle.len() >= 900, "only {} connections opened", idle.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = fds(pid);
+    assert!(
+        held < baseline + 150,
+        "the receiver holds {held} descriptors for 1,000 idle connections (baseline {baseline})"
+    );
+
+    // The real sender still gets through and ships.
+    let s = env.start_sender(addr, "");
+    env.write("page.html", "still shipping");
+    wait_in_sync(&env).await;
+    let log = receiver.log_text();
+    assert!(log.contains("too many connections"), "{log}");
+    drop(idle);
+    s.stop().await;
+}
