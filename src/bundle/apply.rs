@@ -18,8 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zip::ZipArchive;
 
-use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, ManifestError, PartEntry};
+use super::manifest::{
+    Counts, MANIFEST_ENTRY, Manifest, ManifestError, PartEntry, max_manifest_bytes,
+};
 use super::pack::Summary;
+use super::zip_end::{self, ZipEndError};
 use crate::beneath::{self, BeneathError, Root};
 use crate::durable;
 use crate::proto::frame::Refusal;
@@ -201,7 +204,33 @@ impl Default for Limits {
 /// entries the manifest names, each a regular file of the declared size,
 /// within `limits`. Nothing is written.
 pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
-    let file = File::open(path).map_err(io_at(path))?;
+    let mut file = File::open(path).map_err(io_at(path))?;
+    // The zip crate indexes the whole central directory it is pointed at:
+    // its count and size are checked first, from the end records alone.
+    let most = limits.max_entries.saturating_add(1) as u64;
+    let dir = match zip_end::read(&mut file, most) {
+        Ok(dir) => dir,
+        Err(ZipEndError::Io(e)) => return Err(io_at(path)(e)),
+        Err(ZipEndError::TooMany { claimed }) => {
+            return Err(BundleError::Whole(format!(
+                "{claimed} zip entries, over the limit of {}",
+                limits.max_entries
+            )));
+        }
+        Err(ZipEndError::Layout(m)) => {
+            return Err(BundleError::Zip(zip::result::ZipError::InvalidArchive(
+                m.into(),
+            )));
+        }
+    };
+    if dir.size > most.saturating_mul(MAX_CENTRAL_HEADER_BYTES) {
+        return Err(BundleError::Whole(format!(
+            "a central directory of {} bytes, over the {} bytes that {} entries need at most",
+            dir.size,
+            most.saturating_mul(MAX_CENTRAL_HEADER_BYTES),
+            limits.max_entries
+        )));
+    }
     let mut zip = ZipArchive::new(file)?;
     if zip.len() > limits.max_entries.saturating_add(1) {
         return Err(entry_err(
@@ -223,14 +252,31 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         let entry = zip
             .by_name(MANIFEST_ENTRY)
             .map_err(|_| entry_err(MANIFEST_ENTRY, "missing: not a shipper bundle"))?;
-        if entry.size() > MAX_MANIFEST_BYTES {
-            return Err(entry_err(MANIFEST_ENTRY, "manifest too large"));
+        // What the entry limit lets a manifest need, not what it claims:
+        // its header may lie, so reading stops one byte past the bound.
+        let bound = max_manifest_bytes(limits.max_entries);
+        let too_large = |size: u64| {
+            entry_err(
+                MANIFEST_ENTRY,
+                format!(
+                    "manifest of {size} bytes, over the {bound} bytes that {} entries need at most",
+                    limits.max_entries
+                ),
+            )
+        };
+        if entry.size() > bound {
+            return Err(too_large(entry.size()));
         }
         let mut bytes = Vec::new();
         entry
-            .take(MAX_MANIFEST_BYTES + 1)
+            .take(bound + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| entry_err(MANIFEST_ENTRY, e.to_string()))?;
+        if bytes.len() as u64 > bound {
+            return Err(too_large(bytes.len() as u64));
+        }
+        // Counted before anything is built or normalised per entry.
+        check_counts(&Counts::of(&bytes)?, limits)?;
         Manifest::parse(&bytes)?
     };
     check_limits(&manifest, limits)?;
@@ -283,8 +329,29 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
     })
 }
 
-fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
-    let entries = m.files.len() + m.parts.len() + m.deletions.len();
+/// Longest central directory header an entry of a bundle needs: the fixed
+/// part, a name of at most [`crate::paths::MAX_PATH_BYTES`], and extra
+/// fields (Zip64 sizes, timestamps) well under 1 KiB.
+const MAX_CENTRAL_HEADER_BYTES: u64 =
+    zip_end::HEADER_FIXED + crate::paths::MAX_PATH_BYTES as u64 + 1024;
+
+fn check_counts(c: &Counts, limits: &Limits) -> Result<(), BundleError> {
+    check_entries(c.entries(), limits)?;
+    // An abandoned set is one a file of this bundle's sender gave up; they
+    // cost little, but no more of them than entries.
+    if c.abandoned.0 > limits.max_entries {
+        return Err(entry_err(
+            MANIFEST_ENTRY,
+            format!(
+                "{} abandoned part sets, over the limit of {}",
+                c.abandoned.0, limits.max_entries
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_entries(entries: usize, limits: &Limits) -> Result<(), BundleError> {
     if entries > limits.max_entries {
         return Err(entry_err(
             MANIFEST_ENTRY,
@@ -294,6 +361,11 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
             ),
         ));
     }
+    Ok(())
+}
+
+fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
+    check_entries(m.files.len() + m.parts.len() + m.deletions.len(), limits)?;
     let mut total: u64 = 0;
     for (path, size) in m
         .files
