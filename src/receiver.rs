@@ -405,12 +405,15 @@ impl Receiver {
                 if let Err(e) = state.save(&self.cfg.state_dir) {
                     return Ok(Err(Refusal::retry(format!("{e:#}"))));
                 }
-                drop(state);
+                // Still under the state lock: publishing/ holds at most the
+                // bundle being applied, so a crash never leaves an older
+                // bundle there behind a newer one.
                 let me = self.clone_parts();
                 let name = archive_name(&sender.key, seq);
                 tokio::task::spawn_blocking(move || me.archive_published(&name))
                     .await
                     .context("archive task")?;
+                drop(state);
                 Ok(Ok(Some(applied)))
             }
             Err(reason) => Ok(Err(reason)),
@@ -486,7 +489,8 @@ fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
 struct Committer {
     target: Target,
     /// Holds the bundle being published: found here at start, it is
-    /// applied again before anything newer is taken.
+    /// applied again before anything newer is taken, or only archived if
+    /// its sequence was recorded before the crash.
     publishing: PathBuf,
     archive_dir: PathBuf,
     archive_keep: usize,
@@ -548,11 +552,19 @@ impl Committer {
                 .to_string_lossy()
                 .into_owned();
             // Named by commit() after the sender it came from.
-            let Some((key, _)) = parse_archive_name(&name) else {
+            let Some((key, seq)) = parse_archive_name(&name) else {
                 warn!(bundle = %wal.display(), "not a bundle name this receiver writes; removed");
                 let _ = std::fs::remove_file(&wal);
                 continue;
             };
+            // Recorded, so published whole before a crash kept it from the
+            // archive; newer bundles may have been applied since, and
+            // applying this one again would roll their files back.
+            if state.applied.get(key).is_some_and(|&last| seq <= last) {
+                info!(sender = key, seq, "archiving a bundle already applied");
+                self.archive_published(&name);
+                continue;
+            }
             match apply::open(&wal, &self.limits).and_then(|b| {
                 let seq = b.manifest.seq;
                 apply::apply(&self.target.for_sender(key), b).map(|a| (seq, a))
