@@ -121,6 +121,59 @@ impl ReceiverState {
     }
 }
 
+/// One process at a time writes a receiver's state_dir and the root it
+/// serves: held by a running receiver for as long as it runs, and by
+/// `shipper replay --config`. An advisory lock (flock) on
+/// `state_dir/receiver.lock`, released by the kernel when its holder
+/// exits, however it exits; the file holds the holder's pid for the
+/// message of the one refused.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receiver.lock")
+    }
+
+    /// Take the lock of `state_dir`, or refuse at once naming its holder.
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(state_dir);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                anyhow::bail!(
+                    "{}: a receiver is running with this state_dir (pid {})",
+                    state_dir.display(),
+                    pid.trim()
+                );
+            }
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        // Only informs whoever is refused next: no fsync.
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
 pub struct Receiver {
     cfg: ReceiverConfig,
     /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
@@ -129,6 +182,8 @@ pub struct Receiver {
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
     state: Mutex<ReceiverState>,
+    /// No other receiver or replay writes state_dir while this one lives.
+    _lock: StateLock,
 }
 
 /// The target a receiver config describes, directories created. Refused,
@@ -136,9 +191,10 @@ pub struct Receiver {
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
     places::check(&places::receiver_dirs(cfg, cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
-    for d in [&cfg.root, &cfg.archive_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    // Whoever can write the archive chooses what a replay rebuilds root from.
+    durable::private_dir(&cfg.archive_dir, "receiver.archive_dir").map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating {}", cfg.root.display()))?;
     let staging = match &cfg.staging_dir {
         Some(s) => s.clone(),
         None => {
@@ -162,6 +218,8 @@ impl Receiver {
     /// is written to `state_dir/listen.addr` (useful with port 0).
     pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
         let target = target_for(&cfg)?;
+        // Before anything in state_dir or root is cleaned, finished or served.
+        let lock = StateLock::acquire(&cfg.state_dir)?;
         let incoming = cfg.state_dir.join("incoming");
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
@@ -211,15 +269,19 @@ impl Receiver {
                 target,
                 incoming,
                 state: Mutex::new(state),
+                _lock: lock,
             }),
             listener,
         ))
     }
 
+    /// Accept senders until `shutdown`; returns once every session has
+    /// ended, so the receiver (and its [`StateLock`]) is let go with it.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let sessions = tokio_util::task::TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -231,7 +293,7 @@ impl Receiver {
             };
             let me = self.clone();
             let stop = shutdown.clone();
-            tokio::spawn(async move {
+            sessions.spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     r = me.session(stream, peer) => if let Err(e) = r {
@@ -240,6 +302,8 @@ impl Receiver {
                 }
             });
         }
+        sessions.close();
+        sessions.wait().await;
     }
 
     async fn session(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) -> anyhow::Result<()> {

@@ -165,7 +165,11 @@ async fn an_interrupted_bundle_already_recorded_is_archived_not_applied_again() 
     let state = std::fs::read_to_string(env.path().join("state-r/receiver.json")).unwrap();
     assert!(state.contains("\"test\": 2"), "{state}");
     assert_eq!(std::fs::read_dir(&publishing).unwrap().count(), 0);
-    assert_eq!(env.archived().len(), 1, "the recorded bundle was not archived");
+    assert_eq!(
+        env.archived().len(),
+        1,
+        "the recorded bundle was not archived"
+    );
     r.stop().await;
 }
 
