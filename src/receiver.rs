@@ -236,8 +236,10 @@ impl Receiver {
             archive_dir: cfg.archive_dir.clone(),
             archive_keep: cfg.archive_keep,
             limits: cfg.limits,
+            part_ttl: cfg.part_ttl,
         };
         committer.recover(&mut state, &cfg.state_dir)?;
+        committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("receiver.listen: cannot listen on {}", cfg.listen))?;
@@ -491,6 +493,7 @@ impl Receiver {
             archive_dir: self.cfg.archive_dir.clone(),
             archive_keep: self.cfg.archive_keep,
             limits: self.cfg.limits,
+            part_ttl: self.cfg.part_ttl,
         }
     }
 }
@@ -559,6 +562,7 @@ struct Committer {
     archive_dir: PathBuf,
     archive_keep: usize,
     limits: apply::Limits,
+    part_ttl: Duration,
 }
 
 impl Committer {
@@ -585,10 +589,19 @@ impl Committer {
         durable::sync_dir(&self.publishing).map_err(io)?;
         let target = self.target.for_sender(&sender.key);
         let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));
+        // After the apply, which refreshed the sets this bundle continued.
+        self.expire_part_sets();
         result.map_err(|e| {
             let _ = std::fs::remove_file(&wal);
             e.refusal()
         })
+    }
+
+    /// Remove the part sets of every sender that no bundle added to for
+    /// `part_ttl` (each removal is logged with its set).
+    fn expire_part_sets(&self) {
+        let now = std::time::SystemTime::now();
+        apply::expire_part_sets(&self.target.parts, self.part_ttl, now);
     }
 
     /// Move the published bundle from the write-ahead slot to the archive.

@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod hostile;
 mod operate;
+mod parts;
 mod peers;
 mod places;
 mod source;
