@@ -4,7 +4,8 @@
 //! computed; its size and hash must match the trailer before it is opened.
 //! Bundles are applied one at a time, in sequence order per sender; a
 //! sequence already applied is acknowledged again without being applied.
-//! The applied sequence is stored durably before the acknowledgement.
+//! The applied sequence is stored durably before the acknowledgement. One
+//! process at a time uses a state_dir ([`StateLock`]).
 //!
 //! With keys a sender *is* its certificate fingerprint: its applied
 //! sequence, part sets and bundle file names are keyed by it, and the id it
