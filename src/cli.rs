@@ -85,12 +85,14 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = true, multiple = true)]
 pub struct ReplayTarget {
-    /// Use the [receiver] table of this config (root, staging, state).
+    /// Use the [receiver] table of this config (root, staging, state,
+    /// limits); refused while a receiver runs with its state_dir.
     #[arg(short, long)]
     pub config: Option<PathBuf>,
-    /// Apply into this directory instead.
+    /// Apply into this directory instead (with --config, under that
+    /// config's limits, its root and state untouched).
     #[arg(long)]
     pub root: Option<PathBuf>,
 }

@@ -335,17 +335,29 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<()> {
+    let receiver_config = |config: Config| {
+        let file = config.file;
+        config
+            .receiver
+            .with_context(|| format!("{}: no [receiver] table to replay into", file.display()))
+    };
+    // Held to the end: the receiver's state and root are written below.
+    let mut _lock = None;
     let (target, state_dir, limits) = match (target.config, target.root) {
-        (Some(file), _) => {
+        (Some(file), None) => {
             let config = Config::load(&file)?;
             crate::places::check_config(&config)
                 .with_context(|| config.file.display().to_string())?;
-            let r = config.receiver.with_context(|| {
-                format!("{}: no [receiver] table to replay into", file.display())
-            })?;
-            (receiver::target_for(&r)?, Some(r.state_dir), r.limits)
+            let r = receiver_config(config)?;
+            let target = receiver::target_for(&r)?;
+            _lock = Some(receiver::StateLock::acquire(&r.state_dir)?);
+            (target, Some(r.state_dir), r.limits)
         }
-        (None, Some(root)) => {
+        (config, Some(root)) => {
+            let limits = match config {
+                Some(file) => receiver_config(Config::load(&file)?)?.limits,
+                None => apply::Limits::default(),
+            };
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
             let staging = apply::sibling_staging(&root);
@@ -355,7 +367,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
                 staging,
             };
             t.prepare()?;
-            (t, None, apply::Limits::default())
+            (t, None, limits)
         }
         (None, None) => bail!("replay needs --config or --root"),
     };

@@ -89,6 +89,7 @@ pub struct RawReceiver {
     pub max_files_per_bundle: Option<usize>,
     pub max_file_size: Option<String>,
     pub max_unpacked_size: Option<String>,
+    pub part_ttl: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub allowed_senders: Option<Vec<String>>,
 }
@@ -163,6 +164,8 @@ pub struct ReceiverConfig {
     pub max_bundle_size: u64,
     /// Caps on what one bundle may ask of this receiver.
     pub limits: crate::bundle::apply::Limits,
+    /// A part set no part was added to for this long is removed.
+    pub part_ttl: Duration,
     /// Keys and the allowed senders; `None` only for plaintext on loopback.
     pub tls: Option<ReceiverTls>,
 }
@@ -188,6 +191,11 @@ pub const DEFAULT_RECEIVER_MAX_FILES: usize = 100_000;
 pub const DEFAULT_PEER_TIMEOUT: Duration = Duration::from_secs(30);
 /// What a receiver accepts unless configured: well above the sender's default.
 pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
+/// How long a receiver keeps a part set no part is added to.
+pub const DEFAULT_PART_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shorter, and a large file's parts would be dropped between the bundles
+/// of one slow or briefly interrupted transfer.
+pub const MIN_PART_TTL: Duration = Duration::from_secs(3600);
 
 impl Config {
     /// Read and validate `file`. Relative paths in it are taken relative to
@@ -505,6 +513,14 @@ fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, Stri
             defaults.max_unpacked,
         )?,
     };
+    let part_ttl = duration("receiver.part_ttl", r.part_ttl.as_deref(), DEFAULT_PART_TTL)?;
+    if part_ttl < MIN_PART_TTL {
+        return Err(format!(
+            "receiver.part_ttl = {}: at least {}, or the parts of a large file could be dropped between two of its bundles",
+            fmt_dur(part_ttl),
+            fmt_dur(MIN_PART_TTL)
+        ));
+    }
     let tls = match (r.key_dir, r.allowed_senders) {
         (Some(dir), Some(list)) => {
             if list.is_empty() {
@@ -538,6 +554,7 @@ fn validate_receiver(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, Stri
     Ok(ReceiverConfig {
         tls,
         limits,
+        part_ttl,
         listen,
         root,
         state_dir,
@@ -704,7 +721,18 @@ state_dir = "state"
             Path::new("/b"),
         )
         .unwrap();
-        assert_eq!(ok.receiver.unwrap().archive_keep, DEFAULT_ARCHIVE_KEEP);
+        let ok = ok.receiver.unwrap();
+        assert_eq!(ok.archive_keep, DEFAULT_ARCHIVE_KEEP);
+        assert_eq!(ok.part_ttl, DEFAULT_PART_TTL);
+        let e = validate(
+            parse(&format!(
+                "{base}listen = \"127.0.0.1:0\"\npart_ttl = \"10m\"\n"
+            ))
+            .unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.contains("receiver.part_ttl"), "{e}");
         let e = validate(
             parse(&format!("{base}listen = \"nowhere\"\n")).unwrap(),
             Path::new("/b"),

@@ -3,7 +3,10 @@
 //! Owns the one recipe every durable write in shipper follows: write to a
 //! temporary name in the same directory, fsync the file, rename it over the
 //! final name, fsync the directory. A crash at any point leaves either the
-//! old or the new content, never a mix. Nothing else belongs here.
+//! old or the new content, never a mix. State that grows by records is
+//! appended instead, one [`journal_line`] per record: a crash can tear only
+//! the last line, which [`journal_lines`] drops with anything after it.
+//! Nothing else belongs here.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -45,6 +48,47 @@ pub fn private_dir(dir: &Path, key: &str) -> Result<(), String> {
             .create(dir)
             .map_err(|e| format!("{key}: creating {}: {e}", dir.display())),
     }
+}
+
+/// One record of an append-only journal: `<16 hex of BLAKE3(json)> <json>\n`.
+pub fn journal_line<T: serde::Serialize>(record: &T) -> Vec<u8> {
+    let json = serde_json::to_vec(record).expect("journal record serializes");
+    let mut line = journal_checksum(&json).into_bytes();
+    line.push(b' ');
+    line.extend_from_slice(&json);
+    line.push(b'\n');
+    line
+}
+
+/// Decode journal bytes: the records up to the first torn or corrupt line,
+/// and how many bytes they span (where the next record is to be appended).
+pub fn journal_lines<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
+    let mut records = Vec::new();
+    let mut good = 0;
+    while good < bytes.len() {
+        let rest = &bytes[good..];
+        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
+            break; // torn: no newline yet
+        };
+        let line = &rest[..nl];
+        let Some((sum, json)) = line.split_at_checked(16) else {
+            break;
+        };
+        let json = json.strip_prefix(b" ").unwrap_or(b"");
+        if sum != journal_checksum(json).as_bytes() {
+            break;
+        }
+        let Ok(r) = serde_json::from_slice::<T>(json) else {
+            break;
+        };
+        records.push(r);
+        good += nl + 1;
+    }
+    (records, good)
+}
+
+fn journal_checksum(json: &[u8]) -> String {
+    blake3::hash(json).to_hex()[..16].to_string()
 }
 
 /// fsync a directory so that renames and unlinks in it survive a crash.

@@ -3,7 +3,8 @@
 //!
 //! On disk: `acked.snapshot` (written whole: temp, fsync, rename, fsync dir)
 //! and `acked.journal`, one line per acknowledged bundle, each line
-//! `<16 hex of BLAKE3(json)> <json>\n`. A crash can leave a torn last line;
+//! `<16 hex of BLAKE3(json)> <json>\n` ([`durable::journal_line`]). A
+//! crash can leave a torn last line;
 //! [`decode_journal`] drops it and anything after it. The journal is folded
 //! into a new snapshot once it outgrows it. Parsing is pure; only
 //! [`Ledger::open`], [`Ledger::record`] and compaction touch files.
@@ -171,44 +172,14 @@ fn apply(files: &mut BTreeMap<String, FileMeta>, r: &AckRecord) {
     }
 }
 
-fn checksum(json: &[u8]) -> String {
-    blake3::hash(json).to_hex()[..16].to_string()
-}
-
 pub fn encode_record(r: &AckRecord) -> Vec<u8> {
-    let json = serde_json::to_vec(r).expect("record serializes");
-    let mut line = checksum(&json).into_bytes();
-    line.push(b' ');
-    line.extend_from_slice(&json);
-    line.push(b'\n');
-    line
+    durable::journal_line(r)
 }
 
 /// Decode journal bytes: the records up to the first torn or corrupt line,
 /// and how many bytes they span.
 pub fn decode_journal(bytes: &[u8]) -> (Vec<AckRecord>, usize) {
-    let mut records = Vec::new();
-    let mut good = 0;
-    while good < bytes.len() {
-        let rest = &bytes[good..];
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-            break; // torn: no newline yet
-        };
-        let line = &rest[..nl];
-        let Some((sum, json)) = line.split_at_checked(16) else {
-            break;
-        };
-        let json = json.strip_prefix(b" ").unwrap_or(b"");
-        if sum != checksum(json).as_bytes() {
-            break;
-        }
-        let Ok(r) = serde_json::from_slice::<AckRecord>(json) else {
-            break;
-        };
-        records.push(r);
-        good += nl + 1;
-    }
-    (records, good)
+    durable::journal_lines(bytes)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@
 //! computed; its size and hash must match the trailer before it is opened.
 //! Bundles are applied one at a time, in sequence order per sender; a
 //! sequence already applied is acknowledged again without being applied.
-//! The applied sequence is stored durably before the acknowledgement.
+//! The applied sequence is stored durably before the acknowledgement. One
+//! process at a time uses a state_dir ([`StateLock`]).
 //!
 //! With keys a sender *is* its certificate fingerprint: its applied
 //! sequence, part sets and bundle file names are keyed by it, and the id it
@@ -156,6 +157,59 @@ impl Drop for SessionGuard {
     }
 }
 
+/// One process at a time writes a receiver's state_dir and the root it
+/// serves: held by a running receiver for as long as it runs, and by
+/// `shipper replay --config`. An advisory lock (flock) on
+/// `state_dir/receiver.lock`, released by the kernel when its holder
+/// exits, however it exits; the file holds the holder's pid for the
+/// message of the one refused.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receiver.lock")
+    }
+
+    /// Take the lock of `state_dir`, or refuse at once naming its holder.
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(state_dir);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                anyhow::bail!(
+                    "{}: a receiver is running with this state_dir (pid {})",
+                    state_dir.display(),
+                    pid.trim()
+                );
+            }
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        // Only informs whoever is refused next: no fsync.
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
 pub struct Receiver {
     cfg: ReceiverConfig,
     /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
@@ -166,6 +220,8 @@ pub struct Receiver {
     state: Mutex<ReceiverState>,
     /// The live session of each sender (by key): its id and stop token.
     sessions: std::sync::Mutex<std::collections::HashMap<String, (u64, CancellationToken)>>,
+    /// No other receiver or replay writes state_dir while this one lives.
+    _lock: StateLock,
 }
 
 /// The target a receiver config describes, directories created. Refused,
@@ -173,9 +229,10 @@ pub struct Receiver {
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
     places::check(&places::receiver_dirs(cfg, cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
-    for d in [&cfg.root, &cfg.archive_dir] {
-        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-    }
+    // Whoever can write the archive chooses what a replay rebuilds root from.
+    durable::private_dir(&cfg.archive_dir, "receiver.archive_dir").map_err(anyhow::Error::msg)?;
+    std::fs::create_dir_all(&cfg.root)
+        .with_context(|| format!("creating {}", cfg.root.display()))?;
     let staging = match &cfg.staging_dir {
         Some(s) => s.clone(),
         None => {
@@ -199,6 +256,8 @@ impl Receiver {
     /// is written to `state_dir/listen.addr` (useful with port 0).
     pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
         let target = target_for(&cfg)?;
+        // Before anything in state_dir or root is cleaned, finished or served.
+        let lock = StateLock::acquire(&cfg.state_dir)?;
         let incoming = cfg.state_dir.join("incoming");
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;
@@ -215,8 +274,10 @@ impl Receiver {
             archive_dir: cfg.archive_dir.clone(),
             archive_keep: cfg.archive_keep,
             limits: cfg.limits,
+            part_ttl: cfg.part_ttl,
         };
         committer.recover(&mut state, &cfg.state_dir)?;
+        committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
             .await
             .with_context(|| format!("receiver.listen: cannot listen on {}", cfg.listen))?;
@@ -249,18 +310,22 @@ impl Receiver {
                 incoming,
                 state: Mutex::new(state),
                 sessions: Default::default(),
+                _lock: lock,
             }),
             listener,
         ))
     }
 
+    /// Accept senders until `shutdown`; returns once every session has
+    /// ended, so the receiver (and its [`StateLock`]) is let go with it.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
         let unidentified = Arc::new(tokio::sync::Semaphore::new(MAX_UNIDENTIFIED));
         let mut turned_away: u64 = 0;
         let mut reported = Instant::now() - Duration::from_secs(3600);
+        let tracker = tokio_util::task::TaskTracker::new();
         loop {
             let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => break,
                 r = listener.accept() => match r {
                     Ok(x) => x,
                     Err(e) => {
@@ -282,7 +347,7 @@ impl Receiver {
             };
             let me = self.clone();
             let stop = shutdown.child_token();
-            tokio::spawn(async move {
+            tracker.spawn(async move {
                 tokio::select! {
                     _ = stop.cancelled() => {}
                     r = me.clone().session(stream, peer, slot, stop.clone()) => if let Err(e) = r {
@@ -291,6 +356,8 @@ impl Receiver {
                 }
             });
         }
+        tracker.close();
+        tracker.wait().await;
     }
 
     /// Serve one connection. `slot` is held until the peer has said who it
@@ -507,12 +574,15 @@ impl Receiver {
                 if let Err(e) = saved {
                     return Ok(Err(Refusal::retry(format!("{e:#}"))));
                 }
-                drop(state);
+                // Still under the state lock: publishing/ holds at most the
+                // bundle being applied, so a crash never leaves an older
+                // bundle there behind a newer one.
                 let me = self.clone_parts();
                 let name = archive_name(&sender.key, seq);
                 tokio::task::spawn_blocking(move || me.archive_published(&name))
                     .await
                     .context("archive task")?;
+                drop(state);
                 Ok(Ok(Some(applied)))
             }
             Err(reason) => Ok(Err(reason)),
@@ -552,6 +622,7 @@ impl Receiver {
             archive_dir: self.cfg.archive_dir.clone(),
             archive_keep: self.cfg.archive_keep,
             limits: self.cfg.limits,
+            part_ttl: self.cfg.part_ttl,
         }
     }
 }
@@ -621,11 +692,13 @@ fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
 struct Committer {
     target: Target,
     /// Holds the bundle being published: found here at start, it is
-    /// applied again before anything newer is taken.
+    /// applied again before anything newer is taken, or only archived if
+    /// its sequence was recorded before the crash.
     publishing: PathBuf,
     archive_dir: PathBuf,
     archive_keep: usize,
     limits: apply::Limits,
+    part_ttl: Duration,
 }
 
 impl Committer {
@@ -652,10 +725,19 @@ impl Committer {
         durable::sync_dir(&self.publishing).map_err(io)?;
         let target = self.target.for_sender(&sender.key);
         let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));
+        // After the apply, which refreshed the sets this bundle continued.
+        self.expire_part_sets();
         result.map_err(|e| {
             let _ = std::fs::remove_file(&wal);
             e.refusal()
         })
+    }
+
+    /// Remove the part sets of every sender that no bundle added to for
+    /// `part_ttl` (each removal is logged with its set).
+    fn expire_part_sets(&self) {
+        let now = std::time::SystemTime::now();
+        apply::expire_part_sets(&self.target.parts, self.part_ttl, now);
     }
 
     /// Move the published bundle from the write-ahead slot to the archive.
@@ -683,11 +765,19 @@ impl Committer {
                 .to_string_lossy()
                 .into_owned();
             // Named by commit() after the sender it came from.
-            let Some((key, _)) = parse_archive_name(&name) else {
+            let Some((key, seq)) = parse_archive_name(&name) else {
                 warn!(bundle = %wal.display(), "not a bundle name this receiver writes; removed");
                 let _ = std::fs::remove_file(&wal);
                 continue;
             };
+            // Recorded, so published whole before a crash kept it from the
+            // archive; newer bundles may have been applied since, and
+            // applying this one again would roll their files back.
+            if state.applied.get(key).is_some_and(|&last| seq <= last) {
+                info!(sender = key, seq, "archiving a bundle already applied");
+                self.archive_published(&name);
+                continue;
+            }
             match apply::open(&wal, &self.limits).and_then(|b| {
                 let seq = b.manifest.seq;
                 apply::apply(&self.target.for_sender(key), b).map(|a| (seq, a))

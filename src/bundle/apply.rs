@@ -18,8 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zip::ZipArchive;
 
-use super::manifest::{MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, ManifestError, PartEntry};
+use super::manifest::{
+    Counts, MANIFEST_ENTRY, Manifest, ManifestError, PartEntry, max_manifest_bytes,
+};
 use super::pack::Summary;
+use super::zip_end::{self, ZipEndError};
 use crate::beneath::{self, BeneathError, Root};
 use crate::durable;
 use crate::proto::frame::Refusal;
@@ -201,7 +204,33 @@ impl Default for Limits {
 /// entries the manifest names, each a regular file of the declared size,
 /// within `limits`. Nothing is written.
 pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
-    let file = File::open(path).map_err(io_at(path))?;
+    let mut file = File::open(path).map_err(io_at(path))?;
+    // The zip crate indexes the whole central directory it is pointed at:
+    // its count and size are checked first, from the end records alone.
+    let most = limits.max_entries.saturating_add(1) as u64;
+    let dir = match zip_end::read(&mut file, most) {
+        Ok(dir) => dir,
+        Err(ZipEndError::Io(e)) => return Err(io_at(path)(e)),
+        Err(ZipEndError::TooMany { claimed }) => {
+            return Err(BundleError::Whole(format!(
+                "{claimed} zip entries, over the limit of {}",
+                limits.max_entries
+            )));
+        }
+        Err(ZipEndError::Layout(m)) => {
+            return Err(BundleError::Zip(zip::result::ZipError::InvalidArchive(
+                m.into(),
+            )));
+        }
+    };
+    if dir.size > most.saturating_mul(MAX_CENTRAL_HEADER_BYTES) {
+        return Err(BundleError::Whole(format!(
+            "a central directory of {} bytes, over the {} bytes that {} entries need at most",
+            dir.size,
+            most.saturating_mul(MAX_CENTRAL_HEADER_BYTES),
+            limits.max_entries
+        )));
+    }
     let mut zip = ZipArchive::new(file)?;
     if zip.len() > limits.max_entries.saturating_add(1) {
         return Err(entry_err(
@@ -223,14 +252,31 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         let entry = zip
             .by_name(MANIFEST_ENTRY)
             .map_err(|_| entry_err(MANIFEST_ENTRY, "missing: not a shipper bundle"))?;
-        if entry.size() > MAX_MANIFEST_BYTES {
-            return Err(entry_err(MANIFEST_ENTRY, "manifest too large"));
+        // What the entry limit lets a manifest need, not what it claims:
+        // its header may lie, so reading stops one byte past the bound.
+        let bound = max_manifest_bytes(limits.max_entries);
+        let too_large = |size: u64| {
+            entry_err(
+                MANIFEST_ENTRY,
+                format!(
+                    "manifest of {size} bytes, over the {bound} bytes that {} entries need at most",
+                    limits.max_entries
+                ),
+            )
+        };
+        if entry.size() > bound {
+            return Err(too_large(entry.size()));
         }
         let mut bytes = Vec::new();
         entry
-            .take(MAX_MANIFEST_BYTES + 1)
+            .take(bound + 1)
             .read_to_end(&mut bytes)
             .map_err(|e| entry_err(MANIFEST_ENTRY, e.to_string()))?;
+        if bytes.len() as u64 > bound {
+            return Err(too_large(bytes.len() as u64));
+        }
+        // Counted before anything is built or normalised per entry.
+        check_counts(&Counts::of(&bytes)?, limits)?;
         Manifest::parse(&bytes)?
     };
     check_limits(&manifest, limits)?;
@@ -283,8 +329,29 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
     })
 }
 
-fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
-    let entries = m.files.len() + m.parts.len() + m.deletions.len();
+/// Longest central directory header an entry of a bundle needs: the fixed
+/// part, a name of at most [`crate::paths::MAX_PATH_BYTES`], and extra
+/// fields (Zip64 sizes, timestamps) well under 1 KiB.
+const MAX_CENTRAL_HEADER_BYTES: u64 =
+    zip_end::HEADER_FIXED + crate::paths::MAX_PATH_BYTES as u64 + 1024;
+
+fn check_counts(c: &Counts, limits: &Limits) -> Result<(), BundleError> {
+    check_entries(c.entries(), limits)?;
+    // An abandoned set is one a file of this bundle's sender gave up; they
+    // cost little, but no more of them than entries.
+    if c.abandoned.0 > limits.max_entries {
+        return Err(entry_err(
+            MANIFEST_ENTRY,
+            format!(
+                "{} abandoned part sets, over the limit of {}",
+                c.abandoned.0, limits.max_entries
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_entries(entries: usize, limits: &Limits) -> Result<(), BundleError> {
     if entries > limits.max_entries {
         return Err(entry_err(
             MANIFEST_ENTRY,
@@ -294,6 +361,11 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
             ),
         ));
     }
+    Ok(())
+}
+
+fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
+    check_entries(m.files.len() + m.parts.len() + m.deletions.len(), limits)?;
     let mut total: u64 = 0;
     for (path, size) in m
         .files
@@ -488,19 +560,47 @@ fn system_time(secs: i64, nsec: u32) -> SystemTime {
 }
 
 // ------------------------------------------------------------------ parts
+//
+// A part set on disk, in the directory of its sender: `SET.data`, the file
+// as assembled so far, and `SET.parts`, its journal: a first line naming
+// the file, then one line per part stored, each a durable::journal_line.
+// Storing a part appends one line, so N parts cost N lines, never a
+// rewrite of all that came before. A crash can tear only the last line;
+// it is dropped, and the part it would have recorded is stored again when
+// the bundle is re-sent (its data is cut back to where it starts).
+
+/// One line of a part set's journal.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum PartLine {
+    /// The first line: which file the set assembles.
+    Set {
+        path: String,
+        count: u32,
+        file_size: u64,
+    },
+    /// Part `index` is stored, with this hash.
+    Part { index: u32, hash: String },
+}
 
 /// What the receiver holds of one part set, beside its data file.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 struct PartState {
     path: String,
     count: u32,
     file_size: u64,
     /// Hash of each part received so far, in order.
     hashes: Vec<String>,
+    /// Where the journal's good lines end: the next line goes here.
+    journal_len: u64,
 }
 
+/// What a set's files are named: the journal, the data, and the state file
+/// an earlier version rewrote whole (expired like the others, never read).
+const PART_SET_SUFFIXES: [&str; 3] = [".parts", ".data", ".json"];
+
 fn part_state_path(dir: &Path, set: &str) -> PathBuf {
-    dir.join(format!("{set}.json"))
+    dir.join(format!("{set}.parts"))
 }
 
 fn part_data_path(dir: &Path, set: &str) -> PathBuf {
@@ -508,13 +608,87 @@ fn part_data_path(dir: &Path, set: &str) -> PathBuf {
 }
 
 fn drop_part_set(dir: &Path, set: &str) {
-    let _ = fs::remove_file(part_state_path(dir, set));
-    let _ = fs::remove_file(part_data_path(dir, set));
+    for suffix in PART_SET_SUFFIXES {
+        let _ = fs::remove_file(dir.join(format!("{set}{suffix}")));
+    }
 }
 
 fn load_part_state(dir: &Path, set: &str) -> Option<PartState> {
     let bytes = fs::read(part_state_path(dir, set)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    let (lines, good) = durable::journal_lines::<PartLine>(&bytes);
+    let mut lines = lines.into_iter();
+    let Some(PartLine::Set {
+        path,
+        count,
+        file_size,
+    }) = lines.next()
+    else {
+        return None;
+    };
+    let mut hashes = Vec::new();
+    for line in lines {
+        match line {
+            PartLine::Part { index, hash } if index as usize == hashes.len() => hashes.push(hash),
+            // Only shipper writes these, in order: a journal that says
+            // otherwise is not one to complete a file from.
+            _ => return None,
+        }
+    }
+    Some(PartState {
+        path,
+        count,
+        file_size,
+        hashes,
+        journal_len: good as u64,
+    })
+}
+
+/// Start the journal of a new set: its first line, durable before any
+/// part is recorded after it.
+fn start_part_set(dir: &Path, p: &PartEntry) -> Result<PartState, BundleError> {
+    let line = durable::journal_line(&PartLine::Set {
+        path: p.path.clone(),
+        count: p.count,
+        file_size: p.file_size,
+    });
+    let journal = part_state_path(dir, &p.set);
+    durable::write_atomic(&journal, &line).map_err(io_at(&journal))?;
+    Ok(PartState {
+        path: p.path.clone(),
+        count: p.count,
+        file_size: p.file_size,
+        hashes: Vec::new(),
+        journal_len: line.len() as u64,
+    })
+}
+
+/// Append the record of part `index` to the set's journal, after its good
+/// lines (a torn tail is cut off first).
+fn record_part(
+    dir: &Path,
+    set: &str,
+    state: &mut PartState,
+    hash: &str,
+) -> Result<(), BundleError> {
+    let journal = part_state_path(dir, set);
+    let line = durable::journal_line(&PartLine::Part {
+        index: state.hashes.len() as u32,
+        hash: hash.to_owned(),
+    });
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .map_err(io_at(&journal))?;
+    f.set_len(state.journal_len).map_err(io_at(&journal))?;
+    use std::io::Seek;
+    f.seek(io::SeekFrom::Start(state.journal_len))
+        .map_err(io_at(&journal))?;
+    f.write_all(&line).map_err(io_at(&journal))?;
+    // The record must survive a crash before the bundle is acknowledged.
+    f.sync_data().map_err(io_at(&journal))?;
+    state.journal_len += line.len() as u64;
+    state.hashes.push(hash.to_owned());
+    Ok(())
 }
 
 /// Append one part to its set. Returns the data file once the set is
@@ -531,17 +705,12 @@ fn store_part(
         Some(s) => s,
         None if p.index == 0 => {
             supersede_sets_of(dir, &p.path);
-            PartState {
-                path: p.path.clone(),
-                count: p.count,
-                file_size: p.file_size,
-                hashes: Vec::new(),
-            }
+            start_part_set(dir, p)?
         }
         None => {
-            // Earlier parts were lost with this receiver's state: the file
-            // cannot be completed from this set; the sender ships it again
-            // when it next changes.
+            // Earlier parts were lost with this receiver's state, or
+            // expired: the file cannot be completed from this set; the
+            // sender ships it again when it next changes.
             tracing::warn!(path = %p.path, set = %p.set, part = p.index, "part of a set whose start this receiver does not hold; dropped");
             return Ok(None);
         }
@@ -587,11 +756,9 @@ fn store_part(
             let _ = out.set_len(p.offset);
             return Err(entry_err(&name, "part does not match its hash"));
         }
+        // The data before its record: a recorded part is always there.
         out.sync_all().map_err(io_at(&data_path))?;
-        state.hashes.push(p.hash.clone());
-        let json = serde_json::to_vec(&state).expect("part state serializes");
-        durable::write_atomic(&part_state_path(dir, &p.set), &json)
-            .map_err(io_at(&part_state_path(dir, &p.set)))?;
+        record_part(dir, &p.set, &mut state, &p.hash)?;
     }
     if p.index + 1 < p.count {
         return Ok(None);
@@ -616,18 +783,86 @@ fn store_part(
     Ok(Some(data_path))
 }
 
+/// The path a set's journal names, from its first line alone.
+fn part_set_path(dir: &Path, set: &str) -> Option<String> {
+    use std::io::BufRead;
+    let f = File::open(part_state_path(dir, set)).ok()?;
+    let mut first = Vec::new();
+    io::BufReader::new(f)
+        .take(64 << 10)
+        .read_until(b'\n', &mut first)
+        .ok()?;
+    match durable::journal_lines::<PartLine>(&first).0.pop() {
+        Some(PartLine::Set { path, .. }) => Some(path),
+        _ => None,
+    }
+}
+
 /// A new set for a path replaces any older, unfinished one.
 fn supersede_sets_of(dir: &Path, path: &str) {
     let Ok(rd) = fs::read_dir(dir) else { return };
     for e in rd.flatten() {
         let name = e.file_name();
-        let Some(set) = name.to_str().and_then(|n| n.strip_suffix(".json")) else {
+        let Some(set) = name.to_str().and_then(|n| n.strip_suffix(".parts")) else {
             continue;
         };
-        if load_part_state(dir, set).is_some_and(|s| s.path == path) {
+        if part_set_path(dir, set).is_some_and(|p| p == path) {
             drop_part_set(dir, set);
         }
     }
+}
+
+/// Remove the part sets below `parts` (the receiver's, one directory per
+/// sender) that no part was added to for `ttl`: their sender gave them up
+/// without saying so (the file went away, its state was lost), and nothing
+/// else would ever remove them. Only names shipper gives a set's files are
+/// looked at. Returns how many sets were removed.
+pub fn expire_part_sets(parts: &Path, ttl: Duration, now: SystemTime) -> usize {
+    let Ok(rd) = fs::read_dir(parts) else {
+        return 0;
+    };
+    let mut dirs = vec![parts.to_owned()];
+    dirs.extend(
+        rd.flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with("from-"))
+            })
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path()),
+    );
+    let mut removed = 0;
+    for dir in dirs {
+        // A set's last activity is the newest of its files.
+        let mut last: std::collections::HashMap<String, SystemTime> = Default::default();
+        let Ok(rd) = fs::read_dir(&dir) else { continue };
+        for e in rd.flatten() {
+            let name = e.file_name();
+            let Some(set) = name.to_str().and_then(|n| {
+                PART_SET_SUFFIXES
+                    .iter()
+                    .find_map(|s| n.strip_suffix(s))
+                    .filter(|set| super::manifest::valid_set_id(set))
+            }) else {
+                continue;
+            };
+            let Ok(modified) = e.metadata().and_then(|m| m.modified()) else {
+                continue;
+            };
+            let t = last.entry(set.to_owned()).or_insert(modified);
+            *t = (*t).max(modified);
+        }
+        for (set, t) in last {
+            let idle = now.duration_since(t).unwrap_or_default();
+            if idle > ttl {
+                tracing::info!(set, dir = %dir.display(), idle_secs = idle.as_secs(), "part set idle for over part_ttl; removed");
+                drop_part_set(&dir, &set);
+                removed += 1;
+            }
+        }
+    }
+    removed
 }
 
 fn link_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
@@ -659,5 +894,83 @@ fn remove_all(path: &Path) -> Result<(), BundleError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_at(path)(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DATA: &[u8] = b"aaaabbbbcc";
+
+    /// Part `index` of DATA in parts of 4 bytes.
+    fn part(index: u32) -> (PartEntry, &'static [u8]) {
+        let offset = index as usize * 4;
+        let bytes = &DATA[offset..(offset + 4).min(DATA.len())];
+        let p = PartEntry {
+            path: "big".into(),
+            set: "s1".into(),
+            index,
+            count: 3,
+            offset: offset as u64,
+            size: bytes.len() as u64,
+            hash: blake3::hash(bytes).to_hex().to_string(),
+            file_size: DATA.len() as u64,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o644,
+            file_hash: (index == 2).then(|| blake3::hash(DATA).to_hex().to_string()),
+        };
+        (p, bytes)
+    }
+
+    fn store(dir: &Path, index: u32) -> Option<PathBuf> {
+        let (p, bytes) = part(index);
+        store_part(dir, &p, bytes, &mut [0u8; 64]).unwrap()
+    }
+
+    #[test]
+    fn a_journal_torn_at_any_point_of_its_last_line_loses_only_that_part() {
+        let dir = tempfile::tempdir().unwrap();
+        store(dir.path(), 0);
+        let journal = part_state_path(dir.path(), "s1");
+        let one = fs::read(&journal).unwrap();
+        store(dir.path(), 1);
+        let two = fs::read(&journal).unwrap();
+        assert!(two.starts_with(&one));
+        for cut in one.len()..two.len() {
+            fs::write(&journal, &two[..cut]).unwrap();
+            let state = load_part_state(dir.path(), "s1").unwrap();
+            assert_eq!(state.hashes.len(), 1, "cut at {cut}");
+            assert_eq!(state.journal_len, one.len() as u64);
+        }
+        // The re-sent part is stored again after the last good line.
+        store(dir.path(), 1);
+        assert_eq!(fs::read(&journal).unwrap(), two);
+        let done = store(dir.path(), 2).expect("complete");
+        assert_eq!(fs::read(done).unwrap(), DATA);
+    }
+
+    #[test]
+    fn expiry_removes_idle_sets_and_nothing_shipper_did_not_name() {
+        let parts = tempfile::tempdir().unwrap();
+        let dir = parts.path().join("from-app1");
+        fs::create_dir_all(&dir).unwrap();
+        store(&dir, 0);
+        fs::write(dir.join("notes.txt"), "mine").unwrap();
+        fs::write(dir.join("bad id.data"), "mine").unwrap();
+        let ttl = Duration::from_secs(3600);
+        let now = SystemTime::now();
+        assert_eq!(expire_part_sets(parts.path(), ttl, now), 0);
+        assert!(part_state_path(&dir, "s1").exists());
+        let later = now + ttl + Duration::from_secs(60);
+        assert_eq!(expire_part_sets(parts.path(), ttl, later), 1);
+        let mut left: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["bad id.data", "notes.txt"]);
     }
 }

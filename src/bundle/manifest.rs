@@ -13,8 +13,26 @@ use crate::paths;
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
-/// Manifests larger than this are refused before parsing.
+/// Manifests larger than this are refused before parsing, whatever the
+/// receiver's entry limit.
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// What one entry can take in a manifest the sender wrote: a path of
+/// [`paths::MAX_PATH_BYTES`] with every byte escaped, and the other fields
+/// of a part (the largest kind of entry), pretty-printed, with room for one
+/// abandoned set id.
+pub const MANIFEST_BYTES_PER_ENTRY: u64 = 2 * paths::MAX_PATH_BYTES as u64 + 2048;
+/// Format, sender, sequence, creation time and the JSON around the lists.
+const MANIFEST_HEAD_BYTES: u64 = 4096;
+
+/// The largest manifest a bundle of at most `max_entries` entries needs:
+/// anything larger is refused before it is parsed.
+pub fn max_manifest_bytes(max_entries: usize) -> u64 {
+    (max_entries as u64)
+        .saturating_add(1)
+        .saturating_mul(MANIFEST_BYTES_PER_ENTRY)
+        .saturating_add(MANIFEST_HEAD_BYTES)
+        .min(MAX_MANIFEST_BYTES)
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -150,6 +168,61 @@ pub fn valid_sender_id(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// How many items each list of a manifest holds, counted without building
+/// them, so a receiver compares them with its limits before it allocates
+/// or normalises anything per entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Counts {
+    #[serde(default)]
+    pub files: Count,
+    #[serde(default)]
+    pub parts: Count,
+    #[serde(default)]
+    pub deletions: Count,
+    #[serde(default)]
+    pub abandoned: Count,
+}
+
+/// The length of a JSON array, whose items are skipped unread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Count(pub usize);
+
+impl<'de> Deserialize<'de> for Count {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Counter;
+        impl<'de> serde::de::Visitor<'de> for Counter {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_seq(Counter)
+    }
+}
+
+impl Counts {
+    /// Count the lists of a manifest. Other fields are not looked at here:
+    /// [`Manifest::parse`] refuses what is wrong with them.
+    pub fn of(bytes: &[u8]) -> Result<Self, ManifestError> {
+        serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))
+    }
+
+    /// Files, parts and deletions: what a receiver's entry limit counts.
+    pub fn entries(&self) -> usize {
+        self.files.0 + self.parts.0 + self.deletions.0
+    }
 }
 
 impl Manifest {
@@ -424,6 +497,42 @@ mod tests {
             mutate(&mut m);
             assert!(m.check().is_err(), "{name} accepted");
         }
+    }
+
+    #[test]
+    fn counts_match_the_parsed_lists_and_ignore_other_fields() {
+        let mut m = manifest();
+        m.abandoned.push("s0".into());
+        let c = Counts::of(&m.to_json()).unwrap();
+        assert_eq!(
+            (c.files.0, c.parts.0, c.deletions.0, c.abandoned.0),
+            (m.files.len(), m.parts.len(), m.deletions.len(), 1)
+        );
+        assert_eq!(c.entries(), 4);
+        let bare = br#"{"format": 1, "files": [1, "x", {"a": [2]}], "extra": true}"#;
+        assert_eq!(Counts::of(bare).unwrap().entries(), 3);
+        assert!(Counts::of(br#"{"files": {}}"#).is_err());
+        assert!(Counts::of(b"[").is_err());
+    }
+
+    #[test]
+    fn the_largest_honest_entry_fits_its_share_of_the_manifest_bound() {
+        let path = "\"".repeat(paths::MAX_PATH_BYTES);
+        let mut p = part(0, 2);
+        p.path = path.clone();
+        p.set = "s".repeat(64);
+        (p.index, p.count) = (u32::MAX - 1, u32::MAX);
+        (p.offset, p.size, p.file_size) = (u64::MAX, u64::MAX, u64::MAX);
+        (p.mtime, p.mtime_nsec, p.mode) = (i64::MIN, u32::MAX, u32::MAX);
+        p.file_hash = Some(H.into());
+        let mut m = manifest();
+        m.files.clear();
+        m.deletions.clear();
+        m.parts = vec![p.clone(), p];
+        m.abandoned = vec!["a".repeat(64), "b".repeat(64)];
+        let len = m.to_json().len() as u64;
+        assert!(len <= max_manifest_bytes(2), "{len} bytes");
+        assert_eq!(max_manifest_bytes(usize::MAX), MAX_MANIFEST_BYTES);
     }
 
     #[test]

@@ -6,12 +6,15 @@
 //! - [`apply`]: the receiver side, verifying a bundle, staging its files and
 //!   publishing them into root atomically. Used by the network path and by
 //!   `shipper replay` alike.
+//! - [`zip_end`]: a zip's end records, read to check its entry count before
+//!   the zip crate indexes its directory.
 //!
 //! Nothing here opens a socket.
 
 pub mod apply;
 pub mod manifest;
 pub mod pack;
+pub mod zip_end;
 
 pub use manifest::Manifest;
 

@@ -370,3 +370,87 @@ fn inspect_prints_the_manifest() {
         assert!(t.contains(want), "missing {want:?} in:\n{t}");
     }
 }
+
+/// `shipper replay --config` applied bundles and rewrote receiver.json
+/// while the receiver using that state_dir went on applying its own: the
+/// two raced over root and the recorded sequences.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_into_the_state_dir_of_a_running_receiver_is_refused() {
+    let env = Env::new();
+    let bundles = sample_bundles(&env);
+    let toml = env.receiver_toml("127.0.0.1:0", "");
+    let cfg = env.config_file("receiver.toml", &toml);
+    let r = env.start_receiver_from(&toml).await;
+    let replay = || {
+        shipper_async(owned(&[
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            bundles[0].to_str().unwrap(),
+        ]))
+    };
+    let out = replay().await;
+    assert!(!out.status.success(), "replayed beside a running receiver");
+    let said = text(&out);
+    assert!(
+        said.contains("a receiver is running with this state_dir")
+            && said.contains(&format!("pid {}", std::process::id())),
+        "{said}"
+    );
+    assert!(tree(&env.root()).is_empty(), "replay changed root");
+    // A second receiver on the same state_dir is refused the same way.
+    let second = env.config(&toml).receiver.unwrap();
+    match shipper::receiver::Receiver::bind(second).await {
+        Ok(_) => panic!("two receivers share a state_dir"),
+        Err(e) => assert!(
+            format!("{e:#}").contains("a receiver is running with this state_dir"),
+            "{e:#}"
+        ),
+    }
+    r.stop().await;
+    let out = replay().await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(env.root().join("img/photo.jpg")).unwrap(),
+        noise(50_000, 3)
+    );
+}
+
+/// `--root` and `--config` could not be given together, so a replay into
+/// another directory always took the default limits, never the receiver's.
+#[test]
+fn replay_with_root_takes_limits_from_the_config_given() {
+    let env = Env::new();
+    for i in 0..3 {
+        env.write(&format!("f{i}.html"), "x");
+    }
+    let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let cfg = env.config_file(
+        "limits.toml",
+        &env.receiver_toml("127.0.0.1:0", "max_files_per_bundle = 2\n"),
+    );
+    let restored = env.path().join("restored");
+    let args = |bundle: &Path| {
+        shipper(&[
+            "replay",
+            "--root",
+            restored.to_str().unwrap(),
+            "--config",
+            cfg.to_str().unwrap(),
+            bundle.to_str().unwrap(),
+        ])
+    };
+    let out = args(&b.path);
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+    assert!(text(&out).contains("over the limit of 2"), "{}", text(&out));
+    assert!(tree(&restored).is_empty(), "restored root changed");
+    // Within the limits it is applied into --root, the receiver's own
+    // root and state untouched.
+    std::fs::remove_file(env.src().join("f2.html")).unwrap();
+    let b = pack(&env.src(), &env.path().join("out2"), 1, &[]);
+    let out = args(&b.path);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&restored), tree(&env.src()));
+    assert!(tree(&env.root()).is_empty());
+    assert!(!env.path().join("state-r/receiver.json").exists());
+}

@@ -138,6 +138,41 @@ async fn a_publish_interrupted_by_a_crash_is_finished_at_start() {
     r.stop().await;
 }
 
+/// A crash after a bundle's sequence was recorded but before it was
+/// archived left it in publishing/; at the next start it was applied again
+/// over the newer bundles recorded after it, rolling root back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_bundle_already_recorded_is_archived_not_applied_again() {
+    let env = Env::new();
+    env.write("a.html", "one");
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let publishing = env.path().join("state-r/publishing");
+    std::fs::create_dir_all(&publishing).unwrap();
+    std::fs::copy(&b.path, publishing.join("test-00000000000000000001.zip")).unwrap();
+    // Bundle 2 came after it: recorded, and its version of a.html in root.
+    std::fs::write(
+        env.path().join("state-r/receiver.json"),
+        r#"{"applied": {"test": 2}}"#,
+    )
+    .unwrap();
+    std::fs::write(env.root().join("a.html"), "two").unwrap();
+    let r = env.start_receiver("").await;
+    assert_eq!(
+        std::fs::read(env.root().join("a.html")).unwrap(),
+        b"two",
+        "an older bundle rolled root back"
+    );
+    let state = std::fs::read_to_string(env.path().join("state-r/receiver.json")).unwrap();
+    assert!(state.contains("\"test\": 2"), "{state}");
+    assert_eq!(std::fs::read_dir(&publishing).unwrap().count(), 0);
+    assert_eq!(
+        env.archived().len(),
+        1,
+        "the recorded bundle was not archived"
+    );
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_staging_and_half_received_bundles_are_cleaned_at_start() {
     let env = Env::new();

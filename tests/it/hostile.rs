@@ -180,6 +180,164 @@ fn bundles_over_the_receivers_limits_are_refused() {
     assert_eq!(tree(&env.root()).len(), 1, "root changed");
 }
 
+/// A copy of `bundle` at `out` whose manifest is `f` of the original.
+fn with_manifest(bundle: &Path, out: &Path, f: impl FnOnce(Vec<u8>) -> Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut zin = zip::ZipArchive::new(std::fs::File::open(bundle).unwrap()).unwrap();
+    let mut zout = zip::ZipWriter::new(std::fs::File::create(out).unwrap());
+    let mut manifest = Vec::new();
+    for i in 0..zin.len() {
+        let name = zin.by_index_raw(i).unwrap().name().unwrap().into_owned();
+        if name == ".shipper/manifest.json" {
+            zin.by_index(i).unwrap().read_to_end(&mut manifest).unwrap();
+        } else {
+            zout.raw_copy_file(zin.by_index_raw(i).unwrap()).unwrap();
+        }
+    }
+    let options = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    zout.start_file(".shipper/manifest.json", options).unwrap();
+    zout.write_all(&f(manifest)).unwrap();
+    zout.finish().unwrap();
+}
+
+/// Replay `bundle` through a receiver config allowing `max_files` entries.
+fn replay_with_limit(env: &Env, bundle: &Path, max_files: usize) -> std::process::Output {
+    let cfg = env.config_file(
+        "limits.toml",
+        &env.receiver_toml(
+            "127.0.0.1:0",
+            &format!("max_files_per_bundle = {max_files}\n"),
+        ),
+    );
+    shipper(&[
+        "replay",
+        "--config",
+        cfg.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ])
+}
+
+/// A manifest padded with 2 MiB of whitespace was read and parsed whole
+/// (anything up to 256 MiB was), whatever the receiver's entry limit.
+#[test]
+fn a_manifest_larger_than_the_entry_limit_needs_is_refused_unparsed() {
+    let env = hostile_env();
+    env.write("a.html", "A");
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let padded = env.path().join("padded.zip");
+    with_manifest(&b.path, &padded, |mut m| {
+        m.resize(m.len() + (2 << 20), b' ');
+        m
+    });
+    let out = replay_with_limit(&env, &padded, 10);
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+    assert!(
+        text(&out).contains("manifest of 2") && text(&out).contains("entries need at most"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tree(&env.root()).len(), 1, "root changed");
+    // The same bundle within a limit whose manifests may be that large.
+    let out = replay_with_limit(&env, &padded, 1000);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// A manifest listing more entries than the limit was parsed into
+/// structures and every path checked and NFC-normalised before its count
+/// was compared with the limit: here the bad path was found first.
+#[test]
+fn a_manifest_over_the_entry_limit_is_refused_before_its_paths_are_checked() {
+    let env = hostile_env();
+    env.write("a.html", "A");
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let many = env.path().join("many.zip");
+    with_manifest(&b.path, &many, |m| {
+        let mut v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        let mut deletions: Vec<String> = (0..50).map(|i| format!("gone/{i}")).collect();
+        deletions.push("../outside/victim".into());
+        v["deletions"] = deletions.into();
+        serde_json::to_vec(&v).unwrap()
+    });
+    let out = replay_with_limit(&env, &many, 10);
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+    assert!(
+        text(&out).contains("52 entries, over the limit of 10"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(tree(&env.root()).len(), 1, "root changed");
+}
+
+/// The end of `bundle` rewritten as Zip64 whose directory claims `entries`.
+fn claiming_entries(bundle: &[u8], entries: u64) -> Vec<u8> {
+    let end = bundle.len() - 22;
+    assert_eq!(
+        &bundle[end..end + 4],
+        b"PK\x05\x06",
+        "plain zip end expected"
+    );
+    let le32 = |at: usize| u32::from_le_bytes(bundle[at..at + 4].try_into().unwrap());
+    let (cd_size, cd_start) = (u64::from(le32(end + 12)), u64::from(le32(end + 16)));
+    let mut out = bundle[..end].to_vec();
+    let record = out.len() as u64;
+    out.extend_from_slice(b"PK\x06\x06");
+    out.extend_from_slice(&44u64.to_le_bytes());
+    out.extend_from_slice(&[45, 0, 45, 0]); // versions
+    out.extend_from_slice(&[0; 8]); // disk numbers
+    out.extend_from_slice(&entries.to_le_bytes());
+    out.extend_from_slice(&entries.to_le_bytes());
+    out.extend_from_slice(&cd_size.to_le_bytes());
+    out.extend_from_slice(&cd_start.to_le_bytes());
+    out.extend_from_slice(b"PK\x06\x07");
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&record.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes());
+    out.extend_from_slice(b"PK\x05\x06");
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[0xff; 4]);
+    out.extend_from_slice(&[0xff; 8]);
+    out.extend_from_slice(&[0; 2]);
+    out
+}
+
+/// A zip's directory was indexed whole (one allocation per entry it
+/// claims, up to the size of the bundle) before its entry count was
+/// compared with the limit; a claim of millions was not even refused for
+/// its count.
+#[test]
+fn a_zip_claiming_millions_of_entries_is_refused_before_its_directory_is_read() {
+    let env = hostile_env();
+    env.write("a.html", "A");
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let bytes = std::fs::read(&b.path).unwrap();
+    let claims = env.path().join("claims.zip");
+    std::fs::write(&claims, claiming_entries(&bytes, 5_000_000)).unwrap();
+    let out = shipper(&[
+        "replay",
+        "--root",
+        env.root().to_str().unwrap(),
+        claims.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+    assert!(
+        text(&out).contains("5000000 zip entries, over the limit of 100000"),
+        "{}",
+        text(&out)
+    );
+    // Rewritten honestly, the same end is read like any Zip64 bundle.
+    let honest = env.path().join("honest.zip");
+    std::fs::write(&honest, claiming_entries(&bytes, 2)).unwrap();
+    let out = shipper(&[
+        "replay",
+        "--root",
+        env.root().to_str().unwrap(),
+        honest.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(env.root().join("a.html")).unwrap(), b"A");
+}
+
 mod props {
     use super::*;
     use proptest::prelude::*;

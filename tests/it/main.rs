@@ -11,6 +11,7 @@ mod hardening;
 mod hostile;
 mod liveness;
 mod operate;
+mod parts;
 mod peers;
 mod places;
 mod source;

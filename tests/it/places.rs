@@ -254,3 +254,30 @@ async fn clean_up_and_pruning_remove_only_what_shipper_named() {
         assert!(p.join(s).exists(), "{s} was removed");
     }
 }
+
+/// archive_dir was created with the umask's mode and used whatever its
+/// mode; whoever could write to it could plant the bundles `replay` is
+/// pointed at to rebuild a root.
+#[tokio::test]
+async fn archive_dir_is_created_private_and_a_shared_one_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let toml = "[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"www\"\nstate_dir = \"state-r\"\narchive_dir = \"kept/bundles\"\n";
+    let r = env.start_receiver_from(toml).await;
+    r.stop().await;
+    let archive = env.path().join("kept/bundles");
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&archive), 0o700);
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let cfg = env.config(toml).receiver.unwrap();
+    match shipper::receiver::Receiver::bind(cfg).await {
+        Ok(_) => panic!("an archive_dir others can write to was accepted"),
+        Err(e) => {
+            let e = format!("{e:#}");
+            assert!(
+                e.contains("receiver.archive_dir") && e.contains("writable"),
+                "{e}"
+            );
+        }
+    }
+}
