@@ -1047,17 +1047,7 @@ impl Sender {
             // Everything the receivers have (or will once the outbox
             // drains), for this one only; changes still pending reach
             // every receiver in the usual bundles.
-            let items = self
-                .shipped
-                .keys()
-                .map(|path| PackItem {
-                    path: path.clone(),
-                    op: Op::Upsert,
-                    previous: None,
-                    quiet_for: None,
-                    overdue: false,
-                })
-                .collect();
+            let items = self.shipped.keys().map(PackItem::upsert).collect();
             self.start_pack(items, Some(index));
             return;
         }
@@ -1087,13 +1077,7 @@ impl Sender {
             }
         }
         self.guard_deletions(&mut deletions, allow_mass_delete);
-        items.extend(deletions.into_iter().map(|path| PackItem {
-            path,
-            op: Op::Delete,
-            previous: None,
-            quiet_for: None,
-            overdue: false,
-        }));
+        items.extend(deletions.into_iter().map(PackItem::delete));
         if items.is_empty() {
             for f in flushes {
                 self.flush_waiting.push(f);

@@ -55,6 +55,27 @@ pub struct PackItem {
     pub overdue: bool,
 }
 
+impl PackItem {
+    /// `path` is new or changed; nothing is known of what was shipped.
+    pub fn upsert(path: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            op: Op::Upsert,
+            previous: None,
+            quiet_for: None,
+            overdue: false,
+        }
+    }
+
+    /// `path` is gone.
+    pub fn delete(path: impl Into<String>) -> Self {
+        Self {
+            op: Op::Delete,
+            ..Self::upsert(path)
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub chunk_size: u64,

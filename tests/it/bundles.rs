@@ -4,8 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shipper::bundle::pack::{Limits, PackItem, Packed, Packer};
-use shipper::changes::Op;
+use shipper::bundle::pack::{Limits, PackItem, Packed};
 use shipper::proto::{Connection, Frame};
 use tokio::net::TcpStream;
 
@@ -13,45 +12,10 @@ use crate::util::*;
 
 /// Pack the files of `src` into one bundle numbered `seq` in `outbox`.
 pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
-    std::fs::create_dir_all(outbox).unwrap();
-    let mut items: Vec<PackItem> = tree(src)
-        .into_keys()
-        .map(|path| PackItem {
-            path,
-            op: Op::Upsert,
-            previous: None,
-            quiet_for: None,
-            overdue: false,
-        })
-        .collect();
-    items.extend(deletions.iter().map(|d| PackItem {
-        path: d.to_string(),
-        op: Op::Delete,
-        previous: None,
-        quiet_for: None,
-        overdue: false,
-    }));
-    let mut out = Vec::new();
-    let mut next = Some(seq);
-    let mut alloc = || {
-        next.take()
-            .ok_or_else(|| std::io::Error::other("one bundle per pack"))
-    };
-    let mut emit = |p: Packed| {
-        out.push(p);
-        Ok(())
-    };
-    Packer {
-        source: src,
-        outbox,
-        sender: "test",
-        limits: Limits::new(1 << 20, 8 << 20, 100_000),
-        alloc_seq: &mut alloc,
-        emit: &mut emit,
-        touched: &|_| false,
-    }
-    .pack(items)
-    .unwrap();
+    let mut items = upserts(src);
+    items.extend(deletions.iter().map(|d| PackItem::delete(*d)));
+    let limits = Limits::new(1 << 20, 8 << 20, 100_000);
+    let mut out = pack_items(src, outbox, "test", seq, limits, items);
     assert_eq!(out.len(), 1);
     out.pop().unwrap()
 }
@@ -175,26 +139,7 @@ async fn a_receiver_claiming_sequence_u64_max_is_refused_by_the_sender() {
     let r = env.start_receiver("").await;
     let extra = "interval = \"5m\"\n";
     let s = env.start_sender(r.addr, extra);
-    let file = env.config_file("flush.toml", &env.sender_toml(&r.addr.to_string(), extra));
-    wait_until("control socket", || {
-        env.path().join("state-s/control.sock").exists()
-    })
-    .await;
-    let out = shipper_async(owned(&[
-        "flush",
-        "--config",
-        file.to_str().unwrap(),
-        "--timeout",
-        "3s",
-    ]))
-    .await;
-    assert!(!out.status.success(), "flush succeeded");
-    assert!(
-        text(&out).contains(&u64::MAX.to_string()),
-        "flush error does not name the sequence: {}",
-        text(&out)
-    );
-    assert!(tree(&env.root()).is_empty(), "something reached root");
+    flush_fails(&env, r.addr, extra, &u64::MAX.to_string()).await;
     s.stop().await;
     r.stop().await;
 }

@@ -4,8 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use shipper::bundle::pack::{Limits, PackItem, Packed, Packer};
-use shipper::changes::Op;
+use shipper::bundle::pack::{Limits, PackItem};
 
 use crate::util::*;
 
@@ -38,64 +37,14 @@ fn regenerate_format1_fixtures() {
     env.write("2026/11/page one.html", "<p>été</p>".repeat(100));
     env.write("img/pixel.png", noise(3000, 11));
     env.write("big.bin", noise(20_000, 5));
-    let all = |env: &Env| -> Vec<PackItem> {
-        tree(&env.src())
-            .into_keys()
-            .map(|path| PackItem {
-                path,
-                op: Op::Upsert,
-                previous: None,
-                quiet_for: None,
-                overdue: false,
-            })
-            .collect()
-    };
-    let mut bundles: Vec<Packed> = Vec::new();
-    let mut seq = 0;
-    let mut run = |items: Vec<PackItem>, bundles: &mut Vec<Packed>| {
-        let mut alloc = || {
-            seq += 1;
-            Ok(seq)
-        };
-        let mut emit = |p: Packed| {
-            bundles.push(p);
-            Ok(())
-        };
-        Packer {
-            source: &env.src(),
-            outbox: &dir,
-            sender: "fixture",
-            // Small parts so the fixture holds a multi-part file.
-            limits: Limits::new(8192, 1 << 20, 100_000),
-            alloc_seq: &mut alloc,
-            emit: &mut emit,
-            touched: &|_| false,
-        }
-        .pack(items)
-        .unwrap();
-    };
-    run(all(&env), &mut bundles);
+    // Small parts so the fixture holds a multi-part file.
+    let limits = Limits::new(8192, 1 << 20, 100_000);
+    let mut bundles = pack_items(&env.src(), &dir, "fixture", 1, limits, upserts(&env.src()));
     std::fs::remove_file(env.src().join("gone.txt")).unwrap();
     env.write("index.html", "<h1>v2</h1>");
-    run(
-        vec![
-            PackItem {
-                path: "index.html".into(),
-                op: Op::Upsert,
-                previous: None,
-                quiet_for: None,
-                overdue: false,
-            },
-            PackItem {
-                path: "gone.txt".into(),
-                op: Op::Delete,
-                previous: None,
-                quiet_for: None,
-                overdue: false,
-            },
-        ],
-        &mut bundles,
-    );
+    let items = vec![PackItem::upsert("index.html"), PackItem::delete("gone.txt")];
+    let next = bundles.len() as u64 + 1;
+    bundles.extend(pack_items(&env.src(), &dir, "fixture", next, limits, items));
     assert_eq!(bundles.len(), 2);
 }
 

@@ -77,21 +77,6 @@ impl BlackholeProxy {
     }
 }
 
-/// The sender's status, or the error text while it does not answer yet.
-async fn status_json(config: &std::path::Path) -> Result<serde_json::Value, String> {
-    let out = shipper_async(owned(&[
-        "status",
-        "--config",
-        config.to_str().unwrap(),
-        "--json",
-    ]))
-    .await;
-    if !out.status.success() {
-        return Err(text(&out));
-    }
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
-}
-
 /// How it broke: after a middlebox silently dropped the live connection, the
 /// sender waited 600 s for an acknowledgement that could never come, and a
 /// page written after the drop did not arrive, though a new connection
@@ -115,7 +100,7 @@ async fn a_connection_blackholed_mid_session_is_dropped_and_the_page_still_arriv
     env.write("page.html", "written after the drop");
     wait_in_sync(&env).await;
     assert!(proxy.accepted() >= 2, "the sender never reconnected");
-    let v = status_json(&config).await.unwrap();
+    let v = wait_status(&config, "sender answering", |_| true).await;
     let error = v["receivers"][0]["last_error"].as_str().unwrap_or_default();
     assert!(error.contains("silent"), "status does not say why: {v}");
 
@@ -172,18 +157,10 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
     env.write("a.html", "A");
     let s = env.start_sender(addr, extra);
 
-    let end = std::time::Instant::now() + DEADLINE;
-    let v = loop {
-        // Until the sender's control socket is up, status says so.
-        let v = status_json(&config).await;
-        if let Ok(v) = &v
-            && v["receivers"][0]["last_ack_seq"].as_u64().is_some()
-        {
-            break v.clone();
-        }
-        assert!(std::time::Instant::now() < end, "never acknowledged: {v:?}");
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let v = wait_status(&config, "acknowledged", |v| {
+        v["receivers"][0]["last_ack_seq"].as_u64().is_some()
+    })
+    .await;
     assert_eq!(
         v["receivers"][0]["last_error"],
         serde_json::Value::Null,

@@ -7,46 +7,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use shipper::bundle::apply::{self, Target};
-use shipper::bundle::pack::{Limits, PackItem, Packed, Packer};
-use shipper::changes::Op;
+use shipper::bundle::pack::{Limits, Packed};
 
 use crate::util::*;
 
 /// Pack every file of `src` into as many bundles as `limits` need.
 fn pack_all(src: &Path, outbox: &Path, limits: Limits) -> Vec<Packed> {
-    std::fs::create_dir_all(outbox).unwrap();
-    let items: Vec<PackItem> = tree(src)
-        .into_keys()
-        .map(|path| PackItem {
-            path,
-            op: Op::Upsert,
-            previous: None,
-            quiet_for: None,
-            overdue: false,
-        })
-        .collect();
-    let mut out = Vec::new();
-    let mut next = 0;
-    let mut alloc = || {
-        next += 1;
-        Ok(next)
-    };
-    let mut emit = |p: Packed| {
-        out.push(p);
-        Ok(())
-    };
-    Packer {
-        source: src,
-        outbox,
-        sender: "test",
-        limits,
-        alloc_seq: &mut alloc,
-        emit: &mut emit,
-        touched: &|_| false,
-    }
-    .pack(items)
-    .unwrap();
-    out
+    pack_items(src, outbox, "test", 1, limits, upserts(src))
 }
 
 /// The one file of a part set's state in `dir`: everything but its data.

@@ -2,45 +2,18 @@
 //! sender runs (or while it is stopped).
 
 use std::path::Path;
-use std::time::Instant;
 
 use crate::util::*;
-
-/// `shipper status --json` through the control socket, once it answers.
-async fn status(config: &Path) -> serde_json::Value {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let out = shipper_async(owned(&[
-            "status",
-            "--config",
-            config.to_str().unwrap(),
-            "--json",
-        ]))
-        .await;
-        if out.status.success() {
-            return serde_json::from_slice(&out.stdout).expect("status is JSON");
-        }
-        assert!(Instant::now() < end, "no status: {}", text(&out));
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-}
 
 /// Wait until status reports the source missing (or, with `missing`
 /// false, present again).
 async fn wait_source_missing(config: &Path, missing: bool) -> serde_json::Value {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        let v = status(config).await;
-        if v["source_missing"].is_object() == missing {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "status never said the source is {}: {v}",
-            if missing { "missing" } else { "back" }
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let what = if missing {
+        "source missing"
+    } else {
+        "source back"
+    };
+    wait_status(config, what, |v| v["source_missing"].is_object() == missing).await
 }
 
 /// Broke: after `mv src src.old && mv src.new src` the sender kept watching

@@ -22,31 +22,6 @@ fn sender_keys(dir: &str, pin: &str) -> String {
     format!("key_dir = \"{dir}\"\nreceiver_fingerprint = \"{pin}\"\n")
 }
 
-/// Run `shipper flush` against the sender of `extra`; expect it to fail
-/// mentioning `why`, with nothing reaching root.
-async fn flush_fails(env: &Env, addr: std::net::SocketAddr, extra: &str, why: &str) {
-    let file = env.config_file("flush.toml", &env.sender_toml(&addr.to_string(), extra));
-    wait_until("control socket", || {
-        env.path().join("state-s/control.sock").exists()
-    })
-    .await;
-    let out = shipper_async(owned(&[
-        "flush",
-        "--config",
-        file.to_str().unwrap(),
-        "--timeout",
-        "3s",
-    ]))
-    .await;
-    assert!(!out.status.success(), "flush succeeded");
-    assert!(
-        text(&out).contains(why),
-        "flush error does not say {why:?}: {}",
-        text(&out)
-    );
-    assert!(tree(&env.root()).is_empty(), "something reached root");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paired_keys_ship_over_mutual_tls() {
     let env = Env::new();

@@ -367,3 +367,72 @@ pub async fn wait_status(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Run `shipper flush` against the sender of `extra`; expect it to fail
+/// mentioning `why`, with nothing reaching root.
+pub async fn flush_fails(env: &Env, addr: std::net::SocketAddr, extra: &str, why: &str) {
+    let file = env.config_file("flush.toml", &env.sender_toml(&addr.to_string(), extra));
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    let out = shipper_async(owned(&[
+        "flush",
+        "--config",
+        file.to_str().unwrap(),
+        "--timeout",
+        "3s",
+    ]))
+    .await;
+    assert!(!out.status.success(), "flush succeeded");
+    assert!(
+        text(&out).contains(why),
+        "flush error does not say {why:?}: {}",
+        text(&out)
+    );
+    assert!(tree(&env.root()).is_empty(), "something reached root");
+}
+
+/// Every file of `src` as an item to pack.
+pub fn upserts(src: &Path) -> Vec<shipper::bundle::pack::PackItem> {
+    tree(src)
+        .into_keys()
+        .map(shipper::bundle::pack::PackItem::upsert)
+        .collect()
+}
+
+/// Pack `items` from `src` into bundles in `outbox`, numbered from `seq`
+/// as `sender`, within `limits`.
+pub fn pack_items(
+    src: &Path,
+    outbox: &Path,
+    sender: &str,
+    seq: u64,
+    limits: shipper::bundle::pack::Limits,
+    items: Vec<shipper::bundle::pack::PackItem>,
+) -> Vec<shipper::bundle::pack::Packed> {
+    std::fs::create_dir_all(outbox).unwrap();
+    let mut out = Vec::new();
+    let mut next = Some(seq);
+    let mut alloc = || {
+        let n = next.ok_or_else(|| std::io::Error::other("no sequence after u64::MAX"))?;
+        next = n.checked_add(1);
+        Ok(n)
+    };
+    let mut emit = |p: shipper::bundle::pack::Packed| {
+        out.push(p);
+        Ok(())
+    };
+    shipper::bundle::pack::Packer {
+        source: src,
+        outbox,
+        sender,
+        limits,
+        alloc_seq: &mut alloc,
+        emit: &mut emit,
+        touched: &|_| false,
+    }
+    .pack(items)
+    .unwrap();
+    out
+}
