@@ -28,21 +28,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             timeout,
             allow_mass_delete,
         } => {
-            let config = Config::load(&config)?;
-            let sender = config
-                .sender
-                .as_ref()
-                .with_context(|| format!("{}: no [sender] table", config.file.display()))?;
-            let sock = control::socket_path(&sender.state_dir);
             let req = Request::Flush {
                 timeout_ms: timeout.as_millis() as u64,
                 allow_mass_delete,
             };
-            let resp = runtime()?.block_on(control::call(
-                &sock,
-                &req,
-                timeout + std::time::Duration::from_secs(5),
-            ))?;
+            let resp = call_sender(&config, req, timeout + std::time::Duration::from_secs(5))?;
             let held = match resp {
                 Response::Flushed {
                     first_seq,
@@ -81,7 +71,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Replay { target, bundles } => replay_command(target, &bundles),
         Command::Status { config, json } => {
-            let report = match call_sender(&config, Request::Status)? {
+            let report = match call_sender(&config, Request::Status, CALL_LIMIT)? {
                 Response::Status(r) => r,
                 Response::Error { message } => bail!("{message}"),
                 other => bail!("unexpected answer from the sender: {other:?}"),
@@ -126,23 +116,27 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Send one request to the sender configured in `config`.
-fn call_sender(config: &std::path::Path, req: Request) -> anyhow::Result<Response> {
+/// Send one request to the sender configured in `config`, waiting at most
+/// `limit` for the answer.
+fn call_sender(
+    config: &std::path::Path,
+    req: Request,
+    limit: std::time::Duration,
+) -> anyhow::Result<Response> {
     let config = Config::load(config)?;
     let sender = config
         .sender
         .as_ref()
         .with_context(|| format!("{}: no [sender] table", config.file.display()))?;
     let sock = control::socket_path(&sender.state_dir);
-    runtime()?.block_on(control::call(
-        &sock,
-        &req,
-        std::time::Duration::from_secs(30),
-    ))
+    runtime()?.block_on(control::call(&sock, &req, limit))
 }
 
+/// How long `status`, `pause` and `resume` wait for the sender.
+const CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 fn pause_or_resume(config: &std::path::Path, req: Request) -> anyhow::Result<()> {
-    match call_sender(config, req)? {
+    match call_sender(config, req, CALL_LIMIT)? {
         Response::Paused { paused: true } => {
             println!("paused: changes are kept and nothing is shipped until `shipper resume`");
             Ok(())
