@@ -369,8 +369,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     if let Some(dir) = state_dir {
         let mut state = ReceiverState::load(&dir)?;
         for (sender, a) in &applied {
-            let e = state.applied.entry(sender.clone()).or_default();
-            *e = (*e).max(a.seq);
+            state.record_applied(sender, a.seq);
         }
         state.save(&dir)?;
     }

@@ -114,6 +114,12 @@ impl ReceiverState {
         Ok(state)
     }
 
+    /// `seq` of the sender keyed `key` is applied: keep the highest.
+    pub fn record_applied(&mut self, key: &str, seq: u64) {
+        let e = self.applied.entry(key.to_owned()).or_default();
+        *e = (*e).max(seq);
+    }
+
     /// The instance id as sent in `Welcome`.
     pub fn instance(&self) -> [u8; 16] {
         instance_bytes(&self.instance).unwrap_or_default()
@@ -789,8 +795,7 @@ impl Committer {
                         files = a.published,
                         "finished a bundle whose publish was interrupted"
                     );
-                    let e = state.applied.entry(key.to_owned()).or_default();
-                    *e = (*e).max(seq);
+                    state.record_applied(key, seq);
                     state.save(state_dir)?;
                     self.archive_published(&name);
                 }
