@@ -151,7 +151,7 @@ fn pause_or_resume(config: &std::path::Path, req: Request) -> anyhow::Result<()>
 }
 
 /// Human text for `shipper status`.
-pub fn describe_status(r: &crate::sender::StatusReport) -> String {
+pub fn describe_status(r: &crate::status::StatusReport) -> String {
     let mut s = String::new();
     let ago = |t: i64| {
         let secs = (chrono::Utc::now().timestamp() - t).max(0) as u64;

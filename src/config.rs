@@ -175,8 +175,7 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(2);
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_CHUNK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_MAX_BUNDLE_SIZE: u64 = 256 << 20;
-/// Smallest chunk accepted: below this the per-part overhead dominates.
-pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
+pub use crate::bundle::pack::MIN_CHUNK_SIZE;
 pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
 /// Entries a sender puts in one bundle unless configured: well below what a
 /// receiver accepts by default (`DEFAULT_RECEIVER_MAX_FILES`).
@@ -184,7 +183,7 @@ pub const DEFAULT_SENDER_MAX_FILES: usize = 10_000;
 /// The outbox's budget unless configured (at most half the free space).
 pub const DEFAULT_OUTBOX_MAX: u64 = 1 << 30;
 /// Entries a receiver accepts in one bundle unless configured.
-pub const DEFAULT_RECEIVER_MAX_FILES: usize = 100_000;
+pub use crate::bundle::apply::DEFAULT_MAX_ENTRIES as DEFAULT_RECEIVER_MAX_FILES;
 /// Long enough for TCP to ride out a few lost packets (its retransmissions
 /// back off from 200 ms: five tries fit in 30 s), short enough that a dead
 /// connection costs half a minute of the five-minute window.

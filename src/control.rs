@@ -13,7 +13,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::bundle::pack::Summary;
+use crate::bundle::Summary;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
@@ -34,7 +34,7 @@ pub enum Request {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Status(crate::sender::StatusReport),
+    Status(crate::status::StatusReport),
     Paused {
         paused: bool,
     },

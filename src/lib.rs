@@ -15,6 +15,7 @@
 //! - [`proto`]: frames (pure) and the connection that carries them.
 //! - [`sender`]: the sender's loop and transport.
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
+//! - [`status`]: what `shipper status` reports (shared by sender, control, metrics).
 //! - [`control`]: the local control socket (flush, status, pause, resume).
 //! - [`metrics`]: the optional Prometheus endpoint.
 //! - [`commands`]: what each subcommand does.
@@ -42,5 +43,6 @@ pub mod receiver;
 pub mod schedule;
 pub mod sender;
 pub mod source_dir;
+pub mod status;
 pub mod tls;
 pub mod watch;

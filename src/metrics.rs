@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::sender::StatusReport;
+use crate::status::StatusReport;
 
 fn escape(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -90,7 +90,7 @@ pub fn render(r: &StatusReport) -> String {
         "1 while no directory is at the source path (nothing ships).",
         vec![(sender, f64::from(u8::from(r.source_missing.is_some())))],
     );
-    let per = |f: &dyn Fn(&crate::sender::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
+    let per = |f: &dyn Fn(&crate::status::LinkStatus) -> Option<f64>| -> Vec<(String, f64)> {
         r.receivers
             .iter()
             .filter_map(|l| f(l).map(|v| (format!("{{receiver=\"{}\"}}", escape(&l.receiver)), v)))
@@ -190,7 +190,7 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sender::LinkStatus;
+    use crate::status::LinkStatus;
 
     #[test]
     fn renders_every_figure_with_labels() {

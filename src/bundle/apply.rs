@@ -18,10 +18,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use zip::ZipArchive;
 
+use super::Summary;
 use super::manifest::{
     Counts, MANIFEST_ENTRY, Manifest, ManifestError, PartEntry, max_manifest_bytes,
 };
-use super::pack::Summary;
 use super::zip_end::{self, ZipEndError};
 use crate::beneath::{self, BeneathError, Root};
 use crate::durable;
@@ -179,6 +179,9 @@ pub struct Applied {
     pub published: u64,
 }
 
+/// Files, parts and deletions a receiver accepts in one bundle by default.
+pub const DEFAULT_MAX_ENTRIES: usize = 100_000;
+
 /// Caps on what one bundle may ask of the receiver, whatever it claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -193,7 +196,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_entries: crate::config::DEFAULT_RECEIVER_MAX_FILES,
+            max_entries: DEFAULT_MAX_ENTRIES,
             max_file_size: 64 << 30,
             max_unpacked: 16 << 30,
         }

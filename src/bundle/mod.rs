@@ -18,6 +18,25 @@ pub mod zip_end;
 
 pub use manifest::Manifest;
 
+/// What a bundle carries, for logs and `shipper flush`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub parts: u64,
+    pub deletions: u64,
+    /// Content bytes (before compression).
+    pub bytes: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, other: &Summary) {
+        self.files += other.files;
+        self.parts += other.parts;
+        self.deletions += other.deletions;
+        self.bytes += other.bytes;
+    }
+}
+
 /// Hash a whole file with BLAKE3, in 8 MiB pieces hashed on every core.
 /// (Not mmap: mapped pages would count against the process's RSS.)
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<blake3::Hash> {

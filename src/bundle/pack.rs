@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use super::Summary;
 use super::manifest::{
     FORMAT, FileEntry, FileMeta, MANIFEST_ENTRY, Manifest, PartEntry, part_entry_name,
 };
@@ -32,6 +33,8 @@ use crate::changes::Op;
 use crate::source_dir::SourceDir;
 
 const COPY_BUF: usize = 1 << 20;
+/// Smallest part accepted: below this the per-part overhead dominates.
+pub const MIN_CHUNK_SIZE: u64 = 4 << 10;
 /// Files this small gain nothing from deflate.
 const STORE_BELOW: u64 = 64;
 /// Upper bound of zip headers, central directory record and manifest line per entry.
@@ -105,10 +108,7 @@ impl Limits {
     pub fn within(self, a: &crate::proto::frame::Accepts) -> Self {
         let max_bundle_size = self.max_bundle_size.min(a.max_bundle_size);
         Self {
-            chunk_size: self
-                .chunk_size
-                .min(max_bundle_size / 2)
-                .max(crate::config::MIN_CHUNK_SIZE),
+            chunk_size: self.chunk_size.min(max_bundle_size / 2).max(MIN_CHUNK_SIZE),
             max_bundle_size,
             max_entries: self
                 .max_entries
@@ -134,25 +134,6 @@ pub struct Packed {
     /// For this receiver only (by its place in `sender.receiver`): part of
     /// a whole tree for a receiver that needs one. `None`: for every one.
     pub only: Option<usize>,
-}
-
-/// What a bundle carries, for logs and `shipper flush`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Summary {
-    pub files: u64,
-    pub parts: u64,
-    pub deletions: u64,
-    /// Content bytes (before compression).
-    pub bytes: u64,
-}
-
-impl Summary {
-    pub fn add(&mut self, other: &Summary) {
-        self.files += other.files;
-        self.parts += other.parts;
-        self.deletions += other.deletions;
-        self.bytes += other.bytes;
-    }
 }
 
 /// What one packing run did.

@@ -1,0 +1,75 @@
+//! What `shipper status` reports: the figures the sender fills in and the
+//! control socket, the metrics endpoint and the command line show. Plain
+//! data shared by them, so none of them depends on another for it.
+
+use serde::{Deserialize, Serialize};
+
+/// What `shipper status` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub sender_id: String,
+    pub paused: bool,
+    pub pending_paths: u64,
+    pub pending_bytes: u64,
+    /// Age of the oldest pending change, against `window_secs`.
+    pub oldest_pending_secs: Option<f64>,
+    pub window_secs: u64,
+    pub held_deletions: u64,
+    /// Paths that cannot be shipped now (unreadable, a name that cannot
+    /// travel), how many…
+    pub failing_paths: u64,
+    /// …and the first of them, with why.
+    pub failing: Vec<FailingPath>,
+    /// Paths last shipped as a snapshot while still being written (they
+    /// reached `max_delay`); each ships again once it settles.
+    pub unsettled: Vec<String>,
+    /// Why the last packing run failed as a whole (its changes stay pending).
+    pub pack_error: Option<String>,
+    /// Bytes of bundles in the outbox, against `sender.outbox_max`.
+    #[serde(default)]
+    pub outbox_bytes: u64,
+    #[serde(default)]
+    pub outbox_max: u64,
+
+    /// Set while no directory is at the source path (nothing ships).
+    #[serde(default)]
+    pub source_missing: Option<SourceMissing>,
+    pub receivers: Vec<LinkStatus>,
+}
+
+/// Why the source is held, and since when (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceMissing {
+    pub reason: String,
+    pub since: i64,
+}
+
+/// A path the sender cannot ship now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailingPath {
+    pub path: String,
+    /// The error, naming the path.
+    pub error: String,
+    /// Unix seconds of the first failure.
+    pub since: i64,
+    pub attempts: u32,
+}
+
+/// The link to the receiver as the transport last saw it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkStatus {
+    pub receiver: String,
+    pub connected: bool,
+    /// Unix seconds since when it has been connected (or not).
+    pub since: Option<i64>,
+    pub last_ack_seq: Option<u64>,
+    pub last_ack_at: Option<i64>,
+    pub bundles_shipped: u64,
+    pub bytes_shipped: u64,
+    /// The latest failure, naming the peer or sequence it concerns.
+    pub last_error: Option<String>,
+    pub last_error_at: Option<i64>,
+    /// It is new, rebuilt or restored and is being sent the whole tree.
+    #[serde(default)]
+    pub whole_tree_pending: bool,
+}
