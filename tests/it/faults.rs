@@ -134,8 +134,17 @@ fn explain(env: &Env, path: &str, history: &[(String, String, String)], logs: &[
     }
     let journal = std::fs::read(state.join("acked.journal")).unwrap_or_default();
     for r in shipper::ledger::decode_journal(&journal).0 {
-        for (p, m) in r.changes.iter().filter(|(p, _)| p == path) {
-            let _ = writeln!(out, "ledger seq {} acknowledged {p}: {}", r.seq, meta(m));
+        match r {
+            shipper::ledger::Record::Acked(r) => {
+                for (p, m) in r.changes.iter().filter(|(p, _)| p == path) {
+                    let _ = writeln!(out, "ledger seq {} acknowledged {p}: {}", r.seq, meta(m));
+                }
+            }
+            shipper::ledger::Record::Shipping(r) => {
+                if r.paths.iter().any(|p| p == path) {
+                    let _ = writeln!(out, "ledger seq {} shipping", r.seq);
+                }
+            }
         }
     }
     for zip in env.archived() {
