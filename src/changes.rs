@@ -105,6 +105,14 @@ impl ChangeSet {
             .is_some_and(|c| c >= t)
     }
 
+    /// Whether `path` was last seen removed, at or after `t`: a walk begun
+    /// at `t` that found it saw it before it went.
+    pub fn removed_since(&self, path: &str, t: Instant) -> bool {
+        self.entries
+            .get(path)
+            .is_some_and(|e| e.op == Op::Delete && e.last >= t)
+    }
+
     /// `path` was removed (or renamed away).
     pub fn removed(&mut self, path: &str, now: Instant) {
         let e = self.entry(path, Op::Delete, now);
@@ -454,6 +462,21 @@ mod tests {
             paths(&cs.take_due(t0 + s(3), t0 + s(13), false)),
             [("c", Op::Upsert)]
         );
+    }
+
+    #[test]
+    fn a_walk_knows_a_deletion_seen_after_it_began_is_newer_than_what_it_found() {
+        // Regression (kill suite): the catch-up walk at start found a file,
+        // the file was deleted and its event handled before the walk's
+        // result arrived, and the walk's finding turned the deletion back
+        // into an upsert that found no file: the receiver kept it.
+        let (mut cs, t0) = set();
+        cs.removed("a", t0 + s(2));
+        assert!(cs.removed_since("a", t0 + s(1)), "walk began before");
+        assert!(!cs.removed_since("a", t0 + s(3)), "walk began after");
+        cs.changed("a", false, t0 + s(4));
+        assert!(!cs.removed_since("a", t0 + s(1)), "there again");
+        assert!(!cs.removed_since("b", t0));
     }
 
     #[test]

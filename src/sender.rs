@@ -767,6 +767,15 @@ impl Sender {
         // long already: it counts as settled at once.
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
+            // Removed since the walk passed it: the pending deletion is newer
+            // than what the walk saw, and must not become an upsert again.
+            if walk
+                .began
+                .is_some_and(|t| self.changes.removed_since(path, t))
+            {
+                found.insert(path.as_str());
+                continue;
+            }
             // A racy entry's stat proves nothing: let the packer compare
             // content. One in doubt is shipped whatever it matches.
             if self.in_doubt.contains(path)
