@@ -18,6 +18,9 @@
 //!   once it settles.
 //! - An entry whose packing failed (an unreadable file) waits until its
 //!   retry time; any new event on the path makes it due as usual again.
+//! - What the packer hands back (changed while read, unreadable) never
+//!   overrides an event that came after the path was taken: a file deleted
+//!   while it was packed stays a deletion.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -102,6 +105,14 @@ impl ChangeSet {
             .is_some_and(|c| c >= t)
     }
 
+    /// Whether `path` was last seen removed, at or after `t`: a walk begun
+    /// at `t` that found it saw it before it went.
+    pub fn removed_since(&self, path: &str, t: Instant) -> bool {
+        self.entries
+            .get(path)
+            .is_some_and(|e| e.op == Op::Delete && e.last >= t)
+    }
+
     /// `path` was removed (or renamed away).
     pub fn removed(&mut self, path: &str, now: Instant) {
         let e = self.entry(path, Op::Delete, now);
@@ -156,17 +167,23 @@ impl ChangeSet {
 
     /// Put back paths whose packing failed (they changed while being read).
     /// A writer, if any, shows itself through new events; a requeued path
-    /// only waits to settle again.
+    /// only waits to settle again. An entry an event made since the path
+    /// was taken keeps its operation: that event is newer than the read.
     pub fn requeue(&mut self, path: &str, now: Instant) {
-        self.changed(path, false, now);
+        let e = self.entry(path, Op::Upsert, now);
+        e.last = now;
+        e.retry_at = None;
     }
 
     /// Packing `path` failed (it could not be read): it stays pending and
     /// is due again at `retry_at`, or after settling once an event shows
-    /// it changed (a chmod that fixes it raises one).
+    /// it changed (a chmod that fixes it raises one). If it was removed
+    /// since it was taken, the deletion is what is due.
     pub fn failed(&mut self, path: &str, now: Instant, retry_at: Instant) {
         let e = self.entry(path, Op::Upsert, now);
-        e.op = Op::Upsert;
+        if e.op == Op::Delete {
+            return;
+        }
         e.writing = false;
         e.retry_at = Some(retry_at);
     }
@@ -419,6 +436,47 @@ mod tests {
         cs.requeue("a", t0);
         assert!(cs.take_due(t0 + s(1), t0 + s(11), false).is_empty());
         assert_eq!(cs.take_due(t0 + s(2), t0 + s(12), false).len(), 1);
+    }
+
+    #[test]
+    fn a_file_deleted_while_it_was_packed_stays_a_deletion() {
+        // Regression (kill suite): the packer handed back a file that was
+        // deleted while it read it, and the requeue turned the pending
+        // deletion into an upsert; the upsert found no file and the
+        // receiver kept its copy.
+        let (mut cs, t0) = set();
+        cs.changed("a", false, t0);
+        cs.changed("b", false, t0);
+        assert_eq!(cs.take_due(t0 + s(3), t0 + s(13), false).len(), 2);
+        cs.removed("a", t0 + s(4));
+        cs.requeue("a", t0 + s(5));
+        cs.removed("b", t0 + s(4));
+        cs.failed("b", t0 + s(5), t0 + s(60));
+        assert_eq!(
+            paths(&cs.take_due(t0 + s(8), t0 + s(18), false)),
+            [("a", Op::Delete), ("b", Op::Delete)]
+        );
+        // Nothing newer: a requeued path is an upsert again.
+        cs.requeue("c", t0);
+        assert_eq!(
+            paths(&cs.take_due(t0 + s(3), t0 + s(13), false)),
+            [("c", Op::Upsert)]
+        );
+    }
+
+    #[test]
+    fn a_walk_knows_a_deletion_seen_after_it_began_is_newer_than_what_it_found() {
+        // Regression (kill suite): the catch-up walk at start found a file,
+        // the file was deleted and its event handled before the walk's
+        // result arrived, and the walk's finding turned the deletion back
+        // into an upsert that found no file: the receiver kept it.
+        let (mut cs, t0) = set();
+        cs.removed("a", t0 + s(2));
+        assert!(cs.removed_since("a", t0 + s(1)), "walk began before");
+        assert!(!cs.removed_since("a", t0 + s(3)), "walk began after");
+        cs.changed("a", false, t0 + s(4));
+        assert!(!cs.removed_since("a", t0 + s(1)), "there again");
+        assert!(!cs.removed_since("b", t0));
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The ledger: what the receiver has acknowledged, per path, kept durably in
-//! the sender's state_dir so a restart ships only what changed meanwhile.
+//! the sender's state_dir so a restart ships only what changed meanwhile,
+//! and which paths a receiver may hold in a state it does not know.
 //!
 //! On disk: `acked.snapshot` (written whole: temp, fsync, rename, fsync dir)
-//! and `acked.journal`, one line per acknowledged bundle, each line
-//! `<16 hex of BLAKE3(json)> <json>\n` ([`durable::journal_line`]). A
-//! crash can leave a torn last line;
-//! [`decode_journal`] drops it and anything after it. The journal is folded
-//! into a new snapshot once it outgrows it. Parsing is pure; only
-//! [`Ledger::open`], [`Ledger::record`] and compaction touch files.
+//! and `acked.journal`, one line per record, each line
+//! `<16 hex of BLAKE3(json)> <json>\n` ([`durable::journal_line`]). A record is either an acknowledged
+//! bundle or a bundle about to go out ([`ShippingRecord`], written before it
+//! can reach a receiver): a receiver may apply a bundle and the sender crash
+//! before its acknowledgement is recorded, so until then the paths it
+//! carries are *in doubt* and a restart ships them again whatever the
+//! acknowledged state says, deletions included. A crash can leave a torn
+//! last line; [`decode_journal`] drops it and anything after it. The journal
+//! is folded into a new snapshot once it outgrows it. Parsing and folding
+//! are pure; only [`Ledger::open`], [`Ledger::record`],
+//! [`Ledger::shipping`] and compaction touch files.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -26,17 +32,78 @@ pub struct AckRecord {
     pub changes: Vec<(String, Option<FileMeta>)>,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// Bundle `seq`, carrying `paths`, may reach a receiver from now on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShippingRecord {
+    pub seq: u64,
+    pub paths: Vec<String>,
+}
+
+/// One journal line. Untagged, so journals written before shipping records
+/// existed read as they are (an acknowledgement has `changes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Record {
+    Acked(AckRecord),
+    Shipping(ShippingRecord),
+}
+
+impl Record {
+    fn seq(&self) -> u64 {
+        match self {
+            Record::Acked(r) => r.seq,
+            Record::Shipping(r) => r.seq,
+        }
+    }
+}
+
+/// What the snapshot and journal fold into.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Snapshot {
     /// Every record up to this sequence is folded in.
     acked_seq: u64,
     files: BTreeMap<String, FileMeta>,
+    /// Paths carried by a bundle whose acknowledgement is not recorded,
+    /// with the latest such bundle.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    in_doubt: BTreeMap<String, u64>,
+}
+
+impl Snapshot {
+    /// Fold one record in. Pure.
+    fn apply(&mut self, r: &Record) {
+        match r {
+            Record::Shipping(s) => {
+                for path in &s.paths {
+                    let latest = self.in_doubt.entry(path.clone()).or_default();
+                    *latest = (*latest).max(s.seq);
+                }
+            }
+            Record::Acked(a) => {
+                for (path, meta) in &a.changes {
+                    match meta {
+                        Some(m) => {
+                            self.files.insert(path.clone(), m.clone());
+                        }
+                        None => {
+                            self.files.remove(path);
+                        }
+                    }
+                    // Known again, unless a later bundle not yet
+                    // acknowledged carries it too.
+                    if self.in_doubt.get(path).is_some_and(|&s| s <= a.seq) {
+                        self.in_doubt.remove(path);
+                    }
+                }
+                self.acked_seq = self.acked_seq.max(a.seq);
+            }
+        }
+    }
 }
 
 pub struct Ledger {
     dir: PathBuf,
-    files: BTreeMap<String, FileMeta>,
-    acked_seq: u64,
+    state: Snapshot,
     journal: File,
     journal_len: u64,
     snapshot_len: u64,
@@ -57,7 +124,7 @@ impl Ledger {
     /// Load the snapshot and replay the journal, dropping a torn tail.
     pub fn open(dir: &Path) -> io::Result<Self> {
         let snap_path = Self::snapshot_path(dir);
-        let (snapshot, snapshot_len) = match std::fs::read(&snap_path) {
+        let (mut state, snapshot_len) = match std::fs::read(&snap_path) {
             Ok(bytes) => {
                 let s: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
                     io::Error::new(
@@ -84,14 +151,12 @@ impl Ledger {
                 "dropping a torn tail from the journal (crash during a write)"
             );
         }
-        let mut files = snapshot.files;
-        let mut acked_seq = snapshot.acked_seq;
-        for r in records {
-            if r.seq <= acked_seq {
-                continue; // already folded into the snapshot
-            }
-            apply(&mut files, &r);
-            acked_seq = r.seq;
+        // Records written after the snapshot all number above it: a bundle
+        // is numbered before it is recorded as shipping, and acknowledged
+        // after that.
+        let folded = state.acked_seq;
+        for r in records.iter().filter(|r| r.seq() > folded) {
+            state.apply(r);
         }
         let journal = OpenOptions::new()
             .create(true)
@@ -103,8 +168,7 @@ impl Ledger {
         journal.sync_all()?;
         let mut ledger = Self {
             dir: dir.to_owned(),
-            files,
-            acked_seq,
+            state,
             journal,
             journal_len: good_len as u64,
             snapshot_len,
@@ -115,22 +179,39 @@ impl Ledger {
     }
 
     pub fn files(&self) -> &BTreeMap<String, FileMeta> {
-        &self.files
+        &self.state.files
     }
 
     pub fn acked_seq(&self) -> u64 {
-        self.acked_seq
+        self.state.acked_seq
+    }
+
+    /// Paths a receiver may hold in a state [`Ledger::files`] does not say:
+    /// a bundle carrying them may have been applied without its
+    /// acknowledgement being recorded.
+    pub fn in_doubt(&self) -> impl Iterator<Item = &str> {
+        self.state.in_doubt.keys().map(String::as_str)
     }
 
     /// Durably record an acknowledged bundle. Blocking (fsync).
     pub fn record(&mut self, r: AckRecord) -> io::Result<()> {
+        self.append(Record::Acked(r))
+    }
+
+    /// Durably record that bundle `seq`, carrying `paths`, may reach a
+    /// receiver from now on; call it before the bundle can be sent.
+    /// Blocking (fsync).
+    pub fn shipping(&mut self, seq: u64, paths: Vec<String>) -> io::Result<()> {
+        self.append(Record::Shipping(ShippingRecord { seq, paths }))
+    }
+
+    fn append(&mut self, r: Record) -> io::Result<()> {
         let line = encode_record(&r);
         self.journal.write_all(&line)?;
         // The record must survive a crash before we rely on it.
         self.journal.sync_data()?;
         self.journal_len += line.len() as u64;
-        apply(&mut self.files, &r);
-        self.acked_seq = self.acked_seq.max(r.seq);
+        self.state.apply(&r);
         if self.journal_len > MIN_COMPACT.max(self.snapshot_len) {
             self.compact()?;
         }
@@ -141,14 +222,8 @@ impl Ledger {
     /// A crash in between leaves records the snapshot already holds; they
     /// are skipped by sequence on load.
     pub fn compact(&mut self) -> io::Result<()> {
-        let snap = Snapshot {
-            acked_seq: self.acked_seq,
-            files: std::mem::take(&mut self.files),
-        };
-        let bytes = serde_json::to_vec(&snap).map_err(io::Error::other)?;
-        let result = durable::write_atomic(&Self::snapshot_path(&self.dir), &bytes);
-        self.files = snap.files;
-        result?;
+        let bytes = serde_json::to_vec(&self.state).map_err(io::Error::other)?;
+        durable::write_atomic(&Self::snapshot_path(&self.dir), &bytes)?;
         self.snapshot_len = bytes.len() as u64;
         self.journal.set_len(0)?;
         use std::io::Seek;
@@ -159,26 +234,13 @@ impl Ledger {
     }
 }
 
-fn apply(files: &mut BTreeMap<String, FileMeta>, r: &AckRecord) {
-    for (path, meta) in &r.changes {
-        match meta {
-            Some(m) => {
-                files.insert(path.clone(), m.clone());
-            }
-            None => {
-                files.remove(path);
-            }
-        }
-    }
-}
-
-pub fn encode_record(r: &AckRecord) -> Vec<u8> {
+pub fn encode_record(r: &Record) -> Vec<u8> {
     durable::journal_line(r)
 }
 
 /// Decode journal bytes: the records up to the first torn or corrupt line,
 /// and how many bytes they span.
-pub fn decode_journal(bytes: &[u8]) -> (Vec<AckRecord>, usize) {
+pub fn decode_journal(bytes: &[u8]) -> (Vec<Record>, usize) {
     durable::journal_lines(bytes)
 }
 
@@ -204,20 +266,41 @@ mod tests {
         }
     }
 
+    fn shipping(seq: u64, paths: &[&str]) -> Record {
+        Record::Shipping(ShippingRecord {
+            seq,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        })
+    }
+
+    fn in_doubt(l: &Ledger) -> Vec<&str> {
+        l.in_doubt().collect()
+    }
+
     #[test]
     fn a_torn_or_corrupt_tail_is_dropped_at_every_cut() {
-        let mut bytes = encode_record(&rec(1, "a", Some(1)));
+        let mut bytes = encode_record(&Record::Acked(rec(1, "a", Some(1))));
         let first = bytes.len();
-        bytes.extend(encode_record(&rec(2, "b", Some(2))));
-        for cut in first..bytes.len() {
+        bytes.extend(encode_record(&shipping(2, &["b"])));
+        let second = bytes.len();
+        bytes.extend(encode_record(&Record::Acked(rec(2, "b", Some(2)))));
+        for cut in first..second {
             let (r, good) = decode_journal(&bytes[..cut]);
             assert_eq!(r.len(), 1, "cut at {cut}");
             assert_eq!(good, first);
         }
+        for cut in second..bytes.len() {
+            let (r, good) = decode_journal(&bytes[..cut]);
+            assert_eq!(
+                r,
+                [Record::Acked(rec(1, "a", Some(1))), shipping(2, &["b"])]
+            );
+            assert_eq!(good, second);
+        }
         let mut flipped = bytes.clone();
         flipped[first + 20] ^= 1;
         assert_eq!(decode_journal(&flipped).0.len(), 1);
-        assert_eq!(decode_journal(&bytes).0.len(), 2);
+        assert_eq!(decode_journal(&bytes).0.len(), 3);
     }
 
     #[test]
@@ -264,17 +347,60 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut l = Ledger::open(dir.path()).unwrap();
         l.record(rec(1, "a", None)).unwrap();
+        l.shipping(2, vec!["a".into()]).unwrap();
         drop(l);
         // A crash after the snapshot (which re-added "a" at seq 2) was
         // written but before the journal was emptied.
         let snap = Snapshot {
             acked_seq: 2,
             files: [("a".to_string(), meta(5))].into_iter().collect(),
+            in_doubt: BTreeMap::new(),
         };
         let bytes = serde_json::to_vec(&snap).unwrap();
         durable::write_atomic(&dir.path().join("acked.snapshot"), &bytes).unwrap();
         let l = Ledger::open(dir.path()).unwrap();
         assert_eq!(l.files().get("a"), Some(&meta(5)), "stale record replayed");
         assert_eq!(l.acked_seq(), 2);
+        assert!(in_doubt(&l).is_empty(), "stale shipping record replayed");
+    }
+
+    #[test]
+    fn a_bundle_applied_but_not_acknowledged_before_a_crash_leaves_its_paths_in_doubt() {
+        // Regression (kill suite): a receiver applied a bundle creating
+        // "b", the sender was killed before recording its acknowledgement,
+        // and the restarted sender believed the receiver had no "b": the
+        // deletion of "b" was never shipped and the receiver kept it.
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut l = Ledger::open(dir.path()).unwrap();
+            l.shipping(1, vec!["a".into()]).unwrap();
+            l.record(rec(1, "a", Some(1))).unwrap();
+            assert!(in_doubt(&l).is_empty());
+            l.shipping(2, vec!["a".into(), "b".into()]).unwrap();
+            // Killed here: bundle 2 may or may not have been applied.
+        }
+        let mut l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.files().keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(in_doubt(&l), ["a", "b"]);
+        // Shipped again after the restart and acknowledged: known again.
+        l.shipping(3, vec!["b".into()]).unwrap();
+        l.record(rec(3, "b", None)).unwrap();
+        assert_eq!(in_doubt(&l), ["a"]);
+        l.compact().unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(in_doubt(&l), ["a"], "in doubt across a compaction");
+    }
+
+    #[test]
+    fn an_acknowledgement_leaves_a_path_in_doubt_while_a_later_bundle_carries_it() {
+        let mut s = Snapshot::default();
+        s.apply(&shipping(4, &["a"]));
+        s.apply(&shipping(5, &["a"]));
+        s.apply(&Record::Acked(rec(4, "a", Some(4))));
+        assert_eq!(s.in_doubt.get("a"), Some(&5), "bundle 5 may still land");
+        s.apply(&Record::Acked(rec(5, "a", Some(5))));
+        assert!(s.in_doubt.is_empty());
+        assert_eq!(s.files.get("a"), Some(&meta(5)));
     }
 }

@@ -175,7 +175,15 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let ledger = Ledger::open(&state_dir)
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let shipped = ledger.files().clone();
+    let in_doubt: std::collections::BTreeSet<String> =
+        ledger.in_doubt().map(str::to_owned).collect();
     debug!(files = shipped.len(), "ledger loaded");
+    if !in_doubt.is_empty() {
+        info!(
+            paths = in_doubt.len(),
+            "bundles went out unacknowledged before the last stop: their paths are shipped again"
+        );
+    }
     // Created for a first start; once something was shipped, a missing
     // source is held below, never replaced by an empty one.
     if shipped.is_empty() {
@@ -275,6 +283,8 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         source_missing: None,
         changes: ChangeSet::new(cfg.settle, cfg.max_delay),
         shipped,
+        in_doubt,
+        ledger: ledger.clone(),
         source: cfg.source.clone(),
         outbox,
         state_dir: state_dir.clone(),
@@ -300,7 +310,6 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         accepts: accepts.clone(),
         reship: Default::default(),
         events,
-        ledger: ledger.clone(),
         pending_bytes: Default::default(),
         pending_bytes_job: None,
         failing: BTreeMap::new(),
@@ -484,6 +493,13 @@ struct Sender {
     changes: ChangeSet,
     /// What the receiver has (or will have once the queue drains), per path.
     shipped: BTreeMap<String, FileMeta>,
+    /// Paths a receiver may hold in a state `shipped` does not say (a
+    /// bundle carrying them went out before a crash, unacknowledged): they
+    /// ship again as they are now, deletions included, whatever `shipped`
+    /// says.
+    in_doubt: std::collections::BTreeSet<String>,
+    /// Where the packer notes each bundle before it can go out.
+    ledger: Arc<std::sync::Mutex<Ledger>>,
     /// The source directory watched (the configured path resolved).
     source: PathBuf,
     outbox: PathBuf,
@@ -517,7 +533,6 @@ struct Sender {
     /// The transports' channel, for the packer to release bundles whose
     /// only holder's backlog it dropped.
     events: mpsc::UnboundedSender<TransportEvent>,
-    ledger: Arc<std::sync::Mutex<Ledger>>,
     /// Paths that could not be packed, retried with backoff.
     failing: BTreeMap<String, FailingPath>,
     /// Paths whose names are not UTF-8: they cannot travel.
@@ -710,11 +725,22 @@ impl Sender {
         // long already: it counts as settled at once.
         let quiet_since = now.checked_sub(self.cfg.settle).unwrap_or(now);
         for (path, stat) in &walk.files {
-            // A racy entry's stat proves nothing: let the packer compare content.
-            if !self
-                .shipped
-                .get(path)
-                .is_some_and(|m| stat.matches(m) && !m.racy)
+            // Removed since the walk passed it: the pending deletion is newer
+            // than what the walk saw, and must not become an upsert again.
+            if walk
+                .began
+                .is_some_and(|t| self.changes.removed_since(path, t))
+            {
+                found.insert(path.as_str());
+                continue;
+            }
+            // A racy entry's stat proves nothing: let the packer compare
+            // content. One in doubt is shipped whatever it matches.
+            if self.in_doubt.contains(path)
+                || !self
+                    .shipped
+                    .get(path)
+                    .is_some_and(|m| stat.matches(m) && !m.racy)
             {
                 // Still open for writing: hold it until its close event,
                 // unless that close was already seen after the report.
@@ -751,6 +777,11 @@ impl Sender {
         let gone: Vec<String> = self
             .shipped
             .keys()
+            .chain(
+                self.in_doubt
+                    .iter()
+                    .filter(|p| !self.shipped.contains_key(*p)),
+            )
             .filter(|p| scope.is_empty() || is_within(p, &scope))
             .filter(|p| !found.contains(p.as_str()))
             // Re-created since the walk passed it: its event has it.
@@ -992,7 +1023,7 @@ impl Sender {
             match c.op {
                 Op::Upsert => {
                     self.held.remove(&c.path);
-                    let reship = self.reship.remove(&c.path);
+                    let reship = self.reship.remove(&c.path) || self.in_doubt.contains(&c.path);
                     items.push(PackItem {
                         previous: self.shipped.get(&c.path).filter(|_| !reship).cloned(),
                         path: c.path,
@@ -1002,7 +1033,11 @@ impl Sender {
                     })
                 }
                 // Deleting what the receiver never got is nothing to ship.
-                Op::Delete if self.reship.remove(&c.path) || self.shipped.contains_key(&c.path) => {
+                Op::Delete
+                    if self.reship.remove(&c.path)
+                        || self.shipped.contains_key(&c.path)
+                        || self.in_doubt.contains(&c.path) =>
+                {
                     deletions.push(c.path)
                 }
                 Op::Delete => {}
@@ -1071,6 +1106,18 @@ impl Sender {
             };
             let mut emit = |mut p: Packed| -> std::io::Result<()> {
                 p.only = only;
+                // Before any receiver can apply it: a crash between its
+                // apply and the record of its acknowledgement leaves its
+                // paths in doubt, not taken for what the ledger says.
+                // (A whole tree for one receiver changes nothing every
+                // receiver has: it is not recorded.)
+                if only.is_none() {
+                    let paths = p.changes.iter().map(|(path, _)| path.clone()).collect();
+                    ledger
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .shipping(p.seq, paths)?;
+                }
                 info!(
                     seq = p.seq,
                     files = p.summary.files,
@@ -1125,6 +1172,8 @@ impl Sender {
         for (path, meta) in &report.shipped {
             accounted.insert(path.clone());
             self.failing.remove(path);
+            // Its bundle says what the receivers will have.
+            self.in_doubt.remove(path);
             match meta {
                 Some(m) => {
                     self.shipped.insert(path.clone(), m.clone());
@@ -1741,7 +1790,7 @@ impl Outbox {
                 .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
             match st.bundles.pop_first() {
                 Some((seq, mut b)) if ready => {
-                    if st.refused.remove(&seq) {
+                    if st.refused.remove(&seq) || b.only.is_some() {
                         // Not every receiver has it: nothing to record.
                         b.changes.clear();
                     }

@@ -477,8 +477,10 @@ pub struct Walk {
     pub dir: Option<String>,
     pub files: Vec<(String, FileStat)>,
     pub dirs: u64,
-    /// How long the walk took.
+    /// How long the walk took…
     pub took: std::time::Duration,
+    /// …from when (an event handled since may be newer than what it saw).
+    pub began: Option<std::time::Instant>,
     /// Files some process holds open for writing, where the OS tells…
     pub writers: std::collections::HashSet<String>,
     /// …as of this moment (a close seen after it supersedes the report).
@@ -494,6 +496,7 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
     let started = std::time::Instant::now();
     let mut out = Walk {
         dir: relative(base, dir),
+        began: Some(started),
         ..Walk::default()
     };
     let mut it = walkdir::WalkDir::new(dir).follow_links(false).into_iter();

@@ -895,17 +895,20 @@ impl Packer<'_> {
             .map_err(|e| with_path(e, &path))?
             .len();
         let hash = super::hash_file(&path).map_err(|e| with_path(e, &path))?;
-        report.bundles.push((seq, summary));
-        report.shipped.extend(changes.iter().cloned());
         (self.emit)(Packed {
             seq,
             path,
             size,
             hash: *hash.as_bytes(),
             summary,
-            changes,
+            changes: changes.clone(),
             only: None,
-        })
+        })?;
+        // Only a bundle handed on is on its way: if `emit` failed, its
+        // changes stay pending.
+        report.bundles.push((seq, summary));
+        report.shipped.extend(changes);
+        Ok(())
     }
 }
 

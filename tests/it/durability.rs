@@ -193,3 +193,75 @@ async fn stale_staging_and_half_received_bundles_are_cleaned_at_start() {
     assert!(tree(&env.root()).is_empty());
     r.stop().await;
 }
+
+/// A TCP proxy to `upstream` that passes the greeting both ways and then
+/// only what the sender sends: the receiver applies every bundle, and its
+/// acknowledgements are lost on the way back.
+async fn ack_losing_proxy(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                // Bytes the sender sent: past its hello, a bundle is on its way.
+                let up = Arc::new(AtomicU64::new(0));
+                let counted = up.clone();
+                let upstream = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(k) = cr.read(&mut buf).await {
+                        if k == 0 || sw.write_all(&buf[..k]).await.is_err() {
+                            break;
+                        }
+                        counted.fetch_add(k as u64, Ordering::SeqCst);
+                    }
+                };
+                let downstream = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(k) = sr.read(&mut buf).await {
+                        if k == 0 {
+                            break;
+                        }
+                        if up.load(Ordering::SeqCst) < 200 && cw.write_all(&buf[..k]).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! { _ = upstream => {}, _ = downstream => {} }
+            });
+        }
+    });
+    addr
+}
+
+/// How it broke (kill suite): a receiver applied a bundle that created a
+/// file, the sender died before the acknowledgement reached its ledger, and
+/// the file was deleted meanwhile. The restarted sender took the receiver
+/// to lack the file, so its deletion was never shipped and the receiver
+/// kept it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_applied_without_a_recorded_acknowledgement_is_deleted_after_a_restart() {
+    let env = Env::new();
+    env.write("kept.html", "kept");
+    env.write("applied.html", "applied, its acknowledgement lost");
+    let r = env.start_receiver("").await;
+    let proxy = ack_losing_proxy(r.addr).await;
+    let s = env.start_sender(proxy, "");
+    wait_in_sync(&env).await;
+    // Stopped like a crash: nothing acknowledged reached the ledger.
+    s.stop().await;
+    std::fs::remove_file(env.src().join("applied.html")).unwrap();
+
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}

@@ -74,12 +74,108 @@ fn spawn(config: &Path, log: &Path) -> Proc {
         .unwrap();
     Command::new(env!("CARGO_BIN_EXE_shipper"))
         .args(["run", "--config", config.to_str().unwrap()])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "info,shipper=debug")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .map(Proc)
         .expect("start shipper")
+}
+
+/// What a differing path looks like everywhere it left a trace: in source
+/// and root, in the writer's history, in the sender's ledger, in the
+/// archived bundles and in the logs. Printed when the kill test fails.
+fn explain(env: &Env, path: &str, history: &[(String, String, String)], logs: &[&Path]) -> String {
+    use std::fmt::Write as _;
+    let describe = |p: &Path| -> String {
+        match (std::fs::read(p), std::fs::symlink_metadata(p)) {
+            (Ok(c), Ok(md)) => {
+                use std::os::unix::fs::MetadataExt;
+                format!(
+                    "{} bytes, mtime {}.{:09}, ino {}, hash {}, sealed {}",
+                    c.len(),
+                    md.mtime(),
+                    md.mtime_nsec(),
+                    md.ino(),
+                    &blake3::hash(&c).to_hex()[..12],
+                    is_sealed(&c)
+                )
+            }
+            _ => "absent".into(),
+        }
+    };
+    let mut out = format!("=== {path}\n");
+    let _ = writeln!(out, "source: {}", describe(&env.src().join(path)));
+    let _ = writeln!(out, "root:   {}", describe(&env.root().join(path)));
+    for (t, p, what) in history {
+        if p == path {
+            let _ = writeln!(out, "writer at {t}: {what}");
+        }
+    }
+    let meta = |m: &Option<shipper::bundle::manifest::FileMeta>| match m {
+        Some(m) => format!(
+            "{} bytes, mtime {}.{:09}, hash {}, racy {}",
+            m.size,
+            m.mtime,
+            m.mtime_nsec,
+            &m.hash[..12],
+            m.racy
+        ),
+        None => "deleted".into(),
+    };
+    let state = env.path().join("state-s");
+    if let Ok(bytes) = std::fs::read(state.join("acked.snapshot")) {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "ledger snapshot (to seq {}): {}",
+            v["acked_seq"], v["files"][path]
+        );
+    }
+    let journal = std::fs::read(state.join("acked.journal")).unwrap_or_default();
+    for r in shipper::ledger::decode_journal(&journal).0 {
+        match r {
+            shipper::ledger::Record::Acked(r) => {
+                for (p, m) in r.changes.iter().filter(|(p, _)| p == path) {
+                    let _ = writeln!(out, "ledger seq {} acknowledged {p}: {}", r.seq, meta(m));
+                }
+            }
+            shipper::ledger::Record::Shipping(r) => {
+                if r.paths.iter().any(|p| p == path) {
+                    let _ = writeln!(out, "ledger seq {} shipping", r.seq);
+                }
+            }
+        }
+    }
+    for zip in env.archived() {
+        let limits = shipper::bundle::apply::Limits::default();
+        let Ok(b) = shipper::bundle::apply::open(&zip, &limits) else {
+            continue;
+        };
+        let m = &b.manifest;
+        for f in m.files.iter().filter(|f| f.path == path) {
+            let _ = writeln!(
+                out,
+                "archived seq {}: {} bytes, mtime {}.{:09}, hash {}",
+                m.seq,
+                f.size,
+                f.mtime,
+                f.mtime_nsec,
+                &f.hash[..12]
+            );
+        }
+        if m.deletions.iter().any(|d| d == path) {
+            let _ = writeln!(out, "archived seq {}: deleted", m.seq);
+        }
+    }
+    for log in logs {
+        for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+            if line.contains(path) {
+                let _ = writeln!(out, "{}: {line}", log.display());
+            }
+        }
+    }
+    out
 }
 
 fn tail(log: &Path) -> String {
@@ -103,7 +199,11 @@ async fn kill_9_of_either_side_under_load_loses_nothing() {
     let kills_wanted = 24;
     let env = Env::new();
     let addr = free_addr();
-    let recv_cfg = env.config_file("receiver.toml", &env.receiver_toml(&addr.to_string(), ""));
+    // Every bundle is kept, so a failure can show which ones carried a path.
+    let recv_cfg = env.config_file(
+        "receiver.toml",
+        &env.receiver_toml(&addr.to_string(), "archive_keep = 100000\n"),
+    );
     let send_cfg = env.config_file(
         "sender.toml",
         &env.sender_toml(&addr.to_string(), "settle = \"100ms\"\n"),
@@ -118,24 +218,50 @@ async fn kill_9_of_either_side_under_load_loses_nothing() {
     // Steady load: create, rewrite in place (torn reads possible), delete.
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
+    // (wall-clock time, path, what happened): the writer's and the killer's
+    // history, to set beside the logs when a path is lost.
+    let history = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    let now = || chrono::Utc::now().format("%H:%M:%S%.6f").to_string();
     let writer = {
-        let (src, stop, writes) = (env.src(), stop.clone(), writes.clone());
+        let (src, stop, writes, history) =
+            (env.src(), stop.clone(), writes.clone(), history.clone());
         std::thread::spawn(move || {
             let mut rng = Rng(seed ^ 0xabcdef);
             while !stop.load(Ordering::SeqCst) {
                 let n = rng.below(120);
-                let path = src.join(format!("d{}/f{n}.html", n % 6));
+                let rel = format!("d{}/f{n}.html", n % 6);
+                let path = src.join(&rel);
                 if rng.below(10) == 0 {
-                    let _ = std::fs::remove_file(&path);
+                    let started = now();
+                    let what = match std::fs::remove_file(&path) {
+                        Ok(()) => "removed".to_string(),
+                        Err(e) => format!("remove: {e}"),
+                    };
+                    history.lock().unwrap().push((started, rel, what));
                 } else {
                     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
                     let len = 10 + rng.below(40_000) as usize;
                     let payload = noise(len, rng.next());
                     let data = sealed(&payload);
                     // Written in two pieces so the sender can catch it half-done.
+                    let started = now();
                     let mut f = std::fs::File::create(&path).unwrap();
                     f.write_all(&data[..data.len() / 2]).unwrap();
                     f.write_all(&data[data.len() / 2..]).unwrap();
+                    drop(f);
+                    let what = {
+                        use std::os::unix::fs::MetadataExt;
+                        let md = std::fs::metadata(&path).unwrap();
+                        format!(
+                            "wrote {} bytes, mtime {}.{:09}, hash {}, closed at {}",
+                            data.len(),
+                            md.mtime(),
+                            md.mtime_nsec(),
+                            &blake3::hash(&data).to_hex()[..12],
+                            now()
+                        )
+                    };
+                    history.lock().unwrap().push((started, rel, what));
                 }
                 writes.fetch_add(1, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(5 + rng.below(20)));
@@ -177,6 +303,11 @@ async fn kill_9_of_either_side_under_load_loses_nothing() {
         };
         victim.kill().unwrap(); // SIGKILL
         victim.wait().unwrap();
+        let who = if kill_sender { "sender" } else { "receiver" };
+        history
+            .lock()
+            .unwrap()
+            .push((now(), "*".into(), format!("killed the {who}")));
         if kill_sender {
             sender_kills += 1;
             sender = spawn(&send_cfg, &send_log);
@@ -196,17 +327,37 @@ async fn kill_9_of_either_side_under_load_loses_nothing() {
         }
         if Instant::now() > end {
             let (a, b) = (tree(&env.src()), tree(&env.root()));
-            let differ: Vec<&String> = a
+            let mut differ: Vec<&String> = a
                 .keys()
                 .chain(b.keys())
                 .filter(|k| a.get(*k) != b.get(*k))
-                .take(10)
                 .collect();
+            differ.dedup();
+            differ.truncate(10);
             let status = shipper(&["status", "--config", send_cfg.to_str().unwrap(), "--json"]);
             let _ = sender.kill();
             let _ = receiver.kill();
+            // SHIPPER_FAULT_KEEP=DIR keeps the whole run (trees, state, archive, logs).
+            if let Ok(keep) = std::env::var("SHIPPER_FAULT_KEEP") {
+                let _ = Command::new("cp")
+                    .arg("-a")
+                    .arg(env.path())
+                    .arg(&keep)
+                    .status();
+            }
+            let history = history.lock().unwrap();
+            let kills: Vec<String> = history
+                .iter()
+                .filter(|(_, p, _)| p == "*")
+                .map(|(t, _, what)| format!("{t} {what}"))
+                .collect();
+            let explained: String = differ
+                .iter()
+                .map(|p| explain(&env, p, &history, &[&send_log, &recv_log]))
+                .collect();
             panic!(
-                "not in sync after {sender_kills} sender and {receiver_kills} receiver kills (seed {seed:#x})\ndiffering: {differ:?}\nstatus: {}\nsender log:\n{}\nreceiver log:\n{}",
+                "not in sync after {sender_kills} sender and {receiver_kills} receiver kills (seed {seed:#x})\ndiffering: {differ:?}\n{explained}kills:\n{}\nstatus: {}\nsender log:\n{}\nreceiver log:\n{}",
+                kills.join("\n"),
                 text(&status),
                 tail(&send_log),
                 tail(&recv_log)

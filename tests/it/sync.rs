@@ -284,3 +284,40 @@ async fn a_file_and_a_directory_may_swap_places() {
     s.stop().await;
     r.stop().await;
 }
+
+/// How it broke (kill suite): a file deleted while it was being packed came
+/// back from the packer as "changed while packing", which turned its
+/// pending deletion into an update again; the update found no file, and
+/// the receiver kept its old copy for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_deleted_while_it_is_packed_is_deleted_on_the_receiver() {
+    let env = Env::new();
+    let listen = free_addr().to_string();
+    let extra = "chunk_size = \"64KiB\"\nmax_bundle_size = \"160KiB\"\n";
+    env.write("media/big.bin", "small at first");
+    let r = receiver_at(&env, &listen).await;
+    let s = env.start_sender(listen.parse().unwrap(), extra);
+    wait_in_sync(&env).await;
+    // With the receiver gone, the outbox is full after two bundles and the
+    // packer waits for room half-way through the file's parts.
+    r.stop().await;
+    env.write("media/big.bin", noise(1 << 20, 3));
+    let outbox = env.path().join("state-s/outbox");
+    wait_until("the packer waiting for room in the outbox", || {
+        std::fs::read_dir(&outbox).is_ok_and(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+                >= 2
+        })
+    })
+    .await;
+    std::fs::remove_file(env.src().join("media/big.bin")).unwrap();
+    // The sender has seen the deletion before the packer reads on.
+    let cfg = env.config_file("sender.toml", &env.sender_toml(&listen, extra));
+    wait_status(&cfg, "the deletion pending", |v| v["pending_paths"] == 1).await;
+    let r = receiver_at(&env, &listen).await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}
