@@ -734,6 +734,7 @@ impl Committer {
         // After the apply, which refreshed the sets this bundle continued.
         self.expire_part_sets();
         result.map_err(|e| {
+            // apply put root back as it was: nothing is left to finish.
             let _ = std::fs::remove_file(&wal);
             e.refusal()
         })
@@ -756,7 +757,9 @@ impl Committer {
     }
 
     /// Finish bundles whose publish a crash interrupted. Blocking; run at
-    /// start before any sender is accepted.
+    /// start before any sender is accepted. A crash is finished, not
+    /// undone: what the interrupted publish kept aside went with staging,
+    /// and applying again is what the sender, never acknowledged, asks for.
     fn recover(&self, state: &mut ReceiverState, state_dir: &Path) -> anyhow::Result<()> {
         let mut pending: Vec<PathBuf> = std::fs::read_dir(&self.publishing)?
             .flatten()

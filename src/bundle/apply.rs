@@ -7,10 +7,14 @@
 //! staging directory on root's filesystem but outside root. Only then are
 //! deletions applied and staged files renamed into place, so a reader of
 //! root sees each file as its old or its new version, never a partial one
-//! and never a temporary name. Blocking: run it off the async runtime.
+//! and never a temporary name. Publishing is all or nothing: if any change
+//! to root fails, the ones made are undone and the bundle is refused with
+//! root as it was (see [`crate::beneath::Publish`]). Blocking: run it off
+//! the async runtime.
 
 use std::fs::{self, File, FileTimes, OpenOptions, Permissions};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,7 +27,7 @@ use super::manifest::{
     Counts, MANIFEST_ENTRY, Manifest, ManifestError, PartEntry, max_manifest_bytes,
 };
 use super::zip_end::{self, ZipEndError};
-use crate::beneath::{self, BeneathError, Root};
+use crate::beneath::{self, BeneathError, Publish, Root};
 use crate::durable;
 use crate::proto::frame::Refusal;
 
@@ -468,19 +472,23 @@ fn stage_and_publish(
     for rel in m.deletions.iter().chain(staged.iter().map(|(rel, _)| rel)) {
         root.check(rel).map_err(beneath_err)?;
     }
-    for d in &m.deletions {
-        root.delete(d).map_err(beneath_err)?;
+    // All or nothing: what the bundle replaces or deletes is kept aside in
+    // the stage directory (on root's filesystem) until it is committed, and
+    // put back if any step fails. A crash part-way is not undone but
+    // finished: the receiver applies the bundle again at its next start.
+    let mut publish = root.begin(&stage.join("undo")).map_err(beneath_err)?;
+    if let Err(e) = publish_all(&mut publish, &m.deletions, &staged, &stage_fd) {
+        for failed in publish.roll_back() {
+            tracing::error!(sender = %m.sender, seq = m.seq, error = %failed, "could not undo a change of a bundle that failed; that path stays as the bundle made it");
+        }
+        return Err(beneath_err(e));
     }
-    for (rel, src) in &staged {
-        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        root.publish(rel, &stage_fd, name).map_err(beneath_err)?;
-    }
+    publish.commit();
+    // Only now: until the file is published for good, a re-send must
+    // still find its parts.
     for set in &completed {
         drop_part_set(&target.parts, set);
     }
-    // Renames and unlinks live in the directories: make them durable
-    // before the bundle is acknowledged (one syncfs covers them all).
-    root.syncfs().map_err(beneath_err)?;
     let summary = Summary {
         files: m.files.len() as u64 + completed.len() as u64,
         parts: m.parts.len() as u64,
@@ -492,6 +500,25 @@ fn stage_and_publish(
         summary,
         published: staged.len() as u64,
     })
+}
+
+/// Every change a bundle makes to root, in order, ending with the sync
+/// that makes them durable before the bundle is acknowledged.
+fn publish_all(
+    publish: &mut Publish,
+    deletions: &[String],
+    staged: &[(String, PathBuf)],
+    stage_fd: &OwnedFd,
+) -> Result<(), BeneathError> {
+    for d in deletions {
+        publish.delete(d)?;
+    }
+    for (rel, src) in staged {
+        let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        publish.publish(rel, stage_fd, name)?;
+    }
+    // Renames live in the directories: one syncfs covers them all.
+    publish.sync()
 }
 
 fn create_private(path: &Path) -> Result<File, BundleError> {
@@ -975,5 +1002,222 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, ["bad id.data", "notes.txt"]);
+    }
+
+    use crate::beneath::fault;
+    use crate::bundle::pack::{self, PackItem, Packer};
+    use crate::changes::Op;
+    use rustix::io::Errno;
+
+    /// Bundles of `src`'s files (large ones in parts of 4 KiB) and
+    /// `deletions`, in `dir`, none over `max_size` bytes.
+    fn pack_bundles(src: &Path, dir: &Path, deletions: &[&str], max_size: u64) -> Vec<PathBuf> {
+        let mut files: Vec<String> = walkdir::WalkDir::new(src)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().strip_prefix(src).unwrap().to_string_lossy().into())
+            .collect();
+        files.sort();
+        let item = |path: &str, op| PackItem {
+            path: path.into(),
+            op,
+            previous: None,
+            quiet_for: None,
+            overdue: false,
+        };
+        let items = files
+            .iter()
+            .map(|f| item(f, Op::Upsert))
+            .chain(deletions.iter().map(|d| item(d, Op::Delete)))
+            .collect();
+        let mut out = Vec::new();
+        let mut seq = 0;
+        Packer {
+            source: src,
+            outbox: dir,
+            sender: "test",
+            limits: pack::Limits::new(4096, max_size, 1000),
+            alloc_seq: &mut || {
+                seq += 1;
+                Ok(seq)
+            },
+            emit: &mut |p| {
+                out.push(p.path);
+                Ok(())
+            },
+            touched: &|_| false,
+        }
+        .pack(items)
+        .unwrap();
+        out
+    }
+
+    fn pack_bundle(src: &Path, dir: &Path, deletions: &[&str]) -> PathBuf {
+        let mut bundles = pack_bundles(src, dir, deletions, 1 << 20);
+        assert_eq!(bundles.len(), 1);
+        bundles.pop().unwrap()
+    }
+
+    /// Root before the bundle: what it replaces, deletes, and turns from a
+    /// file into a directory and back.
+    fn old_root(dir: &Path) -> Target {
+        let target = Target {
+            root: dir.join("root"),
+            staging: dir.join("staging"),
+            parts: dir.join("parts"),
+        };
+        target.prepare().unwrap();
+        for (rel, body) in [
+            ("a.html", "old a"),
+            ("c", "a file where a directory goes"),
+            ("dir/inner.html", "in a directory where a file goes"),
+            ("gone/deep/old.html", "deleted, its directories pruned"),
+            ("tree/x/y.html", "deleted with its tree"),
+            ("keep/stay.html", "untouched"),
+        ] {
+            let p = target.root.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        target
+    }
+
+    /// A bundle that failed part-way left root half-changed; and since its
+    /// completed part sets were dropped before the end, a re-send could no
+    /// longer publish the large file.
+    #[test]
+    fn a_fault_at_any_change_refuses_the_bundle_with_root_as_it_was() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        for (rel, body) in [
+            ("a.html", "new a".to_string()),
+            ("b/new/n.html", "in new directories".into()),
+            ("big/file.bin", "0123456789abcdef".repeat(700)),
+            ("c/x.html", "below a former file".into()),
+            ("dir", "a file where a directory was".into()),
+            ("z.html", "new z".into()),
+        ] {
+            let p = src.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, body).unwrap();
+        }
+        let zip = pack_bundle(&src, t.path(), &["gone/deep/old.html", "tree"]);
+        let mut want = crate::beneath::fault::snapshot(&src);
+        want.insert("keep".into(), Default::default());
+        want.insert("keep/stay.html".into(), (0, 0, "untouched".into()));
+        let shape = |s: std::collections::BTreeMap<String, (u64, u32, String)>| {
+            s.into_iter()
+                .map(|(k, (_, _, body))| (k, body))
+                .collect::<Vec<_>>()
+        };
+        let apply_once = |target: &Target| apply(target, open(&zip, &Limits::default())?);
+
+        let run = t.path().join("clean");
+        let target = old_root(&run);
+        fault::arm(None, Errno::IO, false);
+        let applied = apply_once(&target).unwrap();
+        let changes = fault::count();
+        assert_eq!(applied.published, 6);
+        assert!(applied.summary.parts > 1, "no file travelled in parts");
+        assert_eq!(shape(fault::snapshot(&target.root)), shape(want.clone()));
+
+        let mut kept_empty = 0;
+        for at in 1..=changes {
+            let run = t.path().join(format!("fault-{at}"));
+            let target = old_root(&run);
+            let was = fault::snapshot(&target.root);
+            fault::arm(Some(at), Errno::NOSPC, false);
+            let result = apply_once(&target);
+            fault::arm(None, Errno::IO, false);
+            let e = match result {
+                Err(e) => e,
+                // Pruning may fail alone: an emptied directory stays.
+                Ok(_) if target.root.join("gone").exists() => {
+                    kept_empty += 1;
+                    continue;
+                }
+                Ok(_) => panic!("a fault at change {at} went unnoticed"),
+            };
+            assert!(e.is_disk_full(), "fault at change {at}: {e}");
+            assert_eq!(
+                fault::snapshot(&target.root),
+                was,
+                "root changed by a bundle refused at change {at}"
+            );
+            assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
+            // Sent again once the fault is gone, it applies whole.
+            apply_once(&target).unwrap();
+            assert_eq!(
+                shape(fault::snapshot(&target.root)),
+                shape(want.clone()),
+                "after a fault at change {at}"
+            );
+        }
+        assert_eq!(kept_empty, 2, "gone/deep and gone");
+    }
+
+    /// A crash part-way is not undone but finished: the receiver cleans
+    /// staging (with what was kept aside) and applies the bundle again.
+    #[test]
+    fn a_crash_part_way_is_finished_by_applying_the_bundle_again() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("b/new")).unwrap();
+        fs::write(src.join("a.html"), "new a").unwrap();
+        fs::write(src.join("b/new/n.html"), "new").unwrap();
+        fs::write(src.join("dir"), "file").unwrap();
+        let zip = pack_bundle(&src, t.path(), &["gone/deep/old.html"]);
+        let target = old_root(&t.path().join("run"));
+        let was = fault::snapshot(&target.root);
+        // Everything from the fifth change on fails, undoing included.
+        fault::arm(Some(5), Errno::IO, true);
+        apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap_err();
+        fault::arm(None, Errno::IO, false);
+        assert_ne!(
+            fault::snapshot(&target.root),
+            was,
+            "the crash changed nothing"
+        );
+        target.clean_staging().unwrap();
+        apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
+        assert_eq!(fs::read(target.root.join("a.html")).unwrap(), b"new a");
+        assert_eq!(fs::read(target.root.join("dir")).unwrap(), b"file");
+        assert_eq!(fs::read(target.root.join("b/new/n.html")).unwrap(), b"new");
+        assert!(!target.root.join("gone").exists());
+        assert_eq!(
+            fs::read(target.root.join("keep/stay.html")).unwrap(),
+            b"untouched"
+        );
+        assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
+    }
+
+    /// A completed part set was dropped before the publish was through: a
+    /// bundle refused after that, sent again, found its first parts gone
+    /// and the large file never arrived.
+    #[test]
+    fn a_refused_bundle_keeps_the_part_set_it_completed_for_the_re_send() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let big: Vec<u8> = (0..20_000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        fs::create_dir_all(src.join("big")).unwrap();
+        fs::write(src.join("big/file.bin"), &big).unwrap();
+        let bundles = pack_bundles(&src, t.path(), &[], 12 << 10);
+        assert!(bundles.len() > 1, "the file did not span bundles");
+        let (last, first) = bundles.split_last().unwrap();
+        // mkdir, rename into place, sync.
+        for at in 1..=3 {
+            let target = old_root(&t.path().join(format!("fault-{at}")));
+            for b in first {
+                apply(&target, open(b, &Limits::default()).unwrap()).unwrap();
+            }
+            fault::arm(Some(at), Errno::IO, false);
+            apply(&target, open(last, &Limits::default()).unwrap()).unwrap_err();
+            fault::arm(None, Errno::IO, false);
+            assert!(!target.root.join("big").exists());
+            let a = apply(&target, open(last, &Limits::default()).unwrap()).unwrap();
+            assert_eq!(a.published, 1, "fault at change {at}");
+            assert_eq!(fs::read(target.root.join("big/file.bin")).unwrap(), big);
+        }
     }
 }
