@@ -20,7 +20,7 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
     out.pop().unwrap()
 }
 
-async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
+pub async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
     let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
     c.write_frame(&Frame::Hello {
         version: shipper::proto::frame::PROTOCOL_VERSION,
@@ -34,7 +34,7 @@ async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
     }
 }
 
-async fn send(c: &mut Connection<TcpStream>, b: &Packed, hash: [u8; 32]) -> Frame {
+pub async fn send(c: &mut Connection<TcpStream>, b: &Packed, hash: [u8; 32]) -> Frame {
     c.write_frame(&Frame::Bundle {
         seq: b.seq,
         size: b.size,

@@ -1,6 +1,8 @@
 //! Fault injection: kill -9 of either side under a steady write load, a
-//! proxy that corrupts or cuts the stream, a full disk on the receiver.
+//! proxy that corrupts or cuts the stream, a full disk on the receiver, a
+//! publish that fails part-way.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -596,5 +598,128 @@ async fn an_inotify_queue_overflow_triggers_a_rescan_that_misses_nothing() {
         "overflow not reported:\n{}",
         tail(&log)
     );
+    r.stop().await;
+}
+
+/// Every entry below `dir` (directories, files, symlinks) with its inode,
+/// mode and content: equal snapshots mean the very same entries are there,
+/// not copies of them.
+fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u32, String)> {
+    use std::os::unix::fs::MetadataExt;
+    walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .into_iter()
+        .map(|e| {
+            let e = e.unwrap();
+            let md = e.path().symlink_metadata().unwrap();
+            let body = if md.is_file() {
+                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned()
+            } else if md.is_symlink() {
+                format!("-> {}", std::fs::read_link(e.path()).unwrap().display())
+            } else {
+                String::new()
+            };
+            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy();
+            (rel.into_owned(), (md.ino(), md.mode(), body))
+        })
+        .collect()
+}
+
+/// A file made immutable (`chattr +i`) for a test: neither root can replace,
+/// rename nor link it. Made mutable again on drop.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Self {
+        let out = Command::new("chattr").arg("+i").arg(path).output();
+        let out = out.expect("chattr is needed for this test (e2fsprogs; .ci/run installs it)");
+        assert!(
+            out.status.success(),
+            "chattr +i {}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Immutable(path.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A bundle whose publish failed part-way (here on a file it replaces that
+/// cannot be replaced; the same for a full disk at `mkdirat`, a permission,
+/// a symlink planted after the check) left root half-changed: its deletions
+/// done, the files before the failure published, new directories made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
+    let env = Env::new();
+    let www = env.root();
+    let before = [
+        ("a.html", "old a"),
+        ("c", "a file where the bundle puts a directory"),
+        (
+            "dir/inner.html",
+            "in a directory where the bundle puts a file",
+        ),
+        ("gone/old.html", "deleted, and its directory with it"),
+        ("keep/del.html", "deleted"),
+        ("keep/stay.html", "untouched"),
+        ("m/locked.html", "old, immutable"),
+    ];
+    for (rel, body) in before {
+        std::fs::create_dir_all(www.join(rel).parent().unwrap()).unwrap();
+        std::fs::write(www.join(rel), body).unwrap();
+    }
+    let new = [
+        ("a.html", "new a"),
+        ("b/new/n.html", "new, in new directories"),
+        ("c/x.html", "below what was a file"),
+        ("dir", "a file where a directory was"),
+        ("m/locked.html", "new locked"),
+        ("z.html", "new z"),
+    ];
+    for (rel, body) in new {
+        env.write(rel, body);
+    }
+    let bundle = crate::bundles::pack(
+        &env.src(),
+        &env.path().join("out"),
+        1,
+        &["gone/old.html", "keep/del.html"],
+    );
+    let was = snapshot(&www);
+    let lock = Immutable::set(&www.join("m/locked.html"));
+
+    let r = env.start_receiver("").await;
+    let (mut c, _) = crate::bundles::session(r.addr).await;
+    match crate::bundles::send(&mut c, &bundle, bundle.hash).await {
+        shipper::proto::Frame::Refuse { seq: 1, reason, .. } => {
+            assert!(reason.contains("m/locked.html"), "{reason}")
+        }
+        f => panic!("expected a refusal, got {f:?}"),
+    }
+    assert_eq!(snapshot(&www), was, "root changed by a refused bundle");
+    // Nothing kept aside or waiting to be finished at the next start.
+    let left = |d: &str| std::fs::read_dir(env.path().join(d)).unwrap().count();
+    assert_eq!(left("state-r/staging"), 0, "stage left behind");
+    assert_eq!(
+        left("state-r/publishing"),
+        0,
+        "refused bundle left to finish"
+    );
+
+    // The fault gone, the same bundle applies whole.
+    drop(lock);
+    assert_eq!(
+        crate::bundles::send(&mut c, &bundle, bundle.hash).await,
+        shipper::proto::Frame::Ack { seq: 1 }
+    );
+    let mut want = tree(&env.src());
+    want.insert("keep/stay.html".into(), b"untouched".to_vec());
+    assert_eq!(tree(&www), want);
+    assert!(!www.join("gone").exists(), "emptied directory kept");
     r.stop().await;
 }
