@@ -31,6 +31,23 @@ fn count_files(dir: &std::path::Path) -> usize {
 async fn a_tree_over_the_receivers_entry_limit_ships_and_deletes_in_several_bundles() {
     const FILES: usize = 110_000;
     let env = Env::new();
+    // On a tmpfs of its own: the receiver's syncfs per bundle then never
+    // waits on other tests' dirty data, nor theirs on these 110,000 files.
+    let _disk = Mount::tmpfs(env.path(), "4g")
+        .unwrap_or_else(|why| panic!("this test needs to mount a tmpfs (run as root): {why}"));
+    for d in ["src", "www", "state-s", "state-r", "archive"] {
+        std::fs::create_dir_all(env.path().join(d)).unwrap();
+    }
+    std::fs::set_permissions(
+        env.path().join("state-s"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        env.path().join("state-r"),
+        std::fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     let src = env.src();
     tokio::task::spawn_blocking(move || {
         for d in 0..110 {
