@@ -1,0 +1,240 @@
+//! The outbox: bundles packed and not yet acknowledged by every receiver,
+//! what each receiver has been sent, acknowledged, skipped or refused, and
+//! the budget that keeps a receiver that is away from filling the disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::bundle::pack::Packed;
+use crate::config::SenderConfig;
+
+/// Bundles packed and not yet acknowledged by every receiver, shared by the
+/// packer (which adds) and the transports (which send from their own
+/// positions). A bundle leaves once all receivers acknowledged it.
+pub struct Outbox {
+    pub(super) max_bytes: u64,
+    state: std::sync::Mutex<OutboxState>,
+    /// Wakes the packer waiting for room.
+    room: std::sync::Condvar,
+    /// Wakes transports waiting for a bundle.
+    pub(super) arrived: tokio::sync::Notify,
+}
+
+struct OutboxState {
+    bundles: BTreeMap<u64, Packed>,
+    /// Per receiver: the highest sequence it acknowledged (or had applied).
+    acked: Vec<u64>,
+    /// Per receiver: the highest sequence written to it.
+    sent: Vec<u64>,
+    /// Per receiver: a bundle arrived numbered at or below what it already
+    /// applied (numbering went back), so it can never be sent there.
+    stale: Vec<bool>,
+    /// Bundles some receiver refused for good.
+    refused: std::collections::BTreeSet<u64>,
+    connected: Vec<bool>,
+    closed: bool,
+}
+
+impl OutboxState {
+    /// Whether receiver `r` is done with `b`: acknowledged, or not its bundle.
+    fn done(&self, r: usize, b: &Packed) -> bool {
+        self.acked[r] >= b.seq || b.only.is_some_and(|o| o != r)
+    }
+}
+
+/// Bundles a connected receiver may have waiting before the packer pauses.
+const WINDOW: usize = 2;
+
+impl Outbox {
+    /// An outbox for `receivers`, holding at most about `max_bytes` of
+    /// bundles for receivers that are away (see [`Outbox::over_budget`]).
+    pub fn new(receivers: usize, max_bytes: u64) -> Self {
+        Self {
+            max_bytes,
+            state: std::sync::Mutex::new(OutboxState {
+                bundles: BTreeMap::new(),
+                acked: vec![0; receivers],
+                sent: vec![0; receivers],
+                stale: vec![false; receivers],
+                refused: Default::default(),
+                connected: vec![false; receivers],
+                closed: false,
+            }),
+            room: std::sync::Condvar::new(),
+            arrived: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Add a bundle; blocks while the most advanced connected receiver (or,
+    /// with none connected, the outbox itself) already has `WINDOW` waiting.
+    /// A receiver that is down holds back nobody; its bundles wait here.
+    pub fn push(&self, p: Packed) -> std::io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if st.closed {
+                return Err(std::io::Error::other("sender stopping"));
+            }
+            let front = st
+                .acked
+                .iter()
+                .zip(&st.connected)
+                .filter(|(_, c)| **c)
+                .map(|(a, _)| *a)
+                .max();
+            let waiting = match front {
+                Some(a) => st.bundles.range(a + 1..).count(),
+                None => st.bundles.len(),
+            };
+            if waiting < WINDOW {
+                break;
+            }
+            st = self
+                .room
+                .wait_timeout(st, Duration::from_millis(200))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        for r in 0..st.acked.len() {
+            if p.seq <= st.acked[r] && p.only.is_none_or(|o| o == r) {
+                st.stale[r] = true;
+            }
+        }
+        st.bundles.insert(p.seq, p);
+        drop(st);
+        self.arrived.notify_waiters();
+        Ok(())
+    }
+
+    /// Bytes of the bundles held.
+    pub fn bytes(&self) -> u64 {
+        self.lock().bundles.values().map(|b| b.size).sum()
+    }
+
+    /// Over its budget, the receiver that is away and furthest behind, of
+    /// those holding bundles back: its backlog is the one to drop.
+    pub fn over_budget(&self) -> Option<usize> {
+        let st = self.lock();
+        let bytes: u64 = st.bundles.values().map(|b| b.size).sum();
+        if bytes <= self.max_bytes {
+            return None;
+        }
+        (0..st.acked.len())
+            .filter(|&r| !st.connected[r])
+            .filter(|&r| st.bundles.values().any(|b| !st.done(r, b)))
+            .min_by_key(|&r| st.acked[r])
+    }
+
+    /// Give up what receiver `i` has waiting (it gets the whole tree when it
+    /// returns: record that first). Returns the bundles that leave.
+    pub fn drop_backlog(&self, i: usize) -> Vec<Packed> {
+        let last = self.lock().bundles.keys().next_back().copied();
+        match last {
+            Some(seq) => self.ack(i, seq),
+            None => Vec::new(),
+        }
+    }
+
+    /// The first bundle for receiver `i` it has not acknowledged.
+    pub(super) fn next_for(&self, i: usize) -> Option<Packed> {
+        let st = self.lock();
+        st.bundles
+            .range(st.acked[i].saturating_add(1)..)
+            .map(|(_, p)| p)
+            .find(|p| p.only.is_none_or(|o| o == i))
+            .cloned()
+    }
+
+    /// Highest sequence written to and acknowledged by receiver `i`.
+    pub(super) fn position(&self, i: usize) -> (u64, u64) {
+        let st = self.lock();
+        (st.sent[i], st.acked[i])
+    }
+
+    pub(super) fn mark_sent(&self, i: usize, seq: u64) {
+        let mut st = self.lock();
+        st.sent[i] = st.sent[i].max(seq);
+    }
+
+    /// Receiver `i` refused bundle `seq` for good: it is done there, and
+    /// when it leaves, it records nothing as acknowledged (its files are
+    /// packed again). Returns the bundles that leave, as [`Outbox::ack`].
+    pub(super) fn refuse(&self, i: usize, seq: u64) -> Vec<Packed> {
+        self.lock().refused.insert(seq);
+        self.ack(i, seq)
+    }
+
+    /// Whether a bundle numbered below receiver `i`'s position arrived
+    /// since the last call (it can never go there).
+    pub(super) fn take_stale(&self, i: usize) -> bool {
+        std::mem::take(&mut self.lock().stale[i])
+    }
+
+    pub(super) fn set_connected(&self, i: usize, up: bool) {
+        self.lock().connected[i] = up;
+        self.room.notify_all();
+    }
+
+    /// Receiver `i` has everything up to `seq`. Returns the bundles every
+    /// receiver now has, which leave the outbox.
+    pub(super) fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
+        let mut st = self.lock();
+        st.acked[i] = st.acked[i].max(seq);
+        // Bundles leave in order, once every receiver is done with them.
+        let mut done = Vec::new();
+        loop {
+            let ready = st
+                .bundles
+                .values()
+                .next()
+                .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
+            match st.bundles.pop_first() {
+                Some((seq, mut b)) if ready => {
+                    if st.refused.remove(&seq) || b.only.is_some() {
+                        // Not every receiver has it: nothing to record.
+                        b.changes.clear();
+                    }
+                    done.push(b)
+                }
+                Some((seq, b)) => {
+                    st.bundles.insert(seq, b);
+                    break;
+                }
+                None => break,
+            }
+        }
+        drop(st);
+        self.room.notify_all();
+        done
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.room.notify_all();
+        self.arrived.notify_waiters();
+    }
+}
+
+/// The outbox's budget: as configured, which must fit in the free space of
+/// `state_dir`'s filesystem, or the default fitted to it.
+pub(super) fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Result<u64> {
+    let st = rustix::fs::statvfs(state_dir)
+        .with_context(|| format!("sender.state_dir {}: free space", state_dir.display()))?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    match cfg.outbox_max {
+        Some(max) if max > free => anyhow::bail!(
+            "sender.outbox_max = {max} bytes is more than the {free} bytes free on the filesystem of sender.state_dir {}: the sender's disk could fill while a receiver is away",
+            state_dir.display()
+        ),
+        Some(max) => Ok(max),
+        None => Ok(crate::config::DEFAULT_OUTBOX_MAX
+            .min(free / 2)
+            .max(cfg.max_bundle_size)),
+    }
+}
