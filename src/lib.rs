@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line (clap).
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
 //! - [`paths`]: shipped path form, path validation, exclude rules.
+//! - [`stamp`]: the stat fields that say a file changed.
 //! - [`source_dir`]: reading below the source, never through a symlink.
 //! - [`watch`]: notify events -> [`watch::WatchMsg`]; tree walks; the
 //!   [`watch::Sentinel`] that follows the source by its path.
@@ -43,6 +44,7 @@ pub mod receiver;
 pub mod schedule;
 pub mod sender;
 pub mod source_dir;
+pub mod stamp;
 pub mod status;
 pub mod tls;
 pub mod watch;

@@ -16,6 +16,7 @@ use notify::{Event, EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::paths::{Excludes, relative, unshippable_name};
+use crate::stamp::Stamp;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchMsg {
@@ -442,40 +443,12 @@ impl Follow {
     }
 }
 
-/// The stat fields that tell whether a file differs from what was shipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FileStat {
-    pub size: u64,
-    pub mtime: i64,
-    pub mtime_nsec: u32,
-    pub mode: u32,
-}
-
-impl FileStat {
-    pub fn of(md: &std::fs::Metadata) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        Self {
-            size: md.len(),
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
-            mode: md.mode() & 0o7777,
-        }
-    }
-
-    pub fn matches(&self, m: &crate::bundle::manifest::FileMeta) -> bool {
-        self.size == m.size
-            && self.mtime == m.mtime
-            && self.mtime_nsec == m.mtime_nsec
-            && self.mode == m.mode
-    }
-}
-
 /// What a walk of a directory found.
 #[derive(Debug, Default)]
 pub struct Walk {
     /// The walked directory in shipped form; `None` for the whole source.
     pub dir: Option<String>,
-    pub files: Vec<(String, FileStat)>,
+    pub files: Vec<(String, Stamp)>,
     pub dirs: u64,
     /// How long the walk took…
     pub took: std::time::Duration,
@@ -524,7 +497,7 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
         if entry.file_type().is_file()
             && let Ok(md) = entry.metadata()
         {
-            out.files.push((rel, FileStat::of(&md)));
+            out.files.push((rel, Stamp::of(&md)));
         }
     }
     out.writers_at = Some(std::time::Instant::now());

@@ -17,9 +17,8 @@
 //! bundles finished before it are still in the report. Blocking: run it off
 //! the async runtime.
 
-use std::fs::{File, Metadata};
+use std::fs::File;
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use zip::write::SimpleFileOptions;
@@ -31,6 +30,7 @@ use super::manifest::{
 };
 use crate::changes::Op;
 use crate::source_dir::SourceDir;
+use crate::stamp::Stamp;
 
 const COPY_BUF: usize = 1 << 20;
 /// Smallest part accepted: below this the per-part overhead dominates.
@@ -257,61 +257,6 @@ impl Seek for BundleFile {
     }
 }
 
-/// The stat fields that say a file changed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: u32,
-    mode: u32,
-}
-
-impl Stamp {
-    fn of(md: &Metadata) -> Self {
-        Self {
-            dev: md.dev(),
-            ino: md.ino(),
-            size: md.len(),
-            mtime: md.mtime(),
-            mtime_nsec: md.mtime_nsec() as u32,
-            mode: md.mode() & 0o7777,
-        }
-    }
-
-    #[allow(clippy::unnecessary_cast)] // field types differ between targets
-    fn of_stat(st: &rustix::fs::Stat) -> Self {
-        Self {
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
-            size: st.st_size as u64,
-            mtime: st.st_mtime as i64,
-            mtime_nsec: st.st_mtime_nsec as u32,
-            mode: st.st_mode as u32 & 0o7777,
-        }
-    }
-
-    fn same_as(&self, meta: &FileMeta) -> bool {
-        self.size == meta.size
-            && self.mtime == meta.mtime
-            && self.mtime_nsec == meta.mtime_nsec
-            && self.mode == meta.mode
-    }
-
-    /// What the receiver is told of a file with this stamp and content hash.
-    fn meta(&self, hash: String) -> FileMeta {
-        FileMeta {
-            size: self.size,
-            mtime: self.mtime,
-            mtime_nsec: self.mtime_nsec,
-            mode: self.mode,
-            hash,
-            racy: modified_within(self.mtime, self.mtime_nsec, RACY_WINDOW),
-        }
-    }
-}
-
 /// How a read must treat a file that changes under it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadMode {
@@ -520,7 +465,7 @@ impl Packer<'_> {
             // tick of the filesystem's clock keeps them (found by the kill
             // suite). An event said it changed, so compare the content too.
             if let Some(p) = &item.previous
-                && stamp.same_as(p)
+                && stamp.matches(p)
                 && dir
                     .open_file(&item.path)
                     .and_then(super::hash_reader)
@@ -529,9 +474,7 @@ impl Packer<'_> {
                 continue;
             }
             let busy = (self.touched)(&item.path)
-                || item
-                    .quiet_for
-                    .is_some_and(|q| modified_within(stamp.mtime, stamp.mtime_nsec, q));
+                || item.quiet_for.is_some_and(|q| stamp.modified_within(q));
             if busy && !item.overdue {
                 report.requeue.push(item.path.clone());
                 continue;
@@ -941,22 +884,6 @@ pub fn is_outbox_name(name: &str) -> bool {
 
 /// Bundles are packed under a temporary name starting with this.
 const PACKING_PREFIX: &str = ".packing-";
-
-/// A file packed within this long of its last write is recorded as racy.
-const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// True when the file's mtime lies within `window` before now. A future
-/// mtime (clock set back, or set by hand) says nothing: not recent.
-pub fn modified_within(mtime: i64, mtime_nsec: u32, window: std::time::Duration) -> bool {
-    let Ok(secs) = u64::try_from(mtime) else {
-        return false;
-    };
-    let modified =
-        std::time::UNIX_EPOCH + std::time::Duration::new(secs, mtime_nsec.min(999_999_999));
-    std::time::SystemTime::now()
-        .duration_since(modified)
-        .is_ok_and(|age| age < window)
-}
 
 /// Bytes an entry may add to a bundle: content, a little deflate expansion
 /// on incompressible data, headers, central directory and manifest.

@@ -690,11 +690,7 @@ impl Sender {
                     continue;
                 }
                 // The same test the packer applies (a future mtime proves nothing).
-                let quiet = !crate::bundle::pack::modified_within(
-                    stat.mtime,
-                    stat.mtime_nsec,
-                    self.cfg.settle,
-                );
+                let quiet = !stat.modified_within(self.cfg.settle);
                 self.changes
                     .changed(path, false, if quiet { quiet_since } else { now });
                 queued += 1;

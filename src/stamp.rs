@@ -1,0 +1,86 @@
+//! The stat fields that tell whether a file changed: one [`Stamp`] for the
+//! walk that compares the tree with what was shipped and for the packer
+//! that checks a file did not change while it was read, and the one test
+//! of how recently a file was written. Reads the clock (`modified_within`),
+//! nothing else.
+
+use std::os::unix::fs::MetadataExt;
+
+use crate::bundle::manifest::FileMeta;
+
+/// A file packed within this long of its last write is recorded as racy.
+pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Identity (device, inode), size, mtime and mode of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+}
+
+impl Stamp {
+    pub fn of(md: &std::fs::Metadata) -> Self {
+        Self {
+            dev: md.dev(),
+            ino: md.ino(),
+            size: md.len(),
+            mtime: md.mtime(),
+            mtime_nsec: md.mtime_nsec() as u32,
+            mode: md.mode() & 0o7777,
+        }
+    }
+
+    #[allow(clippy::unnecessary_cast)] // field types differ between targets
+    pub fn of_stat(st: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: st.st_mtime as i64,
+            mtime_nsec: st.st_mtime_nsec as u32,
+            mode: st.st_mode as u32 & 0o7777,
+        }
+    }
+
+    /// Size, mtime and mode as shipped (identity is not shipped).
+    pub fn matches(&self, meta: &FileMeta) -> bool {
+        self.size == meta.size
+            && self.mtime == meta.mtime
+            && self.mtime_nsec == meta.mtime_nsec
+            && self.mode == meta.mode
+    }
+
+    /// What the receiver is told of a file with this stamp and content hash.
+    pub fn meta(&self, hash: String) -> FileMeta {
+        FileMeta {
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+            hash,
+            racy: self.modified_within(RACY_WINDOW),
+        }
+    }
+
+    /// Whether the file was written within `window` before now.
+    pub fn modified_within(&self, window: std::time::Duration) -> bool {
+        modified_within(self.mtime, self.mtime_nsec, window)
+    }
+}
+
+/// True when the file's mtime lies within `window` before now. A future
+/// mtime (clock set back, or set by hand) says nothing: not recent.
+pub fn modified_within(mtime: i64, mtime_nsec: u32, window: std::time::Duration) -> bool {
+    let Ok(secs) = u64::try_from(mtime) else {
+        return false;
+    };
+    let modified =
+        std::time::UNIX_EPOCH + std::time::Duration::new(secs, mtime_nsec.min(999_999_999));
+    std::time::SystemTime::now()
+        .duration_since(modified)
+        .is_ok_and(|age| age < window)
+}
