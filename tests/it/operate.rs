@@ -259,20 +259,13 @@ async fn a_dead_receiver_holds_back_no_other_and_catches_up_when_it_returns() {
 
     // Status shows one receiver up and one down.
     let file = env.config_file("sender.toml", &toml);
-    let out = shipper_async(owned(&[
-        "status",
-        "--config",
-        file.to_str().unwrap(),
-        "--json",
-    ]))
+    let v = wait_status(&file, "the first up, the second down", |v| {
+        v["receivers"][0]["connected"] == true && v["receivers"][1]["connected"] == false
+    })
     .await;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    assert_eq!(
-        v["receivers"].as_array().map(Vec::len),
-        Some(2),
-        "{}",
-        text(&out)
-    );
+    assert_eq!(v["receivers"].as_array().map(Vec::len), Some(2), "{v}");
+    assert!(v["receivers"][0]["last_ack_seq"].as_u64().is_some(), "{v}");
+    assert!(v["receivers"][1]["last_error"].is_string(), "{v}");
 
     // It returns and catches up.
     let r2 = env.start_receiver_from(&second_toml).await;

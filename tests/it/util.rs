@@ -1,7 +1,6 @@
 //! Test harness: temp trees, a receiver and a sender on 127.0.0.1 in this
 //! process, the shipper binary for CLI tests, and polling with deadlines.
 
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
