@@ -462,19 +462,19 @@ impl Receiver {
             }
             let started = Instant::now();
             // Named for this session too: a session whose sender vanished
-            // mid-bundle may still hold its part when the re-send arrives.
-            let part = self.incoming.join(incoming_name(&sender.key, seq, session));
-            let (answer, alive) = match self.receive(&mut conn, seq, size, &part).await {
+            // mid-bundle may still hold its file when the re-send arrives.
+            let received = self.incoming.join(incoming_name(&sender.key, seq, session));
+            let (answer, alive) = match self.receive(&mut conn, seq, size, &received).await {
                 Ok(Ok(())) => {
                     // Applying can take long: ping meanwhile, so the sender
                     // can tell a busy receiver from a dead connection.
-                    let apply = self.apply_received(&sender, seq, &part);
+                    let apply = self.apply_received(&sender, seq, &received);
                     conn.ping_while(APPLY_PING, apply).await
                 }
                 Ok(Err(reason)) => (Ok(Err(reason)), Ok(())),
                 Err(e) => (Err(e), Ok(())),
             };
-            let _ = tokio::fs::remove_file(&part).await;
+            let _ = tokio::fs::remove_file(&received).await;
             alive?;
             match answer? {
                 Ok(applied) => {
@@ -494,7 +494,7 @@ impl Receiver {
         Ok(())
     }
 
-    /// Receive one bundle body and its trailer into `part` and check them.
+    /// Receive one bundle body and its trailer into `received` and check them.
     /// The outer error ends the session (stream out of step); the inner one
     /// is a refusal.
     async fn receive(
@@ -502,10 +502,10 @@ impl Receiver {
         conn: &mut Connection<Stream>,
         seq: u64,
         size: u64,
-        part: &Path,
+        received: &Path,
     ) -> anyhow::Result<Result<(), Refusal>> {
         let started = std::time::Instant::now();
-        let (hash, write_error) = conn.recv_body(size, part).await?;
+        let (hash, write_error) = conn.recv_body(size, received).await?;
         tracing::debug!(
             seq,
             size,
@@ -520,7 +520,7 @@ impl Receiver {
             anyhow::bail!("expected a trailer after bundle {seq}");
         };
         if let Some(e) = write_error {
-            return Ok(Err(Refusal::retry(refusal_for_io(&e, part))));
+            return Ok(Err(Refusal::retry(refusal_for_io(&e, received))));
         }
         if t_size != size || t_hash != *hash.as_bytes() {
             // Damaged on the way: the next copy may arrive whole.
@@ -533,14 +533,14 @@ impl Receiver {
         Ok(Ok(()))
     }
 
-    /// Apply the received bundle at `part`, in sequence order, unless it
+    /// Apply the received bundle at `received`, in sequence order, unless it
     /// already was. The outer error ends the session; the inner one is a
     /// refusal.
     async fn apply_received(
         &self,
         sender: &Sender,
         seq: u64,
-        part: &Path,
+        received: &Path,
     ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
         let mut state = self.state.lock().await;
         let last = state.applied.get(&sender.key).copied().unwrap_or(0);
@@ -558,11 +558,12 @@ impl Receiver {
             );
         }
         let me = self.clone_parts();
-        let (sender_owned, part_path) = (sender.clone(), part.to_path_buf());
+        let (sender_owned, received_path) = (sender.clone(), received.to_path_buf());
         let started = std::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || me.commit(&part_path, &sender_owned, seq))
-            .await
-            .context("apply task")?;
+        let result =
+            tokio::task::spawn_blocking(move || me.commit(&received_path, &sender_owned, seq))
+                .await
+                .context("apply task")?;
         tracing::debug!(
             seq,
             ms = started.elapsed().as_millis() as u64,
@@ -708,9 +709,14 @@ struct Committer {
 }
 
 impl Committer {
-    /// Verify and apply the received bundle at `part`.
-    fn commit(&self, part: &Path, sender: &Sender, seq: u64) -> Result<apply::Applied, Refusal> {
-        let opened = apply::open(part, &self.limits).map_err(|e| e.refusal())?;
+    /// Verify and apply the received bundle at `received`.
+    fn commit(
+        &self,
+        received: &Path,
+        sender: &Sender,
+        seq: u64,
+    ) -> Result<apply::Applied, Refusal> {
+        let opened = apply::open(received, &self.limits).map_err(|e| e.refusal())?;
         if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
             return Err(Refusal::permanent(
                 None,
@@ -727,7 +733,7 @@ impl Committer {
         let io = |e: std::io::Error| Refusal::retry(refusal_for_io(&e, &wal));
         // Not fsynced: if a crash tears it, recovery refuses it and the
         // sender, never having had an acknowledgement, sends it again.
-        std::fs::rename(part, &wal).map_err(io)?;
+        std::fs::rename(received, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
         let target = self.target.for_sender(&sender.key);
         let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));

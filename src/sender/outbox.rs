@@ -46,7 +46,7 @@ impl OutboxState {
 }
 
 /// Bundles a connected receiver may have waiting before the packer pauses.
-const WINDOW: usize = 2;
+const MAX_WAITING: usize = 2;
 
 impl Outbox {
     /// An outbox for `receivers`, holding at most about `max_bytes` of
@@ -73,7 +73,7 @@ impl Outbox {
     }
 
     /// Add a bundle; blocks while the most advanced connected receiver (or,
-    /// with none connected, the outbox itself) already has `WINDOW` waiting.
+    /// with none connected, the outbox itself) already has `MAX_WAITING` waiting.
     /// A receiver that is down holds back nobody; its bundles wait here.
     pub fn push(&self, p: Packed) -> std::io::Result<()> {
         let mut st = self.lock();
@@ -92,7 +92,7 @@ impl Outbox {
                 Some(a) => st.bundles.range(a + 1..).count(),
                 None => st.bundles.len(),
             };
-            if waiting < WINDOW {
+            if waiting < MAX_WAITING {
                 break;
             }
             st = self
