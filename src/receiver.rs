@@ -220,7 +220,8 @@ pub struct Receiver {
     cfg: ReceiverConfig,
     /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
     tls: Option<tokio_rustls::TlsAcceptor>,
-    target: Target,
+    /// The blocking half: verify, publish, archive.
+    committer: Arc<Committer>,
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
     state: Mutex<ReceiverState>,
@@ -274,14 +275,7 @@ impl Receiver {
         let publishing = cfg.state_dir.join("publishing");
         std::fs::create_dir_all(&publishing)
             .with_context(|| format!("creating {}", publishing.display()))?;
-        let committer = Committer {
-            target: target.clone(),
-            publishing,
-            archive_dir: cfg.archive_dir.clone(),
-            archive_keep: cfg.archive_keep,
-            limits: cfg.limits,
-            part_ttl: cfg.part_ttl,
-        };
+        let committer = Arc::new(Committer::new(&cfg, &target));
         committer.recover(&mut state, &cfg.state_dir)?;
         committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
@@ -312,7 +306,7 @@ impl Receiver {
             Arc::new(Self {
                 tls,
                 cfg,
-                target,
+                committer,
                 incoming,
                 state: Mutex::new(state),
                 sessions: Default::default(),
@@ -557,7 +551,7 @@ impl Receiver {
                 "sequence gap: bundles in between were not for this receiver or never arrived"
             );
         }
-        let me = self.clone_parts();
+        let me = self.committer.clone();
         let (sender_owned, received_path) = (sender.clone(), received.to_path_buf());
         let started = std::time::Instant::now();
         let result =
@@ -584,7 +578,7 @@ impl Receiver {
                 // Still under the state lock: publishing/ holds at most the
                 // bundle being applied, so a crash never leaves an older
                 // bundle there behind a newer one.
-                let me = self.clone_parts();
+                let me = self.committer.clone();
                 let name = archive_name(&sender.key, seq);
                 tokio::task::spawn_blocking(move || me.archive_published(&name))
                     .await
@@ -620,17 +614,6 @@ impl Receiver {
             key: sender.key.clone(),
             id,
         })
-    }
-
-    fn clone_parts(&self) -> Committer {
-        Committer {
-            target: self.target.clone(),
-            publishing: self.cfg.state_dir.join("publishing"),
-            archive_dir: self.cfg.archive_dir.clone(),
-            archive_keep: self.cfg.archive_keep,
-            limits: self.cfg.limits,
-            part_ttl: self.cfg.part_ttl,
-        }
     }
 }
 
@@ -709,6 +692,17 @@ struct Committer {
 }
 
 impl Committer {
+    fn new(cfg: &ReceiverConfig, target: &Target) -> Self {
+        Self {
+            target: target.clone(),
+            publishing: cfg.state_dir.join("publishing"),
+            archive_dir: cfg.archive_dir.clone(),
+            archive_keep: cfg.archive_keep,
+            limits: cfg.limits,
+            part_ttl: cfg.part_ttl,
+        }
+    }
+
     /// Verify and apply the received bundle at `received`.
     fn commit(
         &self,
@@ -716,7 +710,7 @@ impl Committer {
         sender: &Sender,
         seq: u64,
     ) -> Result<apply::Applied, Refusal> {
-        let opened = apply::open(received, &self.limits).map_err(|e| e.refusal())?;
+        let mut opened = apply::open(received, &self.limits).map_err(|e| e.refusal())?;
         if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
             return Err(Refusal::permanent(
                 None,
@@ -726,9 +720,9 @@ impl Committer {
                 ),
             ));
         }
-        drop(opened);
         // Record what is about to be published before root changes, so a
-        // crash part-way is finished at the next start.
+        // crash part-way is finished at the next start. (The opened bundle
+        // follows its file to the new name: it is not opened again.)
         let wal = self.publishing.join(archive_name(&sender.key, seq));
         let io = |e: std::io::Error| Refusal::retry(refusal_for_io(&e, &wal));
         // Not fsynced: if a crash tears it, recovery refuses it and the
@@ -736,7 +730,8 @@ impl Committer {
         std::fs::rename(received, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
         let target = self.target.for_sender(&sender.key);
-        let result = apply::open(&wal, &self.limits).and_then(|b| apply::apply(&target, b));
+        opened.path = wal.clone();
+        let result = apply::apply(&target, opened);
         // After the apply, which refreshed the sets this bundle continued.
         self.expire_part_sets();
         result.map_err(|e| {
