@@ -330,11 +330,33 @@ impl Manifest {
                 _ => return Err(perr("whole-file hash must be on the last part only")),
             }
         }
+        // Every path that becomes a file in root. None may also be a
+        // directory of another: publishing that one would replace the file
+        // with a directory, and a bundle acknowledged as applied would lack
+        // a file it lists (found by fuzz target `bundle`).
+        let shipped: Vec<&str> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(self.parts.iter().map(|p| p.path.as_str()))
+            .collect();
+        let shipped_set: HashSet<&str> = shipped.iter().copied().collect();
+        for p in &shipped {
+            for (slash, _) in p.match_indices('/') {
+                let dir = &p[..slash];
+                if shipped_set.contains(dir) {
+                    return Err(path_err(
+                        dir,
+                        format!("shipped both as a file and as the directory of {p:?}"),
+                    ));
+                }
+            }
+        }
         // Deletions are applied before files are published, so deleting "d"
         // and shipping "d/x" in one bundle is a file replaced by a directory.
         for d in &self.deletions {
             paths::validate(d).map_err(|e| path_err(d, e.to_string()))?;
-            if seen.contains(d.as_str()) || set_paths.values().any(|p| p == d) {
+            if shipped_set.contains(d.as_str()) {
                 return Err(ManifestError::Duplicate { path: d.clone() });
             }
             nfc_dup(d)?;
@@ -483,6 +505,15 @@ mod tests {
                     m.files.push(file("cafe\u{301}"));
                 }),
             ),
+            (
+                "file below a file",
+                Box::new(|m| m.files.push(file("a/b.html/c"))),
+            ),
+            (
+                "file below a part file",
+                Box::new(|m| m.files.push(file("big/c"))),
+            ),
+            ("file above a file", Box::new(|m| m.files.push(file("a")))),
             (
                 "two sets, one path",
                 Box::new(|m| {

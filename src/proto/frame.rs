@@ -12,7 +12,8 @@ pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.
 pub const MAX_PAYLOAD: usize = 16 * 1024;
 pub const HEADER_LEN: usize = 5;
-/// Longest refusal reason sent; longer ones are cut.
+/// Longest refusal reason sent (longer ones are cut) and taken (a longer
+/// one makes the frame malformed).
 const MAX_REASON: usize = 4096;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -290,12 +291,17 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
                 1 => Some(RefusalKind::Permanent),
                 _ => None,
             };
+            // No longer than `encode` writes them: a peer says nothing
+            // shipper itself would not, and a decoded frame encodes back
+            // to the same frame.
             let path_len = usize::from(u16::from_be_bytes([p[9], p[10]]));
             let path = p
                 .get(11..11 + path_len)
+                .filter(|b| b.len() <= crate::paths::MAX_PATH_BYTES)
                 .and_then(|b| std::str::from_utf8(b).ok());
             let reason = p
                 .get(11 + path_len..)
+                .filter(|b| b.len() <= MAX_REASON)
                 .and_then(|b| std::str::from_utf8(b).ok());
             match (kind, path, reason) {
                 (Some(kind), Some(path), Some(reason)) => Some(Frame::Refuse {
@@ -442,6 +448,28 @@ mod tests {
         assert_eq!(Frame::parse(&hello), Err(FrameError::BadMagic));
         // A HTTP client poking the port.
         assert!(Frame::parse(b"GET / HTTP/1.1\r\n").is_err());
+    }
+
+    /// What `encode` never writes, a peer may not send: a decoded frame
+    /// always encodes back to itself (found by fuzz target `frame`).
+    #[test]
+    fn refusals_longer_than_shipper_sends_are_malformed() {
+        let refuse = |path: usize, reason: usize| {
+            let mut p = 1u64.to_be_bytes().to_vec();
+            p.push(1);
+            p.extend_from_slice(&(path as u16).to_be_bytes());
+            p.extend(std::iter::repeat_n(b'p', path));
+            p.extend(std::iter::repeat_n(b'r', reason));
+            let mut f = vec![REFUSE];
+            f.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            f.extend(p);
+            Frame::parse(&f)
+        };
+        let max_path = crate::paths::MAX_PATH_BYTES;
+        assert!(matches!(refuse(max_path, MAX_REASON), Ok(Some(_))));
+        let malformed = Err(FrameError::Malformed { kind: "refuse" });
+        assert_eq!(refuse(max_path + 1, 0), malformed);
+        assert_eq!(refuse(0, MAX_REASON + 1), malformed);
     }
 
     #[test]

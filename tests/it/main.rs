@@ -7,6 +7,7 @@ mod durability;
 mod edges;
 mod faults;
 mod fixtures;
+mod fuzz_found;
 mod hardening;
 mod hostile;
 mod liveness;
