@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
     target.prepare().expect("preparing the target");
     fs::create_dir(base.join("canary")).unwrap();
     fs::write(base.join("canary/victim"), VICTIM).unwrap();
-    if data.len() % 2 == 0 {
+    if data.len().is_multiple_of(2) {
         for (name, to) in PLANTED {
             std::os::unix::fs::symlink(to, target.root.join(name)).unwrap();
         }
@@ -83,14 +83,37 @@ fuzz_target!(|data: &[u8]| {
         "staging left behind: {result:?}"
     );
     match result {
-        Err(e) => assert_eq!(snapshot(&target.root), before, "refused ({e}) but root changed"),
+        Err(e) => assert_eq!(
+            snapshot(&target.root),
+            before,
+            "refused ({e}) but root changed"
+        ),
         Ok(_) => assert_published(&target.root, &manifest),
     }
 });
 
 /// Every file the manifest lists, and every file whose parts all came in
-/// this bundle, is in root as a regular file with its hash.
+/// this bundle, is in root as a regular file with its hash; every path it
+/// deletes is gone, unless the bundle ships it or something below it.
 fn assert_published(root: &Path, m: &Manifest) {
+    let shipped: Vec<&str> = m
+        .files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(m.parts.iter().map(|p| p.path.as_str()))
+        .collect();
+    for d in &m.deletions {
+        let kept = shipped.iter().any(|s| {
+            s == d
+                || s.strip_prefix(d.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        });
+        let meta = fs::symlink_metadata(root.join(d));
+        assert!(
+            kept || meta.is_err(),
+            "{d:?} deleted but still in root: {meta:?}"
+        );
+    }
     let files = m.files.iter().map(|f| (&f.path, &f.hash));
     let assembled = m
         .parts
@@ -105,7 +128,11 @@ fn assert_published(root: &Path, m: &Manifest) {
             "{path:?} applied but not a file in root: {meta:?}"
         );
         let got = blake3::hash(&fs::read(&at).unwrap());
-        assert_eq!(got.to_hex().as_str(), hash, "{path:?} applied with other content");
+        assert_eq!(
+            got.to_hex().as_str(),
+            hash,
+            "{path:?} applied with other content"
+        );
     }
 }
 
@@ -290,7 +317,9 @@ fn mutate_bundle(bytes: &[u8], max_size: usize, rng: &mut Rng) -> Option<Vec<u8>
         _ => {
             let gone = pick(rng)?;
             entries.retain(|e| e.name != gone);
-            m["files"].as_array_mut()?.retain(|f| f["path"] != gone.as_str());
+            m["files"]
+                .as_array_mut()?
+                .retain(|f| f["path"] != gone.as_str());
         }
     }
     let mi = entries.iter().position(|e| e.name == MANIFEST_ENTRY)?;
