@@ -472,7 +472,12 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
         began: Some(started),
         ..Walk::default()
     };
-    let mut it = walkdir::WalkDir::new(dir).follow_links(false).into_iter();
+    // Not even the walked directory itself is followed if it turned into a
+    // symlink since its event: what lies elsewhere is never listed.
+    let mut it = walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .follow_root_links(false)
+        .into_iter();
     while let Some(entry) = it.next() {
         let Ok(entry) = entry else { continue };
         if entry.file_type().is_dir() {
