@@ -46,7 +46,7 @@ mod transport;
 
 use outbox::{Outbox, outbox_budget};
 use state::SenderState;
-use transport::{Backoff, Link, mark_whole_tree, release_now, transport};
+use transport::{Backoff, Link, release_now, transport, update_peer};
 
 /// A first ship at least this large gets a progress bar on a terminal.
 const FIRST_SHIP_BAR_BYTES: u64 = 64 << 20;
@@ -133,13 +133,6 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             state_dir.display()
         )
     })?;
-    let whole_tree_due: std::collections::BTreeSet<usize> = cfg
-        .receivers
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| peers.receivers.get(*r).is_some_and(|p| p.whole_tree))
-        .map(|(i, _)| i)
-        .collect();
     let peers = Arc::new(std::sync::Mutex::new(peers));
     let accepts = Arc::new(std::sync::Mutex::new(vec![None; cfg.receivers.len()]));
     info!(id = %state.id, source = %cfg.source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
@@ -240,11 +233,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         taken: Vec::new(),
         private: None,
         whole_tree_queue: Default::default(),
-        whole_tree_due,
         whole_tree_last: BTreeMap::new(),
         peers,
         accepts: accepts.clone(),
-        reship: Default::default(),
         events,
         pending_bytes: Default::default(),
         pending_bytes_job: None,
@@ -349,7 +340,6 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
                 }
                 TransportEvent::WholeTree { index, reason } => {
                     if s.whole_tree_queue.insert(index) {
-                        s.whole_tree_due.insert(index);
                         s.whole_tree_last.remove(&index);
                         warn!(peer = %cfg.receivers[index], %reason, "this receiver needs the whole tree: shipping it every file");
                     }
@@ -430,9 +420,9 @@ struct Sender {
     /// What the receiver has (or will have once the queue drains), per path.
     shipped: BTreeMap<String, FileMeta>,
     /// Paths a receiver may hold in a state `shipped` does not say (a
-    /// bundle carrying them went out before a crash, unacknowledged): they
-    /// ship again as they are now, deletions included, whatever `shipped`
-    /// says.
+    /// bundle carrying them went out before a crash, unacknowledged, or a
+    /// receiver refused it for good): they ship again as they are now,
+    /// deletions included, whatever `shipped` says.
     in_doubt: std::collections::BTreeSet<String>,
     /// Where the packer notes each bundle before it can go out.
     ledger: Arc<std::sync::Mutex<Ledger>>,
@@ -451,18 +441,14 @@ struct Sender {
     taken: Vec<(String, Op)>,
     /// The running pack is a whole tree for this receiver only.
     private: Option<usize>,
-    /// Receivers whose whole tree waits to be packed…
+    /// Receivers whose whole tree waits to be packed (which receivers need
+    /// one at all is `peers`' `whole_tree` mark)…
     whole_tree_queue: std::collections::BTreeSet<usize>,
-    /// …and every receiver whose whole tree is not yet acknowledged…
-    whole_tree_due: std::collections::BTreeSet<usize>,
-    /// …with the last sequence of it, once packed.
+    /// …and the last sequence of one, once packed.
     whole_tree_last: BTreeMap<usize, u64>,
     peers: Arc<std::sync::Mutex<Peers>>,
     /// What each receiver said it accepts, once it said so.
     accepts: Arc<std::sync::Mutex<Vec<Option<Accepts>>>>,
-    /// Paths a receiver refused a bundle over, or that were in such a
-    /// bundle: packed again in full, deletions included.
-    reship: std::collections::HashSet<String>,
     /// Bytes of the pending files, as last counted off the runtime.
     pending_bytes: Arc<AtomicU64>,
     pending_bytes_job: Option<JoinHandle<()>>,
@@ -873,11 +859,10 @@ impl Sender {
                 .iter()
                 .enumerate()
                 .map(|(i, s)| LinkStatus {
-                    whole_tree_pending: self.whole_tree_due.contains(&i)
-                        || peers
-                            .receivers
-                            .get(&self.cfg.receivers[i])
-                            .is_some_and(|p| p.whole_tree),
+                    whole_tree_pending: peers
+                        .receivers
+                        .get(&self.cfg.receivers[i])
+                        .is_some_and(|p| p.whole_tree),
                     ..s.borrow().clone()
                 })
                 .collect(),
@@ -955,7 +940,7 @@ impl Sender {
             match c.op {
                 Op::Upsert => {
                     self.held.remove(&c.path);
-                    let reship = self.reship.remove(&c.path) || self.in_doubt.contains(&c.path);
+                    let reship = self.in_doubt.contains(&c.path);
                     items.push(PackItem {
                         previous: self.shipped.get(&c.path).filter(|_| !reship).cloned(),
                         path: c.path,
@@ -966,9 +951,7 @@ impl Sender {
                 }
                 // Deleting what the receiver never got is nothing to ship.
                 Op::Delete
-                    if self.reship.remove(&c.path)
-                        || self.shipped.contains_key(&c.path)
-                        || self.in_doubt.contains(&c.path) =>
+                    if self.shipped.contains_key(&c.path) || self.in_doubt.contains(&c.path) =>
                 {
                     deletions.push(c.path)
                 }
@@ -1063,7 +1046,7 @@ impl Sender {
                 // A receiver that is away must not fill the sender's disk.
                 while let Some(j) = queue.over_budget() {
                     warn!(peer = %names[j], outbox_bytes = queue.bytes(), outbox_max, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
-                    mark_whole_tree(&peers, &state_dir, &names[j])?;
+                    update_peer(&peers, &state_dir, &names[j], None, Some(true))?;
                     release_now(queue.drop_backlog(j), &events, &ledger);
                 }
                 Ok(())
@@ -1137,8 +1120,10 @@ impl Sender {
         }
         if result.is_ok() {
             // Taken and not failing again: packed, unchanged or gone.
+            let failed: std::collections::HashSet<&str> =
+                report.failed.iter().map(|(p, _)| p.as_str()).collect();
             for (path, _) in &taken {
-                if !report.failed.iter().any(|(p, _)| p == path) {
+                if !failed.contains(path.as_str()) {
                     self.failing.remove(path);
                 }
             }
@@ -1208,12 +1193,12 @@ impl Sender {
                 self.path_failed(&path, &error, now);
                 continue;
             }
+            // What that receiver has of it is unknown now: it ships as it
+            // is, deletions included, like a path in doubt after a crash.
+            self.in_doubt.insert(path.clone());
             if self.changes.contains(&path) {
-                // A newer change is pending anyway; make sure it ships whole.
-                self.reship.insert(path);
-                continue;
+                continue; // a newer change is pending anyway
             }
-            self.reship.insert(path.clone());
             match meta {
                 Some(_) => self.changes.requeue(&path, now),
                 None => self.changes.removed(&path, now),
@@ -1253,18 +1238,13 @@ impl Sender {
 
     /// Receiver `index` acknowledged its whole tree: forget that it needs one.
     fn whole_tree_done(&mut self, index: usize) {
-        self.whole_tree_due.remove(&index);
         self.whole_tree_last.remove(&index);
         let name = self.cfg.receivers[index].clone();
         info!(peer = %name, "this receiver has the whole tree");
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
-            let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(rec) = p.receivers.get_mut(&name) {
-                rec.whole_tree = false;
-                if let Err(e) = p.save(&dir) {
-                    warn!(error = %e, "could not record that a receiver has the whole tree");
-                }
+            if let Err(e) = update_peer(&peers, &dir, &name, None, Some(false)) {
+                warn!(error = %e, "could not record that a receiver has the whole tree");
             }
         });
     }

@@ -202,21 +202,10 @@ async fn record_peer(
     whole_tree: bool,
 ) {
     let (peers, dir, name) = (link_peers.clone(), state_dir.to_owned(), name.to_owned());
-    let saved = tokio::task::spawn_blocking(move || {
-        let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
-        let rec = p.receivers.entry(name).or_default();
-        let hex = data_encoding::HEXLOWER.encode(&instance);
-        let wanted = PeerRecord {
-            instance: hex,
-            whole_tree: rec.whole_tree || whole_tree,
-        };
-        if *rec == wanted {
-            return Ok(());
-        }
-        *rec = wanted;
-        p.save(&dir)
-    })
-    .await;
+    let mark = whole_tree.then_some(true);
+    let saved =
+        tokio::task::spawn_blocking(move || update_peer(&peers, &dir, &name, Some(instance), mark))
+            .await;
     if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
         warn!(error = %e, "could not record what is known of the receivers");
     }
@@ -312,8 +301,10 @@ pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
             let _ = events.send(TransportEvent::WholeTree { index, reason });
         }
         // What it applied before a lost acknowledgement counts as
-        // acknowledged; what it has numbers for is never sent to it.
-        release(outbox.ack(index, plan.release_upto), &events, &ledger).await;
+        // acknowledged, and what it has numbers for is never sent to it:
+        // both are done with up to what it applied (skip_upto covers
+        // release_upto; bundles in between are covered by the whole tree
+        // recorded above).
         release(outbox.ack(index, plan.skip_upto), &events, &ledger).await;
         outbox.set_connected(index, true);
         let _ = events.send(TransportEvent::Connected);
@@ -511,18 +502,28 @@ pub(super) fn release_now(
     }
 }
 
-/// Record durably that receiver `name` needs the whole tree. Blocking.
-pub(super) fn mark_whole_tree(
+/// Record durably what is known of receiver `name`: its state's
+/// `instance` and whether it needs the whole tree (`None`: unchanged).
+/// Written only when something changed. Blocking.
+pub(super) fn update_peer(
     peers: &Arc<std::sync::Mutex<Peers>>,
     state_dir: &Path,
     name: &str,
+    instance: Option<[u8; 16]>,
+    whole_tree: Option<bool>,
 ) -> std::io::Result<()> {
     let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
     let rec = p.receivers.entry(name.to_owned()).or_default();
-    if rec.whole_tree {
+    let wanted = PeerRecord {
+        instance: instance
+            .map(|i| data_encoding::HEXLOWER.encode(&i))
+            .unwrap_or_else(|| rec.instance.clone()),
+        whole_tree: whole_tree.unwrap_or(rec.whole_tree),
+    };
+    if *rec == wanted {
         return Ok(());
     }
-    rec.whole_tree = true;
+    *rec = wanted;
     p.save(state_dir)
 }
 
