@@ -798,6 +798,9 @@ impl Sender {
     /// Refresh the pending bytes off the runtime, at most one count at a
     /// time: status reads the last count, so it never stats files itself.
     fn count_pending_bytes(&mut self) {
+        if self.changes.is_empty() {
+            return; // status says 0 without a count
+        }
         if self
             .pending_bytes_job
             .as_ref()
