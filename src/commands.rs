@@ -300,7 +300,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Before either role touches anything: with both roles here, a root
     // inside the source would ship itself back forever.
     let checked = config.clone();
-    tokio::task::spawn_blocking(move || crate::places::check_config(&checked))
+    tokio::task::spawn_blocking(move || crate::places::check(&checked.dirs()))
         .await
         .context("directory check task")?
         .with_context(|| config.file.display().to_string())?;
@@ -340,7 +340,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     let (target, state_dir, limits) = match (target.config, target.root) {
         (Some(file), None) => {
             let config = Config::load(&file)?;
-            crate::places::check_config(&config)
+            crate::places::check(&config.dirs())
                 .with_context(|| config.file.display().to_string())?;
             let r = receiver_config(config)?;
             let target = receiver::target_for(&r)?;

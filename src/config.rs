@@ -5,7 +5,7 @@
 //! setting that could keep a change from reaching the receiver within five
 //! minutes; every error names the file and the key.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -218,6 +218,45 @@ impl Config {
                 c.file = file.to_owned();
                 c
             })
+    }
+}
+
+impl Config {
+    /// Every directory of every role in this config, by key: with both
+    /// roles in one config, a root inside the source would ship itself
+    /// forever, so [`crate::places::check`] compares them all.
+    pub fn dirs(&self) -> Vec<(&'static str, &Path)> {
+        let mut dirs = Vec::new();
+        if let Some(s) = &self.sender {
+            dirs.extend(s.dirs());
+        }
+        if let Some(r) = &self.receiver {
+            dirs.extend(r.dirs(r.staging_dir.as_deref()));
+        }
+        dirs
+    }
+}
+
+impl SenderConfig {
+    /// The sender's directories, by key.
+    pub fn dirs(&self) -> Vec<(&'static str, &Path)> {
+        vec![
+            ("sender.source", self.source.as_path()),
+            ("sender.state_dir", self.state_dir.as_path()),
+        ]
+    }
+}
+
+impl ReceiverConfig {
+    /// The receiver's directories, by key, with `staging` where it will be.
+    pub fn dirs<'a>(&'a self, staging: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
+        let mut dirs = vec![
+            ("receiver.root", self.root.as_path()),
+            ("receiver.state_dir", self.state_dir.as_path()),
+            ("receiver.archive_dir", self.archive_dir.as_path()),
+        ];
+        dirs.extend(staging.map(|s| ("receiver.staging_dir", s)));
+        dirs
     }
 }
 
@@ -604,11 +643,6 @@ pub fn host_is_loopback(host_port: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
-
-/// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
-pub fn resolve(value: &str) -> std::io::Result<Vec<SocketAddr>> {
-    Ok(value.to_socket_addrs()?.collect())
 }
 
 /// True when every address `value` names is a loopback address.

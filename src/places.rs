@@ -26,8 +26,6 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::{Config, ReceiverConfig, SenderConfig};
-
 #[derive(Debug, thiserror::Error)]
 pub enum PlaceError {
     /// `inner` lies inside `outer`, or is the same directory (`same`).
@@ -193,42 +191,6 @@ pub fn check(dirs: &[(&'static str, &Path)]) -> Result<(), PlaceError> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     overlap(&places).map_or(Ok(()), Err)
-}
-
-/// The sender's directories, by key.
-pub fn sender_dirs(cfg: &SenderConfig) -> Vec<(&'static str, &Path)> {
-    vec![
-        ("sender.source", cfg.source.as_path()),
-        ("sender.state_dir", cfg.state_dir.as_path()),
-    ]
-}
-
-/// The receiver's directories, by key, with `staging` where it will be.
-pub fn receiver_dirs<'a>(
-    cfg: &'a ReceiverConfig,
-    staging: Option<&'a Path>,
-) -> Vec<(&'static str, &'a Path)> {
-    let mut dirs = vec![
-        ("receiver.root", cfg.root.as_path()),
-        ("receiver.state_dir", cfg.state_dir.as_path()),
-        ("receiver.archive_dir", cfg.archive_dir.as_path()),
-    ];
-    dirs.extend(staging.map(|s| ("receiver.staging_dir", s)));
-    dirs
-}
-
-/// Check every directory of every role in `config` against the others:
-/// with both roles in one config, a root inside the source would ship
-/// itself forever.
-pub fn check_config(config: &Config) -> Result<(), PlaceError> {
-    let mut dirs = Vec::new();
-    if let Some(s) = &config.sender {
-        dirs.extend(sender_dirs(s));
-    }
-    if let Some(r) = &config.receiver {
-        dirs.extend(receiver_dirs(r, r.staging_dir.as_deref()));
-    }
-    check(&dirs)
 }
 
 /// Remove the entries of `dir` whose names shipper gave them (`ours` says

@@ -234,7 +234,7 @@ pub struct Receiver {
 /// The target a receiver config describes, directories created. Refused,
 /// before anything is created, when two of its directories overlap.
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
-    places::check(&places::receiver_dirs(cfg, cfg.staging_dir.as_deref()))?;
+    places::check(&cfg.dirs(cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
     // Whoever can write the archive chooses what a replay rebuilds root from.
     durable::private_dir(&cfg.archive_dir, "receiver.archive_dir").map_err(anyhow::Error::msg)?;
@@ -245,7 +245,7 @@ pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
         None => {
             // The default depends on where the created directories landed.
             let s = apply::default_staging(&cfg.root, &cfg.state_dir);
-            places::check(&places::receiver_dirs(cfg, Some(&s)))?;
+            places::check(&cfg.dirs(Some(&s)))?;
             s
         }
     };

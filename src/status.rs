@@ -1,8 +1,14 @@
 //! What `shipper status` reports: the figures the sender fills in and the
 //! control socket, the metrics endpoint and the command line show. Plain
-//! data shared by them, so none of them depends on another for it.
+//! data shared by them, so none of them depends on another for it, and the
+//! clock its timestamps are read from.
 
 use serde::{Deserialize, Serialize};
+
+/// Seconds since the Unix epoch, as status timestamps are written.
+pub fn unix_now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
 
 /// What `shipper status` shows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

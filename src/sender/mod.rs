@@ -37,7 +37,7 @@ use crate::ledger::Ledger;
 use crate::paths::is_within;
 use crate::peers::Peers;
 use crate::proto::frame::{Accepts, Refusal};
-use crate::status::{FailingPath, LinkStatus, SourceMissing, StatusReport};
+use crate::status::{FailingPath, LinkStatus, SourceMissing, StatusReport, unix_now};
 use crate::watch::{self as watcher, WatchMsg};
 
 mod outbox;
@@ -46,7 +46,7 @@ mod transport;
 
 use outbox::{Outbox, outbox_budget};
 use state::SenderState;
-use transport::{Backoff, Link, release_now, transport, update_peer};
+use transport::{Backoff, Link, TransportEvent, release_now, transport, update_peer};
 
 /// A first ship at least this large gets a progress bar on a terminal.
 const FIRST_SHIP_BAR_BYTES: u64 = 64 << 20;
@@ -62,30 +62,6 @@ const STATUS_FAILING_MAX: usize = 100;
 /// Retries of an unreadable file back off up to this.
 const RETRY_MAX: Duration = Duration::from_secs(60);
 
-fn unix_now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-enum TransportEvent {
-    /// A session with the receiver began; its last applied sequence is known.
-    Connected,
-    Acked {
-        seq: u64,
-    },
-    /// Receiver `index` needs the whole tree, for this reason (already
-    /// recorded in `receivers.json`).
-    WholeTree {
-        index: usize,
-        reason: String,
-    },
-    /// Receiver `index` refused a bundle for good; `changes` were in it.
-    Refused {
-        index: usize,
-        refusal: Refusal,
-        changes: Vec<(String, Option<FileMeta>)>,
-    },
-}
-
 struct FlushWait {
     /// Answer once this sequence is acknowledged; `None` until its pack ran.
     target: Option<u64>,
@@ -98,7 +74,7 @@ struct FlushWait {
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::places::check(&crate::places::sender_dirs(&cfg))?;
+    crate::places::check(&cfg.dirs())?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;

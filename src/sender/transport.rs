@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::outbox::Outbox;
-use super::{TransportEvent, unix_now};
+use crate::bundle::manifest::FileMeta;
 use crate::bundle::manifest::next_seq;
 use crate::bundle::pack::Packed;
 use crate::ledger::{AckRecord, Ledger};
@@ -23,7 +23,28 @@ use crate::proto::connection::ConnError;
 use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Refusal, RefusalKind};
 use crate::proto::{Connection, Frame};
-use crate::status::LinkStatus;
+use crate::status::{LinkStatus, unix_now};
+
+/// What a transport tells the sender's loop.
+pub(super) enum TransportEvent {
+    /// A session with the receiver began; its last applied sequence is known.
+    Connected,
+    Acked {
+        seq: u64,
+    },
+    /// Receiver `index` needs the whole tree, for this reason (already
+    /// recorded in `receivers.json`).
+    WholeTree {
+        index: usize,
+        reason: String,
+    },
+    /// Receiver `index` refused a bundle for good; `changes` were in it.
+    Refused {
+        index: usize,
+        refusal: Refusal,
+        changes: Vec<(String, Option<FileMeta>)>,
+    },
+}
 
 /// The least time a receiver that keeps pinging gets to acknowledge any
 /// bundle once it is sent (waiting for another sender's bundle to apply,
@@ -70,6 +91,12 @@ impl Backoff {
     }
 }
 
+/// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
+fn resolve(value: &str) -> std::io::Result<Vec<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok(value.to_socket_addrs()?.collect())
+}
+
 async fn connect(
     receiver: &str,
     id: &str,
@@ -77,7 +104,7 @@ async fn connect(
     peer_timeout: Duration,
 ) -> Result<(Connection<Stream>, u64, [u8; 16], Accepts), String> {
     let target = receiver.to_owned();
-    let addrs = tokio::task::spawn_blocking(move || crate::config::resolve(&target))
+    let addrs = tokio::task::spawn_blocking(move || resolve(&target))
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("cannot resolve: {e}"))?;
