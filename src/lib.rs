@@ -14,8 +14,10 @@
 //! - [`ledger`]: what the receivers acknowledged, per path, durably (sender).
 //! - [`peers`]: what the sender knows of each receiver; who needs the whole tree.
 //! - [`proto`]: frames (pure) and the connection that carries them.
+//! - [`rate`]: the bytes-per-second limit of each connection (token bucket). Pure.
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
+//! - [`hook`]: the command run after each applied bundle (`on_apply`).
 //! - [`beneath`]: writes and deletions below root that never follow symlinks,
 //!   all or nothing per bundle.
 //!
@@ -33,9 +35,11 @@
 pub mod beneath;
 pub mod bundle;
 pub mod changes;
+pub mod hook;
 pub mod ledger;
 pub mod peers;
 pub mod proto;
+pub mod rate;
 pub mod receiver;
 pub mod schedule;
 pub mod sender;

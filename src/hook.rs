@@ -1,0 +1,279 @@
+//! The receiver's `on_apply` hook: a command run after each applied bundle
+//! (to purge a cache, say), told what changed. It gets `SHIPPER_SEQ`,
+//! `SHIPPER_SENDER` and `SHIPPER_ROOT` in its environment and the changed
+//! paths on stdin, one per line: `+ path` for a written file, `- path` for
+//! a deletion. It runs in a process group of its own and is killed with
+//! everything it started once `on_apply_timeout` passes, so it can never
+//! hold an acknowledgement longer than that. Runs processes; async.
+
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+/// How much of a failed hook's stderr its error quotes (the end of it).
+const STDERR_TAIL: usize = 2048;
+
+/// The configured command and how long it may run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    /// Program and arguments; never run through a shell.
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// One path a bundle changed, as the hook reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Wrote(String),
+    Deleted(String),
+}
+
+impl Change {
+    /// The line the hook reads on stdin.
+    pub fn line(&self) -> String {
+        match self {
+            Change::Wrote(p) => format!("+ {p}\n"),
+            Change::Deleted(p) => format!("- {p}\n"),
+        }
+    }
+}
+
+/// What the hook is told about one applied bundle.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub seq: u64,
+    /// The sender's label as the receiver's log names it.
+    pub sender: String,
+    pub root: PathBuf,
+    pub changes: Vec<Change>,
+}
+
+/// Why a hook run failed; each names the program.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("on_apply hook {program}: cannot start: {source}")]
+    Start {
+        program: String,
+        source: std::io::Error,
+    },
+    #[error("on_apply hook {program}: {status}{}", stderr_suffix(.stderr))]
+    Failed {
+        program: String,
+        status: ExitStatus,
+        stderr: String,
+    },
+    #[error("on_apply hook {program}: still running after {}, killed", humantime::format_duration(*.timeout))]
+    TimedOut { program: String, timeout: Duration },
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let s = stderr.trim();
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(": {s}")
+    }
+}
+
+impl Hook {
+    fn program(&self) -> &str {
+        self.argv.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// Run the hook for `applied` and wait for it, at most `timeout`.
+    pub async fn run(&self, applied: &Applied) -> Result<(), HookError> {
+        let program = self.program().to_owned();
+        let mut child =
+            command(&self.argv, applied)
+                .spawn()
+                .map_err(|source| HookError::Start {
+                    program: program.clone(),
+                    source,
+                })?;
+        let input: String = applied.changes.iter().map(Change::line).collect();
+        let mut stdin = child.stdin.take();
+        // A hook that never reads stdin must not stall the run: write from
+        // a task of its own and ignore a closed pipe.
+        let writer = tokio::spawn(async move {
+            if let Some(stdin) = stdin.as_mut() {
+                let _ = stdin.write_all(input.as_bytes()).await;
+            }
+        });
+        let mut stderr = child.stderr.take();
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            if let Some(stderr) = stderr.as_mut() {
+                let _ = stderr.read_to_end(&mut all).await;
+            }
+            tail(&all)
+        });
+        let waited = tokio::time::timeout(self.timeout, child.wait()).await;
+        writer.abort();
+        match waited {
+            Ok(Ok(status)) if status.success() => {
+                reader.abort();
+                Ok(())
+            }
+            Ok(Ok(status)) => Err(HookError::Failed {
+                program,
+                status,
+                stderr: reader.await.unwrap_or_default(),
+            }),
+            Ok(Err(source)) => Err(HookError::Start { program, source }),
+            Err(_) => {
+                kill_group(&mut child).await;
+                reader.abort();
+                Err(HookError::TimedOut {
+                    program,
+                    timeout: self.timeout,
+                })
+            }
+        }
+    }
+}
+
+fn command(argv: &[String], applied: &Applied) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .env("SHIPPER_SEQ", applied.seq.to_string())
+        .env("SHIPPER_SENDER", &applied.sender)
+        .env("SHIPPER_ROOT", &applied.root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Kill the hook and everything it started, then reap it.
+async fn kill_group(child: &mut tokio::process::Child) {
+    if let Some(pid) = child
+        .id()
+        .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+    let _ = child.kill().await;
+}
+
+/// The last [`STDERR_TAIL`] bytes of `bytes`, as text.
+fn tail(bytes: &[u8]) -> String {
+    let start = bytes.len().saturating_sub(STDERR_TAIL);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn sh(script: &str, timeout: Duration) -> Hook {
+        Hook {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            timeout,
+        }
+    }
+
+    fn applied(dir: &Path) -> Applied {
+        Applied {
+            seq: 7,
+            sender: "cms".into(),
+            root: dir.to_owned(),
+            changes: vec![
+                Change::Wrote("a b.html".into()),
+                Change::Deleted("old.html".into()),
+            ],
+        }
+    }
+
+    #[tokio::test]
+    async fn the_hook_reads_the_changes_and_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        let script = format!(
+            "cat > '{0}'; echo \"$SHIPPER_SEQ $SHIPPER_SENDER $SHIPPER_ROOT\" >> '{0}'",
+            out.display()
+        );
+        sh(&script, Duration::from_secs(30))
+            .run(&applied(dir.path()))
+            .await
+            .unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(
+            text,
+            format!("+ a b.html\n- old.html\n7 cms {}\n", dir.path().display())
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_hook_is_named_with_its_status_and_stderr() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = sh("echo purge failed >&2; exit 3", Duration::from_secs(30))
+            .run(&applied(dir.path()))
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, HookError::Failed { .. }), "{text}");
+        assert!(text.contains("/bin/sh") && text.contains("3"), "{text}");
+        assert!(text.contains("purge failed"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_hook_past_its_timeout_is_killed_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        // The hook starts a grandchild and waits; both must die.
+        let script = format!("sleep 600 & echo $! > '{}'; wait", pidfile.display());
+        let err = sh(&script, Duration::from_millis(500))
+            .run(&applied(dir.path()))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, HookError::TimedOut { .. }), "{err}");
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // A killed grandchild is reaped by init; until then it is a zombie.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.is_empty() || stat.contains(") Z ") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the hook's child {pid} outlived the timeout"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hook_that_never_reads_stdin_still_finishes() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = applied(dir.path());
+        // Far more than a pipe holds.
+        a.changes = (0..20_000)
+            .map(|i| Change::Wrote(format!("pages/{i:06}.html")))
+            .collect();
+        sh("exit 0", Duration::from_secs(30)).run(&a).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = Hook {
+            argv: vec!["/nonexistent/purge".into()],
+            timeout: Duration::from_secs(1),
+        };
+        let err = hook.run(&applied(dir.path())).await.unwrap_err();
+        assert!(matches!(err, HookError::Start { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/purge"), "{err}");
+    }
+}
