@@ -17,6 +17,7 @@
 //! - [`rate`]: the bytes-per-second limit of each connection (token bucket). Pure.
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
+//! - [`perms`]: the modes and group the receiver gives what it writes.
 //! - [`hook`]: the command run after each applied bundle (`on_apply`).
 //! - [`beneath`]: writes and deletions below root that never follow symlinks,
 //!   all or nothing per bundle.
@@ -38,6 +39,7 @@ pub mod changes;
 pub mod hook;
 pub mod ledger;
 pub mod peers;
+pub mod perms;
 pub mod proto;
 pub mod rate;
 pub mod receiver;
