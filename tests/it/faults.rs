@@ -2,7 +2,6 @@
 //! proxy that corrupts or cuts the stream, a full disk on the receiver, a
 //! publish that fails part-way.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +11,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
+
+// The library's own copy (its unit tests use it too); test-only, so the
+// library does not export it.
+#[path = "../../src/beneath/snapshot.rs"]
+mod snapshot;
+use snapshot::snapshot;
 
 /// A small deterministic generator, so a failing run can be repeated.
 struct Rng(u64);
@@ -599,30 +604,6 @@ async fn an_inotify_queue_overflow_triggers_a_rescan_that_misses_nothing() {
         tail(&log)
     );
     r.stop().await;
-}
-
-/// Every entry below `dir` (directories, files, symlinks) with its inode,
-/// mode and content: equal snapshots mean the very same entries are there,
-/// not copies of them.
-fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u32, String)> {
-    use std::os::unix::fs::MetadataExt;
-    walkdir::WalkDir::new(dir)
-        .min_depth(1)
-        .into_iter()
-        .map(|e| {
-            let e = e.unwrap();
-            let md = e.path().symlink_metadata().unwrap();
-            let body = if md.is_file() {
-                String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned()
-            } else if md.is_symlink() {
-                format!("-> {}", std::fs::read_link(e.path()).unwrap().display())
-            } else {
-                String::new()
-            };
-            let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy();
-            (rel.into_owned(), (md.ino(), md.mode(), body))
-        })
-        .collect()
 }
 
 /// A file made immutable (`chattr +i`) for a test: neither root can replace,

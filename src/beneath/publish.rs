@@ -1,121 +1,29 @@
-//! Writing and deleting below a root directory through directory handles
-//! that never follow symlinks, all or nothing per bundle.
+//! [`Publish`]: the changes one bundle makes below root, all or nothing.
 //!
-//! Every path is walked one component at a time with
-//! `openat(O_DIRECTORY | O_NOFOLLOW)`, and entries are placed and moved
-//! with `renameat`/`linkat` relative to their parent's handle. A symlink
-//! planted anywhere inside root (by someone else, or swapped in while we
-//! work) therefore cannot redirect a write or a deletion outside root: it
-//! is refused. Paths given here have already passed
-//! [`crate::paths::validate`].
-//!
-//! A bundle's changes go through one [`Publish`]. Nothing it replaces or
-//! deletes is destroyed until [`Publish::commit`]: a replaced file is kept
-//! as a hard link, a deleted entry (a whole directory at once) is moved, into
-//! an undo directory outside root on its filesystem, and every step is
-//! recorded. When a step fails, [`Publish::roll_back`] walks the record
-//! backwards and root is again exactly what it was, the same inodes.
+//! Nothing it replaces or deletes is destroyed until [`Publish::commit`]: a
+//! replaced file is kept as a hard link, a deleted entry (a whole directory
+//! at once) is moved, into an undo directory outside root on its
+//! filesystem, and every step is recorded. When a step fails,
+//! [`Publish::roll_back`] walks the record backwards and root is again
+//! exactly what it was, the same inodes. Every change is made relative to
+//! a parent opened by [`Root`], never through a symlink.
 
-use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, CWD, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, Mode};
 use rustix::io::Errno;
 
-#[derive(Debug, thiserror::Error)]
-pub enum BeneathError {
-    #[error("{path}: is a symlink; refusing to write or delete through it")]
-    Symlink { path: String },
-    #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: io::Error },
-}
+use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
 
-/// A root directory, held open.
-pub struct Root {
-    fd: OwnedFd,
-    path: PathBuf,
-}
-
-const DIR_FLAGS: OFlags = OFlags::DIRECTORY
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC)
-    .union(OFlags::RDONLY);
-
+// Root's one way to change anything, kept with what it starts: the
+// walking in root.rs needs nothing of this file.
 impl Root {
-    pub fn open(path: &Path) -> io::Result<Self> {
-        let fd = rustix::fs::open(
-            path,
-            OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY,
-            Mode::empty(),
-        )?;
-        Ok(Self {
-            fd,
-            path: path.to_owned(),
-        })
-    }
-
-    fn err(&self, rel: &str, e: impl Into<io::Error>) -> BeneathError {
-        BeneathError::Io {
-            path: self.path.join(rel),
-            source: e.into(),
-        }
-    }
-
-    fn dup(&self) -> Result<OwnedFd, BeneathError> {
-        rustix::io::fcntl_dupfd_cloexec(&self.fd, 0).map_err(|e| self.err("", e))
-    }
-
-    /// Open the directory `comps` below root without changing anything.
-    /// `None` when a component is missing or not a directory.
-    fn find_dir(&self, comps: &[&str]) -> Result<Option<OwnedFd>, BeneathError> {
-        let mut cur = self.dup()?;
-        for (i, c) in comps.iter().enumerate() {
-            cur = match rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty()) {
-                Ok(fd) => fd,
-                Err(Errno::NOENT) => return Ok(None),
-                Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
-                    self.refuse_symlink(&cur, c, &comps[..=i].join("/"), e)?;
-                    return Ok(None);
-                }
-                Err(e) => return Err(self.err(&comps[..=i].join("/"), e)),
-            };
-        }
-        Ok(Some(cur))
-    }
-
-    /// Opening `name` in `parent` as a directory failed with `e`: refuse it
-    /// if it is a symlink; anything else is a non-directory.
-    fn refuse_symlink(
-        &self,
-        parent: &OwnedFd,
-        name: &str,
-        here: &str,
-        e: Errno,
-    ) -> Result<(), BeneathError> {
-        let st = rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(|_| self.err(here, e))?;
-        match FileType::from_raw_mode(st.st_mode) {
-            FileType::Symlink => Err(BeneathError::Symlink {
-                path: here.to_owned(),
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    /// Refuse `rel` if any directory above it inside root is a symlink,
-    /// without changing anything: the check run on every path of a bundle
-    /// before its first change, so the usual refusal has nothing to undo.
-    pub fn check(&self, rel: &str) -> Result<(), BeneathError> {
-        let (dir_comps, _) = split(rel);
-        self.find_dir(&dir_comps).map(|_| ())
-    }
-
     /// Start changing root. `undo` is made to keep what the changes replace
     /// or delete: a new directory outside root on root's filesystem (so
     /// entries move there by rename, never by copy).
     pub fn begin(&self, undo: &Path) -> Result<Publish<'_>, BeneathError> {
-        let io = |e: io::Error| BeneathError::Io {
+        let io = |e: std::io::Error| BeneathError::Io {
             path: undo.to_owned(),
             source: e,
         };
@@ -370,10 +278,10 @@ impl Drop for Publish<'_> {
 }
 
 /// Every change to root goes through here, so that tests can make any one
-/// of them fail (see `fault`).
+/// of them fail (see `super::fault`).
 fn op<T>(f: impl FnOnce() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
     #[cfg(test)]
-    fault::check()?;
+    super::fault::check()?;
     f()
 }
 
@@ -387,112 +295,13 @@ fn is_empty(dir: &OwnedFd) -> rustix::io::Result<bool> {
     Ok(true)
 }
 
-fn split(rel: &str) -> (Vec<&str>, &str) {
-    let mut comps: Vec<&str> = rel.split('/').collect();
-    let name = comps.pop().unwrap_or_default();
-    (comps, name)
-}
-
-/// Open a directory by path for use as a `publish` source.
-pub fn open_dir_path(path: &Path) -> io::Result<OwnedFd> {
-    Ok(rustix::fs::openat(
-        CWD,
-        path,
-        OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::RDONLY,
-        Mode::empty(),
-    )?)
-}
-
-/// Faults for tests: the changes to root made on this thread are counted,
-/// and the one numbered `at` (from 1) fails, or with `sticky` that one and
-/// every one after it, roll-back included, as if the process had died there.
-/// And [`fault::snapshot`], to tell whether root is exactly as it was.
-#[cfg(test)]
-pub(crate) mod fault {
-    use std::cell::Cell;
-    use std::collections::BTreeMap;
-    use std::os::unix::fs::MetadataExt;
-    use std::path::Path;
-
-    use rustix::io::Errno;
-
-    #[derive(Clone, Copy)]
-    struct Plan {
-        done: usize,
-        at: Option<usize>,
-        sticky: bool,
-        errno: Errno,
-    }
-
-    thread_local! {
-        static PLAN: Cell<Plan> = const {
-            Cell::new(Plan { done: 0, at: None, sticky: false, errno: Errno::IO })
-        };
-    }
-
-    /// Start counting from zero, failing change `at` with `errno`.
-    pub fn arm(at: Option<usize>, errno: Errno, sticky: bool) {
-        PLAN.set(Plan {
-            done: 0,
-            at,
-            sticky,
-            errno,
-        });
-    }
-
-    /// Changes attempted since [`arm`].
-    pub fn count() -> usize {
-        PLAN.get().done
-    }
-
-    /// Every entry below `dir` with its inode, mode and content (a
-    /// symlink's target): equal snapshots hold the very same entries.
-    pub fn snapshot(dir: &Path) -> BTreeMap<String, (u64, u32, String)> {
-        walkdir::WalkDir::new(dir)
-            .min_depth(1)
-            .into_iter()
-            .map(|e| {
-                let e = e.unwrap();
-                let md = e.path().symlink_metadata().unwrap();
-                let body = if md.is_file() {
-                    String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).into_owned()
-                } else if md.is_symlink() {
-                    format!("-> {}", std::fs::read_link(e.path()).unwrap().display())
-                } else {
-                    String::new()
-                };
-                let rel = e.path().strip_prefix(dir).unwrap().to_string_lossy();
-                (rel.into_owned(), (md.ino(), md.mode(), body))
-            })
-            .collect()
-    }
-
-    pub(super) fn check() -> rustix::io::Result<()> {
-        let mut p = PLAN.get();
-        p.done += 1;
-        PLAN.set(p);
-        match p.at {
-            Some(at) if p.done == at || (p.sticky && p.done > at) => Err(p.errno),
-            _ => Ok(()),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::fault::snapshot;
-    use super::*;
     use std::collections::BTreeMap;
 
-    fn setup() -> (tempfile::TempDir, Root, OwnedFd) {
-        let t = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(t.path().join("root")).unwrap();
-        std::fs::create_dir_all(t.path().join("stage")).unwrap();
-        std::fs::create_dir_all(t.path().join("outside")).unwrap();
-        let root = Root::open(&t.path().join("root")).unwrap();
-        let stage = open_dir_path(&t.path().join("stage")).unwrap();
-        (t, root, stage)
-    }
+    use super::*;
+    use crate::beneath::fault::{self, snapshot};
+    use crate::beneath::root::tests::setup;
 
     #[test]
     fn publish_creates_parents_and_replaces_a_directory_in_the_way() {
@@ -515,45 +324,6 @@ mod tests {
     }
 
     #[test]
-    fn a_symlink_inside_root_cannot_redirect_a_write_or_a_delete() {
-        let (t, root, stage) = setup();
-        std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
-        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/link")).unwrap();
-        std::fs::write(t.path().join("stage/f0"), "evil").unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        let e = p.publish("link/victim", &stage, "f0").unwrap_err();
-        assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
-        let e = p.delete("link/victim").unwrap_err();
-        assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
-        assert_eq!(
-            std::fs::read(t.path().join("outside/victim")).unwrap(),
-            b"keep"
-        );
-        // Deleting the symlink itself removes the link, not its target.
-        p.delete("link").unwrap();
-        p.commit();
-        assert!(t.path().join("outside/victim").exists());
-        assert!(!t.path().join("root/link").exists());
-    }
-
-    #[test]
-    fn deleting_a_tree_with_a_symlink_inside_leaves_the_target_alone() {
-        let (t, root, _stage) = setup();
-        std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
-        std::fs::create_dir_all(t.path().join("root/d/e")).unwrap();
-        std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/d/e/out"))
-            .unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.delete("d").unwrap();
-        p.commit();
-        assert!(!t.path().join("root/d").exists());
-        assert_eq!(
-            std::fs::read(t.path().join("outside/victim")).unwrap(),
-            b"keep"
-        );
-    }
-
-    #[test]
     fn delete_prunes_emptied_directories_but_never_root() {
         let (t, root, _stage) = setup();
         std::fs::create_dir_all(t.path().join("root/a/b")).unwrap();
@@ -567,124 +337,111 @@ mod tests {
         assert!(t.path().join("root").exists());
     }
 
-    /// A symlink swapped in after [`Root::check`] passed made the publish
-    /// fail with the bundle's earlier changes left in root.
-    #[test]
-    fn a_symlink_planted_after_the_check_is_refused_and_everything_put_back() {
-        let (t, root, stage) = setup();
-        let r = t.path().join("root");
-        std::fs::create_dir_all(r.join("d")).unwrap();
-        std::fs::write(r.join("old"), "old").unwrap();
-        std::fs::write(r.join("gone"), "gone").unwrap();
-        for (f, body) in [("f0", "new old"), ("f1", "new x"), ("f2", "evil")] {
-            std::fs::write(t.path().join("stage").join(f), body).unwrap();
+    /// Root before the fault test's bundle: a file it replaces, a file it
+    /// deletes with the directories that empties, a whole directory it
+    /// deletes, a directory where it puts a file, a file where it puts a
+    /// directory, and a file it leaves alone (with a symlink it replaces).
+    const BEFORE: [(&str, &str); 7] = [
+        ("a.html", "old a"),
+        ("deep/er/gone.html", "gone"),
+        ("tree/x/y.html", "tree"),
+        ("tree/z.html", "tree"),
+        ("dirfile/in.html", "dir becomes a file"),
+        ("filedir", "file becomes a dir"),
+        ("keep/stay.html", "stays"),
+    ];
+    /// What the fault test's bundle publishes, staged as `f0`, `f1`, ...
+    const STAGED: [(&str, &str); 5] = [
+        ("a.html", "new a"),
+        ("dirfile", "a file now"),
+        ("filedir/in.html", "below a former file"),
+        ("keep/link", "a file over a symlink"),
+        ("n/e/w.html", "new"),
+    ];
+
+    /// Make root as [`BEFORE`] (and `keep/link`) and stage [`STAGED`].
+    fn plant_fault_tree(t: &Path) {
+        let r = t.join("root");
+        for (rel, body) in BEFORE {
+            std::fs::create_dir_all(r.join(rel).parent().unwrap()).unwrap();
+            std::fs::write(r.join(rel), body).unwrap();
         }
-        root.check("d/y").unwrap();
-        let was = snapshot(&r);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.delete("gone").unwrap();
-        p.publish("old", &stage, "f0").unwrap();
-        p.publish("new/x", &stage, "f1").unwrap();
-        std::fs::remove_dir(r.join("d")).unwrap();
-        std::os::unix::fs::symlink(t.path().join("outside"), r.join("d")).unwrap();
-        let e = p.publish("d/y", &stage, "f2").unwrap_err();
-        assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
-        let failed = p.roll_back();
-        assert!(failed.is_empty(), "{failed:?}");
-        // As before, but for the symlink someone else planted.
-        let mut now = snapshot(&r);
-        assert!(now.remove("d").unwrap().2.starts_with("-> "));
-        let mut was = was;
-        was.remove("d");
-        assert_eq!(now, was);
-        assert!(!t.path().join("outside/y").exists());
-        assert!(!t.path().join("undo").exists(), "undo kept after roll-back");
+        std::os::unix::fs::symlink("a.html", r.join("keep/link")).unwrap();
+        for (i, (_, body)) in STAGED.iter().enumerate() {
+            std::fs::write(t.join(format!("stage/f{i}")), body).unwrap();
+        }
     }
 
-    /// A publish that failed part-way left root half-changed. Root: a file
-    /// replaced, a file deleted with the directories it empties, a whole
-    /// directory deleted, a directory where a file goes, a file where a
-    /// directory goes, a symlink replaced, new files in new directories.
-    /// Every change, and the final sync, is made to fail in turn.
+    /// The fault test's bundle: its two deletions, then [`STAGED`], then
+    /// the sync.
+    fn make_changes(p: &mut Publish, stage: &OwnedFd) -> Result<(), BeneathError> {
+        p.delete("deep/er/gone.html")?;
+        p.delete("tree")?;
+        for (i, (rel, _)) in STAGED.iter().enumerate() {
+            p.publish(rel, stage, &format!("f{i}"))?;
+        }
+        p.sync()
+    }
+
+    /// The regular files below `dir` with their content.
+    fn files(dir: &Path) -> BTreeMap<String, String> {
+        snapshot(dir)
+            .into_iter()
+            .filter(|(_, (_, mode, _))| mode & 0o170000 == 0o100000)
+            .map(|(rel, (_, _, body))| (rel, body))
+            .collect()
+    }
+
+    /// Apply the fault test's bundle with change `fail_at` failing with
+    /// `errno`, and check root is what the bundle makes it, or, when it
+    /// failed, exactly what it was. Returns the result, the changes
+    /// counted, and whether directories the deletion emptied are gone.
+    fn run_with_fault(
+        fail_at: Option<usize>,
+        errno: Errno,
+    ) -> (Result<(), BeneathError>, usize, bool) {
+        let (t, root, stage) = setup();
+        let r = t.path().join("root");
+        plant_fault_tree(t.path());
+        let was = snapshot(&r);
+        fault::arm(fail_at, errno, false);
+        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let result = make_changes(&mut p, &stage);
+        let ops = fault::count();
+        match &result {
+            Ok(()) => {
+                p.commit();
+                let want: BTreeMap<String, String> = STAGED
+                    .iter()
+                    .map(|(rel, body)| (rel.to_string(), body.to_string()))
+                    .chain([("keep/stay.html".into(), "stays".into())])
+                    .collect();
+                assert_eq!(files(&r), want, "fault at {fail_at:?}");
+                assert!(!r.join("tree").exists());
+            }
+            Err(_) => {
+                let failed = p.roll_back();
+                assert!(failed.is_empty(), "at {fail_at:?}: {failed:?}");
+                assert_eq!(snapshot(&r), was, "root changed, fault at {fail_at:?}");
+            }
+        }
+        fault::arm(None, Errno::IO, false);
+        assert!(!t.path().join("undo").exists());
+        (result, ops, !r.join("deep").exists())
+    }
+
+    /// A publish that failed part-way left root half-changed. Every change
+    /// of the bundle in [`BEFORE`]/[`STAGED`], and the final sync, is made
+    /// to fail in turn.
     #[test]
     fn a_fault_at_any_step_puts_root_back_exactly() {
-        /// The result, the changes counted, and whether directories the
-        /// deletion emptied are gone.
-        fn run(fail_at: Option<usize>, errno: Errno) -> (Result<(), BeneathError>, usize, bool) {
-            let (t, root, stage) = setup();
-            let r = t.path().join("root");
-            for (rel, body) in [
-                ("a.html", "old a"),
-                ("deep/er/gone.html", "gone"),
-                ("tree/x/y.html", "tree"),
-                ("tree/z.html", "tree"),
-                ("dirfile/in.html", "dir becomes a file"),
-                ("filedir", "file becomes a dir"),
-                ("keep/stay.html", "stays"),
-            ] {
-                std::fs::create_dir_all(r.join(rel).parent().unwrap()).unwrap();
-                std::fs::write(r.join(rel), body).unwrap();
-            }
-            std::os::unix::fs::symlink("a.html", r.join("keep/link")).unwrap();
-            let staged = [
-                ("a.html", "new a"),
-                ("dirfile", "a file now"),
-                ("filedir/in.html", "below a former file"),
-                ("keep/link", "a file over a symlink"),
-                ("n/e/w.html", "new"),
-            ];
-            for (i, (_, body)) in staged.iter().enumerate() {
-                std::fs::write(t.path().join(format!("stage/f{i}")), body).unwrap();
-            }
-            let was = snapshot(&r);
-            fault::arm(fail_at, errno, false);
-            let mut p = root.begin(&t.path().join("undo")).unwrap();
-            let result = (|| {
-                p.delete("deep/er/gone.html")?;
-                p.delete("tree")?;
-                for (i, (rel, _)) in staged.iter().enumerate() {
-                    p.publish(rel, &stage, &format!("f{i}"))?;
-                }
-                p.sync()
-            })();
-            let ops = fault::count();
-            match &result {
-                Ok(()) => {
-                    p.commit();
-                    let now = util_tree(&r);
-                    let want: BTreeMap<String, String> = staged
-                        .iter()
-                        .map(|(rel, body)| (rel.to_string(), body.to_string()))
-                        .chain([("keep/stay.html".into(), "stays".into())])
-                        .collect();
-                    assert_eq!(now, want, "fault at {fail_at:?}");
-                    assert!(!r.join("tree").exists());
-                }
-                Err(_) => {
-                    let failed = p.roll_back();
-                    assert!(failed.is_empty(), "at {fail_at:?}: {failed:?}");
-                    assert_eq!(snapshot(&r), was, "root changed, fault at {fail_at:?}");
-                }
-            }
-            fault::arm(None, Errno::IO, false);
-            assert!(!t.path().join("undo").exists());
-            (result, ops, !r.join("deep").exists())
-        }
-        fn util_tree(dir: &Path) -> BTreeMap<String, String> {
-            snapshot(dir)
-                .into_iter()
-                .filter(|(_, (_, mode, _))| mode & 0o170000 == 0o100000)
-                .map(|(rel, (_, _, body))| (rel, body))
-                .collect()
-        }
-
-        let (ok, steps, pruned) = run(None, Errno::IO);
+        let (ok, steps, pruned) = run_with_fault(None, Errno::IO);
         ok.unwrap();
         assert!(pruned, "emptied directories kept");
         assert!(steps > 15, "only {steps} changes counted");
         let mut kept_empty = 0;
         for at in 1..=steps {
-            match run(Some(at), Errno::IO) {
+            match run_with_fault(Some(at), Errno::IO) {
                 (Err(_), _, _) => {}
                 // Pruning is the one change allowed to fail: an emptied
                 // directory stays (deep/er, or deep).
@@ -694,7 +451,7 @@ mod tests {
         }
         assert_eq!(kept_empty, 2);
         for errno in [Errno::NOSPC, Errno::ACCESS] {
-            assert!(run(Some(steps / 2), errno).0.is_err());
+            assert!(run_with_fault(Some(steps / 2), errno).0.is_err());
         }
     }
 

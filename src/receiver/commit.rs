@@ -1,0 +1,223 @@
+//! The blocking half of applying a bundle: the write-ahead record in
+//! `state_dir/publishing`, the verify-and-apply itself, the archive, and
+//! finishing at start whatever publish a crash interrupted. Everything
+//! here does file I/O and fsyncs: run it off the async runtime.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::identity::Sender;
+use super::names::{archive_name, is_archive_name, parse_archive_name};
+use super::state::ReceiverState;
+use crate::bundle::apply::{self, Target};
+use crate::config::ReceiverConfig;
+use crate::durable;
+use crate::proto::frame::Refusal;
+
+/// The blocking half of applying: the write-ahead record, the apply itself,
+/// and the archive.
+pub(super) struct Committer {
+    target: Target,
+    /// Holds the bundle being published: found here at start, it is
+    /// applied again before anything newer is taken, or only archived if
+    /// its sequence was recorded before the crash.
+    publishing: PathBuf,
+    archive_dir: PathBuf,
+    archive_keep: usize,
+    limits: apply::Limits,
+    part_ttl: Duration,
+}
+
+impl Committer {
+    pub(super) fn new(cfg: &ReceiverConfig, target: &Target) -> Self {
+        Self {
+            target: target.clone(),
+            publishing: cfg.state_dir.join("publishing"),
+            archive_dir: cfg.archive_dir.clone(),
+            archive_keep: cfg.archive_keep,
+            limits: cfg.limits,
+            part_ttl: cfg.part_ttl,
+        }
+    }
+
+    /// Verify and apply the received bundle at `received`.
+    pub(super) fn commit(
+        &self,
+        received: &Path,
+        sender: &Sender,
+        seq: u64,
+    ) -> Result<apply::Applied, Refusal> {
+        let mut opened = apply::open(received, &self.limits).map_err(|e| e.refusal())?;
+        if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
+            return Err(Refusal::permanent(
+                None,
+                format!(
+                    "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
+                    opened.manifest.sender, opened.manifest.seq, sender.id
+                ),
+            ));
+        }
+        // Record what is about to be published before root changes, so a
+        // crash part-way is finished at the next start. (The opened bundle
+        // follows its file to the new name: it is not opened again.)
+        let wal = self.publishing.join(archive_name(&sender.key, seq));
+        let io = |e: std::io::Error| Refusal::retry(refusal_for_io(&e, &wal));
+        // Not fsynced: if a crash tears it, recovery refuses it and the
+        // sender, never having had an acknowledgement, sends it again.
+        std::fs::rename(received, &wal).map_err(io)?;
+        durable::sync_dir(&self.publishing).map_err(io)?;
+        let target = self.target.for_sender(&sender.key);
+        opened.path = wal.clone();
+        let result = apply::apply(&target, opened);
+        // After the apply, which refreshed the sets this bundle continued.
+        self.expire_part_sets();
+        result.map_err(|e| {
+            // apply put root back as it was: nothing is left to finish.
+            let _ = std::fs::remove_file(&wal);
+            e.refusal()
+        })
+    }
+
+    /// Remove the part sets of every sender that no bundle added to for
+    /// `part_ttl` (each removal is logged with its set).
+    pub(super) fn expire_part_sets(&self) {
+        let now = std::time::SystemTime::now();
+        apply::expire_part_sets(&self.target.parts, self.part_ttl, now);
+    }
+
+    /// Move the published bundle from the write-ahead slot to the archive.
+    pub(super) fn archive_published(&self, name: &str) {
+        let src = self.publishing.join(name);
+        if let Err(e) = archive(&src, &self.archive_dir, name, self.archive_keep) {
+            warn!(error = format!("{e:#}"), "archiving the bundle failed");
+        }
+        let _ = std::fs::remove_file(&src);
+    }
+
+    /// Finish bundles whose publish a crash interrupted. Blocking; run at
+    /// start before any sender is accepted. A crash is finished, not
+    /// undone: what the interrupted publish kept aside went with staging,
+    /// and applying again is what the sender, never acknowledged, asks for.
+    pub(super) fn recover(
+        &self,
+        state: &mut ReceiverState,
+        state_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let mut pending: Vec<PathBuf> = std::fs::read_dir(&self.publishing)?
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
+            .map(|e| e.path())
+            .collect();
+        pending.sort();
+        for wal in pending {
+            let name = wal
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            // Named by commit() after the sender it came from.
+            let Some((key, seq)) = parse_archive_name(&name) else {
+                warn!(bundle = %wal.display(), "not a bundle name this receiver writes; removed");
+                let _ = std::fs::remove_file(&wal);
+                continue;
+            };
+            // Recorded, so published whole before a crash kept it from the
+            // archive; newer bundles may have been applied since, and
+            // applying this one again would roll their files back.
+            if state.applied.get(key).is_some_and(|&last| seq <= last) {
+                info!(sender = key, seq, "archiving a bundle already applied");
+                self.archive_published(&name);
+                continue;
+            }
+            match apply::open(&wal, &self.limits).and_then(|b| {
+                let seq = b.manifest.seq;
+                apply::apply(&self.target.for_sender(key), b).map(|a| (seq, a))
+            }) {
+                Ok((seq, a)) => {
+                    info!(
+                        sender = key,
+                        seq,
+                        files = a.published,
+                        "finished a bundle whose publish was interrupted"
+                    );
+                    state.record_applied(key, seq);
+                    state.save(state_dir)?;
+                    self.archive_published(&name);
+                }
+                Err(e) => {
+                    warn!(bundle = %wal.display(), error = %e, "could not finish an interrupted bundle; the sender will re-send it");
+                    let _ = std::fs::remove_file(&wal);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Keep the applied bundle in `dir` and prune shipper's bundles there to
+/// the newest `keep`; other files in `dir` are not counted or touched.
+fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()> {
+    let dest = dir.join(name);
+    // The archive is a convenience for replay; a copy torn by a crash is
+    // refused by replay's checks, so it is not worth an fsync per bundle.
+    if keep > 0 && std::fs::rename(src, &dest).is_err() {
+        std::fs::copy(src, &dest).with_context(|| format!("copying to {}", dest.display()))?;
+    }
+    let mut entries: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(is_archive_name))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    entries.sort();
+    let excess = entries.len().saturating_sub(keep);
+    for (_, p) in entries.into_iter().take(excess) {
+        let _ = std::fs::remove_file(p);
+    }
+    Ok(())
+}
+
+/// The reason sent to the sender when the bundle at `path` cannot be
+/// stored: a full disk is named as such.
+pub(super) fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
+    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
+    if matches!(e.kind(), StorageFull | QuotaExceeded) {
+        format!("receiver disk full: {}: {e}", path.display())
+    } else {
+        format!("receiver cannot store the bundle: {}: {e}", path.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_archive_keeps_the_newest_bundles_and_never_touches_other_files() {
+        let t = tempfile::tempdir().unwrap();
+        let (publishing, dir) = (t.path().join("publishing"), t.path().join("archive"));
+        std::fs::create_dir_all(&publishing).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        for seq in 1..=3 {
+            let name = archive_name("cms", seq);
+            std::fs::write(publishing.join(&name), "zip").unwrap();
+            archive(&publishing.join(&name), &dir, &name, 2).unwrap();
+        }
+        let mut left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                archive_name("cms", 2),
+                archive_name("cms", 3),
+                "notes.txt".into()
+            ]
+        );
+    }
+}

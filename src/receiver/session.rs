@@ -1,0 +1,397 @@
+//! One sender's session: the TLS handshake and `Hello` that say who it is,
+//! `Welcome`, then each bundle received into `state_dir/incoming`, checked
+//! against its trailer, applied in sequence order and answered with `Ack`
+//! or a refusal. There is one session per sender: a newer one replaces an
+//! older one.
+//!
+//! A session pings its sender while a bundle is applied and answers the
+//! sender's pings between bundles; one the sender leaves silent for
+//! [`SESSION_IDLE`] is ended (see [`crate::proto`]'s liveness rules).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::TcpStream;
+use tokio::sync::{Mutex, OwnedSemaphorePermit};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::commit::{Committer, refusal_for_io};
+use super::identity::Sender;
+use super::names::{archive_name, incoming_name};
+use super::state::{ReceiverState, StateLock};
+use crate::bundle::apply;
+use crate::bundle::manifest::{next_seq, valid_sender_id};
+use crate::config::ReceiverConfig;
+use crate::proto::connection::{Stream, set_liveness};
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Refusal, RefusalKind};
+use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
+use crate::tls::Fingerprint;
+
+/// A new connection has this long for its TLS handshake and `Hello`
+/// together; a silent one does not hold a slot longer.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Identified sessions at once (there is one per sender identity).
+const MAX_SESSIONS: usize = 256;
+/// Numbers sessions, so two sessions never share a file name.
+static SESSIONS: AtomicU64 = AtomicU64::new(0);
+
+/// What the sessions of one receiver share: its config, TLS acceptor,
+/// state and committer, and the live session of each sender.
+pub(super) struct Sessions {
+    cfg: ReceiverConfig,
+    /// Mutual TLS with the allowed senders; `None` for plaintext on loopback.
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// The blocking half: verify, publish, archive.
+    committer: Arc<Committer>,
+    incoming: PathBuf,
+    /// Held while a bundle is applied: one at a time, state and root agree.
+    state: Mutex<ReceiverState>,
+    /// The live session of each sender (by key): its id and stop token.
+    live: std::sync::Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// No other receiver or replay writes state_dir while a session may.
+    _lock: StateLock,
+}
+
+/// Removes its session from the table when the session ends (unless a
+/// newer one took the place already).
+struct SessionGuard {
+    sessions: Arc<Sessions>,
+    key: String,
+    id: u64,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut table = self.sessions.live.lock().unwrap_or_else(|e| e.into_inner());
+        if table.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            table.remove(&self.key);
+        }
+    }
+}
+
+impl Sessions {
+    /// `incoming` holds bundles while they are received; `lock` is held
+    /// for as long as any session may write state_dir or root.
+    pub(super) fn new(
+        cfg: ReceiverConfig,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+        committer: Arc<Committer>,
+        incoming: PathBuf,
+        state: ReceiverState,
+        lock: StateLock,
+    ) -> Self {
+        Self {
+            cfg,
+            tls,
+            committer,
+            incoming,
+            state: Mutex::new(state),
+            live: Default::default(),
+            _lock: lock,
+        }
+    }
+
+    /// Serve one connection. `slot` is held until the peer has said who it
+    /// is; `stop` ends this session (a newer one from the same sender
+    /// replaces it).
+    pub(super) async fn session(
+        self: Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
+        stop: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let identify = tokio::time::Instant::now() + HELLO_TIMEOUT;
+        let (mut conn, sender) = self.identify(stream, peer, identify).await?;
+        drop(slot);
+        let registered = self.register(&sender, peer, stop)?;
+        let last = self.welcome(&mut conn, &sender).await?;
+        info!(%peer, %sender, last_applied = last, "sender connected");
+        while let Some(frame) = conn.read_frame().await? {
+            if frame == Frame::Ping {
+                conn.write_frame(&Frame::Ping).await?;
+                continue;
+            }
+            let Frame::Bundle { seq, size } = frame else {
+                anyhow::bail!("{peer}: expected a bundle, got {frame:?}");
+            };
+            self.take_bundle(&mut conn, &sender, peer, registered.id, seq, size)
+                .await?;
+        }
+        info!(%peer, %sender, "sender disconnected");
+        Ok(())
+    }
+
+    /// Learn who is at the other end by `deadline`: the certificate it
+    /// presents (with keys) and the id and protocol version of its `Hello`.
+    /// A version or id this receiver cannot take is refused in a frame.
+    async fn identify(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<(Connection<Stream>, Sender)> {
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
+            warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
+        }
+        let (stream, fingerprint) = self.handshake(stream, peer, deadline).await?;
+        let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let sender = match conn.expect_frame_within(left).await? {
+            Frame::Hello { version, sender }
+                if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
+            {
+                Sender::new(sender, fingerprint)
+            }
+            Frame::Hello { version, sender } => {
+                let reason = if version != PROTOCOL_VERSION {
+                    format!(
+                        "protocol version {version} not supported (this receiver speaks {PROTOCOL_VERSION})"
+                    )
+                } else {
+                    format!("sender id {sender:?} is not valid")
+                };
+                conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(0))
+                    .await?;
+                anyhow::bail!("refused {peer}: {reason}");
+            }
+            other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
+        };
+        Ok((conn, sender))
+    }
+
+    /// The TLS handshake, with keys; the fingerprint of the allowed
+    /// certificate the peer presented is who it is. An unknown or wrong
+    /// peer is turned away here, before any frame.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        deadline: tokio::time::Instant,
+    ) -> anyhow::Result<(Stream, Option<Fingerprint>)> {
+        let Some(acceptor) = &self.tls else {
+            return Ok((Box::new(stream), None));
+        };
+        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            Ok(Ok(tls)) => {
+                let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
+                    anyhow::bail!("{peer} presented no certificate");
+                };
+                let fp = Fingerprint::of(cert);
+                Ok((Box::new(tls), Some(fp)))
+            }
+            Ok(Err(e)) => anyhow::bail!("TLS handshake refused: {e}"),
+            Err(_) => anyhow::bail!("TLS handshake timed out"),
+        }
+    }
+
+    /// Tell `sender` the last sequence applied from it, this receiver's
+    /// instance and what it accepts; returns that last sequence.
+    async fn welcome(&self, conn: &mut Connection<Stream>, sender: &Sender) -> anyhow::Result<u64> {
+        let (last, instance) = {
+            let state = self.state.lock().await;
+            let last = state.applied.get(&sender.key).copied().unwrap_or(0);
+            (last, state.instance())
+        };
+        conn.write_frame(&Frame::Welcome {
+            last_applied: last,
+            instance,
+            accepts: Accepts {
+                max_entries: self.cfg.limits.max_entries as u64,
+                max_bundle_size: self.cfg.max_bundle_size,
+                max_file_size: self.cfg.limits.max_file_size,
+                max_unpacked: self.cfg.limits.max_unpacked,
+            },
+        })
+        .await?;
+        Ok(last)
+    }
+
+    /// Take bundle `seq` of `size` bytes, announced by `sender` in session
+    /// number `session`: receive it, apply it, answer `Ack` or a refusal.
+    /// An error ends the session.
+    async fn take_bundle(
+        &self,
+        conn: &mut Connection<Stream>,
+        sender: &Sender,
+        peer: SocketAddr,
+        session: u64,
+        seq: u64,
+        size: u64,
+    ) -> anyhow::Result<()> {
+        if size > self.cfg.max_bundle_size {
+            let reason = format!(
+                "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
+                self.cfg.max_bundle_size
+            );
+            conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(seq))
+                .await?;
+            anyhow::bail!("{peer}: {reason}");
+        }
+        let started = Instant::now();
+        // Named for this session too: a session whose sender vanished
+        // mid-bundle may still hold its file when the re-send arrives.
+        let received = self.incoming.join(incoming_name(&sender.key, seq, session));
+        let (answer, alive) = match self.receive(conn, seq, size, &received).await {
+            Ok(Ok(())) => {
+                // Applying can take long: ping meanwhile, so the sender
+                // can tell a busy receiver from a dead connection.
+                let apply = self.apply_received(sender, seq, &received);
+                conn.ping_while(APPLY_PING, apply).await
+            }
+            Ok(Err(reason)) => (Ok(Err(reason)), Ok(())),
+            Err(e) => (Err(e), Ok(())),
+        };
+        let _ = tokio::fs::remove_file(&received).await;
+        alive?;
+        match answer? {
+            Ok(applied) => {
+                if let Some(a) = applied {
+                    info!(%sender, seq, files = a.summary.files, deletions = a.summary.deletions, bytes = a.summary.bytes, ms = started.elapsed().as_millis() as u64, "bundle applied");
+                }
+                conn.write_frame(&Frame::Ack { seq }).await?;
+            }
+            Err(refusal) => {
+                let permanent = refusal.kind == RefusalKind::Permanent;
+                warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
+                conn.write_frame(&refusal.frame(seq)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Receive one bundle body and its trailer into `received` and check them.
+    /// The outer error ends the session (stream out of step); the inner one
+    /// is a refusal.
+    async fn receive(
+        &self,
+        conn: &mut Connection<Stream>,
+        seq: u64,
+        size: u64,
+        received: &Path,
+    ) -> anyhow::Result<Result<(), Refusal>> {
+        let started = std::time::Instant::now();
+        let (hash, write_error) = conn.recv_body(size, received).await?;
+        tracing::debug!(
+            seq,
+            size,
+            ms = started.elapsed().as_millis() as u64,
+            "bundle received"
+        );
+        let Frame::Trailer {
+            size: t_size,
+            hash: t_hash,
+        } = conn.expect_frame().await?
+        else {
+            anyhow::bail!("expected a trailer after bundle {seq}");
+        };
+        if let Some(e) = write_error {
+            return Ok(Err(Refusal::retry(refusal_for_io(&e, received))));
+        }
+        if t_size != size || t_hash != *hash.as_bytes() {
+            // Damaged on the way: the next copy may arrive whole.
+            return Ok(Err(Refusal::retry(format!(
+                "bundle {seq} failed its trailer check (size {size} vs {t_size}, hash {} vs {})",
+                hash.to_hex(),
+                blake3::Hash::from_bytes(t_hash).to_hex()
+            ))));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Apply the received bundle at `received`, in sequence order, unless it
+    /// already was. The outer error ends the session; the inner one is a
+    /// refusal.
+    async fn apply_received(
+        &self,
+        sender: &Sender,
+        seq: u64,
+        received: &Path,
+    ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
+        let mut state = self.state.lock().await;
+        let last = state.applied.get(&sender.key).copied().unwrap_or(0);
+        if seq <= last {
+            info!(%sender, seq, "already applied; acknowledging again");
+            return Ok(Ok(None));
+        }
+        if next_seq(last) != Ok(seq) && last > 0 {
+            // Normal when a sender ships a whole tree to another receiver.
+            tracing::debug!(
+                %sender,
+                seq,
+                last,
+                "sequence gap: bundles in between were not for this receiver or never arrived"
+            );
+        }
+        let me = self.committer.clone();
+        let (sender_owned, received_path) = (sender.clone(), received.to_path_buf());
+        let started = std::time::Instant::now();
+        let result =
+            tokio::task::spawn_blocking(move || me.commit(&received_path, &sender_owned, seq))
+                .await
+                .context("apply task")?;
+        tracing::debug!(
+            seq,
+            ms = started.elapsed().as_millis() as u64,
+            "bundle verified and applied"
+        );
+        match result {
+            Ok(applied) => {
+                state.applied.insert(sender.key.clone(), seq);
+                // Durable before the acknowledgement; the fsync runs off the
+                // runtime, the lock held so states are saved in order.
+                let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
+                let saved = tokio::task::spawn_blocking(move || snapshot.save(&dir))
+                    .await
+                    .context("state task")?;
+                if let Err(e) = saved {
+                    return Ok(Err(Refusal::retry(format!("{e:#}"))));
+                }
+                // Still under the state lock: publishing/ holds at most the
+                // bundle being applied, so a crash never leaves an older
+                // bundle there behind a newer one.
+                let me = self.committer.clone();
+                let name = archive_name(&sender.key, seq);
+                tokio::task::spawn_blocking(move || me.archive_published(&name))
+                    .await
+                    .context("archive task")?;
+                drop(state);
+                Ok(Ok(Some(applied)))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
+    }
+
+    /// Make this the one session of `sender`, ending an older one (a
+    /// sender that reconnected after a connection went silent). Refused
+    /// past [`MAX_SESSIONS`]. The session leaves the table when the returned
+    /// guard drops.
+    fn register(
+        self: &Arc<Self>,
+        sender: &Sender,
+        peer: SocketAddr,
+        stop: CancellationToken,
+    ) -> anyhow::Result<SessionGuard> {
+        let mut table = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if !table.contains_key(&sender.key) && table.len() >= MAX_SESSIONS {
+            anyhow::bail!("{peer}: {MAX_SESSIONS} sessions already open; refusing {sender}");
+        }
+        let id = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        if let Some((_, old)) = table.insert(sender.key.clone(), (id, stop)) {
+            info!(%peer, %sender, "a newer session from this sender replaces the older one");
+            old.cancel();
+        }
+        Ok(SessionGuard {
+            sessions: self.clone(),
+            key: sender.key.clone(),
+            id,
+        })
+    }
+}

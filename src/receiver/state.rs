@@ -1,0 +1,160 @@
+//! What a receiver keeps in its state_dir across restarts: the last
+//! sequence applied per sender and the instance id (`receiver.json`,
+//! written through [`crate::durable`]), and the lock that lets one process
+//! at a time use the state_dir (`receiver.lock`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+use crate::durable;
+
+/// What the receiver keeps across restarts: the last sequence applied per
+/// sender by its key (see `identity::Sender::key`), and the instance this
+/// state belongs to.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ReceiverState {
+    pub applied: BTreeMap<String, u64>,
+    /// Made when the state is first written; a wiped or rebuilt receiver
+    /// has a new one, which tells senders to bring it the whole tree.
+    #[serde(default)]
+    pub instance: String,
+}
+
+impl ReceiverState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receiver.json")
+    }
+
+    /// Load, giving the state an instance id (saved) if it has none yet.
+    pub fn load_or_create(state_dir: &Path) -> anyhow::Result<Self> {
+        let mut state = Self::load(state_dir)?;
+        if instance_bytes(&state.instance).is_none() {
+            let mut h = blake3::Hasher::new();
+            h.update(
+                format!("{:?}{}", std::time::SystemTime::now(), std::process::id()).as_bytes(),
+            );
+            h.update(state_dir.as_os_str().as_encoded_bytes());
+            state.instance = h.finalize().to_hex()[..32].to_string();
+            state.save(state_dir)?;
+        }
+        Ok(state)
+    }
+
+    /// `seq` of the sender keyed `key` is applied: keep the highest.
+    pub fn record_applied(&mut self, key: &str, seq: u64) {
+        let e = self.applied.entry(key.to_owned()).or_default();
+        *e = (*e).max(seq);
+    }
+
+    /// The instance id as sent in `Welcome`.
+    pub fn instance(&self) -> [u8; 16] {
+        instance_bytes(&self.instance).unwrap_or_default()
+    }
+
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = Self::path(state_dir);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .with_context(|| format!("{}: corrupt receiver state", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> anyhow::Result<()> {
+        let path = Self::path(state_dir);
+        durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+fn instance_bytes(hex: &str) -> Option<[u8; 16]> {
+    let bytes = data_encoding::HEXLOWER.decode(hex.as_bytes()).ok()?;
+    bytes.try_into().ok()
+}
+
+/// One process at a time writes a receiver's state_dir and the root it
+/// serves: held by a running receiver for as long as it runs, and by
+/// `shipper replay --config`. An advisory lock (flock) on
+/// `state_dir/receiver.lock`, released by the kernel when its holder
+/// exits, however it exits; the file holds the holder's pid for the
+/// message of the one refused.
+pub struct StateLock {
+    _file: std::fs::File,
+}
+
+impl StateLock {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("receiver.lock")
+    }
+
+    /// Take the lock of `state_dir`, or refuse at once naming its holder.
+    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
+        use std::io::{Read, Seek, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = Self::path(state_dir);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                anyhow::bail!(
+                    "{}: a receiver is running with this state_dir (pid {})",
+                    state_dir.display(),
+                    pid.trim()
+                );
+            }
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        // Only informs whoever is refused next: no fsync.
+        file.set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_keeps_its_instance_and_the_highest_sequence_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = ReceiverState::load_or_create(dir.path()).unwrap();
+        assert_ne!(state.instance(), [0; 16]);
+        state.record_applied("cms", 7);
+        state.record_applied("cms", 3);
+        assert_eq!(state.applied["cms"], 7);
+        state.save(dir.path()).unwrap();
+        let again = ReceiverState::load_or_create(dir.path()).unwrap();
+        assert_eq!(again.instance, state.instance);
+        assert_eq!(again.applied, state.applied);
+    }
+
+    #[test]
+    fn a_second_lock_of_one_state_dir_is_refused_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = StateLock::acquire(dir.path()).unwrap();
+        let refused = StateLock::acquire(dir.path()).err().unwrap();
+        let pid = std::process::id().to_string();
+        assert!(format!("{refused:#}").contains(&pid), "{refused:#}");
+        drop(held);
+        StateLock::acquire(dir.path()).unwrap();
+    }
+}
