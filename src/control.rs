@@ -1,6 +1,8 @@
-//! The local control socket: typed requests from `shipper flush` (and later
-//! commands) to a running sender, one JSON line each way. The socket lives in
-//! the sender's state_dir with mode 0600.
+//! The local control socket: typed requests from `shipper flush`, `status`,
+//! `pause` and `resume` to a running sender, one JSON line each way. The
+//! socket lives in the sender's state_dir with mode 0600. What a request
+//! does is the sender's business: [`serve`] hands each one over with a
+//! channel for its answer.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -76,12 +78,14 @@ pub async fn serve(
     // Bind under a temporary name and make it private before it appears
     // under the name clients use: no moment where others could connect.
     let tmp = path.with_extension("sock.new");
-    let _ = std::fs::remove_file(&tmp);
+    let _ = tokio::fs::remove_file(&tmp).await;
     let listener = UnixListener::bind(&tmp)
         .with_context(|| format!("binding control socket {}", tmp.display()))?;
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+    tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .await
         .with_context(|| format!("setting mode 0600 on {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)
+    tokio::fs::rename(&tmp, &path)
+        .await
         .with_context(|| format!("placing control socket at {}", path.display()))?;
     loop {
         let stream = tokio::select! {
@@ -98,15 +102,20 @@ pub async fn serve(
             }
         });
     }
-    let _ = std::fs::remove_file(&path);
+    let _ = tokio::fs::remove_file(&path).await;
     Ok(())
 }
 
+/// The most of a request read from a client.
+const REQUEST_MAX: u64 = 64 * 1024;
+
+/// Answer one client: read its request, hand it to the sender, write the
+/// sender's answer (or why the request was bad).
 async fn handle(stream: UnixStream, tx: mpsc::Sender<Call>) -> anyhow::Result<()> {
     let (r, mut w) = stream.into_split();
     let mut line = String::new();
     // A request is a short line; never buffer more from a local client.
-    BufReader::new(r.take(64 * 1024))
+    BufReader::new(r.take(REQUEST_MAX))
         .read_line(&mut line)
         .await?;
     let response = match serde_json::from_str::<Request>(&line) {

@@ -1,5 +1,9 @@
 //! What each subcommand does, given parsed arguments. `main` only parses,
-//! calls [`dispatch`] and maps the error to an exit code.
+//! calls [`dispatch`] and maps the error to an exit code. The text
+//! `shipper status` prints is rendered in `status_text`.
+
+mod status_text;
+pub use status_text::describe_status;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -27,62 +31,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config,
             timeout,
             allow_mass_delete,
-        } => {
-            let req = Request::Flush {
-                timeout_ms: timeout.as_millis() as u64,
-                allow_mass_delete,
-            };
-            let resp = call_sender(&config, req, timeout + std::time::Duration::from_secs(5))?;
-            let held = match resp {
-                Response::Flushed {
-                    first_seq,
-                    last_seq,
-                    bundles,
-                    summary,
-                    held_deletions,
-                } => {
-                    let seqs = if first_seq == last_seq {
-                        format!("{last_seq}")
-                    } else {
-                        format!("{first_seq}-{last_seq}")
-                    };
-                    println!(
-                        "shipped sequence {seqs} ({bundles} bundle{}): {} files, {} deletions, {} bytes; acknowledged",
-                        if bundles == 1 { "" } else { "s" },
-                        summary.files,
-                        summary.deletions,
-                        summary.bytes
-                    );
-                    held_deletions
-                }
-                Response::NothingToShip { held_deletions } => {
-                    println!("nothing to ship: the receiver has everything");
-                    held_deletions
-                }
-                Response::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from the sender: {other:?}"),
-            };
-            if held > 0 {
-                println!(
-                    "{held} deletions held by the mass-deletion guard; ship them with `shipper flush --allow-mass-delete`"
-                );
-            }
-            Ok(())
-        }
+        } => flush_command(&config, timeout, allow_mass_delete),
         Command::Replay { target, bundles } => replay_command(target, &bundles),
-        Command::Status { config, json } => {
-            let report = match call_sender(&config, Request::Status, CALL_LIMIT)? {
-                Response::Status(r) => r,
-                Response::Error { message } => bail!("{message}"),
-                other => bail!("unexpected answer from the sender: {other:?}"),
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", describe_status(&report));
-            }
-            Ok(())
-        }
+        Command::Status { config, json } => status_command(&config, json),
         Command::Pause { config } => pause_or_resume(&config, Request::Pause),
         Command::Resume { config } => pause_or_resume(&config, Request::Resume),
         Command::Man => {
@@ -95,18 +46,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut cmd, "shipper", &mut std::io::stdout());
             Ok(())
         }
-        Command::Keygen { out } => {
-            let fp = crate::tls::keygen(&out)?;
-            println!("{fp}");
-            eprintln!(
-                "key pair written to {} ({}, {}); give this fingerprint to the peer: \
-                 as sender.receiver_fingerprint on senders, or in receiver.allowed_senders on the receiver",
-                out.display(),
-                crate::tls::CERT_FILE,
-                crate::tls::KEY_FILE
-            );
-            Ok(())
-        }
+        Command::Keygen { out } => keygen_command(&out),
         Command::Inspect { bundle } => {
             let opened = apply::open(&bundle, &apply::Limits::default())
                 .with_context(|| format!("bundle {}", bundle.display()))?;
@@ -114,6 +54,88 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// How much longer than the flush itself `shipper flush` waits for the
+/// sender's answer.
+const FLUSH_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `shipper flush`: ship everything pending now and say what was shipped
+/// once it is acknowledged, and what the mass-deletion guard still holds.
+fn flush_command(
+    config: &std::path::Path,
+    timeout: std::time::Duration,
+    allow_mass_delete: bool,
+) -> anyhow::Result<()> {
+    let req = Request::Flush {
+        timeout_ms: timeout.as_millis() as u64,
+        allow_mass_delete,
+    };
+    let held = match call_sender(config, req, timeout + FLUSH_ANSWER_GRACE)? {
+        Response::Flushed {
+            first_seq,
+            last_seq,
+            bundles,
+            summary,
+            held_deletions,
+        } => {
+            let seqs = if first_seq == last_seq {
+                format!("{last_seq}")
+            } else {
+                format!("{first_seq}-{last_seq}")
+            };
+            println!(
+                "shipped sequence {seqs} ({bundles} bundle{}): {} files, {} deletions, {} bytes; acknowledged",
+                if bundles == 1 { "" } else { "s" },
+                summary.files,
+                summary.deletions,
+                summary.bytes
+            );
+            held_deletions
+        }
+        Response::NothingToShip { held_deletions } => {
+            println!("nothing to ship: the receiver has everything");
+            held_deletions
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the sender: {other:?}"),
+    };
+    if held > 0 {
+        println!(
+            "{held} deletions held by the mass-deletion guard; ship them with `shipper flush --allow-mass-delete`"
+        );
+    }
+    Ok(())
+}
+
+/// `shipper status`: the running sender's report, as JSON or as text.
+fn status_command(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let report = match call_sender(config, Request::Status, CALL_LIMIT)? {
+        Response::Status(r) => r,
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected answer from the sender: {other:?}"),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", describe_status(&report));
+    }
+    Ok(())
+}
+
+/// `shipper keygen`: write a key pair to `out`, print its fingerprint and
+/// say where it goes.
+fn keygen_command(out: &std::path::Path) -> anyhow::Result<()> {
+    let fp = crate::tls::keygen(out)?;
+    println!("{fp}");
+    eprintln!(
+        "key pair written to {} ({}, {}); give this fingerprint to the peer: \
+         as sender.receiver_fingerprint on senders, or in receiver.allowed_senders on the receiver",
+        out.display(),
+        crate::tls::CERT_FILE,
+        crate::tls::KEY_FILE
+    );
+    Ok(())
 }
 
 /// Send one request to the sender configured in `config`, waiting at most
@@ -148,127 +170,6 @@ fn pause_or_resume(config: &std::path::Path, req: Request) -> anyhow::Result<()>
         Response::Error { message } => bail!("{message}"),
         other => bail!("unexpected answer from the sender: {other:?}"),
     }
-}
-
-/// Human text for `shipper status`.
-pub fn describe_status(r: &crate::status::StatusReport) -> String {
-    let mut s = String::new();
-    let ago = |t: i64| {
-        let secs = (chrono::Utc::now().timestamp() - t).max(0) as u64;
-        let when = chrono::DateTime::from_timestamp(t, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M:%SZ").to_string())
-            .unwrap_or_default();
-        format!(
-            "{when} ({} ago)",
-            humantime::format_duration(std::time::Duration::from_secs(secs))
-        )
-    };
-    let _ = writeln!(
-        s,
-        "sender {}: {}",
-        r.sender_id,
-        if r.paused {
-            "PAUSED (shipper resume to continue)"
-        } else {
-            "running"
-        }
-    );
-    if let Some(m) = &r.source_missing {
-        let _ = writeln!(
-            s,
-            "  source missing since {}: {}; holding, nothing is shipped or deleted until it is back",
-            ago(m.since),
-            m.reason
-        );
-    }
-    let oldest = match r.oldest_pending_secs {
-        Some(age) => format!(
-            "oldest {:.1} s old, {:.0}% of the {} s window",
-            age,
-            100.0 * age / r.window_secs.max(1) as f64,
-            r.window_secs
-        ),
-        None => "nothing pending".into(),
-    };
-    let _ = writeln!(
-        s,
-        "  pending: {} paths, {} bytes; {oldest}",
-        r.pending_paths, r.pending_bytes
-    );
-    if r.held_deletions > 0 {
-        let _ = writeln!(
-            s,
-            "  held by the mass-deletion guard: {} deletions (shipper flush --allow-mass-delete)",
-            r.held_deletions
-        );
-    }
-    if let Some(e) = &r.pack_error {
-        let _ = writeln!(
-            s,
-            "  PACKING FAILS: {e} (changes stay pending; retried with backoff)"
-        );
-    }
-    if r.failing_paths > 0 {
-        let _ = writeln!(
-            s,
-            "  cannot ship {} path{} (retried with backoff):",
-            r.failing_paths,
-            if r.failing_paths == 1 { "" } else { "s" }
-        );
-        for f in &r.failing {
-            let _ = writeln!(s, "    {}: {} ({} attempts)", f.path, f.error, f.attempts);
-        }
-        if r.failing_paths as usize > r.failing.len() {
-            let _ = writeln!(
-                s,
-                "    … and {} more",
-                r.failing_paths as usize - r.failing.len()
-            );
-        }
-    }
-    for p in &r.unsettled {
-        let _ = writeln!(
-            s,
-            "  shipped unsettled (still being written at max_delay; ships again once settled): {p}"
-        );
-    }
-    for l in &r.receivers {
-        let state = match (l.connected, l.since) {
-            (true, Some(t)) => format!("connected since {}", ago(t)),
-            (false, Some(t)) => format!("NOT connected since {}", ago(t)),
-            (c, None) => {
-                if c {
-                    "connected".into()
-                } else {
-                    "not connected yet".into()
-                }
-            }
-        };
-        let _ = writeln!(s, "receiver {}: {state}", l.receiver);
-        if l.whole_tree_pending {
-            let _ = writeln!(
-                s,
-                "  receiving the whole tree (new, rebuilt or restored receiver)"
-            );
-        }
-        match (l.last_ack_seq, l.last_ack_at) {
-            (Some(seq), Some(t)) => {
-                let _ = writeln!(s, "  last acknowledged: sequence {seq} at {}", ago(t));
-            }
-            _ => {
-                let _ = writeln!(s, "  last acknowledged: none since start");
-            }
-        }
-        let _ = writeln!(
-            s,
-            "  shipped since start: {} bundles, {} bytes",
-            l.bundles_shipped, l.bytes_shipped
-        );
-        if let (Some(e), Some(t)) = (&l.last_error, l.last_error_at) {
-            let _ = writeln!(s, "  last error: {e} at {}", ago(t));
-        }
-    }
-    s
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -1,0 +1,140 @@
+//! What passes over an open session: one bundle and its answer, within a
+//! limit that grows with the bundle's size, and `Ping`s both ways while the
+//! connection is idle, so a receiver that stops answering is noticed within
+//! `peer_timeout` (see [`crate::proto`]'s liveness rules).
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bundle::pack::Packed;
+use crate::proto::connection::{ConnError, Stream};
+use crate::proto::frame::Refusal;
+use crate::proto::{Connection, Frame};
+use crate::sender::outbox::Outbox;
+
+/// The least time a receiver that keeps pinging gets to acknowledge any
+/// bundle once it is sent (waiting for another sender's bundle to apply,
+/// fsyncs on a busy disk).
+const ACK_BASE: Duration = Duration::from_secs(120);
+/// Bytes per second a receiver is assumed to verify and apply at least:
+/// far below any disk, so only a receiver that is stuck, not slow, hits
+/// the limit.
+const APPLY_FLOOR_RATE: u64 = 1 << 20;
+/// How many `Ping`s an idle connection gets per `peer_timeout`: more than
+/// one, so a single late ping does not let the receiver's limit run out.
+const PINGS_PER_TIMEOUT: u32 = 3;
+/// How often an idle transport looks at the outbox even without a wake-up
+/// (belt and braces against a missed one).
+const OUTBOX_RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a receiver that keeps pinging may take to acknowledge a bundle
+/// of `size` bytes once it is sent. A bound proportional to the size never
+/// cuts off a big bundle that is merely slow to apply (cutting it would
+/// re-send it forever), yet a receiver that pings and never answers is
+/// still dropped and shows in status.
+fn ack_limit(size: u64) -> Duration {
+    ACK_BASE.saturating_add(Duration::from_secs(size / APPLY_FLOOR_RATE))
+}
+
+/// Send one bundle and wait for its answer: `Ok(None)` acknowledged,
+/// `Ok(Some(refusal))` refused.
+pub(super) async fn send_bundle(
+    conn: &mut Connection<Stream>,
+    b: &Packed,
+) -> Result<Option<Refusal>, ConnError> {
+    conn.write_frame(&Frame::Bundle {
+        seq: b.seq,
+        size: b.size,
+    })
+    .await?;
+    conn.send_body(&b.path, b.size).await?;
+    conn.write_frame(&Frame::Trailer {
+        size: b.size,
+        hash: b.hash,
+    })
+    .await?;
+    match conn.expect_reply_within(ack_limit(b.size)).await? {
+        Frame::Ack { seq } if seq == b.seq => Ok(None),
+        Frame::Refuse {
+            kind, path, reason, ..
+        } => Ok(Some(Refusal { kind, path, reason })),
+        other => Err(ConnError::Unexpected(format!("answer {other:?}"))),
+    }
+}
+
+/// Wait for the next bundle receiver `index` has not acknowledged, keeping
+/// the idle connection checked: a `Ping` every third of `peer_timeout`,
+/// which the receiver answers, and [`ConnError::Silent`] once nothing came
+/// for `peer_timeout`. `Ok(None)` on shutdown.
+pub(super) async fn next_bundle(
+    outbox: &Outbox,
+    index: usize,
+    conn: &mut Connection<Stream>,
+    peer_timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Option<Packed>, ConnError> {
+    let every = peer_timeout / PINGS_PER_TIMEOUT;
+    let mut heard = Instant::now();
+    let mut next_ping = heard + every;
+    loop {
+        let arrived = outbox.arrived.notified();
+        if let Some(b) = outbox.next_for(index) {
+            return Ok(Some(b));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = arrived => {}
+            _ = tokio::time::sleep(OUTBOX_RECHECK) => {}
+            _ = tokio::time::sleep_until(next_ping.into()) => {
+                conn.write_frame(&Frame::Ping).await?;
+                next_ping = Instant::now() + every;
+            }
+            // `readable` consumes nothing, so losing this race loses no byte.
+            r = conn.readable() => {
+                r?;
+                match conn.expect_frame().await? {
+                    Frame::Ping => heard = Instant::now(),
+                    other => {
+                        return Err(ConnError::Unexpected(format!("{other:?} between bundles")));
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until((heard + peer_timeout).into()) => {
+                return Err(ConnError::Silent(peer_timeout));
+            }
+        }
+    }
+}
+
+/// A transport failure as status and logs show it.
+pub(super) fn describe(e: ConnError) -> String {
+    match e {
+        ConnError::Silent(_) => format!("receiver {e}; connection dropped"),
+        e => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_limit_grows_with_the_bundle_and_never_falls_below_the_base() {
+        assert_eq!(ack_limit(0), ACK_BASE);
+        assert_eq!(ack_limit(1000), ACK_BASE);
+        // A default-sized bundle gets its base plus 256 s.
+        assert_eq!(ack_limit(256 << 20), ACK_BASE + Duration::from_secs(256));
+        assert!(ack_limit(4 << 30) > Duration::from_secs(3600));
+        assert!(ack_limit(u64::MAX) > ack_limit(4 << 30));
+    }
+
+    #[test]
+    fn a_silent_receiver_is_named_and_said_to_be_dropped() {
+        assert_eq!(
+            describe(ConnError::Silent(Duration::from_secs(30))),
+            "receiver silent for 30s; connection dropped"
+        );
+        assert_eq!(describe(ConnError::Closed), "connection closed by peer");
+    }
+}

@@ -1,0 +1,120 @@
+//! What a transport hands to the rest of the sender: [`TransportEvent`]s
+//! for the sender's loop; bundles every receiver acknowledged, recorded in
+//! the ledger before they are let go; and what it learnt of its receiver,
+//! recorded in `receivers.json` before anything relies on it. The durable
+//! writes block: the async forms run them off the runtime.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::bundle::manifest::FileMeta;
+use crate::bundle::pack::Packed;
+use crate::ledger::{AckRecord, Ledger};
+use crate::peers::{PeerRecord, Peers};
+use crate::proto::frame::Refusal;
+
+/// What a transport tells the sender's loop.
+pub(in crate::sender) enum TransportEvent {
+    /// A session with the receiver began; its last applied sequence is known.
+    Connected,
+    Acked {
+        seq: u64,
+    },
+    /// Receiver `index` needs the whole tree, for this reason (already
+    /// recorded in `receivers.json`).
+    WholeTree {
+        index: usize,
+        reason: String,
+    },
+    /// Receiver `index` refused a bundle for good; `changes` were in it.
+    Refused {
+        index: usize,
+        refusal: Refusal,
+        changes: Vec<(String, Option<FileMeta>)>,
+    },
+}
+
+/// Bundles every receiver acknowledged: record each durably in the ledger,
+/// then let it go.
+pub(super) async fn release(
+    done: Vec<Packed>,
+    events: &mpsc::UnboundedSender<TransportEvent>,
+    ledger: &Arc<std::sync::Mutex<Ledger>>,
+) {
+    if done.is_empty() {
+        return;
+    }
+    let (events, ledger) = (events.clone(), ledger.clone());
+    let _ = tokio::task::spawn_blocking(move || release_now(done, &events, &ledger)).await;
+}
+
+/// [`release`], on the calling thread (blocking: fsync).
+pub(in crate::sender) fn release_now(
+    done: Vec<Packed>,
+    events: &mpsc::UnboundedSender<TransportEvent>,
+    ledger: &Arc<std::sync::Mutex<Ledger>>,
+) {
+    for b in done {
+        let record = AckRecord {
+            seq: b.seq,
+            changes: b.changes,
+        };
+        let written = ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(record);
+        if let Err(e) = written {
+            // The receivers have it; only a restart would re-ship it needlessly.
+            warn!(seq = b.seq, error = %e, "could not record an acknowledged bundle in the ledger");
+        }
+        let _ = std::fs::remove_file(&b.path);
+        let _ = events.send(TransportEvent::Acked { seq: b.seq });
+    }
+}
+
+/// Record receiver `name`'s instance and whether it needs the whole tree,
+/// durably, before anything relies on it. Blocking work off the runtime.
+pub(super) async fn record_peer(
+    link_peers: &Arc<std::sync::Mutex<Peers>>,
+    state_dir: &Path,
+    name: &str,
+    instance: [u8; 16],
+    whole_tree: bool,
+) {
+    let (peers, dir, peer) = (link_peers.clone(), state_dir.to_owned(), name.to_owned());
+    let mark = whole_tree.then_some(true);
+    let saved =
+        tokio::task::spawn_blocking(move || update_peer(&peers, &dir, &peer, Some(instance), mark))
+            .await;
+    if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
+        warn!(peer = %name, error = %e, "could not record what is known of the receivers");
+    }
+}
+
+/// Record durably what is known of receiver `name`: its state's
+/// `instance` and whether it needs the whole tree (`None`: unchanged).
+/// Written only when something changed. Blocking.
+pub(in crate::sender) fn update_peer(
+    peers: &Arc<std::sync::Mutex<Peers>>,
+    state_dir: &Path,
+    name: &str,
+    instance: Option<[u8; 16]>,
+    whole_tree: Option<bool>,
+) -> std::io::Result<()> {
+    let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
+    let rec = p.receivers.entry(name.to_owned()).or_default();
+    let wanted = PeerRecord {
+        instance: instance
+            .map(|i| data_encoding::HEXLOWER.encode(&i))
+            .unwrap_or_else(|| rec.instance.clone()),
+        whole_tree: whole_tree.unwrap_or(rec.whole_tree),
+    };
+    if *rec == wanted {
+        return Ok(());
+    }
+    *rec = wanted;
+    p.save(state_dir)
+}

@@ -1,0 +1,352 @@
+//! One receiver's transport: a task that opens a session ([`connect`]),
+//! decides from the receiver's `Welcome` what it needs, serves it bundles
+//! and waits for their answers ([`exchange`]), hands what every receiver
+//! acknowledged to the ledger and its events to the sender's loop
+//! ([`handoff`]), and after a failure says why once, in the log and in the
+//! link's status, and reconnects with capped [`backoff`]. Every wait on the
+//! peer is bounded.
+
+mod backoff;
+mod connect;
+mod exchange;
+mod handoff;
+
+pub(super) use backoff::Backoff;
+pub(super) use handoff::{TransportEvent, release_now, update_peer};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bundle::pack::Packed;
+use crate::ledger::Ledger;
+use crate::peers::{Known, Peers, must_skip, plan_welcome};
+use crate::proto::Connection;
+use crate::proto::connection::{ConnError, Stream};
+use crate::proto::frame::{Accepts, Refusal, RefusalKind};
+use crate::sender::outbox::Outbox;
+use crate::status::{LinkStatus, unix_now};
+use connect::{Welcome, connect};
+use exchange::{describe, next_bundle, send_bundle};
+use handoff::{record_peer, release};
+
+/// What one receiver's transport task talks to besides the socket.
+pub(super) struct Link {
+    pub(super) index: usize,
+    pub(super) receiver: String,
+    pub(super) id: String,
+    /// Bundles every receiver acknowledged are recorded here before they are let go.
+    pub(super) ledger: Arc<std::sync::Mutex<Ledger>>,
+    pub(super) outbox: Arc<Outbox>,
+    pub(super) events: mpsc::UnboundedSender<TransportEvent>,
+    pub(super) status: tokio::sync::watch::Sender<LinkStatus>,
+    /// The receiver's last applied sequence + 1, learnt at each handshake.
+    pub(super) seq_floor: Arc<AtomicU64>,
+    /// TLS with the pinned receiver; `None` for plaintext on loopback.
+    pub(super) tls: Option<Arc<rustls::ClientConfig>>,
+    /// A connection silent this long is dropped.
+    pub(super) peer_timeout: Duration,
+    /// What is known of every receiver across restarts.
+    pub(super) peers: Arc<std::sync::Mutex<Peers>>,
+    pub(super) state_dir: PathBuf,
+    /// Where this receiver's `Welcome` limits go, for the packer.
+    pub(super) accepts: Arc<std::sync::Mutex<Vec<Option<Accepts>>>>,
+}
+
+/// Why a session ended.
+struct Lost {
+    error: String,
+    /// A bundle was sent and not answered.
+    in_flight: bool,
+}
+
+/// Keep receiver `link` served until `shutdown`: connect, take in its
+/// Welcome, serve bundles until the connection fails, then wait out the
+/// backoff and reconnect (the outbox still holds what was not
+/// acknowledged, so it is re-sent).
+pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    // The failure last logged: one that goes on is not logged again.
+    let mut down_reported: Option<String> = None;
+    loop {
+        let opened = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = connect(&link.receiver, &link.id, link.tls.as_ref(), link.peer_timeout) => r,
+        };
+        match opened {
+            Err(e) => link.unreachable(&mut down_reported, e),
+            Ok(session) => {
+                if down_reported.take().is_some() {
+                    info!(peer = %link.receiver, "receiver reachable again");
+                } else {
+                    debug!(peer = %link.receiver, last_applied = session.welcome.last_applied, "connected");
+                }
+                link.welcome(session.welcome).await;
+                backoff.reset();
+                let Some(lost) = link
+                    .serve(session.conn, session.welcome.instance, &shutdown)
+                    .await
+                else {
+                    return;
+                };
+                link.lost(&mut down_reported, lost);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+impl Link {
+    /// Take in the receiver's `Welcome`: its limits for the packer, the
+    /// sequence floor, whether it needs the whole tree (recorded before
+    /// anything relies on it), and what it already has is done with.
+    async fn welcome(&self, s: Welcome) {
+        self.accepts.lock().unwrap_or_else(|e| e.into_inner())[self.index] = Some(s.accepts);
+        // connect() turned away a last_applied with no successor.
+        self.seq_floor
+            .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
+        let plan = plan_welcome(s.last_applied, s.instance, self.known());
+        // Any bundle it has numbers for but was never sent is covered by
+        // the whole tree, recorded before those bundles can be let go.
+        let reused = self.outbox.take_stale(self.index)
+            || self
+                .outbox
+                .next_for(self.index)
+                .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
+        let whole_tree = plan.whole_tree.clone().or_else(|| {
+            reused.then(|| format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied))
+        });
+        self.record_needs(s.instance, whole_tree).await;
+        // What it applied before a lost acknowledgement counts as
+        // acknowledged, and what it has numbers for is never sent to it:
+        // both are done with up to what it applied (skip_upto covers
+        // release_upto; bundles in between are covered by the whole tree
+        // recorded above).
+        let done = self.outbox.ack(self.index, plan.skip_upto);
+        release(done, &self.events, &self.ledger).await;
+        self.outbox.set_connected(self.index, true);
+        let _ = self.events.send(TransportEvent::Connected);
+        self.status.send_modify(|st| {
+            st.connected = true;
+            st.since = Some(unix_now());
+        });
+    }
+
+    /// What the sender knows of its receiver as a `Welcome` arrives.
+    fn known(&self) -> Known {
+        let (sent, acked) = self.outbox.position(self.index);
+        let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = p.receivers.get(&self.receiver);
+        Known {
+            sent,
+            acked,
+            everyone: self
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .acked_seq(),
+            instance: rec.and_then(|r| {
+                data_encoding::HEXLOWER
+                    .decode(r.instance.as_bytes())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+            }),
+            whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
+        }
+    }
+
+    /// Record durably the receiver's `instance` and whether it needs the
+    /// whole tree; if it does, tell the sender's loop why.
+    async fn record_needs(&self, instance: [u8; 16], whole_tree: Option<String>) {
+        let needed = whole_tree.is_some();
+        record_peer(
+            &self.peers,
+            &self.state_dir,
+            &self.receiver,
+            instance,
+            needed,
+        )
+        .await;
+        if let Some(reason) = whole_tree {
+            let index = self.index;
+            let _ = self
+                .events
+                .send(TransportEvent::WholeTree { index, reason });
+        }
+    }
+
+    /// Serve bundles over `conn` until it fails (`Some`: why) or until
+    /// shutdown (`None`).
+    async fn serve(
+        &self,
+        mut conn: Connection<Stream>,
+        instance: [u8; 16],
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        loop {
+            let idle = next_bundle(
+                &self.outbox,
+                self.index,
+                &mut conn,
+                self.peer_timeout,
+                shutdown,
+            );
+            let b = match idle.await {
+                Ok(Some(b)) => b,
+                Ok(None) => return None,
+                Err(e) => {
+                    let error = format!("idle connection: {}", describe(e));
+                    return Some(Lost {
+                        error,
+                        in_flight: false,
+                    });
+                }
+            };
+            if self.outbox.take_stale(self.index) {
+                // Numbered at or below what it applied: it would be
+                // acknowledged unapplied. The whole tree covers it.
+                let reason = format!(
+                    "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
+                    b.seq
+                );
+                self.record_needs(instance, Some(reason)).await;
+            }
+            let started = Instant::now();
+            self.outbox.mark_sent(self.index, b.seq);
+            let answer = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = send_bundle(&mut conn, &b) => r,
+            };
+            if let Some(e) = self.on_answer(&b, started, answer).await {
+                let error = format!("sequence {}: {e}", b.seq);
+                return Some(Lost {
+                    error,
+                    in_flight: true,
+                });
+            }
+        }
+    }
+
+    /// Act on the receiver's answer to bundle `b`, sent at `started`;
+    /// `Some(why)` when the session cannot go on (the bundle stays in the
+    /// outbox, to be sent again).
+    async fn on_answer(
+        &self,
+        b: &Packed,
+        started: Instant,
+        answer: Result<Option<Refusal>, ConnError>,
+    ) -> Option<String> {
+        match answer {
+            Ok(None) => {
+                self.shipped(b, started).await;
+                None
+            }
+            Ok(Some(refusal)) if refusal.kind == RefusalKind::Permanent => {
+                self.refused_for_good(b, refusal).await;
+                None
+            }
+            Ok(Some(refusal)) => Some(format!("refused for now: {}", refusal.reason)),
+            Err(e) => Some(describe(e)),
+        }
+    }
+
+    /// Bundle `b` was acknowledged: log, count, and release it if every
+    /// receiver has it now.
+    async fn shipped(&self, b: &Packed, started: Instant) {
+        info!(
+            peer = %self.receiver,
+            seq = b.seq,
+            files = b.summary.files,
+            deletions = b.summary.deletions,
+            bytes = b.summary.bytes,
+            ms = started.elapsed().as_millis() as u64,
+            "bundle shipped"
+        );
+        self.status.send_modify(|s| {
+            s.last_ack_seq = Some(b.seq);
+            s.last_ack_at = Some(unix_now());
+            s.bundles_shipped += 1;
+            s.bytes_shipped += b.size;
+        });
+        release(
+            self.outbox.ack(self.index, b.seq),
+            &self.events,
+            &self.ledger,
+        )
+        .await;
+    }
+
+    /// Bundle `b` was refused for good. Sending it again cannot help: its
+    /// files are packed again, without the one at fault, instead.
+    async fn refused_for_good(&self, b: &Packed, refusal: Refusal) {
+        tracing::error!(
+            peer = %self.receiver,
+            seq = b.seq,
+            path = refusal.path.as_deref().unwrap_or(""),
+            reason = %refusal.reason,
+            "the receiver refused this bundle for good; its files are packed again without the path at fault"
+        );
+        self.status.send_modify(|s| {
+            s.last_error = Some(format!("sequence {} refused: {}", b.seq, refusal.reason));
+            s.last_error_at = Some(unix_now());
+        });
+        let _ = self.events.send(TransportEvent::Refused {
+            index: self.index,
+            refusal,
+            changes: b.changes.clone(),
+        });
+        release(
+            self.outbox.refuse(self.index, b.seq),
+            &self.events,
+            &self.ledger,
+        )
+        .await;
+    }
+
+    /// No session could be opened: logged when it starts failing (not at
+    /// every retry), shown in status.
+    fn unreachable(&self, down_reported: &mut Option<String>, error: String) {
+        if down_reported.is_none() {
+            warn!(peer = %self.receiver, error = %error, "receiver unreachable; retrying with backoff until it answers");
+        }
+        *down_reported = Some(error.clone());
+        self.report_down(error);
+    }
+
+    /// A session ended: its bundles wait for the next one; each new reason
+    /// is logged once, and shown in status.
+    fn lost(&self, down_reported: &mut Option<String>, lost: Lost) {
+        self.outbox.set_connected(self.index, false);
+        let error = lost.error;
+        if down_reported.as_deref() != Some(&error) {
+            if lost.in_flight {
+                warn!(peer = %self.receiver, %error, "bundle not acknowledged; will reconnect and re-send");
+            } else {
+                warn!(peer = %self.receiver, %error, "connection lost; reconnecting");
+            }
+        }
+        *down_reported = Some(error.clone());
+        self.report_down(error);
+    }
+
+    /// Status: not connected, since now if it was connected until now (or
+    /// nothing was known yet), and why.
+    fn report_down(&self, error: String) {
+        self.status.send_modify(|s| {
+            if s.connected || s.since.is_none() {
+                s.since = Some(unix_now());
+            }
+            s.connected = false;
+            s.last_error = Some(error);
+            s.last_error_at = Some(unix_now());
+        });
+    }
+}
