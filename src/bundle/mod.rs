@@ -3,17 +3,26 @@
 //! - [`manifest`]: the manifest's format and its pure consistency checks.
 //! - [`pack`]: the sender side, streaming files from the source tree into
 //!   zips in the outbox, splitting large files into parts.
-//! - [`apply`]: the receiver side, verifying a bundle, staging its files and
-//!   publishing them into root atomically. Used by the network path and by
-//!   `shipper replay` alike.
+//! - The receiver side, used by the network path and by `shipper replay`
+//!   alike: [`verify`] checks a received bundle before anything is written;
+//!   [`apply`] stages its files and publishes them into root atomically;
+//!   [`part_sets`] assembles a large file from parts arriving across
+//!   bundles; `unpack` writes an entry's bytes out, counted and hashed;
+//!   [`target`] is where a bundle goes (root, staging, part sets);
+//!   [`error`] is what can be wrong with one and how the sender is told.
 //! - [`zip_end`]: a zip's end records, read to check its entry count before
 //!   the zip crate indexes its directory.
 //!
 //! Nothing here opens a socket.
 
 pub mod apply;
+pub mod error;
 pub mod manifest;
 pub mod pack;
+pub mod part_sets;
+pub mod target;
+mod unpack;
+pub mod verify;
 pub mod zip_end;
 
 pub use manifest::Manifest;

@@ -1,0 +1,149 @@
+//! Writing a received entry's bytes to a file the receiver owns.
+//!
+//! The zip's headers are not trusted: [`copy_counted`] counts and hashes
+//! what actually comes out, so a caller compares it with the manifest.
+//! [`finish_file`] gives the file the manifest's mode (never
+//! setuid/setgid/sticky) and mtime. Used for whole files in staging and for
+//! parts in their set's data file; writes only the file it is handed.
+
+use std::fs::{File, FileTimes, OpenOptions, Permissions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::error::{BundleError, entry_err, io_at};
+
+/// Chunks at least this large are hashed on every core; smaller ones are
+/// cheaper hashed on one.
+const PARALLEL_HASH_BYTES: usize = 256 << 10;
+
+/// A new file only its owner can read, refused if the name is taken.
+pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_at(path))
+}
+
+/// Copy an entry, counting bytes: exactly `size` must come out, whatever the
+/// headers claimed. Returns the BLAKE3 of what was written.
+pub(super) fn copy_counted(
+    mut entry: impl Read,
+    out: &mut File,
+    size: u64,
+    name: &str,
+    dest: &Path,
+    buf: &mut [u8],
+) -> Result<blake3::Hash, BundleError> {
+    let mut hasher = blake3::Hasher::new();
+    let mut total = 0u64;
+    loop {
+        let n = entry
+            .read(buf)
+            .map_err(|e| entry_err(name, format!("cannot unpack: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        if total > size {
+            return Err(entry_err(
+                name,
+                format!("holds more than the {size} bytes declared"),
+            ));
+        }
+        if n >= PARALLEL_HASH_BYTES {
+            hasher.update_rayon(&buf[..n]);
+        } else {
+            hasher.update(&buf[..n]);
+        }
+        out.write_all(&buf[..n]).map_err(io_at(dest))?;
+    }
+    if total != size {
+        return Err(entry_err(
+            name,
+            format!("holds {total} bytes, {size} declared"),
+        ));
+    }
+    Ok(hasher.finalize())
+}
+
+pub(super) fn finish_file(
+    f: &File,
+    path: &Path,
+    mode: u32,
+    mtime: i64,
+    nsec: u32,
+) -> Result<(), BundleError> {
+    // Never setuid/setgid/sticky: a bundle must not mint privileged files.
+    f.set_permissions(Permissions::from_mode(mode & 0o777))
+        .map_err(io_at(path))?;
+    f.set_times(FileTimes::new().set_modified(system_time(mtime, nsec)))
+        .map_err(io_at(path))
+}
+
+fn system_time(secs: i64, nsec: u32) -> SystemTime {
+    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn copy(body: &[u8], size: u64) -> (Result<blake3::Hash, BundleError>, Vec<u8>) {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("f");
+        let mut out = create_private(&dest).unwrap();
+        let got = copy_counted(body, &mut out, size, "e", &dest, &mut [0u8; 3]);
+        (got, std::fs::read(&dest).unwrap())
+    }
+
+    #[test]
+    fn exactly_the_declared_bytes_come_out_hashed() {
+        let (got, written) = copy(b"abcdefg", 7);
+        assert_eq!(got.unwrap(), blake3::hash(b"abcdefg"));
+        assert_eq!(written, b"abcdefg");
+    }
+
+    #[test]
+    fn an_entry_longer_or_shorter_than_declared_is_refused() {
+        let (got, written) = copy(b"abcdefg", 5);
+        let e = got.unwrap_err().to_string();
+        assert!(e.contains("more than the 5 bytes"), "{e}");
+        assert!(written.len() <= 5, "wrote past the declared size");
+        let e = copy(b"abc", 5).0.unwrap_err().to_string();
+        assert!(e.contains("holds 3 bytes, 5 declared"), "{e}");
+    }
+
+    #[test]
+    fn a_finished_file_has_no_special_bits_and_its_mtime() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        let f = create_private(&path).unwrap();
+        assert!(create_private(&path).is_err(), "a taken name was reused");
+        finish_file(&f, &path, 0o4755, 1_000_000_000, 5).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o755);
+        assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+    }
+
+    #[test]
+    fn times_before_the_epoch_and_oversized_nanoseconds_are_kept_in_range() {
+        assert_eq!(
+            system_time(-2, 500),
+            UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500)
+        );
+        assert_eq!(
+            system_time(1, u32::MAX),
+            UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(999_999_999)
+        );
+    }
+}
