@@ -17,8 +17,9 @@
 //! [`remove_own`] is the one clean-up: it removes only entries whose names
 //! shipper gives (each caller says which), and leaves anything else alone.
 //!
-//! Comparing is pure ([`Location::holds`]); resolving and removing read and
-//! change the filesystem and block.
+//! Comparing is pure ([`Location::holds`]); resolving reads the filesystem
+//! (and the working directory, for a relative path), removing changes it;
+//! both block.
 
 use std::ffi::OsString;
 use std::fs;

@@ -1,6 +1,6 @@
 //! When the sender cuts bundles: every `interval`, or at the ticks of a cron
-//! `schedule` (with a seconds field). Pure apart from reading no clock: the
-//! caller passes the wall-clock time.
+//! `schedule` (with a seconds field). Pure: it reads no clock; the caller
+//! passes the wall-clock time.
 
 use std::str::FromStr;
 use std::time::Duration;

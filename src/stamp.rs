@@ -1,8 +1,8 @@
 //! The stat fields that tell whether a file changed: one [`Stamp`] for the
 //! walk that compares the tree with what was shipped and for the packer
 //! that checks a file did not change while it was read, and the one test
-//! of how recently a file was written. Reads the clock (`modified_within`),
-//! nothing else.
+//! of how recently a file was written. Reads the clock (`modified_within`,
+//! and [`Stamp::meta`] through it), nothing else.
 
 use std::os::unix::fs::MetadataExt;
 

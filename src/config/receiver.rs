@@ -1,0 +1,296 @@
+//! The `[receiver]` table: its raw form as written, the [`ReceiverConfig`]
+//! the receiver runs on, and the validation between them, one step per
+//! concern (listen address, directories, limits, part TTL, keys). Each
+//! error names the key. Pure: paths are joined to the config's directory,
+//! never touched.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::values::{duration, fmt_dur, is_loopback, size};
+use crate::bundle::apply::Limits;
+use crate::tls::Fingerprint;
+
+/// Applied bundles kept in `receiver.archive_dir` unless configured.
+pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
+/// Entries a receiver accepts in one bundle unless configured.
+pub use crate::bundle::apply::DEFAULT_MAX_ENTRIES as DEFAULT_RECEIVER_MAX_FILES;
+/// What a receiver accepts unless configured: well above the sender's default.
+pub const DEFAULT_RECEIVER_MAX_BUNDLE_SIZE: u64 = 4 << 30;
+/// How long a receiver keeps a part set no part is added to.
+pub const DEFAULT_PART_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Shorter, and a large file's parts would be dropped between the bundles
+/// of one slow or briefly interrupted transfer.
+pub const MIN_PART_TTL: Duration = Duration::from_secs(3600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawReceiver {
+    pub listen: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub staging_dir: Option<PathBuf>,
+    pub archive_dir: PathBuf,
+    pub archive_keep: Option<usize>,
+    pub max_bundle_size: Option<String>,
+    pub max_files_per_bundle: Option<usize>,
+    pub max_file_size: Option<String>,
+    pub max_unpacked_size: Option<String>,
+    pub part_ttl: Option<String>,
+    pub key_dir: Option<PathBuf>,
+    pub allowed_senders: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverConfig {
+    pub listen: String,
+    pub root: PathBuf,
+    pub state_dir: PathBuf,
+    pub staging_dir: Option<PathBuf>,
+    pub archive_dir: PathBuf,
+    pub archive_keep: usize,
+    pub max_bundle_size: u64,
+    /// Caps on what one bundle may ask of this receiver.
+    pub limits: Limits,
+    /// A part set no part was added to for this long is removed.
+    pub part_ttl: Duration,
+    /// Keys and the allowed senders; `None` only for plaintext on loopback.
+    pub tls: Option<ReceiverTls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ReceiverTls {
+    pub key_dir: PathBuf,
+    pub allowed: Vec<Fingerprint>,
+}
+
+impl ReceiverConfig {
+    /// The receiver's directories, by key, with `staging` where it will be.
+    pub fn dirs<'a>(&'a self, staging: Option<&'a Path>) -> Vec<(&'static str, &'a Path)> {
+        let mut dirs = vec![
+            ("receiver.root", self.root.as_path()),
+            ("receiver.state_dir", self.state_dir.as_path()),
+            ("receiver.archive_dir", self.archive_dir.as_path()),
+        ];
+        dirs.extend(staging.map(|s| ("receiver.staging_dir", s)));
+        dirs
+    }
+}
+
+/// Turn the raw `[receiver]` table into a [`ReceiverConfig`]; paths are
+/// joined to `base`. The steps check the keys in the order they always were, so
+/// a config with several errors still reports the same one first.
+pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, String> {
+    let listen = r.listen.trim().to_owned();
+    let listen_addr = listen.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "receiver.listen = {listen:?}: expected an address and port such as \"0.0.0.0:7700\""
+        )
+    })?;
+    let archive_keep = r.archive_keep.unwrap_or(DEFAULT_ARCHIVE_KEEP);
+    let max_bundle_size = size(
+        "receiver.max_bundle_size",
+        r.max_bundle_size.as_deref(),
+        DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
+    )?;
+    let dirs = dirs(&r, base)?;
+    let limits = limits(&r)?;
+    let part_ttl = part_ttl(r.part_ttl.as_deref())?;
+    let tls = tls(r.key_dir, r.allowed_senders, &listen, &listen_addr, base)?;
+    Ok(ReceiverConfig {
+        tls,
+        limits,
+        part_ttl,
+        listen,
+        root: dirs.root,
+        state_dir: dirs.state_dir,
+        staging_dir: dirs.staging_dir,
+        archive_dir: dirs.archive_dir,
+        archive_keep,
+        max_bundle_size,
+    })
+}
+
+/// The receiver's directories, joined to the config's directory.
+#[derive(Debug)]
+struct Dirs {
+    root: PathBuf,
+    state_dir: PathBuf,
+    archive_dir: PathBuf,
+    staging_dir: Option<PathBuf>,
+}
+
+/// The directories, none of shipper's own inside `receiver.root` as
+/// written (where they really are is [`crate::places::check`]'s business).
+fn dirs(r: &RawReceiver, base: &Path) -> Result<Dirs, String> {
+    let root = base.join(&r.root);
+    let state_dir = base.join(&r.state_dir);
+    if state_dir.starts_with(&root) {
+        return Err(
+            "receiver.state_dir must not be inside receiver.root: readers of root would see it"
+                .into(),
+        );
+    }
+    let archive_dir = base.join(&r.archive_dir);
+    if archive_dir.starts_with(&root) {
+        return Err("receiver.archive_dir must not be inside receiver.root".into());
+    }
+    let staging_dir = r.staging_dir.as_ref().map(|p| base.join(p));
+    if let Some(s) = &staging_dir
+        && s.starts_with(&root)
+    {
+        return Err("receiver.staging_dir must not be inside receiver.root".into());
+    }
+    Ok(Dirs {
+        root,
+        state_dir,
+        archive_dir,
+        staging_dir,
+    })
+}
+
+/// What one bundle may ask of this receiver, each cap defaulting to
+/// [`Limits::default`].
+fn limits(r: &RawReceiver) -> Result<Limits, String> {
+    let defaults = Limits::default();
+    Ok(Limits {
+        max_entries: r.max_files_per_bundle.unwrap_or(defaults.max_entries),
+        max_file_size: size(
+            "receiver.max_file_size",
+            r.max_file_size.as_deref(),
+            defaults.max_file_size,
+        )?,
+        max_unpacked: size(
+            "receiver.max_unpacked_size",
+            r.max_unpacked_size.as_deref(),
+            defaults.max_unpacked,
+        )?,
+    })
+}
+
+fn part_ttl(value: Option<&str>) -> Result<Duration, String> {
+    let part_ttl = duration("receiver.part_ttl", value, DEFAULT_PART_TTL)?;
+    if part_ttl < MIN_PART_TTL {
+        return Err(format!(
+            "receiver.part_ttl = {}: at least {}, or the parts of a large file could be dropped between two of its bundles",
+            fmt_dur(part_ttl),
+            fmt_dur(MIN_PART_TTL)
+        ));
+    }
+    Ok(part_ttl)
+}
+
+/// `receiver.key_dir` and `receiver.allowed_senders`, both or neither;
+/// neither only when listening on loopback.
+fn tls(
+    key_dir: Option<PathBuf>,
+    allowed_senders: Option<Vec<String>>,
+    listen: &str,
+    listen_addr: &SocketAddr,
+    base: &Path,
+) -> Result<Option<ReceiverTls>, String> {
+    match (key_dir, allowed_senders) {
+        (Some(dir), Some(list)) => {
+            if list.is_empty() {
+                return Err("receiver.allowed_senders is empty: no sender could connect".into());
+            }
+            let allowed = list
+                .iter()
+                .map(|fp| {
+                    fp.parse::<Fingerprint>()
+                        .map_err(|e| format!("receiver.allowed_senders: {fp:?}: {e}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Some(ReceiverTls {
+                key_dir: base.join(dir),
+                allowed,
+            }))
+        }
+        (Some(_), None) => {
+            Err("receiver.key_dir is set but receiver.allowed_senders is not: list the senders' fingerprints".into())
+        }
+        (None, Some(_)) => {
+            Err("receiver.allowed_senders is set but receiver.key_dir is not: make keys with `shipper keygen --out DIR`".into())
+        }
+        (None, None) if !is_loopback(listen_addr) => Err(format!(
+            "receiver.listen = {listen:?} is not a loopback address, so keys are required: set receiver.key_dir (made by `shipper keygen`) and receiver.allowed_senders"
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, validate};
+
+    #[test]
+    fn receiver_checks_listen_and_nesting() {
+        let base = "[receiver]\nroot = \"www\"\nstate_dir = \"st\"\narchive_dir = \"ar\"\n";
+        let ok = validate(
+            parse(&format!("{base}listen = \"127.0.0.1:0\"\n")).unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap();
+        let ok = ok.receiver.unwrap();
+        assert_eq!(ok.archive_keep, DEFAULT_ARCHIVE_KEEP);
+        assert_eq!(ok.part_ttl, DEFAULT_PART_TTL);
+        let e = validate(
+            parse(&format!(
+                "{base}listen = \"127.0.0.1:0\"\npart_ttl = \"10m\"\n"
+            ))
+            .unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.contains("receiver.part_ttl"), "{e}");
+        let e = validate(
+            parse(&format!("{base}listen = \"nowhere\"\n")).unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.contains("receiver.listen"), "{e}");
+        let nested = "[receiver]\nroot = \"www\"\nstate_dir = \"www/st\"\narchive_dir = \"ar\"\nlisten = \"127.0.0.1:1\"\n";
+        let e = validate(parse(nested).unwrap(), Path::new("/b")).unwrap_err();
+        assert!(e.contains("receiver.state_dir"), "{e}");
+    }
+
+    fn raw(extra: &str) -> RawReceiver {
+        let text = format!(
+            "listen = \"127.0.0.1:1\"\nroot = \"www\"\nstate_dir = \"st\"\narchive_dir = \"ar\"\n{extra}"
+        );
+        toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn none_of_shippers_directories_may_lie_inside_root_as_written() {
+        let d = dirs(&raw(""), Path::new("/b")).unwrap();
+        assert_eq!(d.root, Path::new("/b/www"));
+        assert_eq!(d.staging_dir, None);
+        let e = dirs(&raw("staging_dir = \"www/.stage\"\n"), Path::new("/b")).unwrap_err();
+        assert!(e.starts_with("receiver.staging_dir"), "{e}");
+        let r = RawReceiver {
+            archive_dir: PathBuf::from("/b/www/old"),
+            ..raw("")
+        };
+        let e = dirs(&r, Path::new("/b")).unwrap_err();
+        assert!(e.starts_with("receiver.archive_dir"), "{e}");
+    }
+
+    #[test]
+    fn limits_default_to_the_bundle_limits_and_name_their_key() {
+        let d = Limits::default();
+        let l = limits(&raw("")).unwrap();
+        assert_eq!(
+            (l.max_entries, l.max_file_size, l.max_unpacked),
+            (d.max_entries, d.max_file_size, d.max_unpacked)
+        );
+        let l = limits(&raw("max_files_per_bundle = 5\nmax_file_size = \"1MiB\"\n")).unwrap();
+        assert_eq!((l.max_entries, l.max_file_size), (5, 1 << 20));
+        let e = limits(&raw("max_unpacked_size = \"lots\"\n")).unwrap_err();
+        assert!(e.starts_with("receiver.max_unpacked_size"), "{e}");
+    }
+}
