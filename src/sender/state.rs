@@ -1,6 +1,6 @@
 //! What the sender keeps of itself across restarts: its id and the next
 //! sequence number (`state_dir/sender.json`, written durably before a
-//! number is used).
+//! number is used), and whether it is paused (`state_dir/paused`).
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +51,32 @@ impl SenderState {
         durable::write_atomic(&path, &serde_json::to_vec_pretty(self)?)
             .with_context(|| format!("writing {}", path.display()))
     }
+}
+
+/// Marks a paused sender, so a pause outlives a restart.
+const PAUSED_FILE: &str = "paused";
+
+/// Whether the sender in `state_dir` was paused.
+pub(super) fn is_paused(state_dir: &Path) -> bool {
+    state_dir.join(PAUSED_FILE).exists()
+}
+
+/// Mark the sender in `state_dir` paused, or not, durably. Blocking (fsync).
+pub(super) fn mark_paused(state_dir: &Path, pause: bool) -> anyhow::Result<()> {
+    let marker = state_dir.join(PAUSED_FILE);
+    if pause {
+        durable::write_atomic(&marker, b"paused by `shipper pause`\n")
+            .with_context(|| format!("writing {}", marker.display()))?;
+    } else {
+        match std::fs::remove_file(&marker) {
+            Ok(()) => durable::sync_dir(state_dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("removing {}", marker.display()));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn generated_id() -> String {

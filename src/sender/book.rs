@@ -1,0 +1,497 @@
+//! The sender's book of paths: what is pending (the [`ChangeSet`]), what
+//! the receivers have ([`Shipped`]), and the paths that do not ship as
+//! they should: failing (retried with backoff), badly named (they cannot
+//! travel), shipped unsettled (a snapshot went), deletions the
+//! [`DeletionGuard`] holds.
+//!
+//! It turns watch events, catch-up diffs, packing reports and refusals
+//! into entries, and says what a cut takes. It never touches the disk
+//! (whether a path is still absent is asked of the caller); it reads the
+//! clock only to judge whether a file a walk found has been quiet for
+//! `settle`, and for status (when a path first failed, how old the oldest
+//! change is).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::bundle::manifest::FileMeta;
+use crate::bundle::pack::{PackItem, Report};
+use crate::changes::{ChangeSet, Op};
+use crate::config::MassDelete;
+use crate::paths::is_within;
+use crate::proto::frame::Refusal;
+use crate::status::{FailingPath, StatusReport, unix_now};
+
+use super::catchup::Differs;
+use super::guard::DeletionGuard;
+use super::shipped::Shipped;
+
+/// Why a badly named file is not shipped.
+const BAD_NAME: &str = "name is not valid UTF-8, so it cannot travel in a bundle (zip names are UTF-8): rename it to ship it";
+/// How many failing paths `status` lists by name.
+const STATUS_FAILING_MAX: usize = 100;
+/// Retries of an unreadable file back off up to this.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// How long a path waits after its `attempts`-th failed packing: 1 s,
+/// doubling, at most [`RETRY_MAX`].
+pub(super) fn retry_delay(attempts: u32) -> Duration {
+    let secs = 1u64 << attempts.saturating_sub(1).min(16);
+    Duration::from_secs(secs).min(RETRY_MAX)
+}
+
+/// Every path the sender keeps track of, and why.
+pub(super) struct Book {
+    settle: Duration,
+    max_delay: Duration,
+    pub(super) changes: ChangeSet,
+    pub(super) shipped: Shipped,
+    guard: DeletionGuard,
+    /// Paths that could not be packed, retried with backoff.
+    failing: BTreeMap<String, FailingPath>,
+    /// Paths whose names are not UTF-8: they cannot travel.
+    bad_names: BTreeSet<String>,
+    /// Paths shipped as a snapshot while still being written.
+    unsettled: BTreeSet<String>,
+}
+
+impl Book {
+    /// A book of what was `shipped`, nothing pending; `settle`, `max_delay`
+    /// and the mass-deletion `rule` as configured.
+    pub(super) fn new(
+        settle: Duration,
+        max_delay: Duration,
+        rule: MassDelete,
+        shipped: Shipped,
+    ) -> Self {
+        Self {
+            settle,
+            max_delay,
+            changes: ChangeSet::new(settle, max_delay),
+            shipped,
+            guard: DeletionGuard::new(rule),
+            failing: BTreeMap::new(),
+            bad_names: BTreeSet::new(),
+            unsettled: BTreeSet::new(),
+        }
+    }
+
+    /// The source was replaced or lost: what is pending was seen in a
+    /// directory that went, so it is dropped.
+    pub(super) fn forget_pending(&mut self) {
+        self.changes = ChangeSet::new(self.settle, self.max_delay);
+    }
+
+    /// How many deletions the guard holds.
+    pub(super) fn held(&self) -> usize {
+        self.guard.held()
+    }
+
+    /// `path` is gone. A removed directory takes every shipped or pending
+    /// path below it.
+    pub(super) fn removed(&mut self, path: String, now: Instant) {
+        self.failing.retain(|p, _| !is_within(p, &path));
+        let mut affected: Vec<String> = self.shipped.within(&path).cloned().collect();
+        affected.extend(self.changes.pending_within(&path));
+        affected.push(path);
+        for p in affected {
+            self.changes.removed(&p, now);
+        }
+    }
+
+    /// The watch saw a badly named path appear, or go.
+    pub(super) fn bad_name(&mut self, path: String, gone: bool) {
+        if gone {
+            self.bad_names.remove(&path);
+        } else if self.bad_names.insert(path.clone()) {
+            warn!(path = %path, "{BAD_NAME}");
+        }
+    }
+
+    /// A walk of `scope` (`""`: the whole source) found these badly named
+    /// paths, and no others there.
+    pub(super) fn bad_names_walked(&mut self, scope: &str, found: &[String]) {
+        self.bad_names
+            .retain(|p| !(scope.is_empty() || is_within(p, scope)));
+        for p in found {
+            self.bad_name(p.clone(), false);
+        }
+    }
+
+    /// A file that has been quiet for `settle` at `now` counts as settled.
+    fn quiet_since(&self, now: Instant) -> Instant {
+        now.checked_sub(self.settle).unwrap_or(now)
+    }
+
+    /// Queue the files a walk found differing. One last modified longer
+    /// than `settle` ago has been quiet that long already: it counts as
+    /// settled at once.
+    pub(super) fn queue_found(&mut self, found: &[Differs], now: Instant) {
+        let quiet_since = self.quiet_since(now);
+        for d in found {
+            if d.open {
+                self.changes.changed(d.path, true, now);
+                continue;
+            }
+            // The same test the packer applies (a future mtime proves nothing).
+            let quiet = !d.stamp.modified_within(self.settle);
+            self.changes
+                .changed(d.path, false, if quiet { quiet_since } else { now });
+        }
+    }
+
+    /// Queue the deletion of paths gone before a walk reached them: nothing
+    /// is left to settle.
+    pub(super) fn queue_gone(&mut self, gone: &[String], now: Instant) {
+        let quiet_since = self.quiet_since(now);
+        for p in gone {
+            self.changes.removed(p, quiet_since);
+        }
+    }
+
+    /// Take what the cut at `now` ships, the next cut being at `next_cut`;
+    /// `force`: everything pending. Deletions pass the guard (`allow`: a
+    /// flush allowed a mass deletion); a held deletion is released only if
+    /// its path is still `absent`.
+    pub(super) fn take_due(
+        &mut self,
+        now: Instant,
+        next_cut: Instant,
+        force: bool,
+        allow: bool,
+        absent: impl Fn(&str) -> bool,
+    ) -> Vec<PackItem> {
+        let due = self.changes.take_due(now, next_cut, force);
+        let mut items = Vec::with_capacity(due.len());
+        let mut deletions = Vec::new();
+        for c in due {
+            match c.op {
+                Op::Upsert => {
+                    self.guard.forget(&c.path);
+                    items.push(PackItem {
+                        previous: self.shipped.previous(&c.path),
+                        path: c.path,
+                        op: Op::Upsert,
+                        quiet_for: c.settled.then_some(self.settle),
+                        overdue: c.overdue,
+                    })
+                }
+                Op::Delete if self.shipped.deletion_ships(&c.path) => deletions.push(c.path),
+                Op::Delete => {}
+            }
+        }
+        let settling = self
+            .changes
+            .pending_deletes()
+            .filter(|p| self.shipped.has(p))
+            .count();
+        let shipped = self.shipped.len();
+        self.guard
+            .check(&mut deletions, settling, shipped, allow, absent);
+        items.extend(deletions.into_iter().map(PackItem::delete));
+        items
+    }
+
+    /// Take in what a packing run did: what it shipped, what changed while
+    /// it read it, what it could not read. Returns the paths it accounted
+    /// for.
+    pub(super) fn record(&mut self, report: &Report, now: Instant) -> HashSet<String> {
+        let mut accounted = HashSet::new();
+        let snapshots: HashSet<&str> = report.unsettled.iter().map(String::as_str).collect();
+        for (path, meta) in &report.shipped {
+            accounted.insert(path.clone());
+            self.failing.remove(path);
+            // Its bundle says what the receivers will have.
+            self.shipped.record(path, meta.as_ref());
+            if snapshots.contains(path.as_str()) {
+                if self.unsettled.insert(path.clone()) {
+                    warn!(path = %path, max_delay = %crate::config::fmt_dur(self.max_delay), "shipped unsettled: still being written at max_delay, so a snapshot of it went; it ships again once it settles");
+                }
+            } else if self.unsettled.remove(path) {
+                info!(path = %path, "shipped settled after an unsettled snapshot");
+            }
+        }
+        for p in &report.requeue {
+            debug!(path = %p, "changed while packing; stays pending");
+            accounted.insert(p.clone());
+            self.changes.requeue(p, now);
+        }
+        self.failed(&report.failed, now);
+        accounted.extend(report.failed.iter().map(|(p, _)| p.clone()));
+        accounted
+    }
+
+    /// Paths a packing run could not pack, with why.
+    pub(super) fn failed(&mut self, failed: &[(String, String)], now: Instant) {
+        for (p, error) in failed {
+            self.path_failed(p, error, now);
+        }
+    }
+
+    /// A packing run that took `taken` succeeded: what it took and did not
+    /// fail again was packed, unchanged or gone.
+    pub(super) fn clear_failing(&mut self, taken: &[(String, Op)], failed: &[(String, String)]) {
+        let failed: HashSet<&str> = failed.iter().map(|(p, _)| p.as_str()).collect();
+        for (path, _) in taken {
+            if !failed.contains(path.as_str()) {
+                self.failing.remove(path);
+            }
+        }
+    }
+
+    /// A packing run failed as a whole: what it took and did not account
+    /// for goes back, so nothing is lost because a bundle could not be
+    /// written.
+    pub(super) fn put_back(
+        &mut self,
+        taken: Vec<(String, Op)>,
+        accounted: &HashSet<String>,
+        now: Instant,
+    ) {
+        for (path, op) in taken {
+            if accounted.contains(&path) || self.changes.contains(&path) {
+                continue; // shipped, handled, or superseded by a newer event
+            }
+            match op {
+                Op::Upsert => self.changes.requeue(&path, now),
+                Op::Delete => self.changes.removed(&path, now),
+            }
+        }
+    }
+
+    /// Receiver `peer` refused, for good, a bundle carrying `changes`. The
+    /// path at fault waits as failing; the rest is packed again in full so
+    /// that receiver gets it too.
+    pub(super) fn refused(
+        &mut self,
+        peer: &str,
+        refusal: &Refusal,
+        changes: Vec<(String, Option<FileMeta>)>,
+        now: Instant,
+    ) {
+        for (path, meta) in changes {
+            if refusal.path.as_deref().is_some_and(|f| is_within(&path, f)) {
+                let error = format!("receiver {peer} refused it: {}", refusal.reason);
+                self.path_failed(&path, &error, now);
+                continue;
+            }
+            // What that receiver has of it is unknown now: it ships as it
+            // is, deletions included, like a path in doubt after a crash.
+            self.shipped.doubt(&path);
+            if self.changes.contains(&path) {
+                continue; // a newer change is pending anyway
+            }
+            match meta {
+                Some(_) => self.changes.requeue(&path, now),
+                None => self.changes.removed(&path, now),
+            }
+        }
+    }
+
+    /// `path` could not be packed: keep it pending, retry with backoff, and
+    /// say so once per distinct error.
+    fn path_failed(&mut self, path: &str, error: &str, now: Instant) {
+        let entry = self
+            .failing
+            .entry(path.to_owned())
+            .or_insert_with(|| FailingPath {
+                path: path.to_owned(),
+                error: String::new(),
+                since: unix_now(),
+                attempts: 0,
+            });
+        entry.attempts += 1;
+        let delay = retry_delay(entry.attempts);
+        if entry.error != error {
+            warn!(path = %path, error = %error, retry_in = %crate::config::fmt_dur(delay), "cannot ship this file; it stays pending and is retried, the rest ships");
+            entry.error = error.to_owned();
+        }
+        self.changes.failed(path, now, now + delay);
+    }
+
+    /// The book's part of `shipper status`, the rest left default.
+    pub(super) fn status(&self) -> StatusReport {
+        StatusReport {
+            pending_paths: self.changes.len() as u64,
+            oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
+            held_deletions: self.guard.held() as u64,
+            failing_paths: (self.failing.len() + self.bad_names.len()) as u64,
+            failing: self
+                .bad_names
+                .iter()
+                .map(|p| FailingPath {
+                    path: p.clone(),
+                    error: BAD_NAME.into(),
+                    since: 0,
+                    attempts: 0,
+                })
+                .chain(self.failing.values().cloned())
+                .take(STATUS_FAILING_MAX)
+                .collect(),
+            unsettled: self.unsettled.iter().cloned().collect(),
+            ..StatusReport::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sender::shipped::tests::{meta, shipped};
+
+    const SETTLE: Duration = Duration::from_secs(2);
+
+    fn book(files: &[&str], in_doubt: &[&str]) -> Book {
+        let rule = MassDelete {
+            share: 0.5,
+            min: 100,
+        };
+        Book::new(
+            SETTLE,
+            Duration::from_secs(300),
+            rule,
+            shipped(files, in_doubt),
+        )
+    }
+
+    fn due(b: &mut Book, now: Instant) -> Vec<(String, Op, bool)> {
+        b.take_due(now, now, true, false, |_| true)
+            .into_iter()
+            .map(|i| (i.path, i.op, i.previous.is_some()))
+            .collect()
+    }
+
+    #[test]
+    fn retry_delay_doubles_from_a_second_up_to_its_cap() {
+        assert_eq!(retry_delay(1), Duration::from_secs(1));
+        assert_eq!(retry_delay(2), Duration::from_secs(2));
+        assert_eq!(retry_delay(5), Duration::from_secs(16));
+        assert_eq!(retry_delay(7), RETRY_MAX);
+        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+    }
+
+    #[test]
+    fn a_removed_directory_takes_every_shipped_and_pending_path_below_it() {
+        let now = Instant::now();
+        let mut b = book(&["d/a", "d/b/c", "d2/x"], &[]);
+        b.changes.changed("d/new", false, now);
+        b.removed("d".into(), now);
+        let mut deleted: Vec<String> = b.changes.pending_deletes().map(str::to_owned).collect();
+        deleted.sort();
+        assert_eq!(deleted, ["d", "d/a", "d/b/c", "d/new"]);
+    }
+
+    #[test]
+    fn deleting_what_no_receiver_got_is_nothing_to_ship() {
+        let now = Instant::now();
+        let mut b = book(&["had"], &["maybe"]);
+        for p in ["had", "maybe", "never"] {
+            b.changes.removed(p, now);
+        }
+        assert_eq!(
+            due(&mut b, now),
+            [
+                ("had".to_string(), Op::Delete, false),
+                ("maybe".to_string(), Op::Delete, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_path_in_doubt_ships_without_what_was_shipped_of_it() {
+        let now = Instant::now();
+        let mut b = book(&["a", "b"], &["b"]);
+        b.changes.changed("a", false, now);
+        b.changes.changed("b", false, now);
+        assert_eq!(
+            due(&mut b, now),
+            [
+                ("a".to_string(), Op::Upsert, true),
+                ("b".to_string(), Op::Upsert, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_refused_path_fails_and_the_rest_of_its_bundle_ships_again_in_full() {
+        let now = Instant::now();
+        let mut b = book(&["ok", "bad", "del"], &[]);
+        let refusal = Refusal::permanent(Some("bad".into()), "too large");
+        let changes = vec![
+            ("ok".to_string(), Some(meta(1))),
+            ("bad".to_string(), Some(meta(1))),
+            ("del".to_string(), None),
+        ];
+        b.refused("r1", &refusal, changes, now);
+        let status = b.status();
+        assert_eq!(status.failing_paths, 1);
+        assert_eq!(status.failing[0].error, "receiver r1 refused it: too large");
+        let later = now + Duration::from_secs(1);
+        assert_eq!(
+            due(&mut b, later),
+            [
+                ("bad".to_string(), Op::Upsert, true),
+                ("ok".to_string(), Op::Upsert, false),
+                ("del".to_string(), Op::Delete, false)
+            ],
+            "ok is in doubt now: no previous"
+        );
+    }
+
+    #[test]
+    fn a_failed_pack_puts_back_what_it_took_unless_a_newer_event_came() {
+        let now = Instant::now();
+        let mut b = book(&["gone"], &[]);
+        let taken = vec![
+            ("a".to_string(), Op::Upsert),
+            ("gone".to_string(), Op::Delete),
+            ("newer".to_string(), Op::Upsert),
+            ("shipped".to_string(), Op::Upsert),
+        ];
+        b.changes.removed("newer", now);
+        let accounted: HashSet<String> = ["shipped".to_string()].into();
+        b.put_back(taken, &accounted, now);
+        let mut pending: Vec<String> = b.changes.pending_upserts().map(str::to_owned).collect();
+        pending.sort();
+        assert_eq!(pending, ["a"]);
+        let deletes: Vec<&str> = b.changes.pending_deletes().collect();
+        assert_eq!(deletes, ["gone", "newer"]);
+    }
+
+    #[test]
+    fn a_report_updates_what_was_shipped_and_what_fails() {
+        let now = Instant::now();
+        let mut b = book(&["old"], &["x"]);
+        b.failed(&[("x".to_string(), "unreadable".to_string())], now);
+        let report = Report {
+            shipped: vec![("x".to_string(), Some(meta(2))), ("old".to_string(), None)],
+            unsettled: vec!["x".to_string()],
+            requeue: vec!["busy".to_string()],
+            failed: vec![("locked".to_string(), "EACCES".to_string())],
+            bundles: Vec::new(),
+        };
+        let accounted = b.record(&report, now);
+        assert_eq!(accounted.len(), 4);
+        assert!(b.shipped.has("x") && !b.shipped.has("old"));
+        assert_eq!(b.shipped.previous("x"), Some(meta(2)), "no longer in doubt");
+        let status = b.status();
+        assert_eq!(status.unsettled, ["x"]);
+        let failing: Vec<&str> = status.failing.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(failing, ["locked"], "x shipped: no longer failing");
+        assert!(b.changes.contains("busy"));
+    }
+
+    #[test]
+    fn a_walk_replaces_the_bad_names_it_covers() {
+        let mut b = book(&[], &[]);
+        b.bad_name("d/bad".into(), false);
+        b.bad_name("e/bad".into(), false);
+        b.bad_names_walked("d", &["d/other".to_string()]);
+        let names: Vec<String> = b.status().failing.into_iter().map(|f| f.path).collect();
+        assert_eq!(names, ["d/other", "e/bad"]);
+        b.bad_names_walked("", &[]);
+        assert_eq!(b.status().failing_paths, 0);
+    }
+}

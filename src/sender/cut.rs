@@ -1,0 +1,376 @@
+//! The cut: when to pack and what (a whole tree for one receiver that
+//! needs one, else what the [`Book`] says is due), packing on a blocking
+//! thread into the outbox, and taking in how it went. A run that fails as
+//! a whole (a full disk) puts back what it took and is retried with
+//! backoff; paths an event touches while a pack runs stay pending.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::bundle::manifest::next_seq;
+use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report};
+use crate::changes::Op;
+use crate::ledger::Ledger;
+use crate::peers::Peers;
+use crate::proto::frame::Accepts;
+use crate::watch::WatchMsg;
+
+use super::book::Book;
+use super::flush::Flushes;
+use super::outbox::Outbox;
+use super::source::Source;
+use super::state::SenderState;
+use super::transport::{Backoff, TransportEvent, release_now, update_peer};
+use super::whole_tree::WholeTrees;
+
+/// A packing run's report, and how it ended.
+pub(super) type PackDone = (Report, std::io::Result<()>);
+
+/// What the packer shares with the transports: the outbox, the ledger,
+/// what is known of the receivers, and the numbering of bundles.
+#[derive(Clone)]
+pub(super) struct Handles {
+    pub(super) state: Arc<Mutex<SenderState>>,
+    pub(super) state_dir: PathBuf,
+    pub(super) outbox_dir: PathBuf,
+    /// Packed bundles on their way to the receivers.
+    pub(super) outbox: Arc<Outbox>,
+    /// Where the packer notes each bundle before it can go out.
+    pub(super) ledger: Arc<Mutex<Ledger>>,
+    pub(super) peers: Arc<Mutex<Peers>>,
+    /// What each receiver said it accepts, once it said so.
+    pub(super) accepts: Arc<Mutex<Vec<Option<Accepts>>>>,
+    /// No bundle is numbered below this (learnt at Welcome).
+    pub(super) seq_floor: Arc<AtomicU64>,
+    /// The transports' channel, for the packer to release bundles whose
+    /// only holder's backlog it dropped.
+    pub(super) events: mpsc::UnboundedSender<TransportEvent>,
+    /// Each receiver's name, in the order of `sender.receivers`.
+    pub(super) receivers: Vec<String>,
+}
+
+impl Handles {
+    /// `own` narrowed to what every receiver said it accepts.
+    fn limits(&self, own: Limits) -> Limits {
+        self.accepts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flatten()
+            .fold(own, |l, a| l.within(a))
+    }
+
+    /// The next sequence number, persisted before it is used so a restart
+    /// never reuses it. Blocking.
+    fn alloc_seq(&self) -> std::io::Result<u64> {
+        let mut st = self.state.lock().expect("state lock");
+        let seq = st.next_seq.max(self.seq_floor.load(Ordering::SeqCst));
+        st.next_seq = next_seq(seq).map_err(std::io::Error::other)?;
+        st.save(&self.state_dir).map_err(std::io::Error::other)?;
+        Ok(seq)
+    }
+
+    /// Note a packed bundle and hand it to the outbox (`only`: for that
+    /// receiver alone). Blocking: waits for room.
+    fn emit(&self, mut p: Packed, only: Option<usize>) -> std::io::Result<()> {
+        p.only = only;
+        // Before any receiver can apply it: a crash between its apply and
+        // the record of its acknowledgement leaves its paths in doubt, not
+        // taken for what the ledger says. (A whole tree for one receiver
+        // changes nothing every receiver has: it is not recorded.)
+        if only.is_none() {
+            let paths = p.changes.iter().map(|(path, _)| path.clone()).collect();
+            self.ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .shipping(p.seq, paths)?;
+        }
+        info!(
+            seq = p.seq,
+            files = p.summary.files,
+            parts = p.summary.parts,
+            deletions = p.summary.deletions,
+            bytes = p.summary.bytes,
+            size = p.size,
+            "bundle packed"
+        );
+        let queue = &self.outbox;
+        queue.push(p)?;
+        // A receiver that is away must not fill the sender's disk.
+        while let Some(j) = queue.over_budget() {
+            warn!(peer = %self.receivers[j], outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
+            update_peer(
+                &self.peers,
+                &self.state_dir,
+                &self.receivers[j],
+                None,
+                Some(true),
+            )?;
+            release_now(queue.drop_backlog(j), &self.events, &self.ledger);
+        }
+        Ok(())
+    }
+
+    /// Pack `items` from `source` within `limits`, leaving pending what was
+    /// `touched` meanwhile. Blocking.
+    fn pack(
+        &self,
+        items: Vec<PackItem>,
+        only: Option<usize>,
+        source: &Path,
+        limits: Limits,
+        touched: &Mutex<HashSet<String>>,
+    ) -> PackDone {
+        let sender_id = self.state.lock().expect("state lock").id.clone();
+        let mut packer = Packer {
+            source,
+            outbox: &self.outbox_dir,
+            sender: &sender_id,
+            limits,
+            alloc_seq: &mut || self.alloc_seq(),
+            emit: &mut |p| self.emit(p, only),
+            touched: &|p: &str| {
+                touched
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(p)
+            },
+        };
+        let mut report = Report::default();
+        let result = packer.pack_into(items, &mut report);
+        (report, result)
+    }
+}
+
+/// Paths an event touched while a pack runs; the packer leaves them pending.
+#[derive(Default)]
+struct Touched {
+    paths: Arc<Mutex<HashSet<String>>>,
+    /// A pack runs: events are noted.
+    active: bool,
+}
+
+impl Touched {
+    /// A pack begins: note events from now on. Returns the set it reads.
+    fn start(&mut self) -> Arc<Mutex<HashSet<String>>> {
+        self.paths.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.active = true;
+        self.paths.clone()
+    }
+
+    fn stop(&mut self) {
+        self.active = false;
+    }
+
+    fn note(&self, path: &str) {
+        if self.active {
+            self.paths
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(path.to_owned());
+        }
+    }
+}
+
+/// The packing step: at most one run at a time.
+pub(super) struct Cut {
+    handles: Handles,
+    /// The sender's own bundle limits, before any receiver's narrower ones.
+    limits: Limits,
+    running: Option<JoinHandle<PackDone>>,
+    /// What the running pack took from the change set.
+    taken: Vec<(String, Op)>,
+    /// The running pack is a whole tree for this receiver only.
+    only: Option<usize>,
+    touched: Touched,
+    /// The last packing run failed as a whole: why, and when to try again.
+    error: Option<String>,
+    retry_at: Option<Instant>,
+    backoff: Backoff,
+    pub(super) whole_trees: WholeTrees,
+}
+
+impl Cut {
+    pub(super) fn new(handles: Handles, limits: Limits, whole_trees: WholeTrees) -> Self {
+        Self {
+            handles,
+            limits,
+            running: None,
+            taken: Vec::new(),
+            only: None,
+            touched: Touched::default(),
+            error: None,
+            retry_at: None,
+            backoff: Backoff::default(),
+            whole_trees,
+        }
+    }
+
+    /// Why the last packing run failed as a whole, until one works.
+    pub(super) fn error(&self) -> Option<&String> {
+        self.error.as_ref()
+    }
+
+    /// A watch event: if a pack runs, the path it touched stays pending.
+    pub(super) fn note_event(&self, msg: &WatchMsg) {
+        if let WatchMsg::Changed { path, .. } | WatchMsg::Closed(path) | WatchMsg::Removed(path) =
+            msg
+        {
+            self.touched.note(path);
+        }
+    }
+
+    /// The end of the running pack; never, while none runs.
+    pub(super) async fn wait(&mut self) -> PackDone {
+        match &mut self.running {
+            Some(h) => match h.await {
+                Ok(done) => done,
+                Err(e) => (
+                    Report::default(),
+                    Err(std::io::Error::other(format!("packing task failed: {e}"))),
+                ),
+            },
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Start packing if anything is due and no pack is running; `force`
+    /// (a flush): everything pending, backoff or not. The next cut is at
+    /// `next_tick`.
+    pub(super) fn maybe_pack(
+        &mut self,
+        book: &mut Book,
+        flushes: &mut Flushes,
+        source: &Source,
+        force: bool,
+        next_tick: Instant,
+    ) {
+        if self.running.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        // After a failed run (a full disk), wait out the backoff.
+        if !force && self.retry_at.is_some_and(|t| now < t) {
+            return;
+        }
+        if let Some(index) = self.whole_trees.next() {
+            // Everything the receivers have (or will once the outbox
+            // drains), for this one only; changes still pending reach
+            // every receiver in the usual bundles.
+            let items = book.shipped.paths().map(PackItem::upsert).collect();
+            self.start(items, Some(index), source.dir());
+            return;
+        }
+        let allow_mass_delete = flushes.start_cut();
+        let items = book.take_due(now, next_tick, force, allow_mass_delete, |p| {
+            source.absent(p)
+        });
+        if items.is_empty() {
+            // Nothing new: the flushes wait for what is already in flight.
+            flushes.cut_done(flushes.cut_starts(), book.held());
+            return;
+        }
+        self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
+        self.start(items, None, source.dir());
+    }
+
+    /// Pack `items` on a blocking thread; `only`: for that receiver alone.
+    fn start(&mut self, items: Vec<PackItem>, only: Option<usize>, source: &Path) {
+        self.only = only;
+        let limits = self.handles.limits(self.limits);
+        let handles = self.handles.clone();
+        let source = source.to_owned();
+        let touched = self.touched.start();
+        self.running = Some(tokio::task::spawn_blocking(move || {
+            handles.pack(items, only, &source, limits, &touched)
+        }));
+    }
+
+    /// The running pack ended with `report` and `result`: take it into the
+    /// book and the flushes. Returns whether it was a whole tree for one
+    /// receiver.
+    pub(super) fn finished(
+        &mut self,
+        report: Report,
+        result: std::io::Result<()>,
+        book: &mut Book,
+        flushes: &mut Flushes,
+    ) -> bool {
+        self.running = None;
+        self.touched.stop();
+        if let Some(index) = self.only.take() {
+            self.whole_tree_packed(index, report, result, book, flushes);
+            return true;
+        }
+        let first = flushes.cut_starts();
+        let now = Instant::now();
+        let taken = std::mem::take(&mut self.taken);
+        let accounted = book.record(&report, now);
+        flushes.bundles_packed(&report.bundles);
+        match result {
+            Ok(()) => {
+                book.clear_failing(&taken, &report.failed);
+                self.backoff.reset();
+                self.retry_at = None;
+                if self.error.take().is_some() {
+                    info!("packing works again");
+                }
+            }
+            Err(e) => {
+                book.put_back(taken, &accounted, now);
+                let error = self.failed_run(&e, book.changes.len(), now);
+                flushes.pack_failed(&error);
+            }
+        }
+        flushes.cut_done(first, book.held());
+        false
+    }
+
+    /// A packing run failed as a whole: retry with backoff, and say so
+    /// once per distinct error. Returns the error.
+    fn failed_run(&mut self, error: &std::io::Error, pending: usize, now: Instant) -> String {
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(now + delay);
+        let msg = error.to_string();
+        if self.error.as_deref() != Some(msg.as_str()) {
+            warn!(
+                error = %msg,
+                pending,
+                retry_in = %crate::config::fmt_dur(delay),
+                "packing failed; changes stay pending and packing is retried with backoff"
+            );
+        }
+        self.error = Some(msg.clone());
+        msg
+    }
+
+    /// A whole tree for receiver `index` was packed (or failed to be).
+    fn whole_tree_packed(
+        &mut self,
+        index: usize,
+        report: Report,
+        result: std::io::Result<()>,
+        book: &mut Book,
+        flushes: &mut Flushes,
+    ) {
+        let now = Instant::now();
+        book.failed(&report.failed, now);
+        flushes.bundles_packed(&report.bundles);
+        match result {
+            Err(e) => {
+                self.whole_trees.failed(index, &e);
+                self.retry_at = Some(now + self.backoff.next_delay());
+            }
+            Ok(()) => self
+                .whole_trees
+                .packed(index, &report.bundles, flushes.acked_seq()),
+        }
+    }
+}

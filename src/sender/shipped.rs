@@ -1,0 +1,213 @@
+//! What the receivers have, as the sender knows it: per path, the metadata
+//! last shipped (acknowledged, or on its way in the outbox), and the paths
+//! in doubt, whose state on some receiver is not what that says.
+//!
+//! Pure: loaded from the ledger at start, updated from each packing run's
+//! report and each refusal; it never reads the disk.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::bundle::manifest::FileMeta;
+use crate::paths::is_within;
+use crate::stamp::Stamp;
+
+/// What the receivers have (or will have once the outbox drains), per path.
+#[derive(Debug, Default)]
+pub(super) struct Shipped {
+    files: BTreeMap<String, FileMeta>,
+    /// Paths a receiver may hold in a state `files` does not say (a bundle
+    /// carrying them went out before a crash, unacknowledged, or a receiver
+    /// refused it for good): they ship again as they are now, deletions
+    /// included, whatever `files` says.
+    in_doubt: BTreeSet<String>,
+}
+
+impl Shipped {
+    pub(super) fn new(files: BTreeMap<String, FileMeta>, in_doubt: BTreeSet<String>) -> Self {
+        Self { files, in_doubt }
+    }
+
+    /// How many files the receivers have.
+    pub(super) fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// Whether the receivers have `path`.
+    pub(super) fn has(&self, path: &str) -> bool {
+        self.files.contains_key(path)
+    }
+
+    /// Every path the receivers have, in order.
+    pub(super) fn paths(&self) -> impl Iterator<Item = &String> {
+        self.files.keys()
+    }
+
+    /// Shipped paths equal to or below `dir`.
+    pub(super) fn within<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.files
+            .range(dir.to_owned()..)
+            .take_while(move |(p, _)| p.starts_with(dir))
+            .filter(move |(p, _)| is_within(p, dir))
+            .map(|(p, _)| p)
+    }
+
+    /// Whether a file found with `stamp` is known to be what the receivers
+    /// have. A racy entry's stat proves nothing (the packer compares
+    /// content), and a path in doubt ships whatever it matches.
+    pub(super) fn unchanged(&self, path: &str, stamp: &Stamp) -> bool {
+        !self.in_doubt.contains(path)
+            && self
+                .files
+                .get(path)
+                .is_some_and(|m| stamp.matches(m) && !m.racy)
+    }
+
+    /// Whether `stamp` matches what was shipped of `path`, racy or not.
+    pub(super) fn matches(&self, path: &str, stamp: &Stamp) -> bool {
+        self.files.get(path).is_some_and(|m| stamp.matches(m))
+    }
+
+    /// What the packer may compare `path` with: what was shipped, unless
+    /// the path is in doubt.
+    pub(super) fn previous(&self, path: &str) -> Option<FileMeta> {
+        if self.in_doubt.contains(path) {
+            return None;
+        }
+        self.files.get(path).cloned()
+    }
+
+    /// Whether deleting `path` is something to ship: a receiver has it, or
+    /// may. Deleting what no receiver got is nothing.
+    pub(super) fn deletion_ships(&self, path: &str) -> bool {
+        self.files.contains_key(path) || self.in_doubt.contains(path)
+    }
+
+    /// The paths a receiver has or may have equal to or below `scope`
+    /// (`""`: everywhere): what a walk of `scope` must find.
+    pub(super) fn known_within<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a String> {
+        self.files
+            .keys()
+            .chain(
+                self.in_doubt
+                    .iter()
+                    .filter(|p| !self.files.contains_key(*p)),
+            )
+            .filter(move |p| scope.is_empty() || is_within(p, scope))
+    }
+
+    /// A bundle now says what the receivers will have of `path`: `Some`
+    /// that metadata, `None` deleted. It is no longer in doubt.
+    pub(super) fn record(&mut self, path: &str, meta: Option<&FileMeta>) {
+        self.in_doubt.remove(path);
+        match meta {
+            Some(m) => {
+                self.files.insert(path.to_owned(), m.clone());
+            }
+            None => {
+                self.files.remove(path);
+            }
+        }
+    }
+
+    /// What some receiver has of `path` is unknown now: ship it as it is.
+    pub(super) fn doubt(&mut self, path: &str) {
+        self.in_doubt.insert(path.to_owned());
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// Metadata for a file of `size` bytes, as shipped.
+    pub(in crate::sender) fn meta(size: u64) -> FileMeta {
+        FileMeta {
+            size,
+            mtime: 1_000,
+            mtime_nsec: 0,
+            mode: 0o644,
+            hash: String::new(),
+            racy: false,
+        }
+    }
+
+    /// The stamp of a file matching [`meta`] of `size`.
+    pub(in crate::sender) fn stamp(size: u64) -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 1,
+            size,
+            mtime: 1_000,
+            mtime_nsec: 0,
+            mode: 0o644,
+        }
+    }
+
+    pub(in crate::sender) fn shipped(files: &[&str], in_doubt: &[&str]) -> Shipped {
+        Shipped::new(
+            files.iter().map(|p| (p.to_string(), meta(1))).collect(),
+            in_doubt.iter().map(|p| p.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn a_path_in_doubt_is_never_unchanged_and_has_no_previous() {
+        let s = shipped(&["a", "b"], &["b"]);
+        assert!(s.unchanged("a", &stamp(1)));
+        assert!(!s.unchanged("a", &stamp(2)), "another size");
+        assert!(!s.unchanged("b", &stamp(1)), "in doubt");
+        assert!(s.matches("b", &stamp(1)), "matching ignores doubt");
+        assert_eq!(s.previous("a"), Some(meta(1)));
+        assert_eq!(s.previous("b"), None);
+    }
+
+    #[test]
+    fn a_racy_entry_proves_nothing() {
+        let mut racy = meta(1);
+        racy.racy = true;
+        let s = Shipped::new([("a".to_string(), racy)].into(), Default::default());
+        assert!(!s.unchanged("a", &stamp(1)));
+        assert!(s.matches("a", &stamp(1)));
+    }
+
+    #[test]
+    fn a_deletion_ships_only_where_a_receiver_has_or_may_have_the_path() {
+        let s = shipped(&["a"], &["gone"]);
+        assert!(s.deletion_ships("a"));
+        assert!(s.deletion_ships("gone"));
+        assert!(!s.deletion_ships("never"));
+    }
+
+    #[test]
+    fn within_a_directory_means_below_it_not_beside_it() {
+        let s = shipped(&["d", "d/x", "d/y/z", "d2/x", "e"], &[]);
+        let below: Vec<&String> = s.within("d").collect();
+        assert_eq!(below, ["d", "d/x", "d/y/z"]);
+    }
+
+    #[test]
+    fn what_a_walk_must_find_includes_paths_in_doubt_once() {
+        let s = shipped(&["a/1", "b/1"], &["a/1", "a/2"]);
+        let all: Vec<&String> = s.known_within("").collect();
+        assert_eq!(all, ["a/1", "b/1", "a/2"]);
+        let a: Vec<&String> = s.known_within("a").collect();
+        assert_eq!(a, ["a/1", "a/2"]);
+    }
+
+    #[test]
+    fn a_recorded_path_is_no_longer_in_doubt() {
+        let mut s = shipped(&["a"], &[]);
+        s.doubt("a");
+        assert!(!s.unchanged("a", &stamp(1)));
+        s.record("a", Some(&meta(1)));
+        assert!(s.unchanged("a", &stamp(1)));
+        s.doubt("a");
+        s.record("a", None);
+        assert!(!s.has("a"));
+        assert!(!s.deletion_ships("a"), "deleted and no longer in doubt");
+    }
+}

@@ -1,0 +1,198 @@
+//! The source directory: its watch, the sentinel that follows the
+//! configured path (another directory there, or none), and walks of it off
+//! the runtime. While no directory is watched at the path the source is
+//! held: nothing is cut, and its files are not taken as deleted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tracing::{debug, info, warn};
+
+use crate::paths::Excludes;
+use crate::status::{SourceMissing, unix_now};
+use crate::watch::{self as watcher, SourceEvent, Walk, WatchGuard, WatchMsg};
+
+/// The source as the sender follows it.
+pub(super) struct Source {
+    /// The configured path, as written.
+    path: PathBuf,
+    /// The directory watched (the configured path resolved).
+    dir: PathBuf,
+    /// The watch on `dir`; `None` while it is missing or its replacement is
+    /// not watched yet.
+    watch_guard: Option<Arc<WatchGuard>>,
+    /// Follows the configured path.
+    sentinel: watcher::Sentinel,
+    /// Set while no directory is at the source path.
+    missing: Option<SourceMissing>,
+    /// Finished walks go here.
+    walks: UnboundedSender<Walk>,
+    exclude: Excludes,
+    /// Never walked (the sender's own state, if inside the source).
+    ignore: Vec<PathBuf>,
+}
+
+/// What the source reports to the sender's loop.
+pub(super) struct Feeds {
+    /// The sentinel's reports: another directory at the path, or none.
+    pub(super) events: UnboundedReceiver<SourceEvent>,
+    /// Finished walks: the files found.
+    pub(super) walks: UnboundedReceiver<Walk>,
+}
+
+impl Source {
+    /// Follow the source at `path`. Returns it with the sentinel's first
+    /// look at the path, and what it will report.
+    pub(super) fn start(
+        path: &Path,
+        exclude: &Excludes,
+        ignore: Vec<PathBuf>,
+    ) -> anyhow::Result<(Self, SourceEvent, Feeds)> {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let (sentinel, first_look) =
+            watcher::Sentinel::start(path.to_owned(), exclude.clone(), ignore.clone(), events_tx)
+                .with_context(|| format!("watching {}", path.display()))?;
+        let (walks_tx, walks) = mpsc::unbounded_channel();
+        let source = Self {
+            path: path.to_owned(),
+            dir: path.to_owned(),
+            watch_guard: None,
+            sentinel,
+            missing: None,
+            walks: walks_tx,
+            exclude: exclude.clone(),
+            ignore,
+        };
+        Ok((source, first_look, Feeds { events, walks }))
+    }
+
+    /// The directory watched (or last watched).
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Why the source is held, while it is.
+    pub(super) fn missing(&self) -> Option<&SourceMissing> {
+        self.missing.as_ref()
+    }
+
+    /// Whether a directory at the source path is watched now.
+    pub(super) fn watched(&self) -> bool {
+        self.watch_guard.is_some()
+    }
+
+    /// Whether nothing is at `path` (shipped form) below the source.
+    pub(super) fn absent(&self, path: &str) -> bool {
+        std::fs::symlink_metadata(self.dir.join(path)).is_err()
+    }
+
+    /// Walk `dir` off the runtime; the files found arrive on the walks feed.
+    pub(super) fn scan(&self, dir: PathBuf) {
+        let (base, ex, ignore) = (self.dir.clone(), self.exclude.clone(), self.ignore.clone());
+        let tx = self.walks.clone();
+        let guard = self.watch_guard.clone();
+        tokio::task::spawn_blocking(move || {
+            if dir != base
+                && let Some(guard) = guard
+                && let Err(e) = guard.watch_dir(&dir)
+            {
+                // Gone again already, or out of watches: the walk still runs.
+                debug!(dir = %dir.display(), error = %e, "could not watch new directory");
+            }
+            let _ = tx.send(watcher::walk(&base, &dir, &ex, &ignore));
+        });
+    }
+
+    /// Walk the whole source.
+    pub(super) fn scan_all(&self) {
+        self.scan(self.dir.clone());
+    }
+
+    /// The sentinel found another directory at the source path, or none.
+    /// Returns the events of the new watch (`None` until there is one); a
+    /// directory watched is walked whole, to be compared with what the
+    /// receivers have.
+    pub(super) fn follow(&mut self, ev: SourceEvent) -> Option<UnboundedReceiver<WatchMsg>> {
+        self.watch_guard = None;
+        match ev {
+            // A look at what replaced it follows; until then nothing is
+            // watched.
+            SourceEvent::Left => {
+                info!(source = %self.path.display(), old = %self.dir.display(), "source replaced: watching the new directory, then comparing it with what the receivers have");
+                None
+            }
+            SourceEvent::Missing(reason) => {
+                warn!(
+                    source = %self.path.display(),
+                    reason = %reason,
+                    "source missing: holding; nothing is shipped or deleted until a directory is back at the source path"
+                );
+                let since = self.missing.as_ref().map_or_else(unix_now, |m| m.since);
+                self.missing = Some(SourceMissing { reason, since });
+                None
+            }
+            SourceEvent::Watched(w) => {
+                if self.missing.take().is_some() {
+                    info!(source = %self.path.display(), dir = %w.dir.display(), "source back: comparing it with what the receivers have");
+                }
+                self.dir = w.dir;
+                self.watch_guard = Some(Arc::new(w.guard));
+                self.scan_all();
+                Some(w.events)
+            }
+        }
+    }
+
+    /// What a flush answers while the source is missing.
+    pub(super) fn holding_message(&self) -> String {
+        let (reason, since) = self
+            .missing
+            .as_ref()
+            .map(|m| (m.reason.as_str(), m.since))
+            .unwrap_or_default();
+        format!(
+            "the source is missing ({reason}) for {}: holding, nothing is shipped or deleted until it is back",
+            humantime::format_duration(Duration::from_secs((unix_now() - since).max(0) as u64))
+        )
+    }
+
+    /// Whether the source directory vanished, checked after a comparison
+    /// found paths gone: then they are not taken as deleted, and the
+    /// sentinel is asked to look now (it is about to report it missing).
+    pub(super) fn vanished(&self) -> bool {
+        if self.dir.is_dir() {
+            return false;
+        }
+        warn!(source = %self.dir.display(), "the source vanished during a comparison: its files are not taken as deleted");
+        self.sentinel.check_now();
+        true
+    }
+}
+
+/// The next event of the source's watch; none while there is no watch.
+pub(super) async fn next_watch_msg(
+    rx: &mut Option<UnboundedReceiver<WatchMsg>>,
+) -> Option<WatchMsg> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Warn when the source has nearly as many directories as inotify may
+/// watch (reads the limit from /proc).
+pub(super) fn warn_near_watch_limit(dirs: u64) {
+    if let Some(limit) = watcher::inotify_watch_limit()
+        && dirs * 10 > limit * 9
+    {
+        warn!(
+            dirs,
+            limit,
+            "the source has nearly as many directories as fs.inotify.max_user_watches allows: raise it, e.g. sysctl fs.inotify.max_user_watches={}",
+            (dirs * 4).max(524_288)
+        );
+    }
+}

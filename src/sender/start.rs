@@ -1,0 +1,184 @@
+//! Start-up: the state directory opened (`sender.json`, the ledger, what
+//! is known of the receivers, the outbox emptied of what a restart drops),
+//! the handles the packer and the transports share, one transport per
+//! receiver, and the metrics endpoint.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::SenderConfig;
+use crate::durable;
+use crate::ledger::Ledger;
+use crate::peers::Peers;
+use crate::status::{LinkStatus, StatusReport};
+
+use super::cut::Handles;
+use super::outbox::{Outbox, outbox_budget};
+use super::report::Links;
+use super::shipped::Shipped;
+use super::state::SenderState;
+use super::transport::{Link, TransportEvent, transport};
+
+/// The sender's state directory, opened.
+pub(super) struct Stores {
+    pub(super) state_dir: PathBuf,
+    outbox_dir: PathBuf,
+    pub(super) state: SenderState,
+    /// `sender.json` was created now: no sequence was numbered yet.
+    pub(super) fresh: bool,
+    ledger: Ledger,
+    shipped: Shipped,
+    peers: Peers,
+}
+
+/// Open (or create) the state directory and what it keeps.
+pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
+    crate::places::check(&cfg.dirs())?;
+    durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
+    let state_dir = std::fs::canonicalize(&cfg.state_dir)
+        .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
+    let outbox_dir = state_dir.join("outbox");
+    std::fs::create_dir_all(&outbox_dir)
+        .with_context(|| format!("creating {}", outbox_dir.display()))?;
+    // Bundles not acknowledged before a restart are dropped: the catch-up
+    // finds their changes again by comparing with the ledger.
+    crate::places::remove_own(&outbox_dir, crate::bundle::pack::is_outbox_name)?;
+    let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
+    let ledger = Ledger::open(&state_dir)
+        .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
+    let in_doubt: BTreeSet<String> = ledger.in_doubt().map(str::to_owned).collect();
+    debug!(files = ledger.files().len(), "ledger loaded");
+    if !in_doubt.is_empty() {
+        info!(
+            paths = in_doubt.len(),
+            "bundles went out unacknowledged before the last stop: their paths are shipped again"
+        );
+    }
+    let shipped = Shipped::new(ledger.files().clone(), in_doubt);
+    // Created for a first start; once something was shipped, a missing
+    // source is held, never replaced by an empty one.
+    if shipped.is_empty() {
+        std::fs::create_dir_all(&cfg.source)
+            .with_context(|| format!("creating {}", cfg.source.display()))?;
+    }
+    let peers = Peers::load(&state_dir).with_context(|| {
+        format!(
+            "reading what is known of the receivers in {}",
+            state_dir.display()
+        )
+    })?;
+    Ok(Stores {
+        state_dir,
+        outbox_dir,
+        state,
+        fresh,
+        ledger,
+        shipped,
+        peers,
+    })
+}
+
+/// One transport per receiver, each with its own position, backoff and
+/// status: a slow or dead receiver holds back no other. Returns their
+/// links, as each reports its status, and their tasks.
+pub(super) fn spawn_transports(
+    cfg: &SenderConfig,
+    h: &Handles,
+    id: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Links, Vec<JoinHandle<()>>)> {
+    let identity = match &cfg.tls {
+        Some(t) => Some(crate::tls::load_identity(&t.key_dir).context("sender.key_dir")?),
+        None => {
+            warn!("no keys configured: sending in plaintext, allowed on loopback only");
+            None
+        }
+    };
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
+    for (i, receiver) in cfg.receivers.iter().enumerate() {
+        let tls = match (&identity, &cfg.tls) {
+            (Some(me), Some(t)) => {
+                info!(me = %me.fingerprint, receiver = %receiver, pinned = %t.receivers[i], "TLS: receiver pinned by fingerprint");
+                Some(crate::tls::client_config(me, t.receivers[i])?)
+            }
+            _ => None,
+        };
+        let (status_tx, status_rx) = watch::channel(LinkStatus {
+            receiver: receiver.clone(),
+            ..LinkStatus::default()
+        });
+        statuses.push(status_rx);
+        let link = Link {
+            index: i,
+            tls,
+            receiver: receiver.clone(),
+            id: id.to_owned(),
+            ledger: h.ledger.clone(),
+            outbox: h.outbox.clone(),
+            events: h.events.clone(),
+            status: status_tx,
+            seq_floor: h.seq_floor.clone(),
+            peers: h.peers.clone(),
+            state_dir: h.state_dir.clone(),
+            accepts: h.accepts.clone(),
+            peer_timeout: cfg.peer_timeout,
+        };
+        tasks.push(tokio::spawn(transport(link, shutdown.clone())));
+    }
+    let links = Links::new(statuses, cfg.receivers.clone(), h.peers.clone());
+    Ok((links, tasks))
+}
+
+/// The metrics endpoint, if configured: it serves the report the
+/// housekeeping tick sends.
+pub(super) async fn serve_metrics(
+    cfg: &SenderConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(watch::Sender<Option<StatusReport>>, Option<JoinHandle<()>>)> {
+    let (report_tx, report_rx) = watch::channel(None);
+    let task = match cfg.metrics {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr).await?;
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                report_rx,
+                shutdown.clone(),
+            )))
+        }
+        None => None,
+    };
+    Ok((report_tx, task))
+}
+
+/// Share what `stores` keeps between the packer and the transports, with
+/// the outbox fitted to its budget. Returns the handles, what was shipped,
+/// and the channel the transports report on.
+pub(super) fn share(
+    cfg: &SenderConfig,
+    stores: Stores,
+) -> anyhow::Result<(Handles, Shipped, mpsc::UnboundedReceiver<TransportEvent>)> {
+    let outbox_max = outbox_budget(cfg, &stores.state_dir)?;
+    let (events, events_rx) = mpsc::unbounded_channel();
+    let handles = Handles {
+        state: Arc::new(Mutex::new(stores.state)),
+        state_dir: stores.state_dir,
+        outbox_dir: stores.outbox_dir,
+        outbox: Arc::new(Outbox::new(cfg.receivers.len(), outbox_max)),
+        ledger: Arc::new(Mutex::new(stores.ledger)),
+        peers: Arc::new(Mutex::new(stores.peers)),
+        accepts: Arc::new(Mutex::new(vec![None; cfg.receivers.len()])),
+        seq_floor: Arc::new(AtomicU64::new(0)),
+        events,
+        receivers: cfg.receivers.clone(),
+    };
+    Ok((handles, stores.shipped, events_rx))
+}
