@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::ManifestError;
 use crate::beneath::BeneathError;
-use crate::proto::frame::Refusal;
+use crate::proto::refusal::Refusal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -88,7 +88,7 @@ impl BundleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::frame::RefusalKind;
+    use crate::proto::refusal::RefusalKind;
 
     fn io(kind: io::ErrorKind) -> BundleError {
         io_at(Path::new("/r/x"))(io::Error::from(kind))

@@ -4,6 +4,8 @@
 //! decoder returns `Ok(None)` on incomplete input, and refuses a length over
 //! [`MAX_PAYLOAD`] before anything is allocated.
 
+use super::refusal::{Refusal, RefusalKind};
+
 /// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
 /// names the receiver's instance and limits; `Refuse` says whether to retry.
 pub const PROTOCOL_VERSION: u16 = 2;
@@ -53,50 +55,6 @@ pub enum Frame {
     Ping,
 }
 
-/// Why a receiver did not apply a bundle: what the log, the `Refuse`
-/// frame and the sender's handling share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub kind: RefusalKind,
-    /// The entry at fault, when one is.
-    pub path: Option<String>,
-    pub reason: String,
-}
-
-impl Refusal {
-    pub fn retry(reason: impl Into<String>) -> Self {
-        Self {
-            kind: RefusalKind::Retry,
-            path: None,
-            reason: reason.into(),
-        }
-    }
-
-    pub fn permanent(path: Option<String>, reason: impl Into<String>) -> Self {
-        Self {
-            kind: RefusalKind::Permanent,
-            path,
-            reason: reason.into(),
-        }
-    }
-
-    /// The frame refusing bundle `seq` for this reason.
-    pub fn frame(self, seq: u64) -> Frame {
-        Frame::Refuse {
-            seq,
-            kind: self.kind,
-            path: self.path,
-            reason: self.reason,
-        }
-    }
-}
-
-impl std::fmt::Display for Refusal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.reason)
-    }
-}
-
 /// What a receiver accepts in one bundle, announced in `Welcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Accepts {
@@ -106,16 +64,6 @@ pub struct Accepts {
     pub max_file_size: u64,
     /// Bytes all entries may unpack to.
     pub max_unpacked: u64,
-}
-
-/// Whether a refused bundle can be applied if sent again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusalKind {
-    /// Not now (disk full, damaged in transit, an I/O error): send it again.
-    Retry,
-    /// Never, as it is (over a limit, a path the receiver cannot write):
-    /// sending it again cannot help; the sender must pack it differently.
-    Permanent,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -141,6 +89,16 @@ const REFUSE: u8 = 6;
 const PING: u8 = 7;
 
 impl Frame {
+    /// The frame refusing bundle `seq` for `refusal`.
+    pub fn refuse(seq: u64, refusal: Refusal) -> Frame {
+        Frame::Refuse {
+            seq,
+            kind: refusal.kind,
+            path: refusal.path,
+            reason: refusal.reason,
+        }
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);

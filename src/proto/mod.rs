@@ -1,6 +1,7 @@
 //! The wire protocol between sender and receiver.
 //!
 //! - [`frame`]: frames as bytes, encode and decode; pure, no socket.
+//! - [`refusal`]: why a bundle was not applied, and whether re-sending helps.
 //! - [`connection`]: a [`connection::Connection`] owns a stream, reads and
 //!   writes frames and streams bundle bodies.
 //!
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 pub mod connection;
 pub mod frame;
+pub mod refusal;
 
 pub use connection::Connection;
 pub use frame::{Frame, FrameError};

@@ -15,7 +15,7 @@ use super::state::ReceiverState;
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
 use crate::durable;
-use crate::proto::frame::Refusal;
+use crate::proto::refusal::Refusal;
 
 /// The blocking half of applying: the write-ahead record, the apply itself,
 /// and the archive.

@@ -29,7 +29,8 @@ use crate::bundle::apply;
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::proto::connection::{Stream, set_liveness};
-use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Refusal, RefusalKind};
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
+use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
 use crate::tls::Fingerprint;
 
@@ -158,7 +159,7 @@ impl Sessions {
                 } else {
                     format!("sender id {sender:?} is not valid")
                 };
-                conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(0))
+                conn.write_frame(&Frame::refuse(0, Refusal::permanent(None, reason.clone())))
                     .await?;
                 anyhow::bail!("refused {peer}: {reason}");
             }
@@ -231,8 +232,11 @@ impl Sessions {
                 "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
                 self.cfg.max_bundle_size
             );
-            conn.write_frame(&Refusal::permanent(None, reason.clone()).frame(seq))
-                .await?;
+            conn.write_frame(&Frame::refuse(
+                seq,
+                Refusal::permanent(None, reason.clone()),
+            ))
+            .await?;
             anyhow::bail!("{peer}: {reason}");
         }
         let started = Instant::now();
@@ -261,7 +265,7 @@ impl Sessions {
             Err(refusal) => {
                 let permanent = refusal.kind == RefusalKind::Permanent;
                 warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
-                conn.write_frame(&refusal.frame(seq)).await?;
+                conn.write_frame(&Frame::refuse(seq, refusal)).await?;
             }
         }
         Ok(())

@@ -21,7 +21,7 @@ use crate::bundle::pack::{PackItem, Report};
 use crate::changes::{ChangeSet, Op};
 use crate::config::MassDelete;
 use crate::paths::is_within;
-use crate::proto::frame::Refusal;
+use crate::proto::refusal::Refusal;
 use crate::status::{FailingPath, StatusReport, unix_now};
 
 use super::catchup::Differs;

@@ -66,7 +66,7 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
         } => {
             assert!(reason.contains("trailer"), "{reason}");
             // Damaged in transit: the next copy may arrive whole.
-            assert_eq!(kind, shipper::proto::frame::RefusalKind::Retry);
+            assert_eq!(kind, shipper::proto::refusal::RefusalKind::Retry);
         }
         f => panic!("expected refusal, got {f:?}"),
     }

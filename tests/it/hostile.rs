@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use shipper::proto::{Connection, Frame};
 use tokio::net::TcpStream;
 
-use shipper::proto::frame::RefusalKind;
+use shipper::proto::refusal::RefusalKind;
 
 use crate::util::*;
 

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bundle::pack::Packed;
 use crate::proto::connection::{ConnError, Stream};
-use crate::proto::frame::Refusal;
+use crate::proto::refusal::Refusal;
 use crate::proto::{Connection, Frame};
 use crate::sender::outbox::Outbox;
 

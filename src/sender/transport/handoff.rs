@@ -14,7 +14,7 @@ use crate::bundle::manifest::FileMeta;
 use crate::bundle::pack::Packed;
 use crate::ledger::{AckRecord, Ledger};
 use crate::peers::{PeerRecord, Peers};
-use crate::proto::frame::Refusal;
+use crate::proto::refusal::Refusal;
 
 /// What a transport tells the sender's loop.
 pub(in crate::sender) enum TransportEvent {
