@@ -46,7 +46,7 @@ pub(super) fn pack_large(
             Outcome::Copied { overtaken: o } => overtaken |= o,
             Outcome::Lost(why) => {
                 if index > 0 {
-                    b.manifest.abandoned.push(set.clone());
+                    b.abandon_set(set);
                 }
                 report.lost(rel, why);
                 return Ok(());

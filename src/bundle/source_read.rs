@@ -54,8 +54,7 @@ pub(super) enum Outcome {
 /// the copy buffer.
 pub(super) struct Reader<'a> {
     pub(super) dir: &'a SourceDir,
-    /// Where snapshot clones are made (the outbox: same filesystem as the
-    /// bundles, never the source).
+    /// Where snapshot clones are made (the outbox), as unnamed files.
     pub(super) scratch: &'a Path,
     pub(super) touched: Touched<'a>,
     pub(super) buf: Vec<u8>,

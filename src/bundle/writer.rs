@@ -37,7 +37,7 @@ pub(super) struct OpenBundle {
     /// Set when the bundle is abandoned: the writer's last words go nowhere.
     discard: Arc<AtomicBool>,
     tmp: tempfile::TempPath,
-    pub(super) manifest: Manifest,
+    manifest: Manifest,
     summary: Summary,
     changes: Vec<(String, Option<FileMeta>)>,
     used: u64,
@@ -163,6 +163,12 @@ impl OpenBundle {
             self.note_name(&part.path);
         }
         self.manifest.parts.push(part);
+    }
+
+    /// The sender gave up part set `set`: its file changed after some of
+    /// its parts were packed. The receiver drops what it holds of it.
+    pub(super) fn abandon_set(&mut self, set: String) {
+        self.manifest.abandoned.push(set);
     }
 
     /// `rel` will be on the receiver, as `meta` says, once this bundle is applied.
