@@ -20,10 +20,10 @@ use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
-use super::Summary;
 use super::error::{beneath_err, entry_err, io_at};
 use super::manifest::Manifest;
 use super::part_sets::{drop_part_set, store_part};
+use super::summary::Summary;
 use super::unpack::{copy_counted, create_private, finish_file};
 use crate::beneath::{self, BeneathError, Publish, Root};
 

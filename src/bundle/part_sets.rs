@@ -275,7 +275,7 @@ fn complete_part_set(dir: &Path, p: &PartEntry) -> Result<PathBuf, BundleError> 
             format!("assembled {len} bytes, file has {}", p.file_size),
         ));
     }
-    let whole = super::hash_file(&data_path).map_err(io_at(&data_path))?;
+    let whole = super::hash::hash_file(&data_path).map_err(io_at(&data_path))?;
     if Some(whole.to_hex().as_str()) != p.file_hash.as_deref() {
         drop_part_set(dir, &p.set);
         return Err(entry_err(

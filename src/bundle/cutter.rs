@@ -1,0 +1,188 @@
+//! Cutting one packing run's entries into bundles: a bundle is opened in
+//! the outbox under a temporary name when the first entry needs one, cut
+//! when the next entry would pass a limit, then numbered, sealed, renamed
+//! to its sequence and handed on ([`Packed`]). Also what the run did
+//! ([`Report`]) and the names the outbox holds. Writes only in the outbox.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::hash::hash_file;
+use super::limits::Limits;
+use super::manifest::FileMeta;
+use super::source_read::Lost;
+use super::summary::Summary;
+use super::writer::{OpenBundle, Sealed, with_path};
+
+/// Bundles are packed under a temporary name starting with this.
+const PACKING_PREFIX: &str = ".packing-";
+
+/// A finished bundle in the outbox, ready to send.
+#[derive(Debug, Clone)]
+pub struct Packed {
+    pub seq: u64,
+    pub path: PathBuf,
+    pub size: u64,
+    pub hash: [u8; 32],
+    pub summary: Summary,
+    /// What the receiver will have once it applies this bundle: `Some`
+    /// shipped with this metadata, `None` deleted.
+    pub changes: Vec<(String, Option<FileMeta>)>,
+    /// For this receiver only (by its place in `sender.receiver`): part of
+    /// a whole tree for a receiver that needs one. `None`: for every one.
+    pub only: Option<usize>,
+}
+
+/// What one packing run did.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Paths now on their way to the receiver (every bundle's `changes`).
+    pub shipped: Vec<(String, Option<FileMeta>)>,
+    /// Paths that changed while being read: still pending.
+    pub requeue: Vec<String>,
+    /// Paths that could not be packed, with why (the error names the path):
+    /// still pending, to be retried.
+    pub failed: Vec<(String, String)>,
+    /// Overdue paths shipped as a snapshot while still being written: they
+    /// ship again once they settle.
+    pub unsettled: Vec<String>,
+    pub bundles: Vec<(u64, Summary)>,
+}
+
+impl Report {
+    /// `rel` did not make it into a bundle: torn, it stays pending;
+    /// unreadable, it is retried.
+    pub(super) fn lost(&mut self, rel: &str, why: Lost) {
+        match why {
+            Lost::Torn => self.requeue.push(rel.to_owned()),
+            Lost::Unreadable(e) => self.failed.push((rel.to_owned(), e.to_string())),
+        }
+    }
+}
+
+/// The bundles of one packing run: the one being written, and where
+/// finished ones go. `alloc_seq` hands out (and persists) sequence
+/// numbers; `emit` receives each finished bundle and may block.
+pub(super) struct Cutter<'c> {
+    pub(super) outbox: &'c Path,
+    pub(super) sender: &'c str,
+    pub(super) limits: Limits,
+    pub(super) alloc_seq: &'c mut dyn FnMut() -> io::Result<u64>,
+    pub(super) emit: &'c mut dyn FnMut(Packed) -> io::Result<()>,
+    pub(super) open: Option<OpenBundle>,
+}
+
+impl Cutter<'_> {
+    /// The open bundle, with room for an entry of `need` more bytes named
+    /// `name`: the open one is finished first if the entry would push it
+    /// past a limit or clash with a name in it.
+    pub(super) fn room_for(
+        &mut self,
+        report: &mut Report,
+        need: u64,
+        name: &str,
+    ) -> io::Result<&mut OpenBundle> {
+        let limits = self.limits;
+        let full = self
+            .open
+            .as_ref()
+            .is_some_and(|b| b.is_full_for(&limits, need, name));
+        if full && let Some(b) = self.open.take() {
+            self.finish(b, report)?;
+        }
+        if self.open.is_none() {
+            self.open = Some(self.start()?);
+        }
+        Ok(self.open.as_mut().expect("just opened"))
+    }
+
+    /// `path` is deleted.
+    pub(super) fn add_deletion(&mut self, report: &mut Report, path: &str) -> io::Result<()> {
+        self.room_for(report, OpenBundle::deletion_need(path), path)?
+            .add_deletion(path);
+        Ok(())
+    }
+
+    /// End the run: the open bundle is finished if `packed` says all went
+    /// well, abandoned (its file removed) if not.
+    pub(super) fn end(&mut self, packed: io::Result<()>, report: &mut Report) -> io::Result<()> {
+        if let Some(b) = self.open.take() {
+            match &packed {
+                Ok(()) => return self.finish(b, report),
+                Err(_) => b.abandon(),
+            }
+        }
+        packed
+    }
+
+    fn start(&self) -> io::Result<OpenBundle> {
+        let tmp = tempfile::Builder::new()
+            .prefix(PACKING_PREFIX)
+            .suffix(".zip")
+            .tempfile_in(self.outbox)
+            .map_err(|e| with_path(e, self.outbox))?;
+        let (file, tmp) = tmp.into_parts();
+        Ok(OpenBundle::new(file, tmp, self.sender))
+    }
+
+    fn finish(&mut self, b: OpenBundle, report: &mut Report) -> io::Result<()> {
+        if b.is_empty() {
+            // Everything in it turned out torn, gone or unreadable: no bundle.
+            b.abandon();
+            return Ok(());
+        }
+        let seq = (self.alloc_seq)().inspect_err(|_| b.abandon())?;
+        let Sealed {
+            tmp,
+            summary,
+            changes,
+        } = b.seal(seq)?;
+        let path = self.outbox.join(bundle_file_name(seq));
+        tmp.persist(&path).map_err(|e| with_path(e.error, &path))?;
+        let size = std::fs::metadata(&path)
+            .map_err(|e| with_path(e, &path))?
+            .len();
+        let hash = hash_file(&path).map_err(|e| with_path(e, &path))?;
+        (self.emit)(Packed {
+            seq,
+            path,
+            size,
+            hash: *hash.as_bytes(),
+            summary,
+            changes: changes.clone(),
+            only: None,
+        })?;
+        // Only a bundle handed on is on its way: if `emit` failed, its
+        // changes stay pending.
+        report.bundles.push((seq, summary));
+        report.shipped.extend(changes);
+        Ok(())
+    }
+}
+
+pub fn bundle_file_name(seq: u64) -> String {
+    format!("{seq:020}.zip")
+}
+
+/// True for the names the outbox holds: [`bundle_file_name`] and the
+/// temporary files bundles are packed in. Only these are cleaned from it.
+pub fn is_outbox_name(name: &str) -> bool {
+    let finished = name
+        .strip_suffix(".zip")
+        .is_some_and(|seq| seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()));
+    finished || (name.starts_with(PACKING_PREFIX) && name.ends_with(".zip"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_is_cleaned_only_of_its_own_names() {
+        assert!(is_outbox_name(&bundle_file_name(7)));
+        assert!(is_outbox_name(".packing-a1B2c3.zip"));
+        for other in ["mine.txt", "7.zip", "backup-2019.zip", ".packing-x.part"] {
+            assert!(!is_outbox_name(other), "{other}");
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! Accepting a manifest: [`Manifest::parse`], and [`Manifest::check`],
+//! every consistency check that needs no zip (paths, duplicates, hashes,
+//! part arithmetic), each a named step run in a fixed order so a manifest
+//! with several faults is always refused for the same one. Pure.
+
+use std::collections::HashSet;
+use std::collections::hash_map::{Entry, HashMap};
+
+use super::format::{FORMAT, Manifest, PartEntry};
+use super::ids::{is_hex_hash, next_seq, valid_sender_id, valid_set_id};
+use crate::paths;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("manifest does not parse: {0}")]
+    Parse(String),
+    #[error("manifest format {0} is not supported (this shipper reads format {FORMAT})")]
+    Format(u32),
+    #[error("manifest sender id {0:?} is not valid")]
+    Sender(String),
+    #[error("manifest sequence {0} is not valid (sequences run from 1 to 2^64-2)")]
+    Seq(u64),
+    #[error("{path:?}: {reason}")]
+    Path { path: String, reason: String },
+    #[error("{path:?} appears more than once")]
+    Duplicate { path: String },
+    #[error("{path:?}: {reason}")]
+    Part { path: String, reason: String },
+}
+
+impl ManifestError {
+    fn path(path: &str, reason: String) -> Self {
+        Self::Path {
+            path: path.to_owned(),
+            reason,
+        }
+    }
+
+    fn part(path: &str, reason: &str) -> Self {
+        Self::Part {
+            path: path.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+/// A path that must be valid: else refused, naming it.
+fn valid_path(path: &str) -> Result<(), ManifestError> {
+    paths::validate(path).map_err(|e| ManifestError::path(path, e.to_string()))
+}
+
+/// The names the manifest claimed so far, after Unicode NFC normalisation:
+/// names equal after it are the same file on filesystems that normalise
+/// (and confusing everywhere else).
+#[derive(Default)]
+struct Normalised(HashSet<String>);
+
+impl Normalised {
+    fn claim(&mut self, path: &str) -> Result<(), ManifestError> {
+        use unicode_normalization::UnicodeNormalization;
+        if self.0.insert(path.nfc().collect()) {
+            Ok(())
+        } else {
+            Err(ManifestError::Duplicate {
+                path: path.to_owned(),
+            })
+        }
+    }
+}
+
+impl Manifest {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Everything that can be checked without the zip: paths, duplicates,
+    /// hashes, part arithmetic.
+    pub fn check(&self) -> Result<(), ManifestError> {
+        self.check_header()?;
+        let mut normalised = Normalised::default();
+        let files = self.check_files(&mut normalised)?;
+        self.check_parts(&files, &mut normalised)?;
+        let shipped = self.check_no_file_is_a_directory()?;
+        self.check_deletions(&shipped, &mut normalised)?;
+        self.check_abandoned()
+    }
+
+    fn check_header(&self) -> Result<(), ManifestError> {
+        if self.format != FORMAT {
+            return Err(ManifestError::Format(self.format));
+        }
+        if !valid_sender_id(&self.sender) {
+            return Err(ManifestError::Sender(self.sender.clone()));
+        }
+        if self.seq == 0 || next_seq(self.seq).is_err() {
+            return Err(ManifestError::Seq(self.seq));
+        }
+        Ok(())
+    }
+
+    /// Whole files: valid paths and hashes, each path once. Returns the paths.
+    fn check_files(&self, normalised: &mut Normalised) -> Result<HashSet<&str>, ManifestError> {
+        let mut seen: HashSet<&str> = HashSet::new();
+        for f in &self.files {
+            valid_path(&f.path)?;
+            if !is_hex_hash(&f.hash) {
+                return Err(ManifestError::path(
+                    &f.path,
+                    "hash is not 64 hex digits".into(),
+                ));
+            }
+            if !seen.insert(&f.path) {
+                return Err(ManifestError::Duplicate {
+                    path: f.path.clone(),
+                });
+            }
+            normalised.claim(&f.path)?;
+        }
+        Ok(seen)
+    }
+
+    /// Parts: valid paths not also shipped whole, one path per set, each
+    /// part of a set once and within its file.
+    fn check_parts(
+        &self,
+        files: &HashSet<&str>,
+        normalised: &mut Normalised,
+    ) -> Result<(), ManifestError> {
+        let mut part_keys: HashSet<(&str, u32)> = HashSet::new();
+        let mut set_paths: HashMap<&str, &str> = HashMap::new();
+        for p in &self.parts {
+            let perr = |reason: &str| ManifestError::part(&p.path, reason);
+            valid_path(&p.path)?;
+            if files.contains(p.path.as_str()) {
+                return Err(ManifestError::Duplicate {
+                    path: p.path.clone(),
+                });
+            }
+            if !valid_set_id(&p.set) {
+                return Err(perr("part set id is not valid"));
+            }
+            match set_paths.entry(&p.set) {
+                Entry::Occupied(e) if *e.get() != p.path => {
+                    return Err(perr("part set shared by two paths"));
+                }
+                Entry::Occupied(_) => {}
+                Entry::Vacant(e) => {
+                    e.insert(&p.path);
+                    normalised.claim(&p.path)?;
+                }
+            }
+            if p.count < 2 || p.index >= p.count {
+                return Err(perr("part index or count out of range"));
+            }
+            if !part_keys.insert((&p.set, p.index)) {
+                return Err(perr("part appears twice"));
+            }
+            p.check_extent().map_err(perr)?;
+        }
+        Ok(())
+    }
+
+    /// Every path that becomes a file in root. None may also be a
+    /// directory of another: publishing that one would replace the file
+    /// with a directory, and a bundle acknowledged as applied would lack
+    /// a file it lists (found by fuzz target `bundle`). Returns the paths.
+    fn check_no_file_is_a_directory(&self) -> Result<HashSet<&str>, ManifestError> {
+        let shipped: Vec<&str> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(self.parts.iter().map(|p| p.path.as_str()))
+            .collect();
+        let shipped_set: HashSet<&str> = shipped.iter().copied().collect();
+        for p in &shipped {
+            for (slash, _) in p.match_indices('/') {
+                let dir = &p[..slash];
+                if shipped_set.contains(dir) {
+                    return Err(ManifestError::path(
+                        dir,
+                        format!("shipped both as a file and as the directory of {p:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(shipped_set)
+    }
+
+    /// Deletions are applied before files are published, so deleting "d"
+    /// and shipping "d/x" in one bundle is a file replaced by a directory.
+    fn check_deletions(
+        &self,
+        shipped: &HashSet<&str>,
+        normalised: &mut Normalised,
+    ) -> Result<(), ManifestError> {
+        for d in &self.deletions {
+            valid_path(d)?;
+            if shipped.contains(d.as_str()) {
+                return Err(ManifestError::Duplicate { path: d.clone() });
+            }
+            normalised.claim(d)?;
+        }
+        Ok(())
+    }
+
+    fn check_abandoned(&self) -> Result<(), ManifestError> {
+        for a in &self.abandoned {
+            if !valid_set_id(a) {
+                return Err(ManifestError::part(a, "abandoned part set id is not valid"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PartEntry {
+    /// Where the part lies in its file, its hash, and the whole-file hash
+    /// on the last part only. The reason, if not.
+    fn check_extent(&self) -> Result<(), &'static str> {
+        if self.size == 0
+            || self
+                .offset
+                .checked_add(self.size)
+                .is_none_or(|end| end > self.file_size)
+        {
+            return Err("part lies outside the file");
+        }
+        if !is_hex_hash(&self.hash) {
+            return Err("part hash is not 64 hex digits");
+        }
+        let last = self.index + 1 == self.count;
+        match (&self.file_hash, last) {
+            (Some(h), true) if is_hex_hash(h) => {
+                if self.offset + self.size != self.file_size {
+                    return Err("last part does not end the file");
+                }
+                Ok(())
+            }
+            (None, false) => Ok(()),
+            _ => Err("whole-file hash must be on the last part only"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ids::SeqExhausted;
+    use super::super::samples::{H, file, manifest, part};
+    use super::*;
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = manifest();
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert_eq!(
+            m.entry_names(),
+            ["a/b.html", ".shipper/parts/s1/0", ".shipper/parts/s1/1"]
+        );
+    }
+
+    #[test]
+    fn deleting_a_file_that_becomes_a_directory_is_consistent() {
+        let mut m = manifest();
+        m.deletions.push("a".into());
+        assert_eq!(m.check(), Ok(()));
+    }
+
+    #[test]
+    fn unknown_fields_and_garbage_are_refused() {
+        assert!(matches!(
+            Manifest::parse(b"{]"),
+            Err(ManifestError::Parse(_))
+        ));
+        let mut v: serde_json::Value = serde_json::from_slice(&manifest().to_json()).unwrap();
+        v["extra"] = 1.into();
+        assert!(matches!(
+            Manifest::parse(&serde_json::to_vec(&v).unwrap()),
+            Err(ManifestError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_inconsistent_manifests() {
+        type Mutation = Box<dyn Fn(&mut Manifest)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("format", Box::new(|m| m.format = 9)),
+            ("seq", Box::new(|m| m.seq = 0)),
+            ("last seq", Box::new(|m| m.seq = u64::MAX)),
+            ("sender", Box::new(|m| m.sender = "a b".into())),
+            ("path", Box::new(|m| m.files[0].path = "../x".into())),
+            ("dup", Box::new(|m| m.files.push(file("a/b.html")))),
+            ("hash", Box::new(|m| m.files[0].hash = "zz".into())),
+            ("deletion", Box::new(|m| m.deletions.push("/etc".into()))),
+            (
+                "delete shipped",
+                Box::new(|m| m.deletions.push("a/b.html".into())),
+            ),
+            (
+                "delete part file",
+                Box::new(|m| m.deletions.push("big".into())),
+            ),
+            ("dup part", Box::new(|m| m.parts.push(part(1, 2)))),
+            ("count", Box::new(|m| m.parts[1].count = 1)),
+            ("outside", Box::new(|m| m.parts[0].offset = 15)),
+            (
+                "file hash early",
+                Box::new(|m| m.parts[0].file_hash = Some(H.into())),
+            ),
+            ("no file hash", Box::new(|m| m.parts[1].file_hash = None)),
+            ("set id", Box::new(|m| m.parts[0].set = "../x".into())),
+            (
+                "nfc duplicate",
+                Box::new(|m| {
+                    m.files.push(file("caf\u{e9}"));
+                    m.files.push(file("cafe\u{301}"));
+                }),
+            ),
+            (
+                "file below a file",
+                Box::new(|m| m.files.push(file("a/b.html/c"))),
+            ),
+            (
+                "file below a part file",
+                Box::new(|m| m.files.push(file("big/c"))),
+            ),
+            ("file above a file", Box::new(|m| m.files.push(file("a")))),
+            (
+                "two sets, one path",
+                Box::new(|m| {
+                    let mut p = part(0, 2);
+                    p.set = "s2".into();
+                    m.parts.push(p);
+                }),
+            ),
+        ];
+        for (name, mutate) in cases {
+            let mut m = manifest();
+            mutate(&mut m);
+            assert!(m.check().is_err(), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn the_last_u64_has_no_next_sequence() {
+        assert_eq!(next_seq(0), Ok(1));
+        assert_eq!(next_seq(u64::MAX - 1), Ok(u64::MAX));
+        assert_eq!(next_seq(u64::MAX), Err(SeqExhausted(u64::MAX)));
+        let e = SeqExhausted(u64::MAX).to_string();
+        assert!(e.contains("18446744073709551615"), "{e}");
+        let mut m = manifest();
+        m.seq = u64::MAX;
+        assert_eq!(m.check(), Err(ManifestError::Seq(u64::MAX)));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes: parse never panics, and whatever it accepts names only
+        /// valid paths.
+        #[test]
+        fn parse_never_accepts_an_invalid_path(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            if let Ok(m) = Manifest::parse(&bytes) {
+                for p in m.files.iter().map(|f| &f.path).chain(m.deletions.iter()) {
+                    prop_assert!(crate::paths::validate(p).is_ok());
+                }
+            }
+        }
+
+        /// JSON manifests with arbitrary paths: accepted only when every path is valid.
+        #[test]
+        fn arbitrary_paths_are_checked(paths in proptest::collection::vec("[a-z./\\\\\\x00-\\x1f é]{0,12}", 1..5)) {
+            let files: Vec<serde_json::Value> = paths.iter().map(|p| serde_json::json!({
+                "path": p, "size": 0, "mtime": 0, "mtime_nsec": 0, "mode": 420,
+                "hash": "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+            })).collect();
+            let m = serde_json::json!({"format": 1, "sender": "s", "seq": 1, "created": 0, "files": files});
+            let accepted = Manifest::parse(&serde_json::to_vec(&m).unwrap()).is_ok();
+            let all_valid = paths.iter().all(|p| crate::paths::validate(p).is_ok());
+            prop_assert!(!accepted || all_valid);
+        }
+    }
+}

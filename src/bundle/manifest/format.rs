@@ -1,0 +1,167 @@
+//! The manifest's format: its types as they travel in JSON, the zip
+//! entries it expects, and how large it may honestly be. Pure.
+
+use serde::{Deserialize, Serialize};
+
+use crate::paths;
+
+pub const FORMAT: u32 = 1;
+pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
+/// Manifests larger than this are refused before parsing, whatever the
+/// receiver's entry limit.
+pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
+/// What one entry can take in a manifest the sender wrote: a path of
+/// [`paths::MAX_PATH_BYTES`] with every byte escaped, and the other fields
+/// of a part (the largest kind of entry), pretty-printed, with room for one
+/// abandoned set id.
+pub const MANIFEST_BYTES_PER_ENTRY: u64 = 2 * paths::MAX_PATH_BYTES as u64 + 2048;
+/// Format, sender, sequence, creation time and the JSON around the lists.
+const MANIFEST_HEAD_BYTES: u64 = 4096;
+
+/// The largest manifest a bundle of at most `max_entries` entries needs:
+/// anything larger is refused before it is parsed.
+pub fn max_manifest_bytes(max_entries: usize) -> u64 {
+    (max_entries as u64)
+        .saturating_add(1)
+        .saturating_mul(MANIFEST_BYTES_PER_ENTRY)
+        .saturating_add(MANIFEST_HEAD_BYTES)
+        .min(MAX_MANIFEST_BYTES)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub sender: String,
+    pub seq: u64,
+    /// Unix seconds when the bundle was cut.
+    pub created: i64,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+    #[serde(default)]
+    pub parts: Vec<PartEntry>,
+    #[serde(default)]
+    pub deletions: Vec<String>,
+    /// Part sets the sender gave up (the file changed mid-way); the receiver
+    /// drops what it holds of them.
+    #[serde(default)]
+    pub abandoned: Vec<String>,
+}
+
+/// Metadata shipped for every file, and kept by the sender for what it shipped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMeta {
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    /// BLAKE3 of the content, hex.
+    pub hash: String,
+    /// Packed so soon after its last write that a rewrite within the same
+    /// tick of the filesystem clock would keep size and mtime: a later
+    /// comparison must look at the content, not just the stat.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub racy: bool,
+}
+
+/// A whole file stored as the zip entry named by its path.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub hash: String,
+}
+
+/// Part `index` (0-based) of `count` of a large file, stored as the zip
+/// entry [`PartEntry::entry_name`]. The last part carries the whole-file hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartEntry {
+    pub path: String,
+    /// Identifies one shipping of one version of the file.
+    pub set: String,
+    pub index: u32,
+    pub count: u32,
+    pub offset: u64,
+    pub size: u64,
+    pub hash: String,
+    pub file_size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub file_hash: Option<String>,
+}
+
+impl FileEntry {
+    pub fn meta(&self) -> FileMeta {
+        FileMeta {
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+            hash: self.hash.clone(),
+            racy: false,
+        }
+    }
+}
+
+impl PartEntry {
+    pub fn entry_name(&self) -> String {
+        part_entry_name(&self.set, self.index)
+    }
+}
+
+pub fn part_entry_name(set: &str, index: u32) -> String {
+    format!(".shipper/parts/{set}/{index}")
+}
+
+impl Manifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("manifest serializes")
+    }
+
+    /// Names of the zip entries this manifest expects, besides itself.
+    pub fn entry_names(&self) -> Vec<String> {
+        self.files
+            .iter()
+            .map(|f| f.path.clone())
+            .chain(self.parts.iter().map(PartEntry::entry_name))
+            .collect()
+    }
+
+    pub fn content_bytes(&self) -> u64 {
+        self.files.iter().map(|f| f.size).sum::<u64>()
+            + self.parts.iter().map(|p| p.size).sum::<u64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::samples::{H, manifest, part};
+    use super::*;
+
+    #[test]
+    fn the_largest_honest_entry_fits_its_share_of_the_manifest_bound() {
+        let path = "\"".repeat(paths::MAX_PATH_BYTES);
+        let mut p = part(0, 2);
+        p.path = path.clone();
+        p.set = "s".repeat(64);
+        (p.index, p.count) = (u32::MAX - 1, u32::MAX);
+        (p.offset, p.size, p.file_size) = (u64::MAX, u64::MAX, u64::MAX);
+        (p.mtime, p.mtime_nsec, p.mode) = (i64::MIN, u32::MAX, u32::MAX);
+        p.file_hash = Some(H.into());
+        let mut m = manifest();
+        m.files.clear();
+        m.deletions.clear();
+        m.parts = vec![p.clone(), p];
+        m.abandoned = vec!["a".repeat(64), "b".repeat(64)];
+        let len = m.to_json().len() as u64;
+        assert!(len <= max_manifest_bytes(2), "{len} bytes");
+        assert_eq!(max_manifest_bytes(usize::MAX), MAX_MANIFEST_BYTES);
+    }
+}

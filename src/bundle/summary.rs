@@ -1,0 +1,21 @@
+//! [`Summary`]: what a bundle carries, counted for logs, `shipper flush`
+//! and `shipper status`. Filled by the packer and by the receiver alike.
+
+/// What a bundle carries, for logs and `shipper flush`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    pub files: u64,
+    pub parts: u64,
+    pub deletions: u64,
+    /// Content bytes (before compression).
+    pub bytes: u64,
+}
+
+impl Summary {
+    pub fn add(&mut self, other: &Summary) {
+        self.files += other.files;
+        self.parts += other.parts;
+        self.deletions += other.deletions;
+        self.bytes += other.bytes;
+    }
+}

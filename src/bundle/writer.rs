@@ -1,0 +1,369 @@
+//! One bundle being written: the zip on a temporary file in the outbox,
+//! its manifest, and the tallies that say how full it is. Sealing writes
+//! the manifest and the central directory. Knows nothing of the source
+//! tree or of when a bundle is cut; writes only the bundle's own file.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use unicode_normalization::UnicodeNormalization;
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipWriter};
+
+use super::limits::Limits;
+use super::manifest::{FORMAT, FileEntry, FileMeta, MANIFEST_ENTRY, Manifest, PartEntry};
+use super::summary::Summary;
+use crate::stamp::Stamp;
+
+/// Buffer for copying a source file into a bundle, and for writing the bundle.
+pub(super) const COPY_BUF: usize = 1 << 20;
+/// Upper bound of zip headers, central directory record and manifest line per entry.
+const ENTRY_OVERHEAD: u64 = 512;
+/// Bytes counted for an empty bundle: the manifest's head and the zip's end.
+const EMPTY_BUNDLE: u64 = 1024;
+/// Bytes a deletion adds to the manifest beyond its path.
+const DELETION_OVERHEAD: u64 = 8;
+
+/// The zip a bundle is written through.
+pub(super) type BundleZip = ZipWriter<BufWriter<BundleFile>>;
+
+/// A bundle being written, not yet sealed.
+pub(super) struct OpenBundle {
+    pub(super) zip: BundleZip,
+    /// Set when the bundle is abandoned: the writer's last words go nowhere.
+    discard: Arc<AtomicBool>,
+    tmp: tempfile::TempPath,
+    manifest: Manifest,
+    summary: Summary,
+    changes: Vec<(String, Option<FileMeta>)>,
+    used: u64,
+    /// Files, parts and deletions so far.
+    entries: usize,
+    /// Names after Unicode NFC normalisation: two equal ones in one bundle
+    /// are refused by the receiver, so the second waits for the next bundle.
+    normalised: HashSet<String>,
+}
+
+/// What a sealed bundle leaves: its file, still under the temporary name,
+/// and what it carries.
+pub(super) struct Sealed {
+    pub(super) tmp: tempfile::TempPath,
+    pub(super) summary: Summary,
+    pub(super) changes: Vec<(String, Option<FileMeta>)>,
+}
+
+impl OpenBundle {
+    /// Start a bundle from `sender` in `file`, which `tmp` removes unless
+    /// the bundle is sealed and persisted.
+    pub(super) fn new(file: File, tmp: tempfile::TempPath, sender: &str) -> Self {
+        let discard = Arc::new(AtomicBool::new(false));
+        let file = BundleFile {
+            file,
+            discard: discard.clone(),
+            pos: 0,
+            len: 0,
+        };
+        Self {
+            zip: ZipWriter::new(BufWriter::with_capacity(COPY_BUF, file)),
+            discard,
+            tmp,
+            manifest: Manifest {
+                format: FORMAT,
+                sender: sender.to_owned(),
+                seq: 0,
+                created: 0,
+                files: Vec::new(),
+                parts: Vec::new(),
+                deletions: Vec::new(),
+                abandoned: Vec::new(),
+            },
+            summary: Summary::default(),
+            changes: Vec::new(),
+            used: EMPTY_BUNDLE,
+            entries: 0,
+            normalised: HashSet::new(),
+        }
+    }
+
+    /// Whether an entry of `need` more bytes named `name` would push the
+    /// bundle past a limit, or clash with a name in it. An empty bundle
+    /// takes anything.
+    pub(super) fn is_full_for(&self, limits: &Limits, need: u64, name: &str) -> bool {
+        self.entries > 0
+            && (self.used + need > limits.max_bundle_size
+                || self.entries + 1 > limits.max_entries
+                || self.summary.bytes + need > limits.max_unpacked
+                || self.clashes(name))
+    }
+
+    fn clashes(&self, rel: &str) -> bool {
+        self.normalised.contains(&rel.nfc().collect::<String>())
+    }
+
+    fn note_name(&mut self, rel: &str) {
+        self.normalised.insert(rel.nfc().collect());
+    }
+
+    /// Nothing in it: everything turned out torn, gone or unreadable.
+    pub(super) fn is_empty(&self) -> bool {
+        let m = &self.manifest;
+        m.files.is_empty() && m.parts.is_empty() && m.deletions.is_empty() && m.abandoned.is_empty()
+    }
+
+    /// Give the bundle up: whatever the zip writer still writes goes nowhere,
+    /// and its file is removed when it is dropped.
+    pub(super) fn abandon(&self) {
+        self.discard.store(true, Ordering::Relaxed);
+    }
+
+    /// Bytes a deletion of `path` adds.
+    pub(super) fn deletion_need(path: &str) -> u64 {
+        path.len() as u64 + DELETION_OVERHEAD
+    }
+
+    pub(super) fn add_deletion(&mut self, path: &str) {
+        self.manifest.deletions.push(path.to_owned());
+        self.summary.deletions += 1;
+        self.used += Self::deletion_need(path);
+        self.note_name(path);
+        self.entries += 1;
+        self.changes.push((path.to_owned(), None));
+    }
+
+    /// Record a whole file, its entry already written, with its content hash.
+    pub(super) fn add_file(&mut self, rel: &str, stamp: Stamp, hash: blake3::Hash) {
+        let hash = hash.to_hex().to_string();
+        self.summary.bytes += stamp.size;
+        self.used += need(rel, stamp.size);
+        self.note_name(rel);
+        self.entries += 1;
+        self.ship(rel, stamp.meta(hash.clone()));
+        self.manifest.files.push(FileEntry {
+            path: rel.to_owned(),
+            size: stamp.size,
+            mtime: stamp.mtime,
+            mtime_nsec: stamp.mtime_nsec,
+            mode: stamp.mode,
+            hash,
+        });
+    }
+
+    /// Record a part, its entry already written. The first part of a file
+    /// claims the file's name in this bundle.
+    pub(super) fn add_part(&mut self, part: PartEntry) {
+        self.summary.parts += 1;
+        self.summary.bytes += part.size;
+        self.used += need(&part.entry_name(), part.size);
+        self.entries += 1;
+        if part.index == 0 {
+            self.note_name(&part.path);
+        }
+        self.manifest.parts.push(part);
+    }
+
+    /// The sender gave up part set `set`: its file changed after some of
+    /// its parts were packed. The receiver drops what it holds of it.
+    pub(super) fn abandon_set(&mut self, set: String) {
+        self.manifest.abandoned.push(set);
+    }
+
+    /// `rel` will be on the receiver, as `meta` says, once this bundle is applied.
+    pub(super) fn ship(&mut self, rel: &str, meta: FileMeta) {
+        self.summary.files += 1;
+        self.changes.push((rel.to_owned(), Some(meta)));
+    }
+
+    /// Number the bundle `seq`, date it, and write its manifest and central
+    /// directory. On an error the bundle is abandoned.
+    pub(super) fn seal(self, seq: u64) -> io::Result<Sealed> {
+        let OpenBundle {
+            zip,
+            discard,
+            tmp,
+            mut manifest,
+            summary,
+            changes,
+            ..
+        } = self;
+        manifest.seq = seq;
+        manifest.created = chrono::Utc::now().timestamp();
+        seal(zip, &manifest).inspect_err(|_| discard.store(true, Ordering::Relaxed))?;
+        Ok(Sealed {
+            tmp,
+            summary,
+            changes,
+        })
+    }
+}
+
+/// Write the manifest and the central directory, and flush the file.
+fn seal(mut zip: BundleZip, manifest: &Manifest) -> io::Result<()> {
+    zip.start_file(
+        MANIFEST_ENTRY,
+        SimpleFileOptions::default().compression_method(CompressionMethod::Deflated),
+    )
+    .map_err(zip_err)?;
+    zip.write_all(&manifest.to_json())?;
+    let out = zip.finish().map_err(zip_err)?;
+    // No fsync: an outbox bundle is dropped at restart and its changes
+    // found again by the catch-up, so it never needs to survive a crash.
+    out.into_inner().map_err(|e| e.into_error())?.flush()
+}
+
+/// Bytes an entry may add to a bundle: content, a little deflate expansion
+/// on incompressible data, headers, central directory and manifest.
+pub(super) fn need(name: &str, size: u64) -> u64 {
+    size + size / 1000 + 3 * name.len() as u64 + ENTRY_OVERHEAD
+}
+
+/// The bundle file under construction. Once the bundle is abandoned after a
+/// write error (a full disk), everything written is discarded, so dropping
+/// the zip writer neither fails nor prints (zip's `Drop` reports a failed
+/// finish on stderr). The temporary file is removed with the bundle.
+pub(super) struct BundleFile {
+    file: File,
+    discard: Arc<AtomicBool>,
+    /// Position and length as the zip writer sees them once discarding.
+    pos: u64,
+    len: u64,
+}
+
+impl BundleFile {
+    fn discarding(&self) -> bool {
+        self.discard.load(Ordering::Relaxed)
+    }
+
+    fn abandon(&self) {
+        self.discard.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Write for BundleFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = if self.discarding() {
+            buf.len()
+        } else {
+            // The first failed write abandons the bundle.
+            self.file.write(buf).inspect_err(|_| self.abandon())?
+        };
+        self.pos += n as u64;
+        self.len = self.len.max(self.pos);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.discarding() {
+            return Ok(());
+        }
+        self.file.flush().inspect_err(|_| self.abandon())
+    }
+}
+
+impl Seek for BundleFile {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        if !self.discarding() {
+            self.pos = self.file.seek(to).inspect_err(|_| self.abandon())?;
+            self.len = self.len.max(self.pos);
+            return Ok(self.pos);
+        }
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+        };
+        self.pos = target.ok_or_else(|| io::Error::other("seek before the start"))?;
+        Ok(self.pos)
+    }
+}
+
+pub(super) fn zip_err(e: zip::result::ZipError) -> io::Error {
+    io::Error::other(e)
+}
+
+/// `e`, its message prefixed with the path it concerns (the source file
+/// read, the bundle written).
+pub fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, OpenBundle) {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, tmp) = tempfile::NamedTempFile::new_in(dir.path())
+            .unwrap()
+            .into_parts();
+        (dir, OpenBundle::new(file, tmp, "app1"))
+    }
+
+    fn stamp(size: u64) -> Stamp {
+        Stamp {
+            dev: 1,
+            ino: 2,
+            size,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn an_empty_bundle_takes_anything() {
+        let (_dir, b) = open();
+        let tiny = Limits::new(1, 1, 1);
+        assert!(b.is_empty());
+        assert!(!b.is_full_for(&tiny, u64::MAX / 2, "x"));
+    }
+
+    #[test]
+    fn a_name_equal_after_nfc_waits_for_the_next_bundle() {
+        let (_dir, mut b) = open();
+        let roomy = Limits::new(1 << 20, 1 << 30, 1000);
+        b.add_file("caf\u{e9}", stamp(3), blake3::hash(b"abc"));
+        assert!(b.is_full_for(&roomy, 1, "cafe\u{301}"));
+        assert!(!b.is_full_for(&roomy, 1, "other"));
+    }
+
+    #[test]
+    fn every_limit_cuts_the_bundle() {
+        let (_dir, mut b) = open();
+        b.add_deletion("gone");
+        b.add_file("a", stamp(100), blake3::hash(b"a"));
+        let used = EMPTY_BUNDLE + OpenBundle::deletion_need("gone") + need("a", 100);
+        let limits = Limits {
+            max_unpacked: 1 << 20,
+            ..Limits::new(1 << 20, used + 600, 3)
+        };
+        assert!(!b.is_full_for(&limits, 600, "b"));
+        assert!(b.is_full_for(&limits, 601, "b"), "max_bundle_size");
+        let two = Limits::new(1 << 20, 1 << 30, 2);
+        assert!(b.is_full_for(&two, 1, "b"), "max_entries");
+        let unpacked = Limits {
+            max_unpacked: 150,
+            ..Limits::new(1 << 20, 1 << 30, 10)
+        };
+        assert!(b.is_full_for(&unpacked, 51, "b"), "max_unpacked");
+        assert!(!b.is_full_for(&unpacked, 50, "b"));
+    }
+
+    #[test]
+    fn a_sealed_bundle_is_a_zip_with_its_manifest() {
+        let (_dir, mut b) = open();
+        b.add_deletion("gone");
+        let sealed = b.seal(7).unwrap();
+        assert_eq!(sealed.summary.deletions, 1);
+        assert_eq!(sealed.changes, [("gone".to_owned(), None)]);
+        let mut zip = zip::ZipArchive::new(File::open(&sealed.tmp).unwrap()).unwrap();
+        let mut json = Vec::new();
+        std::io::Read::read_to_end(&mut zip.by_name(MANIFEST_ENTRY).unwrap(), &mut json).unwrap();
+        let m = Manifest::parse(&json).unwrap();
+        assert_eq!((m.seq, m.sender.as_str()), (7, "app1"));
+        assert_eq!(m.deletions, ["gone"]);
+    }
+}
