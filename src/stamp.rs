@@ -2,11 +2,9 @@
 //! walk that compares the tree with what was shipped and for the packer
 //! that checks a file did not change while it was read, and the one test
 //! of how recently a file was written. Reads the clock (`modified_within`,
-//! and [`Stamp::meta`] through it), nothing else.
+//! and through it the manifest's racy mark), nothing else.
 
 use std::os::unix::fs::MetadataExt;
-
-use crate::bundle::manifest::FileMeta;
 
 /// A file packed within this long of its last write is recorded as racy.
 pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
@@ -43,26 +41,6 @@ impl Stamp {
             mtime: st.st_mtime as i64,
             mtime_nsec: st.st_mtime_nsec as u32,
             mode: st.st_mode as u32 & 0o7777,
-        }
-    }
-
-    /// Size, mtime and mode as shipped (identity is not shipped).
-    pub fn matches(&self, meta: &FileMeta) -> bool {
-        self.size == meta.size
-            && self.mtime == meta.mtime
-            && self.mtime_nsec == meta.mtime_nsec
-            && self.mode == meta.mode
-    }
-
-    /// What the receiver is told of a file with this stamp and content hash.
-    pub fn meta(&self, hash: String) -> FileMeta {
-        FileMeta {
-            size: self.size,
-            mtime: self.mtime,
-            mtime_nsec: self.mtime_nsec,
-            mode: self.mode,
-            hash,
-            racy: self.modified_within(RACY_WINDOW),
         }
     }
 

@@ -6,7 +6,7 @@
 use std::io;
 
 use super::cutter::{Cutter, Report};
-use super::manifest::{PartEntry, part_entry_name};
+use super::manifest::{FileMeta, PartEntry, part_entry_name};
 use super::source_read::{Outcome, Source};
 use super::writer::{need, with_path};
 use crate::stamp::Stamp;
@@ -72,7 +72,7 @@ pub(super) fn pack_large(
             if overtaken {
                 report.unsettled.push(rel.to_owned());
             }
-            b.ship(rel, stamp.meta(hash.to_hex().to_string()));
+            b.ship(rel, FileMeta::of(&stamp, hash.to_hex().to_string()));
         }
     }
     Ok(())

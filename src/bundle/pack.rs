@@ -315,7 +315,7 @@ impl Run<'_> {
 /// An event said it changed, so compare the content too.
 fn unchanged(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp) -> bool {
     previous.is_some_and(|p| {
-        stamp.matches(p)
+        p.matches(&stamp)
             && dir
                 .open_file(rel)
                 .and_then(hash_reader)

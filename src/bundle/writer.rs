@@ -141,7 +141,7 @@ impl OpenBundle {
         self.used += need(rel, stamp.size);
         self.note_name(rel);
         self.entries += 1;
-        self.ship(rel, stamp.meta(hash.clone()));
+        self.ship(rel, FileMeta::of(&stamp, hash.clone()));
         self.manifest.files.push(FileEntry {
             path: rel.to_owned(),
             size: stamp.size,

@@ -63,12 +63,12 @@ impl Shipped {
             && self
                 .files
                 .get(path)
-                .is_some_and(|m| stamp.matches(m) && !m.racy)
+                .is_some_and(|m| m.matches(stamp) && !m.racy)
     }
 
     /// Whether `stamp` matches what was shipped of `path`, racy or not.
     pub(super) fn matches(&self, path: &str, stamp: &Stamp) -> bool {
-        self.files.get(path).is_some_and(|m| stamp.matches(m))
+        self.files.get(path).is_some_and(|m| m.matches(stamp))
     }
 
     /// What the packer may compare `path` with: what was shipped, unless

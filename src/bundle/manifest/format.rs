@@ -1,9 +1,11 @@
 //! The manifest's format: its types as they travel in JSON, the zip
-//! entries it expects, and how large it may honestly be. Pure.
+//! entries it expects, and how large it may honestly be. Pure, except
+//! [`FileMeta::of`], which reads the clock to tell a racy file.
 
 use serde::{Deserialize, Serialize};
 
 use crate::paths;
+use crate::stamp::{RACY_WINDOW, Stamp};
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
@@ -63,6 +65,29 @@ pub struct FileMeta {
     /// comparison must look at the content, not just the stat.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub racy: bool,
+}
+
+impl FileMeta {
+    /// What the receiver is told of a file with `stamp` and content `hash`.
+    pub fn of(stamp: &Stamp, hash: String) -> Self {
+        Self {
+            size: stamp.size,
+            mtime: stamp.mtime,
+            mtime_nsec: stamp.mtime_nsec,
+            mode: stamp.mode,
+            hash,
+            racy: stamp.modified_within(RACY_WINDOW),
+        }
+    }
+
+    /// Whether a file with `stamp` has the size, mtime and mode shipped
+    /// (identity is not shipped).
+    pub fn matches(&self, stamp: &Stamp) -> bool {
+        stamp.size == self.size
+            && stamp.mtime == self.mtime
+            && stamp.mtime_nsec == self.mtime_nsec
+            && stamp.mode == self.mode
+    }
 }
 
 /// A whole file stored as the zip entry named by its path.
