@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use shipper::bundle::pack::{Limits, PackItem, Packed};
 use shipper::proto::{Connection, Frame};
@@ -20,11 +21,18 @@ pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
     out.pop().unwrap()
 }
 
+/// A session as sender "test": the connection and the receiver's last
+/// applied sequence.
 pub async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64) {
+    session_as(addr, "test").await
+}
+
+/// Hello as `sender`, then the receiver's Welcome.
+pub async fn session_as(addr: std::net::SocketAddr, sender: &str) -> (Connection<TcpStream>, u64) {
     let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
     c.write_frame(&Frame::Hello {
         version: shipper::proto::frame::PROTOCOL_VERSION,
-        sender: "test".into(),
+        sender: sender.into(),
     })
     .await
     .unwrap();
@@ -35,17 +43,26 @@ pub async fn session(addr: std::net::SocketAddr) -> (Connection<TcpStream>, u64)
 }
 
 pub async fn send(c: &mut Connection<TcpStream>, b: &Packed, hash: [u8; 32]) -> Frame {
-    c.write_frame(&Frame::Bundle {
-        seq: b.seq,
-        size: b.size,
-    })
-    .await
-    .unwrap();
-    c.send_body(&b.path, b.size).await.unwrap();
-    c.write_frame(&Frame::Trailer { size: b.size, hash })
+    send_file(c, b.seq, &b.path, b.size, hash).await
+}
+
+/// Send the bundle file at `path` as sequence `seq` with trailer `hash`;
+/// the receiver's answer.
+pub async fn send_file(
+    c: &mut Connection<TcpStream>,
+    seq: u64,
+    path: &Path,
+    size: u64,
+    hash: [u8; 32],
+) -> Frame {
+    c.write_frame(&Frame::Bundle { seq, size }).await.unwrap();
+    c.send_body(path, size).await.unwrap();
+    c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
+    // The receiver pings while it verifies and applies (a busy machine
+    // makes that long enough for one); the answer is the next other frame.
+    c.expect_reply_within(Duration::from_secs(120))
         .await
-        .unwrap();
-    c.expect_frame().await.unwrap()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,14 +167,7 @@ async fn a_manifest_naming_the_wrong_sender_is_refused() {
     env.write("a.html", "A");
     let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
     let r = env.start_receiver("").await;
-    let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
-    c.write_frame(&Frame::Hello {
-        version: shipper::proto::frame::PROTOCOL_VERSION,
-        sender: "other".into(),
-    })
-    .await
-    .unwrap();
-    c.expect_frame().await.unwrap();
+    let (mut c, _) = session_as(r.addr, "other").await;
     match send(&mut c, &b, b.hash).await {
         Frame::Refuse { reason, .. } => assert!(reason.contains("sender"), "{reason}"),
         f => panic!("expected refusal, got {f:?}"),

@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use shipper::proto::{Connection, Frame};
-use tokio::net::TcpStream;
+use shipper::proto::Frame;
 
 use shipper::proto::refusal::RefusalKind;
 
@@ -84,23 +83,8 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
         let bundle = hostile_dir().join(format!("{name}.zip"));
         let size = std::fs::metadata(&bundle).unwrap().len();
         let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
-        let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
-        c.write_frame(&Frame::Hello {
-            version: shipper::proto::frame::PROTOCOL_VERSION,
-            sender: "hostile".into(),
-        })
-        .await
-        .unwrap();
-        assert!(matches!(
-            c.expect_frame().await.unwrap(),
-            Frame::Welcome { .. }
-        ));
-        c.write_frame(&Frame::Bundle { seq: 1, size })
-            .await
-            .unwrap();
-        c.send_body(&bundle, size).await.unwrap();
-        c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
-        match c.expect_frame().await.unwrap() {
+        let (mut c, _) = crate::bundles::session_as(r.addr, "hostile").await;
+        match crate::bundles::send_file(&mut c, 1, &bundle, size, hash).await {
             Frame::Refuse {
                 seq: 1,
                 kind,
