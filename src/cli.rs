@@ -26,7 +26,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run every role in the config: [sender], [receiver], or both.
+    /// Run every role in the config: `[sender]`, `[receiver]`, or both.
     Run {
         #[arg(short, long)]
         config: PathBuf,
@@ -87,7 +87,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 #[group(required = true, multiple = true)]
 pub struct ReplayTarget {
-    /// Use the [receiver] table of this config (root, staging, state,
+    /// Use the `[receiver]` table of this config (root, staging, state,
     /// limits); refused while a receiver runs with its state_dir.
     #[arg(short, long)]
     pub config: Option<PathBuf>,

@@ -10,7 +10,7 @@
 //! the bundle is re-sent (its data is cut back to where it starts).
 //!
 //! A set is dropped once its file is published or its sender abandons it
-//! (both by the caller, [`drop_part_set`]), when a new set starts for the
+//! (both by the caller, `drop_part_set`), when a new set starts for the
 //! same path, and when it lies idle for longer than `part_ttl`
 //! ([`expire_part_sets`]). Writes only in the parts directory it is handed,
 //! never in root.

@@ -286,7 +286,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
 /// Apply `bundles` to `target` in sequence order per sender. Every bundle is
 /// opened and checked before the first is applied; a bundle that does not
 /// check out stops the replay before anything of it is applied. Returns each
-/// applied bundle with its sender's key (see [`replay_key`]).
+/// applied bundle with its sender's key (see `replay_key`).
 pub fn replay(
     target: &Target,
     limits: &apply::Limits,

@@ -6,7 +6,7 @@
 use crate::bundle::manifest::valid_sender_id;
 
 /// How a bundle is named in `publishing/` and the archive: by the key of
-/// its sender ([`super::identity::Sender::key`]) and its sequence.
+/// its sender (`Sender::key`) and its sequence.
 pub fn archive_name(key: &str, seq: u64) -> String {
     format!("{key}-{seq:020}.zip")
 }
