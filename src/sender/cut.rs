@@ -269,8 +269,10 @@ impl Cut {
             return;
         }
         let allow_mass_delete = flushes.start_cut();
-        let items = book.take_due(now, next_tick, force, allow_mass_delete, |p| {
-            source.absent(p)
+        let items = super::source::blocking(|| {
+            book.take_due(now, next_tick, force, allow_mass_delete, |p| {
+                source.absent(p)
+            })
         });
         if items.is_empty() {
             // Nothing new: the flushes wait for what is already in flight.

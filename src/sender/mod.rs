@@ -265,11 +265,13 @@ impl Sender {
         let scope = walk.dir.as_deref().unwrap_or_default();
         self.book.bad_names_walked(scope, &walk.bad_names);
         // Re-created since the walk passed it: its event has it.
-        let gone: Vec<String> = diff
-            .missing
-            .into_iter()
-            .filter(|p| self.source.absent(p))
-            .collect();
+        let source = &self.source;
+        let gone: Vec<String> = source::blocking(|| {
+            diff.missing
+                .into_iter()
+                .filter(|p| source.absent(p))
+                .collect()
+        });
         // Checked after the paths: if the source was there then, they are
         // really gone. If not, the sentinel is about to report it missing.
         if !gone.is_empty() && self.source.vanished() {

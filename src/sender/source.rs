@@ -85,6 +85,7 @@ impl Source {
     }
 
     /// Whether nothing is at `path` (shipped form) below the source.
+    /// Blocking: callers checking many paths wrap the loop in [`blocking`].
     pub(super) fn absent(&self, path: &str) -> bool {
         std::fs::symlink_metadata(self.dir.join(path)).is_err()
     }
@@ -194,5 +195,17 @@ pub(super) fn warn_near_watch_limit(dirs: u64) {
             "the source has nearly as many directories as fs.inotify.max_user_watches allows: raise it, e.g. sysctl fs.inotify.max_user_watches={}",
             (dirs * 4).max(524_288)
         );
+    }
+}
+
+/// Run `f`, which stats the source (one lstat per deleted path: a mass
+/// deletion is 100,000 of them), from the sender's loop without stalling
+/// the transports and the control socket that share its worker thread:
+/// on a multi-threaded runtime tokio moves them to another worker first.
+pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
