@@ -45,6 +45,31 @@ fn hostile_env() -> Env {
     env
 }
 
+/// Send the hostile bundle `name` to the receiver at `addr`, as sender
+/// "hostile" sequence 1, and return its answer.
+pub async fn send_hostile(addr: std::net::SocketAddr, name: &str) -> Frame {
+    let bundle = hostile_dir().join(format!("{name}.zip"));
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
+    let mut c = Connection::new(TcpStream::connect(addr).await.unwrap());
+    c.write_frame(&Frame::Hello {
+        version: shipper::proto::frame::PROTOCOL_VERSION,
+        sender: "hostile".into(),
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        c.expect_frame().await.unwrap(),
+        Frame::Welcome { .. }
+    ));
+    c.write_frame(&Frame::Bundle { seq: 1, size })
+        .await
+        .unwrap();
+    c.send_body(&bundle, size).await.unwrap();
+    c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
+    c.expect_frame().await.unwrap()
+}
+
 #[test]
 fn replay_refuses_every_hostile_bundle_and_touches_nothing() {
     for (name, expect) in cases() {
@@ -81,26 +106,7 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
     let r = env.start_receiver("").await;
     let before = everything(env.path());
     for (name, expect) in cases() {
-        let bundle = hostile_dir().join(format!("{name}.zip"));
-        let size = std::fs::metadata(&bundle).unwrap().len();
-        let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
-        let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
-        c.write_frame(&Frame::Hello {
-            version: shipper::proto::frame::PROTOCOL_VERSION,
-            sender: "hostile".into(),
-        })
-        .await
-        .unwrap();
-        assert!(matches!(
-            c.expect_frame().await.unwrap(),
-            Frame::Welcome { .. }
-        ));
-        c.write_frame(&Frame::Bundle { seq: 1, size })
-            .await
-            .unwrap();
-        c.send_body(&bundle, size).await.unwrap();
-        c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
-        match c.expect_frame().await.unwrap() {
+        match send_hostile(r.addr, &name).await {
             Frame::Refuse {
                 seq: 1,
                 kind,
