@@ -238,6 +238,27 @@ async fn the_receiver_metrics_count_applied_and_refused_bundles_and_free_space()
     r.stop().await;
 }
 
+/// A receiver whose metrics address cannot be listened on does not start,
+/// and says which key is at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refuses_to_start_when_its_metrics_address_is_taken() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = env
+        .config(&env.receiver_toml("127.0.0.1:0", &format!("metrics = \"{addr}\"\n")))
+        .receiver
+        .unwrap();
+    let Err(e) = shipper::receiver::Receiver::bind(cfg).await else {
+        panic!("the receiver started without its metrics endpoint");
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!("receiver.metrics: cannot listen on {addr}")),
+        "{e}"
+    );
+}
+
 #[test]
 fn replay_shows_progress_on_a_terminal_and_nothing_in_a_pipe() {
     let env = Env::new();
