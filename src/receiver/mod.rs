@@ -9,7 +9,9 @@
 //!
 //! # Layout
 //! - this file: prepare the directories, bind, and the accept loop that
-//!   gives each connection a session.
+//!   gives each connection a session; the metrics endpoint beside it
+//!   (bundles applied and refused are counted in a
+//!   [`crate::metrics::ReceiverMetrics`] that sessions and the committer share).
 //! - `session`: one sender's session: hello, receive, apply, answer.
 //! - `identity`: who a sender is, and the key its state is kept under.
 //! - `state`: `receiver.json` (applied sequences, instance id) and the
