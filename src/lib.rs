@@ -29,7 +29,7 @@
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
 //! - [`status`]: what `shipper status` reports (shared by sender, control, metrics).
 //! - [`control`]: the local control socket (flush, status, pause, resume).
-//! - [`metrics`]: the optional Prometheus endpoint.
+//! - [`metrics`]: the optional Prometheus endpoints of both roles.
 //! - [`cli`]: the command line (clap).
 //! - [`commands`]: what each subcommand does.
 

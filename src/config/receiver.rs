@@ -1,6 +1,6 @@
 //! The `[receiver]` table: its raw form as written, the [`ReceiverConfig`]
 //! the receiver runs on, and the validation between them, one step per
-//! concern (listen address, directories, limits, part TTL, keys). Each
+//! concern (listen address, directories, limits, part TTL, keys, metrics). Each
 //! error names the key. Pure: paths are joined to the config's directory,
 //! never touched.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::values::{duration, fmt_dur, is_loopback, size};
+use super::values::{duration, fmt_dur, is_loopback, metrics_addr, size};
 use crate::bundle::apply::Limits;
 use crate::tls::Fingerprint;
 
@@ -42,6 +42,7 @@ pub struct RawReceiver {
     pub part_ttl: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub allowed_senders: Option<Vec<String>>,
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +60,8 @@ pub struct ReceiverConfig {
     pub part_ttl: Duration,
     /// Keys and the allowed senders; `None` only for plaintext on loopback.
     pub tls: Option<ReceiverTls>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]
@@ -100,8 +103,10 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
     let limits = limits(&r)?;
     let part_ttl = part_ttl(r.part_ttl.as_deref())?;
     let tls = tls(r.key_dir, r.allowed_senders, &listen, &listen_addr, base)?;
+    let metrics = metrics_addr("receiver.metrics", r.metrics.as_deref(), "127.0.0.1:9701")?;
     Ok(ReceiverConfig {
         tls,
+        metrics,
         limits,
         part_ttl,
         listen,
@@ -253,6 +258,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("receiver.listen"), "{e}");
+        let e = validate(
+            parse(&format!(
+                "{base}listen = \"127.0.0.1:0\"\nmetrics = \"9701\"\n"
+            ))
+            .unwrap(),
+            Path::new("/b"),
+        )
+        .unwrap_err();
+        assert!(e.starts_with("receiver.metrics = \"9701\""), "{e}");
         let nested = "[receiver]\nroot = \"www\"\nstate_dir = \"www/st\"\narchive_dir = \"ar\"\nlisten = \"127.0.0.1:1\"\n";
         let e = validate(parse(nested).unwrap(), Path::new("/b")).unwrap_err();
         assert!(e.contains("receiver.state_dir"), "{e}");

@@ -15,7 +15,7 @@ use chrono::Utc;
 use serde::Deserialize;
 
 use super::timing;
-use super::values::{check_host_port, host_is_loopback, size};
+use super::values::{check_host_port, host_is_loopback, metrics_addr, size};
 use crate::paths::{DEFAULT_EXCLUDES, Excludes};
 use crate::schedule::Schedule;
 use crate::tls::Fingerprint;
@@ -156,7 +156,7 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
     let id = sender_id(s.id)?;
     let mass_delete = mass_delete(s.mass_delete_share, s.mass_delete_min)?;
     let tls = tls(s.key_dir, s.receiver_fingerprint, &receivers, base)?;
-    let metrics = metrics(s.metrics.as_deref())?;
+    let metrics = metrics_addr("sender.metrics", s.metrics.as_deref(), "127.0.0.1:9700")?;
     let peer_timeout = timing::peer_timeout(s.peer_timeout.as_deref())?;
     Ok(SenderConfig {
         peer_timeout,
@@ -339,17 +339,6 @@ fn pins(fingerprints: OneOrMany, receivers: usize) -> Result<Vec<Fingerprint>, S
                 .map_err(|e| format!("sender.receiver_fingerprint = {fp:?}: {e}"))
         })
         .collect()
-}
-
-fn metrics(addr: Option<&str>) -> Result<Option<SocketAddr>, String> {
-    addr.map(|m| {
-        m.trim().parse::<SocketAddr>().map_err(|_| {
-            format!(
-                "sender.metrics = {m:?}: expected an address and port such as \"127.0.0.1:9700\""
-            )
-        })
-    })
-    .transpose()
 }
 
 #[cfg(test)]

@@ -31,6 +31,22 @@ pub(super) fn size(key: &str, value: Option<&str>, default: u64) -> Result<u64, 
     }
 }
 
+/// `value`, where `key` serves metrics, as an address and port such as
+/// `example`; `None` when unset.
+pub(super) fn metrics_addr(
+    key: &str,
+    value: Option<&str>,
+    example: &str,
+) -> Result<Option<SocketAddr>, String> {
+    value
+        .map(|m| {
+            m.trim().parse::<SocketAddr>().map_err(|_| {
+                format!("{key} = {m:?}: expected an address and port such as \"{example}\"")
+            })
+        })
+        .transpose()
+}
+
 /// Refuse `value` unless it reads "host:port" with a host and a port number.
 pub(super) fn check_host_port(key: &str, value: &str) -> Result<(), String> {
     let ok = match value.rsplit_once(':') {

@@ -4,6 +4,7 @@
 //! here does file I/O and fsyncs: run it off the async runtime.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,6 +16,7 @@ use super::state::ReceiverState;
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
 use crate::durable;
+use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::refusal::Refusal;
 
 /// The blocking half of applying: the write-ahead record, the apply itself,
@@ -29,10 +31,16 @@ pub(super) struct Committer {
     archive_keep: usize,
     limits: apply::Limits,
     part_ttl: Duration,
+    /// Where the bundles refused here are counted.
+    metrics: Arc<ReceiverMetrics>,
 }
 
 impl Committer {
-    pub(super) fn new(cfg: &ReceiverConfig, target: &Target) -> Self {
+    pub(super) fn new(
+        cfg: &ReceiverConfig,
+        target: &Target,
+        metrics: Arc<ReceiverMetrics>,
+    ) -> Self {
         Self {
             target: target.clone(),
             publishing: cfg.state_dir.join("publishing"),
@@ -40,6 +48,7 @@ impl Committer {
             archive_keep: cfg.archive_keep,
             limits: cfg.limits,
             part_ttl: cfg.part_ttl,
+            metrics,
         }
     }
 
@@ -50,21 +59,33 @@ impl Committer {
         sender: &Sender,
         seq: u64,
     ) -> Result<apply::Applied, Refusal> {
-        let mut opened = apply::open(received, &self.limits).map_err(|e| e.refusal())?;
+        let refused = |refusal: Refusal, why| {
+            self.metrics.refused(&sender.id, &refusal, why);
+            refusal
+        };
+        let bundle_refused =
+            |e: apply::BundleError| refused(e.refusal(), RefusedFor::of_bundle_error(&e));
+        let mut opened = apply::open(received, &self.limits).map_err(bundle_refused)?;
         if opened.manifest.sender != sender.id || opened.manifest.seq != seq {
-            return Err(Refusal::permanent(
-                None,
-                format!(
-                    "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
-                    opened.manifest.sender, opened.manifest.seq, sender.id
-                ),
+            let reason = format!(
+                "manifest says sender {:?} sequence {}, the stream said {:?} {seq}",
+                opened.manifest.sender, opened.manifest.seq, sender.id
+            );
+            return Err(refused(
+                Refusal::permanent(None, reason),
+                RefusedFor::Malformed,
             ));
         }
         // Record what is about to be published before root changes, so a
         // crash part-way is finished at the next start. (The opened bundle
         // follows its file to the new name: it is not opened again.)
         let wal = self.publishing.join(archive_name(&sender.key, seq));
-        let io = |e: std::io::Error| Refusal::retry(refusal_for_io(&e, &wal));
+        let io = |e: std::io::Error| {
+            refused(
+                Refusal::retry(refusal_for_io(&e, &wal)),
+                RefusedFor::of_io(&e),
+            )
+        };
         // Not fsynced: if a crash tears it, recovery refuses it and the
         // sender, never having had an acknowledgement, sends it again.
         std::fs::rename(received, &wal).map_err(io)?;
@@ -77,7 +98,7 @@ impl Committer {
         result.map_err(|e| {
             // apply put root back as it was: nothing is left to finish.
             let _ = std::fs::remove_file(&wal);
-            e.refusal()
+            bundle_refused(e)
         })
     }
 

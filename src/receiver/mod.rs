@@ -9,7 +9,9 @@
 //!
 //! # Layout
 //! - this file: prepare the directories, bind, and the accept loop that
-//!   gives each connection a session.
+//!   gives each connection a session; the metrics endpoint beside it
+//!   (bundles applied and refused are counted in a
+//!   [`crate::metrics::ReceiverMetrics`] that sessions and the committer share).
 //! - `session`: one sender's session: hello, receive, apply, answer.
 //! - `identity`: who a sender is, and the key its state is kept under.
 //! - `state`: `receiver.json` (applied sequences, instance id) and the
@@ -36,6 +38,7 @@ use tracing::{info, warn};
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
 use crate::durable;
+use crate::metrics::ReceiverMetrics;
 use crate::places;
 use commit::Committer;
 use session::Sessions;
@@ -56,6 +59,10 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub struct Receiver {
     /// What every session shares, the state_dir lock included.
     sessions: Arc<Sessions>,
+    /// What bundles applied and refused are counted in.
+    metrics: Arc<ReceiverMetrics>,
+    /// `receiver.metrics`, bound at start and served by [`Receiver::serve`].
+    metrics_listener: std::sync::Mutex<Option<TcpListener>>,
 }
 
 /// The target a receiver config describes, directories created. Refused,
@@ -102,7 +109,8 @@ impl Receiver {
         let publishing = cfg.state_dir.join("publishing");
         std::fs::create_dir_all(&publishing)
             .with_context(|| format!("creating {}", publishing.display()))?;
-        let committer = Arc::new(Committer::new(&cfg, &target));
+        let metrics = Arc::new(ReceiverMetrics::new(&cfg.root));
+        let committer = Arc::new(Committer::new(&cfg, &target, metrics.clone()));
         committer.recover(&mut state, &cfg.state_dir)?;
         committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
@@ -114,12 +122,18 @@ impl Receiver {
             addr.to_string().as_bytes(),
         )
         .context("writing listen.addr")?;
+        let metrics_listener = match cfg.metrics {
+            Some(at) => Some(crate::metrics::bind("receiver.metrics", at).await?),
+            None => None,
+        };
         let tls = tls_acceptor(&cfg, addr)?;
         info!(%addr, root = %cfg.root.display(), "receiver listening");
-        let sessions = Sessions::new(cfg, tls, committer, incoming, state, lock);
+        let sessions = Sessions::new(cfg, tls, committer, metrics.clone(), incoming, state, lock);
         Ok((
             Arc::new(Self {
                 sessions: Arc::new(sessions),
+                metrics,
+                metrics_listener: std::sync::Mutex::new(metrics_listener),
             }),
             listener,
         ))
@@ -133,6 +147,7 @@ impl Receiver {
         // When turned-away connections were last reported: the first is at once.
         let mut reported: Option<Instant> = None;
         let tracker = tokio_util::task::TaskTracker::new();
+        self.serve_metrics(&tracker, &shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -168,6 +183,22 @@ impl Receiver {
         }
         tracker.close();
         tracker.wait().await;
+    }
+}
+
+impl Receiver {
+    /// Serve `receiver.metrics`, if configured, on `tracker` until `shutdown`.
+    fn serve_metrics(&self, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) {
+        let taken = self
+            .metrics_listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(listener) = taken {
+            let metrics = self.metrics.clone();
+            let scrape: crate::metrics::Scrape = Arc::new(move || metrics.scrape());
+            tracker.spawn(crate::metrics::serve(listener, scrape, shutdown.clone()));
+        }
     }
 }
 

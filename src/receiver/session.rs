@@ -28,6 +28,7 @@ use super::state::{ReceiverState, StateLock};
 use crate::bundle::apply;
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
+use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
 use crate::proto::refusal::{Refusal, RefusalKind};
@@ -50,6 +51,8 @@ pub(super) struct Sessions {
     tls: Option<tokio_rustls::TlsAcceptor>,
     /// The blocking half: verify, publish, archive.
     committer: Arc<Committer>,
+    /// Where bundles applied and refused are counted.
+    metrics: Arc<ReceiverMetrics>,
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
     state: Mutex<ReceiverState>,
@@ -83,6 +86,7 @@ impl Sessions {
         cfg: ReceiverConfig,
         tls: Option<tokio_rustls::TlsAcceptor>,
         committer: Arc<Committer>,
+        metrics: Arc<ReceiverMetrics>,
         incoming: PathBuf,
         state: ReceiverState,
         lock: StateLock,
@@ -91,6 +95,7 @@ impl Sessions {
             cfg,
             tls,
             committer,
+            metrics,
             incoming,
             state: Mutex::new(state),
             live: Default::default(),
@@ -232,18 +237,17 @@ impl Sessions {
                 "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
                 self.cfg.max_bundle_size
             );
-            conn.write_frame(&Frame::refuse(
-                seq,
-                Refusal::permanent(None, reason.clone()),
-            ))
-            .await?;
+            let refusal = Refusal::permanent(None, reason.clone());
+            self.metrics
+                .refused(&sender.id, &refusal, RefusedFor::Limit);
+            conn.write_frame(&Frame::refuse(seq, refusal)).await?;
             anyhow::bail!("{peer}: {reason}");
         }
         let started = Instant::now();
         // Named for this session too: a session whose sender vanished
         // mid-bundle may still hold its file when the re-send arrives.
         let received = self.incoming.join(incoming_name(&sender.key, seq, session));
-        let (answer, alive) = match self.receive(conn, seq, size, &received).await {
+        let (answer, alive) = match self.receive(conn, sender, seq, size, &received).await {
             Ok(Ok(())) => {
                 // Applying can take long: ping meanwhile, so the sender
                 // can tell a busy receiver from a dead connection.
@@ -258,6 +262,8 @@ impl Sessions {
         match answer? {
             Ok(applied) => {
                 if let Some(a) = applied {
+                    self.metrics
+                        .applied(&sender.id, size, crate::status::unix_now());
                     info!(%sender, seq, files = a.summary.files, deletions = a.summary.deletions, bytes = a.summary.bytes, ms = started.elapsed().as_millis() as u64, "bundle applied");
                 }
                 conn.write_frame(&Frame::Ack { seq }).await?;
@@ -277,6 +283,7 @@ impl Sessions {
     async fn receive(
         &self,
         conn: &mut Connection<Stream>,
+        sender: &Sender,
         seq: u64,
         size: u64,
         received: &Path,
@@ -297,15 +304,20 @@ impl Sessions {
             anyhow::bail!("expected a trailer after bundle {seq}");
         };
         if let Some(e) = write_error {
-            return Ok(Err(Refusal::retry(refusal_for_io(&e, received))));
+            let refusal = Refusal::retry(refusal_for_io(&e, received));
+            self.metrics
+                .refused(&sender.id, &refusal, RefusedFor::of_io(&e));
+            return Ok(Err(refusal));
         }
         if t_size != size || t_hash != *hash.as_bytes() {
             // Damaged on the way: the next copy may arrive whole.
-            return Ok(Err(Refusal::retry(format!(
+            let refusal = Refusal::retry(format!(
                 "bundle {seq} failed its trailer check (size {size} vs {t_size}, hash {} vs {})",
                 hash.to_hex(),
                 blake3::Hash::from_bytes(t_hash).to_hex()
-            ))));
+            ));
+            self.metrics.refused(&sender.id, &refusal, RefusedFor::Hash);
+            return Ok(Err(refusal));
         }
         Ok(Ok(()))
     }
@@ -356,7 +368,12 @@ impl Sessions {
                     .await
                     .context("state task")?;
                 if let Err(e) = saved {
-                    return Ok(Err(Refusal::retry(format!("{e:#}"))));
+                    let refusal = Refusal::retry(format!("{e:#}"));
+                    let why = e
+                        .downcast_ref::<std::io::Error>()
+                        .map_or(RefusedFor::Io, RefusedFor::of_io);
+                    self.metrics.refused(&sender.id, &refusal, why);
+                    return Ok(Err(refusal));
                 }
                 // Still under the state lock: publishing/ holds at most the
                 // bundle being applied, so a crash never leaves an older

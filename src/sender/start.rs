@@ -147,10 +147,17 @@ pub(super) async fn serve_metrics(
     let (report_tx, report_rx) = watch::channel(None);
     let task = match cfg.metrics {
         Some(addr) => {
-            let listener = crate::metrics::bind(addr).await?;
+            let listener = crate::metrics::bind("sender.metrics", addr).await?;
+            let scrape: crate::metrics::Scrape = std::sync::Arc::new(move || {
+                report_rx
+                    .borrow()
+                    .as_ref()
+                    .map(crate::metrics::render)
+                    .unwrap_or_default()
+            });
             Some(tokio::spawn(crate::metrics::serve(
                 listener,
-                report_rx,
+                scrape,
                 shutdown.clone(),
             )))
         }

@@ -44,6 +44,16 @@ fn hostile_env() -> Env {
     env
 }
 
+/// Send the hostile bundle `name` to the receiver at `addr`, as sender
+/// "hostile" sequence 1, and return its answer.
+pub async fn send_hostile(addr: std::net::SocketAddr, name: &str) -> Frame {
+    let bundle = hostile_dir().join(format!("{name}.zip"));
+    let size = std::fs::metadata(&bundle).unwrap().len();
+    let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
+    let (mut c, _) = crate::bundles::session_as(addr, "hostile").await;
+    crate::bundles::send_file(&mut c, 1, &bundle, size, hash).await
+}
+
 #[test]
 fn replay_refuses_every_hostile_bundle_and_touches_nothing() {
     for (name, expect) in cases() {
@@ -80,11 +90,7 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
     let r = env.start_receiver("").await;
     let before = everything(env.path());
     for (name, expect) in cases() {
-        let bundle = hostile_dir().join(format!("{name}.zip"));
-        let size = std::fs::metadata(&bundle).unwrap().len();
-        let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
-        let (mut c, _) = crate::bundles::session_as(r.addr, "hostile").await;
-        match crate::bundles::send_file(&mut c, 1, &bundle, size, hash).await {
+        match send_hostile(r.addr, &name).await {
             Frame::Refuse {
                 seq: 1,
                 kind,

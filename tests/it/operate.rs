@@ -1,4 +1,5 @@
-//! Operating a running sender: status, pause and resume, JSON logs.
+//! Operating a running sender or receiver: status, pause and resume, JSON
+//! logs, metrics.
 
 use crate::util::*;
 
@@ -166,6 +167,96 @@ async fn the_metrics_endpoint_serves_the_status_figures() {
     }
     s.stop().await;
     r.stop().await;
+}
+
+/// A receiver with `metrics` set counts, per sender, the bundles it applied
+/// (and their bytes and time) and those it refused by kind and reason, and
+/// tells how much space is left on root's filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_metrics_count_applied_and_refused_bundles_and_free_space() {
+    use shipper::proto::Frame;
+    let env = Env::new();
+    // Root on a filesystem of a known size, so its free space is known.
+    let disk = env.path().join("disk");
+    let _mount = Mount::tmpfs(&disk, "8m").unwrap_or_else(|why| {
+        panic!("this test needs to mount a tmpfs (root or CAP_SYS_ADMIN): {why}")
+    });
+    std::fs::write(disk.join("ballast"), vec![1u8; 3 << 20]).unwrap();
+    let metrics = free_addr();
+    let r = env
+        .start_receiver_from(&format!(
+            "[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"disk/www\"\nstate_dir = \"state-r\"\narchive_dir = \"archive\"\nmetrics = \"{metrics}\"\n"
+        ))
+        .await;
+    env.write("a.html", "applied");
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let before = shipper::status::unix_now();
+    let (mut c, _) = crate::bundles::session(r.addr).await;
+    assert_eq!(
+        crate::bundles::send(&mut c, &b, b.hash).await,
+        Frame::Ack { seq: 1 }
+    );
+    let after = shipper::status::unix_now();
+    for hostile in ["dotdot", "hash-mismatch", "huge-declared-size"] {
+        let answer = crate::hostile::send_hostile(r.addr, hostile).await;
+        assert!(
+            matches!(answer, Frame::Refuse { .. }),
+            "{hostile}: {answer:?}"
+        );
+    }
+
+    let body = scrape(metrics).await;
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    let at =
+        |series: &str| sample(&body, series).unwrap_or_else(|| panic!("no {series} in:\n{body}"));
+    assert_eq!(at(r#"shipper_bundles_applied_total{sender="test"}"#), 1.0);
+    assert_eq!(
+        at(r#"shipper_bundle_bytes_applied_total{sender="test"}"#),
+        b.size as f64
+    );
+    let applied_at = at(r#"shipper_last_apply_timestamp_seconds{sender="test"}"#);
+    assert!(
+        (before as f64..=after as f64).contains(&applied_at),
+        "{applied_at}"
+    );
+    for reason in ["path", "hash", "limit"] {
+        let series = format!(
+            r#"shipper_bundles_refused_total{{sender="hostile",kind="permanent",reason="{reason}"}}"#
+        );
+        assert_eq!(at(&series), 1.0, "{series}");
+    }
+    assert_eq!(
+        sample(&body, r#"shipper_bundles_applied_total{sender="hostile"}"#),
+        None
+    );
+    // 8 MiB less the 3 MiB ballast, less what root and the filesystem hold.
+    let free = at("shipper_root_free_bytes");
+    assert!(
+        (4.5 * 1048576.0..=5.0 * 1048576.0).contains(&free),
+        "root's filesystem has about 5 MiB free, the metric says {free}"
+    );
+    r.stop().await;
+}
+
+/// A receiver whose metrics address cannot be listened on does not start,
+/// and says which key is at fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_refuses_to_start_when_its_metrics_address_is_taken() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let cfg = env
+        .config(&env.receiver_toml("127.0.0.1:0", &format!("metrics = \"{addr}\"\n")))
+        .receiver
+        .unwrap();
+    let Err(e) = shipper::receiver::Receiver::bind(cfg).await else {
+        panic!("the receiver started without its metrics endpoint");
+    };
+    let e = format!("{e:#}");
+    assert!(
+        e.contains(&format!("receiver.metrics: cannot listen on {addr}")),
+        "{e}"
+    );
 }
 
 #[test]

@@ -154,6 +154,29 @@ pub fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
+/// `GET /metrics` from the endpoint at `addr`: the whole answer, head
+/// included (the endpoint closes the connection after it).
+pub async fn scrape(addr: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("metrics endpoint {addr}: {e}"));
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    c.read_to_string(&mut body).await.unwrap();
+    body
+}
+
+/// The value of the sample `series` (a name with its labels, as written)
+/// in the exposition `text`.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Every regular file below `dir` with its content.
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     walkdir::WalkDir::new(dir)
