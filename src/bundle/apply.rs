@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
-use super::error::{beneath_err, entry_err, io_at};
+use super::error::{beneath_err, damaged, io_at};
 use super::manifest::Manifest;
 use super::part_sets::{drop_part_set, store_part};
 use super::summary::Summary;
@@ -122,7 +122,7 @@ fn stage_entries(
         let entry = zip.by_name(&f.path)?;
         let hash = copy_counted(entry, &mut out, f.size, &f.path, &dest, &mut buf)?;
         if hash.to_hex().as_str() != f.hash {
-            return Err(entry_err(&f.path, "content does not match its hash"));
+            return Err(damaged(&f.path, "content does not match its hash"));
         }
         finish_file(&out, &dest, f.mode, f.mtime, f.mtime_nsec)?;
         staged.files.push((f.path.clone(), dest));

@@ -22,6 +22,19 @@ pub enum BundleError {
     Entry { entry: String, reason: String },
     #[error("{0}")]
     Whole(String),
+    /// Over one of the receiver's limits: the entry at fault, or `None`
+    /// for the bundle as a whole.
+    #[error("{}", at_entry(entry.as_deref(), reason))]
+    OverLimit {
+        entry: Option<String>,
+        reason: String,
+    },
+    /// Content that does not match the hash the manifest gives it.
+    #[error("entry {entry:?}: {reason}")]
+    Damaged { entry: String, reason: String },
+    /// A symlink inside root where the bundle writes or deletes.
+    #[error("entry {entry:?}: is a symlink inside root; refusing to write or delete through it")]
+    Symlink { entry: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -40,12 +53,32 @@ pub(super) fn entry_err(entry: &str, reason: impl Into<String>) -> BundleError {
     }
 }
 
+fn at_entry(entry: Option<&str>, reason: &str) -> String {
+    match entry {
+        Some(entry) => format!("entry {entry:?}: {reason}"),
+        None => reason.to_owned(),
+    }
+}
+
+/// Over a limit at `entry` (`None`: the bundle as a whole).
+pub(super) fn over_limit(entry: Option<&str>, reason: impl Into<String>) -> BundleError {
+    BundleError::OverLimit {
+        entry: entry.map(str::to_owned),
+        reason: reason.into(),
+    }
+}
+
+/// `entry`'s content does not match its hash.
+pub(super) fn damaged(entry: &str, reason: impl Into<String>) -> BundleError {
+    BundleError::Damaged {
+        entry: entry.to_owned(),
+        reason: reason.into(),
+    }
+}
+
 pub(super) fn beneath_err(e: BeneathError) -> BundleError {
     match e {
-        BeneathError::Symlink { path } => entry_err(
-            &path,
-            "is a symlink inside root; refusing to write or delete through it",
-        ),
+        BeneathError::Symlink { path } => BundleError::Symlink { entry: path },
         BeneathError::Io { path, source } => BundleError::Io { path, source },
     }
 }
@@ -62,17 +95,27 @@ impl BundleError {
                 Refusal::retry(format!("receiver disk full: {self}"))
             }
             BundleError::Io { .. } => Refusal::retry(self.to_string()),
-            BundleError::Entry { entry, .. } if entry.starts_with(".shipper/parts/") => {
+            BundleError::Entry { entry, .. } | BundleError::Damaged { entry, .. }
+                if entry.starts_with(".shipper/parts/") =>
+            {
                 Refusal::retry(self.to_string())
             }
-            BundleError::Entry { entry, .. } => Refusal::permanent(
+            BundleError::Entry { entry, .. }
+            | BundleError::Damaged { entry, .. }
+            | BundleError::Symlink { entry }
+            | BundleError::OverLimit {
+                entry: Some(entry), ..
+            } => Refusal::permanent(
                 crate::paths::validate(entry).is_ok().then(|| entry.clone()),
                 self.to_string(),
             ),
             BundleError::Manifest(
                 M::Path { path, .. } | M::Duplicate { path } | M::Part { path, .. },
             ) => Refusal::permanent(Some(path.clone()), self.to_string()),
-            BundleError::Manifest(_) | BundleError::Zip(_) | BundleError::Whole(_) => {
+            BundleError::Manifest(_)
+            | BundleError::Zip(_)
+            | BundleError::Whole(_)
+            | BundleError::OverLimit { entry: None, .. } => {
                 Refusal::permanent(None, self.to_string())
             }
         }
@@ -132,7 +175,7 @@ mod tests {
         let e = beneath_err(BeneathError::Symlink {
             path: "a/link".into(),
         });
-        assert!(matches!(&e, BundleError::Entry { entry, .. } if entry == "a/link"));
+        assert!(matches!(&e, BundleError::Symlink { entry } if entry == "a/link"));
         assert_eq!(e.refusal().kind, RefusalKind::Permanent);
     }
 }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::error::{BundleError, entry_err, io_at};
+use super::error::{BundleError, damaged, entry_err, io_at};
 use super::manifest::{PartEntry, valid_set_id};
 use super::unpack::{copy_counted, finish_file};
 use crate::durable;
@@ -256,7 +256,7 @@ fn append_part(
     let hash = copy_counted(entry, &mut out, p.size, &name, &data_path, buf)?;
     if hash.to_hex().as_str() != p.hash {
         let _ = out.set_len(p.offset);
-        return Err(entry_err(&name, "part does not match its hash"));
+        return Err(damaged(&name, "part does not match its hash"));
     }
     // The data before its record: a recorded part is always there.
     out.sync_all().map_err(io_at(&data_path))?;
@@ -278,7 +278,7 @@ fn complete_part_set(dir: &Path, p: &PartEntry) -> Result<PathBuf, BundleError> 
     let whole = super::hash::hash_file(&data_path).map_err(io_at(&data_path))?;
     if Some(whole.to_hex().as_str()) != p.file_hash.as_deref() {
         drop_part_set(dir, &p.set);
-        return Err(entry_err(
+        return Err(damaged(
             &p.path,
             "assembled file does not match its whole-file hash",
         ));

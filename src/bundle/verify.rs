@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
-use super::error::{BundleError, entry_err, io_at};
+use super::error::{BundleError, entry_err, io_at, over_limit};
 use super::manifest::{Counts, MANIFEST_ENTRY, Manifest, max_manifest_bytes};
 use super::zip_end::{self, ZipEndError};
 
@@ -100,10 +100,13 @@ fn index_zip(
         Ok(dir) => dir,
         Err(ZipEndError::Io(e)) => return Err(io_at(path)(e)),
         Err(ZipEndError::TooMany { claimed }) => {
-            return Err(BundleError::Whole(format!(
-                "{claimed} zip entries, over the limit of {}",
-                limits.max_entries
-            )));
+            return Err(over_limit(
+                None,
+                format!(
+                    "{claimed} zip entries, over the limit of {}",
+                    limits.max_entries
+                ),
+            ));
         }
         Err(ZipEndError::Layout(m)) => {
             return Err(BundleError::Zip(zip::result::ZipError::InvalidArchive(
@@ -112,17 +115,20 @@ fn index_zip(
         }
     };
     if dir.size > most.saturating_mul(MAX_CENTRAL_HEADER_BYTES) {
-        return Err(BundleError::Whole(format!(
-            "a central directory of {} bytes, over the {} bytes that {} entries need at most",
-            dir.size,
-            most.saturating_mul(MAX_CENTRAL_HEADER_BYTES),
-            limits.max_entries
-        )));
+        return Err(over_limit(
+            None,
+            format!(
+                "a central directory of {} bytes, over the {} bytes that {} entries need at most",
+                dir.size,
+                most.saturating_mul(MAX_CENTRAL_HEADER_BYTES),
+                limits.max_entries
+            ),
+        ));
     }
     let mut zip = ZipArchive::new(file)?;
     if zip.len() > limits.max_entries.saturating_add(1) {
-        return Err(entry_err(
-            "",
+        return Err(over_limit(
+            None,
             format!(
                 "{} zip entries, over the limit of {}",
                 zip.len(),
@@ -223,8 +229,8 @@ fn check_counts(c: &Counts, limits: &Limits) -> Result<(), BundleError> {
     // An abandoned set is one a file of this bundle's sender gave up; they
     // cost little, but no more of them than entries.
     if c.abandoned.0 > limits.max_entries {
-        return Err(entry_err(
-            MANIFEST_ENTRY,
+        return Err(over_limit(
+            Some(MANIFEST_ENTRY),
             format!(
                 "{} abandoned part sets, over the limit of {}",
                 c.abandoned.0, limits.max_entries
@@ -236,8 +242,8 @@ fn check_counts(c: &Counts, limits: &Limits) -> Result<(), BundleError> {
 
 fn check_entries(entries: usize, limits: &Limits) -> Result<(), BundleError> {
     if entries > limits.max_entries {
-        return Err(entry_err(
-            MANIFEST_ENTRY,
+        return Err(over_limit(
+            Some(MANIFEST_ENTRY),
             format!(
                 "{entries} entries, over the limit of {}",
                 limits.max_entries
@@ -257,8 +263,8 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
         .chain(m.parts.iter().map(|p| (&p.path, p.file_size)))
     {
         if size > limits.max_file_size {
-            return Err(entry_err(
-                path,
+            return Err(over_limit(
+                Some(path),
                 format!("{size} bytes, over the limit of {}", limits.max_file_size),
             ));
         }
@@ -272,8 +278,8 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
         total = total.saturating_add(size);
     }
     if total > limits.max_unpacked {
-        return Err(entry_err(
-            MANIFEST_ENTRY,
+        return Err(over_limit(
+            Some(MANIFEST_ENTRY),
             format!(
                 "unpacks to {total} bytes, over the limit of {}",
                 limits.max_unpacked
@@ -336,10 +342,13 @@ mod tests {
         }
     }
 
+    /// The entry a limit check refused.
     fn refused_entry(r: Result<(), BundleError>) -> String {
         match r {
-            Err(BundleError::Entry { entry, .. }) => entry,
-            other => panic!("not refused as an entry: {other:?}"),
+            Err(BundleError::OverLimit {
+                entry: Some(entry), ..
+            }) => entry,
+            other => panic!("not refused as an entry over a limit: {other:?}"),
         }
     }
 
