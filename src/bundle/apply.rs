@@ -346,7 +346,8 @@ mod tests {
             .map(|(k, _)| k)
             .collect();
         let mut written = applied.written.clone();
-        (files.sort(), written.sort());
+        files.sort();
+        written.sort();
         assert_eq!(written, files);
         assert_eq!(applied.deleted, ["gone/deep/old.html", "tree"]);
         assert_eq!(shape(fault::snapshot(&target.root)), shape(want.clone()));

@@ -93,6 +93,9 @@ async fn the_hook_is_told_what_each_bundle_changed_once_the_web_server_serves_it
     assert!(text.contains("+ page.html -> 200 v1\n"), "{text}");
     assert!(text.contains("+ page.html -> 200 v2\n"), "{text}");
     assert!(text.contains("- old.html -> 404\n"), "{text}");
+    // The hook saw what readers see.
+    assert_eq!(web.get("page.html"), (200, b"v2".to_vec()));
+    assert_eq!(web.get("old.html").0, 404);
     for (name, t) in &all {
         let seq = name.trim_start_matches("hook-");
         let first = format!("seq={seq} sender=test root={}\n", env.root().display());
