@@ -46,6 +46,10 @@ pub enum Command {
     Replay {
         #[command(flatten)]
         target: ReplayTarget,
+        /// Run the config's receiver.on_apply after each bundle, as the
+        /// receiver does (not run otherwise).
+        #[arg(long)]
+        hooks: bool,
         /// Bundle files, in any order.
         #[arg(required = true)]
         bundles: Vec<PathBuf>,

@@ -41,11 +41,20 @@ impl Change {
     }
 }
 
+/// The lines for a bundle that deleted `deleted` and wrote `written`, in
+/// the order they happened in root: deletions first.
+pub fn changes(written: &[String], deleted: &[String]) -> Vec<Change> {
+    let deletions = deleted.iter().map(|p| Change::Deleted(p.clone()));
+    deletions
+        .chain(written.iter().map(|p| Change::Wrote(p.clone())))
+        .collect()
+}
+
 /// What the hook is told about one applied bundle.
 #[derive(Debug, Clone)]
 pub struct Applied {
     pub seq: u64,
-    /// The sender's label as the receiver's log names it.
+    /// The sender's id, as its manifests give it.
     pub sender: String,
     pub root: PathBuf,
     pub changes: Vec<Change>,
@@ -81,6 +90,20 @@ fn stderr_suffix(stderr: &str) -> String {
 impl Hook {
     fn program(&self) -> &str {
         self.argv.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// Refuse a program that is not an executable file, naming the key:
+    /// checked at start, not at the first bundle. Blocking (a stat).
+    pub fn check_program(&self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let program = self.program();
+        match std::fs::metadata(program) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+            Ok(_) => Err(format!(
+                "receiver.on_apply: {program} is not an executable file"
+            )),
+            Err(e) => Err(format!("receiver.on_apply: {program}: {e}")),
+        }
     }
 
     /// Run the hook for `applied` and wait for it, at most `timeout`.
@@ -263,6 +286,25 @@ mod tests {
             .map(|i| Change::Wrote(format!("pages/{i:06}.html")))
             .collect();
         sh("exit 0", Duration::from_secs(30)).run(&a).await.unwrap();
+    }
+
+    #[test]
+    fn only_an_executable_file_passes_the_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = |p: &Path| Hook {
+            argv: vec![p.to_string_lossy().into_owned()],
+            timeout: Duration::from_secs(1),
+        };
+        assert_eq!(hook(Path::new("/bin/sh")).check_program(), Ok(()));
+        let plain = dir.path().join("purge");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        for p in [plain.as_path(), dir.path(), &dir.path().join("missing")] {
+            let e = hook(p).check_program().unwrap_err();
+            assert!(
+                e.starts_with("receiver.on_apply: ") && e.contains(&*p.to_string_lossy()),
+                "{e}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -78,4 +78,10 @@ pub struct LinkStatus {
     /// It is new, rebuilt or restored and is being sent the whole tree.
     #[serde(default)]
     pub whole_tree_pending: bool,
+    /// The receiver's `on_apply` hook failed on the sequence named (the
+    /// bundle is applied); cleared when a later run succeeds.
+    #[serde(default)]
+    pub hook_failure: Option<String>,
+    #[serde(default)]
+    pub hook_failure_at: Option<i64>,
 }

@@ -38,12 +38,16 @@ pub use super::verify::{DEFAULT_MAX_ENTRIES, Limits, Opened, open};
 const UNPACK_BUFFER_BYTES: usize = 1 << 20;
 
 /// What applying a bundle did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
     pub seq: u64,
     pub summary: Summary,
     /// Files that became visible in root (whole files and completed parts).
     pub published: u64,
+    /// Their paths in root, for the `on_apply` hook.
+    pub written: Vec<String>,
+    /// The paths the bundle deleted.
+    pub deleted: Vec<String>,
 }
 
 /// Apply an opened bundle to `target`. Root is touched only after every
@@ -91,6 +95,8 @@ fn stage_and_publish(
         seq: m.seq,
         summary,
         published: staged.files.len() as u64,
+        written: staged.files.iter().map(|(rel, _)| rel.clone()).collect(),
+        deleted: m.deletions.clone(),
     })
 }
 
@@ -332,6 +338,18 @@ mod tests {
         let changes = fault::count();
         assert_eq!(applied.published, 6);
         assert!(applied.summary.parts > 1, "no file travelled in parts");
+        // The hook is told of every file published, the one completed
+        // from parts included, and of every deletion.
+        let mut files: Vec<_> = crate::beneath::fault::snapshot(&src)
+            .into_iter()
+            .filter(|(_, (_, _, body))| !body.is_empty())
+            .map(|(k, _)| k)
+            .collect();
+        let mut written = applied.written.clone();
+        files.sort();
+        written.sort();
+        assert_eq!(written, files);
+        assert_eq!(applied.deleted, ["gone/deep/old.html", "tree"]);
         assert_eq!(shape(fault::snapshot(&target.root)), shape(want.clone()));
 
         let mut kept_empty = 0;

@@ -18,6 +18,7 @@ use crate::bundle::manifest::next_seq;
 use crate::cli::{Cli, Command, ReplayTarget};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::hook::{self, Hook};
 use crate::receiver::{self, ReceiverState};
 use crate::tls::Fingerprint;
 
@@ -32,7 +33,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             timeout,
             allow_mass_delete,
         } => flush_command(&config, timeout, allow_mass_delete),
-        Command::Replay { target, bundles } => replay_command(target, &bundles),
+        Command::Replay {
+            target,
+            hooks,
+            bundles,
+        } => replay_command(target, hooks, &bundles),
         Command::Status { config, json } => status_command(&config, json),
         Command::Pause { config } => pause_or_resume(&config, Request::Pause),
         Command::Resume { config } => pause_or_resume(&config, Request::Resume),
@@ -229,7 +234,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     result
 }
 
-fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<()> {
+fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> anyhow::Result<()> {
     let receiver_config = |config: Config| {
         let file = config.file;
         config
@@ -238,6 +243,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     };
     // Held to the end: the receiver's state and root are written below.
     let mut _lock = None;
+    let mut on_apply = None;
     let (target, state_dir, limits) = match (target.config, target.root) {
         (Some(file), None) => {
             let config = Config::load(&file)?;
@@ -246,11 +252,16 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
             let r = receiver_config(config)?;
             let target = receiver::target_for(&r)?;
             _lock = Some(receiver::StateLock::acquire(&r.state_dir)?);
+            on_apply = r.on_apply;
             (target, Some(r.state_dir), r.limits)
         }
         (config, Some(root)) => {
             let limits = match config {
-                Some(file) => receiver_config(Config::load(&file)?)?.limits,
+                Some(file) => {
+                    let r = receiver_config(Config::load(&file)?)?;
+                    on_apply = r.on_apply;
+                    r.limits
+                }
                 None => apply::Limits::default(),
             };
             std::fs::create_dir_all(&root)
@@ -266,7 +277,15 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
         }
         (None, None) => bail!("replay needs --config or --root"),
     };
-    let applied = replay(&target, &limits, bundles)?;
+    let hook = if hooks {
+        Some(replay_hook(on_apply)?)
+    } else {
+        None
+    };
+    let (applied, hook_failures) = match &hook {
+        None => (replay(&target, &limits, bundles)?, 0),
+        Some(hook) => replay_with_hook(&target, &limits, bundles, hook)?,
+    };
     if let Some(dir) = state_dir {
         let mut state = ReceiverState::load(&dir)?;
         for (sender, a) in &applied {
@@ -277,10 +296,54 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
     let files: u64 = applied.iter().map(|(_, a)| a.published).sum();
     let deletions: u64 = applied.iter().map(|(_, a)| a.summary.deletions).sum();
     println!(
-        "replayed {} bundle(s): {files} files published, {deletions} deletions",
-        applied.len()
+        "replayed {} bundle(s): {files} files published, {deletions} deletions{}",
+        applied.len(),
+        match hook_failures {
+            0 => String::new(),
+            n => format!("; the on_apply hook failed {n} time(s) (see above)"),
+        }
     );
     Ok(())
+}
+
+/// [`replay`], running `hook` after each bundle that changed something in
+/// root, as the receiver does; a failure is logged and counted, and the
+/// replay goes on. Returns what was applied and how many runs failed.
+fn replay_with_hook(
+    target: &Target,
+    limits: &apply::Limits,
+    bundles: &[PathBuf],
+    hook: &Hook,
+) -> anyhow::Result<(Vec<(String, Applied)>, u64)> {
+    let rt = runtime()?;
+    let mut failures = 0;
+    let applied = replay_then(target, limits, bundles, &mut |sender, a| {
+        let changes = hook::changes(&a.written, &a.deleted);
+        if changes.is_empty() {
+            return;
+        }
+        let applied = hook::Applied {
+            seq: a.seq,
+            sender: sender.to_owned(),
+            root: target.root.clone(),
+            changes,
+        };
+        if let Err(e) = rt.block_on(hook.run(&applied)) {
+            warn!(sender, seq = a.seq, error = %e, "on_apply hook failed; the bundle stays applied");
+            failures += 1;
+        }
+    })?;
+    Ok((applied, failures))
+}
+
+/// The hook `replay --hooks` runs: the config's `receiver.on_apply`,
+/// checked as the receiver checks it at start.
+fn replay_hook(on_apply: Option<Hook>) -> anyhow::Result<Hook> {
+    let hook = on_apply.context(
+        "--hooks runs receiver.on_apply of the config given with --config, and there is none",
+    )?;
+    hook.check_program().map_err(anyhow::Error::msg)?;
+    Ok(hook)
 }
 
 /// Apply `bundles` to `target` in sequence order per sender. Every bundle is
@@ -291,6 +354,17 @@ pub fn replay(
     target: &Target,
     limits: &apply::Limits,
     bundles: &[PathBuf],
+) -> anyhow::Result<Vec<(String, Applied)>> {
+    replay_then(target, limits, bundles, &mut |_, _| {})
+}
+
+/// [`replay`], calling `after` with the sender's id (as its manifest gives
+/// it) and what was applied after each bundle.
+pub fn replay_then(
+    target: &Target,
+    limits: &apply::Limits,
+    bundles: &[PathBuf],
+    after: &mut dyn FnMut(&str, &Applied),
 ) -> anyhow::Result<Vec<(String, Applied)>> {
     let mut opened = Vec::new();
     for path in bundles {
@@ -303,7 +377,7 @@ pub fn replay(
     let mut done = Vec::new();
     let bar = progress(opened.len() as u64, "replaying");
     for (sender, b) in opened {
-        let (seq, path) = (b.manifest.seq, b.path.clone());
+        let (seq, path, id) = (b.manifest.seq, b.path.clone(), b.manifest.sender.clone());
         if let Some((ps, pseq)) = &prev
             && *ps == sender
         {
@@ -331,6 +405,7 @@ pub fn replay(
             deletions = a.summary.deletions,
             "bundle replayed"
         );
+        after(&id, &a);
         prev = Some((sender.clone(), seq));
         done.push((sender, a));
         bar.inc(1);

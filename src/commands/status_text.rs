@@ -116,7 +116,7 @@ fn failing_lines(s: &mut String, r: &StatusReport) {
 }
 
 /// One receiver: connected or not since when, what it acknowledged, what
-/// was shipped to it, its last error.
+/// was shipped to it, its last error, its hook's last failure.
 fn receiver_lines(s: &mut String, l: &LinkStatus, now: i64) {
     let state = match (l.connected, l.since) {
         (true, Some(t)) => format!("connected since {}", ago(t, now)),
@@ -146,6 +146,13 @@ fn receiver_lines(s: &mut String, l: &LinkStatus, now: i64) {
     );
     if let (Some(e), Some(t)) = (&l.last_error, l.last_error_at) {
         let _ = writeln!(s, "  last error: {e} at {}", ago(t, now));
+    }
+    if let (Some(e), Some(t)) = (&l.hook_failure, l.hook_failure_at) {
+        let _ = writeln!(
+            s,
+            "  on_apply hook FAILED: {e} at {} (bundles are applied; cleared when it next succeeds)",
+            ago(t, now)
+        );
     }
 }
 
@@ -192,6 +199,11 @@ mod tests {
                     last_error: Some("sequence 40: refused for now: busy".into()),
                     last_error_at: Some(now - 4000),
                     whole_tree_pending: true,
+                    hook_failure: Some(
+                        "sequence 41: on_apply hook /usr/local/bin/purge-cache: exit status: 1: 503"
+                            .into(),
+                    ),
+                    hook_failure_at: Some(now - 6),
                 },
                 LinkStatus {
                     receiver: "web2:7700".into(),
@@ -246,6 +258,7 @@ receiver web1:7700: connected since 2023-11-14 21:13:20Z (1h ago)
   last acknowledged: sequence 42 at 2023-11-14 22:13:15Z (5s ago)
   shipped since start: 7 bundles, 7000 bytes
   last error: sequence 40: refused for now: busy at 2023-11-14 21:06:40Z (1h 6m 40s ago)
+  on_apply hook FAILED: sequence 41: on_apply hook /usr/local/bin/purge-cache: exit status: 1: 503 at 2023-11-14 22:13:14Z (6s ago) (bundles are applied; cleared when it next succeeds)
 receiver web2:7700: NOT connected since 2023-11-14 22:12:19Z (1m 1s ago)
   last acknowledged: none since start
   shipped since start: 0 bundles, 0 bytes

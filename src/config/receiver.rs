@@ -1,6 +1,7 @@
 //! The `[receiver]` table: its raw form as written, the [`ReceiverConfig`]
 //! the receiver runs on, and the validation between them, one step per
-//! concern (listen address, directories, limits, part TTL, keys, metrics). Each
+//! concern (listen address, directories, limits, part TTL, hook, keys,
+//! metrics). Each
 //! error names the key. Pure: paths are joined to the config's directory,
 //! never touched.
 
@@ -12,6 +13,7 @@ use serde::Deserialize;
 
 use super::values::{duration, fmt_dur, is_loopback, metrics_addr, size};
 use crate::bundle::apply::Limits;
+use crate::hook::Hook;
 use crate::tls::Fingerprint;
 
 /// Applied bundles kept in `receiver.archive_dir` unless configured.
@@ -25,6 +27,12 @@ pub const DEFAULT_PART_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Shorter, and a large file's parts would be dropped between the bundles
 /// of one slow or briefly interrupted transfer.
 pub const MIN_PART_TTL: Duration = Duration::from_secs(3600);
+/// How long the `on_apply` hook may run unless configured.
+pub const DEFAULT_ON_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest `on_apply_timeout`: the acknowledgement waits for the hook,
+/// and the sender gives up on one after 120 s (its least ack limit), so a
+/// hook can never make a sender drop the connection and re-send.
+pub const MAX_ON_APPLY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +48,8 @@ pub struct RawReceiver {
     pub max_file_size: Option<String>,
     pub max_unpacked_size: Option<String>,
     pub part_ttl: Option<String>,
+    pub on_apply: Option<Vec<String>>,
+    pub on_apply_timeout: Option<String>,
     pub key_dir: Option<PathBuf>,
     pub allowed_senders: Option<Vec<String>>,
     pub metrics: Option<String>,
@@ -58,6 +68,9 @@ pub struct ReceiverConfig {
     pub limits: Limits,
     /// A part set no part was added to for this long is removed.
     pub part_ttl: Duration,
+    /// The command run after each applied bundle, program path joined to
+    /// the config's directory (that it exists is checked at start).
+    pub on_apply: Option<Hook>,
     /// Keys and the allowed senders; `None` only for plaintext on loopback.
     pub tls: Option<ReceiverTls>,
     /// Where to serve Prometheus metrics, if anywhere.
@@ -102,6 +115,7 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
     let dirs = dirs(&r, base)?;
     let limits = limits(&r)?;
     let part_ttl = part_ttl(r.part_ttl.as_deref())?;
+    let on_apply = on_apply(r.on_apply, r.on_apply_timeout.as_deref(), base)?;
     let tls = tls(r.key_dir, r.allowed_senders, &listen, &listen_addr, base)?;
     let metrics = metrics_addr("receiver.metrics", r.metrics.as_deref(), "127.0.0.1:9701")?;
     Ok(ReceiverConfig {
@@ -109,6 +123,7 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
         metrics,
         limits,
         part_ttl,
+        on_apply,
         listen,
         root: dirs.root,
         state_dir: dirs.state_dir,
@@ -186,6 +201,43 @@ fn part_ttl(value: Option<&str>) -> Result<Duration, String> {
         ));
     }
     Ok(part_ttl)
+}
+
+/// `receiver.on_apply` and its timeout: a program and its arguments, the
+/// program's path joined to `base`; the timeout under
+/// [`MAX_ON_APPLY_TIMEOUT`].
+fn on_apply(
+    argv: Option<Vec<String>>,
+    timeout: Option<&str>,
+    base: &Path,
+) -> Result<Option<Hook>, String> {
+    let Some(mut argv) = argv else {
+        return match timeout {
+            Some(_) => Err("receiver.on_apply_timeout is set but receiver.on_apply is not".into()),
+            None => Ok(None),
+        };
+    };
+    match argv.first() {
+        Some(program) if !program.trim().is_empty() => {
+            argv[0] = base.join(program).to_string_lossy().into_owned();
+        }
+        _ => {
+            return Err("receiver.on_apply: give the program's path first, then its arguments, e.g. [\"/usr/local/bin/purge-cache\", \"--site\", \"www\"]".into());
+        }
+    }
+    let timeout = duration(
+        "receiver.on_apply_timeout",
+        timeout,
+        DEFAULT_ON_APPLY_TIMEOUT,
+    )?;
+    if timeout.is_zero() || timeout > MAX_ON_APPLY_TIMEOUT {
+        return Err(format!(
+            "receiver.on_apply_timeout = {}: more than 0s and at most {}, or a slow hook would keep senders from their acknowledgements",
+            fmt_dur(timeout),
+            fmt_dur(MAX_ON_APPLY_TIMEOUT)
+        ));
+    }
+    Ok(Some(Hook { argv, timeout }))
 }
 
 /// `receiver.key_dir` and `receiver.allowed_senders`, both or neither;
@@ -292,6 +344,35 @@ mod tests {
         };
         let e = dirs(&r, Path::new("/b")).unwrap_err();
         assert!(e.starts_with("receiver.archive_dir"), "{e}");
+    }
+
+    #[test]
+    fn the_hook_takes_a_program_path_and_a_bounded_timeout() {
+        let base = Path::new("/etc/shipper");
+        assert_eq!(on_apply(None, None, base), Ok(None));
+        let argv = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect());
+        let h = on_apply(argv(&["purge.sh", "--site", "www"]), None, base)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.argv, ["/etc/shipper/purge.sh", "--site", "www"]);
+        assert_eq!(h.timeout, DEFAULT_ON_APPLY_TIMEOUT);
+        let h = on_apply(argv(&["/usr/bin/purge"]), Some("5s"), base)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.argv[0].as_str(), h.timeout),
+            ("/usr/bin/purge", Duration::from_secs(5))
+        );
+        for bad in [argv(&[]), argv(&[" "])] {
+            let e = on_apply(bad, None, base).unwrap_err();
+            assert!(e.starts_with("receiver.on_apply:"), "{e}");
+        }
+        for t in ["0s", "61s", "5m", "soon"] {
+            let e = on_apply(argv(&["/usr/bin/purge"]), Some(t), base).unwrap_err();
+            assert!(e.starts_with("receiver.on_apply_timeout"), "{t}: {e}");
+        }
+        let e = on_apply(None, Some("5s"), base).unwrap_err();
+        assert!(e.starts_with("receiver.on_apply_timeout"), "{e}");
     }
 
     #[test]

@@ -339,11 +339,22 @@ mod tests {
                 )
                 .await;
             alive.unwrap();
-            peer.write_frame(&Frame::Ack { seq: 9 }).await.unwrap();
+            peer.write_frame(&Frame::Ack {
+                seq: 9,
+                hook: Default::default(),
+            })
+            .await
+            .unwrap();
             peer
         };
         let (reply, _peer) = tokio::join!(me.expect_reply_within(Duration::from_secs(60)), slow);
-        assert_eq!(reply.unwrap(), Frame::Ack { seq: 9 });
+        assert_eq!(
+            reply.unwrap(),
+            Frame::Ack {
+                seq: 9,
+                hook: Default::default()
+            }
+        );
     }
 
     #[tokio::test(start_paused = true)]

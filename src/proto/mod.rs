@@ -2,16 +2,20 @@
 //!
 //! - [`frame`]: frames as bytes, encode and decode; pure, no socket.
 //! - [`refusal`]: why a bundle was not applied, and whether re-sending helps.
+//! - [`hook_outcome`]: what became of the receiver's `on_apply` hook.
 //! - [`connection`]: a [`connection::Connection`] owns a stream, reads and
 //!   writes frames and streams bundle bodies.
 //!
 //! A session: sender `Hello`, receiver `Welcome` (the last sequence it
 //! applied from that sender, its state's instance id and the limits it
 //! accepts), then per bundle `Bundle{seq,size}`, `size` raw bytes,
-//! `Trailer{size,hash}`; the receiver answers `Ack{seq}` once the bundle is
-//! applied (or was already), or `Refuse{seq,kind,path,reason}`, where
-//! `kind` says whether sending it again can help and `path` names the entry
-//! at fault.
+//! `Trailer{size,hash}`; the receiver answers `Ack{seq,hook}` once the
+//! bundle is applied (or was already) and its `on_apply` hook has run,
+//! `hook` saying whether it ran and why it failed, or
+//! `Refuse{seq,kind,path,reason}`, where `kind` says whether sending it
+//! again can help and `path` names the entry at fault. A peer of another
+//! protocol version is refused at `Hello`, in a `Refuse` frame naming both
+//! versions.
 //!
 //! # Liveness
 //! A network can drop a connection without a FIN or RST (a host that lost
@@ -30,6 +34,7 @@ use std::time::Duration;
 
 pub mod connection;
 pub mod frame;
+pub mod hook_outcome;
 pub mod refusal;
 
 pub use connection::Connection;

@@ -3,7 +3,8 @@
 //! A bundle is streamed into `state_dir/incoming` while its BLAKE3 is
 //! computed; its size and hash must match the trailer before it is opened.
 //! Bundles are applied one at a time, in sequence order per sender; a
-//! sequence already applied is acknowledged again without being applied.
+//! sequence already applied is acknowledged again without being applied
+//! (nor its `on_apply` hook run again).
 //! The applied sequence is stored durably before the acknowledgement. One
 //! process at a time uses a state_dir ([`StateLock`]).
 //!
@@ -96,6 +97,9 @@ impl Receiver {
     /// Prepare directories and bind the listening socket. The bound address
     /// is written to `state_dir/listen.addr` (useful with port 0).
     pub async fn bind(cfg: ReceiverConfig) -> anyhow::Result<(Arc<Self>, TcpListener)> {
+        if let Some(hook) = &cfg.on_apply {
+            hook.check_program().map_err(anyhow::Error::msg)?;
+        }
         let target = target_for(&cfg)?;
         // Before anything in state_dir or root is cleaned, finished or served.
         let lock = StateLock::acquire(&cfg.state_dir)?;

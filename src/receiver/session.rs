@@ -1,7 +1,8 @@
 //! One sender's session: the TLS handshake and `Hello` that say who it is,
 //! `Welcome`, then each bundle received into `state_dir/incoming`, checked
-//! against its trailer, applied in sequence order and answered with `Ack`
-//! or a refusal. There is one session per sender: a newer one replaces an
+//! against its trailer, applied in sequence order, followed by the
+//! `on_apply` hook (at most its timeout; its failure is reported in the
+//! `Ack`, never refuses) and answered with `Ack` or a refusal. There is one session per sender: a newer one replaces an
 //! older one.
 //!
 //! A session pings its sender while a bundle is applied and answers the
@@ -28,9 +29,11 @@ use super::state::{ReceiverState, StateLock};
 use crate::bundle::apply;
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
+use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
+use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
 use crate::tls::Fingerprint;
@@ -221,7 +224,8 @@ impl Sessions {
     }
 
     /// Take bundle `seq` of `size` bytes, announced by `sender` in session
-    /// number `session`: receive it, apply it, answer `Ack` or a refusal.
+    /// number `session`: receive it, apply it, run the hook, answer `Ack`
+    /// or a refusal.
     /// An error ends the session.
     async fn take_bundle(
         &self,
@@ -249,9 +253,9 @@ impl Sessions {
         let received = self.incoming.join(incoming_name(&sender.key, seq, session));
         let (answer, alive) = match self.receive(conn, sender, seq, size, &received).await {
             Ok(Ok(())) => {
-                // Applying can take long: ping meanwhile, so the sender
-                // can tell a busy receiver from a dead connection.
-                let apply = self.apply_received(sender, seq, &received);
+                // Applying and the hook can take long: ping meanwhile, so
+                // the sender can tell a busy receiver from a dead connection.
+                let apply = self.apply_then_hook(sender, seq, size, &received, started);
                 conn.ping_while(APPLY_PING, apply).await
             }
             Ok(Err(reason)) => (Ok(Err(reason)), Ok(())),
@@ -260,14 +264,7 @@ impl Sessions {
         let _ = tokio::fs::remove_file(&received).await;
         alive?;
         match answer? {
-            Ok(applied) => {
-                if let Some(a) = applied {
-                    self.metrics
-                        .applied(&sender.id, size, crate::status::unix_now());
-                    info!(%sender, seq, files = a.summary.files, deletions = a.summary.deletions, bytes = a.summary.bytes, ms = started.elapsed().as_millis() as u64, "bundle applied");
-                }
-                conn.write_frame(&Frame::Ack { seq }).await?;
-            }
+            Ok(hook) => conn.write_frame(&Frame::Ack { seq, hook }).await?,
             Err(refusal) => {
                 let permanent = refusal.kind == RefusalKind::Permanent;
                 warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
@@ -275,6 +272,63 @@ impl Sessions {
             }
         }
         Ok(())
+    }
+
+    /// Apply the received bundle (see [`Self::apply_received`]) and, if it
+    /// was applied now, run the hook on what it changed. The outer error
+    /// ends the session; the inner one is a refusal.
+    async fn apply_then_hook(
+        &self,
+        sender: &Sender,
+        seq: u64,
+        size: u64,
+        received: &Path,
+        started: Instant,
+    ) -> anyhow::Result<Result<HookOutcome, Refusal>> {
+        let a = match self.apply_received(sender, seq, received).await? {
+            Ok(Some(a)) => a,
+            // Applied before: its hook ran then.
+            Ok(None) => return Ok(Ok(HookOutcome::NotRun)),
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        self.metrics
+            .applied(&sender.id, size, crate::status::unix_now());
+        info!(%sender, seq, files = a.summary.files, deletions = a.summary.deletions, bytes = a.summary.bytes, ms = started.elapsed().as_millis() as u64, "bundle applied");
+        Ok(Ok(self.run_hook(sender, &a).await))
+    }
+
+    /// Run the `on_apply` hook, if one is configured, on what bundle `a`
+    /// changed in root; a bundle that changed nothing there (parts of an
+    /// unfinished file) does not run it. A failure is logged and reported,
+    /// never refuses: the bundle is applied.
+    async fn run_hook(&self, sender: &Sender, a: &apply::Applied) -> HookOutcome {
+        let Some(hook) = &self.cfg.on_apply else {
+            return HookOutcome::NotRun;
+        };
+        let changes = hook::changes(&a.written, &a.deleted);
+        if changes.is_empty() {
+            tracing::debug!(%sender, seq = a.seq, "nothing in root changed; on_apply not run");
+            return HookOutcome::NotRun;
+        }
+        let applied = hook::Applied {
+            seq: a.seq,
+            sender: sender.id.clone(),
+            root: self.cfg.root.clone(),
+            changes,
+        };
+        let started = Instant::now();
+        match hook.run(&applied).await {
+            Ok(()) => {
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::debug!(%sender, seq = a.seq, ms, "on_apply hook ran");
+                HookOutcome::Ran
+            }
+            Err(e) => {
+                warn!(%sender, seq = a.seq, error = %e, "on_apply hook failed; the bundle stays applied and is acknowledged");
+                self.metrics.hook_failed(&sender.id);
+                HookOutcome::Failed(e.to_string())
+            }
+        }
     }
 
     /// Receive one bundle body and its trailer into `received` and check them.

@@ -92,7 +92,13 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
         "root touched by a refused bundle"
     );
     // The same connection carries on: the right bundle is applied.
-    assert_eq!(send(&mut c, &b, b.hash).await, Frame::Ack { seq: 1 });
+    assert_eq!(
+        send(&mut c, &b, b.hash).await,
+        Frame::Ack {
+            seq: 1,
+            hook: Default::default()
+        }
+    );
     assert_eq!(std::fs::read(env.root().join("a.html")).unwrap(), b"A");
     r.stop().await;
 }
@@ -105,10 +111,22 @@ async fn a_resent_sequence_is_acknowledged_without_being_applied_twice() {
     let r = env.start_receiver("").await;
     let (mut c, last) = session(r.addr).await;
     assert_eq!(last, 0);
-    assert_eq!(send(&mut c, &b1, b1.hash).await, Frame::Ack { seq: 1 });
+    assert_eq!(
+        send(&mut c, &b1, b1.hash).await,
+        Frame::Ack {
+            seq: 1,
+            hook: Default::default()
+        }
+    );
     // Root changes locally; a re-send of 1 must not overwrite it again.
     std::fs::write(env.root().join("a.html"), "local").unwrap();
-    assert_eq!(send(&mut c, &b1, b1.hash).await, Frame::Ack { seq: 1 });
+    assert_eq!(
+        send(&mut c, &b1, b1.hash).await,
+        Frame::Ack {
+            seq: 1,
+            hook: Default::default()
+        }
+    );
     assert_eq!(std::fs::read(env.root().join("a.html")).unwrap(), b"local");
     assert_eq!(env.archived().len(), 1);
     // A new session learns where the receiver stands.

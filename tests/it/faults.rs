@@ -696,7 +696,10 @@ async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
     drop(lock);
     assert_eq!(
         crate::bundles::send(&mut c, &bundle, bundle.hash).await,
-        shipper::proto::Frame::Ack { seq: 1 }
+        shipper::proto::Frame::Ack {
+            seq: 1,
+            hook: Default::default()
+        }
     );
     let mut want = tree(&env.src());
     want.insert("keep/stay.html".into(), b"untouched".to_vec());

@@ -145,7 +145,12 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
                         .ping_while(shipper::proto::APPLY_PING, tokio::time::sleep(apply_time))
                         .await;
                     alive.unwrap();
-                    c.write_frame(&Frame::Ack { seq }).await.unwrap();
+                    c.write_frame(&Frame::Ack {
+                        seq,
+                        hook: Default::default(),
+                    })
+                    .await
+                    .unwrap();
                 }
                 // The sender hung up (the test is over) or gave up on us.
                 _ => return listener,

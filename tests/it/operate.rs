@@ -194,7 +194,10 @@ async fn the_receiver_metrics_count_applied_and_refused_bundles_and_free_space()
     let (mut c, _) = crate::bundles::session(r.addr).await;
     assert_eq!(
         crate::bundles::send(&mut c, &b, b.hash).await,
-        Frame::Ack { seq: 1 }
+        Frame::Ack {
+            seq: 1,
+            hook: Default::default()
+        }
     );
     let after = shipper::status::unix_now();
     for hostile in ["dotdot", "hash-mismatch", "huge-declared-size"] {

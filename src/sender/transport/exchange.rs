@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bundle::pack::Packed;
 use crate::proto::connection::{ConnError, Stream};
+use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::proto::{Connection, Frame};
 use crate::sender::outbox::Outbox;
@@ -37,12 +38,12 @@ fn ack_limit(size: u64) -> Duration {
     ACK_BASE.saturating_add(Duration::from_secs(size / APPLY_FLOOR_RATE))
 }
 
-/// Send one bundle and wait for its answer: `Ok(None)` acknowledged,
-/// `Ok(Some(refusal))` refused.
+/// Send one bundle and wait for its answer: `Ok(Ok(hook))` acknowledged,
+/// with what became of the receiver's hook; `Ok(Err(refusal))` refused.
 pub(super) async fn send_bundle(
     conn: &mut Connection<Stream>,
     b: &Packed,
-) -> Result<Option<Refusal>, ConnError> {
+) -> Result<Result<HookOutcome, Refusal>, ConnError> {
     conn.write_frame(&Frame::Bundle {
         seq: b.seq,
         size: b.size,
@@ -55,10 +56,10 @@ pub(super) async fn send_bundle(
     })
     .await?;
     match conn.expect_reply_within(ack_limit(b.size)).await? {
-        Frame::Ack { seq } if seq == b.seq => Ok(None),
+        Frame::Ack { seq, hook } if seq == b.seq => Ok(Ok(hook)),
         Frame::Refuse {
             kind, path, reason, ..
-        } => Ok(Some(Refusal { kind, path, reason })),
+        } => Ok(Err(Refusal { kind, path, reason })),
         other => Err(ConnError::Unexpected(format!("answer {other:?}"))),
     }
 }

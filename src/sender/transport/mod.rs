@@ -29,6 +29,7 @@ use crate::peers::{Known, Peers, must_skip, plan_welcome};
 use crate::proto::Connection;
 use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
+use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
@@ -243,18 +244,19 @@ impl Link {
         &self,
         b: &Packed,
         started: Instant,
-        answer: Result<Option<Refusal>, ConnError>,
+        answer: Result<Result<HookOutcome, Refusal>, ConnError>,
     ) -> Option<String> {
         match answer {
-            Ok(None) => {
+            Ok(Ok(hook)) => {
                 self.shipped(b, started).await;
+                self.hook_outcome(b.seq, hook);
                 None
             }
-            Ok(Some(refusal)) if refusal.kind == RefusalKind::Permanent => {
+            Ok(Err(refusal)) if refusal.kind == RefusalKind::Permanent => {
                 self.refused_for_good(b, refusal).await;
                 None
             }
-            Ok(Some(refusal)) => Some(format!("refused for now: {}", refusal.reason)),
+            Ok(Err(refusal)) => Some(format!("refused for now: {}", refusal.reason)),
             Err(e) => Some(describe(e)),
         }
     }
@@ -283,6 +285,26 @@ impl Link {
             &self.ledger,
         )
         .await;
+    }
+
+    /// What became of the receiver's `on_apply` hook for bundle `seq`: a
+    /// failure is logged and shown in status until a later run succeeds.
+    /// Shipping goes on either way.
+    fn hook_outcome(&self, seq: u64, hook: HookOutcome) {
+        match hook {
+            HookOutcome::NotRun => {}
+            HookOutcome::Ran => self.status.send_modify(|s| {
+                s.hook_failure = None;
+                s.hook_failure_at = None;
+            }),
+            HookOutcome::Failed(why) => {
+                warn!(peer = %self.receiver, seq, error = %why, "the receiver's on_apply hook failed; the bundle is applied");
+                self.status.send_modify(|s| {
+                    s.hook_failure = Some(format!("sequence {seq}: {why}"));
+                    s.hook_failure_at = Some(unix_now());
+                });
+            }
+        }
     }
 
     /// Bundle `b` was refused for good. Sending it again cannot help: its
