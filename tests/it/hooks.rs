@@ -6,7 +6,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::util::{self, Daemon, Env, wait_status, wait_until};
+use crate::util::{self, Daemon, Env, free_addr, sample, scrape, wait_status, wait_until};
 use crate::web::Nginx;
 
 /// Write an executable script `name` in the env.
@@ -120,12 +120,13 @@ async fn a_failing_hook_shows_on_both_ends_and_shipping_goes_on() {
     std::fs::create_dir_all(&flags).unwrap();
     std::fs::write(flags.join("fail"), "").unwrap();
     let hook = script(&env, "purge.sh", FLAKY_HOOK);
+    let metrics = free_addr();
     let rcfg = env.config_file(
         "r.toml",
         &env.receiver_toml(
             "127.0.0.1:0",
             &format!(
-                "on_apply = [\"{}\", \"{}\"]\n",
+                "on_apply = [\"{}\", \"{}\"]\nmetrics = \"{metrics}\"\n",
                 hook.display(),
                 flags.display()
             ),
@@ -156,6 +157,12 @@ async fn a_failing_hook_shows_on_both_ends_and_shipping_goes_on() {
         log.contains("on_apply") && log.contains("purge of sequence")
     })
     .await;
+    // ...and counted where Prometheus looks.
+    let failures = sample(
+        &scrape(metrics).await,
+        "shipper_hook_failures_total{sender=\"test\"}",
+    );
+    assert!(failures >= Some(1.0), "hook failures counted: {failures:?}");
     env.write("b.html", "b");
     wait_until("the next change arrives", || {
         env.root().join("b.html").exists()
