@@ -15,6 +15,7 @@ mod operate;
 mod parts;
 mod peers;
 mod places;
+mod rate;
 mod source;
 mod sync;
 mod tls;
