@@ -253,7 +253,16 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
             for slice in chunk.chunks(slice_len) {
                 self.pace(slice.len()).await;
-                within(self.peer_timeout, self.writer.write_all(slice)).await??;
+                // At a rate, each slice goes out as it is paced: left in the
+                // write buffer, a slow link would see nothing for as long as
+                // the buffer takes to fill, then a burst.
+                let flush = self.rate.is_some();
+                let writer = &mut self.writer;
+                within(self.peer_timeout, async {
+                    writer.write_all(slice).await?;
+                    if flush { writer.flush().await } else { Ok(()) }
+                })
+                .await??;
             }
         }
         let _ = reader.await;
@@ -447,6 +456,35 @@ mod tests {
         assert!(error.is_none());
         assert_eq!(hash, blake3::hash(&body));
         assert_eq!(ping, Frame::Ping);
+    }
+
+    /// A regression: paced slices sat in the 256 KiB write buffer, so a
+    /// slow link saw nothing, then a burst, and a receiver at a low rate
+    /// heard nothing for minutes.
+    #[tokio::test]
+    async fn a_paced_body_reaches_the_peer_as_it_goes_not_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("body");
+        // 128 KiB at 32 KiB/s: about 3.75 s to send.
+        std::fs::write(&from, vec![7u8; 128 << 10]).unwrap();
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let mut me = Connection::new(a).with_max_rate(32 << 10);
+        let mut peer = Connection::new(b);
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let send = async {
+            me.send_body(&from, 128 << 10).await.unwrap();
+            sent.store(true, std::sync::atomic::Ordering::SeqCst);
+            me.write_frame(&Frame::Ping).await.unwrap();
+        };
+        let first_byte = async {
+            peer.readable().await.unwrap();
+            sent.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let ((), sent_before_first_byte) = tokio::join!(send, first_byte);
+        assert!(
+            !sent_before_first_byte,
+            "the body arrived only once all of it was sent"
+        );
     }
 
     #[tokio::test(start_paused = true)]
