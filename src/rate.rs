@@ -41,6 +41,12 @@ impl TokenBucket {
         self.rate
     }
 
+    /// The most bytes that go at once after an idle spell: a writer
+    /// slicing its sends no larger keeps the link evenly paced.
+    pub fn burst(&self) -> u64 {
+        (self.burst as u64).max(1)
+    }
+
     /// Count `n` bytes about to go at `now` and say how long to wait
     /// before sending them so the average stays at the rate. A chunk
     /// larger than the burst is allowed: it is paid for by waiting.
@@ -105,6 +111,7 @@ mod tests {
         let mut b = TokenBucket::new(1000, t0);
         // Idle for an hour: still only the burst (250 bytes) goes at once.
         let later = t0 + Duration::from_secs(3600);
+        assert_eq!(b.burst(), 250);
         assert_eq!(b.take(250, later), Duration::ZERO);
         let wait = b.take(500, later);
         assert!((wait.as_secs_f64() - 0.5).abs() < 1e-9, "{wait:?}");

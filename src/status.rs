@@ -36,6 +36,10 @@ pub struct StatusReport {
     pub outbox_bytes: u64,
     #[serde(default)]
     pub outbox_max: u64,
+    /// `sender.max_rate`: bytes per second on each receiver's connection;
+    /// `None`: no limit.
+    #[serde(default)]
+    pub max_rate: Option<u64>,
 
     /// Set while no directory is at the source path (nothing ships).
     #[serde(default)]

@@ -69,6 +69,9 @@ fn sender_lines(s: &mut String, r: &StatusReport, now: i64) {
         "  pending: {} paths, {} bytes; {oldest}",
         r.pending_paths, r.pending_bytes
     );
+    if let Some(rate) = r.max_rate {
+        let _ = writeln!(s, "  rate limit: {} per receiver", per_second(rate));
+    }
     if r.held_deletions > 0 {
         let _ = writeln!(
             s,
@@ -88,6 +91,15 @@ fn sender_lines(s: &mut String, r: &StatusReport, now: i64) {
             s,
             "  shipped unsettled (still being written at max_delay; ships again once settled): {p}"
         );
+    }
+}
+
+/// A rate as the config writes it: whole KiB or MiB where it is one.
+fn per_second(rate: u64) -> String {
+    match rate {
+        r if r >= 1 << 20 && r % (1 << 20) == 0 => format!("{} MiB/s", r >> 20),
+        r if r >= 1 << 10 && r % (1 << 10) == 0 => format!("{} KiB/s", r >> 10),
+        r => format!("{r} bytes/s"),
     }
 }
 
@@ -182,6 +194,7 @@ mod tests {
                 attempts: 4,
             }],
             unsettled: vec!["logs/app.log".into()],
+            max_rate: Some(10 << 20),
             pack_error: Some("disk full".into()),
             source_missing: Some(SourceMissing {
                 reason: "no directory at /srv/src".into(),
@@ -247,6 +260,7 @@ mod tests {
 sender app1: PAUSED (shipper resume to continue)
   source missing since 2023-11-14 22:11:50Z (1m 30s ago): no directory at /srv/src; holding, nothing is shipped or deleted until it is back
   pending: 3 paths, 300 bytes; oldest 45.2 s old, 15% of the 300 s window
+  rate limit: 10 MiB/s per receiver
   held by the mass-deletion guard: 12 deletions (shipper flush --allow-mass-delete)
   PACKING FAILS: disk full (changes stay pending; retried with backoff)
   cannot ship 3 paths (retried with backoff):
@@ -279,6 +293,13 @@ sender app2: running
     x: x: bad name (1 attempts)
 "
         );
+    }
+
+    #[test]
+    fn a_rate_reads_in_the_largest_whole_unit() {
+        assert_eq!(per_second(10 << 20), "10 MiB/s");
+        assert_eq!(per_second(1536 << 10), "1536 KiB/s");
+        assert_eq!(per_second(1000), "1000 bytes/s");
     }
 
     #[test]

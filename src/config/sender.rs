@@ -1,8 +1,8 @@
 //! The `[sender]` table: its raw form as written, the [`SenderConfig`] the
 //! sender runs on, and the validation between them, one step per concern
 //! (timing, sizes, excludes, receivers, mass deletion, keys, metrics). The
-//! timing keys are `timing`'s, checked against the five-minute
-//! window. Each error names the key.
+//! timing keys and `max_rate` are `timing`'s, checked against the
+//! five-minute window. Each error names the key.
 //!
 //! No I/O; checking a cron schedule reads the wall clock once (its gaps are
 //! measured from now).
@@ -65,6 +65,7 @@ pub struct RawSender {
     pub receiver_fingerprint: Option<OneOrMany>,
     pub metrics: Option<String>,
     pub peer_timeout: Option<String>,
+    pub max_rate: Option<String>,
 }
 
 /// A key that takes one value or a list of them.
@@ -111,6 +112,9 @@ pub struct SenderConfig {
     /// A connection on which the receiver says nothing for this long is
     /// dropped and replaced; the idle connection is pinged every third of it.
     pub peer_timeout: Duration,
+    /// Bytes per second each receiver's connection may carry; `None`: no
+    /// limit.
+    pub max_rate: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -144,13 +148,14 @@ impl SenderConfig {
 pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
     let (settle, max_delay) =
         timing::settle_and_max_delay(s.settle.as_deref(), s.max_delay.as_deref())?;
-    let schedule = timing::schedule(
+    let (schedule, gap) = timing::schedule(
         s.interval.as_deref(),
         s.schedule.as_deref(),
         max_delay,
         Utc::now(),
     )?;
     let sizes = sizes(&s)?;
+    let max_rate = timing::max_rate(s.max_rate.as_deref(), sizes.max_bundle_size, max_delay, gap)?;
     let exclude = excludes(s.exclude_defaults, s.exclude)?;
     let receivers = receivers(s.receiver)?;
     let id = sender_id(s.id)?;
@@ -159,6 +164,7 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
     let metrics = metrics_addr("sender.metrics", s.metrics.as_deref(), "127.0.0.1:9700")?;
     let peer_timeout = timing::peer_timeout(s.peer_timeout.as_deref())?;
     Ok(SenderConfig {
+        max_rate,
         peer_timeout,
         metrics,
         tls,
@@ -407,6 +413,7 @@ state_dir = "state"
             ("peer_timeout = \"5m\"\n", "sender.peer_timeout"),
             ("peer_timeout = \"500ms\"\n", "sender.peer_timeout"),
             ("peer_timeout = \"soon\"\n", "sender.peer_timeout"),
+            ("max_rate = \"100KiB\"\n", "sender.max_rate"),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?}: {e}");

@@ -1,7 +1,8 @@
 //! When the sender ships, checked against the promise that every change is
 //! on the receivers within [`WINDOW`]: `settle`, `max_delay`, the
-//! `interval` or cron `schedule` that cuts bundles, and `peer_timeout`
-//! (how soon a dead connection is noticed). Each error names the key.
+//! `interval` or cron `schedule` that cuts bundles, `peer_timeout` (how
+//! soon a dead connection is noticed), and `max_rate` (how long a full
+//! bundle takes on the wire). Each error names the key.
 //!
 //! No I/O; the cron check takes the wall-clock time as `now`.
 
@@ -9,7 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::values::{duration, fmt_dur};
+use super::values::{duration, fmt_dur, size};
+use crate::rate::TokenBucket;
 use crate::schedule::Schedule;
 
 /// The promise shipper makes: every change is on the receiver within this.
@@ -59,13 +61,14 @@ pub(super) fn settle_and_max_delay(
 }
 
 /// `sender.interval` or `sender.schedule` (one of them), ticking at least
-/// every `max_delay`; a cron schedule's gaps are measured from `now`.
+/// every `max_delay`, with the longest gap between its ticks; a cron
+/// schedule's gaps are measured from `now`.
 pub(super) fn schedule(
     interval: Option<&str>,
     cron: Option<&str>,
     max_delay: Duration,
     now: DateTime<Utc>,
-) -> Result<Schedule, String> {
+) -> Result<(Schedule, Duration), String> {
     match (interval, cron) {
         (Some(_), Some(_)) => {
             Err("sender.interval and sender.schedule are both set: choose one".into())
@@ -75,7 +78,11 @@ pub(super) fn schedule(
     }
 }
 
-fn cron_schedule(expr: &str, max_delay: Duration, now: DateTime<Utc>) -> Result<Schedule, String> {
+fn cron_schedule(
+    expr: &str,
+    max_delay: Duration,
+    now: DateTime<Utc>,
+) -> Result<(Schedule, Duration), String> {
     let sched = Schedule::cron(expr).map_err(|e| {
         format!("sender.schedule = {expr:?}: not a cron expression with seconds: {e}")
     })?;
@@ -89,10 +96,13 @@ fn cron_schedule(expr: &str, max_delay: Duration, now: DateTime<Utc>) -> Result<
             fmt_dur(max_delay)
         ));
     }
-    Ok(sched)
+    Ok((sched, gap))
 }
 
-fn interval_schedule(interval: Option<&str>, max_delay: Duration) -> Result<Schedule, String> {
+fn interval_schedule(
+    interval: Option<&str>,
+    max_delay: Duration,
+) -> Result<(Schedule, Duration), String> {
     let d = duration("sender.interval", interval, DEFAULT_INTERVAL)?;
     if d < MIN_INTERVAL || d > WINDOW {
         return Err(format!(
@@ -107,7 +117,7 @@ fn interval_schedule(interval: Option<&str>, max_delay: Duration) -> Result<Sche
             fmt_dur(max_delay)
         ));
     }
-    Ok(Schedule::Every(d))
+    Ok((Schedule::Every(d), d))
 }
 
 /// `sender.peer_timeout`, within what the protocol's pings allow.
@@ -129,6 +139,64 @@ pub(super) fn peer_timeout(value: Option<&str>) -> Result<Duration, String> {
     Ok(peer_timeout)
 }
 
+/// `sender.max_rate`, bytes per second on each connection (`None`:
+/// unlimited). A change can wait up to one tick (`gap`) before it is cut,
+/// so a bundle of `max_bundle_size` must pass at the rate within what is
+/// left of `max_delay`.
+pub(super) fn max_rate(
+    value: Option<&str>,
+    max_bundle_size: u64,
+    max_delay: Duration,
+    gap: Duration,
+) -> Result<Option<u64>, String> {
+    let Some(written) = value else {
+        return Ok(None);
+    };
+    let rate = size("sender.max_rate", Some(written), 0)?;
+    if rate == 0 {
+        return Err(format!(
+            "sender.max_rate = {written:?}: must be above 0 (leave it out for no limit)"
+        ));
+    }
+    let budget = max_delay.saturating_sub(gap);
+    let takes = TokenBucket::time_for(rate, max_bundle_size);
+    if takes <= budget {
+        return Ok(Some(rate));
+    }
+    let secs = |d: Duration| fmt_dur(Duration::from_secs(d.as_secs_f64().ceil() as u64));
+    let fix = if budget.is_zero() {
+        "no time is left to send in: lower sender.interval or sender.schedule's longest gap".into()
+    } else {
+        let min_rate = (max_bundle_size as f64 / budget.as_secs_f64()).ceil() as u64;
+        let max_bundle = (rate as f64 * budget.as_secs_f64()) as u64;
+        format!(
+            "raise sender.max_rate to at least \"{}\" or lower sender.max_bundle_size to at most \"{}\"",
+            whole_units(min_rate, true),
+            whole_units(max_bundle, false)
+        )
+    };
+    Err(format!(
+        "sender.max_rate = {written:?} cannot keep the five-minute promise: a full bundle (sender.max_bundle_size = {}) takes {} at that rate, over sender.max_delay ({}) less one interval ({}), {}; {fix}",
+        bytesize::ByteSize(max_bundle_size),
+        secs(takes),
+        fmt_dur(max_delay),
+        fmt_dur(gap),
+        fmt_dur(budget),
+    ))
+}
+
+/// `bytes` in whole MiB (or KiB below one MiB) as a key takes them,
+/// rounded `up` or down so the figure still keeps what it is offered for.
+fn whole_units(bytes: u64, up: bool) -> String {
+    let unit = if bytes >= 1 << 20 { 1 << 20 } else { 1 << 10 };
+    let n = if up {
+        bytes.div_ceil(unit)
+    } else {
+        bytes / unit
+    };
+    format!("{n}{}", if unit == 1 << 20 { "MiB" } else { "KiB" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,7 +215,7 @@ mod tests {
         let e = cron_schedule("0 0 0 1 1 * 2020", WINDOW, now).unwrap_err();
         assert!(e.ends_with("never ticks"), "{e}");
         let ok = cron_schedule("*/30 * * * * *", Duration::from_secs(30), now);
-        assert!(matches!(ok, Ok(Schedule::Cron(_))));
+        assert!(matches!(ok, Ok((Schedule::Cron(_), gap)) if gap == Duration::from_secs(30)));
     }
 
     #[test]
@@ -167,7 +235,9 @@ mod tests {
         let e = schedule(Some("5s"), Some("*/5 * * * * *"), WINDOW, now()).unwrap_err();
         assert!(e.contains("choose one"), "{e}");
         let every = schedule(None, None, WINDOW, now());
-        assert!(matches!(every, Ok(Schedule::Every(d)) if d == DEFAULT_INTERVAL));
+        assert!(
+            matches!(every, Ok((Schedule::Every(d), gap)) if d == DEFAULT_INTERVAL && gap == d)
+        );
         let e = schedule(Some("1m"), None, Duration::from_secs(30), now()).unwrap_err();
         assert!(e.contains("over sender.max_delay = 30s"), "{e}");
     }
@@ -182,6 +252,42 @@ mod tests {
         let e = peer_timeout(Some("61s")).unwrap_err();
         assert!(
             e.starts_with("sender.peer_timeout = 1m 1s: must be between"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn max_rate_must_pass_a_full_bundle_within_max_delay_less_one_interval() {
+        let ten = Duration::from_secs(10);
+        assert_eq!(max_rate(None, 256 << 20, WINDOW, ten), Ok(None));
+        // 256 MiB at 1 MiB/s: 4m 16s, within 5m less 10s.
+        assert_eq!(
+            max_rate(Some("1MiB"), 256 << 20, WINDOW, ten),
+            Ok(Some(1 << 20))
+        );
+        let e = max_rate(Some("512KiB"), 256 << 20, WINDOW, ten).unwrap_err();
+        assert!(
+            e.starts_with("sender.max_rate = \"512KiB\" cannot keep the five-minute promise: a full bundle (sender.max_bundle_size = 256.0 MiB) takes 8m 32s at that rate, over sender.max_delay (5m) less one interval (10s), 4m 50s; raise sender.max_rate to at least \"904KiB\" or lower sender.max_bundle_size to at most \"145MiB\""),
+            "{e}"
+        );
+        // The same rate refused once the interval leaves too little time.
+        let e = max_rate(Some("1MiB"), 256 << 20, WINDOW, Duration::from_secs(60)).unwrap_err();
+        assert!(e.contains("less one interval (1m), 4m"), "{e}");
+        let e = max_rate(Some("1MiB"), 1 << 20, WINDOW, WINDOW).unwrap_err();
+        assert!(
+            e.ends_with(
+                "no time is left to send in: lower sender.interval or sender.schedule's longest gap"
+            ),
+            "{e}"
+        );
+        let e = max_rate(Some("0"), 1 << 20, WINDOW, ten).unwrap_err();
+        assert!(
+            e.starts_with("sender.max_rate = \"0\": must be above 0"),
+            "{e}"
+        );
+        let e = max_rate(Some("fast"), 1 << 20, WINDOW, ten).unwrap_err();
+        assert!(
+            e.starts_with("sender.max_rate = \"fast\": not a size"),
             "{e}"
         );
     }

@@ -5,6 +5,11 @@
 //! With a peer timeout set, no read or write waits on the peer longer than
 //! that: a peer gone silent fails the call with [`ConnError::Silent`] instead
 //! of hanging it (see the liveness rules in [`crate::proto`]).
+//!
+//! With a rate set (`sender.max_rate`), every byte written, frames and
+//! bodies alike, is first counted by the connection's own
+//! [`TokenBucket`], and the task sleeps as it says: a wait for the rate is
+//! never taken for a silent peer, and never blocks a runtime thread.
 
 use std::future::Future;
 use std::io;
@@ -16,6 +21,7 @@ use tokio::io::{
 };
 
 use super::frame::{self, Frame, FrameError, HEADER_LEN};
+use crate::rate::TokenBucket;
 
 const BODY_BUF: usize = 256 * 1024;
 /// Bundle bodies move between disk and socket in chunks this large.
@@ -52,6 +58,8 @@ pub struct Connection<S> {
     writer: BufWriter<tokio::io::WriteHalf<S>>,
     /// How long one read or write may wait on the peer; `None`: forever.
     peer_timeout: Option<Duration>,
+    /// The bytes per second this connection may write; `None`: no limit.
+    rate: Option<TokenBucket>,
 }
 
 /// Run `io`, failing with [`ConnError::Silent`] if it takes over `limit`.
@@ -71,6 +79,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             reader: BufReader::with_capacity(BODY_BUF, r),
             writer: BufWriter::with_capacity(BODY_BUF, w),
             peer_timeout: None,
+            rate: None,
         }
     }
 
@@ -78,6 +87,32 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     pub fn with_peer_timeout(mut self, limit: Duration) -> Self {
         self.peer_timeout = Some(limit);
         self
+    }
+
+    /// Write at most `rate` bytes per second on average, from now on.
+    pub fn with_max_rate(mut self, rate: u64) -> Self {
+        self.rate = Some(TokenBucket::new(rate, now()));
+        self
+    }
+
+    /// Wait until `n` more bytes may be written at the rate, if one is set.
+    async fn pace(&mut self, n: usize) {
+        if let Some(bucket) = &mut self.rate {
+            let wait = bucket.take(n as u64, now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// Body bytes go in slices this large: at a rate, no more than what it
+    /// allows at once, so the link is paced evenly and the peer never
+    /// waits long between bytes.
+    fn write_slice(&self) -> usize {
+        match &self.rate {
+            Some(bucket) => WRITE_SLICE.min(usize::try_from(bucket.burst()).unwrap_or(WRITE_SLICE)),
+            None => WRITE_SLICE,
+        }
     }
 
     /// Wait until the peer sent something or closed, consuming nothing, and
@@ -171,6 +206,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
 
     pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
         let bytes = f.to_bytes();
+        self.pace(bytes.len()).await;
         let writer = &mut self.writer;
         within(self.peer_timeout, async {
             writer.write_all(&bytes).await?;
@@ -211,11 +247,22 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 }
             }
         });
+        let slice_len = self.write_slice();
         while let Some(chunk) = rx.recv().await {
             let chunk =
                 chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            for slice in chunk.chunks(WRITE_SLICE) {
-                within(self.peer_timeout, self.writer.write_all(slice)).await??;
+            for slice in chunk.chunks(slice_len) {
+                self.pace(slice.len()).await;
+                // At a rate, each slice goes out as it is paced: left in the
+                // write buffer, a slow link would see nothing for as long as
+                // the buffer takes to fill, then a burst.
+                let flush = self.rate.is_some();
+                let writer = &mut self.writer;
+                within(self.peer_timeout, async {
+                    writer.write_all(slice).await?;
+                    if flush { writer.flush().await } else { Ok(()) }
+                })
+                .await??;
             }
         }
         let _ = reader.await;
@@ -279,6 +326,12 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         drop(tx);
         writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
     }
+}
+
+/// The time a rate is reckoned in: tokio's clock, so a test with the clock
+/// paused sees the waits exactly.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Let the kernel notice a dead peer too: TCP keepalive probes a connection
@@ -384,6 +437,65 @@ mod tests {
             .await;
         assert_eq!(out, 42);
         assert!(alive.is_err());
+    }
+
+    /// On the real clock: the file is read by a blocking thread, and
+    /// tokio's paused clock does not move while one runs. So only a lower
+    /// bound is asserted.
+    #[tokio::test]
+    async fn a_body_at_a_rate_takes_at_least_its_size_over_the_rate_less_one_burst() {
+        let dir = tempfile::tempdir().unwrap();
+        let (from, to) = (dir.path().join("body"), dir.path().join("got"));
+        let body: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&from, &body).unwrap();
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let mut me = Connection::new(a).with_max_rate(1 << 20);
+        let mut peer = Connection::new(b);
+        let start = Instant::now();
+        let send = async {
+            me.send_body(&from, body.len() as u64).await.unwrap();
+            me.write_frame(&Frame::Ping).await.unwrap();
+        };
+        let recv = async {
+            let got = peer.recv_body(body.len() as u64, &to).await.unwrap();
+            (got, peer.expect_frame().await.unwrap())
+        };
+        let ((), ((hash, error), ping)) = tokio::join!(send, recv);
+        let took = start.elapsed();
+        // 1 MiB at 1 MiB/s: 1 s less the quarter second that goes at once.
+        assert!(took >= Duration::from_millis(750), "took {took:?}");
+        assert!(error.is_none());
+        assert_eq!(hash, blake3::hash(&body));
+        assert_eq!(ping, Frame::Ping);
+    }
+
+    /// A regression: paced slices sat in the 256 KiB write buffer, so a
+    /// slow link saw nothing, then a burst, and a receiver at a low rate
+    /// heard nothing for minutes.
+    #[tokio::test]
+    async fn a_paced_body_reaches_the_peer_as_it_goes_not_at_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("body");
+        // 128 KiB at 32 KiB/s: about 3.75 s to send.
+        std::fs::write(&from, vec![7u8; 128 << 10]).unwrap();
+        let (a, b) = tokio::io::duplex(256 * 1024);
+        let mut me = Connection::new(a).with_max_rate(32 << 10);
+        let mut peer = Connection::new(b);
+        let sent = std::sync::atomic::AtomicBool::new(false);
+        let send = async {
+            me.send_body(&from, 128 << 10).await.unwrap();
+            sent.store(true, std::sync::atomic::Ordering::SeqCst);
+            me.write_frame(&Frame::Ping).await.unwrap();
+        };
+        let first_byte = async {
+            peer.readable().await.unwrap();
+            sent.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        let ((), sent_before_first_byte) = tokio::join!(send, first_byte);
+        assert!(
+            !sent_before_first_byte,
+            "the body arrived only once all of it was sent"
+        );
     }
 
     #[tokio::test(start_paused = true)]

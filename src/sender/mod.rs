@@ -442,6 +442,7 @@ impl Sender {
             pack_error: self.cut.error().cloned(),
             outbox_bytes: self.outbox.bytes(),
             outbox_max: self.outbox.max_bytes,
+            max_rate: self.cfg.max_rate,
             receivers: self.links.report(),
             ..self.book.status()
         }

@@ -131,6 +131,7 @@ pub(super) fn spawn_transports(
             state_dir: h.state_dir.clone(),
             accepts: h.accepts.clone(),
             peer_timeout: cfg.peer_timeout,
+            max_rate: cfg.max_rate,
         };
         tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }

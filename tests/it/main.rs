@@ -16,6 +16,7 @@ mod operate;
 mod parts;
 mod peers;
 mod places;
+mod rate;
 mod source;
 mod sync;
 mod tls;

@@ -44,12 +44,14 @@ fn resolve(value: &str) -> std::io::Result<Vec<SocketAddr>> {
 
 /// Connect to `receiver` as sender `id` and wait for its `Welcome`. Each
 /// address is tried in turn until one answers TCP; what happens on that one
-/// decides. The error names the address or says what failed.
+/// decides. The connection writes at most `max_rate` bytes per second, with
+/// a bucket of its own. The error names the address or says what failed.
 pub(super) async fn connect(
     receiver: &str,
     id: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
     peer_timeout: Duration,
+    max_rate: Option<u64>,
 ) -> Result<Session, String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || resolve(&target))
@@ -65,7 +67,10 @@ pub(super) async fn connect(
                     warn!(%addr, error = %e, "cannot set TCP keepalive; relying on pings alone");
                 }
                 let stream = secure(stream, addr, tls).await?;
-                let conn = Connection::new(stream).with_peer_timeout(peer_timeout);
+                let mut conn = Connection::new(stream).with_peer_timeout(peer_timeout);
+                if let Some(rate) = max_rate {
+                    conn = conn.with_max_rate(rate);
+                }
                 return hello(conn, id, addr, tls.is_some()).await;
             }
             Ok(Err(e)) => last = e.to_string(),

@@ -53,6 +53,8 @@ pub(super) struct Link {
     pub(super) tls: Option<Arc<rustls::ClientConfig>>,
     /// A connection silent this long is dropped.
     pub(super) peer_timeout: Duration,
+    /// Bytes per second each connection to this receiver may carry.
+    pub(super) max_rate: Option<u64>,
     /// What is known of every receiver across restarts.
     pub(super) peers: Arc<std::sync::Mutex<Peers>>,
     pub(super) state_dir: PathBuf,
@@ -78,7 +80,7 @@ pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
     loop {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect(&link.receiver, &link.id, link.tls.as_ref(), link.peer_timeout) => r,
+            r = connect(&link.receiver, &link.id, link.tls.as_ref(), link.peer_timeout, link.max_rate) => r,
         };
         match opened {
             Err(e) => link.unreachable(&mut down_reported, e),
