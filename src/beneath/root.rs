@@ -145,7 +145,9 @@ pub(super) mod tests {
         std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/link")).unwrap();
         std::fs::write(t.path().join("stage/f0"), "evil").unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
         let e = p.publish("link/victim", &stage, "f0").unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
         let e = p.delete("link/victim").unwrap_err();
@@ -175,7 +177,9 @@ pub(super) mod tests {
         }
         root.check("d/y").unwrap();
         let was = snapshot(&r);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
         p.delete("gone").unwrap();
         p.publish("old", &stage, "f0").unwrap();
         p.publish("new/x", &stage, "f1").unwrap();
@@ -202,7 +206,9 @@ pub(super) mod tests {
         std::fs::create_dir_all(t.path().join("root/d/e")).unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/d/e/out"))
             .unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
         p.delete("d").unwrap();
         p.commit();
         assert!(!t.path().join("root/d").exists());

@@ -124,13 +124,14 @@ fn stage_entries(
         if hash.to_hex().as_str() != f.hash {
             return Err(entry_err(&f.path, "content does not match its hash"));
         }
-        finish_file(&out, &dest, f.mode, f.mtime, f.mtime_nsec)?;
+        let perms = (target.policy.file_mode(f.mode), target.policy.gid());
+        finish_file(&out, &dest, perms, f.mtime, f.mtime_nsec)?;
         staged.files.push((f.path.clone(), dest));
     }
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
         let entry = zip.by_name(&name)?;
-        if let Some(data) = store_part(&target.parts, p, entry, &mut buf)? {
+        if let Some(data) = store_part(&target.parts, &target.policy, p, entry, &mut buf)? {
             let dest = stage.join(format!("p{j}"));
             // Linked, not moved: until the file is published, a crash and a
             // re-send must still find the assembled data.
@@ -162,7 +163,9 @@ fn publish_staged(
     // the stage directory (on root's filesystem) until it is committed, and
     // put back if any step fails. A crash part-way is not undone but
     // finished: the receiver applies the bundle again at its next start.
-    let mut publish = root.begin(&stage.join("undo")).map_err(beneath_err)?;
+    let mut publish = root
+        .begin(&stage.join("undo"), &target.policy)
+        .map_err(beneath_err)?;
     if let Err(e) = publish_all(&mut publish, &m.deletions, staged, stage_fd) {
         for failed in publish.roll_back() {
             tracing::error!(sender = %m.sender, seq = m.seq, error = %failed, "could not undo a change of a bundle that failed; that path stays as the bundle made it");
@@ -278,6 +281,7 @@ mod tests {
             root: dir.join("root"),
             staging: dir.join("staging"),
             parts: dir.join("parts"),
+            policy: crate::perms::Policy::default(),
         };
         target.prepare().unwrap();
         for (rel, body) in [
@@ -417,8 +421,8 @@ mod tests {
         let bundles = pack_bundles(&src, t.path(), &[], 12 << 10);
         assert!(bundles.len() > 1, "the file did not span bundles");
         let (last, first) = bundles.split_last().unwrap();
-        // mkdir, rename into place, sync.
-        for at in 1..=3 {
+        // mkdir, its mode, rename into place, sync.
+        for at in 1..=4 {
             let target = old_root(&t.path().join(format!("fault-{at}")));
             for b in first {
                 apply(&target, open(b, &Limits::default()).unwrap()).unwrap();

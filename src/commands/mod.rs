@@ -18,6 +18,7 @@ use crate::bundle::manifest::next_seq;
 use crate::cli::{Cli, Command, ReplayTarget};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
+use crate::perms::Policy;
 use crate::receiver::{self, ReceiverState};
 use crate::tls::Fingerprint;
 
@@ -249,9 +250,14 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
             (target, Some(r.state_dir), r.limits)
         }
         (config, Some(root)) => {
-            let limits = match config {
-                Some(file) => receiver_config(Config::load(&file)?)?.limits,
-                None => apply::Limits::default(),
+            // Written as the config's policy says, or as a receiver with
+            // none would write it.
+            let (limits, policy) = match config {
+                Some(file) => {
+                    let r = receiver_config(Config::load(&file)?)?;
+                    (r.limits, r.policy().map_err(anyhow::Error::msg)?)
+                }
+                None => (apply::Limits::default(), Policy::default()),
             };
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
@@ -260,6 +266,7 @@ fn replay_command(target: ReplayTarget, bundles: &[PathBuf]) -> anyhow::Result<(
                 parts: staging.with_extension("parts"),
                 root,
                 staging,
+                policy,
             };
             t.prepare()?;
             (t, None, limits)
