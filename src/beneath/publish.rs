@@ -66,18 +66,31 @@ enum Step {
     /// Renamed a staged file to `rel`; `kept` in the undo directory is a
     /// hard link to the entry it replaced, if there was one.
     Placed { rel: String, kept: Option<String> },
+    /// Gave the directory `rel`, which had `mode` and `gid`, another mode
+    /// or group.
+    Moded { rel: String, mode: u32, gid: u32 },
 }
 
 impl Publish<'_> {
-    /// Remove `rel` (a file, a symlink, or a whole directory) and then the
-    /// directories this emptied. Missing is fine.
+    /// Remove `rel` (a file, a symlink, or an empty directory) and then the
+    /// directories this emptied. Missing is fine. A directory that still
+    /// holds something (after the bundle's own deletions, which come
+    /// first) is kept: shipper never deletes what it did not put there.
     pub fn delete(&mut self, rel: &str) -> Result<(), BeneathError> {
         let (dir_comps, name) = split(rel);
         let Some(parent) = self.root.find_dir(&dir_comps)? else {
             return Ok(()); // a parent is gone: so is the path
         };
         match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            // Whatever it is, it goes aside whole: a directory in one rename.
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                if !self.prune(&parent, rel, name)? {
+                    tracing::warn!(
+                        path = rel,
+                        "a directory deleted in the source is kept: it holds entries the sender did not ship"
+                    );
+                    return Ok(());
+                }
+            }
             Ok(_) => self.move_aside(&parent, rel, name).map(drop)?,
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(self.root.err(rel, e)),
@@ -169,20 +182,55 @@ impl Publish<'_> {
         Ok(())
     }
 
+    /// Make the directory `rel` the bundle ships, the source's mode being
+    /// `shipped_mode`, or give an existing one the policy's mode and group.
+    /// Anything else at `rel` (a file, a symlink: never followed) is moved
+    /// aside: the shipped tree has a directory there.
+    pub fn make_shipped_dir(&mut self, rel: &str, shipped_mode: u32) -> Result<(), BeneathError> {
+        let mode = self.policy.dir_mode(shipped_mode);
+        let (dir_comps, name) = split(rel);
+        let parent = self.make_dir(&dir_comps)?;
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let (was, gid) = (st.st_mode & 0o7777, st.st_gid);
+                if was == mode && self.policy.gid().is_none_or(|g| g == gid) {
+                    return Ok(());
+                }
+                let dir = rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.root.err(rel, e))?;
+                self.steps.push(Step::Moded {
+                    rel: rel.to_owned(),
+                    mode: was,
+                    gid,
+                });
+                self.give_mode(&dir, rel, mode)
+            }
+            Ok(_) => {
+                self.move_aside(&parent, rel, name)?;
+                self.mkdir(&parent, rel, name, mode).map(drop)
+            }
+            Err(Errno::NOENT) => self.mkdir(&parent, rel, name, mode).map(drop),
+            Err(e) => Err(self.root.err(rel, e)),
+        }
+    }
+
     /// Open the directory `comps` below root, making what is missing. A
     /// non-directory in the way is moved aside: the shipped tree has a
     /// directory there.
     fn make_dir(&mut self, comps: &[&str]) -> Result<OwnedFd, BeneathError> {
+        // A directory the bundle does not ship itself: the policy's mode
+        // for one the sender had as 0755.
+        let implicit = self.policy.dir_mode(DEFAULT_DIR_MODE);
         let mut cur = self.root.dup()?;
         for (i, c) in comps.iter().enumerate() {
             let here = comps[..=i].join("/");
             cur = match rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) => self.mkdir(&cur, &here, c)?,
+                Err(Errno::NOENT) => self.mkdir(&cur, &here, c, implicit)?,
                 Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                     self.root.refuse_symlink(&cur, c, &here, e)?;
                     self.move_aside(&cur, &here, c)?;
-                    self.mkdir(&cur, &here, c)?
+                    self.mkdir(&cur, &here, c, implicit)?
                 }
                 Err(e) => return Err(self.root.err(&here, e)),
             };
@@ -190,11 +238,15 @@ impl Publish<'_> {
         Ok(cur)
     }
 
-    /// Make the directory `name` in `parent` (which is `rel`) that the
-    /// bundle does not ship itself: the policy's mode for one the sender
-    /// had as 0755.
-    fn mkdir(&mut self, parent: &OwnedFd, rel: &str, name: &str) -> Result<OwnedFd, BeneathError> {
-        let mode = self.policy.dir_mode(DEFAULT_DIR_MODE);
+    /// Make the directory `name` in `parent` (which is `rel`) with `mode`
+    /// and the policy's group.
+    fn mkdir(
+        &mut self,
+        parent: &OwnedFd,
+        rel: &str,
+        name: &str,
+        mode: u32,
+    ) -> Result<OwnedFd, BeneathError> {
         // Private until given its mode and group: nothing is in it yet, so
         // nobody is kept from anything.
         op(|| rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)))
@@ -270,7 +322,10 @@ impl Publish<'_> {
     }
 
     fn undo_step(&self, step: &Step) -> Result<(), BeneathError> {
-        let (Step::Made { rel } | Step::MovedAside { rel, .. } | Step::Placed { rel, .. }) = step;
+        let (Step::Made { rel }
+        | Step::MovedAside { rel, .. }
+        | Step::Placed { rel, .. }
+        | Step::Moded { rel, .. }) = step;
         let (dir_comps, name) = split(rel);
         let parent = self
             .root
@@ -286,6 +341,11 @@ impl Publish<'_> {
             Step::Placed { kept: None, .. } => {
                 op(|| rustix::fs::unlinkat(&parent, name, AtFlags::empty()))
             }
+            Step::Moded { mode, gid, .. } => op(|| {
+                let dir = rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty())?;
+                rustix::fs::fchown(&dir, None, Some(Gid::from_raw(*gid)))?;
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
+            }),
         }
         .map_err(|e| self.root.err(rel, e))
     }

@@ -333,6 +333,8 @@ mod tests {
             parts,
             deletions: deletions.iter().map(|d| d.to_string()).collect(),
             abandoned: vec![],
+            dirs: vec![],
+            links: vec![],
         }
     }
 

@@ -414,5 +414,17 @@ pub fn describe(m: &Manifest) -> String {
     if !m.abandoned.is_empty() {
         let _ = writeln!(s, "abandoned part sets: {}", m.abandoned.join(", "));
     }
+    if !m.dirs.is_empty() {
+        let _ = writeln!(s, "dirs:      {}", m.dirs.len());
+    }
+    for d in &m.dirs {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}/", "", d.mode, d.path);
+    }
+    if !m.links.is_empty() {
+        let _ = writeln!(s, "links:     {}", m.links.len());
+    }
+    for l in &m.links {
+        let _ = writeln!(s, "  {} -> {}", l.path, l.target);
+    }
     s
 }

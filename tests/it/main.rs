@@ -19,5 +19,6 @@ mod served;
 mod source;
 mod sync;
 mod tls;
+mod tree;
 mod util;
 mod web;
