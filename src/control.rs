@@ -36,7 +36,7 @@ pub enum Request {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Response {
-    Status(crate::status::StatusReport),
+    Status(Box<crate::status::StatusReport>),
     Paused {
         paused: bool,
     },

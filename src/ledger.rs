@@ -256,6 +256,7 @@ mod tests {
             mode: 0o644,
             hash: "00".repeat(32),
             racy: false,
+            kind: crate::stamp::Kind::File,
         }
     }
 

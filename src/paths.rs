@@ -127,6 +127,34 @@ pub fn is_within(path: &str, dir: &str) -> bool {
     path == dir || (path.starts_with(dir) && path.as_bytes().get(dir.len()) == Some(&b'/'))
 }
 
+/// Why the symlink at `link` (shipped form) pointing to `target` may not
+/// travel, if it may not: its target is empty, absolute, too long, holds a
+/// NUL, or, resolved lexically from the link's directory, leaves the tree
+/// (rsync's `--safe-links`). Lexical: a link inside the tree is itself
+/// shipped as a link, so what the target names on the receiver is what it
+/// names here.
+pub fn unsafe_link(link: &str, target: &str) -> Option<&'static str> {
+    if target.is_empty() {
+        return Some("its target is empty");
+    }
+    if target.starts_with('/') {
+        return Some("its target is absolute");
+    }
+    if target.len() > MAX_PATH_BYTES || target.contains('\0') {
+        return Some("its target is not a path that can travel");
+    }
+    let mut depth = link.matches('/').count();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." if depth == 0 => return Some("its target leaves the tree"),
+            ".." => depth -= 1,
+            _ => depth += 1,
+        }
+    }
+    None
+}
+
 /// The sender's exclude rules.
 ///
 /// A pattern without `/` matches any single component, so `*.swp` excludes a
@@ -218,6 +246,30 @@ mod tests {
         }
         assert_eq!(validate(&long), Err(PathError::ComponentTooLong(256)));
         assert_eq!(validate(&"a/".repeat(3000)), Err(PathError::TooLong(6000)));
+    }
+
+    #[test]
+    fn a_link_travels_only_if_its_target_stays_inside_the_tree() {
+        for (link, target) in [
+            ("current", "2026/11"),
+            ("latest.html", "2026/11/a.html"),
+            ("a/b/up", "../../index.html"),
+            ("a/self", "."),
+            ("a/x", "../a/./b//c"),
+        ] {
+            assert_eq!(unsafe_link(link, target), None, "{link} -> {target}");
+        }
+        for (link, target, why) in [
+            ("l", "", "empty"),
+            ("l", "/etc/passwd", "absolute"),
+            ("l", "..", "leaves"),
+            ("a/l", "../../outside", "leaves"),
+            ("a/l", "b/../../../x", "leaves"),
+            ("l", "a\0b", "travel"),
+        ] {
+            let e = unsafe_link(link, target).unwrap();
+            assert!(e.contains(why), "{link} -> {target}: {e}");
+        }
     }
 
     #[test]

@@ -53,19 +53,36 @@ impl SourceDir {
     /// The metadata of `rel` itself (not what a symlink there points to),
     /// reached without following a symlink in its directories.
     pub fn stat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
-        let (dir, name) = match rel.rsplit_once('/') {
-            Some((dir, name)) => (Some(dir), name),
-            None => (None, rel),
-        };
-        let parent = match dir {
-            Some(d) => Some(self.open_beneath(d, DIR).map_err(|e| self.error(rel, e))?),
-            None => None,
-        };
-        let parent = parent
-            .as_ref()
-            .map(|p| p.as_fd())
-            .unwrap_or(self.fd.as_fd());
+        let (parent, name) = self.parent_of(rel)?;
+        let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
         rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.error(rel, e))
+    }
+
+    /// The target of the symlink `rel`, as written (never resolved),
+    /// reached without following a symlink in its directories. A target
+    /// that is not UTF-8 cannot travel: an error.
+    pub fn read_link(&self, rel: &str) -> io::Result<String> {
+        let (parent, name) = self.parent_of(rel)?;
+        let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
+        let target =
+            rustix::fs::readlinkat(parent, name, Vec::new()).map_err(|e| self.error(rel, e))?;
+        target
+            .into_string()
+            .map_err(|_| self.error(rel, Errno::ILSEQ))
+    }
+
+    /// The directory `rel` is in, opened beneath the source (`None`: the
+    /// source itself), and its name there.
+    fn parent_of<'r>(&self, rel: &'r str) -> io::Result<(Option<OwnedFd>, &'r str)> {
+        match rel.rsplit_once('/') {
+            Some((dir, name)) => {
+                let fd = self
+                    .open_beneath(dir, DIR)
+                    .map_err(|e| self.error(rel, e))?;
+                Ok((Some(fd), name))
+            }
+            None => Ok((None, rel)),
+        }
     }
 
     fn open_beneath(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {

@@ -1,4 +1,5 @@
-//! The stat fields that tell whether a file changed: one [`Stamp`] for the
+//! The stat fields that tell whether a file changed (and what [`Kind`] of
+//! entry it is): one [`Stamp`] for the
 //! walk that compares the tree with what was shipped and for the packer
 //! that checks a file did not change while it was read, and the one test
 //! of how recently a file was written. Reads the clock (`modified_within`,
@@ -9,7 +10,43 @@ use std::os::unix::fs::MetadataExt;
 /// A file packed within this long of its last write is recorded as racy.
 pub const RACY_WINDOW: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Identity (device, inode), size, mtime and mode of a file.
+/// What a path is: shipper ships regular files, directories and symlinks.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// A regular file (or anything else the walk does not ship).
+    #[default]
+    File,
+    Dir,
+    Link,
+}
+
+impl Kind {
+    fn of_mode(st_mode: u32) -> Self {
+        match rustix::fs::FileType::from_raw_mode(st_mode as _) {
+            rustix::fs::FileType::Directory => Self::Dir,
+            rustix::fs::FileType::Symlink => Self::Link,
+            _ => Self::File,
+        }
+    }
+
+    pub fn is_file(&self) -> bool {
+        *self == Self::File
+    }
+}
+
+/// Identity (device, inode), size, mtime, mode and kind of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     pub dev: u64,
@@ -18,6 +55,7 @@ pub struct Stamp {
     pub mtime: i64,
     pub mtime_nsec: u32,
     pub mode: u32,
+    pub kind: Kind,
 }
 
 impl Stamp {
@@ -29,6 +67,7 @@ impl Stamp {
             mtime: md.mtime(),
             mtime_nsec: md.mtime_nsec() as u32,
             mode: md.mode() & 0o7777,
+            kind: Kind::of_mode(md.mode()),
         }
     }
 
@@ -41,6 +80,7 @@ impl Stamp {
             mtime: st.st_mtime as i64,
             mtime_nsec: st.st_mtime_nsec as u32,
             mode: st.st_mode as u32 & 0o7777,
+            kind: Kind::of_mode(st.st_mode as u32),
         }
     }
 

@@ -29,6 +29,9 @@ pub struct StatusReport {
     /// Paths last shipped as a snapshot while still being written (they
     /// reached `max_delay`); each ships again once it settles.
     pub unsettled: Vec<String>,
+    /// Symlinks not shipped (absolute, or pointing outside the tree).
+    #[serde(default)]
+    pub skipped_links: Vec<SkippedLinkStatus>,
     /// Why the last packing run failed as a whole (its changes stay pending).
     pub pack_error: Option<String>,
     /// Bytes of bundles in the outbox, against `sender.outbox_max`.
@@ -63,6 +66,14 @@ pub struct FailingPath {
     /// Unix seconds of the first failure.
     pub since: i64,
     pub attempts: u32,
+}
+
+/// A symlink the sender does not ship, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SkippedLinkStatus {
+    pub path: String,
+    pub target: String,
+    pub why: String,
 }
 
 /// The link to the receiver as the transport last saw it.

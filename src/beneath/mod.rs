@@ -18,7 +18,8 @@
 //!
 //! # Layout
 //! - `root`: [`Root`], the walk below it that refuses symlinks; looks only.
-//! - `publish`: [`Publish`], every change to root and its undo.
+//! - `publish`: [`Publish`], every change to root and its undo (its tests
+//!   in `publish_tests.rs`).
 //! - `fault` (tests only): make any one change fail; `snapshot`: tell
 //!   whether root is exactly as it was (shared with `tests/it`).
 

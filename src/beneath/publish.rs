@@ -11,18 +11,20 @@
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{AtFlags, FileType, Mode};
+use rustix::fs::{AtFlags, FileType, Gid, Mode};
 use rustix::io::Errno;
 
 use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
+use crate::perms::{DEFAULT_DIR_MODE, Policy};
 
 // Root's one way to change anything, kept with what it starts: the
 // walking in root.rs needs nothing of this file.
 impl Root {
     /// Start changing root. `undo` is made to keep what the changes replace
     /// or delete: a new directory outside root on root's filesystem (so
-    /// entries move there by rename, never by copy).
-    pub fn begin(&self, undo: &Path) -> Result<Publish<'_>, BeneathError> {
+    /// entries move there by rename, never by copy). Directories made are
+    /// given `policy`'s dir mode and group.
+    pub fn begin(&self, undo: &Path, policy: &Policy) -> Result<Publish<'_>, BeneathError> {
         let io = |e: std::io::Error| BeneathError::Io {
             path: undo.to_owned(),
             source: e,
@@ -35,6 +37,7 @@ impl Root {
             undo_path: undo.to_owned(),
             steps: Vec::new(),
             kept: 0,
+            policy: policy.clone(),
         })
     }
 }
@@ -50,6 +53,8 @@ pub struct Publish<'r> {
     steps: Vec<Step>,
     /// Names given in `undo` so far.
     kept: u64,
+    /// The mode and group of directories made.
+    policy: Policy,
 }
 
 #[derive(Debug)]
@@ -61,18 +66,31 @@ enum Step {
     /// Renamed a staged file to `rel`; `kept` in the undo directory is a
     /// hard link to the entry it replaced, if there was one.
     Placed { rel: String, kept: Option<String> },
+    /// Gave the directory `rel`, which had `mode` and `gid`, another mode
+    /// or group.
+    Moded { rel: String, mode: u32, gid: u32 },
 }
 
 impl Publish<'_> {
-    /// Remove `rel` (a file, a symlink, or a whole directory) and then the
-    /// directories this emptied. Missing is fine.
+    /// Remove `rel` (a file, a symlink, or an empty directory) and then the
+    /// directories this emptied. Missing is fine. A directory that still
+    /// holds something (after the bundle's own deletions, which come
+    /// first) is kept: shipper never deletes what it did not put there.
     pub fn delete(&mut self, rel: &str) -> Result<(), BeneathError> {
         let (dir_comps, name) = split(rel);
         let Some(parent) = self.root.find_dir(&dir_comps)? else {
             return Ok(()); // a parent is gone: so is the path
         };
         match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-            // Whatever it is, it goes aside whole: a directory in one rename.
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                if !self.prune(&parent, rel, name)? {
+                    tracing::warn!(
+                        path = rel,
+                        "a directory deleted in the source is kept: it holds entries the sender did not ship"
+                    );
+                    return Ok(());
+                }
+            }
             Ok(_) => self.move_aside(&parent, rel, name).map(drop)?,
             Err(Errno::NOENT) => return Ok(()),
             Err(e) => return Err(self.root.err(rel, e)),
@@ -164,20 +182,55 @@ impl Publish<'_> {
         Ok(())
     }
 
+    /// Make the directory `rel` the bundle ships, the source's mode being
+    /// `shipped_mode`, or give an existing one the policy's mode and group.
+    /// Anything else at `rel` (a file, a symlink: never followed) is moved
+    /// aside: the shipped tree has a directory there.
+    pub fn make_shipped_dir(&mut self, rel: &str, shipped_mode: u32) -> Result<(), BeneathError> {
+        let mode = self.policy.dir_mode(shipped_mode);
+        let (dir_comps, name) = split(rel);
+        let parent = self.make_dir(&dir_comps)?;
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                let (was, gid) = (st.st_mode & 0o7777, st.st_gid);
+                if was == mode && self.policy.gid().is_none_or(|g| g == gid) {
+                    return Ok(());
+                }
+                let dir = rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.root.err(rel, e))?;
+                self.steps.push(Step::Moded {
+                    rel: rel.to_owned(),
+                    mode: was,
+                    gid,
+                });
+                self.give_mode(&dir, rel, mode)
+            }
+            Ok(_) => {
+                self.move_aside(&parent, rel, name)?;
+                self.mkdir(&parent, rel, name, mode).map(drop)
+            }
+            Err(Errno::NOENT) => self.mkdir(&parent, rel, name, mode).map(drop),
+            Err(e) => Err(self.root.err(rel, e)),
+        }
+    }
+
     /// Open the directory `comps` below root, making what is missing. A
     /// non-directory in the way is moved aside: the shipped tree has a
     /// directory there.
     fn make_dir(&mut self, comps: &[&str]) -> Result<OwnedFd, BeneathError> {
+        // A directory the bundle does not ship itself: the policy's mode
+        // for one the sender had as 0755.
+        let implicit = self.policy.dir_mode(DEFAULT_DIR_MODE);
         let mut cur = self.root.dup()?;
         for (i, c) in comps.iter().enumerate() {
             let here = comps[..=i].join("/");
             cur = match rustix::fs::openat(&cur, *c, DIR_FLAGS, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) => self.mkdir(&cur, &here, c)?,
+                Err(Errno::NOENT) => self.mkdir(&cur, &here, c, implicit)?,
                 Err(e @ (Errno::LOOP | Errno::NOTDIR)) => {
                     self.root.refuse_symlink(&cur, c, &here, e)?;
                     self.move_aside(&cur, &here, c)?;
-                    self.mkdir(&cur, &here, c)?
+                    self.mkdir(&cur, &here, c, implicit)?
                 }
                 Err(e) => return Err(self.root.err(&here, e)),
             };
@@ -185,14 +238,36 @@ impl Publish<'_> {
         Ok(cur)
     }
 
-    fn mkdir(&mut self, parent: &OwnedFd, rel: &str, name: &str) -> Result<OwnedFd, BeneathError> {
-        op(|| rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)))
+    /// Make the directory `name` in `parent` (which is `rel`) with `mode`
+    /// and the policy's group.
+    fn mkdir(
+        &mut self,
+        parent: &OwnedFd,
+        rel: &str,
+        name: &str,
+        mode: u32,
+    ) -> Result<OwnedFd, BeneathError> {
+        // Private until given its mode and group: nothing is in it yet, so
+        // nobody is kept from anything.
+        op(|| rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)))
             .map_err(|e| self.root.err(rel, e))?;
         self.steps.push(Step::Made {
             rel: rel.to_owned(),
         });
-        rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
-            .map_err(|e| self.root.err(rel, e))
+        let dir = rustix::fs::openat(parent, name, DIR_FLAGS, Mode::empty())
+            .map_err(|e| self.root.err(rel, e))?;
+        self.give_mode(&dir, rel, mode)?;
+        Ok(dir)
+    }
+
+    /// Give the directory `dir` (which is `rel`) `mode` and the policy's
+    /// group, through its handle: umask never narrows it.
+    fn give_mode(&self, dir: &OwnedFd, rel: &str, mode: u32) -> Result<(), BeneathError> {
+        if let Some(gid) = self.policy.gid() {
+            op(|| rustix::fs::fchown(dir, None, Some(Gid::from_raw(gid))))
+                .map_err(|e| self.root.err(rel, e))?;
+        }
+        op(|| rustix::fs::fchmod(dir, Mode::from_raw_mode(mode))).map_err(|e| self.root.err(rel, e))
     }
 
     /// Move `name` in `parent` (which is `rel`) into the undo directory.
@@ -247,7 +322,10 @@ impl Publish<'_> {
     }
 
     fn undo_step(&self, step: &Step) -> Result<(), BeneathError> {
-        let (Step::Made { rel } | Step::MovedAside { rel, .. } | Step::Placed { rel, .. }) = step;
+        let (Step::Made { rel }
+        | Step::MovedAside { rel, .. }
+        | Step::Placed { rel, .. }
+        | Step::Moded { rel, .. }) = step;
         let (dir_comps, name) = split(rel);
         let parent = self
             .root
@@ -263,6 +341,11 @@ impl Publish<'_> {
             Step::Placed { kept: None, .. } => {
                 op(|| rustix::fs::unlinkat(&parent, name, AtFlags::empty()))
             }
+            Step::Moded { mode, gid, .. } => op(|| {
+                let dir = rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty())?;
+                rustix::fs::fchown(&dir, None, Some(Gid::from_raw(*gid)))?;
+                rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
+            }),
         }
         .map_err(|e| self.root.err(rel, e))
     }
@@ -296,190 +379,5 @@ fn is_empty(dir: &OwnedFd) -> rustix::io::Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::collections::BTreeMap;
-
-    use super::*;
-    use crate::beneath::fault::{self, snapshot};
-    use crate::beneath::root::tests::setup;
-
-    #[test]
-    fn publish_creates_parents_and_replaces_a_directory_in_the_way() {
-        let (t, root, stage) = setup();
-        std::fs::create_dir_all(t.path().join("root/a/b/c")).unwrap();
-        std::fs::write(t.path().join("root/a/b/c/x"), "old").unwrap();
-        std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-        std::fs::write(t.path().join("stage/f1"), "deep").unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.publish("a/b", &stage, "f0").unwrap();
-        p.publish("n/e/w.txt", &stage, "f1").unwrap();
-        p.sync().unwrap();
-        p.commit();
-        assert_eq!(std::fs::read(t.path().join("root/a/b")).unwrap(), b"new");
-        assert_eq!(
-            std::fs::read(t.path().join("root/n/e/w.txt")).unwrap(),
-            b"deep"
-        );
-        assert!(!t.path().join("undo").exists(), "undo kept after commit");
-    }
-
-    #[test]
-    fn delete_prunes_emptied_directories_but_never_root() {
-        let (t, root, _stage) = setup();
-        std::fs::create_dir_all(t.path().join("root/a/b")).unwrap();
-        std::fs::write(t.path().join("root/a/b/f"), "x").unwrap();
-        std::fs::write(t.path().join("root/keep"), "x").unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.delete("a/b/f").unwrap();
-        p.delete("missing/x").unwrap();
-        p.commit();
-        assert!(!t.path().join("root/a").exists());
-        assert!(t.path().join("root").exists());
-    }
-
-    /// Root before the fault test's bundle: a file it replaces, a file it
-    /// deletes with the directories that empties, a whole directory it
-    /// deletes, a directory where it puts a file, a file where it puts a
-    /// directory, and a file it leaves alone (with a symlink it replaces).
-    const BEFORE: [(&str, &str); 7] = [
-        ("a.html", "old a"),
-        ("deep/er/gone.html", "gone"),
-        ("tree/x/y.html", "tree"),
-        ("tree/z.html", "tree"),
-        ("dirfile/in.html", "dir becomes a file"),
-        ("filedir", "file becomes a dir"),
-        ("keep/stay.html", "stays"),
-    ];
-    /// What the fault test's bundle publishes, staged as `f0`, `f1`, ...
-    const STAGED: [(&str, &str); 5] = [
-        ("a.html", "new a"),
-        ("dirfile", "a file now"),
-        ("filedir/in.html", "below a former file"),
-        ("keep/link", "a file over a symlink"),
-        ("n/e/w.html", "new"),
-    ];
-
-    /// Make root as [`BEFORE`] (and `keep/link`) and stage [`STAGED`].
-    fn plant_fault_tree(t: &Path) {
-        let r = t.join("root");
-        for (rel, body) in BEFORE {
-            std::fs::create_dir_all(r.join(rel).parent().unwrap()).unwrap();
-            std::fs::write(r.join(rel), body).unwrap();
-        }
-        std::os::unix::fs::symlink("a.html", r.join("keep/link")).unwrap();
-        for (i, (_, body)) in STAGED.iter().enumerate() {
-            std::fs::write(t.join(format!("stage/f{i}")), body).unwrap();
-        }
-    }
-
-    /// The fault test's bundle: its two deletions, then [`STAGED`], then
-    /// the sync.
-    fn make_changes(p: &mut Publish, stage: &OwnedFd) -> Result<(), BeneathError> {
-        p.delete("deep/er/gone.html")?;
-        p.delete("tree")?;
-        for (i, (rel, _)) in STAGED.iter().enumerate() {
-            p.publish(rel, stage, &format!("f{i}"))?;
-        }
-        p.sync()
-    }
-
-    /// The regular files below `dir` with their content.
-    fn files(dir: &Path) -> BTreeMap<String, String> {
-        snapshot(dir)
-            .into_iter()
-            .filter(|(_, (_, mode, _))| mode & 0o170000 == 0o100000)
-            .map(|(rel, (_, _, body))| (rel, body))
-            .collect()
-    }
-
-    /// Apply the fault test's bundle with change `fail_at` failing with
-    /// `errno`, and check root is what the bundle makes it, or, when it
-    /// failed, exactly what it was. Returns the result, the changes
-    /// counted, and whether directories the deletion emptied are gone.
-    fn run_with_fault(
-        fail_at: Option<usize>,
-        errno: Errno,
-    ) -> (Result<(), BeneathError>, usize, bool) {
-        let (t, root, stage) = setup();
-        let r = t.path().join("root");
-        plant_fault_tree(t.path());
-        let was = snapshot(&r);
-        fault::arm(fail_at, errno, false);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        let result = make_changes(&mut p, &stage);
-        let ops = fault::count();
-        match &result {
-            Ok(()) => {
-                p.commit();
-                let want: BTreeMap<String, String> = STAGED
-                    .iter()
-                    .map(|(rel, body)| (rel.to_string(), body.to_string()))
-                    .chain([("keep/stay.html".into(), "stays".into())])
-                    .collect();
-                assert_eq!(files(&r), want, "fault at {fail_at:?}");
-                assert!(!r.join("tree").exists());
-            }
-            Err(_) => {
-                let failed = p.roll_back();
-                assert!(failed.is_empty(), "at {fail_at:?}: {failed:?}");
-                assert_eq!(snapshot(&r), was, "root changed, fault at {fail_at:?}");
-            }
-        }
-        fault::arm(None, Errno::IO, false);
-        assert!(!t.path().join("undo").exists());
-        (result, ops, !r.join("deep").exists())
-    }
-
-    /// A publish that failed part-way left root half-changed. Every change
-    /// of the bundle in [`BEFORE`]/[`STAGED`], and the final sync, is made
-    /// to fail in turn.
-    #[test]
-    fn a_fault_at_any_step_puts_root_back_exactly() {
-        let (ok, steps, pruned) = run_with_fault(None, Errno::IO);
-        ok.unwrap();
-        assert!(pruned, "emptied directories kept");
-        assert!(steps > 15, "only {steps} changes counted");
-        let mut kept_empty = 0;
-        for at in 1..=steps {
-            match run_with_fault(Some(at), Errno::IO) {
-                (Err(_), _, _) => {}
-                // Pruning is the one change allowed to fail: an emptied
-                // directory stays (deep/er, or deep).
-                (Ok(()), _, false) => kept_empty += 1,
-                (Ok(()), _, true) => panic!("a fault at change {at} went unnoticed"),
-            }
-        }
-        assert_eq!(kept_empty, 2);
-        for errno in [Errno::NOSPC, Errno::ACCESS] {
-            assert!(run_with_fault(Some(steps / 2), errno).0.is_err());
-        }
-    }
-
-    /// Under `fs.protected_hardlinks` a file of another user cannot be
-    /// linked: it is moved aside instead, and the bundle still applies (and
-    /// still rolls back).
-    #[test]
-    fn a_file_that_cannot_be_linked_is_moved_aside_instead() {
-        let (t, root, stage) = setup();
-        let r = t.path().join("root");
-        std::fs::write(r.join("a.html"), "old").unwrap();
-        std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-        std::fs::write(t.path().join("stage/f1"), "new b").unwrap();
-        let was = snapshot(&r);
-        // Change 1 is the link of a.html.
-        fault::arm(Some(1), Errno::PERM, false);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.publish("a.html", &stage, "f0").unwrap();
-        fault::arm(Some(1), Errno::IO, false);
-        p.publish("b/b.html", &stage, "f1").unwrap_err();
-        assert!(p.roll_back().is_empty());
-        assert_eq!(snapshot(&r), was);
-        std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-        fault::arm(Some(1), Errno::PERM, false);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.publish("a.html", &stage, "f0").unwrap();
-        p.commit();
-        fault::arm(None, Errno::IO, false);
-        assert_eq!(std::fs::read(r.join("a.html")).unwrap(), b"new");
-    }
-}
+#[path = "publish_tests.rs"]
+mod tests;

@@ -145,7 +145,9 @@ pub(super) mod tests {
         std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/link")).unwrap();
         std::fs::write(t.path().join("stage/f0"), "evil").unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
         let e = p.publish("link/victim", &stage, "f0").unwrap_err();
         assert!(matches!(e, BeneathError::Symlink { .. }), "{e}");
         let e = p.delete("link/victim").unwrap_err();
@@ -175,7 +177,9 @@ pub(super) mod tests {
         }
         root.check("d/y").unwrap();
         let was = snapshot(&r);
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
         p.delete("gone").unwrap();
         p.publish("old", &stage, "f0").unwrap();
         p.publish("new/x", &stage, "f1").unwrap();
@@ -197,13 +201,19 @@ pub(super) mod tests {
 
     #[test]
     fn deleting_a_tree_with_a_symlink_inside_leaves_the_target_alone() {
+        // Its entries first, as a bundle orders them; the link goes, not
+        // what it points to.
         let (t, root, _stage) = setup();
         std::fs::write(t.path().join("outside/victim"), "keep").unwrap();
         std::fs::create_dir_all(t.path().join("root/d/e")).unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), t.path().join("root/d/e/out"))
             .unwrap();
-        let mut p = root.begin(&t.path().join("undo")).unwrap();
-        p.delete("d").unwrap();
+        let mut p = root
+            .begin(&t.path().join("undo"), &crate::perms::Policy::default())
+            .unwrap();
+        for d in ["d/e/out", "d/e", "d"] {
+            p.delete(d).unwrap();
+        }
         p.commit();
         assert!(!t.path().join("root/d").exists());
         assert_eq!(

@@ -13,6 +13,7 @@ use super::manifest::FileMeta;
 use super::source_read::Lost;
 use super::summary::Summary;
 use super::writer::{OpenBundle, Sealed, with_path};
+use crate::stamp::Stamp;
 
 /// Bundles are packed under a temporary name starting with this.
 const PACKING_PREFIX: &str = ".packing-";
@@ -46,7 +47,18 @@ pub struct Report {
     /// Overdue paths shipped as a snapshot while still being written: they
     /// ship again once they settle.
     pub unsettled: Vec<String>,
+    /// Symlinks not shipped, with their target and why: pointing outside
+    /// the tree (or absolute), they stay skipped until they change.
+    pub skipped_links: Vec<SkippedLink>,
     pub bundles: Vec<(u64, Summary)>,
+}
+
+/// A symlink that is not shipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedLink {
+    pub path: String,
+    pub target: String,
+    pub why: &'static str,
 }
 
 impl Report {
@@ -100,6 +112,32 @@ impl Cutter<'_> {
     pub(super) fn add_deletion(&mut self, report: &mut Report, path: &str) -> io::Result<()> {
         self.room_for(report, OpenBundle::deletion_need(path), path)?
             .add_deletion(path);
+        Ok(())
+    }
+
+    /// The directory `path`, as `stamp` says.
+    pub(super) fn add_dir(
+        &mut self,
+        report: &mut Report,
+        path: &str,
+        stamp: Stamp,
+    ) -> io::Result<()> {
+        self.room_for(report, OpenBundle::tree_entry_need(path, ""), path)?
+            .add_dir(path, stamp);
+        Ok(())
+    }
+
+    /// The symlink `path` to `target`.
+    pub(super) fn add_link(
+        &mut self,
+        report: &mut Report,
+        path: &str,
+        target: &str,
+        stamp: Stamp,
+    ) -> io::Result<()> {
+        let hash = blake3::hash(target.as_bytes()).to_hex().to_string();
+        self.room_for(report, OpenBundle::tree_entry_need(path, target), path)?
+            .add_link(path, target, stamp, hash);
         Ok(())
     }
 

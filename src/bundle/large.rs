@@ -108,6 +108,7 @@ mod tests {
             mtime: 4,
             mtime_nsec: 5,
             mode: 0o644,
+            kind: crate::stamp::Kind::File,
         };
         let a = set_id("app1", "big.iso", stamp);
         assert_eq!(a.len(), SET_ID_LEN);

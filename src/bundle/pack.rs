@@ -37,10 +37,10 @@ use super::source_read::{Outcome, Prepared, ReadMode, Reader, Source};
 use super::writer::{COPY_BUF, need, zip_err};
 use crate::changes::Op;
 use crate::source_dir::SourceDir;
-use crate::stamp::Stamp;
+use crate::stamp::{Kind, Stamp};
 
 // What other modules use of the sender's side, whichever room it lives in.
-pub use super::cutter::{Packed, Report, bundle_file_name, is_outbox_name};
+pub use super::cutter::{Packed, Report, SkippedLink, bundle_file_name, is_outbox_name};
 pub use super::limits::{Limits, MIN_CHUNK_SIZE};
 pub use super::writer::with_path;
 pub use super::zip_entry::is_precompressed;
@@ -163,8 +163,12 @@ struct Run<'r> {
 
 impl Run<'_> {
     fn pack_items(&mut self, items: Vec<PackItem>) -> io::Result<()> {
-        // Deletions first, so a later bundle may reuse a deleted name.
-        for item in items.iter().filter(|i| i.op == Op::Delete) {
+        // Deletions first, so a later bundle may reuse a deleted name;
+        // deepest first, so a directory's deletion comes after those of
+        // what it held, even across bundles.
+        let mut deletions: Vec<&PackItem> = items.iter().filter(|i| i.op == Op::Delete).collect();
+        deletions.sort_by_key(|i| std::cmp::Reverse(i.path.matches('/').count()));
+        for item in deletions {
             self.cut.add_deletion(self.report, &item.path)?;
         }
         for item in items.into_iter().filter(|i| i.op == Op::Upsert) {
@@ -179,8 +183,9 @@ impl Run<'_> {
     }
 
     /// Whether `item` is to be read now, with its stamp, and how. `None`
-    /// once it is dealt with: its name cannot travel, it is gone, not a
-    /// regular file, too large, unchanged, or busy.
+    /// once it is dealt with: its name cannot travel, it is gone, a
+    /// directory or symlink (packed here: they have no content to read),
+    /// not a file, too large, unchanged, or busy.
     fn admit(&mut self, item: &PackItem) -> io::Result<Option<(Stamp, ReadMode)>> {
         let path = &item.path;
         if let Err(e) = crate::paths::validate(path) {
@@ -198,18 +203,13 @@ impl Run<'_> {
                 return Ok(None);
             }
         };
-        let regular =
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile;
-        if !regular {
-            // A symlink, device or directory now stands where a shipped
-            // file was: the receiver must not keep the old file.
-            if item.previous.is_some() {
-                self.cut.add_deletion(self.report, path)?;
-            }
-            tracing::debug!(path = %path, "not a regular file, not shipped");
-            return Ok(None);
-        }
         let stamp = Stamp::of_stat(&st);
+        match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+            rustix::fs::FileType::RegularFile => {}
+            rustix::fs::FileType::Directory => return self.pack_dir(item, stamp).map(|()| None),
+            rustix::fs::FileType::Symlink => return self.pack_link(item, stamp).map(|()| None),
+            _ => return self.not_shipped(item).map(|()| None),
+        }
         let max_file_size = self.cut.limits.max_file_size;
         if stamp.size > max_file_size {
             let why = format!(
@@ -237,6 +237,56 @@ impl Run<'_> {
             ReadMode::Strict
         };
         Ok(Some((stamp, how)))
+    }
+
+    /// A device, socket or pipe now stands where something shipped was:
+    /// the receiver must not keep the old one.
+    fn not_shipped(&mut self, item: &PackItem) -> io::Result<()> {
+        if item.previous.is_some() {
+            self.cut.add_deletion(self.report, &item.path)?;
+        }
+        tracing::debug!(path = %item.path, "not a file, directory or symlink, not shipped");
+        Ok(())
+    }
+
+    /// The directory `item` with `stamp`: its mode travels, unless the
+    /// receivers have it so already.
+    fn pack_dir(&mut self, item: &PackItem, stamp: Stamp) -> io::Result<()> {
+        if item.previous.as_ref().is_some_and(|p| p.matches(&stamp)) {
+            return Ok(());
+        }
+        self.cut.add_dir(self.report, &item.path, stamp)
+    }
+
+    /// The symlink `item` with `stamp`: shipped as a link when its target
+    /// stays inside the tree, else skipped (and what the receivers have at
+    /// its path deleted: it no longer is what they got).
+    fn pack_link(&mut self, item: &PackItem, stamp: Stamp) -> io::Result<()> {
+        let path = &item.path;
+        let target = match self.reader.dir.read_link(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => {
+                self.report.failed.push((path.clone(), e.to_string()));
+                return Ok(());
+            }
+        };
+        if let Some(why) = crate::paths::unsafe_link(path, &target) {
+            if item.previous.is_some() {
+                self.cut.add_deletion(self.report, path)?;
+            }
+            let (path, target) = (path.clone(), target);
+            self.report
+                .skipped_links
+                .push(SkippedLink { path, target, why });
+            return Ok(());
+        }
+        let hash = blake3::hash(target.as_bytes()).to_hex().to_string();
+        let same = |p: &FileMeta| p.kind == Kind::Link && p.hash == hash;
+        if item.previous.as_ref().is_some_and(same) {
+            return Ok(());
+        }
+        self.cut.add_link(self.report, path, &target, stamp)
     }
 
     /// Pack the admitted file `rel`: a small one joins the parallel batch,

@@ -27,6 +27,7 @@ use super::error::{BundleError, damaged, entry_err, io_at};
 use super::manifest::{PartEntry, valid_set_id};
 use super::unpack::{copy_counted, finish_file};
 use crate::durable;
+use crate::perms::Policy;
 
 /// One line of a part set's journal.
 #[derive(Debug, Serialize, Deserialize)]
@@ -174,6 +175,7 @@ fn cut_at(f: &mut File, len: u64, path: &Path) -> Result<(), BundleError> {
 /// complete and its whole-file hash checks out.
 pub(super) fn store_part(
     dir: &Path,
+    policy: &Policy,
     p: &PartEntry,
     entry: impl Read,
     buf: &mut [u8],
@@ -211,7 +213,7 @@ pub(super) fn store_part(
     if p.index + 1 < p.count {
         return Ok(None);
     }
-    complete_part_set(dir, p).map(Some)
+    complete_part_set(dir, policy, p).map(Some)
 }
 
 /// The set part `p` belongs to, as its journal holds it, or started anew
@@ -264,8 +266,9 @@ fn append_part(
 }
 
 /// The set's data once its last part `p` is stored: its size and
-/// whole-file hash checked, the file's mode and mtime given.
-fn complete_part_set(dir: &Path, p: &PartEntry) -> Result<PathBuf, BundleError> {
+/// whole-file hash checked, the policy's mode and group and the file's
+/// mtime given.
+fn complete_part_set(dir: &Path, policy: &Policy, p: &PartEntry) -> Result<PathBuf, BundleError> {
     let name = p.entry_name();
     let data_path = part_data_path(dir, &p.set);
     let len = fs::metadata(&data_path).map_err(io_at(&data_path))?.len();
@@ -284,7 +287,8 @@ fn complete_part_set(dir: &Path, p: &PartEntry) -> Result<PathBuf, BundleError> 
         ));
     }
     let f = File::open(&data_path).map_err(io_at(&data_path))?;
-    finish_file(&f, &data_path, p.mode, p.mtime, p.mtime_nsec)?;
+    let perms = (policy.file_mode(p.mode), policy.gid());
+    finish_file(&f, &data_path, perms, p.mtime, p.mtime_nsec)?;
     Ok(data_path)
 }
 
@@ -399,7 +403,7 @@ mod tests {
 
     fn store(dir: &Path, index: u32) -> Option<PathBuf> {
         let (p, bytes) = part(index);
-        store_part(dir, &p, bytes, &mut [0u8; 64]).unwrap()
+        store_part(dir, &Policy::default(), &p, bytes, &mut [0u8; 64]).unwrap()
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Where a received bundle goes: root, the staging directory beside it,
-//! and the directory of part sets.
+//! and the directory of part sets; and the permission policy of what it
+//! writes in root.
 //!
 //! [`Target`] checks that staging shares root's filesystem (so a staged
 //! file can be renamed into place atomically), names the directory each
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use super::error::{BundleError, io_at};
 use super::part_sets::SENDER_DIR_PREFIX;
 use crate::durable;
+use crate::perms::Policy;
 
 /// Where a bundle is applied.
 #[derive(Debug, Clone)]
@@ -24,6 +26,8 @@ pub struct Target {
     pub staging: PathBuf,
     /// Parts of large files received so far.
     pub parts: PathBuf,
+    /// The modes and group given to what is written in root.
+    pub policy: Policy,
 }
 
 /// Every directory a bundle is staged in is named with this, so that
@@ -103,6 +107,7 @@ mod tests {
             root: dir.join("root"),
             staging: dir.join("staging"),
             parts: dir.join("parts"),
+            policy: Policy::default(),
         }
     }
 

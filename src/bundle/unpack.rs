@@ -2,8 +2,8 @@
 //!
 //! The zip's headers are not trusted: [`copy_counted`] counts and hashes
 //! what actually comes out, so a caller compares it with the manifest.
-//! [`finish_file`] gives the file the manifest's mode (never
-//! setuid/setgid/sticky) and mtime. Used for whole files in staging and for
+//! [`finish_file`] gives the file the mode the receiver's policy chose
+//! (never setuid/setgid/sticky), its group, and the manifest's mtime. Used for whole files in staging and for
 //! parts in their set's data file; writes only the file it is handed.
 
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
@@ -70,13 +70,21 @@ pub(super) fn copy_counted(
     Ok(hasher.finalize())
 }
 
+/// Give the staged file `f` its group, mode and mtime, through its handle,
+/// before it is published: a reader never sees it with the wrong owner or
+/// mode.
 pub(super) fn finish_file(
     f: &File,
     path: &Path,
-    mode: u32,
+    (mode, gid): (u32, Option<u32>),
     mtime: i64,
     nsec: u32,
 ) -> Result<(), BundleError> {
+    if let Some(gid) = gid {
+        // Before the mode: a chown may clear mode bits, never add them.
+        rustix::fs::fchown(f, None, Some(rustix::fs::Gid::from_raw(gid)))
+            .map_err(|e| io_at(path)(e.into()))?;
+    }
     // Never setuid/setgid/sticky: a bundle must not mint privileged files.
     f.set_permissions(Permissions::from_mode(mode & 0o777))
         .map_err(io_at(path))?;
@@ -129,7 +137,7 @@ mod tests {
         let path = t.path().join("f");
         let f = create_private(&path).unwrap();
         assert!(create_private(&path).is_err(), "a taken name was reused");
-        finish_file(&f, &path, 0o4755, 1_000_000_000, 5).unwrap();
+        finish_file(&f, &path, (0o4755, None), 1_000_000_000, 5).unwrap();
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o755);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));

@@ -339,6 +339,8 @@ mod tests {
             parts,
             deletions: deletions.iter().map(|d| d.to_string()).collect(),
             abandoned: vec![],
+            dirs: vec![],
+            links: vec![],
         }
     }
 

@@ -15,7 +15,9 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
 use super::limits::Limits;
-use super::manifest::{FORMAT, FileEntry, FileMeta, MANIFEST_ENTRY, Manifest, PartEntry};
+use super::manifest::{
+    DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY, Manifest, PartEntry,
+};
 use super::summary::Summary;
 use crate::stamp::Stamp;
 
@@ -80,6 +82,8 @@ impl OpenBundle {
                 parts: Vec::new(),
                 deletions: Vec::new(),
                 abandoned: Vec::new(),
+                dirs: Vec::new(),
+                links: Vec::new(),
             },
             summary: Summary::default(),
             changes: Vec::new(),
@@ -110,8 +114,7 @@ impl OpenBundle {
 
     /// Nothing in it: everything turned out torn, gone or unreadable.
     pub(super) fn is_empty(&self) -> bool {
-        let m = &self.manifest;
-        m.files.is_empty() && m.parts.is_empty() && m.deletions.is_empty() && m.abandoned.is_empty()
+        self.manifest.is_empty()
     }
 
     /// Give the bundle up: whatever the zip writer still writes goes nowhere,
@@ -132,6 +135,39 @@ impl OpenBundle {
         self.note_name(path);
         self.entries += 1;
         self.changes.push((path.to_owned(), None));
+    }
+
+    /// Bytes a directory or a link of `path` (to `target`) adds.
+    pub(super) fn tree_entry_need(path: &str, target: &str) -> u64 {
+        (path.len() + target.len()) as u64 + ENTRY_OVERHEAD
+    }
+
+    /// Record a directory with `stamp` (its mode travels; it has no entry
+    /// in the zip).
+    pub(super) fn add_dir(&mut self, rel: &str, stamp: Stamp) {
+        self.used += Self::tree_entry_need(rel, "");
+        self.note_name(rel);
+        self.entries += 1;
+        let meta = FileMeta::of(&stamp, String::new());
+        self.changes.push((rel.to_owned(), Some(meta)));
+        self.manifest.dirs.push(DirEntry {
+            path: rel.to_owned(),
+            mode: stamp.mode,
+        });
+    }
+
+    /// Record a symlink to `target` with `stamp`; `hash` is the target's,
+    /// what tells a changed link from the one shipped.
+    pub(super) fn add_link(&mut self, rel: &str, target: &str, stamp: Stamp, hash: String) {
+        self.used += Self::tree_entry_need(rel, target);
+        self.note_name(rel);
+        self.entries += 1;
+        let meta = FileMeta::of(&stamp, hash);
+        self.changes.push((rel.to_owned(), Some(meta)));
+        self.manifest.links.push(LinkEntry {
+            path: rel.to_owned(),
+            target: target.to_owned(),
+        });
     }
 
     /// Record a whole file, its entry already written, with its content hash.
@@ -310,6 +346,7 @@ mod tests {
             mtime: 0,
             mtime_nsec: 0,
             mode: 0o644,
+            kind: crate::stamp::Kind::File,
         }
     }
 

@@ -19,6 +19,7 @@ use crate::cli::{Cli, Command, ReplayTarget};
 use crate::config::Config;
 use crate::control::{self, Request, Response};
 use crate::hook::{self, Hook};
+use crate::perms::Policy;
 use crate::receiver::{self, ReceiverState};
 use crate::tls::Fingerprint;
 
@@ -256,13 +257,15 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
             (target, Some(r.state_dir), r.limits)
         }
         (config, Some(root)) => {
-            let limits = match config {
+            // Written as the config's policy says, or as a receiver with
+            // none would write it.
+            let (limits, policy) = match config {
                 Some(file) => {
                     let r = receiver_config(Config::load(&file)?)?;
-                    on_apply = r.on_apply;
-                    r.limits
+                    on_apply = r.on_apply.clone();
+                    (r.limits, r.policy().map_err(anyhow::Error::msg)?)
                 }
-                None => apply::Limits::default(),
+                None => (apply::Limits::default(), Policy::default()),
             };
             std::fs::create_dir_all(&root)
                 .with_context(|| format!("creating {}", root.display()))?;
@@ -271,6 +274,7 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
                 parts: staging.with_extension("parts"),
                 root,
                 staging,
+                policy,
             };
             t.prepare()?;
             (t, None, limits)
@@ -481,6 +485,18 @@ pub fn describe(m: &Manifest) -> String {
     }
     if !m.abandoned.is_empty() {
         let _ = writeln!(s, "abandoned part sets: {}", m.abandoned.join(", "));
+    }
+    if !m.dirs.is_empty() {
+        let _ = writeln!(s, "dirs:      {}", m.dirs.len());
+    }
+    for d in &m.dirs {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}/", "", d.mode, d.path);
+    }
+    if !m.links.is_empty() {
+        let _ = writeln!(s, "links:     {}", m.links.len());
+    }
+    for l in &m.links {
+        let _ = writeln!(s, "  {} -> {}", l.path, l.target);
     }
     s
 }

@@ -92,6 +92,13 @@ fn sender_lines(s: &mut String, r: &StatusReport, now: i64) {
             "  shipped unsettled (still being written at max_delay; ships again once settled): {p}"
         );
     }
+    for l in &r.skipped_links {
+        let _ = writeln!(
+            s,
+            "  symlink not shipped ({}): {} -> {}",
+            l.why, l.path, l.target
+        );
+    }
 }
 
 /// A rate as the config writes it: whole KiB or MiB where it is one.

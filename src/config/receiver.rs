@@ -14,6 +14,7 @@ use serde::Deserialize;
 use super::values::{duration, fmt_dur, is_loopback, metrics_addr, size};
 use crate::bundle::apply::Limits;
 use crate::hook::Hook;
+use crate::perms::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Group, ModeRule, Policy};
 use crate::tls::Fingerprint;
 
 /// Applied bundles kept in `receiver.archive_dir` unless configured.
@@ -53,6 +54,9 @@ pub struct RawReceiver {
     pub key_dir: Option<PathBuf>,
     pub allowed_senders: Option<Vec<String>>,
     pub metrics: Option<String>,
+    pub file_mode: Option<String>,
+    pub dir_mode: Option<String>,
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +79,12 @@ pub struct ReceiverConfig {
     pub tls: Option<ReceiverTls>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
+    /// `receiver.file_mode` and `dir_mode`, parsed.
+    pub file_mode: ModeRule,
+    pub dir_mode: ModeRule,
+    /// `receiver.group` as written: looked up by [`ReceiverConfig::policy`]
+    /// when the receiver starts (NSS is I/O; validation is pure).
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -93,6 +103,20 @@ impl ReceiverConfig {
         ];
         dirs.extend(staging.map(|s| ("receiver.staging_dir", s)));
         dirs
+    }
+
+    /// The permission policy, its group looked up and checked usable by
+    /// this process. Blocking (NSS); the error names the key.
+    pub fn policy(&self) -> Result<Policy, String> {
+        let group = match &self.group {
+            Some(name) => Some(Group::resolve("receiver.group", name)?),
+            None => None,
+        };
+        Ok(Policy {
+            file: self.file_mode,
+            dir: self.dir_mode,
+            group,
+        })
     }
 }
 
@@ -115,10 +139,15 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
     let dirs = dirs(&r, base)?;
     let limits = limits(&r)?;
     let part_ttl = part_ttl(r.part_ttl.as_deref())?;
+    let (file_mode, dir_mode) = modes(&r)?;
+    let group = group(r.group.as_deref())?;
     let on_apply = on_apply(r.on_apply, r.on_apply_timeout.as_deref(), base)?;
     let tls = tls(r.key_dir, r.allowed_senders, &listen, &listen_addr, base)?;
     let metrics = metrics_addr("receiver.metrics", r.metrics.as_deref(), "127.0.0.1:9701")?;
     Ok(ReceiverConfig {
+        file_mode,
+        dir_mode,
+        group,
         tls,
         metrics,
         limits,
@@ -189,6 +218,34 @@ fn limits(r: &RawReceiver) -> Result<Limits, String> {
             defaults.max_unpacked,
         )?,
     })
+}
+
+/// `receiver.file_mode` and `receiver.dir_mode`, defaulting to a tree
+/// any web server can read.
+fn modes(r: &RawReceiver) -> Result<(ModeRule, ModeRule), String> {
+    let rule = |key: &str, value: Option<&str>, default: u32| match value {
+        Some(v) => ModeRule::parse(key, v),
+        None => Ok(ModeRule::Fixed(default)),
+    };
+    Ok((
+        rule(
+            "receiver.file_mode",
+            r.file_mode.as_deref(),
+            DEFAULT_FILE_MODE,
+        )?,
+        rule("receiver.dir_mode", r.dir_mode.as_deref(), DEFAULT_DIR_MODE)?,
+    ))
+}
+
+/// `receiver.group`: a name or a gid, not empty. Whether it exists and
+/// shipper may use it is [`ReceiverConfig::policy`]'s to check.
+fn group(value: Option<&str>) -> Result<Option<String>, String> {
+    match value.map(str::trim) {
+        Some("") => {
+            Err("receiver.group is empty: name a group (e.g. \"www-data\") or leave it out".into())
+        }
+        v => Ok(v.map(str::to_owned)),
+    }
 }
 
 fn part_ttl(value: Option<&str>) -> Result<Duration, String> {
@@ -387,5 +444,19 @@ mod tests {
         assert_eq!((l.max_entries, l.max_file_size), (5, 1 << 20));
         let e = limits(&raw("max_unpacked_size = \"lots\"\n")).unwrap_err();
         assert!(e.starts_with("receiver.max_unpacked_size"), "{e}");
+    }
+
+    #[test]
+    fn modes_default_to_a_tree_the_web_server_reads_and_bad_ones_name_their_key() {
+        assert_eq!(
+            modes(&raw("")).unwrap(),
+            (ModeRule::Fixed(0o644), ModeRule::Fixed(0o755))
+        );
+        let m = modes(&raw("file_mode = \"mirror\"\ndir_mode = \"0750\"\n")).unwrap();
+        assert_eq!(m, (ModeRule::Mirror, ModeRule::Fixed(0o750)));
+        let e = modes(&raw("dir_mode = \"4755\"\n")).unwrap_err();
+        assert!(e.starts_with("receiver.dir_mode"), "{e}");
+        let e = group(Some(" ")).unwrap_err();
+        assert!(e.starts_with("receiver.group"), "{e}");
     }
 }

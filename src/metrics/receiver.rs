@@ -306,6 +306,7 @@ mod tests {
                 root: t.path().join("www"),
                 staging: t.path().join("staging"),
                 parts: t.path().join("parts"),
+                policy: Default::default(),
             };
             target.prepare().unwrap();
             let bundle = fixtures.join(format!("{name}.zip"));

@@ -67,8 +67,10 @@ pub struct Receiver {
 }
 
 /// The target a receiver config describes, directories created. Refused,
-/// before anything is created, when two of its directories overlap.
+/// before anything is created, when two of its directories overlap or its
+/// permission policy cannot be applied. Blocking (the group is looked up).
 pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
+    let policy = cfg.policy().map_err(anyhow::Error::msg)?;
     places::check(&cfg.dirs(cfg.staging_dir.as_deref()))?;
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
     // Whoever can write the archive chooses what a replay rebuilds root from.
@@ -88,6 +90,7 @@ pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
         root: cfg.root.clone(),
         staging,
         parts: cfg.state_dir.join("parts"),
+        policy,
     };
     target.prepare().context("preparing receiver directories")?;
     Ok(target)
@@ -100,7 +103,10 @@ impl Receiver {
         if let Some(hook) = &cfg.on_apply {
             hook.check_program().map_err(anyhow::Error::msg)?;
         }
-        let target = target_for(&cfg)?;
+        let target = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || target_for(&cfg)).await??
+        };
         // Before anything in state_dir or root is cleaned, finished or served.
         let lock = StateLock::acquire(&cfg.state_dir)?;
         let incoming = cfg.state_dir.join("incoming");

@@ -1,8 +1,8 @@
 //! The sender's book of paths: what is pending (the [`ChangeSet`]), what
 //! the receivers have ([`Shipped`]), and the paths that do not ship as
 //! they should: failing (retried with backoff), badly named (they cannot
-//! travel), shipped unsettled (a snapshot went), deletions the
-//! [`DeletionGuard`] holds.
+//! travel), shipped unsettled (a snapshot went), unsafe links skipped, the
+//! deletions the [`DeletionGuard`] holds.
 //!
 //! It turns watch events, catch-up diffs, packing reports and refusals
 //! into entries, and says what a cut takes. It never touches the disk
@@ -27,6 +27,7 @@ use crate::status::{FailingPath, StatusReport, unix_now};
 use super::catchup::Differs;
 use super::guard::DeletionGuard;
 use super::shipped::Shipped;
+use super::skipped::SkippedLinks;
 
 /// Why a badly named file is not shipped.
 const BAD_NAME: &str = "name is not valid UTF-8, so it cannot travel in a bundle (zip names are UTF-8): rename it to ship it";
@@ -55,6 +56,7 @@ pub(super) struct Book {
     bad_names: BTreeSet<String>,
     /// Paths shipped as a snapshot while still being written.
     unsettled: BTreeSet<String>,
+    skipped_links: SkippedLinks,
 }
 
 impl Book {
@@ -75,6 +77,7 @@ impl Book {
             failing: BTreeMap::new(),
             bad_names: BTreeSet::new(),
             unsettled: BTreeSet::new(),
+            skipped_links: SkippedLinks::default(),
         }
     }
 
@@ -93,6 +96,7 @@ impl Book {
     /// path below it.
     pub(super) fn removed(&mut self, path: String, now: Instant) {
         self.failing.retain(|p, _| !is_within(p, &path));
+        self.skipped_links.removed(&path);
         let mut affected: Vec<String> = self.shipped.within(&path).cloned().collect();
         affected.extend(self.changes.pending_within(&path));
         affected.push(path);
@@ -199,6 +203,7 @@ impl Book {
     /// for.
     pub(super) fn record(&mut self, report: &Report, now: Instant) -> HashSet<String> {
         let mut accounted = HashSet::new();
+        self.skipped_links.record(report);
         let snapshots: HashSet<&str> = report.unsettled.iter().map(String::as_str).collect();
         for (path, meta) in &report.shipped {
             accounted.insert(path.clone());
@@ -331,6 +336,7 @@ impl Book {
                 .take(STATUS_FAILING_MAX)
                 .collect(),
             unsettled: self.unsettled.iter().cloned().collect(),
+            skipped_links: self.skipped_links.status(),
             ..StatusReport::default()
         }
     }
@@ -471,6 +477,7 @@ mod tests {
             requeue: vec!["busy".to_string()],
             failed: vec![("locked".to_string(), "EACCES".to_string())],
             bundles: Vec::new(),
+            skipped_links: Vec::new(),
         };
         let accounted = b.record(&report, now);
         assert_eq!(accounted.len(), 4);

@@ -72,6 +72,7 @@ pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -
 pub(super) fn unshipped_bytes(walk: &Walk, shipped: &Shipped) -> u64 {
     walk.files
         .iter()
+        .filter(|(_, stamp)| stamp.kind == crate::stamp::Kind::File)
         .filter(|(p, stamp)| !shipped.matches(p, stamp))
         .map(|(_, stamp)| stamp.size)
         .sum()

@@ -13,6 +13,7 @@
 //! - `book.rs`: every path tracked: pending changes, shipped, failing,
 //!   badly named, unsettled; what a cut takes.
 //! - `guard.rs`: the mass-deletion guard.
+//! - `skipped.rs`: symlinks not shipped (pointing outside the tree).
 //! - `cut.rs`: when to pack and what, packing on a blocking thread, retries
 //!   of a failed run.
 //! - `whole_tree.rs`: whole trees for receivers that need one.
@@ -52,6 +53,7 @@ mod guard;
 mod outbox;
 mod report;
 mod shipped;
+mod skipped;
 mod source;
 mod start;
 mod state;
@@ -323,7 +325,7 @@ impl Sender {
     ) {
         match req {
             Request::Status => {
-                let _ = reply.send(Response::Status(self.status_report()));
+                let _ = reply.send(Response::Status(Box::new(self.status_report())));
             }
             Request::Pause | Request::Resume => {
                 let pause = matches!(req, Request::Pause);

@@ -122,6 +122,7 @@ impl Shipped {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use crate::stamp::Kind;
 
     /// Metadata for a file of `size` bytes, as shipped.
     pub(in crate::sender) fn meta(size: u64) -> FileMeta {
@@ -132,6 +133,7 @@ pub(super) mod tests {
             mode: 0o644,
             hash: String::new(),
             racy: false,
+            kind: Kind::File,
         }
     }
 
@@ -144,6 +146,7 @@ pub(super) mod tests {
             mtime: 1_000,
             mtime_nsec: 0,
             mode: 0o644,
+            kind: Kind::File,
         }
     }
 

@@ -1,5 +1,6 @@
-//! Walking the source: every regular file below a directory that is not
-//! excluded, in shipped form, with its [`Stamp`], and the files some
+//! Walking the source: every regular file, directory and symlink below a
+//! directory that is not excluded, in shipped form, with its [`Stamp`]
+//! (whose kind tells them apart), and the files some
 //! process holds open for writing (read from /proc). What the walk finds is
 //! compared with what was shipped by the sender, not here.
 //!
@@ -20,6 +21,8 @@ const O_ACCMODE: u32 = 0o3;
 pub struct Walk {
     /// The walked directory in shipped form; `None` for the whole source.
     pub dir: Option<String>,
+    /// Regular files, directories (the walked one included, unless it is
+    /// the source) and symlinks.
     pub files: Vec<(String, Stamp)>,
     pub dirs: u64,
     /// How long the walk took…
@@ -35,8 +38,8 @@ pub struct Walk {
     pub bad_names: Vec<String>,
 }
 
-/// Walk `dir` (below `base`): every regular file not excluded, in shipped
-/// form, with its stat. Blocking.
+/// Walk `dir` (below `base`): every regular file, directory and symlink
+/// not excluded, in shipped form, with its stat. Blocking.
 pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Walk {
     let started = std::time::Instant::now();
     let mut out = Walk {
@@ -71,7 +74,9 @@ pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) ->
             }
             continue;
         }
-        if entry.file_type().is_file()
+        let ft = entry.file_type();
+        // Not following links, the metadata is the entry's own (lstat).
+        if (ft.is_file() || ft.is_dir() || ft.is_symlink())
             && let Ok(md) = entry.metadata()
         {
             out.files.push((rel, Stamp::of(&md)));
@@ -162,7 +167,8 @@ mod tests {
     }
 
     #[test]
-    fn a_walk_lists_regular_files_but_not_excluded_ignored_symlinked_or_badly_named() {
+    fn a_walk_lists_files_dirs_and_links_but_not_excluded_ignored_or_badly_named() {
+        use crate::stamp::Kind;
         use std::os::unix::ffi::OsStrExt;
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
@@ -177,14 +183,23 @@ mod tests {
         std::fs::write(base.join(latin1), "x").unwrap();
         let excludes = Excludes::new(&["*.swp", "cache"]).unwrap();
         let w = walk(&base, &base, &excludes, &[base.join("state")]);
-        let mut files: Vec<&str> = w.files.iter().map(|(p, _)| p.as_str()).collect();
+        let mut files: Vec<(&str, Kind)> =
+            w.files.iter().map(|(p, s)| (p.as_str(), s.kind)).collect();
         files.sort();
-        assert_eq!(files, ["a/page", "top"]);
+        assert_eq!(
+            files,
+            [
+                ("a", Kind::Dir),
+                ("a/etc", Kind::Link),
+                ("a/page", Kind::File),
+                ("top", Kind::File)
+            ]
+        );
         assert_eq!(w.bad_names, ["caf\u{fffd}"]);
         assert_eq!(w.dir, None, "the whole source");
         assert_eq!(w.dirs, 2, "the source and a: cache excluded, state ignored");
         let sub = walk(&base, &base.join("a"), &excludes, &[]);
         assert_eq!(sub.dir.as_deref(), Some("a"));
-        assert_eq!(sub.files.len(), 1);
+        assert_eq!(sub.files.len(), 3, "a itself, a/page, a/etc");
     }
 }

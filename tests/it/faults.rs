@@ -15,7 +15,7 @@ use crate::util::*;
 // The library's own copy (its unit tests use it too); test-only, so the
 // library does not export it.
 #[path = "../../src/beneath/snapshot.rs"]
-mod snapshot;
+pub(crate) mod snapshot;
 use snapshot::snapshot;
 
 /// A small deterministic generator, so a failing run can be repeated.

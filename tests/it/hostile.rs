@@ -368,7 +368,7 @@ mod props {
             std::fs::write(&b, &bytes).unwrap();
             let before = everything(env.path());
             let staging = apply::sibling_staging(&env.root());
-            let target = Target { parts: staging.with_extension("parts"), root: env.root(), staging };
+            let target = Target { parts: staging.with_extension("parts"), root: env.root(), staging, policy: Default::default() };
             target.prepare().unwrap();
             match apply::open(&b, &Default::default()).and_then(|o| {
                 let m = o.manifest.clone();

@@ -48,6 +48,7 @@ fn a_part_sets_state_grows_by_a_line_per_part_and_is_never_rewritten() {
         parts: env.path().join("parts"),
         root: env.root(),
         staging,
+        policy: Default::default(),
     };
     target.prepare().unwrap();
     let dir = env.path().join("parts/from-test");

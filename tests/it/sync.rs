@@ -1,6 +1,7 @@
 //! End to end: a sender and a receiver on 127.0.0.1 keep two trees equal.
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -274,11 +275,20 @@ async fn a_file_and_a_directory_may_swap_places() {
     std::fs::remove_dir_all(env.src().join("dir")).unwrap();
     env.write("dir", "now a file");
     wait_in_sync(&env).await;
-    // A symlink is not shipped; the file it replaced must not linger.
+    // A file replaced by a symlink (inside the tree, so shipped as one):
+    // the file must not linger.
     std::fs::remove_file(env.src().join("link-me")).unwrap();
     std::os::unix::fs::symlink("thing", env.src().join("link-me")).unwrap();
-    wait_until("replaced file removed", || {
-        !env.root().join("link-me").exists()
+    wait_until("replaced file replaced by the link", || {
+        std::fs::read_link(env.root().join("link-me")).is_ok_and(|t| t == Path::new("thing"))
+    })
+    .await;
+    // And a symlink pointing outside is not shipped: the link it replaced
+    // must not linger either.
+    std::fs::remove_file(env.src().join("link-me")).unwrap();
+    std::os::unix::fs::symlink("/etc", env.src().join("link-me")).unwrap();
+    wait_until("replaced link removed", || {
+        std::fs::symlink_metadata(env.root().join("link-me")).is_err()
     })
     .await;
     s.stop().await;

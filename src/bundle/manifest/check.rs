@@ -85,6 +85,7 @@ impl Manifest {
         self.check_parts(&files, &mut normalised)?;
         let shipped = self.check_no_file_is_a_directory()?;
         self.check_deletions(&shipped, &mut normalised)?;
+        self.check_dirs_and_links(&mut normalised)?;
         self.check_abandoned()
     }
 
@@ -206,6 +207,46 @@ impl Manifest {
         Ok(())
     }
 
+    /// Directories and links: valid paths, each once and not also a file,
+    /// part or deletion; a link's target resolving inside the tree; and
+    /// nothing shipped below a file or a link of the same bundle (writing
+    /// through a link is what a link must never allow).
+    fn check_dirs_and_links(&self, normalised: &mut Normalised) -> Result<(), ManifestError> {
+        let dirs = self.dirs.iter().map(|d| d.path.as_str());
+        let links = self.links.iter().map(|l| l.path.as_str());
+        for p in dirs.clone().chain(links.clone()) {
+            valid_path(p)?;
+            normalised.claim(p)?;
+        }
+        for l in &self.links {
+            if let Some(why) = paths::unsafe_link(&l.path, &l.target) {
+                return Err(ManifestError::path(
+                    &l.path,
+                    format!("symlink refused: {why}"),
+                ));
+            }
+        }
+        let not_dirs: HashSet<&str> = self
+            .files
+            .iter()
+            .map(|f| f.path.as_str())
+            .chain(self.parts.iter().map(|p| p.path.as_str()))
+            .chain(links.clone())
+            .collect();
+        let all = not_dirs.iter().copied().chain(dirs);
+        for p in all {
+            for (slash, _) in p.match_indices('/') {
+                if not_dirs.contains(&p[..slash]) {
+                    return Err(ManifestError::path(
+                        &p[..slash],
+                        format!("shipped as a file or link and as the directory of {p:?}"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn check_abandoned(&self) -> Result<(), ManifestError> {
         for a in &self.abandoned {
             if !valid_set_id(a) {
@@ -250,6 +291,55 @@ mod tests {
     use super::super::ids::SeqExhausted;
     use super::super::samples::{H, file, manifest, part};
     use super::*;
+
+    use super::super::format::{DirEntry, LinkEntry};
+
+    fn with_tree(dirs: &[&str], links: &[(&str, &str)]) -> Manifest {
+        let mut m = manifest();
+        m.dirs = dirs
+            .iter()
+            .map(|d| DirEntry {
+                path: d.to_string(),
+                mode: 0o755,
+            })
+            .collect();
+        m.links = links
+            .iter()
+            .map(|(p, t)| LinkEntry {
+                path: p.to_string(),
+                target: t.to_string(),
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn directories_and_safe_links_travel_and_an_old_manifest_is_unchanged() {
+        let m = with_tree(
+            &["empty", "a"],
+            &[("current", "a"), ("a/up", "../a/b.html")],
+        );
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        let json = String::from_utf8(manifest().to_json()).unwrap();
+        assert!(!json.contains("dirs") && !json.contains("links"), "{json}");
+    }
+
+    #[test]
+    fn escaping_links_and_paths_claimed_twice_or_below_a_link_are_refused() {
+        for (m, what) in [
+            (with_tree(&[], &[("l", "/etc/passwd")]), "absolute"),
+            (with_tree(&[], &[("l", "../outside")]), "leaves the tree"),
+            (with_tree(&[], &[("l", "")]), "empty"),
+            (with_tree(&["old"], &[]), "more than once"),
+            (with_tree(&["a/b.html"], &[]), "more than once"),
+            (with_tree(&[], &[("a", "x")]), "directory of \"a/b.html\""),
+            (with_tree(&["l/d"], &[("l", "x")]), "directory of \"l/d\""),
+            (with_tree(&["../x"], &[]), "\"../x\""),
+        ] {
+            let e = m.check().unwrap_err().to_string();
+            assert!(e.contains(what), "{what}: {e}");
+        }
+    }
 
     #[test]
     fn round_trips_through_json() {

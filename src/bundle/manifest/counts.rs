@@ -19,6 +19,10 @@ pub struct Counts {
     pub deletions: Count,
     #[serde(default)]
     pub abandoned: Count,
+    #[serde(default)]
+    pub dirs: Count,
+    #[serde(default)]
+    pub links: Count,
 }
 
 /// The length of a JSON array, whose items are skipped unread.
@@ -55,9 +59,10 @@ impl Counts {
         serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))
     }
 
-    /// Files, parts and deletions: what a receiver's entry limit counts.
+    /// Files, parts, deletions, directories and links: what a receiver's
+    /// entry limit counts.
     pub fn entries(&self) -> usize {
-        self.files.0 + self.parts.0 + self.deletions.0
+        self.files.0 + self.parts.0 + self.deletions.0 + self.dirs.0 + self.links.0
     }
 }
 
@@ -76,6 +81,8 @@ mod tests {
             (m.files.len(), m.parts.len(), m.deletions.len(), 1)
         );
         assert_eq!(c.entries(), 4);
+        let tree = br#"{"dirs": [1, 2], "links": [3]}"#;
+        assert_eq!(Counts::of(tree).unwrap().entries(), 3);
         let bare = br#"{"format": 1, "files": [1, "x", {"a": [2]}], "extra": true}"#;
         assert_eq!(Counts::of(bare).unwrap().entries(), 3);
         assert!(Counts::of(br#"{"files": {}}"#).is_err());

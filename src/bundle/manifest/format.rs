@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::paths;
-use crate::stamp::{RACY_WINDOW, Stamp};
+use crate::stamp::{Kind, RACY_WINDOW, Stamp};
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
@@ -48,6 +48,31 @@ pub struct Manifest {
     /// drops what it holds of them.
     #[serde(default)]
     pub abandoned: Vec<String>,
+    /// Directories, made (or given their mode) before files are published.
+    /// Absent when empty, so a bundle without any is byte for byte what it
+    /// was before directories travelled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dirs: Vec<DirEntry>,
+    /// Symlinks, each pointing inside the tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<LinkEntry>,
+}
+
+/// A directory, with the mode it has in the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirEntry {
+    pub path: String,
+    pub mode: u32,
+}
+
+/// A symlink and its target, as written (relative, resolving inside the
+/// tree: see `check.rs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkEntry {
+    pub path: String,
+    pub target: String,
 }
 
 /// Metadata shipped for every file, and kept by the sender for what it shipped.
@@ -65,6 +90,10 @@ pub struct FileMeta {
     /// comparison must look at the content, not just the stat.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub racy: bool,
+    /// A file unless said otherwise (so ledgers written before directories
+    /// and links travelled still load). A link's `hash` is its target's.
+    #[serde(default, skip_serializing_if = "Kind::is_file")]
+    pub kind: Kind,
 }
 
 impl FileMeta {
@@ -76,13 +105,22 @@ impl FileMeta {
             mtime_nsec: stamp.mtime_nsec,
             mode: stamp.mode,
             hash,
-            racy: stamp.modified_within(RACY_WINDOW),
+            // A directory's content is its entries, each compared itself.
+            racy: stamp.kind != Kind::Dir && stamp.modified_within(RACY_WINDOW),
+            kind: stamp.kind,
         }
     }
 
-    /// Whether a file with `stamp` has the size, mtime and mode shipped
-    /// (identity is not shipped).
+    /// Whether a file with `stamp` has the kind, size, mtime and mode
+    /// shipped (identity is not shipped). A directory is its kind and mode
+    /// only: its mtime and size change with every entry made in it.
     pub fn matches(&self, stamp: &Stamp) -> bool {
+        if stamp.kind != self.kind {
+            return false;
+        }
+        if self.kind == Kind::Dir {
+            return stamp.mode == self.mode;
+        }
         stamp.size == self.size
             && stamp.mtime == self.mtime
             && stamp.mtime_nsec == self.mtime_nsec
@@ -131,6 +169,7 @@ impl FileEntry {
             mode: self.mode,
             hash: self.hash.clone(),
             racy: false,
+            kind: Kind::File,
         }
     }
 }
@@ -159,6 +198,16 @@ impl Manifest {
             .collect()
     }
 
+    /// Whether the bundle carries nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+            && self.parts.is_empty()
+            && self.deletions.is_empty()
+            && self.abandoned.is_empty()
+            && self.dirs.is_empty()
+            && self.links.is_empty()
+    }
+
     pub fn content_bytes(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum::<u64>()
             + self.parts.iter().map(|p| p.size).sum::<u64>()
@@ -169,6 +218,20 @@ impl Manifest {
 mod tests {
     use super::super::samples::{H, manifest, part};
     use super::*;
+
+    #[test]
+    fn what_was_shipped_before_kinds_existed_loads_as_a_file() {
+        let old = br#"{"size":1,"mtime":2,"mtime_nsec":3,"mode":420,"hash":""}"#;
+        let m: FileMeta = serde_json::from_slice(old).unwrap();
+        assert_eq!(m.kind, Kind::File);
+        assert_eq!(serde_json::to_vec(&m).unwrap(), old.to_vec());
+        let dir = FileMeta {
+            kind: Kind::Dir,
+            ..m
+        };
+        let json = serde_json::to_string(&dir).unwrap();
+        assert!(json.ends_with(r#""kind":"dir"}"#), "{json}");
+    }
 
     #[test]
     fn the_largest_honest_entry_fits_its_share_of_the_manifest_bound() {

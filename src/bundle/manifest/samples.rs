@@ -43,5 +43,7 @@ pub(super) fn manifest() -> Manifest {
         parts: vec![part(0, 2), part(1, 2)],
         deletions: vec!["old".into()],
         abandoned: vec![],
+        dirs: vec![],
+        links: vec![],
     }
 }

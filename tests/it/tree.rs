@@ -1,0 +1,279 @@
+//! The tree as it is, not only its files: empty directories and symlinks
+//! travel (served through a real nginx running as another user), links
+//! that would lead outside the tree never do, and a bundle cannot use a
+//! link to write outside root.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use crate::util::*;
+use crate::web::Nginx;
+
+use crate::faults::snapshot;
+
+fn serve(env: &Env) -> Nginx {
+    let dir = env.path().join("nginx");
+    std::fs::create_dir_all(&dir).unwrap();
+    Nginx::serve(&env.root(), &dir, env.path())
+}
+
+fn is_dir(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir())
+}
+
+fn link_of(p: &Path) -> Option<String> {
+    std::fs::read_link(p)
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned())
+}
+
+fn exists(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok()
+}
+
+/// Directories only appeared and disappeared with their files: an empty
+/// one made in the source never reached the receiver. Now it arrives with
+/// the policy's mode (the default 0755, not the source's 0700) and goes
+/// when removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_directory_appears_with_the_policys_mode_and_goes_when_removed() {
+    let env = Env::new();
+    env.write("index.html", "home");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    let web = serve(&env);
+    let uploads = env.src().join("uploads");
+    std::fs::create_dir(&uploads).unwrap();
+    std::fs::set_permissions(&uploads, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let there = env.root().join("uploads");
+    wait_until("the empty directory arrives", || is_dir(&there)).await;
+    assert_eq!(std::fs::metadata(&there).unwrap().mode() & 0o7777, 0o755);
+    // nginx sees a directory: it redirects to the slashed name.
+    assert_eq!(web.get("uploads").0, 301);
+    std::fs::remove_dir(&uploads).unwrap();
+    wait_until("the removed directory goes", || !exists(&there)).await;
+    assert_eq!(web.get("uploads").0, 404);
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A directory tree renamed in the source arrives whole under its new
+/// name, its empty subdirectory included, and the old name is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_directory_tree_arrives_under_its_new_name() {
+    let env = Env::new();
+    env.write("2026/11/a.html", "a");
+    env.write("2026/11/sub/b.html", "b");
+    std::fs::create_dir_all(env.src().join("2026/11/empty")).unwrap();
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let root = env.root();
+    wait_until("the tree arrives", || is_dir(&root.join("2026/11/empty"))).await;
+    let web = serve(&env);
+    std::fs::rename(env.src().join("2026"), env.src().join("archive-2026")).unwrap();
+    wait_until("the renamed tree arrives and the old one goes", || {
+        is_dir(&root.join("archive-2026/11/empty")) && !exists(&root.join("2026"))
+    })
+    .await;
+    wait_in_sync(&env).await;
+    assert_eq!(web.get("archive-2026/11/sub/b.html"), (200, b"b".to_vec()));
+    assert_eq!(web.get("2026/11/a.html").0, 404);
+    s.stop().await;
+    r.stop().await;
+}
+
+/// Symlinks were skipped without a word. A link whose target stays inside
+/// the tree now travels as a link (nginx answers the target's content,
+/// and follows a retargeted link); one pointing outside, or absolute, is
+/// not shipped and is listed in `status` until removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_inside_the_tree_are_served_and_links_outside_are_named_in_status() {
+    let env = Env::new();
+    env.write("2026/11/a.html", "november");
+    symlink("2026/11", env.src().join("current")).unwrap();
+    symlink("2026/11/a.html", env.src().join("latest.html")).unwrap();
+    symlink("/etc/passwd", env.src().join("passwd")).unwrap();
+    symlink("../../outside", env.src().join("2026/out")).unwrap();
+    let r = env.start_receiver("").await;
+    let cfg = env.config_file("s.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let s = env.start_sender_from(r.addr, &std::fs::read_to_string(&cfg).unwrap());
+    let root = env.root();
+    wait_until("the links arrive", || {
+        link_of(&root.join("current")).is_some() && link_of(&root.join("latest.html")).is_some()
+    })
+    .await;
+    assert_eq!(link_of(&root.join("current")).unwrap(), "2026/11");
+    let web = serve(&env);
+    assert_eq!(web.get("current/a.html"), (200, b"november".to_vec()));
+    assert_eq!(web.get("latest.html"), (200, b"november".to_vec()));
+    let skipped = |v: &serde_json::Value| {
+        let mut p: Vec<String> = v["skipped_links"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} -> {}",
+                    l["path"].as_str().unwrap(),
+                    l["target"].as_str().unwrap()
+                )
+            })
+            .collect();
+        p.sort();
+        p
+    };
+    wait_status(&cfg, "both unsafe links listed", |v| {
+        skipped(v) == ["2026/out -> ../../outside", "passwd -> /etc/passwd"]
+    })
+    .await;
+    assert!(!exists(&root.join("passwd")) && !exists(&root.join("2026/out")));
+
+    env.write("2026/12/a.html", "december");
+    std::fs::remove_file(env.src().join("current")).unwrap();
+    symlink("2026/12", env.src().join("current")).unwrap();
+    wait_until("the link is retargeted", || {
+        link_of(&root.join("current")).as_deref() == Some("2026/12")
+    })
+    .await;
+    assert_eq!(web.get("current/a.html"), (200, b"december".to_vec()));
+    std::fs::remove_file(env.src().join("passwd")).unwrap();
+    std::fs::remove_file(env.src().join("latest.html")).unwrap();
+    wait_until("the removed link goes", || {
+        !exists(&root.join("latest.html"))
+    })
+    .await;
+    wait_status(&cfg, "the removed unsafe link no longer listed", |v| {
+        skipped(v) == ["2026/out -> ../../outside"]
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+}
+
+/// What the sender's catch-up compares now includes directories and
+/// links: ones made, and removed, while it was down reach the receiver
+/// when it starts again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directories_and_links_changed_while_the_sender_is_down_arrive_at_restart() {
+    let env = Env::new();
+    env.write("a.html", "a");
+    std::fs::create_dir(env.src().join("old-empty")).unwrap();
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let root = env.root();
+    wait_until("the first tree arrives", || is_dir(&root.join("old-empty"))).await;
+    s.stop().await;
+    std::fs::create_dir_all(env.src().join("d/e")).unwrap();
+    symlink("a.html", env.src().join("alias.html")).unwrap();
+    std::fs::remove_dir(env.src().join("old-empty")).unwrap();
+    let s = env.start_sender(r.addr, "");
+    wait_until("what changed while down arrives", || {
+        is_dir(&root.join("d/e"))
+            && link_of(&root.join("alias.html")).as_deref() == Some("a.html")
+            && !exists(&root.join("old-empty"))
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A bundle named `name` with `manifest` (its lists) and `files` (path,
+/// content) as entries.
+fn hostile_bundle(
+    dir: &Path,
+    name: &str,
+    lists: serde_json::Value,
+    files: &[(&str, &str)],
+) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(format!("{name}.zip"));
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    let mut entries = Vec::new();
+    for (p, body) in files {
+        z.start_file(*p, options).unwrap();
+        z.write_all(body.as_bytes()).unwrap();
+        entries.push(serde_json::json!({"path": p, "size": body.len(), "mtime": 0,
+            "mtime_nsec": 0, "mode": 0o644, "hash": blake3::hash(body.as_bytes()).to_hex().to_string()}));
+    }
+    let mut m = serde_json::json!({"format": 1, "sender": "hostile", "seq": 1, "created": 0,
+        "files": entries, "deletions": []});
+    for (k, v) in lists.as_object().unwrap() {
+        m[k] = v.clone();
+    }
+    z.start_file(".shipper/manifest.json", options).unwrap();
+    z.write_all(m.to_string().as_bytes()).unwrap();
+    z.finish().unwrap();
+    path
+}
+
+/// Links in bundles are as dangerous as paths: one escaping root, one
+/// absolute, a file or directory written through a link already in root,
+/// or through a link of the same bundle, are each refused whole, with root
+/// and what lies outside it untouched.
+#[test]
+fn bundles_with_escaping_links_or_writes_through_links_are_refused_untouched() {
+    use serde_json::json;
+    let env = Env::new();
+    std::fs::create_dir_all(env.root().join("sub")).unwrap();
+    std::fs::write(env.root().join("sub/page.html"), "page").unwrap();
+    symlink("sub", env.root().join("current")).unwrap();
+    std::fs::create_dir_all(env.path().join("outside")).unwrap();
+    std::fs::write(env.path().join("outside/victim"), "keep").unwrap();
+    let lonely = || -> [(&str, &str); 1] { [("canary.html", "canary")] };
+    let cases = [
+        (
+            "escaping",
+            json!({"links": [{"path": "out", "target": "../outside"}]}),
+            lonely().to_vec(),
+            "leaves the tree",
+        ),
+        (
+            "absolute",
+            json!({"links": [{"path": "pw", "target": "/etc/passwd"}]}),
+            lonely().to_vec(),
+            "absolute",
+        ),
+        (
+            "through-root-link",
+            json!({}),
+            vec![("canary.html", "canary"), ("current/x.html", "evil")],
+            "symlink",
+        ),
+        (
+            "dir-through-root-link",
+            json!({"dirs": [{"path": "current/d", "mode": 0o755}]}),
+            lonely().to_vec(),
+            "symlink",
+        ),
+        (
+            "through-own-link",
+            json!({"links": [{"path": "l", "target": "sub"}]}),
+            vec![("l/x.html", "evil")],
+            "directory of",
+        ),
+    ];
+    let bundles = env.path().join("bundles");
+    std::fs::create_dir_all(&bundles).unwrap();
+    for (name, lists, files, expect) in cases {
+        let was = (
+            snapshot::snapshot(&env.root()),
+            snapshot::snapshot(&env.path().join("outside")),
+        );
+        let b = hostile_bundle(&bundles, name, lists, &files);
+        let out = shipper(&[
+            "replay",
+            "--root",
+            env.root().to_str().unwrap(),
+            b.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success(), "{name}: accepted");
+        assert!(text(&out).contains(expect), "{name}: {}", text(&out));
+        let now = (
+            snapshot::snapshot(&env.root()),
+            snapshot::snapshot(&env.path().join("outside")),
+        );
+        assert_eq!(now, was, "{name}: root or outside changed");
+    }
+}
