@@ -54,6 +54,7 @@ fuzz_target!(|data: &[u8]| {
         root: base.join("root"),
         staging: base.join("staging"),
         parts: base.join("parts"),
+        policy: Default::default(),
     };
     target.prepare().expect("preparing the target");
     fs::create_dir(base.join("canary")).unwrap();
