@@ -209,7 +209,8 @@ fn hostile_bundle(
 }
 
 /// Links in bundles are as dangerous as paths: one escaping root, one
-/// absolute, a file or directory written through a link already in root,
+/// absolute, one escaping through another link (`a -> .`, `e -> a/..`),
+/// a file or directory written through a link already in root,
 /// or through a link of the same bundle, are each refused whole, with root
 /// and what lies outside it untouched.
 #[test]
@@ -234,6 +235,14 @@ fn bundles_with_escaping_links_or_writes_through_links_are_refused_untouched() {
             json!({"links": [{"path": "pw", "target": "/etc/passwd"}]}),
             lonely().to_vec(),
             "absolute",
+        ),
+        (
+            // `a` is root itself, so `a/..` is root's parent.
+            "climbing-through-own-link",
+            json!({"links": [{"path": "a", "target": "."},
+                             {"path": "e", "target": "a/../outside/victim"}]}),
+            lonely().to_vec(),
+            "climbs out of a name",
         ),
         (
             "through-root-link",
