@@ -8,10 +8,11 @@
 
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::process::Command;
+use tokio::process::{ChildStderr, Command};
 
 /// How much of a failed hook's stderr its error quotes (the end of it).
 const STDERR_TAIL: usize = 2048;
@@ -125,26 +126,28 @@ impl Hook {
                 let _ = stdin.write_all(input.as_bytes()).await;
             }
         });
-        let mut stderr = child.stderr.take();
-        let reader = tokio::spawn(async move {
-            let mut all = Vec::new();
-            if let Some(stderr) = stderr.as_mut() {
-                let _ = stderr.read_to_end(&mut all).await;
-            }
-            tail(&all)
-        });
-        let waited = tokio::time::timeout(self.timeout, child.wait()).await;
+        let stderr_tail = Arc::new(Mutex::new(Vec::new()));
+        let reader = tokio::spawn(keep_tail(child.stderr.take(), stderr_tail.clone()));
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let waited = tokio::time::timeout_at(deadline, child.wait()).await;
         writer.abort();
         match waited {
             Ok(Ok(status)) if status.success() => {
                 reader.abort();
                 Ok(())
             }
-            Ok(Ok(status)) => Err(HookError::Failed {
-                program,
-                status,
-                stderr: reader.await.unwrap_or_default(),
-            }),
+            Ok(Ok(status)) => {
+                // Its stderr ends when the last process holding it does: a
+                // daemon the hook left could hold it for ever, so it is
+                // read only until the hook's time is up.
+                let _ = tokio::time::timeout_at(deadline, reader).await;
+                let stderr = stderr_tail.lock().map(|t| tail(&t)).unwrap_or_default();
+                Err(HookError::Failed {
+                    program,
+                    status,
+                    stderr,
+                })
+            }
             Ok(Err(source)) => Err(HookError::Start { program, source }),
             Err(_) => {
                 kill_group(&mut child).await;
@@ -181,6 +184,20 @@ async fn kill_group(child: &mut tokio::process::Child) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = child.kill().await;
+}
+
+/// Read `stderr` to its end, keeping only its last [`STDERR_TAIL`] bytes
+/// in `kept` (a hook may write without end), readable whenever the
+/// reading is given up.
+async fn keep_tail(stderr: Option<ChildStderr>, kept: Arc<Mutex<Vec<u8>>>) {
+    let Some(mut stderr) = stderr else { return };
+    let mut buf = [0u8; 8192];
+    while let Ok(n @ 1..) = stderr.read(&mut buf).await {
+        let Ok(mut kept) = kept.lock() else { return };
+        kept.extend_from_slice(&buf[..n]);
+        let over = kept.len().saturating_sub(STDERR_TAIL);
+        kept.drain(..over);
+    }
 }
 
 /// The last [`STDERR_TAIL`] bytes of `bytes`, as text.
@@ -275,6 +292,35 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// A failing hook whose daemon keeps its stderr open held the
+    /// receiver (and the sender's ack) for as long as the daemon lived:
+    /// its stderr was read to the end before the failure was reported.
+    #[tokio::test]
+    async fn a_failing_hook_whose_daemon_holds_stderr_is_reported_by_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("pid");
+        let script = format!(
+            "echo purge failed >&2; sleep 600 & echo $! > '{}'; exit 3",
+            pidfile.display()
+        );
+        let hook = sh(&script, Duration::from_secs(2));
+        let a = applied(dir.path());
+        let err = tokio::time::timeout(Duration::from_secs(20), hook.run(&a))
+            .await
+            .expect("the hook's daemon held the run past its timeout")
+            .unwrap_err();
+        let text = err.to_string();
+        if let Some(pid) = std::fs::read_to_string(&pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        assert!(matches!(err, HookError::Failed { .. }), "{text}");
+        assert!(text.contains("purge failed"), "{text}");
     }
 
     #[tokio::test]

@@ -129,10 +129,14 @@ pub fn is_within(path: &str, dir: &str) -> bool {
 
 /// Why the symlink at `link` (shipped form) pointing to `target` may not
 /// travel, if it may not: its target is empty, absolute, too long, holds a
-/// NUL, or, resolved lexically from the link's directory, leaves the tree
-/// (rsync's `--safe-links`). Lexical: a link inside the tree is itself
-/// shipped as a link, so what the target names on the receiver is what it
-/// names here.
+/// NUL, climbs out of a name it went down (`a/..`), or, resolved lexically
+/// from the link's directory, leaves the tree (rsync's `--safe-links`).
+/// Lexical: a link inside the tree is itself shipped as a link, so what the
+/// target names on the receiver is what it names here. That holds only
+/// because every `..` comes first, climbing real directories (a link's
+/// directories are never links): a `..` after a name climbs out of
+/// wherever that name leads, and with `a -> .` beside it, `a/../x` is
+/// outside the tree although it reads as inside.
 pub fn unsafe_link(link: &str, target: &str) -> Option<&'static str> {
     if target.is_empty() {
         return Some("its target is empty");
@@ -144,12 +148,18 @@ pub fn unsafe_link(link: &str, target: &str) -> Option<&'static str> {
         return Some("its target is not a path that can travel");
     }
     let mut depth = link.matches('/').count();
+    let mut named = false;
     for c in target.split('/') {
         match c {
             "" | "." => {}
+            ".." if named => {
+                return Some(
+                    "its target climbs out of a name (`name/..`), which a link could lead outside the tree",
+                );
+            }
             ".." if depth == 0 => return Some("its target leaves the tree"),
             ".." => depth -= 1,
-            _ => depth += 1,
+            _ => named = true,
         }
     }
     None
@@ -264,8 +274,12 @@ mod tests {
             ("l", "/etc/passwd", "absolute"),
             ("l", "..", "leaves"),
             ("a/l", "../../outside", "leaves"),
-            ("a/l", "b/../../../x", "leaves"),
+            ("a/l", "b/../../../x", "climbs"),
             ("l", "a\0b", "travel"),
+            // With `a` a link to `.`, `a/..` is root's parent: climbing
+            // out of a name is refused, as that name may be a link.
+            ("e", "a/../outside", "climbs"),
+            ("d/e", "../a/./../x", "climbs"),
         ] {
             let e = unsafe_link(link, target).unwrap();
             assert!(e.contains(why), "{link} -> {target}: {e}");

@@ -13,6 +13,7 @@
 //! refused with root as it was (see [`crate::beneath::Publish`]). Blocking:
 //! run it off the async runtime.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
@@ -179,13 +180,19 @@ fn publish_staged(
     // Root is changed only through handles that never follow symlinks.
     let root = Root::open(&target.root).map_err(io_at(&target.root))?;
     let dirs = m.dirs.iter().map(|d| &d.path);
+    let replaced: HashSet<&str> = dirs
+        .clone()
+        .chain(&m.deletions)
+        .map(String::as_str)
+        .collect();
     for rel in m
         .deletions
         .iter()
         .chain(dirs)
         .chain(staged.iter().map(|(rel, _)| rel))
     {
-        root.check(rel).map_err(beneath_err)?;
+        root.check(checked_part(rel, &replaced))
+            .map_err(beneath_err)?;
     }
     // All or nothing: what the bundle replaces or deletes is kept aside in
     // the stage directory (on root's filesystem) until it is committed, and
@@ -202,6 +209,18 @@ fn publish_staged(
     }
     publish.commit();
     Ok(())
+}
+
+/// What of `rel` is checked for symlinks before root is changed: up to
+/// the shallowest directory above it that the bundle ships or deletes
+/// (`replaced`), since a symlink there (a link the source made a directory)
+/// is moved aside by the bundle, not written through. Below it, a symlink
+/// is still refused, only later: publishing never follows one.
+fn checked_part<'a>(rel: &'a str, replaced: &HashSet<&str>) -> &'a str {
+    rel.match_indices('/')
+        .map(|(slash, _)| &rel[..slash])
+        .find(|dir| replaced.contains(dir))
+        .unwrap_or(rel)
 }
 
 /// Every change a bundle makes to root, in order, ending with the sync

@@ -320,18 +320,22 @@ async fn a_file_over_the_receivers_size_limit_is_named_and_the_rest_ships() {
 }
 
 /// A bundle refused for one path (here a symlink planted in the receiver's
-/// root) was refused every time it was sent, so nothing packed with that
+/// root over a directory shipper made, which the bundle does not ship
+/// again) was refused every time it was sent, so nothing packed with that
 /// path ever arrived.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bundle_refused_over_one_path_ships_the_rest() {
     let env = Env::new();
     let outside = env.path().join("outside");
     std::fs::create_dir(&outside).unwrap();
+    env.write("evil/keep.html", "first");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    std::fs::remove_dir_all(env.root().join("evil")).unwrap();
     std::os::unix::fs::symlink(&outside, env.root().join("evil")).unwrap();
     env.write("evil/a.html", "must not land outside root");
     env.write("ok.html", "fine");
-    let r = env.start_receiver("").await;
-    let s = env.start_sender(r.addr, "");
     let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
     wait_until("the page shipped with it", || {
         env.root().join("ok.html").exists()

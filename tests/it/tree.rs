@@ -209,7 +209,8 @@ fn hostile_bundle(
 }
 
 /// Links in bundles are as dangerous as paths: one escaping root, one
-/// absolute, a file or directory written through a link already in root,
+/// absolute, one escaping through another link (`a -> .`, `e -> a/..`),
+/// a file or directory written through a link already in root,
 /// or through a link of the same bundle, are each refused whole, with root
 /// and what lies outside it untouched.
 #[test]
@@ -234,6 +235,14 @@ fn bundles_with_escaping_links_or_writes_through_links_are_refused_untouched() {
             json!({"links": [{"path": "pw", "target": "/etc/passwd"}]}),
             lonely().to_vec(),
             "absolute",
+        ),
+        (
+            // `a` is root itself, so `a/..` is root's parent.
+            "climbing-through-own-link",
+            json!({"links": [{"path": "a", "target": "."},
+                             {"path": "e", "target": "a/../outside/victim"}]}),
+            lonely().to_vec(),
+            "climbs out of a name",
         ),
         (
             "through-root-link",
@@ -276,4 +285,39 @@ fn bundles_with_escaping_links_or_writes_through_links_are_refused_untouched() {
         );
         assert_eq!(now, was, "{name}: root or outside changed");
     }
+}
+
+/// A symlink replaced by a directory of the same name in the source (a
+/// `current -> 2026/11` made a real directory): the receiver refused every
+/// bundle writing below it as "through a symlink", for ever, although the
+/// bundle itself ships the directory that replaces the link.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_replaced_by_a_directory_becomes_that_directory() {
+    let env = Env::new();
+    env.write("2026/11/a.html", "november");
+    symlink("2026/11", env.src().join("current")).unwrap();
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let root = env.root();
+    wait_until("the link arrives", || {
+        link_of(&root.join("current")).is_some()
+    })
+    .await;
+    std::fs::remove_file(env.src().join("current")).unwrap();
+    env.write("current/b.html", "own page");
+    wait_until("the directory replaces the link", || {
+        is_dir(&root.join("current")) && exists(&root.join("current/b.html"))
+    })
+    .await;
+    wait_in_sync(&env).await;
+    assert_eq!(
+        std::fs::read(root.join("2026/11/a.html")).unwrap(),
+        b"november"
+    );
+    assert!(
+        !exists(&root.join("2026/11/b.html")),
+        "written through the link"
+    );
+    s.stop().await;
+    r.stop().await;
 }
