@@ -250,8 +250,10 @@ impl Link {
     ) -> Option<String> {
         match answer {
             Ok(Ok(hook)) => {
-                self.shipped(b, started).await;
+                // The hook's outcome first: status never shows the ack
+                // without what became of the hook it waited for.
                 self.hook_outcome(b.seq, hook);
+                self.shipped(b, started).await;
                 None
             }
             Ok(Err(refusal)) if refusal.kind == RefusalKind::Permanent => {
