@@ -6,11 +6,22 @@
 //! old or the new content, never a mix. State that grows by records is
 //! appended instead, one [`journal_line`] per record: a crash can tear only
 //! the last line, which [`journal_lines`] drops with anything after it.
-//! Nothing else belongs here.
+//! [`is_disk_full`] is the one test of a write that failed for want of
+//! space. Nothing else belongs here.
 
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::Path;
+
+/// True when a write failed because the filesystem ran out of space or
+/// quota: the one test the receiver's refusals, its metrics and its log
+/// share.
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    )
+}
 
 /// Replace `path` with `bytes` so that a crash leaves the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {

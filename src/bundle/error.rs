@@ -123,8 +123,7 @@ impl BundleError {
 
     /// True when the filesystem ran out of space (or quota).
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, BundleError::Io { source, .. }
-            if matches!(source.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded))
+        matches!(self, BundleError::Io { source, .. } if crate::durable::is_disk_full(source))
     }
 }
 

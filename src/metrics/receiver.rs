@@ -55,9 +55,10 @@ impl RefusedFor {
 
     /// An I/O error's reason: a full disk, or another.
     pub fn of_io(e: &io::Error) -> Self {
-        match e.kind() {
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Self::DiskFull,
-            _ => Self::Io,
+        if crate::durable::is_disk_full(e) {
+            Self::DiskFull
+        } else {
+            Self::Io
         }
     }
 

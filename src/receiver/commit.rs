@@ -203,8 +203,7 @@ fn archive(src: &Path, dir: &Path, name: &str, keep: usize) -> anyhow::Result<()
 /// The reason sent to the sender when the bundle at `path` cannot be
 /// stored: a full disk is named as such.
 pub(super) fn refusal_for_io(e: &std::io::Error, path: &Path) -> String {
-    use std::io::ErrorKind::{QuotaExceeded, StorageFull};
-    if matches!(e.kind(), StorageFull | QuotaExceeded) {
+    if crate::durable::is_disk_full(e) {
         format!("receiver disk full: {}: {e}", path.display())
     } else {
         format!("receiver cannot store the bundle: {}: {e}", path.display())
