@@ -11,7 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::values::{duration, fmt_dur, size};
-use crate::rate::TokenBucket;
+use crate::rate::time_for;
 use crate::schedule::Schedule;
 
 /// The promise shipper makes: every change is on the receiver within this.
@@ -159,7 +159,7 @@ pub(super) fn max_rate(
         ));
     }
     let budget = max_delay.saturating_sub(gap);
-    let takes = TokenBucket::time_for(rate, max_bundle_size);
+    let takes = time_for(rate, max_bundle_size);
     if takes <= budget {
         return Ok(Some(rate));
     }
