@@ -7,7 +7,6 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::hash::hash_file;
 use super::limits::Limits;
 use super::manifest::FileMeta;
 use super::source_read::Lost;
@@ -24,7 +23,6 @@ pub struct Packed {
     pub seq: u64,
     pub path: PathBuf,
     pub size: u64,
-    pub hash: [u8; 32],
     pub summary: Summary,
     /// What the receiver will have once it applies this bundle: `Some`
     /// shipped with this metadata, `None` deleted.
@@ -180,12 +178,10 @@ impl Cutter<'_> {
         let size = std::fs::metadata(&path)
             .map_err(|e| with_path(e, &path))?
             .len();
-        let hash = hash_file(&path).map_err(|e| with_path(e, &path))?;
         (self.emit)(Packed {
             seq,
             path,
             size,
-            hash: *hash.as_bytes(),
             summary,
             changes: changes.clone(),
             only: None,

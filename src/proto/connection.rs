@@ -216,36 +216,38 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         Ok(())
     }
 
-    /// Send `size` bytes of the file at `path` as a bundle body (no flush).
-    /// A blocking thread reads the file in large chunks while this task
-    /// writes to the socket, so disk and network overlap.
-    pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<(), ConnError> {
+    /// Send `size` bytes of the file at `path` as a bundle body (no flush),
+    /// returning their BLAKE3 for the trailer. A blocking thread reads and
+    /// hashes the file in large chunks while this task writes to the
+    /// socket, so disk, hash and network overlap and the bundle is read
+    /// once: the trailer vouches for exactly the bytes that went out.
+    pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
         let path_owned = path.to_owned();
         let reader = tokio::task::spawn_blocking(move || {
             use std::io::Read;
+            let mut hasher = blake3::Hasher::new();
             let mut file = match std::fs::File::open(&path_owned) {
                 Ok(f) => f,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
-                    return;
+                    return None;
                 }
             };
             let mut left = size;
             while left > 0 {
                 let mut buf = vec![0u8; CHUNK.min(left as usize)];
-                match file.read_exact(&mut buf) {
-                    Ok(()) => {}
-                    Err(e) => {
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
+                if let Err(e) = file.read_exact(&mut buf) {
+                    let _ = tx.blocking_send(Err(e));
+                    return None;
                 }
                 left -= buf.len() as u64;
+                hasher.update(&buf);
                 if tx.blocking_send(Ok(buf)).is_err() {
-                    return;
+                    return None;
                 }
             }
+            Some(hasher.finalize())
         });
         let slice_len = self.write_slice();
         while let Some(chunk) = rx.recv().await {
@@ -265,8 +267,14 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 .await??;
             }
         }
-        let _ = reader.await;
-        Ok(())
+        match reader.await {
+            Ok(Some(hash)) => Ok(hash),
+            // Every error was sent down the channel and returned above;
+            // only a panicked reader gets here.
+            _ => Err(
+                io::Error::other(format!("{}: reading the bundle failed", path.display())).into(),
+            ),
+        }
     }
 
     /// Receive exactly `size` body bytes into the file at `path`, returning
@@ -453,7 +461,10 @@ mod tests {
         let mut peer = Connection::new(b);
         let start = Instant::now();
         let send = async {
-            me.send_body(&from, body.len() as u64).await.unwrap();
+            assert_eq!(
+                me.send_body(&from, body.len() as u64).await.unwrap(),
+                blake3::hash(&body)
+            );
             me.write_frame(&Frame::Ping).await.unwrap();
         };
         let recv = async {

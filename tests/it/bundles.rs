@@ -42,8 +42,10 @@ pub async fn session_as(addr: std::net::SocketAddr, sender: &str) -> (Connection
     }
 }
 
-pub async fn send(c: &mut Connection<TcpStream>, b: &Packed, hash: [u8; 32]) -> Frame {
-    send_file(c, b.seq, &b.path, b.size, hash).await
+/// Send the packed bundle `b` with its true trailer; the receiver's answer.
+pub async fn send(c: &mut Connection<TcpStream>, b: &Packed) -> Frame {
+    let hash = shipper::bundle::hash_file(&b.path).unwrap();
+    send_file(c, b.seq, &b.path, b.size, *hash.as_bytes()).await
 }
 
 /// Send the bundle file at `path` as sequence `seq` with trailer `hash`;
@@ -72,9 +74,9 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
     let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
     let r = env.start_receiver("").await;
     let (mut c, _) = session(r.addr).await;
-    let mut wrong = b.hash;
+    let mut wrong = *shipper::bundle::hash_file(&b.path).unwrap().as_bytes();
     wrong[0] ^= 1;
-    match send(&mut c, &b, wrong).await {
+    match send_file(&mut c, b.seq, &b.path, b.size, wrong).await {
         Frame::Refuse {
             seq: 1,
             kind,
@@ -93,7 +95,7 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
     );
     // The same connection carries on: the right bundle is applied.
     assert_eq!(
-        send(&mut c, &b, b.hash).await,
+        send(&mut c, &b).await,
         Frame::Ack {
             seq: 1,
             hook: Default::default()
@@ -112,7 +114,7 @@ async fn a_resent_sequence_is_acknowledged_without_being_applied_twice() {
     let (mut c, last) = session(r.addr).await;
     assert_eq!(last, 0);
     assert_eq!(
-        send(&mut c, &b1, b1.hash).await,
+        send(&mut c, &b1).await,
         Frame::Ack {
             seq: 1,
             hook: Default::default()
@@ -121,7 +123,7 @@ async fn a_resent_sequence_is_acknowledged_without_being_applied_twice() {
     // Root changes locally; a re-send of 1 must not overwrite it again.
     std::fs::write(env.root().join("a.html"), "local").unwrap();
     assert_eq!(
-        send(&mut c, &b1, b1.hash).await,
+        send(&mut c, &b1).await,
         Frame::Ack {
             seq: 1,
             hook: Default::default()
@@ -145,7 +147,7 @@ async fn a_bundle_numbered_u64_max_is_refused() {
     let b = pack(&env.src(), &env.path().join("out"), u64::MAX, &[]);
     let r = env.start_receiver("").await;
     let (mut c, _) = session(r.addr).await;
-    match send(&mut c, &b, b.hash).await {
+    match send(&mut c, &b).await {
         Frame::Refuse { seq, reason, .. } => {
             assert_eq!(seq, u64::MAX);
             assert!(reason.contains(&u64::MAX.to_string()), "{reason}");
@@ -186,7 +188,7 @@ async fn a_manifest_naming_the_wrong_sender_is_refused() {
     let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
     let r = env.start_receiver("").await;
     let (mut c, _) = session_as(r.addr, "other").await;
-    match send(&mut c, &b, b.hash).await {
+    match send(&mut c, &b).await {
         Frame::Refuse { reason, .. } => assert!(reason.contains("sender"), "{reason}"),
         f => panic!("expected refusal, got {f:?}"),
     }

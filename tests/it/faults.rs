@@ -676,7 +676,7 @@ async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
 
     let r = env.start_receiver("").await;
     let (mut c, _) = crate::bundles::session(r.addr).await;
-    match crate::bundles::send(&mut c, &bundle, bundle.hash).await {
+    match crate::bundles::send(&mut c, &bundle).await {
         shipper::proto::Frame::Refuse { seq: 1, reason, .. } => {
             assert!(reason.contains("m/locked.html"), "{reason}")
         }
@@ -695,7 +695,7 @@ async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
     // The fault gone, the same bundle applies whole.
     drop(lock);
     assert_eq!(
-        crate::bundles::send(&mut c, &bundle, bundle.hash).await,
+        crate::bundles::send(&mut c, &bundle).await,
         shipper::proto::Frame::Ack {
             seq: 1,
             hook: Default::default()

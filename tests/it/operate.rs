@@ -193,7 +193,7 @@ async fn the_receiver_metrics_count_applied_and_refused_bundles_and_free_space()
     let before = shipper::status::unix_now();
     let (mut c, _) = crate::bundles::session(r.addr).await;
     assert_eq!(
-        crate::bundles::send(&mut c, &b, b.hash).await,
+        crate::bundles::send(&mut c, &b).await,
         Frame::Ack {
             seq: 1,
             hook: Default::default()

@@ -49,10 +49,10 @@ pub(super) async fn send_bundle(
         size: b.size,
     })
     .await?;
-    conn.send_body(&b.path, b.size).await?;
+    let hash = conn.send_body(&b.path, b.size).await?;
     conn.write_frame(&Frame::Trailer {
         size: b.size,
-        hash: b.hash,
+        hash: *hash.as_bytes(),
     })
     .await?;
     match conn.expect_reply_within(ack_limit(b.size)).await? {
