@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use zip::ZipArchive;
 
 use super::error::{beneath_err, damaged, io_at};
-use super::manifest::Manifest;
+use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::summary::Summary;
 use super::unpack::{copy_counted, create_private, finish_file};
@@ -37,6 +37,9 @@ pub use super::verify::{DEFAULT_MAX_ENTRIES, Limits, Opened, open};
 
 /// Bytes read from the zip at a time while unpacking.
 const UNPACK_BUFFER_BYTES: usize = 1 << 20;
+/// A bundle gets one more unpacking worker (up to one per core) for every
+/// this many whole files: fewer are not worth opening the zip again.
+const FILES_PER_WORKER: usize = 16;
 
 /// What applying a bundle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -72,8 +75,8 @@ fn stage_and_publish(
     b: &mut Opened,
     stage: &Path,
 ) -> Result<Applied, BundleError> {
+    let staged = stage_entries(target, b, stage)?;
     let m = &b.manifest;
-    let staged = stage_entries(target, &mut b.zip, m, stage)?;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file. One syncfs for the
     // whole bundle instead of an fsync per file (per-file fsync made many
@@ -112,29 +115,13 @@ struct Staged {
 /// Unpack and check every whole file into `stage`, store every part in its
 /// set, stage each file a set completes, and drop the sets the sender
 /// abandoned.
-fn stage_entries(
-    target: &Target,
-    zip: &mut ZipArchive<File>,
-    m: &Manifest,
-    stage: &Path,
-) -> Result<Staged, BundleError> {
+fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged, BundleError> {
+    let (zip, m) = (&mut b.zip, &b.manifest);
     let mut staged = Staged {
-        files: Vec::new(),
+        files: stage_files(target, &b.path, m, stage)?,
         completed: Vec::new(),
     };
     let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
-    for (i, f) in m.files.iter().enumerate() {
-        let dest = stage.join(format!("f{i}"));
-        let mut out = create_private(&dest)?;
-        let entry = zip.by_name(&f.path)?;
-        let hash = copy_counted(entry, &mut out, f.size, &f.path, &dest, &mut buf)?;
-        if hash.to_hex().as_str() != f.hash {
-            return Err(damaged(&f.path, "content does not match its hash"));
-        }
-        let perms = (target.policy.file_mode(f.mode), target.policy.gid());
-        finish_file(&out, &dest, perms, f.mtime, f.mtime_nsec)?;
-        staged.files.push((f.path.clone(), dest));
-    }
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
         let entry = zip.by_name(&name)?;
@@ -156,6 +143,62 @@ fn stage_entries(
         staged.files.push((l.path.clone(), dest));
     }
     Ok(staged)
+}
+
+/// Unpack and check the bundle's whole files into `stage` (the `i`th as
+/// `f{i}`), inflating, hashing and writing on every core: each worker
+/// reads the bundle at `zip_path` through a handle of its own and takes
+/// every `workers`th file, so both walk the zip forwards. The first
+/// failure refuses the bundle. Returns each file's path in root with its
+/// staged copy, in manifest order.
+fn stage_files(
+    target: &Target,
+    zip_path: &Path,
+    m: &Manifest,
+    stage: &Path,
+) -> Result<Vec<(String, PathBuf)>, BundleError> {
+    use rayon::prelude::*;
+    let workers = rayon::current_num_threads()
+        .min(m.files.len().div_ceil(FILES_PER_WORKER))
+        .max(1);
+    (0..workers).into_par_iter().try_for_each(|w| {
+        let file = File::open(zip_path).map_err(io_at(zip_path))?;
+        let mut zip = ZipArchive::new(file)?;
+        let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
+        for i in (w..m.files.len()).step_by(workers) {
+            stage_file(
+                target,
+                &mut zip,
+                &m.files[i],
+                &stage.join(format!("f{i}")),
+                &mut buf,
+            )?;
+        }
+        Ok::<_, BundleError>(())
+    })?;
+    let staged = m.files.iter().enumerate();
+    Ok(staged
+        .map(|(i, f)| (f.path.clone(), stage.join(format!("f{i}"))))
+        .collect())
+}
+
+/// Unpack the whole file `f` to `dest`, check its size and hash against
+/// the manifest, and give it the mode, group and mtime it is published with.
+fn stage_file(
+    target: &Target,
+    zip: &mut ZipArchive<File>,
+    f: &FileEntry,
+    dest: &Path,
+    buf: &mut [u8],
+) -> Result<(), BundleError> {
+    let mut out = create_private(dest)?;
+    let entry = zip.by_name(&f.path)?;
+    let hash = copy_counted(entry, &mut out, f.size, &f.path, dest, buf)?;
+    if hash.to_hex().as_str() != f.hash {
+        return Err(damaged(&f.path, "content does not match its hash"));
+    }
+    let perms = (target.policy.file_mode(f.mode), target.policy.gid());
+    finish_file(&out, dest, perms, f.mtime, f.mtime_nsec)
 }
 
 /// Make the symlink `dest` in the stage, pointing to `target` (checked to

@@ -233,6 +233,39 @@ fn a_manifest_larger_than_the_entry_limit_needs_is_refused_unparsed() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
+/// Files are unpacked on every core, each worker taking every other file:
+/// one damaged file deep in a bundle of many (here the 37th of 48) still
+/// refuses the whole bundle, naming it, with root untouched.
+#[test]
+fn one_damaged_file_among_many_unpacked_in_parallel_refuses_the_bundle() {
+    let env = hostile_env();
+    for i in 0..48 {
+        env.write(&format!("p/{i:02}.html"), format!("page {i} ").repeat(40));
+    }
+    let b = crate::bundles::pack(&env.src(), &env.path().join("out"), 1, &[]);
+    let damaged = env.path().join("damaged.zip");
+    with_manifest(&b.path, &damaged, |m| {
+        let mut v: serde_json::Value = serde_json::from_slice(&m).unwrap();
+        let files = v["files"].as_array_mut().unwrap();
+        let f = files.iter_mut().find(|f| f["path"] == "p/36.html").unwrap();
+        f["hash"] = blake3::hash(b"not this").to_hex().to_string().into();
+        serde_json::to_vec(&v).unwrap()
+    });
+    let before = tree(&env.root());
+    let out = replay_with_limit(&env, &damaged, 1000);
+    assert!(!out.status.success(), "accepted: {}", text(&out));
+    assert!(
+        text(&out).contains("p/36.html") && text(&out).contains("does not match its hash"),
+        "{}",
+        text(&out)
+    );
+    assert!(tree(&env.root()) == before, "root changed");
+    // The undamaged bundle applies every file.
+    let out = replay_with_limit(&env, &b.path, 1000);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&env.root()).len(), 49);
+}
+
 /// A manifest listing more entries than the limit was parsed into
 /// structures and every path checked and NFC-normalised before its count
 /// was compared with the limit: here the bad path was found first.
