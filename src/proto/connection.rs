@@ -54,12 +54,8 @@ pub enum ConnError {
 }
 
 pub struct Connection<S> {
-    reader: BufReader<tokio::io::ReadHalf<S>>,
-    writer: BufWriter<tokio::io::WriteHalf<S>>,
-    /// How long one read or write may wait on the peer; `None`: forever.
-    peer_timeout: Option<Duration>,
-    /// The bytes per second this connection may write; `None`: no limit.
-    rate: Option<TokenBucket>,
+    reader: FrameReader<S>,
+    writer: FrameWriter<S>,
 }
 
 /// Run `io`, failing with [`ConnError::Silent`] if it takes over `limit`.
@@ -72,49 +68,114 @@ async fn within<T>(limit: Option<Duration>, io: impl Future<Output = T>) -> Resu
     }
 }
 
+/// The half of a connection that reads: frames and bundle bodies from
+/// the peer, each read within the peer timeout.
+pub struct FrameReader<S> {
+    reader: BufReader<tokio::io::ReadHalf<S>>,
+    /// How long one read may wait on the peer; `None`: forever.
+    peer_timeout: Option<Duration>,
+}
+
+/// The half of a connection that writes: frames and bundle bodies to the
+/// peer, each write within the peer timeout and at the rate, if one is set.
+pub struct FrameWriter<S> {
+    writer: BufWriter<tokio::io::WriteHalf<S>>,
+    /// How long one write may wait on the peer; `None`: forever.
+    peer_timeout: Option<Duration>,
+    /// The bytes per second this connection may write; `None`: no limit.
+    rate: Option<TokenBucket>,
+}
+
 impl<S: AsyncRead + AsyncWrite> Connection<S> {
     pub fn new(stream: S) -> Self {
         let (r, w) = tokio::io::split(stream);
         Self {
-            reader: BufReader::with_capacity(BODY_BUF, r),
-            writer: BufWriter::with_capacity(BODY_BUF, w),
-            peer_timeout: None,
-            rate: None,
+            reader: FrameReader {
+                reader: BufReader::with_capacity(BODY_BUF, r),
+                peer_timeout: None,
+            },
+            writer: FrameWriter {
+                writer: BufWriter::with_capacity(BODY_BUF, w),
+                peer_timeout: None,
+                rate: None,
+            },
         }
     }
 
     /// Bound every read and write on the peer by `limit`.
     pub fn with_peer_timeout(mut self, limit: Duration) -> Self {
-        self.peer_timeout = Some(limit);
+        self.reader.peer_timeout = Some(limit);
+        self.writer.peer_timeout = Some(limit);
         self
     }
 
     /// Write at most `rate` bytes per second on average, from now on.
     pub fn with_max_rate(mut self, rate: u64) -> Self {
-        self.rate = Some(TokenBucket::new(rate, now()));
+        self.writer.rate = Some(TokenBucket::new(rate, now()));
         self
     }
 
-    /// Wait until `n` more bytes may be written at the rate, if one is set.
-    async fn pace(&mut self, n: usize) {
-        if let Some(bucket) = &mut self.rate {
-            let wait = bucket.take(n as u64, now());
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
-        }
+    /// Both halves at once, to read the peer while writing to it (a
+    /// receiver takes in the next bundle while it applies one).
+    pub fn halves(&mut self) -> (&mut FrameReader<S>, &mut FrameWriter<S>) {
+        (&mut self.reader, &mut self.writer)
     }
 
-    /// Body bytes go in slices this large: at a rate, no more than what it
-    /// allows at once, so the link is paced evenly and the peer never
-    /// waits long between bytes.
-    fn write_slice(&self) -> usize {
-        match &self.rate {
-            Some(bucket) => WRITE_SLICE.min(usize::try_from(bucket.burst()).unwrap_or(WRITE_SLICE)),
-            None => WRITE_SLICE,
-        }
+    /// See [`FrameReader::readable`].
+    pub async fn readable(&mut self) -> Result<(), ConnError> {
+        self.reader.readable().await
     }
 
+    /// See [`FrameReader::read_frame`].
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, ConnError> {
+        self.reader.read_frame().await
+    }
+
+    /// See [`FrameReader::expect_frame`].
+    pub async fn expect_frame(&mut self) -> Result<Frame, ConnError> {
+        self.reader.expect_frame().await
+    }
+
+    /// See [`FrameReader::expect_frame_within`].
+    pub async fn expect_frame_within(&mut self, limit: Duration) -> Result<Frame, ConnError> {
+        self.reader.expect_frame_within(limit).await
+    }
+
+    /// See [`FrameReader::expect_reply_within`].
+    pub async fn expect_reply_within(&mut self, limit: Duration) -> Result<Frame, ConnError> {
+        self.reader.expect_reply_within(limit).await
+    }
+
+    /// See [`FrameReader::recv_body`].
+    pub async fn recv_body(
+        &mut self,
+        size: u64,
+        path: &Path,
+    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
+        self.reader.recv_body(size, path).await
+    }
+
+    /// See [`FrameWriter::write_frame`].
+    pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
+        self.writer.write_frame(f).await
+    }
+
+    /// See [`FrameWriter::send_body`].
+    pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
+        self.writer.send_body(path, size).await
+    }
+
+    /// See [`FrameWriter::ping_while`].
+    pub async fn ping_while<F: Future>(
+        &mut self,
+        every: Duration,
+        work: F,
+    ) -> (F::Output, Result<(), ConnError>) {
+        self.writer.ping_while(every, work).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// Wait until the peer sent something or closed, consuming nothing, and
     /// without a time limit: safe to cancel, for `select!`. End of stream is
     /// [`ConnError::Closed`].
@@ -170,6 +231,106 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
             .map_err(|_| ConnError::Timeout(limit))?
     }
 
+    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnError> {
+        match within(self.peer_timeout, self.reader.read_exact(buf)).await? {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Receive exactly `size` body bytes into the file at `path`, returning
+    /// their BLAKE3 and the first write error, if any. A blocking thread
+    /// writes and hashes while this task reads the socket. After a write
+    /// error (a full disk) the rest of the body is still read, so the
+    /// stream stays in step and the bundle can be refused with the reason.
+    pub async fn recv_body(
+        &mut self,
+        size: u64,
+        path: &Path,
+    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
+        // A tokio channel: a full one makes this task wait, never blocks
+        // the runtime thread it runs on.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let path_owned = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut hasher = blake3::Hasher::new();
+            let mut write_error = None;
+            let mut file = match std::fs::File::create(&path_owned) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    write_error = Some(e);
+                    None
+                }
+            };
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&chunk)
+                {
+                    write_error = Some(e);
+                    file = None;
+                }
+            }
+            (hasher.finalize(), write_error)
+        });
+        let mut left = size;
+        while left > 0 {
+            let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
+            let mut buf = vec![0u8; want];
+            let mut filled = 0;
+            while filled < want {
+                let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
+                if n == 0 {
+                    return Err(ConnError::Closed);
+                }
+                filled += n;
+            }
+            left -= want as u64;
+            // The writer thread only stops early if it panicked.
+            if tx.send(buf).await.is_err() {
+                break;
+            }
+        }
+        drop(tx);
+        writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
+    /// Wait until `n` more bytes may be written at the rate, if one is set.
+    async fn pace(&mut self, n: usize) {
+        if let Some(bucket) = &mut self.rate {
+            let wait = bucket.take(n as u64, now());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+
+    /// Body bytes go in slices this large: at a rate, no more than what it
+    /// allows at once, so the link is paced evenly and the peer never
+    /// waits long between bytes.
+    fn write_slice(&self) -> usize {
+        match &self.rate {
+            Some(bucket) => WRITE_SLICE.min(usize::try_from(bucket.burst()).unwrap_or(WRITE_SLICE)),
+            None => WRITE_SLICE,
+        }
+    }
+
+    pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
+        let bytes = f.to_bytes();
+        self.pace(bytes.len()).await;
+        let writer = &mut self.writer;
+        within(self.peer_timeout, async {
+            writer.write_all(&bytes).await?;
+            writer.flush().await
+        })
+        .await??;
+        Ok(())
+    }
+
     /// Run `work` to completion, sending a `Ping` every `every` meanwhile so
     /// the peer knows this end is alive while it has nothing else to say.
     /// `work` is never cut short, even when a ping fails (its result may be
@@ -194,26 +355,6 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 }
             }
         }
-    }
-
-    async fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), ConnError> {
-        match within(self.peer_timeout, self.reader.read_exact(buf)).await? {
-            Ok(_) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
-        let bytes = f.to_bytes();
-        self.pace(bytes.len()).await;
-        let writer = &mut self.writer;
-        within(self.peer_timeout, async {
-            writer.write_all(&bytes).await?;
-            writer.flush().await
-        })
-        .await??;
-        Ok(())
     }
 
     /// Send `size` bytes of the file at `path` as a bundle body (no flush),
@@ -275,64 +416,6 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
                 io::Error::other(format!("{}: reading the bundle failed", path.display())).into(),
             ),
         }
-    }
-
-    /// Receive exactly `size` body bytes into the file at `path`, returning
-    /// their BLAKE3 and the first write error, if any. A blocking thread
-    /// writes and hashes while this task reads the socket. After a write
-    /// error (a full disk) the rest of the body is still read, so the
-    /// stream stays in step and the bundle can be refused with the reason.
-    pub async fn recv_body(
-        &mut self,
-        size: u64,
-        path: &Path,
-    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
-        // A tokio channel: a full one makes this task wait, never blocks
-        // the runtime thread it runs on.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        let path_owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let mut hasher = blake3::Hasher::new();
-            let mut write_error = None;
-            let mut file = match std::fs::File::create(&path_owned) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    write_error = Some(e);
-                    None
-                }
-            };
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(&chunk)
-                {
-                    write_error = Some(e);
-                    file = None;
-                }
-            }
-            (hasher.finalize(), write_error)
-        });
-        let mut left = size;
-        while left > 0 {
-            let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
-            let mut buf = vec![0u8; want];
-            let mut filled = 0;
-            while filled < want {
-                let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
-                if n == 0 {
-                    return Err(ConnError::Closed);
-                }
-                filled += n;
-            }
-            left -= want as u64;
-            // The writer thread only stops early if it panicked.
-            if tx.send(buf).await.is_err() {
-                break;
-            }
-        }
-        drop(tx);
-        writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
     }
 }
 
