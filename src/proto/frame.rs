@@ -7,10 +7,13 @@
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
 
-/// 3: `Ack` says what became of the receiver's `on_apply` hook. (2: `Ping`
+/// 4: a sender may send the next bundles before the first is answered (up
+/// to its pipeline), and a receiver ends the session after a refusal to
+/// retry, so no bundle behind it is applied first. (3: `Ack` says what
+/// became of the receiver's `on_apply` hook. 2: `Ping`
 /// frames keep a quiet connection known to be alive; `Welcome` names the
 /// receiver's instance and limits; `Refuse` says whether to retry.)
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.

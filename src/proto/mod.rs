@@ -13,7 +13,11 @@
 //! bundle is applied (or was already) and its `on_apply` hook has run,
 //! `hook` saying whether it ran and why it failed, or
 //! `Refuse{seq,kind,path,reason}`, where `kind` says whether sending it
-//! again can help and `path` names the entry at fault. A peer of another
+//! again can help and `path` names the entry at fault. A sender need not
+//! wait for an answer to send the next bundle: up to two are on their way
+//! at once, and the receiver takes in the next while it applies one. Answers
+//! come in order; after a refusal to retry the receiver ends the session,
+//! so the bundles behind that one are sent again after it. A peer of another
 //! protocol version is refused at `Hello`, in a `Refuse` frame naming both
 //! versions.
 //!
@@ -22,8 +26,9 @@
 //! power, a NAT that forgot the flow), and TCP then reports nothing for
 //! many minutes. So neither side waits on the other without a bound, and
 //! both keep a quiet connection audible with `Ping`:
-//! - between bundles the sender pings every third of its `peer_timeout` and
-//!   the receiver answers each ping with one;
+//! - between bundles, and while it waits for answers, the sender pings every
+//!   third of its `peer_timeout`, and the receiver answers each ping with
+//!   one (in turn, after the answers before it);
 //! - while it verifies and applies a bundle the receiver pings every
 //!   [`APPLY_PING`], so a long apply never looks like a dead peer;
 //! - the sender drops a connection it hears nothing on for `peer_timeout`

@@ -143,9 +143,15 @@ impl Outbox {
 
     /// The first bundle for receiver `i` it has not acknowledged.
     pub(super) fn next_for(&self, i: usize) -> Option<Packed> {
+        self.next_after(i, 0)
+    }
+
+    /// The first bundle for receiver `i` numbered after `seq` that it has
+    /// not acknowledged: the next to send behind those still unanswered.
+    pub(super) fn next_after(&self, i: usize, seq: u64) -> Option<Packed> {
         let st = self.lock();
         st.bundles
-            .range(st.acked[i].saturating_add(1)..)
+            .range(st.acked[i].max(seq).saturating_add(1)..)
             .map(|(_, p)| p)
             .find(|p| p.only.is_none_or(|o| o == i))
             .cloned()

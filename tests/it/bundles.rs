@@ -57,14 +57,180 @@ pub async fn send_file(
     size: u64,
     hash: [u8; 32],
 ) -> Frame {
-    c.write_frame(&Frame::Bundle { seq, size }).await.unwrap();
-    c.send_body(path, size).await.unwrap();
-    c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
+    send_frames(c, seq, path, size, hash).await;
     // The receiver pings while it verifies and applies (a busy machine
     // makes that long enough for one); the answer is the next other frame.
     c.expect_reply_within(Duration::from_secs(120))
         .await
         .unwrap()
+}
+
+/// Send the bundle file at `path` as sequence `seq` with trailer `hash`,
+/// without waiting for an answer (a pipelining sender).
+pub async fn send_frames(
+    c: &mut Connection<TcpStream>,
+    seq: u64,
+    path: &Path,
+    size: u64,
+    hash: [u8; 32],
+) {
+    c.write_frame(&Frame::Bundle { seq, size }).await.unwrap();
+    c.send_body(path, size).await.unwrap();
+    c.write_frame(&Frame::Trailer { size, hash }).await.unwrap();
+}
+
+/// `b` as [`send_frames`] takes it, with its true trailer.
+async fn send_packed_frames(c: &mut Connection<TcpStream>, b: &Packed) {
+    let hash = *shipper::bundle::hash_file(&b.path).unwrap().as_bytes();
+    send_frames(c, b.seq, &b.path, b.size, hash).await;
+}
+
+/// Bundles are pipelined: while the receiver is still busy with bundle 1
+/// (its `on_apply` hook held), all of bundle 2 crosses the wire: 48 MiB,
+/// more than loopback's socket buffers hold, so a receiver that read only
+/// between answers would stall its sender here. Answers come in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_bundle_crosses_the_wire_while_the_receiver_applies_one() {
+    let env = Env::new();
+    let (hook, gate) = holding_hook(env.path());
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("big.bin", noise(48 << 20, 3));
+    let limits = Limits::new(64 << 20, 128 << 20, 1000);
+    let b2 = pack_items(
+        &env.src(),
+        &env.path().join("out2"),
+        "test",
+        2,
+        limits,
+        upserts(&env.src()),
+    )
+    .remove(0);
+    assert!(b2.size > 48 << 20);
+    let r = env
+        .start_receiver(&format!(
+            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+            hook.display()
+        ))
+        .await;
+    let (mut c, _) = session(r.addr).await;
+    send_packed_frames(&mut c, &b1).await;
+    // Well within the hook's 60 s: a receiver that stalls reads nothing
+    // until the hook is killed.
+    tokio::time::timeout(Duration::from_secs(30), send_packed_frames(&mut c, &b2))
+        .await
+        .expect("bundle 2 stalled while bundle 1 was being applied");
+    assert!(!gate.exists());
+    std::fs::write(&gate, "").unwrap();
+    for seq in [1, 2] {
+        assert_eq!(
+            c.expect_reply_within(Duration::from_secs(120))
+                .await
+                .unwrap(),
+            Frame::Ack {
+                seq,
+                hook: shipper::proto::hook_outcome::HookOutcome::Ran
+            }
+        );
+    }
+    assert_eq!(tree(&env.root()), tree(&env.src()));
+    r.stop().await;
+}
+
+/// A holding hook at `dir/hold.sh` that waits until `dir/gate` exists.
+fn holding_hook(dir: &Path) -> (PathBuf, PathBuf) {
+    let gate = dir.join("gate");
+    let hook = dir.join("hold.sh");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\nwhile [ ! -e {} ]; do sleep 0.05; done\n",
+            gate.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (hook, gate)
+}
+
+/// The sender does not wait for an answer to send the next bundle: while
+/// the receiver's hook holds bundle 1 unanswered, bundle 2 is already in
+/// the receiver's `incoming`. Then everything arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_sends_the_next_bundle_before_the_first_is_answered() {
+    let env = Env::new();
+    let (hook, gate) = holding_hook(env.path());
+    for i in 0..6 {
+        env.write(&format!("img/{i}.bin"), noise(700 << 10, i));
+    }
+    let r = env
+        .start_receiver(&format!(
+            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+            hook.display()
+        ))
+        .await;
+    let s = env.start_sender(
+        r.addr,
+        "max_bundle_size = \"2MiB\"\nchunk_size = \"1MiB\"\n",
+    );
+    let incoming = env.path().join("state-r/incoming");
+    wait_until(
+        "bundle 2 in the receiver's incoming while 1 is unanswered",
+        || {
+            std::fs::read_dir(&incoming).is_ok_and(|d| {
+                d.flatten()
+                    .any(|e| e.file_name().to_string_lossy().contains("-2-"))
+            })
+        },
+    )
+    .await;
+    assert!(
+        tree(&env.root()).len() < 6,
+        "all applied before the gate opened"
+    );
+    std::fs::write(&gate, "").unwrap();
+    wait_until("the tree at the receiver", || {
+        tree(&env.root()) == tree(&env.src())
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A bundle refused for now ends the session, so a bundle pipelined behind
+/// it is never applied before it: here bundle 2 came whole right behind a
+/// bundle 1 damaged on the way, and is not applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_behind_one_refused_for_now_is_not_applied_before_it() {
+    let env = Env::new();
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("b.html", "B");
+    let b2 = pack(&env.src(), &env.path().join("out2"), 2, &[]);
+    let r = env.start_receiver("").await;
+    let (mut c, _) = session(r.addr).await;
+    send_frames(&mut c, b1.seq, &b1.path, b1.size, [0u8; 32]).await;
+    send_packed_frames(&mut c, &b2).await;
+    match c
+        .expect_reply_within(Duration::from_secs(120))
+        .await
+        .unwrap()
+    {
+        Frame::Refuse { seq: 1, kind, .. } => {
+            assert_eq!(kind, shipper::proto::refusal::RefusalKind::Retry)
+        }
+        f => panic!("expected bundle 1 refused, got {f:?}"),
+    }
+    assert!(
+        c.expect_reply_within(Duration::from_secs(120))
+            .await
+            .is_err(),
+        "the session went on past a refusal to retry"
+    );
+    assert!(tree(&env.root()).is_empty(), "bundle 2 applied before 1");
+    let (_c, last_applied) = session(r.addr).await;
+    assert_eq!(last_applied, 0);
+    r.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +259,13 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
         tree(&env.root()).is_empty(),
         "root touched by a refused bundle"
     );
-    // The same connection carries on: the right bundle is applied.
+    // A refusal to retry ends the session (a pipelined bundle behind it
+    // must not be applied first); on the next one the right bundle applies.
+    assert!(
+        !matches!(c.read_frame().await, Ok(Some(_))),
+        "the session went on after a refusal to retry"
+    );
+    let (mut c, _) = session(r.addr).await;
     assert_eq!(
         send(&mut c, &b).await,
         Frame::Ack {

@@ -692,8 +692,10 @@ async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
         "refused bundle left to finish"
     );
 
-    // The fault gone, the same bundle applies whole.
+    // The fault gone, the same bundle applies whole, on a new session:
+    // a refusal to retry ends the one it came on.
     drop(lock);
+    let (mut c, _) = crate::bundles::session(r.addr).await;
     assert_eq!(
         crate::bundles::send(&mut c, &bundle).await,
         shipper::proto::Frame::Ack {

@@ -38,12 +38,20 @@ fn ack_limit(size: u64) -> Duration {
     ACK_BASE.saturating_add(Duration::from_secs(size / APPLY_FLOOR_RATE))
 }
 
-/// Send one bundle and wait for its answer: `Ok(Ok(hook))` acknowledged,
-/// with what became of the receiver's hook; `Ok(Err(refusal))` refused.
+/// Bundles sent to a receiver before the oldest of them is answered: the
+/// next one crosses the wire while the receiver applies the one before.
+pub(super) const PIPELINE: usize = 2;
+
+/// A receiver's answer to a bundle: `Ok(hook)` acknowledged, with what
+/// became of its hook; `Err(refusal)` refused.
+pub(super) type Answer = Result<HookOutcome, Refusal>;
+
+/// Send bundle `b`: its header, its body and its trailer, whose hash is of
+/// the bytes that went out. Its answer comes later ([`await_answer`]).
 pub(super) async fn send_bundle(
     conn: &mut Connection<Stream>,
     b: &Packed,
-) -> Result<Result<HookOutcome, Refusal>, ConnError> {
+) -> Result<(), ConnError> {
     conn.write_frame(&Frame::Bundle {
         seq: b.seq,
         size: b.size,
@@ -54,13 +62,68 @@ pub(super) async fn send_bundle(
         size: b.size,
         hash: *hash.as_bytes(),
     })
-    .await?;
-    match conn.expect_reply_within(ack_limit(b.size)).await? {
-        Frame::Ack { seq, hook } if seq == b.seq => Ok(Ok(hook)),
-        Frame::Refuse {
-            kind, path, reason, ..
-        } => Ok(Err(Refusal { kind, path, reason })),
-        other => Err(ConnError::Unexpected(format!("answer {other:?}"))),
+    .await
+}
+
+/// What came while bundles were unanswered.
+pub(super) enum Awaited {
+    /// The answer to the oldest of them.
+    Answer(Answer),
+    /// Another bundle is ready and the pipeline has room for it.
+    Room,
+}
+
+/// Wait for the answer to `oldest`, the first of the unanswered bundles
+/// (waited for since `since`), skipping the receiver's pings and pinging it
+/// in turn; when `room_after` names the outbox, this receiver and the last
+/// bundle sent, the pipeline has room and a bundle after it arriving in the
+/// outbox ends the wait too. A receiver that goes silent
+/// for `peer_timeout`, or that pings but does not answer within a limit
+/// that grows with the bundle's size, fails the wait.
+pub(super) async fn await_answer(
+    conn: &mut Connection<Stream>,
+    oldest: &Packed,
+    since: Instant,
+    room_after: Option<(&Outbox, usize, u64)>,
+    peer_timeout: Duration,
+) -> Result<Awaited, ConnError> {
+    let limit = ack_limit(oldest.size);
+    let deadline = since + limit;
+    let mut heard = Instant::now();
+    // The receiver reads the connection while it applies (the next bundle
+    // may come): pinged, it knows this end is alive however long that takes.
+    let every = peer_timeout / PINGS_PER_TIMEOUT;
+    let mut next_ping = heard + every;
+    loop {
+        let arrived = room_after.map(|(outbox, _, _)| outbox.arrived.notified());
+        if let Some((outbox, index, last)) = room_after
+            && outbox.next_after(index, last).is_some()
+        {
+            return Ok(Awaited::Room);
+        }
+        tokio::select! {
+            _ = async { arrived.expect("room").await }, if arrived.is_some() => {}
+            // `readable` consumes nothing, so losing this race loses no byte.
+            r = conn.readable() => {
+                r?;
+                match conn.expect_frame().await? {
+                    Frame::Ping => heard = Instant::now(),
+                    Frame::Ack { seq, hook } if seq == oldest.seq => return Ok(Awaited::Answer(Ok(hook))),
+                    Frame::Refuse { kind, path, reason, .. } => {
+                        return Ok(Awaited::Answer(Err(Refusal { kind, path, reason })));
+                    }
+                    other => return Err(ConnError::Unexpected(format!("answer {other:?}"))),
+                }
+            }
+            _ = tokio::time::sleep_until(next_ping.into()) => {
+                conn.write_frame(&Frame::Ping).await?;
+                next_ping = Instant::now() + every;
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => return Err(ConnError::Timeout(limit)),
+            _ = tokio::time::sleep_until((heard + peer_timeout).into()) => {
+                return Err(ConnError::Silent(peer_timeout));
+            }
+        }
     }
 }
 

@@ -14,6 +14,7 @@ mod handoff;
 pub(super) use backoff::Backoff;
 pub(super) use handoff::{TransportEvent, release_now, update_peer};
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +35,7 @@ use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
-use exchange::{describe, next_bundle, send_bundle};
+use exchange::{Answer, Awaited, PIPELINE, await_answer, describe, next_bundle, send_bundle};
 use handoff::{record_peer, release};
 
 /// What one receiver's transport task talks to besides the socket.
@@ -188,47 +189,71 @@ impl Link {
     }
 
     /// Serve bundles over `conn` until it fails (`Some`: why) or until
-    /// shutdown (`None`).
+    /// shutdown (`None`). Up to [`PIPELINE`] bundles are on their way at
+    /// once; their answers come, and are acted on, in order.
     async fn serve(
         &self,
         mut conn: Connection<Stream>,
         instance: [u8; 16],
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
+        // Sent and not yet answered, oldest first, each with when it was sent.
+        let mut unanswered: VecDeque<(Packed, Instant)> = VecDeque::new();
+        // Since when the oldest of them has been waited for.
+        let mut since = Instant::now();
         loop {
-            let idle = next_bundle(
-                &self.outbox,
-                self.index,
-                &mut conn,
-                self.peer_timeout,
-                shutdown,
-            );
-            let b = match idle.await {
-                Ok(Some(b)) => b,
-                Ok(None) => return None,
-                Err(e) => {
-                    let error = format!("idle connection: {}", describe(e));
-                    return Some(Lost {
-                        error,
-                        in_flight: false,
-                    });
+            let last = unanswered.back().map(|(b, _)| b.seq);
+            let room = unanswered.len() < PIPELINE;
+            if let Some(b) = last
+                .filter(|_| room)
+                .and_then(|l| self.outbox.next_after(self.index, l))
+            {
+                if let Err(lost) = self.send(&mut conn, instance, &b, shutdown).await? {
+                    return Some(lost);
                 }
-            };
-            if self.outbox.take_stale(self.index) {
-                // Numbered at or below what it applied: it would be
-                // acknowledged unapplied. The whole tree covers it.
-                let reason = format!(
-                    "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
-                    b.seq
-                );
-                self.record_needs(instance, Some(reason)).await;
+                unanswered.push_back((b, Instant::now()));
+                continue;
             }
-            let started = Instant::now();
-            self.outbox.mark_sent(self.index, b.seq);
-            let answer = tokio::select! {
-                _ = shutdown.cancelled() => return None,
-                r = send_bundle(&mut conn, &b) => r,
+            let Some((oldest, _)) = unanswered.front() else {
+                let idle = next_bundle(
+                    &self.outbox,
+                    self.index,
+                    &mut conn,
+                    self.peer_timeout,
+                    shutdown,
+                );
+                let b = match idle.await {
+                    Ok(Some(b)) => b,
+                    Ok(None) => return None,
+                    Err(e) => {
+                        let error = format!("idle connection: {}", describe(e));
+                        return Some(Lost {
+                            error,
+                            in_flight: false,
+                        });
+                    }
+                };
+                if let Err(lost) = self.send(&mut conn, instance, &b, shutdown).await? {
+                    return Some(lost);
+                }
+                unanswered.push_back((b, Instant::now()));
+                since = Instant::now();
+                continue;
             };
+            let room_after = last
+                .filter(|_| room)
+                .map(|l| (&*self.outbox, self.index, l));
+            let awaited = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = await_answer(&mut conn, oldest, since, room_after, self.peer_timeout) => r,
+            };
+            let answer = match awaited {
+                Ok(Awaited::Room) => continue,
+                Ok(Awaited::Answer(a)) => Ok(a),
+                Err(e) => Err(e),
+            };
+            let (b, started) = unanswered.pop_front().expect("an oldest bundle");
+            since = Instant::now();
             if let Some(e) = self.on_answer(&b, started, answer).await {
                 let error = format!("sequence {}: {e}", b.seq);
                 return Some(Lost {
@@ -239,6 +264,35 @@ impl Link {
         }
     }
 
+    /// Send bundle `b` (see [`send_bundle`]). `None` on shutdown; the
+    /// inner error when the session cannot go on.
+    async fn send(
+        &self,
+        conn: &mut Connection<Stream>,
+        instance: [u8; 16],
+        b: &Packed,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<(), Lost>> {
+        if self.outbox.take_stale(self.index) {
+            // Numbered at or below what it applied: it would be
+            // acknowledged unapplied. The whole tree covers it.
+            let reason = format!(
+                "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
+                b.seq
+            );
+            self.record_needs(instance, Some(reason)).await;
+        }
+        self.outbox.mark_sent(self.index, b.seq);
+        let sent = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = send_bundle(conn, b) => r,
+        };
+        Some(sent.map_err(|e| Lost {
+            error: format!("sequence {}: {}", b.seq, describe(e)),
+            in_flight: true,
+        }))
+    }
+
     /// Act on the receiver's answer to bundle `b`, sent at `started`;
     /// `Some(why)` when the session cannot go on (the bundle stays in the
     /// outbox, to be sent again).
@@ -246,7 +300,7 @@ impl Link {
         &self,
         b: &Packed,
         started: Instant,
-        answer: Result<Result<HookOutcome, Refusal>, ConnError>,
+        answer: Result<Answer, ConnError>,
     ) -> Option<String> {
         match answer {
             Ok(Ok(hook)) => {
