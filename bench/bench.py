@@ -58,15 +58,23 @@ class LoopFs:
         self.img = tempfile.mktemp(prefix="shipper-bench-", suffix=".img", dir="/var/tmp")
         self.mnt = tempfile.mkdtemp(prefix="shipper-bench-")
         sh("truncate", "-s", f"{size_gib}G", self.img)
+        self.dev = None
         try:
-            sh("mkfs.ext4", "-q", "-F", self.img)
-            sh("mount", "-o", "loop", self.img, self.mnt)
+            # Direct I/O: the loop device's writes go straight to the
+            # backing file, not through a second page cache.
+            self.dev = subprocess.run(["losetup", "-f", "--show", "--direct-io=on", self.img],
+                                      check=True, capture_output=True, text=True).stdout.strip()
+            sh("mkfs.ext4", "-q", "-F", self.dev)
+            sh("mount", self.dev, self.mnt)
         except BaseException:
+            if self.dev:
+                subprocess.run(["losetup", "-d", self.dev])
             os.unlink(self.img)
             raise
 
     def close(self):
         subprocess.run(["umount", self.mnt])
+        subprocess.run(["losetup", "-d", self.dev])
         os.unlink(self.img)
         os.rmdir(self.mnt)
 

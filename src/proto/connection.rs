@@ -24,7 +24,9 @@ use super::frame::{self, Frame, FrameError, HEADER_LEN};
 use crate::rate::TokenBucket;
 
 const BODY_BUF: usize = 256 * 1024;
-/// Bundle bodies move between disk and socket in chunks this large.
+/// Bundle bodies move between disk and socket in chunks this large (and
+/// are hashed on every core a chunk at a time, while the socket moves the
+/// one before).
 const CHUNK: usize = 1 << 20;
 /// Body bytes are written in slices this large, each within the peer
 /// timeout: the slowest link taken for alive moves about the write buffer
@@ -265,7 +267,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
                 }
             };
             while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
+                hasher.update_rayon(&chunk);
                 if let Some(f) = file.as_mut()
                     && let Err(e) = f.write_all(&chunk)
                 {
@@ -383,7 +385,7 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
                     return None;
                 }
                 left -= buf.len() as u64;
-                hasher.update(&buf);
+                hasher.update_rayon(&buf);
                 if tx.blocking_send(Ok(buf)).is_err() {
                     return None;
                 }
