@@ -31,5 +31,5 @@ pub(crate) mod fault;
 #[cfg(test)]
 mod snapshot;
 
-pub use publish::Publish;
+pub use publish::{Publish, SYNC_EACH_MAX};
 pub use root::{BeneathError, Root, open_dir_path};

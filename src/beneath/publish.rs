@@ -71,6 +71,31 @@ enum Step {
     Moded { rel: String, mode: u32, gid: u32 },
 }
 
+/// A bundle whose changes touch at most this many directories (or stage at
+/// most this many files) syncs each; more, one `syncfs` of the filesystem.
+pub const SYNC_EACH_MAX: usize = 32;
+
+/// The directories `steps` changed, each once, "" for root: the parent of
+/// every path changed, and the directories made or given a mode themselves.
+fn changed_dirs(steps: &[Step]) -> std::collections::BTreeSet<&str> {
+    fn parent(rel: &str) -> &str {
+        rel.rsplit_once('/').map_or("", |(dir, _)| dir)
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for step in steps {
+        match step {
+            Step::Made { rel } | Step::Moded { rel, .. } => {
+                dirs.insert(parent(rel));
+                dirs.insert(rel.as_str());
+            }
+            Step::MovedAside { rel, .. } | Step::Placed { rel, .. } => {
+                dirs.insert(parent(rel));
+            }
+        }
+    }
+    dirs
+}
+
 impl Publish<'_> {
     /// Remove `rel` (a file, a symlink, or an empty directory) and then the
     /// directories this emptied. Missing is fine. A directory that still
@@ -292,10 +317,26 @@ impl Publish<'_> {
         format!("k{}", self.kept)
     }
 
-    /// Make every change durable, in one `syncfs` for the whole bundle:
-    /// the last step before [`Publish::commit`], and one that may fail too.
+    /// Make every change durable: the last step before [`Publish::commit`],
+    /// and one that may fail too. The directories the steps changed (the
+    /// parent of each path changed, and each directory made or given a
+    /// mode) get an fsync each when there are at most [`SYNC_EACH_MAX`];
+    /// more get one `syncfs` of root's filesystem. Nothing changed, nothing
+    /// to sync (a bundle of parts that completes no file).
     pub fn sync(&mut self) -> Result<(), BeneathError> {
-        op(|| rustix::fs::syncfs(&self.root.fd)).map_err(|e| self.root.err("", e))
+        let dirs = changed_dirs(&self.steps);
+        if dirs.len() > SYNC_EACH_MAX {
+            return op(|| rustix::fs::syncfs(&self.root.fd)).map_err(|e| self.root.err("", e));
+        }
+        for rel in dirs {
+            let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+            // Gone again (a directory a later step moved aside): its parent
+            // is among the directories changed.
+            if let Some(dir) = self.root.find_dir(&comps)? {
+                op(|| rustix::fs::fsync(&dir)).map_err(|e| self.root.err(rel, e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Keep the changes: what they replaced and deleted is removed.

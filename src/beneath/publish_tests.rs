@@ -244,3 +244,35 @@ fn a_file_that_cannot_be_linked_is_moved_aside_instead() {
     fault::arm(None, Errno::IO, false);
     assert_eq!(std::fs::read(r.join("a.html")).unwrap(), b"new");
 }
+
+#[test]
+fn the_directories_synced_are_those_the_steps_changed() {
+    let steps = [
+        Step::Placed {
+            rel: "a/b/page.html".into(),
+            kept: None,
+        },
+        Step::Placed {
+            rel: "a/b/other.html".into(),
+            kept: Some("k1".into()),
+        },
+        Step::MovedAside {
+            rel: "gone.html".into(),
+            kept: "k2".into(),
+        },
+        Step::Made {
+            rel: "new/dir".into(),
+        },
+        Step::Moded {
+            rel: "a".into(),
+            mode: 0o755,
+            gid: 0,
+        },
+    ];
+    let dirs: Vec<&str> = changed_dirs(&steps).into_iter().collect();
+    assert_eq!(dirs, ["", "a", "a/b", "new", "new/dir"]);
+    assert!(
+        changed_dirs(&[]).is_empty(),
+        "nothing changed, nothing to sync"
+    );
+}

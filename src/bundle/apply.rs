@@ -78,11 +78,9 @@ fn stage_and_publish(
     let staged = stage_entries(target, b, stage)?;
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
-    // root, or a crash could publish an empty file. One syncfs for the
-    // whole bundle instead of an fsync per file (per-file fsync made many
-    // small files the slowest part of applying).
+    // root, or a crash could publish an empty file.
     let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
-    rustix::fs::syncfs(&stage_fd).map_err(|e| io_at(stage)(e.into()))?;
+    make_staged_durable(&staged.files, stage, &stage_fd)?;
     publish_staged(target, m, &staged.files, stage, &stage_fd)?;
     // Only now: until the file is published for good, a re-send must
     // still find its parts.
@@ -199,6 +197,33 @@ fn stage_file(
     }
     let perms = (target.policy.file_mode(f.mode), target.policy.gid());
     finish_file(&out, dest, perms, f.mtime, f.mtime_nsec)
+}
+
+/// Make what `staged` holds in `stage` durable. A few files get an fsync
+/// each, then the stage directory one; more get one `syncfs` of the whole
+/// filesystem instead (an fsync per file made many small files the
+/// slowest part of applying). `syncfs` also flushes everything else
+/// pending there, such as the received bundle itself, which need not
+/// survive a crash: a bundle of parts or of a few files is not held up by
+/// it. (A completed part set's data was fsynced as its parts were stored;
+/// its staged link, the same inode, is synced again for its mode and mtime.)
+fn make_staged_durable(
+    staged: &[(String, PathBuf)],
+    stage: &Path,
+    stage_fd: &OwnedFd,
+) -> Result<(), BundleError> {
+    if staged.len() > beneath::SYNC_EACH_MAX {
+        return rustix::fs::syncfs(stage_fd).map_err(|e| io_at(stage)(e.into()));
+    }
+    for (_, path) in staged {
+        let is_file = path.symlink_metadata().map_err(io_at(path))?.is_file();
+        if is_file {
+            File::open(path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_at(path))?;
+        }
+    }
+    rustix::fs::fsync(stage_fd).map_err(|e| io_at(stage)(e.into()))
 }
 
 /// Make the symlink `dest` in the stage, pointing to `target` (checked to
