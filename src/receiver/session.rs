@@ -2,12 +2,13 @@
 //! `Welcome`, then each bundle received into `state_dir/incoming`, checked
 //! against its trailer, applied in sequence order, followed by the
 //! `on_apply` hook (at most its timeout; its failure is reported in the
-//! `Ack`, never refuses) and answered with `Ack` or a refusal. There is one session per sender: a newer one replaces an
-//! older one.
+//! `Ack`, never refuses) and answered with `Ack` or a refusal; the next
+//! bundle is taken in while one is applied (`halves.rs`). There is one
+//! session per sender: a newer one replaces an older one.
 //!
 //! A session pings its sender while a bundle is applied and answers the
-//! sender's pings between bundles; one the sender leaves silent for
-//! [`SESSION_IDLE`] is ended (see [`crate::proto`]'s liveness rules).
+//! sender's pings; one the sender leaves silent for [`SESSION_IDLE`] is
+//! ended (see [`crate::proto`]'s liveness rules).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,20 +23,22 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod halves;
+
 use super::commit::{Committer, refusal_for_io};
 use super::identity::Sender;
-use super::names::{archive_name, incoming_name};
+use super::names::archive_name;
 use super::state::{ReceiverState, StateLock};
 use crate::bundle::apply;
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
-use crate::proto::connection::{FrameReader, FrameWriter, Stream, set_liveness};
+use crate::proto::connection::{FrameReader, Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
 use crate::proto::hook_outcome::HookOutcome;
-use crate::proto::refusal::{Refusal, RefusalKind};
-use crate::proto::{APPLY_PING, Connection, Frame, SESSION_IDLE};
+use crate::proto::refusal::Refusal;
+use crate::proto::{Connection, Frame, SESSION_IDLE};
 use crate::tls::Fingerprint;
 
 /// A new connection has this long for its TLS handshake and `Hello`
@@ -63,25 +66,6 @@ pub(super) struct Sessions {
     live: std::sync::Mutex<HashMap<String, (u64, CancellationToken)>>,
     /// No other receiver or replay writes state_dir while a session may.
     _lock: StateLock,
-}
-
-/// What the reading half of a session hands the answering half, in the
-/// order it came.
-enum Arrival {
-    /// The sender pinged between bundles.
-    Ping,
-    /// Bundle `seq` of `size` bytes, received into `received` from `started`,
-    /// and whether it passed its trailer check.
-    Bundle {
-        seq: u64,
-        size: u64,
-        received: PathBuf,
-        checked: Result<(), Refusal>,
-        started: Instant,
-    },
-    /// Bundle `seq` announced at `size` bytes, over what this receiver
-    /// takes: refused unread, and the session ends.
-    TooLarge { seq: u64, size: u64 },
 }
 
 /// Removes its session from the table when the session ends (unless a
@@ -144,160 +128,6 @@ impl Sessions {
         self.serve_bundles(&mut conn, &sender, peer, registered.id)
             .await?;
         info!(%peer, %sender, "sender disconnected");
-        Ok(())
-    }
-
-    /// Take in and answer `sender`'s bundles until it disconnects, in
-    /// session number `session`. Two halves run at once: one reads the next
-    /// bundle into `incoming` (and checks its trailer) while the other
-    /// applies the one before and answers it, so a sender's pipelined
-    /// bundles overlap on the wire and on disk. They are applied and
-    /// answered strictly in the order they came; after a refusal to retry,
-    /// the session ends, so no later bundle is applied before it.
-    async fn serve_bundles(
-        &self,
-        conn: &mut Connection<Stream>,
-        sender: &Sender,
-        peer: SocketAddr,
-        session: u64,
-    ) -> anyhow::Result<()> {
-        let (reader, writer) = conn.halves();
-        // One bundle waits while another is applied; a third may arrive.
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let ended = CancellationToken::new();
-        let read = async {
-            let r = self
-                .read_arrivals(reader, tx, sender, peer, session, &ended)
-                .await;
-            // The other half ending first (a refusal, a dead connection)
-            // makes whatever the reading half ran into moot.
-            if ended.is_cancelled() { Ok(()) } else { r }
-        };
-        let answer = async {
-            let r = self.answer_arrivals(writer, &mut rx, sender, peer).await;
-            ended.cancel();
-            r
-        };
-        let (read, answer) = tokio::join!(read, answer);
-        // Bundles taken in but never applied leave no file behind.
-        rx.close();
-        while let Ok(a) = rx.try_recv() {
-            if let Arrival::Bundle { received, .. } = a {
-                let _ = tokio::fs::remove_file(&received).await;
-            }
-        }
-        answer.and(read)
-    }
-
-    /// The reading half: each frame `sender` sends, a bundle received and
-    /// checked against its trailer, handed on in order through `tx` until
-    /// the stream ends or `ended` says the answering half stopped.
-    async fn read_arrivals(
-        &self,
-        reader: &mut FrameReader<Stream>,
-        tx: tokio::sync::mpsc::Sender<Arrival>,
-        sender: &Sender,
-        peer: SocketAddr,
-        session: u64,
-        ended: &CancellationToken,
-    ) -> anyhow::Result<()> {
-        loop {
-            let frame = tokio::select! {
-                _ = ended.cancelled() => return Ok(()),
-                f = reader.read_frame() => f?,
-            };
-            let arrival = match frame {
-                None => return Ok(()),
-                Some(Frame::Ping) => Arrival::Ping,
-                Some(Frame::Bundle { seq, size }) if size > self.cfg.max_bundle_size => {
-                    // Its body is not read: the stream is out of step, and
-                    // the session ends once this is answered.
-                    let _ = tx.send(Arrival::TooLarge { seq, size }).await;
-                    return Ok(());
-                }
-                Some(Frame::Bundle { seq, size }) => {
-                    let started = Instant::now();
-                    // Named for this session too: a session whose sender
-                    // vanished mid-bundle may still hold its file when the
-                    // re-send arrives.
-                    let received = self.incoming.join(incoming_name(&sender.key, seq, session));
-                    let checked = self.receive(reader, sender, seq, size, &received).await;
-                    let checked = match checked {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = tokio::fs::remove_file(&received).await;
-                            return Err(e);
-                        }
-                    };
-                    Arrival::Bundle {
-                        seq,
-                        size,
-                        received,
-                        checked,
-                        started,
-                    }
-                }
-                Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
-            };
-            if let Err(unsent) = tx.send(arrival).await {
-                if let Arrival::Bundle { received, .. } = unsent.0 {
-                    let _ = tokio::fs::remove_file(&received).await;
-                }
-                return Ok(());
-            }
-        }
-    }
-
-    /// The answering half: apply each bundle the reading half took in, in
-    /// order, and answer it (`Ping`s are answered in turn). Ends the session
-    /// after a refusal that asks for the bundle again: the bundles behind it
-    /// on the wire must not be applied before it.
-    async fn answer_arrivals(
-        &self,
-        writer: &mut FrameWriter<Stream>,
-        arrivals: &mut tokio::sync::mpsc::Receiver<Arrival>,
-        sender: &Sender,
-        peer: SocketAddr,
-    ) -> anyhow::Result<()> {
-        while let Some(arrival) = arrivals.recv().await {
-            match arrival {
-                Arrival::Ping => writer.write_frame(&Frame::Ping).await?,
-                Arrival::TooLarge { seq, size } => {
-                    let reason = format!(
-                        "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
-                        self.cfg.max_bundle_size
-                    );
-                    let refusal = Refusal::permanent(None, reason.clone());
-                    self.metrics
-                        .refused(&sender.id, &refusal, RefusedFor::Limit);
-                    writer.write_frame(&Frame::refuse(seq, refusal)).await?;
-                    anyhow::bail!("{peer}: {reason}");
-                }
-                Arrival::Bundle {
-                    seq,
-                    size,
-                    received,
-                    checked,
-                    started,
-                } => {
-                    let go_on = self
-                        .take_bundle(
-                            writer,
-                            sender,
-                            peer,
-                            (seq, size),
-                            &received,
-                            checked,
-                            started,
-                        )
-                        .await;
-                    let _ = tokio::fs::remove_file(&received).await;
-                    if !go_on? {
-                        return Ok(());
-                    }
-                }
-            }
-        }
         Ok(())
     }
 
@@ -385,43 +215,6 @@ impl Sessions {
         })
         .await?;
         Ok(last)
-    }
-
-    /// Apply bundle `seq` of `size` bytes, received into `received` at
-    /// `started` and `checked` against its trailer, run the hook, and answer
-    /// `Ack` or a refusal. `Ok(false)`: refused for now, so the session
-    /// ends. An error ends the session too.
-    #[allow(clippy::too_many_arguments)]
-    async fn take_bundle(
-        &self,
-        writer: &mut FrameWriter<Stream>,
-        sender: &Sender,
-        peer: SocketAddr,
-        (seq, size): (u64, u64),
-        received: &Path,
-        checked: Result<(), Refusal>,
-        started: Instant,
-    ) -> anyhow::Result<bool> {
-        let (answer, alive) = match checked {
-            Ok(()) => {
-                // Applying and the hook can take long: ping meanwhile, so
-                // the sender can tell a busy receiver from a dead connection.
-                let apply = self.apply_then_hook(sender, seq, size, received, started);
-                writer.ping_while(APPLY_PING, apply).await
-            }
-            Err(reason) => (Ok(Err(reason)), Ok(())),
-        };
-        alive?;
-        match answer? {
-            Ok(hook) => writer.write_frame(&Frame::Ack { seq, hook }).await?,
-            Err(refusal) => {
-                let permanent = refusal.kind == RefusalKind::Permanent;
-                warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
-                writer.write_frame(&Frame::refuse(seq, refusal)).await?;
-                return Ok(permanent);
-            }
-        }
-        Ok(true)
     }
 
     /// Apply the received bundle (see [`Self::apply_received`]) and, if it

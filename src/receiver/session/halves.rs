@@ -1,0 +1,217 @@
+//! The two halves of a session once its sender is known: one reads the
+//! next bundle into `incoming` and checks its trailer while the other
+//! applies the one before and answers it, strictly in the order they came.
+//! A sender's pipelined bundles so overlap on the wire and on disk; after a
+//! refusal to retry the session ends, so no bundle behind the refused one
+//! is applied before it. Every bundle file taken in is removed once
+//! answered, or when the session ends without applying it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use super::Sessions;
+use crate::metrics::RefusedFor;
+use crate::proto::connection::{FrameReader, FrameWriter, Stream};
+use crate::proto::refusal::{Refusal, RefusalKind};
+use crate::proto::{APPLY_PING, Connection, Frame};
+use crate::receiver::identity::Sender;
+use crate::receiver::names::incoming_name;
+
+/// What the reading half of a session hands the answering half, in the
+/// order it came.
+enum Arrival {
+    /// The sender pinged between bundles.
+    Ping,
+    /// A bundle taken in whole.
+    Bundle(Received),
+    /// Bundle `seq` announced at `size` bytes, over what this receiver
+    /// takes: refused unread, and the session ends.
+    TooLarge { seq: u64, size: u64 },
+}
+
+/// A bundle the reading half took in: `seq` of `size` bytes, received
+/// into `path` from `started`, and whether it passed its trailer check.
+struct Received {
+    seq: u64,
+    size: u64,
+    path: PathBuf,
+    checked: Result<(), Refusal>,
+    started: Instant,
+}
+
+impl Sessions {
+    /// Take in and answer `sender`'s bundles until it disconnects, in
+    /// session number `session`. Two halves run at once: one reads the next
+    /// bundle into `incoming` (and checks its trailer) while the other
+    /// applies the one before and answers it, so a sender's pipelined
+    /// bundles overlap on the wire and on disk. They are applied and
+    /// answered strictly in the order they came; after a refusal to retry,
+    /// the session ends, so no later bundle is applied before it.
+    pub(super) async fn serve_bundles(
+        &self,
+        conn: &mut Connection<Stream>,
+        sender: &Sender,
+        peer: SocketAddr,
+        session: u64,
+    ) -> anyhow::Result<()> {
+        let (reader, writer) = conn.halves();
+        // One bundle waits while another is applied; a third may arrive.
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let ended = CancellationToken::new();
+        let read = async {
+            let r = self
+                .read_arrivals(reader, tx, sender, peer, session, &ended)
+                .await;
+            // The other half ending first (a refusal, a dead connection)
+            // makes whatever the reading half ran into moot.
+            if ended.is_cancelled() { Ok(()) } else { r }
+        };
+        let answer = async {
+            let r = self.answer_arrivals(writer, &mut rx, sender, peer).await;
+            ended.cancel();
+            r
+        };
+        let (read, answer) = tokio::join!(read, answer);
+        // Bundles taken in but never applied leave no file behind.
+        rx.close();
+        while let Ok(a) = rx.try_recv() {
+            if let Arrival::Bundle(r) = a {
+                let _ = tokio::fs::remove_file(&r.path).await;
+            }
+        }
+        answer.and(read)
+    }
+
+    /// The reading half: each frame `sender` sends, a bundle received and
+    /// checked against its trailer, handed on in order through `tx` until
+    /// the stream ends or `ended` says the answering half stopped.
+    async fn read_arrivals(
+        &self,
+        reader: &mut FrameReader<Stream>,
+        tx: tokio::sync::mpsc::Sender<Arrival>,
+        sender: &Sender,
+        peer: SocketAddr,
+        session: u64,
+        ended: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        loop {
+            let frame = tokio::select! {
+                _ = ended.cancelled() => return Ok(()),
+                f = reader.read_frame() => f?,
+            };
+            let arrival = match frame {
+                None => return Ok(()),
+                Some(Frame::Ping) => Arrival::Ping,
+                Some(Frame::Bundle { seq, size }) if size > self.cfg.max_bundle_size => {
+                    // Its body is not read: the stream is out of step, and
+                    // the session ends once this is answered.
+                    let _ = tx.send(Arrival::TooLarge { seq, size }).await;
+                    return Ok(());
+                }
+                Some(Frame::Bundle { seq, size }) => {
+                    let started = Instant::now();
+                    // Named for this session too: a session whose sender
+                    // vanished mid-bundle may still hold its file when the
+                    // re-send arrives.
+                    let path = self.incoming.join(incoming_name(&sender.key, seq, session));
+                    let checked = match self.receive(reader, sender, seq, size, &path).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = tokio::fs::remove_file(&path).await;
+                            return Err(e);
+                        }
+                    };
+                    Arrival::Bundle(Received {
+                        seq,
+                        size,
+                        path,
+                        checked,
+                        started,
+                    })
+                }
+                Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
+            };
+            if let Err(unsent) = tx.send(arrival).await {
+                if let Arrival::Bundle(r) = unsent.0 {
+                    let _ = tokio::fs::remove_file(&r.path).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    /// The answering half: apply each bundle the reading half took in, in
+    /// order, and answer it (`Ping`s are answered in turn). Ends the session
+    /// after a refusal that asks for the bundle again: the bundles behind it
+    /// on the wire must not be applied before it.
+    async fn answer_arrivals(
+        &self,
+        writer: &mut FrameWriter<Stream>,
+        arrivals: &mut tokio::sync::mpsc::Receiver<Arrival>,
+        sender: &Sender,
+        peer: SocketAddr,
+    ) -> anyhow::Result<()> {
+        while let Some(arrival) = arrivals.recv().await {
+            match arrival {
+                Arrival::Ping => writer.write_frame(&Frame::Ping).await?,
+                Arrival::TooLarge { seq, size } => {
+                    let reason = format!(
+                        "bundle of {size} bytes exceeds receiver.max_bundle_size ({} bytes)",
+                        self.cfg.max_bundle_size
+                    );
+                    let refusal = Refusal::permanent(None, reason.clone());
+                    self.metrics
+                        .refused(&sender.id, &refusal, RefusedFor::Limit);
+                    writer.write_frame(&Frame::refuse(seq, refusal)).await?;
+                    anyhow::bail!("{peer}: {reason}");
+                }
+                Arrival::Bundle(r) => {
+                    let go_on = self.take_bundle(writer, sender, peer, &r).await;
+                    let _ = tokio::fs::remove_file(&r.path).await;
+                    if !go_on? {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Apply the bundle the reading half took in as `r`, if it passed its
+    /// trailer check, run the hook, and answer `Ack` or a refusal.
+    /// `Ok(false)`: refused for now, so the session ends. An error ends the
+    /// session too.
+    async fn take_bundle(
+        &self,
+        writer: &mut FrameWriter<Stream>,
+        sender: &Sender,
+        peer: SocketAddr,
+        r: &Received,
+    ) -> anyhow::Result<bool> {
+        let seq = r.seq;
+        let (answer, alive) = match &r.checked {
+            Ok(()) => {
+                // Applying and the hook can take long: ping meanwhile, so
+                // the sender can tell a busy receiver from a dead connection.
+                let apply = self.apply_then_hook(sender, seq, r.size, &r.path, r.started);
+                writer.ping_while(APPLY_PING, apply).await
+            }
+            Err(reason) => (Ok(Err(reason.clone())), Ok(())),
+        };
+        alive?;
+        match answer? {
+            Ok(hook) => writer.write_frame(&Frame::Ack { seq, hook }).await?,
+            Err(refusal) => {
+                let permanent = refusal.kind == RefusalKind::Permanent;
+                warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
+                writer.write_frame(&Frame::refuse(seq, refusal)).await?;
+                return Ok(permanent);
+            }
+        }
+        Ok(true)
+    }
+}
