@@ -330,10 +330,15 @@ impl Publish<'_> {
         }
         for rel in dirs {
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
-            // Gone again (a directory a later step moved aside): its parent
-            // is among the directories changed.
-            if let Some(dir) = self.root.find_dir(&comps)? {
-                op(|| rustix::fs::fsync(&dir)).map_err(|e| self.root.err(rel, e))?;
+            // Gone again (a directory a later step moved aside), or now a
+            // symlink the bundle placed there: what changed is its entry,
+            // in its parent, which is among the directories changed.
+            match self.root.find_dir(&comps) {
+                Ok(Some(dir)) => {
+                    op(|| rustix::fs::fsync(&dir)).map_err(|e| self.root.err(rel, e))?;
+                }
+                Ok(None) | Err(BeneathError::Symlink { .. }) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())

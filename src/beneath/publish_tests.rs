@@ -276,3 +276,24 @@ fn the_directories_synced_are_those_the_steps_changed() {
         "nothing changed, nothing to sync"
     );
 }
+
+/// Found in review: a directory the bundle replaced by a symlink was
+/// opened as a directory to be synced (its files' deletions changed it),
+/// and the symlink refused the whole bundle. What changed is its entry, in
+/// its parent, which is synced.
+#[test]
+fn a_directory_replaced_by_a_symlink_syncs() {
+    let (t, root, stage) = setup();
+    std::fs::create_dir_all(t.path().join("root/docs")).unwrap();
+    std::fs::write(t.path().join("root/docs/a.html"), "A").unwrap();
+    std::os::unix::fs::symlink("v2/docs", t.path().join("stage/l0")).unwrap();
+    let mut p = root
+        .begin(&t.path().join("undo"), &Policy::default())
+        .unwrap();
+    p.delete("docs/a.html").unwrap();
+    p.publish("docs", &stage, "l0").unwrap();
+    p.sync().unwrap();
+    p.commit();
+    let link = std::fs::read_link(t.path().join("root/docs")).unwrap();
+    assert_eq!(link, std::path::Path::new("v2/docs"));
+}

@@ -18,6 +18,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use zip::ZipArchive;
 
@@ -159,18 +160,19 @@ fn stage_files(
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
+    // Once one worker fails, the others stop at their next file.
+    let failed = AtomicBool::new(false);
     (0..workers).into_par_iter().try_for_each(|w| {
         let file = File::open(zip_path).map_err(io_at(zip_path))?;
         let mut zip = ZipArchive::new(file)?;
         let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
         for i in (w..m.files.len()).step_by(workers) {
-            stage_file(
-                target,
-                &mut zip,
-                &m.files[i],
-                &stage.join(format!("f{i}")),
-                &mut buf,
-            )?;
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let dest = stage.join(format!("f{i}"));
+            stage_file(target, &mut zip, &m.files[i], &dest, &mut buf)
+                .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
         }
         Ok::<_, BundleError>(())
     })?;
@@ -388,6 +390,7 @@ mod tests {
                 Ok(())
             },
             touched: &|_| false,
+            deflate: true,
         }
         .pack(items)
         .unwrap();

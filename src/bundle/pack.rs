@@ -101,6 +101,9 @@ pub struct Packer<'a> {
     /// Whether an event touched the path since this pack began: its content
     /// is in flux, so it stays pending instead of shipping.
     pub touched: &'a (dyn Fn(&str) -> bool + Sync),
+    /// Whether files worth deflating are deflated (`sender.compress`, the
+    /// links' measured rate); `false` stores every entry.
+    pub deflate: bool,
 }
 
 impl Packer<'_> {
@@ -123,6 +126,7 @@ impl Packer<'_> {
                 dir: &dir,
                 scratch: self.outbox,
                 touched: self.touched,
+                deflate: self.deflate,
                 buf: vec![0u8; COPY_BUF],
             },
             cut: Cutter {

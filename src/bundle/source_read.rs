@@ -57,6 +57,8 @@ pub(super) struct Reader<'a> {
     /// Where snapshot clones are made (the outbox), as unnamed files.
     pub(super) scratch: &'a Path,
     pub(super) touched: Touched<'a>,
+    /// Whether files worth deflating are deflated in this run.
+    pub(super) deflate: bool,
     pub(super) buf: Vec<u8>,
 }
 
@@ -88,6 +90,7 @@ impl Reader<'_> {
             stamp,
             how,
             touched: self.touched,
+            deflate: self.deflate,
             buf: &mut self.buf,
         }))
     }
@@ -102,13 +105,14 @@ pub(super) struct Source<'a> {
     pub(super) stamp: Stamp,
     how: ReadMode,
     touched: Touched<'a>,
+    deflate: bool,
     buf: &'a mut [u8],
 }
 
 impl Source<'_> {
     /// Options for this file's entries (or its parts').
     pub(super) fn entry_options(&self) -> SimpleFileOptions {
-        let deflate = worth_deflating(self.rel, &self.file, self.stamp.size);
+        let deflate = self.deflate && worth_deflating(self.rel, &self.file, self.stamp.size);
         entry_options(deflate, self.stamp)
     }
 
@@ -261,7 +265,8 @@ impl Reader<'_> {
         if moved && how == ReadMode::Strict {
             return torn;
         }
-        let options = entry_options(worth_deflating(rel, &file, stamp.size), stamp);
+        let deflate = self.deflate && worth_deflating(rel, &file, stamp.size);
+        let options = entry_options(deflate, stamp);
         match PreparedZipFile::from_data(rel, options, &content) {
             Ok(zipped) => Prepared::Ready {
                 hash: blake3::hash(&content),

@@ -66,6 +66,7 @@ pub struct RawSender {
     pub metrics: Option<String>,
     pub peer_timeout: Option<String>,
     pub max_rate: Option<String>,
+    pub compress: Option<String>,
 }
 
 /// A key that takes one value or a list of them.
@@ -115,6 +116,30 @@ pub struct SenderConfig {
     /// Bytes per second each receiver's connection may carry; `None`: no
     /// limit.
     pub max_rate: Option<u64>,
+    /// Whether entries worth deflating are deflated.
+    pub compress: Compress,
+}
+
+/// `sender.compress`: whether files worth deflating (not already
+/// compressed formats, not incompressible data) are deflated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    /// Unless every receiver's link was measured fast enough that deflate
+    /// would hold it up (see `sender::link_rate`).
+    Auto,
+    Always,
+    Never,
+}
+
+fn compress(value: Option<&str>) -> Result<Compress, String> {
+    match value {
+        None | Some("auto") => Ok(Compress::Auto),
+        Some("always") => Ok(Compress::Always),
+        Some("never") => Ok(Compress::Never),
+        Some(other) => Err(format!(
+            "sender.compress = {other:?}: must be \"auto\" (the default: deflate unless every receiver's link is measured faster than deflate), \"always\" or \"never\""
+        )),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,7 +188,9 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
     let tls = tls(s.key_dir, s.receiver_fingerprint, &receivers, base)?;
     let metrics = metrics_addr("sender.metrics", s.metrics.as_deref(), "127.0.0.1:9700")?;
     let peer_timeout = timing::peer_timeout(s.peer_timeout.as_deref())?;
+    let compress = compress(s.compress.as_deref())?;
     Ok(SenderConfig {
+        compress,
         max_rate,
         peer_timeout,
         metrics,
@@ -380,6 +407,7 @@ state_dir = "state"
         assert!(matches!(s.schedule, Schedule::Every(d) if d == DEFAULT_INTERVAL));
         assert_eq!(s.chunk_size, 64 << 20);
         assert_eq!(s.peer_timeout, DEFAULT_PEER_TIMEOUT);
+        assert_eq!(s.compress, Compress::Auto);
         assert!(s.exclude.is_excluded("a/.b.swp"));
     }
 
@@ -414,6 +442,7 @@ state_dir = "state"
             ("peer_timeout = \"500ms\"\n", "sender.peer_timeout"),
             ("peer_timeout = \"soon\"\n", "sender.peer_timeout"),
             ("max_rate = \"100KiB\"\n", "sender.max_rate"),
+            ("compress = \"fast\"\n", "sender.compress"),
         ] {
             let e = err(extra);
             assert!(e.contains(key), "{extra:?}: {e}");

@@ -27,9 +27,10 @@ use super::frame::{self, Frame, FrameError, HEADER_LEN};
 use crate::rate::TokenBucket;
 
 const BODY_BUF: usize = 256 * 1024;
-/// Bundle bodies move between disk and socket in chunks this large (and
-/// are hashed on every core a chunk at a time, while the socket moves the
-/// one before).
+/// Bundle bodies move between disk and socket in chunks this large, each
+/// hashed on the thread that reads or writes it while the socket moves the
+/// one before (one core's BLAKE3 far outruns the network; rayon's pool may
+/// be busy unpacking the bundle before).
 const CHUNK: usize = 1 << 20;
 /// Body bytes are written in slices this large, each within the peer
 /// timeout: the slowest link taken for alive moves about the write buffer
@@ -270,7 +271,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
                 }
             };
             while let Some(chunk) = rx.blocking_recv() {
-                hasher.update_rayon(&chunk);
+                hasher.update(&chunk);
                 if let Some(f) = file.as_mut()
                     && let Err(e) = f.write_all(&chunk)
                 {
@@ -388,7 +389,7 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
                     return None;
                 }
                 left -= buf.len() as u64;
-                hasher.update_rayon(&buf);
+                hasher.update(&buf);
                 if tx.blocking_send(Ok(buf)).is_err() {
                     return None;
                 }

@@ -61,7 +61,7 @@ pub(super) struct Sessions {
     metrics: Arc<ReceiverMetrics>,
     incoming: PathBuf,
     /// Held while a bundle is applied: one at a time, state and root agree.
-    state: Mutex<ReceiverState>,
+    state: Arc<Mutex<ReceiverState>>,
     /// The live session of each sender (by key): its id and stop token.
     live: std::sync::Mutex<HashMap<String, (u64, CancellationToken)>>,
     /// No other receiver or replay writes state_dir while a session may.
@@ -103,7 +103,7 @@ impl Sessions {
             committer,
             metrics,
             incoming,
-            state: Mutex::new(state),
+            state: Arc::new(Mutex::new(state)),
             live: Default::default(),
             _lock: lock,
         }
@@ -321,70 +321,26 @@ impl Sessions {
 
     /// Apply the received bundle at `received`, in sequence order, unless it
     /// already was. The outer error ends the session; the inner one is a
-    /// refusal.
+    /// refusal. Runs to its end even if this session is dropped meanwhile
+    /// (a newer session from the same sender replaces it): the state lock
+    /// is held until the bundle is applied, recorded and archived, so the
+    /// newer session's re-send waits for it instead of racing it.
     async fn apply_received(
         &self,
         sender: &Sender,
         seq: u64,
         received: &Path,
     ) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
-        let mut state = self.state.lock().await;
-        let last = state.applied.get(&sender.key).copied().unwrap_or(0);
-        if seq <= last {
-            info!(%sender, seq, "already applied; acknowledging again");
-            return Ok(Ok(None));
-        }
-        if next_seq(last) != Ok(seq) && last > 0 {
-            // Normal when a sender ships a whole tree to another receiver.
-            tracing::debug!(
-                %sender,
-                seq,
-                last,
-                "sequence gap: bundles in between were not for this receiver or never arrived"
-            );
-        }
-        let me = self.committer.clone();
-        let (sender_owned, received_path) = (sender.clone(), received.to_path_buf());
-        let started = std::time::Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || me.commit(&received_path, &sender_owned, seq))
-                .await
-                .context("apply task")?;
-        tracing::debug!(
+        let job = ApplyJob {
+            state: self.state.clone(),
+            committer: self.committer.clone(),
+            metrics: self.metrics.clone(),
+            state_dir: self.cfg.state_dir.clone(),
+            sender: sender.clone(),
             seq,
-            ms = started.elapsed().as_millis() as u64,
-            "bundle verified and applied"
-        );
-        match result {
-            Ok(applied) => {
-                state.applied.insert(sender.key.clone(), seq);
-                // Durable before the acknowledgement; the fsync runs off the
-                // runtime, the lock held so states are saved in order.
-                let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
-                let saved = tokio::task::spawn_blocking(move || snapshot.save(&dir))
-                    .await
-                    .context("state task")?;
-                if let Err(e) = saved {
-                    let refusal = Refusal::retry(format!("{e:#}"));
-                    let why = e
-                        .downcast_ref::<std::io::Error>()
-                        .map_or(RefusedFor::Io, RefusedFor::of_io);
-                    self.metrics.refused(&sender.id, &refusal, why);
-                    return Ok(Err(refusal));
-                }
-                // Still under the state lock: publishing/ holds at most the
-                // bundle being applied, so a crash never leaves an older
-                // bundle there behind a newer one.
-                let me = self.committer.clone();
-                let name = archive_name(&sender.key, seq);
-                tokio::task::spawn_blocking(move || me.archive_published(&name))
-                    .await
-                    .context("archive task")?;
-                drop(state);
-                Ok(Ok(Some(applied)))
-            }
-            Err(reason) => Ok(Err(reason)),
-        }
+            received: received.to_path_buf(),
+        };
+        tokio::spawn(job.run()).await.context("apply task")?
     }
 
     /// Make this the one session of `sender`, ending an older one (a
@@ -411,5 +367,80 @@ impl Sessions {
             key: sender.key.clone(),
             id,
         })
+    }
+}
+
+/// Applying one bundle, owned so that it runs to its end whatever becomes
+/// of the session that asked for it.
+struct ApplyJob {
+    state: Arc<Mutex<ReceiverState>>,
+    committer: Arc<Committer>,
+    metrics: Arc<ReceiverMetrics>,
+    state_dir: PathBuf,
+    sender: Sender,
+    seq: u64,
+    received: PathBuf,
+}
+
+impl ApplyJob {
+    async fn run(self) -> anyhow::Result<Result<Option<apply::Applied>, Refusal>> {
+        let seq = self.seq;
+        let mut state = self.state.lock().await;
+        let last = state.applied.get(&self.sender.key).copied().unwrap_or(0);
+        if seq <= last {
+            info!(sender = %self.sender, seq, "already applied; acknowledging again");
+            return Ok(Ok(None));
+        }
+        if next_seq(last) != Ok(seq) && last > 0 {
+            // Normal when a sender ships a whole tree to another receiver.
+            tracing::debug!(
+                sender = %self.sender,
+                seq,
+                last,
+                "sequence gap: bundles in between were not for this receiver or never arrived"
+            );
+        }
+        let me = self.committer.clone();
+        let (sender_owned, received_path) = (self.sender.clone(), self.received.clone());
+        let started = std::time::Instant::now();
+        let result =
+            tokio::task::spawn_blocking(move || me.commit(&received_path, &sender_owned, seq))
+                .await
+                .context("apply task")?;
+        tracing::debug!(
+            seq,
+            ms = started.elapsed().as_millis() as u64,
+            "bundle verified and applied"
+        );
+        match result {
+            Ok(applied) => {
+                state.applied.insert(self.sender.key.clone(), seq);
+                // Durable before the acknowledgement; the fsync runs off the
+                // runtime, the lock held so states are saved in order.
+                let (snapshot, dir) = (state.clone(), self.state_dir.clone());
+                let saved = tokio::task::spawn_blocking(move || snapshot.save(&dir))
+                    .await
+                    .context("state task")?;
+                if let Err(e) = saved {
+                    let refusal = Refusal::retry(format!("{e:#}"));
+                    let why = e
+                        .downcast_ref::<std::io::Error>()
+                        .map_or(RefusedFor::Io, RefusedFor::of_io);
+                    self.metrics.refused(&self.sender.id, &refusal, why);
+                    return Ok(Err(refusal));
+                }
+                // Still under the state lock: publishing/ holds at most the
+                // bundle being applied, so a crash never leaves an older
+                // bundle there behind a newer one.
+                let me = self.committer.clone();
+                let name = archive_name(&self.sender.key, seq);
+                tokio::task::spawn_blocking(move || me.archive_published(&name))
+                    .await
+                    .context("archive task")?;
+                drop(state);
+                Ok(Ok(Some(applied)))
+            }
+            Err(reason) => Ok(Err(reason)),
+        }
     }
 }

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 use crate::bundle::manifest::next_seq;
 use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report};
 use crate::changes::Op;
+use crate::config::Compress;
 use crate::ledger::Ledger;
 use crate::peers::Peers;
 use crate::proto::frame::Accepts;
@@ -24,6 +25,7 @@ use crate::watch::WatchMsg;
 
 use super::book::Book;
 use super::flush::Flushes;
+use super::link_rate::LinkRates;
 use super::outbox::Outbox;
 use super::source::Source;
 use super::state::SenderState;
@@ -54,6 +56,10 @@ pub(super) struct Handles {
     pub(super) events: mpsc::UnboundedSender<TransportEvent>,
     /// Each receiver's name, in the order of `sender.receivers`.
     pub(super) receivers: Vec<String>,
+    /// How fast each receiver's link was measured, and `sender.compress`:
+    /// together, whether a packing run deflates.
+    pub(super) link_rates: Arc<LinkRates>,
+    pub(super) compress: Compress,
 }
 
 impl Handles {
@@ -142,6 +148,7 @@ impl Handles {
                     .unwrap_or_else(|e| e.into_inner())
                     .contains(p)
             },
+            deflate: self.link_rates.deflate(self.compress),
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);

@@ -50,6 +50,7 @@ mod catchup;
 mod cut;
 mod flush;
 mod guard;
+mod link_rate;
 mod outbox;
 mod report;
 mod shipped;

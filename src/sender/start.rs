@@ -21,6 +21,7 @@ use crate::peers::Peers;
 use crate::status::{LinkStatus, StatusReport};
 
 use super::cut::Handles;
+use super::link_rate::LinkRates;
 use super::outbox::{Outbox, outbox_budget};
 use super::report::Links;
 use super::shipped::Shipped;
@@ -132,6 +133,7 @@ pub(super) fn spawn_transports(
             accepts: h.accepts.clone(),
             peer_timeout: cfg.peer_timeout,
             max_rate: cfg.max_rate,
+            link_rates: h.link_rates.clone(),
         };
         tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
@@ -187,6 +189,8 @@ pub(super) fn share(
         seq_floor: Arc::new(AtomicU64::new(0)),
         events,
         receivers: cfg.receivers.clone(),
+        link_rates: Arc::new(LinkRates::new(cfg.receivers.len())),
+        compress: cfg.compress,
     };
     Ok((handles, stores.shipped, events_rx))
 }

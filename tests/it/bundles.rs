@@ -197,6 +197,155 @@ async fn the_sender_sends_the_next_bundle_before_the_first_is_answered() {
     r.stop().await;
 }
 
+/// The names in the receiver's `incoming`.
+fn incoming(env: &Env) -> Vec<String> {
+    std::fs::read_dir(env.path().join("state-r/incoming"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Found in review: with bundle 1 held by its hook, bundle 2 (damaged on
+/// the way, so refused for now) queued behind it and bundle 3 received
+/// whole behind that, the refusal ended the answering half while the
+/// reading half waited for good to hand on bundle 3: the session never
+/// ended and bundle 3's file stayed. Now the session ends and nothing is
+/// left in `incoming`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_to_retry_ends_the_session_with_bundles_queued_behind_it() {
+    let env = Env::new();
+    let (hook, gate) = holding_hook(env.path());
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("b.html", "B");
+    let b2 = pack(&env.src(), &env.path().join("out2"), 2, &[]);
+    env.write("c.html", "C");
+    let b3 = pack(&env.src(), &env.path().join("out3"), 3, &[]);
+    let r = env
+        .start_receiver(&format!(
+            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+            hook.display()
+        ))
+        .await;
+    let (mut c, _) = session(r.addr).await;
+    send_packed_frames(&mut c, &b1).await;
+    send_frames(&mut c, b2.seq, &b2.path, b2.size, [0u8; 32]).await;
+    send_packed_frames(&mut c, &b3).await;
+    c.write_frame(&Frame::Ping).await.unwrap();
+    wait_until("bundle 3 taken in behind bundle 2", || {
+        incoming(&env).iter().any(|n| n.contains("-3-"))
+    })
+    .await;
+    std::fs::write(&gate, "").unwrap();
+    let f = c
+        .expect_reply_within(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(f, Frame::Ack { seq: 1, .. }), "{f:?}");
+    let f = c
+        .expect_reply_within(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(matches!(f, Frame::Refuse { seq: 2, .. }), "{f:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(Frame::Ping)) = c.read_frame().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the session went on after a refusal to retry"
+    );
+    wait_until("nothing left in incoming", || incoming(&env).is_empty()).await;
+    assert!(
+        !env.root().join("c.html").exists(),
+        "bundle 3 applied before 2"
+    );
+    r.stop().await;
+}
+
+/// Found in review: the sender's pings, queued behind the bundle being
+/// applied, filled the hand-over between the session's halves, and the
+/// next bundle stopped crossing the wire while the hook ran. Pings are no
+/// longer queued behind bundles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_senders_pings_do_not_hold_up_the_next_bundle_during_a_long_apply() {
+    let env = Env::new();
+    let (hook, gate) = holding_hook(env.path());
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("big.bin", noise(48 << 20, 3));
+    let limits = Limits::new(64 << 20, 128 << 20, 1000);
+    let b2 = pack_items(
+        &env.src(),
+        &env.path().join("out2"),
+        "test",
+        2,
+        limits,
+        upserts(&env.src()),
+    )
+    .remove(0);
+    let r = env
+        .start_receiver(&format!(
+            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+            hook.display()
+        ))
+        .await;
+    let (mut c, _) = session(r.addr).await;
+    send_packed_frames(&mut c, &b1).await;
+    for _ in 0..3 {
+        c.write_frame(&Frame::Ping).await.unwrap();
+    }
+    // Well within the hook's 60 s.
+    let sent = tokio::time::timeout(Duration::from_secs(30), send_packed_frames(&mut c, &b2)).await;
+    std::fs::write(&gate, "").unwrap();
+    assert!(
+        sent.is_ok(),
+        "bundle 2 stalled behind pings while bundle 1's hook ran"
+    );
+    for seq in [1, 2] {
+        let f = c
+            .expect_reply_within(Duration::from_secs(120))
+            .await
+            .unwrap();
+        assert!(matches!(f, Frame::Ack { seq: s, .. } if s == seq), "{f:?}");
+    }
+    r.stop().await;
+}
+
+/// Found in review: a newer session from the same sender replaced one that
+/// held a bundle taken in but not applied, and its file stayed in
+/// `incoming` until the receiver restarted (a flaky network could fill the
+/// disk so). Now every bundle file a session took in goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_session_leaves_nothing_in_incoming() {
+    let env = Env::new();
+    let (hook, gate) = holding_hook(env.path());
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("b.html", "B");
+    let b2 = pack(&env.src(), &env.path().join("out2"), 2, &[]);
+    let r = env
+        .start_receiver(&format!(
+            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+            hook.display()
+        ))
+        .await;
+    let (mut c, _) = session(r.addr).await;
+    send_packed_frames(&mut c, &b1).await;
+    send_packed_frames(&mut c, &b2).await;
+    wait_until("bundle 2 taken in", || {
+        incoming(&env).iter().any(|n| n.contains("-2-"))
+    })
+    .await;
+    let (_newer, _) = session(r.addr).await;
+    std::fs::write(&gate, "").unwrap();
+    wait_until("nothing left in incoming", || incoming(&env).is_empty()).await;
+    r.stop().await;
+}
+
 /// A bundle refused for now ends the session, so a bundle pipelined behind
 /// it is never applied before it: here bundle 2 came whole right behind a
 /// bundle 1 damaged on the way, and is not applied.

@@ -3,6 +3,7 @@
 
 mod bundles;
 mod cli;
+mod compress;
 mod durability;
 mod edges;
 mod faults;

@@ -452,6 +452,7 @@ pub fn pack_items(
         alloc_seq: &mut alloc,
         emit: &mut emit,
         touched: &|_| false,
+        deflate: true,
     }
     .pack(items)
     .unwrap();

@@ -34,13 +34,33 @@ enum Arrival {
 }
 
 /// A bundle the reading half took in: `seq` of `size` bytes, received
-/// into `path` from `started`, and whether it passed its trailer check.
+/// into `file` from `started`, and whether it passed its trailer check.
 struct Received {
     seq: u64,
     size: u64,
-    path: PathBuf,
+    file: Taken,
     checked: Result<(), Refusal>,
     started: Instant,
+}
+
+/// A bundle file in `incoming` that this session took in. Removed when
+/// dropped, whichever way the session ends (answered, refused, replaced by
+/// a newer session, shut down) or a receive fails part-way; once applied,
+/// the file was moved on and there is nothing left to remove.
+struct Taken(PathBuf);
+
+impl Drop for Taken {
+    fn drop(&mut self) {
+        let path = std::mem::take(&mut self.0);
+        let remove = move || {
+            let _ = std::fs::remove_file(&path);
+        };
+        // Unlinking a large file can take a while: not on a runtime thread.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => drop(runtime.spawn_blocking(remove)),
+            Err(_) => remove(),
+        }
+    }
 }
 
 impl Sessions {
@@ -72,17 +92,15 @@ impl Sessions {
         };
         let answer = async {
             let r = self.answer_arrivals(writer, &mut rx, sender, peer).await;
+            // A reading half waiting to hand on a bundle gets it back (and
+            // drops it, file and all) instead of waiting for good.
+            rx.close();
             ended.cancel();
             r
         };
         let (read, answer) = tokio::join!(read, answer);
-        // Bundles taken in but never applied leave no file behind.
-        rx.close();
-        while let Ok(a) = rx.try_recv() {
-            if let Arrival::Bundle(r) = a {
-                let _ = tokio::fs::remove_file(&r.path).await;
-            }
-        }
+        // Bundles taken in but never applied are dropped with their files.
+        while rx.try_recv().is_ok() {}
         answer.and(read)
     }
 
@@ -105,7 +123,13 @@ impl Sessions {
             };
             let arrival = match frame {
                 None => return Ok(()),
-                Some(Frame::Ping) => Arrival::Ping,
+                // Never queued behind a bundle: while the answering half is
+                // busy it pings the sender anyway, and a reading half held
+                // up by pings would stop taking in the next bundle.
+                Some(Frame::Ping) => match tx.try_send(Arrival::Ping) {
+                    Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return Ok(()),
+                    _ => continue,
+                },
                 Some(Frame::Bundle { seq, size }) if size > self.cfg.max_bundle_size => {
                     // Its body is not read: the stream is out of step, and
                     // the session ends once this is answered.
@@ -117,28 +141,19 @@ impl Sessions {
                     // Named for this session too: a session whose sender
                     // vanished mid-bundle may still hold its file when the
                     // re-send arrives.
-                    let path = self.incoming.join(incoming_name(&sender.key, seq, session));
-                    let checked = match self.receive(reader, sender, seq, size, &path).await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            let _ = tokio::fs::remove_file(&path).await;
-                            return Err(e);
-                        }
-                    };
+                    let file = Taken(self.incoming.join(incoming_name(&sender.key, seq, session)));
+                    let checked = self.receive(reader, sender, seq, size, &file.0).await?;
                     Arrival::Bundle(Received {
                         seq,
                         size,
-                        path,
+                        file,
                         checked,
                         started,
                     })
                 }
                 Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
             };
-            if let Err(unsent) = tx.send(arrival).await {
-                if let Arrival::Bundle(r) = unsent.0 {
-                    let _ = tokio::fs::remove_file(&r.path).await;
-                }
+            if tx.send(arrival).await.is_err() {
                 return Ok(());
             }
         }
@@ -171,7 +186,7 @@ impl Sessions {
                 }
                 Arrival::Bundle(r) => {
                     let go_on = self.take_bundle(writer, sender, peer, &r).await;
-                    let _ = tokio::fs::remove_file(&r.path).await;
+                    drop(r);
                     if !go_on? {
                         return Ok(());
                     }
@@ -197,7 +212,7 @@ impl Sessions {
             Ok(()) => {
                 // Applying and the hook can take long: ping meanwhile, so
                 // the sender can tell a busy receiver from a dead connection.
-                let apply = self.apply_then_hook(sender, seq, r.size, &r.path, r.started);
+                let apply = self.apply_then_hook(sender, seq, r.size, &r.file.0, r.started);
                 writer.ping_while(APPLY_PING, apply).await
             }
             Err(reason) => (Ok(Err(reason.clone())), Ok(())),

@@ -102,7 +102,8 @@ pub(super) async fn await_answer(
             return Ok(Awaited::Room);
         }
         tokio::select! {
-            _ = async { arrived.expect("room").await }, if arrived.is_some() => {}
+            // An answer already there wins over a limit that ran out.
+            biased;
             // `readable` consumes nothing, so losing this race loses no byte.
             r = conn.readable() => {
                 r?;
@@ -115,6 +116,7 @@ pub(super) async fn await_answer(
                     other => return Err(ConnError::Unexpected(format!("answer {other:?}"))),
                 }
             }
+            _ = async { arrived.expect("room").await }, if arrived.is_some() => {}
             _ = tokio::time::sleep_until(next_ping.into()) => {
                 conn.write_frame(&Frame::Ping).await?;
                 next_ping = Instant::now() + every;

@@ -32,6 +32,7 @@ use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
+use crate::sender::link_rate::LinkRates;
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
@@ -61,6 +62,9 @@ pub(super) struct Link {
     pub(super) state_dir: PathBuf,
     /// Where this receiver's `Welcome` limits go, for the packer.
     pub(super) accepts: Arc<std::sync::Mutex<Vec<Option<Accepts>>>>,
+    /// Where the rate this receiver's link carries bundles at goes, for
+    /// the packer's choice to deflate.
+    pub(super) link_rates: Arc<LinkRates>,
 }
 
 /// Why a session ended.
@@ -212,6 +216,9 @@ impl Link {
                     return Some(lost);
                 }
                 unanswered.push_back((b, Instant::now()));
+                // Nothing was read while it went out (a large bundle on a
+                // slow link takes minutes): the oldest's wait starts again.
+                since = Instant::now();
                 continue;
             }
             let Some((oldest, _)) = unanswered.front() else {
@@ -283,10 +290,15 @@ impl Link {
             self.record_needs(instance, Some(reason)).await;
         }
         self.outbox.mark_sent(self.index, b.seq);
+        let started = Instant::now();
         let sent = tokio::select! {
             _ = shutdown.cancelled() => return None,
             r = send_bundle(conn, b) => r,
         };
+        if sent.is_ok() {
+            self.link_rates
+                .record(self.index, b.size, started.elapsed());
+        }
         Some(sent.map_err(|e| Lost {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
