@@ -6,7 +6,9 @@
 //! filesystem, and every step is recorded. When a step fails,
 //! [`Publish::roll_back`] walks the record backwards and root is again
 //! exactly what it was, the same inodes. Every change is made relative to
-//! a parent opened by [`Root`], never through a symlink.
+//! a parent opened by [`Root`], never through a symlink. [`Publish::sync`]
+//! makes the changes durable: the directories they touched one by one, or
+//! the whole filesystem at once when they are many.
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

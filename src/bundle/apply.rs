@@ -3,10 +3,10 @@
 //! One code path for the network and for `shipper replay`. A bundle is
 //! checked as a whole before root is touched: [`open`] checks the manifest
 //! and the zip (see [`super::verify`]), and every file's bytes are counted
-//! and hashed while they are unpacked into a staging directory on root's
-//! filesystem but outside root; parts go to their set
+//! and hashed while they are unpacked (on every core) into a staging
+//! directory on root's filesystem but outside root; parts go to their set
 //! ([`super::part_sets`]) and a completed file is staged like the others.
-//! Only then are deletions applied and staged files renamed into place, so
+//! The staged files are made durable, then deletions are applied and staged files renamed into place, so
 //! a reader of root sees each file as its old or its new version, never a
 //! partial one and never a temporary name. Publishing is all or nothing: if
 //! any change to root fails, the ones made are undone and the bundle is

@@ -1,6 +1,7 @@
-//! What passes over an open session: one bundle and its answer, within a
-//! limit that grows with the bundle's size, and `Ping`s both ways while the
-//! connection is idle, so a receiver that stops answering is noticed within
+//! What passes over an open session: bundles (up to [`PIPELINE`] of them
+//! unanswered) and their answers, each within a limit that grows with the
+//! bundle's size, and `Ping`s both ways while the connection is idle or
+//! waits for answers, so a receiver that stops answering is noticed within
 //! `peer_timeout` (see [`crate::proto`]'s liveness rules).
 
 use std::time::{Duration, Instant};
