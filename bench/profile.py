@@ -102,7 +102,7 @@ def main():
         if "bulk" in args.only:
             corpus = os.path.join(base, "corpus")
             bench.make_corpus(corpus, 42)
-            results.append(("bulk corpus (282 MiB, 3,301 files)",) + run(os.path.join(base, "bulk"), corpus, keys, real))
+            results.append(("bulk corpus (282 MiB, 3,301 files)",) + run(os.path.join(base, "bulk-run"), corpus, keys, real))
         if "large" in args.only:
             corpus = os.path.join(base, "large")
             os.makedirs(os.path.join(corpus, "media"))
@@ -110,7 +110,7 @@ def main():
                 for _ in range(1024):
                     f.write(os.urandom(1 << 20))
             time.sleep(1.0)
-            results.append(("1 GiB random file",) + run(os.path.join(base, "large"), corpus, keys, real))
+            results.append(("1 GiB random file",) + run(os.path.join(base, "large-run"), corpus, keys, real))
     finally:
         fs.close()
     print(f"\n### CPU by kind of work: {args.label or commit}\n")
