@@ -92,27 +92,10 @@ async fn send_packed_frames(c: &mut Connection<TcpStream>, b: &Packed) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_bundle_crosses_the_wire_while_the_receiver_applies_one() {
     let env = Env::new();
-    let (hook, gate) = holding_hook(env.path());
-    env.write("a.html", "A");
-    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
-    env.write("big.bin", noise(48 << 20, 3));
-    let limits = Limits::new(64 << 20, 128 << 20, 1000);
-    let b2 = pack_items(
-        &env.src(),
-        &env.path().join("out2"),
-        "test",
-        2,
-        limits,
-        upserts(&env.src()),
-    )
-    .remove(0);
+    let (held, gate) = holding_hook(env.path());
+    let (b1, b2) = small_then_large(&env);
     assert!(b2.size > 48 << 20);
-    let r = env
-        .start_receiver(&format!(
-            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
-            hook.display()
-        ))
-        .await;
+    let r = env.start_receiver(&held).await;
     let (mut c, _) = session(r.addr).await;
     send_packed_frames(&mut c, &b1).await;
     // Well within the hook's 60 s: a receiver that stalls reads nothing
@@ -137,8 +120,27 @@ async fn the_next_bundle_crosses_the_wire_while_the_receiver_applies_one() {
     r.stop().await;
 }
 
-/// A holding hook at `dir/hold.sh` that waits until `dir/gate` exists.
-fn holding_hook(dir: &Path) -> (PathBuf, PathBuf) {
+/// Bundle 1 of one small page, then bundle 2 of the page and 48 MiB of
+/// noise: more than loopback's socket buffers hold.
+fn small_then_large(env: &Env) -> (Packed, Packed) {
+    env.write("a.html", "A");
+    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
+    env.write("big.bin", noise(48 << 20, 3));
+    let limits = Limits::new(64 << 20, 128 << 20, 1000);
+    let mut b2 = pack_items(
+        &env.src(),
+        &env.path().join("out2"),
+        "test",
+        2,
+        limits,
+        upserts(&env.src()),
+    );
+    (b1, b2.remove(0))
+}
+
+/// A receiver config whose `on_apply` hook (`dir/hold.sh`, 60 s at most)
+/// holds each bundle unanswered until `dir/gate` exists, with that gate.
+fn holding_hook(dir: &Path) -> (String, PathBuf) {
     let gate = dir.join("gate");
     let hook = dir.join("hold.sh");
     std::fs::write(
@@ -150,7 +152,11 @@ fn holding_hook(dir: &Path) -> (PathBuf, PathBuf) {
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    (hook, gate)
+    let config = format!(
+        "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
+        hook.display()
+    );
+    (config, gate)
 }
 
 /// The sender does not wait for an answer to send the next bundle: while
@@ -159,16 +165,11 @@ fn holding_hook(dir: &Path) -> (PathBuf, PathBuf) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sender_sends_the_next_bundle_before_the_first_is_answered() {
     let env = Env::new();
-    let (hook, gate) = holding_hook(env.path());
+    let (held, gate) = holding_hook(env.path());
     for i in 0..6 {
         env.write(&format!("img/{i}.bin"), noise(700 << 10, i));
     }
-    let r = env
-        .start_receiver(&format!(
-            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
-            hook.display()
-        ))
-        .await;
+    let r = env.start_receiver(&held).await;
     let s = env.start_sender(
         r.addr,
         "max_bundle_size = \"2MiB\"\nchunk_size = \"1MiB\"\n",
@@ -217,19 +218,14 @@ fn incoming(env: &Env) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refusal_to_retry_ends_the_session_with_bundles_queued_behind_it() {
     let env = Env::new();
-    let (hook, gate) = holding_hook(env.path());
+    let (held, gate) = holding_hook(env.path());
     env.write("a.html", "A");
     let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
     env.write("b.html", "B");
     let b2 = pack(&env.src(), &env.path().join("out2"), 2, &[]);
     env.write("c.html", "C");
     let b3 = pack(&env.src(), &env.path().join("out3"), 3, &[]);
-    let r = env
-        .start_receiver(&format!(
-            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
-            hook.display()
-        ))
-        .await;
+    let r = env.start_receiver(&held).await;
     let (mut c, _) = session(r.addr).await;
     send_packed_frames(&mut c, &b1).await;
     send_frames(&mut c, b2.seq, &b2.path, b2.size, [0u8; 32]).await;
@@ -273,26 +269,9 @@ async fn a_refusal_to_retry_ends_the_session_with_bundles_queued_behind_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_senders_pings_do_not_hold_up_the_next_bundle_during_a_long_apply() {
     let env = Env::new();
-    let (hook, gate) = holding_hook(env.path());
-    env.write("a.html", "A");
-    let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
-    env.write("big.bin", noise(48 << 20, 3));
-    let limits = Limits::new(64 << 20, 128 << 20, 1000);
-    let b2 = pack_items(
-        &env.src(),
-        &env.path().join("out2"),
-        "test",
-        2,
-        limits,
-        upserts(&env.src()),
-    )
-    .remove(0);
-    let r = env
-        .start_receiver(&format!(
-            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
-            hook.display()
-        ))
-        .await;
+    let (held, gate) = holding_hook(env.path());
+    let (b1, b2) = small_then_large(&env);
+    let r = env.start_receiver(&held).await;
     let (mut c, _) = session(r.addr).await;
     send_packed_frames(&mut c, &b1).await;
     for _ in 0..3 {
@@ -322,17 +301,12 @@ async fn the_senders_pings_do_not_hold_up_the_next_bundle_during_a_long_apply() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_session_leaves_nothing_in_incoming() {
     let env = Env::new();
-    let (hook, gate) = holding_hook(env.path());
+    let (held, gate) = holding_hook(env.path());
     env.write("a.html", "A");
     let b1 = pack(&env.src(), &env.path().join("out1"), 1, &[]);
     env.write("b.html", "B");
     let b2 = pack(&env.src(), &env.path().join("out2"), 2, &[]);
-    let r = env
-        .start_receiver(&format!(
-            "on_apply = [\"{}\"]\non_apply_timeout = \"60s\"\n",
-            hook.display()
-        ))
-        .await;
+    let r = env.start_receiver(&held).await;
     let (mut c, _) = session(r.addr).await;
     send_packed_frames(&mut c, &b1).await;
     send_packed_frames(&mut c, &b2).await;
