@@ -115,11 +115,11 @@ struct Staged {
 /// set, stage each file a set completes, and drop the sets the sender
 /// abandoned.
 fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged, BundleError> {
-    let (zip, m) = (&mut b.zip, &b.manifest);
     let mut staged = Staged {
-        files: stage_files(target, &b.path, m, stage)?,
+        files: stage_files(target, b, stage)?,
         completed: Vec::new(),
     };
+    let (zip, m) = (&mut b.zip, &b.manifest);
     let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
@@ -152,30 +152,38 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
 /// staged copy, in manifest order.
 fn stage_files(
     target: &Target,
-    zip_path: &Path,
-    m: &Manifest,
+    b: &mut Opened,
     stage: &Path,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
+    let (m, zip_path) = (&b.manifest, &b.path);
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
     // Once one worker fails, the others stop at their next file.
     let failed = AtomicBool::new(false);
-    (0..workers).into_par_iter().try_for_each(|w| {
-        let file = File::open(zip_path).map_err(io_at(zip_path))?;
-        let mut zip = ZipArchive::new(file)?;
+    let share = |zip: &mut ZipArchive<File>, w: usize| {
         let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
         for i in (w..m.files.len()).step_by(workers) {
             if failed.load(Ordering::Relaxed) {
                 break;
             }
             let dest = stage.join(format!("f{i}"));
-            stage_file(target, &mut zip, &m.files[i], &dest, &mut buf)
+            stage_file(target, zip, &m.files[i], &dest, &mut buf)
                 .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
         }
         Ok::<_, BundleError>(())
-    })?;
+    };
+    if workers == 1 {
+        // A small bundle (the usual one): the archive already open serves,
+        // its directory not read again.
+        share(&mut b.zip, 0)?;
+    } else {
+        (0..workers).into_par_iter().try_for_each(|w| {
+            let file = File::open(zip_path).map_err(io_at(zip_path))?;
+            share(&mut ZipArchive::new(file)?, w)
+        })?;
+    }
     let staged = m.files.iter().enumerate();
     Ok(staged
         .map(|(i, f)| (f.path.clone(), stage.join(format!("f{i}"))))
