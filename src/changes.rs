@@ -62,6 +62,26 @@ struct Entry {
     retry_at: Option<Instant>,
 }
 
+/// Which of the due upserts one take takes: a cut too large to pack at
+/// once is taken in portions, in path order. An entry taken before it
+/// settled stays pending (re-armed), so a portion starts after the last
+/// path the one before took, not at the first due entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Portion<'a> {
+    /// At most this many…
+    pub max_upserts: usize,
+    /// …of the paths after this one.
+    pub after: Option<&'a str>,
+}
+
+impl Portion<'_> {
+    /// Everything due.
+    pub const ALL: Self = Self {
+        max_upserts: usize::MAX,
+        after: None,
+    };
+}
+
 #[derive(Debug, Clone)]
 pub struct ChangeSet {
     entries: BTreeMap<String, Entry>,
@@ -137,7 +157,21 @@ impl ChangeSet {
     /// given that the cut after it happens at `next_cut`. `force` (flush)
     /// takes everything. Entries taken before they settled are re-armed.
     pub fn take_due(&mut self, now: Instant, next_cut: Instant, force: bool) -> Vec<Change> {
+        self.take_due_portion(now, next_cut, force, Portion::ALL).0
+    }
+
+    /// [`ChangeSet::take_due`], taking the upserts of `portion` only (every
+    /// due deletion is taken). Returns what it took, and whether due
+    /// upserts were left for the next portion.
+    pub fn take_due_portion(
+        &mut self,
+        now: Instant,
+        next_cut: Instant,
+        force: bool,
+        portion: Portion<'_>,
+    ) -> (Vec<Change>, bool) {
         let mut due = Vec::new();
+        let (mut upserts, mut left) = (0, false);
         let (settle, max_delay) = (self.settle, self.max_delay);
         self.entries.retain(|path, e| {
             if e.retry_at.is_some_and(|t| now < t) && !force {
@@ -148,6 +182,16 @@ impl ChangeSet {
             let overdue = next_cut.saturating_duration_since(e.first) >= max_delay;
             if !(settled || overdue || force) {
                 return true;
+            }
+            if e.op == Op::Upsert {
+                if portion.after.is_some_and(|a| path.as_str() <= a) {
+                    return true; // an earlier portion took it (or passed it)
+                }
+                if upserts == portion.max_upserts {
+                    left = true;
+                    return true;
+                }
+                upserts += 1;
             }
             due.push(Change {
                 path: path.clone(),
@@ -162,7 +206,7 @@ impl ChangeSet {
             e.first = now;
             true
         });
-        due
+        (due, left)
     }
 
     /// Put back paths whose packing failed (they changed while being read).
@@ -519,6 +563,56 @@ mod tests {
         }
         assert_eq!(cs.pending_within("a"), ["a/x", "a/y/z"]);
         assert_eq!(cs.oldest(), Some(t0));
+    }
+
+    #[test]
+    fn a_portion_takes_at_most_n_upserts_and_leaves_the_rest_due_and_takes_every_deletion() {
+        let (mut cs, t0) = set();
+        for p in ["a", "b", "c", "d"] {
+            cs.changed(p, false, t0);
+        }
+        cs.removed("e", t0);
+        let two = |after| Portion {
+            max_upserts: 2,
+            after,
+        };
+        let (due, left) = cs.take_due_portion(t0 + s(3), t0 + s(13), false, two(None));
+        assert_eq!(
+            paths(&due),
+            [("a", Op::Upsert), ("b", Op::Upsert), ("e", Op::Delete)]
+        );
+        assert!(left);
+        let (due, left) = cs.take_due_portion(t0 + s(3), t0 + s(13), false, two(Some("b")));
+        assert_eq!(paths(&due), [("c", Op::Upsert), ("d", Op::Upsert)]);
+        assert!(!left, "nothing due is left");
+        assert!(cs.is_empty());
+    }
+
+    #[test]
+    fn a_forced_cut_in_portions_takes_each_unsettled_path_once() {
+        // Broke once: a flush's second portion took again the unsettled
+        // paths the first had taken (they stay pending, re-armed), and so
+        // did every portion after it, until they settled.
+        let (mut cs, t0) = set();
+        for p in ["a", "b", "c"] {
+            cs.changed(p, true, t0);
+        }
+        let mut after = None;
+        let mut taken = Vec::new();
+        loop {
+            let portion = Portion {
+                max_upserts: 2,
+                after: after.as_deref(),
+            };
+            let (due, left) = cs.take_due_portion(t0, t0 + s(10), true, portion);
+            after = due.last().map(|c| c.path.clone());
+            taken.extend(due.into_iter().map(|c| c.path));
+            if !left {
+                break;
+            }
+        }
+        assert_eq!(taken, ["a", "b", "c"]);
+        assert_eq!(cs.len(), 3, "re-armed: they ship again once settled");
     }
 }
 

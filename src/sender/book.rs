@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::bundle::manifest::FileMeta;
 use crate::bundle::pack::{PackItem, Report};
-use crate::changes::{ChangeSet, Op};
+use crate::changes::{ChangeSet, Op, Portion};
 use crate::config::MassDelete;
 use crate::paths::is_within;
 use crate::proto::refusal::Refusal;
@@ -156,18 +156,20 @@ impl Book {
     }
 
     /// Take what the cut at `now` ships, the next cut being at `next_cut`;
-    /// `force`: everything pending. Deletions pass the guard (`allow`: a
-    /// flush allowed a mass deletion); a held deletion is released only if
-    /// its path is still `absent`.
+    /// `force`: everything pending. Upserts are taken in `portion`s;
+    /// returns whether due ones were left for the next. Every due deletion
+    /// is taken, so the guard judges them together: they pass it (`allow`:
+    /// a flush allowed a mass deletion), and a held deletion is released
+    /// only if its path is still `absent`.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
         next_cut: Instant,
-        force: bool,
-        allow: bool,
+        (force, allow): (bool, bool),
+        portion: Portion<'_>,
         absent: impl Fn(&str) -> bool,
-    ) -> Vec<PackItem> {
-        let due = self.changes.take_due(now, next_cut, force);
+    ) -> (Vec<PackItem>, bool) {
+        let (due, left) = self.changes.take_due_portion(now, next_cut, force, portion);
         let mut items = Vec::with_capacity(due.len());
         let mut deletions = Vec::new();
         for c in due {
@@ -195,7 +197,7 @@ impl Book {
         self.guard
             .check(&mut deletions, settling, shipped, allow, absent);
         items.extend(deletions.into_iter().map(PackItem::delete));
-        items
+        (items, left)
     }
 
     /// Take in what a packing run did: what it shipped, what changed while
@@ -363,7 +365,8 @@ mod tests {
     }
 
     fn due(b: &mut Book, now: Instant) -> Vec<(String, Op, bool)> {
-        b.take_due(now, now, true, false, |_| true)
+        b.take_due(now, now, (true, false), Portion::ALL, |_| true)
+            .0
             .into_iter()
             .map(|i| (i.path, i.op, i.previous.is_some()))
             .collect()
