@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::SenderConfig;
 use crate::durable;
@@ -52,11 +52,13 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
     // finds their changes again by comparing with the ledger.
     crate::places::remove_own(&outbox_dir, crate::bundle::pack::is_outbox_name)?;
     let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
+    let began = std::time::Instant::now();
     let mut ledger = Ledger::open(&state_dir)
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let in_doubt: BTreeSet<String> = ledger.in_doubt().map(str::to_owned).collect();
     let files = ledger.take_files();
-    debug!(files = files.len(), "ledger loaded");
+    let ms = began.elapsed().as_millis() as u64;
+    info!(files = files.len(), ms, "acknowledged state loaded");
     if !in_doubt.is_empty() {
         info!(
             paths = in_doubt.len(),
