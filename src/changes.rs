@@ -100,8 +100,16 @@ impl ChangeSet {
 
     /// Content or metadata of `path` changed, or it appeared. `writing` says
     /// the event was a write by a writer that may still hold it open.
-    pub fn changed(&mut self, path: impl Into<String>, writing: bool, now: Instant) {
-        let e = self.entry(path, Op::Upsert, now);
+    pub fn changed(&mut self, path: &str, writing: bool, now: Instant) {
+        Self::change(self.entry(path, Op::Upsert, now), writing, now);
+    }
+
+    /// [`ChangeSet::changed`], keeping `path` itself rather than a copy.
+    pub fn changed_owned(&mut self, path: String, writing: bool, now: Instant) {
+        Self::change(self.entry(path, Op::Upsert, now), writing, now);
+    }
+
+    fn change(e: &mut Entry, writing: bool, now: Instant) {
         e.op = Op::Upsert;
         e.last = now;
         e.writing |= writing;

@@ -147,13 +147,13 @@ impl Book {
             };
             let path = std::mem::take(path);
             if open {
-                self.changes.changed(path, true, now);
+                self.changes.changed_owned(path, true, now);
                 continue;
             }
             // The same test the packer applies (a future mtime proves nothing).
             let quiet = !stamp.modified_within(self.settle);
-            self.changes
-                .changed(path, false, if quiet { quiet_since } else { now });
+            let at = if quiet { quiet_since } else { now };
+            self.changes.changed_owned(path, false, at);
         }
     }
 
