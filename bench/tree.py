@@ -28,7 +28,7 @@ receiver; sizes of every file and the content of a seeded sample of 2,000
 are checked afterwards, untimed. Writes --out with the figures, the commit
 measured and how long the script ran, and prints it. Standard library only.
 """
-import argparse, hashlib, json, os, random, re, shutil, statistics, subprocess, sys, tempfile, time
+import argparse, hashlib, json, os, random, re, shutil, signal, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (its Shipper, rsync_client, wait, vm_hwm_mib, WORDS)
@@ -133,9 +133,18 @@ def check_copy(src, dest, files, seed):
 
 # ---------------------------------------------------------------- shipper
 
+# Every TreeShipper started, so a failure or SIGTERM stops them before the
+# file system they run on is unmounted.
+LIVE = []
+
+
 class TreeShipper(bench.Shipper):
     """bench.py's two processes; the sender logs at info, so the catch-up's
     "source tree compared" line can be read."""
+
+    def __init__(self, *args, **kw):
+        LIVE.append(self)
+        super().__init__(*args, **kw)
 
     def start_sender(self):
         env = {**os.environ, "RUST_LOG": "info", "NO_COLOR": "1"}
@@ -197,11 +206,16 @@ def catch_up_shipper(work, src, keys, port):
         line = s.log_line(COMPARED)
         changed = int(re.search(r"changed=(\d+)", line).group(1))
         deleted = int(re.search(r"deleted=(\d+)", line).group(1))
+        # Where the time went, as the sender logs it.
+        parts = {"walk": int(re.search(r"walk_ms=(\d+)", line).group(1)) / 1000}
+        loaded = s.log_line("acknowledged state loaded")
+        if loaded:
+            parts["load"] = int(re.search(r" ms=(\d+)", loaded).group(1)) / 1000
         bench.wait(lambda: (s.status() or {}).get("pending_paths") == 0, 600, 0.25)
         rss = s.rss()
     finally:
         s.stop()
-    return dt, rss, changed + deleted
+    return dt, rss, changed + deleted, parts
 
 
 def make_keys(base):
@@ -214,6 +228,11 @@ def make_keys(base):
 
 
 # ---------------------------------------------------------------- report
+
+def fmt_split(parts):
+    """The catch-up's parts the sender logs: loading its state, the walk."""
+    return ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+
 
 def fmt_took(secs):
     return f"{secs:.0f} s" if secs < 120 else f"{secs / 60:.0f} min"
@@ -255,6 +274,8 @@ def main():
     ap.add_argument("--out", default=os.path.join(bench.ROOT, "bench", "TREE.md"))
     args = ap.parse_args()
     started = time.monotonic()
+    # Killed (SIGTERM), still clean up: processes stopped, file system gone.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("tree.py: terminated"))
     if not os.path.exists(bench.BIN):
         bench.sh("cargo", "build", "--release", cwd=bench.ROOT)
     if not shutil.which("rsync"):
@@ -269,7 +290,7 @@ def main():
         t = time.monotonic()
         make_tree(src, args.files, 42)
         print(f"tree of {args.files} files made in {time.monotonic() - t:.0f} s", flush=True)
-        ship, rs, rss, ship_c, rs_c, rss_c, redone = [], [], [], [], [], [], []
+        ship, rs, rss, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], []
         for run in range(args.runs):
             work, dest = os.path.join(fs.dir, f"shipper{run}"), os.path.join(fs.dir, f"rsync{run}")
             port = bench.free_port()
@@ -285,12 +306,12 @@ def main():
             check_copy(src, dest, args.files, run)
             for who in (["rsync", "shipper"] if run % 2 == 0 else ["shipper", "rsync"]):
                 if who == "shipper":
-                    dt, r, n = catch_up_shipper(work, src, keys, port)
-                    ship_c.append(dt); rss_c.append(r); redone.append(n)
+                    dt, r, n, parts = catch_up_shipper(work, src, keys, port)
+                    ship_c.append(dt); rss_c.append(r); redone.append(n); split.append(parts)
                 else:
                     rs_c.append(bench.rsync_client(src, dest)[0])
             print(f"catch-up run {run}: shipper {ship_c[-1]:.1f} s (sender {rss_c[-1][0]:.0f} MiB, receiver {rss_c[-1][1]:.0f} MiB, "
-                  f"{redone[-1]} paths queued), rsync no-op {rs_c[-1]:.1f} s", flush=True)
+                  f"{redone[-1]} paths queued, {fmt_split(split[-1])}), rsync no-op {rs_c[-1]:.1f} s", flush=True)
             if run + 1 < args.runs:
                 shutil.rmtree(work)
                 shutil.rmtree(dest)
@@ -305,10 +326,15 @@ def main():
              f"receiver {rcv_c:.0f} MiB", "—", None, "sender ≤ 512 MiB, receiver ≤ 256 MiB",
              max(snd, snd_c) <= 512 and max(rcv, rcv_c) <= 256, "VmHWM of each process"),
             ("restart catch-up, nothing changed", wl, f"{m_sc:.1f} s", f"rsync -a no-op {m_rc:.1f} s", m_sc / m_rc, "≤ 1.5",
-             m_sc / m_rc <= 1.5, f"start of both to \"{COMPARED}\"; paths queued again: {max(redone)}"),
+             m_sc / m_rc <= 1.5, f"start of both to \"{COMPARED}\" ({fmt_split(split[-1])}); paths queued again: {max(redone)}"),
         ]
         write_report(args.out, args, rows, time.monotonic() - started)
     finally:
+        for s in LIVE:
+            for p in (getattr(s, "sender", None), getattr(s, "receiver", None)):
+                if p is not None and p.poll() is None:
+                    p.kill()
+                    p.wait()
         if fs is not None:
             fs.close()
         shutil.rmtree(base, ignore_errors=True)
