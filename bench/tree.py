@@ -162,6 +162,14 @@ class TreeShipper(bench.Shipper):
             return next((l for l in f if needle in l), None)
 
 
+def cpu_secs(p):
+    """User and system CPU seconds process `p` used so far."""
+    with open(f"/proc/{p.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def shipped_all(s, files):
     """The sender compared the tree, nothing is pending and every bundle
     was acknowledged; then (rarely, so it costs nothing) count the files."""
@@ -189,9 +197,10 @@ def first_ship_shipper(work, src, keys, files, port):
             raise RuntimeError(f"shipper: first ship did not finish; see {work}/*.log")
         time.sleep(0.25)
     rss = s.rss()
+    cpu = (cpu_secs(s.sender), cpu_secs(s.receiver))
     s.flush()  # every acknowledgement recorded before the restart
     s.stop()
-    return dt, rss
+    return dt, rss, cpu
 
 
 def catch_up_shipper(work, src, keys, port):
@@ -228,6 +237,12 @@ def make_keys(base):
 
 
 # ---------------------------------------------------------------- report
+
+def fmt_cpu(c):
+    """CPU seconds (user + system) of the sender and the receiver."""
+    (su, ss), (ru, rs) = c
+    return f"CPU: sender {su:.0f} s user + {ss:.0f} s system, receiver {ru:.0f} s + {rs:.0f} s"
+
 
 def fmt_split(parts):
     """The catch-up's parts the sender logs: loading its state, the walk."""
@@ -290,18 +305,18 @@ def main():
         t = time.monotonic()
         make_tree(src, args.files, 42)
         print(f"tree of {args.files} files made in {time.monotonic() - t:.0f} s", flush=True)
-        ship, rs, rss, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], []
+        ship, rs, rss, cpu, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], [], []
         for run in range(args.runs):
             work, dest = os.path.join(fs.dir, f"shipper{run}"), os.path.join(fs.dir, f"rsync{run}")
             port = bench.free_port()
             for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
                 if who == "shipper":
-                    dt, r = first_ship_shipper(work, src, keys, args.files, port)
-                    ship.append(dt); rss.append(r)
+                    dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
+                    ship.append(dt); rss.append(r); cpu.append(c)
                 else:
                     rs.append(bench.rsync_client(src, dest)[0])
-            print(f"first ship run {run}: shipper {ship[-1]:.1f} s (sender {rss[-1][0]:.0f} MiB, receiver {rss[-1][1]:.0f} MiB), "
-                  f"rsync -a {rs[-1]:.1f} s", flush=True)
+            print(f"first ship run {run}: shipper {ship[-1]:.1f} s (sender {rss[-1][0]:.0f} MiB, receiver {rss[-1][1]:.0f} MiB; "
+                  f"{fmt_cpu(cpu[-1])}), rsync -a {rs[-1]:.1f} s", flush=True)
             check_copy(src, os.path.join(work, "www"), args.files, run)
             check_copy(src, dest, args.files, run)
             for who in (["rsync", "shipper"] if run % 2 == 0 else ["shipper", "rsync"]):
@@ -321,7 +336,7 @@ def main():
         snd_c, rcv_c = max(r[0] for r in rss_c), max(r[1] for r in rss_c)
         rows = [
             ("first ship", wl, f"{m_s:.1f} s", f"rsync -a {m_r:.1f} s", m_s / m_r, "≤ 1.0", m_s / m_r <= 1.0,
-             "start to the whole tree at the receiver"),
+             f"start to the whole tree at the receiver; {fmt_cpu(cpu[-1])}"),
             ("peak RSS", wl, f"first ship: sender {snd:.0f} MiB, receiver {rcv:.0f} MiB; restart: sender {snd_c:.0f} MiB, "
              f"receiver {rcv_c:.0f} MiB", "—", None, "sender ≤ 512 MiB, receiver ≤ 256 MiB",
              max(snd, snd_c) <= 512 and max(rcv, rcv_c) <= 256, "VmHWM of each process"),
