@@ -291,12 +291,17 @@ impl Cut {
         if !force && self.retry_at.is_some_and(|t| now < t) {
             return;
         }
-        if let Some(index) = self.whole_trees.next() {
+        if let Some(tree) = self.whole_trees.next() {
             // Everything the receivers have (or will once the outbox
-            // drains), for this one only; changes still pending reach
-            // every receiver in the usual bundles.
-            let items = book.shipped.paths().map(PackItem::upsert).collect();
-            self.start(items, Some(index), source.dir());
+            // drains), for this one only, a run's worth at a time; changes
+            // still pending reach every receiver in the usual bundles.
+            let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
+            let mut paths = book.shipped.paths_after(tree.after.as_deref());
+            let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
+            let more = paths.next().is_some();
+            let last = items.last().map(|i| i.path.clone());
+            self.whole_trees.taken(last, more);
+            self.start(items, Some(tree.index), source.dir());
             return;
         }
         let cut = self.cut.take().unwrap_or_else(|| InCut {
@@ -426,7 +431,7 @@ impl Cut {
             }
             Ok(()) => self
                 .whole_trees
-                .packed(index, &report.bundles, flushes.acked_seq()),
+                .packed(&report.bundles, flushes.acked_seq()),
         }
     }
 }

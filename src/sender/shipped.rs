@@ -53,9 +53,14 @@ impl Shipped {
         self.files.contains(path)
     }
 
-    /// Every path the receivers have, in order.
-    pub(super) fn paths(&self) -> impl Iterator<Item = &String> {
-        self.files.keys()
+    /// The paths the receivers have after `after` (all: `None`), in order.
+    pub(super) fn paths_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        self.files
+            .from(after.unwrap_or_default())
+            .skip_while(move |p| Some(p.as_str()) == after)
     }
 
     /// Shipped paths equal to or below `dir`.
@@ -190,6 +195,17 @@ pub(super) mod tests {
         let s = shipped(&["d", "d/x", "d/y/z", "d2/x", "e"], &[]);
         let below: Vec<&String> = s.within("d").collect();
         assert_eq!(below, ["d", "d/x", "d/y/z"]);
+    }
+
+    #[test]
+    fn a_whole_tree_is_taken_in_runs_from_after_the_last_path_taken() {
+        let s = shipped(&["a", "b", "b/c", "d"], &[]);
+        let all: Vec<&String> = s.paths_after(None).collect();
+        assert_eq!(all, ["a", "b", "b/c", "d"]);
+        let rest: Vec<&String> = s.paths_after(Some("b")).collect();
+        assert_eq!(rest, ["b/c", "d"]);
+        let gone_since: Vec<&String> = s.paths_after(Some("c")).collect();
+        assert_eq!(gone_since, ["d"], "the last path taken may be gone");
     }
 
     #[test]
