@@ -1,11 +1,13 @@
-//! Crash-safe writes of small state files and directory syncs.
+//! Crash-safe writes of state files and directory syncs.
 //!
 //! Owns the one recipe every durable write in shipper follows: write to a
 //! temporary name in the same directory, fsync the file, rename it over the
 //! final name, fsync the directory. A crash at any point leaves either the
-//! old or the new content, never a mix. State that grows by records is
-//! appended instead, one [`journal_line`] per record: a crash can tear only
-//! the last line, which [`journal_lines`] drops with anything after it.
+//! old or the new content, never a mix ([`write_atomic`], or
+//! [`write_atomic_with`] for content streamed rather than held). State that
+//! grows by records is appended instead, one [`journal_line`] per record: a
+//! crash can tear only the last line, which [`read_journal`] drops with
+//! anything after it.
 //! [`is_disk_full`] is the one test of a write that failed for want of
 //! space. Nothing else belongs here.
 
@@ -25,11 +27,23 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 
 /// Replace `path` with `bytes` so that a crash leaves the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+/// Replace `path` with what `write` writes, as [`write_atomic`] does, for
+/// content too large to hold in memory at once (written through a buffer).
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = parent_of(path);
     let mut tmp = tempfile::Builder::new()
         .prefix(".shipper-tmp-")
         .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
+    let mut buffered = io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
+    write(&mut buffered)?;
+    buffered.flush()?;
+    drop(buffered);
     // The data must be on disk before the rename makes it visible under the final name.
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -75,27 +89,44 @@ pub fn journal_line<T: serde::Serialize>(record: &T) -> Vec<u8> {
 /// and how many bytes they span (where the next record is to be appended).
 pub fn journal_lines<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> (Vec<T>, usize) {
     let mut records = Vec::new();
-    let mut good = 0;
-    while good < bytes.len() {
-        let rest = &bytes[good..];
-        let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
-            break; // torn: no newline yet
-        };
-        let line = &rest[..nl];
-        let Some((sum, json)) = line.split_at_checked(16) else {
+    let good = read_journal(bytes, |r| records.push(r)).expect("reading from memory");
+    (records, good as usize)
+}
+
+/// Read a journal from `r` one line at a time (never whole: it may be as
+/// large as the state it records), handing each record to `each`, up to
+/// the first torn or corrupt line. Returns how many bytes the records
+/// handed span (where the next record is to be appended).
+pub fn read_journal<T: serde::de::DeserializeOwned>(
+    mut r: impl io::BufRead,
+    mut each: impl FnMut(T),
+) -> io::Result<u64> {
+    let mut line = Vec::new();
+    let mut good = 0u64;
+    loop {
+        line.clear();
+        let n = r.read_until(b'\n', &mut line)?;
+        // Torn: no newline yet (or nothing at all).
+        let Some(body) = line.strip_suffix(b"\n") else {
             break;
         };
-        let json = json.strip_prefix(b" ").unwrap_or(b"");
-        if sum != journal_checksum(json).as_bytes() {
-            break;
-        }
-        let Ok(r) = serde_json::from_slice::<T>(json) else {
+        let Some(record) = journal_record(body) else {
             break;
         };
-        records.push(r);
-        good += nl + 1;
+        each(record);
+        good += n as u64;
     }
-    (records, good)
+    Ok(good)
+}
+
+/// One journal line without its newline, if its checksum holds and it parses.
+fn journal_record<T: serde::de::DeserializeOwned>(line: &[u8]) -> Option<T> {
+    let (sum, json) = line.split_at_checked(16)?;
+    let json = json.strip_prefix(b" ").unwrap_or(b"");
+    if sum != journal_checksum(json).as_bytes() {
+        return None;
+    }
+    serde_json::from_slice::<T>(json).ok()
 }
 
 fn journal_checksum(json: &[u8]) -> String {

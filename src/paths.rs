@@ -96,7 +96,8 @@ pub fn validate(path: &str) -> Result<(), PathError> {
 /// `base` or its name is not UTF-8 (such names cannot be stored in a zip).
 pub fn relative(base: &Path, abs: &Path) -> Option<String> {
     let rel = abs.strip_prefix(base).ok()?;
-    let mut out = String::new();
+    // Exactly as long as it will be: a walk keeps one per file found.
+    let mut out = String::with_capacity(rel.as_os_str().len());
     for comp in rel.components() {
         match comp {
             Component::Normal(c) => {

@@ -1,9 +1,11 @@
 //! The stat fields that tell whether a file changed (and what [`Kind`] of
 //! entry it is): one [`Stamp`] for the
 //! walk that compares the tree with what was shipped and for the packer
-//! that checks a file did not change while it was read, and the one test
-//! of how recently a file was written. Reads the clock (`modified_within`,
-//! and through it the manifest's racy mark), nothing else.
+//! that checks a file did not change while it was read, the one test of
+//! whether a stamp matches what was shipped ([`Stat::matches`]), and the
+//! one test of how recently a file was written. Reads the clock
+//! (`modified_within`, and through it the manifest's racy mark), nothing
+//! else.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -87,6 +89,35 @@ impl Stamp {
     /// Whether the file was written within `window` before now.
     pub fn modified_within(&self, window: std::time::Duration) -> bool {
         modified_within(self.mtime, self.mtime_nsec, window)
+    }
+}
+
+/// What is shipped of a stat, and compared with a [`Stamp`] found later:
+/// kind, size, mtime and mode (identity is not shipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+}
+
+impl Stat {
+    /// Whether a file with `stamp` has the kind, size, mtime and mode
+    /// shipped. A directory is its kind and mode only: its mtime and size
+    /// change with every entry made in it.
+    pub fn matches(&self, stamp: &Stamp) -> bool {
+        if stamp.kind != self.kind {
+            return false;
+        }
+        if self.kind == Kind::Dir {
+            return stamp.mode == self.mode;
+        }
+        stamp.size == self.size
+            && stamp.mtime == self.mtime
+            && stamp.mtime_nsec == self.mtime_nsec
+            && stamp.mode == self.mode
     }
 }
 

@@ -2,6 +2,7 @@
 //! calls [`dispatch`] and maps the error to an exit code. The text
 //! `shipper status` prints is rendered in `status_text`.
 
+mod malloc;
 mod status_text;
 pub use status_text::describe_status;
 
@@ -27,6 +28,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
+            malloc::limit_arenas();
             runtime()?.block_on(run_until_signal(config))
         }
         Command::Flush {

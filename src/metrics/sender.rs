@@ -53,7 +53,7 @@ fn sender_figures(r: &StatusReport) -> [(&'static str, &'static str, Value); 10]
         ),
         (
             "shipper_pending_bytes",
-            "Bytes of the files changed and not yet shipped",
+            "Bytes of the files changed and not yet shipped (estimated from a sample of 10,000 beyond that many)",
             Whole(r.pending_bytes),
         ),
         (

@@ -18,13 +18,13 @@ use tracing::{debug, info, warn};
 
 use crate::bundle::manifest::FileMeta;
 use crate::bundle::pack::{PackItem, Report};
-use crate::changes::{ChangeSet, Op};
+use crate::changes::{ChangeSet, Op, Portion};
 use crate::config::MassDelete;
 use crate::paths::is_within;
 use crate::proto::refusal::Refusal;
+use crate::stamp::Stamp;
 use crate::status::{FailingPath, StatusReport, unix_now};
 
-use super::catchup::Differs;
 use super::guard::DeletionGuard;
 use super::shipped::Shipped;
 use super::skipped::SkippedLinks;
@@ -129,20 +129,31 @@ impl Book {
         now.checked_sub(self.settle).unwrap_or(now)
     }
 
-    /// Queue the files a walk found differing. One last modified longer
-    /// than `settle` ago has been quiet that long already: it counts as
-    /// settled at once.
-    pub(super) fn queue_found(&mut self, found: &[Differs], now: Instant) {
+    /// Queue the files a walk found differing: `found` says which of the
+    /// walk's `files` (by index), and whether each is still open for
+    /// writing; their paths are taken from `files`. One last modified
+    /// longer than `settle` ago has been quiet that long already: it
+    /// counts as settled at once.
+    pub(super) fn queue_found(
+        &mut self,
+        files: &mut [(String, Stamp)],
+        found: &[(usize, bool)],
+        now: Instant,
+    ) {
         let quiet_since = self.quiet_since(now);
-        for d in found {
-            if d.open {
-                self.changes.changed(d.path, true, now);
+        for &(i, open) in found {
+            let Some((path, stamp)) = files.get_mut(i) else {
+                continue;
+            };
+            let path = std::mem::take(path);
+            if open {
+                self.changes.changed_owned(path, true, now);
                 continue;
             }
             // The same test the packer applies (a future mtime proves nothing).
-            let quiet = !d.stamp.modified_within(self.settle);
-            self.changes
-                .changed(d.path, false, if quiet { quiet_since } else { now });
+            let quiet = !stamp.modified_within(self.settle);
+            let at = if quiet { quiet_since } else { now };
+            self.changes.changed_owned(path, false, at);
         }
     }
 
@@ -156,18 +167,20 @@ impl Book {
     }
 
     /// Take what the cut at `now` ships, the next cut being at `next_cut`;
-    /// `force`: everything pending. Deletions pass the guard (`allow`: a
-    /// flush allowed a mass deletion); a held deletion is released only if
-    /// its path is still `absent`.
+    /// `force`: everything pending. Upserts are taken in `portion`s;
+    /// returns whether due ones were left for the next. Every due deletion
+    /// is taken, so the guard judges them together: they pass it (`allow`:
+    /// a flush allowed a mass deletion), and a held deletion is released
+    /// only if its path is still `absent`.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
         next_cut: Instant,
-        force: bool,
-        allow: bool,
+        (force, allow): (bool, bool),
+        portion: Portion<'_>,
         absent: impl Fn(&str) -> bool,
-    ) -> Vec<PackItem> {
-        let due = self.changes.take_due(now, next_cut, force);
+    ) -> (Vec<PackItem>, bool) {
+        let (due, left) = self.changes.take_due_portion(now, next_cut, force, portion);
         let mut items = Vec::with_capacity(due.len());
         let mut deletions = Vec::new();
         for c in due {
@@ -195,7 +208,7 @@ impl Book {
         self.guard
             .check(&mut deletions, settling, shipped, allow, absent);
         items.extend(deletions.into_iter().map(PackItem::delete));
-        items
+        (items, left)
     }
 
     /// Take in what a packing run did: what it shipped, what changed while
@@ -343,162 +356,5 @@ impl Book {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sender::shipped::tests::{meta, shipped};
-
-    const SETTLE: Duration = Duration::from_secs(2);
-
-    fn book(files: &[&str], in_doubt: &[&str]) -> Book {
-        let rule = MassDelete {
-            share: 0.5,
-            min: 100,
-        };
-        Book::new(
-            SETTLE,
-            Duration::from_secs(300),
-            rule,
-            shipped(files, in_doubt),
-        )
-    }
-
-    fn due(b: &mut Book, now: Instant) -> Vec<(String, Op, bool)> {
-        b.take_due(now, now, true, false, |_| true)
-            .into_iter()
-            .map(|i| (i.path, i.op, i.previous.is_some()))
-            .collect()
-    }
-
-    #[test]
-    fn retry_delay_doubles_from_a_second_up_to_its_cap() {
-        assert_eq!(retry_delay(1), Duration::from_secs(1));
-        assert_eq!(retry_delay(2), Duration::from_secs(2));
-        assert_eq!(retry_delay(5), Duration::from_secs(16));
-        assert_eq!(retry_delay(7), RETRY_MAX);
-        assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
-    }
-
-    #[test]
-    fn a_removed_directory_takes_every_shipped_and_pending_path_below_it() {
-        let now = Instant::now();
-        let mut b = book(&["d/a", "d/b/c", "d2/x"], &[]);
-        b.changes.changed("d/new", false, now);
-        b.removed("d".into(), now);
-        let mut deleted: Vec<String> = b.changes.pending_deletes().map(str::to_owned).collect();
-        deleted.sort();
-        assert_eq!(deleted, ["d", "d/a", "d/b/c", "d/new"]);
-    }
-
-    #[test]
-    fn deleting_what_no_receiver_got_is_nothing_to_ship() {
-        let now = Instant::now();
-        let mut b = book(&["had"], &["maybe"]);
-        for p in ["had", "maybe", "never"] {
-            b.changes.removed(p, now);
-        }
-        assert_eq!(
-            due(&mut b, now),
-            [
-                ("had".to_string(), Op::Delete, false),
-                ("maybe".to_string(), Op::Delete, false)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_path_in_doubt_ships_without_what_was_shipped_of_it() {
-        let now = Instant::now();
-        let mut b = book(&["a", "b"], &["b"]);
-        b.changes.changed("a", false, now);
-        b.changes.changed("b", false, now);
-        assert_eq!(
-            due(&mut b, now),
-            [
-                ("a".to_string(), Op::Upsert, true),
-                ("b".to_string(), Op::Upsert, false)
-            ]
-        );
-    }
-
-    #[test]
-    fn a_refused_path_fails_and_the_rest_of_its_bundle_ships_again_in_full() {
-        let now = Instant::now();
-        let mut b = book(&["ok", "bad", "del"], &[]);
-        let refusal = Refusal::permanent(Some("bad".into()), "too large");
-        let changes = vec![
-            ("ok".to_string(), Some(meta(1))),
-            ("bad".to_string(), Some(meta(1))),
-            ("del".to_string(), None),
-        ];
-        b.refused("r1", &refusal, changes, now);
-        let status = b.status();
-        assert_eq!(status.failing_paths, 1);
-        assert_eq!(status.failing[0].error, "receiver r1 refused it: too large");
-        let later = now + Duration::from_secs(1);
-        assert_eq!(
-            due(&mut b, later),
-            [
-                ("bad".to_string(), Op::Upsert, true),
-                ("ok".to_string(), Op::Upsert, false),
-                ("del".to_string(), Op::Delete, false)
-            ],
-            "ok is in doubt now: no previous"
-        );
-    }
-
-    #[test]
-    fn a_failed_pack_puts_back_what_it_took_unless_a_newer_event_came() {
-        let now = Instant::now();
-        let mut b = book(&["gone"], &[]);
-        let taken = vec![
-            ("a".to_string(), Op::Upsert),
-            ("gone".to_string(), Op::Delete),
-            ("newer".to_string(), Op::Upsert),
-            ("shipped".to_string(), Op::Upsert),
-        ];
-        b.changes.removed("newer", now);
-        let accounted: HashSet<String> = ["shipped".to_string()].into();
-        b.put_back(taken, &accounted, now);
-        let mut pending: Vec<String> = b.changes.pending_upserts().map(str::to_owned).collect();
-        pending.sort();
-        assert_eq!(pending, ["a"]);
-        let deletes: Vec<&str> = b.changes.pending_deletes().collect();
-        assert_eq!(deletes, ["gone", "newer"]);
-    }
-
-    #[test]
-    fn a_report_updates_what_was_shipped_and_what_fails() {
-        let now = Instant::now();
-        let mut b = book(&["old"], &["x"]);
-        b.failed(&[("x".to_string(), "unreadable".to_string())], now);
-        let report = Report {
-            shipped: vec![("x".to_string(), Some(meta(2))), ("old".to_string(), None)],
-            unsettled: vec!["x".to_string()],
-            requeue: vec!["busy".to_string()],
-            failed: vec![("locked".to_string(), "EACCES".to_string())],
-            bundles: Vec::new(),
-            skipped_links: Vec::new(),
-        };
-        let accounted = b.record(&report, now);
-        assert_eq!(accounted.len(), 4);
-        assert!(b.shipped.has("x") && !b.shipped.has("old"));
-        assert_eq!(b.shipped.previous("x"), Some(meta(2)), "no longer in doubt");
-        let status = b.status();
-        assert_eq!(status.unsettled, ["x"]);
-        let failing: Vec<&str> = status.failing.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(failing, ["locked"], "x shipped: no longer failing");
-        assert!(b.changes.contains("busy"));
-    }
-
-    #[test]
-    fn a_walk_replaces_the_bad_names_it_covers() {
-        let mut b = book(&[], &[]);
-        b.bad_name("d/bad".into(), false);
-        b.bad_name("e/bad".into(), false);
-        b.bad_names_walked("d", &["d/other".to_string()]);
-        let names: Vec<String> = b.status().failing.into_iter().map(|f| f.path).collect();
-        assert_eq!(names, ["d/other", "e/bad"]);
-        b.bad_names_walked("", &[]);
-        assert_eq!(b.status().failing_paths, 0);
-    }
-}
+#[path = "book_tests.rs"]
+mod tests;

@@ -20,6 +20,8 @@ pub(super) struct Differs<'w> {
     pub(super) stamp: &'w Stamp,
     /// Still open for writing: it waits for its close event.
     pub(super) open: bool,
+    /// Its place in the walk's `files`.
+    pub(super) index: usize,
 }
 
 /// What differs between a walk and what the receivers have.
@@ -36,7 +38,7 @@ pub(super) struct Diff<'w> {
 /// the events handled since the walk began, which are newer than it.
 pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -> Diff<'w> {
     let mut out = Diff::default();
-    for (path, stamp) in &walk.files {
+    for (index, (path, stamp)) in walk.files.iter().enumerate() {
         // Removed since the walk passed it: the pending deletion is newer
         // than what the walk saw, and must not become an upsert again.
         if walk.began.is_some_and(|t| changes.removed_since(path, t)) {
@@ -54,13 +56,17 @@ pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -
             path,
             stamp,
             open: walk.writers.contains(path) && !closed_since,
+            index,
         });
+    }
+    let scope = walk.dir.as_deref().unwrap_or_default();
+    let mut known = shipped.known_within(scope).peekable();
+    if known.peek().is_none() {
+        return out; // nothing could be missing (a first ship): no set of what was found
     }
     let found: std::collections::HashSet<&str> =
         walk.files.iter().map(|(p, _)| p.as_str()).collect();
-    let scope = walk.dir.as_deref().unwrap_or_default();
-    out.missing = shipped
-        .known_within(scope)
+    out.missing = known
         .filter(|p| !found.contains(p.as_str()))
         .cloned()
         .collect();

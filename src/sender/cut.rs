@@ -16,7 +16,7 @@ use tracing::{info, warn};
 
 use crate::bundle::manifest::next_seq;
 use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report};
-use crate::changes::Op;
+use crate::changes::{Op, Portion};
 use crate::config::Compress;
 use crate::ledger::Ledger;
 use crate::peers::Peers;
@@ -34,6 +34,15 @@ use super::whole_tree::WholeTrees;
 
 /// A packing run's report, and how it ended.
 pub(super) type PackDone = (Report, std::io::Result<()>);
+
+/// One packing run takes at most this many bundles' worth of upserts
+/// (`max_files_per_bundle` each: 40,000 by default). What a run takes,
+/// packs and reports is held until it ends, some 500 bytes per path: a cut
+/// of a million new files (a first ship) would hold half a gigabyte at
+/// once. A larger cut is packed in runs one after the other, its flushes
+/// answered after the last. (Deletions are all taken at once: the
+/// mass-deletion guard judges them together.)
+const BUNDLES_PER_RUN: usize = 4;
 
 /// What the packer shares with the transports: the outbox, the ledger,
 /// what is known of the receivers, and the numbering of bundles.
@@ -186,6 +195,19 @@ impl Touched {
     }
 }
 
+/// A cut being packed, in one run or more.
+struct InCut {
+    force: bool,
+    /// Its flushes allow a mass deletion.
+    allow: bool,
+    /// The first sequence it packed into, once a run ended.
+    first: Option<u64>,
+    /// The last path a run took: the next run takes the paths after it…
+    after: Option<String>,
+    /// …if the one packing now left any due.
+    more: bool,
+}
+
 /// The packing step: at most one run at a time.
 pub(super) struct Cut {
     handles: Handles,
@@ -196,6 +218,8 @@ pub(super) struct Cut {
     taken: Vec<(String, Op)>,
     /// The running pack is a whole tree for this receiver only.
     only: Option<usize>,
+    /// The cut being packed, until its last run ends.
+    cut: Option<InCut>,
     touched: Touched,
     /// The last packing run failed as a whole: why, and when to try again.
     error: Option<String>,
@@ -212,6 +236,7 @@ impl Cut {
             running: None,
             taken: Vec::new(),
             only: None,
+            cut: None,
             touched: Touched::default(),
             error: None,
             retry_at: None,
@@ -223,6 +248,12 @@ impl Cut {
     /// Why the last packing run failed as a whole, until one works.
     pub(super) fn error(&self) -> Option<&String> {
         self.error.as_ref()
+    }
+
+    /// Whether a cut larger than one run has more to pack: the next run is
+    /// to start at once.
+    pub(super) fn continues(&self) -> bool {
+        self.running.is_none() && self.cut.is_some()
     }
 
     /// A watch event: if a pack runs, the path it touched stays pending.
@@ -250,7 +281,7 @@ impl Cut {
 
     /// Start packing if anything is due and no pack is running; `force`
     /// (a flush): everything pending, backoff or not. The next cut is at
-    /// `next_tick`.
+    /// `next_tick`. A cut larger than one run goes on as it began.
     pub(super) fn maybe_pack(
         &mut self,
         book: &mut Book,
@@ -267,25 +298,43 @@ impl Cut {
         if !force && self.retry_at.is_some_and(|t| now < t) {
             return;
         }
-        if let Some(index) = self.whole_trees.next() {
+        if let Some(tree) = self.whole_trees.next() {
             // Everything the receivers have (or will once the outbox
-            // drains), for this one only; changes still pending reach
-            // every receiver in the usual bundles.
-            let items = book.shipped.paths().map(PackItem::upsert).collect();
-            self.start(items, Some(index), source.dir());
+            // drains), for this one only, a run's worth at a time; changes
+            // still pending reach every receiver in the usual bundles.
+            let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
+            let mut paths = book.shipped.paths_after(tree.after.as_deref());
+            let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
+            let more = paths.next().is_some();
+            let last = items.last().map(|i| i.path.clone());
+            self.whole_trees.taken(last, more);
+            self.start(items, Some(tree.index), source.dir());
             return;
         }
-        let allow_mass_delete = flushes.start_cut();
-        let items = super::source::blocking(|| {
-            book.take_due(now, next_tick, force, allow_mass_delete, |p| {
-                source.absent(p)
-            })
+        let cut = self.cut.take().unwrap_or_else(|| InCut {
+            force,
+            allow: flushes.start_cut(),
+            first: None,
+            after: None,
+            more: false,
+        });
+        let portion = Portion {
+            max_upserts: self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN),
+            after: cut.after.as_deref(),
+        };
+        let (items, more) = super::source::blocking(|| {
+            let how = (cut.force, cut.allow);
+            book.take_due(now, next_tick, how, portion, |p| source.absent(p))
         });
         if items.is_empty() {
             // Nothing new: the flushes wait for what is already in flight.
-            flushes.cut_done(flushes.cut_starts(), book.held());
+            let first = cut.first.unwrap_or_else(|| flushes.cut_starts());
+            flushes.cut_done(first, book.held());
             return;
         }
+        let after = items.iter().rev().find(|i| i.op == Op::Upsert);
+        let after = after.map(|i| i.path.clone()).or(cut.after);
+        self.cut = Some(InCut { after, more, ..cut });
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
         self.start(items, None, source.dir());
     }
@@ -318,7 +367,11 @@ impl Cut {
             self.whole_tree_packed(index, report, result, book, flushes);
             return true;
         }
-        let first = flushes.cut_starts();
+        let cut = self.cut.take();
+        let first = cut
+            .as_ref()
+            .and_then(|c| c.first)
+            .unwrap_or_else(|| flushes.cut_starts());
         let now = Instant::now();
         let taken = std::mem::take(&mut self.taken);
         let accounted = book.record(&report, now);
@@ -330,6 +383,12 @@ impl Cut {
                 self.retry_at = None;
                 if self.error.take().is_some() {
                     info!("packing works again");
+                }
+                if let Some(cut) = cut.filter(|c| c.more) {
+                    // Its flushes wait for the run taking the rest.
+                    let first = Some(first);
+                    self.cut = Some(InCut { first, ..cut });
+                    return false;
                 }
             }
             Err(e) => {
@@ -379,7 +438,7 @@ impl Cut {
             }
             Ok(()) => self
                 .whole_trees
-                .packed(index, &report.bundles, flushes.acked_seq()),
+                .packed(&report.bundles, flushes.acked_seq()),
         }
     }
 }

@@ -125,6 +125,11 @@ impl Flushes {
     pub(super) fn acked(&mut self, seq: u64, held: usize) {
         self.acked = self.acked.max(seq);
         self.answer(held);
+        if !self.packing.is_empty() {
+            // The cut being packed (perhaps over several runs) began with
+            // bundles acknowledged already: its flushes report them too.
+            return;
+        }
         // Keep summaries only for what a waiting flush may still report.
         let keep_from = self
             .waiting
@@ -183,16 +188,23 @@ impl Flushes {
     /// the way: `behind(target)` names the receivers that have not
     /// acknowledged `target` (`None`: any receiver at all), and why.
     pub(super) fn expire(&mut self, now: Instant, behind: impl Fn(Option<u64>) -> String) {
-        self.waiting = expire(std::mem::take(&mut self.waiting), now, &behind);
-        self.queued = expire(std::mem::take(&mut self.queued), now, &behind);
+        const UNREACHED: &str = "the receivers were not reached in time";
+        self.waiting = expire(std::mem::take(&mut self.waiting), now, &behind, UNREACHED);
+        // A cut too large for one packing run holds its flushes here from
+        // one run to the next.
+        const UNPACKED: &str = "its changes were not all packed in time";
+        self.packing = expire(std::mem::take(&mut self.packing), now, &behind, UNPACKED);
+        self.queued = expire(std::mem::take(&mut self.queued), now, &behind, UNREACHED);
     }
 }
 
-/// Answer the flushes of `list` past their deadline; keep the others.
+/// Answer the flushes of `list` past their deadline, saying `uncut` of
+/// those not cut yet; keep the others.
 fn expire(
     list: Vec<FlushWait>,
     now: Instant,
     behind: &impl Fn(Option<u64>) -> String,
+    uncut: &str,
 ) -> Vec<FlushWait> {
     let mut keep = Vec::new();
     for f in list {
@@ -202,7 +214,7 @@ fn expire(
         }
         let what = match f.target {
             Some(t) => format!("sequence {t} was not acknowledged in time"),
-            None => "the receivers were not reached in time".to_owned(),
+            None => uncut.to_owned(),
         };
         let _ = f.reply.send(Response::Error {
             message: format!("{what}: {}", behind(f.target)),
@@ -334,6 +346,52 @@ mod tests {
                 message: "the receivers were not reached in time: receiver r: behind None".into()
             }
         );
+    }
+
+    #[test]
+    fn a_flush_whose_cut_takes_several_runs_still_expires_at_its_deadline() {
+        let now = Instant::now();
+        let mut f = Flushes::default();
+        let mut rx = ask(&mut f, false, now + Duration::from_secs(5));
+        f.start_cut();
+        f.bundles_packed(&[(1, summary(1, 1))]);
+        // The first run ended; the next one packs the rest of the cut.
+        f.expire(now + Duration::from_secs(4), |_| String::new());
+        assert!(no_answer(&mut rx));
+        f.expire(now + Duration::from_secs(5), |_| "receiver r".into());
+        assert_eq!(
+            rx.try_recv().unwrap(),
+            Response::Error {
+                message: "its changes were not all packed in time: receiver r".into()
+            }
+        );
+    }
+
+    #[test]
+    fn a_flush_reports_the_bundles_of_its_cut_acknowledged_while_it_was_packed() {
+        // Broke once: acknowledgements of a cut's first bundles, arriving
+        // while its later ones were packed, dropped their summaries, and
+        // the flush reported only the bundles after them.
+        let mut f = Flushes::default();
+        let mut rx = ask(&mut f, false, Instant::now() + HOUR);
+        f.start_cut();
+        let first = f.cut_starts();
+        f.bundles_packed(&[(1, summary(2, 20))]);
+        f.acked(1, 0);
+        f.bundles_packed(&[(2, summary(3, 30))]);
+        f.cut_done(first, 0);
+        assert!(no_answer(&mut rx));
+        f.acked(2, 0);
+        match rx.try_recv().unwrap() {
+            Response::Flushed {
+                first_seq: 1,
+                last_seq: 2,
+                bundles: 2,
+                summary,
+                ..
+            } => assert_eq!(summary.files, 5),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

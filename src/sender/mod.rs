@@ -11,7 +11,7 @@
 //! - `catchup.rs`: the pure diff of a walk against what the receivers have.
 //! - `shipped.rs`: what the receivers have per path, and the paths in doubt.
 //! - `book.rs`: every path tracked: pending changes, shipped, failing,
-//!   badly named, unsettled; what a cut takes.
+//!   badly named, unsettled; what a cut takes (tested in `book_tests.rs`).
 //! - `guard.rs`: the mass-deletion guard.
 //! - `skipped.rs`: symlinks not shipped (pointing outside the tree).
 //! - `cut.rs`: when to pack and what, packing on a blocking thread, retries
@@ -257,38 +257,43 @@ impl Sender {
     /// path (missing, or its replacement not watched yet) queues nothing:
     /// the source vanishing is not its files being deleted, and the
     /// comparison once one is watched again covers the tree.
-    fn compare(&mut self, walk: Walk) {
+    fn compare(&mut self, mut walk: Walk) {
         if !self.source.watched() {
             return;
         }
         let now = Instant::now();
+        let whole_tree = walk.dir.is_none();
+        source::warn_unwatched(&walk);
         let diff = catchup::diff(&walk, &self.book.shipped, &self.book.changes);
-        self.book.queue_found(&diff.changed, now);
+        if whole_tree {
+            let shipped = &self.book.shipped;
+            self.first_ship
+                .compared(|| catchup::unshipped_bytes(&walk, shipped));
+        }
+        let catchup::Diff { changed, missing } = diff;
+        let found: Vec<(usize, bool)> = changed.iter().map(|d| (d.index, d.open)).collect();
+        drop(changed);
+        // The paths move from the walk into the change set: at a first
+        // ship of a million files, a copy of each would be 50 MB more.
+        self.book.queue_found(&mut walk.files, &found, now);
         // The walk knows every badly named path in its scope.
         let scope = walk.dir.as_deref().unwrap_or_default();
         self.book.bad_names_walked(scope, &walk.bad_names);
         // Re-created since the walk passed it: its event has it.
         let source = &self.source;
-        let gone: Vec<String> = source::blocking(|| {
-            diff.missing
-                .into_iter()
-                .filter(|p| source.absent(p))
-                .collect()
-        });
+        let gone: Vec<String> =
+            source::blocking(|| missing.into_iter().filter(|p| source.absent(p)).collect());
         // Checked after the paths: if the source was there then, they are
         // really gone. If not, the sentinel is about to report it missing.
         if !gone.is_empty() && self.source.vanished() {
             return;
         }
         self.book.queue_gone(&gone, now);
-        if walk.dir.is_none() {
-            let shipped = &self.book.shipped;
-            self.first_ship
-                .compared(|| catchup::unshipped_bytes(&walk, shipped));
+        if whole_tree {
             info!(
                 files = walk.files.len(),
                 dirs = walk.dirs,
-                changed = diff.changed.len(),
+                changed = found.len(),
                 deleted = gone.len(),
                 walk_ms = walk.took.as_millis() as u64,
                 "source tree compared with what the receiver has"
@@ -311,7 +316,7 @@ impl Sender {
         let whole_tree = self
             .cut
             .finished(report, result, &mut self.book, &mut self.flushes);
-        if whole_tree {
+        if whole_tree || self.cut.continues() {
             self.maybe_pack(self.flushes.any_queued(), next_tick);
         } else if self.flushes.any_queued() {
             self.maybe_pack(true, next_tick);

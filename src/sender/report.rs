@@ -1,7 +1,8 @@
 //! What the sender tells of itself besides its log: each receiver's link
 //! (for `shipper status` and for flushes that time out), the bytes pending
-//! (counted off the runtime, so `status` never stats files), and the first
-//! ship's progress bar on a terminal.
+//! (counted off the runtime, so `status` never stats files; estimated from
+//! a sample when many paths are pending), and the first ship's progress
+//! bar on a terminal.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -72,6 +73,11 @@ impl Links {
     }
 }
 
+/// At most this many pending files are stat'ed per count; beyond it the
+/// count is estimated from an even sample of them. A first ship of a
+/// million files would otherwise copy and stat every path twice a second.
+const COUNT_MAX: usize = 10_000;
+
 /// Bytes of the pending files, as last counted off the runtime.
 #[derive(Default)]
 pub(super) struct PendingBytes {
@@ -89,15 +95,16 @@ impl PendingBytes {
         if self.job.as_ref().is_some_and(|j| !j.is_finished()) {
             return;
         }
-        let paths: Vec<PathBuf> = changes.pending_upserts().map(|p| source.join(p)).collect();
+        let (paths, scale) = sample(changes.pending_upserts(), changes.len(), COUNT_MAX);
+        let paths: Vec<PathBuf> = paths.into_iter().map(|p| source.join(p)).collect();
         let total = self.total.clone();
         self.job = Some(tokio::task::spawn_blocking(move || {
-            let bytes = paths
+            let bytes: u64 = paths
                 .iter()
                 .filter_map(|p| std::fs::symlink_metadata(p).ok())
                 .map(|m| m.len())
                 .sum();
-            total.store(bytes, Ordering::Relaxed);
+            total.store((bytes as f64 * scale) as u64, Ordering::Relaxed);
         }));
     }
 
@@ -109,6 +116,25 @@ impl PendingBytes {
             self.total.load(Ordering::Relaxed)
         }
     }
+}
+
+/// At most `max` of `paths` (of about `len`), evenly spread, and what
+/// their sum is to be multiplied by to estimate the sum of all. Pure.
+fn sample<'a>(paths: impl Iterator<Item = &'a str>, len: usize, max: usize) -> (Vec<&'a str>, f64) {
+    let step = len.div_ceil(max.max(1)).max(1);
+    let (mut taken, mut seen) = (Vec::new(), 0usize);
+    for (i, p) in paths.enumerate() {
+        seen += 1;
+        if i % step == 0 {
+            taken.push(p);
+        }
+    }
+    let scale = if taken.is_empty() {
+        1.0
+    } else {
+        seen as f64 / taken.len() as f64
+    };
+    (taken, scale)
 }
 
 /// Progress of the first ship after start, on a terminal.
@@ -154,5 +180,27 @@ impl FirstShip {
                 self.bar = None;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_large_backlog_is_counted_from_an_even_sample_scaled_up() {
+        let names: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+        let (few, scale) = sample(names.iter().map(String::as_str), 25, 100);
+        assert_eq!((few.len(), scale), (25, 1.0), "all of a small backlog");
+        let (some, scale) = sample(names.iter().map(String::as_str), 25, 10);
+        assert_eq!(
+            some,
+            [
+                "p00", "p03", "p06", "p09", "p12", "p15", "p18", "p21", "p24"
+            ]
+        );
+        assert_eq!(scale, 25.0 / 9.0);
+        let (none, scale) = sample(std::iter::empty(), 0, 10);
+        assert!(none.is_empty() && scale == 1.0);
     }
 }

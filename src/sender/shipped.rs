@@ -2,19 +2,22 @@
 //! last shipped (acknowledged, or on its way in the outbox), and the paths
 //! in doubt, whose state on some receiver is not what that says.
 //!
-//! Pure: loaded from the ledger at start, updated from each packing run's
-//! report and each refusal; it never reads the disk.
+//! The one copy of the per-path state in the sender (a million-file tree
+//! makes it the largest thing the sender holds): loaded from the ledger at
+//! start ([`crate::ledger::Ledger::take_files`]), updated from each packing
+//! run's report and each refusal. Pure: it never reads the disk.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::bundle::manifest::FileMeta;
+use crate::ledger::{Files, Meta};
 use crate::paths::is_within;
 use crate::stamp::Stamp;
 
 /// What the receivers have (or will have once the outbox drains), per path.
 #[derive(Debug, Default)]
 pub(super) struct Shipped {
-    files: BTreeMap<String, FileMeta>,
+    files: Files,
     /// Paths a receiver may hold in a state `files` does not say (a bundle
     /// carrying them went out before a crash, unacknowledged, or a receiver
     /// refused it for good): they ship again as they are now, deletions
@@ -23,8 +26,17 @@ pub(super) struct Shipped {
 }
 
 impl Shipped {
-    pub(super) fn new(files: BTreeMap<String, FileMeta>, in_doubt: BTreeSet<String>) -> Self {
+    /// What the ledger loaded, with the paths it holds in doubt.
+    pub(super) fn loaded(files: Files, in_doubt: BTreeSet<String>) -> Self {
         Self { files, in_doubt }
+    }
+
+    #[cfg(test)]
+    pub(super) fn new(
+        files: std::collections::BTreeMap<String, FileMeta>,
+        in_doubt: BTreeSet<String>,
+    ) -> Self {
+        Self::loaded(files.into_iter().collect(), in_doubt)
     }
 
     /// How many files the receivers have.
@@ -38,21 +50,25 @@ impl Shipped {
 
     /// Whether the receivers have `path`.
     pub(super) fn has(&self, path: &str) -> bool {
-        self.files.contains_key(path)
+        self.files.contains(path)
     }
 
-    /// Every path the receivers have, in order.
-    pub(super) fn paths(&self) -> impl Iterator<Item = &String> {
-        self.files.keys()
+    /// The paths the receivers have after `after` (all: `None`), in order.
+    pub(super) fn paths_after<'a>(
+        &'a self,
+        after: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a String> + 'a {
+        self.files
+            .from(after.unwrap_or_default())
+            .skip_while(move |p| Some(p.as_str()) == after)
     }
 
     /// Shipped paths equal to or below `dir`.
     pub(super) fn within<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = &'a String> + 'a {
         self.files
-            .range(dir.to_owned()..)
-            .take_while(move |(p, _)| p.starts_with(dir))
-            .filter(move |(p, _)| is_within(p, dir))
-            .map(|(p, _)| p)
+            .from(dir)
+            .take_while(move |p| p.starts_with(dir))
+            .filter(move |p| is_within(p, dir))
     }
 
     /// Whether a file found with `stamp` is known to be what the receivers
@@ -62,13 +78,13 @@ impl Shipped {
         !self.in_doubt.contains(path)
             && self
                 .files
-                .get(path)
+                .meta(path)
                 .is_some_and(|m| m.matches(stamp) && !m.racy)
     }
 
     /// Whether `stamp` matches what was shipped of `path`, racy or not.
     pub(super) fn matches(&self, path: &str, stamp: &Stamp) -> bool {
-        self.files.get(path).is_some_and(|m| m.matches(stamp))
+        self.files.meta(path).is_some_and(|m| m.matches(stamp))
     }
 
     /// What the packer may compare `path` with: what was shipped, unless
@@ -77,13 +93,13 @@ impl Shipped {
         if self.in_doubt.contains(path) {
             return None;
         }
-        self.files.get(path).cloned()
+        self.files.get(path)
     }
 
     /// Whether deleting `path` is something to ship: a receiver has it, or
     /// may. Deleting what no receiver got is nothing.
     pub(super) fn deletion_ships(&self, path: &str) -> bool {
-        self.files.contains_key(path) || self.in_doubt.contains(path)
+        self.files.contains(path) || self.in_doubt.contains(path)
     }
 
     /// The paths a receiver has or may have equal to or below `scope`
@@ -91,11 +107,7 @@ impl Shipped {
     pub(super) fn known_within<'a>(&'a self, scope: &'a str) -> impl Iterator<Item = &'a String> {
         self.files
             .keys()
-            .chain(
-                self.in_doubt
-                    .iter()
-                    .filter(|p| !self.files.contains_key(*p)),
-            )
+            .chain(self.in_doubt.iter().filter(|p| !self.files.contains(p)))
             .filter(move |p| scope.is_empty() || is_within(p, scope))
     }
 
@@ -103,14 +115,7 @@ impl Shipped {
     /// that metadata, `None` deleted. It is no longer in doubt.
     pub(super) fn record(&mut self, path: &str, meta: Option<&FileMeta>) {
         self.in_doubt.remove(path);
-        match meta {
-            Some(m) => {
-                self.files.insert(path.to_owned(), m.clone());
-            }
-            None => {
-                self.files.remove(path);
-            }
-        }
+        self.files.set(path, meta.map(Meta::from));
     }
 
     /// What some receiver has of `path` is unknown now: ship it as it is.
@@ -190,6 +195,17 @@ pub(super) mod tests {
         let s = shipped(&["d", "d/x", "d/y/z", "d2/x", "e"], &[]);
         let below: Vec<&String> = s.within("d").collect();
         assert_eq!(below, ["d", "d/x", "d/y/z"]);
+    }
+
+    #[test]
+    fn a_whole_tree_is_taken_in_runs_from_after_the_last_path_taken() {
+        let s = shipped(&["a", "b", "b/c", "d"], &[]);
+        let all: Vec<&String> = s.paths_after(None).collect();
+        assert_eq!(all, ["a", "b", "b/c", "d"]);
+        let rest: Vec<&String> = s.paths_after(Some("b")).collect();
+        assert_eq!(rest, ["b/c", "d"]);
+        let gone_since: Vec<&String> = s.paths_after(Some("c")).collect();
+        assert_eq!(gone_since, ["d"], "the last path taken may be gone");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::paths::Excludes;
 use crate::status::{SourceMissing, unix_now};
@@ -90,20 +90,19 @@ impl Source {
         std::fs::symlink_metadata(self.dir.join(path)).is_err()
     }
 
-    /// Walk `dir` off the runtime; the files found arrive on the walks feed.
+    /// Walk `dir` off the runtime, watching each directory as it is
+    /// listed; the files found arrive on the walks feed.
     pub(super) fn scan(&self, dir: PathBuf) {
         let (base, ex, ignore) = (self.dir.clone(), self.exclude.clone(), self.ignore.clone());
         let tx = self.walks.clone();
         let guard = self.watch_guard.clone();
         tokio::task::spawn_blocking(move || {
-            if dir != base
-                && let Some(guard) = guard
-                && let Err(e) = guard.watch_dir(&dir)
-            {
-                // Gone again already, or out of watches: the walk still runs.
-                debug!(dir = %dir.display(), error = %e, "could not watch new directory");
-            }
-            let _ = tx.send(watcher::walk(&base, &dir, &ex, &ignore));
+            let watch = |d: &Path| match &guard {
+                // The source itself is watched with it.
+                Some(g) if d != base => g.watch_one(d).map_err(|e| e.to_string()),
+                _ => Ok(()),
+            };
+            let _ = tx.send(watcher::walk_watching(&base, &dir, &ex, &ignore, &watch));
         });
     }
 
@@ -180,6 +179,19 @@ pub(super) async fn next_watch_msg(
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+/// Warn when a walk could not watch directories it listed: changes in
+/// them go unseen until the next comparison of the tree (a restart, or
+/// lost events).
+pub(super) fn warn_unwatched(walk: &Walk) {
+    if walk.unwatched > 0 {
+        warn!(
+            dirs = walk.unwatched,
+            first = walk.unwatched_error.as_deref().unwrap_or_default(),
+            "could not watch these directories: changes in them are not seen until the tree is compared again (raise fs.inotify.max_user_watches if it is the limit)"
+        );
     }
 }
 

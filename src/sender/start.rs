@@ -12,7 +12,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::config::SenderConfig;
 use crate::durable;
@@ -53,17 +53,20 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
     // finds their changes again by comparing with the ledger.
     crate::places::remove_own(&outbox_dir, crate::bundle::pack::is_outbox_name)?;
     let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
-    let ledger = Ledger::open(&state_dir)
+    let began = std::time::Instant::now();
+    let mut ledger = Ledger::open(&state_dir)
         .with_context(|| format!("reading acknowledged state in {}", state_dir.display()))?;
     let in_doubt: BTreeSet<String> = ledger.in_doubt().map(str::to_owned).collect();
-    debug!(files = ledger.files().len(), "ledger loaded");
+    let files = ledger.take_files();
+    let ms = began.elapsed().as_millis() as u64;
+    info!(files = files.len(), ms, "acknowledged state loaded");
     if !in_doubt.is_empty() {
         info!(
             paths = in_doubt.len(),
             "bundles went out unacknowledged before the last stop: their paths are shipped again"
         );
     }
-    let shipped = Shipped::new(ledger.files().clone(), in_doubt);
+    let shipped = Shipped::loaded(files, in_doubt);
     // Created for a first start; once something was shipped, a missing
     // source is held, never replaced by an empty one.
     if shipped.is_empty() {

@@ -13,7 +13,8 @@
 //! - `events`: [`WatchMsg`], and [`translate`] from one notify event.
 //! - `watcher`: the OS watch of one directory, feeding a channel.
 //! - `sentinel`: following the source path as directories are swapped in.
-//! - `walk`: scanning a tree into stamps; who holds files open for writing.
+//! - `walk`: scanning a tree into stamps, watching each directory it lists;
+//!   who holds files open for writing.
 
 mod events;
 mod sentinel;
@@ -22,5 +23,5 @@ mod watcher;
 
 pub use events::{WatchMsg, translate};
 pub use sentinel::{SOURCE_POLL, Sentinel, SourceEvent, Watched};
-pub use walk::{Walk, open_for_writing, walk};
+pub use walk::{Walk, open_for_writing, walk, walk_watching};
 pub use watcher::{WatchGuard, inotify_watch_limit};

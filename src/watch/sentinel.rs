@@ -7,7 +7,8 @@
 //! shipping is the sender's business.
 //!
 //! Each look stats and canonicalizes the path and reads the clock (to hold
-//! off a retry after a failed watch); a new watch walks the whole new tree.
+//! off a retry after a failed watch); a new watch is of the directory
+//! alone, the sender's walk of it watching what lies below.
 //! All of it runs on the sentinel's own thread, blocking, except the first
 //! look, which runs on the caller's.
 
@@ -24,7 +25,7 @@ use crate::paths::Excludes;
 pub const SOURCE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// After a failed watch of a new source directory, how long before the
-/// next try: each try walks the whole tree.
+/// next try.
 const REWATCH_AFTER_FAILURE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The directory the configured source path names: the path it resolves to
@@ -221,9 +222,8 @@ impl Follow {
             }
             SourceChange::Replaced => {
                 let Ok(id) = now else { return };
-                // Said before the new watch, which walks the whole new
-                // tree: the old watch's events (its removal, say) must not
-                // ripen into deletions meanwhile.
+                // Said before the new watch: the old watch's events (its
+                // removal, say) must not ripen into deletions meanwhile.
                 if self.watched.take().is_some() {
                     report(SourceEvent::Left);
                 }

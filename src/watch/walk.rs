@@ -4,9 +4,15 @@
 //! process holds open for writing (read from /proc). What the walk finds is
 //! compared with what was shipped by the sender, not here.
 //!
+//! A walk can also watch each directory it lists ([`walk_watching`]),
+//! just before listing it: whatever appears there after the listing raises
+//! an event, so nothing falls between the two. One pass does both: a
+//! recursive watch would first stat every file of the tree on its own.
+//!
 //! Blocking: it reads the filesystem and /proc, and the clock to say when
 //! it began and how long it took. Never follows a symlink.
 
+use std::fs::Metadata;
 use std::path::{Path, PathBuf};
 
 use crate::paths::{Excludes, relative, unshippable_name};
@@ -36,56 +42,111 @@ pub struct Walk {
     /// Paths whose names are not UTF-8 (bad bytes replaced): they cannot
     /// travel; a directory so named stands for everything below it.
     pub bad_names: Vec<String>,
+    /// Directories that could not be watched, how many (changes in them
+    /// go unseen until the next walk)…
+    pub unwatched: u64,
+    /// …and the first one's error, naming it.
+    pub unwatched_error: Option<String>,
 }
 
 /// Walk `dir` (below `base`): every regular file, directory and symlink
 /// not excluded, in shipped form, with its stat. Blocking.
 pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Walk {
+    walk_watching(base, dir, excludes, ignore, &|_| Ok(()))
+}
+
+/// [`walk`], calling `watch` on each directory it lists (not excluded,
+/// not ignored) just before listing it. Blocking.
+pub fn walk_watching(
+    base: &Path,
+    dir: &Path,
+    excludes: &Excludes,
+    ignore: &[PathBuf],
+    watch: &dyn Fn(&Path) -> Result<(), String>,
+) -> Walk {
     let started = std::time::Instant::now();
-    let mut out = Walk {
-        dir: relative(base, dir),
-        began: Some(started),
-        ..Walk::default()
+    let mut w = Walker {
+        base,
+        excludes,
+        ignore,
+        watch,
+        pending: Vec::new(),
+        out: Walk {
+            dir: relative(base, dir),
+            began: Some(started),
+            ..Walk::default()
+        },
     };
     // Not even the walked directory itself is followed if it turned into a
     // symlink since its event: what lies elsewhere is never listed.
-    let mut it = walkdir::WalkDir::new(dir)
-        .follow_links(false)
-        .follow_root_links(false)
-        .into_iter();
-    while let Some(entry) = it.next() {
-        let Ok(entry) = entry else { continue };
-        if entry.file_type().is_dir() {
-            out.dirs += 1;
-        }
-        let Some(rel) = relative(base, entry.path()) else {
-            if let Some(bad) = unshippable_name(base, entry.path()) {
-                out.bad_names.push(bad);
-                if entry.file_type().is_dir() {
-                    it.skip_current_dir();
-                }
-            }
-            continue;
-        };
-        if excludes.is_excluded(&rel) || ignore.iter().any(|i| entry.path().starts_with(i)) {
-            if entry.file_type().is_dir() {
-                out.dirs -= 1;
-                it.skip_current_dir();
-            }
-            continue;
-        }
-        let ft = entry.file_type();
-        // Not following links, the metadata is the entry's own (lstat).
-        if (ft.is_file() || ft.is_dir() || ft.is_symlink())
-            && let Ok(md) = entry.metadata()
-        {
-            out.files.push((rel, Stamp::of(&md)));
-        }
+    if let Ok(md) = std::fs::symlink_metadata(dir) {
+        w.found(dir.to_path_buf(), &md);
     }
+    while let Some(d) = w.pending.pop() {
+        w.list(&d);
+    }
+    let mut out = w.out;
     out.writers_at = Some(std::time::Instant::now());
     out.writers = open_for_writing(base);
     out.took = started.elapsed();
     out
+}
+
+/// One walk under way: the directories still to list, and what it found.
+struct Walker<'a> {
+    base: &'a Path,
+    excludes: &'a Excludes,
+    ignore: &'a [PathBuf],
+    watch: &'a dyn Fn(&Path) -> Result<(), String>,
+    pending: Vec<PathBuf>,
+    out: Walk,
+}
+
+impl Walker<'_> {
+    /// An entry at `path` with (its own, never followed) metadata `md`.
+    fn found(&mut self, path: PathBuf, md: &Metadata) {
+        let ft = md.file_type();
+        let Some(rel) = relative(self.base, &path) else {
+            if let Some(bad) = unshippable_name(self.base, &path) {
+                // A directory so named: everything below it stands with it.
+                self.out.bad_names.push(bad);
+            } else if ft.is_dir() {
+                // The source itself.
+                self.out.dirs += 1;
+                self.pending.push(path);
+            }
+            return;
+        };
+        if self.excludes.is_excluded(&rel) || self.ignore.iter().any(|i| path.starts_with(i)) {
+            return;
+        }
+        if ft.is_dir() {
+            self.out.dirs += 1;
+            self.pending.push(path);
+        }
+        if ft.is_file() || ft.is_dir() || ft.is_symlink() {
+            self.out.files.push((rel, Stamp::of(md)));
+        }
+    }
+
+    /// Watch the directory `dir`, then list it.
+    fn list(&mut self, dir: &Path) {
+        if let Err(e) = (self.watch)(dir) {
+            self.out.unwatched += 1;
+            self.out
+                .unwatched_error
+                .get_or_insert_with(|| format!("{}: {e}", dir.display()));
+        }
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return; // gone since, or unreadable: as if empty
+        };
+        for e in entries.flatten() {
+            // The entry's own metadata (lstat): a link is never followed.
+            if let Ok(md) = e.metadata() {
+                self.found(e.path(), &md);
+            }
+        }
+    }
 }
 
 /// Files below `base` that some process has open for writing, read from
@@ -201,5 +262,50 @@ mod tests {
         let sub = walk(&base, &base.join("a"), &excludes, &[]);
         assert_eq!(sub.dir.as_deref(), Some("a"));
         assert_eq!(sub.files.len(), 3, "a itself, a/page, a/etc");
+    }
+
+    #[test]
+    fn a_walk_watches_each_directory_it_lists_before_listing_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        for d in ["a/b", "cache", "state"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+        }
+        let excludes = Excludes::new(&["cache"]).unwrap();
+        let watched = std::sync::Mutex::new(Vec::new());
+        // What appears in a directory once its watch exists is listed too:
+        // the listing comes after the watch, so nothing falls between.
+        let watch = |d: &Path| {
+            std::fs::write(d.join("after-watch"), "x").unwrap();
+            let rel = relative(&base, d).unwrap_or_default();
+            watched.lock().unwrap().push(rel);
+            if d.ends_with("b") {
+                Err("no more watches".into())
+            } else {
+                Ok(())
+            }
+        };
+        let w = walk_watching(&base, &base, &excludes, &[base.join("state")], &watch);
+        let mut watched = watched.into_inner().unwrap();
+        watched.sort();
+        assert_eq!(watched, ["", "a", "a/b"], "not excluded or ignored ones");
+        let mut found: Vec<&str> = w.files.iter().map(|(p, _)| p.as_str()).collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [
+                "a",
+                "a/after-watch",
+                "a/b",
+                "a/b/after-watch",
+                "after-watch"
+            ]
+        );
+        assert_eq!(w.unwatched, 1);
+        let error = w.unwatched_error.unwrap();
+        assert!(
+            error.contains("a/b") && error.contains("no more watches"),
+            "{error}"
+        );
     }
 }

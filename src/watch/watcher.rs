@@ -1,7 +1,10 @@
-//! The OS watch of one directory: notify's callback, on notify's thread,
-//! turns each event into [`WatchMsg`]s and sends those the sender may ship
-//! (not excluded, not in an ignored directory) down a channel, and tells
-//! the source sentinel when the directory itself moved.
+//! The OS watch of one source directory: notify's callback, on notify's
+//! thread, turns each event into [`WatchMsg`]s and sends those the sender
+//! may ship (not excluded, not in an ignored directory) down a channel, and
+//! tells the source sentinel when the directory itself moved. The watch
+//! starts on the directory alone; each directory below it is added as a
+//! walk lists it ([`WatchGuard::watch_one`], see `walk.rs`), never by
+//! notify's own recursive walk, which stats every file of the tree.
 
 use std::path::{Path, PathBuf};
 
@@ -18,14 +21,12 @@ pub struct WatchGuard {
 }
 
 impl WatchGuard {
-    /// Make sure `dir` is watched before it is walked. notify adds watches
-    /// for new directories on its own thread, some time after reporting
-    /// them; a walk that ran before that could miss a file created in the
-    /// gap. `watch` returns once the watch exists, so a walk after it
-    /// misses nothing: what it does not see raises an event. Blocking.
-    pub fn watch_dir(&self, dir: &Path) -> notify::Result<()> {
+    /// Watch `dir` (not what is below it) before it is listed: this
+    /// returns once the watch exists, so a listing after it misses
+    /// nothing: what it does not see raises an event. Blocking.
+    pub fn watch_one(&self, dir: &Path) -> notify::Result<()> {
         let mut w = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
-        w.watch(dir, RecursiveMode::Recursive)
+        w.watch(dir, RecursiveMode::NonRecursive)
     }
 }
 
@@ -55,7 +56,8 @@ pub(super) fn start(
             let _ = tx.send(WatchMsg::Rescan(format!("watcher error: {e}")));
         }
     })?;
-    watcher.watch(source, RecursiveMode::Recursive)?;
+    // The directories below are watched as the walk that follows lists them.
+    watcher.watch(source, RecursiveMode::NonRecursive)?;
     Ok(WatchGuard {
         watcher: std::sync::Mutex::new(watcher),
     })

@@ -94,6 +94,48 @@ async fn flush_ships_pending_changes_now_and_reports_them() {
     r.stop().await;
 }
 
+/// A change larger than one packing run (four bundles' worth of files) is
+/// packed in runs one after the other: a flush answers once the last run's
+/// bundles are acknowledged, counting every file, and they are all there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_answers_once_a_change_larger_than_one_packing_run_is_all_shipped() {
+    let env = Env::new();
+    for i in 0..30 {
+        env.write(&format!("site/p{i:02}.html"), format!("page {i}"));
+    }
+    let r = env.start_receiver("").await;
+    // Runs of 4 bundles of 2 files; nothing ships but what a flush forces.
+    let extra = "interval = \"5m\"\nsettle = \"1m\"\nmax_files_per_bundle = 2\n";
+    let s = env.start_sender(r.addr, extra);
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
+    wait_until("control socket", || {
+        env.path().join("state-s/control.sock").exists()
+    })
+    .await;
+    let end = std::time::Instant::now() + DEADLINE;
+    let said = loop {
+        // Until the sender's comparison of the tree has queued the files.
+        let out = shipper_async(owned(&["flush", "--config", file.to_str().unwrap()])).await;
+        assert!(out.status.success(), "{}", text(&out));
+        let said = text(&out);
+        if !said.contains("nothing to ship") {
+            break said;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "flush never shipped: {said}"
+        );
+    };
+    assert!(said.contains(": 30 files, 0 deletions"), "{said}");
+    assert_eq!(
+        tree(&env.root()),
+        tree(&env.src()),
+        "the flush answered before its last run was acknowledged"
+    );
+    s.stop().await;
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flush_fails_with_the_reason_when_the_receiver_is_unreachable() {
     let env = Env::new();

@@ -45,6 +45,43 @@ async fn a_receiver_added_later_gets_the_whole_tree() {
     r2.stop().await;
 }
 
+/// The whole tree for a receiver added later is packed a few bundles at a
+/// time (here runs of 4 bundles of 2 files): every run of it arrives, and
+/// the receiver is done with it only after the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_tree_larger_than_one_packing_run_reaches_a_receiver_added_later() {
+    let env = Env::new();
+    for (p, c) in files(30) {
+        env.write(&p, c);
+    }
+    let small = "max_files_per_bundle = 2\n";
+    let r1 = env.start_receiver("").await;
+    let s = env.start_sender(r1.addr, small);
+    wait_in_sync(&env).await;
+    s.stop().await;
+
+    let r2 = env
+        .start_receiver_from(&receiver_at("second", free_addr()))
+        .await;
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], small);
+    let s = env.start_sender_from(r1.addr, &toml);
+    let second = env.path().join("second/www");
+    wait_until("the second receiver has the whole tree", || {
+        tree(&second) == tree(&env.src())
+    })
+    .await;
+    let config = env.config_file("both.toml", &toml);
+    wait_status(
+        &config,
+        "the second receiver no longer waits for it",
+        |st| st["receivers"][1]["whole_tree_pending"] == false,
+    )
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
 /// A web server rebuilt empty (root and state wiped) got only the changes
 /// made after it came back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

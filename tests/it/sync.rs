@@ -82,6 +82,32 @@ async fn existing_tree_then_every_kind_of_change_reaches_the_receiver() {
     r.stop().await;
 }
 
+/// The directories of a tree present at start are watched by the walk that
+/// compares it (the source's own watch covers only its top): a file
+/// changed deep in one afterwards ships without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_deep_in_a_tree_present_at_start_is_seen() {
+    let env = Env::new();
+    for d in ["a/b/c", "a/d", "e"] {
+        env.write(&format!("{d}/page.html"), "before");
+    }
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    for d in ["a/b/c", "a/d", "e"] {
+        env.write(&format!("{d}/page.html"), "after");
+        env.write(&format!("{d}/new.html"), "new");
+    }
+    std::fs::create_dir(env.src().join("a/b/c/empty")).unwrap();
+    wait_in_sync(&env).await;
+    wait_until("the new empty directory", || {
+        env.root().join("a/b/c/empty").is_dir()
+    })
+    .await;
+    s.stop().await;
+    r.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_created_in_a_new_directory_before_its_watch_exists_are_found() {
     let env = Env::new();

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::paths;
-use crate::stamp::{Kind, RACY_WINDOW, Stamp};
+use crate::stamp::{Kind, RACY_WINDOW, Stamp, Stat};
 
 pub const FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
@@ -111,20 +111,21 @@ impl FileMeta {
         }
     }
 
+    /// What was shipped of the file's stat.
+    pub fn stat(&self) -> Stat {
+        Stat {
+            kind: self.kind,
+            size: self.size,
+            mtime: self.mtime,
+            mtime_nsec: self.mtime_nsec,
+            mode: self.mode,
+        }
+    }
+
     /// Whether a file with `stamp` has the kind, size, mtime and mode
-    /// shipped (identity is not shipped). A directory is its kind and mode
-    /// only: its mtime and size change with every entry made in it.
+    /// shipped (see [`Stat::matches`]).
     pub fn matches(&self, stamp: &Stamp) -> bool {
-        if stamp.kind != self.kind {
-            return false;
-        }
-        if self.kind == Kind::Dir {
-            return stamp.mode == self.mode;
-        }
-        stamp.size == self.size
-            && stamp.mtime == self.mtime
-            && stamp.mtime_nsec == self.mtime_nsec
-            && stamp.mode == self.mode
+        self.stat().matches(stamp)
     }
 }
 

@@ -1,0 +1,183 @@
+//! Unit tests of the [`super::Book`]: what a cut takes, what a report
+//! and a refusal change, how failing and badly named paths are kept.
+
+use super::*;
+use crate::sender::shipped::tests::{meta, shipped, stamp};
+
+const SETTLE: Duration = Duration::from_secs(2);
+
+fn book(files: &[&str], in_doubt: &[&str]) -> Book {
+    let rule = MassDelete {
+        share: 0.5,
+        min: 100,
+    };
+    Book::new(
+        SETTLE,
+        Duration::from_secs(300),
+        rule,
+        shipped(files, in_doubt),
+    )
+}
+
+fn due(b: &mut Book, now: Instant) -> Vec<(String, Op, bool)> {
+    b.take_due(now, now, (true, false), Portion::ALL, |_| true)
+        .0
+        .into_iter()
+        .map(|i| (i.path, i.op, i.previous.is_some()))
+        .collect()
+}
+
+#[test]
+fn retry_delay_doubles_from_a_second_up_to_its_cap() {
+    assert_eq!(retry_delay(1), Duration::from_secs(1));
+    assert_eq!(retry_delay(2), Duration::from_secs(2));
+    assert_eq!(retry_delay(5), Duration::from_secs(16));
+    assert_eq!(retry_delay(7), RETRY_MAX);
+    assert_eq!(retry_delay(u32::MAX), RETRY_MAX);
+}
+
+#[test]
+fn a_removed_directory_takes_every_shipped_and_pending_path_below_it() {
+    let now = Instant::now();
+    let mut b = book(&["d/a", "d/b/c", "d2/x"], &[]);
+    b.changes.changed("d/new", false, now);
+    b.removed("d".into(), now);
+    let mut deleted: Vec<String> = b.changes.pending_deletes().map(str::to_owned).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["d", "d/a", "d/b/c", "d/new"]);
+}
+
+#[test]
+fn deleting_what_no_receiver_got_is_nothing_to_ship() {
+    let now = Instant::now();
+    let mut b = book(&["had"], &["maybe"]);
+    for p in ["had", "maybe", "never"] {
+        b.changes.removed(p, now);
+    }
+    assert_eq!(
+        due(&mut b, now),
+        [
+            ("had".to_string(), Op::Delete, false),
+            ("maybe".to_string(), Op::Delete, false)
+        ]
+    );
+}
+
+#[test]
+fn a_path_in_doubt_ships_without_what_was_shipped_of_it() {
+    let now = Instant::now();
+    let mut b = book(&["a", "b"], &["b"]);
+    b.changes.changed("a", false, now);
+    b.changes.changed("b", false, now);
+    assert_eq!(
+        due(&mut b, now),
+        [
+            ("a".to_string(), Op::Upsert, true),
+            ("b".to_string(), Op::Upsert, false)
+        ]
+    );
+}
+
+#[test]
+fn a_refused_path_fails_and_the_rest_of_its_bundle_ships_again_in_full() {
+    let now = Instant::now();
+    let mut b = book(&["ok", "bad", "del"], &[]);
+    let refusal = Refusal::permanent(Some("bad".into()), "too large");
+    let changes = vec![
+        ("ok".to_string(), Some(meta(1))),
+        ("bad".to_string(), Some(meta(1))),
+        ("del".to_string(), None),
+    ];
+    b.refused("r1", &refusal, changes, now);
+    let status = b.status();
+    assert_eq!(status.failing_paths, 1);
+    assert_eq!(status.failing[0].error, "receiver r1 refused it: too large");
+    let later = now + Duration::from_secs(1);
+    assert_eq!(
+        due(&mut b, later),
+        [
+            ("bad".to_string(), Op::Upsert, true),
+            ("ok".to_string(), Op::Upsert, false),
+            ("del".to_string(), Op::Delete, false)
+        ],
+        "ok is in doubt now: no previous"
+    );
+}
+
+#[test]
+fn a_failed_pack_puts_back_what_it_took_unless_a_newer_event_came() {
+    let now = Instant::now();
+    let mut b = book(&["gone"], &[]);
+    let taken = vec![
+        ("a".to_string(), Op::Upsert),
+        ("gone".to_string(), Op::Delete),
+        ("newer".to_string(), Op::Upsert),
+        ("shipped".to_string(), Op::Upsert),
+    ];
+    b.changes.removed("newer", now);
+    let accounted: HashSet<String> = ["shipped".to_string()].into();
+    b.put_back(taken, &accounted, now);
+    let mut pending: Vec<String> = b.changes.pending_upserts().map(str::to_owned).collect();
+    pending.sort();
+    assert_eq!(pending, ["a"]);
+    let deletes: Vec<&str> = b.changes.pending_deletes().collect();
+    assert_eq!(deletes, ["gone", "newer"]);
+}
+
+#[test]
+fn a_report_updates_what_was_shipped_and_what_fails() {
+    let now = Instant::now();
+    let mut b = book(&["old"], &["x"]);
+    b.failed(&[("x".to_string(), "unreadable".to_string())], now);
+    let report = Report {
+        shipped: vec![("x".to_string(), Some(meta(2))), ("old".to_string(), None)],
+        unsettled: vec!["x".to_string()],
+        requeue: vec!["busy".to_string()],
+        failed: vec![("locked".to_string(), "EACCES".to_string())],
+        bundles: Vec::new(),
+        skipped_links: Vec::new(),
+    };
+    let accounted = b.record(&report, now);
+    assert_eq!(accounted.len(), 4);
+    assert!(b.shipped.has("x") && !b.shipped.has("old"));
+    assert_eq!(b.shipped.previous("x"), Some(meta(2)), "no longer in doubt");
+    let status = b.status();
+    assert_eq!(status.unsettled, ["x"]);
+    let failing: Vec<&str> = status.failing.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(failing, ["locked"], "x shipped: no longer failing");
+    assert!(b.changes.contains("busy"));
+}
+
+#[test]
+fn found_files_move_from_the_walk_into_the_change_set_quiet_ones_due_at_once() {
+    let now = Instant::now();
+    let mut b = book(&[], &[]);
+    let mut fresh = stamp(1);
+    fresh.mtime = unix_now();
+    let mut files = vec![
+        ("old".to_string(), stamp(1)),
+        ("fresh".to_string(), fresh),
+        ("open".to_string(), stamp(1)),
+        ("same".to_string(), stamp(1)),
+    ];
+    b.queue_found(&mut files, &[(0, false), (1, false), (2, true)], now);
+    let taken: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(taken, ["", "", "", "same"], "moved, not copied");
+    let next = now + Duration::from_secs(10);
+    let (due, _) = b.take_due(now, next, (false, false), Portion::ALL, |_| true);
+    let due: Vec<String> = due.into_iter().map(|i| i.path).collect();
+    assert_eq!(due, ["old"], "fresh waits to settle, open for its close");
+    assert!(b.changes.contains("fresh") && b.changes.contains("open"));
+}
+
+#[test]
+fn a_walk_replaces_the_bad_names_it_covers() {
+    let mut b = book(&[], &[]);
+    b.bad_name("d/bad".into(), false);
+    b.bad_name("e/bad".into(), false);
+    b.bad_names_walked("d", &["d/other".to_string()]);
+    let names: Vec<String> = b.status().failing.into_iter().map(|f| f.path).collect();
+    assert_eq!(names, ["d/other", "e/bad"]);
+    b.bad_names_walked("", &[]);
+    assert_eq!(b.status().failing_paths, 0);
+}
