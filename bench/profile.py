@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where shipper's CPU goes, per side, on bench.py's workloads.
 
-  python3 bench/profile.py [--bin PATH] [--label TEXT] [--only bulk,large]
+  python3 bench/profile.py [--bin PATH] [--label TEXT] [--only bulk,large] [--keep DIR]
 
 Runs the bulk corpus (bench.py's workload 1) and a 1 GiB random file
 (workload 5) once each, sender and receiver each under `perf record`
@@ -17,6 +17,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
 FREQ = 4000
+KEEP = ""
 KINDS = [
     ("deflate", r"zlib_rs::deflate|longest_match|deflate_(fast|medium|slow|quick|stored)|flush_block|compress_block|pqdownheap|build_tree"),
     ("inflate", r"zlib_rs::inflate|inflate_"),
@@ -75,6 +76,10 @@ def run(work, corpus, keys, real):
     dt = time.monotonic() - t0
     s.stop()
     time.sleep(1.0)
+    if KEEP:
+        os.makedirs(KEEP, exist_ok=True)
+        for side in ("s", "r"):
+            shutil.copy(os.path.join(work, f"perf-{side}.data"), os.path.join(KEEP, f"{os.path.basename(work)}-{side}.data"))
     return dt, categorise(os.path.join(work, "perf-s.data")), categorise(os.path.join(work, "perf-r.data"))
 
 
@@ -83,7 +88,10 @@ def main():
     ap.add_argument("--bin", default=bench.BIN)
     ap.add_argument("--label", default="")
     ap.add_argument("--only", default="bulk,large")
+    ap.add_argument("--keep", default="", help="copy each run's perf data into this directory")
     args = ap.parse_args()
+    global KEEP
+    KEEP = args.keep
     if not shutil.which("perf"):
         bench.sh("apt-get", "install", "-y", "-qq", "linux-perf")
     real = os.path.abspath(args.bin)

@@ -25,6 +25,7 @@ use zip::ZipArchive;
 use super::error::{beneath_err, damaged, io_at};
 use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
+use super::part_tree::PartHashes;
 use super::summary::Summary;
 use super::unpack::{copy_counted, create_private, finish_file};
 use crate::beneath::{self, BeneathError, Publish, Root};
@@ -121,10 +122,12 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
     let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
+    let hashes = PartHashes::of_format(m.format);
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
         let entry = zip.by_name(&name)?;
-        if let Some(data) = store_part(&target.parts, &target.policy, p, entry, &mut buf)? {
+        if let Some(data) = store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)?
+        {
             let dest = stage.join(format!("p{j}"));
             // Linked, not moved: until the file is published, a crash and a
             // re-send must still find the assembled data.
@@ -201,8 +204,9 @@ fn stage_file(
 ) -> Result<(), BundleError> {
     let mut out = create_private(dest)?;
     let entry = zip.by_name(&f.path)?;
-    let hash = copy_counted(entry, &mut out, f.size, &f.path, dest, buf)?;
-    if hash.to_hex().as_str() != f.hash {
+    let mut hasher = blake3::Hasher::new();
+    copy_counted(entry, &mut out, (f.size, &mut hasher), &f.path, dest, buf)?;
+    if hasher.finalize().to_hex().as_str() != f.hash {
         return Err(damaged(&f.path, "content does not match its hash"));
     }
     let perms = (target.policy.file_mode(f.mode), target.policy.gid());

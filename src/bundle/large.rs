@@ -1,12 +1,15 @@
 //! A file over `chunk_size`: cut into parts, each its own zip entry, that
 //! may span consecutive bundles. The parts of one shipping share a set id;
-//! the last carries the whole file's hash. A file torn after its first
-//! part leaves its set abandoned, so the receiver drops what it holds of it.
+//! each part's hash is its chaining value in the file's BLAKE3 tree
+//! (`part_tree.rs`), and the last carries the whole file's hash, merged
+//! from them. A file torn after its first part leaves its set abandoned,
+//! so the receiver drops what it holds of it.
 
 use std::io;
 
 use super::cutter::{Cutter, Report};
 use super::manifest::{FileMeta, PartEntry, part_entry_name};
+use super::part_tree::{PartHashes, file_hash, parse_cv, part_len};
 use super::source_read::{Outcome, Source};
 use super::writer::{need, with_path};
 use crate::stamp::Stamp;
@@ -23,7 +26,7 @@ pub(super) fn pack_large(
     mut src: Source<'_>,
 ) -> io::Result<()> {
     let (rel, stamp) = (src.rel, src.stamp);
-    let chunk = cut.limits.chunk_size;
+    let chunk = part_len(cut.limits.chunk_size);
     let Ok(count) = u32::try_from(stamp.size.div_ceil(chunk)) else {
         let e = io::Error::other("file needs more than 2^32 parts: raise chunk_size");
         report
@@ -33,15 +36,15 @@ pub(super) fn pack_large(
     };
     let set = set_id(cut.sender, rel, stamp);
     let options = src.entry_options();
-    let mut whole = blake3::Hasher::new();
+    let mut cvs = Vec::with_capacity(count as usize);
     let mut overtaken = false;
     for index in 0..count {
         let offset = u64::from(index) * chunk;
         let size = chunk.min(stamp.size - offset);
         let name = part_entry_name(&set, index);
         let b = cut.room_for(report, need(&name, size), &name)?;
-        let mut part = blake3::Hasher::new();
-        let hashers = &mut [&mut part, &mut whole];
+        let mut part = PartHashes::Tree.hasher(offset);
+        let hashers = &mut [&mut part];
         match src.write_entry(&mut b.zip, &name, options, (offset, size), hashers)? {
             Outcome::Copied { overtaken: o } => overtaken |= o,
             Outcome::Lost(why) => {
@@ -52,8 +55,17 @@ pub(super) fn pack_large(
                 return Ok(());
             }
         }
+        let hash = PartHashes::Tree.finish(&part);
+        cvs.extend(parse_cv(&hash));
         let last = index + 1 == count;
-        let file_hash = last.then(|| whole.finalize());
+        let file_hash = last.then(|| file_hash(&cvs, chunk, stamp.size)).flatten();
+        if last && file_hash.is_none() {
+            // Cannot be: the parts above are cut on the tree.
+            return Err(io::Error::other(format!(
+                "{rel}: {count} parts of {chunk} bytes make no hash tree of {} bytes",
+                stamp.size
+            )));
+        }
         b.add_part(PartEntry {
             path: rel.to_owned(),
             set: set.clone(),
@@ -61,7 +73,7 @@ pub(super) fn pack_large(
             count,
             offset,
             size,
-            hash: part.finalize().to_hex().to_string(),
+            hash,
             file_size: stamp.size,
             mtime: stamp.mtime,
             mtime_nsec: stamp.mtime_nsec,

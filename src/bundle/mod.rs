@@ -25,6 +25,9 @@
 //! - [`apply`]: stages its files and publishes them into root atomically.
 //! - [`part_sets`]: assembles a large file from parts arriving across
 //!   bundles.
+//! - `part_tree.rs`: a large file's BLAKE3 tree: how long parts are, each
+//!   part's chaining value, the whole-file hash merged from them (both
+//!   sides).
 //! - `unpack.rs`: writes an entry's bytes out, counted and hashed.
 //! - [`target`]: where a bundle goes (root, staging, part sets).
 //! - [`error`]: what can be wrong with one and how the sender is told.
@@ -38,6 +41,7 @@ pub mod error;
 pub mod manifest;
 pub mod pack;
 pub mod part_sets;
+mod part_tree;
 pub mod target;
 mod unpack;
 pub mod verify;

@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{BundleError, damaged, entry_err, io_at};
 use super::manifest::{PartEntry, valid_set_id};
+use super::part_tree::{PartHashes, file_hash, parse_cv, part_len_of};
 use super::unpack::{copy_counted, finish_file};
 use crate::durable;
 use crate::perms::Policy;
@@ -38,6 +39,11 @@ enum PartLine {
         path: String,
         count: u32,
         file_size: u64,
+        /// How long each part but the last is, when the part hashes are
+        /// chaining values of the file's BLAKE3 tree; absent for a set of
+        /// plain part hashes (manifest format 1).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        part_len: Option<u64>,
     },
     /// Part `index` is stored, with this hash.
     Part { index: u32, hash: String },
@@ -49,6 +55,8 @@ struct PartState {
     path: String,
     count: u32,
     file_size: u64,
+    /// Each part's length but the last's, for a set hashed as a tree.
+    part_len: Option<u64>,
     /// Hash of each part received so far, in order.
     hashes: Vec<String>,
     /// Where the journal's good lines end: the next line goes here.
@@ -96,6 +104,7 @@ fn load_part_state(dir: &Path, set: &str) -> Option<PartState> {
         path,
         count,
         file_size,
+        part_len,
     }) = lines.next()
     else {
         return None;
@@ -113,6 +122,7 @@ fn load_part_state(dir: &Path, set: &str) -> Option<PartState> {
         path,
         count,
         file_size,
+        part_len,
         hashes,
         journal_len: good as u64,
     })
@@ -120,11 +130,16 @@ fn load_part_state(dir: &Path, set: &str) -> Option<PartState> {
 
 /// Start the journal of a new set: its first line, durable before any
 /// part is recorded after it.
-fn start_part_set(dir: &Path, p: &PartEntry) -> Result<PartState, BundleError> {
+fn start_part_set(
+    dir: &Path,
+    p: &PartEntry,
+    part_len: Option<u64>,
+) -> Result<PartState, BundleError> {
     let line = durable::journal_line(&PartLine::Set {
         path: p.path.clone(),
         count: p.count,
         file_size: p.file_size,
+        part_len,
     });
     let journal = part_state_path(dir, &p.set);
     durable::write_atomic(&journal, &line).map_err(io_at(&journal))?;
@@ -132,6 +147,7 @@ fn start_part_set(dir: &Path, p: &PartEntry) -> Result<PartState, BundleError> {
         path: p.path.clone(),
         count: p.count,
         file_size: p.file_size,
+        part_len,
         hashes: Vec::new(),
         journal_len: line.len() as u64,
     })
@@ -171,20 +187,37 @@ fn cut_at(f: &mut File, len: u64, path: &Path) -> Result<(), BundleError> {
     Ok(())
 }
 
-/// Append one part to its set. Returns the data file once the set is
-/// complete and its whole-file hash checks out.
+/// Append one part to its set, its hash taken as `hashes` says. Returns
+/// the data file once the set is complete and its whole-file hash checks
+/// out.
 pub(super) fn store_part(
     dir: &Path,
     policy: &Policy,
-    p: &PartEntry,
+    (p, hashes): (&PartEntry, PartHashes),
     entry: impl Read,
     buf: &mut [u8],
 ) -> Result<Option<PathBuf>, BundleError> {
     let name = p.entry_name();
-    let Some(mut state) = open_part_set(dir, p)? else {
+    let part_len = match hashes {
+        PartHashes::Bytes => None,
+        PartHashes::Tree => match part_len_of(p.index, p.count, p.offset, p.size) {
+            Some(len) => Some(len),
+            None => {
+                return Err(entry_err(
+                    &name,
+                    "part does not lie on its file's hash tree",
+                ));
+            }
+        },
+    };
+    let Some(mut state) = open_part_set(dir, p, part_len)? else {
         return Ok(None);
     };
-    if state.path != p.path || state.count != p.count || state.file_size != p.file_size {
+    if state.path != p.path
+        || state.count != p.count
+        || state.file_size != p.file_size
+        || state.part_len != part_len
+    {
         return Err(entry_err(
             &name,
             "part disagrees with earlier parts of its set",
@@ -208,22 +241,26 @@ pub(super) fn store_part(
             format!("parts {have}..{} of this set never arrived", p.index),
         ));
     } else {
-        append_part(dir, p, &mut state, entry, buf)?;
+        append_part(dir, (p, hashes), &mut state, entry, buf)?;
     }
     if p.index + 1 < p.count {
         return Ok(None);
     }
-    complete_part_set(dir, policy, p).map(Some)
+    complete_part_set(dir, policy, p, &state).map(Some)
 }
 
 /// The set part `p` belongs to, as its journal holds it, or started anew
 /// by its first part; `None` when its start is not here.
-fn open_part_set(dir: &Path, p: &PartEntry) -> Result<Option<PartState>, BundleError> {
+fn open_part_set(
+    dir: &Path,
+    p: &PartEntry,
+    part_len: Option<u64>,
+) -> Result<Option<PartState>, BundleError> {
     match load_part_state(dir, &p.set) {
         Some(s) => Ok(Some(s)),
         None if p.index == 0 => {
             supersede_sets_of(dir, &p.path);
-            start_part_set(dir, p).map(Some)
+            start_part_set(dir, p, part_len).map(Some)
         }
         None => {
             // Earlier parts were lost with this receiver's state, or
@@ -239,7 +276,7 @@ fn open_part_set(dir: &Path, p: &PartEntry) -> Result<Option<PartState>, BundleE
 /// data, check its hash and record it.
 fn append_part(
     dir: &Path,
-    p: &PartEntry,
+    (p, hashes): (&PartEntry, PartHashes),
     state: &mut PartState,
     entry: impl Read,
     buf: &mut [u8],
@@ -255,8 +292,16 @@ fn append_part(
         .map_err(io_at(&data_path))?;
     // Drop any tail a crash left after the last recorded part.
     cut_at(&mut out, p.offset, &data_path)?;
-    let hash = copy_counted(entry, &mut out, p.size, &name, &data_path, buf)?;
-    if hash.to_hex().as_str() != p.hash {
+    let mut hasher = hashes.hasher(p.offset);
+    copy_counted(
+        entry,
+        &mut out,
+        (p.size, &mut hasher),
+        &name,
+        &data_path,
+        buf,
+    )?;
+    if hashes.finish(&hasher) != p.hash {
         let _ = out.set_len(p.offset);
         return Err(damaged(&name, "part does not match its hash"));
     }
@@ -267,8 +312,14 @@ fn append_part(
 
 /// The set's data once its last part `p` is stored: its size and
 /// whole-file hash checked, the policy's mode and group and the file's
-/// mtime given.
-fn complete_part_set(dir: &Path, policy: &Policy, p: &PartEntry) -> Result<PathBuf, BundleError> {
+/// mtime given. A set hashed as a tree has its whole-file hash merged
+/// from its parts' hashes; one of plain part hashes is read back whole.
+fn complete_part_set(
+    dir: &Path,
+    policy: &Policy,
+    p: &PartEntry,
+    state: &PartState,
+) -> Result<PathBuf, BundleError> {
     let name = p.entry_name();
     let data_path = part_data_path(dir, &p.set);
     let len = fs::metadata(&data_path).map_err(io_at(&data_path))?.len();
@@ -278,8 +329,16 @@ fn complete_part_set(dir: &Path, policy: &Policy, p: &PartEntry) -> Result<PathB
             format!("assembled {len} bytes, file has {}", p.file_size),
         ));
     }
-    let whole = super::hash::hash_file(&data_path).map_err(io_at(&data_path))?;
-    if Some(whole.to_hex().as_str()) != p.file_hash.as_deref() {
+    let whole = match state.part_len {
+        Some(part_len) => state
+            .hashes
+            .iter()
+            .map(|h| parse_cv(h))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|cvs| file_hash(&cvs, part_len, p.file_size)),
+        None => Some(super::hash::hash_file(&data_path).map_err(io_at(&data_path))?),
+    };
+    if whole.map(|h| h.to_hex()).as_deref() != p.file_hash.as_deref() {
         drop_part_set(dir, &p.set);
         return Err(damaged(
             &p.path,
@@ -403,7 +462,115 @@ mod tests {
 
     fn store(dir: &Path, index: u32) -> Option<PathBuf> {
         let (p, bytes) = part(index);
-        store_part(dir, &Policy::default(), &p, bytes, &mut [0u8; 64]).unwrap()
+        let bytes_hashes = (&p, PartHashes::Bytes);
+        store_part(dir, &Policy::default(), bytes_hashes, bytes, &mut [0u8; 64]).unwrap()
+    }
+
+    /// Part `index` of `data` in tree-hashed parts of 1 KiB, as a sender
+    /// of manifest format 2 writes it.
+    fn tree_part(data: &[u8], index: u32) -> (PartEntry, &[u8]) {
+        let (offset, count) = (index as usize * 1024, data.len().div_ceil(1024) as u32);
+        let bytes = &data[offset..(offset + 1024).min(data.len())];
+        let mut h = PartHashes::Tree.hasher(offset as u64);
+        h.update(bytes);
+        let p = PartEntry {
+            index,
+            count,
+            offset: offset as u64,
+            size: bytes.len() as u64,
+            hash: PartHashes::Tree.finish(&h),
+            file_size: data.len() as u64,
+            file_hash: (index + 1 == count).then(|| blake3::hash(data).to_hex().to_string()),
+            ..part(0).0
+        };
+        (p, bytes)
+    }
+
+    #[test]
+    fn a_tree_hashed_set_completes_on_its_merged_hash_and_nothing_else() {
+        let data: Vec<u8> = (0..2600u32).map(|i| (i * 7) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let mut done = None;
+        for i in 0..3 {
+            let (p, bytes) = tree_part(&data, i);
+            done = store_part(
+                dir.path(),
+                &Policy::default(),
+                (&p, PartHashes::Tree),
+                bytes,
+                &mut [0u8; 64],
+            )
+            .unwrap();
+        }
+        assert_eq!(fs::read(done.expect("complete")).unwrap(), data);
+
+        // The same parts with a whole-file hash that is not theirs.
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..3 {
+            let (mut p, bytes) = tree_part(&data, i);
+            p.set = "s2".into();
+            if i == 2 {
+                p.file_hash = Some(blake3::hash(b"other").to_hex().to_string());
+            }
+            let got = store_part(
+                dir.path(),
+                &Policy::default(),
+                (&p, PartHashes::Tree),
+                bytes,
+                &mut [0u8; 64],
+            );
+            assert_eq!(got.is_err(), i == 2, "part {i}");
+        }
+        assert!(
+            load_part_state(dir.path(), "s2").is_none(),
+            "the set is dropped"
+        );
+    }
+
+    #[test]
+    fn a_set_begun_with_plain_part_hashes_takes_no_tree_hashed_part() {
+        let data = vec![5u8; 2600];
+        let dir = tempfile::tempdir().unwrap();
+        let (p0, b0) = tree_part(&data, 0);
+        let plain = PartEntry {
+            hash: blake3::hash(b0).to_hex().to_string(),
+            ..p0
+        };
+        store_part(
+            dir.path(),
+            &Policy::default(),
+            (&plain, PartHashes::Bytes),
+            b0,
+            &mut [0u8; 64],
+        )
+        .unwrap();
+        let (p1, b1) = tree_part(&data, 1);
+        let e = store_part(
+            dir.path(),
+            &Policy::default(),
+            (&p1, PartHashes::Tree),
+            b1,
+            &mut [0u8; 64],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("disagrees with earlier parts"),
+            "{e}"
+        );
+        // And a part off the tree is refused before anything is written.
+        let (mut p, b) = tree_part(&data, 0);
+        p.set = "s3".into();
+        p.size = 1000;
+        let e = store_part(
+            dir.path(),
+            &Policy::default(),
+            (&p, PartHashes::Tree),
+            &b[..1000],
+            &mut [0u8; 64],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("hash tree"), "{e}");
+        assert!(!part_data_path(dir.path(), "s3").exists());
     }
 
     #[test]

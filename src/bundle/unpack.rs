@@ -29,16 +29,15 @@ pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
 }
 
 /// Copy an entry, counting bytes: exactly `size` must come out, whatever the
-/// headers claimed. Returns the BLAKE3 of what was written.
+/// headers claimed. What was written is fed to `hasher`.
 pub(super) fn copy_counted(
     mut entry: impl Read,
     out: &mut File,
-    size: u64,
+    (size, hasher): (u64, &mut blake3::Hasher),
     name: &str,
     dest: &Path,
     buf: &mut [u8],
-) -> Result<blake3::Hash, BundleError> {
-    let mut hasher = blake3::Hasher::new();
+) -> Result<(), BundleError> {
     let mut total = 0u64;
     loop {
         let n = entry
@@ -67,7 +66,7 @@ pub(super) fn copy_counted(
             format!("holds {total} bytes, {size} declared"),
         ));
     }
-    Ok(hasher.finalize())
+    Ok(())
 }
 
 /// Give the staged file `f` its group, mode and mtime, through its handle,
@@ -110,8 +109,19 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dest = t.path().join("f");
         let mut out = create_private(&dest).unwrap();
-        let got = copy_counted(body, &mut out, size, "e", &dest, &mut [0u8; 3]);
-        (got, std::fs::read(&dest).unwrap())
+        let mut hasher = blake3::Hasher::new();
+        let got = copy_counted(
+            body,
+            &mut out,
+            (size, &mut hasher),
+            "e",
+            &dest,
+            &mut [0u8; 3],
+        );
+        (
+            got.map(|()| hasher.finalize()),
+            std::fs::read(&dest).unwrap(),
+        )
     }
 
     #[test]

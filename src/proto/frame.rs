@@ -7,13 +7,16 @@
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
 
-/// 4: a sender may send the next bundles before the first is answered (up
-/// to its pipeline), and a receiver ends the session after a refusal to
-/// retry, so no bundle behind it is applied first. (3: `Ack` says what
-/// became of the receiver's `on_apply` hook. 2: `Ping`
-/// frames keep a quiet connection known to be alive; `Welcome` names the
-/// receiver's instance and limits; `Refuse` says whether to retry.)
-pub const PROTOCOL_VERSION: u16 = 4;
+/// 5: a bundle's manifest is of format 2, whose part hashes are chaining
+/// values of the file's BLAKE3 tree, which a receiver of protocol 4 would
+/// refuse bundle after bundle. (4: a sender may send the next bundles
+/// before the first is answered (up to its pipeline), and a receiver ends
+/// the session after a refusal to retry, so no bundle behind it is applied
+/// first. 3: `Ack` says what became of the receiver's `on_apply` hook.
+/// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
+/// names the receiver's instance and limits; `Refuse` says whether to
+/// retry.)
+pub const PROTOCOL_VERSION: u16 = 5;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.

@@ -1,6 +1,7 @@
-//! Bundles kept in fixtures/: format 1 written by an earlier build must stay
-//! readable. Regenerate (only when the format changes on purpose) with
-//! `cargo test --test it -- --ignored regenerate_format1_fixtures`.
+//! Bundles kept in fixtures/: every manifest format written by an earlier
+//! build must stay readable. Write the current format's (only when the
+//! format changes on purpose) with
+//! `cargo test --test it -- --ignored regenerate_current_format_fixtures`.
 
 use std::path::{Path, PathBuf};
 
@@ -8,8 +9,12 @@ use shipper::bundle::pack::{Limits, PackItem};
 
 use crate::util::*;
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/format1")
+/// Format 1 (plain part hashes) and 2 (part hashes on the file's BLAKE3
+/// tree).
+const FORMATS: [u32; 2] = [1, 2];
+
+fn fixture_dir(format: u32) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/format{format}"))
 }
 
 /// The tree after both fixture bundles: what replay must produce.
@@ -27,9 +32,9 @@ fn expected() -> Vec<(&'static str, Vec<u8>)> {
 
 #[test]
 #[ignore = "writes fixtures/; run on purpose only"]
-fn regenerate_format1_fixtures() {
+fn regenerate_current_format_fixtures() {
     let env = Env::new();
-    let dir = fixture_dir();
+    let dir = fixture_dir(shipper::bundle::manifest::FORMAT);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     env.write("index.html", "<h1>v1</h1>");
@@ -49,10 +54,18 @@ fn regenerate_format1_fixtures() {
 }
 
 #[test]
-fn format1_fixtures_replay_to_the_expected_tree() {
+fn every_formats_fixtures_replay_to_the_expected_tree() {
+    assert!(FORMATS.contains(&shipper::bundle::manifest::FORMAT));
+    for format in FORMATS {
+        replay_fixtures(format);
+    }
+}
+
+/// Replay the fixtures of `format`, newest first, into an empty root.
+fn replay_fixtures(format: u32) {
     let env = Env::new();
-    let mut bundles: Vec<PathBuf> = std::fs::read_dir(fixture_dir())
-        .expect("fixtures/format1 exists")
+    let mut bundles: Vec<PathBuf> = std::fs::read_dir(fixture_dir(format))
+        .expect("the fixtures of every format exist")
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|e| e == "zip"))
@@ -78,5 +91,5 @@ fn format1_fixtures_replay_to_the_expected_tree() {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-    assert_eq!(got, want);
+    assert_eq!(got, want, "format {format}");
 }

@@ -6,15 +6,18 @@
 use std::collections::HashSet;
 use std::collections::hash_map::{Entry, HashMap};
 
-use super::format::{FORMAT, Manifest, PartEntry};
+use super::format::{FORMAT, Manifest, OLDEST_FORMAT, PartEntry};
 use super::ids::{is_hex_hash, next_seq, valid_sender_id, valid_set_id};
+use crate::bundle::part_tree::{PartHashes, part_len_of};
 use crate::paths;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     #[error("manifest does not parse: {0}")]
     Parse(String),
-    #[error("manifest format {0} is not supported (this shipper reads format {FORMAT})")]
+    #[error(
+        "manifest format {0} is not supported (this shipper reads formats {OLDEST_FORMAT} to {FORMAT})"
+    )]
     Format(u32),
     #[error("manifest sender id {0:?} is not valid")]
     Sender(String),
@@ -90,7 +93,7 @@ impl Manifest {
     }
 
     fn check_header(&self) -> Result<(), ManifestError> {
-        if self.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&self.format) {
             return Err(ManifestError::Format(self.format));
         }
         if !valid_sender_id(&self.sender) {
@@ -160,6 +163,11 @@ impl Manifest {
                 return Err(perr("part appears twice"));
             }
             p.check_extent().map_err(perr)?;
+            if PartHashes::of_format(self.format) == PartHashes::Tree
+                && part_len_of(p.index, p.count, p.offset, p.size).is_none()
+            {
+                return Err(perr("part does not lie on its file's hash tree"));
+            }
         }
         Ok(())
     }
@@ -311,6 +319,20 @@ mod tests {
             })
             .collect();
         m
+    }
+
+    #[test]
+    fn a_part_off_its_files_hash_tree_is_refused_from_format_2() {
+        let mut m = manifest();
+        for p in &mut m.parts {
+            p.file_size = 2024;
+        }
+        m.parts[0].size = 1000;
+        m.parts[1].offset = 1000;
+        let e = m.check().unwrap_err().to_string();
+        assert!(e.contains("hash tree"), "{e}");
+        m.format = OLDEST_FORMAT;
+        assert_eq!(m.check(), Ok(()), "format 1 parts are plain hashes");
     }
 
     #[test]

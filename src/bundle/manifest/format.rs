@@ -7,7 +7,12 @@ use serde::{Deserialize, Serialize};
 use crate::paths;
 use crate::stamp::{Kind, RACY_WINDOW, Stamp, Stat};
 
-pub const FORMAT: u32 = 1;
+/// The format this shipper writes: 2, where a part's hash is its chaining
+/// value in its file's BLAKE3 tree (`bundle/part_tree.rs`).
+pub const FORMAT: u32 = 2;
+/// The oldest format still read: 1, with plain part hashes, so bundles
+/// archived before an upgrade can be replayed.
+pub const OLDEST_FORMAT: u32 = 1;
 pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
 /// Manifests larger than this are refused before parsing, whatever the
 /// receiver's entry limit.
