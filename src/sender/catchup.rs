@@ -30,7 +30,8 @@ pub(super) struct Diff<'w> {
     /// New, changed or in doubt: to queue.
     pub(super) changed: Vec<Differs<'w>>,
     /// Paths a receiver has (or may have) in the walk's scope that the walk
-    /// did not find: deleted, unless re-created since.
+    /// did not find: deleted, unless re-created since. Never a path below
+    /// a directory the walk could not read: not seen is not gone.
     pub(super) missing: Vec<String>,
 }
 
@@ -66,8 +67,13 @@ pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -
     }
     let found: std::collections::HashSet<&str> =
         walk.files.iter().map(|(p, _)| p.as_str()).collect();
+    let unseen = |p: &str| {
+        walk.unreadable
+            .iter()
+            .any(|(dir, _)| dir.is_empty() || (crate::paths::is_within(p, dir) && p != dir))
+    };
     out.missing = known
-        .filter(|p| !found.contains(p.as_str()))
+        .filter(|p| !found.contains(p.as_str()) && !unseen(p))
         .cloned()
         .collect();
     out
@@ -134,6 +140,25 @@ mod tests {
         let whole = walk(None, &[("d/kept", 1)]);
         let d = diff(&whole, &s, &changes());
         assert_eq!(d.missing, ["d/gone", "other/gone", "d/doubt"]);
+    }
+
+    #[test]
+    fn nothing_below_a_directory_the_walk_could_not_read_is_missing() {
+        // Broke once: a directory made unreadable (chmod 000) listed as
+        // empty, and every file below it was deleted on the receivers.
+        let s = shipped(
+            &["locked", "locked/a", "locked/b/c", "lockedx", "open/gone"],
+            &[],
+        );
+        let mut w = walk(None, &[("locked", 1)]);
+        w.unreadable = vec![("locked".into(), "locked: Permission denied".into())];
+        let d = diff(&w, &s, &changes());
+        assert_eq!(d.missing, ["lockedx", "open/gone"]);
+        w.unreadable = vec![(String::new(), "source: Permission denied".into())];
+        assert!(
+            diff(&w, &s, &changes()).missing.is_empty(),
+            "the source unreadable"
+        );
     }
 
     #[test]

@@ -263,7 +263,7 @@ impl Sender {
         }
         let now = Instant::now();
         let whole_tree = walk.dir.is_none();
-        source::warn_unwatched(&walk);
+        source::warn_unseen(&walk);
         let diff = catchup::diff(&walk, &self.book.shipped, &self.book.changes);
         if whole_tree {
             let shipped = &self.book.shipped;

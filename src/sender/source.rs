@@ -84,10 +84,12 @@ impl Source {
         self.watch_guard.is_some()
     }
 
-    /// Whether nothing is at `path` (shipped form) below the source.
-    /// Blocking: callers checking many paths wrap the loop in [`blocking`].
+    /// Whether nothing is at `path` (shipped form) below the source: it or
+    /// a directory above it is gone. A path that cannot be looked at
+    /// (permission denied) is not taken as gone. Blocking: callers checking
+    /// many paths wrap the loop in [`blocking`].
     pub(super) fn absent(&self, path: &str) -> bool {
-        std::fs::symlink_metadata(self.dir.join(path)).is_err()
+        std::fs::symlink_metadata(self.dir.join(path)).is_err_and(|e| watcher::is_gone(&e))
     }
 
     /// Walk `dir` off the runtime, watching each directory as it is
@@ -182,10 +184,17 @@ pub(super) async fn next_watch_msg(
     }
 }
 
-/// Warn when a walk could not watch directories it listed: changes in
+/// Warn about each directory a walk could not read (what is below it is
+/// kept), and when it could not watch directories it listed: changes in
 /// them go unseen until the next comparison of the tree (a restart, or
 /// lost events).
-pub(super) fn warn_unwatched(walk: &Walk) {
+pub(super) fn warn_unseen(walk: &Walk) {
+    for (_, error) in &walk.unreadable {
+        warn!(
+            error = error.as_str(),
+            "cannot read this source directory: what the receivers have below it is kept, not deleted, until it can be read"
+        );
+    }
     if walk.unwatched > 0 {
         warn!(
             dirs = walk.unwatched,

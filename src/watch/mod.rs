@@ -23,5 +23,5 @@ mod watcher;
 
 pub use events::{WatchMsg, translate};
 pub use sentinel::{SOURCE_POLL, Sentinel, SourceEvent, Watched};
-pub use walk::{Walk, open_for_writing, walk, walk_watching};
+pub use walk::{Walk, is_gone, open_for_writing, walk, walk_watching};
 pub use watcher::{WatchGuard, inotify_watch_limit};

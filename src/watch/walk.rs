@@ -47,6 +47,20 @@ pub struct Walk {
     pub unwatched: u64,
     /// …and the first one's error, naming it.
     pub unwatched_error: Option<String>,
+    /// Directories whose listing failed (permission denied, an I/O error),
+    /// in shipped form (`""` for the source), each with its error: what the
+    /// walk did not see below them is not known to be gone.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Whether `e` says nothing is at the path: it or a directory above it is
+/// gone. Any other error (permission denied, an I/O error) says nothing
+/// about whether it is there.
+pub fn is_gone(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+    )
 }
 
 /// Walk `dir` (below `base`): every regular file, directory and symlink
@@ -131,21 +145,42 @@ impl Walker<'_> {
 
     /// Watch the directory `dir`, then list it.
     fn list(&mut self, dir: &Path) {
-        if let Err(e) = (self.watch)(dir) {
-            self.out.unwatched += 1;
-            self.out
-                .unwatched_error
-                .get_or_insert_with(|| format!("{}: {e}", dir.display()));
-        }
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return; // gone since, or unreadable: as if empty
+        let watched = (self.watch)(dir);
+        let entries = match std::fs::read_dir(dir) {
+            // Unwatched only where it could be listed: one gone or
+            // unreadable is not a matter of the watch limit.
+            Ok(entries) => {
+                if let Err(e) = watched {
+                    self.out.unwatched += 1;
+                    self.out
+                        .unwatched_error
+                        .get_or_insert_with(|| format!("{}: {e}", dir.display()));
+                }
+                entries
+            }
+            Err(e) if is_gone(&e) => return, // gone since: as if empty
+            Err(e) => return self.unreadable(dir, &e),
         };
-        for e in entries.flatten() {
+        for e in entries {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) => return self.unreadable(dir, &e),
+            };
             // The entry's own metadata (lstat): a link is never followed.
-            if let Ok(md) = e.metadata() {
-                self.found(e.path(), &md);
+            match e.metadata() {
+                Ok(md) => self.found(e.path(), &md),
+                Err(err) if is_gone(&err) => {}
+                // Listed but not searchable (a directory without x).
+                Err(err) => return self.unreadable(dir, &err),
             }
         }
+    }
+
+    /// The directory `dir` could not be listed in full: say so, naming it.
+    fn unreadable(&mut self, dir: &Path, e: &std::io::Error) {
+        let rel = relative(self.base, dir).unwrap_or_default();
+        let error = format!("{}: {e}", dir.display());
+        self.out.unreadable.push((rel, error));
     }
 }
 

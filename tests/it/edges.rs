@@ -147,6 +147,53 @@ async fn one_unreadable_file_costs_only_itself_and_ships_once_readable() {
     r.stop().await;
 }
 
+/// A directory the sender could not read was listed as empty, and every
+/// file below it the receivers had was deleted at the sender's next start:
+/// `chmod 000` on a directory emptied it on every web server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_the_sender_cannot_read_keeps_its_files_on_the_receivers() {
+    const NOBODY: u32 = 65534;
+    let env = Env::new();
+    std::fs::set_permissions(env.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.src(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    chown(env.path().join("state-s"), Some(NOBODY), Some(NOBODY)).unwrap();
+    for i in 0..5 {
+        env.write(&format!("locked/p{i}.html"), format!("page {i}"));
+    }
+    env.write("locked/deep/q.html", "deep");
+    let r = env.start_receiver("").await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let log = env.path().join("sender.log");
+    let sender = Daemon::start(&file, &log, Some(NOBODY));
+    wait_in_sync(&env).await;
+    drop(sender);
+
+    // Root's directory, now closed to the sender's user.
+    let locked = env.src().join("locked");
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    env.write("after.html", "shipped after the comparison");
+    let sender = Daemon::start(&file, &log, Some(NOBODY));
+    let root = env.root();
+    wait_until("the page written while the sender was down", || {
+        root.join("after.html").exists()
+    })
+    .await;
+    assert_eq!(
+        count_files(&root.join("locked")),
+        6,
+        "files below the unreadable directory were deleted"
+    );
+    let text = sender.log_text();
+    assert!(
+        text.contains("cannot read this source directory")
+            && text.contains("locked: Permission denied"),
+        "{text}"
+    );
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o755)).unwrap();
+    drop(sender);
+    r.stop().await;
+}
+
 /// With the sender's state_dir full, a page written beside a 5 MB file never
 /// shipped, not even after space was freed (the pack's changes were lost),
 /// and zip's "ZipWriter::drop: failed to finalize archive" was printed.
