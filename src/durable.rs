@@ -25,6 +25,15 @@ pub fn is_disk_full(e: &io::Error) -> bool {
     )
 }
 
+/// What a file being written by [`write_atomic`] is named with, until the
+/// rename: one a crash left behind is shipper's to remove.
+const TEMP_PREFIX: &str = ".shipper-tmp-";
+
+/// Whether `name` is one [`write_atomic`] gives a file while writing it.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with(TEMP_PREFIX)
+}
+
 /// Replace `path` with `bytes` so that a crash leaves the old or the new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
@@ -38,7 +47,7 @@ pub fn write_atomic_with(
 ) -> io::Result<()> {
     let dir = parent_of(path);
     let mut tmp = tempfile::Builder::new()
-        .prefix(".shipper-tmp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)?;
     let mut buffered = io::BufWriter::with_capacity(1 << 16, tmp.as_file_mut());
     write(&mut buffered)?;

@@ -120,15 +120,22 @@ impl<'de> Deserialize<'de> for Files {
                 self,
                 mut map: A,
             ) -> Result<Self::Value, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0));
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
+                let mut entries: Vec<(String, Meta)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(0));
+                while let Some((path, meta)) = map.next_entry::<String, Meta>()? {
+                    // As the compaction's merge reads it: a snapshot it
+                    // would refuse is refused here, not at the first merge.
+                    if entries.last().is_some_and(|(last, _)| *last >= path) {
+                        return Err(serde::de::Error::custom(format!(
+                            "path {path:?} out of order"
+                        )));
+                    }
+                    entries.push((path, meta));
                 }
                 Ok(entries)
             }
         }
-        // Sorted already (a map is written in order); a path written twice
-        // keeps its last metadata, as inserting one by one would.
+        // Sorted and unique (checked above): built at once.
         Ok(Self(d.deserialize_map(Entries)?.into_iter().collect()))
     }
 }
@@ -250,14 +257,21 @@ mod tests {
         assert_eq!(serde_json::to_string(&files).unwrap(), json);
         assert_eq!(files.get("a/b"), plain.get("a/b").cloned());
         assert_eq!(files.from("a/").collect::<Vec<_>>(), ["a/b"]);
-        let twice = format!(r#"{{"a":{m},"a":{n}}}"#, m = json_of(1), n = json_of(2));
-        let files: Files = serde_json::from_str(&twice).unwrap();
-        assert_eq!(files.len(), 1);
-        assert_eq!(
-            files.meta("a").map(|m| m.size),
-            Some(2),
-            "the last one read"
-        );
+        // Twice, or out of order: refused, as the compaction's merge
+        // would refuse it.
+        for odd in [("a", "a"), ("b", "a")] {
+            let json = format!(
+                r#"{{"{}":{m},"{}":{n}}}"#,
+                odd.0,
+                odd.1,
+                m = json_of(1),
+                n = json_of(2)
+            );
+            let e = serde_json::from_str::<Files>(&json)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("out of order"), "{e}");
+        }
     }
 
     fn json_of(size: u64) -> String {

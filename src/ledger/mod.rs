@@ -123,6 +123,8 @@ pub struct Ledger {
     snapshot_len: u64,
     /// Paths in the snapshot file.
     snapshot_files: u64,
+    /// The journal's length when a compaction last failed, until one works.
+    compact_failed_at: Option<u64>,
 }
 
 /// Journals smaller than this are never compacted…
@@ -189,6 +191,7 @@ impl Ledger {
             journal_len: good_len,
             snapshot_len,
             snapshot_files,
+            compact_failed_at: None,
         };
         use std::io::Seek;
         ledger.journal.seek(io::SeekFrom::End(0))?;
@@ -225,6 +228,10 @@ impl Ledger {
         self.append(Record::Shipping(ShippingRecord { seq, paths }))
     }
 
+    /// Write `r` durably, then compact if it is time. A compaction that
+    /// fails (a full disk) is no failure of the record, which is on disk:
+    /// it is warned about and tried again once the journal has grown by
+    /// [`MIN_COMPACT`] more.
     fn append(&mut self, r: Record) -> io::Result<()> {
         let line = encode_record(&r);
         self.journal.write_all(&line)?;
@@ -232,13 +239,29 @@ impl Ledger {
         self.journal.sync_data()?;
         self.journal_len += line.len() as u64;
         self.apply(&r);
-        let since_max = MIN_SINCE.max(self.snapshot_files / 4);
-        if self.journal_len > MIN_COMPACT.max(self.snapshot_len)
-            || self.since.len() as u64 > since_max
+        if self.compaction_due()
+            && let Err(e) = self.compact()
         {
-            self.compact()?;
+            tracing::warn!(
+                error = %e,
+                journal_bytes = self.journal_len,
+                "could not compact the acknowledged state into its snapshot: the journal grows until a later try works"
+            );
+            self.compact_failed_at = Some(self.journal_len);
         }
         Ok(())
+    }
+
+    /// Whether the journal or what changed since the snapshot has grown
+    /// enough to fold into a new snapshot, and not just after a failed try.
+    fn compaction_due(&self) -> bool {
+        let since_max = MIN_SINCE.max(self.snapshot_files / 4);
+        let grown = self.journal_len > MIN_COMPACT.max(self.snapshot_len)
+            || self.since.len() as u64 > since_max;
+        let retry = self
+            .compact_failed_at
+            .is_none_or(|at| self.journal_len >= at + MIN_COMPACT);
+        grown && retry
     }
 
     /// Fold a record just written into what is held.
@@ -260,12 +283,10 @@ impl Ledger {
     /// already holds; they are skipped by sequence on load.
     pub fn compact(&mut self) -> io::Result<()> {
         let began = std::time::Instant::now();
-        let written = snapshot::rewrite(
-            &Self::snapshot_path(&self.dir),
-            self.acked_seq,
-            &self.since,
-            &self.in_doubt,
-        )?;
+        let path = Self::snapshot_path(&self.dir);
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+        let written =
+            snapshot::rewrite(&path, self.acked_seq, &self.since, &self.in_doubt).map_err(named)?;
         tracing::info!(
             files = written.files,
             bytes = written.bytes,
@@ -275,6 +296,7 @@ impl Ledger {
         );
         self.snapshot_len = written.bytes;
         self.snapshot_files = written.files;
+        self.compact_failed_at = None;
         self.since.clear();
         self.journal.set_len(0)?;
         use std::io::Seek;

@@ -193,3 +193,36 @@ fn the_state_loaded_is_handed_over_once_and_records_after_it_still_count() {
     let mut l = Ledger::open(dir.path()).unwrap();
     assert_eq!(l.take_files().keys().collect::<Vec<_>>(), ["a", "b"]);
 }
+
+#[test]
+fn a_compaction_that_fails_loses_no_record_and_is_tried_again_later() {
+    // Broke once: the error of the compaction after a durable record
+    // failed the record, and so the whole packing run, on every retry.
+    let dir = tempfile::tempdir().unwrap();
+    let mut l = Ledger::open(dir.path()).unwrap();
+    // A directory where the snapshot goes: its rename fails.
+    let blocker = dir.path().join("acked.snapshot");
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), "").unwrap();
+    let many = |seq: u64| AckRecord {
+        seq,
+        changes: (0..MIN_SINCE + 1)
+            .map(|i| (format!("p{seq}/{i}"), Some(meta(1))))
+            .collect(),
+    };
+    l.record(many(1))
+        .expect("the record is durable; the compaction's failure is not its own");
+    assert_eq!(l.compact_failed_at, Some(l.journal_len));
+    // Not tried again on the next small record…
+    l.record(rec(2, "a", Some(1))).unwrap();
+    assert!(!l.compaction_due(), "tried again at once");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    // …but once the journal has grown by MIN_COMPACT more.
+    l.record(many(3)).unwrap();
+    assert_eq!(l.compact_failed_at, None);
+    assert_eq!(l.journal_len, 0, "compacted");
+    drop(l);
+    let l = Ledger::open(dir.path()).unwrap();
+    assert_eq!(l.acked_seq(), 3);
+    assert_eq!(l.files().len(), 2 * (MIN_SINCE as usize + 1) + 1);
+}

@@ -52,6 +52,9 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
     // Bundles not acknowledged before a restart are dropped: the catch-up
     // finds their changes again by comparing with the ledger.
     crate::places::remove_own(&outbox_dir, crate::bundle::pack::is_outbox_name)?;
+    // What a crash left mid-write (a compaction's snapshot can be 150 MB
+    // at a million files); nothing else writes here yet.
+    crate::places::remove_own(&state_dir, durable::is_temp_name)?;
     let (state, fresh) = SenderState::load_or_create(&state_dir, cfg.id.as_deref())?;
     let began = std::time::Instant::now();
     let mut ledger = Ledger::open(&state_dir)
