@@ -28,7 +28,11 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
-            malloc::limit_arenas();
+            // SAFETY: no other thread exists yet: `main` parsed the
+            // arguments and set up logging to stderr, loading the config
+            // starts none, and the runtime (and rayon's pool, later)
+            // starts below.
+            unsafe { malloc::limit_arenas() };
             runtime()?.block_on(run_until_signal(config))
         }
         Command::Flush {

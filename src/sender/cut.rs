@@ -36,7 +36,8 @@ use super::whole_tree::WholeTrees;
 pub(super) type PackDone = (Report, std::io::Result<()>);
 
 /// One packing run takes at most this many bundles' worth of upserts
-/// (`max_files_per_bundle` each: 40,000 by default). What a run takes,
+/// (`max_files_per_bundle` each, 10,000 by default: 40,000 paths a run).
+/// What a run takes,
 /// packs and reports is held until it ends, some 500 bytes per path: a cut
 /// of a million new files (a first ship) would hold half a gigabyte at
 /// once. A larger cut is packed in runs one after the other, its flushes
