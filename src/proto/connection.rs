@@ -258,6 +258,9 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
         // A tokio channel: a full one makes this task wait, never blocks
         // the runtime thread it runs on.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        // Written buffers come back to be filled again: a fresh megabyte
+        // per chunk was mapped, zeroed and unmapped each time.
+        let (spent_tx, mut spent) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let path_owned = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
@@ -278,13 +281,15 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
                     write_error = Some(e);
                     file = None;
                 }
+                let _ = spent_tx.send(chunk);
             }
             (hasher.finalize(), write_error)
         });
         let mut left = size;
         while left > 0 {
             let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
-            let mut buf = vec![0u8; want];
+            let mut buf = spent.try_recv().unwrap_or_default();
+            buf.resize(want, 0);
             let mut filled = 0;
             while filled < want {
                 let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
@@ -370,6 +375,8 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
     /// once: the trailer vouches for exactly the bytes that went out.
     pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
+        // Sent buffers go back to be filled again, as in `recv_body`.
+        let (spent_tx, spent) = std::sync::mpsc::channel::<Vec<u8>>();
         let path_owned = path.to_owned();
         let reader = tokio::task::spawn_blocking(move || {
             use std::io::Read;
@@ -383,7 +390,8 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
             };
             let mut left = size;
             while left > 0 {
-                let mut buf = vec![0u8; CHUNK.min(left as usize)];
+                let mut buf = spent.try_recv().unwrap_or_default();
+                buf.resize(CHUNK.min(left as usize), 0);
                 if let Err(e) = file.read_exact(&mut buf) {
                     let _ = tx.blocking_send(Err(e));
                     return None;
@@ -413,6 +421,7 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
                 })
                 .await??;
             }
+            let _ = spent_tx.send(chunk);
         }
         match reader.await {
             Ok(Some(hash)) => Ok(hash),
