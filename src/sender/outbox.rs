@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -24,7 +25,9 @@ pub struct Outbox {
 }
 
 struct OutboxState {
-    bundles: BTreeMap<u64, Packed>,
+    /// Shared with the transports sending them: a bundle's list of
+    /// changes (10,000 paths) is not copied per send.
+    bundles: BTreeMap<u64, Arc<Packed>>,
     /// Per receiver: the highest sequence it acknowledged (or had applied).
     acked: Vec<u64>,
     /// Per receiver: the highest sequence written to it.
@@ -106,7 +109,7 @@ impl Outbox {
                 st.stale[r] = true;
             }
         }
-        st.bundles.insert(p.seq, p);
+        st.bundles.insert(p.seq, Arc::new(p));
         drop(st);
         self.arrived.notify_waiters();
         Ok(())
@@ -142,13 +145,13 @@ impl Outbox {
     }
 
     /// The first bundle for receiver `i` it has not acknowledged.
-    pub(super) fn next_for(&self, i: usize) -> Option<Packed> {
+    pub(super) fn next_for(&self, i: usize) -> Option<Arc<Packed>> {
         self.next_after(i, 0)
     }
 
     /// The first bundle for receiver `i` numbered after `seq` that it has
     /// not acknowledged: the next to send behind those still unanswered.
-    pub(super) fn next_after(&self, i: usize, seq: u64) -> Option<Packed> {
+    pub(super) fn next_after(&self, i: usize, seq: u64) -> Option<Arc<Packed>> {
         let st = self.lock();
         st.bundles
             .range(st.acked[i].max(seq).saturating_add(1)..)
@@ -201,7 +204,9 @@ impl Outbox {
                 .next()
                 .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
             match st.bundles.pop_first() {
-                Some((seq, mut b)) if ready => {
+                Some((seq, b)) if ready => {
+                    // A transport may still hold it for a moment.
+                    let mut b = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
                     if st.refused.remove(&seq) || b.only.is_some() {
                         // Not every receiver has it: nothing to record.
                         b.changes.clear();

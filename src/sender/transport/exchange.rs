@@ -4,6 +4,7 @@
 //! waits for answers, so a receiver that stops answering is noticed within
 //! `peer_timeout` (see [`crate::proto`]'s liveness rules).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -140,7 +141,7 @@ pub(super) async fn next_bundle(
     conn: &mut Connection<Stream>,
     peer_timeout: Duration,
     shutdown: &CancellationToken,
-) -> Result<Option<Packed>, ConnError> {
+) -> Result<Option<Arc<Packed>>, ConnError> {
     let every = peer_timeout / PINGS_PER_TIMEOUT;
     let mut heard = Instant::now();
     let mut next_ping = heard + every;

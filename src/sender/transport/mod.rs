@@ -202,7 +202,7 @@ impl Link {
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
         // Sent and not yet answered, oldest first, each with when it was sent.
-        let mut unanswered: VecDeque<(Packed, Instant)> = VecDeque::new();
+        let mut unanswered: VecDeque<(Arc<Packed>, Instant)> = VecDeque::new();
         // Since when the oldest of them has been waited for.
         let mut since = Instant::now();
         loop {
