@@ -402,7 +402,8 @@ mod tests {
                 Ok(())
             },
             touched: &|_| false,
-            deflate: true,
+            deflate: &|| true,
+            first_bundle_max: None,
         }
         .pack(items)
         .unwrap();

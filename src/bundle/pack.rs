@@ -101,9 +101,14 @@ pub struct Packer<'a> {
     /// Whether an event touched the path since this pack began: its content
     /// is in flux, so it stays pending instead of shipping.
     pub touched: &'a (dyn Fn(&str) -> bool + Sync),
-    /// Whether files worth deflating are deflated (`sender.compress`, the
-    /// links' measured rate); `false` stores every entry.
-    pub deflate: bool,
+    /// Whether files worth deflating are deflated now (`sender.compress`,
+    /// the links' measured rate), asked afresh for each file: a link
+    /// measured while a run packs changes the files after it.
+    pub deflate: &'a (dyn Fn() -> bool + Sync),
+    /// How large the run's first bundle may grow, if smaller than the
+    /// limits say: while a link is not measured yet, a small first bundle
+    /// goes out soon and measures it.
+    pub first_bundle_max: Option<u64>,
 }
 
 impl Packer<'_> {
@@ -133,6 +138,7 @@ impl Packer<'_> {
                 outbox: self.outbox,
                 sender: self.sender,
                 limits: self.limits,
+                first_max: self.first_bundle_max,
                 alloc_seq: &mut *self.alloc_seq,
                 emit: &mut *self.emit,
                 open: None,

@@ -57,8 +57,8 @@ pub(super) struct Reader<'a> {
     /// Where snapshot clones are made (the outbox), as unnamed files.
     pub(super) scratch: &'a Path,
     pub(super) touched: Touched<'a>,
-    /// Whether files worth deflating are deflated in this run.
-    pub(super) deflate: bool,
+    /// Whether files worth deflating are deflated, asked for each file.
+    pub(super) deflate: &'a (dyn Fn() -> bool + Sync),
     pub(super) buf: Vec<u8>,
 }
 
@@ -105,14 +105,14 @@ pub(super) struct Source<'a> {
     pub(super) stamp: Stamp,
     how: ReadMode,
     touched: Touched<'a>,
-    deflate: bool,
+    deflate: &'a (dyn Fn() -> bool + Sync),
     buf: &'a mut [u8],
 }
 
 impl Source<'_> {
     /// Options for this file's entries (or its parts').
     pub(super) fn entry_options(&self) -> SimpleFileOptions {
-        let deflate = self.deflate && worth_deflating(self.rel, &self.file, self.stamp.size);
+        let deflate = (self.deflate)() && worth_deflating(self.rel, &self.file, self.stamp.size);
         entry_options(deflate, self.stamp)
     }
 
@@ -265,7 +265,7 @@ impl Reader<'_> {
         if moved && how == ReadMode::Strict {
             return torn;
         }
-        let deflate = self.deflate && worth_deflating(rel, &file, stamp.size);
+        let deflate = (self.deflate)() && worth_deflating(rel, &file, stamp.size);
         let options = entry_options(deflate, stamp);
         match PreparedZipFile::from_data(rel, options, &content) {
             Ok(zipped) => Prepared::Ready {

@@ -158,7 +158,8 @@ impl Handles {
                     .unwrap_or_else(|e| e.into_inner())
                     .contains(p)
             },
-            deflate: self.link_rates.deflate(self.compress),
+            deflate: &|| self.link_rates.deflate(self.compress),
+            first_bundle_max: self.link_rates.first_bundle_max(self.compress),
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);

@@ -1,8 +1,13 @@
 //! How fast each receiver's link carries bundles, measured on the bundles
 //! themselves, and whether deflate pays for itself on links that fast
-//! (`sender.compress`). The transports record what they measure; the
-//! packer asks before each run. The decision is pure ([`deflate_pays`]).
+//! (`sender.compress`). The transports record what they measure, by the
+//! bytes the peer's TCP acknowledged while a bundle went out
+//! ([`Delivered`], read from the kernel) where it tells, else by the
+//! bundle's size; the packer asks before each file. While a link is not
+//! measured, a run's first bundle is kept small so it soon is. The
+//! decisions are pure ([`deflate_pays`], [`first_bundle_max`]).
 
+use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,9 +20,19 @@ use crate::config::Compress;
 /// deflate saves on it (78% of that) waits for the CPU: 10 Gbit/s and
 /// loopback store, 1 Gbit/s and slower deflate.
 pub const STORE_FROM: f64 = 200e6;
-/// Only bodies this large are measured: a smaller one fits mostly in the
-/// socket buffers, and its time says more about them than about the link.
+/// Only bodies this large are measured by their size: a smaller one fits
+/// mostly in the socket buffers, and its time says more about them than
+/// about the link.
 pub const MEASURE_FROM: u64 = 32 << 20;
+/// Bytes the peer must have acknowledged during one bundle's sending for
+/// them to measure the link: acknowledged bytes left the buffers, so far
+/// fewer tell. (TCP's slow start makes the first megabytes of a new
+/// connection look slower than the link: a slow link never looks fast.)
+pub const DELIVERED_FROM: u64 = 1 << 20;
+/// A run's first bundle grows no larger than this (in bytes before
+/// deflate) while some link under `compress = "auto"` is not measured: it
+/// is sent, and the link measured, while the rest of the run packs.
+pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
 
 /// Whether to deflate what is worth deflating, under `mode`, given the
 /// measured rate of each receiver's link (bytes per second; `None`: not
@@ -29,6 +44,20 @@ pub fn deflate_pays(mode: Compress, rates: &[Option<f64>]) -> bool {
         Compress::Never => false,
         Compress::Auto => rates.iter().any(|r| r.is_none_or(|r| r < STORE_FROM)),
     }
+}
+
+/// How large a run's first bundle may be, under `mode`, given each link's
+/// rate: [`UNMEASURED_FIRST_BUNDLE`] while `auto` has a link to measure.
+pub fn first_bundle_max(mode: Compress, rates: &[Option<f64>]) -> Option<u64> {
+    (mode == Compress::Auto && rates.iter().any(Option::is_none)).then_some(UNMEASURED_FIRST_BUNDLE)
+}
+
+/// A link's rate after a measure (bytes per second), and whether it is
+/// news: the link's first, or one that changes whether deflate pays.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Measured {
+    pub(super) rate: f64,
+    pub(super) news: bool,
 }
 
 /// Each receiver's measured link rate, shared by its transport and the packer.
@@ -47,19 +76,93 @@ impl LinkRates {
     /// large enough to say something of the link, fold it into the rate
     /// (half the old, half the new, so a link that changes is followed
     /// within a few bundles).
-    pub(super) fn record(&self, index: usize, bytes: u64, took: Duration) {
-        if bytes < MEASURE_FROM || took.is_zero() {
-            return;
+    pub(super) fn record(&self, index: usize, bytes: u64, took: Duration) -> Option<Measured> {
+        (bytes >= MEASURE_FROM)
+            .then(|| self.sample(index, bytes, took))
+            .flatten()
+    }
+
+    /// Receiver `index`'s TCP acknowledged `bytes` while a bundle went out
+    /// for `took`: if that is enough to say something, fold it in.
+    pub(super) fn record_delivered(
+        &self,
+        index: usize,
+        bytes: u64,
+        took: Duration,
+    ) -> Option<Measured> {
+        (bytes >= DELIVERED_FROM)
+            .then(|| self.sample(index, bytes, took))
+            .flatten()
+    }
+
+    fn sample(&self, index: usize, bytes: u64, took: Duration) -> Option<Measured> {
+        if took.is_zero() {
+            return None;
         }
         let sample = bytes as f64 / took.as_secs_f64();
         let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        let rate = &mut rates[index];
-        *rate = Some(rate.map_or(sample, |old| (old + sample) / 2.0));
+        let old = rates[index];
+        let rate = old.map_or(sample, |old| (old + sample) / 2.0);
+        rates[index] = Some(rate);
+        // News: the first measure, or one that turns the choice around.
+        let news = old.is_none_or(|old| (old < STORE_FROM) != (rate < STORE_FROM));
+        Some(Measured { rate, news })
     }
 
-    /// Whether the next packing run deflates, under `mode`.
+    /// Whether the next file packed is deflated (if worth it), under `mode`.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
         deflate_pays(mode, &self.rates.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How large the next run's first bundle may be, under `mode`.
+    pub(super) fn first_bundle_max(&self, mode: Compress) -> Option<u64> {
+        first_bundle_max(mode, &self.rates.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The bytes a connection's peer acknowledged so far, as the kernel counts
+/// them (`TCP_INFO`), through a duplicate of the connection's socket.
+pub(super) struct Delivered {
+    socket: OwnedFd,
+}
+
+impl Delivered {
+    /// For the connection on `socket` (duplicated); `None` where the
+    /// kernel does not count acknowledged bytes.
+    pub(super) fn of(socket: std::os::fd::BorrowedFd<'_>) -> Option<Self> {
+        let d = Self {
+            socket: socket.try_clone_to_owned().ok()?,
+        };
+        d.acked().is_some().then_some(d)
+    }
+
+    /// Bytes acknowledged by the peer since the connection began.
+    #[cfg(target_os = "linux")]
+    pub(super) fn acked(&self) -> Option<u64> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `info` is a plain C struct, valid zeroed, and the kernel
+        // writes at most `len` bytes of it; the socket is ours while the
+        // call runs.
+        let (rc, info, len) = unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                self.socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            );
+            (rc, info, len)
+        };
+        // Kernels before 4.1 stop short of the acknowledged-bytes count.
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn acked(&self) -> Option<u64> {
+        None
     }
 }
 
@@ -82,6 +185,53 @@ mod tests {
         );
         assert!(deflate_pays(Compress::Always, &[fast]));
         assert!(!deflate_pays(Compress::Never, &[slow, None]));
+    }
+
+    #[test]
+    fn a_first_bundle_is_small_only_while_auto_has_a_link_to_measure() {
+        let fast = Some(STORE_FROM * 3.0);
+        let max = Some(UNMEASURED_FIRST_BUNDLE);
+        assert_eq!(first_bundle_max(Compress::Auto, &[fast, None]), max);
+        assert_eq!(first_bundle_max(Compress::Auto, &[fast, Some(1e6)]), None);
+        assert_eq!(first_bundle_max(Compress::Never, &[None]), None);
+        assert_eq!(first_bundle_max(Compress::Always, &[None]), None);
+    }
+
+    #[test]
+    fn delivered_bytes_measure_from_a_megabyte() {
+        let r = LinkRates::new(1);
+        let second = Duration::from_secs(1);
+        assert!(
+            r.record_delivered(0, DELIVERED_FROM - 1, Duration::from_micros(1))
+                .is_none()
+        );
+        assert!(r.deflate(Compress::Auto), "too few bytes measured nothing");
+        let m = r
+            .record_delivered(0, DELIVERED_FROM * 1000, second)
+            .unwrap();
+        assert!(m.news, "the first measure is news");
+        assert!(!r.deflate(Compress::Auto), "1 GB/s stores");
+        let m = r.record_delivered(0, DELIVERED_FROM * 900, second).unwrap();
+        assert!(!m.news, "still fast: no news");
+    }
+
+    #[test]
+    fn a_loopback_connection_counts_what_its_peer_acknowledged() {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut out = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut into, _) = listener.accept().unwrap();
+        let d = Delivered::of(std::os::fd::AsFd::as_fd(&out)).expect("TCP_INFO on Linux");
+        let before = d.acked().unwrap();
+        out.write_all(&[7u8; 1 << 20]).unwrap();
+        let mut got = vec![0u8; 1 << 20];
+        into.read_exact(&mut got).unwrap();
+        // Acknowledgements follow the reads within moments.
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while d.acked().unwrap() - before < 1 << 20 {
+            assert!(std::time::Instant::now() < end, "never acknowledged");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]

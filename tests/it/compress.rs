@@ -35,3 +35,88 @@ async fn compress_never_ships_pages_stored_and_the_default_deflates_them() {
         assert_eq!(method_in_archive(&env, "page.html"), want, "{extra:?}");
     }
 }
+
+/// Pages of words drawn at random from a small vocabulary: they deflate to
+/// about half, as real pages do, neither to nothing nor not at all.
+fn page(len: usize, seed: u64) -> String {
+    const WORDS: [&str; 16] = [
+        "shipper ",
+        "bundle ",
+        "<p>",
+        "</p>\n",
+        "receiver ",
+        "the ",
+        "of ",
+        "page ",
+        "nginx ",
+        "static ",
+        "<a href=\"/x\">",
+        "</a> ",
+        "publish ",
+        "tree ",
+        "and ",
+        "site ",
+    ];
+    let bytes = noise(len / 4, seed);
+    let mut out = String::with_capacity(len + 16);
+    for b in bytes {
+        out.push_str(WORDS[usize::from(b % 16)]);
+        if out.len() >= len {
+            break;
+        }
+    }
+    out
+}
+
+/// Under the default, a link not measured yet gets pages deflated, in a
+/// small first bundle that goes out while the rest is packed: the bytes
+/// the receiver's TCP acknowledged meanwhile measure the link, and the
+/// log says so (how fast, and whether deflate pays: every file packed
+/// after it follows the measure). Before, a first ship's first bundle held
+/// up to 256 MiB, all deflated before the link was measured at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_not_measured_yet_is_measured_by_a_small_first_bundle() {
+    let env = Env::new();
+    // 48 MiB of pages: more than a first bundle may hold while unmeasured.
+    for i in 0..96 {
+        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
+    }
+    let r = env.start_receiver("").await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_in_sync(&env).await;
+    let bundles = env.archived();
+    assert!(
+        bundles.len() >= 2,
+        "one small first bundle, then the rest: {bundles:?}"
+    );
+    let (methods, unpacked) = entries_of(&bundles[0]);
+    assert!(
+        methods
+            .iter()
+            .all(|m| *m == zip::CompressionMethod::Deflated),
+        "{methods:?}"
+    );
+    assert!(unpacked <= 32 << 20, "a first bundle of {unpacked} bytes");
+    wait_until("the link measured, in the log", || {
+        sender.log_text().contains("link measured")
+    })
+    .await;
+    drop(sender);
+    r.stop().await;
+}
+
+/// The methods of a bundle's pages, and the bytes they unpack to.
+fn entries_of(bundle: &std::path::Path) -> (Vec<zip::CompressionMethod>, u64) {
+    let mut zip = zip::ZipArchive::new(std::fs::File::open(bundle).unwrap()).unwrap();
+    let (mut methods, mut unpacked) = (Vec::new(), 0);
+    for i in 0..zip.len() {
+        let e = zip.by_index(i).unwrap();
+        if e.name().is_ok_and(|n| n.ends_with(".html")) {
+            methods.push(e.compression());
+            unpacked += e.size();
+        }
+    }
+    assert!(!methods.is_empty(), "no page in {}", bundle.display());
+    (methods, unpacked)
+}

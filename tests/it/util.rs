@@ -452,7 +452,8 @@ pub fn pack_items(
         alloc_seq: &mut alloc,
         emit: &mut emit,
         touched: &|_| false,
-        deflate: true,
+        deflate: &|| true,
+        first_bundle_max: None,
     }
     .pack(items)
     .unwrap();

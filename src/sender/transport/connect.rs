@@ -4,6 +4,7 @@
 //! Welcome means for the receiver is decided by the caller.
 
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use crate::bundle::manifest::next_seq;
 use crate::proto::connection::{Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
 use crate::proto::{Connection, Frame};
+use crate::sender::link_rate::Delivered;
 
 /// How long a TCP connect, a TLS handshake and the answer to `Hello` may
 /// each take.
@@ -23,6 +25,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Session {
     pub(super) conn: Connection<Stream>,
     pub(super) welcome: Welcome,
+    /// What the receiver's TCP acknowledged, where the kernel tells.
+    pub(super) delivered: Option<Delivered>,
 }
 
 /// What a receiver's `Welcome` said.
@@ -66,12 +70,17 @@ pub(super) async fn connect(
                 if let Err(e) = set_liveness(&stream, peer_timeout) {
                     warn!(%addr, error = %e, "cannot set TCP keepalive; relying on pings alone");
                 }
+                let delivered = Delivered::of(stream.as_fd());
                 let stream = secure(stream, addr, tls).await?;
                 let mut conn = Connection::new(stream).with_peer_timeout(peer_timeout);
                 if let Some(rate) = max_rate {
                     conn = conn.with_max_rate(rate);
                 }
-                return hello(conn, id, addr, tls.is_some()).await;
+                let session = hello(conn, id, addr, tls.is_some()).await?;
+                return Ok(Session {
+                    delivered,
+                    ..session
+                });
             }
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = format!("no connection within {CONNECT_TIMEOUT:?}"),
@@ -127,6 +136,7 @@ async fn hello(
             accepts,
         }) => match next_seq(last_applied) {
             Ok(_) => Ok(Session {
+                delivered: None,
                 conn,
                 welcome: Welcome {
                     last_applied,

@@ -32,7 +32,7 @@ use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
-use crate::sender::link_rate::LinkRates;
+use crate::sender::link_rate::{Delivered, LinkRates, STORE_FROM};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
@@ -98,7 +98,12 @@ pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
                 link.welcome(session.welcome).await;
                 backoff.reset();
                 let Some(lost) = link
-                    .serve(session.conn, session.welcome.instance, &shutdown)
+                    .serve(
+                        session.conn,
+                        session.welcome.instance,
+                        session.delivered,
+                        &shutdown,
+                    )
                     .await
                 else {
                     return;
@@ -199,6 +204,7 @@ impl Link {
         &self,
         mut conn: Connection<Stream>,
         instance: [u8; 16],
+        delivered: Option<Delivered>,
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
         // Sent and not yet answered, oldest first, each with when it was sent.
@@ -212,7 +218,8 @@ impl Link {
                 .filter(|_| room)
                 .and_then(|l| self.outbox.next_after(self.index, l))
             {
-                if let Err(lost) = self.send(&mut conn, instance, &b, shutdown).await? {
+                let out = (&mut conn, delivered.as_ref());
+                if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
                     return Some(lost);
                 }
                 unanswered.push_back((b, Instant::now()));
@@ -240,7 +247,8 @@ impl Link {
                         });
                     }
                 };
-                if let Err(lost) = self.send(&mut conn, instance, &b, shutdown).await? {
+                let out = (&mut conn, delivered.as_ref());
+                if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
                     return Some(lost);
                 }
                 unanswered.push_back((b, Instant::now()));
@@ -275,7 +283,7 @@ impl Link {
     /// inner error when the session cannot go on.
     async fn send(
         &self,
-        conn: &mut Connection<Stream>,
+        (conn, delivered): (&mut Connection<Stream>, Option<&Delivered>),
         instance: [u8; 16],
         b: &Packed,
         shutdown: &CancellationToken,
@@ -291,13 +299,26 @@ impl Link {
         }
         self.outbox.mark_sent(self.index, b.seq);
         let started = Instant::now();
+        let acked_before = delivered.and_then(Delivered::acked);
         let sent = tokio::select! {
             _ = shutdown.cancelled() => return None,
             r = send_bundle(conn, b) => r,
         };
         if sent.is_ok() {
-            self.link_rates
-                .record(self.index, b.size, started.elapsed());
+            let took = started.elapsed();
+            let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
+                (Some(a), Some(z)) => self.link_rates.record_delivered(self.index, z - a, took),
+                _ => self.link_rates.record(self.index, b.size, took),
+            };
+            if let Some(m) = measured.filter(|m| m.news) {
+                info!(
+                    peer = %self.receiver,
+                    mb_per_s = (m.rate / 1e6).round(),
+                    deflate_pays = m.rate < STORE_FROM,
+                    "link measured (under compress = \"auto\", pages are deflated below {} MB/s)",
+                    STORE_FROM / 1e6
+                );
+            }
         }
         Some(sent.map_err(|e| Lost {
             error: format!("sequence {}: {}", b.seq, describe(e)),
