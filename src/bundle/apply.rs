@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use zip::ZipArchive;
 
 use super::error::{beneath_err, damaged, io_at};
+use super::kept::check_held;
 use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::summary::Summary;
@@ -76,6 +77,11 @@ fn stage_and_publish(
     b: &mut Opened,
     stage: &Path,
 ) -> Result<Applied, BundleError> {
+    // First: a bundle refused for what root lacks has stored nothing.
+    if !b.manifest.kept.is_empty() {
+        let root = Root::open(&target.root).map_err(io_at(&target.root))?;
+        check_held(&root, &b.manifest.kept)?;
+    }
     let staged = stage_entries(target, b, stage)?;
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
@@ -93,6 +99,7 @@ fn stage_and_publish(
         parts: m.parts.len() as u64,
         deletions: m.deletions.len() as u64,
         bytes: m.content_bytes(),
+        kept: m.kept.len() as u64,
     };
     Ok(Applied {
         seq: m.seq,
@@ -268,6 +275,7 @@ fn publish_staged(
         .iter()
         .chain(dirs)
         .chain(staged.iter().map(|(rel, _)| rel))
+        .chain(m.kept.iter().map(|k| &k.path))
     {
         root.check(checked_part(rel, &replaced))
             .map_err(beneath_err)?;
@@ -305,7 +313,7 @@ fn checked_part<'a>(rel: &'a str, replaced: &HashSet<&str>) -> &'a str {
 /// that makes them durable before the bundle is acknowledged: deletions,
 /// deepest first (so a deleted directory is looked at once what the bundle
 /// deletes inside it is gone); directories, shallowest first; then files
-/// and links.
+/// and links; then the metadata of the files it keeps.
 fn publish_all(
     publish: &mut Publish,
     m: &Manifest,
@@ -326,6 +334,9 @@ fn publish_all(
     for (rel, src) in staged {
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         publish.publish(rel, stage_fd, name)?;
+    }
+    for k in &m.kept {
+        publish.retime(&k.path, k.mode, k.mtime, k.mtime_nsec)?;
     }
     // Renames live in the directories: one syncfs covers them all.
     publish.sync()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::ManifestError;
 use crate::beneath::BeneathError;
-use crate::proto::refusal::Refusal;
+use crate::proto::refusal::{Refusal, RefusalKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -37,6 +37,26 @@ pub enum BundleError {
     Symlink { entry: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// Files the bundle keeps (their content not in it) that root does not
+    /// hold as the bundle says, each with why: the sender must send them
+    /// with their content.
+    #[error("{}", not_held(missing))]
+    NotHeld {
+        missing: Vec<(String, &'static str)>,
+    },
+}
+
+/// How [`BundleError::NotHeld`] reads: every path it needs, with why.
+fn not_held(missing: &[(String, &'static str)]) -> String {
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(path, why)| format!("{path:?} ({why})"))
+        .collect();
+    format!(
+        "the bundle keeps {} file(s) whose content it does not carry, and root does not hold them as it says; they need their content: {}",
+        missing.len(),
+        list.join(", ")
+    )
 }
 
 pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -87,7 +107,8 @@ impl BundleError {
     /// How to tell the sender: an I/O error (a full disk) may pass, a
     /// bundle that breaks a rule will break it every time it is sent.
     /// Parts are the exception: a set the receiver lost is dropped, so the
-    /// same bundle sent again is taken.
+    /// same bundle sent again is taken. Files kept that root does not hold
+    /// need their content: neither the same bundle nor one without them.
     pub fn refusal(&self) -> Refusal {
         use super::manifest::ManifestError as M;
         match self {
@@ -118,6 +139,11 @@ impl BundleError {
             | BundleError::OverLimit { entry: None, .. } => {
                 Refusal::permanent(None, self.to_string())
             }
+            BundleError::NotHeld { missing } => Refusal {
+                kind: RefusalKind::NeedsContent,
+                path: missing.first().map(|(p, _)| p.clone()),
+                reason: self.to_string(),
+            },
         }
     }
 
@@ -130,7 +156,6 @@ impl BundleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::refusal::RefusalKind;
 
     fn io(kind: io::ErrorKind) -> BundleError {
         io_at(Path::new("/r/x"))(io::Error::from(kind))

@@ -225,13 +225,20 @@ impl Run<'_> {
             self.report.failed.push((path.clone(), why));
             return Ok(None);
         }
-        if unchanged(self.reader.dir, path, item.previous.as_ref(), stamp) {
+        let known = compare(self.reader.dir, path, item.previous.as_ref(), stamp);
+        if known == Known::Unchanged {
             return Ok(None);
         }
         let busy =
             (self.reader.touched)(path) || item.quiet_for.is_some_and(|q| stamp.modified_within(q));
         if busy && !item.overdue {
             self.report.requeue.push(path.clone());
+            return Ok(None);
+        }
+        if let Known::Held(hash) = known {
+            // The receivers hold this content here already: only the
+            // metadata travels.
+            self.cut.add_kept(self.report, path, stamp, hash)?;
             return Ok(None);
         }
         // Overdue and still being written: a snapshot ships rather than nothing.
@@ -364,17 +371,40 @@ impl Run<'_> {
     }
 }
 
-/// Same size, mtime and mode as `previous` is not proof: a rewrite within
-/// one tick of the filesystem's clock keeps them (found by the kill suite).
-/// An event said it changed, so compare the content too.
-fn unchanged(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp) -> bool {
-    previous.is_some_and(|p| {
-        p.matches(&stamp)
-            && dir
-                .open_file(rel)
-                .and_then(hash_reader)
-                .is_ok_and(|h| h.to_hex().as_str() == p.hash)
-    })
+/// What the receivers hold of a file about to be packed.
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    /// Other content, or nothing known: its bytes travel.
+    New,
+    /// The same content, mtime and mode: nothing travels.
+    Unchanged,
+    /// The same content (this hash) with another mtime or mode: only the
+    /// metadata travels.
+    Held(blake3::Hash),
+}
+
+/// Compare the file `rel` (found with `stamp`) with what the receivers
+/// hold of it (`previous`), by content. Only a file of the size they hold
+/// is read here, so a first ship (nothing held) or an edit that changes
+/// the size reads nothing twice. Same size, mtime and mode is not proof
+/// either: a rewrite within one tick of the filesystem's clock keeps them
+/// (found by the kill suite). A file that changes while it is hashed is
+/// taken as new: the packer reads it again, checking it holds still.
+fn compare(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp) -> Known {
+    let Some(p) = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size) else {
+        return Known::New;
+    };
+    let Ok(hash) = dir.open_file(rel).and_then(hash_reader) else {
+        return Known::New;
+    };
+    if hash.to_hex().as_str() != p.hash {
+        return Known::New;
+    }
+    if p.matches(&stamp) {
+        return Known::Unchanged;
+    }
+    let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
+    if still { Known::Held(hash) } else { Known::New }
 }
 
 /// Pack the file `src` reads as one entry of the open bundle.

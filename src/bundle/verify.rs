@@ -341,6 +341,7 @@ mod tests {
             abandoned: vec![],
             dirs: vec![],
             links: vec![],
+            kept: vec![],
         }
     }
 

@@ -84,6 +84,7 @@ impl OpenBundle {
                 abandoned: Vec::new(),
                 dirs: Vec::new(),
                 links: Vec::new(),
+                kept: Vec::new(),
             },
             summary: Summary::default(),
             changes: Vec::new(),
@@ -179,6 +180,26 @@ impl OpenBundle {
         self.entries += 1;
         self.ship(rel, FileMeta::of(&stamp, hash.clone()));
         self.manifest.files.push(FileEntry {
+            path: rel.to_owned(),
+            size: stamp.size,
+            mtime: stamp.mtime,
+            mtime_nsec: stamp.mtime_nsec,
+            mode: stamp.mode,
+            hash,
+        });
+    }
+
+    /// Record a file the receivers hold with this content already (`hash`):
+    /// it has no entry in the zip, only its metadata travels.
+    pub(super) fn add_kept(&mut self, rel: &str, stamp: Stamp, hash: blake3::Hash) {
+        let hash = hash.to_hex().to_string();
+        self.used += Self::tree_entry_need(rel, &hash);
+        self.note_name(rel);
+        self.entries += 1;
+        self.summary.kept += 1;
+        self.changes
+            .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
+        self.manifest.kept.push(FileEntry {
             path: rel.to_owned(),
             size: stamp.size,
             mtime: stamp.mtime,

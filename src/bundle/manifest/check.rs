@@ -102,10 +102,11 @@ impl Manifest {
         Ok(())
     }
 
-    /// Whole files: valid paths and hashes, each path once. Returns the paths.
+    /// Whole files and kept files: valid paths and hashes, each path once.
+    /// Returns the paths.
     fn check_files(&self, normalised: &mut Normalised) -> Result<HashSet<&str>, ManifestError> {
         let mut seen: HashSet<&str> = HashSet::new();
-        for f in &self.files {
+        for f in self.files.iter().chain(&self.kept) {
             valid_path(&f.path)?;
             if !is_hex_hash(&f.hash) {
                 return Err(ManifestError::path(
@@ -172,6 +173,7 @@ impl Manifest {
         let shipped: Vec<&str> = self
             .files
             .iter()
+            .chain(&self.kept)
             .map(|f| f.path.as_str())
             .chain(self.parts.iter().map(|p| p.path.as_str()))
             .collect();
@@ -229,6 +231,7 @@ impl Manifest {
         let not_dirs: HashSet<&str> = self
             .files
             .iter()
+            .chain(&self.kept)
             .map(|f| f.path.as_str())
             .chain(self.parts.iter().map(|p| p.path.as_str()))
             .chain(links.clone())
@@ -342,6 +345,16 @@ mod tests {
     }
 
     #[test]
+    fn kept_files_travel_without_zip_entries_and_an_old_manifest_is_unchanged() {
+        let mut m = manifest();
+        m.kept.push(file("same.html"));
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert!(!m.entry_names().contains(&"same.html".to_string()));
+        let json = String::from_utf8(manifest().to_json()).unwrap();
+        assert!(!json.contains("kept"), "{json}");
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let m = manifest();
         assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
@@ -417,6 +430,25 @@ mod tests {
                 Box::new(|m| m.files.push(file("big/c"))),
             ),
             ("file above a file", Box::new(|m| m.files.push(file("a")))),
+            (
+                "kept and shipped",
+                Box::new(|m| m.kept.push(file("a/b.html"))),
+            ),
+            ("kept above a file", Box::new(|m| m.kept.push(file("a")))),
+            (
+                "kept and deleted",
+                Box::new(|m| {
+                    m.kept.push(file("k"));
+                    m.deletions.push("k".into());
+                }),
+            ),
+            (
+                "kept hash",
+                Box::new(|m| {
+                    m.kept.push(file("k"));
+                    m.kept[0].hash = "zz".into();
+                }),
+            ),
             (
                 "two sets, one path",
                 Box::new(|m| {

@@ -56,6 +56,11 @@ pub struct Manifest {
     /// Symlinks, each pointing inside the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<LinkEntry>,
+    /// Files the receivers already hold at the same path with this size
+    /// and hash: no entry in the zip. The receiver checks its copy and
+    /// gives it this mtime and mode, without rewriting it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<FileEntry>,
 }
 
 /// A directory, with the mode it has in the source.
@@ -129,7 +134,8 @@ impl FileMeta {
     }
 }
 
-/// A whole file stored as the zip entry named by its path.
+/// A whole file stored as the zip entry named by its path (in `files`), or
+/// one the receiver already holds (in `kept`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -207,6 +213,7 @@ impl Manifest {
             && self.abandoned.is_empty()
             && self.dirs.is_empty()
             && self.links.is_empty()
+            && self.kept.is_empty()
     }
 
     pub fn content_bytes(&self) -> u64 {

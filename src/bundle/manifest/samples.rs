@@ -45,5 +45,6 @@ pub(super) fn manifest() -> Manifest {
         abandoned: vec![],
         dirs: vec![],
         links: vec![],
+        kept: vec![],
     }
 }
