@@ -500,5 +500,15 @@ pub fn describe(m: &Manifest) -> String {
     for l in &m.links {
         let _ = writeln!(s, "  {} -> {}", l.path, l.target);
     }
+    if !m.kept.is_empty() {
+        let _ = writeln!(
+            s,
+            "kept (content not carried; root must hold it): {}",
+            m.kept.len()
+        );
+    }
+    for k in &m.kept {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}", k.size, k.mode, k.path);
+    }
     s
 }

@@ -139,4 +139,10 @@ async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs()
         assert!(t.contains(want), "{want} not named in: {t}");
     }
     assert!(tree(&restored).is_empty(), "something applied");
+    let out = shipper_async(owned(&["inspect", bundle.to_str().unwrap()])).await;
+    let t = text(&out);
+    assert!(
+        t.contains("kept (content not carried; root must hold it): 2"),
+        "{t}"
+    );
 }
