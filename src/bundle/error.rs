@@ -195,6 +195,22 @@ mod tests {
     }
 
     #[test]
+    fn kept_files_root_lacks_are_named_and_asked_for_with_their_content() {
+        let e = BundleError::NotHeld {
+            missing: vec![
+                ("a.html".into(), "missing"),
+                ("b.html".into(), "content differs"),
+            ],
+        };
+        let r = e.refusal();
+        assert_eq!(r.kind, RefusalKind::NeedsContent);
+        assert_eq!(r.path.as_deref(), Some("a.html"));
+        for want in ["\"a.html\" (missing)", "\"b.html\" (content differs)"] {
+            assert!(r.reason.contains(want), "{}", r.reason);
+        }
+    }
+
+    #[test]
     fn a_symlink_in_root_is_refused_as_its_entry() {
         let e = beneath_err(BeneathError::Symlink {
             path: "a/link".into(),

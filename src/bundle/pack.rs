@@ -30,7 +30,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::cutter::Cutter;
-use super::hash::hash_reader;
 use super::large::pack_large;
 use super::manifest::FileMeta;
 use super::source_read::{Outcome, Prepared, ReadMode, Reader, Source};
@@ -225,7 +224,14 @@ impl Run<'_> {
             self.report.failed.push((path.clone(), why));
             return Ok(None);
         }
-        let known = compare(self.reader.dir, path, item.previous.as_ref(), stamp);
+        let reader = &mut self.reader;
+        let known = compare(
+            reader.dir,
+            path,
+            item.previous.as_ref(),
+            stamp,
+            &mut reader.buf,
+        );
         if known == Known::Unchanged {
             return Ok(None);
         }
@@ -390,11 +396,19 @@ enum Known {
 /// either: a rewrite within one tick of the filesystem's clock keeps them
 /// (found by the kill suite). A file that changes while it is hashed is
 /// taken as new: the packer reads it again, checking it holds still.
-fn compare(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp) -> Known {
+/// `buf` is the run's copy buffer: a site of small pages is hashed without
+/// a buffer allocated per page.
+fn compare(
+    dir: &SourceDir,
+    rel: &str,
+    previous: Option<&FileMeta>,
+    stamp: Stamp,
+    buf: &mut [u8],
+) -> Known {
     let Some(p) = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size) else {
         return Known::New;
     };
-    let Ok(hash) = dir.open_file(rel).and_then(hash_reader) else {
+    let Ok(hash) = dir.open_file(rel).and_then(|f| hash_with(f, buf)) else {
         return Known::New;
     };
     if hash.to_hex().as_str() != p.hash {
@@ -405,6 +419,20 @@ fn compare(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp
     }
     let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     if still { Known::Held(hash) } else { Known::New }
+}
+
+/// BLAKE3 of what `f` holds, read through `buf` (large reads hashed on
+/// every core).
+fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
+    use std::io::Read;
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update_rayon(&buf[..n]);
+    }
 }
 
 /// Pack the file `src` reads as one entry of the open bundle.
@@ -429,4 +457,51 @@ fn pack_whole(cut: &mut Cutter<'_>, report: &mut Report, mut src: Source<'_>) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the receivers were told of `body` written with `stamp`.
+    fn held(stamp: &Stamp, body: &[u8]) -> FileMeta {
+        let mut m = FileMeta::of(stamp, blake3::hash(body).to_hex().to_string());
+        m.racy = false;
+        m
+    }
+
+    #[test]
+    fn only_content_the_receivers_hold_at_the_same_size_is_compared_and_kept() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), "same").unwrap();
+        let dir = SourceDir::open(t.path()).unwrap();
+        let stamp = Stamp::of_stat(&dir.stat("a").unwrap());
+        let mut buf = vec![0u8; 16];
+        let same = held(&stamp, b"same");
+        assert_eq!(
+            compare(&dir, "a", Some(&same), stamp, &mut buf),
+            Known::Unchanged
+        );
+        let older = FileMeta {
+            mtime: 1,
+            ..same.clone()
+        };
+        let hash = blake3::hash(b"same");
+        assert_eq!(
+            compare(&dir, "a", Some(&older), stamp, &mut buf),
+            Known::Held(hash)
+        );
+        let other = held(&stamp, b"SAME");
+        assert_eq!(
+            compare(&dir, "a", Some(&other), stamp, &mut buf),
+            Known::New
+        );
+        assert_eq!(compare(&dir, "a", None, stamp, &mut buf), Known::New);
+        // Another size: new, without a look at the content.
+        let bigger = FileMeta { size: 5, ..older };
+        assert_eq!(
+            compare(&dir, "a", Some(&bigger), stamp, &mut buf),
+            Known::New
+        );
+    }
 }

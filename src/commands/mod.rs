@@ -92,8 +92,13 @@ fn flush_command(
             } else {
                 format!("{first_seq}-{last_seq}")
             };
+            // Kept: the receiver had the content; only metadata travelled.
+            let kept = match summary.kept {
+                0 => String::new(),
+                n => format!(" ({n} more kept: content already there)"),
+            };
             println!(
-                "shipped sequence {seqs} ({bundles} bundle{}): {} files, {} deletions, {} bytes; acknowledged",
+                "shipped sequence {seqs} ({bundles} bundle{}): {} files{kept}, {} deletions, {} bytes; acknowledged",
                 if bundles == 1 { "" } else { "s" },
                 summary.files,
                 summary.deletions,
