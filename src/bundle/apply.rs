@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use zip::ZipArchive;
 
 use super::error::{beneath_err, damaged, io_at};
-use super::kept::check_held;
+use super::kept::check_and_copy;
 use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::summary::Summary;
@@ -78,11 +78,15 @@ fn stage_and_publish(
     stage: &Path,
 ) -> Result<Applied, BundleError> {
     // First: a bundle refused for what root lacks has stored nothing.
-    if !b.manifest.kept.is_empty() {
+    let m = &b.manifest;
+    let copied = if m.kept.is_empty() && m.copies.is_empty() {
+        Vec::new()
+    } else {
         let root = Root::open(&target.root).map_err(io_at(&target.root))?;
-        check_held(&root, &b.manifest.kept)?;
-    }
-    let staged = stage_entries(target, b, stage)?;
+        check_and_copy(&root, target, m, stage)?
+    };
+    let mut staged = stage_entries(target, b, stage)?;
+    staged.files.extend(copied);
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
@@ -100,6 +104,7 @@ fn stage_and_publish(
         deletions: m.deletions.len() as u64,
         bytes: m.content_bytes(),
         kept: m.kept.len() as u64,
+        copied: m.copies.len() as u64,
     };
     Ok(Applied {
         seq: m.seq,
@@ -387,6 +392,7 @@ mod tests {
             previous: None,
             quiet_for: None,
             overdue: false,
+            reuse: false,
         };
         let items = files
             .iter()
@@ -410,6 +416,7 @@ mod tests {
             },
             touched: &|_| false,
             deflate: true,
+            held: None,
         }
         .pack(items)
         .unwrap();

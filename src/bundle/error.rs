@@ -37,23 +37,21 @@ pub enum BundleError {
     Symlink { entry: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
-    /// Files the bundle keeps (their content not in it) that root does not
-    /// hold as the bundle says, each with why: the sender must send them
-    /// with their content.
+    /// Files whose content the bundle does not carry (kept, or copied from
+    /// another path) that root does not hold as the bundle says, each with
+    /// why: the sender must send them with their content.
     #[error("{}", not_held(missing))]
-    NotHeld {
-        missing: Vec<(String, &'static str)>,
-    },
+    NotHeld { missing: Vec<(String, String)> },
 }
 
 /// How [`BundleError::NotHeld`] reads: every path it needs, with why.
-fn not_held(missing: &[(String, &'static str)]) -> String {
+fn not_held(missing: &[(String, String)]) -> String {
     let list: Vec<String> = missing
         .iter()
         .map(|(path, why)| format!("{path:?} ({why})"))
         .collect();
     format!(
-        "the bundle keeps {} file(s) whose content it does not carry, and root does not hold them as it says; they need their content: {}",
+        "the bundle refers to content it does not carry for {} file(s), and root does not hold it as the bundle says; they need their content: {}",
         missing.len(),
         list.join(", ")
     )
@@ -198,8 +196,8 @@ mod tests {
     fn kept_files_root_lacks_are_named_and_asked_for_with_their_content() {
         let e = BundleError::NotHeld {
             missing: vec![
-                ("a.html".into(), "missing"),
-                ("b.html".into(), "content differs"),
+                ("a.html".into(), "missing".into()),
+                ("b.html".into(), "content differs".into()),
             ],
         };
         let r = e.refusal();

@@ -13,6 +13,9 @@ pub struct Summary {
     /// metadata travelled.
     #[serde(default)]
     pub kept: u64,
+    /// Files the receivers made from their own copy at another path.
+    #[serde(default)]
+    pub copied: u64,
 }
 
 impl Summary {
@@ -22,5 +25,6 @@ impl Summary {
         self.deletions += other.deletions;
         self.bytes += other.bytes;
         self.kept += other.kept;
+        self.copied += other.copied;
     }
 }

@@ -342,6 +342,7 @@ mod tests {
             dirs: vec![],
             links: vec![],
             kept: vec![],
+            copies: vec![],
         }
     }
 

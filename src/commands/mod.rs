@@ -92,10 +92,11 @@ fn flush_command(
             } else {
                 format!("{first_seq}-{last_seq}")
             };
-            // Kept: the receiver had the content; only metadata travelled.
-            let kept = match summary.kept {
-                0 => String::new(),
-                n => format!(" ({n} more kept: content already there)"),
+            // Kept and copied: the receiver had the content; only
+            // metadata travelled.
+            let kept = match (summary.kept, summary.copied) {
+                (0, 0) => String::new(),
+                (k, c) => format!(" (and {k} kept, {c} copied: content already there)"),
             };
             println!(
                 "shipped sequence {seqs} ({bundles} bundle{}): {} files{kept}, {} deletions, {} bytes; acknowledged",
@@ -514,6 +515,16 @@ pub fn describe(m: &Manifest) -> String {
     }
     for k in &m.kept {
         let _ = writeln!(s, "  {:>12}  {:o}  {}", k.size, k.mode, k.path);
+    }
+    if !m.copies.is_empty() {
+        let _ = writeln!(s, "copies (from root's own files): {}", m.copies.len());
+    }
+    for c in &m.copies {
+        let _ = writeln!(
+            s,
+            "  {:>12}  {:o}  {} <- {}",
+            c.size, c.mode, c.path, c.from
+        );
     }
     s
 }

@@ -189,6 +189,7 @@ impl Book {
                     self.guard.forget(&c.path);
                     items.push(PackItem {
                         previous: self.shipped.previous(&c.path),
+                        reuse: self.shipped.known(&c.path),
                         path: c.path,
                         op: Op::Upsert,
                         quiet_for: c.settled.then_some(self.settle),

@@ -1,9 +1,10 @@
 //! Content the receiver already has never travels again: an identical
-//! rewrite ships metadata only, and a receiver that no longer holds what a
-//! bundle kept gets the content after all.
+//! rewrite ships metadata only, a renamed or copied file is rebuilt from
+//! the receiver's own copy, and a receiver that no longer holds what a
+//! bundle refers to gets the content after all.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use shipper::bundle::apply::{Limits, open};
@@ -22,10 +23,27 @@ fn mtime(path: &Path) -> i64 {
     std::fs::metadata(path).map(|m| m.mtime()).unwrap_or(-1)
 }
 
-/// The manifest of the last bundle the receiver archived.
-fn last_manifest(env: &Env) -> shipper::bundle::Manifest {
-    let last: PathBuf = env.archived().pop().expect("a bundle archived");
-    open(&last, &Limits::default()).unwrap().manifest
+/// The manifests of every bundle the receiver archived, in order.
+fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
+    let bundles = env.archived().into_iter();
+    bundles
+        .map(|b| open(&b, &Limits::default()).unwrap().manifest)
+        .collect()
+}
+
+/// The first manifest the receiver archived (it archives a bundle after
+/// acknowledging it) for which `pred` holds, waiting for it.
+async fn archived_where(
+    env: &Env,
+    pred: impl Fn(&shipper::bundle::Manifest) -> bool,
+) -> shipper::bundle::Manifest {
+    let mut found = None;
+    wait_until("a bundle archived as expected", || {
+        found = manifests(env).into_iter().find(&pred);
+        found.is_some()
+    })
+    .await;
+    found.expect("found")
 }
 
 /// Ship `files` and wait until the receiver has them.
@@ -71,7 +89,7 @@ async fn an_identical_rewrite_ships_only_metadata_and_root_keeps_its_files() {
     let after: Vec<u64> = files.iter().map(|(rel, _)| inode(rel)).collect();
     assert_eq!(before, after, "root's files were rewritten");
     assert_eq!(tree(&env.root()), tree(&env.src()));
-    let m = last_manifest(&env);
+    let m = archived_where(&env, |m| m.seq > 1).await;
     assert!(m.files.is_empty() && m.parts.is_empty(), "{m:?}");
     let kept: Vec<&str> = m.kept.iter().map(|k| k.path.as_str()).collect();
     assert_eq!(kept, ["img/photo.jpg", "index.html"]);
@@ -98,9 +116,9 @@ async fn a_file_edited_on_the_receiver_is_sent_again_with_its_content() {
     })
     .await;
     assert_eq!(tree(&env.root()), tree(&env.src()));
-    let m = last_manifest(&env);
-    let sent: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
-    assert!(sent.contains(&"a.html"), "a.html not sent whole: {m:?}");
+    // Sent whole after the refusal.
+    let whole = |m: &shipper::bundle::Manifest| m.files.iter().any(|f| f.path == "a.html");
+    archived_where(&env, |m| m.seq > 1 && whole(m)).await;
 
     s.stop().await;
     r.stop().await;
@@ -121,6 +139,7 @@ async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs()
         mtime(&env.root().join("index.html")) == 1_700_000_000
     })
     .await;
+    archived_where(&env, |m| !m.kept.is_empty()).await;
     s.stop().await;
     r.stop().await;
 
@@ -135,7 +154,7 @@ async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs()
     .await;
     assert!(!out.status.success(), "applied: {}", text(&out));
     let t = text(&out);
-    for want in ["\"index.html\" (missing)", "\"img/photo.jpg\" (missing)"] {
+    for want in ["\"index.html\" (missing", "\"img/photo.jpg\" (missing"] {
         assert!(t.contains(want), "{want} not named in: {t}");
     }
     assert!(tree(&restored).is_empty(), "something applied");
@@ -145,4 +164,113 @@ async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs()
         t.contains("kept (content not carried; root must hold it): 2"),
         "{t}"
     );
+}
+
+/// Renaming a directory of images shipped every image again (a deletion
+/// plus every file); now the receiver moves no image bytes: each new path
+/// is a copy of content it holds, made in staging and checked. A copy of
+/// an image is made the same way; replayed onto an empty root, such a
+/// bundle names each file it needs and where it expected the content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_directory_of_images_moves_no_image_bytes() {
+    let env = Env::new();
+    let mut files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("img/p{i}.jpg"), noise(40_000 + i, i as u64)))
+        .collect();
+    files.extend((0..8).map(|i| (format!("pages/{i}.html"), b"<p>page</p>".to_vec())));
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let (r, s) = shipped(&env, &files).await;
+    let before = env.archived().len();
+
+    std::fs::rename(env.src().join("img"), env.src().join("photos")).unwrap();
+    std::fs::copy(
+        env.src().join("photos/p0.jpg"),
+        env.src().join("pages/p0-copy.jpg"),
+    )
+    .unwrap();
+    wait_in_sync(&env).await;
+    wait_until("the old directory removed", || {
+        !env.root().join("img").exists()
+    })
+    .await;
+    for path in ["photos/p2.jpg", "pages/p0-copy.jpg"] {
+        archived_where(&env, |m| m.copies.iter().any(|c| c.path == path)).await;
+    }
+    s.stop().await;
+    r.stop().await;
+
+    let after = manifests(&env).split_off(before);
+    let carried: Vec<&str> = after
+        .iter()
+        .flat_map(|m| &m.files)
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(
+        carried.iter().all(|p| p.ends_with(".html")),
+        "image bytes travelled: {carried:?}"
+    );
+    let mut copies: Vec<(&str, &str)> = after
+        .iter()
+        .flat_map(|m| &m.copies)
+        .map(|c| (c.path.as_str(), c.from.as_str()))
+        .collect();
+    copies.sort();
+    assert_eq!(
+        copies,
+        [
+            ("pages/p0-copy.jpg", "img/p0.jpg"),
+            ("photos/p0.jpg", "img/p0.jpg"),
+            ("photos/p1.jpg", "img/p1.jpg"),
+            ("photos/p2.jpg", "img/p2.jpg"),
+        ]
+    );
+    let ino = |rel: &str| std::fs::metadata(env.root().join(rel)).unwrap().ino();
+    assert_ne!(
+        ino("photos/p0.jpg"),
+        ino("pages/p0-copy.jpg"),
+        "one file at two paths"
+    );
+
+    let mut with_copies = env.archived().into_iter().rev();
+    let copies_of = |b: &Path| open(b, &Limits::default()).unwrap().manifest.copies;
+    let p1 = |b: &Path| copies_of(b).iter().any(|c| c.path == "photos/p1.jpg");
+    let bundle = with_copies.find(|b| p1(b)).unwrap();
+    let restored = env.path().join("restored");
+    let out = shipper_async(owned(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(!out.status.success(), "applied: {}", text(&out));
+    let t = text(&out);
+    let want = "\"photos/p1.jpg\" (its content, from \"img/p1.jpg\": missing";
+    assert!(t.contains(want), "{want} not named in: {t}");
+    assert!(tree(&restored).is_empty(), "something applied");
+}
+
+/// A copy's source lost on the receiver (deleted there by hand): the
+/// receiver refuses the bundle naming the file, and the sender sends it
+/// with its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_source_the_receiver_lost_is_sent_with_its_content() {
+    let env = Env::new();
+    let files = [("img/a.jpg", noise(50_000, 9))];
+    let (r, s) = shipped(&env, &files).await;
+    std::fs::remove_file(env.root().join("img/a.jpg")).unwrap();
+
+    std::fs::create_dir_all(env.src().join("new")).unwrap();
+    std::fs::copy(env.src().join("img/a.jpg"), env.src().join("new/b.jpg")).unwrap();
+    wait_until("the copy arrived", || {
+        std::fs::read(env.root().join("new/b.jpg")).is_ok_and(|b| b == files[0].1)
+    })
+    .await;
+    let whole = |m: &shipper::bundle::Manifest| m.files.iter().any(|f| f.path == "new/b.jpg");
+    let m = archived_where(&env, whole).await;
+    let sent: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(sent, ["new/b.jpg"], "{m:?}");
+
+    s.stop().await;
+    r.stop().await;
 }

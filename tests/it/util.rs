@@ -453,6 +453,7 @@ pub fn pack_items(
         emit: &mut emit,
         touched: &|_| false,
         deflate: true,
+        held: None,
     }
     .pack(items)
     .unwrap();

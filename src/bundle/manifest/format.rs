@@ -61,6 +61,25 @@ pub struct Manifest {
     /// gives it this mtime and mode, without rewriting it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<FileEntry>,
+    /// Files whose content the receivers hold at another path: no entry in
+    /// the zip. The receiver copies its own file at `from` into staging,
+    /// checks it against this size and hash, and publishes it like the
+    /// others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyEntry>,
+}
+
+/// A file made from the receiver's own copy of the same content at `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyEntry {
+    pub path: String,
+    pub from: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub hash: String,
 }
 
 /// A directory, with the mode it has in the source.
@@ -214,6 +233,7 @@ impl Manifest {
             && self.dirs.is_empty()
             && self.links.is_empty()
             && self.kept.is_empty()
+            && self.copies.is_empty()
     }
 
     pub fn content_bytes(&self) -> u64 {

@@ -46,5 +46,6 @@ pub(super) fn manifest() -> Manifest {
         dirs: vec![],
         links: vec![],
         kept: vec![],
+        copies: vec![],
     }
 }
