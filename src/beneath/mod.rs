@@ -20,10 +20,13 @@
 //! - `root`: [`Root`], the walk below it that refuses symlinks; looks only.
 //! - `publish`: [`Publish`], every change to root and its undo (its tests
 //!   in `publish_tests.rs`).
+//! - `retime`: files a bundle keeps: read below root, given their metadata
+//!   in place.
 //! - `fault` (tests only): make any one change fail; `snapshot`: tell
 //!   whether root is exactly as it was (shared with `tests/it`).
 
 mod publish;
+mod retime;
 mod root;
 
 #[cfg(test)]

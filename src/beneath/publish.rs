@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{AtFlags, FileType, Gid, Mode};
 use rustix::io::Errno;
 
+use super::retime::Retimed;
 use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
 use crate::perms::{DEFAULT_DIR_MODE, Policy};
 
@@ -47,20 +48,20 @@ impl Root {
 /// The changes one bundle makes to root, each undoable until
 /// [`Publish::commit`]. Dropped uncommitted (a panic), it rolls back.
 pub struct Publish<'r> {
-    root: &'r Root,
+    pub(super) root: &'r Root,
     undo: OwnedFd,
     undo_path: PathBuf,
     /// What was done, in order; each step names the path it changed, whose
     /// parent is opened again (never following a symlink) to undo it.
-    steps: Vec<Step>,
+    pub(super) steps: Vec<Step>,
     /// Names given in `undo` so far.
     kept: u64,
-    /// The mode and group of directories made.
-    policy: Policy,
+    /// The mode and group of directories made (and of files kept).
+    pub(super) policy: Policy,
 }
 
 #[derive(Debug)]
-enum Step {
+pub(super) enum Step {
     /// Made the directory `rel`, where nothing was.
     Made { rel: String },
     /// Moved the entry at `rel` to `kept` in the undo directory.
@@ -71,6 +72,9 @@ enum Step {
     /// Gave the directory `rel`, which had `mode` and `gid`, another mode
     /// or group.
     Moded { rel: String, mode: u32, gid: u32 },
+    /// Gave the file `rel`, kept as it was, another mode, group or mtime
+    /// (see `retime.rs`): it had these.
+    Retimed { rel: String, was: Retimed },
 }
 
 /// A bundle whose changes touch at most this many directories (or stage at
@@ -93,6 +97,8 @@ fn changed_dirs(steps: &[Step]) -> std::collections::BTreeSet<&str> {
             Step::MovedAside { rel, .. } | Step::Placed { rel, .. } => {
                 dirs.insert(parent(rel));
             }
+            // A file's own metadata: synced with the file (see `sync`).
+            Step::Retimed { .. } => {}
         }
     }
     dirs
@@ -327,8 +333,12 @@ impl Publish<'_> {
     /// to sync (a bundle of parts that completes no file).
     pub fn sync(&mut self) -> Result<(), BeneathError> {
         let dirs = changed_dirs(&self.steps);
-        if dirs.len() > SYNC_EACH_MAX {
+        let retimed = self.retimed();
+        if dirs.len() + retimed.len() > SYNC_EACH_MAX {
             return op(|| rustix::fs::syncfs(&self.root.fd)).map_err(|e| self.root.err("", e));
+        }
+        for rel in retimed {
+            self.sync_file(rel)?;
         }
         for rel in dirs {
             let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
@@ -373,7 +383,8 @@ impl Publish<'_> {
         let (Step::Made { rel }
         | Step::MovedAside { rel, .. }
         | Step::Placed { rel, .. }
-        | Step::Moded { rel, .. }) = step;
+        | Step::Moded { rel, .. }
+        | Step::Retimed { rel, .. }) = step;
         let (dir_comps, name) = split(rel);
         let parent = self
             .root
@@ -394,6 +405,7 @@ impl Publish<'_> {
                 rustix::fs::fchown(&dir, None, Some(Gid::from_raw(*gid)))?;
                 rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
             }),
+            Step::Retimed { was, .. } => op(|| was.put_back(&parent, name)),
         }
         .map_err(|e| self.root.err(rel, e))
     }
@@ -410,7 +422,7 @@ impl Drop for Publish<'_> {
 
 /// Every change to root goes through here, so that tests can make any one
 /// of them fail (see `super::fault`).
-fn op<T>(f: impl FnOnce() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+pub(super) fn op<T>(f: impl FnOnce() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
     #[cfg(test)]
     super::fault::check()?;
     f()

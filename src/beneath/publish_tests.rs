@@ -84,7 +84,7 @@ fn plant_fault_tree(t: &Path) {
 }
 
 /// The fault test's bundle: its deletions (the files of `tree` before
-/// `tree`), its directories, then [`STAGED`], then the sync.
+/// `tree`), its directories, then [`STAGED`], a kept file, then the sync.
 fn make_changes(p: &mut Publish, stage: &OwnedFd) -> Result<(), BeneathError> {
     for d in [
         "deep/er/gone.html",
@@ -101,6 +101,8 @@ fn make_changes(p: &mut Publish, stage: &OwnedFd) -> Result<(), BeneathError> {
     for (i, (rel, _)) in STAGED.iter().enumerate() {
         p.publish(rel, stage, &format!("f{i}"))?;
     }
+    // Kept: the same content, given another mode and mtime in place.
+    p.retime("keep/stay.html", 0o600, 1_000, 5)?;
     p.sync()
 }
 
@@ -122,6 +124,8 @@ fn run_with_fault(fail_at: Option<usize>, errno: Errno) -> (Result<(), BeneathEr
     let r = t.path().join("root");
     plant_fault_tree(t.path());
     let was = snapshot(&r);
+    let mtime = |rel: &str| std::fs::metadata(r.join(rel)).unwrap().modified().unwrap();
+    let kept_mtime = mtime("keep/stay.html");
     fault::arm(fail_at, errno, false);
     let mut p = root
         .begin(&t.path().join("undo"), &Policy::mirror())
@@ -139,11 +143,15 @@ fn run_with_fault(fail_at: Option<usize>, errno: Errno) -> (Result<(), BeneathEr
             assert_eq!(files(&r), want, "fault at {fail_at:?}");
             let mode = |rel: &str| std::fs::metadata(r.join(rel)).unwrap().mode() & 0o7777;
             assert_eq!((mode("keep"), mode("made/new")), (0o700, 0o750));
+            assert_eq!(mode("keep/stay.html"), 0o600);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::new(1_000, 5);
+            assert_eq!(mtime("keep/stay.html"), t);
         }
         Err(_) => {
             let failed = p.roll_back();
             assert!(failed.is_empty(), "at {fail_at:?}: {failed:?}");
             assert_eq!(snapshot(&r), was, "root changed, fault at {fail_at:?}");
+            assert_eq!(mtime("keep/stay.html"), kept_mtime, "fault at {fail_at:?}");
         }
     }
     fault::arm(None, Errno::IO, false);

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use zip::ZipArchive;
 
 use super::error::{beneath_err, damaged, io_at};
+use super::kept::check_and_copy;
 use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::part_tree::PartHashes;
@@ -77,7 +78,16 @@ fn stage_and_publish(
     b: &mut Opened,
     stage: &Path,
 ) -> Result<Applied, BundleError> {
-    let staged = stage_entries(target, b, stage)?;
+    // First: a bundle refused for what root lacks has stored nothing.
+    let m = &b.manifest;
+    let copied = if m.kept.is_empty() && m.copies.is_empty() {
+        Vec::new()
+    } else {
+        let root = Root::open(&target.root).map_err(io_at(&target.root))?;
+        check_and_copy(&root, target, m, stage)?
+    };
+    let mut staged = stage_entries(target, b, stage)?;
+    staged.files.extend(copied);
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
@@ -94,6 +104,8 @@ fn stage_and_publish(
         parts: m.parts.len() as u64,
         deletions: m.deletions.len() as u64,
         bytes: m.content_bytes(),
+        kept: m.kept.len() as u64,
+        copied: m.copies.len() as u64,
     };
     Ok(Applied {
         seq: m.seq,
@@ -272,6 +284,7 @@ fn publish_staged(
         .iter()
         .chain(dirs)
         .chain(staged.iter().map(|(rel, _)| rel))
+        .chain(m.kept.iter().map(|k| &k.path))
     {
         root.check(checked_part(rel, &replaced))
             .map_err(beneath_err)?;
@@ -309,7 +322,7 @@ fn checked_part<'a>(rel: &'a str, replaced: &HashSet<&str>) -> &'a str {
 /// that makes them durable before the bundle is acknowledged: deletions,
 /// deepest first (so a deleted directory is looked at once what the bundle
 /// deletes inside it is gone); directories, shallowest first; then files
-/// and links.
+/// and links; then the metadata of the files it keeps.
 fn publish_all(
     publish: &mut Publish,
     m: &Manifest,
@@ -330,6 +343,9 @@ fn publish_all(
     for (rel, src) in staged {
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         publish.publish(rel, stage_fd, name)?;
+    }
+    for k in &m.kept {
+        publish.retime(&k.path, k.mode, k.mtime, k.mtime_nsec)?;
     }
     // Renames live in the directories: one syncfs covers them all.
     publish.sync()
@@ -380,6 +396,7 @@ mod tests {
             previous: None,
             quiet_for: None,
             overdue: false,
+            reuse: false,
         };
         let items = files
             .iter()
@@ -404,6 +421,7 @@ mod tests {
             touched: &|_| false,
             deflate: &|| true,
             first_bundle_max: None,
+            held: None,
         }
         .pack(items)
         .unwrap();

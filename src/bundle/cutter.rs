@@ -144,6 +144,36 @@ impl Cutter<'_> {
         Ok(())
     }
 
+    /// The file `path`, which the receivers hold with content `hash`
+    /// already: its metadata alone.
+    pub(super) fn add_kept(
+        &mut self,
+        report: &mut Report,
+        path: &str,
+        stamp: Stamp,
+        hash: blake3::Hash,
+    ) -> io::Result<()> {
+        let need = OpenBundle::tree_entry_need(path, &hash.to_hex());
+        self.room_for(report, need, path)?
+            .add_kept(path, stamp, hash);
+        Ok(())
+    }
+
+    /// The file `path`, which the receivers make from their own copy of
+    /// content `hash` at `from`.
+    pub(super) fn add_copy(
+        &mut self,
+        report: &mut Report,
+        path: &str,
+        (from, stamp): (&str, Stamp),
+        hash: blake3::Hash,
+    ) -> io::Result<()> {
+        let need = OpenBundle::tree_entry_need(path, &hash.to_hex()) + from.len() as u64;
+        self.room_for(report, need, path)?
+            .add_copy(path, from, stamp, hash);
+        Ok(())
+    }
+
     /// End the run: the open bundle is finished if `packed` says all went
     /// well, abandoned (its file removed) if not.
     pub(super) fn end(&mut self, packed: io::Result<()>, report: &mut Report) -> io::Result<()> {

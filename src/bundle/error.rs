@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use super::manifest::ManifestError;
 use crate::beneath::BeneathError;
-use crate::proto::refusal::Refusal;
+use crate::proto::refusal::{Refusal, RefusalKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -37,6 +37,24 @@ pub enum BundleError {
     Symlink { entry: String },
     #[error("{}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    /// Files whose content the bundle does not carry (kept, or copied from
+    /// another path) that root does not hold as the bundle says, each with
+    /// why: the sender must send them with their content.
+    #[error("{}", not_held(missing))]
+    NotHeld { missing: Vec<(String, String)> },
+}
+
+/// How [`BundleError::NotHeld`] reads: every path it needs, with why.
+fn not_held(missing: &[(String, String)]) -> String {
+    let list: Vec<String> = missing
+        .iter()
+        .map(|(path, why)| format!("{path:?} ({why})"))
+        .collect();
+    format!(
+        "the bundle refers to content it does not carry for {} file(s), and root does not hold it as the bundle says; they need their content: {}",
+        missing.len(),
+        list.join(", ")
+    )
 }
 
 pub(super) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BundleError + '_ {
@@ -87,7 +105,8 @@ impl BundleError {
     /// How to tell the sender: an I/O error (a full disk) may pass, a
     /// bundle that breaks a rule will break it every time it is sent.
     /// Parts are the exception: a set the receiver lost is dropped, so the
-    /// same bundle sent again is taken.
+    /// same bundle sent again is taken. Files kept that root does not hold
+    /// need their content: neither the same bundle nor one without them.
     pub fn refusal(&self) -> Refusal {
         use super::manifest::ManifestError as M;
         match self {
@@ -118,6 +137,11 @@ impl BundleError {
             | BundleError::OverLimit { entry: None, .. } => {
                 Refusal::permanent(None, self.to_string())
             }
+            BundleError::NotHeld { missing } => Refusal {
+                kind: RefusalKind::NeedsContent,
+                path: missing.first().map(|(p, _)| p.clone()),
+                reason: self.to_string(),
+            },
         }
     }
 
@@ -130,7 +154,6 @@ impl BundleError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proto::refusal::RefusalKind;
 
     fn io(kind: io::ErrorKind) -> BundleError {
         io_at(Path::new("/r/x"))(io::Error::from(kind))
@@ -167,6 +190,22 @@ mod tests {
     fn a_part_the_receiver_cannot_take_may_pass_when_sent_again() {
         let r = entry_err(".shipper/parts/s1/3", "never arrived").refusal();
         assert_eq!((r.kind, r.path), (RefusalKind::Retry, None));
+    }
+
+    #[test]
+    fn kept_files_root_lacks_are_named_and_asked_for_with_their_content() {
+        let e = BundleError::NotHeld {
+            missing: vec![
+                ("a.html".into(), "missing".into()),
+                ("b.html".into(), "content differs".into()),
+            ],
+        };
+        let r = e.refusal();
+        assert_eq!(r.kind, RefusalKind::NeedsContent);
+        assert_eq!(r.path.as_deref(), Some("a.html"));
+        for want in ["\"a.html\" (missing)", "\"b.html\" (content differs)"] {
+            assert!(r.reason.contains(want), "{}", r.reason);
+        }
     }
 
     #[test]

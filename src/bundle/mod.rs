@@ -23,6 +23,8 @@
 //! alike:
 //! - [`verify`]: checks a received bundle before anything is written.
 //! - [`apply`]: stages its files and publishes them into root atomically.
+//! - `kept.rs`: checks that root holds the files a bundle keeps (their
+//!   metadata alone travelled) before anything is applied.
 //! - [`part_sets`]: assembles a large file from parts arriving across
 //!   bundles.
 //! - `part_tree.rs`: a large file's BLAKE3 tree: how long parts are, each
@@ -38,6 +40,7 @@
 
 pub mod apply;
 pub mod error;
+mod kept;
 pub mod manifest;
 pub mod pack;
 pub mod part_sets;

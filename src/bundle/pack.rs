@@ -30,7 +30,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::cutter::Cutter;
-use super::hash::hash_reader;
 use super::large::pack_large;
 use super::manifest::FileMeta;
 use super::source_read::{Outcome, Prepared, ReadMode, Reader, Source};
@@ -65,6 +64,19 @@ pub struct PackItem {
     /// It reached `max_delay` without settling: if it will not hold still,
     /// ship a snapshot rather than nothing.
     pub overdue: bool,
+    /// The receivers' state is known (the path is not in doubt): content
+    /// they hold at another path may be reused for it.
+    pub reuse: bool,
+}
+
+/// Where the receivers hold content, for a file that appears at a new path
+/// (see `sender/held.rs`).
+pub trait HeldContent: Sync {
+    /// Whether they hold some content of `size` bytes that may be reused:
+    /// only then is a new file hashed before it is read into a bundle.
+    fn has_size(&self, size: u64) -> bool;
+    /// A path they hold content of `size` bytes with `hash` at.
+    fn path_of(&self, size: u64, hash: &blake3::Hash) -> Option<String>;
 }
 
 impl PackItem {
@@ -76,6 +88,7 @@ impl PackItem {
             previous: None,
             quiet_for: None,
             overdue: false,
+            reuse: false,
         }
     }
 
@@ -109,6 +122,9 @@ pub struct Packer<'a> {
     /// limits say: while a link is not measured yet, a small first bundle
     /// goes out soon and measures it.
     pub first_bundle_max: Option<u64>,
+    /// Where the receivers hold content a new file may be rebuilt from;
+    /// `None`: nothing is reused (a whole tree for a new receiver).
+    pub held: Option<&'a dyn HeldContent>,
 }
 
 impl Packer<'_> {
@@ -146,6 +162,7 @@ impl Packer<'_> {
             report,
             batch: Vec::new(),
             batch_bytes: 0,
+            held: self.held,
         };
         let packed = run.pack_items(items);
         run.cut.end(packed, run.report)
@@ -169,6 +186,7 @@ struct Run<'r> {
     report: &'r mut Report,
     batch: Vec<Batched>,
     batch_bytes: u64,
+    held: Option<&'r dyn HeldContent>,
 }
 
 impl Run<'_> {
@@ -231,7 +249,16 @@ impl Run<'_> {
             self.report.failed.push((path.clone(), why));
             return Ok(None);
         }
-        if unchanged(self.reader.dir, path, item.previous.as_ref(), stamp) {
+        let reader = &mut self.reader;
+        let held = self.held.filter(|_| item.reuse);
+        let known = compare(
+            reader.dir,
+            (path, stamp),
+            item.previous.as_ref(),
+            held,
+            &mut reader.buf,
+        );
+        if known == Known::Unchanged {
             return Ok(None);
         }
         let busy =
@@ -240,13 +267,17 @@ impl Run<'_> {
             self.report.requeue.push(path.clone());
             return Ok(None);
         }
-        // Overdue and still being written: a snapshot ships rather than nothing.
-        let how = if item.overdue {
-            ReadMode::Snapshot
-        } else {
-            ReadMode::Strict
-        };
-        Ok(Some((stamp, how)))
+        match known {
+            // The receivers hold this content here already: only the
+            // metadata travels.
+            Known::Held(hash) => self.cut.add_kept(self.report, path, stamp, hash)?,
+            // ...or at another path: they copy it from there.
+            Known::Elsewhere(from, hash) => {
+                self.cut.add_copy(self.report, path, (&from, stamp), hash)?
+            }
+            Known::New | Known::Unchanged => return Ok(Some((stamp, how_to_read(item)))),
+        }
+        Ok(None)
     }
 
     /// A device, socket or pipe now stands where something shipped was:
@@ -370,17 +401,83 @@ impl Run<'_> {
     }
 }
 
-/// Same size, mtime and mode as `previous` is not proof: a rewrite within
-/// one tick of the filesystem's clock keeps them (found by the kill suite).
-/// An event said it changed, so compare the content too.
-fn unchanged(dir: &SourceDir, rel: &str, previous: Option<&FileMeta>, stamp: Stamp) -> bool {
-    previous.is_some_and(|p| {
-        p.matches(&stamp)
-            && dir
-                .open_file(rel)
-                .and_then(hash_reader)
-                .is_ok_and(|h| h.to_hex().as_str() == p.hash)
-    })
+/// How an admitted file is read: a snapshot of one that is overdue and
+/// still being written (it ships rather than nothing), else strictly.
+fn how_to_read(item: &PackItem) -> ReadMode {
+    if item.overdue {
+        ReadMode::Snapshot
+    } else {
+        ReadMode::Strict
+    }
+}
+
+/// What the receivers hold of a file about to be packed.
+#[derive(Debug, PartialEq, Eq)]
+enum Known {
+    /// Other content, or nothing known: its bytes travel.
+    New,
+    /// The same content, mtime and mode: nothing travels.
+    Unchanged,
+    /// The same content (this hash) with another mtime or mode: only the
+    /// metadata travels.
+    Held(blake3::Hash),
+    /// Content (this hash) they hold at another path: they copy it.
+    Elsewhere(String, blake3::Hash),
+}
+
+/// Compare the file `rel` (found with `stamp`) with what the receivers
+/// hold: at its path (`previous`), or, for content worth reusing, anywhere
+/// (`held`). Only a file of a size they hold is read here, so a first ship
+/// (nothing held) or an edit that changes the size reads nothing twice.
+/// Same size, mtime and mode is not proof either: a rewrite within one
+/// tick of the filesystem's clock keeps them (found by the kill suite). A
+/// file that changes while it is hashed is taken as new: the packer reads
+/// it again, checking it holds still. `buf` is the run's copy buffer: a
+/// site of small pages is hashed without a buffer allocated per page.
+fn compare(
+    dir: &SourceDir,
+    (rel, stamp): (&str, Stamp),
+    previous: Option<&FileMeta>,
+    held: Option<&dyn HeldContent>,
+    buf: &mut [u8],
+) -> Known {
+    let here = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size);
+    let elsewhere = held.filter(|h| h.has_size(stamp.size));
+    if here.is_none() && elsewhere.is_none() {
+        return Known::New;
+    }
+    let Ok(hash) = dir.open_file(rel).and_then(|f| hash_with(f, buf)) else {
+        return Known::New;
+    };
+    let known = match (here, elsewhere) {
+        (Some(p), _) if hash.to_hex().as_str() == p.hash => {
+            if p.matches(&stamp) {
+                return Known::Unchanged;
+            }
+            Known::Held(hash)
+        }
+        (_, Some(h)) => match h.path_of(stamp.size, &hash) {
+            Some(from) if from != rel => Known::Elsewhere(from, hash),
+            _ => return Known::New,
+        },
+        _ => return Known::New,
+    };
+    let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
+    if still { known } else { Known::New }
+}
+
+/// BLAKE3 of what `f` holds, read through `buf` (large reads hashed on
+/// every core).
+fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
+    use std::io::Read;
+    let mut hasher = blake3::Hasher::new();
+    loop {
+        let n = f.read(buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update_rayon(&buf[..n]);
+    }
 }
 
 /// Pack the file `src` reads as one entry of the open bundle.
@@ -405,4 +502,54 @@ fn pack_whole(cut: &mut Cutter<'_>, report: &mut Report, mut src: Source<'_>) ->
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the receivers were told of `body` written with `stamp`.
+    fn held(stamp: &Stamp, body: &[u8]) -> FileMeta {
+        let mut m = FileMeta::of(stamp, blake3::hash(body).to_hex().to_string());
+        m.racy = false;
+        m
+    }
+
+    #[test]
+    fn only_content_the_receivers_hold_at_the_same_size_is_compared_and_kept() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a"), "same").unwrap();
+        let dir = SourceDir::open(t.path()).unwrap();
+        let stamp = Stamp::of_stat(&dir.stat("a").unwrap());
+        let mut buf = vec![0u8; 16];
+        let same = held(&stamp, b"same");
+        assert_eq!(
+            compare(&dir, ("a", stamp), Some(&same), None, &mut buf),
+            Known::Unchanged
+        );
+        let older = FileMeta {
+            mtime: 1,
+            ..same.clone()
+        };
+        let hash = blake3::hash(b"same");
+        assert_eq!(
+            compare(&dir, ("a", stamp), Some(&older), None, &mut buf),
+            Known::Held(hash)
+        );
+        let other = held(&stamp, b"SAME");
+        assert_eq!(
+            compare(&dir, ("a", stamp), Some(&other), None, &mut buf),
+            Known::New
+        );
+        assert_eq!(
+            compare(&dir, ("a", stamp), None, None, &mut buf),
+            Known::New
+        );
+        // Another size: new, without a look at the content.
+        let bigger = FileMeta { size: 5, ..older };
+        assert_eq!(
+            compare(&dir, ("a", stamp), Some(&bigger), None, &mut buf),
+            Known::New
+        );
+    }
 }

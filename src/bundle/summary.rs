@@ -9,6 +9,13 @@ pub struct Summary {
     pub deletions: u64,
     /// Content bytes (before compression).
     pub bytes: u64,
+    /// Files the receivers held with the same content already: only their
+    /// metadata travelled.
+    #[serde(default)]
+    pub kept: u64,
+    /// Files the receivers made from their own copy at another path.
+    #[serde(default)]
+    pub copied: u64,
 }
 
 impl Summary {
@@ -17,5 +24,7 @@ impl Summary {
         self.parts += other.parts;
         self.deletions += other.deletions;
         self.bytes += other.bytes;
+        self.kept += other.kept;
+        self.copied += other.copied;
     }
 }

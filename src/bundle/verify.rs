@@ -341,6 +341,8 @@ mod tests {
             abandoned: vec![],
             dirs: vec![],
             links: vec![],
+            kept: vec![],
+            copies: vec![],
         }
     }
 

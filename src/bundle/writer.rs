@@ -16,7 +16,8 @@ use zip::{CompressionMethod, ZipWriter};
 
 use super::limits::Limits;
 use super::manifest::{
-    DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY, Manifest, PartEntry,
+    CopyEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY, Manifest,
+    PartEntry,
 };
 use super::summary::Summary;
 use crate::stamp::Stamp;
@@ -84,6 +85,8 @@ impl OpenBundle {
                 abandoned: Vec::new(),
                 dirs: Vec::new(),
                 links: Vec::new(),
+                kept: Vec::new(),
+                copies: Vec::new(),
             },
             summary: Summary::default(),
             changes: Vec::new(),
@@ -180,6 +183,47 @@ impl OpenBundle {
         self.ship(rel, FileMeta::of(&stamp, hash.clone()));
         self.manifest.files.push(FileEntry {
             path: rel.to_owned(),
+            size: stamp.size,
+            mtime: stamp.mtime,
+            mtime_nsec: stamp.mtime_nsec,
+            mode: stamp.mode,
+            hash,
+        });
+    }
+
+    /// Record a file the receivers hold with this content already (`hash`):
+    /// it has no entry in the zip, only its metadata travels.
+    pub(super) fn add_kept(&mut self, rel: &str, stamp: Stamp, hash: blake3::Hash) {
+        let hash = hash.to_hex().to_string();
+        self.used += Self::tree_entry_need(rel, &hash);
+        self.note_name(rel);
+        self.entries += 1;
+        self.summary.kept += 1;
+        self.changes
+            .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
+        self.manifest.kept.push(FileEntry {
+            path: rel.to_owned(),
+            size: stamp.size,
+            mtime: stamp.mtime,
+            mtime_nsec: stamp.mtime_nsec,
+            mode: stamp.mode,
+            hash,
+        });
+    }
+
+    /// Record a file the receivers make from their own copy at `from`
+    /// (content `hash`): it has no entry in the zip.
+    pub(super) fn add_copy(&mut self, rel: &str, from: &str, stamp: Stamp, hash: blake3::Hash) {
+        let hash = hash.to_hex().to_string();
+        self.used += Self::tree_entry_need(rel, &hash) + from.len() as u64;
+        self.note_name(rel);
+        self.entries += 1;
+        self.summary.copied += 1;
+        self.changes
+            .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
+        self.manifest.copies.push(CopyEntry {
+            path: rel.to_owned(),
+            from: from.to_owned(),
             size: stamp.size,
             mtime: stamp.mtime,
             mtime_nsec: stamp.mtime_nsec,

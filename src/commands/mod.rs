@@ -96,8 +96,14 @@ fn flush_command(
             } else {
                 format!("{first_seq}-{last_seq}")
             };
+            // Kept and copied: the receiver had the content; only
+            // metadata travelled.
+            let kept = match (summary.kept, summary.copied) {
+                (0, 0) => String::new(),
+                (k, c) => format!(" (and {k} kept, {c} copied: content already there)"),
+            };
             println!(
-                "shipped sequence {seqs} ({bundles} bundle{}): {} files, {} deletions, {} bytes; acknowledged",
+                "shipped sequence {seqs} ({bundles} bundle{}): {} files{kept}, {} deletions, {} bytes; acknowledged",
                 if bundles == 1 { "" } else { "s" },
                 summary.files,
                 summary.deletions,
@@ -503,6 +509,26 @@ pub fn describe(m: &Manifest) -> String {
     }
     for l in &m.links {
         let _ = writeln!(s, "  {} -> {}", l.path, l.target);
+    }
+    if !m.kept.is_empty() {
+        let _ = writeln!(
+            s,
+            "kept (content not carried; root must hold it): {}",
+            m.kept.len()
+        );
+    }
+    for k in &m.kept {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}", k.size, k.mode, k.path);
+    }
+    if !m.copies.is_empty() {
+        let _ = writeln!(s, "copies (from root's own files): {}", m.copies.len());
+    }
+    for c in &m.copies {
+        let _ = writeln!(
+            s,
+            "  {:>12}  {:o}  {} <- {}",
+            c.size, c.mode, c.path, c.from
+        );
     }
     s
 }

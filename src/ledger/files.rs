@@ -48,6 +48,11 @@ impl Meta {
     pub fn matches(&self, stamp: &Stamp) -> bool {
         self.stat().matches(stamp)
     }
+
+    /// The BLAKE3 hash of the content, if there is one.
+    pub fn hash(&self) -> Option<&[u8; 32]> {
+        self.hashed.then_some(&self.hash)
+    }
 }
 
 impl From<&FileMeta> for Meta {

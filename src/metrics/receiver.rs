@@ -39,6 +39,8 @@ pub enum RefusedFor {
     Io,
     /// Not a bundle this receiver can read, or one that contradicts itself.
     Malformed,
+    /// It keeps files root does not hold as it says (edited or lost here).
+    NotHeld,
 }
 
 impl RefusedFor {
@@ -50,6 +52,7 @@ impl RefusedFor {
             Self::DiskFull => "disk_full",
             Self::Io => "io",
             Self::Malformed => "malformed",
+            Self::NotHeld => "not_held",
         }
     }
 
@@ -76,6 +79,7 @@ impl RefusedFor {
             | BundleError::Zip(_)
             | BundleError::Entry { .. }
             | BundleError::Whole(_) => Self::Malformed,
+            BundleError::NotHeld { .. } => Self::NotHeld,
         }
     }
 }
@@ -92,6 +96,7 @@ impl EncodeLabelValue for RefusedFor {
 enum Kind {
     Retry,
     Permanent,
+    NeedsContent,
 }
 
 impl From<RefusalKind> for Kind {
@@ -99,6 +104,7 @@ impl From<RefusalKind> for Kind {
         match k {
             RefusalKind::Retry => Self::Retry,
             RefusalKind::Permanent => Self::Permanent,
+            RefusalKind::NeedsContent => Self::NeedsContent,
         }
     }
 }
@@ -108,6 +114,7 @@ impl EncodeLabelValue for Kind {
         encoder.write_str(match self {
             Self::Retry => "retry",
             Self::Permanent => "permanent",
+            Self::NeedsContent => "needs_content",
         })
     }
 }
@@ -158,7 +165,7 @@ impl ReceiverMetrics {
         );
         registry.register(
             "shipper_bundles_refused",
-            "Bundles refused since start, per sender, by kind (retry: may pass when sent again; permanent) and reason (limit, path, hash, disk_full, io, malformed)",
+            "Bundles refused since start, per sender, by kind (retry: may pass when sent again; permanent; needs_content: to be sent with the content of files it kept) and reason (limit, path, hash, disk_full, io, malformed, not_held)",
             Family::clone(&refused),
         );
         registry.register(

@@ -169,6 +169,7 @@ impl Frame {
                 out.push(match kind {
                     RefusalKind::Retry => 0,
                     RefusalKind::Permanent => 1,
+                    RefusalKind::NeedsContent => 2,
                 });
                 // A path longer than a valid one is dropped, not cut.
                 let path = path
@@ -303,6 +304,7 @@ fn parse_refuse(p: &[u8]) -> Option<Frame> {
     let kind = match p[8] {
         0 => Some(RefusalKind::Retry),
         1 => Some(RefusalKind::Permanent),
+        2 => Some(RefusalKind::NeedsContent),
         _ => None,
     };
     // No longer than `encode` writes them: a peer says nothing

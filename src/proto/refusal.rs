@@ -44,4 +44,8 @@ pub enum RefusalKind {
     /// Never, as it is (over a limit, a path the receiver cannot write):
     /// sending it again cannot help; the sender must pack it differently.
     Permanent,
+    /// Not as it is: it keeps files (their content not in it) that the
+    /// receiver does not hold as it says (`path`: the first of them). The
+    /// sender packs its paths again, with their content.
+    NeedsContent,
 }

@@ -21,7 +21,7 @@ use crate::bundle::pack::{PackItem, Report};
 use crate::changes::{ChangeSet, Op, Portion};
 use crate::config::MassDelete;
 use crate::paths::is_within;
-use crate::proto::refusal::Refusal;
+use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::stamp::Stamp;
 use crate::status::{FailingPath, StatusReport, unix_now};
 
@@ -189,6 +189,7 @@ impl Book {
                     self.guard.forget(&c.path);
                     items.push(PackItem {
                         previous: self.shipped.previous(&c.path),
+                        reuse: self.shipped.known(&c.path),
                         path: c.path,
                         op: Op::Upsert,
                         quiet_for: c.settled.then_some(self.settle),
@@ -281,7 +282,7 @@ impl Book {
 
     /// Receiver `peer` refused, for good, a bundle carrying `changes`. The
     /// path at fault waits as failing; the rest is packed again in full so
-    /// that receiver gets it too.
+    /// that receiver gets it too (in doubt, nothing is taken as held there).
     pub(super) fn refused(
         &mut self,
         peer: &str,
@@ -289,8 +290,14 @@ impl Book {
         changes: Vec<(String, Option<FileMeta>)>,
         now: Instant,
     ) {
+        // A receiver lacking files a bundle kept faults no path: they all
+        // ship again with their content.
+        let at_fault = refusal
+            .path
+            .as_deref()
+            .filter(|_| refusal.kind == RefusalKind::Permanent);
         for (path, meta) in changes {
-            if refusal.path.as_deref().is_some_and(|f| is_within(&path, f)) {
+            if at_fault.is_some_and(|f| is_within(&path, f)) {
                 let error = format!("receiver {peer} refused it: {}", refusal.reason);
                 self.path_failed(&path, &error, now);
                 continue;

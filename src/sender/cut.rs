@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::bundle::manifest::next_seq;
-use crate::bundle::pack::{Limits, PackItem, Packed, Packer, Report};
+use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report};
 use crate::changes::{Op, Portion};
 use crate::config::Compress;
 use crate::ledger::Ledger;
@@ -25,6 +25,7 @@ use crate::watch::WatchMsg;
 
 use super::book::Book;
 use super::flush::Flushes;
+use super::held::Lookup;
 use super::link_rate::LinkRates;
 use super::outbox::Outbox;
 use super::source::Source;
@@ -142,7 +143,7 @@ impl Handles {
         only: Option<usize>,
         source: &Path,
         limits: Limits,
-        touched: &Mutex<HashSet<String>>,
+        (touched, held): (&Mutex<HashSet<String>>, Option<Lookup>),
     ) -> PackDone {
         let sender_id = self.state.lock().expect("state lock").id.clone();
         let mut packer = Packer {
@@ -160,6 +161,7 @@ impl Handles {
             },
             deflate: &|| self.link_rates.deflate(self.compress),
             first_bundle_max: self.link_rates.first_bundle_max(self.compress),
+            held: held.as_ref().map(|l| l as &dyn HeldContent),
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);
@@ -310,7 +312,8 @@ impl Cut {
             let more = paths.next().is_some();
             let last = items.last().map(|i| i.path.clone());
             self.whole_trees.taken(last, more);
-            self.start(items, Some(tree.index), source.dir());
+            // A receiver getting the whole tree may hold nothing: no reuse.
+            self.start(items, (Some(tree.index), None), source.dir());
             return;
         }
         let cut = self.cut.take().unwrap_or_else(|| InCut {
@@ -338,18 +341,25 @@ impl Cut {
         let after = after.map(|i| i.path.clone()).or(cut.after);
         self.cut = Some(InCut { after, more, ..cut });
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
-        self.start(items, None, source.dir());
+        let held = Some(Lookup(book.shipped.held()));
+        self.start(items, (None, held), source.dir());
     }
 
-    /// Pack `items` on a blocking thread; `only`: for that receiver alone.
-    fn start(&mut self, items: Vec<PackItem>, only: Option<usize>, source: &Path) {
+    /// Pack `items` on a blocking thread; `only`: for that receiver alone;
+    /// `held`: where the receivers hold content that may be reused.
+    fn start(
+        &mut self,
+        items: Vec<PackItem>,
+        (only, held): (Option<usize>, Option<Lookup>),
+        source: &Path,
+    ) {
         self.only = only;
         let limits = self.handles.limits(self.limits);
         let handles = self.handles.clone();
         let source = source.to_owned();
         let touched = self.touched.start();
         self.running = Some(tokio::task::spawn_blocking(move || {
-            handles.pack(items, only, &source, limits, &touched)
+            handles.pack(items, only, &source, limits, (&touched, held))
         }));
     }
 

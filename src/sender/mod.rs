@@ -10,6 +10,8 @@
 //!   path, walks off the runtime.
 //! - `catchup.rs`: the pure diff of a walk against what the receivers have.
 //! - `shipped.rs`: what the receivers have per path, and the paths in doubt.
+//! - `held.rs`: where the receivers hold each content (size and hash ->
+//!   path), so a renamed or copied file is rebuilt from their own copy.
 //! - `book.rs`: every path tracked: pending changes, shipped, failing,
 //!   badly named, unsettled; what a cut takes (tested in `book_tests.rs`).
 //! - `guard.rs`: the mass-deletion guard.
@@ -50,6 +52,7 @@ mod catchup;
 mod cut;
 mod flush;
 mod guard;
+mod held;
 mod link_rate;
 mod outbox;
 mod report;

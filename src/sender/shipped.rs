@@ -14,6 +14,8 @@ use crate::ledger::{Files, Meta};
 use crate::paths::is_within;
 use crate::stamp::Stamp;
 
+use super::held::{HeldIndex, SharedIndex};
+
 /// What the receivers have (or will have once the outbox drains), per path.
 #[derive(Debug, Default)]
 pub(super) struct Shipped {
@@ -23,12 +25,49 @@ pub(super) struct Shipped {
     /// refused it for good): they ship again as they are now, deletions
     /// included, whatever `files` says.
     in_doubt: BTreeSet<String>,
+    /// Where the receivers hold each content worth reusing (see `held.rs`):
+    /// what `files` says, less the paths in doubt.
+    held: SharedIndex,
 }
 
 impl Shipped {
     /// What the ledger loaded, with the paths it holds in doubt.
     pub(super) fn loaded(files: Files, in_doubt: BTreeSet<String>) -> Self {
-        Self { files, in_doubt }
+        let mut held = HeldIndex::default();
+        for (path, meta) in files.iter() {
+            if !in_doubt.contains(path) {
+                held.add(path, meta);
+            }
+        }
+        let held = SharedIndex::new(held.into());
+        Self {
+            files,
+            in_doubt,
+            held,
+        }
+    }
+
+    /// Where the receivers hold each content, for the packer.
+    pub(super) fn held(&self) -> SharedIndex {
+        self.held.clone()
+    }
+
+    /// Whether the receivers' copy of `path` is known: not in doubt. A
+    /// path in doubt is rebuilt from nothing a receiver may lack: its
+    /// content travels.
+    pub(super) fn known(&self, path: &str) -> bool {
+        !self.in_doubt.contains(path)
+    }
+
+    /// Change `path`'s entry in the index from what `files` says to `now`.
+    fn reindex(&mut self, path: &str, now: Option<&Meta>) {
+        let mut held = self.held.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(was) = self.files.meta(path) {
+            held.remove(path, was);
+        }
+        if let Some(m) = now {
+            held.add(path, m);
+        }
     }
 
     #[cfg(test)]
@@ -119,11 +158,14 @@ impl Shipped {
     /// that metadata, `None` deleted. It is no longer in doubt.
     pub(super) fn record(&mut self, path: &str, meta: Option<&FileMeta>) {
         self.in_doubt.remove(path);
-        self.files.set(path, meta.map(Meta::from));
+        let meta = meta.map(Meta::from);
+        self.reindex(path, meta.as_ref());
+        self.files.set(path, meta);
     }
 
     /// What some receiver has of `path` is unknown now: ship it as it is.
     pub(super) fn doubt(&mut self, path: &str) {
+        self.reindex(path, None);
         self.in_doubt.insert(path.to_owned());
     }
 }

@@ -18,6 +18,7 @@ mod parts;
 mod peers;
 mod places;
 mod rate;
+mod reuse;
 mod served;
 mod source;
 mod sync;

@@ -454,6 +454,7 @@ pub fn pack_items(
         touched: &|_| false,
         deflate: &|| true,
         first_bundle_max: None,
+        held: None,
     }
     .pack(items)
     .unwrap();

@@ -89,7 +89,21 @@ impl Manifest {
         let shipped = self.check_no_file_is_a_directory()?;
         self.check_deletions(&shipped, &mut normalised)?;
         self.check_dirs_and_links(&mut normalised)?;
+        self.check_copies()?;
         self.check_abandoned()
+    }
+
+    /// Copies: each one's `from` a valid path and its hash 64 hex digits
+    /// (its path is checked with the files').
+    fn check_copies(&self) -> Result<(), ManifestError> {
+        for c in &self.copies {
+            valid_path(&c.from)?;
+            if !is_hex_hash(&c.hash) {
+                let why = "hash is not 64 hex digits".into();
+                return Err(ManifestError::path(&c.path, why));
+            }
+        }
+        Ok(())
     }
 
     fn check_header(&self) -> Result<(), ManifestError> {
@@ -105,10 +119,11 @@ impl Manifest {
         Ok(())
     }
 
-    /// Whole files: valid paths and hashes, each path once. Returns the paths.
+    /// Whole files, kept files and copies: valid paths and hashes, each
+    /// path once. Returns the paths.
     fn check_files(&self, normalised: &mut Normalised) -> Result<HashSet<&str>, ManifestError> {
         let mut seen: HashSet<&str> = HashSet::new();
-        for f in &self.files {
+        for f in self.files.iter().chain(&self.kept) {
             valid_path(&f.path)?;
             if !is_hex_hash(&f.hash) {
                 return Err(ManifestError::path(
@@ -116,14 +131,23 @@ impl Manifest {
                     "hash is not 64 hex digits".into(),
                 ));
             }
-            if !seen.insert(&f.path) {
+        }
+        for path in self.file_paths() {
+            valid_path(path)?;
+            if !seen.insert(path) {
                 return Err(ManifestError::Duplicate {
-                    path: f.path.clone(),
+                    path: path.to_owned(),
                 });
             }
-            normalised.claim(&f.path)?;
+            normalised.claim(path)?;
         }
         Ok(seen)
+    }
+
+    /// The paths that become whole files in root: shipped, kept, copied.
+    fn file_paths(&self) -> impl Iterator<Item = &str> {
+        let files = self.files.iter().chain(&self.kept).map(|f| f.path.as_str());
+        files.chain(self.copies.iter().map(|c| c.path.as_str()))
     }
 
     /// Parts: valid paths not also shipped whole, one path per set, each
@@ -178,9 +202,7 @@ impl Manifest {
     /// a file it lists (found by fuzz target `bundle`). Returns the paths.
     fn check_no_file_is_a_directory(&self) -> Result<HashSet<&str>, ManifestError> {
         let shipped: Vec<&str> = self
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
+            .file_paths()
             .chain(self.parts.iter().map(|p| p.path.as_str()))
             .collect();
         let shipped_set: HashSet<&str> = shipped.iter().copied().collect();
@@ -235,9 +257,7 @@ impl Manifest {
             }
         }
         let not_dirs: HashSet<&str> = self
-            .files
-            .iter()
-            .map(|f| f.path.as_str())
+            .file_paths()
             .chain(self.parts.iter().map(|p| p.path.as_str()))
             .chain(links.clone())
             .collect();
@@ -364,6 +384,38 @@ mod tests {
     }
 
     #[test]
+    fn kept_files_travel_without_zip_entries_and_an_old_manifest_is_unchanged() {
+        let mut m = manifest();
+        m.kept.push(file("same.html"));
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert!(!m.entry_names().contains(&"same.html".to_string()));
+        let json = String::from_utf8(manifest().to_json()).unwrap();
+        assert!(!json.contains("kept"), "{json}");
+    }
+
+    fn copy(path: &str, from: &str) -> super::super::format::CopyEntry {
+        let f = file(path);
+        super::super::format::CopyEntry {
+            path: f.path,
+            from: from.into(),
+            size: f.size,
+            mtime: f.mtime,
+            mtime_nsec: f.mtime_nsec,
+            mode: f.mode,
+            hash: f.hash,
+        }
+    }
+
+    #[test]
+    fn a_copy_may_come_from_a_path_the_bundle_deletes() {
+        let mut m = manifest();
+        m.deletions.push("old/x.jpg".into());
+        m.copies.push(copy("new/x.jpg", "old/x.jpg"));
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert!(!m.entry_names().contains(&"new/x.jpg".to_string()));
+    }
+
+    #[test]
     fn round_trips_through_json() {
         let m = manifest();
         assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
@@ -439,6 +491,44 @@ mod tests {
                 Box::new(|m| m.files.push(file("big/c"))),
             ),
             ("file above a file", Box::new(|m| m.files.push(file("a")))),
+            (
+                "kept and shipped",
+                Box::new(|m| m.kept.push(file("a/b.html"))),
+            ),
+            ("kept above a file", Box::new(|m| m.kept.push(file("a")))),
+            (
+                "copy and shipped",
+                Box::new(|m| m.copies.push(copy("a/b.html", "x"))),
+            ),
+            (
+                "copy from ..",
+                Box::new(|m| m.copies.push(copy("c", "../x"))),
+            ),
+            (
+                "copy above a file",
+                Box::new(|m| m.copies.push(copy("a", "x"))),
+            ),
+            (
+                "copy hash",
+                Box::new(|m| {
+                    m.copies.push(copy("c", "x"));
+                    m.copies[0].hash = "zz".into();
+                }),
+            ),
+            (
+                "kept and deleted",
+                Box::new(|m| {
+                    m.kept.push(file("k"));
+                    m.deletions.push("k".into());
+                }),
+            ),
+            (
+                "kept hash",
+                Box::new(|m| {
+                    m.kept.push(file("k"));
+                    m.kept[0].hash = "zz".into();
+                }),
+            ),
             (
                 "two sets, one path",
                 Box::new(|m| {

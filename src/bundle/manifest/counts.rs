@@ -23,6 +23,10 @@ pub struct Counts {
     pub dirs: Count,
     #[serde(default)]
     pub links: Count,
+    #[serde(default)]
+    pub kept: Count,
+    #[serde(default)]
+    pub copies: Count,
 }
 
 /// The length of a JSON array, whose items are skipped unread.
@@ -59,10 +63,11 @@ impl Counts {
         serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))
     }
 
-    /// Files, parts, deletions, directories and links: what a receiver's
-    /// entry limit counts.
+    /// Files, parts, deletions, directories, links, kept files and copies:
+    /// what a receiver's entry limit counts.
     pub fn entries(&self) -> usize {
-        self.files.0 + self.parts.0 + self.deletions.0 + self.dirs.0 + self.links.0
+        let tree = self.dirs.0 + self.links.0 + self.kept.0 + self.copies.0;
+        self.files.0 + self.parts.0 + self.deletions.0 + tree
     }
 }
 

@@ -61,6 +61,30 @@ pub struct Manifest {
     /// Symlinks, each pointing inside the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub links: Vec<LinkEntry>,
+    /// Files the receivers already hold at the same path with this size
+    /// and hash: no entry in the zip. The receiver checks its copy and
+    /// gives it this mtime and mode, without rewriting it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<FileEntry>,
+    /// Files whose content the receivers hold at another path: no entry in
+    /// the zip. The receiver copies its own file at `from` into staging,
+    /// checks it against this size and hash, and publishes it like the
+    /// others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copies: Vec<CopyEntry>,
+}
+
+/// A file made from the receiver's own copy of the same content at `from`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CopyEntry {
+    pub path: String,
+    pub from: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub hash: String,
 }
 
 /// A directory, with the mode it has in the source.
@@ -134,7 +158,8 @@ impl FileMeta {
     }
 }
 
-/// A whole file stored as the zip entry named by its path.
+/// A whole file stored as the zip entry named by its path (in `files`), or
+/// one the receiver already holds (in `kept`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileEntry {
@@ -212,6 +237,8 @@ impl Manifest {
             && self.abandoned.is_empty()
             && self.dirs.is_empty()
             && self.links.is_empty()
+            && self.kept.is_empty()
+            && self.copies.is_empty()
     }
 
     pub fn content_bytes(&self) -> u64 {

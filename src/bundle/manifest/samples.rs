@@ -45,5 +45,7 @@ pub(super) fn manifest() -> Manifest {
         abandoned: vec![],
         dirs: vec![],
         links: vec![],
+        kept: vec![],
+        copies: vec![],
     }
 }

@@ -30,18 +30,18 @@ fn frame() -> impl Strategy<Value = Frame> {
                 _ => HookOutcome::Failed(why),
             },
         }),
-        (any::<u64>(), any::<bool>(), "[a-z/]{0,20}", ".{0,100}").prop_map(
-            |(seq, retry, path, reason)| Frame::Refuse {
+        (any::<u64>(), 0..3u8, "[a-z/]{0,20}", ".{0,100}").prop_map(|(seq, kind, path, reason)| {
+            Frame::Refuse {
                 seq,
-                kind: if retry {
-                    RefusalKind::Retry
-                } else {
-                    RefusalKind::Permanent
+                kind: match kind {
+                    0 => RefusalKind::Retry,
+                    1 => RefusalKind::Permanent,
+                    _ => RefusalKind::NeedsContent,
                 },
                 path: (!path.is_empty()).then_some(path),
                 reason,
             }
-        ),
+        }),
         Just(Frame::Ping),
     ]
 }

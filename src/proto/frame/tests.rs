@@ -55,6 +55,12 @@ fn all() -> Vec<Frame> {
             path: Some("a/é.html".into()),
             reason: "is a symlink inside root".into(),
         },
+        Frame::Refuse {
+            seq: 5,
+            kind: RefusalKind::NeedsContent,
+            path: Some("a.html".into()),
+            reason: "kept files root does not hold: \"a.html\" (missing)".into(),
+        },
         Frame::Ping,
     ]
 }

@@ -221,10 +221,13 @@ impl Sessions {
         match answer? {
             Ok(hook) => writer.write_frame(&Frame::Ack { seq, hook }).await?,
             Err(refusal) => {
-                let permanent = refusal.kind == RefusalKind::Permanent;
-                warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), permanent, "bundle refused");
+                // Only a refusal to retry ends the session: the sender
+                // packs the others' files again, in later bundles.
+                let goes_on = refusal.kind != RefusalKind::Retry;
+                let kind = format!("{:?}", refusal.kind);
+                warn!(%peer, %sender, seq, reason = %refusal, path = refusal.path.as_deref().unwrap_or(""), kind, "bundle refused");
                 writer.write_frame(&Frame::refuse(seq, refusal)).await?;
-                return Ok(permanent);
+                return Ok(goes_on);
             }
         }
         Ok(true)

@@ -343,7 +343,7 @@ impl Link {
                 self.shipped(b, started).await;
                 None
             }
-            Ok(Err(refusal)) if refusal.kind == RefusalKind::Permanent => {
+            Ok(Err(refusal)) if refusal.kind != RefusalKind::Retry => {
                 self.refused_for_good(b, refusal).await;
                 None
             }
@@ -399,15 +399,15 @@ impl Link {
     }
 
     /// Bundle `b` was refused for good. Sending it again cannot help: its
-    /// files are packed again, without the one at fault, instead.
+    /// files are packed again, without the one at fault (or, when the
+    /// receiver lacks files it kept, with every file's content), instead.
     async fn refused_for_good(&self, b: &Packed, refusal: Refusal) {
-        tracing::error!(
-            peer = %self.receiver,
-            seq = b.seq,
-            path = refusal.path.as_deref().unwrap_or(""),
-            reason = %refusal.reason,
-            "the receiver refused this bundle for good; its files are packed again without the path at fault"
-        );
+        let path = refusal.path.as_deref().unwrap_or("");
+        if refusal.kind == RefusalKind::NeedsContent {
+            warn!(peer = %self.receiver, seq = b.seq, path, reason = %refusal.reason, "the receiver does not hold files this bundle kept; its files are packed again with their content");
+        } else {
+            tracing::error!(peer = %self.receiver, seq = b.seq, path, reason = %refusal.reason, "the receiver refused this bundle for good; its files are packed again without the path at fault");
+        }
         self.status.send_modify(|s| {
             s.last_error = Some(format!("sequence {} refused: {}", b.seq, refusal.reason));
             s.last_error_at = Some(unix_now());

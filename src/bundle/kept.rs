@@ -1,0 +1,125 @@
+//! Content a bundle does not carry because the receiver holds it: files it
+//! keeps (the same content at the same path: only their metadata
+//! travelled) and copies (content the receiver holds at another path).
+//! Before root is touched, each kept file is checked against root's copy
+//! and each copy is made in staging from root's file at its `from` (a
+//! reflink where the filesystem makes one, else a plain copy: never a hard
+//! link, which would make two paths of root one file) and checked as it is
+//! made: a regular file (never through a symlink) of the size and
+//! whole-file BLAKE3 hash the manifest gives. Any that root does not hold
+//! as listed (edited or lost on the receiver, or an empty root) refuses the
+//! bundle, naming every such path ([`BundleError::NotHeld`]), so the sender
+//! sends them with their content; nothing of the bundle is applied. Reads
+//! root, writes only in staging (publishing gives kept files their
+//! metadata: `Publish::retime`, and renames copies into place).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::error::{BundleError, beneath_err, io_at};
+use super::manifest::{CopyEntry, FileEntry, Manifest};
+use super::target::Target;
+use super::unpack::{create_private, finish_file};
+use crate::beneath::Root;
+
+/// Bytes read at a time while hashing or copying root's files.
+const BUF_BYTES: usize = 256 << 10;
+
+/// Check the files `m` keeps and stage the files it copies (the `i`th as
+/// `c{i}` in `stage`), on every core. Returns each copy's path in root
+/// with its staged file; `Err(NotHeld)` names every kept file and copy
+/// root does not hold as listed.
+pub(super) fn check_and_copy(
+    root: &Root,
+    target: &Target,
+    m: &Manifest,
+    stage: &Path,
+) -> Result<Vec<(String, PathBuf)>, BundleError> {
+    use rayon::prelude::*;
+    let kept: Vec<Option<String>> = m
+        .kept
+        .par_iter()
+        .map(|k| why_not_held(root, k))
+        .collect::<Result<_, _>>()?;
+    let dest = |i: usize| stage.join(format!("c{i}"));
+    let copies: Vec<Option<String>> = (0..m.copies.len())
+        .into_par_iter()
+        .map(|i| stage_copy(root, target, &m.copies[i], &dest(i)))
+        .collect::<Result<_, _>>()?;
+    let paths = m.kept.iter().map(|k| &k.path);
+    let missing: Vec<(String, String)> = paths
+        .chain(m.copies.iter().map(|c| &c.path))
+        .zip(kept.into_iter().chain(copies))
+        .filter_map(|(path, why)| why.map(|why| (path.clone(), why)))
+        .collect();
+    if !missing.is_empty() {
+        return Err(BundleError::NotHeld { missing });
+    }
+    let copies = m.copies.iter().enumerate();
+    Ok(copies.map(|(i, c)| (c.path.clone(), dest(i))).collect())
+}
+
+/// Why root does not hold `k` as listed, or `None` if it does. An error
+/// reading a file that is there is an I/O error, not a difference.
+fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleError> {
+    let Some(mut f) = open(root, &k.path, k.size)? else {
+        return Ok(Some("missing, or of another size".into()));
+    };
+    let hash = hash_all(&mut f, None).map_err(io_at(Path::new(&k.path)))?;
+    Ok((hash.to_hex().as_str() != k.hash).then(|| "content differs".into()))
+}
+
+/// Make the copy `c` at `dest` from root's file at `c.from`, check it and
+/// give it its mode, group and mtime. `Some(why)` when root does not hold
+/// that content there.
+fn stage_copy(
+    root: &Root,
+    target: &Target,
+    c: &CopyEntry,
+    dest: &Path,
+) -> Result<Option<String>, BundleError> {
+    let lacks = |why: &str| Ok(Some(format!("its content, from {:?}: {why}", c.from)));
+    let Some(mut src) = open(root, &c.from, c.size)? else {
+        return lacks("missing, or of another size");
+    };
+    let mut out = create_private(dest)?;
+    let hash = if rustix::fs::ioctl_ficlone(&out, &src).is_ok() {
+        // The clone shares root's blocks: what is checked is what it holds.
+        hash_all(&mut File::open(dest).map_err(io_at(dest))?, None)
+    } else {
+        hash_all(&mut src, Some(&mut out))
+    }
+    .map_err(io_at(dest))?;
+    if hash.to_hex().as_str() != c.hash {
+        return lacks("content differs");
+    }
+    let perms = (target.policy.file_mode(c.mode), target.policy.gid());
+    finish_file(&out, dest, perms, c.mtime, c.mtime_nsec)?;
+    Ok(None)
+}
+
+/// Root's regular file `rel`, if it is there with `size` bytes.
+fn open(root: &Root, rel: &str, size: u64) -> Result<Option<File>, BundleError> {
+    let Some(f) = root.open_file(rel).map_err(beneath_err)? else {
+        return Ok(None);
+    };
+    let len = f.metadata().map_err(io_at(Path::new(rel)))?.len();
+    Ok((len == size).then_some(f))
+}
+
+/// BLAKE3 of what `f` holds, written on to `copy` too when given.
+fn hash_all(f: &mut File, mut copy: Option<&mut File>) -> std::io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0u8; BUF_BYTES];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+        if let Some(out) = copy.as_mut() {
+            out.write_all(&buf[..n])?;
+        }
+    }
+}

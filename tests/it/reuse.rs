@@ -1,0 +1,276 @@
+//! Content the receiver already has never travels again: an identical
+//! rewrite ships metadata only, a renamed or copied file is rebuilt from
+//! the receiver's own copy, and a receiver that no longer holds what a
+//! bundle refers to gets the content after all.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use shipper::bundle::apply::{Limits, open};
+
+use crate::util::*;
+
+/// Give `path` the mtime `secs` after the epoch.
+fn set_mtime(path: &Path, secs: u64) {
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+    f.set_times(std::fs::FileTimes::new().set_modified(t))
+        .unwrap();
+}
+
+fn mtime(path: &Path) -> i64 {
+    std::fs::metadata(path).map(|m| m.mtime()).unwrap_or(-1)
+}
+
+/// The manifests of every bundle the receiver archived, in order.
+fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
+    let bundles = env.archived().into_iter();
+    bundles
+        .map(|b| open(&b, &Limits::default()).unwrap().manifest)
+        .collect()
+}
+
+/// The first manifest the receiver archived (it archives a bundle after
+/// acknowledging it) for which `pred` holds, waiting for it.
+async fn archived_where(
+    env: &Env,
+    pred: impl Fn(&shipper::bundle::Manifest) -> bool,
+) -> shipper::bundle::Manifest {
+    let mut found = None;
+    wait_until("a bundle archived as expected", || {
+        found = manifests(env).into_iter().find(&pred);
+        found.is_some()
+    })
+    .await;
+    found.expect("found")
+}
+
+/// Ship `files` and wait until the receiver has them.
+async fn shipped(env: &Env, files: &[(&str, Vec<u8>)]) -> (Role, Role) {
+    for (rel, body) in files {
+        env.write(rel, body);
+    }
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(env).await;
+    (r, s)
+}
+
+/// Rewrite `files` in the source with the same bytes and the mtime `secs`.
+fn rewrite_identically(env: &Env, files: &[(&str, Vec<u8>)], secs: u64) {
+    for (rel, body) in files {
+        env.write(rel, body);
+        set_mtime(&env.src().join(rel), secs);
+    }
+}
+
+/// A CMS that rewrites every page with the same bytes made the whole site
+/// travel again; now the bundle carries only the new mtimes, and root's
+/// files are given them in place (the same inodes: nothing rewritten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_rewrite_ships_only_metadata_and_root_keeps_its_files() {
+    let env = Env::new();
+    let files = [
+        ("index.html", b"<h1>home</h1>".to_vec()),
+        ("img/photo.jpg", noise(300_000, 7)),
+    ];
+    let (r, s) = shipped(&env, &files).await;
+    let inode = |rel: &str| std::fs::metadata(env.root().join(rel)).unwrap().ino();
+    let before: Vec<u64> = files.iter().map(|(rel, _)| inode(rel)).collect();
+
+    rewrite_identically(&env, &files, 1_700_000_000);
+    wait_until("root's files given the new mtime", || {
+        files
+            .iter()
+            .all(|(rel, _)| mtime(&env.root().join(rel)) == 1_700_000_000)
+    })
+    .await;
+    let after: Vec<u64> = files.iter().map(|(rel, _)| inode(rel)).collect();
+    assert_eq!(before, after, "root's files were rewritten");
+    assert_eq!(tree(&env.root()), tree(&env.src()));
+    let m = archived_where(&env, |m| m.seq > 1).await;
+    assert!(m.files.is_empty() && m.parts.is_empty(), "{m:?}");
+    let kept: Vec<&str> = m.kept.iter().map(|k| k.path.as_str()).collect();
+    assert_eq!(kept, ["img/photo.jpg", "index.html"]);
+
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A page edited on the receiver keeps its size: a bundle that only kept
+/// it would have given the edited page the source's mtime, and the
+/// receiver would have served it for good. The receiver checks the
+/// content, refuses naming the page, and the sender sends it whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_edited_on_the_receiver_is_sent_again_with_its_content() {
+    let env = Env::new();
+    let files = [("a.html", b"hello".to_vec()), ("b.html", b"world".to_vec())];
+    let (r, s) = shipped(&env, &files).await;
+    std::fs::write(env.root().join("a.html"), "HELLO").unwrap();
+
+    rewrite_identically(&env, &files, 1_700_000_000);
+    wait_until("the edited page put right", || {
+        std::fs::read(env.root().join("a.html")).is_ok_and(|b| b == b"hello")
+            && mtime(&env.root().join("b.html")) == 1_700_000_000
+    })
+    .await;
+    assert_eq!(tree(&env.root()), tree(&env.src()));
+    // Sent whole after the refusal.
+    let whole = |m: &shipper::bundle::Manifest| m.files.iter().any(|f| f.path == "a.html");
+    archived_where(&env, |m| m.seq > 1 && whole(m)).await;
+
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A bundle that keeps files refers to content elsewhere: replayed onto an
+/// empty root it must say which files it needs, and apply nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs() {
+    let env = Env::new();
+    let files = [
+        ("index.html", b"<h1>home</h1>".to_vec()),
+        ("img/photo.jpg", noise(3_000, 7)),
+    ];
+    let (r, s) = shipped(&env, &files).await;
+    rewrite_identically(&env, &files, 1_700_000_000);
+    wait_until("metadata applied", || {
+        mtime(&env.root().join("index.html")) == 1_700_000_000
+    })
+    .await;
+    archived_where(&env, |m| !m.kept.is_empty()).await;
+    s.stop().await;
+    r.stop().await;
+
+    let bundle = env.archived().pop().unwrap();
+    let restored = env.path().join("restored");
+    let out = shipper_async(owned(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(!out.status.success(), "applied: {}", text(&out));
+    let t = text(&out);
+    for want in ["\"index.html\" (missing", "\"img/photo.jpg\" (missing"] {
+        assert!(t.contains(want), "{want} not named in: {t}");
+    }
+    assert!(tree(&restored).is_empty(), "something applied");
+    let out = shipper_async(owned(&["inspect", bundle.to_str().unwrap()])).await;
+    let t = text(&out);
+    assert!(
+        t.contains("kept (content not carried; root must hold it): 2"),
+        "{t}"
+    );
+}
+
+/// Renaming a directory of images shipped every image again (a deletion
+/// plus every file); now the receiver moves no image bytes: each new path
+/// is a copy of content it holds, made in staging and checked. A copy of
+/// an image is made the same way; replayed onto an empty root, such a
+/// bundle names each file it needs and where it expected the content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_directory_of_images_moves_no_image_bytes() {
+    let env = Env::new();
+    let mut files: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| (format!("img/p{i}.jpg"), noise(40_000 + i, i as u64)))
+        .collect();
+    files.extend((0..8).map(|i| (format!("pages/{i}.html"), b"<p>page</p>".to_vec())));
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, b)| (p.as_str(), b.clone())).collect();
+    let (r, s) = shipped(&env, &files).await;
+    let before = env.archived().len();
+
+    std::fs::rename(env.src().join("img"), env.src().join("photos")).unwrap();
+    std::fs::copy(
+        env.src().join("photos/p0.jpg"),
+        env.src().join("pages/p0-copy.jpg"),
+    )
+    .unwrap();
+    wait_in_sync(&env).await;
+    wait_until("the old directory removed", || {
+        !env.root().join("img").exists()
+    })
+    .await;
+    for path in ["photos/p2.jpg", "pages/p0-copy.jpg"] {
+        archived_where(&env, |m| m.copies.iter().any(|c| c.path == path)).await;
+    }
+    s.stop().await;
+    r.stop().await;
+
+    let after = manifests(&env).split_off(before);
+    let carried: Vec<&str> = after
+        .iter()
+        .flat_map(|m| &m.files)
+        .map(|f| f.path.as_str())
+        .collect();
+    assert!(
+        carried.iter().all(|p| p.ends_with(".html")),
+        "image bytes travelled: {carried:?}"
+    );
+    let mut copies: Vec<(&str, &str)> = after
+        .iter()
+        .flat_map(|m| &m.copies)
+        .map(|c| (c.path.as_str(), c.from.as_str()))
+        .collect();
+    copies.sort();
+    assert_eq!(
+        copies,
+        [
+            ("pages/p0-copy.jpg", "img/p0.jpg"),
+            ("photos/p0.jpg", "img/p0.jpg"),
+            ("photos/p1.jpg", "img/p1.jpg"),
+            ("photos/p2.jpg", "img/p2.jpg"),
+        ]
+    );
+    let ino = |rel: &str| std::fs::metadata(env.root().join(rel)).unwrap().ino();
+    assert_ne!(
+        ino("photos/p0.jpg"),
+        ino("pages/p0-copy.jpg"),
+        "one file at two paths"
+    );
+
+    let mut with_copies = env.archived().into_iter().rev();
+    let copies_of = |b: &Path| open(b, &Limits::default()).unwrap().manifest.copies;
+    let p1 = |b: &Path| copies_of(b).iter().any(|c| c.path == "photos/p1.jpg");
+    let bundle = with_copies.find(|b| p1(b)).unwrap();
+    let restored = env.path().join("restored");
+    let out = shipper_async(owned(&[
+        "replay",
+        "--root",
+        restored.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(!out.status.success(), "applied: {}", text(&out));
+    let t = text(&out);
+    let want = "\"photos/p1.jpg\" (its content, from \"img/p1.jpg\": missing";
+    assert!(t.contains(want), "{want} not named in: {t}");
+    assert!(tree(&restored).is_empty(), "something applied");
+}
+
+/// A copy's source lost on the receiver (deleted there by hand): the
+/// receiver refuses the bundle naming the file, and the sender sends it
+/// with its content.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_whose_source_the_receiver_lost_is_sent_with_its_content() {
+    let env = Env::new();
+    let files = [("img/a.jpg", noise(50_000, 9))];
+    let (r, s) = shipped(&env, &files).await;
+    std::fs::remove_file(env.root().join("img/a.jpg")).unwrap();
+
+    std::fs::create_dir_all(env.src().join("new")).unwrap();
+    std::fs::copy(env.src().join("img/a.jpg"), env.src().join("new/b.jpg")).unwrap();
+    wait_until("the copy arrived", || {
+        std::fs::read(env.root().join("new/b.jpg")).is_ok_and(|b| b == files[0].1)
+    })
+    .await;
+    let whole = |m: &shipper::bundle::Manifest| m.files.iter().any(|f| f.path == "new/b.jpg");
+    let m = archived_where(&env, whole).await;
+    let sent: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
+    assert_eq!(sent, ["new/b.jpg"], "{m:?}");
+
+    s.stop().await;
+    r.stop().await;
+}
