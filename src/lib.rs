@@ -26,6 +26,7 @@
 //! - [`paths`]: shipped path form, path validation, exclude rules.
 //! - [`durable`]: crash-safe writes and checksummed journals.
 //! - [`places`]: configured directories kept apart; clean-up of shipper's own names.
+//! - [`state_lock`]: one process at a time per state_dir (a sender's or a receiver's).
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
 //! - [`status`]: what `shipper status` reports (shared by sender, control, metrics).
 //! - [`control`]: the local control socket (flush, status, pause, resume).
@@ -58,4 +59,5 @@ pub mod durable;
 pub mod metrics;
 pub mod paths;
 pub mod places;
+pub mod state_lock;
 pub mod status;

@@ -264,7 +264,7 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
                 .with_context(|| config.file.display().to_string())?;
             let r = receiver_config(config)?;
             let target = receiver::target_for(&r)?;
-            _lock = Some(receiver::StateLock::acquire(&r.state_dir)?);
+            _lock = Some(receiver::StateLock::acquire(&r.state_dir, "receiver")?);
             on_apply = r.on_apply;
             (target, Some(r.state_dir), r.limits)
         }

@@ -44,8 +44,9 @@ use crate::places;
 use commit::Committer;
 use session::Sessions;
 
+pub use crate::state_lock::StateLock;
 pub use names::{archive_name, parse_archive_name};
-pub use state::{ReceiverState, StateLock};
+pub use state::ReceiverState;
 
 /// Connections not yet identified (in their handshake or before `Hello`)
 /// at once; past this, new connections are closed as soon as accepted, so
@@ -108,7 +109,7 @@ impl Receiver {
             tokio::task::spawn_blocking(move || target_for(&cfg)).await??
         };
         // Before anything in state_dir or root is cleaned, finished or served.
-        let lock = StateLock::acquire(&cfg.state_dir)?;
+        let lock = StateLock::acquire(&cfg.state_dir, "receiver")?;
         let incoming = cfg.state_dir.join("incoming");
         std::fs::create_dir_all(&incoming)
             .with_context(|| format!("creating {}", incoming.display()))?;

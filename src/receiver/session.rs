@@ -28,7 +28,7 @@ mod halves;
 use super::commit::{Committer, refusal_for_io};
 use super::identity::Sender;
 use super::names::archive_name;
-use super::state::{ReceiverState, StateLock};
+use super::state::ReceiverState;
 use crate::bundle::apply;
 use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
@@ -39,6 +39,7 @@ use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::proto::{Connection, Frame, SESSION_IDLE};
+use crate::state_lock::StateLock;
 use crate::tls::Fingerprint;
 
 /// A new connection has this long for its TLS handshake and `Hello`

@@ -76,59 +76,6 @@ fn instance_bytes(hex: &str) -> Option<[u8; 16]> {
     bytes.try_into().ok()
 }
 
-/// One process at a time writes a receiver's state_dir and the root it
-/// serves: held by a running receiver for as long as it runs, and by
-/// `shipper replay --config`. An advisory lock (flock) on
-/// `state_dir/receiver.lock`, released by the kernel when its holder
-/// exits, however it exits; the file holds the holder's pid for the
-/// message of the one refused.
-pub struct StateLock {
-    _file: std::fs::File,
-}
-
-impl StateLock {
-    pub fn path(state_dir: &Path) -> PathBuf {
-        state_dir.join("receiver.lock")
-    }
-
-    /// Take the lock of `state_dir`, or refuse at once naming its holder.
-    pub fn acquire(state_dir: &Path) -> anyhow::Result<Self> {
-        use std::io::{Read, Seek, Write};
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = Self::path(state_dir);
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut pid = String::new();
-                let _ = file.read_to_string(&mut pid);
-                anyhow::bail!(
-                    "{}: a receiver is running with this state_dir (pid {})",
-                    state_dir.display(),
-                    pid.trim()
-                );
-            }
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("locking {}", path.display()));
-            }
-        }
-        // Only informs whoever is refused next: no fsync.
-        file.set_len(0)
-            .and_then(|()| file.rewind())
-            .and_then(|()| write!(file, "{}", std::process::id()))
-            .with_context(|| format!("writing {}", path.display()))?;
-        Ok(Self { _file: file })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,16 +92,5 @@ mod tests {
         let again = ReceiverState::load_or_create(dir.path()).unwrap();
         assert_eq!(again.instance, state.instance);
         assert_eq!(again.applied, state.applied);
-    }
-
-    #[test]
-    fn a_second_lock_of_one_state_dir_is_refused_naming_the_holder() {
-        let dir = tempfile::tempdir().unwrap();
-        let held = StateLock::acquire(dir.path()).unwrap();
-        let refused = StateLock::acquire(dir.path()).err().unwrap();
-        let pid = std::process::id().to_string();
-        assert!(format!("{refused:#}").contains(&pid), "{refused:#}");
-        drop(held);
-        StateLock::acquire(dir.path()).unwrap();
     }
 }

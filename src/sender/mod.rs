@@ -78,6 +78,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let _lock = start::lock_state_dir(&cfg)?;
     let stores = start::open_stores(&cfg)?;
     info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.

@@ -27,6 +27,7 @@ use super::report::Links;
 use super::shipped::Shipped;
 use super::state::SenderState;
 use super::transport::{Link, TransportEvent, transport};
+use crate::state_lock::StateLock;
 
 /// The sender's state directory, opened.
 pub(super) struct Stores {
@@ -40,10 +41,18 @@ pub(super) struct Stores {
     peers: Peers,
 }
 
-/// Open (or create) the state directory and what it keeps.
-pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
+/// Check the configured directories, create the state directory, and
+/// take its lock, before anything in it is read or cleaned: a second
+/// sender started on it would remove the first one's bundles and files in
+/// use. Held for as long as the sender runs.
+pub(super) fn lock_state_dir(cfg: &SenderConfig) -> anyhow::Result<StateLock> {
     crate::places::check(&cfg.dirs())?;
     durable::private_dir(&cfg.state_dir, "sender.state_dir").map_err(anyhow::Error::msg)?;
+    StateLock::acquire(&cfg.state_dir, "sender")
+}
+
+/// Open what the state directory keeps; its lock is held.
+pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
     let state_dir = std::fs::canonicalize(&cfg.state_dir)
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))?;
     let outbox_dir = state_dir.join("outbox");

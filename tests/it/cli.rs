@@ -196,3 +196,50 @@ fn man_page_and_completions_cover_every_subcommand() {
         assert!(script.contains(sub), "completions lack {sub}");
     }
 }
+
+/// A second `shipper run` on a running sender's state_dir (an operator
+/// trying it by hand beside the service) removed the running sender's
+/// bundles and files in use, then kept running beside it, both numbering
+/// bundles from the same state. It is refused at once, naming the holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sender_on_one_state_dir_is_refused_and_touches_nothing() {
+    let env = Env::new();
+    let r = env.start_receiver("").await;
+    env.write("a.txt", "a");
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let first = Daemon::start(&file, &env.path().join("first.log"), None);
+    wait_in_sync(&env).await;
+    let inflight = env.path().join("state-s/.shipper-tmp-inflight");
+    std::fs::write(&inflight, "a snapshot being written").unwrap();
+    let mut run = std::process::Command::new(env!("CARGO_BIN_EXE_shipper"))
+        .args(["run", "--config", &file.to_string_lossy()])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Refused at once; a second sender that runs on is killed, and fails.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while run.try_wait().unwrap().is_none() && std::time::Instant::now() < end {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let refused = run.try_wait().unwrap().is_some();
+    if !refused {
+        let _ = run.kill();
+    }
+    let second = run.wait_with_output().unwrap();
+    assert!(refused, "a second sender kept running: {}", text(&second));
+    assert!(!second.status.success(), "{}", text(&second));
+    let pid = first.child.id().to_string();
+    assert!(
+        text(&second).contains("a sender is running with this state_dir")
+            && text(&second).contains(&pid),
+        "{}",
+        text(&second)
+    );
+    assert!(inflight.exists(), "the running sender's file was removed");
+    env.write("b.txt", "b");
+    wait_in_sync(&env).await;
+    drop(first);
+    r.stop().await;
+}
