@@ -290,6 +290,21 @@ fn append_part(
         .mode(0o600)
         .open(&data_path)
         .map_err(io_at(&data_path))?;
+    // The parts recorded must all be there: data shorter than the journal
+    // says (lost, or restored from an older copy) would be filled with
+    // zeros by cutting it to length, and a set whose whole-file hash is
+    // merged from its parts' would publish them.
+    let have = out.metadata().map_err(io_at(&data_path))?.len();
+    if have < p.offset {
+        drop_part_set(dir, &p.set);
+        return Err(damaged(
+            &name,
+            format!(
+                "the set's data holds {have} bytes, its journal records {}",
+                p.offset
+            ),
+        ));
+    }
     // Drop any tail a crash left after the last recorded part.
     cut_at(&mut out, p.offset, &data_path)?;
     let mut hasher = hashes.hasher(p.offset);
@@ -523,6 +538,32 @@ mod tests {
         }
         assert!(
             load_part_state(dir.path(), "s2").is_none(),
+            "the set is dropped"
+        );
+    }
+
+    #[test]
+    fn a_set_whose_data_lost_recorded_parts_is_refused_not_filled_with_zeros() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 1) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let put = |i: u32| {
+            let (p, b) = tree_part(&data, i);
+            store_part(
+                dir.path(),
+                &Policy::default(),
+                (&p, PartHashes::Tree),
+                b,
+                &mut [0u8; 100],
+            )
+        };
+        put(0).unwrap();
+        put(1).unwrap();
+        // The data lost what the journal records (a disk, an operator's copy).
+        fs::write(part_data_path(dir.path(), "s1"), b"").unwrap();
+        let e = put(2).unwrap_err().to_string();
+        assert!(e.contains("journal records 2048"), "{e}");
+        assert!(
+            load_part_state(dir.path(), "s1").is_none(),
             "the set is dropped"
         );
     }

@@ -234,9 +234,19 @@ impl Ledger {
     /// [`MIN_COMPACT`] more.
     fn append(&mut self, r: Record) -> io::Result<()> {
         let line = encode_record(&r);
-        self.journal.write_all(&line)?;
         // The record must survive a crash before we rely on it.
-        self.journal.sync_data()?;
+        let written = self
+            .journal
+            .write_all(&line)
+            .and_then(|()| self.journal.sync_data());
+        if let Err(e) = written {
+            // A full disk may have taken part of the line: cut it off, or
+            // the next record would follow it and be lost with it at load.
+            use std::io::Seek;
+            let _ = self.journal.set_len(self.journal_len);
+            let _ = self.journal.seek(io::SeekFrom::Start(self.journal_len));
+            return Err(e);
+        }
         self.journal_len += line.len() as u64;
         self.apply(&r);
         if self.compaction_due()

@@ -226,3 +226,43 @@ fn a_compaction_that_fails_loses_no_record_and_is_tried_again_later() {
     assert_eq!(l.acked_seq(), 3);
     assert_eq!(l.files().len(), 2 * (MIN_SINCE as usize + 1) + 1);
 }
+
+#[test]
+fn a_record_torn_by_a_full_disk_loses_no_later_record() {
+    // Broke once: the torn line stayed, the next record followed it, and
+    // both were dropped at load as one corrupt tail.
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(dir.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "this test needs to mount a tmpfs (run as root)");
+    let result = std::panic::catch_unwind(|| {
+        let mut l = Ledger::open(dir.path()).unwrap();
+        l.record(rec(1, "a", Some(1))).unwrap();
+        let filler = dir.path().join("filler");
+        let mut f = File::create(&filler).unwrap();
+        let _ = f.write_all(&vec![7u8; 1 << 20]);
+        drop(f);
+        let big = AckRecord {
+            seq: 2,
+            changes: (0..300)
+                .map(|i| (format!("dir/file-{i:05}.html"), Some(meta(i))))
+                .collect(),
+        };
+        assert!(l.record(big).is_err(), "the disk is full");
+        std::fs::remove_file(&filler).unwrap();
+        l.record(rec(3, "c", Some(3))).unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path()).unwrap();
+        assert_eq!(l.acked_seq(), 3, "the record written after space was freed");
+    });
+    let _ = std::process::Command::new("umount")
+        .arg(dir.path())
+        .status();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
