@@ -17,6 +17,11 @@ use super::refusal::{Refusal, RefusalKind};
 /// names the receiver's instance and limits; `Refuse` says whether to
 /// retry.)
 pub const PROTOCOL_VERSION: u16 = 5;
+/// The senders a receiver takes: 4 as well as 5, since a receiver reads
+/// the manifests of format 1 that a sender of 4 writes, and never asks it
+/// for content it holds (only format 2 bundles name any). Receivers can be
+/// upgraded first, one by one, and their senders after.
+pub const SENDERS_SPOKEN: std::ops::RangeInclusive<u16> = 4..=PROTOCOL_VERSION;
 /// `Hello` starts with this so a stray client is recognised at once.
 pub const MAGIC: [u8; 4] = *b"SHPR";
 /// Largest payload of any frame; bundle bodies are not frames.

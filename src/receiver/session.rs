@@ -35,7 +35,7 @@ use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::connection::{FrameReader, Stream, set_liveness};
-use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION, SENDERS_SPOKEN};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::proto::{Connection, Frame, SESSION_IDLE};
@@ -150,14 +150,15 @@ impl Sessions {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let sender = match conn.expect_frame_within(left).await? {
             Frame::Hello { version, sender }
-                if version == PROTOCOL_VERSION && valid_sender_id(&sender) =>
+                if SENDERS_SPOKEN.contains(&version) && valid_sender_id(&sender) =>
             {
                 Sender::new(sender, fingerprint)
             }
             Frame::Hello { version, sender } => {
-                let reason = if version != PROTOCOL_VERSION {
+                let reason = if !SENDERS_SPOKEN.contains(&version) {
                     format!(
-                        "protocol version {version} not supported (this receiver speaks {PROTOCOL_VERSION})"
+                        "protocol version {version} not supported (this receiver speaks {} to {PROTOCOL_VERSION})",
+                        SENDERS_SPOKEN.start()
                     )
                 } else {
                     format!("sender id {sender:?} is not valid")

@@ -93,8 +93,11 @@ pub fn walk_watching(
     };
     // Not even the walked directory itself is followed if it turned into a
     // symlink since its event: what lies elsewhere is never listed.
-    if let Ok(md) = std::fs::symlink_metadata(dir) {
-        w.found(dir.to_path_buf(), &md);
+    match std::fs::symlink_metadata(dir) {
+        Ok(md) => w.found(dir.to_path_buf(), &md),
+        Err(e) if is_gone(&e) => {}
+        // A directory above it closed to us: nothing below is known gone.
+        Err(e) => w.unreadable(dir, &e),
     }
     while let Some(d) = w.pending.pop() {
         w.list(&d);
