@@ -133,3 +133,33 @@ pub fn modified_within(mtime: i64, mtime_nsec: u32, window: std::time::Duration)
         .duration_since(modified)
         .is_ok_and(|age| age < window)
 }
+
+/// The time an mtime of `secs` and `nsec` (as a manifest carries it) names,
+/// before the epoch too; nanoseconds past a second are taken as 999,999,999.
+pub fn system_time(secs: i64, nsec: u32) -> std::time::SystemTime {
+    use std::time::{Duration, UNIX_EPOCH};
+    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_before_the_epoch_and_oversized_nanoseconds_are_kept_in_range() {
+        assert_eq!(
+            system_time(-2, 500),
+            UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500)
+        );
+        assert_eq!(
+            system_time(1, u32::MAX),
+            UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(999_999_999)
+        );
+    }
+}

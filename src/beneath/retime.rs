@@ -7,7 +7,7 @@
 use std::fs::{File, FileTimes, Permissions};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rustix::fs::{FileType, Mode, OFlags};
 use rustix::io::Errno;
@@ -83,7 +83,8 @@ impl Publish<'_> {
         });
         let mode = self.policy.file_mode(shipped_mode);
         let gid = self.policy.gid();
-        op(|| give(&f, mode, gid, system_time(mtime, nsec))).map_err(|e| self.root.err(rel, e))
+        op(|| give(&f, mode, gid, crate::stamp::system_time(mtime, nsec)))
+            .map_err(|e| self.root.err(rel, e))
     }
 
     /// The files given their metadata so far: each is synced itself.
@@ -129,13 +130,4 @@ fn give(f: &File, mode: u32, gid: Option<u32>, mtime: SystemTime) -> rustix::io:
         .map_err(io)?;
     f.set_times(FileTimes::new().set_modified(mtime))
         .map_err(io)
-}
-
-fn system_time(secs: i64, nsec: u32) -> SystemTime {
-    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
-    }
 }

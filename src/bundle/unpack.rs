@@ -10,7 +10,6 @@ use std::fs::{File, FileTimes, OpenOptions, Permissions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::error::{BundleError, entry_err, io_at};
 
@@ -87,17 +86,8 @@ pub(super) fn finish_file(
     // Never setuid/setgid/sticky: a bundle must not mint privileged files.
     f.set_permissions(Permissions::from_mode(mode & 0o777))
         .map_err(io_at(path))?;
-    f.set_times(FileTimes::new().set_modified(system_time(mtime, nsec)))
+    f.set_times(FileTimes::new().set_modified(crate::stamp::system_time(mtime, nsec)))
         .map_err(io_at(path))
-}
-
-fn system_time(secs: i64, nsec: u32) -> SystemTime {
-    let nsec = Duration::from_nanos(u64::from(nsec.min(999_999_999)));
-    if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs as u64) + nsec
-    } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nsec
-    }
 }
 
 #[cfg(test)]
@@ -151,17 +141,5 @@ mod tests {
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o755);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
-    }
-
-    #[test]
-    fn times_before_the_epoch_and_oversized_nanoseconds_are_kept_in_range() {
-        assert_eq!(
-            system_time(-2, 500),
-            UNIX_EPOCH - Duration::from_secs(2) + Duration::from_nanos(500)
-        );
-        assert_eq!(
-            system_time(1, u32::MAX),
-            UNIX_EPOCH + Duration::from_secs(1) + Duration::from_nanos(999_999_999)
-        );
     }
 }
