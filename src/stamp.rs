@@ -3,7 +3,8 @@
 //! walk that compares the tree with what was shipped and for the packer
 //! that checks a file did not change while it was read, the one test of
 //! whether a stamp matches what was shipped ([`Stat::matches`]), and the
-//! one test of how recently a file was written. Reads the clock
+//! one test of how recently a file was written, and the one conversion of
+//! an mtime as a manifest carries it into a time ([`system_time`]). Reads the clock
 //! (`modified_within`, and through it the manifest's racy mark), nothing
 //! else.
 
