@@ -82,6 +82,11 @@ pub(super) struct Cutter<'c> {
     pub(super) alloc_seq: &'c mut dyn FnMut() -> io::Result<u64>,
     pub(super) emit: &'c mut dyn FnMut(Packed) -> io::Result<()>,
     pub(super) open: Option<OpenBundle>,
+    /// Paths a finished bundle of this run changes or deletes: on the
+    /// receiver they may no longer hold what they did when the run began,
+    /// so no later bundle copies from them. (The open bundle's own
+    /// deletions apply after its copies are made.)
+    pub(super) closed: std::collections::HashSet<String>,
 }
 
 impl Cutter<'_> {
@@ -94,6 +99,17 @@ impl Cutter<'_> {
         need: u64,
         name: &str,
     ) -> io::Result<&mut OpenBundle> {
+        self.room_for_writing(report, (need, need), name)
+    }
+
+    /// [`Cutter::room_for`] an entry of `need` bytes in the bundle that
+    /// makes the receiver write `writes` bytes.
+    pub(super) fn room_for_writing(
+        &mut self,
+        report: &mut Report,
+        (need, writes): (u64, u64),
+        name: &str,
+    ) -> io::Result<&mut OpenBundle> {
         let mut limits = self.limits;
         if let Some(max) = self.first_max.filter(|_| report.bundles.is_empty()) {
             limits.max_bundle_size = limits.max_bundle_size.min(max);
@@ -101,7 +117,7 @@ impl Cutter<'_> {
         let full = self
             .open
             .as_ref()
-            .is_some_and(|b| b.is_full_for(&limits, need, name));
+            .is_some_and(|b| b.is_full_for(&limits, (need, writes), name));
         if full && let Some(b) = self.open.take() {
             self.finish(b, report)?;
         }
@@ -160,18 +176,27 @@ impl Cutter<'_> {
     }
 
     /// The file `path`, which the receivers make from their own copy of
-    /// content `hash` at `from`.
+    /// content `hash` at `from`. `false` when they cannot: a finished
+    /// bundle of this run (the one the copy would follow) changes or
+    /// deletes `from`; the caller packs the content instead.
     pub(super) fn add_copy(
         &mut self,
         report: &mut Report,
         path: &str,
         (from, stamp): (&str, Stamp),
         hash: blake3::Hash,
-    ) -> io::Result<()> {
+    ) -> io::Result<bool> {
         let need = OpenBundle::tree_entry_need(path, &hash.to_hex()) + from.len() as u64;
-        self.room_for(report, need, path)?
-            .add_copy(path, from, stamp, hash);
-        Ok(())
+        // The receiver writes the copy: it counts toward what the bundle
+        // unpacks to. Finding room may finish the bundle that deletes
+        // `from`: only then is it known where the copy would go.
+        self.room_for_writing(report, (need, stamp.size), path)?;
+        if self.closed.contains(from) {
+            return Ok(false);
+        }
+        let b = self.open.as_mut().expect("room was just made");
+        b.add_copy(path, from, stamp, hash);
+        Ok(true)
     }
 
     /// End the run: the open bundle is finished if `packed` says all went
@@ -224,6 +249,7 @@ impl Cutter<'_> {
         // Only a bundle handed on is on its way: if `emit` failed, its
         // changes stay pending.
         report.bundles.push((seq, summary));
+        self.closed.extend(changes.iter().map(|(p, _)| p.clone()));
         report.shipped.extend(changes);
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::error::{BundleError, beneath_err, io_at};
+use super::error::{BundleError, io_at};
 use super::manifest::{CopyEntry, FileEntry, Manifest};
 use super::target::Target;
 use super::unpack::{create_private, finish_file};
@@ -60,66 +60,85 @@ pub(super) fn check_and_copy(
     Ok(copies.map(|(i, c)| (c.path.clone(), dest(i))).collect())
 }
 
-/// Why root does not hold `k` as listed, or `None` if it does. An error
-/// reading a file that is there is an I/O error, not a difference.
+/// What root's own files tell about one listed: not held as listed
+/// (missing, another size or content, or unreadable: the sender then sends
+/// the content), whatever the reason, so a sender learns nothing of a root
+/// file beyond that.
+const NOT_HELD: &str = "not held as listed (missing, changed or unreadable here)";
+
+/// Why root does not hold `k` as listed, or `None` if it does. Root's file
+/// failing to open or read is its not being held: the same bundle sent
+/// again would fail the same way, and its content cures it.
 fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleError> {
-    let Some(mut f) = open(root, &k.path, k.size)? else {
-        return Ok(Some("missing, or of another size".into()));
-    };
-    let hash = hash_all(&mut f, None).map_err(io_at(Path::new(&k.path)))?;
-    Ok((hash.to_hex().as_str() != k.hash).then(|| "content differs".into()))
+    let held = open(root, &k.path, k.size).and_then(|mut f| hash_all(&mut f, None).map_err(|_| ()));
+    Ok(match held {
+        Ok(hash) if hash.to_hex().as_str() == k.hash => None,
+        _ => Some(NOT_HELD.into()),
+    })
 }
 
 /// Make the copy `c` at `dest` from root's file at `c.from`, check it and
 /// give it its mode, group and mtime. `Some(why)` when root does not hold
-/// that content there.
+/// that content there; an error writing the copy (a full disk) is the
+/// `Err`.
 fn stage_copy(
     root: &Root,
     target: &Target,
     c: &CopyEntry,
     dest: &Path,
 ) -> Result<Option<String>, BundleError> {
-    let lacks = |why: &str| Ok(Some(format!("its content, from {:?}: {why}", c.from)));
-    let Some(mut src) = open(root, &c.from, c.size)? else {
-        return lacks("missing, or of another size");
+    let lacks = || Ok(Some(format!("its content, from {:?}: {NOT_HELD}", c.from)));
+    let Ok(mut src) = open(root, &c.from, c.size) else {
+        return lacks();
     };
     let mut out = create_private(dest)?;
     let hash = if rustix::fs::ioctl_ficlone(&out, &src).is_ok() {
         // The clone shares root's blocks: what is checked is what it holds.
-        hash_all(&mut File::open(dest).map_err(io_at(dest))?, None)
+        let mut clone = File::open(dest).map_err(io_at(dest))?;
+        hash_all(&mut clone, None)
     } else {
         hash_all(&mut src, Some(&mut out))
-    }
-    .map_err(io_at(dest))?;
+    };
+    let hash = match hash {
+        Ok(hash) => hash,
+        Err(Failed::Read) => return lacks(),
+        Err(Failed::Write(e)) => return Err(io_at(dest)(e)),
+    };
     if hash.to_hex().as_str() != c.hash {
-        return lacks("content differs");
+        return lacks();
     }
     let perms = (target.policy.file_mode(c.mode), target.policy.gid());
     finish_file(&out, dest, perms, c.mtime, c.mtime_nsec)?;
     Ok(None)
 }
 
-/// Root's regular file `rel`, if it is there with `size` bytes.
-fn open(root: &Root, rel: &str, size: u64) -> Result<Option<File>, BundleError> {
-    let Some(f) = root.open_file(rel).map_err(beneath_err)? else {
-        return Ok(None);
-    };
-    let len = f.metadata().map_err(io_at(Path::new(rel)))?.len();
-    Ok((len == size).then_some(f))
+/// Root's regular file `rel`, if it is there with `size` bytes and can be
+/// opened.
+fn open(root: &Root, rel: &str, size: u64) -> Result<File, ()> {
+    let f = root.open_file(rel).ok().flatten().ok_or(())?;
+    let len = f.metadata().map_err(|_| ())?.len();
+    if len == size { Ok(f) } else { Err(()) }
+}
+
+/// Which side of a copy failed.
+enum Failed {
+    /// Reading root's file: it is not held.
+    Read,
+    Write(std::io::Error),
 }
 
 /// BLAKE3 of what `f` holds, written on to `copy` too when given.
-fn hash_all(f: &mut File, mut copy: Option<&mut File>) -> std::io::Result<blake3::Hash> {
+fn hash_all(f: &mut File, mut copy: Option<&mut File>) -> Result<blake3::Hash, Failed> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF_BYTES];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = f.read(&mut buf).map_err(|_| Failed::Read)?;
         if n == 0 {
             return Ok(hasher.finalize());
         }
         hasher.update(&buf[..n]);
         if let Some(out) = copy.as_mut() {
-            out.write_all(&buf[..n])?;
+            out.write_all(&buf[..n]).map_err(Failed::Write)?;
         }
     }
 }

@@ -155,6 +155,7 @@ impl Packer<'_> {
                 sender: self.sender,
                 limits: self.limits,
                 first_max: self.first_bundle_max,
+                closed: Default::default(),
                 alloc_seq: &mut *self.alloc_seq,
                 emit: &mut *self.emit,
                 open: None,
@@ -272,9 +273,15 @@ impl Run<'_> {
             // metadata travels.
             Known::Held(hash) => self.cut.add_kept(self.report, path, stamp, hash)?,
             // ...or at another path: they copy it from there.
-            Known::Elsewhere(from, hash) => {
-                self.cut.add_copy(self.report, path, (&from, stamp), hash)?
+            // A copy larger than a bundle may unpack to could never be
+            // applied, nor one from a path an earlier bundle of this run
+            // changed or deleted: the content travels.
+            Known::Elsewhere(from, hash) if stamp.size <= self.cut.limits.max_unpacked => {
+                if !self.cut.add_copy(self.report, path, (&from, stamp), hash)? {
+                    return Ok(Some((stamp, how_to_read(item))));
+                }
             }
+            Known::Elsewhere(..) => return Ok(Some((stamp, how_to_read(item)))),
             Known::New | Known::Unchanged => return Ok(Some((stamp, how_to_read(item)))),
         }
         Ok(None)

@@ -253,14 +253,20 @@ fn check_entries(entries: usize, limits: &Limits) -> Result<(), BundleError> {
     Ok(())
 }
 
+/// The manifest's entries, the size of each file it makes, and what it
+/// unpacks to, within `limits`. Files the receiver copies from its own
+/// count as the files they make: 100,000 copies of one large file would
+/// fill its disk as surely as their content would.
 fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
-    check_entries(m.files.len() + m.parts.len() + m.deletions.len(), limits)?;
+    let listed = m.files.len() + m.parts.len() + m.deletions.len();
+    check_entries(listed + m.kept.len() + m.copies.len(), limits)?;
     let mut total: u64 = 0;
     for (path, size) in m
         .files
         .iter()
         .map(|f| (&f.path, f.size))
         .chain(m.parts.iter().map(|p| (&p.path, p.file_size)))
+        .chain(m.copies.iter().map(|c| (&c.path, c.size)))
     {
         if size > limits.max_file_size {
             return Err(over_limit(
@@ -274,6 +280,7 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
         .iter()
         .map(|f| f.size)
         .chain(m.parts.iter().map(|p| p.size))
+        .chain(m.copies.iter().map(|c| c.size))
     {
         total = total.saturating_add(size);
     }
@@ -378,6 +385,29 @@ mod tests {
         assert_eq!(refused_entry(check_limits(&m, &LIMITS)), "a");
         let m = manifest(vec![], vec![part("big", 1, 101)], &[]);
         assert_eq!(refused_entry(check_limits(&m, &LIMITS)), "big");
+    }
+
+    #[test]
+    fn copies_count_as_the_files_they_make_and_kept_files_as_entries() {
+        // Broke once: copies escaped every byte limit, so three entries
+        // could make the receiver write 30 GiB.
+        let copy = |p: &str, size| crate::bundle::manifest::CopyEntry {
+            path: p.into(),
+            from: "big".into(),
+            size,
+            mtime: 0,
+            mtime_nsec: 0,
+            mode: 0o644,
+            hash: String::new(),
+        };
+        let mut m = manifest(vec![], vec![], &[]);
+        m.copies = vec![copy("a", 101)];
+        assert_eq!(refused_entry(check_limits(&m, &LIMITS)), "a");
+        m.copies = vec![copy("a", 100), copy("b", 51)];
+        assert_eq!(refused_entry(check_limits(&m, &LIMITS)), MANIFEST_ENTRY);
+        m.copies = vec![copy("a", 1)];
+        m.kept = vec![file("k1", 1), file("k2", 1), file("k3", 1)];
+        assert_eq!(refused_entry(check_limits(&m, &LIMITS)), MANIFEST_ENTRY);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(super) struct OpenBundle {
     summary: Summary,
     changes: Vec<(String, Option<FileMeta>)>,
     used: u64,
+    /// Bytes of the files the receiver copies from its own (no entry).
+    copied: u64,
     /// Files, parts and deletions so far.
     entries: usize,
     /// Names after Unicode NFC normalisation: two equal ones in one bundle
@@ -91,6 +93,7 @@ impl OpenBundle {
             summary: Summary::default(),
             changes: Vec::new(),
             used: EMPTY_BUNDLE,
+            copied: 0,
             entries: 0,
             normalised: HashSet::new(),
         }
@@ -99,11 +102,18 @@ impl OpenBundle {
     /// Whether an entry of `need` more bytes named `name` would push the
     /// bundle past a limit, or clash with a name in it. An empty bundle
     /// takes anything.
-    pub(super) fn is_full_for(&self, limits: &Limits, need: u64, name: &str) -> bool {
+    /// Whether an entry named `name` of `need` more bytes, that makes the
+    /// receiver write `writes` bytes, must go to the next bundle.
+    pub(super) fn is_full_for(
+        &self,
+        limits: &Limits,
+        (need, writes): (u64, u64),
+        name: &str,
+    ) -> bool {
         self.entries > 0
             && (self.used + need > limits.max_bundle_size
                 || self.entries + 1 > limits.max_entries
-                || self.summary.bytes + need > limits.max_unpacked
+                || self.summary.bytes + self.copied + writes > limits.max_unpacked
                 || self.clashes(name))
     }
 
@@ -219,6 +229,7 @@ impl OpenBundle {
         self.note_name(rel);
         self.entries += 1;
         self.summary.copied += 1;
+        self.copied += stamp.size;
         self.changes
             .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
         self.manifest.copies.push(CopyEntry {
@@ -399,7 +410,7 @@ mod tests {
         let (_dir, b) = open();
         let tiny = Limits::new(1, 1, 1);
         assert!(b.is_empty());
-        assert!(!b.is_full_for(&tiny, u64::MAX / 2, "x"));
+        assert!(!b.is_full_for(&tiny, (u64::MAX / 2, u64::MAX / 2), "x"));
     }
 
     #[test]
@@ -407,8 +418,8 @@ mod tests {
         let (_dir, mut b) = open();
         let roomy = Limits::new(1 << 20, 1 << 30, 1000);
         b.add_file("caf\u{e9}", stamp(3), blake3::hash(b"abc"));
-        assert!(b.is_full_for(&roomy, 1, "cafe\u{301}"));
-        assert!(!b.is_full_for(&roomy, 1, "other"));
+        assert!(b.is_full_for(&roomy, (1, 1), "cafe\u{301}"));
+        assert!(!b.is_full_for(&roomy, (1, 1), "other"));
     }
 
     #[test]
@@ -421,16 +432,20 @@ mod tests {
             max_unpacked: 1 << 20,
             ..Limits::new(1 << 20, used + 600, 3)
         };
-        assert!(!b.is_full_for(&limits, 600, "b"));
-        assert!(b.is_full_for(&limits, 601, "b"), "max_bundle_size");
+        assert!(!b.is_full_for(&limits, (600, 600), "b"));
+        assert!(b.is_full_for(&limits, (601, 601), "b"), "max_bundle_size");
         let two = Limits::new(1 << 20, 1 << 30, 2);
-        assert!(b.is_full_for(&two, 1, "b"), "max_entries");
+        assert!(b.is_full_for(&two, (1, 1), "b"), "max_entries");
         let unpacked = Limits {
             max_unpacked: 150,
             ..Limits::new(1 << 20, 1 << 30, 10)
         };
-        assert!(b.is_full_for(&unpacked, 51, "b"), "max_unpacked");
-        assert!(!b.is_full_for(&unpacked, 50, "b"));
+        assert!(b.is_full_for(&unpacked, (51, 51), "b"), "max_unpacked");
+        assert!(!b.is_full_for(&unpacked, (50, 50), "b"));
+        // A copy has no content in the bundle but is written all the same.
+        assert!(b.is_full_for(&unpacked, (1, 51), "b"), "a copy's size");
+        b.add_copy("c", "a", stamp(40), blake3::hash(b"a"));
+        assert!(b.is_full_for(&unpacked, (11, 11), "b"), "what copies write counts");
     }
 
     #[test]

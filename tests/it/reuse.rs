@@ -154,7 +154,7 @@ async fn replaying_a_bundle_of_kept_files_on_an_empty_root_names_what_it_needs()
     .await;
     assert!(!out.status.success(), "applied: {}", text(&out));
     let t = text(&out);
-    for want in ["\"index.html\" (missing", "\"img/photo.jpg\" (missing"] {
+    for want in ["\"index.html\" (not held", "\"img/photo.jpg\" (not held"] {
         assert!(t.contains(want), "{want} not named in: {t}");
     }
     assert!(tree(&restored).is_empty(), "something applied");
@@ -245,7 +245,7 @@ async fn a_renamed_directory_of_images_moves_no_image_bytes() {
     .await;
     assert!(!out.status.success(), "applied: {}", text(&out));
     let t = text(&out);
-    let want = "\"photos/p1.jpg\" (its content, from \"img/p1.jpg\": missing";
+    let want = "\"photos/p1.jpg\" (its content, from \"img/p1.jpg\": not held";
     assert!(t.contains(want), "{want} not named in: {t}");
     assert!(tree(&restored).is_empty(), "something applied");
 }
@@ -273,4 +273,102 @@ async fn a_copy_whose_source_the_receiver_lost_is_sent_with_its_content() {
 
     s.stop().await;
     r.stop().await;
+}
+
+/// The receivers hold content at the paths this index names.
+struct Index(std::collections::HashMap<[u8; 32], String>);
+
+impl shipper::bundle::pack::HeldContent for Index {
+    fn has_size(&self, _: u64) -> bool {
+        true
+    }
+    fn path_of(&self, _: u64, h: &blake3::Hash) -> Option<String> {
+        self.0.get(h.as_bytes()).cloned()
+    }
+}
+
+/// A rename larger than one bundle: a run packs its deletions first, so
+/// bundle 1 deleted `old/`, and the copies in bundle 2 named paths that
+/// were gone: refused, then sent whole. Now a path an earlier bundle of
+/// the run changed or deleted is never copied from: every bundle applies.
+#[test]
+fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
+    use shipper::bundle::apply::{Limits as ApplyLimits, Target, apply, open};
+    use shipper::bundle::pack::{Limits, PackItem, Packer};
+    use shipper::changes::Op;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("new")).unwrap();
+    let target = Target {
+        root: t.path().join("root"),
+        staging: t.path().join("staging"),
+        parts: t.path().join("parts"),
+        policy: shipper::perms::Policy::default(),
+    };
+    target.prepare().unwrap();
+    std::fs::create_dir_all(target.root.join("old")).unwrap();
+    let mut index = std::collections::HashMap::new();
+    let names = ["a", "b", "c", "d"];
+    for (i, n) in names.iter().enumerate() {
+        let body = noise(40_000, i as u64);
+        std::fs::write(src.join(format!("new/{n}.jpg")), &body).unwrap();
+        std::fs::write(target.root.join(format!("old/{n}.jpg")), &body).unwrap();
+        index.insert(*blake3::hash(&body).as_bytes(), format!("old/{n}.jpg"));
+    }
+    let outbox = t.path().join("out");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let item = |path: String, op| PackItem {
+        path,
+        op,
+        previous: None,
+        quiet_for: None,
+        overdue: false,
+        reuse: true,
+    };
+    let items = names
+        .iter()
+        .map(|n| item(format!("new/{n}.jpg"), Op::Upsert))
+        .chain(
+            names
+                .iter()
+                .map(|n| item(format!("old/{n}.jpg"), Op::Delete)),
+        )
+        .collect();
+    let (mut out, mut seq) = (Vec::new(), 0);
+    let held = Index(index);
+    Packer {
+        source: &src,
+        outbox: &outbox,
+        sender: "test",
+        // Five entries a bundle: the four deletions and one copy fill the first.
+        limits: Limits::new(4096, 1 << 20, 5),
+        alloc_seq: &mut || {
+            seq += 1;
+            Ok(seq)
+        },
+        emit: &mut |p| {
+            out.push(p.path);
+            Ok(())
+        },
+        touched: &|_| false,
+        deflate: &|| true,
+        first_bundle_max: None,
+        held: Some(&held),
+    }
+    .pack(items)
+    .unwrap();
+    assert!(out.len() >= 2, "{out:?}");
+    for b in &out {
+        let b = open(b, &ApplyLimits::default()).unwrap();
+        let seq = b.manifest.seq;
+        apply(&target, b).unwrap_or_else(|e| panic!("bundle {seq} refused: {e}"));
+    }
+    for n in names {
+        let want = std::fs::read(src.join(format!("new/{n}.jpg"))).unwrap();
+        assert_eq!(
+            std::fs::read(target.root.join(format!("new/{n}.jpg"))).unwrap(),
+            want
+        );
+        assert!(!target.root.join(format!("old/{n}.jpg")).exists());
+    }
 }
