@@ -30,6 +30,9 @@ pub struct Packed {
     /// For this receiver only (by its place in `sender.receiver`): part of
     /// a whole tree for a receiver that needs one. `None`: for every one.
     pub only: Option<usize>,
+    /// The paths the receivers copy this bundle's copies from: a receiver
+    /// that lacks one no longer holds it as the sender believes.
+    pub sources: Vec<String>,
 }
 
 /// What one packing run did.
@@ -232,6 +235,7 @@ impl Cutter<'_> {
             tmp,
             summary,
             changes,
+            sources,
         } = b.seal(seq)?;
         let path = self.outbox.join(bundle_file_name(seq));
         tmp.persist(&path).map_err(|e| with_path(e.error, &path))?;
@@ -245,6 +249,7 @@ impl Cutter<'_> {
             summary,
             changes: changes.clone(),
             only: None,
+            sources,
         })?;
         // Only a bundle handed on is on its way: if `emit` failed, its
         // changes stay pending.

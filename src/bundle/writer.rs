@@ -59,6 +59,8 @@ pub(super) struct Sealed {
     pub(super) tmp: tempfile::TempPath,
     pub(super) summary: Summary,
     pub(super) changes: Vec<(String, Option<FileMeta>)>,
+    /// The paths its copies are made from.
+    pub(super) sources: Vec<String>,
 }
 
 impl OpenBundle {
@@ -283,10 +285,12 @@ impl OpenBundle {
         manifest.seq = seq;
         manifest.created = chrono::Utc::now().timestamp();
         seal(zip, &manifest).inspect_err(|_| discard.store(true, Ordering::Relaxed))?;
+        let sources = manifest.copies.into_iter().map(|c| c.from).collect();
         Ok(Sealed {
             tmp,
             summary,
             changes,
+            sources,
         })
     }
 }
@@ -445,7 +449,10 @@ mod tests {
         // A copy has no content in the bundle but is written all the same.
         assert!(b.is_full_for(&unpacked, (1, 51), "b"), "a copy's size");
         b.add_copy("c", "a", stamp(40), blake3::hash(b"a"));
-        assert!(b.is_full_for(&unpacked, (11, 11), "b"), "what copies write counts");
+        assert!(
+            b.is_full_for(&unpacked, (11, 11), "b"),
+            "what copies write counts"
+        );
     }
 
     #[test]

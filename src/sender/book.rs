@@ -315,6 +315,19 @@ impl Book {
         }
     }
 
+    /// A receiver lacked content a bundle named: the paths its copies were
+    /// made from may be what it lost. Each is in doubt (never copied from
+    /// again until it is shipped) and ships again as it is, so the
+    /// receiver gets it back and later copies of its content work.
+    pub(super) fn sources_not_held(&mut self, sources: &[String], now: Instant) {
+        for path in sources {
+            self.shipped.doubt(path);
+            if !self.changes.contains(path) {
+                self.changes.requeue(path, now);
+            }
+        }
+    }
+
     /// `path` could not be packed: keep it pending, retry with backoff, and
     /// say so once per distinct error.
     fn path_failed(&mut self, path: &str, error: &str, now: Instant) {

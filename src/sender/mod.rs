@@ -376,9 +376,14 @@ impl Sender {
                 index,
                 refusal,
                 changes,
+                sources,
             } => {
                 let peer = &self.cfg.receivers[index];
-                self.book.refused(peer, &refusal, changes, Instant::now());
+                let now = Instant::now();
+                self.book.refused(peer, &refusal, changes, now);
+                if refusal.kind == crate::proto::refusal::RefusalKind::NeedsContent {
+                    self.book.sources_not_held(&sources, now);
+                }
                 self.maybe_pack(false, next_tick);
             }
             TransportEvent::WholeTree { index, reason } => {

@@ -372,3 +372,48 @@ fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
         assert!(!target.root.join(format!("old/{n}.jpg")).exists());
     }
 }
+
+/// A receiver lost a file other files were copied from. Before, only the
+/// refused bundle's own files were shipped again: the lost file stayed
+/// lost, and every later file with its content was packed as a copy from
+/// it and refused again. Now the source ships again too, and one refusal
+/// is all it costs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_copy_source_ships_again_and_costs_one_refusal() {
+    let env = Env::new();
+    let metrics = free_addr();
+    let body = noise(50_000, 9);
+    env.write("img/a.jpg", &body);
+    let r = env
+        .start_receiver(&format!("metrics = \"{metrics}\"\n"))
+        .await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    std::fs::remove_file(env.root().join("img/a.jpg")).unwrap();
+    let needs = || async {
+        let text = scrape(metrics).await;
+        text.lines()
+            .filter(|l| {
+                l.starts_with("shipper_bundles_refused_total") && l.contains("needs_content")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    for name in ["b", "c", "d"] {
+        let rel = format!("new/{name}.jpg");
+        env.write(&rel, &body);
+        wait_until("the copy arrived", || {
+            std::fs::read(env.root().join(&rel)).is_ok_and(|b| b == body)
+        })
+        .await;
+    }
+    wait_in_sync(&env).await;
+    assert_eq!(
+        std::fs::read(env.root().join("img/a.jpg")).unwrap(),
+        body,
+        "the lost source is back"
+    );
+    assert_eq!(needs().await, 1.0, "one refusal in all");
+    s.stop().await;
+    r.stop().await;
+}

@@ -29,11 +29,13 @@ pub(in crate::sender) enum TransportEvent {
         index: usize,
         reason: String,
     },
-    /// Receiver `index` refused a bundle for good; `changes` were in it.
+    /// Receiver `index` refused a bundle for good; `changes` were in it,
+    /// and its copies were made from `sources`.
     Refused {
         index: usize,
         refusal: Refusal,
         changes: Vec<(String, Option<FileMeta>)>,
+        sources: Vec<String>,
     },
 }
 

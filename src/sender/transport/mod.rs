@@ -416,6 +416,7 @@ impl Link {
             index: self.index,
             refusal,
             changes: b.changes.clone(),
+            sources: b.sources.clone(),
         });
         release(
             self.outbox.refuse(self.index, b.seq),
