@@ -24,7 +24,8 @@
 //! - [`verify`]: checks a received bundle before anything is written.
 //! - [`apply`]: stages its files and publishes them into root atomically.
 //! - `kept.rs`: checks that root holds the files a bundle keeps (their
-//!   metadata alone travelled) before anything is applied.
+//!   metadata alone travelled), and makes in staging the files it copies
+//!   from root's own, before anything is applied.
 //! - [`part_sets`]: assembles a large file from parts arriving across
 //!   bundles.
 //! - `part_tree.rs`: a large file's BLAKE3 tree: how long parts are, each

@@ -10,7 +10,7 @@
 //! share). Kept up to date by [`super::shipped::Shipped`], which owns the
 //! per-path state: a path that changes, goes or falls in doubt leaves the
 //! index. Shared with the packer (which runs on a blocking thread) behind a
-//! lock taken per lookup. Pure.
+//! lock taken per lookup. No I/O: it reads neither the disk nor the clock.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};

@@ -448,8 +448,19 @@ mod tests {
 
     #[test]
     fn refuses_inconsistent_manifests() {
-        type Mutation = Box<dyn Fn(&mut Manifest)>;
-        let cases: Vec<(&str, Mutation)> = vec![
+        let cases = inconsistent_cases();
+        for (name, mutate) in cases {
+            let mut m = manifest();
+            mutate(&mut m);
+            assert!(m.check().is_err(), "{name} accepted");
+        }
+    }
+
+    /// Manifests each broken in one way, by name.
+    type Mutation = Box<dyn Fn(&mut Manifest)>;
+
+    fn inconsistent_cases() -> Vec<(&'static str, Mutation)> {
+        let cases: Vec<(&'static str, Mutation)> = vec![
             ("format", Box::new(|m| m.format = 9)),
             ("seq", Box::new(|m| m.seq = 0)),
             ("last seq", Box::new(|m| m.seq = u64::MAX)),
@@ -466,6 +477,16 @@ mod tests {
                 "delete part file",
                 Box::new(|m| m.deletions.push("big".into())),
             ),
+        ];
+        cases
+            .into_iter()
+            .chain(inconsistent_parts_and_names())
+            .collect()
+    }
+
+    /// Parts, names that clash, files below files.
+    fn inconsistent_parts_and_names() -> Vec<(&'static str, Mutation)> {
+        vec![
             ("dup part", Box::new(|m| m.parts.push(part(1, 2)))),
             ("count", Box::new(|m| m.parts[1].count = 1)),
             ("outside", Box::new(|m| m.parts[0].offset = 15)),
@@ -537,12 +558,7 @@ mod tests {
                     m.parts.push(p);
                 }),
             ),
-        ];
-        for (name, mutate) in cases {
-            let mut m = manifest();
-            mutate(&mut m);
-            assert!(m.check().is_err(), "{name} accepted");
-        }
+        ]
     }
 
     #[test]
