@@ -78,6 +78,9 @@ fn plant_fault_tree(t: &Path) {
     }
     std::os::unix::fs::symlink("a.html", r.join("keep/link")).unwrap();
     std::fs::create_dir(r.join("empty")).unwrap();
+    // Setgid, by someone else: an undo puts the bit back (it once did not).
+    let setgid = std::os::unix::fs::PermissionsExt::from_mode(0o2644);
+    std::fs::set_permissions(r.join("keep/stay.html"), setgid).unwrap();
     for (i, (_, body)) in STAGED.iter().enumerate() {
         std::fs::write(t.join(format!("stage/f{i}")), body).unwrap();
     }

@@ -81,7 +81,9 @@ impl Publish<'_> {
             rel: rel.to_owned(),
             was,
         });
-        let mode = self.policy.file_mode(shipped_mode);
+        // Never setuid, setgid or sticky: a bundle must not mint privileged
+        // files.
+        let mode = self.policy.file_mode(shipped_mode) & 0o777;
         let gid = self.policy.gid();
         op(|| give(&f, mode, gid, crate::stamp::system_time(mtime, nsec)))
             .map_err(|e| self.root.err(rel, e))
@@ -118,15 +120,16 @@ impl Retimed {
     }
 }
 
-/// Give `f` `mode` (never setuid, setgid or sticky: a bundle must not mint
-/// privileged files), group `gid` and mtime `mtime`; its atime stays.
+/// Give `f` `mode` as it is (the caller masks what a bundle gives; an undo
+/// puts back whatever bits the file had), group `gid` and mtime `mtime`;
+/// its atime stays.
 fn give(f: &File, mode: u32, gid: Option<u32>, mtime: SystemTime) -> rustix::io::Result<()> {
     if let Some(gid) = gid {
         // Before the mode: a chown may clear mode bits, never add them.
         rustix::fs::fchown(f, None, Some(rustix::fs::Gid::from_raw(gid)))?;
     }
     let io = |e: std::io::Error| Errno::from_io_error(&e).unwrap_or(Errno::IO);
-    f.set_permissions(Permissions::from_mode(mode & 0o777))
+    f.set_permissions(Permissions::from_mode(mode & 0o7777))
         .map_err(io)?;
     f.set_times(FileTimes::new().set_modified(mtime))
         .map_err(io)
