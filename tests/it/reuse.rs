@@ -54,6 +54,9 @@ async fn shipped(env: &Env, files: &[(&str, Vec<u8>)]) -> (Role, Role) {
     let r = env.start_receiver("").await;
     let s = env.start_sender(r.addr, "");
     wait_in_sync(env).await;
+    // Archived after it is published: wait, or a later count of the
+    // archive may take it for one of the bundles that follow.
+    wait_until("the first ship archived", || !env.archived().is_empty()).await;
     (r, s)
 }
 
