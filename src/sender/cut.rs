@@ -230,6 +230,10 @@ pub(super) struct Cut {
     retry_at: Option<Instant>,
     backoff: Backoff,
     pub(super) whole_trees: WholeTrees,
+    /// The last run packed a whole tree: the next turn is the usual cut's,
+    /// if anything is due, so a new receiver's whole tree does not hold
+    /// back every receiver's changes (and flushes) for all its runs.
+    tree_ran_last: bool,
 }
 
 impl Cut {
@@ -246,6 +250,7 @@ impl Cut {
             retry_at: None,
             backoff: Backoff::default(),
             whole_trees,
+            tree_ran_last: false,
         }
     }
 
@@ -302,20 +307,48 @@ impl Cut {
         if !force && self.retry_at.is_some_and(|t| now < t) {
             return;
         }
-        if let Some(tree) = self.whole_trees.next() {
-            // Everything the receivers have (or will once the outbox
-            // drains), for this one only, a run's worth at a time; changes
-            // still pending reach every receiver in the usual bundles.
-            let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
-            let mut paths = book.shipped.paths_after(tree.after.as_deref());
-            let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
-            let more = paths.next().is_some();
-            let last = items.last().map(|i| i.path.clone());
-            self.whole_trees.taken(last, more);
-            // A receiver getting the whole tree may hold nothing: no reuse.
-            self.start(items, (Some(tree.index), None), source.dir());
+        // Whole trees and the usual cuts take turns.
+        if !self.tree_ran_last && self.start_tree_run(book, source) {
             return;
         }
+        if self.start_cut(book, flushes, source, (force, next_tick, now)) {
+            self.tree_ran_last = false;
+            return;
+        }
+        self.start_tree_run(book, source);
+    }
+
+    /// Start the next run of a whole tree for a receiver that needs one,
+    /// if one waits. Returns whether a run started.
+    fn start_tree_run(&mut self, book: &Book, source: &Source) -> bool {
+        let Some(tree) = self.whole_trees.next() else {
+            return false;
+        };
+        // Everything the receivers have (or will once the outbox drains),
+        // for this one only, a run's worth at a time; changes still
+        // pending reach every receiver in the usual bundles.
+        let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
+        let mut paths = book.shipped.paths_after(tree.after.as_deref());
+        let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
+        let more = paths.next().is_some();
+        let last = items.last().map(|i| i.path.clone());
+        self.whole_trees.taken(last, more);
+        // A receiver getting the whole tree may hold nothing: no reuse.
+        self.start(items, (Some(tree.index), None), source.dir());
+        self.tree_ran_last = true;
+        true
+    }
+
+    /// Start a run of the usual cut (or the next run of one under way) if
+    /// anything is due; with nothing new, its flushes wait for what is in
+    /// flight. Returns whether a run started.
+    fn start_cut(
+        &mut self,
+        book: &mut Book,
+        flushes: &mut Flushes,
+        source: &Source,
+        (force, next_tick, now): (bool, Instant, Instant),
+    ) -> bool {
         let cut = self.cut.take().unwrap_or_else(|| InCut {
             force,
             allow: flushes.start_cut(),
@@ -335,7 +368,7 @@ impl Cut {
             // Nothing new: the flushes wait for what is already in flight.
             let first = cut.first.unwrap_or_else(|| flushes.cut_starts());
             flushes.cut_done(first, book.held());
-            return;
+            return false;
         }
         let after = items.iter().rev().find(|i| i.op == Op::Upsert);
         let after = after.map(|i| i.path.clone()).or(cut.after);
@@ -343,6 +376,7 @@ impl Cut {
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
         let held = Some(Lookup(book.shipped.held()));
         self.start(items, (None, held), source.dir());
+        true
     }
 
     /// Pack `items` on a blocking thread; `only`: for that receiver alone;

@@ -151,3 +151,54 @@ async fn a_sender_restored_from_older_state_never_counts_unsent_bundles_as_appli
     s.stop().await;
     r.stop().await;
 }
+
+/// A receiver added later got its whole tree run after run, and every
+/// change made meanwhile waited for the last of them, for every receiver:
+/// adding a web server to a large site held publishing back on all the
+/// others for minutes. Whole-tree runs and the usual cuts now take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_reaches_the_other_receivers_while_a_new_one_gets_its_whole_tree() {
+    let env = Env::new();
+    // Written an hour ago: not racy, so the restart finds nothing to
+    // compare again, only the new receiver's whole tree to send.
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    for (p, c) in files(400) {
+        env.write(&p, c);
+        let f = std::fs::File::options()
+            .write(true)
+            .open(env.src().join(&p))
+            .unwrap();
+        f.set_times(std::fs::FileTimes::new().set_modified(hour_ago))
+            .unwrap();
+    }
+    let r1 = env.start_receiver("").await;
+    let s = env.start_sender(r1.addr, "");
+    wait_in_sync(&env).await;
+    s.stop().await;
+
+    let r2 = env
+        .start_receiver_from(&receiver_at("second", free_addr()))
+        .await;
+    // Runs of 4 bundles of 2 files: the whole tree takes 50 runs.
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "max_files_per_bundle = 2\n");
+    let s = env.start_sender_from(r1.addr, &toml);
+    let second = env.path().join("second/www");
+    wait_until("the whole tree under way", || second.join("pages").exists()).await;
+    env.write("later.html", "published while the new receiver catches up");
+    wait_until("the change at the first receiver", || {
+        env.root().join("later.html").exists()
+    })
+    .await;
+    let there = tree(&second).len();
+    assert!(
+        there < 300,
+        "the change waited for the whole tree: {there} of 401 files there"
+    );
+    wait_until("the second receiver has the whole tree", || {
+        tree(&second) == tree(&env.src())
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
