@@ -185,9 +185,7 @@ impl Sessions {
                     anyhow::bail!("{peer}: {reason}");
                 }
                 Arrival::Bundle(r) => {
-                    let go_on = self.take_bundle(writer, sender, peer, &r).await;
-                    drop(r);
-                    if !go_on? {
+                    if !self.take_bundle(writer, sender, peer, r).await? {
                         return Ok(());
                     }
                 }
@@ -197,15 +195,16 @@ impl Sessions {
     }
 
     /// Apply the bundle the reading half took in as `r`, if it passed its
-    /// trailer check, run the hook, and answer `Ack` or a refusal.
-    /// `Ok(false)`: refused for now, so the session ends. An error ends the
-    /// session too.
+    /// trailer check, run the hook, and answer `Ack` or a refusal, once its
+    /// incoming copy is gone (a refused bundle leaves nothing behind when
+    /// the sender hears of it). `Ok(false)`: refused for now, so the
+    /// session ends. An error ends the session too.
     async fn take_bundle(
         &self,
         writer: &mut FrameWriter<Stream>,
         sender: &Sender,
         peer: SocketAddr,
-        r: &Received,
+        r: Received,
     ) -> anyhow::Result<bool> {
         let seq = r.seq;
         let (answer, alive) = match &r.checked {
@@ -218,6 +217,7 @@ impl Sessions {
             Err(reason) => (Ok(Err(reason.clone())), Ok(())),
         };
         alive?;
+        drop(r);
         match answer? {
             Ok(hook) => writer.write_frame(&Frame::Ack { seq, hook }).await?,
             Err(refusal) => {
