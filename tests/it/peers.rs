@@ -176,9 +176,13 @@ async fn a_change_reaches_the_other_receivers_while_a_new_one_gets_its_whole_tre
     wait_in_sync(&env).await;
     s.stop().await;
 
-    let r2 = env
-        .start_receiver_from(&receiver_at("second", free_addr()))
-        .await;
+    // A web server that applies each bundle in no less than 50 ms: its
+    // whole tree takes 10 s however loaded this machine is.
+    let slow = format!(
+        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\n",
+        receiver_at("second", free_addr())
+    );
+    let r2 = env.start_receiver_from(&slow).await;
     // Runs of 4 bundles of 2 files: the whole tree takes 50 runs.
     let toml = env.sender_toml_to(&[r1.addr, r2.addr], "max_files_per_bundle = 2\n");
     let s = env.start_sender_from(r1.addr, &toml);
