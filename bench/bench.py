@@ -295,7 +295,16 @@ def rsync_client(src, url, extra=(), port=None):
 # ------------------------------------------------------------- slow link
 
 class DelayProxy:
-    """Forward 127.0.0.1:port -> target, holding every chunk `delay` s each way."""
+    """Forward 127.0.0.1:port -> target, holding every chunk `delay` s each way.
+
+    It holds at most QUEUE_CHUNKS chunks of 64 KiB per direction, as a
+    router's queue is bounded: with no bound it read whatever the sender
+    wrote at once, so the sender's TCP saw every byte acknowledged at
+    loopback speed, a link no real path is (shipper measures its link by
+    what the peer acknowledged, and took this one for a fast link).
+    """
+
+    QUEUE_CHUNKS = 16
 
     def __init__(self, target, delay):
         self.target, self.delay = target, delay
@@ -311,7 +320,7 @@ class DelayProxy:
         self.loop.run_forever()
 
     async def _pump(self, r, w):
-        q = asyncio.Queue()
+        q = asyncio.Queue(maxsize=self.QUEUE_CHUNKS)
 
         async def writer():
             while True:
