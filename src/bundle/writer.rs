@@ -190,17 +190,27 @@ impl OpenBundle {
         let hash = hash.to_hex().to_string();
         self.summary.bytes += stamp.size;
         self.used += need(rel, stamp.size);
+        self.summary.files += 1;
+        let entry = self.take_file(rel, stamp, hash);
+        self.manifest.files.push(entry);
+    }
+
+    /// Count a file the bundle makes at `rel` (one entry, its name taken),
+    /// record what the receivers will have there, and return its manifest
+    /// entry.
+    fn take_file(&mut self, rel: &str, stamp: Stamp, hash: String) -> FileEntry {
         self.note_name(rel);
         self.entries += 1;
-        self.ship(rel, FileMeta::of(&stamp, hash.clone()));
-        self.manifest.files.push(FileEntry {
+        let meta = FileMeta::of(&stamp, hash.clone());
+        self.changes.push((rel.to_owned(), Some(meta)));
+        FileEntry {
             path: rel.to_owned(),
             size: stamp.size,
             mtime: stamp.mtime,
             mtime_nsec: stamp.mtime_nsec,
             mode: stamp.mode,
             hash,
-        });
+        }
     }
 
     /// Record a file the receivers hold with this content already (`hash`):
@@ -208,19 +218,9 @@ impl OpenBundle {
     pub(super) fn add_kept(&mut self, rel: &str, stamp: Stamp, hash: blake3::Hash) {
         let hash = hash.to_hex().to_string();
         self.used += Self::tree_entry_need(rel, &hash);
-        self.note_name(rel);
-        self.entries += 1;
         self.summary.kept += 1;
-        self.changes
-            .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
-        self.manifest.kept.push(FileEntry {
-            path: rel.to_owned(),
-            size: stamp.size,
-            mtime: stamp.mtime,
-            mtime_nsec: stamp.mtime_nsec,
-            mode: stamp.mode,
-            hash,
-        });
+        let entry = self.take_file(rel, stamp, hash);
+        self.manifest.kept.push(entry);
     }
 
     /// Record a file the receivers make from their own copy at `from`
@@ -228,20 +228,17 @@ impl OpenBundle {
     pub(super) fn add_copy(&mut self, rel: &str, from: &str, stamp: Stamp, hash: blake3::Hash) {
         let hash = hash.to_hex().to_string();
         self.used += Self::tree_entry_need(rel, &hash) + from.len() as u64;
-        self.note_name(rel);
-        self.entries += 1;
         self.summary.copied += 1;
         self.copied += stamp.size;
-        self.changes
-            .push((rel.to_owned(), Some(FileMeta::of(&stamp, hash.clone()))));
+        let f = self.take_file(rel, stamp, hash);
         self.manifest.copies.push(CopyEntry {
-            path: rel.to_owned(),
+            path: f.path,
             from: from.to_owned(),
-            size: stamp.size,
-            mtime: stamp.mtime,
-            mtime_nsec: stamp.mtime_nsec,
-            mode: stamp.mode,
-            hash,
+            size: f.size,
+            mtime: f.mtime,
+            mtime_nsec: f.mtime_nsec,
+            mode: f.mode,
+            hash: f.hash,
         });
     }
 
