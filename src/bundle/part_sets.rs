@@ -477,8 +477,16 @@ mod tests {
 
     fn store(dir: &Path, index: u32) -> Option<PathBuf> {
         let (p, bytes) = part(index);
-        let bytes_hashes = (&p, PartHashes::Bytes);
-        store_part(dir, &Policy::default(), bytes_hashes, bytes, &mut [0u8; 64]).unwrap()
+        put(dir, (&p, PartHashes::Bytes), bytes).unwrap()
+    }
+
+    /// Store part `p` (hashed as `hashes` says) of `bytes` in `dir`.
+    fn put(
+        dir: &Path,
+        p: (&PartEntry, PartHashes),
+        bytes: &[u8],
+    ) -> Result<Option<PathBuf>, BundleError> {
+        store_part(dir, &Policy::default(), p, bytes, &mut [0u8; 64])
     }
 
     /// Part `index` of `data` in tree-hashed parts of 1 KiB, as a sender
@@ -508,14 +516,7 @@ mod tests {
         let mut done = None;
         for i in 0..3 {
             let (p, bytes) = tree_part(&data, i);
-            done = store_part(
-                dir.path(),
-                &Policy::default(),
-                (&p, PartHashes::Tree),
-                bytes,
-                &mut [0u8; 64],
-            )
-            .unwrap();
+            done = put(dir.path(), (&p, PartHashes::Tree), bytes).unwrap();
         }
         assert_eq!(fs::read(done.expect("complete")).unwrap(), data);
 
@@ -527,13 +528,7 @@ mod tests {
             if i == 2 {
                 p.file_hash = Some(blake3::hash(b"other").to_hex().to_string());
             }
-            let got = store_part(
-                dir.path(),
-                &Policy::default(),
-                (&p, PartHashes::Tree),
-                bytes,
-                &mut [0u8; 64],
-            );
+            let got = put(dir.path(), (&p, PartHashes::Tree), bytes);
             assert_eq!(got.is_err(), i == 2, "part {i}");
         }
         assert!(
@@ -546,21 +541,15 @@ mod tests {
     fn a_set_whose_data_lost_recorded_parts_is_refused_not_filled_with_zeros() {
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 13 + 1) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
-        let put = |i: u32| {
+        let put_tree = |i: u32| {
             let (p, b) = tree_part(&data, i);
-            store_part(
-                dir.path(),
-                &Policy::default(),
-                (&p, PartHashes::Tree),
-                b,
-                &mut [0u8; 100],
-            )
+            put(dir.path(), (&p, PartHashes::Tree), b)
         };
-        put(0).unwrap();
-        put(1).unwrap();
+        put_tree(0).unwrap();
+        put_tree(1).unwrap();
         // The data lost what the journal records (a disk, an operator's copy).
         fs::write(part_data_path(dir.path(), "s1"), b"").unwrap();
-        let e = put(2).unwrap_err().to_string();
+        let e = put_tree(2).unwrap_err().to_string();
         assert!(e.contains("journal records 2048"), "{e}");
         assert!(
             load_part_state(dir.path(), "s1").is_none(),
@@ -577,23 +566,9 @@ mod tests {
             hash: blake3::hash(b0).to_hex().to_string(),
             ..p0
         };
-        store_part(
-            dir.path(),
-            &Policy::default(),
-            (&plain, PartHashes::Bytes),
-            b0,
-            &mut [0u8; 64],
-        )
-        .unwrap();
+        put(dir.path(), (&plain, PartHashes::Bytes), b0).unwrap();
         let (p1, b1) = tree_part(&data, 1);
-        let e = store_part(
-            dir.path(),
-            &Policy::default(),
-            (&p1, PartHashes::Tree),
-            b1,
-            &mut [0u8; 64],
-        )
-        .unwrap_err();
+        let e = put(dir.path(), (&p1, PartHashes::Tree), b1).unwrap_err();
         assert!(
             e.to_string().contains("disagrees with earlier parts"),
             "{e}"
@@ -602,14 +577,7 @@ mod tests {
         let (mut p, b) = tree_part(&data, 0);
         p.set = "s3".into();
         p.size = 1000;
-        let e = store_part(
-            dir.path(),
-            &Policy::default(),
-            (&p, PartHashes::Tree),
-            &b[..1000],
-            &mut [0u8; 64],
-        )
-        .unwrap_err();
+        let e = put(dir.path(), (&p, PartHashes::Tree), &b[..1000]).unwrap_err();
         assert!(e.to_string().contains("hash tree"), "{e}");
         assert!(!part_data_path(dir.path(), "s3").exists());
     }

@@ -214,10 +214,34 @@ impl Link {
         loop {
             let last = unanswered.back().map(|(b, _)| b.seq);
             let room = unanswered.len() < PIPELINE;
-            if let Some(b) = last
-                .filter(|_| room)
-                .and_then(|l| self.outbox.next_after(self.index, l))
-            {
+            // The next bundle to send: behind those unanswered while the
+            // pipeline has room, or, with none unanswered, whatever comes
+            // while the connection idles.
+            let next = match last.filter(|_| room) {
+                Some(l) => self.outbox.next_after(self.index, l),
+                None if unanswered.is_empty() => {
+                    let idle = next_bundle(
+                        &self.outbox,
+                        self.index,
+                        &mut conn,
+                        self.peer_timeout,
+                        shutdown,
+                    );
+                    match idle.await {
+                        Ok(Some(b)) => Some(b),
+                        Ok(None) => return None,
+                        Err(e) => {
+                            let error = format!("idle connection: {}", describe(e));
+                            return Some(Lost {
+                                error,
+                                in_flight: false,
+                            });
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(b) = next {
                 let out = (&mut conn, delivered.as_ref());
                 if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
                     return Some(lost);
@@ -229,30 +253,6 @@ impl Link {
                 continue;
             }
             let Some((oldest, _)) = unanswered.front() else {
-                let idle = next_bundle(
-                    &self.outbox,
-                    self.index,
-                    &mut conn,
-                    self.peer_timeout,
-                    shutdown,
-                );
-                let b = match idle.await {
-                    Ok(Some(b)) => b,
-                    Ok(None) => return None,
-                    Err(e) => {
-                        let error = format!("idle connection: {}", describe(e));
-                        return Some(Lost {
-                            error,
-                            in_flight: false,
-                        });
-                    }
-                };
-                let out = (&mut conn, delivered.as_ref());
-                if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
-                    return Some(lost);
-                }
-                unanswered.push_back((b, Instant::now()));
-                since = Instant::now();
                 continue;
             };
             let room_after = last
