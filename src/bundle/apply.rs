@@ -27,6 +27,7 @@ use super::kept::check_and_copy;
 use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::part_tree::PartHashes;
+use super::rebuild::stage_deltas;
 use super::summary::Summary;
 use super::unpack::{copy_counted, create_private, finish_file};
 use crate::beneath::{self, BeneathError, Publish, Root};
@@ -80,14 +81,14 @@ fn stage_and_publish(
 ) -> Result<Applied, BundleError> {
     // First: a bundle refused for what root lacks has stored nothing.
     let m = &b.manifest;
-    let copied = if m.kept.is_empty() && m.copies.is_empty() {
-        Vec::new()
-    } else {
+    let mut made = Vec::new();
+    if !(m.kept.is_empty() && m.copies.is_empty() && m.deltas.is_empty()) {
         let root = Root::open(&target.root).map_err(io_at(&target.root))?;
-        check_and_copy(&root, target, m, stage)?
-    };
+        made = check_and_copy(&root, target, m, stage)?;
+        made.extend(stage_deltas(&root, target, &mut b.zip, m, stage)?);
+    }
     let mut staged = stage_entries(target, b, stage)?;
-    staged.files.extend(copied);
+    staged.files.extend(made);
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
@@ -100,12 +101,13 @@ fn stage_and_publish(
         drop_part_set(&target.parts, set);
     }
     let summary = Summary {
-        files: m.files.len() as u64 + staged.completed.len() as u64,
+        files: (m.files.len() + staged.completed.len() + m.deltas.len()) as u64,
         parts: m.parts.len() as u64,
         deletions: m.deletions.len() as u64,
         bytes: m.content_bytes(),
         kept: m.kept.len() as u64,
         copied: m.copies.len() as u64,
+        deltas: m.deltas.len() as u64,
     };
     Ok(Applied {
         seq: m.seq,
@@ -422,6 +424,7 @@ mod tests {
             deflate: &|| true,
             first_bundle_max: None,
             held: None,
+            signatures: None,
         }
         .pack(items)
         .unwrap();

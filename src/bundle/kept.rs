@@ -64,7 +64,7 @@ pub(super) fn check_and_copy(
 /// (missing, another size or content, or unreadable: the sender then sends
 /// the content), whatever the reason, so a sender learns nothing of a root
 /// file beyond that.
-const NOT_HELD: &str = "not held as listed (missing, changed or unreadable here)";
+pub(super) const NOT_HELD: &str = "not held as listed (missing, changed or unreadable here)";
 
 /// Why root does not hold `k` as listed, or `None` if it does. Root's file
 /// failing to open or read is its not being held: the same bundle sent
@@ -81,7 +81,7 @@ fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleErro
 /// give it its mode, group and mtime. `Some(why)` when root does not hold
 /// that content there; an error writing the copy (a full disk) is the
 /// `Err`.
-fn stage_copy(
+pub(super) fn stage_copy(
     root: &Root,
     target: &Target,
     c: &CopyEntry,
@@ -114,7 +114,7 @@ fn stage_copy(
 
 /// Root's regular file `rel`, if it is there with `size` bytes and can be
 /// opened.
-fn open(root: &Root, rel: &str, size: u64) -> Result<File, ()> {
+pub(super) fn open(root: &Root, rel: &str, size: u64) -> Result<File, ()> {
     let f = root.open_file(rel).ok().flatten().ok_or(())?;
     let len = f.metadata().map_err(|_| ())?.len();
     if len == size { Ok(f) } else { Err(()) }

@@ -8,9 +8,11 @@
 use std::io;
 
 use super::cutter::{Cutter, Report};
+use super::delta::{Chunker, Signature};
+use super::delta_pack::Signatures;
 use super::manifest::{FileMeta, PartEntry, part_entry_name};
 use super::part_tree::{PartHashes, file_hash, parse_cv, part_len};
-use super::source_read::{Outcome, Source};
+use super::source_read::{Outcome, Sinks, Source};
 use super::writer::{need, with_path};
 use crate::stamp::Stamp;
 
@@ -19,11 +21,12 @@ use crate::stamp::Stamp;
 const SET_ID_LEN: usize = 24;
 
 /// Pack the file `src` reads as parts, into the open bundle and as many
-/// after it as it takes.
+/// after it as it takes, signing it into `signs` when given.
 pub(super) fn pack_large(
     cut: &mut Cutter<'_>,
     report: &mut Report,
     mut src: Source<'_>,
+    signs: Option<&dyn Signatures>,
 ) -> io::Result<()> {
     let (rel, stamp) = (src.rel, src.stamp);
     let chunk = part_len(cut.limits.chunk_size);
@@ -38,14 +41,18 @@ pub(super) fn pack_large(
     let options = src.entry_options();
     let mut cvs = Vec::with_capacity(count as usize);
     let mut overtaken = false;
+    let mut chunker = signs.map(|_| Chunker::default());
     for index in 0..count {
         let offset = u64::from(index) * chunk;
         let size = chunk.min(stamp.size - offset);
         let name = part_entry_name(&set, index);
         let b = cut.room_for(report, need(&name, size), &name)?;
         let mut part = PartHashes::Tree.hasher(offset);
-        let hashers = &mut [&mut part];
-        match src.write_entry(&mut b.zip, &name, options, (offset, size), hashers)? {
+        let sinks = Sinks {
+            hashers: &mut [&mut part],
+            chunker: chunker.as_mut(),
+        };
+        match src.write_entry(&mut b.zip, &name, options, &[(offset, size)], sinks)? {
             Outcome::Copied { overtaken: o } => overtaken |= o,
             Outcome::Lost(why) => {
                 if index > 0 {
@@ -85,6 +92,9 @@ pub(super) fn pack_large(
                 report.unsettled.push(rel.to_owned());
             }
             b.ship(rel, FileMeta::of(&stamp, hash.to_hex().to_string()));
+            if let (Some(signs), Some(chunker)) = (signs, chunker.take()) {
+                signs.put(rel, &Signature::of(&stamp, hash, chunker));
+            }
         }
     }
     Ok(())

@@ -40,18 +40,21 @@
 //! Nothing here opens a socket.
 
 pub mod apply;
+pub mod delta;
 pub mod error;
 mod kept;
 pub mod manifest;
 pub mod pack;
 pub mod part_sets;
 mod part_tree;
+mod rebuild;
 pub mod target;
 mod unpack;
 pub mod verify;
 pub mod zip_end;
 
 mod cutter;
+mod delta_pack;
 mod hash;
 mod large;
 mod limits;

@@ -30,9 +30,11 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::cutter::Cutter;
+use super::delta::{Chunker, DELTA_MIN, Signature};
+use super::delta_pack::{Planned, base_of, pack_delta, plan, sign};
 use super::large::pack_large;
 use super::manifest::FileMeta;
-use super::source_read::{Outcome, Prepared, ReadMode, Reader, Source};
+use super::source_read::{Outcome, Prepared, ReadMode, Reader, Sinks, Source};
 use super::writer::{COPY_BUF, need, zip_err};
 use crate::changes::Op;
 use crate::source_dir::SourceDir;
@@ -40,6 +42,7 @@ use crate::stamp::{Kind, Stamp};
 
 // What other modules use of the sender's side, whichever room it lives in.
 pub use super::cutter::{Packed, Report, SkippedLink, bundle_file_name, is_outbox_name};
+pub use super::delta_pack::Signatures;
 pub use super::limits::{Limits, MIN_CHUNK_SIZE};
 pub use super::writer::with_path;
 pub use super::zip_entry::is_precompressed;
@@ -125,6 +128,9 @@ pub struct Packer<'a> {
     /// Where the receivers hold content a new file may be rebuilt from;
     /// `None`: nothing is reused (a whole tree for a new receiver).
     pub held: Option<&'a dyn HeldContent>,
+    /// The signatures of large files, for deltas; `None`: no delta is
+    /// sent or signed (a whole tree for a new receiver).
+    pub signatures: Option<&'a dyn Signatures>,
 }
 
 impl Packer<'_> {
@@ -164,6 +170,7 @@ impl Packer<'_> {
             batch: Vec::new(),
             batch_bytes: 0,
             held: self.held,
+            signs: self.signatures,
         };
         let packed = run.pack_items(items);
         run.cut.end(packed, run.report)
@@ -188,6 +195,7 @@ struct Run<'r> {
     batch: Vec<Batched>,
     batch_bytes: u64,
     held: Option<&'r dyn HeldContent>,
+    signs: Option<&'r dyn Signatures>,
 }
 
 impl Run<'_> {
@@ -199,6 +207,9 @@ impl Run<'_> {
         deletions.sort_by_key(|i| std::cmp::Reverse(i.path.matches('/').count()));
         for item in deletions {
             self.cut.add_deletion(self.report, &item.path)?;
+            if let Some(signs) = self.signs {
+                signs.forget(&item.path);
+            }
         }
         for item in items.into_iter().filter(|i| i.op == Op::Upsert) {
             if let Some((stamp, how)) = self.admit(&item)? {
@@ -250,15 +261,7 @@ impl Run<'_> {
             self.report.failed.push((path.clone(), why));
             return Ok(None);
         }
-        let reader = &mut self.reader;
-        let held = self.held.filter(|_| item.reuse);
-        let known = compare(
-            reader.dir,
-            (path, stamp),
-            item.previous.as_ref(),
-            held,
-            &mut reader.buf,
-        );
+        let known = self.known(item, stamp);
         if known == Known::Unchanged {
             return Ok(None);
         }
@@ -282,7 +285,56 @@ impl Run<'_> {
                 }
             }
             Known::Elsewhere(..) => return Ok(Some((stamp, how_to_read(item)))),
-            Known::New | Known::Unchanged => return Ok(Some((stamp, how_to_read(item)))),
+            // ...or an older version of it here: the bytes that changed.
+            Known::Delta(planned) if !item.overdue => {
+                return self.pack_delta(path, stamp, *planned);
+            }
+            Known::Delta(_) | Known::New | Known::Unchanged => {
+                return Ok(Some((stamp, how_to_read(item))));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the receivers hold of `item`, found with `stamp`: a large file
+    /// whose old version was signed is signed afresh as it is hashed, and
+    /// compared chunk by chunk.
+    fn known(&mut self, item: &PackItem, stamp: Stamp) -> Known {
+        let (path, previous) = (item.path.as_str(), item.previous.as_ref());
+        let reader = &mut self.reader;
+        let held = self.held.filter(|_| item.reuse);
+        let signs = self.signs.filter(|_| item.reuse);
+        let Some(base) = signs.and_then(|s| base_of(s, path, previous, &stamp)) else {
+            return compare(reader.dir, (path, stamp), previous, held, &mut reader.buf);
+        };
+        let Some(signed) = sign(reader.dir, path, stamp, &mut reader.buf) else {
+            return Known::New;
+        };
+        match judge(reader.dir, (path, stamp), previous, held, signed.hash) {
+            Known::New => match plan(base, signed, self.cut.limits.chunk_size) {
+                Ok(planned) if stamp.size <= self.cut.limits.max_unpacked => {
+                    Known::Delta(Box::new(planned))
+                }
+                _ => Known::New,
+            },
+            known => known,
+        }
+    }
+
+    /// Pack the file `rel` as the delta `planned`. `Some` if it must be
+    /// read whole after all (gone meanwhile: nothing).
+    fn pack_delta(
+        &mut self,
+        rel: &str,
+        stamp: Stamp,
+        planned: Planned,
+    ) -> io::Result<Option<(Stamp, ReadMode)>> {
+        let signs = self.signs.expect("a delta is planned from a signature");
+        let abs = self.source.join(rel);
+        match self.reader.open(rel, &abs, stamp, ReadMode::Strict) {
+            Ok(Some(src)) => pack_delta(&mut self.cut, self.report, src, planned, signs)?,
+            Ok(None) => {}
+            Err(e) => self.report.failed.push((rel.to_owned(), e.to_string())),
         }
         Ok(None)
     }
@@ -364,10 +416,11 @@ impl Run<'_> {
             }
         };
         // A snapshot's size is the clone's: it decides, not the listed one.
+        let signs = self.signs.filter(|_| src.stamp.size >= DELTA_MIN);
         if src.stamp.size > chunk_size {
-            pack_large(&mut self.cut, self.report, src)
+            pack_large(&mut self.cut, self.report, src, signs)
         } else {
-            pack_whole(&mut self.cut, self.report, src)
+            pack_whole(&mut self.cut, self.report, src, signs)
         }
     }
 
@@ -430,6 +483,8 @@ enum Known {
     Held(blake3::Hash),
     /// Content (this hash) they hold at another path: they copy it.
     Elsewhere(String, blake3::Hash),
+    /// An older version here, signed, from which few chunks changed.
+    Delta(Box<Planned>),
 }
 
 /// Compare the file `rel` (found with `stamp`) with what the receivers
@@ -456,6 +511,20 @@ fn compare(
     let Ok(hash) = dir.open_file(rel).and_then(|f| hash_with(f, buf)) else {
         return Known::New;
     };
+    judge(dir, (rel, stamp), previous, held, hash)
+}
+
+/// What the receivers hold of the file `rel` (found with `stamp`), whose
+/// content hashed to `hash`, as [`compare`] tells.
+fn judge(
+    dir: &SourceDir,
+    (rel, stamp): (&str, Stamp),
+    previous: Option<&FileMeta>,
+    held: Option<&dyn HeldContent>,
+    hash: blake3::Hash,
+) -> Known {
+    let here = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size);
+    let elsewhere = held.filter(|h| h.has_size(stamp.size));
     let known = match (here, elsewhere) {
         (Some(p), _) if hash.to_hex().as_str() == p.hash => {
             if p.matches(&stamp) {
@@ -487,25 +556,34 @@ fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
     }
 }
 
-/// Pack the file `src` reads as one entry of the open bundle.
-fn pack_whole(cut: &mut Cutter<'_>, report: &mut Report, mut src: Source<'_>) -> io::Result<()> {
+/// Pack the file `src` reads as one entry of the open bundle, signing it
+/// into `signs` when given.
+fn pack_whole(
+    cut: &mut Cutter<'_>,
+    report: &mut Report,
+    mut src: Source<'_>,
+    signs: Option<&dyn Signatures>,
+) -> io::Result<()> {
     let (rel, stamp) = (src.rel, src.stamp);
     let b = cut.room_for(report, need(rel, stamp.size), rel)?;
     let options = src.entry_options();
     let mut hasher = blake3::Hasher::new();
-    match src.write_entry(
-        &mut b.zip,
-        rel,
-        options,
-        (0, stamp.size),
-        &mut [&mut hasher],
-    )? {
+    let mut chunker = signs.map(|_| Chunker::default());
+    let sinks = Sinks {
+        hashers: &mut [&mut hasher],
+        chunker: chunker.as_mut(),
+    };
+    match src.write_entry(&mut b.zip, rel, options, &[(0, stamp.size)], sinks)? {
         Outcome::Lost(why) => report.lost(rel, why),
         Outcome::Copied { overtaken } => {
             if overtaken {
                 report.unsettled.push(rel.to_owned());
             }
-            b.add_file(rel, stamp, hasher.finalize());
+            let hash = hasher.finalize();
+            b.add_file(rel, stamp, hash);
+            if let (Some(signs), Some(chunker)) = (signs, chunker) {
+                signs.put(rel, &Signature::of(&stamp, hash, chunker));
+            }
         }
     }
     Ok(())

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use zip::write::{PreparedZipFile, SimpleFileOptions};
 
+use super::delta::Chunker;
 use super::writer::{BundleZip, with_path, zip_err};
 use super::zip_entry::{entry_options, worth_deflating};
 use crate::source_dir::SourceDir;
@@ -116,35 +117,34 @@ impl Source<'_> {
         entry_options(deflate, self.stamp)
     }
 
-    /// Write `len` bytes from `offset` as the zip entry `name`, feeding
-    /// every hasher. A read that does not complete drops the entry again.
-    /// An error reading the source is an outcome; an error writing the
-    /// bundle is the `Err`.
+    /// Write the byte `ranges` (offset, length) of the file, in order, as
+    /// the zip entry `name`, feeding every sink. A read that does not
+    /// complete drops the entry again. An error reading the source is an
+    /// outcome; an error writing the bundle is the `Err`.
     pub(super) fn write_entry(
         &mut self,
         zip: &mut BundleZip,
         name: &str,
         options: SimpleFileOptions,
-        (offset, len): (u64, u64),
-        hashers: &mut [&mut blake3::Hasher],
+        ranges: &[(u64, u64)],
+        sinks: Sinks<'_, '_>,
     ) -> io::Result<Outcome> {
         zip.start_file(name, options).map_err(zip_err)?;
-        let outcome = self.copy_checked(offset, len, zip, hashers)?;
+        let outcome = self.copy_checked(ranges, zip, sinks)?;
         if let Outcome::Lost(_) = outcome {
             zip.abort_file().map_err(zip_err)?;
         }
         Ok(outcome)
     }
 
-    /// Copy `len` bytes from `offset` into `out`, feeding every hasher. A
-    /// strict read then confirms the file did not change meanwhile; a
-    /// snapshot read only needs the bytes to be there.
+    /// Copy `ranges` into `out`, feeding every sink. A strict read then
+    /// confirms the file did not change meanwhile; a snapshot read only
+    /// needs the bytes to be there.
     fn copy_checked(
         &mut self,
-        offset: u64,
-        len: u64,
+        ranges: &[(u64, u64)],
         out: &mut impl Write,
-        hashers: &mut [&mut blake3::Hasher],
+        mut sinks: Sinks<'_, '_>,
     ) -> io::Result<Outcome> {
         let strict = self.how == ReadMode::Strict;
         let at = |e: io::Error| Outcome::Lost(Lost::Unreadable(with_path(e, self.abs)));
@@ -154,28 +154,28 @@ impl Source<'_> {
             Ok(_) => {}
             Err(e) => return Ok(at(e)),
         }
-        if let Err(e) = self.file.seek(SeekFrom::Start(offset)) {
-            return Ok(at(e));
-        }
-        let mut left = len;
-        while left > 0 {
-            let want = self
-                .buf
-                .len()
-                .min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = match self.file.read(&mut self.buf[..want]) {
-                Ok(n) => n,
-                Err(e) => return Ok(at(e)),
-            };
-            if n == 0 {
-                // Shorter than it was a moment ago: truncated under us.
-                return Ok(torn);
+        for &(offset, len) in ranges {
+            if let Err(e) = self.file.seek(SeekFrom::Start(offset)) {
+                return Ok(at(e));
             }
-            for h in hashers.iter_mut() {
-                h.update(&self.buf[..n]);
+            let mut left = len;
+            while left > 0 {
+                let want = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(left).unwrap_or(usize::MAX));
+                let n = match self.file.read(&mut self.buf[..want]) {
+                    Ok(n) => n,
+                    Err(e) => return Ok(at(e)),
+                };
+                if n == 0 {
+                    // Shorter than it was a moment ago: truncated under us.
+                    return Ok(torn);
+                }
+                sinks.update(&self.buf[..n]);
+                out.write_all(&self.buf[..n])?;
+                left -= n as u64;
             }
-            out.write_all(&self.buf[..n])?;
-            left -= n as u64;
         }
         // Same inode, same size and mtime, through the handle and through the
         // name: nobody wrote to it or replaced it while we read. (Through the
@@ -189,6 +189,26 @@ impl Source<'_> {
             (true, true) => Ok(torn),
             (true, false) => Ok(Outcome::Copied { overtaken: false }),
             (false, _) => Ok(Outcome::Copied { overtaken: moved }),
+        }
+    }
+}
+
+/// What the bytes read are fed to besides the zip entry: hashers, and a
+/// chunker signing the file for later deltas (`delta.rs`), which runs on
+/// another core beside them.
+#[derive(Default)]
+pub(super) struct Sinks<'s, 'h> {
+    pub(super) hashers: &'s mut [&'h mut blake3::Hasher],
+    pub(super) chunker: Option<&'s mut Chunker>,
+}
+
+impl Sinks<'_, '_> {
+    fn update(&mut self, bytes: &[u8]) {
+        let hashers = &mut *self.hashers;
+        let mut hash = move || hashers.iter_mut().for_each(|h| _ = h.update(bytes));
+        match self.chunker.as_deref_mut() {
+            Some(c) => _ = rayon::join(hash, || c.update(bytes)),
+            None => hash(),
         }
     }
 }

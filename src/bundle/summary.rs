@@ -16,6 +16,11 @@ pub struct Summary {
     /// Files the receivers made from their own copy at another path.
     #[serde(default)]
     pub copied: u64,
+    /// Files rebuilt from the version the receivers hold at the same path
+    /// and the bytes that changed (counted in `files`, those bytes in
+    /// `bytes`).
+    #[serde(default)]
+    pub deltas: u64,
 }
 
 impl Summary {
@@ -26,5 +31,6 @@ impl Summary {
         self.bytes += other.bytes;
         self.kept += other.kept;
         self.copied += other.copied;
+        self.deltas += other.deltas;
     }
 }

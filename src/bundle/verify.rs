@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
+use super::delta::Recipe;
 use super::error::{BundleError, entry_err, io_at, over_limit};
-use super::manifest::{Counts, MANIFEST_ENTRY, Manifest, max_manifest_bytes};
+use super::manifest::{Counts, DeltaEntry, MANIFEST_ENTRY, Manifest, max_manifest_bytes};
 use super::zip_end::{self, ZipEndError};
 
 /// Files, parts and deletions a receiver accepts in one bundle by default.
@@ -185,13 +186,21 @@ fn check_zip_holds_manifest(
     zip: &mut ZipArchive<File>,
     manifest: &Manifest,
 ) -> Result<(), BundleError> {
+    // A delta's entry holds the bytes that changed (its recipe parsed
+    // when the manifest was).
+    let delta = |d: &DeltaEntry| {
+        let data = Recipe::parse(&d.recipe, d.base_size, d.size).map_or(u64::MAX, |r| r.data_len());
+        (d.entry_name(), data)
+    };
     let mut expected: HashMap<String, u64> = manifest
         .files
         .iter()
         .map(|f| (f.path.clone(), f.size))
         .chain(manifest.parts.iter().map(|p| (p.entry_name(), p.size)))
+        .chain(manifest.deltas.iter().map(delta))
         .collect();
-    if expected.len() != manifest.files.len() + manifest.parts.len() {
+    let entries = manifest.files.len() + manifest.parts.len() + manifest.deltas.len();
+    if expected.len() != entries {
         return Err(BundleError::Whole("manifest names an entry twice".into()));
     }
     for i in 0..zip.len() {
@@ -255,11 +264,12 @@ fn check_entries(entries: usize, limits: &Limits) -> Result<(), BundleError> {
 
 /// The manifest's entries, the size of each file it makes, and what it
 /// unpacks to, within `limits`. Files the receiver copies from its own
-/// count as the files they make: 100,000 copies of one large file would
+/// (or rebuilds from a delta) count as the files they make: 100,000 copies of one large file would
 /// fill its disk as surely as their content would.
 fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
     let listed = m.files.len() + m.parts.len() + m.deletions.len();
-    check_entries(listed + m.kept.len() + m.copies.len(), limits)?;
+    let made = m.kept.len() + m.copies.len() + m.deltas.len();
+    check_entries(listed + made, limits)?;
     let mut total: u64 = 0;
     for (path, size) in m
         .files
@@ -267,6 +277,7 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
         .map(|f| (&f.path, f.size))
         .chain(m.parts.iter().map(|p| (&p.path, p.file_size)))
         .chain(m.copies.iter().map(|c| (&c.path, c.size)))
+        .chain(m.deltas.iter().map(|d| (&d.path, d.size)))
     {
         if size > limits.max_file_size {
             return Err(over_limit(
@@ -281,6 +292,7 @@ fn check_limits(m: &Manifest, limits: &Limits) -> Result<(), BundleError> {
         .map(|f| f.size)
         .chain(m.parts.iter().map(|p| p.size))
         .chain(m.copies.iter().map(|c| c.size))
+        .chain(m.deltas.iter().map(|d| d.size))
     {
         total = total.saturating_add(size);
     }
@@ -350,6 +362,7 @@ mod tests {
             links: vec![],
             kept: vec![],
             copies: vec![],
+            deltas: vec![],
         }
     }
 

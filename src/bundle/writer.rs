@@ -14,10 +14,11 @@ use unicode_normalization::UnicodeNormalization;
 use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
+use super::delta::{Recipe, Signature};
 use super::limits::Limits;
 use super::manifest::{
-    CopyEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY, Manifest,
-    PartEntry,
+    CopyEntry, DeltaEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY,
+    Manifest, PartEntry, delta_entry_name,
 };
 use super::summary::Summary;
 use crate::stamp::Stamp;
@@ -91,6 +92,7 @@ impl OpenBundle {
                 links: Vec::new(),
                 kept: Vec::new(),
                 copies: Vec::new(),
+                deltas: Vec::new(),
             },
             summary: Summary::default(),
             changes: Vec::new(),
@@ -234,6 +236,37 @@ impl OpenBundle {
         self.manifest.copies.push(CopyEntry {
             path: f.path,
             from: from.to_owned(),
+            size: f.size,
+            mtime: f.mtime,
+            mtime_nsec: f.mtime_nsec,
+            mode: f.mode,
+            hash: f.hash,
+        });
+    }
+
+    /// Record a file the receivers rebuild from the version they hold and
+    /// the bytes that changed, by `recipe` from `base`: new content
+    /// `hash`, the entry of those bytes already written.
+    pub(super) fn add_delta(
+        &mut self,
+        (rel, stamp, hash): (&str, Stamp, blake3::Hash),
+        base: &Signature,
+        recipe: &Recipe,
+    ) {
+        let data = recipe.data_len();
+        let recipe = recipe.to_string();
+        self.used += need(&delta_entry_name(rel), data) + recipe.len() as u64;
+        self.summary.bytes += data;
+        self.summary.files += 1;
+        self.summary.deltas += 1;
+        self.copied += stamp.size - data;
+        let f = self.take_file(rel, stamp, hash.to_hex().to_string());
+        let base_hash = blake3::Hash::from_bytes(base.hash).to_hex().to_string();
+        self.manifest.deltas.push(DeltaEntry {
+            path: f.path,
+            base_size: base.size,
+            base_hash,
+            recipe,
             size: f.size,
             mtime: f.mtime,
             mtime_nsec: f.mtime_nsec,

@@ -530,5 +530,21 @@ pub fn describe(m: &Manifest) -> String {
             c.size, c.mode, c.path, c.from
         );
     }
+    if !m.deltas.is_empty() {
+        let _ = writeln!(
+            s,
+            "deltas (rebuilt from root's previous version): {}",
+            m.deltas.len()
+        );
+    }
+    for d in &m.deltas {
+        let carried = crate::bundle::delta::Recipe::parse(&d.recipe, d.base_size, d.size)
+            .map_or(0, |r| r.data_len());
+        let _ = writeln!(
+            s,
+            "  {:>12}  {:o}  {} ({carried} bytes carried; previous version {} bytes, {})",
+            d.size, d.mode, d.path, d.base_size, d.base_hash
+        );
+    }
     s
 }

@@ -7,7 +7,10 @@
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
 
-/// 5: a bundle's manifest is of format 2, whose part hashes are chaining
+/// 6: a manifest may carry deltas (a large file rebuilt from the version
+/// the receiver holds and the bytes that changed), which a receiver of 5
+/// would refuse as an unknown field, bundle after bundle. (5: a bundle's
+/// manifest is of format 2, whose part hashes are chaining
 /// values of the file's BLAKE3 tree, which a receiver of protocol 4 would
 /// refuse bundle after bundle. (4: a sender may send the next bundles
 /// before the first is answered (up to its pipeline), and a receiver ends
@@ -15,11 +18,12 @@ use super::refusal::{Refusal, RefusalKind};
 /// first. 3: `Ack` says what became of the receiver's `on_apply` hook.
 /// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
 /// names the receiver's instance and limits; `Refuse` says whether to
-/// retry.)
-pub const PROTOCOL_VERSION: u16 = 5;
-/// The senders a receiver takes: 4 as well as 5, since a receiver reads
-/// the manifests of format 1 that a sender of 4 writes, and never asks it
-/// for content it holds (only format 2 bundles name any). Receivers can be
+/// retry.))
+pub const PROTOCOL_VERSION: u16 = 6;
+/// The senders a receiver takes: 4 and 5 as well as 6, since a receiver
+/// reads the manifests of format 1 that a sender of 4 writes, and never
+/// asks one for content it holds (only format 2 bundles name any; only
+/// senders of 6 send deltas). Receivers can be
 /// upgraded first, one by one, and their senders after.
 pub const SENDERS_SPOKEN: std::ops::RangeInclusive<u16> = 4..=PROTOCOL_VERSION;
 /// `Hello` starts with this so a stray client is recognised at once.

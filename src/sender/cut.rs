@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use crate::bundle::manifest::next_seq;
-use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report};
+use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report, Signatures};
 use crate::changes::{Op, Portion};
 use crate::config::Compress;
 use crate::ledger::Ledger;
@@ -28,6 +28,7 @@ use super::flush::Flushes;
 use super::held::Lookup;
 use super::link_rate::LinkRates;
 use super::outbox::Outbox;
+use super::signatures::SignatureStore;
 use super::source::Source;
 use super::state::SenderState;
 use super::transport::{Backoff, TransportEvent, release_now, update_peer};
@@ -71,6 +72,8 @@ pub(super) struct Handles {
     /// together, whether a packing run deflates.
     pub(super) link_rates: Arc<LinkRates>,
     pub(super) compress: Compress,
+    /// The large files' signatures, for deltas.
+    pub(super) signatures: SignatureStore,
 }
 
 impl Handles {
@@ -162,6 +165,11 @@ impl Handles {
             deflate: &|| self.link_rates.deflate(self.compress),
             first_bundle_max: self.link_rates.first_bundle_max(self.compress),
             held: held.as_ref().map(|l| l as &dyn HeldContent),
+            // A whole tree for one receiver sends no deltas; the content
+            // it packs was signed when it first shipped.
+            signatures: only
+                .is_none()
+                .then_some(&self.signatures as &dyn Signatures),
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);

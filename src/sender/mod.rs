@@ -12,6 +12,8 @@
 //! - `shipped.rs`: what the receivers have per path, and the paths in doubt.
 //! - `held.rs`: where the receivers hold each content (size and hash ->
 //!   path), so a renamed or copied file is rebuilt from their own copy.
+//! - `signatures.rs`: the large files' signatures, so a changed one sends
+//!   only its changed chunks.
 //! - `book.rs`: every path tracked: pending changes, shipped, failing,
 //!   badly named, unsettled; what a cut takes (tested in `book_tests.rs`).
 //! - `guard.rs`: the mass-deletion guard.
@@ -57,6 +59,7 @@ mod link_rate;
 mod outbox;
 mod report;
 mod shipped;
+mod signatures;
 mod skipped;
 mod source;
 mod start;

@@ -25,6 +25,7 @@ use super::link_rate::LinkRates;
 use super::outbox::{Outbox, outbox_budget};
 use super::report::Links;
 use super::shipped::Shipped;
+use super::signatures::SignatureStore;
 use super::state::SenderState;
 use super::transport::{Link, TransportEvent, transport};
 use crate::state_lock::StateLock;
@@ -193,6 +194,7 @@ pub(super) fn share(
 ) -> anyhow::Result<(Handles, Shipped, mpsc::UnboundedReceiver<TransportEvent>)> {
     let outbox_max = outbox_budget(cfg, &stores.state_dir)?;
     let (events, events_rx) = mpsc::unbounded_channel();
+    let signatures = SignatureStore::open(&stores.state_dir.join("signatures"))?;
     let handles = Handles {
         state: Arc::new(Mutex::new(stores.state)),
         state_dir: stores.state_dir,
@@ -206,6 +208,7 @@ pub(super) fn share(
         receivers: cfg.receivers.clone(),
         link_rates: Arc::new(LinkRates::new(cfg.receivers.len())),
         compress: cfg.compress,
+        signatures,
     };
     Ok((handles, stores.shipped, events_rx))
 }

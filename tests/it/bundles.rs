@@ -728,10 +728,10 @@ fn replay_with_root_takes_limits_from_the_config_given() {
 /// A receiver takes senders of protocol 4 as well as 5 (so receivers can
 /// be upgraded first), and refuses older ones naming both versions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_takes_a_sender_one_version_behind_and_refuses_older() {
+async fn a_receiver_takes_senders_two_versions_behind_and_refuses_older() {
     let env = Env::new();
     let r = env.start_receiver("").await;
-    for (version, welcomed) in [(5, true), (4, true), (3, false)] {
+    for (version, welcomed) in [(6, true), (5, true), (4, true), (3, false)] {
         let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
         c.write_frame(&Frame::Hello {
             version,
@@ -743,7 +743,7 @@ async fn a_receiver_takes_a_sender_one_version_behind_and_refuses_older() {
             Frame::Welcome { .. } => assert!(welcomed, "version {version} welcomed"),
             Frame::Refuse { reason, .. } => {
                 assert!(!welcomed, "version {version} refused: {reason}");
-                let want = "protocol version 3 not supported (this receiver speaks 4 to 5)";
+                let want = "protocol version 3 not supported (this receiver speaks 4 to 6)";
                 assert!(reason.contains(want), "{reason}");
             }
             f => panic!("version {version}: {f:?}"),

@@ -4,6 +4,7 @@
 mod bundles;
 mod cli;
 mod compress;
+mod deltas;
 mod durability;
 mod edges;
 mod faults;

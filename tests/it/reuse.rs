@@ -23,29 +23,6 @@ fn mtime(path: &Path) -> i64 {
     std::fs::metadata(path).map(|m| m.mtime()).unwrap_or(-1)
 }
 
-/// The manifests of every bundle the receiver archived, in order.
-fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
-    let bundles = env.archived().into_iter();
-    bundles
-        .map(|b| open(&b, &Limits::default()).unwrap().manifest)
-        .collect()
-}
-
-/// The first manifest the receiver archived (it archives a bundle after
-/// acknowledging it) for which `pred` holds, waiting for it.
-async fn archived_where(
-    env: &Env,
-    pred: impl Fn(&shipper::bundle::Manifest) -> bool,
-) -> shipper::bundle::Manifest {
-    let mut found = None;
-    wait_until("a bundle archived as expected", || {
-        found = manifests(env).into_iter().find(&pred);
-        found.is_some()
-    })
-    .await;
-    found.expect("found")
-}
-
 /// Ship `files` and wait until the receiver has them.
 async fn shipped(env: &Env, files: &[(&str, Vec<u8>)]) -> (Role, Role) {
     for (rel, body) in files {
@@ -359,6 +336,7 @@ fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
         deflate: &|| true,
         first_bundle_max: None,
         held: Some(&held),
+        signatures: None,
     }
     .pack(items)
     .unwrap();

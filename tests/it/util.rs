@@ -455,8 +455,36 @@ pub fn pack_items(
         deflate: &|| true,
         first_bundle_max: None,
         held: None,
+        signatures: None,
     }
     .pack(items)
     .unwrap();
     out
+}
+
+/// The manifests of every bundle the receiver archived, in order.
+pub fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
+    let bundles = env.archived().into_iter();
+    bundles
+        .map(|b| {
+            shipper::bundle::apply::open(&b, &shipper::bundle::apply::Limits::default())
+                .unwrap()
+                .manifest
+        })
+        .collect()
+}
+
+/// The first manifest the receiver archived (it archives a bundle after
+/// acknowledging it) for which `pred` holds, waiting for it.
+pub async fn archived_where(
+    env: &Env,
+    pred: impl Fn(&shipper::bundle::Manifest) -> bool,
+) -> shipper::bundle::Manifest {
+    let mut found = None;
+    wait_until("a bundle archived as expected", || {
+        found = manifests(env).into_iter().find(&pred);
+        found.is_some()
+    })
+    .await;
+    found.expect("found")
 }

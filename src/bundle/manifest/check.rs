@@ -8,6 +8,7 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use super::format::{FORMAT, Manifest, OLDEST_FORMAT, PartEntry};
 use super::ids::{is_hex_hash, next_seq, valid_sender_id, valid_set_id};
+use crate::bundle::delta::Recipe;
 use crate::bundle::part_tree::{PartHashes, part_len_of};
 use crate::paths;
 
@@ -90,6 +91,7 @@ impl Manifest {
         self.check_deletions(&shipped, &mut normalised)?;
         self.check_dirs_and_links(&mut normalised)?;
         self.check_copies()?;
+        self.check_deltas()?;
         self.check_abandoned()
     }
 
@@ -102,6 +104,21 @@ impl Manifest {
                 let why = "hash is not 64 hex digits".into();
                 return Err(ManifestError::path(&c.path, why));
             }
+        }
+        Ok(())
+    }
+
+    /// Deltas: both hashes 64 hex digits and a recipe that makes the
+    /// file's size from its old version's, with no copy outside it (its
+    /// path is checked with the files').
+    fn check_deltas(&self) -> Result<(), ManifestError> {
+        for d in &self.deltas {
+            if !is_hex_hash(&d.hash) || !is_hex_hash(&d.base_hash) {
+                let why = "hash is not 64 hex digits".into();
+                return Err(ManifestError::path(&d.path, why));
+            }
+            Recipe::parse(&d.recipe, d.base_size, d.size)
+                .map_err(|e| ManifestError::path(&d.path, e.to_string()))?;
         }
         Ok(())
     }
@@ -144,10 +161,14 @@ impl Manifest {
         Ok(seen)
     }
 
-    /// The paths that become whole files in root: shipped, kept, copied.
+    /// The paths that become whole files in root: shipped, kept, copied,
+    /// rebuilt from deltas.
     fn file_paths(&self) -> impl Iterator<Item = &str> {
         let files = self.files.iter().chain(&self.kept).map(|f| f.path.as_str());
-        files.chain(self.copies.iter().map(|c| c.path.as_str()))
+        let copies = self.copies.iter().map(|c| c.path.as_str());
+        files
+            .chain(copies)
+            .chain(self.deltas.iter().map(|d| d.path.as_str()))
     }
 
     /// Parts: valid paths not also shipped whole, one path per set, each

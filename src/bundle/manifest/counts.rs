@@ -27,6 +27,8 @@ pub struct Counts {
     pub kept: Count,
     #[serde(default)]
     pub copies: Count,
+    #[serde(default)]
+    pub deltas: Count,
 }
 
 /// The length of a JSON array, whose items are skipped unread.
@@ -63,10 +65,10 @@ impl Counts {
         serde_json::from_slice(bytes).map_err(|e| ManifestError::Parse(e.to_string()))
     }
 
-    /// Files, parts, deletions, directories, links, kept files and copies:
-    /// what a receiver's entry limit counts.
+    /// Files, parts, deletions, directories, links, kept files, copies and
+    /// deltas: what a receiver's entry limit counts.
     pub fn entries(&self) -> usize {
-        let tree = self.dirs.0 + self.links.0 + self.kept.0 + self.copies.0;
+        let tree = self.dirs.0 + self.links.0 + self.kept.0 + self.copies.0 + self.deltas.0;
         self.files.0 + self.parts.0 + self.deletions.0 + tree
     }
 }

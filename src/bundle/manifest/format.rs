@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::delta::Recipe;
 use crate::paths;
 use crate::stamp::{Kind, RACY_WINDOW, Stamp, Stat};
 
@@ -72,6 +73,41 @@ pub struct Manifest {
     /// others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub copies: Vec<CopyEntry>,
+    /// Large files rebuilt from the version the receivers hold at the same
+    /// path and the bytes that changed, which travel as the zip entry
+    /// [`DeltaEntry::entry_name`] (see `bundle/delta.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaEntry>,
+}
+
+/// A file rebuilt from its old version (`base_size` bytes with BLAKE3
+/// `base_hash`) at the same path by `recipe` (`bundle/delta.rs`), checked
+/// against this size and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeltaEntry {
+    pub path: String,
+    pub base_size: u64,
+    pub base_hash: String,
+    pub recipe: String,
+    pub size: u64,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub mode: u32,
+    pub hash: String,
+}
+
+impl DeltaEntry {
+    /// The zip entry holding the bytes that changed: named by a hash of
+    /// the path, so no path can collide with another's or a part's.
+    pub fn entry_name(&self) -> String {
+        delta_entry_name(&self.path)
+    }
+}
+
+pub fn delta_entry_name(path: &str) -> String {
+    let hash = blake3::hash(path.as_bytes()).to_hex();
+    format!(".shipper/deltas/{}", &hash[..32])
 }
 
 /// A file made from the receiver's own copy of the same content at `from`.
@@ -226,6 +262,7 @@ impl Manifest {
             .iter()
             .map(|f| f.path.clone())
             .chain(self.parts.iter().map(PartEntry::entry_name))
+            .chain(self.deltas.iter().map(DeltaEntry::entry_name))
             .collect()
     }
 
@@ -239,11 +276,18 @@ impl Manifest {
             && self.links.is_empty()
             && self.kept.is_empty()
             && self.copies.is_empty()
+            && self.deltas.is_empty()
     }
 
+    /// Bytes of content the zip carries: whole files, parts, and the
+    /// bytes that changed of files rebuilt from deltas.
     pub fn content_bytes(&self) -> u64 {
+        let data = |d: &DeltaEntry| {
+            Recipe::parse(&d.recipe, d.base_size, d.size).map_or(0, |r| r.data_len())
+        };
         self.files.iter().map(|f| f.size).sum::<u64>()
             + self.parts.iter().map(|p| p.size).sum::<u64>()
+            + self.deltas.iter().map(data).sum::<u64>()
     }
 }
 

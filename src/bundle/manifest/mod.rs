@@ -23,7 +23,8 @@ mod samples;
 pub use check::ManifestError;
 pub use counts::{Count, Counts};
 pub use format::{
-    CopyEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_BYTES_PER_ENTRY,
-    MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, PartEntry, max_manifest_bytes, part_entry_name,
+    CopyEntry, DeltaEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry,
+    MANIFEST_BYTES_PER_ENTRY, MANIFEST_ENTRY, MAX_MANIFEST_BYTES, Manifest, PartEntry,
+    delta_entry_name, max_manifest_bytes, part_entry_name,
 };
 pub use ids::{SeqExhausted, next_seq, valid_sender_id, valid_set_id};

@@ -47,5 +47,6 @@ pub(super) fn manifest() -> Manifest {
         links: vec![],
         kept: vec![],
         copies: vec![],
+        deltas: vec![],
     }
 }

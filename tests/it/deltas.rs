@@ -1,0 +1,179 @@
+//! A large file that changed in one region sends only that region: the
+//! receiver rebuilds it from the version it holds, checks the whole-file
+//! hash, and a receiver whose copy is not that version gets the file whole.
+
+use shipper::bundle::Manifest;
+use shipper::bundle::delta::Recipe;
+
+use crate::util::*;
+
+const BIG: usize = 12 << 20;
+
+/// Bytes of content a delta carries.
+fn carried(m: &Manifest) -> u64 {
+    let d = &m.deltas[0];
+    Recipe::parse(&d.recipe, d.base_size, d.size)
+        .unwrap()
+        .data_len()
+}
+
+/// `body` with `len` bytes from `at` replaced by noise of seed `seed`.
+fn changed(body: &[u8], at: usize, len: usize, seed: u64) -> Vec<u8> {
+    let mut out = body.to_vec();
+    out[at..at + len].copy_from_slice(&noise(len, seed));
+    out
+}
+
+/// Wait until root's `rel` is `body`.
+async fn arrived(env: &Env, rel: &str, body: &[u8]) {
+    wait_until("the new version in root", || {
+        std::fs::read(env.root().join(rel)).is_ok_and(|b| b == body)
+    })
+    .await;
+}
+
+/// The newest archived bundle with a delta, after `seq`.
+async fn delta_after(env: &Env, seq: u64) -> Manifest {
+    archived_where(env, |m| m.seq > seq && !m.deltas.is_empty()).await
+}
+
+/// Ship a 12 MiB file (whole with `extra`'s limits, or in parts), then
+/// change it in the middle, then insert near its start, then restart the
+/// sender and change it again: each change sends about the region changed.
+async fn each_change_sends_about_its_region(extra: &str) {
+    let env = Env::new();
+    let v1 = noise(BIG, 1);
+    env.write("media/video.mp4", &v1);
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, extra);
+    wait_in_sync(&env).await;
+    wait_until("the first ship archived", || !env.archived().is_empty()).await;
+
+    let v2 = changed(&v1, BIG / 2, 512 << 10, 2);
+    env.write("media/video.mp4", &v2);
+    arrived(&env, "media/video.mp4", &v2).await;
+    let m = delta_after(&env, 0).await;
+    assert!(m.files.is_empty() && m.parts.is_empty(), "{m:?}");
+    let sent = carried(&m);
+    assert!((512 << 10..1 << 20).contains(&sent), "{sent} bytes carried");
+
+    let mut v3 = v2.clone();
+    v3.splice(1000..1000, noise(3333, 3));
+    env.write("media/video.mp4", &v3);
+    arrived(&env, "media/video.mp4", &v3).await;
+    let m = delta_after(&env, m.seq).await;
+    assert!(carried(&m) < 1 << 20, "{} bytes carried", carried(&m));
+    assert_eq!(m.deltas[0].size, v3.len() as u64);
+
+    // Signatures outlive the sender.
+    s.stop().await;
+    let s = env.start_sender(r.addr, extra);
+    let v4 = changed(&v3, BIG - 300_000, 100_000, 4);
+    env.write("media/video.mp4", &v4);
+    arrived(&env, "media/video.mp4", &v4).await;
+    let m = delta_after(&env, m.seq).await;
+    assert!(carried(&m) < 1 << 20, "{} bytes carried", carried(&m));
+    assert_eq!(tree(&env.root()), tree(&env.src()));
+    s.stop().await;
+    r.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_file_changed_in_one_region_sends_about_that_region() {
+    each_change_sends_about_its_region("").await;
+}
+
+/// The same for a file shipped first as parts spanning bundles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_first_shipped_in_parts_changes_by_delta_too() {
+    each_change_sends_about_its_region("chunk_size = \"2MiB\"\nmax_bundle_size = \"8MiB\"\n").await;
+}
+
+/// A receiver whose copy is not the version the delta is made from (edited
+/// there) refuses it naming the file, which then travels whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delta_the_receiver_cannot_rebuild_is_sent_whole() {
+    let env = Env::new();
+    let v1 = noise(BIG, 5);
+    env.write("big.bin", &v1);
+    let metrics = free_addr();
+    let r = env
+        .start_receiver(&format!("metrics = \"{metrics}\"\n"))
+        .await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    std::fs::write(env.root().join("big.bin"), changed(&v1, 10, 10, 6)).unwrap();
+
+    let v2 = changed(&v1, BIG / 3, 200_000, 7);
+    env.write("big.bin", &v2);
+    arrived(&env, "big.bin", &v2).await;
+    let whole = |m: &Manifest| m.files.iter().any(|f| f.path == "big.bin");
+    archived_where(&env, |m| m.seq > 1 && whole(m)).await;
+    assert!(
+        manifests(&env).iter().all(|m| m.deltas.is_empty()),
+        "a delta was applied to a root that lacked its base"
+    );
+    let text = scrape(metrics).await;
+    let refused = text
+        .lines()
+        .find(|l| l.starts_with("shipper_bundles_refused_total") && l.contains("needs_content"));
+    assert!(
+        refused.is_some_and(|l| l.ends_with(" 1")),
+        "one refusal for the delta: {refused:?}"
+    );
+    s.stop().await;
+    r.stop().await;
+}
+
+/// A delta bundle replayed on an empty root names the file and the
+/// version it needs, and applies nothing; replayed on a root that holds
+/// the new version already (applied again after a crash), it applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_delta_names_what_it_needs_or_finds_it_done() {
+    let env = Env::new();
+    let v1 = noise(BIG, 8);
+    env.write("big.bin", &v1);
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    let v2 = changed(&v1, 4096, 4096, 9);
+    env.write("big.bin", &v2);
+    arrived(&env, "big.bin", &v2).await;
+    let m = delta_after(&env, 0).await;
+    s.stop().await;
+    r.stop().await;
+    let bundle = env
+        .archived()
+        .into_iter()
+        .find(|b| b.to_string_lossy().contains(&format!("{:020}", m.seq)))
+        .expect("the delta's bundle archived");
+
+    let replay = |root: &std::path::Path| {
+        owned(&[
+            "replay",
+            "--root",
+            root.to_str().unwrap(),
+            bundle.to_str().unwrap(),
+        ])
+    };
+    let empty = env.path().join("empty");
+    let out = shipper_async(replay(&empty)).await;
+    assert!(!out.status.success(), "applied: {}", text(&out));
+    let t = text(&out);
+    let want = format!("\"big.bin\" (its previous version ({BIG} bytes)");
+    assert!(t.contains(&want), "{want} not in: {t}");
+    assert!(tree(&empty).is_empty(), "something applied");
+
+    let out = shipper_async(replay(&env.root())).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(env.root().join("big.bin")).unwrap(), v2);
+
+    let out = shipper_async(owned(&["inspect", bundle.to_str().unwrap()])).await;
+    let t = text(&out);
+    assert!(
+        t.contains("deltas (rebuilt from root's previous version): 1"),
+        "{t}"
+    );
+}
