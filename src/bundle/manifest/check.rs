@@ -404,6 +404,37 @@ mod tests {
         }
     }
 
+    fn delta(path: &str, recipe: &str) -> super::super::format::DeltaEntry {
+        let f = file(path);
+        super::super::format::DeltaEntry {
+            path: f.path,
+            base_size: 100,
+            base_hash: f.hash.clone(),
+            recipe: recipe.into(),
+            size: 10,
+            mtime: f.mtime,
+            mtime_nsec: f.mtime_nsec,
+            mode: f.mode,
+            hash: f.hash,
+        }
+    }
+
+    #[test]
+    fn a_delta_names_its_changed_bytes_entry_and_a_bad_recipe_is_refused_naming_the_file() {
+        let mut m = manifest();
+        m.deltas.push(delta("v.mp4", "c0+5,d5"));
+        assert_eq!(Manifest::parse(&m.to_json()).unwrap(), m);
+        assert!(m.entry_names().contains(&m.deltas[0].entry_name()));
+        m.deltas[0].recipe = "c96+5,d5".into();
+        let e = m.check().unwrap_err().to_string();
+        assert!(
+            e.contains("\"v.mp4\"") && e.contains("beyond the old version"),
+            "{e}"
+        );
+        let json = String::from_utf8(manifest().to_json()).unwrap();
+        assert!(!json.contains("deltas"), "{json}");
+    }
+
     #[test]
     fn kept_files_travel_without_zip_entries_and_an_old_manifest_is_unchanged() {
         let mut m = manifest();
@@ -570,6 +601,25 @@ mod tests {
                     m.kept.push(file("k"));
                     m.kept[0].hash = "zz".into();
                 }),
+            ),
+            (
+                "delta and shipped",
+                Box::new(|m| m.deltas.push(delta("a/b.html", "d10"))),
+            ),
+            (
+                "delta above a file",
+                Box::new(|m| m.deltas.push(delta("a", "d10"))),
+            ),
+            (
+                "delta base hash",
+                Box::new(|m| {
+                    m.deltas.push(delta("v", "d10"));
+                    m.deltas[0].base_hash = "zz".into();
+                }),
+            ),
+            (
+                "delta of the wrong size",
+                Box::new(|m| m.deltas.push(delta("v", "d9"))),
             ),
             (
                 "two sets, one path",
