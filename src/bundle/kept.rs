@@ -6,7 +6,9 @@
 //! reflink where the filesystem makes one, else a plain copy: never a hard
 //! link, which would make two paths of root one file) and checked as it is
 //! made: a regular file (never through a symlink) of the size and
-//! whole-file BLAKE3 hash the manifest gives. Any that root does not hold
+//! whole-file BLAKE3 hash the manifest gives. A copy whose `from` no
+//! longer holds the content is made from root's file at its own path if
+//! that holds it already (a bundle applied again after a crash). Any that root does not hold
 //! as listed (edited or lost on the receiver, or an empty root) refuses the
 //! bundle, naming every such path ([`BundleError::NotHeld`]), so the sender
 //! sends them with their content; nothing of the bundle is applied. Reads
@@ -45,7 +47,7 @@ pub(super) fn check_and_copy(
     let dest = |i: usize| stage.join(format!("c{i}"));
     let copies: Vec<Option<String>> = (0..m.copies.len())
         .into_par_iter()
-        .map(|i| stage_copy(root, target, &m.copies[i], &dest(i)))
+        .map(|i| stage_copy_or_done(root, target, &m.copies[i], &dest(i)))
         .collect::<Result<_, _>>()?;
     let paths = m.kept.iter().map(|k| &k.path);
     let missing: Vec<(String, String)> = paths
@@ -75,6 +77,36 @@ fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleErro
         Ok(hash) if hash.to_hex().as_str() == k.hash => None,
         _ => Some(NOT_HELD.into()),
     })
+}
+
+/// [`stage_copy`], or, when root's file at `c.from` does not hold the
+/// content, a copy of root's file at `c.path` if that holds it already: the
+/// bundle is being applied again after a crash published that copy (and
+/// perhaps deleted `from`, as a rename does).
+fn stage_copy_or_done(
+    root: &Root,
+    target: &Target,
+    c: &CopyEntry,
+    dest: &Path,
+) -> Result<Option<String>, BundleError> {
+    let why = stage_copy(root, target, c, dest)?;
+    if why.is_none() || c.from == c.path {
+        return Ok(why);
+    }
+    discard(dest)?;
+    let done = CopyEntry {
+        from: c.path.clone(),
+        ..c.clone()
+    };
+    Ok(stage_copy(root, target, &done, dest)?.and(why))
+}
+
+/// Remove what a failed attempt left at `dest` in staging, if anything.
+pub(super) fn discard(dest: &Path) -> Result<(), BundleError> {
+    match std::fs::remove_file(dest) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_at(dest)(e)),
+        _ => Ok(()),
+    }
 }
 
 /// Make the copy `c` at `dest` from root's file at `c.from`, check it and

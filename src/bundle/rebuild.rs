@@ -20,7 +20,7 @@ use zip::ZipArchive;
 
 use super::delta::{Piece, Recipe};
 use super::error::{BundleError, entry_err, io_at};
-use super::kept::{NOT_HELD, open, stage_copy};
+use super::kept::{NOT_HELD, discard, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
 use super::target::Target;
 use super::unpack::{create_private, finish_file};
@@ -49,12 +49,7 @@ pub(super) fn stage_deltas(
             // Root may hold the new version already: a crash after this
             // file was published, and the bundle applied again at start.
             Some(why) => {
-                match std::fs::remove_file(&dest) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(io_at(&dest)(e));
-                    }
-                    _ => {}
-                }
+                discard(&dest)?;
                 stage_copy(root, target, &as_copy(d), &dest)?.map(|_| why)
             }
         };

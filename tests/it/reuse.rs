@@ -400,3 +400,71 @@ async fn a_lost_copy_source_ships_again_and_costs_one_refusal() {
     s.stop().await;
     r.stop().await;
 }
+
+/// A receiver killed after publishing a rename (its copy made, its source
+/// deleted) but before recording it applies the bundle again at start:
+/// the copy's source was gone, so the bundle was refused and root kept
+/// half a rename until the sender sent the files whole. Now a copy whose
+/// path already holds its content is made from there.
+#[test]
+fn a_rename_applied_again_after_a_crash_finishes() {
+    use shipper::bundle::apply::{Limits as ApplyLimits, Target, apply, open};
+    use shipper::bundle::pack::{Limits, PackItem, Packer};
+    use shipper::changes::Op;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("new")).unwrap();
+    let target = Target {
+        root: t.path().join("root"),
+        staging: t.path().join("staging"),
+        parts: t.path().join("parts"),
+        policy: shipper::perms::Policy::default(),
+    };
+    target.prepare().unwrap();
+    std::fs::create_dir_all(target.root.join("old")).unwrap();
+    let body = noise(40_000, 1);
+    std::fs::write(src.join("new/a.jpg"), &body).unwrap();
+    std::fs::write(target.root.join("old/a.jpg"), &body).unwrap();
+    let held = Index([(*blake3::hash(&body).as_bytes(), "old/a.jpg".to_string())].into());
+    let outbox = t.path().join("out");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let item = |path: &str, op| PackItem {
+        op,
+        reuse: true,
+        ..PackItem::upsert(path)
+    };
+    let mut out = Vec::new();
+    Packer {
+        source: &src,
+        outbox: &outbox,
+        sender: "test",
+        limits: Limits::new(4096, 1 << 20, 100),
+        alloc_seq: &mut || Ok(1),
+        emit: &mut |p| {
+            out.push(p.path);
+            Ok(())
+        },
+        touched: &|_| false,
+        deflate: &|| true,
+        first_bundle_max: None,
+        held: Some(&held),
+        signatures: None,
+    }
+    .pack(vec![
+        item("new/a.jpg", Op::Upsert),
+        item("old/a.jpg", Op::Delete),
+    ])
+    .unwrap();
+    assert_eq!(out.len(), 1);
+    let copies = open(&out[0], &ApplyLimits::default())
+        .unwrap()
+        .manifest
+        .copies;
+    assert_eq!(copies.len(), 1, "packed as a copy");
+    for attempt in ["applied", "applied again"] {
+        let b = open(&out[0], &ApplyLimits::default()).unwrap();
+        apply(&target, b).unwrap_or_else(|e| panic!("{attempt}: {e}"));
+        assert_eq!(std::fs::read(target.root.join("new/a.jpg")).unwrap(), body);
+        assert!(!target.root.join("old/a.jpg").exists(), "{attempt}");
+    }
+}
