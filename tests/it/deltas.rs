@@ -177,3 +177,22 @@ async fn replaying_a_delta_names_what_it_needs_or_finds_it_done() {
         "{t}"
     );
 }
+
+/// A large file's signature is kept while the file is, and goes with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_files_signature_goes_when_the_file_does() {
+    let env = Env::new();
+    env.write("big.bin", noise(5 << 20, 10));
+    env.write("small.html", "hi");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    let signatures = env.path().join("state-s/signatures");
+    let count = || std::fs::read_dir(&signatures).map_or(0, |d| d.count());
+    assert_eq!(count(), 1, "one signature, for the large file only");
+    std::fs::remove_file(env.src().join("big.bin")).unwrap();
+    wait_in_sync(&env).await;
+    wait_until("the signature removed", || count() == 0).await;
+    s.stop().await;
+    r.stop().await;
+}
