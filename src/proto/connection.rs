@@ -153,11 +153,7 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     /// See [`FrameReader::recv_body`].
-    pub async fn recv_body(
-        &mut self,
-        size: u64,
-        path: &Path,
-    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
+    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
         self.reader.recv_body(size, path).await
     }
 
@@ -179,6 +175,23 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     ) -> (F::Output, Result<(), ConnError>) {
         self.writer.ping_while(every, work).await
     }
+}
+
+/// A read of a body that waited this long found the socket's buffers
+/// empty: from then on, bytes come at the link's pace, and timing them
+/// measures it. (Timing from the first byte would count what the buffers
+/// held, megabytes on a link behind a proxy, as if it came at once.) A
+/// body that never waits came faster than it could be timed.
+pub const PACED_WAIT: Duration = Duration::from_millis(1);
+
+/// A body received: its BLAKE3, the first error writing it, and the bytes
+/// from the first read that waited, with the time they took to arrive
+/// (`None` if no read waited).
+#[derive(Debug)]
+pub struct Body {
+    pub hash: blake3::Hash,
+    pub write_error: Option<io::Error>,
+    pub timed: Option<(u64, Duration)>,
 }
 
 impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
@@ -246,15 +259,12 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     }
 
     /// Receive exactly `size` body bytes into the file at `path`, returning
-    /// their BLAKE3 and the first write error, if any. A blocking thread
-    /// writes and hashes while this task reads the socket. After a write
-    /// error (a full disk) the rest of the body is still read, so the
-    /// stream stays in step and the bundle can be refused with the reason.
-    pub async fn recv_body(
-        &mut self,
-        size: u64,
-        path: &Path,
-    ) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
+    /// their BLAKE3, the first write error, if any, and how long the bytes
+    /// from the first read that waited ([`PACED_WAIT`]) took. A blocking thread writes and
+    /// hashes while this task reads the socket. After a write error (a full
+    /// disk) the rest of the body is still read, so the stream stays in
+    /// step and the bundle can be refused with the reason.
+    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
         // A tokio channel: a full one makes this task wait, never blocks
         // the runtime thread it runs on.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
@@ -286,15 +296,21 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             (hasher.finalize(), write_error)
         });
         let mut left = size;
+        // From the first read that waited: the bytes left then, and when.
+        let mut timed_from = None;
         while left > 0 {
             let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
             let mut buf = spent.try_recv().unwrap_or_default();
             buf.resize(want, 0);
             let mut filled = 0;
             while filled < want {
+                let asked = std::time::Instant::now();
                 let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
                 if n == 0 {
                     return Err(ConnError::Closed);
+                }
+                if timed_from.is_none() && asked.elapsed() >= PACED_WAIT {
+                    timed_from = Some((left - filled as u64, asked));
                 }
                 filled += n;
             }
@@ -305,7 +321,15 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             }
         }
         drop(tx);
-        writer.await.map_err(|e| ConnError::Io(io::Error::other(e)))
+        let timed = timed_from.map(|(bytes, from)| (bytes, from.elapsed()));
+        let (hash, write_error) = writer
+            .await
+            .map_err(|e| ConnError::Io(io::Error::other(e)))?;
+        Ok(Body {
+            hash,
+            write_error,
+            timed,
+        })
     }
 }
 

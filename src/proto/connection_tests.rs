@@ -107,13 +107,20 @@ async fn a_body_at_a_rate_takes_at_least_its_size_over_the_rate_less_one_burst()
         let got = peer.recv_body(body.len() as u64, &to).await.unwrap();
         (got, peer.expect_frame().await.unwrap())
     };
-    let ((), ((hash, error), ping)) = tokio::join!(send, recv);
+    let ((), (got, ping)) = tokio::join!(send, recv);
+    let (hash, error) = (got.hash, got.write_error);
     let took = start.elapsed();
     // 1 MiB at 1 MiB/s: 1 s less the quarter second that goes at once.
     assert!(took >= Duration::from_millis(750), "took {took:?}");
     assert!(error.is_none());
     assert_eq!(hash, blake3::hash(&body));
     assert_eq!(ping, Frame::Ping);
+    // The receiver times what came at the link's pace: about 1 MiB/s
+    // (the first quarter second's burst may be in it).
+    let (bytes, t) = got.timed.expect("a paced body is timed");
+    let rate = bytes as f64 / t.as_secs_f64();
+    assert!(bytes >= 512 << 10, "{bytes} bytes timed");
+    assert!(rate < 2.0 * f64::from(1 << 20), "{rate} bytes/s");
 }
 
 /// A regression: paced slices sat in the 256 KiB write buffer, so a

@@ -73,6 +73,17 @@ pub enum Frame {
     },
     /// Keeps a quiet connection known to be alive.
     Ping,
+    /// The receiver took the last `bytes` of bundle `seq`'s body in
+    /// `micros`, counted from the first read that waited for them (what the
+    /// socket buffers held came before): the link's rate as the receiver
+    /// saw it, which no TCP-terminating proxy on the sender's side can
+    /// inflate. Sent before the bundle is applied, to senders of protocol
+    /// [`TOLD_RECEIVED_FROM`] and later.
+    Received {
+        seq: u64,
+        bytes: u64,
+        micros: u64,
+    },
 }
 
 /// What a receiver accepts in one bundle, announced in `Welcome`.
@@ -107,6 +118,11 @@ const REFUSE: u8 = 6;
 /// "Still here", no payload: either side sends it so the other can tell a
 /// quiet connection from a dead one.
 const PING: u8 = 7;
+const RECEIVED: u8 = 8;
+
+/// Senders of this protocol version and later are told how fast their
+/// bundles came ([`Frame::Received`]).
+pub const TOLD_RECEIVED_FROM: u16 = 6;
 
 impl Frame {
     /// The frame refusing bundle `seq` for `refusal`.
@@ -191,6 +207,12 @@ impl Frame {
                 REFUSE
             }
             Frame::Ping => PING,
+            Frame::Received { seq, bytes, micros } => {
+                for v in [seq, bytes, micros] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                RECEIVED
+            }
         };
         let len = (out.len() - start - HEADER_LEN) as u32;
         out[start] = kind;
@@ -230,7 +252,7 @@ fn cut(text: &str) -> &str {
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=PING).contains(&kind) {
+    if !(HELLO..=RECEIVED).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -278,6 +300,11 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
         ACK if p.len() >= 9 => parse_ack(p),
         REFUSE if p.len() >= 11 => parse_refuse(p),
         PING if p.is_empty() => Some(Frame::Ping),
+        RECEIVED if p.len() == 24 => Some(Frame::Received {
+            seq: u64_at(0).unwrap_or_default(),
+            bytes: u64_at(8).unwrap_or_default(),
+            micros: u64_at(16).unwrap_or_default(),
+        }),
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
@@ -348,6 +375,7 @@ fn kind_name(kind: u8) -> &'static str {
         ACK => "ack",
         REFUSE => "refuse",
         PING => "ping",
+        RECEIVED => "received",
         _ => "unknown",
     }
 }

@@ -34,7 +34,7 @@ use crate::bundle::manifest::{next_seq, valid_sender_id};
 use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
-use crate::proto::connection::{FrameReader, Stream, set_liveness};
+use crate::proto::connection::{Body, FrameReader, Stream, set_liveness};
 use crate::proto::frame::{Accepts, PROTOCOL_VERSION, SENDERS_SPOKEN};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
@@ -121,12 +121,12 @@ impl Sessions {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let identify = tokio::time::Instant::now() + HELLO_TIMEOUT;
-        let (mut conn, sender) = self.identify(stream, peer, identify).await?;
+        let (mut conn, sender, speaks) = self.identify(stream, peer, identify).await?;
         drop(slot);
         let registered = self.register(&sender, peer, stop)?;
         let last = self.welcome(&mut conn, &sender).await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
-        self.serve_bundles(&mut conn, &sender, peer, registered.id)
+        self.serve_bundles(&mut conn, &sender, peer, (registered.id, speaks))
             .await?;
         info!(%peer, %sender, "sender disconnected");
         Ok(())
@@ -140,7 +140,7 @@ impl Sessions {
         stream: TcpStream,
         peer: SocketAddr,
         deadline: tokio::time::Instant,
-    ) -> anyhow::Result<(Connection<Stream>, Sender)> {
+    ) -> anyhow::Result<(Connection<Stream>, Sender, u16)> {
         let _ = stream.set_nodelay(true);
         if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
             warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
@@ -148,11 +148,11 @@ impl Sessions {
         let (stream, fingerprint) = self.handshake(stream, peer, deadline).await?;
         let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let sender = match conn.expect_frame_within(left).await? {
+        let (sender, version) = match conn.expect_frame_within(left).await? {
             Frame::Hello { version, sender }
                 if SENDERS_SPOKEN.contains(&version) && valid_sender_id(&sender) =>
             {
-                Sender::new(sender, fingerprint)
+                (Sender::new(sender, fingerprint), version)
             }
             Frame::Hello { version, sender } => {
                 let reason = if !SENDERS_SPOKEN.contains(&version) {
@@ -169,7 +169,7 @@ impl Sessions {
             }
             other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
         };
-        Ok((conn, sender))
+        Ok((conn, sender, version))
     }
 
     /// The TLS handshake, with keys; the fingerprint of the allowed
@@ -276,9 +276,10 @@ impl Sessions {
         }
     }
 
-    /// Receive one bundle body and its trailer into `received` and check them.
-    /// The outer error ends the session (stream out of step); the inner one
-    /// is a refusal.
+    /// Receive one bundle body and its trailer into `received` and check
+    /// them; with how long the body took past its first bytes (see
+    /// [`Body`]). The outer error ends the session (stream out of step); the
+    /// inner one is a refusal.
     async fn receive(
         &self,
         conn: &mut FrameReader<Stream>,
@@ -286,9 +287,13 @@ impl Sessions {
         seq: u64,
         size: u64,
         received: &Path,
-    ) -> anyhow::Result<Result<(), Refusal>> {
+    ) -> anyhow::Result<(Result<(), Refusal>, Option<(u64, Duration)>)> {
         let started = std::time::Instant::now();
-        let (hash, write_error) = conn.recv_body(size, received).await?;
+        let Body {
+            hash,
+            write_error,
+            timed,
+        } = conn.recv_body(size, received).await?;
         tracing::debug!(
             seq,
             size,
@@ -306,7 +311,7 @@ impl Sessions {
             let refusal = Refusal::retry(refusal_for_io(&e, received));
             self.metrics
                 .refused(&sender.id, &refusal, RefusedFor::of_io(&e));
-            return Ok(Err(refusal));
+            return Ok((Err(refusal), timed));
         }
         if t_size != size || t_hash != *hash.as_bytes() {
             // Damaged on the way: the next copy may arrive whole.
@@ -316,9 +321,9 @@ impl Sessions {
                 blake3::Hash::from_bytes(t_hash).to_hex()
             ));
             self.metrics.refused(&sender.id, &refusal, RefusedFor::Hash);
-            return Ok(Err(refusal));
+            return Ok((Err(refusal), timed));
         }
-        Ok(Ok(()))
+        Ok((Ok(()), timed))
     }
 
     /// Apply the received bundle at `received`, in sequence order, unless it

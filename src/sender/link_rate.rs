@@ -1,11 +1,14 @@
 //! How fast each receiver's link carries bundles, measured on the bundles
 //! themselves, and whether deflate pays for itself on links that fast
-//! (`sender.compress`). The transports record what they measure, by the
-//! bytes the peer's TCP acknowledged while a bundle went out
-//! ([`Delivered`], read from the kernel) where it tells, else by the
-//! bundle's size; the packer asks before each file. While a link is not
-//! measured, a run's first bundle is kept small so it soon is. The
-//! decisions are pure ([`deflate_pays`], [`first_bundle_max`]).
+//! (`sender.compress`). Two measures per link, the slower deciding: the
+//! sender's own, by the bytes the peer's TCP acknowledged while a bundle
+//! went out ([`Delivered`], read from the kernel) where it tells, else by
+//! the bundle's size; and the receiver's, how fast the bundle's body came
+//! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
+//! sender's side can make look faster than the link. The packer asks
+//! before each file. While a link is not measured, a run's first bundle is
+//! kept small so it soon is. The decisions are pure ([`deflate_pays`],
+//! [`first_bundle_max`]).
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
@@ -60,15 +63,39 @@ pub(super) struct Measured {
     pub(super) news: bool,
 }
 
+/// Who measured a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum By {
+    Sender,
+    Receiver,
+}
+
+/// One link's two measures (bytes per second).
+#[derive(Debug, Clone, Copy, Default)]
+struct Link {
+    sent: Option<f64>,
+    received: Option<f64>,
+}
+
+impl Link {
+    /// The rate that decides: the slower measure, or the one there is.
+    fn rate(&self) -> Option<f64> {
+        match (self.sent, self.received) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// Each receiver's measured link rate, shared by its transport and the packer.
 pub(super) struct LinkRates {
-    rates: Mutex<Vec<Option<f64>>>,
+    links: Mutex<Vec<Link>>,
 }
 
 impl LinkRates {
     pub(super) fn new(receivers: usize) -> Self {
         Self {
-            rates: Mutex::new(vec![None; receivers]),
+            links: Mutex::new(vec![Link::default(); receivers]),
         }
     }
 
@@ -78,7 +105,7 @@ impl LinkRates {
     /// within a few bundles).
     pub(super) fn record(&self, index: usize, bytes: u64, took: Duration) -> Option<Measured> {
         (bytes >= MEASURE_FROM)
-            .then(|| self.sample(index, bytes, took))
+            .then(|| self.sample(index, (bytes, took), By::Sender))
             .flatten()
     }
 
@@ -91,32 +118,58 @@ impl LinkRates {
         took: Duration,
     ) -> Option<Measured> {
         (bytes >= DELIVERED_FROM)
-            .then(|| self.sample(index, bytes, took))
+            .then(|| self.sample(index, (bytes, took), By::Sender))
             .flatten()
     }
 
-    fn sample(&self, index: usize, bytes: u64, took: Duration) -> Option<Measured> {
+    /// Receiver `index` said it took `bytes` of a bundle's body in `took`
+    /// (`Frame::Received`): if that is enough to say something, fold it in.
+    pub(super) fn record_received(
+        &self,
+        index: usize,
+        bytes: u64,
+        took: Duration,
+    ) -> Option<Measured> {
+        (bytes >= DELIVERED_FROM)
+            .then(|| self.sample(index, (bytes, took), By::Receiver))
+            .flatten()
+    }
+
+    /// Fold `bytes` in `took`, measured `by`, into receiver `index`'s link
+    /// (half the old, half the new, so a link that changes is followed
+    /// within a few bundles).
+    fn sample(&self, index: usize, (bytes, took): (u64, Duration), by: By) -> Option<Measured> {
         if took.is_zero() {
             return None;
         }
         let sample = bytes as f64 / took.as_secs_f64();
-        let mut rates = self.rates.lock().unwrap_or_else(|e| e.into_inner());
-        let old = rates[index];
-        let rate = old.map_or(sample, |old| (old + sample) / 2.0);
-        rates[index] = Some(rate);
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let link = &mut links[index];
+        let old = link.rate();
+        let measure = match by {
+            By::Sender => &mut link.sent,
+            By::Receiver => &mut link.received,
+        };
+        *measure = Some(measure.map_or(sample, |m| (m + sample) / 2.0));
+        let rate = link.rate().expect("just measured");
         // News: the first measure, or one that turns the choice around.
         let news = old.is_none_or(|old| (old < STORE_FROM) != (rate < STORE_FROM));
         Some(Measured { rate, news })
     }
 
+    fn rates(&self) -> Vec<Option<f64>> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.iter().map(Link::rate).collect()
+    }
+
     /// Whether the next file packed is deflated (if worth it), under `mode`.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
-        deflate_pays(mode, &self.rates.lock().unwrap_or_else(|e| e.into_inner()))
+        deflate_pays(mode, &self.rates())
     }
 
     /// How large the next run's first bundle may be, under `mode`.
     pub(super) fn first_bundle_max(&self, mode: Compress) -> Option<u64> {
-        first_bundle_max(mode, &self.rates.lock().unwrap_or_else(|e| e.into_inner()))
+        first_bundle_max(mode, &self.rates())
     }
 }
 
@@ -213,6 +266,29 @@ mod tests {
         assert!(!r.deflate(Compress::Auto), "1 GB/s stores");
         let m = r.record_delivered(0, DELIVERED_FROM * 900, second).unwrap();
         assert!(!m.news, "still fast: no news");
+    }
+
+    /// Behind a proxy that ends the sender's TCP connection, the sender's
+    /// own measure says loopback speed; the receiver's says the link's.
+    #[test]
+    fn the_slower_of_the_senders_and_the_receivers_measures_decides() {
+        let r = LinkRates::new(1);
+        let second = Duration::from_secs(1);
+        let fast = r.record_delivered(0, 1 << 30, second).unwrap();
+        assert!(fast.news && !r.deflate(Compress::Auto), "1 GiB/s stores");
+        let slow = r.record_received(0, 12 << 20, second).unwrap();
+        assert!(slow.news, "the choice turned around");
+        assert!(r.deflate(Compress::Auto), "the link is 12 MiB/s: deflate");
+        r.record_delivered(0, 1 << 30, second);
+        assert!(
+            r.deflate(Compress::Auto),
+            "the sender's measure alone never overrules"
+        );
+        assert!(
+            r.record_received(0, DELIVERED_FROM - 1, Duration::from_micros(1))
+                .is_none(),
+            "too few bytes measure nothing"
+        );
     }
 
     #[test]

@@ -120,3 +120,82 @@ fn entries_of(bundle: &std::path::Path) -> (Vec<zip::CompressionMethod>, u64) {
     assert!(!methods.is_empty(), "no page in {}", bundle.display());
     (methods, unpacked)
 }
+
+/// Forward connections on a new port to `to`, taking all the sender sends
+/// at once (its TCP sees every byte acknowledged at loopback speed) and
+/// passing it on at `rate` bytes per second: a TCP-terminating proxy in
+/// front of a slow link.
+async fn buffering_proxy(to: std::net::SocketAddr, rate: f64) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(to).await else {
+                continue;
+            };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 << 10];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                while let Some(chunk) = rx.recv().await {
+                    let pause = std::time::Duration::from_secs_f64(chunk.len() as f64 / rate);
+                    tokio::time::sleep(pause).await;
+                    if sw.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut sr, &mut cw).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Behind a proxy that ends the sender's TCP connection and buffers what it
+/// sends, the sender's own measure (the bytes its TCP saw acknowledged)
+/// took a slow link for loopback and stopped deflating. The receiver now
+/// says how fast each bundle came as it saw it, the slower measure
+/// decides, and pages packed after that are deflated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
+    let env = Env::new();
+    for i in 0..24 {
+        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
+    }
+    let r = env.start_receiver("").await;
+    let proxy = buffering_proxy(r.addr, 40e6).await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&proxy.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_in_sync(&env).await;
+    wait_until("the receiver's measure, in the log", || {
+        sender.log_text().contains("deflate_pays=true")
+    })
+    .await;
+    env.write("later/p.html", page(512 << 10, 1000));
+    wait_in_sync(&env).await;
+    let later = env.archived().into_iter().rev().find(|b| {
+        let zip = zip::ZipArchive::new(std::fs::File::open(b).unwrap()).unwrap();
+        zip.file_names()
+            .any(|n| n.is_ok_and(|n| n == "later/p.html"))
+    });
+    let (methods, _) = entries_of(&later.expect("the later page's bundle archived"));
+    assert_eq!(
+        methods,
+        [zip::CompressionMethod::Deflated],
+        "{}",
+        sender.log_text()
+    );
+    drop(sender);
+    r.stop().await;
+}

@@ -43,6 +43,7 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         }),
         Just(Frame::Ping),
+        any::<[u64; 3]>().prop_map(|[seq, bytes, micros]| Frame::Received { seq, bytes, micros }),
     ]
 }
 

@@ -31,6 +31,11 @@ fn all() -> Vec<Frame> {
             seq: u64::MAX,
             hook: HookOutcome::NotRun,
         },
+        Frame::Received {
+            seq: 9,
+            bytes: 1 << 30,
+            micros: u64::MAX,
+        },
         Frame::Ack {
             seq: 1,
             hook: HookOutcome::Ran,
@@ -135,8 +140,12 @@ fn garbage_is_refused() {
         Err(FrameError::Malformed { kind: "ping" })
     );
     assert_eq!(
-        Frame::parse(&[PING + 1, 0, 0, 0, 0]),
-        Err(FrameError::UnknownKind(PING + 1))
+        Frame::parse(&[RECEIVED, 0, 0, 0, 1, 0]),
+        Err(FrameError::Malformed { kind: "received" })
+    );
+    assert_eq!(
+        Frame::parse(&[RECEIVED + 1, 0, 0, 0, 0]),
+        Err(FrameError::UnknownKind(RECEIVED + 1))
     );
     let mut hello = Frame::Hello {
         version: 1,

@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
@@ -16,6 +16,7 @@ use tracing::warn;
 use super::Sessions;
 use crate::metrics::RefusedFor;
 use crate::proto::connection::{FrameReader, FrameWriter, Stream};
+use crate::proto::frame::TOLD_RECEIVED_FROM;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::proto::{APPLY_PING, Connection, Frame};
 use crate::receiver::identity::Sender;
@@ -34,13 +35,16 @@ enum Arrival {
 }
 
 /// A bundle the reading half took in: `seq` of `size` bytes, received
-/// into `file` from `started`, and whether it passed its trailer check.
+/// into `file` from `started`, whether it passed its trailer check, and
+/// the link's rate to tell the sender, if it asks for it and the body was
+/// long enough to time (bytes past the first ones, and the time they took).
 struct Received {
     seq: u64,
     size: u64,
     file: Taken,
     checked: Result<(), Refusal>,
     started: Instant,
+    timed: Option<(u64, Duration)>,
 }
 
 /// A bundle file in `incoming` that this session took in. Removed when
@@ -76,7 +80,7 @@ impl Sessions {
         conn: &mut Connection<Stream>,
         sender: &Sender,
         peer: SocketAddr,
-        session: u64,
+        (session, speaks): (u64, u16),
     ) -> anyhow::Result<()> {
         let (reader, writer) = conn.halves();
         // One bundle waits while another is applied; a third may arrive.
@@ -84,7 +88,7 @@ impl Sessions {
         let ended = CancellationToken::new();
         let read = async {
             let r = self
-                .read_arrivals(reader, tx, sender, peer, session, &ended)
+                .read_arrivals(reader, tx, (sender, peer), (session, speaks), &ended)
                 .await;
             // The other half ending first (a refusal, a dead connection)
             // makes whatever the reading half ran into moot.
@@ -106,14 +110,15 @@ impl Sessions {
 
     /// The reading half: each frame `sender` sends, a bundle received and
     /// checked against its trailer, handed on in order through `tx` until
-    /// the stream ends or `ended` says the answering half stopped.
+    /// the stream ends or `ended` says the answering half stopped. A sender
+    /// that `speaks` protocol [`TOLD_RECEIVED_FROM`] or later is told how
+    /// fast each bundle came.
     async fn read_arrivals(
         &self,
         reader: &mut FrameReader<Stream>,
         tx: tokio::sync::mpsc::Sender<Arrival>,
-        sender: &Sender,
-        peer: SocketAddr,
-        session: u64,
+        (sender, peer): (&Sender, SocketAddr),
+        (session, speaks): (u64, u16),
         ended: &CancellationToken,
     ) -> anyhow::Result<()> {
         loop {
@@ -142,13 +147,14 @@ impl Sessions {
                     // vanished mid-bundle may still hold its file when the
                     // re-send arrives.
                     let file = Taken(self.incoming.join(incoming_name(&sender.key, seq, session)));
-                    let checked = self.receive(reader, sender, seq, size, &file.0).await?;
+                    let (checked, timed) = self.receive(reader, sender, seq, size, &file.0).await?;
                     Arrival::Bundle(Received {
                         seq,
                         size,
                         file,
                         checked,
                         started,
+                        timed: timed.filter(|_| speaks >= TOLD_RECEIVED_FROM),
                     })
                 }
                 Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
@@ -207,6 +213,11 @@ impl Sessions {
         r: Received,
     ) -> anyhow::Result<bool> {
         let seq = r.seq;
+        if let Some((bytes, took)) = r.timed.filter(|_| r.checked.is_ok()) {
+            let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+            let told = Frame::Received { seq, bytes, micros };
+            writer.write_frame(&told).await?;
+        }
         let (answer, alive) = match &r.checked {
             Ok(()) => {
                 // Applying and the hook can take long: ping meanwhile, so

@@ -73,6 +73,8 @@ pub(super) enum Awaited {
     Answer(Answer),
     /// Another bundle is ready and the pipeline has room for it.
     Room,
+    /// The receiver took `bytes` of a bundle's body in `took`, as it saw it.
+    Received { bytes: u64, took: Duration },
 }
 
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
@@ -112,6 +114,10 @@ pub(super) async fn await_answer(
                 match conn.expect_frame().await? {
                     Frame::Ping => heard = Instant::now(),
                     Frame::Ack { seq, hook } if seq == oldest.seq => return Ok(Awaited::Answer(Ok(hook))),
+                    Frame::Received { bytes, micros, .. } => {
+                        let took = Duration::from_micros(micros);
+                        return Ok(Awaited::Received { bytes, took });
+                    }
                     Frame::Refuse { kind, path, reason, .. } => {
                         return Ok(Awaited::Answer(Err(Refusal { kind, path, reason })));
                     }

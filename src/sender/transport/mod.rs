@@ -32,7 +32,7 @@ use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
-use crate::sender::link_rate::{Delivered, LinkRates, STORE_FROM};
+use crate::sender::link_rate::{Delivered, LinkRates, Measured, STORE_FROM};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
@@ -264,6 +264,11 @@ impl Link {
             };
             let answer = match awaited {
                 Ok(Awaited::Room) => continue,
+                Ok(Awaited::Received { bytes, took }) => {
+                    let measured = self.link_rates.record_received(self.index, bytes, took);
+                    self.tell_measured(measured);
+                    continue;
+                }
                 Ok(Awaited::Answer(a)) => Ok(a),
                 Err(e) => Err(e),
             };
@@ -310,20 +315,26 @@ impl Link {
                 (Some(a), Some(z)) => self.link_rates.record_delivered(self.index, z - a, took),
                 _ => self.link_rates.record(self.index, b.size, took),
             };
-            if let Some(m) = measured.filter(|m| m.news) {
-                info!(
-                    peer = %self.receiver,
-                    mb_per_s = (m.rate / 1e6).round(),
-                    deflate_pays = m.rate < STORE_FROM,
-                    "link measured (under compress = \"auto\", pages are deflated below {} MB/s)",
-                    STORE_FROM / 1e6
-                );
-            }
+            self.tell_measured(measured);
         }
         Some(sent.map_err(|e| Lost {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
         }))
+    }
+
+    /// Log a measure of the link that is news (its first, or one that
+    /// turns the choice to deflate around).
+    fn tell_measured(&self, measured: Option<Measured>) {
+        if let Some(m) = measured.filter(|m| m.news) {
+            info!(
+                peer = %self.receiver,
+                mb_per_s = (m.rate / 1e6).round(),
+                deflate_pays = m.rate < STORE_FROM,
+                "link measured (under compress = \"auto\", pages are deflated below {} MB/s)",
+                STORE_FROM / 1e6
+            );
+        }
     }
 
     /// Act on the receiver's answer to bundle `b`, sent at `started`;
