@@ -15,7 +15,7 @@ pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
 }
 
 /// Hash everything `file` holds from where it stands, as [`hash_file`].
-pub fn hash_reader(mut file: File) -> io::Result<blake3::Hash> {
+pub fn hash_reader(mut file: impl Read) -> io::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; PIECE];
     loop {

@@ -1,16 +1,17 @@
-//! Files a bundle carries as deltas (`delta.rs`): each is rebuilt in
-//! staging from root's file at its own path (the version the sender
-//! believes the receiver holds) and the bytes that changed, read from the
-//! delta's zip entry, following its recipe. What is written is hashed as
-//! it is written and must match the whole-file BLAKE3 hash the manifest
-//! gives; an old version that is missing, of another size, unreadable or
-//! not what the sender thought (edited here, or the bundle that made it
-//! never applied) refuses the bundle like a copy root cannot make
-//! ([`BundleError::NotHeld`]), so the sender sends the whole file, unless
-//! root holds the new version already (a bundle applied again after a
-//! crash published that file): then that is copied. Reads
-//! root and the zip, writes only in staging; runs before anything of the
-//! bundle is stored.
+//! Files a bundle carries as deltas (`delta.rs`), rebuilt in staging. Root's
+//! file at the delta's own path is hashed first: only the version the
+//! delta is made from (its `base_hash`) is rebuilt from, following the
+//! recipe, with the bytes that changed read from the delta's zip entry, and
+//! what is written is hashed as it is written and must match the
+//! whole-file BLAKE3 hash the manifest gives. Root holding the new version
+//! already (a bundle applied again after a crash published that file) is
+//! copied instead. Anything else (missing, another size or content,
+//! unreadable: edited here, or the bundle that made it never applied)
+//! refuses the bundle like a copy root cannot make
+//! ([`BundleError::NotHeld`]), so the sender sends the whole file; one
+//! reason for every case, so a bundle learns nothing of a root file it
+//! does not know whole already. Reads root and the zip, writes only in
+//! staging; runs before anything of the bundle is stored.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -18,9 +19,10 @@ use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
-use super::delta::{Piece, Recipe};
+use super::delta::Piece;
 use super::error::{BundleError, entry_err, io_at};
-use super::kept::{NOT_HELD, discard, open, stage_copy};
+use super::hash::hash_reader;
+use super::kept::{NOT_HELD, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
 use super::target::Target;
 use super::unpack::{create_private, finish_file};
@@ -44,18 +46,17 @@ pub(super) fn stage_deltas(
     let mut missing = Vec::new();
     for (i, d) in m.deltas.iter().enumerate() {
         let dest = stage.join(format!("d{i}"));
-        let why = match rebuild(root, target, zip, d, &dest, &mut buf)? {
-            None => None,
-            // Root may hold the new version already: a crash after this
-            // file was published, and the bundle applied again at start.
-            Some(why) => {
-                discard(&dest)?;
-                stage_copy(root, target, &as_copy(d), &dest)?.map(|_| why)
-            }
+        let held = match held_version(root, d) {
+            Held::Base(base) => rebuild(base, (target, zip), d, &dest, &mut buf)?,
+            Held::New => stage_copy(root, target, &as_copy(d), &dest)?.is_none(),
+            Held::Neither => false,
         };
-        match why {
-            None => staged.push((d.path.clone(), dest)),
-            Some(why) => missing.push((d.path.clone(), why)),
+        if held {
+            staged.push((d.path.clone(), dest));
+        } else {
+            let what = format!("its previous version ({} bytes)", d.base_size);
+            let why = format!("{what}, from which it is rebuilt: {NOT_HELD}");
+            missing.push((d.path.clone(), why));
         }
     }
     if !missing.is_empty() {
@@ -64,8 +65,38 @@ pub(super) fn stage_deltas(
     Ok(staged)
 }
 
-/// `d` as a copy of root's file at its own path, if that already holds
-/// the new version.
+/// Which version of a delta's file root holds at its path.
+enum Held {
+    /// The one it is made from: rebuild from this.
+    Base(File),
+    /// The one it makes (already published).
+    New,
+    Neither,
+}
+
+/// Hash root's file at `d.path`, if it has either size `d` names.
+fn held_version(root: &Root, d: &DeltaEntry) -> Held {
+    let hash_of = |size| {
+        let f = open(root, &d.path, size).ok()?;
+        let hash = hash_reader(&f).ok()?;
+        Some((f, hash.to_hex()))
+    };
+    let Some((mut f, hash)) = hash_of(d.base_size) else {
+        let new =
+            d.size != d.base_size && hash_of(d.size).is_some_and(|(_, h)| h.as_str() == d.hash);
+        return if new { Held::New } else { Held::Neither };
+    };
+    if hash.as_str() == d.base_hash && f.seek(SeekFrom::Start(0)).is_ok() {
+        Held::Base(f)
+    } else if hash.as_str() == d.hash {
+        Held::New
+    } else {
+        Held::Neither
+    }
+}
+
+/// `d` as a copy of root's file at its own path, which already holds the
+/// new version.
 fn as_copy(d: &DeltaEntry) -> CopyEntry {
     CopyEntry {
         path: d.path.clone(),
@@ -82,51 +113,47 @@ fn as_copy(d: &DeltaEntry) -> CopyEntry {
 enum Failed {
     /// Reading its source: root's old version, or the delta's entry.
     Read(std::io::Error),
-    /// Writing the staged file (a full disk).
-    Write(BundleError),
+    /// What refuses the bundle: writing the staged file (a full disk), or
+    /// a damaged entry.
+    Refused(BundleError),
 }
 
-/// Rebuild `d` at `dest`. `Some(why)` when root does not hold its old
-/// version; a damaged entry or an error writing (a full disk) is the `Err`.
+/// Rebuild `d` at `dest` from `base`, root's old version (checked to be
+/// it). `false` when what it makes is not the new version (root's file
+/// changed meanwhile, or the sender's recipe is wrong: either way the
+/// sender sends the whole file); a damaged entry or an error writing (a
+/// full disk) is the `Err`.
 fn rebuild(
-    root: &Root,
-    target: &Target,
-    zip: &mut ZipArchive<File>,
+    mut base: File,
+    (target, zip): (&Target, &mut ZipArchive<File>),
     d: &DeltaEntry,
     dest: &Path,
     buf: &mut [u8],
-) -> Result<Option<String>, BundleError> {
-    let lacks = || {
-        let what = format!("its previous version ({} bytes)", d.base_size);
-        Ok(Some(format!(
-            "{what}, from which it is rebuilt: {NOT_HELD}"
-        )))
-    };
-    let recipe = Recipe::parse(&d.recipe, d.base_size, d.size)
-        .map_err(|e| entry_err(&d.path, e.to_string()))?;
-    let Ok(mut base) = open(root, &d.path, d.base_size) else {
-        return lacks();
-    };
+) -> Result<bool, BundleError> {
+    let recipe = d.recipe().map_err(|e| entry_err(&d.path, e.to_string()))?;
     let name = d.entry_name();
-    let mut data = zip.by_name(&name)?;
+    let mut data = zip
+        .by_name(&name)
+        .map_err(|e| entry_err(&name, format!("cannot open: {e}")))?;
     let mut out = create_private(dest)?;
     let mut hasher = blake3::Hasher::new();
     let mut to = (&mut out, dest, &mut hasher);
     for piece in recipe.pieces() {
-        match *piece {
+        let copied = match *piece {
             Piece::Copy { from, len } => {
                 let seek = base.seek(SeekFrom::Start(from)).map_err(Failed::Read);
-                match seek.and_then(|_| copy_exact(&mut base, len, &mut to, buf)) {
-                    Ok(()) => {}
-                    Err(Failed::Read(_)) => return lacks(),
-                    Err(Failed::Write(e)) => return Err(e),
-                }
+                seek.and_then(|_| copy_exact(&mut base, len, &mut to, buf))
             }
-            Piece::Data { len } => match copy_exact(&mut data, len, &mut to, buf) {
-                Ok(()) => {}
-                Err(Failed::Read(e)) => return Err(unpack_err(&name, e)),
-                Err(Failed::Write(e)) => return Err(e),
-            },
+            Piece::Data { len } => copy_exact(&mut data, len, &mut to, buf).map_err(|f| match f {
+                Failed::Read(e) => Failed::Refused(unpack_err(&name, e)),
+                refused => refused,
+            }),
+        };
+        match copied {
+            Ok(()) => {}
+            // Root's file changed since it was hashed.
+            Err(Failed::Read(_)) => return Ok(false),
+            Err(Failed::Refused(e)) => return Err(e),
         }
     }
     // Read to the end, where the zip checks the entry's CRC.
@@ -136,11 +163,11 @@ fn rebuild(
         Err(e) => return Err(unpack_err(&name, e)),
     }
     if hasher.finalize().to_hex().as_str() != d.hash {
-        return lacks();
+        return Ok(false);
     }
     let perms = (target.policy.file_mode(d.mode), target.policy.gid());
     finish_file(&out, dest, perms, d.mtime, d.mtime_nsec)?;
-    Ok(None)
+    Ok(true)
 }
 
 fn unpack_err(name: &str, e: std::io::Error) -> BundleError {
@@ -164,7 +191,7 @@ fn copy_exact(
         };
         hasher.update_rayon(&buf[..n]);
         out.write_all(&buf[..n])
-            .map_err(|e| Failed::Write(io_at(dest)(e)))?;
+            .map_err(|e| Failed::Refused(io_at(dest)(e)))?;
         len -= n as u64;
     }
     Ok(())

@@ -538,12 +538,15 @@ pub fn describe(m: &Manifest) -> String {
         );
     }
     for d in &m.deltas {
-        let carried = crate::bundle::delta::Recipe::parse(&d.recipe, d.base_size, d.size)
-            .map_or(0, |r| r.data_len());
         let _ = writeln!(
             s,
-            "  {:>12}  {:o}  {} ({carried} bytes carried; previous version {} bytes, {})",
-            d.size, d.mode, d.path, d.base_size, d.base_hash
+            "  {:>12}  {:o}  {} ({} bytes carried; previous version {} bytes, {})",
+            d.size,
+            d.mode,
+            d.path,
+            d.data_len(),
+            d.base_size,
+            d.base_hash
         );
     }
     s

@@ -3,7 +3,6 @@
 //! hash, and a receiver whose copy is not that version gets the file whole.
 
 use shipper::bundle::Manifest;
-use shipper::bundle::delta::Recipe;
 
 use crate::util::*;
 
@@ -11,10 +10,7 @@ const BIG: usize = 12 << 20;
 
 /// Bytes of content a delta carries.
 fn carried(m: &Manifest) -> u64 {
-    let d = &m.deltas[0];
-    Recipe::parse(&d.recipe, d.base_size, d.size)
-        .unwrap()
-        .data_len()
+    m.deltas[0].data_len()
 }
 
 /// `body` with `len` bytes from `at` replaced by noise of seed `seed`.
@@ -195,4 +191,80 @@ async fn a_large_files_signature_goes_when_the_file_does() {
     wait_until("the signature removed", || count() == 0).await;
     s.stop().await;
     r.stop().await;
+}
+
+/// A bundle of `deltas` (path, base size, recipe, new content, data entry
+/// bytes) as a hostile sender would craft it, with a wrong `base_hash`.
+fn crafted(
+    dir: &std::path::Path,
+    name: &str,
+    deltas: &[(&str, u64, &str, &[u8], &[u8])],
+) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join(format!("{name}.zip"));
+    let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
+    let options = zip::write::SimpleFileOptions::default();
+    let mut list = Vec::new();
+    for (p, base_size, recipe, new, data) in deltas {
+        z.start_file(shipper::bundle::manifest::delta_entry_name(p), options)
+            .unwrap();
+        z.write_all(data).unwrap();
+        list.push(serde_json::json!({"path": p, "base_size": base_size,
+            "base_hash": "0".repeat(64), "recipe": recipe, "size": new.len(),
+            "mtime": 0, "mtime_nsec": 0, "mode": 0o644,
+            "hash": blake3::hash(new).to_hex().to_string()}));
+    }
+    let m = serde_json::json!({"format": 2, "sender": "hostile", "seq": 1, "created": 0,
+        "files": [], "deletions": [], "deltas": list});
+    z.start_file(".shipper/manifest.json", options).unwrap();
+    z.write_all(m.to_string().as_bytes()).unwrap();
+    z.finish().unwrap();
+    path
+}
+
+/// Found by review: the receiver checked only what a delta made, so a
+/// delta copying one byte of a root file, with the hash of a guessed byte,
+/// was refused naming that file exactly when the guess was wrong (a second
+/// delta that cannot apply kept root untouched): a sender could read any
+/// root file of a size it knew, byte by byte. Now root's file must hash to
+/// the delta's `base_hash` before anything is copied from it: every guess
+/// is refused alike.
+#[test]
+fn a_crafted_delta_learns_nothing_of_a_root_file() {
+    let env = Env::new();
+    let secret = b"hunter2-pw";
+    std::fs::write(env.root().join("private.txt"), secret).unwrap();
+    let dir = env.path().join("crafted");
+    std::fs::create_dir_all(&dir).unwrap();
+    let refusals: std::collections::BTreeSet<bool> = (b'a'..=b'z')
+        .chain(b'0'..=b'9')
+        .map(|guess| {
+            let b = crafted(
+                &dir,
+                &format!("g{guess}"),
+                &[
+                    ("private.txt", secret.len() as u64, "c0+1", &[guess], b""),
+                    ("zz-missing", 1, "d1", b"x", b"x"),
+                ],
+            );
+            let root = env.root();
+            let out = shipper(&[
+                "replay",
+                "--root",
+                root.to_str().unwrap(),
+                b.to_str().unwrap(),
+            ]);
+            assert!(!out.status.success(), "applied: {}", text(&out));
+            text(&out).contains("\"private.txt\"")
+        })
+        .collect();
+    assert_eq!(
+        refusals,
+        [true].into(),
+        "some guess told apart from the others"
+    );
+    assert_eq!(
+        std::fs::read(env.root().join("private.txt")).unwrap(),
+        secret
+    );
 }

@@ -8,7 +8,6 @@ use std::collections::hash_map::{Entry, HashMap};
 
 use super::format::{FORMAT, Manifest, OLDEST_FORMAT, PartEntry};
 use super::ids::{is_hex_hash, next_seq, valid_sender_id, valid_set_id};
-use crate::bundle::delta::Recipe;
 use crate::bundle::part_tree::{PartHashes, part_len_of};
 use crate::paths;
 
@@ -117,7 +116,7 @@ impl Manifest {
                 let why = "hash is not 64 hex digits".into();
                 return Err(ManifestError::path(&d.path, why));
             }
-            Recipe::parse(&d.recipe, d.base_size, d.size)
+            d.recipe()
                 .map_err(|e| ManifestError::path(&d.path, e.to_string()))?;
         }
         Ok(())

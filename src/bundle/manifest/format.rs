@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::bundle::delta::Recipe;
+use crate::bundle::delta::{Recipe, RecipeError};
 use crate::paths;
 use crate::stamp::{Kind, RACY_WINDOW, Stamp, Stat};
 
@@ -80,9 +80,10 @@ pub struct Manifest {
     pub deltas: Vec<DeltaEntry>,
 }
 
-/// A file rebuilt from its old version (`base_size` bytes with BLAKE3
-/// `base_hash`) at the same path by `recipe` (`bundle/delta.rs`), checked
-/// against this size and hash.
+/// A file rebuilt from its old version at the same path, which the
+/// receiver checks is `base_size` bytes with BLAKE3 `base_hash`, by
+/// `recipe` (`bundle/delta.rs`); what it makes is checked against this
+/// size and hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeltaEntry {
@@ -102,6 +103,17 @@ impl DeltaEntry {
     /// the path, so no path can collide with another's or a part's.
     pub fn entry_name(&self) -> String {
         delta_entry_name(&self.path)
+    }
+
+    /// Its recipe, checked to make `size` bytes from the old version's.
+    pub fn recipe(&self) -> Result<Recipe, RecipeError> {
+        Recipe::parse(&self.recipe, self.base_size, self.size)
+    }
+
+    /// Bytes its zip entry holds: what changed. (0 for a recipe that does
+    /// not parse, which [`Manifest::check`] refuses.)
+    pub fn data_len(&self) -> u64 {
+        self.recipe().map_or(0, |r| r.data_len())
     }
 }
 
@@ -282,12 +294,9 @@ impl Manifest {
     /// Bytes of content the zip carries: whole files, parts, and the
     /// bytes that changed of files rebuilt from deltas.
     pub fn content_bytes(&self) -> u64 {
-        let data = |d: &DeltaEntry| {
-            Recipe::parse(&d.recipe, d.base_size, d.size).map_or(0, |r| r.data_len())
-        };
         self.files.iter().map(|f| f.size).sum::<u64>()
             + self.parts.iter().map(|p| p.size).sum::<u64>()
-            + self.deltas.iter().map(data).sum::<u64>()
+            + self.deltas.iter().map(DeltaEntry::data_len).sum::<u64>()
     }
 }
 
