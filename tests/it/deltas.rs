@@ -193,13 +193,13 @@ async fn a_large_files_signature_goes_when_the_file_does() {
     r.stop().await;
 }
 
-/// A bundle of `deltas` (path, base size, recipe, new content, data entry
-/// bytes) as a hostile sender would craft it, with a wrong `base_hash`.
-fn crafted(
-    dir: &std::path::Path,
-    name: &str,
-    deltas: &[(&str, u64, &str, &[u8], &[u8])],
-) -> std::path::PathBuf {
+/// One delta a hostile sender crafts: path, base size, recipe, the content
+/// it claims to make, and its entry's bytes.
+type Crafted<'a> = (&'a str, u64, &'a str, &'a [u8], &'a [u8]);
+
+/// A bundle of `deltas` as a hostile sender would craft it, with a wrong
+/// `base_hash`.
+fn crafted(dir: &std::path::Path, name: &str, deltas: &[Crafted<'_>]) -> std::path::PathBuf {
     use std::io::Write;
     let path = dir.join(format!("{name}.zip"));
     let mut z = zip::ZipWriter::new(std::fs::File::create(&path).unwrap());
