@@ -22,8 +22,50 @@ pub trait Signatures: Sync {
     fn get(&self, path: &str) -> Option<Signature>;
     /// `path` was packed with this content.
     fn put(&self, path: &str, sig: &Signature);
-    /// `path` is gone, or too small to sign: its signature goes.
+    /// `path` is gone: its signature goes.
     fn forget(&self, path: &str);
+}
+
+/// How a file packed with its bytes is signed for later deltas: chunked
+/// as it is read, or signed already (when its delta did not pay).
+pub(super) enum Signing<'a> {
+    Chunk(&'a dyn Signatures),
+    Done(&'a dyn Signatures, Signed),
+}
+
+impl Signing<'_> {
+    /// What to cut the bytes read with, if they still need cutting.
+    pub(super) fn chunker(&self) -> Option<Chunker> {
+        matches!(self, Signing::Chunk(_)).then(Chunker::default)
+    }
+
+    /// The file was packed with `stamp` and content `hash`, its bytes cut
+    /// by `chunker` if they needed cutting: store its signature. (One made
+    /// before a read that found other content is not stored.)
+    pub(super) fn store(
+        self,
+        rel: &str,
+        (stamp, hash): (&Stamp, blake3::Hash),
+        chunker: Option<Chunker>,
+    ) {
+        match (self, chunker) {
+            (Signing::Chunk(signs), Some(chunker)) => {
+                signs.put(rel, &Signature::of(stamp, hash, chunker))
+            }
+            (Signing::Done(signs, signed), _) if signed.hash == hash => {
+                let chunks = signed.chunks;
+                signs.put(
+                    rel,
+                    &Signature {
+                        size: stamp.size,
+                        hash: *hash.as_bytes(),
+                        chunks,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 /// A changed file signed afresh: its content hash and chunks.
@@ -52,8 +94,9 @@ pub(super) fn base_of(
     stamp: &Stamp,
 ) -> Option<Signature> {
     let p = previous.filter(|p| p.kind == Kind::File && p.size >= DELTA_MIN)?;
+    // (A file found small may be one being rewritten: its signature stays
+    // until it is deleted, or replaced when it ships large again.)
     if stamp.size < DELTA_MIN {
-        signs.forget(rel);
         return None;
     }
     let sig = signs.get(rel)?;

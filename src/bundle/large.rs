@@ -8,8 +8,7 @@
 use std::io;
 
 use super::cutter::{Cutter, Report};
-use super::delta::{Chunker, Signature};
-use super::delta_pack::Signatures;
+use super::delta_pack::Signing;
 use super::manifest::{FileMeta, PartEntry, part_entry_name};
 use super::part_tree::{PartHashes, file_hash, parse_cv, part_len};
 use super::source_read::{Outcome, Sinks, Source};
@@ -21,12 +20,12 @@ use crate::stamp::Stamp;
 const SET_ID_LEN: usize = 24;
 
 /// Pack the file `src` reads as parts, into the open bundle and as many
-/// after it as it takes, signing it into `signs` when given.
+/// after it as it takes, signing it as `signing` says.
 pub(super) fn pack_large(
     cut: &mut Cutter<'_>,
     report: &mut Report,
     mut src: Source<'_>,
-    signs: Option<&dyn Signatures>,
+    mut signing: Option<Signing<'_>>,
 ) -> io::Result<()> {
     let (rel, stamp) = (src.rel, src.stamp);
     let chunk = part_len(cut.limits.chunk_size);
@@ -41,7 +40,7 @@ pub(super) fn pack_large(
     let options = src.entry_options();
     let mut cvs = Vec::with_capacity(count as usize);
     let mut overtaken = false;
-    let mut chunker = signs.map(|_| Chunker::default());
+    let mut chunker = signing.as_ref().and_then(Signing::chunker);
     for index in 0..count {
         let offset = u64::from(index) * chunk;
         let size = chunk.min(stamp.size - offset);
@@ -92,8 +91,8 @@ pub(super) fn pack_large(
                 report.unsettled.push(rel.to_owned());
             }
             b.ship(rel, FileMeta::of(&stamp, hash.to_hex().to_string()));
-            if let (Some(signs), Some(chunker)) = (signs, chunker.take()) {
-                signs.put(rel, &Signature::of(&stamp, hash, chunker));
+            if let Some(signing) = signing.take() {
+                signing.store(rel, (&stamp, hash), chunker.take());
             }
         }
     }

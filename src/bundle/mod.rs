@@ -56,6 +56,7 @@ pub mod zip_end;
 mod cutter;
 mod delta_pack;
 mod hash;
+mod known;
 mod large;
 mod limits;
 mod source_read;

@@ -30,8 +30,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::cutter::Cutter;
-use super::delta::{Chunker, DELTA_MIN, Signature};
-use super::delta_pack::{Planned, base_of, pack_delta, plan, sign};
+use super::delta::DELTA_MIN;
+use super::delta_pack::{Planned, Signed, Signing, pack_delta};
+use super::known::{Known, Lookups, known};
 use super::large::pack_large;
 use super::manifest::FileMeta;
 use super::source_read::{Outcome, Prepared, ReadMode, Reader, Sinks, Source};
@@ -205,19 +206,21 @@ impl Run<'_> {
         // what it held, even across bundles.
         let mut deletions: Vec<&PackItem> = items.iter().filter(|i| i.op == Op::Delete).collect();
         deletions.sort_by_key(|i| std::cmp::Reverse(i.path.matches('/').count()));
-        for item in deletions {
+        for item in &deletions {
             self.cut.add_deletion(self.report, &item.path)?;
-            if let Some(signs) = self.signs {
-                signs.forget(&item.path);
-            }
         }
+        let deleted: Vec<String> = deletions.into_iter().map(|i| i.path.clone()).collect();
         for item in items.into_iter().filter(|i| i.op == Op::Upsert) {
-            if let Some((stamp, how)) = self.admit(&item)? {
-                self.pack_upsert(item.path, stamp, how)?;
+            if let Some(admitted) = self.admit(&item)? {
+                self.pack_upsert(item.path, admitted)?;
             }
         }
         if !self.batch.is_empty() {
             self.pack_batch()?;
+        }
+        // Last: a file renamed takes its signature from the deleted path.
+        if let Some(signs) = self.signs {
+            deleted.iter().for_each(|path| signs.forget(path));
         }
         Ok(())
     }
@@ -226,7 +229,7 @@ impl Run<'_> {
     /// once it is dealt with: its name cannot travel, it is gone, a
     /// directory or symlink (packed here: they have no content to read),
     /// not a file, too large, unchanged, or busy.
-    fn admit(&mut self, item: &PackItem) -> io::Result<Option<(Stamp, ReadMode)>> {
+    fn admit(&mut self, item: &PackItem) -> io::Result<Option<Admitted>> {
         let path = &item.path;
         if let Err(e) = crate::paths::validate(path) {
             // The receiver would refuse the whole bundle for it.
@@ -261,16 +264,28 @@ impl Run<'_> {
             self.report.failed.push((path.clone(), why));
             return Ok(None);
         }
-        let known = self.known(item, stamp);
+        let busy =
+            (self.reader.touched)(path) || item.quiet_for.is_some_and(|q| stamp.modified_within(q));
+        // A file still being written, or overdue, is not read to sign it.
+        let may_sign = !busy && !item.overdue;
+        let at = Lookups {
+            dir: self.reader.dir,
+            held: self.held,
+            signs: self.signs,
+        };
+        let limits = &self.cut.limits;
+        let known = known(&at, (item, stamp), (limits, may_sign), &mut self.reader.buf);
         if known == Known::Unchanged {
             return Ok(None);
         }
-        let busy =
-            (self.reader.touched)(path) || item.quiet_for.is_some_and(|q| stamp.modified_within(q));
         if busy && !item.overdue {
             self.report.requeue.push(path.clone());
             return Ok(None);
         }
+        let read = |signed| {
+            let how = how_to_read(item);
+            Ok(Some(Admitted { stamp, how, signed }))
+        };
         match known {
             // The receivers hold this content here already: only the
             // metadata travels.
@@ -281,54 +296,31 @@ impl Run<'_> {
             // changed or deleted: the content travels.
             Known::Elsewhere(from, hash) if stamp.size <= self.cut.limits.max_unpacked => {
                 if !self.cut.add_copy(self.report, path, (&from, stamp), hash)? {
-                    return Ok(Some((stamp, how_to_read(item))));
+                    return read(None);
                 }
+                self.copy_signature(&from, path, hash);
             }
-            Known::Elsewhere(..) => return Ok(Some((stamp, how_to_read(item)))),
+            Known::Elsewhere(..) => return read(None),
             // ...or an older version of it here: the bytes that changed.
-            Known::Delta(planned) if !item.overdue => {
-                return self.pack_delta(path, stamp, *planned);
-            }
-            Known::Delta(_) | Known::New | Known::Unchanged => {
-                return Ok(Some((stamp, how_to_read(item))));
-            }
+            Known::Delta(planned) => self.pack_delta(path, stamp, *planned)?,
+            Known::Changed(signed) => return read(Some(signed)),
+            Known::New | Known::Unchanged => return read(None),
         }
         Ok(None)
     }
 
-    /// What the receivers hold of `item`, found with `stamp`: a large file
-    /// whose old version was signed is signed afresh as it is hashed, and
-    /// compared chunk by chunk.
-    fn known(&mut self, item: &PackItem, stamp: Stamp) -> Known {
-        let (path, previous) = (item.path.as_str(), item.previous.as_ref());
-        let reader = &mut self.reader;
-        let held = self.held.filter(|_| item.reuse);
-        let signs = self.signs.filter(|_| item.reuse);
-        let Some(base) = signs.and_then(|s| base_of(s, path, previous, &stamp)) else {
-            return compare(reader.dir, (path, stamp), previous, held, &mut reader.buf);
-        };
-        let Some(signed) = sign(reader.dir, path, stamp, &mut reader.buf) else {
-            return Known::New;
-        };
-        match judge(reader.dir, (path, stamp), previous, held, signed.hash) {
-            Known::New => match plan(base, signed, self.cut.limits.chunk_size) {
-                Ok(planned) if stamp.size <= self.cut.limits.max_unpacked => {
-                    Known::Delta(Box::new(planned))
-                }
-                _ => Known::New,
-            },
-            known => known,
+    /// `rel`, with content `hash`, is made by a copy of `from`: it shares
+    /// `from`'s signature, so its next change can be a delta too.
+    fn copy_signature(&self, from: &str, rel: &str, hash: blake3::Hash) {
+        let Some(signs) = self.signs else { return };
+        if let Some(sig) = signs.get(from).filter(|s| s.hash == *hash.as_bytes()) {
+            signs.put(rel, &sig);
         }
     }
 
-    /// Pack the file `rel` as the delta `planned`. `Some` if it must be
-    /// read whole after all (gone meanwhile: nothing).
-    fn pack_delta(
-        &mut self,
-        rel: &str,
-        stamp: Stamp,
-        planned: Planned,
-    ) -> io::Result<Option<(Stamp, ReadMode)>> {
+    /// Pack the file `rel` as the delta `planned` (gone meanwhile:
+    /// nothing).
+    fn pack_delta(&mut self, rel: &str, stamp: Stamp, planned: Planned) -> io::Result<()> {
         let signs = self.signs.expect("a delta is planned from a signature");
         let abs = self.source.join(rel);
         match self.reader.open(rel, &abs, stamp, ReadMode::Strict) {
@@ -336,7 +328,7 @@ impl Run<'_> {
             Ok(None) => {}
             Err(e) => self.report.failed.push((rel.to_owned(), e.to_string())),
         }
-        Ok(None)
+        Ok(())
     }
 
     /// A device, socket or pipe now stands where something shipped was:
@@ -391,7 +383,8 @@ impl Run<'_> {
 
     /// Pack the admitted file `rel`: a small one joins the parallel batch,
     /// a larger one is read now, whole or in parts.
-    fn pack_upsert(&mut self, rel: String, stamp: Stamp, how: ReadMode) -> io::Result<()> {
+    fn pack_upsert(&mut self, rel: String, admitted: Admitted) -> io::Result<()> {
+        let Admitted { stamp, how, signed } = admitted;
         let abs = self.source.join(&rel);
         let chunk_size = self.cut.limits.chunk_size;
         if stamp.size <= PARALLEL_MAX && stamp.size <= chunk_size {
@@ -417,10 +410,14 @@ impl Run<'_> {
         };
         // A snapshot's size is the clone's: it decides, not the listed one.
         let signs = self.signs.filter(|_| src.stamp.size >= DELTA_MIN);
+        let signing = signs.map(|s| match signed {
+            Some(signed) => Signing::Done(s, signed),
+            None => Signing::Chunk(s),
+        });
         if src.stamp.size > chunk_size {
-            pack_large(&mut self.cut, self.report, src, signs)
+            pack_large(&mut self.cut, self.report, src, signing)
         } else {
-            pack_whole(&mut self.cut, self.report, src, signs)
+            pack_whole(&mut self.cut, self.report, src, signing)
         }
     }
 
@@ -461,6 +458,14 @@ impl Run<'_> {
     }
 }
 
+/// A file to read now, with its stamp, how it is read, and its signature
+/// when it was signed while the receivers' copy was looked at.
+struct Admitted {
+    stamp: Stamp,
+    how: ReadMode,
+    signed: Option<Signed>,
+}
+
 /// How an admitted file is read: a snapshot of one that is overdue and
 /// still being written (it ships rather than nothing), else strictly.
 fn how_to_read(item: &PackItem) -> ReadMode {
@@ -471,104 +476,19 @@ fn how_to_read(item: &PackItem) -> ReadMode {
     }
 }
 
-/// What the receivers hold of a file about to be packed.
-#[derive(Debug, PartialEq, Eq)]
-enum Known {
-    /// Other content, or nothing known: its bytes travel.
-    New,
-    /// The same content, mtime and mode: nothing travels.
-    Unchanged,
-    /// The same content (this hash) with another mtime or mode: only the
-    /// metadata travels.
-    Held(blake3::Hash),
-    /// Content (this hash) they hold at another path: they copy it.
-    Elsewhere(String, blake3::Hash),
-    /// An older version here, signed, from which few chunks changed.
-    Delta(Box<Planned>),
-}
-
-/// Compare the file `rel` (found with `stamp`) with what the receivers
-/// hold: at its path (`previous`), or, for content worth reusing, anywhere
-/// (`held`). Only a file of a size they hold is read here, so a first ship
-/// (nothing held) or an edit that changes the size reads nothing twice.
-/// Same size, mtime and mode is not proof either: a rewrite within one
-/// tick of the filesystem's clock keeps them (found by the kill suite). A
-/// file that changes while it is hashed is taken as new: the packer reads
-/// it again, checking it holds still. `buf` is the run's copy buffer: a
-/// site of small pages is hashed without a buffer allocated per page.
-fn compare(
-    dir: &SourceDir,
-    (rel, stamp): (&str, Stamp),
-    previous: Option<&FileMeta>,
-    held: Option<&dyn HeldContent>,
-    buf: &mut [u8],
-) -> Known {
-    let here = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size);
-    let elsewhere = held.filter(|h| h.has_size(stamp.size));
-    if here.is_none() && elsewhere.is_none() {
-        return Known::New;
-    }
-    let Ok(hash) = dir.open_file(rel).and_then(|f| hash_with(f, buf)) else {
-        return Known::New;
-    };
-    judge(dir, (rel, stamp), previous, held, hash)
-}
-
-/// What the receivers hold of the file `rel` (found with `stamp`), whose
-/// content hashed to `hash`, as [`compare`] tells.
-fn judge(
-    dir: &SourceDir,
-    (rel, stamp): (&str, Stamp),
-    previous: Option<&FileMeta>,
-    held: Option<&dyn HeldContent>,
-    hash: blake3::Hash,
-) -> Known {
-    let here = previous.filter(|p| p.kind == Kind::File && p.size == stamp.size);
-    let elsewhere = held.filter(|h| h.has_size(stamp.size));
-    let known = match (here, elsewhere) {
-        (Some(p), _) if hash.to_hex().as_str() == p.hash => {
-            if p.matches(&stamp) {
-                return Known::Unchanged;
-            }
-            Known::Held(hash)
-        }
-        (_, Some(h)) => match h.path_of(stamp.size, &hash) {
-            Some(from) if from != rel => Known::Elsewhere(from, hash),
-            _ => return Known::New,
-        },
-        _ => return Known::New,
-    };
-    let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
-    if still { known } else { Known::New }
-}
-
-/// BLAKE3 of what `f` holds, read through `buf` (large reads hashed on
-/// every core).
-fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
-    use std::io::Read;
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        hasher.update_rayon(&buf[..n]);
-    }
-}
-
 /// Pack the file `src` reads as one entry of the open bundle, signing it
-/// into `signs` when given.
+/// as `signing` says.
 fn pack_whole(
     cut: &mut Cutter<'_>,
     report: &mut Report,
     mut src: Source<'_>,
-    signs: Option<&dyn Signatures>,
+    signing: Option<Signing<'_>>,
 ) -> io::Result<()> {
     let (rel, stamp) = (src.rel, src.stamp);
     let b = cut.room_for(report, need(rel, stamp.size), rel)?;
     let options = src.entry_options();
     let mut hasher = blake3::Hasher::new();
-    let mut chunker = signs.map(|_| Chunker::default());
+    let mut chunker = signing.as_ref().and_then(Signing::chunker);
     let sinks = Sinks {
         hashers: &mut [&mut hasher],
         chunker: chunker.as_mut(),
@@ -581,8 +501,8 @@ fn pack_whole(
             }
             let hash = hasher.finalize();
             b.add_file(rel, stamp, hash);
-            if let (Some(signs), Some(chunker)) = (signs, chunker) {
-                signs.put(rel, &Signature::of(&stamp, hash, chunker));
+            if let Some(signing) = signing {
+                signing.store(rel, (&stamp, hash), chunker);
             }
         }
     }
@@ -592,49 +512,65 @@ fn pack_whole(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::delta::Signature;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
-    /// What the receivers were told of `body` written with `stamp`.
-    fn held(stamp: &Stamp, body: &[u8]) -> FileMeta {
-        let mut m = FileMeta::of(stamp, blake3::hash(body).to_hex().to_string());
-        m.racy = false;
-        m
+    /// Signatures that count how often one is asked for (the file is then
+    /// read whole to sign it) and hold none.
+    #[derive(Default)]
+    struct Asked(AtomicUsize);
+
+    impl Signatures for Asked {
+        fn get(&self, _: &str) -> Option<Signature> {
+            self.0.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+        fn put(&self, _: &str, _: &Signature) {}
+        fn forget(&self, _: &str) {}
     }
 
+    /// Found by review: a large file still being written (an event touched
+    /// it) was read whole to sign it before it was found busy and left
+    /// pending, at every cut while it was written. Now a busy or overdue
+    /// file is not looked up for a delta at all.
     #[test]
-    fn only_content_the_receivers_hold_at_the_same_size_is_compared_and_kept() {
+    fn a_busy_large_file_is_not_read_to_sign_it() {
         let t = tempfile::tempdir().unwrap();
-        std::fs::write(t.path().join("a"), "same").unwrap();
-        let dir = SourceDir::open(t.path()).unwrap();
-        let stamp = Stamp::of_stat(&dir.stat("a").unwrap());
-        let mut buf = vec![0u8; 16];
-        let same = held(&stamp, b"same");
-        assert_eq!(
-            compare(&dir, ("a", stamp), Some(&same), None, &mut buf),
-            Known::Unchanged
-        );
-        let older = FileMeta {
-            mtime: 1,
-            ..same.clone()
+        let (src, out) = (t.path().join("src"), t.path().join("out"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(src.join("big"), vec![7u8; DELTA_MIN as usize]).unwrap();
+        let dir = SourceDir::open(&src).unwrap();
+        let stamp = Stamp::of_stat(&dir.stat("big").unwrap());
+        let previous = FileMeta::of(&stamp, blake3::hash(b"older").to_hex().to_string());
+        let item = PackItem {
+            previous: Some(previous),
+            reuse: true,
+            ..PackItem::upsert("big")
         };
-        let hash = blake3::hash(b"same");
-        assert_eq!(
-            compare(&dir, ("a", stamp), Some(&older), None, &mut buf),
-            Known::Held(hash)
-        );
-        let other = held(&stamp, b"SAME");
-        assert_eq!(
-            compare(&dir, ("a", stamp), Some(&other), None, &mut buf),
-            Known::New
-        );
-        assert_eq!(
-            compare(&dir, ("a", stamp), None, None, &mut buf),
-            Known::New
-        );
-        // Another size: new, without a look at the content.
-        let bigger = FileMeta { size: 5, ..older };
-        assert_eq!(
-            compare(&dir, ("a", stamp), Some(&bigger), None, &mut buf),
-            Known::New
-        );
+        for (busy, asked_when_settled) in [(true, 0), (false, 1)] {
+            let asked = Asked::default();
+            let report = Packer {
+                source: &src,
+                outbox: &out,
+                sender: "test",
+                limits: Limits::new(64 << 20, 256 << 20, 100),
+                alloc_seq: &mut || Ok(1),
+                emit: &mut |_| Ok(()),
+                touched: &|_| busy,
+                deflate: &|| false,
+                first_bundle_max: None,
+                held: None,
+                signatures: Some(&asked),
+            }
+            .pack(vec![item.clone()])
+            .unwrap();
+            assert_eq!(report.requeue.len(), usize::from(busy));
+            assert_eq!(
+                asked.0.load(Ordering::Relaxed),
+                asked_when_settled,
+                "busy: {busy}"
+            );
+        }
     }
 }

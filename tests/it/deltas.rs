@@ -28,9 +28,45 @@ async fn arrived(env: &Env, rel: &str, body: &[u8]) {
     .await;
 }
 
-/// The newest archived bundle with a delta, after `seq`.
+/// What each archived bundle carried: its sequence, files whole, deltas.
+fn carried_by(env: &Env) -> Vec<(u64, Vec<String>, Vec<String>)> {
+    let paths = |v: Vec<String>| v;
+    manifests(env)
+        .into_iter()
+        .map(|m| {
+            let files = m.files.into_iter().map(|f| f.path).collect();
+            let parts = m
+                .parts
+                .into_iter()
+                .map(|p| format!("{} part {}", p.path, p.index));
+            let deltas = m.deltas.into_iter().map(|d| d.path).collect();
+            (
+                m.seq,
+                paths(files).into_iter().chain(parts).collect(),
+                deltas,
+            )
+        })
+        .collect()
+}
+
+/// The first archived bundle with a delta, after `seq`; what every bundle
+/// carried if none comes.
 async fn delta_after(env: &Env, seq: u64) -> Manifest {
-    archived_where(env, |m| m.seq > seq && !m.deltas.is_empty()).await
+    let end = std::time::Instant::now() + DEADLINE;
+    loop {
+        let found = manifests(env)
+            .into_iter()
+            .find(|m| m.seq > seq && !m.deltas.is_empty());
+        if let Some(m) = found {
+            return m;
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "no delta after bundle {seq}: {:?}",
+            carried_by(env)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// Ship a 12 MiB file (whole with `extra`'s limits, or in parts), then
@@ -61,11 +97,17 @@ async fn each_change_sends_about_its_region(extra: &str) {
     assert!(carried(&m) < 1 << 20, "{} bytes carried", carried(&m));
     assert_eq!(m.deltas[0].size, v3.len() as u64);
 
-    // Signatures outlive the sender.
+    // Signatures outlive the sender: changed while it is down, the file
+    // goes as a delta from the restart's catch-up. (Stopped once its last
+    // bundle is acknowledged: else that bundle's paths are in doubt, and
+    // ship whole.)
+    let config = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
+    let acked = |v: &serde_json::Value| v["receivers"][0]["last_ack_seq"].as_u64() >= Some(m.seq);
+    wait_status(&config, "the last delta acknowledged", acked).await;
     s.stop().await;
-    let s = env.start_sender(r.addr, extra);
     let v4 = changed(&v3, BIG - 300_000, 100_000, 4);
     env.write("media/video.mp4", &v4);
+    let s = env.start_sender(r.addr, extra);
     arrived(&env, "media/video.mp4", &v4).await;
     let m = delta_after(&env, m.seq).await;
     assert!(carried(&m) < 1 << 20, "{} bytes carried", carried(&m));
@@ -267,4 +309,63 @@ fn a_crafted_delta_learns_nothing_of_a_root_file() {
         std::fs::read(env.root().join("private.txt")).unwrap(),
         secret
     );
+}
+
+/// A large file rewritten whole (a new encode) ships whole, signed from the
+/// read that found the delta would not pay; and a large file renamed is
+/// made from the receiver's copy and keeps its signature: the next change
+/// of each is a delta.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_whole_rewrite_or_a_rename_the_next_change_is_a_delta() {
+    let env = Env::new();
+    env.write("a.bin", noise(BIG, 20));
+    env.write("b.bin", noise(BIG, 21));
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    wait_until("the first ship archived", || !env.archived().is_empty()).await;
+
+    let a2 = noise(BIG, 22);
+    env.write("a.bin", &a2);
+    std::fs::rename(env.src().join("b.bin"), env.src().join("c.bin")).unwrap();
+    let first = manifests(&env).iter().map(|m| m.seq).max().unwrap();
+    wait_in_sync(&env).await;
+    let whole = |m: &Manifest| m.files.iter().any(|f| f.path == "a.bin");
+    let made = |m: &Manifest| m.copies.iter().any(|c| c.path == "c.bin");
+    let mut seq = 0;
+    wait_until("the rewrite and the rename archived", || {
+        let after: Vec<Manifest> = manifests(&env)
+            .into_iter()
+            .filter(|m| m.seq > first)
+            .collect();
+        seq = after.iter().map(|m| m.seq).max().unwrap_or(0);
+        after.iter().any(whole) && after.iter().any(made)
+    })
+    .await;
+
+    let a3 = changed(&a2, 5000, 5000, 23);
+    let c2 = changed(&noise(BIG, 21), BIG / 2, 5000, 24);
+    env.write("a.bin", &a3);
+    env.write("c.bin", &c2);
+    arrived(&env, "a.bin", &a3).await;
+    arrived(&env, "c.bin", &c2).await;
+    let mut shipped = Vec::new();
+    wait_until("both changes archived", || {
+        let after = manifests(&env).into_iter().filter(|m| m.seq > seq);
+        shipped = after
+            .flat_map(|m| {
+                let deltas = m.deltas.into_iter().map(|d| (d.path, "delta"));
+                deltas.chain(m.files.into_iter().map(|f| (f.path, "whole")))
+            })
+            .collect();
+        shipped.sort();
+        shipped.len() >= 2
+    })
+    .await;
+    assert_eq!(
+        shipped,
+        [("a.bin".into(), "delta"), ("c.bin".into(), "delta")]
+    );
+    s.stop().await;
+    r.stop().await;
 }
