@@ -27,7 +27,7 @@ pub fn is_disk_full(e: &io::Error) -> bool {
 
 /// What a file being written by [`write_atomic`] is named with, until the
 /// rename: one a crash left behind is shipper's to remove.
-const TEMP_PREFIX: &str = ".shipper-tmp-";
+pub const TEMP_PREFIX: &str = ".shipper-tmp-";
 
 /// Whether `name` is one [`write_atomic`] gives a file while writing it.
 pub fn is_temp_name(name: &str) -> bool {

@@ -6,6 +6,9 @@
 //! and hashed while they are unpacked (on every core) into a staging
 //! directory on root's filesystem but outside root; parts go to their set
 //! ([`super::part_sets`]) and a completed file is staged like the others.
+//! Files made from root's own (kept, copied, rebuilt from a delta) are
+//! checked and staged first, so a bundle refused for what root lacks has
+//! stored nothing.
 //! The staged files are made durable, then deletions are applied and staged files renamed into place, so
 //! a reader of root sees each file as its old or its new version, never a
 //! partial one and never a temporary name. Publishing is all or nothing: if

@@ -117,8 +117,11 @@ pub(super) fn sign(dir: &SourceDir, rel: &str, stamp: Stamp, buf: &mut [u8]) -> 
         if n == 0 {
             break;
         }
-        let bytes = &buf[..n];
-        rayon::join(|| hasher.update(bytes), || chunker.update(bytes));
+        let mut sinks = Sinks {
+            hashers: &mut [&mut hasher],
+            chunker: Some(&mut chunker),
+        };
+        sinks.update(&buf[..n]);
     }
     let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     still.then(|| Signed {

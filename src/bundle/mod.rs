@@ -4,10 +4,16 @@
 //! - [`manifest`]: the manifest's format and its pure consistency checks.
 //! - [`Summary`] (`summary.rs`): what a bundle carries, for logs and status.
 //! - [`hash_file`] (`hash.rs`): BLAKE3 of a whole file.
+//! - [`delta`]: a large file's content-defined chunks, its signature, and
+//!   the recipe that rebuilds a new version from an old one (pure).
 //!
 //! The sender's side, behind [`pack`]:
 //! - [`pack`]: the packer: which items are read now and how, small files
 //!   read in parallel batches; the public types of the sender's side.
+//! - `known.rs`: what the receivers hold of a file about to be packed
+//!   (unchanged, kept, copied, a delta, or new).
+//! - `delta_pack.rs`: a delta's changed bytes into a bundle; the signatures
+//!   the sender keeps ([`pack::Signatures`]).
 //! - `limits.rs`: how large bundles, parts and files may be, narrowed per
 //!   receiver.
 //! - `source_read.rs`: reading one source file, strictly or as a snapshot,
@@ -26,6 +32,8 @@
 //! - `kept.rs`: checks that root holds the files a bundle keeps (their
 //!   metadata alone travelled), and makes in staging the files it copies
 //!   from root's own, before anything is applied.
+//! - `rebuild.rs`: makes in staging the files a bundle carries as deltas,
+//!   from root's previous version, checked by hash before and after.
 //! - [`part_sets`]: assembles a large file from parts arriving across
 //!   bundles.
 //! - `part_tree.rs`: a large file's BLAKE3 tree: how long parts are, each

@@ -3,15 +3,20 @@
 //!
 //! This file is the [`Packer`]: deletions first, then for each changed path
 //! whether it is read now and how (a name that cannot travel, a file gone,
-//! not regular, too large, unchanged or busy is settled here), small files
-//! read and compressed in parallel batches, the others one at a time. The
-//! steps live beside it: `source_read.rs` reads a file, `large.rs` cuts one
-//! into parts, `cutter.rs` cuts entries into bundles in the outbox,
-//! `writer.rs` writes one bundle's zip, `zip_entry.rs` picks deflate or
-//! store, `limits.rs` says how large things may be.
+//! not regular, too large, unchanged, held by the receivers or busy is
+//! settled here), small files read and compressed in parallel batches, the
+//! others one at a time. The steps live beside it: `known.rs` says what the
+//! receivers hold of a file, `source_read.rs` reads a file, `large.rs` cuts
+//! one into parts, `delta_pack.rs` packs a delta, `cutter.rs` cuts entries
+//! into bundles in the outbox, `writer.rs` writes one bundle's zip,
+//! `zip_entry.rs` picks deflate or store, `limits.rs` says how large things
+//! may be.
 //!
-//! A file is read once: the bytes go to the zip entry and to BLAKE3 in the
-//! same pass. Its size, mtime and inode are checked before and after; a file
+//! A file is read once into the bundle: the bytes go to the zip entry, to
+//! BLAKE3 and (from 4 MiB) to the chunker that signs it in the same pass.
+//! Only a file the receivers may hold is read before (`known.rs`): one of a
+//! size they hold, or one whose old version was signed, which that read
+//! signs afresh (a delta then reads only its changed bytes again). Its size, mtime and inode are checked before and after; a file
 //! that changed meanwhile is dropped from the bundle (`abort_file`) and handed
 //! back as pending instead of shipping torn, unless it is overdue (it reached
 //! `max_delay` without settling): then a snapshot of it ships, a reflink

@@ -203,7 +203,7 @@ pub(super) struct Sinks<'s, 'h> {
 }
 
 impl Sinks<'_, '_> {
-    fn update(&mut self, bytes: &[u8]) {
+    pub(super) fn update(&mut self, bytes: &[u8]) {
         let hashers = &mut *self.hashers;
         let mut hash = move || hashers.iter_mut().for_each(|h| _ = h.update(bytes));
         match self.chunker.as_deref_mut() {

@@ -464,6 +464,50 @@ fn progress(len: u64, what: &str) -> indicatif::ProgressBar {
     bar
 }
 
+/// The files of `m` made from what root holds (kept, copied, rebuilt
+/// from deltas), described on to `s`.
+fn describe_reused(m: &Manifest, s: &mut String) {
+    if !m.kept.is_empty() {
+        let _ = writeln!(
+            s,
+            "kept (content not carried; root must hold it): {}",
+            m.kept.len()
+        );
+    }
+    for k in &m.kept {
+        let _ = writeln!(s, "  {:>12}  {:o}  {}", k.size, k.mode, k.path);
+    }
+    if !m.copies.is_empty() {
+        let _ = writeln!(s, "copies (from root's own files): {}", m.copies.len());
+    }
+    for c in &m.copies {
+        let _ = writeln!(
+            s,
+            "  {:>12}  {:o}  {} <- {}",
+            c.size, c.mode, c.path, c.from
+        );
+    }
+    if !m.deltas.is_empty() {
+        let _ = writeln!(
+            s,
+            "deltas (rebuilt from root's previous version): {}",
+            m.deltas.len()
+        );
+    }
+    for d in &m.deltas {
+        let _ = writeln!(
+            s,
+            "  {:>12}  {:o}  {} ({} bytes carried; previous version {} bytes, {})",
+            d.size,
+            d.mode,
+            d.path,
+            d.data_len(),
+            d.base_size,
+            d.base_hash
+        );
+    }
+}
+
 /// Human description of a manifest, for `shipper inspect`.
 pub fn describe(m: &Manifest) -> String {
     let mut s = String::new();
@@ -510,44 +554,6 @@ pub fn describe(m: &Manifest) -> String {
     for l in &m.links {
         let _ = writeln!(s, "  {} -> {}", l.path, l.target);
     }
-    if !m.kept.is_empty() {
-        let _ = writeln!(
-            s,
-            "kept (content not carried; root must hold it): {}",
-            m.kept.len()
-        );
-    }
-    for k in &m.kept {
-        let _ = writeln!(s, "  {:>12}  {:o}  {}", k.size, k.mode, k.path);
-    }
-    if !m.copies.is_empty() {
-        let _ = writeln!(s, "copies (from root's own files): {}", m.copies.len());
-    }
-    for c in &m.copies {
-        let _ = writeln!(
-            s,
-            "  {:>12}  {:o}  {} <- {}",
-            c.size, c.mode, c.path, c.from
-        );
-    }
-    if !m.deltas.is_empty() {
-        let _ = writeln!(
-            s,
-            "deltas (rebuilt from root's previous version): {}",
-            m.deltas.len()
-        );
-    }
-    for d in &m.deltas {
-        let _ = writeln!(
-            s,
-            "  {:>12}  {:o}  {} ({} bytes carried; previous version {} bytes, {})",
-            d.size,
-            d.mode,
-            d.path,
-            d.data_len(),
-            d.base_size,
-            d.base_hash
-        );
-    }
+    describe_reused(m, &mut s);
     s
 }

@@ -152,19 +152,11 @@ impl Frame {
             } => {
                 out.extend_from_slice(&last_applied.to_be_bytes());
                 out.extend_from_slice(instance);
-                for v in [
-                    accepts.max_entries,
-                    accepts.max_bundle_size,
-                    accepts.max_file_size,
-                    accepts.max_unpacked,
-                ] {
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
+                put_u64s(out, &accepts.in_order());
                 WELCOME
             }
             Frame::Bundle { seq, size } => {
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.extend_from_slice(&size.to_be_bytes());
+                put_u64s(out, &[*seq, *size]);
                 BUNDLE
             }
             Frame::Trailer { size, hash } => {
@@ -208,9 +200,7 @@ impl Frame {
             }
             Frame::Ping => PING,
             Frame::Received { seq, bytes, micros } => {
-                for v in [seq, bytes, micros] {
-                    out.extend_from_slice(&v.to_be_bytes());
-                }
+                put_u64s(out, &[*seq, *bytes, *micros]);
                 RECEIVED
             }
         };
@@ -236,6 +226,25 @@ impl Frame {
             return Ok(None);
         };
         Ok(Some((parse_payload(kind, payload)?, HEADER_LEN + len)))
+    }
+}
+
+impl Accepts {
+    /// Its limits in the order a `Welcome` carries them.
+    fn in_order(&self) -> [u64; 4] {
+        [
+            self.max_entries,
+            self.max_bundle_size,
+            self.max_file_size,
+            self.max_unpacked,
+        ]
+    }
+}
+
+/// Each of `values`, big-endian, on to `out`.
+fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
+    for v in values {
+        out.extend_from_slice(&v.to_be_bytes());
     }
 }
 

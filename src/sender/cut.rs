@@ -73,7 +73,7 @@ pub(super) struct Handles {
     pub(super) link_rates: Arc<LinkRates>,
     pub(super) compress: Compress,
     /// The large files' signatures, for deltas.
-    pub(super) signatures: SignatureStore,
+    pub(super) signatures: Arc<SignatureStore>,
 }
 
 impl Handles {
@@ -169,7 +169,7 @@ impl Handles {
             // it packs was signed when it first shipped.
             signatures: only
                 .is_none()
-                .then_some(&self.signatures as &dyn Signatures),
+                .then_some(&*self.signatures as &dyn Signatures),
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);

@@ -1,26 +1,35 @@
 //! Where the sender keeps the signature of each large file it packed
 //! (`bundle/delta.rs`): one file per path in `state_dir/signatures/`,
-//! named by a hash of the path, written the durable way. A signature is
-//! only ever used for the content hash it records, once the ledger says
-//! the receivers hold that content, and it is checked whole when read: a
-//! signature lost, torn or stale costs one file sent whole, never a wrong
-//! one. Failing to store one is logged and costs the same.
+//! named by a hash of the path. A cache, not state: a signature is only
+//! ever used for the content hash it records, once the ledger says the
+//! receivers hold that content, and it is checked whole when read (its
+//! own BLAKE3 closes it), so one lost, torn or stale costs one file sent
+//! whole, never a wrong one. It is therefore written to a temporary name
+//! and renamed without an fsync (two per large file packed, on a first ship
+//! of thousands, would cost more than they save). Failing to store one is
+//! logged once, and costs the same. At start, signatures of paths the
+//! sender no longer ships are removed.
 
 use std::path::{Path, PathBuf};
 
-use tracing::debug;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tracing::warn;
 
 use crate::bundle::delta::Signature;
 use crate::bundle::pack::Signatures;
 use crate::durable;
 
-/// The largest signature file read: a 64 GiB file's, with room to spare.
-const MAX_SIGNATURE_BYTES: u64 = 64 << 20;
+/// The largest signature file read: a file of some 500 GiB has one this
+/// large (20 bytes per chunk of about 40 KiB).
+const MAX_SIGNATURE_BYTES: u64 = 256 << 20;
 
 /// Signatures in one directory.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(super) struct SignatureStore {
     dir: PathBuf,
+    /// A signature could not be stored, and the log said so.
+    warned: AtomicBool,
 }
 
 impl SignatureStore {
@@ -32,7 +41,29 @@ impl SignatureStore {
         crate::places::remove_own(dir, durable::is_temp_name)?;
         Ok(Self {
             dir: dir.to_owned(),
+            warned: AtomicBool::new(false),
         })
+    }
+
+    /// Remove the signatures of paths `ships` says no longer ship (deleted
+    /// while the sender was down, or in a run that failed). Returns how
+    /// many went.
+    pub(super) fn prune(&self, ships: impl Fn(&str) -> bool) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let keep = std::fs::File::open(&path)
+                .ok()
+                .and_then(Signature::path_in)
+                .is_some_and(|p| ships(&p));
+            if !keep && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     fn file_of(&self, path: &str) -> PathBuf {
@@ -52,8 +83,10 @@ impl Signatures for SignatureStore {
 
     fn put(&self, path: &str, sig: &Signature) {
         let file = self.file_of(path);
-        if let Err(e) = durable::write_atomic(&file, &sig.encode(path)) {
-            debug!(path, file = %file.display(), error = %e, "cannot store the signature; the next change of this file ships whole");
+        if let Err(e) = write_renamed(&file, &sig.encode(path))
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            warn!(path, file = %file.display(), error = %e, "cannot store a large file's signature: its next change ships whole, not as a delta (said once)");
         }
     }
 
@@ -62,19 +95,33 @@ impl Signatures for SignatureStore {
     }
 }
 
+/// Write `bytes` to a temporary name beside `file` and rename it over
+/// `file`: a reader finds the old signature or the new, or (after a crash)
+/// one its checksum refuses.
+fn write_renamed(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(durable::TEMP_PREFIX)
+        .tempfile_in(durable::parent_of(file))?;
+    std::io::Write::write_all(&mut tmp, bytes)?;
+    tmp.persist(file).map(drop).map_err(|e| e.error)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bundle::delta::Chunk;
 
     #[test]
-    fn a_signature_is_kept_per_path_until_forgotten_and_a_torn_one_is_none() {
+    fn a_signature_is_kept_per_path_until_forgotten_or_pruned_and_a_torn_one_is_none() {
         let t = tempfile::tempdir().unwrap();
         let store = SignatureStore::open(&t.path().join("signatures")).unwrap();
         let sig = Signature {
             size: 5,
             hash: [7; 32],
-            chunks: vec![Chunk { len: 5, hash: 9 }],
+            chunks: vec![Chunk {
+                len: 5,
+                hash: [9; 16],
+            }],
         };
         assert_eq!(store.get("a"), None);
         store.put("a", &sig);
@@ -87,6 +134,12 @@ mod tests {
         store.put("a", &sig);
         store.forget("a");
         assert_eq!(store.get("a"), None);
+        store.put("kept", &sig);
+        store.put("gone", &sig);
+        assert_eq!(store.prune(|p| p == "kept"), 1);
+        assert_eq!(store.get("kept"), Some(sig.clone()));
+        assert_eq!(store.get("gone"), None);
+        store.forget("kept");
         let left = std::fs::read_dir(t.path().join("signatures"))
             .unwrap()
             .count();

@@ -195,6 +195,13 @@ pub(super) fn share(
     let outbox_max = outbox_budget(cfg, &stores.state_dir)?;
     let (events, events_rx) = mpsc::unbounded_channel();
     let signatures = SignatureStore::open(&stores.state_dir.join("signatures"))?;
+    let pruned = signatures.prune(|path| stores.shipped.has(path));
+    if pruned > 0 {
+        info!(
+            signatures = pruned,
+            "removed the signatures of files no longer shipped"
+        );
+    }
     let handles = Handles {
         state: Arc::new(Mutex::new(stores.state)),
         state_dir: stores.state_dir,
@@ -208,7 +215,7 @@ pub(super) fn share(
         receivers: cfg.receivers.clone(),
         link_rates: Arc::new(LinkRates::new(cfg.receivers.len())),
         compress: cfg.compress,
-        signatures,
+        signatures: Arc::new(signatures),
     };
     Ok((handles, stores.shipped, events_rx))
 }

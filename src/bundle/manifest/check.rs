@@ -532,7 +532,33 @@ mod tests {
         cases
             .into_iter()
             .chain(inconsistent_parts_and_names())
+            .chain(inconsistent_deltas())
             .collect()
+    }
+
+    /// Deltas: a path taken twice, a bad hash, a recipe of the wrong size.
+    fn inconsistent_deltas() -> Vec<(&'static str, Mutation)> {
+        vec![
+            (
+                "delta and shipped",
+                Box::new(|m| m.deltas.push(delta("a/b.html", "d10"))),
+            ),
+            (
+                "delta above a file",
+                Box::new(|m| m.deltas.push(delta("a", "d10"))),
+            ),
+            (
+                "delta base hash",
+                Box::new(|m| {
+                    m.deltas.push(delta("v", "d10"));
+                    m.deltas[0].base_hash = "zz".into();
+                }),
+            ),
+            (
+                "delta of the wrong size",
+                Box::new(|m| m.deltas.push(delta("v", "d9"))),
+            ),
+        ]
     }
 
     /// Parts, names that clash, files below files.
@@ -600,25 +626,6 @@ mod tests {
                     m.kept.push(file("k"));
                     m.kept[0].hash = "zz".into();
                 }),
-            ),
-            (
-                "delta and shipped",
-                Box::new(|m| m.deltas.push(delta("a/b.html", "d10"))),
-            ),
-            (
-                "delta above a file",
-                Box::new(|m| m.deltas.push(delta("a", "d10"))),
-            ),
-            (
-                "delta base hash",
-                Box::new(|m| {
-                    m.deltas.push(delta("v", "d10"));
-                    m.deltas[0].base_hash = "zz".into();
-                }),
-            ),
-            (
-                "delta of the wrong size",
-                Box::new(|m| m.deltas.push(delta("v", "d9"))),
             ),
             (
                 "two sets, one path",

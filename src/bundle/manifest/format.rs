@@ -20,9 +20,9 @@ pub const MANIFEST_ENTRY: &str = ".shipper/manifest.json";
 pub const MAX_MANIFEST_BYTES: u64 = 256 << 20;
 /// What one entry can take in a manifest the sender wrote: a path of
 /// [`paths::MAX_PATH_BYTES`] with every byte escaped, and the other fields
-/// of a part (the largest kind of entry), pretty-printed, with room for one
-/// abandoned set id.
-pub const MANIFEST_BYTES_PER_ENTRY: u64 = 2 * paths::MAX_PATH_BYTES as u64 + 2048;
+/// of a delta of the most pieces (the largest kind of entry, some 3 KiB),
+/// pretty-printed, with room for one abandoned set id.
+pub const MANIFEST_BYTES_PER_ENTRY: u64 = 2 * paths::MAX_PATH_BYTES as u64 + 4096;
 /// Format, sender, sequence, creation time and the JSON around the lists.
 const MANIFEST_HEAD_BYTES: u64 = 4096;
 
@@ -336,6 +336,25 @@ mod tests {
         m.abandoned = vec!["a".repeat(64), "b".repeat(64)];
         let len = m.to_json().len() as u64;
         assert!(len <= max_manifest_bytes(2), "{len} bytes");
+        // A delta of the most pieces, each of the longest numbers.
+        let piece = format!("c{}+{}", u64::MAX / 2, u64::MAX / 2);
+        let d = DeltaEntry {
+            path: path.clone(),
+            base_size: u64::MAX,
+            base_hash: H.into(),
+            recipe: vec![piece; crate::bundle::delta::MAX_PIECES].join(","),
+            size: u64::MAX,
+            mtime: i64::MIN,
+            mtime_nsec: u32::MAX,
+            mode: u32::MAX,
+            hash: H.into(),
+        };
+        let mut m = manifest();
+        m.files.clear();
+        m.deletions.clear();
+        m.deltas = vec![d; 100];
+        let len = m.to_json().len() as u64;
+        assert!(len <= max_manifest_bytes(100), "{len} bytes");
         assert_eq!(max_manifest_bytes(usize::MAX), MAX_MANIFEST_BYTES);
     }
 }

@@ -73,19 +73,24 @@ pub(super) enum Awaited {
     Answer(Answer),
     /// Another bundle is ready and the pipeline has room for it.
     Room,
-    /// The receiver took `bytes` of a bundle's body in `took`, as it saw it.
-    Received { bytes: u64, took: Duration },
+}
+
+/// What the receiver says of the link, while its answers are waited for.
+pub(super) trait Told {
+    /// It took the last `bytes` of a bundle's body in `took`.
+    fn received(&self, bytes: u64, took: Duration);
 }
 
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
 /// (waited for since `since`), skipping the receiver's pings and pinging it
-/// in turn; when `room_after` names the outbox, this receiver and the last
-/// bundle sent, the pipeline has room and a bundle after it arriving in the
-/// outbox ends the wait too. A receiver that goes silent
-/// for `peer_timeout`, or that pings but does not answer within a limit
-/// that grows with the bundle's size, fails the wait.
+/// in turn, and passing on to `told` how fast it says bundles came; when
+/// `room_after` names the outbox, this receiver and the last bundle sent,
+/// the pipeline has room and a bundle after it arriving in the outbox ends
+/// the wait too. A receiver that goes silent for `peer_timeout`, or that
+/// pings but does not answer within a limit that grows with the bundle's
+/// size, fails the wait.
 pub(super) async fn await_answer(
-    conn: &mut Connection<Stream>,
+    (conn, told): (&mut Connection<Stream>, &(dyn Told + Sync)),
     oldest: &Packed,
     since: Instant,
     room_after: Option<(&Outbox, usize, u64)>,
@@ -115,8 +120,8 @@ pub(super) async fn await_answer(
                     Frame::Ping => heard = Instant::now(),
                     Frame::Ack { seq, hook } if seq == oldest.seq => return Ok(Awaited::Answer(Ok(hook))),
                     Frame::Received { bytes, micros, .. } => {
-                        let took = Duration::from_micros(micros);
-                        return Ok(Awaited::Received { bytes, took });
+                        heard = Instant::now();
+                        told.received(bytes, Duration::from_micros(micros));
                     }
                     Frame::Refuse { kind, path, reason, .. } => {
                         return Ok(Awaited::Answer(Err(Refusal { kind, path, reason })));

@@ -36,7 +36,7 @@ use crate::sender::link_rate::{Delivered, LinkRates, Measured, STORE_FROM};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
-use exchange::{Answer, Awaited, PIPELINE, await_answer, describe, next_bundle, send_bundle};
+use exchange::{Answer, Awaited, PIPELINE, Told, await_answer, describe, next_bundle, send_bundle};
 use handoff::{record_peer, release};
 
 /// What one receiver's transport task talks to besides the socket.
@@ -260,15 +260,10 @@ impl Link {
                 .map(|l| (&*self.outbox, self.index, l));
             let awaited = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                r = await_answer(&mut conn, oldest, since, room_after, self.peer_timeout) => r,
+                r = await_answer((&mut conn, self), oldest, since, room_after, self.peer_timeout) => r,
             };
             let answer = match awaited {
                 Ok(Awaited::Room) => continue,
-                Ok(Awaited::Received { bytes, took }) => {
-                    let measured = self.link_rates.record_received(self.index, bytes, took);
-                    self.tell_measured(measured);
-                    continue;
-                }
                 Ok(Awaited::Answer(a)) => Ok(a),
                 Err(e) => Err(e),
             };
@@ -474,5 +469,12 @@ impl Link {
             s.last_error = Some(error);
             s.last_error_at = Some(unix_now());
         });
+    }
+}
+
+impl Told for Link {
+    fn received(&self, bytes: u64, took: Duration) {
+        let measured = self.link_rates.record_received(self.index, bytes, took);
+        self.tell_measured(measured);
     }
 }
