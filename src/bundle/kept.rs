@@ -16,13 +16,13 @@
 //! metadata: `Publish::retime`, and renames copies into place).
 
 use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::error::{BundleError, io_at};
+use super::hash::hash_reader;
 use super::manifest::{CopyEntry, FileEntry, Manifest};
 use super::target::Target;
-use super::unpack::{create_private, finish_file};
+use super::unpack::{Failed, copy_exact, create_private, finish_file};
 use crate::beneath::Root;
 
 /// Bytes read at a time while hashing or copying root's files.
@@ -72,7 +72,7 @@ pub(super) const NOT_HELD: &str = "not held as listed (missing, changed or unrea
 /// failing to open or read is its not being held: the same bundle sent
 /// again would fail the same way, and its content cures it.
 fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleError> {
-    let held = open(root, &k.path, k.size).and_then(|mut f| hash_all(&mut f, None).map_err(|_| ()));
+    let held = open(root, &k.path, k.size).and_then(|f| hash_reader(f).map_err(|_| ()));
     Ok(match held {
         Ok(hash) if hash.to_hex().as_str() == k.hash => None,
         _ => Some(NOT_HELD.into()),
@@ -126,15 +126,18 @@ pub(super) fn stage_copy(
     let mut out = create_private(dest)?;
     let hash = if rustix::fs::ioctl_ficlone(&out, &src).is_ok() {
         // The clone shares root's blocks: what is checked is what it holds.
-        let mut clone = File::open(dest).map_err(io_at(dest))?;
-        hash_all(&mut clone, None)
+        let clone = File::open(dest).map_err(io_at(dest))?;
+        hash_reader(clone).map_err(Failed::Read)
     } else {
-        hash_all(&mut src, Some(&mut out))
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; BUF_BYTES];
+        let to = &mut (&mut out, dest, &mut hasher);
+        copy_exact(&mut src, c.size, to, &mut buf).map(|()| hasher.finalize())
     };
     let hash = match hash {
         Ok(hash) => hash,
-        Err(Failed::Read) => return lacks(),
-        Err(Failed::Write(e)) => return Err(io_at(dest)(e)),
+        Err(Failed::Read(_)) => return lacks(),
+        Err(Failed::Refused(e)) => return Err(e),
     };
     if hash.to_hex().as_str() != c.hash {
         return lacks();
@@ -150,27 +153,4 @@ pub(super) fn open(root: &Root, rel: &str, size: u64) -> Result<File, ()> {
     let f = root.open_file(rel).ok().flatten().ok_or(())?;
     let len = f.metadata().map_err(|_| ())?.len();
     if len == size { Ok(f) } else { Err(()) }
-}
-
-/// Which side of a copy failed.
-enum Failed {
-    /// Reading root's file: it is not held.
-    Read,
-    Write(std::io::Error),
-}
-
-/// BLAKE3 of what `f` holds, written on to `copy` too when given.
-fn hash_all(f: &mut File, mut copy: Option<&mut File>) -> Result<blake3::Hash, Failed> {
-    let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; BUF_BYTES];
-    loop {
-        let n = f.read(&mut buf).map_err(|_| Failed::Read)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        hasher.update(&buf[..n]);
-        if let Some(out) = copy.as_mut() {
-            out.write_all(&buf[..n]).map_err(Failed::Write)?;
-        }
-    }
 }

@@ -14,18 +14,18 @@
 //! staging; runs before anything of the bundle is stored.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use zip::ZipArchive;
 
 use super::delta::Piece;
-use super::error::{BundleError, entry_err, io_at};
+use super::error::{BundleError, entry_err};
 use super::hash::hash_reader;
 use super::kept::{NOT_HELD, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
 use super::target::Target;
-use super::unpack::{create_private, finish_file};
+use super::unpack::{Failed, copy_exact, create_private, finish_file};
 use crate::beneath::Root;
 
 /// Bytes copied at a time; hashed on every core.
@@ -109,15 +109,6 @@ fn as_copy(d: &DeltaEntry) -> CopyEntry {
     }
 }
 
-/// What failed while copying a piece.
-enum Failed {
-    /// Reading its source: root's old version, or the delta's entry.
-    Read(std::io::Error),
-    /// What refuses the bundle: writing the staged file (a full disk), or
-    /// a damaged entry.
-    Refused(BundleError),
-}
-
 /// Rebuild `d` at `dest` from `base`, root's old version (checked to be
 /// it). `false` when what it makes is not the new version (root's file
 /// changed meanwhile, or the sender's recipe is wrong: either way the
@@ -172,27 +163,4 @@ fn rebuild(
 
 fn unpack_err(name: &str, e: std::io::Error) -> BundleError {
     entry_err(name, format!("cannot unpack: {e}"))
-}
-
-/// Copy exactly `len` bytes of `from` to the staged file at `dest` and its
-/// hasher; a read that fails or ends early is [`Failed::Read`].
-fn copy_exact(
-    from: &mut impl Read,
-    mut len: u64,
-    (out, dest, hasher): &mut (&mut File, &Path, &mut blake3::Hasher),
-    buf: &mut [u8],
-) -> Result<(), Failed> {
-    while len > 0 {
-        let want = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-        let n = match from.read(&mut buf[..want]) {
-            Ok(0) => return Err(Failed::Read(std::io::ErrorKind::UnexpectedEof.into())),
-            Ok(n) => n,
-            Err(e) => return Err(Failed::Read(e)),
-        };
-        hasher.update_rayon(&buf[..n]);
-        out.write_all(&buf[..n])
-            .map_err(|e| Failed::Refused(io_at(dest)(e)))?;
-        len -= n as u64;
-    }
-    Ok(())
 }

@@ -1,4 +1,5 @@
-//! Writing a received entry's bytes to a file the receiver owns.
+//! Writing a received entry's bytes, or root's own, to a file the receiver
+//! owns.
 //!
 //! The zip's headers are not trusted: [`copy_counted`] counts and hashes
 //! what actually comes out, so a caller compares it with the manifest.
@@ -88,6 +89,39 @@ pub(super) fn finish_file(
         .map_err(io_at(path))?;
     f.set_times(FileTimes::new().set_modified(crate::stamp::system_time(mtime, nsec)))
         .map_err(io_at(path))
+}
+
+/// What failed while copying bytes into a staged file.
+pub(super) enum Failed {
+    /// Reading its source: root's file (then not held as listed), or an
+    /// entry (then damaged).
+    Read(std::io::Error),
+    /// What refuses the bundle: writing the staged file (a full disk), or
+    /// a damaged entry.
+    Refused(BundleError),
+}
+
+/// Copy exactly `len` bytes of `from` to the staged file at `dest` and its
+/// hasher; a read that fails or ends early is [`Failed::Read`].
+pub(super) fn copy_exact(
+    from: &mut impl Read,
+    mut len: u64,
+    (out, dest, hasher): &mut (&mut File, &Path, &mut blake3::Hasher),
+    buf: &mut [u8],
+) -> Result<(), Failed> {
+    while len > 0 {
+        let want = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+        let n = match from.read(&mut buf[..want]) {
+            Ok(0) => return Err(Failed::Read(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => n,
+            Err(e) => return Err(Failed::Read(e)),
+        };
+        hasher.update_rayon(&buf[..n]);
+        out.write_all(&buf[..n])
+            .map_err(|e| Failed::Refused(io_at(dest)(e)))?;
+        len -= n as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
