@@ -73,6 +73,24 @@ pub enum Frame {
     },
     /// Keeps a quiet connection known to be alive.
     Ping,
+    /// A `Hello` for a connection that only asks for root's listing
+    /// (`shipper verify`): it starts no session, so the sender's session
+    /// carrying bundles goes on undisturbed.
+    Inquire {
+        version: u16,
+        sender: String,
+    },
+    /// Part of root's listing: regular files and their BLAKE3, as many as
+    /// fit one frame (see [`Frame::listed_len`]).
+    Listing {
+        entries: Vec<(String, [u8; 32])>,
+    },
+    /// The listing is complete: `files` in all, of which `hashed` were read
+    /// (the others' hashes were cached: unchanged size, mtime and inode).
+    Listed {
+        files: u64,
+        hashed: u64,
+    },
 }
 
 /// What a receiver accepts in one bundle, announced in `Welcome`.
@@ -107,8 +125,17 @@ const REFUSE: u8 = 6;
 /// "Still here", no payload: either side sends it so the other can tell a
 /// quiet connection from a dead one.
 const PING: u8 = 7;
+const INQUIRE: u8 = 8;
+const LISTING: u8 = 9;
+const LISTED: u8 = 10;
 
 impl Frame {
+    /// The bytes `path` takes in a `Listing`'s payload: a listing is cut
+    /// into frames of at most [`MAX_PAYLOAD`] by adding these up.
+    pub fn listed_len(path: &str) -> usize {
+        2 + path.len() + 32
+    }
+
     /// The frame refusing bundle `seq` for `refusal`.
     pub fn refuse(seq: u64, refusal: Refusal) -> Frame {
         Frame::Refuse {
@@ -124,10 +151,21 @@ impl Frame {
         out.extend_from_slice(&[0; HEADER_LEN]);
         let kind = match self {
             Frame::Hello { version, sender } => {
-                out.extend_from_slice(&MAGIC);
-                out.extend_from_slice(&version.to_be_bytes());
-                out.extend_from_slice(sender.as_bytes());
+                encode_hello(out, *version, sender);
                 HELLO
+            }
+            Frame::Inquire { version, sender } => {
+                encode_hello(out, *version, sender);
+                INQUIRE
+            }
+            Frame::Listing { entries } => {
+                encode_listing(out, entries);
+                LISTING
+            }
+            Frame::Listed { files, hashed } => {
+                out.extend_from_slice(&files.to_be_bytes());
+                out.extend_from_slice(&hashed.to_be_bytes());
+                LISTED
             }
             Frame::Welcome {
                 last_applied,
@@ -174,20 +212,7 @@ impl Frame {
                 path,
                 reason,
             } => {
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.push(match kind {
-                    RefusalKind::Retry => 0,
-                    RefusalKind::Permanent => 1,
-                    RefusalKind::NeedsContent => 2,
-                });
-                // A path longer than a valid one is dropped, not cut.
-                let path = path
-                    .as_deref()
-                    .filter(|p| p.len() <= crate::paths::MAX_PATH_BYTES)
-                    .unwrap_or("");
-                out.extend_from_slice(&(path.len() as u16).to_be_bytes());
-                out.extend_from_slice(path.as_bytes());
-                out.extend_from_slice(cut(reason).as_bytes());
+                encode_refuse(out, *seq, *kind, path.as_deref(), reason);
                 REFUSE
             }
             Frame::Ping => PING,
@@ -217,6 +242,39 @@ impl Frame {
     }
 }
 
+/// A `Hello`'s payload (an `Inquire`'s too): magic, version, sender id.
+fn encode_hello(out: &mut Vec<u8>, version: u16, sender: &str) {
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(sender.as_bytes());
+}
+
+/// A `Refuse`'s payload.
+fn encode_refuse(out: &mut Vec<u8>, seq: u64, kind: RefusalKind, path: Option<&str>, reason: &str) {
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(match kind {
+        RefusalKind::Retry => 0,
+        RefusalKind::Permanent => 1,
+        RefusalKind::NeedsContent => 2,
+    });
+    // A path longer than a valid one is dropped, not cut.
+    let path = path
+        .filter(|p| p.len() <= crate::paths::MAX_PATH_BYTES)
+        .unwrap_or("");
+    out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(cut(reason).as_bytes());
+}
+
+/// A `Listing`'s payload: each entry's path length, path and hash.
+fn encode_listing(out: &mut Vec<u8>, entries: &[(String, [u8; 32])]) {
+    for (path, hash) in entries {
+        out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(hash);
+    }
+}
+
 /// `text` cut to [`MAX_REASON`] bytes on a char boundary.
 fn cut(text: &str) -> &str {
     let mut end = text.len().min(MAX_REASON);
@@ -230,7 +288,7 @@ fn cut(text: &str) -> &str {
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=PING).contains(&kind) {
+    if !(HELLO..=LISTED).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -243,20 +301,7 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
 pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
     let u64_at = |i: usize| be_u64(p, i);
     let frame = match kind {
-        HELLO => {
-            if p.get(..4) != Some(&MAGIC[..]) {
-                return Err(FrameError::BadMagic);
-            }
-            let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
-            let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
-            match (version, sender) {
-                (Some(version), Some(s)) => Some(Frame::Hello {
-                    version,
-                    sender: s.to_owned(),
-                }),
-                _ => None,
-            }
-        }
+        HELLO | INQUIRE => parse_hello(kind, p)?,
         WELCOME if p.len() == 56 => Some(Frame::Welcome {
             last_applied: u64_at(0).unwrap_or_default(),
             instance: p[8..24].try_into().expect("16 bytes"),
@@ -278,11 +323,54 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
         ACK if p.len() >= 9 => parse_ack(p),
         REFUSE if p.len() >= 11 => parse_refuse(p),
         PING if p.is_empty() => Some(Frame::Ping),
+        LISTING => parse_listing(p),
+        LISTED if p.len() == 16 => Some(Frame::Listed {
+            files: u64_at(0).unwrap_or_default(),
+            hashed: u64_at(8).unwrap_or_default(),
+        }),
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
         kind: kind_name(kind),
     })
+}
+
+/// The payload of a `Hello` or an `Inquire` (`kind`); `None` when it
+/// does not parse, an error when it is no shipper peer's.
+fn parse_hello(kind: u8, p: &[u8]) -> Result<Option<Frame>, FrameError> {
+    if p.get(..4) != Some(&MAGIC[..]) {
+        return Err(FrameError::BadMagic);
+    }
+    let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
+    Ok(match (version, sender) {
+        (Some(version), Some(s)) if kind == HELLO => Some(Frame::Hello {
+            version,
+            sender: s.to_owned(),
+        }),
+        (Some(version), Some(s)) => Some(Frame::Inquire {
+            version,
+            sender: s.to_owned(),
+        }),
+        _ => None,
+    })
+}
+
+/// The payload of a `Listing`: entries of path length, path, hash, to its
+/// end. A path no longer than a valid one, in UTF-8.
+fn parse_listing(mut p: &[u8]) -> Option<Frame> {
+    let mut entries = Vec::new();
+    while !p.is_empty() {
+        let len = usize::from(u16::from_be_bytes([*p.first()?, *p.get(1)?]));
+        if len > crate::paths::MAX_PATH_BYTES {
+            return None;
+        }
+        let path = std::str::from_utf8(p.get(2..2 + len)?).ok()?;
+        let hash: [u8; 32] = p.get(2 + len..2 + len + 32)?.try_into().ok()?;
+        entries.push((path.to_owned(), hash));
+        p = &p[2 + len + 32..];
+    }
+    Some(Frame::Listing { entries })
 }
 
 /// The big-endian u64 at `i` in `p`, if `p` holds one there.
@@ -348,6 +436,9 @@ fn kind_name(kind: u8) -> &'static str {
         ACK => "ack",
         REFUSE => "refuse",
         PING => "ping",
+        INQUIRE => "inquire",
+        LISTING => "listing",
+        LISTED => "listed",
         _ => "unknown",
     }
 }

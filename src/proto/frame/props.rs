@@ -43,6 +43,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         }),
         Just(Frame::Ping),
+        (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
+            .prop_map(|(version, sender)| Frame::Inquire { version, sender }),
+        proptest::collection::vec(("[a-zé/.]{1,40}", any::<[u8; 32]>()), 0..20)
+            .prop_map(|entries| Frame::Listing { entries }),
+        (any::<u64>(), any::<u64>()).prop_map(|(files, hashed)| Frame::Listed { files, hashed }),
     ]
 }
 
