@@ -64,6 +64,9 @@ pub struct ReceiverDrift {
     /// (the others' hashes were cached).
     pub files: u64,
     pub hashed: u64,
+    /// Other senders whose bundles this root takes: their files look
+    /// extra from here, so extras are never deleted on such a root.
+    pub other_senders: u64,
     #[serde(flatten)]
     pub drift: Drift,
 }

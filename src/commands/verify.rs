@@ -71,9 +71,13 @@ pub fn describe(r: &VerifyReport) -> String {
                 d.extra.len()
             )
         };
+        let others = match rd.other_senders {
+            0 => String::new(),
+            n => format!("; root shared with {n} other sender(s)"),
+        };
         let _ = writeln!(
             out,
-            "{}: {state} ({} files, {} read)",
+            "{}: {state} ({} files, {} read{others})",
             rd.receiver, rd.files, rd.hashed
         );
         paths(&mut out, d);

@@ -9,7 +9,8 @@ use super::refusal::{Refusal, RefusalKind};
 
 /// 6: a manifest may carry deltas (a large file rebuilt from the version
 /// the receiver holds and the bytes that changed), which a receiver of 5
-/// would refuse as an unknown field, bundle after bundle. (5: a bundle's
+/// would refuse as an unknown field, bundle after bundle; and a sender may
+/// ask for root's listing (`Inquire`, answered by `Listing` and `Listed`). (5: a bundle's
 /// manifest is of format 2, whose part hashes are chaining
 /// values of the file's BLAKE3 tree, which a receiver of protocol 4 would
 /// refuse bundle after bundle. (4: a sender may send the next bundles
@@ -86,10 +87,13 @@ pub enum Frame {
         entries: Vec<(String, [u8; 32])>,
     },
     /// The listing is complete: `files` in all, of which `hashed` were read
-    /// (the others' hashes were cached: unchanged size, mtime and inode).
+    /// (the others' hashes were cached: unchanged size, mtime and inode);
+    /// `other_senders` have applied bundles to this root too (their files
+    /// are no extras to delete).
     Listed {
         files: u64,
         hashed: u64,
+        other_senders: u64,
     },
 }
 
@@ -162,9 +166,14 @@ impl Frame {
                 encode_listing(out, entries);
                 LISTING
             }
-            Frame::Listed { files, hashed } => {
+            Frame::Listed {
+                files,
+                hashed,
+                other_senders,
+            } => {
                 out.extend_from_slice(&files.to_be_bytes());
                 out.extend_from_slice(&hashed.to_be_bytes());
+                out.extend_from_slice(&other_senders.to_be_bytes());
                 LISTED
             }
             Frame::Welcome {
@@ -324,9 +333,10 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
         REFUSE if p.len() >= 11 => parse_refuse(p),
         PING if p.is_empty() => Some(Frame::Ping),
         LISTING => parse_listing(p),
-        LISTED if p.len() == 16 => Some(Frame::Listed {
+        LISTED if p.len() == 24 => Some(Frame::Listed {
             files: u64_at(0).unwrap_or_default(),
             hashed: u64_at(8).unwrap_or_default(),
+            other_senders: u64_at(16).unwrap_or_default(),
         }),
         _ => None,
     };

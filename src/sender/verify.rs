@@ -113,9 +113,10 @@ impl Verifier {
                 ..ReceiverDrift::default()
             };
             match self.root_listing(i).await {
-                Ok((root, hashed)) => {
+                Ok((root, hashed, others)) => {
                     r.files = root.len() as u64;
                     r.hashed = hashed;
+                    r.other_senders = others;
                     r.drift = drift::compare(&listing, &root, &|p| pending.contains(p));
                 }
                 Err(e) => r.error = Some(e),
@@ -131,8 +132,9 @@ impl Verifier {
 
     /// Root's listing from receiver `i`, without what this sender's
     /// excludes cover (never the source's, so never extra); and how many
-    /// files the receiver read to list it.
-    async fn root_listing(&self, i: usize) -> Result<(Listing, u64), String> {
+    /// files the receiver read to list it, and how many other senders ship
+    /// to it.
+    async fn root_listing(&self, i: usize) -> Result<(Listing, u64, u64), String> {
         let receiver = &self.receivers[i];
         let tls = self.tls[i].as_ref();
         let mut conn = inquire(receiver, &self.id, tls, self.peer_timeout).await?;
@@ -146,7 +148,11 @@ impl Verifier {
                             .filter(|(p, _)| !self.exclude.is_excluded(p)),
                     );
                 }
-                Frame::Listed { hashed, .. } => return Ok((root, hashed)),
+                Frame::Listed {
+                    hashed,
+                    other_senders,
+                    ..
+                } => return Ok((root, hashed, other_senders)),
                 Frame::Ping => {}
                 Frame::Refuse { reason, .. } => return Err(reason),
                 other => return Err(format!("unexpected answer {other:?}")),
@@ -165,8 +171,24 @@ impl Verifier {
                 deletions.extend(r.drift.extra.iter().cloned());
             }
         }
+        // A deletion goes to every receiver: with another sender's files
+        // in some root, what looks extra may be its.
+        let shared = report.receivers.iter().find(|r| r.other_senders > 0);
+        let refused = match shared {
+            Some(r) if !deletions.is_empty() => {
+                deletions.clear();
+                Some(format!(
+                    "extras not deleted: {}'s root also takes bundles from {} other sender(s), whose files look extra from here",
+                    r.receiver, r.other_senders
+                ))
+            }
+            _ => None,
+        };
         if upserts.is_empty() && deletions.is_empty() {
-            return None;
+            return refused.map(|error| Repair {
+                error: Some(error),
+                ..Repair::default()
+            });
         }
         let mut repair = Repair {
             files: upserts.len() as u64,
@@ -202,6 +224,12 @@ impl Verifier {
             }
             Some(Response::Error { message }) => repair.error = Some(message),
             _ => repair.error = Some("the sender stopped before the repair was shipped".into()),
+        }
+        if let Some(why) = refused {
+            repair.error = Some(match repair.error {
+                Some(e) => format!("{why}; {e}"),
+                None => why,
+            });
         }
         Some(repair)
     }

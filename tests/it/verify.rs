@@ -221,3 +221,42 @@ async fn verify_runs_over_mutual_tls_beside_the_bundle_session() {
     s.stop().await;
     r.stop().await;
 }
+
+/// Where two senders ship into one root, each one's files look extra to
+/// the other: `--delete-extra` deletes none of them and says why (exit 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_extra_never_deletes_another_senders_files() {
+    let env = Env::new();
+    env.write("mine.html", "from the first sender");
+    std::fs::create_dir_all(env.path().join("src2")).unwrap();
+    std::fs::create_dir_all(env.path().join("state-s2")).unwrap();
+    std::fs::write(env.path().join("src2/theirs.html"), "from the other").unwrap();
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    let other = env
+        .sender_toml(&r.addr.to_string(), "")
+        .replace("source = \"src\"", "source = \"src2\"")
+        .replace("state_dir = \"state-s\"", "state_dir = \"state-s2\"")
+        .replace("id = \"test\"", "id = \"other\"");
+    let s2 = env.start_sender_from(r.addr, &other);
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    wait_until("both senders' files in root", || {
+        env.root().join("mine.html").exists() && env.root().join("theirs.html").exists()
+    })
+    .await;
+    wait_status(&file, "nothing pending", |v| v["pending_paths"] == 0).await;
+
+    let (code, v) = verify_json(&file, &[]).await;
+    assert_eq!(code, 1, "{v}");
+    let rv = &v["receivers"][0];
+    assert_eq!(names(&rv["extra"]), ["theirs.html"], "{v}");
+    assert_eq!(rv["other_senders"], 1, "{v}");
+    let out = verify(&file, &["--delete-extra"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("other sender"), "{}", text(&out));
+    // The refusal comes before anything is shipped: nothing can be on its way.
+    assert!(env.root().join("theirs.html").exists(), "{}", text(&out));
+    s2.stop().await;
+    s.stop().await;
+    r.stop().await;
+}

@@ -47,7 +47,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             .prop_map(|(version, sender)| Frame::Inquire { version, sender }),
         proptest::collection::vec(("[a-zé/.]{1,40}", any::<[u8; 32]>()), 0..20)
             .prop_map(|entries| Frame::Listing { entries }),
-        (any::<u64>(), any::<u64>()).prop_map(|(files, hashed)| Frame::Listed { files, hashed }),
+        any::<[u64; 3]>().prop_map(|[files, hashed, other_senders]| Frame::Listed {
+            files,
+            hashed,
+            other_senders
+        }),
     ]
 }
 

@@ -73,6 +73,7 @@ fn all() -> Vec<Frame> {
         Frame::Listed {
             files: 1_000_000,
             hashed: 3,
+            other_senders: 1,
         },
     ]
 }

@@ -1,7 +1,8 @@
 //! An `Inquire`: root's listing for `shipper verify`, hashed off the
 //! runtime (see `receiver/root_hashes.rs`) and sent in `Listing` frames of
 //! at most [`MAX_PAYLOAD`] each (a root can hold a million files), then
-//! `Listed`, with pings while root is hashed. A root that cannot be listed is answered with a refusal
+//! `Listed` (with how many other senders this root takes bundles from),
+//! with pings while root is hashed. A root that cannot be listed is answered with a refusal
 //! naming the path at fault. Nothing here touches root or the sessions.
 
 use std::net::SocketAddr;
@@ -46,7 +47,16 @@ impl Sessions {
         for frame in listing_frames(listing.files) {
             conn.write_frame(&frame).await?;
         }
-        conn.write_frame(&Frame::Listed { files, hashed }).await?;
+        let other_senders = {
+            let state = self.state.lock().await;
+            state.applied.keys().filter(|k| **k != sender.key).count() as u64
+        };
+        conn.write_frame(&Frame::Listed {
+            files,
+            hashed,
+            other_senders,
+        })
+        .await?;
         let ms = started.elapsed().as_millis() as u64;
         info!(%peer, %sender, files, hashed, ms, "root listed for verify");
         Ok(())
