@@ -27,8 +27,12 @@ use crate::drift::{self, Listing, ReceiverDrift, Repair, VerifyReport};
 use crate::ledger::Files;
 use crate::paths::Excludes;
 use crate::proto::Frame;
+use crate::proto::connection::ConnError;
 use crate::source_dir::SourceDir;
 
+/// The most files a root's listing may name: far beyond any web root, and
+/// a bound on what a receiver can make the sender hold.
+const MAX_LISTED: usize = 50_000_000;
 /// How long a repair waits for its bundles' acknowledgement.
 const REPAIR_WAIT: Duration = Duration::from_secs(300);
 
@@ -140,7 +144,14 @@ impl Verifier {
         let mut conn = inquire(receiver, &self.id, tls, self.peer_timeout).await?;
         let mut root = Listing::new();
         loop {
-            match conn.expect_frame().await.map_err(|e| e.to_string())? {
+            let frame = conn.expect_frame().await.map_err(|e| match e {
+                ConnError::Closed => "closed the connection before its listing ended (a receiver older than this sender cannot answer verify)".to_owned(),
+                e => e.to_string(),
+            })?;
+            match frame {
+                Frame::Listing { .. } if root.len() >= MAX_LISTED => {
+                    return Err(format!("listed more than {MAX_LISTED} files"));
+                }
                 Frame::Listing { entries } => {
                     root.extend(
                         entries
