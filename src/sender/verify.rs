@@ -101,11 +101,13 @@ impl Verifier {
             pending,
         } = known;
         let exclude = self.exclude.clone();
-        let (listing, source_hashed) =
-            tokio::task::spawn_blocking(move || list_source(&source, &exclude, &ignore, &shipped))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("listing the source: {e}"))?;
+        let (listing, source_hashed, pending) = tokio::task::spawn_blocking(move || {
+            list_source(&source, &exclude, &ignore, &shipped, &pending)
+                .map(|(listing, hashed)| (listing, hashed, pending))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("listing the source: {e}"))?;
         let mut report = VerifyReport {
             source_files: listing.len() as u64,
             source_hashed,
@@ -249,12 +251,14 @@ impl Verifier {
 /// The source's regular files with their hashes, and how many were read:
 /// a file whose stat is the one it was shipped with (not racy) has the
 /// hash it was shipped with. A file gone meanwhile is left out (its
-/// deletion is pending). Blocking.
+/// deletion is pending), and so is a pending one that cannot be read (it
+/// is retried, and listed as failing by `shipper status`). Blocking.
 fn list_source(
     dir: &Path,
     exclude: &Excludes,
     ignore: &[PathBuf],
     shipped: &Files,
+    pending: &HashSet<String>,
 ) -> std::io::Result<(Listing, u64)> {
     let walk = crate::watch::walk(dir, dir, exclude, ignore);
     if let Some((at, e)) = walk.unreadable.first() {
@@ -277,7 +281,7 @@ fn list_source(
                 hashed += 1;
                 match source.hash_file(&path) {
                     Ok(h) => h,
-                    Err(e) if crate::watch::is_gone(&e) => continue,
+                    Err(e) if crate::watch::is_gone(&e) || pending.contains(&path) => continue,
                     Err(e) => return Err(e),
                 }
             }
