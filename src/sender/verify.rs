@@ -223,6 +223,7 @@ impl Verifier {
             Some(Response::Flushed {
                 first_seq,
                 last_seq,
+                held_deletions,
                 ..
             }) => {
                 let seqs = if first_seq == last_seq {
@@ -230,10 +231,13 @@ impl Verifier {
                 } else {
                     format!("sequences {first_seq}-{last_seq}")
                 };
-                repair.outcome = format!("shipped in {seqs}; acknowledged")
+                repair.outcome = format!("shipped in {seqs}; acknowledged{}", held(held_deletions))
             }
-            Some(Response::NothingToShip { .. }) => {
-                repair.outcome = "nothing to ship: the changes were already on their way".into()
+            Some(Response::NothingToShip { held_deletions }) => {
+                repair.outcome = format!(
+                    "nothing to ship: the changes were already on their way{}",
+                    held(held_deletions)
+                )
             }
             Some(Response::Error { message }) => repair.error = Some(message),
             _ => repair.error = Some("the sender stopped before the repair was shipped".into()),
@@ -245,6 +249,16 @@ impl Verifier {
             });
         }
         Some(repair)
+    }
+}
+
+/// What a repair says of the deletions the mass-deletion guard holds.
+fn held(deletions: u64) -> String {
+    match deletions {
+        0 => String::new(),
+        n => format!(
+            "; {n} deletions held by the mass-deletion guard: ship them with `shipper flush --allow-mass-delete`"
+        ),
     }
 }
 
