@@ -62,6 +62,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compare the source with each receiver's root by content hash; exit 0
+    /// when every root is in step, 1 when one drifts, 2 on error.
+    Verify {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Ship again what is missing or different in a root, and wait for
+        /// its acknowledgement.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair (implied): also delete the extras, files in root
+        /// that the source does not have (and does not exclude).
+        #[arg(long)]
+        delete_extra: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop cutting bundles; changes keep accumulating (survives restarts).
     Pause {
         #[arg(short, long)]

@@ -1,5 +1,5 @@
 //! The local control socket: typed requests from `shipper flush`, `status`,
-//! `pause` and `resume` to a running sender, one JSON line each way. The
+//! `pause`, `resume` and `verify` to a running sender, one JSON line each way. The
 //! socket lives in the sender's state_dir with mode 0600. What a request
 //! does is the sender's business: [`serve`] hands each one over with a
 //! channel for its answer.
@@ -32,6 +32,13 @@ pub enum Request {
         #[serde(default)]
         allow_mass_delete: bool,
     },
+    /// Compare the source with each receiver's root (`shipper verify`);
+    /// `repair`: ship again what is missing or different there and wait for
+    /// its acknowledgement; `delete_extra`: delete the extras too.
+    Verify {
+        repair: bool,
+        delete_extra: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,6 +58,7 @@ pub enum Response {
     NothingToShip {
         held_deletions: u64,
     },
+    Verified(Box<crate::drift::VerifyReport>),
     Error {
         message: String,
     },

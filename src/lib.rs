@@ -28,8 +28,9 @@
 //! - [`places`]: configured directories kept apart; clean-up of shipper's own names.
 //! - [`state_lock`]: one process at a time per state_dir (a sender's or a receiver's).
 //! - [`config`]: TOML -> raw structs -> validated [`config::Config`].
+//! - [`drift`]: where a root disagrees with the source (`shipper verify`). Pure.
 //! - [`status`]: what `shipper status` reports (shared by sender, control, metrics).
-//! - [`control`]: the local control socket (flush, status, pause, resume).
+//! - [`control`]: the local control socket (flush, status, pause, resume, verify).
 //! - [`metrics`]: the optional Prometheus endpoints of both roles.
 //! - [`cli`]: the command line (clap).
 //! - [`commands`]: what each subcommand does.
@@ -55,6 +56,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod control;
+pub mod drift;
 pub mod durable;
 pub mod metrics;
 pub mod paths;

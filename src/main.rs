@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
             .init(),
     }
     match shipper::commands::dispatch(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("shipper: {e:#}");
             std::process::ExitCode::FAILURE

@@ -1,9 +1,11 @@
 //! What each subcommand does, given parsed arguments. `main` only parses,
 //! calls [`dispatch`] and maps the error to an exit code. The text
-//! `shipper status` prints is rendered in `status_text`.
+//! `shipper status` prints is rendered in `status_text`; `shipper verify`
+//! (whose exit code says drift) is in `verify`.
 
 mod malloc;
 mod status_text;
+mod verify;
 pub use status_text::describe_status;
 
 use std::fmt::Write as _;
@@ -24,7 +26,26 @@ use crate::perms::Policy;
 use crate::receiver::{self, ReceiverState};
 use crate::tls::Fingerprint;
 
-pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
+/// Run the command; the exit code it ends with (an error: failure).
+pub fn dispatch(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
+    if let Command::Verify {
+        config,
+        repair,
+        delete_extra,
+        json,
+    } = &cli.command
+    {
+        return Ok(verify::verify_command(
+            config,
+            *repair,
+            *delete_extra,
+            *json,
+        ));
+    }
+    run_command(cli).map(|()| std::process::ExitCode::SUCCESS)
+}
+
+fn run_command(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             let config = Config::load(&config)?;
@@ -59,6 +80,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out } => keygen_command(&out),
+        Command::Verify { .. } => unreachable!("dispatched above"),
         Command::Inspect { bundle } => {
             let opened = apply::open(&bundle, &apply::Limits::default())
                 .with_context(|| format!("bundle {}", bundle.display()))?;

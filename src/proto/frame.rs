@@ -9,7 +9,8 @@ use super::refusal::{Refusal, RefusalKind};
 
 /// 6: a manifest may carry deltas (a large file rebuilt from the version
 /// the receiver holds and the bytes that changed), which a receiver of 5
-/// would refuse as an unknown field, bundle after bundle. (5: a bundle's
+/// would refuse as an unknown field, bundle after bundle; and a sender may
+/// ask for root's listing (`Inquire`, answered by `Listing` and `Listed`). (5: a bundle's
 /// manifest is of format 2, whose part hashes are chaining
 /// values of the file's BLAKE3 tree, which a receiver of protocol 4 would
 /// refuse bundle after bundle. (4: a sender may send the next bundles
@@ -84,6 +85,27 @@ pub enum Frame {
         bytes: u64,
         micros: u64,
     },
+    /// A `Hello` for a connection that only asks for root's listing
+    /// (`shipper verify`): it starts no session, so the sender's session
+    /// carrying bundles goes on undisturbed.
+    Inquire {
+        version: u16,
+        sender: String,
+    },
+    /// Part of root's listing: regular files and their BLAKE3, as many as
+    /// fit one frame (see [`Frame::listed_len`]).
+    Listing {
+        entries: Vec<(String, [u8; 32])>,
+    },
+    /// The listing is complete: `files` in all, of which `hashed` were read
+    /// (the others' hashes were cached: unchanged size, mtime and inode);
+    /// `other_senders` have applied bundles to this root too (their files
+    /// are no extras to delete).
+    Listed {
+        files: u64,
+        hashed: u64,
+        other_senders: u64,
+    },
 }
 
 /// What a receiver accepts in one bundle, announced in `Welcome`.
@@ -123,8 +145,17 @@ const RECEIVED: u8 = 8;
 /// Senders of this protocol version and later are told how fast their
 /// bundles came ([`Frame::Received`]).
 pub const TOLD_RECEIVED_FROM: u16 = 6;
+const INQUIRE: u8 = 9;
+const LISTING: u8 = 10;
+const LISTED: u8 = 11;
 
 impl Frame {
+    /// The bytes `path` takes in a `Listing`'s payload: a listing is cut
+    /// into frames of at most [`MAX_PAYLOAD`] by adding these up.
+    pub fn listed_len(path: &str) -> usize {
+        2 + path.len() + 32
+    }
+
     /// The frame refusing bundle `seq` for `refusal`.
     pub fn refuse(seq: u64, refusal: Refusal) -> Frame {
         Frame::Refuse {
@@ -140,10 +171,26 @@ impl Frame {
         out.extend_from_slice(&[0; HEADER_LEN]);
         let kind = match self {
             Frame::Hello { version, sender } => {
-                out.extend_from_slice(&MAGIC);
-                out.extend_from_slice(&version.to_be_bytes());
-                out.extend_from_slice(sender.as_bytes());
+                encode_hello(out, *version, sender);
                 HELLO
+            }
+            Frame::Inquire { version, sender } => {
+                encode_hello(out, *version, sender);
+                INQUIRE
+            }
+            Frame::Listing { entries } => {
+                encode_listing(out, entries);
+                LISTING
+            }
+            Frame::Listed {
+                files,
+                hashed,
+                other_senders,
+            } => {
+                out.extend_from_slice(&files.to_be_bytes());
+                out.extend_from_slice(&hashed.to_be_bytes());
+                out.extend_from_slice(&other_senders.to_be_bytes());
+                LISTED
             }
             Frame::Welcome {
                 last_applied,
@@ -182,20 +229,7 @@ impl Frame {
                 path,
                 reason,
             } => {
-                out.extend_from_slice(&seq.to_be_bytes());
-                out.push(match kind {
-                    RefusalKind::Retry => 0,
-                    RefusalKind::Permanent => 1,
-                    RefusalKind::NeedsContent => 2,
-                });
-                // A path longer than a valid one is dropped, not cut.
-                let path = path
-                    .as_deref()
-                    .filter(|p| p.len() <= crate::paths::MAX_PATH_BYTES)
-                    .unwrap_or("");
-                out.extend_from_slice(&(path.len() as u16).to_be_bytes());
-                out.extend_from_slice(path.as_bytes());
-                out.extend_from_slice(cut(reason).as_bytes());
+                encode_refuse(out, *seq, *kind, path.as_deref(), reason);
                 REFUSE
             }
             Frame::Ping => PING,
@@ -248,6 +282,39 @@ fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
     }
 }
 
+/// A `Hello`'s payload (an `Inquire`'s too): magic, version, sender id.
+fn encode_hello(out: &mut Vec<u8>, version: u16, sender: &str) {
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(sender.as_bytes());
+}
+
+/// A `Refuse`'s payload.
+fn encode_refuse(out: &mut Vec<u8>, seq: u64, kind: RefusalKind, path: Option<&str>, reason: &str) {
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(match kind {
+        RefusalKind::Retry => 0,
+        RefusalKind::Permanent => 1,
+        RefusalKind::NeedsContent => 2,
+    });
+    // A path longer than a valid one is dropped, not cut.
+    let path = path
+        .filter(|p| p.len() <= crate::paths::MAX_PATH_BYTES)
+        .unwrap_or("");
+    out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(cut(reason).as_bytes());
+}
+
+/// A `Listing`'s payload: each entry's path length, path and hash.
+fn encode_listing(out: &mut Vec<u8>, entries: &[(String, [u8; 32])]) {
+    for (path, hash) in entries {
+        out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+        out.extend_from_slice(path.as_bytes());
+        out.extend_from_slice(hash);
+    }
+}
+
 /// `text` cut to [`MAX_REASON`] bytes on a char boundary.
 fn cut(text: &str) -> &str {
     let mut end = text.len().min(MAX_REASON);
@@ -261,7 +328,7 @@ fn cut(text: &str) -> &str {
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=RECEIVED).contains(&kind) {
+    if !(HELLO..=LISTED).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -274,20 +341,7 @@ pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
 pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
     let u64_at = |i: usize| be_u64(p, i);
     let frame = match kind {
-        HELLO => {
-            if p.get(..4) != Some(&MAGIC[..]) {
-                return Err(FrameError::BadMagic);
-            }
-            let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
-            let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
-            match (version, sender) {
-                (Some(version), Some(s)) => Some(Frame::Hello {
-                    version,
-                    sender: s.to_owned(),
-                }),
-                _ => None,
-            }
-        }
+        HELLO | INQUIRE => parse_hello(kind, p)?,
         WELCOME if p.len() == 56 => Some(Frame::Welcome {
             last_applied: u64_at(0).unwrap_or_default(),
             instance: p[8..24].try_into().expect("16 bytes"),
@@ -314,11 +368,55 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
             bytes: u64_at(8).unwrap_or_default(),
             micros: u64_at(16).unwrap_or_default(),
         }),
+        LISTING => parse_listing(p),
+        LISTED if p.len() == 24 => Some(Frame::Listed {
+            files: u64_at(0).unwrap_or_default(),
+            hashed: u64_at(8).unwrap_or_default(),
+            other_senders: u64_at(16).unwrap_or_default(),
+        }),
         _ => None,
     };
     frame.ok_or(FrameError::Malformed {
         kind: kind_name(kind),
     })
+}
+
+/// The payload of a `Hello` or an `Inquire` (`kind`); `None` when it
+/// does not parse, an error when it is no shipper peer's.
+fn parse_hello(kind: u8, p: &[u8]) -> Result<Option<Frame>, FrameError> {
+    if p.get(..4) != Some(&MAGIC[..]) {
+        return Err(FrameError::BadMagic);
+    }
+    let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
+    Ok(match (version, sender) {
+        (Some(version), Some(s)) if kind == HELLO => Some(Frame::Hello {
+            version,
+            sender: s.to_owned(),
+        }),
+        (Some(version), Some(s)) => Some(Frame::Inquire {
+            version,
+            sender: s.to_owned(),
+        }),
+        _ => None,
+    })
+}
+
+/// The payload of a `Listing`: entries of path length, path, hash, to its
+/// end. A path no longer than a valid one, in UTF-8.
+fn parse_listing(mut p: &[u8]) -> Option<Frame> {
+    let mut entries = Vec::new();
+    while !p.is_empty() {
+        let len = usize::from(u16::from_be_bytes([*p.first()?, *p.get(1)?]));
+        if len > crate::paths::MAX_PATH_BYTES {
+            return None;
+        }
+        let path = std::str::from_utf8(p.get(2..2 + len)?).ok()?;
+        let hash: [u8; 32] = p.get(2 + len..2 + len + 32)?.try_into().ok()?;
+        entries.push((path.to_owned(), hash));
+        p = &p[2 + len + 32..];
+    }
+    Some(Frame::Listing { entries })
 }
 
 /// The big-endian u64 at `i` in `p`, if `p` holds one there.
@@ -385,6 +483,9 @@ fn kind_name(kind: u8) -> &'static str {
         REFUSE => "refuse",
         PING => "ping",
         RECEIVED => "received",
+        INQUIRE => "inquire",
+        LISTING => "listing",
+        LISTED => "listed",
         _ => "unknown",
     }
 }

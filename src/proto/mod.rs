@@ -21,6 +21,13 @@
 //! protocol version is refused at `Hello`, in a `Refuse` frame naming both
 //! versions.
 //!
+//! An inquiry (`shipper verify`) is a connection of its own, no session:
+//! sender `Inquire` (a `Hello` by another name, so the sender's session is
+//! not replaced), receiver `Listing{entries}` frames (path and BLAKE3 of
+//! each regular file in root, in path order, each frame within the frame
+//! limit), pinging while it hashes, then `Listed{files,hashed,other_senders}`, or a
+//! `Refuse` saying why root cannot be listed.
+//!
 //! # Liveness
 //! A network can drop a connection without a FIN or RST (a host that lost
 //! power, a NAT that forgot the flow), and TCP then reports nothing for

@@ -21,10 +21,13 @@
 //!   recovery of what a crash left.
 //! - `names`: the file names of bundles in `incoming`, `publishing` and
 //!   the archive.
+//! - `root_hashes`: root's listing for `shipper verify`, with its hash
+//!   cache in state_dir.
 
 mod commit;
 mod identity;
 mod names;
+mod root_hashes;
 mod session;
 mod state;
 

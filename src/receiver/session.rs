@@ -4,7 +4,9 @@
 //! `on_apply` hook (at most its timeout; its failure is reported in the
 //! `Ack`, never refuses) and answered with `Ack` or a refusal; the next
 //! bundle is taken in while one is applied (`halves.rs`). There is one
-//! session per sender: a newer one replaces an older one.
+//! session per sender: a newer one replaces an older one. A connection
+//! that starts with `Inquire` instead of `Hello` is no session: it is
+//! answered with root's listing and closed (`inquiry.rs`).
 //!
 //! A session pings its sender while a bundle is applied and answers the
 //! sender's pings; one the sender leaves silent for [`SESSION_IDLE`] is
@@ -24,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 mod halves;
+mod inquiry;
 
 use super::commit::{Committer, refusal_for_io};
 use super::identity::Sender;
@@ -121,8 +124,12 @@ impl Sessions {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let identify = tokio::time::Instant::now() + HELLO_TIMEOUT;
-        let (mut conn, sender, speaks) = self.identify(stream, peer, identify).await?;
+        let (mut conn, sender, (speaks, inquiry)) = self.identify(stream, peer, identify).await?;
         drop(slot);
+        if inquiry {
+            // Not registered: the sender's session carrying bundles stays.
+            return self.answer_inquiry(&mut conn, &sender, peer).await;
+        }
         let registered = self.register(&sender, peer, stop)?;
         let last = self.welcome(&mut conn, &sender).await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
@@ -133,14 +140,16 @@ impl Sessions {
     }
 
     /// Learn who is at the other end by `deadline`: the certificate it
-    /// presents (with keys) and the id and protocol version of its `Hello`.
-    /// A version or id this receiver cannot take is refused in a frame.
+    /// presents (with keys), the id and protocol version of its `Hello`,
+    /// and whether it was an `Inquire` instead (`true`: a connection for
+    /// root's listing only). A version or id this receiver cannot take is
+    /// refused in a frame.
     async fn identify(
         &self,
         stream: TcpStream,
         peer: SocketAddr,
         deadline: tokio::time::Instant,
-    ) -> anyhow::Result<(Connection<Stream>, Sender, u16)> {
+    ) -> anyhow::Result<(Connection<Stream>, Sender, (u16, bool))> {
         let _ = stream.set_nodelay(true);
         if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
             warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
@@ -148,13 +157,15 @@ impl Sessions {
         let (stream, fingerprint) = self.handshake(stream, peer, deadline).await?;
         let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let (sender, version) = match conn.expect_frame_within(left).await? {
-            Frame::Hello { version, sender }
+        let first = conn.expect_frame_within(left).await?;
+        let inquiry = matches!(first, Frame::Inquire { .. });
+        let (sender, version) = match first {
+            Frame::Hello { version, sender } | Frame::Inquire { version, sender }
                 if SENDERS_SPOKEN.contains(&version) && valid_sender_id(&sender) =>
             {
                 (Sender::new(sender, fingerprint), version)
             }
-            Frame::Hello { version, sender } => {
+            Frame::Hello { version, sender } | Frame::Inquire { version, sender } => {
                 let reason = if !SENDERS_SPOKEN.contains(&version) {
                     format!(
                         "protocol version {version} not supported (this receiver speaks {} to {PROTOCOL_VERSION})",
@@ -169,7 +180,7 @@ impl Sessions {
             }
             other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
         };
-        Ok((conn, sender, version))
+        Ok((conn, sender, (version, inquiry)))
     }
 
     /// The TLS handshake, with keys; the fingerprint of the allowed

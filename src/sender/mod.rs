@@ -29,6 +29,8 @@
 //!   pause marker, kept across restarts.
 //! - `outbox.rs`: bundles not yet acknowledged by every receiver, and its
 //!   budget.
+//! - `verify.rs`: `shipper verify`: the source against each receiver's
+//!   root, and the repair.
 //! - `transport.rs`: one receiver's connection, Welcome, sending, release
 //!   into the ledger; every wait on the peer bounded (see
 //!   [`crate::proto`]'s liveness rules).
@@ -65,6 +67,7 @@ mod source;
 mod start;
 mod state;
 mod transport;
+mod verify;
 mod whole_tree;
 
 use book::Book;
@@ -95,7 +98,9 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         control_tx,
         shutdown.clone(),
     ));
-    let (mut s, mut transport_rx, transport_tasks) = Sender::start(cfg, stores, source, &shutdown)?;
+    let (repair_tx, mut repair_rx) = mpsc::channel(4);
+    let (mut s, mut transport_rx, transport_tasks) =
+        Sender::start(cfg, stores, source, &shutdown, repair_tx)?;
     // Catch-up: compare the tree with what the receiver acknowledged; with
     // empty state everything is new, so the first bundles bring an empty
     // receiver up to date. The watch is already running, so nothing written
@@ -120,6 +125,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
             (report, result) = s.cut.wait() => s.on_packed(report, result, next_tick),
             Some((req, reply)) = control_rx.recv() => s.on_control(req, reply, next_tick).await,
             Some(ev) = transport_rx.recv() => s.on_transport(ev, next_tick),
+            Some(r) = repair_rx.recv() => s.on_repair(r, next_tick),
             _ = housekeeping.tick() => s.on_housekeeping(metrics, next_tick),
         }
     }
@@ -158,6 +164,7 @@ struct Sender {
     /// A sender with new state learns the receiver's last sequence before
     /// numbering its first bundle.
     needs_welcome: bool,
+    verifier: Arc<verify::Verifier>,
 }
 
 impl Sender {
@@ -169,6 +176,7 @@ impl Sender {
         stores: start::Stores,
         source: Source,
         shutdown: &CancellationToken,
+        repairs: mpsc::Sender<verify::RepairRequest>,
     ) -> anyhow::Result<(
         Self,
         mpsc::UnboundedReceiver<TransportEvent>,
@@ -176,7 +184,15 @@ impl Sender {
     )> {
         let (id, fresh) = (stores.state.id.clone(), stores.fresh);
         let (h, shipped, events_rx) = start::share(&cfg, stores)?;
-        let (links, tasks) = start::spawn_transports(&cfg, &h, &id, shutdown)?;
+        let (links, tasks, tls) = start::spawn_transports(&cfg, &h, &id, shutdown)?;
+        let verifier = Arc::new(verify::Verifier {
+            id: id.clone(),
+            receivers: cfg.receivers.clone(),
+            tls,
+            peer_timeout: cfg.peer_timeout,
+            exclude: cfg.exclude.clone(),
+            repairs,
+        });
         let whole_trees =
             WholeTrees::new(cfg.receivers.clone(), h.peers.clone(), h.state_dir.clone());
         let limits = Limits::new(
@@ -198,6 +214,7 @@ impl Sender {
             pending_bytes: PendingBytes::default(),
             first_ship: FirstShip::default(),
             needs_welcome: fresh,
+            verifier,
             cfg,
         };
         Ok((s, events_rx, tasks))
@@ -369,6 +386,10 @@ impl Sender {
                 self.flushes.request(allow_mass_delete, deadline, reply);
                 self.maybe_pack(true, next_tick);
             }
+            Request::Verify {
+                repair,
+                delete_extra,
+            } => self.start_verify(repair, delete_extra, reply),
         }
     }
 

@@ -225,6 +225,19 @@ impl Outbox {
         done
     }
 
+    /// The paths of the bundles some receiver has not acknowledged: on
+    /// their way, so a root that lacks their change is not drifting.
+    pub(super) fn in_flight(&self) -> Vec<String> {
+        let state = self.lock();
+        let mut paths = Vec::new();
+        for b in state.bundles.values() {
+            if (0..state.acked.len()).any(|r| !state.done(r, b)) {
+                paths.extend(b.changes.iter().map(|(p, _)| p.clone()));
+            }
+        }
+        paths
+    }
+
     pub fn close(&self) {
         self.lock().closed = true;
         self.room.notify_all();

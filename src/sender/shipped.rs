@@ -78,6 +78,11 @@ impl Shipped {
         Self::loaded(files.into_iter().collect(), in_doubt)
     }
 
+    /// What the receivers have, per path.
+    pub(super) fn files(&self) -> &Files {
+        &self.files
+    }
+
     /// How many files the receivers have.
     pub(super) fn len(&self) -> usize {
         self.files.len()

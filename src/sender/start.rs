@@ -103,15 +103,11 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
     })
 }
 
-/// One transport per receiver, each with its own position, backoff and
-/// status: a slow or dead receiver holds back no other. Returns their
-/// links, as each reports its status, and their tasks.
-pub(super) fn spawn_transports(
-    cfg: &SenderConfig,
-    h: &Handles,
-    id: &str,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<(Links, Vec<JoinHandle<()>>)> {
+/// A receiver's TLS client config (its fingerprint pinned); none without keys.
+pub(super) type TlsConfig = Option<Arc<rustls::ClientConfig>>;
+
+/// The TLS client config for each receiver. Reads the key_dir.
+fn client_configs(cfg: &SenderConfig) -> anyhow::Result<Vec<TlsConfig>> {
     let identity = match &cfg.tls {
         Some(t) => Some(crate::tls::load_identity(&t.key_dir).context("sender.key_dir")?),
         None => {
@@ -119,16 +115,33 @@ pub(super) fn spawn_transports(
             None
         }
     };
-    let mut statuses = Vec::new();
-    let mut tasks = Vec::new();
+    let mut out = Vec::new();
     for (i, receiver) in cfg.receivers.iter().enumerate() {
-        let tls = match (&identity, &cfg.tls) {
+        out.push(match (&identity, &cfg.tls) {
             (Some(me), Some(t)) => {
                 info!(me = %me.fingerprint, receiver = %receiver, pinned = %t.receivers[i], "TLS: receiver pinned by fingerprint");
                 Some(crate::tls::client_config(me, t.receivers[i])?)
             }
             _ => None,
-        };
+        });
+    }
+    Ok(out)
+}
+
+/// One transport per receiver, each with its own position, backoff and
+/// status: a slow or dead receiver holds back no other. Returns their
+/// links, as each reports its status, their tasks, and the TLS config of
+/// each (for `shipper verify`'s connections).
+pub(super) fn spawn_transports(
+    cfg: &SenderConfig,
+    h: &Handles,
+    id: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<(Links, Vec<JoinHandle<()>>, Vec<TlsConfig>)> {
+    let configs = client_configs(cfg)?;
+    let mut statuses = Vec::new();
+    let mut tasks = Vec::new();
+    for ((i, receiver), tls) in cfg.receivers.iter().enumerate().zip(configs.clone()) {
         let (status_tx, status_rx) = watch::channel(LinkStatus {
             receiver: receiver.clone(),
             ..LinkStatus::default()
@@ -154,7 +167,7 @@ pub(super) fn spawn_transports(
         tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
     let links = Links::new(statuses, cfg.receivers.clone(), h.peers.clone());
-    Ok((links, tasks))
+    Ok((links, tasks, configs))
 }
 
 /// The metrics endpoint, if configured: it serves the report the

@@ -26,4 +26,5 @@ mod sync;
 mod tls;
 mod tree;
 mod util;
+mod verify;
 mod web;

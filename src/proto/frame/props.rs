@@ -44,6 +44,15 @@ fn frame() -> impl Strategy<Value = Frame> {
         }),
         Just(Frame::Ping),
         any::<[u64; 3]>().prop_map(|[seq, bytes, micros]| Frame::Received { seq, bytes, micros }),
+        (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
+            .prop_map(|(version, sender)| Frame::Inquire { version, sender }),
+        proptest::collection::vec(("[a-zé/.]{1,40}", any::<[u8; 32]>()), 0..20)
+            .prop_map(|entries| Frame::Listing { entries }),
+        any::<[u64; 3]>().prop_map(|[files, hashed, other_senders]| Frame::Listed {
+            files,
+            hashed,
+            other_senders
+        }),
     ]
 }
 

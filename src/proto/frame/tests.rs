@@ -67,6 +67,19 @@ fn all() -> Vec<Frame> {
             reason: "kept files root does not hold: \"a.html\" (missing)".into(),
         },
         Frame::Ping,
+        Frame::Inquire {
+            version: 6,
+            sender: "app-1".into(),
+        },
+        Frame::Listing { entries: vec![] },
+        Frame::Listing {
+            entries: vec![("a/é.html".into(), [1; 32]), ("b".into(), [2; 32])],
+        },
+        Frame::Listed {
+            files: 1_000_000,
+            hashed: 3,
+            other_senders: 1,
+        },
     ]
 }
 
@@ -144,8 +157,8 @@ fn garbage_is_refused() {
         Err(FrameError::Malformed { kind: "received" })
     );
     assert_eq!(
-        Frame::parse(&[RECEIVED + 1, 0, 0, 0, 0]),
-        Err(FrameError::UnknownKind(RECEIVED + 1))
+        Frame::parse(&[LISTED + 1, 0, 0, 0, 0]),
+        Err(FrameError::UnknownKind(LISTED + 1))
     );
     let mut hello = Frame::Hello {
         version: 1,
@@ -210,4 +223,21 @@ fn long_reasons_are_cut_on_a_char_boundary() {
         panic!()
     };
     assert!(reason.len() <= MAX_REASON);
+}
+
+/// A listing entry's path is never longer than a valid path, and an entry
+/// cut short is malformed (not read as a shorter listing).
+#[test]
+fn listings_with_bad_entries_are_malformed() {
+    let long = "a".repeat(crate::paths::MAX_PATH_BYTES + 1);
+    let mut payload = (long.len() as u16).to_be_bytes().to_vec();
+    payload.extend_from_slice(long.as_bytes());
+    payload.extend_from_slice(&[0; 32]);
+    assert!(parse_payload(LISTING, &payload).is_err());
+    let whole = Frame::Listing {
+        entries: vec![("a".into(), [1; 32])],
+    }
+    .to_bytes();
+    assert!(parse_payload(LISTING, &whole[HEADER_LEN..whole.len() - 1]).is_err());
+    assert_eq!(Frame::listed_len("a"), whole.len() - HEADER_LEN);
 }

@@ -1,6 +1,7 @@
 //! Opening a session with one receiver: resolve its name (off the runtime),
 //! TCP, TLS with the pinned receiver (plaintext only to loopback), `Hello`,
-//! and its `Welcome`, every step bounded by [`CONNECT_TIMEOUT`]. What the
+//! and its `Welcome`, every step bounded by [`CONNECT_TIMEOUT`]; or, for
+//! `shipper verify`, the same connection opened with `Inquire` instead. What the
 //! Welcome means for the receiver is decided by the caller.
 
 use std::net::SocketAddr;
@@ -57,6 +58,43 @@ pub(super) async fn connect(
     peer_timeout: Duration,
     max_rate: Option<u64>,
 ) -> Result<Session, String> {
+    let (mut conn, addr, delivered) = reach(receiver, tls, peer_timeout).await?;
+    if let Some(rate) = max_rate {
+        conn = conn.with_max_rate(rate);
+    }
+    let session = hello(conn, id, addr, tls.is_some()).await?;
+    Ok(Session {
+        delivered,
+        ..session
+    })
+}
+
+/// Connect to `receiver` as sender `id` and ask for its root's listing
+/// (`Inquire`): a connection of its own, so the session carrying bundles
+/// is not replaced. The caller reads the listing.
+pub(in crate::sender) async fn inquire(
+    receiver: &str,
+    id: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    peer_timeout: Duration,
+) -> Result<Connection<Stream>, String> {
+    let (mut conn, _, _) = reach(receiver, tls, peer_timeout).await?;
+    let inquire = Frame::Inquire {
+        version: PROTOCOL_VERSION,
+        sender: id.to_owned(),
+    };
+    conn.write_frame(&inquire)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// TCP and TLS to `receiver`: each address in turn until one answers TCP.
+async fn reach(
+    receiver: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    peer_timeout: Duration,
+) -> Result<(Connection<Stream>, SocketAddr, Option<Delivered>), String> {
     let target = receiver.to_owned();
     let addrs = tokio::task::spawn_blocking(move || resolve(&target))
         .await
@@ -72,15 +110,8 @@ pub(super) async fn connect(
                 }
                 let delivered = Delivered::of(stream.as_fd());
                 let stream = secure(stream, addr, tls).await?;
-                let mut conn = Connection::new(stream).with_peer_timeout(peer_timeout);
-                if let Some(rate) = max_rate {
-                    conn = conn.with_max_rate(rate);
-                }
-                let session = hello(conn, id, addr, tls.is_some()).await?;
-                return Ok(Session {
-                    delivered,
-                    ..session
-                });
+                let conn = Connection::new(stream).with_peer_timeout(peer_timeout);
+                return Ok((conn, addr, delivered));
             }
             Ok(Err(e)) => last = e.to_string(),
             Err(_) => last = format!("no connection within {CONNECT_TIMEOUT:?}"),

@@ -12,6 +12,7 @@ mod exchange;
 mod handoff;
 
 pub(super) use backoff::Backoff;
+pub(super) use connect::inquire;
 pub(super) use handoff::{TransportEvent, release_now, update_peer};
 
 use std::collections::VecDeque;

@@ -1,0 +1,369 @@
+//! `shipper verify` in the sender: the source's listing against each
+//! receiver's root, and the repair.
+//!
+//! The loop hands a verify task what it knows ([`Known`]: what was shipped,
+//! what is pending or on its way) and goes on; the task lists the source
+//! off the runtime (a file's hash is read only when its stat is not the one
+//! it was shipped with), asks each receiver for its root's listing over a
+//! connection of its own (`Inquire`: the session carrying bundles is left
+//! alone), and compares them ([`crate::drift::compare`]). A repair goes
+//! back to the loop ([`RepairRequest`]), which puts the paths in doubt so
+//! they ship as they are now, and flushes; the task waits for that flush.
+//! Nothing is ever deleted on a receiver but an extra the operator asked to
+//! delete (`--delete-extra`) and the source still lacks.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tracing::info;
+
+use super::start::TlsConfig;
+use super::transport::inquire;
+use crate::control::Response;
+use crate::drift::{self, Listing, ReceiverDrift, Repair, VerifyReport};
+use crate::ledger::Files;
+use crate::paths::Excludes;
+use crate::proto::Frame;
+use crate::proto::connection::ConnError;
+use crate::source_dir::SourceDir;
+
+/// The most files a root's listing may name: far beyond any web root, and
+/// a bound on what a receiver can make the sender hold.
+const MAX_LISTED: usize = 50_000_000;
+/// How long a repair waits for its bundles' acknowledgement.
+const REPAIR_WAIT: Duration = Duration::from_secs(300);
+
+/// What every verify of this sender shares.
+pub(super) struct Verifier {
+    pub(super) id: String,
+    pub(super) receivers: Vec<String>,
+    pub(super) tls: Vec<TlsConfig>,
+    pub(super) peer_timeout: Duration,
+    pub(super) exclude: Excludes,
+    /// Where a verify hands its repair to the sender's loop.
+    pub(super) repairs: mpsc::Sender<RepairRequest>,
+}
+
+/// What the loop knows as a verify starts.
+pub(super) struct Known {
+    pub(super) source: PathBuf,
+    /// Never listed: the sender's state_dir, if inside the source.
+    pub(super) ignore: Vec<PathBuf>,
+    /// What was shipped of each path: its hash stands for the file's
+    /// content while the file keeps the stat it was shipped with.
+    pub(super) shipped: Files,
+    /// Paths with a change not shipped yet, or not yet acknowledged.
+    pub(super) pending: HashSet<String>,
+}
+
+/// A verify's repair, for the loop: ship `upserts` as they are, delete
+/// `deletions` (extras) unless the source has them now, then flush and
+/// answer on `reply` as a flush does.
+pub(super) struct RepairRequest {
+    pub(super) upserts: Vec<String>,
+    pub(super) deletions: Vec<String>,
+    pub(super) reply: oneshot::Sender<Response>,
+    pub(super) wait: Duration,
+}
+
+impl Verifier {
+    /// Verify in a task of its own, answering on `reply`.
+    pub(super) fn spawn(
+        self: &Arc<Self>,
+        known: Known,
+        repair: bool,
+        delete_extra: bool,
+        reply: oneshot::Sender<Response>,
+    ) {
+        let v = self.clone();
+        tokio::spawn(async move {
+            let answer = match v.verify(known, repair || delete_extra, delete_extra).await {
+                Ok(report) => Response::Verified(Box::new(report)),
+                Err(message) => Response::Error { message },
+            };
+            let _ = reply.send(answer);
+        });
+    }
+
+    async fn verify(
+        &self,
+        known: Known,
+        repair: bool,
+        delete_extra: bool,
+    ) -> Result<VerifyReport, String> {
+        let Known {
+            source,
+            ignore,
+            shipped,
+            pending,
+        } = known;
+        let exclude = self.exclude.clone();
+        let (listing, source_hashed, pending) = tokio::task::spawn_blocking(move || {
+            list_source(&source, &exclude, &ignore, &shipped, &pending)
+                .map(|(listing, hashed)| (listing, hashed, pending))
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("listing the source: {e}"))?;
+        let mut report = VerifyReport {
+            source_files: listing.len() as u64,
+            source_hashed,
+            ..VerifyReport::default()
+        };
+        for (i, receiver) in self.receivers.iter().enumerate() {
+            let mut r = ReceiverDrift {
+                receiver: receiver.clone(),
+                ..ReceiverDrift::default()
+            };
+            match self.root_listing(i).await {
+                Ok((root, hashed, others)) => {
+                    r.files = root.len() as u64;
+                    r.hashed = hashed;
+                    r.other_senders = others;
+                    r.drift = drift::compare(&listing, &root, &|p| pending.contains(p));
+                }
+                Err(e) => r.error = Some(e),
+            }
+            info!(receiver = %receiver, in_step = r.drift.in_step(), missing = r.drift.missing.len(), different = r.drift.different.len(), extra = r.drift.extra.len(), error = r.error.as_deref().unwrap_or(""), "verified");
+            report.receivers.push(r);
+        }
+        if repair {
+            report.repair = self.repair(&report, delete_extra).await;
+        }
+        Ok(report)
+    }
+
+    /// Root's listing from receiver `i`, without what this sender's
+    /// excludes cover (never the source's, so never extra); and how many
+    /// files the receiver read to list it, and how many other senders ship
+    /// to it.
+    async fn root_listing(&self, i: usize) -> Result<(Listing, u64, u64), String> {
+        let receiver = &self.receivers[i];
+        let tls = self.tls[i].as_ref();
+        let mut conn = inquire(receiver, &self.id, tls, self.peer_timeout).await?;
+        let mut root = Listing::new();
+        loop {
+            let frame = conn.expect_frame().await.map_err(|e| match e {
+                ConnError::Closed => "closed the connection before its listing ended (a receiver older than this sender cannot answer verify)".to_owned(),
+                e => e.to_string(),
+            })?;
+            match frame {
+                Frame::Listing { .. } if root.len() >= MAX_LISTED => {
+                    return Err(format!("listed more than {MAX_LISTED} files"));
+                }
+                Frame::Listing { entries } => {
+                    root.extend(
+                        entries
+                            .into_iter()
+                            .filter(|(p, _)| !self.exclude.is_excluded(p)),
+                    );
+                }
+                Frame::Listed {
+                    hashed,
+                    other_senders,
+                    ..
+                } => return Ok((root, hashed, other_senders)),
+                Frame::Ping => {}
+                Frame::Refuse { reason, .. } => return Err(reason),
+                other => return Err(format!("unexpected answer {other:?}")),
+            }
+        }
+    }
+
+    /// Hand the loop what drifted on any receiver and wait for the
+    /// flush that ships it. `None` when nothing is to be repaired.
+    async fn repair(&self, report: &VerifyReport, delete_extra: bool) -> Option<Repair> {
+        let mut upserts = std::collections::BTreeSet::new();
+        let mut deletions = std::collections::BTreeSet::new();
+        for r in &report.receivers {
+            upserts.extend(r.drift.missing.iter().chain(&r.drift.different).cloned());
+            if delete_extra {
+                deletions.extend(r.drift.extra.iter().cloned());
+            }
+        }
+        // A deletion goes to every receiver: with another sender's files
+        // in some root, what looks extra may be its.
+        let shared = report.receivers.iter().find(|r| r.other_senders > 0);
+        let refused = match shared {
+            Some(r) if !deletions.is_empty() => {
+                deletions.clear();
+                Some(format!(
+                    "extras not deleted: {}'s root also takes bundles from {} other sender(s), whose files look extra from here",
+                    r.receiver, r.other_senders
+                ))
+            }
+            _ => None,
+        };
+        if upserts.is_empty() && deletions.is_empty() {
+            return refused.map(|error| Repair {
+                error: Some(error),
+                ..Repair::default()
+            });
+        }
+        let mut repair = Repair {
+            files: upserts.len() as u64,
+            deletions: deletions.len() as u64,
+            ..Repair::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let request = RepairRequest {
+            upserts: upserts.into_iter().collect(),
+            deletions: deletions.into_iter().collect(),
+            reply: tx,
+            wait: REPAIR_WAIT,
+        };
+        let answer = match self.repairs.send(request).await {
+            Ok(()) => rx.await.ok(),
+            Err(_) => None,
+        };
+        match answer {
+            Some(Response::Flushed {
+                first_seq,
+                last_seq,
+                held_deletions,
+                ..
+            }) => {
+                let seqs = if first_seq == last_seq {
+                    format!("sequence {last_seq}")
+                } else {
+                    format!("sequences {first_seq}-{last_seq}")
+                };
+                repair.outcome = format!("shipped in {seqs}; acknowledged{}", held(held_deletions))
+            }
+            Some(Response::NothingToShip { held_deletions }) => {
+                repair.outcome = format!(
+                    "nothing to ship: the changes were already on their way{}",
+                    held(held_deletions)
+                )
+            }
+            Some(Response::Error { message }) => repair.error = Some(message),
+            _ => repair.error = Some("the sender stopped before the repair was shipped".into()),
+        }
+        if let Some(why) = refused {
+            repair.error = Some(match repair.error {
+                Some(e) => format!("{why}; {e}"),
+                None => why,
+            });
+        }
+        Some(repair)
+    }
+}
+
+/// What a repair says of the deletions the mass-deletion guard holds.
+fn held(deletions: u64) -> String {
+    match deletions {
+        0 => String::new(),
+        n => format!(
+            "; {n} deletions held by the mass-deletion guard: ship them with `shipper flush --allow-mass-delete`"
+        ),
+    }
+}
+
+/// The source's regular files with their hashes, and how many were read:
+/// a file whose stat is the one it was shipped with (not racy) has the
+/// hash it was shipped with. A file gone meanwhile is left out (its
+/// deletion is pending), and so is a pending one that cannot be read (it
+/// is retried, and listed as failing by `shipper status`). Blocking.
+fn list_source(
+    dir: &Path,
+    exclude: &Excludes,
+    ignore: &[PathBuf],
+    shipped: &Files,
+    pending: &HashSet<String>,
+) -> std::io::Result<(Listing, u64)> {
+    let walk = crate::watch::walk(dir, dir, exclude, ignore);
+    if let Some((at, e)) = walk.unreadable.first() {
+        return Err(std::io::Error::other(format!("{at}: {e}")));
+    }
+    let source = SourceDir::open(dir)?;
+    let mut listing = Listing::new();
+    let mut hashed = 0;
+    for (path, stamp) in walk.files {
+        if !stamp.kind.is_file() {
+            continue;
+        }
+        let known = shipped
+            .meta(&path)
+            .filter(|m| m.matches(&stamp) && !m.racy)
+            .and_then(|m| m.hash().copied());
+        let hash = match known {
+            Some(h) => h,
+            None => {
+                hashed += 1;
+                match source.hash_file(&path) {
+                    Ok(h) => h,
+                    Err(e) if crate::watch::is_gone(&e) || pending.contains(&path) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        listing.insert(path, hash);
+    }
+    Ok((listing, hashed))
+}
+
+impl super::Sender {
+    /// `shipper verify`: start a verify task with what the loop knows now.
+    pub(super) fn start_verify(
+        &mut self,
+        repair: bool,
+        delete_extra: bool,
+        reply: oneshot::Sender<Response>,
+    ) {
+        if self.source.missing().is_some() {
+            let message = self.source.holding_message();
+            let _ = reply.send(Response::Error { message });
+            return;
+        }
+        let changes = &self.book.changes;
+        let mut pending: HashSet<String> = changes
+            .pending_upserts()
+            .chain(changes.pending_deletes())
+            .map(str::to_owned)
+            .collect();
+        pending.extend(self.outbox.in_flight());
+        let known = Known {
+            source: self.source.dir().to_path_buf(),
+            ignore: vec![self.state_dir.clone()],
+            shipped: self.book.shipped.files().clone(),
+            pending,
+        };
+        self.verifier.spawn(known, repair, delete_extra, reply);
+    }
+
+    /// A verify's repair: its paths ship as they are now, in doubt (so
+    /// their content travels whatever the ledger says), and a flush sends
+    /// them at once. An extra is deleted only while the source lacks it.
+    pub(super) fn on_repair(&mut self, r: RepairRequest, next_tick: std::time::Instant) {
+        if self.paused {
+            let message = "the sender is paused: the repair would not ship until `shipper resume`";
+            let _ = r.reply.send(Response::Error {
+                message: message.into(),
+            });
+            return;
+        }
+        let now = std::time::Instant::now();
+        self.book.sources_not_held(&r.upserts, now);
+        let source = &self.source;
+        let gone: Vec<String> = super::source::blocking(|| {
+            r.deletions
+                .into_iter()
+                .filter(|p| source.absent(p))
+                .collect()
+        });
+        for path in &gone {
+            self.book.shipped.doubt(path);
+            self.book.changes.removed(path, now);
+        }
+        info!(
+            files = r.upserts.len(),
+            deletions = gone.len(),
+            "repairing drift found by verify"
+        );
+        self.flushes.request(false, now + r.wait, r.reply);
+        self.maybe_pack(true, next_tick);
+    }
+}
