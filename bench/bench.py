@@ -33,6 +33,9 @@ tools alternating within each run; ratios are shipper/peer):
      ship over the slow link of 2, shipper at interval 1s; time from the
      end of the rewrite until root has every new mtime (goal: within
      interval + 10 s), and one rsync -z run over the same link.
+ 10. verify: `shipper verify` of an in-step tree of 11,000 pages (the
+     receiver's first listing hashes every file; later ones use its cache)
+     vs `rsync -a --delete --dry-run -c` over the same trees.
 Standard library only.
 """
 import argparse, asyncio, hashlib, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
@@ -719,6 +722,33 @@ def slow_rewrite(work, keys, pages, images, runs):
     return total, ship, rs
 
 
+def verify_in_step(work, keys, files, runs):
+    """Workload 10: an in-step tree of `files` pages; per run, `shipper
+    verify` (its first run hashes root whole, later runs are cached) and
+    one `rsync -a --delete --dry-run -c`, alternating first."""
+    src = os.path.join(work, "src")
+    make_site(src, files)
+    s, d = first_ship(work, keys, src)
+    def verify():
+        t0 = time.monotonic()
+        r = subprocess.run([BIN, "verify", "--config", s.scfg], capture_output=True, text=True)
+        assert r.returncode == 0, f"verify exit {r.returncode}: {r.stdout} {r.stderr}"
+        return time.monotonic() - t0
+    first = verify()
+    ship, rs = [], []
+    for run in range(runs):
+        for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
+            if who == "shipper":
+                ship.append(verify())
+            else:
+                rs.append(rsync_stats(src, d.url, extra=("--delete", "--dry-run", "-c"))[0])
+        print(f"verify run {run}: shipper {ship[-1]:.2f}s, rsync -c dry run {rs[-1]:.2f}s (first verify {first:.2f}s)", flush=True)
+    s.stop()
+    d.stop_rss_mib()
+    shutil.rmtree(work)
+    return first, ship, rs
+
+
 def pct(v, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
@@ -727,7 +757,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller workloads, for trying the harness")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10")
     args = ap.parse_args()
     only = set(args.only.split(","))
     ensure_tools()
@@ -866,6 +896,14 @@ def main():
                 rows.append(("9. identical rewrite over the slow link", wl + f", {total / 2**20:.0f} MiB",
                              f"rewrite to visible {st:.2f} s, {sb / 1024:.0f} KiB", f"one rsync -z run {rt:.2f} s", st / 11.0, "≤ 1.0",
                              "ratio here: shipper's time / (interval 1 s + 10 s), the goal of issue 14"))
+        if "10" in only:
+            files = 1100 if q else 11000
+            first, ship, rs = verify_in_step(os.path.join(base, "vf"), keys, files, args.runs)
+            m_s, m_r = statistics.median(ship), statistics.median(rs)
+            wl = f"{files} pages in step"
+            rows.append(("10. verify, in step", wl, f"{m_s * 1000:.0f} ms (first, hashing root whole: {first * 1000:.0f} ms)",
+                         f"rsync -a --delete --dry-run -c {m_r * 1000:.0f} ms", m_s / m_r, "≤ 2.0",
+                         f"first verify / rsync: {first / m_r:.2f}"))
     finally:
         fs.close()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")

@@ -232,15 +232,17 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             .map_err(|_| ConnError::Timeout(limit))?
     }
 
-    /// The peer's next frame other than `Ping`, within `limit` in all. Each
-    /// ping shows the peer alive, so a slow answer is waited for as long as
-    /// pings come (each read still within the peer timeout), but no longer
-    /// than `limit`, which catches a peer that pings and never answers.
+    /// The peer's next frame other than `Ping` (or `Received`, which says
+    /// how a bundle came, not what became of it), within `limit` in all.
+    /// Each ping shows the peer alive, so a slow answer is waited for as
+    /// long as pings come (each read still within the peer timeout), but no
+    /// longer than `limit`, which catches a peer that pings and never
+    /// answers.
     pub async fn expect_reply_within(&mut self, limit: Duration) -> Result<Frame, ConnError> {
         let reply = async {
             loop {
                 match self.expect_frame().await? {
-                    Frame::Ping => {}
+                    Frame::Ping | Frame::Received { .. } => {}
                     other => return Ok(other),
                 }
             }
