@@ -52,6 +52,19 @@ pub struct Report {
     /// the tree (or absolute), they stay skipped until they change.
     pub skipped_links: Vec<SkippedLink>,
     pub bundles: Vec<(u64, Summary)>,
+    /// Large files packed with their bytes and not signed yet: signed off
+    /// the packing path, by the sender's signer, if they still hold this
+    /// content then.
+    pub unsigned: Vec<Unsigned>,
+}
+
+/// A large file packed (found with `stamp`, content `hash`) that has no
+/// signature for its content yet.
+#[derive(Debug, Clone)]
+pub struct Unsigned {
+    pub path: String,
+    pub stamp: crate::stamp::Stamp,
+    pub hash: blake3::Hash,
 }
 
 /// A symlink that is not shipped.

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use super::cutter::{Cutter, Report};
+use super::cutter::{Cutter, Report, Unsigned};
 use super::delta::{Chunk, Chunker, DELTA_MIN, Recipe, Signature};
 use super::manifest::{FileMeta, delta_entry_name};
 use super::source_read::{Outcome, Sinks, Source};
@@ -26,53 +26,56 @@ pub trait Signatures: Sync {
     fn forget(&self, path: &str);
 }
 
-/// How a file packed with its bytes is signed for later deltas: chunked
-/// as it is read, or signed already (when its delta did not pay).
+/// How a file packed with its bytes is signed for later deltas: later,
+/// off the packing path (chunking a first ship of large files inline cost
+/// it half a second per GiB on two cores: bench workload 5), or now, from
+/// the read that found its delta would not pay.
 pub(super) enum Signing<'a> {
-    Chunk(&'a dyn Signatures),
+    Later,
     Done(&'a dyn Signatures, Signed),
 }
 
 impl Signing<'_> {
-    /// What to cut the bytes read with, if they still need cutting.
-    pub(super) fn chunker(&self) -> Option<Chunker> {
-        matches!(self, Signing::Chunk(_)).then(Chunker::default)
-    }
-
-    /// The file was packed with `stamp` and content `hash`, its bytes cut
-    /// by `chunker` if they needed cutting: store its signature. (One made
-    /// before a read that found other content is not stored.)
+    /// The file was packed with `stamp` and content `hash`: store its
+    /// signature, or note it in `report` to be signed. (One made by a read
+    /// that found other content is not stored.)
     pub(super) fn store(
         self,
+        report: &mut Report,
         rel: &str,
-        (stamp, hash): (&Stamp, blake3::Hash),
-        chunker: Option<Chunker>,
+        (stamp, hash): (Stamp, blake3::Hash),
     ) {
-        match (self, chunker) {
-            (Signing::Chunk(signs), Some(chunker)) => {
-                signs.put(rel, &Signature::of(stamp, hash, chunker))
+        match self {
+            Signing::Later => report.unsigned.push(Unsigned {
+                path: rel.to_owned(),
+                stamp,
+                hash,
+            }),
+            Signing::Done(signs, signed) if signed.hash == hash => {
+                signs.put(rel, &signed.signature(stamp.size));
             }
-            (Signing::Done(signs, signed), _) if signed.hash == hash => {
-                let chunks = signed.chunks;
-                signs.put(
-                    rel,
-                    &Signature {
-                        size: stamp.size,
-                        hash: *hash.as_bytes(),
-                        chunks,
-                    },
-                );
-            }
-            _ => {}
+            Signing::Done(..) => {}
         }
     }
 }
 
-/// A changed file signed afresh: its content hash and chunks.
+/// A file signed: its content hash and chunks.
 #[derive(Debug, PartialEq, Eq)]
-pub(super) struct Signed {
-    pub(super) hash: blake3::Hash,
-    pub(super) chunks: Vec<Chunk>,
+pub struct Signed {
+    pub hash: blake3::Hash,
+    pub chunks: Vec<Chunk>,
+}
+
+impl Signed {
+    /// Its signature, for a file of `size` bytes.
+    pub fn signature(self, size: u64) -> Signature {
+        let hash = *self.hash.as_bytes();
+        Signature {
+            size,
+            hash,
+            chunks: self.chunks,
+        }
+    }
 }
 
 /// A delta worth sending: the old version it is rebuilt from, how, and
@@ -105,9 +108,14 @@ pub(super) fn base_of(
 }
 
 /// Read `rel` (found with `stamp`) whole: its BLAKE3 hash and its chunks,
-/// on two cores. `None` if it cannot be read or changed meanwhile: it is
-/// then packed as usual, which says why.
-pub(super) fn sign(dir: &SourceDir, rel: &str, stamp: Stamp, buf: &mut [u8]) -> Option<Signed> {
+/// on two cores (`quiet`: on this thread alone). `None` if it cannot be
+/// read or changed meanwhile: it is then packed as usual, which says why.
+pub fn sign(
+    dir: &SourceDir,
+    (rel, stamp): (&str, Stamp),
+    buf: &mut [u8],
+    quiet: bool,
+) -> Option<Signed> {
     use std::io::Read;
     let mut f = dir.open_file(rel).ok()?;
     let mut hasher = blake3::Hasher::new();
@@ -116,6 +124,11 @@ pub(super) fn sign(dir: &SourceDir, rel: &str, stamp: Stamp, buf: &mut [u8]) -> 
         let n = f.read(buf).ok()?;
         if n == 0 {
             break;
+        }
+        if quiet {
+            hasher.update(&buf[..n]);
+            chunker.update(&buf[..n]);
+            continue;
         }
         let mut sinks = Sinks {
             hashers: &mut [&mut hasher],
@@ -167,12 +180,7 @@ pub(super) fn pack_delta(
                 &planned.base,
                 &planned.recipe,
             );
-            let sig = Signature {
-                size: stamp.size,
-                hash: *planned.new.hash.as_bytes(),
-                chunks: planned.new.chunks,
-            };
-            signs.put(rel, &sig);
+            signs.put(rel, &planned.new.signature(stamp.size));
         }
     }
     Ok(())

@@ -62,7 +62,7 @@ pub(super) fn known(
     let Some(base) = signs.and_then(|s| base_of(s, path, previous, &stamp)) else {
         return compare(at.dir, (path, stamp), previous, held, buf);
     };
-    let Some(signed) = sign(at.dir, path, stamp, buf) else {
+    let Some(signed) = sign(at.dir, (path, stamp), buf, false) else {
         return Known::New;
     };
     match judge(at.dir, (path, stamp), previous, held, signed.hash) {

@@ -40,7 +40,6 @@ pub(super) fn pack_large(
     let options = src.entry_options();
     let mut cvs = Vec::with_capacity(count as usize);
     let mut overtaken = false;
-    let mut chunker = signing.as_ref().and_then(Signing::chunker);
     for index in 0..count {
         let offset = u64::from(index) * chunk;
         let size = chunk.min(stamp.size - offset);
@@ -49,7 +48,7 @@ pub(super) fn pack_large(
         let mut part = PartHashes::Tree.hasher(offset);
         let sinks = Sinks {
             hashers: &mut [&mut part],
-            chunker: chunker.as_mut(),
+            chunker: None,
         };
         match src.write_entry(&mut b.zip, &name, options, &[(offset, size)], sinks)? {
             Outcome::Copied { overtaken: o } => overtaken |= o,
@@ -92,7 +91,7 @@ pub(super) fn pack_large(
             }
             b.ship(rel, FileMeta::of(&stamp, hash.to_hex().to_string()));
             if let Some(signing) = signing.take() {
-                signing.store(rel, (&stamp, hash), chunker.take());
+                signing.store(report, rel, (stamp, hash));
             }
         }
     }

@@ -12,11 +12,14 @@
 //! `zip_entry.rs` picks deflate or store, `limits.rs` says how large things
 //! may be.
 //!
-//! A file is read once into the bundle: the bytes go to the zip entry, to
-//! BLAKE3 and (from 4 MiB) to the chunker that signs it in the same pass.
-//! Only a file the receivers may hold is read before (`known.rs`): one of a
-//! size they hold, or one whose old version was signed, which that read
-//! signs afresh (a delta then reads only its changed bytes again). Its size, mtime and inode are checked before and after; a file
+//! A file is read once into the bundle: the bytes go to the zip entry and
+//! to BLAKE3 in the same pass (a file of 4 MiB or more is then noted in
+//! [`Report::unsigned`], for the sender to sign off the packing path). Only
+//! a file the receivers may hold is read before (`known.rs`): one of a size
+//! they hold, or one whose old version was signed, which that read signs
+//! afresh (a delta then reads only its changed bytes again).
+//!
+//! A file's size, mtime and inode are checked before and after; a file
 //! that changed meanwhile is dropped from the bundle (`abort_file`) and handed
 //! back as pending instead of shipping torn, unless it is overdue (it reached
 //! `max_delay` without settling): then a snapshot of it ships, a reflink
@@ -36,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use super::cutter::Cutter;
 use super::delta::DELTA_MIN;
-use super::delta_pack::{Planned, Signed, Signing, pack_delta};
+use super::delta_pack::{Planned, Signing, pack_delta};
 use super::known::{Known, Lookups, known};
 use super::large::pack_large;
 use super::manifest::FileMeta;
@@ -47,8 +50,8 @@ use crate::source_dir::SourceDir;
 use crate::stamp::{Kind, Stamp};
 
 // What other modules use of the sender's side, whichever room it lives in.
-pub use super::cutter::{Packed, Report, SkippedLink, bundle_file_name, is_outbox_name};
-pub use super::delta_pack::Signatures;
+pub use super::cutter::{Packed, Report, SkippedLink, Unsigned, bundle_file_name, is_outbox_name};
+pub use super::delta_pack::{Signatures, Signed, sign};
 pub use super::limits::{Limits, MIN_CHUNK_SIZE};
 pub use super::writer::with_path;
 pub use super::zip_entry::is_precompressed;
@@ -417,7 +420,7 @@ impl Run<'_> {
         let signs = self.signs.filter(|_| src.stamp.size >= DELTA_MIN);
         let signing = signs.map(|s| match signed {
             Some(signed) => Signing::Done(s, signed),
-            None => Signing::Chunk(s),
+            None => Signing::Later,
         });
         if src.stamp.size > chunk_size {
             pack_large(&mut self.cut, self.report, src, signing)
@@ -493,10 +496,9 @@ fn pack_whole(
     let b = cut.room_for(report, need(rel, stamp.size), rel)?;
     let options = src.entry_options();
     let mut hasher = blake3::Hasher::new();
-    let mut chunker = signing.as_ref().and_then(Signing::chunker);
     let sinks = Sinks {
         hashers: &mut [&mut hasher],
-        chunker: chunker.as_mut(),
+        chunker: None,
     };
     match src.write_entry(&mut b.zip, rel, options, &[(0, stamp.size)], sinks)? {
         Outcome::Lost(why) => report.lost(rel, why),
@@ -507,7 +509,7 @@ fn pack_whole(
             let hash = hasher.finalize();
             b.add_file(rel, stamp, hash);
             if let Some(signing) = signing {
-                signing.store(rel, (&stamp, hash), chunker);
+                signing.store(report, rel, (stamp, hash));
             }
         }
     }

@@ -136,6 +136,7 @@ fn a_report_updates_what_was_shipped_and_what_fails() {
         failed: vec![("locked".to_string(), "EACCES".to_string())],
         bundles: Vec::new(),
         skipped_links: Vec::new(),
+        unsigned: Vec::new(),
     };
     let accounted = b.record(&report, now);
     assert_eq!(accounted.len(), 4);

@@ -28,7 +28,7 @@ use super::flush::Flushes;
 use super::held::Lookup;
 use super::link_rate::LinkRates;
 use super::outbox::Outbox;
-use super::signatures::SignatureStore;
+use super::signatures::{SignatureStore, Signer};
 use super::source::Source;
 use super::state::SenderState;
 use super::transport::{Backoff, TransportEvent, release_now, update_peer};
@@ -72,8 +72,10 @@ pub(super) struct Handles {
     /// together, whether a packing run deflates.
     pub(super) link_rates: Arc<LinkRates>,
     pub(super) compress: Compress,
-    /// The large files' signatures, for deltas.
+    /// The large files' signatures, for deltas, and what signs those the
+    /// packer packed unsigned.
     pub(super) signatures: Arc<SignatureStore>,
+    pub(super) signer: Arc<Signer>,
 }
 
 impl Handles {
@@ -410,7 +412,7 @@ impl Cut {
     /// receiver.
     pub(super) fn finished(
         &mut self,
-        report: Report,
+        mut report: Report,
         result: std::io::Result<()>,
         book: &mut Book,
         flushes: &mut Flushes,
@@ -430,6 +432,9 @@ impl Cut {
         let taken = std::mem::take(&mut self.taken);
         let accounted = book.record(&report, now);
         flushes.bundles_packed(&report.bundles);
+        self.handles
+            .signer
+            .sign(std::mem::take(&mut report.unsigned));
         match result {
             Ok(()) => {
                 book.clear_failing(&taken, &report.failed);

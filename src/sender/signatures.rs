@@ -9,16 +9,25 @@
 //! of thousands, would cost more than they save). Failing to store one is
 //! logged once, and costs the same. At start, signatures of paths the
 //! sender no longer ships are removed.
+//!
+//! A large file packed with its bytes is signed here too, off the packing
+//! path ([`Signer`]): a thread of the lowest priority (`SCHED_IDLE`) reads
+//! it again once the packer has noted it, and stores its signature if the
+//! file still holds the content packed. Chunking it inline cost a first
+//! ship half a second per GiB on two cores; idle, it costs nothing the
+//! ship waits for, and a change that comes before it is done ships whole.
 
 use std::path::{Path, PathBuf};
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tracing::warn;
 
 use crate::bundle::delta::Signature;
-use crate::bundle::pack::Signatures;
+use crate::bundle::pack::{Signatures, Unsigned, sign};
 use crate::durable;
+use crate::source_dir::SourceDir;
 
 /// The largest signature file read: a file of some 500 GiB has one this
 /// large (20 bytes per chunk of about 40 KiB).
@@ -95,6 +104,69 @@ impl Signatures for SignatureStore {
     }
 }
 
+/// Signs large files in the background (see the module's head): what the
+/// packer noted as unsigned goes to [`Signer::sign`].
+pub(super) struct Signer {
+    queue: std::sync::Mutex<std::sync::mpsc::Sender<Unsigned>>,
+}
+
+impl Signer {
+    /// Start the signing thread for files of `source`, storing into `store`.
+    pub(super) fn spawn(store: Arc<SignatureStore>, source: PathBuf) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Unsigned>();
+        std::thread::Builder::new()
+            .name("shipper-signer".into())
+            .spawn(move || {
+                run_idle();
+                let mut buf = vec![0u8; 1 << 20];
+                for u in rx {
+                    sign_one(&store, &source, &u, &mut buf);
+                }
+            })?;
+        Ok(Self {
+            queue: std::sync::Mutex::new(tx),
+        })
+    }
+
+    /// Sign `files` when nothing else wants the CPU.
+    pub(super) fn sign(&self, files: Vec<Unsigned>) {
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        for u in files {
+            // The thread only ends with the process.
+            let _ = queue.send(u);
+        }
+    }
+}
+
+/// Sign `u` if the file still holds the content packed (its stamp
+/// unchanged, its hash the one packed).
+fn sign_one(store: &SignatureStore, source: &Path, u: &Unsigned, buf: &mut [u8]) {
+    let Ok(dir) = SourceDir::open(source) else {
+        return;
+    };
+    if let Some(signed) = sign(&dir, (&u.path, u.stamp), buf, true)
+        && signed.hash == u.hash
+    {
+        store.put(&u.path, &signed.signature(u.stamp.size));
+    }
+}
+
+/// Give this thread the lowest CPU priority there is: it runs only when
+/// no other thread wants the core (`SCHED_IDLE`, else nice 19).
+fn run_idle() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain calls on the calling thread (pid 0) with a valid,
+        // initialised parameter; failure is reported, not undefined.
+        let idle = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        // SAFETY: as above: the calling thread's own nice value.
+        if !idle && unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+            tracing::debug!("cannot lower the signing thread's priority");
+        }
+    }
+}
+
 /// Write `bytes` to a temporary name beside `file` and rename it over
 /// `file`: a reader finds the old signature or the new, or (after a crash)
 /// one its checksum refuses.
@@ -144,5 +216,40 @@ mod tests {
             .unwrap()
             .count();
         assert_eq!(left, 0, "nothing left behind");
+    }
+
+    /// A file packed unsigned is signed in the background if it still
+    /// holds what was packed; one that changed meanwhile is not.
+    #[test]
+    fn the_signer_signs_what_still_holds_its_packed_content() {
+        use crate::stamp::Stamp;
+        let t = tempfile::tempdir().unwrap();
+        let source = t.path().join("src");
+        std::fs::create_dir_all(&source).unwrap();
+        let body = vec![3u8; 300_000];
+        std::fs::write(source.join("same"), &body).unwrap();
+        std::fs::write(source.join("moved"), &body).unwrap();
+        let dir = SourceDir::open(&source).unwrap();
+        let unsigned = |path: &str| Unsigned {
+            path: path.into(),
+            stamp: Stamp::of_stat(&dir.stat(path).unwrap()),
+            hash: blake3::hash(&body),
+        };
+        let (same, moved) = (unsigned("same"), unsigned("moved"));
+        std::fs::write(source.join("moved"), b"other").unwrap();
+        let store = Arc::new(SignatureStore::open(&t.path().join("signatures")).unwrap());
+        let signer = Signer::spawn(store.clone(), source.clone()).unwrap();
+        signer.sign(vec![moved, same]);
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.get("same").is_none() {
+            assert!(std::time::Instant::now() < end, "never signed");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let sig = store.get("same").unwrap();
+        assert_eq!(
+            (sig.size, sig.hash),
+            (300_000, *blake3::hash(&body).as_bytes())
+        );
+        assert_eq!(store.get("moved"), None, "signed after it changed");
     }
 }

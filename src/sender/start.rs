@@ -25,7 +25,7 @@ use super::link_rate::LinkRates;
 use super::outbox::{Outbox, outbox_budget};
 use super::report::Links;
 use super::shipped::Shipped;
-use super::signatures::SignatureStore;
+use super::signatures::{SignatureStore, Signer};
 use super::state::SenderState;
 use super::transport::{Link, TransportEvent, transport};
 use crate::state_lock::StateLock;
@@ -209,6 +209,7 @@ pub(super) fn share(
     let (events, events_rx) = mpsc::unbounded_channel();
     let signatures = SignatureStore::open(&stores.state_dir.join("signatures"))?;
     let pruned = signatures.prune(|path| stores.shipped.has(path));
+    let signatures = Arc::new(signatures);
     if pruned > 0 {
         info!(
             signatures = pruned,
@@ -228,7 +229,11 @@ pub(super) fn share(
         receivers: cfg.receivers.clone(),
         link_rates: Arc::new(LinkRates::new(cfg.receivers.len())),
         compress: cfg.compress,
-        signatures: Arc::new(signatures),
+        signer: Arc::new(
+            Signer::spawn(signatures.clone(), cfg.source.clone())
+                .context("starting the thread that signs large files")?,
+        ),
+        signatures,
     };
     Ok((handles, stores.shipped, events_rx))
 }

@@ -20,6 +20,16 @@ fn changed(body: &[u8], at: usize, len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Wait until the sender holds `n` signatures: it signs large files it
+/// packed whole in the background, when nothing else wants the CPU.
+async fn signed(env: &Env, n: usize) {
+    let dir = env.path().join("state-s/signatures");
+    wait_until("the large files signed", || {
+        std::fs::read_dir(&dir).is_ok_and(|d| d.count() == n)
+    })
+    .await;
+}
+
 /// Wait until root's `rel` is `body`.
 async fn arrived(env: &Env, rel: &str, body: &[u8]) {
     wait_until("the new version in root", || {
@@ -80,6 +90,7 @@ async fn each_change_sends_about_its_region(extra: &str) {
     let s = env.start_sender(r.addr, extra);
     wait_in_sync(&env).await;
     wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    signed(&env, 1).await;
 
     let v2 = changed(&v1, BIG / 2, 512 << 10, 2);
     env.write("media/video.mp4", &v2);
@@ -141,6 +152,7 @@ async fn a_delta_the_receiver_cannot_rebuild_is_sent_whole() {
     let s = env.start_sender(r.addr, "");
     wait_in_sync(&env).await;
     wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    signed(&env, 1).await;
     std::fs::write(env.root().join("big.bin"), changed(&v1, 10, 10, 6)).unwrap();
 
     let v2 = changed(&v1, BIG / 3, 200_000, 7);
@@ -176,6 +188,7 @@ async fn replaying_a_delta_names_what_it_needs_or_finds_it_done() {
     let s = env.start_sender(r.addr, "");
     wait_in_sync(&env).await;
     wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    signed(&env, 1).await;
     let v2 = changed(&v1, 4096, 4096, 9);
     env.write("big.bin", &v2);
     arrived(&env, "big.bin", &v2).await;
@@ -227,6 +240,7 @@ async fn a_large_files_signature_goes_when_the_file_does() {
     wait_in_sync(&env).await;
     let signatures = env.path().join("state-s/signatures");
     let count = || std::fs::read_dir(&signatures).map_or(0, |d| d.count());
+    signed(&env, 1).await;
     assert_eq!(count(), 1, "one signature, for the large file only");
     std::fs::remove_file(env.src().join("big.bin")).unwrap();
     wait_in_sync(&env).await;
@@ -324,6 +338,7 @@ async fn after_a_whole_rewrite_or_a_rename_the_next_change_is_a_delta() {
     let s = env.start_sender(r.addr, "");
     wait_in_sync(&env).await;
     wait_until("the first ship archived", || !env.archived().is_empty()).await;
+    signed(&env, 2).await;
 
     let a2 = noise(BIG, 22);
     env.write("a.bin", &a2);
