@@ -50,11 +50,9 @@ impl SourceDir {
             .map_err(|e| self.error(rel, e))
     }
 
-    /// The metadata of `rel` itself (not what a symlink there points to),
-    /// reached without following a symlink in its directories.
     /// BLAKE3 of the content of the file at `rel` (`shipper verify`
     /// hashes a receiver's root this way too: no symlink followed there
-    /// either). Large reads are hashed on every core.
+    /// either).
     pub fn hash_file(&self, rel: &str) -> io::Result<[u8; 32]> {
         use std::io::Read;
         let mut f = self.open_file(rel)?;
@@ -65,10 +63,12 @@ impl SourceDir {
             if n == 0 {
                 return Ok(*hasher.finalize().as_bytes());
             }
-            hasher.update_rayon(&buf[..n]);
+            hasher.update(&buf[..n]);
         }
     }
 
+    /// The metadata of `rel` itself (not what a symlink there points to),
+    /// reached without following a symlink in its directories.
     pub fn stat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
         let (parent, name) = self.parent_of(rel)?;
         let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());

@@ -69,10 +69,16 @@ pub fn list(root: &Path, state_dir: &Path) -> io::Result<RootListing> {
         let key = Key::of(&md);
         let hash = match cache.get(&path) {
             Some((k, h)) if *k == key => *h,
-            _ => {
-                out.hashed += 1;
-                dir.hash_file(&path)?
-            }
+            _ => match dir.hash_file(&path) {
+                Ok(hash) => {
+                    out.hashed += 1;
+                    hash
+                }
+                // Replaced or removed since the walk (a bundle published
+                // meanwhile): not listed, as if the walk came a moment later.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            },
         };
         if !crate::stamp::modified_within(md.mtime(), md.mtime_nsec() as u32, RACY) {
             keep.push((path.clone(), key, hash));

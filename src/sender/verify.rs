@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
-use tracing::info;
+use tracing::{info, warn};
 
 use super::start::TlsConfig;
 use super::transport::inquire;
@@ -136,7 +136,8 @@ impl Verifier {
         Ok(report)
     }
 
-    /// Root's listing from receiver `i`, without what this sender's
+    /// Root's listing from receiver `i` (paths that cannot travel dropped:
+    /// never a repair's upsert or deletion), without what this sender's
     /// excludes cover (never the source's, so never extra); and how many
     /// files the receiver read to list it, and how many other senders ship
     /// to it.
@@ -155,11 +156,16 @@ impl Verifier {
                     return Err(format!("listed more than {MAX_LISTED} files"));
                 }
                 Frame::Listing { entries } => {
-                    root.extend(
-                        entries
-                            .into_iter()
-                            .filter(|(p, _)| !self.exclude.is_excluded(p)),
-                    );
+                    let valid = |p: &str| crate::paths::validate(p).is_ok();
+                    let (listed, invalid): (Vec<_>, Vec<_>) =
+                        entries.into_iter().partition(|(p, _)| valid(p));
+                    if let Some((p, _)) = invalid.first() {
+                        warn!(receiver = %receiver, path = ?p, paths = invalid.len(), "the receiver listed paths that cannot travel; left out of its drift");
+                    }
+                    let kept = listed
+                        .into_iter()
+                        .filter(|(p, _)| !self.exclude.is_excluded(p));
+                    root.extend(kept);
                 }
                 Frame::Listed {
                     hashed,
@@ -185,18 +191,15 @@ impl Verifier {
             }
         }
         // A deletion goes to every receiver: with another sender's files
-        // in some root, what looks extra may be its.
-        let shared = report.receivers.iter().find(|r| r.other_senders > 0);
-        let refused = match shared {
-            Some(r) if !deletions.is_empty() => {
-                deletions.clear();
-                Some(format!(
-                    "extras not deleted: {}'s root also takes bundles from {} other sender(s), whose files look extra from here",
-                    r.receiver, r.other_senders
-                ))
-            }
-            _ => None,
-        };
+        // in some root, what looks extra may be its; and a root that could
+        // not be listed may be such a one (found by review: it was taken
+        // for one holding no other sender's files).
+        let refused = (!deletions.is_empty())
+            .then(|| extras_kept(&report.receivers))
+            .flatten();
+        if refused.is_some() {
+            deletions.clear();
+        }
         if upserts.is_empty() && deletions.is_empty() {
             return refused.map(|error| Repair {
                 error: Some(error),
@@ -366,4 +369,21 @@ impl super::Sender {
         self.flushes.request(false, now + r.wait, r.reply);
         self.maybe_pack(true, next_tick);
     }
+}
+
+/// Why no extra may be deleted, if one is not: a root that also takes
+/// bundles from other senders, or one that could not be listed (which may
+/// be such a root).
+fn extras_kept(receivers: &[ReceiverDrift]) -> Option<String> {
+    if let Some(r) = receivers.iter().find(|r| r.error.is_some()) {
+        return Some(format!(
+            "extras not deleted: {} could not be listed, and its root may hold another sender's files",
+            r.receiver
+        ));
+    }
+    let r = receivers.iter().find(|r| r.other_senders > 0)?;
+    Some(format!(
+        "extras not deleted: {}'s root also takes bundles from {} other sender(s), whose files look extra from here",
+        r.receiver, r.other_senders
+    ))
 }

@@ -260,3 +260,27 @@ async fn delete_extra_never_deletes_another_senders_files() {
     s.stop().await;
     r.stop().await;
 }
+
+/// Found by review: a receiver that could not be listed (down, refusing)
+/// was taken for a root holding no other sender's files, so `--delete-extra`
+/// shipped the deletion of another root's extras to it too, where the
+/// same paths may be another sender's files. Now no extra is deleted
+/// while any receiver could not be listed, and verify says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_extra_deletes_nothing_while_a_receiver_cannot_be_listed() {
+    let env = Env::new();
+    env.write("mine.html", "mine");
+    let r = env.start_receiver("").await;
+    let down = free_addr();
+    let toml = env.sender_toml_to(&[r.addr, down], "");
+    let s = env.start_sender_from(r.addr, &toml);
+    let file = env.config_file("sender.toml", &toml);
+    wait_until("the page in root", || env.root().join("mine.html").exists()).await;
+    std::fs::write(env.root().join("extra.html"), "not the source's").unwrap();
+    let out = verify(&file, &["--delete-extra"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("could not be listed"), "{}", text(&out));
+    assert!(env.root().join("extra.html").exists(), "{}", text(&out));
+    s.stop().await;
+    r.stop().await;
+}
