@@ -599,6 +599,24 @@ def first_ship(work, keys, src):
     return s, d
 
 
+def flush_then_rsync(run, tools, src, shipped, out):
+    """One run of shipper (flush to ack, until `shipped()` holds: its time
+    and bundle bytes onto out[0]) and one rsync run (its stats onto
+    out[1]), alternating which goes first."""
+    s, d = tools
+    ship, rs = out
+    for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
+        if who == "shipper":
+            before = shipped_bytes(s)
+            t0 = time.monotonic()
+            s.flush()
+            dt = time.monotonic() - t0
+            wait(shipped, 120, 0.05)
+            ship.append((dt, shipped_bytes(s) - before))
+        else:
+            rs.append(rsync_stats(src, d.url))
+
+
 def reuse_rewrite(work, keys, pages, images, runs):
     """Workload 6: per run, the corpus rewritten identically, then shipper
     (flush to ack) and rsync (one run), alternating first."""
@@ -614,16 +632,7 @@ def reuse_rewrite(work, keys, pages, images, runs):
         # is not): written back now, so neither tool's run pays for it (a
         # bundle's syncfs would).
         os.sync()
-        for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
-            if who == "shipper":
-                before = shipped_bytes(s)
-                t0 = time.monotonic()
-                s.flush()
-                dt = time.monotonic() - t0
-                wait(lambda: mtimes(s.root) == mtimes(src), 60, 0.05)
-                ship.append((dt, shipped_bytes(s) - before))
-            else:
-                rs.append(rsync_stats(src, d.url))
+        flush_then_rsync(run, (s, d), src, lambda: mtimes(s.root) == mtimes(src), (ship, rs))
         print(f"rewrite run {run}: shipper {ship[-1][0]:.2f}s {ship[-1][1]} B, rsync {rs[-1][0]:.2f}s sent {rs[-1][1]} B received {rs[-1][2]} B", flush=True)
     assert same_content(src, s.root), "shipper: content differs"
     s.stop()
@@ -671,16 +680,7 @@ def delta_change(work, keys, mib, runs):
             f.write(os.urandom(1 << 20))
         time.sleep(0.3)
         os.sync()
-        for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
-            if who == "shipper":
-                before = shipped_bytes(s)
-                t0 = time.monotonic()
-                s.flush()
-                dt = time.monotonic() - t0
-                wait(lambda: same_content(src, s.root), 120, 0.2)
-                ship.append((dt, shipped_bytes(s) - before))
-            else:
-                rs.append(rsync_stats(src, d.url))
+        flush_then_rsync(run, (s, d), src, lambda: same_content(src, s.root), (ship, rs))
         print(f"delta run {run}: shipper {ship[-1][0]:.2f}s {ship[-1][1]} B, rsync {rs[-1][0]:.2f}s sent {rs[-1][1]} B received {rs[-1][2]} B", flush=True)
     s.stop()
     d.stop_rss_mib()

@@ -324,18 +324,6 @@ fn within_max_pieces(pieces: Vec<Piece>) -> Vec<Piece> {
     copies_from(&pieces, min)
 }
 
-impl Signature {
-    /// The signature of a file packed with `stamp`, content `hash`, cut by
-    /// `chunker`.
-    pub fn of(stamp: &crate::stamp::Stamp, hash: blake3::Hash, chunker: Chunker) -> Self {
-        Signature {
-            size: stamp.size,
-            hash: *hash.as_bytes(),
-            chunks: chunker.finish(),
-        }
-    }
-}
-
 /// A signature as the sender stores it, for `path` (checked when read
 /// back, so a file stored for another path that shares its name is never
 /// taken for this one's).

@@ -10,7 +10,7 @@ use std::io;
 use super::cutter::{Cutter, Report, Unsigned};
 use super::delta::{Chunk, Chunker, DELTA_MIN, Recipe, Signature};
 use super::manifest::{FileMeta, delta_entry_name};
-use super::source_read::{Outcome, Sinks, Source};
+use super::source_read::{Outcome, Source};
 use super::writer::need;
 use crate::source_dir::SourceDir;
 use crate::stamp::{Kind, Stamp};
@@ -125,16 +125,13 @@ pub fn sign(
         if n == 0 {
             break;
         }
+        let bytes = &buf[..n];
         if quiet {
-            hasher.update(&buf[..n]);
-            chunker.update(&buf[..n]);
-            continue;
+            hasher.update(bytes);
+            chunker.update(bytes);
+        } else {
+            rayon::join(|| hasher.update(bytes), || chunker.update(bytes));
         }
-        let mut sinks = Sinks {
-            hashers: &mut [&mut hasher],
-            chunker: Some(&mut chunker),
-        };
-        sinks.update(&buf[..n]);
     }
     let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     still.then(|| Signed {
@@ -172,7 +169,7 @@ pub(super) fn pack_delta(
     let b = cut.room_for_writing(report, (need(&name, data), stamp.size), &name)?;
     let options = src.entry_options();
     let ranges = planned.recipe.data_ranges();
-    match src.write_entry(&mut b.zip, &name, options, &ranges, Sinks::default())? {
+    match src.write_entry(&mut b.zip, &name, options, &ranges, None)? {
         Outcome::Lost(why) => report.lost(rel, why),
         Outcome::Copied { .. } => {
             b.add_delta(

@@ -11,7 +11,7 @@ use super::cutter::{Cutter, Report};
 use super::delta_pack::Signing;
 use super::manifest::{FileMeta, PartEntry, part_entry_name};
 use super::part_tree::{PartHashes, file_hash, parse_cv, part_len};
-use super::source_read::{Outcome, Sinks, Source};
+use super::source_read::{Outcome, Source};
 use super::writer::{need, with_path};
 use crate::stamp::Stamp;
 
@@ -46,11 +46,8 @@ pub(super) fn pack_large(
         let name = part_entry_name(&set, index);
         let b = cut.room_for(report, need(&name, size), &name)?;
         let mut part = PartHashes::Tree.hasher(offset);
-        let sinks = Sinks {
-            hashers: &mut [&mut part],
-            chunker: None,
-        };
-        match src.write_entry(&mut b.zip, &name, options, &[(offset, size)], sinks)? {
+        let hasher = Some(&mut part);
+        match src.write_entry(&mut b.zip, &name, options, &[(offset, size)], hasher)? {
             Outcome::Copied { overtaken: o } => overtaken |= o,
             Outcome::Lost(why) => {
                 if index > 0 {

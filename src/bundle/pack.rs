@@ -43,7 +43,7 @@ use super::delta_pack::{Planned, Signing, pack_delta};
 use super::known::{Known, Lookups, known};
 use super::large::pack_large;
 use super::manifest::FileMeta;
-use super::source_read::{Outcome, Prepared, ReadMode, Reader, Sinks, Source};
+use super::source_read::{Outcome, Prepared, ReadMode, Reader, Source};
 use super::writer::{COPY_BUF, need, zip_err};
 use crate::changes::Op;
 use crate::source_dir::SourceDir;
@@ -496,11 +496,13 @@ fn pack_whole(
     let b = cut.room_for(report, need(rel, stamp.size), rel)?;
     let options = src.entry_options();
     let mut hasher = blake3::Hasher::new();
-    let sinks = Sinks {
-        hashers: &mut [&mut hasher],
-        chunker: None,
-    };
-    match src.write_entry(&mut b.zip, rel, options, &[(0, stamp.size)], sinks)? {
+    match src.write_entry(
+        &mut b.zip,
+        rel,
+        options,
+        &[(0, stamp.size)],
+        Some(&mut hasher),
+    )? {
         Outcome::Lost(why) => report.lost(rel, why),
         Outcome::Copied { overtaken } => {
             if overtaken {

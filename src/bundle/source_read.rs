@@ -11,7 +11,6 @@ use std::path::Path;
 
 use zip::write::{PreparedZipFile, SimpleFileOptions};
 
-use super::delta::Chunker;
 use super::writer::{BundleZip, with_path, zip_err};
 use super::zip_entry::{entry_options, worth_deflating};
 use crate::source_dir::SourceDir;
@@ -118,7 +117,7 @@ impl Source<'_> {
     }
 
     /// Write the byte `ranges` (offset, length) of the file, in order, as
-    /// the zip entry `name`, feeding every sink. A read that does not
+    /// the zip entry `name`, feeding `hasher` too. A read that does not
     /// complete drops the entry again. An error reading the source is an
     /// outcome; an error writing the bundle is the `Err`.
     pub(super) fn write_entry(
@@ -127,24 +126,24 @@ impl Source<'_> {
         name: &str,
         options: SimpleFileOptions,
         ranges: &[(u64, u64)],
-        sinks: Sinks<'_, '_>,
+        hasher: Option<&mut blake3::Hasher>,
     ) -> io::Result<Outcome> {
         zip.start_file(name, options).map_err(zip_err)?;
-        let outcome = self.copy_checked(ranges, zip, sinks)?;
+        let outcome = self.copy_checked(ranges, zip, hasher)?;
         if let Outcome::Lost(_) = outcome {
             zip.abort_file().map_err(zip_err)?;
         }
         Ok(outcome)
     }
 
-    /// Copy `ranges` into `out`, feeding every sink. A strict read then
+    /// Copy `ranges` into `out`, feeding `hasher`. A strict read then
     /// confirms the file did not change meanwhile; a snapshot read only
     /// needs the bytes to be there.
     fn copy_checked(
         &mut self,
         ranges: &[(u64, u64)],
         out: &mut impl Write,
-        mut sinks: Sinks<'_, '_>,
+        mut hasher: Option<&mut blake3::Hasher>,
     ) -> io::Result<Outcome> {
         let strict = self.how == ReadMode::Strict;
         let at = |e: io::Error| Outcome::Lost(Lost::Unreadable(with_path(e, self.abs)));
@@ -172,7 +171,9 @@ impl Source<'_> {
                     // Shorter than it was a moment ago: truncated under us.
                     return Ok(torn);
                 }
-                sinks.update(&self.buf[..n]);
+                if let Some(h) = hasher.as_deref_mut() {
+                    h.update(&self.buf[..n]);
+                }
                 out.write_all(&self.buf[..n])?;
                 left -= n as u64;
             }
@@ -189,26 +190,6 @@ impl Source<'_> {
             (true, true) => Ok(torn),
             (true, false) => Ok(Outcome::Copied { overtaken: false }),
             (false, _) => Ok(Outcome::Copied { overtaken: moved }),
-        }
-    }
-}
-
-/// What the bytes read are fed to besides the zip entry: hashers, and a
-/// chunker signing the file for later deltas (`delta.rs`), which runs on
-/// another core beside them.
-#[derive(Default)]
-pub(super) struct Sinks<'s, 'h> {
-    pub(super) hashers: &'s mut [&'h mut blake3::Hasher],
-    pub(super) chunker: Option<&'s mut Chunker>,
-}
-
-impl Sinks<'_, '_> {
-    pub(super) fn update(&mut self, bytes: &[u8]) {
-        let hashers = &mut *self.hashers;
-        let mut hash = move || hashers.iter_mut().for_each(|h| _ = h.update(bytes));
-        match self.chunker.as_deref_mut() {
-            Some(c) => _ = rayon::join(hash, || c.update(bytes)),
-            None => hash(),
         }
     }
 }

@@ -70,6 +70,36 @@ enum By {
     Receiver,
 }
 
+/// How a link was measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Measure {
+    /// By the sender: a bundle's size and the time it took to send
+    /// (where the kernel does not count acknowledged bytes).
+    Sent,
+    /// By the sender: the bytes the peer's TCP acknowledged meanwhile.
+    Acked,
+    /// By the receiver: the bytes it took after its first wait
+    /// (`Frame::Received`).
+    Received,
+}
+
+impl Measure {
+    /// The fewest bytes that say something of the link, measured so.
+    fn least(self) -> u64 {
+        match self {
+            Measure::Sent => MEASURE_FROM,
+            Measure::Acked | Measure::Received => DELIVERED_FROM,
+        }
+    }
+
+    fn by(self) -> By {
+        match self {
+            Measure::Sent | Measure::Acked => By::Sender,
+            Measure::Received => By::Receiver,
+        }
+    }
+}
+
 /// One link's two measures (bytes per second).
 #[derive(Debug, Clone, Copy, Default)]
 struct Link {
@@ -99,39 +129,17 @@ impl LinkRates {
         }
     }
 
-    /// Receiver `index` took `took` to be sent a body of `bytes`: if it was
-    /// large enough to say something of the link, fold it into the rate
-    /// (half the old, half the new, so a link that changes is followed
-    /// within a few bundles).
-    pub(super) fn record(&self, index: usize, bytes: u64, took: Duration) -> Option<Measured> {
-        (bytes >= MEASURE_FROM)
-            .then(|| self.sample(index, (bytes, took), By::Sender))
-            .flatten()
-    }
-
-    /// Receiver `index`'s TCP acknowledged `bytes` while a bundle went out
-    /// for `took`: if that is enough to say something, fold it in.
-    pub(super) fn record_delivered(
+    /// Receiver `index`'s link carried `bytes` in `took`, as `how` says:
+    /// if that is enough bytes to say something of the link (`how`'s
+    /// least), fold it into the rate.
+    pub(super) fn record(
         &self,
         index: usize,
-        bytes: u64,
-        took: Duration,
+        how: Measure,
+        (bytes, took): (u64, Duration),
     ) -> Option<Measured> {
-        (bytes >= DELIVERED_FROM)
-            .then(|| self.sample(index, (bytes, took), By::Sender))
-            .flatten()
-    }
-
-    /// Receiver `index` said it took `bytes` of a bundle's body in `took`
-    /// (`Frame::Received`): if that is enough to say something, fold it in.
-    pub(super) fn record_received(
-        &self,
-        index: usize,
-        bytes: u64,
-        took: Duration,
-    ) -> Option<Measured> {
-        (bytes >= DELIVERED_FROM)
-            .then(|| self.sample(index, (bytes, took), By::Receiver))
+        (bytes >= how.least())
+            .then(|| self.sample(index, (bytes, took), how.by()))
             .flatten()
     }
 
@@ -255,16 +263,22 @@ mod tests {
         let r = LinkRates::new(1);
         let second = Duration::from_secs(1);
         assert!(
-            r.record_delivered(0, DELIVERED_FROM - 1, Duration::from_micros(1))
-                .is_none()
+            r.record(
+                0,
+                Measure::Acked,
+                (DELIVERED_FROM - 1, Duration::from_micros(1))
+            )
+            .is_none()
         );
         assert!(r.deflate(Compress::Auto), "too few bytes measured nothing");
         let m = r
-            .record_delivered(0, DELIVERED_FROM * 1000, second)
+            .record(0, Measure::Acked, (DELIVERED_FROM * 1000, second))
             .unwrap();
         assert!(m.news, "the first measure is news");
         assert!(!r.deflate(Compress::Auto), "1 GB/s stores");
-        let m = r.record_delivered(0, DELIVERED_FROM * 900, second).unwrap();
+        let m = r
+            .record(0, Measure::Acked, (DELIVERED_FROM * 900, second))
+            .unwrap();
         assert!(!m.news, "still fast: no news");
     }
 
@@ -274,19 +288,23 @@ mod tests {
     fn the_slower_of_the_senders_and_the_receivers_measures_decides() {
         let r = LinkRates::new(1);
         let second = Duration::from_secs(1);
-        let fast = r.record_delivered(0, 1 << 30, second).unwrap();
+        let fast = r.record(0, Measure::Acked, (1 << 30, second)).unwrap();
         assert!(fast.news && !r.deflate(Compress::Auto), "1 GiB/s stores");
-        let slow = r.record_received(0, 12 << 20, second).unwrap();
+        let slow = r.record(0, Measure::Received, (12 << 20, second)).unwrap();
         assert!(slow.news, "the choice turned around");
         assert!(r.deflate(Compress::Auto), "the link is 12 MiB/s: deflate");
-        r.record_delivered(0, 1 << 30, second);
+        r.record(0, Measure::Acked, (1 << 30, second));
         assert!(
             r.deflate(Compress::Auto),
             "the sender's measure alone never overrules"
         );
         assert!(
-            r.record_received(0, DELIVERED_FROM - 1, Duration::from_micros(1))
-                .is_none(),
+            r.record(
+                0,
+                Measure::Received,
+                (DELIVERED_FROM - 1, Duration::from_micros(1))
+            )
+            .is_none(),
             "too few bytes measure nothing"
         );
     }
@@ -313,22 +331,20 @@ mod tests {
     #[test]
     fn only_large_bodies_are_measured_and_a_change_is_followed() {
         let r = LinkRates::new(1);
-        r.record(0, MEASURE_FROM - 1, Duration::from_micros(1));
-        assert!(r.deflate(Compress::Auto), "a small body measured nothing");
-        // 1 GB/s: stores.
         r.record(
             0,
-            1 << 30,
-            Duration::from_secs_f64((1u64 << 30) as f64 / 1e9),
+            Measure::Sent,
+            (MEASURE_FROM - 1, Duration::from_micros(1)),
         );
+        assert!(r.deflate(Compress::Auto), "a small body measured nothing");
+        // 1 GB/s: stores.
+        let second_per_gb = Duration::from_secs_f64((1u64 << 30) as f64 / 1e9);
+        r.record(0, Measure::Sent, (1 << 30, second_per_gb));
         assert!(!r.deflate(Compress::Auto));
         // The link drops to 10 MB/s: three bundles later it deflates again.
         for _ in 0..3 {
-            r.record(
-                0,
-                100 << 20,
-                Duration::from_secs_f64((100u64 << 20) as f64 / 1e7),
-            );
+            let took = Duration::from_secs_f64((100u64 << 20) as f64 / 1e7);
+            r.record(0, Measure::Sent, (100 << 20, took));
         }
         assert!(r.deflate(Compress::Auto));
     }

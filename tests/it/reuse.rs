@@ -269,61 +269,39 @@ impl shipper::bundle::pack::HeldContent for Index {
     }
 }
 
-/// A rename larger than one bundle: a run packs its deletions first, so
-/// bundle 1 deleted `old/`, and the copies in bundle 2 named paths that
-/// were gone: refused, then sent whole. Now a path an earlier bundle of
-/// the run changed or deleted is never copied from: every bundle applies.
-#[test]
-fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
-    use shipper::bundle::apply::{Limits as ApplyLimits, Target, apply, open};
-    use shipper::bundle::pack::{Limits, PackItem, Packer};
-    use shipper::changes::Op;
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
+/// A source with `new/` and a receiver's target with `old/` in root,
+/// in `dir`, for packing and applying renames.
+fn rename_fixture(dir: &Path) -> (std::path::PathBuf, shipper::bundle::apply::Target) {
+    let src = dir.join("src");
     std::fs::create_dir_all(src.join("new")).unwrap();
-    let target = Target {
-        root: t.path().join("root"),
-        staging: t.path().join("staging"),
-        parts: t.path().join("parts"),
+    let target = shipper::bundle::apply::Target {
+        root: dir.join("root"),
+        staging: dir.join("staging"),
+        parts: dir.join("parts"),
         policy: shipper::perms::Policy::default(),
     };
     target.prepare().unwrap();
     std::fs::create_dir_all(target.root.join("old")).unwrap();
-    let mut index = std::collections::HashMap::new();
-    let names = ["a", "b", "c", "d"];
-    for (i, n) in names.iter().enumerate() {
-        let body = noise(40_000, i as u64);
-        std::fs::write(src.join(format!("new/{n}.jpg")), &body).unwrap();
-        std::fs::write(target.root.join(format!("old/{n}.jpg")), &body).unwrap();
-        index.insert(*blake3::hash(&body).as_bytes(), format!("old/{n}.jpg"));
-    }
-    let outbox = t.path().join("out");
+    (src, target)
+}
+
+/// Pack `items` from `src` into bundles in `dir`/out, with content the
+/// receivers hold in `held`, within `limits`; the bundles' files.
+fn pack_held(
+    dir: &Path,
+    src: &Path,
+    held: &Index,
+    limits: shipper::bundle::pack::Limits,
+    items: Vec<shipper::bundle::pack::PackItem>,
+) -> Vec<std::path::PathBuf> {
+    let outbox = dir.join("out");
     std::fs::create_dir_all(&outbox).unwrap();
-    let item = |path: String, op| PackItem {
-        path,
-        op,
-        previous: None,
-        quiet_for: None,
-        overdue: false,
-        reuse: true,
-    };
-    let items = names
-        .iter()
-        .map(|n| item(format!("new/{n}.jpg"), Op::Upsert))
-        .chain(
-            names
-                .iter()
-                .map(|n| item(format!("old/{n}.jpg"), Op::Delete)),
-        )
-        .collect();
     let (mut out, mut seq) = (Vec::new(), 0);
-    let held = Index(index);
-    Packer {
-        source: &src,
+    shipper::bundle::pack::Packer {
+        source: src,
         outbox: &outbox,
         sender: "test",
-        // Five entries a bundle: the four deletions and one copy fill the first.
-        limits: Limits::new(4096, 1 << 20, 5),
+        limits,
         alloc_seq: &mut || {
             seq += 1;
             Ok(seq)
@@ -335,11 +313,55 @@ fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
         touched: &|_| false,
         deflate: &|| true,
         first_bundle_max: None,
-        held: Some(&held),
+        held: Some(held),
         signatures: None,
     }
     .pack(items)
     .unwrap();
+    out
+}
+
+/// A rename larger than one bundle: a run packs its deletions first, so
+/// bundle 1 deleted `old/`, and the copies in bundle 2 named paths that
+/// were gone: refused, then sent whole. Now a path an earlier bundle of
+/// the run changed or deleted is never copied from: every bundle applies.
+#[test]
+fn a_rename_spanning_bundles_never_copies_from_what_an_earlier_one_deleted() {
+    use shipper::bundle::apply::{Limits as ApplyLimits, apply, open};
+    use shipper::bundle::pack::{Limits, PackItem};
+    use shipper::changes::Op;
+    let t = tempfile::tempdir().unwrap();
+    let (src, target) = rename_fixture(t.path());
+    let mut index = std::collections::HashMap::new();
+    let names = ["a", "b", "c", "d"];
+    for (i, n) in names.iter().enumerate() {
+        let body = noise(40_000, i as u64);
+        std::fs::write(src.join(format!("new/{n}.jpg")), &body).unwrap();
+        std::fs::write(target.root.join(format!("old/{n}.jpg")), &body).unwrap();
+        index.insert(*blake3::hash(&body).as_bytes(), format!("old/{n}.jpg"));
+    }
+    let item = |path: String, op| PackItem {
+        op,
+        reuse: true,
+        ..PackItem::upsert(path)
+    };
+    let items = names
+        .iter()
+        .map(|n| item(format!("new/{n}.jpg"), Op::Upsert))
+        .chain(
+            names
+                .iter()
+                .map(|n| item(format!("old/{n}.jpg"), Op::Delete)),
+        )
+        .collect();
+    // Five entries a bundle: the four deletions and one copy fill the first.
+    let out = pack_held(
+        t.path(),
+        &src,
+        &Index(index),
+        Limits::new(4096, 1 << 20, 5),
+        items,
+    );
     assert!(out.len() >= 2, "{out:?}");
     for b in &out {
         let b = open(b, &ApplyLimits::default()).unwrap();
@@ -408,53 +430,28 @@ async fn a_lost_copy_source_ships_again_and_costs_one_refusal() {
 /// path already holds its content is made from there.
 #[test]
 fn a_rename_applied_again_after_a_crash_finishes() {
-    use shipper::bundle::apply::{Limits as ApplyLimits, Target, apply, open};
-    use shipper::bundle::pack::{Limits, PackItem, Packer};
+    use shipper::bundle::apply::{Limits as ApplyLimits, apply, open};
+    use shipper::bundle::pack::{Limits, PackItem};
     use shipper::changes::Op;
     let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("new")).unwrap();
-    let target = Target {
-        root: t.path().join("root"),
-        staging: t.path().join("staging"),
-        parts: t.path().join("parts"),
-        policy: shipper::perms::Policy::default(),
-    };
-    target.prepare().unwrap();
-    std::fs::create_dir_all(target.root.join("old")).unwrap();
+    let (src, target) = rename_fixture(t.path());
     let body = noise(40_000, 1);
     std::fs::write(src.join("new/a.jpg"), &body).unwrap();
     std::fs::write(target.root.join("old/a.jpg"), &body).unwrap();
     let held = Index([(*blake3::hash(&body).as_bytes(), "old/a.jpg".to_string())].into());
-    let outbox = t.path().join("out");
-    std::fs::create_dir_all(&outbox).unwrap();
     let item = |path: &str, op| PackItem {
         op,
         reuse: true,
         ..PackItem::upsert(path)
     };
-    let mut out = Vec::new();
-    Packer {
-        source: &src,
-        outbox: &outbox,
-        sender: "test",
-        limits: Limits::new(4096, 1 << 20, 100),
-        alloc_seq: &mut || Ok(1),
-        emit: &mut |p| {
-            out.push(p.path);
-            Ok(())
-        },
-        touched: &|_| false,
-        deflate: &|| true,
-        first_bundle_max: None,
-        held: Some(&held),
-        signatures: None,
-    }
-    .pack(vec![
-        item("new/a.jpg", Op::Upsert),
-        item("old/a.jpg", Op::Delete),
-    ])
-    .unwrap();
+    let items = vec![item("new/a.jpg", Op::Upsert), item("old/a.jpg", Op::Delete)];
+    let out = pack_held(
+        t.path(),
+        &src,
+        &held,
+        Limits::new(4096, 1 << 20, 100),
+        items,
+    );
     assert_eq!(out.len(), 1);
     let copies = open(&out[0], &ApplyLimits::default())
         .unwrap()

@@ -33,7 +33,7 @@ use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
-use crate::sender::link_rate::{Delivered, LinkRates, Measured, STORE_FROM};
+use crate::sender::link_rate::{Delivered, LinkRates, Measure, Measured, STORE_FROM};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::{Welcome, connect};
@@ -308,8 +308,13 @@ impl Link {
         if sent.is_ok() {
             let took = started.elapsed();
             let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
-                (Some(a), Some(z)) => self.link_rates.record_delivered(self.index, z - a, took),
-                _ => self.link_rates.record(self.index, b.size, took),
+                (Some(a), Some(z)) => {
+                    self.link_rates
+                        .record(self.index, Measure::Acked, (z - a, took))
+                }
+                _ => self
+                    .link_rates
+                    .record(self.index, Measure::Sent, (b.size, took)),
             };
             self.tell_measured(measured);
         }
@@ -475,7 +480,9 @@ impl Link {
 
 impl Told for Link {
     fn received(&self, bytes: u64, took: Duration) {
-        let measured = self.link_rates.record_received(self.index, bytes, took);
+        let measured = self
+            .link_rates
+            .record(self.index, Measure::Received, (bytes, took));
         self.tell_measured(measured);
     }
 }
