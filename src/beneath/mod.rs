@@ -22,12 +22,15 @@
 //!   in `publish_tests.rs`).
 //! - `retime`: files a bundle keeps: read below root, given their metadata
 //!   in place.
+//! - `undo`: a committed publish kept as a record ([`Publish::keep`]) and
+//!   undone from it later ([`undo_kept`]), for rollback.
 //! - `fault` (tests only): make any one change fail; `snapshot`: tell
 //!   whether root is exactly as it was (shared with `tests/it`).
 
 mod publish;
 mod retime;
 mod root;
+mod undo;
 
 #[cfg(test)]
 pub(crate) mod fault;
@@ -36,3 +39,4 @@ mod snapshot;
 
 pub use publish::{Publish, SYNC_EACH_MAX};
 pub use root::{BeneathError, Root, open_dir_path};
+pub use undo::{RECORD_STEPS, undo_kept};

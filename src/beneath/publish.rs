@@ -49,8 +49,9 @@ impl Root {
 /// [`Publish::commit`]. Dropped uncommitted (a panic), it rolls back.
 pub struct Publish<'r> {
     pub(super) root: &'r Root,
-    undo: OwnedFd,
-    undo_path: PathBuf,
+    pub(super) undo: OwnedFd,
+    /// Empty once the undo directory became a record (`undo.rs`).
+    pub(super) undo_path: PathBuf,
     /// What was done, in order; each step names the path it changed, whose
     /// parent is opened again (never following a symlink) to undo it.
     pub(super) steps: Vec<Step>,
@@ -60,15 +61,24 @@ pub struct Publish<'r> {
     pub(super) policy: Policy,
 }
 
-#[derive(Debug)]
+/// One change to root and what undoes it. Kept with a bundle's record
+/// (see `undo.rs`) as JSON, so a publish can be undone long after it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub(super) enum Step {
     /// Made the directory `rel`, where nothing was.
     Made { rel: String },
     /// Moved the entry at `rel` to `kept` in the undo directory.
     MovedAside { rel: String, kept: String },
     /// Renamed a staged file to `rel`; `kept` in the undo directory is a
-    /// hard link to the entry it replaced, if there was one.
-    Placed { rel: String, kept: Option<String> },
+    /// hard link to the entry it replaced, if there was one. `ino` is the
+    /// placed file's inode: an undo long after touches `rel` only while it
+    /// is still that file.
+    Placed {
+        rel: String,
+        kept: Option<String>,
+        ino: u64,
+    },
     /// Gave the directory `rel`, which had `mode` and `gid`, another mode
     /// or group.
     Moded { rel: String, mode: u32, gid: u32 },
@@ -206,11 +216,15 @@ impl Publish<'_> {
                 }
             }
         };
+        let ino = rustix::fs::statat(staged_dir, staged, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| self.root.err(rel, e))?
+            .st_ino;
         op(|| rustix::fs::renameat(staged_dir, staged, &parent, name))
             .map_err(|e| self.root.err(rel, e))?;
         self.steps.push(Step::Placed {
             rel: rel.to_owned(),
             kept,
+            ino,
         });
         Ok(())
     }
@@ -416,7 +430,9 @@ impl Drop for Publish<'_> {
         self.undo_steps();
         // Committed, or rolled back: the undo directory holds nothing root
         // needs. std's remove_dir_all never follows a symlink inside.
-        let _ = std::fs::remove_dir_all(&self.undo_path);
+        if !self.undo_path.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.undo_path);
+        }
     }
 }
 
@@ -440,4 +456,4 @@ fn is_empty(dir: &OwnedFd) -> rustix::io::Result<bool> {
 
 #[cfg(test)]
 #[path = "publish_tests.rs"]
-mod tests;
+pub(super) mod tests;

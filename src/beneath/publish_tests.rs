@@ -51,7 +51,7 @@ fn delete_prunes_emptied_directories_but_never_root() {
 /// deletes and then itself, a directory where it puts a file, a file where
 /// it puts a directory, and a file it leaves alone (with a symlink it
 /// replaces) in a directory it gives another mode.
-const BEFORE: [(&str, &str); 7] = [
+pub(in crate::beneath) const BEFORE: [(&str, &str); 7] = [
     ("a.html", "old a"),
     ("deep/er/gone.html", "gone"),
     ("tree/x/y.html", "tree"),
@@ -70,7 +70,7 @@ const STAGED: [(&str, &str); 5] = [
 ];
 
 /// Make root as [`BEFORE`] (and `keep/link`) and stage [`STAGED`].
-fn plant_fault_tree(t: &Path) {
+pub(in crate::beneath) fn plant_fault_tree(t: &Path) {
     let r = t.join("root");
     for (rel, body) in BEFORE {
         std::fs::create_dir_all(r.join(rel).parent().unwrap()).unwrap();
@@ -88,7 +88,10 @@ fn plant_fault_tree(t: &Path) {
 
 /// The fault test's bundle: its deletions (the files of `tree` before
 /// `tree`), its directories, then [`STAGED`], a kept file, then the sync.
-fn make_changes(p: &mut Publish, stage: &OwnedFd) -> Result<(), BeneathError> {
+pub(in crate::beneath) fn make_changes(
+    p: &mut Publish,
+    stage: &OwnedFd,
+) -> Result<(), BeneathError> {
     for d in [
         "deep/er/gone.html",
         "tree/x/y.html",
@@ -262,10 +265,12 @@ fn the_directories_synced_are_those_the_steps_changed() {
         Step::Placed {
             rel: "a/b/page.html".into(),
             kept: None,
+            ino: 1,
         },
         Step::Placed {
             rel: "a/b/other.html".into(),
             kept: Some("k1".into()),
+            ino: 2,
         },
         Step::MovedAside {
             rel: "gone.html".into(),

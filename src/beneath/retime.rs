@@ -23,7 +23,7 @@ const FILE_FLAGS: OFlags = OFlags::RDONLY
     .union(OFlags::NONBLOCK);
 
 /// What a kept file had before the bundle gave it its metadata.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Retimed {
     mode: u32,
     gid: u32,

@@ -1,0 +1,180 @@
+//! Undoing a publish long after it was committed: [`Publish::keep`] keeps
+//! what a bundle's changes replaced and deleted, with the record of those
+//! changes, as a directory of its own (a *record*) instead of discarding
+//! them; [`undo_kept`] puts root back as it was before them, from the
+//! record, and can be run again after a crash part-way.
+//!
+//! A record holds the undo directory's entries (hard links of replaced
+//! files, entries moved aside whole) and `steps.json`, the changes in the
+//! order made. Undoing walks them backwards, each change at most once in
+//! effect however often it is run: a kept entry already put back is gone
+//! from the record; a directory already removed is missing; a placed file
+//! is removed or replaced only while `rel` is still the very file placed
+//! (its inode), so nothing put there since, by shipper or anyone, is ever
+//! deleted. A change that cannot be undone for that reason is reported and
+//! left as it is. Root is changed only through handles that never follow
+//! symlinks, like every publish.
+
+use std::io::Write;
+use std::path::Path;
+
+use rustix::fs::{AtFlags, Gid, Mode, RenameFlags};
+use rustix::io::Errno;
+
+use super::publish::{Publish, Step, op};
+use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
+
+/// The changes of a record, in the order made.
+pub const RECORD_STEPS: &str = "steps.json";
+
+impl Publish<'_> {
+    /// Keep the changes, and what they replaced and deleted, as the new
+    /// directory `record` (on root's filesystem; its parent must exist),
+    /// with the files `with` (name, content) beside the steps. Durable when
+    /// it returns: the record can undo the changes after any crash.
+    pub fn keep(mut self, record: &Path, with: &[(&str, &[u8])]) -> Result<(), BeneathError> {
+        let undo = self.undo_path.clone();
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |e: std::io::Error| BeneathError::Io { path, source: e }
+        };
+        let steps = serde_json::to_vec(&self.steps).map_err(|e| io(&undo)(e.into()))?;
+        for (name, content) in [(RECORD_STEPS, steps.as_slice())]
+            .into_iter()
+            .chain(with.iter().copied())
+        {
+            let path = undo.join(name);
+            std::fs::File::create_new(&path)
+                .and_then(|mut f| f.write_all(content).and_then(|()| f.sync_all()))
+                .map_err(io(&path))?;
+        }
+        rustix::fs::fsync(&self.undo).map_err(|e| io(&undo)(e.into()))?;
+        std::fs::rename(&undo, record).map_err(io(record))?;
+        let parent = record.parent().unwrap_or(Path::new("/"));
+        crate::durable::sync_dir(parent).map_err(io(parent))?;
+        // Kept: nothing to undo now, nothing to remove when dropped.
+        self.steps.clear();
+        self.undo_path = Default::default();
+        Ok(())
+    }
+}
+
+/// Put root back as it was before the changes `record` keeps (see
+/// [`Publish::keep`]), last change first, and sync root's filesystem.
+/// Returns the changes left as they are, each naming its path and why:
+/// what was put at that path since is never touched. Running it again
+/// after it stopped part-way (an error, a crash) finishes it. The record
+/// itself is left for the caller to remove.
+pub fn undo_kept(root: &Root, record: &Path) -> Result<Vec<String>, BeneathError> {
+    let io = |e: std::io::Error| BeneathError::Io {
+        path: record.to_owned(),
+        source: e,
+    };
+    let bytes = std::fs::read(record.join(RECORD_STEPS)).map_err(io)?;
+    let steps: Vec<Step> = serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?;
+    let kept = open_dir_path(record).map_err(io)?;
+    let mut left = Vec::new();
+    for step in steps.iter().rev() {
+        if let Some(why) = undo_one(root, &kept, step)? {
+            left.push(why);
+        }
+    }
+    op(|| rustix::fs::syncfs(&root.fd)).map_err(|e| root.err("", e))?;
+    Ok(left)
+}
+
+/// Undo one kept change if it is not undone yet; `Some(why)` when it is
+/// left as it is.
+fn undo_one(
+    root: &Root,
+    kept: &std::os::fd::OwnedFd,
+    step: &Step,
+) -> Result<Option<String>, BeneathError> {
+    let (Step::Made { rel }
+    | Step::MovedAside { rel, .. }
+    | Step::Placed { rel, .. }
+    | Step::Moded { rel, .. }
+    | Step::Retimed { rel, .. }) = step;
+    let (dir_comps, name) = split(rel);
+    let Some(parent) = root.find_dir(&dir_comps)? else {
+        return Ok(match step {
+            // Its directory is gone: so is what was made or placed there.
+            Step::Made { .. } | Step::Placed { kept: None, .. } => None,
+            _ => Some(format!("{rel}: its directory is gone")),
+        });
+    };
+    let err = |e: Errno| root.err(rel, e);
+    let present = |fd: &std::os::fd::OwnedFd, n: &str| match rustix::fs::statat(
+        fd,
+        n,
+        AtFlags::SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) => Ok(Some(st.st_ino)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(err(e)),
+    };
+    match step {
+        Step::Made { .. } => match op(|| rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR)) {
+            // Removed already; or not a directory now (what an earlier
+            // change of the bundle moved aside is back there).
+            Ok(()) | Err(Errno::NOENT | Errno::NOTDIR) => Ok(None),
+            Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Some(format!(
+                "{rel}: a directory the bundle made now holds entries it did not ship; kept"
+            ))),
+            Err(e) => Err(err(e)),
+        },
+        Step::MovedAside { kept: k, .. } => {
+            if present(kept, k)?.is_none() {
+                return Ok(None); // put back already
+            }
+            match op(|| rustix::fs::renameat_with(kept, k, &parent, name, RenameFlags::NOREPLACE)) {
+                Ok(()) => Ok(None),
+                Err(Errno::EXIST) => Ok(Some(format!(
+                    "{rel}: something was put there since; the entry deleted from there is not put back"
+                ))),
+                Err(e) => Err(err(e)),
+            }
+        }
+        Step::Placed { kept: k, ino, .. } => {
+            let here = present(&parent, name)?;
+            let restore = match k {
+                Some(k) if present(kept, k)?.is_some() => Some(k.as_str()),
+                _ => None,
+            };
+            if here != Some(*ino) {
+                // Undone already (nothing left to put back), or the placed
+                // file was replaced or deleted since: not touched.
+                return Ok(restore.map(|_| {
+                    format!("{rel}: changed since the bundle placed it; its earlier version is not put back")
+                }));
+            }
+            match restore {
+                // Over the placed file in one rename: readers go back to the old one.
+                Some(k) => op(|| rustix::fs::renameat(kept, k, &parent, name)),
+                None => op(|| rustix::fs::unlinkat(&parent, name, AtFlags::empty())),
+            }
+            .map(|()| None)
+            .map_err(err)
+        }
+        Step::Moded { mode, gid, .. } => {
+            match rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty()) {
+                Ok(dir) => op(|| {
+                    rustix::fs::fchown(&dir, None, Some(Gid::from_raw(*gid)))?;
+                    rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
+                })
+                .map(|()| None)
+                .map_err(err),
+                Err(Errno::NOENT) => Ok(None),
+                Err(e) => Err(err(e)),
+            }
+        }
+        Step::Retimed { was, .. } => match op(|| was.put_back(&parent, name)) {
+            Ok(()) | Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(err(e)),
+        },
+    }
+}
+
+#[cfg(test)]
+#[path = "undo_tests.rs"]
+mod tests;

@@ -1,0 +1,133 @@
+//! Tests of [`super::undo_kept`]: a kept publish undone exactly, after a
+//! stop at any change, and never over what was put in root since.
+
+use rustix::io::Errno;
+
+use super::*;
+use crate::beneath::fault::{self, snapshot};
+use crate::beneath::publish::tests::{make_changes, plant_fault_tree};
+use crate::beneath::root::tests::setup;
+use crate::perms::Policy;
+
+/// Root's entries, and the mtime of the file the bundle keeps.
+type Snapshot = (
+    std::collections::BTreeMap<String, (u64, u32, String)>,
+    std::time::SystemTime,
+);
+
+fn kept_mtime(was: &Snapshot) -> std::time::SystemTime {
+    was.1
+}
+
+/// Publish the fault test's bundle (every kind of change) and keep it as
+/// the record `rec`; returns root's snapshot from before.
+fn publish_and_keep(t: &Path, root: &Root, stage: &std::os::fd::OwnedFd) -> Snapshot {
+    plant_fault_tree(t);
+    let was = snapshot(&t.join("root"));
+    let stay = std::fs::metadata(t.join("root/keep/stay.html")).unwrap();
+    let was = (was, stay.modified().unwrap());
+    let mut p = root.begin(&t.join("undo"), &Policy::mirror()).unwrap();
+    make_changes(&mut p, stage).unwrap();
+    p.keep(&t.join("rec"), &[("bundle.json", b"{}")]).unwrap();
+    assert!(
+        !t.join("undo").exists(),
+        "the undo directory became the record"
+    );
+    assert!(t.join("rec").join(RECORD_STEPS).exists());
+    assert_eq!(std::fs::read(t.join("rec/bundle.json")).unwrap(), b"{}");
+    assert_ne!(snapshot(&t.join("root")), was.0, "the bundle changed root");
+    was
+}
+
+/// What a bundle replaced, deleted, made and re-moded comes back from its
+/// record: the very same entries (inodes), modes (setgid included) and
+/// mtimes.
+#[test]
+fn a_kept_publish_is_undone_exactly() {
+    let (t, root, stage) = setup();
+    let r = t.path().join("root");
+    let mtime = |rel: &str| std::fs::metadata(r.join(rel)).unwrap().modified().unwrap();
+    let was = publish_and_keep(t.path(), &root, &stage);
+    let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(snapshot(&r), was.0);
+    assert_eq!(
+        mtime("keep/stay.html"),
+        kept_mtime(&was),
+        "the kept file's mtime"
+    );
+    // Run again: nothing left to undo, nothing changes.
+    assert!(undo_kept(&root, &t.path().join("rec")).unwrap().is_empty());
+    assert_eq!(snapshot(&r), was.0);
+}
+
+/// An undo that stopped at any one of its changes (a crash: that change
+/// and every one after it fail) finishes when it is run again, and root
+/// is exactly what it was before the bundle.
+#[test]
+fn an_undo_stopped_at_any_change_finishes_when_run_again() {
+    let changes = {
+        let (t, root, stage) = setup();
+        publish_and_keep(t.path(), &root, &stage);
+        fault::arm(None, Errno::IO, false);
+        undo_kept(&root, &t.path().join("rec")).unwrap();
+        fault::count()
+    };
+    assert!(changes > 10, "only {changes} changes counted");
+    for at in 1..=changes {
+        let (t, root, stage) = setup();
+        let was = publish_and_keep(t.path(), &root, &stage);
+        fault::arm(Some(at), Errno::IO, true);
+        assert!(undo_kept(&root, &t.path().join("rec")).is_err(), "at {at}");
+        fault::arm(None, Errno::IO, false);
+        let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+        assert!(left.is_empty(), "at {at}: {left:?}");
+        assert_eq!(
+            snapshot(&t.path().join("root")),
+            was.0,
+            "stopped at change {at}"
+        );
+        let stay = std::fs::metadata(t.path().join("root/keep/stay.html")).unwrap();
+        assert_eq!(
+            stay.modified().unwrap(),
+            kept_mtime(&was),
+            "stopped at change {at}"
+        );
+    }
+}
+
+/// What was put in root after the bundle (a file replacing one it placed,
+/// a file in a directory it made) is never deleted or replaced by the
+/// undo; each such change is named and left as it is.
+#[test]
+fn an_undo_never_touches_what_was_put_there_since() {
+    let (t, root, stage) = setup();
+    let r = t.path().join("root");
+    std::fs::write(r.join("old.html"), "old").unwrap();
+    std::fs::write(t.path().join("stage/f0"), "new").unwrap();
+    std::fs::write(t.path().join("stage/f1"), "made").unwrap();
+    let mut p = root
+        .begin(&t.path().join("undo"), &Policy::mirror())
+        .unwrap();
+    p.publish("old.html", &stage, "f0").unwrap();
+    p.publish("dir/made.html", &stage, "f1").unwrap();
+    p.sync().unwrap();
+    p.keep(&t.path().join("rec"), &[]).unwrap();
+    // Since: old.html replaced by someone else, a file added in dir.
+    std::fs::write(r.join("other"), "someone else's").unwrap();
+    std::fs::rename(r.join("other"), r.join("old.html")).unwrap();
+    std::fs::write(r.join("dir/theirs.html"), "theirs").unwrap();
+    let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left[0].starts_with("dir: "), "{left:?}");
+    assert!(left[1].starts_with("old.html: changed since"), "{left:?}");
+    assert_eq!(
+        std::fs::read(r.join("old.html")).unwrap(),
+        b"someone else's"
+    );
+    assert_eq!(std::fs::read(r.join("dir/theirs.html")).unwrap(), b"theirs");
+    assert!(
+        !r.join("dir/made.html").exists(),
+        "what the bundle placed is undone"
+    );
+}
