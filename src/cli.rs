@@ -89,6 +89,24 @@ pub enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// On a receiver: put root back to right after an earlier bundle of a
+    /// sender and hold that sender's bundles, or take them again.
+    Rollback {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The sequence to go back to (see the receiver's log or `shipper
+        /// inspect` of its archive); refused beyond `rollback_keep`.
+        #[arg(long, required_unless_present = "release", conflicts_with = "release")]
+        to: Option<u64>,
+        /// Take the held sender's bundles again; it then compares its
+        /// source with root and ships the difference.
+        #[arg(long)]
+        release: bool,
+        /// The sender (its fingerprint, or its id without keys), when
+        /// several ship to this receiver.
+        #[arg(long)]
+        sender: Option<String>,
+    },
     /// Print a bundle's manifest.
     Inspect { bundle: PathBuf },
     /// Print the man page (roff) to standard output.

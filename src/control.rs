@@ -1,8 +1,9 @@
 //! The local control socket: typed requests from `shipper flush`, `status`,
-//! `pause`, `resume` and `verify` to a running sender, one JSON line each way. The
-//! socket lives in the sender's state_dir with mode 0600. What a request
-//! does is the sender's business: [`serve`] hands each one over with a
-//! channel for its answer.
+//! `pause`, `resume` and `verify` to a running sender, and from `shipper
+//! rollback` to a running receiver, one JSON line each way. The socket
+//! lives in the process's state_dir with mode 0600. What a request does is
+//! the process's business: [`serve`] hands each one over with a channel
+//! for its answer.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -39,6 +40,17 @@ pub enum Request {
         repair: bool,
         delete_extra: bool,
     },
+    /// To a receiver: put root back to right after bundle `to` of `sender`
+    /// (the only one that applied bundles there, if `None`) and hold that
+    /// sender's bundles.
+    Rollback {
+        sender: Option<String>,
+        to: u64,
+    },
+    /// To a receiver: take the held sender's bundles again.
+    Release {
+        sender: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +71,21 @@ pub enum Response {
         held_deletions: u64,
     },
     Verified(Box<crate::drift::VerifyReport>),
+    /// Root went back from sequence `from` to `to` of `sender`, undoing
+    /// `bundles` bundles; `left`: changes left as they are, and why.
+    RolledBack {
+        sender: String,
+        from: u64,
+        to: u64,
+        bundles: u64,
+        left: Vec<String>,
+    },
+    /// `sender`'s bundles are taken again; it was held at `held_at`
+    /// (`None`: it was not held).
+    Released {
+        sender: String,
+        held_at: Option<u64>,
+    },
     Error {
         message: String,
     },
@@ -73,13 +100,13 @@ pub fn socket_path(state_dir: &Path) -> PathBuf {
 /// Listen on the control socket until `shutdown`, handing each request to
 /// `tx` with a channel for its answer.
 pub async fn serve(
-    path: PathBuf,
+    (path, role): (PathBuf, &'static str),
     tx: mpsc::Sender<Call>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     if UnixStream::connect(&path).await.is_ok() {
         anyhow::bail!(
-            "{}: another sender is already running with this state_dir",
+            "{}: another {role} is already running with this state_dir",
             path.display()
         );
     }
@@ -131,9 +158,9 @@ async fn handle(stream: UnixStream, tx: mpsc::Sender<Call>) -> anyhow::Result<()
             let (otx, orx) = oneshot::channel();
             tx.send((req, otx))
                 .await
-                .map_err(|_| anyhow::anyhow!("sender stopped"))?;
+                .map_err(|_| anyhow::anyhow!("stopped"))?;
             orx.await.unwrap_or(Response::Error {
-                message: "sender stopped before answering".into(),
+                message: "stopped before answering".into(),
             })
         }
         Err(e) => Response::Error {
@@ -154,6 +181,23 @@ pub async fn call(path: &Path, req: &Request, wait: Duration) -> anyhow::Result<
             path.display()
         )
     })?;
+    exchange(stream, req, wait).await
+}
+
+/// Send one request to the receiver whose state_dir holds `path`; `None`
+/// when no receiver is running there.
+pub async fn call_receiver(
+    path: &Path,
+    req: &Request,
+    wait: Duration,
+) -> anyhow::Result<Option<Response>> {
+    match UnixStream::connect(path).await {
+        Ok(stream) => exchange(stream, req, wait).await.map(Some),
+        Err(_) => Ok(None),
+    }
+}
+
+async fn exchange(stream: UnixStream, req: &Request, wait: Duration) -> anyhow::Result<Response> {
     let (r, mut w) = stream.into_split();
     let mut out = serde_json::to_vec(req)?;
     out.push(b'\n');
@@ -161,7 +205,6 @@ pub async fn call(path: &Path, req: &Request, wait: Duration) -> anyhow::Result<
     let mut line = String::new();
     tokio::time::timeout(wait, BufReader::new(r).read_line(&mut line))
         .await
-        .context("the sender did not answer in time")??;
-    serde_json::from_str(&line)
-        .with_context(|| format!("unreadable answer from the sender: {line:?}"))
+        .context("no answer in time")??;
+    serde_json::from_str(&line).with_context(|| format!("unreadable answer: {line:?}"))
 }

@@ -16,6 +16,7 @@
 //! symlinks, like every publish.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use rustix::fs::{AtFlags, Gid, Mode, RenameFlags};
@@ -85,11 +86,7 @@ pub fn undo_kept(root: &Root, record: &Path) -> Result<Vec<String>, BeneathError
 
 /// Undo one kept change if it is not undone yet; `Some(why)` when it is
 /// left as it is.
-fn undo_one(
-    root: &Root,
-    kept: &std::os::fd::OwnedFd,
-    step: &Step,
-) -> Result<Option<String>, BeneathError> {
+fn undo_one(root: &Root, kept: &OwnedFd, step: &Step) -> Result<Option<String>, BeneathError> {
     let (Step::Made { rel }
     | Step::MovedAside { rel, .. }
     | Step::Placed { rel, .. }
@@ -103,16 +100,7 @@ fn undo_one(
             _ => Some(format!("{rel}: its directory is gone")),
         });
     };
-    let err = |e: Errno| root.err(rel, e);
-    let present = |fd: &std::os::fd::OwnedFd, n: &str| match rustix::fs::statat(
-        fd,
-        n,
-        AtFlags::SYMLINK_NOFOLLOW,
-    ) {
-        Ok(st) => Ok(Some(st.st_ino)),
-        Err(Errno::NOENT) => Ok(None),
-        Err(e) => Err(err(e)),
-    };
+    let at = (&parent, name);
     match step {
         Step::Made { .. } => match op(|| rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR)) {
             // Removed already; or not a directory now (what an earlier
@@ -121,40 +109,21 @@ fn undo_one(
             Err(Errno::NOTEMPTY | Errno::EXIST) => Ok(Some(format!(
                 "{rel}: a directory the bundle made now holds entries it did not ship; kept"
             ))),
-            Err(e) => Err(err(e)),
+            Err(e) => Err(root.err(rel, e)),
         },
-        Step::MovedAside { kept: k, .. } => {
-            if present(kept, k)?.is_none() {
-                return Ok(None); // put back already
-            }
-            match op(|| rustix::fs::renameat_with(kept, k, &parent, name, RenameFlags::NOREPLACE)) {
-                Ok(()) => Ok(None),
-                Err(Errno::EXIST) => Ok(Some(format!(
-                    "{rel}: something was put there since; the entry deleted from there is not put back"
-                ))),
-                Err(e) => Err(err(e)),
-            }
-        }
+        Step::MovedAside { kept: k, .. } => put_back(kept, k, at).map_err(|e| root.err(rel, e)).map(
+            |done| {
+                (!done).then(|| {
+                    format!("{rel}: something was put there since; the entry deleted from there is not put back")
+                })
+            },
+        ),
         Step::Placed { kept: k, ino, .. } => {
-            let here = present(&parent, name)?;
-            let restore = match k {
-                Some(k) if present(kept, k)?.is_some() => Some(k.as_str()),
-                _ => None,
-            };
-            if here != Some(*ino) {
-                // Undone already (nothing left to put back), or the placed
-                // file was replaced or deleted since: not touched.
-                return Ok(restore.map(|_| {
+            unplace(kept, k.as_deref(), *ino, at).map_err(|e| root.err(rel, e)).map(|done| {
+                (!done).then(|| {
                     format!("{rel}: changed since the bundle placed it; its earlier version is not put back")
-                }));
-            }
-            match restore {
-                // Over the placed file in one rename: readers go back to the old one.
-                Some(k) => op(|| rustix::fs::renameat(kept, k, &parent, name)),
-                None => op(|| rustix::fs::unlinkat(&parent, name, AtFlags::empty())),
-            }
-            .map(|()| None)
-            .map_err(err)
+                })
+            })
         }
         Step::Moded { mode, gid, .. } => {
             match rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty()) {
@@ -163,16 +132,64 @@ fn undo_one(
                     rustix::fs::fchmod(&dir, Mode::from_raw_mode(*mode))
                 })
                 .map(|()| None)
-                .map_err(err),
+                .map_err(|e| root.err(rel, e)),
                 Err(Errno::NOENT) => Ok(None),
-                Err(e) => Err(err(e)),
+                Err(e) => Err(root.err(rel, e)),
             }
         }
         Step::Retimed { was, .. } => match op(|| was.put_back(&parent, name)) {
             Ok(()) | Err(Errno::NOENT) => Ok(None),
-            Err(e) => Err(err(e)),
+            Err(e) => Err(root.err(rel, e)),
         },
     }
+}
+
+/// The inode of `name` in `dir`, if there is such an entry.
+fn inode(dir: &OwnedFd, name: &str) -> rustix::io::Result<Option<u64>> {
+    match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st.st_ino)),
+        Err(Errno::NOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Move the entry `k` of the record back to `name` in `parent`, where the
+/// bundle deleted it. False when something else is there now (left).
+fn put_back(kept: &OwnedFd, k: &str, (parent, name): (&OwnedFd, &str)) -> rustix::io::Result<bool> {
+    if inode(kept, k)?.is_none() {
+        return Ok(true); // put back already
+    }
+    match op(|| rustix::fs::renameat_with(kept, k, parent, name, RenameFlags::NOREPLACE)) {
+        Ok(()) => Ok(true),
+        Err(Errno::EXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Undo placing the file with inode `ino` at `name` in `parent`: put back
+/// the entry `k` of the record it replaced, or remove it. False when the
+/// placed file was replaced or deleted since and something is left to put
+/// back (left as it is).
+fn unplace(
+    kept: &OwnedFd,
+    k: Option<&str>,
+    ino: u64,
+    (parent, name): (&OwnedFd, &str),
+) -> rustix::io::Result<bool> {
+    let restore = match k {
+        Some(k) if inode(kept, k)?.is_some() => Some(k),
+        _ => None,
+    };
+    if inode(parent, name)? != Some(ino) {
+        // Undone already, with nothing left to put back; or changed since.
+        return Ok(restore.is_none());
+    }
+    match restore {
+        // Over the placed file in one rename: readers go back to the old one.
+        Some(k) => op(|| rustix::fs::renameat(kept, k, parent, name)),
+        None => op(|| rustix::fs::unlinkat(parent, name, AtFlags::empty())),
+    }
+    .map(|()| true)
 }
 
 #[cfg(test)]

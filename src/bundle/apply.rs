@@ -39,7 +39,7 @@ use crate::beneath::{self, BeneathError, Publish, Root};
 // modules use to reach it.
 pub use super::error::BundleError;
 pub use super::part_sets::expire_part_sets;
-pub use super::target::{Target, default_staging, sibling_staging};
+pub use super::target::{KeepAs, Target, default_staging, sibling_staging};
 pub use super::verify::{DEFAULT_MAX_ENTRIES, Limits, Opened, open};
 
 /// Bytes read from the zip at a time while unpacking.
@@ -307,7 +307,18 @@ fn publish_staged(
         }
         return Err(beneath_err(e));
     }
-    publish.commit();
+    match &target.keep {
+        // Fails whole: dropped unkept, the publish puts root back.
+        Some(k) => {
+            let with: Vec<(&str, &[u8])> = k
+                .with
+                .iter()
+                .map(|(n, c)| (n.as_str(), c.as_slice()))
+                .collect();
+            publish.keep(&k.record, &with).map_err(beneath_err)?;
+        }
+        None => publish.commit(),
+    }
     Ok(())
 }
 
@@ -448,6 +459,7 @@ mod tests {
             staging: dir.join("staging"),
             parts: dir.join("parts"),
             policy: crate::perms::Policy::default(),
+            keep: None,
         };
         target.prepare().unwrap();
         for (rel, body) in [

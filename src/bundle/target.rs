@@ -28,6 +28,17 @@ pub struct Target {
     pub parts: PathBuf,
     /// The modes and group given to what is written in root.
     pub policy: Policy,
+    /// Where the bundle keeps what it replaces and deletes once published,
+    /// for rollback; `None`: it is discarded.
+    pub keep: Option<KeepAs>,
+}
+
+/// A bundle's record for rollback: the new directory it becomes, and the
+/// files kept beside its changes (name, content).
+#[derive(Debug, Clone)]
+pub struct KeepAs {
+    pub record: PathBuf,
+    pub with: Vec<(String, Vec<u8>)>,
 }
 
 /// Every directory a bundle is staged in is named with this, so that
@@ -108,6 +119,7 @@ mod tests {
             staging: dir.join("staging"),
             parts: dir.join("parts"),
             policy: Policy::default(),
+            keep: None,
         }
     }
 

@@ -1,9 +1,11 @@
 //! What each subcommand does, given parsed arguments. `main` only parses,
 //! calls [`dispatch`] and maps the error to an exit code. The text
 //! `shipper status` prints is rendered in `status_text`; `shipper verify`
-//! (whose exit code says drift) is in `verify`.
+//! (whose exit code says drift) is in `verify`; `shipper rollback` in
+//! `rollback`.
 
 mod malloc;
+mod rollback;
 mod status_text;
 mod verify;
 pub use status_text::describe_status;
@@ -80,6 +82,12 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keygen { out } => keygen_command(&out),
+        Command::Rollback {
+            config,
+            to,
+            release,
+            sender,
+        } => rollback::rollback_command(&config, to.filter(|_| !release), sender),
         Command::Verify { .. } => unreachable!("dispatched above"),
         Command::Inspect { bundle } => {
             let opened = apply::open(&bundle, &apply::Limits::default())
@@ -309,6 +317,7 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
                 root,
                 staging,
                 policy,
+                keep: None,
             };
             t.prepare()?;
             (t, None, limits)

@@ -19,6 +19,8 @@ use crate::tls::Fingerprint;
 
 /// Applied bundles kept in `receiver.archive_dir` unless configured.
 pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
+/// How many of each sender's last bundles `shipper rollback` can undo.
+pub const DEFAULT_ROLLBACK_KEEP: usize = 10;
 /// Entries a receiver accepts in one bundle unless configured.
 pub use crate::bundle::apply::DEFAULT_MAX_ENTRIES as DEFAULT_RECEIVER_MAX_FILES;
 /// What a receiver accepts unless configured: well above the sender's default.
@@ -44,6 +46,7 @@ pub struct RawReceiver {
     pub staging_dir: Option<PathBuf>,
     pub archive_dir: PathBuf,
     pub archive_keep: Option<usize>,
+    pub rollback_keep: Option<usize>,
     pub max_bundle_size: Option<String>,
     pub max_files_per_bundle: Option<usize>,
     pub max_file_size: Option<String>,
@@ -67,6 +70,9 @@ pub struct ReceiverConfig {
     pub staging_dir: Option<PathBuf>,
     pub archive_dir: PathBuf,
     pub archive_keep: usize,
+    /// How many of each sender's last bundles keep what they replaced and
+    /// deleted, for `shipper rollback` (0: none).
+    pub rollback_keep: usize,
     pub max_bundle_size: u64,
     /// Caps on what one bundle may ask of this receiver.
     pub limits: Limits,
@@ -159,6 +165,7 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
         staging_dir: dirs.staging_dir,
         archive_dir: dirs.archive_dir,
         archive_keep,
+        rollback_keep: r.rollback_keep.unwrap_or(DEFAULT_ROLLBACK_KEEP),
         max_bundle_size,
     })
 }
@@ -351,6 +358,7 @@ mod tests {
         .unwrap();
         let ok = ok.receiver.unwrap();
         assert_eq!(ok.archive_keep, DEFAULT_ARCHIVE_KEEP);
+        assert_eq!(ok.rollback_keep, DEFAULT_ROLLBACK_KEEP);
         assert_eq!(ok.part_ttl, DEFAULT_PART_TTL);
         let e = validate(
             parse(&format!(

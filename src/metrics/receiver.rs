@@ -41,6 +41,8 @@ pub enum RefusedFor {
     Malformed,
     /// It keeps files root does not hold as it says (edited or lost here).
     NotHeld,
+    /// Its sender is held: root was rolled back (`shipper rollback`).
+    Held,
 }
 
 impl RefusedFor {
@@ -53,6 +55,7 @@ impl RefusedFor {
             Self::Io => "io",
             Self::Malformed => "malformed",
             Self::NotHeld => "not_held",
+            Self::Held => "held",
         }
     }
 
@@ -315,6 +318,7 @@ mod tests {
                 staging: t.path().join("staging"),
                 parts: t.path().join("parts"),
                 policy: Default::default(),
+                keep: None,
             };
             target.prepare().unwrap();
             let bundle = fixtures.join(format!("{name}.zip"));

@@ -1,6 +1,7 @@
 //! The blocking half of applying a bundle: the write-ahead record in
-//! `state_dir/publishing`, the verify-and-apply itself, the archive, and
-//! finishing at start whatever publish a crash interrupted. Everything
+//! `state_dir/publishing`, the verify-and-apply itself (keeping what it
+//! replaces for rollback), the archive, and finishing at start whatever
+//! publish a crash interrupted. Everything
 //! here does file I/O and fsyncs: run it off the async runtime.
 
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 
 use super::identity::Sender;
 use super::names::{archive_name, is_archive_name, parse_archive_name};
+use super::rollback::Records;
 use super::state::ReceiverState;
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
@@ -29,6 +31,8 @@ pub(super) struct Committer {
     publishing: PathBuf,
     archive_dir: PathBuf,
     archive_keep: usize,
+    /// Where each applied bundle keeps what it replaced, for rollback.
+    pub(super) records: Records,
     limits: apply::Limits,
     part_ttl: Duration,
     /// Where the bundles refused here are counted.
@@ -46,18 +50,20 @@ impl Committer {
             publishing: cfg.state_dir.join("publishing"),
             archive_dir: cfg.archive_dir.clone(),
             archive_keep: cfg.archive_keep,
+            records: Records::new(&target.staging, cfg.rollback_keep),
             limits: cfg.limits,
             part_ttl: cfg.part_ttl,
             metrics,
         }
     }
 
-    /// Verify and apply the received bundle at `received`.
+    /// Verify and apply the received bundle at `received`, bundle `seq` of
+    /// `sender`, whose last applied bundle was `prev`.
     pub(super) fn commit(
         &self,
         received: &Path,
         sender: &Sender,
-        seq: u64,
+        (seq, prev): (u64, u64),
     ) -> Result<apply::Applied, Refusal> {
         let refused = |refusal: Refusal, why| {
             self.metrics.refused(&sender.id, &refusal, why);
@@ -90,11 +96,15 @@ impl Committer {
         // sender, never having had an acknowledgement, sends it again.
         std::fs::rename(received, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
-        let target = self.target.for_sender(&sender.key);
+        let mut target = self.target.for_sender(&sender.key);
+        target.keep = self.records.keep_as(&sender.key, seq, prev).map_err(io)?;
         opened.path = wal.clone();
         let result = apply::apply(&target, opened);
         // After the apply, which refreshed the sets this bundle continued.
         self.expire_part_sets();
+        if result.is_ok() {
+            self.records.prune(&sender.key, seq);
+        }
         result.map_err(|e| {
             // apply put root back as it was: nothing is left to finish.
             let _ = std::fs::remove_file(&wal);
@@ -153,9 +163,34 @@ impl Committer {
                 self.archive_published(&name);
                 continue;
             }
+            // Its record is made last, once every change is durable: the
+            // publish finished, only its sequence was not recorded.
+            if self.records.has(key, seq) {
+                info!(
+                    sender = key,
+                    seq, "recording a bundle published whole before a stop"
+                );
+                state.record_applied(key, seq);
+                state.save(state_dir)?;
+                self.archive_published(&name);
+                continue;
+            }
+            // Held by a rollback: root stays as it was rolled back to; the
+            // sender sends the bundle again once released.
+            if state.held.contains_key(key) {
+                info!(
+                    sender = key,
+                    seq, "not finishing a bundle of a sender held by a rollback"
+                );
+                let _ = std::fs::remove_file(&wal);
+                continue;
+            }
+            let mut target = self.target.for_sender(key);
+            let prev = state.applied.get(key).copied().unwrap_or(0);
+            target.keep = self.records.keep_as(key, seq, prev)?;
             match apply::open(&wal, &self.limits).and_then(|b| {
                 let seq = b.manifest.seq;
-                apply::apply(&self.target.for_sender(key), b).map(|a| (seq, a))
+                apply::apply(&target, b).map(|a| (seq, a))
             }) {
                 Ok((seq, a)) => {
                     info!(

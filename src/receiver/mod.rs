@@ -27,6 +27,8 @@
 mod commit;
 mod identity;
 mod names;
+mod operate;
+mod rollback;
 mod root_hashes;
 mod session;
 mod state;
@@ -49,6 +51,7 @@ use session::Sessions;
 
 pub use crate::state_lock::StateLock;
 pub use names::{archive_name, parse_archive_name};
+pub use operate::operate_offline;
 pub use state::ReceiverState;
 
 /// Connections not yet identified (in their handshake or before `Hello`)
@@ -95,6 +98,7 @@ pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
         staging,
         parts: cfg.state_dir.join("parts"),
         policy,
+        keep: None,
     };
     target.prepare().context("preparing receiver directories")?;
     Ok(target)
@@ -126,6 +130,7 @@ impl Receiver {
         let metrics = Arc::new(ReceiverMetrics::new(&cfg.root));
         let committer = Arc::new(Committer::new(&cfg, &target, metrics.clone()));
         committer.recover(&mut state, &cfg.state_dir)?;
+        rollback::finish_interrupted(&cfg.root, &committer.records, &mut state, &cfg.state_dir)?;
         committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
             .await
@@ -162,6 +167,7 @@ impl Receiver {
         let mut reported: Option<Instant> = None;
         let tracker = tokio_util::task::TaskTracker::new();
         self.serve_metrics(&tracker, &shutdown);
+        self.serve_control(&tracker, &shutdown);
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -201,6 +207,24 @@ impl Receiver {
 }
 
 impl Receiver {
+    /// Answer `shipper rollback` on the control socket in state_dir until
+    /// `shutdown`.
+    fn serve_control(&self, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let operator = Arc::new(self.sessions.operator());
+        let path = crate::control::socket_path(&operator.state_dir);
+        tracker.spawn(operator.answer(rx));
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            if let Err(e) = crate::control::serve((path, "receiver"), tx, shutdown).await {
+                warn!(
+                    error = format!("{e:#}"),
+                    "control socket: `shipper rollback` cannot reach this receiver"
+                );
+            }
+        });
+    }
+
     /// Serve `receiver.metrics`, if configured, on `tracker` until `shutdown`.
     fn serve_metrics(&self, tracker: &tokio_util::task::TaskTracker, shutdown: &CancellationToken) {
         let taken = self

@@ -113,6 +113,17 @@ impl Sessions {
         }
     }
 
+    /// What answers `shipper rollback` while this receiver runs: it shares
+    /// the state lock with the sessions.
+    pub(super) fn operator(&self) -> super::operate::Operator {
+        super::operate::Operator {
+            state: self.state.clone(),
+            root: self.cfg.root.clone(),
+            state_dir: self.cfg.state_dir.clone(),
+            records: self.committer.records.clone(),
+        }
+    }
+
     /// Serve one connection. `slot` is held until the peer has said who it
     /// is; `stop` ends this session (a newer one from the same sender
     /// replaces it).
@@ -409,6 +420,12 @@ impl ApplyJob {
             info!(sender = %self.sender, seq, "already applied; acknowledging again");
             return Ok(Ok(None));
         }
+        if let Some(hold) = state.held.get(&self.sender.key) {
+            let refusal = Refusal::retry(held_reason(hold));
+            self.metrics
+                .refused(&self.sender.id, &refusal, RefusedFor::Held);
+            return Ok(Err(refusal));
+        }
         if next_seq(last) != Ok(seq) && last > 0 {
             // Normal when a sender ships a whole tree to another receiver.
             tracing::debug!(
@@ -421,10 +438,11 @@ impl ApplyJob {
         let me = self.committer.clone();
         let (sender_owned, received_path) = (self.sender.clone(), self.received.clone());
         let started = std::time::Instant::now();
-        let result =
-            tokio::task::spawn_blocking(move || me.commit(&received_path, &sender_owned, seq))
-                .await
-                .context("apply task")?;
+        let result = tokio::task::spawn_blocking(move || {
+            me.commit(&received_path, &sender_owned, (seq, last))
+        })
+        .await
+        .context("apply task")?;
         tracing::debug!(
             seq,
             ms = started.elapsed().as_millis() as u64,
@@ -461,4 +479,13 @@ impl ApplyJob {
             Err(reason) => Ok(Err(reason)),
         }
     }
+}
+
+/// Why a held sender's bundle is refused, for its `status`.
+fn held_reason(hold: &super::state::Hold) -> String {
+    format!(
+        "held: root was rolled back to sequence {} of this sender (at {}); `shipper rollback --release` on the receiver takes its bundles again",
+        hold.to,
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(hold.since))
+    )
 }

@@ -1,5 +1,6 @@
 //! What a receiver keeps in its state_dir across restarts: the last
-//! sequence applied per sender and the instance id (`receiver.json`,
+//! sequence applied per sender, the senders held by a rollback, and the
+//! instance id (`receiver.json`,
 //! written through [`crate::durable`]), and the lock that lets one process
 //! at a time use the state_dir (`receiver.lock`).
 
@@ -21,6 +22,25 @@ pub struct ReceiverState {
     /// has a new one, which tells senders to bring it the whole tree.
     #[serde(default)]
     pub instance: String,
+    /// Senders whose bundles are refused: root was rolled back to one of
+    /// their sequences (see `rollback.rs`), until `--release`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub held: BTreeMap<String, Hold>,
+    /// Senders released from a rollback to this sequence, not yet told:
+    /// the next one to connect learns it and compares its source with
+    /// root (`Frame::RolledBack`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rolled_back: BTreeMap<String, u64>,
+}
+
+/// A sender held by a rollback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hold {
+    /// Root is (or, while the rollback runs, is being put back) as right
+    /// after this bundle of the sender.
+    pub to: u64,
+    /// When the rollback began (Unix seconds).
+    pub since: u64,
 }
 
 impl ReceiverState {

@@ -94,7 +94,7 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (source, first_look, mut feeds) = Source::start(&cfg.source, &cfg.exclude, ignore)?;
     let (control_tx, mut control_rx) = mpsc::channel::<Call>(16);
     let control_task = tokio::spawn(control::serve(
-        control::socket_path(&stores.state_dir),
+        (control::socket_path(&stores.state_dir), "sender"),
         control_tx,
         shutdown.clone(),
     ));
@@ -356,6 +356,13 @@ impl Sender {
         match req {
             Request::Status => {
                 let _ = reply.send(Response::Status(Box::new(self.status_report())));
+            }
+            Request::Rollback { .. } | Request::Release { .. } => {
+                let _ = reply.send(Response::Error {
+                    message:
+                        "rollback is done on a receiver: `shipper rollback --config RECEIVER.toml`"
+                            .into(),
+                });
             }
             Request::Pause | Request::Resume => {
                 let pause = matches!(req, Request::Pause);

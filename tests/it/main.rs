@@ -20,6 +20,7 @@ mod peers;
 mod places;
 mod rate;
 mod reuse;
+mod rollback;
 mod served;
 mod source;
 mod sync;

@@ -49,6 +49,7 @@ fn a_part_sets_state_grows_by_a_line_per_part_and_is_never_rewritten() {
         root: env.root(),
         staging,
         policy: Default::default(),
+        keep: None,
     };
     target.prepare().unwrap();
     let dir = env.path().join("parts/from-test");

@@ -279,6 +279,7 @@ fn rename_fixture(dir: &Path) -> (std::path::PathBuf, shipper::bundle::apply::Ta
         staging: dir.join("staging"),
         parts: dir.join("parts"),
         policy: shipper::perms::Policy::default(),
+        keep: None,
     };
     target.prepare().unwrap();
     std::fs::create_dir_all(target.root.join("old")).unwrap();
