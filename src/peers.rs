@@ -7,7 +7,9 @@
 //! behind what every receiver acknowledged (restored from a backup) needs the
 //! whole tree: [`plan_welcome`] says so, and `state_dir/receivers.json`
 //! remembers it until that whole tree is acknowledged, so a restart in the
-//! middle starts it again. [`plan_welcome`] is pure; [`Peers::load`] and
+//! middle starts it again. A receiver whose root was rolled back
+//! (`shipper rollback`) says so instead, and gets its root compared with
+//! the source and repaired, remembered there too until done. [`plan_welcome`] is pure; [`Peers::load`] and
 //! [`Peers::save`] are the only I/O (blocking).
 
 use std::collections::BTreeMap;
@@ -25,6 +27,10 @@ pub struct PeerRecord {
     /// It needs the whole tree and has not acknowledged all of it yet.
     #[serde(default)]
     pub whole_tree: bool,
+    /// Its root was rolled back to this sequence (`shipper rollback`), and
+    /// the source has not been compared with it and repaired since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compare: Option<u64>,
 }
 
 /// Every receiver by its configured `host:port`.
@@ -88,11 +94,19 @@ pub struct Plan {
     pub skip_upto: u64,
     /// Why it needs the whole tree, if it does.
     pub whole_tree: Option<String>,
+    /// Its root was rolled back to this sequence: the source is compared
+    /// with it and the difference shipped (`shipper verify --repair
+    /// --delete-extra`, by itself) instead of a whole tree for being behind.
+    pub compare: Option<u64>,
 }
 
 /// Decide what a receiver that applied `last_applied` of this sender, with
-/// state instance `instance`, needs.
-pub fn plan_welcome(last_applied: u64, instance: [u8; 16], k: Known) -> Plan {
+/// state instance `instance`, needs; `rolled_back_to`: it said its root
+/// was rolled back to that sequence.
+pub fn plan_welcome(
+    (last_applied, instance, rolled_back_to): (u64, [u8; 16], Option<u64>),
+    k: Known,
+) -> Plan {
     let release_upto = last_applied.min(k.sent.max(k.acked));
     let mut whole_tree = None;
     if k.whole_tree_pending {
@@ -100,7 +114,7 @@ pub fn plan_welcome(last_applied: u64, instance: [u8; 16], k: Known) -> Plan {
     }
     if k.instance.is_some_and(|i| i != instance) {
         whole_tree = Some("its state is new (a rebuilt or wiped receiver)".to_owned());
-    } else if last_applied < k.everyone {
+    } else if last_applied < k.everyone && rolled_back_to.is_none() {
         whole_tree = Some(format!(
             "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
             k.everyone
@@ -110,6 +124,7 @@ pub fn plan_welcome(last_applied: u64, instance: [u8; 16], k: Known) -> Plan {
         release_upto,
         skip_upto: last_applied,
         whole_tree,
+        compare: rolled_back_to,
     }
 }
 
@@ -141,8 +156,7 @@ mod tests {
     #[test]
     fn a_receiver_in_step_needs_nothing() {
         let p = plan_welcome(
-            10,
-            A,
+            (10, A, None),
             Known {
                 sent: 12,
                 acked: 10,
@@ -157,8 +171,7 @@ mod tests {
     #[test]
     fn a_lost_acknowledgement_releases_only_what_was_sent() {
         let p = plan_welcome(
-            12,
-            A,
+            (12, A, None),
             Known {
                 sent: 12,
                 acked: 10,
@@ -172,8 +185,7 @@ mod tests {
     #[test]
     fn a_new_receiver_behind_what_left_the_outbox_needs_the_whole_tree() {
         let p = plan_welcome(
-            0,
-            A,
+            (0, A, None),
             Known {
                 everyone: 50,
                 instance: None,
@@ -187,8 +199,7 @@ mod tests {
     #[test]
     fn a_rebuilt_receiver_is_known_by_its_new_instance() {
         let p = plan_welcome(
-            0,
-            B,
+            (0, B, None),
             Known {
                 everyone: 0,
                 ..known()
@@ -201,8 +212,7 @@ mod tests {
     fn a_receiver_ahead_of_a_restored_sender_is_never_released_unsent() {
         // The sender's numbering restarted at 50; the receiver applied 100.
         let p = plan_welcome(
-            100,
-            A,
+            (100, A, None),
             Known {
                 sent: 0,
                 acked: 0,
@@ -220,8 +230,7 @@ mod tests {
     #[test]
     fn after_a_sender_restart_a_receiver_in_step_needs_nothing() {
         let p = plan_welcome(
-            40,
-            A,
+            (40, A, None),
             Known {
                 everyone: 40,
                 ..known()
@@ -234,8 +243,7 @@ mod tests {
     #[test]
     fn an_unfinished_whole_tree_is_begun_again() {
         let p = plan_welcome(
-            40,
-            A,
+            (40, A, None),
             Known {
                 everyone: 40,
                 whole_tree_pending: true,
@@ -243,5 +251,22 @@ mod tests {
             },
         );
         assert!(p.whole_tree.is_some());
+    }
+
+    #[test]
+    fn a_rolled_back_receiver_is_compared_not_sent_the_whole_tree() {
+        let p = plan_welcome(
+            (30, A, Some(30)),
+            Known {
+                acked: 40,
+                everyone: 40,
+                ..known()
+            },
+        );
+        assert_eq!((p.whole_tree, p.compare), (None, Some(30)));
+        assert_eq!(p.skip_upto, 30);
+        // Behind for another reason too: that reason still holds.
+        let p = plan_welcome((30, B, Some(30)), known());
+        assert!(p.whole_tree.unwrap().contains("state is new"));
     }
 }

@@ -7,7 +7,10 @@
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
 
-/// 6: a manifest may carry deltas (a large file rebuilt from the version
+/// 7: `Welcome` says when root was rolled back to one of the sender's
+/// sequences (`shipper rollback`, then `--release`), so the sender
+/// compares its source with root and ships the difference; a sender of 6
+/// cannot read that longer `Welcome` and is never sent one. (6: a manifest may carry deltas (a large file rebuilt from the version
 /// the receiver holds and the bytes that changed), which a receiver of 5
 /// would refuse as an unknown field, bundle after bundle; and a sender may
 /// ask for root's listing (`Inquire`, answered by `Listing` and `Listed`). (5: a bundle's
@@ -19,8 +22,8 @@ use super::refusal::{Refusal, RefusalKind};
 /// first. 3: `Ack` says what became of the receiver's `on_apply` hook.
 /// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
 /// names the receiver's instance and limits; `Refuse` says whether to
-/// retry.))
-pub const PROTOCOL_VERSION: u16 = 6;
+/// retry.)))
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The senders a receiver takes: 4 and 5 as well as 6, since a receiver
 /// reads the manifests of format 1 that a sender of 4 writes, and never
 /// asks one for content it holds (only format 2 bundles name any; only
@@ -44,11 +47,14 @@ pub enum Frame {
     },
     /// `instance` names this receiver's state: a new one (a rebuilt or
     /// wiped receiver) has a new instance. `accepts`: its limits, so the
-    /// sender packs within them.
+    /// sender packs within them. `rolled_back_to`: root was rolled back to
+    /// this sequence of the sender and released since (only to senders of
+    /// [`TOLD_ROLLED_BACK_FROM`] on).
     Welcome {
         last_applied: u64,
         instance: [u8; 16],
         accepts: Accepts,
+        rolled_back_to: Option<u64>,
     },
     Bundle {
         seq: u64,
@@ -145,6 +151,9 @@ const RECEIVED: u8 = 8;
 /// Senders of this protocol version and later are told how fast their
 /// bundles came ([`Frame::Received`]).
 pub const TOLD_RECEIVED_FROM: u16 = 6;
+/// Senders of this protocol version and later are told in `Welcome` that
+/// root was rolled back ([`Frame::Welcome`]'s `rolled_back_to`).
+pub const TOLD_ROLLED_BACK_FROM: u16 = 7;
 const INQUIRE: u8 = 9;
 const LISTING: u8 = 10;
 const LISTED: u8 = 11;
@@ -196,10 +205,14 @@ impl Frame {
                 last_applied,
                 instance,
                 accepts,
+                rolled_back_to,
             } => {
                 out.extend_from_slice(&last_applied.to_be_bytes());
                 out.extend_from_slice(instance);
                 put_u64s(out, &accepts.in_order());
+                if let Some(to) = rolled_back_to {
+                    out.extend_from_slice(&to.to_be_bytes());
+                }
                 WELCOME
             }
             Frame::Bundle { seq, size } => {
@@ -342,7 +355,7 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
     let u64_at = |i: usize| be_u64(p, i);
     let frame = match kind {
         HELLO | INQUIRE => parse_hello(kind, p)?,
-        WELCOME if p.len() == 56 => Some(Frame::Welcome {
+        WELCOME if p.len() == 56 || p.len() == 64 => Some(Frame::Welcome {
             last_applied: u64_at(0).unwrap_or_default(),
             instance: p[8..24].try_into().expect("16 bytes"),
             accepts: Accepts {
@@ -351,6 +364,7 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
                 max_file_size: u64_at(40).unwrap_or_default(),
                 max_unpacked: u64_at(48).unwrap_or_default(),
             },
+            rolled_back_to: u64_at(56),
         }),
         BUNDLE if p.len() == 16 => Some(Frame::Bundle {
             seq: u64_at(0).unwrap_or_default(),

@@ -38,7 +38,7 @@ use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::connection::{Body, FrameReader, Stream, set_liveness};
-use crate::proto::frame::{Accepts, PROTOCOL_VERSION, SENDERS_SPOKEN};
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION, SENDERS_SPOKEN, TOLD_ROLLED_BACK_FROM};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::proto::{Connection, Frame, SESSION_IDLE};
@@ -142,7 +142,7 @@ impl Sessions {
             return self.answer_inquiry(&mut conn, &sender, peer).await;
         }
         let registered = self.register(&sender, peer, stop)?;
-        let last = self.welcome(&mut conn, &sender).await?;
+        let last = self.welcome(&mut conn, &sender, speaks).await?;
         info!(%peer, %sender, last_applied = last, "sender connected");
         self.serve_bundles(&mut conn, &sender, peer, (registered.id, speaks))
             .await?;
@@ -220,13 +220,24 @@ impl Sessions {
     }
 
     /// Tell `sender` the last sequence applied from it, this receiver's
-    /// instance and what it accepts; returns that last sequence.
-    async fn welcome(&self, conn: &mut Connection<Stream>, sender: &Sender) -> anyhow::Result<u64> {
-        let (last, instance) = {
+    /// instance and what it accepts, and, if it speaks a protocol that
+    /// can hear it, that root was rolled back; returns that last sequence.
+    async fn welcome(
+        &self,
+        conn: &mut Connection<Stream>,
+        sender: &Sender,
+        speaks: u16,
+    ) -> anyhow::Result<u64> {
+        let (last, instance, rolled_back) = {
             let state = self.state.lock().await;
             let last = state.applied.get(&sender.key).copied().unwrap_or(0);
-            (last, state.instance())
+            let rolled_back = state.rolled_back.get(&sender.key).copied();
+            (last, state.instance(), rolled_back)
         };
+        let told = speaks >= TOLD_ROLLED_BACK_FROM;
+        if let Some(to) = rolled_back.filter(|_| !told) {
+            warn!(%sender, speaks, to, "root was rolled back, and this sender's protocol cannot be told: run `shipper verify --repair --delete-extra` on it once it is upgraded");
+        }
         conn.write_frame(&Frame::Welcome {
             last_applied: last,
             instance,
@@ -236,6 +247,7 @@ impl Sessions {
                 max_file_size: self.cfg.limits.max_file_size,
                 max_unpacked: self.cfg.limits.max_unpacked,
             },
+            rolled_back_to: rolled_back.filter(|_| told),
         })
         .await?;
         Ok(last)

@@ -128,13 +128,9 @@ impl Handles {
         // A receiver that is away must not fill the sender's disk.
         while let Some(j) = queue.over_budget() {
             warn!(peer = %self.receivers[j], outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
-            update_peer(
-                &self.peers,
-                &self.state_dir,
-                &self.receivers[j],
-                None,
-                Some(true),
-            )?;
+            update_peer(&self.peers, &self.state_dir, &self.receivers[j], |r| {
+                r.whole_tree = true;
+            })?;
             release_now(queue.drop_backlog(j), &self.events, &self.ledger);
         }
         Ok(())

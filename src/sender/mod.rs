@@ -192,6 +192,9 @@ impl Sender {
             peer_timeout: cfg.peer_timeout,
             exclude: cfg.exclude.clone(),
             repairs,
+            peers: h.peers.clone(),
+            state_dir: h.state_dir.clone(),
+            comparing: Default::default(),
         });
         let whole_trees =
             WholeTrees::new(cfg.receivers.clone(), h.peers.clone(), h.state_dir.clone());
@@ -421,7 +424,11 @@ impl Sender {
                 self.cut.whole_trees.need(index, &reason);
                 self.maybe_pack(false, next_tick);
             }
+            TransportEvent::Compare => self.maybe_compare(),
             TransportEvent::Connected => {
+                // A compare that failed (a root could not be listed) is
+                // tried again as receivers come back.
+                self.maybe_compare();
                 if self.needs_welcome {
                     // Sequences can be numbered now: ship what waited.
                     self.needs_welcome = false;

@@ -11,6 +11,11 @@
 //! they ship as they are now, and flushes; the task waits for that flush.
 //! Nothing is ever deleted on a receiver but an extra the operator asked to
 //! delete (`--delete-extra`) and the source still lacks.
+//!
+//! A receiver whose root was rolled back and released (`shipper rollback`)
+//! gets the same by itself: [`super::Sender::maybe_compare`] runs a verify
+//! with `--repair --delete-extra` while its `compare` mark is in
+//! `receivers.json`, and clears the mark once it ran whole.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -45,6 +50,11 @@ pub(super) struct Verifier {
     pub(super) exclude: Excludes,
     /// Where a verify hands its repair to the sender's loop.
     pub(super) repairs: mpsc::Sender<RepairRequest>,
+    /// Where receivers whose root was rolled back are marked.
+    pub(super) peers: Arc<std::sync::Mutex<crate::peers::Peers>>,
+    pub(super) state_dir: PathBuf,
+    /// A compare for rolled-back roots is running.
+    pub(super) comparing: std::sync::atomic::AtomicBool,
 }
 
 /// What the loop knows as a verify starts.
@@ -337,6 +347,64 @@ impl super::Sender {
         self.verifier.spawn(known, repair, delete_extra, reply);
     }
 
+    /// Compare the source with every root and repair, deleting extras
+    /// where that is safe, while some receiver's root was rolled back
+    /// (its `compare` mark); one at a time. The marks it ran for are
+    /// cleared once it listed every root and repaired without error;
+    /// otherwise it is tried again when a receiver next connects.
+    pub(super) fn maybe_compare(&mut self) {
+        use std::sync::atomic::Ordering;
+        let marked: Vec<(String, u64)> = {
+            let p = self
+                .verifier
+                .peers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            p.receivers
+                .iter()
+                .filter_map(|(name, r)| Some((name.clone(), r.compare?)))
+                .collect()
+        };
+        if marked.is_empty() || self.verifier.comparing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.start_verify(true, true, tx);
+        let v = self.verifier.clone();
+        tokio::spawn(async move {
+            let why = match rx.await {
+                Ok(Response::Verified(report)) => compare_failed(&report),
+                Ok(Response::Error { message }) => Some(message),
+                Ok(other) => Some(format!("unexpected answer {other:?}")),
+                Err(_) => Some("the sender stopped".into()),
+            };
+            match why {
+                None => {
+                    let (peers, dir) = (v.peers.clone(), v.state_dir.clone());
+                    let cleared = tokio::task::spawn_blocking(move || {
+                        for (name, to) in marked {
+                            super::transport::update_peer(&peers, &dir, &name, |r| {
+                                r.compare = r.compare.filter(|c| *c != to);
+                            })?;
+                        }
+                        std::io::Result::Ok(())
+                    })
+                    .await;
+                    match cleared.map_err(std::io::Error::other).and_then(|r| r) {
+                        Ok(()) => info!("the roots rolled back are in step with the source again"),
+                        Err(e) => {
+                            warn!(error = %e, "could not record that the rolled-back roots were compared")
+                        }
+                    }
+                }
+                Some(why) => {
+                    warn!(error = %why, "comparing the source with the rolled-back roots did not finish; tried again when a receiver next connects")
+                }
+            }
+            v.comparing.store(false, Ordering::SeqCst);
+        });
+    }
+
     /// A verify's repair: its paths ship as they are now, in doubt (so
     /// their content travels whatever the ledger says), and a flush sends
     /// them at once. An extra is deleted only while the source lacks it.
@@ -386,4 +454,26 @@ fn extras_kept(receivers: &[ReceiverDrift]) -> Option<String> {
         "extras not deleted: {}'s root also takes bundles from {} other sender(s), whose files look extra from here",
         r.receiver, r.other_senders
     ))
+}
+
+/// Why a compare for rolled-back roots did not run whole, if it did not:
+/// a root that could not be listed, or a repair that failed (extras kept
+/// because a root takes another sender's bundles count as done: they are
+/// reported, and no later run would delete them either).
+fn compare_failed(report: &VerifyReport) -> Option<String> {
+    if let Some(r) = report.receivers.iter().find(|r| r.error.is_some()) {
+        return Some(format!(
+            "{}: {}",
+            r.receiver,
+            r.error.as_deref().unwrap_or_default()
+        ));
+    }
+    let error = report.repair.as_ref()?.error.as_deref()?;
+    if report.receivers.iter().any(|r| r.other_senders > 0)
+        && error.starts_with("extras not deleted")
+    {
+        warn!(error, "after a rollback: extras left in place");
+        return None;
+    }
+    Some(error.to_owned())
 }

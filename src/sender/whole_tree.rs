@@ -141,7 +141,7 @@ impl WholeTrees {
         info!(peer = %name, "this receiver has the whole tree");
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = update_peer(&peers, &dir, &name, None, Some(false)) {
+            if let Err(e) = update_peer(&peers, &dir, &name, |r| r.whole_tree = false) {
                 warn!(error = %e, "could not record that a receiver has the whole tree");
             }
         });

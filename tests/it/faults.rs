@@ -683,9 +683,17 @@ async fn a_publish_failing_part_way_leaves_root_as_it_was_then_applies_whole() {
         f => panic!("expected a refusal, got {f:?}"),
     }
     assert_eq!(snapshot(&www), was, "root changed by a refused bundle");
-    // Nothing kept aside or waiting to be finished at the next start.
-    let left = |d: &str| std::fs::read_dir(env.path().join(d)).unwrap().count();
-    assert_eq!(left("state-r/staging"), 0, "stage left behind");
+    // Nothing kept aside (for rollback either) or waiting to be finished
+    // at the next start.
+    let left = |d: &str| std::fs::read_dir(env.path().join(d)).map_or(0, |d| d.count());
+    let staged = std::fs::read_dir(env.path().join("state-r/staging")).unwrap();
+    let staged: Vec<_> = staged.map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(staged, [".shipper-rollback"], "stage left behind");
+    assert_eq!(
+        left("state-r/staging/.shipper-rollback/from-test"),
+        0,
+        "kept for rollback"
+    );
     assert_eq!(
         left("state-r/publishing"),
         0,

@@ -92,6 +92,17 @@ async fn rollback_puts_root_back_holds_the_sender_and_release_brings_it_in_step(
         "{}",
         text(&out)
     );
+    // In step again: the sender compared its source with root and shipped
+    // the difference, the files the rollback brought back deleted again.
+    wait_in_sync(&env).await;
+    assert!(!env.root().join("b.html").exists());
+    wait_until("the compare recorded as done", || {
+        let peers = std::fs::read_to_string(env.path().join("state-s/receivers.json")).unwrap();
+        !peers.contains("\"compare\"")
+    })
+    .await;
+    let state = std::fs::read_to_string(env.path().join("state-r/receiver.json")).unwrap();
+    assert!(!state.contains("rolled_back"), "{state}");
 }
 
 /// A rollback further back than `rollback_keep` bundles is refused naming

@@ -8,18 +8,25 @@ fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
             .prop_map(|(version, sender)| Frame::Hello { version, sender }),
-        (any::<u64>(), any::<[u8; 16]>(), any::<[u64; 4]>()).prop_map(
-            |(last_applied, instance, [a, b, c, d])| Frame::Welcome {
-                last_applied,
-                instance,
-                accepts: Accepts {
-                    max_entries: a,
-                    max_bundle_size: b,
-                    max_file_size: c,
-                    max_unpacked: d,
-                },
-            }
-        ),
+        (
+            any::<u64>(),
+            any::<[u8; 16]>(),
+            any::<[u64; 4]>(),
+            any::<Option<u64>>()
+        )
+            .prop_map(|(last_applied, instance, [a, b, c, d], rolled_back_to)| {
+                Frame::Welcome {
+                    last_applied,
+                    instance,
+                    accepts: Accepts {
+                        max_entries: a,
+                        max_bundle_size: b,
+                        max_file_size: c,
+                        max_unpacked: d,
+                    },
+                    rolled_back_to,
+                }
+            }),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, size)| Frame::Bundle { seq, size }),
         (any::<u64>(), any::<[u8; 32]>()).prop_map(|(size, hash)| Frame::Trailer { size, hash }),
         (any::<u64>(), 0u8..3, ".{0,100}").prop_map(|(seq, outcome, why)| Frame::Ack {

@@ -18,6 +18,18 @@ fn all() -> Vec<Frame> {
                 max_file_size: 3,
                 max_unpacked: u64::MAX,
             },
+            rolled_back_to: None,
+        },
+        Frame::Welcome {
+            last_applied: 42,
+            instance: [9; 16],
+            accepts: Accepts {
+                max_entries: 1,
+                max_bundle_size: 2,
+                max_file_size: 3,
+                max_unpacked: 4,
+            },
+            rolled_back_to: Some(40),
         },
         Frame::Bundle {
             seq: 7,

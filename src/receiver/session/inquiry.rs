@@ -18,6 +18,20 @@ use crate::receiver::identity::Sender;
 use crate::receiver::root_hashes;
 
 impl Sessions {
+    /// A sender released from a rollback asks for root's listing to compare
+    /// it with its source once it recorded that it must: it need not be
+    /// told again.
+    async fn told_of_rollback(&self, sender: &Sender) -> anyhow::Result<()> {
+        let mut state = self.state.lock().await;
+        if state.rolled_back.remove(&sender.key).is_none() {
+            return Ok(());
+        }
+        let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
+        tokio::task::spawn_blocking(move || snapshot.save(&dir)).await??;
+        info!(%sender, "the sender released from a rollback is comparing its source with root");
+        Ok(())
+    }
+
     /// Answer `sender`'s inquiry on `conn` with root's listing.
     pub(super) async fn answer_inquiry(
         &self,
@@ -57,6 +71,7 @@ impl Sessions {
             other_senders,
         })
         .await?;
+        self.told_of_rollback(sender).await?;
         let ms = started.elapsed().as_millis() as u64;
         info!(%peer, %sender, files, hashed, ms, "root listed for verify");
         Ok(())

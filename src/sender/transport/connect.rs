@@ -39,6 +39,8 @@ pub(super) struct Welcome {
     pub(super) instance: [u8; 16],
     /// The limits it accepts bundles within.
     pub(super) accepts: Accepts,
+    /// Root was rolled back to this sequence and released since.
+    pub(super) rolled_back_to: Option<u64>,
 }
 
 /// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
@@ -165,6 +167,7 @@ async fn hello(
             last_applied,
             instance,
             accepts,
+            rolled_back_to,
         }) => match next_seq(last_applied) {
             Ok(_) => Ok(Session {
                 delivered: None,
@@ -173,6 +176,7 @@ async fn hello(
                     last_applied,
                     instance,
                     accepts,
+                    rolled_back_to,
                 },
             }),
             Err(e) => Err(format!(

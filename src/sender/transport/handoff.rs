@@ -23,6 +23,9 @@ pub(in crate::sender) enum TransportEvent {
     Acked {
         seq: u64,
     },
+    /// A receiver's root was rolled back (recorded in `receivers.json`):
+    /// the source is to be compared with the roots and repaired.
+    Compare,
     /// Receiver `index` needs the whole tree, for this reason (already
     /// recorded in `receivers.json`).
     WholeTree {
@@ -77,43 +80,41 @@ pub(in crate::sender) fn release_now(
     }
 }
 
-/// Record receiver `name`'s instance and whether it needs the whole tree,
-/// durably, before anything relies on it. Blocking work off the runtime.
+/// Record receiver `name`'s instance, and whether it needs the whole tree
+/// or its root compared, durably, before anything relies on it. Blocking work off the runtime.
 pub(super) async fn record_peer(
     link_peers: &Arc<std::sync::Mutex<Peers>>,
     state_dir: &Path,
     name: &str,
     instance: [u8; 16],
-    whole_tree: bool,
+    (whole_tree, compare): (bool, Option<u64>),
 ) {
     let (peers, dir, peer) = (link_peers.clone(), state_dir.to_owned(), name.to_owned());
-    let mark = whole_tree.then_some(true);
-    let saved =
-        tokio::task::spawn_blocking(move || update_peer(&peers, &dir, &peer, Some(instance), mark))
-            .await;
+    let saved = tokio::task::spawn_blocking(move || {
+        update_peer(&peers, &dir, &peer, |rec| {
+            rec.instance = data_encoding::HEXLOWER.encode(&instance);
+            rec.whole_tree |= whole_tree;
+            rec.compare = compare.or(rec.compare);
+        })
+    })
+    .await;
     if let Err(e) = saved.map_err(std::io::Error::other).and_then(|r| r) {
         warn!(peer = %name, error = %e, "could not record what is known of the receivers");
     }
 }
 
-/// Record durably what is known of receiver `name`: its state's
-/// `instance` and whether it needs the whole tree (`None`: unchanged).
-/// Written only when something changed. Blocking.
+/// Record durably what `change` makes of what is known of receiver
+/// `name`. Written only when something changed. Blocking.
 pub(in crate::sender) fn update_peer(
     peers: &Arc<std::sync::Mutex<Peers>>,
     state_dir: &Path,
     name: &str,
-    instance: Option<[u8; 16]>,
-    whole_tree: Option<bool>,
+    change: impl FnOnce(&mut PeerRecord),
 ) -> std::io::Result<()> {
     let mut p = peers.lock().unwrap_or_else(|e| e.into_inner());
     let rec = p.receivers.entry(name.to_owned()).or_default();
-    let wanted = PeerRecord {
-        instance: instance
-            .map(|i| data_encoding::HEXLOWER.encode(&i))
-            .unwrap_or_else(|| rec.instance.clone()),
-        whole_tree: whole_tree.unwrap_or(rec.whole_tree),
-    };
+    let mut wanted = rec.clone();
+    change(&mut wanted);
     if *rec == wanted {
         return Ok(());
     }

@@ -128,7 +128,7 @@ impl Link {
         // connect() turned away a last_applied with no successor.
         self.seq_floor
             .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
-        let plan = plan_welcome(s.last_applied, s.instance, self.known());
+        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back_to), self.known());
         // Any bundle it has numbers for but was never sent is covered by
         // the whole tree, recorded before those bundles can be let go.
         let reused = self.outbox.take_stale(self.index)
@@ -139,7 +139,8 @@ impl Link {
         let whole_tree = plan.whole_tree.clone().or_else(|| {
             reused.then(|| format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied))
         });
-        self.record_needs(s.instance, whole_tree).await;
+        self.record_needs(s.instance, whole_tree, plan.compare)
+            .await;
         // What it applied before a lost acknowledgement counts as
         // acknowledged, and what it has numbers for is never sent to it:
         // both are done with up to what it applied (skip_upto covers
@@ -178,23 +179,33 @@ impl Link {
         }
     }
 
-    /// Record durably the receiver's `instance` and whether it needs the
-    /// whole tree; if it does, tell the sender's loop why.
-    async fn record_needs(&self, instance: [u8; 16], whole_tree: Option<String>) {
+    /// Record durably the receiver's `instance`, whether it needs the
+    /// whole tree, and whether its root, rolled back to `compare`, is to be
+    /// compared with the source; tell the sender's loop of either.
+    async fn record_needs(
+        &self,
+        instance: [u8; 16],
+        whole_tree: Option<String>,
+        compare: Option<u64>,
+    ) {
         let needed = whole_tree.is_some();
         record_peer(
             &self.peers,
             &self.state_dir,
             &self.receiver,
             instance,
-            needed,
+            (needed, compare),
         )
         .await;
+        let index = self.index;
         if let Some(reason) = whole_tree {
-            let index = self.index;
             let _ = self
                 .events
                 .send(TransportEvent::WholeTree { index, reason });
+        }
+        if let Some(to) = compare {
+            info!(peer = %self.receiver, to, "the receiver's root was rolled back: comparing the source with it to ship the difference");
+            let _ = self.events.send(TransportEvent::Compare);
         }
     }
 
@@ -296,7 +307,7 @@ impl Link {
                 "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
                 b.seq
             );
-            self.record_needs(instance, Some(reason)).await;
+            self.record_needs(instance, Some(reason), None).await;
         }
         self.outbox.mark_sent(self.index, b.seq);
         let started = Instant::now();
