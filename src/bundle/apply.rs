@@ -436,7 +436,6 @@ mod tests {
             },
             touched: &|_| false,
             deflate: &|| true,
-            first_bundle_max: None,
             held: None,
             signatures: None,
         }

@@ -93,8 +93,6 @@ pub(super) struct Cutter<'c> {
     pub(super) outbox: &'c Path,
     pub(super) sender: &'c str,
     pub(super) limits: Limits,
-    /// The first bundle's size limit, when smaller than `limits` says.
-    pub(super) first_max: Option<u64>,
     pub(super) alloc_seq: &'c mut dyn FnMut() -> io::Result<u64>,
     pub(super) emit: &'c mut dyn FnMut(Packed) -> io::Result<()>,
     pub(super) open: Option<OpenBundle>,
@@ -126,10 +124,7 @@ impl Cutter<'_> {
         (need, writes): (u64, u64),
         name: &str,
     ) -> io::Result<&mut OpenBundle> {
-        let mut limits = self.limits;
-        if let Some(max) = self.first_max.filter(|_| report.bundles.is_empty()) {
-            limits.max_bundle_size = limits.max_bundle_size.min(max);
-        }
+        let limits = self.limits.of_bundle(report.bundles.is_empty());
         let full = self
             .open
             .as_ref()

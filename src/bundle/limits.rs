@@ -1,5 +1,6 @@
 //! [`Limits`]: how large a bundle, a part and a file may be, from the
-//! sender's config narrowed to what each receiver accepts. Pure.
+//! sender's config narrowed to what each receiver accepts, and how large a
+//! packing run's first bundle may grow. Pure.
 
 use crate::proto::frame::Accepts;
 
@@ -16,6 +17,11 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Content bytes one bundle may unpack to.
     pub max_unpacked: u64,
+    /// A packing run's first bundle grows no larger than this, where it is
+    /// smaller than `max_bundle_size`: while a link is not measured yet, a
+    /// small first bundle goes out soon and measures it. `None`: the first
+    /// is cut as the others are.
+    pub first_bundle_max: Option<u64>,
 }
 
 impl Limits {
@@ -27,6 +33,19 @@ impl Limits {
             max_entries,
             max_file_size: u64::MAX,
             max_unpacked: u64::MAX,
+            first_bundle_max: None,
+        }
+    }
+
+    /// The limits a run's bundle is cut by: `first`, the run's first, may
+    /// be held smaller ([`Limits::first_bundle_max`]).
+    pub fn of_bundle(self, first: bool) -> Self {
+        match self.first_bundle_max.filter(|_| first) {
+            Some(max) => Self {
+                max_bundle_size: self.max_bundle_size.min(max),
+                ..self
+            },
+            None => self,
         }
     }
 
@@ -43,6 +62,7 @@ impl Limits {
                 .max(2),
             max_file_size: self.max_file_size.min(a.max_file_size),
             max_unpacked: self.max_unpacked.min(a.max_unpacked),
+            first_bundle_max: self.first_bundle_max,
         }
     }
 }
@@ -77,6 +97,25 @@ mod tests {
             (l.chunk_size, l.max_bundle_size, l.max_entries),
             (1 << 20, 8 << 20, 100)
         );
+    }
+
+    #[test]
+    fn only_a_runs_first_bundle_is_held_to_the_first_bundle_max() {
+        let l = Limits {
+            first_bundle_max: Some(32 << 20),
+            ..Limits::new(64 << 20, 256 << 20, 100)
+        }
+        .within(&accepts(u64::MAX, 128 << 20));
+        assert_eq!(l.of_bundle(true).max_bundle_size, 32 << 20);
+        assert_eq!(l.of_bundle(false).max_bundle_size, 128 << 20);
+        assert_eq!(l.of_bundle(true).chunk_size, 64 << 20, "parts unchanged");
+        let larger = Limits {
+            first_bundle_max: Some(1 << 30),
+            ..l
+        };
+        assert_eq!(larger.of_bundle(true).max_bundle_size, 128 << 20);
+        let unheld = Limits::new(64 << 20, 256 << 20, 100);
+        assert_eq!(unheld.of_bundle(true).max_bundle_size, 256 << 20);
     }
 
     #[test]

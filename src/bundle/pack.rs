@@ -130,10 +130,6 @@ pub struct Packer<'a> {
     /// the links' measured rate), asked afresh for each file: a link
     /// measured while a run packs changes the files after it.
     pub deflate: &'a (dyn Fn() -> bool + Sync),
-    /// How large the run's first bundle may grow, if smaller than the
-    /// limits say: while a link is not measured yet, a small first bundle
-    /// goes out soon and measures it.
-    pub first_bundle_max: Option<u64>,
     /// Where the receivers hold content a new file may be rebuilt from;
     /// `None`: nothing is reused (a whole tree for a new receiver).
     pub held: Option<&'a dyn HeldContent>,
@@ -169,7 +165,6 @@ impl Packer<'_> {
                 outbox: self.outbox,
                 sender: self.sender,
                 limits: self.limits,
-                first_max: self.first_bundle_max,
                 closed: Default::default(),
                 alloc_seq: &mut *self.alloc_seq,
                 emit: &mut *self.emit,
@@ -568,7 +563,6 @@ mod tests {
                 emit: &mut |_| Ok(()),
                 touched: &|_| busy,
                 deflate: &|| false,
-                first_bundle_max: None,
                 held: None,
                 signatures: Some(&asked),
             }

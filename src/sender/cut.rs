@@ -79,14 +79,21 @@ pub(super) struct Handles {
 }
 
 impl Handles {
-    /// `own` narrowed to what every receiver said it accepts.
+    /// A packing run's limits: `own` narrowed to what every receiver said
+    /// it accepts, its first bundle held small while a link is to be
+    /// measured.
     fn limits(&self, own: Limits) -> Limits {
-        self.accepts
+        let narrowed = self
+            .accepts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .flatten()
-            .fold(own, |l, a| l.within(a))
+            .fold(own, |l, a| l.within(a));
+        Limits {
+            first_bundle_max: self.link_rates.first_bundle_max(self.compress),
+            ..narrowed
+        }
     }
 
     /// The next sequence number, persisted before it is used so a restart
@@ -161,7 +168,6 @@ impl Handles {
                     .contains(p)
             },
             deflate: &|| self.link_rates.deflate(self.compress),
-            first_bundle_max: self.link_rates.first_bundle_max(self.compress),
             held: held.as_ref().map(|l| l as &dyn HeldContent),
             // A whole tree for one receiver sends no deltas; the content
             // it packs was signed when it first shipped.

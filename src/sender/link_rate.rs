@@ -8,7 +8,10 @@
 //! sender's side can make look faster than the link. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
 //! kept small so it soon is. The decisions are pure ([`deflate_pays`],
-//! [`first_bundle_max`]).
+//! [`first_bundle_max`]). What a link was measured at is remembered across
+//! restarts ([`super::link_memory`]): a remembered measure counts until
+//! the link is measured anew, and is written again only when a measure is
+//! news (see [`Measured`]), never once per bundle.
 
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
@@ -36,6 +39,10 @@ pub const DELIVERED_FROM: u64 = 1 << 20;
 /// deflate) while some link under `compress = "auto"` is not measured: it
 /// is sent, and the link measured, while the rest of the run packs.
 pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
+/// A link measured steadily has its measures remembered again once what
+/// was last remembered of it is this old (seconds), though no measure was
+/// news: it would be forgotten a week after its last news otherwise.
+pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 
 /// Whether to deflate what is worth deflating, under `mode`, given the
 /// measured rate of each receiver's link (bytes per second; `None`: not
@@ -55,12 +62,18 @@ pub fn first_bundle_max(mode: Compress, rates: &[Option<f64>]) -> Option<u64> {
     (mode == Compress::Auto && rates.iter().any(Option::is_none)).then_some(UNMEASURED_FIRST_BUNDLE)
 }
 
-/// A link's rate after a measure (bytes per second), and whether it is
-/// news: the link's first, or one that changes whether deflate pays.
+/// A link's rate after a measure (bytes per second), whether it is news
+/// (the link's first measure in this process, or one that changes whether
+/// deflate pays: the log says so), and whether the link's measures are to
+/// be written to `link-rates.json` ([`LinkRates::keep`]).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Measured {
     pub(super) rate: f64,
     pub(super) news: bool,
+    /// News, the first measure of its kind in this process (it replaces a
+    /// remembered one), or what the file holds of the link is older than
+    /// [`REFRESH_AFTER`].
+    pub(super) keep: bool,
 }
 
 /// Who measured a link.
@@ -100,74 +113,139 @@ impl Measure {
     }
 }
 
-/// One link's two measures (bytes per second).
-#[derive(Debug, Clone, Copy, Default)]
-struct Link {
-    sent: Option<f64>,
-    received: Option<f64>,
+/// One measure of a link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Rate {
+    pub(super) bytes_per_s: f64,
+    /// When it was last measured (unix seconds).
+    pub(super) at: i64,
+    /// Measured by this process; `false`: remembered from an earlier one,
+    /// replaced (not averaged) by the next measure.
+    pub(super) fresh: bool,
+}
+
+/// One link's two measures.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(super) struct Link {
+    pub(super) sent: Option<Rate>,
+    pub(super) received: Option<Rate>,
+    /// When `link-rates.json` last had this link's measures written (unix
+    /// seconds); `None`: never.
+    pub(super) written: Option<i64>,
 }
 
 impl Link {
     /// The rate that decides: the slower measure, or the one there is.
-    fn rate(&self) -> Option<f64> {
+    pub(super) fn rate(&self) -> Option<f64> {
         match (self.sent, self.received) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+            (Some(a), Some(b)) => Some(a.bytes_per_s.min(b.bytes_per_s)),
+            (a, b) => a.or(b).map(|r| r.bytes_per_s),
         }
+    }
+
+    /// Whether a measure of it was taken by this process.
+    fn fresh(&self) -> bool {
+        [self.sent, self.received]
+            .iter()
+            .any(|m| m.is_some_and(|m| m.fresh))
+    }
+
+    /// Fold `sample` (bytes per second), measured `by` at `now`, into this
+    /// link: half the old, half the new, so a link that changes is followed
+    /// within a few bundles; a remembered measure is replaced.
+    fn fold(&mut self, sample: f64, by: By, now: i64) -> Measured {
+        let old = self.rate();
+        let was_fresh = self.fresh();
+        let measure = match by {
+            By::Sender => &mut self.sent,
+            By::Receiver => &mut self.received,
+        };
+        let first_of_kind = !measure.is_some_and(|m| m.fresh);
+        let bytes_per_s = match measure {
+            Some(m) if m.fresh => (m.bytes_per_s + sample) / 2.0,
+            _ => sample,
+        };
+        *measure = Some(Rate {
+            bytes_per_s,
+            at: now,
+            fresh: true,
+        });
+        let rate = self.rate().expect("just measured");
+        let turns = old.is_none_or(|old| (old < STORE_FROM) != (rate < STORE_FROM));
+        let news = !was_fresh || turns;
+        let stale = self.written.is_none_or(|w| now - w >= REFRESH_AFTER);
+        let keep = news || first_of_kind || stale;
+        if keep {
+            self.written = Some(now);
+        }
+        Measured { rate, news, keep }
     }
 }
 
-/// Each receiver's measured link rate, shared by its transport and the packer.
+/// Where links' measures are remembered across restarts
+/// ([`super::link_memory::Memory`]).
+pub(super) trait Remember: Send + Sync {
+    /// Remember `links` (one per receiver) in place of what was. Blocking.
+    fn remember(&self, links: &[Link]) -> std::io::Result<()>;
+}
+
+/// Each receiver's measured link rate, shared by its transport and the
+/// packer, and where it is remembered across restarts.
 pub(super) struct LinkRates {
     links: Mutex<Vec<Link>>,
+    /// `None`: remembered nowhere (tests).
+    memory: Option<Box<dyn Remember>>,
+    /// One [`LinkRates::keep`] at a time, each of the links as they stand
+    /// when it begins: one that began earlier never lands last.
+    keeping: Mutex<()>,
 }
 
 impl LinkRates {
+    /// For `receivers` links, none measured, remembered nowhere.
+    #[cfg(test)]
     pub(super) fn new(receivers: usize) -> Self {
         Self {
             links: Mutex::new(vec![Link::default(); receivers]),
+            memory: None,
+            keeping: Mutex::new(()),
         }
     }
 
-    /// Receiver `index`'s link carried `bytes` in `took`, as `how` says:
-    /// if that is enough bytes to say something of the link (`how`'s
-    /// least), fold it into the rate.
+    /// The `links` remembered in `memory` (one per receiver), to be
+    /// remembered there again.
+    pub(super) fn remembering(memory: Box<dyn Remember>, links: Vec<Link>) -> Self {
+        Self {
+            links: Mutex::new(links),
+            memory: Some(memory),
+            keeping: Mutex::new(()),
+        }
+    }
+
+    /// Receiver `index`'s link carried `bytes` in `took`, as `how` says,
+    /// at `now` (unix seconds): if that is enough bytes to say something
+    /// of the link (`how`'s least), fold it into the rate.
     pub(super) fn record(
         &self,
         index: usize,
         how: Measure,
         (bytes, took): (u64, Duration),
+        now: i64,
     ) -> Option<Measured> {
-        (bytes >= how.least())
-            .then(|| self.sample(index, (bytes, took), how.by()))
-            .flatten()
-    }
-
-    /// Fold `bytes` in `took`, measured `by`, into receiver `index`'s link
-    /// (half the old, half the new, so a link that changes is followed
-    /// within a few bundles).
-    fn sample(&self, index: usize, (bytes, took): (u64, Duration), by: By) -> Option<Measured> {
-        if took.is_zero() {
+        if bytes < how.least() || took.is_zero() {
             return None;
         }
         let sample = bytes as f64 / took.as_secs_f64();
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let link = &mut links[index];
-        let old = link.rate();
-        let measure = match by {
-            By::Sender => &mut link.sent,
-            By::Receiver => &mut link.received,
-        };
-        *measure = Some(measure.map_or(sample, |m| (m + sample) / 2.0));
-        let rate = link.rate().expect("just measured");
-        // News: the first measure, or one that turns the choice around.
-        let news = old.is_none_or(|old| (old < STORE_FROM) != (rate < STORE_FROM));
-        Some(Measured { rate, news })
+        Some(links[index].fold(sample, how.by(), now))
+    }
+
+    /// Each link as it stands.
+    pub(super) fn links(&self) -> Vec<Link> {
+        self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn rates(&self) -> Vec<Option<f64>> {
-        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        links.iter().map(Link::rate).collect()
+        self.links().iter().map(Link::rate).collect()
     }
 
     /// Whether the next file packed is deflated (if worth it), under `mode`.
@@ -178,6 +256,16 @@ impl LinkRates {
     /// How large the next run's first bundle may be, under `mode`.
     pub(super) fn first_bundle_max(&self, mode: Compress) -> Option<u64> {
         first_bundle_max(mode, &self.rates())
+    }
+
+    /// Write every link's measures where they are remembered (after a
+    /// measure to [`Measured::keep`]). Blocking: fsync.
+    pub(super) fn keep(&self) -> std::io::Result<()> {
+        let Some(memory) = &self.memory else {
+            return Ok(());
+        };
+        let _turn = self.keeping.lock().unwrap_or_else(|e| e.into_inner());
+        memory.remember(&self.links())
     }
 }
 
@@ -231,6 +319,11 @@ impl Delivered {
 mod tests {
     use super::*;
 
+    /// A time (unix seconds) measures are taken at.
+    const T0: i64 = 1_700_000_000;
+    /// Too short a time to measure anything in.
+    const TINY: Duration = Duration::from_micros(1);
+
     #[test]
     fn auto_stores_only_when_every_link_is_measured_fast() {
         let fast = Some(STORE_FROM * 3.0);
@@ -263,21 +356,17 @@ mod tests {
         let r = LinkRates::new(1);
         let second = Duration::from_secs(1);
         assert!(
-            r.record(
-                0,
-                Measure::Acked,
-                (DELIVERED_FROM - 1, Duration::from_micros(1))
-            )
-            .is_none()
+            r.record(0, Measure::Acked, (DELIVERED_FROM - 1, TINY), T0)
+                .is_none()
         );
         assert!(r.deflate(Compress::Auto), "too few bytes measured nothing");
         let m = r
-            .record(0, Measure::Acked, (DELIVERED_FROM * 1000, second))
+            .record(0, Measure::Acked, (DELIVERED_FROM * 1000, second), T0)
             .unwrap();
         assert!(m.news, "the first measure is news");
         assert!(!r.deflate(Compress::Auto), "1 GB/s stores");
         let m = r
-            .record(0, Measure::Acked, (DELIVERED_FROM * 900, second))
+            .record(0, Measure::Acked, (DELIVERED_FROM * 900, second), T0)
             .unwrap();
         assert!(!m.news, "still fast: no news");
     }
@@ -288,24 +377,91 @@ mod tests {
     fn the_slower_of_the_senders_and_the_receivers_measures_decides() {
         let r = LinkRates::new(1);
         let second = Duration::from_secs(1);
-        let fast = r.record(0, Measure::Acked, (1 << 30, second)).unwrap();
+        let fast = r.record(0, Measure::Acked, (1 << 30, second), T0).unwrap();
         assert!(fast.news && !r.deflate(Compress::Auto), "1 GiB/s stores");
-        let slow = r.record(0, Measure::Received, (12 << 20, second)).unwrap();
+        let slow = r
+            .record(0, Measure::Received, (12 << 20, second), T0)
+            .unwrap();
         assert!(slow.news, "the choice turned around");
         assert!(r.deflate(Compress::Auto), "the link is 12 MiB/s: deflate");
-        r.record(0, Measure::Acked, (1 << 30, second));
+        r.record(0, Measure::Acked, (1 << 30, second), T0);
         assert!(
             r.deflate(Compress::Auto),
             "the sender's measure alone never overrules"
         );
         assert!(
-            r.record(
-                0,
-                Measure::Received,
-                (DELIVERED_FROM - 1, Duration::from_micros(1))
-            )
-            .is_none(),
+            r.record(0, Measure::Received, (DELIVERED_FROM - 1, TINY), T0)
+                .is_none(),
             "too few bytes measure nothing"
+        );
+    }
+
+    /// A link as an earlier run remembered it: both measures at `bytes_per_s`.
+    fn remembered(bytes_per_s: f64) -> LinkRates {
+        let (at, fresh) = (T0 - 3600, false);
+        let rate = Some(Rate {
+            bytes_per_s,
+            at,
+            fresh,
+        });
+        let link = Link {
+            sent: rate,
+            received: rate,
+            written: Some(at),
+        };
+        LinkRates {
+            links: Mutex::new(vec![link]),
+            memory: None,
+            keeping: Mutex::new(()),
+        }
+    }
+
+    /// After a restart, a remembered fast link stores from the first file
+    /// and cuts its first bundle at full size; the first new measure
+    /// replaces the remembered one rather than averaging with it.
+    #[test]
+    fn a_remembered_rate_decides_until_a_new_measure_replaces_it() {
+        let r = remembered(1e9);
+        assert!(!r.deflate(Compress::Auto));
+        assert_eq!(r.first_bundle_max(Compress::Auto), None);
+        let slow = (12 << 20, Duration::from_secs(1));
+        let m = r.record(0, Measure::Acked, slow, T0).unwrap();
+        assert_eq!(m.rate, f64::from(12 << 20), "replaced, not averaged");
+        assert!(m.news && m.keep, "the first measure of this run");
+        assert!(r.deflate(Compress::Auto));
+        let m = r.record(0, Measure::Received, slow, T0).unwrap();
+        assert!(!m.news && m.keep, "its kind's first: the file learns it");
+        let again =
+            remembered(1e9).record(0, Measure::Acked, (1 << 30, Duration::from_secs(1)), T0);
+        assert!(again.unwrap().news, "said in the log once per run");
+    }
+
+    /// The file is written on news, on each kind's first measure, and once
+    /// a day for a link measured steadily: never once per bundle.
+    #[test]
+    fn a_links_measures_are_kept_when_news_and_not_per_bundle() {
+        let r = LinkRates::new(1);
+        let fast = (1 << 30, Duration::from_secs(1));
+        let keeps = |how, (bytes, took), at| {
+            let m: Measured = r.record(0, how, (bytes, took), at).unwrap();
+            (m.news, m.keep)
+        };
+        assert_eq!(keeps(Measure::Acked, fast, T0), (true, true), "first");
+        assert_eq!(keeps(Measure::Acked, fast, T0 + 60), (false, false));
+        assert_eq!(keeps(Measure::Received, fast, T0 + 70), (false, true));
+        assert_eq!(keeps(Measure::Received, fast, T0 + 80), (false, false));
+        let day = T0 + 70 + REFRESH_AFTER;
+        assert_eq!(keeps(Measure::Acked, fast, day - 1), (false, false));
+        assert_eq!(keeps(Measure::Acked, fast, day), (false, true), "a day on");
+        assert_eq!(keeps(Measure::Acked, fast, day + 1), (false, false));
+        let slow = (10 << 20, Duration::from_secs(1));
+        // Half the old, half the new: the third slow measure turns it.
+        assert_eq!(keeps(Measure::Received, slow, day + 2), (false, false));
+        assert_eq!(keeps(Measure::Received, slow, day + 3), (false, false));
+        assert_eq!(
+            keeps(Measure::Received, slow, day + 4),
+            (true, true),
+            "turned"
         );
     }
 
@@ -331,20 +487,16 @@ mod tests {
     #[test]
     fn only_large_bodies_are_measured_and_a_change_is_followed() {
         let r = LinkRates::new(1);
-        r.record(
-            0,
-            Measure::Sent,
-            (MEASURE_FROM - 1, Duration::from_micros(1)),
-        );
+        r.record(0, Measure::Sent, (MEASURE_FROM - 1, TINY), T0);
         assert!(r.deflate(Compress::Auto), "a small body measured nothing");
         // 1 GB/s: stores.
         let second_per_gb = Duration::from_secs_f64((1u64 << 30) as f64 / 1e9);
-        r.record(0, Measure::Sent, (1 << 30, second_per_gb));
+        r.record(0, Measure::Sent, (1 << 30, second_per_gb), T0);
         assert!(!r.deflate(Compress::Auto));
         // The link drops to 10 MB/s: three bundles later it deflates again.
         for _ in 0..3 {
             let took = Duration::from_secs_f64((100u64 << 20) as f64 / 1e7);
-            r.record(0, Measure::Sent, (100 << 20, took));
+            r.record(0, Measure::Sent, (100 << 20, took), T0);
         }
         assert!(r.deflate(Compress::Auto));
     }

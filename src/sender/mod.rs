@@ -29,6 +29,9 @@
 //!   pause marker, kept across restarts.
 //! - `outbox.rs`: bundles not yet acknowledged by every receiver, and its
 //!   budget.
+//! - `link_rate.rs`: how fast each receiver's link carries bundles, and
+//!   whether deflate pays on it; `link_memory.rs`: those rates remembered
+//!   across restarts (`link-rates.json`).
 //! - `verify.rs`: `shipper verify`: the source against each receiver's
 //!   root, and the repair.
 //! - `transport.rs`: one receiver's connection, Welcome, sending, release
@@ -57,6 +60,7 @@ mod cut;
 mod flush;
 mod guard;
 mod held;
+mod link_memory;
 mod link_rate;
 mod outbox;
 mod report;

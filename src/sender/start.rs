@@ -1,5 +1,6 @@
 //! Start-up: the state directory opened (`sender.json`, the ledger, what
-//! is known of the receivers, the outbox emptied of what a restart drops),
+//! is known of the receivers and of their links' rates, the outbox emptied
+//! of what a restart drops),
 //! the handles the packer and the transports share, one transport per
 //! receiver, and the metrics endpoint.
 
@@ -21,7 +22,8 @@ use crate::peers::Peers;
 use crate::status::{LinkStatus, StatusReport};
 
 use super::cut::Handles;
-use super::link_rate::LinkRates;
+use super::link_memory::{LinkKey, Memory};
+use super::link_rate::{LinkRates, STORE_FROM};
 use super::outbox::{Outbox, outbox_budget};
 use super::report::Links;
 use super::shipped::Shipped;
@@ -40,6 +42,7 @@ pub(super) struct Stores {
     ledger: Ledger,
     shipped: Shipped,
     peers: Peers,
+    link_rates: LinkRates,
 }
 
 /// Check the configured directories, create the state directory, and
@@ -92,6 +95,7 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
             state_dir.display()
         )
     })?;
+    let link_rates = remembered_rates(cfg, &state_dir);
     Ok(Stores {
         state_dir,
         outbox_dir,
@@ -100,7 +104,27 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
         ledger,
         shipped,
         peers,
+        link_rates,
     })
+}
+
+/// The link rates `state_dir` remembers for the configured receivers,
+/// each said in the log: they decide until the link is measured anew.
+fn remembered_rates(cfg: &SenderConfig, state_dir: &std::path::Path) -> LinkRates {
+    let now = crate::status::unix_now();
+    let (memory, links) = Memory::load(state_dir, LinkKey::of(cfg), now);
+    for (receiver, link) in cfg.receivers.iter().zip(&links) {
+        let Some(rate) = link.rate() else { continue };
+        let hours_old = link.written.map_or(0, |w| (now - w).max(0) / 3600);
+        info!(
+            peer = %receiver,
+            mb_per_s = (rate / 1e6).round(),
+            deflate_pays = rate < STORE_FROM,
+            hours_old,
+            "link rate remembered from an earlier run (until the link is measured again)"
+        );
+    }
+    LinkRates::remembering(Box::new(memory), links)
 }
 
 /// A receiver's TLS client config (its fingerprint pinned); none without keys.
@@ -227,7 +251,7 @@ pub(super) fn share(
         seq_floor: Arc::new(AtomicU64::new(0)),
         events,
         receivers: cfg.receivers.clone(),
-        link_rates: Arc::new(LinkRates::new(cfg.receivers.len())),
+        link_rates: Arc::new(stores.link_rates),
         compress: cfg.compress,
         signer: Arc::new(
             Signer::spawn(signatures.clone(), cfg.source.clone())

@@ -199,3 +199,94 @@ async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
     drop(sender);
     r.stop().await;
 }
+
+/// A restarted sender remembers how fast its links were measured (in
+/// `state_dir/link-rates.json`): the first bundle after the restart is cut
+/// as large as the limits allow, and its pages are deflated only if the
+/// remembered rate says deflate pays. Before, a restart forgot every link:
+/// its first bundle was held to 32 MiB and deflated, even on loopback,
+/// until a bundle measured the link again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sender_remembers_how_fast_its_link_was() {
+    let env = Env::new();
+    for i in 0..96 {
+        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
+    }
+    let r = env.start_receiver("").await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_in_sync(&env).await;
+    wait_until("the link measured, and remembered", || {
+        sender.log_text().contains("link measured")
+            && env.path().join("state-s/link-rates.json").exists()
+    })
+    .await;
+    // Killed, as a crash or a reboot would: what it measured is on disk.
+    drop(sender);
+    // 48 MiB more, settled before the restart finds it: one bundle, unless
+    // the first is held small.
+    let settled = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    for i in 0..96 {
+        let name = format!("second/p{i:03}.html");
+        env.write(&name, page(512 << 10, 1000 + i));
+        let f = std::fs::File::options()
+            .write(true)
+            .open(env.src().join(&name));
+        f.unwrap().set_modified(settled).unwrap();
+    }
+    let sender = Daemon::start(&file, &env.path().join("restarted.log"), None);
+    wait_in_sync(&env).await;
+    let log = sender.log_text();
+    let remembered = log
+        .lines()
+        .find(|l| l.contains("link rate remembered"))
+        .unwrap_or_else(|| panic!("no remembered rate in the log:\n{log}"));
+    let bundles = env.archived();
+    let first = bundles.iter().find(|b| {
+        let zip = zip::ZipArchive::new(std::fs::File::open(b).unwrap()).unwrap();
+        zip.file_names()
+            .any(|n| n.is_ok_and(|n| n.starts_with("second/")))
+    });
+    let first = first.expect("the restarted sender's bundles archived");
+    let (methods, unpacked) = entries_of(first);
+    assert!(
+        unpacked > 32 << 20,
+        "the first bundle after the restart, {}, held {unpacked} bytes",
+        first.display()
+    );
+    let want = if remembered.contains("deflate_pays=false") {
+        zip::CompressionMethod::Stored
+    } else {
+        zip::CompressionMethod::Deflated
+    };
+    assert!(
+        methods.iter().all(|m| *m == want),
+        "{remembered}: {methods:?}"
+    );
+    drop(sender);
+    r.stop().await;
+}
+
+/// A `link-rates.json` that cannot be read (cut short by a full disk,
+/// edited by hand) costs one warning naming it, and the sender starts and
+/// ships as if it remembered nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_link_rates_file_is_warned_of_once_and_ignored() {
+    let env = Env::new();
+    let rates = env.path().join("state-s/link-rates.json");
+    std::fs::write(&rates, b"{\"links\": [{\"receiver\": ").unwrap();
+    env.write("page.html", page(64 << 10, 1));
+    let r = env.start_receiver("").await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_in_sync(&env).await;
+    let log = sender.log_text();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains(&*rates.to_string_lossy()))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("link rates"), "{}", warned[0]);
+    drop(sender);
+    r.stop().await;
+}

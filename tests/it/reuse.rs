@@ -313,7 +313,6 @@ fn pack_held(
         },
         touched: &|_| false,
         deflate: &|| true,
-        first_bundle_max: None,
         held: Some(held),
         signatures: None,
     }

@@ -453,7 +453,6 @@ pub fn pack_items(
         emit: &mut emit,
         touched: &|_| false,
         deflate: &|| true,
-        first_bundle_max: None,
         held: None,
         signatures: None,
     }

@@ -319,14 +319,12 @@ impl Link {
         if sent.is_ok() {
             let took = started.elapsed();
             let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
-                (Some(a), Some(z)) => {
-                    self.link_rates
-                        .record(self.index, Measure::Acked, (z - a, took))
-                }
-                _ => self
-                    .link_rates
-                    .record(self.index, Measure::Sent, (b.size, took)),
+                (Some(a), Some(z)) => (Measure::Acked, (z - a, took)),
+                _ => (Measure::Sent, (b.size, took)),
             };
+            let measured = self
+                .link_rates
+                .record(self.index, measured.0, measured.1, unix_now());
             self.tell_measured(measured);
         }
         Some(sent.map_err(|e| Lost {
@@ -335,10 +333,12 @@ impl Link {
         }))
     }
 
-    /// Log a measure of the link that is news (its first, or one that
-    /// turns the choice to deflate around).
+    /// Log a measure of the link that is news (its first in this process,
+    /// or one that turns the choice to deflate around), and remember the
+    /// links' rates across restarts when it is to be kept, off the runtime.
     fn tell_measured(&self, measured: Option<Measured>) {
-        if let Some(m) = measured.filter(|m| m.news) {
+        let Some(m) = measured else { return };
+        if m.news {
             info!(
                 peer = %self.receiver,
                 mb_per_s = (m.rate / 1e6).round(),
@@ -346,6 +346,14 @@ impl Link {
                 "link measured (under compress = \"auto\", pages are deflated below {} MB/s)",
                 STORE_FROM / 1e6
             );
+        }
+        if m.keep {
+            let rates = self.link_rates.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = rates.keep() {
+                    warn!(%error, "could not remember the link rates: a restart measures the links anew");
+                }
+            });
         }
     }
 
@@ -491,9 +499,9 @@ impl Link {
 
 impl Told for Link {
     fn received(&self, bytes: u64, took: Duration) {
-        let measured = self
-            .link_rates
-            .record(self.index, Measure::Received, (bytes, took));
+        let measured =
+            self.link_rates
+                .record(self.index, Measure::Received, (bytes, took), unix_now());
         self.tell_measured(measured);
     }
 }
