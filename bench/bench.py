@@ -177,7 +177,7 @@ def make_corpus(dest, seed, pages=3000, images=300, large_mib=128):
 class Shipper:
     """A receiver and a sender process, with keys, as deployed."""
 
-    def __init__(self, work, src, keys, listen, connect, sender_extra="", receiver_prefix=()):
+    def __init__(self, work, src, keys, listen, connect, sender_extra="", receiver_prefix=(), receiver_extra=""):
         self.work, self.src = work, src
         self.root = os.path.join(work, "www")
         os.makedirs(self.root, exist_ok=True)
@@ -185,7 +185,7 @@ class Shipper:
         self.rcfg = os.path.join(work, "receiver.toml")
         with open(self.rcfg, "w") as f:
             f.write(f'[receiver]\nlisten = "{listen}"\nroot = "{self.root}"\nstate_dir = "{work}/state-r"\n'
-                    f'archive_dir = "{work}/archive"\narchive_keep = 2\nkey_dir = "{rk}"\nallowed_senders = ["{sfp}"]\n')
+                    f'archive_dir = "{work}/archive"\narchive_keep = 2\nkey_dir = "{rk}"\nallowed_senders = ["{sfp}"]\n{receiver_extra}')
         self.scfg = os.path.join(work, "sender.toml")
         with open(self.scfg, "w") as f:
             f.write(f'[sender]\nsource = "{src}"\nreceiver = "{connect}"\nstate_dir = "{work}/state-s"\n'
@@ -538,6 +538,44 @@ def incremental(work, keys, files, changed, runs):
     return ship, rs
 
 
+def tree_publish(work, keys, files, changed, runs):
+    """The cost per bundle of publish = "tree" on a site of `files` pages:
+    `changed` pages appended to, then flush to acknowledged, for a receiver
+    publishing by snapshot and one publishing file by file, both shipped
+    from the same source by senders of their own, alternating."""
+    os.makedirs(work)
+    src = os.path.join(work, "src")
+    make_site(src, files)
+    setups = {}
+    for mode in ("tree", "file"):
+        port = free_port()
+        os.makedirs(os.path.join(work, mode))
+        setups[mode] = Shipper(os.path.join(work, mode), src, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}",
+                               'interval = "5m"\nsettle = "100ms"\n', receiver_extra=f'publish = "{mode}"\n')
+        setups[mode].start_sender()
+    for s in setups.values():
+        wait(lambda: tree_sizes(s.root) == tree_sizes(src), 600, 0.1)
+    all_files = sorted(tree_sizes(src))
+    rng = random.Random(12)
+    times = {"tree": [], "file": []}
+    for run in range(runs):
+        pick = rng.sample(all_files, changed)
+        for p in pick:
+            with open(os.path.join(src, p), "a") as f:
+                f.write(f"<!-- run {run} -->")
+        time.sleep(0.3)
+        for mode in (["tree", "file"] if run % 2 == 0 else ["file", "tree"]):
+            s = setups[mode]
+            t0 = time.monotonic()
+            s.flush()
+            wait(lambda: all(open(os.path.join(s.root, p), "rb").read() == open(os.path.join(src, p), "rb").read() for p in pick), 60, 0.01)
+            times[mode].append(time.monotonic() - t0)
+    for s in setups.values():
+        s.stop()
+    shutil.rmtree(work)
+    return times["tree"], times["file"]
+
+
 def large(work, keys, mib):
     corpus = os.path.join(work, "corpus")
     os.makedirs(os.path.join(corpus, "media"))
@@ -757,7 +795,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="smaller workloads, for trying the harness")
-    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10")
+    ap.add_argument("--only", default="1,2,3,4,5,6,7,8,9,10,11")
     args = ap.parse_args()
     only = set(args.only.split(","))
     ensure_tools()
@@ -904,6 +942,13 @@ def main():
             rows.append(("10. verify, in step", wl, f"{m_s * 1000:.0f} ms (first, hashing root whole: {first * 1000:.0f} ms)",
                          f"rsync -a --delete --dry-run -c {m_r * 1000:.0f} ms", m_s / m_r, "≤ 2.0",
                          f"first verify / rsync: {first / m_r:.2f}"))
+        if "11" in only:
+            files = 1100 if q else 11000
+            tr, fl = tree_publish(os.path.join(base, "trees"), keys, files, 100, args.runs)
+            m_t, m_f = statistics.median(tr), statistics.median(fl)
+            rows.append(("11. publish = \"tree\", cost per bundle", f"100 of {files} files changed", f"flush to ack {m_t*1000:.0f} ms",
+                         f"publish = \"file\" {m_f*1000:.0f} ms", m_t / m_f, "none set (issue 15 asks for the cost)",
+                         f"each bundle first hard-links the {files} files of the snapshot before (directories made anew), then syncs the filesystem once before root points at it"))
     finally:
         fs.close()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
