@@ -22,11 +22,13 @@
 //!   in `publish_tests.rs`).
 //! - `retime`: files a bundle keeps: read below root, given their metadata
 //!   in place.
+//! - `links`: trees of hard links, for snapshots of a whole root.
 //! - `undo`: a committed publish kept as a record ([`Publish::keep`]) and
 //!   undone from it later ([`undo_kept`]), for rollback.
 //! - `fault` (tests only): make any one change fail; `snapshot`: tell
 //!   whether root is exactly as it was (shared with `tests/it`).
 
+mod links;
 mod publish;
 mod retime;
 mod root;
@@ -37,6 +39,7 @@ pub(crate) mod fault;
 #[cfg(test)]
 mod snapshot;
 
+pub use links::link_tree;
 pub use publish::{Publish, SYNC_EACH_MAX};
 pub use root::{BeneathError, Root, open_dir_path};
-pub use undo::{RECORD_STEPS, undo_kept};
+pub use undo::{RECORD_STEPS, Restore, undo_kept};

@@ -19,14 +19,28 @@ use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Gid, Mode, RenameFlags};
+use rustix::fs::{AtFlags, FileType, Gid, Mode, RenameFlags};
 use rustix::io::Errno;
 
+use super::links::{DIR as LINK_DIR, link_dir};
 use super::publish::{Publish, Step, op};
 use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
 
 /// The changes of a record, in the order made.
 pub const RECORD_STEPS: &str = "steps.json";
+
+/// How an undo puts back what a record kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Restore {
+    /// Moved out of the record into root: the very entries come back, and
+    /// a replaced file comes back by one rename over the newer one. For a
+    /// root readers see.
+    Move,
+    /// Hard-linked from the record (a directory as a new tree of links),
+    /// the record left whole: for a snapshot no reader sees yet, which a
+    /// crash may throw away, so the record must still hold everything.
+    Link,
+}
 
 impl Publish<'_> {
     /// Keep the changes, and what they replaced and deleted, as the new
@@ -66,7 +80,7 @@ impl Publish<'_> {
 /// what was put at that path since is never touched. Running it again
 /// after it stopped part-way (an error, a crash) finishes it. The record
 /// itself is left for the caller to remove.
-pub fn undo_kept(root: &Root, record: &Path) -> Result<Vec<String>, BeneathError> {
+pub fn undo_kept(root: &Root, record: &Path, how: Restore) -> Result<Vec<String>, BeneathError> {
     let io = |e: std::io::Error| BeneathError::Io {
         path: record.to_owned(),
         source: e,
@@ -76,7 +90,7 @@ pub fn undo_kept(root: &Root, record: &Path) -> Result<Vec<String>, BeneathError
     let kept = open_dir_path(record).map_err(io)?;
     let mut left = Vec::new();
     for step in steps.iter().rev() {
-        if let Some(why) = undo_one(root, &kept, step)? {
+        if let Some(why) = undo_one(root, (&kept, how), step)? {
             left.push(why);
         }
     }
@@ -86,7 +100,11 @@ pub fn undo_kept(root: &Root, record: &Path) -> Result<Vec<String>, BeneathError
 
 /// Undo one kept change if it is not undone yet; `Some(why)` when it is
 /// left as it is.
-fn undo_one(root: &Root, kept: &OwnedFd, step: &Step) -> Result<Option<String>, BeneathError> {
+fn undo_one(
+    root: &Root,
+    (kept, how): (&OwnedFd, Restore),
+    step: &Step,
+) -> Result<Option<String>, BeneathError> {
     let (Step::Made { rel }
     | Step::MovedAside { rel, .. }
     | Step::Placed { rel, .. }
@@ -111,7 +129,7 @@ fn undo_one(root: &Root, kept: &OwnedFd, step: &Step) -> Result<Option<String>, 
             ))),
             Err(e) => Err(root.err(rel, e)),
         },
-        Step::MovedAside { kept: k, .. } => put_back(kept, k, at).map_err(|e| root.err(rel, e)).map(
+        Step::MovedAside { kept: k, .. } => put_back((kept, k, how), at).map_err(|e| root.err(rel, e)).map(
             |done| {
                 (!done).then(|| {
                     format!("{rel}: something was put there since; the entry deleted from there is not put back")
@@ -119,7 +137,7 @@ fn undo_one(root: &Root, kept: &OwnedFd, step: &Step) -> Result<Option<String>, 
             },
         ),
         Step::Placed { kept: k, ino, .. } => {
-            unplace(kept, k.as_deref(), *ino, at).map_err(|e| root.err(rel, e)).map(|done| {
+            unplace((kept, k.as_deref(), how), *ino, at).map_err(|e| root.err(rel, e)).map(|done| {
                 (!done).then(|| {
                     format!("{rel}: changed since the bundle placed it; its earlier version is not put back")
                 })
@@ -137,6 +155,11 @@ fn undo_one(root: &Root, kept: &OwnedFd, step: &Step) -> Result<Option<String>, 
                 Err(e) => Err(root.err(rel, e)),
             }
         }
+        // Records for snapshots have none (a kept file is copied there):
+        // a file shared with older snapshots is never changed in place.
+        Step::Retimed { .. } if how == Restore::Link => Ok(Some(format!(
+            "{rel}: its earlier mode and mtime are not put back in a snapshot, whose files older ones share"
+        ))),
         Step::Retimed { was, .. } => match op(|| was.put_back(&parent, name)) {
             Ok(()) | Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(root.err(rel, e)),
@@ -153,11 +176,20 @@ fn inode(dir: &OwnedFd, name: &str) -> rustix::io::Result<Option<u64>> {
     }
 }
 
-/// Move the entry `k` of the record back to `name` in `parent`, where the
+/// Put the entry `k` of the record back at `name` in `parent`, where the
 /// bundle deleted it. False when something else is there now (left).
-fn put_back(kept: &OwnedFd, k: &str, (parent, name): (&OwnedFd, &str)) -> rustix::io::Result<bool> {
-    if inode(kept, k)?.is_none() {
-        return Ok(true); // put back already
+fn put_back(
+    (kept, k, how): (&OwnedFd, &str, Restore),
+    (parent, name): (&OwnedFd, &str),
+) -> rustix::io::Result<bool> {
+    let Some(k_ino) = inode(kept, k)? else {
+        return Ok(true); // moved back already
+    };
+    if how == Restore::Link {
+        return match inode(parent, name)? {
+            None => op(|| link_entry(kept, k, parent, name)).map(|()| true),
+            Some(here) => Ok(here == k_ino),
+        };
     }
     match op(|| rustix::fs::renameat_with(kept, k, parent, name, RenameFlags::NOREPLACE)) {
         Ok(()) => Ok(true),
@@ -171,25 +203,45 @@ fn put_back(kept: &OwnedFd, k: &str, (parent, name): (&OwnedFd, &str)) -> rustix
 /// placed file was replaced or deleted since and something is left to put
 /// back (left as it is).
 fn unplace(
-    kept: &OwnedFd,
-    k: Option<&str>,
+    (kept, k, how): (&OwnedFd, Option<&str>, Restore),
     ino: u64,
     (parent, name): (&OwnedFd, &str),
 ) -> rustix::io::Result<bool> {
-    let restore = match k {
-        Some(k) if inode(kept, k)?.is_some() => Some(k),
-        _ => None,
+    let k = match k {
+        Some(k) => inode(kept, k)?.map(|k_ino| (k, k_ino)),
+        None => None,
     };
-    if inode(parent, name)? != Some(ino) {
-        // Undone already, with nothing left to put back; or changed since.
-        return Ok(restore.is_none());
+    let here = inode(parent, name)?;
+    if k.is_some_and(|(_, k_ino)| here == Some(k_ino)) {
+        return Ok(true); // put back already (linked)
     }
-    match restore {
+    if here != Some(ino) {
+        // Undone already, with nothing left to put back; or changed since.
+        return Ok(k.is_none());
+    }
+    match (k, how) {
         // Over the placed file in one rename: readers go back to the old one.
-        Some(k) => op(|| rustix::fs::renameat(kept, k, parent, name)),
-        None => op(|| rustix::fs::unlinkat(parent, name, AtFlags::empty())),
+        (Some((k, _)), Restore::Move) => op(|| rustix::fs::renameat(kept, k, parent, name)),
+        (Some((k, _)), Restore::Link) => op(|| {
+            rustix::fs::unlinkat(parent, name, AtFlags::empty())?;
+            rustix::fs::linkat(kept, k, parent, name, AtFlags::empty())
+        }),
+        (None, _) => op(|| rustix::fs::unlinkat(parent, name, AtFlags::empty())),
     }
     .map(|()| true)
+}
+
+/// Hard-link the entry `k` of the record (a directory: as a new tree of
+/// links) to `name` in `parent`.
+fn link_entry(kept: &OwnedFd, k: &str, parent: &OwnedFd, name: &str) -> rustix::io::Result<()> {
+    let st = rustix::fs::statat(kept, k, AtFlags::SYMLINK_NOFOLLOW)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+        return rustix::fs::linkat(kept, k, parent, name, AtFlags::empty());
+    }
+    rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700))?;
+    let from = rustix::fs::openat(kept, k, LINK_DIR, Mode::empty())?;
+    let to = rustix::fs::openat(parent, name, LINK_DIR, Mode::empty())?;
+    link_dir(&from, &to)
 }
 
 #[cfg(test)]

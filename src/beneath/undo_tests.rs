@@ -1,6 +1,8 @@
 //! Tests of [`super::undo_kept`]: a kept publish undone exactly, after a
 //! stop at any change, and never over what was put in root since.
 
+use std::os::unix::fs::MetadataExt;
+
 use rustix::io::Errno;
 
 use super::*;
@@ -48,7 +50,7 @@ fn a_kept_publish_is_undone_exactly() {
     let r = t.path().join("root");
     let mtime = |rel: &str| std::fs::metadata(r.join(rel)).unwrap().modified().unwrap();
     let was = publish_and_keep(t.path(), &root, &stage);
-    let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+    let left = undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(snapshot(&r), was.0);
     assert_eq!(
@@ -57,7 +59,11 @@ fn a_kept_publish_is_undone_exactly() {
         "the kept file's mtime"
     );
     // Run again: nothing left to undo, nothing changes.
-    assert!(undo_kept(&root, &t.path().join("rec")).unwrap().is_empty());
+    assert!(
+        undo_kept(&root, &t.path().join("rec"), Restore::Move)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(snapshot(&r), was.0);
 }
 
@@ -70,7 +76,7 @@ fn an_undo_stopped_at_any_change_finishes_when_run_again() {
         let (t, root, stage) = setup();
         publish_and_keep(t.path(), &root, &stage);
         fault::arm(None, Errno::IO, false);
-        undo_kept(&root, &t.path().join("rec")).unwrap();
+        undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
         fault::count()
     };
     assert!(changes > 10, "only {changes} changes counted");
@@ -78,9 +84,12 @@ fn an_undo_stopped_at_any_change_finishes_when_run_again() {
         let (t, root, stage) = setup();
         let was = publish_and_keep(t.path(), &root, &stage);
         fault::arm(Some(at), Errno::IO, true);
-        assert!(undo_kept(&root, &t.path().join("rec")).is_err(), "at {at}");
+        assert!(
+            undo_kept(&root, &t.path().join("rec"), Restore::Move).is_err(),
+            "at {at}"
+        );
         fault::arm(None, Errno::IO, false);
-        let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+        let left = undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
         assert!(left.is_empty(), "at {at}: {left:?}");
         assert_eq!(
             snapshot(&t.path().join("root")),
@@ -117,7 +126,7 @@ fn an_undo_never_touches_what_was_put_there_since() {
     std::fs::write(r.join("other"), "someone else's").unwrap();
     std::fs::rename(r.join("other"), r.join("old.html")).unwrap();
     std::fs::write(r.join("dir/theirs.html"), "theirs").unwrap();
-    let left = undo_kept(&root, &t.path().join("rec")).unwrap();
+    let left = undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left[0].starts_with("dir: "), "{left:?}");
     assert!(left[1].starts_with("old.html: changed since"), "{left:?}");
@@ -130,4 +139,52 @@ fn an_undo_never_touches_what_was_put_there_since() {
         !r.join("dir/made.html").exists(),
         "what the bundle placed is undone"
     );
+}
+
+/// For a snapshot no reader sees yet: the undo links what the record kept
+/// into it, leaving the record whole (a crash may throw the snapshot away,
+/// and the undo is then made again into another) and the root the bundle
+/// changed as it is. The files come back as the very same inodes.
+#[test]
+fn an_undo_by_links_leaves_the_record_whole_and_can_be_made_again() {
+    let (t, root, stage) = setup();
+    let r = t.path().join("root");
+    let was = publish_and_keep(t.path(), &root, &stage);
+    let after = snapshot(&r);
+    let record_before = snapshot(&t.path().join("rec"));
+    let files = |s: &std::collections::BTreeMap<String, (u64, u32, String)>| {
+        s.iter()
+            .filter(|(_, (_, mode, _))| mode & 0o170000 != 0o040000)
+            .map(|(rel, (ino, _, body))| (rel.clone(), (*ino, body.clone())))
+            .collect::<Vec<_>>()
+    };
+    for copy in ["snap1", "snap2"] {
+        let snap = t.path().join(copy);
+        crate::beneath::link_tree(&r, &snap).unwrap();
+        let snap_root = Root::open(&snap).unwrap();
+        let left = undo_kept(&snap_root, &t.path().join("rec"), Restore::Link).unwrap();
+        // The fixture's kept file (retimed in place: only in a plain root).
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert!(
+            left[0].starts_with("keep/stay.html: its earlier mode"),
+            "{left:?}"
+        );
+        let mut want = files(&was.0);
+        for (rel, (ino, _)) in &mut want {
+            if rel == "keep/stay.html" {
+                *ino = std::fs::metadata(r.join(rel)).unwrap().ino();
+            }
+        }
+        assert_eq!(files(&snapshot(&snap)), want, "{copy}");
+        assert_eq!(
+            snapshot(&t.path().join("rec")),
+            record_before,
+            "record kept whole"
+        );
+        assert_eq!(
+            snapshot(&r),
+            after,
+            "the root the bundle changed is untouched"
+        );
+    }
 }

@@ -64,6 +64,9 @@ pub struct Applied {
 /// Apply an opened bundle to `target`. Root is touched only after every
 /// file of the bundle is staged and verified.
 pub fn apply(target: &Target, mut b: Opened) -> Result<Applied, BundleError> {
+    if target.snapshot {
+        copy_kept(&mut b.manifest);
+    }
     let m = &b.manifest;
     let stage = target.stage_dir(&m.sender, m.seq);
     remove_all(&stage)?;
@@ -75,6 +78,24 @@ pub fn apply(target: &Target, mut b: Opened) -> Result<Applied, BundleError> {
     // Whatever happened, leave no staged copies behind.
     let _ = fs::remove_dir_all(&stage);
     result
+}
+
+/// Root's files are shared with older snapshots: a file kept with new
+/// metadata is made a copy of itself (a reflink where the filesystem makes
+/// one), given its metadata and renamed into place, never changed where
+/// it is.
+fn copy_kept(m: &mut Manifest) {
+    let own = |k: FileEntry| super::manifest::CopyEntry {
+        from: k.path.clone(),
+        path: k.path,
+        size: k.size,
+        mtime: k.mtime,
+        mtime_nsec: k.mtime_nsec,
+        mode: k.mode,
+        hash: k.hash,
+    };
+    let kept = std::mem::take(&mut m.kept);
+    m.copies.extend(kept.into_iter().map(own));
 }
 
 fn stage_and_publish(
@@ -459,6 +480,7 @@ mod tests {
             parts: dir.join("parts"),
             policy: crate::perms::Policy::default(),
             keep: None,
+            snapshot: false,
         };
         target.prepare().unwrap();
         for (rel, body) in [

@@ -31,6 +31,10 @@ pub struct Target {
     /// Where the bundle keeps what it replaces and deletes once published,
     /// for rollback; `None`: it is discarded.
     pub keep: Option<KeepAs>,
+    /// Root is a snapshot whose files older snapshots share (`publish =
+    /// "tree"`): no file is changed in place, so a file kept with new
+    /// metadata is copied and the copy given it.
+    pub snapshot: bool,
 }
 
 /// A bundle's record for rollback: the new directory it becomes, and the
@@ -120,6 +124,7 @@ mod tests {
             parts: dir.join("parts"),
             policy: Policy::default(),
             keep: None,
+            snapshot: false,
         }
     }
 

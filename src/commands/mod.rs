@@ -286,7 +286,8 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
     };
     // Held to the end: the receiver's state and root are written below.
     let mut _lock = None;
-    let mut on_apply = None;
+    let on_apply;
+    let mut trees = None;
     let (target, state_dir, limits) = match (target.config, target.root) {
         (Some(file), None) => {
             let config = Config::load(&file)?;
@@ -295,31 +296,13 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
             let r = receiver_config(config)?;
             let target = receiver::target_for(&r)?;
             _lock = Some(receiver::StateLock::acquire(&r.state_dir, "receiver")?);
+            trees = receiver::trees_of(&r);
             on_apply = r.on_apply;
             (target, Some(r.state_dir), r.limits)
         }
         (config, Some(root)) => {
-            // Written as the config's policy says, or as a receiver with
-            // none would write it.
-            let (limits, policy) = match config {
-                Some(file) => {
-                    let r = receiver_config(Config::load(&file)?)?;
-                    on_apply = r.on_apply.clone();
-                    (r.limits, r.policy().map_err(anyhow::Error::msg)?)
-                }
-                None => (apply::Limits::default(), Policy::default()),
-            };
-            std::fs::create_dir_all(&root)
-                .with_context(|| format!("creating {}", root.display()))?;
-            let staging = apply::sibling_staging(&root);
-            let t = Target {
-                parts: staging.with_extension("parts"),
-                root,
-                staging,
-                policy,
-                keep: None,
-            };
-            t.prepare()?;
+            let (t, limits, hook) = replay_root_target(config, root)?;
+            on_apply = hook;
             (t, None, limits)
         }
         (None, None) => bail!("replay needs --config or --root"),
@@ -330,8 +313,11 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
         None
     };
     let (applied, hook_failures) = match &hook {
-        None => (replay(&target, &limits, bundles)?, 0),
-        Some(hook) => replay_with_hook(&target, &limits, bundles, hook)?,
+        None => (
+            replay_then((&target, trees.as_ref()), &limits, bundles, &mut |_, _| {})?,
+            0,
+        ),
+        Some(hook) => replay_with_hook((&target, trees.as_ref()), &limits, bundles, hook)?,
     };
     if let Some(dir) = state_dir {
         let mut state = ReceiverState::load(&dir)?;
@@ -357,14 +343,14 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
 /// root, as the receiver does; a failure is logged and counted, and the
 /// replay goes on. Returns what was applied and how many runs failed.
 fn replay_with_hook(
-    target: &Target,
+    (target, trees): (&Target, Option<&receiver::Trees>),
     limits: &apply::Limits,
     bundles: &[PathBuf],
     hook: &Hook,
 ) -> anyhow::Result<(Vec<(String, Applied)>, u64)> {
     let rt = runtime()?;
     let mut failures = 0;
-    let applied = replay_then(target, limits, bundles, &mut |sender, a| {
+    let applied = replay_then((target, trees), limits, bundles, &mut |sender, a| {
         let changes = hook::changes(&a.written, &a.deleted);
         if changes.is_empty() {
             return;
@@ -381,6 +367,62 @@ fn replay_with_hook(
         }
     })?;
     Ok((applied, failures))
+}
+
+/// `replay --root DIR [--config FILE]`: DIR written as FILE's policy
+/// says (or as a receiver with none would write it), within its limits;
+/// and its hook.
+fn replay_root_target(
+    config: Option<PathBuf>,
+    root: PathBuf,
+) -> anyhow::Result<(Target, apply::Limits, Option<Hook>)> {
+    let (limits, policy, hook) = match config {
+        Some(file) => {
+            let config = Config::load(&file)?;
+            let file = config.file;
+            let r = config.receiver.with_context(|| {
+                format!("{}: no [receiver] table to replay into", file.display())
+            })?;
+            let policy = r.policy().map_err(anyhow::Error::msg)?;
+            (r.limits, policy, r.on_apply)
+        }
+        None => (apply::Limits::default(), Policy::default(), None),
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    let staging = apply::sibling_staging(&root);
+    let t = Target {
+        parts: staging.with_extension("parts"),
+        root,
+        staging,
+        policy,
+        keep: None,
+        snapshot: false,
+    };
+    t.prepare()?;
+    Ok((t, limits, hook))
+}
+
+/// Apply `b` to `target` (with `sender`'s part sets); under `publish =
+/// "tree"`, into the next snapshot, which root then points at.
+fn apply_into(
+    (target, trees): (&Target, Option<&receiver::Trees>),
+    sender: &str,
+    b: apply::Opened,
+) -> anyhow::Result<Applied> {
+    let mut t = target.for_sender(sender);
+    let Some(trees) = trees else {
+        return Ok(apply::apply(&t, b)?);
+    };
+    let (_, snapshot) = trees.next()?;
+    t.root = snapshot.clone();
+    t.snapshot = true;
+    match apply::apply(&t, b) {
+        Ok(a) => trees.publish(&snapshot).map(|()| a),
+        Err(e) => {
+            trees.discard(&snapshot);
+            Err(e.into())
+        }
+    }
 }
 
 /// The hook `replay --hooks` runs: the config's `receiver.on_apply`,
@@ -402,13 +444,14 @@ pub fn replay(
     limits: &apply::Limits,
     bundles: &[PathBuf],
 ) -> anyhow::Result<Vec<(String, Applied)>> {
-    replay_then(target, limits, bundles, &mut |_, _| {})
+    replay_then((target, None), limits, bundles, &mut |_, _| {})
 }
 
 /// [`replay`], calling `after` with the sender's id (as its manifest gives
-/// it) and what was applied after each bundle.
+/// it) and what was applied after each bundle; under `publish = "tree"`
+/// (`trees`), each bundle into the next snapshot, which root then points at.
 pub fn replay_then(
-    target: &Target,
+    (target, trees): (&Target, Option<&receiver::Trees>),
     limits: &apply::Limits,
     bundles: &[PathBuf],
     after: &mut dyn FnMut(&str, &Applied),
@@ -443,7 +486,7 @@ pub fn replay_then(
                 );
             }
         }
-        let a = apply::apply(&target.for_sender(&sender), b)
+        let a = apply_into((target, trees), &sender, b)
             .with_context(|| format!("applying bundle {}", path.display()))?;
         info!(
             sender,

@@ -24,7 +24,8 @@ mod values;
 
 pub use receiver::{
     DEFAULT_ARCHIVE_KEEP, DEFAULT_PART_TTL, DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
-    DEFAULT_RECEIVER_MAX_FILES, MIN_PART_TTL, RawReceiver, ReceiverConfig, ReceiverTls,
+    DEFAULT_RECEIVER_MAX_FILES, MIN_PART_TTL, PublishMode, RawReceiver, ReceiverConfig,
+    ReceiverTls,
 };
 pub use sender::{
     Compress, DEFAULT_CHUNK_SIZE, DEFAULT_MASS_DELETE_MIN, DEFAULT_MASS_DELETE_SHARE,

@@ -21,6 +21,32 @@ use crate::tls::Fingerprint;
 pub const DEFAULT_ARCHIVE_KEEP: usize = 100;
 /// How many of each sender's last bundles `shipper rollback` can undo.
 pub const DEFAULT_ROLLBACK_KEEP: usize = 10;
+/// How many snapshots of the tree `publish = "tree"` keeps.
+pub const DEFAULT_TREE_KEEP: usize = 3;
+
+/// `receiver.publish`: how a bundle's files become visible.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishMode {
+    /// Each file by its own rename into root.
+    File,
+    /// The whole bundle at once: root is a symlink to a snapshot of the
+    /// tree, replaced by one to the next snapshot (see `receiver::trees`).
+    Tree { keep: usize },
+}
+
+fn publish_mode(value: Option<&str>, keep: Option<usize>) -> Result<PublishMode, String> {
+    let keep = keep.unwrap_or(DEFAULT_TREE_KEEP);
+    match value {
+        None | Some("file") => Ok(PublishMode::File),
+        Some("tree") if keep >= 2 => Ok(PublishMode::Tree { keep }),
+        Some("tree") => Err(format!(
+            "receiver.tree_keep = {keep}: at least 2 (the snapshot root points at and the one before it, which readers may still be in)"
+        )),
+        Some(other) => Err(format!(
+            "receiver.publish = {other:?}: must be \"file\" (the default: each file renamed into root) or \"tree\" (root a symlink to a snapshot, replaced after each bundle)"
+        )),
+    }
+}
 /// Entries a receiver accepts in one bundle unless configured.
 pub use crate::bundle::apply::DEFAULT_MAX_ENTRIES as DEFAULT_RECEIVER_MAX_FILES;
 /// What a receiver accepts unless configured: well above the sender's default.
@@ -47,6 +73,8 @@ pub struct RawReceiver {
     pub archive_dir: PathBuf,
     pub archive_keep: Option<usize>,
     pub rollback_keep: Option<usize>,
+    pub publish: Option<String>,
+    pub tree_keep: Option<usize>,
     pub max_bundle_size: Option<String>,
     pub max_files_per_bundle: Option<usize>,
     pub max_file_size: Option<String>,
@@ -73,6 +101,8 @@ pub struct ReceiverConfig {
     /// How many of each sender's last bundles keep what they replaced and
     /// deleted, for `shipper rollback` (0: none).
     pub rollback_keep: usize,
+    /// How a bundle's files become visible in root.
+    pub publish: PublishMode,
     pub max_bundle_size: u64,
     /// Caps on what one bundle may ask of this receiver.
     pub limits: Limits,
@@ -142,6 +172,7 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
         r.max_bundle_size.as_deref(),
         DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
     )?;
+    let publish = publish_mode(r.publish.as_deref(), r.tree_keep)?;
     let dirs = dirs(&r, base)?;
     let limits = limits(&r)?;
     let part_ttl = part_ttl(r.part_ttl.as_deref())?;
@@ -166,6 +197,7 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
         archive_dir: dirs.archive_dir,
         archive_keep,
         rollback_keep: r.rollback_keep.unwrap_or(DEFAULT_ROLLBACK_KEEP),
+        publish,
         max_bundle_size,
     })
 }
@@ -359,6 +391,7 @@ mod tests {
         let ok = ok.receiver.unwrap();
         assert_eq!(ok.archive_keep, DEFAULT_ARCHIVE_KEEP);
         assert_eq!(ok.rollback_keep, DEFAULT_ROLLBACK_KEEP);
+        assert_eq!(ok.publish, PublishMode::File);
         assert_eq!(ok.part_ttl, DEFAULT_PART_TTL);
         let e = validate(
             parse(&format!(
@@ -394,6 +427,25 @@ mod tests {
             "listen = \"127.0.0.1:1\"\nroot = \"www\"\nstate_dir = \"st\"\narchive_dir = \"ar\"\n{extra}"
         );
         toml::from_str(&text).unwrap()
+    }
+
+    #[test]
+    fn publish_is_file_or_tree_keeping_at_least_two_snapshots() {
+        assert_eq!(publish_mode(None, None), Ok(PublishMode::File));
+        assert_eq!(
+            publish_mode(Some("tree"), None),
+            Ok(PublishMode::Tree {
+                keep: DEFAULT_TREE_KEEP
+            })
+        );
+        assert_eq!(
+            publish_mode(Some("tree"), Some(5)),
+            Ok(PublishMode::Tree { keep: 5 })
+        );
+        let e = publish_mode(Some("tree"), Some(1)).unwrap_err();
+        assert!(e.starts_with("receiver.tree_keep = 1: at least 2"), "{e}");
+        let e = publish_mode(Some("atomic"), None).unwrap_err();
+        assert!(e.starts_with("receiver.publish = \"atomic\""), "{e}");
     }
 
     #[test]

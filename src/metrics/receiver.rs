@@ -319,6 +319,7 @@ mod tests {
                 parts: t.path().join("parts"),
                 policy: Default::default(),
                 keep: None,
+                snapshot: false,
             };
             target.prepare().unwrap();
             let bundle = fixtures.join(format!("{name}.zip"));

@@ -13,8 +13,9 @@ use tracing::{info, warn};
 
 use super::identity::Sender;
 use super::names::{archive_name, is_archive_name, parse_archive_name};
-use super::rollback::Records;
+use super::records::Records;
 use super::state::ReceiverState;
+use super::trees::{self, Trees};
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
 use crate::durable;
@@ -33,6 +34,8 @@ pub(super) struct Committer {
     archive_keep: usize,
     /// Where each applied bundle keeps what it replaced, for rollback.
     pub(super) records: Records,
+    /// Under `publish = "tree"`: root's snapshots.
+    pub(super) trees: Option<Trees>,
     limits: apply::Limits,
     part_ttl: Duration,
     /// Where the bundles refused here are counted.
@@ -50,7 +53,8 @@ impl Committer {
             publishing: cfg.state_dir.join("publishing"),
             archive_dir: cfg.archive_dir.clone(),
             archive_keep: cfg.archive_keep,
-            records: Records::new(&target.staging, cfg.rollback_keep),
+            records: Records::new(&target.staging, cfg.rollback_keep, trees::of(cfg).is_some()),
+            trees: trees::of(cfg),
             limits: cfg.limits,
             part_ttl: cfg.part_ttl,
             metrics,
@@ -96,20 +100,61 @@ impl Committer {
         // sender, never having had an acknowledgement, sends it again.
         std::fs::rename(received, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
-        let mut target = self.target.for_sender(&sender.key);
-        target.keep = self.records.keep_as(&sender.key, seq, prev).map_err(io)?;
         opened.path = wal.clone();
-        let result = apply::apply(&target, opened);
+        let result = self.apply_keeping(&sender.key, (seq, prev), opened);
         // After the apply, which refreshed the sets this bundle continued.
         self.expire_part_sets();
-        if result.is_ok() {
-            self.records.prune(&sender.key, seq);
-        }
         result.map_err(|e| {
             // apply put root back as it was: nothing is left to finish.
             let _ = std::fs::remove_file(&wal);
-            bundle_refused(e)
+            match e {
+                Failed::Bundle(e) => bundle_refused(e),
+                Failed::Snapshot(e) => refused(Refusal::retry(format!("{e:#}")), RefusedFor::Io),
+            }
         })
+    }
+
+    /// Apply `opened`, bundle `seq` of sender `key` applied over `prev`,
+    /// keeping what it replaces for rollback; under `publish = "tree"`,
+    /// into the next snapshot, which root then points at (or which is
+    /// thrown away if the bundle fails).
+    fn apply_keeping(
+        &self,
+        key: &str,
+        (seq, prev): (u64, u64),
+        opened: apply::Opened,
+    ) -> Result<apply::Applied, Failed> {
+        let mut target = self.target.for_sender(key);
+        let snapshot = match &self.trees {
+            Some(trees) => {
+                let (n, path) = trees.next().map_err(Failed::Snapshot)?;
+                target.root = path.clone();
+                target.snapshot = true;
+                Some((trees, n, path))
+            }
+            None => None,
+        };
+        let result = self
+            .records
+            .keep_as(key, (seq, prev), snapshot.as_ref().map(|s| s.1))
+            .map_err(|e| Failed::Snapshot(e.into()))
+            .and_then(|keep| {
+                target.keep = keep;
+                apply::apply(&target, opened).map_err(Failed::Bundle)
+            })
+            .and_then(|applied| match &snapshot {
+                Some((trees, _, path)) => trees
+                    .publish(path)
+                    .map(|()| applied)
+                    .map_err(Failed::Snapshot),
+                None => Ok(applied),
+            });
+        match (&result, &snapshot) {
+            (Ok(_), _) => self.records.prune(key, seq),
+            (Err(_), Some((trees, _, path))) => trees.discard(path),
+            (Err(_), None) => {}
+        }
+        result
     }
 
     /// Remove the part sets of every sender that no bundle added to for
@@ -155,62 +200,101 @@ impl Committer {
                 let _ = std::fs::remove_file(&wal);
                 continue;
             };
-            // Recorded, so published whole before a crash kept it from the
-            // archive; newer bundles may have been applied since, and
-            // applying this one again would roll their files back.
-            if state.applied.get(key).is_some_and(|&last| seq <= last) {
-                info!(sender = key, seq, "archiving a bundle already applied");
-                self.archive_published(&name);
-                continue;
-            }
-            // Its record is made last, once every change is durable: the
-            // publish finished, only its sequence was not recorded.
-            if self.records.has(key, seq) {
-                info!(
-                    sender = key,
-                    seq, "recording a bundle published whole before a stop"
-                );
-                state.record_applied(key, seq);
-                state.save(state_dir)?;
-                self.archive_published(&name);
-                continue;
-            }
-            // Held by a rollback: root stays as it was rolled back to; the
-            // sender sends the bundle again once released.
-            if state.held.contains_key(key) {
-                info!(
-                    sender = key,
-                    seq, "not finishing a bundle of a sender held by a rollback"
-                );
-                let _ = std::fs::remove_file(&wal);
-                continue;
-            }
-            let mut target = self.target.for_sender(key);
-            let prev = state.applied.get(key).copied().unwrap_or(0);
-            target.keep = self.records.keep_as(key, seq, prev)?;
-            match apply::open(&wal, &self.limits).and_then(|b| {
-                let seq = b.manifest.seq;
-                apply::apply(&target, b).map(|a| (seq, a))
-            }) {
-                Ok((seq, a)) => {
+            match self.found(state, key, seq) {
+                Found::Recorded => {
+                    info!(sender = key, seq, "archiving a bundle already applied");
+                    self.archive_published(&name);
+                }
+                Found::Published => {
                     info!(
                         sender = key,
-                        seq,
-                        files = a.published,
-                        "finished a bundle whose publish was interrupted"
+                        seq, "recording a bundle published whole before a stop"
                     );
                     state.record_applied(key, seq);
                     state.save(state_dir)?;
                     self.archive_published(&name);
                 }
-                Err(e) => {
-                    warn!(bundle = %wal.display(), error = %e, "could not finish an interrupted bundle; the sender will re-send it");
+                Found::Held => {
+                    info!(
+                        sender = key,
+                        seq, "not finishing a bundle of a sender held by a rollback"
+                    );
                     let _ = std::fs::remove_file(&wal);
+                }
+                Found::Unfinished => {
+                    let prev = state.applied.get(key).copied().unwrap_or(0);
+                    let applied = apply::open(&wal, &self.limits)
+                        .map_err(Failed::Bundle)
+                        .and_then(|b| self.apply_keeping(key, (seq, prev), b));
+                    match applied {
+                        Ok(a) => {
+                            info!(
+                                sender = key,
+                                seq,
+                                files = a.published,
+                                "finished a bundle whose publish was interrupted"
+                            );
+                            state.record_applied(key, seq);
+                            state.save(state_dir)?;
+                            self.archive_published(&name);
+                        }
+                        Err(e) => {
+                            warn!(bundle = %wal.display(), error = %e, "could not finish an interrupted bundle; the sender will re-send it");
+                            let _ = std::fs::remove_file(&wal);
+                        }
+                    }
                 }
             }
         }
         Ok(())
     }
+}
+
+/// What became of a bundle a stop interrupted.
+enum Found {
+    /// Its sequence is recorded: published whole before the stop kept it
+    /// from the archive. Newer bundles may have been applied since, and
+    /// applying it again would roll their files back.
+    Recorded,
+    /// Its record for rollback is made last, once every change is durable
+    /// (and, under `publish = "tree"`, root points at its snapshot): the
+    /// publish finished, only its sequence was not recorded.
+    Published,
+    /// Its sender is held by a rollback: root stays as it was rolled back
+    /// to, and the sender sends the bundle again once released.
+    Held,
+    /// To be applied again.
+    Unfinished,
+}
+
+impl Committer {
+    fn found(&self, state: &ReceiverState, key: &str, seq: u64) -> Found {
+        if state.applied.get(key).is_some_and(|&last| seq <= last) {
+            return Found::Recorded;
+        }
+        let current = self
+            .trees
+            .as_ref()
+            .and_then(|t| t.current().ok())
+            .map(|c| c.0);
+        if self.records.published(key, seq, current) {
+            Found::Published
+        } else if state.held.contains_key(key) {
+            Found::Held
+        } else {
+            Found::Unfinished
+        }
+    }
+}
+
+/// Why applying a bundle failed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failed {
+    #[error(transparent)]
+    Bundle(apply::BundleError),
+    /// Making, or pointing root at, the snapshot it was applied in.
+    #[error("{0:#}")]
+    Snapshot(anyhow::Error),
 }
 
 /// Keep the applied bundle in `dir` and prune shipper's bundles there to

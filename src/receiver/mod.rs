@@ -28,10 +28,12 @@ mod commit;
 mod identity;
 mod names;
 mod operate;
+mod records;
 mod rollback;
 mod root_hashes;
 mod session;
 mod state;
+mod trees;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::bundle::apply::{self, Target};
-use crate::config::ReceiverConfig;
+use crate::config::{PublishMode, ReceiverConfig};
 use crate::durable;
 use crate::metrics::ReceiverMetrics;
 use crate::places;
@@ -53,6 +55,7 @@ pub use crate::state_lock::StateLock;
 pub use names::{archive_name, parse_archive_name};
 pub use operate::operate_offline;
 pub use state::ReceiverState;
+pub use trees::{Trees, of as trees_of};
 
 /// Connections not yet identified (in their handshake or before `Hello`)
 /// at once; past this, new connections are closed as soon as accepted, so
@@ -82,8 +85,15 @@ pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
     durable::private_dir(&cfg.state_dir, "receiver.state_dir").map_err(anyhow::Error::msg)?;
     // Whoever can write the archive chooses what a replay rebuilds root from.
     durable::private_dir(&cfg.archive_dir, "receiver.archive_dir").map_err(anyhow::Error::msg)?;
-    std::fs::create_dir_all(&cfg.root)
-        .with_context(|| format!("creating {}", cfg.root.display()))?;
+    match cfg.publish {
+        // Root is a symlink to a snapshot, made now if it is not one yet.
+        PublishMode::Tree { keep } => {
+            let mode = policy.dir_mode(crate::perms::DEFAULT_DIR_MODE);
+            Trees::open(&cfg.root, keep, mode).context("receiver.publish = \"tree\"")?;
+        }
+        PublishMode::File => std::fs::create_dir_all(&cfg.root)
+            .with_context(|| format!("creating {}", cfg.root.display()))?,
+    }
     let staging = match &cfg.staging_dir {
         Some(s) => s.clone(),
         None => {
@@ -99,6 +109,7 @@ pub fn target_for(cfg: &ReceiverConfig) -> anyhow::Result<Target> {
         parts: cfg.state_dir.join("parts"),
         policy,
         keep: None,
+        snapshot: false,
     };
     target.prepare().context("preparing receiver directories")?;
     Ok(target)
@@ -130,7 +141,8 @@ impl Receiver {
         let metrics = Arc::new(ReceiverMetrics::new(&cfg.root));
         let committer = Arc::new(Committer::new(&cfg, &target, metrics.clone()));
         committer.recover(&mut state, &cfg.state_dir)?;
-        rollback::finish_interrupted(&cfg.root, &committer.records, &mut state, &cfg.state_dir)?;
+        let at = operate::root_at(&cfg.root, committer.trees.as_ref());
+        rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir)?;
         committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
             .await

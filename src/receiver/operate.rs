@@ -12,8 +12,10 @@ use tokio::sync::{Mutex, mpsc};
 use tracing::info;
 
 use super::commit::Committer;
-use super::rollback::{self, Records, which_sender};
+use super::records::Records;
+use super::rollback::{self, RootAt, which_sender};
 use super::state::ReceiverState;
+use super::trees::Trees;
 use crate::config::ReceiverConfig;
 use crate::control::{Call, Request, Response};
 use crate::metrics::ReceiverMetrics;
@@ -21,10 +23,13 @@ use crate::state_lock::StateLock;
 
 /// What a running receiver answers `shipper rollback` with.
 pub(super) struct Operator {
+    /// Ends a sender's live session (see `Sessions::end_session`).
+    pub(super) end_session: Arc<dyn Fn(&str) + Send + Sync>,
     pub(super) state: Arc<Mutex<ReceiverState>>,
     pub(super) root: PathBuf,
     pub(super) state_dir: PathBuf,
     pub(super) records: Records,
+    pub(super) trees: Option<Trees>,
 }
 
 impl Operator {
@@ -34,12 +39,19 @@ impl Operator {
             let mut state = self.state.clone().lock_owned().await;
             let me = self.clone();
             let answer = tokio::task::spawn_blocking(move || {
-                handle(&me.root, &me.records, &mut state, &me.state_dir, req)
+                let at = root_at(&me.root, me.trees.as_ref());
+                handle(at, &me.records, &mut state, &me.state_dir, req)
             })
             .await
             .unwrap_or_else(|e| Response::Error {
                 message: format!("the request failed: {e}"),
             });
+            // Its next session starts with what it must hear: held, or
+            // released from a rollback and to compare.
+            if let Response::RolledBack { sender, .. } | Response::Released { sender, .. } = &answer
+            {
+                (self.end_session)(sender);
+            }
             let _ = reply.send(answer);
         }
     }
@@ -47,7 +59,7 @@ impl Operator {
 
 /// Answer one request. Blocking.
 fn handle(
-    root: &Path,
+    at: RootAt,
     records: &Records,
     state: &mut ReceiverState,
     state_dir: &Path,
@@ -64,7 +76,7 @@ fn handle(
                 Ok(k) => k,
                 Err(e) => return error(e),
             };
-            match rollback::roll_back(root, records, state, state_dir, (&key, to)) {
+            match rollback::roll_back(at, records, state, state_dir, (&key, to)) {
                 Ok(r) => {
                     info!(sender = %key, from = r.from, to = r.to, bundles = r.bundles, left = r.left.len(), "root rolled back; the sender's bundles are held until `shipper rollback --release`");
                     Response::RolledBack {
@@ -109,12 +121,21 @@ pub fn operate_offline(cfg: &ReceiverConfig, req: Request) -> anyhow::Result<Res
     let committer = Committer::new(cfg, &target, Arc::new(ReceiverMetrics::new(&cfg.root)));
     std::fs::create_dir_all(cfg.state_dir.join("publishing"))?;
     committer.recover(&mut state, &cfg.state_dir)?;
-    rollback::finish_interrupted(&cfg.root, &committer.records, &mut state, &cfg.state_dir)?;
+    let at = root_at(&cfg.root, committer.trees.as_ref());
+    rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir)?;
     Ok(handle(
-        &cfg.root,
+        at,
         &committer.records,
         &mut state,
         &cfg.state_dir,
         req,
     ))
+}
+
+/// Where a rollback puts `root` back: its snapshots, if it has them.
+pub(super) fn root_at<'a>(root: &'a Path, trees: Option<&'a Trees>) -> RootAt<'a> {
+    match trees {
+        Some(t) => RootAt::Trees(t),
+        None => RootAt::Dir(root),
+    }
 }

@@ -1,12 +1,6 @@
-//! Rollback on the receiver: the records of applied bundles, and putting
-//! root back to right after an earlier bundle of one sender.
-//!
-//! Each bundle a receiver applies keeps what it replaced and deleted, with
-//! the record of its changes ([`crate::beneath::undo_kept`]), as a
-//! directory on root's filesystem: `STAGING/.shipper-rollback/from-KEY/SEQ/`,
-//! beside `bundle.json` naming the sequence applied before it (`prev`), so
-//! the chain survives the gaps a sender's numbering has. The newest
-//! `rollback_keep` of each sender are kept ([`Records`]).
+//! Rollback on the receiver: putting root back to right after an earlier
+//! bundle of one sender, from the records its later bundles kept
+//! ([`Records`]).
 //!
 //! [`roll_back`] first records the sender as held in `receiver.json` (its
 //! bundles are refused from then on), then undoes its records newest
@@ -19,27 +13,15 @@
 //! ([`plan`]). Blocking: run off the async runtime.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use super::records::{Records, remove_record};
 use super::state::{Hold, ReceiverState};
-use crate::beneath::{BeneathError, Root, undo_kept};
-use crate::bundle::apply::KeepAs;
-
-/// The directory of records in staging.
-const RECORDS_DIR: &str = ".shipper-rollback";
-/// Each record's own file: its sequence and the one before it.
-const RECORD_FILE: &str = "bundle.json";
-
-/// What `bundle.json` says of a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct RecordHead {
-    seq: u64,
-    /// The sender's sequence root was at before this bundle (0: none).
-    prev: u64,
-}
+use super::trees::Trees;
+use crate::beneath::{BeneathError, Restore, Root, undo_kept};
 
 /// Why a rollback is refused before anything changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -84,111 +66,6 @@ pub fn plan(chain: &BTreeMap<u64, u64>, last: u64, to: u64) -> Result<Vec<u64>, 
     Ok(undo)
 }
 
-/// The records of every sender, in staging.
-#[derive(Debug, Clone)]
-pub struct Records {
-    dir: PathBuf,
-    keep: usize,
-}
-
-impl Records {
-    pub fn new(staging: &Path, keep: usize) -> Self {
-        Self {
-            dir: staging.join(RECORDS_DIR),
-            keep,
-        }
-    }
-
-    fn sender_dir(&self, key: &str) -> PathBuf {
-        self.dir.join(format!("from-{key}"))
-    }
-
-    fn record(&self, key: &str, seq: u64) -> PathBuf {
-        self.sender_dir(key).join(seq.to_string())
-    }
-
-    /// Where bundle `seq` of `key`, applied over `prev`, keeps what it
-    /// replaces (`None` when none are kept). A record left at that name by
-    /// an apply that did not finish is removed first.
-    pub fn keep_as(&self, key: &str, seq: u64, prev: u64) -> std::io::Result<Option<KeepAs>> {
-        if self.keep == 0 {
-            return Ok(None);
-        }
-        std::fs::create_dir_all(self.sender_dir(key))?;
-        let record = self.record(key, seq);
-        remove_record(&record)?;
-        let head = serde_json::to_vec(&RecordHead { seq, prev })?;
-        Ok(Some(KeepAs {
-            record,
-            with: vec![(RECORD_FILE.to_owned(), head)],
-        }))
-    }
-
-    /// Whether bundle `seq` of `key` was published whole: its record is
-    /// made last, after every change is durable.
-    pub fn has(&self, key: &str, seq: u64) -> bool {
-        self.record(key, seq).join(RECORD_FILE).is_file()
-    }
-
-    /// Each record of `key`: its sequence and the one before it. Records
-    /// above `last` (left by an apply that never finished) are removed.
-    fn chain(&self, key: &str, last: u64) -> std::io::Result<BTreeMap<u64, u64>> {
-        let mut chain = BTreeMap::new();
-        let entries = match std::fs::read_dir(self.sender_dir(key)) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
-            Err(e) => return Err(e),
-        };
-        for e in entries {
-            let e = e?;
-            let Some(seq) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
-                continue; // not a record this receiver writes
-            };
-            if seq > last {
-                remove_record(&e.path())?;
-                continue;
-            }
-            let head = std::fs::read(e.path().join(RECORD_FILE))
-                .ok()
-                .and_then(|b| serde_json::from_slice::<RecordHead>(&b).ok());
-            match head {
-                Some(h) if h.seq == seq => {
-                    chain.insert(seq, h.prev);
-                }
-                _ => {
-                    warn!(record = %e.path().display(), "a rollback record without a readable bundle.json: not used")
-                }
-            }
-        }
-        Ok(chain)
-    }
-
-    /// Keep the newest `rollback_keep` records of `key`; remove the rest.
-    pub fn prune(&self, key: &str, last: u64) {
-        let chain = match self.chain(key, last) {
-            Ok(c) => c,
-            Err(e) => {
-                warn!(dir = %self.sender_dir(key).display(), error = %e, "could not list rollback records");
-                return;
-            }
-        };
-        let excess = chain.len().saturating_sub(self.keep);
-        for seq in chain.keys().take(excess) {
-            if let Err(e) = remove_record(&self.record(key, *seq)) {
-                warn!(record = %self.record(key, *seq).display(), error = %e, "could not remove a rollback record");
-            }
-        }
-    }
-}
-
-/// Remove a record (what its bundle replaced goes with it); missing is fine.
-fn remove_record(record: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(record) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
 /// What a rollback did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolledBack {
@@ -214,11 +91,21 @@ pub enum RollbackError {
     Io(#[from] anyhow::Error),
 }
 
+/// Where a rollback puts root back.
+#[derive(Debug, Clone, Copy)]
+pub enum RootAt<'a> {
+    /// In place: each file by one rename.
+    Dir(&'a Path),
+    /// Under `publish = "tree"`: in the next snapshot, which root then
+    /// points at, so readers see the rollback whole at once.
+    Trees(&'a Trees),
+}
+
 /// Put root back to right after bundle `to` of sender `key`, holding the
 /// sender's bundles from the first change on. Run again (or at start)
 /// after a crash, it finishes what it began.
 pub fn roll_back(
-    root: &Path,
+    at: RootAt,
     records: &Records,
     state: &mut ReceiverState,
     state_dir: &Path,
@@ -229,28 +116,68 @@ pub fn roll_back(
     };
     let chain = records.chain(key, from).map_err(anyhow::Error::from)?;
     let undo = plan(&chain, from, to)?;
-    let root_fd =
-        Root::open(root).map_err(|e| anyhow::anyhow!("opening root {}: {e}", root.display()))?;
-    // Resumed after a stop: the hold keeps when it began.
-    let since = match state.held.get(key) {
-        Some(h) if h.to == to => h.since,
-        _ => crate::status::unix_now().max(0) as u64,
-    };
-    state.held.insert(key.to_owned(), Hold { to, since });
-    state.rolled_back.remove(key);
-    state.save(state_dir)?;
     let mut done = RolledBack {
         from,
         to,
         ..RolledBack::default()
     };
-    for seq in undo {
-        let record = records.record(key, seq);
-        let left =
-            undo_kept(&root_fd, &record).map_err(|source| RollbackError::Undo { seq, source })?;
-        for why in &left {
-            warn!(sender = key, seq, "rollback left a change as it is: {why}");
+    // Stopped after root pointed at the snapshot rolled back: only the
+    // bookkeeping is left.
+    if let RootAt::Trees(trees) = at {
+        let current = trees.current()?.0;
+        let hold = state.held.get(key);
+        if hold.is_some_and(|h| h.to == to && h.snapshot == Some(current)) {
+            done.bundles = undo.len() as u64;
+            return finish(records, state, state_dir, (key, to), &undo).map(|()| done);
         }
+    }
+    // Resumed after a stop: the hold keeps when it began.
+    let since = match state.held.get(key) {
+        Some(h) if h.to == to => h.since,
+        _ => crate::status::unix_now().max(0) as u64,
+    };
+    let hold = Hold {
+        to,
+        since,
+        snapshot: None,
+    };
+    state.held.insert(key.to_owned(), hold);
+    state.rolled_back.remove(key);
+    state.save(state_dir)?;
+    match at {
+        RootAt::Dir(root) => in_place(
+            root,
+            records,
+            state,
+            state_dir,
+            (key, &chain),
+            (&undo, &mut done),
+        )?,
+        RootAt::Trees(trees) => {
+            in_snapshot(trees, records, state, state_dir, key, (&undo, &mut done))?;
+            finish(records, state, state_dir, (key, to), &undo)?;
+        }
+    }
+    Ok(done)
+}
+
+/// Undo the records `undo` of `key` in root, newest first, recording after
+/// each where root is now and then letting the record go.
+fn in_place(
+    root: &Path,
+    records: &Records,
+    state: &mut ReceiverState,
+    state_dir: &Path,
+    (key, chain): (&str, &BTreeMap<u64, u64>),
+    (undo, done): (&[u64], &mut RolledBack),
+) -> Result<(), RollbackError> {
+    let root_fd =
+        Root::open(root).map_err(|e| anyhow::anyhow!("opening root {}: {e}", root.display()))?;
+    for &seq in undo {
+        let record = records.record(key, seq);
+        let left = undo_kept(&root_fd, &record, Restore::Move)
+            .map_err(|source| RollbackError::Undo { seq, source })?;
+        report_left(key, seq, &left);
         done.left.extend(left);
         // Root is now as right after the bundle before it: say so first,
         // then let the record go.
@@ -260,7 +187,74 @@ pub fn roll_back(
         done.bundles += 1;
         info!(sender = key, seq, now_at = chain[&seq], "undid a bundle");
     }
-    Ok(done)
+    Ok(())
+}
+
+/// Undo the records `undo` of `key` in the next snapshot (linking what
+/// they kept, so they stay whole until root points at it) and point root
+/// at it. The snapshot is recorded in the hold first, so a stop after root
+/// pointed at it is known at the next start.
+fn in_snapshot(
+    trees: &Trees,
+    records: &Records,
+    state: &mut ReceiverState,
+    state_dir: &Path,
+    key: &str,
+    (undo, done): (&[u64], &mut RolledBack),
+) -> Result<(), RollbackError> {
+    let (n, snap) = trees.next()?;
+    if let Some(h) = state.held.get_mut(key) {
+        h.snapshot = Some(n);
+    }
+    state.save(state_dir)?;
+    let undone = (|| {
+        let root_fd = Root::open(&snap)
+            .map_err(|e| anyhow::anyhow!("opening the snapshot {}: {e}", snap.display()))?;
+        for &seq in undo {
+            let left = undo_kept(&root_fd, &records.record(key, seq), Restore::Link)
+                .map_err(|source| RollbackError::Undo { seq, source })?;
+            report_left(key, seq, &left);
+            done.left.extend(left);
+            done.bundles += 1;
+        }
+        trees.publish(&snap).map_err(RollbackError::from)
+    })();
+    if undone.is_err() {
+        trees.discard(&snap);
+    }
+    undone
+}
+
+/// Root is as right after bundle `to` of `key` (under `publish = "tree"`):
+/// record it, and let the records undone go.
+fn finish(
+    records: &Records,
+    state: &mut ReceiverState,
+    state_dir: &Path,
+    (key, to): (&str, u64),
+    undo: &[u64],
+) -> Result<(), RollbackError> {
+    state.applied.insert(key.to_owned(), to);
+    if let Some(h) = state.held.get_mut(key) {
+        h.snapshot = None;
+    }
+    state.save(state_dir)?;
+    for &seq in undo {
+        remove_record(&records.record(key, seq)).map_err(anyhow::Error::from)?;
+    }
+    info!(
+        sender = key,
+        to,
+        bundles = undo.len(),
+        "root points at the snapshot rolled back"
+    );
+    Ok(())
+}
+
+fn report_left(key: &str, seq: u64, left: &[String]) {
+    for why in left {
+        warn!(sender = key, seq, "rollback left a change as it is: {why}");
+    }
 }
 
 /// Take the bundles of sender `key` again after a rollback, and mark it to
@@ -282,7 +276,7 @@ pub fn release(
 /// Finish every rollback a crash interrupted: a held sender whose applied
 /// sequence is still above the one it is held at.
 pub fn finish_interrupted(
-    root: &Path,
+    at: RootAt,
     records: &Records,
     state: &mut ReceiverState,
     state_dir: &Path,
@@ -295,7 +289,7 @@ pub fn finish_interrupted(
         .collect();
     for (key, to) in unfinished {
         info!(sender = %key, to, "finishing a rollback a stop interrupted");
-        roll_back(root, records, state, state_dir, (&key, to)).map_err(|e| {
+        roll_back(at, records, state, state_dir, (&key, to)).map_err(|e| {
             anyhow::anyhow!("finishing the rollback of sender {key} to sequence {to}: {e}")
         })?;
     }
@@ -323,6 +317,17 @@ pub fn which_sender<'a>(
             keys.join(", ")
         )),
     }
+}
+
+/// Why a held sender's bundle is refused, for its `status`.
+pub fn held_reason(hold: &Hold) -> String {
+    format!(
+        "held: root was rolled back to sequence {} of this sender (at {}); `shipper rollback --release` on the receiver takes its bundles again",
+        hold.to,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(hold.since)
+        )
+    )
 }
 
 #[cfg(test)]

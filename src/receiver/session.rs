@@ -115,12 +115,25 @@ impl Sessions {
 
     /// What answers `shipper rollback` while this receiver runs: it shares
     /// the state lock with the sessions.
-    pub(super) fn operator(&self) -> super::operate::Operator {
+    pub(super) fn operator(self: &Arc<Self>) -> super::operate::Operator {
+        let sessions = self.clone();
         super::operate::Operator {
+            end_session: Arc::new(move |key: &str| sessions.end_session(key)),
             state: self.state.clone(),
             root: self.cfg.root.clone(),
             state_dir: self.cfg.state_dir.clone(),
             records: self.committer.records.clone(),
+            trees: self.committer.trees.clone(),
+        }
+    }
+
+    /// End the live session of the sender keyed `key`, if there is one:
+    /// it connects again and hears what its `Welcome` says now (held, or
+    /// released from a rollback).
+    pub(super) fn end_session(&self, key: &str) {
+        let table = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, stop)) = table.get(key) {
+            stop.cancel();
         }
     }
 
@@ -433,7 +446,7 @@ impl ApplyJob {
             return Ok(Ok(None));
         }
         if let Some(hold) = state.held.get(&self.sender.key) {
-            let refusal = Refusal::retry(held_reason(hold));
+            let refusal = Refusal::retry(super::rollback::held_reason(hold));
             self.metrics
                 .refused(&self.sender.id, &refusal, RefusedFor::Held);
             return Ok(Err(refusal));
@@ -491,13 +504,4 @@ impl ApplyJob {
             Err(reason) => Ok(Err(reason)),
         }
     }
-}
-
-/// Why a held sender's bundle is refused, for its `status`.
-fn held_reason(hold: &super::state::Hold) -> String {
-    format!(
-        "held: root was rolled back to sequence {} of this sender (at {}); `shipper rollback --release` on the receiver takes its bundles again",
-        hold.to,
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(hold.since))
-    )
 }

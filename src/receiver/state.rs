@@ -41,6 +41,10 @@ pub struct Hold {
     pub to: u64,
     /// When the rollback began (Unix seconds).
     pub since: u64,
+    /// Under `publish = "tree"`, while the rollback runs: the snapshot it
+    /// makes, which root points at once it is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<u64>,
 }
 
 impl ReceiverState {

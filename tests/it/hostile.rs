@@ -401,7 +401,7 @@ mod props {
             std::fs::write(&b, &bytes).unwrap();
             let before = everything(env.path());
             let staging = apply::sibling_staging(&env.root());
-            let target = Target { parts: staging.with_extension("parts"), root: env.root(), staging, policy: Default::default(), keep: None };
+            let target = Target { parts: staging.with_extension("parts"), root: env.root(), staging, policy: Default::default(), keep: None, snapshot: false };
             target.prepare().unwrap();
             match apply::open(&b, &Default::default()).and_then(|o| {
                 let m = o.manifest.clone();

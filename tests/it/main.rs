@@ -22,6 +22,7 @@ mod rate;
 mod reuse;
 mod rollback;
 mod served;
+mod snapshots;
 mod source;
 mod sync;
 mod tls;

@@ -50,6 +50,7 @@ fn a_part_sets_state_grows_by_a_line_per_part_and_is_never_rewritten() {
         staging,
         policy: Default::default(),
         keep: None,
+        snapshot: false,
     };
     target.prepare().unwrap();
     let dir = env.path().join("parts/from-test");

@@ -280,6 +280,7 @@ fn rename_fixture(dir: &Path) -> (std::path::PathBuf, shipper::bundle::apply::Ta
         parts: dir.join("parts"),
         policy: shipper::perms::Policy::default(),
         keep: None,
+        snapshot: false,
     };
     target.prepare().unwrap();
     std::fs::create_dir_all(target.root.join("old")).unwrap();

@@ -137,3 +137,44 @@ async fn rollback_beyond_what_is_kept_is_refused_naming_the_oldest_reachable() {
     let state = std::fs::read_to_string(env.path().join("state-r/receiver.json")).unwrap();
     assert!(state.contains("\"held\""), "{state}");
 }
+
+/// Under `publish = "tree"`, a rollback is a new snapshot root points at
+/// in one rename: the snapshot it was in stays as it was, and after
+/// `--release` root is the source again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_publish_tree_a_rollback_is_a_new_snapshot_root_points_at() {
+    let env = Env::new();
+    std::fs::remove_dir(env.root()).unwrap();
+    let tree_mode = "publish = \"tree\"\n";
+    let r = env.start_receiver(tree_mode).await;
+    let _s = env.start_sender(r.addr, "");
+    let rfile = env.config_file(
+        "receiver.toml",
+        &env.receiver_toml("127.0.0.1:0", tree_mode),
+    );
+    let (first, seq1) = step(&env, 0, |e| e.write("a.html", "a1")).await;
+    let (second, seq2) = step(&env, seq1, |e| {
+        e.write("a.html", "a2");
+        e.write("c.html", "c2");
+    })
+    .await;
+    let before = std::fs::read_link(env.root()).unwrap();
+    let out = rollback(&rfile, &["--to", &seq1.to_string()]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&env.root()), first);
+    assert_ne!(
+        std::fs::read_link(env.root()).unwrap(),
+        before,
+        "a new snapshot"
+    );
+    assert_eq!(
+        tree(&env.path().join(&before)),
+        second,
+        "the snapshot before is unchanged"
+    );
+    assert_eq!(applied(&env), seq1);
+    let out = rollback(&rfile, &["--release"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    // In step again: the source compared with the root rolled back.
+    step(&env, seq2, |e| e.write("d.html", "d")).await;
+}

@@ -41,7 +41,16 @@ impl Sessions {
     ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let (root, state_dir) = (self.cfg.root.clone(), self.cfg.state_dir.clone());
-        let work = tokio::task::spawn_blocking(move || root_hashes::list(&root, &state_dir));
+        let trees = self.committer.trees.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            // Under `publish = "tree"`: the snapshot root points at now,
+            // listed whole even if root moves on meanwhile.
+            let root = match trees {
+                Some(t) => t.current().map_err(std::io::Error::other)?.1,
+                None => root,
+            };
+            root_hashes::list(&root, &state_dir)
+        });
         // Hashing a large root for the first time takes a while: the sender
         // hears pings meanwhile, not silence.
         let (listed, pinged) = conn.ping_while(APPLY_PING, work).await;
