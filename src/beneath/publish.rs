@@ -87,6 +87,18 @@ pub(super) enum Step {
     Retimed { rel: String, was: Retimed },
 }
 
+impl Step {
+    /// The path below root the step changed.
+    pub(super) fn rel(&self) -> &str {
+        let (Step::Made { rel }
+        | Step::MovedAside { rel, .. }
+        | Step::Placed { rel, .. }
+        | Step::Moded { rel, .. }
+        | Step::Retimed { rel, .. }) = self;
+        rel
+    }
+}
+
 /// A bundle whose changes touch at most this many directories (or stage at
 /// most this many files) syncs each; more, one `syncfs` of the filesystem.
 pub const SYNC_EACH_MAX: usize = 32;
@@ -394,11 +406,7 @@ impl Publish<'_> {
     }
 
     fn undo_step(&self, step: &Step) -> Result<(), BeneathError> {
-        let (Step::Made { rel }
-        | Step::MovedAside { rel, .. }
-        | Step::Placed { rel, .. }
-        | Step::Moded { rel, .. }
-        | Step::Retimed { rel, .. }) = step;
+        let rel = step.rel();
         let (dir_comps, name) = split(rel);
         let parent = self
             .root

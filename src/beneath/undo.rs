@@ -105,11 +105,7 @@ fn undo_one(
     (kept, how): (&OwnedFd, Restore),
     step: &Step,
 ) -> Result<Option<String>, BeneathError> {
-    let (Step::Made { rel }
-    | Step::MovedAside { rel, .. }
-    | Step::Placed { rel, .. }
-    | Step::Moded { rel, .. }
-    | Step::Retimed { rel, .. }) = step;
+    let rel = step.rel();
     let (dir_comps, name) = split(rel);
     let Some(parent) = root.find_dir(&dir_comps)? else {
         return Ok(match step {

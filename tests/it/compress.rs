@@ -68,6 +68,21 @@ fn page(len: usize, seed: u64) -> String {
     out
 }
 
+/// 48 MiB of pages (more than a first bundle may hold while the link is
+/// unmeasured) shipped by a sender process with the default `compress`:
+/// the env, the receiver, the sender's config file and the sender.
+async fn first_ship_of_pages() -> (Env, Role, std::path::PathBuf, Daemon) {
+    let env = Env::new();
+    for i in 0..96 {
+        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
+    }
+    let r = env.start_receiver("").await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_in_sync(&env).await;
+    (env, r, file, sender)
+}
+
 /// Under the default, a link not measured yet gets pages deflated, in a
 /// small first bundle that goes out while the rest is packed: the bytes
 /// the receiver's TCP acknowledged meanwhile measure the link, and the
@@ -76,15 +91,7 @@ fn page(len: usize, seed: u64) -> String {
 /// up to 256 MiB, all deflated before the link was measured at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_not_measured_yet_is_measured_by_a_small_first_bundle() {
-    let env = Env::new();
-    // 48 MiB of pages: more than a first bundle may hold while unmeasured.
-    for i in 0..96 {
-        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
-    }
-    let r = env.start_receiver("").await;
-    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
-    wait_in_sync(&env).await;
+    let (env, r, _file, sender) = first_ship_of_pages().await;
     let bundles = env.archived();
     assert!(
         bundles.len() >= 2,
@@ -208,14 +215,7 @@ async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
 /// until a bundle measured the link again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_sender_remembers_how_fast_its_link_was() {
-    let env = Env::new();
-    for i in 0..96 {
-        env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
-    }
-    let r = env.start_receiver("").await;
-    let file = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
-    wait_in_sync(&env).await;
+    let (env, r, file, sender) = first_ship_of_pages().await;
     wait_until("the link measured, and remembered", || {
         sender.log_text().contains("link measured")
             && env.path().join("state-s/link-rates.json").exists()
