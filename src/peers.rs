@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::durable;
+use crate::proto::frame::Rolled;
 
 /// One receiver as last seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,17 +95,21 @@ pub struct Plan {
     pub skip_upto: u64,
     /// Why it needs the whole tree, if it does.
     pub whole_tree: Option<String>,
-    /// Its root was rolled back to this sequence: the source is compared
-    /// with it and the difference shipped (`shipper verify --repair
-    /// --delete-extra`, by itself) instead of a whole tree for being behind.
+    /// Its root was rolled back to this sequence and released: the source
+    /// is compared with it and the difference shipped (as `shipper verify
+    /// --repair` would, deleting what the rollback brought back that the
+    /// source lacks) instead of a whole tree for being behind.
     pub compare: Option<u64>,
+    /// Its root was rolled back to this sequence and the receiver holds
+    /// this sender's bundles: none is sent until it is released.
+    pub held: Option<u64>,
 }
 
 /// Decide what a receiver that applied `last_applied` of this sender, with
-/// state instance `instance`, needs; `rolled_back_to`: it said its root
-/// was rolled back to that sequence.
+/// state instance `instance`, needs; `rolled`: it said its root was rolled
+/// back.
 pub fn plan_welcome(
-    (last_applied, instance, rolled_back_to): (u64, [u8; 16], Option<u64>),
+    (last_applied, instance, rolled): (u64, [u8; 16], Option<Rolled>),
     k: Known,
 ) -> Plan {
     let release_upto = last_applied.min(k.sent.max(k.acked));
@@ -114,7 +119,7 @@ pub fn plan_welcome(
     }
     if k.instance.is_some_and(|i| i != instance) {
         whole_tree = Some("its state is new (a rebuilt or wiped receiver)".to_owned());
-    } else if last_applied < k.everyone && rolled_back_to.is_none() {
+    } else if last_applied < k.everyone && rolled.is_none() {
         whole_tree = Some(format!(
             "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
             k.everyone
@@ -124,7 +129,8 @@ pub fn plan_welcome(
         release_upto,
         skip_upto: last_applied,
         whole_tree,
-        compare: rolled_back_to,
+        compare: rolled.filter(|r| !r.held).map(|r| r.to),
+        held: rolled.filter(|r| r.held).map(|r| r.to),
     }
 }
 
@@ -254,19 +260,20 @@ mod tests {
     }
 
     #[test]
-    fn a_rolled_back_receiver_is_compared_not_sent_the_whole_tree() {
-        let p = plan_welcome(
-            (30, A, Some(30)),
-            Known {
-                acked: 40,
-                everyone: 40,
-                ..known()
-            },
-        );
-        assert_eq!((p.whole_tree, p.compare), (None, Some(30)));
+    fn a_rolled_back_receiver_is_held_then_compared_never_sent_the_whole_tree() {
+        let behind = Known {
+            acked: 40,
+            everyone: 40,
+            ..known()
+        };
+        let rolled = |held| Some(Rolled { to: 30, held });
+        let p = plan_welcome((30, A, rolled(true)), behind);
+        assert_eq!((p.whole_tree, p.compare, p.held), (None, None, Some(30)));
+        let p = plan_welcome((30, A, rolled(false)), behind);
+        assert_eq!((p.whole_tree, p.compare, p.held), (None, Some(30), None));
         assert_eq!(p.skip_upto, 30);
         // Behind for another reason too: that reason still holds.
-        let p = plan_welcome((30, B, Some(30)), known());
+        let p = plan_welcome((30, B, rolled(false)), known());
         assert!(p.whole_tree.unwrap().contains("state is new"));
     }
 }

@@ -42,4 +42,4 @@ mod snapshot;
 pub use links::link_tree;
 pub use publish::{Publish, SYNC_EACH_MAX};
 pub use root::{BeneathError, Root, open_dir_path};
-pub use undo::{RECORD_STEPS, Restore, undo_kept};
+pub use undo::{RECORD_STEPS, Restore, restores, undo_kept};

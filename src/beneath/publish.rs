@@ -71,13 +71,13 @@ pub(super) enum Step {
     /// Moved the entry at `rel` to `kept` in the undo directory.
     MovedAside { rel: String, kept: String },
     /// Renamed a staged file to `rel`; `kept` in the undo directory is a
-    /// hard link to the entry it replaced, if there was one. `ino` is the
-    /// placed file's inode: an undo long after touches `rel` only while it
-    /// is still that file.
+    /// hard link to the entry it replaced, if there was one. `placed` is
+    /// the file placed: an undo long after touches `rel` only while it is
+    /// still that file.
     Placed {
         rel: String,
         kept: Option<String>,
-        ino: u64,
+        placed: FileId,
     },
     /// Gave the directory `rel`, which had `mode` and `gid`, another mode
     /// or group.
@@ -85,6 +85,37 @@ pub(super) enum Step {
     /// Gave the file `rel`, kept as it was, another mode, group or mtime
     /// (see `retime.rs`): it had these.
     Retimed { rel: String, was: Retimed },
+}
+
+/// What tells a file placed in root from one put at its path since: its
+/// inode (a number a filesystem may give again once the file is deleted),
+/// size and mtime (which a write in place, or a file made anew, changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) struct FileId {
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileId {
+    /// The entry `name` in `dir` (never followed), if there is one.
+    pub(super) fn of(dir: &OwnedFd, name: &str) -> rustix::io::Result<Option<Self>> {
+        match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Self {
+                ino: st.st_ino,
+                size: st.st_size as u64,
+                mtime: st.st_mtime,
+                mtime_nsec: st.st_mtime_nsec as i64,
+            })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub(super) fn ino(&self) -> u64 {
+        self.ino
+    }
 }
 
 impl Step {
@@ -228,15 +259,15 @@ impl Publish<'_> {
                 }
             }
         };
-        let ino = rustix::fs::statat(staged_dir, staged, AtFlags::SYMLINK_NOFOLLOW)
+        let placed = FileId::of(staged_dir, staged)
             .map_err(|e| self.root.err(rel, e))?
-            .st_ino;
+            .ok_or_else(|| self.root.err(rel, Errno::NOENT))?;
         op(|| rustix::fs::renameat(staged_dir, staged, &parent, name))
             .map_err(|e| self.root.err(rel, e))?;
         self.steps.push(Step::Placed {
             rel: rel.to_owned(),
             kept,
-            ino,
+            placed,
         });
         Ok(())
     }

@@ -259,18 +259,24 @@ fn a_file_that_cannot_be_linked_is_moved_aside_instead() {
     assert_eq!(std::fs::read(r.join("a.html")).unwrap(), b"new");
 }
 
+/// A file's identity for a step, by its inode alone.
+fn id(ino: u64) -> FileId {
+    serde_json::from_value(serde_json::json!({"ino": ino, "size": 0, "mtime": 0, "mtime_nsec": 0}))
+        .unwrap()
+}
+
 #[test]
 fn the_directories_synced_are_those_the_steps_changed() {
     let steps = [
         Step::Placed {
             rel: "a/b/page.html".into(),
             kept: None,
-            ino: 1,
+            placed: id(1),
         },
         Step::Placed {
             rel: "a/b/other.html".into(),
             kept: Some("k1".into()),
-            ino: 2,
+            placed: id(2),
         },
         Step::MovedAside {
             rel: "gone.html".into(),

@@ -23,7 +23,7 @@ use rustix::fs::{AtFlags, FileType, Gid, Mode, RenameFlags};
 use rustix::io::Errno;
 
 use super::links::{DIR as LINK_DIR, link_dir};
-use super::publish::{Publish, Step, op};
+use super::publish::{FileId, Publish, Step, op};
 use super::root::{BeneathError, DIR_FLAGS, Root, open_dir_path, split};
 
 /// The changes of a record, in the order made.
@@ -74,6 +74,28 @@ impl Publish<'_> {
     }
 }
 
+/// The paths an undo of `record` brings an entry back to (a file the
+/// bundle replaced or an entry it deleted, a directory with what is below
+/// it): what root holds there afterwards may be older than the source.
+pub fn restores(record: &Path) -> Result<Vec<String>, BeneathError> {
+    let io = |e: std::io::Error| BeneathError::Io {
+        path: record.to_owned(),
+        source: e,
+    };
+    let bytes = std::fs::read(record.join(RECORD_STEPS)).map_err(io)?;
+    let steps: Vec<Step> = serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?;
+    Ok(steps
+        .iter()
+        .filter(|s| {
+            matches!(
+                s,
+                Step::MovedAside { .. } | Step::Placed { kept: Some(_), .. }
+            )
+        })
+        .map(|s| s.rel().to_owned())
+        .collect())
+}
+
 /// Put root back as it was before the changes `record` keeps (see
 /// [`Publish::keep`]), last change first, and sync root's filesystem.
 /// Returns the changes left as they are, each naming its path and why:
@@ -90,12 +112,32 @@ pub fn undo_kept(root: &Root, record: &Path, how: Restore) -> Result<Vec<String>
     let kept = open_dir_path(record).map_err(io)?;
     let mut left = Vec::new();
     for step in steps.iter().rev() {
-        if let Some(why) = undo_one(root, (&kept, how), step)? {
+        if let Some(why) = in_the_way(step.rel(), undo_one(root, (&kept, how), step))? {
             left.push(why);
         }
     }
     op(|| rustix::fs::syncfs(&root.fd)).map_err(|e| root.err("", e))?;
     Ok(left)
+}
+
+/// A change that cannot be undone because root changed in its way since
+/// (a symlink, or a file where a directory was, on the path): left as it
+/// is and reported, like one changed since; any other error stops the undo.
+fn in_the_way(
+    rel: &str,
+    undone: Result<Option<String>, BeneathError>,
+) -> Result<Option<String>, BeneathError> {
+    let blocked =
+        |e: &std::io::Error| matches!(Errno::from_io_error(e), Some(Errno::LOOP | Errno::NOTDIR));
+    match undone {
+        Err(BeneathError::Symlink { path }) => Ok(Some(format!(
+            "{rel}: {path} is a symlink now; left as it is"
+        ))),
+        Err(BeneathError::Io { source, .. }) if blocked(&source) => Ok(Some(format!(
+            "{rel}: something on its path is no longer a directory; left as it is"
+        ))),
+        other => other,
+    }
 }
 
 /// Undo one kept change if it is not undone yet; `Some(why)` when it is
@@ -132,13 +174,13 @@ fn undo_one(
                 })
             },
         ),
-        Step::Placed { kept: k, ino, .. } => {
-            unplace((kept, k.as_deref(), how), *ino, at).map_err(|e| root.err(rel, e)).map(|done| {
+        Step::Placed { kept: k, placed, .. } => unplace((kept, k.as_deref(), how), placed, at)
+            .map_err(|e| root.err(rel, e))
+            .map(|done| {
                 (!done).then(|| {
                     format!("{rel}: changed since the bundle placed it; its earlier version is not put back")
                 })
-            })
-        }
+            }),
         Step::Moded { mode, gid, .. } => {
             match rustix::fs::openat(&parent, name, DIR_FLAGS, Mode::empty()) {
                 Ok(dir) => op(|| {
@@ -194,24 +236,24 @@ fn put_back(
     }
 }
 
-/// Undo placing the file with inode `ino` at `name` in `parent`: put back
-/// the entry `k` of the record it replaced, or remove it. False when the
-/// placed file was replaced or deleted since and something is left to put
-/// back (left as it is).
+/// Undo placing the file `placed` at `name` in `parent`: put back the
+/// entry `k` of the record it replaced, or remove it. False when the
+/// placed file was replaced, changed or deleted since and something is
+/// left to put back (left as it is).
 fn unplace(
     (kept, k, how): (&OwnedFd, Option<&str>, Restore),
-    ino: u64,
+    placed: &FileId,
     (parent, name): (&OwnedFd, &str),
 ) -> rustix::io::Result<bool> {
     let k = match k {
         Some(k) => inode(kept, k)?.map(|k_ino| (k, k_ino)),
         None => None,
     };
-    let here = inode(parent, name)?;
-    if k.is_some_and(|(_, k_ino)| here == Some(k_ino)) {
+    let here = FileId::of(parent, name)?;
+    if k.is_some_and(|(_, k_ino)| here.map(|h| h.ino()) == Some(k_ino)) {
         return Ok(true); // put back already (linked)
     }
-    if here != Some(ino) {
+    if here.as_ref() != Some(placed) {
         // Undone already, with nothing left to put back; or changed since.
         return Ok(k.is_none());
     }

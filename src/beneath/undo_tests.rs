@@ -106,35 +106,54 @@ fn an_undo_stopped_at_any_change_finishes_when_run_again() {
 }
 
 /// What was put in root after the bundle (a file replacing one it placed,
-/// a file in a directory it made) is never deleted or replaced by the
-/// undo; each such change is named and left as it is.
+/// a file written in place, a file in a directory it made) is never
+/// deleted or replaced by the undo; each such change is named and left as
+/// it is.
 #[test]
 fn an_undo_never_touches_what_was_put_there_since() {
     let (t, root, stage) = setup();
     let r = t.path().join("root");
     std::fs::write(r.join("old.html"), "old").unwrap();
-    std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-    std::fs::write(t.path().join("stage/f1"), "made").unwrap();
+    std::fs::write(r.join("edited.html"), "old").unwrap();
+    for (i, body) in ["new", "made", "new"].iter().enumerate() {
+        std::fs::write(t.path().join(format!("stage/f{i}")), body).unwrap();
+    }
     let mut p = root
         .begin(&t.path().join("undo"), &Policy::mirror())
         .unwrap();
     p.publish("old.html", &stage, "f0").unwrap();
     p.publish("dir/made.html", &stage, "f1").unwrap();
+    p.publish("edited.html", &stage, "f2").unwrap();
     p.sync().unwrap();
     p.keep(&t.path().join("rec"), &[]).unwrap();
-    // Since: old.html replaced by someone else, a file added in dir.
+    // Since: old.html replaced by someone else, a file added in dir, and
+    // edited.html written in place (the same inode).
     std::fs::write(r.join("other"), "someone else's").unwrap();
     std::fs::rename(r.join("other"), r.join("old.html")).unwrap();
     std::fs::write(r.join("dir/theirs.html"), "theirs").unwrap();
+    let then = std::fs::metadata(r.join("edited.html"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let f = std::fs::File::options()
+        .append(true)
+        .open(r.join("edited.html"))
+        .unwrap();
+    std::io::Write::write_all(&mut &f, b" and edited here").unwrap();
+    f.set_modified(then).unwrap(); // even with its mtime put back
+    drop(f);
     let left = undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
-    assert_eq!(left.len(), 2, "{left:?}");
-    assert!(left[0].starts_with("dir: "), "{left:?}");
-    assert!(left[1].starts_with("old.html: changed since"), "{left:?}");
-    assert_eq!(
-        std::fs::read(r.join("old.html")).unwrap(),
-        b"someone else's"
+    assert_eq!(left.len(), 3, "{left:?}");
+    assert!(
+        left[0].starts_with("edited.html: changed since"),
+        "{left:?}"
     );
-    assert_eq!(std::fs::read(r.join("dir/theirs.html")).unwrap(), b"theirs");
+    assert!(left[1].starts_with("dir: "), "{left:?}");
+    assert!(left[2].starts_with("old.html: changed since"), "{left:?}");
+    let read = |rel: &str| std::fs::read_to_string(r.join(rel)).unwrap();
+    assert_eq!(read("edited.html"), "new and edited here");
+    assert_eq!(read("old.html"), "someone else's");
+    assert_eq!(read("dir/theirs.html"), "theirs");
     assert!(
         !r.join("dir/made.html").exists(),
         "what the bundle placed is undone"
@@ -187,4 +206,41 @@ fn an_undo_by_links_leaves_the_record_whole_and_can_be_made_again() {
             "the root the bundle changed is untouched"
         );
     }
+}
+
+/// A directory on a path the bundle changed became a symlink since (a
+/// deploy that moved it and linked it back): the undo of what lies below
+/// it is reported and left, never done through the symlink, and the undo
+/// of the rest goes on.
+#[test]
+fn a_symlink_put_on_the_way_since_is_reported_not_followed() {
+    let (t, root, stage) = setup();
+    let r = t.path().join("root");
+    std::fs::create_dir(r.join("d")).unwrap();
+    std::fs::write(r.join("d/y.html"), "old").unwrap();
+    for (i, body) in ["new x", "new y", "top"].iter().enumerate() {
+        std::fs::write(t.path().join(format!("stage/f{i}")), body).unwrap();
+    }
+    let mut p = root
+        .begin(&t.path().join("undo"), &Policy::mirror())
+        .unwrap();
+    p.publish("d/x.html", &stage, "f0").unwrap();
+    p.publish("d/y.html", &stage, "f1").unwrap();
+    p.publish("top.html", &stage, "f2").unwrap();
+    p.sync().unwrap();
+    p.keep(&t.path().join("rec"), &[]).unwrap();
+    std::fs::rename(r.join("d"), r.join("d-real")).unwrap();
+    std::os::unix::fs::symlink("d-real", r.join("d")).unwrap();
+    let left = undo_kept(&root, &t.path().join("rec"), Restore::Move).unwrap();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(
+        left.iter().all(|l| l.contains("is a symlink now")),
+        "{left:?}"
+    );
+    assert!(!r.join("top.html").exists(), "the rest is undone");
+    assert_eq!(
+        std::fs::read_to_string(r.join("d-real/y.html")).unwrap(),
+        "new y"
+    );
+    assert!(r.join("d-real/x.html").exists());
 }

@@ -307,17 +307,23 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
         }
         (None, None) => bail!("replay needs --config or --root"),
     };
+    let held = match &state_dir {
+        Some(dir) => ReceiverState::load(dir)?.held.into_keys().collect(),
+        None => Vec::new(),
+    };
+    let into = ReplayInto {
+        target: &target,
+        trees: trees.as_ref(),
+        held,
+    };
     let hook = if hooks {
         Some(replay_hook(on_apply)?)
     } else {
         None
     };
     let (applied, hook_failures) = match &hook {
-        None => (
-            replay_then((&target, trees.as_ref()), &limits, bundles, &mut |_, _| {})?,
-            0,
-        ),
-        Some(hook) => replay_with_hook((&target, trees.as_ref()), &limits, bundles, hook)?,
+        None => (replay_then(&into, &limits, bundles, &mut |_, _| {})?, 0),
+        Some(hook) => replay_with_hook(&into, &limits, bundles, hook)?,
     };
     if let Some(dir) = state_dir {
         let mut state = ReceiverState::load(&dir)?;
@@ -343,14 +349,15 @@ fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> any
 /// root, as the receiver does; a failure is logged and counted, and the
 /// replay goes on. Returns what was applied and how many runs failed.
 fn replay_with_hook(
-    (target, trees): (&Target, Option<&receiver::Trees>),
+    into: &ReplayInto,
     limits: &apply::Limits,
     bundles: &[PathBuf],
     hook: &Hook,
 ) -> anyhow::Result<(Vec<(String, Applied)>, u64)> {
     let rt = runtime()?;
     let mut failures = 0;
-    let applied = replay_then((target, trees), limits, bundles, &mut |sender, a| {
+    let target = into.target;
+    let applied = replay_then(into, limits, bundles, &mut |sender, a| {
         let changes = hook::changes(&a.written, &a.deleted);
         if changes.is_empty() {
             return;
@@ -404,13 +411,9 @@ fn replay_root_target(
 
 /// Apply `b` to `target` (with `sender`'s part sets); under `publish =
 /// "tree"`, into the next snapshot, which root then points at.
-fn apply_into(
-    (target, trees): (&Target, Option<&receiver::Trees>),
-    sender: &str,
-    b: apply::Opened,
-) -> anyhow::Result<Applied> {
-    let mut t = target.for_sender(sender);
-    let Some(trees) = trees else {
+fn apply_into(into: &ReplayInto, sender: &str, b: apply::Opened) -> anyhow::Result<Applied> {
+    let mut t = into.target.for_sender(sender);
+    let Some(trees) = into.trees else {
         return Ok(apply::apply(&t, b)?);
     };
     let (_, snapshot) = trees.next()?;
@@ -444,14 +447,28 @@ pub fn replay(
     limits: &apply::Limits,
     bundles: &[PathBuf],
 ) -> anyhow::Result<Vec<(String, Applied)>> {
-    replay_then((target, None), limits, bundles, &mut |_, _| {})
+    let into = ReplayInto {
+        target,
+        trees: None,
+        held: Vec::new(),
+    };
+    replay_then(&into, limits, bundles, &mut |_, _| {})
+}
+
+/// Where `shipper replay` applies bundles: a target, its snapshots under
+/// `publish = "tree"`, and the senders a rollback holds there (whose
+/// bundles are refused).
+pub struct ReplayInto<'a> {
+    pub target: &'a Target,
+    pub trees: Option<&'a receiver::Trees>,
+    pub held: Vec<String>,
 }
 
 /// [`replay`], calling `after` with the sender's id (as its manifest gives
 /// it) and what was applied after each bundle; under `publish = "tree"`
 /// (`trees`), each bundle into the next snapshot, which root then points at.
 pub fn replay_then(
-    (target, trees): (&Target, Option<&receiver::Trees>),
+    into: &ReplayInto,
     limits: &apply::Limits,
     bundles: &[PathBuf],
     after: &mut dyn FnMut(&str, &Applied),
@@ -460,7 +477,14 @@ pub fn replay_then(
     for path in bundles {
         let b = apply::open(path, limits)
             .with_context(|| format!("refusing bundle {}", path.display()))?;
-        opened.push((replay_key(&b), b));
+        let key = replay_key(&b);
+        if into.held.contains(&key) {
+            bail!(
+                "refusing bundle {}: its sender {key} is held by a rollback (`shipper rollback --release` first)",
+                path.display()
+            );
+        }
+        opened.push((key, b));
     }
     opened.sort_by(|(ka, a), (kb, b)| (ka, a.manifest.seq).cmp(&(kb, b.manifest.seq)));
     let mut prev: Option<(String, u64)> = None;
@@ -486,7 +510,7 @@ pub fn replay_then(
                 );
             }
         }
-        let a = apply_into((target, trees), &sender, b)
+        let a = apply_into(into, &sender, b)
             .with_context(|| format!("applying bundle {}", path.display()))?;
         info!(
             sender,

@@ -2,7 +2,8 @@
 //!
 //! Pure encode and decode of byte slices (like mini-redis's frame.rs): the
 //! decoder returns `Ok(None)` on incomplete input, and refuses a length over
-//! [`MAX_PAYLOAD`] before anything is allocated.
+//! [`MAX_PAYLOAD`] before anything is allocated. Encoding is here, decoding
+//! in `parse.rs`.
 
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
@@ -47,14 +48,14 @@ pub enum Frame {
     },
     /// `instance` names this receiver's state: a new one (a rebuilt or
     /// wiped receiver) has a new instance. `accepts`: its limits, so the
-    /// sender packs within them. `rolled_back_to`: root was rolled back to
-    /// this sequence of the sender and released since (only to senders of
+    /// sender packs within them. `rolled_back`: root was rolled back to one
+    /// of the sender's sequences (only to senders of
     /// [`TOLD_ROLLED_BACK_FROM`] on).
     Welcome {
         last_applied: u64,
         instance: [u8; 16],
         accepts: Accepts,
-        rolled_back_to: Option<u64>,
+        rolled_back: Option<Rolled>,
     },
     Bundle {
         seq: u64,
@@ -103,6 +104,20 @@ pub enum Frame {
     Listing {
         entries: Vec<(String, [u8; 32])>,
     },
+    /// Paths a rollback brought back in root, sent with a listing (before
+    /// `Listed`) to the sender it rolled back: of the extras, only these
+    /// (or what lies below them) are the sender's to delete.
+    Restored {
+        paths: Vec<String>,
+    },
+    /// A `Hello` for a connection that only says the sender compared its
+    /// source with root after a rollback and shipped the difference: the
+    /// receiver forgets the rollback, answering `Ack` of the sequence it
+    /// was rolled back to.
+    Compared {
+        version: u16,
+        sender: String,
+    },
     /// The listing is complete: `files` in all, of which `hashed` were read
     /// (the others' hashes were cached: unchanged size, mtime and inode);
     /// `other_senders` have applied bundles to this root too (their files
@@ -112,6 +127,16 @@ pub enum Frame {
         hashed: u64,
         other_senders: u64,
     },
+}
+
+/// A rollback of root, as `Welcome` tells it to the sender rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rolled {
+    /// Root was rolled back to right after this sequence of the sender.
+    pub to: u64,
+    /// Its bundles are held (until `shipper rollback --release`): it sends
+    /// none. Released, it compares its source with root.
+    pub held: bool,
 }
 
 /// What a receiver accepts in one bundle, announced in `Welcome`.
@@ -152,11 +177,13 @@ const RECEIVED: u8 = 8;
 /// bundles came ([`Frame::Received`]).
 pub const TOLD_RECEIVED_FROM: u16 = 6;
 /// Senders of this protocol version and later are told in `Welcome` that
-/// root was rolled back ([`Frame::Welcome`]'s `rolled_back_to`).
+/// root was rolled back ([`Frame::Welcome`]'s `rolled_back`).
 pub const TOLD_ROLLED_BACK_FROM: u16 = 7;
 const INQUIRE: u8 = 9;
 const LISTING: u8 = 10;
 const LISTED: u8 = 11;
+const RESTORED: u8 = 12;
+const COMPARED: u8 = 13;
 
 impl Frame {
     /// The bytes `path` takes in a `Listing`'s payload: a listing is cut
@@ -179,13 +206,12 @@ impl Frame {
         let start = out.len();
         out.extend_from_slice(&[0; HEADER_LEN]);
         let kind = match self {
-            Frame::Hello { version, sender } => {
-                encode_hello(out, *version, sender);
-                HELLO
-            }
-            Frame::Inquire { version, sender } => {
-                encode_hello(out, *version, sender);
-                INQUIRE
+            Frame::Hello { version, sender } => encode_hello(out, (HELLO, *version), sender),
+            Frame::Inquire { version, sender } => encode_hello(out, (INQUIRE, *version), sender),
+            Frame::Compared { version, sender } => encode_hello(out, (COMPARED, *version), sender),
+            Frame::Restored { paths } => {
+                paths.iter().for_each(|p| put_path(out, p));
+                RESTORED
             }
             Frame::Listing { entries } => {
                 encode_listing(out, entries);
@@ -196,25 +222,15 @@ impl Frame {
                 hashed,
                 other_senders,
             } => {
-                out.extend_from_slice(&files.to_be_bytes());
-                out.extend_from_slice(&hashed.to_be_bytes());
-                out.extend_from_slice(&other_senders.to_be_bytes());
+                put_u64s(out, &[*files, *hashed, *other_senders]);
                 LISTED
             }
             Frame::Welcome {
                 last_applied,
                 instance,
                 accepts,
-                rolled_back_to,
-            } => {
-                out.extend_from_slice(&last_applied.to_be_bytes());
-                out.extend_from_slice(instance);
-                put_u64s(out, &accepts.in_order());
-                if let Some(to) = rolled_back_to {
-                    out.extend_from_slice(&to.to_be_bytes());
-                }
-                WELCOME
-            }
+                rolled_back,
+            } => encode_welcome(out, (*last_applied, instance), accepts, rolled_back),
             Frame::Bundle { seq, size } => {
                 put_u64s(out, &[*seq, *size]);
                 BUNDLE
@@ -224,18 +240,7 @@ impl Frame {
                 out.extend_from_slice(hash);
                 TRAILER
             }
-            Frame::Ack { seq, hook } => {
-                out.extend_from_slice(&seq.to_be_bytes());
-                match hook {
-                    HookOutcome::NotRun => out.push(0),
-                    HookOutcome::Ran => out.push(1),
-                    HookOutcome::Failed(why) => {
-                        out.push(2);
-                        out.extend_from_slice(cut(why).as_bytes());
-                    }
-                }
-                ACK
-            }
+            Frame::Ack { seq, hook } => encode_ack(out, *seq, hook),
             Frame::Refuse {
                 seq,
                 kind,
@@ -296,10 +301,46 @@ fn put_u64s(out: &mut Vec<u8>, values: &[u64]) {
 }
 
 /// A `Hello`'s payload (an `Inquire`'s too): magic, version, sender id.
-fn encode_hello(out: &mut Vec<u8>, version: u16, sender: &str) {
+fn encode_hello(out: &mut Vec<u8>, (kind, version): (u8, u16), sender: &str) -> u8 {
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&version.to_be_bytes());
     out.extend_from_slice(sender.as_bytes());
+    kind
+}
+
+fn encode_welcome(
+    out: &mut Vec<u8>,
+    (last_applied, instance): (u64, &[u8; 16]),
+    accepts: &Accepts,
+    rolled_back: &Option<Rolled>,
+) -> u8 {
+    out.extend_from_slice(&last_applied.to_be_bytes());
+    out.extend_from_slice(instance);
+    put_u64s(out, &accepts.in_order());
+    if let Some(r) = rolled_back {
+        out.extend_from_slice(&r.to.to_be_bytes());
+        out.push(u8::from(r.held));
+    }
+    WELCOME
+}
+
+fn encode_ack(out: &mut Vec<u8>, seq: u64, hook: &HookOutcome) -> u8 {
+    out.extend_from_slice(&seq.to_be_bytes());
+    match hook {
+        HookOutcome::NotRun => out.push(0),
+        HookOutcome::Ran => out.push(1),
+        HookOutcome::Failed(why) => {
+            out.push(2);
+            out.extend_from_slice(cut(why).as_bytes());
+        }
+    }
+    ACK
+}
+
+/// A path as `Restored` and `Listing` carry it: its length, then it.
+fn put_path(out: &mut Vec<u8>, path: &str) {
+    out.extend_from_slice(&(path.len() as u16).to_be_bytes());
+    out.extend_from_slice(path.as_bytes());
 }
 
 /// A `Refuse`'s payload.
@@ -322,8 +363,7 @@ fn encode_refuse(out: &mut Vec<u8>, seq: u64, kind: RefusalKind, path: Option<&s
 /// A `Listing`'s payload: each entry's path length, path and hash.
 fn encode_listing(out: &mut Vec<u8>, entries: &[(String, [u8; 32])]) {
     for (path, hash) in entries {
-        out.extend_from_slice(&(path.len() as u16).to_be_bytes());
-        out.extend_from_slice(path.as_bytes());
+        put_path(out, path);
         out.extend_from_slice(hash);
     }
 }
@@ -337,172 +377,8 @@ fn cut(text: &str) -> &str {
     &text[..end]
 }
 
-/// Check a header and return the kind and payload length, refusing lengths
-/// over the limit before the caller allocates.
-pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
-    let kind = h[0];
-    if !(HELLO..=LISTED).contains(&kind) {
-        return Err(FrameError::UnknownKind(kind));
-    }
-    let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
-    if len > MAX_PAYLOAD {
-        return Err(FrameError::TooLong(len));
-    }
-    Ok((kind, len))
-}
-
-pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
-    let u64_at = |i: usize| be_u64(p, i);
-    let frame = match kind {
-        HELLO | INQUIRE => parse_hello(kind, p)?,
-        WELCOME if p.len() == 56 || p.len() == 64 => Some(Frame::Welcome {
-            last_applied: u64_at(0).unwrap_or_default(),
-            instance: p[8..24].try_into().expect("16 bytes"),
-            accepts: Accepts {
-                max_entries: u64_at(24).unwrap_or_default(),
-                max_bundle_size: u64_at(32).unwrap_or_default(),
-                max_file_size: u64_at(40).unwrap_or_default(),
-                max_unpacked: u64_at(48).unwrap_or_default(),
-            },
-            rolled_back_to: u64_at(56),
-        }),
-        BUNDLE if p.len() == 16 => Some(Frame::Bundle {
-            seq: u64_at(0).unwrap_or_default(),
-            size: u64_at(8).unwrap_or_default(),
-        }),
-        TRAILER if p.len() == 40 => Some(Frame::Trailer {
-            size: u64_at(0).unwrap_or_default(),
-            hash: p[8..40].try_into().expect("32 bytes"),
-        }),
-        ACK if p.len() >= 9 => parse_ack(p),
-        REFUSE if p.len() >= 11 => parse_refuse(p),
-        PING if p.is_empty() => Some(Frame::Ping),
-        RECEIVED if p.len() == 24 => Some(Frame::Received {
-            seq: u64_at(0).unwrap_or_default(),
-            bytes: u64_at(8).unwrap_or_default(),
-            micros: u64_at(16).unwrap_or_default(),
-        }),
-        LISTING => parse_listing(p),
-        LISTED if p.len() == 24 => Some(Frame::Listed {
-            files: u64_at(0).unwrap_or_default(),
-            hashed: u64_at(8).unwrap_or_default(),
-            other_senders: u64_at(16).unwrap_or_default(),
-        }),
-        _ => None,
-    };
-    frame.ok_or(FrameError::Malformed {
-        kind: kind_name(kind),
-    })
-}
-
-/// The payload of a `Hello` or an `Inquire` (`kind`); `None` when it
-/// does not parse, an error when it is no shipper peer's.
-fn parse_hello(kind: u8, p: &[u8]) -> Result<Option<Frame>, FrameError> {
-    if p.get(..4) != Some(&MAGIC[..]) {
-        return Err(FrameError::BadMagic);
-    }
-    let version = p.get(4..6).map(|b| u16::from_be_bytes([b[0], b[1]]));
-    let sender = p.get(6..).and_then(|b| std::str::from_utf8(b).ok());
-    Ok(match (version, sender) {
-        (Some(version), Some(s)) if kind == HELLO => Some(Frame::Hello {
-            version,
-            sender: s.to_owned(),
-        }),
-        (Some(version), Some(s)) => Some(Frame::Inquire {
-            version,
-            sender: s.to_owned(),
-        }),
-        _ => None,
-    })
-}
-
-/// The payload of a `Listing`: entries of path length, path, hash, to its
-/// end. A path no longer than a valid one, in UTF-8.
-fn parse_listing(mut p: &[u8]) -> Option<Frame> {
-    let mut entries = Vec::new();
-    while !p.is_empty() {
-        let len = usize::from(u16::from_be_bytes([*p.first()?, *p.get(1)?]));
-        if len > crate::paths::MAX_PATH_BYTES {
-            return None;
-        }
-        let path = std::str::from_utf8(p.get(2..2 + len)?).ok()?;
-        let hash: [u8; 32] = p.get(2 + len..2 + len + 32)?.try_into().ok()?;
-        entries.push((path.to_owned(), hash));
-        p = &p[2 + len + 32..];
-    }
-    Some(Frame::Listing { entries })
-}
-
-/// The big-endian u64 at `i` in `p`, if `p` holds one there.
-fn be_u64(p: &[u8], i: usize) -> Option<u64> {
-    Some(u64::from_be_bytes(p.get(i..i + 8)?.try_into().ok()?))
-}
-
-/// The payload of an `Ack` (at least 9 bytes): its sequence and the hook's
-/// outcome.
-fn parse_ack(p: &[u8]) -> Option<Frame> {
-    let hook = match (p[8], &p[9..]) {
-        (0, []) => Some(HookOutcome::NotRun),
-        (1, []) => Some(HookOutcome::Ran),
-        // No longer than `encode` writes it (as in `parse_refuse`).
-        (2, why) if why.len() <= MAX_REASON => std::str::from_utf8(why)
-            .ok()
-            .map(|w| HookOutcome::Failed(w.to_owned())),
-        _ => None,
-    };
-    Some(Frame::Ack {
-        seq: be_u64(p, 0)?,
-        hook: hook?,
-    })
-}
-
-/// The payload of a `Refuse` (at least 11 bytes).
-fn parse_refuse(p: &[u8]) -> Option<Frame> {
-    let kind = match p[8] {
-        0 => Some(RefusalKind::Retry),
-        1 => Some(RefusalKind::Permanent),
-        2 => Some(RefusalKind::NeedsContent),
-        _ => None,
-    };
-    // No longer than `encode` writes them: a peer says nothing
-    // shipper itself would not, and a decoded frame encodes back
-    // to the same frame.
-    let path_len = usize::from(u16::from_be_bytes([p[9], p[10]]));
-    let path = p
-        .get(11..11 + path_len)
-        .filter(|b| b.len() <= crate::paths::MAX_PATH_BYTES)
-        .and_then(|b| std::str::from_utf8(b).ok());
-    let reason = p
-        .get(11 + path_len..)
-        .filter(|b| b.len() <= MAX_REASON)
-        .and_then(|b| std::str::from_utf8(b).ok());
-    match (kind, path, reason) {
-        (Some(kind), Some(path), Some(reason)) => Some(Frame::Refuse {
-            seq: be_u64(p, 0)?,
-            kind,
-            path: (!path.is_empty()).then(|| path.to_owned()),
-            reason: reason.to_owned(),
-        }),
-        _ => None,
-    }
-}
-
-fn kind_name(kind: u8) -> &'static str {
-    match kind {
-        HELLO => "hello",
-        WELCOME => "welcome",
-        BUNDLE => "bundle",
-        TRAILER => "trailer",
-        ACK => "ack",
-        REFUSE => "refuse",
-        PING => "ping",
-        RECEIVED => "received",
-        INQUIRE => "inquire",
-        LISTING => "listing",
-        LISTED => "listed",
-        _ => "unknown",
-    }
-}
+mod parse;
+pub use parse::{parse_header, parse_payload};
 
 #[cfg(test)]
 mod tests;

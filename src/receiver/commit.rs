@@ -101,7 +101,7 @@ impl Committer {
         std::fs::rename(received, &wal).map_err(io)?;
         durable::sync_dir(&self.publishing).map_err(io)?;
         opened.path = wal.clone();
-        let result = self.apply_keeping(&sender.key, (seq, prev), opened);
+        let result = self.apply_keeping(&sender.key, (seq, prev), opened, true);
         // After the apply, which refreshed the sets this bundle continued.
         self.expire_part_sets();
         result.map_err(|e| {
@@ -123,6 +123,7 @@ impl Committer {
         key: &str,
         (seq, prev): (u64, u64),
         opened: apply::Opened,
+        record: bool,
     ) -> Result<apply::Applied, Failed> {
         let mut target = self.target.for_sender(key);
         let snapshot = match &self.trees {
@@ -134,9 +135,13 @@ impl Committer {
             }
             None => None,
         };
-        let result = self
-            .records
-            .keep_as(key, (seq, prev), snapshot.as_ref().map(|s| s.1))
+        let keep = match record {
+            true => self
+                .records
+                .keep_as(key, (seq, prev), snapshot.as_ref().map(|s| s.1)),
+            false => Ok(None),
+        };
+        let result = keep
             .map_err(|e| Failed::Snapshot(e.into()))
             .and_then(|keep| {
                 target.keep = keep;
@@ -225,7 +230,13 @@ impl Committer {
                     let prev = state.applied.get(key).copied().unwrap_or(0);
                     let applied = apply::open(&wal, &self.limits)
                         .map_err(Failed::Bundle)
-                        .and_then(|b| self.apply_keeping(key, (seq, prev), b));
+                        // In place, part of it may be published already:
+                        // what it replaces now is partly its own, so it
+                        // keeps no record (a rollback stops above it).
+                        // A snapshot starts from the tree before it.
+                        .and_then(|b| {
+                            self.apply_keeping(key, (seq, prev), b, self.trees.is_some())
+                        });
                     match applied {
                         Ok(a) => {
                             info!(

@@ -142,7 +142,7 @@ impl Receiver {
         let committer = Arc::new(Committer::new(&cfg, &target, metrics.clone()));
         committer.recover(&mut state, &cfg.state_dir)?;
         let at = operate::root_at(&cfg.root, committer.trees.as_ref());
-        rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir)?;
+        rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir);
         committer.expire_part_sets();
         let listener = TcpListener::bind(&cfg.listen)
             .await

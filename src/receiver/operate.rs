@@ -122,7 +122,7 @@ pub fn operate_offline(cfg: &ReceiverConfig, req: Request) -> anyhow::Result<Res
     std::fs::create_dir_all(cfg.state_dir.join("publishing"))?;
     committer.recover(&mut state, &cfg.state_dir)?;
     let at = root_at(&cfg.root, committer.trees.as_ref());
-    rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir)?;
+    rollback::finish_interrupted(at, &committer.records, &mut state, &cfg.state_dir);
     Ok(handle(
         at,
         &committer.records,

@@ -21,7 +21,8 @@ use tracing::{info, warn};
 use super::records::{Records, remove_record};
 use super::state::{Hold, ReceiverState};
 use super::trees::Trees;
-use crate::beneath::{BeneathError, Restore, Root, undo_kept};
+use crate::beneath::{BeneathError, Restore, Root, restores, undo_kept};
+use crate::durable;
 
 /// Why a rollback is refused before anything changes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -131,6 +132,14 @@ pub fn roll_back(
             return finish(records, state, state_dir, (key, to), &undo).map(|()| done);
         }
     }
+    // What the undo brings back, for the sender to delete where the source
+    // lacks it once released: noted before root changes.
+    let mut restored = Vec::new();
+    for &seq in &undo {
+        let record = records.record(key, seq);
+        restored.extend(restores(&record).map_err(|source| RollbackError::Undo { seq, source })?);
+    }
+    remember_restored(state_dir, key, restored)?;
     // Resumed after a stop: the hold keeps when it began.
     let since = match state.held.get(key) {
         Some(h) if h.to == to => h.since,
@@ -140,19 +149,26 @@ pub fn roll_back(
         to,
         since,
         snapshot: None,
+        rolling: true,
     };
     state.held.insert(key.to_owned(), hold);
     state.rolled_back.remove(key);
     state.save(state_dir)?;
     match at {
-        RootAt::Dir(root) => in_place(
-            root,
-            records,
-            state,
-            state_dir,
-            (key, &chain),
-            (&undo, &mut done),
-        )?,
+        RootAt::Dir(root) => {
+            in_place(
+                root,
+                records,
+                state,
+                state_dir,
+                (key, &chain),
+                (&undo, &mut done),
+            )?;
+            if let Some(h) = state.held.get_mut(key) {
+                h.rolling = false;
+            }
+            state.save(state_dir)?;
+        }
         RootAt::Trees(trees) => {
             in_snapshot(trees, records, state, state_dir, key, (&undo, &mut done))?;
             finish(records, state, state_dir, (key, to), &undo)?;
@@ -237,6 +253,7 @@ fn finish(
     state.applied.insert(key.to_owned(), to);
     if let Some(h) = state.held.get_mut(key) {
         h.snapshot = None;
+        h.rolling = false;
     }
     state.save(state_dir)?;
     for &seq in undo {
@@ -257,6 +274,46 @@ fn report_left(key: &str, seq: u64, left: &[String]) {
     }
 }
 
+/// Where the paths rollbacks brought back for sender `key` are kept until
+/// it compared its source with root.
+fn restored_file(state_dir: &Path, key: &str) -> std::path::PathBuf {
+    state_dir.join(format!("restored-{key}.json"))
+}
+
+/// The paths rollbacks brought back for sender `key` (none if it was not
+/// rolled back, or compared since).
+pub fn restored(state_dir: &Path, key: &str) -> anyhow::Result<Vec<String>> {
+    let path = restored_file(state_dir, key);
+    match std::fs::read(&path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| anyhow::anyhow!("{}: corrupt: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+    }
+}
+
+/// Add `paths` to those rollbacks brought back for sender `key`, durably.
+fn remember_restored(state_dir: &Path, key: &str, paths: Vec<String>) -> anyhow::Result<()> {
+    let mut all: std::collections::BTreeSet<String> =
+        restored(state_dir, key)?.into_iter().collect();
+    all.extend(paths);
+    let path = restored_file(state_dir, key);
+    let json = serde_json::to_vec(&all)?;
+    durable::write_atomic(&path, &json)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}
+
+/// Forget the paths rollbacks brought back for sender `key`.
+pub fn forget_restored(state_dir: &Path, key: &str) -> anyhow::Result<()> {
+    let path = restored_file(state_dir, key);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(anyhow::anyhow!("removing {}: {e}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Take the bundles of sender `key` again after a rollback, and mark it to
 /// be told, so it compares its source with root. Returns the sequence it
 /// was held at, or `None` if it was not held.
@@ -273,27 +330,28 @@ pub fn release(
     Ok(Some(hold.to))
 }
 
-/// Finish every rollback a crash interrupted: a held sender whose applied
-/// sequence is still above the one it is held at.
+/// Finish every rollback a stop interrupted (its hold still says it is
+/// running). One that cannot be finished (root changed in a way the undo
+/// cannot get past) is logged and left held: the receiver still starts,
+/// and `shipper rollback` can be run again or the sender released.
 pub fn finish_interrupted(
     at: RootAt,
     records: &Records,
     state: &mut ReceiverState,
     state_dir: &Path,
-) -> anyhow::Result<()> {
+) {
     let unfinished: Vec<(String, u64)> = state
         .held
         .iter()
-        .filter(|(key, h)| state.applied.get(*key).is_some_and(|&last| last > h.to))
+        .filter(|(_, h)| h.rolling)
         .map(|(key, h)| (key.clone(), h.to))
         .collect();
     for (key, to) in unfinished {
         info!(sender = %key, to, "finishing a rollback a stop interrupted");
-        roll_back(at, records, state, state_dir, (&key, to)).map_err(|e| {
-            anyhow::anyhow!("finishing the rollback of sender {key} to sequence {to}: {e}")
-        })?;
+        if let Err(e) = roll_back(at, records, state, state_dir, (&key, to)) {
+            warn!(sender = %key, to, error = %e, "could not finish the rollback a stop interrupted; the sender stays held (run `shipper rollback` again, or `--release`)");
+        }
     }
-    Ok(())
 }
 
 /// The sender `given` names among `keys` (those that applied bundles

@@ -4,13 +4,17 @@
 //! `on_apply` hook (at most its timeout; its failure is reported in the
 //! `Ack`, never refuses) and answered with `Ack` or a refusal; the next
 //! bundle is taken in while one is applied (`halves.rs`). There is one
-//! session per sender: a newer one replaces an older one. A connection
-//! that starts with `Inquire` instead of `Hello` is no session: it is
-//! answered with root's listing and closed (`inquiry.rs`).
+//! session per sender: a newer one replaces an older one, and a rollback or
+//! its release ends it, so the sender hears its new `Welcome`. The
+//! handshake and `Welcome` are in `greet.rs`. A connection that starts
+//! with `Inquire` or `Compared` instead of `Hello` is no session: it is
+//! answered (root's listing; forgetting a rollback) and closed
+//! (`inquiry.rs`).
 //!
 //! A session pings its sender while a bundle is applied and answers the
-//! sender's pings; one the sender leaves silent for [`SESSION_IDLE`] is
-//! ended (see [`crate::proto`]'s liveness rules).
+//! sender's pings; one the sender leaves silent for
+//! [`crate::proto::SESSION_IDLE`] is ended (see [`crate::proto`]'s
+//! liveness rules).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,25 +29,26 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod greet;
 mod halves;
 mod inquiry;
+
+use greet::Purpose;
 
 use super::commit::{Committer, refusal_for_io};
 use super::identity::Sender;
 use super::names::archive_name;
 use super::state::ReceiverState;
 use crate::bundle::apply;
-use crate::bundle::manifest::{next_seq, valid_sender_id};
+use crate::bundle::manifest::next_seq;
 use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
-use crate::proto::connection::{Body, FrameReader, Stream, set_liveness};
-use crate::proto::frame::{Accepts, PROTOCOL_VERSION, SENDERS_SPOKEN, TOLD_ROLLED_BACK_FROM};
+use crate::proto::Frame;
+use crate::proto::connection::{Body, FrameReader, Stream};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
-use crate::proto::{Connection, Frame, SESSION_IDLE};
 use crate::state_lock::StateLock;
-use crate::tls::Fingerprint;
 
 /// A new connection has this long for its TLS handshake and `Hello`
 /// together; a silent one does not hold a slot longer.
@@ -148,11 +153,17 @@ impl Sessions {
         stop: CancellationToken,
     ) -> anyhow::Result<()> {
         let identify = tokio::time::Instant::now() + HELLO_TIMEOUT;
-        let (mut conn, sender, (speaks, inquiry)) = self.identify(stream, peer, identify).await?;
+        let (mut conn, sender, (speaks, purpose)) = self.identify(stream, peer, identify).await?;
         drop(slot);
-        if inquiry {
-            // Not registered: the sender's session carrying bundles stays.
-            return self.answer_inquiry(&mut conn, &sender, peer).await;
+        // Neither is registered: the sender's session carrying bundles stays.
+        match purpose {
+            Purpose::Listing => {
+                return self
+                    .answer_inquiry(&mut conn, &sender, (peer, speaks))
+                    .await;
+            }
+            Purpose::Compared => return self.compared(&mut conn, &sender).await,
+            Purpose::Bundles => {}
         }
         let registered = self.register(&sender, peer, stop)?;
         let last = self.welcome(&mut conn, &sender, speaks).await?;
@@ -161,109 +172,6 @@ impl Sessions {
             .await?;
         info!(%peer, %sender, "sender disconnected");
         Ok(())
-    }
-
-    /// Learn who is at the other end by `deadline`: the certificate it
-    /// presents (with keys), the id and protocol version of its `Hello`,
-    /// and whether it was an `Inquire` instead (`true`: a connection for
-    /// root's listing only). A version or id this receiver cannot take is
-    /// refused in a frame.
-    async fn identify(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        deadline: tokio::time::Instant,
-    ) -> anyhow::Result<(Connection<Stream>, Sender, (u16, bool))> {
-        let _ = stream.set_nodelay(true);
-        if let Err(e) = set_liveness(&stream, SESSION_IDLE) {
-            warn!(%peer, error = %e, "cannot set TCP keepalive; relying on the idle limit alone");
-        }
-        let (stream, fingerprint) = self.handshake(stream, peer, deadline).await?;
-        let mut conn = Connection::new(stream).with_peer_timeout(SESSION_IDLE);
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let first = conn.expect_frame_within(left).await?;
-        let inquiry = matches!(first, Frame::Inquire { .. });
-        let (sender, version) = match first {
-            Frame::Hello { version, sender } | Frame::Inquire { version, sender }
-                if SENDERS_SPOKEN.contains(&version) && valid_sender_id(&sender) =>
-            {
-                (Sender::new(sender, fingerprint), version)
-            }
-            Frame::Hello { version, sender } | Frame::Inquire { version, sender } => {
-                let reason = if !SENDERS_SPOKEN.contains(&version) {
-                    format!(
-                        "protocol version {version} not supported (this receiver speaks {} to {PROTOCOL_VERSION})",
-                        SENDERS_SPOKEN.start()
-                    )
-                } else {
-                    format!("sender id {sender:?} is not valid")
-                };
-                conn.write_frame(&Frame::refuse(0, Refusal::permanent(None, reason.clone())))
-                    .await?;
-                anyhow::bail!("refused {peer}: {reason}");
-            }
-            other => anyhow::bail!("{peer} did not start with hello: {other:?}"),
-        };
-        Ok((conn, sender, (version, inquiry)))
-    }
-
-    /// The TLS handshake, with keys; the fingerprint of the allowed
-    /// certificate the peer presented is who it is. An unknown or wrong
-    /// peer is turned away here, before any frame.
-    async fn handshake(
-        &self,
-        stream: TcpStream,
-        peer: SocketAddr,
-        deadline: tokio::time::Instant,
-    ) -> anyhow::Result<(Stream, Option<Fingerprint>)> {
-        let Some(acceptor) = &self.tls else {
-            return Ok((Box::new(stream), None));
-        };
-        match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
-            Ok(Ok(tls)) => {
-                let Some(cert) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) else {
-                    anyhow::bail!("{peer} presented no certificate");
-                };
-                let fp = Fingerprint::of(cert);
-                Ok((Box::new(tls), Some(fp)))
-            }
-            Ok(Err(e)) => anyhow::bail!("TLS handshake refused: {e}"),
-            Err(_) => anyhow::bail!("TLS handshake timed out"),
-        }
-    }
-
-    /// Tell `sender` the last sequence applied from it, this receiver's
-    /// instance and what it accepts, and, if it speaks a protocol that
-    /// can hear it, that root was rolled back; returns that last sequence.
-    async fn welcome(
-        &self,
-        conn: &mut Connection<Stream>,
-        sender: &Sender,
-        speaks: u16,
-    ) -> anyhow::Result<u64> {
-        let (last, instance, rolled_back) = {
-            let state = self.state.lock().await;
-            let last = state.applied.get(&sender.key).copied().unwrap_or(0);
-            let rolled_back = state.rolled_back.get(&sender.key).copied();
-            (last, state.instance(), rolled_back)
-        };
-        let told = speaks >= TOLD_ROLLED_BACK_FROM;
-        if let Some(to) = rolled_back.filter(|_| !told) {
-            warn!(%sender, speaks, to, "root was rolled back, and this sender's protocol cannot be told: run `shipper verify --repair --delete-extra` on it once it is upgraded");
-        }
-        conn.write_frame(&Frame::Welcome {
-            last_applied: last,
-            instance,
-            accepts: Accepts {
-                max_entries: self.cfg.limits.max_entries as u64,
-                max_bundle_size: self.cfg.max_bundle_size,
-                max_file_size: self.cfg.limits.max_file_size,
-                max_unpacked: self.cfg.limits.max_unpacked,
-            },
-            rolled_back_to: rolled_back.filter(|_| told),
-        })
-        .await?;
-        Ok(last)
     }
 
     /// Apply the received bundle (see [`Self::apply_received`]) and, if it

@@ -45,6 +45,10 @@ pub struct Hold {
     /// makes, which root points at once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<u64>,
+    /// The rollback is still running: a stop leaves it to be finished at
+    /// the next start.
+    #[serde(default)]
+    pub rolling: bool,
 }
 
 impl ReceiverState {

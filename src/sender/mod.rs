@@ -33,7 +33,9 @@
 //!   whether deflate pays on it; `link_memory.rs`: those rates remembered
 //!   across restarts (`link-rates.json`).
 //! - `verify.rs`: `shipper verify`: the source against each receiver's
-//!   root, and the repair.
+//!   root, and the repair; `compare.rs`: the same by itself for a root
+//!   rolled back and released, deleting only what the rollback brought
+//!   back.
 //! - `transport.rs`: one receiver's connection, Welcome, sending, release
 //!   into the ledger; every wait on the peer bounded (see
 //!   [`crate::proto`]'s liveness rules).
@@ -56,6 +58,7 @@ use crate::watch::{SourceEvent, Walk, WatchMsg};
 
 mod book;
 mod catchup;
+mod compare;
 mod cut;
 mod flush;
 mod guard;

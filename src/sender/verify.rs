@@ -13,11 +13,10 @@
 //! delete (`--delete-extra`) and the source still lacks.
 //!
 //! A receiver whose root was rolled back and released (`shipper rollback`)
-//! gets the same by itself: [`super::Sender::maybe_compare`] runs a verify
-//! with `--repair --delete-extra` while its `compare` mark is in
-//! `receivers.json`, and clears the mark once it ran whole.
+//! gets the same by itself (see `compare.rs`), deleting only what the
+//! rollback brought back ([`Deletes::Restored`]).
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +56,68 @@ pub(super) struct Verifier {
     pub(super) comparing: std::sync::atomic::AtomicBool,
 }
 
+/// Which extras a repair deletes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Deletes {
+    /// None (`--repair`, or no repair).
+    None,
+    /// Every extra the source lacks (`--delete-extra`), unless a root also
+    /// takes another sender's bundles or could not be listed.
+    Extras,
+    /// Only what a rollback brought back (the receiver's `Restored`
+    /// paths, or what lies below them) that the source lacks.
+    Restored,
+}
+
+/// What one verify compares and repairs.
+pub(super) struct Scope {
+    pub(super) repair: bool,
+    pub(super) deletes: Deletes,
+    /// Only these receivers (by index in `sender.receiver`); all if `None`.
+    pub(super) only: Option<Vec<usize>>,
+}
+
+/// One root's listing as a receiver gave it.
+#[derive(Default)]
+struct RootListing {
+    files: Listing,
+    hashed: u64,
+    other_senders: u64,
+    /// What a rollback of this sender's bundles brought back there.
+    restored: HashSet<String>,
+}
+
+/// What a repair ships again (missing or different anywhere) and deletes
+/// (the extras `deletes` says).
+fn to_repair(
+    report: &VerifyReport,
+    restored: &[HashSet<String>],
+    deletes: Deletes,
+) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut upserts = BTreeSet::new();
+    let mut deletions = BTreeSet::new();
+    for (r, restored) in report.receivers.iter().zip(restored) {
+        upserts.extend(r.drift.missing.iter().chain(&r.drift.different).cloned());
+        let extras = r.drift.extra.iter();
+        match deletes {
+            Deletes::None => {}
+            Deletes::Extras => deletions.extend(extras.cloned()),
+            Deletes::Restored => {
+                deletions.extend(extras.filter(|p| brought_back(p, restored)).cloned())
+            }
+        }
+    }
+    (upserts, deletions)
+}
+
+/// Whether `path` is, or lies below, one of the paths in `restored`.
+fn brought_back(path: &str, restored: &HashSet<String>) -> bool {
+    restored.contains(path)
+        || path
+            .match_indices('/')
+            .any(|(slash, _)| restored.contains(&path[..slash]))
+}
+
 /// What the loop knows as a verify starts.
 pub(super) struct Known {
     pub(super) source: PathBuf,
@@ -89,8 +150,17 @@ impl Verifier {
         reply: oneshot::Sender<Response>,
     ) {
         let v = self.clone();
+        let scope = Scope {
+            repair: repair || delete_extra,
+            deletes: if delete_extra {
+                Deletes::Extras
+            } else {
+                Deletes::None
+            },
+            only: None,
+        };
         tokio::spawn(async move {
-            let answer = match v.verify(known, repair || delete_extra, delete_extra).await {
+            let answer = match v.run(known, scope).await {
                 Ok(report) => Response::Verified(Box::new(report)),
                 Err(message) => Response::Error { message },
             };
@@ -98,12 +168,9 @@ impl Verifier {
         });
     }
 
-    async fn verify(
-        &self,
-        known: Known,
-        repair: bool,
-        delete_extra: bool,
-    ) -> Result<VerifyReport, String> {
+    /// Compare the source with the roots `scope` names, and repair as it
+    /// says.
+    pub(super) async fn run(&self, known: Known, scope: Scope) -> Result<VerifyReport, String> {
         let Known {
             source,
             ignore,
@@ -123,46 +190,55 @@ impl Verifier {
             source_hashed,
             ..VerifyReport::default()
         };
+        let mut restored = Vec::new();
         for (i, receiver) in self.receivers.iter().enumerate() {
+            if scope.only.as_ref().is_some_and(|only| !only.contains(&i)) {
+                continue;
+            }
             let mut r = ReceiverDrift {
                 receiver: receiver.clone(),
                 ..ReceiverDrift::default()
             };
+            let mut brought_back = HashSet::new();
             match self.root_listing(i).await {
-                Ok((root, hashed, others)) => {
-                    r.files = root.len() as u64;
-                    r.hashed = hashed;
-                    r.other_senders = others;
-                    r.drift = drift::compare(&listing, &root, &|p| pending.contains(p));
+                Ok(root) => {
+                    r.files = root.files.len() as u64;
+                    r.hashed = root.hashed;
+                    r.other_senders = root.other_senders;
+                    r.drift = drift::compare(&listing, &root.files, &|p| pending.contains(p));
+                    brought_back = root.restored;
                 }
                 Err(e) => r.error = Some(e),
             }
             info!(receiver = %receiver, in_step = r.drift.in_step(), missing = r.drift.missing.len(), different = r.drift.different.len(), extra = r.drift.extra.len(), error = r.error.as_deref().unwrap_or(""), "verified");
             report.receivers.push(r);
+            restored.push(brought_back);
         }
-        if repair {
-            report.repair = self.repair(&report, delete_extra).await;
+        if scope.repair {
+            report.repair = self.repair(&report, &restored, scope.deletes).await;
         }
         Ok(report)
     }
 
     /// Root's listing from receiver `i` (paths that cannot travel dropped:
     /// never a repair's upsert or deletion), without what this sender's
-    /// excludes cover (never the source's, so never extra); and how many
-    /// files the receiver read to list it, and how many other senders ship
-    /// to it.
-    async fn root_listing(&self, i: usize) -> Result<(Listing, u64, u64), String> {
+    /// excludes cover (never the source's, so never extra); with how many
+    /// files the receiver read to list it, how many other senders ship to
+    /// it, and what a rollback brought back there.
+    async fn root_listing(&self, i: usize) -> Result<RootListing, String> {
         let receiver = &self.receivers[i];
         let tls = self.tls[i].as_ref();
         let mut conn = inquire(receiver, &self.id, tls, self.peer_timeout).await?;
-        let mut root = Listing::new();
+        let mut root = RootListing::default();
         loop {
             let frame = conn.expect_frame().await.map_err(|e| match e {
                 ConnError::Closed => "closed the connection before its listing ended (a receiver older than this sender cannot answer verify)".to_owned(),
                 e => e.to_string(),
             })?;
             match frame {
-                Frame::Listing { .. } if root.len() >= MAX_LISTED => {
+                Frame::Listing { .. } | Frame::Restored { .. }
+                    if root.files.len() + root.restored.len() >= MAX_LISTED =>
+                {
                     return Err(format!("listed more than {MAX_LISTED} files"));
                 }
                 Frame::Listing { entries } => {
@@ -175,13 +251,23 @@ impl Verifier {
                     let kept = listed
                         .into_iter()
                         .filter(|(p, _)| !self.exclude.is_excluded(p));
-                    root.extend(kept);
+                    root.files.extend(kept);
+                }
+                Frame::Restored { paths } => {
+                    let valid = paths
+                        .into_iter()
+                        .filter(|p| crate::paths::validate(p).is_ok());
+                    root.restored.extend(valid);
                 }
                 Frame::Listed {
                     hashed,
                     other_senders,
                     ..
-                } => return Ok((root, hashed, other_senders)),
+                } => {
+                    root.hashed = hashed;
+                    root.other_senders = other_senders;
+                    return Ok(root);
+                }
                 Frame::Ping => {}
                 Frame::Refuse { reason, .. } => return Err(reason),
                 other => return Err(format!("unexpected answer {other:?}")),
@@ -190,21 +276,22 @@ impl Verifier {
     }
 
     /// Hand the loop what drifted on any receiver and wait for the
-    /// flush that ships it. `None` when nothing is to be repaired.
-    async fn repair(&self, report: &VerifyReport, delete_extra: bool) -> Option<Repair> {
-        let mut upserts = std::collections::BTreeSet::new();
-        let mut deletions = std::collections::BTreeSet::new();
-        for r in &report.receivers {
-            upserts.extend(r.drift.missing.iter().chain(&r.drift.different).cloned());
-            if delete_extra {
-                deletions.extend(r.drift.extra.iter().cloned());
-            }
-        }
+    /// flush that ships it, with the extras `deletes` says (`restored`:
+    /// what a rollback brought back on each receiver listed, in the order
+    /// of `report.receivers`). `None` when nothing is to be repaired.
+    async fn repair(
+        &self,
+        report: &VerifyReport,
+        restored: &[HashSet<String>],
+        deletes: Deletes,
+    ) -> Option<Repair> {
+        let (upserts, mut deletions) = to_repair(report, restored, deletes);
         // A deletion goes to every receiver: with another sender's files
         // in some root, what looks extra may be its; and a root that could
         // not be listed may be such a one (found by review: it was taken
-        // for one holding no other sender's files).
-        let refused = (!deletions.is_empty())
+        // for one holding no other sender's files). What a rollback of this
+        // sender's bundles brought back is this sender's.
+        let refused = (deletes == Deletes::Extras && !deletions.is_empty())
             .then(|| extras_kept(&report.receivers))
             .flatten();
         if refused.is_some() {
@@ -326,10 +413,19 @@ impl super::Sender {
         delete_extra: bool,
         reply: oneshot::Sender<Response>,
     ) {
+        match self.verify_known() {
+            Ok(known) => self.verifier.spawn(known, repair, delete_extra, reply),
+            Err(message) => {
+                let _ = reply.send(Response::Error { message });
+            }
+        }
+    }
+
+    /// What a verify starts from: the source (refused while it is
+    /// missing), what was shipped, and what is pending or on its way.
+    pub(super) fn verify_known(&self) -> Result<Known, String> {
         if self.source.missing().is_some() {
-            let message = self.source.holding_message();
-            let _ = reply.send(Response::Error { message });
-            return;
+            return Err(self.source.holding_message());
         }
         let changes = &self.book.changes;
         let mut pending: HashSet<String> = changes
@@ -338,71 +434,12 @@ impl super::Sender {
             .map(str::to_owned)
             .collect();
         pending.extend(self.outbox.in_flight());
-        let known = Known {
+        Ok(Known {
             source: self.source.dir().to_path_buf(),
             ignore: vec![self.state_dir.clone()],
             shipped: self.book.shipped.files().clone(),
             pending,
-        };
-        self.verifier.spawn(known, repair, delete_extra, reply);
-    }
-
-    /// Compare the source with every root and repair, deleting extras
-    /// where that is safe, while some receiver's root was rolled back
-    /// (its `compare` mark); one at a time. The marks it ran for are
-    /// cleared once it listed every root and repaired without error;
-    /// otherwise it is tried again when a receiver next connects.
-    pub(super) fn maybe_compare(&mut self) {
-        use std::sync::atomic::Ordering;
-        let marked: Vec<(String, u64)> = {
-            let p = self
-                .verifier
-                .peers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            p.receivers
-                .iter()
-                .filter_map(|(name, r)| Some((name.clone(), r.compare?)))
-                .collect()
-        };
-        if marked.is_empty() || self.verifier.comparing.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        let (tx, rx) = oneshot::channel();
-        self.start_verify(true, true, tx);
-        let v = self.verifier.clone();
-        tokio::spawn(async move {
-            let why = match rx.await {
-                Ok(Response::Verified(report)) => compare_failed(&report),
-                Ok(Response::Error { message }) => Some(message),
-                Ok(other) => Some(format!("unexpected answer {other:?}")),
-                Err(_) => Some("the sender stopped".into()),
-            };
-            match why {
-                None => {
-                    let (peers, dir) = (v.peers.clone(), v.state_dir.clone());
-                    let cleared = tokio::task::spawn_blocking(move || {
-                        for (name, to) in marked {
-                            super::transport::update_peer(&peers, &dir, &name, |r| {
-                                r.compare = r.compare.filter(|c| *c != to);
-                            })?;
-                        }
-                        std::io::Result::Ok(())
-                    })
-                    .await;
-                    match cleared.map_err(std::io::Error::other).and_then(|r| r) {
-                        Ok(()) => info!("the roots rolled back are in step with the source again"),
-                        Err(e) => {
-                            warn!(error = %e, "could not record that the rolled-back roots were compared")
-                        }
-                    }
-                }
-                Some(why) => {
-                    warn!(error = %why, "comparing the source with the rolled-back roots did not finish; tried again when a receiver next connects")
-                }
-            }
-            v.comparing.store(false, Ordering::SeqCst);
-        });
+        })
     }
 
     /// A verify's repair: its paths ship as they are now, in doubt (so
@@ -456,24 +493,35 @@ fn extras_kept(receivers: &[ReceiverDrift]) -> Option<String> {
     ))
 }
 
-/// Why a compare for rolled-back roots did not run whole, if it did not:
-/// a root that could not be listed, or a repair that failed (extras kept
-/// because a root takes another sender's bundles count as done: they are
-/// reported, and no later run would delete them either).
-fn compare_failed(report: &VerifyReport) -> Option<String> {
-    if let Some(r) = report.receivers.iter().find(|r| r.error.is_some()) {
-        return Some(format!(
-            "{}: {}",
-            r.receiver,
-            r.error.as_deref().unwrap_or_default()
-        ));
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::Drift;
+
+    /// After a rollback only what it brought back is deleted: a file it
+    /// put back, or what lies below a directory it put back; never another
+    /// extra (a file put in root by hand).
+    #[test]
+    fn a_compare_after_a_rollback_deletes_only_what_it_brought_back() {
+        let extra = ["b.html", "dir/x.html", "dirt.html", "uploads/u.jpg"];
+        let report = VerifyReport {
+            receivers: vec![ReceiverDrift {
+                drift: Drift {
+                    missing: vec!["m.html".into()],
+                    extra: extra.iter().map(|e| e.to_string()).collect(),
+                    ..Drift::default()
+                },
+                ..ReceiverDrift::default()
+            }],
+            ..VerifyReport::default()
+        };
+        let restored = [HashSet::from(["b.html".to_string(), "dir".to_string()])];
+        let (upserts, deletions) = to_repair(&report, &restored, Deletes::Restored);
+        assert_eq!(upserts, BTreeSet::from(["m.html".to_string()]));
+        let want = BTreeSet::from(["b.html".to_string(), "dir/x.html".to_string()]);
+        assert_eq!(deletions, want);
+        let (_, all) = to_repair(&report, &restored, Deletes::Extras);
+        assert_eq!(all.len(), 4);
+        assert!(to_repair(&report, &restored, Deletes::None).1.is_empty());
     }
-    let error = report.repair.as_ref()?.error.as_deref()?;
-    if report.receivers.iter().any(|r| r.other_senders > 0)
-        && error.starts_with("extras not deleted")
-    {
-        warn!(error, "after a rollback: extras left in place");
-        return None;
-    }
-    Some(error.to_owned())
 }

@@ -10,6 +10,7 @@ use shipper::proto::{Connection, Frame};
 use tokio::net::TcpStream;
 
 use crate::util::*;
+use shipper::proto::frame::Rolled;
 
 /// Pack the files of `src` into one bundle numbered `seq` in `outbox`.
 pub fn pack(src: &Path, outbox: &Path, seq: u64, deletions: &[&str]) -> Packed {
@@ -747,10 +748,10 @@ async fn a_receiver_takes_senders_two_versions_behind_and_refuses_older() {
         .await
         .unwrap();
         match c.expect_frame().await.unwrap() {
-            Frame::Welcome { rolled_back_to, .. } => {
+            Frame::Welcome { rolled_back, .. } => {
                 assert!(welcomed, "version {version} welcomed");
-                let told = (version == 7).then_some(2);
-                assert_eq!(rolled_back_to, told, "version {version}");
+                let told = (version == 7).then_some(Rolled { to: 2, held: false });
+                assert_eq!(rolled_back, told, "version {version}");
             }
             Frame::Refuse { reason, .. } => {
                 assert!(!welcomed, "version {version} refused: {reason}");

@@ -131,7 +131,7 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
                 max_file_size: 1 << 30,
                 max_unpacked: 1 << 30,
             },
-            rolled_back_to: None,
+            rolled_back: None,
         })
         .await
         .unwrap();

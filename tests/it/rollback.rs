@@ -15,6 +15,11 @@ async fn rollback(file: &Path, extra: &[&str]) -> std::process::Output {
     shipper_async(args).await
 }
 
+/// Take the file put in root by hand out of `t`; whether it was there.
+fn by_hand(t: &mut BTreeMap<String, Vec<u8>>) -> bool {
+    t.remove("uploads/user.jpg").is_some()
+}
+
 /// The last sequence the receiver applied from the test sender.
 fn applied(env: &Env) -> u64 {
     let state: serde_json::Value =
@@ -64,18 +69,19 @@ async fn rollback_puts_root_back_holds_the_sender_and_release_brings_it_in_step(
     .await;
     assert!(seq1 < seq2 && seq2 < seq3, "{seq1} {seq2} {seq3}");
 
+    // Put in root by hand, never shipped: no rollback or compare is its.
+    std::fs::create_dir_all(env.root().join("uploads")).unwrap();
+    std::fs::write(env.root().join("uploads/user.jpg"), "by hand").unwrap();
     let out = rollback(&rfile, &["--to", &seq1.to_string()]).await;
     assert!(out.status.success(), "{}", text(&out));
     let said = format!("rolled back sender test from sequence {seq3} to {seq1}");
     assert!(text(&out).contains(&said), "{}", text(&out));
-    assert_eq!(
-        tree(&env.root()),
-        first,
-        "root is as right after bundle {seq1}"
-    );
+    let mut now = tree(&env.root());
+    assert!(by_hand(&mut now));
+    assert_eq!(now, first, "root is as right after bundle {seq1}");
     assert_eq!(applied(&env), seq1);
 
-    // Held: the next bundle is refused, and the sender's status says why.
+    // Held: the sender sends nothing, and its status says why.
     env.write("f.html", "new while held");
     wait_status(&sfile, "the hold in the sender's status", |v| {
         v["receivers"][0]["last_error"]
@@ -83,7 +89,9 @@ async fn rollback_puts_root_back_holds_the_sender_and_release_brings_it_in_step(
             .is_some_and(|e| e.contains(&format!("held: root was rolled back to sequence {seq1}")))
     })
     .await;
-    assert_eq!(tree(&env.root()), first, "nothing applied while held");
+    let mut now = tree(&env.root());
+    by_hand(&mut now);
+    assert_eq!(now, first, "nothing applied while held");
 
     let out = rollback(&rfile, &["--release"]).await;
     assert!(out.status.success(), "{}", text(&out));
@@ -93,8 +101,13 @@ async fn rollback_puts_root_back_holds_the_sender_and_release_brings_it_in_step(
         text(&out)
     );
     // In step again: the sender compared its source with root and shipped
-    // the difference, the files the rollback brought back deleted again.
-    wait_in_sync(&env).await;
+    // the difference, the files the rollback brought back deleted again,
+    // and the file put there by hand still there.
+    wait_until("root in step with the source", || {
+        let mut now = tree(&env.root());
+        by_hand(&mut now) && now == tree(&env.src())
+    })
+    .await;
     assert!(!env.root().join("b.html").exists());
     wait_until("the compare recorded as done", || {
         let peers = std::fs::read_to_string(env.path().join("state-s/receivers.json")).unwrap();
@@ -177,4 +190,62 @@ async fn under_publish_tree_a_rollback_is_a_new_snapshot_root_points_at() {
     assert!(out.status.success(), "{}", text(&out));
     // In step again: the source compared with the root rolled back.
     step(&env, seq2, |e| e.write("d.html", "d")).await;
+}
+
+/// The rollback is forgotten only when its sender says it compared: a
+/// listing (a plain `shipper verify`) leaves it, and names what the
+/// rollback brought back; `Compared` clears both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_senders_compared_makes_the_receiver_forget_the_rollback() {
+    use shipper::proto::{Connection, Frame};
+    let env = Env::new();
+    let state = env.path().join("state-r/receiver.json");
+    std::fs::write(
+        &state,
+        r#"{"applied": {"test": 2}, "rolled_back": {"test": 2}}"#,
+    )
+    .unwrap();
+    let restored = env.path().join("state-r/restored-test.json");
+    std::fs::write(&restored, r#"["b.html", "dir"]"#).unwrap();
+    let r = env.start_receiver("").await;
+    let hello = |first: Frame| async move {
+        let mut c = Connection::new(tokio::net::TcpStream::connect(r.addr).await.unwrap());
+        c.write_frame(&first).await.unwrap();
+        c
+    };
+    let mut c = hello(Frame::Inquire {
+        version: 7,
+        sender: "test".into(),
+    })
+    .await;
+    let mut said = Vec::new();
+    loop {
+        match c.expect_frame().await.unwrap() {
+            Frame::Restored { paths } => said.extend(paths),
+            Frame::Listed { .. } => break,
+            _ => {}
+        }
+    }
+    assert_eq!(said, ["b.html", "dir"]);
+    assert!(
+        std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("rolled_back")
+    );
+    let mut c = hello(Frame::Compared {
+        version: 7,
+        sender: "test".into(),
+    })
+    .await;
+    assert!(matches!(
+        c.expect_frame().await.unwrap(),
+        Frame::Ack { seq: 2, .. }
+    ));
+    assert!(
+        !std::fs::read_to_string(&state)
+            .unwrap()
+            .contains("rolled_back")
+    );
+    assert!(!restored.exists());
+    r.stop().await;
 }

@@ -12,9 +12,9 @@ fn frame() -> impl Strategy<Value = Frame> {
             any::<u64>(),
             any::<[u8; 16]>(),
             any::<[u64; 4]>(),
-            any::<Option<u64>>()
+            any::<Option<(u64, bool)>>()
         )
-            .prop_map(|(last_applied, instance, [a, b, c, d], rolled_back_to)| {
+            .prop_map(|(last_applied, instance, [a, b, c, d], rolled)| {
                 Frame::Welcome {
                     last_applied,
                     instance,
@@ -24,7 +24,7 @@ fn frame() -> impl Strategy<Value = Frame> {
                         max_file_size: c,
                         max_unpacked: d,
                     },
-                    rolled_back_to,
+                    rolled_back: rolled.map(|(to, held)| Rolled { to, held }),
                 }
             }),
         (any::<u64>(), any::<u64>()).prop_map(|(seq, size)| Frame::Bundle { seq, size }),

@@ -18,7 +18,7 @@ fn all() -> Vec<Frame> {
                 max_file_size: 3,
                 max_unpacked: u64::MAX,
             },
-            rolled_back_to: None,
+            rolled_back: None,
         },
         Frame::Welcome {
             last_applied: 42,
@@ -29,11 +29,18 @@ fn all() -> Vec<Frame> {
                 max_file_size: 3,
                 max_unpacked: 4,
             },
-            rolled_back_to: Some(40),
+            rolled_back: Some(Rolled { to: 40, held: true }),
         },
         Frame::Bundle {
             seq: 7,
             size: 1 << 40,
+        },
+        Frame::Restored {
+            paths: vec!["a.html".into(), "img/b".into()],
+        },
+        Frame::Compared {
+            version: 7,
+            sender: "app-1".into(),
         },
         Frame::Trailer {
             size: 99,
@@ -169,8 +176,27 @@ fn garbage_is_refused() {
         Err(FrameError::Malformed { kind: "received" })
     );
     assert_eq!(
-        Frame::parse(&[LISTED + 1, 0, 0, 0, 0]),
-        Err(FrameError::UnknownKind(LISTED + 1))
+        Frame::parse(&[COMPARED + 1, 0, 0, 0, 0]),
+        Err(FrameError::UnknownKind(COMPARED + 1))
+    );
+    // A Welcome whose rollback is neither held nor released.
+    let mut welcome = Vec::new();
+    Frame::Welcome {
+        last_applied: 1,
+        instance: [0; 16],
+        accepts: Accepts {
+            max_entries: 1,
+            max_bundle_size: 1,
+            max_file_size: 1,
+            max_unpacked: 1,
+        },
+        rolled_back: Some(Rolled { to: 1, held: true }),
+    }
+    .encode(&mut welcome);
+    *welcome.last_mut().unwrap() = 2;
+    assert_eq!(
+        Frame::parse(&welcome),
+        Err(FrameError::Malformed { kind: "welcome" })
     );
     let mut hello = Frame::Hello {
         version: 1,

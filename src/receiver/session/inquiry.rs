@@ -1,9 +1,12 @@
-//! An `Inquire`: root's listing for `shipper verify`, hashed off the
+//! An `Inquire`: root's listing for `shipper verify` (and, to the sender
+//! a rollback released, the paths it brought back), hashed off the
 //! runtime (see `receiver/root_hashes.rs`) and sent in `Listing` frames of
 //! at most [`MAX_PAYLOAD`] each (a root can hold a million files), then
 //! `Listed` (with how many other senders this root takes bundles from),
 //! with pings while root is hashed. A root that cannot be listed is answered with a refusal
-//! naming the path at fault. Nothing here touches root or the sessions.
+//! naming the path at fault. And a `Compared`: that sender compared its
+//! source with root after the rollback, which is then forgotten. Nothing
+//! here touches root or the sessions.
 
 use std::net::SocketAddr;
 
@@ -11,24 +14,47 @@ use tracing::{info, warn};
 
 use super::Sessions;
 use crate::proto::connection::Stream;
-use crate::proto::frame::MAX_PAYLOAD;
+use crate::proto::frame::{MAX_PAYLOAD, TOLD_ROLLED_BACK_FROM};
+use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::proto::{APPLY_PING, Connection, Frame};
 use crate::receiver::identity::Sender;
-use crate::receiver::root_hashes;
+use crate::receiver::{rollback, root_hashes};
 
 impl Sessions {
-    /// A sender released from a rollback asks for root's listing to compare
-    /// it with its source once it recorded that it must: it need not be
-    /// told again.
-    async fn told_of_rollback(&self, sender: &Sender) -> anyhow::Result<()> {
-        let mut state = self.state.lock().await;
-        if state.rolled_back.remove(&sender.key).is_none() {
-            return Ok(());
-        }
-        let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
-        tokio::task::spawn_blocking(move || snapshot.save(&dir)).await??;
-        info!(%sender, "the sender released from a rollback is comparing its source with root");
+    /// The sender released from a rollback compared its source with root
+    /// and shipped the difference: forget the rollback (and the paths it
+    /// brought back), and say so with an `Ack` of the sequence it was
+    /// rolled back to (0: there was none).
+    pub(super) async fn compared(
+        &self,
+        conn: &mut Connection<Stream>,
+        sender: &Sender,
+    ) -> anyhow::Result<()> {
+        let to = {
+            let mut state = self.state.lock().await;
+            let to = state.rolled_back.remove(&sender.key);
+            if to.is_some() {
+                let (snapshot, dir, key) = (
+                    state.clone(),
+                    self.cfg.state_dir.clone(),
+                    sender.key.clone(),
+                );
+                tokio::task::spawn_blocking(move || {
+                    snapshot.save(&dir)?;
+                    rollback::forget_restored(&dir, &key)
+                })
+                .await??;
+                info!(%sender, to, "the sender released from a rollback compared its source with root and shipped the difference");
+            }
+            to
+        };
+        let hook = HookOutcome::NotRun;
+        conn.write_frame(&Frame::Ack {
+            seq: to.unwrap_or(0),
+            hook,
+        })
+        .await?;
         Ok(())
     }
 
@@ -37,7 +63,7 @@ impl Sessions {
         &self,
         conn: &mut Connection<Stream>,
         sender: &Sender,
-        peer: SocketAddr,
+        (peer, speaks): (SocketAddr, u16),
     ) -> anyhow::Result<()> {
         let started = std::time::Instant::now();
         let (root, state_dir) = (self.cfg.root.clone(), self.cfg.state_dir.clone());
@@ -70,6 +96,14 @@ impl Sessions {
         for frame in listing_frames(listing.files) {
             conn.write_frame(&frame).await?;
         }
+        if speaks >= TOLD_ROLLED_BACK_FROM {
+            let (dir, key) = (self.cfg.state_dir.clone(), sender.key.clone());
+            let restored =
+                tokio::task::spawn_blocking(move || rollback::restored(&dir, &key)).await??;
+            for frame in restored_frames(restored) {
+                conn.write_frame(&frame).await?;
+            }
+        }
         let other_senders = {
             let state = self.state.lock().await;
             state.applied.keys().filter(|k| **k != sender.key).count() as u64
@@ -80,11 +114,32 @@ impl Sessions {
             other_senders,
         })
         .await?;
-        self.told_of_rollback(sender).await?;
         let ms = started.elapsed().as_millis() as u64;
         info!(%peer, %sender, files, hashed, ms, "root listed for verify");
         Ok(())
     }
+}
+
+/// `paths` in `Restored` frames, each as full as [`MAX_PAYLOAD`] allows.
+fn restored_frames(paths: Vec<String>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut batch = Vec::new();
+    let mut used = 0;
+    for path in paths {
+        let len = 2 + path.len();
+        if used + len > MAX_PAYLOAD {
+            frames.push(Frame::Restored {
+                paths: std::mem::take(&mut batch),
+            });
+            used = 0;
+        }
+        used += len;
+        batch.push(path);
+    }
+    if !batch.is_empty() {
+        frames.push(Frame::Restored { paths: batch });
+    }
+    frames
 }
 
 /// `files` in `Listing` frames, each as full as [`MAX_PAYLOAD`] allows.

@@ -14,7 +14,7 @@ use tracing::warn;
 
 use crate::bundle::manifest::next_seq;
 use crate::proto::connection::{Stream, set_liveness};
-use crate::proto::frame::{Accepts, PROTOCOL_VERSION};
+use crate::proto::frame::{Accepts, PROTOCOL_VERSION, Rolled};
 use crate::proto::{Connection, Frame};
 use crate::sender::link_rate::Delivered;
 
@@ -39,8 +39,9 @@ pub(super) struct Welcome {
     pub(super) instance: [u8; 16],
     /// The limits it accepts bundles within.
     pub(super) accepts: Accepts,
-    /// Root was rolled back to this sequence and released since.
-    pub(super) rolled_back_to: Option<u64>,
+    /// Root was rolled back to one of this sender's sequences: its
+    /// bundles are held, or it is to compare its source with root.
+    pub(super) rolled_back: Option<Rolled>,
 }
 
 /// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
@@ -89,6 +90,31 @@ pub(in crate::sender) async fn inquire(
         .await
         .map_err(|e| e.to_string())?;
     Ok(conn)
+}
+
+/// Tell `receiver` that this sender compared its source with root after
+/// the receiver's rollback and shipped the difference: it forgets the
+/// rollback, answering `Ack` of the sequence it was rolled back to.
+pub(in crate::sender) async fn tell_compared(
+    receiver: &str,
+    id: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    peer_timeout: Duration,
+) -> Result<u64, String> {
+    let (mut conn, _, _) = reach(receiver, tls, peer_timeout).await?;
+    let compared = Frame::Compared {
+        version: PROTOCOL_VERSION,
+        sender: id.to_owned(),
+    };
+    conn.write_frame(&compared)
+        .await
+        .map_err(|e| e.to_string())?;
+    match conn.expect_frame_within(peer_timeout).await {
+        Ok(Frame::Ack { seq, .. }) => Ok(seq),
+        Ok(Frame::Refuse { reason, .. }) => Err(reason),
+        Ok(other) => Err(format!("unexpected answer {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// TCP and TLS to `receiver`: each address in turn until one answers TCP.
@@ -167,7 +193,7 @@ async fn hello(
             last_applied,
             instance,
             accepts,
-            rolled_back_to,
+            rolled_back,
         }) => match next_seq(last_applied) {
             Ok(_) => Ok(Session {
                 delivered: None,
@@ -176,7 +202,7 @@ async fn hello(
                     last_applied,
                     instance,
                     accepts,
-                    rolled_back_to,
+                    rolled_back,
                 },
             }),
             Err(e) => Err(format!(

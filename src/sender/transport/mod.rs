@@ -10,15 +10,16 @@ mod backoff;
 mod connect;
 mod exchange;
 mod handoff;
+mod welcome;
 
 pub(super) use backoff::Backoff;
-pub(super) use connect::inquire;
+pub(super) use connect::{inquire, tell_compared};
 pub(super) use handoff::{TransportEvent, release_now, update_peer};
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -27,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::bundle::pack::Packed;
 use crate::ledger::Ledger;
-use crate::peers::{Known, Peers, must_skip, plan_welcome};
+use crate::peers::Peers;
 use crate::proto::Connection;
 use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
@@ -36,9 +37,9 @@ use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::link_rate::{Delivered, LinkRates, Measure, Measured, STORE_FROM};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
-use connect::{Welcome, connect};
+use connect::connect;
 use exchange::{Answer, Awaited, PIPELINE, Told, await_answer, describe, next_bundle, send_bundle};
-use handoff::{record_peer, release};
+use handoff::release;
 
 /// What one receiver's transport task talks to besides the socket.
 pub(super) struct Link {
@@ -96,17 +97,19 @@ pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
                 } else {
                     debug!(peer = %link.receiver, last_applied = session.welcome.last_applied, "connected");
                 }
-                link.welcome(session.welcome).await;
+                let held = link.welcome(session.welcome).await;
                 backoff.reset();
-                let Some(lost) = link
-                    .serve(
-                        session.conn,
-                        session.welcome.instance,
-                        session.delivered,
-                        &shutdown,
-                    )
-                    .await
-                else {
+                let served = match held {
+                    // Nothing to send: wait for the receiver to end the
+                    // session (released), answering its pings.
+                    Some(_) => link.idle(session.conn, &shutdown).await,
+                    None => {
+                        let conn = session.conn;
+                        let (instance, delivered) = (session.welcome.instance, session.delivered);
+                        link.serve(conn, instance, delivered, &shutdown).await
+                    }
+                };
+                let Some(lost) = served else {
                     return;
                 };
                 link.lost(&mut down_reported, lost);
@@ -120,95 +123,6 @@ pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
 }
 
 impl Link {
-    /// Take in the receiver's `Welcome`: its limits for the packer, the
-    /// sequence floor, whether it needs the whole tree (recorded before
-    /// anything relies on it), and what it already has is done with.
-    async fn welcome(&self, s: Welcome) {
-        self.accepts.lock().unwrap_or_else(|e| e.into_inner())[self.index] = Some(s.accepts);
-        // connect() turned away a last_applied with no successor.
-        self.seq_floor
-            .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
-        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back_to), self.known());
-        // Any bundle it has numbers for but was never sent is covered by
-        // the whole tree, recorded before those bundles can be let go.
-        let reused = self.outbox.take_stale(self.index)
-            || self
-                .outbox
-                .next_for(self.index)
-                .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
-        let whole_tree = plan.whole_tree.clone().or_else(|| {
-            reused.then(|| format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied))
-        });
-        self.record_needs(s.instance, whole_tree, plan.compare)
-            .await;
-        // What it applied before a lost acknowledgement counts as
-        // acknowledged, and what it has numbers for is never sent to it:
-        // both are done with up to what it applied (skip_upto covers
-        // release_upto; bundles in between are covered by the whole tree
-        // recorded above).
-        let done = self.outbox.ack(self.index, plan.skip_upto);
-        release(done, &self.events, &self.ledger).await;
-        self.outbox.set_connected(self.index, true);
-        let _ = self.events.send(TransportEvent::Connected);
-        self.status.send_modify(|st| {
-            st.connected = true;
-            st.since = Some(unix_now());
-        });
-    }
-
-    /// What the sender knows of its receiver as a `Welcome` arrives.
-    fn known(&self) -> Known {
-        let (sent, acked) = self.outbox.position(self.index);
-        let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let rec = p.receivers.get(&self.receiver);
-        Known {
-            sent,
-            acked,
-            everyone: self
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .acked_seq(),
-            instance: rec.and_then(|r| {
-                data_encoding::HEXLOWER
-                    .decode(r.instance.as_bytes())
-                    .ok()
-                    .and_then(|b| b.try_into().ok())
-            }),
-            whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
-        }
-    }
-
-    /// Record durably the receiver's `instance`, whether it needs the
-    /// whole tree, and whether its root, rolled back to `compare`, is to be
-    /// compared with the source; tell the sender's loop of either.
-    async fn record_needs(
-        &self,
-        instance: [u8; 16],
-        whole_tree: Option<String>,
-        compare: Option<u64>,
-    ) {
-        let needed = whole_tree.is_some();
-        record_peer(
-            &self.peers,
-            &self.state_dir,
-            &self.receiver,
-            instance,
-            (needed, compare),
-        )
-        .await;
-        let index = self.index;
-        if let Some(reason) = whole_tree {
-            let _ = self
-                .events
-                .send(TransportEvent::WholeTree { index, reason });
-        }
-        if let Some(to) = compare {
-            info!(peer = %self.receiver, to, "the receiver's root was rolled back: comparing the source with it to ship the difference");
-            let _ = self.events.send(TransportEvent::Compare);
-        }
-    }
-
     /// Serve bundles over `conn` until it fails (`Some`: why) or until
     /// shutdown (`None`). Up to [`PIPELINE`] bundles are on their way at
     /// once; their answers come, and are acted on, in order.

@@ -1,0 +1,147 @@
+//! Taking in a receiver's `Welcome`: its limits, the sequence floor, what
+//! it already applied (done with), whether it needs the whole tree or its
+//! root compared after a rollback (recorded durably first), and, while a
+//! rollback holds this sender there, a session kept open with no bundle
+//! sent.
+
+use std::sync::atomic::Ordering;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::connect::Welcome;
+use super::exchange::{describe, next_bundle};
+use super::handoff::{TransportEvent, record_peer, release};
+use super::{Link, Lost};
+use crate::peers::{Known, must_skip, plan_welcome};
+use crate::proto::Connection;
+use crate::proto::connection::Stream;
+use crate::sender::outbox::Outbox;
+use crate::status::unix_now;
+
+impl Link {
+    /// Take in the receiver's `Welcome`: its limits for the packer, the
+    /// sequence floor, whether it needs the whole tree or a compare
+    /// (recorded before anything relies on it), and what it already has is
+    /// done with. Returns the sequence a rollback holds it at, if it does.
+    pub(super) async fn welcome(&self, s: Welcome) -> Option<u64> {
+        self.accepts.lock().unwrap_or_else(|e| e.into_inner())[self.index] = Some(s.accepts);
+        // connect() turned away a last_applied with no successor.
+        self.seq_floor
+            .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
+        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back), self.known());
+        // Any bundle it has numbers for but was never sent is covered by
+        // the whole tree, recorded before those bundles can be let go.
+        let reused = self.outbox.take_stale(self.index)
+            || self
+                .outbox
+                .next_for(self.index)
+                .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
+        let whole_tree = plan.whole_tree.clone().or_else(|| {
+            reused.then(|| format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied))
+        });
+        self.record_needs(s.instance, whole_tree, plan.compare)
+            .await;
+        // What it applied before a lost acknowledgement counts as
+        // acknowledged, and what it has numbers for is never sent to it:
+        // both are done with up to what it applied (skip_upto covers
+        // release_upto; bundles in between are covered by the whole tree
+        // recorded above).
+        let done = self.outbox.ack(self.index, plan.skip_upto);
+        release(done, &self.events, &self.ledger).await;
+        self.outbox.set_connected(self.index, true);
+        let _ = self.events.send(TransportEvent::Connected);
+        self.status.send_modify(|st| {
+            st.connected = true;
+            st.since = Some(unix_now());
+            if let Some(to) = plan.held {
+                st.last_error = Some(held_reason(to));
+                st.last_error_at = Some(unix_now());
+            }
+        });
+        if let Some(to) = plan.held {
+            warn!(peer = %self.receiver, to, "{}", held_reason(to));
+        }
+        plan.held
+    }
+
+    /// What the sender knows of its receiver as a `Welcome` arrives.
+    fn known(&self) -> Known {
+        let (sent, acked) = self.outbox.position(self.index);
+        let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let rec = p.receivers.get(&self.receiver);
+        Known {
+            sent,
+            acked,
+            everyone: self
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .acked_seq(),
+            instance: rec.and_then(|r| {
+                data_encoding::HEXLOWER
+                    .decode(r.instance.as_bytes())
+                    .ok()
+                    .and_then(|b| b.try_into().ok())
+            }),
+            whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
+        }
+    }
+
+    /// Record durably the receiver's `instance`, whether it needs the
+    /// whole tree, and whether its root, rolled back to `compare`, is to be
+    /// compared with the source; tell the sender's loop of either.
+    pub(super) async fn record_needs(
+        &self,
+        instance: [u8; 16],
+        whole_tree: Option<String>,
+        compare: Option<u64>,
+    ) {
+        let needed = whole_tree.is_some();
+        record_peer(
+            &self.peers,
+            &self.state_dir,
+            &self.receiver,
+            instance,
+            (needed, compare),
+        )
+        .await;
+        let index = self.index;
+        if let Some(reason) = whole_tree {
+            let _ = self
+                .events
+                .send(TransportEvent::WholeTree { index, reason });
+        }
+        if let Some(to) = compare {
+            info!(peer = %self.receiver, to, "the receiver's root was rolled back: comparing the source with it to ship the difference");
+            let _ = self.events.send(TransportEvent::Compare);
+        }
+    }
+
+    /// Keep `conn` open, sending no bundle, until it fails or ends (the
+    /// receiver ends it when it releases this sender) or until shutdown
+    /// (`None`).
+    pub(super) async fn idle(
+        &self,
+        mut conn: Connection<Stream>,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        // An outbox that never holds a bundle: only pings, and the end.
+        let none = Outbox::new(1, 0);
+        match next_bundle(&none, 0, &mut conn, self.peer_timeout, shutdown).await {
+            Ok(None) => None,
+            Ok(Some(_)) => unreachable!("an empty outbox has no bundle"),
+            Err(e) => Some(Lost {
+                error: format!("held session ended: {}", describe(e)),
+                in_flight: false,
+            }),
+        }
+    }
+}
+
+/// What a sender held by its receiver's rollback shows in its status.
+fn held_reason(to: u64) -> String {
+    format!(
+        "held: root was rolled back to sequence {to} on this receiver; it takes bundles again after `shipper rollback --release` there"
+    )
+}
