@@ -21,7 +21,8 @@ use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::{fuzz_mutator, fuzz_target, fuzzer_mutate};
 use serde_json::Value;
-use shipper::bundle::apply::{self, Limits, Target};
+use shipper::beneath::{Restore, Root, undo_kept};
+use shipper::bundle::apply::{self, KeepAs, Limits, Target};
 use shipper::bundle::manifest::{MANIFEST_ENTRY, Manifest, part_entry_name};
 
 /// Small, so a legitimate but large bundle costs the fuzzer little.
@@ -55,6 +56,12 @@ fuzz_target!(|data: &[u8]| {
         staging: base.join("staging"),
         parts: base.join("parts"),
         policy: Default::default(),
+        // Half the inputs also keep what they replace, as for rollback.
+        keep: (data.len() % 4 < 2).then(|| KeepAs {
+            record: base.join("record"),
+            with: Vec::new(),
+        }),
+        snapshot: false,
     };
     target.prepare().expect("preparing the target");
     fs::create_dir(base.join("canary")).unwrap();
@@ -78,7 +85,12 @@ fuzz_target!(|data: &[u8]| {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     names.sort();
-    assert_eq!(names, ["bundle.zip", "canary", "parts", "root", "staging"]);
+    let kept = target.keep.is_some() && result.is_ok();
+    let mut want = vec!["bundle.zip", "canary", "parts", "root", "staging"];
+    if kept {
+        want.insert(3, "record");
+    }
+    assert_eq!(names, want, "{result:?}");
     assert!(
         snapshot(&target.staging).is_empty(),
         "staging left behind: {result:?}"
@@ -89,7 +101,16 @@ fuzz_target!(|data: &[u8]| {
             before,
             "refused ({e}) but root changed"
         ),
-        Ok(_) => assert_published(&target.root, &manifest),
+        Ok(_) => {
+            assert_published(&target.root, &manifest);
+            if kept {
+                // What it kept undoes it exactly.
+                let root = Root::open(&target.root).unwrap();
+                let left = undo_kept(&root, &base.join("record"), Restore::Move).unwrap();
+                assert!(left.is_empty(), "undo left {left:?}");
+                assert_eq!(snapshot(&target.root), before, "undone, root is not as before");
+            }
+        }
     }
 });
 
