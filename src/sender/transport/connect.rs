@@ -81,15 +81,11 @@ pub(in crate::sender) async fn inquire(
     tls: Option<&Arc<rustls::ClientConfig>>,
     peer_timeout: Duration,
 ) -> Result<Connection<Stream>, String> {
-    let (mut conn, _, _) = reach(receiver, tls, peer_timeout).await?;
     let inquire = Frame::Inquire {
         version: PROTOCOL_VERSION,
         sender: id.to_owned(),
     };
-    conn.write_frame(&inquire)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(conn)
+    opened_with(receiver, tls, peer_timeout, &inquire).await
 }
 
 /// Tell `receiver` that this sender compared its source with root after
@@ -101,20 +97,29 @@ pub(in crate::sender) async fn tell_compared(
     tls: Option<&Arc<rustls::ClientConfig>>,
     peer_timeout: Duration,
 ) -> Result<u64, String> {
-    let (mut conn, _, _) = reach(receiver, tls, peer_timeout).await?;
     let compared = Frame::Compared {
         version: PROTOCOL_VERSION,
         sender: id.to_owned(),
     };
-    conn.write_frame(&compared)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut conn = opened_with(receiver, tls, peer_timeout, &compared).await?;
     match conn.expect_frame_within(peer_timeout).await {
         Ok(Frame::Ack { seq, .. }) => Ok(seq),
         Ok(Frame::Refuse { reason, .. }) => Err(reason),
         Ok(other) => Err(format!("unexpected answer {other:?}")),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A connection to `receiver` of its own (no session), opened by `first`.
+async fn opened_with(
+    receiver: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    peer_timeout: Duration,
+    first: &Frame,
+) -> Result<Connection<Stream>, String> {
+    let (mut conn, _, _) = reach(receiver, tls, peer_timeout).await?;
+    conn.write_frame(first).await.map_err(|e| e.to_string())?;
+    Ok(conn)
 }
 
 /// TCP and TLS to `receiver`: each address in turn until one answers TCP.
