@@ -159,3 +159,32 @@ async fn a_tree_publish_stopped_at_either_side_of_the_flip_is_finished_at_start(
         r.stop().await;
     }
 }
+
+/// `shipper replay --config` into a receiver that publishes by snapshot
+/// publishes each bundle as a new snapshot too: root stays a symlink, the
+/// snapshot it pointed at is left as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_into_a_tree_receiver_makes_a_new_snapshot() {
+    let env = Env::new();
+    std::fs::remove_dir(env.root()).unwrap();
+    let r = env.start_receiver(TREE).await;
+    let s = env.start_sender(r.addr, "");
+    env.write("a.html", "shipped");
+    wait_in_sync(&env).await;
+    let before = current(&env);
+    s.stop().await;
+    r.stop().await;
+    let rfile = env.config_file("receiver.toml", &env.receiver_toml("127.0.0.1:0", TREE));
+    let mut args = owned(&["replay", "--config", rfile.to_str().unwrap()]);
+    args.extend(
+        env.archived()
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned()),
+    );
+    let out = shipper_async(args).await;
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(std::fs::symlink_metadata(env.root()).unwrap().is_symlink());
+    assert_ne!(current(&env), before, "a new snapshot");
+    assert_eq!(read(&env.root().join("a.html")), "shipped");
+    assert_eq!(read(&before.join("a.html")), "shipped");
+}
