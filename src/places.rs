@@ -194,6 +194,15 @@ pub fn check(dirs: &[(&'static str, &Path)]) -> Result<(), PlaceError> {
     overlap(&places).map_or(Ok(()), Err)
 }
 
+/// Remove the directory tree at `path`, one shipper made; one already gone
+/// is fine. A symlink inside is removed itself, never followed. Blocking.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
 /// Remove the entries of `dir` whose names shipper gave them (`ours` says
 /// which); anything else in `dir` is left alone. Blocking.
 pub fn remove_own(dir: &Path, ours: impl Fn(&str) -> bool) -> Result<(), PlaceError> {

@@ -74,17 +74,21 @@ impl Publish<'_> {
     }
 }
 
+/// The changes `record` keeps, in the order made.
+fn read_steps(record: &Path) -> Result<Vec<Step>, BeneathError> {
+    let io = |e: std::io::Error| BeneathError::Io {
+        path: record.join(RECORD_STEPS),
+        source: e,
+    };
+    let bytes = std::fs::read(record.join(RECORD_STEPS)).map_err(io)?;
+    serde_json::from_slice(&bytes).map_err(|e| io(e.into()))
+}
+
 /// The paths an undo of `record` brings an entry back to (a file the
 /// bundle replaced or an entry it deleted, a directory with what is below
 /// it): what root holds there afterwards may be older than the source.
 pub fn restores(record: &Path) -> Result<Vec<String>, BeneathError> {
-    let io = |e: std::io::Error| BeneathError::Io {
-        path: record.to_owned(),
-        source: e,
-    };
-    let bytes = std::fs::read(record.join(RECORD_STEPS)).map_err(io)?;
-    let steps: Vec<Step> = serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?;
-    Ok(steps
+    Ok(read_steps(record)?
         .iter()
         .filter(|s| {
             matches!(
@@ -103,13 +107,11 @@ pub fn restores(record: &Path) -> Result<Vec<String>, BeneathError> {
 /// after it stopped part-way (an error, a crash) finishes it. The record
 /// itself is left for the caller to remove.
 pub fn undo_kept(root: &Root, record: &Path, how: Restore) -> Result<Vec<String>, BeneathError> {
-    let io = |e: std::io::Error| BeneathError::Io {
+    let steps = read_steps(record)?;
+    let kept = open_dir_path(record).map_err(|e| BeneathError::Io {
         path: record.to_owned(),
         source: e,
-    };
-    let bytes = std::fs::read(record.join(RECORD_STEPS)).map_err(io)?;
-    let steps: Vec<Step> = serde_json::from_slice(&bytes).map_err(|e| io(e.into()))?;
-    let kept = open_dir_path(record).map_err(io)?;
+    })?;
     let mut left = Vec::new();
     for step in steps.iter().rev() {
         if let Some(why) = in_the_way(step.rel(), undo_one(root, (&kept, how), step))? {

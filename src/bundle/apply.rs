@@ -18,7 +18,6 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -402,11 +401,7 @@ fn link_or_copy(from: &Path, to: &Path) -> Result<(), BundleError> {
 }
 
 fn remove_all(path: &Path) -> Result<(), BundleError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_at(path)(e)),
-    }
+    crate::places::remove_tree(path).map_err(io_at(path))
 }
 
 #[cfg(test)]

@@ -103,49 +103,63 @@ impl Records {
             .filter(|h| h.seq == seq)
     }
 
-    /// Each record of `key`: its sequence and the one before it. Records
-    /// above `last` (left by an apply that never finished) are removed.
-    pub(super) fn chain(&self, key: &str, last: u64) -> std::io::Result<BTreeMap<u64, u64>> {
-        let mut chain = BTreeMap::new();
+    /// The sequence of each record of `key`, oldest first, by name alone.
+    /// Records above `last` (left by an apply that never finished) are
+    /// removed.
+    fn seqs(&self, key: &str, last: u64) -> std::io::Result<Vec<u64>> {
         let entries = match std::fs::read_dir(self.sender_dir(key)) {
             Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(chain),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
+        let mut seqs = Vec::new();
         for e in entries {
             let e = e?;
-            let Some(seq) = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) else {
-                continue; // not a record this receiver writes
-            };
-            if seq > last {
-                remove_record(&e.path())?;
-                continue;
+            // A name that is no number is not a record this receiver writes.
+            match e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()) {
+                Some(seq) if seq > last => remove_record(&e.path())?,
+                Some(seq) => seqs.push(seq),
+                None => {}
             }
+        }
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    /// Each record of `key` that can undo here: its sequence and the one
+    /// before it. Records above `last` are removed.
+    pub(super) fn chain(&self, key: &str, last: u64) -> std::io::Result<BTreeMap<u64, u64>> {
+        let mut chain = BTreeMap::new();
+        for seq in self.seqs(key, last)? {
             match self.head(key, seq) {
                 // Made under the other publish mode: it cannot undo here.
                 Some(h) if h.snapshot.is_some() != self.tree => {}
                 Some(h) => {
                     chain.insert(seq, h.prev);
                 }
-                _ => {
-                    warn!(record = %e.path().display(), "a rollback record without a readable bundle.json: not used")
+                None => {
+                    let record = self.record(key, seq);
+                    warn!(record = %record.display(), "a rollback record without a readable bundle.json: not used")
                 }
             }
         }
         Ok(chain)
     }
 
-    /// Keep the newest `rollback_keep` records of `key`; remove the rest.
+    /// Keep the newest `rollback_keep` records of `key` (newer than `last`
+    /// none); remove the rest. By name alone: nothing is read on this path,
+    /// taken after every bundle, and a record that cannot undo here is
+    /// pruned like the others.
     pub fn prune(&self, key: &str, last: u64) {
-        let chain = match self.chain(key, last) {
-            Ok(c) => c,
+        let seqs = match self.seqs(key, last) {
+            Ok(s) => s,
             Err(e) => {
                 warn!(dir = %self.sender_dir(key).display(), error = %e, "could not list rollback records");
                 return;
             }
         };
-        let excess = chain.len().saturating_sub(self.keep);
-        for seq in chain.keys().take(excess) {
+        let excess = seqs.len().saturating_sub(self.keep);
+        for seq in &seqs[..excess] {
             if let Err(e) = remove_record(&self.record(key, *seq)) {
                 warn!(record = %self.record(key, *seq).display(), error = %e, "could not remove a rollback record");
             }
@@ -155,8 +169,5 @@ impl Records {
 
 /// Remove a record (what its bundle replaced goes with it); missing is fine.
 pub(super) fn remove_record(record: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(record) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
+    crate::places::remove_tree(record)
 }

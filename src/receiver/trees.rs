@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::beneath::link_tree;
 use crate::config::{PublishMode, ReceiverConfig};
 use crate::durable;
+use crate::places::remove_tree;
 
 /// How a snapshot is opened to be synced.
 const DIR: OFlags = OFlags::DIRECTORY
@@ -68,7 +69,7 @@ impl Trees {
         match std::fs::symlink_metadata(root) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let first = trees.snapshot(1);
-                remove_snapshot(&first)?;
+                remove_tree(&first)?;
                 mkdir(&first, dir_mode)?;
                 trees.point_at(&first)?;
             }
@@ -147,7 +148,7 @@ impl Trees {
         let (current, _) = self.current()?;
         for n in self.numbers()?.into_iter().filter(|n| *n > current) {
             info!(snapshot = %self.snapshot(n).display(), "removing a snapshot begun and never published");
-            remove_snapshot(&self.snapshot(n))?;
+            remove_tree(&self.snapshot(n))?;
         }
         Ok(())
     }
@@ -158,7 +159,7 @@ impl Trees {
     pub fn next(&self) -> anyhow::Result<(u64, PathBuf)> {
         let (n, current) = self.current()?;
         let next = self.snapshot(n + 1);
-        remove_snapshot(&next)?;
+        remove_tree(&next)?;
         link_tree(&current, &next)
             .with_context(|| format!("making {} from {}", next.display(), current.display()))?;
         Ok((n + 1, next))
@@ -168,9 +169,7 @@ impl Trees {
     /// point root at it in one rename; then remove the snapshots past
     /// `tree_keep`.
     pub fn publish(&self, snapshot: &Path) -> anyhow::Result<()> {
-        let fd = rustix::fs::open(snapshot, DIR, Mode::empty())
-            .with_context(|| format!("opening {}", snapshot.display()))?;
-        rustix::fs::syncfs(&fd).with_context(|| format!("syncing {}", snapshot.display()))?;
+        sync_fs(snapshot)?;
         self.point_at(snapshot)?;
         self.prune();
         Ok(())
@@ -178,18 +177,14 @@ impl Trees {
 
     /// Give up a snapshot begun by [`Trees::next`] (its bundle failed).
     pub fn discard(&self, snapshot: &Path) {
-        if let Err(e) = remove_snapshot(snapshot) {
+        if let Err(e) = remove_tree(snapshot) {
             warn!(snapshot = %snapshot.display(), error = %e, "could not remove a snapshot not published");
         }
     }
 
     /// Replace root by a symlink to `snapshot`, durably.
     fn point_at(&self, snapshot: &Path) -> anyhow::Result<()> {
-        let link = self.link_target(snapshot);
-        let tmp = self.dir.join(".root.new");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(&link, &tmp)
-            .with_context(|| format!("making the symlink {}", tmp.display()))?;
+        let tmp = self.new_link(snapshot)?;
         // Relative to root's directory, moved there from the snapshots'.
         std::fs::rename(&tmp, &self.root)
             .with_context(|| format!("replacing {}", self.root.display()))?;
@@ -197,11 +192,17 @@ impl Trees {
             .with_context(|| format!("syncing the directory of {}", self.root.display()))
     }
 
-    /// What root's symlink holds to point at `snapshot`: relative, so the
-    /// whole tree can move.
-    fn link_target(&self, snapshot: &Path) -> PathBuf {
-        Path::new(self.dir.file_name().unwrap_or_default())
-            .join(snapshot.file_name().unwrap_or_default())
+    /// A new symlink to `snapshot` among the snapshots, to be renamed over
+    /// root: it holds the snapshot's path relative to root's directory, so
+    /// the whole tree can move.
+    fn new_link(&self, snapshot: &Path) -> anyhow::Result<PathBuf> {
+        let link = Path::new(self.dir.file_name().unwrap_or_default())
+            .join(snapshot.file_name().unwrap_or_default());
+        let tmp = self.dir.join(".root.new");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&link, &tmp)
+            .with_context(|| format!("making the symlink {}", tmp.display()))?;
+        Ok(tmp)
     }
 
     /// Keep the newest `tree_keep` snapshots, the current one always.
@@ -213,7 +214,7 @@ impl Trees {
         let old: Vec<u64> = all.into_iter().filter(|n| *n < current).collect();
         let excess = (old.len() + 1).saturating_sub(self.keep);
         for n in old.into_iter().take(excess) {
-            if let Err(e) = remove_snapshot(&self.snapshot(n)) {
+            if let Err(e) = remove_tree(&self.snapshot(n)) {
                 warn!(snapshot = %self.snapshot(n).display(), error = %e, "could not remove an old snapshot");
             }
         }
@@ -224,14 +225,11 @@ impl Trees {
     /// aside, named in the log.
     fn adopt(&self) -> anyhow::Result<()> {
         let first = self.snapshot(1);
-        remove_snapshot(&first)?;
+        remove_tree(&first)?;
         link_tree(&self.root, &first)
             .with_context(|| format!("making {} from {}", first.display(), self.root.display()))?;
-        let fd = rustix::fs::open(&first, DIR, Mode::empty())?;
-        rustix::fs::syncfs(&fd)?;
-        let tmp = self.dir.join(".root.new");
-        let _ = std::fs::remove_file(&tmp);
-        std::os::unix::fs::symlink(self.link_target(&first), &tmp)?;
+        sync_fs(&first)?;
+        let tmp = self.new_link(&first)?;
         let parent = self.root.parent().unwrap_or(Path::new("/"));
         let aside = self.dir.join("was-a-directory");
         // One step: readers see the directory or the snapshot, never neither.
@@ -262,20 +260,20 @@ impl Trees {
     }
 }
 
+/// Make everything on the filesystem of `snapshot` durable: its links
+/// and directories were all made anew.
+fn sync_fs(snapshot: &Path) -> anyhow::Result<()> {
+    let fd = rustix::fs::open(snapshot, DIR, Mode::empty())
+        .with_context(|| format!("opening {}", snapshot.display()))?;
+    rustix::fs::syncfs(&fd).with_context(|| format!("syncing {}", snapshot.display()))
+}
+
 /// Make the directory `path` with `mode` (umask aside).
 fn mkdir(path: &Path, mode: u32) -> anyhow::Result<()> {
     std::fs::create_dir(path).with_context(|| format!("creating {}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
-}
-
-/// Remove a snapshot directory; missing is fine.
-fn remove_snapshot(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
 }
 
 #[cfg(test)]

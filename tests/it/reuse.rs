@@ -297,29 +297,8 @@ fn pack_held(
     items: Vec<shipper::bundle::pack::PackItem>,
 ) -> Vec<std::path::PathBuf> {
     let outbox = dir.join("out");
-    std::fs::create_dir_all(&outbox).unwrap();
-    let (mut out, mut seq) = (Vec::new(), 0);
-    shipper::bundle::pack::Packer {
-        source: src,
-        outbox: &outbox,
-        sender: "test",
-        limits,
-        alloc_seq: &mut || {
-            seq += 1;
-            Ok(seq)
-        },
-        emit: &mut |p| {
-            out.push(p.path);
-            Ok(())
-        },
-        touched: &|_| false,
-        deflate: &|| true,
-        held: Some(held),
-        signatures: None,
-    }
-    .pack(items)
-    .unwrap();
-    out
+    let packed = pack_items_held(src, (&outbox, "test", 1), limits, items, Some(held));
+    packed.into_iter().map(|p| p.path).collect()
 }
 
 /// A rename larger than one bundle: a run packs its deletions first, so

@@ -432,6 +432,18 @@ pub fn pack_items(
     limits: shipper::bundle::pack::Limits,
     items: Vec<shipper::bundle::pack::PackItem>,
 ) -> Vec<shipper::bundle::pack::Packed> {
+    pack_items_held(src, (outbox, sender, seq), limits, items, None)
+}
+
+/// [`pack_items`], with `held` saying what the receiver holds (so content
+/// it holds at another path travels as a copy).
+pub fn pack_items_held(
+    src: &Path,
+    (outbox, sender, seq): (&Path, &str, u64),
+    limits: shipper::bundle::pack::Limits,
+    items: Vec<shipper::bundle::pack::PackItem>,
+    held: Option<&dyn shipper::bundle::pack::HeldContent>,
+) -> Vec<shipper::bundle::pack::Packed> {
     std::fs::create_dir_all(outbox).unwrap();
     let mut out = Vec::new();
     let mut next = Some(seq);
@@ -453,7 +465,7 @@ pub fn pack_items(
         emit: &mut emit,
         touched: &|_| false,
         deflate: &|| true,
-        held: None,
+        held,
         signatures: None,
     }
     .pack(items)

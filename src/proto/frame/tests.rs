@@ -3,34 +3,29 @@
 
 use super::*;
 
+/// A `Welcome` with limits 1, 2, 3 and `max_unpacked`.
+fn welcome(max_unpacked: u64, rolled_back: Option<Rolled>) -> Frame {
+    Frame::Welcome {
+        last_applied: 42,
+        instance: [9; 16],
+        accepts: Accepts {
+            max_entries: 1,
+            max_bundle_size: 2,
+            max_file_size: 3,
+            max_unpacked,
+        },
+        rolled_back,
+    }
+}
+
 fn all() -> Vec<Frame> {
     vec![
         Frame::Hello {
             version: 1,
             sender: "app-1".into(),
         },
-        Frame::Welcome {
-            last_applied: 42,
-            instance: [9; 16],
-            accepts: Accepts {
-                max_entries: 1,
-                max_bundle_size: 2,
-                max_file_size: 3,
-                max_unpacked: u64::MAX,
-            },
-            rolled_back: None,
-        },
-        Frame::Welcome {
-            last_applied: 42,
-            instance: [9; 16],
-            accepts: Accepts {
-                max_entries: 1,
-                max_bundle_size: 2,
-                max_file_size: 3,
-                max_unpacked: 4,
-            },
-            rolled_back: Some(Rolled { to: 40, held: true }),
-        },
+        welcome(u64::MAX, None),
+        welcome(4, Some(Rolled { to: 40, held: true })),
         Frame::Bundle {
             seq: 7,
             size: 1 << 40,
@@ -180,22 +175,10 @@ fn garbage_is_refused() {
         Err(FrameError::UnknownKind(COMPARED + 1))
     );
     // A Welcome whose rollback is neither held nor released.
-    let mut welcome = Vec::new();
-    Frame::Welcome {
-        last_applied: 1,
-        instance: [0; 16],
-        accepts: Accepts {
-            max_entries: 1,
-            max_bundle_size: 1,
-            max_file_size: 1,
-            max_unpacked: 1,
-        },
-        rolled_back: Some(Rolled { to: 1, held: true }),
-    }
-    .encode(&mut welcome);
-    *welcome.last_mut().unwrap() = 2;
+    let mut bytes = welcome(1, Some(Rolled { to: 1, held: true })).to_bytes();
+    *bytes.last_mut().unwrap() = 2;
     assert_eq!(
-        Frame::parse(&welcome),
+        Frame::parse(&bytes),
         Err(FrameError::Malformed { kind: "welcome" })
     );
     let mut hello = Frame::Hello {
