@@ -92,7 +92,8 @@ async fn first_ship_of_pages() -> (Env, Role, std::path::PathBuf, Daemon) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_not_measured_yet_is_measured_by_a_small_first_bundle() {
     let (env, r, _file, sender) = first_ship_of_pages().await;
-    let bundles = env.archived();
+    let pages: Vec<String> = (0..96).map(|i| format!("first/p{i:03}.html")).collect();
+    let bundles = archived_holding(&env, &pages).await;
     assert!(
         bundles.len() >= 2,
         "one small first bundle, then the rest: {bundles:?}"
@@ -191,7 +192,8 @@ async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
     .await;
     env.write("later/p.html", page(512 << 10, 1000));
     wait_in_sync(&env).await;
-    let later = env.archived().into_iter().rev().find(|b| {
+    let bundles = archived_holding(&env, &["later/p.html".to_owned()]).await;
+    let later = bundles.into_iter().rev().find(|b| {
         let zip = zip::ZipArchive::new(std::fs::File::open(b).unwrap()).unwrap();
         zip.file_names()
             .any(|n| n.is_ok_and(|n| n == "later/p.html"))
@@ -241,7 +243,8 @@ async fn a_restarted_sender_remembers_how_fast_its_link_was() {
         .lines()
         .find(|l| l.contains("link rate remembered"))
         .unwrap_or_else(|| panic!("no remembered rate in the log:\n{log}"));
-    let bundles = env.archived();
+    let pages: Vec<String> = (0..96).map(|i| format!("second/p{i:03}.html")).collect();
+    let bundles = archived_holding(&env, &pages).await;
     let first = bundles.iter().find(|b| {
         let zip = zip::ZipArchive::new(std::fs::File::open(b).unwrap()).unwrap();
         zip.file_names()

@@ -171,6 +171,7 @@ async fn replay_into_a_tree_receiver_makes_a_new_snapshot() {
     let s = env.start_sender(r.addr, "");
     env.write("a.html", "shipped");
     wait_in_sync(&env).await;
+    archived_holding(&env, &["a.html".to_owned()]).await;
     let before = current(&env);
     s.stop().await;
     r.stop().await;

@@ -485,6 +485,28 @@ pub fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
         .collect()
 }
 
+/// The bundles the receiver archived, once they hold every one of `names`
+/// between them, waiting for that: the receiver archives a bundle just
+/// after publishing it, so root may show a file before its bundle is in
+/// the archive.
+pub async fn archived_holding(env: &Env, names: &[String]) -> Vec<PathBuf> {
+    let held = |b: &PathBuf| -> Vec<String> {
+        let Ok(zip) = std::fs::File::open(b).map(zip::ZipArchive::new) else {
+            return Vec::new();
+        };
+        zip.map(|z| z.file_names().flatten().map(|n| n.into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut bundles = Vec::new();
+    wait_until("the bundles holding the files archived", || {
+        bundles = env.archived();
+        let all: std::collections::HashSet<String> = bundles.iter().flat_map(held).collect();
+        names.iter().all(|n| all.contains(n))
+    })
+    .await;
+    bundles
+}
+
 /// The first manifest the receiver archived (it archives a bundle after
 /// acknowledging it) for which `pred` holds, waiting for it.
 pub async fn archived_where(
