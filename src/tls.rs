@@ -130,6 +130,18 @@ pub struct Identity {
     pub fingerprint: Fingerprint,
 }
 
+impl Identity {
+    /// The certificate, DER.
+    pub fn cert(&self) -> &[u8] {
+        &self.cert
+    }
+
+    /// The private key.
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+}
+
 /// Make a key pair in `dir` (created 0700). Refuses to replace an existing
 /// one: a new key would lock out every peer that pinned the old one.
 pub fn keygen(dir: &Path) -> anyhow::Result<Fingerprint> {

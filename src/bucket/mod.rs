@@ -1,0 +1,12 @@
+//! The bucket relay: bundles kept in an S3-compatible object store, where
+//! any number of receivers take them, the sender knowing none of them.
+//!
+//! Pure parts: where a bucket is ([`url::BucketUrl`]), what its objects are
+//! named ([`names`]), and the seal that makes a bundle object trusted
+//! whatever else can write to the bucket ([`seal`]). I/O: the client for a
+//! configured bucket ([`store`]).
+
+pub mod names;
+pub mod seal;
+pub mod store;
+pub mod url;

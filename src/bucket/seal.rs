@@ -1,0 +1,350 @@
+//! A bundle object's seal: who sent it, and that it is whole, so that
+//! write access to the bucket alone cannot publish into a web root.
+//!
+//! The sender signs, with the private key of its key pair (ECDSA P-256,
+//! as `shipper keygen` makes it), a message naming the bucket's prefix,
+//! the bundle's sequence, its size and its BLAKE3; the seal carries the
+//! signature and the sender's certificate. A receiver takes the bundle
+//! only when the certificate's fingerprint is in `allowed_senders`, the
+//! signature holds for that message, and the zip it downloaded has that
+//! size and hash ([`Sealed::check_zip`]). Pure, apart from the randomness
+//! signing takes.
+
+use data_encoding::BASE64;
+use ring::rand::SystemRandom;
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use serde::{Deserialize, Serialize};
+
+use crate::tls::{Fingerprint, Identity};
+
+/// The seal format this build writes and reads.
+pub const FORMAT: u32 = 1;
+/// The largest seal read: a certificate and a signature take about 1 KiB.
+pub const MAX_SEAL_BYTES: usize = 16 << 10;
+
+/// A seal as stored, `b/SEQ.seal` beside `b/SEQ.zip`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Seal {
+    pub format: u32,
+    /// The sender's id (`sender.id`), which its manifests repeat.
+    pub sender: String,
+    pub seq: u64,
+    /// The bundle sealed before it in this bucket (0: none), so a receiver
+    /// notices one missing (deleted, or not yet listed) instead of
+    /// skipping it: sequences the bucket never held (bundles for one
+    /// receiver alone) are gaps a seal accounts for.
+    pub prev: u64,
+    pub size: u64,
+    /// BLAKE3 of the zip, hex.
+    pub hash: String,
+    /// The sender's certificate, DER, base64.
+    pub cert: String,
+    /// ECDSA P-256 with SHA-256 (ASN.1) over [`message`], base64.
+    pub signature: String,
+}
+
+/// What is signed: every field a receiver acts on, and the prefix, so a
+/// seal copied under another site's prefix does not hold there.
+fn message(prefix: &str, s: &Seal) -> Vec<u8> {
+    let Seal {
+        sender,
+        seq,
+        prev,
+        size,
+        hash,
+        ..
+    } = s;
+    // The id is JSON-quoted: no id can pass for another line.
+    let sender = serde_json::to_string(sender).expect("a string serializes");
+    format!("shipper-bucket-{FORMAT}\n{prefix}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n")
+        .into_bytes()
+}
+
+/// The sender's key pair, ready to seal bundles.
+pub struct Sealer {
+    key: EcdsaKeyPair,
+    cert: String,
+    rng: SystemRandom,
+}
+
+/// Why a key pair cannot seal.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the key pair ({0}) cannot sign bundles for a bucket: it is not an ECDSA P-256 key in PKCS#8, as shipper keygen makes"
+)]
+pub struct NotSealing(String);
+
+impl Sealer {
+    pub fn new(id: &Identity) -> Result<Self, NotSealing> {
+        let rng = SystemRandom::new();
+        let rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8) = id.key() else {
+            return Err(NotSealing(id.fingerprint.to_string()));
+        };
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.secret_pkcs8_der(),
+            &rng,
+        )
+        .map_err(|_| NotSealing(id.fingerprint.to_string()))?;
+        Ok(Self {
+            key,
+            cert: BASE64.encode(id.cert()),
+            rng,
+        })
+    }
+
+    /// The seal of bundle `seq` (sealed after `prev`) of sender `id`, of
+    /// `size` bytes hashing to `hash`, stored under `prefix`.
+    pub fn seal(
+        &self,
+        prefix: &str,
+        id: &str,
+        (seq, prev, size): (u64, u64, u64),
+        hash: &blake3::Hash,
+    ) -> Seal {
+        let mut seal = Seal {
+            format: FORMAT,
+            sender: id.to_owned(),
+            seq,
+            prev,
+            size,
+            hash: hash.to_hex().to_string(),
+            cert: self.cert.clone(),
+            signature: String::new(),
+        };
+        let signature = self
+            .key
+            .sign(&self.rng, &message(prefix, &seal))
+            .expect("signing with a loaded P-256 key does not fail");
+        seal.signature = BASE64.encode(signature.as_ref());
+        seal
+    }
+}
+
+/// Why a seal is not taken: the bundle it seals is not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealRefused {
+    #[error("not a seal shipper writes: {0}")]
+    Malformed(String),
+    #[error("seal format {0}, newer than this receiver reads ({FORMAT}): upgrade it")]
+    Format(u32),
+    #[error("sealed by {0}, which is not in allowed_senders")]
+    UnknownSender(Fingerprint),
+    #[error("its signature does not hold: the seal was altered, or not made with the key of {0}")]
+    BadSignature(Fingerprint),
+    #[error("it seals bundle {sealed} but is stored as bundle {named}")]
+    Misnamed { named: u64, sealed: u64 },
+}
+
+/// Why a downloaded zip is not the bundle its seal names.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the zip is {size} bytes with BLAKE3 {hash}; its seal says {sealed_size} bytes with {sealed_hash}"
+)]
+pub struct ZipMismatch {
+    pub size: u64,
+    pub hash: String,
+    pub sealed_size: u64,
+    pub sealed_hash: String,
+}
+
+/// A seal that holds: the bundle it names may be downloaded and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub fingerprint: Fingerprint,
+    /// The sender's id.
+    pub sender: String,
+    pub seq: u64,
+    pub prev: u64,
+    pub size: u64,
+    pub hash: String,
+}
+
+impl Sealed {
+    /// Whether the zip downloaded, `size` bytes hashing to `hash`, is the one sealed.
+    pub fn check_zip(&self, size: u64, hash: &blake3::Hash) -> Result<(), ZipMismatch> {
+        let hash = hash.to_hex();
+        if size == self.size && hash.as_str() == self.hash {
+            return Ok(());
+        }
+        Err(ZipMismatch {
+            size,
+            hash: hash.to_string(),
+            sealed_size: self.size,
+            sealed_hash: self.hash.clone(),
+        })
+    }
+}
+
+/// Open the seal `bytes`, stored under `prefix` as bundle `named`: it holds
+/// when it is well formed, names that bundle, was made by a sender in
+/// `allowed` and its signature holds.
+pub fn open(
+    bytes: &[u8],
+    prefix: &str,
+    named: u64,
+    allowed: &[Fingerprint],
+) -> Result<Sealed, SealRefused> {
+    if bytes.len() > MAX_SEAL_BYTES {
+        return Err(SealRefused::Malformed(format!(
+            "{} bytes, over the {MAX_SEAL_BYTES} a seal may have",
+            bytes.len()
+        )));
+    }
+    let seal: Seal =
+        serde_json::from_slice(bytes).map_err(|e| SealRefused::Malformed(e.to_string()))?;
+    if seal.format != FORMAT {
+        return Err(SealRefused::Format(seal.format));
+    }
+    if seal.seq != named {
+        return Err(SealRefused::Misnamed {
+            named,
+            sealed: seal.seq,
+        });
+    }
+    let malformed = |what: &str| SealRefused::Malformed(format!("its {what} is not base64"));
+    let cert = BASE64
+        .decode(seal.cert.as_bytes())
+        .map_err(|_| malformed("certificate"))?;
+    let signature = BASE64
+        .decode(seal.signature.as_bytes())
+        .map_err(|_| malformed("signature"))?;
+    let sender = Fingerprint::of(&cert);
+    if !allowed.iter().any(|a| a.ct_eq(&sender)) {
+        return Err(SealRefused::UnknownSender(sender));
+    }
+    let der = rustls::pki_types::CertificateDer::from(cert.as_slice());
+    let holds = webpki::EndEntityCert::try_from(&der).is_ok_and(|c| {
+        let msg = message(prefix, &seal);
+        c.verify_signature(webpki::ring::ECDSA_P256_SHA256, &msg, &signature)
+            .is_ok()
+    });
+    if !holds {
+        return Err(SealRefused::BadSignature(sender));
+    }
+    Ok(Sealed {
+        fingerprint: sender,
+        sender: seal.sender,
+        seq: seal.seq,
+        prev: seal.prev,
+        size: seal.size,
+        hash: seal.hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> (tempfile::TempDir, Identity) {
+        let t = tempfile::tempdir().unwrap();
+        crate::tls::keygen(&t.path().join("k")).unwrap();
+        let id = crate::tls::load_identity(&t.path().join("k")).unwrap();
+        (t, id)
+    }
+
+    #[test]
+    fn a_seal_opens_for_an_allowed_sender_and_checks_the_zip() {
+        let (_t, id) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let seal = Sealer::new(&id)
+            .unwrap()
+            .seal("www", "cms", (7, 5, 9), &hash);
+        let bytes = serde_json::to_vec(&seal).unwrap();
+        let sealed = open(&bytes, "www", 7, &[id.fingerprint]).unwrap();
+        assert_eq!(
+            (sealed.fingerprint, sealed.sender.as_str()),
+            (id.fingerprint, "cms")
+        );
+        assert_eq!((sealed.seq, sealed.prev), (7, 5));
+        assert_eq!(sealed.check_zip(9, &hash), Ok(()));
+        let other = blake3::hash(b"zip bytes, changed");
+        assert!(sealed.check_zip(9, &other).is_err());
+        assert!(sealed.check_zip(10, &hash).is_err());
+    }
+
+    #[test]
+    fn a_seal_altered_moved_or_made_by_a_stranger_is_refused() {
+        let (_t, id) = identity();
+        let (_u, stranger) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let seal = Sealer::new(&id)
+            .unwrap()
+            .seal("www", "cms", (7, 5, 9), &hash);
+        let allowed = [id.fingerprint];
+        let open_it = |s: &Seal, prefix: &str, named: u64| {
+            open(&serde_json::to_vec(s).unwrap(), prefix, named, &allowed)
+        };
+        // Each field a receiver acts on is covered by the signature.
+        let mut bigger = seal.clone();
+        bigger.size = 10;
+        assert_eq!(
+            open_it(&bigger, "www", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        let mut rehashed = seal.clone();
+        rehashed.hash = blake3::hash(b"other").to_hex().to_string();
+        assert_eq!(
+            open_it(&rehashed, "www", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        let mut reordered = seal.clone();
+        reordered.prev = 6;
+        assert_eq!(
+            open_it(&reordered, "www", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        let mut renumbered = seal.clone();
+        renumbered.seq = 8;
+        assert_eq!(
+            open_it(&renumbered, "www", 8),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        let mut relabelled = seal.clone();
+        relabelled.sender = "cms\n7".into();
+        assert_eq!(
+            open_it(&relabelled, "www", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        // Stored under another name or another site's prefix.
+        assert_eq!(
+            open_it(&seal, "www", 8),
+            Err(SealRefused::Misnamed {
+                named: 8,
+                sealed: 7
+            })
+        );
+        assert_eq!(
+            open_it(&seal, "shop", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        // A stranger's seal, and a stranger's signature under our certificate.
+        let theirs = Sealer::new(&stranger)
+            .unwrap()
+            .seal("www", "cms", (7, 5, 9), &hash);
+        assert_eq!(
+            open_it(&theirs, "www", 7),
+            Err(SealRefused::UnknownSender(stranger.fingerprint))
+        );
+        let mut forged = theirs;
+        forged.cert = seal.cert.clone();
+        assert_eq!(
+            open_it(&forged, "www", 7),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        // Not a seal at all, or one from a newer shipper.
+        assert!(matches!(
+            open(b"{", "www", 7, &allowed),
+            Err(SealRefused::Malformed(_))
+        ));
+        let mut newer = seal.clone();
+        newer.format = 2;
+        assert_eq!(open_it(&newer, "www", 7), Err(SealRefused::Format(2)));
+        let huge = vec![b' '; MAX_SEAL_BYTES + 1];
+        assert!(matches!(
+            open(&huge, "www", 7, &allowed),
+            Err(SealRefused::Malformed(_))
+        ));
+    }
+}
