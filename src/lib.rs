@@ -17,6 +17,7 @@
 //! - [`rate`]: the bytes-per-second limit of each connection (token bucket). Pure.
 //! - [`tls`]: key pairs, fingerprints, mutual TLS with pinned peers.
 //! - [`receiver`]: accept, verify, apply, archive, acknowledge.
+//! - [`bucket`]: the S3-compatible relay: its objects' names and seals (pure).
 //! - [`perms`]: the modes and group the receiver gives what it writes.
 //! - [`hook`]: the command run after each applied bundle (`on_apply`).
 //! - [`beneath`]: writes and deletions below root that never follow symlinks,
@@ -36,6 +37,7 @@
 //! - [`commands`]: what each subcommand does.
 
 pub mod beneath;
+pub mod bucket;
 pub mod bundle;
 pub mod changes;
 pub mod hook;

@@ -9,6 +9,7 @@
 //!
 //! - `sender`: the `[sender]` table, raw and validated.
 //! - `receiver`: the `[receiver]` table, raw and validated.
+//! - `bucket`: the bucket keys both tables take.
 //! - `timing`: settle, max_delay, interval or schedule, peer timeout:
 //!   the sender's keys bound by [`WINDOW`].
 //! - `values`: durations, sizes and addresses as keys take them.
@@ -17,15 +18,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod bucket;
 mod receiver;
 mod sender;
 mod timing;
 mod values;
 
+pub use bucket::{BucketConfig, Credentials, DEFAULT_BUCKET_REGION};
 pub use receiver::{
-    DEFAULT_ARCHIVE_KEEP, DEFAULT_PART_TTL, DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
-    DEFAULT_RECEIVER_MAX_FILES, MIN_PART_TTL, PublishMode, RawReceiver, ReceiverConfig,
-    ReceiverTls,
+    DEFAULT_ARCHIVE_KEEP, DEFAULT_BUCKET_POLL, DEFAULT_PART_TTL, DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
+    DEFAULT_RECEIVER_MAX_FILES, MAX_BUCKET_POLL, MIN_PART_TTL, PublishMode, RawReceiver,
+    ReceiverConfig, ReceiverTls,
 };
 pub use sender::{
     Compress, DEFAULT_CHUNK_SIZE, DEFAULT_MASS_DELETE_MIN, DEFAULT_MASS_DELETE_SHARE,
@@ -136,7 +139,14 @@ mod tests {
     #[test]
     fn missing_required_key_is_named() {
         let e = parse("[sender]\nsource = \"a\"\n").unwrap_err();
-        assert!(e.contains("receiver"), "{e}");
+        assert!(e.contains("state_dir"), "{e}");
+        // Neither a receiver nor a bucket: nowhere to ship to.
+        let raw = parse("[sender]\nsource = \"a\"\nstate_dir = \"s\"\n").unwrap();
+        let e = validate(raw, Path::new("/")).unwrap_err();
+        assert!(
+            e.contains("sender.receiver is missing") && e.contains("sender.bucket"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::bucket::{BucketConfig, RawBucket};
 use super::values::{duration, fmt_dur, is_loopback, metrics_addr, size};
 use crate::bundle::apply::Limits;
 use crate::hook::Hook;
@@ -88,7 +89,18 @@ pub struct RawReceiver {
     pub file_mode: Option<String>,
     pub dir_mode: Option<String>,
     pub group: Option<String>,
+    pub bucket: Option<String>,
+    pub bucket_endpoint: Option<String>,
+    pub bucket_region: Option<String>,
+    pub bucket_credentials: Option<PathBuf>,
+    pub bucket_poll: Option<String>,
 }
+
+/// How often a receiver looks in its bucket unless configured.
+pub const DEFAULT_BUCKET_POLL: Duration = Duration::from_secs(1);
+/// The longest `bucket_poll`: a sender with a bucket keeps its own delays
+/// this much inside the five minutes (see the sender's `bucket` check).
+pub const MAX_BUCKET_POLL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct ReceiverConfig {
@@ -121,6 +133,9 @@ pub struct ReceiverConfig {
     /// `receiver.group` as written: looked up by [`ReceiverConfig::policy`]
     /// when the receiver starts (NSS is I/O; validation is pure).
     pub group: Option<String>,
+    /// Where bundles are also taken from, and how often it is looked at.
+    pub bucket: Option<BucketConfig>,
+    pub bucket_poll: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -178,10 +193,14 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
     let part_ttl = part_ttl(r.part_ttl.as_deref())?;
     let (file_mode, dir_mode) = modes(&r)?;
     let group = group(r.group.as_deref())?;
+    let keys = r.key_dir.is_some() && r.allowed_senders.is_some();
+    let (bucket, bucket_poll) = bucket(&r, keys, base)?;
     let on_apply = on_apply(r.on_apply, r.on_apply_timeout.as_deref(), base)?;
     let tls = tls(r.key_dir, r.allowed_senders, &listen, &listen_addr, base)?;
     let metrics = metrics_addr("receiver.metrics", r.metrics.as_deref(), "127.0.0.1:9701")?;
     Ok(ReceiverConfig {
+        bucket,
+        bucket_poll,
         file_mode,
         dir_mode,
         group,
@@ -200,6 +219,43 @@ pub(super) fn validate(r: RawReceiver, base: &Path) -> Result<ReceiverConfig, St
         publish,
         max_bundle_size,
     })
+}
+
+/// The bucket bundles are also taken from, and how often it is looked
+/// at. A bucket is not trusted: only with keys can a receiver tell a
+/// sender's bundles from anyone else's there.
+fn bucket(
+    r: &RawReceiver,
+    keys: bool,
+    base: &Path,
+) -> Result<(Option<BucketConfig>, Duration), String> {
+    let raw = RawBucket {
+        table: "receiver",
+        bucket: r.bucket.as_deref(),
+        endpoint: r.bucket_endpoint.as_deref(),
+        region: r.bucket_region.as_deref(),
+        credentials: r.bucket_credentials.as_deref(),
+    };
+    let b = super::bucket::validate(raw, base)?;
+    let poll = duration(
+        "receiver.bucket_poll",
+        r.bucket_poll.as_deref(),
+        DEFAULT_BUCKET_POLL,
+    )?;
+    if b.is_none() && r.bucket_poll.is_some() {
+        return Err("receiver.bucket_poll is set but receiver.bucket is not".into());
+    }
+    if poll.is_zero() || poll > MAX_BUCKET_POLL {
+        return Err(format!(
+            "receiver.bucket_poll = {:?}: between 1ms and {} (a change must be visible within five minutes)",
+            r.bucket_poll.as_deref().unwrap_or_default(),
+            fmt_dur(MAX_BUCKET_POLL)
+        ));
+    }
+    if b.is_some() && !keys {
+        return Err("receiver.bucket needs receiver.key_dir and receiver.allowed_senders: anyone who can write the bucket could publish into root otherwise (each bundle there is sealed with its sender's key)".into());
+    }
+    Ok((b, poll))
 }
 
 /// The receiver's directories, joined to the config's directory.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Deserialize;
 
+use super::bucket::{BucketConfig, RawBucket};
 use super::timing;
 use super::values::{check_host_port, host_is_loopback, metrics_addr, size};
 use crate::paths::{DEFAULT_EXCLUDES, Excludes};
@@ -46,7 +47,7 @@ pub const DEFAULT_MASS_DELETE_MIN: usize = 100;
 #[serde(deny_unknown_fields)]
 pub struct RawSender {
     pub source: PathBuf,
-    pub receiver: OneOrMany,
+    pub receiver: Option<OneOrMany>,
     pub state_dir: PathBuf,
     pub id: Option<String>,
     pub interval: Option<String>,
@@ -67,6 +68,10 @@ pub struct RawSender {
     pub peer_timeout: Option<String>,
     pub max_rate: Option<String>,
     pub compress: Option<String>,
+    pub bucket: Option<String>,
+    pub bucket_endpoint: Option<String>,
+    pub bucket_region: Option<String>,
+    pub bucket_credentials: Option<PathBuf>,
 }
 
 /// A key that takes one value or a list of them.
@@ -118,6 +123,20 @@ pub struct SenderConfig {
     pub max_rate: Option<u64>,
     /// Whether entries worth deflating are deflated.
     pub compress: Compress,
+    /// The bucket every bundle also goes to, for receivers that take
+    /// them there; sealed with the key pair in `tls`.
+    pub bucket: Option<BucketConfig>,
+}
+
+impl SenderConfig {
+    /// Where every bundle goes, in the order their places are numbered in
+    /// (the outbox, the links, `Packed::only`): each receiver, then the
+    /// bucket, named by its URL.
+    pub fn destinations(&self) -> Vec<String> {
+        let mut d = self.receivers.clone();
+        d.extend(self.bucket.as_ref().map(|b| b.url.to_string()));
+        d
+    }
 }
 
 /// `sender.compress`: whether files worth deflating (not already
@@ -171,8 +190,24 @@ impl SenderConfig {
 /// to `base`. The steps check the keys in the order they always were, so a
 /// config with several errors still reports the same one first.
 pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String> {
+    let bucket = super::bucket::validate(
+        RawBucket {
+            table: "sender",
+            bucket: s.bucket.as_deref(),
+            endpoint: s.bucket_endpoint.as_deref(),
+            region: s.bucket_region.as_deref(),
+            credentials: s.bucket_credentials.as_deref(),
+        },
+        base,
+    )?;
+    // A bucket's receivers take a bundle up to a poll after it is there.
+    let after = if bucket.is_some() {
+        super::MAX_BUCKET_POLL
+    } else {
+        Duration::ZERO
+    };
     let (settle, max_delay) =
-        timing::settle_and_max_delay(s.settle.as_deref(), s.max_delay.as_deref())?;
+        timing::settle_and_max_delay(s.settle.as_deref(), s.max_delay.as_deref(), after)?;
     let (schedule, gap) = timing::schedule(
         s.interval.as_deref(),
         s.schedule.as_deref(),
@@ -182,10 +217,13 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
     let sizes = sizes(&s)?;
     let max_rate = timing::max_rate(s.max_rate.as_deref(), sizes.max_bundle_size, max_delay, gap)?;
     let exclude = excludes(s.exclude_defaults, s.exclude)?;
-    let receivers = receivers(s.receiver)?;
+    let receivers = receivers(s.receiver, bucket.is_some())?;
     let id = sender_id(s.id)?;
     let mass_delete = mass_delete(s.mass_delete_share, s.mass_delete_min)?;
     let tls = tls(s.key_dir, s.receiver_fingerprint, &receivers, base)?;
+    if bucket.is_some() && tls.is_none() {
+        return Err("sender.bucket needs sender.key_dir: each bundle put there is sealed with the sender's key, so no one else who can write the bucket can publish through it".into());
+    }
     let metrics = metrics_addr("sender.metrics", s.metrics.as_deref(), "127.0.0.1:9700")?;
     let peer_timeout = timing::peer_timeout(s.peer_timeout.as_deref())?;
     let compress = compress(s.compress.as_deref())?;
@@ -208,6 +246,7 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
         max_bundle_size: sizes.max_bundle_size,
         max_files_per_bundle: sizes.max_files_per_bundle,
         outbox_max: sizes.outbox_max,
+        bucket,
     })
 }
 
@@ -279,7 +318,13 @@ fn excludes(defaults: Option<bool>, extra: Option<Vec<String>>) -> Result<Exclud
 }
 
 /// `sender.receiver`: at least one "host:port", none twice.
-fn receivers(listed: OneOrMany) -> Result<Vec<String>, String> {
+fn receivers(listed: Option<OneOrMany>, bucket: bool) -> Result<Vec<String>, String> {
+    let Some(listed) = listed else {
+        return match bucket {
+            true => Ok(Vec::new()),
+            false => Err("sender.receiver is missing: name at least one receiver (\"host:port\"), or a sender.bucket".into()),
+        };
+    };
     let receivers: Vec<String> = listed
         .into_vec()
         .iter()
@@ -337,6 +382,11 @@ fn tls(
         (Some(dir), Some(fps)) => Ok(Some(SenderTls {
             key_dir: base.join(dir),
             receivers: pins(fps, receivers.len())?,
+        })),
+        // A sender with a bucket alone pins no receiver.
+        (Some(dir), None) if receivers.is_empty() => Ok(Some(SenderTls {
+            key_dir: base.join(dir),
+            receivers: Vec::new(),
         })),
         (Some(_), None) => {
             Err("sender.key_dir is set but sender.receiver_fingerprint is not: pin the receiver's fingerprint (printed by `shipper keygen` on the receiver)".into())

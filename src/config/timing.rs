@@ -36,18 +36,30 @@ const CRON_CHECK_HORIZON: Duration = Duration::from_secs(8 * 86400);
 const CRON_CHECK_MAX_TICKS: usize = 200_000;
 
 /// `sender.settle` and `sender.max_delay`: a change settles, and ships at
-/// the latest, within the window.
+/// the latest, within the window, less `after` (what may pass once it
+/// shipped before it is taken: a bucket's receivers look every
+/// `bucket_poll`, at most [`super::MAX_BUCKET_POLL`]).
 pub(super) fn settle_and_max_delay(
     settle: Option<&str>,
     max_delay: Option<&str>,
+    after: Duration,
 ) -> Result<(Duration, Duration), String> {
     let settle = duration("sender.settle", settle, DEFAULT_SETTLE)?;
-    let max_delay = duration("sender.max_delay", max_delay, WINDOW)?;
-    if max_delay > WINDOW {
+    let window = WINDOW - after;
+    let max_delay = duration("sender.max_delay", max_delay, window)?;
+    if max_delay > window {
+        let why = if after.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ", less the {} a bucket's receivers may take to look",
+                fmt_dur(after)
+            )
+        };
         return Err(format!(
-            "sender.max_delay = {}: over the five-minute window ({})",
+            "sender.max_delay = {}: over the five-minute window ({}{why})",
             fmt_dur(max_delay),
-            fmt_dur(WINDOW)
+            fmt_dur(window)
         ));
     }
     if settle >= max_delay {
@@ -220,13 +232,22 @@ mod tests {
 
     #[test]
     fn settle_stays_below_max_delay_and_max_delay_within_the_window() {
+        let none = Duration::ZERO;
         assert_eq!(
-            settle_and_max_delay(None, None),
+            settle_and_max_delay(None, None, none),
             Ok((DEFAULT_SETTLE, WINDOW))
         );
-        let e = settle_and_max_delay(None, Some("6m")).unwrap_err();
+        let e = settle_and_max_delay(None, Some("6m"), none).unwrap_err();
         assert!(e.starts_with("sender.max_delay = 6m: over"), "{e}");
-        let e = settle_and_max_delay(Some("1m"), Some("1m")).unwrap_err();
+        // A bucket's receivers may take up to a minute more.
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            settle_and_max_delay(None, None, minute),
+            Ok((DEFAULT_SETTLE, WINDOW - minute))
+        );
+        let e = settle_and_max_delay(None, Some("5m"), minute).unwrap_err();
+        assert!(e.contains("a bucket's receivers may take to look"), "{e}");
+        let e = settle_and_max_delay(Some("1m"), Some("1m"), none).unwrap_err();
         assert!(e.starts_with("sender.settle = 1m is not below"), "{e}");
     }
 
