@@ -70,6 +70,9 @@ const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 pub struct Receiver {
     /// What every session shares, the state_dir lock included.
     sessions: Arc<Sessions>,
+    /// The bucket bundles are also taken from, until [`Receiver::serve`]
+    /// starts polling it.
+    relay: std::sync::Mutex<Option<session::Relay>>,
     /// What bundles applied and refused are counted in.
     metrics: Arc<ReceiverMetrics>,
     /// `receiver.metrics`, bound at start and served by [`Receiver::serve`].
@@ -158,11 +161,27 @@ impl Receiver {
             None => None,
         };
         let tls = tls_acceptor(&cfg, addr)?;
+        let relay = match cfg.bucket.clone() {
+            None => None,
+            Some(b) => {
+                let poll = cfg.bucket_poll;
+                // Reads the credentials file: off the runtime.
+                let opened = tokio::task::spawn_blocking(move || {
+                    crate::bucket::store::open(&b).map(|opened| session::Relay {
+                        opened,
+                        cfg: b,
+                        poll,
+                    })
+                });
+                Some(opened.await?.context("receiver.bucket")?)
+            }
+        };
         info!(%addr, root = %cfg.root.display(), "receiver listening");
         let sessions = Sessions::new(cfg, tls, committer, metrics.clone(), incoming, state, lock);
         Ok((
             Arc::new(Self {
                 sessions: Arc::new(sessions),
+                relay: std::sync::Mutex::new(relay),
                 metrics,
                 metrics_listener: std::sync::Mutex::new(metrics_listener),
             }),
@@ -180,6 +199,14 @@ impl Receiver {
         let tracker = tokio_util::task::TaskTracker::new();
         self.serve_metrics(&tracker, &shutdown);
         self.serve_control(&tracker, &shutdown);
+        let relay = self.relay.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(relay) = relay {
+            tracker.spawn(
+                self.sessions
+                    .clone()
+                    .poll_bucket(relay, shutdown.child_token()),
+            );
+        }
         loop {
             let (stream, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,

@@ -9,7 +9,8 @@
 //! handshake and `Welcome` are in `greet.rs`. A connection that starts
 //! with `Inquire` or `Compared` instead of `Hello` is no session: it is
 //! answered (root's listing; forgetting a rollback) and closed
-//! (`inquiry.rs`).
+//! (`inquiry.rs`). Bundles taken from a bucket go through the same apply,
+//! archive and hook (`bucket.rs`).
 //!
 //! A session pings its sender while a bundle is applied and answers the
 //! sender's pings; one the sender leaves silent for
@@ -29,9 +30,12 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod bucket;
 mod greet;
 mod halves;
 mod inquiry;
+
+pub(super) use bucket::Relay;
 
 use greet::Purpose;
 

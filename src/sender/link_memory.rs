@@ -49,8 +49,8 @@ pub(super) struct LinkKey {
 impl LinkKey {
     /// Each configured receiver's key, in the order of `sender.receiver`.
     pub(super) fn of(cfg: &SenderConfig) -> Vec<Self> {
-        let pinned = |i: usize| cfg.tls.as_ref().map(|t| t.receivers[i].to_string());
-        cfg.receivers
+        let pinned = |i: usize| cfg.tls.as_ref()?.receivers.get(i).map(|f| f.to_string());
+        cfg.destinations()
             .iter()
             .enumerate()
             .map(|(i, receiver)| Self {

@@ -93,7 +93,7 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let _lock = start::lock_state_dir(&cfg)?;
     let stores = start::open_stores(&cfg)?;
-    info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.receivers.join(", "), "sender starting");
+    info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.destinations().join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
     let ignore = vec![stores.state_dir.clone()];
     // The source is followed by its path: the sentinel reports another
@@ -203,8 +203,7 @@ impl Sender {
             state_dir: h.state_dir.clone(),
             comparing: Default::default(),
         });
-        let whole_trees =
-            WholeTrees::new(cfg.receivers.clone(), h.peers.clone(), h.state_dir.clone());
+        let whole_trees = WholeTrees::new(cfg.destinations(), h.peers.clone(), h.state_dir.clone());
         let limits = Limits::new(
             cfg.chunk_size,
             cfg.max_bundle_size,
@@ -419,7 +418,7 @@ impl Sender {
                 changes,
                 sources,
             } => {
-                let peer = &self.cfg.receivers[index];
+                let peer = &self.cfg.destinations()[index].clone();
                 let now = Instant::now();
                 self.book.refused(peer, &refusal, changes, now);
                 if refusal.kind == crate::proto::refusal::RefusalKind::NeedsContent {

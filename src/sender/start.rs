@@ -29,7 +29,7 @@ use super::report::Links;
 use super::shipped::Shipped;
 use super::signatures::{SignatureStore, Signer};
 use super::state::SenderState;
-use super::transport::{Link, TransportEvent, transport};
+use super::transport::{Bucket, Link, TransportEvent, transport};
 use crate::state_lock::StateLock;
 
 /// The sender's state directory, opened.
@@ -113,7 +113,7 @@ pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
 fn remembered_rates(cfg: &SenderConfig, state_dir: &std::path::Path) -> LinkRates {
     let now = crate::status::unix_now();
     let (memory, links) = Memory::load(state_dir, LinkKey::of(cfg), now);
-    for (receiver, link) in cfg.receivers.iter().zip(&links) {
+    for (receiver, link) in cfg.destinations().iter().zip(&links) {
         let Some(rate) = link.rate() else { continue };
         let hours_old = link.written.map_or(0, |w| (now - w).max(0) / 3600);
         info!(
@@ -187,11 +187,58 @@ pub(super) fn spawn_transports(
             peer_timeout: cfg.peer_timeout,
             max_rate: cfg.max_rate,
             link_rates: h.link_rates.clone(),
+            bucket: None,
         };
         tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
-    let links = Links::new(statuses, cfg.receivers.clone(), h.peers.clone());
+    if let Some(b) = &cfg.bucket {
+        let (status_tx, status_rx) = watch::channel(LinkStatus {
+            receiver: b.url.to_string(),
+            ..LinkStatus::default()
+        });
+        statuses.push(status_rx);
+        let link = Link {
+            index: cfg.receivers.len(),
+            tls: None,
+            receiver: b.url.to_string(),
+            id: id.to_owned(),
+            ledger: h.ledger.clone(),
+            outbox: h.outbox.clone(),
+            events: h.events.clone(),
+            status: status_tx,
+            seq_floor: h.seq_floor.clone(),
+            peers: h.peers.clone(),
+            state_dir: h.state_dir.clone(),
+            accepts: h.accepts.clone(),
+            peer_timeout: cfg.peer_timeout,
+            max_rate: cfg.max_rate,
+            link_rates: h.link_rates.clone(),
+            bucket: Some(open_bucket(cfg, b)?),
+        };
+        tasks.push(tokio::spawn(transport(link, shutdown.clone())));
+    }
+    let links = Links::new(statuses, cfg.destinations(), h.peers.clone());
     Ok((links, tasks, configs))
+}
+
+/// The client for the sender's bucket, with the key pair that seals each
+/// bundle. Blocking: reads the key_dir and the credentials file, at start.
+fn open_bucket(cfg: &SenderConfig, b: &crate::config::BucketConfig) -> anyhow::Result<Arc<Bucket>> {
+    let key_dir = &cfg
+        .tls
+        .as_ref()
+        .context("sender.bucket needs sender.key_dir")?
+        .key_dir;
+    let me = crate::tls::load_identity(key_dir).context("sender.key_dir")?;
+    let sealer = crate::bucket::seal::Sealer::new(&me).context("sender.key_dir")?;
+    let opened = crate::bucket::store::open(b).context("sender.bucket")?;
+    info!(bucket = %b.url, me = %me.fingerprint, "bundles also go to the bucket, sealed with this sender's key");
+    Ok(Arc::new(Bucket {
+        opened,
+        cfg: b.clone(),
+        sealer,
+        me: me.fingerprint,
+    }))
 }
 
 /// The metrics endpoint, if configured: it serves the report the
@@ -244,13 +291,13 @@ pub(super) fn share(
         state: Arc::new(Mutex::new(stores.state)),
         state_dir: stores.state_dir,
         outbox_dir: stores.outbox_dir,
-        outbox: Arc::new(Outbox::new(cfg.receivers.len(), outbox_max)),
+        outbox: Arc::new(Outbox::new(cfg.destinations().len(), outbox_max)),
         ledger: Arc::new(Mutex::new(stores.ledger)),
         peers: Arc::new(Mutex::new(stores.peers)),
-        accepts: Arc::new(Mutex::new(vec![None; cfg.receivers.len()])),
+        accepts: Arc::new(Mutex::new(vec![None; cfg.destinations().len()])),
         seq_floor: Arc::new(AtomicU64::new(0)),
         events,
-        receivers: cfg.receivers.clone(),
+        receivers: cfg.destinations(),
         link_rates: Arc::new(stores.link_rates),
         compress: cfg.compress,
         signer: Arc::new(

@@ -51,7 +51,7 @@ struct Received {
 /// dropped, whichever way the session ends (answered, refused, replaced by
 /// a newer session, shut down) or a receive fails part-way; once applied,
 /// the file was moved on and there is nothing left to remove.
-struct Taken(PathBuf);
+pub(super) struct Taken(pub(super) PathBuf);
 
 impl Drop for Taken {
     fn drop(&mut self) {

@@ -29,7 +29,7 @@ const APPLY_FLOOR_RATE: u64 = 1 << 20;
 const PINGS_PER_TIMEOUT: u32 = 3;
 /// How often an idle transport looks at the outbox even without a wake-up
 /// (belt and braces against a missed one).
-const OUTBOX_RECHECK: Duration = Duration::from_secs(1);
+pub(super) const OUTBOX_RECHECK: Duration = Duration::from_secs(1);
 
 /// How long a receiver that keeps pinging may take to acknowledge a bundle
 /// of `size` bytes once it is sent. A bound proportional to the size never

@@ -7,12 +7,14 @@
 //! peer is bounded.
 
 mod backoff;
+mod bucket;
 mod connect;
 mod exchange;
 mod handoff;
 mod welcome;
 
 pub(super) use backoff::Backoff;
+pub(super) use bucket::Bucket;
 pub(super) use connect::{inquire, tell_compared};
 pub(super) use handoff::{TransportEvent, release_now, update_peer};
 
@@ -67,6 +69,8 @@ pub(super) struct Link {
     /// Where the rate this receiver's link carries bundles at goes, for
     /// the packer's choice to deflate.
     pub(super) link_rates: Arc<LinkRates>,
+    /// `Some`: this destination is the bucket, served by uploads.
+    pub(super) bucket: Option<Arc<Bucket>>,
 }
 
 /// Why a session ended.
@@ -81,6 +85,9 @@ struct Lost {
 /// backoff and reconnect (the outbox still holds what was not
 /// acknowledged, so it is re-sent).
 pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
+    if let Some(b) = link.bucket.clone() {
+        return bucket::transport(link, b, shutdown).await;
+    }
     let mut backoff = Backoff::default();
     // The failure last logged: one that goes on is not logged again.
     let mut down_reported: Option<String> = None;

@@ -1,0 +1,357 @@
+//! The bucket as a destination (`sender.bucket`): one more link, served
+//! by uploads instead of a session. Its "Welcome" is read from the bucket
+//! ([`position`]): the instance object says whether it is the bucket
+//! bundles went to before (a new or emptied one gets the whole tree), and
+//! the newest bundle sealed with this sender's key is how far it got.
+//! Each bundle is uploaded whole (in parts when large, read from the
+//! outbox as it goes, never held in memory), then its seal; once the seal
+//! is there the bundle counts as shipped to the bucket and is released
+//! like an acknowledged one. Receivers taking from the bucket are not
+//! known here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{PutMode, PutPayload};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::connect::Welcome;
+use super::{Backoff, Link, Lost};
+use crate::bucket::names::{BUNDLES, seal_name, seal_seq, zip_name};
+use crate::bucket::seal::{self, Sealer};
+use crate::bucket::store::Opened;
+use crate::bundle::pack::Packed;
+use crate::config::BucketConfig;
+use crate::proto::frame::Accepts;
+use crate::sender::link_rate::Measure;
+use crate::status::unix_now;
+use crate::tls::Fingerprint;
+
+/// Where the bucket keeps its instance: 32 hex digits, made by the first
+/// sender to use it.
+const INSTANCE: &str = "instance";
+/// Bundles at most this large go up in one request; larger ones in parts
+/// this large (S3 wants parts of at least 5 MiB, but the last).
+const PART_BYTES: usize = 16 << 20;
+/// How many seals from the newest down are opened to find this sender's
+/// newest: past that, the bucket is taken for one that holds nothing of it.
+const SEALS_LOOKED_AT: usize = 64;
+
+/// A sender's bucket: the client, where it is, and the key pair sealing
+/// each bundle.
+pub(in crate::sender) struct Bucket {
+    pub(in crate::sender) opened: Opened,
+    pub(in crate::sender) cfg: BucketConfig,
+    pub(in crate::sender) sealer: Sealer,
+    /// This sender's fingerprint: its seals are the ones that count.
+    pub(in crate::sender) me: Fingerprint,
+}
+
+impl Bucket {
+    fn object(&self, rel: &str) -> ObjectPath {
+        ObjectPath::from(self.cfg.url.key(rel))
+    }
+
+    /// What the bucket says of itself, as a receiver's `Welcome` would:
+    /// its instance and the newest bundle sealed with this sender's key.
+    async fn position(&self) -> Result<Welcome, String> {
+        let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
+        let last_applied = self
+            .newest_sealed()
+            .await
+            .map_err(|e| self.opened.explain(&e))?;
+        let defaults = crate::bundle::apply::Limits::default();
+        Ok(Welcome {
+            last_applied,
+            instance,
+            // What a receiver accepts unless configured otherwise: the
+            // bucket's receivers are not known here.
+            accepts: Accepts {
+                max_entries: defaults.max_entries as u64,
+                max_bundle_size: crate::config::DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
+                max_file_size: defaults.max_file_size,
+                max_unpacked: defaults.max_unpacked,
+            },
+            rolled_back: None,
+        })
+    }
+
+    /// The bucket's instance, made now if it has none.
+    async fn instance(&self) -> object_store::Result<[u8; 16]> {
+        let at = self.object(INSTANCE);
+        loop {
+            match self.opened.store.get(&at).await {
+                Ok(got) => {
+                    let text = got.bytes().await?;
+                    let parsed = std::str::from_utf8(&text)
+                        .ok()
+                        .and_then(|t| data_encoding::HEXLOWER.decode(t.trim().as_bytes()).ok())
+                        .and_then(|b| <[u8; 16]>::try_from(b).ok());
+                    // Unreadable: taken for a bucket this sender never used.
+                    return Ok(parsed.unwrap_or([0; 16]));
+                }
+                Err(object_store::Error::NotFound { .. }) => {
+                    let new: [u8; 16] = rand_bytes();
+                    let text = data_encoding::HEXLOWER.encode(&new);
+                    let put = self
+                        .opened
+                        .store
+                        .put_opts(
+                            &at,
+                            PutPayload::from(text.into_bytes()),
+                            PutMode::Create.into(),
+                        )
+                        .await;
+                    match put {
+                        Ok(_) => return Ok(new),
+                        // Another sender made it first: read theirs.
+                        Err(object_store::Error::AlreadyExists { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The newest bundle in the bucket sealed with this sender's key; 0
+    /// when there is none among the newest [`SEALS_LOOKED_AT`] seals.
+    async fn newest_sealed(&self) -> object_store::Result<u64> {
+        let dir = self.object(BUNDLES);
+        let prefix = self.cfg.url.key("");
+        let listed: Vec<_> = self.opened.store.list(Some(&dir)).try_collect().await?;
+        let mut seals: Vec<(u64, ObjectPath)> = listed
+            .into_iter()
+            .filter_map(|o| {
+                let rel = o
+                    .location
+                    .as_ref()
+                    .strip_prefix(prefix.as_str())?
+                    .to_owned();
+                Some((seal_seq(&rel)?, o.location))
+            })
+            .collect();
+        seals.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
+        for (seq, at) in seals.into_iter().take(SEALS_LOOKED_AT) {
+            let got = self.opened.store.get(&at).await?;
+            if got.meta.size > seal::MAX_SEAL_BYTES as u64 {
+                continue;
+            }
+            let bytes = got.bytes().await?;
+            if seal::open(&bytes, &self.cfg.url.prefix, seq, &[self.me]).is_ok() {
+                return Ok(seq);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Upload bundle `b` of sender `id`, then its seal naming `prev` as
+    /// the bundle sealed before it.
+    async fn upload(&self, b: &Packed, prev: u64, id: &str) -> Result<(), String> {
+        let zip = self.object(&zip_name(b.seq));
+        let hash = self
+            .put_file(&zip, b)
+            .await
+            .map_err(|e| format!("{}: {e}", zip))?;
+        let seal = self
+            .sealer
+            .seal(&self.cfg.url.prefix, id, (b.seq, prev, b.size), &hash);
+        let bytes = serde_json::to_vec(&seal).expect("a seal serializes");
+        let at = self.object(&seal_name(b.seq));
+        self.opened
+            .store
+            .put(&at, PutPayload::from(bytes))
+            .await
+            .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
+        Ok(())
+    }
+
+    /// Put the bundle file of `b` at `at`, in parts when it is large; its
+    /// BLAKE3, hashed as it is read.
+    async fn put_file(&self, at: &ObjectPath, b: &Packed) -> Result<blake3::Hash, String> {
+        let mut reader = Chunks::open(&b.path).await?;
+        if b.size <= PART_BYTES as u64 {
+            let (chunk, _) = reader.next().await?;
+            self.opened
+                .store
+                .put(at, PutPayload::from(chunk))
+                .await
+                .map_err(|e| self.opened.explain(&e))?;
+            return Ok(reader.finish());
+        }
+        let mut upload = self
+            .opened
+            .store
+            .put_multipart(at)
+            .await
+            .map_err(|e| self.opened.explain(&e))?;
+        loop {
+            let (chunk, last) = match reader.next().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = upload.abort().await;
+                    return Err(e);
+                }
+            };
+            if !chunk.is_empty()
+                && let Err(e) = upload.put_part(PutPayload::from(chunk)).await
+            {
+                let _ = upload.abort().await;
+                return Err(self.opened.explain(&e));
+            }
+            if last {
+                break;
+            }
+        }
+        upload
+            .complete()
+            .await
+            .map_err(|e| self.opened.explain(&e))?;
+        Ok(reader.finish())
+    }
+}
+
+/// 16 bytes from the operating system's random source.
+fn rand_bytes() -> [u8; 16] {
+    use ring::rand::SecureRandom;
+    let mut out = [0u8; 16];
+    ring::rand::SystemRandom::new()
+        .fill(&mut out)
+        .expect("the system's random source");
+    out
+}
+
+/// A bundle file read in [`PART_BYTES`] chunks off the runtime, hashed as
+/// it is read.
+struct Chunks {
+    file: Option<std::fs::File>,
+    hasher: Option<blake3::Hasher>,
+    path: std::path::PathBuf,
+}
+
+impl Chunks {
+    async fn open(path: &std::path::Path) -> Result<Self, String> {
+        let p = path.to_owned();
+        let file = tokio::task::spawn_blocking(move || std::fs::File::open(&p))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok(Self {
+            file: Some(file),
+            hasher: Some(blake3::Hasher::new()),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The next chunk, and whether it is the last.
+    async fn next(&mut self) -> Result<(Vec<u8>, bool), String> {
+        let (mut file, mut hasher) = (
+            self.file.take().expect("read after the last chunk"),
+            self.hasher.take().expect("hasher"),
+        );
+        let path = self.path.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut chunk = Vec::with_capacity(PART_BYTES);
+            let n = (&mut file)
+                .take(PART_BYTES as u64)
+                .read_to_end(&mut chunk)?;
+            hasher.update(&chunk);
+            Ok::<_, std::io::Error>((chunk, n < PART_BYTES, file, hasher))
+        });
+        let (chunk, last, file, hasher) = read
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.file = Some(file);
+        self.hasher = Some(hasher);
+        Ok((chunk, last))
+    }
+
+    fn finish(self) -> blake3::Hash {
+        self.hasher.expect("hasher").finalize()
+    }
+}
+
+/// Keep the bucket served until `shutdown`: read where it stands, upload
+/// bundles until an upload fails, then wait out the backoff and read
+/// again (the outbox still holds what was not uploaded).
+pub(super) async fn transport(link: Link, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+    let mut backoff = Backoff::default();
+    let mut down_reported: Option<String> = None;
+    loop {
+        let read = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = bucket.position() => r,
+        };
+        match read {
+            Err(e) => link.unreachable(&mut down_reported, e),
+            Ok(welcome) => {
+                if down_reported.take().is_some() {
+                    info!(peer = %link.receiver, "bucket reachable again");
+                }
+                let prev = welcome.last_applied;
+                // A bucket is never rolled back: nothing holds it.
+                let _ = link.welcome(welcome).await;
+                backoff.reset();
+                let Some(lost) = link.serve_bucket(&bucket, prev, &shutdown).await else {
+                    return;
+                };
+                link.lost(&mut down_reported, lost);
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+impl Link {
+    /// Upload bundles in order until one fails (`Some`: why) or until
+    /// shutdown (`None`); `prev` is the newest bundle sealed there.
+    async fn serve_bucket(
+        &self,
+        bucket: &Bucket,
+        mut prev: u64,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        loop {
+            let b = loop {
+                let arrived = self.outbox.arrived.notified();
+                if let Some(b) = self.outbox.next_for(self.index) {
+                    break b;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = arrived => {}
+                    _ = tokio::time::sleep(super::exchange::OUTBOX_RECHECK) => {}
+                }
+            };
+            self.outbox.mark_sent(self.index, b.seq);
+            let started = Instant::now();
+            let uploaded = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                r = bucket.upload(&b, prev, &self.id) => r,
+            };
+            if let Err(error) = uploaded {
+                return Some(Lost {
+                    error: format!("sequence {}: {error}", b.seq),
+                    in_flight: true,
+                });
+            }
+            prev = b.seq;
+            let measured = self.link_rates.record(
+                self.index,
+                Measure::Sent,
+                (b.size, started.elapsed()),
+                unix_now(),
+            );
+            self.tell_measured(measured);
+            self.shipped(&b, started).await;
+        }
+    }
+}
