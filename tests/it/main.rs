@@ -1,6 +1,7 @@
 //! Integration tests: real sockets on 127.0.0.1, real temp trees, the real
 //! binary for the command line. Conditions are polled with deadlines.
 
+mod bucket;
 mod bundles;
 mod cli;
 mod compress;
@@ -21,6 +22,7 @@ mod places;
 mod rate;
 mod reuse;
 mod rollback;
+mod s3;
 mod served;
 mod snapshots;
 mod source;

@@ -1,0 +1,252 @@
+//! `sender.bucket` and `receiver.bucket`: bundles relayed through a real
+//! S3-compatible server (s3s-fs, see `s3.rs`), to any number of
+//! receivers, sealed so that the bucket itself is not trusted.
+
+use object_store::{ObjectStore, PutPayload};
+
+use crate::s3::{self, S3};
+use crate::util::*;
+
+/// Make a key pair with the binary; returns its printed fingerprint.
+fn keygen(env: &Env, name: &str) -> String {
+    let dir = env.path().join(name);
+    let out = shipper(&["keygen", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A sender putting every bundle in `s3`'s bucket under `www`, and
+/// nowhere else, sealed with `keys-s`.
+fn sender_toml(env: &Env, s3: &S3, secret: &str, extra: &str) -> String {
+    format!(
+        "[sender]\nsource = \"src\"\nstate_dir = \"state-s\"\nid = \"test\"\ninterval = \"1s\"\nsettle = \"250ms\"\nkey_dir = \"keys-s\"\n{}{extra}",
+        s3.keys(env.path(), "www", "s3-s.creds", secret)
+    )
+}
+
+/// A receiver with root `name`, taking the bundles `allowed` sealed from
+/// `s3`'s bucket under `www`.
+fn receiver_toml(env: &Env, s3: &S3, name: &str, allowed: &str) -> String {
+    format!(
+        "[receiver]\nlisten = \"127.0.0.1:0\"\nroot = \"{name}\"\nstate_dir = \"state-{name}\"\narchive_dir = \"archive-{name}\"\nkey_dir = \"keys-r\"\nallowed_senders = [\"{allowed}\"]\nbucket_poll = \"200ms\"\n{}",
+        s3.keys(env.path(), "www", "s3-r.creds", s3::SECRET_KEY)
+    )
+}
+
+fn start_receiver(env: &Env, s3: &S3, name: &str, allowed: &str) -> Daemon {
+    let file = env.config_file(
+        &format!("{name}.toml"),
+        &receiver_toml(env, s3, name, allowed),
+    );
+    Daemon::start(&file, &env.path().join(format!("{name}.log")), None)
+}
+
+fn in_step(env: &Env, roots: &[&str]) -> bool {
+    let src = tree(&env.src());
+    roots.iter().all(|r| tree(&env.path().join(r)) == src)
+}
+
+/// One sender, two receivers that only know the bucket: the existing
+/// tree and every kind of change after it reach both, a third started
+/// later catches up, and each bundle is uploaded once whatever the number
+/// of receivers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_receivers_take_every_change_from_the_bucket() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    env.write("index.html", "home");
+    env.write("news/a.html", "a");
+    let _r1 = start_receiver(&env, &s3, "www1", &s_fp);
+    let _r2 = start_receiver(&env, &s3, "www2", &s_fp);
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("both roots hold the tree", || {
+        in_step(&env, &["www1", "www2"])
+    })
+    .await;
+    env.write("news/a.html", "a, changed");
+    env.write("news/b.html", "b");
+    std::fs::remove_file(env.src().join("index.html")).unwrap();
+    std::fs::rename(env.src().join("news"), env.src().join("archive-2026")).unwrap();
+    wait_until("both roots hold every change", || {
+        in_step(&env, &["www1", "www2"])
+    })
+    .await;
+    // A receiver started later takes every bundle from the first.
+    let _r3 = start_receiver(&env, &s3, "www3", &s_fp);
+    wait_until("the later receiver in step", || in_step(&env, &["www3"])).await;
+    // Each bundle is in the bucket once: a zip and its seal.
+    let zips = std::fs::read_dir(s3.object("www/b"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
+        .count();
+    assert_eq!(zips, s3::seals(&s3, "www").len(), "{}", sender.log_text());
+    assert!(zips >= 2, "{}", sender.log_text());
+}
+
+/// Whoever can write the bucket cannot publish through it: a zip changed
+/// after it was sealed is refused, with the reason, and applied once it
+/// is whole again; a bundle sealed with a key not in `allowed_senders` is
+/// passed over, and the sender's own bundles after it still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    keygen(&env, "keys-x");
+    env.write("a.html", "the sender's page");
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("a bundle sealed", || !s3::seals(&s3, "www").is_empty()).await;
+    drop(sender);
+    let seq = *s3::seals(&s3, "www").last().unwrap();
+    let zip_key = format!("www/b/{seq:020}.zip");
+    let client = s3::client(&s3);
+    let genuine = client
+        .get(&zip_key.as_str().into())
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let mut tampered = genuine.to_vec();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0xff;
+    client
+        .put(&zip_key.as_str().into(), PutPayload::from(tampered))
+        .await
+        .unwrap();
+
+    let r = start_receiver(&env, &s3, "www1", &s_fp);
+    wait_until("the tampered zip refused, in the log", || {
+        r.log_text().contains("not the zip sealed")
+    })
+    .await;
+    assert!(!env.path().join("www1/a.html").exists());
+
+    // A stranger's seal over a copy of the genuine zip, numbered after it.
+    let stranger = shipper::tls::load_identity(&env.path().join("keys-x")).unwrap();
+    let sealer = shipper::bucket::seal::Sealer::new(&stranger).unwrap();
+    let forged = sealer.seal(
+        "www",
+        "test",
+        (seq + 1, seq, genuine.len() as u64),
+        &blake3::hash(&genuine),
+    );
+    let at = |ext: &str| format!("www/b/{:020}.{ext}", seq + 1);
+    client
+        .put(
+            &at("zip").as_str().into(),
+            PutPayload::from(genuine.clone()),
+        )
+        .await
+        .unwrap();
+    client
+        .put(
+            &at("seal").as_str().into(),
+            PutPayload::from(serde_json::to_vec(&forged).unwrap()),
+        )
+        .await
+        .unwrap();
+    wait_until("the stranger's seal refused, in the log", || {
+        r.log_text().contains("not in allowed_senders")
+    })
+    .await;
+
+    // Whole again: applied, and the sender's next bundle after it too.
+    client
+        .put(&zip_key.as_str().into(), PutPayload::from(genuine))
+        .await
+        .unwrap();
+    wait_until("the page applied once its zip is whole", || {
+        std::fs::read(env.path().join("www1/a.html")).is_ok_and(|b| b == b"the sender's page")
+    })
+    .await;
+    let _sender = Daemon::start(&file, &env.path().join("sender-2.log"), None);
+    env.write("b.html", "after the forged one");
+    wait_until("root in step with the source", || in_step(&env, &["www1"])).await;
+}
+
+/// Credentials the server refuses are named in the sender's status and
+/// log (the access key and where it came from), and nothing is lost:
+/// with the right secret, everything ships.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_named_and_nothing_is_lost() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    env.write("a.html", "a");
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, "not-the-secret", ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let mut error = String::new();
+    wait_until("the bucket's refusal in status", || {
+        let out = shipper(&["status", "--config", file.to_str().unwrap(), "--json"]);
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return false;
+        };
+        error = v["receivers"][0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        !error.is_empty()
+    })
+    .await;
+    assert!(
+        error.contains(s3::ACCESS_KEY) && error.contains("s3-s.creds"),
+        "{error}"
+    );
+    drop(sender);
+    let _r = start_receiver(&env, &s3, "www1", &s_fp);
+    std::fs::write(
+        env.path().join("sender.toml"),
+        sender_toml(&env, &s3, s3::SECRET_KEY, ""),
+    )
+    .unwrap();
+    let _sender = Daemon::start(&file, &env.path().join("sender-2.log"), None);
+    wait_until("root in step once the secret is right", || {
+        in_step(&env, &["www1"])
+    })
+    .await;
+}
+
+/// The server stopped while changes go on, then started again: the
+/// bundles wait in the sender's outbox and the receivers catch up, nothing
+/// lost or applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_stopped_and_started_again_loses_nothing() {
+    let env = Env::new();
+    let mut s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    let _r = start_receiver(&env, &s3, "www1", &s_fp);
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    for i in 0..4 {
+        env.write(&format!("p/{i}.html"), format!("page {i}"));
+    }
+    wait_until("the first pages in root", || in_step(&env, &["www1"])).await;
+    s3.stop();
+    for i in 4..8 {
+        env.write(&format!("p/{i}.html"), format!("page {i}"));
+    }
+    wait_until("the sender's upload failing, in its status", || {
+        let out = shipper(&["status", "--config", file.to_str().unwrap(), "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v["receivers"][0]["last_error"].is_string())
+    })
+    .await;
+    s3.restart();
+    for i in 8..10 {
+        env.write(&format!("p/{i}.html"), format!("page {i}"));
+    }
+    std::fs::remove_file(env.src().join("p/1.html")).unwrap();
+    wait_until("root in step after the server came back", || {
+        in_step(&env, &["www1"])
+    })
+    .await;
+}
