@@ -4,8 +4,10 @@
 //! Pure parts: where a bucket is ([`url::BucketUrl`]), what its objects are
 //! named ([`names`]), and the seal that makes a bundle object trusted
 //! whatever else can write to the bucket ([`seal`]). I/O: the client for a
-//! configured bucket ([`store`]).
+//! configured bucket ([`store`]), and reading its sealed bundles
+//! ([`fetch`]).
 
+pub mod fetch;
 pub mod names;
 pub mod seal;
 pub mod store;

@@ -18,15 +18,14 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
-use object_store::path::Path as ObjectPath;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::halves::Taken;
 use super::{SESSIONS, Sessions};
-use crate::bucket::names::{BUNDLES, seal_name, seal_seq, zip_name};
-use crate::bucket::seal::{self, MAX_SEAL_BYTES, Sealed};
+use crate::bucket::fetch::BucketReader;
+use crate::bucket::names::zip_name;
+use crate::bucket::seal::{self, Sealed};
 use crate::bucket::store::Opened;
 use crate::config::BucketConfig;
 use crate::receiver::identity::Sender;
@@ -41,13 +40,11 @@ pub(in crate::receiver) struct Relay {
 }
 
 impl Relay {
-    fn object(&self, rel: &str) -> ObjectPath {
-        ObjectPath::from(self.cfg.url.key(rel))
-    }
-
-    /// The bucket could not be read: why, naming refused credentials.
-    fn fail(&self, e: &object_store::Error) -> Stop {
-        Stop::Bucket(self.opened.explain(e))
+    fn reader(&self) -> BucketReader<'_> {
+        BucketReader {
+            opened: &self.opened,
+            url: &self.cfg.url,
+        }
     }
 }
 
@@ -137,11 +134,12 @@ impl Sessions {
         };
         let position = |f: &Fingerprint| applied.get(&f.to_string()).copied().unwrap_or(0);
         let from = allowed.iter().map(position).min().unwrap_or(0);
-        let seals = list_seals(relay, from).await?;
+        let reader = relay.reader();
+        let seals = reader.seals_after(from).await.map_err(Stop::Bucket)?;
         // Senders with a bundle not taken this pass: nothing after it is.
         let mut waiting: HashSet<Fingerprint> = HashSet::new();
         for (seq, at) in seals {
-            let bytes = match read_seal(relay, &at).await? {
+            let bytes = match reader.read_seal(&at).await.map_err(Stop::Bucket)? {
                 Ok(b) => b,
                 Err(why) => {
                     said.object(seq, why, &relay.cfg.url.to_string());
@@ -206,11 +204,13 @@ impl Sessions {
         let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = Taken(self.incoming.join(incoming_name(&sender.key, seq, session)));
         let started = Instant::now();
-        let (size, hash) =
-            match download(relay, &relay.object(&zip_name(seq)), &file.0, sealed.size).await? {
-                Ok(got) => got,
-                Err(why) => return Ok(Err(why)),
-            };
+        let reader = relay.reader();
+        let zip = reader.object(&zip_name(seq));
+        let downloaded = reader.download(&zip, &file.0, sealed.size).await;
+        let (size, hash) = match downloaded.map_err(Stop::Bucket)? {
+            Ok(got) => got,
+            Err(why) => return Ok(Err(why)),
+        };
         if let Err(mismatch) = sealed.check_zip(size, &hash) {
             return Ok(Err(format!("not the zip sealed: {mismatch}")));
         }
@@ -222,109 +222,5 @@ impl Sessions {
             Ok(_) => Ok(Ok(())),
             Err(refusal) => Ok(Err(format!("refused: {refusal}"))),
         }
-    }
-}
-
-/// The seals under the bucket's prefix numbered above `from`, in order.
-async fn list_seals(relay: &Relay, from: u64) -> Result<Vec<(u64, ObjectPath)>, Stop> {
-    let dir = relay.object(BUNDLES);
-    // Listing starts after this key: every later seal sorts after it.
-    let offset = relay.object(&seal_name(from));
-    let listed: Vec<_> = relay
-        .opened
-        .store
-        .list_with_offset(Some(&dir), &offset)
-        .try_collect()
-        .await
-        .map_err(|e| relay.fail(&e))?;
-    let prefix = relay.cfg.url.key("");
-    let mut seals: Vec<(u64, ObjectPath)> = listed
-        .into_iter()
-        .filter_map(|o| {
-            let rel = o
-                .location
-                .as_ref()
-                .strip_prefix(prefix.as_str())?
-                .to_owned();
-            Some((seal_seq(&rel)?, o.location))
-        })
-        .filter(|(seq, _)| *seq > from)
-        .collect();
-    seals.sort_by_key(|(seq, _)| *seq);
-    Ok(seals)
-}
-
-/// A seal's bytes; the inner error when it is larger than any seal.
-async fn read_seal(relay: &Relay, at: &ObjectPath) -> Result<Result<Vec<u8>, String>, Stop> {
-    let got = relay
-        .opened
-        .store
-        .get(at)
-        .await
-        .map_err(|e| relay.fail(&e))?;
-    if got.meta.size > MAX_SEAL_BYTES as u64 {
-        return Ok(Err(format!(
-            "the seal is {} bytes, over the {MAX_SEAL_BYTES} a seal may have",
-            got.meta.size
-        )));
-    }
-    Ok(Ok(got.bytes().await.map_err(|e| relay.fail(&e))?.to_vec()))
-}
-
-/// Download the object `at` into `dest`, hashing it as it comes, taking at
-/// most `max` bytes; its size and BLAKE3. A blocking thread writes and
-/// hashes while this task reads the body. The inner error: the object is
-/// larger than sealed, or `dest` could not be written.
-async fn download(
-    relay: &Relay,
-    at: &ObjectPath,
-    dest: &std::path::Path,
-    max: u64,
-) -> Result<Result<(u64, blake3::Hash), String>, Stop> {
-    let got = relay
-        .opened
-        .store
-        .get(at)
-        .await
-        .map_err(|e| relay.fail(&e))?;
-    if got.meta.size > max {
-        return Ok(Err(format!(
-            "the zip is {} bytes, more than the {max} sealed",
-            got.meta.size
-        )));
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-    let path = dest.to_owned();
-    let writer = tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        let mut out = std::fs::File::create(&path)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut size = 0u64;
-        while let Some(chunk) = rx.blocking_recv() {
-            hasher.update(&chunk);
-            out.write_all(&chunk)?;
-            size += chunk.len() as u64;
-        }
-        Ok::<_, std::io::Error>((size, hasher.finalize()))
-    });
-    let mut body = got.into_stream();
-    let mut taken = 0u64;
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| relay.fail(&e))?;
-        taken += chunk.len() as u64;
-        if taken > max {
-            return Ok(Err(format!(
-                "the zip holds more than the {max} bytes sealed"
-            )));
-        }
-        if tx.send(chunk).await.is_err() {
-            break;
-        }
-    }
-    drop(tx);
-    match writer.await {
-        Ok(Ok(got)) => Ok(Ok(got)),
-        Ok(Err(e)) => Ok(Err(format!("cannot store it in {}: {e}", dest.display()))),
-        Err(e) => Err(Stop::Apply(anyhow::anyhow!("download task: {e}"))),
     }
 }
