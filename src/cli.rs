@@ -50,8 +50,21 @@ pub enum Command {
         /// receiver does (not run otherwise).
         #[arg(long)]
         hooks: bool,
+        /// Take the bundles from the config's receiver.bucket instead of
+        /// files: each sealed by one of its allowed_senders and checked
+        /// against its seal.
+        #[arg(long, requires = "config", conflicts_with = "bundles")]
+        from_bucket: bool,
+        /// With --from-bucket: the first sequence to take (default: the
+        /// first there).
+        #[arg(long, requires = "from_bucket")]
+        first: Option<u64>,
+        /// With --from-bucket: the last sequence to take (default: the
+        /// newest there).
+        #[arg(long, requires = "from_bucket")]
+        last: Option<u64>,
         /// Bundle files, in any order.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "from_bucket")]
         bundles: Vec<PathBuf>,
     },
     /// Show the running sender's state and each receiver's health.

@@ -41,7 +41,11 @@ impl BucketReader<'_> {
         let mut seals: Vec<(u64, ObjectPath)> = listed
             .into_iter()
             .filter_map(|o| {
-                let rel = o.location.as_ref().strip_prefix(prefix.as_str())?.to_owned();
+                let rel = o
+                    .location
+                    .as_ref()
+                    .strip_prefix(prefix.as_str())?
+                    .to_owned();
                 Some((seal_seq(&rel)?, o.location))
             })
             .filter(|(seq, _)| *seq > from)
@@ -101,7 +105,9 @@ impl BucketReader<'_> {
             let chunk = chunk.map_err(explain)?;
             taken += chunk.len() as u64;
             if taken > max {
-                return Ok(Err(format!("the zip holds more than the {max} bytes sealed")));
+                return Ok(Err(format!(
+                    "the zip holds more than the {max} bytes sealed"
+                )));
             }
             if tx.send(chunk).await.is_err() {
                 break;

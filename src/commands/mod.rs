@@ -2,8 +2,9 @@
 //! calls [`dispatch`] and maps the error to an exit code. The text
 //! `shipper status` prints is rendered in `status_text`; `shipper verify`
 //! (whose exit code says drift) is in `verify`; `shipper rollback` in
-//! `rollback`.
+//! `rollback`; `shipper replay --from-bucket` in `from_bucket`.
 
+mod from_bucket;
 mod malloc;
 mod rollback;
 mod status_text;
@@ -66,8 +67,14 @@ fn run_command(cli: Cli) -> anyhow::Result<()> {
         Command::Replay {
             target,
             hooks,
+            from_bucket,
+            first,
+            last,
             bundles,
-        } => replay_command(target, hooks, &bundles),
+        } => match from_bucket {
+            true => from_bucket::replay(target, hooks, (first, last)),
+            false => replay_command(target, hooks, &bundles),
+        },
         Command::Status { config, json } => status_command(&config, json),
         Command::Pause { config } => pause_or_resume(&config, Request::Pause),
         Command::Resume { config } => pause_or_resume(&config, Request::Resume),
@@ -220,7 +227,7 @@ fn pause_or_resume(config: &std::path::Path, req: Request) -> anyhow::Result<()>
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -277,7 +284,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     result
 }
 
-fn replay_command(target: ReplayTarget, hooks: bool, bundles: &[PathBuf]) -> anyhow::Result<()> {
+pub(crate) fn replay_command(
+    target: ReplayTarget,
+    hooks: bool,
+    bundles: &[PathBuf],
+) -> anyhow::Result<()> {
     let receiver_config = |config: Config| {
         let file = config.file;
         config
