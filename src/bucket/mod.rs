@@ -1,7 +1,7 @@
 //! The bucket relay: bundles kept in an S3-compatible object store, where
 //! any number of receivers take them, the sender knowing none of them.
 //!
-//! Pure parts: where a bucket is ([`url::BucketUrl`]), what its objects are
+//! Pure parts: where a bucket is ([`url::BucketUrl`], [`settings`]), what its objects are
 //! named ([`names`]), and the seal that makes a bundle object trusted
 //! whatever else can write to the bucket ([`seal`]). I/O: the client for a
 //! configured bucket ([`store`]), and reading its sealed bundles
@@ -10,5 +10,6 @@
 pub mod fetch;
 pub mod names;
 pub mod seal;
+pub mod settings;
 pub mod store;
 pub mod url;

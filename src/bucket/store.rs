@@ -10,7 +10,7 @@ use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
 use serde::Deserialize;
 
-use crate::config::{BucketConfig, Credentials};
+use super::settings::{BucketConfig, Credentials};
 
 /// Why a bucket could not be opened; each names what to fix.
 #[derive(Debug, thiserror::Error)]

@@ -1,37 +1,17 @@
 //! The bucket keys both roles take (`bucket`, `bucket_endpoint`,
 //! `bucket_region`, `bucket_credentials`), validated into a
-//! [`BucketConfig`]. Pure: the credentials file is read when the bucket is
+//! [`BucketConfig`] (a type of the bucket module, which knows nothing of
+//! config files). Pure: the credentials file is read when the bucket is
 //! opened ([`crate::bucket::store`]), never here.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use crate::bucket::settings::{BucketConfig, Credentials};
 use crate::bucket::url::BucketUrl;
 
 /// The region a bucket is in unless `bucket_region` says otherwise (most
 /// S3-compatible servers accept any).
 pub const DEFAULT_BUCKET_REGION: &str = "us-east-1";
-
-/// Where a role's bucket is and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BucketConfig {
-    pub url: BucketUrl,
-    /// An S3-compatible server's address (`http://` or `https://`);
-    /// `None`: AWS itself.
-    pub endpoint: Option<String>,
-    pub region: String,
-    pub credentials: Credentials,
-}
-
-/// Where the bucket's credentials come from: never the TOML itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Credentials {
-    /// A file (mode 0600) with `access_key_id` and `secret_access_key`,
-    /// joined to the config's directory.
-    File(PathBuf),
-    /// The standard `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
-    /// (and `AWS_SESSION_TOKEN`) of the environment.
-    Environment,
-}
 
 /// The four keys as written, under `table` (`sender` or `receiver`).
 pub(super) struct RawBucket<'a> {

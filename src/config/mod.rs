@@ -24,7 +24,8 @@ mod sender;
 mod timing;
 mod values;
 
-pub use bucket::{BucketConfig, Credentials, DEFAULT_BUCKET_REGION};
+pub use crate::bucket::settings::{BucketConfig, Credentials};
+pub use bucket::DEFAULT_BUCKET_REGION;
 pub use receiver::{
     DEFAULT_ARCHIVE_KEEP, DEFAULT_BUCKET_POLL, DEFAULT_PART_TTL, DEFAULT_RECEIVER_MAX_BUNDLE_SIZE,
     DEFAULT_RECEIVER_MAX_FILES, MAX_BUCKET_POLL, MIN_PART_TTL, PublishMode, RawReceiver,

@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::bucket::{BucketConfig, RawBucket};
+use super::bucket::RawBucket;
 use super::values::{duration, fmt_dur, is_loopback, metrics_addr, size};
+use crate::bucket::settings::BucketConfig;
 use crate::bundle::apply::Limits;
 use crate::hook::Hook;
 use crate::perms::{DEFAULT_DIR_MODE, DEFAULT_FILE_MODE, Group, ModeRule, Policy};

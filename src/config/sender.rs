@@ -14,9 +14,10 @@ use std::time::Duration;
 use chrono::Utc;
 use serde::Deserialize;
 
-use super::bucket::{BucketConfig, RawBucket};
+use super::bucket::RawBucket;
 use super::timing;
 use super::values::{check_host_port, host_is_loopback, metrics_addr, size};
+use crate::bucket::settings::BucketConfig;
 use crate::paths::{DEFAULT_EXCLUDES, Excludes};
 use crate::schedule::Schedule;
 use crate::tls::Fingerprint;
