@@ -8,10 +8,19 @@
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::names::{BUNDLES, seal_name, seal_seq};
+use super::names::{seal_name, seal_seq, sender_dir};
 use super::seal::MAX_SEAL_BYTES;
 use super::store::Opened;
 use super::url::BucketUrl;
+use crate::tls::Fingerprint;
+
+/// A seal as listed.
+pub struct Listed {
+    pub seq: u64,
+    pub at: ObjectPath,
+    /// Its entity tag, where the store gives one.
+    pub tag: Option<String>,
+}
 
 /// A bucket's sealed bundles, as read by a receiver.
 pub struct BucketReader<'a> {
@@ -25,32 +34,43 @@ impl BucketReader<'_> {
         ObjectPath::from(self.url.key(rel))
     }
 
-    /// The seals under the prefix numbered above `from`, in order.
-    pub async fn seals_after(&self, from: u64) -> Result<Vec<(u64, ObjectPath)>, String> {
-        let dir = self.object(BUNDLES);
+    /// The seals in `sender`'s folder numbered above `from`, in order, at
+    /// most `most` of them (the rest at the next call), each with its
+    /// entity tag where the store gives one (it changes with the object).
+    pub async fn seals_after(
+        &self,
+        sender: &Fingerprint,
+        from: u64,
+        most: usize,
+    ) -> Result<Vec<Listed>, String> {
+        let dir = self.object(&sender_dir(sender));
         // Listing starts after this key: every later seal sorts after it.
-        let offset = self.object(&seal_name(from));
-        let listed: Vec<_> = self
-            .opened
-            .store
-            .list_with_offset(Some(&dir), &offset)
-            .try_collect()
-            .await
-            .map_err(|e| self.opened.explain(&e))?;
+        let offset = self.object(&seal_name(sender, from));
         let prefix = self.url.key("");
-        let mut seals: Vec<(u64, ObjectPath)> = listed
-            .into_iter()
-            .filter_map(|o| {
-                let rel = o
-                    .location
-                    .as_ref()
-                    .strip_prefix(prefix.as_str())?
-                    .to_owned();
-                Some((seal_seq(&rel)?, o.location))
-            })
-            .filter(|(seq, _)| *seq > from)
-            .collect();
-        seals.sort_by_key(|(seq, _)| *seq);
+        let mut listed = self.opened.store.list_with_offset(Some(&dir), &offset);
+        let mut seals = Vec::new();
+        // Streamed, and cut short: whoever can write the bucket can put
+        // any number of keys there.
+        while seals.len() < most
+            && let Some(o) = listed
+                .try_next()
+                .await
+                .map_err(|e| self.opened.explain(&e))?
+        {
+            let rel = o
+                .location
+                .as_ref()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default();
+            if let Some(seq) = seal_seq(sender, rel).filter(|s| *s > from) {
+                seals.push(Listed {
+                    seq,
+                    at: o.location,
+                    tag: o.e_tag,
+                });
+            }
+        }
+        seals.sort_by_key(|l| l.seq);
         Ok(seals)
     }
 
@@ -65,6 +85,12 @@ impl BucketReader<'_> {
             )));
         }
         Ok(Ok(got.bytes().await.map_err(explain)?.to_vec()))
+    }
+
+    /// The entity tag of the object at `at`, where the store gives one.
+    pub async fn tag(&self, at: &ObjectPath) -> Result<Option<String>, String> {
+        let meta = self.opened.store.head(at).await;
+        Ok(meta.map_err(|e| self.opened.explain(&e))?.e_tag)
     }
 
     /// Download the object `at` into `dest`, hashing it as it comes, taking

@@ -15,6 +15,7 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
 
+use super::url::BucketUrl;
 use crate::tls::{Fingerprint, Identity};
 
 /// The seal format this build writes and reads.
@@ -44,9 +45,10 @@ pub struct Seal {
     pub signature: String,
 }
 
-/// What is signed: every field a receiver acts on, and the prefix, so a
-/// seal copied under another site's prefix does not hold there.
-fn message(prefix: &str, s: &Seal) -> Vec<u8> {
+/// What is signed: every field a receiver acts on, and the bucket and
+/// prefix, so a seal copied into another bucket or under another site's
+/// prefix does not hold there.
+fn message(url: &BucketUrl, s: &Seal) -> Vec<u8> {
     let Seal {
         sender,
         seq,
@@ -57,7 +59,7 @@ fn message(prefix: &str, s: &Seal) -> Vec<u8> {
     } = s;
     // The id is JSON-quoted: no id can pass for another line.
     let sender = serde_json::to_string(sender).expect("a string serializes");
-    format!("shipper-bucket-{FORMAT}\n{prefix}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n")
+    format!("shipper-bucket-{FORMAT}\n{url}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n")
         .into_bytes()
 }
 
@@ -95,10 +97,10 @@ impl Sealer {
     }
 
     /// The seal of bundle `seq` (sealed after `prev`) of sender `id`, of
-    /// `size` bytes hashing to `hash`, stored under `prefix`.
+    /// `size` bytes hashing to `hash`, stored in `url`.
     pub fn seal(
         &self,
-        prefix: &str,
+        url: &BucketUrl,
         id: &str,
         (seq, prev, size): (u64, u64, u64),
         hash: &blake3::Hash,
@@ -115,7 +117,7 @@ impl Sealer {
         };
         let signature = self
             .key
-            .sign(&self.rng, &message(prefix, &seal))
+            .sign(&self.rng, &message(url, &seal))
             .expect("signing with a loaded P-256 key does not fail");
         seal.signature = BASE64.encode(signature.as_ref());
         seal
@@ -177,12 +179,12 @@ impl Sealed {
     }
 }
 
-/// Open the seal `bytes`, stored under `prefix` as bundle `named`: it holds
+/// Open the seal `bytes`, stored in `url` as bundle `named`: it holds
 /// when it is well formed, names that bundle, was made by a sender in
 /// `allowed` and its signature holds.
 pub fn open(
     bytes: &[u8],
-    prefix: &str,
+    url: &BucketUrl,
     named: u64,
     allowed: &[Fingerprint],
 ) -> Result<Sealed, SealRefused> {
@@ -216,7 +218,7 @@ pub fn open(
     }
     let der = rustls::pki_types::CertificateDer::from(cert.as_slice());
     let holds = webpki::EndEntityCert::try_from(&der).is_ok_and(|c| {
-        let msg = message(prefix, &seal);
+        let msg = message(url, &seal);
         c.verify_signature(webpki::ring::ECDSA_P256_SHA256, &msg, &signature)
             .is_ok()
     });
@@ -237,6 +239,10 @@ pub fn open(
 mod tests {
     use super::*;
 
+    fn www() -> BucketUrl {
+        BucketUrl::parse("s3://site/www").unwrap()
+    }
+
     fn identity() -> (tempfile::TempDir, Identity) {
         let t = tempfile::tempdir().unwrap();
         crate::tls::keygen(&t.path().join("k")).unwrap();
@@ -250,9 +256,9 @@ mod tests {
         let hash = blake3::hash(b"zip bytes");
         let seal = Sealer::new(&id)
             .unwrap()
-            .seal("www", "cms", (7, 5, 9), &hash);
+            .seal(&www(), "cms", (7, 5, 9), &hash);
         let bytes = serde_json::to_vec(&seal).unwrap();
-        let sealed = open(&bytes, "www", 7, &[id.fingerprint]).unwrap();
+        let sealed = open(&bytes, &www(), 7, &[id.fingerprint]).unwrap();
         assert_eq!(
             (sealed.fingerprint, sealed.sender.as_str()),
             (id.fingerprint, "cms")
@@ -264,18 +270,30 @@ mod tests {
         assert!(sealed.check_zip(10, &hash).is_err());
     }
 
-    #[test]
-    fn a_seal_altered_moved_or_made_by_a_stranger_is_refused() {
-        let (_t, id) = identity();
-        let (_u, stranger) = identity();
+    /// A seal of `id`'s, and how it opens for `id` stored under `prefix`
+    /// as bundle `named`.
+    fn sealed_by(
+        id: &Identity,
+    ) -> (
+        Seal,
+        impl Fn(&Seal, &str, u64) -> Result<Sealed, SealRefused>,
+    ) {
         let hash = blake3::hash(b"zip bytes");
-        let seal = Sealer::new(&id)
+        let seal = Sealer::new(id)
             .unwrap()
-            .seal("www", "cms", (7, 5, 9), &hash);
+            .seal(&www(), "cms", (7, 5, 9), &hash);
         let allowed = [id.fingerprint];
-        let open_it = |s: &Seal, prefix: &str, named: u64| {
-            open(&serde_json::to_vec(s).unwrap(), prefix, named, &allowed)
+        let open_it = move |s: &Seal, prefix: &str, named: u64| {
+            let url = BucketUrl::parse(&format!("s3://site/{prefix}")).unwrap();
+            open(&serde_json::to_vec(s).unwrap(), &url, named, &allowed)
         };
+        (seal, open_it)
+    }
+
+    #[test]
+    fn a_seal_altered_or_moved_is_refused() {
+        let (_t, id) = identity();
+        let (seal, open_it) = sealed_by(&id);
         // Each field a receiver acts on is covered by the signature.
         let mut bigger = seal.clone();
         bigger.size = 10;
@@ -319,10 +337,29 @@ mod tests {
             open_it(&seal, "shop", 7),
             Err(SealRefused::BadSignature(id.fingerprint))
         );
+        let other_bucket = BucketUrl::parse("s3://elsewhere/www").unwrap();
+        assert_eq!(
+            open(
+                &serde_json::to_vec(&seal).unwrap(),
+                &other_bucket,
+                7,
+                &[id.fingerprint]
+            ),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+    }
+
+    #[test]
+    fn a_seal_made_by_a_stranger_or_not_a_seal_is_refused() {
+        let (_t, id) = identity();
+        let (_u, stranger) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let (seal, open_it) = sealed_by(&id);
+        let allowed = [id.fingerprint];
         // A stranger's seal, and a stranger's signature under our certificate.
         let theirs = Sealer::new(&stranger)
             .unwrap()
-            .seal("www", "cms", (7, 5, 9), &hash);
+            .seal(&www(), "cms", (7, 5, 9), &hash);
         assert_eq!(
             open_it(&theirs, "www", 7),
             Err(SealRefused::UnknownSender(stranger.fingerprint))
@@ -335,7 +372,7 @@ mod tests {
         );
         // Not a seal at all, or one from a newer shipper.
         assert!(matches!(
-            open(b"{", "www", 7, &allowed),
+            open(b"{", &www(), 7, &allowed),
             Err(SealRefused::Malformed(_))
         ));
         let mut newer = seal.clone();
@@ -343,7 +380,7 @@ mod tests {
         assert_eq!(open_it(&newer, "www", 7), Err(SealRefused::Format(2)));
         let huge = vec![b' '; MAX_SEAL_BYTES + 1];
         assert!(matches!(
-            open(&huge, "www", 7, &allowed),
+            open(&huge, &www(), 7, &allowed),
             Err(SealRefused::Malformed(_))
         ));
     }

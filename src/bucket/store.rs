@@ -6,11 +6,17 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use object_store::ObjectStore;
 use object_store::aws::AmazonS3Builder;
+use object_store::{ClientOptions, ObjectStore};
 use serde::Deserialize;
 
 use super::settings::{BucketConfig, Credentials};
+
+/// The longest one request may take, body included: a bundle of 4 GiB
+/// (the receivers' default limit) at 7 MB/s, or a 16 MiB part at 28 kB/s.
+/// object_store's default (30 s) failed every large bundle on a slow link
+/// at every attempt; a server that goes silent holds a request this long.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// Why a bucket could not be opened; each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +85,8 @@ pub fn open(cfg: &BucketConfig) -> Result<Opened, OpenError> {
     let who;
     let mut b = AmazonS3Builder::from_env()
         .with_bucket_name(&cfg.url.bucket)
-        .with_region(&cfg.region);
+        .with_region(&cfg.region)
+        .with_client_options(ClientOptions::new().with_timeout(REQUEST_TIMEOUT));
     match &cfg.credentials {
         Credentials::File(path) => {
             let c = read_credentials(path)?;

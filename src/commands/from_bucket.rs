@@ -66,34 +66,37 @@ fn download(
     };
     let url = bucket.url.to_string();
     super::runtime()?.block_on(async {
-        let seals = reader
-            .seals_after(first.saturating_sub(1))
-            .await
-            .map_err(|e| anyhow!("{url}: {e}"))?;
         let mut out = Vec::new();
-        for (seq, at) in seals.into_iter().filter(|(s, _)| last.is_none_or(|l| *s <= l)) {
-            let bytes = reader.read_seal(&at).await.map_err(|e| anyhow!("{url}: {e}"))?;
-            let opened = bytes.and_then(|b| {
-                seal::open(&b, &bucket.url.prefix, seq, &allowed).map_err(|e| format!("seal refused: {e}"))
-            });
-            let sealed = match opened {
-                Ok(s) => s,
-                Err(why) => {
-                    warn!(bucket = %url, seq, reason = %why, "passed over: not a bundle an allowed sender sealed");
-                    continue;
-                }
-            };
-            let dest = dir.join(crate::receiver::archive_name(&sealed.fingerprint.to_string(), seq));
-            let zip = reader.object(&zip_name(seq));
-            let (size, hash) = reader
-                .download(&zip, &dest, sealed.size.min(r.max_bundle_size))
+        for sender in &allowed {
+            let seals = reader
+                .seals_after(sender, first.saturating_sub(1), usize::MAX)
                 .await
-                .map_err(|e| anyhow!("{url}: {e}"))?
-                .map_err(|why| anyhow!("{url}: {zip}: {why}"))?;
-            sealed
-                .check_zip(size, &hash)
-                .map_err(|e| anyhow!("{url}: {zip}: not the zip sealed: {e}"))?;
-            out.push(dest);
+                .map_err(|e| anyhow!("{url}: {e}"))?;
+            for listed in seals.into_iter().filter(|l| last.is_none_or(|to| l.seq <= to)) {
+                let seq = listed.seq;
+                let bytes = reader.read_seal(&listed.at).await.map_err(|e| anyhow!("{url}: {e}"))?;
+                let opened = bytes.and_then(|b| {
+                    seal::open(&b, &bucket.url, seq, &[*sender]).map_err(|e| format!("seal refused: {e}"))
+                });
+                let sealed = match opened {
+                    Ok(s) => s,
+                    Err(why) => {
+                        warn!(bucket = %url, %sender, seq, reason = %why, "passed over: not a bundle this sender sealed");
+                        continue;
+                    }
+                };
+                let dest = dir.join(crate::receiver::archive_name(&sender.to_string(), seq));
+                let zip = reader.object(&zip_name(sender, seq));
+                let (size, hash) = reader
+                    .download(&zip, &dest, sealed.size.min(r.max_bundle_size))
+                    .await
+                    .map_err(|e| anyhow!("{url}: {e}"))?
+                    .map_err(|why| anyhow!("{url}: {zip}: {why}"))?;
+                sealed
+                    .check_zip(size, &hash)
+                    .map_err(|e| anyhow!("{url}: {zip}: not the zip sealed: {e}"))?;
+                out.push(dest);
+            }
         }
         if out.is_empty() {
             let range = last.map_or(format!("from {first}"), |l| format!("{first} to {l}"));

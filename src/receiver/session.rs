@@ -228,7 +228,7 @@ impl Sessions {
                 HookOutcome::Ran
             }
             Err(e) => {
-                warn!(%sender, seq = a.seq, error = %e, "on_apply hook failed; the bundle stays applied and is acknowledged");
+                warn!(%sender, seq = a.seq, error = %e, "on_apply hook failed; the bundle stays applied (a sender connected directly hears of it in the acknowledgement)");
                 self.metrics.hook_failed(&sender.id);
                 HookOutcome::Failed(e.to_string())
             }

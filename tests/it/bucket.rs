@@ -78,7 +78,7 @@ async fn two_receivers_take_every_change_from_the_bucket() {
     let _r3 = start_receiver(&env, &s3, "www3", &s_fp);
     wait_until("the later receiver in step", || in_step(&env, &["www3"])).await;
     // Each bundle is in the bucket once: a zip and its seal.
-    let zips = std::fs::read_dir(s3.object("www/b"))
+    let zips = std::fs::read_dir(s3.object(&format!("www/b/{s_fp}")))
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().ends_with(".zip"))
@@ -87,10 +87,12 @@ async fn two_receivers_take_every_change_from_the_bucket() {
     assert!(zips >= 2, "{}", sender.log_text());
 }
 
-/// Whoever can write the bucket cannot publish through it: a zip changed
-/// after it was sealed is refused, with the reason, and applied once it
-/// is whole again; a bundle sealed with a key not in `allowed_senders` is
-/// passed over, and the sender's own bundles after it still apply.
+/// Whoever can write the bucket cannot publish through it. A zip
+/// replaced after it was sealed, by another well-formed bundle of the same
+/// number, is refused with the reason and applied once whole again; a
+/// bundle with content of its own sealed with a key not in
+/// `allowed_senders`, even in the sender's folder, is never applied, and
+/// the sender's own bundles go on applying around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
     let env = Env::new();
@@ -104,71 +106,74 @@ async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
     wait_until("a bundle sealed", || !s3::seals(&s3, "www").is_empty()).await;
     drop(sender);
     let seq = *s3::seals(&s3, "www").last().unwrap();
-    let zip_key = format!("www/b/{seq:020}.zip");
     let client = s3::client(&s3);
-    let genuine = client
-        .get(&zip_key.as_str().into())
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    let mut tampered = genuine.to_vec();
-    let mid = tampered.len() / 2;
-    tampered[mid] ^= 0xff;
-    client
-        .put(&zip_key.as_str().into(), PutPayload::from(tampered))
-        .await
-        .unwrap();
+    let put = |key: String, bytes: Vec<u8>| {
+        let client = client.clone();
+        async move {
+            client
+                .put(&key.as_str().into(), PutPayload::from(bytes))
+                .await
+                .unwrap()
+        }
+    };
+    let zip_key = s3::key("www", &s_fp, seq, "zip");
+    let genuine = std::fs::read(s3.object(&zip_key)).unwrap();
+    // Bundles of the same sender id and number with other content.
+    let forge = |name: &str, n: u64| {
+        let dir = env.path().join(format!("forged-{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(name), "defaced").unwrap();
+        let limits = shipper::bundle::pack::Limits::new(64 << 20, 256 << 20, 10_000);
+        let packed = pack_items(&dir, &dir.join("out"), "test", n, limits, upserts(&dir));
+        std::fs::read(&packed[0].path).unwrap()
+    };
+    put(zip_key.clone(), forge("a.html", seq)).await;
 
     let r = start_receiver(&env, &s3, "www1", &s_fp);
-    wait_until("the tampered zip refused, in the log", || {
+    wait_until("the replaced zip refused, in the log", || {
         r.log_text().contains("not the zip sealed")
     })
     .await;
     assert!(!env.path().join("www1/a.html").exists());
 
-    // A stranger's seal over a copy of the genuine zip, numbered after it.
+    // A stranger's seal over a bundle of its own, in the sender's folder,
+    // numbered after what the sender will ship next.
     let stranger = shipper::tls::load_identity(&env.path().join("keys-x")).unwrap();
     let sealer = shipper::bucket::seal::Sealer::new(&stranger).unwrap();
+    let url = shipper::bucket::url::BucketUrl::parse("s3://site/www").unwrap();
+    let evil = forge("evil.html", seq + 50);
     let forged = sealer.seal(
-        "www",
+        &url,
         "test",
-        (seq + 1, seq, genuine.len() as u64),
-        &blake3::hash(&genuine),
+        (seq + 50, seq, evil.len() as u64),
+        &blake3::hash(&evil),
     );
-    let at = |ext: &str| format!("www/b/{:020}.{ext}", seq + 1);
-    client
-        .put(
-            &at("zip").as_str().into(),
-            PutPayload::from(genuine.clone()),
-        )
-        .await
-        .unwrap();
-    client
-        .put(
-            &at("seal").as_str().into(),
-            PutPayload::from(serde_json::to_vec(&forged).unwrap()),
-        )
-        .await
-        .unwrap();
-    wait_until("the stranger's seal refused, in the log", || {
-        r.log_text().contains("not in allowed_senders")
-    })
+    put(s3::key("www", &s_fp, seq + 50, "zip"), evil).await;
+    put(
+        s3::key("www", &s_fp, seq + 50, "seal"),
+        serde_json::to_vec(&forged).unwrap(),
+    )
     .await;
 
-    // Whole again: applied, and the sender's next bundle after it too.
-    client
-        .put(&zip_key.as_str().into(), PutPayload::from(genuine))
-        .await
-        .unwrap();
+    // Whole again: applied; then the stranger's seal is looked at, and
+    // refused; then the sender's next bundle applies too.
+    put(zip_key, genuine).await;
     wait_until("the page applied once its zip is whole", || {
         std::fs::read(env.path().join("www1/a.html")).is_ok_and(|b| b == b"the sender's page")
+    })
+    .await;
+    wait_until("the stranger's seal refused, in the log", || {
+        r.log_text().contains("seal refused")
     })
     .await;
     let _sender = Daemon::start(&file, &env.path().join("sender-2.log"), None);
     env.write("b.html", "after the forged one");
     wait_until("root in step with the source", || in_step(&env, &["www1"])).await;
+    assert!(!env.path().join("www1/evil.html").exists());
+    assert!(
+        s3.object(&s3::key("www", &s_fp, seq + 50, "seal")).exists(),
+        "the stranger's objects stayed in the way"
+    );
 }
 
 /// Credentials the server refuses are named in the sender's status and
@@ -297,7 +302,7 @@ async fn replay_takes_sealed_bundles_straight_from_the_bucket() {
     );
 
     // The second, tampered: refused whole, naming it; nothing applied.
-    let zip = s3.object(&format!("www/b/{second:020}.zip"));
+    let zip = s3.object(&s3::key("www", &s_fp, second, "zip"));
     let genuine = std::fs::read(&zip).unwrap();
     let mut tampered = genuine.clone();
     let mid = tampered.len() / 2;
@@ -312,4 +317,39 @@ async fn replay_takes_sealed_bundles_straight_from_the_bucket() {
     let out = replay(&["--first", &second.to_string()]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(tree(&env.path().join("www1")), tree(&env.src()));
+}
+
+/// Two senders (two sites) sharing one prefix never overwrite each
+/// other's bundles: each has a folder of its own, and each receiver takes
+/// only the bundles of the sender it allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_senders_sharing_a_prefix_each_reach_their_own_receivers() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let a_fp = keygen(&env, "keys-s");
+    let b_fp = keygen(&env, "keys-b");
+    keygen(&env, "keys-r");
+    env.write("site-a.html", "a");
+    let src_b = env.path().join("src-b");
+    std::fs::create_dir_all(&src_b).unwrap();
+    std::fs::write(src_b.join("site-b.html"), "b").unwrap();
+    let a = env.config_file("a.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let b_toml = sender_toml(&env, &s3, s3::SECRET_KEY, "")
+        .replace("source = \"src\"", "source = \"src-b\"")
+        .replace("state_dir = \"state-s\"", "state_dir = \"state-b\"")
+        .replace("key_dir = \"keys-s\"", "key_dir = \"keys-b\"");
+    let b = env.config_file("b.toml", &b_toml);
+    let _sa = Daemon::start(&a, &env.path().join("a.log"), None);
+    let _sb = Daemon::start(&b, &env.path().join("b.log"), None);
+    let _ra = start_receiver(&env, &s3, "www-a", &a_fp);
+    let _rb = start_receiver(&env, &s3, "www-b", &b_fp);
+    for i in 0..3 {
+        env.write(&format!("a-{i}.html"), format!("a {i}"));
+        std::fs::write(src_b.join(format!("b-{i}.html")), format!("b {i}")).unwrap();
+    }
+    wait_until("each receiver holds its own site, whole", || {
+        tree(&env.path().join("www-a")) == tree(&env.src())
+            && tree(&env.path().join("www-b")) == tree(&src_b)
+    })
+    .await;
 }

@@ -153,13 +153,14 @@ pub fn client(s3: &S3) -> std::sync::Arc<dyn object_store::ObjectStore> {
     std::sync::Arc::new(store)
 }
 
-/// The sequences sealed under `prefix`, in order.
+/// The sequences sealed under `prefix`, by any sender, in order.
 pub fn seals(s3: &S3, prefix: &str) -> Vec<u64> {
-    let Ok(dir) = std::fs::read_dir(s3.object(&format!("{prefix}/b"))) else {
+    let Ok(senders) = std::fs::read_dir(s3.object(&format!("{prefix}/b"))) else {
         return Vec::new();
     };
-    let mut v: Vec<u64> = dir
+    let mut v: Vec<u64> = senders
         .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
             name.strip_suffix(".seal")?.parse().ok()
@@ -167,4 +168,9 @@ pub fn seals(s3: &S3, prefix: &str) -> Vec<u64> {
         .collect();
     v.sort();
     v
+}
+
+/// The key of `sender`'s bundle `seq` under `prefix`, `ext` "zip" or "seal".
+pub fn key(prefix: &str, sender: &str, seq: u64, ext: &str) -> String {
+    format!("{prefix}/b/{sender}/{seq:020}.{ext}")
 }

@@ -1,20 +1,21 @@
 //! Bundles taken from a bucket (`receiver.bucket`) instead of a
-//! connection. Every `bucket_poll` the seals past this receiver's position
-//! are listed, and each is taken in sequence order: its seal opened (made
-//! by a sender in `allowed_senders`, its signature holding), the bundle
-//! sealed before it applied here already, its zip downloaded into
-//! `incoming/` and checked against the seal; then it is applied, archived
-//! and hooked as a session's bundle is. Nothing is acknowledged: the
-//! sender counts a bundle shipped once it is in the bucket.
+//! connection. Every `bucket_poll`, each allowed sender's folder is listed
+//! past this receiver's position for that sender, and each seal is taken
+//! in sequence order: opened (made with that sender's key, its signature
+//! holding), the bundle sealed before it applied here already, its zip
+//! downloaded into `incoming/` and checked against the seal; then it is
+//! applied, archived and hooked as a session's bundle is. Nothing is
+//! acknowledged: the sender counts a bundle shipped once it is in the
+//! bucket.
 //!
 //! What the bucket holds is not trusted. A seal that does not open is
-//! passed over (logged once: whoever can write the bucket could otherwise
-//! stop every receiver with one object); a zip that is not the one sealed,
-//! or a bundle refused, is looked at again at the next poll, and nothing
-//! of its sender after it is applied meanwhile: the next seal names it as
-//! the one before.
+//! passed over; a zip that is not the one sealed, or a bundle refused, is
+//! taken again only once its objects change (by their entity tags; at
+//! every poll where the store gives none), and nothing of its sender
+//! after it is applied meanwhile: the next seal names it as the one
+//! before. Each reason is logged once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ use tracing::{info, warn};
 
 use super::halves::Taken;
 use super::{SESSIONS, Sessions};
-use crate::bucket::fetch::BucketReader;
+use crate::bucket::fetch::{BucketReader, Listed};
 use crate::bucket::names::zip_name;
 use crate::bucket::seal::{self, Sealed};
 use crate::bucket::store::Opened;
@@ -31,6 +32,9 @@ use crate::config::BucketConfig;
 use crate::receiver::identity::Sender;
 use crate::receiver::names::incoming_name;
 use crate::tls::Fingerprint;
+
+/// Seals looked at per sender and poll; more wait for the next.
+const SEALS_PER_POLL: usize = 1000;
 
 /// A receiver's bucket: the client, where it is, how often to look.
 pub(in crate::receiver) struct Relay {
@@ -48,22 +52,42 @@ impl Relay {
     }
 }
 
-/// What one pass over the bucket found wrong, each said once until it
+/// A bundle not taken: why, and the entity tags of its seal and zip then.
+struct NotTaken {
+    why: String,
+    tags: (Option<String>, Option<String>),
+}
+
+impl NotTaken {
+    /// Whether its objects are as they were when it was not taken (never,
+    /// where the store gives no tags).
+    fn unchanged(&self, tags: &(Option<String>, Option<String>)) -> bool {
+        self.tags.0.is_some() && self.tags.1.is_some() && self.tags == *tags
+    }
+}
+
+/// What passes over the bucket found wrong, each said once until it
 /// changes.
 #[derive(Default)]
 struct Said {
     /// The bucket itself could not be listed or read.
     bucket: Option<String>,
-    /// Per seal, or zip, the last reason it was not taken.
-    objects: HashMap<u64, String>,
+    /// Per sender and sequence, a bundle not taken.
+    objects: HashMap<(Fingerprint, u64), NotTaken>,
 }
 
 impl Said {
-    fn object(&mut self, seq: u64, why: String, url: &str) {
-        if self.objects.get(&seq) != Some(&why) {
-            warn!(bucket = url, seq, reason = %why, "bundle in the bucket not taken; looked at again at the next poll");
-            self.objects.insert(seq, why);
+    fn object(&mut self, key: (Fingerprint, u64), not: NotTaken, url: &str) {
+        let said = self.objects.get(&key).is_some_and(|n| n.why == not.why);
+        if !said {
+            warn!(bucket = url, sender = %key.0, seq = key.1, reason = %not.why, "bundle in the bucket not taken; taken again once its objects change");
         }
+        self.objects.insert(key, not);
+    }
+
+    /// Forget what is behind each sender's position now.
+    fn prune(&mut self, position: impl Fn(&Fingerprint) -> u64) {
+        self.objects.retain(|(f, seq), _| *seq > position(f));
     }
 }
 
@@ -94,7 +118,7 @@ impl Sessions {
             match pass {
                 Ok(()) => {
                     if said.bucket.take().is_some() {
-                        info!(bucket = %url, "bucket reachable again");
+                        info!(bucket = %url, "bucket readable again");
                     }
                 }
                 Err(Stop::Bucket(why)) => {
@@ -114,76 +138,107 @@ impl Sessions {
         }
     }
 
-    /// The senders allowed to publish through a bucket: there is no bucket
-    /// without keys (refused at start).
-    fn sealers(&self) -> Vec<Fingerprint> {
-        self.cfg
-            .tls
-            .as_ref()
-            .map(|t| t.allowed.clone())
-            .unwrap_or_default()
+    /// This receiver's position for each allowed sender: the last of its
+    /// bundles applied here.
+    async fn positions(&self) -> HashMap<Fingerprint, u64> {
+        let allowed = self.cfg.tls.iter().flat_map(|t| t.allowed.clone());
+        let state = self.state.lock().await;
+        allowed
+            .map(|f| (f, state.applied.get(&f.to_string()).copied().unwrap_or(0)))
+            .collect()
     }
 
-    /// One pass: every seal past the lowest position of the allowed
-    /// senders, in sequence order.
+    /// One pass: each allowed sender's seals past its position, in order.
     async fn take_from_bucket(&self, relay: &Relay, said: &mut Said) -> Result<(), Stop> {
-        let allowed = self.sealers();
-        let applied: HashMap<String, u64> = {
-            let state = self.state.lock().await;
-            state.applied.clone().into_iter().collect()
-        };
-        let position = |f: &Fingerprint| applied.get(&f.to_string()).copied().unwrap_or(0);
-        let from = allowed.iter().map(position).min().unwrap_or(0);
-        let reader = relay.reader();
-        let seals = reader.seals_after(from).await.map_err(Stop::Bucket)?;
-        // Senders with a bundle not taken this pass: nothing after it is.
-        let mut waiting: HashSet<Fingerprint> = HashSet::new();
-        for (seq, at) in seals {
-            let bytes = match reader.read_seal(&at).await.map_err(Stop::Bucket)? {
-                Ok(b) => b,
-                Err(why) => {
-                    said.object(seq, why, &relay.cfg.url.to_string());
-                    continue;
-                }
-            };
-            let sealed = match seal::open(&bytes, &relay.cfg.url.prefix, seq, &allowed) {
-                Ok(s) => s,
-                Err(refused) => {
-                    said.object(
-                        seq,
-                        format!("seal refused: {refused}"),
-                        &relay.cfg.url.to_string(),
-                    );
-                    continue;
-                }
-            };
-            if waiting.contains(&sealed.fingerprint) {
-                continue;
-            }
-            let last = position(&sealed.fingerprint);
-            if seq <= last {
-                continue;
-            }
-            if sealed.prev > last {
-                let why = format!(
-                    "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
-                    sealed.prev
-                );
-                said.object(seq, why, &relay.cfg.url.to_string());
-                waiting.insert(sealed.fingerprint);
-                continue;
-            }
-            match self.take_sealed(relay, &sealed).await? {
-                Ok(()) => {
-                    said.objects.remove(&seq);
-                }
-                Err(why) => {
-                    said.object(seq, why, &relay.cfg.url.to_string());
-                    waiting.insert(sealed.fingerprint);
+        let positions = self.positions().await;
+        said.prune(|f| positions.get(f).copied().unwrap_or(0));
+        for (sender, from) in positions {
+            let seals = relay
+                .reader()
+                .seals_after(&sender, from, SEALS_PER_POLL)
+                .await;
+            let mut last = from;
+            for listed in seals.map_err(Stop::Bucket)? {
+                match self
+                    .take_listed(relay, said, (sender, last), &listed)
+                    .await?
+                {
+                    Some(applied) => last = applied,
+                    // Not taken: nothing of this sender after it is.
+                    None if self.waits_on(said, sender, listed.seq) => break,
+                    None => {}
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether the bundle `seq` of `sender`, not taken, holds back the
+    /// ones after it: a seal that did not open does not (it carries no
+    /// authority, and the next genuine seal names the one before it).
+    fn waits_on(&self, said: &Said, sender: Fingerprint, seq: u64) -> bool {
+        said.objects
+            .get(&(sender, seq))
+            .is_some_and(|n| !n.why.starts_with("seal refused"))
+    }
+
+    /// Take the listed seal of `sender`, whose last bundle applied here is
+    /// `last`: `Some(seq)` once applied.
+    async fn take_listed(
+        &self,
+        relay: &Relay,
+        said: &mut Said,
+        (sender, last): (Fingerprint, u64),
+        listed: &Listed,
+    ) -> Result<Option<u64>, Stop> {
+        let url = relay.cfg.url.to_string();
+        let key = (sender, listed.seq);
+        let reader = relay.reader();
+        let zip = reader.object(&zip_name(&sender, listed.seq));
+        if let Some(not) = said.objects.get(&key) {
+            let zip_tag = match &listed.tag {
+                Some(_) => reader.tag(&zip).await.map_err(Stop::Bucket)?,
+                None => None,
+            };
+            if not.unchanged(&(listed.tag.clone(), zip_tag)) {
+                return Ok(None);
+            }
+        }
+        let not_taken = |why: String, zip_tag: Option<String>| NotTaken {
+            why,
+            tags: (listed.tag.clone(), zip_tag),
+        };
+        let opened = match reader.read_seal(&listed.at).await.map_err(Stop::Bucket)? {
+            Ok(bytes) => seal::open(&bytes, &relay.cfg.url, listed.seq, &[sender])
+                .map_err(|e| format!("seal refused: {e}")),
+            Err(why) => Err(format!("seal refused: {why}")),
+        };
+        let sealed = match opened {
+            Ok(s) => s,
+            Err(why) => {
+                said.object(key, not_taken(why, None), &url);
+                return Ok(None);
+            }
+        };
+        if sealed.prev > last {
+            let why = format!(
+                "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
+                sealed.prev
+            );
+            said.object(key, not_taken(why, None), &url);
+            return Ok(None);
+        }
+        let zip_tag = reader.tag(&zip).await.map_err(Stop::Bucket)?;
+        match self.take_sealed(relay, &sealed).await? {
+            Ok(()) => {
+                said.objects.remove(&key);
+                Ok(Some(listed.seq))
+            }
+            Err(why) => {
+                said.object(key, not_taken(why, zip_tag), &url);
+                Ok(None)
+            }
+        }
     }
 
     /// Download, check and apply the bundle `sealed` names; the inner
@@ -201,11 +256,15 @@ impl Sessions {
             )));
         }
         let sender = Sender::new(sealed.sender.clone(), Some(sealed.fingerprint));
+        if let Some(hold) = self.state.lock().await.held.get(&sender.key) {
+            // Not downloaded while it could not be applied.
+            return Ok(Err(super::super::rollback::held_reason(hold)));
+        }
         let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let file = Taken(self.incoming.join(incoming_name(&sender.key, seq, session)));
         let started = Instant::now();
         let reader = relay.reader();
-        let zip = reader.object(&zip_name(seq));
+        let zip = reader.object(&zip_name(&sealed.fingerprint, seq));
         let downloaded = reader.download(&zip, &file.0, sealed.size).await;
         let (size, hash) = match downloaded.map_err(Stop::Bucket)? {
             Ok(got) => got,

@@ -20,7 +20,7 @@ use tracing::info;
 
 use super::connect::Welcome;
 use super::{Backoff, Link, Lost};
-use crate::bucket::names::{BUNDLES, seal_name, seal_seq, zip_name};
+use crate::bucket::names::{seal_name, seal_seq, sender_dir, zip_name};
 use crate::bucket::seal::{self, Sealer};
 use crate::bucket::store::Opened;
 use crate::bundle::pack::Packed;
@@ -36,9 +36,8 @@ const INSTANCE: &str = "instance";
 /// Bundles at most this large go up in one request; larger ones in parts
 /// this large (S3 wants parts of at least 5 MiB, but the last).
 const PART_BYTES: usize = 16 << 20;
-/// How many seals from the newest down are opened to find this sender's
-/// newest: past that, the bucket is taken for one that holds nothing of it.
-const SEALS_LOOKED_AT: usize = 64;
+/// The instance object is 32 hex digits: anything much larger is not one.
+const INSTANCE_MAX_BYTES: u64 = 64;
 
 /// A sender's bucket: the client, where it is, and the key pair sealing
 /// each bundle.
@@ -59,10 +58,7 @@ impl Bucket {
     /// its instance and the newest bundle sealed with this sender's key.
     async fn position(&self) -> Result<Welcome, String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
-        let last_applied = self
-            .newest_sealed()
-            .await
-            .map_err(|e| self.opened.explain(&e))?;
+        let last_applied = self.newest_sealed().await?;
         let defaults = crate::bundle::apply::Limits::default();
         Ok(Welcome {
             last_applied,
@@ -84,6 +80,10 @@ impl Bucket {
         let at = self.object(INSTANCE);
         loop {
             match self.opened.store.get(&at).await {
+                Ok(got) if got.meta.size > INSTANCE_MAX_BYTES => {
+                    // Not one this sender wrote: taken for a new bucket.
+                    return Ok([0; 16]);
+                }
                 Ok(got) => {
                     let text = got.bytes().await?;
                     let parsed = std::str::from_utf8(&text)
@@ -117,50 +117,65 @@ impl Bucket {
         }
     }
 
-    /// The newest bundle in the bucket sealed with this sender's key; 0
-    /// when there is none among the newest [`SEALS_LOOKED_AT`] seals.
-    async fn newest_sealed(&self) -> object_store::Result<u64> {
-        let dir = self.object(BUNDLES);
+    /// The newest bundle in this sender's folder sealed with its key; 0
+    /// when the folder holds no seal. Every seal from the newest down is
+    /// opened until one holds: seals there and none holding is an error
+    /// (not this sender's, or altered), never taken for an empty folder,
+    /// which would number bundles again from where receivers already are.
+    async fn newest_sealed(&self) -> Result<u64, String> {
+        let explain = |e: object_store::Error| self.opened.explain(&e);
+        let dir = self.object(&sender_dir(&self.me));
         let prefix = self.cfg.url.key("");
-        let listed: Vec<_> = self.opened.store.list(Some(&dir)).try_collect().await?;
-        let mut seals: Vec<(u64, ObjectPath)> = listed
-            .into_iter()
-            .filter_map(|o| {
-                let rel = o
-                    .location
-                    .as_ref()
-                    .strip_prefix(prefix.as_str())?
-                    .to_owned();
-                Some((seal_seq(&rel)?, o.location))
-            })
-            .collect();
-        seals.sort_by_key(|(seq, _)| std::cmp::Reverse(*seq));
-        for (seq, at) in seals.into_iter().take(SEALS_LOOKED_AT) {
-            let got = self.opened.store.get(&at).await?;
-            if got.meta.size > seal::MAX_SEAL_BYTES as u64 {
-                continue;
-            }
-            let bytes = got.bytes().await?;
-            if seal::open(&bytes, &self.cfg.url.prefix, seq, &[self.me]).is_ok() {
+        let mut listed = self.opened.store.list(Some(&dir));
+        // Only the numbers are kept: 8 bytes a bundle.
+        let mut seqs = Vec::new();
+        while let Some(o) = listed.try_next().await.map_err(explain)? {
+            let rel = o
+                .location
+                .as_ref()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default();
+            seqs.extend(seal_seq(&self.me, rel));
+        }
+        seqs.sort_unstable_by(|a, b| b.cmp(a));
+        for &seq in &seqs {
+            let got = self
+                .opened
+                .store
+                .get(&self.object(&seal_name(&self.me, seq)))
+                .await;
+            let got = match got {
+                Ok(got) if got.meta.size <= seal::MAX_SEAL_BYTES as u64 => got,
+                Ok(_) | Err(object_store::Error::NotFound { .. }) => continue,
+                Err(e) => return Err(explain(e)),
+            };
+            let bytes = got.bytes().await.map_err(explain)?;
+            if seal::open(&bytes, &self.cfg.url, seq, &[self.me]).is_ok() {
                 return Ok(seq);
             }
         }
-        Ok(0)
+        match seqs.first() {
+            None => Ok(0),
+            Some(newest) => Err(format!(
+                "none of the {} seals in {dir} (the newest {newest}) opens with this sender's key: not its own, or altered",
+                seqs.len()
+            )),
+        }
     }
 
     /// Upload bundle `b` of sender `id`, then its seal naming `prev` as
     /// the bundle sealed before it.
     async fn upload(&self, b: &Packed, prev: u64, id: &str) -> Result<(), String> {
-        let zip = self.object(&zip_name(b.seq));
+        let zip = self.object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)
             .await
             .map_err(|e| format!("{}: {e}", zip))?;
         let seal = self
             .sealer
-            .seal(&self.cfg.url.prefix, id, (b.seq, prev, b.size), &hash);
+            .seal(&self.cfg.url, id, (b.seq, prev, b.size), &hash);
         let bytes = serde_json::to_vec(&seal).expect("a seal serializes");
-        let at = self.object(&seal_name(b.seq));
+        let at = self.object(&seal_name(&self.me, b.seq));
         self.opened
             .store
             .put(&at, PutPayload::from(bytes))
@@ -180,7 +195,7 @@ impl Bucket {
                 .put(at, PutPayload::from(chunk))
                 .await
                 .map_err(|e| self.opened.explain(&e))?;
-            return Ok(reader.finish());
+            return reader.finish(b.size);
         }
         let mut upload = self
             .opened
@@ -210,7 +225,7 @@ impl Bucket {
             .complete()
             .await
             .map_err(|e| self.opened.explain(&e))?;
-        Ok(reader.finish())
+        reader.finish(b.size)
     }
 }
 
@@ -230,6 +245,8 @@ struct Chunks {
     file: Option<std::fs::File>,
     hasher: Option<blake3::Hasher>,
     path: std::path::PathBuf,
+    /// Bytes read so far.
+    read: u64,
 }
 
 impl Chunks {
@@ -243,6 +260,7 @@ impl Chunks {
             file: Some(file),
             hasher: Some(blake3::Hasher::new()),
             path: path.to_owned(),
+            read: 0,
         })
     }
 
@@ -268,11 +286,21 @@ impl Chunks {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         self.file = Some(file);
         self.hasher = Some(hasher);
+        self.read += chunk.len() as u64;
         Ok((chunk, last))
     }
 
-    fn finish(self) -> blake3::Hash {
-        self.hasher.expect("hasher").finalize()
+    /// The hash of what was read, which must be the `size` bytes the
+    /// bundle has: a seal of anything else could never be matched.
+    fn finish(self, size: u64) -> Result<blake3::Hash, String> {
+        if self.read != size {
+            return Err(format!(
+                "{} holds {} bytes, the bundle {size}",
+                self.path.display(),
+                self.read
+            ));
+        }
+        Ok(self.hasher.expect("hasher").finalize())
     }
 }
 
