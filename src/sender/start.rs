@@ -152,8 +152,8 @@ fn client_configs(cfg: &SenderConfig) -> anyhow::Result<Vec<TlsConfig>> {
     Ok(out)
 }
 
-/// One transport per receiver, each with its own position, backoff and
-/// status: a slow or dead receiver holds back no other. Returns their
+/// One transport per receiver, and one for the bucket, each with its own
+/// position, backoff and status: a slow or dead one holds back no other. Returns their
 /// links, as each reports its status, their tasks, and the TLS config of
 /// each (for `shipper verify`'s connections).
 pub(super) fn spawn_transports(
@@ -163,18 +163,24 @@ pub(super) fn spawn_transports(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Links, Vec<JoinHandle<()>>, Vec<TlsConfig>)> {
     let configs = client_configs(cfg)?;
+    // Each receiver, then the bucket, as `cfg.destinations()` numbers them.
+    let mut ends: Vec<(TlsConfig, Option<Arc<Bucket>>)> =
+        configs.iter().map(|tls| (tls.clone(), None)).collect();
+    if let Some(b) = &cfg.bucket {
+        ends.push((None, Some(open_bucket(cfg, b)?)));
+    }
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
-    for ((i, receiver), tls) in cfg.receivers.iter().enumerate().zip(configs.clone()) {
+    for ((index, name), (tls, bucket)) in cfg.destinations().into_iter().enumerate().zip(ends) {
         let (status_tx, status_rx) = watch::channel(LinkStatus {
-            receiver: receiver.clone(),
+            receiver: name.clone(),
             ..LinkStatus::default()
         });
         statuses.push(status_rx);
         let link = Link {
-            index: i,
+            index,
             tls,
-            receiver: receiver.clone(),
+            receiver: name,
             id: id.to_owned(),
             ledger: h.ledger.clone(),
             outbox: h.outbox.clone(),
@@ -187,33 +193,7 @@ pub(super) fn spawn_transports(
             peer_timeout: cfg.peer_timeout,
             max_rate: cfg.max_rate,
             link_rates: h.link_rates.clone(),
-            bucket: None,
-        };
-        tasks.push(tokio::spawn(transport(link, shutdown.clone())));
-    }
-    if let Some(b) = &cfg.bucket {
-        let (status_tx, status_rx) = watch::channel(LinkStatus {
-            receiver: b.url.to_string(),
-            ..LinkStatus::default()
-        });
-        statuses.push(status_rx);
-        let link = Link {
-            index: cfg.receivers.len(),
-            tls: None,
-            receiver: b.url.to_string(),
-            id: id.to_owned(),
-            ledger: h.ledger.clone(),
-            outbox: h.outbox.clone(),
-            events: h.events.clone(),
-            status: status_tx,
-            seq_floor: h.seq_floor.clone(),
-            peers: h.peers.clone(),
-            state_dir: h.state_dir.clone(),
-            accepts: h.accepts.clone(),
-            peer_timeout: cfg.peer_timeout,
-            max_rate: cfg.max_rate,
-            link_rates: h.link_rates.clone(),
-            bucket: Some(open_bucket(cfg, b)?),
+            bucket,
         };
         tasks.push(tokio::spawn(transport(link, shutdown.clone())));
     }
