@@ -87,30 +87,37 @@ impl BucketReader<'_> {
         Ok(Ok(got.bytes().await.map_err(explain)?.to_vec()))
     }
 
-    /// The entity tag of the object at `at`, where the store gives one.
+    /// The entity tag of the object at `at`, where the store gives one;
+    /// `None` too when it is not there.
     pub async fn tag(&self, at: &ObjectPath) -> Result<Option<String>, String> {
-        let meta = self.opened.store.head(at).await;
-        Ok(meta.map_err(|e| self.opened.explain(&e))?.e_tag)
+        match self.opened.store.head(at).await {
+            Ok(meta) => Ok(meta.e_tag),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.opened.explain(&e)),
+        }
     }
 
     /// Download the object `at` into `dest`, hashing it as it comes, taking
-    /// at most `max` bytes; its size and BLAKE3. A blocking thread writes
-    /// and hashes while this task reads the body. The inner error: the
-    /// object is larger than `max`, or `dest` could not be written.
+    /// at most `max` bytes. A blocking thread writes and hashes while this
+    /// task reads the body. The inner error: why this object was not
+    /// downloaded.
     pub async fn download(
         &self,
         at: &ObjectPath,
         dest: &std::path::Path,
         max: u64,
-    ) -> Result<Result<(u64, blake3::Hash), String>, String> {
+    ) -> Result<Result<Downloaded, NotDownloaded>, String> {
         let explain = |e: object_store::Error| self.opened.explain(&e);
-        let got = self.opened.store.get(at).await.map_err(explain)?;
+        let got = match self.opened.store.get(at).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Err(NotDownloaded::Missing)),
+            Err(e) => return Err(explain(e)),
+        };
         if got.meta.size > max {
-            return Ok(Err(format!(
-                "the zip is {} bytes, more than the {max} sealed",
-                got.meta.size
-            )));
+            let size = got.meta.size;
+            return Ok(Err(NotDownloaded::TooLarge { size, max }));
         }
+        let tag = got.meta.e_tag.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let path = dest.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
@@ -131,9 +138,10 @@ impl BucketReader<'_> {
             let chunk = chunk.map_err(explain)?;
             taken += chunk.len() as u64;
             if taken > max {
-                return Ok(Err(format!(
-                    "the zip holds more than the {max} bytes sealed"
-                )));
+                drop(tx);
+                // Its file is made by then: removed with it, not after.
+                let _ = writer.await;
+                return Ok(Err(NotDownloaded::TooLarge { size: taken, max }));
             }
             if tx.send(chunk).await.is_err() {
                 break;
@@ -141,9 +149,39 @@ impl BucketReader<'_> {
         }
         drop(tx);
         match writer.await {
-            Ok(Ok(got)) => Ok(Ok(got)),
-            Ok(Err(e)) => Ok(Err(format!("cannot store it in {}: {e}", dest.display()))),
+            Ok(Ok((size, hash))) => Ok(Ok(Downloaded { size, hash, tag })),
+            Ok(Err(e)) => Ok(Err(NotDownloaded::Store {
+                path: dest.display().to_string(),
+                error: e.to_string(),
+            })),
             Err(e) => Err(format!("the task writing {} failed: {e}", dest.display())),
         }
+    }
+}
+
+/// A zip downloaded: its size, BLAKE3, and entity tag as the store gave
+/// it with the bytes.
+pub struct Downloaded {
+    pub size: u64,
+    pub hash: blake3::Hash,
+    pub tag: Option<String>,
+}
+
+/// Why a zip was not downloaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotDownloaded {
+    #[error("its zip is not in the bucket")]
+    Missing,
+    #[error("the zip is {size} bytes or more, more than the {max} sealed")]
+    TooLarge { size: u64, max: u64 },
+    #[error("cannot store it in {path}: {error}")]
+    Store { path: String, error: String },
+}
+
+impl NotDownloaded {
+    /// Whether it stays so while the object is unchanged: only what the
+    /// object itself is (a missing one may be uploaded, a full disk freed).
+    pub fn lasting(&self) -> bool {
+        matches!(self, NotDownloaded::TooLarge { .. })
     }
 }

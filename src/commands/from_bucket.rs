@@ -87,13 +87,13 @@ fn download(
                 };
                 let dest = dir.join(crate::receiver::archive_name(&sender.to_string(), seq));
                 let zip = reader.object(&zip_name(sender, seq));
-                let (size, hash) = reader
+                let got = reader
                     .download(&zip, &dest, sealed.size.min(r.max_bundle_size))
                     .await
                     .map_err(|e| anyhow!("{url}: {e}"))?
                     .map_err(|why| anyhow!("{url}: {zip}: {why}"))?;
                 sealed
-                    .check_zip(size, &hash)
+                    .check_zip(got.size, &got.hash)
                     .map_err(|e| anyhow!("{url}: {zip}: not the zip sealed: {e}"))?;
                 out.push(dest);
             }

@@ -353,3 +353,44 @@ async fn two_senders_sharing_a_prefix_each_reach_their_own_receivers() {
     })
     .await;
 }
+
+/// A receiver that takes from the bucket can be rolled back: while the
+/// sender is held there its new bundles wait in the bucket (never
+/// downloaded), and once released it takes them at the next poll, with
+/// no restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_bucket_receiver_takes_bundles_again_once_released() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    env.write("a.html", "a");
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let r = start_receiver(&env, &s3, "www1", &s_fp);
+    wait_until("the first page in root", || in_step(&env, &["www1"])).await;
+    let first = *s3::seals(&s3, "www").last().unwrap();
+    env.write("b.html", "b");
+    wait_until("the second page in root", || in_step(&env, &["www1"])).await;
+    let rfile = env.path().join("www1.toml");
+    let rollback = |extra: &[&str]| {
+        let mut args = vec!["rollback", "--config", rfile.to_str().unwrap()];
+        args.extend(extra);
+        shipper(&args)
+    };
+    let out = rollback(&["--to", &first.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!env.path().join("www1/b.html").exists());
+    env.write("c.html", "c");
+    wait_until("the held bundle passed over, in the log", || {
+        r.log_text().contains("held")
+    })
+    .await;
+    assert!(!env.path().join("www1/c.html").exists());
+    let out = rollback(&["--release"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the page shipped while held, in root once released", || {
+        env.path().join("www1/c.html").exists()
+    })
+    .await;
+}

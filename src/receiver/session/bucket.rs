@@ -9,11 +9,13 @@
 //! bucket.
 //!
 //! What the bucket holds is not trusted. A seal that does not open is
-//! passed over; a zip that is not the one sealed, or a bundle refused, is
-//! taken again only once its objects change (by their entity tags; at
-//! every poll where the store gives none), and nothing of its sender
-//! after it is applied meanwhile: the next seal names it as the one
-//! before. Each reason is logged once.
+//! passed over; a zip that is not the one sealed, or a bundle refused for
+//! good, is downloaded again only once its objects change (by their
+//! entity tags, at every poll where the store gives none); what may pass
+//! without them changing (a hold, a full disk, a zip not there yet) is
+//! looked at again at every poll. Nothing of a sender after a bundle not
+//! taken is applied meanwhile: the next seal names it as the one before.
+//! Each reason is logged once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,13 +24,14 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::halves::Taken;
+use super::halves::Taken as InIncoming;
 use super::{SESSIONS, Sessions};
 use crate::bucket::fetch::{BucketReader, Listed};
 use crate::bucket::names::zip_name;
 use crate::bucket::seal::{self, Sealed};
 use crate::bucket::store::Opened;
 use crate::config::BucketConfig;
+use crate::proto::refusal::RefusalKind;
 use crate::receiver::identity::Sender;
 use crate::receiver::names::incoming_name;
 use crate::tls::Fingerprint;
@@ -80,7 +83,7 @@ impl Said {
     fn object(&mut self, key: (Fingerprint, u64), not: NotTaken, url: &str) {
         let said = self.objects.get(&key).is_some_and(|n| n.why == not.why);
         if !said {
-            warn!(bucket = url, sender = %key.0, seq = key.1, reason = %not.why, "bundle in the bucket not taken; taken again once its objects change");
+            warn!(bucket = url, sender = %key.0, seq = key.1, reason = %not.why, "bundle in the bucket not taken; looked at again at the next poll, or once its objects change");
         }
         self.objects.insert(key, not);
     }
@@ -194,19 +197,21 @@ impl Sessions {
         let url = relay.cfg.url.to_string();
         let key = (sender, listed.seq);
         let reader = relay.reader();
-        let zip = reader.object(&zip_name(&sender, listed.seq));
-        if let Some(not) = said.objects.get(&key) {
-            let zip_tag = match &listed.tag {
-                Some(_) => reader.tag(&zip).await.map_err(Stop::Bucket)?,
-                None => None,
-            };
+        if let Some(not) = said.objects.get(&key)
+            && not.tags.0.is_some()
+            && not.tags.1.is_some()
+        {
+            let zip = reader.object(&zip_name(&sender, listed.seq));
+            let zip_tag = reader.tag(&zip).await.map_err(Stop::Bucket)?;
             if not.unchanged(&(listed.tag.clone(), zip_tag)) {
                 return Ok(None);
             }
         }
-        let not_taken = |why: String, zip_tag: Option<String>| NotTaken {
+        // Looked at again at every poll: what may change without the
+        // objects changing (a bundle uploaded, a release, disk freed).
+        let every_poll = |why: String| NotTaken {
             why,
-            tags: (listed.tag.clone(), zip_tag),
+            tags: (None, None),
         };
         let opened = match reader.read_seal(&listed.at).await.map_err(Stop::Bucket)? {
             Ok(bytes) => seal::open(&bytes, &relay.cfg.url, listed.seq, &[sender])
@@ -216,7 +221,7 @@ impl Sessions {
         let sealed = match opened {
             Ok(s) => s,
             Err(why) => {
-                said.object(key, not_taken(why, None), &url);
+                said.object(key, every_poll(why), &url);
                 return Ok(None);
             }
         };
@@ -225,61 +230,124 @@ impl Sessions {
                 "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
                 sealed.prev
             );
-            said.object(key, not_taken(why, None), &url);
+            said.object(key, every_poll(why), &url);
             return Ok(None);
         }
-        let zip_tag = reader.tag(&zip).await.map_err(Stop::Bucket)?;
         match self.take_sealed(relay, &sealed).await? {
-            Ok(()) => {
+            Taken::Applied => {
                 said.objects.remove(&key);
                 Ok(Some(listed.seq))
             }
-            Err(why) => {
-                said.object(key, not_taken(why, zip_tag), &url);
+            Taken::Not { why, lasting: None } => {
+                said.object(key, every_poll(why), &url);
+                Ok(None)
+            }
+            Taken::Not {
+                why,
+                lasting: Some(zip_tag),
+            } => {
+                let tags = (listed.tag.clone(), zip_tag);
+                said.object(key, NotTaken { why, tags }, &url);
                 Ok(None)
             }
         }
     }
 
-    /// Download, check and apply the bundle `sealed` names; the inner
-    /// error says why it was not applied.
-    async fn take_sealed(
-        &self,
-        relay: &Relay,
-        sealed: &Sealed,
-    ) -> Result<Result<(), String>, Stop> {
+    /// Download, check and apply the bundle `sealed` names.
+    async fn take_sealed(&self, relay: &Relay, sealed: &Sealed) -> Result<Taken, Stop> {
         let seq = sealed.seq;
+        let reader = relay.reader();
+        let zip = reader.object(&zip_name(&sealed.fingerprint, seq));
         if sealed.size > self.cfg.max_bundle_size {
-            return Ok(Err(format!(
+            let why = format!(
                 "bundle of {} bytes exceeds receiver.max_bundle_size ({} bytes)",
                 sealed.size, self.cfg.max_bundle_size
-            )));
+            );
+            // As lasting as the seal: its size is signed.
+            let tag = reader.tag(&zip).await.map_err(Stop::Bucket)?;
+            return Ok(Taken::Not {
+                why,
+                lasting: Some(tag),
+            });
         }
         let sender = Sender::new(sealed.sender.clone(), Some(sealed.fingerprint));
         if let Some(hold) = self.state.lock().await.held.get(&sender.key) {
             // Not downloaded while it could not be applied.
-            return Ok(Err(super::super::rollback::held_reason(hold)));
+            let why = super::super::rollback::held_reason(hold);
+            return Ok(Taken::Not { why, lasting: None });
         }
         let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let file = Taken(self.incoming.join(incoming_name(&sender.key, seq, session)));
+        let file = InIncoming(self.incoming.join(incoming_name(&sender.key, seq, session)));
         let started = Instant::now();
-        let reader = relay.reader();
-        let zip = reader.object(&zip_name(&sealed.fingerprint, seq));
         let downloaded = reader.download(&zip, &file.0, sealed.size).await;
-        let (size, hash) = match downloaded.map_err(Stop::Bucket)? {
+        let got = match downloaded.map_err(Stop::Bucket)? {
             Ok(got) => got,
-            Err(why) => return Ok(Err(why)),
+            Err(not) => {
+                let lasting = not.lasting().then_some(None);
+                return Ok(Taken::Not {
+                    why: not.to_string(),
+                    lasting,
+                });
+            }
         };
-        if let Err(mismatch) = sealed.check_zip(size, &hash) {
-            return Ok(Err(format!("not the zip sealed: {mismatch}")));
+        if let Err(mismatch) = sealed.check_zip(got.size, &got.hash) {
+            let why = format!("not the zip sealed: {mismatch}");
+            return Ok(Taken::Not {
+                why,
+                lasting: Some(got.tag),
+            });
         }
-        match self
-            .apply_then_hook(&sender, seq, size, &file.0, started)
+        let applied = self
+            .apply_then_hook(&sender, seq, got.size, &file.0, started)
             .await
-            .map_err(Stop::Apply)?
-        {
-            Ok(_) => Ok(Ok(())),
-            Err(refusal) => Ok(Err(format!("refused: {refusal}"))),
-        }
+            .map_err(Stop::Apply)?;
+        Ok(match applied {
+            Ok(_) => Taken::Applied,
+            Err(refusal) => Taken::Not {
+                why: format!("refused: {refusal}"),
+                // A refusal to ask again (a full disk, a hold) may pass.
+                lasting: (refusal.kind != RefusalKind::Retry).then_some(got.tag),
+            },
+        })
+    }
+}
+
+/// What became of a sealed bundle.
+enum Taken {
+    Applied,
+    Not {
+        why: String,
+        /// `Some(zip's tag)`: not taken for as long as its objects are
+        /// unchanged; `None`: looked at again at every poll.
+        lasting: Option<Option<String>>,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bundle_not_taken_waits_for_its_objects_to_change_only_when_both_are_tagged() {
+        let tag = |t: &str| Some(t.to_owned());
+        let not = |tags| NotTaken {
+            why: "not the zip sealed".into(),
+            tags,
+        };
+        let lasting = not((tag("s1"), tag("z1")));
+        assert!(lasting.unchanged(&(tag("s1"), tag("z1"))));
+        assert!(
+            !lasting.unchanged(&(tag("s1"), tag("z2"))),
+            "the zip replaced"
+        );
+        assert!(
+            !lasting.unchanged(&(tag("s2"), tag("z1"))),
+            "the seal replaced"
+        );
+        assert!(!lasting.unchanged(&(tag("s1"), None)), "the zip gone");
+        // Held, a full disk, a zip not there yet: at every poll.
+        let every_poll = not((None, None));
+        assert!(!every_poll.unchanged(&(None, None)));
+        assert!(!not((tag("s1"), None)).unchanged(&(tag("s1"), None)));
     }
 }
