@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::connect::Welcome;
-use super::{Backoff, Link, Lost};
+use super::{Link, Lost};
 use crate::bucket::names::{seal_name, seal_seq, sender_dir, zip_name};
 use crate::bucket::seal::{self, Sealer};
 use crate::bucket::store::Opened;
@@ -304,37 +304,31 @@ impl Chunks {
     }
 }
 
-/// Keep the bucket served until `shutdown`: read where it stands, upload
-/// bundles until an upload fails, then wait out the backoff and read
-/// again (the outbox still holds what was not uploaded).
-pub(super) async fn transport(link: Link, bucket: Arc<Bucket>, shutdown: CancellationToken) {
-    let mut backoff = Backoff::default();
-    let mut down_reported: Option<String> = None;
-    loop {
-        let read = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = bucket.position() => r,
-        };
-        match read {
-            Err(e) => link.unreachable(&mut down_reported, e),
-            Ok(welcome) => {
-                if down_reported.take().is_some() {
-                    info!(peer = %link.receiver, "bucket reachable again");
-                }
-                let prev = welcome.last_applied;
-                // A bucket is never rolled back: nothing holds it.
-                let _ = link.welcome(welcome).await;
-                backoff.reset();
-                let Some(lost) = link.serve_bucket(&bucket, prev, &shutdown).await else {
-                    return;
-                };
-                link.lost(&mut down_reported, lost);
-            }
+/// The bucket, served by uploads: its position read as a receiver's
+/// `Welcome` would be taken in, then bundles uploaded in order.
+pub(super) struct Uploads(pub(super) Arc<Bucket>);
+
+impl super::Served for Uploads {
+    type Opened = Welcome;
+
+    async fn open(&self, _link: &Link) -> Result<Welcome, String> {
+        self.0.position().await
+    }
+
+    async fn serve(
+        &self,
+        link: &Link,
+        welcome: Welcome,
+        back: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        if back {
+            info!(peer = %link.receiver, "bucket reachable again");
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(backoff.next_delay()) => {}
-        }
+        let prev = welcome.last_applied;
+        // A bucket is never rolled back: nothing holds it.
+        let _ = link.welcome(welcome).await;
+        link.serve_bucket(&self.0, prev, shutdown).await
     }
 }
 

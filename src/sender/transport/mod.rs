@@ -1,10 +1,11 @@
-//! One receiver's transport: a task that opens a session ([`connect`]),
-//! decides from the receiver's `Welcome` what it needs, serves it bundles
-//! and waits for their answers ([`exchange`]), hands what every receiver
-//! acknowledged to the ledger and its events to the sender's loop
-//! ([`handoff`]), and after a failure says why once, in the log and in the
-//! link's status, and reconnects with capped [`backoff`]. Every wait on the
-//! peer is bounded.
+//! One destination's transport: a task that keeps it served
+//! ([`keep_served`]) and, after a failure, says why once, in the log and
+//! in the link's status, and opens it again with capped [`backoff`]. A
+//! receiver is served by sessions ([`connect`], its `Welcome` decides what
+//! it needs, [`exchange`] serves bundles and waits for their answers); the
+//! bucket by uploads ([`bucket`]). What every destination acknowledged
+//! goes to the ledger and its events to the sender's loop ([`handoff`]).
+//! Every wait on the peer is bounded.
 
 mod backoff;
 mod bucket;
@@ -80,51 +81,102 @@ struct Lost {
     in_flight: bool,
 }
 
-/// Keep receiver `link` served until `shutdown`: connect, take in its
-/// Welcome, serve bundles until the connection fails, then wait out the
-/// backoff and reconnect (the outbox still holds what was not
-/// acknowledged, so it is re-sent).
+/// Keep the destination of `link` served until `shutdown`: a receiver
+/// by its sessions, the bucket by uploads ([`bucket::Uploads`]).
 pub(super) async fn transport(link: Link, shutdown: CancellationToken) {
-    if let Some(b) = link.bucket.clone() {
-        return bucket::transport(link, b, shutdown).await;
+    match link.bucket.clone() {
+        Some(b) => keep_served(&link, &bucket::Uploads(b), &shutdown).await,
+        None => keep_served(&link, &Sessions, &shutdown).await,
     }
+}
+
+/// How a destination is served: opened (a session connected, a bucket's
+/// position read), then served until that fails.
+trait Served {
+    type Opened;
+    /// Open the way to the destination; the error says why not.
+    async fn open(&self, link: &Link) -> Result<Self::Opened, String>;
+    /// Take in what the destination said and serve it bundles until that
+    /// fails (`Some`: why) or until shutdown (`None`); `back`: it was
+    /// unreachable until now.
+    async fn serve(
+        &self,
+        link: &Link,
+        opened: Self::Opened,
+        back: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost>;
+}
+
+/// Keep `link` served `how` until `shutdown`: open, serve until it
+/// fails, then wait out the backoff and open again (the outbox still
+/// holds what was not acknowledged, so it is sent again).
+async fn keep_served(link: &Link, how: &impl Served, shutdown: &CancellationToken) {
     let mut backoff = Backoff::default();
     // The failure last logged: one that goes on is not logged again.
     let mut down_reported: Option<String> = None;
     loop {
         let opened = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect(&link.receiver, &link.id, link.tls.as_ref(), link.peer_timeout, link.max_rate) => r,
+            r = how.open(link) => r,
         };
         match opened {
             Err(e) => link.unreachable(&mut down_reported, e),
-            Ok(session) => {
-                if down_reported.take().is_some() {
-                    info!(peer = %link.receiver, "receiver reachable again");
-                } else {
-                    debug!(peer = %link.receiver, last_applied = session.welcome.last_applied, "connected");
-                }
-                let held = link.welcome(session.welcome).await;
-                backoff.reset();
-                let served = match held {
-                    // Nothing to send: wait for the receiver to end the
-                    // session (released), answering its pings.
-                    Some(_) => link.idle(session.conn, &shutdown).await,
-                    None => {
-                        let conn = session.conn;
-                        let (instance, delivered) = (session.welcome.instance, session.delivered);
-                        link.serve(conn, instance, delivered, &shutdown).await
-                    }
-                };
-                let Some(lost) = served else {
+            Ok(opened) => {
+                let back = down_reported.take().is_some();
+                let Some(lost) = how.serve(link, opened, back, shutdown).await else {
                     return;
                 };
+                backoff.reset();
                 link.lost(&mut down_reported, lost);
             }
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(backoff.next_delay()) => {}
+        }
+    }
+}
+
+/// A receiver, served by sessions: connect, take in its Welcome, serve
+/// bundles (or, while a rollback holds this sender there, idle).
+struct Sessions;
+
+impl Served for Sessions {
+    type Opened = connect::Session;
+
+    async fn open(&self, link: &Link) -> Result<connect::Session, String> {
+        connect(
+            &link.receiver,
+            &link.id,
+            link.tls.as_ref(),
+            link.peer_timeout,
+            link.max_rate,
+        )
+        .await
+    }
+
+    async fn serve(
+        &self,
+        link: &Link,
+        session: connect::Session,
+        back: bool,
+        shutdown: &CancellationToken,
+    ) -> Option<Lost> {
+        if back {
+            info!(peer = %link.receiver, "receiver reachable again");
+        } else {
+            debug!(peer = %link.receiver, last_applied = session.welcome.last_applied, "connected");
+        }
+        match link.welcome(session.welcome).await {
+            // Nothing to send: wait for the receiver to end the session
+            // (released), answering its pings.
+            Some(_) => link.idle(session.conn, shutdown).await,
+            None => {
+                let (instance, delivered) = (session.welcome.instance, session.delivered);
+                link.serve(session.conn, instance, delivered, shutdown)
+                    .await
+            }
         }
     }
 }
