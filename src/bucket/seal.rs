@@ -41,7 +41,7 @@ pub struct Seal {
     pub hash: String,
     /// The sender's certificate, DER, base64.
     pub cert: String,
-    /// ECDSA P-256 with SHA-256 (ASN.1) over [`message`], base64.
+    /// ECDSA P-256 with SHA-256 (ASN.1) over the message `message` builds, base64.
     pub signature: String,
 }
 
