@@ -1,7 +1,8 @@
 //! Reading sealed bundles from a bucket: the seals past a position, a
-//! seal's bytes (never more than a seal may have), a zip downloaded into a
-//! file and hashed as it comes, never held in memory. Used by a receiver's
-//! polling and by `shipper replay --from-bucket`. The outer error: the
+//! seal opened for its sender (never more read than a seal may have), a
+//! zip downloaded into a file and hashed as it comes, never held in
+//! memory. Used by a receiver's polling, by a sender finding how far its
+//! bundles got, and by `shipper replay --from-bucket`. The outer error: the
 //! bucket could not be read (named, with refused credentials); the inner
 //! one: this object is not taken.
 
@@ -9,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
 use super::names::{seal_name, seal_seq, sender_dir};
-use super::seal::MAX_SEAL_BYTES;
+use super::seal::{self, MAX_SEAL_BYTES, Sealed};
 use super::store::Opened;
 use super::url::BucketUrl;
 use crate::tls::Fingerprint;
@@ -74,17 +75,31 @@ impl BucketReader<'_> {
         Ok(seals)
     }
 
-    /// A seal's bytes; the inner error when it is larger than any seal.
-    pub async fn read_seal(&self, at: &ObjectPath) -> Result<Result<Vec<u8>, String>, String> {
+    /// The listed seal of `sender`, opened for that sender alone: the
+    /// inner error says why it does not hold (gone, larger than any seal,
+    /// or refused).
+    pub async fn open_seal(
+        &self,
+        sender: &Fingerprint,
+        listed: &Listed,
+    ) -> Result<Result<Sealed, String>, String> {
         let explain = |e: object_store::Error| self.opened.explain(&e);
-        let got = self.opened.store.get(at).await.map_err(explain)?;
+        let got = match self.opened.store.get(&listed.at).await {
+            Ok(got) => got,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Ok(Err("seal refused: it is gone".into()));
+            }
+            Err(e) => return Err(explain(e)),
+        };
         if got.meta.size > MAX_SEAL_BYTES as u64 {
             return Ok(Err(format!(
-                "the seal is {} bytes, over the {MAX_SEAL_BYTES} a seal may have",
+                "seal refused: {} bytes, over the {MAX_SEAL_BYTES} a seal may have",
                 got.meta.size
             )));
         }
-        Ok(Ok(got.bytes().await.map_err(explain)?.to_vec()))
+        let bytes = got.bytes().await.map_err(explain)?;
+        Ok(seal::open(&bytes, self.url, listed.seq, &[*sender])
+            .map_err(|e| format!("seal refused: {e}")))
     }
 
     /// The entity tag of the object at `at`, where the store gives one;

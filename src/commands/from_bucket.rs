@@ -15,7 +15,6 @@ use tracing::warn;
 
 use crate::bucket::fetch::BucketReader;
 use crate::bucket::names::zip_name;
-use crate::bucket::seal;
 use crate::cli::ReplayTarget;
 use crate::config::{Config, ReceiverConfig};
 
@@ -74,11 +73,8 @@ fn download(
                 .map_err(|e| anyhow!("{url}: {e}"))?;
             for listed in seals.into_iter().filter(|l| last.is_none_or(|to| l.seq <= to)) {
                 let seq = listed.seq;
-                let bytes = reader.read_seal(&listed.at).await.map_err(|e| anyhow!("{url}: {e}"))?;
-                let opened = bytes.and_then(|b| {
-                    seal::open(&b, &bucket.url, seq, &[*sender]).map_err(|e| format!("seal refused: {e}"))
-                });
-                let sealed = match opened {
+                let opened = reader.open_seal(sender, &listed).await;
+                let sealed = match opened.map_err(|e| anyhow!("{url}: {e}"))? {
                     Ok(s) => s,
                     Err(why) => {
                         warn!(bucket = %url, %sender, seq, reason = %why, "passed over: not a bundle this sender sealed");

@@ -7,14 +7,6 @@ use object_store::{ObjectStore, PutPayload};
 use crate::s3::{self, S3};
 use crate::util::*;
 
-/// Make a key pair with the binary; returns its printed fingerprint.
-fn keygen(env: &Env, name: &str) -> String {
-    let dir = env.path().join(name);
-    let out = shipper(&["keygen", "--out", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// A sender putting every bundle in `s3`'s bucket under `www`, and
 /// nowhere else, sealed with `keys-s`.
 fn sender_toml(env: &Env, s3: &S3, secret: &str, extra: &str) -> String {

@@ -4,16 +4,6 @@ use std::os::unix::fs::PermissionsExt;
 
 use crate::util::*;
 
-/// Make a key pair with the binary; returns its printed fingerprint.
-fn keygen(env: &Env, name: &str) -> String {
-    let dir = env.path().join(name);
-    let out = shipper(&["keygen", "--out", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(fp.len(), 63, "{fp}");
-    fp
-}
-
 fn receiver_keys(dir: &str, allowed: &str) -> String {
     format!("key_dir = \"{dir}\"\nallowed_senders = [\"{allowed}\"]\n")
 }

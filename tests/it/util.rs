@@ -521,3 +521,14 @@ pub async fn archived_where(
     .await;
     found.expect("found")
 }
+
+/// Make a key pair with the binary in `env`'s directory `name`; returns
+/// its printed fingerprint.
+pub fn keygen(env: &Env, name: &str) -> String {
+    let dir = env.path().join(name);
+    let out = shipper(&["keygen", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let fp = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(fp.len(), 63, "{fp}");
+    fp
+}

@@ -163,14 +163,6 @@ async fn verify_exits_2_naming_a_receiver_that_is_down() {
     s.stop().await;
 }
 
-/// Make a key pair with the binary; returns its printed fingerprint.
-fn keygen(env: &Env, name: &str) -> String {
-    let dir = env.path().join(name);
-    let out = shipper(&["keygen", "--out", dir.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 /// Verify asks over mutual TLS with the sender's own key, on a connection
 /// of its own: the session carrying bundles is not replaced (it stays
 /// connected since the same moment, with no error) and the next flush

@@ -28,7 +28,7 @@ use super::halves::Taken as InIncoming;
 use super::{SESSIONS, Sessions};
 use crate::bucket::fetch::{BucketReader, Listed};
 use crate::bucket::names::zip_name;
-use crate::bucket::seal::{self, Sealed};
+use crate::bucket::seal::Sealed;
 use crate::bucket::store::Opened;
 use crate::config::BucketConfig;
 use crate::proto::refusal::RefusalKind;
@@ -213,12 +213,8 @@ impl Sessions {
             why,
             tags: (None, None),
         };
-        let opened = match reader.read_seal(&listed.at).await.map_err(Stop::Bucket)? {
-            Ok(bytes) => seal::open(&bytes, &relay.cfg.url, listed.seq, &[sender])
-                .map_err(|e| format!("seal refused: {e}")),
-            Err(why) => Err(format!("seal refused: {why}")),
-        };
-        let sealed = match opened {
+        let opened = reader.open_seal(&sender, listed).await;
+        let sealed = match opened.map_err(Stop::Bucket)? {
             Ok(s) => s,
             Err(why) => {
                 said.object(key, every_poll(why), &url);

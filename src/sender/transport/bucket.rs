@@ -12,7 +12,6 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{PutMode, PutPayload};
 use tokio_util::sync::CancellationToken;
@@ -20,8 +19,9 @@ use tracing::info;
 
 use super::connect::Welcome;
 use super::{Link, Lost};
-use crate::bucket::names::{seal_name, seal_seq, sender_dir, zip_name};
-use crate::bucket::seal::{self, Sealer};
+use crate::bucket::fetch::BucketReader;
+use crate::bucket::names::{seal_name, sender_dir, zip_name};
+use crate::bucket::seal::Sealer;
 use crate::bucket::store::Opened;
 use crate::bundle::pack::Packed;
 use crate::config::BucketConfig;
@@ -50,8 +50,12 @@ pub(in crate::sender) struct Bucket {
 }
 
 impl Bucket {
-    fn object(&self, rel: &str) -> ObjectPath {
-        ObjectPath::from(self.cfg.url.key(rel))
+    /// The bucket as receivers read it: its objects' keys, its seals.
+    fn reader(&self) -> BucketReader<'_> {
+        BucketReader {
+            opened: &self.opened,
+            url: &self.cfg.url,
+        }
     }
 
     /// What the bucket says of itself, as a receiver's `Welcome` would:
@@ -77,7 +81,7 @@ impl Bucket {
 
     /// The bucket's instance, made now if it has none.
     async fn instance(&self) -> object_store::Result<[u8; 16]> {
-        let at = self.object(INSTANCE);
+        let at = self.reader().object(INSTANCE);
         loop {
             match self.opened.store.get(&at).await {
                 Ok(got) if got.meta.size > INSTANCE_MAX_BYTES => {
@@ -123,42 +127,20 @@ impl Bucket {
     /// (not this sender's, or altered), never taken for an empty folder,
     /// which would number bundles again from where receivers already are.
     async fn newest_sealed(&self) -> Result<u64, String> {
-        let explain = |e: object_store::Error| self.opened.explain(&e);
-        let dir = self.object(&sender_dir(&self.me));
-        let prefix = self.cfg.url.key("");
-        let mut listed = self.opened.store.list(Some(&dir));
-        // Only the numbers are kept: 8 bytes a bundle.
-        let mut seqs = Vec::new();
-        while let Some(o) = listed.try_next().await.map_err(explain)? {
-            let rel = o
-                .location
-                .as_ref()
-                .strip_prefix(prefix.as_str())
-                .unwrap_or_default();
-            seqs.extend(seal_seq(&self.me, rel));
-        }
-        seqs.sort_unstable_by(|a, b| b.cmp(a));
-        for &seq in &seqs {
-            let got = self
-                .opened
-                .store
-                .get(&self.object(&seal_name(&self.me, seq)))
-                .await;
-            let got = match got {
-                Ok(got) if got.meta.size <= seal::MAX_SEAL_BYTES as u64 => got,
-                Ok(_) | Err(object_store::Error::NotFound { .. }) => continue,
-                Err(e) => return Err(explain(e)),
-            };
-            let bytes = got.bytes().await.map_err(explain)?;
-            if seal::open(&bytes, &self.cfg.url, seq, &[self.me]).is_ok() {
-                return Ok(seq);
+        let reader = self.reader();
+        let seals = reader.seals_after(&self.me, 0, usize::MAX).await?;
+        for listed in seals.iter().rev() {
+            if reader.open_seal(&self.me, listed).await?.is_ok() {
+                return Ok(listed.seq);
             }
         }
-        match seqs.first() {
+        match seals.last() {
             None => Ok(0),
             Some(newest) => Err(format!(
-                "none of the {} seals in {dir} (the newest {newest}) opens with this sender's key: not its own, or altered",
-                seqs.len()
+                "none of the {} seals in {} (the newest {}) opens with this sender's key: not its own, or altered",
+                seals.len(),
+                reader.object(&sender_dir(&self.me)),
+                newest.seq
             )),
         }
     }
@@ -166,7 +148,7 @@ impl Bucket {
     /// Upload bundle `b` of sender `id`, then its seal naming `prev` as
     /// the bundle sealed before it.
     async fn upload(&self, b: &Packed, prev: u64, id: &str) -> Result<(), String> {
-        let zip = self.object(&zip_name(&self.me, b.seq));
+        let zip = self.reader().object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)
             .await
@@ -175,7 +157,7 @@ impl Bucket {
             .sealer
             .seal(&self.cfg.url, id, (b.seq, prev, b.size), &hash);
         let bytes = serde_json::to_vec(&seal).expect("a seal serializes");
-        let at = self.object(&seal_name(&self.me, b.seq));
+        let at = self.reader().object(&seal_name(&self.me, b.seq));
         self.opened
             .store
             .put(&at, PutPayload::from(bytes))
