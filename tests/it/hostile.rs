@@ -111,6 +111,12 @@ async fn the_network_path_refuses_every_hostile_bundle_and_touches_nothing() {
             f => panic!("{name}: expected a refusal, got {f:?}"),
         }
     }
+    // A refused bundle's incoming file is removed off the runtime, just
+    // after the refusal is answered: give it the usual deadline.
+    let end = std::time::Instant::now() + DEADLINE;
+    while everything(env.path()) != before && std::time::Instant::now() < end {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         everything(env.path()),
         before,
