@@ -76,30 +76,23 @@ impl BucketReader<'_> {
     }
 
     /// The listed seal of `sender`, opened for that sender alone: the
-    /// inner error says why it does not hold (gone, larger than any seal,
-    /// or refused).
+    /// inner error says why it does not hold.
     pub async fn open_seal(
         &self,
         sender: &Fingerprint,
         listed: &Listed,
-    ) -> Result<Result<Sealed, String>, String> {
+    ) -> Result<Result<Sealed, SealNotHeld>, String> {
         let explain = |e: object_store::Error| self.opened.explain(&e);
         let got = match self.opened.store.get(&listed.at).await {
             Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Ok(Err("seal refused: it is gone".into()));
-            }
+            Err(object_store::Error::NotFound { .. }) => return Ok(Err(SealNotHeld::Gone)),
             Err(e) => return Err(explain(e)),
         };
         if got.meta.size > MAX_SEAL_BYTES as u64 {
-            return Ok(Err(format!(
-                "seal refused: {} bytes, over the {MAX_SEAL_BYTES} a seal may have",
-                got.meta.size
-            )));
+            return Ok(Err(SealNotHeld::Oversized(got.meta.size)));
         }
         let bytes = got.bytes().await.map_err(explain)?;
-        Ok(seal::open(&bytes, self.url, listed.seq, &[*sender])
-            .map_err(|e| format!("seal refused: {e}")))
+        Ok(seal::open(&bytes, self.url, listed.seq, &[*sender]).map_err(SealNotHeld::Refused))
     }
 
     /// The entity tag of the object at `at`, where the store gives one;
@@ -180,6 +173,27 @@ pub struct Downloaded {
     pub size: u64,
     pub hash: blake3::Hash,
     pub tag: Option<String>,
+}
+
+/// Why a listed seal does not hold. Such a seal carries no authority: it
+/// never holds back the bundles after it (the next genuine seal names the
+/// one sealed before it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SealNotHeld {
+    #[error("seal refused: it is gone")]
+    Gone,
+    #[error("seal refused: {0} bytes, over the {MAX_SEAL_BYTES} a seal may have")]
+    Oversized(u64),
+    #[error("seal refused: {0}")]
+    Refused(seal::SealRefused),
+}
+
+impl SealNotHeld {
+    /// Whether it stays so while the seal object is unchanged (a seal gone
+    /// may be uploaded again).
+    pub fn lasting(&self) -> bool {
+        !matches!(self, SealNotHeld::Gone)
+    }
 }
 
 /// Why a zip was not downloaded.

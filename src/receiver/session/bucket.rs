@@ -8,10 +8,11 @@
 //! acknowledged: the sender counts a bundle shipped once it is in the
 //! bucket.
 //!
-//! What the bucket holds is not trusted. A seal that does not open is
-//! passed over; a zip that is not the one sealed, or a bundle refused for
-//! good, is downloaded again only once its objects change (by their
-//! entity tags, at every poll where the store gives none); what may pass
+//! What the bucket holds is not trusted. A seal that does not hold is
+//! passed over, and read again only once it changes; a zip that is not
+//! the one sealed, or a bundle refused for good, is downloaded again only
+//! once its objects change (by their entity tags; at every poll where the
+//! store gives none); what may pass
 //! without them changing (a hold, a full disk, a zip not there yet) is
 //! looked at again at every poll. Nothing of a sender after a bundle not
 //! taken is applied meanwhile: the next seal names it as the one before.
@@ -26,7 +27,7 @@ use tracing::{info, warn};
 
 use super::halves::Taken as InIncoming;
 use super::{SESSIONS, Sessions};
-use crate::bucket::fetch::{BucketReader, Listed};
+use crate::bucket::fetch::{BucketReader, Listed, SealNotHeld};
 use crate::bucket::names::zip_name;
 use crate::bucket::seal::Sealed;
 use crate::bucket::store::Opened;
@@ -55,17 +56,48 @@ impl Relay {
     }
 }
 
-/// A bundle not taken: why, and the entity tags of its seal and zip then.
+/// Why a bundle in the bucket was not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Why {
+    /// Its seal does not hold: it carries no authority, so it holds back
+    /// nothing (the next genuine seal names the bundle sealed before it).
+    Seal(SealNotHeld),
+    /// A genuine bundle not taken (yet): nothing of its sender after it is.
+    Bundle(String),
+}
+
+impl std::fmt::Display for Why {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Why::Seal(s) => s.fmt(f),
+            Why::Bundle(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A bundle not taken: why, and the entity tags of its seal and zip then
+/// (`None` where the store gave none, or where the reason may pass without
+/// the objects changing: looked at again at every poll).
 struct NotTaken {
-    why: String,
+    why: Why,
     tags: (Option<String>, Option<String>),
 }
 
 impl NotTaken {
-    /// Whether its objects are as they were when it was not taken (never,
-    /// where the store gives no tags).
+    /// Whether its objects are as they were when it was not taken: the
+    /// seal alone for a seal that did not hold, seal and zip for a genuine
+    /// bundle (never, where the store gives no tags).
     fn unchanged(&self, tags: &(Option<String>, Option<String>)) -> bool {
-        self.tags.0.is_some() && self.tags.1.is_some() && self.tags == *tags
+        let seal = self.tags.0.is_some() && self.tags.0 == tags.0;
+        match &self.why {
+            Why::Seal(_) => seal,
+            Why::Bundle(_) => seal && self.tags.1.is_some() && self.tags.1 == tags.1,
+        }
+    }
+
+    /// Whether the bundles of its sender after it wait for it.
+    fn holds_back(&self) -> bool {
+        matches!(self.why, Why::Bundle(_))
     }
 }
 
@@ -182,7 +214,7 @@ impl Sessions {
     fn waits_on(&self, said: &Said, sender: Fingerprint, seq: u64) -> bool {
         said.objects
             .get(&(sender, seq))
-            .is_some_and(|n| !n.why.starts_with("seal refused"))
+            .is_some_and(NotTaken::holds_back)
     }
 
     /// Take the listed seal of `sender`, whose last bundle applied here is
@@ -197,12 +229,16 @@ impl Sessions {
         let url = relay.cfg.url.to_string();
         let key = (sender, listed.seq);
         let reader = relay.reader();
-        if let Some(not) = said.objects.get(&key)
-            && not.tags.0.is_some()
-            && not.tags.1.is_some()
-        {
-            let zip = reader.object(&zip_name(&sender, listed.seq));
-            let zip_tag = reader.tag(&zip).await.map_err(Stop::Bucket)?;
+        if let Some(not) = said.objects.get(&key) {
+            let zip_tag = match &not.why {
+                Why::Seal(_) => None,
+                // A HEAD only where the answer may matter.
+                Why::Bundle(_) if not.tags.0.is_some() && not.tags.1.is_some() => {
+                    let zip = reader.object(&zip_name(&sender, listed.seq));
+                    reader.tag(&zip).await.map_err(Stop::Bucket)?
+                }
+                Why::Bundle(_) => None,
+            };
             if not.unchanged(&(listed.tag.clone(), zip_tag)) {
                 return Ok(None);
             }
@@ -210,14 +246,21 @@ impl Sessions {
         // Looked at again at every poll: what may change without the
         // objects changing (a bundle uploaded, a release, disk freed).
         let every_poll = |why: String| NotTaken {
-            why,
+            why: Why::Bundle(why),
             tags: (None, None),
         };
         let opened = reader.open_seal(&sender, listed).await;
         let sealed = match opened.map_err(Stop::Bucket)? {
             Ok(s) => s,
-            Err(why) => {
-                said.object(key, every_poll(why), &url);
+            Err(not) => {
+                // A seal that does not hold is opened again only once it
+                // changes (or at every poll, where the store gives no tags).
+                let tag = listed.tag.clone().filter(|_| not.lasting());
+                let not = NotTaken {
+                    why: Why::Seal(not),
+                    tags: (tag, None),
+                };
+                said.object(key, not, &url);
                 return Ok(None);
             }
         };
@@ -243,6 +286,7 @@ impl Sessions {
                 lasting: Some(zip_tag),
             } => {
                 let tags = (listed.tag.clone(), zip_tag);
+                let why = Why::Bundle(why);
                 said.object(key, NotTaken { why, tags }, &url);
                 Ok(None)
             }
@@ -327,7 +371,7 @@ mod tests {
     fn a_bundle_not_taken_waits_for_its_objects_to_change_only_when_both_are_tagged() {
         let tag = |t: &str| Some(t.to_owned());
         let not = |tags| NotTaken {
-            why: "not the zip sealed".into(),
+            why: Why::Bundle("not the zip sealed".into()),
             tags,
         };
         let lasting = not((tag("s1"), tag("z1")));
@@ -345,5 +389,32 @@ mod tests {
         let every_poll = not((None, None));
         assert!(!every_poll.unchanged(&(None, None)));
         assert!(!not((tag("s1"), None)).unchanged(&(tag("s1"), None)));
+    }
+
+    #[test]
+    fn a_seal_that_does_not_hold_holds_nothing_back_and_is_read_again_only_once_it_changes() {
+        let tag = |t: &str| Some(t.to_owned());
+        let refused = NotTaken {
+            why: Why::Seal(SealNotHeld::Oversized(1 << 20)),
+            tags: (tag("s1"), None),
+        };
+        assert!(!refused.holds_back(), "it carries no authority");
+        assert!(refused.unchanged(&(tag("s1"), None)));
+        assert!(
+            refused.unchanged(&(tag("s1"), tag("z9"))),
+            "its zip is not its concern"
+        );
+        assert!(!refused.unchanged(&(tag("s2"), None)), "the seal replaced");
+        // A seal gone is not remembered by a tag: looked at every poll.
+        assert!(!SealNotHeld::Gone.lasting());
+        let bundle = NotTaken {
+            why: Why::Bundle("refused: a full disk".into()),
+            tags: (None, None),
+        };
+        assert!(bundle.holds_back(), "a genuine bundle keeps the order");
+        assert_eq!(
+            Why::Seal(SealNotHeld::Gone).to_string(),
+            "seal refused: it is gone"
+        );
     }
 }
