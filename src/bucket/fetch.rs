@@ -9,8 +9,8 @@
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 
-use super::names::{seal_name, seal_seq, sender_dir};
-use super::seal::{self, MAX_SEAL_BYTES, Sealed};
+use super::names::{Kind, base_end_first, bases_dir, listed_seq, seal_name, sender_dir};
+use super::seal::{self, MAX_SEAL_BYTES, Named, Sealed};
 use super::store::Opened;
 use super::url::BucketUrl;
 use crate::tls::Fingerprint;
@@ -18,9 +18,23 @@ use crate::tls::Fingerprint;
 /// A seal as listed.
 pub struct Listed {
     pub seq: u64,
+    pub kind: Kind,
     pub at: ObjectPath,
     /// Its entity tag, where the store gives one.
     pub tag: Option<String>,
+    /// When it was written.
+    pub modified: chrono::DateTime<chrono::Utc>,
+}
+
+/// Ends of bases listed at most: a sender keeps `bucket_keep` of them.
+const MAX_BASES_LISTED: usize = 1000;
+
+/// A complete base as listed: its first member, its end object, and
+/// when that was written.
+pub struct BaseListed {
+    pub first: u64,
+    pub at: ObjectPath,
+    pub modified: chrono::DateTime<chrono::Utc>,
 }
 
 /// A bucket's sealed bundles, as read by a receiver.
@@ -35,9 +49,12 @@ impl BucketReader<'_> {
         ObjectPath::from(self.url.key(rel))
     }
 
-    /// The seals in `sender`'s folder numbered above `from`, in order, at
-    /// most `most` of them (the rest at the next call), each with its
-    /// entity tag where the store gives one (it changes with the object).
+    /// The seals in `sender`'s folder numbered above `from` (of the chain
+    /// and of bases' members), in order, at most `most` of them (the rest
+    /// at the next call), each with its entity tag where the store gives
+    /// one (it changes with the object). The store lists keys in order and
+    /// the sender uploads in sequence order: a listing is never missing a
+    /// seal below one it holds.
     pub async fn seals_after(
         &self,
         sender: &Fingerprint,
@@ -63,11 +80,13 @@ impl BucketReader<'_> {
                 .as_ref()
                 .strip_prefix(prefix.as_str())
                 .unwrap_or_default();
-            if let Some(seq) = seal_seq(sender, rel).filter(|s| *s > from) {
+            if let Some((seq, kind)) = listed_seq(sender, rel).filter(|(s, _)| *s > from) {
                 seals.push(Listed {
                     seq,
+                    kind,
                     at: o.location,
                     tag: o.e_tag,
+                    modified: o.last_modified,
                 });
             }
         }
@@ -82,8 +101,63 @@ impl BucketReader<'_> {
         sender: &Fingerprint,
         listed: &Listed,
     ) -> Result<Result<Sealed, SealNotHeld>, String> {
+        let named = Named::Bundle(listed.seq, listed.kind);
+        self.read_seal(&listed.at, named, sender).await
+    }
+
+    /// `sender`'s complete bases, oldest first: the first member of each,
+    /// with where its end is and when it was written.
+    pub async fn bases(&self, sender: &Fingerprint) -> Result<Vec<BaseListed>, String> {
+        let dir = self.object(&bases_dir(sender));
+        let prefix = self.url.key("");
+        let mut listed = self.opened.store.list(Some(&dir));
+        let mut bases = Vec::new();
+        // Bounded: whoever can write the bucket can put any number of keys.
+        while bases.len() < MAX_BASES_LISTED
+            && let Some(o) = listed
+                .try_next()
+                .await
+                .map_err(|e| self.opened.explain(&e))?
+        {
+            let rel = o
+                .location
+                .as_ref()
+                .strip_prefix(prefix.as_str())
+                .unwrap_or_default();
+            if let Some(first) = base_end_first(sender, rel) {
+                bases.push(BaseListed {
+                    first,
+                    at: o.location,
+                    modified: o.last_modified,
+                });
+            }
+        }
+        bases.sort_by_key(|b| b.first);
+        Ok(bases)
+    }
+
+    /// The end of the listed base of `sender`, opened for that sender
+    /// alone: the base's last member's seal. The inner error says why it
+    /// does not hold.
+    pub async fn open_base_end(
+        &self,
+        sender: &Fingerprint,
+        base: &BaseListed,
+    ) -> Result<Result<Sealed, SealNotHeld>, String> {
+        let named = Named::BaseEnd { first: base.first };
+        self.read_seal(&base.at, named, sender).await
+    }
+
+    /// The seal at `at`, stored as `named`, opened for `sender` alone:
+    /// never more read than a seal may have.
+    async fn read_seal(
+        &self,
+        at: &ObjectPath,
+        named: Named,
+        sender: &Fingerprint,
+    ) -> Result<Result<Sealed, SealNotHeld>, String> {
         let explain = |e: object_store::Error| self.opened.explain(&e);
-        let got = match self.opened.store.get(&listed.at).await {
+        let got = match self.opened.store.get(at).await {
             Ok(got) => got,
             Err(object_store::Error::NotFound { .. }) => return Ok(Err(SealNotHeld::Gone)),
             Err(e) => return Err(explain(e)),
@@ -92,7 +166,7 @@ impl BucketReader<'_> {
             return Ok(Err(SealNotHeld::Oversized(got.meta.size)));
         }
         let bytes = got.bytes().await.map_err(explain)?;
-        Ok(seal::open(&bytes, self.url, listed.seq, &[*sender]).map_err(SealNotHeld::Refused))
+        Ok(seal::open(&bytes, self.url, named, &[*sender]).map_err(SealNotHeld::Refused))
     }
 
     /// The entity tag of the object at `at`, where the store gives one;

@@ -3,8 +3,9 @@
 //!
 //! The sender signs, with the private key of its key pair (ECDSA P-256,
 //! as `shipper keygen` makes it), a message naming the bucket's prefix,
-//! the bundle's sequence, its size and its BLAKE3; the seal carries the
-//! signature and the sender's certificate. A receiver takes the bundle
+//! the bundle's sequence, the one sealed before it, its size, its BLAKE3
+//! and where it belongs (the chain, or a base: see [`Belongs`]); the seal
+//! carries the signature and the sender's certificate. A receiver takes the bundle
 //! only when the certificate's fingerprint is in `allowed_senders`, the
 //! signature holds for that message, and the zip it downloaded has that
 //! size and hash ([`Sealed::check_zip`]). Pure, apart from the randomness
@@ -15,11 +16,15 @@ use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
 use serde::{Deserialize, Serialize};
 
+use super::names::Kind;
 use super::url::BucketUrl;
 use crate::tls::{Fingerprint, Identity};
 
-/// The seal format this build writes and reads.
-pub const FORMAT: u32 = 1;
+/// The seal format this build writes; it reads this one and
+/// [`FIRST_FORMAT`] (seals of the chain only, from before bases).
+pub const FORMAT: u32 = 2;
+/// The first seal format, still read.
+pub const FIRST_FORMAT: u32 = 1;
 /// The largest seal read: a certificate and a signature take about 1 KiB.
 pub const MAX_SEAL_BYTES: usize = 16 << 10;
 
@@ -34,7 +39,9 @@ pub struct Seal {
     /// The bundle sealed before it in this bucket (0: none), so a receiver
     /// notices one missing (deleted, or not yet listed) instead of
     /// skipping it: sequences the bucket never held (bundles for one
-    /// receiver alone) are gaps a seal accounts for.
+    /// receiver alone) are gaps a seal accounts for. In the chain, the
+    /// chain's bundle before it; in a base, the base's member before it
+    /// (0 for its first).
     pub prev: u64,
     pub size: u64,
     /// BLAKE3 of the zip, hex.
@@ -43,6 +50,45 @@ pub struct Seal {
     pub cert: String,
     /// ECDSA P-256 with SHA-256 (ASN.1) over the message `message` builds, base64.
     pub signature: String,
+    /// 0: a bundle of the chain; else a member of the base whose first
+    /// member this is (format 2).
+    #[serde(default)]
+    pub base: u64,
+    /// The last member of its base (format 2).
+    #[serde(default)]
+    pub last: bool,
+}
+
+/// Where a sealed bundle belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Belongs {
+    /// The chain of changes every receiver follows.
+    Chain,
+    /// A base: a whole tree, which a receiver starting empty or fallen
+    /// behind takes with the chain from `first` on; `last`: its last
+    /// member, which makes it complete.
+    Base { first: u64, last: bool },
+}
+
+impl Belongs {
+    fn of(seal: &Seal) -> Self {
+        match seal.base {
+            0 => Belongs::Chain,
+            first => Belongs::Base {
+                first,
+                last: seal.last,
+            },
+        }
+    }
+}
+
+/// What a seal is stored as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Named {
+    /// The seal of bundle `seq`, listed as `kind`.
+    Bundle(u64, Kind),
+    /// The end of the base beginning at `first`.
+    BaseEnd { first: u64 },
 }
 
 /// What is signed: every field a receiver acts on, and the bucket and
@@ -50,17 +96,24 @@ pub struct Seal {
 /// prefix does not hold there.
 fn message(url: &BucketUrl, s: &Seal) -> Vec<u8> {
     let Seal {
+        format,
         sender,
         seq,
         prev,
         size,
         hash,
+        base,
+        last,
         ..
     } = s;
     // The id is JSON-quoted: no id can pass for another line.
     let sender = serde_json::to_string(sender).expect("a string serializes");
-    format!("shipper-bucket-{FORMAT}\n{url}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n")
-        .into_bytes()
+    let mut msg =
+        format!("shipper-bucket-{format}\n{url}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n");
+    if *format > FIRST_FORMAT {
+        msg.push_str(&format!("{base}\n{last}\n"));
+    }
+    msg.into_bytes()
 }
 
 /// The sender's key pair, ready to seal bundles.
@@ -97,14 +150,20 @@ impl Sealer {
     }
 
     /// The seal of bundle `seq` (sealed after `prev`) of sender `id`, of
-    /// `size` bytes hashing to `hash`, stored in `url`.
+    /// `size` bytes hashing to `hash`, stored in `url`, belonging where
+    /// `belongs` says.
     pub fn seal(
         &self,
         url: &BucketUrl,
         id: &str,
         (seq, prev, size): (u64, u64, u64),
         hash: &blake3::Hash,
+        belongs: Belongs,
     ) -> Seal {
+        let (base, last) = match belongs {
+            Belongs::Chain => (0, false),
+            Belongs::Base { first, last } => (first, last),
+        };
         let mut seal = Seal {
             format: FORMAT,
             sender: id.to_owned(),
@@ -114,6 +173,8 @@ impl Sealer {
             hash: hash.to_hex().to_string(),
             cert: self.cert.clone(),
             signature: String::new(),
+            base,
+            last,
         };
         let signature = self
             .key
@@ -137,6 +198,8 @@ pub enum SealRefused {
     BadSignature(Fingerprint),
     #[error("it seals bundle {sealed} but is stored as bundle {named}")]
     Misnamed { named: u64, sealed: u64 },
+    #[error("it seals a bundle that belongs to {sealed:?} but is stored as {named:?}")]
+    Misplaced { named: Named, sealed: Belongs },
 }
 
 /// Why a downloaded zip is not the bundle its seal names.
@@ -161,6 +224,7 @@ pub struct Sealed {
     pub prev: u64,
     pub size: u64,
     pub hash: String,
+    pub belongs: Belongs,
 }
 
 impl Sealed {
@@ -179,13 +243,13 @@ impl Sealed {
     }
 }
 
-/// Open the seal `bytes`, stored in `url` as bundle `named`: it holds
-/// when it is well formed, names that bundle, was made by a sender in
+/// Open the seal `bytes`, stored in `url` as `named`: it holds when it
+/// is well formed, is what it is stored as, was made by a sender in
 /// `allowed` and its signature holds.
 pub fn open(
     bytes: &[u8],
     url: &BucketUrl,
-    named: u64,
+    named: Named,
     allowed: &[Fingerprint],
 ) -> Result<Sealed, SealRefused> {
     if bytes.len() > MAX_SEAL_BYTES {
@@ -196,15 +260,7 @@ pub fn open(
     }
     let seal: Seal =
         serde_json::from_slice(bytes).map_err(|e| SealRefused::Malformed(e.to_string()))?;
-    if seal.format != FORMAT {
-        return Err(SealRefused::Format(seal.format));
-    }
-    if seal.seq != named {
-        return Err(SealRefused::Misnamed {
-            named,
-            sealed: seal.seq,
-        });
-    }
+    check_fields(&seal, named)?;
     let malformed = |what: &str| SealRefused::Malformed(format!("its {what} is not base64"));
     let cert = BASE64
         .decode(seal.cert.as_bytes())
@@ -227,12 +283,48 @@ pub fn open(
     }
     Ok(Sealed {
         fingerprint: sender,
+        belongs: Belongs::of(&seal),
         sender: seal.sender,
         seq: seal.seq,
         prev: seal.prev,
         size: seal.size,
         hash: seal.hash,
     })
+}
+
+/// Whether `seal`'s format is one read here, and it seals what it is
+/// stored as: its number, and the chain or a base.
+fn check_fields(seal: &Seal, named: Named) -> Result<(), SealRefused> {
+    match seal.format {
+        FIRST_FORMAT if seal.base != 0 || seal.last => {
+            // Not signed in the first format: never taken from one.
+            return Err(SealRefused::Malformed(
+                "a first-format seal names a base".into(),
+            ));
+        }
+        FIRST_FORMAT | FORMAT => {}
+        f if f > FORMAT => return Err(SealRefused::Format(f)),
+        f => return Err(SealRefused::Malformed(format!("format {f}"))),
+    }
+    let sealed = Belongs::of(seal);
+    let fits = match (named, sealed) {
+        (Named::Bundle(_, Kind::Chain), Belongs::Chain) => !seal.last,
+        (Named::Bundle(_, Kind::Member), Belongs::Base { first, .. }) => first <= seal.seq,
+        (Named::BaseEnd { first: named }, Belongs::Base { first, last }) => {
+            last && first == named && first <= seal.seq
+        }
+        _ => false,
+    };
+    if !fits {
+        return Err(SealRefused::Misplaced { named, sealed });
+    }
+    match named {
+        Named::Bundle(n, _) if n != seal.seq => Err(SealRefused::Misnamed {
+            named: n,
+            sealed: seal.seq,
+        }),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -256,9 +348,15 @@ mod tests {
         let hash = blake3::hash(b"zip bytes");
         let seal = Sealer::new(&id)
             .unwrap()
-            .seal(&www(), "cms", (7, 5, 9), &hash);
+            .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
         let bytes = serde_json::to_vec(&seal).unwrap();
-        let sealed = open(&bytes, &www(), 7, &[id.fingerprint]).unwrap();
+        let sealed = open(
+            &bytes,
+            &www(),
+            Named::Bundle(7, Kind::Chain),
+            &[id.fingerprint],
+        )
+        .unwrap();
         assert_eq!(
             (sealed.fingerprint, sealed.sender.as_str()),
             (id.fingerprint, "cms")
@@ -281,11 +379,16 @@ mod tests {
         let hash = blake3::hash(b"zip bytes");
         let seal = Sealer::new(id)
             .unwrap()
-            .seal(&www(), "cms", (7, 5, 9), &hash);
+            .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
         let allowed = [id.fingerprint];
         let open_it = move |s: &Seal, prefix: &str, named: u64| {
             let url = BucketUrl::parse(&format!("s3://site/{prefix}")).unwrap();
-            open(&serde_json::to_vec(s).unwrap(), &url, named, &allowed)
+            open(
+                &serde_json::to_vec(s).unwrap(),
+                &url,
+                Named::Bundle(named, Kind::Chain),
+                &allowed,
+            )
         };
         (seal, open_it)
     }
@@ -342,7 +445,7 @@ mod tests {
             open(
                 &serde_json::to_vec(&seal).unwrap(),
                 &other_bucket,
-                7,
+                Named::Bundle(7, Kind::Chain),
                 &[id.fingerprint]
             ),
             Err(SealRefused::BadSignature(id.fingerprint))
@@ -357,9 +460,10 @@ mod tests {
         let (seal, open_it) = sealed_by(&id);
         let allowed = [id.fingerprint];
         // A stranger's seal, and a stranger's signature under our certificate.
-        let theirs = Sealer::new(&stranger)
-            .unwrap()
-            .seal(&www(), "cms", (7, 5, 9), &hash);
+        let theirs =
+            Sealer::new(&stranger)
+                .unwrap()
+                .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
         assert_eq!(
             open_it(&theirs, "www", 7),
             Err(SealRefused::UnknownSender(stranger.fingerprint))
@@ -372,16 +476,168 @@ mod tests {
         );
         // Not a seal at all, or one from a newer shipper.
         assert!(matches!(
-            open(b"{", &www(), 7, &allowed),
+            open(b"{", &www(), Named::Bundle(7, Kind::Chain), &allowed),
             Err(SealRefused::Malformed(_))
         ));
         let mut newer = seal.clone();
-        newer.format = 2;
-        assert_eq!(open_it(&newer, "www", 7), Err(SealRefused::Format(2)));
+        newer.format = FORMAT + 1;
+        assert_eq!(
+            open_it(&newer, "www", 7),
+            Err(SealRefused::Format(FORMAT + 1))
+        );
         let huge = vec![b' '; MAX_SEAL_BYTES + 1];
         assert!(matches!(
-            open(&huge, &www(), 7, &allowed),
+            open(&huge, &www(), Named::Bundle(7, Kind::Chain), &allowed),
             Err(SealRefused::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_base_member_opens_only_as_what_it_is_stored_as() {
+        let (_t, id) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let sealer = Sealer::new(&id).unwrap();
+        let allowed = [id.fingerprint];
+        let open_as =
+            |s: &Seal, named| open(&serde_json::to_vec(s).unwrap(), &www(), named, &allowed);
+        let member = sealer.seal(
+            &www(),
+            "cms",
+            (12, 11, 9),
+            &hash,
+            Belongs::Base {
+                first: 10,
+                last: false,
+            },
+        );
+        let last = sealer.seal(
+            &www(),
+            "cms",
+            (14, 12, 9),
+            &hash,
+            Belongs::Base {
+                first: 10,
+                last: true,
+            },
+        );
+        let chain = sealer.seal(&www(), "cms", (13, 9, 9), &hash, Belongs::Chain);
+        assert_eq!(
+            open_as(&member, Named::Bundle(12, Kind::Member)).map(|s| s.belongs),
+            Ok(Belongs::Base {
+                first: 10,
+                last: false
+            })
+        );
+        assert_eq!(
+            open_as(&last, Named::BaseEnd { first: 10 }).map(|s| (s.seq, s.belongs)),
+            Ok((
+                14,
+                Belongs::Base {
+                    first: 10,
+                    last: true
+                }
+            ))
+        );
+        // Stored as something else: a member as the chain, the chain as a
+        // member, a member that is not the last as an end, an end of
+        // another base.
+        for (seal, named) in [
+            (&member, Named::Bundle(12, Kind::Chain)),
+            (&chain, Named::Bundle(13, Kind::Member)),
+            (&member, Named::BaseEnd { first: 10 }),
+            (&last, Named::BaseEnd { first: 11 }),
+        ] {
+            assert!(
+                matches!(open_as(seal, named), Err(SealRefused::Misplaced { .. })),
+                "{named:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn where_a_member_belongs_is_signed() {
+        let (_t, id) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let allowed = [id.fingerprint];
+        let open_as =
+            |s: &Seal, named| open(&serde_json::to_vec(s).unwrap(), &www(), named, &allowed);
+        let member = Sealer::new(&id).unwrap().seal(
+            &www(),
+            "cms",
+            (12, 11, 9),
+            &hash,
+            Belongs::Base {
+                first: 10,
+                last: false,
+            },
+        );
+        // Moved into another base, or made the last, it no longer holds.
+        let mut moved = member.clone();
+        moved.base = 11;
+        assert_eq!(
+            open_as(&moved, Named::Bundle(12, Kind::Member)),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        let mut ended = member.clone();
+        ended.last = true;
+        assert_eq!(
+            open_as(&ended, Named::BaseEnd { first: 10 }),
+            Err(SealRefused::BadSignature(id.fingerprint))
+        );
+        // The first format signed no base: a first-format seal naming one
+        // is refused, whatever its signature.
+        let mut first = member.clone();
+        first.format = FIRST_FORMAT;
+        assert!(matches!(
+            open_as(&first, Named::Bundle(12, Kind::Member)),
+            Err(SealRefused::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn a_first_format_seal_of_the_chain_still_opens() {
+        let (_t, id) = identity();
+        let hash = blake3::hash(b"zip bytes");
+        let mut seal = Seal {
+            format: FIRST_FORMAT,
+            sender: "cms".into(),
+            seq: 7,
+            prev: 5,
+            size: 9,
+            hash: hash.to_hex().to_string(),
+            cert: BASE64.encode(id.cert()),
+            signature: String::new(),
+            base: 0,
+            last: false,
+        };
+        // As the first format signed it: no base, no last.
+        let msg = format!(
+            "shipper-bucket-1\n{}\n\"cms\"\n7\n5\n9\n{}\n",
+            www(),
+            seal.hash
+        );
+        let rustls::pki_types::PrivateKeyDer::Pkcs8(pkcs8) = id.key() else {
+            panic!("keygen makes PKCS#8")
+        };
+        let rng = SystemRandom::new();
+        let key = EcdsaKeyPair::from_pkcs8(
+            &ECDSA_P256_SHA256_ASN1_SIGNING,
+            pkcs8.secret_pkcs8_der(),
+            &rng,
+        )
+        .unwrap();
+        seal.signature = BASE64.encode(key.sign(&rng, msg.as_bytes()).unwrap().as_ref());
+        let mut json = serde_json::to_value(&seal).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("base");
+        fields.remove("last");
+        let bytes = serde_json::to_vec(&json).unwrap();
+        let opened = open(
+            &bytes,
+            &www(),
+            Named::Bundle(7, Kind::Chain),
+            &[id.fingerprint],
+        );
+        assert_eq!(opened.map(|s| (s.prev, s.belongs)), Ok((5, Belongs::Chain)));
     }
 }

@@ -3,6 +3,7 @@
 //! [`super::store`] opens it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::url::BucketUrl;
 
@@ -26,4 +27,22 @@ pub enum Credentials {
     /// The standard `AWS_ACCESS_KEY_ID` and `AWS_SECRET_ACCESS_KEY`
     /// (and `AWS_SESSION_TOKEN`) of the environment.
     Environment,
+}
+
+/// How a sender keeps its folder in a bucket: a base (a whole tree) at
+/// least every `every`, and the newest `keep` complete bases with the
+/// bundles from the oldest of them on; older ones are removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bases {
+    pub every: Duration,
+    pub keep: usize,
+}
+
+impl Default for Bases {
+    fn default() -> Self {
+        Self {
+            every: Duration::from_secs(24 * 3600),
+            keep: 2,
+        }
+    }
 }

@@ -151,6 +151,41 @@ mod tests {
     }
 
     #[test]
+    fn bases_default_to_a_day_and_two_kept_and_need_a_bucket() {
+        let local = "[sender]\nsource = \"s\"\nreceiver = \"127.0.0.1:7700\"\nstate_dir = \"st\"\n";
+        let checked = |text: &str| validate(parse(text).unwrap(), Path::new("/"));
+        let e = checked(&format!("{local}bucket_keep = 3\n")).unwrap_err();
+        assert_eq!(e, "sender.bucket_keep is set but sender.bucket is not");
+        let e = checked(&format!("{local}bucket_base_every = \"1h\"\n")).unwrap_err();
+        assert_eq!(
+            e,
+            "sender.bucket_base_every is set but sender.bucket is not"
+        );
+        let bucket = format!(
+            "{local}key_dir = \"k\"\nreceiver_fingerprint = \"{}\"\nbucket = \"s3://site/www\"\n",
+            crate::tls::Fingerprint::of(b"x")
+        );
+        let c = checked(&bucket).unwrap().sender.unwrap();
+        assert_eq!(c.bucket_bases, crate::bucket::settings::Bases::default());
+        assert_eq!(
+            (c.bucket_bases.every, c.bucket_bases.keep),
+            (std::time::Duration::from_secs(86_400), 2)
+        );
+        let set = checked(&format!(
+            "{bucket}bucket_base_every = \"6h\"\nbucket_keep = 1\n"
+        ));
+        let b = set.unwrap().sender.unwrap().bucket_bases;
+        assert_eq!(
+            (b.every, b.keep),
+            (std::time::Duration::from_secs(6 * 3600), 1)
+        );
+        let e = checked(&format!("{bucket}bucket_keep = 0\n")).unwrap_err();
+        assert!(e.starts_with("sender.bucket_keep = 0"), "{e}");
+        let e = checked(&format!("{bucket}bucket_base_every = \"10ms\"\n")).unwrap_err();
+        assert!(e.starts_with("sender.bucket_base_every = \"10ms\""), "{e}");
+    }
+
+    #[test]
     fn remote_addresses_require_keys_and_keys_come_in_pairs() {
         let remote = "[sender]\nsource = \"s\"\nreceiver = \"10.1.2.3:7700\"\nstate_dir = \"st\"\n";
         let e = validate(parse(remote).unwrap(), Path::new("/")).unwrap_err();

@@ -16,8 +16,8 @@ use serde::Deserialize;
 
 use super::bucket::RawBucket;
 use super::timing;
-use super::values::{check_host_port, host_is_loopback, metrics_addr, size};
-use crate::bucket::settings::BucketConfig;
+use super::values::{check_host_port, duration, host_is_loopback, metrics_addr, size};
+use crate::bucket::settings::{Bases, BucketConfig};
 use crate::paths::{DEFAULT_EXCLUDES, Excludes};
 use crate::schedule::Schedule;
 use crate::tls::Fingerprint;
@@ -73,6 +73,8 @@ pub struct RawSender {
     pub bucket_endpoint: Option<String>,
     pub bucket_region: Option<String>,
     pub bucket_credentials: Option<PathBuf>,
+    pub bucket_base_every: Option<String>,
+    pub bucket_keep: Option<usize>,
 }
 
 /// A key that takes one value or a list of them.
@@ -127,6 +129,8 @@ pub struct SenderConfig {
     /// The bucket every bundle also goes to, for receivers that take
     /// them there; sealed with the key pair in `tls`.
     pub bucket: Option<BucketConfig>,
+    /// How often the bucket gets a base, and how many it keeps.
+    pub bucket_bases: Bases,
 }
 
 impl SenderConfig {
@@ -216,6 +220,7 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
         Utc::now(),
     )?;
     let sizes = sizes(&s)?;
+    let bucket_bases = bases(&s, bucket.is_some())?;
     let max_rate = timing::max_rate(s.max_rate.as_deref(), sizes.max_bundle_size, max_delay, gap)?;
     let exclude = excludes(s.exclude_defaults, s.exclude)?;
     let receivers = receivers(s.receiver, bucket.is_some())?;
@@ -229,6 +234,7 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
     let peer_timeout = timing::peer_timeout(s.peer_timeout.as_deref())?;
     let compress = compress(s.compress.as_deref())?;
     Ok(SenderConfig {
+        bucket_bases,
         compress,
         max_rate,
         peer_timeout,
@@ -249,6 +255,38 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
         outbox_max: sizes.outbox_max,
         bucket,
     })
+}
+
+/// How often the bucket gets a base (`bucket_base_every`, at least a
+/// second) and how many complete ones it keeps (`bucket_keep`, at least
+/// one); either set without a bucket is refused.
+fn bases(s: &RawSender, bucket: bool) -> Result<Bases, String> {
+    let defaults = Bases::default();
+    let set = [
+        ("sender.bucket_base_every", s.bucket_base_every.is_some()),
+        ("sender.bucket_keep", s.bucket_keep.is_some()),
+    ];
+    if !bucket && let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+        return Err(format!("{key} is set but sender.bucket is not"));
+    }
+    let every = duration(
+        "sender.bucket_base_every",
+        s.bucket_base_every.as_deref(),
+        defaults.every,
+    )?;
+    if every < Duration::from_secs(1) {
+        return Err(format!(
+            "sender.bucket_base_every = {:?}: at least 1s (each base is a whole tree)",
+            s.bucket_base_every.as_deref().unwrap_or_default()
+        ));
+    }
+    let keep = s.bucket_keep.unwrap_or(defaults.keep);
+    if keep == 0 {
+        return Err(
+            "sender.bucket_keep = 0: at least 1 (a receiver starting empty needs a base)".into(),
+        );
+    }
+    Ok(Bases { every, keep })
 }
 
 /// How large the sender's parts, bundles and outbox may grow.

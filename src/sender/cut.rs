@@ -144,23 +144,31 @@ impl Handles {
     }
 
     /// Pack `items` from `source` within `limits`, leaving pending what was
-    /// `touched` meanwhile. Blocking.
+    /// `touched` meanwhile; `only`: for that receiver alone, and `ends`:
+    /// the last run of its whole tree, whose last bundle says so (each
+    /// bundle is handed on once the next is packed, so the last is known).
+    /// Blocking.
     fn pack(
         &self,
         items: Vec<PackItem>,
-        only: Option<usize>,
+        (only, ends): (Option<usize>, bool),
         source: &Path,
         limits: Limits,
         (touched, held): (&Mutex<HashSet<String>>, Option<Lookup>),
     ) -> PackDone {
         let sender_id = self.state.lock().expect("state lock").id.clone();
+        let mut waiting: Option<Packed> = None;
+        let mut emit = |p: Packed| match ends {
+            false => self.emit(p, only),
+            true => waiting.replace(p).map_or(Ok(()), |b| self.emit(b, only)),
+        };
         let mut packer = Packer {
             source,
             outbox: &self.outbox_dir,
             sender: &sender_id,
             limits,
             alloc_seq: &mut || self.alloc_seq(),
-            emit: &mut |p| self.emit(p, only),
+            emit: &mut emit,
             touched: &|p: &str| {
                 touched
                     .lock()
@@ -176,7 +184,14 @@ impl Handles {
                 .then_some(&*self.signatures as &dyn Signatures),
         };
         let mut report = Report::default();
-        let result = packer.pack_into(items, &mut report);
+        let mut result = packer.pack_into(items, &mut report);
+        if let Some(mut last) = waiting {
+            // A run that failed part-way is packed again from the tree's
+            // start: what it packed is handed on, but ends nothing.
+            last.ends_tree = result.is_ok();
+            let emitted = self.emit(last, only);
+            result = result.and(emitted);
+        }
         (report, result)
     }
 }
@@ -346,7 +361,7 @@ impl Cut {
         let last = items.last().map(|i| i.path.clone());
         self.whole_trees.taken(last, more);
         // A receiver getting the whole tree may hold nothing: no reuse.
-        self.start(items, (Some(tree.index), None), source.dir());
+        self.start(items, (Some(tree.index), !more, None), source.dir());
         self.tree_ran_last = true;
         true
     }
@@ -387,16 +402,17 @@ impl Cut {
         self.cut = Some(InCut { after, more, ..cut });
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
         let held = Some(Lookup(book.shipped.held()));
-        self.start(items, (None, held), source.dir());
+        self.start(items, (None, false, held), source.dir());
         true
     }
 
-    /// Pack `items` on a blocking thread; `only`: for that receiver alone;
-    /// `held`: where the receivers hold content that may be reused.
+    /// Pack `items` on a blocking thread; `only`: for that receiver alone
+    /// (`ends`: the last run of its whole tree); `held`: where the
+    /// receivers hold content that may be reused.
     fn start(
         &mut self,
         items: Vec<PackItem>,
-        (only, held): (Option<usize>, Option<Lookup>),
+        (only, ends, held): (Option<usize>, bool, Option<Lookup>),
         source: &Path,
     ) {
         self.only = only;
@@ -405,7 +421,7 @@ impl Cut {
         let source = source.to_owned();
         let touched = self.touched.start();
         self.running = Some(tokio::task::spawn_blocking(move || {
-            handles.pack(items, only, &source, limits, (&touched, held))
+            handles.pack(items, (only, ends), &source, limits, (&touched, held))
         }));
     }
 

@@ -218,6 +218,8 @@ fn open_bucket(cfg: &SenderConfig, b: &crate::config::BucketConfig) -> anyhow::R
         cfg: b.clone(),
         sealer,
         me: me.fingerprint,
+        bases: cfg.bucket_bases,
+        clock: Default::default(),
     }))
 }
 

@@ -139,6 +139,7 @@ async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
         "test",
         (seq + 50, seq, evil.len() as u64),
         &blake3::hash(&evil),
+        shipper::bucket::seal::Belongs::Chain,
     );
     put(s3::key("www", &s_fp, seq + 50, "zip"), evil).await;
     put(
@@ -385,4 +386,176 @@ async fn a_rolled_back_bucket_receiver_takes_bundles_again_once_released() {
         env.path().join("www1/c.html").exists()
     })
     .await;
+}
+
+/// The sequences of `sender`'s objects under `prefix` whose names end
+/// with `.ext` (`seal`: the chain, `base`: bases' members, `zip`: both).
+fn objects(s3: &S3, sender: &str, ext: &str) -> Vec<u64> {
+    let dir = s3.object(&format!("www/b/{sender}"));
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(&format!(".{ext}"))?.parse().ok()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The complete bases of `sender` in the bucket, by their first member.
+fn bases(s3: &S3, sender: &str) -> Vec<u64> {
+    let dir = s3.object(&format!("www/bases/{sender}"));
+    let mut v: Vec<u64> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok()?.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The number after `name` in a log line.
+fn field(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(name)? + name.len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// The sequences a receiver's log says it applied.
+fn applied(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("bundle applied"))
+        .filter_map(|l| field(l, " seq="))
+        .collect()
+}
+
+/// With a base due every 2 seconds and one kept, the bucket lets go of the
+/// first bundles; a receiver started empty then takes the newest base and
+/// the chain after it, one that was stopped meanwhile (behind what the
+/// bucket keeps) does too, and one in step all along never downloads a
+/// base.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_added_later_or_fallen_behind_catches_up_from_a_base() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    env.write("index.html", "home");
+    env.write("news/a.html", "a");
+    let r1 = start_receiver(&env, &s3, "www1", &s_fp);
+    let r2 = start_receiver(&env, &s3, "www2", &s_fp);
+    let bases_toml = "bucket_base_every = \"2s\"\nbucket_keep = 1\n";
+    let file = env.config_file(
+        "sender.toml",
+        &sender_toml(&env, &s3, s3::SECRET_KEY, bases_toml),
+    );
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("both roots hold the tree", || {
+        in_step(&env, &["www1", "www2"])
+    })
+    .await;
+    drop(r2);
+    // Two bundles of the chain while www2 is away, the first let go once
+    // a later base is kept: www2 is then behind what the bucket keeps.
+    let newest_chain = || *objects(&s3, &s_fp, "seal").last().unwrap();
+    let before = newest_chain();
+    env.write("news/a.html", "a, changed while www2 was away");
+    wait_until("a bundle of the chain", || newest_chain() > before).await;
+    let gone = newest_chain();
+    env.write("news/b.html", "b");
+    wait_until("another", || newest_chain() > gone).await;
+    wait_until("www1 in step", || in_step(&env, &["www1"])).await;
+    wait_until("the first of them let go, a base kept", || {
+        !bases(&s3, &s_fp).is_empty() && !objects(&s3, &s_fp, "seal").contains(&gone)
+    })
+    .await;
+    assert!(
+        sender.log_text().contains("a base is due"),
+        "{}",
+        sender.log_text()
+    );
+    let r3 = start_receiver(&env, &s3, "www3", &s_fp);
+    let r2 = start_receiver(&env, &s3, "www2", &s_fp);
+    wait_until(
+        "the receiver started empty, and the one behind, in step",
+        || in_step(&env, &["www3", "www2"]),
+    )
+    .await;
+    for (name, r) in [("www3", &r3), ("www2", &r2)] {
+        assert!(
+            r.log_text().contains("taking this sender's newest base"),
+            "{name}: {}",
+            r.log_text()
+        );
+    }
+    // Changes after go on reaching every receiver by the chain.
+    env.write("news/c.html", "c");
+    wait_until("every root in step", || {
+        in_step(&env, &["www1", "www2", "www3"])
+    })
+    .await;
+    // A receiver passes over bases' members but those of a base it says
+    // it takes.
+    let log = r1.log_text();
+    let taken: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("taking this sender's newest base"))
+        .filter_map(|l| Some((field(l, "first=")?, field(l, "last=")?)))
+        .collect();
+    let members = objects(&s3, &s_fp, "base");
+    assert!(!members.is_empty());
+    for seq in applied(&log).into_iter().filter(|s| members.contains(s)) {
+        assert!(
+            taken.iter().any(|(f, l)| (*f..=*l).contains(&seq)),
+            "www1 applied member {seq} of a base it did not take: {log}"
+        );
+    }
+}
+
+/// A receiver stopped while it takes a base goes on with that base when
+/// it starts again (it is recorded in its state), instead of taking the
+/// chain from where it stopped and missing the base's other files.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_stopped_part_way_through_a_base_finishes_it() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    for i in 0..60 {
+        env.write(&format!("p/{i:02}.html"), format!("page {i}"));
+    }
+    // A base of two files per bundle, every 2 seconds; none let go.
+    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
+    let file = env.config_file(
+        "sender.toml",
+        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
+    );
+    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
+    let state = env.path().join("state-www3/receiver.json");
+    let r = start_receiver(&env, &s3, "www3", &s_fp);
+    wait_until("www3 part-way through the base", || {
+        std::fs::read_to_string(&state).is_ok_and(|s| s.contains("following"))
+    })
+    .await;
+    drop(r);
+    let recorded = std::fs::read_to_string(&state).unwrap();
+    assert!(
+        !in_step(&env, &["www3"]),
+        "stopped after the whole base: {recorded}"
+    );
+    let r = start_receiver(&env, &s3, "www3", &s_fp);
+    wait_until("www3 in step", || in_step(&env, &["www3"])).await;
+    assert!(
+        !r.log_text().contains("taking this sender's newest base"),
+        "it went on with the base it was taking: {}",
+        r.log_text()
+    );
 }

@@ -28,8 +28,9 @@ use tracing::{info, warn};
 use super::halves::Taken as InIncoming;
 use super::{SESSIONS, Sessions};
 use crate::bucket::fetch::{BucketReader, Listed, SealNotHeld};
-use crate::bucket::names::zip_name;
-use crate::bucket::seal::Sealed;
+use crate::bucket::follow::{Base, Start, builds_on, goes_on, start, takes};
+use crate::bucket::names::{Kind, zip_name};
+use crate::bucket::seal::{Belongs, Sealed};
 use crate::bucket::store::Opened;
 use crate::config::BucketConfig;
 use crate::proto::refusal::RefusalKind;
@@ -99,6 +100,47 @@ impl NotTaken {
     fn holds_back(&self) -> bool {
         matches!(self.why, Why::Bundle(_))
     }
+
+    /// A genuine bundle not taken for what may change without its objects
+    /// changing (a bundle uploaded, a release, disk freed): looked at
+    /// again at every poll.
+    fn every_poll(why: String) -> Self {
+        NotTaken {
+            why: Why::Bundle(why),
+            tags: (None, None),
+        }
+    }
+}
+
+/// Whether the members of `base` past `from` are gone from the bucket
+/// (a newer base let them go): none of them among the `seals` listed past
+/// `from`, and the listing reaches past the base's last member or is whole.
+fn members_gone(seals: &[Listed], base: Base, from: u64) -> bool {
+    let whole = seals.len() < SEALS_PER_POLL || seals.last().is_some_and(|l| l.seq >= base.last);
+    from < base.last
+        && whole
+        && !seals
+            .iter()
+            .any(|l| l.kind == Kind::Member && (from + 1..=base.last).contains(&l.seq))
+}
+
+/// Where a receiver is in one sender's folder: its position, and the base
+/// it is taking, if it is.
+#[derive(Debug, Clone, Copy)]
+struct Course {
+    from: u64,
+    base: Option<Base>,
+}
+
+/// What became of a listed seal.
+enum Outcome {
+    /// Its bundle is applied.
+    Applied(u64),
+    /// Not taken (said why).
+    NotTaken,
+    /// Its bundle builds on one this receiver does not have and the
+    /// bucket no longer holds (or not yet): why.
+    Behind(String),
 }
 
 /// What passes over the bucket found wrong, each said once until it
@@ -174,38 +216,162 @@ impl Sessions {
     }
 
     /// This receiver's position for each allowed sender: the last of its
-    /// bundles applied here.
-    async fn positions(&self) -> HashMap<Fingerprint, u64> {
+    /// bundles applied here, and the base it is taking, if it is.
+    async fn positions(&self) -> HashMap<Fingerprint, (u64, Option<Base>)> {
         let allowed = self.cfg.tls.iter().flat_map(|t| t.allowed.clone());
         let state = self.state.lock().await;
         allowed
-            .map(|f| (f, state.applied.get(&f.to_string()).copied().unwrap_or(0)))
+            .map(|f| {
+                let key = f.to_string();
+                let at = state.applied.get(&key).copied().unwrap_or(0);
+                let base = goes_on(state.following.get(&key).copied(), at);
+                (f, (at, base))
+            })
             .collect()
     }
 
     /// One pass: each allowed sender's seals past its position, in order.
     async fn take_from_bucket(&self, relay: &Relay, said: &mut Said) -> Result<(), Stop> {
         let positions = self.positions().await;
-        said.prune(|f| positions.get(f).copied().unwrap_or(0));
-        for (sender, from) in positions {
-            let seals = relay
-                .reader()
-                .seals_after(&sender, from, SEALS_PER_POLL)
-                .await;
-            let mut last = from;
-            for listed in seals.map_err(Stop::Bucket)? {
-                match self
-                    .take_listed(relay, said, (sender, last), &listed)
-                    .await?
-                {
-                    Some(applied) => last = applied,
-                    // Not taken: nothing of this sender after it is.
-                    None if self.waits_on(said, sender, listed.seq) => break,
-                    None => {}
+        said.prune(|f| positions.get(f).map_or(0, |p| p.0));
+        for (sender, (from, base)) in positions {
+            // Once more after starting from a base: it is taken at once.
+            let mut course = Course { from, base };
+            for _ in 0..2 {
+                match self.take_course(relay, said, sender, course).await? {
+                    Some(next) => course = next,
+                    None => break,
                 }
             }
         }
         Ok(())
+    }
+
+    /// Take `sender`'s seals past `course.from` that its course takes, in
+    /// order; `Some`: it now starts from a base, from there.
+    async fn take_course(
+        &self,
+        relay: &Relay,
+        said: &mut Said,
+        sender: Fingerprint,
+        Course { from, mut base }: Course,
+    ) -> Result<Option<Course>, Stop> {
+        let reader = relay.reader();
+        let seals = reader.seals_after(&sender, from, SEALS_PER_POLL).await;
+        let seals = seals.map_err(Stop::Bucket)?;
+        if base.is_none() && from == 0 {
+            let first = seals.first().map(|l| l.kind);
+            match self.start_at(relay, sender, (from, first, false)).await? {
+                Start::Chain => {}
+                Start::WaitForBase => return Ok(None),
+                Start::Base(b) => base = Some(b),
+            }
+        }
+        if let Some(b) = base
+            && members_gone(&seals, b, from)
+        {
+            let why = format!(
+                "the members of the base from {} after {from} are no longer in the bucket",
+                b.first
+            );
+            let started = self.start_at(relay, sender, (from, None, true)).await?;
+            if let Start::Base(b) = started {
+                return Ok(Some(Course {
+                    from,
+                    base: Some(b),
+                }));
+            }
+            tracing::debug!(bucket = %relay.cfg.url, %sender, reason = %why, "waiting for a newer base");
+            return Ok(None);
+        }
+        let mut last = from;
+        for listed in &seals {
+            if !takes(base, listed.seq, listed.kind) {
+                continue;
+            }
+            let key = (sender, listed.seq);
+            match self
+                .take_listed(relay, said, (sender, last, base), listed)
+                .await?
+            {
+                Outcome::Applied(seq) => {
+                    last = seq;
+                    base = goes_on(base, last);
+                    self.follow(&sender, base).await;
+                }
+                Outcome::Behind(why) => {
+                    let started = self.start_at(relay, sender, (last, None, true)).await?;
+                    if let Start::Base(b) = started {
+                        return Ok(Some(Course {
+                            from: last,
+                            base: Some(b),
+                        }));
+                    }
+                    said.object(key, NotTaken::every_poll(why), &relay.cfg.url.to_string());
+                    break;
+                }
+                // Not taken: nothing of this sender after it is.
+                Outcome::NotTaken if self.waits_on(said, sender, listed.seq) => break,
+                Outcome::NotTaken => {}
+            }
+        }
+        Ok(None)
+    }
+
+    /// Where a receiver at `position` not following a base starts (see
+    /// [`start`]), and that base, when it starts from one, recorded.
+    async fn start_at(
+        &self,
+        relay: &Relay,
+        sender: Fingerprint,
+        (position, first, behind): (u64, Option<Kind>, bool),
+    ) -> Result<Start, Stop> {
+        let newest = self.newest_base(relay, sender).await?;
+        let started = start(position, newest, first, behind);
+        match started {
+            Start::Base(b) => {
+                info!(bucket = %relay.cfg.url, %sender, first = b.first, last = b.last, position, "taking this sender's newest base from the bucket, then its bundles after it");
+                self.follow(&sender, Some(b)).await;
+            }
+            Start::WaitForBase => {
+                tracing::debug!(bucket = %relay.cfg.url, %sender, "waiting for this sender's first base to be complete in the bucket");
+            }
+            Start::Chain => {}
+        }
+        Ok(started)
+    }
+
+    /// `sender`'s newest complete base in the bucket: the newest whose end
+    /// holds (an end that does not is passed over).
+    async fn newest_base(&self, relay: &Relay, sender: Fingerprint) -> Result<Option<Base>, Stop> {
+        let reader = relay.reader();
+        let bases = reader.bases(&sender).await.map_err(Stop::Bucket)?;
+        for listed in bases.iter().rev() {
+            let end = reader.open_base_end(&sender, listed).await;
+            match end.map_err(Stop::Bucket)? {
+                Ok(sealed) => {
+                    return Ok(Some(Base {
+                        first: listed.first,
+                        last: sealed.seq,
+                    }));
+                }
+                Err(why) => {
+                    tracing::debug!(%sender, first = listed.first, reason = %why, "a base's end in the bucket passed over");
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Record that this receiver takes `sender`'s `base` (`None`: the
+    /// chain): saved with the state when the next bundle is applied.
+    async fn follow(&self, sender: &Fingerprint, base: Option<Base>) {
+        let key = sender.to_string();
+        let mut state = self.state.lock().await;
+        match base {
+            Some(b) => state.following.insert(key, b),
+            None => state.following.remove(&key),
+        };
     }
 
     /// Whether the bundle `seq` of `sender`, not taken, holds back the
@@ -218,14 +384,14 @@ impl Sessions {
     }
 
     /// Take the listed seal of `sender`, whose last bundle applied here is
-    /// `last`: `Some(seq)` once applied.
+    /// `last`, on the course of `base` (`None`: the chain).
     async fn take_listed(
         &self,
         relay: &Relay,
         said: &mut Said,
-        (sender, last): (Fingerprint, u64),
+        (sender, last, base): (Fingerprint, u64, Option<Base>),
         listed: &Listed,
-    ) -> Result<Option<u64>, Stop> {
+    ) -> Result<Outcome, Stop> {
         let url = relay.cfg.url.to_string();
         let key = (sender, listed.seq);
         let reader = relay.reader();
@@ -240,15 +406,10 @@ impl Sessions {
                 Why::Bundle(_) => None,
             };
             if not.unchanged(&(listed.tag.clone(), zip_tag)) {
-                return Ok(None);
+                return Ok(Outcome::NotTaken);
             }
         }
-        // Looked at again at every poll: what may change without the
-        // objects changing (a bundle uploaded, a release, disk freed).
-        let every_poll = |why: String| NotTaken {
-            why: Why::Bundle(why),
-            tags: (None, None),
-        };
+        let every_poll = NotTaken::every_poll;
         let opened = reader.open_seal(&sender, listed).await;
         let sealed = match opened.map_err(Stop::Bucket)? {
             Ok(s) => s,
@@ -261,25 +422,33 @@ impl Sessions {
                     tags: (tag, None),
                 };
                 said.object(key, not, &url);
-                return Ok(None);
+                return Ok(Outcome::NotTaken);
             }
         };
-        if sealed.prev > last {
+        if let (Some(b), Belongs::Base { first, .. }) = (base, sealed.belongs)
+            && first != b.first
+        {
             let why = format!(
-                "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
-                sealed.prev
+                "a member of the base from {first}, inside the base from {} this receiver takes",
+                b.first
             );
             said.object(key, every_poll(why), &url);
-            return Ok(None);
+            return Ok(Outcome::NotTaken);
+        }
+        if !builds_on(base, listed.kind, sealed.prev, last) {
+            return Ok(Outcome::Behind(format!(
+                "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
+                sealed.prev
+            )));
         }
         match self.take_sealed(relay, &sealed).await? {
             Taken::Applied => {
                 said.objects.remove(&key);
-                Ok(Some(listed.seq))
+                Ok(Outcome::Applied(listed.seq))
             }
             Taken::Not { why, lasting: None } => {
                 said.object(key, every_poll(why), &url);
-                Ok(None)
+                Ok(Outcome::NotTaken)
             }
             Taken::Not {
                 why,
@@ -288,7 +457,7 @@ impl Sessions {
                 let tags = (listed.tag.clone(), zip_tag);
                 let why = Why::Bundle(why);
                 said.object(key, NotTaken { why, tags }, &url);
-                Ok(None)
+                Ok(Outcome::NotTaken)
             }
         }
     }

@@ -1,13 +1,16 @@
 //! The bucket as a destination (`sender.bucket`): one more link, served
 //! by uploads instead of a session. Its "Welcome" is read from the bucket
-//! ([`position`]): the instance object says whether it is the bucket
-//! bundles went to before (a new or emptied one gets the whole tree), and
-//! the newest bundle sealed with this sender's key is how far it got.
+//! ([`Bucket::position`]): the instance object says whether it is the
+//! bucket bundles went to before (a new or emptied one gets the whole
+//! tree), and the newest bundles sealed with this sender's key are how far
+//! it got, in the chain and in a base under way.
 //! Each bundle is uploaded whole (in parts when large, read from the
 //! outbox as it goes, never held in memory), then its seal; once the seal
 //! is there the bundle counts as shipped to the bucket and is released
-//! like an acknowledged one. Receivers taking from the bucket are not
-//! known here.
+//! like an acknowledged one. A whole tree for the bucket goes up as a
+//! base, whose last member's seal is copied to its end object; when bases
+//! are due and what goes once one is complete is in `bucket_bases.rs`.
+//! Receivers taking from the bucket are not known here.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,11 +20,14 @@ use object_store::{PutMode, PutPayload};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use super::bucket_bases::Clock;
 use super::connect::Welcome;
 use super::{Link, Lost};
+use crate::bucket::bases::Cursor;
 use crate::bucket::fetch::BucketReader;
-use crate::bucket::names::{seal_name, sender_dir, zip_name};
-use crate::bucket::seal::Sealer;
+use crate::bucket::names::{Kind, base_end_name, listed_name, sender_dir, zip_name};
+use crate::bucket::seal::{Belongs, Sealer};
+use crate::bucket::settings::Bases;
 use crate::bucket::store::Opened;
 use crate::bundle::pack::Packed;
 use crate::config::BucketConfig;
@@ -47,11 +53,15 @@ pub(in crate::sender) struct Bucket {
     pub(in crate::sender) sealer: Sealer,
     /// This sender's fingerprint: its seals are the ones that count.
     pub(in crate::sender) me: Fingerprint,
+    /// How often a base is due, and how many are kept.
+    pub(in crate::sender) bases: Bases,
+    /// What is known of the newest base, and what went up since.
+    pub(in crate::sender) clock: std::sync::Mutex<Clock>,
 }
 
 impl Bucket {
     /// The bucket as receivers read it: its objects' keys, its seals.
-    fn reader(&self) -> BucketReader<'_> {
+    pub(super) fn reader(&self) -> BucketReader<'_> {
         BucketReader {
             opened: &self.opened,
             url: &self.cfg.url,
@@ -59,12 +69,14 @@ impl Bucket {
     }
 
     /// What the bucket says of itself, as a receiver's `Welcome` would:
-    /// its instance and the newest bundle sealed with this sender's key.
-    async fn position(&self) -> Result<Welcome, String> {
+    /// its instance and the newest bundle sealed with this sender's key;
+    /// and where uploads go on, in the chain and in a base under way.
+    async fn position(&self) -> Result<(Welcome, Cursor), String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
-        let last_applied = self.newest_sealed().await?;
+        let (last_applied, cursor, oldest) = self.newest_sealed().await?;
+        self.read_newest_base(oldest).await?;
         let defaults = crate::bundle::apply::Limits::default();
-        Ok(Welcome {
+        let welcome = Welcome {
             last_applied,
             instance,
             // What a receiver accepts unless configured otherwise: the
@@ -76,7 +88,8 @@ impl Bucket {
                 max_unpacked: defaults.max_unpacked,
             },
             rolled_back: None,
-        })
+        };
+        Ok((welcome, cursor))
     }
 
     /// The bucket's instance, made now if it has none.
@@ -121,33 +134,62 @@ impl Bucket {
         }
     }
 
-    /// The newest bundle in this sender's folder sealed with its key; 0
-    /// when the folder holds no seal. Every seal from the newest down is
-    /// opened until one holds: seals there and none holding is an error
-    /// (not this sender's, or altered), never taken for an empty folder,
-    /// which would number bundles again from where receivers already are.
-    async fn newest_sealed(&self) -> Result<u64, String> {
+    /// The newest bundle in this sender's folder sealed with its key (0
+    /// when the folder holds no seal), where uploads go on (the newest of
+    /// the chain, and the base under way: its newest member sealed, if not
+    /// its last), and when the oldest seal there was written. Seals are opened from the newest down until one of
+    /// each kind holds: seals there and none holding is an error (not this
+    /// sender's, or altered), never taken for an empty folder, which would
+    /// number bundles again from where receivers already are.
+    async fn newest_sealed(
+        &self,
+    ) -> Result<(u64, Cursor, Option<chrono::DateTime<chrono::Utc>>), String> {
         let reader = self.reader();
         let seals = reader.seals_after(&self.me, 0, usize::MAX).await?;
+        let (mut newest, mut cursor) = (None, Cursor::default());
+        let (mut chain, mut member) = (false, false);
         for listed in seals.iter().rev() {
-            if reader.open_seal(&self.me, listed).await?.is_ok() {
-                return Ok(listed.seq);
+            let done = match listed.kind {
+                Kind::Chain => &mut chain,
+                Kind::Member => &mut member,
+            };
+            if *done {
+                continue;
+            }
+            let Ok(sealed) = reader.open_seal(&self.me, listed).await? else {
+                continue;
+            };
+            *done = true;
+            newest = newest.max(Some(listed.seq));
+            match sealed.belongs {
+                Belongs::Chain => cursor.chain = listed.seq,
+                Belongs::Base { first, last } => {
+                    cursor.base = (!last).then_some((first, listed.seq));
+                }
+            }
+            if chain && member {
+                break;
             }
         }
-        match seals.last() {
-            None => Ok(0),
-            Some(newest) => Err(format!(
+        let oldest = seals.first().map(|l| l.modified);
+        match (newest, seals.last()) {
+            (Some(seq), _) => Ok((seq, cursor, oldest)),
+            (None, None) => Ok((0, cursor, oldest)),
+            (None, Some(last)) => Err(format!(
                 "none of the {} seals in {} (the newest {}) opens with this sender's key: not its own, or altered",
                 seals.len(),
                 reader.object(&sender_dir(&self.me)),
-                newest.seq
+                last.seq
             )),
         }
     }
 
-    /// Upload bundle `b` of sender `id`, then its seal naming `prev` as
-    /// the bundle sealed before it.
-    async fn upload(&self, b: &Packed, prev: u64, id: &str) -> Result<(), String> {
+    /// Upload bundle `b` of sender `id`, then its seal, where `cursor`
+    /// says it goes (a bundle for the bucket alone is a base's member; the
+    /// last one ends its base, and its seal is copied to the base's end).
+    async fn upload(&self, b: &Packed, cursor: &mut Cursor, id: &str) -> Result<(), String> {
+        let member = b.only.is_some();
+        let (belongs, prev) = cursor.place(b.seq, member, b.ends_tree);
         let zip = self.reader().object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)
@@ -155,14 +197,23 @@ impl Bucket {
             .map_err(|e| format!("{}: {e}", zip))?;
         let seal = self
             .sealer
-            .seal(&self.cfg.url, id, (b.seq, prev, b.size), &hash);
+            .seal(&self.cfg.url, id, (b.seq, prev, b.size), &hash, belongs);
         let bytes = serde_json::to_vec(&seal).expect("a seal serializes");
-        let at = self.reader().object(&seal_name(&self.me, b.seq));
-        self.opened
-            .store
-            .put(&at, PutPayload::from(bytes))
-            .await
-            .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
+        let kind = if member { Kind::Member } else { Kind::Chain };
+        let mut at = vec![listed_name(&self.me, b.seq, kind)];
+        if let Belongs::Base { first, last: true } = belongs {
+            at.push(base_end_name(&self.me, first));
+        }
+        for rel in at {
+            let at = self.reader().object(&rel);
+            self.opened
+                .store
+                .put(&at, PutPayload::from(bytes.clone()))
+                .await
+                .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
+        }
+        cursor.sealed(b.seq, belongs);
+        self.uploaded(b.size, belongs);
         Ok(())
     }
 
@@ -291,36 +342,38 @@ impl Chunks {
 pub(super) struct Uploads(pub(super) Arc<Bucket>);
 
 impl super::Served for Uploads {
-    type Opened = Welcome;
+    type Opened = (Welcome, Cursor);
 
-    async fn open(&self, _link: &Link) -> Result<Welcome, String> {
+    async fn open(&self, _link: &Link) -> Result<(Welcome, Cursor), String> {
         self.0.position().await
     }
 
     async fn serve(
         &self,
         link: &Link,
-        welcome: Welcome,
+        (welcome, cursor): (Welcome, Cursor),
         back: bool,
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
         if back {
             info!(peer = %link.receiver, "bucket reachable again");
         }
-        let prev = welcome.last_applied;
+        let instance = welcome.instance;
         // A bucket is never rolled back: nothing holds it.
         let _ = link.welcome(welcome).await;
-        link.serve_bucket(&self.0, prev, shutdown).await
+        link.serve_bucket(&self.0, (cursor, instance), shutdown)
+            .await
     }
 }
 
 impl Link {
     /// Upload bundles in order until one fails (`Some`: why) or until
-    /// shutdown (`None`); `prev` is the newest bundle sealed there.
+    /// shutdown (`None`), from `cursor` in the bucket of `instance`; while
+    /// none waits, ask for a base when one is due.
     async fn serve_bucket(
         &self,
         bucket: &Bucket,
-        mut prev: u64,
+        (mut cursor, instance): (Cursor, [u8; 16]),
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
         loop {
@@ -329,6 +382,7 @@ impl Link {
                 if let Some(b) = self.outbox.next_for(self.index) {
                     break b;
                 }
+                self.ask_for_base(bucket, &cursor, instance).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = arrived => {}
@@ -339,7 +393,7 @@ impl Link {
             let started = Instant::now();
             let uploaded = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                r = bucket.upload(&b, prev, &self.id) => r,
+                r = bucket.upload(&b, &mut cursor, &self.id) => r,
             };
             if let Err(error) = uploaded {
                 return Some(Lost {
@@ -347,7 +401,9 @@ impl Link {
                     in_flight: true,
                 });
             }
-            prev = b.seq;
+            if b.ends_tree && b.only.is_some() {
+                bucket.prune(cursor.chain).await;
+            }
             let measured = self.link_rates.record(
                 self.index,
                 Measure::Sent,

@@ -9,6 +9,7 @@
 
 mod backoff;
 mod bucket;
+mod bucket_bases;
 mod connect;
 mod exchange;
 mod handoff;
