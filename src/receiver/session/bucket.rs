@@ -257,14 +257,17 @@ impl Sessions {
         Course { from, mut base }: Course,
     ) -> Result<Option<Course>, Stop> {
         let reader = relay.reader();
-        let seals = reader.seals_after(&sender, from, SEALS_PER_POLL).await;
+        // Taking a base, nothing below its first member is needed.
+        let after = base.map_or(from, |b| from.max(b.first - 1));
+        let seals = reader.seals_after(&sender, after, SEALS_PER_POLL).await;
         let seals = seals.map_err(Stop::Bucket)?;
         if base.is_none() && from == 0 {
             let first = seals.first().map(|l| l.kind);
             match self.start_at(relay, sender, (from, first, false)).await? {
                 Start::Chain => {}
                 Start::WaitForBase => return Ok(None),
-                Start::Base(b) => base = Some(b),
+                // Listed again from its first member.
+                Start::Base(b) => return Ok(Some(Course { from, base: Some(b) })),
             }
         }
         if let Some(b) = base
