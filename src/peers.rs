@@ -28,6 +28,10 @@ pub struct PeerRecord {
     /// It needs the whole tree and has not acknowledged all of it yet.
     #[serde(default)]
     pub whole_tree: bool,
+    /// That whole tree is a base for a bucket's receivers catching up, not
+    /// a repair every receiver there needs (see `sender.bucket_base_every`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub base: bool,
     /// Its root was rolled back to this sequence (`shipper rollback`), and
     /// the source has not been compared with it and repaired since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -81,6 +85,8 @@ pub struct Known {
     pub instance: Option<[u8; 16]>,
     /// A whole tree for it was begun and not finished.
     pub whole_tree_pending: bool,
+    /// That whole tree is a base (a bucket's).
+    pub pending_base: bool,
 }
 
 /// What to do with a receiver that just said `Welcome`.
@@ -95,6 +101,8 @@ pub struct Plan {
     pub skip_upto: u64,
     /// Why it needs the whole tree, if it does.
     pub whole_tree: Option<String>,
+    /// That whole tree is a base begun earlier (a bucket's), nothing else.
+    pub base: bool,
     /// Its root was rolled back to this sequence and released: the source
     /// is compared with it and the difference shipped (as `shipper verify
     /// --repair` would, deleting what the rollback brought back that the
@@ -114,21 +122,26 @@ pub fn plan_welcome(
 ) -> Plan {
     let release_upto = last_applied.min(k.sent.max(k.acked));
     let mut whole_tree = None;
+    let mut base = false;
     if k.whole_tree_pending {
         whole_tree = Some("a whole tree begun for it earlier was not finished".to_owned());
+        base = k.pending_base;
     }
     if k.instance.is_some_and(|i| i != instance) {
         whole_tree = Some("its state is new (a rebuilt or wiped receiver)".to_owned());
+        base = false;
     } else if last_applied < k.everyone && rolled.is_none() {
         whole_tree = Some(format!(
             "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
             k.everyone
         ));
+        base = false;
     }
     Plan {
         release_upto,
         skip_upto: last_applied,
         whole_tree,
+        base,
         compare: rolled.filter(|r| !r.held).map(|r| r.to),
         held: rolled.filter(|r| r.held).map(|r| r.to),
     }
@@ -156,6 +169,7 @@ mod tests {
             everyone: 0,
             instance: Some(A),
             whole_tree_pending: false,
+            pending_base: false,
         }
     }
 

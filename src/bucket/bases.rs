@@ -3,51 +3,72 @@
 //! [`Cursor`]), when the next base is due ([`base_due`]), and what the
 //! bucket may let go once a base is complete ([`prune_below`]).
 //!
-//! A base is a whole tree for the bucket (the bundles packed for it alone,
-//! `Packed::only`), uploaded as members beside the chain; the last one
-//! ends it. A receiver starting empty, or fallen behind what the bucket
-//! keeps, takes the newest complete base with the chain from its first
-//! member on ([`super::follow`]).
+//! A base is a whole tree for the bucket packed as one (its bundles carry
+//! its number), uploaded as members beside the chain; once its last member
+//! is up, its end makes it complete. A receiver starting empty, or fallen
+//! behind what the bucket keeps, takes the newest complete base with the
+//! chain from its first member on ([`super::follow`]).
 
 use std::time::Duration;
 
 use super::seal::Belongs;
+
+/// The base being uploaded: its number (as packed), its first member and
+/// its newest member so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnderWay {
+    pub number: u64,
+    pub first: u64,
+    pub prev: u64,
+}
 
 /// Where a sender's uploads to its folder stand.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// The newest bundle of the chain sealed (0: none).
     pub chain: u64,
-    /// The base being uploaded: its first member and its newest so far.
-    pub base: Option<(u64, u64)>,
+    /// The base being uploaded.
+    pub base: Option<UnderWay>,
 }
 
 impl Cursor {
     /// Where bundle `seq` goes, and the bundle sealed before it there: a
-    /// member of the base under way (or of a new one) when `member`,
-    /// ending it when `ends`; else the chain.
-    pub fn place(&self, seq: u64, member: bool, ends: bool) -> (Belongs, u64) {
-        if !member {
+    /// member of base `number` when it has one (the base under way if it
+    /// is that one, else a new base beginning with it), else the chain.
+    pub fn place(&self, seq: u64, number: Option<u64>) -> (Belongs, u64) {
+        let Some(number) = number else {
             return (Belongs::Chain, self.chain);
-        }
+        };
         match self.base {
-            Some((first, prev)) => (Belongs::Base { first, last: ends }, prev),
-            None => (
+            Some(b) if b.number == number => (
+                Belongs::Base {
+                    first: b.first,
+                    last: false,
+                },
+                b.prev,
+            ),
+            _ => (
                 Belongs::Base {
                     first: seq,
-                    last: ends,
+                    last: false,
                 },
                 0,
             ),
         }
     }
 
-    /// Bundle `seq` was sealed where `belongs` says.
-    pub fn sealed(&mut self, seq: u64, belongs: Belongs) {
-        match belongs {
-            Belongs::Chain => self.chain = seq,
-            Belongs::Base { last: true, .. } => self.base = None,
-            Belongs::Base { first, last: false } => self.base = Some((first, seq)),
+    /// Bundle `seq` (of base `number`, if it has one) was sealed where
+    /// `belongs` says.
+    pub fn sealed(&mut self, seq: u64, number: Option<u64>, belongs: Belongs) {
+        match (belongs, number) {
+            (Belongs::Base { first, .. }, Some(number)) => {
+                self.base = Some(UnderWay {
+                    number,
+                    first,
+                    prev: seq,
+                });
+            }
+            _ => self.chain = seq,
         }
     }
 }
@@ -65,10 +86,12 @@ pub struct Newest {
 /// Whether a new base is due: there is none, the newest is `every` old,
 /// or the chain uploaded since it (`chain_bytes`) outweighs it, so that a
 /// receiver catching up downloads less from a new base than from the old
-/// one and the chain. Never while one is under way.
+/// one and the chain. Never while one is `under_way`, nor when nothing
+/// went up on the chain since the newest (`changed`: a base of the same
+/// tree would only take room).
 pub fn base_due(
     newest: Option<Newest>,
-    chain_bytes: u64,
+    (chain_bytes, changed): (u64, bool),
     every: Duration,
     under_way: bool,
 ) -> bool {
@@ -77,6 +100,7 @@ pub fn base_due(
     }
     match newest {
         None => true,
+        Some(_) if !changed => false,
         Some(n) => n.age >= every || n.bytes.is_some_and(|b| chain_bytes > b.max(1)),
     }
 }
@@ -84,19 +108,17 @@ pub fn base_due(
 /// With the complete bases beginning at `firsts` (any order), keeping the
 /// newest `keep`: every bundle below the returned sequence may go (the
 /// first member of the oldest base kept), with the ends of the bases that
-/// begin below it; but never the chain's newest bundle, `chain`, so that
-/// a receiver in the chain always finds one bundle past its position
-/// naming the one before it, and so learns when it fell behind. `None`:
-/// nothing goes yet.
-pub fn prune_below(firsts: &[u64], keep: usize, chain: u64) -> Option<u64> {
+/// begin below it; the caller keeps the chain's newest bundle whatever its
+/// number, so that a receiver in the chain always finds one bundle past
+/// its position naming the one before it. `None`: nothing goes yet.
+pub fn prune_below(firsts: &[u64], keep: usize) -> Option<u64> {
     let mut sorted = firsts.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     if keep == 0 || sorted.len() <= keep {
         return None;
     }
-    let floor = sorted[sorted.len() - keep];
-    Some(if chain > 0 { floor.min(chain) } else { floor })
+    Some(sorted[sorted.len() - keep])
 }
 
 #[cfg(test)]
@@ -104,13 +126,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn members_go_to_the_base_under_way_and_the_chain_keeps_its_own_links() {
+    fn members_go_to_their_base_and_the_chain_keeps_its_own_links() {
         let mut c = Cursor {
             chain: 9,
             base: None,
         };
-        // A base begins with the first member; the chain goes on between.
-        let first = c.place(10, true, false);
+        // Base 1 begins with its first member; the chain goes on between.
+        let first = c.place(10, Some(1));
         assert_eq!(
             first,
             (
@@ -121,36 +143,34 @@ mod tests {
                 0
             )
         );
-        c.sealed(10, first.0);
-        let chain = c.place(11, false, false);
+        c.sealed(10, Some(1), first.0);
+        let chain = c.place(11, None);
         assert_eq!(chain, (Belongs::Chain, 9), "the chain's link skips members");
-        c.sealed(11, chain.0);
-        let end = c.place(12, true, true);
+        c.sealed(11, None, chain.0);
+        let second = c.place(12, Some(1));
         assert_eq!(
-            end,
+            second,
             (
                 Belongs::Base {
                     first: 10,
-                    last: true
+                    last: false
                 },
                 10
             )
         );
-        c.sealed(12, end.0);
+        c.sealed(12, Some(1), second.0);
+        assert_eq!(c.chain, 11);
+        // A member of another base (packed again from its start, or the
+        // next one) begins a base of its own.
         assert_eq!(
-            c,
-            Cursor {
-                chain: 11,
-                base: None
-            }
-        );
-        // The next base is a new one.
-        assert_eq!(
-            c.place(13, true, true).0,
-            Belongs::Base {
-                first: 13,
-                last: true
-            }
+            c.place(13, Some(2)),
+            (
+                Belongs::Base {
+                    first: 13,
+                    last: false
+                },
+                0
+            )
         );
     }
 
@@ -163,30 +183,27 @@ mod tests {
                 bytes,
             })
         };
-        assert!(base_due(None, 0, day, false));
-        assert!(!base_due(None, 0, day, true), "never two at once");
-        assert!(!base_due(newest(60, Some(1000)), 1000, day, false));
-        assert!(base_due(newest(86_400, Some(1000)), 0, day, false));
-        assert!(base_due(newest(60, Some(1000)), 1001, day, false));
+        assert!(base_due(None, (0, false), day, false));
+        assert!(!base_due(None, (0, true), day, true), "never two at once");
+        assert!(!base_due(newest(60, Some(1000)), (1000, true), day, false));
+        assert!(base_due(newest(86_400, Some(1000)), (0, true), day, false));
+        assert!(base_due(newest(60, Some(1000)), (1001, true), day, false));
         assert!(
-            !base_due(newest(60, None), u64::MAX, day, false),
+            !base_due(newest(60, None), (u64::MAX, true), day, false),
             "size unknown: age alone"
+        );
+        assert!(
+            !base_due(newest(86_400 * 9, Some(1)), (0, false), day, false),
+            "nothing changed since the newest base"
         );
     }
 
     #[test]
     fn pruning_keeps_the_newest_bases_and_everything_from_the_oldest_kept() {
-        assert_eq!(prune_below(&[], 2, 99), None);
-        assert_eq!(prune_below(&[10, 50], 2, 99), None);
-        assert_eq!(prune_below(&[90, 10, 50], 2, 99), Some(50));
-        assert_eq!(prune_below(&[90, 10, 50], 1, 99), Some(90));
-        assert_eq!(
-            prune_below(&[10, 10, 50], 2, 99),
-            None,
-            "one base listed twice"
-        );
-        // The chain's newest bundle stays, older than the base kept or not.
-        assert_eq!(prune_below(&[10, 50], 1, 40), Some(40));
-        assert_eq!(prune_below(&[10, 50], 1, 0), Some(50), "no chain at all");
+        assert_eq!(prune_below(&[], 2), None);
+        assert_eq!(prune_below(&[10, 50], 2), None);
+        assert_eq!(prune_below(&[90, 10, 50], 2), Some(50));
+        assert_eq!(prune_below(&[90, 10, 50], 1), Some(90));
+        assert_eq!(prune_below(&[10, 10, 50], 2), None, "one base listed twice");
     }
 }

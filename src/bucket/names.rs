@@ -21,7 +21,7 @@ pub const BUNDLES: &str = "b";
 pub const BASES: &str = "bases";
 
 /// What a listed seal seals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
     /// A bundle of the chain.
     Chain,

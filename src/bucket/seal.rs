@@ -54,9 +54,15 @@ pub struct Seal {
     /// member this is (format 2).
     #[serde(default)]
     pub base: u64,
-    /// The last member of its base (format 2).
+    /// The last member of its base (format 2): set only in a base's end.
     #[serde(default)]
     pub last: bool,
+    /// Bundles numbered below this may be gone from the bucket: the sender
+    /// let them go once newer bases were complete (format 2). A receiver
+    /// whose next bundle is below it takes a base; above it, a bundle
+    /// missing was deleted by someone else, and is waited for.
+    #[serde(default)]
+    pub kept_from: u64,
 }
 
 /// Where a sealed bundle belongs.
@@ -104,6 +110,7 @@ fn message(url: &BucketUrl, s: &Seal) -> Vec<u8> {
         hash,
         base,
         last,
+        kept_from,
         ..
     } = s;
     // The id is JSON-quoted: no id can pass for another line.
@@ -111,7 +118,7 @@ fn message(url: &BucketUrl, s: &Seal) -> Vec<u8> {
     let mut msg =
         format!("shipper-bucket-{format}\n{url}\n{sender}\n{seq}\n{prev}\n{size}\n{hash}\n");
     if *format > FIRST_FORMAT {
-        msg.push_str(&format!("{base}\n{last}\n"));
+        msg.push_str(&format!("{base}\n{last}\n{kept_from}\n"));
     }
     msg.into_bytes()
 }
@@ -151,14 +158,14 @@ impl Sealer {
 
     /// The seal of bundle `seq` (sealed after `prev`) of sender `id`, of
     /// `size` bytes hashing to `hash`, stored in `url`, belonging where
-    /// `belongs` says.
+    /// `belongs` says, the bucket keeping every bundle from `kept_from` on.
     pub fn seal(
         &self,
         url: &BucketUrl,
         id: &str,
         (seq, prev, size): (u64, u64, u64),
         hash: &blake3::Hash,
-        belongs: Belongs,
+        (belongs, kept_from): (Belongs, u64),
     ) -> Seal {
         let (base, last) = match belongs {
             Belongs::Chain => (0, false),
@@ -175,6 +182,7 @@ impl Sealer {
             signature: String::new(),
             base,
             last,
+            kept_from,
         };
         let signature = self
             .key
@@ -225,6 +233,7 @@ pub struct Sealed {
     pub size: u64,
     pub hash: String,
     pub belongs: Belongs,
+    pub kept_from: u64,
 }
 
 impl Sealed {
@@ -284,6 +293,7 @@ pub fn open(
     Ok(Sealed {
         fingerprint: sender,
         belongs: Belongs::of(&seal),
+        kept_from: seal.kept_from,
         sender: seal.sender,
         seq: seal.seq,
         prev: seal.prev,
@@ -296,10 +306,10 @@ pub fn open(
 /// stored as: its number, and the chain or a base.
 fn check_fields(seal: &Seal, named: Named) -> Result<(), SealRefused> {
     match seal.format {
-        FIRST_FORMAT if seal.base != 0 || seal.last => {
+        FIRST_FORMAT if seal.base != 0 || seal.last || seal.kept_from != 0 => {
             // Not signed in the first format: never taken from one.
             return Err(SealRefused::Malformed(
-                "a first-format seal names a base".into(),
+                "a first-format seal names a base or what the bucket keeps".into(),
             ));
         }
         FIRST_FORMAT | FORMAT => {}
@@ -346,9 +356,10 @@ mod tests {
     fn a_seal_opens_for_an_allowed_sender_and_checks_the_zip() {
         let (_t, id) = identity();
         let hash = blake3::hash(b"zip bytes");
-        let seal = Sealer::new(&id)
-            .unwrap()
-            .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
+        let seal =
+            Sealer::new(&id)
+                .unwrap()
+                .seal(&www(), "cms", (7, 5, 9), &hash, (Belongs::Chain, 0));
         let bytes = serde_json::to_vec(&seal).unwrap();
         let sealed = open(
             &bytes,
@@ -377,9 +388,10 @@ mod tests {
         impl Fn(&Seal, &str, u64) -> Result<Sealed, SealRefused>,
     ) {
         let hash = blake3::hash(b"zip bytes");
-        let seal = Sealer::new(id)
-            .unwrap()
-            .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
+        let seal =
+            Sealer::new(id)
+                .unwrap()
+                .seal(&www(), "cms", (7, 5, 9), &hash, (Belongs::Chain, 0));
         let allowed = [id.fingerprint];
         let open_it = move |s: &Seal, prefix: &str, named: u64| {
             let url = BucketUrl::parse(&format!("s3://site/{prefix}")).unwrap();
@@ -460,10 +472,13 @@ mod tests {
         let (seal, open_it) = sealed_by(&id);
         let allowed = [id.fingerprint];
         // A stranger's seal, and a stranger's signature under our certificate.
-        let theirs =
-            Sealer::new(&stranger)
-                .unwrap()
-                .seal(&www(), "cms", (7, 5, 9), &hash, Belongs::Chain);
+        let theirs = Sealer::new(&stranger).unwrap().seal(
+            &www(),
+            "cms",
+            (7, 5, 9),
+            &hash,
+            (Belongs::Chain, 0),
+        );
         assert_eq!(
             open_it(&theirs, "www", 7),
             Err(SealRefused::UnknownSender(stranger.fingerprint))
@@ -505,22 +520,28 @@ mod tests {
             "cms",
             (12, 11, 9),
             &hash,
-            Belongs::Base {
-                first: 10,
-                last: false,
-            },
+            (
+                Belongs::Base {
+                    first: 10,
+                    last: false,
+                },
+                0,
+            ),
         );
         let last = sealer.seal(
             &www(),
             "cms",
             (14, 12, 9),
             &hash,
-            Belongs::Base {
-                first: 10,
-                last: true,
-            },
+            (
+                Belongs::Base {
+                    first: 10,
+                    last: true,
+                },
+                0,
+            ),
         );
-        let chain = sealer.seal(&www(), "cms", (13, 9, 9), &hash, Belongs::Chain);
+        let chain = sealer.seal(&www(), "cms", (13, 9, 9), &hash, (Belongs::Chain, 0));
         assert_eq!(
             open_as(&member, Named::Bundle(12, Kind::Member)).map(|s| s.belongs),
             Ok(Belongs::Base {
@@ -566,10 +587,13 @@ mod tests {
             "cms",
             (12, 11, 9),
             &hash,
-            Belongs::Base {
-                first: 10,
-                last: false,
-            },
+            (
+                Belongs::Base {
+                    first: 10,
+                    last: false,
+                },
+                0,
+            ),
         );
         // Moved into another base, or made the last, it no longer holds.
         let mut moved = member.clone();
@@ -609,6 +633,7 @@ mod tests {
             signature: String::new(),
             base: 0,
             last: false,
+            kept_from: 0,
         };
         // As the first format signed it: no base, no last.
         let msg = format!(
@@ -631,6 +656,7 @@ mod tests {
         let fields = json.as_object_mut().unwrap();
         fields.remove("base");
         fields.remove("last");
+        fields.remove("kept_from");
         let bytes = serde_json::to_vec(&json).unwrap();
         let opened = open(
             &bytes,

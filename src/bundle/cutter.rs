@@ -30,8 +30,9 @@ pub struct Packed {
     /// For this receiver only (by its place in `sender.receiver`): part of
     /// a whole tree for a receiver that needs one. `None`: for every one.
     pub only: Option<usize>,
-    /// The last bundle of a whole tree (a bucket's base ends with it).
-    pub ends_tree: bool,
+    /// Part of the bucket's base of this number (see
+    /// `sender::whole_tree::BaseTrees`).
+    pub base: Option<u64>,
     /// The paths the receivers copy this bundle's copies from: a receiver
     /// that lacks one no longer holds it as the sender believes.
     pub sources: Vec<String>,
@@ -259,7 +260,7 @@ impl Cutter<'_> {
             summary,
             changes: changes.clone(),
             only: None,
-            ends_tree: false,
+            base: None,
             sources,
         })?;
         // Only a bundle handed on is on its way: if `emit` failed, its

@@ -172,15 +172,15 @@ mod tests {
             (std::time::Duration::from_secs(86_400), 2)
         );
         let set = checked(&format!(
-            "{bucket}bucket_base_every = \"6h\"\nbucket_keep = 1\n"
+            "{bucket}bucket_base_every = \"6h\"\nbucket_keep = 3\n"
         ));
         let b = set.unwrap().sender.unwrap().bucket_bases;
         assert_eq!(
             (b.every, b.keep),
-            (std::time::Duration::from_secs(6 * 3600), 1)
+            (std::time::Duration::from_secs(6 * 3600), 3)
         );
-        let e = checked(&format!("{bucket}bucket_keep = 0\n")).unwrap_err();
-        assert!(e.starts_with("sender.bucket_keep = 0"), "{e}");
+        let e = checked(&format!("{bucket}bucket_keep = 1\n")).unwrap_err();
+        assert!(e.starts_with("sender.bucket_keep = 1: at least 2"), "{e}");
         let e = checked(&format!("{bucket}bucket_base_every = \"10ms\"\n")).unwrap_err();
         assert!(e.starts_with("sender.bucket_base_every = \"10ms\""), "{e}");
     }

@@ -259,7 +259,9 @@ pub(super) fn validate(s: RawSender, base: &Path) -> Result<SenderConfig, String
 
 /// How often the bucket gets a base (`bucket_base_every`, at least a
 /// second) and how many complete ones it keeps (`bucket_keep`, at least
-/// one); either set without a bucket is refused.
+/// two: with one, a receiver slower to take a base than the next one
+/// comes could start over for ever); either set without a bucket is
+/// refused.
 fn bases(s: &RawSender, bucket: bool) -> Result<Bases, String> {
     let defaults = Bases::default();
     let set = [
@@ -281,10 +283,10 @@ fn bases(s: &RawSender, bucket: bool) -> Result<Bases, String> {
         ));
     }
     let keep = s.bucket_keep.unwrap_or(defaults.keep);
-    if keep == 0 {
-        return Err(
-            "sender.bucket_keep = 0: at least 1 (a receiver starting empty needs a base)".into(),
-        );
+    if keep < 2 {
+        return Err(format!(
+            "sender.bucket_keep = {keep}: at least 2 (a receiver taking the older base while a newer one is made must find it whole)"
+        ));
     }
     Ok(Bases { every, keep })
 }

@@ -1,6 +1,6 @@
 //! What a receiver keeps in its state_dir across restarts: the last
-//! sequence applied per sender, the senders held by a rollback, the base
-//! taken from a bucket per sender, and the instance id (`receiver.json`,
+//! sequence applied per sender, the senders held by a rollback, where it
+//! is in each sender's folder of a bucket, and the instance id (`receiver.json`,
 //! written through [`crate::durable`]), and the lock that lets one process
 //! at a time use the state_dir (`receiver.lock`).
 
@@ -31,10 +31,11 @@ pub struct ReceiverState {
     /// root (`Frame::RolledBack`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub rolled_back: BTreeMap<String, u64>,
-    /// Senders whose base this receiver is taking from a bucket, until it
-    /// has the base's last member (see `bucket::follow`).
+    /// Where this receiver is in each sender's folder of a bucket: the
+    /// chain's last bundle applied and the base being taken (see
+    /// `bucket::follow`), saved with the bundle that moved it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub following: BTreeMap<String, crate::bucket::follow::Base>,
+    pub courses: BTreeMap<String, crate::bucket::follow::Course>,
 }
 
 /// A sender held by a rollback.

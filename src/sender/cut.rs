@@ -32,7 +32,7 @@ use super::signatures::{SignatureStore, Signer};
 use super::source::Source;
 use super::state::SenderState;
 use super::transport::{Backoff, TransportEvent, release_now, update_peer};
-use super::whole_tree::WholeTrees;
+use super::whole_tree::{BaseTrees, WholeTrees};
 
 /// A packing run's report, and how it ended.
 pub(super) type PackDone = (Report, std::io::Result<()>);
@@ -76,6 +76,8 @@ pub(super) struct Handles {
     /// packer packed unsigned.
     pub(super) signatures: Arc<SignatureStore>,
     pub(super) signer: Arc<Signer>,
+    /// The bucket's bases, as its packing and uploads both see them.
+    pub(super) bases: Arc<Mutex<BaseTrees>>,
 }
 
 impl Handles {
@@ -137,6 +139,8 @@ impl Handles {
             warn!(peer = %self.receivers[j], outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
             update_peer(&self.peers, &self.state_dir, &self.receivers[j], |r| {
                 r.whole_tree = true;
+                // Every receiver behind it needs what was dropped.
+                r.base = false;
             })?;
             release_now(queue.drop_backlog(j), &self.events, &self.ledger);
         }
@@ -144,23 +148,20 @@ impl Handles {
     }
 
     /// Pack `items` from `source` within `limits`, leaving pending what was
-    /// `touched` meanwhile; `only`: for that receiver alone, and `ends`:
-    /// the last run of its whole tree, whose last bundle says so (each
-    /// bundle is handed on once the next is packed, so the last is known).
-    /// Blocking.
+    /// `touched` meanwhile; `only`: for that receiver alone (`base`: as
+    /// the bucket's base of that number). Blocking.
     fn pack(
         &self,
         items: Vec<PackItem>,
-        (only, ends): (Option<usize>, bool),
+        (only, base): (Option<usize>, Option<u64>),
         source: &Path,
         limits: Limits,
         (touched, held): (&Mutex<HashSet<String>>, Option<Lookup>),
     ) -> PackDone {
         let sender_id = self.state.lock().expect("state lock").id.clone();
-        let mut waiting: Option<Packed> = None;
-        let mut emit = |p: Packed| match ends {
-            false => self.emit(p, only),
-            true => waiting.replace(p).map_or(Ok(()), |b| self.emit(b, only)),
+        let mut emit = |mut p: Packed| {
+            p.base = base;
+            self.emit(p, only)
         };
         let mut packer = Packer {
             source,
@@ -184,14 +185,7 @@ impl Handles {
                 .then_some(&*self.signatures as &dyn Signatures),
         };
         let mut report = Report::default();
-        let mut result = packer.pack_into(items, &mut report);
-        if let Some(mut last) = waiting {
-            // A run that failed part-way is packed again from the tree's
-            // start: what it packed is handed on, but ends nothing.
-            last.ends_tree = result.is_ok();
-            let emitted = self.emit(last, only);
-            result = result.and(emitted);
-        }
+        let result = packer.pack_into(items, &mut report);
         (report, result)
     }
 }
@@ -361,7 +355,7 @@ impl Cut {
         let last = items.last().map(|i| i.path.clone());
         self.whole_trees.taken(last, more);
         // A receiver getting the whole tree may hold nothing: no reuse.
-        self.start(items, (Some(tree.index), !more, None), source.dir());
+        self.start(items, (Some(tree.index), tree.base, None), source.dir());
         self.tree_ran_last = true;
         true
     }
@@ -402,17 +396,17 @@ impl Cut {
         self.cut = Some(InCut { after, more, ..cut });
         self.taken = items.iter().map(|i| (i.path.clone(), i.op)).collect();
         let held = Some(Lookup(book.shipped.held()));
-        self.start(items, (None, false, held), source.dir());
+        self.start(items, (None, None, held), source.dir());
         true
     }
 
     /// Pack `items` on a blocking thread; `only`: for that receiver alone
-    /// (`ends`: the last run of its whole tree); `held`: where the
+    /// (`base`: as the bucket's base of that number); `held`: where the
     /// receivers hold content that may be reused.
     fn start(
         &mut self,
         items: Vec<PackItem>,
-        (only, ends, held): (Option<usize>, bool, Option<Lookup>),
+        (only, base, held): (Option<usize>, Option<u64>, Option<Lookup>),
         source: &Path,
     ) {
         self.only = only;
@@ -421,7 +415,7 @@ impl Cut {
         let source = source.to_owned();
         let touched = self.touched.start();
         self.running = Some(tokio::task::spawn_blocking(move || {
-            handles.pack(items, (only, ends), &source, limits, (&touched, held))
+            handles.pack(items, (only, base), &source, limits, (&touched, held))
         }));
     }
 

@@ -203,7 +203,11 @@ impl Sender {
             state_dir: h.state_dir.clone(),
             comparing: Default::default(),
         });
-        let whole_trees = WholeTrees::new(cfg.destinations(), h.peers.clone(), h.state_dir.clone());
+        let whole_trees = WholeTrees::new(
+            cfg.destinations(),
+            (h.peers.clone(), h.state_dir.clone()),
+            h.bases.clone(),
+        );
         let limits = Limits::new(
             cfg.chunk_size,
             cfg.max_bundle_size,
@@ -426,8 +430,12 @@ impl Sender {
                 }
                 self.maybe_pack(false, next_tick);
             }
-            TransportEvent::WholeTree { index, reason } => {
-                self.cut.whole_trees.need(index, &reason);
+            TransportEvent::WholeTree {
+                index,
+                reason,
+                base,
+            } => {
+                self.cut.whole_trees.need(index, &reason, base);
                 self.maybe_pack(false, next_tick);
             }
             TransportEvent::Compare => self.maybe_compare(),

@@ -167,7 +167,7 @@ pub(super) fn spawn_transports(
     let mut ends: Vec<(TlsConfig, Option<Arc<Bucket>>)> =
         configs.iter().map(|tls| (tls.clone(), None)).collect();
     if let Some(b) = &cfg.bucket {
-        ends.push((None, Some(open_bucket(cfg, b)?)));
+        ends.push((None, Some(open_bucket(cfg, b, h.bases.clone())?)));
     }
     let mut statuses = Vec::new();
     let mut tasks = Vec::new();
@@ -203,7 +203,11 @@ pub(super) fn spawn_transports(
 
 /// The client for the sender's bucket, with the key pair that seals each
 /// bundle. Blocking: reads the key_dir and the credentials file, at start.
-fn open_bucket(cfg: &SenderConfig, b: &crate::config::BucketConfig) -> anyhow::Result<Arc<Bucket>> {
+fn open_bucket(
+    cfg: &SenderConfig,
+    b: &crate::config::BucketConfig,
+    trees: Arc<Mutex<crate::sender::whole_tree::BaseTrees>>,
+) -> anyhow::Result<Arc<Bucket>> {
     let key_dir = &cfg
         .tls
         .as_ref()
@@ -220,6 +224,10 @@ fn open_bucket(cfg: &SenderConfig, b: &crate::config::BucketConfig) -> anyhow::R
         me: me.fingerprint,
         bases: cfg.bucket_bases,
         clock: Default::default(),
+        trees,
+        cursor: Default::default(),
+        kept_from: Default::default(),
+        last_member: Default::default(),
     }))
 }
 
@@ -287,6 +295,7 @@ pub(super) fn share(
                 .context("starting the thread that signs large files")?,
         ),
         signatures,
+        bases: Default::default(),
     };
     Ok((handles, stores.shipped, events_rx))
 }

@@ -1,11 +1,13 @@
 //! Whole trees for receivers that need one (new, rebuilt or restored, or
-//! whose backlog the outbox dropped): which wait to be packed, and the last
-//! sequence of each one packed, until that receiver acknowledges it. Which
-//! receivers need one at all is their `whole_tree` mark in
-//! `receivers.json` ([`Peers`]); this follows the work and clears the mark
-//! (off the runtime: it is written durably).
+//! whose backlog the outbox dropped), and the bucket's bases (a whole tree
+//! its receivers catching up take, see `transport/bucket_bases.rs`):
+//! which wait to be packed, and the last sequence of each one packed,
+//! until that receiver acknowledges it. Which receivers need one at all is
+//! their `whole_tree` mark in `receivers.json` ([`Peers`]); this follows
+//! the work and clears the mark (off the runtime: it is written durably).
+//! What the bucket's uploads must know of its bases is in [`BaseTrees`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -24,15 +26,30 @@ pub(super) struct InTree {
     pub(super) index: usize,
     /// …the runs so far took the paths up to this one…
     pub(super) after: Option<String>,
+    /// …as the base numbered this (a bucket's; `None`: a repair)…
+    pub(super) base: Option<u64>,
     /// …and packed up to this sequence; the run packing now left paths
     /// to the next.
     last_seq: Option<u64>,
     more: bool,
 }
 
+/// The bucket's bases as its packing and its uploads both see them.
+#[derive(Debug, Default)]
+pub(in crate::sender) struct BaseTrees {
+    /// A base is being packed, from its first run to its last.
+    pub(in crate::sender) packing: bool,
+    /// Each base packed is numbered; its bundles carry the number
+    /// (`Packed::base`), so the uploads tell one base from the next.
+    pub(in crate::sender) number: u64,
+    /// The newest base packed, by number, and its last bundle: its end is
+    /// written once that bundle is uploaded.
+    pub(in crate::sender) ends_at: Option<(u64, u64)>,
+}
+
 pub(super) struct WholeTrees {
-    /// Receivers whose whole tree waits to be packed…
-    queue: BTreeSet<usize>,
+    /// Receivers whose whole tree waits to be packed (as a base: `true`)…
+    queue: BTreeMap<usize, bool>,
     /// …the one being packed, between its runs…
     current: Option<InTree>,
     /// …and the last sequence of one, once packed.
@@ -41,25 +58,40 @@ pub(super) struct WholeTrees {
     names: Vec<String>,
     peers: Arc<Mutex<Peers>>,
     state_dir: PathBuf,
+    bases: Arc<Mutex<BaseTrees>>,
 }
 
 impl WholeTrees {
-    pub(super) fn new(names: Vec<String>, peers: Arc<Mutex<Peers>>, state_dir: PathBuf) -> Self {
+    pub(super) fn new(
+        names: Vec<String>,
+        (peers, state_dir): (Arc<Mutex<Peers>>, PathBuf),
+        bases: Arc<Mutex<BaseTrees>>,
+    ) -> Self {
         Self {
-            queue: BTreeSet::new(),
+            queue: BTreeMap::new(),
             current: None,
             last: BTreeMap::new(),
             names,
             peers,
             state_dir,
+            bases,
         }
     }
 
     /// Receiver `index` needs the whole tree, for `reason` (already
-    /// recorded). One packed for it before no longer counts.
-    pub(super) fn need(&mut self, index: usize, reason: &str) {
-        if self.queue.insert(index) {
-            self.last.remove(&index);
+    /// recorded), as a base (a bucket's) or not. One packed for it before
+    /// no longer counts; a repair asked for while a base waits or is
+    /// packed makes it one, or follows it.
+    pub(super) fn need(&mut self, index: usize, reason: &str, base: bool) {
+        if let Some(waiting) = self.queue.get_mut(&index) {
+            *waiting &= base;
+            return;
+        }
+        self.queue.insert(index, base);
+        self.last.remove(&index);
+        if base {
+            info!(peer = %self.names[index], %reason, "a base for the bucket: packing every file for it");
+        } else {
             warn!(peer = %self.names[index], %reason, "this receiver needs the whole tree: shipping it every file");
         }
     }
@@ -68,10 +100,17 @@ impl WholeTrees {
     /// receiver's from its start.
     pub(super) fn next(&mut self) -> Option<InTree> {
         if self.current.is_none() {
-            let index = self.queue.pop_first()?;
+            let (index, base) = self.queue.pop_first()?;
+            let base = base.then(|| {
+                let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+                b.number += 1;
+                b.packing = true;
+                b.number
+            });
             self.current = Some(InTree {
                 index,
                 after: None,
+                base,
                 last_seq: None,
                 more: false,
             });
@@ -92,8 +131,10 @@ impl WholeTrees {
     /// to be packed from its start.
     pub(super) fn failed(&mut self, index: usize, error: &std::io::Error) {
         warn!(peer = %self.names[index], error = %error, "packing the whole tree for this receiver failed; trying again");
-        self.current = None;
-        self.queue.insert(index);
+        let base = self.current.take().is_some_and(|t| t.base.is_some());
+        // Packed again from its start: a base under a new number.
+        let waiting = self.queue.entry(index).or_insert(base);
+        *waiting &= base;
     }
 
     /// A run of the whole tree under way packed `bundles`; every receiver
@@ -107,8 +148,17 @@ impl WholeTrees {
             return;
         }
         let InTree {
-            index, last_seq, ..
+            index,
+            last_seq,
+            base,
+            ..
         } = self.current.take().expect("a whole tree under way");
+        if let Some(number) = base {
+            let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            b.packing = false;
+            // A base of nothing (an empty tree) has no end.
+            b.ends_at = last_seq.map(|last| (number, last));
+        }
         match last_seq {
             Some(last) => {
                 info!(peer = %self.names[index], last_seq = last, "whole tree packed for this receiver");
@@ -160,8 +210,9 @@ mod tests {
     async fn a_whole_tree_packed_in_runs_is_done_once_its_last_runs_last_bundle_is_acked() {
         let dir = tempfile::tempdir().unwrap();
         let peers = Arc::new(Mutex::new(Peers::default()));
-        let mut w = WholeTrees::new(vec!["r0".into()], peers, dir.path().to_owned());
-        w.need(0, "new");
+        let bases = Arc::new(Mutex::new(BaseTrees::default()));
+        let mut w = WholeTrees::new(vec!["r0".into()], (peers, dir.path().to_owned()), bases);
+        w.need(0, "new", false);
         let first = w.next().unwrap();
         assert_eq!((first.index, first.after), (0, None));
         w.taken(Some("m".into()), true);
@@ -174,5 +225,39 @@ mod tests {
         assert_eq!(w.last.get(&0), Some(&5), "the first run's bundle ends it");
         w.acked(5);
         assert!(w.last.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_base_is_numbered_and_ends_with_its_trees_last_bundle_and_a_repair_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = Arc::new(Mutex::new(Peers::default()));
+        let bases = Arc::new(Mutex::new(BaseTrees::default()));
+        let names = vec!["r0".into(), "s3://b/p".into()];
+        let mut w = WholeTrees::new(names, (peers, dir.path().to_owned()), bases.clone());
+        w.need(1, "due", true);
+        assert_eq!(w.next().unwrap().base, Some(1));
+        assert!(bases.lock().unwrap().packing);
+        w.taken(Some("m".into()), true);
+        w.packed(&[(7, summary())], 0);
+        // The last run packs nothing: the base still ends, with bundle 7.
+        w.taken(None, false);
+        w.packed(&[], 0);
+        let b = bases.lock().unwrap();
+        assert!(!b.packing);
+        assert_eq!(b.ends_at, Some((1, 7)));
+        drop(b);
+        // A repair asked for while a base waits makes it a repair.
+        w.need(1, "due", true);
+        w.need(1, "its backlog was dropped", false);
+        assert_eq!(w.next().unwrap().base, None);
+        // A base of nothing has no end.
+        bases.lock().unwrap().ends_at = None;
+        w.taken(None, false);
+        w.packed(&[], 0);
+        w.need(1, "due", true);
+        assert_eq!(w.next().unwrap().base, Some(2), "numbered anew");
+        w.taken(None, false);
+        w.packed(&[], 0);
+        assert_eq!(bases.lock().unwrap().ends_at, None);
     }
 }

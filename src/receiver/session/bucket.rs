@@ -1,12 +1,15 @@
 //! Bundles taken from a bucket (`receiver.bucket`) instead of a
 //! connection. Every `bucket_poll`, each allowed sender's folder is listed
-//! past this receiver's position for that sender, and each seal is taken
-//! in sequence order: opened (made with that sender's key, its signature
-//! holding), the bundle sealed before it applied here already, its zip
-//! downloaded into `incoming/` and checked against the seal; then it is
-//! applied, archived and hooked as a session's bundle is. Nothing is
-//! acknowledged: the sender counts a bundle shipped once it is in the
-//! bucket.
+//! past this receiver's position for that sender, and each seal its
+//! course takes (the chain, or a base and the chain: see
+//! [`crate::bucket::follow`]) is taken in sequence order: opened (made
+//! with that sender's key, its signature holding), the bundle sealed
+//! before it the last of its kind applied here, its course recorded
+//! durably, its zip downloaded into `incoming/` and checked against the
+//! seal; then it is applied, archived and hooked as a session's bundle is.
+//! A receiver starting empty, or whose next bundle the sender let go,
+//! takes the newest complete base. Nothing is acknowledged: the sender
+//! counts a bundle shipped once it is in the bucket.
 //!
 //! What the bucket holds is not trusted. A seal that does not hold is
 //! passed over, and read again only once it changes; a zip that is not
@@ -28,7 +31,7 @@ use tracing::{info, warn};
 use super::halves::Taken as InIncoming;
 use super::{SESSIONS, Sessions};
 use crate::bucket::fetch::{BucketReader, Listed, SealNotHeld};
-use crate::bucket::follow::{Base, Start, builds_on, goes_on, start, takes};
+use crate::bucket::follow::{Base, Course, Start, Verdict, start};
 use crate::bucket::names::{Kind, zip_name};
 use crate::bucket::seal::{Belongs, Sealed};
 use crate::bucket::store::Opened;
@@ -101,6 +104,16 @@ impl NotTaken {
         matches!(self.why, Why::Bundle(_))
     }
 
+    /// A seal `listed` that does not hold: opened again only once it
+    /// changes (or at every poll, where the store gives no tags).
+    fn seal(not: SealNotHeld, listed: &Listed) -> Self {
+        let tag = listed.tag.clone().filter(|_| not.lasting());
+        NotTaken {
+            why: Why::Seal(not),
+            tags: (tag, None),
+        }
+    }
+
     /// A genuine bundle not taken for what may change without its objects
     /// changing (a bundle uploaded, a release, disk freed): looked at
     /// again at every poll.
@@ -112,10 +125,12 @@ impl NotTaken {
     }
 }
 
-/// Whether the members of `base` past `from` are gone from the bucket
-/// (a newer base let them go): none of them among the `seals` listed past
-/// `from`, and the listing reaches past the base's last member or is whole.
-fn members_gone(seals: &[Listed], base: Base, from: u64) -> bool {
+/// Whether the members of `base` this receiver still needs (past the
+/// last it applied, on `course`) are gone from the bucket (a newer base
+/// let them go): none of them among the `seals` listed, and the listing
+/// reaches past the base's last member or is whole.
+fn members_gone(seals: &[Listed], base: Base, course: Course) -> bool {
+    let from = course.taking.map_or(0, |t| t.member).max(base.first - 1);
     let whole = seals.len() < SEALS_PER_POLL || seals.last().is_some_and(|l| l.seq >= base.last);
     from < base.last
         && whole
@@ -124,23 +139,29 @@ fn members_gone(seals: &[Listed], base: Base, from: u64) -> bool {
             .any(|l| l.kind == Kind::Member && (from + 1..=base.last).contains(&l.seq))
 }
 
-/// Where a receiver is in one sender's folder: its position, and the base
-/// it is taking, if it is.
+/// Where a receiver is in one sender's folder: the last of its bundles
+/// applied, and its course.
 #[derive(Debug, Clone, Copy)]
-struct Course {
-    from: u64,
-    base: Option<Base>,
+struct Place {
+    at: u64,
+    course: Course,
 }
 
 /// What became of a listed seal.
 enum Outcome {
-    /// Its bundle is applied.
-    Applied(u64),
+    /// Its bundle is applied: the course from there.
+    Applied(Course),
     /// Not taken (said why).
     NotTaken,
-    /// Its bundle builds on one this receiver does not have and the
-    /// bucket no longer holds (or not yet): why.
-    Behind(String),
+    /// A bundle of its kind before it is not here (why): sealed after
+    /// `prev`, the bucket keeping every bundle from `kept_from` on, as it
+    /// says.
+    Missing {
+        why: String,
+        kind: Kind,
+        prev: u64,
+        kept_from: u64,
+    },
 }
 
 /// What passes over the bucket found wrong, each said once until it
@@ -215,17 +236,18 @@ impl Sessions {
         }
     }
 
-    /// This receiver's position for each allowed sender: the last of its
-    /// bundles applied here, and the base it is taking, if it is.
-    async fn positions(&self) -> HashMap<Fingerprint, (u64, Option<Base>)> {
+    /// This receiver's place in each allowed sender's folder: the last of
+    /// its bundles applied here, and its course there.
+    async fn positions(&self) -> HashMap<Fingerprint, Place> {
         let allowed = self.cfg.tls.iter().flat_map(|t| t.allowed.clone());
         let state = self.state.lock().await;
         allowed
             .map(|f| {
                 let key = f.to_string();
                 let at = state.applied.get(&key).copied().unwrap_or(0);
-                let base = goes_on(state.following.get(&key).copied(), at);
-                (f, (at, base))
+                let course = state.courses.get(&key).copied();
+                let course = course.map_or(Course::at(at), |c| c.resume(at));
+                (f, Place { at, course })
             })
             .collect()
     }
@@ -233,13 +255,12 @@ impl Sessions {
     /// One pass: each allowed sender's seals past its position, in order.
     async fn take_from_bucket(&self, relay: &Relay, said: &mut Said) -> Result<(), Stop> {
         let positions = self.positions().await;
-        said.prune(|f| positions.get(f).map_or(0, |p| p.0));
-        for (sender, (from, base)) in positions {
+        said.prune(|f| positions.get(f).map_or(0, |p| p.at));
+        for (sender, mut place) in positions {
             // Once more after starting from a base: it is taken at once.
-            let mut course = Course { from, base };
             for _ in 0..2 {
-                match self.take_course(relay, said, sender, course).await? {
-                    Some(next) => course = next,
+                match self.take_course(relay, said, sender, place).await? {
+                    Some(next) => place = next,
                     None => break,
                 }
             }
@@ -247,68 +268,67 @@ impl Sessions {
         Ok(())
     }
 
-    /// Take `sender`'s seals past `course.from` that its course takes, in
-    /// order; `Some`: it now starts from a base, from there.
+    /// Take `sender`'s seals past `place` that its course takes, in order;
+    /// `Some`: it now starts from a base, from there.
     async fn take_course(
         &self,
         relay: &Relay,
         said: &mut Said,
         sender: Fingerprint,
-        Course { from, mut base }: Course,
-    ) -> Result<Option<Course>, Stop> {
+        mut place: Place,
+    ) -> Result<Option<Place>, Stop> {
         let reader = relay.reader();
         // Taking a base, nothing below its first member is needed.
-        let after = base.map_or(from, |b| from.max(b.first - 1));
+        let base = place.course.base();
+        let after = base.map_or(place.at, |b| place.at.max(b.first - 1));
         let seals = reader.seals_after(&sender, after, SEALS_PER_POLL).await;
         let seals = seals.map_err(Stop::Bucket)?;
-        if base.is_none() && from == 0 {
+        if base.is_none() && place.at == 0 {
             let first = seals.first().map(|l| l.kind);
-            match self.start_at(relay, sender, (from, first, false)).await? {
-                Start::Chain => {}
-                Start::WaitForBase => return Ok(None),
-                // Listed again from its first member.
-                Start::Base(b) => return Ok(Some(Course { from, base: Some(b) })),
+            match self.start_at(relay, sender, (place, first, false)).await? {
+                Some(started) => return Ok(Some(started)),
+                None if first == Some(Kind::Member) => return Ok(None),
+                None => {}
             }
         }
         if let Some(b) = base
-            && members_gone(&seals, b, from)
+            && members_gone(&seals, b, place.course)
         {
-            let why = format!(
-                "the members of the base from {} after {from} are no longer in the bucket",
-                b.first
-            );
-            let started = self.start_at(relay, sender, (from, None, true)).await?;
-            if let Start::Base(b) = started {
-                return Ok(Some(Course {
-                    from,
-                    base: Some(b),
-                }));
-            }
-            tracing::debug!(bucket = %relay.cfg.url, %sender, reason = %why, "waiting for a newer base");
-            return Ok(None);
+            // Let go while this receiver took it: the newest, if newer.
+            let started = self.start_at(relay, sender, (place, None, true)).await?;
+            return Ok(started);
         }
-        let mut last = from;
         for listed in &seals {
-            if !takes(base, listed.seq, listed.kind) {
+            if !place.course.takes(listed.seq, listed.kind) {
                 continue;
             }
             let key = (sender, listed.seq);
             match self
-                .take_listed(relay, said, (sender, last, base), listed)
+                .take_listed(relay, said, (sender, place), listed)
                 .await?
             {
-                Outcome::Applied(seq) => {
-                    last = seq;
-                    base = goes_on(base, last);
-                    self.follow(&sender, base).await;
+                Outcome::Applied(course) => {
+                    place = Place {
+                        at: place.at.max(listed.seq),
+                        course,
+                    };
                 }
-                Outcome::Behind(why) => {
-                    let started = self.start_at(relay, sender, (last, None, true)).await?;
-                    if let Start::Base(b) = started {
-                        return Ok(Some(Course {
-                            from: last,
-                            base: Some(b),
-                        }));
+                Outcome::Missing {
+                    why,
+                    kind,
+                    prev,
+                    kept_from,
+                } => {
+                    // Let go by the sender (as this seal or the newest
+                    // base's end says): a base. Else deleted by someone
+                    // else, or not listed yet: waited for, never skipped.
+                    let newest = self.newest_base(relay, sender).await?;
+                    let kept_from = kept_from.max(newest.map_or(0, |(_, k)| k));
+                    if place.course.let_go(kind, prev, kept_from) {
+                        let started = self.start_at(relay, sender, (place, None, true)).await?;
+                        if started.is_some() {
+                            return Ok(started);
+                        }
                     }
                     said.object(key, NotTaken::every_poll(why), &relay.cfg.url.to_string());
                     break;
@@ -321,42 +341,51 @@ impl Sessions {
         Ok(None)
     }
 
-    /// Where a receiver at `position` not following a base starts (see
-    /// [`start`]), and that base, when it starts from one, recorded.
+    /// Where a receiver at `place`, not taking a base, starts (see
+    /// [`start`]): `Some` when from a base, recorded as its course.
     async fn start_at(
         &self,
         relay: &Relay,
         sender: Fingerprint,
-        (position, first, behind): (u64, Option<Kind>, bool),
-    ) -> Result<Start, Stop> {
-        let newest = self.newest_base(relay, sender).await?;
-        let started = start(position, newest, first, behind);
-        match started {
+        (place, first, behind): (Place, Option<Kind>, bool),
+    ) -> Result<Option<Place>, Stop> {
+        let newest = self.newest_base(relay, sender).await?.map(|(b, _)| b);
+        let position = place.at;
+        match start(position, newest, first, behind) {
             Start::Base(b) => {
                 info!(bucket = %relay.cfg.url, %sender, first = b.first, last = b.last, position, "taking this sender's newest base from the bucket, then its bundles after it");
-                self.follow(&sender, Some(b)).await;
+                let mut course = place.course;
+                course.take_base(b);
+                self.set_course(&sender, course).await;
+                Ok(Some(Place { course, ..place }))
             }
             Start::WaitForBase => {
                 tracing::debug!(bucket = %relay.cfg.url, %sender, "waiting for this sender's first base to be complete in the bucket");
+                Ok(None)
             }
-            Start::Chain => {}
+            Start::Chain => Ok(None),
         }
-        Ok(started)
     }
 
-    /// `sender`'s newest complete base in the bucket: the newest whose end
-    /// holds (an end that does not is passed over).
-    async fn newest_base(&self, relay: &Relay, sender: Fingerprint) -> Result<Option<Base>, Stop> {
+    /// `sender`'s newest complete base in the bucket, the newest whose end
+    /// holds (an end that does not is passed over), with what its end
+    /// says the bucket keeps.
+    async fn newest_base(
+        &self,
+        relay: &Relay,
+        sender: Fingerprint,
+    ) -> Result<Option<(Base, u64)>, Stop> {
         let reader = relay.reader();
         let bases = reader.bases(&sender).await.map_err(Stop::Bucket)?;
         for listed in bases.iter().rev() {
             let end = reader.open_base_end(&sender, listed).await;
             match end.map_err(Stop::Bucket)? {
                 Ok(sealed) => {
-                    return Ok(Some(Base {
+                    let base = Base {
                         first: listed.first,
                         last: sealed.seq,
-                    }));
+                    };
+                    return Ok(Some((base, sealed.kept_from)));
                 }
                 Err(why) => {
                     tracing::debug!(%sender, first = listed.first, reason = %why, "a base's end in the bucket passed over");
@@ -366,15 +395,24 @@ impl Sessions {
         Ok(None)
     }
 
-    /// Record that this receiver takes `sender`'s `base` (`None`: the
-    /// chain): saved with the state when the next bundle is applied.
-    async fn follow(&self, sender: &Fingerprint, base: Option<Base>) {
-        let key = sender.to_string();
-        let mut state = self.state.lock().await;
-        match base {
-            Some(b) => state.following.insert(key, b),
-            None => state.following.remove(&key),
-        };
+    /// Save the state durably, off the runtime, the lock held so states
+    /// are saved in order.
+    async fn save_state(&self) -> anyhow::Result<()> {
+        let state = self.state.lock().await;
+        let (snapshot, dir) = (state.clone(), self.cfg.state_dir.clone());
+        let saved = tokio::task::spawn_blocking(move || snapshot.save(&dir)).await?;
+        drop(state);
+        saved
+    }
+
+    /// Record `sender`'s `course` in the state (saved with the next bundle
+    /// applied, or by [`Self::save_state`]).
+    async fn set_course(&self, sender: &Fingerprint, course: Course) {
+        self.state
+            .lock()
+            .await
+            .courses
+            .insert(sender.to_string(), course);
     }
 
     /// Whether the bundle `seq` of `sender`, not taken, holds back the
@@ -386,45 +424,27 @@ impl Sessions {
             .is_some_and(NotTaken::holds_back)
     }
 
-    /// Take the listed seal of `sender`, whose last bundle applied here is
-    /// `last`, on the course of `base` (`None`: the chain).
+    /// Take the listed seal of `sender`, at `place` in its folder.
     async fn take_listed(
         &self,
         relay: &Relay,
         said: &mut Said,
-        (sender, last, base): (Fingerprint, u64, Option<Base>),
+        (sender, place): (Fingerprint, Place),
         listed: &Listed,
     ) -> Result<Outcome, Stop> {
+        let base = place.course.base();
         let url = relay.cfg.url.to_string();
         let key = (sender, listed.seq);
         let reader = relay.reader();
-        if let Some(not) = said.objects.get(&key) {
-            let zip_tag = match &not.why {
-                Why::Seal(_) => None,
-                // A HEAD only where the answer may matter.
-                Why::Bundle(_) if not.tags.0.is_some() && not.tags.1.is_some() => {
-                    let zip = reader.object(&zip_name(&sender, listed.seq));
-                    reader.tag(&zip).await.map_err(Stop::Bucket)?
-                }
-                Why::Bundle(_) => None,
-            };
-            if not.unchanged(&(listed.tag.clone(), zip_tag)) {
-                return Ok(Outcome::NotTaken);
-            }
+        if self.not_taken_before(relay, said, sender, listed).await? {
+            return Ok(Outcome::NotTaken);
         }
         let every_poll = NotTaken::every_poll;
         let opened = reader.open_seal(&sender, listed).await;
         let sealed = match opened.map_err(Stop::Bucket)? {
             Ok(s) => s,
             Err(not) => {
-                // A seal that does not hold is opened again only once it
-                // changes (or at every poll, where the store gives no tags).
-                let tag = listed.tag.clone().filter(|_| not.lasting());
-                let not = NotTaken {
-                    why: Why::Seal(not),
-                    tags: (tag, None),
-                };
-                said.object(key, not, &url);
+                said.object(key, NotTaken::seal(not, listed), &url);
                 return Ok(Outcome::NotTaken);
             }
         };
@@ -438,31 +458,75 @@ impl Sessions {
             said.object(key, every_poll(why), &url);
             return Ok(Outcome::NotTaken);
         }
-        if !builds_on(base, listed.kind, sealed.prev, last) {
-            return Ok(Outcome::Behind(format!(
-                "bundle {} of this sender comes first and is not in the bucket (or not sealed yet)",
+        let missing = || {
+            format!(
+                "bundle {} of this sender comes first and is not in the bucket",
                 sealed.prev
-            )));
+            )
+        };
+        if place.course.verdict(listed.kind, sealed.prev) == Verdict::Wait {
+            return Ok(Outcome::Missing {
+                why: missing(),
+                kind: listed.kind,
+                prev: sealed.prev,
+                kept_from: sealed.kept_from,
+            });
         }
-        match self.take_sealed(relay, &sealed).await? {
+        // Recorded durably before the bundle is applied: a stop after it
+        // is applied (or finished at the next start) resumes past it.
+        let pending = Course {
+            pending: Some((listed.seq, listed.kind)),
+            ..place.course
+        };
+        self.set_course(&sender, pending).await;
+        self.save_state().await.map_err(Stop::Apply)?;
+        let taken = self.take_sealed(relay, &sealed).await;
+        let mut course = place.course;
+        if matches!(taken, Ok(Taken::Applied)) {
+            course.applied(listed.seq, listed.kind);
+        }
+        self.set_course(&sender, course).await;
+        let not = match taken? {
             Taken::Applied => {
                 said.objects.remove(&key);
-                Ok(Outcome::Applied(listed.seq))
+                return Ok(Outcome::Applied(course));
             }
-            Taken::Not { why, lasting: None } => {
-                said.object(key, every_poll(why), &url);
-                Ok(Outcome::NotTaken)
-            }
+            Taken::Not { why, lasting: None } => every_poll(why),
             Taken::Not {
                 why,
                 lasting: Some(zip_tag),
-            } => {
-                let tags = (listed.tag.clone(), zip_tag);
-                let why = Why::Bundle(why);
-                said.object(key, NotTaken { why, tags }, &url);
-                Ok(Outcome::NotTaken)
+            } => NotTaken {
+                why: Why::Bundle(why),
+                tags: (listed.tag.clone(), zip_tag),
+            },
+        };
+        said.object(key, not, &url);
+        Ok(Outcome::NotTaken)
+    }
+
+    /// Whether the listed seal of `sender` was not taken before, for a
+    /// reason that holds while its objects are unchanged, and they are.
+    async fn not_taken_before(
+        &self,
+        relay: &Relay,
+        said: &Said,
+        sender: Fingerprint,
+        listed: &Listed,
+    ) -> Result<bool, Stop> {
+        let Some(not) = said.objects.get(&(sender, listed.seq)) else {
+            return Ok(false);
+        };
+        let zip_tag = match &not.why {
+            Why::Seal(_) => None,
+            // A HEAD only where the answer may matter.
+            Why::Bundle(_) if not.tags.0.is_some() && not.tags.1.is_some() => {
+                let reader = relay.reader();
+                let zip = reader.object(&zip_name(&sender, listed.seq));
+                reader.tag(&zip).await.map_err(Stop::Bucket)?
             }
-        }
+            Why::Bundle(_) => None,
+        };
+        Ok(not.unchanged(&(listed.tag.clone(), zip_tag)))
     }
 
     /// Download, check and apply the bundle `sealed` names.

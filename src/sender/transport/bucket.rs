@@ -25,14 +25,15 @@ use super::connect::Welcome;
 use super::{Link, Lost};
 use crate::bucket::bases::Cursor;
 use crate::bucket::fetch::BucketReader;
-use crate::bucket::names::{Kind, base_end_name, listed_name, sender_dir, zip_name};
-use crate::bucket::seal::{Belongs, Sealer};
+use crate::bucket::names::{Kind, listed_name, sender_dir, zip_name};
+use crate::bucket::seal::{Belongs, Seal, Sealer};
 use crate::bucket::settings::Bases;
 use crate::bucket::store::Opened;
 use crate::bundle::pack::Packed;
 use crate::config::BucketConfig;
 use crate::proto::frame::Accepts;
 use crate::sender::link_rate::Measure;
+use crate::sender::whole_tree::BaseTrees;
 use crate::status::unix_now;
 use crate::tls::Fingerprint;
 
@@ -57,6 +58,29 @@ pub(in crate::sender) struct Bucket {
     pub(in crate::sender) bases: Bases,
     /// What is known of the newest base, and what went up since.
     pub(in crate::sender) clock: std::sync::Mutex<Clock>,
+    /// The bases being packed, as the sender's packing tells.
+    pub(in crate::sender) trees: Arc<std::sync::Mutex<BaseTrees>>,
+    /// Where uploads stand: the chain read from the bucket at each
+    /// connect, the base under way kept across reconnects (one begun
+    /// before a restart is not gone on with: it is packed again, anew).
+    pub(in crate::sender) cursor: std::sync::Mutex<Cursor>,
+    /// Every bundle from this on is kept in the bucket: from the newest
+    /// chain seal at connect, raised at each pruning.
+    pub(in crate::sender) kept_from: std::sync::atomic::AtomicU64,
+    /// The seal of the newest member uploaded: the base's end copies it.
+    pub(in crate::sender) last_member: std::sync::Mutex<Option<Seal>>,
+}
+
+/// Where a sender's folder in the bucket stands at connect.
+#[derive(Debug, Default)]
+struct Position {
+    /// The newest bundle sealed there.
+    newest: u64,
+    /// The newest of the chain, and what its seal said the bucket keeps.
+    chain: u64,
+    kept_from: u64,
+    /// When the oldest seal there was written.
+    oldest: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl Bucket {
@@ -70,11 +94,15 @@ impl Bucket {
 
     /// What the bucket says of itself, as a receiver's `Welcome` would:
     /// its instance and the newest bundle sealed with this sender's key;
-    /// and where uploads go on, in the chain and in a base under way.
-    async fn position(&self) -> Result<(Welcome, Cursor), String> {
+    /// where the chain goes on is taken in.
+    async fn position(&self) -> Result<Welcome, String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
-        let (last_applied, cursor, oldest) = self.newest_sealed().await?;
-        self.read_newest_base(oldest).await?;
+        let at = self.newest_sealed().await?;
+        self.cursor.lock().unwrap_or_else(|e| e.into_inner()).chain = at.chain;
+        self.kept_from
+            .fetch_max(at.kept_from, std::sync::atomic::Ordering::SeqCst);
+        self.read_newest_base(at.oldest).await?;
+        let last_applied = at.newest;
         let defaults = crate::bundle::apply::Limits::default();
         let welcome = Welcome {
             last_applied,
@@ -89,7 +117,7 @@ impl Bucket {
             },
             rolled_back: None,
         };
-        Ok((welcome, cursor))
+        Ok(welcome)
     }
 
     /// The bucket's instance, made now if it has none.
@@ -135,19 +163,20 @@ impl Bucket {
     }
 
     /// The newest bundle in this sender's folder sealed with its key (0
-    /// when the folder holds no seal), where uploads go on (the newest of
-    /// the chain, and the base under way: its newest member sealed, if not
-    /// its last), and when the oldest seal there was written. Seals are opened from the newest down until one of
-    /// each kind holds: seals there and none holding is an error (not this
+    /// when the folder holds no seal), the newest of the chain with what
+    /// its seal says the bucket keeps, and when the oldest seal there was
+    /// written. Seals are opened from the newest down until one of each
+    /// kind holds: seals there and none holding is an error (not this
     /// sender's, or altered), never taken for an empty folder, which would
     /// number bundles again from where receivers already are.
-    async fn newest_sealed(
-        &self,
-    ) -> Result<(u64, Cursor, Option<chrono::DateTime<chrono::Utc>>), String> {
+    async fn newest_sealed(&self) -> Result<Position, String> {
         let reader = self.reader();
         let seals = reader.seals_after(&self.me, 0, usize::MAX).await?;
-        let (mut newest, mut cursor) = (None, Cursor::default());
-        let (mut chain, mut member) = (false, false);
+        let mut at = Position {
+            oldest: seals.first().map(|l| l.modified),
+            ..Position::default()
+        };
+        let (mut newest, mut chain, mut member) = (None, false, false);
         for listed in seals.iter().rev() {
             let done = match listed.kind {
                 Kind::Chain => &mut chain,
@@ -161,20 +190,16 @@ impl Bucket {
             };
             *done = true;
             newest = newest.max(Some(listed.seq));
-            match sealed.belongs {
-                Belongs::Chain => cursor.chain = listed.seq,
-                Belongs::Base { first, last } => {
-                    cursor.base = (!last).then_some((first, listed.seq));
-                }
+            if sealed.belongs == Belongs::Chain {
+                (at.chain, at.kept_from) = (listed.seq, sealed.kept_from);
             }
             if chain && member {
                 break;
             }
         }
-        let oldest = seals.first().map(|l| l.modified);
         match (newest, seals.last()) {
-            (Some(seq), _) => Ok((seq, cursor, oldest)),
-            (None, None) => Ok((0, cursor, oldest)),
+            (Some(seq), _) => Ok(Position { newest: seq, ..at }),
+            (None, None) => Ok(at),
             (None, Some(last)) => Err(format!(
                 "none of the {} seals in {} (the newest {}) opens with this sender's key: not its own, or altered",
                 seals.len(),
@@ -184,37 +209,58 @@ impl Bucket {
         }
     }
 
-    /// Upload bundle `b` of sender `id`, then its seal, where `cursor`
-    /// says it goes (a bundle for the bucket alone is a base's member; the
-    /// last one ends its base, and its seal is copied to the base's end).
-    async fn upload(&self, b: &Packed, cursor: &mut Cursor, id: &str) -> Result<(), String> {
-        let member = b.only.is_some();
-        let (belongs, prev) = cursor.place(b.seq, member, b.ends_tree);
+    /// Upload bundle `b` of sender `id`, then its seal: on the chain, or
+    /// as a member of the base it was packed for.
+    async fn upload(&self, b: &Packed, id: &str) -> Result<(), String> {
+        let (belongs, prev) = self.cursor().place(b.seq, b.base);
         let zip = self.reader().object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)
             .await
             .map_err(|e| format!("{}: {e}", zip))?;
+        let kept_from = self.kept_from();
+        let sealing = ((b.seq, prev, b.size), (belongs, kept_from));
         let seal = self
             .sealer
-            .seal(&self.cfg.url, id, (b.seq, prev, b.size), &hash, belongs);
-        let bytes = serde_json::to_vec(&seal).expect("a seal serializes");
-        let kind = if member { Kind::Member } else { Kind::Chain };
-        let mut at = vec![listed_name(&self.me, b.seq, kind)];
-        if let Belongs::Base { first, last: true } = belongs {
-            at.push(base_end_name(&self.me, first));
+            .seal(&self.cfg.url, id, sealing.0, &hash, sealing.1);
+        let kind = match belongs {
+            Belongs::Chain => Kind::Chain,
+            Belongs::Base { .. } => Kind::Member,
+        };
+        self.put_seal(&listed_name(&self.me, b.seq, kind), &seal)
+            .await?;
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .sealed(b.seq, b.base, belongs);
+        if kind == Kind::Member {
+            *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(seal);
         }
-        for rel in at {
-            let at = self.reader().object(&rel);
-            self.opened
-                .store
-                .put(&at, PutPayload::from(bytes.clone()))
-                .await
-                .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
-        }
-        cursor.sealed(b.seq, belongs);
         self.uploaded(b.size, belongs);
         Ok(())
+    }
+
+    /// Put `seal` at `rel` under the prefix.
+    pub(super) async fn put_seal(&self, rel: &str, seal: &Seal) -> Result<(), String> {
+        let bytes = serde_json::to_vec(seal).expect("a seal serializes");
+        let at = self.reader().object(rel);
+        self.opened
+            .store
+            .put(&at, PutPayload::from(bytes))
+            .await
+            .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
+        Ok(())
+    }
+
+    /// Where uploads stand now.
+    pub(super) fn cursor(&self) -> Cursor {
+        *self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every bundle from this on is kept in the bucket, as far as this
+    /// sender knows.
+    pub(super) fn kept_from(&self) -> u64 {
+        self.kept_from.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Put the bundle file of `b` at `at`, in parts when it is large; its
@@ -342,16 +388,16 @@ impl Chunks {
 pub(super) struct Uploads(pub(super) Arc<Bucket>);
 
 impl super::Served for Uploads {
-    type Opened = (Welcome, Cursor);
+    type Opened = Welcome;
 
-    async fn open(&self, _link: &Link) -> Result<(Welcome, Cursor), String> {
+    async fn open(&self, _link: &Link) -> Result<Welcome, String> {
         self.0.position().await
     }
 
     async fn serve(
         &self,
         link: &Link,
-        (welcome, cursor): (Welcome, Cursor),
+        welcome: Welcome,
         back: bool,
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
@@ -361,28 +407,34 @@ impl super::Served for Uploads {
         let instance = welcome.instance;
         // A bucket is never rolled back: nothing holds it.
         let _ = link.welcome(welcome).await;
-        link.serve_bucket(&self.0, (cursor, instance), shutdown)
-            .await
+        link.serve_bucket(&self.0, instance, shutdown).await
     }
 }
 
 impl Link {
     /// Upload bundles in order until one fails (`Some`: why) or until
-    /// shutdown (`None`), from `cursor` in the bucket of `instance`; while
-    /// none waits, ask for a base when one is due.
+    /// shutdown (`None`), to the bucket of `instance`; end each base once
+    /// its last member is up, and, while no bundle waits, ask for a base
+    /// when one is due.
     async fn serve_bucket(
         &self,
         bucket: &Bucket,
-        (mut cursor, instance): (Cursor, [u8; 16]),
+        instance: [u8; 16],
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
         loop {
             let b = loop {
                 let arrived = self.outbox.arrived.notified();
+                if let Err(error) = bucket.end_base(None).await {
+                    return Some(Lost {
+                        error,
+                        in_flight: false,
+                    });
+                }
                 if let Some(b) = self.outbox.next_for(self.index) {
                     break b;
                 }
-                self.ask_for_base(bucket, &cursor, instance).await;
+                self.ask_for_base(bucket, instance).await;
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = arrived => {}
@@ -393,7 +445,7 @@ impl Link {
             let started = Instant::now();
             let uploaded = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                r = bucket.upload(&b, &mut cursor, &self.id) => r,
+                r = bucket.upload(&b, &self.id) => r,
             };
             if let Err(error) = uploaded {
                 return Some(Lost {
@@ -401,8 +453,11 @@ impl Link {
                     in_flight: true,
                 });
             }
-            if b.ends_tree && b.only.is_some() {
-                bucket.prune(cursor.chain).await;
+            if let Err(error) = bucket.end_base(Some(b.seq)).await {
+                return Some(Lost {
+                    error,
+                    in_flight: false,
+                });
             }
             let measured = self.link_rates.record(
                 self.index,

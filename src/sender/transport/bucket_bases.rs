@@ -10,19 +10,24 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
 
+use std::sync::atomic::Ordering;
+
 use super::Link;
 use super::bucket::Bucket;
-use crate::bucket::bases::{Cursor, Newest, base_due, prune_below};
-use crate::bucket::names::{base_end_first, bases_dir, bundle_object_seq, sender_dir};
-use crate::bucket::seal::Belongs;
+use crate::bucket::bases::{Newest, base_due, prune_below};
+use crate::bucket::fetch::BaseListed;
+use crate::bucket::names::{
+    base_end_first, base_end_name, bases_dir, bundle_object_seq, sender_dir,
+};
+use crate::bucket::seal::{Belongs, Sealed};
 use crate::config::fmt_dur;
 
 /// What the sender knows of its newest base, and what went up since.
 #[derive(Debug, Default)]
 pub(in crate::sender) struct Clock {
-    /// The newest complete base: when it was seen or made, and its bytes
-    /// when this process uploaded it.
-    newest: Option<(Instant, Option<u64>)>,
+    /// The newest complete base: its first member, when it was seen or
+    /// made, and its bytes when this process uploaded it.
+    newest: Option<(u64, Instant, Option<u64>)>,
     /// Bytes of the chain uploaded since it.
     chain_bytes: u64,
     /// Bytes of the base under way so far.
@@ -39,54 +44,69 @@ impl Bucket {
         let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         match belongs {
             Belongs::Chain => c.chain_bytes += size,
-            Belongs::Base { last: false, .. } => c.base_bytes += size,
-            Belongs::Base { last: true, .. } => {
-                let bytes = c.base_bytes + size;
-                *c = Clock {
-                    newest: Some((Instant::now(), Some(bytes))),
-                    ..Clock::default()
-                };
-            }
+            Belongs::Base { .. } => c.base_bytes += size,
         }
     }
 
-    /// Learn the newest complete base's age from the bucket (at each
-    /// connect): its size is not known after a restart, only its age. A
-    /// folder with no base counts from its `oldest` seal (nothing is
-    /// pruned without a base, so receivers take the chain from its start
-    /// until then), and an empty folder from now.
+    /// The complete bases in the bucket whose ends hold (an end that does
+    /// not, someone else's or altered, is passed over), oldest first.
+    async fn complete_bases(&self) -> Result<Vec<(BaseListed, Sealed)>, String> {
+        let reader = self.reader();
+        let mut out = Vec::new();
+        for listed in reader.bases(&self.me).await? {
+            if let Ok(end) = reader.open_base_end(&self.me, &listed).await? {
+                out.push((listed, end));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Learn the newest complete base from the bucket (at each connect):
+    /// its size is not known after a restart, only its age. A folder with
+    /// no base counts from its `oldest` seal (nothing is pruned without a
+    /// base, so receivers take the chain from its start until then), and
+    /// an empty folder from now.
     pub(super) async fn read_newest_base(
         &self,
         oldest: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), String> {
-        let bases = self.reader().bases(&self.me).await?;
+        let bases = self.complete_bases().await?;
         let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-        if c.newest.is_some_and(|(_, bytes)| bytes.is_some()) {
+        if c.newest.is_some_and(|(_, _, bytes)| bytes.is_some()) {
             // This process made it, and knows more.
             return Ok(());
         }
-        let since = bases.last().map(|b| b.modified).or(oldest);
+        let newest = bases.last();
+        if let Some((_, end)) = newest {
+            self.kept_from.fetch_max(end.kept_from, Ordering::SeqCst);
+        }
+        let since = newest.map(|(b, _)| b.modified).or(oldest);
         let age = since.map_or(Duration::ZERO, |t| {
             (chrono::Utc::now() - t).to_std().unwrap_or(Duration::ZERO)
         });
         let seen = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
-        c.newest = Some((seen, None));
+        c.newest = Some((newest.map_or(0, |(b, _)| b.first), seen, None));
         Ok(())
     }
 
     /// Why a base is due now, if it is; `under_way`: one is being packed
-    /// or uploaded.
+    /// or uploaded, or a whole tree waits for the bucket.
     fn base_due(&self, under_way: bool) -> Option<String> {
         let c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
         let every = self.bases.every;
         if c.asked.is_some_and(|t| t.elapsed() < every) {
             return None;
         }
-        let newest = c.newest.map(|(at, bytes)| Newest {
+        let newest = c.newest.map(|(_, at, bytes)| Newest {
             age: at.elapsed(),
             bytes,
         });
-        if !base_due(newest, c.chain_bytes, every, under_way) {
+        // The chain went on since the newest base began (with no base, the
+        // folder's age counts from its oldest bundle).
+        let changed = c
+            .newest
+            .is_none_or(|(first, _, _)| first == 0 || self.cursor().chain > first);
+        if !base_due(newest, (c.chain_bytes, changed), every, under_way) {
             return None;
         }
         Some(match newest {
@@ -103,30 +123,111 @@ impl Bucket {
         })
     }
 
+    /// End the base under way once its last member is up (`uploaded`:
+    /// the bundle just uploaded, if one was): its end, a copy of that
+    /// member's seal marked last, makes it complete; then what no receiver
+    /// needs goes. A base whose last member will never be uploaded (its
+    /// bundle dropped from the outbox) is given up.
+    pub(super) async fn end_base(&self, uploaded: Option<u64>) -> Result<(), String> {
+        let ends_at = self.trees.lock().unwrap_or_else(|e| e.into_inner()).ends_at;
+        let Some((number, last)) = ends_at else {
+            return Ok(());
+        };
+        let under = self.cursor().base.filter(|b| b.number == number);
+        let member = self
+            .last_member
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match (under, member) {
+            (Some(b), Some(seal)) if b.prev == last && seal.seq == last => {
+                let hash = blake3::Hash::from_hex(&seal.hash).map_err(|e| e.to_string())?;
+                // The end says what the bucket keeps once it is complete:
+                // a receiver missing a bundle below that takes a base.
+                let complete = self.complete_bases().await?;
+                let mut firsts: Vec<u64> = complete.iter().map(|(l, _)| l.first).collect();
+                firsts.push(b.first);
+                if let Some(floor) = prune_below(&firsts, self.bases.keep) {
+                    self.kept_from.fetch_max(floor, Ordering::SeqCst);
+                }
+                let end = self.sealer.seal(
+                    &self.cfg.url,
+                    &seal.sender,
+                    (seal.seq, seal.prev, seal.size),
+                    &hash,
+                    (
+                        Belongs::Base {
+                            first: b.first,
+                            last: true,
+                        },
+                        self.kept_from(),
+                    ),
+                );
+                self.put_seal(&base_end_name(&self.me, b.first), &end)
+                    .await?;
+                self.base_complete(b.first, last);
+                self.prune().await;
+            }
+            _ if uploaded.is_some_and(|s| s > last) => {
+                warn!(bucket = %self.cfg.url, last, "a base's last bundle never went up (dropped from the outbox): that base is given up; the next is asked for when due");
+                self.base_done();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The base from `first` to `last` is complete.
+    fn base_complete(&self, first: u64, last: u64) {
+        let bytes = {
+            let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
+            let bytes = c.base_bytes;
+            *c = Clock {
+                newest: Some((first, Instant::now(), Some(bytes))),
+                ..Clock::default()
+            };
+            bytes
+        };
+        info!(bucket = %self.cfg.url, first, last, bytes, "base complete in the bucket: receivers starting empty or behind take it");
+        self.base_done();
+    }
+
+    /// No base is under way any more.
+    fn base_done(&self) {
+        self.trees.lock().unwrap_or_else(|e| e.into_inner()).ends_at = None;
+        self.cursor.lock().unwrap_or_else(|e| e.into_inner()).base = None;
+        self.clock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .base_bytes = 0;
+    }
+
     /// Remove what no receiver needs now that a base is complete: every
     /// bundle below the first member of the oldest base kept (but the
-    /// chain's newest, `chain`), and the ends of older bases. A failure is
-    /// logged and left for the next base.
-    pub(super) async fn prune(&self, chain: u64) {
-        if let Err(e) = self.prune_below_kept(chain).await {
+    /// chain's newest), and the ends of older bases. A failure is logged
+    /// and left for the next base.
+    pub(super) async fn prune(&self) {
+        if let Err(e) = self.prune_below_kept().await {
             warn!(bucket = %self.cfg.url, error = %e, "could not remove old bundles from the bucket; tried again after the next base");
         }
     }
 
-    async fn prune_below_kept(&self, chain: u64) -> Result<(), String> {
-        let reader = self.reader();
-        let bases = reader.bases(&self.me).await?;
-        let firsts: Vec<u64> = bases.iter().map(|b| b.first).collect();
-        let Some(floor) = prune_below(&firsts, self.bases.keep, chain) else {
+    async fn prune_below_kept(&self) -> Result<(), String> {
+        let bases = self.complete_bases().await?;
+        let firsts: Vec<u64> = bases.iter().map(|(b, _)| b.first).collect();
+        let Some(floor) = prune_below(&firsts, self.bases.keep) else {
             return Ok(());
         };
-        let prefix = self.cfg.url.key("");
-        let me = self.me;
-        let below = |rel: &str| {
-            bundle_object_seq(&me, rel)
-                .or_else(|| base_end_first(&me, rel))
-                .is_some_and(|seq| seq < floor)
+        // Said in every seal from now on, before anything goes: a receiver
+        // whose next bundle is below it knows to take a base.
+        self.kept_from.fetch_max(floor, Ordering::SeqCst);
+        let (prefix, me, chain) = (self.cfg.url.key(""), self.me, self.cursor().chain);
+        let below = |rel: &str| match bundle_object_seq(&me, rel) {
+            // The chain's newest stays, whatever its number.
+            Some(seq) => seq < floor && seq != chain,
+            None => base_end_first(&me, rel).is_some_and(|first| first < floor),
         };
+        let reader = self.reader();
         let mut gone = Vec::new();
         for dir in [bases_dir(&me), sender_dir(&me)] {
             let listed: Vec<_> = self
@@ -162,9 +263,9 @@ impl Bucket {
 
 impl Link {
     /// Ask the sender's loop for a whole tree for the bucket, to go up as
-    /// a base, when one is due and none is under way (packed or being
-    /// uploaded: `cursor`, or still marked as needed).
-    pub(super) async fn ask_for_base(&self, bucket: &Bucket, cursor: &Cursor, instance: [u8; 16]) {
+    /// a base, when one is due and none is under way (packed, being
+    /// uploaded, or waiting to be packed: repair or base).
+    pub(super) async fn ask_for_base(&self, bucket: &Bucket, instance: [u8; 16]) {
         let marked = {
             let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
             peers
@@ -172,11 +273,16 @@ impl Link {
                 .get(&self.receiver)
                 .is_some_and(|r| r.whole_tree)
         };
-        let Some(reason) = bucket.base_due(marked || cursor.base.is_some()) else {
+        let busy = {
+            let t = bucket.trees.lock().unwrap_or_else(|e| e.into_inner());
+            t.packing || t.ends_at.is_some()
+        };
+        let Some(reason) = bucket.base_due(marked || busy) else {
             return;
         };
         bucket.clock.lock().unwrap_or_else(|e| e.into_inner()).asked = Some(Instant::now());
         info!(bucket = %bucket.cfg.url, %reason, "a base is due: the whole tree goes to the bucket");
-        self.record_needs(instance, Some(reason), None).await;
+        self.record_needs(instance, Some((reason, true)), None)
+            .await;
     }
 }

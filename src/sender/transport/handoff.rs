@@ -31,6 +31,8 @@ pub(in crate::sender) enum TransportEvent {
     WholeTree {
         index: usize,
         reason: String,
+        /// A base for a bucket's receivers catching up, not a repair.
+        base: bool,
     },
     /// Receiver `index` refused a bundle for good; `changes` were in it,
     /// and its copies were made from `sources`.
@@ -87,13 +89,18 @@ pub(super) async fn record_peer(
     state_dir: &Path,
     name: &str,
     instance: [u8; 16],
-    (whole_tree, compare): (bool, Option<u64>),
+    (whole_tree, compare): (Option<bool>, Option<u64>),
 ) {
     let (peers, dir, peer) = (link_peers.clone(), state_dir.to_owned(), name.to_owned());
     let saved = tokio::task::spawn_blocking(move || {
         update_peer(&peers, &dir, &peer, |rec| {
             rec.instance = data_encoding::HEXLOWER.encode(&instance);
-            rec.whole_tree |= whole_tree;
+            if let Some(base) = whole_tree {
+                // A base only while every need of it was one: a repair
+                // asked for meanwhile must reach every receiver.
+                rec.base = base && (rec.base || !rec.whole_tree);
+                rec.whole_tree = true;
+            }
             rec.compare = compare.or(rec.compare);
         })
     })

@@ -281,7 +281,8 @@ impl Link {
                 "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
                 b.seq
             );
-            self.record_needs(instance, Some(reason), None).await;
+            self.record_needs(instance, Some((reason, false)), None)
+                .await;
         }
         self.outbox.mark_sent(self.index, b.seq);
         let started = Instant::now();

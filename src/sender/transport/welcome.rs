@@ -37,8 +37,8 @@ impl Link {
                 .outbox
                 .next_for(self.index)
                 .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
-        let whole_tree = plan.whole_tree.clone().or_else(|| {
-            reused.then(|| format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied))
+        let whole_tree = plan.whole_tree.clone().map(|r| (r, plan.base)).or_else(|| {
+            reused.then(|| (format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied), false))
         });
         self.record_needs(s.instance, whole_tree, plan.compare)
             .await;
@@ -85,19 +85,21 @@ impl Link {
                     .and_then(|b| b.try_into().ok())
             }),
             whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
+            pending_base: rec.is_some_and(|r| r.base),
         }
     }
 
     /// Record durably the receiver's `instance`, whether it needs the
-    /// whole tree, and whether its root, rolled back to `compare`, is to be
-    /// compared with the source; tell the sender's loop of either.
+    /// whole tree (why, and whether as a bucket's base), and whether its
+    /// root, rolled back to `compare`, is to be compared with the source;
+    /// tell the sender's loop of either.
     pub(super) async fn record_needs(
         &self,
         instance: [u8; 16],
-        whole_tree: Option<String>,
+        whole_tree: Option<(String, bool)>,
         compare: Option<u64>,
     ) {
-        let needed = whole_tree.is_some();
+        let needed = whole_tree.as_ref().map(|(_, base)| *base);
         record_peer(
             &self.peers,
             &self.state_dir,
@@ -107,10 +109,12 @@ impl Link {
         )
         .await;
         let index = self.index;
-        if let Some(reason) = whole_tree {
-            let _ = self
-                .events
-                .send(TransportEvent::WholeTree { index, reason });
+        if let Some((reason, base)) = whole_tree {
+            let _ = self.events.send(TransportEvent::WholeTree {
+                index,
+                reason,
+                base,
+            });
         }
         if let Some(to) = compare {
             info!(peer = %self.receiver, to, "the receiver's root was rolled back: comparing the source with it to ship the difference");
