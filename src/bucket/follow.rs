@@ -78,9 +78,11 @@ impl Course {
 
     /// This course, recorded as it was, for a receiver whose position is
     /// now `position`: as recorded, or past the bundle it was applying
-    /// when that bundle is the position; else (a rollback, or bundles of
+    /// when that bundle is the position; after a rollback, the course as
+    /// it was right after the bundle rolled back to (from `log`, the
+    /// courses after each of the last bundles applied); else (bundles of
     /// this sender applied another way) the chain up to there.
-    pub fn resume(self, position: u64) -> Self {
+    pub fn resume(self, position: u64, log: &[Course]) -> Self {
         let mut c = Course {
             pending: None,
             ..self
@@ -91,7 +93,12 @@ impl Course {
                 c.applied(seq, kind);
                 c
             }
-            _ => Course::at(position),
+            _ => log
+                .iter()
+                .rev()
+                .find(|l| l.at == position)
+                .copied()
+                .unwrap_or(Course::at(position)),
         }
     }
 
@@ -120,10 +127,15 @@ impl Course {
         }
     }
 
-    /// Whether a bundle of `kind` sealed after `prev` comes next.
+    /// Whether a bundle of `kind` sealed after `prev` comes next. A chain
+    /// bundle sealed after none is the first of a folder begun anew (a new
+    /// or emptied bucket: the sender puts the whole tree there first, on
+    /// the chain); it is listed past this receiver's position, so it is
+    /// never an old one.
     pub fn verdict(&self, kind: Kind, prev: u64) -> Verdict {
         let covered = kind == Kind::Chain && self.chain < self.covered && prev < self.covered;
-        if prev == self.last(kind) || covered {
+        let anew = kind == Kind::Chain && prev == 0;
+        if prev == self.last(kind) || covered || anew {
             Verdict::Take
         } else {
             Verdict::Wait
@@ -132,10 +144,10 @@ impl Course {
 
     /// Whether the bundle of `kind` sealed after `prev`, which does not
     /// come next, is so because the sender let go of the ones between (it
-    /// keeps every bundle from `kept_from` on): a base is then taken.
+    /// keeps every bundle from `kept_from` on, so every one missing, up to
+    /// `prev`, must be below that): a base is then taken.
     pub fn let_go(&self, kind: Kind, prev: u64, kept_from: u64) -> bool {
-        let last = self.last(kind);
-        prev > last && last < kept_from
+        prev > self.last(kind) && prev < kept_from
     }
 
     /// Bundle `seq` of `kind` was applied.
@@ -217,10 +229,15 @@ mod tests {
             "not the one after 8"
         );
         // Missing, and let go by the sender: a base; not let go: waited for.
-        assert!(c.let_go(Kind::Chain, 9, 9));
-        assert!(c.let_go(Kind::Chain, 12, 10));
-        assert!(!c.let_go(Kind::Chain, 12, 8), "8 and what follows are kept");
+        assert!(c.let_go(Kind::Chain, 9, 10));
+        assert!(c.let_go(Kind::Chain, 12, 13));
+        assert!(
+            !c.let_go(Kind::Chain, 12, 10),
+            "12 is kept: missing, it was deleted by someone else"
+        );
         assert!(!c.let_go(Kind::Chain, 7, 99), "not a gap at all");
+        // The first bundle of a folder begun anew names none before it.
+        assert_eq!(c.verdict(Kind::Chain, 0), Verdict::Take);
     }
 
     #[test]
@@ -292,12 +309,51 @@ mod tests {
         let mut pending = c;
         pending.pending = Some((12, Kind::Member));
         // Stopped before 12 was applied, and after.
-        assert_eq!(pending.resume(10), c);
+        assert_eq!(pending.resume(10, &[]), c);
         let mut after = c;
         after.applied(12, Kind::Member);
-        assert_eq!(pending.resume(12), after);
+        assert_eq!(pending.resume(12, &[]), after);
         assert_eq!(after.taking.map(|t| t.member), Some(12));
-        // Rolled back since: the chain from there.
-        assert_eq!(pending.resume(5), Course::at(5));
+        // Rolled back to a position no course was logged at: the chain.
+        assert_eq!(pending.resume(5, &[]), Course::at(5));
+    }
+
+    /// Members 10, 12, 14 and chain 11, 13, 15: the course after each, as
+    /// a receiver logs them.
+    fn taken_with_log(upto: u64) -> (Course, Vec<Course>) {
+        let mut c = Course::at(0);
+        c.take_base(B);
+        let mut log = Vec::new();
+        for (s, k) in [
+            (10, Kind::Member),
+            (11, Kind::Chain),
+            (12, Kind::Member),
+            (13, Kind::Chain),
+            (14, Kind::Member),
+            (15, Kind::Chain),
+        ] {
+            if s > upto {
+                break;
+            }
+            c.applied(s, k);
+            log.push(c);
+        }
+        (c, log)
+    }
+
+    #[test]
+    fn a_rollback_resumes_the_course_as_it_was_after_the_bundle_rolled_back_to() {
+        // Back to a member: the chain's 15 (sealed after 13) comes next.
+        let (c, log) = taken_with_log(15);
+        let r = c.resume(14, &log);
+        assert_eq!(r.verdict(Kind::Chain, 13), Verdict::Take, "{r:?}");
+        // Back inside the base: its members after 11 are taken again.
+        let (c, log) = taken_with_log(13);
+        let r = c.resume(11, &log);
+        assert!(
+            r.takes(12, Kind::Member) && r.takes(14, Kind::Member),
+            "{r:?}"
+        );
+        assert_eq!(r.verdict(Kind::Member, 10), Verdict::Take);
     }
 }

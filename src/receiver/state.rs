@@ -36,6 +36,10 @@ pub struct ReceiverState {
     /// `bucket::follow`), saved with the bundle that moved it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub courses: BTreeMap<String, crate::bucket::follow::Course>,
+    /// The course after each of the last bundles of each sender applied
+    /// from a bucket: a rollback resumes the one it goes back to.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub course_logs: BTreeMap<String, Vec<crate::bucket::follow::Course>>,
 }
 
 /// A sender held by a rollback.

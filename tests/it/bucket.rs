@@ -846,3 +846,47 @@ async fn one_chain_seal_deleted_does_not_make_a_receiver_skip_a_deletion() {
             .join("\n")
     );
 }
+
+/// The bucket emptied (a new bucket, or its objects lost) while a
+/// receiver is in step: the sender, restarted, finds a new instance and
+/// puts the whole tree on the chain, its first bundle sealed after none;
+/// the receiver takes it and goes on (found by a second review: it waited
+/// for "bundle 0" for good).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_in_step_follows_the_sender_into_an_emptied_bucket() {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    env.write("index.html", "home");
+    let r = start_receiver(&env, &s3, "www1", &s_fp);
+    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("www1 in step", || in_step(&env, &["www1"])).await;
+    env.write("a.html", "a");
+    wait_until("www1 in step again", || in_step(&env, &["www1"])).await;
+    drop(sender);
+    std::fs::remove_dir_all(s3.object("www")).unwrap();
+    env.write("b.html", "b");
+    let _sender = Daemon::start(&file, &env.path().join("sender2.log"), None);
+    let seals = || objects(&s3, &s_fp, "seal");
+    wait_until("the whole tree and b.html in the new bucket", || {
+        !seals().is_empty()
+    })
+    .await;
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !in_step(&env, &["www1"]) && std::time::Instant::now() < end {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        in_step(&env, &["www1"]),
+        "www1 never took the emptied bucket's chain (seals {:?}): {}",
+        seals(),
+        r.log_text()
+            .lines()
+            .filter(|l| l.contains("not taken") || l.contains("base"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

@@ -139,6 +139,18 @@ fn members_gone(seals: &[Listed], base: Base, course: Course) -> bool {
             .any(|l| l.kind == Kind::Member && (from + 1..=base.last).contains(&l.seq))
 }
 
+/// Why `sealed`, listed among the members of the `base` being taken,
+/// belongs to another base (which an honest sender never makes).
+fn of_another_base(base: Option<Base>, sealed: &Sealed) -> Option<String> {
+    match (base, sealed.belongs) {
+        (Some(b), Belongs::Base { first, .. }) if first != b.first => Some(format!(
+            "a member of the base from {first}, inside the base from {} this receiver takes",
+            b.first
+        )),
+        _ => None,
+    }
+}
+
 /// Where a receiver is in one sender's folder: the last of its bundles
 /// applied, and its course.
 #[derive(Debug, Clone, Copy)]
@@ -245,8 +257,9 @@ impl Sessions {
             .map(|f| {
                 let key = f.to_string();
                 let at = state.applied.get(&key).copied().unwrap_or(0);
+                let log = state.course_logs.get(&key).map_or(&[][..], Vec::as_slice);
                 let course = state.courses.get(&key).copied();
-                let course = course.map_or(Course::at(at), |c| c.resume(at));
+                let course = course.map_or(Course::at(at), |c| c.resume(at, log));
                 (f, Place { at, course })
             })
             .collect()
@@ -405,6 +418,18 @@ impl Sessions {
         saved
     }
 
+    /// Log `sender`'s `course` after a bundle applied, for a rollback to
+    /// it: as many as a rollback can reach back (`rollback_keep`), at
+    /// least one.
+    async fn log_course(&self, sender: &Fingerprint, course: Course) {
+        let keep = self.cfg.rollback_keep.max(1);
+        let mut state = self.state.lock().await;
+        let log = state.course_logs.entry(sender.to_string()).or_default();
+        log.push(course);
+        let over = log.len().saturating_sub(keep);
+        log.drain(..over);
+    }
+
     /// Record `sender`'s `course` in the state (saved with the next bundle
     /// applied, or by [`Self::save_state`]).
     async fn set_course(&self, sender: &Fingerprint, course: Course) {
@@ -448,13 +473,7 @@ impl Sessions {
                 return Ok(Outcome::NotTaken);
             }
         };
-        if let (Some(b), Belongs::Base { first, .. }) = (base, sealed.belongs)
-            && first != b.first
-        {
-            let why = format!(
-                "a member of the base from {first}, inside the base from {} this receiver takes",
-                b.first
-            );
+        if let Some(why) = of_another_base(base, &sealed) {
             said.object(key, every_poll(why), &url);
             return Ok(Outcome::NotTaken);
         }
@@ -482,10 +501,14 @@ impl Sessions {
         self.save_state().await.map_err(Stop::Apply)?;
         let taken = self.take_sealed(relay, &sealed).await;
         let mut course = place.course;
-        if matches!(taken, Ok(Taken::Applied)) {
+        let applied = matches!(taken, Ok(Taken::Applied));
+        if applied {
             course.applied(listed.seq, listed.kind);
         }
         self.set_course(&sender, course).await;
+        if applied {
+            self.log_course(&sender, course).await;
+        }
         let not = match taken? {
             Taken::Applied => {
                 said.objects.remove(&key);

@@ -26,7 +26,7 @@ use super::{Link, Lost};
 use crate::bucket::bases::Cursor;
 use crate::bucket::fetch::BucketReader;
 use crate::bucket::names::{Kind, listed_name, sender_dir, zip_name};
-use crate::bucket::seal::{Belongs, Seal, Sealer};
+use crate::bucket::seal::{Belongs, Seal, Sealed, Sealer};
 use crate::bucket::settings::Bases;
 use crate::bucket::store::Opened;
 use crate::bundle::pack::Packed;
@@ -67,8 +67,8 @@ pub(in crate::sender) struct Bucket {
     /// Every bundle from this on is kept in the bucket: from the newest
     /// chain seal at connect, raised at each pruning.
     pub(in crate::sender) kept_from: std::sync::atomic::AtomicU64,
-    /// The seal of the newest member uploaded: the base's end copies it.
-    pub(in crate::sender) last_member: std::sync::Mutex<Option<Seal>>,
+    /// The newest member uploaded, as sealed: the base's end copies it.
+    pub(in crate::sender) last_member: std::sync::Mutex<Option<Sealed>>,
 }
 
 /// Where a sender's folder in the bucket stands at connect.
@@ -79,6 +79,8 @@ struct Position {
     /// The newest of the chain, and what its seal said the bucket keeps.
     chain: u64,
     kept_from: u64,
+    /// The newest member of a base, as sealed.
+    member: Option<Sealed>,
     /// When the oldest seal there was written.
     oldest: Option<chrono::DateTime<chrono::Utc>>,
 }
@@ -98,9 +100,7 @@ impl Bucket {
     async fn position(&self) -> Result<Welcome, String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
         let at = self.newest_sealed().await?;
-        self.cursor.lock().unwrap_or_else(|e| e.into_inner()).chain = at.chain;
-        self.kept_from
-            .fetch_max(at.kept_from, std::sync::atomic::Ordering::SeqCst);
+        self.take_in(&at);
         self.read_newest_base(at.oldest).await?;
         let last_applied = at.newest;
         let defaults = crate::bundle::apply::Limits::default();
@@ -192,6 +192,8 @@ impl Bucket {
             newest = newest.max(Some(listed.seq));
             if sealed.belongs == Belongs::Chain {
                 (at.chain, at.kept_from) = (listed.seq, sealed.kept_from);
+            } else {
+                at.member = Some(sealed);
             }
             if chain && member {
                 break;
@@ -234,7 +236,17 @@ impl Bucket {
             .unwrap_or_else(|e| e.into_inner())
             .sealed(b.seq, b.base, belongs);
         if kind == Kind::Member {
-            *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(seal);
+            let sealed = Sealed {
+                fingerprint: self.me,
+                sender: seal.sender,
+                seq: seal.seq,
+                prev: seal.prev,
+                size: seal.size,
+                hash: seal.hash,
+                belongs,
+                kept_from,
+            };
+            *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(sealed);
         }
         self.uploaded(b.size, belongs);
         Ok(())
@@ -250,6 +262,36 @@ impl Bucket {
             .await
             .map_err(|e| format!("{at}: {}", self.opened.explain(&e)))?;
         Ok(())
+    }
+
+    /// Take in where the folder stands at a connect: the chain goes on
+    /// from its newest; a base under way goes on from its newest member
+    /// there (one whose seal went up though its upload seemed to fail), or
+    /// is given up when that is another base's (or none); an empty folder
+    /// (a new or emptied bucket) keeps nothing.
+    fn take_in(&self, at: &Position) {
+        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+        cursor.chain = at.chain;
+        if at.oldest.is_none() {
+            self.kept_from.store(0, std::sync::atomic::Ordering::SeqCst);
+        } else {
+            self.kept_from
+                .fetch_max(at.kept_from, std::sync::atomic::Ordering::SeqCst);
+        }
+        let Some(base) = cursor.base.as_mut() else {
+            return;
+        };
+        match &at.member {
+            Some(m) if matches!(m.belongs, Belongs::Base { first, .. } if first == base.first) => {
+                base.prev = m.seq;
+                *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+            }
+            _ => {
+                drop(cursor);
+                tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up; the next is made when due");
+                self.base_done();
+            }
+        }
     }
 
     /// Where uploads stand now.

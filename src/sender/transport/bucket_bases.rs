@@ -147,9 +147,8 @@ impl Bucket {
                 let complete = self.complete_bases().await?;
                 let mut firsts: Vec<u64> = complete.iter().map(|(l, _)| l.first).collect();
                 firsts.push(b.first);
-                if let Some(floor) = prune_below(&firsts, self.bases.keep) {
-                    self.kept_from.fetch_max(floor, Ordering::SeqCst);
-                }
+                let floor = prune_below(&firsts, self.bases.keep).unwrap_or(0);
+                let kept_from = self.kept_from().max(floor);
                 let end = self.sealer.seal(
                     &self.cfg.url,
                     &seal.sender,
@@ -160,17 +159,21 @@ impl Bucket {
                             first: b.first,
                             last: true,
                         },
-                        self.kept_from(),
+                        kept_from,
                     ),
                 );
                 self.put_seal(&base_end_name(&self.me, b.first), &end)
                     .await?;
+                // Said from now on, once the end that says it is up.
+                self.kept_from.fetch_max(floor, Ordering::SeqCst);
                 self.base_complete(b.first, last);
                 self.prune().await;
             }
             _ if uploaded.is_some_and(|s| s > last) => {
                 warn!(bucket = %self.cfg.url, last, "a base's last bundle never went up (dropped from the outbox): that base is given up; the next is asked for when due");
                 self.base_done();
+                // Not held off for a whole period by the ask that made it.
+                self.clock.lock().unwrap_or_else(|e| e.into_inner()).asked = None;
             }
             _ => {}
         }
@@ -193,7 +196,7 @@ impl Bucket {
     }
 
     /// No base is under way any more.
-    fn base_done(&self) {
+    pub(super) fn base_done(&self) {
         self.trees.lock().unwrap_or_else(|e| e.into_inner()).ends_at = None;
         self.cursor.lock().unwrap_or_else(|e| e.into_inner()).base = None;
         self.clock
