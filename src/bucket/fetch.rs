@@ -64,34 +64,49 @@ impl BucketReader<'_> {
         let dir = self.object(&sender_dir(sender));
         // Listing starts after this key: every later seal sorts after it.
         let offset = self.object(&seal_name(sender, from));
-        let prefix = self.url.key("");
-        let mut listed = self.opened.store.list_with_offset(Some(&dir), &offset);
-        let mut seals = Vec::new();
-        // Streamed, and cut short: whoever can write the bucket can put
-        // any number of keys there.
-        while seals.len() < most
-            && let Some(o) = listed
-                .try_next()
-                .await
-                .map_err(|e| self.opened.explain(&e))?
-        {
-            let rel = o
-                .location
-                .as_ref()
-                .strip_prefix(prefix.as_str())
-                .unwrap_or_default();
-            if let Some((seq, kind)) = listed_seq(sender, rel).filter(|(s, _)| *s > from) {
-                seals.push(Listed {
+        let mut seals = self
+            .list_named((&dir, Some(&offset)), most, |rel, o| {
+                let (seq, kind) = listed_seq(sender, rel).filter(|(s, _)| *s > from)?;
+                Some(Listed {
                     seq,
                     kind,
                     at: o.location,
                     tag: o.e_tag,
                     modified: o.last_modified,
-                });
-            }
-        }
+                })
+            })
+            .await?;
         seals.sort_by_key(|l| l.seq);
         Ok(seals)
+    }
+
+    /// The objects under `dir` (after `offset`, if given) whose names,
+    /// relative to the prefix, `take` makes something of: at most `most`
+    /// of them, the listing streamed and cut short there, since whoever
+    /// can write the bucket can put any number of keys.
+    async fn list_named<T>(
+        &self,
+        (dir, offset): (&ObjectPath, Option<&ObjectPath>),
+        most: usize,
+        take: impl Fn(&str, object_store::ObjectMeta) -> Option<T>,
+    ) -> Result<Vec<T>, String> {
+        let prefix = self.url.key("");
+        let mut listed = match offset {
+            Some(offset) => self.opened.store.list_with_offset(Some(dir), offset),
+            None => self.opened.store.list(Some(dir)),
+        };
+        let mut out = Vec::new();
+        while out.len() < most
+            && let Some(o) = listed
+                .try_next()
+                .await
+                .map_err(|e| self.opened.explain(&e))?
+        {
+            let rel = o.location.as_ref().strip_prefix(prefix.as_str());
+            let rel = rel.unwrap_or_default().to_owned();
+            out.extend(take(&rel, o));
+        }
+        Ok(out)
     }
 
     /// The listed seal of `sender`, opened for that sender alone: the
@@ -109,29 +124,15 @@ impl BucketReader<'_> {
     /// with where its end is and when it was written.
     pub async fn bases(&self, sender: &Fingerprint) -> Result<Vec<BaseListed>, String> {
         let dir = self.object(&bases_dir(sender));
-        let prefix = self.url.key("");
-        let mut listed = self.opened.store.list(Some(&dir));
-        let mut bases = Vec::new();
-        // Bounded: whoever can write the bucket can put any number of keys.
-        while bases.len() < MAX_BASES_LISTED
-            && let Some(o) = listed
-                .try_next()
-                .await
-                .map_err(|e| self.opened.explain(&e))?
-        {
-            let rel = o
-                .location
-                .as_ref()
-                .strip_prefix(prefix.as_str())
-                .unwrap_or_default();
-            if let Some(first) = base_end_first(sender, rel) {
-                bases.push(BaseListed {
-                    first,
+        let mut bases = self
+            .list_named((&dir, None), MAX_BASES_LISTED, |rel, o| {
+                Some(BaseListed {
+                    first: base_end_first(sender, rel)?,
                     at: o.location,
                     modified: o.last_modified,
-                });
-            }
-        }
+                })
+            })
+            .await?;
         bases.sort_by_key(|b| b.first);
         Ok(bases)
     }
