@@ -890,3 +890,53 @@ async fn a_receiver_in_step_follows_the_sender_into_an_emptied_bucket() {
             .join("\n")
     );
 }
+
+/// The server stopped while a base goes up: once it is back the sender
+/// goes on (with the base it had begun, or with a new one), the base ends
+/// linked whole, and a receiver started empty takes it to the source's
+/// tree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_cut_off_by_the_server_going_away_still_completes_whole() {
+    let env = Env::new();
+    let mut s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    for i in 0..200 {
+        env.write(&format!("p/{i:03}.html"), format!("page {i}"));
+    }
+    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
+    let file = env.config_file(
+        "sender.toml",
+        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
+    );
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    wait_until("a base's first members up", || {
+        !objects(&s3, &s_fp, "base").is_empty()
+    })
+    .await;
+    s3.stop();
+    let cut_at = objects(&s3, &s_fp, "base").len();
+    wait_until("the sender's upload failing, in its status", || {
+        let out = shipper(&["status", "--config", file.to_str().unwrap(), "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .is_ok_and(|v| v["receivers"][0]["last_error"].is_string())
+    })
+    .await;
+    s3.restart();
+    wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
+    let r = start_receiver(&env, &s3, "www1", &s_fp);
+    wait_until("the receiver started empty in step", || {
+        in_step(&env, &["www1"])
+    })
+    .await;
+    assert!(
+        r.log_text().contains("taking this sender's newest base"),
+        "{}",
+        r.log_text()
+    );
+    assert!(
+        cut_at < 100,
+        "the base was whole before the server went away ({cut_at} members): {}",
+        sender.log_text()
+    );
+}
