@@ -11,19 +11,19 @@
 
 use std::time::Duration;
 
-use super::seal::Belongs;
+use super::seal::{Belongs, Sealed};
 
 /// The base being uploaded: its number (as packed), its first member and
-/// its newest member so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// its newest member so far, as sealed (its end copies it).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnderWay {
     pub number: u64,
     pub first: u64,
-    pub prev: u64,
+    pub last: Sealed,
 }
 
 /// Where a sender's uploads to its folder stand.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Cursor {
     /// The newest bundle of the chain sealed (0: none).
     pub chain: u64,
@@ -39,13 +39,13 @@ impl Cursor {
         let Some(number) = number else {
             return (Belongs::Chain, self.chain);
         };
-        match self.base {
+        match &self.base {
             Some(b) if b.number == number => (
                 Belongs::Base {
                     first: b.first,
                     last: false,
                 },
-                b.prev,
+                b.last.seq,
             ),
             _ => (
                 Belongs::Base {
@@ -57,18 +57,17 @@ impl Cursor {
         }
     }
 
-    /// Bundle `seq` (of base `number`, if it has one) was sealed where
-    /// `belongs` says.
-    pub fn sealed(&mut self, seq: u64, number: Option<u64>, belongs: Belongs) {
-        match (belongs, number) {
+    /// A bundle (of base `number`, if it has one) was sealed as `sealed`.
+    pub fn sealed(&mut self, sealed: Sealed, number: Option<u64>) {
+        match (sealed.belongs, number) {
             (Belongs::Base { first, .. }, Some(number)) => {
                 self.base = Some(UnderWay {
                     number,
                     first,
-                    prev: seq,
+                    last: sealed,
                 });
             }
-            _ => self.chain = seq,
+            _ => self.chain = sealed.seq,
         }
     }
 }
@@ -125,6 +124,20 @@ pub fn prune_below(firsts: &[u64], keep: usize) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// Bundle `seq`, sealed after `prev` where `belongs` says.
+    fn sealed((seq, prev): (u64, u64), belongs: Belongs) -> Sealed {
+        Sealed {
+            fingerprint: crate::tls::Fingerprint::of(b"sender"),
+            sender: "cms".into(),
+            seq,
+            prev,
+            size: 1,
+            hash: String::new(),
+            belongs,
+            kept_from: 0,
+        }
+    }
+
     #[test]
     fn members_go_to_their_base_and_the_chain_keeps_its_own_links() {
         let mut c = Cursor {
@@ -143,10 +156,10 @@ mod tests {
                 0
             )
         );
-        c.sealed(10, Some(1), first.0);
+        c.sealed(sealed((10, first.1), first.0), Some(1));
         let chain = c.place(11, None);
         assert_eq!(chain, (Belongs::Chain, 9), "the chain's link skips members");
-        c.sealed(11, None, chain.0);
+        c.sealed(sealed((11, chain.1), chain.0), None);
         let second = c.place(12, Some(1));
         assert_eq!(
             second,
@@ -158,7 +171,7 @@ mod tests {
                 10
             )
         );
-        c.sealed(12, Some(1), second.0);
+        c.sealed(sealed((12, second.1), second.0), Some(1));
         assert_eq!(c.chain, 11);
         // A member of another base (packed again from its start, or the
         // next one) begins a base of its own.

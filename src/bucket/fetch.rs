@@ -84,7 +84,7 @@ impl BucketReader<'_> {
     /// relative to the prefix, `take` makes something of: at most `most`
     /// of them, the listing streamed and cut short there, since whoever
     /// can write the bucket can put any number of keys.
-    async fn list_named<T>(
+    pub async fn list_named<T>(
         &self,
         (dir, offset): (&ObjectPath, Option<&ObjectPath>),
         most: usize,
@@ -157,17 +157,24 @@ impl BucketReader<'_> {
         named: Named,
         sender: &Fingerprint,
     ) -> Result<Result<Sealed, SealNotHeld>, String> {
-        let explain = |e: object_store::Error| self.opened.explain(&e);
-        let got = match self.opened.store.get(at).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Err(SealNotHeld::Gone)),
-            Err(e) => return Err(explain(e)),
+        let got = match self.get_within(at, MAX_SEAL_BYTES as u64).await? {
+            Capped::Got(got) => got,
+            Capped::Missing => return Ok(Err(SealNotHeld::Gone)),
+            Capped::Over(size) => return Ok(Err(SealNotHeld::Oversized(size))),
         };
-        if got.meta.size > MAX_SEAL_BYTES as u64 {
-            return Ok(Err(SealNotHeld::Oversized(got.meta.size)));
-        }
-        let bytes = got.bytes().await.map_err(explain)?;
+        let bytes = got.bytes().await.map_err(|e| self.opened.explain(&e))?;
         Ok(seal::open(&bytes, self.url, named, &[*sender]).map_err(SealNotHeld::Refused))
+    }
+
+    /// The object at `at`, to be read, when it is there and at most `max`
+    /// bytes.
+    async fn get_within(&self, at: &ObjectPath, max: u64) -> Result<Capped, String> {
+        match self.opened.store.get(at).await {
+            Ok(got) if got.meta.size > max => Ok(Capped::Over(got.meta.size)),
+            Ok(got) => Ok(Capped::Got(got)),
+            Err(object_store::Error::NotFound { .. }) => Ok(Capped::Missing),
+            Err(e) => Err(self.opened.explain(&e)),
+        }
     }
 
     /// The entity tag of the object at `at`, where the store gives one;
@@ -191,15 +198,11 @@ impl BucketReader<'_> {
         max: u64,
     ) -> Result<Result<Downloaded, NotDownloaded>, String> {
         let explain = |e: object_store::Error| self.opened.explain(&e);
-        let got = match self.opened.store.get(at).await {
-            Ok(got) => got,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Err(NotDownloaded::Missing)),
-            Err(e) => return Err(explain(e)),
+        let got = match self.get_within(at, max).await? {
+            Capped::Got(got) => got,
+            Capped::Missing => return Ok(Err(NotDownloaded::Missing)),
+            Capped::Over(size) => return Ok(Err(NotDownloaded::TooLarge { size, max })),
         };
-        if got.meta.size > max {
-            let size = got.meta.size;
-            return Ok(Err(NotDownloaded::TooLarge { size, max }));
-        }
         let tag = got.meta.e_tag.clone();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
         let path = dest.to_owned();
@@ -240,6 +243,14 @@ impl BucketReader<'_> {
             Err(e) => Err(format!("the task writing {} failed: {e}", dest.display())),
         }
     }
+}
+
+/// An object asked for with a size it may have at most.
+enum Capped {
+    Got(object_store::GetResult),
+    Missing,
+    /// Larger than that: its size.
+    Over(u64),
 }
 
 /// A zip downloaded: its size, BLAKE3, and entity tag as the store gave

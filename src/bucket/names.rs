@@ -80,14 +80,6 @@ pub fn listed_seq(sender: &Fingerprint, rel: &str) -> Option<(u64, Kind)> {
     Some((seq, kind))
 }
 
-/// The sequence of a chain seal's name (relative to the prefix) in
-/// `sender`'s folder.
-pub fn seal_seq(sender: &Fingerprint, rel: &str) -> Option<u64> {
-    listed_seq(sender, rel)
-        .filter(|(_, k)| *k == Kind::Chain)
-        .map(|(s, _)| s)
-}
-
 /// The sequence of any object of `sender`'s bundles (zip or seal) by its
 /// name relative to the prefix: what pruning goes by.
 pub fn bundle_object_seq(sender: &Fingerprint, rel: &str) -> Option<u64> {
@@ -120,6 +112,13 @@ fn in_folder<'a>(dir: &str, rel: &'a str) -> Option<(u64, Option<&'a str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sequence of a chain seal's name in `sender`'s folder.
+    fn seal_seq(sender: &Fingerprint, rel: &str) -> Option<u64> {
+        listed_seq(sender, rel)
+            .filter(|(_, k)| *k == Kind::Chain)
+            .map(|(s, _)| s)
+    }
 
     #[test]
     fn names_list_in_sequence_order_and_read_back_in_their_senders_folder() {

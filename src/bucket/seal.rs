@@ -76,6 +76,23 @@ pub enum Belongs {
     Base { first: u64, last: bool },
 }
 
+impl Seal {
+    /// What this seal, made by the sender of `fingerprint`, says: for a
+    /// seal that holds.
+    pub fn held_by(self, fingerprint: Fingerprint) -> Sealed {
+        Sealed {
+            fingerprint,
+            belongs: Belongs::of(&self),
+            kept_from: self.kept_from,
+            sender: self.sender,
+            seq: self.seq,
+            prev: self.prev,
+            size: self.size,
+            hash: self.hash,
+        }
+    }
+}
+
 impl Belongs {
     fn of(seal: &Seal) -> Self {
         match seal.base {
@@ -290,16 +307,7 @@ pub fn open(
     if !holds {
         return Err(SealRefused::BadSignature(sender));
     }
-    Ok(Sealed {
-        fingerprint: sender,
-        belongs: Belongs::of(&seal),
-        kept_from: seal.kept_from,
-        sender: seal.sender,
-        seq: seal.seq,
-        prev: seal.prev,
-        size: seal.size,
-        hash: seal.hash,
-    })
+    Ok(seal.held_by(sender))
 }
 
 /// Whether `seal`'s format is one read here, and it seals what it is
@@ -507,41 +515,39 @@ mod tests {
         ));
     }
 
+    /// `id`'s seal of bundle `seq`, sealed after `prev`, belonging where
+    /// `belongs` says; and how a seal opens for `id` stored as `named`.
+    fn seal_as(id: &Identity, (seq, prev): (u64, u64), belongs: Belongs) -> Seal {
+        let hash = blake3::hash(b"zip bytes");
+        Sealer::new(id)
+            .unwrap()
+            .seal(&www(), "cms", (seq, prev, 9), &hash, (belongs, 0))
+    }
+
+    fn opener(id: &Identity) -> impl Fn(&Seal, Named) -> Result<Sealed, SealRefused> {
+        let allowed = [id.fingerprint];
+        move |s, named| open(&serde_json::to_vec(s).unwrap(), &www(), named, &allowed)
+    }
+
+    const MEMBER: Belongs = Belongs::Base {
+        first: 10,
+        last: false,
+    };
+
     #[test]
     fn a_base_member_opens_only_as_what_it_is_stored_as() {
         let (_t, id) = identity();
-        let hash = blake3::hash(b"zip bytes");
-        let sealer = Sealer::new(&id).unwrap();
-        let allowed = [id.fingerprint];
-        let open_as =
-            |s: &Seal, named| open(&serde_json::to_vec(s).unwrap(), &www(), named, &allowed);
-        let member = sealer.seal(
-            &www(),
-            "cms",
-            (12, 11, 9),
-            &hash,
-            (
-                Belongs::Base {
-                    first: 10,
-                    last: false,
-                },
-                0,
-            ),
+        let open_as = opener(&id);
+        let member = seal_as(&id, (12, 11), MEMBER);
+        let last = seal_as(
+            &id,
+            (14, 12),
+            Belongs::Base {
+                first: 10,
+                last: true,
+            },
         );
-        let last = sealer.seal(
-            &www(),
-            "cms",
-            (14, 12, 9),
-            &hash,
-            (
-                Belongs::Base {
-                    first: 10,
-                    last: true,
-                },
-                0,
-            ),
-        );
-        let chain = sealer.seal(&www(), "cms", (13, 9, 9), &hash, (Belongs::Chain, 0));
+        let chain = seal_as(&id, (13, 9), Belongs::Chain);
         assert_eq!(
             open_as(&member, Named::Bundle(12, Kind::Member)).map(|s| s.belongs),
             Ok(Belongs::Base {
@@ -578,23 +584,8 @@ mod tests {
     #[test]
     fn where_a_member_belongs_is_signed() {
         let (_t, id) = identity();
-        let hash = blake3::hash(b"zip bytes");
-        let allowed = [id.fingerprint];
-        let open_as =
-            |s: &Seal, named| open(&serde_json::to_vec(s).unwrap(), &www(), named, &allowed);
-        let member = Sealer::new(&id).unwrap().seal(
-            &www(),
-            "cms",
-            (12, 11, 9),
-            &hash,
-            (
-                Belongs::Base {
-                    first: 10,
-                    last: false,
-                },
-                0,
-            ),
-        );
+        let open_as = opener(&id);
+        let member = seal_as(&id, (12, 11), MEMBER);
         // Moved into another base, or made the last, it no longer holds.
         let mut moved = member.clone();
         moved.base = 11;

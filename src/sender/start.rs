@@ -227,7 +227,6 @@ fn open_bucket(
         trees,
         cursor: Default::default(),
         kept_from: Default::default(),
-        last_member: Default::default(),
     }))
 }
 

@@ -25,6 +25,24 @@ fn receiver_toml(env: &Env, s3: &S3, name: &str, allowed: &str) -> String {
     )
 }
 
+/// A test's place, its S3 server, and key pairs for the sender
+/// (`keys-s`, whose fingerprint is returned) and the receivers (`keys-r`).
+fn bucket_env() -> (Env, S3, String) {
+    let env = Env::new();
+    let s3 = S3::start(env.path());
+    let s_fp = keygen(&env, "keys-s");
+    keygen(&env, "keys-r");
+    (env, s3, s_fp)
+}
+
+/// The sender of `sender_toml` with `extra`, started: its config file,
+/// and the process.
+fn start_sender(env: &Env, s3: &S3, extra: &str) -> (std::path::PathBuf, Daemon) {
+    let file = env.config_file("sender.toml", &sender_toml(env, s3, s3::SECRET_KEY, extra));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    (file, sender)
+}
+
 fn start_receiver(env: &Env, s3: &S3, name: &str, allowed: &str) -> Daemon {
     let file = env.config_file(
         &format!("{name}.toml"),
@@ -44,16 +62,12 @@ fn in_step(env: &Env, roots: &[&str]) -> bool {
 /// of receivers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_take_every_change_from_the_bucket() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
     env.write("news/a.html", "a");
     let _r1 = start_receiver(&env, &s3, "www1", &s_fp);
     let _r2 = start_receiver(&env, &s3, "www2", &s_fp);
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, "");
     wait_until("both roots hold the tree", || {
         in_step(&env, &["www1", "www2"])
     })
@@ -87,14 +101,10 @@ async fn two_receivers_take_every_change_from_the_bucket() {
 /// the sender's own bundles go on applying around it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     keygen(&env, "keys-x");
     env.write("a.html", "the sender's page");
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (file, sender) = start_sender(&env, &s3, "");
     wait_until("a bundle sealed", || !s3::seals(&s3, "www").is_empty()).await;
     drop(sender);
     let seq = *s3::seals(&s3, "www").last().unwrap();
@@ -174,10 +184,7 @@ async fn a_tampered_or_foreign_bundle_in_the_bucket_is_never_applied() {
 /// with the right secret, everything ships.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_credentials_are_named_and_nothing_is_lost() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("a.html", "a");
     let file = env.config_file("sender.toml", &sender_toml(&env, &s3, "not-the-secret", ""));
     let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
@@ -217,13 +224,9 @@ async fn refused_credentials_are_named_and_nothing_is_lost() {
 /// lost or applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_stopped_and_started_again_loses_nothing() {
-    let env = Env::new();
-    let mut s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, mut s3, s_fp) = bucket_env();
     let _r = start_receiver(&env, &s3, "www1", &s_fp);
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (file, _sender) = start_sender(&env, &s3, "");
     for i in 0..4 {
         env.write(&format!("p/{i}.html"), format!("page {i}"));
     }
@@ -254,13 +257,9 @@ async fn the_server_stopped_and_started_again_loses_nothing() {
 /// zip that is not the one sealed before anything is applied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_takes_sealed_bundles_straight_from_the_bucket() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("a.html", "first");
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, "");
     wait_until("a first bundle sealed", || {
         !s3::seals(&s3, "www").is_empty()
     })
@@ -353,13 +352,9 @@ async fn two_senders_sharing_a_prefix_each_reach_their_own_receivers() {
 /// no restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_bucket_receiver_takes_bundles_again_once_released() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("a.html", "a");
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, _sender) = start_sender(&env, &s3, "");
     let r = start_receiver(&env, &s3, "www1", &s_fp);
     wait_until("the first page in root", || in_step(&env, &["www1"])).await;
     let first = *s3::seals(&s3, "www").last().unwrap();
@@ -443,20 +438,13 @@ fn applied(log: &str) -> Vec<u64> {
 /// base.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_added_later_or_fallen_behind_catches_up_from_a_base() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
     env.write("news/a.html", "a");
     let r1 = start_receiver(&env, &s3, "www1", &s_fp);
     let r2 = start_receiver(&env, &s3, "www2", &s_fp);
     let bases_toml = "bucket_base_every = \"2s\"\nbucket_keep = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, bases_toml),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, bases_toml);
     wait_until("both roots hold the tree", || {
         in_step(&env, &["www1", "www2"])
     })
@@ -531,20 +519,13 @@ async fn a_receiver_added_later_or_fallen_behind_catches_up_from_a_base() {
 /// chain from where it stopped and missing the base's other files.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_stopped_part_way_through_a_base_finishes_it() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     for i in 0..60 {
         env.write(&format!("p/{i:02}.html"), format!("page {i}"));
     }
     // A base of two files per bundle, every 2 seconds; none let go.
     let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, _sender) = start_sender(&env, &s3, extra);
     wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
     let state = env.path().join("state-www3/receiver.json");
     let r = start_receiver(&env, &s3, "www3", &s_fp);
@@ -585,19 +566,12 @@ fn base_last(s3: &S3, sender: &str, first: u64) -> u64 {
 /// never skipped (found by a review: one position for both let it pass).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chain_bundle_deleted_inside_a_base_is_noticed_not_skipped() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     for i in 0..300 {
         env.write(&format!("p/{i:03}.html"), format!("page {i}"));
     }
     let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\nmax_files_per_bundle = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, extra);
     wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
     // Changes all along, so that chain bundles land between members.
     // A base (first f, last l) with a chain bundle c in [f, l) whose next
@@ -682,11 +656,7 @@ async fn a_bucket_backlog_dropped_still_reaches_receivers_in_step() {
         direct.addr
     );
     let extra = extra.as_str();
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, extra);
     env.write("index.html", "home");
     let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !in_step(&env, &["www1"]) {
@@ -728,10 +698,7 @@ async fn a_bucket_backlog_dropped_still_reaches_receivers_in_step() {
 /// asked for again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     // Eight paths per run: the first run is the folder and seven slow
     // files, the second one small file, gone by the time it runs.
     for i in 0..7 {
@@ -739,11 +706,7 @@ async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
     }
     env.write("zz.html", "last");
     let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\nmax_files_per_bundle = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, extra);
     wait_until("a base asked for", || {
         sender.log_text().contains("a base is due")
     })
@@ -774,17 +737,10 @@ async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
 /// ever removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bases_of_an_unchanging_tree_are_pruned_to_bucket_keep() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
     let extra = "bucket_base_every = \"1s\"\nbucket_keep = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, sender) = start_sender(&env, &s3, extra);
     wait_until("a base", || !bases(&s3, &s_fp).is_empty()).await;
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     assert!(
@@ -807,19 +763,12 @@ async fn bases_of_an_unchanging_tree_are_pruned_to_bucket_keep() {
 /// source is skipped that way (found by a review).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_chain_seal_deleted_does_not_make_a_receiver_skip_a_deletion() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
     env.write("secret.html", "published by mistake");
     let r = start_receiver(&env, &s3, "www1", &s_fp);
     let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let _sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (_, _sender) = start_sender(&env, &s3, extra);
     wait_until("www1 in step", || in_step(&env, &["www1"])).await;
     drop(r);
     let newest_chain = || *objects(&s3, &s_fp, "seal").last().unwrap();
@@ -854,14 +803,10 @@ async fn one_chain_seal_deleted_does_not_make_a_receiver_skip_a_deletion() {
 /// for "bundle 0" for good).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_in_step_follows_the_sender_into_an_emptied_bucket() {
-    let env = Env::new();
-    let s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
     let r = start_receiver(&env, &s3, "www1", &s_fp);
-    let file = env.config_file("sender.toml", &sender_toml(&env, &s3, s3::SECRET_KEY, ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (file, sender) = start_sender(&env, &s3, "");
     wait_until("www1 in step", || in_step(&env, &["www1"])).await;
     env.write("a.html", "a");
     wait_until("www1 in step again", || in_step(&env, &["www1"])).await;
@@ -897,19 +842,12 @@ async fn a_receiver_in_step_follows_the_sender_into_an_emptied_bucket() {
 /// tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_base_cut_off_by_the_server_going_away_still_completes_whole() {
-    let env = Env::new();
-    let mut s3 = S3::start(env.path());
-    let s_fp = keygen(&env, "keys-s");
-    keygen(&env, "keys-r");
+    let (env, mut s3, s_fp) = bucket_env();
     for i in 0..200 {
         env.write(&format!("p/{i:03}.html"), format!("page {i}"));
     }
     let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
-    let file = env.config_file(
-        "sender.toml",
-        &sender_toml(&env, &s3, s3::SECRET_KEY, extra),
-    );
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (file, sender) = start_sender(&env, &s3, extra);
     wait_until("a base's first members up", || {
         !objects(&s3, &s_fp, "base").is_empty()
     })

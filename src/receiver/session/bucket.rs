@@ -151,14 +151,6 @@ fn of_another_base(base: Option<Base>, sealed: &Sealed) -> Option<String> {
     }
 }
 
-/// Where a receiver is in one sender's folder: the last of its bundles
-/// applied, and its course.
-#[derive(Debug, Clone, Copy)]
-struct Place {
-    at: u64,
-    course: Course,
-}
-
 /// What became of a listed seal.
 enum Outcome {
     /// Its bundle is applied: the course from there.
@@ -248,9 +240,9 @@ impl Sessions {
         }
     }
 
-    /// This receiver's place in each allowed sender's folder: the last of
-    /// its bundles applied here, and its course there.
-    async fn positions(&self) -> HashMap<Fingerprint, Place> {
+    /// This receiver's course in each allowed sender's folder, at the
+    /// last of its bundles applied here.
+    async fn positions(&self) -> HashMap<Fingerprint, Course> {
         let allowed = self.cfg.tls.iter().flat_map(|t| t.allowed.clone());
         let state = self.state.lock().await;
         allowed
@@ -259,8 +251,7 @@ impl Sessions {
                 let at = state.applied.get(&key).copied().unwrap_or(0);
                 let log = state.course_logs.get(&key).map_or(&[][..], Vec::as_slice);
                 let course = state.courses.get(&key).copied();
-                let course = course.map_or(Course::at(at), |c| c.resume(at, log));
-                (f, Place { at, course })
+                (f, course.map_or(Course::at(at), |c| c.resume(at, log)))
             })
             .collect()
     }
@@ -268,12 +259,12 @@ impl Sessions {
     /// One pass: each allowed sender's seals past its position, in order.
     async fn take_from_bucket(&self, relay: &Relay, said: &mut Said) -> Result<(), Stop> {
         let positions = self.positions().await;
-        said.prune(|f| positions.get(f).map_or(0, |p| p.at));
-        for (sender, mut place) in positions {
+        said.prune(|f| positions.get(f).map_or(0, |c| c.at));
+        for (sender, mut course) in positions {
             // Once more after starting from a base: it is taken at once.
             for _ in 0..2 {
-                match self.take_course(relay, said, sender, place).await? {
-                    Some(next) => place = next,
+                match self.take_course(relay, said, sender, course).await? {
+                    Some(next) => course = next,
                     None => break,
                 }
             }
@@ -281,51 +272,52 @@ impl Sessions {
         Ok(())
     }
 
-    /// Take `sender`'s seals past `place` that its course takes, in order;
-    /// `Some`: it now starts from a base, from there.
+    /// Take `sender`'s seals past `course.at` that its course takes, in
+    /// order; `Some`: it now starts from a base, from there.
     async fn take_course(
         &self,
         relay: &Relay,
         said: &mut Said,
         sender: Fingerprint,
-        mut place: Place,
-    ) -> Result<Option<Place>, Stop> {
+        mut course: Course,
+    ) -> Result<Option<Course>, Stop> {
         let reader = relay.reader();
         // Taking a base, nothing below its first member is needed.
-        let base = place.course.base();
-        let after = base.map_or(place.at, |b| place.at.max(b.first - 1));
+        let base = course.base();
+        let after = base.map_or(course.at, |b| course.at.max(b.first - 1));
         let seals = reader.seals_after(&sender, after, SEALS_PER_POLL).await;
         let seals = seals.map_err(Stop::Bucket)?;
-        if base.is_none() && place.at == 0 {
+        if base.is_none() && course.at == 0 {
             let first = seals.first().map(|l| l.kind);
-            match self.start_at(relay, sender, (place, first, false)).await? {
+            let newest = self.newest_base(relay, sender).await?;
+            match self
+                .start_at(relay, sender, (course, newest), (first, false))
+                .await
+            {
                 Some(started) => return Ok(Some(started)),
                 None if first == Some(Kind::Member) => return Ok(None),
                 None => {}
             }
         }
         if let Some(b) = base
-            && members_gone(&seals, b, place.course)
+            && members_gone(&seals, b, course)
         {
             // Let go while this receiver took it: the newest, if newer.
-            let started = self.start_at(relay, sender, (place, None, true)).await?;
-            return Ok(started);
+            let newest = self.newest_base(relay, sender).await?;
+            return Ok(self
+                .start_at(relay, sender, (course, newest), (None, true))
+                .await);
         }
         for listed in &seals {
-            if !place.course.takes(listed.seq, listed.kind) {
+            if !course.takes(listed.seq, listed.kind) {
                 continue;
             }
             let key = (sender, listed.seq);
             match self
-                .take_listed(relay, said, (sender, place), listed)
+                .take_listed(relay, said, (sender, course), listed)
                 .await?
             {
-                Outcome::Applied(course) => {
-                    place = Place {
-                        at: place.at.max(listed.seq),
-                        course,
-                    };
-                }
+                Outcome::Applied(next) => course = next,
                 Outcome::Missing {
                     why,
                     kind,
@@ -337,10 +329,10 @@ impl Sessions {
                     // else, or not listed yet: waited for, never skipped.
                     let newest = self.newest_base(relay, sender).await?;
                     let kept_from = kept_from.max(newest.map_or(0, |(_, k)| k));
-                    if place.course.let_go(kind, prev, kept_from) {
-                        let started = self.start_at(relay, sender, (place, None, true)).await?;
-                        if started.is_some() {
-                            return Ok(started);
+                    if course.let_go(kind, prev, kept_from) {
+                        let started = self.start_at(relay, sender, (course, newest), (None, true));
+                        if let Some(started) = started.await {
+                            return Ok(Some(started));
                         }
                     }
                     said.object(key, NotTaken::every_poll(why), &relay.cfg.url.to_string());
@@ -354,29 +346,30 @@ impl Sessions {
         Ok(None)
     }
 
-    /// Where a receiver at `place`, not taking a base, starts (see
-    /// [`start`]): `Some` when from a base, recorded as its course.
+    /// Where a receiver on `course`, not taking a base, starts (see
+    /// [`start`]), the newest complete base being `newest`: `Some` when
+    /// from a base, recorded as its course.
     async fn start_at(
         &self,
         relay: &Relay,
         sender: Fingerprint,
-        (place, first, behind): (Place, Option<Kind>, bool),
-    ) -> Result<Option<Place>, Stop> {
-        let newest = self.newest_base(relay, sender).await?.map(|(b, _)| b);
-        let position = place.at;
-        match start(position, newest, first, behind) {
+        (course, newest): (Course, Option<(Base, u64)>),
+        (first, behind): (Option<Kind>, bool),
+    ) -> Option<Course> {
+        let position = course.at;
+        match start(position, newest.map(|(b, _)| b), first, behind) {
             Start::Base(b) => {
                 info!(bucket = %relay.cfg.url, %sender, first = b.first, last = b.last, position, "taking this sender's newest base from the bucket, then its bundles after it");
-                let mut course = place.course;
+                let mut course = course;
                 course.take_base(b);
                 self.set_course(&sender, course).await;
-                Ok(Some(Place { course, ..place }))
+                Some(course)
             }
             Start::WaitForBase => {
                 tracing::debug!(bucket = %relay.cfg.url, %sender, "waiting for this sender's first base to be complete in the bucket");
-                Ok(None)
+                None
             }
-            Start::Chain => Ok(None),
+            Start::Chain => None,
         }
     }
 
@@ -449,15 +442,15 @@ impl Sessions {
             .is_some_and(NotTaken::holds_back)
     }
 
-    /// Take the listed seal of `sender`, at `place` in its folder.
+    /// Take the listed seal of `sender`, on `course` in its folder.
     async fn take_listed(
         &self,
         relay: &Relay,
         said: &mut Said,
-        (sender, place): (Fingerprint, Place),
+        (sender, course): (Fingerprint, Course),
         listed: &Listed,
     ) -> Result<Outcome, Stop> {
-        let base = place.course.base();
+        let base = course.base();
         let url = relay.cfg.url.to_string();
         let key = (sender, listed.seq);
         let reader = relay.reader();
@@ -483,7 +476,7 @@ impl Sessions {
                 sealed.prev
             )
         };
-        if place.course.verdict(listed.kind, sealed.prev) == Verdict::Wait {
+        if course.verdict(listed.kind, sealed.prev) == Verdict::Wait {
             return Ok(Outcome::Missing {
                 why: missing(),
                 kind: listed.kind,
@@ -495,12 +488,12 @@ impl Sessions {
         // is applied (or finished at the next start) resumes past it.
         let pending = Course {
             pending: Some((listed.seq, listed.kind)),
-            ..place.course
+            ..course
         };
         self.set_course(&sender, pending).await;
         self.save_state().await.map_err(Stop::Apply)?;
         let taken = self.take_sealed(relay, &sealed).await;
-        let mut course = place.course;
+        let mut course = course;
         let applied = matches!(taken, Ok(Taken::Applied));
         if applied {
             course.applied(listed.seq, listed.kind);

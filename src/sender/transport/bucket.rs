@@ -67,8 +67,6 @@ pub(in crate::sender) struct Bucket {
     /// Every bundle from this on is kept in the bucket: from the newest
     /// chain seal at connect, raised at each pruning.
     pub(in crate::sender) kept_from: std::sync::atomic::AtomicU64,
-    /// The newest member uploaded, as sealed: the base's end copies it.
-    pub(in crate::sender) last_member: std::sync::Mutex<Option<Sealed>>,
 }
 
 /// Where a sender's folder in the bucket stands at connect.
@@ -234,20 +232,7 @@ impl Bucket {
         self.cursor
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .sealed(b.seq, b.base, belongs);
-        if kind == Kind::Member {
-            let sealed = Sealed {
-                fingerprint: self.me,
-                sender: seal.sender,
-                seq: seal.seq,
-                prev: seal.prev,
-                size: seal.size,
-                hash: seal.hash,
-                belongs,
-                kept_from,
-            };
-            *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(sealed);
-        }
+            .sealed(seal.held_by(self.me), b.base);
         self.uploaded(b.size, belongs);
         Ok(())
     }
@@ -283,8 +268,7 @@ impl Bucket {
         };
         match &at.member {
             Some(m) if matches!(m.belongs, Belongs::Base { first, .. } if first == base.first) => {
-                base.prev = m.seq;
-                *self.last_member.lock().unwrap_or_else(|e| e.into_inner()) = Some(m.clone());
+                base.last = m.clone();
             }
             _ => {
                 drop(cursor);
@@ -296,7 +280,10 @@ impl Bucket {
 
     /// Where uploads stand now.
     pub(super) fn cursor(&self) -> Cursor {
-        *self.cursor.lock().unwrap_or_else(|e| e.into_inner())
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every bundle from this on is kept in the bucket, as far as this

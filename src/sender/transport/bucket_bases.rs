@@ -134,13 +134,9 @@ impl Bucket {
             return Ok(());
         };
         let under = self.cursor().base.filter(|b| b.number == number);
-        let member = self
-            .last_member
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        match (under, member) {
-            (Some(b), Some(seal)) if b.prev == last && seal.seq == last => {
+        match under {
+            Some(b) if b.last.seq == last => {
+                let seal = b.last;
                 let hash = blake3::Hash::from_hex(&seal.hash).map_err(|e| e.to_string())?;
                 // The end says what the bucket keeps once it is complete:
                 // a receiver missing a bundle below that takes a base.
@@ -164,10 +160,13 @@ impl Bucket {
                 );
                 self.put_seal(&base_end_name(&self.me, b.first), &end)
                     .await?;
-                // Said from now on, once the end that says it is up.
+                // Said from now on, once the end that says it is up, before
+                // anything goes.
                 self.kept_from.fetch_max(floor, Ordering::SeqCst);
                 self.base_complete(b.first, last);
-                self.prune().await;
+                if floor > 0 {
+                    self.prune(floor).await;
+                }
             }
             _ if uploaded.is_some_and(|s| s > last) => {
                 warn!(bucket = %self.cfg.url, last, "a base's last bundle never went up (dropped from the outbox): that base is given up; the next is asked for when due");
@@ -206,25 +205,17 @@ impl Bucket {
     }
 
     /// Remove what no receiver needs now that a base is complete: every
-    /// bundle below the first member of the oldest base kept (but the
-    /// chain's newest), and the ends of older bases. A failure is logged
-    /// and left for the next base.
-    pub(super) async fn prune(&self) {
-        if let Err(e) = self.prune_below_kept().await {
+    /// bundle below `floor`, the first member of the oldest base kept (but
+    /// the chain's newest), and the ends of older bases. A failure is
+    /// logged and left for the next base.
+    async fn prune(&self, floor: u64) {
+        if let Err(e) = self.remove_below(floor).await {
             warn!(bucket = %self.cfg.url, error = %e, "could not remove old bundles from the bucket; tried again after the next base");
         }
     }
 
-    async fn prune_below_kept(&self) -> Result<(), String> {
-        let bases = self.complete_bases().await?;
-        let firsts: Vec<u64> = bases.iter().map(|(b, _)| b.first).collect();
-        let Some(floor) = prune_below(&firsts, self.bases.keep) else {
-            return Ok(());
-        };
-        // Said in every seal from now on, before anything goes: a receiver
-        // whose next bundle is below it knows to take a base.
-        self.kept_from.fetch_max(floor, Ordering::SeqCst);
-        let (prefix, me, chain) = (self.cfg.url.key(""), self.me, self.cursor().chain);
+    async fn remove_below(&self, floor: u64) -> Result<(), String> {
+        let (me, chain) = (self.me, self.cursor().chain);
         let below = |rel: &str| match bundle_object_seq(&me, rel) {
             // The chain's newest stays, whatever its number.
             Some(seq) => seq < floor && seq != chain,
@@ -233,21 +224,11 @@ impl Bucket {
         let reader = self.reader();
         let mut gone = Vec::new();
         for dir in [bases_dir(&me), sender_dir(&me)] {
-            let listed: Vec<_> = self
-                .opened
-                .store
-                .list(Some(&reader.object(&dir)))
-                .map_ok(|o| o.location)
-                .try_collect()
-                .await
-                .map_err(|e| self.opened.explain(&e))?;
-            gone.extend(listed.into_iter().filter(|at| {
-                below(
-                    at.as_ref()
-                        .strip_prefix(prefix.as_str())
-                        .unwrap_or_default(),
-                )
-            }));
+            let dir = reader.object(&dir);
+            let listed = reader.list_named((&dir, None), usize::MAX, |rel, o| {
+                below(rel).then_some(o.location)
+            });
+            gone.extend(listed.await?);
         }
         let count = gone.len();
         // Ends first: a base whose end is gone is never started from.
