@@ -99,6 +99,7 @@ def main():
         bench.sh("cargo", "build", "--release", cwd=bench.ROOT)
     commit = subprocess.run([real, "--version"], capture_output=True, text=True).stdout.strip()
     fs = bench.LoopFs()
+    sender_fs = bench.sender_disk()
     try:
         base = fs.mnt
         fps = []
@@ -121,6 +122,7 @@ def main():
             results.append(("1 GiB random file",) + run(os.path.join(base, "large-run"), corpus, keys, real))
     finally:
         fs.close()
+        sender_fs.close()
     print(f"\n### CPU by kind of work: {args.label or commit}\n")
     print("perf record at 4 kHz on each process, one run each, under perf (slower than unprofiled); CPU seconds.\n")
     for name, dt, snd, rcv in results:

@@ -103,11 +103,10 @@ impl OpenBundle {
         }
     }
 
-    /// Whether an entry of `need` more bytes named `name` would push the
-    /// bundle past a limit, or clash with a name in it. An empty bundle
-    /// takes anything.
     /// Whether an entry named `name` of `need` more bytes, that makes the
-    /// receiver write `writes` bytes, must go to the next bundle.
+    /// receiver write `writes` bytes, must go to the next bundle: it would
+    /// push the bundle past a limit, or clash with a name in it. An empty
+    /// bundle takes anything.
     pub(super) fn is_full_for(
         &self,
         limits: &Limits,
