@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """When the two cores stand idle during a first ship, and what each side is doing then.
 
-  python3 bench/timeline.py [--bin PATH] [--only bulk,large] [--step 0.01]
+  python3 bench/timeline.py [--bin PATH] [--only bulk,large] [--step 0.01] [--sender 'KEY = VALUE']
 
 Runs bench.py's bulk corpus (workload 1) and its 1 GiB random file
 (workload 5) once each, unprofiled, on bench.py's journaled loop
@@ -22,6 +22,7 @@ import bench  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 CORES = os.cpu_count()
+EXTRA = ""
 LOG_LINE = re.compile(r"^(\S+)Z\s+(\w+)\s+(.*)$")
 
 
@@ -82,7 +83,7 @@ def run(work, corpus, keys, step):
     os.makedirs(work)
     os.environ["BENCH_LOG"] = "shipper=debug"
     port = bench.free_port()
-    s = bench.Shipper(work, corpus, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n')
+    s = bench.Shipper(work, corpus, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n' + EXTRA)
     want = bench.tree_sizes(corpus)
     smp = Sampler(step)
     smp.pids["receiver"] = s.receiver.pid
@@ -91,7 +92,13 @@ def run(work, corpus, keys, step):
     t_wall0, t0 = time.time(), time.monotonic()
     s.start_sender()
     smp.pids["sender"] = s.sender.pid
-    bench.wait(lambda: bench.tree_sizes(s.root) == want, 1800, 0.02)
+
+    def complete():
+        if s.sender.poll() is not None:
+            s.stop()
+            raise RuntimeError("the sender stopped:\n" + open(os.path.join(work, "sender.log")).read()[-2000:])
+        return bench.tree_sizes(s.root) == want
+    bench.wait(complete, 1800, 0.02)
     dt = time.monotonic() - t0
     time.sleep(0.2)
     smp.stop.set()
@@ -140,7 +147,10 @@ def main():
     ap.add_argument("--bin", default=bench.BIN)
     ap.add_argument("--only", default="bulk,large")
     ap.add_argument("--step", type=float, default=0.01)
+    ap.add_argument("--sender", default="", help="more [sender] settings, as TOML lines (to try one)")
     args = ap.parse_args()
+    global EXTRA
+    EXTRA = args.sender.replace("\\n", "\n") + ("\n" if args.sender else "")
     bench.BIN = os.path.abspath(args.bin)
     fs = bench.LoopFs()
     sender_fs = bench.sender_disk()

@@ -9,7 +9,9 @@
 //! crash can tear only the last line, which [`read_journal`] drops with
 //! anything after it.
 //! [`is_disk_full`] is the one test of a write that failed for want of
-//! space. Nothing else belongs here.
+//! space; [`start_writeback`] hands bytes written to the disk early, so
+//! the sync that makes them durable later waits less. Nothing else belongs
+//! here.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -140,6 +142,29 @@ fn journal_record<T: serde::de::DeserializeOwned>(line: &[u8]) -> Option<T> {
 
 fn journal_checksum(json: &[u8]) -> String {
     blake3::hash(json).to_hex()[..16].to_string()
+}
+
+/// Start writing `len` bytes of `file` from `offset` (`len` 0: to its
+/// end) to the disk, without waiting for them and without making them
+/// durable: only an fsync or syncfs does that, and it then finds them
+/// written or on their way instead of writing them all while the caller
+/// waits. A hint: where the system has no such call, or it fails,
+/// nothing happens.
+pub fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for as long as `file` is borrowed;
+        // the call reads no memory of ours.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// fsync a directory so that renames and unlinks in it survive a crash.

@@ -4,8 +4,10 @@
 //! The zip's headers are not trusted: [`copy_counted`] counts and hashes
 //! what actually comes out, so a caller compares it with the manifest.
 //! [`finish_file`] gives the file the mode the receiver's policy chose
-//! (never setuid/setgid/sticky), its group, and the manifest's mtime. Used for whole files in staging and for
-//! parts in their set's data file; writes only the file it is handed.
+//! (never setuid/setgid/sticky), its group, and the manifest's mtime. Used
+//! for whole files in staging and for parts in their set's data file;
+//! writes only the file it is handed, and hands what it wrote to the disk
+//! as it goes, since every byte of it is synced before it is published.
 
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
 use std::io::{Read, Write};
@@ -28,6 +30,15 @@ pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
         .map_err(io_at(path))
 }
 
+/// What [`copy_counted`] writes is handed to the disk this many bytes at a
+/// time ([`crate::durable::start_writeback`]): a staged file or a part is
+/// synced before it is published or recorded, and that sync then waits
+/// for little more than the last stride. (bench/timeline.py, 1 GiB file:
+/// the receiver's wait on the disk fell from about 0.55 to 0.2 s, the ship
+/// from 2.17-2.26 to 1.87-2.05 s; the bulk corpus, whose files are mostly
+/// smaller than a stride, was unchanged.)
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
 /// Copy an entry, counting bytes: exactly `size` must come out, whatever the
 /// headers claimed. What was written is fed to `hasher`.
 pub(super) fn copy_counted(
@@ -38,7 +49,11 @@ pub(super) fn copy_counted(
     dest: &Path,
     buf: &mut [u8],
 ) -> Result<(), BundleError> {
+    use std::io::Seek;
     let mut total = 0u64;
+    // Where this copy starts in `out`, and how much of it went to the disk.
+    let start = out.stream_position().map_err(io_at(dest))?;
+    let mut handed = 0u64;
     loop {
         let n = entry
             .read(buf)
@@ -59,6 +74,10 @@ pub(super) fn copy_counted(
             hasher.update(&buf[..n]);
         }
         out.write_all(&buf[..n]).map_err(io_at(dest))?;
+        if total - handed >= WRITEBACK_EVERY {
+            crate::durable::start_writeback(out, start + handed, total - handed);
+            handed = total;
+        }
     }
     if total != size {
         return Err(entry_err(
@@ -163,6 +182,35 @@ mod tests {
         assert!(written.len() <= 5, "wrote past the declared size");
         let e = copy(b"abc", 5).0.unwrap_err().to_string();
         assert!(e.contains("holds 3 bytes, 5 declared"), "{e}");
+    }
+
+    #[test]
+    fn a_copy_of_several_strides_after_earlier_bytes_lands_exactly_there() {
+        // As a part is appended to its set's data: the strides handed to
+        // the disk are counted from where the copy starts.
+        use std::io::Seek;
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("f");
+        let mut out = create_private(&dest).unwrap();
+        out.write_all(b"head").unwrap();
+        let body: Vec<u8> = (0..(2 * WRITEBACK_EVERY + 5))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        let mut hasher = blake3::Hasher::new();
+        let size = body.len() as u64;
+        copy_counted(
+            &body[..],
+            &mut out,
+            (size, &mut hasher),
+            "e",
+            &dest,
+            &mut [0u8; 1 << 20],
+        )
+        .unwrap();
+        assert_eq!(hasher.finalize(), blake3::hash(&body));
+        assert_eq!(out.stream_position().unwrap(), 4 + size);
+        let written = std::fs::read(&dest).unwrap();
+        assert_eq!((&written[..4], &written[4..]), (&b"head"[..], &body[..]));
     }
 
     #[test]
