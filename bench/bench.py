@@ -38,7 +38,7 @@ tools alternating within each run; ratios are shipper/peer):
      vs `rsync -a --delete --dry-run -c` over the same trees.
 Standard library only.
 """
-import argparse, asyncio, hashlib, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
+import argparse, asyncio, contextlib, hashlib, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # SHIPPER_BIN measures another build (e.g. the code before a change).
@@ -110,6 +110,35 @@ def sender_disk():
     fs = LoopFs()
     SENDER_DISK = fs.mnt
     return fs
+
+
+@contextlib.contextmanager
+def disks():
+    """The run's loop filesystem and the sender's own disk, both removed
+    after; yields where the first is mounted."""
+    fs = LoopFs()
+    try:
+        sender_fs = sender_disk()
+    except BaseException:
+        fs.close()
+        raise
+    try:
+        yield fs.mnt
+    finally:
+        global SENDER_DISK
+        SENDER_DISK = None
+        fs.close()
+        sender_fs.close()
+
+
+def make_keys(base):
+    """A key pair each for the sender and the receiver under `base`/keys:
+    (sender key dir, receiver key dir, sender fingerprint, receiver's)."""
+    fps = []
+    for k in ("s", "r"):
+        out = subprocess.run([BIN, "keygen", "--out", os.path.join(base, "keys", k)], check=True, capture_output=True, text=True)
+        fps.append(out.stdout.strip())
+    return (os.path.join(base, "keys", "s"), os.path.join(base, "keys", "r"), fps[0], fps[1])
 
 
 def sender_state(work):
@@ -628,13 +657,18 @@ def tree_publish(work, keys, files, changed, runs):
     return times["tree"], times["file"]
 
 
-def large(work, keys, mib):
-    corpus = os.path.join(work, "corpus")
+def make_large(corpus, mib):
+    """A tree of one random file of `mib` MiB, media/big.bin."""
     os.makedirs(os.path.join(corpus, "media"))
     with open(os.path.join(corpus, "media", "big.bin"), "wb") as f:
         for _ in range(mib):
             f.write(os.urandom(1 << 20))
     time.sleep(1.0)  # at rest, as an existing file would be
+
+
+def large(work, keys, mib):
+    corpus = os.path.join(work, "corpus")
+    make_large(corpus, mib)
     ship = bulk_shipper(os.path.join(work, "s"), corpus, keys)
     rs = bulk_rsync(os.path.join(work, "r"), corpus)
     fs = bulk_rsync(os.path.join(work, "f"), corpus, fsync=True)
@@ -854,12 +888,7 @@ def main():
     fs = LoopFs()
     sender_fs = sender_disk()
     base = fs.mnt
-    keys_dir = os.path.join(base, "keys")
-    fps = []
-    for k in ("s", "r"):
-        out = subprocess.run([BIN, "keygen", "--out", os.path.join(keys_dir, k)], check=True, capture_output=True, text=True)
-        fps.append(out.stdout.strip())
-    keys = (os.path.join(keys_dir, "s"), os.path.join(keys_dir, "r"), fps[0], fps[1])
+    keys = make_keys(base)
     q = args.quick
     lines = []
     rows = []

@@ -98,15 +98,9 @@ def main():
     if not os.path.exists(real):
         bench.sh("cargo", "build", "--release", cwd=bench.ROOT)
     commit = subprocess.run([real, "--version"], capture_output=True, text=True).stdout.strip()
-    fs = bench.LoopFs()
-    sender_fs = bench.sender_disk()
-    try:
-        base = fs.mnt
-        fps = []
-        for k in ("s", "r"):
-            out = subprocess.run([real, "keygen", "--out", os.path.join(base, "keys", k)], check=True, capture_output=True, text=True)
-            fps.append(out.stdout.strip())
-        keys = (os.path.join(base, "keys", "s"), os.path.join(base, "keys", "r"), fps[0], fps[1])
+    bench.BIN = real
+    with bench.disks() as base:
+        keys = bench.make_keys(base)
         results = []
         if "bulk" in args.only:
             corpus = os.path.join(base, "corpus")
@@ -114,15 +108,8 @@ def main():
             results.append(("bulk corpus (282 MiB, 3,301 files)",) + run(os.path.join(base, "bulk-run"), corpus, keys, real))
         if "large" in args.only:
             corpus = os.path.join(base, "large")
-            os.makedirs(os.path.join(corpus, "media"))
-            with open(os.path.join(corpus, "media", "big.bin"), "wb") as f:
-                for _ in range(1024):
-                    f.write(os.urandom(1 << 20))
-            time.sleep(1.0)
+            bench.make_large(corpus, 1024)
             results.append(("1 GiB random file",) + run(os.path.join(base, "large-run"), corpus, keys, real))
-    finally:
-        fs.close()
-        sender_fs.close()
     print(f"\n### CPU by kind of work: {args.label or commit}\n")
     print("perf record at 4 kHz on each process, one run each, under perf (slower than unprofiled); CPU seconds.\n")
     for name, dt, snd, rcv in results:

@@ -152,31 +152,16 @@ def main():
     global EXTRA
     EXTRA = args.sender.replace("\\n", "\n") + ("\n" if args.sender else "")
     bench.BIN = os.path.abspath(args.bin)
-    fs = bench.LoopFs()
-    sender_fs = bench.sender_disk()
-    try:
-        base = fs.mnt
-        fps = []
-        for k in ("s", "r"):
-            out = subprocess.run([bench.BIN, "keygen", "--out", os.path.join(base, "keys", k)], check=True, capture_output=True, text=True)
-            fps.append(out.stdout.strip())
-        keys = (os.path.join(base, "keys", "s"), os.path.join(base, "keys", "r"), fps[0], fps[1])
+    with bench.disks() as base:
+        keys = bench.make_keys(base)
         if "bulk" in args.only:
             corpus = os.path.join(base, "corpus")
             bench.make_corpus(corpus, 42)
             report("bulk corpus (282 MiB, 3,301 files)", *run(os.path.join(base, "bulk-run"), corpus, keys, args.step))
         if "large" in args.only:
             corpus = os.path.join(base, "large")
-            os.makedirs(os.path.join(corpus, "media"))
-            with open(os.path.join(corpus, "media", "big.bin"), "wb") as f:
-                for _ in range(1024):
-                    f.write(os.urandom(1 << 20))
-            time.sleep(1.0)
+            bench.make_large(corpus, 1024)
             report("1 GiB random file", *run(os.path.join(base, "large-run"), corpus, keys, args.step))
-    finally:
-        fs.close()
-        sender_fs.close()
-
 
 if __name__ == "__main__":
     main()

@@ -227,15 +227,6 @@ def catch_up_shipper(work, src, keys, port):
     return dt, rss, changed + deleted, parts
 
 
-def make_keys(base):
-    fps = []
-    for k in ("s", "r"):
-        out = subprocess.run([bench.BIN, "keygen", "--out", os.path.join(base, "keys", k)], check=True,
-                             capture_output=True, text=True)
-        fps.append(out.stdout.strip())
-    return (os.path.join(base, "keys", "s"), os.path.join(base, "keys", "r"), fps[0], fps[1])
-
-
 # ---------------------------------------------------------------- report
 
 def fmt_cpu(c):
@@ -300,7 +291,7 @@ def main():
     fs = None
     try:
         fs = LoopFs(base, args.files)
-        keys = make_keys(fs.dir)
+        keys = bench.make_keys(fs.dir)
         src = os.path.join(fs.dir, "src")
         t = time.monotonic()
         make_tree(src, args.files, 42)

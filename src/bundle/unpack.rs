@@ -49,10 +49,8 @@ pub(super) fn copy_counted(
     dest: &Path,
     buf: &mut [u8],
 ) -> Result<(), BundleError> {
-    use std::io::Seek;
     let mut total = 0u64;
-    // Where this copy starts in `out`, and how much of it went to the disk.
-    let start = out.stream_position().map_err(io_at(dest))?;
+    // How much of what was copied went to the disk.
     let mut handed = 0u64;
     loop {
         let n = entry
@@ -75,7 +73,10 @@ pub(super) fn copy_counted(
         }
         out.write_all(&buf[..n]).map_err(io_at(dest))?;
         if total - handed >= WRITEBACK_EVERY {
-            crate::durable::start_writeback(out, start + handed, total - handed);
+            // Asked once a stride, not once a file: most files are smaller.
+            use std::io::Seek;
+            let end = out.stream_position().map_err(io_at(dest))?;
+            crate::durable::start_writeback(out, end - (total - handed), total - handed);
             handed = total;
         }
     }

@@ -386,31 +386,47 @@ async fn a_rolled_back_bucket_receiver_takes_bundles_again_once_released() {
 /// The sequences of `sender`'s objects under `prefix` whose names end
 /// with `.ext` (`seal`: the chain, `base`: bases' members, `zip`: both).
 fn objects(s3: &S3, sender: &str, ext: &str) -> Vec<u64> {
-    let dir = s3.object(&format!("www/b/{sender}"));
+    numbered(&s3.object(&format!("www/b/{sender}")), &format!(".{ext}"))
+}
+
+/// The complete bases of `sender` in the bucket, by their first member.
+fn bases(s3: &S3, sender: &str) -> Vec<u64> {
+    numbered(&s3.object(&format!("www/bases/{sender}")), "")
+}
+
+/// The numbers N of the files in `dir` named `N` + `suffix`, in order.
+fn numbered(dir: &std::path::Path, suffix: &str) -> Vec<u64> {
     let mut v: Vec<u64> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(&format!(".{ext}"))?.parse().ok()
+            name.strip_suffix(suffix)?.parse().ok()
         })
         .collect();
     v.sort();
     v
 }
 
-/// The complete bases of `sender` in the bucket, by their first member.
-fn bases(s3: &S3, sender: &str) -> Vec<u64> {
-    let dir = s3.object(&format!("www/bases/{sender}"));
-    let mut v: Vec<u64> = std::fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok()?.parse().ok())
-        .collect();
-    v.sort();
-    v
+/// What the bucket holds of `sender`, for a failed assertion to show.
+fn listing(s3: &S3, sender: &str) -> String {
+    format!(
+        "chain {:?}, members {:?}, bases {:?}",
+        objects(s3, sender, "seal"),
+        objects(s3, sender, "base"),
+        bases(s3, sender)
+    )
+}
+
+/// Sender settings for a base every `secs` seconds, `keep` kept, and at
+/// most `files` files per bundle when given.
+fn base_settings(secs: u32, keep: u32, files: Option<u32>) -> String {
+    let per_bundle = files.map(|n| format!("max_files_per_bundle = {n}\n"));
+    format!(
+        "bucket_base_every = \"{secs}s\"\nbucket_keep = {keep}\n{}",
+        per_bundle.unwrap_or_default()
+    )
 }
 
 /// The number after `name` in a log line.
@@ -443,8 +459,8 @@ async fn a_receiver_added_later_or_fallen_behind_catches_up_from_a_base() {
     env.write("news/a.html", "a");
     let r1 = start_receiver(&env, &s3, "www1", &s_fp);
     let r2 = start_receiver(&env, &s3, "www2", &s_fp);
-    let bases_toml = "bucket_base_every = \"2s\"\nbucket_keep = 2\n";
-    let (_, sender) = start_sender(&env, &s3, bases_toml);
+    let bases_toml = base_settings(2, 2, None);
+    let (_, sender) = start_sender(&env, &s3, &bases_toml);
     wait_until("both roots hold the tree", || {
         in_step(&env, &["www1", "www2"])
     })
@@ -524,8 +540,8 @@ async fn a_receiver_stopped_part_way_through_a_base_finishes_it() {
         env.write(&format!("p/{i:02}.html"), format!("page {i}"));
     }
     // A base of two files per bundle, every 2 seconds; none let go.
-    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
-    let (_, _sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(2, 20, Some(2));
+    let (_, _sender) = start_sender(&env, &s3, &extra);
     wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
     let state = env.path().join("state-www3/receiver.json");
     let r = start_receiver(&env, &s3, "www3", &s_fp);
@@ -570,8 +586,8 @@ async fn a_chain_bundle_deleted_inside_a_base_is_noticed_not_skipped() {
     for i in 0..300 {
         env.write(&format!("p/{i:03}.html"), format!("page {i}"));
     }
-    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\nmax_files_per_bundle = 2\n";
-    let (_, sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(2, 50, Some(2));
+    let (_, sender) = start_sender(&env, &s3, &extra);
     wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
     // Changes all along, so that chain bundles land between members.
     // A base (first f, last l) with a chain bundle c in [f, l) whose next
@@ -602,10 +618,8 @@ async fn a_chain_bundle_deleted_inside_a_base_is_noticed_not_skipped() {
         }
         assert!(
             std::time::Instant::now() < end,
-            "no chain bundle inside a base: chain {:?} members {:?} bases {:?}",
-            objects(&s3, &s_fp, "seal"),
-            objects(&s3, &s_fp, "base"),
-            bases(&s3, &s_fp)
+            "no chain bundle inside a base: {}",
+            listing(&s3, &s_fp)
         );
     };
     drop(sender);
@@ -655,8 +669,7 @@ async fn a_bucket_backlog_dropped_still_reaches_receivers_in_step() {
         "receiver = \"{}\"\nreceiver_fingerprint = \"{r_fp}\"\noutbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n",
         direct.addr
     );
-    let extra = extra.as_str();
-    let (_, sender) = start_sender(&env, &s3, extra);
+    let (_, sender) = start_sender(&env, &s3, &extra);
     env.write("index.html", "home");
     let end = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !in_step(&env, &["www1"]) {
@@ -680,13 +693,11 @@ async fn a_bucket_backlog_dropped_still_reaches_receivers_in_step() {
         let (src, root) = (tree(&env.src()), tree(&env.path().join("www1")));
         assert!(
             std::time::Instant::now() < end,
-            "www1 lacks {:?}; chain {:?}, members {:?}, bases {:?}",
+            "www1 lacks {:?}; {}",
             src.keys()
                 .filter(|k| !root.contains_key(*k))
                 .collect::<Vec<_>>(),
-            objects(&s3, &s_fp, "seal"),
-            objects(&s3, &s_fp, "base"),
-            bases(&s3, &s_fp),
+            listing(&s3, &s_fp),
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -705,8 +716,8 @@ async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
         env.write(&format!("p/{i}.bin"), noise(8 << 20, i));
     }
     env.write("zz.html", "last");
-    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\nmax_files_per_bundle = 2\n";
-    let (_, sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(2, 50, Some(2));
+    let (_, sender) = start_sender(&env, &s3, &extra);
     wait_until("a base asked for", || {
         sender.log_text().contains("a base is due")
     })
@@ -723,9 +734,8 @@ async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
     while bases(&s3, &s_fp).is_empty() {
         assert!(
             std::time::Instant::now() < end,
-            "no complete base; members {:?}, chain {:?}",
-            objects(&s3, &s_fp, "base"),
-            objects(&s3, &s_fp, "seal")
+            "no complete base; {}",
+            listing(&s3, &s_fp)
         );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -739,16 +749,14 @@ async fn a_base_whose_last_run_packs_nothing_does_not_stop_bases_for_good() {
 async fn bases_of_an_unchanging_tree_are_pruned_to_bucket_keep() {
     let (env, s3, s_fp) = bucket_env();
     env.write("index.html", "home");
-    let extra = "bucket_base_every = \"1s\"\nbucket_keep = 2\n";
-    let (_, sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(1, 2, None);
+    let (_, sender) = start_sender(&env, &s3, &extra);
     wait_until("a base", || !bases(&s3, &s_fp).is_empty()).await;
     tokio::time::sleep(std::time::Duration::from_secs(8)).await;
     assert!(
         bases(&s3, &s_fp).len() <= 2,
-        "complete bases {:?}, members {:?}, chain {:?}: {}",
-        bases(&s3, &s_fp),
-        objects(&s3, &s_fp, "base"),
-        objects(&s3, &s_fp, "seal"),
+        "{}; the sender's log says it removed some {} times",
+        listing(&s3, &s_fp),
         sender
             .log_text()
             .lines()
@@ -767,8 +775,8 @@ async fn one_chain_seal_deleted_does_not_make_a_receiver_skip_a_deletion() {
     env.write("index.html", "home");
     env.write("secret.html", "published by mistake");
     let r = start_receiver(&env, &s3, "www1", &s_fp);
-    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 50\n";
-    let (_, _sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(2, 50, None);
+    let (_, _sender) = start_sender(&env, &s3, &extra);
     wait_until("www1 in step", || in_step(&env, &["www1"])).await;
     drop(r);
     let newest_chain = || *objects(&s3, &s_fp, "seal").last().unwrap();
@@ -846,8 +854,8 @@ async fn a_base_cut_off_by_the_server_going_away_still_completes_whole() {
     for i in 0..200 {
         env.write(&format!("p/{i:03}.html"), format!("page {i}"));
     }
-    let extra = "bucket_base_every = \"2s\"\nbucket_keep = 20\nmax_files_per_bundle = 2\n";
-    let (file, sender) = start_sender(&env, &s3, extra);
+    let extra = base_settings(2, 20, Some(2));
+    let (file, sender) = start_sender(&env, &s3, &extra);
     wait_until("a base's first members up", || {
         !objects(&s3, &s_fp, "base").is_empty()
     })
