@@ -5,12 +5,11 @@
 //! The rules are pure, in [`crate::bucket::bases`]; this holds the clock
 //! they read and does the listing and deleting.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, TryStreamExt};
 use tracing::{info, warn};
-
-use std::sync::atomic::Ordering;
 
 use super::Link;
 use super::bucket::Bucket;
@@ -70,10 +69,15 @@ impl Bucket {
         &self,
         oldest: Option<chrono::DateTime<chrono::Utc>>,
     ) -> Result<(), String> {
+        let made_here = |c: &Clock| c.newest.is_some_and(|(_, _, bytes)| bytes.is_some());
+        if made_here(&self.clock.lock().unwrap_or_else(|e| e.into_inner())) {
+            // This process made it, and knows more: nothing to list.
+            return Ok(());
+        }
         let bases = self.complete_bases().await?;
         let mut c = self.clock.lock().unwrap_or_else(|e| e.into_inner());
-        if c.newest.is_some_and(|(_, _, bytes)| bytes.is_some()) {
-            // This process made it, and knows more.
+        if made_here(&c) {
+            // One was completed while the bucket was being listed.
             return Ok(());
         }
         let newest = bases.last();
