@@ -15,7 +15,14 @@ each run (median of --runs runs; ratio = shipper / rsync, lower is better):
   1. first ship: shipper (a sender and a receiver process, mutual TLS,
      interval 1s, settle 250ms) from the sender's start until the whole
      tree is at the receiver, against `rsync -a SRC/ DEST/` (local, no
-     daemon); peak RSS (VmHWM) of the sender and of the receiver.
+     daemon); peak RSS (VmHWM) of the sender and of the receiver. Also
+     against `rsync -a` followed by `sync -f` of the destination's file
+     system, timed to the sync's end: shipper makes each bundle durable
+     before it publishes and acknowledges it, rsync makes nothing durable
+     (its writes are left to the kernel's writeback, after its timing).
+     The sender's state_dir (its outbox) lives on a loop file system of
+     its own, the sender's disk as on two servers: the receiver's syncs
+     never write it (as in bench.py).
   2. restart catch-up: both stopped (every bundle acknowledged), both
      started again with nothing changed; shipper from the start of both
      until the sender logs "source tree compared" (the catch-up's walk and
@@ -50,10 +57,10 @@ class LoopFs:
         self.img = os.path.join(base, "tree.img")
         self.dir = os.path.join(base, "mnt")
         os.makedirs(self.dir)
-        # Three trees of `files` files (about 6.3 KiB allocated each) plus
-        # shipper's state, outbox and archive; inodes for three trees.
-        size = files * 24 * 1024 + (4 << 30)
-        inodes = files * 7 // 2 + 200_000
+        # Four trees of `files` files (about 6.3 KiB allocated each) plus
+        # the receiver's state and archive; inodes for four trees.
+        size = files * 32 * 1024 + (4 << 30)
+        inodes = files * 9 // 2 + 200_000
         with open(self.img, "wb") as f:
             f.truncate(size)
         # Inode tables zeroed now, not by ext4lazyinit during the run.
@@ -115,6 +122,15 @@ def count_files(d):
                 elif e.is_file(follow_symlinks=False):
                     n += 1
     return n
+
+
+def rsync_synced(src, dest):
+    """`rsync -a`, then one `sync -f` of the destination's file system;
+    seconds to the sync's end."""
+    t0 = time.monotonic()
+    bench.rsync_client(src, dest)
+    bench.sh("sync", "-f", dest)
+    return time.monotonic() - t0
 
 
 def check_copy(src, dest, files, seed):
@@ -259,14 +275,16 @@ def write_report(path, args, rows, took):
         f"- Versions: {ship_v} (commit {commit}), {rsync_v}",
         f"- Date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
         "- All trees on a journaled ext4 on a loop device. shipper: sender and receiver processes, mutual TLS, "
-        "interval 1s, settle 250ms; rsync: `rsync -a SRC/ DEST/`, local.",
+        "interval 1s, settle 250ms, the sender's state_dir on a second loop file system (its own disk); "
+        "rsync: `rsync -a SRC/ DEST/`, local.",
         "",
         "| measure | workload | shipper | rsync | ratio | target | met | notes |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, wl, s, r, ratio, limit, met, notes in rows:
         rtxt = "—" if ratio is None else f"{ratio:.2f}"
-        out.append(f"| {name} | {wl} | {s} | {r} | {rtxt} | {limit} | {'yes' if met else 'no'} | {notes} |")
+        met_txt = "n/a" if met is None else ("yes" if met else "no")
+        out.append(f"| {name} | {wl} | {s} | {r} | {rtxt} | {limit} | {met_txt} | {notes} |")
     text = "\n".join(out) + "\n"
     with open(path, "w") as f:
         f.write(text)
@@ -288,28 +306,34 @@ def main():
         bench.sh("apt-get", "update", "-qq")
         bench.sh("apt-get", "install", "-y", "-qq", "rsync")
     base = tempfile.mkdtemp(prefix="shipper-tree-")
-    fs = None
+    fs = sender_fs = None
     try:
         fs = LoopFs(base, args.files)
+        sender_fs = bench.sender_disk()
         keys = bench.make_keys(fs.dir)
         src = os.path.join(fs.dir, "src")
         t = time.monotonic()
         make_tree(src, args.files, 42)
         print(f"tree of {args.files} files made in {time.monotonic() - t:.0f} s", flush=True)
-        ship, rs, rss, cpu, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], [], []
+        ship, rs, rs_s, rss, cpu, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], [], [], []
         for run in range(args.runs):
             work, dest = os.path.join(fs.dir, f"shipper{run}"), os.path.join(fs.dir, f"rsync{run}")
+            dest_s = os.path.join(fs.dir, f"rsync-synced{run}")
             port = bench.free_port()
-            for who in (["shipper", "rsync"] if run % 2 == 0 else ["rsync", "shipper"]):
+            order = ["shipper", "rsync", "rsync, sync"]
+            for who in (order if run % 2 == 0 else order[::-1]):
                 if who == "shipper":
                     dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
                     ship.append(dt); rss.append(r); cpu.append(c)
-                else:
+                elif who == "rsync":
                     rs.append(bench.rsync_client(src, dest)[0])
+                else:
+                    rs_s.append(rsync_synced(src, dest_s))
             print(f"first ship run {run}: shipper {ship[-1]:.1f} s (sender {rss[-1][0]:.0f} MiB, receiver {rss[-1][1]:.0f} MiB; "
-                  f"{fmt_cpu(cpu[-1])}), rsync -a {rs[-1]:.1f} s", flush=True)
+                  f"{fmt_cpu(cpu[-1])}), rsync -a {rs[-1]:.1f} s, rsync -a then sync -f {rs_s[-1]:.1f} s", flush=True)
             check_copy(src, os.path.join(work, "www"), args.files, run)
             check_copy(src, dest, args.files, run)
+            check_copy(src, dest_s, args.files, run)
             for who in (["rsync", "shipper"] if run % 2 == 0 else ["shipper", "rsync"]):
                 if who == "shipper":
                     dt, r, n, parts = catch_up_shipper(work, src, keys, port)
@@ -321,13 +345,17 @@ def main():
             if run + 1 < args.runs:
                 shutil.rmtree(work)
                 shutil.rmtree(dest)
+                shutil.rmtree(dest_s)
         wl = f"{args.files:,} files, 1-8 KiB, 100 per directory (seed 42)"
-        m_s, m_r, m_sc, m_rc = (statistics.median(v) for v in (ship, rs, ship_c, rs_c))
+        m_s, m_r, m_rs, m_sc, m_rc = (statistics.median(v) for v in (ship, rs, rs_s, ship_c, rs_c))
         snd, rcv = max(r[0] for r in rss), max(r[1] for r in rss)
         snd_c, rcv_c = max(r[0] for r in rss_c), max(r[1] for r in rss_c)
         rows = [
             ("first ship", wl, f"{m_s:.1f} s", f"rsync -a {m_r:.1f} s", m_s / m_r, "≤ 1.0", m_s / m_r <= 1.0,
              f"start to the whole tree at the receiver; {fmt_cpu(cpu[-1])}"),
+            ("first ship, vs rsync then one sync", wl, f"{m_s:.1f} s", f"rsync -a, then sync -f {m_rs:.1f} s", m_s / m_rs,
+             "none set", None, "rsync's writes made durable by one sync of the file system once all is written, "
+             "the cheapest way to the durability shipper keeps before it publishes"),
             ("peak RSS", wl, f"first ship: sender {snd:.0f} MiB, receiver {rcv:.0f} MiB; restart: sender {snd_c:.0f} MiB, "
              f"receiver {rcv_c:.0f} MiB", "—", None, "sender ≤ 512 MiB, receiver ≤ 256 MiB",
              max(snd, snd_c) <= 512 and max(rcv, rcv_c) <= 256, "VmHWM of each process"),
@@ -343,6 +371,8 @@ def main():
                     p.wait()
         if fs is not None:
             fs.close()
+        if sender_fs is not None:
+            sender_fs.close()
         shutil.rmtree(base, ignore_errors=True)
 
 
