@@ -22,8 +22,6 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use zip::ZipArchive;
-
 use super::error::{beneath_err, damaged, io_at};
 use super::kept::check_and_copy;
 use super::manifest::{FileEntry, Manifest};
@@ -32,6 +30,7 @@ use super::part_tree::PartHashes;
 use super::rebuild::stage_deltas;
 use super::summary::Summary;
 use super::unpack::{copy_counted, create_private, finish_file};
+use super::verify::OpenedZip;
 use crate::beneath::{self, BeneathError, Publish, Root};
 
 // The receiver's side of bundles was one file; these keep the paths other
@@ -186,8 +185,9 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
 
 /// Unpack and check the bundle's whole files into `stage` (the `i`th as
 /// `f{i}`), inflating, hashing and writing on every core: each worker
-/// reads the bundle at `zip_path` through a handle of its own and takes
-/// every `workers`th file, so both walk the zip forwards. The first
+/// reads the bundle through a clone of the opened zip (its directory
+/// parsed once, its place in the file its own) and takes every
+/// `workers`th file, so both walk the zip forwards. The first
 /// failure refuses the bundle. Returns each file's path in root with its
 /// staged copy, in manifest order.
 fn stage_files(
@@ -196,13 +196,13 @@ fn stage_files(
     stage: &Path,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
-    let (m, zip_path) = (&b.manifest, &b.path);
+    let m = &b.manifest;
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
     // Once one worker fails, the others stop at their next file.
     let failed = AtomicBool::new(false);
-    let share = |zip: &mut ZipArchive<File>, w: usize| {
+    let share = |zip: &mut OpenedZip, w: usize| {
         let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
         for i in (w..m.files.len()).step_by(workers) {
             if failed.load(Ordering::Relaxed) {
@@ -215,14 +215,13 @@ fn stage_files(
         Ok::<_, BundleError>(())
     };
     if workers == 1 {
-        // A small bundle (the usual one): the archive already open serves,
-        // its directory not read again.
+        // A small bundle (the usual one): no thread is worth starting.
         share(&mut b.zip, 0)?;
     } else {
-        (0..workers).into_par_iter().try_for_each(|w| {
-            let file = File::open(zip_path).map_err(io_at(zip_path))?;
-            share(&mut ZipArchive::new(file)?, w)
-        })?;
+        let zip = &b.zip;
+        (0..workers)
+            .into_par_iter()
+            .try_for_each(|w| share(&mut zip.clone(), w))?;
     }
     let staged = m.files.iter().enumerate();
     Ok(staged
@@ -234,7 +233,7 @@ fn stage_files(
 /// the manifest, and give it the mode, group and mtime it is published with.
 fn stage_file(
     target: &Target,
-    zip: &mut ZipArchive<File>,
+    zip: &mut OpenedZip,
     f: &FileEntry,
     dest: &Path,
     buf: &mut [u8],

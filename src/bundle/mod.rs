@@ -40,6 +40,8 @@
 //!   part's chaining value, the whole-file hash merged from them (both
 //!   sides).
 //! - `unpack.rs`: writes an entry's bytes out, counted and hashed.
+//! - `positioned.rs`: a received bundle's file read by position, so one
+//!   opened zip serves every unpacking thread.
 //! - [`target`]: where a bundle goes (root, staging, part sets).
 //! - [`error`]: what can be wrong with one and how the sender is told.
 //! - [`zip_end`]: a zip's end records, read to check its entry count before
@@ -55,6 +57,7 @@ pub mod manifest;
 pub mod pack;
 pub mod part_sets;
 mod part_tree;
+mod positioned;
 mod rebuild;
 pub mod target;
 mod unpack;

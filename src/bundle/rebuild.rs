@@ -17,8 +17,6 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use zip::ZipArchive;
-
 use super::delta::Piece;
 use super::error::{BundleError, entry_err};
 use super::hash::hash_reader;
@@ -26,6 +24,7 @@ use super::kept::{NOT_HELD, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
 use super::target::Target;
 use super::unpack::{Failed, copy_exact, create_private, finish_file};
+use super::verify::OpenedZip;
 use crate::beneath::Root;
 
 /// Bytes copied at a time; hashed on every core.
@@ -37,7 +36,7 @@ const BUF_BYTES: usize = 1 << 20;
 pub(super) fn stage_deltas(
     root: &Root,
     target: &Target,
-    zip: &mut ZipArchive<File>,
+    zip: &mut OpenedZip,
     m: &Manifest,
     stage: &Path,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
@@ -116,7 +115,7 @@ fn as_copy(d: &DeltaEntry) -> CopyEntry {
 /// full disk) is the `Err`.
 fn rebuild(
     mut base: File,
-    (target, zip): (&Target, &mut ZipArchive<File>),
+    (target, zip): (&Target, &mut OpenedZip),
     d: &DeltaEntry,
     dest: &Path,
     buf: &mut [u8],

@@ -19,6 +19,7 @@ use zip::ZipArchive;
 
 use super::error::{BundleError, entry_err, io_at, over_limit};
 use super::manifest::{Counts, DeltaEntry, MANIFEST_ENTRY, Manifest, max_manifest_bytes};
+use super::positioned::PositionedFile;
 use super::zip_end::{self, ZipEndError};
 
 /// Files, parts and deletions a receiver accepts in one bundle by default.
@@ -51,9 +52,13 @@ impl Default for Limits {
     }
 }
 
+/// A received bundle's zip, its central directory parsed once: clones
+/// share it and read the file at places of their own.
+pub(super) type OpenedZip = ZipArchive<PositionedFile>;
+
 /// A bundle whose zip structure and manifest have been checked.
 pub struct Opened {
-    pub(super) zip: ZipArchive<File>,
+    pub(super) zip: OpenedZip,
     pub manifest: Manifest,
     pub path: PathBuf,
 }
@@ -88,11 +93,7 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
 
 /// Index the zip's central directory once its end records show it within
 /// `limits`, and refuse entries that overlap.
-fn index_zip(
-    mut file: File,
-    path: &Path,
-    limits: &Limits,
-) -> Result<ZipArchive<File>, BundleError> {
+fn index_zip(mut file: File, path: &Path, limits: &Limits) -> Result<OpenedZip, BundleError> {
     // The zip crate indexes the whole central directory it is pointed at:
     // its count and size are checked first, from the end records alone.
     let most = limits.max_entries.saturating_add(1) as u64;
@@ -125,7 +126,7 @@ fn index_zip(
             ),
         ));
     }
-    let mut zip = ZipArchive::new(file)?;
+    let mut zip = ZipArchive::new(PositionedFile::new(file).map_err(io_at(path))?)?;
     if zip.len() > limits.max_entries.saturating_add(1) {
         return Err(over_limit(
             None,
@@ -147,7 +148,7 @@ fn index_zip(
 
 /// Read and parse the manifest entry, its size bounded by what the entry
 /// limit lets it need and its counts checked before it is parsed.
-fn read_manifest(zip: &mut ZipArchive<File>, limits: &Limits) -> Result<Manifest, BundleError> {
+fn read_manifest(zip: &mut OpenedZip, limits: &Limits) -> Result<Manifest, BundleError> {
     let entry = zip
         .by_name(MANIFEST_ENTRY)
         .map_err(|_| entry_err(MANIFEST_ENTRY, "missing: not a shipper bundle"))?;
@@ -181,10 +182,7 @@ fn read_manifest(zip: &mut ZipArchive<File>, limits: &Limits) -> Result<Manifest
 
 /// The zip holds exactly the entries `manifest` names, each a regular file
 /// of the size the manifest gives it.
-fn check_zip_holds_manifest(
-    zip: &mut ZipArchive<File>,
-    manifest: &Manifest,
-) -> Result<(), BundleError> {
+fn check_zip_holds_manifest(zip: &mut OpenedZip, manifest: &Manifest) -> Result<(), BundleError> {
     // A delta's entry holds the bytes that changed.
     let delta = |d: &DeltaEntry| (d.entry_name(), d.data_len());
     let mut expected: HashMap<String, u64> = manifest
