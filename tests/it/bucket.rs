@@ -246,9 +246,12 @@ async fn the_server_stopped_and_started_again_loses_nothing() {
         env.write(&format!("p/{i}.html"), format!("page {i}"));
     }
     std::fs::remove_file(env.src().join("p/1.html")).unwrap();
-    wait_until("root in step after the server came back", || {
-        in_step(&env, &["www1"])
-    })
+    // Behind the sender's backoff, which doubled while the server was away.
+    wait_until_within(
+        "root in step after the server came back",
+        DEADLINE * 3,
+        || in_step(&env, &["www1"]),
+    )
     .await;
 }
 
@@ -869,9 +872,15 @@ async fn a_base_cut_off_by_the_server_going_away_still_completes_whole() {
     })
     .await;
     s3.restart();
-    wait_until("a complete base", || !bases(&s3, &s_fp).is_empty()).await;
+    // The sender retries on its backoff, which doubled while the server
+    // was away (up to 30 s).
+    let after_backoff = DEADLINE * 3;
+    wait_until_within("a complete base", after_backoff, || {
+        !bases(&s3, &s_fp).is_empty()
+    })
+    .await;
     let r = start_receiver(&env, &s3, "www1", &s_fp);
-    wait_until("the receiver started empty in step", || {
+    wait_until_within("the receiver started empty in step", after_backoff, || {
         in_step(&env, &["www1"])
     })
     .await;

@@ -196,8 +196,14 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// Poll `cond` every 20 ms until it holds or `DEADLINE` passes.
-pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let end = Instant::now() + DEADLINE;
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    wait_until_within(what, DEADLINE, cond).await
+}
+
+/// Poll `cond` every 20 ms until it holds or `deadline` passes: for a wait
+/// behind a retry's backoff (up to 30 s), which `DEADLINE` cannot cover.
+pub async fn wait_until_within(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
     while !cond() {
         assert!(Instant::now() < end, "timed out waiting for: {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
