@@ -101,12 +101,7 @@ pub(super) fn decode(bytes: &[u8], keys: &[LinkKey], now: i64) -> serde_json::Re
         let Some(e) = file.links.iter().find(|e| e.key == *key) else {
             return Link::default();
         };
-        let (sent, received) = (recall(e.sent), recall(e.received));
-        Link {
-            sent,
-            received,
-            written: [sent, received].iter().flatten().map(|r| r.at).max(),
-        }
+        Link::remembered(recall(e.sent), recall(e.received))
     };
     Ok(keys.iter().map(link).collect())
 }
@@ -199,6 +194,7 @@ mod tests {
                 sent: measured(1e9, NOW - DAY),
                 received: measured(12e6, NOW),
                 written: Some(NOW),
+                stores: false,
             },
             Link::default(),
         ];
@@ -212,6 +208,7 @@ mod tests {
         assert!(!a.sent.unwrap().fresh && !a.received.unwrap().fresh);
         assert_eq!(a.rate(), Some(12e6), "the slower still decides");
         assert_eq!(a.written, Some(NOW), "written at its newest measure");
+        assert!(!a.stores, "remembered at 12 MB/s: deflates");
         assert_eq!(back[1], Link::default(), "never measured: not remembered");
     }
 
@@ -242,10 +239,12 @@ mod tests {
             sent: measured(1e9, NOW - FORGET_AFTER - 1),
             received: measured(5e8, NOW - FORGET_AFTER),
             written: None,
+            stores: true,
         }];
         let back = decode(&encode(&keys, &links), &keys, NOW).unwrap()[0];
         assert_eq!(back.sent, None, "a week and a second old");
         assert_eq!(back.rate(), Some(5e8), "a week old, just");
+        assert!(back.stores, "remembered at 500 MB/s: stores");
         let future = [Link {
             sent: measured(1e9, NOW + FORGET_AFTER + 1),
             ..Link::default()

@@ -26,6 +26,12 @@ use crate::config::Compress;
 /// deflate saves on it (78% of that) waits for the CPU: 10 Gbit/s and
 /// loopback store, 1 Gbit/s and slower deflate.
 pub const STORE_FROM: f64 = 200e6;
+/// A link that stores deflates again only once measured slower than this:
+/// a link measured near [`STORE_FROM`] does not turn deflate on and off
+/// bundle after bundle (a loopback whose receiver was busy applying
+/// measured 182-269 MB/s in one run of bench/tree.py, and turned it 6
+/// times).
+pub const DEFLATE_BELOW: f64 = 150e6;
 /// Only bodies this large are measured by their size: a smaller one fits
 /// mostly in the socket buffers, and its time says more about them than
 /// about the link.
@@ -45,15 +51,22 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
 pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 
 /// Whether to deflate what is worth deflating, under `mode`, given the
-/// measured rate of each receiver's link (bytes per second; `None`: not
-/// measured yet). Every receiver gets the same bundles: the slowest link
+/// choice of each receiver's link ([`Link::stores`]; `None`: not measured
+/// yet). Every receiver gets the same bundles: one link that deflates
 /// decides, and one not measured yet counts as slow.
-pub fn deflate_pays(mode: Compress, rates: &[Option<f64>]) -> bool {
+pub fn deflate_pays(mode: Compress, stores: &[Option<bool>]) -> bool {
     match mode {
         Compress::Always => true,
         Compress::Never => false,
-        Compress::Auto => rates.iter().any(|r| r.is_none_or(|r| r < STORE_FROM)),
+        Compress::Auto => stores.iter().any(|s| s != &Some(true)),
     }
+}
+
+/// Whether a link measured at `rate` stores, given whether it stored
+/// before: it stops deflating at [`STORE_FROM`] and starts again only
+/// below [`DEFLATE_BELOW`].
+pub fn stores_at(rate: f64, stored: bool) -> bool {
+    rate >= if stored { DEFLATE_BELOW } else { STORE_FROM }
 }
 
 /// How large a run's first bundle may be, under `mode`, given each link's
@@ -69,6 +82,8 @@ pub fn first_bundle_max(mode: Compress, rates: &[Option<f64>]) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Measured {
     pub(super) rate: f64,
+    /// Whether the link now stores ([`Link::stores`]).
+    pub(super) stores: bool,
     pub(super) news: bool,
     /// News, the first measure of its kind in this process (it replaces a
     /// remembered one), or what the file holds of the link is older than
@@ -132,15 +147,37 @@ pub(super) struct Link {
     /// When `link-rates.json` last had this link's measures written (unix
     /// seconds); `None`: never.
     pub(super) written: Option<i64>,
+    /// Whether deflate is off on this link under `compress = "auto"`
+    /// ([`stores_at`]); a remembered link stores if its rate is at least
+    /// [`STORE_FROM`].
+    pub(super) stores: bool,
 }
 
 impl Link {
+    /// A link with the measures an earlier run remembered: it stores if
+    /// they are at least [`STORE_FROM`].
+    pub(super) fn remembered(sent: Option<Rate>, received: Option<Rate>) -> Self {
+        let mut link = Self {
+            sent,
+            received,
+            written: [sent, received].iter().flatten().map(|r| r.at).max(),
+            stores: false,
+        };
+        link.stores = link.rate().is_some_and(|r| r >= STORE_FROM);
+        link
+    }
+
     /// The rate that decides: the slower measure, or the one there is.
     pub(super) fn rate(&self) -> Option<f64> {
         match (self.sent, self.received) {
             (Some(a), Some(b)) => Some(a.bytes_per_s.min(b.bytes_per_s)),
             (a, b) => a.or(b).map(|r| r.bytes_per_s),
         }
+    }
+
+    /// Whether it stores, `None` while it was never measured.
+    pub(super) fn stores(&self) -> Option<bool> {
+        self.rate().map(|_| self.stores)
     }
 
     /// Whether a measure of it was taken by this process.
@@ -171,14 +208,21 @@ impl Link {
             fresh: true,
         });
         let rate = self.rate().expect("just measured");
-        let turns = old.is_none_or(|old| (old < STORE_FROM) != (rate < STORE_FROM));
+        let stored = self.stores;
+        self.stores = stores_at(rate, stored);
+        let turns = old.is_none() || self.stores != stored;
         let news = !was_fresh || turns;
         let stale = self.written.is_none_or(|w| now - w >= REFRESH_AFTER);
         let keep = news || first_of_kind || stale;
         if keep {
             self.written = Some(now);
         }
-        Measured { rate, news, keep }
+        Measured {
+            rate,
+            stores: self.stores,
+            news,
+            keep,
+        }
     }
 }
 
@@ -250,7 +294,8 @@ impl LinkRates {
 
     /// Whether the next file packed is deflated (if worth it), under `mode`.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
-        deflate_pays(mode, &self.rates())
+        let stores: Vec<Option<bool>> = self.links().iter().map(Link::stores).collect();
+        deflate_pays(mode, &stores)
     }
 
     /// How large the next run's first bundle may be, under `mode`.
@@ -326,8 +371,7 @@ mod tests {
 
     #[test]
     fn auto_stores_only_when_every_link_is_measured_fast() {
-        let fast = Some(STORE_FROM * 3.0);
-        let slow = Some(12.5e6);
+        let (fast, slow) = (Some(true), Some(false));
         assert!(!deflate_pays(Compress::Auto, &[fast, fast]));
         assert!(
             deflate_pays(Compress::Auto, &[fast, slow]),
@@ -339,6 +383,31 @@ mod tests {
         );
         assert!(deflate_pays(Compress::Always, &[fast]));
         assert!(!deflate_pays(Compress::Never, &[slow, None]));
+    }
+
+    /// A link measured near the line keeps its choice: deflate stops at
+    /// STORE_FROM and starts again only below DEFLATE_BELOW.
+    #[test]
+    fn a_link_measured_near_the_line_does_not_turn_deflate_on_and_off() {
+        let r = LinkRates::new(1);
+        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
+        let m = r.record(0, Measure::Acked, at(269), T0).unwrap();
+        assert!(m.stores && m.news && !r.deflate(Compress::Auto));
+        // What bench/tree.py's loopback measured in one run (a measure is
+        // half the one before and half the new): 225, 225, 209, 199, 180.
+        for mb in [182, 224, 193, 189, 160] {
+            let m = r.record(0, Measure::Acked, at(mb), T0).unwrap();
+            assert!(m.stores && !m.news, "{mb} MB/s: {} turned it", m.rate);
+        }
+        let m = r.record(0, Measure::Acked, at(100), T0).unwrap();
+        assert!(!m.stores && m.news, "{} is below {DEFLATE_BELOW}", m.rate);
+        assert!(r.deflate(Compress::Auto));
+        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
+        assert!(!m.stores && !m.news, "{} is below {STORE_FROM}", m.rate);
+        let m = r.record(0, Measure::Acked, at(250), T0).unwrap();
+        assert!(m.stores && m.news, "{}", m.rate);
+        assert!(stores_at(STORE_FROM, false) && !stores_at(STORE_FROM - 1.0, false));
+        assert!(stores_at(DEFLATE_BELOW, true) && !stores_at(DEFLATE_BELOW - 1.0, true));
     }
 
     #[test]
@@ -404,11 +473,7 @@ mod tests {
             at,
             fresh,
         });
-        let link = Link {
-            sent: rate,
-            received: rate,
-            written: Some(at),
-        };
+        let link = Link::remembered(rate, rate);
         LinkRates {
             links: Mutex::new(vec![link]),
             memory: None,

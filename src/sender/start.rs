@@ -23,7 +23,7 @@ use crate::status::{LinkStatus, StatusReport};
 
 use super::cut::Handles;
 use super::link_memory::{LinkKey, Memory};
-use super::link_rate::{LinkRates, STORE_FROM};
+use super::link_rate::LinkRates;
 use super::outbox::{Outbox, outbox_budget};
 use super::report::Links;
 use super::shipped::Shipped;
@@ -119,7 +119,7 @@ fn remembered_rates(cfg: &SenderConfig, state_dir: &std::path::Path) -> LinkRate
         info!(
             peer = %receiver,
             mb_per_s = (rate / 1e6).round(),
-            deflate_pays = rate < STORE_FROM,
+            deflate_pays = !link.stores,
             hours_old,
             "link rate remembered from an earlier run (until the link is measured again)"
         );

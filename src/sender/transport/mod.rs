@@ -38,7 +38,9 @@ use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
-use crate::sender::link_rate::{Delivered, LinkRates, Measure, Measured, STORE_FROM};
+use crate::sender::link_rate::{
+    DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM,
+};
 use crate::sender::outbox::Outbox;
 use crate::status::{LinkStatus, unix_now};
 use connect::connect;
@@ -317,9 +319,10 @@ impl Link {
             info!(
                 peer = %self.receiver,
                 mb_per_s = (m.rate / 1e6).round(),
-                deflate_pays = m.rate < STORE_FROM,
-                "link measured (under compress = \"auto\", pages are deflated below {} MB/s)",
-                STORE_FROM / 1e6
+                deflate_pays = !m.stores,
+                "link measured (under compress = \"auto\", deflate stops at {} MB/s and starts again below {} MB/s)",
+                STORE_FROM / 1e6,
+                DEFLATE_BELOW / 1e6
             );
         }
         if m.keep {
