@@ -1,7 +1,9 @@
 //! The link rates a sender remembers across restarts, in
 //! `state_dir/link-rates.json`: each receiver's two measures (the sender's
 //! and the receiver's, see [`super::link_rate`]), each with when it was
-//! taken, under the receiver as configured (its address and its pinned
+//! taken, and whether the link stored (under `compress = "auto"`: a rate
+//! between the two lines of [`super::link_rate::stores_at`] does not say),
+//! under the receiver as configured (its address and its pinned
 //! fingerprint). A restarted sender so neither deflates for a link it knows
 //! is fast nor holds its first bundle small to measure it. Both measures
 //! are kept, not the one that decides: behind a TCP-terminating proxy the
@@ -76,6 +78,10 @@ struct Entry {
     key: LinkKey,
     sent: Option<Kept>,
     received: Option<Kept>,
+    /// Whether the link stored when written; absent in files written
+    /// before it was kept (then the rate alone decides).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    stores: Option<bool>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -101,7 +107,7 @@ pub(super) fn decode(bytes: &[u8], keys: &[LinkKey], now: i64) -> serde_json::Re
         let Some(e) = file.links.iter().find(|e| e.key == *key) else {
             return Link::default();
         };
-        Link::remembered(recall(e.sent), recall(e.received))
+        Link::remembered(recall(e.sent), recall(e.received), e.stores)
     };
     Ok(keys.iter().map(link).collect())
 }
@@ -123,6 +129,7 @@ pub(super) fn encode(keys: &[LinkKey], links: &[Link]) -> Vec<u8> {
             key: key.clone(),
             sent: keep(l.sent),
             received: keep(l.received),
+            stores: Some(l.stores),
         })
         .collect();
     serde_json::to_vec_pretty(&RatesFile { links }).expect("link rates serialize")
@@ -230,6 +237,28 @@ mod tests {
         }
         let back = decode(&bytes, &[key("b:1", None), was[0].clone()], NOW).unwrap();
         assert_eq!(back[1].rate(), Some(1e9), "found by key, not by place");
+    }
+
+    /// A link that stores keeps storing after a restart at a rate between
+    /// the lines (150-200 MB/s), and one that deflates keeps deflating; a
+    /// file written before the choice was kept decides by the rate alone.
+    #[test]
+    fn the_choice_between_the_lines_survives_a_restart() {
+        let keys = [key("a:1", None)];
+        let at = |stores| Link {
+            sent: measured(180e6, NOW),
+            received: None,
+            written: Some(NOW),
+            stores,
+        };
+        for stores in [true, false] {
+            let back = decode(&encode(&keys, &[at(stores)]), &keys, NOW).unwrap()[0];
+            assert_eq!(back.stores, stores, "at 180 MB/s");
+        }
+        let old = br#"{"links":[{"receiver":"a:1","fingerprint":null,"sent":{"bytes_per_s":180e6,"at":1700000000},"received":null}]}"#;
+        assert!(!decode(old, &keys, NOW).unwrap()[0].stores);
+        let old = br#"{"links":[{"receiver":"a:1","fingerprint":null,"sent":{"bytes_per_s":250e6,"at":1700000000},"received":null}]}"#;
+        assert!(decode(old, &keys, NOW).unwrap()[0].stores);
     }
 
     #[test]

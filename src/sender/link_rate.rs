@@ -154,16 +154,22 @@ pub(super) struct Link {
 }
 
 impl Link {
-    /// A link with the measures an earlier run remembered: it stores if
-    /// they are at least [`STORE_FROM`].
-    pub(super) fn remembered(sent: Option<Rate>, received: Option<Rate>) -> Self {
+    /// A link with the measures an earlier run remembered, and whether it
+    /// stored then (`None`: not remembered, as if it did not).
+    pub(super) fn remembered(
+        sent: Option<Rate>,
+        received: Option<Rate>,
+        stored: Option<bool>,
+    ) -> Self {
         let mut link = Self {
             sent,
             received,
             written: [sent, received].iter().flatten().map(|r| r.at).max(),
             stores: false,
         };
-        link.stores = link.rate().is_some_and(|r| r >= STORE_FROM);
+        link.stores = link
+            .rate()
+            .is_some_and(|r| stores_at(r, stored.unwrap_or(false)));
         link
     }
 
@@ -394,7 +400,7 @@ mod tests {
         let m = r.record(0, Measure::Acked, at(269), T0).unwrap();
         assert!(m.stores && m.news && !r.deflate(Compress::Auto));
         // What bench/tree.py's loopback measured in one run (a measure is
-        // half the one before and half the new): 225, 225, 209, 199, 180.
+        // half the one before and half the new): 225, 225, 209, 199, 179.
         for mb in [182, 224, 193, 189, 160] {
             let m = r.record(0, Measure::Acked, at(mb), T0).unwrap();
             assert!(m.stores && !m.news, "{mb} MB/s: {} turned it", m.rate);
@@ -473,7 +479,7 @@ mod tests {
             at,
             fresh,
         });
-        let link = Link::remembered(rate, rate);
+        let link = Link::remembered(rate, rate, None);
         LinkRates {
             links: Mutex::new(vec![link]),
             memory: None,
