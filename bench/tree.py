@@ -20,6 +20,8 @@ each run (median of --runs runs; ratio = shipper / rsync, lower is better):
      system, timed to the sync's end: shipper makes each bundle durable
      before it publishes and acknowledges it, rsync makes nothing durable
      (its writes are left to the kernel's writeback, after its timing).
+     Each tool starts after an untimed `sync -f`, so no sync writes what
+     the tool before it left dirty.
      The sender's state_dir (its outbox) lives on a loop file system of
      its own, the sender's disk as on two servers: the receiver's syncs
      never write it (as in bench.py).
@@ -322,6 +324,10 @@ def main():
             port = bench.free_port()
             order = ["shipper", "rsync", "rsync, sync"]
             for who in (order if run % 2 == 0 else order[::-1]):
+                # Each starts with nothing dirty: a sync (of the tool's
+                # own syncfs, or of `sync -f`) would write the tree the tool
+                # before left to writeback too.
+                bench.sh("sync", "-f", fs.dir)
                 if who == "shipper":
                     dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
                     ship.append(dt); rss.append(r); cpu.append(c)
@@ -369,11 +375,15 @@ def main():
                 if p is not None and p.poll() is None:
                     p.kill()
                     p.wait()
-        if fs is not None:
-            fs.close()
-        if sender_fs is not None:
-            sender_fs.close()
-        shutil.rmtree(base, ignore_errors=True)
+        try:
+            if fs is not None:
+                fs.close()
+        finally:
+            try:
+                if sender_fs is not None:
+                    sender_fs.close()
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
