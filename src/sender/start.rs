@@ -121,7 +121,7 @@ fn remembered_rates(cfg: &SenderConfig, state_dir: &std::path::Path) -> LinkRate
             mb_per_s = (rate / 1e6).round(),
             deflate_pays = !link.stores,
             hours_old,
-            "link rate remembered from an earlier run (until the link is measured again)"
+            "link rate remembered from an earlier run (until the link is measured again; deflate_pays says this link's)"
         );
     }
     LinkRates::remembering(Box::new(memory), links)

@@ -320,7 +320,7 @@ impl Link {
                 peer = %self.receiver,
                 mb_per_s = (m.rate / 1e6).round(),
                 deflate_pays = !m.stores,
-                "link measured (under compress = \"auto\", deflate stops at {} MB/s and starts again below {} MB/s)",
+                "link measured (deflate_pays says this link's: under compress = \"auto\" it stops paying at {} MB/s and pays again below {} MB/s, and every receiver's bundles are deflated while it pays on any link)",
                 STORE_FROM / 1e6,
                 DEFLATE_BELOW / 1e6
             );
