@@ -54,11 +54,11 @@ pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 /// choice of each receiver's link ([`Link::stores`]; `None`: not measured
 /// yet). Every receiver gets the same bundles: one link that deflates
 /// decides, and one not measured yet counts as slow.
-pub fn deflate_pays(mode: Compress, stores: &[Option<bool>]) -> bool {
+pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool>>) -> bool {
     match mode {
         Compress::Always => true,
         Compress::Never => false,
-        Compress::Auto => stores.iter().any(|s| s != &Some(true)),
+        Compress::Auto => stores.into_iter().any(|s| s != Some(true)),
     }
 }
 
@@ -299,9 +299,10 @@ impl LinkRates {
     }
 
     /// Whether the next file packed is deflated (if worth it), under `mode`.
+    /// Asked for every file packed: the links are read in place, not copied.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
-        let stores: Vec<Option<bool>> = self.links().iter().map(Link::stores).collect();
-        deflate_pays(mode, &stores)
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        deflate_pays(mode, links.iter().map(Link::stores))
     }
 
     /// How large the next run's first bundle may be, under `mode`.
@@ -378,17 +379,17 @@ mod tests {
     #[test]
     fn auto_stores_only_when_every_link_is_measured_fast() {
         let (fast, slow) = (Some(true), Some(false));
-        assert!(!deflate_pays(Compress::Auto, &[fast, fast]));
+        assert!(!deflate_pays(Compress::Auto, [fast, fast]));
         assert!(
-            deflate_pays(Compress::Auto, &[fast, slow]),
+            deflate_pays(Compress::Auto, [fast, slow]),
             "the slowest decides"
         );
         assert!(
-            deflate_pays(Compress::Auto, &[fast, None]),
+            deflate_pays(Compress::Auto, [fast, None]),
             "unmeasured counts as slow"
         );
-        assert!(deflate_pays(Compress::Always, &[fast]));
-        assert!(!deflate_pays(Compress::Never, &[slow, None]));
+        assert!(deflate_pays(Compress::Always, [fast]));
+        assert!(!deflate_pays(Compress::Never, [slow, None]));
     }
 
     /// A link measured near the line keeps its choice: deflate stops at
