@@ -885,14 +885,10 @@ def main():
     args = ap.parse_args()
     only = set(args.only.split(","))
     ensure_tools()
-    fs = LoopFs()
-    sender_fs = sender_disk()
-    base = fs.mnt
-    keys = make_keys(base)
     q = args.quick
-    lines = []
     rows = []
-    try:
+    with disks() as base:
+        keys = make_keys(base)
         corpus = os.path.join(base, "corpus")
         make_corpus(corpus, 42, pages=300 if q else 3000, images=30 if q else 300, large_mib=16 if q else 128)
         sizes = tree_sizes(corpus)
@@ -1044,9 +1040,6 @@ def main():
             rows.append(("11. publish = \"tree\", cost per bundle", f"100 of {files} files changed", f"flush to ack {m_t*1000:.0f} ms",
                          f"publish = \"file\" {m_f*1000:.0f} ms", m_t / m_f, "none set (issue 15 asks for the cost)",
                          f"each bundle first hard-links the {files} files of the snapshot before (directories made anew), then syncs the filesystem once before root points at it"))
-    finally:
-        fs.close()
-        sender_fs.close()
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
     rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
