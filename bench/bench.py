@@ -113,10 +113,12 @@ def sender_disk():
 
 
 @contextlib.contextmanager
-def disks():
-    """The run's loop filesystem and the sender's own disk, both removed
-    after; yields where the first is mounted."""
-    fs = LoopFs()
+def disks(run_fs=LoopFs):
+    """The run's loop filesystem (made by `run_fs()`: anything with `mnt`
+    and `close()`) and the sender's own disk, both removed after, the
+    second even if the first cannot be; yields where the first is
+    mounted."""
+    fs = run_fs()
     try:
         sender_fs = sender_disk()
     except BaseException:
@@ -127,8 +129,10 @@ def disks():
     finally:
         global SENDER_DISK
         SENDER_DISK = None
-        fs.close()
-        sender_fs.close()
+        try:
+            fs.close()
+        finally:
+            sender_fs.close()
 
 
 def make_keys(base):

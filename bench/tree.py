@@ -53,12 +53,12 @@ COMPARED = "source tree compared"
 # ---------------------------------------------------------------- loop fs
 
 class LoopFs:
-    """A journaled ext4 on a loop device, mounted at `self.dir`."""
+    """A journaled ext4 on a loop device, mounted at `self.mnt`."""
 
     def __init__(self, base, files):
         self.img = os.path.join(base, "tree.img")
-        self.dir = os.path.join(base, "mnt")
-        os.makedirs(self.dir)
+        self.mnt = os.path.join(base, "mnt")
+        os.makedirs(self.mnt)
         # Four trees of `files` files (about 6.3 KiB allocated each) plus
         # the receiver's state and archive; inodes for four trees.
         size = files * 32 * 1024 + (4 << 30)
@@ -67,20 +67,20 @@ class LoopFs:
             f.truncate(size)
         # Inode tables zeroed now, not by ext4lazyinit during the run.
         bench.sh("mkfs.ext4", "-q", "-F", "-N", str(inodes), "-E", "lazy_itable_init=0,lazy_journal_init=0", self.img)
-        bench.sh("mount", "-o", "loop", self.img, self.dir)
+        bench.sh("mount", "-o", "loop", self.img, self.mnt)
         self.mounted = True
 
     def close(self):
         if self.mounted:
             for _ in range(20):
-                if subprocess.run(["umount", self.dir]).returncode == 0:
+                if subprocess.run(["umount", self.mnt]).returncode == 0:
                     self.mounted = False
                     break
                 time.sleep(1)
             else:
                 # Still busy: detach it lazily; the image's blocks are freed
                 # when the last user goes.
-                subprocess.run(["umount", "-l", self.dir])
+                subprocess.run(["umount", "-l", self.mnt])
                 self.mounted = False
         if os.path.exists(self.img):
             os.unlink(self.img)
@@ -293,6 +293,68 @@ def write_report(path, args, rows, took):
     print(text)
 
 
+def measure(args, mnt):
+    """Both measures, tools alternating, on the file system mounted at
+    `mnt`; the report's rows."""
+    keys = bench.make_keys(mnt)
+    src = os.path.join(mnt, "src")
+    t = time.monotonic()
+    make_tree(src, args.files, 42)
+    print(f"tree of {args.files} files made in {time.monotonic() - t:.0f} s", flush=True)
+    ship, rs, rs_s, rss, cpu, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], [], [], []
+    for run in range(args.runs):
+        work, dest = os.path.join(mnt, f"shipper{run}"), os.path.join(mnt, f"rsync{run}")
+        dest_s = os.path.join(mnt, f"rsync-synced{run}")
+        port = bench.free_port()
+        order = ["shipper", "rsync", "rsync, sync"]
+        for who in (order if run % 2 == 0 else order[::-1]):
+            # Each starts with nothing dirty: a sync (of the tool's
+            # own syncfs, or of `sync -f`) would write the tree the tool
+            # before left to writeback too.
+            bench.sh("sync", "-f", mnt)
+            if who == "shipper":
+                dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
+                ship.append(dt); rss.append(r); cpu.append(c)
+            elif who == "rsync":
+                rs.append(bench.rsync_client(src, dest)[0])
+            else:
+                rs_s.append(rsync_synced(src, dest_s))
+        print(f"first ship run {run}: shipper {ship[-1]:.1f} s (sender {rss[-1][0]:.0f} MiB, receiver {rss[-1][1]:.0f} MiB; "
+              f"{fmt_cpu(cpu[-1])}), rsync -a {rs[-1]:.1f} s, rsync -a then sync -f {rs_s[-1]:.1f} s", flush=True)
+        check_copy(src, os.path.join(work, "www"), args.files, run)
+        check_copy(src, dest, args.files, run)
+        check_copy(src, dest_s, args.files, run)
+        for who in (["rsync", "shipper"] if run % 2 == 0 else ["shipper", "rsync"]):
+            if who == "shipper":
+                dt, r, n, parts = catch_up_shipper(work, src, keys, port)
+                ship_c.append(dt); rss_c.append(r); redone.append(n); split.append(parts)
+            else:
+                rs_c.append(bench.rsync_client(src, dest)[0])
+        print(f"catch-up run {run}: shipper {ship_c[-1]:.1f} s (sender {rss_c[-1][0]:.0f} MiB, receiver {rss_c[-1][1]:.0f} MiB, "
+              f"{redone[-1]} paths queued, {fmt_split(split[-1])}), rsync no-op {rs_c[-1]:.1f} s", flush=True)
+        if run + 1 < args.runs:
+            shutil.rmtree(work)
+            shutil.rmtree(dest)
+            shutil.rmtree(dest_s)
+    wl = f"{args.files:,} files, 1-8 KiB, 100 per directory (seed 42)"
+    m_s, m_r, m_rs, m_sc, m_rc = (statistics.median(v) for v in (ship, rs, rs_s, ship_c, rs_c))
+    snd, rcv = max(r[0] for r in rss), max(r[1] for r in rss)
+    snd_c, rcv_c = max(r[0] for r in rss_c), max(r[1] for r in rss_c)
+    rows = [
+        ("first ship", wl, f"{m_s:.1f} s", f"rsync -a {m_r:.1f} s", m_s / m_r, "≤ 1.0", m_s / m_r <= 1.0,
+         f"start to the whole tree at the receiver; {fmt_cpu(cpu[-1])}"),
+        ("first ship, vs rsync then one sync", wl, f"{m_s:.1f} s", f"rsync -a, then sync -f {m_rs:.1f} s", m_s / m_rs,
+         "none set", None, "rsync's writes made durable by one sync of the file system once all is written, "
+         "the cheapest way to the durability shipper keeps before it publishes"),
+        ("peak RSS", wl, f"first ship: sender {snd:.0f} MiB, receiver {rcv:.0f} MiB; restart: sender {snd_c:.0f} MiB, "
+         f"receiver {rcv_c:.0f} MiB", "—", None, "sender ≤ 512 MiB, receiver ≤ 256 MiB",
+         max(snd, snd_c) <= 512 and max(rcv, rcv_c) <= 256, "VmHWM of each process"),
+        ("restart catch-up, nothing changed", wl, f"{m_sc:.1f} s", f"rsync -a no-op {m_rc:.1f} s", m_sc / m_rc, "≤ 1.5",
+         m_sc / m_rc <= 1.5, f"start of both to \"{COMPARED}\" ({fmt_split(split[-1])}); paths queued again: {max(redone)}"),
+    ]
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=1_000_000)
@@ -308,82 +370,19 @@ def main():
         bench.sh("apt-get", "update", "-qq")
         bench.sh("apt-get", "install", "-y", "-qq", "rsync")
     base = tempfile.mkdtemp(prefix="shipper-tree-")
-    fs = sender_fs = None
     try:
-        fs = LoopFs(base, args.files)
-        sender_fs = bench.sender_disk()
-        keys = bench.make_keys(fs.dir)
-        src = os.path.join(fs.dir, "src")
-        t = time.monotonic()
-        make_tree(src, args.files, 42)
-        print(f"tree of {args.files} files made in {time.monotonic() - t:.0f} s", flush=True)
-        ship, rs, rs_s, rss, cpu, ship_c, rs_c, rss_c, redone, split = [], [], [], [], [], [], [], [], [], []
-        for run in range(args.runs):
-            work, dest = os.path.join(fs.dir, f"shipper{run}"), os.path.join(fs.dir, f"rsync{run}")
-            dest_s = os.path.join(fs.dir, f"rsync-synced{run}")
-            port = bench.free_port()
-            order = ["shipper", "rsync", "rsync, sync"]
-            for who in (order if run % 2 == 0 else order[::-1]):
-                # Each starts with nothing dirty: a sync (of the tool's
-                # own syncfs, or of `sync -f`) would write the tree the tool
-                # before left to writeback too.
-                bench.sh("sync", "-f", fs.dir)
-                if who == "shipper":
-                    dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
-                    ship.append(dt); rss.append(r); cpu.append(c)
-                elif who == "rsync":
-                    rs.append(bench.rsync_client(src, dest)[0])
-                else:
-                    rs_s.append(rsync_synced(src, dest_s))
-            print(f"first ship run {run}: shipper {ship[-1]:.1f} s (sender {rss[-1][0]:.0f} MiB, receiver {rss[-1][1]:.0f} MiB; "
-                  f"{fmt_cpu(cpu[-1])}), rsync -a {rs[-1]:.1f} s, rsync -a then sync -f {rs_s[-1]:.1f} s", flush=True)
-            check_copy(src, os.path.join(work, "www"), args.files, run)
-            check_copy(src, dest, args.files, run)
-            check_copy(src, dest_s, args.files, run)
-            for who in (["rsync", "shipper"] if run % 2 == 0 else ["shipper", "rsync"]):
-                if who == "shipper":
-                    dt, r, n, parts = catch_up_shipper(work, src, keys, port)
-                    ship_c.append(dt); rss_c.append(r); redone.append(n); split.append(parts)
-                else:
-                    rs_c.append(bench.rsync_client(src, dest)[0])
-            print(f"catch-up run {run}: shipper {ship_c[-1]:.1f} s (sender {rss_c[-1][0]:.0f} MiB, receiver {rss_c[-1][1]:.0f} MiB, "
-                  f"{redone[-1]} paths queued, {fmt_split(split[-1])}), rsync no-op {rs_c[-1]:.1f} s", flush=True)
-            if run + 1 < args.runs:
-                shutil.rmtree(work)
-                shutil.rmtree(dest)
-                shutil.rmtree(dest_s)
-        wl = f"{args.files:,} files, 1-8 KiB, 100 per directory (seed 42)"
-        m_s, m_r, m_rs, m_sc, m_rc = (statistics.median(v) for v in (ship, rs, rs_s, ship_c, rs_c))
-        snd, rcv = max(r[0] for r in rss), max(r[1] for r in rss)
-        snd_c, rcv_c = max(r[0] for r in rss_c), max(r[1] for r in rss_c)
-        rows = [
-            ("first ship", wl, f"{m_s:.1f} s", f"rsync -a {m_r:.1f} s", m_s / m_r, "≤ 1.0", m_s / m_r <= 1.0,
-             f"start to the whole tree at the receiver; {fmt_cpu(cpu[-1])}"),
-            ("first ship, vs rsync then one sync", wl, f"{m_s:.1f} s", f"rsync -a, then sync -f {m_rs:.1f} s", m_s / m_rs,
-             "none set", None, "rsync's writes made durable by one sync of the file system once all is written, "
-             "the cheapest way to the durability shipper keeps before it publishes"),
-            ("peak RSS", wl, f"first ship: sender {snd:.0f} MiB, receiver {rcv:.0f} MiB; restart: sender {snd_c:.0f} MiB, "
-             f"receiver {rcv_c:.0f} MiB", "—", None, "sender ≤ 512 MiB, receiver ≤ 256 MiB",
-             max(snd, snd_c) <= 512 and max(rcv, rcv_c) <= 256, "VmHWM of each process"),
-            ("restart catch-up, nothing changed", wl, f"{m_sc:.1f} s", f"rsync -a no-op {m_rc:.1f} s", m_sc / m_rc, "≤ 1.5",
-             m_sc / m_rc <= 1.5, f"start of both to \"{COMPARED}\" ({fmt_split(split[-1])}); paths queued again: {max(redone)}"),
-        ]
+        with bench.disks(lambda: LoopFs(base, args.files)) as mnt:
+            try:
+                rows = measure(args, mnt)
+            finally:
+                for s in LIVE:
+                    for p in (getattr(s, "sender", None), getattr(s, "receiver", None)):
+                        if p is not None and p.poll() is None:
+                            p.kill()
+                            p.wait()
         write_report(args.out, args, rows, time.monotonic() - started)
     finally:
-        for s in LIVE:
-            for p in (getattr(s, "sender", None), getattr(s, "receiver", None)):
-                if p is not None and p.poll() is None:
-                    p.kill()
-                    p.wait()
-        try:
-            if fs is not None:
-                fs.close()
-        finally:
-            try:
-                if sender_fs is not None:
-                    sender_fs.close()
-            finally:
-                shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
