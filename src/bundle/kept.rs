@@ -130,7 +130,9 @@ pub(super) fn stage_copy(
         hash_reader(clone).map_err(Failed::Read)
     } else {
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; BUF_BYTES];
+        // No larger than the file: zeroing the buffer is paid per copy.
+        let len = usize::try_from(c.size).map_or(BUF_BYTES, |n| n.clamp(1, BUF_BYTES));
+        let mut buf = vec![0u8; len];
         let to = &mut (&mut out, dest, &mut hasher);
         copy_exact(&mut src, c.size, to, &mut buf).map(|()| hasher.finalize())
     };

@@ -140,7 +140,7 @@ fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
         if n == 0 {
             return Ok(hasher.finalize());
         }
-        hasher.update_rayon(&buf[..n]);
+        super::hash::update(&mut hasher, &buf[..n]);
     }
 }
 

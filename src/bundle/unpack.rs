@@ -16,10 +16,6 @@ use std::path::Path;
 
 use super::error::{BundleError, entry_err, io_at};
 
-/// Chunks at least this large are hashed on every core; smaller ones are
-/// cheaper hashed on one.
-const PARALLEL_HASH_BYTES: usize = 256 << 10;
-
 /// A new file only its owner can read, refused if the name is taken.
 pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
     OpenOptions::new()
@@ -66,11 +62,7 @@ pub(super) fn copy_counted(
                 format!("holds more than the {size} bytes declared"),
             ));
         }
-        if n >= PARALLEL_HASH_BYTES {
-            hasher.update_rayon(&buf[..n]);
-        } else {
-            hasher.update(&buf[..n]);
-        }
+        super::hash::update(hasher, &buf[..n]);
         out.write_all(&buf[..n]).map_err(io_at(dest))?;
         if total - handed >= WRITEBACK_EVERY {
             // Asked once a stride, not once a file: most files are smaller.
@@ -136,7 +128,7 @@ pub(super) fn copy_exact(
             Ok(n) => n,
             Err(e) => return Err(Failed::Read(e)),
         };
-        hasher.update_rayon(&buf[..n]);
+        super::hash::update(hasher, &buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| Failed::Refused(io_at(dest)(e)))?;
         len -= n as u64;
