@@ -40,6 +40,7 @@ pub mod beneath;
 pub mod bucket;
 pub mod bundle;
 pub mod changes;
+pub mod hash;
 pub mod hook;
 pub mod ledger;
 pub mod peers;

@@ -54,17 +54,11 @@ impl SourceDir {
     /// hashes a receiver's root this way too: no symlink followed there
     /// either).
     pub fn hash_file(&self, rel: &str) -> io::Result<[u8; 32]> {
-        use std::io::Read;
-        let mut f = self.open_file(rel)?;
-        let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let n = f.read(&mut buf).map_err(|e| at(&self.path.join(rel), e))?;
-            if n == 0 {
-                return Ok(*hasher.finalize().as_bytes());
-            }
-            hasher.update(&buf[..n]);
-        }
+        let f = self.open_file(rel)?;
+        let at_rel = |e| at(&self.path.join(rel), e);
+        let len = f.metadata().map_err(at_rel)?.len();
+        let hash = crate::hash::hash_reader(f, len).map_err(at_rel)?;
+        Ok(*hash.as_bytes())
     }
 
     /// The metadata of `rel` itself (not what a symlink there points to),

@@ -19,13 +19,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use super::error::{BundleError, io_at};
-use super::hash::hash_reader;
 use super::manifest::{CopyEntry, FileEntry, Manifest};
 use super::target::Target;
 use super::unpack::{Failed, copy_exact, create_private, finish_file};
 use crate::beneath::Root;
+use crate::hash::hash_reader;
 
-/// Bytes read at a time while hashing or copying root's files.
+/// At most the bytes read at a time while copying a file of root (hashed
+/// as it is copied); a smaller file is copied through a buffer its size.
 const BUF_BYTES: usize = 256 << 10;
 
 /// Check the files `m` keeps and stage the files it copies (the `i`th as
@@ -72,7 +73,7 @@ pub(super) const NOT_HELD: &str = "not held as listed (missing, changed or unrea
 /// failing to open or read is its not being held: the same bundle sent
 /// again would fail the same way, and its content cures it.
 fn why_not_held(root: &Root, k: &FileEntry) -> Result<Option<String>, BundleError> {
-    let held = open(root, &k.path, k.size).and_then(|f| hash_reader(f).map_err(|_| ()));
+    let held = open(root, &k.path, k.size).and_then(|f| hash_reader(f, k.size).map_err(|_| ()));
     Ok(match held {
         Ok(hash) if hash.to_hex().as_str() == k.hash => None,
         _ => Some(NOT_HELD.into()),
@@ -127,11 +128,11 @@ pub(super) fn stage_copy(
     let hash = if rustix::fs::ioctl_ficlone(&out, &src).is_ok() {
         // The clone shares root's blocks: what is checked is what it holds.
         let clone = File::open(dest).map_err(io_at(dest))?;
-        hash_reader(clone).map_err(Failed::Read)
+        hash_reader(clone, c.size).map_err(Failed::Read)
     } else {
         let mut hasher = blake3::Hasher::new();
         // No larger than the file: zeroing the buffer is paid per copy.
-        let len = usize::try_from(c.size).map_or(BUF_BYTES, |n| n.clamp(1, BUF_BYTES));
+        let len = usize::try_from(c.size).map_or(BUF_BYTES, |n| n.min(BUF_BYTES));
         let mut buf = vec![0u8; len];
         let to = &mut (&mut out, dest, &mut hasher);
         copy_exact(&mut src, c.size, to, &mut buf).map(|()| hasher.finalize())

@@ -7,8 +7,6 @@
 //! receivers hold, or one whose old version was signed. Reads the source
 //! through [`SourceDir`]; writes nothing.
 
-use std::io;
-
 use super::delta_pack::{Planned, Signatures, Signed, base_of, plan, sign};
 use super::limits::Limits;
 use super::manifest::FileMeta;
@@ -96,7 +94,10 @@ pub(super) fn compare(
     if here.is_none() && elsewhere.is_none() {
         return Known::New;
     }
-    let Ok(hash) = dir.open_file(rel).and_then(|f| hash_with(f, buf)) else {
+    let Ok(hash) = dir
+        .open_file(rel)
+        .and_then(|f| crate::hash::hash_through(f, buf))
+    else {
         return Known::New;
     };
     judge(dir, (rel, stamp), previous, held, hash)
@@ -128,20 +129,6 @@ fn judge(
     };
     let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     if still { known } else { Known::New }
-}
-
-/// BLAKE3 of what `f` holds, read through `buf` (large reads hashed on
-/// every core).
-fn hash_with(mut f: std::fs::File, buf: &mut [u8]) -> io::Result<blake3::Hash> {
-    use std::io::Read;
-    let mut hasher = blake3::Hasher::new();
-    loop {
-        let n = f.read(buf)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        super::hash::update(&mut hasher, &buf[..n]);
-    }
 }
 
 #[cfg(test)]

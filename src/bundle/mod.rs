@@ -3,7 +3,6 @@
 //! What both sides share:
 //! - [`manifest`]: the manifest's format and its pure consistency checks.
 //! - [`Summary`] (`summary.rs`): what a bundle carries, for logs and status.
-//! - [`hash_file`] (`hash.rs`): BLAKE3 of a whole file.
 //! - [`delta`]: a large file's content-defined chunks, its signature, and
 //!   the recipe that rebuilds a new version from an old one (pure).
 //!
@@ -66,7 +65,6 @@ pub mod zip_end;
 
 mod cutter;
 mod delta_pack;
-mod hash;
 mod known;
 mod large;
 mod limits;
@@ -75,6 +73,5 @@ mod summary;
 mod writer;
 mod zip_entry;
 
-pub use hash::{hash_file, hash_reader};
 pub use manifest::Manifest;
 pub use summary::Summary;

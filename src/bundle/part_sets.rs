@@ -351,7 +351,7 @@ fn complete_part_set(
             .map(|h| parse_cv(h))
             .collect::<Option<Vec<_>>>()
             .and_then(|cvs| file_hash(&cvs, part_len, p.file_size)),
-        None => Some(super::hash::hash_file(&data_path).map_err(io_at(&data_path))?),
+        None => Some(crate::hash::hash_file(&data_path).map_err(io_at(&data_path))?),
     };
     if whole.map(|h| h.to_hex()).as_deref() != p.file_hash.as_deref() {
         drop_part_set(dir, &p.set);

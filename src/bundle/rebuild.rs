@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 
 use super::delta::Piece;
 use super::error::{BundleError, entry_err};
-use super::hash::hash_reader;
 use super::kept::{NOT_HELD, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
 use super::target::Target;
@@ -27,7 +26,7 @@ use super::unpack::{Failed, copy_exact, create_private, finish_file};
 use super::verify::OpenedZip;
 use crate::beneath::Root;
 
-/// Bytes copied at a time; hashed on every core.
+/// Bytes copied at a time; a read that fills them is hashed on every core.
 const BUF_BYTES: usize = 1 << 20;
 
 /// Rebuild every delta of `m` in `stage` (the `i`th as `d{i}`). Returns
@@ -77,7 +76,7 @@ enum Held {
 fn held_version(root: &Root, d: &DeltaEntry) -> Held {
     let hash_of = |size| {
         let f = open(root, &d.path, size).ok()?;
-        let hash = hash_reader(&f).ok()?;
+        let hash = crate::hash::hash_reader(&f, size).ok()?;
         Some((f, hash.to_hex()))
     };
     let Some((mut f, hash)) = hash_of(d.base_size) else {

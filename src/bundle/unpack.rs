@@ -62,7 +62,7 @@ pub(super) fn copy_counted(
                 format!("holds more than the {size} bytes declared"),
             ));
         }
-        super::hash::update(hasher, &buf[..n]);
+        crate::hash::update(hasher, &buf[..n]);
         out.write_all(&buf[..n]).map_err(io_at(dest))?;
         if total - handed >= WRITEBACK_EVERY {
             // Asked once a stride, not once a file: most files are smaller.
@@ -128,7 +128,7 @@ pub(super) fn copy_exact(
             Ok(n) => n,
             Err(e) => return Err(Failed::Read(e)),
         };
-        super::hash::update(hasher, &buf[..n]);
+        crate::hash::update(hasher, &buf[..n]);
         out.write_all(&buf[..n])
             .map_err(|e| Failed::Refused(io_at(dest)(e)))?;
         len -= n as u64;

@@ -45,7 +45,7 @@ pub async fn session_as(addr: std::net::SocketAddr, sender: &str) -> (Connection
 
 /// Send the packed bundle `b` with its true trailer; the receiver's answer.
 pub async fn send(c: &mut Connection<TcpStream>, b: &Packed) -> Frame {
-    let hash = shipper::bundle::hash_file(&b.path).unwrap();
+    let hash = shipper::hash::hash_file(&b.path).unwrap();
     send_file(c, b.seq, &b.path, b.size, *hash.as_bytes()).await
 }
 
@@ -82,7 +82,7 @@ pub async fn send_frames(
 
 /// `b` as [`send_frames`] takes it, with its true trailer.
 async fn send_packed_frames(c: &mut Connection<TcpStream>, b: &Packed) {
-    let hash = *shipper::bundle::hash_file(&b.path).unwrap().as_bytes();
+    let hash = *shipper::hash::hash_file(&b.path).unwrap().as_bytes();
     send_frames(c, b.seq, &b.path, b.size, hash).await;
 }
 
@@ -364,7 +364,7 @@ async fn a_bundle_failing_its_trailer_is_refused_and_root_untouched() {
     let b = pack(&env.src(), &env.path().join("out"), 1, &[]);
     let r = env.start_receiver("").await;
     let (mut c, _) = session(r.addr).await;
-    let mut wrong = *shipper::bundle::hash_file(&b.path).unwrap().as_bytes();
+    let mut wrong = *shipper::hash::hash_file(&b.path).unwrap().as_bytes();
     wrong[0] ^= 1;
     match send_file(&mut c, b.seq, &b.path, b.size, wrong).await {
         Frame::Refuse {

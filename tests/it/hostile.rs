@@ -49,7 +49,7 @@ fn hostile_env() -> Env {
 pub async fn send_hostile(addr: std::net::SocketAddr, name: &str) -> Frame {
     let bundle = hostile_dir().join(format!("{name}.zip"));
     let size = std::fs::metadata(&bundle).unwrap().len();
-    let hash = *shipper::bundle::hash_file(&bundle).unwrap().as_bytes();
+    let hash = *shipper::hash::hash_file(&bundle).unwrap().as_bytes();
     let (mut c, _) = crate::bundles::session_as(addr, "hostile").await;
     crate::bundles::send_file(&mut c, 1, &bundle, size, hash).await
 }
