@@ -42,6 +42,21 @@ pub use super::verify::{DEFAULT_MAX_ENTRIES, Limits, Opened, open};
 
 /// Bytes read from the zip at a time while unpacking.
 const UNPACK_BUFFER_BYTES: usize = 1 << 20;
+
+/// The smallest buffer entries are unpacked through: never empty, so an
+/// entry holding more than its declared size (even of 0) is always caught.
+const UNPACK_BUFFER_MIN: usize = 8 << 10;
+
+/// The buffer to unpack entries of these sizes through: no larger than
+/// the largest needs (zeroing it is paid once a bundle, and most bundles
+/// are a few small files).
+fn unpack_buffer(sizes: impl Iterator<Item = u64>) -> Vec<u8> {
+    let largest = sizes.max().unwrap_or(0).saturating_add(1);
+    let len = usize::try_from(largest).map_or(UNPACK_BUFFER_BYTES, |n| {
+        n.clamp(UNPACK_BUFFER_MIN, UNPACK_BUFFER_BYTES)
+    });
+    vec![0u8; len]
+}
 /// A bundle gets one more unpacking worker (up to one per core) for every
 /// this many whole files: fewer are not worth opening the zip again.
 const FILES_PER_WORKER: usize = 16;
@@ -157,7 +172,7 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
         completed: Vec::new(),
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
-    let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
+    let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
     let hashes = PartHashes::of_format(m.format);
     for (j, p) in m.parts.iter().enumerate() {
         let name = p.entry_name();
@@ -203,7 +218,7 @@ fn stage_files(
     // Once one worker fails, the others stop at their next file.
     let failed = AtomicBool::new(false);
     let share = |zip: &mut OpenedZip, w: usize| {
-        let mut buf = vec![0u8; UNPACK_BUFFER_BYTES];
+        let mut buf = unpack_buffer(m.files.iter().skip(w).step_by(workers).map(|f| f.size));
         for i in (w..m.files.len()).step_by(workers) {
             if failed.load(Ordering::Relaxed) {
                 break;
@@ -410,6 +425,17 @@ mod tests {
     use crate::bundle::pack::{self, PackItem, Packer};
     use crate::changes::Op;
     use rustix::io::Errno;
+
+    #[test]
+    fn the_unpack_buffer_is_never_empty_and_no_larger_than_needed() {
+        // It was 1 MiB, zeroed, for every bundle of a few small files;
+        // empty, it would let an entry of size 0 hold bytes unseen.
+        let len = |sizes: &[u64]| unpack_buffer(sizes.iter().copied()).len();
+        assert_eq!(len(&[]), UNPACK_BUFFER_MIN);
+        assert_eq!(len(&[0, 0]), UNPACK_BUFFER_MIN);
+        assert_eq!(len(&[100, 20_000, 3]), 20_001);
+        assert_eq!(len(&[5 << 30]), UNPACK_BUFFER_BYTES);
+    }
 
     /// Bundles of `src`'s files (large ones in parts of 4 KiB) and
     /// `deletions`, in `dir`, none over `max_size` bytes.
