@@ -12,40 +12,84 @@ the guest sees as a slow copy into that page. bench.py's large-file row
 shipper (the sender's outbox, the receiver's bundle, the file) and once
 for rsync, so this rate bounds it.
 
-This writes --mib MiB files of random bytes, one after another, on
-bench.py's journaled loop filesystem, two ways: each file kept (every
-write takes pages not used since they were handed back), then each
-deleted just after it is written (the next write can reuse its pages).
-It prints each write's time and system CPU seconds, and how much memory
-the guest reported free to its host before and meanwhile. About 30 seconds.
-Standard library only.
+As root (it makes and mounts bench.py's journaled ext4 on a loop device,
+and removes it after), this writes --mib MiB files of random bytes one
+after another, two ways: each file kept, written once the guest has
+stopped reporting freed memory for 2 s (the write takes pages that went
+back to the host), then each file deleted just after it is written, after
+one untimed such write (each write can reuse the pages the one before
+gave back). Each file is written back to the disk with fsync outside the
+timed write, so no write pays for another's writeback. It prints each write's time and system CPU seconds, the
+page_reporting settings, and how much memory the guest reported free to
+its host. About 30 seconds. Standard library only.
 """
 import argparse, os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
 
-REPORTED = "/sys/module/page_reporting/parameters/reported_kib"
+REPORTING = "/sys/module/page_reporting/parameters"
 
 
 def reported_kib():
     """KiB the guest has reported free to its host since it started, or
-    None where the kernel does not report (no such module parameter)."""
+    None where the kernel keeps no such count (a stock kernel has only
+    page_reporting_order)."""
     try:
-        with open(REPORTED) as f:
+        with open(os.path.join(REPORTING, "reported_kib")) as f:
             return int(f.read())
     except (OSError, ValueError):
         return None
 
 
+def settings():
+    """The page_reporting module's parameters, as `name=value`."""
+    try:
+        names = sorted(os.listdir(REPORTING))
+    except OSError:
+        return None
+    out = []
+    for n in names:
+        try:
+            with open(os.path.join(REPORTING, n)) as f:
+                out.append(f"{n}={f.read().strip()}")
+        except OSError:
+            pass
+    return " ".join(out)
+
+
+def quiet(limit=30.0):
+    """Wait (at most `limit` s) until the guest has reported nothing for 2 s."""
+    end = time.monotonic() + limit
+    last, since = reported_kib(), time.monotonic()
+    while last is not None and time.monotonic() < end:
+        time.sleep(0.5)
+        now = reported_kib()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= 2.0:
+            return
+
+
+def mem_free():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemFree:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def write(path, mib, block):
-    """Write `mib` MiB of `block` to `path`; its wall and system seconds."""
+    """Write `mib` MiB of `block` to `path` (timed: wall and system
+    seconds), then fsync it (untimed)."""
     t0, c0 = time.monotonic(), os.times()
     with open(path, "wb") as f:
         for _ in range(mib):
             f.write(block)
-    c1 = os.times()
-    return time.monotonic() - t0, c1.system - c0.system
+        c1 = os.times()
+        wall = time.monotonic() - t0
+        os.fsync(f.fileno())
+    return wall, c1.system - c0.system
 
 
 def main():
@@ -53,34 +97,41 @@ def main():
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    block = os.urandom(1 << 20)
+    # Each kept file holds its pages, and the loop device's backing file
+    # holds a copy: past free memory, writes would take pages from the
+    # page cache instead of new ones.
+    need = 2 * args.mib * args.rounds * 2**20 + 2**30
+    if mem_free() < need:
+        sys.exit(f"pagecache.py: needs {need / 2**30:.1f} GiB of free memory, the machine has {mem_free() / 2**30:.1f}; "
+                 "lower --mib or --rounds")
+    print(f"page_reporting: {settings() or 'not in this kernel'}")
     since_boot = reported_kib()
     if since_boot is not None:
         print(f"reported free to the host since the machine started: {since_boot / 2**20:.1f} GiB", flush=True)
+    block = os.urandom(1 << 20)
     fs = bench.LoopFs()
     try:
         rows = []
-        for way in ("kept", "deleted after"):
+        def timed(way, i, path):
             before = reported_kib()
-            for i in range(args.rounds):
-                path = os.path.join(fs.mnt, f"{way[0]}{i}")
-                wall, sys_s = write(path, args.mib, block)
-                if way != "kept":
-                    os.unlink(path)
-                rows.append((way, i, wall, sys_s))
-                print(f"{way}: write {i}: {wall:.2f} s, system {sys_s:.2f} s", flush=True)
+            wall, sys_s = write(path, args.mib, block)
+            if way != "kept":
+                os.unlink(path)
             after = reported_kib()
-            if before is not None and after is not None:
-                print(f"{way}: reported free to the host meanwhile: {(after - before) / 2**20:.1f} GiB", flush=True)
-            for name in os.listdir(fs.mnt):
-                if name[0] == way[0]:
-                    os.unlink(os.path.join(fs.mnt, name))
-            os.sync()
+            freed = "" if before is None else f", {(after - before) / 2**20:.1f} GiB reported free meanwhile"
+            print(f"{way}: write {i}: {wall:.2f} s, system {sys_s:.2f} s{freed}", flush=True)
+            rows.append((way, i, wall, sys_s))
+        for i in range(args.rounds):
+            quiet()
+            timed("kept", i, os.path.join(fs.mnt, f"k{i}"))
+        # The first write of this way takes its pages anew: untimed.
+        write(os.path.join(fs.mnt, "warm"), args.mib, block)
+        os.unlink(os.path.join(fs.mnt, "warm"))
+        for i in range(args.rounds):
+            timed("deleted after", i, os.path.join(fs.mnt, f"d{i}"))
         print(f"\n| way | write | {args.mib} MiB in | system CPU |\n|---|---|---|---|")
-        for way, i, wall, sys_s in rows:
+        for way, i, wall, sys_s in sorted(rows):
             print(f"| {way} | {i} | {wall:.2f} s | {sys_s:.2f} s |")
-        if reported_kib() is None:
-            print("\nThis kernel does not report free memory to a host (no page_reporting module).")
     finally:
         fs.close()
 
