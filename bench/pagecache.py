@@ -19,7 +19,9 @@ stopped reporting freed memory for 2 s (the write takes pages that went
 back to the host), then each file deleted just after it is written, after
 one untimed such write (each write can reuse the pages the one before
 gave back). Each file is written back to the disk with fsync outside the
-timed write, so no write pays for another's writeback. It prints each write's time and system CPU seconds, the
+timed write, so no write pays for another's writeback. (The first kept
+write may still be fast: a guest may hold some freed memory back
+unreported, up to max_waiting_mib on this machine's kernel.) It prints each write's time and system CPU seconds, the
 page_reporting settings, and how much memory the guest reported free to
 its host. About 30 seconds. Standard library only.
 """
