@@ -16,16 +16,18 @@ As root (it makes and mounts bench.py's journaled ext4 on a loop device,
 and removes it after), this writes --mib MiB files of random bytes one
 after another, two ways: each file kept, written once the guest has
 stopped reporting freed memory for 2 s (the write takes pages that went
-back to the host), then each file deleted just after it is written, after
-one untimed such write (each write can reuse the pages the one before
-gave back). Each file is written back to the disk with fsync outside the
-timed write, so no write pays for another's writeback. (The first kept
-write may still be fast: a guest may hold some freed memory back
-unreported, up to max_waiting_mib on this machine's kernel.) It prints each write's time and system CPU seconds, the
-page_reporting settings, and how much memory the guest reported free to
-its host. About 30 seconds. Standard library only.
+back to the host; on a kernel that keeps no count of what it reported,
+it does not wait), then each file deleted just after it is written,
+after one untimed such write (each write can reuse the pages the one
+before gave back). Each file is written back to the disk with fsync
+outside the timed write, so no write pays for another's writeback. The
+first kept write may still be fast: a guest may hold some freed memory
+back unreported (up to max_waiting_mib on this machine's kernel). It
+prints each write's time and system CPU seconds, the page_reporting
+settings, and how much memory the guest reported free to its host. About
+30 seconds. Standard library only.
 """
-import argparse, os, sys, time
+import argparse, os, shutil, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -99,12 +101,16 @@ def main():
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    # Each kept file holds its pages, and the loop device's backing file
-    # holds a copy: past free memory, writes would take pages from the
-    # page cache instead of new ones.
-    need = 2 * args.mib * args.rounds * 2**20 + 2**30
+    # Each kept file holds its pages (the loop device writes its backing
+    # file with direct I/O: no second copy); past free memory, writes
+    # would take pages from the page cache instead of new ones.
+    need = args.mib * args.rounds * 2**20 + 2**30
     if mem_free() < need:
         sys.exit(f"pagecache.py: needs {need / 2**30:.1f} GiB of free memory, the machine has {mem_free() / 2**30:.1f}; "
+                 "lower --mib or --rounds")
+    disk = (args.rounds + 1) * args.mib * 2**20 + 2**30
+    if shutil.disk_usage("/var/tmp").free < disk:
+        sys.exit(f"pagecache.py: needs {disk / 2**30:.1f} GiB free in /var/tmp for the loop filesystem's image; "
                  "lower --mib or --rounds")
     print(f"page_reporting: {settings() or 'not in this kernel'}")
     since_boot = reported_kib()

@@ -60,7 +60,7 @@ pub fn hash_reader(mut file: impl Read, expected_len: u64) -> io::Result<blake3:
 pub fn hash_through(mut file: impl Read, buf: &mut [u8]) -> io::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
     loop {
-        let n = file.read(buf)?;
+        let n = read_once(&mut file, buf)?;
         if n == 0 {
             return Ok(hasher.finalize());
         }
@@ -69,23 +69,41 @@ pub fn hash_through(mut file: impl Read, buf: &mut [u8]) -> io::Result<blake3::H
 }
 
 /// The buffer a file expected to hold `expected_len` bytes is first read
-/// through: one byte more, so the read that finds its end is the second.
+/// through.
 fn first_read(expected_len: u64) -> usize {
-    usize::try_from(expected_len.saturating_add(1)).map_or(PIECE, |n| n.clamp(MIN_READ, PIECE))
+    buffer_len(expected_len, MIN_READ, PIECE)
+}
+
+/// The length of a buffer to read `expected_len` bytes through, between
+/// `min` and `max`: one byte more than them, so the read that finds their
+/// end is the second, not a third. Zeroing a buffer is paid each time one
+/// is made; reading through one larger than the bytes gains nothing.
+pub fn buffer_len(expected_len: u64, min: usize, max: usize) -> usize {
+    usize::try_from(expected_len.saturating_add(1)).map_or(max, |n| n.clamp(min, max))
 }
 
 /// Read into `buf` until it is full or `file` ends; how much was read.
 fn fill(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match file.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match read_once(file, &mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
         }
     }
     Ok(filled)
+}
+
+/// One read into `buf` (not empty: an empty one would read as the end),
+/// tried again while interrupted.
+fn read_once(file: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    debug_assert!(!buf.is_empty(), "an empty buffer reads as the end");
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            r => return r,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -97,7 +115,7 @@ mod tests {
     }
 
     #[test]
-    fn a_file_hashes_as_its_bytes_at_every_buffer_boundary() {
+    fn a_file_hashes_as_its_bytes_around_every_buffer_size() {
         let dir = tempfile::tempdir().unwrap();
         let lens = [
             0,
@@ -120,7 +138,14 @@ mod tests {
 
     #[test]
     fn a_file_holding_more_or_less_than_expected_is_hashed_whole() {
-        for (len, expected) in [(10_000, 0), (3 * PIECE + 5, 100), (100, 1 << 30)] {
+        let cases = [
+            (10_000, 0),
+            (MIN_READ, 0),
+            (2 * MIN_READ, 0),
+            (3 * PIECE + 5, 100),
+            (100, 1 << 30),
+        ];
+        for (len, expected) in cases {
             let data = bytes(len);
             let hash = hash_reader(&data[..], expected).unwrap();
             assert_eq!(
@@ -140,8 +165,8 @@ mod tests {
         assert_eq!(first_read(PIECE as u64), PIECE);
     }
 
-    /// Hands out at most `most` bytes a read, sometimes one, and fails
-    /// after `fail_after` bytes if set.
+    /// Hands out at most `most` bytes a read, sometimes one, is sometimes
+    /// interrupted, and fails after `fail_after` bytes if set.
     struct Trickle<'a> {
         data: &'a [u8],
         most: usize,
@@ -156,6 +181,9 @@ mod tests {
                 return Err(io::Error::other("the disk went away"));
             }
             self.reads += 1;
+            if self.reads.is_multiple_of(5) {
+                return Err(io::ErrorKind::Interrupted.into());
+            }
             let most = if self.reads.is_multiple_of(3) {
                 1
             } else {
@@ -170,7 +198,7 @@ mod tests {
     }
 
     #[test]
-    fn short_reads_hash_the_same_and_a_failed_read_is_an_error() {
+    fn short_and_interrupted_reads_hash_the_same_and_a_failed_read_is_an_error() {
         let data = bytes(300_000);
         let trickle = |fail_after| Trickle {
             data: &data,

@@ -9,6 +9,8 @@
 //! - [`changes`]: the change set: coalescing, settle, max_delay. Pure.
 //! - [`schedule`]: interval or cron ticks. Pure.
 //! - [`source_dir`]: reading below the source, never through a symlink.
+//! - [`hash`]: BLAKE3 of a file or a reader, through a buffer sized to it;
+//!   when a hash is spread over the cores (both sides).
 //! - [`bundle`]: manifest (pure), packing, verifying and applying zips.
 //! - [`sender`]: the sender's loop, its outbox and one transport per receiver.
 //! - [`ledger`]: what the receivers acknowledged, per path, durably (sender).

@@ -40,26 +40,24 @@ pub use super::part_sets::expire_part_sets;
 pub use super::target::{KeepAs, Target, default_staging, sibling_staging};
 pub use super::verify::{DEFAULT_MAX_ENTRIES, Limits, Opened, open};
 
-/// Bytes read from the zip at a time while unpacking.
+/// At most the bytes read from the zip at a time while unpacking.
 const UNPACK_BUFFER_BYTES: usize = 1 << 20;
 
 /// The smallest buffer entries are unpacked through: never empty, so an
 /// entry holding more than its declared size (even of 0) is always caught.
 const UNPACK_BUFFER_MIN: usize = 8 << 10;
 
+/// A bundle gets one more unpacking worker (up to one per core) for every
+/// this many whole files: fewer are not worth opening the zip again.
+const FILES_PER_WORKER: usize = 16;
+
 /// The buffer to unpack entries of these sizes through: no larger than
 /// the largest needs (zeroing it is paid once a bundle, and most bundles
 /// are a few small files).
 fn unpack_buffer(sizes: impl Iterator<Item = u64>) -> Vec<u8> {
-    let largest = sizes.max().unwrap_or(0).saturating_add(1);
-    let len = usize::try_from(largest).map_or(UNPACK_BUFFER_BYTES, |n| {
-        n.clamp(UNPACK_BUFFER_MIN, UNPACK_BUFFER_BYTES)
-    });
-    vec![0u8; len]
+    let largest = sizes.max().unwrap_or(0);
+    vec![0u8; crate::hash::buffer_len(largest, UNPACK_BUFFER_MIN, UNPACK_BUFFER_BYTES)]
 }
-/// A bundle gets one more unpacking worker (up to one per core) for every
-/// this many whole files: fewer are not worth opening the zip again.
-const FILES_PER_WORKER: usize = 16;
 
 /// What applying a bundle did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -26,7 +26,7 @@ use crate::beneath::Root;
 use crate::hash::hash_reader;
 
 /// At most the bytes read at a time while copying a file of root (hashed
-/// as it is copied); a smaller file is copied through a buffer its size.
+/// as it is copied); a smaller file is copied through a buffer just larger.
 const BUF_BYTES: usize = 256 << 10;
 
 /// Check the files `m` keeps and stage the files it copies (the `i`th as
@@ -131,9 +131,7 @@ pub(super) fn stage_copy(
         hash_reader(clone, c.size).map_err(Failed::Read)
     } else {
         let mut hasher = blake3::Hasher::new();
-        // No larger than the file: zeroing the buffer is paid per copy.
-        let len = usize::try_from(c.size).map_or(BUF_BYTES, |n| n.min(BUF_BYTES));
-        let mut buf = vec![0u8; len];
+        let mut buf = vec![0u8; crate::hash::buffer_len(c.size, 1, BUF_BYTES)];
         let to = &mut (&mut out, dest, &mut hasher);
         copy_exact(&mut src, c.size, to, &mut buf).map(|()| hasher.finalize())
     };

@@ -26,7 +26,8 @@ use super::unpack::{Failed, copy_exact, create_private, finish_file};
 use super::verify::OpenedZip;
 use crate::beneath::Root;
 
-/// Bytes copied at a time; a read that fills them is hashed on every core.
+/// Bytes copied at a time (reads of 256 KiB and more are hashed on every
+/// core: [`crate::hash::update`]).
 const BUF_BYTES: usize = 1 << 20;
 
 /// Rebuild every delta of `m` in `stage` (the `i`th as `d{i}`). Returns

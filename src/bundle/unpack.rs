@@ -45,6 +45,7 @@ pub(super) fn copy_counted(
     dest: &Path,
     buf: &mut [u8],
 ) -> Result<(), BundleError> {
+    debug_assert!(!buf.is_empty(), "an empty buffer reads as the end");
     let mut total = 0u64;
     // How much of what was copied went to the disk.
     let mut handed = 0u64;
