@@ -51,9 +51,9 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
 pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 
 /// Whether to deflate what is worth deflating, under `mode`, given the
-/// choice of each receiver's link ([`Link::stores`]; `None`: not measured
-/// yet). Every receiver gets the same bundles: one link that deflates
-/// decides, and one not measured yet counts as slow.
+/// choice of each receiver's link ([`Link::stores_if_measured`]; `None`:
+/// not measured yet). Every receiver gets the same bundles: one link that
+/// deflates decides, and one not measured yet counts as slow.
 pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool>>) -> bool {
     match mode {
         Compress::Always => true,
@@ -181,8 +181,9 @@ impl Link {
         }
     }
 
-    /// Whether it stores, `None` while it was never measured.
-    pub(super) fn stores(&self) -> Option<bool> {
+    /// Whether it stores ([`Link::stores`]), `None` while it was never
+    /// measured (when `stores` is false for want of a measure).
+    pub(super) fn stores_if_measured(&self) -> Option<bool> {
         self.rate().map(|_| self.stores)
     }
 
@@ -302,7 +303,7 @@ impl LinkRates {
     /// Asked for every file packed: the links are read in place, not copied.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        deflate_pays(mode, links.iter().map(Link::stores))
+        deflate_pays(mode, links.iter().map(Link::stores_if_measured))
     }
 
     /// How large the next run's first bundle may be, under `mode`.
