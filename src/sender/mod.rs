@@ -92,13 +92,38 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let _lock = start::lock_state_dir(&cfg)?;
-    let stores = start::open_stores(&cfg)?;
-    info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.destinations().join(", "), "sender starting");
     // Never ship our own state if it lives inside the source tree.
-    let ignore = vec![stores.state_dir.clone()];
+    let ignore = vec![start::canonical_state_dir(&cfg)?];
+    // A source already there is watched, and its catch-up walk started,
+    // while the state loads: at a million files the walk and the load of
+    // the acknowledged state each take seconds, on a core each. A missing
+    // source is looked at once the state says whether to create it (a
+    // first start) or to hold. The walk's result waits in its channel
+    // until the loop below compares it.
+    let early = if cfg.source.is_dir() {
+        let (mut source, first_look, feeds) =
+            Source::start(&cfg.source, &cfg.exclude, ignore.clone())?;
+        let watch_rx = source.follow(first_look);
+        Some((source, watch_rx, feeds))
+    } else {
+        None
+    };
+    let stores = {
+        let cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || start::open_stores(&cfg))
+            .await
+            .map_err(|e| anyhow::anyhow!("loading the sender's state: {e}"))??
+    };
+    info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.destinations().join(", "), "sender starting");
     // The source is followed by its path: the sentinel reports another
     // directory there (already watched) or none.
-    let (source, first_look, mut feeds) = Source::start(&cfg.source, &cfg.exclude, ignore)?;
+    let (source, first_look, mut feeds) = match early {
+        Some((source, watch_rx, feeds)) => (source, FirstLook::Followed(watch_rx), feeds),
+        None => {
+            let (source, first_look, feeds) = Source::start(&cfg.source, &cfg.exclude, ignore)?;
+            (source, FirstLook::Pending(first_look), feeds)
+        }
+    };
     let (control_tx, mut control_rx) = mpsc::channel::<Call>(16);
     let control_task = tokio::spawn(control::serve(
         (control::socket_path(&stores.state_dir), "sender"),
@@ -112,7 +137,10 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     // empty state everything is new, so the first bundles bring an empty
     // receiver up to date. The watch is already running, so nothing written
     // during the walk is missed. A missing source is held instead.
-    let mut watch_rx = s.on_source(first_look);
+    let mut watch_rx = match first_look {
+        FirstLook::Pending(ev) => s.on_source(ev),
+        FirstLook::Followed(watch_rx) => watch_rx,
+    };
     let (report_tx, metrics_task) = start::serve_metrics(&s.cfg, &shutdown).await?;
     let metrics = metrics_task.is_some().then_some(&report_tx);
     let mut next_tick = s.next_tick();
@@ -147,6 +175,16 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         let _ = t.await;
     }
     Ok(())
+}
+
+/// The sentinel's first look at the source path at start.
+enum FirstLook {
+    /// Followed before the state loaded (the source was there): the watch's
+    /// events. Nothing was pending or queued yet for `on_source` to drop or
+    /// refuse.
+    Followed(Option<mpsc::UnboundedReceiver<WatchMsg>>),
+    /// To follow once the sender runs.
+    Pending(SourceEvent),
 }
 
 /// The select loop's state: each part in its room.
