@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,6 +34,16 @@ pub(super) struct Source {
     exclude: Excludes,
     /// Never walked (the sender's own state, if inside the source).
     ignore: Vec<PathBuf>,
+    /// Set when the source is dropped (the sender stops, or failed to
+    /// start): walks under way give up instead of listing the rest of the
+    /// tree for no one.
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// What the source reports to the sender's loop.
@@ -65,6 +76,7 @@ impl Source {
             walks: walks_tx,
             exclude: exclude.clone(),
             ignore,
+            stop: Arc::default(),
         };
         Ok((source, first_look, Feeds { events, walks }))
     }
@@ -97,14 +109,17 @@ impl Source {
     pub(super) fn scan(&self, dir: PathBuf) {
         let (base, ex, ignore) = (self.dir.clone(), self.exclude.clone(), self.ignore.clone());
         let tx = self.walks.clone();
-        let guard = self.watch_guard.clone();
+        let (guard, stop) = (self.watch_guard.clone(), self.stop.clone());
         tokio::task::spawn_blocking(move || {
             let watch = |d: &Path| match &guard {
                 // The source itself is watched with it.
                 Some(g) if d != base => g.watch_one(d).map_err(|e| e.to_string()),
                 _ => Ok(()),
             };
-            let _ = tx.send(watcher::walk_watching(&base, &dir, &ex, &ignore, &watch));
+            // A walk given up (the source dropped) has no result to send.
+            if let Some(walk) = watcher::walk_watching(&base, &dir, &ex, &ignore, (&watch, &stop)) {
+                let _ = tx.send(walk);
+            }
         });
     }
 

@@ -9,11 +9,16 @@
 //! an event, so nothing falls between the two. One pass does both: a
 //! recursive watch would first stat every file of the tree on its own.
 //!
+//! A walk given a stop flag gives up once it is set, and then returns no
+//! result at all: a walk cut short must never be compared, since what it
+//! did not reach would look deleted.
+//!
 //! Blocking: it reads the filesystem and /proc, and the clock to say when
 //! it began and how long it took. Never follows a symlink.
 
 use std::fs::Metadata;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::paths::{Excludes, relative, unshippable_name};
 use crate::stamp::Stamp;
@@ -66,18 +71,25 @@ pub fn is_gone(e: &std::io::Error) -> bool {
 /// Walk `dir` (below `base`): every regular file, directory and symlink
 /// not excluded, in shipped form, with its stat. Blocking.
 pub fn walk(base: &Path, dir: &Path, excludes: &Excludes, ignore: &[PathBuf]) -> Walk {
-    walk_watching(base, dir, excludes, ignore, &|_| Ok(()))
+    let never = AtomicBool::new(false);
+    walk_watching(base, dir, excludes, ignore, (&|_| Ok(()), &never))
+        .expect("a walk nothing can stop runs to its end")
 }
 
+/// What a walk calls on each directory just before listing it (to watch
+/// it); an error names the directory and is counted as unwatched.
+pub type WatchDir<'a> = dyn Fn(&Path) -> Result<(), String> + 'a;
+
 /// [`walk`], calling `watch` on each directory it lists (not excluded,
-/// not ignored) just before listing it. Blocking.
+/// not ignored) just before listing it; `None`, with no result, if `stop`
+/// is set before it ends (checked before each directory). Blocking.
 pub fn walk_watching(
     base: &Path,
     dir: &Path,
     excludes: &Excludes,
     ignore: &[PathBuf],
-    watch: &dyn Fn(&Path) -> Result<(), String>,
-) -> Walk {
+    (watch, stop): (&WatchDir<'_>, &AtomicBool),
+) -> Option<Walk> {
     let started = std::time::Instant::now();
     let mut w = Walker {
         base,
@@ -100,13 +112,16 @@ pub fn walk_watching(
         Err(e) => w.unreadable(dir, &e),
     }
     while let Some(d) = w.pending.pop() {
+        if stop.load(Ordering::Relaxed) {
+            return None;
+        }
         w.list(&d);
     }
     let mut out = w.out;
     out.writers_at = Some(std::time::Instant::now());
     out.writers = open_for_writing(base);
     out.took = started.elapsed();
-    out
+    Some(out)
 }
 
 /// One walk under way: the directories still to list, and what it found.
@@ -114,7 +129,7 @@ struct Walker<'a> {
     base: &'a Path,
     excludes: &'a Excludes,
     ignore: &'a [PathBuf],
-    watch: &'a dyn Fn(&Path) -> Result<(), String>,
+    watch: &'a WatchDir<'a>,
     pending: Vec<PathBuf>,
     out: Walk,
 }
@@ -303,6 +318,40 @@ mod tests {
     }
 
     #[test]
+    fn a_walk_stopped_before_its_end_gives_no_result() {
+        // A sender that failed to start waited for its whole catch-up walk
+        // (seconds at a million files) before it could say why.
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        for d in ["a/b", "c/d", "e"] {
+            std::fs::create_dir_all(base.join(d)).unwrap();
+            std::fs::write(base.join(d).join("f"), "x").unwrap();
+        }
+        let stop = AtomicBool::new(false);
+        let listed = std::sync::atomic::AtomicUsize::new(0);
+        // The sender goes away while the second directory is listed.
+        let watch = |_: &Path| {
+            if listed.fetch_add(1, Ordering::Relaxed) == 1 {
+                stop.store(true, Ordering::Relaxed);
+            }
+            Ok(())
+        };
+        let none = Excludes::new::<&str>(&[]).unwrap();
+        assert!(walk_watching(&base, &base, &none, &[], (&watch, &stop)).is_none());
+        assert_eq!(
+            listed.load(Ordering::Relaxed),
+            2,
+            "no directory listed after the stop"
+        );
+        stop.store(false, Ordering::Relaxed);
+        let whole = walk_watching(&base, &base, &none, &[], (&|_| Ok(()), &stop)).unwrap();
+        assert_eq!(
+            whole.dirs, 6,
+            "unstopped, it lists the source and its five directories"
+        );
+    }
+
+    #[test]
     fn a_walk_watches_each_directory_it_lists_before_listing_it() {
         let dir = tempfile::tempdir().unwrap();
         let base = dir.path().canonicalize().unwrap();
@@ -323,7 +372,15 @@ mod tests {
                 Ok(())
             }
         };
-        let w = walk_watching(&base, &base, &excludes, &[base.join("state")], &watch);
+        let never = AtomicBool::new(false);
+        let w = walk_watching(
+            &base,
+            &base,
+            &excludes,
+            &[base.join("state")],
+            (&watch, &never),
+        )
+        .unwrap();
         let mut watched = watched.into_inner().unwrap();
         watched.sort();
         assert_eq!(watched, ["", "a", "a/b"], "not excluded or ignored ones");
