@@ -254,8 +254,9 @@ def fmt_cpu(c):
 
 
 def fmt_split(parts):
-    """The catch-up's parts the sender logs: loading its state, the walk."""
-    return ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
+    """The catch-up's parts the sender logs: loading its state, the walk.
+    A source that is there is walked while the state loads: they overlap."""
+    return "overlapping: " + ", ".join(f"{k} {v:.1f} s" for k, v in parts.items())
 
 
 def fmt_took(secs):

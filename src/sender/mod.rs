@@ -45,6 +45,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -100,25 +101,30 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     // source is looked at once the state says whether to create it (a
     // first start) or to hold. The walk's result waits in its channel
     // until the loop below compares it.
-    let early = if cfg.source.is_dir() {
-        let (mut source, first_look, feeds) =
-            Source::start(&cfg.source, &cfg.exclude, ignore.clone())?;
-        let watch_rx = source.follow(first_look);
-        Some((source, watch_rx, feeds))
-    } else {
-        None
+    // The source is followed by its path: the sentinel reports another
+    // directory there (already watched) or none. (Gone again since it was
+    // looked at, it is looked at again once the state loaded, as a
+    // missing one.)
+    let early = match cfg.source.is_dir() {
+        true => Some(Source::start(&cfg.source, &cfg.exclude, ignore.clone())?),
+        false => None,
     };
+    let early = early.and_then(|(mut source, first_look, feeds)| match first_look {
+        SourceEvent::Watched(_) => {
+            let watch_rx = source.follow(first_look);
+            Some((source, FirstLook::Followed(watch_rx), feeds))
+        }
+        _ => None,
+    });
     let stores = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || start::open_stores(&cfg))
             .await
-            .map_err(|e| anyhow::anyhow!("loading the sender's state: {e}"))??
+            .context("loading the sender's state")??
     };
     info!(id = %stores.state.id, source = %cfg.source.display(), receivers = %cfg.destinations().join(", "), "sender starting");
-    // The source is followed by its path: the sentinel reports another
-    // directory there (already watched) or none.
     let (source, first_look, mut feeds) = match early {
-        Some((source, watch_rx, feeds)) => (source, FirstLook::Followed(watch_rx), feeds),
+        Some(early) => early,
         None => {
             let (source, first_look, feeds) = Source::start(&cfg.source, &cfg.exclude, ignore)?;
             (source, FirstLook::Pending(first_look), feeds)

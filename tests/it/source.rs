@@ -146,6 +146,27 @@ async fn a_source_missing_at_restart_is_held_not_recreated_empty() {
     r.stop().await;
 }
 
+/// A first start with no source directory creates it, watches it and ships
+/// what is written there: only a source that something was shipped from
+/// is held when missing (the start walks a source that is there while its
+/// state loads, and looks at a missing one only after).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_without_a_source_creates_it_and_ships_from_it() {
+    let env = Env::new();
+    std::fs::remove_dir_all(env.src()).unwrap();
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_until("the sender to create its source", || env.src().is_dir()).await;
+    env.write("dir/a.html", "a");
+    wait_in_sync(&env).await;
+    assert_eq!(
+        std::fs::read_to_string(env.root().join("dir/a.html")).unwrap(),
+        "a"
+    );
+    s.stop().await;
+    r.stop().await;
+}
+
 /// Broke: with the source configured as a symlink (`current ->
 /// releases/1`), re-pointing it went unnoticed: the sender kept shipping
 /// the old release.
