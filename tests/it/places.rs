@@ -161,7 +161,9 @@ async fn one_config_with_root_inside_source_is_refused_before_anything_mirrors()
 
 /// A sender whose `state_dir` held its source (or was it) shipped nothing,
 /// and its start-up emptied `state_dir/outbox` whatever that held. A
-/// state_dir inside the source stays allowed and is never shipped.
+/// state_dir inside the source stays allowed and is never shipped, nor is
+/// the clearing of its leftovers at a restart (which runs while the
+/// source is walked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_state_dir_holding_its_source_is_refused() {
     for (source, state_dir) in [("site/src", "site"), ("src", "src")] {
@@ -192,10 +194,36 @@ async fn a_sender_state_dir_holding_its_source_is_refused() {
         .sender
         .unwrap();
     let stop = CancellationToken::new();
-    let sender = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
+    let sender = tokio::spawn(shipper::sender::run(cfg.clone(), stop.clone()));
     let root = env.root();
     wait_until("index.html published", || root.join("index.html").exists()).await;
     assert!(!root.join(".state").exists(), "sender state was shipped");
+    stop.cancel();
+    let _ = sender.await;
+
+    // Restarted with leftovers of a crash in its state: the source is
+    // walked while the state loads and clears them, and neither they nor
+    // their removal reach the receiver.
+    let state = env.src().join(".state");
+    let leftovers = [
+        state.join(format!("{}ledger", shipper::durable::TEMP_PREFIX)),
+        state.join("outbox/00000000000000000007.zip"),
+    ];
+    for l in &leftovers {
+        std::fs::write(l, "left by a crash").unwrap();
+    }
+    let stop = CancellationToken::new();
+    let sender = tokio::spawn(shipper::sender::run(cfg, stop.clone()));
+    env.write("two.html", "two");
+    wait_until("two.html published", || root.join("two.html").exists()).await;
+    for l in &leftovers {
+        assert!(!l.exists(), "{} was not cleared at start", l.display());
+    }
+    assert!(!root.join(".state").exists(), "sender state was shipped");
+    assert_eq!(
+        tree(&root).into_keys().collect::<Vec<_>>(),
+        ["index.html", "two.html"]
+    );
     stop.cancel();
     let _ = sender.await;
     r.stop().await;
