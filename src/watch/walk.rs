@@ -247,6 +247,13 @@ pub fn open_for_writing(base: &Path) -> std::collections::HashSet<String> {
 mod tests {
     use super::*;
 
+    /// A temporary directory and its canonical path (the walk's base).
+    fn canonical_tempdir() -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().canonicalize().unwrap();
+        (dir, base)
+    }
+
     #[test]
     fn files_held_open_for_writing_are_found() {
         let dir = tempfile::tempdir().unwrap();
@@ -284,8 +291,7 @@ mod tests {
     fn a_walk_lists_files_dirs_and_links_but_not_excluded_ignored_or_badly_named() {
         use crate::stamp::Kind;
         use std::os::unix::ffi::OsStrExt;
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().canonicalize().unwrap();
+        let (_dir, base) = canonical_tempdir();
         for d in ["a", "state", "cache"] {
             std::fs::create_dir(base.join(d)).unwrap();
         }
@@ -321,8 +327,7 @@ mod tests {
     fn a_walk_stopped_before_its_end_gives_no_result() {
         // A sender that failed to start waited for its whole catch-up walk
         // (seconds at a million files) before it could say why.
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().canonicalize().unwrap();
+        let (_dir, base) = canonical_tempdir();
         for d in ["a/b", "c/d", "e"] {
             std::fs::create_dir_all(base.join(d)).unwrap();
             std::fs::write(base.join(d).join("f"), "x").unwrap();
@@ -353,8 +358,7 @@ mod tests {
 
     #[test]
     fn a_walk_watches_each_directory_it_lists_before_listing_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let base = dir.path().canonicalize().unwrap();
+        let (_dir, base) = canonical_tempdir();
         for d in ["a/b", "cache", "state"] {
             std::fs::create_dir_all(base.join(d)).unwrap();
         }
