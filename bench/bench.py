@@ -680,19 +680,26 @@ def large(work, keys, mib):
     return ship, rs, fs
 
 
-def sender_status(s):
-    out = subprocess.run([BIN, "status", "--config", s.scfg, "--json"], check=True, capture_output=True, text=True).stdout
+def status(cfg):
+    """`shipper status --json` of the sender configured in `cfg`."""
+    out = subprocess.run([BIN, "status", "--config", cfg, "--json"], check=True, capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def meminfo(key):
+    """The machine's /proc/meminfo figure `key` (MemTotal, MemFree), in bytes."""
+    with open("/proc/meminfo") as f:
+        return next((int(l.split()[1]) * 1024 for l in f if l.startswith(key + ":")), 0)
 
 
 def shipped_bytes(s):
     """What the sender says it shipped to its receiver: bundle bytes."""
-    return sum(r["bytes_shipped"] for r in sender_status(s)["receivers"])
+    return sum(r["bytes_shipped"] for r in status(s.scfg)["receivers"])
 
 
 def all_acknowledged(s):
     """Whether the sender holds nothing pending and no bundle unacknowledged."""
-    st = sender_status(s)
+    st = status(s.scfg)
     return st["pending_paths"] == 0 and st["outbox_bytes"] == 0
 
 
@@ -1058,7 +1065,7 @@ def main():
                          f"publish = \"file\" {m_f*1000:.0f} ms", m_t / m_f, "none set (issue 15 asks for the cost)",
                          f"each bundle first hard-links the {files} files of the snapshot before (directories made anew), then syncs the filesystem once before root points at it"))
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
-    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
+    mem = meminfo("MemTotal") / 2**30
     rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     lsyncd_v = subprocess.run(["lsyncd", "--version"], capture_output=True, text=True).stdout.strip().splitlines()[0] if shutil.which("lsyncd") else "lsyncd not installed"
     ship_v = subprocess.run([BIN, "--version"], capture_output=True, text=True).stdout.strip()

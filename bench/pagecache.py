@@ -75,14 +75,6 @@ def quiet(limit=30.0):
             return
 
 
-def mem_free():
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemFree:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
 def write(path, mib, block):
     """Write `mib` MiB of `block` to `path` (timed: wall and system
     seconds), then fsync it (untimed)."""
@@ -105,8 +97,9 @@ def main():
     # file with direct I/O: no second copy); past free memory, writes
     # would take pages from the page cache instead of new ones.
     need = args.mib * args.rounds * 2**20 + 2**30
-    if mem_free() < need:
-        sys.exit(f"pagecache.py: needs {need / 2**30:.1f} GiB of free memory, the machine has {mem_free() / 2**30:.1f}; "
+    free = bench.meminfo("MemFree")
+    if free < need:
+        sys.exit(f"pagecache.py: needs {need / 2**30:.1f} GiB of free memory, the machine has {free / 2**30:.1f}; "
                  "lower --mib or --rounds")
     disk = (args.rounds + 1) * args.mib * 2**20 + 2**30
     if shutil.disk_usage("/var/tmp").free < disk:

@@ -16,7 +16,7 @@ its destinations) and, per receiver, the median and worst write-to-visible
 latency, against the goal of interval + bucket_poll + 1 s. About 2
 minutes at 20 receivers. Standard library only.
 """
-import argparse, json, os, shutil, statistics, subprocess, sys, time
+import argparse, os, shutil, statistics, subprocess, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402
@@ -44,18 +44,13 @@ def keygen(work, name):
     return out.stdout.strip()
 
 
-def status(cfg):
-    out = subprocess.run([bench.BIN, "status", "--config", cfg, "--json"], check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
-
-
 def still_status(cfg):
     """The sender's status once its figures stand still for half a second:
     nothing in flight, every acknowledgement counted."""
-    last = status(cfg)
+    last = bench.status(cfg)
     while True:
         time.sleep(0.5)
-        now = status(cfg)
+        now = bench.status(cfg)
         if [r["bytes_shipped"] for r in now["receivers"]] == [r["bytes_shipped"] for r in last["receivers"]]:
             return now
         last = now

@@ -265,7 +265,7 @@ def fmt_took(secs):
 
 def write_report(path, args, rows, took):
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
-    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0) / 2**20
+    mem = bench.meminfo("MemTotal") / 2**30
     rsync_v = subprocess.run(["rsync", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     ship_v = subprocess.run([bench.BIN, "--version"], capture_output=True, text=True).stdout.strip()
     git = lambda *a: subprocess.run(["git", *a], capture_output=True, text=True, cwd=bench.ROOT).stdout.strip()
