@@ -42,7 +42,7 @@ pub fn hash_file(path: &Path) -> io::Result<blake3::Hash> {
 /// is still hashed whole, through a buffer that grows.
 pub fn hash_reader(mut file: impl Read, expected_len: u64) -> io::Result<blake3::Hash> {
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; first_read(expected_len)];
+    let mut buf = read_buffer([expected_len], MIN_READ, PIECE);
     loop {
         let filled = fill(&mut file, &mut buf)?;
         update(&mut hasher, &buf[..filled]);
@@ -68,18 +68,15 @@ pub fn hash_through(mut file: impl Read, buf: &mut [u8]) -> io::Result<blake3::H
     }
 }
 
-/// The buffer a file expected to hold `expected_len` bytes is first read
-/// through.
-fn first_read(expected_len: u64) -> usize {
-    buffer_len(expected_len, MIN_READ, PIECE)
-}
-
-/// The length of a buffer to read `expected_len` bytes through, between
-/// `min` and `max`: one byte more than them, so the read that finds their
-/// end is the second, not a third. Zeroing a buffer is paid each time one
-/// is made; reading through one larger than the bytes gains nothing.
-pub fn buffer_len(expected_len: u64, min: usize, max: usize) -> usize {
-    usize::try_from(expected_len.saturating_add(1)).map_or(max, |n| n.clamp(min, max))
+/// A zeroed buffer to read files or entries of these sizes through,
+/// between `min` and `max` bytes: one byte more than the largest, so the
+/// read that finds its end is the second, not a third. Zeroing a buffer is
+/// paid each time one is made; reading through one larger than the bytes
+/// gains nothing.
+pub fn read_buffer(sizes: impl IntoIterator<Item = u64>, min: usize, max: usize) -> Vec<u8> {
+    let largest = sizes.into_iter().max().unwrap_or(0);
+    let len = usize::try_from(largest.saturating_add(1)).map_or(max, |n| n.clamp(min, max));
+    vec![0u8; len]
 }
 
 /// Read into `buf` until it is full or `file` ends; how much was read.
@@ -159,6 +156,7 @@ mod tests {
     #[test]
     fn the_first_buffer_is_no_larger_than_the_file() {
         // It was 8 MiB for every file, zeroed each time.
+        let first_read = |len| read_buffer([len], MIN_READ, PIECE).len();
         assert_eq!(first_read(10_000), 10_001);
         assert_eq!(first_read(0), MIN_READ);
         assert_eq!(first_read(u64::MAX), PIECE);

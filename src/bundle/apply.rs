@@ -55,8 +55,7 @@ const FILES_PER_WORKER: usize = 16;
 /// the largest needs (zeroing it is paid once a bundle, and most bundles
 /// are a few small files).
 fn unpack_buffer(sizes: impl Iterator<Item = u64>) -> Vec<u8> {
-    let largest = sizes.max().unwrap_or(0);
-    vec![0u8; crate::hash::buffer_len(largest, UNPACK_BUFFER_MIN, UNPACK_BUFFER_BYTES)]
+    crate::hash::read_buffer(sizes, UNPACK_BUFFER_MIN, UNPACK_BUFFER_BYTES)
 }
 
 /// What applying a bundle did.

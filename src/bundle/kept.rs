@@ -131,7 +131,7 @@ pub(super) fn stage_copy(
         hash_reader(clone, c.size).map_err(Failed::Read)
     } else {
         let mut hasher = blake3::Hasher::new();
-        let mut buf = vec![0u8; crate::hash::buffer_len(c.size, 1, BUF_BYTES)];
+        let mut buf = crate::hash::read_buffer([c.size], 1, BUF_BYTES);
         let to = &mut (&mut out, dest, &mut hasher);
         copy_exact(&mut src, c.size, to, &mut buf).map(|()| hasher.finalize())
     };

@@ -40,9 +40,8 @@ pub(super) fn stage_deltas(
     m: &Manifest,
     stage: &Path,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
-    let largest = m.deltas.iter().map(|d| d.size).max().unwrap_or(0);
     // No larger than the largest delta's file needs: most bundles have none.
-    let mut buf = vec![0u8; crate::hash::buffer_len(largest, 1, BUF_BYTES)];
+    let mut buf = crate::hash::read_buffer(m.deltas.iter().map(|d| d.size), 1, BUF_BYTES);
     let mut staged = Vec::with_capacity(m.deltas.len());
     let mut missing = Vec::new();
     for (i, d) in m.deltas.iter().enumerate() {
