@@ -93,32 +93,29 @@ const HOUSEKEEPING: Duration = Duration::from_millis(500);
 /// Run the sender until `shutdown`.
 pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
     let _lock = start::lock_state_dir(&cfg)?;
+    let state_dir = start::canonical_state_dir(&cfg)?;
     // Never ship our own state if it lives inside the source tree.
-    let ignore = vec![start::canonical_state_dir(&cfg)?];
-    // A source already there is watched, and its catch-up walk started,
-    // while the state loads: at a million files the walk and the load of
-    // the acknowledged state each take seconds, on a core each. A missing
-    // source is looked at once the state says whether to create it (a
-    // first start) or to hold. The walk's result waits in its channel
-    // until the loop below compares it.
+    let ignore = vec![state_dir.clone()];
     // The source is followed by its path: the sentinel reports another
-    // directory there (already watched) or none. (Gone again since it was
-    // looked at, it is looked at again once the state loaded, as a
-    // missing one.)
-    let early = match cfg.source.is_dir() {
-        true => Some(Source::start(&cfg.source, &cfg.exclude, ignore.clone())?),
-        false => None,
-    };
-    let early = early.and_then(|(mut source, first_look, feeds)| match first_look {
-        SourceEvent::Watched(_) => {
+    // directory there (already watched) or none. One already there is
+    // watched, and its catch-up walk started, while the state loads: at a
+    // million files the walk and the load of the acknowledged state each
+    // take seconds, on a core each; the walk's result waits in its channel
+    // until the loop below compares it. A missing source (or one gone
+    // again before its first look) is looked at once the state says
+    // whether to create it (a first start) or to hold.
+    let mut early = None;
+    if cfg.source.is_dir() {
+        let (mut source, first_look, feeds) =
+            Source::start(&cfg.source, &cfg.exclude, ignore.clone())?;
+        if matches!(first_look, SourceEvent::Watched(_)) {
             let watch_rx = source.follow(first_look);
-            Some((source, FirstLook::Followed(watch_rx), feeds))
+            early = Some((source, FirstLook::Followed(watch_rx), feeds));
         }
-        _ => None,
-    });
+    }
     let stores = {
         let cfg = cfg.clone();
-        tokio::task::spawn_blocking(move || start::open_stores(&cfg))
+        tokio::task::spawn_blocking(move || start::open_stores(&cfg, state_dir))
             .await
             .context("loading the sender's state")??
     };

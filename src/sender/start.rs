@@ -62,10 +62,10 @@ pub(super) fn canonical_state_dir(cfg: &SenderConfig) -> anyhow::Result<PathBuf>
         .with_context(|| format!("sender.state_dir {}", cfg.state_dir.display()))
 }
 
-/// Open what the state directory keeps; its lock is held. Blocking: at a
-/// million files the acknowledged state takes about a second to load.
-pub(super) fn open_stores(cfg: &SenderConfig) -> anyhow::Result<Stores> {
-    let state_dir = canonical_state_dir(cfg)?;
+/// Open what the state directory keeps (at `state_dir`, its canonical
+/// path); its lock is held. Blocking: at a million files the acknowledged
+/// state takes about a second to load.
+pub(super) fn open_stores(cfg: &SenderConfig, state_dir: PathBuf) -> anyhow::Result<Stores> {
     let outbox_dir = state_dir.join("outbox");
     std::fs::create_dir_all(&outbox_dir)
         .with_context(|| format!("creating {}", outbox_dir.display()))?;
