@@ -52,8 +52,10 @@ pub(super) struct Book {
     guard: DeletionGuard,
     /// Paths that could not be packed, retried with backoff.
     failing: BTreeMap<String, FailingPath>,
-    /// Paths whose names are not UTF-8: they cannot travel.
-    bad_names: BTreeSet<String>,
+    /// Paths whose names are not UTF-8 (they cannot travel), each with
+    /// whether the last word on it said it is there, and when: a walk that
+    /// began before that word does not overrule it.
+    bad_names: BTreeMap<String, (bool, Instant)>,
     /// Paths shipped as a snapshot while still being written.
     unsettled: BTreeSet<String>,
     skipped_links: SkippedLinks,
@@ -75,7 +77,7 @@ impl Book {
             shipped,
             guard: DeletionGuard::new(rule),
             failing: BTreeMap::new(),
-            bad_names: BTreeSet::new(),
+            bad_names: BTreeMap::new(),
             unsettled: BTreeSet::new(),
             skipped_links: SkippedLinks::default(),
         }
@@ -105,23 +107,35 @@ impl Book {
         }
     }
 
-    /// The watch saw a badly named path appear, or go.
-    pub(super) fn bad_name(&mut self, path: String, gone: bool) {
-        if gone {
-            self.bad_names.remove(&path);
-        } else if self.bad_names.insert(path.clone()) {
+    /// The watch saw a badly named path appear, or go, at `now`.
+    pub(super) fn bad_name(&mut self, path: String, gone: bool, now: Instant) {
+        let was_there = self.bad_names.get(&path).is_some_and(|&(there, _)| there);
+        if !gone && !was_there {
             warn!(path = %path, "{BAD_NAME}");
+        }
+        self.bad_names.insert(path, (!gone, now));
+    }
+
+    /// A walk of `scope` (`""`: the whole source), begun at `began`, found
+    /// these badly named paths, and no others there; what the watch said
+    /// of a path since the walk began stands (a name that appeared, or
+    /// went, after the walk passed its directory).
+    pub(super) fn bad_names_walked(&mut self, scope: &str, found: &[String], began: Instant) {
+        self.bad_names
+            .retain(|p, &mut (_, at)| at >= began || !(scope.is_empty() || is_within(p, scope)));
+        for p in found {
+            if !self.bad_names.contains_key(p) {
+                self.bad_name(p.clone(), false, began);
+            }
         }
     }
 
-    /// A walk of `scope` (`""`: the whole source) found these badly named
-    /// paths, and no others there.
-    pub(super) fn bad_names_walked(&mut self, scope: &str, found: &[String]) {
+    /// The badly named paths there now.
+    fn bad_names_there(&self) -> impl Iterator<Item = &String> {
         self.bad_names
-            .retain(|p| !(scope.is_empty() || is_within(p, scope)));
-        for p in found {
-            self.bad_name(p.clone(), false);
-        }
+            .iter()
+            .filter(|(_, (there, _))| *there)
+            .map(|(p, _)| p)
     }
 
     /// A file that has been quiet for `settle` at `now` counts as settled.
@@ -355,10 +369,9 @@ impl Book {
             pending_paths: self.changes.len() as u64,
             oldest_pending_secs: self.changes.oldest().map(|t| t.elapsed().as_secs_f64()),
             held_deletions: self.guard.held() as u64,
-            failing_paths: (self.failing.len() + self.bad_names.len()) as u64,
+            failing_paths: (self.failing.len() + self.bad_names_there().count()) as u64,
             failing: self
-                .bad_names
-                .iter()
+                .bad_names_there()
                 .map(|p| FailingPath {
                     path: p.clone(),
                     error: BAD_NAME.into(),

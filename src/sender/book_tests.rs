@@ -174,11 +174,31 @@ fn found_files_move_from_the_walk_into_the_change_set_quiet_ones_due_at_once() {
 #[test]
 fn a_walk_replaces_the_bad_names_it_covers() {
     let mut b = book(&[], &[]);
-    b.bad_name("d/bad".into(), false);
-    b.bad_name("e/bad".into(), false);
-    b.bad_names_walked("d", &["d/other".to_string()]);
+    let t0 = Instant::now();
+    b.bad_name("d/bad".into(), false, t0);
+    b.bad_name("e/bad".into(), false, t0);
+    let began = t0 + Duration::from_secs(1);
+    b.bad_names_walked("d", &["d/other".to_string()], began);
     let names: Vec<String> = b.status().failing.into_iter().map(|f| f.path).collect();
     assert_eq!(names, ["d/other", "e/bad"]);
-    b.bad_names_walked("", &[]);
+    b.bad_names_walked("", &[], began + Duration::from_secs(1));
     assert_eq!(b.status().failing_paths, 0);
+}
+
+/// Broke: a walk begun before a badly named file was written, compared
+/// after the watch had reported it (the walk now runs while the state
+/// loads at start), dropped it from status: it was never listed.
+#[test]
+fn what_the_watch_said_after_a_walk_began_outlives_the_walk() {
+    let mut b = book(&[], &[]);
+    let began = Instant::now();
+    let after = began + Duration::from_millis(10);
+    b.bad_name("new/bad".into(), false, after);
+    b.bad_name("was/bad".into(), false, began - Duration::from_secs(1));
+    b.bad_name("was/bad".into(), true, after);
+    // The walk passed before either: it saw was/bad and not new/bad.
+    b.bad_names_walked("", &["was/bad".to_string()], began);
+    let names: Vec<String> = b.status().failing.into_iter().map(|f| f.path).collect();
+    assert_eq!(names, ["new/bad"]);
+    assert_eq!(b.status().failing_paths, 1);
 }

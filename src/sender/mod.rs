@@ -293,7 +293,7 @@ impl Sender {
             WatchMsg::Closed(path) => self.book.changes.closed(&path, now),
             WatchMsg::Removed(path) => self.book.removed(path, now),
             WatchMsg::Scan(dir) => self.source.scan(dir),
-            WatchMsg::BadName { path, gone } => self.book.bad_name(path, gone),
+            WatchMsg::BadName { path, gone } => self.book.bad_name(path, gone, now),
             WatchMsg::Rescan(why) => {
                 warn!(reason = %why, "events may have been lost; rescanning the source tree");
                 // A lost close would otherwise hold its path until max_delay.
@@ -356,7 +356,8 @@ impl Sender {
         self.book.queue_found(&mut walk.files, &found, now);
         // The walk knows every badly named path in its scope.
         let scope = walk.dir.as_deref().unwrap_or_default();
-        self.book.bad_names_walked(scope, &walk.bad_names);
+        let began = walk.began.unwrap_or(now);
+        self.book.bad_names_walked(scope, &walk.bad_names, began);
         // Re-created since the walk passed it: its event has it.
         let source = &self.source;
         let gone: Vec<String> =
