@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::link_rate::{Link, Rate, Remember};
-use crate::config::SenderConfig;
+use crate::config::{SenderConfig, host_is_loopback};
 use crate::durable;
 
 /// The file in the sender's state_dir.
@@ -60,6 +60,17 @@ impl LinkKey {
                 fingerprint: pinned(i),
             })
             .collect()
+    }
+
+    /// Whether the receiver is on this machine (a loopback address or
+    /// `localhost`): see [`Link::unmeasured`].
+    fn here(&self) -> bool {
+        host_is_loopback(&self.receiver)
+    }
+
+    /// Its link, not measured yet.
+    fn unmeasured(&self) -> Link {
+        Link::unmeasured(self.here())
     }
 }
 
@@ -105,9 +116,9 @@ pub(super) fn decode(bytes: &[u8], keys: &[LinkKey], now: i64) -> serde_json::Re
     };
     let link = |key: &LinkKey| {
         let Some(e) = file.links.iter().find(|e| e.key == *key) else {
-            return Link::default();
+            return key.unmeasured();
         };
-        Link::remembered(recall(e.sent), recall(e.received), e.stores)
+        Link::remembered(recall(e.sent), recall(e.received), e.stores, key.here())
     };
     Ok(keys.iter().map(link).collect())
 }
@@ -147,7 +158,7 @@ impl Memory {
     /// every link measured anew. Blocking.
     pub(super) fn load(state_dir: &Path, keys: Vec<LinkKey>, now: i64) -> (Self, Vec<Link>) {
         let path = state_dir.join(FILE);
-        let none = || vec![Link::default(); keys.len()];
+        let none = || keys.iter().map(LinkKey::unmeasured).collect();
         let links = match std::fs::read(&path) {
             Ok(bytes) => decode(&bytes, &keys, now).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(none()),
@@ -217,6 +228,38 @@ mod tests {
         assert_eq!(a.written, Some(NOW), "written at its newest measure");
         assert!(!a.stores, "remembered at 12 MB/s: deflates");
         assert_eq!(back[1], Link::default(), "never measured: not remembered");
+    }
+
+    /// A link nothing is remembered of (no file, a corrupt one, no entry,
+    /// or only measures forgotten) starts as one not measured yet: storing
+    /// to a receiver on this machine, deflating to one off it.
+    #[test]
+    fn a_link_not_remembered_stores_only_to_a_receiver_on_this_machine() {
+        let keys = [
+            key("127.0.0.1:7700", None),
+            key("[::1]:7700", None),
+            key("localhost:7700", Some("fp")),
+            key("web1.example:7700", None),
+            key("10.0.0.2:7700", None),
+        ];
+        let want = [true, true, true, false, false];
+        let stores = |links: Vec<Link>| links.iter().map(|l| l.stores).collect::<Vec<_>>();
+        let dir = tempfile::tempdir().unwrap();
+        let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
+        assert_eq!(stores(links), want, "no file");
+        std::fs::write(dir.path().join(FILE), b"{\"links\": [").unwrap();
+        let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
+        assert_eq!(stores(links), want, "a corrupt file");
+        let none = decode(br#"{"links":[]}"#, &keys, NOW).unwrap();
+        assert_eq!(stores(none), want, "no entry");
+        let old = [Link {
+            sent: measured(1e9, NOW - FORGET_AFTER - 1),
+            stores: true,
+            ..Link::default()
+        }; 5];
+        let back = decode(&encode(&keys, &old), &keys, NOW).unwrap();
+        assert!(back.iter().all(|l| l.rate().is_none()));
+        assert_eq!(stores(back), want, "forgotten");
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is. The decisions are pure ([`deflate_pays`],
-//! [`first_bundle_max`]). What a link was measured at is remembered across
+//! kept small so it soon is; until then it deflates, unless its receiver
+//! is on this machine ([`Link::unmeasured`]). The decisions are pure
+//! ([`deflate_pays`], [`stores_at`], [`first_bundle_max`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
 //! news (see [`Measured`]), never once per bundle.
@@ -50,15 +51,14 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
 /// news: it would be forgotten a week after its last news otherwise.
 pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 
-/// Whether to deflate what is worth deflating, under `mode`, given the
-/// choice of each receiver's link ([`Link::stores_if_measured`]; `None`:
-/// not measured yet). Every receiver gets the same bundles: one link that
-/// deflates decides, and one not measured yet counts as slow.
-pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool>>) -> bool {
+/// Whether to deflate what is worth deflating, under `mode`, given whether
+/// each receiver's link stores ([`Link::stores`]). Every receiver gets the
+/// same bundles: one link that deflates decides.
+pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = bool>) -> bool {
     match mode {
         Compress::Always => true,
         Compress::Never => false,
-        Compress::Auto => stores.into_iter().any(|s| s != Some(true)),
+        Compress::Auto => stores.into_iter().any(|s| !s),
     }
 }
 
@@ -147,29 +147,45 @@ pub(super) struct Link {
     /// When `link-rates.json` last had this link's measures written (unix
     /// seconds); `None`: never.
     pub(super) written: Option<i64>,
-    /// Whether deflate is off on this link under `compress = "auto"`
-    /// ([`stores_at`]); a remembered link stores if its rate is at least
-    /// [`STORE_FROM`].
+    /// Whether deflate is off on this link under `compress = "auto"`:
+    /// once measured, as [`stores_at`] says from where it stood; until
+    /// then, as [`Link::unmeasured`] starts it.
     pub(super) stores: bool,
 }
 
 impl Link {
+    /// A link not measured yet, to a receiver on this machine (`here`: a
+    /// loopback address or `localhost`) or not. One that leaves the machine
+    /// deflates until measured fast, as a slow link must not wait a whole
+    /// first bundle for it. One that stays on it starts out storing: its
+    /// bytes cross no network, only the two processes' shared cores, which
+    /// deflating them would take from both. It deflates once measured below
+    /// [`DEFLATE_BELOW`] (a tunnel on this machine to a slow link, say).
+    pub(super) fn unmeasured(here: bool) -> Self {
+        Self {
+            stores: here,
+            ..Self::default()
+        }
+    }
+
     /// A link with the measures an earlier run remembered, and whether it
-    /// stored then (`None`: not remembered, as if it did not).
+    /// stored then (`None`: not remembered, as if it did not); `here` as in
+    /// [`Link::unmeasured`], for a link none of whose measures is left.
     pub(super) fn remembered(
         sent: Option<Rate>,
         received: Option<Rate>,
         stored: Option<bool>,
+        here: bool,
     ) -> Self {
         let mut link = Self {
             sent,
             received,
             written: [sent, received].iter().flatten().map(|r| r.at).max(),
-            stores: false,
+            stores: here,
         };
-        link.stores = link
-            .rate()
-            .is_some_and(|r| stores_at(r, stored.unwrap_or(false)));
+        if let Some(rate) = link.rate() {
+            link.stores = stores_at(rate, stored.unwrap_or(false));
+        }
         link
     }
 
@@ -179,12 +195,6 @@ impl Link {
             (Some(a), Some(b)) => Some(a.bytes_per_s.min(b.bytes_per_s)),
             (a, b) => a.or(b).map(|r| r.bytes_per_s),
         }
-    }
-
-    /// Whether it stores ([`Link::stores`]), `None` while it was never
-    /// measured (when `stores` is false for want of a measure).
-    pub(super) fn stores_if_measured(&self) -> Option<bool> {
-        self.rate().map(|_| self.stores)
     }
 
     /// Whether a measure of it was taken by this process.
@@ -252,11 +262,12 @@ pub(super) struct LinkRates {
 }
 
 impl LinkRates {
-    /// For `receivers` links, none measured, remembered nowhere.
+    /// For `receivers` links off this machine, none measured, remembered
+    /// nowhere.
     #[cfg(test)]
     pub(super) fn new(receivers: usize) -> Self {
         Self {
-            links: Mutex::new(vec![Link::default(); receivers]),
+            links: Mutex::new(vec![Link::unmeasured(false); receivers]),
             memory: None,
             keeping: Mutex::new(()),
         }
@@ -303,7 +314,7 @@ impl LinkRates {
     /// Asked for every file packed: the links are read in place, not copied.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        deflate_pays(mode, links.iter().map(Link::stores_if_measured))
+        deflate_pays(mode, links.iter().map(|l| l.stores))
     }
 
     /// How large the next run's first bundle may be, under `mode`.
@@ -378,19 +389,52 @@ mod tests {
     const TINY: Duration = Duration::from_micros(1);
 
     #[test]
-    fn auto_stores_only_when_every_link_is_measured_fast() {
-        let (fast, slow) = (Some(true), Some(false));
-        assert!(!deflate_pays(Compress::Auto, [fast, fast]));
+    fn auto_stores_only_when_every_link_stores() {
+        assert!(!deflate_pays(Compress::Auto, [true, true]));
         assert!(
-            deflate_pays(Compress::Auto, [fast, slow]),
+            deflate_pays(Compress::Auto, [true, false]),
             "the slowest decides"
         );
-        assert!(
-            deflate_pays(Compress::Auto, [fast, None]),
-            "unmeasured counts as slow"
+        assert!(deflate_pays(Compress::Always, [true]));
+        assert!(!deflate_pays(Compress::Never, [false]));
+    }
+
+    /// A link not measured yet deflates if it leaves this machine and
+    /// stores if it stays on it; the first bundle is small either way, to
+    /// measure it. Once measured, the measure decides from where the link
+    /// stood: a loopback measured at 180 MB/s (a busy machine's) keeps
+    /// storing, one measured slow (a tunnel to a slow link) deflates.
+    #[test]
+    fn an_unmeasured_link_deflates_unless_it_stays_on_this_machine() {
+        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
+        let away = Link::unmeasured(false);
+        let here = Link::unmeasured(true);
+        assert!(!away.stores && here.stores);
+        assert_eq!(away, Link::default());
+        let rates = |links: Vec<Link>| LinkRates {
+            links: Mutex::new(links),
+            memory: None,
+            keeping: Mutex::new(()),
+        };
+        assert!(rates(vec![away]).deflate(Compress::Auto));
+        assert!(rates(vec![here, away]).deflate(Compress::Auto));
+        let r = rates(vec![here]);
+        assert!(!r.deflate(Compress::Auto) && r.deflate(Compress::Always));
+        assert_eq!(
+            r.first_bundle_max(Compress::Auto),
+            Some(UNMEASURED_FIRST_BUNDLE),
+            "not measured yet"
         );
-        assert!(deflate_pays(Compress::Always, [fast]));
-        assert!(!deflate_pays(Compress::Never, [slow, None]));
+        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
+        assert!(m.stores && m.news && !r.deflate(Compress::Auto));
+        let m = r.record(0, Measure::Received, at(20), T0).unwrap();
+        assert!(!m.stores && m.news && r.deflate(Compress::Auto));
+        let r = rates(vec![away]);
+        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
+        assert!(!m.stores && r.deflate(Compress::Auto), "{}", m.rate);
+        // A remembered link with no measure left starts as an unmeasured one.
+        assert_eq!(Link::remembered(None, None, Some(false), true), here);
+        assert_eq!(Link::remembered(None, None, Some(true), false), away);
     }
 
     /// A link measured near the line keeps its choice: deflate stops at
@@ -481,7 +525,7 @@ mod tests {
             at,
             fresh,
         });
-        let link = Link::remembered(rate, rate, None);
+        let link = Link::remembered(rate, rate, None, false);
         LinkRates {
             links: Mutex::new(vec![link]),
             memory: None,
