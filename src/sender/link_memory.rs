@@ -62,15 +62,15 @@ impl LinkKey {
             .collect()
     }
 
-    /// Whether the receiver is on this machine (a loopback address or
-    /// `localhost`): see [`Link::unmeasured`].
-    fn here(&self) -> bool {
+    /// Whether the receiver is configured at a loopback address or
+    /// `localhost` (see [`Link::loopback`]).
+    fn loopback(&self) -> bool {
         host_is_loopback(&self.receiver)
     }
 
     /// Its link, not measured yet.
     fn unmeasured(&self) -> Link {
-        Link::unmeasured(self.here())
+        Link::unmeasured(self.loopback())
     }
 }
 
@@ -118,7 +118,7 @@ pub(super) fn decode(bytes: &[u8], keys: &[LinkKey], now: i64) -> serde_json::Re
         let Some(e) = file.links.iter().find(|e| e.key == *key) else {
             return key.unmeasured();
         };
-        Link::remembered(recall(e.sent), recall(e.received), e.stores, key.here())
+        Link::remembered(recall(e.sent), recall(e.received), e.stores, key.loopback())
     };
     Ok(keys.iter().map(link).collect())
 }
@@ -213,6 +213,7 @@ mod tests {
                 received: measured(12e6, NOW),
                 written: Some(NOW),
                 stores: false,
+                loopback: false,
             },
             Link::default(),
         ];
@@ -231,35 +232,38 @@ mod tests {
     }
 
     /// A link nothing is remembered of (no file, a corrupt one, no entry,
-    /// or only measures forgotten) starts as one not measured yet: storing
-    /// to a receiver on this machine, deflating to one off it.
+    /// or only measures forgotten) is not measured yet, and knows whether
+    /// its receiver is configured at a loopback address or `localhost`.
     #[test]
-    fn a_link_not_remembered_stores_only_to_a_receiver_on_this_machine() {
+    fn a_link_not_remembered_knows_whether_it_is_on_loopback() {
         let keys = [
             key("127.0.0.1:7700", None),
             key("[::1]:7700", None),
             key("localhost:7700", Some("fp")),
             key("web1.example:7700", None),
             key("10.0.0.2:7700", None),
+            key("s3://localhost", None),
         ];
-        let want = [true, true, true, false, false];
-        let stores = |links: Vec<Link>| links.iter().map(|l| l.stores).collect::<Vec<_>>();
+        let want = [true, true, true, false, false, false];
+        let loopback = |links: Vec<Link>| {
+            assert!(links.iter().all(|l| l.rate().is_none() && !l.stores));
+            links.iter().map(|l| l.loopback).collect::<Vec<_>>()
+        };
         let dir = tempfile::tempdir().unwrap();
         let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
-        assert_eq!(stores(links), want, "no file");
+        assert_eq!(loopback(links), want, "no file");
         std::fs::write(dir.path().join(FILE), b"{\"links\": [").unwrap();
         let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
-        assert_eq!(stores(links), want, "a corrupt file");
+        assert_eq!(loopback(links), want, "a corrupt file");
         let none = decode(br#"{"links":[]}"#, &keys, NOW).unwrap();
-        assert_eq!(stores(none), want, "no entry");
+        assert_eq!(loopback(none), want, "no entry");
         let old = [Link {
             sent: measured(1e9, NOW - FORGET_AFTER - 1),
             stores: true,
             ..Link::default()
-        }; 5];
+        }; 6];
         let back = decode(&encode(&keys, &old), &keys, NOW).unwrap();
-        assert!(back.iter().all(|l| l.rate().is_none()));
-        assert_eq!(stores(back), want, "forgotten");
+        assert_eq!(loopback(back), want, "forgotten");
     }
 
     #[test]
@@ -293,6 +297,7 @@ mod tests {
             received: None,
             written: Some(NOW),
             stores,
+            loopback: false,
         };
         for stores in [true, false] {
             let back = decode(&encode(&keys, &[at(stores)]), &keys, NOW).unwrap()[0];
@@ -312,6 +317,7 @@ mod tests {
             received: measured(5e8, NOW - FORGET_AFTER),
             written: None,
             stores: true,
+            loopback: false,
         }];
         let back = decode(&encode(&keys, &links), &keys, NOW).unwrap()[0];
         assert_eq!(back.sent, None, "a week and a second old");

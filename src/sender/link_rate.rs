@@ -6,10 +6,11 @@
 //! the bundle's size; and the receiver's, how fast the bundle's body came
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The packer asks
-//! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is; until then it deflates, unless its receiver
-//! is on this machine ([`Link::unmeasured`]). The decisions are pure
-//! ([`deflate_pays`], [`stores_at`], [`first_bundle_max`]). What a link was measured at is remembered across
+//! before each file. While a link is not measured, it deflates, and a
+//! run's first bundle is kept small so it soon is measured; a loopback
+//! link's first measure is read as if it stored ([`Link::loopback`]). The
+//! decisions are pure ([`deflate_pays`], [`stores_at`],
+//! [`first_bundle_max`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
 //! news (see [`Measured`]), never once per bundle.
@@ -147,45 +148,51 @@ pub(super) struct Link {
     /// When `link-rates.json` last had this link's measures written (unix
     /// seconds); `None`: never.
     pub(super) written: Option<i64>,
-    /// Whether deflate is off on this link under `compress = "auto"`:
-    /// once measured, as [`stores_at`] says from where it stood; until
-    /// then, as [`Link::unmeasured`] starts it.
+    /// Whether deflate is off on this link under `compress = "auto"`, as
+    /// [`stores_at`] says from where it stood; `false` (deflate) while it
+    /// was never measured.
     pub(super) stores: bool,
+    /// Its receiver is configured at a loopback address or `localhost`:
+    /// its first measure is read as if the link stored before, so from
+    /// [`DEFLATE_BELOW`] it stores. Two processes on one machine share its
+    /// cores, which holds the loopback between them down whenever either
+    /// is busy (180-270 MB/s on a 2-core machine). Read from the deflating
+    /// side, a first measure just under [`STORE_FROM`] deflated the whole
+    /// rest of a first ship, which took CPU from both. Until that first
+    /// measure it deflates like any link: a loopback address may front a
+    /// tunnel or proxy to a slow link, and a link must be measured before
+    /// anything much is packed stored for it.
+    pub(super) loopback: bool,
 }
 
 impl Link {
-    /// A link not measured yet, to a receiver on this machine (`here`: a
-    /// loopback address or `localhost`) or not. One that leaves the machine
-    /// deflates until measured fast, as a slow link must not wait a whole
-    /// first bundle for it. One that stays on it starts out storing: its
-    /// bytes cross no network, only the two processes' shared cores, which
-    /// deflating them would take from both. It deflates once measured below
-    /// [`DEFLATE_BELOW`] (a tunnel on this machine to a slow link, say).
-    pub(super) fn unmeasured(here: bool) -> Self {
+    /// A link not measured yet; `loopback`: see [`Link::loopback`].
+    pub(super) fn unmeasured(loopback: bool) -> Self {
         Self {
-            stores: here,
+            loopback,
             ..Self::default()
         }
     }
 
     /// A link with the measures an earlier run remembered, and whether it
-    /// stored then (`None`: not remembered, as if it did not); `here` as in
-    /// [`Link::unmeasured`], for a link none of whose measures is left.
+    /// stored then (`None`: not remembered, as if it had stored only if
+    /// `loopback`, see [`Link::loopback`]).
     pub(super) fn remembered(
         sent: Option<Rate>,
         received: Option<Rate>,
         stored: Option<bool>,
-        here: bool,
+        loopback: bool,
     ) -> Self {
         let mut link = Self {
             sent,
             received,
             written: [sent, received].iter().flatten().map(|r| r.at).max(),
-            stores: here,
+            stores: false,
+            loopback,
         };
-        if let Some(rate) = link.rate() {
-            link.stores = stores_at(rate, stored.unwrap_or(false));
-        }
+        link.stores = link
+            .rate()
+            .is_some_and(|r| stores_at(r, stored.unwrap_or(loopback)));
         link
     }
 
@@ -226,7 +233,8 @@ impl Link {
         });
         let rate = self.rate().expect("just measured");
         let stored = self.stores;
-        self.stores = stores_at(rate, stored);
+        // The first measure of a loopback link is read from the storing side.
+        self.stores = stores_at(rate, stored || (old.is_none() && self.loopback));
         let turns = old.is_none() || self.stores != stored;
         let news = !was_fresh || turns;
         let stale = self.written.is_none_or(|w| now - w >= REFRESH_AFTER);
@@ -262,7 +270,7 @@ pub(super) struct LinkRates {
 }
 
 impl LinkRates {
-    /// For `receivers` links off this machine, none measured, remembered
+    /// For `receivers` links not on loopback, none measured, remembered
     /// nowhere.
     #[cfg(test)]
     pub(super) fn new(receivers: usize) -> Self {
@@ -399,42 +407,52 @@ mod tests {
         assert!(!deflate_pays(Compress::Never, [false]));
     }
 
-    /// A link not measured yet deflates if it leaves this machine and
-    /// stores if it stays on it; the first bundle is small either way, to
-    /// measure it. Once measured, the measure decides from where the link
-    /// stood: a loopback measured at 180 MB/s (a busy machine's) keeps
-    /// storing, one measured slow (a tunnel to a slow link) deflates.
+    /// A link not measured yet deflates, on loopback too, and its first
+    /// bundle is held small to measure it. A loopback link's first measure
+    /// is read as if it stored: at 180 MB/s (a busy 2-core machine's
+    /// loopback) it stores, where another link deflates. A slow first
+    /// measure (a tunnel or proxy in front of a slow link) deflates either
+    /// way, and from then on the band holds as for any link.
     #[test]
-    fn an_unmeasured_link_deflates_unless_it_stays_on_this_machine() {
+    fn a_loopback_links_first_measure_stores_it_from_the_lower_line() {
         let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
-        let away = Link::unmeasured(false);
-        let here = Link::unmeasured(true);
-        assert!(!away.stores && here.stores);
-        assert_eq!(away, Link::default());
-        let rates = |links: Vec<Link>| LinkRates {
-            links: Mutex::new(links),
+        let rates = |loopback| LinkRates {
+            links: Mutex::new(vec![Link::unmeasured(loopback)]),
             memory: None,
             keeping: Mutex::new(()),
         };
-        assert!(rates(vec![away]).deflate(Compress::Auto));
-        assert!(rates(vec![here, away]).deflate(Compress::Auto));
-        let r = rates(vec![here]);
-        assert!(!r.deflate(Compress::Auto) && r.deflate(Compress::Always));
-        assert_eq!(
-            r.first_bundle_max(Compress::Auto),
-            Some(UNMEASURED_FIRST_BUNDLE),
-            "not measured yet"
+        for loopback in [false, true] {
+            let r = rates(loopback);
+            assert!(r.deflate(Compress::Auto), "not measured yet");
+            assert_eq!(
+                r.first_bundle_max(Compress::Auto),
+                Some(UNMEASURED_FIRST_BUNDLE)
+            );
+            let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
+            assert!(m.news);
+            assert_eq!(m.stores, loopback, "first measured at 180 MB/s");
+            assert_eq!(r.deflate(Compress::Auto), !loopback);
+            let r = rates(loopback);
+            let m = r.record(0, Measure::Received, at(40), T0).unwrap();
+            assert!(!m.stores && r.deflate(Compress::Auto), "first at 40 MB/s");
+            let r = rates(loopback);
+            r.record(0, Measure::Acked, at(100), T0).unwrap();
+            let m = r.record(0, Measure::Acked, at(260), T0).unwrap();
+            assert_eq!(m.rate, 180e6, "half the old, half the new");
+            assert!(!m.stores, "180 MB/s from the deflating side");
+        }
+        let rate = Some(Rate {
+            bytes_per_s: 180e6,
+            at: T0,
+            fresh: false,
+        });
+        assert!(Link::remembered(rate, None, None, true).stores);
+        assert!(!Link::remembered(rate, None, None, false).stores);
+        assert!(
+            !Link::remembered(rate, None, Some(false), true).stores,
+            "the remembered choice holds"
         );
-        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
-        assert!(m.stores && m.news && !r.deflate(Compress::Auto));
-        let m = r.record(0, Measure::Received, at(20), T0).unwrap();
-        assert!(!m.stores && m.news && r.deflate(Compress::Auto));
-        let r = rates(vec![away]);
-        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
-        assert!(!m.stores && r.deflate(Compress::Auto), "{}", m.rate);
-        // A remembered link with no measure left starts as an unmeasured one.
-        assert_eq!(Link::remembered(None, None, Some(false), true), here);
-        assert_eq!(Link::remembered(None, None, Some(true), false), away);
+        assert!(!Link::remembered(None, None, Some(true), true).stores);
     }
 
     /// A link measured near the line keeps its choice: deflate stops at

@@ -11,18 +11,14 @@ fn method_in_archive(env: &Env, name: &str) -> zip::CompressionMethod {
     zip.by_name(name).unwrap().compression()
 }
 
-/// A page (compressible, worth deflating) ships deflated with `compress =
-/// "always"` and stored with `compress = "never"`; the receiver applies
-/// both the same. Under the default, a receiver on this machine (here, on
-/// loopback) gets it stored before its link is measured: the bytes cross no
-/// network. (That a link off the machine deflates until measured is
-/// `link_rate::tests::an_unmeasured_link_deflates_unless_it_stays_on_this_machine`.)
+/// A page (compressible, worth deflating) ships deflated by default, whose
+/// receiver's link is not measured yet, and stored with `compress = "never"`;
+/// the receiver applies both the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn always_deflates_pages_and_never_stores_them_as_auto_does_on_this_machine() {
+async fn compress_never_ships_pages_stored_and_the_default_deflates_them() {
     for (extra, want) in [
-        ("compress = \"always\"\n", zip::CompressionMethod::Deflated),
+        ("", zip::CompressionMethod::Deflated),
         ("compress = \"never\"\n", zip::CompressionMethod::Stored),
-        ("", zip::CompressionMethod::Stored),
     ] {
         let env = Env::new();
         let page = "<p>the same words again and again</p>\n".repeat(2000);
@@ -87,14 +83,12 @@ async fn first_ship_of_pages() -> (Env, Role, std::path::PathBuf, Daemon) {
     (env, r, file, sender)
 }
 
-/// Under the default, a link not measured yet gets a small first bundle
-/// that goes out while the rest is packed: the bytes the receiver's TCP
-/// acknowledged meanwhile measure the link, and the log says so (how fast,
-/// and whether deflate pays: every file packed after it follows the
-/// measure). Before, a first ship's first bundle held up to 256 MiB, all
-/// deflated before the link was measured at all. Its pages are stored: the
-/// receiver is on this machine, where deflating them only took CPU from
-/// both sides (row 1 of bench.py, in BENCHMARKS.md).
+/// Under the default, a link not measured yet gets pages deflated, in a
+/// small first bundle that goes out while the rest is packed: the bytes
+/// the receiver's TCP acknowledged meanwhile measure the link, and the
+/// log says so (how fast, and whether deflate pays: every file packed
+/// after it follows the measure). Before, a first ship's first bundle held
+/// up to 256 MiB, all deflated before the link was measured at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_not_measured_yet_is_measured_by_a_small_first_bundle() {
     let (env, r, _file, sender) = first_ship_of_pages().await;
@@ -106,7 +100,9 @@ async fn a_link_not_measured_yet_is_measured_by_a_small_first_bundle() {
     );
     let (methods, unpacked) = entries_of(&bundles[0]);
     assert!(
-        methods.iter().all(|m| *m == zip::CompressionMethod::Stored),
+        methods
+            .iter()
+            .all(|m| *m == zip::CompressionMethod::Deflated),
         "{methods:?}"
     );
     assert!(unpacked <= 32 << 20, "a first bundle of {unpacked} bytes");
@@ -178,9 +174,7 @@ async fn buffering_proxy(to: std::net::SocketAddr, rate: f64) -> std::net::Socke
 /// sends, the sender's own measure (the bytes its TCP saw acknowledged)
 /// took a slow link for loopback and stopped deflating. The receiver now
 /// says how fast each bundle came as it saw it, the slower measure
-/// decides, and pages packed after that are deflated. The proxy is on this
-/// machine, as a tunnel to a slow link would be, so the link starts out
-/// storing: the receiver's measure is what turns deflate on.
+/// decides, and pages packed after that are deflated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
     let env = Env::new();
