@@ -881,10 +881,22 @@ async fn a_base_cut_off_by_the_server_going_away_still_completes_whole() {
     })
     .await;
     let r = start_receiver(&env, &s3, "www1", &s_fp);
-    wait_until_within("the receiver started empty in step", after_backoff, || {
-        in_step(&env, &["www1"])
-    })
-    .await;
+    // Polled here rather than by `wait_until_within`, so a timeout shows
+    // both logs: the one failure under a full suite did not say why.
+    let end = std::time::Instant::now() + after_backoff;
+    while !in_step(&env, &["www1"]) {
+        let tail = |log: String| {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        assert!(
+            std::time::Instant::now() < end,
+            "the receiver started empty never came in step\nreceiver:\n{}\nsender:\n{}",
+            tail(r.log_text()),
+            tail(sender.log_text())
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert!(
         r.log_text().contains("taking this sender's newest base"),
         "{}",
