@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use super::link_rate::{Link, Rate, Remember};
-use crate::config::{SenderConfig, host_is_loopback};
+use crate::config::SenderConfig;
 use crate::durable;
 
 /// The file in the sender's state_dir.
@@ -60,17 +60,6 @@ impl LinkKey {
                 fingerprint: pinned(i),
             })
             .collect()
-    }
-
-    /// Whether the receiver is configured at a loopback address or
-    /// `localhost` (see [`Link::loopback`]).
-    fn loopback(&self) -> bool {
-        host_is_loopback(&self.receiver)
-    }
-
-    /// Its link, not measured yet.
-    fn unmeasured(&self) -> Link {
-        Link::unmeasured(self.loopback())
     }
 }
 
@@ -116,9 +105,9 @@ pub(super) fn decode(bytes: &[u8], keys: &[LinkKey], now: i64) -> serde_json::Re
     };
     let link = |key: &LinkKey| {
         let Some(e) = file.links.iter().find(|e| e.key == *key) else {
-            return key.unmeasured();
+            return Link::default();
         };
-        Link::remembered(recall(e.sent), recall(e.received), e.stores, key.loopback())
+        Link::remembered(recall(e.sent), recall(e.received), e.stores)
     };
     Ok(keys.iter().map(link).collect())
 }
@@ -158,7 +147,7 @@ impl Memory {
     /// every link measured anew. Blocking.
     pub(super) fn load(state_dir: &Path, keys: Vec<LinkKey>, now: i64) -> (Self, Vec<Link>) {
         let path = state_dir.join(FILE);
-        let none = || keys.iter().map(LinkKey::unmeasured).collect();
+        let none = || vec![Link::default(); keys.len()];
         let links = match std::fs::read(&path) {
             Ok(bytes) => decode(&bytes, &keys, now).map_err(|e| e.to_string()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(none()),
@@ -213,7 +202,6 @@ mod tests {
                 received: measured(12e6, NOW),
                 written: Some(NOW),
                 stores: false,
-                loopback: false,
             },
             Link::default(),
         ];
@@ -229,41 +217,6 @@ mod tests {
         assert_eq!(a.written, Some(NOW), "written at its newest measure");
         assert!(!a.stores, "remembered at 12 MB/s: deflates");
         assert_eq!(back[1], Link::default(), "never measured: not remembered");
-    }
-
-    /// A link nothing is remembered of (no file, a corrupt one, no entry,
-    /// or only measures forgotten) is not measured yet, and knows whether
-    /// its receiver is configured at a loopback address or `localhost`.
-    #[test]
-    fn a_link_not_remembered_knows_whether_it_is_on_loopback() {
-        let keys = [
-            key("127.0.0.1:7700", None),
-            key("[::1]:7700", None),
-            key("localhost:7700", Some("fp")),
-            key("web1.example:7700", None),
-            key("10.0.0.2:7700", None),
-            key("s3://localhost", None),
-        ];
-        let want = [true, true, true, false, false, false];
-        let loopback = |links: Vec<Link>| {
-            assert!(links.iter().all(|l| l.rate().is_none() && !l.stores));
-            links.iter().map(|l| l.loopback).collect::<Vec<_>>()
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
-        assert_eq!(loopback(links), want, "no file");
-        std::fs::write(dir.path().join(FILE), b"{\"links\": [").unwrap();
-        let (_, links) = Memory::load(dir.path(), keys.to_vec(), NOW);
-        assert_eq!(loopback(links), want, "a corrupt file");
-        let none = decode(br#"{"links":[]}"#, &keys, NOW).unwrap();
-        assert_eq!(loopback(none), want, "no entry");
-        let old = [Link {
-            sent: measured(1e9, NOW - FORGET_AFTER - 1),
-            stores: true,
-            ..Link::default()
-        }; 6];
-        let back = decode(&encode(&keys, &old), &keys, NOW).unwrap();
-        assert_eq!(loopback(back), want, "forgotten");
     }
 
     #[test]
@@ -297,7 +250,6 @@ mod tests {
             received: None,
             written: Some(NOW),
             stores,
-            loopback: false,
         };
         for stores in [true, false] {
             let back = decode(&encode(&keys, &[at(stores)]), &keys, NOW).unwrap()[0];
@@ -317,7 +269,6 @@ mod tests {
             received: measured(5e8, NOW - FORGET_AFTER),
             written: None,
             stores: true,
-            loopback: false,
         }];
         let back = decode(&encode(&keys, &links), &keys, NOW).unwrap()[0];
         assert_eq!(back.sent, None, "a week and a second old");

@@ -6,10 +6,8 @@
 //! the bundle's size; and the receiver's, how fast the bundle's body came
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The packer asks
-//! before each file. While a link is not measured, it deflates, and a
-//! run's first bundle is kept small so it soon is measured; a loopback
-//! link's first measure is read as if it stored ([`Link::loopback`]). The
-//! decisions are pure ([`deflate_pays`], [`stores_at`],
+//! before each file. While a link is not measured, a run's first bundle is
+//! kept small so it soon is. The decisions are pure ([`deflate_pays`],
 //! [`first_bundle_max`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
@@ -52,14 +50,15 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
 /// news: it would be forgotten a week after its last news otherwise.
 pub(super) const REFRESH_AFTER: i64 = 24 * 3600;
 
-/// Whether to deflate what is worth deflating, under `mode`, given whether
-/// each receiver's link stores ([`Link::stores`]). Every receiver gets the
-/// same bundles: one link that deflates decides.
-pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = bool>) -> bool {
+/// Whether to deflate what is worth deflating, under `mode`, given the
+/// choice of each receiver's link ([`Link::stores_if_measured`]; `None`:
+/// not measured yet). Every receiver gets the same bundles: one link that
+/// deflates decides, and one not measured yet counts as slow.
+pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool>>) -> bool {
     match mode {
         Compress::Always => true,
         Compress::Never => false,
-        Compress::Auto => stores.into_iter().any(|s| !s),
+        Compress::Auto => stores.into_iter().any(|s| s != Some(true)),
     }
 }
 
@@ -148,51 +147,29 @@ pub(super) struct Link {
     /// When `link-rates.json` last had this link's measures written (unix
     /// seconds); `None`: never.
     pub(super) written: Option<i64>,
-    /// Whether deflate is off on this link under `compress = "auto"`, as
-    /// [`stores_at`] says from where it stood; `false` (deflate) while it
-    /// was never measured.
+    /// Whether deflate is off on this link under `compress = "auto"`
+    /// ([`stores_at`]); a remembered link stores if its rate is at least
+    /// [`STORE_FROM`].
     pub(super) stores: bool,
-    /// Its receiver is configured at a loopback address or `localhost`:
-    /// its first measure is read as if the link stored before, so from
-    /// [`DEFLATE_BELOW`] it stores. Two processes on one machine share its
-    /// cores, which holds the loopback between them down whenever either
-    /// is busy (180-270 MB/s on a 2-core machine). Read from the deflating
-    /// side, a first measure just under [`STORE_FROM`] deflated the whole
-    /// rest of a first ship, which took CPU from both. Until that first
-    /// measure it deflates like any link: a loopback address may front a
-    /// tunnel or proxy to a slow link, and a link must be measured before
-    /// anything much is packed stored for it.
-    pub(super) loopback: bool,
 }
 
 impl Link {
-    /// A link not measured yet; `loopback`: see [`Link::loopback`].
-    pub(super) fn unmeasured(loopback: bool) -> Self {
-        Self {
-            loopback,
-            ..Self::default()
-        }
-    }
-
     /// A link with the measures an earlier run remembered, and whether it
-    /// stored then (`None`: not remembered, as if it had stored only if
-    /// `loopback`, see [`Link::loopback`]).
+    /// stored then (`None`: not remembered, as if it did not).
     pub(super) fn remembered(
         sent: Option<Rate>,
         received: Option<Rate>,
         stored: Option<bool>,
-        loopback: bool,
     ) -> Self {
         let mut link = Self {
             sent,
             received,
             written: [sent, received].iter().flatten().map(|r| r.at).max(),
             stores: false,
-            loopback,
         };
         link.stores = link
             .rate()
-            .is_some_and(|r| stores_at(r, stored.unwrap_or(loopback)));
+            .is_some_and(|r| stores_at(r, stored.unwrap_or(false)));
         link
     }
 
@@ -202,6 +179,12 @@ impl Link {
             (Some(a), Some(b)) => Some(a.bytes_per_s.min(b.bytes_per_s)),
             (a, b) => a.or(b).map(|r| r.bytes_per_s),
         }
+    }
+
+    /// Whether it stores ([`Link::stores`]), `None` while it was never
+    /// measured (when `stores` is false for want of a measure).
+    pub(super) fn stores_if_measured(&self) -> Option<bool> {
+        self.rate().map(|_| self.stores)
     }
 
     /// Whether a measure of it was taken by this process.
@@ -233,8 +216,7 @@ impl Link {
         });
         let rate = self.rate().expect("just measured");
         let stored = self.stores;
-        // The first measure of a loopback link is read from the storing side.
-        self.stores = stores_at(rate, stored || (old.is_none() && self.loopback));
+        self.stores = stores_at(rate, stored);
         let turns = old.is_none() || self.stores != stored;
         let news = !was_fresh || turns;
         let stale = self.written.is_none_or(|w| now - w >= REFRESH_AFTER);
@@ -270,12 +252,11 @@ pub(super) struct LinkRates {
 }
 
 impl LinkRates {
-    /// For `receivers` links not on loopback, none measured, remembered
-    /// nowhere.
+    /// For `receivers` links, none measured, remembered nowhere.
     #[cfg(test)]
     pub(super) fn new(receivers: usize) -> Self {
         Self {
-            links: Mutex::new(vec![Link::unmeasured(false); receivers]),
+            links: Mutex::new(vec![Link::default(); receivers]),
             memory: None,
             keeping: Mutex::new(()),
         }
@@ -322,7 +303,7 @@ impl LinkRates {
     /// Asked for every file packed: the links are read in place, not copied.
     pub(super) fn deflate(&self, mode: Compress) -> bool {
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        deflate_pays(mode, links.iter().map(|l| l.stores))
+        deflate_pays(mode, links.iter().map(Link::stores_if_measured))
     }
 
     /// How large the next run's first bundle may be, under `mode`.
@@ -397,62 +378,19 @@ mod tests {
     const TINY: Duration = Duration::from_micros(1);
 
     #[test]
-    fn auto_stores_only_when_every_link_stores() {
-        assert!(!deflate_pays(Compress::Auto, [true, true]));
+    fn auto_stores_only_when_every_link_is_measured_fast() {
+        let (fast, slow) = (Some(true), Some(false));
+        assert!(!deflate_pays(Compress::Auto, [fast, fast]));
         assert!(
-            deflate_pays(Compress::Auto, [true, false]),
+            deflate_pays(Compress::Auto, [fast, slow]),
             "the slowest decides"
         );
-        assert!(deflate_pays(Compress::Always, [true]));
-        assert!(!deflate_pays(Compress::Never, [false]));
-    }
-
-    /// A link not measured yet deflates, on loopback too, and its first
-    /// bundle is held small to measure it. A loopback link's first measure
-    /// is read as if it stored: at 180 MB/s (a busy 2-core machine's
-    /// loopback) it stores, where another link deflates. A slow first
-    /// measure (a tunnel or proxy in front of a slow link) deflates either
-    /// way, and from then on the band holds as for any link.
-    #[test]
-    fn a_loopback_links_first_measure_stores_it_from_the_lower_line() {
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
-        let rates = |loopback| LinkRates {
-            links: Mutex::new(vec![Link::unmeasured(loopback)]),
-            memory: None,
-            keeping: Mutex::new(()),
-        };
-        for loopback in [false, true] {
-            let r = rates(loopback);
-            assert!(r.deflate(Compress::Auto), "not measured yet");
-            assert_eq!(
-                r.first_bundle_max(Compress::Auto),
-                Some(UNMEASURED_FIRST_BUNDLE)
-            );
-            let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
-            assert!(m.news);
-            assert_eq!(m.stores, loopback, "first measured at 180 MB/s");
-            assert_eq!(r.deflate(Compress::Auto), !loopback);
-            let r = rates(loopback);
-            let m = r.record(0, Measure::Received, at(40), T0).unwrap();
-            assert!(!m.stores && r.deflate(Compress::Auto), "first at 40 MB/s");
-            let r = rates(loopback);
-            r.record(0, Measure::Acked, at(100), T0).unwrap();
-            let m = r.record(0, Measure::Acked, at(260), T0).unwrap();
-            assert_eq!(m.rate, 180e6, "half the old, half the new");
-            assert!(!m.stores, "180 MB/s from the deflating side");
-        }
-        let rate = Some(Rate {
-            bytes_per_s: 180e6,
-            at: T0,
-            fresh: false,
-        });
-        assert!(Link::remembered(rate, None, None, true).stores);
-        assert!(!Link::remembered(rate, None, None, false).stores);
         assert!(
-            !Link::remembered(rate, None, Some(false), true).stores,
-            "the remembered choice holds"
+            deflate_pays(Compress::Auto, [fast, None]),
+            "unmeasured counts as slow"
         );
-        assert!(!Link::remembered(None, None, Some(true), true).stores);
+        assert!(deflate_pays(Compress::Always, [fast]));
+        assert!(!deflate_pays(Compress::Never, [slow, None]));
     }
 
     /// A link measured near the line keeps its choice: deflate stops at
@@ -543,7 +481,7 @@ mod tests {
             at,
             fresh,
         });
-        let link = Link::remembered(rate, rate, None, false);
+        let link = Link::remembered(rate, rate, None);
         LinkRates {
             links: Mutex::new(vec![link]),
             memory: None,

@@ -320,9 +320,8 @@ impl Link {
                 peer = %self.receiver,
                 mb_per_s = (m.rate / 1e6).round(),
                 deflate_pays = !m.stores,
-                "link measured (deflate_pays says this link's: under compress = \"auto\" it stops paying at {} MB/s, or from the first measure on at {} MB/s for a receiver at a loopback address, and pays again below {} MB/s, and every receiver's bundles are deflated while it pays on any link)",
+                "link measured (deflate_pays says this link's: under compress = \"auto\" it stops paying at {} MB/s and pays again below {} MB/s, and every receiver's bundles are deflated while it pays on any link)",
                 STORE_FROM / 1e6,
-                DEFLATE_BELOW / 1e6,
                 DEFLATE_BELOW / 1e6
             );
         }
