@@ -1,6 +1,7 @@
 //! A sender's side of bases, pure: where each upload goes (the chain or
 //! the base under way, and the bundle sealed before it there:
-//! [`Cursor`]), when the next base is due ([`base_due`]), and what the
+//! [`Cursor`]), what a reconnect finds of the base under way
+//! ([`Cursor::take_in`]), when the next base is due ([`base_due`]), and what the
 //! bucket may let go once a base is complete ([`prune_below`]).
 //!
 //! A base is a whole tree for the bucket packed as one (its bundles carry
@@ -29,6 +30,20 @@ pub struct Cursor {
     pub chain: u64,
     /// The base being uploaded.
     pub base: Option<UnderWay>,
+    /// A base's first member being uploaded, `(number, seq)`, until its
+    /// seal is known to be up: if the seal went up but its reply was lost,
+    /// the reconnect finds the member in the bucket and the base goes on
+    /// from it ([`Cursor::take_in`]).
+    pub beginning: Option<(u64, u64)>,
+}
+
+/// What a reconnect found of the base under way ([`Cursor::take_in`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseFound {
+    /// No base is under way, or it goes on from its newest member there.
+    GoesOn,
+    /// The base under way is not in the bucket as uploaded: give it up.
+    Lost,
 }
 
 impl Cursor {
@@ -57,8 +72,48 @@ impl Cursor {
         }
     }
 
+    /// Bundle `seq` (of base `number`, if it has one) is about to be
+    /// uploaded as [`Cursor::place`] placed it: a base's first member is
+    /// noted as beginning.
+    pub fn uploading(&mut self, seq: u64, number: Option<u64>, belongs: Belongs) {
+        self.beginning = match (number, belongs) {
+            (Some(number), Belongs::Base { first, .. }) if first == seq => Some((number, seq)),
+            _ => None,
+        };
+    }
+
+    /// Take in `member`, the newest member sealed in the bucket, at a
+    /// connect: the base under way goes on from it if it is that base's;
+    /// a base whose first member was being uploaded (its seal went up,
+    /// the reply was lost) goes on from that member if it is the one; any
+    /// other base under way is lost.
+    pub fn take_in(&mut self, member: Option<&Sealed>) -> BaseFound {
+        let beginning = self.beginning.take();
+        let first_of = |m: &Sealed| match m.belongs {
+            Belongs::Base { first, .. } => Some(first),
+            Belongs::Chain => None,
+        };
+        match (&mut self.base, beginning, member) {
+            (Some(base), _, Some(m)) if first_of(m) == Some(base.first) => {
+                base.last = m.clone();
+                BaseFound::GoesOn
+            }
+            (Some(_), _, _) => BaseFound::Lost,
+            (None, Some((number, seq)), Some(m)) if m.seq == seq && first_of(m) == Some(seq) => {
+                self.base = Some(UnderWay {
+                    number,
+                    first: seq,
+                    last: m.clone(),
+                });
+                BaseFound::GoesOn
+            }
+            (None, _, _) => BaseFound::GoesOn,
+        }
+    }
+
     /// A bundle (of base `number`, if it has one) was sealed as `sealed`.
     pub fn sealed(&mut self, sealed: Sealed, number: Option<u64>) {
+        self.beginning = None;
         match (sealed.belongs, number) {
             (Belongs::Base { first, .. }, Some(number)) => {
                 self.base = Some(UnderWay {
@@ -138,11 +193,111 @@ mod tests {
         }
     }
 
+    /// A base's first member whose seal went up though its reply was
+    /// lost (the server gone meanwhile): the reconnect finds it newest in
+    /// the bucket, and the base goes on from it. Before, the base began
+    /// again at the next member, without the first member's files, and its
+    /// end still made it complete: a receiver started empty from it never
+    /// had them.
+    #[test]
+    fn a_first_member_sealed_though_its_reply_was_lost_begins_the_base() {
+        let first = Belongs::Base {
+            first: 6,
+            last: false,
+        };
+        let mut c = Cursor {
+            chain: 5,
+            ..Cursor::default()
+        };
+        assert_eq!(c.place(6, Some(2)), (first, 0));
+        c.uploading(6, Some(2), first);
+        assert_eq!(c.beginning, Some((2, 6)));
+        let m6 = sealed((6, 0), first);
+        assert_eq!(c.take_in(Some(&m6)), BaseFound::GoesOn);
+        assert_eq!(
+            c.base,
+            Some(UnderWay {
+                number: 2,
+                first: 6,
+                last: m6.clone(),
+            })
+        );
+        assert_eq!(
+            c.place(7, Some(2)),
+            (first, 6),
+            "the next member follows it"
+        );
+        // Its seal did not go up (the newest member there is an older
+        // base's): it is uploaded again, as the first of its base.
+        let mut c = Cursor {
+            chain: 5,
+            ..Cursor::default()
+        };
+        c.uploading(6, Some(2), first);
+        let older = sealed(
+            (4, 3),
+            Belongs::Base {
+                first: 3,
+                last: true,
+            },
+        );
+        assert_eq!(c.take_in(Some(&older)), BaseFound::GoesOn);
+        assert_eq!((c.base.clone(), c.beginning), (None, None));
+        assert_eq!(c.place(6, Some(2)), (first, 0));
+        assert_eq!(c.take_in(None), BaseFound::GoesOn, "an empty bucket");
+        // Only a base's first member begins one, until it is sealed.
+        c.uploading(6, None, Belongs::Chain);
+        assert_eq!(c.beginning, None);
+        c.uploading(6, Some(2), first);
+        c.sealed(m6, Some(2));
+        assert_eq!(c.beginning, None);
+        let later = Belongs::Base {
+            first: 6,
+            last: false,
+        };
+        c.uploading(7, Some(2), later);
+        assert_eq!(c.beginning, None, "not a first member");
+    }
+
+    /// At a connect, a base under way goes on from its newest member in
+    /// the bucket, and is lost when that is another base's, or none.
+    #[test]
+    fn a_base_under_way_goes_on_from_its_member_there_or_is_lost() {
+        let of_6 = Belongs::Base {
+            first: 6,
+            last: false,
+        };
+        let under_way = Cursor {
+            chain: 5,
+            base: Some(UnderWay {
+                number: 2,
+                first: 6,
+                last: sealed((6, 0), of_6),
+            }),
+            beginning: None,
+        };
+        let mut c = under_way.clone();
+        let m8 = sealed((8, 7), of_6);
+        assert_eq!(c.take_in(Some(&m8)), BaseFound::GoesOn);
+        assert_eq!(c.base.as_ref().map(|b| b.last.seq), Some(8));
+        let other = sealed(
+            (4, 3),
+            Belongs::Base {
+                first: 3,
+                last: false,
+            },
+        );
+        for found in [Some(&other), None] {
+            let mut c = under_way.clone();
+            assert_eq!(c.take_in(found), BaseFound::Lost);
+        }
+    }
+
     #[test]
     fn members_go_to_their_base_and_the_chain_keeps_its_own_links() {
         let mut c = Cursor {
             chain: 9,
-            base: None,
+            ..Cursor::default()
         };
         // Base 1 begins with its first member; the chain goes on between.
         let first = c.place(10, Some(1));

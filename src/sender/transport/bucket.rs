@@ -23,7 +23,7 @@ use tracing::info;
 use super::bucket_bases::Clock;
 use super::connect::Welcome;
 use super::{Link, Lost};
-use crate::bucket::bases::Cursor;
+use crate::bucket::bases::{BaseFound, Cursor};
 use crate::bucket::fetch::BucketReader;
 use crate::bucket::names::{Kind, listed_name, sender_dir, zip_name};
 use crate::bucket::seal::{Belongs, Seal, Sealed, Sealer};
@@ -212,7 +212,12 @@ impl Bucket {
     /// Upload bundle `b` of sender `id`, then its seal: on the chain, or
     /// as a member of the base it was packed for.
     async fn upload(&self, b: &Packed, id: &str) -> Result<(), String> {
-        let (belongs, prev) = self.cursor().place(b.seq, b.base);
+        let (belongs, prev) = {
+            let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
+            let (belongs, prev) = cursor.place(b.seq, b.base);
+            cursor.uploading(b.seq, b.base, belongs);
+            (belongs, prev)
+        };
         let zip = self.reader().object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)
@@ -251,9 +256,10 @@ impl Bucket {
 
     /// Take in where the folder stands at a connect: the chain goes on
     /// from its newest; a base under way goes on from its newest member
-    /// there (one whose seal went up though its upload seemed to fail), or
-    /// is given up when that is another base's (or none); an empty folder
-    /// (a new or emptied bucket) keeps nothing.
+    /// there (one whose seal went up though its upload seemed to fail, its
+    /// first member's too), or is given up when that is another base's (or
+    /// none; see [`Cursor::take_in`]); an empty folder (a new or emptied
+    /// bucket) keeps nothing.
     fn take_in(&self, at: &Position) {
         let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
         cursor.chain = at.chain;
@@ -263,18 +269,10 @@ impl Bucket {
             self.kept_from
                 .fetch_max(at.kept_from, std::sync::atomic::Ordering::SeqCst);
         }
-        let Some(base) = cursor.base.as_mut() else {
-            return;
-        };
-        match &at.member {
-            Some(m) if matches!(m.belongs, Belongs::Base { first, .. } if first == base.first) => {
-                base.last = m.clone();
-            }
-            _ => {
-                drop(cursor);
-                tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up; the next is made when due");
-                self.base_done();
-            }
+        if cursor.take_in(at.member.as_ref()) == BaseFound::Lost {
+            drop(cursor);
+            tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up; the next is made when due");
+            self.base_done();
         }
     }
 
