@@ -74,12 +74,17 @@ impl Cursor {
 
     /// Bundle `seq` (of base `number`, if it has one) is about to be
     /// uploaded as [`Cursor::place`] placed it: a base's first member is
-    /// noted as beginning.
+    /// noted as beginning, and any other base still under way is given up
+    /// (`place` begins a base only when its number is not that one's: it
+    /// was packed again under a new number).
     pub fn uploading(&mut self, seq: u64, number: Option<u64>, belongs: Belongs) {
         self.beginning = match (number, belongs) {
             (Some(number), Belongs::Base { first, .. }) if first == seq => Some((number, seq)),
             _ => None,
         };
+        if self.beginning.is_some() {
+            self.base = None;
+        }
     }
 
     /// Take in `member`, the newest member sealed in the bucket, at a
@@ -244,7 +249,9 @@ mod tests {
         assert_eq!(c.take_in(Some(&older)), BaseFound::GoesOn);
         assert_eq!((c.base.clone(), c.beginning), (None, None));
         assert_eq!(c.place(6, Some(2)), (first, 0));
+        c.uploading(6, Some(2), first);
         assert_eq!(c.take_in(None), BaseFound::GoesOn, "an empty bucket");
+        assert_eq!((c.base.clone(), c.beginning), (None, None));
         // Only a base's first member begins one, until it is sealed.
         c.uploading(6, None, Belongs::Chain);
         assert_eq!(c.beginning, None);
@@ -257,6 +264,38 @@ mod tests {
         };
         c.uploading(7, Some(2), later);
         assert_eq!(c.beginning, None, "not a first member");
+    }
+
+    /// A base given up while under way (packed again under a new number)
+    /// leaves no base under way once the new one's first member uploads,
+    /// so that member, sealed though its reply was lost, begins the new
+    /// base at the reconnect instead of losing it as not the old one's.
+    #[test]
+    fn a_new_bases_first_member_replaces_a_base_given_up() {
+        let of_6 = Belongs::Base {
+            first: 6,
+            last: false,
+        };
+        let mut c = Cursor {
+            chain: 5,
+            base: Some(UnderWay {
+                number: 2,
+                first: 6,
+                last: sealed((7, 6), of_6),
+            }),
+            beginning: None,
+        };
+        let of_20 = Belongs::Base {
+            first: 20,
+            last: false,
+        };
+        assert_eq!(c.place(20, Some(3)), (of_20, 0));
+        c.uploading(20, Some(3), of_20);
+        assert_eq!(c.base, None);
+        let m20 = sealed((20, 0), of_20);
+        assert_eq!(c.take_in(Some(&m20)), BaseFound::GoesOn);
+        assert_eq!(c.base.as_ref().map(|b| (b.number, b.first)), Some((3, 20)));
+        assert_eq!(c.place(21, Some(3)), (of_20, 20));
     }
 
     /// At a connect, a base under way goes on from its newest member in
