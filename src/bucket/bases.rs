@@ -72,12 +72,13 @@ impl Cursor {
         }
     }
 
-    /// Bundle `seq` (of base `number`, if it has one) is about to be
-    /// uploaded as [`Cursor::place`] placed it: a base's first member is
+    /// Place bundle `seq` (of base `number`, if it has one) as
+    /// [`Cursor::place`] does, for its upload now: a base's first member is
     /// noted as beginning, and any other base still under way is given up
     /// (`place` begins a base only when its number is not that one's: it
     /// was packed again under a new number).
-    pub fn uploading(&mut self, seq: u64, number: Option<u64>, belongs: Belongs) {
+    pub fn upload(&mut self, seq: u64, number: Option<u64>) -> (Belongs, u64) {
+        let (belongs, prev) = self.place(seq, number);
         self.beginning = match (number, belongs) {
             (Some(number), Belongs::Base { first, .. }) if first == seq => Some((number, seq)),
             _ => None,
@@ -85,6 +86,12 @@ impl Cursor {
         if self.beginning.is_some() {
             self.base = None;
         }
+        (belongs, prev)
+    }
+
+    /// No base is under way any more, nor beginning.
+    pub fn give_up_base(&mut self) {
+        (self.base, self.beginning) = (None, None);
     }
 
     /// Take in `member`, the newest member sealed in the bucket, at a
@@ -215,7 +222,7 @@ mod tests {
             ..Cursor::default()
         };
         assert_eq!(c.place(6, Some(2)), (first, 0));
-        c.uploading(6, Some(2), first);
+        assert_eq!(c.upload(6, Some(2)), (first, 0));
         assert_eq!(c.beginning, Some((2, 6)));
         let m6 = sealed((6, 0), first);
         assert_eq!(c.take_in(Some(&m6)), BaseFound::GoesOn);
@@ -238,32 +245,47 @@ mod tests {
             chain: 5,
             ..Cursor::default()
         };
-        c.uploading(6, Some(2), first);
-        let older = sealed(
-            (4, 3),
-            Belongs::Base {
-                first: 3,
-                last: true,
-            },
-        );
+        c.upload(6, Some(2));
+        let older = member((4, 3), 3, true);
         assert_eq!(c.take_in(Some(&older)), BaseFound::GoesOn);
         assert_eq!((c.base.clone(), c.beginning), (None, None));
-        assert_eq!(c.place(6, Some(2)), (first, 0));
-        c.uploading(6, Some(2), first);
+        assert_eq!(c.upload(6, Some(2)), (first, 0));
         assert_eq!(c.take_in(None), BaseFound::GoesOn, "an empty bucket");
         assert_eq!((c.base.clone(), c.beginning), (None, None));
         // Only a base's first member begins one, until it is sealed.
-        c.uploading(6, None, Belongs::Chain);
+        c.upload(6, None);
         assert_eq!(c.beginning, None);
-        c.uploading(6, Some(2), first);
+        c.upload(6, Some(2));
         c.sealed(m6, Some(2));
         assert_eq!(c.beginning, None);
-        let later = Belongs::Base {
+        c.upload(7, Some(2));
+        assert_eq!(c.beginning, None, "not a first member");
+        c.upload(8, Some(3));
+        c.give_up_base();
+        assert_eq!((c.base, c.beginning), (None, None));
+    }
+
+    /// Bundle `seq`, sealed after `prev` as a member of the base from `first`.
+    fn member((seq, prev): (u64, u64), first: u64, last: bool) -> Sealed {
+        sealed((seq, prev), Belongs::Base { first, last })
+    }
+
+    /// Base 2 under way from member 6, sealed up to `last`, after chain 5.
+    fn base_2_from_6(last: u64) -> Cursor {
+        let of_6 = Belongs::Base {
             first: 6,
             last: false,
         };
-        c.uploading(7, Some(2), later);
-        assert_eq!(c.beginning, None, "not a first member");
+        let prev = if last == 6 { 0 } else { last - 1 };
+        Cursor {
+            chain: 5,
+            base: Some(UnderWay {
+                number: 2,
+                first: 6,
+                last: sealed((last, prev), of_6),
+            }),
+            beginning: None,
+        }
     }
 
     /// A base given up while under way (packed again under a new number)
@@ -272,25 +294,13 @@ mod tests {
     /// base at the reconnect instead of losing it as not the old one's.
     #[test]
     fn a_new_bases_first_member_replaces_a_base_given_up() {
-        let of_6 = Belongs::Base {
-            first: 6,
-            last: false,
-        };
-        let mut c = Cursor {
-            chain: 5,
-            base: Some(UnderWay {
-                number: 2,
-                first: 6,
-                last: sealed((7, 6), of_6),
-            }),
-            beginning: None,
-        };
+        let mut c = base_2_from_6(7);
         let of_20 = Belongs::Base {
             first: 20,
             last: false,
         };
         assert_eq!(c.place(20, Some(3)), (of_20, 0));
-        c.uploading(20, Some(3), of_20);
+        assert_eq!(c.upload(20, Some(3)), (of_20, 0));
         assert_eq!(c.base, None);
         let m20 = sealed((20, 0), of_20);
         assert_eq!(c.take_in(Some(&m20)), BaseFound::GoesOn);
@@ -302,30 +312,12 @@ mod tests {
     /// the bucket, and is lost when that is another base's, or none.
     #[test]
     fn a_base_under_way_goes_on_from_its_member_there_or_is_lost() {
-        let of_6 = Belongs::Base {
-            first: 6,
-            last: false,
-        };
-        let under_way = Cursor {
-            chain: 5,
-            base: Some(UnderWay {
-                number: 2,
-                first: 6,
-                last: sealed((6, 0), of_6),
-            }),
-            beginning: None,
-        };
+        let under_way = base_2_from_6(6);
         let mut c = under_way.clone();
-        let m8 = sealed((8, 7), of_6);
+        let m8 = member((8, 7), 6, false);
         assert_eq!(c.take_in(Some(&m8)), BaseFound::GoesOn);
         assert_eq!(c.base.as_ref().map(|b| b.last.seq), Some(8));
-        let other = sealed(
-            (4, 3),
-            Belongs::Base {
-                first: 3,
-                last: false,
-            },
-        );
+        let other = member((4, 3), 3, false);
         for found in [Some(&other), None] {
             let mut c = under_way.clone();
             assert_eq!(c.take_in(found), BaseFound::Lost);

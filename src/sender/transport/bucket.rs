@@ -212,12 +212,11 @@ impl Bucket {
     /// Upload bundle `b` of sender `id`, then its seal: on the chain, or
     /// as a member of the base it was packed for.
     async fn upload(&self, b: &Packed, id: &str) -> Result<(), String> {
-        let (belongs, prev) = {
-            let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
-            let (belongs, prev) = cursor.place(b.seq, b.base);
-            cursor.uploading(b.seq, b.base, belongs);
-            (belongs, prev)
-        };
+        let (belongs, prev) = self
+            .cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .upload(b.seq, b.base);
         let zip = self.reader().object(&zip_name(&self.me, b.seq));
         let hash = self
             .put_file(&zip, b)

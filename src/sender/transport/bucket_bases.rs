@@ -201,9 +201,10 @@ impl Bucket {
     /// No base is under way any more.
     pub(super) fn base_done(&self) {
         self.trees.lock().unwrap_or_else(|e| e.into_inner()).ends_at = None;
-        let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
-        (cursor.base, cursor.beginning) = (None, None);
-        drop(cursor);
+        self.cursor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .give_up_base();
         self.clock
             .lock()
             .unwrap_or_else(|e| e.into_inner())
