@@ -7,7 +7,8 @@
 //! behind what every receiver acknowledged (restored from a backup) needs the
 //! whole tree: [`plan_welcome`] says so, and `state_dir/receivers.json`
 //! remembers it until that whole tree is acknowledged, so a restart in the
-//! middle starts it again. A receiver whose root was rolled back
+//! middle starts it again; a receiver back while one is under way in this
+//! process has it go on from what was sent ([`TreeNeed::begun`]). A receiver whose root was rolled back
 //! (`shipper rollback`) says so instead, and gets its root compared with
 //! the source and repaired, remembered there too until done. [`plan_welcome`] is pure; [`Peers::load`] and
 //! [`Peers::save`] are the only I/O (blocking).
@@ -87,6 +88,33 @@ pub struct Known {
     pub whole_tree_pending: bool,
     /// That whole tree is a base (a bucket's).
     pub pending_base: bool,
+    /// The base begun for it is not there as it was uploaded (a bucket
+    /// emptied or altered while away): what was sent of it is lost.
+    pub base_lost: bool,
+}
+
+/// Why a receiver needs the whole tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TreeNeed {
+    /// Said in the log and in its status.
+    pub reason: String,
+    /// As a base for a bucket's receivers catching up, not a repair.
+    pub base: bool,
+    /// Only because one begun for it earlier is not finished: one under
+    /// way in this process goes on from what was sent, rather than begin
+    /// again from the first file.
+    pub begun: bool,
+}
+
+impl TreeNeed {
+    /// Needed afresh (not [`TreeNeed::begun`]), for `reason`.
+    pub fn new(reason: String, base: bool) -> Self {
+        Self {
+            reason,
+            base,
+            begun: false,
+        }
+    }
 }
 
 /// What to do with a receiver that just said `Welcome`.
@@ -100,9 +128,7 @@ pub struct Plan {
     /// back, [`must_skip`]) would be acknowledged without being applied.
     pub skip_upto: u64,
     /// Why it needs the whole tree, if it does.
-    pub whole_tree: Option<String>,
-    /// That whole tree is a base begun earlier (a bucket's), nothing else.
-    pub base: bool,
+    pub whole_tree: Option<TreeNeed>,
     /// Its root was rolled back to this sequence and released: the source
     /// is compared with it and the difference shipped (as `shipper verify
     /// --repair` would, deleting what the rollback brought back that the
@@ -122,26 +148,38 @@ pub fn plan_welcome(
 ) -> Plan {
     let release_upto = last_applied.min(k.sent.max(k.acked));
     let mut whole_tree = None;
-    let mut base = false;
     if k.whole_tree_pending {
-        whole_tree = Some("a whole tree begun for it earlier was not finished".to_owned());
-        base = k.pending_base;
+        whole_tree = Some(if k.base_lost {
+            TreeNeed::new(
+                "the base begun for it is not there as uploaded (emptied, or altered)".to_owned(),
+                k.pending_base,
+            )
+        } else {
+            TreeNeed {
+                reason: "a whole tree begun for it earlier was not finished".to_owned(),
+                base: k.pending_base,
+                begun: true,
+            }
+        });
     }
     if k.instance.is_some_and(|i| i != instance) {
-        whole_tree = Some("its state is new (a rebuilt or wiped receiver)".to_owned());
-        base = false;
-    } else if last_applied < k.everyone && rolled.is_none() {
-        whole_tree = Some(format!(
-            "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
-            k.everyone
+        whole_tree = Some(TreeNeed::new(
+            "its state is new (a rebuilt or wiped receiver)".to_owned(),
+            false,
         ));
-        base = false;
+    } else if last_applied < k.everyone && rolled.is_none() {
+        whole_tree = Some(TreeNeed::new(
+            format!(
+                "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
+                k.everyone
+            ),
+            false,
+        ));
     }
     Plan {
         release_upto,
         skip_upto: last_applied,
         whole_tree,
-        base,
         compare: rolled.filter(|r| !r.held).map(|r| r.to),
         held: rolled.filter(|r| r.held).map(|r| r.to),
     }
@@ -170,6 +208,7 @@ mod tests {
             instance: Some(A),
             whole_tree_pending: false,
             pending_base: false,
+            base_lost: false,
         }
     }
 
@@ -212,7 +251,7 @@ mod tests {
                 ..known()
             },
         );
-        assert!(p.whole_tree.unwrap().contains("left the outbox"));
+        assert!(p.whole_tree.unwrap().reason.contains("left the outbox"));
         assert_eq!(p.release_upto, 0);
     }
 
@@ -225,7 +264,7 @@ mod tests {
                 ..known()
             },
         );
-        assert!(p.whole_tree.unwrap().contains("state is new"));
+        assert!(p.whole_tree.unwrap().reason.contains("state is new"));
     }
 
     #[test]
@@ -261,16 +300,42 @@ mod tests {
     }
 
     #[test]
-    fn an_unfinished_whole_tree_is_begun_again() {
+    fn an_unfinished_whole_tree_goes_on_or_is_begun_again() {
+        let pending = Known {
+            everyone: 40,
+            whole_tree_pending: true,
+            pending_base: true,
+            ..known()
+        };
+        let p = plan_welcome((40, A, None), pending);
+        let need = p.whole_tree.unwrap();
+        assert!(need.begun && need.base, "{need:?}");
+        // A base lost in the bucket is begun again from its first file.
         let p = plan_welcome(
             (40, A, None),
             Known {
-                everyone: 40,
-                whole_tree_pending: true,
+                base_lost: true,
+                ..pending
+            },
+        );
+        let need = p.whole_tree.unwrap();
+        assert!(!need.begun && need.base, "{need:?}");
+        assert!(need.reason.contains("not there as uploaded"));
+        // So is one for a receiver rebuilt meanwhile, and as a repair.
+        let p = plan_welcome((40, B, None), pending);
+        assert_eq!(
+            p.whole_tree.map(|n| (n.begun, n.base)),
+            Some((false, false))
+        );
+        // Lost while none was pending: nothing now (the next when due).
+        let p = plan_welcome(
+            (40, A, None),
+            Known {
+                base_lost: true,
                 ..known()
             },
         );
-        assert!(p.whole_tree.is_some());
+        assert_eq!(p.whole_tree, None);
     }
 
     #[test]
@@ -288,6 +353,6 @@ mod tests {
         assert_eq!(p.skip_upto, 30);
         // Behind for another reason too: that reason still holds.
         let p = plan_welcome((30, B, rolled(false)), known());
-        assert!(p.whole_tree.unwrap().contains("state is new"));
+        assert!(p.whole_tree.unwrap().reason.contains("state is new"));
     }
 }

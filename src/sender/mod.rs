@@ -472,12 +472,8 @@ impl Sender {
                 }
                 self.maybe_pack(false, next_tick);
             }
-            TransportEvent::WholeTree {
-                index,
-                reason,
-                base,
-            } => {
-                self.cut.whole_trees.need(index, &reason, base);
+            TransportEvent::WholeTree { index, need } => {
+                self.cut.whole_trees.need(index, &need);
                 self.maybe_pack(false, next_tick);
             }
             TransportEvent::Compare => self.maybe_compare(),

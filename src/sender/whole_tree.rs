@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use crate::bundle::Summary;
-use crate::peers::Peers;
+use crate::peers::{Peers, TreeNeed};
 
 use super::transport::update_peer;
 
@@ -78,22 +78,54 @@ impl WholeTrees {
         }
     }
 
-    /// Receiver `index` needs the whole tree, for `reason` (already
-    /// recorded), as a base (a bucket's) or not. One packed for it before
-    /// no longer counts; a repair asked for while a base waits or is
-    /// packed makes it one, or follows it.
-    pub(super) fn need(&mut self, index: usize, reason: &str, base: bool) {
-        if let Some(waiting) = self.queue.get_mut(&index) {
-            *waiting &= base;
+    /// Receiver `index` needs the whole tree (recorded already), as a
+    /// base (a bucket's) or not. One begun for it in this process goes on
+    /// when it is needed only for being begun (a reconnect: what was sent
+    /// of it is still in the outbox). Otherwise it is begun again from its
+    /// first file: one packed for it before no longer counts, and one
+    /// being packed stops at the run under way. A repair asked for while
+    /// a base waits makes it one.
+    pub(super) fn need(&mut self, index: usize, need: &TreeNeed) {
+        let name = self.names[index].clone();
+        if need.begun && self.under_way(index) {
+            info!(peer = %name, "the whole tree under way for this receiver goes on from what was sent of it");
             return;
         }
-        self.queue.insert(index, base);
-        self.last.remove(&index);
-        if base {
-            info!(peer = %self.names[index], %reason, "a base for the bucket: packing every file for it");
-        } else {
-            warn!(peer = %self.names[index], %reason, "this receiver needs the whole tree: shipping it every file");
+        if let Some(waiting) = self.queue.get_mut(&index) {
+            *waiting &= need.base;
+            return;
         }
+        if self.current.as_ref().is_some_and(|t| t.index == index) {
+            // Its later runs would only add to a tree that no longer
+            // counts; a base's members packed so far never get an end.
+            self.stop_current();
+        }
+        self.queue.insert(index, need.base);
+        self.last.remove(&index);
+        let reason = &need.reason;
+        if need.base {
+            info!(peer = %name, %reason, "a base for the bucket: packing every file for it");
+        } else {
+            warn!(peer = %name, %reason, "this receiver needs the whole tree: shipping it every file");
+        }
+    }
+
+    /// Stop packing the whole tree under way, if one is: a base stops
+    /// being packed.
+    fn stop_current(&mut self) -> Option<InTree> {
+        let t = self.current.take()?;
+        if t.base.is_some() {
+            self.bases.lock().unwrap_or_else(|e| e.into_inner()).packing = false;
+        }
+        Some(t)
+    }
+
+    /// A whole tree for receiver `index` waits, is being packed, or waits
+    /// for its last bundle to be acknowledged.
+    fn under_way(&self, index: usize) -> bool {
+        self.queue.contains_key(&index)
+            || self.current.as_ref().is_some_and(|t| t.index == index)
+            || self.last.contains_key(&index)
     }
 
     /// The whole tree to pack a run of next: the one under way, or the next
@@ -131,7 +163,11 @@ impl WholeTrees {
     /// to be packed from its start.
     pub(super) fn failed(&mut self, index: usize, error: &std::io::Error) {
         warn!(peer = %self.names[index], error = %error, "packing the whole tree for this receiver failed; trying again");
-        let base = self.current.take().is_some_and(|t| t.base.is_some());
+        let Some(t) = self.stop_current() else {
+            // Stopped meanwhile (`need`): already waiting, from its start.
+            return;
+        };
+        let base = t.base.is_some();
         // Packed again from its start: a base under a new number.
         let waiting = self.queue.entry(index).or_insert(base);
         *waiting &= base;
@@ -206,13 +242,30 @@ mod tests {
         Summary::default()
     }
 
-    #[tokio::test]
-    async fn a_whole_tree_packed_in_runs_is_done_once_its_last_runs_last_bundle_is_acked() {
+    fn fresh(reason: &str, base: bool) -> TreeNeed {
+        TreeNeed::new(reason.into(), base)
+    }
+
+    fn begun(base: bool) -> TreeNeed {
+        TreeNeed {
+            begun: true,
+            ..fresh("begun earlier", base)
+        }
+    }
+
+    fn trees(names: &[&str]) -> (WholeTrees, Arc<Mutex<BaseTrees>>, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let peers = Arc::new(Mutex::new(Peers::default()));
         let bases = Arc::new(Mutex::new(BaseTrees::default()));
-        let mut w = WholeTrees::new(vec!["r0".into()], (peers, dir.path().to_owned()), bases);
-        w.need(0, "new", false);
+        let names = names.iter().map(|n| n.to_string()).collect();
+        let w = WholeTrees::new(names, (peers, dir.path().to_owned()), bases.clone());
+        (w, bases, dir)
+    }
+
+    #[tokio::test]
+    async fn a_whole_tree_packed_in_runs_is_done_once_its_last_runs_last_bundle_is_acked() {
+        let (mut w, _, _dir) = trees(&["r0"]);
+        w.need(0, &fresh("new", false));
         let first = w.next().unwrap();
         assert_eq!((first.index, first.after), (0, None));
         w.taken(Some("m".into()), true);
@@ -229,12 +282,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_base_is_numbered_and_ends_with_its_trees_last_bundle_and_a_repair_wins() {
-        let dir = tempfile::tempdir().unwrap();
-        let peers = Arc::new(Mutex::new(Peers::default()));
-        let bases = Arc::new(Mutex::new(BaseTrees::default()));
-        let names = vec!["r0".into(), "s3://b/p".into()];
-        let mut w = WholeTrees::new(names, (peers, dir.path().to_owned()), bases.clone());
-        w.need(1, "due", true);
+        let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
+        w.need(1, &fresh("due", true));
         assert_eq!(w.next().unwrap().base, Some(1));
         assert!(bases.lock().unwrap().packing);
         w.taken(Some("m".into()), true);
@@ -247,17 +296,74 @@ mod tests {
         assert_eq!(b.ends_at, Some((1, 7)));
         drop(b);
         // A repair asked for while a base waits makes it a repair.
-        w.need(1, "due", true);
-        w.need(1, "its backlog was dropped", false);
+        w.need(1, &fresh("due", true));
+        w.need(1, &fresh("its backlog was dropped", false));
         assert_eq!(w.next().unwrap().base, None);
         // A base of nothing has no end.
         bases.lock().unwrap().ends_at = None;
         w.taken(None, false);
         w.packed(&[], 0);
-        w.need(1, "due", true);
+        w.need(1, &fresh("due", true));
         assert_eq!(w.next().unwrap().base, Some(2), "numbered anew");
         w.taken(None, false);
         w.packed(&[], 0);
         assert_eq!(bases.lock().unwrap().ends_at, None);
+    }
+
+    #[tokio::test]
+    async fn a_reconnect_while_a_whole_tree_is_under_way_lets_it_go_on() {
+        let (mut w, _, _dir) = trees(&["r0"]);
+        // After a restart nothing is under way: it is begun.
+        w.need(0, &begun(false));
+        w.next().unwrap();
+        w.taken(Some("m".into()), true);
+        w.packed(&[(5, summary())], 0);
+        // The receiver reconnects between runs: the tree goes on from "m".
+        w.need(0, &begun(false));
+        let t = w.next().expect("the same tree goes on");
+        assert_eq!(t.after.as_deref(), Some("m"));
+        w.taken(None, false);
+        w.packed(&[(9, summary())], 0);
+        assert!(w.next().is_none(), "no second whole tree waits");
+        // It reconnects before its last bundle is acknowledged: still none.
+        w.need(0, &begun(false));
+        assert!(w.next().is_none());
+        assert_eq!(w.last.get(&0), Some(&9));
+        w.acked(9);
+        assert!(w.last.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_whole_tree_needed_afresh_stops_the_one_under_way_and_begins_again() {
+        let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
+        w.need(1, &fresh("due", true));
+        assert_eq!(w.next().unwrap().base, Some(1));
+        w.taken(Some("m".into()), true);
+        // The bucket's base was lost while its run was being packed.
+        w.need(1, &fresh("not there as uploaded", true));
+        assert!(!bases.lock().unwrap().packing, "base 1 is packed no more");
+        // That run ends (or fails): it counts for nothing, and base 1 gets
+        // no end.
+        w.packed(&[(5, summary())], 0);
+        w.failed(1, &std::io::Error::other("disk full"));
+        assert_eq!(bases.lock().unwrap().ends_at, None);
+        let t = w.next().expect("begun again");
+        assert_eq!((t.index, t.after, t.base), (1, None, Some(2)));
+        w.taken(None, false);
+        w.packed(&[(8, summary())], 0);
+        assert_eq!(bases.lock().unwrap().ends_at, Some((2, 8)));
+        // Needed afresh once packed (a rebuilt receiver): its last bundle
+        // no longer ends it; the new one does.
+        w.need(0, &fresh("new", false));
+        w.next().unwrap();
+        w.taken(None, false);
+        w.packed(&[(10, summary())], 0);
+        w.need(0, &fresh("its state is new", false));
+        w.acked(10);
+        let t = w.next().expect("begun again");
+        assert_eq!((t.index, t.after), (0, None));
+        w.taken(None, false);
+        w.packed(&[(12, summary())], 10);
+        assert_eq!(w.last.get(&0), Some(&12));
     }
 }

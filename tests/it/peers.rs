@@ -1,6 +1,7 @@
 //! Receivers that join late, come back empty, or meet a sender whose state
 //! went back in time all end up with the whole tree.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use crate::util::*;
@@ -205,4 +206,66 @@ async fn a_change_reaches_the_other_receivers_while_a_new_one_gets_its_whole_tre
     s.stop().await;
     r1.stop().await;
     r2.stop().await;
+}
+
+/// A receiver that went away while its whole tree was under way (a web
+/// server restarted, a connection dropped) was queued a second whole tree
+/// when it came back, on top of the rest of the first: every file of a
+/// large site shipped to it twice. It now goes on with the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
+    let env = Env::new();
+    for (p, c) in files(100) {
+        env.write(&p, c);
+    }
+    let r1 = env.start_receiver("").await;
+    let s = env.start_sender(r1.addr, "");
+    wait_in_sync(&env).await;
+    s.stop().await;
+
+    // Each bundle applied in no less than 50 ms, and every one kept.
+    let slow = format!(
+        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\narchive_keep = 1000\n",
+        receiver_at("second", free_addr())
+    );
+    let r2 = env.start_receiver_from(&slow).await;
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "max_files_per_bundle = 2\n");
+    let s = env.start_sender_from(r1.addr, &toml);
+    let second = env.path().join("second/www");
+    wait_until("part of the whole tree there", || tree(&second).len() >= 10).await;
+    r2.stop().await;
+    let there = tree(&second).len();
+    assert!(
+        there < 100,
+        "the whole tree arrived before the restart: {there} files"
+    );
+    let r2 = env.start_receiver_from(&slow).await;
+    wait_until("the second receiver has the whole tree", || {
+        tree(&second) == tree(&env.src())
+    })
+    .await;
+    let config = env.config_file("both.toml", &toml);
+    wait_status(&config, "the second receiver is done with it", |st| {
+        st["receivers"][1]["whole_tree_pending"] == false
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+    // Each file is in one bundle the second receiver applied.
+    let mut times: BTreeMap<String, usize> = BTreeMap::new();
+    for zip in std::fs::read_dir(env.path().join("second/archive")).unwrap() {
+        let zip = zip.unwrap().path();
+        if zip.extension().is_none_or(|e| e != "zip") {
+            continue;
+        }
+        let limits = shipper::bundle::apply::Limits::default();
+        let bundle = shipper::bundle::apply::open(&zip, &limits).unwrap();
+        for f in bundle.manifest.files {
+            *times.entry(f.path).or_default() += 1;
+        }
+    }
+    assert_eq!(times.len(), 100, "{times:?}");
+    let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "shipped more than once: {twice:?}");
 }

@@ -98,8 +98,10 @@ impl Bucket {
     async fn position(&self) -> Result<Welcome, String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
         let at = self.newest_sealed().await?;
-        self.take_in(&at);
         self.read_newest_base(at.oldest).await?;
+        // Last, once nothing can fail: a base found lost is given up here,
+        // and only the welcome built now says so.
+        let found = self.take_in(&at);
         let last_applied = at.newest;
         let defaults = crate::bundle::apply::Limits::default();
         let welcome = Welcome {
@@ -114,6 +116,7 @@ impl Bucket {
                 max_unpacked: defaults.max_unpacked,
             },
             rolled_back: None,
+            base_lost: found == BaseFound::Lost,
         };
         Ok(welcome)
     }
@@ -259,7 +262,7 @@ impl Bucket {
     /// first member's too), or is given up when that is another base's (or
     /// none; see [`Cursor::take_in`]); an empty folder (a new or emptied
     /// bucket) keeps nothing.
-    fn take_in(&self, at: &Position) {
+    fn take_in(&self, at: &Position) -> BaseFound {
         let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
         cursor.chain = at.chain;
         if at.oldest.is_none() {
@@ -268,11 +271,13 @@ impl Bucket {
             self.kept_from
                 .fetch_max(at.kept_from, std::sync::atomic::Ordering::SeqCst);
         }
-        if cursor.take_in(at.member.as_ref()) == BaseFound::Lost {
-            drop(cursor);
-            tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up; the next is made when due");
+        let found = cursor.take_in(at.member.as_ref());
+        drop(cursor);
+        if found == BaseFound::Lost {
+            tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up");
             self.base_done();
         }
+        found
     }
 
     /// Where uploads stand now.

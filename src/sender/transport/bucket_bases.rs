@@ -20,6 +20,7 @@ use crate::bucket::names::{
 };
 use crate::bucket::seal::{Belongs, Sealed};
 use crate::config::fmt_dur;
+use crate::peers::TreeNeed;
 
 /// What the sender knows of its newest base, and what went up since.
 #[derive(Debug, Default)]
@@ -273,7 +274,7 @@ impl Link {
         };
         bucket.clock.lock().unwrap_or_else(|e| e.into_inner()).asked = Some(Instant::now());
         info!(bucket = %bucket.cfg.url, %reason, "a base is due: the whole tree goes to the bucket");
-        self.record_needs(instance, Some((reason, true)), None)
+        self.record_needs(instance, Some(TreeNeed::new(reason, true)), None)
             .await;
     }
 }

@@ -42,6 +42,9 @@ pub(super) struct Welcome {
     /// Root was rolled back to one of this sender's sequences: its
     /// bundles are held, or it is to compare its source with root.
     pub(super) rolled_back: Option<Rolled>,
+    /// The base begun for it is not there as it was uploaded (a bucket
+    /// emptied or altered while away); never so for a receiver.
+    pub(super) base_lost: bool,
 }
 
 /// Resolve "host:port" to addresses (blocking DNS: call off the runtime).
@@ -208,6 +211,7 @@ async fn hello(
                     instance,
                     accepts,
                     rolled_back,
+                    base_lost: false,
                 },
             }),
             Err(e) => Err(format!(

@@ -13,7 +13,7 @@ use tracing::warn;
 use crate::bundle::manifest::FileMeta;
 use crate::bundle::pack::Packed;
 use crate::ledger::{AckRecord, Ledger};
-use crate::peers::{PeerRecord, Peers};
+use crate::peers::{PeerRecord, Peers, TreeNeed};
 use crate::proto::refusal::Refusal;
 
 /// What a transport tells the sender's loop.
@@ -30,9 +30,7 @@ pub(in crate::sender) enum TransportEvent {
     /// recorded in `receivers.json`).
     WholeTree {
         index: usize,
-        reason: String,
-        /// A base for a bucket's receivers catching up, not a repair.
-        base: bool,
+        need: TreeNeed,
     },
     /// Receiver `index` refused a bundle for good; `changes` were in it,
     /// and its copies were made from `sources`.

@@ -32,7 +32,7 @@ use tracing::{debug, info, warn};
 
 use crate::bundle::pack::Packed;
 use crate::ledger::Ledger;
-use crate::peers::Peers;
+use crate::peers::{Peers, TreeNeed};
 use crate::proto::Connection;
 use crate::proto::connection::{ConnError, Stream};
 use crate::proto::frame::Accepts;
@@ -283,7 +283,7 @@ impl Link {
                 "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
                 b.seq
             );
-            self.record_needs(instance, Some((reason, false)), None)
+            self.record_needs(instance, Some(TreeNeed::new(reason, false)), None)
                 .await;
         }
         self.outbox.mark_sent(self.index, b.seq);

@@ -13,7 +13,7 @@ use super::connect::Welcome;
 use super::exchange::{describe, next_bundle};
 use super::handoff::{TransportEvent, record_peer, release};
 use super::{Link, Lost};
-use crate::peers::{Known, must_skip, plan_welcome};
+use crate::peers::{Known, TreeNeed, must_skip, plan_welcome};
 use crate::proto::Connection;
 use crate::proto::connection::Stream;
 use crate::sender::outbox::Outbox;
@@ -29,7 +29,11 @@ impl Link {
         // connect() turned away a last_applied with no successor.
         self.seq_floor
             .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
-        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back), self.known());
+        let known = Known {
+            base_lost: s.base_lost,
+            ..self.known()
+        };
+        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back), known);
         // Any bundle it has numbers for but was never sent is covered by
         // the whole tree, recorded before those bundles can be let go.
         let reused = self.outbox.take_stale(self.index)
@@ -37,8 +41,8 @@ impl Link {
                 .outbox
                 .next_for(self.index)
                 .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
-        let whole_tree = plan.whole_tree.clone().map(|r| (r, plan.base)).or_else(|| {
-            reused.then(|| (format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied), false))
+        let whole_tree = plan.whole_tree.clone().or_else(|| {
+            reused.then(|| TreeNeed::new(format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied), false))
         });
         self.record_needs(s.instance, whole_tree, plan.compare)
             .await;
@@ -86,6 +90,7 @@ impl Link {
             }),
             whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
             pending_base: rec.is_some_and(|r| r.base),
+            base_lost: false,
         }
     }
 
@@ -96,10 +101,10 @@ impl Link {
     pub(super) async fn record_needs(
         &self,
         instance: [u8; 16],
-        whole_tree: Option<(String, bool)>,
+        whole_tree: Option<TreeNeed>,
         compare: Option<u64>,
     ) {
-        let needed = whole_tree.as_ref().map(|(_, base)| *base);
+        let needed = whole_tree.as_ref().map(|n| n.base);
         record_peer(
             &self.peers,
             &self.state_dir,
@@ -109,12 +114,8 @@ impl Link {
         )
         .await;
         let index = self.index;
-        if let Some((reason, base)) = whole_tree {
-            let _ = self.events.send(TransportEvent::WholeTree {
-                index,
-                reason,
-                base,
-            });
+        if let Some(need) = whole_tree {
+            let _ = self.events.send(TransportEvent::WholeTree { index, need });
         }
         if let Some(to) = compare {
             info!(peer = %self.receiver, to, "the receiver's root was rolled back: comparing the source with it to ship the difference");
