@@ -91,6 +91,9 @@ pub struct Known {
     /// The base begun for it is not there as it was uploaded (a bucket
     /// emptied or altered while away): what was sent of it is lost.
     pub base_lost: bool,
+    /// Its backlog was dropped while it was away (`sender.outbox_max`):
+    /// what was sent of a whole tree does not cover what it missed.
+    pub backlog_dropped: bool,
 }
 
 /// Why a receiver needs the whole tree.
@@ -107,6 +110,13 @@ pub struct TreeNeed {
 }
 
 impl TreeNeed {
+    /// Its backlog was dropped while it was away: a whole tree from the
+    /// first file, whatever was sent of one before.
+    pub fn backlog_dropped() -> Self {
+        let reason = "its backlog was dropped while it was away (sender.outbox_max)";
+        Self::new(reason.to_owned(), false)
+    }
+
     /// Needed afresh (not [`TreeNeed::begun`]), for `reason`.
     pub fn new(reason: String, base: bool) -> Self {
         Self {
@@ -162,9 +172,22 @@ pub fn plan_welcome(
             }
         });
     }
+    if k.backlog_dropped {
+        whole_tree = Some(TreeNeed::backlog_dropped());
+    }
     if k.instance.is_some_and(|i| i != instance) {
         whole_tree = Some(TreeNeed::new(
             "its state is new (a rebuilt or wiped receiver)".to_owned(),
+            false,
+        ));
+    } else if last_applied < k.acked && rolled.is_none() {
+        // What it forgot may still be in the outbox, but is acknowledged
+        // there: nothing would send it again.
+        whole_tree = Some(TreeNeed::new(
+            format!(
+                "it has applied up to sequence {last_applied}, but acknowledged up to {} (its state restored from an older copy?)",
+                k.acked
+            ),
             false,
         ));
     } else if last_applied < k.everyone && rolled.is_none() {
@@ -209,6 +232,7 @@ mod tests {
             whole_tree_pending: false,
             pending_base: false,
             base_lost: false,
+            backlog_dropped: false,
         }
     }
 
@@ -321,6 +345,26 @@ mod tests {
         let need = p.whole_tree.unwrap();
         assert!(!need.begun && need.base, "{need:?}");
         assert!(need.reason.contains("not there as uploaded"));
+        // So is one whose backlog was dropped, as a repair.
+        let p = plan_welcome(
+            (40, A, None),
+            Known {
+                backlog_dropped: true,
+                ..pending
+            },
+        );
+        let need = p.whole_tree.unwrap();
+        assert!(!need.begun && !need.base, "{need:?}");
+        assert!(need.reason.contains("backlog was dropped"));
+        // Dropped after its mark was read: the same.
+        let p = plan_welcome(
+            (40, A, None),
+            Known {
+                backlog_dropped: true,
+                ..known()
+            },
+        );
+        assert_eq!(p.whole_tree, Some(TreeNeed::backlog_dropped()));
         // So is one for a receiver rebuilt meanwhile, and as a repair.
         let p = plan_welcome((40, B, None), pending);
         assert_eq!(
@@ -336,6 +380,23 @@ mod tests {
             },
         );
         assert_eq!(p.whole_tree, None);
+    }
+
+    #[test]
+    fn a_receiver_that_forgot_what_it_acknowledged_needs_the_whole_tree() {
+        // Acknowledged 60, restored to 50; another receiver is at 45, so
+        // bundles 51-60 are still in the outbox, but acknowledged here.
+        let behind = Known {
+            sent: 60,
+            acked: 60,
+            everyone: 45,
+            whole_tree_pending: true,
+            ..known()
+        };
+        let p = plan_welcome((50, A, None), behind);
+        let need = p.whole_tree.unwrap();
+        assert!(!need.begun, "{need:?}");
+        assert!(need.reason.contains("acknowledged up to 60"), "{need:?}");
     }
 
     #[test]

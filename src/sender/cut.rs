@@ -136,13 +136,25 @@ impl Handles {
         queue.push(p)?;
         // A receiver that is away must not fill the sender's disk.
         while let Some(j) = queue.over_budget() {
-            warn!(peer = %self.receivers[j], outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
-            update_peer(&self.peers, &self.state_dir, &self.receivers[j], |r| {
+            let peer = &self.receivers[j];
+            update_peer(&self.peers, &self.state_dir, peer, |r| {
                 r.whole_tree = true;
                 // Every receiver behind it needs what was dropped.
                 r.base = false;
             })?;
-            release_now(queue.drop_backlog(j), &self.events, &self.ledger);
+            // Told before anything its return sets off: a whole tree under
+            // way for it stops, and is begun again when it returns.
+            let tell = || {
+                let _ = self
+                    .events
+                    .send(TransportEvent::BacklogDropped { index: j });
+            };
+            // Back before its backlog went (`None`), it keeps its backlog
+            // and the mark: at worst a whole tree it did not need, later.
+            if let Some(done) = queue.drop_backlog(j, tell) {
+                warn!(peer = %peer, outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
+                release_now(done, &self.events, &self.ledger);
+            }
         }
         Ok(())
     }

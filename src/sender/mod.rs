@@ -476,6 +476,7 @@ impl Sender {
                 self.cut.whole_trees.need(index, &need);
                 self.maybe_pack(false, next_tick);
             }
+            TransportEvent::BacklogDropped { index } => self.cut.whole_trees.dropped(index),
             TransportEvent::Compare => self.maybe_compare(),
             TransportEvent::Connected => {
                 // A compare that failed (a root could not be listed) is

@@ -35,6 +35,10 @@ struct OutboxState {
     /// Per receiver: a bundle arrived numbered at or below what it already
     /// applied (numbering went back), so it can never be sent there.
     stale: Vec<bool>,
+    /// Per receiver: its backlog was dropped ([`Outbox::drop_backlog`]),
+    /// so what a whole tree under way sent it no longer covers what it
+    /// missed.
+    dropped: Vec<bool>,
     /// Bundles some receiver refused for good.
     refused: std::collections::BTreeSet<u64>,
     connected: Vec<bool>,
@@ -45,6 +49,57 @@ impl OutboxState {
     /// Whether receiver `r` is done with `b`: acknowledged, or not its bundle.
     fn done(&self, r: usize, b: &Packed) -> bool {
         self.acked[r] >= b.seq || b.only.is_some_and(|o| o != r)
+    }
+
+    /// Receiver `i` is done with bundles up to `seq`; returns those that
+    /// leave (see [`Outbox::ack`]).
+    fn ack(&mut self, i: usize, seq: u64) -> Vec<Packed> {
+        self.acked[i] = self.acked[i].max(seq);
+        // Bundles leave in order, once every receiver is done with them.
+        let mut done = Vec::new();
+        loop {
+            let ready = self
+                .bundles
+                .values()
+                .next()
+                .is_some_and(|b| (0..self.acked.len()).all(|r| self.done(r, b)));
+            match self.bundles.pop_first() {
+                Some((seq, b)) if ready => {
+                    // A transport may still hold it for a moment.
+                    let mut b = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
+                    if self.refused.remove(&seq) || b.only.is_some() {
+                        // Not every receiver has it: nothing to record.
+                        b.changes.clear();
+                    }
+                    done.push(b)
+                }
+                Some((seq, b)) => {
+                    self.bundles.insert(seq, b);
+                    break;
+                }
+                None => break,
+            }
+        }
+        done
+    }
+
+    /// The bundles a new one for `only` (every receiver: `None`) would
+    /// wait behind: those the most advanced connected receiver it is for
+    /// has yet to acknowledge. With none of those connected, a bundle for
+    /// every receiver waits behind every bundle held (there is no one to
+    /// send it to), and one for a single receiver that is away behind none:
+    /// that receiver holds back nobody, its bundles wait here within the
+    /// budget ([`Outbox::over_budget`]). Bundles for another receiver never
+    /// count: a whole tree for one away would hold back the rest for good.
+    fn waiting_before(&self, only: Option<usize>) -> usize {
+        let connected =
+            (0..self.acked.len()).filter(|&r| self.connected[r] && only.is_none_or(|o| o == r));
+        let each = connected.map(|r| self.bundles.values().filter(|b| !self.done(r, b)).count());
+        match (each.min(), only) {
+            (Some(n), _) => n,
+            (None, Some(_)) => 0,
+            (None, None) => self.bundles.len(),
+        }
     }
 }
 
@@ -62,6 +117,7 @@ impl Outbox {
                 acked: vec![0; receivers],
                 sent: vec![0; receivers],
                 stale: vec![false; receivers],
+                dropped: vec![false; receivers],
                 refused: Default::default(),
                 connected: vec![false; receivers],
                 closed: false,
@@ -75,27 +131,15 @@ impl Outbox {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Add a bundle; blocks while the most advanced connected receiver (or,
-    /// with none connected, the outbox itself) already has `MAX_WAITING` waiting.
-    /// A receiver that is down holds back nobody; its bundles wait here.
+    /// Add a bundle; blocks while it would wait behind `MAX_WAITING` others
+    /// ([`OutboxState::waiting_before`]).
     pub fn push(&self, p: Packed) -> std::io::Result<()> {
         let mut st = self.lock();
         loop {
             if st.closed {
                 return Err(std::io::Error::other("sender stopping"));
             }
-            let front = st
-                .acked
-                .iter()
-                .zip(&st.connected)
-                .filter(|(_, c)| **c)
-                .map(|(a, _)| *a)
-                .max();
-            let waiting = match front {
-                Some(a) => st.bundles.range(a + 1..).count(),
-                None => st.bundles.len(),
-            };
-            if waiting < MAX_WAITING {
+            if st.waiting_before(p.only) < MAX_WAITING {
                 break;
             }
             st = self
@@ -134,14 +178,25 @@ impl Outbox {
             .min_by_key(|&r| st.acked[r])
     }
 
-    /// Give up what receiver `i` has waiting (it gets the whole tree when it
-    /// returns: record that first). Returns the bundles that leave.
-    pub fn drop_backlog(&self, i: usize) -> Vec<Packed> {
-        let last = self.lock().bundles.keys().next_back().copied();
-        match last {
-            Some(seq) => self.ack(i, seq),
-            None => Vec::new(),
+    /// Give up what receiver `i` has waiting, if it is still away (it gets
+    /// the whole tree when it returns: record that first). `first` runs
+    /// before, with the receiver held away: whatever follows from its
+    /// return comes after it. Returns the bundles that leave; `None` when
+    /// it came back meanwhile and nothing was dropped.
+    pub fn drop_backlog(&self, i: usize, first: impl FnOnce()) -> Option<Vec<Packed>> {
+        let mut st = self.lock();
+        if st.connected[i] {
+            return None;
         }
+        first();
+        st.dropped[i] = true;
+        let done = match st.bundles.keys().next_back().copied() {
+            Some(seq) => st.ack(i, seq),
+            None => Vec::new(),
+        };
+        drop(st);
+        self.room.notify_all();
+        Some(done)
     }
 
     /// The first bundle for receiver `i` it has not acknowledged.
@@ -185,6 +240,11 @@ impl Outbox {
         std::mem::take(&mut self.lock().stale[i])
     }
 
+    /// Whether receiver `i`'s backlog was dropped since the last call.
+    pub(super) fn take_dropped(&self, i: usize) -> bool {
+        std::mem::take(&mut self.lock().dropped[i])
+    }
+
     pub(super) fn set_connected(&self, i: usize, up: bool) {
         self.lock().connected[i] = up;
         self.room.notify_all();
@@ -193,34 +253,7 @@ impl Outbox {
     /// Receiver `i` has everything up to `seq`. Returns the bundles every
     /// receiver now has, which leave the outbox.
     pub(super) fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
-        let mut st = self.lock();
-        st.acked[i] = st.acked[i].max(seq);
-        // Bundles leave in order, once every receiver is done with them.
-        let mut done = Vec::new();
-        loop {
-            let ready = st
-                .bundles
-                .values()
-                .next()
-                .is_some_and(|b| (0..st.acked.len()).all(|r| st.done(r, b)));
-            match st.bundles.pop_first() {
-                Some((seq, b)) if ready => {
-                    // A transport may still hold it for a moment.
-                    let mut b = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
-                    if st.refused.remove(&seq) || b.only.is_some() {
-                        // Not every receiver has it: nothing to record.
-                        b.changes.clear();
-                    }
-                    done.push(b)
-                }
-                Some((seq, b)) => {
-                    st.bundles.insert(seq, b);
-                    break;
-                }
-                None => break,
-            }
-        }
-        drop(st);
+        let done = self.lock().ack(i, seq);
         self.room.notify_all();
         done
     }
@@ -260,5 +293,66 @@ pub(super) fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Res
         None => Ok(crate::config::DEFAULT_OUTBOX_MAX
             .min(free / 2)
             .max(cfg.max_bundle_size)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(seq: u64, only: Option<usize>) -> Packed {
+        Packed {
+            seq,
+            path: format!("{seq}.zip").into(),
+            size: 1000,
+            summary: Default::default(),
+            changes: Vec::new(),
+            only,
+            base: None,
+            sources: Vec::new(),
+        }
+    }
+
+    /// Receiver 0 connected and in step, receiver 1 away, with bundles of
+    /// its whole tree held for it.
+    fn one_away() -> Outbox {
+        let o = Outbox::new(2, 1 << 30);
+        o.set_connected(0, true);
+        for seq in 1..=3 {
+            o.push(bundle(seq, Some(1))).unwrap();
+        }
+        o
+    }
+
+    #[test]
+    fn a_whole_tree_for_a_receiver_away_never_holds_back_the_others() {
+        let o = one_away();
+        let st = o.lock();
+        assert_eq!(st.waiting_before(None), 0, "receiver 0 has nothing waiting");
+        assert_eq!(
+            st.waiting_before(Some(1)),
+            0,
+            "receiver 1 holds back nobody"
+        );
+        drop(st);
+        // So a bundle for both is added at once; it waits for receiver 0.
+        o.push(bundle(4, None)).unwrap();
+        assert_eq!(o.lock().waiting_before(None), 1);
+    }
+
+    #[test]
+    fn a_connected_receiver_paces_what_is_packed_for_it() {
+        let o = one_away();
+        o.set_connected(1, true);
+        let st = o.lock();
+        // Its whole tree waits for it to catch up…
+        assert_eq!(st.waiting_before(Some(1)), 3);
+        // …but a bundle for both goes to receiver 0, in step, at once.
+        assert_eq!(st.waiting_before(None), 0);
+        drop(st);
+        o.set_connected(0, false);
+        o.set_connected(1, false);
+        // No one connected: nothing more for all is packed ahead.
+        assert_eq!(o.lock().waiting_before(None), 3);
     }
 }

@@ -233,6 +233,7 @@ fn open_bucket(
         clock: Default::default(),
         trees,
         cursor: Default::default(),
+        base_lost: Default::default(),
         kept_from: Default::default(),
     }))
 }

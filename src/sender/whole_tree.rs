@@ -82,13 +82,13 @@ impl WholeTrees {
     /// base (a bucket's) or not. One begun for it in this process goes on
     /// when it is needed only for being begun (a reconnect: what was sent
     /// of it is still in the outbox). Otherwise it is begun again from its
-    /// first file: one packed for it before no longer counts, and one
-    /// being packed stops at the run under way. A repair asked for while
-    /// a base waits makes it one.
+    /// first file: one packed for it before no longer counts (a base's
+    /// end is not written), and one being packed stops at the run under
+    /// way. A repair asked for while a base waits makes it one.
     pub(super) fn need(&mut self, index: usize, need: &TreeNeed) {
         let name = self.names[index].clone();
         if need.begun && self.under_way(index) {
-            info!(peer = %name, "the whole tree under way for this receiver goes on from what was sent of it");
+            info!(peer = %name, "a whole tree for this receiver is already under way: it goes on");
             return;
         }
         if let Some(waiting) = self.queue.get_mut(&index) {
@@ -101,12 +101,36 @@ impl WholeTrees {
             self.stop_current();
         }
         self.queue.insert(index, need.base);
-        self.last.remove(&index);
+        self.forget_packed(index);
         let reason = &need.reason;
         if need.base {
             info!(peer = %name, %reason, "a base for the bucket: packing every file for it");
         } else {
             warn!(peer = %name, %reason, "this receiver needs the whole tree: shipping it every file");
+        }
+    }
+
+    /// Receiver `index` is away and its backlog was dropped: what was
+    /// packed of a whole tree for it is gone, and packing more of it now
+    /// would only fill the outbox for nothing. It is begun again when the
+    /// receiver returns; one that waits to begin still waits.
+    pub(super) fn dropped(&mut self, index: usize) {
+        if self.current.as_ref().is_some_and(|t| t.index == index) {
+            self.stop_current();
+            info!(peer = %self.names[index], "the whole tree under way for this receiver stops while it is away; it begins again when it returns");
+        }
+        self.forget_packed(index);
+    }
+
+    /// A whole tree packed for receiver `index` no longer counts: its last
+    /// bundle does not end it, nor, for a base packed whole but not
+    /// uploaded whole, write its end.
+    fn forget_packed(&mut self, index: usize) {
+        if let Some(last) = self.last.remove(&index) {
+            let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            if b.ends_at.is_some_and(|(_, end)| end == last) {
+                b.ends_at = None;
+            }
         }
     }
 
@@ -352,6 +376,13 @@ mod tests {
         w.taken(None, false);
         w.packed(&[(8, summary())], 0);
         assert_eq!(bases.lock().unwrap().ends_at, Some((2, 8)));
+        // Base 2 lost once packed whole, before its last member went up:
+        // it gets no end.
+        w.need(1, &fresh("not there as uploaded", true));
+        assert_eq!(bases.lock().unwrap().ends_at, None);
+        assert_eq!(w.next().unwrap().base, Some(3));
+        w.taken(None, false);
+        w.packed(&[], 8);
         // Needed afresh once packed (a rebuilt receiver): its last bundle
         // no longer ends it; the new one does.
         w.need(0, &fresh("new", false));
@@ -365,5 +396,28 @@ mod tests {
         w.taken(None, false);
         w.packed(&[(12, summary())], 10);
         assert_eq!(w.last.get(&0), Some(&12));
+    }
+
+    #[tokio::test]
+    async fn a_backlog_dropped_stops_the_whole_tree_under_way_until_it_returns() {
+        let (mut w, _, _dir) = trees(&["r0", "r1"]);
+        w.need(0, &fresh("new", false));
+        w.next().unwrap();
+        w.taken(Some("m".into()), true);
+        w.need(1, &fresh("new", false));
+        // Receiver 0 goes away and its backlog is dropped mid-run.
+        w.dropped(0);
+        w.packed(&[(5, summary())], 0);
+        let t = w.next().expect("receiver 1's waits");
+        assert_eq!((t.index, t.after), (1, None), "receiver 0's stopped");
+        w.taken(None, false);
+        w.packed(&[(6, summary())], 0);
+        // Dropped again once packed: its last bundle no longer ends it.
+        w.dropped(1);
+        w.acked(6);
+        assert!(w.next().is_none());
+        // Back, each gets one from its first file (the welcome's need).
+        w.need(0, &TreeNeed::backlog_dropped());
+        assert_eq!(w.next().map(|t| (t.index, t.after)), Some((0, None)));
     }
 }

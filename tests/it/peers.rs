@@ -269,3 +269,52 @@ async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
     let twice: Vec<_> = times.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "shipped more than once: {twice:?}");
 }
+
+/// The same, but while it was away its backlog was dropped (the outbox
+/// over `sender.outbox_max`): what was sent of its whole tree no longer
+/// covers what it missed, so the whole tree begins again from its first
+/// file. Going on would have left it without the files changed while it
+/// was away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_whose_backlog_was_dropped_during_its_whole_tree_gets_everything() {
+    let env = Env::new();
+    for (p, c) in files(100) {
+        env.write(&p, c);
+    }
+    let r1 = env.start_receiver("").await;
+    let s = env.start_sender(r1.addr, "");
+    wait_in_sync(&env).await;
+    s.stop().await;
+
+    let slow = format!(
+        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\n",
+        receiver_at("second", free_addr())
+    );
+    let r2 = env.start_receiver_from(&slow).await;
+    let extra = "max_files_per_bundle = 2\noutbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n";
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], extra);
+    let s = env.start_sender_from(r1.addr, &toml);
+    let second = env.path().join("second/www");
+    wait_until("part of the whole tree there", || tree(&second).len() >= 10).await;
+    r2.stop().await;
+    // 5.6 MB for the first receiver alone: the second's backlog goes.
+    for i in 0..8 {
+        let name = format!("media/{i}.bin");
+        env.write(&name, noise(700_000, i));
+        let root1 = env.root();
+        wait_until("the first receiver has it", || root1.join(&name).exists()).await;
+    }
+    let r2 = env.start_receiver_from(&slow).await;
+    wait_until("the second receiver has the whole tree", || {
+        tree(&second) == tree(&env.src())
+    })
+    .await;
+    let config = env.config_file("both.toml", &toml);
+    wait_status(&config, "the second receiver is done with it", |st| {
+        st["receivers"][1]["whole_tree_pending"] == false
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}

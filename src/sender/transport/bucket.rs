@@ -67,6 +67,10 @@ pub(in crate::sender) struct Bucket {
     /// Every bundle from this on is kept in the bucket: from the newest
     /// chain seal at connect, raised at each pruning.
     pub(in crate::sender) kept_from: std::sync::atomic::AtomicU64,
+    /// A base under way was found lost at a connect ([`BaseFound::Lost`])
+    /// and no welcome has told the sender's loop yet: kept until one does,
+    /// whatever fails in between.
+    pub(in crate::sender) base_lost: std::sync::atomic::AtomicBool,
 }
 
 /// Where a sender's folder in the bucket stands at connect.
@@ -98,10 +102,8 @@ impl Bucket {
     async fn position(&self) -> Result<Welcome, String> {
         let instance = self.instance().await.map_err(|e| self.opened.explain(&e))?;
         let at = self.newest_sealed().await?;
+        self.take_in(&at);
         self.read_newest_base(at.oldest).await?;
-        // Last, once nothing can fail: a base found lost is given up here,
-        // and only the welcome built now says so.
-        let found = self.take_in(&at);
         let last_applied = at.newest;
         let defaults = crate::bundle::apply::Limits::default();
         let welcome = Welcome {
@@ -116,7 +118,9 @@ impl Bucket {
                 max_unpacked: defaults.max_unpacked,
             },
             rolled_back: None,
-            base_lost: found == BaseFound::Lost,
+            base_lost: self
+                .base_lost
+                .swap(false, std::sync::atomic::Ordering::SeqCst),
         };
         Ok(welcome)
     }
@@ -262,7 +266,7 @@ impl Bucket {
     /// first member's too), or is given up when that is another base's (or
     /// none; see [`Cursor::take_in`]); an empty folder (a new or emptied
     /// bucket) keeps nothing.
-    fn take_in(&self, at: &Position) -> BaseFound {
+    fn take_in(&self, at: &Position) {
         let mut cursor = self.cursor.lock().unwrap_or_else(|e| e.into_inner());
         cursor.chain = at.chain;
         if at.oldest.is_none() {
@@ -276,8 +280,9 @@ impl Bucket {
         if found == BaseFound::Lost {
             tracing::warn!(bucket = %self.cfg.url, "the base under way is not in the bucket as uploaded (emptied, or altered): given up");
             self.base_done();
+            self.base_lost
+                .store(true, std::sync::atomic::Ordering::SeqCst);
         }
-        found
     }
 
     /// Where uploads stand now.

@@ -32,6 +32,13 @@ pub(in crate::sender) enum TransportEvent {
         index: usize,
         need: TreeNeed,
     },
+    /// Receiver `index`, away, had its backlog dropped (the outbox over
+    /// `sender.outbox_max`): a whole tree under way for it no longer
+    /// counts, and is begun again when it returns (see
+    /// `Outbox::take_dropped`).
+    BacklogDropped {
+        index: usize,
+    },
     /// Receiver `index` refused a bundle for good; `changes` were in it,
     /// and its copies were made from `sources`.
     Refused {

@@ -31,6 +31,7 @@ impl Link {
             .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
         let known = Known {
             base_lost: s.base_lost,
+            backlog_dropped: self.outbox.take_dropped(self.index),
             ..self.known()
         };
         let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back), known);
@@ -41,7 +42,9 @@ impl Link {
                 .outbox
                 .next_for(self.index)
                 .is_some_and(|b| must_skip(b.seq, plan.skip_upto) && b.seq > plan.release_upto);
-        let whole_tree = plan.whole_tree.clone().or_else(|| {
+        // Bundles it was never sent are let go below: no whole tree
+        // under way covers them.
+        let whole_tree = plan.whole_tree.clone().filter(|n| !(reused && n.begun)).or_else(|| {
             reused.then(|| TreeNeed::new(format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied), false))
         });
         self.record_needs(s.instance, whole_tree, plan.compare)
@@ -54,6 +57,12 @@ impl Link {
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
         self.outbox.set_connected(self.index, true);
+        if self.outbox.take_dropped(self.index) {
+            // Dropped after it was read above, while it still counted as
+            // away; from now on it cannot be.
+            self.record_needs(s.instance, Some(TreeNeed::backlog_dropped()), None)
+                .await;
+        }
         let _ = self.events.send(TransportEvent::Connected);
         self.status.send_modify(|st| {
             st.connected = true;
@@ -91,6 +100,7 @@ impl Link {
             whole_tree_pending: rec.is_some_and(|r| r.whole_tree),
             pending_base: rec.is_some_and(|r| r.base),
             base_lost: false,
+            backlog_dropped: false,
         }
     }
 
