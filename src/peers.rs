@@ -180,16 +180,6 @@ pub fn plan_welcome(
             "its state is new (a rebuilt or wiped receiver)".to_owned(),
             false,
         ));
-    } else if last_applied < k.acked && rolled.is_none() {
-        // What it forgot may still be in the outbox, but is acknowledged
-        // there: nothing would send it again.
-        whole_tree = Some(TreeNeed::new(
-            format!(
-                "it has applied up to sequence {last_applied}, but acknowledged up to {} (its state restored from an older copy?)",
-                k.acked
-            ),
-            false,
-        ));
     } else if last_applied < k.everyone && rolled.is_none() {
         whole_tree = Some(TreeNeed::new(
             format!(
@@ -380,23 +370,6 @@ mod tests {
             },
         );
         assert_eq!(p.whole_tree, None);
-    }
-
-    #[test]
-    fn a_receiver_that_forgot_what_it_acknowledged_needs_the_whole_tree() {
-        // Acknowledged 60, restored to 50; another receiver is at 45, so
-        // bundles 51-60 are still in the outbox, but acknowledged here.
-        let behind = Known {
-            sent: 60,
-            acked: 60,
-            everyone: 45,
-            whole_tree_pending: true,
-            ..known()
-        };
-        let p = plan_welcome((50, A, None), behind);
-        let need = p.whole_tree.unwrap();
-        assert!(!need.begun, "{need:?}");
-        assert!(need.reason.contains("acknowledged up to 60"), "{need:?}");
     }
 
     #[test]
