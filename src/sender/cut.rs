@@ -151,8 +151,9 @@ impl Handles {
             };
             // Back before its backlog went (`None`), it keeps its backlog
             // and the mark: at worst a whole tree it did not need, later.
+            let outbox_bytes = queue.bytes();
             if let Some(done) = queue.drop_backlog(j, tell) {
-                warn!(peer = %peer, outbox_bytes = queue.bytes(), outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
+                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
                 release_now(done, &self.events, &self.ledger);
             }
         }
@@ -354,7 +355,8 @@ impl Cut {
     /// Start the next run of a whole tree for a receiver that needs one,
     /// if one waits. Returns whether a run started.
     fn start_tree_run(&mut self, book: &Book, source: &Source) -> bool {
-        let Some(tree) = self.whole_trees.next() else {
+        let outbox = &self.handles.outbox;
+        let Some(tree) = self.whole_trees.next(|i| outbox.connected(i)) else {
             return false;
         };
         // Everything the receivers have (or will once the outbox drains),

@@ -482,11 +482,11 @@ impl Sender {
                 // A compare that failed (a root could not be listed) is
                 // tried again as receivers come back.
                 self.maybe_compare();
-                if self.needs_welcome {
-                    // Sequences can be numbered now: ship what waited.
-                    self.needs_welcome = false;
-                    self.maybe_pack(self.flushes.any_queued(), next_tick);
-                }
+                // Sequences can be numbered now, and a whole tree put
+                // aside while its receiver was away goes on: ship what
+                // waited.
+                self.needs_welcome = false;
+                self.maybe_pack(self.flushes.any_queued(), next_tick);
             }
         }
     }

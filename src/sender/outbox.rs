@@ -84,21 +84,22 @@ impl OutboxState {
     }
 
     /// The bundles a new one for `only` (every receiver: `None`) would
-    /// wait behind: those the most advanced connected receiver it is for
-    /// has yet to acknowledge. With none of those connected, a bundle for
-    /// every receiver waits behind every bundle held (there is no one to
-    /// send it to), and one for a single receiver that is away behind none:
-    /// that receiver holds back nobody, its bundles wait here within the
-    /// budget ([`Outbox::over_budget`]). Bundles for another receiver never
-    /// count: a whole tree for one away would hold back the rest for good.
+    /// wait behind: the fewest any connected receiver it is for has yet to
+    /// take. Bundles for another receiver alone never count: a whole tree
+    /// for one that went away would hold back the rest for good. With
+    /// none of those connected, one for a single receiver that is away
+    /// waits behind none while another is connected (the run packing it
+    /// must not hold back those; its bundles wait here within the budget,
+    /// [`Outbox::over_budget`]); otherwise, with no one to send to, it
+    /// waits behind every bundle held.
     fn waiting_before(&self, only: Option<usize>) -> usize {
         let connected =
             (0..self.acked.len()).filter(|&r| self.connected[r] && only.is_none_or(|o| o == r));
         let each = connected.map(|r| self.bundles.values().filter(|b| !self.done(r, b)).count());
         match (each.min(), only) {
             (Some(n), _) => n,
-            (None, Some(_)) => 0,
-            (None, None) => self.bundles.len(),
+            (None, Some(_)) if self.connected.contains(&true) => 0,
+            (None, _) => self.bundles.len(),
         }
     }
 }
@@ -245,6 +246,11 @@ impl Outbox {
         std::mem::take(&mut self.lock().dropped[i])
     }
 
+    /// Whether receiver `i` is connected (its session under way).
+    pub(super) fn connected(&self, i: usize) -> bool {
+        self.lock().connected[i]
+    }
+
     pub(super) fn set_connected(&self, i: usize, up: bool) {
         self.lock().connected[i] = up;
         self.room.notify_all();
@@ -352,7 +358,8 @@ mod tests {
         drop(st);
         o.set_connected(0, false);
         o.set_connected(1, false);
-        // No one connected: nothing more for all is packed ahead.
+        // No one connected: nothing more is packed ahead, for all or one.
         assert_eq!(o.lock().waiting_before(None), 3);
+        assert_eq!(o.lock().waiting_before(Some(1)), 3);
     }
 }

@@ -52,6 +52,9 @@ pub(super) struct WholeTrees {
     queue: BTreeMap<usize, bool>,
     /// …the one being packed, between its runs…
     current: Option<InTree>,
+    /// …those put aside while their receiver is away, gone on with from
+    /// where they stopped when it is back…
+    paused: BTreeMap<usize, InTree>,
     /// …and the last sequence of one, once packed.
     last: BTreeMap<usize, u64>,
     /// Each receiver's name, in the order of `sender.receivers`.
@@ -70,6 +73,7 @@ impl WholeTrees {
         Self {
             queue: BTreeMap::new(),
             current: None,
+            paused: BTreeMap::new(),
             last: BTreeMap::new(),
             names,
             peers,
@@ -95,11 +99,9 @@ impl WholeTrees {
             *waiting &= need.base;
             return;
         }
-        if self.current.as_ref().is_some_and(|t| t.index == index) {
-            // Its later runs would only add to a tree that no longer
-            // counts; a base's members packed so far never get an end.
-            self.stop_current();
-        }
+        // Its later runs would only add to a tree that no longer counts; a
+        // base's members packed so far never get an end.
+        self.stop(index);
         self.queue.insert(index, need.base);
         self.forget_packed(index);
         let reason = &need.reason;
@@ -115,8 +117,7 @@ impl WholeTrees {
     /// would only fill the outbox for nothing. It is begun again when the
     /// receiver returns; one that waits to begin still waits.
     pub(super) fn dropped(&mut self, index: usize) {
-        if self.current.as_ref().is_some_and(|t| t.index == index) {
-            self.stop_current();
+        if self.stop(index) {
             info!(peer = %self.names[index], "the whole tree under way for this receiver stops while it is away; it begins again when it returns");
         }
         self.forget_packed(index);
@@ -134,14 +135,34 @@ impl WholeTrees {
         }
     }
 
-    /// Stop packing the whole tree under way, if one is: a base stops
-    /// being packed.
+    /// Stop packing the whole tree for receiver `index`, being packed or
+    /// put aside; returns whether there was one.
+    fn stop(&mut self, index: usize) -> bool {
+        if self.current.as_ref().is_some_and(|t| t.index == index) {
+            self.stop_current();
+            return true;
+        }
+        match self.paused.remove(&index) {
+            Some(t) => {
+                self.stopped(&t);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Stop packing the whole tree under way, if one is.
     fn stop_current(&mut self) -> Option<InTree> {
         let t = self.current.take()?;
+        self.stopped(&t);
+        Some(t)
+    }
+
+    /// `t` is packed no more: a base stops being packed.
+    fn stopped(&self, t: &InTree) {
         if t.base.is_some() {
             self.bases.lock().unwrap_or_else(|e| e.into_inner()).packing = false;
         }
-        Some(t)
     }
 
     /// A whole tree for receiver `index` waits, is being packed, or waits
@@ -149,14 +170,27 @@ impl WholeTrees {
     fn under_way(&self, index: usize) -> bool {
         self.queue.contains_key(&index)
             || self.current.as_ref().is_some_and(|t| t.index == index)
+            || self.paused.contains_key(&index)
             || self.last.contains_key(&index)
     }
 
-    /// The whole tree to pack a run of next: the one under way, or the next
-    /// receiver's from its start.
-    pub(super) fn next(&mut self) -> Option<InTree> {
+    /// The whole tree to pack a run of next, for a receiver `connected`
+    /// says is there: the one under way, one put aside going on, or the
+    /// next receiver's from its start. One whose receiver is away is put
+    /// aside, not packed on: its bundles would only wait in the outbox, or
+    /// be dropped from it (`sender.outbox_max`) and begun again.
+    pub(super) fn next(&mut self, connected: impl Fn(usize) -> bool) -> Option<InTree> {
+        if let Some(t) = self.current.take_if(|t| !connected(t.index)) {
+            info!(peer = %self.names[t.index], "this receiver is away: its whole tree is put aside until it is back");
+            self.paused.insert(t.index, t);
+        }
         if self.current.is_none() {
-            let (index, base) = self.queue.pop_first()?;
+            if let Some(index) = self.paused.keys().copied().find(|&i| connected(i)) {
+                self.current = self.paused.remove(&index);
+                return self.current.clone();
+            }
+            let index = self.queue.keys().copied().find(|&i| connected(i))?;
+            let base = self.queue.remove(&index).expect("found in the queue");
             let base = base.then(|| {
                 let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
                 b.number += 1;
@@ -266,6 +300,11 @@ mod tests {
         Summary::default()
     }
 
+    /// Every receiver connected.
+    fn all(_: usize) -> bool {
+        true
+    }
+
     fn fresh(reason: &str, base: bool) -> TreeNeed {
         TreeNeed::new(reason.into(), base)
     }
@@ -290,15 +329,15 @@ mod tests {
     async fn a_whole_tree_packed_in_runs_is_done_once_its_last_runs_last_bundle_is_acked() {
         let (mut w, _, _dir) = trees(&["r0"]);
         w.need(0, &fresh("new", false));
-        let first = w.next().unwrap();
+        let first = w.next(all).unwrap();
         assert_eq!((first.index, first.after), (0, None));
         w.taken(Some("m".into()), true);
         w.packed(&[(5, summary())], 0);
-        let second = w.next().expect("the same tree goes on");
+        let second = w.next(all).expect("the same tree goes on");
         assert_eq!((second.index, second.after.as_deref()), (0, Some("m")));
         w.taken(None, false); // the last run found nothing more to pack
         w.packed(&[], 0);
-        assert!(w.next().is_none());
+        assert!(w.next(all).is_none());
         assert_eq!(w.last.get(&0), Some(&5), "the first run's bundle ends it");
         w.acked(5);
         assert!(w.last.is_empty());
@@ -308,7 +347,7 @@ mod tests {
     async fn a_base_is_numbered_and_ends_with_its_trees_last_bundle_and_a_repair_wins() {
         let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
         w.need(1, &fresh("due", true));
-        assert_eq!(w.next().unwrap().base, Some(1));
+        assert_eq!(w.next(all).unwrap().base, Some(1));
         assert!(bases.lock().unwrap().packing);
         w.taken(Some("m".into()), true);
         w.packed(&[(7, summary())], 0);
@@ -322,13 +361,13 @@ mod tests {
         // A repair asked for while a base waits makes it a repair.
         w.need(1, &fresh("due", true));
         w.need(1, &fresh("its backlog was dropped", false));
-        assert_eq!(w.next().unwrap().base, None);
+        assert_eq!(w.next(all).unwrap().base, None);
         // A base of nothing has no end.
         bases.lock().unwrap().ends_at = None;
         w.taken(None, false);
         w.packed(&[], 0);
         w.need(1, &fresh("due", true));
-        assert_eq!(w.next().unwrap().base, Some(2), "numbered anew");
+        assert_eq!(w.next(all).unwrap().base, Some(2), "numbered anew");
         w.taken(None, false);
         w.packed(&[], 0);
         assert_eq!(bases.lock().unwrap().ends_at, None);
@@ -339,19 +378,19 @@ mod tests {
         let (mut w, _, _dir) = trees(&["r0"]);
         // After a restart nothing is under way: it is begun.
         w.need(0, &begun(false));
-        w.next().unwrap();
+        w.next(all).unwrap();
         w.taken(Some("m".into()), true);
         w.packed(&[(5, summary())], 0);
         // The receiver reconnects between runs: the tree goes on from "m".
         w.need(0, &begun(false));
-        let t = w.next().expect("the same tree goes on");
+        let t = w.next(all).expect("the same tree goes on");
         assert_eq!(t.after.as_deref(), Some("m"));
         w.taken(None, false);
         w.packed(&[(9, summary())], 0);
-        assert!(w.next().is_none(), "no second whole tree waits");
+        assert!(w.next(all).is_none(), "no second whole tree waits");
         // It reconnects before its last bundle is acknowledged: still none.
         w.need(0, &begun(false));
-        assert!(w.next().is_none());
+        assert!(w.next(all).is_none());
         assert_eq!(w.last.get(&0), Some(&9));
         w.acked(9);
         assert!(w.last.is_empty());
@@ -361,7 +400,7 @@ mod tests {
     async fn a_whole_tree_needed_afresh_stops_the_one_under_way_and_begins_again() {
         let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
         w.need(1, &fresh("due", true));
-        assert_eq!(w.next().unwrap().base, Some(1));
+        assert_eq!(w.next(all).unwrap().base, Some(1));
         w.taken(Some("m".into()), true);
         // The bucket's base was lost while its run was being packed.
         w.need(1, &fresh("not there as uploaded", true));
@@ -371,7 +410,7 @@ mod tests {
         w.packed(&[(5, summary())], 0);
         w.failed(1, &std::io::Error::other("disk full"));
         assert_eq!(bases.lock().unwrap().ends_at, None);
-        let t = w.next().expect("begun again");
+        let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after, t.base), (1, None, Some(2)));
         w.taken(None, false);
         w.packed(&[(8, summary())], 0);
@@ -380,18 +419,18 @@ mod tests {
         // it gets no end.
         w.need(1, &fresh("not there as uploaded", true));
         assert_eq!(bases.lock().unwrap().ends_at, None);
-        assert_eq!(w.next().unwrap().base, Some(3));
+        assert_eq!(w.next(all).unwrap().base, Some(3));
         w.taken(None, false);
         w.packed(&[], 8);
         // Needed afresh once packed (a rebuilt receiver): its last bundle
         // no longer ends it; the new one does.
         w.need(0, &fresh("new", false));
-        w.next().unwrap();
+        w.next(all).unwrap();
         w.taken(None, false);
         w.packed(&[(10, summary())], 0);
         w.need(0, &fresh("its state is new", false));
         w.acked(10);
-        let t = w.next().expect("begun again");
+        let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after), (0, None));
         w.taken(None, false);
         w.packed(&[(12, summary())], 10);
@@ -402,22 +441,62 @@ mod tests {
     async fn a_backlog_dropped_stops_the_whole_tree_under_way_until_it_returns() {
         let (mut w, _, _dir) = trees(&["r0", "r1"]);
         w.need(0, &fresh("new", false));
-        w.next().unwrap();
+        w.next(all).unwrap();
         w.taken(Some("m".into()), true);
         w.need(1, &fresh("new", false));
         // Receiver 0 goes away and its backlog is dropped mid-run.
         w.dropped(0);
         w.packed(&[(5, summary())], 0);
-        let t = w.next().expect("receiver 1's waits");
+        let t = w.next(all).expect("receiver 1's waits");
         assert_eq!((t.index, t.after), (1, None), "receiver 0's stopped");
         w.taken(None, false);
         w.packed(&[(6, summary())], 0);
         // Dropped again once packed: its last bundle no longer ends it.
         w.dropped(1);
+        assert!(
+            !w.last.contains_key(&1),
+            "the drop's own release ends nothing"
+        );
         w.acked(6);
-        assert!(w.next().is_none());
+        assert!(w.next(all).is_none());
         // Back, each gets one from its first file (the welcome's need).
         w.need(0, &TreeNeed::backlog_dropped());
-        assert_eq!(w.next().map(|t| (t.index, t.after)), Some((0, None)));
+        assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((0, None)));
+    }
+
+    #[tokio::test]
+    async fn a_whole_tree_is_put_aside_while_its_receiver_is_away() {
+        let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
+        w.need(1, &fresh("due", true));
+        w.next(all).unwrap();
+        w.taken(Some("m".into()), true);
+        w.packed(&[(5, summary())], 0);
+        w.need(0, &fresh("new", false));
+        // The bucket goes away between runs: its base waits, receiver 0's
+        // whole tree goes ahead.
+        let away = |i: usize| i != 1;
+        let t = w.next(away).expect("receiver 0's");
+        assert_eq!((t.index, t.after), (0, None));
+        assert!(bases.lock().unwrap().packing, "the base is still packed");
+        w.taken(None, false);
+        w.packed(&[(6, summary())], 0);
+        assert!(
+            w.next(away).is_none(),
+            "nothing for a receiver that is away"
+        );
+        // A reconnect meanwhile leaves it where it was…
+        w.need(1, &begun(true));
+        // …and once back it goes on from "m", as the same base.
+        let t = w.next(all).expect("the base goes on");
+        assert_eq!(
+            (t.index, t.after.as_deref(), t.base),
+            (1, Some("m"), Some(1))
+        );
+        // A tree put aside is stopped like one being packed.
+        let t = w.next(|_| false);
+        assert!(t.is_none());
+        w.dropped(1);
+        assert!(!bases.lock().unwrap().packing);
+        assert!(w.next(all).is_none(), "begun again only when it returns");
     }
 }
