@@ -208,28 +208,31 @@ async fn a_change_reaches_the_other_receivers_while_a_new_one_gets_its_whole_tre
     r2.stop().await;
 }
 
-/// A receiver that went away while its whole tree was under way (a web
-/// server restarted, a connection dropped) was queued a second whole tree
-/// when it came back, on top of the rest of the first: every file of a
-/// large site shipped to it twice. It now goes on with the first.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
-    let env = Env::new();
+/// A site of 100 pages shipped to a first receiver; then a second added
+/// (applying each bundle in no less than 50 ms, `receiver_extra` in its
+/// table), stopped part way through its whole tree packed two files a
+/// bundle (`sender_extra` in the sender's table). Returns the first
+/// receiver, the sender, the sender's table and the second's.
+async fn second_away_mid_tree(
+    env: &Env,
+    receiver_extra: &str,
+    sender_extra: &str,
+) -> (Role, Role, String, String) {
     for (p, c) in files(100) {
         env.write(&p, c);
     }
     let r1 = env.start_receiver("").await;
     let s = env.start_sender(r1.addr, "");
-    wait_in_sync(&env).await;
+    wait_in_sync(env).await;
     s.stop().await;
 
-    // Each bundle applied in no less than 50 ms, and every one kept.
     let slow = format!(
-        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\narchive_keep = 1000\n",
+        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\n{receiver_extra}",
         receiver_at("second", free_addr())
     );
     let r2 = env.start_receiver_from(&slow).await;
-    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "max_files_per_bundle = 2\n");
+    let extra = format!("max_files_per_bundle = 2\n{sender_extra}");
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], &extra);
     let s = env.start_sender_from(r1.addr, &toml);
     let second = env.path().join("second/www");
     wait_until("part of the whole tree there", || tree(&second).len() >= 10).await;
@@ -237,18 +240,37 @@ async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
     let there = tree(&second).len();
     assert!(
         there < 100,
-        "the whole tree arrived before the restart: {there} files"
+        "the whole tree arrived before the stop: {there} files"
     );
-    let r2 = env.start_receiver_from(&slow).await;
+    (r1, s, toml, slow)
+}
+
+/// Wait until the second receiver (`second/www`) has the source's tree and
+/// the sender (table `toml`) is done with its whole tree.
+async fn second_has_the_whole_tree(env: &Env, toml: &str) {
+    let second = env.path().join("second/www");
     wait_until("the second receiver has the whole tree", || {
         tree(&second) == tree(&env.src())
     })
     .await;
-    let config = env.config_file("both.toml", &toml);
+    let config = env.config_file("both.toml", toml);
     wait_status(&config, "the second receiver is done with it", |st| {
         st["receivers"][1]["whole_tree_pending"] == false
     })
     .await;
+}
+
+/// A receiver that went away while its whole tree was under way (a web
+/// server restarted, a connection dropped) was queued a second whole tree
+/// when it came back, on top of the rest of the first: every file of a
+/// large site shipped to it twice. It now goes on with the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
+    let env = Env::new();
+    // Every bundle it applies is kept.
+    let (r1, s, toml, slow) = second_away_mid_tree(&env, "archive_keep = 1000\n", "").await;
+    let r2 = env.start_receiver_from(&slow).await;
+    second_has_the_whole_tree(&env, &toml).await;
     s.stop().await;
     r1.stop().await;
     r2.stop().await;
@@ -270,33 +292,17 @@ async fn a_receiver_back_during_its_whole_tree_gets_each_file_once() {
     assert!(twice.is_empty(), "shipped more than once: {twice:?}");
 }
 
-/// The same, but while it was away its backlog was dropped (the outbox
-/// over `sender.outbox_max`): what was sent of its whole tree no longer
-/// covers what it missed, so the whole tree begins again from its first
-/// file. Going on would have left it without the files changed while it
-/// was away.
+/// The same, but while it was away the other receiver kept getting
+/// changes, enough to drop its backlog (the outbox over
+/// `sender.outbox_max`). Its whole tree's bundles, left in the outbox,
+/// paused the packer until it came back, so the other receiver got none
+/// of those changes meanwhile. Now they flow, and the whole tree begins
+/// again from its first file, with the files changed while it was away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_whose_backlog_was_dropped_during_its_whole_tree_gets_everything() {
+async fn a_receiver_away_during_its_whole_tree_holds_back_no_one_and_gets_everything() {
     let env = Env::new();
-    for (p, c) in files(100) {
-        env.write(&p, c);
-    }
-    let r1 = env.start_receiver("").await;
-    let s = env.start_sender(r1.addr, "");
-    wait_in_sync(&env).await;
-    s.stop().await;
-
-    let slow = format!(
-        "{}on_apply = [\"/bin/sleep\", \"0.05\"]\n",
-        receiver_at("second", free_addr())
-    );
-    let r2 = env.start_receiver_from(&slow).await;
-    let extra = "max_files_per_bundle = 2\noutbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n";
-    let toml = env.sender_toml_to(&[r1.addr, r2.addr], extra);
-    let s = env.start_sender_from(r1.addr, &toml);
-    let second = env.path().join("second/www");
-    wait_until("part of the whole tree there", || tree(&second).len() >= 10).await;
-    r2.stop().await;
+    let small = "outbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n";
+    let (r1, s, toml, slow) = second_away_mid_tree(&env, "", small).await;
     // 5.6 MB for the first receiver alone: the second's backlog goes.
     for i in 0..8 {
         let name = format!("media/{i}.bin");
@@ -305,15 +311,7 @@ async fn a_receiver_whose_backlog_was_dropped_during_its_whole_tree_gets_everyth
         wait_until("the first receiver has it", || root1.join(&name).exists()).await;
     }
     let r2 = env.start_receiver_from(&slow).await;
-    wait_until("the second receiver has the whole tree", || {
-        tree(&second) == tree(&env.src())
-    })
-    .await;
-    let config = env.config_file("both.toml", &toml);
-    wait_status(&config, "the second receiver is done with it", |st| {
-        st["receivers"][1]["whole_tree_pending"] == false
-    })
-    .await;
+    second_has_the_whole_tree(&env, &toml).await;
     s.stop().await;
     r1.stop().await;
     r2.stop().await;
