@@ -85,7 +85,7 @@ impl OutboxState {
 
     /// The bundles a new one for `only` (every receiver: `None`) would
     /// wait behind: the fewest any connected receiver it is for has yet to
-    /// take. Bundles for another receiver alone never count: a whole tree
+    /// acknowledge. Bundles for another receiver alone never count: a whole tree
     /// for one that went away would hold back the rest for good. With
     /// none of those connected, one for a single receiver that is away
     /// waits behind none while another is connected (the run packing it

@@ -1,8 +1,10 @@
 //! Whole trees for receivers that need one (new, rebuilt or restored, or
 //! whose backlog the outbox dropped), and the bucket's bases (a whole tree
 //! its receivers catching up take, see `transport/bucket_bases.rs`):
-//! which wait to be packed, and the last sequence of each one packed,
-//! until that receiver acknowledges it. Which receivers need one at all is
+//! which wait to be packed, which are under way (taking turns run by run,
+//! and waiting while their receiver is away), and the last sequence of
+//! each one packed, until that receiver acknowledges it. Which receivers
+//! need one at all is
 //! their `whole_tree` mark in `receivers.json` ([`Peers`]); this follows
 //! the work and clears the mark (off the runtime: it is written durably).
 //! What the bucket's uploads must know of its bases is in [`BaseTrees`].
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::bundle::Summary;
 use crate::peers::{Peers, TreeNeed};
@@ -52,9 +54,9 @@ pub(super) struct WholeTrees {
     queue: BTreeMap<usize, bool>,
     /// …the one being packed, between its runs…
     current: Option<InTree>,
-    /// …those put aside while their receiver is away, gone on with from
-    /// where they stopped when it is back…
-    paused: BTreeMap<usize, InTree>,
+    /// …the others under way, between their runs (their receiver away,
+    /// or waiting their turn), each gone on with from where it stopped…
+    aside: BTreeMap<usize, InTree>,
     /// …and the last sequence of one, once packed.
     last: BTreeMap<usize, u64>,
     /// Each receiver's name, in the order of `sender.receivers`.
@@ -73,7 +75,7 @@ impl WholeTrees {
         Self {
             queue: BTreeMap::new(),
             current: None,
-            paused: BTreeMap::new(),
+            aside: BTreeMap::new(),
             last: BTreeMap::new(),
             names,
             peers,
@@ -87,8 +89,9 @@ impl WholeTrees {
     /// when it is needed only for being begun (a reconnect: what was sent
     /// of it is still in the outbox). Otherwise it is begun again from its
     /// first file: one packed for it before no longer counts (a base's
-    /// end is not written), and one being packed stops at the run under
-    /// way. A repair asked for while a base waits makes it one.
+    /// end is not written), and one being packed (or aside between its
+    /// runs) stops at the run under way. A repair asked for while a base
+    /// waits makes it one.
     pub(super) fn need(&mut self, index: usize, need: &TreeNeed) {
         let name = self.names[index].clone();
         if need.begun && self.under_way(index) {
@@ -136,13 +139,13 @@ impl WholeTrees {
     }
 
     /// Stop packing the whole tree for receiver `index`, being packed or
-    /// put aside; returns whether there was one.
+    /// aside; returns whether there was one.
     fn stop(&mut self, index: usize) -> bool {
         if self.current.as_ref().is_some_and(|t| t.index == index) {
             self.stop_current();
             return true;
         }
-        match self.paused.remove(&index) {
+        match self.aside.remove(&index) {
             Some(t) => {
                 self.stopped(&t);
                 true
@@ -165,46 +168,60 @@ impl WholeTrees {
         }
     }
 
-    /// A whole tree for receiver `index` waits, is being packed, or waits
-    /// for its last bundle to be acknowledged.
+    /// A whole tree waits to begin or is under way, for some receiver.
+    pub(super) fn any(&self) -> bool {
+        !self.queue.is_empty() || self.current.is_some() || !self.aside.is_empty()
+    }
+
+    /// A whole tree for receiver `index` waits to begin, is being packed
+    /// (or aside between its runs), or waits for its last bundle to be
+    /// acknowledged.
     fn under_way(&self, index: usize) -> bool {
         self.queue.contains_key(&index)
             || self.current.as_ref().is_some_and(|t| t.index == index)
-            || self.paused.contains_key(&index)
+            || self.aside.contains_key(&index)
             || self.last.contains_key(&index)
     }
 
-    /// The whole tree to pack a run of next, for a receiver `connected`
-    /// says is there: the one under way, one put aside going on, or the
-    /// next receiver's from its start. One whose receiver is away is put
-    /// aside, not packed on: its bundles would only wait in the outbox, or
-    /// be dropped from it (`sender.outbox_max`) and begun again.
+    /// The whole tree to pack a run of next, among those whose receiver
+    /// `connected` says is there: the trees under way take turns, run by
+    /// run (the next receiver's after the one just packed), so none waits
+    /// out another's whole length; with none of those, the next
+    /// receiver's from its start. A tree whose receiver is away waits
+    /// aside from where it stopped: packed on, its bundles would only wait
+    /// in the outbox, or be dropped from it (`sender.outbox_max`) and the
+    /// tree begun again.
     pub(super) fn next(&mut self, connected: impl Fn(usize) -> bool) -> Option<InTree> {
-        if let Some(t) = self.current.take_if(|t| !connected(t.index)) {
-            info!(peer = %self.names[t.index], "this receiver is away: its whole tree is put aside until it is back");
-            self.paused.insert(t.index, t);
+        let just = self.current.take().map(|t| {
+            let index = t.index;
+            self.aside.insert(index, t);
+            index
+        });
+        let from = just.map_or(0, |i| i + 1);
+        let turn = self.aside.range(from..).chain(self.aside.range(..from));
+        let turn = turn.map(|(i, _)| *i).find(|&i| connected(i));
+        if let Some(index) = turn {
+            self.current = self.aside.remove(&index);
+            return self.current.clone();
         }
-        if self.current.is_none() {
-            if let Some(index) = self.paused.keys().copied().find(|&i| connected(i)) {
-                self.current = self.paused.remove(&index);
-                return self.current.clone();
-            }
-            let index = self.queue.keys().copied().find(|&i| connected(i))?;
-            let base = self.queue.remove(&index).expect("found in the queue");
-            let base = base.then(|| {
-                let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
-                b.number += 1;
-                b.packing = true;
-                b.number
-            });
-            self.current = Some(InTree {
-                index,
-                after: None,
-                base,
-                last_seq: None,
-                more: false,
-            });
+        for (&index, t) in &self.aside {
+            debug!(peer = %self.names[index], after = ?t.after, "this receiver is away: its whole tree waits");
         }
+        let index = self.queue.keys().copied().find(|&i| connected(i))?;
+        let base = self.queue.remove(&index).expect("found in the queue");
+        let base = base.then(|| {
+            let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
+            b.number += 1;
+            b.packing = true;
+            b.number
+        });
+        self.current = Some(InTree {
+            index,
+            after: None,
+            base,
+            last_seq: None,
+            more: false,
+        });
         self.current.clone()
     }
 
@@ -465,38 +482,50 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_whole_tree_is_put_aside_while_its_receiver_is_away() {
-        let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
+    async fn whole_trees_take_turns_and_wait_aside_while_their_receiver_is_away() {
+        let (mut w, bases, _dir) = trees(&["r0", "s3://b/p", "r2"]);
         w.need(1, &fresh("due", true));
         w.next(all).unwrap();
         w.taken(Some("m".into()), true);
         w.packed(&[(5, summary())], 0);
         w.need(0, &fresh("new", false));
-        // The bucket goes away between runs: its base waits, receiver 0's
-        // whole tree goes ahead.
-        let away = |i: usize| i != 1;
-        let t = w.next(away).expect("receiver 0's");
+        // The bucket goes away between runs: its base waits, and receiver
+        // 0's whole tree begins meanwhile.
+        let bucket_there = |i: usize| i != 1;
+        let t = w.next(bucket_there).expect("receiver 0's");
         assert_eq!((t.index, t.after), (0, None));
         assert!(bases.lock().unwrap().packing, "the base is still packed");
-        w.taken(None, false);
+        w.taken(Some("k".into()), true);
         w.packed(&[(6, summary())], 0);
-        assert!(
-            w.next(away).is_none(),
-            "nothing for a receiver that is away"
-        );
-        // A reconnect meanwhile leaves it where it was…
+        // A reconnect meanwhile leaves the base where it was…
         w.need(1, &begun(true));
-        // …and once back it goes on from "m", as the same base.
+        // …and once back, the two take turns, each from where it stopped.
         let t = w.next(all).expect("the base goes on");
         assert_eq!(
             (t.index, t.after.as_deref(), t.base),
             (1, Some("m"), Some(1))
         );
-        // A tree put aside is stopped like one being packed.
-        let t = w.next(|_| false);
-        assert!(t.is_none());
+        w.taken(Some("z".into()), true);
+        w.packed(&[(7, summary())], 0);
+        let t = w.next(all).expect("receiver 0's goes on");
+        assert_eq!((t.index, t.after.as_deref()), (0, Some("k")));
+        w.taken(None, false);
+        w.packed(&[(8, summary())], 0);
+        // One waiting to begin for a receiver that is away does not begin.
+        w.need(2, &fresh("new", false));
+        let r2_away = |i: usize| i != 2;
+        let t = w.next(r2_away).expect("the base goes on");
+        assert_eq!((t.index, t.after.as_deref()), (1, Some("z")));
+        w.taken(Some("zz".into()), true);
+        w.packed(&[], 0);
+        // A tree aside is stopped like one being packed.
+        assert!(w.next(|_| false).is_none());
         w.dropped(1);
         assert!(!bases.lock().unwrap().packing);
-        assert!(w.next(all).is_none(), "begun again only when it returns");
+        assert!(
+            w.next(r2_away).is_none(),
+            "begun again only when it returns"
+        );
+        assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((2, None)));
     }
 }

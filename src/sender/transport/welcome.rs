@@ -56,10 +56,13 @@ impl Link {
         // recorded above).
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
-        self.outbox.set_connected(self.index, true);
+        // Held by a rollback, it takes no bundle: to the outbox (its
+        // pace, its budget, a whole tree for it) it is away.
+        self.outbox.set_connected(self.index, plan.held.is_none());
         if self.outbox.take_dropped(self.index) {
             // Dropped after it was read above, while it still counted as
-            // away; from now on it cannot be.
+            // away; from now on it cannot be (unless held: then the next
+            // welcome, once it is released, reads it).
             self.record_needs(s.instance, Some(TreeNeed::backlog_dropped()), None)
                 .await;
         }
