@@ -293,10 +293,12 @@ impl Cut {
         self.error.as_ref()
     }
 
-    /// Whether a cut larger than one run has more to pack: the next run is
-    /// to start at once.
+    /// Whether a cut larger than one run has more to pack, or a whole
+    /// tree waits for a receiver there: the next run is to start at once.
     pub(super) fn continues(&self) -> bool {
-        self.running.is_none() && self.cut.is_some()
+        let outbox = &self.handles.outbox;
+        self.running.is_none()
+            && (self.cut.is_some() || self.whole_trees.ready(|i| outbox.takes_bundles(i)))
     }
 
     /// A watch event: if a pack runs, the path it touched stays pending.
@@ -356,7 +358,7 @@ impl Cut {
     /// if one waits. Returns whether a run started.
     fn start_tree_run(&mut self, book: &Book, source: &Source) -> bool {
         let outbox = &self.handles.outbox;
-        let Some(tree) = self.whole_trees.next(|i| outbox.connected(i)) else {
+        let Some(tree) = self.whole_trees.next(|i| outbox.takes_bundles(i)) else {
             return false;
         };
         // Everything the receivers have (or will once the outbox drains),

@@ -395,7 +395,7 @@ impl Sender {
         let whole_tree = self
             .cut
             .finished(report, result, &mut self.book, &mut self.flushes);
-        if whole_tree || self.cut.continues() || self.cut.whole_trees.any() {
+        if whole_tree || self.cut.continues() {
             self.maybe_pack(self.flushes.any_queued(), next_tick);
         } else if self.flushes.any_queued() {
             self.maybe_pack(true, next_tick);

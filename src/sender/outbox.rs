@@ -42,6 +42,9 @@ struct OutboxState {
     /// Bundles some receiver refused for good.
     refused: std::collections::BTreeSet<u64>,
     connected: Vec<bool>,
+    /// Per receiver: connected, but held by a rollback (it takes no
+    /// bundle until released).
+    held: Vec<bool>,
     closed: bool,
 }
 
@@ -84,21 +87,22 @@ impl OutboxState {
     }
 
     /// The bundles a new one for `only` (every receiver: `None`) would
-    /// wait behind: the fewest any connected receiver it is for has yet to
-    /// acknowledge. Bundles for another receiver alone never count: a whole tree
-    /// for one that went away would hold back the rest for good. With
-    /// none of those connected, one for a single receiver that is away
-    /// waits behind none while another is connected (the run packing it
-    /// must not hold back those; its bundles wait here within the budget,
-    /// [`Outbox::over_budget`]); otherwise, with no one to send to, it
-    /// waits behind every bundle held.
+    /// wait behind: the fewest any receiver it is for that takes bundles
+    /// (connected, not held by a rollback) has yet to acknowledge. Bundles
+    /// for another receiver alone never count: a whole tree for one that
+    /// went away would hold back the rest for good. With none of those
+    /// taking bundles, one for a single receiver waits behind none while
+    /// another does (the run packing it must not hold back those; its
+    /// bundles wait here within the budget, [`Outbox::over_budget`]);
+    /// otherwise, with no one to send to, it waits behind every bundle
+    /// held.
     fn waiting_before(&self, only: Option<usize>) -> usize {
-        let connected =
-            (0..self.acked.len()).filter(|&r| self.connected[r] && only.is_none_or(|o| o == r));
-        let each = connected.map(|r| self.bundles.values().filter(|b| !self.done(r, b)).count());
+        let taking = |r: usize| self.connected[r] && !self.held[r];
+        let them = (0..self.acked.len()).filter(|&r| taking(r) && only.is_none_or(|o| o == r));
+        let each = them.map(|r| self.bundles.values().filter(|b| !self.done(r, b)).count());
         match (each.min(), only) {
             (Some(n), _) => n,
-            (None, Some(_)) if self.connected.contains(&true) => 0,
+            (None, Some(_)) if (0..self.acked.len()).any(taking) => 0,
             (None, _) => self.bundles.len(),
         }
     }
@@ -121,6 +125,7 @@ impl Outbox {
                 dropped: vec![false; receivers],
                 refused: Default::default(),
                 connected: vec![false; receivers],
+                held: vec![false; receivers],
                 closed: false,
             }),
             room: std::sync::Condvar::new(),
@@ -246,13 +251,24 @@ impl Outbox {
         std::mem::take(&mut self.lock().dropped[i])
     }
 
-    /// Whether receiver `i` is connected (its session under way).
-    pub(super) fn connected(&self, i: usize) -> bool {
-        self.lock().connected[i]
+    /// Whether receiver `i` takes bundles now: connected, and not held by
+    /// a rollback.
+    pub(super) fn takes_bundles(&self, i: usize) -> bool {
+        let st = self.lock();
+        st.connected[i] && !st.held[i]
     }
 
+    /// Receiver `i`, connected, is held by a rollback (or released).
+    pub(super) fn set_held(&self, i: usize, held: bool) {
+        self.lock().held[i] = held;
+    }
+
+    /// Receiver `i`'s session began (`up`) or ended; an end ends a hold.
     pub(super) fn set_connected(&self, i: usize, up: bool) {
-        self.lock().connected[i] = up;
+        let mut st = self.lock();
+        st.connected[i] = up;
+        st.held[i] &= up;
+        drop(st);
         self.room.notify_all();
     }
 
@@ -361,5 +377,31 @@ mod tests {
         // No one connected: nothing more is packed ahead, for all or one.
         assert_eq!(o.lock().waiting_before(None), 3);
         assert_eq!(o.lock().waiting_before(Some(1)), 3);
+    }
+
+    #[test]
+    fn a_held_receiver_paces_nothing_and_keeps_its_backlog() {
+        let o = one_away();
+        o.set_connected(1, true);
+        o.set_held(1, true);
+        let st = o.lock();
+        // The rest of its whole tree's run is not held back by it…
+        assert_eq!(st.waiting_before(Some(1)), 0);
+        drop(st);
+        assert!(!o.takes_bundles(1) && o.takes_bundles(0));
+        // …and, connected, its backlog is never the one dropped.
+        let o = Outbox::new(2, 0);
+        o.set_connected(1, true);
+        o.set_held(1, true);
+        o.push(bundle(1, None)).unwrap();
+        assert_eq!(
+            o.over_budget(),
+            Some(0),
+            "the receiver away, not the held one"
+        );
+        // Its session's end ends the hold.
+        o.set_connected(1, false);
+        o.set_connected(1, true);
+        assert!(o.takes_bundles(1));
     }
 }

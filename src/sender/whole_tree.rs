@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::bundle::Summary;
 use crate::peers::{Peers, TreeNeed};
@@ -168,11 +168,6 @@ impl WholeTrees {
         }
     }
 
-    /// A whole tree waits to begin or is under way, for some receiver.
-    pub(super) fn any(&self) -> bool {
-        !self.queue.is_empty() || self.current.is_some() || !self.aside.is_empty()
-    }
-
     /// A whole tree for receiver `index` waits to begin, is being packed
     /// (or aside between its runs), or waits for its last bundle to be
     /// acknowledged.
@@ -183,32 +178,34 @@ impl WholeTrees {
             || self.last.contains_key(&index)
     }
 
-    /// The whole tree to pack a run of next, among those whose receiver
-    /// `connected` says is there: the trees under way take turns, run by
-    /// run (the next receiver's after the one just packed), so none waits
-    /// out another's whole length; with none of those, the next
-    /// receiver's from its start. A tree whose receiver is away waits
-    /// aside from where it stopped: packed on, its bundles would only wait
-    /// in the outbox, or be dropped from it (`sender.outbox_max`) and the
-    /// tree begun again.
-    pub(super) fn next(&mut self, connected: impl Fn(usize) -> bool) -> Option<InTree> {
+    /// The whole tree to pack a run of next, among those for a receiver
+    /// `takes` says takes bundles now: each tree under way or waiting to
+    /// begin has its turn, run by run (the next receiver's after the one
+    /// just packed), so none waits out another's whole length. A tree
+    /// whose receiver is away waits from where it stopped: packed on, its
+    /// bundles would only wait in the outbox, or be dropped from it
+    /// (`sender.outbox_max`) and the tree begun again.
+    pub(super) fn next(&mut self, takes: impl Fn(usize) -> bool) -> Option<InTree> {
         let just = self.current.take().map(|t| {
             let index = t.index;
+            if !takes(index) {
+                info!(peer = %self.names[index], "this receiver is away: its whole tree waits for it, from where it stopped");
+            }
             self.aside.insert(index, t);
             index
         });
         let from = just.map_or(0, |i| i + 1);
-        let turn = self.aside.range(from..).chain(self.aside.range(..from));
-        let turn = turn.map(|(i, _)| *i).find(|&i| connected(i));
-        if let Some(index) = turn {
-            self.current = self.aside.remove(&index);
+        let mut ready: Vec<usize> = (self.aside.keys().chain(self.queue.keys()))
+            .copied()
+            .filter(|&i| takes(i))
+            .collect();
+        ready.sort_unstable();
+        let index = *ready.iter().find(|&&i| i >= from).or(ready.first())?;
+        if let Some(t) = self.aside.remove(&index) {
+            self.current = Some(t);
             return self.current.clone();
         }
-        for (&index, t) in &self.aside {
-            debug!(peer = %self.names[index], after = ?t.after, "this receiver is away: its whole tree waits");
-        }
-        let index = self.queue.keys().copied().find(|&i| connected(i))?;
-        let base = self.queue.remove(&index).expect("found in the queue");
+        let base = self.queue.remove(&index).expect("waiting to begin");
         let base = base.then(|| {
             let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
             b.number += 1;
@@ -223,6 +220,18 @@ impl WholeTrees {
             more: false,
         });
         self.current.clone()
+    }
+
+    /// A whole tree waits for its turn, for a receiver `takes` says takes
+    /// bundles now.
+    pub(super) fn ready(&self, takes: impl Fn(usize) -> bool) -> bool {
+        let current = self.current.as_ref().map(|t| t.index);
+        (self
+            .aside
+            .keys()
+            .chain(self.queue.keys())
+            .chain(current.as_ref()))
+        .any(|&i| takes(i))
     }
 
     /// A run of the whole tree under way takes the paths up to `path`;
@@ -527,5 +536,16 @@ mod tests {
             "begun again only when it returns"
         );
         assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((2, None)));
+        // One waiting to begin has its turn beside one under way.
+        w.taken(Some("a".into()), true);
+        w.packed(&[(9, summary())], 0);
+        w.need(0, &fresh("its state is new", false));
+        assert!(w.ready(all));
+        assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((0, None)));
+        w.taken(Some("b".into()), true);
+        w.packed(&[(10, summary())], 0);
+        let t = w.next(all).expect("receiver 2's goes on");
+        assert_eq!((t.index, t.after.as_deref()), (2, Some("a")));
+        assert!(!w.ready(|_| false));
     }
 }

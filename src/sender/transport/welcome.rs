@@ -56,13 +56,15 @@ impl Link {
         // recorded above).
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
-        // Held by a rollback, it takes no bundle: to the outbox (its
-        // pace, its budget, a whole tree for it) it is away.
-        self.outbox.set_connected(self.index, plan.held.is_none());
+        // Held by a rollback, it takes no bundle: no whole tree is packed
+        // for it meanwhile (it would never be acknowledged). Its backlog
+        // is kept, past the budget too: dropped, the deletions in it would
+        // be lost.
+        self.outbox.set_held(self.index, plan.held.is_some());
+        self.outbox.set_connected(self.index, true);
         if self.outbox.take_dropped(self.index) {
             // Dropped after it was read above, while it still counted as
-            // away; from now on it cannot be (unless held: then the next
-            // welcome, once it is released, reads it).
+            // away; from now on it cannot be.
             self.record_needs(s.instance, Some(TreeNeed::backlog_dropped()), None)
                 .await;
         }
