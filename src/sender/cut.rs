@@ -153,7 +153,7 @@ impl Handles {
             // and the mark: at worst a whole tree it did not need, later.
             let outbox_bytes = queue.bytes();
             if let Some(done) = queue.drop_backlog(j, tell) {
-                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns");
+                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns; files deleted meanwhile stay there until `shipper verify --delete-extra`");
                 release_now(done, &self.events, &self.ledger);
             }
         }
