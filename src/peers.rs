@@ -315,46 +315,34 @@ mod tests {
 
     #[test]
     fn an_unfinished_whole_tree_goes_on_or_is_begun_again() {
+        // What a receiver in step at 40, with instance A, needs.
+        let need = |k: Known| plan_welcome((40, A, None), k).whole_tree;
         let pending = Known {
             everyone: 40,
             whole_tree_pending: true,
             pending_base: true,
             ..known()
         };
-        let p = plan_welcome((40, A, None), pending);
-        let need = p.whole_tree.unwrap();
-        assert!(need.begun && need.base, "{need:?}");
+        let n = need(pending).unwrap();
+        assert!(n.begun && n.base, "{n:?}");
         // A base lost in the bucket is begun again from its first file.
-        let p = plan_welcome(
-            (40, A, None),
-            Known {
-                base_lost: true,
-                ..pending
-            },
-        );
-        let need = p.whole_tree.unwrap();
-        assert!(!need.begun && need.base, "{need:?}");
-        assert!(need.reason.contains("not there as uploaded"));
+        let lost = |k: Known| Known {
+            base_lost: true,
+            ..k
+        };
+        let n = need(lost(pending)).unwrap();
+        assert!(!n.begun && n.base, "{n:?}");
+        assert!(n.reason.contains("not there as uploaded"));
         // So is one whose backlog was dropped, as a repair.
-        let p = plan_welcome(
-            (40, A, None),
-            Known {
-                backlog_dropped: true,
-                ..pending
-            },
-        );
-        let need = p.whole_tree.unwrap();
-        assert!(!need.begun && !need.base, "{need:?}");
-        assert!(need.reason.contains("backlog was dropped"));
+        let dropped = |k: Known| Known {
+            backlog_dropped: true,
+            ..k
+        };
+        let n = need(dropped(pending)).unwrap();
+        assert!(!n.begun && !n.base, "{n:?}");
+        assert!(n.reason.contains("backlog was dropped"));
         // Dropped after its mark was read: the same.
-        let p = plan_welcome(
-            (40, A, None),
-            Known {
-                backlog_dropped: true,
-                ..known()
-            },
-        );
-        assert_eq!(p.whole_tree, Some(TreeNeed::backlog_dropped()));
+        assert_eq!(need(dropped(known())), Some(TreeNeed::backlog_dropped()));
         // So is one for a receiver rebuilt meanwhile, and as a repair.
         let p = plan_welcome((40, B, None), pending);
         assert_eq!(
@@ -362,14 +350,7 @@ mod tests {
             Some((false, false))
         );
         // Lost while none was pending: nothing now (the next when due).
-        let p = plan_welcome(
-            (40, A, None),
-            Known {
-                base_lost: true,
-                ..known()
-            },
-        );
-        assert_eq!(p.whole_tree, None);
+        assert_eq!(need(lost(known())), None);
     }
 
     #[test]

@@ -24,6 +24,19 @@ pub struct Outbox {
     pub(super) arrived: tokio::sync::Notify,
 }
 
+/// Where a receiver's session stands, as the outbox counts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Presence {
+    /// No session: its bundles wait here, within the budget.
+    Away,
+    /// In session, taking bundles.
+    Taking,
+    /// In session but held by a rollback: it takes no bundle until
+    /// released, and its backlog is kept (dropped, the deletions in it
+    /// would be lost).
+    Held,
+}
+
 struct OutboxState {
     /// Shared with the transports sending them: a bundle's list of
     /// changes (10,000 paths) is not copied per send.
@@ -41,10 +54,8 @@ struct OutboxState {
     dropped: Vec<bool>,
     /// Bundles some receiver refused for good.
     refused: std::collections::BTreeSet<u64>,
-    connected: Vec<bool>,
-    /// Per receiver: connected, but held by a rollback (it takes no
-    /// bundle until released).
-    held: Vec<bool>,
+    /// Per receiver: whether its session is under way, and takes bundles.
+    presence: Vec<Presence>,
     closed: bool,
 }
 
@@ -97,7 +108,7 @@ impl OutboxState {
     /// otherwise, with no one to send to, it waits behind every bundle
     /// held.
     fn waiting_before(&self, only: Option<usize>) -> usize {
-        let taking = |r: usize| self.connected[r] && !self.held[r];
+        let taking = |r: usize| self.presence[r] == Presence::Taking;
         let them = (0..self.acked.len()).filter(|&r| taking(r) && only.is_none_or(|o| o == r));
         let each = them.map(|r| self.bundles.values().filter(|b| !self.done(r, b)).count());
         match (each.min(), only) {
@@ -124,8 +135,7 @@ impl Outbox {
                 stale: vec![false; receivers],
                 dropped: vec![false; receivers],
                 refused: Default::default(),
-                connected: vec![false; receivers],
-                held: vec![false; receivers],
+                presence: vec![Presence::Away; receivers],
                 closed: false,
             }),
             room: std::sync::Condvar::new(),
@@ -179,7 +189,7 @@ impl Outbox {
             return None;
         }
         (0..st.acked.len())
-            .filter(|&r| !st.connected[r])
+            .filter(|&r| st.presence[r] == Presence::Away)
             .filter(|&r| st.bundles.values().any(|b| !st.done(r, b)))
             .min_by_key(|&r| st.acked[r])
     }
@@ -191,7 +201,7 @@ impl Outbox {
     /// it came back meanwhile and nothing was dropped.
     pub fn drop_backlog(&self, i: usize, first: impl FnOnce()) -> Option<Vec<Packed>> {
         let mut st = self.lock();
-        if st.connected[i] {
+        if st.presence[i] != Presence::Away {
             return None;
         }
         first();
@@ -251,24 +261,14 @@ impl Outbox {
         std::mem::take(&mut self.lock().dropped[i])
     }
 
-    /// Whether receiver `i` takes bundles now: connected, and not held by
-    /// a rollback.
+    /// Whether receiver `i` takes bundles now: in session, not held.
     pub(super) fn takes_bundles(&self, i: usize) -> bool {
-        let st = self.lock();
-        st.connected[i] && !st.held[i]
+        self.lock().presence[i] == Presence::Taking
     }
 
-    /// Receiver `i`, connected, is held by a rollback (or released).
-    pub(super) fn set_held(&self, i: usize, held: bool) {
-        self.lock().held[i] = held;
-    }
-
-    /// Receiver `i`'s session began (`up`) or ended; an end ends a hold.
-    pub(super) fn set_connected(&self, i: usize, up: bool) {
-        let mut st = self.lock();
-        st.connected[i] = up;
-        st.held[i] &= up;
-        drop(st);
+    /// Receiver `i`'s session began, was held or released, or ended.
+    pub(super) fn set_presence(&self, i: usize, presence: Presence) {
+        self.lock().presence[i] = presence;
         self.room.notify_all();
     }
 
@@ -339,7 +339,7 @@ mod tests {
     /// its whole tree held for it.
     fn one_away() -> Outbox {
         let o = Outbox::new(2, 1 << 30);
-        o.set_connected(0, true);
+        o.set_presence(0, Presence::Taking);
         for seq in 1..=3 {
             o.push(bundle(seq, Some(1))).unwrap();
         }
@@ -365,15 +365,15 @@ mod tests {
     #[test]
     fn a_connected_receiver_paces_what_is_packed_for_it() {
         let o = one_away();
-        o.set_connected(1, true);
+        o.set_presence(1, Presence::Taking);
         let st = o.lock();
         // Its whole tree waits for it to catch up…
         assert_eq!(st.waiting_before(Some(1)), 3);
         // …but a bundle for both goes to receiver 0, in step, at once.
         assert_eq!(st.waiting_before(None), 0);
         drop(st);
-        o.set_connected(0, false);
-        o.set_connected(1, false);
+        o.set_presence(0, Presence::Away);
+        o.set_presence(1, Presence::Away);
         // No one connected: nothing more is packed ahead, for all or one.
         assert_eq!(o.lock().waiting_before(None), 3);
         assert_eq!(o.lock().waiting_before(Some(1)), 3);
@@ -382,8 +382,7 @@ mod tests {
     #[test]
     fn a_held_receiver_paces_nothing_and_keeps_its_backlog() {
         let o = one_away();
-        o.set_connected(1, true);
-        o.set_held(1, true);
+        o.set_presence(1, Presence::Held);
         let st = o.lock();
         // The rest of its whole tree's run is not held back by it…
         assert_eq!(st.waiting_before(Some(1)), 0);
@@ -391,17 +390,16 @@ mod tests {
         assert!(!o.takes_bundles(1) && o.takes_bundles(0));
         // …and, connected, its backlog is never the one dropped.
         let o = Outbox::new(2, 0);
-        o.set_connected(1, true);
-        o.set_held(1, true);
+        o.set_presence(1, Presence::Held);
         o.push(bundle(1, None)).unwrap();
         assert_eq!(
             o.over_budget(),
             Some(0),
             "the receiver away, not the held one"
         );
-        // Its session's end ends the hold.
-        o.set_connected(1, false);
-        o.set_connected(1, true);
+        // Its hold ends with its session: the next one takes bundles.
+        o.set_presence(1, Presence::Away);
+        o.set_presence(1, Presence::Taking);
         assert!(o.takes_bundles(1));
     }
 }

@@ -195,10 +195,7 @@ impl WholeTrees {
             index
         });
         let from = just.map_or(0, |i| i + 1);
-        let mut ready: Vec<usize> = (self.aside.keys().chain(self.queue.keys()))
-            .copied()
-            .filter(|&i| takes(i))
-            .collect();
+        let mut ready: Vec<usize> = self.wanting().filter(|&i| takes(i)).collect();
         ready.sort_unstable();
         let index = *ready.iter().find(|&&i| i >= from).or(ready.first())?;
         if let Some(t) = self.aside.remove(&index) {
@@ -225,13 +222,18 @@ impl WholeTrees {
     /// A whole tree waits for its turn, for a receiver `takes` says takes
     /// bundles now.
     pub(super) fn ready(&self, takes: impl Fn(usize) -> bool) -> bool {
+        self.wanting().any(takes)
+    }
+
+    /// The receivers a whole tree is being packed for, or waits to begin
+    /// for.
+    fn wanting(&self) -> impl Iterator<Item = usize> + '_ {
         let current = self.current.as_ref().map(|t| t.index);
-        (self
-            .aside
+        self.aside
             .keys()
             .chain(self.queue.keys())
-            .chain(current.as_ref()))
-        .any(|&i| takes(i))
+            .copied()
+            .chain(current)
     }
 
     /// A run of the whole tree under way takes the paths up to `path`;
@@ -331,6 +333,15 @@ mod tests {
         true
     }
 
+    /// One run of the tree under way: it took the paths up to `took`
+    /// (`more`: paths are left) and packed bundle `seq`, if any; nothing
+    /// acknowledged yet.
+    fn run(w: &mut WholeTrees, took: Option<&str>, more: bool, seq: Option<u64>) {
+        w.taken(took.map(Into::into), more);
+        let bundles: Vec<_> = seq.map(|s| (s, summary())).into_iter().collect();
+        w.packed(&bundles, 0);
+    }
+
     fn fresh(reason: &str, base: bool) -> TreeNeed {
         TreeNeed::new(reason.into(), base)
     }
@@ -357,12 +368,10 @@ mod tests {
         w.need(0, &fresh("new", false));
         let first = w.next(all).unwrap();
         assert_eq!((first.index, first.after), (0, None));
-        w.taken(Some("m".into()), true);
-        w.packed(&[(5, summary())], 0);
+        run(&mut w, Some("m"), true, Some(5));
         let second = w.next(all).expect("the same tree goes on");
         assert_eq!((second.index, second.after.as_deref()), (0, Some("m")));
-        w.taken(None, false); // the last run found nothing more to pack
-        w.packed(&[], 0);
+        run(&mut w, None, false, None); // the last run found nothing more to pack
         assert!(w.next(all).is_none());
         assert_eq!(w.last.get(&0), Some(&5), "the first run's bundle ends it");
         w.acked(5);
@@ -375,11 +384,9 @@ mod tests {
         w.need(1, &fresh("due", true));
         assert_eq!(w.next(all).unwrap().base, Some(1));
         assert!(bases.lock().unwrap().packing);
-        w.taken(Some("m".into()), true);
-        w.packed(&[(7, summary())], 0);
+        run(&mut w, Some("m"), true, Some(7));
         // The last run packs nothing: the base still ends, with bundle 7.
-        w.taken(None, false);
-        w.packed(&[], 0);
+        run(&mut w, None, false, None);
         let b = bases.lock().unwrap();
         assert!(!b.packing);
         assert_eq!(b.ends_at, Some((1, 7)));
@@ -390,12 +397,10 @@ mod tests {
         assert_eq!(w.next(all).unwrap().base, None);
         // A base of nothing has no end.
         bases.lock().unwrap().ends_at = None;
-        w.taken(None, false);
-        w.packed(&[], 0);
+        run(&mut w, None, false, None);
         w.need(1, &fresh("due", true));
         assert_eq!(w.next(all).unwrap().base, Some(2), "numbered anew");
-        w.taken(None, false);
-        w.packed(&[], 0);
+        run(&mut w, None, false, None);
         assert_eq!(bases.lock().unwrap().ends_at, None);
     }
 
@@ -405,14 +410,12 @@ mod tests {
         // After a restart nothing is under way: it is begun.
         w.need(0, &begun(false));
         w.next(all).unwrap();
-        w.taken(Some("m".into()), true);
-        w.packed(&[(5, summary())], 0);
+        run(&mut w, Some("m"), true, Some(5));
         // The receiver reconnects between runs: the tree goes on from "m".
         w.need(0, &begun(false));
         let t = w.next(all).expect("the same tree goes on");
         assert_eq!(t.after.as_deref(), Some("m"));
-        w.taken(None, false);
-        w.packed(&[(9, summary())], 0);
+        run(&mut w, None, false, Some(9));
         assert!(w.next(all).is_none(), "no second whole tree waits");
         // It reconnects before its last bundle is acknowledged: still none.
         w.need(0, &begun(false));
@@ -438,8 +441,7 @@ mod tests {
         assert_eq!(bases.lock().unwrap().ends_at, None);
         let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after, t.base), (1, None, Some(2)));
-        w.taken(None, false);
-        w.packed(&[(8, summary())], 0);
+        run(&mut w, None, false, Some(8));
         assert_eq!(bases.lock().unwrap().ends_at, Some((2, 8)));
         // Base 2 lost once packed whole, before its last member went up:
         // it gets no end.
@@ -452,8 +454,7 @@ mod tests {
         // no longer ends it; the new one does.
         w.need(0, &fresh("new", false));
         w.next(all).unwrap();
-        w.taken(None, false);
-        w.packed(&[(10, summary())], 0);
+        run(&mut w, None, false, Some(10));
         w.need(0, &fresh("its state is new", false));
         w.acked(10);
         let t = w.next(all).expect("begun again");
@@ -475,8 +476,7 @@ mod tests {
         w.packed(&[(5, summary())], 0);
         let t = w.next(all).expect("receiver 1's waits");
         assert_eq!((t.index, t.after), (1, None), "receiver 0's stopped");
-        w.taken(None, false);
-        w.packed(&[(6, summary())], 0);
+        run(&mut w, None, false, Some(6));
         // Dropped again once packed: its last bundle no longer ends it.
         w.dropped(1);
         assert!(
@@ -495,8 +495,7 @@ mod tests {
         let (mut w, bases, _dir) = trees(&["r0", "s3://b/p", "r2"]);
         w.need(1, &fresh("due", true));
         w.next(all).unwrap();
-        w.taken(Some("m".into()), true);
-        w.packed(&[(5, summary())], 0);
+        run(&mut w, Some("m"), true, Some(5));
         w.need(0, &fresh("new", false));
         // The bucket goes away between runs: its base waits, and receiver
         // 0's whole tree begins meanwhile.
@@ -504,8 +503,7 @@ mod tests {
         let t = w.next(bucket_there).expect("receiver 0's");
         assert_eq!((t.index, t.after), (0, None));
         assert!(bases.lock().unwrap().packing, "the base is still packed");
-        w.taken(Some("k".into()), true);
-        w.packed(&[(6, summary())], 0);
+        run(&mut w, Some("k"), true, Some(6));
         // A reconnect meanwhile leaves the base where it was…
         w.need(1, &begun(true));
         // …and once back, the two take turns, each from where it stopped.
@@ -514,19 +512,16 @@ mod tests {
             (t.index, t.after.as_deref(), t.base),
             (1, Some("m"), Some(1))
         );
-        w.taken(Some("z".into()), true);
-        w.packed(&[(7, summary())], 0);
+        run(&mut w, Some("z"), true, Some(7));
         let t = w.next(all).expect("receiver 0's goes on");
         assert_eq!((t.index, t.after.as_deref()), (0, Some("k")));
-        w.taken(None, false);
-        w.packed(&[(8, summary())], 0);
+        run(&mut w, None, false, Some(8));
         // One waiting to begin for a receiver that is away does not begin.
         w.need(2, &fresh("new", false));
         let r2_away = |i: usize| i != 2;
         let t = w.next(r2_away).expect("the base goes on");
         assert_eq!((t.index, t.after.as_deref()), (1, Some("z")));
-        w.taken(Some("zz".into()), true);
-        w.packed(&[], 0);
+        run(&mut w, Some("zz"), true, None);
         // A tree aside is stopped like one being packed.
         assert!(w.next(|_| false).is_none());
         w.dropped(1);
@@ -537,13 +532,11 @@ mod tests {
         );
         assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((2, None)));
         // One waiting to begin has its turn beside one under way.
-        w.taken(Some("a".into()), true);
-        w.packed(&[(9, summary())], 0);
+        run(&mut w, Some("a"), true, Some(9));
         w.need(0, &fresh("its state is new", false));
         assert!(w.ready(all));
         assert_eq!(w.next(all).map(|t| (t.index, t.after)), Some((0, None)));
-        w.taken(Some("b".into()), true);
-        w.packed(&[(10, summary())], 0);
+        run(&mut w, Some("b"), true, Some(10));
         let t = w.next(all).expect("receiver 2's goes on");
         assert_eq!((t.index, t.after.as_deref()), (2, Some("a")));
         assert!(!w.ready(|_| false));

@@ -41,7 +41,7 @@ use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::link_rate::{
     DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM,
 };
-use crate::sender::outbox::Outbox;
+use crate::sender::outbox::{Outbox, Presence};
 use crate::status::{LinkStatus, unix_now};
 use connect::connect;
 use exchange::{Answer, Awaited, PIPELINE, Told, await_answer, describe, next_bundle, send_bundle};
@@ -448,7 +448,7 @@ impl Link {
     /// A session ended: its bundles wait for the next one; each new reason
     /// is logged once, and shown in status.
     fn lost(&self, down_reported: &mut Option<String>, lost: Lost) {
-        self.outbox.set_connected(self.index, false);
+        self.outbox.set_presence(self.index, Presence::Away);
         let error = lost.error;
         if down_reported.as_deref() != Some(&error) {
             if lost.in_flight {

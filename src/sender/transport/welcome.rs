@@ -16,7 +16,7 @@ use super::{Link, Lost};
 use crate::peers::{Known, TreeNeed, must_skip, plan_welcome};
 use crate::proto::Connection;
 use crate::proto::connection::Stream;
-use crate::sender::outbox::Outbox;
+use crate::sender::outbox::{Outbox, Presence};
 use crate::status::unix_now;
 
 impl Link {
@@ -57,11 +57,12 @@ impl Link {
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
-        // for it meanwhile (it would never be acknowledged). Its backlog
-        // is kept, past the budget too: dropped, the deletions in it would
-        // be lost.
-        self.outbox.set_held(self.index, plan.held.is_some());
-        self.outbox.set_connected(self.index, true);
+        // for it meanwhile (it would never be acknowledged).
+        let presence = match plan.held {
+            Some(_) => Presence::Held,
+            None => Presence::Taking,
+        };
+        self.outbox.set_presence(self.index, presence);
         if self.outbox.take_dropped(self.index) {
             // Dropped after it was read above, while it still counted as
             // away; from now on it cannot be.
