@@ -10,10 +10,11 @@
 //! middle starts it again; a receiver back while one is under way in this
 //! process has it go on from what was sent ([`TreeNeed::begun`]). A receiver whose root was rolled back
 //! (`shipper rollback`) says so instead, and gets its root compared with
-//! the source and repaired, remembered there too until done. [`plan_welcome`] is pure; [`Peers::load`] and
+//! the source and repaired, remembered there too until done; so are the
+//! deletions a receiver missed when its backlog was dropped. [`plan_welcome`] is pure; [`Peers::load`] and
 //! [`Peers::save`] are the only I/O (blocking).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -37,6 +38,13 @@ pub struct PeerRecord {
     /// the source has not been compared with it and repaired since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compare: Option<u64>,
+    /// Paths deleted in bundles its backlog held when the outbox dropped
+    /// it (`sender.outbox_max`): its whole tree only adds and updates, so
+    /// the last run of that tree deletes these there too (those the source
+    /// has not shipped again since), and they are kept here until it
+    /// acknowledges them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub missed_deletions: BTreeSet<String>,
 }
 
 /// Every receiver by its configured `host:port`.

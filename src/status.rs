@@ -93,6 +93,10 @@ pub struct LinkStatus {
     /// It is new, rebuilt or restored and is being sent the whole tree.
     #[serde(default)]
     pub whole_tree_pending: bool,
+    /// Files deleted while it was away and its backlog was dropped: its
+    /// whole tree deletes them there too, at its last run.
+    #[serde(default)]
+    pub missed_deletions: u64,
     /// The receiver's `on_apply` hook failed on the sequence named (the
     /// bundle is applied); cleared when a later run succeeds.
     #[serde(default)]

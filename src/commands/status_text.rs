@@ -150,6 +150,13 @@ fn receiver_lines(s: &mut String, l: &LinkStatus, now: i64) {
             "  receiving the whole tree (new, rebuilt or restored receiver)"
         );
     }
+    if l.missed_deletions > 0 {
+        let _ = writeln!(
+            s,
+            "  {} deletions missed while its backlog was dropped: they go with its whole tree",
+            l.missed_deletions
+        );
+    }
     match (l.last_ack_seq, l.last_ack_at) {
         (Some(seq), Some(t)) => {
             let _ = writeln!(s, "  last acknowledged: sequence {seq} at {}", ago(t, now));
@@ -219,6 +226,7 @@ mod tests {
                     last_error: Some("sequence 40: refused for now: busy".into()),
                     last_error_at: Some(now - 4000),
                     whole_tree_pending: true,
+                    missed_deletions: 3,
                     hook_failure: Some(
                         "sequence 41: on_apply hook /usr/local/bin/purge-cache: exit status: 1: 503"
                             .into(),
@@ -276,6 +284,7 @@ sender app1: PAUSED (shipper resume to continue)
   shipped unsettled (still being written at max_delay; ships again once settled): logs/app.log
 receiver web1:7700: connected since 2023-11-14 21:13:20Z (1h ago)
   receiving the whole tree (new, rebuilt or restored receiver)
+  3 deletions missed while its backlog was dropped: they go with its whole tree
   last acknowledged: sequence 42 at 2023-11-14 22:13:15Z (5s ago)
   shipped since start: 7 bundles, 7000 bytes
   last error: sequence 40: refused for now: busy at 2023-11-14 21:06:40Z (1h 6m 40s ago)

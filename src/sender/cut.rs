@@ -137,10 +137,15 @@ impl Handles {
         // A receiver that is away must not fill the sender's disk.
         while let Some(j) = queue.over_budget() {
             let peer = &self.receivers[j];
+            // Its whole tree adds and updates: what was deleted meanwhile
+            // is recorded, to be deleted there with that tree's last run.
+            let missed = queue.deletions_for(j);
+            let deletions = missed.len();
             update_peer(&self.peers, &self.state_dir, peer, |r| {
                 r.whole_tree = true;
                 // Every receiver behind it needs what was dropped.
                 r.base = false;
+                r.missed_deletions.extend(missed);
             })?;
             // Told before anything its return sets off: a whole tree under
             // way for it stops, and is begun again when it returns.
@@ -153,7 +158,7 @@ impl Handles {
             // and the mark: at worst a whole tree it did not need, later.
             let outbox_bytes = queue.bytes();
             if let Some(done) = queue.drop_backlog(j, tell) {
-                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns; files deleted meanwhile stay there until `shipper verify --delete-extra`");
+                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, deletions, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns, with the deletions the backlog held");
                 release_now(done, &self.events, &self.ledger);
             }
         }
@@ -366,14 +371,31 @@ impl Cut {
         // pending reach every receiver in the usual bundles.
         let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
         let mut paths = book.shipped.paths_after(tree.after.as_deref());
-        let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
+        let mut items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
         let more = paths.next().is_some();
         let last = items.last().map(|i| i.path.clone());
-        self.whole_trees.taken(last, more);
+        // The last run also deletes what the receiver missed when its
+        // backlog was dropped, but what was shipped again since.
+        let missed = match more {
+            true => Vec::new(),
+            false => self.missed_deletions(tree.index),
+        };
+        let due = missed.iter().filter(|p| book.shipped.lacks(p));
+        items.extend(due.map(PackItem::delete));
+        self.whole_trees.taken(last, more, missed);
         // A receiver getting the whole tree may hold nothing: no reuse.
         self.start(items, (Some(tree.index), tree.base, None), source.dir());
         self.tree_ran_last = true;
         true
+    }
+
+    /// The deletions receiver `index` missed when its backlog was dropped
+    /// (`PeerRecord::missed_deletions`).
+    fn missed_deletions(&self, index: usize) -> Vec<String> {
+        let peers = self.handles.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let name = &self.handles.receivers[index];
+        let missed = peers.receivers.get(name).map(|r| &r.missed_deletions);
+        missed.into_iter().flatten().cloned().collect()
     }
 
     /// Start a run of the usual cut (or the next run of one under way) if

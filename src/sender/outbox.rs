@@ -2,7 +2,7 @@
 //! what each receiver has been sent, acknowledged, skipped or refused, and
 //! the budget that keeps a receiver that is away from filling the disk.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ struct OutboxState {
     /// missed.
     dropped: Vec<bool>,
     /// Bundles some receiver refused for good.
-    refused: std::collections::BTreeSet<u64>,
+    refused: BTreeSet<u64>,
     /// Per receiver: whether its session is under way, and takes bundles.
     presence: Vec<Presence>,
     closed: bool,
@@ -194,8 +194,21 @@ impl Outbox {
             .min_by_key(|&r| st.acked[r])
     }
 
+    /// The paths deleted in the bundles receiver `i` has yet to
+    /// acknowledge: what dropping its backlog would keep from it.
+    pub fn deletions_for(&self, i: usize) -> BTreeSet<String> {
+        let st = self.lock();
+        let waiting = st.bundles.values().filter(|b| !st.done(i, b));
+        let changes = waiting.flat_map(|b| &b.changes);
+        changes
+            .filter(|(_, meta)| meta.is_none())
+            .map(|(path, _)| path.clone())
+            .collect()
+    }
+
     /// Give up what receiver `i` has waiting, if it is still away (it gets
-    /// the whole tree when it returns: record that first). `first` runs
+    /// the whole tree when it returns: record that first, and the
+    /// deletions it misses, [`Outbox::deletions_for`]). `first` runs
     /// before, with the receiver held away: whatever follows from its
     /// return comes after it. Returns the bundles that leave; `None` when
     /// it came back meanwhile and nothing was dropped.
@@ -321,6 +334,7 @@ pub(super) fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sender::shipped::tests::meta;
 
     fn bundle(seq: u64, only: Option<usize>) -> Packed {
         Packed {
@@ -401,5 +415,37 @@ mod tests {
         o.set_presence(1, Presence::Away);
         o.set_presence(1, Presence::Taking);
         assert!(o.takes_bundles(1));
+    }
+
+    /// What dropping a backlog keeps from its receiver: the deletions in
+    /// the bundles it has not acknowledged, its own whole tree's included,
+    /// and nothing of what it has or of another receiver's whole tree.
+    #[test]
+    fn the_deletions_a_receiver_misses_are_those_of_its_unacknowledged_bundles() {
+        let o = Outbox::new(2, 1 << 30);
+        o.set_presence(0, Presence::Taking);
+        let with = |seq, only, changes: &[(&str, bool)]| Packed {
+            changes: changes
+                .iter()
+                .map(|&(p, kept)| (p.to_owned(), kept.then(|| meta(1))))
+                .collect(),
+            ..bundle(seq, only)
+        };
+        let bundles = [
+            with(1, None, &[("acked.html", false)]),
+            with(2, None, &[("gone.html", false), ("new.html", true)]),
+            with(3, Some(0), &[("theirs.html", false)]),
+            with(4, Some(1), &[("own.html", false)]),
+        ];
+        for b in bundles {
+            let seq = b.seq;
+            o.push(b).unwrap();
+            // Receiver 0 takes each at once.
+            o.ack(0, seq);
+        }
+        o.ack(1, 1);
+        let missed: Vec<String> = o.deletions_for(1).into_iter().collect();
+        assert_eq!(missed, ["gone.html", "own.html"]);
+        assert!(o.deletions_for(0).is_empty(), "it took everything");
     }
 }

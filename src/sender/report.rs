@@ -39,18 +39,20 @@ impl Links {
         }
     }
 
-    /// Every link, with whether its receiver still waits for a whole tree.
+    /// Every link, with whether its receiver still waits for a whole tree,
+    /// and the deletions it missed that the tree will carry.
     pub(super) fn report(&self) -> Vec<LinkStatus> {
         let peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         self.statuses
             .iter()
             .enumerate()
-            .map(|(i, s)| LinkStatus {
-                whole_tree_pending: peers
-                    .receivers
-                    .get(&self.names[i])
-                    .is_some_and(|p| p.whole_tree),
-                ..s.borrow().clone()
+            .map(|(i, s)| {
+                let rec = peers.receivers.get(&self.names[i]);
+                LinkStatus {
+                    whole_tree_pending: rec.is_some_and(|p| p.whole_tree),
+                    missed_deletions: rec.map_or(0, |p| p.missed_deletions.len() as u64),
+                    ..s.borrow().clone()
+                }
             })
             .collect()
     }

@@ -115,6 +115,12 @@ impl Shipped {
             .filter(move |p| dir.is_empty() || is_within(p, dir))
     }
 
+    /// Whether nothing was shipped at `path` or below it: a deletion of it
+    /// takes nothing the receivers are to keep.
+    pub(super) fn lacks(&self, path: &str) -> bool {
+        self.within(path).next().is_none()
+    }
+
     /// Whether a file found with `stamp` is known to be what the receivers
     /// have. A racy entry's stat proves nothing (the packer compares
     /// content), and a path in doubt ships whatever it matches.
@@ -246,6 +252,16 @@ pub(super) mod tests {
         let s = shipped(&["d", "d/x", "d/y/z", "d2/x", "e"], &[]);
         let below: Vec<&String> = s.within("d").collect();
         assert_eq!(below, ["d", "d/x", "d/y/z"]);
+    }
+
+    #[test]
+    fn a_path_is_lacking_with_nothing_shipped_at_it_or_below() {
+        let s = shipped(&["d/x", "d2", "f"], &[]);
+        assert!(s.lacks("gone.html"));
+        assert!(s.lacks("d/x/y"), "below a file");
+        assert!(!s.lacks("f"));
+        assert!(!s.lacks("d"), "a directory holding a file shipped since");
+        assert!(s.lacks("d/x2"), "beside a file shipped, not above it");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! its receivers catching up take, see `transport/bucket_bases.rs`):
 //! which wait to be packed, which are under way (taking turns run by run,
 //! and waiting while their receiver is away), and the last sequence of
-//! each one packed, until that receiver acknowledges it. Which receivers
+//! each one packed (with the deletions its receiver missed that its last
+//! run settled), until that receiver acknowledges it. Which receivers
 //! need one at all is
 //! their `whole_tree` mark in `receivers.json` ([`Peers`]); this follows
 //! the work and clears the mark (off the runtime: it is written durably).
@@ -31,9 +32,22 @@ pub(super) struct InTree {
     /// …as the base numbered this (a bucket's; `None`: a repair)…
     pub(super) base: Option<u64>,
     /// …and packed up to this sequence; the run packing now left paths
-    /// to the next.
+    /// to the next…
     last_seq: Option<u64>,
     more: bool,
+    /// …or, being its last, settles these: what its receiver missed when
+    /// its backlog was dropped (`PeerRecord::missed_deletions`), deleted
+    /// there by that run unless shipped again since.
+    missed: Vec<String>,
+}
+
+/// A whole tree packed, until its receiver acknowledges its last bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PackedTree {
+    last_seq: u64,
+    /// The missed deletions its last run settled: once it is
+    /// acknowledged, they are no longer owed.
+    missed: Vec<String>,
 }
 
 /// The bucket's bases as its packing and its uploads both see them.
@@ -58,7 +72,7 @@ pub(super) struct WholeTrees {
     /// or waiting their turn), each gone on with from where it stopped…
     aside: BTreeMap<usize, InTree>,
     /// …and the last sequence of one, once packed.
-    last: BTreeMap<usize, u64>,
+    last: BTreeMap<usize, PackedTree>,
     /// Each receiver's name, in the order of `sender.receivers`.
     names: Vec<String>,
     peers: Arc<Mutex<Peers>>,
@@ -130,9 +144,9 @@ impl WholeTrees {
     /// bundle does not end it, nor, for a base packed whole but not
     /// uploaded whole, write its end.
     fn forget_packed(&mut self, index: usize) {
-        if let Some(last) = self.last.remove(&index) {
+        if let Some(t) = self.last.remove(&index) {
             let mut b = self.bases.lock().unwrap_or_else(|e| e.into_inner());
-            if b.ends_at.is_some_and(|(_, end)| end == last) {
+            if b.ends_at.is_some_and(|(_, end)| end == t.last_seq) {
                 b.ends_at = None;
             }
         }
@@ -215,6 +229,7 @@ impl WholeTrees {
             base,
             last_seq: None,
             more: false,
+            missed: Vec::new(),
         });
         self.current.clone()
     }
@@ -237,11 +252,13 @@ impl WholeTrees {
     }
 
     /// A run of the whole tree under way takes the paths up to `path`;
-    /// `more`: paths are left for the next run.
-    pub(super) fn taken(&mut self, path: Option<String>, more: bool) {
+    /// `more`: paths are left for the next run; else, being the last, it
+    /// also settles the deletions its receiver `missed`.
+    pub(super) fn taken(&mut self, path: Option<String>, more: bool, missed: Vec<String>) {
         if let Some(t) = &mut self.current {
             t.after = path.or(t.after.take());
             t.more = more;
+            t.missed = missed;
         }
     }
 
@@ -273,6 +290,7 @@ impl WholeTrees {
             index,
             last_seq,
             base,
+            missed,
             ..
         } = self.current.take().expect("a whole tree under way");
         if let Some(number) = base {
@@ -283,8 +301,12 @@ impl WholeTrees {
         }
         match last_seq {
             Some(last) => {
-                info!(peer = %self.names[index], last_seq = last, "whole tree packed for this receiver");
-                self.last.insert(index, last);
+                info!(peer = %self.names[index], last_seq = last, missed_deletions = missed.len(), "whole tree packed for this receiver");
+                let t = PackedTree {
+                    last_seq: last,
+                    missed,
+                };
+                self.last.insert(index, t);
                 if acked >= last {
                     self.done(index);
                 }
@@ -298,7 +320,7 @@ impl WholeTrees {
         let finished: Vec<usize> = self
             .last
             .iter()
-            .filter(|(_, last)| seq >= **last)
+            .filter(|(_, t)| seq >= t.last_seq)
             .map(|(i, _)| *i)
             .collect();
         for index in finished {
@@ -306,14 +328,22 @@ impl WholeTrees {
         }
     }
 
-    /// Receiver `index` acknowledged its whole tree: forget that it needs one.
+    /// Receiver `index` acknowledged its whole tree: forget that it needs
+    /// one, and the missed deletions it settled (only those: a backlog
+    /// dropped since may have added more).
     fn done(&mut self, index: usize) {
-        self.last.remove(&index);
+        let missed = self.last.remove(&index).map(|t| t.missed);
         let name = self.names[index].clone();
         info!(peer = %name, "this receiver has the whole tree");
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
-            if let Err(e) = update_peer(&peers, &dir, &name, |r| r.whole_tree = false) {
+            let done = |r: &mut crate::peers::PeerRecord| {
+                r.whole_tree = false;
+                for path in missed.iter().flatten() {
+                    r.missed_deletions.remove(path);
+                }
+            };
+            if let Err(e) = update_peer(&peers, &dir, &name, done) {
                 warn!(error = %e, "could not record that a receiver has the whole tree");
             }
         });
@@ -337,7 +367,7 @@ mod tests {
     /// (`more`: paths are left) and packed bundle `seq`, if any; nothing
     /// acknowledged yet.
     fn run(w: &mut WholeTrees, took: Option<&str>, more: bool, seq: Option<u64>) {
-        w.taken(took.map(Into::into), more);
+        w.taken(took.map(Into::into), more, Vec::new());
         let bundles: Vec<_> = seq.map(|s| (s, summary())).into_iter().collect();
         w.packed(&bundles, 0);
     }
@@ -373,7 +403,11 @@ mod tests {
         assert_eq!((second.index, second.after.as_deref()), (0, Some("m")));
         run(&mut w, None, false, None); // the last run found nothing more to pack
         assert!(w.next(all).is_none());
-        assert_eq!(w.last.get(&0), Some(&5), "the first run's bundle ends it");
+        assert_eq!(
+            w.last.get(&0).map(|t| t.last_seq),
+            Some(5),
+            "the first run's bundle ends it"
+        );
         w.acked(5);
         assert!(w.last.is_empty());
     }
@@ -420,7 +454,7 @@ mod tests {
         // It reconnects before its last bundle is acknowledged: still none.
         w.need(0, &begun(false));
         assert!(w.next(all).is_none());
-        assert_eq!(w.last.get(&0), Some(&9));
+        assert_eq!(w.last.get(&0).map(|t| t.last_seq), Some(9));
         w.acked(9);
         assert!(w.last.is_empty());
     }
@@ -430,7 +464,7 @@ mod tests {
         let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
         w.need(1, &fresh("due", true));
         assert_eq!(w.next(all).unwrap().base, Some(1));
-        w.taken(Some("m".into()), true);
+        w.taken(Some("m".into()), true, Vec::new());
         // The bucket's base was lost while its run was being packed.
         w.need(1, &fresh("not there as uploaded", true));
         assert!(!bases.lock().unwrap().packing, "base 1 is packed no more");
@@ -448,7 +482,7 @@ mod tests {
         w.need(1, &fresh("not there as uploaded", true));
         assert_eq!(bases.lock().unwrap().ends_at, None);
         assert_eq!(w.next(all).unwrap().base, Some(3));
-        w.taken(None, false);
+        w.taken(None, false, Vec::new());
         w.packed(&[], 8);
         // Needed afresh once packed (a rebuilt receiver): its last bundle
         // no longer ends it; the new one does.
@@ -459,9 +493,9 @@ mod tests {
         w.acked(10);
         let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after), (0, None));
-        w.taken(None, false);
+        w.taken(None, false, Vec::new());
         w.packed(&[(12, summary())], 10);
-        assert_eq!(w.last.get(&0), Some(&12));
+        assert_eq!(w.last.get(&0).map(|t| t.last_seq), Some(12));
     }
 
     #[tokio::test]
@@ -469,7 +503,7 @@ mod tests {
         let (mut w, _, _dir) = trees(&["r0", "r1"]);
         w.need(0, &fresh("new", false));
         w.next(all).unwrap();
-        w.taken(Some("m".into()), true);
+        w.taken(Some("m".into()), true, Vec::new());
         w.need(1, &fresh("new", false));
         // Receiver 0 goes away and its backlog is dropped mid-run.
         w.dropped(0);
@@ -540,5 +574,36 @@ mod tests {
         let t = w.next(all).expect("receiver 2's goes on");
         assert_eq!((t.index, t.after.as_deref()), (2, Some("a")));
         assert!(!w.ready(|_| false));
+    }
+
+    /// The deletions a receiver missed go with its whole tree's last run;
+    /// once it acknowledges that run, those are owed no more, and only
+    /// those: a backlog dropped since may have recorded more.
+    #[tokio::test]
+    async fn missed_deletions_packed_are_owed_no_more_once_the_tree_is_acknowledged() {
+        let (mut w, _, dir) = trees(&["r0"]);
+        let owed = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect();
+        let peers = w.peers.clone();
+        update_peer(&peers, dir.path(), "r0", |r| {
+            r.whole_tree = true;
+            r.missed_deletions = owed(&["a", "b"]);
+        })
+        .unwrap();
+        w.need(0, &fresh("its backlog was dropped", false));
+        w.next(all).unwrap();
+        w.taken(Some("z".into()), false, vec!["a".into(), "b".into()]);
+        w.packed(&[(5, summary())], 0);
+        update_peer(&peers, dir.path(), "r0", |r| {
+            r.missed_deletions.insert("c".into());
+        })
+        .unwrap();
+        w.acked(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let record = || Peers::load(dir.path()).unwrap().receivers["r0"].clone();
+        while record().whole_tree {
+            assert!(std::time::Instant::now() < deadline, "never recorded");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(record().missed_deletions, owed(&["c"]));
     }
 }

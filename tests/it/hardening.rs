@@ -86,11 +86,16 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// With one of two receivers down, every bundle waited in the outbox for it:
-/// the sender's disk filled because a web server was off.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
-    let env = Env::new();
+/// Two receivers, the second (`second/www`) at the returned table, and a
+/// sender (table also returned) whose outbox holds 2 MiB; `files` shipped
+/// to both.
+async fn two_receivers_small_outbox(
+    env: &Env,
+    files: &[&str],
+) -> (Role, Role, Role, String, String) {
+    for f in files {
+        env.write(f, format!("{f} to both"));
+    }
     let r1 = env.start_receiver("").await;
     let addr2 = free_addr();
     let second = format!(
@@ -100,15 +105,15 @@ async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
     let extra = "outbox_max = \"2MiB\"\nmax_bundle_size = \"1MiB\"\nchunk_size = \"512KiB\"\n";
     let toml = env.sender_toml_to(&[r1.addr, addr2], extra);
     let s = env.start_sender_from(r1.addr, &toml);
-    let file = env.config_file("sender.toml", &toml);
-    env.write("first.html", "to both");
     let root2 = env.path().join("second/www");
-    wait_until("both have the first file", || {
-        root2.join("first.html").exists()
-    })
-    .await;
+    wait_until("both have the files", || tree(&root2) == tree(&env.src())).await;
+    (r1, r2, s, second, toml)
+}
 
-    r2.stop().await;
+/// 5.6 MB of new files, each waited for at the first receiver: over the
+/// outbox's budget while the second is away. Returns the most the outbox
+/// held meanwhile.
+async fn overfill_the_outbox(env: &Env) -> u64 {
     let outbox = env.path().join("state-s/outbox");
     let mut peak = 0;
     for i in 0..8 {
@@ -118,6 +123,18 @@ async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
         wait_until("the first receiver has it", || root1.join(&name).exists()).await;
         peak = peak.max(dir_bytes(&outbox));
     }
+    peak
+}
+
+/// With one of two receivers down, every bundle waited in the outbox for it:
+/// the sender's disk filled because a web server was off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
+    let env = Env::new();
+    let (r1, r2, s, second, toml) = two_receivers_small_outbox(&env, &["first.html"]).await;
+    let file = env.config_file("sender.toml", &toml);
+    r2.stop().await;
+    let peak = overfill_the_outbox(&env).await;
     // The budget, plus the one bundle being added when it was exceeded.
     assert!(peak <= 3 << 20, "outbox grew to {peak} bytes");
     let v = wait_status(&file, "the away receiver marked for the whole tree", |v| {
@@ -128,12 +145,73 @@ async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
 
     // It comes back and gets everything.
     let r2 = env.start_receiver_from(&second).await;
+    let root2 = env.path().join("second/www");
     wait_until("the second receiver has the whole tree", || {
         tree(&root2) == tree(&env.src())
     })
     .await;
     wait_status(&file, "whole tree acknowledged", |v| {
         v["receivers"][1]["whole_tree_pending"] == false
+    })
+    .await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// A receiver whose backlog was dropped gets the whole tree on its return,
+/// and a whole tree only adds and updates: pages deleted while it was away
+/// stayed served there for good. The deletions its backlog held now go
+/// with that tree, remembered across a restart of the sender; a file
+/// deleted and written again meanwhile is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_deleted_while_a_receivers_backlog_was_dropped_are_deleted_there_too() {
+    let env = Env::new();
+    let files = ["gone.html", "old/page.html", "back.html", "kept.html"];
+    let (r1, r2, s, second, toml) = two_receivers_small_outbox(&env, &files).await;
+    let file = env.config_file("sender.toml", &toml);
+    r2.stop().await;
+    std::fs::remove_file(env.src().join("gone.html")).unwrap();
+    std::fs::remove_dir_all(env.src().join("old")).unwrap();
+    std::fs::remove_file(env.src().join("back.html")).unwrap();
+    let root1 = env.root();
+    wait_until("the first receiver deleted them", || {
+        !root1.join("old").exists() && !root1.join("back.html").exists()
+    })
+    .await;
+    env.write("back.html", "written again");
+    wait_until("the first receiver has it again", || {
+        root1.join("back.html").exists()
+    })
+    .await;
+    overfill_the_outbox(&env).await;
+    wait_status(&file, "the deletions it missed recorded", |v| {
+        v["receivers"][1]["whole_tree_pending"] == true
+            && v["receivers"][1]["missed_deletions"].as_u64() >= Some(3)
+    })
+    .await;
+    let root2 = env.path().join("second/www");
+    assert!(root2.join("gone.html").exists(), "nothing reached it yet");
+
+    // Restarted, the sender still knows them.
+    s.stop().await;
+    let s = env.start_sender_from(r1.addr, &toml);
+    let r2 = env.start_receiver_from(&second).await;
+    wait_until("the second receiver has the source's tree", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+    assert!(
+        !root2.join("old").exists(),
+        "its emptied directory is pruned"
+    );
+    assert_eq!(
+        std::fs::read(root2.join("back.html")).unwrap(),
+        b"written again"
+    );
+    wait_status(&file, "whole tree and deletions acknowledged", |v| {
+        v["receivers"][1]["whole_tree_pending"] == false
+            && v["receivers"][1]["missed_deletions"] == 0
     })
     .await;
     s.stop().await;
