@@ -40,11 +40,46 @@ pub struct PeerRecord {
     pub compare: Option<u64>,
     /// Paths deleted in bundles its backlog held when the outbox dropped
     /// it (`sender.outbox_max`): its whole tree only adds and updates, so
-    /// the last run of that tree deletes these there too (those the source
-    /// has not shipped again since), and they are kept here until it
-    /// acknowledges them.
+    /// the first run of that tree deletes these there (but those the
+    /// source shipped again since), and they are kept here until it
+    /// acknowledges that tree.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub missed_deletions: BTreeSet<String>,
+    /// How many times its backlog was dropped: a whole tree begun before
+    /// the last drop settles neither the mark nor what that drop recorded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub backlogs_dropped: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// The most deletions kept for a receiver whose backlog was dropped
+/// ([`PeerRecord::missed_deletions`], rewritten whole in `receivers.json`,
+/// some 50 bytes a path): a receiver gone for good, still configured,
+/// must not grow that file without end.
+pub const MAX_MISSED_DELETIONS: usize = 250_000;
+
+impl PeerRecord {
+    /// Its backlog, holding the deletions `missed`, is dropped: it needs
+    /// the whole tree, as a repair (every receiver behind it needs what
+    /// was dropped), and those deletions with it, as many as fit
+    /// [`MAX_MISSED_DELETIONS`]. Returns how many did not.
+    pub fn backlog_dropped(&mut self, missed: BTreeSet<String>) -> usize {
+        self.whole_tree = true;
+        self.base = false;
+        self.backlogs_dropped += 1;
+        let mut unrecorded = 0;
+        for path in missed {
+            if self.missed_deletions.len() < MAX_MISSED_DELETIONS {
+                self.missed_deletions.insert(path);
+            } else if !self.missed_deletions.contains(&path) {
+                unrecorded += 1;
+            }
+        }
+        unrecorded
+    }
 }
 
 /// Every receiver by its configured `host:port`.
@@ -377,5 +412,23 @@ mod tests {
         // Behind for another reason too: that reason still holds.
         let p = plan_welcome((30, B, rolled(false)), known());
         assert!(p.whole_tree.unwrap().reason.contains("state is new"));
+    }
+
+    #[test]
+    fn a_dropped_backlog_records_its_deletions_as_far_as_they_fit() {
+        let mut r = PeerRecord {
+            base: true,
+            ..PeerRecord::default()
+        };
+        let paths = |from: usize, to: usize| (from..to).map(|i| format!("p/{i}")).collect();
+        assert_eq!(r.backlog_dropped(paths(0, 10)), 0);
+        assert!(r.whole_tree && !r.base, "a repair, not a base");
+        assert_eq!((r.missed_deletions.len(), r.backlogs_dropped), (10, 1));
+        // Full: those already there cost nothing, the rest are counted.
+        assert_eq!(r.backlog_dropped(paths(0, MAX_MISSED_DELETIONS)), 0);
+        let over = paths(5, MAX_MISSED_DELETIONS + 7);
+        assert_eq!(r.backlog_dropped(over), 7);
+        assert_eq!(r.missed_deletions.len(), MAX_MISSED_DELETIONS);
+        assert_eq!(r.backlogs_dropped, 3);
     }
 }

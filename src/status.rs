@@ -93,8 +93,9 @@ pub struct LinkStatus {
     /// It is new, rebuilt or restored and is being sent the whole tree.
     #[serde(default)]
     pub whole_tree_pending: bool,
-    /// Files deleted while it was away and its backlog was dropped: its
-    /// whole tree deletes them there too, at its last run.
+    /// Paths deleted in its backlog when that was dropped, until it
+    /// acknowledges the whole tree that deletes them there (but those
+    /// shipped again since).
     #[serde(default)]
     pub missed_deletions: u64,
     /// The receiver's `on_apply` hook failed on the sequence named (the

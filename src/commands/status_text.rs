@@ -153,7 +153,7 @@ fn receiver_lines(s: &mut String, l: &LinkStatus, now: i64) {
     if l.missed_deletions > 0 {
         let _ = writeln!(
             s,
-            "  {} deletions missed while its backlog was dropped: they go with its whole tree",
+            "  {} paths deleted while its backlog was dropped: its whole tree deletes those not shipped again",
             l.missed_deletions
         );
     }
@@ -284,7 +284,7 @@ sender app1: PAUSED (shipper resume to continue)
   shipped unsettled (still being written at max_delay; ships again once settled): logs/app.log
 receiver web1:7700: connected since 2023-11-14 21:13:20Z (1h ago)
   receiving the whole tree (new, rebuilt or restored receiver)
-  3 deletions missed while its backlog was dropped: they go with its whole tree
+  3 paths deleted while its backlog was dropped: its whole tree deletes those not shipped again
   last acknowledged: sequence 42 at 2023-11-14 22:13:15Z (5s ago)
   shipped since start: 7 bundles, 7000 bytes
   last error: sequence 40: refused for now: busy at 2023-11-14 21:06:40Z (1h 6m 40s ago)

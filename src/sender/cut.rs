@@ -19,7 +19,7 @@ use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report,
 use crate::changes::{Op, Portion};
 use crate::config::Compress;
 use crate::ledger::Ledger;
-use crate::peers::Peers;
+use crate::peers::{MAX_MISSED_DELETIONS, Peers};
 use crate::proto::frame::Accepts;
 use crate::watch::WatchMsg;
 
@@ -32,7 +32,7 @@ use super::signatures::{SignatureStore, Signer};
 use super::source::Source;
 use super::state::SenderState;
 use super::transport::{Backoff, TransportEvent, release_now, update_peer};
-use super::whole_tree::{BaseTrees, WholeTrees};
+use super::whole_tree::{BaseTrees, Missed, WholeTrees};
 
 /// A packing run's report, and how it ended.
 pub(super) type PackDone = (Report, std::io::Result<()>);
@@ -44,7 +44,8 @@ pub(super) type PackDone = (Report, std::io::Result<()>);
 /// of a million new files (a first ship) would hold half a gigabyte at
 /// once. A larger cut is packed in runs one after the other, its flushes
 /// answered after the last. (Deletions are all taken at once: the
-/// mass-deletion guard judges them together.)
+/// mass-deletion guard judges them together; so are those a receiver
+/// missed, in the first run of its whole tree.)
 const BUNDLES_PER_RUN: usize = 4;
 
 /// What the packer shares with the transports: the outbox, the ledger,
@@ -138,15 +139,16 @@ impl Handles {
         while let Some(j) = queue.over_budget() {
             let peer = &self.receivers[j];
             // Its whole tree adds and updates: what was deleted meanwhile
-            // is recorded, to be deleted there with that tree's last run.
+            // is recorded, to be deleted there by that tree's first run.
             let missed = queue.deletions_for(j);
             let deletions = missed.len();
+            let mut unrecorded = 0;
             update_peer(&self.peers, &self.state_dir, peer, |r| {
-                r.whole_tree = true;
-                // Every receiver behind it needs what was dropped.
-                r.base = false;
-                r.missed_deletions.extend(missed);
+                unrecorded = r.backlog_dropped(missed);
             })?;
+            if unrecorded > 0 {
+                warn!(peer = %peer, unrecorded, recorded = MAX_MISSED_DELETIONS, "too many deletions missed by this receiver to record: those past the limit stay there until `shipper verify --delete-extra`");
+            }
             // Told before anything its return sets off: a whole tree under
             // way for it stops, and is begun again when it returns.
             let tell = || {
@@ -370,32 +372,37 @@ impl Cut {
         // for this one only, a run's worth at a time; changes still
         // pending reach every receiver in the usual bundles.
         let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
-        let mut paths = book.shipped.paths_after(tree.after.as_deref());
-        let mut items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
-        let more = paths.next().is_some();
-        let last = items.last().map(|i| i.path.clone());
-        // The last run also deletes what the receiver missed when its
-        // backlog was dropped, but what was shipped again since.
-        let missed = match more {
-            true => Vec::new(),
-            false => self.missed_deletions(tree.index),
-        };
-        let due = missed.iter().filter(|p| book.shipped.lacks(p));
-        items.extend(due.map(PackItem::delete));
-        self.whole_trees.taken(last, more, missed);
+        // Its first run deletes first what the receiver missed when its
+        // backlog was dropped (a base's readers are not that receiver).
+        let missed = tree
+            .missed
+            .is_none()
+            .then(|| self.missed_deletions(tree.index, tree.base.is_none()));
+        let run = tree.run(&book.shipped, missed.as_ref(), most);
+        if run.items.iter().any(|i| i.op == Op::Delete) {
+            let deletions = run.items.len();
+            info!(peer = %self.handles.receivers[tree.index], deletions, "deleting there what it missed while its backlog was dropped");
+        }
+        self.whole_trees.taken(run.last, run.more, missed);
         // A receiver getting the whole tree may hold nothing: no reuse.
-        self.start(items, (Some(tree.index), tree.base, None), source.dir());
+        self.start(run.items, (Some(tree.index), tree.base, None), source.dir());
         self.tree_ran_last = true;
         true
     }
 
     /// The deletions receiver `index` missed when its backlog was dropped
-    /// (`PeerRecord::missed_deletions`).
-    fn missed_deletions(&self, index: usize) -> Vec<String> {
+    /// (`PeerRecord::missed_deletions`; none unless `wanted`), and how
+    /// many drops it has seen.
+    fn missed_deletions(&self, index: usize, wanted: bool) -> Missed {
         let peers = self.handles.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let name = &self.handles.receivers[index];
-        let missed = peers.receivers.get(name).map(|r| &r.missed_deletions);
-        missed.into_iter().flatten().cloned().collect()
+        let Some(r) = peers.receivers.get(&self.handles.receivers[index]) else {
+            return Missed::default();
+        };
+        let paths = r.missed_deletions.iter().filter(|_| wanted);
+        Missed {
+            paths: paths.cloned().collect(),
+            drops: r.backlogs_dropped,
+        }
     }
 
     /// Start a run of the usual cut (or the next run of one under way) if

@@ -115,10 +115,28 @@ impl Shipped {
             .filter(move |p| dir.is_empty() || is_within(p, dir))
     }
 
-    /// Whether nothing was shipped at `path` or below it: a deletion of it
-    /// takes nothing the receivers are to keep.
-    pub(super) fn lacks(&self, path: &str) -> bool {
-        self.within(path).next().is_none()
+    /// Whether a deletion of `path` a receiver missed still has to reach
+    /// it: nothing is known at or below `path` (shipped since, or in doubt:
+    /// either ships as it is now), and nothing above it was shipped as a
+    /// file or link, which stands where its directory was. A few lookups,
+    /// however many paths lie beside it.
+    pub(super) fn deletion_owed(&self, path: &str) -> bool {
+        let below = format!("{path}/");
+        let starts_below = |first: Option<&String>| first.is_some_and(|p| p.starts_with(&below));
+        let mut doubt_below = self.in_doubt.range::<str, _>((
+            std::ops::Bound::Included(below.as_str()),
+            std::ops::Bound::Unbounded,
+        ));
+        let known = self.files.contains(path)
+            || self.in_doubt.contains(path)
+            || starts_below(self.files.from(&below).next())
+            || starts_below(doubt_below.next());
+        let replaced = path.match_indices('/').any(|(slash, _)| {
+            self.files
+                .meta(&path[..slash])
+                .is_some_and(|m| m.kind != crate::stamp::Kind::Dir)
+        });
+        !known && !replaced
     }
 
     /// Whether a file found with `stamp` is known to be what the receivers
@@ -255,13 +273,38 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn a_path_is_lacking_with_nothing_shipped_at_it_or_below() {
-        let s = shipped(&["d/x", "d2", "f"], &[]);
-        assert!(s.lacks("gone.html"));
-        assert!(s.lacks("d/x/y"), "below a file");
-        assert!(!s.lacks("f"));
-        assert!(!s.lacks("d"), "a directory holding a file shipped since");
-        assert!(s.lacks("d/x2"), "beside a file shipped, not above it");
+    fn a_missed_deletion_is_owed_unless_something_stands_at_or_above_it() {
+        let mut s = shipped(&["d/x", "d2", "f", "p/10"], &["doubt/y"]);
+        assert!(s.deletion_owed("gone.html"));
+        assert!(
+            s.deletion_owed("d/x2"),
+            "beside a file shipped, not above it"
+        );
+        assert!(s.deletion_owed("p/1"), "p/10 lies beside it");
+        assert!(!s.deletion_owed("f"), "shipped again since");
+        assert!(
+            !s.deletion_owed("d"),
+            "a directory holding a file shipped since"
+        );
+        assert!(
+            !s.deletion_owed("doubt"),
+            "in doubt below: it ships as it is"
+        );
+        assert!(
+            !s.deletion_owed("f/old"),
+            "a file stands where its directory was"
+        );
+        let mut link = meta(1);
+        link.kind = Kind::Link;
+        s.record("l", Some(&link));
+        assert!(!s.deletion_owed("l/old"), "so does a link");
+        let mut dir = meta(0);
+        dir.kind = Kind::Dir;
+        s.record("e", Some(&dir));
+        assert!(
+            s.deletion_owed("e/old"),
+            "a directory shipped still holds it"
+        );
     }
 
     #[test]

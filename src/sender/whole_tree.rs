@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 use crate::bundle::Summary;
-use crate::peers::{Peers, TreeNeed};
+use crate::bundle::pack::PackItem;
+use crate::peers::{PeerRecord, Peers, TreeNeed};
 
+use super::shipped::Shipped;
 use super::transport::update_peer;
 
 /// A whole tree being packed, in runs one after the other (a run takes at
@@ -35,19 +37,65 @@ pub(super) struct InTree {
     /// to the next…
     last_seq: Option<u64>,
     more: bool,
-    /// …or, being its last, settles these: what its receiver missed when
-    /// its backlog was dropped (`PeerRecord::missed_deletions`), deleted
-    /// there by that run unless shipped again since.
-    missed: Vec<String>,
+    /// The deletions its receiver missed, read at its first run (`None`
+    /// until then), which that run settles.
+    pub(super) missed: Option<Missed>,
+}
+
+/// The deletions a receiver missed when its backlog was dropped
+/// (`PeerRecord::missed_deletions`), as a whole tree's first run read
+/// them, with how many drops it had seen then (`backlogs_dropped`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) struct Missed {
+    pub(super) paths: Vec<String>,
+    pub(super) drops: u64,
+}
+
+/// What one run of a whole tree packs.
+#[derive(Debug)]
+pub(super) struct TreeRun {
+    pub(super) items: Vec<PackItem>,
+    /// The last path it takes to ship (`None`: none).
+    pub(super) last: Option<String>,
+    /// Paths are left for the next run.
+    pub(super) more: bool,
+}
+
+impl InTree {
+    /// Its next run, from what was shipped: at its first, the deletions
+    /// its receiver `missed` that are still owed
+    /// ([`Shipped::deletion_owed`]), alone, so that they come before
+    /// anything shipped in their place; then up to `most` shipped paths
+    /// after the last one taken.
+    pub(super) fn run(&self, shipped: &Shipped, missed: Option<&Missed>, most: usize) -> TreeRun {
+        let owed = missed.iter().flat_map(|m| &m.paths);
+        let owed = owed.filter(|p| shipped.deletion_owed(p));
+        let deletions: Vec<PackItem> = owed.map(PackItem::delete).collect();
+        let mut paths = shipped.paths_after(self.after.as_deref());
+        if !deletions.is_empty() {
+            let more = paths.next().is_some();
+            return TreeRun {
+                items: deletions,
+                last: None,
+                more,
+            };
+        }
+        let items: Vec<PackItem> = paths.by_ref().take(most).map(PackItem::upsert).collect();
+        TreeRun {
+            more: paths.next().is_some(),
+            last: items.last().map(|i| i.path.clone()),
+            items,
+        }
+    }
 }
 
 /// A whole tree packed, until its receiver acknowledges its last bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PackedTree {
     last_seq: u64,
-    /// The missed deletions its last run settled: once it is
-    /// acknowledged, they are no longer owed.
-    missed: Vec<String>,
+    /// The missed deletions it settled: once it is acknowledged, they are
+    /// no longer owed.
+    missed: Option<Missed>,
 }
 
 /// The bucket's bases as its packing and its uploads both see them.
@@ -229,7 +277,7 @@ impl WholeTrees {
             base,
             last_seq: None,
             more: false,
-            missed: Vec::new(),
+            missed: None,
         });
         self.current.clone()
     }
@@ -252,13 +300,13 @@ impl WholeTrees {
     }
 
     /// A run of the whole tree under way takes the paths up to `path`;
-    /// `more`: paths are left for the next run; else, being the last, it
-    /// also settles the deletions its receiver `missed`.
-    pub(super) fn taken(&mut self, path: Option<String>, more: bool, missed: Vec<String>) {
+    /// `more`: paths are left for the next run; `missed`: being its
+    /// first, it read these deletions its receiver missed.
+    pub(super) fn taken(&mut self, path: Option<String>, more: bool, missed: Option<Missed>) {
         if let Some(t) = &mut self.current {
             t.after = path.or(t.after.take());
             t.more = more;
-            t.missed = missed;
+            t.missed = missed.or(t.missed.take());
         }
     }
 
@@ -301,17 +349,19 @@ impl WholeTrees {
         }
         match last_seq {
             Some(last) => {
-                info!(peer = %self.names[index], last_seq = last, missed_deletions = missed.len(), "whole tree packed for this receiver");
+                info!(peer = %self.names[index], last_seq = last, "whole tree packed for this receiver");
                 let t = PackedTree {
                     last_seq: last,
                     missed,
                 };
-                self.last.insert(index, t);
-                if acked >= last {
-                    self.done(index);
+                match acked >= last {
+                    true => self.done(index, t.missed),
+                    false => {
+                        self.last.insert(index, t);
+                    }
                 }
             }
-            None => self.done(index),
+            None => self.done(index, missed),
         }
     }
 
@@ -324,23 +374,24 @@ impl WholeTrees {
             .map(|(i, _)| *i)
             .collect();
         for index in finished {
-            self.done(index);
+            let t = self.last.remove(&index).expect("found above");
+            self.done(index, t.missed);
         }
     }
 
     /// Receiver `index` acknowledged its whole tree: forget that it needs
-    /// one, and the missed deletions it settled (only those: a backlog
-    /// dropped since may have added more).
-    fn done(&mut self, index: usize) {
-        let missed = self.last.remove(&index).map(|t| t.missed);
+    /// one, and the `missed` deletions it settled (only those: a backlog
+    /// dropped since may have added more). Unless its backlog was dropped
+    /// since that tree read them: then the tree that follows settles it
+    /// all (a drop between this and its record must not be undone).
+    fn done(&mut self, index: usize, missed: Option<Missed>) {
         let name = self.names[index].clone();
         info!(peer = %name, "this receiver has the whole tree");
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
-            let done = |r: &mut crate::peers::PeerRecord| {
-                r.whole_tree = false;
-                for path in missed.iter().flatten() {
-                    r.missed_deletions.remove(path);
+            let done = |r: &mut PeerRecord| {
+                if !settle(r, missed.as_ref()) {
+                    info!(peer = %name, "this receiver's backlog was dropped since its whole tree began: it gets another");
                 }
             };
             if let Err(e) = update_peer(&peers, &dir, &name, done) {
@@ -350,12 +401,32 @@ impl WholeTrees {
     }
 }
 
+/// A whole tree that read `missed` is acknowledged: the receiver `r`
+/// needs none now, and those deletions are owed no more. Unless its
+/// backlog was dropped since the tree read them (returns false): then
+/// nothing is settled.
+fn settle(r: &mut PeerRecord, missed: Option<&Missed>) -> bool {
+    if missed.is_some_and(|m| m.drops != r.backlogs_dropped) {
+        return false;
+    }
+    r.whole_tree = false;
+    for path in missed.iter().flat_map(|m| &m.paths) {
+        r.missed_deletions.remove(path);
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::changes::Op;
 
     fn summary() -> Summary {
         Summary::default()
+    }
+
+    fn owed(paths: &[&str]) -> std::collections::BTreeSet<String> {
+        paths.iter().map(|p| p.to_string()).collect()
     }
 
     /// Every receiver connected.
@@ -367,7 +438,7 @@ mod tests {
     /// (`more`: paths are left) and packed bundle `seq`, if any; nothing
     /// acknowledged yet.
     fn run(w: &mut WholeTrees, took: Option<&str>, more: bool, seq: Option<u64>) {
-        w.taken(took.map(Into::into), more, Vec::new());
+        w.taken(took.map(Into::into), more, None);
         let bundles: Vec<_> = seq.map(|s| (s, summary())).into_iter().collect();
         w.packed(&bundles, 0);
     }
@@ -464,7 +535,7 @@ mod tests {
         let (mut w, bases, _dir) = trees(&["r0", "s3://b/p"]);
         w.need(1, &fresh("due", true));
         assert_eq!(w.next(all).unwrap().base, Some(1));
-        w.taken(Some("m".into()), true, Vec::new());
+        w.taken(Some("m".into()), true, None);
         // The bucket's base was lost while its run was being packed.
         w.need(1, &fresh("not there as uploaded", true));
         assert!(!bases.lock().unwrap().packing, "base 1 is packed no more");
@@ -482,7 +553,7 @@ mod tests {
         w.need(1, &fresh("not there as uploaded", true));
         assert_eq!(bases.lock().unwrap().ends_at, None);
         assert_eq!(w.next(all).unwrap().base, Some(3));
-        w.taken(None, false, Vec::new());
+        w.taken(None, false, None);
         w.packed(&[], 8);
         // Needed afresh once packed (a rebuilt receiver): its last bundle
         // no longer ends it; the new one does.
@@ -493,7 +564,7 @@ mod tests {
         w.acked(10);
         let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after), (0, None));
-        w.taken(None, false, Vec::new());
+        w.taken(None, false, None);
         w.packed(&[(12, summary())], 10);
         assert_eq!(w.last.get(&0).map(|t| t.last_seq), Some(12));
     }
@@ -503,7 +574,7 @@ mod tests {
         let (mut w, _, _dir) = trees(&["r0", "r1"]);
         w.need(0, &fresh("new", false));
         w.next(all).unwrap();
-        w.taken(Some("m".into()), true, Vec::new());
+        w.taken(Some("m".into()), true, None);
         w.need(1, &fresh("new", false));
         // Receiver 0 goes away and its backlog is dropped mid-run.
         w.dropped(0);
@@ -576,34 +647,112 @@ mod tests {
         assert!(!w.ready(|_| false));
     }
 
-    /// The deletions a receiver missed go with its whole tree's last run;
-    /// once it acknowledges that run, those are owed no more, and only
+    /// The deletions a receiver missed, read at its whole tree's first
+    /// run, are owed no more once it acknowledges that tree, and only
     /// those: a backlog dropped since may have recorded more.
     #[tokio::test]
-    async fn missed_deletions_packed_are_owed_no_more_once_the_tree_is_acknowledged() {
+    async fn missed_deletions_read_are_owed_no_more_once_the_tree_is_acknowledged() {
         let (mut w, _, dir) = trees(&["r0"]);
-        let owed = |paths: &[&str]| paths.iter().map(|p| p.to_string()).collect();
         let peers = w.peers.clone();
+        let record = || Peers::load(dir.path()).unwrap().receivers["r0"].clone();
         update_peer(&peers, dir.path(), "r0", |r| {
             r.whole_tree = true;
             r.missed_deletions = owed(&["a", "b"]);
+            r.backlogs_dropped = 1;
         })
         .unwrap();
         w.need(0, &fresh("its backlog was dropped", false));
         w.next(all).unwrap();
-        w.taken(Some("z".into()), false, vec!["a".into(), "b".into()]);
+        let read = Missed {
+            paths: vec!["a".into(), "b".into()],
+            drops: 1,
+        };
+        w.taken(None, true, Some(read.clone()));
         w.packed(&[(5, summary())], 0);
+        w.next(all).unwrap();
+        // Later runs read nothing again: the first one's stays.
+        run(&mut w, Some("z"), false, Some(6));
+        assert_eq!(w.last[&0].missed, Some(read));
+        // Recorded while the tree was out (a path deleted again): kept.
         update_peer(&peers, dir.path(), "r0", |r| {
             r.missed_deletions.insert("c".into());
         })
         .unwrap();
-        w.acked(5);
+        w.acked(6);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        let record = || Peers::load(dir.path()).unwrap().receivers["r0"].clone();
         while record().whole_tree {
             assert!(std::time::Instant::now() < deadline, "never recorded");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         assert_eq!(record().missed_deletions, owed(&["c"]));
+    }
+
+    /// A drop after a tree read its deletions (between its last bundle's
+    /// acknowledgement and that being recorded) is never undone: the mark
+    /// and every deletion stay, for the tree that follows.
+    #[test]
+    fn a_tree_begun_before_a_drop_settles_nothing() {
+        let mut r = PeerRecord {
+            whole_tree: true,
+            missed_deletions: owed(&["c", "d"]),
+            backlogs_dropped: 2,
+            ..PeerRecord::default()
+        };
+        let before = Missed {
+            paths: vec!["c".into()],
+            drops: 1,
+        };
+        let was = r.clone();
+        assert!(!settle(&mut r, Some(&before)));
+        assert_eq!(r, was);
+        let after = Missed { drops: 2, ..before };
+        assert!(settle(&mut r, Some(&after)));
+        assert!(!r.whole_tree);
+        assert_eq!(r.missed_deletions, owed(&["d"]));
+        // A tree that read nothing (none ended that way) settles the mark.
+        r.whole_tree = true;
+        assert!(settle(&mut r, None) && !r.whole_tree);
+    }
+
+    /// A whole tree's first run deletes what its receiver missed, alone,
+    /// and only what is still owed; its runs then take the files.
+    #[test]
+    fn a_whole_trees_first_run_deletes_what_its_receiver_missed() {
+        let shipped = crate::sender::shipped::tests::shipped(&["a", "b", "back.html", "c"], &[]);
+        let tree = InTree {
+            index: 0,
+            after: None,
+            base: None,
+            last_seq: None,
+            more: false,
+            missed: None,
+        };
+        let missed = Missed {
+            paths: vec!["back.html".into(), "gone.html".into()],
+            drops: 1,
+        };
+        let first = tree.run(&shipped, Some(&missed), 2);
+        let ops: Vec<_> = first
+            .items
+            .iter()
+            .map(|i| (i.path.as_str(), i.op))
+            .collect();
+        assert_eq!(ops, [("gone.html", Op::Delete)]);
+        assert_eq!((first.last, first.more), (None, true));
+        let next = tree.run(&shipped, None, 2);
+        let paths: Vec<_> = next.items.iter().map(|i| (i.path.as_str(), i.op)).collect();
+        assert_eq!(paths, [("a", Op::Upsert), ("b", Op::Upsert)]);
+        assert_eq!((next.last.as_deref(), next.more), (Some("b"), true));
+        // Nothing owed: the first run takes files.
+        let none_owed = Missed {
+            paths: vec!["back.html".into()],
+            drops: 1,
+        };
+        let first = tree.run(&shipped, Some(&none_owed), 2);
+        assert_eq!(first.last.as_deref(), Some("b"));
+        // An empty tree with deletions owed: one run, the last.
+        let empty = crate::sender::shipped::tests::shipped(&[], &[]);
+        let only = tree.run(&empty, Some(&missed), 2);
+        assert_eq!((only.items.len(), only.more), (2, false));
     }
 }

@@ -162,10 +162,20 @@ async fn a_receiver_away_never_fills_the_outbox_past_its_budget() {
 /// A receiver whose backlog was dropped gets the whole tree on its return,
 /// and a whole tree only adds and updates: pages deleted while it was away
 /// stayed served there for good. The deletions its backlog held now go
-/// with that tree, remembered across a restart of the sender; a file
-/// deleted and written again meanwhile is kept.
+/// with that tree; a file deleted and written again meanwhile is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn files_deleted_while_a_receivers_backlog_was_dropped_are_deleted_there_too() {
+    deleted_while_the_backlog_was_dropped(false).await;
+}
+
+/// The same, with the sender restarted before the receiver returns: the
+/// deletions were recorded durably, not only in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_missed_in_a_dropped_backlog_survive_a_restart_of_the_sender() {
+    deleted_while_the_backlog_was_dropped(true).await;
+}
+
+async fn deleted_while_the_backlog_was_dropped(restart: bool) {
     let env = Env::new();
     let files = ["gone.html", "old/page.html", "back.html", "kept.html"];
     let (r1, r2, s, second, toml) = two_receivers_small_outbox(&env, &files).await;
@@ -193,9 +203,13 @@ async fn files_deleted_while_a_receivers_backlog_was_dropped_are_deleted_there_t
     let root2 = env.path().join("second/www");
     assert!(root2.join("gone.html").exists(), "nothing reached it yet");
 
-    // Restarted, the sender still knows them.
-    s.stop().await;
-    let s = env.start_sender_from(r1.addr, &toml);
+    let s = match restart {
+        true => {
+            s.stop().await;
+            env.start_sender_from(r1.addr, &toml)
+        }
+        false => s,
+    };
     let r2 = env.start_receiver_from(&second).await;
     wait_until("the second receiver has the source's tree", || {
         tree(&root2) == tree(&env.src())
