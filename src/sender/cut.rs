@@ -4,7 +4,7 @@
 //! a whole (a full disk) puts back what it took and is retried with
 //! backoff; paths an event touches while a pack runs stay pending.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report,
 use crate::changes::{Op, Portion};
 use crate::config::Compress;
 use crate::ledger::Ledger;
-use crate::peers::{MAX_MISSED_DELETIONS, Peers};
+use crate::peers::{MAX_MISSED_DELETIONS, Peers, TreeNeed};
 use crate::proto::frame::Accepts;
 use crate::watch::WatchMsg;
 
@@ -32,7 +32,7 @@ use super::signatures::{SignatureStore, Signer};
 use super::source::Source;
 use super::state::SenderState;
 use super::transport::{Backoff, TransportEvent, release_now, update_peer};
-use super::whole_tree::{BaseTrees, Missed, WholeTrees};
+use super::whole_tree::{BaseTrees, WholeTrees};
 
 /// A packing run's report, and how it ended.
 pub(super) type PackDone = (Report, std::io::Result<()>);
@@ -146,9 +146,6 @@ impl Handles {
             update_peer(&self.peers, &self.state_dir, peer, |r| {
                 unrecorded = r.backlog_dropped(missed);
             })?;
-            if unrecorded > 0 {
-                warn!(peer = %peer, unrecorded, recorded = MAX_MISSED_DELETIONS, "too many deletions missed by this receiver to record: those past the limit stay there until `shipper verify --delete-extra`");
-            }
             // Told before anything its return sets off: a whole tree under
             // way for it stops, and is begun again when it returns.
             let tell = || {
@@ -156,13 +153,24 @@ impl Handles {
                     .events
                     .send(TransportEvent::BacklogDropped { index: j });
             };
-            // Back before its backlog went (`None`), it keeps its backlog
-            // and the mark: at worst a whole tree it did not need, later.
             let outbox_bytes = queue.bytes();
-            if let Some(done) = queue.drop_backlog(j, tell) {
-                warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, deletions, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns, with the deletions the backlog held");
-                release_now(done, &self.events, &self.ledger);
+            let Some(done) = queue.drop_backlog(j, tell) else {
+                // Back before its backlog went, it keeps it, and the mark
+                // and the drop's count stand: a tree under way for it would
+                // never settle them, so one is begun afresh. At worst a
+                // whole tree it did not need.
+                let reason = "it returned as its backlog was being dropped".to_owned();
+                let need = TreeNeed::new(reason, false);
+                let _ = self
+                    .events
+                    .send(TransportEvent::WholeTree { index: j, need });
+                continue;
+            };
+            warn!(peer = %peer, outbox_bytes, outbox_max = queue.max_bytes, deletions, "the outbox is over sender.outbox_max while this receiver is away: its backlog is dropped, and it gets the whole tree when it returns, with the deletions the backlog held");
+            if unrecorded > 0 {
+                warn!(peer = %peer, unrecorded, limit = MAX_MISSED_DELETIONS, "too many deletions missed by this receiver to record: those past the limit stay there until `shipper verify --delete-extra`");
             }
+            release_now(done, &self.events, &self.ledger);
         }
         Ok(())
     }
@@ -373,17 +381,20 @@ impl Cut {
         // pending reach every receiver in the usual bundles.
         let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
         // Its first run deletes first what the receiver missed when its
-        // backlog was dropped (a base's readers are not that receiver).
-        let missed = tree
-            .missed
-            .is_none()
-            .then(|| self.missed_deletions(tree.index, tree.base.is_none()));
+        // backlog was dropped.
+        let (missed, drops_seen) = match tree.drops_seen {
+            None => {
+                let (paths, drops) = self.missed_deletions(tree.index);
+                (Some(paths), Some(drops))
+            }
+            Some(_) => (None, None),
+        };
         let run = tree.run(&book.shipped, missed.as_ref(), most);
         if run.items.iter().any(|i| i.op == Op::Delete) {
             let deletions = run.items.len();
             info!(peer = %self.handles.receivers[tree.index], deletions, "deleting there what it missed while its backlog was dropped");
         }
-        self.whole_trees.taken(run.last, run.more, missed);
+        self.whole_trees.taken(run.last, run.more, drops_seen);
         // A receiver getting the whole tree may hold nothing: no reuse.
         self.start(run.items, (Some(tree.index), tree.base, None), source.dir());
         self.tree_ran_last = true;
@@ -391,17 +402,12 @@ impl Cut {
     }
 
     /// The deletions receiver `index` missed when its backlog was dropped
-    /// (`PeerRecord::missed_deletions`; none unless `wanted`), and how
-    /// many drops it has seen.
-    fn missed_deletions(&self, index: usize, wanted: bool) -> Missed {
+    /// (`PeerRecord::missed_deletions`), and how many drops it has seen.
+    fn missed_deletions(&self, index: usize) -> (BTreeSet<String>, u64) {
         let peers = self.handles.peers.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(r) = peers.receivers.get(&self.handles.receivers[index]) else {
-            return Missed::default();
-        };
-        let paths = r.missed_deletions.iter().filter(|_| wanted);
-        Missed {
-            paths: paths.cloned().collect(),
-            drops: r.backlogs_dropped,
+        match peers.receivers.get(&self.handles.receivers[index]) {
+            Some(r) => (r.missed_deletions.clone(), r.backlogs_dropped),
+            None => Default::default(),
         }
     }
 

@@ -116,25 +116,24 @@ impl Shipped {
     }
 
     /// Whether a deletion of `path` a receiver missed still has to reach
-    /// it: nothing is known at or below `path` (shipped since, or in doubt:
-    /// either ships as it is now), and nothing above it was shipped as a
-    /// file or link, which stands where its directory was. A few lookups,
-    /// however many paths lie beside it.
+    /// it: nothing was shipped at or below `path` since, and nothing above
+    /// it was shipped as a file or link, or is in doubt (either may stand
+    /// where its directory was there; deleting below it would be refused).
+    /// A path in doubt at or below it does not count: it ships again, as
+    /// it is now, after the deletion. A few lookups, however many paths
+    /// lie beside it.
     pub(super) fn deletion_owed(&self, path: &str) -> bool {
         let below = format!("{path}/");
-        let starts_below = |first: Option<&String>| first.is_some_and(|p| p.starts_with(&below));
-        let mut doubt_below = self.in_doubt.range::<str, _>((
-            std::ops::Bound::Included(below.as_str()),
-            std::ops::Bound::Unbounded,
-        ));
-        let known = self.files.contains(path)
-            || self.in_doubt.contains(path)
-            || starts_below(self.files.from(&below).next())
-            || starts_below(doubt_below.next());
+        let shipped_below = self.files.from(&below).next();
+        let known =
+            self.files.contains(path) || shipped_below.is_some_and(|p| p.starts_with(&below));
         let replaced = path.match_indices('/').any(|(slash, _)| {
-            self.files
-                .meta(&path[..slash])
-                .is_some_and(|m| m.kind != crate::stamp::Kind::Dir)
+            let dir = &path[..slash];
+            self.in_doubt.contains(dir)
+                || self
+                    .files
+                    .meta(dir)
+                    .is_some_and(|m| m.kind != crate::stamp::Kind::Dir)
         });
         !known && !replaced
     }
@@ -274,7 +273,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_missed_deletion_is_owed_unless_something_stands_at_or_above_it() {
-        let mut s = shipped(&["d/x", "d2", "f", "p/10"], &["doubt/y"]);
+        let mut s = shipped(&["d/x", "d2", "f", "p/10"], &["doubt", "q/y"]);
         assert!(s.deletion_owed("gone.html"));
         assert!(
             s.deletion_owed("d/x2"),
@@ -286,9 +285,11 @@ pub(super) mod tests {
             !s.deletion_owed("d"),
             "a directory holding a file shipped since"
         );
+        assert!(s.deletion_owed("q"), "in doubt below: it ships again after");
+        assert!(s.deletion_owed("doubt"), "in doubt: the same");
         assert!(
-            !s.deletion_owed("doubt"),
-            "in doubt below: it ships as it is"
+            !s.deletion_owed("doubt/old"),
+            "what is in doubt above may be a file"
         );
         assert!(
             !s.deletion_owed("f/old"),

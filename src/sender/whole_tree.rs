@@ -3,14 +3,14 @@
 //! its receivers catching up take, see `transport/bucket_bases.rs`):
 //! which wait to be packed, which are under way (taking turns run by run,
 //! and waiting while their receiver is away), and the last sequence of
-//! each one packed (with the deletions its receiver missed that its last
-//! run settled), until that receiver acknowledges it. Which receivers
+//! each one packed (with how many backlog drops its receiver had seen
+//! when its first run read the deletions it missed), until that receiver acknowledges it. Which receivers
 //! need one at all is
 //! their `whole_tree` mark in `receivers.json` ([`Peers`]); this follows
 //! the work and clears the mark (off the runtime: it is written durably).
 //! What the bucket's uploads must know of its bases is in [`BaseTrees`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -37,18 +37,10 @@ pub(super) struct InTree {
     /// to the next…
     last_seq: Option<u64>,
     more: bool,
-    /// The deletions its receiver missed, read at its first run (`None`
-    /// until then), which that run settles.
-    pub(super) missed: Option<Missed>,
-}
-
-/// The deletions a receiver missed when its backlog was dropped
-/// (`PeerRecord::missed_deletions`), as a whole tree's first run read
-/// them, with how many drops it had seen then (`backlogs_dropped`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(super) struct Missed {
-    pub(super) paths: Vec<String>,
-    pub(super) drops: u64,
+    /// How many backlog drops its receiver had seen when its first run
+    /// read the deletions it missed (`PeerRecord::backlogs_dropped`);
+    /// `None` until then.
+    pub(super) drops_seen: Option<u64>,
 }
 
 /// What one run of a whole tree packs.
@@ -67,8 +59,13 @@ impl InTree {
     /// ([`Shipped::deletion_owed`]), alone, so that they come before
     /// anything shipped in their place; then up to `most` shipped paths
     /// after the last one taken.
-    pub(super) fn run(&self, shipped: &Shipped, missed: Option<&Missed>, most: usize) -> TreeRun {
-        let owed = missed.iter().flat_map(|m| &m.paths);
+    pub(super) fn run(
+        &self,
+        shipped: &Shipped,
+        missed: Option<&BTreeSet<String>>,
+        most: usize,
+    ) -> TreeRun {
+        let owed = missed.into_iter().flatten();
         let owed = owed.filter(|p| shipped.deletion_owed(p));
         let deletions: Vec<PackItem> = owed.map(PackItem::delete).collect();
         let mut paths = shipped.paths_after(self.after.as_deref());
@@ -93,9 +90,9 @@ impl InTree {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct PackedTree {
     last_seq: u64,
-    /// The missed deletions it settled: once it is acknowledged, they are
-    /// no longer owed.
-    missed: Option<Missed>,
+    /// How many drops its receiver had seen when it read the deletions
+    /// it missed: acknowledged, it settles them unless another came since.
+    drops_seen: Option<u64>,
 }
 
 /// The bucket's bases as its packing and its uploads both see them.
@@ -180,10 +177,14 @@ impl WholeTrees {
     /// Receiver `index` is away and its backlog was dropped: what was
     /// packed of a whole tree for it is gone, and packing more of it now
     /// would only fill the outbox for nothing. It is begun again when the
-    /// receiver returns; one that waits to begin still waits.
+    /// receiver returns; one that waits to begin still waits, as a repair
+    /// (every receiver behind it needs what was dropped).
     pub(super) fn dropped(&mut self, index: usize) {
         if self.stop(index) {
             info!(peer = %self.names[index], "the whole tree under way for this receiver stops while it is away; it begins again when it returns");
+        }
+        if let Some(base) = self.queue.get_mut(&index) {
+            *base = false;
         }
         self.forget_packed(index);
     }
@@ -277,7 +278,7 @@ impl WholeTrees {
             base,
             last_seq: None,
             more: false,
-            missed: None,
+            drops_seen: None,
         });
         self.current.clone()
     }
@@ -300,13 +301,14 @@ impl WholeTrees {
     }
 
     /// A run of the whole tree under way takes the paths up to `path`;
-    /// `more`: paths are left for the next run; `missed`: being its
-    /// first, it read these deletions its receiver missed.
-    pub(super) fn taken(&mut self, path: Option<String>, more: bool, missed: Option<Missed>) {
+    /// `more`: paths are left for the next run; `drops_seen`: being its
+    /// first, it read the deletions its receiver missed, that many drops
+    /// in.
+    pub(super) fn taken(&mut self, path: Option<String>, more: bool, drops_seen: Option<u64>) {
         if let Some(t) = &mut self.current {
             t.after = path.or(t.after.take());
             t.more = more;
-            t.missed = missed.or(t.missed.take());
+            t.drops_seen = drops_seen.or(t.drops_seen);
         }
     }
 
@@ -338,7 +340,7 @@ impl WholeTrees {
             index,
             last_seq,
             base,
-            missed,
+            drops_seen,
             ..
         } = self.current.take().expect("a whole tree under way");
         if let Some(number) = base {
@@ -352,16 +354,16 @@ impl WholeTrees {
                 info!(peer = %self.names[index], last_seq = last, "whole tree packed for this receiver");
                 let t = PackedTree {
                     last_seq: last,
-                    missed,
+                    drops_seen,
                 };
                 match acked >= last {
-                    true => self.done(index, t.missed),
+                    true => self.done(index, t.drops_seen),
                     false => {
                         self.last.insert(index, t);
                     }
                 }
             }
-            None => self.done(index, missed),
+            None => self.done(index, drops_seen),
         }
     }
 
@@ -375,43 +377,45 @@ impl WholeTrees {
             .collect();
         for index in finished {
             let t = self.last.remove(&index).expect("found above");
-            self.done(index, t.missed);
+            self.done(index, t.drops_seen);
         }
     }
 
     /// Receiver `index` acknowledged its whole tree: forget that it needs
-    /// one, and the `missed` deletions it settled (only those: a backlog
-    /// dropped since may have added more). Unless its backlog was dropped
-    /// since that tree read them: then the tree that follows settles it
-    /// all (a drop between this and its record must not be undone).
-    fn done(&mut self, index: usize, missed: Option<Missed>) {
+    /// one, and the deletions it missed, unless its backlog was dropped
+    /// since the tree read them (`drops_seen`): then the tree that
+    /// follows that drop settles it all.
+    fn done(&mut self, index: usize, drops_seen: Option<u64>) {
         let name = self.names[index].clone();
-        info!(peer = %name, "this receiver has the whole tree");
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
-            let done = |r: &mut PeerRecord| {
-                if !settle(r, missed.as_ref()) {
-                    info!(peer = %name, "this receiver's backlog was dropped since its whole tree began: it gets another");
+            let mut settled = false;
+            let done = |r: &mut PeerRecord| settled = settle(r, drops_seen);
+            match update_peer(&peers, &dir, &name, done) {
+                Ok(()) if settled => info!(peer = %name, "this receiver has the whole tree"),
+                Ok(()) => {
+                    info!(peer = %name, "this receiver's backlog was dropped since its whole tree began: the next one settles it")
                 }
-            };
-            if let Err(e) = update_peer(&peers, &dir, &name, done) {
-                warn!(error = %e, "could not record that a receiver has the whole tree");
+                Err(e) => {
+                    warn!(peer = %name, error = %e, "could not record that a receiver has the whole tree")
+                }
             }
         });
     }
 }
 
-/// A whole tree that read `missed` is acknowledged: the receiver `r`
-/// needs none now, and those deletions are owed no more. Unless its
-/// backlog was dropped since the tree read them (returns false): then
-/// nothing is settled.
-fn settle(r: &mut PeerRecord, missed: Option<&Missed>) -> bool {
-    if missed.is_some_and(|m| m.drops != r.backlogs_dropped) {
+/// A whole tree is acknowledged whose first run read the deletions
+/// receiver `r` missed, `drops_seen` backlog drops in: it needs no whole
+/// tree now, and they are owed no more (every path recorded came with a
+/// drop, so with none since, the tree read them all). With a drop since
+/// (returns false), nothing is settled.
+fn settle(r: &mut PeerRecord, drops_seen: Option<u64>) -> bool {
+    if drops_seen.is_some_and(|d| d != r.backlogs_dropped) {
         return false;
     }
     r.whole_tree = false;
-    for path in missed.iter().flat_map(|m| &m.paths) {
-        r.missed_deletions.remove(path);
+    if drops_seen.is_some() {
+        r.missed_deletions.clear();
     }
     true
 }
@@ -648,70 +652,58 @@ mod tests {
     }
 
     /// The deletions a receiver missed, read at its whole tree's first
-    /// run, are owed no more once it acknowledges that tree, and only
-    /// those: a backlog dropped since may have recorded more.
+    /// run, are owed no more once it acknowledges that tree; the drops
+    /// its first run saw stay with it to the end.
     #[tokio::test]
     async fn missed_deletions_read_are_owed_no_more_once_the_tree_is_acknowledged() {
         let (mut w, _, dir) = trees(&["r0"]);
         let peers = w.peers.clone();
         let record = || Peers::load(dir.path()).unwrap().receivers["r0"].clone();
         update_peer(&peers, dir.path(), "r0", |r| {
-            r.whole_tree = true;
-            r.missed_deletions = owed(&["a", "b"]);
-            r.backlogs_dropped = 1;
+            r.backlog_dropped(owed(&["a", "b"]));
         })
         .unwrap();
         w.need(0, &fresh("its backlog was dropped", false));
         w.next(all).unwrap();
-        let read = Missed {
-            paths: vec!["a".into(), "b".into()],
-            drops: 1,
-        };
-        w.taken(None, true, Some(read.clone()));
+        w.taken(None, true, Some(1));
         w.packed(&[(5, summary())], 0);
         w.next(all).unwrap();
-        // Later runs read nothing again: the first one's stays.
+        // Later runs read nothing again: the first one's count stays.
         run(&mut w, Some("z"), false, Some(6));
-        assert_eq!(w.last[&0].missed, Some(read));
-        // Recorded while the tree was out (a path deleted again): kept.
-        update_peer(&peers, dir.path(), "r0", |r| {
-            r.missed_deletions.insert("c".into());
-        })
-        .unwrap();
+        assert_eq!(w.last[&0].drops_seen, Some(1));
         w.acked(6);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while record().whole_tree {
             assert!(std::time::Instant::now() < deadline, "never recorded");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        assert_eq!(record().missed_deletions, owed(&["c"]));
+        assert!(record().missed_deletions.is_empty());
     }
 
     /// A drop after a tree read its deletions (between its last bundle's
-    /// acknowledgement and that being recorded) is never undone: the mark
-    /// and every deletion stay, for the tree that follows.
+    /// acknowledgement and that being recorded, or a receiver back just
+    /// as its backlog was to go) is never undone: the mark and every
+    /// deletion stay, for the tree that follows.
     #[test]
     fn a_tree_begun_before_a_drop_settles_nothing() {
-        let mut r = PeerRecord {
-            whole_tree: true,
-            missed_deletions: owed(&["c", "d"]),
-            backlogs_dropped: 2,
-            ..PeerRecord::default()
-        };
-        let before = Missed {
-            paths: vec!["c".into()],
-            drops: 1,
-        };
+        let mut r = PeerRecord::default();
+        r.backlog_dropped(owed(&["c"]));
+        r.backlog_dropped(owed(&["d"]));
         let was = r.clone();
-        assert!(!settle(&mut r, Some(&before)));
+        assert!(!settle(&mut r, Some(1)));
         assert_eq!(r, was);
-        let after = Missed { drops: 2, ..before };
-        assert!(settle(&mut r, Some(&after)));
-        assert!(!r.whole_tree);
-        assert_eq!(r.missed_deletions, owed(&["d"]));
-        // A tree that read nothing (none ended that way) settles the mark.
-        r.whole_tree = true;
-        assert!(settle(&mut r, None) && !r.whole_tree);
+        assert!(settle(&mut r, Some(2)));
+        assert!(!r.whole_tree && r.missed_deletions.is_empty());
+    }
+
+    /// A backlog dropped while a base waits to begin makes it a repair:
+    /// the bucket's readers in step pass over a base.
+    #[tokio::test]
+    async fn a_base_waiting_when_its_backlog_is_dropped_becomes_a_repair() {
+        let (mut w, _, _dir) = trees(&["s3://b/p"]);
+        w.need(0, &fresh("due", true));
+        w.dropped(0);
+        assert_eq!(w.next(all).unwrap().base, None);
     }
 
     /// A whole tree's first run deletes what its receiver missed, alone,
@@ -725,12 +717,9 @@ mod tests {
             base: None,
             last_seq: None,
             more: false,
-            missed: None,
+            drops_seen: None,
         };
-        let missed = Missed {
-            paths: vec!["back.html".into(), "gone.html".into()],
-            drops: 1,
-        };
+        let missed = owed(&["back.html", "gone.html"]);
         let first = tree.run(&shipped, Some(&missed), 2);
         let ops: Vec<_> = first
             .items
@@ -744,11 +733,7 @@ mod tests {
         assert_eq!(paths, [("a", Op::Upsert), ("b", Op::Upsert)]);
         assert_eq!((next.last.as_deref(), next.more), (Some("b"), true));
         // Nothing owed: the first run takes files.
-        let none_owed = Missed {
-            paths: vec!["back.html".into()],
-            drops: 1,
-        };
-        let first = tree.run(&shipped, Some(&none_owed), 2);
+        let first = tree.run(&shipped, Some(&owed(&["back.html"])), 2);
         assert_eq!(first.last.as_deref(), Some("b"));
         // An empty tree with deletions owed: one run, the last.
         let empty = crate::sender::shipped::tests::shipped(&[], &[]);
