@@ -45,8 +45,9 @@ pub struct PeerRecord {
     /// acknowledges that tree.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub missed_deletions: BTreeSet<String>,
-    /// How many times its backlog was dropped: a whole tree begun before
-    /// the last drop settles neither the mark nor what that drop recorded.
+    /// How many times its backlog was dropped: a whole tree whose first
+    /// run read `missed_deletions` before the last drop settles neither
+    /// the mark nor what that drop recorded.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backlogs_dropped: u64,
 }

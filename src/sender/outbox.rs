@@ -32,8 +32,8 @@ pub(super) enum Presence {
     /// In session, taking bundles.
     Taking,
     /// In session but held by a rollback: it takes no bundle until
-    /// released, and its backlog is kept (dropped, the deletions in it
-    /// would be lost).
+    /// released, and its backlog is kept (it is back: what it held is
+    /// what its root is compared with once released).
     Held,
 }
 

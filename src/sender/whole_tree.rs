@@ -387,14 +387,24 @@ impl WholeTrees {
     /// follows that drop settles it all.
     fn done(&mut self, index: usize, drops_seen: Option<u64>) {
         let name = self.names[index].clone();
+        let drops = |p: &Peers| p.receivers.get(&name).map_or(0, |r| r.backlogs_dropped);
+        let now = drops(&self.peers.lock().unwrap_or_else(|e| e.into_inner()));
+        if drops_seen.is_some_and(|d| d != now) {
+            // Dropped since, its receiver back before the drop went (or
+            // the drop's record failed): the next tree settles it.
+            let reason = "its backlog was dropped since its whole tree began".to_owned();
+            self.need(index, &TreeNeed::new(reason, false));
+            return;
+        }
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
             let mut settled = false;
             let done = |r: &mut PeerRecord| settled = settle(r, drops_seen);
             match update_peer(&peers, &dir, &name, done) {
                 Ok(()) if settled => info!(peer = %name, "this receiver has the whole tree"),
+                // A drop in between: the tree it sets off settles it.
                 Ok(()) => {
-                    info!(peer = %name, "this receiver's backlog was dropped since its whole tree began: the next one settles it")
+                    info!(peer = %name, "this receiver's backlog was dropped as its whole tree was acknowledged: it gets another when it returns")
                 }
                 Err(e) => {
                     warn!(peer = %name, error = %e, "could not record that a receiver has the whole tree")
@@ -694,6 +704,33 @@ mod tests {
         assert_eq!(r, was);
         assert!(settle(&mut r, Some(2)));
         assert!(!r.whole_tree && r.missed_deletions.is_empty());
+    }
+
+    /// A tree acknowledged after a drop its first run never saw (its
+    /// receiver back before the backlog went) is begun again: nothing
+    /// else would ever settle the mark.
+    #[tokio::test]
+    async fn a_tree_acknowledged_after_a_drop_it_never_saw_is_begun_again() {
+        let (mut w, _, dir) = trees(&["r0"]);
+        let peers = w.peers.clone();
+        let dropped = |paths: &[&str]| {
+            let paths = owed(paths);
+            update_peer(&peers, dir.path(), "r0", |r| {
+                r.backlog_dropped(paths);
+            })
+            .unwrap()
+        };
+        dropped(&["a"]);
+        w.need(0, &fresh("its backlog was dropped", false));
+        w.next(all).unwrap();
+        w.taken(None, false, Some(1));
+        dropped(&["b"]);
+        w.packed(&[(5, summary())], 5);
+        let t = w.next(all).expect("begun again");
+        assert_eq!((t.after, t.drops_seen), (None, None));
+        let p = peers.lock().unwrap();
+        assert!(p.receivers["r0"].whole_tree);
+        assert_eq!(p.receivers["r0"].missed_deletions, owed(&["a", "b"]));
     }
 
     /// A backlog dropped while a base waits to begin makes it a repair:

@@ -116,7 +116,8 @@ pub(super) async fn record_peer(
 }
 
 /// Record durably what `change` makes of what is known of receiver
-/// `name`. Written only when something changed. Blocking.
+/// `name`. Written only when something changed; kept in memory only once
+/// written. Blocking.
 pub(in crate::sender) fn update_peer(
     peers: &Arc<std::sync::Mutex<Peers>>,
     state_dir: &Path,
@@ -130,6 +131,36 @@ pub(in crate::sender) fn update_peer(
     if *rec == wanted {
         return Ok(());
     }
-    *rec = wanted;
-    p.save(state_dir)
+    let was = std::mem::replace(rec, wanted);
+    let saved = p.save(state_dir);
+    if saved.is_err() {
+        // Not recorded: nothing may act on it (a drop counted that never
+        // happened would keep a whole tree from ever settling).
+        p.receivers.insert(name.to_owned(), was);
+    }
+    saved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A record that could not be written is not kept in memory either:
+    /// a drop counted there but never made durable would keep a whole
+    /// tree from ever settling.
+    #[test]
+    fn what_could_not_be_recorded_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let peers = Arc::new(std::sync::Mutex::new(Peers::default()));
+        update_peer(&peers, dir.path(), "web1", |r| r.whole_tree = true).unwrap();
+        // A state_dir that is a file: receivers.json cannot be written.
+        let not_a_dir = dir.path().join("receivers.json");
+        let failed = update_peer(&peers, &not_a_dir, "web1", |r| {
+            r.backlog_dropped(["gone.html".to_owned()].into());
+        });
+        assert!(failed.is_err());
+        let p = peers.lock().unwrap();
+        let r = &p.receivers["web1"];
+        assert!(r.whole_tree && r.backlogs_dropped == 0 && r.missed_deletions.is_empty());
+    }
 }
