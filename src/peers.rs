@@ -121,8 +121,12 @@ impl Peers {
 pub struct Known {
     /// Highest sequence written to it by this process (0: none).
     pub sent: u64,
-    /// Highest sequence it acknowledged to this process (0: none).
+    /// The outbox is done with it up to this sequence: acknowledged,
+    /// refused for good, or dropped (0: none).
     pub acked: u64,
+    /// Highest sequence it said it applied, to this process: in an
+    /// acknowledgement or a `Welcome` (0: none).
+    pub applied: u64,
     /// Highest sequence every receiver acknowledged: bundles up to it have
     /// left the outbox and cannot be sent again.
     pub everyone: u64,
@@ -191,6 +195,10 @@ pub struct Plan {
     /// Its root was rolled back to this sequence and the receiver holds
     /// this sender's bundles: none is sent until it is released.
     pub held: Option<u64>,
+    /// It applied less than it said it had (its state restored from a
+    /// backup of itself): what the outbox still holds after `skip_upto`
+    /// is sent to it again, and it gets the whole tree for the rest.
+    pub rewound: bool,
 }
 
 /// Decide what a receiver that applied `last_applied` of this sender, with
@@ -233,12 +241,24 @@ pub fn plan_welcome(
             false,
         ));
     }
+    let same = k.instance.is_none_or(|i| i == instance);
+    let rewound = same && last_applied < k.applied && rolled.is_none();
+    if rewound && whole_tree.as_ref().is_none_or(|n| n.begun) {
+        whole_tree = Some(TreeNeed::new(
+            format!(
+                "it has applied up to sequence {last_applied}, less than the {} it acknowledged (its state restored from a backup?)",
+                k.applied
+            ),
+            false,
+        ));
+    }
     Plan {
         release_upto,
         skip_upto: last_applied,
         whole_tree,
         compare: rolled.filter(|r| !r.held).map(|r| r.to),
         held: rolled.filter(|r| r.held).map(|r| r.to),
+        rewound,
     }
 }
 
@@ -261,6 +281,7 @@ mod tests {
         Known {
             sent: 0,
             acked: 0,
+            applied: 0,
             everyone: 0,
             instance: Some(A),
             whole_tree_pending: false,
@@ -413,6 +434,46 @@ mod tests {
         // Behind for another reason too: that reason still holds.
         let p = plan_welcome((30, B, rolled(false)), known());
         assert!(p.whole_tree.unwrap().reason.contains("state is new"));
+    }
+
+    /// A receiver restored from a backup of itself (same instance) says
+    /// it applied less than it acknowledged. With another receiver behind
+    /// it, nothing had left the outbox, so nothing asked for a whole tree,
+    /// and the bundles in between were never sent again: it missed them
+    /// for good.
+    #[test]
+    fn a_receiver_that_applied_less_than_it_acknowledged_is_rewound() {
+        let restored = Known {
+            sent: 30,
+            acked: 30,
+            applied: 30,
+            everyone: 10,
+            ..known()
+        };
+        let p = plan_welcome((20, A, None), restored);
+        assert!(p.rewound);
+        assert_eq!(p.skip_upto, 20);
+        assert!(p.whole_tree.is_some_and(|n| !n.begun && !n.base));
+        // Done with more than it applied only by refusals or a drop: no.
+        let refused = Known {
+            applied: 20,
+            ..restored
+        };
+        assert!(!plan_welcome((20, A, None), refused).rewound);
+        // A rolled-back root is compared instead; a new one is new.
+        let rolled = Some(Rolled {
+            to: 20,
+            held: false,
+        });
+        assert!(!plan_welcome((20, A, rolled), restored).rewound);
+        assert!(!plan_welcome((20, B, None), restored).rewound);
+        // A tree begun for it is begun again: what was sent of it is lost.
+        let mid_tree = Known {
+            whole_tree_pending: true,
+            ..restored
+        };
+        let p = plan_welcome((20, A, None), mid_tree);
+        assert!(p.rewound && p.whole_tree.is_some_and(|n| !n.begun));
     }
 
     #[test]

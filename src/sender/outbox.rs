@@ -45,6 +45,9 @@ struct OutboxState {
     acked: Vec<u64>,
     /// Per receiver: the highest sequence written to it.
     sent: Vec<u64>,
+    /// Per receiver: the highest sequence it said it applied (never moved
+    /// by a refusal or a drop, unlike `acked`).
+    applied: Vec<u64>,
     /// Per receiver: a bundle arrived numbered at or below what it already
     /// applied (numbering went back), so it can never be sent there.
     stale: Vec<bool>,
@@ -132,6 +135,7 @@ impl Outbox {
                 bundles: BTreeMap::new(),
                 acked: vec![0; receivers],
                 sent: vec![0; receivers],
+                applied: vec![0; receivers],
                 stale: vec![false; receivers],
                 dropped: vec![false; receivers],
                 refused: Default::default(),
@@ -244,10 +248,28 @@ impl Outbox {
             .cloned()
     }
 
-    /// Highest sequence written to and acknowledged by receiver `i`.
-    pub(super) fn position(&self, i: usize) -> (u64, u64) {
+    /// Receiver `i`'s highest sequence written to it, done with (see
+    /// [`Outbox::ack`], [`Outbox::refuse`]) and said to be applied.
+    pub(super) fn position(&self, i: usize) -> (u64, u64, u64) {
         let st = self.lock();
-        (st.sent[i], st.acked[i])
+        (st.sent[i], st.acked[i], st.applied[i])
+    }
+
+    /// Receiver `i`'s root was rolled back to `seq`: it has applied no
+    /// more, though the outbox stays done with what came after.
+    pub(super) fn rolled_back(&self, i: usize, seq: u64) {
+        let mut st = self.lock();
+        st.applied[i] = st.applied[i].min(seq);
+    }
+
+    /// Receiver `i` has applied only up to `seq`, less than it said before
+    /// (its state restored from a backup of itself): what it acknowledged
+    /// after that is sent to it again, as far as the outbox still holds it.
+    pub(super) fn rewind(&self, i: usize, seq: u64) {
+        let mut st = self.lock();
+        st.acked[i] = st.acked[i].min(seq);
+        st.sent[i] = st.sent[i].min(seq);
+        st.applied[i] = st.applied[i].min(seq);
     }
 
     pub(super) fn mark_sent(&self, i: usize, seq: u64) {
@@ -259,8 +281,12 @@ impl Outbox {
     /// when it leaves, it records nothing as acknowledged (its files are
     /// packed again). Returns the bundles that leave, as [`Outbox::ack`].
     pub(super) fn refuse(&self, i: usize, seq: u64) -> Vec<Packed> {
-        self.lock().refused.insert(seq);
-        self.ack(i, seq)
+        let mut st = self.lock();
+        st.refused.insert(seq);
+        let done = st.ack(i, seq);
+        drop(st);
+        self.room.notify_all();
+        done
     }
 
     /// Whether a bundle numbered below receiver `i`'s position arrived
@@ -285,10 +311,14 @@ impl Outbox {
         self.room.notify_all();
     }
 
-    /// Receiver `i` has everything up to `seq`. Returns the bundles every
-    /// receiver now has, which leave the outbox.
+    /// Receiver `i` has applied everything up to `seq` (it acknowledged
+    /// it, or said so at `Welcome`). Returns the bundles every receiver
+    /// now has, which leave the outbox.
     pub(super) fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
-        let done = self.lock().ack(i, seq);
+        let mut st = self.lock();
+        st.applied[i] = st.applied[i].max(seq);
+        let done = st.ack(i, seq);
+        drop(st);
         self.room.notify_all();
         done
     }
@@ -447,5 +477,32 @@ mod tests {
         let missed: Vec<String> = o.deletions_for(1).into_iter().collect();
         assert_eq!(missed, ["gone.html", "own.html"]);
         assert!(o.deletions_for(0).is_empty(), "it took everything");
+    }
+
+    /// Rewound, a receiver is sent again what it acknowledged after what
+    /// it applied, as far as the outbox holds it; a refusal never counts
+    /// as applied.
+    #[test]
+    fn a_rewound_receiver_is_sent_again_what_the_outbox_holds() {
+        // Receiver 0, away, holds every bundle here.
+        let o = Outbox::new(2, 1 << 30);
+        o.set_presence(1, Presence::Taking);
+        o.push(bundle(1, None)).unwrap();
+        o.refuse(1, 1);
+        assert_eq!(o.position(1), (0, 1, 0), "refused: done, not applied");
+        for seq in 2..=4 {
+            o.push(bundle(seq, None)).unwrap();
+            o.mark_sent(1, seq);
+            o.ack(1, seq);
+        }
+        assert!(o.next_for(1).is_none());
+        o.rewind(1, 2);
+        assert_eq!(o.position(1), (2, 2, 2));
+        let again = o.next_for(1).map(|b| b.seq);
+        assert_eq!(again, Some(3), "bundle 3 is still held for receiver 0");
+        // Rolled back instead, it stays done with what came after.
+        o.ack(1, 4);
+        o.rolled_back(1, 2);
+        assert_eq!(o.position(1), (2, 4, 2));
     }
 }

@@ -109,6 +109,62 @@ async fn a_rebuilt_receiver_gets_the_whole_tree() {
     r.stop().await;
 }
 
+/// A web server restored from a backup of itself (root and state, the
+/// same instance) said it had applied less than it had acknowledged. With
+/// another receiver behind it, nothing had left the outbox, so nothing
+/// asked for a whole tree, and the bundles in between were never sent to
+/// it again: it kept a deleted page and lacked a new one for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
+    let env = Env::new();
+    env.write("old.html", "deleted after the backup");
+    let first = env.receiver_toml(&free_addr().to_string(), "");
+    let r1 = env.start_receiver_from(&first).await;
+    let second = receiver_at("second", free_addr());
+    let r2 = env.start_receiver_from(&second).await;
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "");
+    let s = env.start_sender_from(r1.addr, &toml);
+    let root2 = env.path().join("second/www");
+    wait_until("both have it", || root2.join("old.html").exists()).await;
+
+    // The second's backup; then the first goes away, holding every later
+    // bundle in the outbox.
+    r2.stop().await;
+    let backup = env.path().join("backup");
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .args([from, to])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    cp(&env.path().join("second"), &backup);
+    let r2 = env.start_receiver_from(&second).await;
+    r1.stop().await;
+    std::fs::remove_file(env.src().join("old.html")).unwrap();
+    env.write("new.html", "written after the backup");
+    wait_until("the second has the changes", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+
+    r2.stop().await;
+    std::fs::remove_dir_all(env.path().join("second")).unwrap();
+    cp(&backup, &env.path().join("second"));
+    assert!(root2.join("old.html").exists(), "restored as it was");
+    let r2 = env.start_receiver_from(&second).await;
+    wait_until("the restored receiver has the source's tree", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+    let r1 = env.start_receiver_from(&first).await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
 /// A sender restored from an older sender.json numbered its next bundles
 /// with sequences the receiver had applied: the receiver acknowledged them
 /// as "already applied" and their files never arrived.

@@ -54,6 +54,16 @@ impl Link {
         // both are done with up to what it applied (skip_upto covers
         // release_upto; bundles in between are covered by the whole tree
         // recorded above).
+        if plan.rewound {
+            warn!(peer = %self.receiver, last_applied = s.last_applied, "this receiver applied less than it acknowledged (its state restored from a backup?): what the outbox holds after that is sent again, and it gets the whole tree");
+            self.outbox.rewind(self.index, s.last_applied);
+        }
+        if s.rolled_back.is_some() {
+            // Rolled back: what was sent after stays done with (its root
+            // is compared with the source instead), but it has applied no
+            // more than it says, or a later Welcome would look restored.
+            self.outbox.rolled_back(self.index, s.last_applied);
+        }
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
@@ -86,12 +96,16 @@ impl Link {
 
     /// What the sender knows of its receiver as a `Welcome` arrives.
     fn known(&self) -> Known {
-        let (sent, acked) = self.outbox.position(self.index);
+        let (sent, acked, applied) = self.outbox.position(self.index);
         let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let rec = p.receivers.get(&self.receiver);
         Known {
             sent,
             acked,
+            // A bucket says nothing itself: its position is what a listing
+            // found, and what it lost is judged by its own checks
+            // (`base_lost`), not against what was uploaded.
+            applied: if self.bucket.is_some() { 0 } else { applied },
             everyone: self
                 .ledger
                 .lock()
