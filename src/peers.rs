@@ -124,8 +124,8 @@ pub struct Known {
     /// The outbox is done with it up to this sequence: acknowledged,
     /// refused for good, or dropped (0: none).
     pub acked: u64,
-    /// Highest sequence it said it applied, to this process: in an
-    /// acknowledgement or a `Welcome` (0: none).
+    /// What it said it applied, to this process: its acknowledgements
+    /// since its last `Welcome`, or what that said (0: none).
     pub applied: u64,
     /// Highest sequence every receiver acknowledged: bundles up to it have
     /// left the outbox and cannot be sent again.
@@ -246,7 +246,7 @@ pub fn plan_welcome(
     if rewound && whole_tree.as_ref().is_none_or(|n| n.begun) {
         whole_tree = Some(TreeNeed::new(
             format!(
-                "it has applied up to sequence {last_applied}, less than the {} it acknowledged (its state restored from a backup?)",
+                "it has applied up to sequence {last_applied}, less than the {} it said it had (its state restored from a backup?)",
                 k.applied
             ),
             false,

@@ -41,12 +41,15 @@ struct OutboxState {
     /// Shared with the transports sending them: a bundle's list of
     /// changes (10,000 paths) is not copied per send.
     bundles: BTreeMap<u64, Arc<Packed>>,
-    /// Per receiver: the highest sequence it acknowledged (or had applied).
+    /// Per receiver: the outbox is done with it up to here: acknowledged
+    /// or applied, refused for good, or dropped; lowered only by
+    /// [`Outbox::rewind`].
     acked: Vec<u64>,
     /// Per receiver: the highest sequence written to it.
     sent: Vec<u64>,
-    /// Per receiver: the highest sequence it said it applied (never moved
-    /// by a refusal or a drop, unlike `acked`).
+    /// Per receiver: the highest sequence it acknowledged, or what its
+    /// last `Welcome` said it applied (never moved by a refusal or a
+    /// drop, unlike `acked`).
     applied: Vec<u64>,
     /// Per receiver: a bundle arrived numbered at or below what it already
     /// applied (numbering went back), so it can never be sent there.
@@ -255,11 +258,12 @@ impl Outbox {
         (st.sent[i], st.acked[i], st.applied[i])
     }
 
-    /// Receiver `i`'s root was rolled back to `seq`: it has applied no
-    /// more, though the outbox stays done with what came after.
-    pub(super) fn rolled_back(&self, i: usize, seq: u64) {
-        let mut st = self.lock();
-        st.applied[i] = st.applied[i].min(seq);
+    /// Receiver `i` said at `Welcome` it applied up to `seq`: that is
+    /// what it has applied now, whatever it acknowledged before (its root
+    /// rolled back, or its state new), though the outbox stays done with
+    /// what came after.
+    pub(super) fn said_applied(&self, i: usize, seq: u64) {
+        self.lock().applied[i] = seq;
     }
 
     /// Receiver `i` has applied only up to `seq`, less than it said before
@@ -500,9 +504,9 @@ mod tests {
         assert_eq!(o.position(1), (2, 2, 2));
         let again = o.next_for(1).map(|b| b.seq);
         assert_eq!(again, Some(3), "bundle 3 is still held for receiver 0");
-        // Rolled back instead, it stays done with what came after.
+        // Rolled back or new instead, it stays done with what came after.
         o.ack(1, 4);
-        o.rolled_back(1, 2);
+        o.said_applied(1, 2);
         assert_eq!(o.position(1), (2, 4, 2));
     }
 }

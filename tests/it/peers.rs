@@ -148,6 +148,22 @@ async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
         tree(&root2) == tree(&env.src())
     })
     .await;
+    // Acknowledged, not only applied: else the sender simply sends again
+    // what it never heard back about.
+    let archive = env.path().join("second/archive");
+    let newest = std::fs::read_dir(&archive)
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            shipper::receiver::parse_archive_name(&name).map(|(_, seq)| seq)
+        })
+        .max()
+        .expect("bundles archived");
+    let config = env.config_file("both.toml", &toml);
+    wait_status(&config, "the second acknowledged them", |v| {
+        v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
+    })
+    .await;
 
     r2.stop().await;
     std::fs::remove_dir_all(env.path().join("second")).unwrap();

@@ -58,12 +58,11 @@ impl Link {
             warn!(peer = %self.receiver, last_applied = s.last_applied, "this receiver applied less than it acknowledged (its state restored from a backup?): what the outbox holds after that is sent again, and it gets the whole tree");
             self.outbox.rewind(self.index, s.last_applied);
         }
-        if s.rolled_back.is_some() {
-            // Rolled back: what was sent after stays done with (its root
-            // is compared with the source instead), but it has applied no
-            // more than it says, or a later Welcome would look restored.
-            self.outbox.rolled_back(self.index, s.last_applied);
-        }
+        // From now on it has applied what it says: rolled back (its root
+        // is compared with the source instead) or new (it gets the whole
+        // tree), what was sent after stays done with, but a later Welcome
+        // must not look restored.
+        self.outbox.said_applied(self.index, s.last_applied);
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
