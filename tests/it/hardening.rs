@@ -255,6 +255,28 @@ async fn an_outbox_budget_above_the_free_space_is_refused_naming_the_key() {
     assert!(format!("{e:#}").contains("sender.outbox_max"), "{e:#}");
 }
 
+/// A damaged ledger (what the receivers acknowledged) must stop the
+/// sender at once, naming the file: trusted, or silently started afresh,
+/// it would ship the wrong things; waited on, it would hang the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_ledger_stops_the_sender_at_once_naming_the_file() {
+    let env = Env::new();
+    let state = env.path().join("state-s");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("acked.snapshot"), b"{\"files\": [not json").unwrap();
+    let addr = free_addr();
+    let cfg = env
+        .config(&env.sender_toml(&addr.to_string(), ""))
+        .sender
+        .unwrap();
+    let run = shipper::sender::run(cfg, tokio_util::sync::CancellationToken::new());
+    let e = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the sender stops instead of waiting")
+        .unwrap_err();
+    assert!(format!("{e:#}").contains("acked.snapshot"), "{e:#}");
+}
+
 /// Open descriptors of process `pid`.
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
