@@ -3,16 +3,18 @@
 //!
 //! A receiver can only be brought up to date from the outbox while it lacks
 //! nothing older than what left it. A receiver that is new (added to
-//! `sender.receiver` later), rebuilt (its state wiped: a new instance), or
-//! behind what every receiver acknowledged (restored from a backup) needs the
-//! whole tree: [`plan_welcome`] says so, and `state_dir/receivers.json`
-//! remembers it until that whole tree is acknowledged, so a restart in the
-//! middle starts it again; a receiver back while one is under way in this
-//! process has it go on from what was sent ([`TreeNeed::begun`]). A receiver whose root was rolled back
-//! (`shipper rollback`) says so instead, and gets its root compared with
-//! the source and repaired, remembered there too until done; so are the
-//! deletions a receiver missed when its backlog was dropped. [`plan_welcome`] is pure; [`Peers::load`] and
-//! [`Peers::save`] are the only I/O (blocking).
+//! `sender.receiver` later), rebuilt (its state wiped: a new instance),
+//! behind what every receiver acknowledged, or behind what it acknowledged
+//! itself (restored from a backup) needs the whole tree: [`plan_welcome`]
+//! says so, and `state_dir/receivers.json` remembers it until that whole
+//! tree is acknowledged, so a restart in the middle starts it again; a
+//! receiver back while one is under way in this process has it go on from
+//! what was sent ([`TreeNeed::begun`]). A receiver whose root was rolled
+//! back (`shipper rollback`) says so instead, and gets its root compared
+//! with the source and repaired, remembered there too until done; so are
+//! the deletions a receiver missed when its backlog was dropped
+//! ([`PeerRecord::backlog_dropped`]). [`plan_welcome`] and that are pure;
+//! [`Peers::load`] and [`Peers::save`] are the only I/O (blocking).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -197,7 +199,8 @@ pub struct Plan {
     pub held: Option<u64>,
     /// It applied less than it said it had (its state restored from a
     /// backup of itself): what the outbox still holds after `skip_upto`
-    /// is sent to it again, and it gets the whole tree for the rest.
+    /// is sent to it again, then every file (a whole tree) for what had
+    /// left the outbox.
     pub rewound: bool,
 }
 

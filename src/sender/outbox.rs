@@ -1,6 +1,9 @@
 //! The outbox: bundles packed and not yet acknowledged by every receiver,
 //! what each receiver has been sent, acknowledged, skipped or refused, and
-//! the budget that keeps a receiver that is away from filling the disk.
+//! what it said it applied (apart: a receiver restored from a backup says
+//! less, and is sent again what is still here); and the budget that keeps
+//! a receiver that is away from filling the disk, with the deletions a
+//! drop would keep from it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -32,8 +35,8 @@ pub(super) enum Presence {
     /// In session, taking bundles.
     Taking,
     /// In session but held by a rollback: it takes no bundle until
-    /// released, and its backlog is kept (it is back: what it held is
-    /// what its root is compared with once released).
+    /// released, and its backlog is kept: it is connected, and takes it
+    /// once released.
     Held,
 }
 

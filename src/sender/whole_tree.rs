@@ -2,12 +2,13 @@
 //! whose backlog the outbox dropped), and the bucket's bases (a whole tree
 //! its receivers catching up take, see `transport/bucket_bases.rs`):
 //! which wait to be packed, which are under way (taking turns run by run,
-//! and waiting while their receiver is away), and the last sequence of
-//! each one packed (with how many backlog drops its receiver had seen
-//! when its first run read the deletions it missed), until that receiver acknowledges it. Which receivers
-//! need one at all is
-//! their `whole_tree` mark in `receivers.json` ([`Peers`]); this follows
-//! the work and clears the mark (off the runtime: it is written durably).
+//! and waiting while their receiver is away), what each run takes (at the
+//! first, the deletions its receiver missed when its backlog was dropped),
+//! and the last sequence of each one packed, until that receiver
+//! acknowledges it. Which receivers need one at all is their `whole_tree`
+//! mark in `receivers.json` ([`Peers`]); this follows the work and clears
+//! the mark and those deletions (off the runtime: it is written durably),
+//! unless a drop came since the tree read them.
 //! What the bucket's uploads must know of its bases is in [`BaseTrees`].
 
 use std::collections::{BTreeMap, BTreeSet};
