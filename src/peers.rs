@@ -230,7 +230,8 @@ pub fn plan_welcome(
     if k.backlog_dropped {
         whole_tree = Some(TreeNeed::backlog_dropped());
     }
-    if k.instance.is_some_and(|i| i != instance) {
+    let new_state = k.instance.is_some_and(|i| i != instance);
+    if new_state {
         whole_tree = Some(TreeNeed::new(
             "its state is new (a rebuilt or wiped receiver)".to_owned(),
             false,
@@ -244,8 +245,7 @@ pub fn plan_welcome(
             false,
         ));
     }
-    let same = k.instance.is_none_or(|i| i == instance);
-    let rewound = same && last_applied < k.applied && rolled.is_none();
+    let rewound = !new_state && last_applied < k.applied && rolled.is_none();
     if rewound && whole_tree.as_ref().is_none_or(|n| n.begun) {
         whole_tree = Some(TreeNeed::new(
             format!(

@@ -382,18 +382,14 @@ impl Cut {
         let most = self.limits.max_entries.saturating_mul(BUNDLES_PER_RUN);
         // Its first run deletes first what the receiver missed when its
         // backlog was dropped.
-        let (missed, drops_seen) = match tree.drops_seen {
-            None => {
-                let (paths, drops) = self.missed_deletions(tree.index);
-                (Some(paths), Some(drops))
-            }
-            Some(_) => (None, None),
-        };
-        let run = tree.run(&book.shipped, missed.as_ref(), most);
+        let first = tree.drops_seen.is_none();
+        let missed = first.then(|| self.missed_deletions(tree.index));
+        let run = tree.run(&book.shipped, missed.as_ref().map(|(paths, _)| paths), most);
         if run.items.iter().any(|i| i.op == Op::Delete) {
             let deletions = run.items.len();
             info!(peer = %self.handles.receivers[tree.index], deletions, "deleting there what it missed while its backlog was dropped");
         }
+        let drops_seen = missed.map(|(_, drops)| drops);
         self.whole_trees.taken(run.last, run.more, drops_seen);
         // A receiver getting the whole tree may hold nothing: no reuse.
         self.start(run.items, (Some(tree.index), tree.base, None), source.dir());

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -229,13 +229,8 @@ impl Outbox {
         }
         first();
         st.dropped[i] = true;
-        let done = match st.bundles.keys().next_back().copied() {
-            Some(seq) => st.ack(i, seq),
-            None => Vec::new(),
-        };
-        drop(st);
-        self.room.notify_all();
-        Some(done)
+        let last = st.bundles.keys().next_back().copied();
+        Some(self.done_with(st, i, last.unwrap_or(0)))
     }
 
     /// The first bundle for receiver `i` it has not acknowledged.
@@ -290,10 +285,7 @@ impl Outbox {
     pub(super) fn refuse(&self, i: usize, seq: u64) -> Vec<Packed> {
         let mut st = self.lock();
         st.refused.insert(seq);
-        let done = st.ack(i, seq);
-        drop(st);
-        self.room.notify_all();
-        done
+        self.done_with(st, i, seq)
     }
 
     /// Whether a bundle numbered below receiver `i`'s position arrived
@@ -324,6 +316,13 @@ impl Outbox {
     pub(super) fn ack(&self, i: usize, seq: u64) -> Vec<Packed> {
         let mut st = self.lock();
         st.applied[i] = st.applied[i].max(seq);
+        self.done_with(st, i, seq)
+    }
+
+    /// Receiver `i` is done with bundles up to `seq` (the state `st`
+    /// held): the packer waiting for room is woken. Returns the bundles
+    /// that leave.
+    fn done_with(&self, mut st: MutexGuard<'_, OutboxState>, i: usize, seq: u64) -> Vec<Packed> {
         let done = st.ack(i, seq);
         drop(st);
         self.room.notify_all();

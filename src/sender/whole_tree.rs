@@ -350,21 +350,19 @@ impl WholeTrees {
             // A base of nothing (an empty tree) has no end.
             b.ends_at = last_seq.map(|last| (number, last));
         }
+        if let Some(last_seq) = last_seq {
+            info!(peer = %self.names[index], last_seq, "whole tree packed for this receiver");
+        }
         match last_seq {
-            Some(last) => {
-                info!(peer = %self.names[index], last_seq = last, "whole tree packed for this receiver");
+            Some(last_seq) if acked < last_seq => {
                 let t = PackedTree {
-                    last_seq: last,
+                    last_seq,
                     drops_seen,
                 };
-                match acked >= last {
-                    true => self.done(index, t.drops_seen),
-                    false => {
-                        self.last.insert(index, t);
-                    }
-                }
+                self.last.insert(index, t);
             }
-            None => self.done(index, drops_seen),
+            // Acknowledged already, or a tree of nothing.
+            _ => self.done(index, drops_seen),
         }
     }
 
@@ -390,7 +388,7 @@ impl WholeTrees {
         let name = self.names[index].clone();
         let drops = |p: &Peers| p.receivers.get(&name).map_or(0, |r| r.backlogs_dropped);
         let now = drops(&self.peers.lock().unwrap_or_else(|e| e.into_inner()));
-        if drops_seen.is_some_and(|d| d != now) {
+        if dropped_since(drops_seen, now) {
             // Dropped since, its receiver back before the drop went (or
             // the drop's record failed): the next tree settles it.
             let reason = "its backlog was dropped since its whole tree began".to_owned();
@@ -415,13 +413,19 @@ impl WholeTrees {
     }
 }
 
+/// Whether a backlog was dropped since a tree's first run saw
+/// `drops_seen` drops, there being `drops` now.
+fn dropped_since(drops_seen: Option<u64>, drops: u64) -> bool {
+    drops_seen.is_some_and(|seen| seen != drops)
+}
+
 /// A whole tree is acknowledged whose first run read the deletions
 /// receiver `r` missed, `drops_seen` backlog drops in: it needs no whole
 /// tree now, and they are owed no more (every path recorded came with a
 /// drop, so with none since, the tree read them all). With a drop since
 /// (returns false), nothing is settled.
 fn settle(r: &mut PeerRecord, drops_seen: Option<u64>) -> bool {
-    if drops_seen.is_some_and(|d| d != r.backlogs_dropped) {
+    if dropped_since(drops_seen, r.backlogs_dropped) {
         return false;
     }
     r.whole_tree = false;

@@ -49,11 +49,6 @@ impl Link {
         });
         self.record_needs(s.instance, whole_tree, plan.compare)
             .await;
-        // What it applied before a lost acknowledgement counts as
-        // acknowledged, and what it has numbers for is never sent to it:
-        // both are done with up to what it applied (skip_upto covers
-        // release_upto; bundles in between are covered by the whole tree
-        // recorded above).
         if plan.rewound {
             warn!(peer = %self.receiver, last_applied = s.last_applied, "this receiver applied less than it acknowledged (its state restored from a backup?): what the outbox holds after that is sent again, and it gets the whole tree");
             self.outbox.rewind(self.index, s.last_applied);
@@ -63,6 +58,11 @@ impl Link {
         // tree), what was sent after stays done with, but a later Welcome
         // must not look restored.
         self.outbox.said_applied(self.index, s.last_applied);
+        // What it applied before a lost acknowledgement counts as
+        // acknowledged, and what it has numbers for is never sent to it:
+        // both are done with up to what it applied (skip_upto covers
+        // release_upto; bundles in between are covered by the whole tree
+        // recorded above).
         let done = self.outbox.ack(self.index, plan.skip_upto);
         release(done, &self.events, &self.ledger).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
