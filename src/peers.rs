@@ -3,13 +3,14 @@
 //!
 //! A receiver can only be brought up to date from the outbox while it lacks
 //! nothing older than what left it. A receiver that is new (added to
-//! `sender.receiver` later), rebuilt (its state wiped: a new instance),
-//! behind what every receiver acknowledged, or behind what it acknowledged
-//! itself (restored from a backup) needs the whole tree: [`plan_welcome`]
-//! says so, and `state_dir/receivers.json` remembers it until that whole
+//! `sender.receiver` later), rebuilt (its state wiped: a new instance), or
+//! behind what left the outbox needs the whole tree: [`plan_welcome`] says
+//! so, and `state_dir/receivers.json` remembers it until that whole
 //! tree is acknowledged, so a restart in the middle starts it again; a
 //! receiver back while one is under way in this process has it go on from
-//! what was sent ([`TreeNeed::begun`]). A receiver whose root was rolled
+//! what was sent ([`TreeNeed::begun`]). One behind what it acknowledged
+//! itself (restored from a backup) is sent again what the outbox holds
+//! after what it applied ([`Plan::rewound`]). A receiver whose root was rolled
 //! back (`shipper rollback`) says so instead, and gets its root compared
 //! with the source and repaired, remembered there too until done; so are
 //! the deletions a receiver missed when its backlog was dropped
@@ -129,8 +130,9 @@ pub struct Known {
     /// What it said it applied, to this process: its acknowledgements
     /// since its last `Welcome`, or what that said (0: none).
     pub applied: u64,
-    /// Highest sequence every receiver acknowledged: bundles up to it have
-    /// left the outbox and cannot be sent again.
+    /// Highest sequence every receiver was done with: bundles up to it
+    /// have left the outbox and cannot be sent again; every one after it
+    /// is still there.
     pub everyone: u64,
     /// Its instance as last recorded, if it was ever seen.
     pub instance: Option<[u8; 16]>,
@@ -199,8 +201,8 @@ pub struct Plan {
     pub held: Option<u64>,
     /// It applied less than it said it had (its state restored from a
     /// backup of itself): what the outbox still holds after `skip_upto`
-    /// is sent to it again, then every file (a whole tree) for what had
-    /// left the outbox.
+    /// is sent to it again. Only if some of it had left the outbox does it
+    /// need the whole tree too (as any receiver behind `everyone`).
     pub rewound: bool,
 }
 
@@ -245,11 +247,15 @@ pub fn plan_welcome(
             false,
         ));
     }
-    let rewound = !new_state && last_applied < k.applied && rolled.is_none();
-    if rewound && whole_tree.as_ref().is_none_or(|n| n.begun) {
+    let rewound = restored_from_backup((last_applied, instance, rolled), &k);
+    // A tree begun for it goes on from what was sent, which it lost: it is
+    // begun again. Without one, what it lost and the outbox still holds is
+    // sent again, deletions and all (`last_applied < everyone` asked for a
+    // tree above if some of it had left).
+    if rewound && whole_tree.as_ref().is_some_and(|n| n.begun) {
         whole_tree = Some(TreeNeed::new(
             format!(
-                "it has applied up to sequence {last_applied}, less than the {} it said it had (its state restored from a backup?)",
+                "it has applied up to sequence {last_applied}, less than the {} it said it had (its state restored from a backup?), and a whole tree begun for it is lost with it",
                 k.applied
             ),
             false,
@@ -263,6 +269,19 @@ pub fn plan_welcome(
         held: rolled.filter(|r| r.held).map(|r| r.to),
         rewound,
     }
+}
+
+/// Whether a receiver that applied `last_applied` with state `instance`
+/// (its root rolled back: `rolled`) applied less than it said before,
+/// with the same state: restored from a backup of itself. Its position in
+/// the outbox goes back to what it applied ([`Plan::rewound`]). Not so for
+/// a rolled-back root (compared instead) or a new state (a whole tree).
+pub fn restored_from_backup(
+    (last_applied, instance, rolled): (u64, [u8; 16], Option<Rolled>),
+    k: &Known,
+) -> bool {
+    let new_state = k.instance.is_some_and(|i| i != instance);
+    !new_state && last_applied < k.applied && rolled.is_none()
 }
 
 /// Whether bundle `seq` must not go to a receiver that said it applied up
@@ -443,7 +462,8 @@ mod tests {
     /// it applied less than it acknowledged. With another receiver behind
     /// it, nothing had left the outbox, so nothing asked for a whole tree,
     /// and the bundles in between were never sent again: it missed them
-    /// for good.
+    /// for good. They are sent again now; a whole tree is needed only for
+    /// what left the outbox.
     #[test]
     fn a_receiver_that_applied_less_than_it_acknowledged_is_rewound() {
         let restored = Known {
@@ -456,7 +476,14 @@ mod tests {
         let p = plan_welcome((20, A, None), restored);
         assert!(p.rewound);
         assert_eq!(p.skip_upto, 20);
-        assert!(p.whole_tree.is_some_and(|n| !n.begun && !n.base));
+        assert_eq!(p.whole_tree, None, "the outbox holds all after 20");
+        // Some of what it lost left the outbox: the whole tree too.
+        let gone = Known {
+            everyone: 25,
+            ..restored
+        };
+        let p = plan_welcome((20, A, None), gone);
+        assert!(p.rewound && p.whole_tree.is_some_and(|n| !n.begun && !n.base));
         // Done with more than it applied only by refusals or a drop: no.
         let refused = Known {
             applied: 20,

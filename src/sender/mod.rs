@@ -458,6 +458,9 @@ impl Sender {
     fn on_transport(&mut self, ev: TransportEvent, next_tick: Instant) {
         match ev {
             TransportEvent::Acked { seq } => self.on_acked(seq),
+            TransportEvent::AckedBy { index, seq } => {
+                self.cut.whole_trees.acked(Some(index), seq);
+            }
             TransportEvent::Refused {
                 index,
                 refusal,
@@ -494,7 +497,7 @@ impl Sender {
     fn on_acked(&mut self, seq: u64) {
         // Read before the flushes drop what no waiting flush reports.
         let bytes = self.flushes.summary(seq).map(|s| s.bytes);
-        self.cut.whole_trees.acked(seq);
+        self.cut.whole_trees.acked(None, seq);
         self.first_ship.acked(bytes);
         self.flushes.acked(seq, self.book.held());
     }

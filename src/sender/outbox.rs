@@ -1,5 +1,6 @@
-//! The outbox: bundles packed and not yet acknowledged by every receiver,
-//! what each receiver has been sent, acknowledged, skipped or refused, and
+//! The outbox: bundles packed and not yet acknowledged by every receiver
+//! (and the last that left it), what each receiver has been sent,
+//! acknowledged, skipped or refused, and
 //! what it said it applied (apart: a receiver restored from a backup says
 //! less, and is sent again what is still here); and the budget that keeps
 //! a receiver that is away from filling the disk, with the deletions a
@@ -63,6 +64,10 @@ struct OutboxState {
     dropped: Vec<bool>,
     /// Bundles some receiver refused for good.
     refused: BTreeSet<u64>,
+    /// The highest sequence that left (every receiver done with it), in
+    /// this process: bundles leave in order, so every one after it is
+    /// still here.
+    left: u64,
     /// Per receiver: whether its session is under way, and takes bundles.
     presence: Vec<Presence>,
     closed: bool,
@@ -88,6 +93,7 @@ impl OutboxState {
                 .is_some_and(|b| (0..self.acked.len()).all(|r| self.done(r, b)));
             match self.bundles.pop_first() {
                 Some((seq, b)) if ready => {
+                    self.left = self.left.max(seq);
                     // A transport may still hold it for a moment.
                     let mut b = Arc::try_unwrap(b).unwrap_or_else(|b| (*b).clone());
                     if self.refused.remove(&seq) || b.only.is_some() {
@@ -145,6 +151,7 @@ impl Outbox {
                 stale: vec![false; receivers],
                 dropped: vec![false; receivers],
                 refused: Default::default(),
+                left: 0,
                 presence: vec![Presence::Away; receivers],
                 closed: false,
             }),
@@ -254,6 +261,13 @@ impl Outbox {
     pub(super) fn position(&self, i: usize) -> (u64, u64, u64) {
         let st = self.lock();
         (st.sent[i], st.acked[i], st.applied[i])
+    }
+
+    /// The highest sequence that left the outbox in this process (0:
+    /// none): every bundle numbered after it is still here. Known the
+    /// moment it leaves, before the ledger records it.
+    pub(super) fn left(&self) -> u64 {
+        self.lock().left
     }
 
     /// Receiver `i` said at `Welcome` it applied up to `seq`: that is
@@ -483,6 +497,24 @@ mod tests {
         let missed: Vec<String> = o.deletions_for(1).into_iter().collect();
         assert_eq!(missed, ["gone.html", "own.html"]);
         assert!(o.deletions_for(0).is_empty(), "it took everything");
+    }
+
+    /// What left is known the moment it leaves (before the ledger records
+    /// it), and a receiver rewound holds what it lost here from then on.
+    #[test]
+    fn what_left_the_outbox_is_known_the_moment_it_leaves() {
+        let o = Outbox::new(2, 1 << 30);
+        for seq in 1..=2 {
+            o.push(bundle(seq, None)).unwrap();
+        }
+        o.ack(0, 2);
+        assert_eq!(o.left(), 0, "receiver 1 holds both");
+        assert_eq!(o.ack(1, 1).len(), 1);
+        assert_eq!(o.left(), 1);
+        o.rewind(0, 1);
+        assert!(o.ack(1, 2).is_empty(), "receiver 0 lost it: it stays");
+        assert_eq!(o.left(), 1);
+        assert_eq!(o.next_for(0).map(|b| b.seq), Some(2));
     }
 
     /// Rewound, a receiver is sent again what it acknowledged after what

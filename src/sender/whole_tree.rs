@@ -366,12 +366,15 @@ impl WholeTrees {
         }
     }
 
-    /// Bundles up to `seq` were acknowledged: whole trees they end are done.
-    pub(super) fn acked(&mut self, seq: u64) {
+    /// Bundles up to `seq` were acknowledged by receiver `by` (`None`:
+    /// every receiver, they left the outbox): whole trees they end are
+    /// done. Its own acknowledgement is enough: a tree's bundles may wait
+    /// in the outbox behind one another receiver, away, has yet to take.
+    pub(super) fn acked(&mut self, by: Option<usize>, seq: u64) {
         let finished: Vec<usize> = self
             .last
             .iter()
-            .filter(|(_, t)| seq >= t.last_seq)
+            .filter(|(i, t)| by.is_none_or(|by| by == **i) && seq >= t.last_seq)
             .map(|(i, _)| *i)
             .collect();
         for index in finished {
@@ -498,7 +501,27 @@ mod tests {
             Some(5),
             "the first run's bundle ends it"
         );
-        w.acked(5);
+        w.acked(None, 5);
+        assert!(w.last.is_empty());
+    }
+
+    /// A tree's bundles wait in the outbox behind one a receiver that is
+    /// away has yet to take: they leave only once it returns, but the
+    /// tree is done once its own receiver acknowledged them.
+    #[tokio::test]
+    async fn a_whole_tree_is_done_once_its_own_receiver_acknowledges_it() {
+        let (mut w, _, _dir) = trees(&["r0", "r1"]);
+        w.need(1, &fresh("restored", false));
+        assert_eq!(w.next(all).unwrap().index, 1);
+        run(&mut w, None, false, Some(5));
+        w.acked(Some(0), 5);
+        assert!(
+            w.last.contains_key(&1),
+            "another receiver's ack ends nothing"
+        );
+        w.acked(Some(1), 4);
+        assert!(w.last.contains_key(&1), "not up to its last bundle");
+        w.acked(Some(1), 5);
         assert!(w.last.is_empty());
     }
 
@@ -545,7 +568,7 @@ mod tests {
         w.need(0, &begun(false));
         assert!(w.next(all).is_none());
         assert_eq!(w.last.get(&0).map(|t| t.last_seq), Some(9));
-        w.acked(9);
+        w.acked(None, 9);
         assert!(w.last.is_empty());
     }
 
@@ -580,7 +603,7 @@ mod tests {
         w.next(all).unwrap();
         run(&mut w, None, false, Some(10));
         w.need(0, &fresh("its state is new", false));
-        w.acked(10);
+        w.acked(None, 10);
         let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after), (0, None));
         w.taken(None, false, None);
@@ -607,7 +630,7 @@ mod tests {
             !w.last.contains_key(&1),
             "the drop's own release ends nothing"
         );
-        w.acked(6);
+        w.acked(None, 6);
         assert!(w.next(all).is_none());
         // Back, each gets one from its first file (the welcome's need).
         w.need(0, &TreeNeed::backlog_dropped());
@@ -686,7 +709,7 @@ mod tests {
         // Later runs read nothing again: the first one's count stays.
         run(&mut w, Some("z"), false, Some(6));
         assert_eq!(w.last[&0].drops_seen, Some(1));
-        w.acked(6);
+        w.acked(None, 6);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while record().whole_tree {
             assert!(std::time::Instant::now() < deadline, "never recorded");

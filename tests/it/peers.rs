@@ -109,14 +109,78 @@ async fn a_rebuilt_receiver_gets_the_whole_tree() {
     r.stop().await;
 }
 
-/// A web server restored from a backup of itself (root and state, the
-/// same instance) said it had applied less than it had acknowledged. With
-/// another receiver behind it, nothing had left the outbox, so nothing
-/// asked for a whole tree, and the bundles in between were never sent to
-/// it again: it kept a deleted page and lacked a new one for good.
+/// A web server rebuilt while another was away got its whole tree, but
+/// status said it was still being sent one (and `receivers.json` kept it
+/// marked, so a restart sent it again) until the other came back: the
+/// tree's bundles could not leave the outbox behind the one the other
+/// had yet to take, and only their leaving counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
+async fn a_whole_tree_is_done_when_its_receiver_has_it_though_another_is_away() {
     let env = Env::new();
+    for (p, c) in files(20) {
+        env.write(&p, c);
+    }
+    let first = env.receiver_toml(&free_addr().to_string(), "");
+    let r1 = env.start_receiver_from(&first).await;
+    let second = receiver_at("second", free_addr());
+    let r2 = env.start_receiver_from(&second).await;
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "");
+    let s = env.start_sender_from(r1.addr, &toml);
+    let root2 = env.path().join("second/www");
+    wait_until("both have the tree", || {
+        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
+    })
+    .await;
+    // The first goes away and a change waits for it in the outbox.
+    r1.stop().await;
+    env.write("later.html", "while the first is away");
+    wait_until("the second has it", || root2.join("later.html").exists()).await;
+    // The second is rebuilt empty: it needs the whole tree.
+    r2.stop().await;
+    std::fs::remove_dir_all(env.path().join("second")).unwrap();
+    let r2 = env.start_receiver_from(&second).await;
+    // Only a whole tree brings it the pages written before.
+    wait_until("the rebuilt receiver has the tree", || {
+        tree(&root2) == tree(&env.src())
+    })
+    .await;
+    let config = env.config_file("both.toml", &toml);
+    wait_status(&config, "its whole tree done, the first still away", |v| {
+        v["receivers"][1]["whole_tree_pending"] == false && v["receivers"][0]["connected"] == false
+    })
+    .await;
+    let r1 = env.start_receiver_from(&first).await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r1.stop().await;
+    r2.stop().await;
+}
+
+/// Bytes of pages the restored receiver's scenario starts with: a whole
+/// tree sends them all again (they barely compress), a resend of what it
+/// lost sends none of them.
+const RESTORED_PAGES: usize = 60;
+
+/// Content for page `i` that deflate cannot shrink much: 4 KiB of hex.
+fn page(i: usize) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(&i.to_le_bytes());
+    let mut out = vec![0u8; 2048];
+    h.finalize_xof().fill(&mut out);
+    data_encoding::HEXLOWER.encode(&out)
+}
+
+/// A receiver ("second") backed up, then sent a deletion and a new page
+/// and acknowledging them, then restored from that backup and started
+/// again. The first receiver is away meanwhile when `first_away`, so the
+/// outbox holds every bundle the second lost; otherwise both acknowledge
+/// them and they leave it. Returns what the sender shipped to the second
+/// after its restore, in bytes, once its tree has `new.html`.
+async fn restore_a_receiver_from_a_backup(first_away: bool) -> (Env, u64) {
+    let env = Env::new();
+    for i in 0..RESTORED_PAGES {
+        env.write(&format!("pages/p{i:03}.html"), page(i));
+    }
     env.write("old.html", "deleted after the backup");
     let first = env.receiver_toml(&free_addr().to_string(), "");
     let r1 = env.start_receiver_from(&first).await;
@@ -125,10 +189,12 @@ async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
     let toml = env.sender_toml_to(&[r1.addr, r2.addr], "");
     let s = env.start_sender_from(r1.addr, &toml);
     let root2 = env.path().join("second/www");
-    wait_until("both have it", || root2.join("old.html").exists()).await;
+    wait_until("both have the tree", || {
+        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
+    })
+    .await;
 
-    // The second's backup; then the first goes away, holding every later
-    // bundle in the outbox.
+    // The second's backup.
     r2.stop().await;
     let backup = env.path().join("backup");
     let cp = |from: &std::path::Path, to: &std::path::Path| {
@@ -141,7 +207,13 @@ async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
     };
     cp(&env.path().join("second"), &backup);
     let r2 = env.start_receiver_from(&second).await;
-    r1.stop().await;
+    let r1 = match first_away {
+        true => {
+            r1.stop().await;
+            None
+        }
+        false => Some(r1),
+    };
     std::fs::remove_file(env.src().join("old.html")).unwrap();
     env.write("new.html", "written after the backup");
     wait_until("the second has the changes", || {
@@ -149,7 +221,8 @@ async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
     })
     .await;
     // Acknowledged, not only applied: else the sender simply sends again
-    // what it never heard back about.
+    // what it never heard back about. Acknowledged by both, they leave the
+    // outbox.
     let archive = env.path().join("second/archive");
     let newest = std::fs::read_dir(&archive)
         .unwrap()
@@ -160,25 +233,77 @@ async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
         .max()
         .expect("bundles archived");
     let config = env.config_file("both.toml", &toml);
-    wait_status(&config, "the second acknowledged them", |v| {
-        v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
+    let acked = |v: &serde_json::Value, r: usize| {
+        v["receivers"][r]["last_ack_seq"].as_u64() >= Some(newest)
+    };
+    let v = wait_status(&config, "acknowledged", |v| {
+        acked(v, 1) && (first_away || acked(v, 0))
     })
     .await;
+    let before = v["receivers"][1]["bytes_shipped"].as_u64().unwrap();
 
     r2.stop().await;
     std::fs::remove_dir_all(env.path().join("second")).unwrap();
     cp(&backup, &env.path().join("second"));
     assert!(root2.join("old.html").exists(), "restored as it was");
+    assert!(!root2.join("new.html").exists(), "restored as it was");
     let r2 = env.start_receiver_from(&second).await;
-    wait_until("the restored receiver has the source's tree", || {
-        tree(&root2) == tree(&env.src())
+    wait_until("the restored receiver has the new page", || {
+        root2.join("new.html").exists()
     })
     .await;
-    let r1 = env.start_receiver_from(&first).await;
+    let v = wait_status(&config, "the restored receiver is up to date", |v| {
+        v["receivers"][1]["whole_tree_pending"] == false
+            && v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
+    })
+    .await;
+    let after = v["receivers"][1]["bytes_shipped"].as_u64().unwrap();
+    let r1 = match r1 {
+        Some(r1) => r1,
+        None => env.start_receiver_from(&first).await,
+    };
     wait_in_sync(&env).await;
     s.stop().await;
     r1.stop().await;
     r2.stop().await;
+    (env, after - before)
+}
+
+/// A web server restored from a backup of itself (root and state, the
+/// same instance) said it had applied less than it had acknowledged. With
+/// another receiver behind it, nothing had left the outbox, so nothing
+/// asked for a whole tree, and the bundles in between were never sent to
+/// it again: it kept a deleted page and lacked a new one for good. Then,
+/// fixed, it got a whole tree besides, every page sent again though the
+/// outbox held all it lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restored_from_a_backup_of_itself_gets_what_it_lost() {
+    let (env, shipped) = restore_a_receiver_from_a_backup(true).await;
+    let root2 = env.path().join("second/www");
+    assert_eq!(tree(&root2), tree(&env.src()), "the deletion too");
+    let pages = RESTORED_PAGES as u64 * 4096;
+    assert!(
+        shipped < pages / 4,
+        "{shipped} bytes shipped after the restore: more than what it lost (a whole tree of {pages} bytes of pages?)"
+    );
+}
+
+/// The same, but what it lost had left the outbox (every receiver
+/// acknowledged it): only a whole tree brings it the new page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_restored_from_a_backup_after_its_bundles_left_gets_the_whole_tree() {
+    let (env, shipped) = restore_a_receiver_from_a_backup(false).await;
+    let root2 = env.path().join("second/www");
+    let mut expect = tree(&env.src());
+    // A whole tree adds and updates; what was deleted in bundles gone from
+    // the outbox stays until `shipper verify --delete-extra` (README).
+    expect.insert("old.html".into(), b"deleted after the backup".to_vec());
+    assert_eq!(tree(&root2), expect);
+    let pages = RESTORED_PAGES as u64 * 4096;
+    assert!(
+        shipped > pages / 2,
+        "{shipped} bytes shipped after the restore: no whole tree"
+    );
 }
 
 /// A sender restored from an older sender.json numbered its next bundles

@@ -20,25 +20,22 @@ use crate::proto::refusal::Refusal;
 pub(in crate::sender) enum TransportEvent {
     /// A session with the receiver began; its last applied sequence is known.
     Connected,
-    Acked {
-        seq: u64,
-    },
+    /// Bundle `seq` left the outbox: every receiver is done with it.
+    Acked { seq: u64 },
+    /// Receiver `index` acknowledged bundle `seq` (it left the outbox, or
+    /// waits there for another receiver).
+    AckedBy { index: usize, seq: u64 },
     /// A receiver's root was rolled back (recorded in `receivers.json`):
     /// the source is to be compared with the roots and repaired.
     Compare,
     /// Receiver `index` needs the whole tree, for this reason (already
     /// recorded in `receivers.json`).
-    WholeTree {
-        index: usize,
-        need: TreeNeed,
-    },
+    WholeTree { index: usize, need: TreeNeed },
     /// Receiver `index`, away, had its backlog dropped (the outbox over
     /// `sender.outbox_max`): a whole tree under way for it no longer
     /// counts, and is begun again when it returns (see
     /// `Outbox::take_dropped`).
-    BacklogDropped {
-        index: usize,
-    },
+    BacklogDropped { index: usize },
     /// Receiver `index` refused a bundle for good; `changes` were in it,
     /// and its copies were made from `sources`.
     Refused {

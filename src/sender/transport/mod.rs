@@ -379,6 +379,8 @@ impl Link {
             s.bundles_shipped += 1;
             s.bytes_shipped += b.size;
         });
+        let (index, seq) = (self.index, b.seq);
+        let _ = self.events.send(TransportEvent::AckedBy { index, seq });
         release(
             self.outbox.ack(self.index, b.seq),
             &self.events,

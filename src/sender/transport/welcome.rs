@@ -13,7 +13,7 @@ use super::connect::Welcome;
 use super::exchange::{describe, next_bundle};
 use super::handoff::{TransportEvent, record_peer, release};
 use super::{Link, Lost};
-use crate::peers::{Known, TreeNeed, must_skip, plan_welcome};
+use crate::peers::{Known, TreeNeed, must_skip, plan_welcome, restored_from_backup};
 use crate::proto::Connection;
 use crate::proto::connection::Stream;
 use crate::sender::outbox::{Outbox, Presence};
@@ -29,12 +29,19 @@ impl Link {
         // connect() turned away a last_applied with no successor.
         self.seq_floor
             .fetch_max(s.last_applied.saturating_add(1), Ordering::SeqCst);
-        let known = Known {
+        let mut known = Known {
             base_lost: s.base_lost,
             backlog_dropped: self.outbox.take_dropped(self.index),
             ..self.known()
         };
-        let plan = plan_welcome((s.last_applied, s.instance, s.rolled_back), known);
+        let said = (s.last_applied, s.instance, s.rolled_back);
+        if restored_from_backup(said, &known) {
+            // Rewound before reading what left the outbox: from here on,
+            // none of what it lost can leave, so what is read is final.
+            self.outbox.rewind(self.index, s.last_applied);
+            known.everyone = known.everyone.max(self.outbox.left());
+        }
+        let plan = plan_welcome(said, known);
         // Any bundle it has numbers for but was never sent is covered by
         // the whole tree, recorded before those bundles can be let go.
         let reused = self.outbox.take_stale(self.index)
@@ -47,11 +54,15 @@ impl Link {
         let whole_tree = plan.whole_tree.clone().filter(|n| !(reused && n.begun)).or_else(|| {
             reused.then(|| TreeNeed::new(format!("it has applied up to sequence {}, numbers this sender used again (its state restored from an older copy?)", s.last_applied), false))
         });
+        let tree_too = whole_tree.is_some();
         self.record_needs(s.instance, whole_tree, plan.compare)
             .await;
         if plan.rewound {
-            warn!(peer = %self.receiver, last_applied = s.last_applied, "this receiver applied less than it acknowledged (its state restored from a backup?): what the outbox holds after that is sent again, and it gets the whole tree");
-            self.outbox.rewind(self.index, s.last_applied);
+            let then = match tree_too {
+                true => "then it gets the whole tree",
+                false => "the outbox holds all of it",
+            };
+            warn!(peer = %self.receiver, last_applied = s.last_applied, "this receiver applied less than it acknowledged (its state restored from a backup?): what it acknowledged after that is sent again; {then}");
         }
         // From now on it has applied what it says: rolled back (its root
         // is compared with the source instead) or new (it gets the whole
@@ -105,11 +116,14 @@ impl Link {
             // found, and what it lost is judged by its own checks
             // (`base_lost`), not against what was uploaded.
             applied: if self.bucket.is_some() { 0 } else { applied },
+            // What the ledger recorded as left, or what left since and is
+            // on its way to it.
             everyone: self
                 .ledger
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .acked_seq(),
+                .acked_seq()
+                .max(self.outbox.left()),
             instance: rec.and_then(|r| {
                 data_encoding::HEXLOWER
                     .decode(r.instance.as_bytes())
