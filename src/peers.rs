@@ -53,6 +53,13 @@ pub struct PeerRecord {
     /// the mark nor what that drop recorded.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub backlogs_dropped: u64,
+    /// The last bundle of the last whole tree it acknowledged. Packed for
+    /// it alone, that tree is in the ledger only once every receiver is
+    /// done with what came before, and the outbox is emptied at a
+    /// restart: restored from a backup taken before this, it needs the
+    /// tree again unless the outbox still holds it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub tree_through: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -130,9 +137,10 @@ pub struct Known {
     /// What it said it applied, to this process: its acknowledgements
     /// since its last `Welcome`, or what that said (0: none).
     pub applied: u64,
-    /// Highest sequence every receiver was done with: bundles up to it
-    /// have left the outbox and cannot be sent again; every one after it
-    /// is still there.
+    /// Bundles up to this sequence may be gone from the outbox (every
+    /// receiver was done with them, or they are the last whole tree it
+    /// acknowledged and not there any more): a receiver behind it cannot
+    /// be sent them again.
     pub everyone: u64,
     /// Its instance as last recorded, if it was ever seen.
     pub instance: Option<[u8; 16]>,
@@ -241,7 +249,7 @@ pub fn plan_welcome(
     } else if last_applied < k.everyone && rolled.is_none() {
         whole_tree = Some(TreeNeed::new(
             format!(
-                "it has applied up to sequence {last_applied}, but bundles up to {} have left the outbox (a new, rebuilt or restored receiver)",
+                "it has applied up to sequence {last_applied}, but bundles up to {} are no longer in the outbox (a new, rebuilt or restored receiver)",
                 k.everyone
             ),
             false,
@@ -268,6 +276,18 @@ pub fn plan_welcome(
         compare: rolled.filter(|r| !r.held).map(|r| r.to),
         held: rolled.filter(|r| r.held).map(|r| r.to),
         rewound,
+    }
+}
+
+/// Up to what sequence bundles may be gone from the outbox for a receiver
+/// ([`Known::everyone`]): those that `left` it (in the ledger, or on their
+/// way there), and the last whole tree it acknowledged
+/// ([`PeerRecord::tree_through`]) unless the outbox holds that tree's last
+/// bundle still (`held`; a restart empties it).
+pub fn gone_from_outbox(left: u64, (tree_through, held): (u64, bool)) -> u64 {
+    match held {
+        true => left,
+        false => left.max(tree_through),
     }
 }
 
@@ -352,7 +372,12 @@ mod tests {
                 ..known()
             },
         );
-        assert!(p.whole_tree.unwrap().reason.contains("left the outbox"));
+        assert!(
+            p.whole_tree
+                .unwrap()
+                .reason
+                .contains("no longer in the outbox")
+        );
         assert_eq!(p.release_upto, 0);
     }
 
@@ -504,6 +529,36 @@ mod tests {
         };
         let p = plan_welcome((20, A, None), mid_tree);
         assert!(p.rewound && p.whole_tree.is_some_and(|n| !n.begun));
+    }
+
+    /// A whole tree for one receiver is done once it acknowledges it,
+    /// though its bundles may wait in the outbox behind another's, and a
+    /// restart empties the outbox before they reach the ledger: restored
+    /// from a backup taken before the tree's end, it needs the tree again
+    /// unless the outbox still holds it.
+    #[test]
+    fn a_tree_acknowledged_but_gone_from_the_outbox_is_needed_again_by_a_restored_receiver() {
+        assert_eq!(gone_from_outbox(10, (0, false)), 10);
+        assert_eq!(gone_from_outbox(10, (25, true)), 10, "held: sent again");
+        assert_eq!(gone_from_outbox(10, (25, false)), 25);
+        assert_eq!(gone_from_outbox(30, (25, false)), 30);
+        // After a restart, the receiver backed up at 22 mid-tree.
+        let after_restart = Known {
+            applied: 0,
+            everyone: gone_from_outbox(10, (25, false)),
+            ..known()
+        };
+        let p = plan_welcome((22, A, None), after_restart);
+        assert!(!p.rewound, "this process never heard it say more");
+        assert!(p.whole_tree.is_some_and(|n| !n.begun));
+        // The same in the process that holds the tree still: sent again.
+        let held = Known {
+            applied: 25,
+            everyone: gone_from_outbox(10, (25, true)),
+            ..known()
+        };
+        let p = plan_welcome((22, A, None), held);
+        assert!(p.rewound && p.whole_tree.is_none());
     }
 
     #[test]

@@ -270,6 +270,11 @@ impl Outbox {
         self.lock().left
     }
 
+    /// Whether bundle `seq` is here.
+    pub(super) fn holds(&self, seq: u64) -> bool {
+        self.lock().bundles.contains_key(&seq)
+    }
+
     /// Receiver `i` said at `Welcome` it applied up to `seq`: that is
     /// what it has applied now, whatever it acknowledged before (its root
     /// rolled back, or its state new), though the outbox stays done with

@@ -119,6 +119,10 @@ pub(super) struct WholeTrees {
     aside: BTreeMap<usize, InTree>,
     /// …and the last sequence of one, once packed.
     last: BTreeMap<usize, PackedTree>,
+    /// Per receiver, the highest sequence it acknowledged in this
+    /// process: its acknowledgement may come before its tree's last run
+    /// is recorded here as packed.
+    acked_by: Vec<u64>,
     /// Each receiver's name, in the order of `sender.receivers`.
     names: Vec<String>,
     peers: Arc<Mutex<Peers>>,
@@ -137,6 +141,7 @@ impl WholeTrees {
             current: None,
             aside: BTreeMap::new(),
             last: BTreeMap::new(),
+            acked_by: vec![0; names.len()],
             names,
             peers,
             state_dir,
@@ -329,7 +334,8 @@ impl WholeTrees {
 
     /// A run of the whole tree under way packed `bundles`; every receiver
     /// acknowledged up to `acked` so far. After its last run, the tree is
-    /// done once its last bundle is acknowledged.
+    /// done once its receiver acknowledged its last bundle (it may have
+    /// already).
     pub(super) fn packed(&mut self, bundles: &[(u64, Summary)], acked: u64) {
         let Some(t) = &mut self.current else { return };
         let run_last = bundles.iter().map(|(s, _)| *s).max();
@@ -353,6 +359,7 @@ impl WholeTrees {
         if let Some(last_seq) = last_seq {
             info!(peer = %self.names[index], last_seq, "whole tree packed for this receiver");
         }
+        let acked = acked.max(self.acked_by[index]);
         match last_seq {
             Some(last_seq) if acked < last_seq => {
                 let t = PackedTree {
@@ -362,7 +369,7 @@ impl WholeTrees {
                 self.last.insert(index, t);
             }
             // Acknowledged already, or a tree of nothing.
-            _ => self.done(index, drops_seen),
+            _ => self.done(index, drops_seen, last_seq),
         }
     }
 
@@ -371,6 +378,9 @@ impl WholeTrees {
     /// done. Its own acknowledgement is enough: a tree's bundles may wait
     /// in the outbox behind one another receiver, away, has yet to take.
     pub(super) fn acked(&mut self, by: Option<usize>, seq: u64) {
+        if let Some(i) = by {
+            self.acked_by[i] = self.acked_by[i].max(seq);
+        }
         let finished: Vec<usize> = self
             .last
             .iter()
@@ -379,15 +389,16 @@ impl WholeTrees {
             .collect();
         for index in finished {
             let t = self.last.remove(&index).expect("found above");
-            self.done(index, t.drops_seen);
+            self.done(index, t.drops_seen, Some(t.last_seq));
         }
     }
 
-    /// Receiver `index` acknowledged its whole tree: forget that it needs
-    /// one, and the deletions it missed, unless its backlog was dropped
-    /// since the tree read them (`drops_seen`): then the tree that
-    /// follows that drop settles it all.
-    fn done(&mut self, index: usize, drops_seen: Option<u64>) {
+    /// Receiver `index` acknowledged its whole tree, ending with
+    /// `last_seq`: forget that it needs one, and the deletions it missed,
+    /// unless its backlog was dropped since the tree read them
+    /// (`drops_seen`): then the tree that follows that drop settles it
+    /// all.
+    fn done(&mut self, index: usize, drops_seen: Option<u64>, last_seq: Option<u64>) {
         let name = self.names[index].clone();
         let drops = |p: &Peers| p.receivers.get(&name).map_or(0, |r| r.backlogs_dropped);
         let now = drops(&self.peers.lock().unwrap_or_else(|e| e.into_inner()));
@@ -401,7 +412,7 @@ impl WholeTrees {
         let (peers, dir) = (self.peers.clone(), self.state_dir.clone());
         tokio::task::spawn_blocking(move || {
             let mut settled = false;
-            let done = |r: &mut PeerRecord| settled = settle(r, drops_seen);
+            let done = |r: &mut PeerRecord| settled = settle(r, drops_seen, last_seq);
             match update_peer(&peers, &dir, &name, done) {
                 Ok(()) if settled => info!(peer = %name, "this receiver has the whole tree"),
                 // A drop in between: the tree it sets off settles it.
@@ -422,16 +433,18 @@ fn dropped_since(drops_seen: Option<u64>, drops: u64) -> bool {
     drops_seen.is_some_and(|seen| seen != drops)
 }
 
-/// A whole tree is acknowledged whose first run read the deletions
-/// receiver `r` missed, `drops_seen` backlog drops in: it needs no whole
-/// tree now, and they are owed no more (every path recorded came with a
-/// drop, so with none since, the tree read them all). With a drop since
-/// (returns false), nothing is settled.
-fn settle(r: &mut PeerRecord, drops_seen: Option<u64>) -> bool {
+/// A whole tree ending with `last_seq` is acknowledged whose first run
+/// read the deletions receiver `r` missed, `drops_seen` backlog drops in:
+/// it needs no whole tree now, and they are owed no more (every path
+/// recorded came with a drop, so with none since, the tree read them all);
+/// where the tree ended is kept ([`PeerRecord::tree_through`]). With a
+/// drop since (returns false), nothing is settled.
+fn settle(r: &mut PeerRecord, drops_seen: Option<u64>, last_seq: Option<u64>) -> bool {
     if dropped_since(drops_seen, r.backlogs_dropped) {
         return false;
     }
     r.whole_tree = false;
+    r.tree_through = r.tree_through.max(last_seq.unwrap_or(0));
     if drops_seen.is_some() {
         r.missed_deletions.clear();
     }
@@ -522,6 +535,18 @@ mod tests {
         w.acked(Some(1), 4);
         assert!(w.last.contains_key(&1), "not up to its last bundle");
         w.acked(Some(1), 5);
+        assert!(w.last.is_empty());
+    }
+
+    /// Its receiver may acknowledge a tree's last bundle before the
+    /// tree's last run is recorded as packed: that ends it too.
+    #[tokio::test]
+    async fn a_tree_acknowledged_before_its_last_run_is_recorded_is_done_with_it() {
+        let (mut w, _, _dir) = trees(&["r0", "r1"]);
+        w.need(1, &fresh("new", false));
+        w.next(all).unwrap();
+        w.acked(Some(1), 5);
+        run(&mut w, None, false, Some(5));
         assert!(w.last.is_empty());
     }
 
@@ -728,9 +753,10 @@ mod tests {
         r.backlog_dropped(owed(&["c"]));
         r.backlog_dropped(owed(&["d"]));
         let was = r.clone();
-        assert!(!settle(&mut r, Some(1)));
+        assert!(!settle(&mut r, Some(1), Some(9)));
         assert_eq!(r, was);
-        assert!(settle(&mut r, Some(2)));
+        assert!(settle(&mut r, Some(2), Some(9)));
+        assert_eq!(r.tree_through, 9);
         assert!(!r.whole_tree && r.missed_deletions.is_empty());
     }
 

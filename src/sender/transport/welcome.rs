@@ -13,7 +13,9 @@ use super::connect::Welcome;
 use super::exchange::{describe, next_bundle};
 use super::handoff::{TransportEvent, record_peer, release};
 use super::{Link, Lost};
-use crate::peers::{Known, TreeNeed, must_skip, plan_welcome, restored_from_backup};
+use crate::peers::{
+    Known, TreeNeed, gone_from_outbox, must_skip, plan_welcome, restored_from_backup,
+};
 use crate::proto::Connection;
 use crate::proto::connection::Stream;
 use crate::sender::outbox::{Outbox, Presence};
@@ -39,7 +41,7 @@ impl Link {
             // Rewound before reading what left the outbox: from here on,
             // none of what it lost can leave, so what is read is final.
             self.outbox.rewind(self.index, s.last_applied);
-            known.everyone = known.everyone.max(self.outbox.left());
+            known.everyone = self.gone_from_outbox_now();
         }
         let plan = plan_welcome(said, known);
         // Any bundle it has numbers for but was never sent is covered by
@@ -75,6 +77,13 @@ impl Link {
         // release_upto; bundles in between are covered by the whole tree
         // recorded above).
         let done = self.outbox.ack(self.index, plan.skip_upto);
+        if plan.release_upto > 0 {
+            // An acknowledgement lost with the last session: it may end
+            // its whole tree (not `skip_upto`, which may cover numbers it
+            // was never sent).
+            let (index, seq) = (self.index, plan.release_upto);
+            let _ = self.events.send(TransportEvent::AckedBy { index, seq });
+        }
         release(done, &self.events, &self.ledger).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
         // for it meanwhile (it would never be acknowledged).
@@ -107,6 +116,8 @@ impl Link {
     /// What the sender knows of its receiver as a `Welcome` arrives.
     fn known(&self) -> Known {
         let (sent, acked, applied) = self.outbox.position(self.index);
+        // Before the peers lock below: it takes that lock too.
+        let everyone = self.gone_from_outbox_now();
         let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let rec = p.receivers.get(&self.receiver);
         Known {
@@ -116,14 +127,7 @@ impl Link {
             // found, and what it lost is judged by its own checks
             // (`base_lost`), not against what was uploaded.
             applied: if self.bucket.is_some() { 0 } else { applied },
-            // What the ledger recorded as left, or what left since and is
-            // on its way to it.
-            everyone: self
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .acked_seq()
-                .max(self.outbox.left()),
+            everyone,
             instance: rec.and_then(|r| {
                 data_encoding::HEXLOWER
                     .decode(r.instance.as_bytes())
@@ -135,6 +139,27 @@ impl Link {
             base_lost: false,
             backlog_dropped: false,
         }
+    }
+
+    /// Up to what sequence bundles may be gone from the outbox for this
+    /// receiver ([`Known::everyone`]): what the ledger recorded as left,
+    /// what left since and is on its way there, and the last whole tree
+    /// it acknowledged unless the outbox still holds it (a restart
+    /// emptied it).
+    fn gone_from_outbox_now(&self) -> u64 {
+        let left = self
+            .ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acked_seq()
+            .max(self.outbox.left());
+        let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = p
+            .receivers
+            .get(&self.receiver)
+            .map_or(0, |r| r.tree_through);
+        drop(p);
+        gone_from_outbox(left, (tree, self.outbox.holds(tree)))
     }
 
     /// Record durably the receiver's `instance`, whether it needs the
