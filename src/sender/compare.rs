@@ -83,6 +83,9 @@ async fn tell(v: &Verifier, i: usize, to: u64) {
     let cleared = tokio::task::spawn_blocking(move || {
         update_peer(&peers, &dir, &name, |r| {
             r.compare = r.compare.filter(|c| *c != to);
+            // In step with the source from `to` on: a whole tree it had
+            // after that is not missing there (`PeerRecord::tree_through`).
+            r.tree_through = r.tree_through.min(to);
         })
     })
     .await;

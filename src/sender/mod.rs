@@ -136,6 +136,10 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
     let (repair_tx, mut repair_rx) = mpsc::channel(4);
     let (mut s, mut transport_rx, transport_tasks) =
         Sender::start(cfg, stores, source, &shutdown, repair_tx)?;
+    // Closed however this ends, even if this future is dropped unfinished
+    // (its runtime shut down): a packing thread waiting for room would
+    // otherwise wait for good, and hold up that shutdown.
+    let _closes = CloseOnDrop(s.outbox.clone());
     // Catch-up: compare the tree with what the receiver acknowledged; with
     // empty state everything is new, so the first bundles bring an empty
     // receiver up to date. The watch is already running, so nothing written
@@ -178,6 +182,15 @@ pub async fn run(cfg: SenderConfig, shutdown: CancellationToken) -> anyhow::Resu
         let _ = t.await;
     }
     Ok(())
+}
+
+/// Closes the outbox when dropped.
+struct CloseOnDrop(Arc<Outbox>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 /// The sentinel's first look at the source path at start.

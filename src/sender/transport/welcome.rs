@@ -147,12 +147,13 @@ impl Link {
     /// it acknowledged unless the outbox still holds it (a restart
     /// emptied it).
     fn gone_from_outbox_now(&self) -> u64 {
-        let left = self
+        // One lock at a time.
+        let recorded = self
             .ledger
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .acked_seq()
-            .max(self.outbox.left());
+            .acked_seq();
+        let left = recorded.max(self.outbox.left());
         let p = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         let tree = p
             .receivers
