@@ -109,6 +109,61 @@ async fn a_rebuilt_receiver_gets_the_whole_tree() {
     r.stop().await;
 }
 
+/// Two receivers, the first at `env`'s root and the second (with
+/// `second_extra` in its table) under `second/`, and a sender (with
+/// `sender_extra`) to both, once both have the source's tree.
+struct Two {
+    first: String,
+    first_addr: SocketAddr,
+    r1: Role,
+    second: String,
+    r2: Role,
+    /// The sender's table, and its config file for `shipper status`.
+    toml: String,
+    config: std::path::PathBuf,
+    s: Role,
+    root2: std::path::PathBuf,
+}
+
+async fn two_receivers_in_step(env: &Env, second_extra: &str, sender_extra: &str) -> Two {
+    let first = env.receiver_toml(&free_addr().to_string(), "");
+    let r1 = env.start_receiver_from(&first).await;
+    let second = receiver_at("second", free_addr()) + second_extra;
+    let r2 = env.start_receiver_from(&second).await;
+    let toml = env.sender_toml_to(&[r1.addr, r2.addr], sender_extra);
+    let config = env.config_file("both.toml", &toml);
+    let s = env.start_sender_from(r1.addr, &toml);
+    let root2 = env.path().join("second/www");
+    wait_until("both have the tree", || {
+        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
+    })
+    .await;
+    Two {
+        first,
+        first_addr: r1.addr,
+        r1,
+        second,
+        r2,
+        toml,
+        config,
+        s,
+        root2,
+    }
+}
+
+/// The highest sequence the second receiver archived: the last bundle it
+/// applied.
+fn newest_archived_by_the_second(env: &Env) -> u64 {
+    std::fs::read_dir(env.path().join("second/archive"))
+        .unwrap()
+        .filter_map(|e| {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            shipper::receiver::parse_archive_name(&name).map(|(_, seq)| seq)
+        })
+        .max()
+        .expect("bundles archived")
+}
+
 /// A web server rebuilt while another was away got its whole tree, but
 /// status said it was still being sent one (and `receivers.json` kept it
 /// marked, so a restart sent it again) until the other came back: the
@@ -120,17 +175,16 @@ async fn a_whole_tree_is_done_when_its_receiver_has_it_though_another_is_away() 
     for (p, c) in files(20) {
         env.write(&p, c);
     }
-    let first = env.receiver_toml(&free_addr().to_string(), "");
-    let r1 = env.start_receiver_from(&first).await;
-    let second = receiver_at("second", free_addr());
-    let r2 = env.start_receiver_from(&second).await;
-    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "");
-    let s = env.start_sender_from(r1.addr, &toml);
-    let root2 = env.path().join("second/www");
-    wait_until("both have the tree", || {
-        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
-    })
-    .await;
+    let Two {
+        first,
+        r1,
+        second,
+        r2,
+        config,
+        s,
+        root2,
+        ..
+    } = two_receivers_in_step(&env, "", "").await;
     // The first goes away and a change waits for it in the outbox.
     r1.stop().await;
     env.write("later.html", "while the first is away");
@@ -144,7 +198,6 @@ async fn a_whole_tree_is_done_when_its_receiver_has_it_though_another_is_away() 
         tree(&root2) == tree(&env.src())
     })
     .await;
-    let config = env.config_file("both.toml", &toml);
     wait_status(&config, "its whole tree done, the first still away", |v| {
         v["receivers"][1]["whole_tree_pending"] == false && v["receivers"][0]["connected"] == false
     })
@@ -215,34 +268,25 @@ async fn a_receiver_restored_to_the_middle_of_a_whole_tree_after_a_restart_gets_
     }
     let hooks = env.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
-    let first = env.receiver_toml(&free_addr().to_string(), "");
-    let r1 = env.start_receiver_from(&first).await;
-    let first_addr = r1.addr;
-    let second = receiver_at("second", free_addr()) + &pause_once_hook(&hooks);
-    let r2 = env.start_receiver_from(&second).await;
-    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "max_files_per_bundle = 2\n");
-    let config = env.config_file("both.toml", &toml);
-    let s = env.start_sender_from(first_addr, &toml);
-    let root2 = env.path().join("second/www");
-    wait_until("both have the tree", || {
-        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
-    })
-    .await;
+    let hook = pause_once_hook(&hooks);
+    let Two {
+        first,
+        first_addr,
+        r1,
+        second,
+        r2,
+        toml,
+        config,
+        s,
+        root2,
+    } = two_receivers_in_step(&env, &hook, "max_files_per_bundle = 2\n").await;
     // The first goes away; a change waits for it in the outbox.
     r1.stop().await;
     env.write("later.html", "while the first is away");
     wait_until("the second has it", || root2.join("later.html").exists()).await;
     // Acknowledged, so that it is not sent again to the rebuilt receiver
     // (held there instead of the whole tree's first bundle).
-    let archive = env.path().join("second/archive");
-    let newest = std::fs::read_dir(&archive)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            shipper::receiver::parse_archive_name(&name).map(|(_, seq)| seq)
-        })
-        .max()
-        .expect("bundles archived");
+    let newest = newest_archived_by_the_second(&env);
     wait_status(&config, "the second acknowledged it", |v| {
         v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
     })
@@ -325,17 +369,16 @@ async fn restore_a_receiver_from_a_backup(first_away: bool) -> (Env, u64) {
         env.write(&format!("pages/p{i:03}.html"), page(i));
     }
     env.write("old.html", "deleted after the backup");
-    let first = env.receiver_toml(&free_addr().to_string(), "");
-    let r1 = env.start_receiver_from(&first).await;
-    let second = receiver_at("second", free_addr());
-    let r2 = env.start_receiver_from(&second).await;
-    let toml = env.sender_toml_to(&[r1.addr, r2.addr], "");
-    let s = env.start_sender_from(r1.addr, &toml);
-    let root2 = env.path().join("second/www");
-    wait_until("both have the tree", || {
-        tree(&root2) == tree(&env.src()) && tree(&env.root()) == tree(&env.src())
-    })
-    .await;
+    let Two {
+        first,
+        r1,
+        second,
+        r2,
+        config,
+        s,
+        root2,
+        ..
+    } = two_receivers_in_step(&env, "", "").await;
 
     // The second's backup.
     r2.stop().await;
@@ -358,16 +401,7 @@ async fn restore_a_receiver_from_a_backup(first_away: bool) -> (Env, u64) {
     // Acknowledged, not only applied: else the sender simply sends again
     // what it never heard back about. Acknowledged by both, they leave the
     // outbox.
-    let archive = env.path().join("second/archive");
-    let newest = std::fs::read_dir(&archive)
-        .unwrap()
-        .filter_map(|e| {
-            let name = e.unwrap().file_name().into_string().unwrap();
-            shipper::receiver::parse_archive_name(&name).map(|(_, seq)| seq)
-        })
-        .max()
-        .expect("bundles archived");
-    let config = env.config_file("both.toml", &toml);
+    let newest = newest_archived_by_the_second(&env);
     let acked = |v: &serde_json::Value, r: usize| {
         v["receivers"][r]["last_ack_seq"].as_u64() >= Some(newest)
     };
