@@ -14,7 +14,8 @@
 //! back (`shipper rollback`) says so instead, and gets its root compared
 //! with the source and repaired, remembered there too until done; so are
 //! the deletions a receiver missed when its backlog was dropped
-//! ([`PeerRecord::backlog_dropped`]). [`plan_welcome`] and that are pure;
+//! ([`PeerRecord::backlog_dropped`]). [`plan_welcome`], what it is made
+//! of ([`restored_from_backup`], [`gone_from_outbox`]) and that are pure;
 //! [`Peers::load`] and [`Peers::save`] are the only I/O (blocking).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -156,6 +157,14 @@ pub struct Known {
     pub backlog_dropped: bool,
 }
 
+impl Known {
+    /// Whether a receiver saying `instance` has state other than the one
+    /// last recorded (rebuilt or wiped); never for one not seen before.
+    fn new_state(&self, instance: [u8; 16]) -> bool {
+        self.instance.is_some_and(|i| i != instance)
+    }
+}
+
 /// Why a receiver needs the whole tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeNeed {
@@ -240,7 +249,7 @@ pub fn plan_welcome(
     if k.backlog_dropped {
         whole_tree = Some(TreeNeed::backlog_dropped());
     }
-    let new_state = k.instance.is_some_and(|i| i != instance);
+    let new_state = k.new_state(instance);
     if new_state {
         whole_tree = Some(TreeNeed::new(
             "its state is new (a rebuilt or wiped receiver)".to_owned(),
@@ -300,8 +309,7 @@ pub fn restored_from_backup(
     (last_applied, instance, rolled): (u64, [u8; 16], Option<Rolled>),
     k: &Known,
 ) -> bool {
-    let new_state = k.instance.is_some_and(|i| i != instance);
-    !new_state && last_applied < k.applied && rolled.is_none()
+    !k.new_state(instance) && last_applied < k.applied && rolled.is_none()
 }
 
 /// Whether bundle `seq` must not go to a receiver that said it applied up

@@ -1,10 +1,9 @@
 //! The outbox: bundles packed and not yet acknowledged by every receiver
 //! (and the last that left it), what each receiver has been sent,
-//! acknowledged, skipped or refused, and
-//! what it said it applied (apart: a receiver restored from a backup says
-//! less, and is sent again what is still here); and the budget that keeps
-//! a receiver that is away from filling the disk, with the deletions a
-//! drop would keep from it.
+//! acknowledged, skipped or refused, and what it said it applied (apart:
+//! a receiver restored from a backup says less, and is sent again what is
+//! still here); and the budget that keeps a receiver that is away from
+//! filling the disk, with the deletions a drop would keep from it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -111,17 +111,18 @@ async fn a_rebuilt_receiver_gets_the_whole_tree() {
 
 /// Two receivers, the first at `env`'s root and the second (with
 /// `second_extra` in its table) under `second/`, and a sender (with
-/// `sender_extra`) to both, once both have the source's tree.
+/// `sender_extra`) to both, once both have the source's tree. Each is
+/// `None` while stopped.
 struct Two {
     first: String,
     first_addr: SocketAddr,
-    r1: Role,
+    r1: Option<Role>,
     second: String,
-    r2: Role,
+    r2: Option<Role>,
     /// The sender's table, and its config file for `shipper status`.
     toml: String,
     config: std::path::PathBuf,
-    s: Role,
+    s: Option<Role>,
     root2: std::path::PathBuf,
 }
 
@@ -141,13 +142,62 @@ async fn two_receivers_in_step(env: &Env, second_extra: &str, sender_extra: &str
     Two {
         first,
         first_addr: r1.addr,
-        r1,
+        r1: Some(r1),
         second,
-        r2,
+        r2: Some(r2),
         toml,
         config,
-        s,
+        s: Some(s),
         root2,
+    }
+}
+
+impl Two {
+    /// The first goes away, and a change (`later.html`) waits for it in
+    /// the outbox once the second has it.
+    async fn first_away_with_a_change(&mut self, env: &Env) {
+        self.r1.take().expect("the first runs").stop().await;
+        env.write("later.html", "while the first is away");
+        let later = self.root2.join("later.html");
+        wait_until("the second has it", || later.exists()).await;
+    }
+
+    /// Stop the second, do `meanwhile` with its directory, start it again.
+    async fn restart_second(&mut self, env: &Env, meanwhile: impl FnOnce(&std::path::Path)) {
+        self.r2.take().expect("the second runs").stop().await;
+        meanwhile(&env.path().join("second"));
+        self.r2 = Some(env.start_receiver_from(&self.second).await);
+    }
+
+    /// The second has the source's tree, and its whole tree is done (not
+    /// pending in status) while the first is still away.
+    async fn second_has_its_whole_tree_with_the_first_away(&self, env: &Env) {
+        wait_until("the second has the tree", || {
+            tree(&self.root2) == tree(&env.src())
+        })
+        .await;
+        wait_status(
+            &self.config,
+            "its whole tree done, the first still away",
+            |v| {
+                v["receivers"][1]["whole_tree_pending"] == false
+                    && v["receivers"][0]["connected"] == false
+            },
+        )
+        .await;
+    }
+
+    /// The first back if it was away, both in step with the source, then
+    /// everything stopped.
+    async fn end_in_step(mut self, env: &Env) {
+        let r1 = match self.r1.take() {
+            Some(r1) => r1,
+            None => env.start_receiver_from(&self.first).await,
+        };
+        wait_in_sync(env).await;
+        for r in [self.s, Some(r1), self.r2].into_iter().flatten() {
+            r.stop().await;
+        }
     }
 }
 
@@ -175,38 +225,14 @@ async fn a_whole_tree_is_done_when_its_receiver_has_it_though_another_is_away() 
     for (p, c) in files(20) {
         env.write(&p, c);
     }
-    let Two {
-        first,
-        r1,
-        second,
-        r2,
-        config,
-        s,
-        root2,
-        ..
-    } = two_receivers_in_step(&env, "", "").await;
-    // The first goes away and a change waits for it in the outbox.
-    r1.stop().await;
-    env.write("later.html", "while the first is away");
-    wait_until("the second has it", || root2.join("later.html").exists()).await;
+    let mut t = two_receivers_in_step(&env, "", "").await;
+    t.first_away_with_a_change(&env).await;
     // The second is rebuilt empty: it needs the whole tree.
-    r2.stop().await;
-    std::fs::remove_dir_all(env.path().join("second")).unwrap();
-    let r2 = env.start_receiver_from(&second).await;
+    t.restart_second(&env, |dir| std::fs::remove_dir_all(dir).unwrap())
+        .await;
     // Only a whole tree brings it the pages written before.
-    wait_until("the rebuilt receiver has the tree", || {
-        tree(&root2) == tree(&env.src())
-    })
-    .await;
-    wait_status(&config, "its whole tree done, the first still away", |v| {
-        v["receivers"][1]["whole_tree_pending"] == false && v["receivers"][0]["connected"] == false
-    })
-    .await;
-    let r1 = env.start_receiver_from(&first).await;
-    wait_in_sync(&env).await;
-    s.stop().await;
-    r1.stop().await;
-    r2.stop().await;
+    t.second_has_its_whole_tree_with_the_first_away(&env).await;
+    t.end_in_step(&env).await;
 }
 
 /// Copy a receiver's directory `from` to `to` as `cp -a` does (a backup,
@@ -269,35 +295,23 @@ async fn a_receiver_restored_to_the_middle_of_a_whole_tree_after_a_restart_gets_
     let hooks = env.path().join("hooks");
     std::fs::create_dir(&hooks).unwrap();
     let hook = pause_once_hook(&hooks);
-    let Two {
-        first,
-        first_addr,
-        r1,
-        second,
-        r2,
-        toml,
-        config,
-        s,
-        root2,
-    } = two_receivers_in_step(&env, &hook, "max_files_per_bundle = 2\n").await;
-    // The first goes away; a change waits for it in the outbox.
-    r1.stop().await;
-    env.write("later.html", "while the first is away");
-    wait_until("the second has it", || root2.join("later.html").exists()).await;
+    let mut t = two_receivers_in_step(&env, &hook, "max_files_per_bundle = 2\n").await;
+    t.first_away_with_a_change(&env).await;
     // Acknowledged, so that it is not sent again to the rebuilt receiver
     // (held there instead of the whole tree's first bundle).
     let newest = newest_archived_by_the_second(&env);
-    wait_status(&config, "the second acknowledged it", |v| {
+    wait_status(&t.config, "the second acknowledged it", |v| {
         v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
     })
     .await;
 
     // The second is rebuilt empty and gets the whole tree, held once in
     // its middle for a backup.
-    r2.stop().await;
-    std::fs::remove_dir_all(env.path().join("second")).unwrap();
-    std::fs::write(hooks.join("arm"), "").unwrap();
-    let r2 = env.start_receiver_from(&second).await;
+    t.restart_second(&env, |dir| {
+        std::fs::remove_dir_all(dir).unwrap();
+        std::fs::write(hooks.join("arm"), "").unwrap();
+    })
+    .await;
     wait_until("the second paused in its whole tree", || {
         hooks.join("paused").exists()
     })
@@ -314,32 +328,18 @@ async fn a_receiver_restored_to_the_middle_of_a_whole_tree_after_a_restart_gets_
     );
     assert_ne!(backed, tree(&env.src()), "taken after it ended");
     std::fs::write(hooks.join("gate"), "").unwrap();
-    wait_until("the second has the tree", || {
-        tree(&root2) == tree(&env.src())
-    })
-    .await;
-    wait_status(&config, "its whole tree done, the first still away", |v| {
-        v["receivers"][1]["whole_tree_pending"] == false && v["receivers"][0]["connected"] == false
-    })
-    .await;
+    t.second_has_its_whole_tree_with_the_first_away(&env).await;
 
     // The sender restarts (its outbox emptied), and the second comes back
     // from the backup.
-    s.stop().await;
-    r2.stop().await;
-    std::fs::remove_dir_all(env.path().join("second")).unwrap();
-    back_up(&backup, &env.path().join("second"));
-    let r2 = env.start_receiver_from(&second).await;
-    let s = env.start_sender_from(first_addr, &toml);
+    t.s.take().expect("the sender runs").stop().await;
+    t.restart_second(&env, |dir| back_up(&backup, dir)).await;
+    t.s = Some(env.start_sender_from(t.first_addr, &t.toml));
     wait_until("the restored receiver has the tree again", || {
-        tree(&root2) == tree(&env.src())
+        tree(&t.root2) == tree(&env.src())
     })
     .await;
-    let r1 = env.start_receiver_from(&first).await;
-    wait_in_sync(&env).await;
-    s.stop().await;
-    r1.stop().await;
-    r2.stop().await;
+    t.end_in_step(&env).await;
 }
 
 /// Pages the restored receiver's scenario starts with (4 KiB each): a
@@ -369,33 +369,18 @@ async fn restore_a_receiver_from_a_backup(first_away: bool) -> (Env, u64) {
         env.write(&format!("pages/p{i:03}.html"), page(i));
     }
     env.write("old.html", "deleted after the backup");
-    let Two {
-        first,
-        r1,
-        second,
-        r2,
-        config,
-        s,
-        root2,
-        ..
-    } = two_receivers_in_step(&env, "", "").await;
+    let mut t = two_receivers_in_step(&env, "", "").await;
 
     // The second's backup.
-    r2.stop().await;
     let backup = env.path().join("backup");
-    back_up(&env.path().join("second"), &backup);
-    let r2 = env.start_receiver_from(&second).await;
-    let r1 = match first_away {
-        true => {
-            r1.stop().await;
-            None
-        }
-        false => Some(r1),
-    };
+    t.restart_second(&env, |dir| back_up(dir, &backup)).await;
+    if first_away {
+        t.r1.take().expect("the first runs").stop().await;
+    }
     std::fs::remove_file(env.src().join("old.html")).unwrap();
     env.write("new.html", "written after the backup");
     wait_until("the second has the changes", || {
-        tree(&root2) == tree(&env.src())
+        tree(&t.root2) == tree(&env.src())
     })
     .await;
     // Acknowledged, not only applied: else the sender simply sends again
@@ -405,36 +390,29 @@ async fn restore_a_receiver_from_a_backup(first_away: bool) -> (Env, u64) {
     let acked = |v: &serde_json::Value, r: usize| {
         v["receivers"][r]["last_ack_seq"].as_u64() >= Some(newest)
     };
-    let v = wait_status(&config, "acknowledged", |v| {
+    let v = wait_status(&t.config, "acknowledged", |v| {
         acked(v, 1) && (first_away || acked(v, 0))
     })
     .await;
     let before = v["receivers"][1]["bytes_shipped"].as_u64().unwrap();
 
-    r2.stop().await;
-    std::fs::remove_dir_all(env.path().join("second")).unwrap();
-    back_up(&backup, &env.path().join("second"));
-    assert!(root2.join("old.html").exists(), "restored as it was");
-    assert!(!root2.join("new.html").exists(), "restored as it was");
-    let r2 = env.start_receiver_from(&second).await;
-    wait_until("the restored receiver has the new page", || {
-        root2.join("new.html").exists()
+    t.restart_second(&env, |dir| {
+        back_up(&backup, dir);
+        assert!(dir.join("www/old.html").exists(), "restored as it was");
+        assert!(!dir.join("www/new.html").exists(), "restored as it was");
     })
     .await;
-    let v = wait_status(&config, "the restored receiver is up to date", |v| {
+    wait_until("the restored receiver has the new page", || {
+        t.root2.join("new.html").exists()
+    })
+    .await;
+    let v = wait_status(&t.config, "the restored receiver is up to date", |v| {
         v["receivers"][1]["whole_tree_pending"] == false
             && v["receivers"][1]["last_ack_seq"].as_u64() >= Some(newest)
     })
     .await;
     let after = v["receivers"][1]["bytes_shipped"].as_u64().unwrap();
-    let r1 = match r1 {
-        Some(r1) => r1,
-        None => env.start_receiver_from(&first).await,
-    };
-    wait_in_sync(&env).await;
-    s.stop().await;
-    r1.stop().await;
-    r2.stop().await;
+    t.end_in_step(&env).await;
     (env, after - before)
 }
 

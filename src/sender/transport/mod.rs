@@ -379,10 +379,18 @@ impl Link {
             s.bundles_shipped += 1;
             s.bytes_shipped += b.size;
         });
-        let (index, seq) = (self.index, b.seq);
+        self.acknowledged(b.seq, b.seq).await;
+    }
+
+    /// The receiver applied this process's bundles up to `applied` (an
+    /// acknowledgement, or a `Welcome` confirming one lost), and the
+    /// outbox is done with it up to `done`: a whole tree it ends is done
+    /// (`AckedBy`), and bundles every receiver is done with leave.
+    async fn acknowledged(&self, applied: u64, done: u64) {
+        let (index, seq) = (self.index, applied);
         let _ = self.events.send(TransportEvent::AckedBy { index, seq });
         release(
-            self.outbox.ack(self.index, b.seq),
+            self.outbox.ack(self.index, done),
             &self.events,
             &self.ledger,
         )

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 
 use super::connect::Welcome;
 use super::exchange::{describe, next_bundle};
-use super::handoff::{TransportEvent, record_peer, release};
+use super::handoff::{TransportEvent, record_peer};
 use super::{Link, Lost};
 use crate::peers::{
     Known, TreeNeed, gone_from_outbox, must_skip, plan_welcome, restored_from_backup,
@@ -72,19 +72,12 @@ impl Link {
         // must not look restored.
         self.outbox.said_applied(self.index, s.last_applied);
         // What it applied before a lost acknowledgement counts as
-        // acknowledged, and what it has numbers for is never sent to it:
-        // both are done with up to what it applied (skip_upto covers
-        // release_upto; bundles in between are covered by the whole tree
-        // recorded above).
-        let done = self.outbox.ack(self.index, plan.skip_upto);
-        if plan.release_upto > 0 {
-            // An acknowledgement lost with the last session: it may end
-            // its whole tree (not `skip_upto`, which may cover numbers it
-            // was never sent).
-            let (index, seq) = (self.index, plan.release_upto);
-            let _ = self.events.send(TransportEvent::AckedBy { index, seq });
-        }
-        release(done, &self.events, &self.ledger).await;
+        // acknowledged (it may end its whole tree: `release_upto`, not
+        // `skip_upto`, which may cover numbers it was never sent), and
+        // what it has numbers for is never sent to it: both are done with
+        // up to what it applied (skip_upto covers release_upto; bundles in
+        // between are covered by the whole tree recorded above).
+        self.acknowledged(plan.release_upto, plan.skip_upto).await;
         // Held by a rollback, it takes no bundle: no whole tree is packed
         // for it meanwhile (it would never be acknowledged).
         let presence = match plan.held {
