@@ -102,6 +102,8 @@ class LoopFs:
 # receiver's machine would hold, never the sender's outbox. Set by
 # `sender_disk()`; unset, the sender's state_dir lives beside the rest.
 SENDER_DISK = None
+# The receiver's archive_keep (bench/floor.py also runs it at 0).
+ARCHIVE_KEEP = 2
 
 
 def sender_disk():
@@ -240,7 +242,7 @@ class Shipper:
         self.rcfg = os.path.join(work, "receiver.toml")
         with open(self.rcfg, "w") as f:
             f.write(f'[receiver]\nlisten = "{listen}"\nroot = "{self.root}"\nstate_dir = "{work}/state-r"\n'
-                    f'archive_dir = "{work}/archive"\narchive_keep = 2\nkey_dir = "{rk}"\nallowed_senders = ["{sfp}"]\n{receiver_extra}')
+                    f'archive_dir = "{work}/archive"\narchive_keep = {ARCHIVE_KEEP}\nkey_dir = "{rk}"\nallowed_senders = ["{sfp}"]\n{receiver_extra}')
         self.scfg = os.path.join(work, "sender.toml")
         with open(self.scfg, "w") as f:
             f.write(f'[sender]\nsource = "{src}"\nreceiver = "{connect}"\nstate_dir = "{sender_state(work)}"\n'
