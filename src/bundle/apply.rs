@@ -5,7 +5,8 @@
 //! and the zip (see [`super::verify`]), and every file's bytes are counted
 //! and hashed while they are unpacked (on every core) into a staging
 //! directory on root's filesystem but outside root; parts go to their set
-//! ([`super::part_sets`]) and a completed file is staged like the others.
+//! ([`super::part_sets`]) meanwhile, on a core of their own, and a
+//! completed file is staged like the others.
 //! Files made from root's own (kept, copied, rebuilt from a delta) are
 //! checked and staged first, so a bundle refused for what root lacks has
 //! stored nothing.
@@ -20,7 +21,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::error::{beneath_err, damaged, io_at};
 use super::kept::check_and_copy;
@@ -162,27 +163,31 @@ struct Staged {
 
 /// Unpack and check every whole file into `stage`, store every part in its
 /// set, stage each file a set completes, and drop the sets the sender
-/// abandoned.
+/// abandoned. The parts are stored while the whole files are unpacked, on
+/// another core: a bundle that carries both (a first ship's pages beside a
+/// video's parts) no longer unpacks its files and then, on one core, its
+/// parts. The first failure on either side stops the other at its next
+/// entry and refuses the bundle (a whole file's failure is the one
+/// reported when both fail).
 fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged, BundleError> {
+    let failed = AtomicBool::new(false);
+    let (zip, m) = (&mut b.zip, &b.manifest);
+    let (files, parts) = if m.parts.is_empty() {
+        (stage_files(target, zip, m, stage, &failed), Ok(Vec::new()))
+    } else {
+        let mut parts_zip = zip.clone();
+        rayon::join(
+            || stage_files(target, zip, m, stage, &failed),
+            || store_parts(target, &mut parts_zip, m, stage, &failed),
+        )
+    };
     let mut staged = Staged {
-        files: stage_files(target, b, stage)?,
+        files: files?,
         completed: Vec::new(),
     };
-    let (zip, m) = (&mut b.zip, &b.manifest);
-    let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
-    let hashes = PartHashes::of_format(m.format);
-    for (j, p) in m.parts.iter().enumerate() {
-        let name = p.entry_name();
-        let entry = zip.by_name(&name)?;
-        if let Some(data) = store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)?
-        {
-            let dest = stage.join(format!("p{j}"));
-            // Linked, not moved: until the file is published, a crash and a
-            // re-send must still find the assembled data.
-            link_or_copy(&data, &dest)?;
-            staged.files.push((p.path.clone(), dest));
-            staged.completed.push(p.set.clone());
-        }
+    for (path, dest, set) in parts? {
+        staged.files.push((path, dest));
+        staged.completed.push(set);
     }
     for set in &m.abandoned {
         drop_part_set(&target.parts, set);
@@ -195,29 +200,67 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
     Ok(staged)
 }
 
+/// Store the bundle's parts in their sets, in manifest order, and stage
+/// (as `p{j}`) the file each set it completes makes: its path in root,
+/// its staged copy, and the set. Stops at the next part once `failed` is
+/// set, and sets it on its own failure.
+fn store_parts(
+    target: &Target,
+    zip: &mut OpenedZip,
+    m: &Manifest,
+    stage: &Path,
+    failed: &AtomicBool,
+) -> Result<Vec<(String, PathBuf, String)>, BundleError> {
+    let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
+    let hashes = PartHashes::of_format(m.format);
+    let mut completed = Vec::new();
+    for (j, p) in m.parts.iter().enumerate() {
+        if failed.load(Ordering::Relaxed) {
+            break;
+        }
+        let mut store = || {
+            let entry = zip.by_name(&p.entry_name())?;
+            store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)
+        };
+        let data = match store().inspect_err(|_| failed.store(true, Ordering::Relaxed))? {
+            Some(data) => data,
+            None => continue,
+        };
+        let dest = stage.join(format!("p{j}"));
+        // Linked, not moved: until the file is published, a crash and a
+        // re-send must still find the assembled data.
+        link_or_copy(&data, &dest).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+        completed.push((p.path.clone(), dest, p.set.clone()));
+    }
+    Ok(completed)
+}
+
 /// Unpack and check the bundle's whole files into `stage` (the `i`th as
 /// `f{i}`), inflating, hashing and writing on every core: each worker
 /// reads the bundle through a clone of the opened zip (its directory
-/// parsed once, its place in the file its own) and takes every
-/// `workers`th file, so both walk the zip forwards. The first
-/// failure refuses the bundle. Returns each file's path in root with its
+/// parsed once, its place in the file its own) and takes the next file
+/// no worker has taken, so each walks the zip forwards and a worker that
+/// starts late (its core busy with the parts) takes fewer. The first
+/// failure, here or storing the parts, stops every worker at its next
+/// file and refuses the bundle. Returns each file's path in root with its
 /// staged copy, in manifest order.
 fn stage_files(
     target: &Target,
-    b: &mut Opened,
+    zip: &mut OpenedZip,
+    m: &Manifest,
     stage: &Path,
+    failed: &AtomicBool,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
-    let m = &b.manifest;
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
-    // Once one worker fails, the others stop at their next file.
-    let failed = AtomicBool::new(false);
-    let share = |zip: &mut OpenedZip, w: usize| {
-        let mut buf = unpack_buffer(m.files.iter().skip(w).step_by(workers).map(|f| f.size));
-        for i in (w..m.files.len()).step_by(workers) {
-            if failed.load(Ordering::Relaxed) {
+    let next = AtomicUsize::new(0);
+    let share = |zip: &mut OpenedZip| {
+        let mut buf = unpack_buffer(m.files.iter().map(|f| f.size));
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= m.files.len() || failed.load(Ordering::Relaxed) {
                 break;
             }
             let dest = stage.join(format!("f{i}"));
@@ -228,12 +271,12 @@ fn stage_files(
     };
     if workers == 1 {
         // A small bundle (the usual one): no thread is worth starting.
-        share(&mut b.zip, 0)?;
+        share(zip)?;
     } else {
-        let zip = &b.zip;
+        let zip = &*zip;
         (0..workers)
             .into_par_iter()
-            .try_for_each(|w| share(&mut zip.clone(), w))?;
+            .try_for_each(|_| share(&mut zip.clone()))?;
     }
     let staged = m.files.iter().enumerate();
     Ok(staged
@@ -644,6 +687,75 @@ mod tests {
             b"untouched"
         );
         assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
+    }
+
+    /// The parts are stored while the whole files are unpacked: a bundle
+    /// holding both (enough files for every worker, a file completed from
+    /// its parts) applies whole, and damage on either side refuses it with
+    /// root and staging as they were, whichever side finishes first.
+    #[test]
+    fn whole_files_and_parts_unpacked_together_apply_whole_or_not_at_all() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("pages")).unwrap();
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    rng as u8
+                })
+                .collect()
+        };
+        // Random bytes are stored, so each one's bytes stand in the zip.
+        let pages: Vec<Vec<u8>> = (0..4 * FILES_PER_WORKER).map(|_| noise(3000)).collect();
+        for (i, body) in pages.iter().enumerate() {
+            fs::write(src.join(format!("pages/{i:02}.html")), body).unwrap();
+        }
+        let big = noise(40_000);
+        fs::write(src.join("video.bin"), &big).unwrap();
+        let zip = pack_bundle(&src, t.path(), &[]);
+        let opened = open(&zip, &Limits::default()).unwrap();
+        assert!(
+            opened.manifest.parts.len() > 2,
+            "the video did not travel in parts"
+        );
+        assert_eq!(opened.manifest.files.len(), pages.len());
+        drop(opened);
+
+        let bytes = fs::read(&zip).unwrap();
+        let damaged = |name: &str, needle: &[u8]| {
+            let at = bytes
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .unwrap();
+            let mut copy = bytes.clone();
+            copy[at + needle.len() / 2] ^= 0x55;
+            let path = t.path().join(name);
+            fs::write(&path, copy).unwrap();
+            path
+        };
+        let last_page = &pages[pages.len() - 1][..64];
+        let last_part = &big[big.len() - 64..];
+        for (name, needle) in [("page.zip", last_page), ("part.zip", last_part)] {
+            let target = old_root(&t.path().join(name.replace('.', "-")));
+            let was = fault::snapshot(&target.root);
+            let bad = damaged(name, needle);
+            apply(&target, open(&bad, &Limits::default()).unwrap()).unwrap_err();
+            assert_eq!(fault::snapshot(&target.root), was, "{name} changed root");
+            assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0, "{name}");
+        }
+
+        let target = old_root(&t.path().join("whole"));
+        let applied = apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
+        assert_eq!(applied.published as usize, pages.len() + 1);
+        for (i, body) in pages.iter().enumerate() {
+            let got = fs::read(target.root.join(format!("pages/{i:02}.html"))).unwrap();
+            assert_eq!(&got, body, "page {i}");
+        }
+        assert_eq!(fs::read(target.root.join("video.bin")).unwrap(), big);
     }
 
     /// A completed part set was dropped before the publish was through: a
