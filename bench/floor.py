@@ -112,12 +112,15 @@ def table(title, out, peer):
     med = {k: statistics.median(r.dt for r in v) for k, v in out.items()}
     busy = {k: statistics.median(r.busy for r in v) for k, v in out.items()}
     lines = [f"**{title}**", "",
-             f"| tool | median s | runs s | machine busy, CPU s | / {peer} | shipper / this |",
-             "|---|---|---|---|---|---|"]
+             f"| tool | median s | runs s | machine busy, CPU s | / {peer} | shipper / this | shipper's bundles, MiB per run |",
+             "|---|---|---|---|---|---|---|"]
     for k, v in out.items():
         runs = ", ".join(f"{r.dt:.2f}" for r in v)
+        # Shipper's bytes say whether a run deflated its big bundle (row 1's
+        # two outcomes, BENCHMARKS.md) or stored it.
+        sent = ", ".join(f"{r.sent / 2**20:.0f}" for r in v if r.sent is not None) or "-"
         lines.append(f"| {k} | {med[k]:.2f} | {runs} | {busy[k]:.2f} | {med[k] / med[peer]:.2f} | "
-                     f"{med['shipper'] / med[k]:.2f} |")
+                     f"{med['shipper'] / med[k]:.2f} | {sent} |")
     return "\n".join(lines) + "\n"
 
 
