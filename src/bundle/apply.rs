@@ -5,8 +5,7 @@
 //! and the zip (see [`super::verify`]), and every file's bytes are counted
 //! and hashed while they are unpacked (on every core) into a staging
 //! directory on root's filesystem but outside root; parts go to their set
-//! ([`super::part_sets`]) meanwhile, on a core of their own, and a
-//! completed file is staged like the others.
+//! ([`super::part_sets`]) and a completed file is staged like the others.
 //! Files made from root's own (kept, copied, rebuilt from a delta) are
 //! checked and staged first, so a bundle refused for what root lacks has
 //! stored nothing.
@@ -21,7 +20,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::{beneath_err, damaged, io_at};
 use super::kept::check_and_copy;
@@ -163,31 +162,27 @@ struct Staged {
 
 /// Unpack and check every whole file into `stage`, store every part in its
 /// set, stage each file a set completes, and drop the sets the sender
-/// abandoned. The parts are stored while the whole files are unpacked, on
-/// another core: a bundle that carries both (a first ship's pages beside a
-/// video's parts) no longer unpacks its files and then, on one core, its
-/// parts. The first failure on either side stops the other at its next
-/// entry and refuses the bundle (a whole file's failure is the one
-/// reported when both fail).
+/// abandoned.
 fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged, BundleError> {
-    let failed = AtomicBool::new(false);
-    let (zip, m) = (&mut b.zip, &b.manifest);
-    let (files, parts) = if m.parts.is_empty() {
-        (stage_files(target, zip, m, stage, &failed), Ok(Vec::new()))
-    } else {
-        let mut parts_zip = zip.clone();
-        rayon::join(
-            || stage_files(target, zip, m, stage, &failed),
-            || store_parts(target, &mut parts_zip, m, stage, &failed),
-        )
-    };
     let mut staged = Staged {
-        files: files?,
+        files: stage_files(target, b, stage)?,
         completed: Vec::new(),
     };
-    for (path, dest, set) in parts? {
-        staged.files.push((path, dest));
-        staged.completed.push(set);
+    let (zip, m) = (&mut b.zip, &b.manifest);
+    let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
+    let hashes = PartHashes::of_format(m.format);
+    for (j, p) in m.parts.iter().enumerate() {
+        let name = p.entry_name();
+        let entry = zip.by_name(&name)?;
+        if let Some(data) = store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)?
+        {
+            let dest = stage.join(format!("p{j}"));
+            // Linked, not moved: until the file is published, a crash and a
+            // re-send must still find the assembled data.
+            link_or_copy(&data, &dest)?;
+            staged.files.push((p.path.clone(), dest));
+            staged.completed.push(p.set.clone());
+        }
     }
     for set in &m.abandoned {
         drop_part_set(&target.parts, set);
@@ -200,67 +195,29 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
     Ok(staged)
 }
 
-/// Store the bundle's parts in their sets, in manifest order, and stage
-/// (as `p{j}`) the file each set it completes makes: its path in root,
-/// its staged copy, and the set. Stops at the next part once `failed` is
-/// set, and sets it on its own failure.
-fn store_parts(
-    target: &Target,
-    zip: &mut OpenedZip,
-    m: &Manifest,
-    stage: &Path,
-    failed: &AtomicBool,
-) -> Result<Vec<(String, PathBuf, String)>, BundleError> {
-    let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
-    let hashes = PartHashes::of_format(m.format);
-    let mut completed = Vec::new();
-    for (j, p) in m.parts.iter().enumerate() {
-        if failed.load(Ordering::Relaxed) {
-            break;
-        }
-        let mut store = || {
-            let entry = zip.by_name(&p.entry_name())?;
-            store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)
-        };
-        let data = match store().inspect_err(|_| failed.store(true, Ordering::Relaxed))? {
-            Some(data) => data,
-            None => continue,
-        };
-        let dest = stage.join(format!("p{j}"));
-        // Linked, not moved: until the file is published, a crash and a
-        // re-send must still find the assembled data.
-        link_or_copy(&data, &dest).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
-        completed.push((p.path.clone(), dest, p.set.clone()));
-    }
-    Ok(completed)
-}
-
 /// Unpack and check the bundle's whole files into `stage` (the `i`th as
 /// `f{i}`), inflating, hashing and writing on every core: each worker
 /// reads the bundle through a clone of the opened zip (its directory
-/// parsed once, its place in the file its own) and takes the next file
-/// no worker has taken, so each walks the zip forwards and a worker that
-/// starts late (its core busy with the parts) takes fewer. The first
-/// failure, here or storing the parts, stops every worker at its next
-/// file and refuses the bundle. Returns each file's path in root with its
+/// parsed once, its place in the file its own) and takes every
+/// `workers`th file, so both walk the zip forwards. The first
+/// failure refuses the bundle. Returns each file's path in root with its
 /// staged copy, in manifest order.
 fn stage_files(
     target: &Target,
-    zip: &mut OpenedZip,
-    m: &Manifest,
+    b: &mut Opened,
     stage: &Path,
-    failed: &AtomicBool,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
+    let m = &b.manifest;
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
-    let next = AtomicUsize::new(0);
-    let share = |zip: &mut OpenedZip| {
-        let mut buf = unpack_buffer(m.files.iter().map(|f| f.size));
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            if i >= m.files.len() || failed.load(Ordering::Relaxed) {
+    // Once one worker fails, the others stop at their next file.
+    let failed = AtomicBool::new(false);
+    let share = |zip: &mut OpenedZip, w: usize| {
+        let mut buf = unpack_buffer(m.files.iter().skip(w).step_by(workers).map(|f| f.size));
+        for i in (w..m.files.len()).step_by(workers) {
+            if failed.load(Ordering::Relaxed) {
                 break;
             }
             let dest = stage.join(format!("f{i}"));
@@ -271,12 +228,12 @@ fn stage_files(
     };
     if workers == 1 {
         // A small bundle (the usual one): no thread is worth starting.
-        share(zip)?;
+        share(&mut b.zip, 0)?;
     } else {
-        let zip = &*zip;
+        let zip = &b.zip;
         (0..workers)
             .into_par_iter()
-            .try_for_each(|_| share(&mut zip.clone()))?;
+            .try_for_each(|w| share(&mut zip.clone(), w))?;
     }
     let staged = m.files.iter().enumerate();
     Ok(staged
@@ -689,14 +646,10 @@ mod tests {
         assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
     }
 
-    /// The parts are stored while the whole files are unpacked: a bundle
-    /// holding both (enough files for every worker, a file completed from
-    /// its parts) applies whole, and damage on either side refuses it with
-    /// root and staging as they were, whichever side finishes first.
-    #[test]
-    fn whole_files_and_parts_unpacked_together_apply_whole_or_not_at_all() {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
+    /// A bundle of whole files (enough for every worker) and of a file
+    /// in parts, written as `pack_bundle` does: the pages' bodies and the
+    /// video's bytes, random so that they are stored as they are.
+    fn pages_and_video(src: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
         fs::create_dir_all(src.join("pages")).unwrap();
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         let mut noise = |n: usize| -> Vec<u8> {
@@ -709,13 +662,33 @@ mod tests {
                 })
                 .collect()
         };
-        // Random bytes are stored, so each one's bytes stand in the zip.
         let pages: Vec<Vec<u8>> = (0..4 * FILES_PER_WORKER).map(|_| noise(3000)).collect();
         for (i, body) in pages.iter().enumerate() {
             fs::write(src.join(format!("pages/{i:02}.html")), body).unwrap();
         }
-        let big = noise(40_000);
-        fs::write(src.join("video.bin"), &big).unwrap();
+        let video = noise(40_000);
+        fs::write(src.join("video.bin"), &video).unwrap();
+        (pages, video)
+    }
+
+    /// The files under `dir` as long as `len`.
+    fn files_of_len(dir: &Path, len: usize) -> usize {
+        walkdir::WalkDir::new(dir)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.file_type().is_file() && e.metadata().unwrap().len() == len as u64)
+            .count()
+    }
+
+    /// A bundle of whole files and parts applies whole; damage to a page
+    /// or a part, first or last, refuses it with root and staging as they
+    /// were, and the bundle sent again then applies, its set gone once
+    /// published.
+    #[test]
+    fn a_bundle_of_files_and_parts_damaged_anywhere_is_refused_whole_and_applies_sent_again() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let (pages, video) = pages_and_video(&src);
         let zip = pack_bundle(&src, t.path(), &[]);
         let opened = open(&zip, &Limits::default()).unwrap();
         assert!(
@@ -737,25 +710,36 @@ mod tests {
             fs::write(&path, copy).unwrap();
             path
         };
-        let last_page = &pages[pages.len() - 1][..64];
-        let last_part = &big[big.len() - 64..];
-        for (name, needle) in [("page.zip", last_page), ("part.zip", last_part)] {
-            let target = old_root(&t.path().join(name.replace('.', "-")));
+        let last = pages.len() - 1;
+        for (name, needle) in [
+            ("first-page", &pages[0][..64]),
+            ("last-page", &pages[last][..64]),
+            ("first-part", &video[..64]),
+            ("last-part", &video[video.len() - 64..]),
+        ] {
+            let target = old_root(&t.path().join(name));
             let was = fault::snapshot(&target.root);
-            let bad = damaged(name, needle);
+            let bad = damaged(&format!("{name}.zip"), needle);
             apply(&target, open(&bad, &Limits::default()).unwrap()).unwrap_err();
             assert_eq!(fault::snapshot(&target.root), was, "{name} changed root");
             assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0, "{name}");
+            let applied = apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
+            assert_eq!(applied.published as usize, pages.len() + 1, "{name}");
+            for (i, body) in pages.iter().enumerate() {
+                let got = fs::read(target.root.join(format!("pages/{i:02}.html"))).unwrap();
+                assert_eq!(&got, body, "{name}: page {i}");
+            }
+            assert_eq!(
+                fs::read(target.root.join("video.bin")).unwrap(),
+                video,
+                "{name}"
+            );
+            assert_eq!(
+                files_of_len(&target.parts, video.len()),
+                0,
+                "{name}: set kept"
+            );
         }
-
-        let target = old_root(&t.path().join("whole"));
-        let applied = apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
-        assert_eq!(applied.published as usize, pages.len() + 1);
-        for (i, body) in pages.iter().enumerate() {
-            let got = fs::read(target.root.join(format!("pages/{i:02}.html"))).unwrap();
-            assert_eq!(&got, body, "page {i}");
-        }
-        assert_eq!(fs::read(target.root.join("video.bin")).unwrap(), big);
     }
 
     /// A completed part set was dropped before the publish was through: a
