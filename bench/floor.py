@@ -27,8 +27,8 @@ Each runs on bench.py's journaled loop filesystems beside shipper (as in
 bench.py's row 1: interval 1s, settle 250ms, archive_keep 2) and rsync, tools
 alternating, `--runs` runs each; a run's time is from the sender's start to
 the tree complete in root, polled as bench.py polls it, with the machine's
-busy CPU seconds meanwhile. Writes bench/FLOOR.md. About 2 minutes per run
-of both workloads.
+busy CPU seconds meanwhile. Writes bench/FLOOR.md. About 1.5 minutes per
+run of both workloads (5 at 3 runs).
 """
 import argparse, os, shutil, statistics, subprocess, sys, time
 from datetime import datetime, timezone
