@@ -651,22 +651,15 @@ mod tests {
     /// video's bytes, random so that they are stored as they are.
     fn pages_and_video(src: &Path) -> (Vec<Vec<u8>>, Vec<u8>) {
         fs::create_dir_all(src.join("pages")).unwrap();
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    rng ^= rng << 13;
-                    rng ^= rng >> 7;
-                    rng ^= rng << 17;
-                    rng as u8
-                })
-                .collect()
-        };
-        let pages: Vec<Vec<u8>> = (0..4 * FILES_PER_WORKER).map(|_| noise(3000)).collect();
+        // Seeds differ past their lowest bit, which noise() sets.
+        let noise = crate::bundle::noise;
+        let pages: Vec<Vec<u8>> = (0..4 * FILES_PER_WORKER as u64)
+            .map(|i| noise(3000, 2 * i))
+            .collect();
         for (i, body) in pages.iter().enumerate() {
             fs::write(src.join(format!("pages/{i:02}.html")), body).unwrap();
         }
-        let video = noise(40_000);
+        let video = noise(40_000, u64::MAX);
         fs::write(src.join("video.bin"), &video).unwrap();
         (pages, video)
     }

@@ -3,19 +3,8 @@
 //! stored and read back.
 
 use super::*;
+use crate::bundle::noise;
 use proptest::prelude::*;
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn chunks_of(data: &[u8]) -> Vec<Chunk> {
     let mut c = Chunker::default();

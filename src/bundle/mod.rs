@@ -75,3 +75,18 @@ mod zip_entry;
 
 pub use manifest::Manifest;
 pub use summary::Summary;
+
+/// Deterministic pseudo-random bytes for this module's tests: they do not
+/// compress, so a bundle stores them as they are.
+#[cfg(test)]
+pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
