@@ -472,7 +472,7 @@ impl Sender {
         match ev {
             TransportEvent::Acked { seq } => self.on_acked(seq),
             TransportEvent::AckedBy { index, seq } => {
-                self.cut.whole_trees.acked(Some(index), seq);
+                self.cut.whole_trees.acknowledged_by(index, seq);
             }
             TransportEvent::Refused {
                 index,
@@ -510,7 +510,7 @@ impl Sender {
     fn on_acked(&mut self, seq: u64) {
         // Read before the flushes drop what no waiting flush reports.
         let bytes = self.flushes.summary(seq).map(|s| s.bytes);
-        self.cut.whole_trees.acked(None, seq);
+        self.cut.whole_trees.left_outbox(seq);
         self.first_ship.acked(bytes);
         self.flushes.acked(seq, self.book.held());
     }

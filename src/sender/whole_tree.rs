@@ -373,18 +373,28 @@ impl WholeTrees {
         }
     }
 
-    /// Bundles up to `seq` were acknowledged by receiver `by` (`None`:
-    /// every receiver, they left the outbox): whole trees they end are
-    /// done. Its own acknowledgement is enough: a tree's bundles may wait
-    /// in the outbox behind one another receiver, away, has yet to take.
-    pub(super) fn acked(&mut self, by: Option<usize>, seq: u64) {
-        if let Some(i) = by {
-            self.acked_by[i] = self.acked_by[i].max(seq);
-        }
+    /// Receiver `by` acknowledged bundles up to `seq`: the whole tree it
+    /// was sent is done once they reach its last bundle. Its own
+    /// acknowledgement is enough: a tree's bundles may wait in the outbox
+    /// behind one another receiver, away, has yet to take.
+    pub(super) fn acknowledged_by(&mut self, by: usize, seq: u64) {
+        self.acked_by[by] = self.acked_by[by].max(seq);
+        self.ended(|index| index == by, seq);
+    }
+
+    /// Bundles up to `seq` left the outbox (every receiver took them):
+    /// every whole tree they reach the end of is done.
+    pub(super) fn left_outbox(&mut self, seq: u64) {
+        self.ended(|_| true, seq);
+    }
+
+    /// The whole trees of the receivers `whose` says whose last bundle is
+    /// at most `seq` are done.
+    fn ended(&mut self, whose: impl Fn(usize) -> bool, seq: u64) {
         let finished: Vec<usize> = self
             .last
             .iter()
-            .filter(|(i, t)| by.is_none_or(|by| by == **i) && seq >= t.last_seq)
+            .filter(|(i, t)| whose(**i) && seq >= t.last_seq)
             .map(|(i, _)| *i)
             .collect();
         for index in finished {
@@ -514,7 +524,7 @@ mod tests {
             Some(5),
             "the first run's bundle ends it"
         );
-        w.acked(None, 5);
+        w.left_outbox(5);
         assert!(w.last.is_empty());
     }
 
@@ -527,14 +537,14 @@ mod tests {
         w.need(1, &fresh("restored", false));
         assert_eq!(w.next(all).unwrap().index, 1);
         run(&mut w, None, false, Some(5));
-        w.acked(Some(0), 5);
+        w.acknowledged_by(0, 5);
         assert!(
             w.last.contains_key(&1),
             "another receiver's ack ends nothing"
         );
-        w.acked(Some(1), 4);
+        w.acknowledged_by(1, 4);
         assert!(w.last.contains_key(&1), "not up to its last bundle");
-        w.acked(Some(1), 5);
+        w.acknowledged_by(1, 5);
         assert!(w.last.is_empty());
     }
 
@@ -545,7 +555,7 @@ mod tests {
         let (mut w, _, _dir) = trees(&["r0", "r1"]);
         w.need(1, &fresh("new", false));
         w.next(all).unwrap();
-        w.acked(Some(1), 5);
+        w.acknowledged_by(1, 5);
         run(&mut w, None, false, Some(5));
         assert!(w.last.is_empty());
     }
@@ -593,7 +603,7 @@ mod tests {
         w.need(0, &begun(false));
         assert!(w.next(all).is_none());
         assert_eq!(w.last.get(&0).map(|t| t.last_seq), Some(9));
-        w.acked(None, 9);
+        w.left_outbox(9);
         assert!(w.last.is_empty());
     }
 
@@ -628,7 +638,7 @@ mod tests {
         w.next(all).unwrap();
         run(&mut w, None, false, Some(10));
         w.need(0, &fresh("its state is new", false));
-        w.acked(None, 10);
+        w.left_outbox(10);
         let t = w.next(all).expect("begun again");
         assert_eq!((t.index, t.after), (0, None));
         w.taken(None, false, None);
@@ -655,7 +665,7 @@ mod tests {
             !w.last.contains_key(&1),
             "the drop's own release ends nothing"
         );
-        w.acked(None, 6);
+        w.left_outbox(6);
         assert!(w.next(all).is_none());
         // Back, each gets one from its first file (the welcome's need).
         w.need(0, &TreeNeed::backlog_dropped());
@@ -734,7 +744,7 @@ mod tests {
         // Later runs read nothing again: the first one's count stays.
         run(&mut w, Some("z"), false, Some(6));
         assert_eq!(w.last[&0].drops_seen, Some(1));
-        w.acked(None, 6);
+        w.left_outbox(6);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while record().whole_tree {
             assert!(std::time::Instant::now() < deadline, "never recorded");
