@@ -146,7 +146,8 @@ def main():
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, on {os.cpu_count()} cores ({cpu}).",
         "The floors are bench/floor.rs: mutual TLS with shipper's rustls configuration, BLAKE3 of every "
         "file on both sides, each file staged on root's filesystem and renamed into root; `durable` adds "
-        "one syncfs before the renames and one after; `archive` writes the received stream once more beside "
+        "one syncfs before the renames and one after, each staged file handed to the disk 8 MiB at a time "
+        "as it is written (as shipper's receiver does); `archive` writes the received stream once more beside "
         "root as it arrives; `stored first` writes it there whole before unpacking it, as shipper's receiver "
         "keeps a bundle before applying it; `spilled` has the sender write it whole to its own disk before "
         "sending it, as shipper packs into its outbox. Nothing else: no zip, manifest, deflate, outbox, state or bundles. Shipper runs as in "
