@@ -15,8 +15,8 @@
 //!   the disk: one `syncfs` of root's filesystem before the renames and one
 //!   after them, the fewest a design can do, as every file is staged before
 //!   any is published; each staged file is handed to the disk 8 MiB at a
-//!   time as it is written, as shipper's receiver does, so the first sync
-//!   finds most of it written;
+//!   time as it is written, by shipper's own `durable::Writeback` as its
+//!   receiver does, so the first sync finds most of it written;
 //! - with `--archive DIR`, the receiver writes the stream it received once
 //!   more, under `DIR`, as a receiver with `archive_keep > 0` keeps each
 //!   bundle (on root's filesystem, so `--durable`'s syncs write it too).
@@ -54,6 +54,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 use anyhow::{Context, bail, ensure};
+use shipper::durable::Writeback;
 use shipper::tls::{Fingerprint, client_config, load_identity, server_config, server_name};
 
 /// Bytes handed between a side's two threads at a time, as shipper's body
@@ -61,10 +62,6 @@ use shipper::tls::{Fingerprint, client_config, load_identity, server_config, ser
 const CHUNK: usize = 1 << 20;
 /// Buffers in flight between the two threads.
 const IN_FLIGHT: usize = 4;
-/// With `--durable`: a staged file is handed to the disk this many bytes at
-/// a time, as shipper's receiver hands what it unpacks (WRITEBACK_EVERY in
-/// src/bundle/unpack.rs).
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -404,10 +401,10 @@ fn publish(
         let mut file = File::create(&tmp).with_context(|| format!("{}", tmp.display()))?;
         let mut hasher = blake3::Hasher::new();
         let mut left = size;
-        // Durable: hand what is written to the disk 8 MiB at a time, as
+        // Durable: hand what is written to the disk a stride at a time, as
         // shipper's receiver does, so the syncfs waits for little more than
         // the last stride.
-        let mut handed = 0u64;
+        let mut writeback = Writeback::default();
         while left > 0 {
             let got = stream.next(usize::try_from(left).unwrap_or(usize::MAX))?;
             ensure!(
@@ -419,10 +416,8 @@ fn publish(
             file.write_all(got)
                 .with_context(|| format!("{}", tmp.display()))?;
             left -= got.len() as u64;
-            let written = size - left;
-            if durable && written - handed >= WRITEBACK_EVERY {
-                shipper::durable::start_writeback(&file, handed, written - handed);
-                handed = written;
+            if durable {
+                writeback.wrote(&mut file, got.len() as u64)?;
             }
         }
         let sent: [u8; 32] = stream.exact()?;

@@ -10,11 +10,12 @@
 //! anything after it.
 //! [`is_disk_full`] is the one test of a write that failed for want of
 //! space; [`start_writeback`] hands bytes written to the disk early, so
-//! the sync that makes them durable later waits less. Nothing else belongs
+//! the sync that makes them durable later waits less, and [`Writeback`]
+//! does so a stride at a time as a file is written. Nothing else belongs
 //! here.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::path::Path;
 
 /// True when a write failed because the filesystem ran out of space or
@@ -165,6 +166,37 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (file, offset, len);
+}
+
+/// How many written bytes [`Writeback`] hands to the disk at a time: a
+/// file written this way is synced before it is published or recorded,
+/// and that sync then waits for little more than the last stride.
+/// (bench/timeline.py, 1 GiB file: the receiver's wait on the disk fell
+/// from about 0.55 to 0.2 s, the ship from 2.17-2.26 to 1.87-2.05 s; the
+/// bulk corpus, whose files are mostly smaller than a stride, was
+/// unchanged.)
+pub const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// Hands what is written to a file to the disk ([`start_writeback`]) once
+/// [`WRITEBACK_EVERY`] bytes have come since the last time: asked once a
+/// stride, not once a write or once a file, as most files are smaller.
+#[derive(Debug, Default)]
+pub struct Writeback {
+    /// Bytes written since the last stride was handed over.
+    pending: u64,
+}
+
+impl Writeback {
+    /// `n` more bytes were just written to `file`, ending at its position.
+    pub fn wrote(&mut self, file: &mut File, n: u64) -> io::Result<()> {
+        self.pending += n;
+        if self.pending >= WRITEBACK_EVERY {
+            let end = file.stream_position()?;
+            start_writeback(file, end - self.pending, self.pending);
+            self.pending = 0;
+        }
+        Ok(())
+    }
 }
 
 /// fsync a directory so that renames and unlinks in it survive a crash.

@@ -45,6 +45,8 @@
 //! - [`error`]: what can be wrong with one and how the sender is told.
 //! - [`zip_end`]: a zip's end records, read to check its entry count before
 //!   the zip crate indexes its directory.
+//! - `noise.rs` (tests only, shared with `tests/it`): bytes that do not
+//!   compress, from a seed.
 //!
 //! Nothing here opens a socket.
 
@@ -73,20 +75,10 @@ mod summary;
 mod writer;
 mod zip_entry;
 
+#[cfg(test)]
+mod noise;
+#[cfg(test)]
+pub(crate) use noise::noise;
+
 pub use manifest::Manifest;
 pub use summary::Summary;
-
-/// Deterministic pseudo-random bytes for this module's tests: they do not
-/// compress, so a bundle stores them as they are.
-#[cfg(test)]
-pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}

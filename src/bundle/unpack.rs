@@ -7,7 +7,8 @@
 //! (never setuid/setgid/sticky), its group, and the manifest's mtime. Used
 //! for whole files in staging and for parts in their set's data file;
 //! writes only the file it is handed, and hands what it wrote to the disk
-//! as it goes, since every byte of it is synced before it is published.
+//! as it goes ([`crate::durable::Writeback`]), since every byte of it is
+//! synced before it is published.
 
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
 use std::io::{Read, Write};
@@ -15,6 +16,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::error::{BundleError, entry_err, io_at};
+use crate::durable::Writeback;
 
 /// A new file only its owner can read, refused if the name is taken.
 pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
@@ -25,15 +27,6 @@ pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
         .open(path)
         .map_err(io_at(path))
 }
-
-/// What [`copy_counted`] writes is handed to the disk this many bytes at a
-/// time ([`crate::durable::start_writeback`]): a staged file or a part is
-/// synced before it is published or recorded, and that sync then waits
-/// for little more than the last stride. (bench/timeline.py, 1 GiB file:
-/// the receiver's wait on the disk fell from about 0.55 to 0.2 s, the ship
-/// from 2.17-2.26 to 1.87-2.05 s; the bulk corpus, whose files are mostly
-/// smaller than a stride, was unchanged.)
-const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Copy an entry, counting bytes: exactly `size` must come out, whatever the
 /// headers claimed. What was written is fed to `hasher`.
@@ -47,8 +40,9 @@ pub(super) fn copy_counted(
 ) -> Result<(), BundleError> {
     debug_assert!(!buf.is_empty(), "an empty buffer reads as the end");
     let mut total = 0u64;
-    // How much of what was copied went to the disk.
-    let mut handed = 0u64;
+    // What is copied goes to the disk a stride at a time, as it is synced
+    // before it is published or recorded.
+    let mut writeback = Writeback::default();
     loop {
         let n = entry
             .read(buf)
@@ -65,13 +59,7 @@ pub(super) fn copy_counted(
         }
         crate::hash::update(hasher, &buf[..n]);
         out.write_all(&buf[..n]).map_err(io_at(dest))?;
-        if total - handed >= WRITEBACK_EVERY {
-            // Asked once a stride, not once a file: most files are smaller.
-            use std::io::Seek;
-            let end = out.stream_position().map_err(io_at(dest))?;
-            crate::durable::start_writeback(out, end - (total - handed), total - handed);
-            handed = total;
-        }
+        writeback.wrote(out, n as u64).map_err(io_at(dest))?;
     }
     if total != size {
         return Err(entry_err(
@@ -140,6 +128,7 @@ pub(super) fn copy_exact(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::durable::WRITEBACK_EVERY;
     use std::os::unix::fs::MetadataExt;
 
     fn copy(body: &[u8], size: u64) -> (Result<blake3::Hash, BundleError>, Vec<u8>) {

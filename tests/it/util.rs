@@ -260,18 +260,11 @@ pub fn text(o: &Output) -> String {
     )
 }
 
-/// Deterministic pseudo-random bytes (incompressible).
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+// Deterministic pseudo-random bytes (incompressible): the library's own
+// copy, which its unit tests use too.
+#[path = "../../src/bundle/noise.rs"]
+mod noise;
+pub use noise::noise;
 
 /// A tmpfs mounted for one test, unmounted on drop.
 pub struct Mount(pub PathBuf);
