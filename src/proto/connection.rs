@@ -23,6 +23,7 @@ use tokio::io::{
     AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
 };
 
+use super::chunked::{OverLimit, PaceClock, Tally};
 use super::frame::{self, Frame, FrameError, HEADER_LEN};
 use crate::rate::TokenBucket;
 
@@ -32,6 +33,10 @@ const BODY_BUF: usize = 256 * 1024;
 /// one before (one core's BLAKE3 far outruns the network; rayon's pool may
 /// be busy unpacking the bundle before).
 const CHUNK: usize = 1 << 20;
+const _: () = assert!(
+    CHUNK <= frame::MAX_CHUNK as usize,
+    "a chunk fits one Chunk frame"
+);
 /// Body bytes are written in slices this large, each within the peer
 /// timeout: the slowest link taken for alive moves about the write buffer
 /// plus one slice (320 KiB) per peer timeout.
@@ -57,6 +62,8 @@ pub enum ConnError {
     Silent(Duration),
     #[error("unexpected {0}")]
     Unexpected(String),
+    #[error(transparent)]
+    OverLimit(#[from] OverLimit),
 }
 
 pub struct Connection<S> {
@@ -157,6 +164,26 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         self.reader.recv_body(size, path).await
     }
 
+    /// See [`FrameReader::recv_chunked`].
+    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
+        self.reader.recv_chunked(limit, path).await
+    }
+
+    /// See [`FrameWriter::send_chunks`].
+    pub async fn send_chunks(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
+        self.writer.send_chunks(path, size).await
+    }
+
+    /// See [`FrameWriter::send_chunk`].
+    pub async fn send_chunk(&mut self, bytes: &[u8], paced: bool) -> Result<(), ConnError> {
+        self.writer.send_chunk(bytes, paced).await
+    }
+
+    /// See [`FrameWriter::flush`].
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        self.writer.flush().await
+    }
+
     /// See [`FrameWriter::write_frame`].
     pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
         self.writer.write_frame(f).await
@@ -177,21 +204,96 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 }
 
-/// A read of a body that waited this long found the socket's buffers
-/// empty: from then on, bytes come at the link's pace, and timing them
-/// measures it. (Timing from the first byte would count what the buffers
-/// held, megabytes on a link behind a proxy, as if it came at once.) A
-/// body that never waits came faster than it could be timed.
-pub const PACED_WAIT: Duration = Duration::from_millis(1);
-
-/// A body received: its BLAKE3, the first error writing it, and the bytes
-/// from the first read that waited, with the time they took to arrive
-/// (`None` if no read waited).
+/// A body received: its BLAKE3, the first error writing it, and the
+/// paced bytes timed with the time they took to arrive ([`PaceClock`];
+/// `None` if no read of them waited).
 #[derive(Debug)]
 pub struct Body {
     pub hash: blake3::Hash,
     pub write_error: Option<io::Error>,
     pub timed: Option<(u64, Duration)>,
+}
+
+/// What came of a body streamed in chunks ([`FrameReader::recv_chunked`]).
+#[derive(Debug)]
+pub enum Streamed {
+    /// Whole: the body received, `size` bytes in all, and the `Sealed`
+    /// frame's sequence, size and hash, to check it against.
+    Sealed {
+        body: Body,
+        size: u64,
+        sealed: (u64, u64, [u8; 32]),
+    },
+    /// The sender gave it up; what came of it is in the file, to drop.
+    Abandoned,
+}
+
+/// Where a body's bytes go: a blocking thread writes and hashes them into
+/// a file while the task reading the socket fills the next buffer. After
+/// a write error (a full disk) it goes on hashing and drops the bytes, so
+/// the stream stays in step and the bundle can be refused with the reason.
+struct BodySink {
+    // A tokio channel: a full one makes the reading task wait, never
+    // blocks the runtime thread it runs on.
+    tx: tokio::sync::mpsc::Sender<Vec<u8>>,
+    // Written buffers come back to be filled again: a fresh megabyte per
+    // chunk was mapped, zeroed and unmapped each time.
+    spent: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+    writer: tokio::task::JoinHandle<(blake3::Hash, Option<io::Error>)>,
+}
+
+impl BodySink {
+    fn create(path: &Path) -> Self {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+        let (spent_tx, spent) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        let path = path.to_owned();
+        let writer = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut hasher = blake3::Hasher::new();
+            let mut write_error = None;
+            let mut file = match std::fs::File::create(&path) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    write_error = Some(e);
+                    None
+                }
+            };
+            while let Some(chunk) = rx.blocking_recv() {
+                hasher.update(&chunk);
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&chunk)
+                {
+                    write_error = Some(e);
+                    file = None;
+                }
+                let _ = spent_tx.send(chunk);
+            }
+            (hasher.finalize(), write_error)
+        });
+        Self { tx, spent, writer }
+    }
+
+    /// A buffer of `len` bytes to fill, one written before if there is one.
+    fn buffer(&mut self, len: usize) -> Vec<u8> {
+        let mut buf = self.spent.try_recv().unwrap_or_default();
+        buf.resize(len, 0);
+        buf
+    }
+
+    /// Hand on a filled buffer (waiting while the writer is behind).
+    async fn put(&mut self, buf: Vec<u8>) {
+        // The writer thread only stops early if it panicked, which
+        // `finish` reports.
+        let _ = self.tx.send(buf).await;
+    }
+
+    /// The hash of every byte handed on and the first write error.
+    async fn finish(self) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
+        drop(self.tx);
+        self.writer
+            .await
+            .map_err(|e| ConnError::Io(io::Error::other(e)))
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
@@ -261,77 +363,97 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     }
 
     /// Receive exactly `size` body bytes into the file at `path`, returning
-    /// their BLAKE3, the first write error, if any, and how long the bytes
-    /// from the first read that waited ([`PACED_WAIT`]) took. A blocking thread writes and
-    /// hashes while this task reads the socket. After a write error (a full
-    /// disk) the rest of the body is still read, so the stream stays in
-    /// step and the bundle can be refused with the reason.
+    /// their BLAKE3, the first write error, if any, and how long they took
+    /// from the first read that waited ([`PaceClock`]: every byte of a body
+    /// of known size is paced). A blocking thread writes and hashes while
+    /// this task reads the socket ([`BodySink`]).
     pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
-        // A tokio channel: a full one makes this task wait, never blocks
-        // the runtime thread it runs on.
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
-        // Written buffers come back to be filled again: a fresh megabyte
-        // per chunk was mapped, zeroed and unmapped each time.
-        let (spent_tx, mut spent) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let path_owned = path.to_owned();
-        let writer = tokio::task::spawn_blocking(move || {
-            use std::io::Write;
-            let mut hasher = blake3::Hasher::new();
-            let mut write_error = None;
-            let mut file = match std::fs::File::create(&path_owned) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    write_error = Some(e);
-                    None
-                }
-            };
-            while let Some(chunk) = rx.blocking_recv() {
-                hasher.update(&chunk);
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(&chunk)
-                {
-                    write_error = Some(e);
-                    file = None;
-                }
-                let _ = spent_tx.send(chunk);
-            }
-            (hasher.finalize(), write_error)
-        });
+        let mut sink = BodySink::create(path);
+        let mut clock = PaceClock::default();
         let mut left = size;
-        // From the first read that waited: the bytes left then, and when.
-        let mut timed_from = None;
         while left > 0 {
             let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
-            let mut buf = spent.try_recv().unwrap_or_default();
-            buf.resize(want, 0);
-            let mut filled = 0;
-            while filled < want {
-                let asked = std::time::Instant::now();
-                let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
-                if n == 0 {
-                    return Err(ConnError::Closed);
-                }
-                if timed_from.is_none() && asked.elapsed() >= PACED_WAIT {
-                    timed_from = Some((left - filled as u64, asked));
-                }
-                filled += n;
-            }
+            let mut buf = sink.buffer(want);
+            self.fill(&mut buf, true, &mut clock).await?;
             left -= want as u64;
-            // The writer thread only stops early if it panicked.
-            if tx.send(buf).await.is_err() {
-                break;
-            }
+            sink.put(buf).await;
         }
-        drop(tx);
-        let timed = timed_from.map(|(bytes, from)| (bytes, from.elapsed()));
-        let (hash, write_error) = writer
-            .await
-            .map_err(|e| ConnError::Io(io::Error::other(e)))?;
+        let (hash, write_error) = sink.finish().await?;
         Ok(Body {
             hash,
             write_error,
-            timed,
+            timed: clock.timed(),
         })
+    }
+
+    /// Receive a body streamed in chunks (after its `Begin`) into the file
+    /// at `path`, up to its `Sealed` or `Abandon`, taking `Ping`s between
+    /// chunks. A chunk that would take the body past `limit` bytes fails
+    /// the call before it is read ([`ConnError::OverLimit`]), as does any
+    /// other frame. Only paced chunks are timed ([`PaceClock`]).
+    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
+        let mut sink = BodySink::create(path);
+        let mut clock = PaceClock::default();
+        let mut tally = Tally::new(limit);
+        loop {
+            match self.expect_frame().await? {
+                Frame::Ping => {}
+                Frame::Chunk { len, paced } => {
+                    tally.chunk(len)?;
+                    let mut left = len as usize;
+                    while left > 0 {
+                        let mut buf = sink.buffer(CHUNK.min(left));
+                        self.fill(&mut buf, paced, &mut clock).await?;
+                        left -= buf.len();
+                        sink.put(buf).await;
+                    }
+                }
+                Frame::Sealed { seq, size, hash } => {
+                    let (got, write_error) = sink.finish().await?;
+                    let body = Body {
+                        hash: got,
+                        write_error,
+                        timed: clock.timed(),
+                    };
+                    let size_got = tally.size();
+                    return Ok(Streamed::Sealed {
+                        body,
+                        size: size_got,
+                        sealed: (seq, size, hash),
+                    });
+                }
+                Frame::Abandon => {
+                    sink.finish().await?;
+                    return Ok(Streamed::Abandoned);
+                }
+                other => {
+                    return Err(ConnError::Unexpected(format!(
+                        "{other:?} inside a streamed bundle"
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Fill `buf` from the socket, each read within the peer timeout and
+    /// timed on `clock` as `paced` bytes.
+    async fn fill(
+        &mut self,
+        buf: &mut [u8],
+        paced: bool,
+        clock: &mut PaceClock,
+    ) -> Result<(), ConnError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let asked = std::time::Instant::now();
+            let n = within(self.peer_timeout, self.reader.read(&mut buf[filled..])).await??;
+            if n == 0 {
+                return Err(ConnError::Closed);
+            }
+            clock.read(paced, n as u64, asked, std::time::Instant::now());
+            filled += n;
+        }
+        Ok(())
     }
 }
 
@@ -357,14 +479,16 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
     }
 
     pub async fn write_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
+        self.put_frame(f).await?;
+        self.flush().await
+    }
+
+    /// Write `f` into the write buffer, at the rate, without flushing it:
+    /// a frame inside a body goes out with the body's bytes.
+    async fn put_frame(&mut self, f: &Frame) -> Result<(), ConnError> {
         let bytes = f.to_bytes();
         self.pace(bytes.len()).await;
-        let writer = &mut self.writer;
-        within(self.peer_timeout, async {
-            writer.write_all(&bytes).await?;
-            writer.flush().await
-        })
-        .await??;
+        within(self.peer_timeout, self.writer.write_all(&bytes)).await??;
         Ok(())
     }
 
@@ -394,12 +518,68 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
         }
     }
 
+    /// Body bytes into the write buffer, in slices at the rate, if one is
+    /// set (no flush without one).
+    async fn put_body(&mut self, bytes: &[u8]) -> Result<(), ConnError> {
+        let slice_len = self.write_slice();
+        for slice in bytes.chunks(slice_len) {
+            self.pace(slice.len()).await;
+            // At a rate, each slice goes out as it is paced: left in the
+            // write buffer, a slow link would see nothing for as long as
+            // the buffer takes to fill, then a burst.
+            let flush = self.rate.is_some();
+            let writer = &mut self.writer;
+            within(self.peer_timeout, async {
+                writer.write_all(slice).await?;
+                if flush { writer.flush().await } else { Ok(()) }
+            })
+            .await??;
+        }
+        Ok(())
+    }
+
+    /// One chunk of a streamed body, after its `Chunk` frame, into the
+    /// write buffer (see [`Self::put_body`]). `paced`: the bytes were
+    /// there before the chunk before went out (see [`Frame::Chunk`]).
+    pub async fn send_chunk(&mut self, bytes: &[u8], paced: bool) -> Result<(), ConnError> {
+        let len = u32::try_from(bytes.len())
+            .ok()
+            .filter(|l| (1..=frame::MAX_CHUNK).contains(l))
+            .ok_or_else(|| io::Error::other(format!("a chunk of {} bytes", bytes.len())))?;
+        self.put_frame(&Frame::Chunk { len, paced }).await?;
+        self.put_body(bytes).await
+    }
+
+    /// Send what the write buffer holds.
+    pub async fn flush(&mut self) -> Result<(), ConnError> {
+        within(self.peer_timeout, self.writer.flush()).await??;
+        Ok(())
+    }
+
     /// Send `size` bytes of the file at `path` as a bundle body (no flush),
     /// returning their BLAKE3 for the trailer. A blocking thread reads and
     /// hashes the file in large chunks while this task writes to the
     /// socket, so disk, hash and network overlap and the bundle is read
     /// once: the trailer vouches for exactly the bytes that went out.
     pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
+        self.send_file(path, size, false).await
+    }
+
+    /// Send `size` bytes of the file at `path` as the chunks of a streamed
+    /// body (after its `Begin`, before its `Sealed`), each after its
+    /// `Chunk` frame, returning their BLAKE3 as [`Self::send_body`] does.
+    /// Every chunk is paced: the whole file was there before the first.
+    pub async fn send_chunks(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
+        self.send_file(path, size, true).await
+    }
+
+    /// [`Self::send_body`], or with each chunk after its `Chunk` frame.
+    async fn send_file(
+        &mut self,
+        path: &Path,
+        size: u64,
+        chunked: bool,
+    ) -> Result<blake3::Hash, ConnError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
         // Sent buffers go back to be filled again, as in `recv_body`.
         let (spent_tx, spent) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -430,22 +610,13 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
             }
             Some(hasher.finalize())
         });
-        let slice_len = self.write_slice();
         while let Some(chunk) = rx.recv().await {
             let chunk =
                 chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            for slice in chunk.chunks(slice_len) {
-                self.pace(slice.len()).await;
-                // At a rate, each slice goes out as it is paced: left in the
-                // write buffer, a slow link would see nothing for as long as
-                // the buffer takes to fill, then a burst.
-                let flush = self.rate.is_some();
-                let writer = &mut self.writer;
-                within(self.peer_timeout, async {
-                    writer.write_all(slice).await?;
-                    if flush { writer.flush().await } else { Ok(()) }
-                })
-                .await??;
+            if chunked {
+                self.send_chunk(&chunk, true).await?;
+            } else {
+                self.put_body(&chunk).await?;
             }
             let _ = spent_tx.send(chunk);
         }

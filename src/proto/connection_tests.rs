@@ -162,3 +162,116 @@ async fn readable_consumes_nothing() {
     drop(peer);
     assert!(matches!(me.readable().await, Err(ConnError::Closed)));
 }
+
+/// A body bigger than one chunk, sent from a file as a stream: the
+/// receiver takes every chunk (and a ping between two), counts the bytes
+/// itself, and hands back the `Sealed` frame's fields to check them by.
+#[tokio::test]
+async fn a_streamed_body_arrives_whole_with_its_sealed_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let (from, to) = (dir.path().join("body"), dir.path().join("got"));
+    let body: Vec<u8> = (0..(CHUNK as u32 * 2 + 777))
+        .map(|i| (i % 253) as u8)
+        .collect();
+    std::fs::write(&from, &body).unwrap();
+    let (mut me, mut peer) = pair();
+    let send = async {
+        me.write_frame(&Frame::Begin).await.unwrap();
+        let hash = me.send_chunks(&from, body.len() as u64).await.unwrap();
+        me.write_frame(&Frame::Ping).await.unwrap();
+        me.write_frame(&Frame::Sealed {
+            seq: 4,
+            size: body.len() as u64,
+            hash: *hash.as_bytes(),
+        })
+        .await
+        .unwrap();
+    };
+    let recv = async {
+        assert_eq!(peer.expect_frame().await.unwrap(), Frame::Begin);
+        peer.recv_chunked(1 << 30, &to).await.unwrap()
+    };
+    let ((), got) = tokio::join!(send, recv);
+    let Streamed::Sealed {
+        body: b,
+        size,
+        sealed,
+    } = got
+    else {
+        panic!("abandoned")
+    };
+    assert_eq!(size, body.len() as u64);
+    assert_eq!(sealed, (4, size, *blake3::hash(&body).as_bytes()));
+    assert_eq!(b.hash, blake3::hash(&body));
+    assert!(b.write_error.is_none());
+    assert_eq!(std::fs::read(&to).unwrap(), body);
+}
+
+/// Chunks as a peer may cut them (any size up to the limit), one of
+/// them not paced, then `Abandon`: the receiver reads to the end of the
+/// stream, says it was abandoned, and the connection stays in step.
+#[tokio::test]
+async fn an_abandoned_stream_is_read_to_its_end_and_the_connection_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("got");
+    let (mut me, mut peer) = pair();
+    let mut raw = Vec::new();
+    for (len, paced) in [(1u32, false), (70_000, true), (3, false)] {
+        Frame::Chunk { len, paced }.encode(&mut raw);
+        raw.extend(std::iter::repeat_n(9u8, len as usize));
+    }
+    Frame::Abandon.encode(&mut raw);
+    Frame::Ping.encode(&mut raw);
+    let send = async {
+        me.writer.writer.write_all(&raw).await.unwrap();
+        me.writer.writer.flush().await.unwrap();
+    };
+    let recv = async {
+        let got = peer.recv_chunked(1 << 20, &to).await.unwrap();
+        (got, peer.expect_frame().await.unwrap())
+    };
+    let ((), (got, next)) = tokio::join!(send, recv);
+    assert!(matches!(got, Streamed::Abandoned), "{got:?}");
+    assert_eq!(next, Frame::Ping);
+}
+
+/// A chunk that would take the body past the limit fails the receive
+/// before any of its bytes is read, naming the limit; a frame that has no
+/// place inside a body fails it too.
+#[tokio::test]
+async fn a_stream_past_its_limit_or_out_of_step_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let to = dir.path().join("got");
+    let (mut me, mut peer) = pair();
+    let mut raw = Vec::new();
+    Frame::Chunk {
+        len: 600,
+        paced: true,
+    }
+    .encode(&mut raw);
+    raw.extend([1u8; 600]);
+    Frame::Chunk {
+        len: 500,
+        paced: true,
+    }
+    .encode(&mut raw);
+    me.writer.writer.write_all(&raw).await.unwrap();
+    me.writer.writer.flush().await.unwrap();
+    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
+    assert!(
+        matches!(
+            e,
+            ConnError::OverLimit(OverLimit {
+                limit: 1000,
+                at: 1100
+            })
+        ),
+        "{e:?}"
+    );
+    assert!(e.to_string().contains("passed 1000 bytes"), "{e}");
+
+    let (mut me, mut peer) = pair();
+    me.write_frame(&Frame::Begin).await.unwrap();
+    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
+    assert!(e.to_string().contains("inside a streamed bundle"), "{e}");
+}

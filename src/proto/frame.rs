@@ -8,7 +8,10 @@
 use super::hook_outcome::HookOutcome;
 use super::refusal::{Refusal, RefusalKind};
 
-/// 7: `Welcome` says when root was rolled back to one of the sender's
+/// 8: a bundle may come as a stream of chunks whose size is known only at
+/// its end (`Begin`, `Chunk`, `Sealed`, `Abandon`), so a sender can send
+/// a bundle while it is packed; a receiver of 7 would end the session at
+/// the first `Begin`. (7: `Welcome` says when root was rolled back to one of the sender's
 /// sequences (`shipper rollback`, then `--release`), so the sender
 /// compares its source with root and ships the difference; a sender of 6
 /// cannot read that longer `Welcome` and is never sent one. (6: a manifest may carry deltas (a large file rebuilt from the version
@@ -23,8 +26,8 @@ use super::refusal::{Refusal, RefusalKind};
 /// first. 3: `Ack` says what became of the receiver's `on_apply` hook.
 /// 2: `Ping` frames keep a quiet connection known to be alive; `Welcome`
 /// names the receiver's instance and limits; `Refuse` says whether to
-/// retry.)))
-pub const PROTOCOL_VERSION: u16 = 7;
+/// retry.))))
+pub const PROTOCOL_VERSION: u16 = 8;
 /// The senders a receiver takes: 4 and 5 as well as 6, since a receiver
 /// reads the manifests of format 1 that a sender of 4 writes, and never
 /// asks one for content it holds (only format 2 bundles name any; only
@@ -81,6 +84,29 @@ pub enum Frame {
     },
     /// Keeps a quiet connection known to be alive.
     Ping,
+    /// A bundle's body begins, its size and sequence still unknown: it
+    /// comes in `Chunk`s, and ends with `Sealed` (its trailer) or
+    /// `Abandon` (it will not be sent). `Ping`s may come between chunks.
+    /// From senders of [`STREAMED_FROM`] on.
+    Begin,
+    /// The next `len` bytes of the body begun (raw bytes after this frame,
+    /// as a `Bundle`'s body follows it). `paced`: the sender had them
+    /// before it finished writing the chunk before, so the time they take
+    /// to arrive is the link's, not the time the sender took to pack them.
+    Chunk {
+        len: u32,
+        paced: bool,
+    },
+    /// The body begun is whole: bundle `seq`, of `size` bytes in all,
+    /// whose BLAKE3 is `hash` (what a `Trailer` vouches for a `Bundle`).
+    Sealed {
+        seq: u64,
+        size: u64,
+        hash: [u8; 32],
+    },
+    /// The body begun will not be sealed (its packing failed): the
+    /// receiver drops what came of it, and the session goes on.
+    Abandon,
     /// The receiver took the last `bytes` of bundle `seq`'s body in
     /// `micros`, counted from the first read that waited for them (what the
     /// socket buffers held came before): the link's rate as the receiver
@@ -172,6 +198,12 @@ const REFUSE: u8 = 6;
 /// quiet connection from a dead one.
 const PING: u8 = 7;
 const RECEIVED: u8 = 8;
+const BEGIN: u8 = 14;
+const CHUNK: u8 = 15;
+const SEALED: u8 = 16;
+const ABANDON: u8 = 17;
+/// The most body bytes one `Chunk` carries: a longer one is malformed.
+pub const MAX_CHUNK: u32 = 16 << 20;
 
 /// Senders of this protocol version and later are told how fast their
 /// bundles came ([`Frame::Received`]).
@@ -179,6 +211,9 @@ pub const TOLD_RECEIVED_FROM: u16 = 6;
 /// Senders of this protocol version and later are told in `Welcome` that
 /// root was rolled back ([`Frame::Welcome`]'s `rolled_back`).
 pub const TOLD_ROLLED_BACK_FROM: u16 = 7;
+/// Senders of this protocol version and later may send a bundle as a
+/// stream of chunks ([`Frame::Begin`]).
+pub const STREAMED_FROM: u16 = 8;
 const INQUIRE: u8 = 9;
 const LISTING: u8 = 10;
 const LISTED: u8 = 11;
@@ -251,6 +286,18 @@ impl Frame {
                 REFUSE
             }
             Frame::Ping => PING,
+            Frame::Begin => BEGIN,
+            Frame::Abandon => ABANDON,
+            Frame::Chunk { len, paced } => {
+                out.extend_from_slice(&len.to_be_bytes());
+                out.push(u8::from(*paced));
+                CHUNK
+            }
+            Frame::Sealed { seq, size, hash } => {
+                put_u64s(out, &[*seq, *size]);
+                out.extend_from_slice(hash);
+                SEALED
+            }
             Frame::Received { seq, bytes, micros } => {
                 put_u64s(out, &[*seq, *bytes, *micros]);
                 RECEIVED

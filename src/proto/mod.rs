@@ -1,6 +1,8 @@
 //! The wire protocol between sender and receiver.
 //!
 //! - [`frame`]: frames as bytes, encode and decode; pure, no socket.
+//! - [`chunked`]: a body's running size and the link's time to bring it,
+//!   as the receiver counts them; pure, time injected.
 //! - [`refusal`]: why a bundle was not applied, and whether re-sending helps.
 //! - [`hook_outcome`]: what became of the receiver's `on_apply` hook.
 //! - [`connection`]: a [`connection::Connection`] owns a stream, reads and
@@ -8,8 +10,12 @@
 //!
 //! A session: sender `Hello`, receiver `Welcome` (the last sequence it
 //! applied from that sender, its state's instance id and the limits it
-//! accepts), then per bundle `Bundle{seq,size}`, `size` raw bytes,
-//! `Trailer{size,hash}`; the receiver answers `Ack{seq,hook}` once the
+//! accepts), then per bundle `Begin`, its body in `Chunk{len,paced}`s
+//! (each followed by `len` raw bytes; `Ping`s may come between them), and
+//! `Sealed{seq,size,hash}`, or `Abandon` for a body that will not be
+//! sealed (senders of protocol 7 and before send `Bundle{seq,size}`,
+//! `size` raw bytes, `Trailer{size,hash}`, which receivers still take);
+//! the receiver answers `Ack{seq,hook}` once the
 //! bundle is applied (or was already) and its `on_apply` hook has run,
 //! `hook` saying whether it ran and why it failed, or
 //! `Refuse{seq,kind,path,reason}`, where `kind` says whether sending it
@@ -44,6 +50,7 @@
 
 use std::time::Duration;
 
+pub mod chunked;
 pub mod connection;
 pub mod frame;
 pub mod hook_outcome;

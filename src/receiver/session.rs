@@ -39,9 +39,19 @@ pub(super) use bucket::Relay;
 
 use greet::Purpose;
 
+/// A bundle streamed in chunks, taken in whole: sequence `seq` of `size`
+/// bytes, whether it passed the check against its `Sealed` frame, and the
+/// paced bytes timed with the time they took.
+struct Streamed {
+    seq: u64,
+    size: u64,
+    checked: Result<(), Refusal>,
+    timed: Option<(u64, Duration)>,
+}
+
 use super::commit::{Committer, refusal_for_io};
 use super::identity::Sender;
-use super::names::archive_name;
+use super::names::{archive_name, incoming_name};
 use super::state::ReceiverState;
 use crate::bundle::apply;
 use crate::bundle::manifest::next_seq;
@@ -49,7 +59,7 @@ use crate::config::ReceiverConfig;
 use crate::hook;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::Frame;
-use crate::proto::connection::{Body, FrameReader, Stream};
+use crate::proto::connection::{self, ConnError, FrameReader, Stream};
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::Refusal;
 use crate::state_lock::StateLock;
@@ -235,9 +245,9 @@ impl Sessions {
         }
     }
 
-    /// Receive one bundle body and its trailer into `received` and check
-    /// them; with how long the body took past its first bytes (see
-    /// [`Body`]). The outer error ends the session (stream out of step); the
+    /// Receive one bundle body of `size` bytes and its trailer into
+    /// `received` and check them; with how long its paced bytes took (see
+    /// [`connection::Body`]). The outer error ends the session (stream out of step); the
     /// inner one is a refusal.
     async fn receive(
         &self,
@@ -248,11 +258,7 @@ impl Sessions {
         received: &Path,
     ) -> anyhow::Result<(Result<(), Refusal>, Option<(u64, Duration)>)> {
         let started = std::time::Instant::now();
-        let Body {
-            hash,
-            write_error,
-            timed,
-        } = conn.recv_body(size, received).await?;
+        let body = conn.recv_body(size, received).await?;
         tracing::debug!(
             seq,
             size,
@@ -266,11 +272,95 @@ impl Sessions {
         else {
             anyhow::bail!("expected a trailer after bundle {seq}");
         };
+        let timed = body.timed;
+        let checked = self.check(
+            sender,
+            (seq, size),
+            body.hash,
+            body.write_error,
+            (t_size, t_hash),
+            received,
+        );
+        Ok((checked, timed))
+    }
+
+    /// Receive a bundle streamed in chunks (its `Begin` read) into `file`
+    /// and check it against its `Sealed` frame, then name the file for the
+    /// sequence that frame gives (see [`incoming_name`]); `None` if the
+    /// sender abandoned it. A stream past `receiver.max_bundle_size`, or
+    /// any frame but a chunk, a ping or its end, ends the session.
+    async fn receive_streamed(
+        &self,
+        conn: &mut FrameReader<Stream>,
+        (sender, session): (&Sender, u64),
+        file: &mut halves::Taken,
+    ) -> anyhow::Result<Option<Streamed>> {
+        let started = std::time::Instant::now();
+        let limit = self.cfg.max_bundle_size;
+        let (body, size, (seq, t_size, t_hash)) = match conn.recv_chunked(limit, &file.0).await {
+            Ok(connection::Streamed::Sealed { body, size, sealed }) => (body, size, sealed),
+            Ok(connection::Streamed::Abandoned) => {
+                tracing::debug!(%sender, "streamed bundle abandoned by its sender");
+                // Gone before the next stream is taken in under its name.
+                file.remove_now().await;
+                return Ok(None);
+            }
+            Err(ConnError::OverLimit(e)) => {
+                anyhow::bail!("{e}, over receiver.max_bundle_size; its stream is not read further")
+            }
+            Err(e) => return Err(e.into()),
+        };
+        tracing::debug!(
+            seq,
+            size,
+            ms = started.elapsed().as_millis() as u64,
+            "streamed bundle received"
+        );
+        // Renamed even when writing it failed, so the name a stream is
+        // taken in under is free again for the next one (a file never
+        // created has nothing to rename).
+        let mut write_error = body.write_error;
+        let named = self.incoming.join(incoming_name(&sender.key, seq, session));
+        match tokio::fs::rename(&file.0, &named).await {
+            Ok(()) => file.0 = named,
+            Err(e) => {
+                write_error.get_or_insert(e);
+            }
+        }
+        let checked = self.check(
+            sender,
+            (seq, size),
+            body.hash,
+            write_error,
+            (t_size, t_hash),
+            &file.0,
+        );
+        Ok(Some(Streamed {
+            seq,
+            size,
+            checked,
+            timed: body.timed,
+        }))
+    }
+
+    /// Check a body of `size` bytes received into `received` for bundle
+    /// `seq`, hashed to `hash`, against the size and hash its trailer gave;
+    /// a write error refuses it first. Refused for now either way: the
+    /// next copy may arrive whole, or find room.
+    fn check(
+        &self,
+        sender: &Sender,
+        (seq, size): (u64, u64),
+        hash: blake3::Hash,
+        write_error: Option<std::io::Error>,
+        (t_size, t_hash): (u64, [u8; 32]),
+        received: &Path,
+    ) -> Result<(), Refusal> {
         if let Some(e) = write_error {
             let refusal = Refusal::retry(refusal_for_io(&e, received));
             self.metrics
                 .refused(&sender.id, &refusal, RefusedFor::of_io(&e));
-            return Ok((Err(refusal), timed));
+            return Err(refusal);
         }
         if t_size != size || t_hash != *hash.as_bytes() {
             // Damaged on the way: the next copy may arrive whole.
@@ -280,9 +370,9 @@ impl Sessions {
                 blake3::Hash::from_bytes(t_hash).to_hex()
             ));
             self.metrics.refused(&sender.id, &refusal, RefusedFor::Hash);
-            return Ok((Err(refusal), timed));
+            return Err(refusal);
         }
-        Ok((Ok(()), timed))
+        Ok(())
     }
 
     /// Apply the received bundle at `received`, in sequence order, unless it

@@ -726,9 +726,9 @@ fn replay_with_root_takes_limits_from_the_config_given() {
     assert!(!env.path().join("state-r/receiver.json").exists());
 }
 
-/// A receiver takes senders of protocols 4 to 6 as well as 7 (so
+/// A receiver takes senders of protocols 4 to 7 as well as 8 (so
 /// receivers can be upgraded first), and refuses older ones naming both
-/// versions; only a sender of 7 is told in `Welcome` that root was rolled
+/// versions; only a sender of 7 or later is told in `Welcome` that root was rolled
 /// back (an older one could not read that `Welcome`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receiver_takes_senders_two_versions_behind_and_refuses_older() {
@@ -739,7 +739,14 @@ async fn a_receiver_takes_senders_two_versions_behind_and_refuses_older() {
     )
     .unwrap();
     let r = env.start_receiver("").await;
-    for (version, welcomed) in [(7, true), (6, true), (5, true), (4, true), (3, false)] {
+    for (version, welcomed) in [
+        (8, true),
+        (7, true),
+        (6, true),
+        (5, true),
+        (4, true),
+        (3, false),
+    ] {
         let mut c = Connection::new(TcpStream::connect(r.addr).await.unwrap());
         c.write_frame(&Frame::Hello {
             version,
@@ -750,12 +757,12 @@ async fn a_receiver_takes_senders_two_versions_behind_and_refuses_older() {
         match c.expect_frame().await.unwrap() {
             Frame::Welcome { rolled_back, .. } => {
                 assert!(welcomed, "version {version} welcomed");
-                let told = (version == 7).then_some(Rolled { to: 2, held: false });
+                let told = (version >= 7).then_some(Rolled { to: 2, held: false });
                 assert_eq!(rolled_back, told, "version {version}");
             }
             Frame::Refuse { reason, .. } => {
                 assert!(!welcomed, "version {version} refused: {reason}");
-                let want = "protocol version 3 not supported (this receiver speaks 4 to 7)";
+                let want = "protocol version 3 not supported (this receiver speaks 4 to 8)";
                 assert!(reason.contains(want), "{reason}");
             }
             f => panic!("version {version}: {f:?}"),

@@ -26,6 +26,7 @@ mod s3;
 mod served;
 mod snapshots;
 mod source;
+mod streams;
 mod sync;
 mod tls;
 mod tree;

@@ -7,7 +7,7 @@ use super::*;
 /// over the limit before the caller allocates.
 pub fn parse_header(h: &[u8; HEADER_LEN]) -> Result<(u8, usize), FrameError> {
     let kind = h[0];
-    if !(HELLO..=COMPARED).contains(&kind) {
+    if !(HELLO..=ABANDON).contains(&kind) {
         return Err(FrameError::UnknownKind(kind));
     }
     let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]) as usize;
@@ -47,6 +47,20 @@ pub fn parse_payload(kind: u8, p: &[u8]) -> Result<Frame, FrameError> {
         ACK if p.len() >= 9 => parse_ack(p),
         REFUSE if p.len() >= 11 => parse_refuse(p),
         PING if p.is_empty() => Some(Frame::Ping),
+        BEGIN if p.is_empty() => Some(Frame::Begin),
+        ABANDON if p.is_empty() => Some(Frame::Abandon),
+        CHUNK if p.len() == 5 && p[4] <= 1 => {
+            let len = u32::from_be_bytes(p[..4].try_into().expect("4 bytes"));
+            let paced = p[4] == 1;
+            (1..=MAX_CHUNK)
+                .contains(&len)
+                .then_some(Frame::Chunk { len, paced })
+        }
+        SEALED if p.len() == 48 => Some(Frame::Sealed {
+            seq: u64_at(0).unwrap_or_default(),
+            size: u64_at(8).unwrap_or_default(),
+            hash: p[16..48].try_into().expect("32 bytes"),
+        }),
         RECEIVED if p.len() == 24 => Some(Frame::Received {
             seq: u64_at(0).unwrap_or_default(),
             bytes: u64_at(8).unwrap_or_default(),
@@ -191,6 +205,10 @@ fn kind_name(kind: u8) -> &'static str {
         LISTED => "listed",
         RESTORED => "restored",
         COMPARED => "compared",
+        BEGIN => "begin",
+        CHUNK => "chunk",
+        SEALED => "sealed",
+        ABANDON => "abandon",
         _ => "unknown",
     }
 }

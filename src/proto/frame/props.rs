@@ -50,6 +50,11 @@ fn frame() -> impl Strategy<Value = Frame> {
             }
         }),
         Just(Frame::Ping),
+        Just(Frame::Begin),
+        Just(Frame::Abandon),
+        (1..=MAX_CHUNK, any::<bool>()).prop_map(|(len, paced)| Frame::Chunk { len, paced }),
+        (any::<u64>(), any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(seq, size, hash)| Frame::Sealed { seq, size, hash }),
         any::<[u64; 3]>().prop_map(|[seq, bytes, micros]| Frame::Received { seq, bytes, micros }),
         (any::<u16>(), "[a-zA-Z0-9._-]{0,64}")
             .prop_map(|(version, sender)| Frame::Inquire { version, sender }),

@@ -81,6 +81,21 @@ fn all() -> Vec<Frame> {
             reason: "kept files root does not hold: \"a.html\" (missing)".into(),
         },
         Frame::Ping,
+        Frame::Begin,
+        Frame::Chunk {
+            len: MAX_CHUNK,
+            paced: true,
+        },
+        Frame::Chunk {
+            len: 1,
+            paced: false,
+        },
+        Frame::Sealed {
+            seq: 8,
+            size: 1 << 33,
+            hash: [3; 32],
+        },
+        Frame::Abandon,
         Frame::Inquire {
             version: 6,
             sender: "app-1".into(),
@@ -171,8 +186,8 @@ fn garbage_is_refused() {
         Err(FrameError::Malformed { kind: "received" })
     );
     assert_eq!(
-        Frame::parse(&[COMPARED + 1, 0, 0, 0, 0]),
-        Err(FrameError::UnknownKind(COMPARED + 1))
+        Frame::parse(&[ABANDON + 1, 0, 0, 0, 0]),
+        Err(FrameError::UnknownKind(ABANDON + 1))
     );
     // A Welcome whose rollback is neither held nor released.
     let mut bytes = welcome(1, Some(Rolled { to: 1, held: true })).to_bytes();
@@ -190,6 +205,43 @@ fn garbage_is_refused() {
     assert_eq!(Frame::parse(&hello), Err(FrameError::BadMagic));
     // A HTTP client poking the port.
     assert!(Frame::parse(b"GET / HTTP/1.1\r\n").is_err());
+}
+
+/// A chunk carries at least one byte and at most [`MAX_CHUNK`], and says
+/// plainly whether it was paced; a stream's other frames have exactly
+/// their fields.
+#[test]
+fn chunks_out_of_bounds_and_stream_frames_of_the_wrong_length_are_malformed() {
+    let chunk = |len: u32, paced: u8| {
+        let mut p = len.to_be_bytes().to_vec();
+        p.push(paced);
+        parse_payload(CHUNK, &p)
+    };
+    let malformed = Err(FrameError::Malformed { kind: "chunk" });
+    assert_eq!(chunk(0, 1), malformed);
+    assert_eq!(chunk(MAX_CHUNK + 1, 1), malformed);
+    assert_eq!(chunk(u32::MAX, 0), malformed);
+    assert_eq!(chunk(5, 2), malformed);
+    assert_eq!(
+        chunk(5, 0),
+        Ok(Frame::Chunk {
+            len: 5,
+            paced: false
+        })
+    );
+    assert_eq!(parse_payload(CHUNK, &[0, 0, 0, 5]), malformed);
+    assert_eq!(
+        parse_payload(BEGIN, &[0]),
+        Err(FrameError::Malformed { kind: "begin" })
+    );
+    assert_eq!(
+        parse_payload(ABANDON, &[0]),
+        Err(FrameError::Malformed { kind: "abandon" })
+    );
+    assert_eq!(
+        parse_payload(SEALED, &[0; 47]),
+        Err(FrameError::Malformed { kind: "sealed" })
+    );
 }
 
 /// What `encode` never writes, a peer may not send: a decoded frame

@@ -10,13 +10,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use super::Sessions;
 use crate::metrics::RefusedFor;
 use crate::proto::connection::{FrameReader, FrameWriter, Stream};
-use crate::proto::frame::TOLD_RECEIVED_FROM;
+use crate::proto::frame::{STREAMED_FROM, TOLD_RECEIVED_FROM};
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::proto::{APPLY_PING, Connection, Frame};
 use crate::receiver::identity::Sender;
@@ -53,9 +54,21 @@ struct Received {
 /// the file was moved on and there is nothing left to remove.
 pub(super) struct Taken(pub(super) PathBuf);
 
+impl Taken {
+    /// Remove the file now rather than when dropped (a removal left to a
+    /// blocking thread could come after a new file took its name).
+    pub(super) async fn remove_now(&mut self) {
+        let path = std::mem::take(&mut self.0);
+        let _ = tokio::fs::remove_file(&path).await;
+    }
+}
+
 impl Drop for Taken {
     fn drop(&mut self) {
         let path = std::mem::take(&mut self.0);
+        if path.as_os_str().is_empty() {
+            return;
+        }
         let remove = move || {
             let _ = std::fs::remove_file(&path);
         };
@@ -155,6 +168,27 @@ impl Sessions {
                         checked,
                         started,
                         timed: timed.filter(|_| speaks >= TOLD_RECEIVED_FROM),
+                    })
+                }
+                Some(Frame::Begin) if speaks >= STREAMED_FROM => {
+                    let started = Instant::now();
+                    // Its sequence comes at its end: taken in under 0,
+                    // which no bundle has, and named for it once sealed.
+                    let mut file =
+                        Taken(self.incoming.join(incoming_name(&sender.key, 0, session)));
+                    let streamed = self
+                        .receive_streamed(reader, (sender, session), &mut file)
+                        .await
+                        .with_context(|| format!("{peer}: sender {sender}"))?;
+                    // Abandoned: its file goes, and the session goes on.
+                    let Some(s) = streamed else { continue };
+                    Arrival::Bundle(Received {
+                        seq: s.seq,
+                        size: s.size,
+                        file,
+                        checked: s.checked,
+                        started,
+                        timed: s.timed.filter(|_| speaks >= TOLD_RECEIVED_FROM),
                     })
                 }
                 Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
