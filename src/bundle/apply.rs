@@ -472,6 +472,7 @@ mod tests {
                 out.push(p.path);
                 Ok(())
             },
+            opened: &|_| {},
             touched: &|_| false,
             deflate: &|| true,
             held: None,

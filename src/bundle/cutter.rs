@@ -6,7 +6,9 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::growing::Growing;
 use super::limits::Limits;
 use super::manifest::FileMeta;
 use super::source_read::Lost;
@@ -98,6 +100,8 @@ pub(super) struct Cutter<'c> {
     pub(super) limits: Limits,
     pub(super) alloc_seq: &'c mut dyn FnMut() -> io::Result<u64>,
     pub(super) emit: &'c mut dyn FnMut(Packed) -> io::Result<()>,
+    /// Told of each bundle opened, which may be sent as it grows.
+    pub(super) opened: &'c dyn Fn(&Arc<Growing>),
     pub(super) open: Option<OpenBundle>,
     /// Paths a finished bundle of this run changes or deletes: on the
     /// receiver they may no longer hold what they did when the run began,
@@ -232,7 +236,9 @@ impl Cutter<'_> {
             .tempfile_in(self.outbox)
             .map_err(|e| with_path(e, self.outbox))?;
         let (file, tmp) = tmp.into_parts();
-        Ok(OpenBundle::new(file, tmp, self.sender))
+        let b = OpenBundle::new(file, tmp, self.sender)?;
+        (self.opened)(b.growing());
+        Ok(b)
     }
 
     fn finish(&mut self, b: OpenBundle, report: &mut Report) -> io::Result<()> {
@@ -244,6 +250,7 @@ impl Cutter<'_> {
         let seq = (self.alloc_seq)().inspect_err(|_| b.abandon())?;
         let Sealed {
             tmp,
+            publisher,
             summary,
             changes,
             sources,
@@ -263,6 +270,9 @@ impl Cutter<'_> {
             base: None,
             sources,
         })?;
+        // Recorded and in the outbox: those sending it as it grew may end
+        // it. (Dropped on any error before, it is abandoned.)
+        publisher.seal(seq, size);
         // Only a bundle handed on is on its way: if `emit` failed, its
         // changes stay pending.
         report.bundles.push((seq, summary));

@@ -67,6 +67,7 @@ pub mod zip_end;
 
 mod cutter;
 mod delta_pack;
+pub mod growing;
 mod known;
 mod large;
 mod limits;

@@ -36,10 +36,12 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::cutter::Cutter;
 use super::delta::DELTA_MIN;
 use super::delta_pack::{Planned, Signing, pack_delta};
+use super::growing::Growing;
 use super::known::{Known, Lookups, known};
 use super::large::pack_large;
 use super::manifest::FileMeta;
@@ -123,6 +125,9 @@ pub struct Packer<'a> {
     pub limits: Limits,
     pub alloc_seq: &'a mut dyn FnMut() -> io::Result<u64>,
     pub emit: &'a mut dyn FnMut(Packed) -> io::Result<()>,
+    /// Told of each bundle as it is opened, which a transport may send as
+    /// it grows ([`Growing`]).
+    pub opened: &'a dyn Fn(&Arc<Growing>),
     /// Whether an event touched the path since this pack began: its content
     /// is in flux, so it stays pending instead of shipping.
     pub touched: &'a (dyn Fn(&str) -> bool + Sync),
@@ -168,6 +173,7 @@ impl Packer<'_> {
                 closed: Default::default(),
                 alloc_seq: &mut *self.alloc_seq,
                 emit: &mut *self.emit,
+                opened: self.opened,
                 open: None,
             },
             report,
@@ -561,6 +567,7 @@ mod tests {
                 limits: Limits::new(64 << 20, 256 << 20, 100),
                 alloc_seq: &mut || Ok(1),
                 emit: &mut |_| Ok(()),
+                opened: &|_| {},
                 touched: &|_| busy,
                 deflate: &|| false,
                 held: None,

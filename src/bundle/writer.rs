@@ -1,11 +1,14 @@
 //! One bundle being written: the zip on a temporary file in the outbox,
 //! its manifest, and the tallies that say how full it is. Sealing writes
-//! the manifest and the central directory. Knows nothing of the source
-//! tree or of when a bundle is cut; writes only the bundle's own file.
+//! the manifest and the central directory. Every entry ends with a flush,
+//! at which the file publishes how much of it is final, for a transport
+//! that sends the bundle while it grows ([`Growing`]). Knows nothing of the
+//! source tree or of when a bundle is cut; writes only the bundle's own
+//! file.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +18,7 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipWriter};
 
 use super::delta::{Recipe, Signature};
+use super::growing::{Growing, Publisher};
 use super::limits::Limits;
 use super::manifest::{
     CopyEntry, DeltaEntry, DirEntry, FORMAT, FileEntry, FileMeta, LinkEntry, MANIFEST_ENTRY,
@@ -33,7 +37,7 @@ const EMPTY_BUNDLE: u64 = 1024;
 const DELETION_OVERHEAD: u64 = 8;
 
 /// The zip a bundle is written through.
-pub(super) type BundleZip = ZipWriter<BufWriter<BundleFile>>;
+pub(super) type BundleZip = ZipWriter<BundleFile>;
 
 /// A bundle being written, not yet sealed.
 pub(super) struct OpenBundle {
@@ -41,6 +45,9 @@ pub(super) struct OpenBundle {
     /// Set when the bundle is abandoned: the writer's last words go nowhere.
     discard: Arc<AtomicBool>,
     tmp: tempfile::TempPath,
+    /// The bundle as those sending it while it grows see it; sealed by the
+    /// cutter once the bundle is on its way, abandoned if dropped first.
+    publisher: Publisher,
     manifest: Manifest,
     summary: Summary,
     changes: Vec<(String, Option<FileMeta>)>,
@@ -58,6 +65,7 @@ pub(super) struct OpenBundle {
 /// and what it carries.
 pub(super) struct Sealed {
     pub(super) tmp: tempfile::TempPath,
+    pub(super) publisher: Publisher,
     pub(super) summary: Summary,
     pub(super) changes: Vec<(String, Option<FileMeta>)>,
     /// The paths its copies are made from.
@@ -67,18 +75,25 @@ pub(super) struct Sealed {
 impl OpenBundle {
     /// Start a bundle from `sender` in `file`, which `tmp` removes unless
     /// the bundle is sealed and persisted.
-    pub(super) fn new(file: File, tmp: tempfile::TempPath, sender: &str) -> Self {
+    pub(super) fn new(file: File, tmp: tempfile::TempPath, sender: &str) -> io::Result<Self> {
         let discard = Arc::new(AtomicBool::new(false));
+        let growing = Growing::new(file.try_clone().map_err(|e| with_path(e, &tmp))?);
         let file = BundleFile {
             file,
             discard: discard.clone(),
+            buf: Vec::with_capacity(COPY_BUF),
             pos: 0,
             len: 0,
+            growing: growing.clone(),
         };
-        Self {
-            zip: ZipWriter::new(BufWriter::with_capacity(COPY_BUF, file)),
+        let mut zip = ZipWriter::new(file);
+        // Each entry's end reaches the file, which then publishes it.
+        zip.set_flush_on_finish_file(true);
+        Ok(Self {
+            zip,
             discard,
             tmp,
+            publisher: Publisher::new(growing),
             manifest: Manifest {
                 format: FORMAT,
                 sender: sender.to_owned(),
@@ -100,7 +115,12 @@ impl OpenBundle {
             copied: 0,
             entries: 0,
             normalised: HashSet::new(),
-        }
+        })
+    }
+
+    /// The bundle as those sending it while it grows see it.
+    pub(super) fn growing(&self) -> &Arc<Growing> {
+        self.publisher.growing()
     }
 
     /// Whether an entry named `name` of `need` more bytes, that makes the
@@ -306,6 +326,7 @@ impl OpenBundle {
             zip,
             discard,
             tmp,
+            publisher,
             mut manifest,
             summary,
             changes,
@@ -317,6 +338,7 @@ impl OpenBundle {
         let sources = manifest.copies.into_iter().map(|c| c.from).collect();
         Ok(Sealed {
             tmp,
+            publisher,
             summary,
             changes,
             sources,
@@ -332,10 +354,10 @@ fn seal(mut zip: BundleZip, manifest: &Manifest) -> io::Result<()> {
     )
     .map_err(zip_err)?;
     zip.write_all(&manifest.to_json())?;
-    let out = zip.finish().map_err(zip_err)?;
+    let mut out = zip.finish().map_err(zip_err)?;
     // No fsync: an outbox bundle is dropped at restart and its changes
     // found again by the catch-up, so it never needs to survive a crash.
-    out.into_inner().map_err(|e| e.into_error())?.flush()
+    out.flush()
 }
 
 /// Bytes an entry may add to a bundle: content, a little deflate expansion
@@ -344,16 +366,30 @@ pub(super) fn need(name: &str, size: u64) -> u64 {
     size + size / 1000 + 3 * name.len() as u64 + ENTRY_OVERHEAD
 }
 
-/// The bundle file under construction. Once the bundle is abandoned after a
-/// write error (a full disk), everything written is discarded, so dropping
-/// the zip writer neither fails nor prints (zip's `Drop` reports a failed
-/// finish on stderr). The temporary file is removed with the bundle.
+/// The bundle file under construction, written through a buffer of
+/// [`COPY_BUF`] (zip's own small writes would each be a system call).
+/// Once the bundle is abandoned after a write error (a full disk),
+/// everything written is discarded, so dropping the zip writer neither
+/// fails nor prints (zip's `Drop` reports a failed finish on stderr). The
+/// temporary file is removed with the bundle.
+///
+/// zip flushes it at the end of each entry (`set_flush_on_finish_file`),
+/// and only then: a flush empties the buffer into the file and publishes
+/// the position as final ([`Growing::publish`]). Its own buffer, not a
+/// `BufWriter`, because zip takes that setting only for a writer it could
+/// read back; nothing reads this one, and a read is an error.
 pub(super) struct BundleFile {
     file: File,
     discard: Arc<AtomicBool>,
-    /// Position and length as the zip writer sees them once discarding.
+    /// Bytes written and not yet in the file: they go at `pos - buf.len()`.
+    buf: Vec<u8>,
+    /// Position and length as the zip writer sees them (the buffer's
+    /// bytes counted).
     pos: u64,
     len: u64,
+    /// Told at each flush (the end of an entry) that the bytes before the
+    /// position are final.
+    growing: Arc<Growing>,
 }
 
 impl BundleFile {
@@ -364,15 +400,35 @@ impl BundleFile {
     fn abandon(&self) {
         self.discard.store(true, Ordering::Relaxed);
     }
+
+    /// Write the buffer into the file. The first failed write abandons
+    /// the bundle.
+    fn drain(&mut self) -> io::Result<()> {
+        if self.discarding() {
+            self.buf.clear();
+            return Ok(());
+        }
+        let r = self.file.write_all(&self.buf);
+        self.buf.clear();
+        r.inspect_err(|_| self.abandon())
+    }
 }
 
 impl Write for BundleFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let n = if self.discarding() {
-            buf.len()
+            data.len()
+        } else if self.buf.len() + data.len() <= COPY_BUF {
+            self.buf.extend_from_slice(data);
+            data.len()
         } else {
-            // The first failed write abandons the bundle.
-            self.file.write(buf).inspect_err(|_| self.abandon())?
+            self.drain()?;
+            if data.len() < COPY_BUF {
+                self.buf.extend_from_slice(data);
+                data.len()
+            } else {
+                self.file.write(data).inspect_err(|_| self.abandon())?
+            }
         };
         self.pos += n as u64;
         self.len = self.len.max(self.pos);
@@ -380,15 +436,21 @@ impl Write for BundleFile {
     }
 
     fn flush(&mut self) -> io::Result<()> {
+        self.drain()?;
         if self.discarding() {
             return Ok(());
         }
-        self.file.flush().inspect_err(|_| self.abandon())
+        self.file.flush().inspect_err(|_| self.abandon())?;
+        // zip flushes only at the end of an entry, from its end: nothing
+        // before it is patched again (see `growing.rs`).
+        self.growing.publish(self.pos);
+        Ok(())
     }
 }
 
 impl Seek for BundleFile {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        self.drain()?;
         if !self.discarding() {
             self.pos = self.file.seek(to).inspect_err(|_| self.abandon())?;
             self.len = self.len.max(self.pos);
@@ -401,6 +463,12 @@ impl Seek for BundleFile {
         };
         self.pos = target.ok_or_else(|| io::Error::other("seek before the start"))?;
         Ok(self.pos)
+    }
+}
+
+impl Read for BundleFile {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::other("a bundle being written is not read back"))
     }
 }
 
@@ -417,13 +485,14 @@ pub fn with_path(e: io::Error, path: &Path) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::growing::Progress;
 
     fn open() -> (tempfile::TempDir, OpenBundle) {
         let dir = tempfile::tempdir().unwrap();
         let (file, tmp) = tempfile::NamedTempFile::new_in(dir.path())
             .unwrap()
             .into_parts();
-        (dir, OpenBundle::new(file, tmp, "app1"))
+        (dir, OpenBundle::new(file, tmp, "app1").unwrap())
     }
 
     fn stamp(size: u64) -> Stamp {
@@ -482,6 +551,99 @@ mod tests {
             b.is_full_for(&unpacked, (11, 11), "b"),
             "what copies write counts"
         );
+    }
+
+    /// How a bundle's entries may be written: streamed through zip, stored
+    /// or deflated, and dropped again (a file that changed while read);
+    /// or prepared whole beforehand (a small file, compressed in parallel).
+    #[derive(Debug, Clone)]
+    enum Entry {
+        Streamed {
+            len: usize,
+            deflate: bool,
+            abort: bool,
+        },
+        Prepared {
+            len: usize,
+            deflate: bool,
+        },
+    }
+
+    fn writes() -> impl proptest::strategy::Strategy<Value = Vec<Entry>> {
+        use proptest::prelude::*;
+        let one = prop_oneof![
+            (
+                0usize..(3 << 20),
+                any::<bool>(),
+                proptest::bool::weighted(0.2)
+            )
+                .prop_map(|(len, deflate, abort)| Entry::Streamed {
+                    len,
+                    deflate,
+                    abort
+                }),
+            (0usize..(256 << 10), any::<bool>())
+                .prop_map(|(len, deflate)| Entry::Prepared { len, deflate }),
+        ];
+        proptest::collection::vec(one, 0..12)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(24))]
+
+        /// The invariant a transport sending a bundle as it grows relies
+        /// on (`growing.rs`): whatever the bundle publishes as final, at
+        /// every step, is a prefix of the sealed file, which publishes all
+        /// of itself once sealed; and zip never reads it back.
+        #[test]
+        fn every_prefix_published_is_a_prefix_of_the_sealed_bundle(writes in writes()) {
+            let (_dir, mut b) = open();
+            let path = b.tmp.to_path_buf();
+            let g = b.growing().clone();
+            let mut seen = Vec::new();
+            for (i, w) in writes.iter().enumerate() {
+                let name = format!("f{i}");
+                let (len, deflate) = match w {
+                    Entry::Streamed { len, deflate, .. } | Entry::Prepared { len, deflate } => {
+                        (*len, *deflate)
+                    }
+                };
+                let method = if deflate { CompressionMethod::Deflated } else { CompressionMethod::Stored };
+                let options = SimpleFileOptions::default().compression_method(method).large_file(len > (1 << 20));
+                let data = crate::bundle::noise::noise(len / 2, i as u64)
+                    .into_iter()
+                    .chain(std::iter::repeat_n(b'a', len - len / 2))
+                    .collect::<Vec<u8>>();
+                match w {
+                    Entry::Streamed { abort, .. } => {
+                        b.zip.start_file(&name, options).unwrap();
+                        b.zip.write_all(&data).unwrap();
+                        if *abort {
+                            b.zip.abort_file().unwrap();
+                        }
+                    }
+                    Entry::Prepared { .. } => {
+                        let z = zip::write::PreparedZipFile::from_data(&name, options, &data).unwrap();
+                        b.zip.add_prepared_file(z).unwrap();
+                    }
+                }
+                let Progress::Packing { final_len } = g.progress() else { panic!("ended early") };
+                let on_disk = std::fs::read(&path).unwrap();
+                proptest::prop_assert!(on_disk.len() as u64 >= final_len, "published past the file");
+                seen.push(on_disk[..final_len as usize].to_vec());
+            }
+            let sealed = b.seal(7).unwrap();
+            let whole = std::fs::read(&sealed.tmp).unwrap();
+            proptest::prop_assert_eq!(g.progress(), Progress::Packing { final_len: whole.len() as u64 });
+            for (i, prefix) in seen.iter().enumerate() {
+                proptest::prop_assert!(whole.starts_with(prefix), "prefix {} of {} bytes changed", i, prefix.len());
+            }
+            let zip = zip::ZipArchive::new(File::open(&sealed.tmp).unwrap()).unwrap();
+            let kept = writes.iter().filter(|w| !matches!(w, Entry::Streamed { abort: true, .. })).count();
+            proptest::prop_assert_eq!(zip.len(), kept + 1);
+            sealed.publisher.seal(7, whole.len() as u64);
+            proptest::prop_assert_eq!(g.progress(), Progress::Sealed { seq: 7, size: whole.len() as u64 });
+        }
     }
 
     #[test]

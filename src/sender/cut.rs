@@ -198,6 +198,7 @@ impl Handles {
             limits,
             alloc_seq: &mut || self.alloc_seq(),
             emit: &mut emit,
+            opened: &|g| self.outbox.opened(g, only),
             touched: &|p: &str| {
                 touched
                     .lock()

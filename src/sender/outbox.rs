@@ -7,11 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, MutexGuard};
+use std::sync::{Arc, MutexGuard, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 
+use crate::bundle::growing::{Growing, Progress};
 use crate::bundle::pack::Packed;
 use crate::config::SenderConfig;
 
@@ -25,6 +26,10 @@ pub struct Outbox {
     room: std::sync::Condvar,
     /// Wakes transports waiting for a bundle.
     pub(super) arrived: tokio::sync::Notify,
+    /// The bundle being packed, and for whom (`None`: every receiver): a
+    /// transport with nothing else to send may send it as it grows. Not
+    /// held here: once packed and sent, its file (open in it) is let go.
+    growing: std::sync::Mutex<Option<(Weak<Growing>, Option<usize>)>>,
 }
 
 /// Where a receiver's session stands, as the outbox counts it.
@@ -156,7 +161,30 @@ impl Outbox {
             }),
             room: std::sync::Condvar::new(),
             arrived: tokio::sync::Notify::new(),
+            growing: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A bundle for `only` (every receiver: `None`) is being packed into
+    /// `g`: it may be sent as it grows.
+    pub(super) fn opened(&self, g: &Arc<Growing>, only: Option<usize>) {
+        *self.growing.lock().unwrap_or_else(|e| e.into_inner()) = Some((Arc::downgrade(g), only));
+        self.arrived.notify_waiters();
+    }
+
+    /// The bundle being packed, if it is for receiver `i`: sent as it
+    /// grows by a transport that has sent `i` all the outbox holds for it.
+    pub(super) fn growing_for(&self, i: usize) -> Option<Arc<Growing>> {
+        let slot = self.growing.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, only) = slot.as_ref()?;
+        let g = g.upgrade()?;
+        let packing = matches!(g.progress(), Progress::Packing { .. });
+        (packing && only.is_none_or(|o| o == i)).then_some(g)
+    }
+
+    /// Bundle `seq`, if it is here.
+    pub(super) fn get(&self, seq: u64) -> Option<Arc<Packed>> {
+        self.lock().bundles.get(&seq).cloned()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {

@@ -462,6 +462,7 @@ pub fn pack_items_held(
         limits,
         alloc_seq: &mut alloc,
         emit: &mut emit,
+        opened: &|_| {},
         touched: &|_| false,
         deflate: &|| true,
         held,
