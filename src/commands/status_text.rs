@@ -165,9 +165,13 @@ fn receiver_lines(s: &mut String, l: &LinkStatus, now: i64) {
             let _ = writeln!(s, "  last acknowledged: none since start");
         }
     }
+    let streamed = match l.bundles_streamed {
+        0 => String::new(),
+        n => format!(" ({n} sent while they were packed)"),
+    };
     let _ = writeln!(
         s,
-        "  shipped since start: {} bundles, {} bytes",
+        "  shipped since start: {} bundles{streamed}, {} bytes",
         l.bundles_shipped, l.bytes_shipped
     );
     if let (Some(e), Some(t)) = (&l.last_error, l.last_error_at) {
@@ -223,6 +227,7 @@ mod tests {
                     last_ack_at: Some(now - 5),
                     bundles_shipped: 7,
                     bytes_shipped: 7000,
+                    bundles_streamed: 5,
                     last_error: Some("sequence 40: refused for now: busy".into()),
                     last_error_at: Some(now - 4000),
                     whole_tree_pending: true,
@@ -286,7 +291,7 @@ receiver web1:7700: connected since 2023-11-14 21:13:20Z (1h ago)
   receiving the whole tree (new, rebuilt or restored receiver)
   3 paths deleted while its backlog was dropped: its whole tree deletes those not shipped again
   last acknowledged: sequence 42 at 2023-11-14 22:13:15Z (5s ago)
-  shipped since start: 7 bundles, 7000 bytes
+  shipped since start: 7 bundles (5 sent while they were packed), 7000 bytes
   last error: sequence 40: refused for now: busy at 2023-11-14 21:06:40Z (1h 6m 40s ago)
   on_apply hook FAILED: sequence 41: on_apply hook /usr/local/bin/purge-cache: exit status: 1: 503 at 2023-11-14 22:13:14Z (6s ago) (bundles are applied; cleared when it next succeeds)
 receiver web2:7700: NOT connected since 2023-11-14 22:12:19Z (1m 1s ago)

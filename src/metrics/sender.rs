@@ -123,11 +123,16 @@ const RECEIVER_GAUGES: [(&str, &str, ReceiverValue); 4] = [
 
 /// Each receiver's counters: name (prometheus-client adds `_total`), help,
 /// value.
-const RECEIVER_COUNTERS: [(&str, &str, ReceiverValue); 2] = [
+const RECEIVER_COUNTERS: [(&str, &str, ReceiverValue); 3] = [
     (
         "shipper_receiver_bundles_shipped",
         "Bundles acknowledged since start",
         |l| Some(l.bundles_shipped),
+    ),
+    (
+        "shipper_receiver_bundles_streamed",
+        "Bundles sent while they were packed, since start",
+        |l| Some(l.bundles_streamed),
     ),
     (
         "shipper_receiver_bytes_shipped",
@@ -204,6 +209,7 @@ mod tests {
                 connected: true,
                 last_ack_seq: Some(42),
                 bundles_shipped: 7,
+                bundles_streamed: 6,
                 ..LinkStatus::default()
             }],
             ..StatusReport::default()
@@ -219,6 +225,7 @@ mod tests {
             "shipper_receiver_connected{receiver=\"web1:7700\"} 1",
             "shipper_receiver_last_ack_sequence{receiver=\"web1:7700\"} 42",
             "shipper_receiver_bundles_shipped_total{receiver=\"web1:7700\"} 7",
+            "shipper_receiver_bundles_streamed_total{receiver=\"web1:7700\"} 6",
             "# TYPE shipper_receiver_bytes_shipped counter",
             "shipper_receiver_bytes_shipped_total{receiver=\"web1:7700\"} 0",
         ] {

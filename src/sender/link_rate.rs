@@ -339,8 +339,22 @@ impl Delivered {
     }
 
     /// Bytes acknowledged by the peer since the connection began.
-    #[cfg(target_os = "linux")]
     pub(super) fn acked(&self) -> Option<u64> {
+        self.counts().map(|c| c.acked)
+    }
+
+    /// Bytes acknowledged by the peer, and the time the connection had
+    /// bytes to send (sending, or held back by the peer's window or its
+    /// own buffer), since it began; `None` where the kernel does not count
+    /// that time (before Linux 4.10). The time the sender had nothing to
+    /// send is left out: bytes over that time are the link's rate, however
+    /// long the sender waited between them.
+    pub(super) fn busy(&self) -> Option<(u64, Duration)> {
+        self.counts().and_then(|c| c.busy.map(|b| (c.acked, b)))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn counts(&self) -> Option<Counts> {
         use std::os::fd::AsRawFd;
         // SAFETY: `info` is a plain C struct, valid zeroed, and the kernel
         // writes at most `len` bytes of it; the socket is ours while the
@@ -357,15 +371,35 @@ impl Delivered {
             );
             (rc, info, len)
         };
-        // Kernels before 4.1 stop short of the acknowledged-bytes count.
-        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
-        (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
+        // Kernels before 4.1 stop short of the acknowledged-bytes count,
+        // before 4.10 of the busy times.
+        let has = |end: usize| rc == 0 && len as usize >= end;
+        if !has(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8) {
+            return None;
+        }
+        let busy = has(std::mem::offset_of!(libc::tcp_info, tcpi_sndbuf_limited) + 8).then(|| {
+            let micros = info
+                .tcpi_busy_time
+                .saturating_add(info.tcpi_rwnd_limited)
+                .saturating_add(info.tcpi_sndbuf_limited);
+            Duration::from_micros(micros)
+        });
+        Some(Counts {
+            acked: info.tcpi_bytes_acked,
+            busy,
+        })
     }
 
     #[cfg(not(target_os = "linux"))]
-    pub(super) fn acked(&self) -> Option<u64> {
+    fn counts(&self) -> Option<Counts> {
         None
     }
+}
+
+/// What the kernel counts of a connection (see [`Delivered::busy`]).
+struct Counts {
+    acked: u64,
+    busy: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -229,3 +229,76 @@ async fn a_stream_past_the_receivers_limit_or_from_an_older_sender_ends_the_sess
     assert!(tree(&env.root()).is_empty());
     r.stop().await;
 }
+
+/// Remember a link to `addr` measured at 1 GB/s, for the sender of `env`
+/// (as `state_dir/link-rates.json` keeps it across restarts).
+fn remember_fast_link(env: &Env, addr: std::net::SocketAddr) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let rates = serde_json::json!({"links": [{
+        "receiver": addr.to_string(),
+        "fingerprint": null,
+        "sent": {"bytes_per_s": 1e9, "at": now},
+        "received": null,
+    }]});
+    std::fs::create_dir_all(env.path().join("state-s")).unwrap();
+    std::fs::write(
+        env.path().join("state-s/link-rates.json"),
+        rates.to_string(),
+    )
+    .unwrap();
+}
+
+/// Files enough to keep the packer busy a while: 24 MiB of noise in
+/// 1 MiB files and 400 pages.
+fn write_a_tree(env: &Env, under: &str) {
+    for i in 0..24 {
+        env.write(&format!("{under}/img/{i}.bin"), noise(1 << 20, 100 + i));
+    }
+    for i in 0..400 {
+        env.write(
+            &format!("{under}/p{i}.html"),
+            format!("<p>page {i}</p>").repeat(200),
+        );
+    }
+}
+
+/// A sender whose link was measured (here, remembered from before) sends
+/// its bundles while it packs them, once nothing else waits for the
+/// receiver: the tree arrives whole, and status says how many went so.
+/// Without a measure, bundles go sealed (sending them measures the link).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_measured_link_gets_bundles_while_they_are_packed_and_an_unmeasured_one_sealed() {
+    for measured in [true, false] {
+        let env = Env::new();
+        let r = env.start_receiver("").await;
+        if measured {
+            remember_fast_link(&env, r.addr);
+        }
+        let extra = "compress = \"never\"\n";
+        let config = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
+        env.write("first.html", "connected");
+        let s = env.start_sender(r.addr, extra);
+        wait_in_sync(&env).await;
+        // Connected and idle: what comes now is packed while it waits.
+        write_a_tree(&env, "bulk");
+        wait_in_sync(&env).await;
+        let v = wait_status(&config, "every bundle acknowledged", |v| {
+            v["outbox_bytes"].as_u64() == Some(0)
+        })
+        .await;
+        let link = &v["receivers"][0];
+        assert_eq!(link["last_error"], serde_json::Value::Null, "{v}");
+        let streamed = link["bundles_streamed"].as_u64().unwrap();
+        if measured {
+            assert!(streamed >= 1, "none sent while packed: {v}");
+        } else {
+            assert_eq!(streamed, 0, "{v}");
+        }
+        assert!(link["bundles_shipped"].as_u64().unwrap() >= 2, "{v}");
+        s.stop().await;
+        r.stop().await;
+    }
+}

@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use super::follow::{Piece, follow};
+use crate::bundle::growing::Growing;
 use crate::bundle::pack::Packed;
 use crate::proto::connection::{ConnError, Stream};
 use crate::proto::hook_outcome::HookOutcome;
@@ -67,6 +69,67 @@ pub(super) async fn send_bundle(
     .await
 }
 
+/// What came of sending a bundle as it was packed.
+pub(super) enum Grown {
+    /// Sealed as `seq`, and sent whole.
+    Sent { seq: u64 },
+    /// Given up by the packer, or sealed behind a bundle this receiver was
+    /// not sent yet (which must be applied first): `Abandon` went in its
+    /// place, and a sealed one goes out as the others do.
+    Abandoned,
+}
+
+/// Send the bundle `g` is packing as it grows (protocol
+/// [`STREAMED_FROM`](crate::proto::frame::STREAMED_FROM)): `Begin`, its
+/// final bytes in chunks as a follower thread reads them ([`follow`]),
+/// `Ping`s while the packer is slow to give more, and `Sealed` once it is
+/// sealed as a sequence `next_is` says comes next for this receiver (else
+/// `Abandon`). Its answer comes later ([`await_answer`]).
+pub(super) async fn send_growing(
+    conn: &mut Connection<Stream>,
+    g: Arc<Growing>,
+    next_is: impl Fn(u64) -> bool,
+    peer_timeout: Duration,
+) -> Result<Grown, ConnError> {
+    let (spent_tx, spent) = std::sync::mpsc::channel();
+    let mut pieces = follow(g, spent);
+    conn.write_frame(&Frame::Begin).await?;
+    let every = peer_timeout / PINGS_PER_TIMEOUT;
+    loop {
+        let piece = tokio::select! {
+            p = pieces.recv() => p,
+            _ = tokio::time::sleep(every) => {
+                conn.write_frame(&Frame::Ping).await?;
+                continue;
+            }
+        };
+        match piece {
+            Some(Piece::Chunk(buf, paced)) => {
+                conn.send_chunk(&buf, paced).await?;
+                // Caught up with the packer: what is buffered goes now.
+                if pieces.is_empty() {
+                    conn.flush().await?;
+                }
+                let _ = spent_tx.send(buf);
+            }
+            Some(Piece::End { seq, size, hash }) if next_is(seq) => {
+                conn.write_frame(&Frame::Sealed { seq, size, hash }).await?;
+                return Ok(Grown::Sent { seq });
+            }
+            Some(Piece::End { .. } | Piece::Abandoned) => {
+                conn.write_frame(&Frame::Abandon).await?;
+                return Ok(Grown::Abandoned);
+            }
+            Some(Piece::Failed(e)) => return Err(e.into()),
+            None => {
+                return Err(
+                    std::io::Error::other("following the bundle being packed failed").into(),
+                );
+            }
+        }
+    }
+}
+
 /// What came while bundles were unanswered.
 pub(super) enum Awaited {
     /// The answer to the oldest of them.
@@ -84,16 +147,17 @@ pub(super) trait Told {
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
 /// (waited for since `since`), skipping the receiver's pings and pinging it
 /// in turn, and passing on to `told` how fast it says bundles came; when
-/// `room_after` names the outbox, this receiver and the last bundle sent,
-/// the pipeline has room and a bundle after it arriving in the outbox ends
-/// the wait too. A receiver that goes silent for `peer_timeout`, or that
+/// `room_after` names the outbox, this receiver, the last bundle sent and
+/// whether bundles may be sent as they grow, the pipeline has room and a
+/// bundle after it arriving in the outbox (or one being packed) ends the
+/// wait too. A receiver that goes silent for `peer_timeout`, or that
 /// pings but does not answer within a limit that grows with the bundle's
 /// size, fails the wait.
 pub(super) async fn await_answer(
     (conn, told): (&mut Connection<Stream>, &(dyn Told + Sync)),
     oldest: &Packed,
     since: Instant,
-    room_after: Option<(&Outbox, usize, u64)>,
+    room_after: Option<(&Outbox, usize, u64, bool)>,
     peer_timeout: Duration,
 ) -> Result<Awaited, ConnError> {
     let limit = ack_limit(oldest.size);
@@ -104,9 +168,10 @@ pub(super) async fn await_answer(
     let every = peer_timeout / PINGS_PER_TIMEOUT;
     let mut next_ping = heard + every;
     loop {
-        let arrived = room_after.map(|(outbox, _, _)| outbox.arrived.notified());
-        if let Some((outbox, index, last)) = room_after
-            && outbox.next_after(index, last).is_some()
+        let arrived = room_after.map(|(outbox, ..)| outbox.arrived.notified());
+        if let Some((outbox, index, last, streams)) = room_after
+            && (outbox.next_after(index, last).is_some()
+                || (streams && outbox.growing_for(index).is_some()))
         {
             return Ok(Awaited::Room);
         }
@@ -142,24 +207,33 @@ pub(super) async fn await_answer(
     }
 }
 
-/// Wait for the next bundle receiver `index` has not acknowledged, keeping
-/// the idle connection checked: a `Ping` every third of `peer_timeout`,
-/// which the receiver answers, and [`ConnError::Silent`] once nothing came
-/// for `peer_timeout`. `Ok(None)` on shutdown.
+/// The next bundle to send: one in the outbox, or the one being packed.
+pub(super) enum Next {
+    Sealed(Arc<Packed>),
+    Growing(Arc<Growing>),
+}
+
+/// Wait for the next bundle receiver `index` has not acknowledged (or,
+/// when `streams`, the one being packed for it), keeping the idle
+/// connection checked: a `Ping` every third of `peer_timeout`, which the
+/// receiver answers, and [`ConnError::Silent`] once nothing came for
+/// `peer_timeout`. `Ok(None)` on shutdown.
 pub(super) async fn next_bundle(
-    outbox: &Outbox,
-    index: usize,
+    (outbox, index, streams): (&Outbox, usize, bool),
     conn: &mut Connection<Stream>,
     peer_timeout: Duration,
     shutdown: &CancellationToken,
-) -> Result<Option<Arc<Packed>>, ConnError> {
+) -> Result<Option<Next>, ConnError> {
     let every = peer_timeout / PINGS_PER_TIMEOUT;
     let mut heard = Instant::now();
     let mut next_ping = heard + every;
     loop {
         let arrived = outbox.arrived.notified();
         if let Some(b) = outbox.next_for(index) {
-            return Ok(Some(b));
+            return Ok(Some(Next::Sealed(b)));
+        }
+        if let Some(g) = outbox.growing_for(index).filter(|_| streams) {
+            return Ok(Some(Next::Growing(g)));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),

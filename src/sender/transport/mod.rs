@@ -12,6 +12,7 @@ mod bucket;
 mod bucket_bases;
 mod connect;
 mod exchange;
+mod follow;
 mod handoff;
 mod welcome;
 
@@ -30,6 +31,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::bundle::growing::Growing;
 use crate::bundle::pack::Packed;
 use crate::ledger::Ledger;
 use crate::peers::{Peers, TreeNeed};
@@ -44,7 +46,10 @@ use crate::sender::link_rate::{
 use crate::sender::outbox::{Outbox, Presence};
 use crate::status::{LinkStatus, unix_now};
 use connect::connect;
-use exchange::{Answer, Awaited, PIPELINE, Told, await_answer, describe, next_bundle, send_bundle};
+use exchange::{
+    Answer, Awaited, Grown, Next, PIPELINE, Told, await_answer, describe, next_bundle, send_bundle,
+    send_growing,
+};
 use handoff::release;
 
 /// What one receiver's transport task talks to besides the socket.
@@ -205,12 +210,19 @@ impl Link {
             // The next bundle to send: behind those unanswered while the
             // pipeline has room, or, with none unanswered, whatever comes
             // while the connection idles.
+            let streams = self.streams();
             let next = match last.filter(|_| room) {
-                Some(l) => self.outbox.next_after(self.index, l),
+                Some(l) => match self.outbox.next_after(self.index, l) {
+                    Some(b) => Some(Next::Sealed(b)),
+                    None => self
+                        .outbox
+                        .growing_for(self.index)
+                        .filter(|_| streams)
+                        .map(Next::Growing),
+                },
                 None if unanswered.is_empty() => {
                     let idle = next_bundle(
-                        &self.outbox,
-                        self.index,
+                        (&self.outbox, self.index, streams),
                         &mut conn,
                         self.peer_timeout,
                         shutdown,
@@ -229,12 +241,27 @@ impl Link {
                 }
                 None => None,
             };
-            if let Some(b) = next {
-                let out = (&mut conn, delivered.as_ref());
-                if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
-                    return Some(lost);
+            let sent = match next {
+                Some(Next::Sealed(b)) => {
+                    let out = (&mut conn, delivered.as_ref());
+                    if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
+                        return Some(lost);
+                    }
+                    Some(Some(b))
                 }
-                unanswered.push_back((b, Instant::now()));
+                Some(Next::Growing(g)) => {
+                    let out = (&mut conn, delivered.as_ref());
+                    match self.send_growing(out, instance, g, last, shutdown).await? {
+                        Err(lost) => return Some(lost),
+                        Ok(b) => Some(b),
+                    }
+                }
+                None => None,
+            };
+            if let Some(b) = sent {
+                if let Some(b) = b {
+                    unanswered.push_back((b, Instant::now()));
+                }
                 // Nothing was read while it went out (a large bundle on a
                 // slow link takes minutes): the oldest's wait starts again.
                 since = Instant::now();
@@ -245,7 +272,7 @@ impl Link {
             };
             let room_after = last
                 .filter(|_| room)
-                .map(|l| (&*self.outbox, self.index, l));
+                .map(|l| (&*self.outbox, self.index, l, streams));
             let awaited = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 r = await_answer((&mut conn, self), oldest, since, room_after, self.peer_timeout) => r,
@@ -308,6 +335,82 @@ impl Link {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
         }))
+    }
+
+    /// Whether bundles go to this receiver as they are packed: once its
+    /// link was measured (here or remembered). A link not measured yet is
+    /// sent sealed bundles, whose sending measures it before a choice to
+    /// deflate rests on it; a bundle sent as it grows measures only the
+    /// time the connection had bytes to send.
+    fn streams(&self) -> bool {
+        self.link_rates
+            .links()
+            .get(self.index)
+            .is_some_and(|l| l.rate().is_some())
+    }
+
+    /// Send the bundle `g` is packing as it grows (see [`send_growing`]),
+    /// behind `last`, the newest bundle unanswered (`None`: none is). The
+    /// bundle once sealed and sent, or `None` if it goes the usual way;
+    /// `None` outside on shutdown; the inner error when the session cannot
+    /// go on.
+    async fn send_growing(
+        &self,
+        (conn, delivered): (&mut Connection<Stream>, Option<&Delivered>),
+        instance: [u8; 16],
+        g: Arc<Growing>,
+        last: Option<u64>,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Option<Arc<Packed>>, Lost>> {
+        let (outbox, index) = (&*self.outbox, self.index);
+        // Sealed, it must be the next bundle this receiver is to get.
+        let next_is = |seq: u64| {
+            let next = match last {
+                Some(l) => outbox.next_after(index, l),
+                None => outbox.next_for(index),
+            };
+            next.is_some_and(|b| b.seq == seq)
+        };
+        let busy_before = delivered.and_then(Delivered::busy);
+        let grown = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            r = send_growing(conn, g, next_is, self.peer_timeout) => r,
+        };
+        let lost = |error: String| {
+            Some(Err(Lost {
+                error,
+                in_flight: true,
+            }))
+        };
+        let seq = match grown {
+            Ok(Grown::Sent { seq }) => seq,
+            Ok(Grown::Abandoned) => return Some(Ok(None)),
+            Err(e) => return lost(format!("the bundle being packed: {}", describe(e))),
+        };
+        let Some(b) = outbox.get(seq) else {
+            return lost(format!(
+                "sequence {seq}: sent as it was packed, then not in the outbox"
+            ));
+        };
+        if outbox.take_stale(index) {
+            let reason = format!(
+                "bundle {seq} was numbered at or below what it already applied (sender state restored from an older copy?)"
+            );
+            self.record_needs(instance, Some(TreeNeed::new(reason, false)), None)
+                .await;
+        }
+        outbox.mark_sent(index, seq);
+        self.status.send_modify(|s| s.bundles_streamed += 1);
+        if let (Some((a, ta)), Some((z, tz))) = (busy_before, delivered.and_then(Delivered::busy)) {
+            let measured = self.link_rates.record(
+                index,
+                Measure::Acked,
+                (z.saturating_sub(a), tz.saturating_sub(ta)),
+                unix_now(),
+            );
+            self.tell_measured(measured);
+        }
+        Some(Ok(Some(b)))
     }
 
     /// Log a measure of the link that is news (its first in this process,
