@@ -87,8 +87,7 @@ pub struct LinkStatus {
     pub last_ack_at: Option<i64>,
     pub bundles_shipped: u64,
     pub bytes_shipped: u64,
-    /// Of the bundles sent, those sent while they were packed (each is
-    /// counted as shipped too, once acknowledged).
+    /// Of the bundles shipped, those sent while they were packed.
     #[serde(default)]
     pub bundles_streamed: u64,
     /// The latest failure, naming the peer or sequence it concerns.

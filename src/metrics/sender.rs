@@ -131,7 +131,7 @@ const RECEIVER_COUNTERS: [(&str, &str, ReceiverValue); 3] = [
     ),
     (
         "shipper_receiver_bundles_streamed",
-        "Bundles sent while they were packed, since start",
+        "Bundles acknowledged since start that were sent while they were packed",
         |l| Some(l.bundles_streamed),
     ),
     (

@@ -53,11 +53,13 @@ impl Tally {
     }
 }
 
-/// How long the link took to bring a body's paced bytes. A run opens at
-/// the first read of paced bytes that waited ([`PACED_WAIT`]) and takes
-/// in every paced byte after it; bytes the sender did not yet have when
-/// it sent the ones before (not paced) close the run, since the wait
-/// before them was the sender's, not the link's. The runs add up.
+/// How long the link took to bring a body. A run opens at the first read
+/// that waited ([`PACED_WAIT`]) and takes in every byte after it, across
+/// the chunks of a stream, until a chunk the sender did not have yet when
+/// it sent the one before (not paced): the wait before that chunk was the
+/// sender's packer, not the link, so it closes the run. Within that chunk
+/// (its bytes follow its header at once) a new run may open. The runs add
+/// up. A body of known size is one run.
 #[derive(Debug, Default)]
 pub struct PaceClock {
     bytes: u64,
@@ -73,13 +75,15 @@ struct Run {
 }
 
 impl PaceClock {
-    /// A read of `n` body bytes, `paced` or not, asked for at `asked` and
-    /// done at `done`.
-    pub fn read(&mut self, paced: bool, n: u64, asked: Instant, done: Instant) {
+    /// A chunk of a stream begins; `paced` as its frame says.
+    pub fn chunk(&mut self, paced: bool) {
         if !paced {
             self.close();
-            return;
         }
+    }
+
+    /// A read of `n` body bytes, asked for at `asked` and done at `done`.
+    pub fn read(&mut self, n: u64, asked: Instant, done: Instant) {
         match &mut self.run {
             Some(run) => {
                 run.bytes += n;
@@ -103,8 +107,8 @@ impl PaceClock {
         }
     }
 
-    /// The paced bytes timed and the time they took, once the body is
-    /// whole; `None` when no read of paced bytes waited.
+    /// The bytes timed and the time they took, once the body is whole;
+    /// `None` when no read waited.
     pub fn timed(mut self) -> Option<(u64, Duration)> {
         self.close();
         (self.bytes > 0).then_some((self.bytes, self.took))
@@ -136,42 +140,50 @@ mod tests {
     #[test]
     fn reads_that_never_wait_time_nothing() {
         let mut c = PaceClock::default();
-        c.read(true, 100, at(0), at(0));
-        c.read(true, 100, at(0), at(0));
+        c.read(100, at(0), at(0));
+        c.read(100, at(0), at(0));
         assert_eq!(c.timed(), None);
     }
 
     /// As a body of known size is timed: from the first read that waited,
     /// every byte after it, to the last.
     #[test]
-    fn a_run_opens_at_the_first_read_that_waited_and_ends_at_the_last_paced_byte() {
+    fn a_run_opens_at_the_first_read_that_waited_and_ends_at_the_last_byte() {
         let mut c = PaceClock::default();
-        c.read(true, 1000, at(0), at(0));
-        c.read(true, 10, at(0), at(5));
-        c.read(true, 10, at(5), at(5));
-        c.read(true, 30, at(6), at(20));
+        c.read(1000, at(0), at(0));
+        c.read(10, at(0), at(5));
+        c.read(10, at(5), at(5));
+        c.read(30, at(6), at(20));
         assert_eq!(c.timed(), Some((50, Duration::from_millis(20))));
     }
 
-    /// The wait before bytes the sender did not have yet is the packer's:
-    /// it ends the run, and a later run adds to it.
+    /// The wait before a chunk the sender did not have yet is the
+    /// packer's: it ends the run and is not counted; the link's time to
+    /// bring that chunk's own bytes is, and paced chunks after it go on
+    /// the same run.
     #[test]
-    fn bytes_not_paced_close_the_run_and_the_wait_before_them_is_not_counted() {
+    fn a_chunk_not_paced_closes_the_run_and_the_wait_before_it_is_not_counted() {
         let mut c = PaceClock::default();
-        c.read(true, 10, at(0), at(10));
-        c.read(true, 10, at(10), at(20));
-        // The sender waited on its packer for a second.
-        c.read(false, 10, at(20), at(1020));
-        c.read(false, 10, at(1020), at(1030));
-        c.read(true, 40, at(1030), at(1040));
-        c.read(true, 40, at(1040), at(1060));
-        assert_eq!(c.timed(), Some((100, Duration::from_millis(50))));
+        c.chunk(true);
+        c.read(10, at(0), at(10));
+        c.read(10, at(10), at(20));
+        // The sender waited on its packer for a second before this chunk;
+        // its header came at 1020, its bytes in 5 ms after.
+        c.chunk(false);
+        c.read(10, at(1020), at(1025));
+        c.chunk(true);
+        c.read(40, at(1025), at(1040));
+        c.read(40, at(1040), at(1060));
+        assert_eq!(c.timed(), Some((110, Duration::from_millis(20 + 40))));
     }
 
     #[test]
-    fn a_body_with_no_paced_bytes_times_nothing() {
+    fn chunks_whose_bytes_never_wait_time_nothing_whatever_the_gaps_between() {
         let mut c = PaceClock::default();
-        c.read(false, 10, at(0), at(500));
+        c.chunk(false);
+        c.read(10, at(500), at(500));
+        c.chunk(false);
+        c.read(10, at(900), at(900));
         assert_eq!(c.timed(), None);
     }
 }

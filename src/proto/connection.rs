@@ -169,11 +169,6 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
         self.reader.recv_chunked(limit, path).await
     }
 
-    /// See [`FrameWriter::send_chunks`].
-    pub async fn send_chunks(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
-        self.writer.send_chunks(path, size).await
-    }
-
     /// See [`FrameWriter::send_chunk`].
     pub async fn send_chunk(&mut self, bytes: &[u8], paced: bool) -> Result<(), ConnError> {
         self.writer.send_chunk(bytes, paced).await
@@ -204,9 +199,9 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 }
 
-/// A body received: its BLAKE3, the first error writing it, and the
-/// paced bytes timed with the time they took to arrive ([`PaceClock`];
-/// `None` if no read of them waited).
+/// A body received: its BLAKE3, the first error writing it, and the bytes
+/// timed with the time they took to arrive ([`PaceClock`]; `None` if no
+/// read waited).
 #[derive(Debug)]
 pub struct Body {
     pub hash: blake3::Hash,
@@ -364,8 +359,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
 
     /// Receive exactly `size` body bytes into the file at `path`, returning
     /// their BLAKE3, the first write error, if any, and how long they took
-    /// from the first read that waited ([`PaceClock`]: every byte of a body
-    /// of known size is paced). A blocking thread writes and hashes while
+    /// from the first read that waited ([`PaceClock`]). A blocking thread writes and hashes while
     /// this task reads the socket ([`BodySink`]).
     pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
         let mut sink = BodySink::create(path);
@@ -374,7 +368,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
         while left > 0 {
             let want = CHUNK.min(usize::try_from(left).unwrap_or(usize::MAX));
             let mut buf = sink.buffer(want);
-            self.fill(&mut buf, true, &mut clock).await?;
+            self.fill(&mut buf, &mut clock).await?;
             left -= want as u64;
             sink.put(buf).await;
         }
@@ -390,7 +384,8 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// at `path`, up to its `Sealed` or `Abandon`, taking `Ping`s between
     /// chunks. A chunk that would take the body past `limit` bytes fails
     /// the call before it is read ([`ConnError::OverLimit`]), as does any
-    /// other frame. Only paced chunks are timed ([`PaceClock`]).
+    /// other frame. The wait before a chunk that is not paced is not timed
+    /// ([`PaceClock`]).
     pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
         let mut sink = BodySink::create(path);
         let mut clock = PaceClock::default();
@@ -400,10 +395,11 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
                 Frame::Ping => {}
                 Frame::Chunk { len, paced } => {
                     tally.chunk(len)?;
+                    clock.chunk(paced);
                     let mut left = len as usize;
                     while left > 0 {
                         let mut buf = sink.buffer(CHUNK.min(left));
-                        self.fill(&mut buf, paced, &mut clock).await?;
+                        self.fill(&mut buf, &mut clock).await?;
                         left -= buf.len();
                         sink.put(buf).await;
                     }
@@ -436,13 +432,8 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     }
 
     /// Fill `buf` from the socket, each read within the peer timeout and
-    /// timed on `clock` as `paced` bytes.
-    async fn fill(
-        &mut self,
-        buf: &mut [u8],
-        paced: bool,
-        clock: &mut PaceClock,
-    ) -> Result<(), ConnError> {
+    /// timed on `clock`.
+    async fn fill(&mut self, buf: &mut [u8], clock: &mut PaceClock) -> Result<(), ConnError> {
         let mut filled = 0;
         while filled < buf.len() {
             let asked = std::time::Instant::now();
@@ -450,7 +441,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             if n == 0 {
                 return Err(ConnError::Closed);
             }
-            clock.read(paced, n as u64, asked, std::time::Instant::now());
+            clock.read(n as u64, asked, std::time::Instant::now());
             filled += n;
         }
         Ok(())
@@ -562,24 +553,6 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
     /// socket, so disk, hash and network overlap and the bundle is read
     /// once: the trailer vouches for exactly the bytes that went out.
     pub async fn send_body(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
-        self.send_file(path, size, false).await
-    }
-
-    /// Send `size` bytes of the file at `path` as the chunks of a streamed
-    /// body (after its `Begin`, before its `Sealed`), each after its
-    /// `Chunk` frame, returning their BLAKE3 as [`Self::send_body`] does.
-    /// Every chunk is paced: the whole file was there before the first.
-    pub async fn send_chunks(&mut self, path: &Path, size: u64) -> Result<blake3::Hash, ConnError> {
-        self.send_file(path, size, true).await
-    }
-
-    /// [`Self::send_body`], or with each chunk after its `Chunk` frame.
-    async fn send_file(
-        &mut self,
-        path: &Path,
-        size: u64,
-        chunked: bool,
-    ) -> Result<blake3::Hash, ConnError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<io::Result<Vec<u8>>>(4);
         // Sent buffers go back to be filled again, as in `recv_body`.
         let (spent_tx, spent) = std::sync::mpsc::channel::<Vec<u8>>();
@@ -613,11 +586,7 @@ impl<S: AsyncRead + AsyncWrite> FrameWriter<S> {
         while let Some(chunk) = rx.recv().await {
             let chunk =
                 chunk.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-            if chunked {
-                self.send_chunk(&chunk, true).await?;
-            } else {
-                self.put_body(&chunk).await?;
-            }
+            self.put_body(&chunk).await?;
             let _ = spent_tx.send(chunk);
         }
         match reader.await {

@@ -91,8 +91,9 @@ pub enum Frame {
     Begin,
     /// The next `len` bytes of the body begun (raw bytes after this frame,
     /// as a `Bundle`'s body follows it). `paced`: the sender had them
-    /// before it finished writing the chunk before, so the time they take
-    /// to arrive is the link's, not the time the sender took to pack them.
+    /// before it finished writing the chunk before, so the time between
+    /// the two is the link's; not paced, that time was the sender's, packing
+    /// them, and a receiver timing the link leaves it out.
     Chunk {
         len: u32,
         paced: bool,

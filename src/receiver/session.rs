@@ -41,7 +41,7 @@ use greet::Purpose;
 
 /// A bundle streamed in chunks, taken in whole: sequence `seq` of `size`
 /// bytes, whether it passed the check against its `Sealed` frame, and the
-/// paced bytes timed with the time they took.
+/// bytes timed with the time they took (see [`connection::Body`]).
 struct Streamed {
     seq: u64,
     size: u64,
@@ -246,7 +246,7 @@ impl Sessions {
     }
 
     /// Receive one bundle body of `size` bytes and its trailer into
-    /// `received` and check them; with how long its paced bytes took (see
+    /// `received` and check them; with how long its bytes took (see
     /// [`connection::Body`]). The outer error ends the session (stream out of step); the
     /// inner one is a refusal.
     async fn receive(
@@ -317,14 +317,17 @@ impl Sessions {
             "streamed bundle received"
         );
         // Renamed even when writing it failed, so the name a stream is
-        // taken in under is free again for the next one (a file never
-        // created has nothing to rename).
+        // taken in under is free again for the next one.
         let mut write_error = body.write_error;
         let named = self.incoming.join(incoming_name(&sender.key, seq, session));
+        let taken_as = file.0.clone();
         match tokio::fs::rename(&file.0, &named).await {
             Ok(()) => file.0 = named,
             Err(e) => {
                 write_error.get_or_insert(e);
+                // Refused whatever it held: gone before a stream behind it
+                // in this session is taken in under the same name.
+                file.remove_now().await;
             }
         }
         let checked = self.check(
@@ -333,7 +336,7 @@ impl Sessions {
             body.hash,
             write_error,
             (t_size, t_hash),
-            &file.0,
+            &taken_as,
         );
         Ok(Some(Streamed {
             seq,

@@ -41,6 +41,9 @@ pub const MEASURE_FROM: u64 = 32 << 20;
 /// fewer tell. (TCP's slow start makes the first megabytes of a new
 /// connection look slower than the link: a slow link never looks fast.)
 pub const DELIVERED_FROM: u64 = 1 << 20;
+/// The least busy time ([`Delivered::busy`]) that measures a link: the
+/// kernel counts it in jiffies (4 ms at 250 Hz), too coarse below this.
+pub const BUSY_FROM: Duration = Duration::from_millis(50);
 /// A run's first bundle grows no larger than this (in bytes before
 /// deflate) while some link under `compress = "auto"` is not measured: it
 /// is sent, and the link measured, while the rest of the run packs.
@@ -377,13 +380,10 @@ impl Delivered {
         if !has(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8) {
             return None;
         }
-        let busy = has(std::mem::offset_of!(libc::tcp_info, tcpi_sndbuf_limited) + 8).then(|| {
-            let micros = info
-                .tcpi_busy_time
-                .saturating_add(info.tcpi_rwnd_limited)
-                .saturating_add(info.tcpi_sndbuf_limited);
-            Duration::from_micros(micros)
-        });
+        // The kernel's busy time is already the sum of its three states
+        // (sending, window-limited, buffer-limited: tcp_get_info_chrono_stats).
+        let busy = has(std::mem::offset_of!(libc::tcp_info, tcpi_busy_time) + 8)
+            .then(|| Duration::from_micros(info.tcpi_busy_time));
         Some(Counts {
             acked: info.tcpi_bytes_acked,
             busy,

@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use shipper::proto::connection::Streamed;
 use shipper::proto::{Connection, Frame};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -140,15 +139,9 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
         loop {
             match c.expect_frame().await {
                 Ok(Frame::Ping) => c.write_frame(&Frame::Ping).await.unwrap(),
-                Ok(Frame::Begin) => {
-                    let streamed = c.recv_chunked(1 << 30, &part).await.unwrap();
-                    let Streamed::Sealed {
-                        sealed: (seq, _, _),
-                        ..
-                    } = streamed
-                    else {
-                        panic!("the sender abandoned its bundle")
-                    };
+                Ok(Frame::Bundle { seq, size }) => {
+                    c.recv_body(size, &part).await.unwrap();
+                    assert!(matches!(c.expect_frame().await, Ok(Frame::Trailer { .. })));
                     let (_, alive) = c
                         .ping_while(shipper::proto::APPLY_PING, tokio::time::sleep(apply_time))
                         .await;

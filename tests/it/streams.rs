@@ -302,3 +302,38 @@ async fn a_measured_link_gets_bundles_while_they_are_packed_and_an_unmeasured_on
         r.stop().await;
     }
 }
+
+/// A bundle packed while its receiver was away, larger than that receiver
+/// takes once back, goes to it sealed, with its size up front: refused
+/// for good, unread, and named in status, rather than cut off mid-stream
+/// and sent again for ever. Its changes then ship within the limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_packed_while_the_receiver_was_away_and_over_its_limit_is_refused_not_resent() {
+    let env = Env::new();
+    let addr = free_addr();
+    remember_fast_link(&env, addr);
+    let config = env.config_file("sender.toml", &env.sender_toml(&addr.to_string(), ""));
+    let r = env
+        .start_receiver_from(&env.receiver_toml(&addr.to_string(), ""))
+        .await;
+    env.write("first.html", "connected");
+    let s = env.start_sender(addr, "");
+    wait_in_sync(&env).await;
+    r.stop().await;
+    env.write("big.bin", noise(3 << 20, 11));
+    wait_status(&config, "the bundle packed for the receiver away", |v| {
+        v["outbox_bytes"].as_u64().is_some_and(|b| b > 2 << 20)
+    })
+    .await;
+    let toml = env.receiver_toml(&addr.to_string(), "max_bundle_size = \"2MiB\"\n");
+    let r = env.start_receiver_from(&toml).await;
+    wait_status(&config, "the refusal for good", |v| {
+        v["receivers"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("exceeds receiver.max_bundle_size (2097152 bytes)"))
+    })
+    .await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}

@@ -502,7 +502,7 @@ impl Link {
                 unix_now(),
             );
             self.tell_measured(measured);
-            self.shipped(&b, started).await;
+            self.shipped((&b, false), started).await;
         }
     }
 }

@@ -50,19 +50,21 @@ pub(super) const PIPELINE: usize = 2;
 /// became of its hook; `Err(refusal)` refused.
 pub(super) type Answer = Result<HookOutcome, Refusal>;
 
-/// Send bundle `b` as a stream (protocol
-/// [`STREAMED_FROM`](crate::proto::frame::STREAMED_FROM), which every
-/// receiver this sender speaks to takes): `Begin`, its body in chunks,
-/// and `Sealed`, whose hash is of the bytes that went out. Its answer
-/// comes later ([`await_answer`]).
+/// Send bundle `b`: its header, its body and its trailer, whose hash is of
+/// the bytes that went out. Its answer comes later ([`await_answer`]). A
+/// sealed bundle goes with its size up front, so a receiver whose limit it
+/// passes refuses it for good unread (a stream could only be cut off).
 pub(super) async fn send_bundle(
     conn: &mut Connection<Stream>,
     b: &Packed,
 ) -> Result<(), ConnError> {
-    conn.write_frame(&Frame::Begin).await?;
-    let hash = conn.send_chunks(&b.path, b.size).await?;
-    conn.write_frame(&Frame::Sealed {
+    conn.write_frame(&Frame::Bundle {
         seq: b.seq,
+        size: b.size,
+    })
+    .await?;
+    let hash = conn.send_body(&b.path, b.size).await?;
+    conn.write_frame(&Frame::Trailer {
         size: b.size,
         hash: *hash.as_bytes(),
     })

@@ -41,7 +41,7 @@ use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::link_rate::{
-    DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM,
+    BUSY_FROM, DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM,
 };
 use crate::sender::outbox::{Outbox, Presence};
 use crate::status::{LinkStatus, unix_now};
@@ -200,18 +200,19 @@ impl Link {
         delivered: Option<Delivered>,
         shutdown: &CancellationToken,
     ) -> Option<Lost> {
-        // Sent and not yet answered, oldest first, each with when it was sent.
-        let mut unanswered: VecDeque<(Arc<Packed>, Instant)> = VecDeque::new();
+        // Sent and not yet answered, oldest first, each with when it was
+        // sent and whether it went while it was packed.
+        let mut unanswered: VecDeque<(Arc<Packed>, Instant, bool)> = VecDeque::new();
         // Since when the oldest of them has been waited for.
         let mut since = Instant::now();
         loop {
-            let last = unanswered.back().map(|(b, _)| b.seq);
-            let room = unanswered.len() < PIPELINE;
+            let last = unanswered.back().map(|(b, ..)| b.seq);
+            let mut room = unanswered.len() < PIPELINE;
             // The next bundle to send: behind those unanswered while the
             // pipeline has room, or, with none unanswered, whatever comes
             // while the connection idles.
             let streams = self.streams();
-            let next = match last.filter(|_| room) {
+            let mut next = match last.filter(|_| room) {
                 Some(l) => match self.outbox.next_after(self.index, l) {
                     Some(b) => Some(Next::Sealed(b)),
                     None => self
@@ -241,33 +242,45 @@ impl Link {
                 }
                 None => None,
             };
+            if let Some(Next::Sealed(b)) = &next
+                && let Some(reason) = self.over_limit(b)
+            {
+                // Refused here, in turn: sent, its body would be cut off
+                // by the receiver's refusal, and sent again for ever.
+                if unanswered.is_empty() {
+                    self.refused_for_good(b, Refusal::permanent(None, reason))
+                        .await;
+                    continue;
+                }
+                (next, room) = (None, false);
+            }
             let sent = match next {
                 Some(Next::Sealed(b)) => {
                     let out = (&mut conn, delivered.as_ref());
                     if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
                         return Some(lost);
                     }
-                    Some(Some(b))
+                    Some(Some((b, false)))
                 }
                 Some(Next::Growing(g)) => {
                     let out = (&mut conn, delivered.as_ref());
                     match self.send_growing(out, instance, g, last, shutdown).await? {
                         Err(lost) => return Some(lost),
-                        Ok(b) => Some(b),
+                        Ok(b) => Some(b.map(|b| (b, true))),
                     }
                 }
                 None => None,
             };
             if let Some(b) = sent {
-                if let Some(b) = b {
-                    unanswered.push_back((b, Instant::now()));
+                if let Some((b, streamed)) = b {
+                    unanswered.push_back((b, Instant::now(), streamed));
                 }
                 // Nothing was read while it went out (a large bundle on a
                 // slow link takes minutes): the oldest's wait starts again.
                 since = Instant::now();
                 continue;
             }
-            let Some((oldest, _)) = unanswered.front() else {
+            let Some((oldest, ..)) = unanswered.front() else {
                 continue;
             };
             let room_after = last
@@ -282,9 +295,9 @@ impl Link {
                 Ok(Awaited::Answer(a)) => Ok(a),
                 Err(e) => Err(e),
             };
-            let (b, started) = unanswered.pop_front().expect("an oldest bundle");
+            let (b, started, streamed) = unanswered.pop_front().expect("an oldest bundle");
             since = Instant::now();
-            if let Some(e) = self.on_answer(&b, started, answer).await {
+            if let Some(e) = self.on_answer((&b, streamed), started, answer).await {
                 let error = format!("sequence {}: {e}", b.seq);
                 return Some(Lost {
                     error,
@@ -335,6 +348,20 @@ impl Link {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
         }))
+    }
+
+    /// Why the receiver will not take bundle `b`, by the limits its
+    /// `Welcome` gave (a bundle packed before they were known): the reason
+    /// it would give itself.
+    fn over_limit(&self, b: &Packed) -> Option<String> {
+        let accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
+        let max = accepts.get(self.index).copied().flatten()?.max_bundle_size;
+        (b.size > max).then(|| {
+            format!(
+                "bundle of {} bytes exceeds receiver.max_bundle_size ({max} bytes)",
+                b.size
+            )
+        })
     }
 
     /// Whether bundles go to this receiver as they are packed: once its
@@ -400,8 +427,9 @@ impl Link {
                 .await;
         }
         outbox.mark_sent(index, seq);
-        self.status.send_modify(|s| s.bundles_streamed += 1);
-        if let (Some((a, ta)), Some((z, tz))) = (busy_before, delivered.and_then(Delivered::busy)) {
+        if let (Some((a, ta)), Some((z, tz))) = (busy_before, delivered.and_then(Delivered::busy))
+            && tz.saturating_sub(ta) >= BUSY_FROM
+        {
             let measured = self.link_rates.record(
                 index,
                 Measure::Acked,
@@ -443,7 +471,7 @@ impl Link {
     /// outbox, to be sent again).
     async fn on_answer(
         &self,
-        b: &Packed,
+        (b, streamed): (&Packed, bool),
         started: Instant,
         answer: Result<Answer, ConnError>,
     ) -> Option<String> {
@@ -452,7 +480,7 @@ impl Link {
                 // The hook's outcome first: status never shows the ack
                 // without what became of the hook it waited for.
                 self.hook_outcome(b.seq, hook);
-                self.shipped(b, started).await;
+                self.shipped((b, streamed), started).await;
                 None
             }
             Ok(Err(refusal)) if refusal.kind != RefusalKind::Retry => {
@@ -464,9 +492,9 @@ impl Link {
         }
     }
 
-    /// Bundle `b` was acknowledged: log, count, and release it if every
-    /// receiver has it now.
-    async fn shipped(&self, b: &Packed, started: Instant) {
+    /// Bundle `b` was acknowledged (`streamed`: sent while it was
+    /// packed): log, count, and release it if every receiver has it now.
+    async fn shipped(&self, (b, streamed): (&Packed, bool), started: Instant) {
         info!(
             peer = %self.receiver,
             seq = b.seq,
@@ -474,12 +502,14 @@ impl Link {
             deletions = b.summary.deletions,
             bytes = b.summary.bytes,
             ms = started.elapsed().as_millis() as u64,
+            streamed,
             "bundle shipped"
         );
         self.status.send_modify(|s| {
             s.last_ack_seq = Some(b.seq);
             s.last_ack_at = Some(unix_now());
             s.bundles_shipped += 1;
+            s.bundles_streamed += u64::from(streamed);
             s.bytes_shipped += b.size;
         });
         self.acknowledged(b.seq, b.seq).await;
