@@ -236,7 +236,7 @@ impl Cutter<'_> {
             .tempfile_in(self.outbox)
             .map_err(|e| with_path(e, self.outbox))?;
         let (file, tmp) = tmp.into_parts();
-        let b = OpenBundle::new(file, tmp, self.sender)?;
+        let b = OpenBundle::new(file, tmp, self.sender, self.limits.max_bundle_size)?;
         (self.opened)(b.growing());
         Ok(b)
     }

@@ -39,18 +39,27 @@ pub struct Growing {
     /// The bundle's file, open for reading at any offset (a renamed or
     /// removed file stays readable through it).
     file: File,
+    /// The most bytes it may come to (its run's `max_bundle_size`).
+    max_size: u64,
     progress: Mutex<Progress>,
     changed: Condvar,
 }
 
 impl Growing {
-    /// A bundle about to be written into `file` (a handle of its own).
-    pub fn new(file: File) -> Arc<Self> {
+    /// A bundle of at most `max_size` bytes about to be written into
+    /// `file` (a handle of its own).
+    pub fn new(file: File, max_size: u64) -> Arc<Self> {
         Arc::new(Self {
             file,
+            max_size,
             progress: Mutex::new(Progress::Packing { final_len: 0 }),
             changed: Condvar::new(),
         })
+    }
+
+    /// The most bytes it may come to.
+    pub fn max_size(&self) -> u64 {
+        self.max_size
     }
 
     pub fn progress(&self) -> Progress {
@@ -145,7 +154,7 @@ mod tests {
 
     fn growing() -> (tempfile::NamedTempFile, Arc<Growing>) {
         let f = tempfile::NamedTempFile::new().unwrap();
-        let g = Growing::new(f.reopen().unwrap());
+        let g = Growing::new(f.reopen().unwrap(), 1 << 20);
         (f, g)
     }
 

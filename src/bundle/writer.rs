@@ -74,10 +74,16 @@ pub(super) struct Sealed {
 
 impl OpenBundle {
     /// Start a bundle from `sender` in `file`, which `tmp` removes unless
-    /// the bundle is sealed and persisted.
-    pub(super) fn new(file: File, tmp: tempfile::TempPath, sender: &str) -> io::Result<Self> {
+    /// the bundle is sealed and persisted; it is cut at `max_size` bytes.
+    pub(super) fn new(
+        file: File,
+        tmp: tempfile::TempPath,
+        sender: &str,
+        max_size: u64,
+    ) -> io::Result<Self> {
         let discard = Arc::new(AtomicBool::new(false));
-        let growing = Growing::new(file.try_clone().map_err(|e| with_path(e, &tmp))?);
+        let clone = file.try_clone().map_err(|e| with_path(e, &tmp))?;
+        let growing = Growing::new(clone, max_size);
         let file = BundleFile {
             file,
             discard: discard.clone(),
@@ -492,7 +498,7 @@ mod tests {
         let (file, tmp) = tempfile::NamedTempFile::new_in(dir.path())
             .unwrap()
             .into_parts();
-        (dir, OpenBundle::new(file, tmp, "app1").unwrap())
+        (dir, OpenBundle::new(file, tmp, "app1", 1 << 30).unwrap())
     }
 
     fn stamp(size: u64) -> Stamp {

@@ -105,13 +105,17 @@ pub enum Frame {
         size: u64,
         hash: [u8; 32],
     },
-    /// The body begun will not be sealed (its packing failed): the
-    /// receiver drops what came of it, and the session goes on.
+    /// The body begun will not be sealed here (its packing failed, it
+    /// turned out empty, or it was sealed behind a bundle this receiver
+    /// is still to get, and comes later whole): the receiver drops what
+    /// came of it, and the session goes on.
     Abandon,
-    /// The receiver took the last `bytes` of bundle `seq`'s body in
-    /// `micros`, counted from the first read that waited for them (what the
-    /// socket buffers held came before): the link's rate as the receiver
-    /// saw it, which no TCP-terminating proxy on the sender's side can
+    /// The receiver took `bytes` of bundle `seq`'s body in `micros`,
+    /// counted from the first read that waited for them (what the socket
+    /// buffers held came before); for a streamed body, the sum of such
+    /// runs, leaving out each wait before a chunk that was not paced
+    /// (`proto::chunked::PaceClock`): the link's rate as the receiver saw
+    /// it, which no TCP-terminating proxy on the sender's side can
     /// inflate. Sent before the bundle is applied, to senders of protocol
     /// [`TOLD_RECEIVED_FROM`] and later.
     Received {

@@ -10,12 +10,12 @@
 //!
 //! A session: sender `Hello`, receiver `Welcome` (the last sequence it
 //! applied from that sender, its state's instance id and the limits it
-//! accepts), then per bundle `Begin`, its body in `Chunk{len,paced}`s
-//! (each followed by `len` raw bytes; `Ping`s may come between them), and
-//! `Sealed{seq,size,hash}`, or `Abandon` for a body that will not be
-//! sealed (senders of protocol 7 and before send `Bundle{seq,size}`,
-//! `size` raw bytes, `Trailer{size,hash}`, which receivers still take);
-//! the receiver answers `Ack{seq,hook}` once the
+//! accepts), then per bundle either `Bundle{seq,size}`, `size` raw bytes,
+//! `Trailer{size,hash}` (a bundle sealed before it is sent), or, from
+//! senders of protocol 8, a bundle sent while it is packed: `Begin`, its
+//! body in `Chunk{len,paced}`s (each followed by `len` raw bytes; `Ping`s
+//! may come between them), and `Sealed{seq,size,hash}`, or `Abandon` for
+//! a body that will not be sealed there; the receiver answers `Ack{seq,hook}` once the
 //! bundle is applied (or was already) and its `on_apply` hook has run,
 //! `hook` saying whether it ran and why it failed, or
 //! `Refuse{seq,kind,path,reason}`, where `kind` says whether sending it

@@ -172,14 +172,16 @@ impl Outbox {
         self.arrived.notify_waiters();
     }
 
-    /// The bundle being packed, if it is for receiver `i`: sent as it
-    /// grows by a transport that has sent `i` all the outbox holds for it.
-    pub(super) fn growing_for(&self, i: usize) -> Option<Arc<Growing>> {
+    /// The bundle being packed, if it is for receiver `i` and packed
+    /// within `max_size` bytes (what `i` takes): sent as it grows by a
+    /// transport that has sent `i` all the outbox holds for it.
+    pub(super) fn growing_for(&self, i: usize, max_size: u64) -> Option<Arc<Growing>> {
         let slot = self.growing.lock().unwrap_or_else(|e| e.into_inner());
         let (g, only) = slot.as_ref()?;
         let g = g.upgrade()?;
         let packing = matches!(g.progress(), Progress::Packing { .. });
-        (packing && only.is_none_or(|o| o == i)).then_some(g)
+        let fits = g.max_size() <= max_size;
+        (packing && fits && only.is_none_or(|o| o == i)).then_some(g)
     }
 
     /// Bundle `seq`, if it is here.
@@ -417,6 +419,31 @@ pub(super) fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Res
 mod tests {
     use super::*;
     use crate::sender::shipped::tests::meta;
+
+    /// The bundle being packed goes to a receiver as it grows only if it
+    /// is for that receiver, still packed, packed within what the receiver
+    /// takes, and still held by its writer or a follower (the outbox holds
+    /// none of it).
+    #[test]
+    fn the_bundle_being_packed_is_offered_only_where_it_fits_while_it_is_packed() {
+        use crate::bundle::growing::Publisher;
+        let o = Outbox::new(2, 1 << 30);
+        let file = tempfile::tempfile().unwrap();
+        let g = Growing::new(file, 1000);
+        let p = Publisher::new(g.clone());
+        o.opened(&g, Some(1));
+        assert!(o.growing_for(0, u64::MAX).is_none(), "for receiver 1 alone");
+        assert!(o.growing_for(1, 999).is_none(), "packed for larger bundles");
+        assert!(o.growing_for(1, 1000).is_some());
+        o.opened(&g, None);
+        assert!(o.growing_for(0, 1000).is_some());
+        p.seal(3, 900);
+        assert!(o.growing_for(0, 1000).is_none(), "sealed: it goes whole");
+        let h = Growing::new(tempfile::tempfile().unwrap(), 1000);
+        o.opened(&h, None);
+        drop(h);
+        assert!(o.growing_for(0, 1000).is_none(), "let go by all");
+    }
 
     fn bundle(seq: u64, only: Option<usize>) -> Packed {
         Packed {

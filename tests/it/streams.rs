@@ -98,6 +98,16 @@ fn streamed(body: &[u8], cuts: &[usize], end: Frame) -> Vec<u8> {
     out
 }
 
+/// Wait until the receiver's `incoming` holds nothing: every bundle
+/// taken in was applied, refused or dropped, files and all.
+async fn incoming_emptied(env: &Env) {
+    let incoming = env.path().join("state-r/incoming");
+    wait_until("incoming is emptied", || {
+        std::fs::read_dir(&incoming).unwrap().next().is_none()
+    })
+    .await;
+}
+
 fn sealed(seq: u64, body: &[u8]) -> Frame {
     Frame::Sealed {
         seq,
@@ -131,11 +141,7 @@ async fn a_bundle_streamed_in_odd_chunks_after_an_abandoned_one_is_applied() {
         })
     );
     assert_eq!(tree(&env.root()), tree(&env.src()));
-    let incoming = env.path().join("state-r/incoming");
-    wait_until("incoming is emptied", || {
-        std::fs::read_dir(&incoming).unwrap().next().is_none()
-    })
-    .await;
+    incoming_emptied(&env).await;
     r.stop().await;
 }
 
@@ -214,11 +220,7 @@ async fn a_stream_past_the_receivers_limit_or_from_an_older_sender_ends_the_sess
     let _ = wr.write_all(&long).await;
     assert_eq!(replies.answer().await, None, "the session went on");
     assert!(tree(&env.root()).is_empty());
-    let incoming = env.path().join("state-r/incoming");
-    wait_until("incoming is emptied", || {
-        std::fs::read_dir(&incoming).unwrap().next().is_none()
-    })
-    .await;
+    incoming_emptied(&env).await;
 
     let (mut replies, mut wr) = bare_session(r.addr, 7).await;
     let body = std::fs::read(&b.path).unwrap();

@@ -150,7 +150,7 @@ pub(super) trait Told {
 /// (waited for since `since`), skipping the receiver's pings and pinging it
 /// in turn, and passing on to `told` how fast it says bundles came; when
 /// `room_after` names the outbox, this receiver, the last bundle sent and
-/// whether bundles may be sent as they grow, the pipeline has room and a
+/// whether bundles may be sent as they grow (packed within what size), the pipeline has room and a
 /// bundle after it arriving in the outbox (or one being packed) ends the
 /// wait too. A receiver that goes silent for `peer_timeout`, or that
 /// pings but does not answer within a limit that grows with the bundle's
@@ -159,7 +159,7 @@ pub(super) async fn await_answer(
     (conn, told): (&mut Connection<Stream>, &(dyn Told + Sync)),
     oldest: &Packed,
     since: Instant,
-    room_after: Option<(&Outbox, usize, u64, bool)>,
+    room_after: Option<(&Outbox, usize, u64, Option<u64>)>,
     peer_timeout: Duration,
 ) -> Result<Awaited, ConnError> {
     let limit = ack_limit(oldest.size);
@@ -173,7 +173,7 @@ pub(super) async fn await_answer(
         let arrived = room_after.map(|(outbox, ..)| outbox.arrived.notified());
         if let Some((outbox, index, last, streams)) = room_after
             && (outbox.next_after(index, last).is_some()
-                || (streams && outbox.growing_for(index).is_some()))
+                || streams.is_some_and(|within| outbox.growing_for(index, within).is_some()))
         {
             return Ok(Awaited::Room);
         }
@@ -216,12 +216,12 @@ pub(super) enum Next {
 }
 
 /// Wait for the next bundle receiver `index` has not acknowledged (or,
-/// when `streams`, the one being packed for it), keeping the idle
+/// when `streams`, the one being packed for it within that size), keeping the idle
 /// connection checked: a `Ping` every third of `peer_timeout`, which the
 /// receiver answers, and [`ConnError::Silent`] once nothing came for
 /// `peer_timeout`. `Ok(None)` on shutdown.
 pub(super) async fn next_bundle(
-    (outbox, index, streams): (&Outbox, usize, bool),
+    (outbox, index, streams): (&Outbox, usize, Option<u64>),
     conn: &mut Connection<Stream>,
     peer_timeout: Duration,
     shutdown: &CancellationToken,
@@ -234,7 +234,7 @@ pub(super) async fn next_bundle(
         if let Some(b) = outbox.next_for(index) {
             return Ok(Some(Next::Sealed(b)));
         }
-        if let Some(g) = outbox.growing_for(index).filter(|_| streams) {
+        if let Some(g) = streams.and_then(|within| outbox.growing_for(index, within)) {
             return Ok(Some(Next::Growing(g)));
         }
         tokio::select! {

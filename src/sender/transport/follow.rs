@@ -74,11 +74,14 @@ pub(super) fn follow(
     tokio::task::spawn_blocking(move || {
         let mut hasher = blake3::Hasher::new();
         let mut sent = 0u64;
+        // Whether the follower waited on the packer since the last piece.
+        let mut waited = false;
         while !tx.is_closed() {
             let (step, paced) = match plan(g.progress(), sent, true) {
                 Plan::Wait => {
                     // Wait for anything new (nothing yet: look at the
                     // channel again), then a little for a whole chunk.
+                    waited = true;
                     let p = g.wait_past(sent, Instant::now() + RECHECK);
                     if plan(p, sent, false) == Plan::Wait {
                         continue;
@@ -86,8 +89,9 @@ pub(super) fn follow(
                     let p = g.wait_past(sent + CHUNK - 1, Instant::now() + LINGER);
                     (plan(p, sent, false), false)
                 }
-                step => (step, true),
+                step => (step, !waited),
             };
+            waited = false;
             let piece = match step {
                 Plan::Wait => continue,
                 Plan::Send(len) => {
@@ -163,7 +167,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("b.zip");
         let mut file = std::fs::File::create(&path).unwrap();
-        let g = Growing::new(std::fs::File::open(&path).unwrap());
+        let g = Growing::new(std::fs::File::open(&path).unwrap(), 1 << 30);
         let body = crate::bundle::noise(3 * CHUNK as usize + 12345, 9);
         let (_spent_tx, spent) = std::sync::mpsc::channel();
         let mut rx = follow(g.clone(), spent);

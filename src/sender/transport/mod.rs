@@ -215,10 +215,8 @@ impl Link {
             let mut next = match last.filter(|_| room) {
                 Some(l) => match self.outbox.next_after(self.index, l) {
                     Some(b) => Some(Next::Sealed(b)),
-                    None => self
-                        .outbox
-                        .growing_for(self.index)
-                        .filter(|_| streams)
+                    None => streams
+                        .and_then(|within| self.outbox.growing_for(self.index, within))
                         .map(Next::Growing),
                 },
                 None if unanswered.is_empty() => {
@@ -364,16 +362,22 @@ impl Link {
         })
     }
 
-    /// Whether bundles go to this receiver as they are packed: once its
-    /// link was measured (here or remembered). A link not measured yet is
-    /// sent sealed bundles, whose sending measures it before a choice to
-    /// deflate rests on it; a bundle sent as it grows measures only the
-    /// time the connection had bytes to send.
-    fn streams(&self) -> bool {
-        self.link_rates
+    /// Whether bundles go to this receiver as they are packed, and then
+    /// packed within what size: once its link was measured (here or
+    /// remembered), those packed within the `max_bundle_size` its
+    /// `Welcome` gave (one packed for larger would be cut off by it). A
+    /// link not measured yet is sent sealed bundles, whose sending
+    /// measures it before a choice to deflate rests on it; a bundle sent
+    /// as it grows measures only the time the connection had bytes to send.
+    fn streams(&self) -> Option<u64> {
+        let measured = self
+            .link_rates
             .links()
             .get(self.index)
-            .is_some_and(|l| l.rate().is_some())
+            .is_some_and(|l| l.rate().is_some());
+        let accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
+        let within = accepts.get(self.index).copied().flatten();
+        measured.then(|| within.map_or(u64::MAX, |a| a.max_bundle_size))
     }
 
     /// Send the bundle `g` is packing as it grows (see [`send_growing`]),

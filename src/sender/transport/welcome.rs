@@ -195,7 +195,7 @@ impl Link {
     ) -> Option<Lost> {
         // An outbox that never holds a bundle: only pings, and the end.
         let none = Outbox::new(1, 0);
-        match next_bundle((&none, 0, false), &mut conn, self.peer_timeout, shutdown).await {
+        match next_bundle((&none, 0, None), &mut conn, self.peer_timeout, shutdown).await {
             Ok(None) => None,
             Ok(Some(_)) => unreachable!("an empty outbox has no bundle"),
             Err(e) => Some(Lost {
