@@ -90,6 +90,7 @@ impl OpenBundle {
             buf: Vec::with_capacity(COPY_BUF),
             pos: 0,
             len: 0,
+            finished: 0,
             growing: growing.clone(),
         };
         let mut zip = ZipWriter::new(file);
@@ -363,6 +364,7 @@ fn seal(mut zip: BundleZip, manifest: &Manifest) -> io::Result<()> {
     let mut out = zip.finish().map_err(zip_err)?;
     // No fsync: an outbox bundle is dropped at restart and its changes
     // found again by the catch-up, so it never needs to survive a crash.
+    out.drain()?;
     out.flush()
 }
 
@@ -380,10 +382,13 @@ pub(super) fn need(name: &str, size: u64) -> u64 {
 /// temporary file is removed with the bundle.
 ///
 /// zip flushes it at the end of each entry (`set_flush_on_finish_file`),
-/// and only then: a flush empties the buffer into the file and publishes
-/// the position as final ([`Growing::publish`]). Its own buffer, not a
-/// `BufWriter`, because zip takes that setting only for a writer it could
-/// read back; nothing reads this one, and a read is an error.
+/// and only then: every byte before that position is final. What of them
+/// is in the file is published as such ([`Growing::publish`]); the buffer
+/// is emptied into the file at a flush only once it holds [`DRAIN_AT`]
+/// bytes, so a bundle of small files is still written in large writes.
+/// Its own buffer, not a `BufWriter`, because zip takes that setting only
+/// for a writer it could read back; nothing reads this one, and a read is
+/// an error.
 pub(super) struct BundleFile {
     file: File,
     discard: Arc<AtomicBool>,
@@ -393,10 +398,17 @@ pub(super) struct BundleFile {
     /// bytes counted).
     pos: u64,
     len: u64,
-    /// Told at each flush (the end of an entry) that the bytes before the
-    /// position are final.
+    /// The end of the last entry finished (the last flush): no byte
+    /// before it is written again.
+    finished: u64,
+    /// Told which bytes in the file are final.
     growing: Arc<Growing>,
 }
+
+/// A flush (an entry's end) empties the buffer into the file once it
+/// holds this much: a follower of the bundle gets its bytes in steps no
+/// larger, and a bundle of small files costs no system call per file.
+const DRAIN_AT: usize = 256 << 10;
 
 impl BundleFile {
     fn discarding(&self) -> bool {
@@ -416,7 +428,11 @@ impl BundleFile {
         }
         let r = self.file.write_all(&self.buf);
         self.buf.clear();
-        r.inspect_err(|_| self.abandon())
+        r.inspect_err(|_| self.abandon())?;
+        // Every byte written is in the file now, those of finished
+        // entries among them.
+        self.growing.publish(self.finished);
+        Ok(())
     }
 }
 
@@ -442,14 +458,19 @@ impl Write for BundleFile {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.drain()?;
         if self.discarding() {
+            self.buf.clear();
             return Ok(());
         }
-        self.file.flush().inspect_err(|_| self.abandon())?;
         // zip flushes only at the end of an entry, from its end: nothing
         // before it is patched again (see `growing.rs`).
-        self.growing.publish(self.pos);
+        self.finished = self.pos;
+        if self.buf.len() >= DRAIN_AT {
+            self.drain()?;
+        }
+        // The buffer holds the bytes just before `pos`; those before it
+        // are in the file.
+        self.growing.publish(self.pos - self.buf.len() as u64);
         Ok(())
     }
 }

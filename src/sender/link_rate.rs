@@ -41,9 +41,6 @@ pub const MEASURE_FROM: u64 = 32 << 20;
 /// fewer tell. (TCP's slow start makes the first megabytes of a new
 /// connection look slower than the link: a slow link never looks fast.)
 pub const DELIVERED_FROM: u64 = 1 << 20;
-/// The least busy time ([`Delivered::busy`]) that measures a link: the
-/// kernel counts it in jiffies (4 ms at 250 Hz), too coarse below this.
-pub const BUSY_FROM: Duration = Duration::from_millis(50);
 /// A run's first bundle grows no larger than this (in bytes before
 /// deflate) while some link under `compress = "auto"` is not measured: it
 /// is sent, and the link measured, while the rest of the run packs.
@@ -342,22 +339,8 @@ impl Delivered {
     }
 
     /// Bytes acknowledged by the peer since the connection began.
-    pub(super) fn acked(&self) -> Option<u64> {
-        self.counts().map(|c| c.acked)
-    }
-
-    /// Bytes acknowledged by the peer, and the time the connection had
-    /// bytes to send (sending, or held back by the peer's window or its
-    /// own buffer), since it began; `None` where the kernel does not count
-    /// that time (before Linux 4.10). The time the sender had nothing to
-    /// send is left out: bytes over that time are the link's rate, however
-    /// long the sender waited between them.
-    pub(super) fn busy(&self) -> Option<(u64, Duration)> {
-        self.counts().and_then(|c| c.busy.map(|b| (c.acked, b)))
-    }
-
     #[cfg(target_os = "linux")]
-    fn counts(&self) -> Option<Counts> {
+    pub(super) fn acked(&self) -> Option<u64> {
         use std::os::fd::AsRawFd;
         // SAFETY: `info` is a plain C struct, valid zeroed, and the kernel
         // writes at most `len` bytes of it; the socket is ours while the
@@ -374,32 +357,15 @@ impl Delivered {
             );
             (rc, info, len)
         };
-        // Kernels before 4.1 stop short of the acknowledged-bytes count,
-        // before 4.10 of the busy times.
-        let has = |end: usize| rc == 0 && len as usize >= end;
-        if !has(std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8) {
-            return None;
-        }
-        // The kernel's busy time is already the sum of its three states
-        // (sending, window-limited, buffer-limited: tcp_get_info_chrono_stats).
-        let busy = has(std::mem::offset_of!(libc::tcp_info, tcpi_busy_time) + 8)
-            .then(|| Duration::from_micros(info.tcpi_busy_time));
-        Some(Counts {
-            acked: info.tcpi_bytes_acked,
-            busy,
-        })
+        // Kernels before 4.1 stop short of the acknowledged-bytes count.
+        let needed = std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8;
+        (rc == 0 && len as usize >= needed).then_some(info.tcpi_bytes_acked)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn counts(&self) -> Option<Counts> {
+    pub(super) fn acked(&self) -> Option<u64> {
         None
     }
-}
-
-/// What the kernel counts of a connection (see [`Delivered::busy`]).
-struct Counts {
-    acked: u64,
-    busy: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -235,6 +235,11 @@ async fn a_stream_past_the_receivers_limit_or_from_an_older_sender_ends_the_sess
 /// Remember a link to `addr` measured at 1 GB/s, for the sender of `env`
 /// (as `state_dir/link-rates.json` keeps it across restarts).
 fn remember_fast_link(env: &Env, addr: std::net::SocketAddr) {
+    remember_link(env, addr, 1e9);
+}
+
+/// Remember a link to `addr` measured at `bytes_per_s`.
+fn remember_link(env: &Env, addr: std::net::SocketAddr, bytes_per_s: f64) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -242,7 +247,7 @@ fn remember_fast_link(env: &Env, addr: std::net::SocketAddr) {
     let rates = serde_json::json!({"links": [{
         "receiver": addr.to_string(),
         "fingerprint": null,
-        "sent": {"bytes_per_s": 1e9, "at": now},
+        "sent": {"bytes_per_s": bytes_per_s, "at": now},
         "received": null,
     }]});
     std::fs::create_dir_all(env.path().join("state-s")).unwrap();
@@ -267,17 +272,19 @@ fn write_a_tree(env: &Env, under: &str) {
     }
 }
 
-/// A sender whose link was measured (here, remembered from before) sends
-/// its bundles while it packs them, once nothing else waits for the
+/// A sender whose link was measured fast (here, remembered from before)
+/// sends its bundles while it packs them, once nothing else waits for the
 /// receiver: the tree arrives whole, and status says how many went so.
-/// Without a measure, bundles go sealed (sending them measures the link).
+/// Without a measure, or measured slow enough to deflate for, bundles go
+/// sealed (sending them measures the link again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_measured_link_gets_bundles_while_they_are_packed_and_an_unmeasured_one_sealed() {
-    for measured in [true, false] {
+async fn a_link_measured_fast_gets_bundles_while_they_are_packed_others_sealed() {
+    for rate in [Some(1e9), Some(50e6), None] {
+        let measured = rate == Some(1e9);
         let env = Env::new();
         let r = env.start_receiver("").await;
-        if measured {
-            remember_fast_link(&env, r.addr);
+        if let Some(rate) = rate {
+            remember_link(&env, r.addr, rate);
         }
         let extra = "compress = \"never\"\n";
         let config = env.config_file("sender.toml", &env.sender_toml(&r.addr.to_string(), extra));
@@ -297,7 +304,7 @@ async fn a_measured_link_gets_bundles_while_they_are_packed_and_an_unmeasured_on
         if measured {
             assert!(streamed >= 1, "none sent while packed: {v}");
         } else {
-            assert_eq!(streamed, 0, "{v}");
+            assert_eq!(streamed, 0, "{rate:?}: {v}");
         }
         assert!(link["bundles_shipped"].as_u64().unwrap() >= 2, "{v}");
         s.stop().await;
