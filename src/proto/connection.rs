@@ -32,7 +32,7 @@ const BODY_BUF: usize = 256 * 1024;
 /// hashed on the thread that reads or writes it while the socket moves the
 /// one before (one core's BLAKE3 far outruns the network; rayon's pool may
 /// be busy unpacking the bundle before).
-const CHUNK: usize = 1 << 20;
+pub const CHUNK: usize = 1 << 20;
 const _: () = assert!(
     CHUNK <= frame::MAX_CHUNK as usize,
     "a chunk fits one Chunk frame"

@@ -11,9 +11,9 @@ use tokio::sync::mpsc;
 
 use crate::bundle::growing::{Growing, Progress};
 
-/// Chunks are this large when the packer is ahead; smaller when the
-/// follower caught up with it and waited [`LINGER`] for more.
-pub(super) const CHUNK: u64 = 1 << 20;
+/// Chunks are as large as a sealed body's when the packer is ahead;
+/// smaller when the follower caught up with it and waited [`LINGER`].
+const CHUNK: u64 = crate::proto::connection::CHUNK as u64;
 /// Once some bytes are final, how long the follower waits for a whole
 /// chunk before it sends what there is: the packer writes a megabyte in a
 /// few milliseconds, so chunks stay whole, yet a slow packer's bytes still

@@ -316,17 +316,7 @@ impl Link {
         b: &Packed,
         shutdown: &CancellationToken,
     ) -> Option<Result<(), Lost>> {
-        if self.outbox.take_stale(self.index) {
-            // Numbered at or below what it applied: it would be
-            // acknowledged unapplied. The whole tree covers it.
-            let reason = format!(
-                "bundle {} was numbered at or below what it already applied (sender state restored from an older copy?)",
-                b.seq
-            );
-            self.record_needs(instance, Some(TreeNeed::new(reason, false)), None)
-                .await;
-        }
-        self.outbox.mark_sent(self.index, b.seq);
+        self.mark_sent(instance, b.seq).await;
         let started = Instant::now();
         let acked_before = delivered.and_then(Delivered::acked);
         let sent = tokio::select! {
@@ -350,12 +340,32 @@ impl Link {
         }))
     }
 
+    /// Bundle `seq` goes (or went) to this receiver: the outbox notes it,
+    /// and a bundle numbered at or below what the receiver applied (which
+    /// it would acknowledge unapplied) gets it the whole tree instead.
+    async fn mark_sent(&self, instance: [u8; 16], seq: u64) {
+        if self.outbox.take_stale(self.index) {
+            let reason = format!(
+                "bundle {seq} was numbered at or below what it already applied (sender state restored from an older copy?)"
+            );
+            self.record_needs(instance, Some(TreeNeed::new(reason, false)), None)
+                .await;
+        }
+        self.outbox.mark_sent(self.index, seq);
+    }
+
+    /// The `max_bundle_size` this receiver's last `Welcome` gave, once one
+    /// came.
+    fn accepted_bundle_size(&self) -> Option<u64> {
+        let accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
+        Some(accepts.get(self.index).copied().flatten()?.max_bundle_size)
+    }
+
     /// Why the receiver will not take bundle `b`, by the limits its
     /// `Welcome` gave (a bundle packed before they were known): the reason
     /// it would give itself.
     fn over_limit(&self, b: &Packed) -> Option<String> {
-        let accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
-        let max = accepts.get(self.index).copied().flatten()?.max_bundle_size;
+        let max = self.accepted_bundle_size()?;
         (b.size > max).then(|| {
             format!(
                 "bundle of {} bytes exceeds receiver.max_bundle_size ({max} bytes)",
@@ -380,9 +390,7 @@ impl Link {
             .get(self.index)
             .and_then(|l| l.stores_if_measured())
             == Some(true);
-        let accepts = self.accepts.lock().unwrap_or_else(|e| e.into_inner());
-        let within = accepts.get(self.index).copied().flatten();
-        stores.then(|| within.map_or(u64::MAX, |a| a.max_bundle_size))
+        stores.then(|| self.accepted_bundle_size().unwrap_or(u64::MAX))
     }
 
     /// Send the bundle `g` is packing as it grows (see [`send_growing`]),
@@ -431,14 +439,7 @@ impl Link {
                 "sequence {seq}: sent as it was packed, then not in the outbox"
             ));
         };
-        if outbox.take_stale(index) {
-            let reason = format!(
-                "bundle {seq} was numbered at or below what it already applied (sender state restored from an older copy?)"
-            );
-            self.record_needs(instance, Some(TreeNeed::new(reason, false)), None)
-                .await;
-        }
-        outbox.mark_sent(index, seq);
+        self.mark_sent(instance, seq).await;
         Some(Ok(Some(b)))
     }
 
