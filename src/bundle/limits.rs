@@ -18,9 +18,12 @@ pub struct Limits {
     /// Content bytes one bundle may unpack to.
     pub max_unpacked: u64,
     /// A packing run's first bundle grows no larger than this, where it is
-    /// smaller than `max_bundle_size`: while a link is not measured yet, a
-    /// small first bundle goes out soon and measures it. `None`: the first
-    /// is cut as the others are.
+    /// smaller than `max_bundle_size`, and the files a run reads first, up
+    /// to this many bytes, are stored, not deflated (one larger than what
+    /// is left of them is deflated as usual): while a link is not measured
+    /// yet, a small first bundle goes out soon and measures it, before
+    /// deflate is spent on a link that may not need it. `None`: the first
+    /// is cut and packed as the others are.
     pub first_bundle_max: Option<u64>,
 }
 

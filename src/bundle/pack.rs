@@ -37,6 +37,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::cutter::Cutter;
 use super::delta::DELTA_MIN;
@@ -157,13 +158,17 @@ impl Packer<'_> {
     /// report were not packed.
     pub fn pack_into(&mut self, items: Vec<PackItem>, report: &mut Report) -> io::Result<()> {
         let dir = SourceDir::open(self.source)?;
+        // What is read into a first bundle held small is stored (see
+        // `Limits::first_bundle_max`).
+        let stored = AtomicBool::new(false);
+        let deflate = || !stored.load(Ordering::Relaxed) && (self.deflate)();
         let mut run = Run {
             source: self.source,
             reader: Reader {
                 dir: &dir,
                 scratch: self.outbox,
                 touched: self.touched,
-                deflate: self.deflate,
+                deflate: &deflate,
                 buf: vec![0u8; COPY_BUF],
             },
             cut: Cutter {
@@ -179,6 +184,8 @@ impl Packer<'_> {
             report,
             batch: Vec::new(),
             batch_bytes: 0,
+            held_left: self.limits.first_bundle_max.unwrap_or(0),
+            stored: &stored,
             held: self.held,
             signs: self.signatures,
         };
@@ -204,6 +211,12 @@ struct Run<'r> {
     report: &'r mut Report,
     batch: Vec<Batched>,
     batch_bytes: u64,
+    /// Bytes still to be read stored into a first bundle held small
+    /// ([`Limits::first_bundle_max`]); 0 once read, or with no such hold.
+    held_left: u64,
+    /// Whether the files being read now are stored, whatever `deflate`
+    /// says (read by the reader's `deflate`).
+    stored: &'r AtomicBool,
     held: Option<&'r dyn HeldContent>,
     signs: Option<&'r dyn Signatures>,
 }
@@ -332,6 +345,9 @@ impl Run<'_> {
     fn pack_delta(&mut self, rel: &str, stamp: Stamp, planned: Planned) -> io::Result<()> {
         let signs = self.signs.expect("a delta is planned from a signature");
         let abs = self.source.join(rel);
+        // A delta is deflated as `deflate` says: it does not count
+        // against a held first bundle (`read_held`).
+        self.stored.store(false, Ordering::Relaxed);
         match self.reader.open(rel, &abs, stamp, ReadMode::Strict) {
             Ok(Some(src)) => pack_delta(&mut self.cut, self.report, src, planned, signs)?,
             Ok(None) => {}
@@ -404,11 +420,15 @@ impl Run<'_> {
                 stamp,
                 how,
             });
-            if self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
+            // A batch ends where the held first bundle's bytes do, so
+            // what it stores is no more than they are and one file.
+            let ends_hold = self.held_left > 0 && self.batch_bytes >= self.held_left;
+            if ends_hold || self.batch_bytes >= BATCH_BYTES || self.batch.len() >= BATCH_FILES {
                 self.pack_batch()?;
             }
             return Ok(());
         }
+        self.read_held(stamp.size);
         let src = match self.reader.open(&rel, &abs, stamp, how) {
             Ok(Some(src)) => src,
             Ok(None) => return Ok(()),
@@ -430,12 +450,24 @@ impl Run<'_> {
         }
     }
 
+    /// About to read `bytes` (one file, or a batch): they are stored if
+    /// they begin within the held first bundle's bytes and fit in what is
+    /// left of them, give or take one small file (a larger file is read as
+    /// any other: storing it could cost a slow link far more than the
+    /// hold), and counted against them.
+    fn read_held(&mut self, bytes: u64) {
+        let within = self.held_left > 0 && bytes <= self.held_left + PARALLEL_MAX;
+        self.stored.store(within, Ordering::Relaxed);
+        self.held_left = self.held_left.saturating_sub(bytes);
+    }
+
     /// Pack the batched small files: read, check, hash and compress them on
     /// every core, then append the compressed entries in order.
     fn pack_batch(&mut self) -> io::Result<()> {
         use rayon::prelude::*;
         let batch = std::mem::take(&mut self.batch);
-        self.batch_bytes = 0;
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        self.read_held(bytes);
         let reader = &self.reader;
         let prepared: Vec<(Batched, Prepared)> = batch
             .into_par_iter()
@@ -523,7 +555,7 @@ fn pack_whole(
 mod tests {
     use super::*;
     use crate::bundle::delta::Signature;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
 
     /// Signatures that count how often one is asked for (the file is then
     /// read whole to sign it) and hold none.
@@ -582,5 +614,125 @@ mod tests {
                 "busy: {busy}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod held_first_tests {
+    use super::*;
+    use zip::CompressionMethod::{Deflated, Stored};
+
+    /// Pack `files` (name, bytes) from a fresh source with deflate on and
+    /// the first bundle held to `first` bytes; each bundle's pages, with
+    /// their method and size, in order.
+    fn pack(
+        files: &[(&str, Vec<u8>)],
+        first: Option<u64>,
+    ) -> Vec<Vec<(zip::CompressionMethod, u64)>> {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(src.join(name), bytes).unwrap();
+        }
+        let mut emitted = Vec::new();
+        let mut seq = 0;
+        Packer {
+            source: &src,
+            outbox: &out,
+            sender: "test",
+            limits: Limits {
+                first_bundle_max: first,
+                ..Limits::new(64 << 20, 256 << 20, 1000)
+            },
+            alloc_seq: &mut || {
+                seq += 1;
+                Ok(seq)
+            },
+            emit: &mut |p| {
+                emitted.push(p.path);
+                Ok(())
+            },
+            opened: &|_| {},
+            touched: &|_| false,
+            deflate: &|| true,
+            held: None,
+            signatures: None,
+        }
+        .pack(files.iter().map(|(n, _)| PackItem::upsert(*n)).collect())
+        .unwrap();
+        emitted
+            .iter()
+            .map(|path| {
+                let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
+                let mut pages = Vec::new();
+                for i in 0..zip.len() {
+                    let e = zip.by_index(i).unwrap();
+                    if e.name().is_ok_and(|n| n.starts_with('p')) {
+                        pages.push((e.compression(), e.size()));
+                    }
+                }
+                pages
+            })
+            .collect()
+    }
+
+    /// A page of `len` bytes that deflates well, unlike any other seed's.
+    fn page(len: usize, seed: usize) -> Vec<u8> {
+        let mut page = format!("<p>page {seed}: the same words again</p>\n")
+            .repeat(len / 30)
+            .into_bytes();
+        page.truncate(len);
+        page
+    }
+
+    #[test]
+    fn a_first_bundle_held_small_is_stored_and_what_follows_deflated() {
+        // 24 pages of 512 KiB, the first bundle held to 4 MiB.
+        let pages: Vec<(String, Vec<u8>)> = (0..24)
+            .map(|i| (format!("p{i:02}"), page(512 << 10, i)))
+            .collect();
+        let files: Vec<(&str, Vec<u8>)> =
+            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let bundles = pack(&files, Some(4 << 20));
+        assert!(bundles.len() >= 2, "{bundles:?}");
+        assert!(
+            bundles[0].iter().all(|(m, _)| *m == Stored),
+            "{:?}",
+            bundles[0]
+        );
+        assert!(bundles[0].iter().map(|(_, n)| n).sum::<u64>() <= 4 << 20);
+        let stored: u64 = bundles
+            .iter()
+            .flatten()
+            .filter(|(m, _)| *m == Stored)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(stored <= (4 << 20) + PARALLEL_MAX, "{stored} bytes stored");
+        // Stored first, then deflated: the hold is read once.
+        let methods: Vec<_> = bundles.iter().flatten().map(|(m, _)| *m).collect();
+        let first_deflated = methods.iter().position(|m| *m == Deflated);
+        let first_deflated = first_deflated.expect("pages after the hold deflated");
+        assert!(
+            methods[first_deflated..].iter().all(|m| *m == Deflated),
+            "{methods:?}"
+        );
+        // Unheld, every page is deflated.
+        let unheld = pack(&files, None);
+        assert!(
+            unheld.iter().flatten().all(|(m, _)| *m == Deflated),
+            "{unheld:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_larger_than_the_hold_left_is_deflated_as_any_other() {
+        // 3 MiB (read alone, not batched), then 6 MiB, against a 4 MiB hold.
+        let files = [("p1", page(3 << 20, 1)), ("p2", page(6 << 20, 2))];
+        let methods: Vec<_> = pack(&files, Some(4 << 20)).into_iter().flatten().collect();
+        assert_eq!(methods.len(), 2, "{methods:?}");
+        assert_eq!(methods[0].0, Stored, "{methods:?}");
+        assert_eq!(methods[1].0, Deflated, "{methods:?}");
     }
 }

@@ -7,7 +7,7 @@
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is. The decisions are pure ([`deflate_pays`],
+//! kept small, and stored, so it soon is. The decisions are pure ([`deflate_pays`],
 //! [`first_bundle_max`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
@@ -41,10 +41,18 @@ pub const MEASURE_FROM: u64 = 32 << 20;
 /// fewer tell. (TCP's slow start makes the first megabytes of a new
 /// connection look slower than the link: a slow link never looks fast.)
 pub const DELIVERED_FROM: u64 = 1 << 20;
-/// A run's first bundle grows no larger than this (in bytes before
-/// deflate) while some link under `compress = "auto"` is not measured: it
-/// is sent, and the link measured, while the rest of the run packs.
-pub const UNMEASURED_FIRST_BUNDLE: u64 = 32 << 20;
+/// A run's first bundle grows no larger than this, and is stored, while
+/// some link under `compress = "auto"` is not measured: it is sent, and
+/// the link measured, while the rest of the run packs (deflated until the
+/// measure comes: a link not measured counts as slow). Stored, its bytes
+/// measure the link as the link carries them, and a fast link is spared
+/// the CPU of deflating them (with 32 MiB deflated first, deflate was the
+/// sender's largest work in bench.py's first ship on loopback, 0.36-0.41
+/// CPU s: BENCHMARKS.md, "Where the time goes"); a slow link
+/// pays at most this much more than deflated, once: its measure is then
+/// remembered ([`super::link_memory`]). 8 MiB stored are more bytes to
+/// measure by than the 32 MiB of pages deflate to (about 7 MiB).
+pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
 /// A link measured steadily has its measures remembered again once what
 /// was last remembered of it is this old (seconds), though no measure was
 /// news: it would be forgotten a week after its last news otherwise.

@@ -238,26 +238,6 @@ fn remember_fast_link(env: &Env, addr: std::net::SocketAddr) {
     remember_link(env, addr, 1e9);
 }
 
-/// Remember a link to `addr` measured at `bytes_per_s`.
-fn remember_link(env: &Env, addr: std::net::SocketAddr, bytes_per_s: f64) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let rates = serde_json::json!({"links": [{
-        "receiver": addr.to_string(),
-        "fingerprint": null,
-        "sent": {"bytes_per_s": bytes_per_s, "at": now},
-        "received": null,
-    }]});
-    std::fs::create_dir_all(env.path().join("state-s")).unwrap();
-    std::fs::write(
-        env.path().join("state-s/link-rates.json"),
-        rates.to_string(),
-    )
-    .unwrap();
-}
-
 /// Files enough to keep the packer busy a while: 24 MiB of noise in
 /// 1 MiB files and 400 pages.
 fn write_a_tree(env: &Env, under: &str) {
