@@ -184,6 +184,8 @@ pub const WRITEBACK_EVERY: u64 = 8 << 20;
 pub struct Writeback {
     /// Bytes written since the last stride was handed over.
     pending: u64,
+    /// Bytes handed over in all.
+    handed: u64,
 }
 
 impl Writeback {
@@ -193,9 +195,14 @@ impl Writeback {
         if self.pending >= WRITEBACK_EVERY {
             let end = file.stream_position()?;
             start_writeback(file, end - self.pending, self.pending);
-            self.pending = 0;
+            self.handed += std::mem::take(&mut self.pending);
         }
         Ok(())
+    }
+
+    /// The bytes handed to the disk so far (whole strides).
+    pub fn handed(&self) -> u64 {
+        self.handed
     }
 }
 

@@ -265,3 +265,54 @@ async fn a_file_applied_without_a_recorded_acknowledgement_is_deleted_after_a_re
     s.stop().await;
     r.stop().await;
 }
+
+/// A bundle the receiver archives (`archive_keep` above 0, the default) is
+/// handed to the disk a stride at a time as its body arrives, so the sync
+/// before its acknowledgement finds it written instead of writing it while
+/// the sender waits; one not archived is handed none, since a bundle of
+/// few files is deleted before the disk would have had it. The receiver's
+/// debug log says how many bytes went so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_bundle_goes_to_the_disk_as_it_arrives_one_not_archived_does_not() {
+    for (extra, archived) in [("", true), ("archive_keep = 0\n", false)] {
+        let env = Env::new();
+        for i in 0..24 {
+            env.write(&format!("media/{i}.bin"), noise(1 << 20, 300 + i));
+        }
+        let toml = env.receiver_toml("127.0.0.1:0", extra);
+        let cfg = env.config_file("receiver.toml", &toml);
+        let log = env.path().join("receiver.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_shipper"))
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "info,shipper::receiver=debug")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start the receiver");
+        let receiver = Daemon { child, log };
+        let listening = env.path().join("state-r/listen.addr");
+        wait_until("the receiver listening", || listening.exists()).await;
+        let addr = std::fs::read_to_string(&listening).unwrap();
+        let s = env.start_sender(addr.trim().parse().unwrap(), "");
+        wait_in_sync(&env).await;
+        s.stop().await;
+        let text = receiver.log_text();
+        drop(receiver);
+        let handed: Vec<u64> = text
+            .lines()
+            .filter(|l| l.contains("bundle received"))
+            .filter_map(|l| l.split("handed_to_disk=").nth(1))
+            .map(|n| n.split_whitespace().next().unwrap().parse().unwrap())
+            .collect();
+        assert!(!handed.is_empty(), "no bundle received in:\n{text}");
+        let sum: u64 = handed.iter().sum();
+        if archived {
+            assert!(sum >= 8 << 20, "{handed:?} bytes handed in:\n{text}");
+        } else {
+            assert_eq!(sum, 0, "{handed:?} bytes handed, none archived");
+        }
+    }
+}
