@@ -223,12 +223,7 @@ impl Link {
             fresh: true,
         });
         let rate = self.rate().expect("just measured");
-        // A link not measured before was sent its first bundle stored
-        // (`UNMEASURED_FIRST_BUNDLE`): it is judged as a link that stores,
-        // and its first measure, taken at a connection's start on that one
-        // small bundle (TCP's slow start, a receiver just started), turns
-        // deflate on only below DEFLATE_BELOW.
-        let stored = self.stores || old.is_none();
+        let stored = self.stores;
         self.stores = stores_at(rate, stored);
         let turns = old.is_none() || self.stores != stored;
         let news = !was_fresh || turns;
@@ -429,30 +424,6 @@ mod tests {
         assert!(m.stores && m.news, "{}", m.rate);
         assert!(stores_at(STORE_FROM, false) && !stores_at(STORE_FROM - 1.0, false));
         assert!(stores_at(DEFLATE_BELOW, true) && !stores_at(DEFLATE_BELOW - 1.0, true));
-    }
-
-    /// A link's first measure is judged as a storing link's: its first
-    /// bundle went stored. Between the lines it stores, below it deflates.
-    #[test]
-    fn a_first_measure_turns_deflate_on_only_below_the_lower_line() {
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
-        let r = LinkRates::new(1);
-        let m = r.record(0, Measure::Acked, at(180), T0).unwrap();
-        assert!(
-            m.stores && m.news && !r.deflate(Compress::Auto),
-            "{}",
-            m.rate
-        );
-        let r = LinkRates::new(1);
-        let m = r.record(0, Measure::Received, at(140), T0).unwrap();
-        assert!(
-            !m.stores && m.news && r.deflate(Compress::Auto),
-            "{}",
-            m.rate
-        );
-        // Once deflating, it stores again only from STORE_FROM.
-        let m = r.record(0, Measure::Received, at(200), T0).unwrap();
-        assert!(!m.stores, "{}", m.rate);
     }
 
     #[test]
