@@ -18,13 +18,15 @@ pub struct Limits {
     /// Content bytes one bundle may unpack to.
     pub max_unpacked: u64,
     /// A packing run's first bundle grows no larger than this, where it is
-    /// smaller than `max_bundle_size`, and the files a run reads first, up
-    /// to this many bytes, are stored, not deflated (one larger than what
-    /// is left of them is deflated as usual): while a link is not measured
-    /// yet, a small first bundle goes out soon and measures it, before
-    /// deflate is spent on a link that may not need it. `None`: the first
-    /// is cut and packed as the others are.
+    /// smaller than `max_bundle_size`: while a link is not measured yet, a
+    /// small first bundle goes out soon and measures it. `None`: the first
+    /// is cut as the others are.
     pub first_bundle_max: Option<u64>,
+    /// With a `first_bundle_max`, the files the run reads first, up to that
+    /// many bytes, are stored, not deflated (one larger than what is left
+    /// of them is deflated as usual), so a link that may not need deflate
+    /// is measured before it is spent.
+    pub first_stored: bool,
 }
 
 impl Limits {
@@ -37,6 +39,7 @@ impl Limits {
             max_file_size: u64::MAX,
             max_unpacked: u64::MAX,
             first_bundle_max: None,
+            first_stored: false,
         }
     }
 
@@ -66,6 +69,7 @@ impl Limits {
             max_file_size: self.max_file_size.min(a.max_file_size),
             max_unpacked: self.max_unpacked.min(a.max_unpacked),
             first_bundle_max: self.first_bundle_max,
+            first_stored: self.first_stored,
         }
     }
 }

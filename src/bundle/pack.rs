@@ -158,8 +158,8 @@ impl Packer<'_> {
     /// report were not packed.
     pub fn pack_into(&mut self, items: Vec<PackItem>, report: &mut Report) -> io::Result<()> {
         let dir = SourceDir::open(self.source)?;
-        // What is read into a first bundle held small is stored (see
-        // `Limits::first_bundle_max`).
+        // What is read into a first bundle held small may be stored (see
+        // `Limits::first_stored`).
         let stored = AtomicBool::new(false);
         let deflate = || !stored.load(Ordering::Relaxed) && (self.deflate)();
         let mut run = Run {
@@ -184,7 +184,10 @@ impl Packer<'_> {
             report,
             batch: Vec::new(),
             batch_bytes: 0,
-            held_left: self.limits.first_bundle_max.unwrap_or(0),
+            held_left: match self.limits.first_stored {
+                true => self.limits.first_bundle_max.unwrap_or(0),
+                false => 0,
+            },
             stored: &stored,
             held: self.held,
             signs: self.signatures,
@@ -212,7 +215,7 @@ struct Run<'r> {
     batch: Vec<Batched>,
     batch_bytes: u64,
     /// Bytes still to be read stored into a first bundle held small
-    /// ([`Limits::first_bundle_max`]); 0 once read, or with no such hold.
+    /// ([`Limits::first_stored`]); 0 once read, or with no such hold.
     held_left: u64,
     /// Whether the files being read now are stored, whatever `deflate`
     /// says (read by the reader's `deflate`).
@@ -644,6 +647,7 @@ mod held_first_tests {
             sender: "test",
             limits: Limits {
                 first_bundle_max: first,
+                first_stored: true,
                 ..Limits::new(64 << 20, 256 << 20, 1000)
             },
             alloc_seq: &mut || {

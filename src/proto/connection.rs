@@ -283,15 +283,14 @@ impl BodySink {
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
                 if let Some(f) = file.as_mut() {
-                    let n = chunk.len() as u64;
-                    let written = f.write_all(&chunk);
-                    let handed = written.and_then(|()| match to_disk {
-                        true => writeback.wrote(f, n),
-                        false => Ok(()),
-                    });
-                    if let Err(e) = handed {
-                        write_error = Some(e);
-                        file = None;
+                    match f.write_all(&chunk) {
+                        // A hint: if it cannot be given, nothing is lost.
+                        Ok(()) if to_disk => drop(writeback.wrote(f, chunk.len() as u64)),
+                        Ok(()) => {}
+                        Err(e) => {
+                            write_error = Some(e);
+                            file = None;
+                        }
                     }
                 }
                 let _ = spent_tx.send(chunk);

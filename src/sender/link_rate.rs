@@ -7,7 +7,7 @@
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small, and stored, so it soon is. The decisions are pure ([`deflate_pays`],
+//! kept small so it soon is (and stored, the first time). The decisions are pure ([`deflate_pays`],
 //! [`first_bundle_max`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
@@ -41,17 +41,16 @@ pub const MEASURE_FROM: u64 = 32 << 20;
 /// fewer tell. (TCP's slow start makes the first megabytes of a new
 /// connection look slower than the link: a slow link never looks fast.)
 pub const DELIVERED_FROM: u64 = 1 << 20;
-/// A run's first bundle grows no larger than this, and is stored, while
-/// some link under `compress = "auto"` is not measured: it is sent, and
-/// the link measured, while the rest of the run packs (deflated until the
-/// measure comes: a link not measured counts as slow). Stored, its bytes
-/// measure the link as the link carries them, and a fast link is spared
-/// the CPU of deflating them (with 32 MiB deflated first, deflate was the
-/// sender's largest work in bench.py's first ship on loopback, 0.36-0.41
-/// CPU s: BENCHMARKS.md, "Where the time goes"); a slow link
-/// pays at most this much more than deflated, once: its measure is then
-/// remembered ([`super::link_memory`]). 8 MiB stored are more bytes to
-/// measure by than the 32 MiB of pages deflate to (about 7 MiB).
+/// A run's first bundle grows no larger than this while some link under
+/// `compress = "auto"` is not measured: it is sent, and the link measured,
+/// while the rest of the run packs (deflated until the measure comes: a
+/// link not measured counts as slow). The first such bundle of a process
+/// is stored ([`first_stored`]): a fast link is spared the CPU of
+/// deflating it (with 32 MiB deflated first, deflate was the sender's
+/// largest work in bench.py's first ship on loopback, 0.36-0.41 CPU s:
+/// BENCHMARKS.md, "Where the time goes"), and a slow link pays at most
+/// this much more than deflated. 8 MiB stored are more bytes to measure
+/// by than the 32 MiB of pages deflate to (about 7 MiB).
 pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
 /// A link measured steadily has its measures remembered again once what
 /// was last remembered of it is this old (seconds), though no measure was
@@ -68,6 +67,22 @@ pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool
         Compress::Never => false,
         Compress::Auto => stores.into_iter().any(|s| s != Some(true)),
     }
+}
+
+/// Whether a run's first bundle, held small ([`first_bundle_max`]), is
+/// stored, under `mode`, given the choice of each receiver's link (as for
+/// [`deflate_pays`]) and whether one was stored before in this process
+/// (`spent`): under `auto`, while some link is not measured and no link
+/// measured deflates, once. Once: a link may stay unmeasured for long (a
+/// receiver away, a bucket, which only bodies of [`MEASURE_FROM`]
+/// measure), and each run's first 8 MiB would go stored to all.
+pub fn first_stored(
+    mode: Compress,
+    stores: impl IntoIterator<Item = Option<bool>>,
+    spent: bool,
+) -> bool {
+    let stores: Vec<Option<bool>> = stores.into_iter().collect();
+    mode == Compress::Auto && !spent && stores.contains(&None) && !stores.contains(&Some(false))
 }
 
 /// Whether a link measured at `rate` stores, given whether it stored
@@ -252,6 +267,8 @@ pub(super) trait Remember: Send + Sync {
 /// packer, and where it is remembered across restarts.
 pub(super) struct LinkRates {
     links: Mutex<Vec<Link>>,
+    /// A run's first bundle was stored ([`first_stored`]) in this process.
+    first_stored: std::sync::atomic::AtomicBool,
     /// `None`: remembered nowhere (tests).
     memory: Option<Box<dyn Remember>>,
     /// One [`LinkRates::keep`] at a time, each of the links as they stand
@@ -267,6 +284,7 @@ impl LinkRates {
             links: Mutex::new(vec![Link::default(); receivers]),
             memory: None,
             keeping: Mutex::new(()),
+            first_stored: Default::default(),
         }
     }
 
@@ -277,6 +295,7 @@ impl LinkRates {
             links: Mutex::new(links),
             memory: Some(memory),
             keeping: Mutex::new(()),
+            first_stored: Default::default(),
         }
     }
 
@@ -317,6 +336,20 @@ impl LinkRates {
     /// How large the next run's first bundle may be, under `mode`.
     pub(super) fn first_bundle_max(&self, mode: Compress) -> Option<u64> {
         first_bundle_max(mode, &self.rates())
+    }
+
+    /// Whether the next run's first bundle, if held small, is stored,
+    /// under `mode` ([`first_stored`]); if so, no later one is.
+    pub(super) fn first_stored(&self, mode: Compress) -> bool {
+        use std::sync::atomic::Ordering;
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let stores = links.iter().map(Link::stores_if_measured);
+        let spent = self.first_stored.load(Ordering::Relaxed);
+        let now = first_stored(mode, stores, spent);
+        if now {
+            self.first_stored.store(true, Ordering::Relaxed);
+        }
+        now
     }
 
     /// Write every link's measures where they are remembered (after a
@@ -426,6 +459,34 @@ mod tests {
         assert!(stores_at(DEFLATE_BELOW, true) && !stores_at(DEFLATE_BELOW - 1.0, true));
     }
 
+    /// A first bundle held small is stored once per process, and only
+    /// while no measured link deflates: a link that stays unmeasured (a
+    /// receiver away, a bucket) does not get every run's first 8 MiB
+    /// stored.
+    #[test]
+    fn a_first_bundle_is_stored_once_and_only_while_no_measured_link_deflates() {
+        let (fast, slow) = (Some(true), Some(false));
+        assert!(first_stored(Compress::Auto, [None], false));
+        assert!(first_stored(Compress::Auto, [fast, None], false));
+        assert!(
+            !first_stored(Compress::Auto, [slow, None], false),
+            "a slow link decides"
+        );
+        assert!(
+            !first_stored(Compress::Auto, [fast], false),
+            "nothing to measure"
+        );
+        assert!(!first_stored(Compress::Auto, [None], true), "once");
+        assert!(!first_stored(Compress::Always, [None], false));
+        assert!(!first_stored(Compress::Never, [None], false));
+        let r = LinkRates::new(2);
+        assert!(r.first_stored(Compress::Auto));
+        assert!(
+            !r.first_stored(Compress::Auto),
+            "the second run's is deflated"
+        );
+    }
+
     #[test]
     fn a_first_bundle_is_small_only_while_auto_has_a_link_to_measure() {
         let fast = Some(STORE_FROM * 3.0);
@@ -494,6 +555,7 @@ mod tests {
             links: Mutex::new(vec![link]),
             memory: None,
             keeping: Mutex::new(()),
+            first_stored: Default::default(),
         }
     }
 
