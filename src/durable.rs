@@ -184,8 +184,6 @@ pub const WRITEBACK_EVERY: u64 = 8 << 20;
 pub struct Writeback {
     /// Bytes written since the last stride was handed over.
     pending: u64,
-    /// Bytes handed over in all.
-    handed: u64,
 }
 
 impl Writeback {
@@ -195,14 +193,9 @@ impl Writeback {
         if self.pending >= WRITEBACK_EVERY {
             let end = file.stream_position()?;
             start_writeback(file, end - self.pending, self.pending);
-            self.handed += std::mem::take(&mut self.pending);
+            self.pending = 0;
         }
         Ok(())
-    }
-
-    /// The bytes handed to the disk so far (whole strides).
-    pub fn handed(&self) -> u64 {
-        self.handed
     }
 }
 

@@ -25,7 +25,6 @@ use tokio::io::{
 
 use super::chunked::{OverLimit, PaceClock, Tally};
 use super::frame::{self, Frame, FrameError, HEADER_LEN};
-use crate::durable::Writeback;
 use crate::rate::TokenBucket;
 
 const BODY_BUF: usize = 256 * 1024;
@@ -161,17 +160,13 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     /// See [`FrameReader::recv_body`].
-    pub async fn recv_body(&mut self, size: u64, to: BodyFile<'_>) -> Result<Body, ConnError> {
-        self.reader.recv_body(size, to).await
+    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
+        self.reader.recv_body(size, path).await
     }
 
     /// See [`FrameReader::recv_chunked`].
-    pub async fn recv_chunked(
-        &mut self,
-        limit: u64,
-        to: BodyFile<'_>,
-    ) -> Result<Streamed, ConnError> {
-        self.reader.recv_chunked(limit, to).await
+    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
+        self.reader.recv_chunked(limit, path).await
     }
 
     /// See [`FrameWriter::send_chunk`].
@@ -204,27 +199,14 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 }
 
-/// Where a body is written: the file at `path`, and whether what is
-/// written is handed to the disk as it comes, a stride at a time
-/// ([`crate::durable::Writeback`]): for a body the disk gets anyway, which
-/// a sync soon after then finds written instead of writing it all while
-/// the peer waits.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyFile<'a> {
-    pub path: &'a Path,
-    pub to_disk: bool,
-}
-
-/// A body received: its BLAKE3, the first error writing it, the bytes
+/// A body received: its BLAKE3, the first error writing it, and the bytes
 /// timed with the time they took to arrive ([`PaceClock`]; `None` if no
-/// read waited), and how many of its bytes were handed to the disk as they
-/// came ([`BodyFile::to_disk`]).
+/// read waited).
 #[derive(Debug)]
 pub struct Body {
     pub hash: blake3::Hash,
     pub write_error: Option<io::Error>,
     pub timed: Option<(u64, Duration)>,
-    pub handed_to_disk: u64,
 }
 
 /// What came of a body streamed in chunks ([`FrameReader::recv_chunked`]).
@@ -252,22 +234,14 @@ struct BodySink {
     // Written buffers come back to be filled again: a fresh megabyte per
     // chunk was mapped, zeroed and unmapped each time.
     spent: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
-    writer: tokio::task::JoinHandle<Written>,
-}
-
-/// What the writer thread of a [`BodySink`] did: the body's BLAKE3, its
-/// first write error, the bytes it handed to the disk.
-struct Written {
-    hash: blake3::Hash,
-    error: Option<io::Error>,
-    handed_to_disk: u64,
+    writer: tokio::task::JoinHandle<(blake3::Hash, Option<io::Error>)>,
 }
 
 impl BodySink {
-    fn create(to: BodyFile<'_>) -> Self {
+    fn create(path: &Path) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (spent_tx, spent) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
-        let (path, to_disk) = (to.path.to_owned(), to.to_disk);
+        let path = path.to_owned();
         let writer = tokio::task::spawn_blocking(move || {
             use std::io::Write;
             let mut hasher = blake3::Hasher::new();
@@ -279,27 +253,17 @@ impl BodySink {
                     None
                 }
             };
-            let mut writeback = Writeback::default();
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
-                if let Some(f) = file.as_mut() {
-                    match f.write_all(&chunk) {
-                        // A hint: if it cannot be given, nothing is lost.
-                        Ok(()) if to_disk => drop(writeback.wrote(f, chunk.len() as u64)),
-                        Ok(()) => {}
-                        Err(e) => {
-                            write_error = Some(e);
-                            file = None;
-                        }
-                    }
+                if let Some(f) = file.as_mut()
+                    && let Err(e) = f.write_all(&chunk)
+                {
+                    write_error = Some(e);
+                    file = None;
                 }
                 let _ = spent_tx.send(chunk);
             }
-            Written {
-                hash: hasher.finalize(),
-                error: write_error,
-                handed_to_disk: writeback.handed(),
-            }
+            (hasher.finalize(), write_error)
         });
         Self { tx, spent, writer }
     }
@@ -319,7 +283,7 @@ impl BodySink {
     }
 
     /// The hash of every byte handed on and the first write error.
-    async fn finish(self) -> Result<Written, ConnError> {
+    async fn finish(self) -> Result<(blake3::Hash, Option<io::Error>), ConnError> {
         drop(self.tx);
         self.writer
             .await
@@ -397,8 +361,8 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// their BLAKE3, the first write error, if any, and how long they took
     /// from the first read that waited ([`PaceClock`]). A blocking thread writes and hashes while
     /// this task reads the socket ([`BodySink`]).
-    pub async fn recv_body(&mut self, size: u64, to: BodyFile<'_>) -> Result<Body, ConnError> {
-        let mut sink = BodySink::create(to);
+    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
+        let mut sink = BodySink::create(path);
         let mut clock = PaceClock::default();
         let mut left = size;
         while left > 0 {
@@ -408,12 +372,11 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
             left -= want as u64;
             sink.put(buf).await;
         }
-        let written = sink.finish().await?;
+        let (hash, write_error) = sink.finish().await?;
         Ok(Body {
-            hash: written.hash,
-            write_error: written.error,
+            hash,
+            write_error,
             timed: clock.timed(),
-            handed_to_disk: written.handed_to_disk,
         })
     }
 
@@ -423,12 +386,8 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// the call before it is read ([`ConnError::OverLimit`]), as does any
     /// other frame. The wait before a chunk that is not paced is not timed
     /// ([`PaceClock`]).
-    pub async fn recv_chunked(
-        &mut self,
-        limit: u64,
-        to: BodyFile<'_>,
-    ) -> Result<Streamed, ConnError> {
-        let mut sink = BodySink::create(to);
+    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
+        let mut sink = BodySink::create(path);
         let mut clock = PaceClock::default();
         let mut tally = Tally::new(limit);
         loop {
@@ -446,12 +405,11 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
                     }
                 }
                 Frame::Sealed { seq, size, hash } => {
-                    let written = sink.finish().await?;
+                    let (got, write_error) = sink.finish().await?;
                     let body = Body {
-                        hash: written.hash,
-                        write_error: written.error,
+                        hash: got,
+                        write_error,
                         timed: clock.timed(),
-                        handed_to_disk: written.handed_to_disk,
                     };
                     let size_got = tally.size();
                     return Ok(Streamed::Sealed {

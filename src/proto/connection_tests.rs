@@ -14,14 +14,6 @@ fn pair() -> (Connection<DuplexStream>, Connection<DuplexStream>) {
     )
 }
 
-/// A body written to `path` and not handed to the disk as it comes.
-fn kept_not(path: &std::path::Path) -> BodyFile<'_> {
-    BodyFile {
-        path,
-        to_disk: false,
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn a_silent_peer_fails_a_read_after_the_peer_timeout() {
     let (mut me, _silent) = pair();
@@ -112,10 +104,7 @@ async fn a_body_at_a_rate_takes_at_least_its_size_over_the_rate_less_one_burst()
         me.write_frame(&Frame::Ping).await.unwrap();
     };
     let recv = async {
-        let got = peer
-            .recv_body(body.len() as u64, kept_not(&to))
-            .await
-            .unwrap();
+        let got = peer.recv_body(body.len() as u64, &to).await.unwrap();
         (got, peer.expect_frame().await.unwrap())
     };
     let ((), (got, ping)) = tokio::join!(send, recv);
@@ -203,7 +192,7 @@ async fn a_streamed_body_arrives_whole_with_its_sealed_frame() {
     };
     let recv = async {
         assert_eq!(peer.expect_frame().await.unwrap(), Frame::Begin);
-        peer.recv_chunked(1 << 30, kept_not(&to)).await.unwrap()
+        peer.recv_chunked(1 << 30, &to).await.unwrap()
     };
     let ((), got) = tokio::join!(send, recv);
     let Streamed::Sealed {
@@ -241,7 +230,7 @@ async fn an_abandoned_stream_is_read_to_its_end_and_the_connection_goes_on() {
         me.writer.writer.flush().await.unwrap();
     };
     let recv = async {
-        let got = peer.recv_chunked(1 << 20, kept_not(&to)).await.unwrap();
+        let got = peer.recv_chunked(1 << 20, &to).await.unwrap();
         (got, peer.expect_frame().await.unwrap())
     };
     let ((), (got, next)) = tokio::join!(send, recv);
@@ -271,7 +260,7 @@ async fn a_stream_past_its_limit_or_out_of_step_is_an_error() {
     .encode(&mut raw);
     me.writer.writer.write_all(&raw).await.unwrap();
     me.writer.writer.flush().await.unwrap();
-    let e = peer.recv_chunked(1000, kept_not(&to)).await.unwrap_err();
+    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -286,56 +275,6 @@ async fn a_stream_past_its_limit_or_out_of_step_is_an_error() {
 
     let (mut me, mut peer) = pair();
     me.write_frame(&Frame::Begin).await.unwrap();
-    let e = peer.recv_chunked(1000, kept_not(&to)).await.unwrap_err();
+    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
     assert!(e.to_string().contains("inside a streamed bundle"), "{e}");
-}
-
-/// A body to be kept is handed to the disk a stride at a time as it comes,
-/// whether it arrives whole or in chunks; the last part stride is left to
-/// the sync after it. One not kept is handed none.
-#[tokio::test]
-async fn a_kept_body_is_handed_to_the_disk_as_it_comes_stride_by_stride() {
-    use crate::durable::WRITEBACK_EVERY;
-    let dir = tempfile::tempdir().unwrap();
-    let (from, to) = (dir.path().join("body"), dir.path().join("got"));
-    let size = 2 * WRITEBACK_EVERY + 5;
-    let body: Vec<u8> = (0..size).map(|i| (i % 241) as u8).collect();
-    std::fs::write(&from, &body).unwrap();
-    for to_disk in [true, false] {
-        let file = BodyFile { path: &to, to_disk };
-        let want = if to_disk { 2 * WRITEBACK_EVERY } else { 0 };
-        let (mut me, mut peer) = pair();
-        let send = async {
-            me.send_body(&from, size).await.unwrap();
-            // Out of the write buffer.
-            me.write_frame(&Frame::Ping).await.unwrap();
-        };
-        let recv = async {
-            let got = peer.recv_body(size, file).await.unwrap();
-            assert_eq!(peer.expect_frame().await.unwrap(), Frame::Ping);
-            got
-        };
-        let ((), got) = tokio::join!(send, recv);
-        assert_eq!((got.hash, got.handed_to_disk), (blake3::hash(&body), want));
-        assert_eq!(std::fs::read(&to).unwrap(), body);
-        let send = async {
-            me.write_frame(&Frame::Begin).await.unwrap();
-            for chunk in body.chunks(CHUNK) {
-                me.send_chunk(chunk, true).await.unwrap();
-            }
-            let hash = *blake3::hash(&body).as_bytes();
-            let sealed = Frame::Sealed { seq: 1, size, hash };
-            me.write_frame(&sealed).await.unwrap();
-        };
-        let recv = async {
-            assert_eq!(peer.expect_frame().await.unwrap(), Frame::Begin);
-            peer.recv_chunked(1 << 30, file).await.unwrap()
-        };
-        let ((), got) = tokio::join!(send, recv);
-        let Streamed::Sealed { body: b, .. } = got else {
-            panic!("abandoned")
-        };
-        assert_eq!((b.hash, b.handed_to_disk), (blake3::hash(&body), want));
-        assert_eq!(std::fs::read(&to).unwrap(), body);
-    }
 }

@@ -245,22 +245,6 @@ impl Sessions {
         }
     }
 
-    /// Where a bundle's body is received: at `path`, handed to the disk as
-    /// it comes when it is to be archived (`archive_keep` above 0), since
-    /// the disk gets it then anyway, and a sync of its filesystem before
-    /// the bundle's acknowledgement (the `syncfs` of root's, for a bundle
-    /// of many files, where `state_dir` shares root's filesystem) finds it
-    /// written instead of writing it all while the sender waits. Not
-    /// archived, a bundle of few files is deleted before the disk would
-    /// have had it. (bench.py's row 1, alternated in one hour: 1.29 s
-    /// against 1.41, medians of 8.)
-    fn body_file<'a>(&self, path: &'a Path) -> connection::BodyFile<'a> {
-        connection::BodyFile {
-            path,
-            to_disk: self.cfg.archive_keep > 0,
-        }
-    }
-
     /// Receive one bundle body of `size` bytes and its trailer into
     /// `received` and check them; with how long its bytes took (see
     /// [`connection::Body`]). The outer error ends the session (stream out of step); the
@@ -274,12 +258,11 @@ impl Sessions {
         received: &Path,
     ) -> anyhow::Result<(Result<(), Refusal>, Option<(u64, Duration)>)> {
         let started = std::time::Instant::now();
-        let body = conn.recv_body(size, self.body_file(received)).await?;
+        let body = conn.recv_body(size, received).await?;
         tracing::debug!(
             seq,
             size,
             ms = started.elapsed().as_millis() as u64,
-            handed_to_disk = body.handed_to_disk,
             "bundle received"
         );
         let Frame::Trailer {
@@ -314,10 +297,7 @@ impl Sessions {
     ) -> anyhow::Result<Option<Streamed>> {
         let started = std::time::Instant::now();
         let limit = self.cfg.max_bundle_size;
-        let (body, size, (seq, t_size, t_hash)) = match conn
-            .recv_chunked(limit, self.body_file(&file.0))
-            .await
-        {
+        let (body, size, (seq, t_size, t_hash)) = match conn.recv_chunked(limit, &file.0).await {
             Ok(connection::Streamed::Sealed { body, size, sealed }) => (body, size, sealed),
             Ok(connection::Streamed::Abandoned) => {
                 tracing::debug!(%sender, "streamed bundle abandoned by its sender");
@@ -334,7 +314,6 @@ impl Sessions {
             seq,
             size,
             ms = started.elapsed().as_millis() as u64,
-            handed_to_disk = body.handed_to_disk,
             "streamed bundle received"
         );
         // Renamed even when writing it failed, so the name a stream is
