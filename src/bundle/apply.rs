@@ -419,7 +419,7 @@ fn remove_all(path: &Path) -> Result<(), BundleError> {
 mod tests {
     use super::*;
     use crate::beneath::fault;
-    use crate::bundle::pack::{self, PackItem, Packer};
+    use crate::bundle::pack::{self, PackItem};
     use crate::changes::Op;
     use rustix::io::Errno;
 
@@ -457,30 +457,8 @@ mod tests {
             .map(|f| item(f, Op::Upsert))
             .chain(deletions.iter().map(|d| item(d, Op::Delete)))
             .collect();
-        let mut out = Vec::new();
-        let mut seq = 0;
-        Packer {
-            source: src,
-            outbox: dir,
-            sender: "test",
-            limits: pack::Limits::new(4096, max_size, 1000),
-            alloc_seq: &mut || {
-                seq += 1;
-                Ok(seq)
-            },
-            emit: &mut |p| {
-                out.push(p.path);
-                Ok(())
-            },
-            opened: &|_| {},
-            touched: &|_| false,
-            deflate: &|| true,
-            held: None,
-            signatures: None,
-        }
-        .pack(items)
-        .unwrap();
-        out
+        let limits = pack::Limits::new(4096, max_size, 1000);
+        pack::pack_for_test(src, dir, limits, items)
     }
 
     fn pack_bundle(src: &Path, dir: &Path, deletions: &[&str]) -> PathBuf {

@@ -620,6 +620,42 @@ mod tests {
     }
 }
 
+/// Pack `items` from `src` into bundles in `out` within `limits`,
+/// deflating what is worth it, as a sender with nothing held or signed
+/// would; the bundles' paths, in order. For tests.
+#[cfg(test)]
+pub(super) fn pack_for_test(
+    src: &Path,
+    out: &Path,
+    limits: Limits,
+    items: Vec<PackItem>,
+) -> Vec<PathBuf> {
+    let mut emitted = Vec::new();
+    let mut seq = 0;
+    Packer {
+        source: src,
+        outbox: out,
+        sender: "test",
+        limits,
+        alloc_seq: &mut || {
+            seq += 1;
+            Ok(seq)
+        },
+        emit: &mut |p| {
+            emitted.push(p.path);
+            Ok(())
+        },
+        opened: &|_| {},
+        touched: &|_| false,
+        deflate: &|| true,
+        held: None,
+        signatures: None,
+    }
+    .pack(items)
+    .unwrap();
+    emitted
+}
+
 #[cfg(test)]
 mod held_first_tests {
     use super::*;
@@ -639,34 +675,13 @@ mod held_first_tests {
         for (name, bytes) in files {
             std::fs::write(src.join(name), bytes).unwrap();
         }
-        let mut emitted = Vec::new();
-        let mut seq = 0;
-        Packer {
-            source: &src,
-            outbox: &out,
-            sender: "test",
-            limits: Limits {
-                first_bundle_max: first,
-                first_stored: true,
-                ..Limits::new(64 << 20, 256 << 20, 1000)
-            },
-            alloc_seq: &mut || {
-                seq += 1;
-                Ok(seq)
-            },
-            emit: &mut |p| {
-                emitted.push(p.path);
-                Ok(())
-            },
-            opened: &|_| {},
-            touched: &|_| false,
-            deflate: &|| true,
-            held: None,
-            signatures: None,
-        }
-        .pack(files.iter().map(|(n, _)| PackItem::upsert(*n)).collect())
-        .unwrap();
-        emitted
+        let limits = Limits {
+            first_bundle_max: first,
+            first_stored: true,
+            ..Limits::new(64 << 20, 256 << 20, 1000)
+        };
+        let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
+        pack_for_test(&src, &out, limits, items)
             .iter()
             .map(|path| {
                 let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
