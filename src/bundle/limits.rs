@@ -17,16 +17,23 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Content bytes one bundle may unpack to.
     pub max_unpacked: u64,
-    /// A packing run's first bundle grows no larger than this, where it is
-    /// smaller than `max_bundle_size`: while a link is not measured yet, a
-    /// small first bundle goes out soon and measures it. `None`: the first
-    /// is cut as the others are.
-    pub first_bundle_max: Option<u64>,
-    /// With a `first_bundle_max`, the files the run reads first, up to that
-    /// many bytes, are stored, not deflated (one larger than what is left
-    /// of them is deflated as usual), so a link that may not need deflate
-    /// is measured before it is spent.
-    pub first_stored: bool,
+    /// How a packing run's first bundle is held while a link is not
+    /// measured yet. `None`: the first is cut and packed as the others are.
+    pub first_bundle: Option<FirstBundle>,
+}
+
+/// A packing run's first bundle held small, so it goes out soon and
+/// measures a link not measured yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstBundle {
+    /// It grows no larger than this, where it is smaller than
+    /// `max_bundle_size`.
+    pub max: u64,
+    /// The files the run reads first, up to `max` bytes, are stored, not
+    /// deflated (one larger than what is left of them is deflated as
+    /// usual), so a link that may not need deflate is measured before it
+    /// is spent.
+    pub stored: bool,
 }
 
 impl Limits {
@@ -38,16 +45,15 @@ impl Limits {
             max_entries,
             max_file_size: u64::MAX,
             max_unpacked: u64::MAX,
-            first_bundle_max: None,
-            first_stored: false,
+            first_bundle: None,
         }
     }
 
     /// The limits a run's bundle is cut by: `first`, the run's first, may
-    /// be held smaller ([`Limits::first_bundle_max`]).
+    /// be held smaller ([`Limits::first_bundle`]).
     pub fn of_bundle(self, first: bool) -> Self {
-        match self.first_bundle_max.filter(|_| first) {
-            Some(max) => Self {
+        match self.first_bundle.filter(|_| first) {
+            Some(FirstBundle { max, .. }) => Self {
                 max_bundle_size: self.max_bundle_size.min(max),
                 ..self
             },
@@ -68,8 +74,7 @@ impl Limits {
                 .max(2),
             max_file_size: self.max_file_size.min(a.max_file_size),
             max_unpacked: self.max_unpacked.min(a.max_unpacked),
-            first_bundle_max: self.first_bundle_max,
-            first_stored: self.first_stored,
+            first_bundle: self.first_bundle,
         }
     }
 }
@@ -108,8 +113,9 @@ mod tests {
 
     #[test]
     fn only_a_runs_first_bundle_is_held_to_the_first_bundle_max() {
+        let held = |max| Some(FirstBundle { max, stored: false });
         let l = Limits {
-            first_bundle_max: Some(32 << 20),
+            first_bundle: held(32 << 20),
             ..Limits::new(64 << 20, 256 << 20, 100)
         }
         .within(&accepts(u64::MAX, 128 << 20));
@@ -117,7 +123,7 @@ mod tests {
         assert_eq!(l.of_bundle(false).max_bundle_size, 128 << 20);
         assert_eq!(l.of_bundle(true).chunk_size, 64 << 20, "parts unchanged");
         let larger = Limits {
-            first_bundle_max: Some(1 << 30),
+            first_bundle: held(1 << 30),
             ..l
         };
         assert_eq!(larger.of_bundle(true).max_bundle_size, 128 << 20);

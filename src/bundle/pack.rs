@@ -55,7 +55,7 @@ use crate::stamp::{Kind, Stamp};
 // What other modules use of the sender's side, whichever room it lives in.
 pub use super::cutter::{Packed, Report, SkippedLink, Unsigned, bundle_file_name, is_outbox_name};
 pub use super::delta_pack::{Signatures, Signed, sign};
-pub use super::limits::{Limits, MIN_CHUNK_SIZE};
+pub use super::limits::{FirstBundle, Limits, MIN_CHUNK_SIZE};
 pub use super::writer::with_path;
 pub use super::zip_entry::is_precompressed;
 
@@ -159,7 +159,7 @@ impl Packer<'_> {
     pub fn pack_into(&mut self, items: Vec<PackItem>, report: &mut Report) -> io::Result<()> {
         let dir = SourceDir::open(self.source)?;
         // What is read into a first bundle held small may be stored (see
-        // `Limits::first_stored`).
+        // `FirstBundle::stored`).
         let stored = AtomicBool::new(false);
         let deflate = || !stored.load(Ordering::Relaxed) && (self.deflate)();
         let mut run = Run {
@@ -184,9 +184,9 @@ impl Packer<'_> {
             report,
             batch: Vec::new(),
             batch_bytes: 0,
-            held_left: match self.limits.first_stored {
-                true => self.limits.first_bundle_max.unwrap_or(0),
-                false => 0,
+            held_left: match self.limits.first_bundle {
+                Some(FirstBundle { max, stored: true }) => max,
+                _ => 0,
             },
             stored: &stored,
             held: self.held,
@@ -215,7 +215,7 @@ struct Run<'r> {
     batch: Vec<Batched>,
     batch_bytes: u64,
     /// Bytes still to be read stored into a first bundle held small
-    /// ([`Limits::first_stored`]); 0 once read, or with no such hold.
+    /// ([`FirstBundle::stored`]); 0 once read, or with no such hold.
     held_left: u64,
     /// Whether the files being read now are stored, whatever `deflate`
     /// says (read by the reader's `deflate`).
@@ -676,8 +676,7 @@ mod held_first_tests {
             std::fs::write(src.join(name), bytes).unwrap();
         }
         let limits = Limits {
-            first_bundle_max: first,
-            first_stored: true,
+            first_bundle: first.map(|max| FirstBundle { max, stored: true }),
             ..Limits::new(64 << 20, 256 << 20, 1000)
         };
         let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();

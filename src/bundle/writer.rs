@@ -429,10 +429,16 @@ impl BundleFile {
         let r = self.file.write_all(&self.buf);
         self.buf.clear();
         r.inspect_err(|_| self.abandon())?;
-        // Every byte written is in the file now, those of finished
-        // entries among them.
-        self.growing.publish(self.finished);
+        self.publish_final();
         Ok(())
+    }
+
+    /// Publish the bytes that are both final (before the end of the last
+    /// entry finished) and in the file (not in the buffer, which holds the
+    /// bytes just before the position).
+    fn publish_final(&self) {
+        let in_file = self.pos - self.buf.len() as u64;
+        self.growing.publish(self.finished.min(in_file));
     }
 }
 
@@ -468,9 +474,7 @@ impl Write for BundleFile {
         if self.buf.len() >= DRAIN_AT {
             self.drain()?;
         }
-        // The buffer holds the bytes just before `pos`; those before it
-        // are in the file.
-        self.growing.publish(self.pos - self.buf.len() as u64);
+        self.publish_final();
         Ok(())
     }
 }

@@ -84,7 +84,7 @@ pub(super) struct Handles {
 impl Handles {
     /// A packing run's limits: `own` narrowed to what every receiver said
     /// it accepts, its first bundle held small while a link is to be
-    /// measured (and stored, once: [`super::link_rate::LinkRates::first_stored`]).
+    /// measured (and stored, once: [`super::link_rate::LinkRates::first_bundle`]).
     /// Called once per packing run.
     fn limits(&self, own: Limits) -> Limits {
         let narrowed = self
@@ -95,8 +95,7 @@ impl Handles {
             .flatten()
             .fold(own, |l, a| l.within(a));
         Limits {
-            first_bundle_max: self.link_rates.first_bundle_max(self.compress),
-            first_stored: self.link_rates.first_stored(self.compress),
+            first_bundle: self.link_rates.first_bundle(self.compress),
             ..narrowed
         }
     }

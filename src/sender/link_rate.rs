@@ -17,6 +17,7 @@ use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::bundle::pack::FirstBundle;
 use crate::config::Compress;
 
 /// A link carrying at least this many bytes per second gets stored
@@ -268,7 +269,7 @@ pub(super) trait Remember: Send + Sync {
 pub(super) struct LinkRates {
     links: Mutex<Vec<Link>>,
     /// A run's first bundle was stored ([`first_stored`]) in this process.
-    first_stored: std::sync::atomic::AtomicBool,
+    stored_once: std::sync::atomic::AtomicBool,
     /// `None`: remembered nowhere (tests).
     memory: Option<Box<dyn Remember>>,
     /// One [`LinkRates::keep`] at a time, each of the links as they stand
@@ -284,7 +285,7 @@ impl LinkRates {
             links: Mutex::new(vec![Link::default(); receivers]),
             memory: None,
             keeping: Mutex::new(()),
-            first_stored: Default::default(),
+            stored_once: Default::default(),
         }
     }
 
@@ -295,7 +296,7 @@ impl LinkRates {
             links: Mutex::new(links),
             memory: Some(memory),
             keeping: Mutex::new(()),
-            first_stored: Default::default(),
+            stored_once: Default::default(),
         }
     }
 
@@ -322,8 +323,11 @@ impl LinkRates {
         self.links.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn rates(&self) -> Vec<Option<f64>> {
-        self.links().iter().map(Link::rate).collect()
+    /// Whether receiver `index`'s link stores ([`Link::stores_if_measured`]),
+    /// read in place: asked on each turn of its transport's loop.
+    pub(super) fn stores(&self, index: usize) -> Option<bool> {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links.get(index).and_then(Link::stores_if_measured)
     }
 
     /// Whether the next file packed is deflated (if worth it), under `mode`.
@@ -333,23 +337,19 @@ impl LinkRates {
         deflate_pays(mode, links.iter().map(Link::stores_if_measured))
     }
 
-    /// How large the next run's first bundle may be, under `mode`.
-    pub(super) fn first_bundle_max(&self, mode: Compress) -> Option<u64> {
-        first_bundle_max(mode, &self.rates())
-    }
-
-    /// Whether the next run's first bundle, if held small, is stored,
-    /// under `mode` ([`first_stored`]); if so, no later one is.
-    pub(super) fn first_stored(&self, mode: Compress) -> bool {
+    /// How the next run's first bundle is held, under `mode`: as large as
+    /// [`first_bundle_max`] says, stored as [`first_stored`] says (if so,
+    /// no later one is).
+    pub(super) fn first_bundle(&self, mode: Compress) -> Option<FirstBundle> {
         use std::sync::atomic::Ordering;
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let rates: Vec<Option<f64>> = links.iter().map(Link::rate).collect();
+        let max = first_bundle_max(mode, &rates)?;
         let stores = links.iter().map(Link::stores_if_measured);
-        let spent = self.first_stored.load(Ordering::Relaxed);
-        let now = first_stored(mode, stores, spent);
-        if now {
-            self.first_stored.store(true, Ordering::Relaxed);
-        }
-        now
+        let spent = self.stored_once.load(Ordering::Relaxed);
+        let stored =
+            first_stored(mode, stores, spent) && !self.stored_once.swap(true, Ordering::Relaxed);
+        Some(FirstBundle { max, stored })
     }
 
     /// Write every link's measures where they are remembered (after a
@@ -480,9 +480,9 @@ mod tests {
         assert!(!first_stored(Compress::Always, [None], false));
         assert!(!first_stored(Compress::Never, [None], false));
         let r = LinkRates::new(2);
-        assert!(r.first_stored(Compress::Auto));
+        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
         assert!(
-            !r.first_stored(Compress::Auto),
+            !r.first_bundle(Compress::Auto).unwrap().stored,
             "the second run's is deflated"
         );
     }
@@ -555,7 +555,7 @@ mod tests {
             links: Mutex::new(vec![link]),
             memory: None,
             keeping: Mutex::new(()),
-            first_stored: Default::default(),
+            stored_once: Default::default(),
         }
     }
 
@@ -566,7 +566,7 @@ mod tests {
     fn a_remembered_rate_decides_until_a_new_measure_replaces_it() {
         let r = remembered(1e9);
         assert!(!r.deflate(Compress::Auto));
-        assert_eq!(r.first_bundle_max(Compress::Auto), None);
+        assert_eq!(r.first_bundle(Compress::Auto), None);
         let slow = (12 << 20, Duration::from_secs(1));
         let m = r.record(0, Measure::Acked, slow, T0).unwrap();
         assert_eq!(m.rate, f64::from(12 << 20), "replaced, not averaged");

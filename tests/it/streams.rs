@@ -232,12 +232,6 @@ async fn a_stream_past_the_receivers_limit_or_from_an_older_sender_ends_the_sess
     r.stop().await;
 }
 
-/// Remember a link to `addr` measured at 1 GB/s, for the sender of `env`
-/// (as `state_dir/link-rates.json` keeps it across restarts).
-fn remember_fast_link(env: &Env, addr: std::net::SocketAddr) {
-    remember_link(env, addr, 1e9);
-}
-
 /// Files enough to keep the packer busy a while: 24 MiB of noise in
 /// 1 MiB files and 400 pages.
 fn write_a_tree(env: &Env, under: &str) {
@@ -300,7 +294,7 @@ async fn a_link_measured_fast_gets_bundles_while_they_are_packed_others_sealed()
 async fn a_bundle_packed_while_the_receiver_was_away_and_over_its_limit_is_refused_not_resent() {
     let env = Env::new();
     let addr = free_addr();
-    remember_fast_link(&env, addr);
+    remember_link(&env, addr, 1e9);
     let config = env.config_file("sender.toml", &env.sender_toml(&addr.to_string(), ""));
     let r = env
         .start_receiver_from(&env.receiver_toml(&addr.to_string(), ""))

@@ -384,12 +384,7 @@ impl Link {
     /// that went as the packer gave it, and a slow link gains little from
     /// it (the next bundle packs while the one before crosses anyway).
     fn streams(&self) -> Option<u64> {
-        let stores = self
-            .link_rates
-            .links()
-            .get(self.index)
-            .and_then(|l| l.stores_if_measured())
-            == Some(true);
+        let stores = self.link_rates.stores(self.index) == Some(true);
         stores.then(|| self.accepted_bundle_size().unwrap_or(u64::MAX))
     }
 
