@@ -11,8 +11,9 @@
 //! [`is_disk_full`] is the one test of a write that failed for want of
 //! space; [`start_writeback`] hands bytes written to the disk early, so
 //! the sync that makes them durable later waits less, and [`Writeback`]
-//! does so a stride at a time as a file is written. Nothing else belongs
-//! here.
+//! does so a stride at a time as a file is written; [`give_back_cache`]
+//! lets the kernel reclaim the memory of bytes once they are durable.
+//! Nothing else belongs here.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -165,6 +166,27 @@ pub fn start_writeback(file: &File, offset: u64, len: u64) {
         }
     }
     #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+/// Let the kernel drop the page cache holding `len` bytes of `file` from
+/// `offset` (`len` 0: to its end), once they are durable and nothing will
+/// read them soon: so a large file assembled piece by piece does not push
+/// what readers of root use out of memory, and the next piece is written
+/// into the pages this one gave back. Pages still dirty are left (the call
+/// would start their writeback), so call it only after an fsync of them.
+/// A hint: where the system has no such call, or it fails, nothing happens.
+pub fn give_back_cache(file: &File, offset: u64, len: u64) {
+    #[cfg(any(target_os = "linux", target_os = "freebsd"))]
+    {
+        let _ = rustix::fs::fadvise(
+            file,
+            offset,
+            std::num::NonZeroU64::new(len),
+            rustix::fs::Advice::DontNeed,
+        );
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "freebsd")))]
     let _ = (file, offset, len);
 }
 

@@ -322,6 +322,12 @@ fn append_part(
     }
     // The data before its record: a recorded part is always there.
     out.sync_all().map_err(io_at(&data_path))?;
+    if hashes == PartHashes::Tree {
+        // Durable, and never read here again (the whole-file hash is merged
+        // from the parts'): its memory goes to the next part, not to a
+        // file the size of the set held in the page cache.
+        durable::give_back_cache(&out, p.offset, p.size);
+    }
     record_part(dir, &p.set, state, &p.hash)
 }
 
@@ -492,8 +498,13 @@ mod tests {
     /// Part `index` of `data` in tree-hashed parts of 1 KiB, as a sender
     /// of manifest format 2 writes it.
     fn tree_part(data: &[u8], index: u32) -> (PartEntry, &[u8]) {
-        let (offset, count) = (index as usize * 1024, data.len().div_ceil(1024) as u32);
-        let bytes = &data[offset..(offset + 1024).min(data.len())];
+        tree_part_of(data, index, 1024)
+    }
+
+    /// Part `index` of `data` in tree-hashed parts of `len` bytes.
+    fn tree_part_of(data: &[u8], index: u32, len: usize) -> (PartEntry, &[u8]) {
+        let (offset, count) = (index as usize * len, data.len().div_ceil(len) as u32);
+        let bytes = &data[offset..(offset + len).min(data.len())];
         let mut h = PartHashes::Tree.hasher(offset as u64);
         h.update(bytes);
         let p = PartEntry {
@@ -507,6 +518,71 @@ mod tests {
             ..part(0).0
         };
         (p, bytes)
+    }
+
+    fn page_size() -> usize {
+        // SAFETY: sysconf reads no memory of ours.
+        unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
+    }
+
+    /// How many of the first `len` bytes of `path` are in the page cache,
+    /// in pages (mincore of a read-only mapping).
+    fn cached_pages(path: &Path, len: usize) -> usize {
+        use std::os::fd::AsRawFd;
+        let f = File::open(path).unwrap();
+        let page = page_size();
+        let mut present = vec![0u8; len.div_ceil(page)];
+        // SAFETY: a private read-only mapping of `len` bytes of a file at
+        // least that long, unmapped before return; mincore writes one byte
+        // per page into `present`, which holds one per page.
+        unsafe {
+            let at = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(at, libc::MAP_FAILED, "mmap {}", path.display());
+            let rc = libc::mincore(at, len, present.as_mut_ptr());
+            libc::munmap(at, len);
+            assert_eq!(rc, 0, "mincore {}", path.display());
+        }
+        present.iter().filter(|b| *b & 1 == 1).count()
+    }
+
+    #[test]
+    fn a_stored_part_leaves_the_page_cache_once_durable_and_a_plain_hashed_one_stays() {
+        // Parts of 256 KiB: whole pages, so each can be given back whole.
+        const LEN: usize = 256 << 10;
+        let data: Vec<u8> = (0..3 * LEN as u32).map(|i| (i * 13) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let (p, bytes) = tree_part_of(&data, 0, LEN);
+        put(dir.path(), (&p, PartHashes::Tree), bytes).unwrap();
+        let stored = part_data_path(dir.path(), &p.set);
+        assert_eq!(
+            cached_pages(&stored, LEN),
+            0,
+            "a durable tree-hashed part still holds the page cache ({} is on a \
+             filesystem whose pages fadvise cannot drop, such as tmpfs?)",
+            dir.path().display()
+        );
+        // The set still completes from what the disk holds.
+        let mut done = None;
+        for i in 1..3 {
+            let (p, bytes) = tree_part_of(&data, i, LEN);
+            done = put(dir.path(), (&p, PartHashes::Tree), bytes).unwrap();
+        }
+        assert_eq!(fs::read(done.expect("complete")).unwrap(), data);
+
+        // Plain part hashes read the whole file back once complete: kept.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut p, bytes) = tree_part_of(&data, 0, LEN);
+        p.hash = blake3::hash(bytes).to_hex().to_string();
+        put(dir.path(), (&p, PartHashes::Bytes), bytes).unwrap();
+        let stored = part_data_path(dir.path(), &p.set);
+        assert_eq!(cached_pages(&stored, LEN), LEN / page_size());
     }
 
     #[test]
