@@ -323,10 +323,12 @@ fn append_part(
     // The data before its record: a recorded part is always there.
     out.sync_all().map_err(io_at(&data_path))?;
     if hashes == PartHashes::Tree {
-        // Durable, and never read here again (the whole-file hash is merged
-        // from the parts'): its memory goes to the next part, not to a
-        // file the size of the set held in the page cache.
-        durable::give_back_cache(&out, p.offset, p.size);
+        // Durable, and not read back to complete the set (its whole-file
+        // hash is merged from the parts'): its memory goes to the next
+        // part, not to a file the size of the set held in the page cache.
+        // From the set's start, so pages straddling an earlier part's end
+        // (parts smaller than a page or a large folio) go too.
+        durable::give_back_cache(&out, 0, p.offset + p.size);
     }
     record_part(dir, &p.set, state, &p.hash)
 }
@@ -520,6 +522,7 @@ mod tests {
         (p, bytes)
     }
 
+    #[cfg(target_os = "linux")]
     fn page_size() -> usize {
         // SAFETY: sysconf reads no memory of ours.
         unsafe { libc::sysconf(libc::_SC_PAGESIZE) as usize }
@@ -527,6 +530,7 @@ mod tests {
 
     /// How many of the first `len` bytes of `path` are in the page cache,
     /// in pages (mincore of a read-only mapping).
+    #[cfg(target_os = "linux")]
     fn cached_pages(path: &Path, len: usize) -> usize {
         use std::os::fd::AsRawFd;
         let f = File::open(path).unwrap();
@@ -552,12 +556,20 @@ mod tests {
         present.iter().filter(|b| *b & 1 == 1).count()
     }
 
+    /// A directory on the disk the project is on: a tmpfs /tmp keeps its
+    /// pages whatever it is advised.
+    #[cfg(target_os = "linux")]
+    fn dir_on_disk() -> tempfile::TempDir {
+        tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap()
+    }
+
     #[test]
+    #[cfg(target_os = "linux")]
     fn a_stored_part_leaves_the_page_cache_once_durable_and_a_plain_hashed_one_stays() {
         // Parts of 256 KiB: whole pages, so each can be given back whole.
         const LEN: usize = 256 << 10;
         let data: Vec<u8> = (0..3 * LEN as u32).map(|i| (i * 13) as u8).collect();
-        let dir = tempfile::tempdir().unwrap();
+        let dir = dir_on_disk();
         let (p, bytes) = tree_part_of(&data, 0, LEN);
         put(dir.path(), (&p, PartHashes::Tree), bytes).unwrap();
         let stored = part_data_path(dir.path(), &p.set);
@@ -565,7 +577,7 @@ mod tests {
             cached_pages(&stored, LEN),
             0,
             "a durable tree-hashed part still holds the page cache ({} is on a \
-             filesystem whose pages fadvise cannot drop, such as tmpfs?)",
+             filesystem whose pages fadvise cannot drop?)",
             dir.path().display()
         );
         // The set still completes from what the disk holds.
@@ -577,7 +589,7 @@ mod tests {
         assert_eq!(fs::read(done.expect("complete")).unwrap(), data);
 
         // Plain part hashes read the whole file back once complete: kept.
-        let dir = tempfile::tempdir().unwrap();
+        let dir = dir_on_disk();
         let (mut p, bytes) = tree_part_of(&data, 0, LEN);
         p.hash = blake3::hash(bytes).to_hex().to_string();
         put(dir.path(), (&p, PartHashes::Bytes), bytes).unwrap();
