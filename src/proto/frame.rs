@@ -117,7 +117,9 @@ pub enum Frame {
     /// (`proto::chunked::PaceClock`): the link's rate as the receiver saw
     /// it, which no TCP-terminating proxy on the sender's side can
     /// inflate. Sent before the bundle is applied, to senders of protocol
-    /// [`TOLD_RECEIVED_FROM`] and later.
+    /// [`TOLD_RECEIVED_FROM`] and later; `bytes` and `micros` 0 when no
+    /// read waited (the body came faster than it could be timed), which
+    /// a sender takes as this receiver having spoken of the bundle.
     Received {
         seq: u64,
         bytes: u64,

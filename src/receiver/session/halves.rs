@@ -37,14 +37,16 @@ enum Arrival {
 
 /// A bundle the reading half took in: `seq` of `size` bytes, received
 /// into `file` from `started`, whether it passed its trailer check, and
-/// the link's rate to tell the sender, if it asks for it and the body was
-/// long enough to time (bytes past the first ones, and the time they took).
+/// the link's rate to tell the sender, if it asks for it (`tell`): the
+/// bytes past the first read that waited and the time they took, or
+/// `None` when no read waited.
 struct Received {
     seq: u64,
     size: u64,
     file: Taken,
     checked: Result<(), Refusal>,
     started: Instant,
+    tell: bool,
     timed: Option<(u64, Duration)>,
 }
 
@@ -167,7 +169,8 @@ impl Sessions {
                         file,
                         checked,
                         started,
-                        timed: timed.filter(|_| speaks >= TOLD_RECEIVED_FROM),
+                        tell: speaks >= TOLD_RECEIVED_FROM,
+                        timed,
                     })
                 }
                 Some(Frame::Begin) if speaks >= STREAMED_FROM => {
@@ -188,7 +191,8 @@ impl Sessions {
                         file,
                         checked: s.checked,
                         started,
-                        timed: s.timed.filter(|_| speaks >= TOLD_RECEIVED_FROM),
+                        tell: speaks >= TOLD_RECEIVED_FROM,
+                        timed: s.timed,
                     })
                 }
                 Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
@@ -247,7 +251,10 @@ impl Sessions {
         r: Received,
     ) -> anyhow::Result<bool> {
         let seq = r.seq;
-        if let Some((bytes, took)) = r.timed.filter(|_| r.checked.is_ok()) {
+        if r.tell && r.checked.is_ok() {
+            // Told even when no read waited (0 bytes): the sender counts
+            // its own measure of the bundle once this end spoke of it.
+            let (bytes, took) = r.timed.unwrap_or_default();
             let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             let told = Frame::Received { seq, bytes, micros };
             writer.write_frame(&told).await?;

@@ -142,8 +142,9 @@ pub(super) enum Awaited {
 
 /// What the receiver says of the link, while its answers are waited for.
 pub(super) trait Told {
-    /// It took the last `bytes` of a bundle's body in `took`.
-    fn received(&self, bytes: u64, took: Duration);
+    /// It took the last `bytes` of bundle `seq`'s body in `took` (0 bytes:
+    /// no read waited, so it came faster than it could be timed).
+    fn received(&self, seq: u64, bytes: u64, took: Duration);
 }
 
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
@@ -186,9 +187,9 @@ pub(super) async fn await_answer(
                 match conn.expect_frame().await? {
                     Frame::Ping => heard = Instant::now(),
                     Frame::Ack { seq, hook } if seq == oldest.seq => return Ok(Awaited::Answer(Ok(hook))),
-                    Frame::Received { bytes, micros, .. } => {
+                    Frame::Received { seq, bytes, micros } => {
                         heard = Instant::now();
-                        told.received(bytes, Duration::from_micros(micros));
+                        told.received(seq, bytes, Duration::from_micros(micros));
                     }
                     Frame::Refuse { kind, path, reason, .. } => {
                         return Ok(Awaited::Answer(Err(Refusal { kind, path, reason })));

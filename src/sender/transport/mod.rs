@@ -41,7 +41,7 @@ use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::link_rate::{
-    DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM,
+    DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM, Unheard,
 };
 use crate::sender::outbox::{Outbox, Presence};
 use crate::status::{LinkStatus, unix_now};
@@ -203,6 +203,11 @@ impl Link {
         // Sent and not yet answered, oldest first, each with when it was
         // sent and whether it went while it was packed.
         let mut unanswered: VecDeque<(Arc<Packed>, Instant, bool)> = VecDeque::new();
+        // This end's measures of them, until the receiver speaks of each.
+        let hearing = Hearing {
+            link: self,
+            unheard: Default::default(),
+        };
         // Since when the oldest of them has been waited for.
         let mut since = Instant::now();
         loop {
@@ -255,8 +260,9 @@ impl Link {
             let sent = match next {
                 Some(Next::Sealed(b)) => {
                     let out = (&mut conn, delivered.as_ref());
-                    if let Err(lost) = self.send(out, instance, &b, shutdown).await? {
-                        return Some(lost);
+                    match self.send(out, instance, &b, shutdown).await? {
+                        Err(lost) => return Some(lost),
+                        Ok(measured) => hearing.hold(b.seq, measured),
                     }
                     Some(Some((b, false)))
                 }
@@ -288,7 +294,7 @@ impl Link {
                 .map(|l| (&*self.outbox, self.index, l, streams));
             let awaited = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                r = await_answer((&mut conn, self), oldest, since, room_after, self.peer_timeout) => r,
+                r = await_answer((&mut conn, &hearing), oldest, since, room_after, self.peer_timeout) => r,
             };
             let answer = match awaited {
                 Ok(Awaited::Room) => continue,
@@ -297,6 +303,8 @@ impl Link {
             };
             let (b, started, streamed) = unanswered.pop_front().expect("an oldest bundle");
             since = Instant::now();
+            // Answered: a receiver that told nothing of it has spoken now.
+            hearing.heard(b.seq);
             if let Some(e) = self.on_answer((&b, streamed), started, answer).await {
                 let error = format!("sequence {}: {e}", b.seq);
                 return Some(Lost {
@@ -307,15 +315,16 @@ impl Link {
         }
     }
 
-    /// Send bundle `b` (see [`send_bundle`]). `None` on shutdown; the
-    /// inner error when the session cannot go on.
+    /// Send bundle `b` (see [`send_bundle`]), and measure the link by it
+    /// (counted once the receiver speaks of it: [`Unheard`]). `None` on
+    /// shutdown; the inner error when the session cannot go on.
     async fn send(
         &self,
         (conn, delivered): (&mut Connection<Stream>, Option<&Delivered>),
         instance: [u8; 16],
         b: &Packed,
         shutdown: &CancellationToken,
-    ) -> Option<Result<(), Lost>> {
+    ) -> Option<Result<Taken, Lost>> {
         self.mark_sent(instance, b.seq).await;
         let started = Instant::now();
         let acked_before = delivered.and_then(Delivered::acked);
@@ -323,18 +332,12 @@ impl Link {
             _ = shutdown.cancelled() => return None,
             r = send_bundle(conn, b) => r,
         };
-        if sent.is_ok() {
-            let took = started.elapsed();
-            let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
-                (Some(a), Some(z)) => (Measure::Acked, (z - a, took)),
-                _ => (Measure::Sent, (b.size, took)),
-            };
-            let measured = self
-                .link_rates
-                .record(self.index, measured.0, measured.1, unix_now());
-            self.tell_measured(measured);
-        }
-        Some(sent.map_err(|e| Lost {
+        let took = started.elapsed();
+        let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
+            (Some(a), Some(z)) => (Measure::Acked, (z - a, took)),
+            _ => (Measure::Sent, (b.size, took)),
+        };
+        Some(sent.map(|()| measured).map_err(|e| Lost {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
         }))
@@ -441,6 +444,15 @@ impl Link {
     /// Log a measure of the link that is news (its first in this process,
     /// or one that turns the choice to deflate around), and remember the
     /// links' rates across restarts when it is to be kept, off the runtime.
+    /// Fold a measure of this receiver's link into its rate, and say so
+    /// when it is news.
+    fn measured(&self, how: Measure, (bytes, took): (u64, Duration)) {
+        let measured = self
+            .link_rates
+            .record(self.index, how, (bytes, took), unix_now());
+        self.tell_measured(measured);
+    }
+
     fn tell_measured(&self, measured: Option<Measured>) {
         let Some(m) = measured else { return };
         if m.news {
@@ -615,11 +627,42 @@ impl Link {
     }
 }
 
-impl Told for Link {
-    fn received(&self, bytes: u64, took: Duration) {
-        let measured =
-            self.link_rates
-                .record(self.index, Measure::Received, (bytes, took), unix_now());
-        self.tell_measured(measured);
+/// A measure this end took of a bundle it sent: how, and the bytes and
+/// the time they took.
+type Taken = (Measure, (u64, Duration));
+
+/// One session's ear for what the receiver says of the bundles sent: its
+/// measures of them, and this end's, held until it speaks of each.
+struct Hearing<'a> {
+    link: &'a Link,
+    unheard: std::sync::Mutex<Unheard<Taken>>,
+}
+
+impl Hearing<'_> {
+    fn hold(&self, seq: u64, measured: Taken) {
+        let mut unheard = self.unheard.lock().unwrap_or_else(|e| e.into_inner());
+        unheard.hold(seq, measured);
+    }
+
+    /// The receiver spoke of bundle `seq`: this end's measures of it and
+    /// of those before it count now.
+    fn heard(&self, seq: u64) {
+        let held = self
+            .unheard
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heard(seq);
+        for (how, measured) in held {
+            self.link.measured(how, measured);
+        }
+    }
+}
+
+impl Told for Hearing<'_> {
+    fn received(&self, seq: u64, bytes: u64, took: Duration) {
+        // 0 bytes (no read waited: the body came faster than it could be
+        // timed) measure nothing; this end's measure then says how fast.
+        self.link.measured(Measure::Received, (bytes, took));
+        self.heard(seq);
     }
 }
