@@ -7,7 +7,7 @@
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The sender's counts
 //! only once the receiver has spoken of the same bundle ([`Unheard`]), so
-//! it never decides alone while the receiver's is on its way. The packer asks
+//! a receiver's measure on its way is folded first. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
 //! kept small so it soon is (and stored, the first time). The decisions are pure ([`deflate_pays`],
 //! [`first_bundle_max`]). What a link was measured at is remembered across
@@ -263,7 +263,8 @@ impl Link {
 /// it took, oldest first. A sender's measure counts only once the receiver
 /// has spoken of the same bundle: told how it came (`Frame::Received`, a
 /// measure folded first, or none where no read waited) or answered it (a
-/// receiver that tells nothing). Behind a proxy that ends the sender's TCP
+/// receiver that tells nothing); a receiver tells of a bundle once it
+/// answered the one before. Behind a proxy that ends the sender's TCP
 /// connection, the sender's measure is the proxy's buffers, taking a slow
 /// link for a fast one; counted alone until the receiver's came, it
 /// stored every file packed meanwhile (a first ship over bench.py's slow

@@ -250,7 +250,10 @@ fn write_a_tree(env: &Env, under: &str) {
 /// sends its bundles while it packs them, once nothing else waits for the
 /// receiver: the tree arrives whole, and status says how many went so.
 /// Without a measure, or measured slow enough to deflate for, bundles go
-/// sealed (sending them measures the link again).
+/// sealed (sending them measures the link again): the first one and the
+/// first of the tree. (Loopback then measures fast, so a bundle still
+/// being packed after that may go as it grows: how many do is the
+/// machine's timing, not something to assert.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_link_measured_fast_gets_bundles_while_they_are_packed_others_sealed() {
     for rate in [Some(1e9), Some(50e6), None] {
@@ -275,12 +278,13 @@ async fn a_link_measured_fast_gets_bundles_while_they_are_packed_others_sealed()
         let link = &v["receivers"][0];
         assert_eq!(link["last_error"], serde_json::Value::Null, "{v}");
         let streamed = link["bundles_streamed"].as_u64().unwrap();
+        let shipped = link["bundles_shipped"].as_u64().unwrap();
+        assert!(shipped >= 2, "{v}");
         if measured {
             assert!(streamed >= 1, "none sent while packed: {v}");
         } else {
-            assert_eq!(streamed, 0, "{rate:?}: {v}");
+            assert!(streamed + 2 <= shipped, "{rate:?}: {v}");
         }
-        assert!(link["bundles_shipped"].as_u64().unwrap() >= 2, "{v}");
         s.stop().await;
         r.stop().await;
     }

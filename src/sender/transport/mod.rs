@@ -303,8 +303,12 @@ impl Link {
             };
             let (b, started, streamed) = unanswered.pop_front().expect("an oldest bundle");
             since = Instant::now();
-            // Answered: a receiver that told nothing of it has spoken now.
-            hearing.heard(b.seq);
+            // Answered (acknowledged or refused): a receiver that told
+            // nothing of it has spoken now. A connection lost before any
+            // answer says nothing, and this end's measure goes with it.
+            if answer.is_ok() {
+                hearing.heard(b.seq);
+            }
             if let Some(e) = self.on_answer((&b, streamed), started, answer).await {
                 let error = format!("sequence {}: {e}", b.seq);
                 return Some(Lost {
@@ -441,9 +445,6 @@ impl Link {
         Some(Ok(Some(b)))
     }
 
-    /// Log a measure of the link that is news (its first in this process,
-    /// or one that turns the choice to deflate around), and remember the
-    /// links' rates across restarts when it is to be kept, off the runtime.
     /// Fold a measure of this receiver's link into its rate, and say so
     /// when it is news.
     fn measured(&self, how: Measure, (bytes, took): (u64, Duration)) {
@@ -453,6 +454,9 @@ impl Link {
         self.tell_measured(measured);
     }
 
+    /// Log a measure of the link that is news (its first in this process,
+    /// or one that turns the choice to deflate around), and remember the
+    /// links' rates across restarts when it is to be kept, off the runtime.
     fn tell_measured(&self, measured: Option<Measured>) {
         let Some(m) = measured else { return };
         if m.news {
