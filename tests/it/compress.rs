@@ -190,6 +190,16 @@ async fn buffering_proxy(
     (addr, taken)
 }
 
+/// A receiver, and a sender that reaches it through [`buffering_proxy`] at
+/// `rate` bytes per second, with the count of bytes the proxy took.
+async fn sender_behind_proxy(env: &Env, rate: f64) -> (Role, Arc<AtomicU64>, Daemon) {
+    let r = env.start_receiver("").await;
+    let (proxy, taken) = buffering_proxy(r.addr, rate).await;
+    let file = env.config_file("sender.toml", &env.sender_toml(&proxy.to_string(), ""));
+    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    (r, taken, sender)
+}
+
 /// Behind a proxy that ends the sender's TCP connection and buffers what it
 /// sends, the sender's own measure (the bytes its TCP saw acknowledged)
 /// took a slow link for loopback and stopped deflating. The receiver now
@@ -201,10 +211,7 @@ async fn behind_a_buffering_proxy_the_receivers_measure_keeps_pages_deflated() {
     for i in 0..24 {
         env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
     }
-    let r = env.start_receiver("").await;
-    let (proxy, _) = buffering_proxy(r.addr, 40e6).await;
-    let file = env.config_file("sender.toml", &env.sender_toml(&proxy.to_string(), ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (r, _, sender) = sender_behind_proxy(&env, 40e6).await;
     wait_in_sync(&env).await;
     wait_until("the receiver's measure, in the log", || {
         sender.log_text().contains("deflate_pays=true")
@@ -243,11 +250,8 @@ async fn behind_a_buffering_proxy_pages_packed_before_the_receivers_measure_are_
     for i in 0..16 {
         env.write(&format!("first/p{i:03}.html"), page(512 << 10, i));
     }
-    let r = env.start_receiver("").await;
     // 1 MB/s: the first bundle takes the link 8 s.
-    let (proxy, taken) = buffering_proxy(r.addr, 1e6).await;
-    let file = env.config_file("sender.toml", &env.sender_toml(&proxy.to_string(), ""));
-    let sender = Daemon::start(&file, &env.path().join("sender.log"), None);
+    let (r, taken, sender) = sender_behind_proxy(&env, 1e6).await;
     // Most of it: which of the pages it holds is the packer's to say.
     wait_until("the first bundle sent into the proxy", || {
         taken.load(Ordering::Relaxed) >= 7 << 20
@@ -257,43 +261,22 @@ async fn behind_a_buffering_proxy_pages_packed_before_the_receivers_measure_are_
     for (i, name) in later.iter().enumerate() {
         env.write(name, page(256 << 10, 2000 + i as u64));
     }
+    // Still in the outbox: the receiver cannot have them for seconds.
     let outbox = env.path().join("state-s/outbox");
-    let holding = |name: &str| {
-        std::fs::read_dir(&outbox).ok()?.flatten().find_map(|e| {
-            // Sealed bundles only: one being packed is renamed when done.
-            let path = e.path();
-            if !e.file_name().to_str()?.ends_with(".zip")
-                || e.file_name().to_str()?.starts_with('.')
-            {
-                return None;
-            }
-            let zip = zip::ZipArchive::new(std::fs::File::open(&path).ok()?).ok()?;
-            zip.file_names()
-                .any(|n| n.is_ok_and(|n| n == name))
-                .then_some(path)
-        })
-    };
-    let mut bundle = None;
-    wait_until("the later pages packed", || {
-        bundle = holding(&later[later.len() - 1]);
-        bundle.is_some()
-    })
-    .await;
-    let bundle = bundle.expect("found");
+    let bundles = bundles_holding(|| bundles_in(&outbox), &later).await;
     assert!(
         !sender.log_text().contains("deflate_pays=false"),
         "the sender's measure counted alone: {}",
         sender.log_text()
     );
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(&bundle).unwrap()).unwrap();
-    for name in &later {
-        let Ok(entry) = zip.by_name(name) else {
-            continue;
-        };
-        assert_eq!(
-            entry.compression(),
-            zip::CompressionMethod::Deflated,
-            "{name} in {}: {}",
+    let holding_later = |b: &&std::path::PathBuf| entry_names(b).iter().any(|n| later.contains(n));
+    for bundle in bundles.iter().filter(holding_later) {
+        let (methods, _) = entries_of(bundle);
+        assert!(
+            methods
+                .iter()
+                .all(|m| *m == zip::CompressionMethod::Deflated),
+            "{methods:?} in {}: {}",
             bundle.display(),
             sender.log_text()
         );

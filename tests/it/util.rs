@@ -122,14 +122,7 @@ impl Env {
     }
 
     pub fn archived(&self) -> Vec<PathBuf> {
-        let mut v: Vec<PathBuf> = std::fs::read_dir(self.archive())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|e| e == "zip"))
-            .collect();
-        v.sort();
-        v
+        bundles_in(&self.archive())
     }
 }
 
@@ -485,26 +478,49 @@ pub fn manifests(env: &Env) -> Vec<shipper::bundle::Manifest> {
         .collect()
 }
 
+/// The finished bundles in `dir`, in order: zip files, not the hidden
+/// names one is written under until it is finished.
+pub fn bundles_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "zip"))
+        .filter(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The entry names of bundle `b`; none if it cannot be read as a zip.
+pub fn entry_names(b: &Path) -> Vec<String> {
+    let Ok(zip) = std::fs::File::open(b).map(zip::ZipArchive::new) else {
+        return Vec::new();
+    };
+    zip.map(|z| z.file_names().flatten().map(|n| n.into_owned()).collect())
+        .unwrap_or_default()
+}
+
+/// The bundles `list` gives, once they hold every one of `names` between
+/// them, waiting for that.
+pub async fn bundles_holding(list: impl Fn() -> Vec<PathBuf>, names: &[String]) -> Vec<PathBuf> {
+    let mut bundles = Vec::new();
+    wait_until("the bundles holding the files", || {
+        bundles = list();
+        let all: std::collections::HashSet<String> =
+            bundles.iter().flat_map(|b| entry_names(b)).collect();
+        names.iter().all(|n| all.contains(n))
+    })
+    .await;
+    bundles
+}
+
 /// The bundles the receiver archived, once they hold every one of `names`
 /// between them, waiting for that: the receiver archives a bundle just
 /// after publishing it, so root may show a file before its bundle is in
 /// the archive.
 pub async fn archived_holding(env: &Env, names: &[String]) -> Vec<PathBuf> {
-    let held = |b: &PathBuf| -> Vec<String> {
-        let Ok(zip) = std::fs::File::open(b).map(zip::ZipArchive::new) else {
-            return Vec::new();
-        };
-        zip.map(|z| z.file_names().flatten().map(|n| n.into_owned()).collect())
-            .unwrap_or_default()
-    };
-    let mut bundles = Vec::new();
-    wait_until("the bundles holding the files archived", || {
-        bundles = env.archived();
-        let all: std::collections::HashSet<String> = bundles.iter().flat_map(held).collect();
-        names.iter().all(|n| all.contains(n))
-    })
-    .await;
-    bundles
+    bundles_holding(|| env.archived(), names).await
 }
 
 /// The first manifest the receiver archived (it archives a bundle after

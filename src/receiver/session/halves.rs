@@ -37,17 +37,23 @@ enum Arrival {
 
 /// A bundle the reading half took in: `seq` of `size` bytes, received
 /// into `file` from `started`, whether it passed its trailer check, and
-/// the link's rate to tell the sender, if it asks for it (`tell`): the
-/// bytes past the first read that waited and the time they took, or
-/// `None` when no read waited.
+/// the link's rate to tell the sender, if it asks for it ([`to_tell`]).
 struct Received {
     seq: u64,
     size: u64,
     file: Taken,
     checked: Result<(), Refusal>,
     started: Instant,
-    tell: bool,
-    timed: Option<(u64, Duration)>,
+    told: Option<(u64, Duration)>,
+}
+
+/// What a sender that `speaks` a protocol is told of a body `timed` as it
+/// came: nothing before [`TOLD_RECEIVED_FROM`]; else the bytes past the
+/// first read that waited and the time they took, or 0 bytes when no read
+/// waited (the sender counts its own measure of the bundle once this end
+/// spoke of it).
+fn to_tell(speaks: u16, timed: Option<(u64, Duration)>) -> Option<(u64, Duration)> {
+    (speaks >= TOLD_RECEIVED_FROM).then(|| timed.unwrap_or_default())
 }
 
 /// A bundle file in `incoming` that this session took in. Removed when
@@ -169,8 +175,7 @@ impl Sessions {
                         file,
                         checked,
                         started,
-                        tell: speaks >= TOLD_RECEIVED_FROM,
-                        timed,
+                        told: to_tell(speaks, timed),
                     })
                 }
                 Some(Frame::Begin) if speaks >= STREAMED_FROM => {
@@ -191,8 +196,7 @@ impl Sessions {
                         file,
                         checked: s.checked,
                         started,
-                        tell: speaks >= TOLD_RECEIVED_FROM,
-                        timed: s.timed,
+                        told: to_tell(speaks, s.timed),
                     })
                 }
                 Some(other) => anyhow::bail!("{peer}: expected a bundle, got {other:?}"),
@@ -251,10 +255,7 @@ impl Sessions {
         r: Received,
     ) -> anyhow::Result<bool> {
         let seq = r.seq;
-        if r.tell && r.checked.is_ok() {
-            // Told even when no read waited (0 bytes): the sender counts
-            // its own measure of the bundle once this end spoke of it.
-            let (bytes, took) = r.timed.unwrap_or_default();
+        if let Some((bytes, took)) = r.told.filter(|_| r.checked.is_ok()) {
             let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
             let told = Frame::Received { seq, bytes, micros };
             writer.write_frame(&told).await?;

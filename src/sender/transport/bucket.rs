@@ -34,7 +34,6 @@ use crate::config::BucketConfig;
 use crate::proto::frame::Accepts;
 use crate::sender::link_rate::Measure;
 use crate::sender::whole_tree::BaseTrees;
-use crate::status::unix_now;
 use crate::tls::Fingerprint;
 
 /// Where the bucket keeps its instance: 32 hex digits, made by the first
@@ -495,13 +494,7 @@ impl Link {
                     in_flight: false,
                 });
             }
-            let measured = self.link_rates.record(
-                self.index,
-                Measure::Sent,
-                (b.size, started.elapsed()),
-                unix_now(),
-            );
-            self.tell_measured(measured);
+            self.measured(Measure::Sent, (b.size, started.elapsed()));
             self.shipped((&b, false), started).await;
         }
     }

@@ -144,7 +144,7 @@ pub(super) enum Awaited {
 pub(super) trait Told {
     /// It took the last `bytes` of bundle `seq`'s body in `took` (0 bytes:
     /// no read waited, so it came faster than it could be timed).
-    fn received(&self, seq: u64, bytes: u64, took: Duration);
+    fn received(&mut self, seq: u64, bytes: u64, took: Duration);
 }
 
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
@@ -157,7 +157,7 @@ pub(super) trait Told {
 /// pings but does not answer within a limit that grows with the bundle's
 /// size, fails the wait.
 pub(super) async fn await_answer(
-    (conn, told): (&mut Connection<Stream>, &(dyn Told + Sync)),
+    (conn, told): (&mut Connection<Stream>, &mut (dyn Told + Send)),
     oldest: &Packed,
     since: Instant,
     room_after: Option<(&Outbox, usize, u64, Option<u64>)>,

@@ -204,7 +204,7 @@ impl Link {
         // sent and whether it went while it was packed.
         let mut unanswered: VecDeque<(Arc<Packed>, Instant, bool)> = VecDeque::new();
         // This end's measures of them, until the receiver speaks of each.
-        let hearing = Hearing {
+        let mut hearing = Hearing {
             link: self,
             unheard: Default::default(),
         };
@@ -294,7 +294,7 @@ impl Link {
                 .map(|l| (&*self.outbox, self.index, l, streams));
             let awaited = tokio::select! {
                 _ = shutdown.cancelled() => return None,
-                r = await_answer((&mut conn, &hearing), oldest, since, room_after, self.peer_timeout) => r,
+                r = await_answer((&mut conn, &mut hearing), oldest, since, room_after, self.peer_timeout) => r,
             };
             let answer = match awaited {
                 Ok(Awaited::Room) => continue,
@@ -328,7 +328,7 @@ impl Link {
         instance: [u8; 16],
         b: &Packed,
         shutdown: &CancellationToken,
-    ) -> Option<Result<Taken, Lost>> {
+    ) -> Option<Result<SentMeasure, Lost>> {
         self.mark_sent(instance, b.seq).await;
         let started = Instant::now();
         let acked_before = delivered.and_then(Delivered::acked);
@@ -336,12 +336,14 @@ impl Link {
             _ = shutdown.cancelled() => return None,
             r = send_bundle(conn, b) => r,
         };
-        let took = started.elapsed();
-        let measured = match (acked_before, delivered.and_then(Delivered::acked)) {
-            (Some(a), Some(z)) => (Measure::Acked, (z - a, took)),
-            _ => (Measure::Sent, (b.size, took)),
+        let measured = |()| {
+            let took = started.elapsed();
+            match (acked_before, delivered.and_then(Delivered::acked)) {
+                (Some(a), Some(z)) => (Measure::Acked, (z - a, took)),
+                _ => (Measure::Sent, (b.size, took)),
+            }
         };
-        Some(sent.map(|()| measured).map_err(|e| Lost {
+        Some(sent.map(measured).map_err(|e| Lost {
             error: format!("sequence {}: {}", b.seq, describe(e)),
             in_flight: true,
         }))
@@ -633,37 +635,31 @@ impl Link {
 
 /// A measure this end took of a bundle it sent: how, and the bytes and
 /// the time they took.
-type Taken = (Measure, (u64, Duration));
+type SentMeasure = (Measure, (u64, Duration));
 
 /// One session's ear for what the receiver says of the bundles sent: its
 /// measures of them, and this end's, held until it speaks of each.
 struct Hearing<'a> {
     link: &'a Link,
-    unheard: std::sync::Mutex<Unheard<Taken>>,
+    unheard: Unheard<SentMeasure>,
 }
 
 impl Hearing<'_> {
-    fn hold(&self, seq: u64, measured: Taken) {
-        let mut unheard = self.unheard.lock().unwrap_or_else(|e| e.into_inner());
-        unheard.hold(seq, measured);
+    fn hold(&mut self, seq: u64, measured: SentMeasure) {
+        self.unheard.hold(seq, measured);
     }
 
     /// The receiver spoke of bundle `seq`: this end's measures of it and
     /// of those before it count now.
-    fn heard(&self, seq: u64) {
-        let held = self
-            .unheard
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .heard(seq);
-        for (how, measured) in held {
+    fn heard(&mut self, seq: u64) {
+        for (how, measured) in self.unheard.heard(seq) {
             self.link.measured(how, measured);
         }
     }
 }
 
 impl Told for Hearing<'_> {
-    fn received(&self, seq: u64, bytes: u64, took: Duration) {
+    fn received(&mut self, seq: u64, bytes: u64, took: Duration) {
         // 0 bytes (no read waited: the body came faster than it could be
         // timed) measure nothing; this end's measure then says how fast.
         self.link.measured(Measure::Received, (bytes, took));
