@@ -9,11 +9,21 @@
 //! a time with `O_NOFOLLOW`; a symlink anywhere on the way is an error
 //! naming the path. Paths given here are shipped paths (validated, `/`
 //! separated). Blocking.
+//!
+//! The last few directories reached are held open for the life of the
+//! `SourceDir` (one packing run, one verify): the files of a directory are
+//! read one after another, and each stat and open of one then costs a
+//! single-component lookup instead of resolving its whole path again (and
+//! raising inotify open events for every directory on the way on the
+//! sender's own watch). A directory renamed or replaced meanwhile is still
+//! read through the handle taken before: what changed raised events after
+//! the run's paths were taken, so those paths ship again (see `changes`).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -22,7 +32,15 @@ use rustix::io::Errno;
 pub struct SourceDir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Directories below `fd` reached lately, by shipped path, the latest
+    /// first; at most [`HELD_DIRS`].
+    held: Mutex<Vec<(String, Arc<OwnedFd>)>>,
 }
+
+/// How many directories a [`SourceDir`] holds open: enough for the few a
+/// run's parallel readers work in at once, where one directory's files end
+/// and the next's begin.
+const HELD_DIRS: usize = 8;
 
 const DIR: OFlags = OFlags::DIRECTORY
     .union(OFlags::NOFOLLOW)
@@ -39,15 +57,17 @@ impl SourceDir {
         Ok(Self {
             fd,
             path: path.to_owned(),
+            held: Mutex::new(Vec::new()),
         })
     }
 
     /// Open the file `rel` for reading. A symlink anywhere on the way, the
     /// last component included, is refused.
     pub fn open_file(&self, rel: &str) -> io::Result<File> {
-        self.open_beneath(rel, FILE)
-            .map(File::from)
-            .map_err(|e| self.error(rel, e))
+        self.in_parent(rel, |dir, name| {
+            rustix::fs::openat(dir, name, FILE, Mode::empty())
+        })
+        .map(File::from)
     }
 
     /// BLAKE3 of the content of the file at `rel` (`shipper verify`
@@ -64,42 +84,69 @@ impl SourceDir {
     /// The metadata of `rel` itself (not what a symlink there points to),
     /// reached without following a symlink in its directories.
     pub fn stat(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
-        let (parent, name) = self.parent_of(rel)?;
-        let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
-        rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(|e| self.error(rel, e))
+        self.in_parent(rel, |dir, name| {
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        })
     }
 
     /// The target of the symlink `rel`, as written (never resolved),
     /// reached without following a symlink in its directories. A target
     /// that is not UTF-8 cannot travel: an error.
     pub fn read_link(&self, rel: &str) -> io::Result<String> {
-        let (parent, name) = self.parent_of(rel)?;
-        let parent = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
-        let target =
-            rustix::fs::readlinkat(parent, name, Vec::new()).map_err(|e| self.error(rel, e))?;
+        let target = self.in_parent(rel, |dir, name| {
+            rustix::fs::readlinkat(dir, name, Vec::new())
+        })?;
         target
             .into_string()
             .map_err(|_| self.error(rel, Errno::ILSEQ))
     }
 
-    /// The directory `rel` is in, opened beneath the source (`None`: the
-    /// source itself), and its name there.
-    fn parent_of<'r>(&self, rel: &'r str) -> io::Result<(Option<OwnedFd>, &'r str)> {
-        match rel.rsplit_once('/') {
-            Some((dir, name)) => {
-                let fd = self
-                    .open_beneath(dir, DIR)
-                    .map_err(|e| self.error(rel, e))?;
-                Ok((Some(fd), name))
-            }
-            None => Ok((None, rel)),
+    /// `op` on the directory `rel` is in and its name there, the name one
+    /// component that stays in that directory; an error names `rel`.
+    fn in_parent<T>(
+        &self,
+        rel: &str,
+        op: impl FnOnce(BorrowedFd<'_>, &str) -> Result<T, Errno>,
+    ) -> io::Result<T> {
+        let (parent, name) = self.parent_of(rel)?;
+        let dir = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
+        match name {
+            "" | "." | ".." => Err(Errno::XDEV),
+            name => op(dir, name),
         }
+        .map_err(|e| self.error(rel, e))
     }
 
-    fn open_beneath(&self, rel: &str, flags: OFlags) -> Result<OwnedFd, Errno> {
+    /// The directory `rel` is in, opened beneath the source or held open
+    /// since (`None`: the source itself), and its name there.
+    fn parent_of<'r>(&self, rel: &'r str) -> io::Result<(Option<Arc<OwnedFd>>, &'r str)> {
+        let Some((dir, name)) = rel.rsplit_once('/') else {
+            return Ok((None, rel));
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = held.iter().position(|(d, _)| d == dir) {
+            let entry = held.remove(i);
+            let fd = Arc::clone(&entry.1);
+            held.insert(0, entry);
+            return Ok((Some(fd), name));
+        }
+        drop(held);
+        let fd = Arc::new(self.open_dir_beneath(dir).map_err(|e| self.error(rel, e))?);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.truncate(HELD_DIRS - 1);
+        held.insert(0, (dir.to_owned(), Arc::clone(&fd)));
+        Ok((Some(fd), name))
+    }
+
+    /// Open the directory `rel` beneath the source, refusing a symlink
+    /// anywhere on the way (`ELOOP`, which [`SourceDir::error`] names).
+    fn open_dir_beneath(&self, rel: &str) -> Result<OwnedFd, Errno> {
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        // Without O_NOFOLLOW: a symlink as the last component is then
+        // refused by RESOLVE_NO_SYMLINKS as one, not as "not a directory".
+        let flags = DIR.difference(OFlags::NOFOLLOW);
         match rustix::fs::openat2(&self.fd, rel, flags, Mode::empty(), how) {
-            Err(Errno::NOSYS) => self.open_by_components(rel, flags),
+            Err(Errno::NOSYS) => self.open_by_components(rel, DIR),
             r => r,
         }
     }
@@ -177,5 +224,44 @@ mod tests {
             let r = s.open_by_components(&rel.join("/"), flags);
             assert_eq!(r.is_ok(), rel[0] == "dir", "{rel:?}");
         }
+    }
+
+    #[test]
+    fn a_directory_is_reached_once_per_run_and_never_through_a_symlink_swapped_in_later() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir_all(src.join("dir")).unwrap();
+        std::fs::create_dir_all(t.path().join("outside")).unwrap();
+        std::fs::write(src.join("dir/a.html"), "a").unwrap();
+        std::fs::write(src.join("dir/b.html"), "b").unwrap();
+        std::fs::write(t.path().join("outside/b.html"), "secret").unwrap();
+        let s = SourceDir::open(&src).unwrap();
+        assert!(s.stat("dir/a.html").is_ok());
+        // The directory is swapped for a symlink out of the source: this run
+        // reads on through the directory it reached, never the link.
+        std::fs::rename(src.join("dir"), src.join("moved")).unwrap();
+        std::os::unix::fs::symlink(t.path().join("outside"), src.join("dir")).unwrap();
+        let mut text = String::new();
+        s.open_file("dir/b.html")
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
+        assert_eq!(text, "b");
+        // A new run reaches it afresh, and refuses the link.
+        let fresh = SourceDir::open(&src).unwrap();
+        let e = fresh.open_file("dir/b.html").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
+        // A name that leaves its directory is never looked up.
+        for rel in ["..", "moved/..", "moved/.", "moved/"] {
+            assert!(s.stat(rel).is_err(), "{rel}");
+            assert!(s.open_file(rel).is_err(), "{rel}");
+        }
+        // At most HELD_DIRS directories stay open.
+        for i in 0..HELD_DIRS + 3 {
+            std::fs::create_dir(src.join(format!("d{i}"))).unwrap();
+            std::fs::write(src.join(format!("d{i}/f")), "").unwrap();
+            assert!(s.stat(&format!("d{i}/f")).is_ok());
+        }
+        assert_eq!(s.held.lock().unwrap().len(), HELD_DIRS);
     }
 }

@@ -249,14 +249,14 @@ impl Reader<'_> {
         if how == ReadMode::Strict && before != stamp {
             return torn;
         }
-        let mut content = Vec::with_capacity(stamp.size as usize);
         let limit = match how {
             ReadMode::Strict => stamp.size + 1,
             ReadMode::Snapshot => stamp.size,
         };
-        if let Err(e) = (&mut file).take(limit).read_to_end(&mut content) {
-            return at(e);
-        }
+        let content = match read_at_most(&mut file, limit) {
+            Ok(content) => content,
+            Err(e) => return at(e),
+        };
         if content.len() as u64 != stamp.size {
             return torn;
         }
@@ -277,4 +277,22 @@ impl Reader<'_> {
             Err(e) => at(zip_err(e)),
         }
     }
+}
+
+/// The first `limit` bytes of `file` (fewer if it ends before), read with
+/// plain reads: the caller knows the size, so no stat or seek sizes a
+/// buffer first, as `read_to_end` would for each small file.
+fn read_at_most(file: &mut File, limit: u64) -> io::Result<Vec<u8>> {
+    let mut content = vec![0u8; usize::try_from(limit).map_err(io::Error::other)?];
+    let mut got = 0;
+    while got < content.len() {
+        match file.read(&mut content[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    content.truncate(got);
+    Ok(content)
 }
