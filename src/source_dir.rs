@@ -15,9 +15,10 @@
 //! read one after another, and each stat and open of one then costs a
 //! single-component lookup instead of resolving its whole path again (and
 //! raising inotify open events for every directory on the way on the
-//! sender's own watch). A directory renamed or replaced meanwhile is still
-//! read through the handle taken before: what changed raised events after
-//! the run's paths were taken, so those paths ship again (see `changes`).
+//! sender's own watch). A held directory may since have been renamed, even
+//! out of the source: what was read through it is confirmed with
+//! [`SourceDir::stat_afresh`], which looks the path up from the source
+//! again, before it ships.
 
 use std::fs::File;
 use std::io;
@@ -89,6 +90,20 @@ impl SourceDir {
         })
     }
 
+    /// The metadata of `rel` itself, its whole path looked up afresh from
+    /// the source (no directory held open is used): what confirms that a
+    /// file read through a held directory is still the one at `rel`. A
+    /// symlink above `rel` is followed, so this is for comparing with a
+    /// file already opened, never for choosing what to read.
+    pub fn stat_afresh(&self, rel: &str) -> io::Result<rustix::fs::Stat> {
+        match rel {
+            "" | "." | ".." => Err(Errno::INVAL),
+            _ if rel.split('/').any(|c| c == "..") => Err(Errno::INVAL),
+            _ => rustix::fs::statat(&self.fd, rel, AtFlags::SYMLINK_NOFOLLOW),
+        }
+        .map_err(|e| self.error(rel, e))
+    }
+
     /// The target of the symlink `rel`, as written (never resolved),
     /// reached without following a symlink in its directories. A target
     /// that is not UTF-8 cannot travel: an error.
@@ -111,7 +126,8 @@ impl SourceDir {
         let (parent, name) = self.parent_of(rel)?;
         let dir = parent.as_ref().map_or(self.fd.as_fd(), |p| p.as_fd());
         match name {
-            "" | "." | ".." => Err(Errno::XDEV),
+            // Not a name in that directory (`dir/`, `dir/..`): refused.
+            "" | "." | ".." => Err(Errno::INVAL),
             name => op(dir, name),
         }
         .map_err(|e| self.error(rel, e))
@@ -133,13 +149,17 @@ impl SourceDir {
         drop(held);
         let fd = Arc::new(self.open_dir_beneath(dir).map_err(|e| self.error(rel, e))?);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        // Another reader may have reached it meanwhile.
+        held.retain(|(d, _)| d != dir);
         held.truncate(HELD_DIRS - 1);
         held.insert(0, (dir.to_owned(), Arc::clone(&fd)));
         Ok((Some(fd), name))
     }
 
     /// Open the directory `rel` beneath the source, refusing a symlink
-    /// anywhere on the way (`ELOOP`, which [`SourceDir::error`] names).
+    /// anywhere on the way (`ELOOP`, which [`SourceDir::error`] names; on a
+    /// kernel without `openat2`, `ENOTDIR` for a symlink as the last
+    /// component).
     fn open_dir_beneath(&self, rel: &str) -> Result<OwnedFd, Errno> {
         let how = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
         // Without O_NOFOLLOW: a symlink as the last component is then

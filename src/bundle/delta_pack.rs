@@ -133,7 +133,9 @@ pub fn sign(
             rayon::join(|| hasher.update(bytes), || chunker.update(bytes));
         }
     }
-    let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
+    let still = dir
+        .stat_afresh(rel)
+        .is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     still.then(|| Signed {
         hash: hasher.finalize(),
         chunks: chunker.finish(),

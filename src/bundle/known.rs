@@ -127,7 +127,9 @@ fn judge(
         },
         _ => return Known::New,
     };
-    let still = dir.stat(rel).is_ok_and(|st| Stamp::of_stat(&st) == stamp);
+    let still = dir
+        .stat_afresh(rel)
+        .is_ok_and(|st| Stamp::of_stat(&st) == stamp);
     if still { known } else { Known::New }
 }
 

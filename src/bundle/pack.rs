@@ -618,6 +618,54 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_file_whose_directory_was_swapped_while_it_was_read_stays_pending() {
+        // A deploy swaps `a` for a new release without `x` after the run
+        // reached `a`: the old `x`, still readable through the directory
+        // the run holds, must not ship as if it were at `a/x`.
+        let t = tempfile::tempdir().unwrap();
+        let (src, out) = (t.path().join("src"), t.path().join("out"));
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::create_dir_all(src.join("a.new")).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        std::fs::write(src.join("a/x"), "old release").unwrap();
+        std::fs::write(src.join("a.new/y"), "new release").unwrap();
+        let swapped = std::sync::atomic::AtomicBool::new(false);
+        // Asked first as the run admits `a/x`, once it has reached `a`.
+        let touched = |_: &str| {
+            if !swapped.swap(true, Ordering::Relaxed) {
+                std::fs::rename(src.join("a"), src.join("a.old")).unwrap();
+                std::fs::rename(src.join("a.new"), src.join("a")).unwrap();
+            }
+            false
+        };
+        let mut emitted = Vec::new();
+        let report = Packer {
+            source: &src,
+            outbox: &out,
+            sender: "test",
+            limits: Limits::new(64 << 20, 256 << 20, 100),
+            alloc_seq: &mut || Ok(1),
+            emit: &mut |p| {
+                emitted.push(p.path);
+                Ok(())
+            },
+            opened: &|_| {},
+            touched: &touched,
+            deflate: &|| false,
+            held: None,
+            signatures: None,
+        }
+        .pack(vec![PackItem::upsert("a/x")])
+        .unwrap();
+        assert!(swapped.load(Ordering::Relaxed));
+        assert_eq!(report.requeue, ["a/x"]);
+        for bundle in emitted {
+            let zip = zip::ZipArchive::new(std::fs::File::open(bundle).unwrap()).unwrap();
+            assert!(zip.index_for_name("a/x").is_none(), "the old a/x shipped");
+        }
+    }
 }
 
 /// Pack `items` from `src` into bundles in `out` within `limits`,

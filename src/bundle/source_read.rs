@@ -179,10 +179,11 @@ impl Source<'_> {
             }
         }
         // Same inode, same size and mtime, through the handle and through the
-        // name: nobody wrote to it or replaced it while we read. (Through the
-        // name alone for a snapshot, whose handle may be a clone.)
+        // name looked up afresh: nobody wrote to it or replaced it (or a
+        // directory above it) while we read. (Through the name alone for a
+        // snapshot, whose handle may be a clone.)
         let after_fd = self.file.metadata().map(|m| Stamp::of(&m));
-        let after_path = self.dir.stat(self.rel).map(|st| Stamp::of_stat(&st));
+        let after_path = self.dir.stat_afresh(self.rel).map(|st| Stamp::of_stat(&st));
         // An event during the read means a writer is at it again, even if the
         // stat fields happen to match.
         let moved = after_path.ok() != Some(self.stamp) || (self.touched)(self.rel);
@@ -261,7 +262,7 @@ impl Reader<'_> {
             return torn;
         }
         let after_fd = file.metadata().map(|m| Stamp::of(&m));
-        let after_path = dir.stat(rel).map(|st| Stamp::of_stat(&st));
+        let after_path = dir.stat_afresh(rel).map(|st| Stamp::of_stat(&st));
         let moved = after_fd.ok() != Some(stamp) || after_path.ok() != Some(stamp) || touched(rel);
         if moved && how == ReadMode::Strict {
             return torn;
