@@ -12,6 +12,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rustix::fs::{AtFlags, FileType, Gid, Mode};
 use rustix::io::Errno;
@@ -41,6 +42,7 @@ impl Root {
             steps: Vec::new(),
             kept: 0,
             policy: policy.clone(),
+            last_dir: None,
         })
     }
 }
@@ -59,6 +61,11 @@ pub struct Publish<'r> {
     kept: u64,
     /// The mode and group of directories made (and of files kept).
     pub(super) policy: Policy,
+    /// The directory a file was last published in, by its path, held open:
+    /// a bundle's files come a directory at a time. Let go, confirmed still
+    /// at its path, for another, before anything is moved aside or deleted
+    /// (it may be that directory, or above it), and before the sync.
+    last_dir: Option<(String, Arc<OwnedFd>)>,
 }
 
 /// One change to root and what undoes it. Kept with a bundle's record
@@ -163,6 +170,7 @@ impl Publish<'_> {
     /// holds something (after the bundle's own deletions, which come
     /// first) is kept: shipper never deletes what it did not put there.
     pub fn delete(&mut self, rel: &str) -> Result<(), BeneathError> {
+        self.let_go_of_dir()?;
         let (dir_comps, name) = split(rel);
         let Some(parent) = self.root.find_dir(&dir_comps)? else {
             return Ok(()); // a parent is gone: so is the path
@@ -307,7 +315,14 @@ impl Publish<'_> {
     /// Open the directory `comps` below root, making what is missing. A
     /// non-directory in the way is moved aside: the shipped tree has a
     /// directory there.
-    fn make_dir(&mut self, comps: &[&str]) -> Result<OwnedFd, BeneathError> {
+    fn make_dir(&mut self, comps: &[&str]) -> Result<Arc<OwnedFd>, BeneathError> {
+        let rel = comps.join("/");
+        if let Some((held, fd)) = &self.last_dir
+            && *held == rel
+        {
+            return Ok(Arc::clone(fd));
+        }
+        self.let_go_of_dir()?;
         // A directory the bundle does not ship itself: the policy's mode
         // for one the sender had as 0755.
         let implicit = self.policy.dir_mode(DEFAULT_DIR_MODE);
@@ -325,6 +340,8 @@ impl Publish<'_> {
                 Err(e) => return Err(self.root.err(&here, e)),
             };
         }
+        let cur = Arc::new(cur);
+        self.last_dir = Some((rel, Arc::clone(&cur)));
         Ok(cur)
     }
 
@@ -367,6 +384,8 @@ impl Publish<'_> {
         rel: &str,
         name: &str,
     ) -> Result<String, BeneathError> {
+        // The directory held open may be this one, or below it.
+        self.let_go_of_dir()?;
         let kept = self.next_name();
         op(|| rustix::fs::renameat(parent, name, &self.undo, &kept))
             .map_err(|e| self.root.err(rel, e))?;
@@ -375,6 +394,30 @@ impl Publish<'_> {
             kept: kept.clone(),
         });
         Ok(kept)
+    }
+
+    /// Let go of the directory held open (`last_dir`) once it is confirmed
+    /// still at its path in root. Had something else moved it meanwhile,
+    /// the files published into it since would have left root unseen: an
+    /// error instead, so the bundle is rolled back and taken again.
+    fn let_go_of_dir(&mut self) -> Result<(), BeneathError> {
+        let Some((rel, held)) = self.last_dir.take() else {
+            return Ok(());
+        };
+        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty()).collect();
+        let same = |now: &OwnedFd| -> rustix::io::Result<bool> {
+            let (a, b) = (rustix::fs::fstat(now)?, rustix::fs::fstat(&*held)?);
+            Ok((a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+        };
+        match self.root.find_dir(&comps)? {
+            Some(now) if same(&now).map_err(|e| self.root.err(&rel, e))? => Ok(()),
+            _ => Err(self.root.err(
+                &rel,
+                std::io::Error::other(
+                    "moved by something else while this bundle published into it",
+                ),
+            )),
+        }
     }
 
     fn next_name(&mut self) -> String {
@@ -389,6 +432,7 @@ impl Publish<'_> {
     /// more get one `syncfs` of root's filesystem. Nothing changed, nothing
     /// to sync (a bundle of parts that completes no file).
     pub fn sync(&mut self) -> Result<(), BeneathError> {
+        self.let_go_of_dir()?;
         let dirs = changed_dirs(&self.steps);
         let retimed = self.retimed();
         if dirs.len() + retimed.len() > SYNC_EACH_MAX {
@@ -427,6 +471,7 @@ impl Publish<'_> {
     }
 
     fn undo_steps(&mut self) -> Vec<BeneathError> {
+        self.last_dir = None;
         let mut failed = Vec::new();
         while let Some(step) = self.steps.pop() {
             if let Err(e) = self.undo_step(&step) {

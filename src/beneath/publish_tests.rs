@@ -31,6 +31,49 @@ fn publish_creates_parents_and_replaces_a_directory_in_the_way() {
 }
 
 #[test]
+fn a_directory_moved_aside_is_never_published_into_again() {
+    // The directory files were last published in is held open; once it is
+    // moved aside (here pruned, emptied by a deletion), a later file below
+    // that path goes into a directory made afresh, not into the undo.
+    let (t, root, stage) = setup();
+    for (i, body) in ["x", "y"].iter().enumerate() {
+        std::fs::write(t.path().join(format!("stage/f{i}")), body).unwrap();
+    }
+    let mut p = root
+        .begin(&t.path().join("undo"), &Policy::default())
+        .unwrap();
+    p.publish("a/b/x", &stage, "f0").unwrap();
+    p.delete("a/b/x").unwrap();
+    assert!(
+        !t.path().join("root/a").exists(),
+        "a/ not pruned once emptied"
+    );
+    p.publish("a/b/y", &stage, "f1").unwrap();
+    p.sync().unwrap();
+    p.commit();
+    assert_eq!(std::fs::read(t.path().join("root/a/b/y")).unwrap(), b"y");
+    assert!(!t.path().join("root/a/b/x").exists());
+}
+
+#[test]
+fn a_directory_moved_by_something_else_mid_bundle_fails_the_bundle() {
+    // Files published into a directory held open, which something else
+    // then moves: they left root, so the bundle must not count as applied.
+    let (t, root, stage) = setup();
+    for (i, body) in ["x", "y"].iter().enumerate() {
+        std::fs::write(t.path().join(format!("stage/f{i}")), body).unwrap();
+    }
+    let mut p = root
+        .begin(&t.path().join("undo"), &Policy::default())
+        .unwrap();
+    p.publish("a/x", &stage, "f0").unwrap();
+    std::fs::rename(t.path().join("root/a"), t.path().join("moved")).unwrap();
+    p.publish("a/y", &stage, "f1").unwrap();
+    let e = p.sync().unwrap_err().to_string();
+    assert!(e.contains("root/a") && e.contains("moved"), "{e}");
+}
+
+#[test]
 fn delete_prunes_emptied_directories_but_never_root() {
     let (t, root, _stage) = setup();
     std::fs::create_dir_all(t.path().join("root/a/b")).unwrap();

@@ -29,7 +29,7 @@ use super::part_sets::{drop_part_set, store_part};
 use super::part_tree::PartHashes;
 use super::rebuild::stage_deltas;
 use super::summary::Summary;
-use super::unpack::{copy_counted, create_private, finish_file};
+use super::unpack::{copy_counted, create_private_in, finish_file};
 use super::verify::OpenedZip;
 use crate::beneath::{self, BeneathError, Publish, Root};
 
@@ -121,12 +121,12 @@ fn stage_and_publish(
         made = check_and_copy(&root, target, m, stage)?;
         made.extend(stage_deltas(&root, target, &mut b.zip, m, stage)?);
     }
-    let mut staged = stage_entries(target, b, stage)?;
+    let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
+    let mut staged = stage_entries(target, b, (stage, &stage_fd))?;
     staged.files.extend(made);
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
-    let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
     make_staged_durable(&staged.files, stage, &stage_fd)?;
     publish_staged(target, m, &staged.files, stage, &stage_fd)?;
     // Only now: until the file is published for good, a re-send must
@@ -163,9 +163,13 @@ struct Staged {
 /// Unpack and check every whole file into `stage`, store every part in its
 /// set, stage each file a set completes, and drop the sets the sender
 /// abandoned.
-fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged, BundleError> {
+fn stage_entries(
+    target: &Target,
+    b: &mut Opened,
+    (stage, stage_fd): (&Path, &OwnedFd),
+) -> Result<Staged, BundleError> {
     let mut staged = Staged {
-        files: stage_files(target, b, stage)?,
+        files: stage_files(target, b, (stage, stage_fd))?,
         completed: Vec::new(),
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
@@ -205,7 +209,7 @@ fn stage_entries(target: &Target, b: &mut Opened, stage: &Path) -> Result<Staged
 fn stage_files(
     target: &Target,
     b: &mut Opened,
-    stage: &Path,
+    (stage, stage_fd): (&Path, &OwnedFd),
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
     let m = &b.manifest;
@@ -220,8 +224,9 @@ fn stage_files(
             if failed.load(Ordering::Relaxed) {
                 break;
             }
-            let dest = stage.join(format!("f{i}"));
-            stage_file(target, zip, &m.files[i], &dest, &mut buf)
+            let name = format!("f{i}");
+            let dest = stage.join(&name);
+            stage_file(target, zip, &m.files[i], (stage_fd, &name, &dest), &mut buf)
                 .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
         }
         Ok::<_, BundleError>(())
@@ -241,16 +246,17 @@ fn stage_files(
         .collect())
 }
 
-/// Unpack the whole file `f` to `dest`, check its size and hash against
-/// the manifest, and give it the mode, group and mtime it is published with.
+/// Unpack the whole file `f` to `dest` (the entry `name` of the stage
+/// directory `stage_fd`), check its size and hash against the manifest,
+/// and give it the mode, group and mtime it is published with.
 fn stage_file(
     target: &Target,
     zip: &mut OpenedZip,
     f: &FileEntry,
-    dest: &Path,
+    (stage_fd, name, dest): (&OwnedFd, &str, &Path),
     buf: &mut [u8],
 ) -> Result<(), BundleError> {
-    let mut out = create_private(dest)?;
+    let mut out = create_private_in(stage_fd, name, dest)?;
     let entry = zip.by_name(&f.path)?;
     let mut hasher = blake3::Hasher::new();
     copy_counted(entry, &mut out, (f.size, &mut hasher), &f.path, dest, buf)?;
@@ -315,6 +321,9 @@ fn publish_staged(
         .chain(&m.deletions)
         .map(String::as_str)
         .collect();
+    // A check looks at the directories above a path: the files of one
+    // directory (most of a bundle's paths) need it once.
+    let mut checked_dirs = HashSet::new();
     for rel in m
         .deletions
         .iter()
@@ -322,8 +331,11 @@ fn publish_staged(
         .chain(staged.iter().map(|(rel, _)| rel))
         .chain(m.kept.iter().map(|k| &k.path))
     {
-        root.check(checked_part(rel, &replaced))
-            .map_err(beneath_err)?;
+        let checked = checked_part(rel, &replaced);
+        let above = checked.rsplit_once('/').map_or("", |(dir, _)| dir);
+        if checked_dirs.insert(above) {
+            root.check(checked).map_err(beneath_err)?;
+        }
     }
     // All or nothing: what the bundle replaces or deletes is kept aside in
     // the stage directory (on root's filesystem) until it is committed, and

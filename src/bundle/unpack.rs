@@ -28,6 +28,20 @@ pub(super) fn create_private(path: &Path) -> Result<File, BundleError> {
         .map_err(io_at(path))
 }
 
+/// [`create_private`] for the entry `name` of the directory `dir`, which is
+/// `path`'s: one name looked up, not the whole path again.
+pub(super) fn create_private_in(
+    dir: &std::os::fd::OwnedFd,
+    name: &str,
+    path: &Path,
+) -> Result<File, BundleError> {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
+        .map(File::from)
+        .map_err(|e| io_at(path)(e.into()))
+}
+
 /// Copy an entry, counting bytes: exactly `size` must come out, whatever the
 /// headers claimed. What was written is fed to `hasher`.
 pub(super) fn copy_counted(
@@ -206,5 +220,22 @@ mod tests {
         let m = std::fs::metadata(&path).unwrap();
         assert_eq!(m.mode() & 0o7777, 0o755);
         assert_eq!((m.mtime(), m.mtime_nsec()), (1_000_000_000, 5));
+    }
+
+    #[test]
+    fn a_file_made_in_a_held_directory_is_private_new_and_never_a_link_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = crate::beneath::open_dir_path(t.path()).unwrap();
+        let path = t.path().join("f0");
+        let mut f = create_private_in(&dir, "f0", &path).unwrap();
+        f.write_all(b"x").unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        let e = create_private_in(&dir, "f0", &path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        std::os::unix::fs::symlink("/etc/passwd", t.path().join("f1")).unwrap();
+        assert!(create_private_in(&dir, "f1", &t.path().join("f1")).is_err());
+        assert_eq!(std::fs::read(&path).unwrap(), b"x");
     }
 }
