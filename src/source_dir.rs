@@ -3,22 +3,23 @@
 //! The sender reads what lies below `source` and nothing else. A directory
 //! swapped for a symlink between a walk and a read (by mistake, or by
 //! someone hoping to publish `/etc/ssl/private` into a web root) must not
-//! redirect a read outside the tree. Every open here resolves the path
-//! relative to a handle on `source` with `openat2(RESOLVE_BENEATH |
-//! RESOLVE_NO_SYMLINKS)`, or, on kernels without `openat2`, one component at
-//! a time with `O_NOFOLLOW`; a symlink anywhere on the way is an error
-//! naming the path. Paths given here are shipped paths (validated, `/`
-//! separated). Blocking.
+//! redirect a read outside the tree. Every directory opened here is reached
+//! from a handle on `source` with `openat2(RESOLVE_BENEATH |
+//! RESOLVE_NO_SYMLINKS)`, or, on kernels without `openat2`, one component
+//! at a time with `O_NOFOLLOW`; a file or symlink is then looked up by its
+//! one name in its directory, never followed. A symlink anywhere on the way
+//! is an error naming the path. Paths given here are shipped paths
+//! (validated, `/` separated). Blocking.
 //!
 //! The last few directories reached are held open for the life of the
 //! `SourceDir` (one packing run, one verify): the files of a directory are
-//! read one after another, and each stat and open of one then costs a
-//! single-component lookup instead of resolving its whole path again (and
-//! raising inotify open events for every directory on the way on the
-//! sender's own watch). A held directory may since have been renamed, even
-//! out of the source: what was read through it is confirmed with
-//! [`SourceDir::stat_afresh`], which looks the path up from the source
-//! again, before it ships.
+//! read one after another, and each then costs a lookup of its one name
+//! instead of opening every directory on its path again (each open raising
+//! inotify events on the sender's own watch). Each use of a held directory
+//! first confirms it is still the one at its path (one stat of the path, no
+//! open, no event); one renamed or replaced since is let go and reached
+//! afresh. A file read is confirmed once more after the read, by its whole
+//! path looked up afresh ([`SourceDir::stat_afresh`]).
 
 use std::fs::File;
 use std::io;
@@ -33,9 +34,18 @@ use rustix::io::Errno;
 pub struct SourceDir {
     fd: OwnedFd,
     path: PathBuf,
-    /// Directories below `fd` reached lately, by shipped path, the latest
-    /// first; at most [`HELD_DIRS`].
-    held: Mutex<Vec<(String, Arc<OwnedFd>)>>,
+    /// Directories below `fd` reached lately, the latest first; at most
+    /// [`HELD_DIRS`].
+    held: Mutex<Vec<Held>>,
+}
+
+/// A directory held open: its shipped path, and its device and inode when
+/// it was reached, which the directory at that path must still have for
+/// the handle to be used.
+struct Held {
+    dir: String,
+    fd: Arc<OwnedFd>,
+    id: (u64, u64),
 }
 
 /// How many directories a [`SourceDir`] holds open: enough for the few a
@@ -139,20 +149,34 @@ impl SourceDir {
         let Some((dir, name)) = rel.rsplit_once('/') else {
             return Ok((None, rel));
         };
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = held.iter().position(|(d, _)| d == dir) {
-            let entry = held.remove(i);
-            let fd = Arc::clone(&entry.1);
-            held.insert(0, entry);
-            return Ok((Some(fd), name));
+        let found = {
+            let held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let found = held.iter().find(|h| h.dir == dir);
+            found.map(|h| (Arc::clone(&h.fd), h.id))
+        };
+        if let Some((fd, id)) = found {
+            // Still the directory at that path? (Renamed away, or swapped
+            // for another or a symlink: reached afresh below.)
+            let now = rustix::fs::statat(&self.fd, dir, AtFlags::SYMLINK_NOFOLLOW);
+            if now.is_ok_and(|st| (st.st_dev, st.st_ino) == id) {
+                return Ok((Some(fd), name));
+            }
         }
-        drop(held);
-        let fd = Arc::new(self.open_dir_beneath(dir).map_err(|e| self.error(rel, e))?);
+        let opened = self.open_dir_beneath(dir).map_err(|e| self.error(rel, e))?;
+        let st = rustix::fs::fstat(&opened).map_err(|e| self.error(rel, e))?;
+        let fd = Arc::new(opened);
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        // Another reader may have reached it meanwhile.
-        held.retain(|(d, _)| d != dir);
+        // Another reader may have reached it meanwhile, or it was let go.
+        held.retain(|h| h.dir != dir);
         held.truncate(HELD_DIRS - 1);
-        held.insert(0, (dir.to_owned(), Arc::clone(&fd)));
+        held.insert(
+            0,
+            Held {
+                dir: dir.to_owned(),
+                fd: Arc::clone(&fd),
+                id: (st.st_dev, st.st_ino),
+            },
+        );
         Ok((Some(fd), name))
     }
 
@@ -178,13 +202,13 @@ impl SourceDir {
         let mut cur: Option<OwnedFd> = None;
         for c in comps {
             if c == ".." || c == "." || c.is_empty() {
-                return Err(Errno::XDEV);
+                return Err(Errno::INVAL);
             }
             let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
             cur = Some(rustix::fs::openat(parent, c, DIR, Mode::empty())?);
         }
         if last == ".." || last == "." || last.is_empty() {
-            return Err(Errno::XDEV);
+            return Err(Errno::INVAL);
         }
         let parent = cur.as_ref().map(|f| f.as_fd()).unwrap_or(self.fd.as_fd());
         rustix::fs::openat(parent, last, flags, Mode::empty())
@@ -247,7 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn a_directory_is_reached_once_per_run_and_never_through_a_symlink_swapped_in_later() {
+    fn a_held_directory_is_used_only_while_it_is_still_the_one_at_its_path() {
         let t = tempfile::tempdir().unwrap();
         let src = t.path().join("src");
         std::fs::create_dir_all(src.join("dir")).unwrap();
@@ -257,24 +281,29 @@ mod tests {
         std::fs::write(t.path().join("outside/b.html"), "secret").unwrap();
         let s = SourceDir::open(&src).unwrap();
         assert!(s.stat("dir/a.html").is_ok());
-        // The directory is swapped for a symlink out of the source: this run
-        // reads on through the directory it reached, never the link.
+        // The directory is swapped for a symlink out of the source: the
+        // handle held on the real one is let go, and the link refused.
         std::fs::rename(src.join("dir"), src.join("moved")).unwrap();
         std::os::unix::fs::symlink(t.path().join("outside"), src.join("dir")).unwrap();
+        let e = s.open_file("dir/b.html").unwrap_err();
+        assert!(e.to_string().contains("symlink"), "{e}");
         let mut text = String::new();
-        s.open_file("dir/b.html")
+        s.open_file("moved/b.html")
             .unwrap()
             .read_to_string(&mut text)
             .unwrap();
         assert_eq!(text, "b");
-        // A new run reaches it afresh, and refuses the link.
-        let fresh = SourceDir::open(&src).unwrap();
-        let e = fresh.open_file("dir/b.html").unwrap_err();
-        assert!(e.to_string().contains("symlink"), "{e}");
+        // Renamed away and replaced by another directory: that one is read.
+        std::fs::remove_file(src.join("dir")).unwrap();
+        std::fs::rename(src.join("moved"), src.join("old")).unwrap();
+        std::fs::create_dir(src.join("moved")).unwrap();
+        let e = s.stat("moved/b.html").unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
         // A name that leaves its directory is never looked up.
-        for rel in ["..", "moved/..", "moved/.", "moved/"] {
-            assert!(s.stat(rel).is_err(), "{rel}");
-            assert!(s.open_file(rel).is_err(), "{rel}");
+        for rel in ["..", "old/..", "old/.", "old/"] {
+            for e in [s.stat(rel).unwrap_err(), s.open_file(rel).unwrap_err()] {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{rel}: {e}");
+            }
         }
         // At most HELD_DIRS directories stay open.
         for i in 0..HELD_DIRS + 3 {

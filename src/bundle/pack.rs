@@ -620,50 +620,62 @@ mod tests {
     }
 
     #[test]
-    fn a_file_whose_directory_was_swapped_while_it_was_read_stays_pending() {
-        // A deploy swaps `a` for a new release without `x` after the run
-        // reached `a`: the old `x`, still readable through the directory
-        // the run holds, must not ship as if it were at `a/x`.
-        let t = tempfile::tempdir().unwrap();
-        let (src, out) = (t.path().join("src"), t.path().join("out"));
-        std::fs::create_dir_all(src.join("a")).unwrap();
-        std::fs::create_dir_all(src.join("a.new")).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
-        std::fs::write(src.join("a/x"), "old release").unwrap();
-        std::fs::write(src.join("a.new/y"), "new release").unwrap();
-        let swapped = std::sync::atomic::AtomicBool::new(false);
-        // Asked first as the run admits `a/x`, once it has reached `a`.
-        let touched = |_: &str| {
-            if !swapped.swap(true, Ordering::Relaxed) {
-                std::fs::rename(src.join("a"), src.join("a.old")).unwrap();
-                std::fs::rename(src.join("a.new"), src.join("a")).unwrap();
+    fn a_file_whose_directory_was_swapped_before_it_was_read_does_not_ship() {
+        // A deploy swaps `a` for a new release without the file after the
+        // run reached `a`: the old file, still readable through the
+        // directory the run reached, must not ship as if it were in `a`.
+        // Small (read whole), large (streamed) and overdue (a snapshot).
+        for (name, size, overdue) in [
+            ("x", 100, false),
+            ("big", PARALLEL_MAX as usize + 1, false),
+            ("late", 100, true),
+        ] {
+            let t = tempfile::tempdir().unwrap();
+            let (src, out) = (t.path().join("src"), t.path().join("out"));
+            std::fs::create_dir_all(src.join("a")).unwrap();
+            std::fs::create_dir_all(src.join("a.new")).unwrap();
+            std::fs::create_dir_all(&out).unwrap();
+            std::fs::write(src.join("a").join(name), vec![b'o'; size]).unwrap();
+            std::fs::write(src.join("a.new/y"), "new release").unwrap();
+            let swapped = std::sync::atomic::AtomicBool::new(false);
+            // Asked first as the run admits the file, once it reached `a`.
+            let touched = |_: &str| {
+                if !swapped.swap(true, Ordering::Relaxed) {
+                    std::fs::rename(src.join("a"), src.join("a.old")).unwrap();
+                    std::fs::rename(src.join("a.new"), src.join("a")).unwrap();
+                }
+                false
+            };
+            let mut emitted = Vec::new();
+            let rel = format!("a/{name}");
+            let item = PackItem {
+                overdue,
+                ..PackItem::upsert(&rel)
+            };
+            let report = Packer {
+                source: &src,
+                outbox: &out,
+                sender: "test",
+                limits: Limits::new(64 << 20, 256 << 20, 100),
+                alloc_seq: &mut || Ok(1),
+                emit: &mut |p| {
+                    emitted.push(p.path);
+                    Ok(())
+                },
+                opened: &|_| {},
+                touched: &touched,
+                deflate: &|| false,
+                held: None,
+                signatures: None,
             }
-            false
-        };
-        let mut emitted = Vec::new();
-        let report = Packer {
-            source: &src,
-            outbox: &out,
-            sender: "test",
-            limits: Limits::new(64 << 20, 256 << 20, 100),
-            alloc_seq: &mut || Ok(1),
-            emit: &mut |p| {
-                emitted.push(p.path);
-                Ok(())
-            },
-            opened: &|_| {},
-            touched: &touched,
-            deflate: &|| false,
-            held: None,
-            signatures: None,
-        }
-        .pack(vec![PackItem::upsert("a/x")])
-        .unwrap();
-        assert!(swapped.load(Ordering::Relaxed));
-        assert_eq!(report.requeue, ["a/x"]);
-        for bundle in emitted {
-            let zip = zip::ZipArchive::new(std::fs::File::open(bundle).unwrap()).unwrap();
-            assert!(zip.index_for_name("a/x").is_none(), "the old a/x shipped");
+            .pack(vec![item])
+            .unwrap();
+            assert!(swapped.load(Ordering::Relaxed), "{rel}");
+            assert!(report.shipped.is_empty(), "{rel}: {:?}", report.shipped);
+            for bundle in emitted {
+                let zip = zip::ZipArchive::new(std::fs::File::open(bundle).unwrap()).unwrap();
+                assert!(zip.index_for_name(&rel).is_none(), "the old {rel} shipped");
+            }
         }
     }
 }
