@@ -141,6 +141,14 @@ impl ChangeSet {
             .is_some_and(|e| e.op == Op::Delete && e.last >= t)
     }
 
+    /// Whether `path` waits as a deletion seen before `t` (any time, if
+    /// `t` is unknown): a walk begun at `t` that found it found it back.
+    pub fn removed_before(&self, path: &str, t: Option<Instant>) -> bool {
+        self.entries
+            .get(path)
+            .is_some_and(|e| e.op == Op::Delete && t.is_none_or(|t| e.last < t))
+    }
+
     /// `path` was removed (or renamed away).
     pub fn removed(&mut self, path: &str, now: Instant) {
         let e = self.entry(path, Op::Delete, now);

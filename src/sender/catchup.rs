@@ -45,7 +45,12 @@ pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -
         if walk.began.is_some_and(|t| changes.removed_since(path, t)) {
             continue;
         }
-        if shipped.unchanged(path, stamp) {
+        // Renamed away and back (`mv a b; mv b a`) before its deletion
+        // shipped: as the receivers have it, but the pending deletion would
+        // take it from them. It ships again (as a no-op when unchanged),
+        // which replaces the deletion.
+        let back = changes.removed_before(path, walk.began);
+        if shipped.unchanged(path, stamp) && !back {
             continue;
         }
         // Still open for writing: hold it until its close event, unless
@@ -175,6 +180,28 @@ mod tests {
         assert!(
             d.missing.is_empty(),
             "found by the walk: not missing either"
+        );
+    }
+
+    #[test]
+    fn a_file_found_back_after_its_pending_removal_differs_though_unchanged() {
+        // Broke once: `mv a b; mv b a` within settle left the deletion of
+        // a/x pending; the walk of `a` skipped a/x as unchanged, and the
+        // receivers deleted a file the source still had.
+        let removed = Instant::now();
+        let mut c = changes();
+        c.removed("a/x", removed);
+        c.removed("a", removed);
+        let mut w = walk(Some("a"), &[("a", 1), ("a/x", 1), ("a/y", 1)]);
+        w.began = Some(removed + Duration::from_millis(5));
+        let d = diff(&w, &shipped(&["a", "a/x", "a/y"], &[]), &c);
+        assert_eq!(changed(&d), [("a", false), ("a/x", false)]);
+        w.began = None;
+        let d = diff(&w, &shipped(&["a", "a/x", "a/y"], &[]), &c);
+        assert_eq!(
+            changed(&d),
+            [("a", false), ("a/x", false)],
+            "walk time unknown"
         );
     }
 
