@@ -4,7 +4,8 @@
 //!
 //! Translating stats each path an event names (never reads it): whether it
 //! is a directory to walk, a new regular file a writer may still hold, or
-//! gone. Which messages matter, and when a path ships, is decided elsewhere.
+//! gone (a path reported gone that is there again is taken as there).
+//! Which messages matter, and when a path ships, is decided elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -95,8 +96,19 @@ impl Translation<'_> {
         }
     }
 
+    /// A path reported gone. Something there again by now raised its own
+    /// event, maybe already handled, so it is taken as there: a directory
+    /// is walked (what it no longer holds is found missing), anything else
+    /// changed. notify reports a watched directory's own move or deletion
+    /// under the path it was watched at, which may hold another by now
+    /// (`mv a b; mv b a` gives `a`'s own move after `a` is back): taking
+    /// that as gone deleted `a` at the receivers while the source had it.
     fn removed(&mut self, p: &Path) {
-        self.msgs.extend(self.rel(p).map(WatchMsg::Removed));
+        if std::fs::symlink_metadata(p).is_ok() {
+            self.appeared(p);
+        } else {
+            self.msgs.extend(self.rel(p).map(WatchMsg::Removed));
+        }
     }
 
     fn closed(&mut self, p: &Path) {
@@ -241,6 +253,27 @@ mod tests {
             ),
         );
         assert_eq!(got, [WatchMsg::Scan(dir.path().join("d"))]);
+    }
+
+    #[test]
+    fn a_path_reported_gone_that_is_there_again_is_taken_as_there() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        std::fs::write(dir.path().join("f"), "x").unwrap();
+        let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+        let gone = |kind, name: &str| translate(dir.path(), &ev(kind, &[&at(name)]));
+        let moved = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        let deleted = EventKind::Remove(RemoveKind::Any);
+        // A directory moved away and back, or replaced: walked.
+        assert_eq!(gone(moved, "d"), [WatchMsg::Scan(dir.path().join("d"))]);
+        assert_eq!(gone(deleted, "d"), [WatchMsg::Scan(dir.path().join("d"))]);
+        let changed = [WatchMsg::Changed {
+            path: "f".into(),
+            writing: false,
+        }];
+        assert_eq!(gone(deleted, "f"), changed);
+        assert_eq!(gone(moved, "f"), changed);
+        assert_eq!(gone(moved, "none"), [WatchMsg::Removed("none".into())]);
     }
 
     #[test]

@@ -86,6 +86,40 @@ async fn a_renamed_directory_tree_arrives_under_its_new_name() {
     r.stop().await;
 }
 
+/// A directory renamed away and straight back (`mv a b; mv b a`, within
+/// `settle`) left the deletions of its files pending, and the walk of it
+/// found them as shipped: the receiver deleted files the source still had.
+/// Now nothing there is deleted, and the tree stays whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_renamed_away_and_back_loses_nothing_at_the_receiver() {
+    let env = Env::new();
+    env.write("pages/a.html", "a");
+    env.write("pages/sub/b.html", "b");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    let (src, root) = (env.src(), env.root());
+    std::fs::rename(src.join("pages"), src.join("moving")).unwrap();
+    std::fs::rename(src.join("moving"), src.join("pages")).unwrap();
+    // Written after the renames, it settles after their deletions would
+    // have: once it arrives, those would have shipped with it or before.
+    env.write("after.html", "after");
+    wait_until("the file written after the renames arrives", || {
+        root.join("after.html").exists()
+    })
+    .await;
+    archived_holding(&env, &["after.html".to_string()]).await;
+    wait_in_sync(&env).await;
+    let deleted: Vec<String> = manifests(&env)
+        .into_iter()
+        .flat_map(|m| m.deletions)
+        .collect();
+    assert!(deleted.is_empty(), "deleted at the receiver: {deleted:?}");
+    assert_eq!(std::fs::read(root.join("pages/sub/b.html")).unwrap(), b"b");
+    s.stop().await;
+    r.stop().await;
+}
+
 /// Symlinks were skipped without a word. A link whose target stays inside
 /// the tree now travels as a link (nginx answers the target's content,
 /// and follows a retargeted link); one pointing outside, or absolute, is
