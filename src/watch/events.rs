@@ -4,8 +4,7 @@
 //!
 //! Translating stats each path an event names (never reads it): whether it
 //! is a directory to walk, a new regular file a writer may still hold, or
-//! gone (a path reported gone that is there again is taken as there).
-//! Which messages matter, and when a path ships, is decided elsewhere.
+//! gone. Which messages matter, and when a path ships, is decided elsewhere.
 
 use std::path::{Path, PathBuf};
 
@@ -51,7 +50,7 @@ pub fn translate(base: &Path, ev: &Event) -> Vec<WatchMsg> {
         EventKind::Create(CreateKind::Folder) => paths.iter().for_each(|p| out.scan(p)),
         EventKind::Create(_) => paths.iter().for_each(|p| out.created(p)),
         EventKind::Modify(ModifyKind::Data(_)) => paths.iter().for_each(|p| out.changed(p, true)),
-        EventKind::Modify(ModifyKind::Name(mode)) => out.renamed(mode, paths),
+        EventKind::Modify(ModifyKind::Name(mode)) => out.renamed(mode, paths, ev.tracker()),
         EventKind::Modify(_) => paths.iter().for_each(|p| out.changed(p, false)),
         EventKind::Remove(_) => paths.iter().for_each(|p| out.removed(p)),
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
@@ -96,19 +95,8 @@ impl Translation<'_> {
         }
     }
 
-    /// A path reported gone. Something there again by now raised its own
-    /// event, maybe already handled, so it is taken as there: a directory
-    /// is walked (what it no longer holds is found missing), anything else
-    /// changed. notify reports a watched directory's own move or deletion
-    /// under the path it was watched at, which may hold another by now
-    /// (`mv a b; mv b a` gives `a`'s own move after `a` is back): taking
-    /// that as gone deleted `a` at the receivers while the source had it.
     fn removed(&mut self, p: &Path) {
-        if std::fs::symlink_metadata(p).is_ok() {
-            self.appeared(p);
-        } else {
-            self.msgs.extend(self.rel(p).map(WatchMsg::Removed));
-        }
+        self.msgs.extend(self.rel(p).map(WatchMsg::Removed));
     }
 
     fn closed(&mut self, p: &Path) {
@@ -137,8 +125,16 @@ impl Translation<'_> {
         }
     }
 
-    fn renamed(&mut self, mode: RenameMode, paths: &[PathBuf]) {
+    /// `tracker`: the rename's cookie, which ties its From and To events.
+    fn renamed(&mut self, mode: RenameMode, paths: &[PathBuf], tracker: Option<usize>) {
         match mode {
+            // A watched directory's own move (IN_MOVE_SELF), which inotify
+            // names by the path it was watched at: stale once it moved, and
+            // another may be there by then (after `mv a b; mv b a` it came
+            // once `a` was back, and `a` was deleted at the receivers).
+            // Its parent, watched too, reported the move with a cookie; the
+            // source's own move is the sentinel's.
+            RenameMode::From if cfg!(target_os = "linux") && tracker.is_none() => {}
             RenameMode::From => paths.iter().for_each(|p| self.removed(p)),
             RenameMode::To => paths.iter().for_each(|p| self.appeared(p)),
             // inotify reports From and To on their own as well; acting on
@@ -204,13 +200,6 @@ mod tests {
             ),
             [WatchMsg::Removed("d".into())]
         );
-        assert_eq!(
-            t(
-                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
-                &["/nonexistent-src/old"]
-            ),
-            [WatchMsg::Removed("old".into())]
-        );
         assert!(
             t(
                 EventKind::Access(AccessKind::Open(AccessMode::Any)),
@@ -256,24 +245,21 @@ mod tests {
     }
 
     #[test]
-    fn a_path_reported_gone_that_is_there_again_is_taken_as_there() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("d")).unwrap();
-        std::fs::write(dir.path().join("f"), "x").unwrap();
-        let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
-        let gone = |kind, name: &str| translate(dir.path(), &ev(kind, &[&at(name)]));
-        let moved = EventKind::Modify(ModifyKind::Name(RenameMode::From));
-        let deleted = EventKind::Remove(RemoveKind::Any);
-        // A directory moved away and back, or replaced: walked.
-        assert_eq!(gone(moved, "d"), [WatchMsg::Scan(dir.path().join("d"))]);
-        assert_eq!(gone(deleted, "d"), [WatchMsg::Scan(dir.path().join("d"))]);
-        let changed = [WatchMsg::Changed {
-            path: "f".into(),
-            writing: false,
-        }];
-        assert_eq!(gone(deleted, "f"), changed);
-        assert_eq!(gone(moved, "f"), changed);
-        assert_eq!(gone(moved, "none"), [WatchMsg::Removed("none".into())]);
+    fn a_watched_directorys_own_move_is_left_to_its_parents_report() {
+        let base = Path::new("/nonexistent-src");
+        let from = |tracker| {
+            let mut e = ev(
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                &["/nonexistent-src/a"],
+            );
+            if let Some(t) = tracker {
+                e = e.set_tracker(t);
+            }
+            translate(base, &e)
+        };
+        assert_eq!(from(Some(7)), [WatchMsg::Removed("a".into())]);
+        // IN_MOVE_SELF: no cookie, and the path it names may hold another.
+        assert!(from(None).is_empty());
     }
 
     #[test]
