@@ -60,6 +60,9 @@ struct Entry {
     closed_at: Option<Instant>,
     /// Its packing failed: not due before this, unless an event comes.
     retry_at: Option<Instant>,
+    /// A deletion: when the sender learned of it (`last` may be set
+    /// earlier, so that a path a walk found gone counts as settled).
+    removed_at: Option<Instant>,
 }
 
 /// Which of the due upserts one take takes: a cut too large to pack at
@@ -111,6 +114,7 @@ impl ChangeSet {
 
     fn change(e: &mut Entry, writing: bool, now: Instant) {
         e.op = Op::Upsert;
+        e.removed_at = None;
         e.last = now;
         e.writing |= writing;
         e.retry_at = None;
@@ -133,29 +137,47 @@ impl ChangeSet {
             .is_some_and(|c| c >= t)
     }
 
-    /// Whether `path` was last seen removed, at or after `t`: a walk begun
-    /// at `t` that found it saw it before it went.
-    pub fn removed_since(&self, path: &str, t: Instant) -> bool {
+    /// When `path`'s pending deletion was learned, if it waits as one.
+    fn removed_at(&self, path: &str) -> Option<Instant> {
         self.entries
             .get(path)
-            .is_some_and(|e| e.op == Op::Delete && e.last >= t)
+            .filter(|e| e.op == Op::Delete)
+            .and_then(|e| e.removed_at)
     }
 
-    /// Whether `path` waits as a deletion seen before `t` (any time, if
+    /// Whether `path` was last learned removed at or after `t`: a walk
+    /// begun at `t` that found it saw it before it went.
+    pub fn removed_since(&self, path: &str, t: Instant) -> bool {
+        self.removed_at(path).is_some_and(|r| r >= t)
+    }
+
+    /// Whether `path` waits as a deletion learned before `t` (any time, if
     /// `t` is unknown): a walk begun at `t` that found it found it back.
     pub fn removed_before(&self, path: &str, t: Option<Instant>) -> bool {
-        self.entries
-            .get(path)
-            .is_some_and(|e| e.op == Op::Delete && t.is_none_or(|t| e.last < t))
+        self.removed_at(path)
+            .is_some_and(|r| t.is_none_or(|t| r < t))
     }
 
     /// `path` was removed (or renamed away).
     pub fn removed(&mut self, path: &str, now: Instant) {
-        let e = self.entry(path, Op::Delete, now);
+        self.deleted(path, now, now);
+    }
+
+    /// `path` was found gone at `now` (by a walk): nothing is left to
+    /// settle, so it counts as quiet for `settle` already.
+    pub fn gone(&mut self, path: &str, now: Instant) {
+        let quiet_since = now.checked_sub(self.settle).unwrap_or(now);
+        self.deleted(path, quiet_since, now);
+    }
+
+    /// A deletion learned at `now`, its last event at `last`.
+    fn deleted(&mut self, path: &str, last: Instant, now: Instant) {
+        let e = self.entry(path, Op::Delete, last);
         e.op = Op::Delete;
-        e.last = now;
+        e.last = last;
         e.writing = false;
         e.retry_at = None;
+        e.removed_at = Some(now);
     }
 
     fn entry(&mut self, path: impl Into<String>, op: Op, now: Instant) -> &mut Entry {
@@ -166,6 +188,7 @@ impl ChangeSet {
             writing: false,
             closed_at: None,
             retry_at: None,
+            removed_at: None,
         })
     }
 

@@ -174,9 +174,8 @@ impl Book {
     /// Queue the deletion of paths gone before a walk reached them: nothing
     /// is left to settle.
     pub(super) fn queue_gone(&mut self, gone: &[String], now: Instant) {
-        let quiet_since = self.quiet_since(now);
         for p in gone {
-            self.changes.removed(p, quiet_since);
+            self.changes.gone(p, now);
         }
     }
 

@@ -13,7 +13,8 @@ use crate::watch::Walk;
 
 use super::shipped::Shipped;
 
-/// A file the walk found that the receivers may not have as it is.
+/// A file the walk found that the receivers may not have as it is, or
+/// whose pending deletion it undoes.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Differs<'w> {
     pub(super) path: &'w str,
@@ -27,7 +28,8 @@ pub(super) struct Differs<'w> {
 /// What differs between a walk and what the receivers have.
 #[derive(Debug, Default)]
 pub(super) struct Diff<'w> {
-    /// New, changed or in doubt: to queue.
+    /// New, changed, in doubt, or found back after its pending removal: to
+    /// queue.
     pub(super) changed: Vec<Differs<'w>>,
     /// Paths a receiver has (or may have) in the walk's scope that the walk
     /// did not find: deleted, unless re-created since. Never a path below
@@ -36,7 +38,8 @@ pub(super) struct Diff<'w> {
 }
 
 /// Compare what `walk` found with what the receivers have. `changes` holds
-/// the events handled since the walk began, which are newer than it.
+/// what is pending: a deletion learned since the walk began is newer than
+/// what it saw; one learned before, of a path it found, was undone since.
 pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -> Diff<'w> {
     let mut out = Diff::default();
     for (index, (path, stamp)) in walk.files.iter().enumerate() {
@@ -203,6 +206,22 @@ mod tests {
             [("a", false), ("a/x", false)],
             "walk time unknown"
         );
+    }
+
+    #[test]
+    fn a_deletion_learned_after_a_walk_began_stays_one_though_back_dated() {
+        // A shorter walk that began later found p/x gone: its deletion
+        // counts as settled at once, but it is newer than what this walk
+        // saw (p/x changed, or not), and must not be undone by it.
+        let began = Instant::now();
+        let mut c = changes();
+        c.gone("p/x", began + Duration::from_millis(5));
+        for size in [1, 2] {
+            let mut w = walk(None, &[("p/x", size)]);
+            w.began = Some(began);
+            let d = diff(&w, &shipped(&["p/x"], &[]), &c);
+            assert!(d.changed.is_empty(), "size {size}");
+        }
     }
 
     #[test]
