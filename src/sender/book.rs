@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::bundle::manifest::FileMeta;
 use crate::bundle::pack::{PackItem, Report};
-use crate::changes::{ChangeSet, Op, Portion};
+use crate::changes::{Change, ChangeSet, Op, Portion};
 use crate::config::MassDelete;
 use crate::paths::is_within;
 use crate::proto::refusal::{Refusal, RefusalKind};
@@ -184,7 +184,8 @@ impl Book {
     /// returns whether due ones were left for the next. Every due deletion
     /// is taken, so the guard judges them together: they pass it (`allow`:
     /// a flush allowed a mass deletion), and a held deletion is released
-    /// only if its path is still `absent`.
+    /// only if its path is still `absent`. A deletion of a path that is
+    /// not `absent` ships the path as it is instead.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
@@ -198,17 +199,17 @@ impl Book {
         let mut deletions = Vec::new();
         for c in due {
             match c.op {
-                Op::Upsert => {
-                    self.guard.forget(&c.path);
-                    items.push(PackItem {
-                        previous: self.shipped.previous(&c.path),
-                        reuse: self.shipped.known(&c.path),
-                        path: c.path,
-                        op: Op::Upsert,
-                        quiet_for: c.settled.then_some(self.settle),
-                        overdue: c.overdue,
-                    })
+                // A deletion of a path that is there: notify names a moved
+                // directory's events by where it was watched, so removing
+                // an old build swapped out (`mv site site.old; mv site.new
+                // site; rm -rf site.old`) reads as removing the new one's
+                // files. What is there ships instead, as it is (nothing,
+                // if the receivers have it).
+                Op::Delete if self.shipped.deletion_ships(&c.path) && !absent(&c.path) => {
+                    debug!(path = %c.path, "removal of a path that is there: it ships as it is");
+                    items.push(self.upsert(c));
                 }
+                Op::Upsert => items.push(self.upsert(c)),
                 Op::Delete if self.shipped.deletion_ships(&c.path) => deletions.push(c.path),
                 Op::Delete => {}
             }
@@ -223,6 +224,20 @@ impl Book {
             .check(&mut deletions, settling, shipped, allow, absent);
         items.extend(deletions.into_iter().map(PackItem::delete));
         (items, left)
+    }
+
+    /// The item that ships `c`'s path as it is: compared with what was
+    /// shipped of it, its deletion no longer held.
+    fn upsert(&mut self, c: Change) -> PackItem {
+        self.guard.forget(&c.path);
+        PackItem {
+            previous: self.shipped.previous(&c.path),
+            reuse: self.shipped.known(&c.path),
+            path: c.path,
+            op: Op::Upsert,
+            quiet_for: c.settled.then_some(self.settle),
+            overdue: c.overdue,
+        }
     }
 
     /// Take in what a packing run did: what it shipped, what changed while

@@ -64,6 +64,32 @@ fn deleting_what_no_receiver_got_is_nothing_to_ship() {
 }
 
 #[test]
+fn a_removal_of_a_path_that_is_there_ships_it_as_it_is() {
+    // Broke once: removing an old build swapped out of `site` was reported
+    // under `site`, and the new build's files were deleted at the receivers.
+    let now = Instant::now();
+    let mut b = book(&["site/index.html", "site/gone.html"], &[]);
+    for p in ["site/index.html", "site/gone.html"] {
+        b.changes.removed(p, now);
+    }
+    let (items, _) = b.take_due(now, now, (true, false), Portion::ALL, |p| {
+        p == "site/gone.html"
+    });
+    let got: Vec<_> = items
+        .into_iter()
+        .map(|i| (i.path, i.op, i.previous.is_some()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("site/index.html".to_string(), Op::Upsert, true),
+            ("site/gone.html".to_string(), Op::Delete, false)
+        ],
+        "compared with what was shipped, so an unchanged one sends nothing"
+    );
+}
+
+#[test]
 fn a_path_in_doubt_ships_without_what_was_shipped_of_it() {
     let now = Instant::now();
     let mut b = book(&["a", "b"], &["b"]);

@@ -96,12 +96,13 @@ impl Source {
         self.watch_guard.is_some()
     }
 
-    /// Whether nothing is at `path` (shipped form) below the source: it or
-    /// a directory above it is gone. A path that cannot be looked at
-    /// (permission denied) is not taken as gone. Blocking: callers checking
-    /// many paths wrap the loop in [`blocking`].
+    /// Whether nothing is at `path` (shipped form) in the source tree: it or
+    /// a directory above it is gone, or what is above it is no directory (a
+    /// symlink: what lies past it is not in the tree). A path that cannot be
+    /// looked at (permission denied) is not taken as gone. Blocking: callers
+    /// checking many paths wrap the loop in [`blocking`].
     pub(super) fn absent(&self, path: &str) -> bool {
-        std::fs::symlink_metadata(self.dir.join(path)).is_err_and(|e| watcher::is_gone(&e))
+        absent_below(&self.dir, path)
     }
 
     /// Walk `dir` off the runtime, watching each directory as it is
@@ -234,6 +235,32 @@ pub(super) fn warn_near_watch_limit(dirs: u64) {
     }
 }
 
+/// [`Source::absent`] for the tree at `dir`: one lstat when it is gone,
+/// one per directory on its way when something is there.
+fn absent_below(dir: &Path, path: &str) -> bool {
+    let gone = |r: std::io::Result<std::fs::Metadata>| match r {
+        Ok(_) => false,
+        Err(e) => watcher::is_gone(&e),
+    };
+    if gone(std::fs::symlink_metadata(dir.join(path))) {
+        return true;
+    }
+    let mut above = dir.to_path_buf();
+    let mut names = path.split('/').peekable();
+    while let Some(name) = names.next() {
+        if names.peek().is_none() {
+            return false;
+        }
+        above.push(name);
+        match std::fs::symlink_metadata(&above) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return true,
+            Err(e) => return watcher::is_gone(&e),
+        }
+    }
+    false
+}
+
 /// Run `f`, which stats the source (one lstat per deleted path: a mass
 /// deletion is 100,000 of them), from the sender's loop without stalling
 /// the transports and the control socket that share its worker thread:
@@ -243,5 +270,31 @@ pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match Handle::try_current().map(|h| h.runtime_flavor()) {
         Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
         _ => f(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::absent_below;
+
+    #[test]
+    fn a_path_is_absent_when_gone_or_past_a_symlink_and_present_when_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("site/css")).unwrap();
+        std::fs::write(d.join("site/css/main.css"), "x").unwrap();
+        std::fs::create_dir_all(d.join("elsewhere/css")).unwrap();
+        std::fs::write(d.join("elsewhere/css/main.css"), "x").unwrap();
+        std::os::unix::fs::symlink("elsewhere", d.join("link")).unwrap();
+        assert!(!absent_below(d, "site/css/main.css"));
+        assert!(!absent_below(d, "site/css"));
+        assert!(!absent_below(d, "link"), "the link itself is in the tree");
+        assert!(absent_below(d, "site/gone.html"));
+        assert!(absent_below(d, "gone/css/main.css"));
+        assert!(absent_below(d, "site/css/main.css/x"), "below a file");
+        assert!(
+            absent_below(d, "link/css/main.css"),
+            "reached through a symlink: not in the tree"
+        );
     }
 }

@@ -120,6 +120,42 @@ async fn a_directory_renamed_away_and_back_loses_nothing_at_the_receiver() {
     r.stop().await;
 }
 
+/// A deploy that swaps a directory for a new build and removes the old one
+/// (`mv site site.old; mv site.new site; rm -rf site.old`): the removal of
+/// the old build's files, reported under their old names, deleted the new
+/// build's files of the same names at the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_swapped_for_a_new_build_and_the_old_removed_arrives_whole() {
+    let env = Env::new();
+    // Many directories: each is a chance for the old build's events to
+    // come under the new build's names.
+    let build = |dir: &str, version: &str| {
+        env.write(&format!("{dir}/index.html"), version);
+        for d in 0..20 {
+            env.write(&format!("{dir}/{d}/page.html"), version);
+            env.write(&format!("{dir}/{d}/img/logo.svg"), "same");
+        }
+    };
+    build("site", "v1");
+    let r = env.start_receiver("").await;
+    let s = env.start_sender(r.addr, "");
+    wait_in_sync(&env).await;
+    let (src, root) = (env.src(), env.root());
+    build("site.new", "v2");
+    std::fs::rename(src.join("site"), src.join("site.old")).unwrap();
+    std::fs::rename(src.join("site.new"), src.join("site")).unwrap();
+    std::fs::remove_dir_all(src.join("site.old")).unwrap();
+    env.write("after.html", "after");
+    wait_until("the file written after the swap arrives", || {
+        root.join("after.html").exists()
+    })
+    .await;
+    archived_holding(&env, &["after.html".to_string()]).await;
+    wait_in_sync(&env).await;
+    s.stop().await;
+    r.stop().await;
+}
+
 /// Symlinks were skipped without a word. A link whose target stays inside
 /// the tree now travels as a link (nginx answers the target's content,
 /// and follows a retargeted link); one pointing outside, or absolute, is
