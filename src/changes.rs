@@ -158,6 +158,15 @@ impl ChangeSet {
             .is_some_and(|r| t.is_none_or(|t| r < t))
     }
 
+    /// `path`, waiting as a deletion, is there after all: it waits as an
+    /// upsert instead, its timing kept.
+    pub fn found_there(&mut self, path: &str) {
+        if let Some(e) = self.entries.get_mut(path).filter(|e| e.op == Op::Delete) {
+            e.op = Op::Upsert;
+            e.removed_at = None;
+        }
+    }
+
     /// `path` was removed (or renamed away).
     pub fn removed(&mut self, path: &str, now: Instant) {
         self.deleted(path, now, now);

@@ -28,6 +28,7 @@ use crate::status::{FailingPath, StatusReport, unix_now};
 use super::guard::DeletionGuard;
 use super::shipped::Shipped;
 use super::skipped::SkippedLinks;
+use super::source::OnDisk;
 
 /// Why a badly named file is not shipped.
 const BAD_NAME: &str = "name is not valid UTF-8, so it cannot travel in a bundle (zip names are UTF-8): rename it to ship it";
@@ -184,31 +185,22 @@ impl Book {
     /// returns whether due ones were left for the next. Every due deletion
     /// is taken, so the guard judges them together: they pass it (`allow`:
     /// a flush allowed a mass deletion), and a held deletion is released
-    /// only if its path is still `absent`. A deletion of a path that is
-    /// not `absent` ships the path as it is instead.
+    /// only if its path is still gone `on_disk`. A pending deletion of a
+    /// path that is there ships the path as it is instead.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
         next_cut: Instant,
         (force, allow): (bool, bool),
         portion: Portion<'_>,
-        absent: impl Fn(&str) -> bool,
+        on_disk: impl Fn(&str) -> OnDisk,
     ) -> (Vec<PackItem>, bool) {
+        self.removals_found_there(&on_disk);
         let (due, left) = self.changes.take_due_portion(now, next_cut, force, portion);
         let mut items = Vec::with_capacity(due.len());
         let mut deletions = Vec::new();
         for c in due {
             match c.op {
-                // A deletion of a path that is there: notify names a moved
-                // directory's events by where it was watched, so removing
-                // an old build swapped out (`mv site site.old; mv site.new
-                // site; rm -rf site.old`) reads as removing the new one's
-                // files. What is there ships instead, as it is (nothing,
-                // if the receivers have it).
-                Op::Delete if self.shipped.deletion_ships(&c.path) && !absent(&c.path) => {
-                    debug!(path = %c.path, "removal of a path that is there: it ships as it is");
-                    items.push(self.upsert(c));
-                }
                 Op::Upsert => items.push(self.upsert(c)),
                 Op::Delete if self.shipped.deletion_ships(&c.path) => deletions.push(c.path),
                 Op::Delete => {}
@@ -220,10 +212,31 @@ impl Book {
             .filter(|p| self.shipped.has(p))
             .count();
         let shipped = self.shipped.len();
+        let absent = |p: &str| on_disk(p) == OnDisk::Gone;
         self.guard
             .check(&mut deletions, settling, shipped, allow, absent);
         items.extend(deletions.into_iter().map(PackItem::delete));
         (items, left)
+    }
+
+    /// A pending deletion of a path that is there: notify names a moved
+    /// directory's events by where it was watched, so removing an old
+    /// build swapped out (`mv site site.old; mv site.new site; rm -rf
+    /// site.old`) reads as removing the new one's files. It waits as an
+    /// upsert instead, taken and settled as any: what is there ships as it
+    /// is (nothing, if the receivers have it). A path that cannot be looked
+    /// at stays a deletion.
+    fn removals_found_there(&mut self, on_disk: &impl Fn(&str) -> OnDisk) {
+        let there: Vec<String> = self
+            .changes
+            .pending_deletes()
+            .filter(|p| self.shipped.deletion_ships(p) && on_disk(p) == OnDisk::There)
+            .map(str::to_owned)
+            .collect();
+        for p in there {
+            debug!(path = %p, "removal of a path that is there: it ships as it is");
+            self.changes.found_there(&p);
+        }
     }
 
     /// The item that ships `c`'s path as it is: compared with what was

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::sender::shipped::tests::{meta, shipped, stamp};
+use crate::sender::source::OnDisk;
 
 const SETTLE: Duration = Duration::from_secs(2);
 
@@ -20,7 +21,7 @@ fn book(files: &[&str], in_doubt: &[&str]) -> Book {
 }
 
 fn due(b: &mut Book, now: Instant) -> Vec<(String, Op, bool)> {
-    b.take_due(now, now, (true, false), Portion::ALL, |_| true)
+    b.take_due(now, now, (true, false), Portion::ALL, |_| OnDisk::Gone)
         .0
         .into_iter()
         .map(|i| (i.path, i.op, i.previous.is_some()))
@@ -68,25 +69,56 @@ fn a_removal_of_a_path_that_is_there_ships_it_as_it_is() {
     // Broke once: removing an old build swapped out of `site` was reported
     // under `site`, and the new build's files were deleted at the receivers.
     let now = Instant::now();
-    let mut b = book(&["site/index.html", "site/gone.html"], &[]);
-    for p in ["site/index.html", "site/gone.html"] {
+    let shipped = ["site/index.html", "site/gone.html", "site/locked.html"];
+    let mut b = book(&shipped, &[]);
+    for p in shipped {
         b.changes.removed(p, now);
     }
-    let (items, _) = b.take_due(now, now, (true, false), Portion::ALL, |p| {
-        p == "site/gone.html"
-    });
-    let got: Vec<_> = items
+    let on_disk = |p: &str| match p {
+        "site/index.html" => OnDisk::There,
+        "site/locked.html" => OnDisk::Unknown,
+        _ => OnDisk::Gone,
+    };
+    let (items, _) = b.take_due(now, now, (true, false), Portion::ALL, on_disk);
+    let mut got: Vec<_> = items
         .into_iter()
         .map(|i| (i.path, i.op, i.previous.is_some()))
         .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         got,
         [
+            ("site/gone.html".to_string(), Op::Delete, false),
+            // Compared with what was shipped: unchanged, it sends nothing.
             ("site/index.html".to_string(), Op::Upsert, true),
-            ("site/gone.html".to_string(), Op::Delete, false)
-        ],
-        "compared with what was shipped, so an unchanged one sends nothing"
+            // Not seen is not there: the deletion stands.
+            ("site/locked.html".to_string(), Op::Delete, false),
+        ]
     );
+}
+
+#[test]
+fn removals_found_there_are_taken_in_portions_like_any_upsert() {
+    let now = Instant::now();
+    let mut b = book(&["a", "b"], &[]);
+    b.changes.removed("a", now);
+    b.changes.changed("b", false, now);
+    let portion = Portion {
+        max_upserts: 1,
+        after: None,
+    };
+    let (items, left) = b.take_due(now, now, (true, false), portion, |_| OnDisk::There);
+    let paths: Vec<_> = items.iter().map(|i| (i.path.as_str(), i.op)).collect();
+    assert_eq!(paths, [("a", Op::Upsert)]);
+    assert!(left, "b waits for the next portion");
+    let portion = Portion {
+        max_upserts: 1,
+        after: Some("a"),
+    };
+    let (items, left) = b.take_due(now, now, (true, false), portion, |_| OnDisk::There);
+    let paths: Vec<_> = items.iter().map(|i| (i.path.as_str(), i.op)).collect();
+    assert_eq!(paths, [("b", Op::Upsert)]);
+    assert!(!left);
 }
 
 #[test]
@@ -191,7 +223,7 @@ fn found_files_move_from_the_walk_into_the_change_set_quiet_ones_due_at_once() {
     let taken: Vec<&str> = files.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(taken, ["", "", "", "same"], "moved, not copied");
     let next = now + Duration::from_secs(10);
-    let (due, _) = b.take_due(now, next, (false, false), Portion::ALL, |_| true);
+    let (due, _) = b.take_due(now, next, (false, false), Portion::ALL, |_| OnDisk::Gone);
     let due: Vec<String> = due.into_iter().map(|i| i.path).collect();
     assert_eq!(due, ["old"], "fresh waits to settle, open for its close");
     assert!(b.changes.contains("fresh") && b.changes.contains("open"));

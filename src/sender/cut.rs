@@ -432,7 +432,7 @@ impl Cut {
         };
         let (items, more) = super::source::blocking(|| {
             let how = (cut.force, cut.allow);
-            book.take_due(now, next_tick, how, portion, |p| source.absent(p))
+            book.take_due(now, next_tick, how, portion, |p| source.on_disk(p))
         });
         if items.is_empty() {
             // Nothing new: the flushes wait for what is already in flight.

@@ -96,13 +96,17 @@ impl Source {
         self.watch_guard.is_some()
     }
 
-    /// Whether nothing is at `path` (shipped form) in the source tree: it or
-    /// a directory above it is gone, or what is above it is no directory (a
-    /// symlink: what lies past it is not in the tree). A path that cannot be
-    /// looked at (permission denied) is not taken as gone. Blocking: callers
-    /// checking many paths wrap the loop in [`blocking`].
+    /// Whether nothing is at `path` (shipped form) in the source tree. A
+    /// path that cannot be looked at (permission denied) is not taken as
+    /// gone. Blocking: callers checking many paths wrap the loop in
+    /// [`blocking`].
     pub(super) fn absent(&self, path: &str) -> bool {
-        absent_below(&self.dir, path)
+        self.on_disk(path) == OnDisk::Gone
+    }
+
+    /// What is at `path` (shipped form) in the source tree. Blocking.
+    pub(super) fn on_disk(&self, path: &str) -> OnDisk {
+        on_disk_below(&self.dir, path)
     }
 
     /// Walk `dir` off the runtime, watching each directory as it is
@@ -235,34 +239,49 @@ pub(super) fn warn_near_watch_limit(dirs: u64) {
     }
 }
 
-/// [`Source::absent`] for the tree at `dir`: one lstat when it is gone,
+/// What is at a path in the source tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum OnDisk {
+    /// Nothing: it or a directory above it is gone, or what is above it is
+    /// no directory (a symlink: what lies past it is not in the tree).
+    Gone,
+    /// Something, reached through directories only.
+    There,
+    /// It cannot be looked at (permission denied, an I/O error).
+    Unknown,
+}
+
+/// [`Source::on_disk`] for the tree at `dir`: one lstat when it is gone,
 /// one per directory on its way when something is there.
-fn absent_below(dir: &Path, path: &str) -> bool {
-    let gone = |r: std::io::Result<std::fs::Metadata>| match r {
-        Ok(_) => false,
-        Err(e) => watcher::is_gone(&e),
+fn on_disk_below(dir: &Path, path: &str) -> OnDisk {
+    let failed = |e: std::io::Error| {
+        if watcher::is_gone(&e) {
+            OnDisk::Gone
+        } else {
+            OnDisk::Unknown
+        }
     };
-    if gone(std::fs::symlink_metadata(dir.join(path))) {
-        return true;
+    if let Err(e) = std::fs::symlink_metadata(dir.join(path)) {
+        return failed(e);
     }
     let mut above = dir.to_path_buf();
     let mut names = path.split('/').peekable();
     while let Some(name) = names.next() {
         if names.peek().is_none() {
-            return false;
+            break;
         }
         above.push(name);
         match std::fs::symlink_metadata(&above) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return true,
-            Err(e) => return watcher::is_gone(&e),
+            Ok(_) => return OnDisk::Gone,
+            Err(e) => return failed(e),
         }
     }
-    false
+    OnDisk::There
 }
 
-/// Run `f`, which stats the source (one lstat per deleted path: a mass
-/// deletion is 100,000 of them), from the sender's loop without stalling
+/// Run `f`, which stats the source (an lstat or a few per deleted path: a
+/// mass deletion is 100,000 of them), from the sender's loop without stalling
 /// the transports and the control socket that share its worker thread:
 /// on a multi-threaded runtime tokio moves them to another worker first.
 pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -275,10 +294,10 @@ pub(super) fn blocking<T>(f: impl FnOnce() -> T) -> T {
 
 #[cfg(test)]
 mod tests {
-    use super::absent_below;
+    use super::{OnDisk, on_disk_below};
 
     #[test]
-    fn a_path_is_absent_when_gone_or_past_a_symlink_and_present_when_there() {
+    fn a_path_is_gone_when_gone_or_past_a_symlink_and_there_when_there() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir_all(d.join("site/css")).unwrap();
@@ -286,15 +305,21 @@ mod tests {
         std::fs::create_dir_all(d.join("elsewhere/css")).unwrap();
         std::fs::write(d.join("elsewhere/css/main.css"), "x").unwrap();
         std::os::unix::fs::symlink("elsewhere", d.join("link")).unwrap();
-        assert!(!absent_below(d, "site/css/main.css"));
-        assert!(!absent_below(d, "site/css"));
-        assert!(!absent_below(d, "link"), "the link itself is in the tree");
-        assert!(absent_below(d, "site/gone.html"));
-        assert!(absent_below(d, "gone/css/main.css"));
-        assert!(absent_below(d, "site/css/main.css/x"), "below a file");
-        assert!(
-            absent_below(d, "link/css/main.css"),
+        let at = |p: &str| on_disk_below(d, p);
+        assert_eq!(at("site/css/main.css"), OnDisk::There);
+        assert_eq!(at("site/css"), OnDisk::There);
+        assert_eq!(at("link"), OnDisk::There, "the link itself is in the tree");
+        assert_eq!(at("site/gone.html"), OnDisk::Gone);
+        assert_eq!(at("gone/css/main.css"), OnDisk::Gone);
+        assert_eq!(at("site/css/main.css/x"), OnDisk::Gone, "below a file");
+        assert_eq!(
+            at("link/css/main.css"),
+            OnDisk::Gone,
             "reached through a symlink: not in the tree"
         );
+        // Root reads past any permission; the kernel refuses a name too
+        // long to look at whatever the user.
+        let long = "x".repeat(300);
+        assert_eq!(at(&format!("site/{long}")), OnDisk::Unknown);
     }
 }

@@ -2,9 +2,11 @@
 //! [`translate`], which turns one notify event into them, relative to the
 //! watched directory.
 //!
-//! Translating stats each path an event names (never reads it): whether it
-//! is a directory to walk, a new regular file a writer may still hold, or
-//! gone. Which messages matter, and when a path ships, is decided elsewhere.
+//! Translating stats the paths a creation or an arrival names (never reads
+//! them): whether each is a directory to walk, a new regular file a writer
+//! may still hold, or gone again. A removal is taken as reported, but for a
+//! watched directory's own move, which its parent reports. Which messages
+//! matter, and when a path ships, is decided elsewhere.
 
 use std::path::{Path, PathBuf};
 
