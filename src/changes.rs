@@ -137,25 +137,12 @@ impl ChangeSet {
             .is_some_and(|c| c >= t)
     }
 
-    /// When `path`'s pending deletion was learned, if it waits as one.
-    fn removed_at(&self, path: &str) -> Option<Instant> {
-        self.entries
-            .get(path)
-            .filter(|e| e.op == Op::Delete)
-            .and_then(|e| e.removed_at)
-    }
-
     /// Whether `path` was last learned removed at or after `t`: a walk
     /// begun at `t` that found it saw it before it went.
     pub fn removed_since(&self, path: &str, t: Instant) -> bool {
-        self.removed_at(path).is_some_and(|r| r >= t)
-    }
-
-    /// Whether `path` waits as a deletion learned before `t` (any time, if
-    /// `t` is unknown): a walk begun at `t` that found it found it back.
-    pub fn removed_before(&self, path: &str, t: Option<Instant>) -> bool {
-        self.removed_at(path)
-            .is_some_and(|r| t.is_none_or(|t| r < t))
+        self.entries
+            .get(path)
+            .is_some_and(|e| e.op == Op::Delete && e.removed_at.is_some_and(|r| r >= t))
     }
 
     /// `path`, waiting as a deletion, is there after all: it waits as an

@@ -13,8 +13,7 @@ use crate::watch::Walk;
 
 use super::shipped::Shipped;
 
-/// A file the walk found that the receivers may not have as it is, or
-/// whose pending deletion it undoes.
+/// A file the walk found that the receivers may not have as it is.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) struct Differs<'w> {
     pub(super) path: &'w str,
@@ -28,8 +27,7 @@ pub(super) struct Differs<'w> {
 /// What differs between a walk and what the receivers have.
 #[derive(Debug, Default)]
 pub(super) struct Diff<'w> {
-    /// New, changed, in doubt, or found back after its pending removal: to
-    /// queue.
+    /// New, changed or in doubt: to queue.
     pub(super) changed: Vec<Differs<'w>>,
     /// Paths a receiver has (or may have) in the walk's scope that the walk
     /// did not find: deleted, unless re-created since. Never a path below
@@ -39,7 +37,8 @@ pub(super) struct Diff<'w> {
 
 /// Compare what `walk` found with what the receivers have. `changes` holds
 /// what is pending: a deletion learned since the walk began is newer than
-/// what it saw; one learned before, of a path it found, was undone since.
+/// what it saw. (One learned before, of a path it found, is the cut's to
+/// undo: it ships whatever is there when it is taken.)
 pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -> Diff<'w> {
     let mut out = Diff::default();
     for (index, (path, stamp)) in walk.files.iter().enumerate() {
@@ -48,12 +47,7 @@ pub(super) fn diff<'w>(walk: &'w Walk, shipped: &Shipped, changes: &ChangeSet) -
         if walk.began.is_some_and(|t| changes.removed_since(path, t)) {
             continue;
         }
-        // Renamed away and back (`mv a b; mv b a`) before its deletion
-        // shipped: as the receivers have it, but the pending deletion would
-        // take it from them. It ships again (as a no-op when unchanged),
-        // which replaces the deletion.
-        let back = changes.removed_before(path, walk.began);
-        if shipped.unchanged(path, stamp) && !back {
+        if shipped.unchanged(path, stamp) {
             continue;
         }
         // Still open for writing: hold it until its close event, unless
@@ -183,28 +177,6 @@ mod tests {
         assert!(
             d.missing.is_empty(),
             "found by the walk: not missing either"
-        );
-    }
-
-    #[test]
-    fn a_file_found_back_after_its_pending_removal_differs_though_unchanged() {
-        // Broke once: `mv a b; mv b a` within settle left the deletion of
-        // a/x pending; the walk of `a` skipped a/x as unchanged, and the
-        // receivers deleted a file the source still had.
-        let removed = Instant::now();
-        let mut c = changes();
-        c.removed("a/x", removed);
-        c.removed("a", removed);
-        let mut w = walk(Some("a"), &[("a", 1), ("a/x", 1), ("a/y", 1)]);
-        w.began = Some(removed + Duration::from_millis(5));
-        let d = diff(&w, &shipped(&["a", "a/x", "a/y"], &[]), &c);
-        assert_eq!(changed(&d), [("a", false), ("a/x", false)]);
-        w.began = None;
-        let d = diff(&w, &shipped(&["a", "a/x", "a/y"], &[]), &c);
-        assert_eq!(
-            changed(&d),
-            [("a", false), ("a/x", false)],
-            "walk time unknown"
         );
     }
 

@@ -86,6 +86,16 @@ async fn a_renamed_directory_tree_arrives_under_its_new_name() {
     r.stop().await;
 }
 
+/// Wait until what happened in the source so far has shipped, and root is
+/// in step with it: a file written now settles after every change made
+/// before it, so once its bundle is archived those have shipped with it or
+/// before.
+async fn everything_before_shipped(env: &Env) {
+    env.write("after.html", "after");
+    archived_holding(env, &["after.html".to_string()]).await;
+    wait_in_sync(env).await;
+}
+
 /// A directory renamed away and straight back (`mv a b; mv b a`, within
 /// `settle`) left the deletions of its files pending, and the walk of it
 /// found them as shipped: the receiver deleted files the source still had.
@@ -101,15 +111,7 @@ async fn a_directory_renamed_away_and_back_loses_nothing_at_the_receiver() {
     let (src, root) = (env.src(), env.root());
     std::fs::rename(src.join("pages"), src.join("moving")).unwrap();
     std::fs::rename(src.join("moving"), src.join("pages")).unwrap();
-    // Written after the renames, it settles after their deletions would
-    // have: once it arrives, those would have shipped with it or before.
-    env.write("after.html", "after");
-    wait_until("the file written after the renames arrives", || {
-        root.join("after.html").exists()
-    })
-    .await;
-    archived_holding(&env, &["after.html".to_string()]).await;
-    wait_in_sync(&env).await;
+    everything_before_shipped(&env).await;
     let deleted: Vec<String> = manifests(&env)
         .into_iter()
         .flat_map(|m| m.deletions)
@@ -140,18 +142,12 @@ async fn a_directory_swapped_for_a_new_build_and_the_old_removed_arrives_whole()
     let r = env.start_receiver("").await;
     let s = env.start_sender(r.addr, "");
     wait_in_sync(&env).await;
-    let (src, root) = (env.src(), env.root());
+    let src = env.src();
     build("site.new", "v2");
     std::fs::rename(src.join("site"), src.join("site.old")).unwrap();
     std::fs::rename(src.join("site.new"), src.join("site")).unwrap();
     std::fs::remove_dir_all(src.join("site.old")).unwrap();
-    env.write("after.html", "after");
-    wait_until("the file written after the swap arrives", || {
-        root.join("after.html").exists()
-    })
-    .await;
-    archived_holding(&env, &["after.html".to_string()]).await;
-    wait_in_sync(&env).await;
+    everything_before_shipped(&env).await;
     s.stop().await;
     r.stop().await;
 }
