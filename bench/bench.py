@@ -461,6 +461,16 @@ class Run:
         self.dt, self.rss, self.busy, self.sent = dt, rss, busy, sent
 
 
+def at_rest():
+    """Write back, untimed, what was written before a tool's run: the corpus
+    just made (on the receiver's filesystem here, where on two servers it
+    would be the sender's), a run before. Otherwise a tool that syncs
+    (shipper's syncfs before it publishes, `sync -f` after rsync) pays for
+    writing the source too, and one that does not pays nothing. bench/tree.py
+    does the same before each tool."""
+    os.sync()
+
+
 def bulk_shipper(work, corpus, keys, slow=False):
     os.makedirs(work)
     want = tree_sizes(corpus)
@@ -472,6 +482,7 @@ def bulk_shipper(work, corpus, keys, slow=False):
     else:
         port = free_port()
         s = Shipper(work, corpus, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n')
+    at_rest()
     b0, t0 = busy_cpu_s(), time.monotonic()
     s.start_sender()
     wait(lambda: tree_sizes(s.root) == want, 1800, 0.05)
@@ -494,6 +505,7 @@ def bulk_rsync(work, corpus, slow=False, fsync=False, syncfs=False):
     os.makedirs(work)
     dest = os.path.join(work, "dest")
     port = free_port()
+    at_rest()
     if slow:
         d = RsyncDaemon(work, dest, NS_IP, port, prefix=("ip", "netns", "exec", NS))
         proxy = DelayProxy((NS_IP, port), 0.010)

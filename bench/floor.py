@@ -59,6 +59,7 @@ def floor_run(work, corpus, keys, durable, archive=False, spill=False, store_fir
     if r.stdout.readline().strip() != b"listening":
         raise RuntimeError("floor receiver did not start:\n" + open(os.path.join(work, "receiver.log")).read())
     want = bench.tree_sizes(corpus)
+    bench.at_rest()
     b0, t0 = bench.busy_cpu_s(), time.monotonic()
     scmd = [FLOOR, "send", "--connect", f"127.0.0.1:{port}", "--keys", sk, "--peer", rfp, "--source", corpus]
     if spill:

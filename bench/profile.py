@@ -70,6 +70,7 @@ def run(work, corpus, keys, real):
     port = bench.free_port()
     s = bench.Shipper(work, corpus, keys, f"127.0.0.1:{port}", f"127.0.0.1:{port}", 'interval = "1s"\nsettle = "250ms"\n')
     want = bench.tree_sizes(corpus)
+    bench.at_rest()
     t0 = time.monotonic()
     s.start_sender()
     bench.wait(lambda: bench.tree_sizes(s.root) == want, 1800, 0.05)

@@ -89,6 +89,7 @@ def run(work, corpus, keys, step):
     smp.pids["receiver"] = s.receiver.pid
     smp.start()
     time.sleep(0.3)
+    bench.at_rest()
     t_wall0, t0 = time.time(), time.monotonic()
     s.start_sender()
     smp.pids["sender"] = s.sender.pid
