@@ -145,22 +145,27 @@ pub(super) trait Told {
     /// It took the last `bytes` of bundle `seq`'s body in `took` (0 bytes:
     /// no read waited, so it came faster than it could be timed).
     fn received(&mut self, seq: u64, bytes: u64, took: Duration);
+
+    /// Whether bundles may go to this receiver as they grow (packed within
+    /// what size), as the link is known now: a measure told while the wait
+    /// goes on may turn it on.
+    fn streams(&self) -> Option<u64>;
 }
 
 /// Wait for the answer to `oldest`, the first of the unanswered bundles
 /// (waited for since `since`), skipping the receiver's pings and pinging it
 /// in turn, and passing on to `told` how fast it says bundles came; when
-/// `room_after` names the outbox, this receiver, the last bundle sent and
-/// whether bundles may be sent as they grow (packed within what size), the pipeline has room and a
-/// bundle after it arriving in the outbox (or one being packed) ends the
-/// wait too. A receiver that goes silent for `peer_timeout`, or that
+/// `room_after` names the outbox, this receiver and the last bundle sent,
+/// the pipeline has room and a bundle after it arriving in the outbox (or
+/// one being packed, once `told` says bundles may go as they grow: a
+/// measure it was told meanwhile may say so) ends the wait too. A receiver that goes silent for `peer_timeout`, or that
 /// pings but does not answer within a limit that grows with the bundle's
 /// size, fails the wait.
 pub(super) async fn await_answer(
     (conn, told): (&mut Connection<Stream>, &mut (dyn Told + Send)),
     oldest: &Packed,
     since: Instant,
-    room_after: Option<(&Outbox, usize, u64, Option<u64>)>,
+    room_after: Option<(&Outbox, usize, u64)>,
     peer_timeout: Duration,
 ) -> Result<Awaited, ConnError> {
     let limit = ack_limit(oldest.size);
@@ -172,9 +177,11 @@ pub(super) async fn await_answer(
     let mut next_ping = heard + every;
     loop {
         let arrived = room_after.map(|(outbox, ..)| outbox.arrived.notified());
-        if let Some((outbox, index, last, streams)) = room_after
+        if let Some((outbox, index, last)) = room_after
             && (outbox.next_after(index, last).is_some()
-                || streams.is_some_and(|within| outbox.growing_for(index, within).is_some()))
+                || told
+                    .streams()
+                    .is_some_and(|within| outbox.growing_for(index, within).is_some()))
         {
             return Ok(Awaited::Room);
         }
@@ -283,6 +290,66 @@ mod tests {
         assert_eq!(ack_limit(256 << 20), ACK_BASE + Duration::from_secs(256));
         assert!(ack_limit(4 << 30) > Duration::from_secs(3600));
         assert!(ack_limit(u64::MAX) > ack_limit(4 << 30));
+    }
+
+    /// A receiver's ear whose link turns fast enough to stream once it is
+    /// told how fast the receiver took a bundle.
+    struct Measuring {
+        streams: Option<u64>,
+    }
+
+    impl Told for Measuring {
+        fn received(&mut self, _seq: u64, _bytes: u64, _took: Duration) {
+            self.streams = Some(u64::MAX);
+        }
+
+        fn streams(&self) -> Option<u64> {
+            self.streams
+        }
+    }
+
+    /// The first bundle measures the link while its answer is awaited; the
+    /// bundle packed meanwhile then goes as it grows, not once it is sealed
+    /// and the first one answered (row 1 of bench.py waited 0.3-0.4 s so).
+    #[tokio::test]
+    async fn a_measure_told_while_waiting_lets_the_bundle_being_packed_go_at_once() {
+        use crate::bundle::growing::Growing;
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let (mut me, mut receiver) = (Connection::new(Box::new(a) as Stream), Connection::new(b));
+        let outbox = Outbox::new(1, 1 << 30);
+        let packing = Growing::new(tempfile::tempfile().unwrap(), 1 << 20);
+        outbox.opened(&packing, None);
+        let first = Packed {
+            seq: 1,
+            path: Default::default(),
+            size: 8 << 20,
+            summary: Default::default(),
+            changes: vec![],
+            only: None,
+            base: None,
+            sources: vec![],
+        };
+        let mut told = Measuring { streams: None };
+        let waited = await_answer(
+            (&mut me, &mut told),
+            &first,
+            Instant::now(),
+            Some((&outbox, 0, 1)),
+            Duration::from_secs(30),
+        );
+        let received = Frame::Received {
+            seq: 1,
+            bytes: 8 << 20,
+            micros: 30_000,
+        };
+        // Left waiting, it would wait for the answer the receiver never
+        // sends here (until its peer timeout): a deadline ends the test.
+        let waited = tokio::time::timeout(Duration::from_secs(10), waited);
+        let (waited, wrote) = tokio::join!(waited, receiver.write_frame(&received));
+        wrote.unwrap();
+        let waited = waited.expect("not left waiting for the answer");
+        assert!(matches!(waited, Ok(Awaited::Room)));
+        assert_eq!(told.streams, Some(u64::MAX));
     }
 
     #[test]

@@ -291,7 +291,7 @@ impl Link {
             };
             let room_after = last
                 .filter(|_| room)
-                .map(|l| (&*self.outbox, self.index, l, streams));
+                .map(|l| (&*self.outbox, self.index, l));
             let awaited = tokio::select! {
                 _ = shutdown.cancelled() => return None,
                 r = await_answer((&mut conn, &mut hearing), oldest, since, room_after, self.peer_timeout) => r,
@@ -664,5 +664,9 @@ impl Told for Hearing<'_> {
         // timed) measure nothing; this end's measure then says how fast.
         self.link.measured(Measure::Received, (bytes, took));
         self.heard(seq);
+    }
+
+    fn streams(&self) -> Option<u64> {
+        self.link.streams()
     }
 }
