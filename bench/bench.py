@@ -786,10 +786,7 @@ def reuse_rewrite(work, keys, pages, images, runs):
     for run in range(runs):
         rewrite_identically(src)
         time.sleep(0.3)  # let the events reach the sender, as they would in practice
-        # The source is on the receiver's filesystem here (on two hosts it
-        # is not): written back now, so neither tool's run pays for it (a
-        # bundle's syncfs would).
-        os.sync()
+        at_rest()
         flush_then_rsync(run, (s, d), src, lambda: mtimes(s.root) == mtimes(src), (ship, rs))
         print(f"rewrite run {run}: shipper {ship[-1][0]:.2f}s {ship[-1][1]} B, rsync {rs[-1][0]:.2f}s sent {rs[-1][1]} B received {rs[-1][2]} B", flush=True)
     assert same_content(src, s.root), "shipper: content differs"
@@ -837,7 +834,7 @@ def delta_change(work, keys, mib, runs):
             f.seek((mib // 2 + run) << 20)
             f.write(os.urandom(1 << 20))
         time.sleep(0.3)
-        os.sync()
+        at_rest()
         flush_then_rsync(run, (s, d), src, lambda: same_content(src, s.root), (ship, rs))
         print(f"delta run {run}: shipper {ship[-1][0]:.2f}s {ship[-1][1]} B, rsync {rs[-1][0]:.2f}s sent {rs[-1][1]} B received {rs[-1][2]} B", flush=True)
     s.stop()
