@@ -156,11 +156,11 @@ pub(super) trait Told {
 /// (waited for since `since`), skipping the receiver's pings and pinging it
 /// in turn, and passing on to `told` how fast it says bundles came; when
 /// `room_after` names the outbox, this receiver and the last bundle sent,
-/// the pipeline has room and a bundle after it arriving in the outbox (or
-/// one being packed, once `told` says bundles may go as they grow: a
-/// measure it was told meanwhile may say so) ends the wait too. A receiver that goes silent for `peer_timeout`, or that
-/// pings but does not answer within a limit that grows with the bundle's
-/// size, fails the wait.
+/// the pipeline has room and a bundle after it ([`Next::after`], asking
+/// `told` each time whether bundles may go as they grow: a measure told
+/// meanwhile may turn that on) ends the wait too. A receiver that goes
+/// silent for `peer_timeout`, or that pings but does not answer within a
+/// limit that grows with the bundle's size, fails the wait.
 pub(super) async fn await_answer(
     (conn, told): (&mut Connection<Stream>, &mut (dyn Told + Send)),
     oldest: &Packed,
@@ -178,10 +178,7 @@ pub(super) async fn await_answer(
     loop {
         let arrived = room_after.map(|(outbox, ..)| outbox.arrived.notified());
         if let Some((outbox, index, last)) = room_after
-            && (outbox.next_after(index, last).is_some()
-                || told
-                    .streams()
-                    .is_some_and(|within| outbox.growing_for(index, within).is_some()))
+            && Next::after((outbox, index), last, told.streams()).is_some()
         {
             return Ok(Awaited::Room);
         }
@@ -223,9 +220,26 @@ pub(super) enum Next {
     Growing(Arc<Growing>),
 }
 
-/// Wait for the next bundle receiver `index` has not acknowledged (or,
-/// when `streams`, the one being packed for it within that size), keeping the idle
-/// connection checked: a `Ping` every third of `peer_timeout`, which the
+impl Next {
+    /// The next bundle for receiver `index` numbered after `last` (0:
+    /// after what it acknowledged): one sealed in the outbox, or else,
+    /// when bundles may go to it as they grow (`streams`: packed within
+    /// that size), the one being packed for it.
+    pub(super) fn after(
+        (outbox, index): (&Outbox, usize),
+        last: u64,
+        streams: Option<u64>,
+    ) -> Option<Next> {
+        if let Some(b) = outbox.next_after(index, last) {
+            return Some(Next::Sealed(b));
+        }
+        let growing = streams.and_then(|within| outbox.growing_for(index, within));
+        growing.map(Next::Growing)
+    }
+}
+
+/// Wait for the next bundle receiver `index` has not acknowledged
+/// ([`Next::after`]), keeping the idle connection checked: a `Ping` every third of `peer_timeout`, which the
 /// receiver answers, and [`ConnError::Silent`] once nothing came for
 /// `peer_timeout`. `Ok(None)` on shutdown.
 pub(super) async fn next_bundle(
@@ -239,11 +253,8 @@ pub(super) async fn next_bundle(
     let mut next_ping = heard + every;
     loop {
         let arrived = outbox.arrived.notified();
-        if let Some(b) = outbox.next_for(index) {
-            return Ok(Some(Next::Sealed(b)));
-        }
-        if let Some(g) = streams.and_then(|within| outbox.growing_for(index, within)) {
-            return Ok(Some(Next::Growing(g)));
+        if let Some(next) = Next::after((outbox, index), 0, streams) {
+            return Ok(Some(next));
         }
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),

@@ -218,12 +218,7 @@ impl Link {
             // while the connection idles.
             let streams = self.streams();
             let mut next = match last.filter(|_| room) {
-                Some(l) => match self.outbox.next_after(self.index, l) {
-                    Some(b) => Some(Next::Sealed(b)),
-                    None => streams
-                        .and_then(|within| self.outbox.growing_for(self.index, within))
-                        .map(Next::Growing),
-                },
+                Some(l) => Next::after((&self.outbox, self.index), l, streams),
                 None if unanswered.is_empty() => {
                     let idle = next_bundle(
                         (&self.outbox, self.index, streams),
@@ -417,10 +412,7 @@ impl Link {
         let (outbox, index) = (&*self.outbox, self.index);
         // Sealed, it must be the next bundle this receiver is to get.
         let next_is = |seq: u64| {
-            let next = match last {
-                Some(l) => outbox.next_after(index, l),
-                None => outbox.next_for(index),
-            };
+            let next = outbox.next_after(index, last.unwrap_or(0));
             next.is_some_and(|b| b.seq == seq)
         };
         let grown = tokio::select! {
