@@ -20,8 +20,8 @@ each run (median of --runs runs; ratio = shipper / rsync, lower is better):
      system, timed to the sync's end: shipper makes each bundle durable
      before it publishes and acknowledges it, rsync makes nothing durable
      (its writes are left to the kernel's writeback, after its timing).
-     Each tool starts after an untimed `sync -f`, so no sync writes what
-     the tool before it left dirty.
+     Each tool starts after an untimed `sync` (bench.at_rest), so no sync
+     writes what the tool before it left dirty.
      The sender's state_dir (its outbox) lives on a loop file system of
      its own, the sender's disk as on two servers: the receiver's syncs
      never write it (as in bench.py).
@@ -312,7 +312,7 @@ def measure(args, mnt):
             # Each starts with nothing dirty: a sync (of the tool's
             # own syncfs, or of `sync -f`) would write the tree the tool
             # before left to writeback too.
-            bench.sh("sync", "-f", mnt)
+            bench.at_rest()
             if who == "shipper":
                 dt, r, c = first_ship_shipper(work, src, keys, args.files, port)
                 ship.append(dt); rss.append(r); cpu.append(c)
