@@ -416,7 +416,7 @@ pub(super) fn outbox_budget(cfg: &SenderConfig, state_dir: &Path) -> anyhow::Res
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::sender::shipped::tests::meta;
 
@@ -445,7 +445,8 @@ mod tests {
         assert!(o.growing_for(0, 1000).is_none(), "let go by all");
     }
 
-    fn bundle(seq: u64, only: Option<usize>) -> Packed {
+    /// A bundle of 1000 bytes numbered `seq`, for `only` that receiver.
+    pub(in crate::sender) fn bundle(seq: u64, only: Option<usize>) -> Packed {
         Packed {
             seq,
             path: format!("{seq}.zip").into(),

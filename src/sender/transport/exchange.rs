@@ -330,16 +330,7 @@ mod tests {
         let outbox = Outbox::new(1, 1 << 30);
         let packing = Growing::new(tempfile::tempfile().unwrap(), 1 << 20);
         outbox.opened(&packing, None);
-        let first = Packed {
-            seq: 1,
-            path: Default::default(),
-            size: 8 << 20,
-            summary: Default::default(),
-            changes: vec![],
-            only: None,
-            base: None,
-            sources: vec![],
-        };
+        let first = crate::sender::outbox::tests::bundle(1, None);
         let mut told = Measuring { streams: None };
         let waited = await_answer(
             (&mut me, &mut told),
