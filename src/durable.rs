@@ -11,7 +11,8 @@
 //! [`is_disk_full`] is the one test of a write that failed for want of
 //! space; [`start_writeback`] hands bytes written to the disk early, so
 //! the sync that makes them durable later waits less, and [`Writeback`]
-//! does so a stride at a time as a file is written; [`give_back_cache`]
+//! does so a stride at a time as a file is written, [`EarlyWriteback`]
+//! file by file on a thread of its own; [`give_back_cache`]
 //! lets the kernel reclaim the memory of bytes once they are durable.
 //! Nothing else belongs here.
 
@@ -221,6 +222,53 @@ impl Writeback {
     }
 }
 
+/// Hands whole files to the disk ([`start_writeback`]) on a thread of its
+/// own, so whoever finished them goes on at once: a call may wait while the
+/// disk's queue is full. For files one sync will make durable together
+/// later, which would otherwise write them all at once while the caller
+/// waits. [`EarlyWriteback::finish`] waits for what was handed to be on its
+/// way.
+#[derive(Debug)]
+pub struct EarlyWriteback {
+    files: std::sync::mpsc::SyncSender<File>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// At most this many files wait for [`EarlyWriteback`]'s thread, each
+/// holding a descriptor open: once the disk is this far behind, whoever
+/// hands the next one waits for it, not for a descriptor limit to refuse a
+/// file it creates.
+const EARLY_WRITEBACK_QUEUE: usize = 64;
+
+impl EarlyWriteback {
+    /// `None` if no thread could be started: then nothing is written early.
+    pub fn start() -> Option<Self> {
+        let (files, handed) = std::sync::mpsc::sync_channel::<File>(EARLY_WRITEBACK_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("writeback".into())
+            .spawn(move || {
+                for f in handed {
+                    start_writeback(&f, 0, 0);
+                }
+            })
+            .ok()?;
+        Some(Self { files, thread })
+    }
+
+    /// Write `file` to the disk soon (it is closed once handed over);
+    /// waits while [`EARLY_WRITEBACK_QUEUE`] files are waiting already.
+    pub fn hand(&self, file: File) {
+        // The thread ends only once every sender is gone.
+        let _ = self.files.send(file);
+    }
+
+    /// Wait until every file handed is on its way to the disk.
+    pub fn finish(self) {
+        drop(self.files);
+        let _ = self.thread.join();
+    }
+}
+
 /// fsync a directory so that renames and unlinks in it survive a crash.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
@@ -237,6 +285,24 @@ pub fn parent_of(path: &Path) -> &Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn early_writeback_takes_more_files_than_it_queues_and_keeps_them_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let early = EarlyWriteback::start().unwrap();
+        let n = 3 * EARLY_WRITEBACK_QUEUE;
+        for i in 0..n {
+            let path = dir.path().join(format!("f{i}"));
+            let mut f = File::create(&path).unwrap();
+            f.write_all(format!("page {i}").as_bytes()).unwrap();
+            early.hand(f);
+        }
+        early.finish();
+        for i in 0..n {
+            let got = std::fs::read_to_string(dir.path().join(format!("f{i}"))).unwrap();
+            assert_eq!(got, format!("page {i}"));
+        }
+    }
 
     #[test]
     fn private_dir_is_created_0700_and_a_shared_one_refused() {

@@ -9,7 +9,10 @@
 //! Files made from root's own (kept, copied, rebuilt from a delta) are
 //! checked and staged first, so a bundle refused for what root lacks has
 //! stored nothing.
-//! The staged files are made durable, then deletions are applied and staged files renamed into place, so
+//! The staged files are made durable (when one `syncfs` will do it, the
+//! bundle and then each file are handed to the disk as they are staged,
+//! so that sync does not write them all at once), then deletions are
+//! applied and staged files renamed into place, so
 //! a reader of root sees each file as its old or its new version, never a
 //! partial one and never a temporary name. Publishing is all or nothing: if
 //! any change to root fails, the ones made are undone and the bundle is
@@ -32,6 +35,7 @@ use super::summary::Summary;
 use super::unpack::{copy_counted, create_private_in, finish_file};
 use super::verify::OpenedZip;
 use crate::beneath::{self, BeneathError, Publish, Root};
+use crate::durable::EarlyWriteback;
 
 // The receiver's side of bundles was one file; these keep the paths other
 // modules use to reach it.
@@ -121,13 +125,26 @@ fn stage_and_publish(
         made = check_and_copy(&root, target, m, stage)?;
         made.extend(stage_deltas(&root, target, &mut b.zip, m, stage)?);
     }
+    let early = early_writeback(b);
     let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
-    let mut staged = stage_entries(target, b, (stage, &stage_fd))?;
+    let staged = stage_entries(target, b, (stage, &stage_fd), early.as_ref());
+    if let Some(early) = early {
+        early.finish();
+    }
+    let mut staged = staged?;
     staged.files.extend(made);
     let m = &b.manifest;
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
     make_staged_durable(&staged.files, stage, &stage_fd)?;
+    // So is the bundle's name where it lies: the receiver's write-ahead
+    // record of this publish (`state_dir/publishing`), which a crash from
+    // here on must find. Synced only now, not when it was named there: an
+    // fsync then would wait for the bundle's bytes, handed to the disk as
+    // they arrived (`super::arrival`), before the first file is unpacked.
+    if let Some(dir) = b.path.parent() {
+        crate::durable::sync_dir(dir).map_err(io_at(dir))?;
+    }
     publish_staged(target, m, &staged.files, stage, &stage_fd)?;
     // Only now: until the file is published for good, a re-send must
     // still find its parts.
@@ -167,9 +184,10 @@ fn stage_entries(
     target: &Target,
     b: &mut Opened,
     (stage, stage_fd): (&Path, &OwnedFd),
+    early: Option<&EarlyWriteback>,
 ) -> Result<Staged, BundleError> {
     let mut staged = Staged {
-        files: stage_files(target, b, (stage, stage_fd))?,
+        files: stage_files(target, b, (stage, stage_fd), early)?,
         completed: Vec::new(),
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
@@ -205,11 +223,13 @@ fn stage_entries(
 /// parsed once, its place in the file its own) and takes every
 /// `workers`th file, so both walk the zip forwards. The first
 /// failure refuses the bundle. Returns each file's path in root with its
-/// staged copy, in manifest order.
+/// staged copy, in manifest order. Each staged file is handed to `early`,
+/// if given.
 fn stage_files(
     target: &Target,
     b: &mut Opened,
     (stage, stage_fd): (&Path, &OwnedFd),
+    early: Option<&EarlyWriteback>,
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     use rayon::prelude::*;
     let m = &b.manifest;
@@ -226,8 +246,11 @@ fn stage_files(
             }
             let name = format!("f{i}");
             let dest = stage.join(&name);
-            stage_file(target, zip, &m.files[i], (stage_fd, &name, &dest), &mut buf)
+            let out = stage_file(target, zip, &m.files[i], (stage_fd, &name, &dest), &mut buf)
                 .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+            if let Some(early) = early {
+                early.hand(out);
+            }
         }
         Ok::<_, BundleError>(())
     };
@@ -248,14 +271,15 @@ fn stage_files(
 
 /// Unpack the whole file `f` to `dest` (the entry `name` of the stage
 /// directory `stage_fd`), check its size and hash against the manifest,
-/// and give it the mode, group and mtime it is published with.
+/// and give it the mode, group and mtime it is published with. Returns
+/// the file, still open.
 fn stage_file(
     target: &Target,
     zip: &mut OpenedZip,
     f: &FileEntry,
     (stage_fd, name, dest): (&OwnedFd, &str, &Path),
     buf: &mut [u8],
-) -> Result<(), BundleError> {
+) -> Result<File, BundleError> {
     let mut out = create_private_in(stage_fd, name, dest)?;
     let entry = zip.by_name(&f.path)?;
     let mut hasher = blake3::Hasher::new();
@@ -264,7 +288,8 @@ fn stage_file(
         return Err(damaged(&f.path, "content does not match its hash"));
     }
     let perms = (target.policy.file_mode(f.mode), target.policy.gid());
-    finish_file(&out, dest, perms, f.mtime, f.mtime_nsec)
+    finish_file(&out, dest, perms, f.mtime, f.mtime_nsec)?;
+    Ok(out)
 }
 
 /// Make what `staged` holds in `stage` durable. A few files get an fsync
@@ -280,7 +305,7 @@ fn make_staged_durable(
     stage: &Path,
     stage_fd: &OwnedFd,
 ) -> Result<(), BundleError> {
-    if staged.len() > beneath::SYNC_EACH_MAX {
+    if syncs_filesystem(staged.len()) {
         return rustix::fs::syncfs(stage_fd).map_err(|e| io_at(stage)(e.into()));
     }
     for (_, path) in staged {
@@ -292,6 +317,33 @@ fn make_staged_durable(
         }
     }
     rustix::fs::fsync(stage_fd).map_err(|e| io_at(stage)(e.into()))
+}
+
+/// Whether making `staged` files durable takes one `syncfs` of the whole
+/// filesystem rather than an fsync each (see [`make_staged_durable`]).
+pub(super) fn syncs_filesystem(staged: usize) -> bool {
+    staged > beneath::SYNC_EACH_MAX
+}
+
+/// When the bundle's staged files will be made durable by one `syncfs`,
+/// a thread that hands the bundle, then each file as it is staged, to the
+/// disk: that sync would otherwise write them all at once while the apply
+/// waits, after the unpacking left the disk idle (bench/timeline.py, row
+/// 1: 0.6 s of both cores waiting on the disk after the last file was
+/// staged). Not for a bundle of parts or of a few files: those are synced
+/// file by file, and the bundle, never synced then, is often archived and
+/// pruned before it would be written at all. A network bundle is usually
+/// on its way already (`super::arrival`).
+fn early_writeback(b: &Opened) -> Option<EarlyWriteback> {
+    // Its whole files and links are staged whatever else is.
+    if !syncs_filesystem(b.manifest.files.len() + b.manifest.links.len()) {
+        return None;
+    }
+    let early = EarlyWriteback::start()?;
+    if let Ok(bundle) = File::open(&b.path) {
+        early.hand(bundle);
+    }
+    Some(early)
 }
 
 /// Make the symlink `dest` in the stage, pointing to `target` (checked to

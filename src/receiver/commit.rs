@@ -18,7 +18,6 @@ use super::state::ReceiverState;
 use super::trees::{self, Trees};
 use crate::bundle::apply::{self, Target};
 use crate::config::ReceiverConfig;
-use crate::durable;
 use crate::metrics::{ReceiverMetrics, RefusedFor};
 use crate::proto::refusal::Refusal;
 
@@ -97,9 +96,10 @@ impl Committer {
             )
         };
         // Not fsynced: if a crash tears it, recovery refuses it and the
-        // sender, never having had an acknowledgement, sends it again.
+        // sender, never having had an acknowledgement, sends it again. The
+        // new name is made durable by the apply, after staging and before
+        // root changes: a crash before then leaves root as it was.
         std::fs::rename(received, &wal).map_err(io)?;
-        durable::sync_dir(&self.publishing).map_err(io)?;
         opened.path = wal.clone();
         let result = self.apply_keeping(&sender.key, (seq, prev), opened, true);
         // After the apply, which refreshed the sets this bundle continued.
