@@ -26,6 +26,9 @@
 //!
 //! The receiver's side, used by the network path and by `shipper replay`
 //! alike:
+//! - [`arrival`]: what a bundle's bytes are used for while they arrive,
+//!   unchecked: its local headers counted, to hand it to the disk early
+//!   when its apply will sync the whole filesystem.
 //! - [`verify`]: checks a received bundle before anything is written.
 //! - [`apply`]: stages its files and publishes them into root atomically.
 //! - `kept.rs`: checks that root holds the files a bundle keeps (their
@@ -51,6 +54,7 @@
 //! Nothing here opens a socket.
 
 pub mod apply;
+pub mod arrival;
 pub mod delta;
 pub mod error;
 mod kept;

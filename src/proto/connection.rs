@@ -1,6 +1,7 @@
 //! A connection owns one stream and speaks frames over it; bundle bodies are
 //! streamed between files and the socket in fixed-size buffers, hashed on
-//! the way in and out, never held whole in memory. It is two halves, a
+//! the way in and out, never held whole in memory; a received body's bytes
+//! are shown to a [`Tap`] as they are written. It is two halves, a
 //! [`FrameReader`] and a [`FrameWriter`], which one task may use at once
 //! (a receiver takes in a bundle while it answers the one before); its
 //! tests are in `connection_tests.rs`.
@@ -160,13 +161,17 @@ impl<S: AsyncRead + AsyncWrite> Connection<S> {
     }
 
     /// See [`FrameReader::recv_body`].
-    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
-        self.reader.recv_body(size, path).await
+    pub async fn recv_body(&mut self, size: u64, to: (&Path, impl Tap)) -> Result<Body, ConnError> {
+        self.reader.recv_body(size, to).await
     }
 
     /// See [`FrameReader::recv_chunked`].
-    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
-        self.reader.recv_chunked(limit, path).await
+    pub async fn recv_chunked(
+        &mut self,
+        limit: u64,
+        to: (&Path, impl Tap),
+    ) -> Result<Streamed, ConnError> {
+        self.reader.recv_chunked(limit, to).await
     }
 
     /// See [`FrameWriter::send_chunk`].
@@ -227,6 +232,20 @@ pub enum Streamed {
 /// a file while the task reading the socket fills the next buffer. After
 /// a write error (a full disk) it goes on hashing and drops the bytes, so
 /// the stream stays in step and the bundle can be refused with the reason.
+/// Watches a body's bytes as they are written to its file, on the thread
+/// that writes them: how the receiver acts on a bundle before all of it
+/// came (`bundle::arrival`). What it does is a hint: the bytes are kept
+/// and hashed the same whatever it does.
+pub trait Tap: Send + 'static {
+    /// `chunk` was just appended to `file`.
+    fn wrote(&mut self, file: &mut std::fs::File, chunk: &[u8]);
+}
+
+/// Watches nothing.
+impl Tap for () {
+    fn wrote(&mut self, _: &mut std::fs::File, _: &[u8]) {}
+}
+
 struct BodySink {
     // A tokio channel: a full one makes the reading task wait, never
     // blocks the runtime thread it runs on.
@@ -238,7 +257,7 @@ struct BodySink {
 }
 
 impl BodySink {
-    fn create(path: &Path) -> Self {
+    fn create(path: &Path, mut tap: impl Tap) -> Self {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
         let (spent_tx, spent) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
         let path = path.to_owned();
@@ -255,11 +274,14 @@ impl BodySink {
             };
             while let Some(chunk) = rx.blocking_recv() {
                 hasher.update(&chunk);
-                if let Some(f) = file.as_mut()
-                    && let Err(e) = f.write_all(&chunk)
-                {
-                    write_error = Some(e);
-                    file = None;
+                if let Some(f) = file.as_mut() {
+                    match f.write_all(&chunk) {
+                        Ok(()) => tap.wrote(f, &chunk),
+                        Err(e) => {
+                            write_error = Some(e);
+                            file = None;
+                        }
+                    }
                 }
                 let _ = spent_tx.send(chunk);
             }
@@ -361,8 +383,12 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// their BLAKE3, the first write error, if any, and how long they took
     /// from the first read that waited ([`PaceClock`]). A blocking thread writes and hashes while
     /// this task reads the socket ([`BodySink`]).
-    pub async fn recv_body(&mut self, size: u64, path: &Path) -> Result<Body, ConnError> {
-        let mut sink = BodySink::create(path);
+    pub async fn recv_body(
+        &mut self,
+        size: u64,
+        (path, tap): (&Path, impl Tap),
+    ) -> Result<Body, ConnError> {
+        let mut sink = BodySink::create(path, tap);
         let mut clock = PaceClock::default();
         let mut left = size;
         while left > 0 {
@@ -386,8 +412,12 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// the call before it is read ([`ConnError::OverLimit`]), as does any
     /// other frame. The wait before a chunk that is not paced is not timed
     /// ([`PaceClock`]).
-    pub async fn recv_chunked(&mut self, limit: u64, path: &Path) -> Result<Streamed, ConnError> {
-        let mut sink = BodySink::create(path);
+    pub async fn recv_chunked(
+        &mut self,
+        limit: u64,
+        (path, tap): (&Path, impl Tap),
+    ) -> Result<Streamed, ConnError> {
+        let mut sink = BodySink::create(path, tap);
         let mut clock = PaceClock::default();
         let mut tally = Tally::new(limit);
         loop {

@@ -104,7 +104,7 @@ async fn a_body_at_a_rate_takes_at_least_its_size_over_the_rate_less_one_burst()
         me.write_frame(&Frame::Ping).await.unwrap();
     };
     let recv = async {
-        let got = peer.recv_body(body.len() as u64, &to).await.unwrap();
+        let got = peer.recv_body(body.len() as u64, (&to, ())).await.unwrap();
         (got, peer.expect_frame().await.unwrap())
     };
     let ((), (got, ping)) = tokio::join!(send, recv);
@@ -192,7 +192,7 @@ async fn a_streamed_body_arrives_whole_with_its_sealed_frame() {
     };
     let recv = async {
         assert_eq!(peer.expect_frame().await.unwrap(), Frame::Begin);
-        peer.recv_chunked(1 << 30, &to).await.unwrap()
+        peer.recv_chunked(1 << 30, (&to, ())).await.unwrap()
     };
     let ((), got) = tokio::join!(send, recv);
     let Streamed::Sealed {
@@ -230,7 +230,7 @@ async fn an_abandoned_stream_is_read_to_its_end_and_the_connection_goes_on() {
         me.writer.writer.flush().await.unwrap();
     };
     let recv = async {
-        let got = peer.recv_chunked(1 << 20, &to).await.unwrap();
+        let got = peer.recv_chunked(1 << 20, (&to, ())).await.unwrap();
         (got, peer.expect_frame().await.unwrap())
     };
     let ((), (got, next)) = tokio::join!(send, recv);
@@ -260,7 +260,7 @@ async fn a_stream_past_its_limit_or_out_of_step_is_an_error() {
     .encode(&mut raw);
     me.writer.writer.write_all(&raw).await.unwrap();
     me.writer.writer.flush().await.unwrap();
-    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
+    let e = peer.recv_chunked(1000, (&to, ())).await.unwrap_err();
     assert!(
         matches!(
             e,
@@ -275,6 +275,6 @@ async fn a_stream_past_its_limit_or_out_of_step_is_an_error() {
 
     let (mut me, mut peer) = pair();
     me.write_frame(&Frame::Begin).await.unwrap();
-    let e = peer.recv_chunked(1000, &to).await.unwrap_err();
+    let e = peer.recv_chunked(1000, (&to, ())).await.unwrap_err();
     assert!(e.to_string().contains("inside a streamed bundle"), "{e}");
 }

@@ -54,6 +54,7 @@ use super::identity::Sender;
 use super::names::{archive_name, incoming_name};
 use super::state::ReceiverState;
 use crate::bundle::apply;
+use crate::bundle::arrival::WriteBackOnceSynced;
 use crate::bundle::manifest::next_seq;
 use crate::config::ReceiverConfig;
 use crate::hook;
@@ -258,7 +259,9 @@ impl Sessions {
         received: &Path,
     ) -> anyhow::Result<(Result<(), Refusal>, Option<(u64, Duration)>)> {
         let started = std::time::Instant::now();
-        let body = conn.recv_body(size, received).await?;
+        let body = conn
+            .recv_body(size, (received, WriteBackOnceSynced::default()))
+            .await?;
         tracing::debug!(
             seq,
             size,
@@ -297,7 +300,10 @@ impl Sessions {
     ) -> anyhow::Result<Option<Streamed>> {
         let started = std::time::Instant::now();
         let limit = self.cfg.max_bundle_size;
-        let (body, size, (seq, t_size, t_hash)) = match conn.recv_chunked(limit, &file.0).await {
+        let (body, size, (seq, t_size, t_hash)) = match conn
+            .recv_chunked(limit, (&file.0, WriteBackOnceSynced::default()))
+            .await
+        {
             Ok(connection::Streamed::Sealed { body, size, sealed }) => (body, size, sealed),
             Ok(connection::Streamed::Abandoned) => {
                 tracing::debug!(%sender, "streamed bundle abandoned by its sender");

@@ -140,7 +140,7 @@ async fn a_slow_apply_that_pings_is_not_taken_for_a_dead_receiver() {
             match c.expect_frame().await {
                 Ok(Frame::Ping) => c.write_frame(&Frame::Ping).await.unwrap(),
                 Ok(Frame::Bundle { seq, size }) => {
-                    c.recv_body(size, &part).await.unwrap();
+                    c.recv_body(size, (&part, ())).await.unwrap();
                     assert!(matches!(c.expect_frame().await, Ok(Frame::Trailer { .. })));
                     let (_, alive) = c
                         .ping_while(shipper::proto::APPLY_PING, tokio::time::sleep(apply_time))
