@@ -125,8 +125,8 @@ fn stage_and_publish(
         made = check_and_copy(&root, target, m, stage)?;
         made.extend(stage_deltas(&root, target, &mut b.zip, m, stage)?);
     }
-    let early = early_writeback(b);
     let stage_fd = beneath::open_dir_path(stage).map_err(io_at(stage))?;
+    let early = early_writeback(target, b);
     let staged = stage_entries(target, b, (stage, &stage_fd), early.as_ref());
     if let Some(early) = early {
         early.finish();
@@ -137,12 +137,12 @@ fn stage_and_publish(
     // Staged data and metadata must be durable before it is renamed into
     // root, or a crash could publish an empty file.
     make_staged_durable(&staged.files, stage, &stage_fd)?;
-    // So is the bundle's name where it lies: the receiver's write-ahead
-    // record of this publish (`state_dir/publishing`), which a crash from
-    // here on must find. Synced only now, not when it was named there: an
-    // fsync then would wait for the bundle's bytes, handed to the disk as
-    // they arrived (`super::arrival`), before the first file is unpacked.
-    if let Some(dir) = b.path.parent() {
+    // So is the receiver's write-ahead record of this publish, which a
+    // crash from here on must find. Synced only now, not when the bundle
+    // was named there: an fsync then committed the filesystem's journal,
+    // which waited for the bundle's bytes, handed to the disk as they
+    // arrived (`super::arrival`), before the first file was unpacked.
+    if let Some(dir) = &b.write_ahead {
         crate::durable::sync_dir(dir).map_err(io_at(dir))?;
     }
     publish_staged(target, m, &staged.files, stage, &stage_fd)?;
@@ -332,15 +332,19 @@ pub(super) fn syncs_filesystem(staged: usize) -> bool {
 /// 1: 0.6 s of both cores waiting on the disk after the last file was
 /// staged). Not for a bundle of parts or of a few files: those are synced
 /// file by file, and the bundle, never synced then, is often archived and
-/// pruned before it would be written at all. A network bundle is usually
-/// on its way already (`super::arrival`).
-fn early_writeback(b: &Opened) -> Option<EarlyWriteback> {
+/// pruned before it would be written at all. The bundle is handed only if
+/// the sync would write it, on staging's filesystem (an archived bundle
+/// replayed from elsewhere is not), and a network bundle is usually on its
+/// way already (`super::arrival`).
+fn early_writeback(target: &Target, b: &Opened) -> Option<EarlyWriteback> {
     // Its whole files and links are staged whatever else is.
     if !syncs_filesystem(b.manifest.files.len() + b.manifest.links.len()) {
         return None;
     }
     let early = EarlyWriteback::start()?;
-    if let Ok(bundle) = File::open(&b.path) {
+    if target.shares_filesystem(crate::durable::parent_of(&b.path))
+        && let Ok(bundle) = File::open(&b.path)
+    {
         early.hand(bundle);
     }
     Some(early)

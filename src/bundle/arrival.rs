@@ -3,8 +3,11 @@
 //! past to count the whole files announced ([`LocalHeaders`], pure), and
 //! once that many files are sure to be made durable by one `syncfs` of
 //! root's filesystem ([`WriteBackOnceSynced`]), which writes the received
-//! bundle too, hands the bundle's bytes to the disk as they come instead
-//! of leaving that sync to write them all after the unpacking.
+//! bundle too where it is received on that filesystem (the receiver arms
+//! it only there), hands the bundle's bytes to the disk as they come
+//! instead of leaving that sync to write them all after the unpacking.
+//! Network bundles only: a bundle replayed or fetched from a bucket is
+//! handed to the disk by its apply.
 //!
 //! A hint only: the headers are not checked here (`verify.rs` does that
 //! once the trailer matched), and whatever they say, the bundle's bytes
@@ -126,14 +129,15 @@ impl LocalHeaders {
     }
 
     /// The entry's compressed size: from its Zip64 extra field when the
-    /// header's own says so (that field holding the original size first
-    /// when that one is too large as well).
+    /// header's own says so.
     fn compressed_size(&self) -> Option<u64> {
         let small = self.u32_at(18);
         if small != u32::MAX {
             return Some(u64::from(small));
         }
-        let at = if self.u32_at(22) == u32::MAX { 8 } else { 0 };
+        // A local header's Zip64 field holds both sizes, the original
+        // first (APPNOTE 4.5.3).
+        let at = 8;
         let name_len = usize::from(self.u16_at(26));
         let mut extra = &self.header[LOCAL_FIXED + name_len..];
         while extra.len() >= 4 {
@@ -163,8 +167,9 @@ impl LocalHeaders {
 /// whole files that applying it will `syncfs` root's filesystem (see
 /// [`super::apply::syncs_filesystem`]), hands what came so far to the disk,
 /// then every stride after ([`Writeback`]): that sync would write the
-/// bundle too, and the disk, idle while the bundle comes and is unpacked,
-/// then writes it alone. A bundle of parts or of a few files is left to
+/// bundle too (where the bundle is received on its filesystem: the
+/// receiver uses this only there), and the disk, idle while the bundle
+/// comes and is unpacked, then writes it alone. A bundle of parts or of a few files is left to
 /// the page cache: it is synced file by file, never as a whole, and is
 /// often archived and pruned before it would be written at all.
 #[derive(Debug, Default)]

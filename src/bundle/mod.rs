@@ -26,9 +26,6 @@
 //!
 //! The receiver's side, used by the network path and by `shipper replay`
 //! alike:
-//! - [`arrival`]: what a bundle's bytes are used for while they arrive,
-//!   unchecked: its local headers counted, to hand it to the disk early
-//!   when its apply will sync the whole filesystem.
 //! - [`verify`]: checks a received bundle before anything is written.
 //! - [`apply`]: stages its files and publishes them into root atomically.
 //! - `kept.rs`: checks that root holds the files a bundle keeps (their
@@ -50,6 +47,11 @@
 //!   the zip crate indexes its directory.
 //! - `noise.rs` (tests only, shared with `tests/it`): bytes that do not
 //!   compress, from a seed.
+//!
+//! The receiver's network path alone:
+//! - [`arrival`]: what a bundle's bytes are used for while they arrive,
+//!   unchecked: its local headers counted, to hand it to the disk early
+//!   when its apply will sync the whole filesystem.
 //!
 //! Nothing here opens a socket.
 

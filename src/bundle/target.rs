@@ -71,6 +71,14 @@ impl Target {
         Ok(())
     }
 
+    /// Whether `dir` is on staging's filesystem: then the `syncfs` that
+    /// makes a bundle's staged files durable writes what is pending in
+    /// `dir` too. `false` when either cannot be looked at.
+    pub fn shares_filesystem(&self, dir: &Path) -> bool {
+        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+        dev(dir).is_some() && dev(dir) == dev(&self.staging)
+    }
+
     /// The same target with a directory of part sets of its own for one
     /// sender, so no sender completes, supersedes or drops another's sets.
     /// `key` is a valid sender id or a fingerprint; the prefix keeps "." and
@@ -126,6 +134,17 @@ mod tests {
             keep: None,
             snapshot: false,
         }
+    }
+
+    #[test]
+    fn a_directory_shares_stagings_filesystem_only_when_both_are_there() {
+        let t = tempfile::tempdir().unwrap();
+        let target = target(t.path());
+        target.prepare().unwrap();
+        assert!(target.shares_filesystem(t.path()));
+        assert!(!target.shares_filesystem(&t.path().join("missing")));
+        // /proc is never the temporary directory's filesystem.
+        assert!(!target.shares_filesystem(Path::new("/proc")));
     }
 
     #[test]

@@ -61,6 +61,11 @@ pub struct Opened {
     pub(super) zip: OpenedZip,
     pub manifest: Manifest,
     pub path: PathBuf,
+    /// The directory whose entry for this bundle is the receiver's
+    /// write-ahead record of its publish (`state_dir/publishing`): the
+    /// apply syncs it once the staged files are durable, before root
+    /// changes. `None` (as opened): applied without one (`shipper replay`).
+    pub write_ahead: Option<PathBuf>,
 }
 
 /// Longest central directory header an entry of a bundle needs: the fixed
@@ -88,6 +93,7 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         zip,
         manifest,
         path: path.to_owned(),
+        write_ahead: None,
     })
 }
 

@@ -228,10 +228,6 @@ pub enum Streamed {
     Abandoned,
 }
 
-/// Where a body's bytes go: a blocking thread writes and hashes them into
-/// a file while the task reading the socket fills the next buffer. After
-/// a write error (a full disk) it goes on hashing and drops the bytes, so
-/// the stream stays in step and the bundle can be refused with the reason.
 /// Watches a body's bytes as they are written to its file, on the thread
 /// that writes them: how the receiver acts on a bundle before all of it
 /// came (`bundle::arrival`). What it does is a hint: the bytes are kept
@@ -246,6 +242,19 @@ impl Tap for () {
     fn wrote(&mut self, _: &mut std::fs::File, _: &[u8]) {}
 }
 
+/// `None` watches nothing.
+impl<T: Tap> Tap for Option<T> {
+    fn wrote(&mut self, file: &mut std::fs::File, chunk: &[u8]) {
+        if let Some(tap) = self {
+            tap.wrote(file, chunk);
+        }
+    }
+}
+
+/// Where a body's bytes go: a blocking thread writes and hashes them into
+/// a file while the task reading the socket fills the next buffer. After
+/// a write error (a full disk) it goes on hashing and drops the bytes, so
+/// the stream stays in step and the bundle can be refused with the reason.
 struct BodySink {
     // A tokio channel: a full one makes the reading task wait, never
     // blocks the runtime thread it runs on.

@@ -122,10 +122,11 @@ impl Committer {
         &self,
         key: &str,
         (seq, prev): (u64, u64),
-        opened: apply::Opened,
+        mut opened: apply::Opened,
         record: bool,
     ) -> Result<apply::Applied, Failed> {
         let mut target = self.target.for_sender(key);
+        opened.write_ahead = Some(self.publishing.clone());
         let snapshot = match &self.trees {
             Some(trees) => {
                 let (n, path) = trees.next().map_err(Failed::Snapshot)?;
@@ -167,6 +168,13 @@ impl Committer {
     pub(super) fn expire_part_sets(&self) {
         let now = std::time::SystemTime::now();
         apply::expire_part_sets(&self.target.parts, self.part_ttl, now);
+    }
+
+    /// Whether a bundle received into `dir` is written by the `syncfs`
+    /// that makes a bundle's staged files durable: then it is worth handing
+    /// to the disk as it arrives (`bundle::arrival`).
+    pub(super) fn stages_beside(&self, dir: &Path) -> bool {
+        self.target.shares_filesystem(dir)
     }
 
     /// Move the published bundle from the write-ahead slot to the archive.

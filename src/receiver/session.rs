@@ -84,6 +84,10 @@ pub(super) struct Sessions {
     /// Where bundles applied and refused are counted.
     metrics: Arc<ReceiverMetrics>,
     incoming: PathBuf,
+    /// Whether bundles received into `incoming` are handed to the disk as
+    /// they arrive (`bundle::arrival`): where it shares staging's
+    /// filesystem, whose sync would write them anyway.
+    write_back_arrivals: bool,
     /// Held while a bundle is applied: one at a time, state and root agree.
     state: Arc<Mutex<ReceiverState>>,
     /// The live session of each sender (by key): its id and stop token.
@@ -124,6 +128,7 @@ impl Sessions {
         Self {
             cfg,
             tls,
+            write_back_arrivals: committer.stages_beside(&incoming),
             committer,
             metrics,
             incoming,
@@ -259,9 +264,7 @@ impl Sessions {
         received: &Path,
     ) -> anyhow::Result<(Result<(), Refusal>, Option<(u64, Duration)>)> {
         let started = std::time::Instant::now();
-        let body = conn
-            .recv_body(size, (received, WriteBackOnceSynced::default()))
-            .await?;
+        let body = conn.recv_body(size, (received, self.arrival_tap())).await?;
         tracing::debug!(
             seq,
             size,
@@ -287,6 +290,11 @@ impl Sessions {
         Ok((checked, timed))
     }
 
+    /// What watches a bundle arrive (see [`Sessions::write_back_arrivals`]).
+    fn arrival_tap(&self) -> Option<WriteBackOnceSynced> {
+        self.write_back_arrivals.then(WriteBackOnceSynced::default)
+    }
+
     /// Receive a bundle streamed in chunks (its `Begin` read) into `file`
     /// and check it against its `Sealed` frame, then name the file for the
     /// sequence that frame gives (see [`incoming_name`]); `None` if the
@@ -301,7 +309,7 @@ impl Sessions {
         let started = std::time::Instant::now();
         let limit = self.cfg.max_bundle_size;
         let (body, size, (seq, t_size, t_hash)) = match conn
-            .recv_chunked(limit, (&file.0, WriteBackOnceSynced::default()))
+            .recv_chunked(limit, (&file.0, self.arrival_tap()))
             .await
         {
             Ok(connection::Streamed::Sealed { body, size, sealed }) => (body, size, sealed),

@@ -571,6 +571,28 @@ fn replay_applies_in_sequence_order_whatever_the_order_given() {
 }
 
 #[test]
+fn replay_takes_bundles_named_from_the_directory_they_are_in() {
+    // `cd archive && shipper replay --root R *.zip`, with a bundle of more
+    // files than are synced one by one: nothing is looked for above a
+    // bare name.
+    let env = Env::new();
+    for i in 0..40 {
+        env.write(&format!("pages/p{i}.html"), format!("<p>{i}</p>"));
+    }
+    let bundle = pack(&env.src(), &env.path().join("out"), 1, &[]).path;
+    let restored = env.path().join("restored");
+    let out = Command::new(env!("CARGO_BIN_EXE_shipper"))
+        .args(["replay", "--root", restored.to_str().unwrap()])
+        .arg(bundle.file_name().unwrap())
+        .current_dir(bundle.parent().unwrap())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(tree(&restored), tree(&env.src()));
+}
+
+#[test]
 fn replay_of_one_archived_bundle_onto_a_restored_root_works() {
     let env = Env::new();
     let bundles = sample_bundles(&env);
