@@ -169,9 +169,10 @@ impl LocalHeaders {
 /// then every stride after ([`Writeback`]): that sync would write the
 /// bundle too (where the bundle is received on its filesystem: the
 /// receiver uses this only there), and the disk, idle while the bundle
-/// comes and is unpacked, then writes it alone. A bundle of parts or of a few files is left to
-/// the page cache: it is synced file by file, never as a whole, and is
-/// often archived and pruned before it would be written at all.
+/// comes and is unpacked, then writes it alone. A bundle of parts or of a
+/// few files is left to the page cache: it is synced file by file, never
+/// as a whole, and is often archived and pruned before it would be
+/// written at all.
 #[derive(Debug, Default)]
 pub struct WriteBackOnceSynced {
     headers: LocalHeaders,

@@ -75,8 +75,7 @@ impl Target {
     /// makes a bundle's staged files durable writes what is pending in
     /// `dir` too. `false` when either cannot be looked at.
     pub fn shares_filesystem(&self, dir: &Path) -> bool {
-        let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-        dev(dir).is_some() && dev(dir) == dev(&self.staging)
+        same_filesystem(dir, &self.staging)
     }
 
     /// The same target with a directory of part sets of its own for one
@@ -105,11 +104,17 @@ impl Target {
 /// Staging for `root` when none is configured: `state_dir/staging` if that
 /// is on root's filesystem, else [`sibling_staging`].
 pub fn default_staging(root: &Path, state_dir: &Path) -> PathBuf {
-    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-    if dev(root).is_some() && dev(root) == dev(state_dir) {
+    if same_filesystem(root, state_dir) {
         return state_dir.join("staging");
     }
     sibling_staging(root)
+}
+
+/// Whether `a` and `b` are on one filesystem; `false` when either cannot
+/// be looked at.
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    dev(a).is_some() && dev(a) == dev(b)
 }
 
 /// A hidden directory beside root, so on its filesystem but outside it.

@@ -391,7 +391,7 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// Receive exactly `size` body bytes into the file at `path`, returning
     /// their BLAKE3, the first write error, if any, and how long they took
     /// from the first read that waited ([`PaceClock`]). A blocking thread writes and hashes while
-    /// this task reads the socket ([`BodySink`]).
+    /// this task reads the socket ([`BodySink`]), showing `tap` each chunk it wrote.
     pub async fn recv_body(
         &mut self,
         size: u64,
@@ -420,7 +420,8 @@ impl<S: AsyncRead + AsyncWrite> FrameReader<S> {
     /// chunks. A chunk that would take the body past `limit` bytes fails
     /// the call before it is read ([`ConnError::OverLimit`]), as does any
     /// other frame. The wait before a chunk that is not paced is not timed
-    /// ([`PaceClock`]).
+    /// ([`PaceClock`]). `tap` is shown each chunk written, as in
+    /// [`FrameReader::recv_body`].
     pub async fn recv_chunked(
         &mut self,
         limit: u64,
