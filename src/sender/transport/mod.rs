@@ -442,9 +442,9 @@ impl Link {
     /// Fold a measure of this receiver's link into its rate, and say so
     /// when it is news.
     fn measured(&self, how: Measure, (bytes, took): (u64, Duration)) {
-        let measured = self
-            .link_rates
-            .record(self.index, how, (bytes, took), unix_now());
+        let measured =
+            self.link_rates
+                .record(self.index, how, (bytes, took), (unix_now(), self.max_rate));
         self.tell_measured(measured);
     }
 
