@@ -2,17 +2,18 @@
 //! themselves, and whether deflate pays for itself on links that fast
 //! (`sender.compress`). Two measures per link, the slower deciding, each
 //! the best of its kind's recent ones ([`RECENT`]; never above
-//! `sender.max_rate`): the
-//! sender's own, by the bytes the peer's TCP acknowledged while a bundle
-//! went out ([`Delivered`], read from the kernel) where it tells, else by
-//! the bundle's size; and the receiver's, how fast the bundle's body came
+//! `sender.max_rate`): the sender's own, by the bytes the peer's TCP
+//! acknowledged while a bundle went out ([`Delivered`], read from the
+//! kernel) where it tells, else by the bundle's size; and the receiver's, how fast the bundle's body came
 //! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
 //! sender's side can make look faster than the link. The sender's counts
 //! only once the receiver has spoken of the same bundle ([`Unheard`]), so
 //! a receiver's measure on its way is folded first. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is (and stored, the first time). The decisions are pure ([`deflate_pays`],
-//! [`first_bundle_max`]). What a link was measured at is remembered across
+//! kept small so it soon is (and stored, the first time: the link's first
+//! measure is then held to the lower of the two lines, as for a link that
+//! stores). The decisions are pure ([`deflate_pays`], [`first_bundle_max`],
+//! [`stores_at`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
 //! news (see [`Measured`]), never once per bundle.
@@ -60,11 +61,13 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
 /// How many of a kind's latest measures of a link decide its rate: the
 /// best of them. A busy endpoint (a receiver applying the bundle before,
 /// a sender packing the next) reads or writes more slowly than the link
-/// could carry, so a measure can fall short of the link but never pass it
-/// (the receiver's own measure, the slower kind deciding, keeps a proxy
-/// from passing it): on bench.py's loopback, one run measured 218, 149,
-/// then 298 MB/s, and the 149 turned deflate on for the bundles packed
-/// meanwhile. A link that really slowed is followed within this many.
+/// could carry, so the receiver's measure can fall short of the link but
+/// never pass it (the sender's may count what buffers held; the slower
+/// kind deciding, the receiver's keeps it from passing the link): on
+/// bench.py's loopback, one run measured 218, 149, then 298 MB/s, and the
+/// 149 turned deflate on for the bundles packed meanwhile. A link that
+/// really slowed is followed within this many. A remembered measure
+/// counts as one of them, taken at the first measure of its kind.
 pub const RECENT: usize = 3;
 /// A measure counts among the recent ones for this long (seconds) after
 /// the newest of its kind: a quiet sender's bundles may be hours apart.
@@ -191,8 +194,9 @@ impl Recent {
     fn push(&mut self, sample: f64, now: i64) -> f64 {
         self.samples.rotate_left(1);
         self.samples[RECENT - 1] = Some((sample, now));
+        // A measure from a clock set back since is as good as gone.
         for s in &mut self.samples {
-            if s.is_some_and(|(_, at)| now - at > RECENT_FOR) {
+            if s.is_some_and(|(_, at)| !(0..=RECENT_FOR).contains(&(now - at))) {
                 *s = None;
             }
         }
@@ -201,6 +205,10 @@ impl Recent {
             .flatten()
             .map(|s| s.0)
             .fold(sample, f64::max)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.samples.iter().all(Option::is_none)
     }
 }
 
@@ -213,8 +221,9 @@ pub(super) struct Link {
     /// seconds); `None`: never.
     pub(super) written: Option<i64>,
     /// Whether deflate is off on this link under `compress = "auto"`
-    /// ([`stores_at`]); a remembered link stores if its rate is at least
-    /// [`STORE_FROM`].
+    /// ([`stores_at`], given whether it stored before: a remembered link as
+    /// it was remembered; a link never measured as whether the process's
+    /// first bundle went stored).
     pub(super) stores: bool,
 }
 
@@ -405,8 +414,29 @@ impl LinkRates {
             By::Sender => 0,
             By::Receiver => 1,
         };
-        let best = recent[index][kind].push(sample, now);
-        Some(links[index].fold(best, how.by(), now))
+        let link = &mut links[index];
+        let mine = &mut recent[index][kind];
+        let remembered = match how.by() {
+            By::Sender => link.sent,
+            By::Receiver => link.received,
+        };
+        if let Some(r) = remembered.filter(|r| !r.fresh && mine.is_empty()) {
+            // What an earlier run measured counts as one of the recent
+            // measures, taken now: a dip just after a restart turns
+            // nothing, and a link that slowed meanwhile is followed within
+            // RECENT measures, as one measured in this run.
+            let r = cap.map_or(r.bytes_per_s, |c| r.bytes_per_s.min(c as f64));
+            mine.push(r, now);
+        }
+        let best = mine.push(sample, now);
+        if link.rate().is_none() {
+            // Never measured: the run's first bundle went to it stored if
+            // any did, so its first measure turns deflate on only below
+            // DEFLATE_BELOW, as for a link that stored. A loopback busy
+            // with that bundle's apply measured 195 MB/s first, then 287.
+            link.stores = self.stored_once.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        Some(link.fold(best, how.by(), now))
     }
 
     /// Each link as it stands.
@@ -705,20 +735,34 @@ mod tests {
     }
 
     /// After a restart, a remembered fast link stores from the first file
-    /// and cuts its first bundle at full size; the first new measure
-    /// replaces the remembered one rather than averaging with it.
+    /// and cuts its first bundle at full size; the remembered measure
+    /// counts as one of the recent ones, so a dip just after the restart
+    /// turns nothing, and a link that slowed meanwhile is followed within
+    /// RECENT measures.
     #[test]
-    fn a_remembered_rate_decides_until_a_new_measure_replaces_it() {
+    fn a_remembered_rate_decides_until_new_measures_replace_it() {
         let r = remembered(1e9);
         assert!(!r.deflate(Compress::Auto));
         assert_eq!(r.first_bundle(Compress::Auto), None);
         let slow = (12 << 20, Duration::from_secs(1));
         let m = r.record(0, Measure::Acked, slow, (T0, None)).unwrap();
-        assert_eq!(m.rate, f64::from(12 << 20), "replaced, not averaged");
+        assert_eq!(m.rate, 1e9, "the remembered measure is still recent");
         assert!(m.news && m.keep, "the first measure of this run");
-        assert!(r.deflate(Compress::Auto));
         let m = r.record(0, Measure::Received, slow, (T0, None)).unwrap();
         assert!(!m.news && m.keep, "its kind's first: the file learns it");
+        assert!(!r.deflate(Compress::Auto), "one dip of each kind");
+        for _ in 1..RECENT - 1 {
+            r.record(0, Measure::Acked, slow, (T0, None)).unwrap();
+            assert!(!r.deflate(Compress::Auto));
+        }
+        let m = r.record(0, Measure::Acked, slow, (T0, None)).unwrap();
+        assert_eq!(m.rate, f64::from(12 << 20), "{RECENT} slow measures");
+        assert!(m.news && r.deflate(Compress::Auto));
+        let capped = remembered(1e9);
+        let m = capped
+            .record(0, Measure::Acked, slow, (T0, Some(100_000_000)))
+            .unwrap();
+        assert_eq!(m.rate, 1e8, "a remembered measure is held to max_rate");
         let again = remembered(1e9).record(
             0,
             Measure::Acked,
@@ -758,6 +802,26 @@ mod tests {
     }
 
     #[test]
+    fn a_first_measure_after_a_stored_first_bundle_keeps_storing_above_deflate_below() {
+        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
+        let r = LinkRates::new(1);
+        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
+        let m = r.record(0, Measure::Acked, at(195), (T0, None)).unwrap();
+        assert!(m.stores && m.news, "stored first: 195 MB/s keeps storing");
+        assert!(!r.deflate(Compress::Auto));
+        let r = LinkRates::new(1);
+        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
+        let m = r.record(0, Measure::Acked, at(140), (T0, None)).unwrap();
+        assert!(!m.stores, "below {DEFLATE_BELOW}: deflates");
+        let r = LinkRates::new(1);
+        let m = r.record(0, Measure::Acked, at(195), (T0, None)).unwrap();
+        assert!(
+            !m.stores,
+            "nothing went stored: below {STORE_FROM} deflates"
+        );
+    }
+
+    #[test]
     fn a_measure_is_never_faster_than_max_rate() {
         let r = LinkRates::new(1);
         // 8 MiB in 4 ms under a 100 MB/s cap: the rate's allowance, which
@@ -768,6 +832,17 @@ mod tests {
             .unwrap();
         assert_eq!(m.rate, 1e8);
         assert!(!m.stores && r.deflate(Compress::Auto));
+    }
+
+    #[test]
+    fn a_measure_from_a_clock_set_back_no_longer_counts() {
+        let r = LinkRates::new(1);
+        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
+        r.record(0, Measure::Acked, at(500), (T0, None)).unwrap();
+        let m = r
+            .record(0, Measure::Acked, at(100), (T0 - 3600, None))
+            .unwrap();
+        assert!(!m.stores, "500 MB/s was measured an hour 'later'");
     }
 
     #[test]

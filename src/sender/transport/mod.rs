@@ -380,7 +380,7 @@ impl Link {
 
     /// Whether bundles go to this receiver as they are packed, and then
     /// packed within what size: once its link was measured (here or
-    /// remembered) fast enough to store what it sends (`STORE_FROM`), those
+    /// remembered) fast enough to store what it sends (`Link::stores`), those
     /// packed within the `max_bundle_size` its `Welcome` gave (one packed
     /// for larger would be cut off by it). A link not measured, or slow
     /// enough to deflate for, is sent sealed bundles, each of which
@@ -442,9 +442,11 @@ impl Link {
     /// Fold a measure of this receiver's link into its rate, and say so
     /// when it is news.
     fn measured(&self, how: Measure, (bytes, took): (u64, Duration)) {
-        let measured =
-            self.link_rates
-                .record(self.index, how, (bytes, took), (unix_now(), self.max_rate));
+        // max_rate holds receivers' connections, not the bucket's uploads.
+        let cap = self.max_rate.filter(|_| self.bucket.is_none());
+        let measured = self
+            .link_rates
+            .record(self.index, how, (bytes, took), (unix_now(), cap));
         self.tell_measured(measured);
     }
 
