@@ -199,6 +199,7 @@ pub(super) fn spawn_transports(
             accepts: h.accepts.clone(),
             peer_timeout: cfg.peer_timeout,
             max_rate: cfg.max_rate,
+            compress: cfg.compress,
             link_rates: h.link_rates.clone(),
             bucket,
         };
