@@ -468,7 +468,7 @@ impl Link {
                 peer = %self.receiver,
                 mb_per_s = (m.rate / 1e6).round(),
                 deflate_pays = !m.stores,
-                "link measured (deflate_pays says this link's: under compress = \"auto\" it stops paying at {} MB/s and pays again below {} MB/s, and every receiver's bundles are deflated while it pays on any link)",
+                "link measured (mb_per_s: the slower of the sender's and the receiver's measures, each the best of its last 3 within 5 minutes; deflate_pays says this link's: under compress = \"auto\" it stops paying at {} MB/s and pays again below {} MB/s, and every receiver's bundles are deflated while it pays on any link)",
                 STORE_FROM / 1e6,
                 DEFLATE_BELOW / 1e6
             );
