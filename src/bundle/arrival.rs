@@ -17,6 +17,7 @@
 
 use std::fs::File;
 
+use super::zip_end::{u16_at, u32_at, u64_at};
 use crate::durable::{Writeback, start_writeback};
 use crate::proto::connection::Tap;
 
@@ -131,7 +132,7 @@ impl LocalHeaders {
     /// The entry's compressed size: from its Zip64 extra field when the
     /// header's own says so.
     fn compressed_size(&self) -> Option<u64> {
-        let small = self.u32_at(18);
+        let small = u32_at(&self.header, 18);
         if small != u32::MAX {
             return Some(u64::from(small));
         }
@@ -141,12 +142,10 @@ impl LocalHeaders {
         let name_len = usize::from(self.u16_at(26));
         let mut extra = &self.header[LOCAL_FIXED + name_len..];
         while extra.len() >= 4 {
-            let id = u16::from_le_bytes([extra[0], extra[1]]);
-            let len = usize::from(u16::from_le_bytes([extra[2], extra[3]]));
+            let (id, len) = (u16_at(extra, 0), usize::from(u16_at(extra, 2)));
             let data = extra.get(4..4 + len)?;
             if id == ZIP64_EXTRA {
-                let field = data.get(at..at + 8)?;
-                return Some(u64::from_le_bytes(field.try_into().ok()?));
+                return (data.len() >= at + 8).then(|| u64_at(data, at));
             }
             extra = &extra[4 + len..];
         }
@@ -154,12 +153,7 @@ impl LocalHeaders {
     }
 
     fn u16_at(&self, at: usize) -> u16 {
-        u16::from_le_bytes([self.header[at], self.header[at + 1]])
-    }
-
-    fn u32_at(&self, at: usize) -> u32 {
-        let b = &self.header[at..at + 4];
-        u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        u16_at(&self.header, at)
     }
 }
 

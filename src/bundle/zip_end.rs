@@ -58,15 +58,17 @@ struct End {
     comment_len: u16,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
+/// The little-endian `u16` at `at` in a zip record `b` (every number in a
+/// zip is little-endian); panics past `b`'s end, as do the two below.
+pub(super) fn u16_at(b: &[u8], at: usize) -> u16 {
     u16::from_le_bytes([b[at], b[at + 1]])
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(super) fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(super) fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
 }
 
