@@ -142,7 +142,8 @@ fn stage_and_publish(
     // was named there: an fsync then committed the filesystem's journal,
     // which waited for the bundle's bytes, handed to the disk as they
     // arrived (`super::arrival`), before the first file was unpacked.
-    if let Some(dir) = &b.write_ahead {
+    if b.write_ahead {
+        let dir = crate::durable::parent_of(&b.path);
         crate::durable::sync_dir(dir).map_err(io_at(dir))?;
     }
     publish_staged(target, m, &staged.files, stage, &stage_fd)?;

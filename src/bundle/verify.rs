@@ -61,11 +61,12 @@ pub struct Opened {
     pub(super) zip: OpenedZip,
     pub manifest: Manifest,
     pub path: PathBuf,
-    /// The directory whose entry for this bundle is the receiver's
-    /// write-ahead record of its publish (`state_dir/publishing`): the
-    /// apply syncs it once the staged files are durable, before root
-    /// changes. `None` (as opened): applied without one (`shipper replay`).
-    pub write_ahead: Option<PathBuf>,
+    /// Whether `path`'s directory entry is the receiver's write-ahead
+    /// record of this bundle's publish (it lies in `state_dir/publishing`):
+    /// the apply syncs that directory once the staged files are durable,
+    /// before root changes. `false` (as opened): applied without one
+    /// (`shipper replay`).
+    pub write_ahead: bool,
 }
 
 /// Longest central directory header an entry of a bundle needs: the fixed
@@ -93,7 +94,7 @@ pub fn open(path: &Path, limits: &Limits) -> Result<Opened, BundleError> {
         zip,
         manifest,
         path: path.to_owned(),
-        write_ahead: None,
+        write_ahead: false,
     })
 }
 

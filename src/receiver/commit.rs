@@ -126,7 +126,9 @@ impl Committer {
         record: bool,
     ) -> Result<apply::Applied, Failed> {
         let mut target = self.target.for_sender(key);
-        opened.write_ahead = Some(self.publishing.clone());
+        // Here both when received and when finished at start.
+        debug_assert_eq!(crate::durable::parent_of(&opened.path), self.publishing);
+        opened.write_ahead = true;
         let snapshot = match &self.trees {
             Some(trees) => {
                 let (n, path) = trees.next().map_err(Failed::Snapshot)?;
