@@ -202,6 +202,7 @@ mod tests {
                 received: measured(12e6, NOW),
                 written: Some(NOW),
                 stores: false,
+                ..Link::default()
             },
             Link::default(),
         ];
@@ -250,6 +251,7 @@ mod tests {
             received: None,
             written: Some(NOW),
             stores,
+            ..Link::default()
         };
         for stores in [true, false] {
             let back = decode(&encode(&keys, &[at(stores)]), &keys, NOW).unwrap()[0];
@@ -269,6 +271,7 @@ mod tests {
             received: measured(5e8, NOW - FORGET_AFTER),
             written: None,
             stores: true,
+            ..Link::default()
         }];
         let back = decode(&encode(&keys, &links), &keys, NOW).unwrap()[0];
         assert_eq!(back.sent, None, "a week and a second old");

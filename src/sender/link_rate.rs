@@ -184,7 +184,7 @@ pub(super) struct Rate {
 
 /// One kind's latest measures of a link, oldest first (see [`RECENT`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Recent {
+pub(super) struct Recent {
     samples: [Option<(f64, i64)>; RECENT],
 }
 
@@ -225,6 +225,10 @@ pub(super) struct Link {
     /// it was remembered; a link never measured as whether the process's
     /// first bundle went stored).
     pub(super) stores: bool,
+    /// This process's latest measures of each kind, of which the best is
+    /// the link's ([`RECENT`]); never remembered.
+    pub(super) recent_sent: Recent,
+    pub(super) recent_received: Recent,
 }
 
 impl Link {
@@ -239,7 +243,7 @@ impl Link {
             sent,
             received,
             written: [sent, received].iter().flatten().map(|r| r.at).max(),
-            stores: false,
+            ..Self::default()
         };
         link.stores = link
             .rate()
@@ -268,17 +272,38 @@ impl Link {
             .any(|m| m.is_some_and(|m| m.fresh))
     }
 
-    /// Take `best` (bytes per second, the best of the recent measures of
-    /// its kind, [`Recent`]), measured `by` at `now`, as this link's
-    /// measure of that kind, in place of the one before (a remembered one
-    /// too).
-    fn fold(&mut self, best: f64, by: By, now: i64) -> Measured {
+    /// Take `sample` (bytes per second), measured `by` at `now`, under a
+    /// `cap` in bytes per second (`sender.max_rate`): the best of its
+    /// kind's recent measures ([`Recent`]), each held to the cap, becomes
+    /// this link's measure of that kind, in place of the one before. A
+    /// remembered measure counts as one of the recent ones, taken at the
+    /// first measure of its kind: a dip just after a restart turns
+    /// nothing, and a link that slowed meanwhile is followed within
+    /// [`RECENT`] measures, as one measured in this run. A link never
+    /// measured is taken as storing if the process's first bundle went
+    /// stored (`stored_first`): its first measure then turns deflate on
+    /// only below [`DEFLATE_BELOW`] (a loopback busy with that bundle's
+    /// apply measured 195 MB/s first, then 287).
+    fn fold(
+        &mut self,
+        (sample, by): (f64, By),
+        (now, cap): (i64, Option<u64>),
+        stored_first: bool,
+    ) -> Measured {
         let old = self.rate();
+        if old.is_none() {
+            self.stores = stored_first;
+        }
         let was_fresh = self.fresh();
-        let measure = match by {
-            By::Sender => &mut self.sent,
-            By::Receiver => &mut self.received,
+        let (measure, recent) = match by {
+            By::Sender => (&mut self.sent, &mut self.recent_sent),
+            By::Receiver => (&mut self.received, &mut self.recent_received),
         };
+        let capped = |r: f64| cap.map_or(r, |c| r.min(c as f64));
+        if let Some(r) = measure.filter(|r| !r.fresh && recent.is_empty()) {
+            recent.push(capped(r.bytes_per_s), now);
+        }
+        let best = recent.push(capped(sample), now);
         let first_of_kind = !measure.is_some_and(|m| m.fresh);
         *measure = Some(Rate {
             bytes_per_s: best,
@@ -352,9 +377,6 @@ pub(super) trait Remember: Send + Sync {
 /// packer, and where it is remembered across restarts.
 pub(super) struct LinkRates {
     links: Mutex<Vec<Link>>,
-    /// Each link's recent measures, by the sender and by the receiver:
-    /// taken only with `links` held.
-    recent: Mutex<Vec<[Recent; 2]>>,
     /// A run's first bundle was stored ([`first_stored`]) in this process.
     stored_once: std::sync::atomic::AtomicBool,
     /// `None`: remembered nowhere (tests).
@@ -370,7 +392,6 @@ impl LinkRates {
     pub(super) fn new(receivers: usize) -> Self {
         Self {
             links: Mutex::new(vec![Link::default(); receivers]),
-            recent: Mutex::new(vec![Default::default(); receivers]),
             memory: None,
             keeping: Mutex::new(()),
             stored_once: Default::default(),
@@ -381,7 +402,6 @@ impl LinkRates {
     /// remembered there again.
     pub(super) fn remembering(memory: Box<dyn Remember>, links: Vec<Link>) -> Self {
         Self {
-            recent: Mutex::new(vec![Default::default(); links.len()]),
             links: Mutex::new(links),
             memory: Some(memory),
             keeping: Mutex::new(()),
@@ -392,10 +412,10 @@ impl LinkRates {
     /// Receiver `index`'s link carried `bytes` in `took`, as `how` says,
     /// at `now` (unix seconds), under a `cap` in bytes per second
     /// (`sender.max_rate`): if that is enough bytes to say something of
-    /// the link (`how`'s least), take the best recent measure of its kind
-    /// ([`RECENT`]) as the link's. A measure is never taken as faster than
-    /// the cap: the rate's allowance starts full, so a bundle that fits in
-    /// it crosses faster than the cap lets the link carry for long.
+    /// the link (`how`'s least), take it into the link ([`Link::fold`]).
+    /// A measure is never taken as faster than the cap: the rate's
+    /// allowance starts full, so a bundle that fits in it crosses faster
+    /// than the cap lets the link carry for long.
     pub(super) fn record(
         &self,
         index: usize,
@@ -407,36 +427,9 @@ impl LinkRates {
             return None;
         }
         let sample = bytes as f64 / took.as_secs_f64();
-        let sample = cap.map_or(sample, |c| sample.min(c as f64));
+        let stored_first = self.stored_once.load(std::sync::atomic::Ordering::Relaxed);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
-        let kind = match how.by() {
-            By::Sender => 0,
-            By::Receiver => 1,
-        };
-        let link = &mut links[index];
-        let mine = &mut recent[index][kind];
-        let remembered = match how.by() {
-            By::Sender => link.sent,
-            By::Receiver => link.received,
-        };
-        if let Some(r) = remembered.filter(|r| !r.fresh && mine.is_empty()) {
-            // What an earlier run measured counts as one of the recent
-            // measures, taken now: a dip just after a restart turns
-            // nothing, and a link that slowed meanwhile is followed within
-            // RECENT measures, as one measured in this run.
-            let r = cap.map_or(r.bytes_per_s, |c| r.bytes_per_s.min(c as f64));
-            mine.push(r, now);
-        }
-        let best = mine.push(sample, now);
-        if link.rate().is_none() {
-            // Never measured: the run's first bundle went to it stored if
-            // any did, so its first measure turns deflate on only below
-            // DEFLATE_BELOW, as for a link that stored. A loopback busy
-            // with that bundle's apply measured 195 MB/s first, then 287.
-            link.stores = self.stored_once.load(std::sync::atomic::Ordering::Relaxed);
-        }
-        Some(link.fold(best, how.by(), now))
+        Some(links[index].fold((sample, how.by()), (now, cap), stored_first))
     }
 
     /// Each link as it stands.
@@ -727,7 +720,6 @@ mod tests {
         let link = Link::remembered(rate, rate, None);
         LinkRates {
             links: Mutex::new(vec![link]),
-            recent: Mutex::new(vec![Default::default()]),
             memory: None,
             keeping: Mutex::new(()),
             stored_once: Default::default(),
