@@ -159,7 +159,7 @@ impl LocalHeaders {
 
 /// Watches a bundle arrive and, once its local headers announce enough
 /// whole files that applying it will `syncfs` root's filesystem (see
-/// [`super::apply::syncs_filesystem`]), hands what came so far to the disk,
+/// `super::apply::syncs_filesystem`), hands what came so far to the disk,
 /// then every stride after ([`Writeback`]): that sync would write the
 /// bundle too (where the bundle is received on its filesystem: the
 /// receiver uses this only there), and the disk, idle while the bundle

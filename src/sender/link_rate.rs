@@ -532,6 +532,11 @@ mod tests {
     /// Too short a time to measure anything in.
     const TINY: Duration = Duration::from_micros(1);
 
+    /// `mb` megabytes in one second: a measure of `mb` MB/s.
+    fn at(mb: u64) -> (u64, Duration) {
+        (mb * 1_000_000, Duration::from_secs(1))
+    }
+
     #[test]
     fn auto_stores_only_when_every_link_is_measured_fast() {
         let (fast, slow) = (Some(true), Some(false));
@@ -556,7 +561,6 @@ mod tests {
     #[test]
     fn a_link_measured_near_the_line_does_not_turn_deflate_on_and_off() {
         let r = LinkRates::new(1);
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
         let m = r.record(0, Measure::Acked, at(269), (T0, None)).unwrap();
         assert!(m.stores && m.news && !r.deflate(Compress::Auto));
         // What bench/tree.py's and bench.py's loopbacks measured, a busy
@@ -795,7 +799,6 @@ mod tests {
 
     #[test]
     fn a_first_measure_after_a_stored_first_bundle_keeps_storing_above_deflate_below() {
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
         let r = LinkRates::new(1);
         assert!(r.first_bundle(Compress::Auto).unwrap().stored);
         let m = r.record(0, Measure::Acked, at(195), (T0, None)).unwrap();
@@ -829,7 +832,6 @@ mod tests {
     #[test]
     fn a_measure_from_a_clock_set_back_no_longer_counts() {
         let r = LinkRates::new(1);
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
         r.record(0, Measure::Acked, at(500), (T0, None)).unwrap();
         let m = r
             .record(0, Measure::Acked, at(100), (T0 - 3600, None))
@@ -840,7 +842,6 @@ mod tests {
     #[test]
     fn a_fast_measure_no_longer_recent_no_longer_counts() {
         let r = LinkRates::new(1);
-        let at = |mb: u64| (mb * 1_000_000, Duration::from_secs(1));
         r.record(0, Measure::Acked, at(500), (T0, None)).unwrap();
         let m = r
             .record(0, Measure::Acked, at(100), (T0 + RECENT_FOR, None))
