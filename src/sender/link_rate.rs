@@ -89,6 +89,15 @@ pub fn deflate_pays(mode: Compress, stores: impl IntoIterator<Item = Option<bool
     }
 }
 
+/// Whether bundles may go to a receiver as they are packed, under `mode`,
+/// given its link's choice (as for [`deflate_pays`]): under `auto` only
+/// once the link stores, so the choice to deflate never rests on a bundle
+/// that went as the packer gave it (a sealed bundle measures the link
+/// again); under `always` and `never` no measure decides what is packed.
+pub fn streams(mode: Compress, stores: Option<bool>) -> bool {
+    mode != Compress::Auto || stores == Some(true)
+}
+
 /// Whether a run's first bundle, held small ([`first_bundle_max`]), is
 /// stored, under `mode`, given the choice of each receiver's link (as for
 /// [`deflate_pays`]) and whether one was stored before in this process
@@ -588,6 +597,15 @@ mod tests {
     /// while no measured link deflates: a link that stays unmeasured (a
     /// receiver away, a bucket) does not get every run's first 8 MiB
     /// stored.
+    #[test]
+    fn bundles_stream_under_auto_once_the_link_stores_and_always_otherwise() {
+        for stores in [None, Some(false), Some(true)] {
+            assert_eq!(streams(Compress::Auto, stores), stores == Some(true));
+            assert!(streams(Compress::Never, stores));
+            assert!(streams(Compress::Always, stores));
+        }
+    }
+
     #[test]
     fn a_first_bundle_is_stored_once_and_only_while_no_measured_link_deflates() {
         let (fast, slow) = (Some(true), Some(false));

@@ -42,7 +42,7 @@ use crate::proto::frame::Accepts;
 use crate::proto::hook_outcome::HookOutcome;
 use crate::proto::refusal::{Refusal, RefusalKind};
 use crate::sender::link_rate::{
-    DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM, Unheard,
+    self, DEFLATE_BELOW, Delivered, LinkRates, Measure, Measured, STORE_FROM, Unheard,
 };
 use crate::sender::outbox::{Outbox, Presence};
 use crate::status::{LinkStatus, unix_now};
@@ -71,8 +71,8 @@ pub(super) struct Link {
     pub(super) peer_timeout: Duration,
     /// Bytes per second each connection to this receiver may carry.
     pub(super) max_rate: Option<u64>,
-    /// `sender.compress`: under `"auto"` alone does what is packed wait
-    /// on the link's measure ([`Link::streams`]).
+    /// `sender.compress`: whether streaming waits for the link's measure
+    /// ([`Link::streams`]).
     pub(super) compress: Compress,
     /// What is known of every receiver across restarts.
     pub(super) peers: Arc<std::sync::Mutex<Peers>>,
@@ -382,22 +382,17 @@ impl Link {
         })
     }
 
-    /// Whether bundles go to this receiver as they are packed, and then
-    /// packed within what size: those packed within the `max_bundle_size`
-    /// its `Welcome` gave (one packed for larger would be cut off by it),
-    /// whenever what is packed does not wait on the link's measure. Under
-    /// `compress = "auto"`, only once the link was measured (here or
-    /// remembered) fast enough to store what it sends (`Link::stores`): a
-    /// link not measured, or slow enough to deflate for, is sent sealed
-    /// bundles, each of which measures it again, so the choice to deflate
-    /// never rests on a bundle that went as the packer gave it, and a
-    /// slow link gains little from it (the next bundle packs while the one
-    /// before crosses anyway). Under `"never"` and `"always"` nothing is
-    /// chosen by the measure: bundles stream from the first.
+    /// Whether bundles go to this receiver as they are packed
+    /// ([`link_rate::streams`]: under `compress = "auto"` once its link was
+    /// measured, here or remembered, fast enough to store what it sends;
+    /// a slow link gains little from it, as the next bundle packs while
+    /// the one before crosses anyway), and then packed within what size:
+    /// the `max_bundle_size` its `Welcome` gave (one packed for larger
+    /// would be cut off by it).
     fn streams(&self) -> Option<u64> {
-        let measure_decides = self.compress == Compress::Auto;
-        let stores = self.link_rates.stores(self.index) == Some(true);
-        (stores || !measure_decides).then(|| self.accepted_bundle_size().unwrap_or(u64::MAX))
+        let stores = self.link_rates.stores(self.index);
+        link_rate::streams(self.compress, stores)
+            .then(|| self.accepted_bundle_size().unwrap_or(u64::MAX))
     }
 
     /// Send the bundle `g` is packing as it grows (see [`send_growing`]),
