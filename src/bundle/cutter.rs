@@ -229,6 +229,15 @@ impl Cutter<'_> {
         packed
     }
 
+    /// Finish the open bundle now, if there is one, whatever room it has
+    /// left.
+    pub(super) fn seal(&mut self, report: &mut Report) -> io::Result<()> {
+        match self.open.take() {
+            Some(b) => self.finish(b, report),
+            None => Ok(()),
+        }
+    }
+
     fn start(&self) -> io::Result<OpenBundle> {
         let tmp = tempfile::Builder::new()
             .prefix(PACKING_PREFIX)

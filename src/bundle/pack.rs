@@ -136,6 +136,12 @@ pub struct Packer<'a> {
     /// the links' measured rate), asked afresh for each file: a link
     /// measured while a run packs changes the files after it.
     pub deflate: &'a (dyn Fn() -> bool + Sync),
+    /// Called once a run's first bundle held small and stored
+    /// ([`FirstBundle::stored`]) is out, before the next file is read:
+    /// returns once the links are measured by it (or a bound passed), so
+    /// `deflate` answers for what follows by that measure, and no deflate
+    /// behind the bundle takes the CPU its measure needs.
+    pub await_measure: &'a (dyn Fn() + Sync),
     /// Where the receivers hold content a new file may be rebuilt from;
     /// `None`: nothing is reused (a whole tree for a new receiver).
     pub held: Option<&'a dyn HeldContent>,
@@ -189,6 +195,8 @@ impl Packer<'_> {
                 _ => 0,
             },
             stored: &stored,
+            await_measure: self.await_measure,
+            measure_due: false,
             held: self.held,
             signs: self.signatures,
         };
@@ -220,6 +228,10 @@ struct Run<'r> {
     /// Whether the files being read now are stored, whatever `deflate`
     /// says (read by the reader's `deflate`).
     stored: &'r AtomicBool,
+    await_measure: &'r (dyn Fn() + Sync),
+    /// The held first bundle went out and nothing was read since: the
+    /// next read waits for its measure first.
+    measure_due: bool,
     held: Option<&'r dyn HeldContent>,
     signs: Option<&'r dyn Signatures>,
 }
@@ -351,6 +363,7 @@ impl Run<'_> {
         // A delta is deflated as `deflate` says: it does not count
         // against a held first bundle (`read_held`).
         self.stored.store(false, Ordering::Relaxed);
+        self.await_due();
         match self.reader.open(rel, &abs, stamp, ReadMode::Strict) {
             Ok(Some(src)) => pack_delta(&mut self.cut, self.report, src, planned, signs)?,
             Ok(None) => {}
@@ -431,12 +444,28 @@ impl Run<'_> {
             }
             return Ok(());
         }
-        self.read_held(stamp.size);
-        let src = match self.reader.open(&rel, &abs, stamp, how) {
+        let ends_hold = self.read_held(stamp.size)?;
+        self.pack_read(&rel, (&abs, stamp, how), signed)?;
+        if ends_hold {
+            self.end_hold()?;
+        }
+        Ok(())
+    }
+
+    /// Read the file `rel` (at `abs`, found with `stamp`) into the open
+    /// bundle now, whole or in parts.
+    fn pack_read(
+        &mut self,
+        rel: &str,
+        (abs, stamp, how): (&Path, Stamp, ReadMode),
+        signed: Option<Signed>,
+    ) -> io::Result<()> {
+        let chunk_size = self.cut.limits.chunk_size;
+        let src = match self.reader.open(rel, abs, stamp, how) {
             Ok(Some(src)) => src,
             Ok(None) => return Ok(()),
             Err(e) => {
-                self.report.failed.push((rel.clone(), e.to_string()));
+                self.report.failed.push((rel.to_owned(), e.to_string()));
                 return Ok(());
             }
         };
@@ -457,11 +486,42 @@ impl Run<'_> {
     /// they begin within the held first bundle's bytes and fit in what is
     /// left of them, give or take one small file (a larger file is read as
     /// any other: storing it could cost a slow link far more than the
-    /// hold), and counted against them.
-    fn read_held(&mut self, bytes: u64) {
-        let within = self.held_left > 0 && bytes <= self.held_left + PARALLEL_MAX;
+    /// hold), and counted against them. Whether the hold ends with them:
+    /// then, once they are in, the first bundle is sealed
+    /// ([`Run::end_hold`]); one too large for the hold ends it before it
+    /// is read.
+    fn read_held(&mut self, bytes: u64) -> io::Result<bool> {
+        if self.held_left > 0 && bytes > self.held_left + PARALLEL_MAX {
+            self.end_hold()?;
+        }
+        self.await_due();
+        let within = self.held_left > 0;
         self.stored.store(within, Ordering::Relaxed);
         self.held_left = self.held_left.saturating_sub(bytes);
+        Ok(within && self.held_left == 0)
+    }
+
+    /// The held first bundle's bytes are read: seal it, so it goes out now
+    /// rather than when the next entry finds it full (unless an entry the
+    /// hold read did so already), and have the next read wait for the
+    /// links' measure of it ([`Run::await_due`]).
+    fn end_hold(&mut self) -> io::Result<()> {
+        self.held_left = 0;
+        if self.report.bundles.is_empty() {
+            self.cut.seal(self.report)?;
+        }
+        self.measure_due = true;
+        Ok(())
+    }
+
+    /// Before a file is read that may be deflated: if the held first
+    /// bundle just went out, wait for its measure, so the file is deflated
+    /// or not by it rather than by none. (A run that ends with the hold
+    /// waits for nothing.)
+    fn await_due(&mut self) {
+        if std::mem::take(&mut self.measure_due) {
+            (self.await_measure)();
+        }
     }
 
     /// Pack the batched small files: read, check, hash and compress them on
@@ -470,7 +530,7 @@ impl Run<'_> {
         use rayon::prelude::*;
         let batch = std::mem::take(&mut self.batch);
         let bytes = std::mem::take(&mut self.batch_bytes);
-        self.read_held(bytes);
+        let ends_hold = self.read_held(bytes)?;
         let reader = &self.reader;
         let prepared: Vec<(Batched, Prepared)> = batch
             .into_par_iter()
@@ -497,6 +557,9 @@ impl Run<'_> {
                     b.add_file(&f.rel, f.stamp, hash);
                 }
             }
+        }
+        if ends_hold {
+            self.end_hold()?;
         }
         Ok(())
     }
@@ -605,6 +668,7 @@ mod tests {
                 opened: &|_| {},
                 touched: &|_| busy,
                 deflate: &|| false,
+                await_measure: &|| {},
                 held: None,
                 signatures: Some(&asked),
             }
@@ -665,6 +729,7 @@ mod tests {
                 opened: &|_| {},
                 touched: &touched,
                 deflate: &|| false,
+                await_measure: &|| {},
                 held: None,
                 signatures: None,
             }
@@ -708,6 +773,7 @@ pub(super) fn pack_for_test(
         opened: &|_| {},
         touched: &|_| false,
         deflate: &|| true,
+        await_measure: &|| {},
         held: None,
         signatures: None,
     }
@@ -740,7 +806,12 @@ mod held_first_tests {
             ..Limits::new(64 << 20, 256 << 20, 1000)
         };
         let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
-        pack_for_test(&src, &out, limits, items)
+        pages_of(&pack_for_test(&src, &out, limits, items))
+    }
+
+    /// Each bundle's pages, with their method and size, in order.
+    fn pages_of(bundles: &[PathBuf]) -> Vec<Vec<(zip::CompressionMethod, u64)>> {
+        bundles
             .iter()
             .map(|path| {
                 let mut zip = zip::ZipArchive::new(std::fs::File::open(path).unwrap()).unwrap();
@@ -802,6 +873,101 @@ mod held_first_tests {
             unheld.iter().flatten().all(|(m, _)| *m == Deflated),
             "{unheld:?}"
         );
+    }
+
+    /// Pack `files` as [`pack`] does, with a link that is measured fast
+    /// when the packer awaits its measure: each bundle's pages, and how
+    /// many bundles had been emitted each time it awaited.
+    fn pack_measured(
+        files: &[(&str, Vec<u8>)],
+        first: u64,
+    ) -> (Vec<Vec<(zip::CompressionMethod, u64)>>, Vec<usize>) {
+        use std::sync::Mutex;
+        let dir = tempfile::tempdir().unwrap();
+        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::create_dir_all(&out).unwrap();
+        for (name, bytes) in files {
+            std::fs::write(src.join(name), bytes).unwrap();
+        }
+        let limits = Limits {
+            first_bundle: Some(FirstBundle {
+                max: first,
+                stored: true,
+            }),
+            ..Limits::new(64 << 20, 256 << 20, 1000)
+        };
+        let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
+        let emitted = Mutex::new(Vec::new());
+        let awaited = Mutex::new(Vec::new());
+        let measured_fast = AtomicBool::new(false);
+        let mut seq = 0;
+        Packer {
+            source: &src,
+            outbox: &out,
+            sender: "test",
+            limits,
+            alloc_seq: &mut || {
+                seq += 1;
+                Ok(seq)
+            },
+            emit: &mut |p| {
+                emitted.lock().unwrap().push(p.path);
+                Ok(())
+            },
+            opened: &|_| {},
+            touched: &|_| false,
+            deflate: &|| !measured_fast.load(Ordering::Relaxed),
+            await_measure: &|| {
+                awaited.lock().unwrap().push(emitted.lock().unwrap().len());
+                measured_fast.store(true, Ordering::Relaxed);
+            },
+            held: None,
+            signatures: None,
+        }
+        .pack(items)
+        .unwrap();
+        let bundles = pages_of(&emitted.into_inner().unwrap());
+        (bundles, awaited.into_inner().unwrap())
+    }
+
+    #[test]
+    fn the_held_first_bundle_goes_out_and_is_measured_before_the_files_after_it_are_read() {
+        // 24 pages of 512 KiB, the first bundle held to 4 MiB: the packer
+        // awaits the measure once, with that bundle out, and the link
+        // measured fast stores every page after it. (Read before the
+        // measure, the next batch would be deflated, as for a link not
+        // measured.)
+        let pages: Vec<(String, Vec<u8>)> = (0..24)
+            .map(|i| (format!("p{i:02}"), page(512 << 10, i)))
+            .collect();
+        let files: Vec<(&str, Vec<u8>)> =
+            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let (bundles, awaited) = pack_measured(&files, 4 << 20);
+        assert_eq!(awaited, [1], "{bundles:?}");
+        assert!(bundles[0].len() <= 8, "{bundles:?}");
+        assert!(
+            bundles.iter().flatten().all(|(m, _)| *m == Stored),
+            "{bundles:?}"
+        );
+        assert_eq!(bundles.iter().flatten().count(), 24);
+
+        // A file too large for what is left of the hold ends it before it
+        // is read: the first bundle goes out, then it is read, stored.
+        let files = [("p1", page(3 << 20, 1)), ("p2", page(6 << 20, 2))];
+        let (bundles, awaited) = pack_measured(&files, 4 << 20);
+        assert_eq!(awaited, [1], "{bundles:?}");
+        assert_eq!(bundles.len(), 2, "{bundles:?}");
+        assert!(
+            bundles.iter().flatten().all(|(m, _)| *m == Stored),
+            "{bundles:?}"
+        );
+
+        // A run that ends with its hold has nothing to wait for.
+        let (bundles, awaited) = pack_measured(&files[..1], 4 << 20);
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        let (bundles, awaited) = pack_measured(&files[..1], 3 << 20);
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
     }
 
     #[test]

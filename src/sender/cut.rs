@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::bundle::manifest::next_seq;
 use crate::bundle::pack::{HeldContent, Limits, PackItem, Packed, Packer, Report, Signatures};
@@ -207,6 +207,16 @@ impl Handles {
                     .contains(p)
             },
             deflate: &|| self.link_rates.deflate(self.compress),
+            await_measure: &|| {
+                let since = Instant::now();
+                let wait = super::link_rate::FIRST_MEASURE_WAIT;
+                let measured = self.link_rates.await_measures(self.compress, wait);
+                debug!(
+                    measured,
+                    waited_ms = since.elapsed().as_millis() as u64,
+                    "the run's first bundle, stored, is out: waited for the links' measure of it before reading on (measured false: not within the wait, and a link not measured counts as slow)"
+                );
+            },
             held: held.as_ref().map(|l| l as &dyn HeldContent),
             // A whole tree for one receiver sends no deltas; the content
             // it packs was signed when it first shipped.

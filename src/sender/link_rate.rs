@@ -10,16 +10,16 @@
 //! only once the receiver has spoken of the same bundle ([`Unheard`]), so
 //! a receiver's measure on its way is folded first. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is (and stored, the first time: the link's first
-//! measure is then held to the lower of the two lines, as for a link that
-//! stores). The decisions are pure ([`deflate_pays`], [`first_bundle_max`],
-//! [`stores_at`]). What a link was measured at is remembered across
+//! kept small so it soon is (and stored, the first time: the packer then
+//! waits for its measure, up to [`FIRST_MEASURE_WAIT`], before it reads
+//! on). The decisions are pure ([`deflate_pays`], [`first_bundle_max`],
+//! [`measure_awaited`], [`stores_at`]). What a link was measured at is remembered across
 //! restarts ([`super::link_memory`]): a remembered measure counts until
 //! the link is measured anew, and is written again only when a measure is
 //! news (see [`Measured`]), never once per bundle.
 
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use crate::bundle::pack::FirstBundle;
@@ -51,13 +51,27 @@ pub const DELIVERED_FROM: u64 = 1 << 20;
 /// `compress = "auto"` is not measured: it is sent, and the link measured,
 /// while the rest of the run packs (deflated until the measure comes: a
 /// link not measured counts as slow). The first such bundle of a process
-/// is stored ([`first_stored`]): a fast link is spared the CPU of
+/// is stored ([`first_stored`]), and the packer waits for its measure
+/// ([`FIRST_MEASURE_WAIT`]): a fast link is spared the CPU of
 /// deflating it (with 32 MiB deflated first, deflate was the sender's
 /// largest work in bench.py's first ship on loopback, 0.36-0.41 CPU s:
 /// BENCHMARKS.md, "Where the time goes"), and a slow link pays at most
 /// this much more than deflated. 8 MiB stored are more bytes to measure
 /// by than the 32 MiB of pages deflate to (about 7 MiB).
 pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
+/// How long a packing run waits, once its stored first bundle is out, for
+/// the links to be measured by it ([`measure_awaited`]) before it reads on.
+/// Deflating the files after that bundle while it was measured took one
+/// of the two cores the loopback's ends share: bench.py's first ship then
+/// measured 101-161 MB/s where the link carried 280-344, and deflated its
+/// big bundle (3.7-3.9 s against 2.5-3.2 stored); waiting, it measured
+/// 401 MB/s 19 ms after the bundle was packed. 8 MiB cross a link at
+/// [`DEFLATE_BELOW`] in 56 ms; the rest is for the receiver's word of it.
+/// A slower link is not waited for longer: deflate pays on it anyway, and
+/// its packer's wait is its link's idle time (250 ms cost bench.py's
+/// 100 Mbit/s first ship 0.3 s of its 20). Once per process at most: only
+/// a stored first bundle is waited for.
+pub const FIRST_MEASURE_WAIT: Duration = Duration::from_millis(100);
 /// How many of a kind's latest measures of a link decide its rate: the
 /// best of them. A busy endpoint (a receiver applying the bundle before,
 /// a sender packing the next) reads or writes more slowly than the link
@@ -110,8 +124,16 @@ pub fn first_stored(
     stores: impl IntoIterator<Item = Option<bool>>,
     spent: bool,
 ) -> bool {
+    !spent && measure_awaited(mode, stores)
+}
+
+/// Whether a measure is still to come before it is known whether deflate
+/// pays, under `mode`, given the choice of each receiver's link (as for
+/// [`deflate_pays`]): under `auto`, while some link is not measured and
+/// no link measured deflates (one that does decides already).
+pub fn measure_awaited(mode: Compress, stores: impl IntoIterator<Item = Option<bool>>) -> bool {
     let stores: Vec<Option<bool>> = stores.into_iter().collect();
-    mode == Compress::Auto && !spent && stores.contains(&None) && !stores.contains(&Some(false))
+    mode == Compress::Auto && stores.contains(&None) && !stores.contains(&Some(false))
 }
 
 /// Whether a link measured at `rate` stores, given whether it stored
@@ -231,8 +253,7 @@ pub(super) struct Link {
     pub(super) written: Option<i64>,
     /// Whether deflate is off on this link under `compress = "auto"`
     /// ([`stores_at`], given whether it stored before: a remembered link as
-    /// it was remembered; a link never measured as whether the process's
-    /// first bundle went stored).
+    /// it was remembered; a link never measured as not).
     pub(super) stores: bool,
     /// This process's latest measures of each kind, of which the best is
     /// the link's ([`RECENT`]); never remembered.
@@ -288,21 +309,10 @@ impl Link {
     /// remembered measure counts as one of the recent ones, taken at the
     /// first measure of its kind: a dip just after a restart turns
     /// nothing, and a link that slowed meanwhile is followed within
-    /// [`RECENT`] measures, as one measured in this run. A link never
-    /// measured is taken as storing if the process's first bundle went
-    /// stored (`stored_first`): its first measure then turns deflate on
-    /// only below [`DEFLATE_BELOW`] (a loopback busy with that bundle's
-    /// apply measured 195 MB/s first, then 287).
-    fn fold(
-        &mut self,
-        (sample, by): (f64, By),
-        (now, cap): (i64, Option<u64>),
-        stored_first: bool,
-    ) -> Measured {
+    /// [`RECENT`] measures, as one measured in this run. A link's first
+    /// measure stores only from [`STORE_FROM`].
+    fn fold(&mut self, (sample, by): (f64, By), (now, cap): (i64, Option<u64>)) -> Measured {
         let old = self.rate();
-        if old.is_none() {
-            self.stores = stored_first;
-        }
         let was_fresh = self.fresh();
         let (measure, recent) = match by {
             By::Sender => (&mut self.sent, &mut self.recent_sent),
@@ -386,6 +396,9 @@ pub(super) trait Remember: Send + Sync {
 /// packer, and where it is remembered across restarts.
 pub(super) struct LinkRates {
     links: Mutex<Vec<Link>>,
+    /// Told of each measure taken, for a packer awaiting one
+    /// ([`LinkRates::await_measures`]).
+    measured: Condvar,
     /// A run's first bundle was stored ([`first_stored`]) in this process.
     stored_once: std::sync::atomic::AtomicBool,
     /// `None`: remembered nowhere (tests).
@@ -401,6 +414,7 @@ impl LinkRates {
     pub(super) fn new(receivers: usize) -> Self {
         Self {
             links: Mutex::new(vec![Link::default(); receivers]),
+            measured: Condvar::new(),
             memory: None,
             keeping: Mutex::new(()),
             stored_once: Default::default(),
@@ -412,6 +426,7 @@ impl LinkRates {
     pub(super) fn remembering(memory: Box<dyn Remember>, links: Vec<Link>) -> Self {
         Self {
             links: Mutex::new(links),
+            measured: Condvar::new(),
             memory: Some(memory),
             keeping: Mutex::new(()),
             stored_once: Default::default(),
@@ -436,9 +451,26 @@ impl LinkRates {
             return None;
         }
         let sample = bytes as f64 / took.as_secs_f64();
-        let stored_first = self.stored_once.load(std::sync::atomic::Ordering::Relaxed);
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        Some(links[index].fold((sample, how.by()), (now, cap), stored_first))
+        let measured = links[index].fold((sample, how.by()), (now, cap));
+        drop(links);
+        self.measured.notify_all();
+        Some(measured)
+    }
+
+    /// Wait, at most `bound`, until the links are measured enough to say
+    /// whether deflate pays under `mode` ([`measure_awaited`]); whether
+    /// they were. Blocking.
+    pub(super) fn await_measures(&self, mode: Compress, bound: Duration) -> bool {
+        let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let awaited = |links: &mut Vec<Link>| {
+            measure_awaited(mode, links.iter().map(Link::stores_if_measured))
+        };
+        let (_links, waited) = self
+            .measured
+            .wait_timeout_while(links, bound, awaited)
+            .unwrap_or_else(|e| e.into_inner());
+        !waited.timed_out()
     }
 
     /// Each link as it stands.
@@ -631,6 +663,38 @@ mod tests {
     }
 
     #[test]
+    fn a_measure_is_awaited_only_under_auto_while_a_link_is_unmeasured_and_none_deflates() {
+        let (fast, slow) = (Some(true), Some(false));
+        assert!(measure_awaited(Compress::Auto, [None]));
+        assert!(measure_awaited(Compress::Auto, [fast, None]));
+        assert!(!measure_awaited(Compress::Auto, [slow, None]));
+        assert!(!measure_awaited(Compress::Auto, [fast, fast]));
+        assert!(!measure_awaited(Compress::Never, [None]));
+        assert!(!measure_awaited(Compress::Always, [None]));
+    }
+
+    #[test]
+    fn a_packer_awaiting_a_measure_goes_on_when_it_comes_or_the_wait_ends() {
+        let r = std::sync::Arc::new(LinkRates::new(1));
+        // Nothing measures: the wait ends unmeasured.
+        assert!(!r.await_measures(Compress::Auto, Duration::from_millis(1)));
+        // Under `never` nothing is awaited.
+        assert!(r.await_measures(Compress::Never, Duration::ZERO));
+        // A measure taken meanwhile ends the wait (long as it may be).
+        let measuring = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let took = (8 << 20, Duration::from_millis(30));
+                r.record(0, Measure::Received, took, (T0, None))
+                    .expect("enough bytes to measure");
+            })
+        };
+        assert!(r.await_measures(Compress::Auto, Duration::from_secs(600)));
+        measuring.join().unwrap();
+        assert_eq!(r.stores(0), Some(true));
+    }
+
+    #[test]
     fn a_first_bundle_is_small_only_while_auto_has_a_link_to_measure() {
         let fast = Some(STORE_FROM * 3.0);
         let max = Some(UNMEASURED_FIRST_BUNDLE);
@@ -742,6 +806,7 @@ mod tests {
         let link = Link::remembered(rate, rate, None);
         LinkRates {
             links: Mutex::new(vec![link]),
+            measured: Condvar::new(),
             memory: None,
             keeping: Mutex::new(()),
             stored_once: Default::default(),
@@ -813,25 +878,6 @@ mod tests {
             "turned"
         );
         assert_eq!(keeps(Measure::Received, slow, day + 3), (false, false));
-    }
-
-    #[test]
-    fn a_first_measure_after_a_stored_first_bundle_keeps_storing_above_deflate_below() {
-        let r = LinkRates::new(1);
-        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
-        let m = r.record(0, Measure::Acked, at(195), (T0, None)).unwrap();
-        assert!(m.stores && m.news, "stored first: 195 MB/s keeps storing");
-        assert!(!r.deflate(Compress::Auto));
-        let r = LinkRates::new(1);
-        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
-        let m = r.record(0, Measure::Acked, at(140), (T0, None)).unwrap();
-        assert!(!m.stores, "below {DEFLATE_BELOW}: deflates");
-        let r = LinkRates::new(1);
-        let m = r.record(0, Measure::Acked, at(195), (T0, None)).unwrap();
-        assert!(
-            !m.stores,
-            "nothing went stored: below {STORE_FROM} deflates"
-        );
     }
 
     #[test]

@@ -458,6 +458,7 @@ pub fn pack_items_held(
         opened: &|_| {},
         touched: &|_| false,
         deflate: &|| true,
+        await_measure: &|| {},
         held,
         signatures: None,
     }
