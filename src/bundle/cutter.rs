@@ -57,6 +57,9 @@ pub struct Report {
     /// the tree (or absolute), they stay skipped until they change.
     pub skipped_links: Vec<SkippedLink>,
     pub bundles: Vec<(u64, Summary)>,
+    /// Bytes the run read stored into its first bundle held small
+    /// ([`super::limits::FirstBundle::stored`]).
+    pub held_stored: u64,
     /// Large files packed with their bytes and not signed yet: signed off
     /// the packing path, by the sender's signer, if they still hold this
     /// content then.

@@ -29,12 +29,20 @@ pub struct FirstBundle {
     /// It grows no larger than this, where it is smaller than
     /// `max_bundle_size`.
     pub max: u64,
-    /// The files the run reads first, up to `max` bytes, are stored, not
-    /// deflated (one larger than what is left of them is deflated as
-    /// usual), so a link that may not need deflate is measured before it
-    /// is spent.
-    pub stored: bool,
+    /// The files the run reads first, up to this many bytes (and no more
+    /// than `max`), are stored, not deflated (one larger than what is left
+    /// of them is deflated as usual), so a link that may not need deflate
+    /// is measured before it is spent; 0: none. A hold that stored at
+    /// least [`HOLD_MEASURES_FROM`] is sealed when its bytes are read, and
+    /// waited for (`pack::Packer::await_measure`).
+    pub stored: u64,
 }
+
+/// A first bundle held small that stored fewer bytes than this measures
+/// no link (the sender's measure and the receiver's both need 1 MiB:
+/// `sender::link_rate::DELIVERED_FROM`): the packer does not wait for its
+/// measure.
+pub const HOLD_MEASURES_FROM: u64 = 1 << 20;
 
 impl Limits {
     /// The sender's own limits with no receiver's narrower ones applied.
@@ -113,7 +121,7 @@ mod tests {
 
     #[test]
     fn only_a_runs_first_bundle_is_held_to_the_first_bundle_max() {
-        let held = |max| Some(FirstBundle { max, stored: false });
+        let held = |max| Some(FirstBundle { max, stored: 0 });
         let l = Limits {
             first_bundle: held(32 << 20),
             ..Limits::new(64 << 20, 256 << 20, 100)

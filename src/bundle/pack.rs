@@ -55,7 +55,7 @@ use crate::stamp::{Kind, Stamp};
 // What other modules use of the sender's side, whichever room it lives in.
 pub use super::cutter::{Packed, Report, SkippedLink, Unsigned, bundle_file_name, is_outbox_name};
 pub use super::delta_pack::{Signatures, Signed, sign};
-pub use super::limits::{FirstBundle, Limits, MIN_CHUNK_SIZE};
+pub use super::limits::{FirstBundle, HOLD_MEASURES_FROM, Limits, MIN_CHUNK_SIZE};
 pub use super::writer::with_path;
 pub use super::zip_entry::is_precompressed;
 
@@ -136,11 +136,14 @@ pub struct Packer<'a> {
     /// the links' measured rate), asked afresh for each file: a link
     /// measured while a run packs changes the files after it.
     pub deflate: &'a (dyn Fn() -> bool + Sync),
-    /// Called once a run's first bundle held small and stored
-    /// ([`FirstBundle::stored`]) is out, before the next file is read:
-    /// returns once the links are measured by it (or a bound passed), so
-    /// `deflate` answers for what follows by that measure, and no deflate
-    /// behind the bundle takes the CPU its measure needs.
+    /// Called once a run's first bundle held small, with at least
+    /// [`HOLD_MEASURES_FROM`] stored ([`FirstBundle::stored`]), is out,
+    /// before the next file's bytes are read into a bundle (what is read
+    /// to decide whether and how it ships, such as hashing a file the
+    /// receivers may hold, is not held back): returns once the links are
+    /// measured by it (or a bound passed), so `deflate` answers for what
+    /// follows by that measure, and no deflate behind the bundle takes the
+    /// CPU its measure needs.
     pub await_measure: &'a (dyn Fn() + Sync),
     /// Where the receivers hold content a new file may be rebuilt from;
     /// `None`: nothing is reused (a whole tree for a new receiver).
@@ -190,10 +193,10 @@ impl Packer<'_> {
             report,
             batch: Vec::new(),
             batch_bytes: 0,
-            held_left: match self.limits.first_bundle {
-                Some(FirstBundle { max, stored: true }) => max,
-                _ => 0,
-            },
+            held_left: self
+                .limits
+                .first_bundle
+                .map_or(0, |FirstBundle { max, stored }| stored.min(max)),
             stored: &stored,
             await_measure: self.await_measure,
             measure_due: false,
@@ -497,20 +500,28 @@ impl Run<'_> {
         self.await_due();
         let within = self.held_left > 0;
         self.stored.store(within, Ordering::Relaxed);
+        if within {
+            self.report.held_stored += bytes;
+        }
         self.held_left = self.held_left.saturating_sub(bytes);
         Ok(within && self.held_left == 0)
     }
 
-    /// The held first bundle's bytes are read: seal it, so it goes out now
-    /// rather than when the next entry finds it full (unless an entry the
-    /// hold read did so already), and have the next read wait for the
+    /// The held first bundle's bytes are read. If they are enough to
+    /// measure a link by ([`HOLD_MEASURES_FROM`]), seal it, so it goes out
+    /// now rather than when the next entry finds it full (unless an entry
+    /// the hold read did so already), and have the next read wait for the
     /// links' measure of it ([`Run::await_due`]).
     fn end_hold(&mut self) -> io::Result<()> {
         self.held_left = 0;
+        if self.report.held_stored < HOLD_MEASURES_FROM {
+            return Ok(());
+        }
         if self.report.bundles.is_empty() {
             self.cut.seal(self.report)?;
         }
-        self.measure_due = true;
+        // Sealed empty (all it held gone), nothing went out to wait for.
+        self.measure_due = !self.report.bundles.is_empty();
         Ok(())
     }
 
@@ -802,7 +813,7 @@ mod held_first_tests {
             std::fs::write(src.join(name), bytes).unwrap();
         }
         let limits = Limits {
-            first_bundle: first.map(|max| FirstBundle { max, stored: true }),
+            first_bundle: first.map(|max| FirstBundle { max, stored: max }),
             ..Limits::new(64 << 20, 256 << 20, 1000)
         };
         let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
@@ -880,7 +891,7 @@ mod held_first_tests {
     /// many bundles had been emitted each time it awaited.
     fn pack_measured(
         files: &[(&str, Vec<u8>)],
-        first: u64,
+        first: FirstBundle,
     ) -> (Vec<Vec<(zip::CompressionMethod, u64)>>, Vec<usize>) {
         use std::sync::Mutex;
         let dir = tempfile::tempdir().unwrap();
@@ -891,10 +902,7 @@ mod held_first_tests {
             std::fs::write(src.join(name), bytes).unwrap();
         }
         let limits = Limits {
-            first_bundle: Some(FirstBundle {
-                max: first,
-                stored: true,
-            }),
+            first_bundle: Some(first),
             ..Limits::new(64 << 20, 256 << 20, 1000)
         };
         let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
@@ -943,7 +951,7 @@ mod held_first_tests {
             .collect();
         let files: Vec<(&str, Vec<u8>)> =
             pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
-        let (bundles, awaited) = pack_measured(&files, 4 << 20);
+        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
         assert_eq!(awaited, [1], "{bundles:?}");
         assert!(bundles[0].len() <= 8, "{bundles:?}");
         assert!(
@@ -955,7 +963,7 @@ mod held_first_tests {
         // A file too large for what is left of the hold ends it before it
         // is read: the first bundle goes out, then it is read, stored.
         let files = [("p1", page(3 << 20, 1)), ("p2", page(6 << 20, 2))];
-        let (bundles, awaited) = pack_measured(&files, 4 << 20);
+        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
         assert_eq!(awaited, [1], "{bundles:?}");
         assert_eq!(bundles.len(), 2, "{bundles:?}");
         assert!(
@@ -964,10 +972,50 @@ mod held_first_tests {
         );
 
         // A run that ends with its hold has nothing to wait for.
-        let (bundles, awaited) = pack_measured(&files[..1], 4 << 20);
+        let (bundles, awaited) = pack_measured(&files[..1], held(4 << 20));
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
-        let (bundles, awaited) = pack_measured(&files[..1], 3 << 20);
+        let (bundles, awaited) = pack_measured(&files[..1], held(3 << 20));
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+    }
+
+    /// A first bundle held to `max` bytes, all stored.
+    fn held(max: u64) -> FirstBundle {
+        FirstBundle { max, stored: max }
+    }
+
+    #[test]
+    fn a_hold_with_too_little_stored_to_measure_by_is_not_waited_for() {
+        let pages: Vec<(String, Vec<u8>)> = (0..24)
+            .map(|i| (format!("p{i:02}"), page(128 << 10, i)))
+            .collect();
+        let files: Vec<(&str, Vec<u8>)> =
+            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        // Nothing left to store: no wait, and what follows is deflated.
+        let deflated = FirstBundle {
+            max: 4 << 20,
+            stored: 0,
+        };
+        let (bundles, awaited) = pack_measured(&files, deflated);
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        assert!(bundles.iter().flatten().all(|(m, _)| *m == Deflated));
+        // 512 KiB left to store (an earlier run stored the rest): they
+        // are stored, too few to measure by, and not waited for.
+        let (bundles, awaited) = pack_measured(
+            &files,
+            FirstBundle {
+                max: 4 << 20,
+                stored: 512 << 10,
+            },
+        );
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        let stored = bundles.iter().flatten().filter(|(m, _)| *m == Stored);
+        assert_eq!(stored.count(), 4, "{bundles:?}");
+        // A first file too large for the hold ends it before anything is
+        // stored: nothing went out to wait for, and it is deflated.
+        let files = [("p1", page(6 << 20, 1)), ("p2", page(128 << 10, 2))];
+        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        assert!(bundles.iter().flatten().all(|(m, _)| *m == Deflated));
     }
 
     #[test]

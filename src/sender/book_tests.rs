@@ -195,6 +195,7 @@ fn a_report_updates_what_was_shipped_and_what_fails() {
         bundles: Vec::new(),
         skipped_links: Vec::new(),
         unsigned: Vec::new(),
+        held_stored: 0,
     };
     let accounted = b.record(&report, now);
     assert_eq!(accounted.len(), 4);

@@ -226,6 +226,7 @@ impl Handles {
         };
         let mut report = Report::default();
         let result = packer.pack_into(items, &mut report);
+        self.link_rates.spend_stored(report.held_stored);
         (report, result)
     }
 }

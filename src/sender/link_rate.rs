@@ -19,6 +19,7 @@
 //! news (see [`Measured`]), never once per bundle.
 
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -47,12 +48,18 @@ pub const MEASURE_FROM: u64 = 32 << 20;
 /// fewer tell. (TCP's slow start makes the first megabytes of a new
 /// connection look slower than the link: a slow link never looks fast.)
 pub const DELIVERED_FROM: u64 = 1 << 20;
+// A hold the packer waits for carries enough for both measures, and fits
+// in a first bundle.
+const _: () = assert!(
+    crate::bundle::pack::HOLD_MEASURES_FROM >= DELIVERED_FROM
+        && crate::bundle::pack::HOLD_MEASURES_FROM <= UNMEASURED_FIRST_BUNDLE
+);
 /// A run's first bundle grows no larger than this while some link under
 /// `compress = "auto"` is not measured: it is sent, and the link measured,
-/// while the rest of the run packs (deflated until the measure comes: a
-/// link not measured counts as slow). The first such bundle of a process
-/// is stored ([`first_stored`]), and the packer waits for its measure
-/// ([`FIRST_MEASURE_WAIT`]): a fast link is spared the CPU of
+/// before the rest of the run is deflated (a link not measured counts as
+/// slow). A process's first such bundles store this many bytes in all
+/// ([`first_stored`]), and the packer waits for the measure of one that
+/// stored enough to measure by ([`FIRST_MEASURE_WAIT`]): a fast link is spared the CPU of
 /// deflating it (with 32 MiB deflated first, deflate was the sender's
 /// largest work in bench.py's first ship on loopback, 0.36-0.41 CPU s:
 /// BENCHMARKS.md, "Where the time goes"), and a slow link pays at most
@@ -69,8 +76,9 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
 /// [`DEFLATE_BELOW`] in 56 ms; the rest is for the receiver's word of it.
 /// A slower link is not waited for longer: deflate pays on it anyway, and
 /// its packer's wait is its link's idle time (250 ms cost bench.py's
-/// 100 Mbit/s first ship 0.3 s of its 20). Once per process at most: only
-/// a stored first bundle is waited for.
+/// 100 Mbit/s first ship 0.3 s of its 20). Once per process at most, or
+/// nearly: only a first bundle that stored 1 MiB or more is waited for
+/// (two runs at once may each store one).
 pub const FIRST_MEASURE_WAIT: Duration = Duration::from_millis(100);
 /// How many of a kind's latest measures of a link decide its rate: the
 /// best of them. A busy endpoint (a receiver applying the bundle before,
@@ -112,19 +120,28 @@ pub fn streams(mode: Compress, stores: Option<bool>) -> bool {
     mode != Compress::Auto || stores == Some(true)
 }
 
-/// Whether a run's first bundle, held small ([`first_bundle_max`]), is
-/// stored, under `mode`, given the choice of each receiver's link (as for
-/// [`deflate_pays`]) and whether one was stored before in this process
-/// (`spent`): under `auto`, while some link is not measured and no link
-/// measured deflates, once. Once: a link may stay unmeasured for long (a
-/// receiver away, a bucket, which only bodies of [`MEASURE_FROM`]
-/// measure), and each run's first 8 MiB would go stored to all.
+/// How many bytes of a run's first bundle, held small
+/// ([`first_bundle_max`]), are stored, under `mode`, given the choice of
+/// each receiver's link (as for [`deflate_pays`]) and how many of the
+/// process's [`UNMEASURED_FIRST_BUNDLE`] bytes are left to store (`left`):
+/// under `auto`, while some link is not measured and no link measured
+/// deflates, what is left. A process stores no more than that in all (two
+/// runs at once, a whole tree for a new receiver beside the others', may
+/// each store what was left when they began): a link may stay unmeasured
+/// for long (a receiver away, a bucket, which only bodies of
+/// [`MEASURE_FROM`] measure, runs too small to measure by), and each run's
+/// first 8 MiB would go stored to all. Counted in bytes, not runs, so a
+/// first run of a few pages leaves the rest to the next.
 pub fn first_stored(
     mode: Compress,
     stores: impl IntoIterator<Item = Option<bool>>,
-    spent: bool,
-) -> bool {
-    !spent && measure_awaited(mode, stores)
+    left: u64,
+) -> u64 {
+    if measure_awaited(mode, stores) {
+        left
+    } else {
+        0
+    }
 }
 
 /// Whether a measure is still to come before it is known whether deflate
@@ -399,8 +416,9 @@ pub(super) struct LinkRates {
     /// Told of each measure taken, for a packer awaiting one
     /// ([`LinkRates::await_measures`]).
     measured: Condvar,
-    /// A run's first bundle was stored ([`first_stored`]) in this process.
-    stored_once: std::sync::atomic::AtomicBool,
+    /// Bytes of first bundles this process may still store
+    /// ([`first_stored`]).
+    stored_left: AtomicU64,
     /// `None`: remembered nowhere (tests).
     memory: Option<Box<dyn Remember>>,
     /// One [`LinkRates::keep`] at a time, each of the links as they stand
@@ -417,7 +435,7 @@ impl LinkRates {
             measured: Condvar::new(),
             memory: None,
             keeping: Mutex::new(()),
-            stored_once: Default::default(),
+            stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
         }
     }
 
@@ -429,7 +447,7 @@ impl LinkRates {
             measured: Condvar::new(),
             memory: Some(memory),
             keeping: Mutex::new(()),
-            stored_once: Default::default(),
+            stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
         }
     }
 
@@ -493,18 +511,25 @@ impl LinkRates {
     }
 
     /// How the next run's first bundle is held, under `mode`: as large as
-    /// [`first_bundle_max`] says, stored as [`first_stored`] says (if so,
-    /// no later one is).
+    /// [`first_bundle_max`] says, stored as [`first_stored`] says (a run
+    /// tells what it stored: [`LinkRates::spend_stored`]).
     pub(super) fn first_bundle(&self, mode: Compress) -> Option<FirstBundle> {
-        use std::sync::atomic::Ordering;
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let rates: Vec<Option<f64>> = links.iter().map(Link::rate).collect();
         let max = first_bundle_max(mode, &rates)?;
         let stores = links.iter().map(Link::stores_if_measured);
-        let spent = self.stored_once.load(Ordering::Relaxed);
-        let stored =
-            first_stored(mode, stores, spent) && !self.stored_once.swap(true, Ordering::Relaxed);
+        let left = self.stored_left.load(Ordering::Relaxed);
+        let stored = first_stored(mode, stores, left);
         Some(FirstBundle { max, stored })
+    }
+
+    /// A run stored `bytes` of its first bundle: so many fewer are left to
+    /// store ([`first_stored`]).
+    pub(super) fn spend_stored(&self, bytes: u64) {
+        let spend = |left: u64| Some(left.saturating_sub(bytes));
+        let _ = self
+            .stored_left
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, spend);
     }
 
     /// Write every link's measures where they are remembered (after a
@@ -639,27 +664,32 @@ mod tests {
     }
 
     #[test]
-    fn a_first_bundle_is_stored_once_and_only_while_no_measured_link_deflates() {
+    fn first_bundles_store_8_mib_in_all_and_only_while_no_measured_link_deflates() {
         let (fast, slow) = (Some(true), Some(false));
-        assert!(first_stored(Compress::Auto, [None], false));
-        assert!(first_stored(Compress::Auto, [fast, None], false));
-        assert!(
-            !first_stored(Compress::Auto, [slow, None], false),
+        let all = UNMEASURED_FIRST_BUNDLE;
+        assert_eq!(first_stored(Compress::Auto, [None], all), all);
+        assert_eq!(first_stored(Compress::Auto, [fast, None], 5), 5);
+        assert_eq!(
+            first_stored(Compress::Auto, [slow, None], all),
+            0,
             "a slow link decides"
         );
-        assert!(
-            !first_stored(Compress::Auto, [fast], false),
+        assert_eq!(
+            first_stored(Compress::Auto, [fast], all),
+            0,
             "nothing to measure"
         );
-        assert!(!first_stored(Compress::Auto, [None], true), "once");
-        assert!(!first_stored(Compress::Always, [None], false));
-        assert!(!first_stored(Compress::Never, [None], false));
+        assert_eq!(first_stored(Compress::Always, [None], all), 0);
+        assert_eq!(first_stored(Compress::Never, [None], all), 0);
         let r = LinkRates::new(2);
-        assert!(r.first_bundle(Compress::Auto).unwrap().stored);
-        assert!(
-            !r.first_bundle(Compress::Auto).unwrap().stored,
-            "the second run's is deflated"
-        );
+        let stored = |r: &LinkRates| r.first_bundle(Compress::Auto).unwrap().stored;
+        assert_eq!(stored(&r), all, "asking spends nothing");
+        assert_eq!(stored(&r), all);
+        // A first run of a few pages leaves the rest to the next.
+        r.spend_stored(100 << 10);
+        assert_eq!(stored(&r), all - (100 << 10));
+        r.spend_stored(all);
+        assert_eq!(stored(&r), 0, "the next run's is deflated");
     }
 
     #[test]
@@ -689,7 +719,7 @@ mod tests {
                     .expect("enough bytes to measure");
             })
         };
-        assert!(r.await_measures(Compress::Auto, Duration::from_secs(600)));
+        assert!(r.await_measures(Compress::Auto, Duration::from_secs(30)));
         measuring.join().unwrap();
         assert_eq!(r.stores(0), Some(true));
     }
@@ -809,7 +839,7 @@ mod tests {
             measured: Condvar::new(),
             memory: None,
             keeping: Mutex::new(()),
-            stored_once: Default::default(),
+            stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
         }
     }
 

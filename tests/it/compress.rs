@@ -98,10 +98,10 @@ async fn first_ship_of_pages() -> (Env, Role, std::path::PathBuf, Daemon) {
 }
 
 /// Under the default, a link not measured yet gets a small first bundle,
-/// stored, that goes out while the rest is packed: the bytes the
-/// receiver's TCP acknowledged meanwhile measure the link, and the log says
-/// so (how fast, and whether deflate pays: every file packed after it
-/// follows the measure). Before, a first ship's first bundle held up to
+/// stored, that goes out before the rest is packed (the packer waits up
+/// to 100 ms for its measure): the bytes the receiver's TCP acknowledged
+/// meanwhile measure the link, and the log says so (how fast, and whether
+/// deflate pays: every file packed after it follows the measure). Before, a first ship's first bundle held up to
 /// 256 MiB, all deflated before the link was measured at all; then 32 MiB,
 /// deflated, which cost a fast link more CPU than it saved.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
