@@ -38,11 +38,13 @@ pub struct FirstBundle {
     pub stored: u64,
 }
 
-/// A first bundle held small that stored fewer bytes than this measures
-/// no link (the sender's measure and the receiver's both need 1 MiB:
-/// `sender::link_rate::DELIVERED_FROM`): the packer does not wait for its
-/// measure.
-pub const HOLD_MEASURES_FROM: u64 = 1 << 20;
+/// A first bundle held small that stored fewer bytes than this is not
+/// sealed early nor waited for: too few to measure a link by. Each measure
+/// needs 1 MiB (`sender::link_rate::DELIVERED_FROM`) and counts less than
+/// the bundle: the sender's, only what was acknowledged before its write
+/// returned (not what the socket buffers took); the receiver's, only what
+/// came after its first read that had to wait.
+pub const HOLD_MEASURES_FROM: u64 = 4 << 20;
 
 impl Limits {
     /// The sender's own limits with no receiver's narrower ones applied.

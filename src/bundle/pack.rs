@@ -820,8 +820,11 @@ mod held_first_tests {
         pages_of(&pack_for_test(&src, &out, limits, items))
     }
 
-    /// Each bundle's pages, with their method and size, in order.
-    fn pages_of(bundles: &[PathBuf]) -> Vec<Vec<(zip::CompressionMethod, u64)>> {
+    /// One bundle's pages, with their method and size, in order.
+    type Pages = Vec<(zip::CompressionMethod, u64)>;
+
+    /// Each bundle's pages.
+    fn pages_of(bundles: &[PathBuf]) -> Vec<Pages> {
         bundles
             .iter()
             .map(|path| {
@@ -887,12 +890,13 @@ mod held_first_tests {
     }
 
     /// Pack `files` as [`pack`] does, with a link that is measured fast
-    /// when the packer awaits its measure: each bundle's pages, and how
-    /// many bundles had been emitted each time it awaited.
+    /// when the packer awaits its measure: each bundle's pages, how many
+    /// bundles had been emitted each time it awaited, and how many bytes
+    /// it stored in its hold.
     fn pack_measured(
         files: &[(&str, Vec<u8>)],
         first: FirstBundle,
-    ) -> (Vec<Vec<(zip::CompressionMethod, u64)>>, Vec<usize>) {
+    ) -> (Vec<Pages>, Vec<usize>, u64) {
         use std::sync::Mutex;
         let dir = tempfile::tempdir().unwrap();
         let (src, out) = (dir.path().join("src"), dir.path().join("out"));
@@ -910,7 +914,7 @@ mod held_first_tests {
         let awaited = Mutex::new(Vec::new());
         let measured_fast = AtomicBool::new(false);
         let mut seq = 0;
-        Packer {
+        let held_stored = Packer {
             source: &src,
             outbox: &out,
             sender: "test",
@@ -934,9 +938,10 @@ mod held_first_tests {
             signatures: None,
         }
         .pack(items)
-        .unwrap();
+        .unwrap()
+        .held_stored;
         let bundles = pages_of(&emitted.into_inner().unwrap());
-        (bundles, awaited.into_inner().unwrap())
+        (bundles, awaited.into_inner().unwrap(), held_stored)
     }
 
     #[test]
@@ -951,7 +956,7 @@ mod held_first_tests {
             .collect();
         let files: Vec<(&str, Vec<u8>)> =
             pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
-        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
+        let (bundles, awaited, _) = pack_measured(&files, held(4 << 20));
         assert_eq!(awaited, [1], "{bundles:?}");
         assert!(bundles[0].len() <= 8, "{bundles:?}");
         assert!(
@@ -962,8 +967,8 @@ mod held_first_tests {
 
         // A file too large for what is left of the hold ends it before it
         // is read: the first bundle goes out, then it is read, stored.
-        let files = [("p1", page(3 << 20, 1)), ("p2", page(6 << 20, 2))];
-        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
+        let files = [("p1", page(5 << 20, 1)), ("p2", page(10 << 20, 2))];
+        let (bundles, awaited, _) = pack_measured(&files, held(8 << 20));
         assert_eq!(awaited, [1], "{bundles:?}");
         assert_eq!(bundles.len(), 2, "{bundles:?}");
         assert!(
@@ -972,9 +977,9 @@ mod held_first_tests {
         );
 
         // A run that ends with its hold has nothing to wait for.
-        let (bundles, awaited) = pack_measured(&files[..1], held(4 << 20));
+        let (bundles, awaited, _) = pack_measured(&files[..1], held(8 << 20));
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
-        let (bundles, awaited) = pack_measured(&files[..1], held(3 << 20));
+        let (bundles, awaited, _) = pack_measured(&files[..1], held(5 << 20));
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
     }
 
@@ -995,12 +1000,12 @@ mod held_first_tests {
             max: 4 << 20,
             stored: 0,
         };
-        let (bundles, awaited) = pack_measured(&files, deflated);
+        let (bundles, awaited, _) = pack_measured(&files, deflated);
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
         assert!(bundles.iter().flatten().all(|(m, _)| *m == Deflated));
         // 512 KiB left to store (an earlier run stored the rest): they
         // are stored, too few to measure by, and not waited for.
-        let (bundles, awaited) = pack_measured(
+        let (bundles, awaited, stored) = pack_measured(
             &files,
             FirstBundle {
                 max: 4 << 20,
@@ -1008,12 +1013,19 @@ mod held_first_tests {
             },
         );
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        assert_eq!(stored, 512 << 10, "what the run spent of the budget");
         let stored = bundles.iter().flatten().filter(|(m, _)| *m == Stored);
         assert_eq!(stored.count(), 4, "{bundles:?}");
+        // 3 MiB stored, then a file too large for the rest: too few stored
+        // to measure by, so not waited for.
+        let files3 = [("p1", page(3 << 20, 1)), ("p2", page(6 << 20, 2))];
+        let (bundles, awaited, stored) = pack_measured(&files3, held(4 << 20));
+        assert_eq!(awaited, [0usize; 0], "{bundles:?}");
+        assert_eq!(stored, 3 << 20);
         // A first file too large for the hold ends it before anything is
         // stored: nothing went out to wait for, and it is deflated.
         let files = [("p1", page(6 << 20, 1)), ("p2", page(128 << 10, 2))];
-        let (bundles, awaited) = pack_measured(&files, held(4 << 20));
+        let (bundles, awaited, _) = pack_measured(&files, held(4 << 20));
         assert_eq!(awaited, [0usize; 0], "{bundles:?}");
         assert!(bundles.iter().flatten().all(|(m, _)| *m == Deflated));
     }

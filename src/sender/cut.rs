@@ -84,7 +84,8 @@ pub(super) struct Handles {
 impl Handles {
     /// A packing run's limits: `own` narrowed to what every receiver said
     /// it accepts, its first bundle held small while a link is to be
-    /// measured (and stored, once: [`super::link_rate::LinkRates::first_bundle`]).
+    /// measured (and stored, 8 MiB per process in all:
+    /// [`super::link_rate::LinkRates::first_bundle`]).
     /// Called once per packing run.
     fn limits(&self, own: Limits) -> Limits {
         let narrowed = self
@@ -210,12 +211,13 @@ impl Handles {
             await_measure: &|| {
                 let since = Instant::now();
                 let wait = super::link_rate::FIRST_MEASURE_WAIT;
-                let measured = self.link_rates.await_measures(self.compress, wait);
-                debug!(
-                    measured,
-                    waited_ms = since.elapsed().as_millis() as u64,
-                    "the run's first bundle, stored, is out: waited for the links' measure of it before reading on (measured false: not within the wait, and a link not measured counts as slow)"
-                );
+                if let Some(measured) = self.link_rates.await_measures(self.compress, wait) {
+                    debug!(
+                        measured,
+                        waited_ms = since.elapsed().as_millis() as u64,
+                        "the run's first bundle, stored, is out: waited for the links' measure of it before reading on (measured false: not within the wait, and a link not measured counts as slow; a process waits once)"
+                    );
+                }
             },
             held: held.as_ref().map(|l| l as &dyn HeldContent),
             // A whole tree for one receiver sends no deltas; the content

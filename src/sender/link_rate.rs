@@ -19,7 +19,7 @@
 //! news (see [`Measured`]), never once per bundle.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
@@ -76,9 +76,9 @@ pub const UNMEASURED_FIRST_BUNDLE: u64 = 8 << 20;
 /// [`DEFLATE_BELOW`] in 56 ms; the rest is for the receiver's word of it.
 /// A slower link is not waited for longer: deflate pays on it anyway, and
 /// its packer's wait is its link's idle time (250 ms cost bench.py's
-/// 100 Mbit/s first ship 0.3 s of its 20). Once per process at most, or
-/// nearly: only a first bundle that stored 1 MiB or more is waited for
-/// (two runs at once may each store one).
+/// 100 Mbit/s first ship 0.3 s of its 20). Once per process at most
+/// ([`LinkRates::await_measures`]), for a first bundle that stored enough
+/// to measure by (`pack::HOLD_MEASURES_FROM`).
 pub const FIRST_MEASURE_WAIT: Duration = Duration::from_millis(100);
 /// How many of a kind's latest measures of a link decide its rate: the
 /// best of them. A busy endpoint (a receiver applying the bundle before,
@@ -419,6 +419,9 @@ pub(super) struct LinkRates {
     /// Bytes of first bundles this process may still store
     /// ([`first_stored`]).
     stored_left: AtomicU64,
+    /// A packer waited for a first bundle's measure in this process
+    /// ([`LinkRates::await_measures`]).
+    awaited: AtomicBool,
     /// `None`: remembered nowhere (tests).
     memory: Option<Box<dyn Remember>>,
     /// One [`LinkRates::keep`] at a time, each of the links as they stand
@@ -436,6 +439,7 @@ impl LinkRates {
             memory: None,
             keeping: Mutex::new(()),
             stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
+            awaited: AtomicBool::new(false),
         }
     }
 
@@ -448,6 +452,7 @@ impl LinkRates {
             memory: Some(memory),
             keeping: Mutex::new(()),
             stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
+            awaited: AtomicBool::new(false),
         }
     }
 
@@ -478,8 +483,14 @@ impl LinkRates {
 
     /// Wait, at most `bound`, until the links are measured enough to say
     /// whether deflate pays under `mode` ([`measure_awaited`]); whether
-    /// they were. Blocking.
-    pub(super) fn await_measures(&self, mode: Compress, bound: Duration) -> bool {
+    /// they were. Once per process: `None`, without waiting, after the
+    /// first call (a link a first bundle did not measure, such as a
+    /// receiver away or a bucket, is not waited for run after run).
+    /// Blocking.
+    pub(super) fn await_measures(&self, mode: Compress, bound: Duration) -> Option<bool> {
+        if self.awaited.swap(true, Ordering::Relaxed) {
+            return None;
+        }
         let links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         let awaited = |links: &mut Vec<Link>| {
             measure_awaited(mode, links.iter().map(Link::stores_if_measured))
@@ -488,7 +499,7 @@ impl LinkRates {
             .measured
             .wait_timeout_while(links, bound, awaited)
             .unwrap_or_else(|e| e.into_inner());
-        !waited.timed_out()
+        Some(!waited.timed_out())
     }
 
     /// Each link as it stands.
@@ -650,10 +661,6 @@ mod tests {
         assert!(stores_at(DEFLATE_BELOW, true) && !stores_at(DEFLATE_BELOW - 1.0, true));
     }
 
-    /// A first bundle held small is stored once per process, and only
-    /// while no measured link deflates: a link that stays unmeasured (a
-    /// receiver away, a bucket) does not get every run's first 8 MiB
-    /// stored.
     #[test]
     fn bundles_stream_under_auto_once_the_link_stores_and_always_otherwise() {
         for stores in [None, Some(false), Some(true)] {
@@ -663,6 +670,10 @@ mod tests {
         }
     }
 
+    /// First bundles held small store 8 MiB per process in all, and only
+    /// while no measured link deflates: a link that stays unmeasured (a
+    /// receiver away, a bucket) does not get every run's first 8 MiB
+    /// stored.
     #[test]
     fn first_bundles_store_8_mib_in_all_and_only_while_no_measured_link_deflates() {
         let (fast, slow) = (Some(true), Some(false));
@@ -705,12 +716,20 @@ mod tests {
 
     #[test]
     fn a_packer_awaiting_a_measure_goes_on_when_it_comes_or_the_wait_ends() {
-        let r = std::sync::Arc::new(LinkRates::new(1));
-        // Nothing measures: the wait ends unmeasured.
-        assert!(!r.await_measures(Compress::Auto, Duration::from_millis(1)));
+        // Nothing measures: the wait ends unmeasured, and a process waits
+        // once.
+        let r = LinkRates::new(1);
+        let bound = Duration::from_millis(1);
+        assert_eq!(r.await_measures(Compress::Auto, bound), Some(false));
+        assert_eq!(r.await_measures(Compress::Auto, bound), None, "once");
         // Under `never` nothing is awaited.
-        assert!(r.await_measures(Compress::Never, Duration::ZERO));
+        let r = LinkRates::new(1);
+        assert_eq!(
+            r.await_measures(Compress::Never, Duration::ZERO),
+            Some(true)
+        );
         // A measure taken meanwhile ends the wait (long as it may be).
+        let r = std::sync::Arc::new(LinkRates::new(1));
         let measuring = {
             let r = r.clone();
             std::thread::spawn(move || {
@@ -719,7 +738,8 @@ mod tests {
                     .expect("enough bytes to measure");
             })
         };
-        assert!(r.await_measures(Compress::Auto, Duration::from_secs(30)));
+        let long = Duration::from_secs(30);
+        assert_eq!(r.await_measures(Compress::Auto, long), Some(true));
         measuring.join().unwrap();
         assert_eq!(r.stores(0), Some(true));
     }
@@ -840,6 +860,7 @@ mod tests {
             memory: None,
             keeping: Mutex::new(()),
             stored_left: AtomicU64::new(UNMEASURED_FIRST_BUNDLE),
+            awaited: AtomicBool::new(false),
         }
     }
 
