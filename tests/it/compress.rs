@@ -388,3 +388,48 @@ async fn a_corrupt_link_rates_file_is_warned_of_once_and_ignored() {
     drop(sender);
     r.stop().await;
 }
+
+/// The 8 MiB a sender stores for a link not measured yet are spent by
+/// what its runs store, across runs: with one of two receivers away (so
+/// nothing measures its link, and its bundles wait in the outbox), a first
+/// ship of 8 MiB of pages goes stored, and the pages of a later run go
+/// deflated, though that link is still not measured. (Unspent, the later
+/// run's first 8 MiB would be stored too, and so every run's while the
+/// receiver is away.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_stored_for_a_link_not_measured_are_spent_across_runs() {
+    let env = Env::new();
+    let first: Vec<String> = (0..16).map(|i| format!("first/p{i:03}.html")).collect();
+    for (i, name) in first.iter().enumerate() {
+        env.write(name, page(512 << 10, 3000 + i as u64));
+    }
+    let r1 = env.start_receiver("").await;
+    let toml = env.sender_toml_to(&[r1.addr, free_addr()], "");
+    let sender = env.start_sender_from(r1.addr, &toml);
+    let outbox = env.path().join("state-s/outbox");
+    wait_until("the outbox made", || outbox.is_dir()).await;
+    let firsts = bundles_holding(|| bundles_in(&outbox), &first).await;
+    let methods: Vec<_> = firsts.iter().flat_map(|b| entries_of(b).0).collect();
+    assert!(
+        methods.iter().all(|m| *m == zip::CompressionMethod::Stored),
+        "the first 8 MiB, stored: {methods:?}"
+    );
+    let later: Vec<String> = (0..4).map(|i| format!("later/p{i}.html")).collect();
+    for (i, name) in later.iter().enumerate() {
+        env.write(name, page(512 << 10, 4000 + i as u64));
+    }
+    let bundles = bundles_holding(|| bundles_in(&outbox), &later).await;
+    let holding_later = |b: &&std::path::PathBuf| entry_names(b).iter().any(|n| later.contains(n));
+    for bundle in bundles.iter().filter(holding_later) {
+        let (methods, _) = entries_of(bundle);
+        assert!(
+            methods
+                .iter()
+                .all(|m| *m == zip::CompressionMethod::Deflated),
+            "{methods:?} in {}",
+            bundle.display()
+        );
+    }
+    sender.stop().await;
+    r1.stop().await;
+}
