@@ -798,25 +798,37 @@ mod held_first_tests {
     use super::*;
     use zip::CompressionMethod::{Deflated, Stored};
 
-    /// Pack `files` (name, bytes) from a fresh source with deflate on and
-    /// the first bundle held to `first` bytes; each bundle's pages, with
-    /// their method and size, in order.
-    fn pack(
-        files: &[(&str, Vec<u8>)],
-        first: Option<u64>,
-    ) -> Vec<Vec<(zip::CompressionMethod, u64)>> {
+    /// A fresh source holding `files` (name, bytes), an empty outbox
+    /// beside it, the items that upsert each file, and limits with the
+    /// first bundle held as `first` says.
+    fn source_of(
+        files: &[(impl AsRef<str>, Vec<u8>)],
+        first: Option<FirstBundle>,
+    ) -> (tempfile::TempDir, PathBuf, PathBuf, Vec<PackItem>, Limits) {
         let dir = tempfile::tempdir().unwrap();
         let (src, out) = (dir.path().join("src"), dir.path().join("out"));
         std::fs::create_dir_all(&src).unwrap();
         std::fs::create_dir_all(&out).unwrap();
         for (name, bytes) in files {
-            std::fs::write(src.join(name), bytes).unwrap();
+            std::fs::write(src.join(name.as_ref()), bytes).unwrap();
         }
+        let items = files
+            .iter()
+            .map(|(n, _)| PackItem::upsert(n.as_ref()))
+            .collect();
         let limits = Limits {
-            first_bundle: first.map(|max| FirstBundle { max, stored: max }),
+            first_bundle: first,
             ..Limits::new(64 << 20, 256 << 20, 1000)
         };
-        let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
+        (dir, src, out, items, limits)
+    }
+
+    /// Pack `files` (name, bytes) from a fresh source with deflate on and
+    /// the first bundle held to `first` bytes; each bundle's pages, with
+    /// their method and size, in order.
+    fn pack(files: &[(impl AsRef<str>, Vec<u8>)], first: Option<u64>) -> Vec<Pages> {
+        let held = first.map(|max| FirstBundle { max, stored: max });
+        let (_dir, src, out, items, limits) = source_of(files, held);
         pages_of(&pack_for_test(&src, &out, limits, items))
     }
 
@@ -841,6 +853,11 @@ mod held_first_tests {
             .collect()
     }
 
+    /// `n` pages of `len` bytes, named `p00`, `p01`...
+    fn pages(n: usize, len: usize) -> Vec<(String, Vec<u8>)> {
+        (0..n).map(|i| (format!("p{i:02}"), page(len, i))).collect()
+    }
+
     /// A page of `len` bytes that deflates well, unlike any other seed's.
     fn page(len: usize, seed: usize) -> Vec<u8> {
         let mut page = format!("<p>page {seed}: the same words again</p>\n")
@@ -853,11 +870,7 @@ mod held_first_tests {
     #[test]
     fn a_first_bundle_held_small_is_stored_and_what_follows_deflated() {
         // 24 pages of 512 KiB, the first bundle held to 4 MiB.
-        let pages: Vec<(String, Vec<u8>)> = (0..24)
-            .map(|i| (format!("p{i:02}"), page(512 << 10, i)))
-            .collect();
-        let files: Vec<(&str, Vec<u8>)> =
-            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let files = pages(24, 512 << 10);
         let bundles = pack(&files, Some(4 << 20));
         assert!(bundles.len() >= 2, "{bundles:?}");
         assert!(
@@ -894,22 +907,11 @@ mod held_first_tests {
     /// bundles had been emitted each time it awaited, and how many bytes
     /// it stored in its hold.
     fn pack_measured(
-        files: &[(&str, Vec<u8>)],
+        files: &[(impl AsRef<str>, Vec<u8>)],
         first: FirstBundle,
     ) -> (Vec<Pages>, Vec<usize>, u64) {
         use std::sync::Mutex;
-        let dir = tempfile::tempdir().unwrap();
-        let (src, out) = (dir.path().join("src"), dir.path().join("out"));
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::create_dir_all(&out).unwrap();
-        for (name, bytes) in files {
-            std::fs::write(src.join(name), bytes).unwrap();
-        }
-        let limits = Limits {
-            first_bundle: Some(first),
-            ..Limits::new(64 << 20, 256 << 20, 1000)
-        };
-        let items = files.iter().map(|(n, _)| PackItem::upsert(*n)).collect();
+        let (_dir, src, out, items, limits) = source_of(files, Some(first));
         let emitted = Mutex::new(Vec::new());
         let awaited = Mutex::new(Vec::new());
         let measured_fast = AtomicBool::new(false);
@@ -951,11 +953,7 @@ mod held_first_tests {
         // measured fast stores every page after it. (Read before the
         // measure, the next batch would be deflated, as for a link not
         // measured.)
-        let pages: Vec<(String, Vec<u8>)> = (0..24)
-            .map(|i| (format!("p{i:02}"), page(512 << 10, i)))
-            .collect();
-        let files: Vec<(&str, Vec<u8>)> =
-            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let files = pages(24, 512 << 10);
         let (bundles, awaited, _) = pack_measured(&files, held(4 << 20));
         assert_eq!(awaited, [1], "{bundles:?}");
         assert!(bundles[0].len() <= 8, "{bundles:?}");
@@ -990,11 +988,7 @@ mod held_first_tests {
 
     #[test]
     fn a_hold_with_too_little_stored_to_measure_by_is_not_waited_for() {
-        let pages: Vec<(String, Vec<u8>)> = (0..24)
-            .map(|i| (format!("p{i:02}"), page(128 << 10, i)))
-            .collect();
-        let files: Vec<(&str, Vec<u8>)> =
-            pages.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
+        let files = pages(24, 128 << 10);
         // Nothing left to store: no wait, and what follows is deflated.
         let deflated = FirstBundle {
             max: 4 << 20,
