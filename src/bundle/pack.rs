@@ -766,9 +766,21 @@ pub(super) fn pack_for_test(
     limits: Limits,
     items: Vec<PackItem>,
 ) -> Vec<PathBuf> {
-    let mut emitted = Vec::new();
+    pack_watched((src, out, limits, items), &|| true, &|_| {}).0
+}
+
+/// [`pack_for_test`], deflating as `deflate` says, with `await_measure`
+/// told how many bundles were emitted each time the packer awaits a
+/// measure; the bundles' paths, in order, and the run's report.
+#[cfg(test)]
+pub(super) fn pack_watched(
+    (src, out, limits, items): (&Path, &Path, Limits, Vec<PackItem>),
+    deflate: &(dyn Fn() -> bool + Sync),
+    await_measure: &(dyn Fn(usize) + Sync),
+) -> (Vec<PathBuf>, Report) {
+    let emitted = std::sync::Mutex::new(Vec::new());
     let mut seq = 0;
-    Packer {
+    let report = Packer {
         source: src,
         outbox: out,
         sender: "test",
@@ -778,19 +790,19 @@ pub(super) fn pack_for_test(
             Ok(seq)
         },
         emit: &mut |p| {
-            emitted.push(p.path);
+            emitted.lock().unwrap().push(p.path);
             Ok(())
         },
         opened: &|_| {},
         touched: &|_| false,
-        deflate: &|| true,
-        await_measure: &|| {},
+        deflate,
+        await_measure: &|| await_measure(emitted.lock().unwrap().len()),
         held: None,
         signatures: None,
     }
     .pack(items)
     .unwrap();
-    emitted
+    (emitted.into_inner().unwrap(), report)
 }
 
 #[cfg(test)]
@@ -910,40 +922,19 @@ mod held_first_tests {
         files: &[(impl AsRef<str>, Vec<u8>)],
         first: FirstBundle,
     ) -> (Vec<Pages>, Vec<usize>, u64) {
-        use std::sync::Mutex;
         let (_dir, src, out, items, limits) = source_of(files, Some(first));
-        let emitted = Mutex::new(Vec::new());
-        let awaited = Mutex::new(Vec::new());
+        let awaited = std::sync::Mutex::new(Vec::new());
         let measured_fast = AtomicBool::new(false);
-        let mut seq = 0;
-        let held_stored = Packer {
-            source: &src,
-            outbox: &out,
-            sender: "test",
-            limits,
-            alloc_seq: &mut || {
-                seq += 1;
-                Ok(seq)
-            },
-            emit: &mut |p| {
-                emitted.lock().unwrap().push(p.path);
-                Ok(())
-            },
-            opened: &|_| {},
-            touched: &|_| false,
-            deflate: &|| !measured_fast.load(Ordering::Relaxed),
-            await_measure: &|| {
-                awaited.lock().unwrap().push(emitted.lock().unwrap().len());
+        let (emitted, report) = pack_watched(
+            (&src, &out, limits, items),
+            &|| !measured_fast.load(Ordering::Relaxed),
+            &|emitted| {
+                awaited.lock().unwrap().push(emitted);
                 measured_fast.store(true, Ordering::Relaxed);
             },
-            held: None,
-            signatures: None,
-        }
-        .pack(items)
-        .unwrap()
-        .held_stored;
-        let bundles = pages_of(&emitted.into_inner().unwrap());
-        (bundles, awaited.into_inner().unwrap(), held_stored)
+        );
+        let awaited = awaited.into_inner().unwrap();
+        (pages_of(&emitted), awaited, report.held_stored)
     }
 
     #[test]

@@ -4,19 +4,21 @@
 //! the best of its kind's recent ones ([`RECENT`]; never above
 //! `sender.max_rate`): the sender's own, by the bytes the peer's TCP
 //! acknowledged while a bundle went out ([`Delivered`], read from the
-//! kernel) where it tells, else by the bundle's size; and the receiver's, how fast the bundle's body came
-//! as it saw it (`Frame::Received`), which no TCP-terminating proxy on the
-//! sender's side can make look faster than the link. The sender's counts
+//! kernel) where it tells, else by the bundle's size; and the receiver's,
+//! how fast the bundle's body came as it saw it (`Frame::Received`), which
+//! no TCP-terminating proxy on the sender's side can make look faster than
+//! the link. The sender's counts
 //! only once the receiver has spoken of the same bundle ([`Unheard`]), so
 //! a receiver's measure on its way is folded first. The packer asks
 //! before each file. While a link is not measured, a run's first bundle is
-//! kept small so it soon is (and stored, the first time: the packer then
-//! waits for its measure, up to [`FIRST_MEASURE_WAIT`], before it reads
-//! on). The decisions are pure ([`deflate_pays`], [`first_bundle_max`],
-//! [`measure_awaited`], [`stores_at`]). What a link was measured at is remembered across
-//! restarts ([`super::link_memory`]): a remembered measure counts until
-//! the link is measured anew, and is written again only when a measure is
-//! news (see [`Measured`]), never once per bundle.
+//! kept small so it soon is (and stored, [`UNMEASURED_FIRST_BUNDLE`] bytes
+//! per process in all; the packer waits once for its measure, up to
+//! [`FIRST_MEASURE_WAIT`], before it reads on). The decisions are pure
+//! ([`deflate_pays`], [`first_bundle_max`], [`first_stored`],
+//! [`measure_awaited`], [`stores_at`]). What a link was measured at is
+//! remembered across restarts ([`super::link_memory`]): a remembered
+//! measure counts until the link is measured anew, and is written again
+//! only when a measure is news (see [`Measured`]), never once per bundle.
 
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -59,7 +61,8 @@ const _: () = assert!(
 /// before the rest of the run is deflated (a link not measured counts as
 /// slow). A process's first such bundles store this many bytes in all
 /// ([`first_stored`]), and the packer waits for the measure of one that
-/// stored enough to measure by ([`FIRST_MEASURE_WAIT`]): a fast link is spared the CPU of
+/// stored enough to measure by ([`FIRST_MEASURE_WAIT`]): a fast link is
+/// spared the CPU of
 /// deflating it (with 32 MiB deflated first, deflate was the sender's
 /// largest work in bench.py's first ship on loopback, 0.36-0.41 CPU s:
 /// BENCHMARKS.md, "Where the time goes"), and a slow link pays at most
@@ -125,10 +128,9 @@ pub fn streams(mode: Compress, stores: Option<bool>) -> bool {
 /// each receiver's link (as for [`deflate_pays`]) and how many of the
 /// process's [`UNMEASURED_FIRST_BUNDLE`] bytes are left to store (`left`):
 /// under `auto`, while some link is not measured and no link measured
-/// deflates, what is left. A process stores no more than that in all (two
-/// runs at once, a whole tree for a new receiver beside the others', may
-/// each store what was left when they began): a link may stay unmeasured
-/// for long (a receiver away, a bucket, which only bodies of
+/// deflates, what is left. A process stores no more than that in all (and
+/// one small file: its packing runs one at a time): a link may stay
+/// unmeasured for long (a receiver away, a bucket, which only bodies of
 /// [`MEASURE_FROM`] measure, runs too small to measure by), and each run's
 /// first 8 MiB would go stored to all. Counted in bytes, not runs, so a
 /// first run of a few pages leaves the rest to the next.

@@ -412,26 +412,8 @@ async fn the_bytes_stored_for_a_link_not_measured_are_spent_across_runs() {
     let r1 = env.start_receiver("").await;
     // The first receiver's link remembered fast by both measures, so that
     // a measure of it taken on a busy machine cannot turn deflate on by
-    // itself (the best of its last 3 counts, the remembered one among
-    // them): what stores or deflates is the budget's doing.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let fast = serde_json::json!({"bytes_per_s": 1e9, "at": now});
-    let rates = serde_json::json!({"links": [{
-        "receiver": r1.addr.to_string(),
-        "fingerprint": null,
-        "sent": fast,
-        "received": fast,
-        "stores": true,
-    }]});
-    std::fs::create_dir_all(env.path().join("state-s")).unwrap();
-    std::fs::write(
-        env.path().join("state-s/link-rates.json"),
-        rates.to_string(),
-    )
-    .unwrap();
+    // itself: what stores or deflates is the budget's doing.
+    remember_link_storing(&env, r1.addr, 1e9);
     let toml = env.sender_toml_to(&[r1.addr, free_addr()], "");
     let sender = env.start_sender_from(r1.addr, &toml);
     let outbox = env.path().join("state-s/outbox");

@@ -550,19 +550,37 @@ pub fn keygen(env: &Env, name: &str) -> String {
     fp
 }
 
-/// Remember a link to `addr` measured at `bytes_per_s`, for the sender of
-/// `env` (as `state_dir/link-rates.json` keeps it across restarts).
+/// Remember a link to `addr` measured at `bytes_per_s` by the sender, for
+/// the sender of `env` (as `state_dir/link-rates.json` keeps it across
+/// restarts).
 pub fn remember_link(env: &Env, addr: std::net::SocketAddr, bytes_per_s: f64) {
+    remember(env, addr, bytes_per_s, false);
+}
+
+/// [`remember_link`], measured so by the receiver too and storing (under
+/// `compress = "auto"`): a fresh measure of either kind cannot turn it to
+/// deflate alone, the remembered one counting among the last 3.
+pub fn remember_link_storing(env: &Env, addr: std::net::SocketAddr, bytes_per_s: f64) {
+    remember(env, addr, bytes_per_s, true);
+}
+
+fn remember(env: &Env, addr: std::net::SocketAddr, bytes_per_s: f64, both: bool) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let rates = serde_json::json!({"links": [{
+    let measure = serde_json::json!({"bytes_per_s": bytes_per_s, "at": now});
+    let mut link = serde_json::json!({
         "receiver": addr.to_string(),
         "fingerprint": null,
-        "sent": {"bytes_per_s": bytes_per_s, "at": now},
+        "sent": measure,
         "received": null,
-    }]});
+    });
+    if both {
+        link["received"] = measure;
+        link["stores"] = true.into();
+    }
+    let rates = serde_json::json!({ "links": [link] });
     std::fs::create_dir_all(env.path().join("state-s")).unwrap();
     std::fs::write(
         env.path().join("state-s/link-rates.json"),
