@@ -31,8 +31,9 @@ use super::manifest::{FileEntry, Manifest};
 use super::part_sets::{drop_part_set, store_part};
 use super::part_tree::PartHashes;
 use super::rebuild::stage_deltas;
+use super::stage_names::{PER_DIR, StagedKind};
 use super::summary::Summary;
-use super::unpack::{copy_counted, create_private_in, finish_file};
+use super::unpack::{copy_counted, create_private_in, finish_file, make_stage_dirs};
 use super::verify::OpenedZip;
 use crate::beneath::{self, BeneathError, Publish, Root};
 use crate::durable::EarlyWriteback;
@@ -192,6 +193,8 @@ fn stage_entries(
         completed: Vec::new(),
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
+    make_stage_dirs(stage, StagedKind::Part, m.parts.len())?;
+    make_stage_dirs(stage, StagedKind::Link, m.links.len())?;
     let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
     let hashes = PartHashes::of_format(m.format);
     for (j, p) in m.parts.iter().enumerate() {
@@ -199,7 +202,7 @@ fn stage_entries(
         let entry = zip.by_name(&name)?;
         if let Some(data) = store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)?
         {
-            let dest = stage.join(format!("p{j}"));
+            let dest = stage.join(StagedKind::Part.path(j));
             // Linked, not moved: until the file is published, a crash and a
             // re-send must still find the assembled data.
             link_or_copy(&data, &dest)?;
@@ -211,18 +214,18 @@ fn stage_entries(
         drop_part_set(&target.parts, set);
     }
     for (k, l) in m.links.iter().enumerate() {
-        let dest = stage.join(format!("l{k}"));
+        let dest = stage.join(StagedKind::Link.path(k));
         stage_link(&l.target, &dest, target.policy.gid())?;
         staged.files.push((l.path.clone(), dest));
     }
     Ok(staged)
 }
 
-/// Unpack and check the bundle's whole files into `stage` (the `i`th as
-/// `f{i}`), inflating, hashing and writing on every core: each worker
-/// reads the bundle through a clone of the opened zip (its directory
-/// parsed once, its place in the file its own) and takes every
-/// `workers`th file, so both walk the zip forwards. The first
+/// Unpack and check the bundle's whole files into `stage` (the `i`th at
+/// [`StagedKind::File`]'s path `i`), inflating, hashing and writing on
+/// every core: each worker reads the bundle through a clone of the opened
+/// zip (its directory parsed once, its place in the file its own) and
+/// takes every `workers`th file, so both walk the zip forwards. The first
 /// failure refuses the bundle. Returns each file's path in root with its
 /// staged copy, in manifest order. Each staged file is handed to `early`,
 /// if given.
@@ -237,17 +240,22 @@ fn stage_files(
     let workers = rayon::current_num_threads()
         .min(m.files.len().div_ceil(FILES_PER_WORKER))
         .max(1);
+    make_stage_dirs(stage, StagedKind::File, m.files.len())?;
     // Once one worker fails, the others stop at their next file.
     let failed = AtomicBool::new(false);
     let share = |zip: &mut OpenedZip, w: usize| {
         let mut buf = unpack_buffer(m.files.iter().skip(w).step_by(workers).map(|f| f.size));
+        let mut dirs = StageDirs::new(stage, stage_fd);
         for i in (w..m.files.len()).step_by(workers) {
             if failed.load(Ordering::Relaxed) {
                 break;
             }
-            let name = format!("f{i}");
-            let dest = stage.join(&name);
-            let out = stage_file(target, zip, &m.files[i], (stage_fd, &name, &dest), &mut buf)
+            let kind = StagedKind::File;
+            let (name, dest) = (kind.name(i), stage.join(kind.path(i)));
+            let out = dirs
+                .of(dest.parent().unwrap_or(stage))
+                .map_err(beneath_err)
+                .and_then(|dir| stage_file(target, zip, &m.files[i], (dir, &name, &dest), &mut buf))
                 .inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
             if let Some(early) = early {
                 early.hand(out);
@@ -266,7 +274,7 @@ fn stage_files(
     }
     let staged = m.files.iter().enumerate();
     Ok(staged
-        .map(|(i, f)| (f.path.clone(), stage.join(format!("f{i}"))))
+        .map(|(i, f)| (f.path.clone(), stage.join(StagedKind::File.path(i))))
         .collect())
 }
 
@@ -319,6 +327,11 @@ fn make_staged_durable(
     }
     rustix::fs::fsync(stage_fd).map_err(|e| io_at(stage)(e.into()))
 }
+
+// Files synced one by one are all in the stage directory, whose fsync
+// makes their names durable: none of a kind sits below it until there
+// are more than `SYNC_EACH_MAX` of all kinds.
+const _: () = assert!(beneath::SYNC_EACH_MAX < PER_DIR);
 
 /// Whether making `staged` files durable takes one `syncfs` of the whole
 /// filesystem rather than an fsync each (see [`make_staged_durable`]).
@@ -401,7 +414,8 @@ fn publish_staged(
     let mut publish = root
         .begin(&stage.join("undo"), &target.policy)
         .map_err(beneath_err)?;
-    if let Err(e) = publish_all(&mut publish, m, staged, stage_fd) {
+    let mut dirs = StageDirs::new(stage, stage_fd);
+    if let Err(e) = publish_all(&mut publish, m, staged, &mut dirs) {
         for failed in publish.roll_back() {
             tracing::error!(sender = %m.sender, seq = m.seq, error = %failed, "could not undo a change of a bundle that failed; that path stays as the bundle made it");
         }
@@ -443,7 +457,7 @@ fn publish_all(
     publish: &mut Publish,
     m: &Manifest,
     staged: &[(String, PathBuf)],
-    stage_fd: &OwnedFd,
+    stage: &mut StageDirs,
 ) -> Result<(), BeneathError> {
     let depth = |p: &str| p.matches('/').count();
     let mut deletions: Vec<&String> = m.deletions.iter().collect();
@@ -458,13 +472,52 @@ fn publish_all(
     }
     for (rel, src) in staged {
         let name = src.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        publish.publish(rel, stage_fd, name)?;
+        let dir = src.parent().unwrap_or(stage.path);
+        publish.publish(rel, stage.of(dir)?, name)?;
     }
     for k in &m.kept {
         publish.retime(&k.path, k.mode, k.mtime, k.mtime_nsec)?;
     }
     // Renames live in the directories: one syncfs covers them all.
     publish.sync()
+}
+
+/// A stage directory's handle, and the handle of the directory below it
+/// that was last asked for: a bundle's staged files are walked in order,
+/// so each directory is opened about once, and never more than one at a
+/// time is held.
+struct StageDirs<'a> {
+    path: &'a Path,
+    fd: &'a OwnedFd,
+    below: Option<(PathBuf, OwnedFd)>,
+}
+
+impl<'a> StageDirs<'a> {
+    fn new(path: &'a Path, fd: &'a OwnedFd) -> Self {
+        Self {
+            path,
+            fd,
+            below: None,
+        }
+    }
+
+    /// The handle of `dir`: the stage directory or one below it.
+    fn of(&mut self, dir: &Path) -> Result<&OwnedFd, BeneathError> {
+        if dir == self.path {
+            return Ok(self.fd);
+        }
+        let below = match self.below.take() {
+            Some((at, fd)) if at == dir => (at, fd),
+            _ => {
+                let fd = beneath::open_dir_path(dir).map_err(|source| BeneathError::Io {
+                    path: dir.to_owned(),
+                    source,
+                })?;
+                (dir.to_owned(), fd)
+            }
+        };
+        Ok(&self.below.insert(below).1)
+    }
 }
 
 /// Stage the data of a completed set without taking it from the set.
@@ -692,6 +745,97 @@ mod tests {
             b"untouched"
         );
         assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
+    }
+
+    /// A bundle's 10,000 files were staged in one directory, where each
+    /// file's creation and rename searched the directory's entries (12% of
+    /// a receiver's time on a tree of small files).
+    #[test]
+    fn a_bundle_of_many_files_is_staged_a_few_to_a_directory_and_published_whole() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let count = 2 * PER_DIR + 10;
+        for i in 0..count {
+            let p = src.join(format!("d{}/page{i}.html", i % 3));
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, format!("page {i}")).unwrap();
+        }
+        let zip = pack_bundle(&src, t.path(), &[]);
+        let target = old_root(&t.path().join("run"));
+        let mut b = open(&zip, &Limits::default()).unwrap();
+        assert_eq!(b.manifest.files.len(), count);
+        let stage = target.stage_dir(&b.manifest.sender, b.manifest.seq);
+        fs::create_dir_all(&stage).unwrap();
+        let stage_fd = beneath::open_dir_path(&stage).unwrap();
+        let staged = stage_entries(&target, &mut b, (&stage, &stage_fd), None).unwrap();
+
+        let entries = |dir: &Path| {
+            let mut names: Vec<String> = fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        let top = entries(&stage);
+        assert_eq!(top.len(), PER_DIR + 2, "{top:?}");
+        assert!(top.contains(&"f-1".to_string()) && top.contains(&"f-2".to_string()));
+        assert_eq!(entries(&stage.join("f-1")).len(), PER_DIR);
+        assert_eq!(entries(&stage.join("f-2")).len(), 10);
+        for (rel, path) in &staged.files {
+            assert_eq!(fs::read(path).unwrap(), fs::read(src.join(rel)).unwrap());
+        }
+
+        let m = &b.manifest;
+        publish_staged(&target, m, &staged.files, &stage, &stage_fd).unwrap();
+        for i in 0..count {
+            let rel = format!("d{}/page{i}.html", i % 3);
+            assert_eq!(
+                fs::read(target.root.join(&rel)).unwrap(),
+                format!("page {i}").as_bytes()
+            );
+        }
+        for dir in ["", "f-1", "f-2"] {
+            let left = entries(&stage.join(dir));
+            assert!(
+                left.iter().all(|n| n.starts_with("f-") || n == "undo"),
+                "{left:?}"
+            );
+        }
+    }
+
+    /// The same bundle, refused at its last file (one staged below the
+    /// stage directory): root is as it was, staging empty; sent again, it
+    /// applies whole.
+    #[test]
+    fn a_bundle_staged_a_few_to_a_directory_refused_at_its_last_file_leaves_root_as_it_was() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        let count = PER_DIR + 3;
+        for i in 0..count {
+            fs::create_dir_all(src.join("pages")).unwrap();
+            fs::write(src.join(format!("pages/p{i:03}.html")), format!("new {i}")).unwrap();
+        }
+        let zip = pack_bundle(&src, t.path(), &[]);
+        let target = old_root(&t.path().join("run"));
+        let was = fault::snapshot(&target.root);
+        fault::arm(None, Errno::IO, false);
+        let clean = old_root(&t.path().join("clean"));
+        apply(&clean, open(&zip, &Limits::default()).unwrap()).unwrap();
+        let changes = fault::count();
+        // The last change is the sync; the one before it, the last file.
+        fault::arm(Some(changes - 1), Errno::NOSPC, false);
+        let e = apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap_err();
+        fault::arm(None, Errno::IO, false);
+        assert!(e.is_disk_full(), "{e}");
+        assert_eq!(fault::snapshot(&target.root), was);
+        assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
+        apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
+        let last = format!("pages/p{:03}.html", count - 1);
+        assert_eq!(
+            fs::read(target.root.join(&last)).unwrap(),
+            format!("new {}", count - 1).as_bytes()
+        );
     }
 
     /// A bundle of whole files (enough for every worker) and of a file

@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 
 use super::error::{BundleError, io_at};
 use super::manifest::{CopyEntry, FileEntry, Manifest};
+use super::stage_names::StagedKind;
 use super::target::Target;
-use super::unpack::{Failed, copy_exact, create_private, finish_file};
+use super::unpack::{Failed, copy_exact, create_private, finish_file, make_stage_dirs};
 use crate::beneath::Root;
 use crate::hash::hash_reader;
 
@@ -29,8 +30,8 @@ use crate::hash::hash_reader;
 /// as it is copied); a smaller file is copied through a buffer just larger.
 const BUF_BYTES: usize = 256 << 10;
 
-/// Check the files `m` keeps and stage the files it copies (the `i`th as
-/// `c{i}` in `stage`), on every core. Returns each copy's path in root
+/// Check the files `m` keeps and stage the files it copies (the `i`th at
+/// [`StagedKind::Copy`]'s path `i` in `stage`), on every core. Returns each copy's path in root
 /// with its staged file; `Err(NotHeld)` names every kept file and copy
 /// root does not hold as listed.
 pub(super) fn check_and_copy(
@@ -45,7 +46,8 @@ pub(super) fn check_and_copy(
         .par_iter()
         .map(|k| why_not_held(root, k))
         .collect::<Result<_, _>>()?;
-    let dest = |i: usize| stage.join(format!("c{i}"));
+    make_stage_dirs(stage, StagedKind::Copy, m.copies.len())?;
+    let dest = |i: usize| stage.join(StagedKind::Copy.path(i));
     let copies: Vec<Option<String>> = (0..m.copies.len())
         .into_par_iter()
         .map(|i| stage_copy_or_done(root, target, &m.copies[i], &dest(i)))

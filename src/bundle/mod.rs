@@ -42,6 +42,8 @@
 //! - `positioned.rs`: a received bundle's file read by position, so one
 //!   opened zip serves every unpacking thread.
 //! - [`target`]: where a bundle goes (root, staging, part sets).
+//! - `stage_names.rs`: where each file a bundle stages sits in its stage
+//!   directory (a few to a directory), pure.
 //! - [`error`]: what can be wrong with one and how the sender is told.
 //! - [`zip_end`]: a zip's end records, read to check its entry count before
 //!   the zip crate indexes its directory.
@@ -66,6 +68,7 @@ pub mod part_sets;
 mod part_tree;
 mod positioned;
 mod rebuild;
+mod stage_names;
 pub mod target;
 mod unpack;
 pub mod verify;

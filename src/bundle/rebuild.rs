@@ -21,8 +21,9 @@ use super::delta::Piece;
 use super::error::{BundleError, entry_err};
 use super::kept::{NOT_HELD, open, stage_copy};
 use super::manifest::{CopyEntry, DeltaEntry, Manifest};
+use super::stage_names::StagedKind;
 use super::target::Target;
-use super::unpack::{Failed, copy_exact, create_private, finish_file};
+use super::unpack::{Failed, copy_exact, create_private, finish_file, make_stage_dirs};
 use super::verify::OpenedZip;
 use crate::beneath::Root;
 
@@ -30,7 +31,8 @@ use crate::beneath::Root;
 /// core: [`crate::hash::update`]).
 const BUF_BYTES: usize = 1 << 20;
 
-/// Rebuild every delta of `m` in `stage` (the `i`th as `d{i}`). Returns
+/// Rebuild every delta of `m` in `stage` (the `i`th at
+/// [`StagedKind::Delta`]'s path `i`). Returns
 /// each one's path in root with its staged file; `Err(NotHeld)` names every
 /// delta whose old version root does not hold.
 pub(super) fn stage_deltas(
@@ -42,10 +44,11 @@ pub(super) fn stage_deltas(
 ) -> Result<Vec<(String, PathBuf)>, BundleError> {
     // No larger than the largest delta's file needs: most bundles have none.
     let mut buf = crate::hash::read_buffer(m.deltas.iter().map(|d| d.size), 1, BUF_BYTES);
+    make_stage_dirs(stage, StagedKind::Delta, m.deltas.len())?;
     let mut staged = Vec::with_capacity(m.deltas.len());
     let mut missing = Vec::new();
     for (i, d) in m.deltas.iter().enumerate() {
-        let dest = stage.join(format!("d{i}"));
+        let dest = stage.join(StagedKind::Delta.path(i));
         let held = match held_version(root, d) {
             Held::Base(base) => rebuild(base, (target, zip), d, &dest, &mut buf)?,
             Held::New => stage_copy(root, target, &as_copy(d), &dest)?.is_none(),

@@ -8,7 +8,8 @@
 //! for whole files in staging and for parts in their set's data file;
 //! writes only the file it is handed, and hands what it wrote to the disk
 //! as it goes ([`crate::durable::Writeback`]), since every byte of it is
-//! synced before it is published.
+//! synced before it is published. [`make_stage_dirs`] makes the directories
+//! below a stage directory that its staged files sit in.
 
 use std::fs::{File, FileTimes, OpenOptions, Permissions};
 use std::io::{Read, Write};
@@ -16,6 +17,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use super::error::{BundleError, entry_err, io_at};
+use super::stage_names::StagedKind;
 use crate::durable::Writeback;
 
 /// A new file only its owner can read, refused if the name is taken.
@@ -40,6 +42,20 @@ pub(super) fn create_private_in(
     rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))
         .map(File::from)
         .map_err(|e| io_at(path)(e.into()))
+}
+
+/// Make the directories below `stage` that `count` staged files of `kind`
+/// sit in (see [`super::stage_names`]).
+pub(super) fn make_stage_dirs(
+    stage: &Path,
+    kind: StagedKind,
+    count: usize,
+) -> Result<(), BundleError> {
+    for dir in kind.dirs(count) {
+        let path = stage.join(dir);
+        std::fs::create_dir(&path).map_err(io_at(&path))?;
+    }
+    Ok(())
 }
 
 /// Copy an entry, counting bytes: exactly `size` must come out, whatever the
