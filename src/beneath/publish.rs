@@ -239,6 +239,11 @@ impl Publish<'_> {
     /// aside after all: the bundle still applies, with that short gap. A
     /// directory where the shipped tree has a file is moved aside whole:
     /// there is no way to put a file where a directory is in one step.
+    ///
+    /// Most files a bundle publishes are new (all of a first ship's): each
+    /// is first renamed into place only if nothing is there
+    /// (`RENAME_NOREPLACE`), with no look at `rel` before; what is there
+    /// makes that rename fail, and is kept as above.
     pub fn publish(
         &mut self,
         rel: &str,
@@ -247,6 +252,24 @@ impl Publish<'_> {
     ) -> Result<(), BeneathError> {
         let (dir_comps, name) = split(rel);
         let parent = self.make_dir(&dir_comps)?;
+        let placed = FileId::of(staged_dir, staged)
+            .map_err(|e| self.root.err(rel, e))?
+            .ok_or_else(|| self.root.err(rel, Errno::NOENT))?;
+        let flags = rustix::fs::RenameFlags::NOREPLACE;
+        match op(|| rustix::fs::renameat_with(staged_dir, staged, &parent, name, flags)) {
+            Ok(()) => {
+                self.steps.push(Step::Placed {
+                    rel: rel.to_owned(),
+                    kept: None,
+                    placed,
+                });
+                return Ok(());
+            }
+            // Something is there; or the filesystem cannot tell (then the
+            // plain rename below says what else is wrong, if anything).
+            Err(Errno::EXIST | Errno::INVAL | Errno::NOSYS) => {}
+            Err(e) => return Err(self.root.err(rel, e)),
+        }
         let kept = match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => None,
             Err(e) => return Err(self.root.err(rel, e)),
@@ -267,9 +290,6 @@ impl Publish<'_> {
                 }
             }
         };
-        let placed = FileId::of(staged_dir, staged)
-            .map_err(|e| self.root.err(rel, e))?
-            .ok_or_else(|| self.root.err(rel, Errno::NOENT))?;
         op(|| rustix::fs::renameat(staged_dir, staged, &parent, name))
             .map_err(|e| self.root.err(rel, e))?;
         self.steps.push(Step::Placed {

@@ -281,8 +281,8 @@ fn a_file_that_cannot_be_linked_is_moved_aside_instead() {
     std::fs::write(t.path().join("stage/f0"), "new").unwrap();
     std::fs::write(t.path().join("stage/f1"), "new b").unwrap();
     let was = snapshot(&r);
-    // Change 1 is the link of a.html.
-    fault::arm(Some(1), Errno::PERM, false);
+    // Change 1 is the rename that finds a.html there, change 2 its link.
+    fault::arm(Some(2), Errno::PERM, false);
     let mut p = root
         .begin(&t.path().join("undo"), &Policy::default())
         .unwrap();
@@ -292,7 +292,7 @@ fn a_file_that_cannot_be_linked_is_moved_aside_instead() {
     assert!(p.roll_back().is_empty());
     assert_eq!(snapshot(&r), was);
     std::fs::write(t.path().join("stage/f0"), "new").unwrap();
-    fault::arm(Some(1), Errno::PERM, false);
+    fault::arm(Some(2), Errno::PERM, false);
     let mut p = root
         .begin(&t.path().join("undo"), &Policy::default())
         .unwrap();
