@@ -193,16 +193,22 @@ fn stage_entries(
         completed: Vec::new(),
     };
     let (zip, m) = (&mut b.zip, &b.manifest);
-    make_stage_dirs(stage, StagedKind::Part, m.parts.len())?;
     make_stage_dirs(stage, StagedKind::Link, m.links.len())?;
     let mut buf = unpack_buffer(m.parts.iter().map(|p| p.size));
     let hashes = PartHashes::of_format(m.format);
-    for (j, p) in m.parts.iter().enumerate() {
+    for p in &m.parts {
         let name = p.entry_name();
         let entry = zip.by_name(&name)?;
         if let Some(data) = store_part(&target.parts, &target.policy, (p, hashes), entry, &mut buf)?
         {
-            let dest = stage.join(StagedKind::Part.path(j));
+            // Numbered by the files staged, not the parts read: so are the
+            // directories made, and as many files are staged as numbered.
+            let (kind, j) = (StagedKind::Part, staged.completed.len());
+            if let Some(dir) = kind.dir(j).filter(|_| j % PER_DIR == 0) {
+                let dir = stage.join(dir);
+                fs::create_dir(&dir).map_err(io_at(&dir))?;
+            }
+            let dest = stage.join(kind.path(j));
             // Linked, not moved: until the file is published, a crash and a
             // re-send must still find the assembled data.
             link_or_copy(&data, &dest)?;
@@ -278,18 +284,18 @@ fn stage_files(
         .collect())
 }
 
-/// Unpack the whole file `f` to `dest` (the entry `name` of the stage
-/// directory `stage_fd`), check its size and hash against the manifest,
+/// Unpack the whole file `f` to `dest` (the entry `name` of the directory
+/// `dir`, the stage directory or one below it), check its size and hash against the manifest,
 /// and give it the mode, group and mtime it is published with. Returns
 /// the file, still open.
 fn stage_file(
     target: &Target,
     zip: &mut OpenedZip,
     f: &FileEntry,
-    (stage_fd, name, dest): (&OwnedFd, &str, &Path),
+    (dir, name, dest): (&OwnedFd, &str, &Path),
     buf: &mut [u8],
 ) -> Result<File, BundleError> {
-    let mut out = create_private_in(stage_fd, name, dest)?;
+    let mut out = create_private_in(dir, name, dest)?;
     let entry = zip.by_name(&f.path)?;
     let mut hasher = blake3::Hasher::new();
     copy_counted(entry, &mut out, (f.size, &mut hasher), &f.path, dest, buf)?;
@@ -804,9 +810,35 @@ mod tests {
         }
     }
 
-    /// The same bundle, refused at its last file (one staged below the
-    /// stage directory): root is as it was, staging empty; sent again, it
-    /// applies whole.
+    /// A file completed by the 70th part of a bundle is its first file
+    /// staged from parts: numbered by files staged, it sits in the stage
+    /// directory, which a bundle of a few staged files syncs file by file
+    /// (numbered by parts read, it sat below it, its directory unsynced).
+    #[test]
+    fn a_file_completed_by_a_late_part_is_staged_where_its_sync_reaches() {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        fs::create_dir_all(&src).unwrap();
+        let video = crate::bundle::noise(70 * 4096, 7);
+        fs::write(src.join("video.bin"), &video).unwrap();
+        let zip = pack_bundle(&src, t.path(), &[]);
+        let target = old_root(&t.path().join("run"));
+        fs::create_dir_all(&target.parts).unwrap();
+        let mut b = open(&zip, &Limits::default()).unwrap();
+        assert_eq!(b.manifest.parts.len(), 70);
+        let stage = target.stage_dir(&b.manifest.sender, b.manifest.seq);
+        fs::create_dir_all(&stage).unwrap();
+        let stage_fd = beneath::open_dir_path(&stage).unwrap();
+        let staged = stage_entries(&target, &mut b, (&stage, &stage_fd), None).unwrap();
+        assert_eq!(staged.files, [("video.bin".to_string(), stage.join("p0"))]);
+        assert!(!syncs_filesystem(staged.files.len()));
+        assert_eq!(fs::read(stage.join("p0")).unwrap(), video);
+        assert_eq!(fs::read_dir(&stage).unwrap().count(), 1);
+    }
+
+    /// A bundle refused at its last file, one staged below the stage
+    /// directory: root is as it was, staging empty; sent again, it applies
+    /// whole.
     #[test]
     fn a_bundle_staged_a_few_to_a_directory_refused_at_its_last_file_leaves_root_as_it_was() {
         let t = tempfile::tempdir().unwrap();
@@ -823,15 +855,17 @@ mod tests {
         let clean = old_root(&t.path().join("clean"));
         apply(&clean, open(&zip, &Limits::default()).unwrap()).unwrap();
         let changes = fault::count();
-        // The last change is the sync; the one before it, the last file.
-        fault::arm(Some(changes - 1), Errno::NOSPC, false);
+        // The last changes are the syncs of root and of pages/; the one
+        // before them, the last file's rename.
+        fault::arm(Some(changes - 2), Errno::NOSPC, false);
         let e = apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap_err();
         fault::arm(None, Errno::IO, false);
         assert!(e.is_disk_full(), "{e}");
+        let last = format!("pages/p{:03}.html", count - 1);
+        assert!(e.to_string().contains(&last), "{e}");
         assert_eq!(fault::snapshot(&target.root), was);
         assert_eq!(fs::read_dir(&target.staging).unwrap().count(), 0);
         apply(&target, open(&zip, &Limits::default()).unwrap()).unwrap();
-        let last = format!("pages/p{:03}.html", count - 1);
         assert_eq!(
             fs::read(target.root.join(&last)).unwrap(),
             format!("new {}", count - 1).as_bytes()

@@ -8,9 +8,8 @@
 //! renaming one out of it, searches a block of the directory's entries for
 //! its name and for room, and in a directory of a bundle's 10,000 files
 //! those searches took 12% of a receiver's time on a tree of 100,000 small
-//! files (bench/tree.py, `perf record` of the receiver); the two unpacking
-//! workers also waited on the one directory's lock. In a directory of
-//! [`PER_DIR`] names each search is one short block.
+//! files (bench/tree.py, `perf record` of the receiver). In a directory
+//! of [`PER_DIR`] names each search is one short block.
 
 use std::path::PathBuf;
 
